@@ -1,0 +1,66 @@
+"""Injectable clocks: timezone-aware UTC everywhere, a fake one for tests."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+
+class Clock(Protocol):
+    """Source of the current time."""
+
+    def now(self) -> datetime:
+        """Current time, timezone-aware UTC."""
+        ...
+
+    def time(self) -> float:
+        """Current time as POSIX seconds."""
+        ...
+
+
+class SystemClock:
+    """The real clock."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def time(self) -> float:
+        return time.time()
+
+
+class FakeClock:
+    """A clock that only moves when told to; thread-safe."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self._now = start or datetime(2026, 1, 1, tzinfo=UTC)
+        self._lock = threading.Lock()
+
+    def now(self) -> datetime:
+        with self._lock:
+            return self._now
+
+    def time(self) -> float:
+        return self.now().timestamp()
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward."""
+        with self._lock:
+            self._now += timedelta(seconds=seconds)
+
+    def sleep(self, seconds: float) -> None:
+        """Stand-in for ``time.sleep`` that advances instead of waiting."""
+        self.advance(seconds)
+
+
+def utcnow() -> datetime:
+    """Timezone-aware UTC now, for column defaults."""
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """Return ``value`` as aware UTC (SQLite hands back naive datetimes)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)

@@ -1,0 +1,128 @@
+"""Settings: ``SLUICE_*`` environment variables over an optional TOML file.
+
+The TOML file is ``$SLUICE_CONFIG`` or else ``./sluice.toml`` when present. Its ``[sluice]``
+table holds the same keys as the environment (without the prefix); ``[providers.NAME]``
+tables describe third parties (see docs/providers.md); ``[sandbox]`` configures the bundled
+sandbox DSP. Environment variables win over the file. Nothing here runs at import time:
+call :func:`load_settings` and pass the result in.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from sluice import errors
+
+DEFAULT_CONFIG_FILE = "sluice.toml"
+
+
+class Settings(BaseSettings):
+    """Everything Sluice can be told; every field can come from ``SLUICE_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="SLUICE_", extra="forbid")
+
+    database_url: str = "sqlite:///./sluice.db"
+    broker_url: str | None = None
+    redis_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    default_provider: str = "sandbox"
+    log_level: str = "INFO"
+    config_file: str | None = Field(default=None, description="the TOML file that was read")
+
+    # Engine knobs (units in the names).
+    executor_threads: int = 16
+    dispatch_batch: int = 500
+    dispatch_idle_s: float = 0.05
+    reconcile_after_s: float = 300.0
+    max_body_bytes: int = 1_048_576
+
+    # Sections of the TOML file, validated by their own modules.
+    providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    sandbox: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlSource(settings_cls))
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """Reads ``[sluice]``, ``[providers.*]`` and ``[sandbox]`` from the config file."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        self._data = _read_toml()
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+def config_path() -> Path | None:
+    """The TOML file in force, or None."""
+    explicit = os.environ.get("SLUICE_CONFIG")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise errors.ConfigError(f"SLUICE_CONFIG={explicit}: no such file")
+        return path
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.is_file() else None
+
+
+def _read_toml() -> dict[str, Any]:
+    path = config_path()
+    if path is None:
+        return {}
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise errors.ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    unknown = set(raw) - {"sluice", "providers", "sandbox"}
+    if unknown:
+        raise errors.ConfigError(
+            f"{path}: unknown table(s) {', '.join(sorted(unknown))}; "
+            "known: sluice, providers, sandbox"
+        )
+    data: dict[str, Any] = dict(raw.get("sluice", {}))
+    known = set(Settings.model_fields) - {"providers", "sandbox", "config_file"}
+    bad = set(data) - known
+    if bad:
+        raise errors.ConfigError(
+            f"{path}: [sluice] has unknown key(s) {', '.join(sorted(bad))}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    data["providers"] = raw.get("providers", {})
+    data["sandbox"] = raw.get("sandbox", {})
+    data["config_file"] = str(path)
+    return data
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment and the TOML file; ``overrides`` win."""
+    try:
+        return Settings(**overrides)
+    except errors.ConfigError:
+        raise
+    except ValueError as exc:
+        raise errors.ConfigError(f"invalid settings: {exc}") from exc

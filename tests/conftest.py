@@ -1,0 +1,80 @@
+"""Shared fixtures: a clean environment, and real services or a clear skip/fail.
+
+Tests that need PostgreSQL, Redis or RabbitMQ use the real servers on this machine. When a
+server is missing they skip locally and *fail* under ``SLUICE_REQUIRE_SERVICES=1`` (CI).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+PG_ADMIN_URL = os.environ.get("SLUICE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("SLUICE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+RABBITMQ_URL = os.environ.get("SLUICE_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+@pytest.fixture(autouse=True)
+def _clean_sluice_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every test starts with no SLUICE_* variables and no stray sluice.toml."""
+    for name in list(os.environ):
+        if name.startswith("SLUICE_") and not name.startswith("SLUICE_TEST_"):
+            if name == "SLUICE_REQUIRE_SERVICES":
+                continue
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def require_service(name: str, host: str, port: int) -> None:
+    """Skip (or fail under SLUICE_REQUIRE_SERVICES=1) when a service is not reachable."""
+    if _port_open(host, port):
+        return
+    message = f"{name} is not reachable at {host}:{port}"
+    if os.environ.get("SLUICE_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{message} and SLUICE_REQUIRE_SERVICES=1")
+    pytest.skip(message)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test, dropped afterwards."""
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    import sqlalchemy as sa
+
+    name = f"sluice_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """The real Redis server; keys this test writes are namespaced by the caller."""
+    require_service("Redis", "127.0.0.1", 6379)
+    yield REDIS_URL
+
+
+@pytest.fixture
+def rabbitmq_url() -> Iterator[str]:
+    """The real RabbitMQ server."""
+    require_service("RabbitMQ", "127.0.0.1", 5672)
+    yield RABBITMQ_URL
