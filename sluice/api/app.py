@@ -1,0 +1,98 @@
+"""The FastAPI application, built by :func:`create_app` from settings."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from sluice import errors
+from sluice.api.deps import ApiContext, ReadinessCheck
+from sluice.api.limits import BodySizeLimit
+from sluice.api.routes import health, tasks
+from sluice.catalog import Catalog
+from sluice.settings import Settings
+from sluice.store.repository import TaskRepository
+from sluice.tasks import SubmissionInvalid
+
+BULK_MAX_BYTES = 64 * 1024 * 1024
+
+
+def create_app(
+    settings: Settings,
+    repo: TaskRepository,
+    catalog: Catalog,
+    checks: dict[str, ReadinessCheck] | None = None,
+) -> FastAPI:
+    """Build the API around an existing repository and provider catalog."""
+    app = FastAPI(
+        title="Sluice",
+        summary="Rate-limited submission engine for third-party APIs",
+        version="0.1.0",
+    )
+    all_checks: dict[str, ReadinessCheck] = {"database": lambda: _ping_database(repo)}
+    all_checks.update(checks or {})
+    app.state.context = ApiContext(repo=repo, catalog=catalog, checks=all_checks)
+    app.include_router(tasks.router)
+    app.include_router(health.router)
+    _install_error_handlers(app)
+    app.add_middleware(
+        BodySizeLimit, max_bytes=settings.max_body_bytes, bulk_max_bytes=BULK_MAX_BYTES
+    )
+    return app
+
+
+def _ping_database(repo: TaskRepository) -> None:
+    with repo.engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(errors.TaskNotFound)
+    async def not_found(_: Request, exc: errors.TaskNotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(errors.TaskConflict)
+    async def conflict(_: Request, exc: errors.TaskConflict) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(errors.IllegalTransition)
+    async def illegal(_: Request, exc: errors.IllegalTransition) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(errors.InvalidTask)
+    async def invalid(_: Request, exc: errors.InvalidTask) -> JSONResponse:
+        return JSONResponse(
+            {"detail": [{"loc": ["body"], "msg": str(exc), "type": "value_error"}]},
+            status_code=422,
+        )
+
+    @app.exception_handler(SubmissionInvalid)
+    async def submission_invalid(request: Request, exc: SubmissionInvalid) -> JSONResponse:
+        bulk = request.url.path.endswith("/bulk")
+        detail = [
+            {
+                "loc": (
+                    ["body", "tasks", p.index, p.field]
+                    if bulk and p.index is not None
+                    else ["body", p.field]
+                ),
+                "msg": p.message,
+                "type": "value_error",
+                **({"index": p.index} if p.index is not None else {}),
+            }
+            for p in exc.problems
+        ]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = []
+        for err in exc.errors():
+            item = {k: err[k] for k in ("loc", "msg", "type") if k in err}
+            loc = list(err.get("loc", ()))
+            if len(loc) >= 3 and loc[:2] == ["body", "tasks"] and isinstance(loc[2], int):
+                item["index"] = loc[2]
+            detail.append(item)
+        return JSONResponse({"detail": detail}, status_code=422)

@@ -1,0 +1,31 @@
+"""What routes get from the application: the repository, the catalog, readiness checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from sluice.catalog import Catalog
+from sluice.store.repository import TaskRepository
+
+ReadinessCheck = Callable[[], None]
+
+
+@dataclass
+class ApiContext:
+    """Everything the routes need, built once by ``create_app``."""
+
+    repo: TaskRepository
+    catalog: Catalog
+    checks: dict[str, ReadinessCheck] = field(default_factory=dict)
+
+
+def get_context(request: Request) -> ApiContext:
+    context: ApiContext = request.app.state.context
+    return context
+
+
+Context = Annotated[ApiContext, Depends(get_context)]

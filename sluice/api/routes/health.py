@@ -1,0 +1,43 @@
+"""Liveness, readiness and the prototype's health check."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from sluice.api.deps import Context
+from sluice.api.schemas import Message
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/api/healthchecker", response_model=Message)
+def healthchecker() -> Message:
+    """The prototype's health check."""
+    return Message(message="The API is up.")
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(context: Context) -> JSONResponse:
+    """Readiness: the database (and Redis/broker when configured) answer."""
+    results: dict[str, Any] = {}
+    ready = True
+    for name, check in context.checks.items():
+        try:
+            check()
+            results[name] = "ok"
+        except Exception as exc:  # any failure means not ready; the reason is reported
+            ready = False
+            results[name] = f"error: {type(exc).__name__}"
+    return JSONResponse(
+        {"status": "ready" if ready else "not ready", "checks": results},
+        status_code=200 if ready else 503,
+    )

@@ -1,0 +1,134 @@
+"""Request and response bodies of the REST API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sluice.domain import Phase, Task, TaskEvent, TaskStatus
+from sluice.tasks import MAX_BULK, Submission
+
+
+class TaskCreate(BaseModel):
+    """A task to create.
+
+    The prototype's form ``{"id": 1, "status": "Not Started"}`` tracks an object submitted
+    elsewhere by its id on the default provider. A submission names a ``kind`` and a
+    ``payload`` (and optionally ``provider`` and ``parent_id``) for Sluice to submit.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: int | None = Field(default=None, ge=1, le=2**53, description="explicit task id")
+    status: TaskStatus | None = None
+    provider: str | None = Field(default=None, min_length=1, max_length=64)
+    kind: str | None = Field(default=None, min_length=1, max_length=64)
+    payload: dict[str, Any] | None = None
+    parent_id: int | None = Field(default=None, ge=1, le=2**53)
+
+    def to_submission(self, idempotency_key: str | None = None) -> Submission:
+        return Submission(
+            provider=self.provider,
+            kind=self.kind,
+            payload=self.payload,
+            id=self.id,
+            status=self.status,
+            parent_id=self.parent_id,
+            idempotency_key=idempotency_key,
+        )
+
+
+class BulkItem(TaskCreate):
+    """A task in a bulk call; ``parent_index`` names an earlier item of the same batch."""
+
+    parent_index: int | None = Field(default=None, ge=0, lt=MAX_BULK)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+
+    def to_submission(self, idempotency_key: str | None = None) -> Submission:
+        base = super().to_submission(idempotency_key or self.idempotency_key)
+        return Submission(**{**base.__dict__, "parent_index": self.parent_index})
+
+
+class BulkCreate(BaseModel):
+    """Up to 10,000 tasks created all together or not at all."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: list[BulkItem] = Field(min_length=1, max_length=MAX_BULK)
+
+
+class BulkCreated(BaseModel):
+    count: int
+    ids: list[int]
+
+
+class TaskOut(BaseModel):
+    id: int
+    status: TaskStatus
+    provider: str
+    kind: str | None
+    payload: dict[str, Any] | None
+    external_id: str | None
+    parent_id: int | None
+    validation_error: str | None
+    last_error: str | None
+    phase: Phase
+    attempts: int
+    next_attempt_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, task: Task) -> TaskOut:
+        return cls(
+            id=task.id,
+            status=task.status,
+            provider=task.provider,
+            kind=task.kind,
+            payload=task.payload,
+            external_id=task.external_id,
+            parent_id=task.parent_id,
+            validation_error=task.validation_error,
+            last_error=task.last_error,
+            phase=task.phase,
+            attempts=task.attempts,
+            next_attempt_at=task.next_attempt_at,
+            created_at=task.created_at,
+            updated_at=task.updated_at,
+        )
+
+
+class TaskPage(BaseModel):
+    items: list[TaskOut]
+    next_cursor: str | None
+
+
+class EventOut(BaseModel):
+    id: int
+    at: datetime
+    event: str
+    from_status: TaskStatus | None
+    to_status: TaskStatus | None
+    detail: str | None
+
+    @classmethod
+    def of(cls, event: TaskEvent) -> EventOut:
+        return cls(
+            id=event.id,
+            at=event.at,
+            event=event.event,
+            from_status=event.from_status,
+            to_status=event.to_status,
+            detail=event.detail,
+        )
+
+
+class CancelOut(BaseModel):
+    task: TaskOut
+    descendants_cancelled: int
+
+
+class Message(BaseModel):
+    message: str

@@ -1,0 +1,1 @@
+"""The task store: the database is the source of truth (tables, repository, migrations)."""

@@ -1,0 +1,560 @@
+"""Every SQL statement the API needs: create, read, list, cancel, retry.
+
+Each public method is one transaction. Status changes go through :func:`change_status`,
+which refuses illegal transitions and writes the event in the same transaction.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    Table,
+    and_,
+    bindparam,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+
+from sluice import errors
+from sluice.clock import Clock, SystemClock
+from sluice.domain import (
+    FINAL_STATUSES,
+    NewTask,
+    Phase,
+    Task,
+    TaskEvent,
+    TaskStatus,
+    can_transition,
+)
+from sluice.store.tables import TaskEventRow, TaskRow
+
+tasks: Table = TaskRow.__table__  # type: ignore[assignment]
+events: Table = TaskEventRow.__table__  # type: ignore[assignment]
+
+MAX_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a listing and the cursor of the next one (None at the end)."""
+
+    items: list[Task]
+    next_cursor: str | None
+
+
+def new_client_ref() -> str:
+    """A reference unique to one task, sent to providers to find lost creates."""
+    return "sl-" + uuid.uuid4().hex[:24]
+
+
+def row_to_task(row: Row[Any]) -> Task:
+    m = row._mapping
+    return Task(
+        id=m["id"],
+        provider=m["provider"],
+        kind=m["kind"],
+        payload=m["payload"],
+        external_id=m["external_id"],
+        parent_id=m["parent_id"],
+        status=TaskStatus(m["status"]),
+        phase=Phase(m["phase"]),
+        track_only=bool(m["track_only"]),
+        validation_error=m["validation_error"],
+        last_error=m["last_error"],
+        attempts=m["attempts"],
+        polls=m["polls"],
+        next_attempt_at=m["next_attempt_at"],
+        idempotency_key=m["idempotency_key"],
+        client_ref=m["client_ref"],
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+    )
+
+
+def event_row(
+    task_id: int,
+    at: datetime,
+    event: str,
+    from_status: TaskStatus | None,
+    to_status: TaskStatus | None,
+    detail: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "task_id": task_id,
+        "at": at,
+        "event": event,
+        "from_status": from_status.value if from_status else None,
+        "to_status": to_status.value if to_status else None,
+        "detail": detail,
+    }
+
+
+def change_status(
+    conn: Connection,
+    task: Task,
+    to_status: TaskStatus,
+    *,
+    now: datetime,
+    event: str,
+    detail: str | None = None,
+    **fields: Any,
+) -> bool:
+    """Move ``task`` to ``to_status`` with its event, if nobody changed it meanwhile.
+
+    Returns False when the row's status is no longer ``task.status`` (a concurrent
+    change won); raises IllegalTransition when the move itself is not allowed.
+    """
+    if to_status != task.status and not can_transition(task.status, to_status):
+        raise errors.IllegalTransition(
+            f"task {task.id}: {task.status.value} -> {to_status.value} is not allowed"
+        )
+    result = conn.execute(
+        update(tasks)
+        .where(and_(tasks.c.id == task.id, tasks.c.status == task.status.value))
+        .values(status=to_status.value, updated_at=now, **fields)
+    )
+    if result.rowcount != 1:
+        return False
+    conn.execute(insert(events), [event_row(task.id, now, event, task.status, to_status, detail)])
+    return True
+
+
+def initial_phase(
+    spec: NewTask, parent_status: TaskStatus | None
+) -> tuple[TaskStatus, Phase, str | None]:
+    """Status, phase and message a new task starts with, given its parent's status."""
+    if spec.track_only:
+        if spec.status.is_final:
+            return spec.status, Phase.DONE, None
+        return spec.status, Phase.POLLING, None
+    if parent_status is None or parent_status is TaskStatus.COMPLETED:
+        return TaskStatus.NOT_STARTED, Phase.READY, None
+    if parent_status is TaskStatus.ERROR:
+        return TaskStatus.ERROR, Phase.DONE, "parent task failed"
+    if parent_status is TaskStatus.CANCELLED:
+        return TaskStatus.CANCELLED, Phase.DONE, "parent task was cancelled"
+    return TaskStatus.NOT_STARTED, Phase.WAITING_PARENT, None
+
+
+class TaskRepository:
+    """Task persistence for the API and the CLI."""
+
+    def __init__(self, engine: Engine, clock: Clock | None = None) -> None:
+        self.engine = engine
+        self.clock = clock or SystemClock()
+        self._postgres = engine.dialect.name == "postgresql"
+
+    # -- reads -------------------------------------------------------------------------
+
+    def get(self, task_id: int) -> Task:
+        with self.engine.connect() as conn:
+            return self._get(conn, task_id)
+
+    def _get(self, conn: Connection, task_id: int, *, lock: bool = False) -> Task:
+        query = select(tasks).where(tasks.c.id == task_id)
+        if lock and self._postgres:
+            query = query.with_for_update()
+        row = conn.execute(query).first()
+        if row is None:
+            raise errors.TaskNotFound(task_id)
+        return row_to_task(row)
+
+    def events(self, task_id: int) -> list[TaskEvent]:
+        with self.engine.connect() as conn:
+            self._get(conn, task_id)
+            rows = conn.execute(
+                select(events).where(events.c.task_id == task_id).order_by(events.c.id)
+            ).all()
+        return [
+            TaskEvent(
+                id=r.id,
+                task_id=r.task_id,
+                at=r.at,
+                event=r.event,
+                from_status=TaskStatus(r.from_status) if r.from_status else None,
+                to_status=TaskStatus(r.to_status) if r.to_status else None,
+                detail=r.detail,
+            )
+            for r in rows
+        ]
+
+    def list_tasks(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        provider: str | None = None,
+        kind: str | None = None,
+        parent_id: int | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page:
+        """Tasks in id order after ``cursor``; stable while new tasks are inserted."""
+        limit = max(1, min(limit, MAX_PAGE))
+        query = select(tasks).order_by(tasks.c.id).limit(limit + 1)
+        if cursor is not None:
+            query = query.where(tasks.c.id > decode_cursor(cursor))
+        if status is not None:
+            query = query.where(tasks.c.status == status.value)
+        if provider is not None:
+            query = query.where(tasks.c.provider == provider)
+        if kind is not None:
+            query = query.where(tasks.c.kind == kind)
+        if parent_id is not None:
+            query = query.where(tasks.c.parent_id == parent_id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        items = [row_to_task(r) for r in rows[:limit]]
+        more = len(rows) > limit
+        return Page(items, encode_cursor(items[-1].id) if more and items else None)
+
+    def counts(self) -> dict[str, int]:
+        """Number of tasks per status."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(tasks.c.status, func.count()).group_by(tasks.c.status))
+            return {status: count for status, count in rows}
+
+    # -- creates -----------------------------------------------------------------------
+
+    def create(self, spec: NewTask) -> tuple[Task, bool]:
+        """Create one task; returns (task, created). A replayed idempotency key returns
+        the original task with ``created=False``; the same key with another body is 409."""
+        if spec.idempotency_key is not None:
+            existing = self._by_idempotency_key(spec)
+            if existing is not None:
+                return existing, False
+        try:
+            ids = self.create_many([spec])
+        except errors.TaskConflict:
+            if spec.idempotency_key is not None:
+                existing = self._by_idempotency_key(spec)
+                if existing is not None:
+                    return existing, False
+            raise
+        return self.get(ids[0]), True
+
+    def _by_idempotency_key(self, spec: NewTask) -> Task | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(tasks).where(tasks.c.idempotency_key == spec.idempotency_key)
+            ).first()
+        if row is None:
+            return None
+        if row.request_hash != spec.request_hash:
+            raise errors.TaskConflict(
+                f"Idempotency-Key {spec.idempotency_key!r} was already used with a different body"
+            )
+        return row_to_task(row)
+
+    def create_many(self, specs: Sequence[NewTask]) -> list[int]:
+        """Create every task or none; returns their ids in input order."""
+        now = self.clock.now()
+        try:
+            with self.engine.begin() as conn:
+                return self._insert_batch(conn, specs, now)
+        except IntegrityError as exc:
+            raise errors.TaskConflict(_conflict_message(exc, specs)) from exc
+
+    def _insert_batch(self, conn: Connection, specs: Sequence[NewTask], now: datetime) -> list[int]:
+        parent_statuses = self._parent_statuses(conn, specs)
+        rows: list[dict[str, Any]] = []
+        for spec in specs:
+            if spec.parent_index is not None:
+                parent_status: TaskStatus | None = TaskStatus(rows[spec.parent_index]["status"])
+            elif spec.parent_id is not None:
+                parent_status = parent_statuses[spec.parent_id]
+            else:
+                parent_status = None
+            status, phase, message = initial_phase(spec, parent_status)
+            if message and spec.parent_index is not None:
+                message = f"parent item {spec.parent_index}: {message}"
+            elif message:
+                message = f"parent task {spec.parent_id}: {message}"
+            rows.append(
+                {
+                    "id": spec.id,
+                    "provider": spec.provider,
+                    "kind": spec.kind,
+                    "payload": spec.payload,
+                    "external_id": str(spec.id)
+                    if spec.track_only and spec.id is not None
+                    else None,
+                    "parent_id": spec.parent_id,
+                    "status": status.value,
+                    "phase": phase.value,
+                    "track_only": spec.track_only,
+                    "validation_error": None,
+                    "last_error": message,
+                    "attempts": 0,
+                    "polls": 0,
+                    "poll_interval_s": None,
+                    "next_attempt_at": now if phase in (Phase.READY, Phase.POLLING) else None,
+                    "deadline_at": None,
+                    "idempotency_key": spec.idempotency_key,
+                    "request_hash": spec.request_hash,
+                    "client_ref": None if spec.track_only else new_client_ref(),
+                    "claimed_by": None,
+                    "claimed_until": None,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+        ids = self._insert_rows(conn, rows)
+        fix_parents = [
+            {"tid": ids[i], "pid": ids[spec.parent_index]}
+            for i, spec in enumerate(specs)
+            if spec.parent_index is not None
+        ]
+        if fix_parents:
+            conn.execute(
+                update(tasks)
+                .where(tasks.c.id == bindparam("tid"))
+                .values(parent_id=bindparam("pid")),
+                fix_parents,
+            )
+        conn.execute(
+            insert(events),
+            [
+                event_row(
+                    task_id, now, "created", None, TaskStatus(row["status"]), row["last_error"]
+                )
+                for task_id, row in zip(ids, rows, strict=True)
+            ],
+        )
+        return ids
+
+    def _insert_rows(self, conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
+        explicit = [i for i, r in enumerate(rows) if r["id"] is not None]
+        auto = [i for i, r in enumerate(rows) if r["id"] is None]
+        ids: list[int] = [0] * len(rows)
+        if explicit:
+            conn.execute(insert(tasks), [rows[i] for i in explicit])
+            for i in explicit:
+                ids[i] = rows[i]["id"]
+            if self._postgres:
+                # Explicit ids must never collide with later auto-numbered creates.
+                conn.execute(
+                    text(
+                        "SELECT setval(pg_get_serial_sequence('tasks', 'id'), "
+                        "GREATEST((SELECT MAX(id) FROM tasks), 1))"
+                    )
+                )
+        if auto:
+            auto_rows = [{k: v for k, v in rows[i].items() if k != "id"} for i in auto]
+            result = conn.execute(
+                insert(tasks).returning(tasks.c.id, sort_by_parameter_order=True), auto_rows
+            )
+            for i, new_id in zip(auto, result.scalars().all(), strict=True):
+                ids[i] = new_id
+            track_rows = [{"tid": ids[i]} for i in auto if rows[i]["track_only"]]
+            if track_rows:
+                conn.execute(
+                    update(tasks)
+                    .where(tasks.c.id == bindparam("tid"))
+                    .values(external_id=func.cast(tasks.c.id, tasks.c.external_id.type)),
+                    track_rows,
+                )
+        return ids
+
+    def _parent_statuses(self, conn: Connection, specs: Sequence[NewTask]) -> dict[int, TaskStatus]:
+        wanted = {s.parent_id for s in specs if s.parent_id is not None}
+        if not wanted:
+            return {}
+        found: dict[int, TaskStatus] = {}
+        for chunk in _chunks(sorted(wanted), 900):
+            for task_id, status in conn.execute(
+                select(tasks.c.id, tasks.c.status).where(tasks.c.id.in_(chunk))
+            ):
+                found[task_id] = TaskStatus(status)
+        missing = wanted - set(found)
+        if missing:
+            raise errors.InvalidTask(
+                f"parent task(s) {', '.join(map(str, sorted(missing)))} do not exist"
+            )
+        return found
+
+    # -- cancel and retry ----------------------------------------------------------------
+
+    def cancel(self, task_id: int) -> tuple[Task, int]:
+        """Cancel a task that is not final and every unfinished descendant.
+
+        Returns the task and how many descendants were cancelled with it.
+        """
+        now = self.clock.now()
+        with self.engine.begin() as conn:
+            task = self._get(conn, task_id, lock=True)
+            if task.status in FINAL_STATUSES:
+                raise errors.IllegalTransition(
+                    f"task {task_id} is {task.status.value}; only unfinished tasks can be cancelled"
+                )
+            changed = change_status(
+                conn,
+                task,
+                TaskStatus.CANCELLED,
+                now=now,
+                event="cancelled",
+                detail="cancelled by request",
+                phase=Phase.DONE.value,
+                next_attempt_at=None,
+                claimed_by=None,
+                claimed_until=None,
+            )
+            if not changed:
+                raise errors.TaskConflict(f"task {task_id} changed meanwhile; try again")
+            count = end_descendants(
+                conn, [task_id], TaskStatus.CANCELLED, f"parent task {task_id} was cancelled", now
+            )
+            return self._get(conn, task_id), count
+
+    def retry(self, task_id: int) -> Task:
+        """Put an Error or Cancelled task (and its ended descendants) back to Not Started."""
+        now = self.clock.now()
+        with self.engine.begin() as conn:
+            task = self._get(conn, task_id, lock=True)
+            if task.status not in (TaskStatus.ERROR, TaskStatus.CANCELLED):
+                raise errors.IllegalTransition(
+                    f"task {task_id} is {task.status.value}; only Error or Cancelled tasks "
+                    "can be retried"
+                )
+            parent_status = None
+            if task.parent_id is not None:
+                parent_status = self._get(conn, task.parent_id).status
+            self._restart(conn, task, parent_status, now)
+            for child in self._descendants(conn, task_id):
+                if child.status in (TaskStatus.ERROR, TaskStatus.CANCELLED):
+                    self._restart(conn, child, TaskStatus.NOT_STARTED, now)
+            return self._get(conn, task_id)
+
+    def _restart(
+        self, conn: Connection, task: Task, parent_status: TaskStatus | None, now: datetime
+    ) -> None:
+        if task.track_only:
+            phase = Phase.POLLING
+        elif parent_status is None or parent_status is TaskStatus.COMPLETED:
+            phase = Phase.READY
+        else:
+            phase = Phase.WAITING_PARENT
+        previous = task.validation_error or task.last_error or "-"
+        change_status(
+            conn,
+            task,
+            TaskStatus.NOT_STARTED,
+            now=now,
+            event="retried",
+            detail=f"retried by request (was {task.status.value}: {previous})",
+            phase=phase.value,
+            attempts=0,
+            polls=0,
+            validation_error=None,
+            last_error=None,
+            external_id=task.external_id if task.track_only else None,
+            next_attempt_at=now if phase is not Phase.WAITING_PARENT else None,
+            deadline_at=None,
+            poll_interval_s=None,
+            claimed_by=None,
+            claimed_until=None,
+        )
+
+    def _descendants(self, conn: Connection, task_id: int) -> list[Task]:
+        ids = descendant_ids(conn, [task_id])
+        if not ids:
+            return []
+        found: list[Task] = []
+        for chunk in _chunks(ids, 900):
+            found.extend(
+                row_to_task(r) for r in conn.execute(select(tasks).where(tasks.c.id.in_(chunk)))
+            )
+        return sorted(found, key=lambda t: t.id)
+
+
+def descendant_ids(conn: Connection, roots: Sequence[int]) -> list[int]:
+    """Ids of every descendant of ``roots`` (not the roots), any depth."""
+    found: list[int] = []
+    frontier = list(roots)
+    while frontier:
+        children: list[int] = []
+        for chunk in _chunks(frontier, 900):
+            children.extend(
+                conn.execute(select(tasks.c.id).where(tasks.c.parent_id.in_(chunk))).scalars()
+            )
+        found.extend(children)
+        frontier = children
+    return found
+
+
+def end_descendants(
+    conn: Connection, roots: Sequence[int], status: TaskStatus, message: str, now: datetime
+) -> int:
+    """End every unfinished descendant of ``roots`` with ``status`` and ``message``."""
+    ids = descendant_ids(conn, roots)
+    count = 0
+    for chunk in _chunks(ids, 900):
+        rows = conn.execute(
+            select(tasks).where(
+                and_(
+                    tasks.c.id.in_(chunk), tasks.c.status.not_in([s.value for s in FINAL_STATUSES])
+                )
+            )
+        ).all()
+        for row in rows:
+            task = row_to_task(row)
+            fields: dict[str, Any] = {
+                "phase": Phase.DONE.value,
+                "next_attempt_at": None,
+                "claimed_by": None,
+                "claimed_until": None,
+                "last_error": message,
+            }
+            if status is TaskStatus.ERROR:
+                fields["validation_error"] = message
+            if change_status(
+                conn, task, status, now=now, event="parent_ended", detail=message, **fields
+            ):
+                count += 1
+    return count
+
+
+def encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(f"id:{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        kind, value = base64.urlsafe_b64decode(padded.encode()).decode().split(":", 1)
+        if kind != "id":
+            raise ValueError(kind)
+        return int(value)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise errors.InvalidTask(f"cursor {cursor!r} is not a cursor this API returned") from exc
+
+
+def _chunks(items: Sequence[int], size: int) -> Iterable[list[int]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+def _conflict_message(exc: IntegrityError, specs: Sequence[NewTask]) -> str:
+    text_ = str(exc.orig).lower()
+    if "idempotency" in text_:
+        return "Idempotency-Key already used"
+    explicit = [s.id for s in specs if s.id is not None]
+    if explicit and (
+        "primary" in text_ or "tasks.id" in text_ or "pk_tasks" in text_ or "unique" in text_
+    ):
+        if len(explicit) == 1:
+            return f"task {explicit[0]} already exists"
+        return f"one of tasks {', '.join(map(str, explicit[:20]))} already exists"
+    return "conflicting task"

@@ -1,0 +1,140 @@
+"""Service functions for creating and managing tasks, shared by the API and the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sluice import errors
+from sluice.catalog import Catalog
+from sluice.domain import NewTask, Task, TaskStatus
+from sluice.store.repository import TaskRepository
+
+MAX_BULK = 10_000
+
+
+@dataclass(frozen=True)
+class ItemError:
+    """What is wrong with one field of one submitted item."""
+
+    index: int | None
+    field: str
+    message: str
+
+
+class SubmissionInvalid(errors.SluiceError):
+    """One or more items of a submission are invalid; nothing was written."""
+
+    def __init__(self, problems: Sequence[ItemError]) -> None:
+        super().__init__("; ".join(f"{p.field}: {p.message}" for p in problems))
+        self.problems = list(problems)
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One task as a client describes it (already type-checked by the caller)."""
+
+    provider: str | None = None
+    kind: str | None = None
+    payload: dict[str, Any] | None = None
+    id: int | None = None
+    status: TaskStatus | None = None
+    parent_id: int | None = None
+    parent_index: int | None = None
+    idempotency_key: str | None = None
+
+
+def request_hash(body: Any) -> str:
+    """A stable digest of a request body, to tell an idempotent replay from a reuse."""
+    encoded = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(encoded.encode()).hexdigest()
+
+
+def to_new_task(
+    item: Submission, index: int | None, catalog: Catalog
+) -> tuple[NewTask | None, list[ItemError]]:
+    """Check one submission against the catalog and the rules of the two task modes."""
+    problems: list[ItemError] = []
+    provider = item.provider or catalog.default_provider
+    unknown = catalog.check(provider, item.kind)
+    if unknown:
+        problems.append(ItemError(index, unknown[0], unknown[1]))
+    if item.kind is None:
+        if item.payload is not None:
+            problems.append(ItemError(index, "kind", "a payload needs a kind (e.g. campaign)"))
+        if item.parent_id is not None or item.parent_index is not None:
+            problems.append(
+                ItemError(index, "parent_id", "a tracked task (no kind) cannot have a parent")
+            )
+    else:
+        if item.payload is None:
+            problems.append(
+                ItemError(index, "payload", f"a {item.kind} task needs a payload object")
+            )
+        if item.status not in (None, TaskStatus.NOT_STARTED):
+            problems.append(
+                ItemError(index, "status", "a submission starts as 'Not Started'; omit status")
+            )
+    if item.parent_index is not None and (index is None or not 0 <= item.parent_index < index):
+        problems.append(
+            ItemError(index, "parent_index", "parent_index must name an earlier item of this batch")
+        )
+    if item.parent_id is not None and item.parent_index is not None:
+        problems.append(ItemError(index, "parent_id", "give parent_id or parent_index, not both"))
+    if problems:
+        return None, problems
+    return (
+        NewTask(
+            provider=provider,
+            kind=item.kind,
+            payload=item.payload,
+            id=item.id,
+            parent_id=item.parent_id,
+            parent_index=item.parent_index,
+            status=item.status or TaskStatus.NOT_STARTED,
+            idempotency_key=item.idempotency_key,
+        ),
+        [],
+    )
+
+
+def create_task(
+    repo: TaskRepository, catalog: Catalog, item: Submission, body_hash: str | None = None
+) -> tuple[Task, bool]:
+    """Create one task; returns (task, created) where created is False on an idempotent replay."""
+    spec, problems = to_new_task(item, None, catalog)
+    if spec is None:
+        raise SubmissionInvalid(problems)
+    if body_hash is not None:
+        spec = NewTask(**{**spec.__dict__, "request_hash": body_hash})
+    return repo.create(spec)
+
+
+def create_tasks(repo: TaskRepository, catalog: Catalog, items: Sequence[Submission]) -> list[int]:
+    """Create all ``items`` atomically, or raise with every item's problems."""
+    if len(items) > MAX_BULK:
+        raise SubmissionInvalid(
+            [ItemError(None, "tasks", f"at most {MAX_BULK} tasks per call, got {len(items)}")]
+        )
+    if not items:
+        raise SubmissionInvalid([ItemError(None, "tasks", "no tasks given")])
+    specs: list[NewTask] = []
+    problems: list[ItemError] = []
+    seen_ids: set[int] = set()
+    for index, item in enumerate(items):
+        spec, item_problems = to_new_task(item, index, catalog)
+        if item.id is not None:
+            if item.id in seen_ids:
+                item_problems.append(
+                    ItemError(index, "id", f"id {item.id} appears twice in this batch")
+                )
+            seen_ids.add(item.id)
+        problems.extend(item_problems)
+        if spec is not None:
+            specs.append(spec)
+    if problems:
+        raise SubmissionInvalid(problems)
+    return repo.create_many(specs)
