@@ -1,0 +1,58 @@
+# Sluice: two commands on a fresh machine, `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SLUICE := $(BIN)/sluice
+
+.PHONY: run run-api run-distributed test lint format typecheck unit bench services clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(VENV)/.installed $@
+
+## The main job: API + engine + in-process sandbox with the demo campaign (embedded, SQLite).
+run: $(VENV)/.installed
+	$(SLUICE) up --demo
+
+## The API alone on SQLite at http://127.0.0.1:8000.
+run-api: $(VENV)/.installed
+	$(SLUICE) api
+
+## Lint, type checks and the whole suite (starts PostgreSQL/Redis/RabbitMQ if they are down).
+test: $(VENV)/.installed-dev services
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest -q -p no:cacheprovider
+
+unit: $(VENV)/.installed-dev
+	$(BIN)/pytest -q tests/unit
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(VENV)/.installed-dev
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: $(VENV)/.installed-dev
+	$(BIN)/mypy
+
+services:
+	@bash scripts/ensure-services.sh
+
+## Benchmarks: JSON (and PNG plots) under bench/results/.
+bench: $(VENV)/.installed-dev services
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache sluice.db sluice.db-wal sluice.db-shm

@@ -1,0 +1,1 @@
+"""The engine: dispatch under the limiter, submit, poll, retry, chain."""

@@ -1,0 +1,281 @@
+"""Turn one provider decision into the outcome the store records: pure, no I/O.
+
+This is the one place that acts on ``Accepted | StatusReport | RateLimited | Transient |
+Failed | Found | NotFound``: rate limits never count as attempts, transient failures back
+off with full jitter up to ``max_attempts``, ambiguous failures are looked up before any
+re-create, final statuses release or end the task's children.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sluice.domain import Phase, TaskStatus
+from sluice.engine.retry import Backoff, PollSchedule
+from sluice.engine.units import DueTask, Outcome
+from sluice.providers.base import (
+    Accepted,
+    Found,
+    LookupDecision,
+    NotFound,
+    PollDecision,
+    RateLimited,
+    StatusReport,
+    SubmitDecision,
+    Transient,
+    deadline_message,
+)
+
+DEFAULT_PAUSE_S = 1.0
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A provider's retry and polling rules, as plain numbers."""
+
+    provider: str
+    max_attempts: int
+    backoff: Backoff
+    poll: PollSchedule
+    deadline_s: float | None
+    can_lookup: bool
+    synchronous: bool = False
+
+
+def _later(now: datetime, seconds: float) -> datetime:
+    return now + timedelta(seconds=max(0.0, seconds))
+
+
+def _ended_children(task_id: int, status: TaskStatus, message: str) -> tuple[TaskStatus, str]:
+    verb = "was cancelled" if status is TaskStatus.CANCELLED else "failed"
+    return status, f"parent task {task_id} {verb}: {message}"
+
+
+def rate_limited(task: DueTask, decision: RateLimited, now: datetime) -> Outcome:
+    """Wait out the provider's pause; the attempt does not count."""
+    pause = decision.retry_after_s if decision.retry_after_s is not None else DEFAULT_PAUSE_S
+    return Outcome(
+        task_id=task.id,
+        from_status=task.status,
+        to_status=task.status,
+        phase=Phase.READY if task.phase is Phase.SUBMITTING else task.phase,
+        event="rate_limited",
+        detail=f"{decision.detail}; paused {pause:g}s",
+        fields={"next_attempt_at": _later(now, pause)},
+        pause_s=pause,
+    )
+
+
+def transient(
+    task: DueTask,
+    decision: Transient,
+    policy: Policy,
+    now: datetime,
+    retry_phase: Phase,
+    rng: random.Random | None = None,
+) -> Outcome:
+    """Back off and retry, or give up with the last error after ``max_attempts``."""
+    attempts = task.attempts + 1
+    if attempts >= policy.max_attempts:
+        message = f"gave up after {attempts} attempts: {decision.message}"
+        return Outcome(
+            task_id=task.id,
+            from_status=task.status,
+            to_status=TaskStatus.ERROR,
+            phase=Phase.DONE,
+            event="gave_up",
+            detail=message,
+            fields={
+                "attempts": attempts,
+                "last_error": decision.message,
+                "validation_error": message,
+                "next_attempt_at": None,
+            },
+            end_descendants=_ended_children(task.id, TaskStatus.ERROR, message),
+        )
+    delay = policy.backoff.delay(attempts, rng)
+    if decision.retry_after_s is not None:
+        delay = max(delay, decision.retry_after_s)
+    return Outcome(
+        task_id=task.id,
+        from_status=task.status,
+        to_status=task.status,
+        phase=retry_phase,
+        event="attempt_failed",
+        detail=f"attempt {attempts}: {decision.message}; next in {delay:.2f}s",
+        fields={
+            "attempts": attempts,
+            "last_error": decision.message,
+            "next_attempt_at": _later(now, delay),
+        },
+    )
+
+
+def accepted(
+    task: DueTask, external_id: str, completed: bool, policy: Policy, now: datetime, event: str
+) -> Outcome:
+    """The provider has the object: poll it, or it is already done."""
+    if completed:
+        return Outcome(
+            task_id=task.id,
+            from_status=task.status,
+            to_status=TaskStatus.COMPLETED,
+            phase=Phase.DONE,
+            event=event,
+            detail=f"{policy.provider} id {external_id} (synchronous)",
+            fields={"external_id": external_id, "next_attempt_at": None, "last_error": None},
+            release_children=True,
+        )
+    interval = policy.poll.base_s
+    deadline = _later(now, policy.deadline_s) if policy.deadline_s is not None else None
+    return Outcome(
+        task_id=task.id,
+        from_status=task.status,
+        to_status=TaskStatus.IN_PROGRESS,
+        phase=Phase.POLLING,
+        event=event,
+        detail=f"{policy.provider} id {external_id}",
+        fields={
+            "external_id": external_id,
+            "next_attempt_at": _later(now, interval),
+            "poll_interval_s": interval,
+            "deadline_at": deadline,
+            "last_error": None,
+        },
+    )
+
+
+def after_submit(
+    task: DueTask,
+    decision: SubmitDecision,
+    policy: Policy,
+    now: datetime,
+    rng: random.Random | None = None,
+) -> Outcome:
+    """Outcome of a create request."""
+    if isinstance(decision, Accepted):
+        return accepted(task, decision.external_id, decision.completed, policy, now, "submitted")
+    if isinstance(decision, RateLimited):
+        return rate_limited(task, decision, now)
+    if isinstance(decision, Transient):
+        phase = Phase.UNCERTAIN if decision.ambiguous and policy.can_lookup else Phase.READY
+        return transient(task, decision, policy, now, phase, rng)
+    return failed(task, decision.message)
+
+
+def failed(task: DueTask, message: str) -> Outcome:
+    """A permanent refusal (validation): Error with the provider's message."""
+    return Outcome(
+        task_id=task.id,
+        from_status=task.status,
+        to_status=TaskStatus.ERROR,
+        phase=Phase.DONE,
+        event="rejected",
+        detail=message,
+        fields={"validation_error": message, "last_error": message, "next_attempt_at": None},
+        end_descendants=_ended_children(task.id, TaskStatus.ERROR, message),
+    )
+
+
+def after_lookup(
+    task: DueTask,
+    decision: LookupDecision,
+    policy: Policy,
+    now: datetime,
+    rng: random.Random | None = None,
+) -> Outcome:
+    """Outcome of looking up a create whose answer was lost."""
+    if isinstance(decision, Found):
+        return accepted(task, decision.external_id, policy.synchronous, policy, now, "found")
+    if isinstance(decision, NotFound):
+        return Outcome(
+            task_id=task.id,
+            from_status=task.status,
+            to_status=task.status,
+            phase=Phase.READY,
+            event="lookup",
+            detail="no object with this client reference; submitting again",
+            fields={"next_attempt_at": now},
+        )
+    if isinstance(decision, RateLimited):
+        return rate_limited(task, decision, now)
+    return transient(task, decision, policy, now, Phase.UNCERTAIN, rng)
+
+
+def after_poll(
+    task: DueTask,
+    decision: PollDecision,
+    policy: Policy,
+    now: datetime,
+    rng: random.Random | None = None,
+) -> Outcome:
+    """Outcome of a status read (also when nothing changed: the next poll is scheduled)."""
+    if isinstance(decision, RateLimited):
+        return rate_limited(task, decision, now)
+    if isinstance(decision, Transient):
+        return transient(task, decision, policy, now, Phase.POLLING, rng)
+    return _status_report(task, decision, policy, now)
+
+
+def _status_report(task: DueTask, report: StatusReport, policy: Policy, now: datetime) -> Outcome:
+    polls = task.polls + 1
+    status = report.status
+    if status is TaskStatus.COMPLETED:
+        return Outcome(
+            task_id=task.id,
+            from_status=task.status,
+            to_status=TaskStatus.COMPLETED,
+            phase=Phase.DONE,
+            detail=f"{policy.provider} status {report.raw_status!r}",
+            fields={"polls": polls, "next_attempt_at": None, "last_error": None},
+            release_children=True,
+        )
+    if status in (TaskStatus.ERROR, TaskStatus.CANCELLED):
+        message = report.message or f"{policy.provider} status {report.raw_status!r}"
+        return Outcome(
+            task_id=task.id,
+            from_status=task.status,
+            to_status=status,
+            phase=Phase.DONE,
+            detail=message,
+            fields={
+                "polls": polls,
+                "next_attempt_at": None,
+                "validation_error": message if status is TaskStatus.ERROR else None,
+                "last_error": message,
+            },
+            end_descendants=_ended_children(task.id, status, message),
+        )
+    if task.deadline_at is not None and now >= task.deadline_at and policy.deadline_s is not None:
+        message = deadline_message(policy.provider, policy.deadline_s)
+        return Outcome(
+            task_id=task.id,
+            from_status=task.status,
+            to_status=TaskStatus.ERROR,
+            phase=Phase.DONE,
+            event="deadline",
+            detail=message,
+            fields={"polls": polls, "next_attempt_at": None, "validation_error": message},
+            end_descendants=_ended_children(task.id, TaskStatus.ERROR, message),
+        )
+    # Only forward moves: a provider answering "Not Started" for an In Progress task
+    # changes nothing.
+    to_status = task.status
+    if status is TaskStatus.IN_PROGRESS and task.status is TaskStatus.NOT_STARTED:
+        to_status = TaskStatus.IN_PROGRESS
+    changed = to_status != task.status
+    interval = policy.poll.next_interval(task.poll_interval_s, changed)
+    return Outcome(
+        task_id=task.id,
+        from_status=task.status,
+        to_status=to_status,
+        phase=Phase.POLLING,
+        detail=f"{policy.provider} status {report.raw_status!r}" if changed else None,
+        fields={
+            "polls": polls,
+            "poll_interval_s": interval,
+            "next_attempt_at": _later(now, interval),
+        },
+    )

@@ -1,0 +1,231 @@
+"""The dispatcher: hands due work to an executor only as fast as the limiter grants it.
+
+Per provider it keeps a short buffer of *claimed* work units (about ``lookahead_s`` worth
+at the provider's rate), asks the limiter for a grant for the head unit and, when granted,
+hands it to the executor at once, so nothing but a thread hand-off lies between the grant
+and the request. A refusal only sets an in-memory "not before" time for that provider:
+waiting costs no database write and no sleeping worker. The same loop runs embedded (one
+process, forever) and inside Celery workers (bounded pumps).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Protocol
+
+from sluice.clock import Clock, SystemClock
+from sluice.engine.units import DueTask, Operation, WorkUnit
+from sluice.providers.base import Provider
+from sluice.ratelimit.base import Limiter
+from sluice.ratelimit.rate import Grant
+from sluice.store.queue import WorkQueue
+
+log = logging.getLogger("sluice.dispatcher")
+
+
+class Executor(Protocol):
+    """Runs granted work units."""
+
+    def capacity(self) -> int:
+        """How many more units could start right now."""
+        ...
+
+    def submit(self, unit: WorkUnit, grant: Grant) -> None:
+        """Start the unit now; the grant's lease (if any) is released when it ends."""
+        ...
+
+
+@dataclass
+class ProviderLane:
+    """Claimed units of one provider waiting for grants."""
+
+    units: deque[WorkUnit] = field(default_factory=deque)
+    not_before: float = 0.0
+    next_refill: float = 0.0
+
+
+@dataclass
+class DispatchStats:
+    """Counters for the summary and the benchmarks."""
+
+    granted: int = 0
+    refused: int = 0
+    claimed: int = 0
+
+
+class Dispatcher:
+    """Moves due tasks from the store to an executor under the limiter."""
+
+    def __init__(
+        self,
+        queue: WorkQueue,
+        providers: Mapping[str, Provider],
+        limiter: Limiter,
+        executor: Executor,
+        *,
+        worker_id: str,
+        clock: Clock | None = None,
+        batch: int = 500,
+        idle_s: float = 0.05,
+        lookahead_s: float = 1.0,
+        lease_s: float = 120.0,
+        reconcile_every_s: float = 30.0,
+    ) -> None:
+        self.queue = queue
+        self.providers = providers
+        self.limiter = limiter
+        self.executor = executor
+        self.worker_id = worker_id
+        self.clock = clock or SystemClock()
+        self.batch = batch
+        self.idle_s = idle_s
+        self.lookahead_s = lookahead_s
+        self.lease_s = lease_s
+        self.reconcile_every_s = reconcile_every_s
+        self.lanes = {name: ProviderLane() for name in providers}
+        self.stats = DispatchStats()
+        self._next_reconcile = 0.0
+        self._wake = threading.Event()
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, until: Callable[[], bool] | None = None) -> None:
+        """Dispatch until ``stop`` is set (or ``until()`` is true); then give back claims."""
+        try:
+            while not stop.is_set() and not (until and until()):
+                wait = self.step()
+                if wait > 0:
+                    self._wake.wait(min(wait, self.idle_s))
+                    self._wake.clear()
+        finally:
+            self.release_all()
+
+    def wake(self) -> None:
+        """New work may be due (e.g. the API just created tasks)."""
+        self._wake.set()
+
+    def step(self) -> float:
+        """Dispatch what can go now; return how long to wait before the next step."""
+        now = self.clock.time()
+        if now >= self._next_reconcile:
+            self._next_reconcile = now + self.reconcile_every_s
+            recovered = self.queue.recover_stuck(self.clock.now())
+            if recovered:
+                log.warning("tasks.recovered", extra={"count": recovered})
+        waits: list[float] = []
+        for name, lane in self.lanes.items():
+            if not lane.units and now >= lane.next_refill:
+                self._refill(name, lane)
+                if not lane.units:
+                    lane.next_refill = now + self.idle_s
+            if lane.units:
+                waits.append(self._drain(name, lane))
+            else:
+                waits.append(max(0.0, lane.next_refill - now))
+        return min(waits, default=self.idle_s)
+
+    def _drain(self, name: str, lane: ProviderLane) -> float:
+        provider = self.providers[name]
+        while lane.units:
+            now = self.clock.time()
+            if now < lane.not_before:
+                return lane.not_before - now
+            if self.executor.capacity() <= 0:
+                return 0.001
+            unit = lane.units[0]
+            payload = unit.tasks[0].payload if unit.operation is Operation.SUBMIT else None
+            grant = acquire(self.limiter, provider, unit, payload)
+            if not grant.granted:
+                self.stats.refused += 1
+                lane.not_before = now + max(grant.retry_after_s, 0.0005)
+                if grant.reason == "paused" and grant.retry_after_s > self.lookahead_s * 2:
+                    self._release_lane(lane, grant.retry_after_s)
+                    return grant.retry_after_s
+                continue
+            lane.units.popleft()
+            self.stats.granted += 1
+            self.executor.submit(unit, grant)
+        return 0.0
+
+    # -- claims ------------------------------------------------------------------------
+
+    def _refill(self, name: str, lane: ProviderLane) -> None:
+        provider = self.providers[name]
+        want = self._lookahead_count(provider)
+        due = self.queue.claim_due(
+            self.clock.now(), want, self.worker_id, self.lease_s, providers=[name]
+        )
+        if not due:
+            return
+        self.stats.claimed += len(due)
+        lane.units.extend(build_units(provider, due))
+
+    def _lookahead_count(self, provider: Provider) -> int:
+        rates = [
+            spec.rate.limit / spec.rate.window_s for spec in provider.limits_for("write", None)
+        ]
+        if not rates:
+            return self.batch
+        per_second = min(rates)
+        return max(1, min(self.batch, math.ceil(per_second * self.lookahead_s)))
+
+    def _release_lane(self, lane: ProviderLane, delay_s: float) -> None:
+        ids = [t.id for unit in lane.units for t in unit.tasks]
+        lane.units.clear()
+        at = self.clock.now() + timedelta(seconds=delay_s)
+        self.queue.release(ids, next_attempt_at=at)
+
+    def release_all(self) -> None:
+        """Give back every claimed, unsent unit (shutdown)."""
+        ids = [t.id for lane in self.lanes.values() for unit in lane.units for t in unit.tasks]
+        for lane in self.lanes.values():
+            lane.units.clear()
+        if ids:
+            self.queue.release(ids)
+
+
+UNLIMITED = Grant(granted=True, retry_after_s=0.0)
+
+
+def acquire(
+    limiter: Limiter, provider: Provider, unit: WorkUnit, payload: Mapping[str, Any] | None
+) -> Grant:
+    """Ask for the grant one request of ``unit`` needs (a provider with no limits needs none)."""
+    limits = provider.limits_for(unit.operation.access, payload)
+    in_flight = provider.in_flight()
+    if not limits and in_flight is None:
+        return UNLIMITED
+    return limiter.acquire(limits, in_flight=in_flight)
+
+
+def build_units(provider: Provider, due: list[DueTask]) -> list[WorkUnit]:
+    """One unit per submit or lookup; polls grouped as the provider batches them."""
+    from sluice.engine.execute import task_ref
+
+    units: list[WorkUnit] = []
+    polls: list[DueTask] = []
+    for task in due:
+        if task.operation is Operation.POLL:
+            polls.append(task)
+        else:
+            units.append(WorkUnit(provider.name, task.operation, (task,)))
+    if polls:
+        by_id = {t.id: t for t in polls}
+        for group in provider.poll_groups([task_ref(t) for t in polls]):
+            units.append(
+                WorkUnit(provider.name, Operation.POLL, tuple(by_id[r.task_id] for r in group))
+            )
+    return units
+
+
+def monotonic_deadline(seconds: float) -> Callable[[], bool]:
+    """A predicate that turns true ``seconds`` from now."""
+    end = time.monotonic() + seconds
+    return lambda: time.monotonic() >= end

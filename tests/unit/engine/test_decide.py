@@ -1,0 +1,168 @@
+"""The one place decisions become outcomes: retries, rate limits, chains, deadlines."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+from sluice.domain import Phase, TaskStatus
+from sluice.engine import decide
+from sluice.engine.decide import Policy
+from sluice.engine.retry import Backoff, PollSchedule
+from sluice.engine.units import DueTask
+from sluice.providers.base import (
+    Accepted,
+    Failed,
+    Found,
+    NotFound,
+    RateLimited,
+    StatusReport,
+    Transient,
+)
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+POLICY = Policy(
+    provider="acme",
+    max_attempts=3,
+    backoff=Backoff(1.0, 60.0),
+    poll=PollSchedule(2.0, 16.0),
+    deadline_s=3600.0,
+    can_lookup=True,
+)
+
+
+def due(**changes: object) -> DueTask:
+    base: dict[str, object] = {
+        "id": 7,
+        "provider": "acme",
+        "kind": "campaign",
+        "payload": {"name": "c"},
+        "external_id": None,
+        "client_ref": "sl-x",
+        "parent_id": None,
+        "parent_external_id": None,
+        "status": TaskStatus.NOT_STARTED,
+        "phase": Phase.SUBMITTING,
+        "track_only": False,
+        "attempts": 0,
+        "polls": 0,
+        "poll_interval_s": None,
+        "deadline_at": None,
+    }
+    base.update(changes)
+    return DueTask(**base)  # type: ignore[arg-type]
+
+
+def test_accepted_moves_to_in_progress_and_schedules_first_poll() -> None:
+    """An accepted create is In Progress with the provider's id, polled after the interval."""
+    out = decide.after_submit(due(), Accepted("cmp-1", completed=False), POLICY, NOW)
+    assert out.to_status is TaskStatus.IN_PROGRESS
+    assert out.phase is Phase.POLLING
+    assert out.fields["external_id"] == "cmp-1"
+    assert out.fields["next_attempt_at"] == NOW + timedelta(seconds=2)
+    assert out.fields["deadline_at"] == NOW + timedelta(hours=1)
+
+
+def test_synchronous_accept_completes_and_releases_children() -> None:
+    """A synchronous provider's accept is Completed at once and releases the children."""
+    out = decide.after_submit(due(), Accepted("x", completed=True), POLICY, NOW)
+    assert out.to_status is TaskStatus.COMPLETED
+    assert out.release_children
+
+
+def test_rate_limited_is_not_an_attempt_and_pauses() -> None:
+    """Being rate-limited never counts as a failed attempt and pauses for the provider's time."""
+    out = decide.after_submit(due(attempts=2), RateLimited(12.0, "429"), POLICY, NOW)
+    assert out.to_status is TaskStatus.NOT_STARTED
+    assert "attempts" not in out.fields
+    assert out.pause_s == 12.0
+    assert out.phase is Phase.READY
+    assert out.fields["next_attempt_at"] == NOW + timedelta(seconds=12)
+
+
+def test_transient_backs_off_with_full_jitter_within_bounds() -> None:
+    """A transient failure retries later, no sooner than now and no later than the backoff cap."""
+    rng = random.Random(1)
+    for attempts in range(2):
+        out = decide.after_submit(due(attempts=attempts), Transient("503"), POLICY, NOW, rng)
+        wait = out.fields["next_attempt_at"] - NOW
+        assert timedelta(0) <= wait <= timedelta(seconds=2**attempts)
+        assert out.fields["attempts"] == attempts + 1
+        assert out.to_status is TaskStatus.NOT_STARTED
+
+
+def test_transient_honours_retry_after() -> None:
+    """A Retry-After on a transient failure is a floor for the next attempt."""
+    out = decide.after_submit(due(), Transient("503", retry_after_s=30.0), POLICY, NOW)
+    assert out.fields["next_attempt_at"] >= NOW + timedelta(seconds=30)
+
+
+def test_ambiguous_failure_is_looked_up_not_resent() -> None:
+    """A timeout after sending leads to a lookup by client reference, not a new create."""
+    out = decide.after_submit(due(), Transient("timeout", ambiguous=True), POLICY, NOW)
+    assert out.phase is Phase.UNCERTAIN
+
+
+def test_gives_up_after_max_attempts_with_last_error() -> None:
+    """After max_attempts transient failures the task is Error with the last error, children ended."""
+    out = decide.after_submit(due(attempts=2), Transient("HTTP 500"), POLICY, NOW)
+    assert out.to_status is TaskStatus.ERROR
+    assert "HTTP 500" in out.fields["validation_error"]
+    assert out.end_descendants is not None
+    assert "parent task 7 failed" in out.end_descendants[1]
+
+
+def test_validation_failure_is_error_with_message() -> None:
+    """A permanent refusal stores the provider's message as the validation error."""
+    out = decide.after_submit(due(), Failed("name: required"), POLICY, NOW)
+    assert out.to_status is TaskStatus.ERROR
+    assert out.fields["validation_error"] == "name: required"
+
+
+def test_lookup_found_adopts_the_existing_object() -> None:
+    """A lookup that finds the object adopts its id instead of creating a duplicate."""
+    out = decide.after_lookup(due(phase=Phase.UNCERTAIN), Found("cmp-9"), POLICY, NOW)
+    assert out.to_status is TaskStatus.IN_PROGRESS
+    assert out.fields["external_id"] == "cmp-9"
+
+
+def test_lookup_not_found_submits_again() -> None:
+    """A lookup that finds nothing makes the task ready to submit again."""
+    out = decide.after_lookup(due(phase=Phase.UNCERTAIN), NotFound(), POLICY, NOW)
+    assert out.phase is Phase.READY
+    assert out.to_status is TaskStatus.NOT_STARTED
+
+
+def test_poll_error_stores_provider_message() -> None:
+    """An Error status stores the third party's message, as the prototype did."""
+    task = due(status=TaskStatus.IN_PROGRESS, phase=Phase.POLLING, external_id="3")
+    report = StatusReport(TaskStatus.ERROR, "Invalid IP range: 192.168.1.256", "Error")
+    out = decide.after_poll(task, report, POLICY, NOW)
+    assert out.to_status is TaskStatus.ERROR
+    assert out.fields["validation_error"] == "Invalid IP range: 192.168.1.256"
+
+
+def test_poll_interval_grows_while_unchanged_and_resets_on_change() -> None:
+    """The poll interval backs off while nothing changes and resets when the status moves."""
+    task = due(status=TaskStatus.IN_PROGRESS, phase=Phase.POLLING, poll_interval_s=2.0)
+    same = decide.after_poll(task, StatusReport(TaskStatus.IN_PROGRESS, None, "p"), POLICY, NOW)
+    assert same.fields["poll_interval_s"] == 3.0
+    tracked = due(status=TaskStatus.NOT_STARTED, phase=Phase.POLLING, poll_interval_s=8.0)
+    moved = decide.after_poll(tracked, StatusReport(TaskStatus.IN_PROGRESS, None, "p"), POLICY, NOW)
+    assert moved.to_status is TaskStatus.IN_PROGRESS
+    assert moved.fields["poll_interval_s"] == 2.0
+
+
+def test_poll_never_moves_backwards() -> None:
+    """A provider answering Not Started for an In Progress task changes nothing."""
+    task = due(status=TaskStatus.IN_PROGRESS, phase=Phase.POLLING)
+    out = decide.after_poll(task, StatusReport(TaskStatus.NOT_STARTED, None, "x"), POLICY, NOW)
+    assert out.to_status is TaskStatus.IN_PROGRESS
+
+
+def test_deadline_ends_a_task_that_never_settles() -> None:
+    """Past the deadline a non-final answer ends the task with a message naming the provider."""
+    task = due(status=TaskStatus.IN_PROGRESS, phase=Phase.POLLING, deadline_at=NOW)
+    out = decide.after_poll(task, StatusReport(TaskStatus.IN_PROGRESS, None, "p"), POLICY, NOW)
+    assert out.to_status is TaskStatus.ERROR
+    assert out.fields["validation_error"] == "no final status from acme after 1h"
