@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -39,6 +40,70 @@ def api(host: Host = None, port: Port = None) -> None:
     )
 
 
+@app.command()
+def up(
+    host: Host = None,
+    port: Port = None,
+    demo: Annotated[
+        bool,
+        typer.Option(
+            help="start the sandbox in-process and run the example campaign", envvar="SLUICE_DEMO"
+        ),
+    ] = False,
+    exit_when_done: Annotated[
+        bool,
+        typer.Option(help="stop once the demo's tasks are final", envvar="SLUICE_EXIT_WHEN_DONE"),
+    ] = False,
+    sandbox: Annotated[
+        bool,
+        typer.Option(
+            help="also run the sandbox DSP in-process ([sandbox] section)", envvar="SLUICE_SANDBOX"
+        ),
+    ] = False,
+) -> None:
+    """Run the API and the engine in one process (embedded mode, SQLite by default)."""
+    from sluice.runner import UpOptions, run_up
+
+    settings = load_settings()
+    logs.configure("WARNING" if demo else settings.log_level)
+    options = UpOptions(
+        host=host or settings.host,
+        port=port or settings.port,
+        demo=demo,
+        exit_when_done=exit_when_done,
+        sandbox=sandbox,
+    )
+    raise typer.Exit(run_up(settings, options, Console()))
+
+
+@app.command()
+def submit(
+    file: Annotated[
+        Path, typer.Argument(help="a .json or .csv hierarchy", exists=True, dir_okay=False)
+    ],
+    api_url: Annotated[
+        str | None,
+        typer.Option(
+            "--api",
+            help="a running Sluice API, e.g. http://127.0.0.1:8000",
+            envvar="SLUICE_API_URL",
+        ),
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="wait until every task is final")] = True,
+) -> None:
+    """Submit a file of tasks (a campaign with its ad groups and ads) and follow them."""
+    from sluice.submit import submit_embedded, submit_remote
+
+    settings = load_settings()
+    logs.configure("WARNING")
+    console = Console()
+    if api_url:
+        code = submit_remote(api_url, file, wait, console)
+    else:
+        code = submit_embedded(settings, file, wait, console)
+    raise typer.Exit(code)
+
+
 @db_app.command("upgrade")
 def db_upgrade(
     revision: Annotated[str, typer.Argument(help="target revision")] = "head",
@@ -50,6 +115,17 @@ def db_upgrade(
     engine = db.make_engine(settings.database_url)
     db.upgrade(engine, revision)
     console.print(f"database at {engine.url.render_as_string(hide_password=True)} is at {revision}")
+
+
+def _register_sandbox() -> None:
+    from sluice.sandbox.cli import sandbox_command
+
+    app.command("sandbox", help="Run the sandbox DSP (a simulated third-party API).")(
+        sandbox_command
+    )
+
+
+_register_sandbox()
 
 
 def main() -> None:

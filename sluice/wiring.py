@@ -1,16 +1,35 @@
-"""Builds the running pieces from settings: store, providers, catalog, API."""
+"""Builds the running pieces from settings: store, providers, limiter, API, engine."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+import httpx
 from fastapi import FastAPI
 
 from sluice.api.app import create_app
 from sluice.catalog import Catalog, ProviderInfo
+from sluice.engine.embedded import EmbeddedEngine
+from sluice.providers.base import Provider
+from sluice.providers.registry import build_http_client, load_providers
+from sluice.ratelimit import build_limiter
+from sluice.ratelimit.base import Limiter
 from sluice.settings import Settings
 from sluice.store import db
+from sluice.store.queue import WorkQueue
 from sluice.store.repository import TaskRepository
+
+DEMO_SANDBOX_PORT = 9100
+# With no [providers] configured, tasks go to the bundled sandbox (run it with
+# `sluice sandbox --port 9100 --profile demo`, or let `sluice up --demo` start it).
+DEFAULT_PROVIDERS: dict[str, dict[str, Any]] = {
+    "sandbox": {
+        "preset": "sandbox-demo",
+        "base_url": f"http://127.0.0.1:{DEMO_SANDBOX_PORT}",
+        "rate_limit": "20/s",
+    }
+}
 
 
 @dataclass
@@ -19,26 +38,75 @@ class Runtime:
 
     settings: Settings
     repo: TaskRepository
+    queue: WorkQueue
+    providers: dict[str, Provider]
     catalog: Catalog
+    limiter: Limiter
+    clients: dict[str, httpx.Client] = field(default_factory=dict)
+
+    def close(self) -> None:
+        for client in self.clients.values():
+            client.close()
+        self.repo.engine.dispose()
 
 
-def build_catalog(settings: Settings) -> Catalog:
-    """The providers the API accepts tasks for."""
-    providers = {
-        name: ProviderInfo(frozenset(raw.get("kinds", {})), "poll" in raw)
-        for name, raw in settings.providers.items()
-    }
-    if not providers:
-        providers = {settings.default_provider: ProviderInfo(frozenset(), True)}
-    return Catalog(providers, settings.default_provider)
+def with_default_providers(settings: Settings) -> Settings:
+    """Settings whose providers include the bundled sandbox when none are configured."""
+    if settings.providers:
+        return settings
+    return settings.model_copy(update={"providers": DEFAULT_PROVIDERS})
+
+
+def build_catalog(providers: dict[str, Provider], default_provider: str) -> Catalog:
+    """What the API accepts: each provider's kinds and whether it can track by id."""
+    return Catalog(
+        {name: ProviderInfo(p.kinds, p.can_track()) for name, p in providers.items()},
+        default_provider,
+    )
 
 
 def build_runtime(settings: Settings) -> Runtime:
-    """Open the store (migrating it to head) and load the providers."""
+    """Open the store (migrated to head), load providers, pick the limiter."""
+    settings = with_default_providers(settings)
+    providers = load_providers(settings)
     engine = db.make_engine(settings.database_url)
     db.ensure_schema(engine)
-    return Runtime(settings=settings, repo=TaskRepository(engine), catalog=build_catalog(settings))
+    return Runtime(
+        settings=settings,
+        repo=TaskRepository(engine),
+        queue=WorkQueue(engine),
+        providers=providers,
+        catalog=build_catalog(providers, settings.default_provider),
+        limiter=build_limiter(settings.redis_url),
+        clients={name: build_http_client(p) for name, p in providers.items()},
+    )
 
 
 def build_api(runtime: Runtime) -> FastAPI:
-    return create_app(runtime.settings, runtime.repo, runtime.catalog)
+    checks = {}
+    if runtime.settings.redis_url:
+        checks["redis"] = _redis_check(runtime.settings.redis_url)
+    return create_app(runtime.settings, runtime.repo, runtime.catalog, checks)
+
+
+def build_engine(runtime: Runtime) -> EmbeddedEngine:
+    return EmbeddedEngine(
+        runtime.queue,
+        runtime.providers,
+        runtime.clients,
+        runtime.limiter,
+        threads=runtime.settings.executor_threads,
+        batch=runtime.settings.dispatch_batch,
+        idle_s=runtime.settings.dispatch_idle_s,
+    )
+
+
+def _redis_check(url: str) -> Any:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+
+    def check() -> None:
+        client.ping()
+
+    return check

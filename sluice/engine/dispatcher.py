@@ -29,6 +29,8 @@ from sluice.store.queue import WorkQueue
 
 log = logging.getLogger("sluice.dispatcher")
 
+STEP_FAILURE_BACKOFF_S = 1.0
+
 
 class Executor(Protocol):
     """Runs granted work units."""
@@ -100,9 +102,16 @@ class Dispatcher:
         """Dispatch until ``stop`` is set (or ``until()`` is true); then give back claims."""
         try:
             while not stop.is_set() and not (until and until()):
-                wait = self.step()
+                try:
+                    # Never wait longer than idle_s: new work may arrive from the API.
+                    wait = min(self.step(), self.idle_s)
+                except Exception:
+                    # A database or limiter outage delays work; it must not end the loop.
+                    log.exception("dispatcher.step_failed")
+                    self.release_all_quietly()
+                    wait = STEP_FAILURE_BACKOFF_S
                 if wait > 0:
-                    self._wake.wait(min(wait, self.idle_s))
+                    self._wake.wait(wait)
                     self._wake.clear()
         finally:
             self.release_all()
@@ -181,6 +190,13 @@ class Dispatcher:
         lane.units.clear()
         at = self.clock.now() + timedelta(seconds=delay_s)
         self.queue.release(ids, next_attempt_at=at)
+
+    def release_all_quietly(self) -> None:
+        """Give back claims if the store answers; their leases expire otherwise."""
+        try:
+            self.release_all()
+        except Exception:
+            log.warning("dispatcher.release_failed", exc_info=True)
 
     def release_all(self) -> None:
         """Give back every claimed, unsent unit (shutdown)."""

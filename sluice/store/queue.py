@@ -13,19 +13,17 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, case, func, insert, or_, select, update
-from sqlalchemy.orm import aliased
 
 from sluice.domain import Phase, TaskStatus
 from sluice.engine.units import DueTask, Outcome
 from sluice.store.repository import end_descendants, event_row, events, tasks
-from sluice.store.tables import TaskRow
 
 ACTIVE_PHASES = (Phase.READY.value, Phase.POLLING.value, Phase.UNCERTAIN.value)
-_parent = aliased(TaskRow)
+_parent = tasks.alias("parent")
 
 
 def _due_query(now: datetime, providers: Sequence[str] | None, limit: int) -> Any:
-    parent = _parent.__table__
+    parent = _parent
     query = (
         select(tasks, parent.c.external_id.label("parent_external_id"))
         .select_from(tasks.outerjoin(parent, parent.c.id == tasks.c.parent_id))

@@ -220,6 +220,11 @@ class TaskRepository:
         more = len(rows) > limit
         return Page(items, encode_cursor(items[-1].id) if more and items else None)
 
+    def max_id(self) -> int:
+        """The highest task id so far (0 when empty)."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.max(tasks.c.id))).scalar() or 0)
+
     def counts(self) -> dict[str, int]:
         """Number of tasks per status."""
         with self.engine.connect() as conn:
@@ -344,11 +349,15 @@ class TaskRepository:
             for i in explicit:
                 ids[i] = rows[i]["id"]
             if self._postgres:
-                # Explicit ids must never collide with later auto-numbered creates.
+                # Explicit ids must never collide with later auto-numbered creates. Never
+                # move the sequence backwards: uncommitted creates elsewhere may hold the
+                # numbers above MAX(id), which this transaction cannot see.
                 conn.execute(
                     text(
-                        "SELECT setval(pg_get_serial_sequence('tasks', 'id'), "
-                        "GREATEST((SELECT MAX(id) FROM tasks), 1))"
+                        "SELECT setval(seq, GREATEST((SELECT MAX(id) FROM tasks), "
+                        "pg_sequence_last_value(seq), 1)) "
+                        "FROM (SELECT CAST(pg_get_serial_sequence('tasks', 'id') AS regclass)"
+                        " AS seq) AS s"
                     )
                 )
         if auto:
@@ -558,3 +567,45 @@ def _conflict_message(exc: IntegrityError, specs: Sequence[NewTask]) -> str:
             return f"task {explicit[0]} already exists"
         return f"one of tasks {', '.join(map(str, explicit[:20]))} already exists"
     return "conflicting task"
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """How a set of tasks (an id range) fared."""
+
+    total: int
+    by_status: dict[str, int]
+    by_event: dict[str, int]
+    errors: list[tuple[int, str | None, str]]
+
+
+def summarize(engine: Engine, first_id: int, last_id: int, max_errors: int = 50) -> RunSummary:
+    """Counts per status and per event, and each error with its message, for ids in range."""
+    in_range = and_(tasks.c.id >= first_id, tasks.c.id <= last_id)
+    with engine.connect() as conn:
+        by_status = {
+            status: int(count)
+            for status, count in conn.execute(
+                select(tasks.c.status, func.count()).where(in_range).group_by(tasks.c.status)
+            )
+        }
+        by_event = {
+            name: int(count)
+            for name, count in conn.execute(
+                select(events.c.event, func.count())
+                .where(events.c.task_id >= first_id, events.c.task_id <= last_id)
+                .group_by(events.c.event)
+            )
+        }
+        failures = conn.execute(
+            select(tasks.c.id, tasks.c.kind, tasks.c.validation_error, tasks.c.last_error)
+            .where(in_range, tasks.c.status == TaskStatus.ERROR.value)
+            .order_by(tasks.c.id)
+            .limit(max_errors)
+        ).all()
+    return RunSummary(
+        total=sum(by_status.values()),
+        by_status=by_status,
+        by_event=by_event,
+        errors=[(r.id, r.kind, r.validation_error or r.last_error or "") for r in failures],
+    )

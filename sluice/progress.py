@@ -1,0 +1,92 @@
+"""Live progress bars per status and the end-of-run summary table (Rich)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sluice.domain import FINAL_STATUSES, TaskStatus
+from sluice.store.repository import RunSummary
+
+STATUS_STYLE = {
+    TaskStatus.NOT_STARTED: "white",
+    TaskStatus.IN_PROGRESS: "cyan",
+    TaskStatus.COMPLETED: "green",
+    TaskStatus.ERROR: "red",
+    TaskStatus.CANCELLED: "yellow",
+}
+
+
+@dataclass(frozen=True)
+class RateReport:
+    """Requests sent to a provider against its configured limit."""
+
+    provider: str
+    requests: int
+    seconds: float
+    limit_per_s: float | None
+
+    @property
+    def achieved_per_s(self) -> float:
+        return self.requests / self.seconds if self.seconds > 0 else 0.0
+
+
+def watch(
+    counts: Callable[[], dict[str, int]],
+    total: int,
+    console: Console,
+    stop: threading.Event,
+    refresh_s: float = 0.25,
+) -> None:
+    """Show one bar per status until every task is final or ``stop`` is set."""
+    with Progress(
+        TextColumn("{task.description:>12}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        bars = {
+            status: progress.add_task(f"[{STATUS_STYLE[status]}]{status.value}", total=total)
+            for status in TaskStatus
+        }
+        while True:
+            current = counts()
+            for status, bar in bars.items():
+                progress.update(bar, completed=current.get(status.value, 0))
+            final = sum(current.get(s.value, 0) for s in FINAL_STATUSES)
+            if final >= total or stop.is_set():
+                return
+            time.sleep(refresh_s)
+
+
+def summary_table(summary: RunSummary, elapsed_s: float, rates: list[RateReport]) -> Table:
+    """Counts per status, retries, pauses, achieved rate against the limit, every error."""
+    table = Table(title=f"Sluice run: {summary.total} tasks in {elapsed_s:.1f}s", show_lines=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for status in TaskStatus:
+        count = summary.by_status.get(status.value, 0)
+        table.add_row(f"[{STATUS_STYLE[status]}]{status.value}", str(count))
+    table.add_row("retries (transient failures)", str(summary.by_event.get("attempt_failed", 0)))
+    table.add_row("rate-limit pauses", str(summary.by_event.get("rate_limited", 0)))
+    table.add_row(
+        "lost answers looked up",
+        str(summary.by_event.get("found", 0) + summary.by_event.get("lookup", 0)),
+    )
+    for rate in rates:
+        limit = f" of {rate.limit_per_s:g}/s limit" if rate.limit_per_s else ""
+        table.add_row(
+            f"requests to {rate.provider}",
+            f"{rate.requests} at {rate.achieved_per_s:.1f}/s{limit}",
+        )
+    for task_id, kind, message in summary.errors:
+        table.add_row(f"[red]error[/red] task {task_id} ({kind or 'tracked'})", message)
+    return table

@@ -1,0 +1,97 @@
+"""``sluice submit FILE``: against a running API, or embedded in this process."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+
+from sluice import errors, importer, tasks, wiring
+from sluice.domain import TaskStatus
+from sluice.progress import summary_table, watch
+from sluice.runner import rate_reports
+from sluice.settings import Settings
+from sluice.store.repository import RunSummary, encode_cursor, summarize
+
+
+def submit_embedded(settings: Settings, file: Path, wait: bool, console: Console) -> int:
+    """Create the file's tasks in the local store and run the engine until they are final."""
+    items = importer.load_file(file)
+    runtime = wiring.build_runtime(settings)
+    engine = wiring.build_engine(runtime)
+    try:
+        started = time.monotonic()
+        ids = tasks.create_tasks(runtime.repo, runtime.catalog, items)
+        first, last = min(ids), max(ids)
+        console.print(f"{len(ids)} tasks created (ids {first}-{last})")
+        if not wait:
+            return 0
+        engine.start()
+        watch(
+            lambda: summarize(runtime.repo.engine, first, last).by_status,
+            len(ids),
+            console,
+            threading.Event(),
+        )
+        elapsed = time.monotonic() - started
+        summary = summarize(runtime.repo.engine, first, last)
+        console.print(summary_table(summary, elapsed, rate_reports(runtime, engine, elapsed)))
+        return 0 if not summary.errors else 1
+    finally:
+        if wait:
+            engine.stop()
+        runtime.close()
+
+
+def submit_remote(api_url: str, file: Path, wait: bool, console: Console) -> int:
+    """POST the file's tasks to ``api_url`` in one bulk call and follow them there."""
+    items = importer.load_file(file)
+    with httpx.Client(base_url=api_url, timeout=60) as client:
+        try:
+            answer = client.post("/api/tasks/bulk", json={"tasks": importer.as_bulk_items(items)})
+        except httpx.HTTPError as exc:
+            raise errors.SluiceError(f"cannot reach the Sluice API at {api_url}: {exc}") from exc
+        if answer.status_code != 201:
+            console.print(f"[red]refused ({answer.status_code}):[/red] {answer.text}")
+            return 2
+        ids: list[int] = answer.json()["ids"]
+        first, last = min(ids), max(ids)
+        console.print(f"{len(ids)} tasks created (ids {first}-{last}) at {api_url}")
+        if not wait:
+            return 0
+        started = time.monotonic()
+        watch(
+            lambda: remote_summary(client, first, last).by_status,
+            len(ids),
+            console,
+            threading.Event(),
+            refresh_s=1.0,
+        )
+        summary = remote_summary(client, first, last)
+        console.print(summary_table(summary, time.monotonic() - started, []))
+        return 0 if not summary.errors else 1
+
+
+def remote_summary(client: httpx.Client, first: int, last: int) -> RunSummary:
+    """Counts per status and the errors of tasks ``first..last`` read from the API."""
+    statuses: Counter[str] = Counter()
+    failures: list[tuple[int, str | None, str]] = []
+    cursor: str | None = encode_cursor(first - 1)
+    while cursor is not None:
+        page = client.get("/api/tasks", params={"cursor": cursor, "limit": 1000}).json()
+        for task in page["items"]:
+            if task["id"] > last:
+                cursor = None
+                break
+            statuses[task["status"]] += 1
+            if task["status"] == TaskStatus.ERROR.value:
+                failures.append((task["id"], task["kind"], task["validation_error"] or ""))
+        else:
+            cursor = page["next_cursor"]
+    return RunSummary(
+        total=sum(statuses.values()), by_status=dict(statuses), by_event={}, errors=failures
+    )

@@ -1,0 +1,79 @@
+"""Fixtures for integration tests: a real sandbox over loopback and a Sluice runtime."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from sluice import wiring
+from sluice.engine.embedded import EmbeddedEngine
+from sluice.sandbox.config import SandboxConfig
+from sluice.sandbox.server import SandboxServer
+from sluice.settings import load_settings
+
+
+@contextmanager
+def running_sandbox(**section: Any) -> Iterator[str]:
+    """A sandbox DSP on a free loopback port; yields its base URL."""
+    server = SandboxServer(SandboxConfig.from_settings(section), port=0)
+    base_url = server.start()
+    try:
+        yield base_url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def sandbox() -> Callable[..., Any]:
+    """Start sandboxes with the given [sandbox] settings; all stop at the end of the test."""
+    stack: list[Any] = []
+
+    def start(**section: Any) -> str:
+        manager = running_sandbox(**section)
+        stack.append(manager)
+        return manager.__enter__()
+
+    yield start
+    for manager in reversed(stack):
+        manager.__exit__(None, None, None)
+
+
+def sandbox_stats(base_url: str) -> dict[str, Any]:
+    stats: dict[str, Any] = httpx.get(f"{base_url}/_sandbox/stats").json()
+    return stats
+
+
+def make_runtime(
+    tmp_path: Path, providers: dict[str, dict[str, Any]], database_url: str | None = None, **extra: Any
+) -> wiring.Runtime:
+    settings = load_settings(
+        database_url=database_url or f"sqlite:///{tmp_path / 'sluice.db'}",
+        providers=providers,
+        default_provider=next(iter(providers)),
+        **extra,
+    )
+    return wiring.build_runtime(settings)
+
+
+def run_until_final(
+    runtime: wiring.Runtime, timeout_s: float = 60.0, engine: EmbeddedEngine | None = None
+) -> EmbeddedEngine:
+    """Run the embedded engine until every task is final (fails after ``timeout_s``)."""
+    engine = engine or wiring.build_engine(runtime)
+    engine.start()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not engine.all_final():
+            if time.monotonic() > deadline:
+                counts = runtime.repo.counts()
+                pytest.fail(f"tasks not final after {timeout_s}s: {counts}")
+            time.sleep(0.05)
+    finally:
+        engine.stop()
+    return engine

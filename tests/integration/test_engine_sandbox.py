@@ -1,0 +1,145 @@
+"""The embedded engine against the real sandbox DSP over loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from sluice import tasks
+from sluice.domain import TaskStatus
+from sluice.tasks import Submission
+from tests.integration.conftest import make_runtime, run_until_final, sandbox_stats
+
+FAST_POLL = {"interval": "100ms"}
+
+
+def provider(base_url: str, preset: str = "sandbox-standard", **overrides: Any) -> dict[str, Any]:
+    table: dict[str, Any] = {
+        "preset": preset,
+        "base_url": base_url,
+        "rate_limit": "40/s",
+        "poll": dict(FAST_POLL),
+        "retry_base": "50ms",
+        "retry_max": "500ms",
+    }
+    table.update(overrides)
+    return {"sbx": table}
+
+
+def hierarchy(groups: int = 2, ads: int = 3, budget: float = 1000.0) -> list[Submission]:
+    items = [
+        Submission(kind="campaign", payload={"advertiser_id": "adv-1", "name": "C", "budget": budget})
+    ]
+    for g in range(groups):
+        items.append(Submission(kind="ad_group", payload={"name": f"G{g}", "bid": 1.5}, parent_index=0))
+        group_index = len(items) - 1
+        for a in range(ads):
+            items.append(
+                Submission(kind="ad", payload={"name": f"A{g}.{a}"}, parent_index=group_index)
+            )
+    return items
+
+
+def test_chain_completes_with_parent_ids_and_no_refusals(
+    tmp_path: Path, sandbox: Callable[..., str]
+) -> None:
+    """A campaign, its ad groups and their ads all complete, each child under its parent's id."""
+    url = sandbox(profile="standard", limits=[{"name": "app", "limit": 40, "window_s": 1.0}])
+    runtime = make_runtime(tmp_path, provider(url))
+    ids = tasks.create_tasks(runtime.repo, runtime.catalog, hierarchy())
+    run_until_final(runtime)
+    done = [runtime.repo.get(i) for i in ids]
+    assert {t.status for t in done} == {TaskStatus.COMPLETED}
+    campaign, group = done[0], done[1]
+    remote = httpx.get(f"{url}/v1/ad_groups/{group.external_id}").json()
+    assert remote["campaign_id"] == campaign.external_id
+    stats = sandbox_stats(url)
+    assert stats["refused_total"] == 0
+    assert stats["duplicate_count"] == 0
+    assert all(v["max_seen"] <= v["limit"] for v in stats["max_in_window"].values())
+
+
+def test_validation_error_is_recorded_and_ends_children(
+    tmp_path: Path, sandbox: Callable[..., str]
+) -> None:
+    """A rejected campaign is Error with the DSP's message and its descendants end naming it."""
+    url = sandbox(profile="standard")
+    runtime = make_runtime(tmp_path, provider(url))
+    bad_audience = Submission(
+        kind="audience",
+        payload={
+            "advertiser_id": "adv-1",
+            "name": "venues",
+            "type": "ip_range",
+            "include": ["192.0.2.0/25", "192.168.1.256"],
+            "exclude": [],
+        },
+    )
+    ids = tasks.create_tasks(runtime.repo, runtime.catalog, [*hierarchy(budget=-5), bad_audience])
+    run_until_final(runtime)
+    campaign = runtime.repo.get(ids[0])
+    assert campaign.status is TaskStatus.ERROR
+    assert campaign.validation_error
+    child = runtime.repo.get(ids[1])
+    assert child.status is TaskStatus.ERROR
+    assert f"parent task {ids[0]} failed" in (child.validation_error or "")
+    audience = runtime.repo.get(ids[-1])
+    assert audience.status is TaskStatus.ERROR
+    assert "Invalid IP range: 192.168.1.256" in (audience.validation_error or "")
+
+
+def test_prototype_walkthrough_tracks_ids_by_batch_status(
+    tmp_path: Path, sandbox: Callable[..., str]
+) -> None:
+    """Tasks 1, 2, 3 created the prototype's way become In Progress, Completed and Error."""
+    url = sandbox(profile="demo", faults={})
+    runtime = make_runtime(tmp_path, provider(url, preset="sandbox-demo"))
+    tasks.create_tasks(
+        runtime.repo,
+        runtime.catalog,
+        [
+            Submission(id=1, status=TaskStatus.NOT_STARTED),
+            Submission(id=2, status=TaskStatus.IN_PROGRESS),
+            Submission(id=3, status=TaskStatus.IN_PROGRESS),
+        ],
+    )
+    from sluice import wiring
+
+    engine = wiring.build_engine(runtime)
+    engine.start()
+    try:
+        import time
+
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            statuses = [runtime.repo.get(i).status for i in (1, 2, 3)]
+            if statuses == [TaskStatus.IN_PROGRESS, TaskStatus.COMPLETED, TaskStatus.ERROR]:
+                break
+            time.sleep(0.05)
+    finally:
+        engine.stop()
+    assert [runtime.repo.get(i).status for i in (1, 2, 3)] == [
+        TaskStatus.IN_PROGRESS,
+        TaskStatus.COMPLETED,
+        TaskStatus.ERROR,
+    ]
+    assert runtime.repo.get(3).validation_error == "Invalid IP range: 192.168.1.256"
+
+
+def test_rate_limit_signals_pause_without_counting_attempts(
+    tmp_path: Path, sandbox: Callable[..., str]
+) -> None:
+    """Configured above the DSP's real limit, Sluice is refused, pauses, and still finishes."""
+    url = sandbox(profile="standard", limits=[{"name": "app", "limit": 10, "window_s": 1.0}])
+    runtime = make_runtime(tmp_path, provider(url, rate_limit="200/s", max_in_flight=16))
+    ids = tasks.create_tasks(runtime.repo, runtime.catalog, hierarchy(groups=3, ads=4))
+    run_until_final(runtime, timeout_s=90)
+    assert {runtime.repo.get(i).status for i in ids} == {TaskStatus.COMPLETED}
+    stats = sandbox_stats(url)
+    assert stats["refused_total"] > 0
+    assert all(runtime.repo.get(i).attempts == 0 for i in ids)
+    events = [e.event for i in ids for e in runtime.repo.events(i)]
+    assert "rate_limited" in events
