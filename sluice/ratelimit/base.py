@@ -1,0 +1,93 @@
+"""The limiter seam: the ``Limiter`` protocol both backends implement, and its values.
+
+Key scopes: limit keys are ``:``-separated (``"sandbox"``, ``"sandbox:write"``,
+``"sandbox:advertiser=adv-1"``). ``pause(p)`` holds back every limit whose key is ``p``
+or starts with ``p + ":"``, so pausing ``"sandbox"`` stops every sandbox call while
+pausing ``"sandbox:write"`` leaves reads alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from sluice.clock import Clock
+from sluice.ratelimit.rate import Grant, LimitSpec
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """At most ``max_in_flight`` requests on ``key`` running at once.
+
+    A lease lapses ``ttl_s`` after it was taken, so a worker that dies without calling
+    ``release`` never holds a slot forever.
+    """
+
+    key: str
+    max_in_flight: int
+    ttl_s: float
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key, str) or not self.key:
+            raise ValueError(f"in-flight key must be a non-empty string, got {self.key!r}")
+        if isinstance(self.max_in_flight, bool) or self.max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {self.max_in_flight!r}")
+        if not (math.isfinite(self.ttl_s) and self.ttl_s > 0):
+            raise ValueError(f"in-flight ttl_s must be a positive number, got {self.ttl_s!r}")
+
+
+class Limiter(Protocol):
+    """Grants requests under rate limits shared by every caller of the same backend."""
+
+    def acquire(self, limits: Sequence[LimitSpec], *, in_flight: InFlight | None = None) -> Grant:
+        """Atomically check pauses, the in-flight cap and every rate; commit all or nothing.
+
+        Pauses are checked on every limit key and on ``in_flight.key``. Only when all
+        pass are the rates consumed and (with ``in_flight``) a lease taken.
+        """
+        ...
+
+    def release(self, lease_id: str, key: str) -> None:
+        """Give back the in-flight lease ``lease_id`` on ``key``; unknown ids are ignored."""
+        ...
+
+    def pause(self, key: str, seconds: float) -> None:
+        """Refuse ``key`` and its sub-keys with reason ``"paused"`` for ``seconds``.
+
+        A pause only ever extends an existing one, never shortens it.
+        """
+        ...
+
+    def paused_until(self, key: str) -> float | None:
+        """POSIX seconds when calls on ``key`` stop being held back by a pause, if paused.
+
+        Pauses on ``key``'s ancestors count, as they do in ``acquire``.
+        """
+        ...
+
+    def reset(self) -> None:
+        """Drop all state (tests and benchmarks)."""
+        ...
+
+
+def clock_us(clock: Clock) -> int:
+    """The clock's time in whole microseconds, exactly (no float rounding)."""
+    return (clock.now() - _EPOCH) // _ONE_US
+
+
+def check_acquire_args(limits: Sequence[LimitSpec], in_flight: InFlight | None) -> None:
+    """Refuse an ``acquire`` that asks for nothing: it would grant unlimited traffic."""
+    if not limits and in_flight is None:
+        raise ValueError("acquire needs at least one LimitSpec or an InFlight cap")
+
+
+def check_pause_seconds(seconds: float) -> None:
+    """Refuse a pause length that is negative or not a number."""
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise ValueError(f"pause seconds must be a finite number >= 0, got {seconds!r}")

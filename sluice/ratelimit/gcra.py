@@ -1,0 +1,134 @@
+"""GCRA with zero burst tolerance: the pure algorithm both limiters run (no I/O).
+
+Each limit key keeps one number, its *theoretical arrival time* (TAT): the earliest
+moment the next request on that key may go. A request at ``now`` is allowed iff
+``now >= tat``; the grant then moves the TAT to ``now + spacing`` where
+``spacing = interval_s * (1 + margin)`` rounded *up* to whole microseconds.
+
+Why this never exceeds ``limit`` requests in any sliding window of ``window_s``:
+    Consecutive grants are ``>= spacing >= window_s / limit`` apart, so any ``limit + 1``
+    grants span ``>= limit * spacing >= window_s`` and cannot share a window of that length.
+
+All times are integer microseconds (the Redis ``TIME`` resolution): integer arithmetic
+is exact in Python and in Redis' Lua doubles (below 2**53), so both backends agree to
+the microsecond and the bound above holds exactly, even with ``margin=0``.
+``margin`` exists because the provider counts arrivals on *its* clock: network jitter can
+bunch two requests we spaced correctly; 1% of the interval absorbs that.
+
+A request may need several limits (provider, operation, advertiser...). Acquisition is
+all-or-nothing: it is allowed only if every limit allows it now; on refusal nothing is
+consumed and the wait is the longest among them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from sluice.ratelimit.rate import LimitSpec, Rate
+
+US_PER_S = 1_000_000
+
+SCOPE_SEPARATOR = ":"
+
+
+def to_us(seconds: float) -> int:
+    """Seconds to whole microseconds, rounding to nearest."""
+    return round(seconds * US_PER_S)
+
+
+def spacing_us(rate: Rate, margin: float) -> int:
+    """Minimum microseconds between two grants on a key limited to ``rate``.
+
+    Rounded up, so ``rate.limit * spacing_us(rate, m) >= rate.window_s * 1e6`` always.
+    """
+    check_margin(margin)
+    return max(1, math.ceil(rate.window_s * US_PER_S * (1.0 + margin) / rate.limit))
+
+
+def check_margin(margin: float) -> None:
+    """Refuse a margin that would break the guarantee or the arithmetic."""
+    if not (math.isfinite(margin) and margin >= 0):
+        raise ValueError(f"limiter margin must be a finite number >= 0, got {margin!r}")
+
+
+def spacings(limits: Sequence[LimitSpec], margin: float) -> dict[str, int]:
+    """Map each key of ``limits`` to its spacing; a key listed twice keeps the stricter one."""
+    by_key: dict[str, int] = {}
+    for spec in limits:
+        spacing = spacing_us(spec.rate, margin)
+        by_key[spec.key] = max(spacing, by_key.get(spec.key, 0))
+    return by_key
+
+
+def pause_scopes(key: str) -> list[str]:
+    """Every key whose pause holds back ``key``: itself and each ``:``-prefix of it.
+
+    ``pause_scopes("dsp:write:adv=1") == ["dsp", "dsp:write", "dsp:write:adv=1"]``, i.e.
+    ``pause(p)`` applies to ``key`` iff ``key == p`` or ``key.startswith(p + ":")``.
+    """
+    parts = key.split(SCOPE_SEPARATOR)
+    return [SCOPE_SEPARATOR.join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def pause_scopes_all(keys: Iterable[str]) -> list[str]:
+    """The union of :func:`pause_scopes` over ``keys``, without duplicates, in order."""
+    seen: dict[str, None] = {}
+    for key in keys:
+        for scope in pause_scopes(key):
+            seen.setdefault(scope, None)
+    return list(seen)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether a request may go at ``now_us`` and, if not, how long to wait and why.
+
+    ``new_tats`` holds the TATs to commit when allowed (empty otherwise).
+    """
+
+    allowed: bool
+    wait_us: int
+    reason: str
+    new_tats: Mapping[str, int]
+
+
+def decide(
+    now_us: int,
+    tats: Mapping[str, int],
+    spacing_by_key: Mapping[str, int],
+    pause_untils: Iterable[int] = (),
+) -> Verdict:
+    """Decide one all-or-nothing request against pauses and the GCRA of every key.
+
+    Args:
+        now_us: the limiter clock, microseconds.
+        tats: current TAT per key; a missing key has never been granted (or expired).
+        spacing_by_key: the spacing each key needs, from :func:`spacings`.
+        pause_untils: end of every pause that applies to the request.
+
+    Returns:
+        A refusal with reason ``"paused"`` (any pause still running) or ``"rate"``, whose
+        wait is the longest among pauses and keys; or an allowance with the TATs to commit.
+    """
+    pause_wait = max((until - now_us for until in pause_untils), default=0)
+    rate_wait = max((tats.get(key, 0) - now_us for key in spacing_by_key), default=0)
+    if pause_wait > 0 or rate_wait > 0:
+        reason = "paused" if pause_wait > 0 else "rate"
+        return Verdict(False, max(pause_wait, rate_wait), reason, {})
+    # Allowed means now >= tat, so max(tat, now) + spacing is simply now + spacing.
+    new_tats = {key: now_us + spacing for key, spacing in spacing_by_key.items()}
+    return Verdict(True, 0, "", new_tats)
+
+
+def in_flight_wait(now_us: int, lease_expiries: Iterable[int], max_in_flight: int) -> int:
+    """Microseconds until a lease slot is sure to be free; 0 when one is free now.
+
+    Leases whose expiry is ``<= now_us`` are dead and do not count.
+    """
+    live = sorted(expiry for expiry in lease_expiries if expiry > now_us)
+    if len(live) < max_in_flight:
+        return 0
+    # The slot frees when enough of the earliest-expiring leases have lapsed.
+    return live[len(live) - max_in_flight] - now_us

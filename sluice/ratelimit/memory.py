@@ -1,0 +1,119 @@
+"""In-process limiter for embedded mode: the GCRA of :mod:`gcra` behind one lock.
+
+Limits are shared by every thread of this process and no further; run
+:class:`~sluice.ratelimit.redis.RedisLimiter` when several processes or hosts submit.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Sequence
+
+from sluice.clock import Clock, SystemClock
+from sluice.ratelimit import gcra
+from sluice.ratelimit.base import (
+    InFlight,
+    check_acquire_args,
+    check_pause_seconds,
+    clock_us,
+)
+from sluice.ratelimit.rate import Grant, LimitSpec
+
+# Expired entries are swept every this many calls, so idle keys cannot pile up forever.
+_SWEEP_EVERY = 1024
+
+
+class MemoryLimiter:
+    """Thread-safe in-memory :class:`~sluice.ratelimit.base.Limiter`.
+
+    Args:
+        clock: time source; tests pass a ``FakeClock``.
+        margin: extra fraction of the interval kept between grants (see :mod:`gcra`).
+    """
+
+    def __init__(self, clock: Clock | None = None, margin: float = 0.01) -> None:
+        gcra.check_margin(margin)
+        self._clock: Clock = clock or SystemClock()
+        self._margin = margin
+        self._lock = threading.Lock()
+        self._tats: dict[str, int] = {}
+        self._pauses: dict[str, int] = {}
+        self._leases: dict[str, dict[str, int]] = {}
+        self._calls = 0
+
+    def acquire(self, limits: Sequence[LimitSpec], *, in_flight: InFlight | None = None) -> Grant:
+        """See :meth:`Limiter.acquire`."""
+        check_acquire_args(limits, in_flight)
+        spacing_by_key = gcra.spacings(limits, self._margin)
+        guarded = list(spacing_by_key) + ([in_flight.key] if in_flight else [])
+        scopes = gcra.pause_scopes_all(guarded)
+        with self._lock:
+            now_us = clock_us(self._clock)
+            self._maybe_sweep(now_us)
+            verdict = gcra.decide(
+                now_us,
+                self._tats,
+                spacing_by_key,
+                (self._pauses[scope] for scope in scopes if scope in self._pauses),
+            )
+            if not verdict.allowed:
+                return Grant(False, verdict.wait_us / gcra.US_PER_S, verdict.reason)
+            lease_id = None
+            if in_flight is not None:
+                leases = self._live_leases(in_flight.key, now_us)
+                wait_us = gcra.in_flight_wait(now_us, leases.values(), in_flight.max_in_flight)
+                if wait_us > 0:
+                    return Grant(False, wait_us / gcra.US_PER_S, "in_flight")
+                lease_id = uuid.uuid4().hex
+                leases[lease_id] = now_us + gcra.to_us(in_flight.ttl_s)
+            self._tats.update(verdict.new_tats)
+            return Grant(True, 0.0, "", lease_id, now_us / gcra.US_PER_S)
+
+    def release(self, lease_id: str, key: str) -> None:
+        """See :meth:`Limiter.release`."""
+        with self._lock:
+            leases = self._leases.get(key)
+            if leases is not None:
+                leases.pop(lease_id, None)
+                if not leases:
+                    del self._leases[key]
+
+    def pause(self, key: str, seconds: float) -> None:
+        """See :meth:`Limiter.pause`."""
+        check_pause_seconds(seconds)
+        with self._lock:
+            until_us = clock_us(self._clock) + gcra.to_us(seconds)
+            if until_us > self._pauses.get(key, 0):
+                self._pauses[key] = until_us
+
+    def paused_until(self, key: str) -> float | None:
+        """See :meth:`Limiter.paused_until`."""
+        with self._lock:
+            now_us = clock_us(self._clock)
+            until_us = max(self._pauses.get(scope, 0) for scope in gcra.pause_scopes(key))
+        return until_us / gcra.US_PER_S if until_us > now_us else None
+
+    def reset(self) -> None:
+        """See :meth:`Limiter.reset`."""
+        with self._lock:
+            self._tats.clear()
+            self._pauses.clear()
+            self._leases.clear()
+
+    def _live_leases(self, key: str, now_us: int) -> dict[str, int]:
+        leases = self._leases.setdefault(key, {})
+        for lease_id in [lid for lid, expiry in leases.items() if expiry <= now_us]:
+            del leases[lease_id]
+        return leases
+
+    def _maybe_sweep(self, now_us: int) -> None:
+        self._calls += 1
+        if self._calls % _SWEEP_EVERY:
+            return
+        # A TAT or pause in the past constrains nothing: forgetting it changes no answer.
+        self._tats = {key: tat for key, tat in self._tats.items() if tat > now_us}
+        self._pauses = {key: until for key, until in self._pauses.items() if until > now_us}
+        for key in list(self._leases):
+            if not self._live_leases(key, now_us):
+                del self._leases[key]

@@ -1,0 +1,128 @@
+"""Values the limiter speaks in: a rate, a limit to satisfy, and the answer (a grant).
+
+``parse_rate`` reads the ``"<count>/<window>"`` strings found in provider configuration::
+
+    parse_rate("10/s")      # 10 requests per second
+    parse_rate("40/min")    # 40 per minute
+    parse_rate("1000/h")    # 1000 per hour
+    parse_rate("5/2s")      # 5 per 2 seconds
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+_UNIT_SECONDS = {
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "seconds": 1.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "minutes": 60.0,
+    "h": 3600.0,
+    "hr": 3600.0,
+    "hour": 3600.0,
+    "hours": 3600.0,
+    "d": 86400.0,
+    "day": 86400.0,
+    "days": 86400.0,
+}
+
+# "m" is left out on purpose: minutes or milliseconds is a guess we refuse to make.
+_RATE_RE = re.compile(
+    r"^\s*(?P<limit>\d+)\s*/\s*(?P<count>\d+(?:\.\d+)?)?\s*(?P<unit>[a-z]+)\s*$",
+    re.IGNORECASE,
+)
+
+_ACCEPTED = "'<count>/<window>' like '10/s', '40/min', '1000/h' or '5/2s' (units: s, min, h, d)"
+
+REASONS = frozenset({"", "rate", "paused", "in_flight"})
+
+
+@dataclass(frozen=True)
+class Rate:
+    """At most ``limit`` requests in any window of ``window_s`` seconds."""
+
+    limit: int
+    window_s: float
+
+    def __post_init__(self) -> None:
+        if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1:
+            raise ValueError(f"rate limit must be a positive integer, got {self.limit!r}")
+        if not (math.isfinite(self.window_s) and self.window_s > 0):
+            raise ValueError(f"rate window_s must be a positive number, got {self.window_s!r}")
+
+    @property
+    def interval_s(self) -> float:
+        """Seconds between requests when they are spread evenly."""
+        return self.window_s / self.limit
+
+    def __str__(self) -> str:
+        window = f"{self.window_s:g}s"
+        return f"{self.limit}/{'s' if window == '1s' else window}"
+
+
+def parse_rate(text: str) -> Rate:
+    """Parse ``"10/s"``, ``"40/min"``, ``"1000/h"`` or ``"5/2s"`` into a :class:`Rate`.
+
+    Raises:
+        ValueError: naming the bad text and the accepted forms.
+    """
+    match = _RATE_RE.match(text) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(f"invalid rate {text!r}; expected {_ACCEPTED}")
+    unit = match["unit"].lower()
+    if unit not in _UNIT_SECONDS:
+        raise ValueError(f"invalid rate {text!r}: unknown unit {unit!r}; expected {_ACCEPTED}")
+    limit = int(match["limit"])
+    count = float(match["count"]) if match["count"] else 1.0
+    if limit < 1 or count <= 0:
+        raise ValueError(
+            f"invalid rate {text!r}: count and window must be > 0; expected {_ACCEPTED}"
+        )
+    return Rate(limit=limit, window_s=count * _UNIT_SECONDS[unit])
+
+
+@dataclass(frozen=True)
+class LimitSpec:
+    """One limit a request must satisfy, e.g. key ``"sandbox:write"`` at ``10/s``.
+
+    Keys are ``:``-separated scopes: a pause on ``"sandbox"`` also holds back
+    ``"sandbox:write"`` and ``"sandbox:advertiser=adv-1"``.
+    """
+
+    key: str
+    rate: Rate
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key, str) or not self.key:
+            raise ValueError(f"limit key must be a non-empty string, got {self.key!r}")
+
+
+@dataclass(frozen=True)
+class Grant:
+    """The limiter's answer to one ``acquire``.
+
+    Attributes:
+        granted: the request may go now; everything it needed was consumed.
+        retry_after_s: on refusal, seconds until asking again can succeed (0 when granted).
+            For ``"in_flight"`` it is when the oldest lease expires, an upper bound:
+            a ``release`` frees a slot sooner.
+        reason: ``""`` when granted, else ``"rate"``, ``"paused"`` or ``"in_flight"``.
+        lease_id: the in-flight lease taken, to hand back to ``release``.
+        granted_at: POSIX seconds of the limiter clock the decision used (the Redis
+            server's clock for ``RedisLimiter``); ``None`` on refusal.
+    """
+
+    granted: bool
+    retry_after_s: float
+    reason: str = ""
+    lease_id: str | None = None
+    granted_at: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.reason not in REASONS:
+            raise ValueError(f"unknown grant reason {self.reason!r}; known: {sorted(REASONS)}")

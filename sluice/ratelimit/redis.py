@@ -1,0 +1,277 @@
+"""Redis limiter for distributed mode: one atomic Lua script per acquire.
+
+Every worker on every host shares the same limits because the whole decision (pauses,
+in-flight cap, GCRA on every key, then the commit) runs inside one Lua script, which
+Redis executes atomically, and reads the *Redis server's* clock (``TIME``), so host
+clocks never matter. Tests inject a clock; its time is then passed in instead.
+
+Keys under ``namespace`` (default ``sluice:rl``)::
+
+    <ns>:tat:<key>        GCRA theoretical arrival time, integer microseconds
+    <ns>:pause:<key>      end of the pause on <key>, integer microseconds
+    <ns>:inflight:<key>   sorted set of lease ids scored by their expiry (microseconds)
+
+Each key expires a grace period after it stops constraining anything, so idle keys
+vanish. The grace also keeps a key alive when an injected test clock runs ahead of or
+behind the server's clock, which is what Redis measures TTLs with.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import redis
+import redis.exceptions
+
+from sluice import errors
+from sluice.clock import Clock
+from sluice.ratelimit import gcra
+from sluice.ratelimit.base import (
+    InFlight,
+    check_acquire_args,
+    check_pause_seconds,
+    clock_us,
+)
+from sluice.ratelimit.rate import Grant, LimitSpec
+
+T = TypeVar("T")
+
+KEY_GRACE_MS = 60_000
+
+# KEYS: n_rate TAT keys, then n_pause pause keys, then the in-flight key if any.
+# ARGV: now_us ('' = server TIME), n_rate, n_pause, has_inflight, grace_ms,
+#       max_in_flight, lease_ttl_us, lease_id, then one spacing_us per TAT key.
+# Returns {granted 0/1, wait_us, reason, now_us}. Mirrors gcra.decide + in_flight_wait.
+_ACQUIRE_LUA = """
+local now
+if ARGV[1] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+else
+  now = tonumber(ARGV[1])
+end
+local n_rate = tonumber(ARGV[2])
+local n_pause = tonumber(ARGV[3])
+local grace_ms = tonumber(ARGV[5])
+
+local pause_wait = 0
+for i = n_rate + 1, n_rate + n_pause do
+  local wait = tonumber(redis.call('GET', KEYS[i]) or '0') - now
+  if wait > pause_wait then pause_wait = wait end
+end
+local rate_wait = 0
+for i = 1, n_rate do
+  local wait = tonumber(redis.call('GET', KEYS[i]) or '0') - now
+  if wait > rate_wait then rate_wait = wait end
+end
+if pause_wait > 0 or rate_wait > 0 then
+  local reason = 'rate'
+  if pause_wait > 0 then reason = 'paused' end
+  return {0, math.max(pause_wait, rate_wait), reason, now}
+end
+
+if ARGV[4] == '1' then
+  local key = KEYS[n_rate + n_pause + 1]
+  local max_in_flight = tonumber(ARGV[6])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  local live = redis.call('ZCARD', key)
+  if live >= max_in_flight then
+    local nth = live - max_in_flight
+    local freeing = redis.call('ZRANGE', key, nth, nth, 'WITHSCORES')
+    return {0, tonumber(freeing[2]) - now, 'in_flight', now}
+  end
+  redis.call('ZADD', key, now + tonumber(ARGV[7]), ARGV[8])
+  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  redis.call('PEXPIRE', key, math.ceil((tonumber(last[2]) - now) / 1000) + grace_ms)
+end
+
+for i = 1, n_rate do
+  local spacing = tonumber(ARGV[8 + i])
+  redis.call('SET', KEYS[i], string.format('%d', now + spacing),
+             'PX', math.ceil(spacing / 1000) + grace_ms)
+end
+return {1, 0, '', now}
+"""
+
+# KEYS[1]: pause key. ARGV: now_us ('' = server TIME), pause_us, grace_ms.
+# Only ever extends: an earlier end than the current one is ignored.
+_PAUSE_LUA = """
+local now
+if ARGV[1] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+else
+  now = tonumber(ARGV[1])
+end
+local pause_until = now + tonumber(ARGV[2])
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if pause_until > current then
+  redis.call('SET', KEYS[1], string.format('%d', pause_until),
+             'PX', math.ceil((pause_until - now) / 1000) + tonumber(ARGV[3]))
+end
+return 1
+"""
+
+# KEYS: pause keys. ARGV: now_us ('' = server TIME). Returns {latest pause end, now_us}.
+_PAUSED_UNTIL_LUA = """
+local now
+if ARGV[1] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+else
+  now = tonumber(ARGV[1])
+end
+local latest = 0
+for i = 1, #KEYS do
+  local pause_until = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if pause_until > latest then latest = pause_until end
+end
+return {latest, now}
+"""
+
+_GLOB_SPECIALS = "\\*?[]"
+
+
+class RedisLimiter:
+    """:class:`~sluice.ratelimit.base.Limiter` shared through Redis by every process and host.
+
+    Args:
+        client: a ``redis.Redis``; its connection pool is shared by threads.
+        namespace: prefix of every key this limiter writes; ``reset`` drops them all.
+        clock: tests only; when given, its time replaces the Redis server's ``TIME``.
+        margin: extra fraction of the interval kept between grants (see :mod:`gcra`).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        namespace: str = "sluice:rl",
+        clock: Clock | None = None,
+        margin: float = 0.01,
+    ) -> None:
+        gcra.check_margin(margin)
+        if not namespace:
+            raise ValueError("RedisLimiter namespace must be a non-empty string")
+        self._client = client
+        self._namespace = namespace
+        self._clock = clock
+        self._margin = margin
+        self._acquire_script = client.register_script(_ACQUIRE_LUA)
+        self._pause_script = client.register_script(_PAUSE_LUA)
+        self._paused_until_script = client.register_script(_PAUSED_UNTIL_LUA)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        namespace: str = "sluice:rl",
+        clock: Clock | None = None,
+        margin: float = 0.01,
+        **client_kwargs: Any,
+    ) -> RedisLimiter:
+        """Build a limiter on a new client for ``url`` (``redis://host:6379/0``).
+
+        Socket timeouts default to 2 s so a dead Redis fails fast with ``LimiterError``
+        instead of hanging every worker; ``client_kwargs`` override them.
+        """
+        client_kwargs.setdefault("socket_timeout", 2.0)
+        client_kwargs.setdefault("socket_connect_timeout", 2.0)
+        client = redis.Redis.from_url(url, **client_kwargs)
+        return cls(client, namespace=namespace, clock=clock, margin=margin)
+
+    @property
+    def client(self) -> redis.Redis:
+        """The Redis client this limiter talks through."""
+        return self._client
+
+    def acquire(self, limits: Sequence[LimitSpec], *, in_flight: InFlight | None = None) -> Grant:
+        """See :meth:`Limiter.acquire`; one round trip, atomic on the server."""
+        check_acquire_args(limits, in_flight)
+        spacing_by_key = gcra.spacings(limits, self._margin)
+        guarded = list(spacing_by_key) + ([in_flight.key] if in_flight else [])
+        scopes = gcra.pause_scopes_all(guarded)
+        keys = [self._key("tat", key) for key in spacing_by_key]
+        keys += [self._key("pause", scope) for scope in scopes]
+        lease_id = uuid.uuid4().hex if in_flight else ""
+        if in_flight is not None:
+            keys.append(self._key("inflight", in_flight.key))
+        args: list[str | int] = [
+            self._now_arg(),
+            len(spacing_by_key),
+            len(scopes),
+            1 if in_flight else 0,
+            KEY_GRACE_MS,
+            in_flight.max_in_flight if in_flight else 0,
+            gcra.to_us(in_flight.ttl_s) if in_flight else 0,
+            lease_id,
+            *spacing_by_key.values(),
+        ]
+        granted, wait_us, reason, now_us = self._call(
+            lambda: self._acquire_script(keys=keys, args=args)
+        )
+        if not granted:
+            return Grant(False, int(wait_us) / gcra.US_PER_S, _text(reason))
+        return Grant(True, 0.0, "", lease_id or None, int(now_us) / gcra.US_PER_S)
+
+    def release(self, lease_id: str, key: str) -> None:
+        """See :meth:`Limiter.release`."""
+        self._call(lambda: self._client.zrem(self._key("inflight", key), lease_id))
+
+    def pause(self, key: str, seconds: float) -> None:
+        """See :meth:`Limiter.pause`; atomic, so concurrent pauses keep the latest end."""
+        check_pause_seconds(seconds)
+        args: list[str | int] = [self._now_arg(), gcra.to_us(seconds), KEY_GRACE_MS]
+        self._call(lambda: self._pause_script(keys=[self._key("pause", key)], args=args))
+
+    def paused_until(self, key: str) -> float | None:
+        """See :meth:`Limiter.paused_until`."""
+        keys = [self._key("pause", scope) for scope in gcra.pause_scopes(key)]
+        latest_us, now_us = self._call(
+            lambda: self._paused_until_script(keys=keys, args=[self._now_arg()])
+        )
+        return int(latest_us) / gcra.US_PER_S if int(latest_us) > int(now_us) else None
+
+    def reset(self) -> None:
+        """Delete every key under this limiter's namespace."""
+        pattern = _glob_escape(self._namespace) + ":*"
+
+        def drop_all() -> None:
+            batch: list[Any] = []
+            for key in self._client.scan_iter(match=pattern, count=500):
+                batch.append(key)
+                if len(batch) >= 500:
+                    self._client.unlink(*batch)
+                    batch.clear()
+            if batch:
+                self._client.unlink(*batch)
+
+        self._call(drop_all)
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self._client.close()
+
+    def _key(self, kind: str, key: str) -> str:
+        return f"{self._namespace}:{kind}:{key}"
+
+    def _now_arg(self) -> str:
+        return "" if self._clock is None else str(clock_us(self._clock))
+
+    def _call(self, operation: Callable[[], T]) -> T:
+        try:
+            return operation()
+        except redis.exceptions.RedisError as exc:
+            raise errors.LimiterError(
+                f"redis limiter (namespace {self._namespace!r}) failed: {exc}; "
+                "check that Redis is reachable at the configured URL"
+            ) from exc
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + char if char in _GLOB_SPECIALS else char for char in text)

@@ -1,0 +1,311 @@
+"""The limiter contract, run on MemoryLimiter and on RedisLimiter against a real Redis.
+
+Both get an injected FakeClock so the same assertions hold to the microsecond. The tests
+at the end use the Redis server's own clock (``TIME``) with real threads and several
+limiter instances, the way workers on separate hosts would.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sluice.clock import FakeClock
+from sluice.ratelimit import (
+    InFlight,
+    Limiter,
+    LimitSpec,
+    MemoryLimiter,
+    Rate,
+    RedisLimiter,
+    gcra,
+    parse_rate,
+)
+from sluice.ratelimit.base import clock_us
+
+TEN_PER_S = LimitSpec("dsp", parse_rate("10/s"))
+
+# Builds a limiter on the given clock (None: the backend's own clock) sharing one state.
+Factory = Callable[[FakeClock | None], Limiter]
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def make_limiter(request: pytest.FixtureRequest) -> Iterator[Factory]:
+    """Limiters of one backend that share state, like workers sharing one deployment."""
+    if request.param == "memory":
+        shared: dict[str, MemoryLimiter] = {}
+
+        def make_memory(clock: FakeClock | None) -> Limiter:
+            # One in-process limiter is the whole shared state in embedded mode.
+            return shared.setdefault("limiter", MemoryLimiter(clock=clock))
+
+        yield make_memory
+        return
+
+    redis_url: str = request.getfixturevalue("redis_url")
+    namespace = f"sluice:test:rl:{uuid.uuid4().hex[:12]}"
+    made: list[RedisLimiter] = []
+
+    def make_redis(clock: FakeClock | None) -> Limiter:
+        limiter = RedisLimiter.from_url(redis_url, namespace=namespace, clock=clock)
+        made.append(limiter)
+        return limiter
+
+    yield make_redis
+    for limiter in made:
+        limiter.reset()
+        limiter.close()
+    leftovers = redis.Redis.from_url(redis_url)
+    assert not list(leftovers.scan_iter(match=f"{namespace}:*"))
+    leftovers.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def limiter(make_limiter: Factory, clock: FakeClock) -> Limiter:
+    return make_limiter(clock)
+
+
+def test_grants_are_spaced_by_interval_plus_margin(limiter: Limiter, clock: FakeClock) -> None:
+    """At 10/s with a 1% margin the next grant comes exactly 101 ms after the last one."""
+    first = limiter.acquire([TEN_PER_S])
+    assert first.granted
+    assert first.granted_at == clock.time()
+    clock.advance(0.100999)
+    assert not limiter.acquire([TEN_PER_S]).granted
+    clock.advance(0.000001)
+    assert limiter.acquire([TEN_PER_S]).granted
+
+
+def test_refusal_says_exactly_how_long_to_wait(limiter: Limiter, clock: FakeClock) -> None:
+    """A refused caller is told the remaining time to its slot, and that wait suffices."""
+    limiter.acquire([TEN_PER_S])
+    clock.advance(0.03)
+    refused = limiter.acquire([TEN_PER_S])
+    assert (refused.granted, refused.reason, refused.lease_id) == (False, "rate", None)
+    assert refused.retry_after_s == pytest.approx(0.071, abs=1e-9)
+    clock.advance(refused.retry_after_s)
+    assert limiter.acquire([TEN_PER_S]).granted
+
+
+def test_multi_limit_is_all_or_nothing(limiter: Limiter, clock: FakeClock) -> None:
+    """A request refused by one of its limits consumes none of the others."""
+    provider = LimitSpec("dsp", parse_rate("10/s"))
+    advertiser = LimitSpec("dsp:adv=1", parse_rate("1/s"))
+    assert limiter.acquire([provider, advertiser]).granted
+    clock.advance(0.2)
+    refused = limiter.acquire([provider, advertiser])
+    assert (refused.granted, refused.reason) == (False, "rate")
+    assert refused.retry_after_s == pytest.approx(0.81)
+    assert limiter.acquire([provider, LimitSpec("dsp:adv=2", parse_rate("1/s"))]).granted
+
+
+def test_pause_is_seen_by_sub_keys_only(limiter: Limiter, clock: FakeClock) -> None:
+    """Pausing 'dsp' stops 'dsp' and 'dsp:write' until it ends, but not 'dsp2'."""
+    limiter.pause("dsp", 30.0)
+    for key in ["dsp", "dsp:write", "dsp:write:adv=1"]:
+        grant = limiter.acquire([LimitSpec(key, parse_rate("10/s"))])
+        assert (grant.granted, grant.reason, grant.retry_after_s) == (False, "paused", 30.0)
+    assert limiter.acquire([LimitSpec("dsp2", parse_rate("10/s"))]).granted
+    assert limiter.acquire([], in_flight=InFlight("dsp:write", 5, 10.0)).reason == "paused"
+    clock.advance(30.0)
+    assert limiter.acquire([TEN_PER_S]).granted
+
+
+def test_pause_only_extends(limiter: Limiter, clock: FakeClock) -> None:
+    """A shorter pause never cuts an existing one short; a longer one extends it."""
+    start = clock.time()
+    limiter.pause("dsp", 60.0)
+    limiter.pause("dsp", 5.0)
+    assert limiter.paused_until("dsp") == start + 60.0
+    limiter.pause("dsp", 90.0)
+    assert limiter.paused_until("dsp:write") == start + 90.0
+    assert limiter.paused_until("dsp2") is None
+    clock.advance(90.0)
+    assert limiter.paused_until("dsp") is None
+
+
+def test_in_flight_caps_leases_until_released(limiter: Limiter, clock: FakeClock) -> None:
+    """Two leases fill a cap of two; releasing one lets the next request in."""
+    cap = InFlight("dsp", max_in_flight=2, ttl_s=60.0)
+    spec = LimitSpec("dsp", parse_rate("1000/s"))
+    leases = []
+    for _ in range(2):
+        grant = limiter.acquire([spec], in_flight=cap)
+        assert grant.granted
+        assert grant.lease_id is not None
+        leases.append(grant.lease_id)
+        clock.advance(1.0)
+    refused = limiter.acquire([spec], in_flight=cap)
+    assert (refused.granted, refused.reason) == (False, "in_flight")
+    assert refused.retry_after_s == pytest.approx(58.0)
+    limiter.release(leases[0], "dsp")
+    assert limiter.acquire([spec], in_flight=cap).granted
+
+
+def test_in_flight_refusal_consumes_no_rate(limiter: Limiter) -> None:
+    """A request refused for in-flight leaves its rate slot for the next caller."""
+    cap = InFlight("dsp", max_in_flight=1, ttl_s=60.0)
+    assert limiter.acquire([], in_flight=cap).granted
+    assert limiter.acquire([TEN_PER_S], in_flight=cap).reason == "in_flight"
+    assert limiter.acquire([TEN_PER_S]).granted
+
+
+def test_in_flight_leases_expire(limiter: Limiter, clock: FakeClock) -> None:
+    """A lease never released lapses after its TTL, so a dead worker frees its slot."""
+    cap = InFlight("dsp", max_in_flight=1, ttl_s=5.0)
+    assert limiter.acquire([], in_flight=cap).granted
+    clock.advance(4.999999)
+    assert limiter.acquire([], in_flight=cap).reason == "in_flight"
+    clock.advance(0.000001)
+    assert limiter.acquire([], in_flight=cap).granted
+
+
+def test_reset_forgets_everything(limiter: Limiter) -> None:
+    """After reset a spent key, a pause and a full lease cap are all free again."""
+    cap = InFlight("dsp", max_in_flight=1, ttl_s=60.0)
+    assert limiter.acquire([TEN_PER_S], in_flight=cap).granted
+    limiter.pause("dsp", 60.0)
+    limiter.reset()
+    assert limiter.paused_until("dsp") is None
+    assert limiter.acquire([TEN_PER_S], in_flight=cap).granted
+
+
+def test_two_instances_share_one_limit_and_pause(make_limiter: Factory, clock: FakeClock) -> None:
+    """A grant or pause through one limiter instance holds back callers of another."""
+    host_a, host_b = make_limiter(clock), make_limiter(clock)
+    assert host_a.acquire([TEN_PER_S]).granted
+    assert host_b.acquire([TEN_PER_S]).reason == "rate"
+    clock.advance(1.0)
+    host_b.pause("dsp", 10.0)
+    assert host_a.acquire([TEN_PER_S]).reason == "paused"
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    limit=st.integers(1, 5),
+    window_us=st.integers(1, 2_000_000),
+    schedule=st.lists(st.one_of(st.none(), st.integers(0, 1_000_000)), max_size=60),
+)
+def test_grants_never_exceed_limit_in_any_sliding_window(
+    limiter: Limiter, clock: FakeClock, limit: int, window_us: int, schedule: list[int | None]
+) -> None:
+    """For random request times, at most `limit` grants fall in any window of window_s, and
+    a refused caller asking again after exactly retry_after_s is granted."""
+    limiter.reset()
+    clock.advance(10.0)  # past every TAT an earlier example left behind
+    spec = LimitSpec("dsp", Rate(limit, window_us / 1e6))
+    granted_us: list[int] = []
+    for gap_us in schedule:
+        clock.advance((gap_us or 0) / 1e6)
+        grant = limiter.acquire([spec])
+        if not grant.granted and gap_us is None:
+            clock.advance(grant.retry_after_s)
+            grant = limiter.acquire([spec])
+            assert grant.granted
+        if grant.granted:
+            assert grant.granted_at is not None
+            granted_us.append(gcra.to_us(grant.granted_at))
+            assert granted_us[-1] == clock_us(clock)
+    for first, last in zip(granted_us, granted_us[limit:], strict=False):
+        assert last - first >= window_us
+
+
+@pytest.mark.parametrize("instances", [1, 2])
+def test_hammering_threads_stay_spaced_on_the_real_clock(
+    make_limiter: Factory, instances: int
+) -> None:
+    """Six threads asking for 200/s as fast as allowed for ~0.6 s get grants spaced by at
+    least interval * (1 + margin) on the limiter's own clock (Redis TIME), across instances."""
+    rate = parse_rate("200/s")
+    spec = LimitSpec("hammer", rate)
+    limiters = [make_limiter(None) for _ in range(instances)]
+    granted_at: list[float] = []
+    record = threading.Lock()
+    deadline = time.monotonic() + 0.6
+
+    def hammer(limiter: Limiter) -> None:
+        while time.monotonic() < deadline:
+            grant = limiter.acquire([spec])
+            if grant.granted:
+                assert grant.granted_at is not None
+                with record:
+                    granted_at.append(grant.granted_at)
+            else:
+                time.sleep(min(grant.retry_after_s, 0.002))
+
+    threads = [threading.Thread(target=hammer, args=(limiters[n % instances],)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    times_us = sorted(gcra.to_us(at) for at in granted_at)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times_us)]
+    assert min(gaps) >= gcra.spacing_us(rate, 0.01)
+    # Not starved either: a third of the ~119 slots in 0.6 s leaves room for a loaded CI box.
+    assert len(times_us) >= 40
+
+
+@pytest.mark.redis
+def test_separate_redis_clients_share_one_limit_on_server_time(redis_url: str) -> None:
+    """Two RedisLimiters on separate connections (two hosts) draw from one limit on Redis TIME."""
+    namespace = f"sluice:test:rl:{uuid.uuid4().hex[:12]}"
+    host_a = RedisLimiter(redis.Redis.from_url(redis_url), namespace=namespace)
+    host_b = RedisLimiter(redis.Redis.from_url(redis_url), namespace=namespace)
+    try:
+        spec = LimitSpec("dsp", parse_rate("1/min"))
+        first = host_a.acquire([spec])
+        assert first.granted
+        assert first.granted_at is not None
+        assert abs(first.granted_at - time.time()) < 3600
+        refused = host_b.acquire([spec])
+        assert refused.reason == "rate"
+        assert 59.0 < refused.retry_after_s <= 60.6
+        host_b.pause("other", 5.0)
+        until = host_a.paused_until("other:write")
+        assert until is not None
+        assert 0 < until - first.granted_at <= 6.0
+    finally:
+        host_a.reset()
+        host_a.close()
+        host_b.close()
+
+
+@pytest.mark.redis
+def test_redis_keys_expire_and_reset_stays_in_its_namespace(redis_url: str) -> None:
+    """Every key the limiter writes has a TTL, and reset leaves other namespaces alone."""
+    client = redis.Redis.from_url(redis_url)
+    namespace = f"sluice:test:rl:{uuid.uuid4().hex[:12]}"
+    neighbour = f"{namespace}x:tat:dsp"
+    client.set(neighbour, "1", ex=60)
+    limiter = RedisLimiter(client, namespace=namespace)
+    try:
+        limiter.acquire([TEN_PER_S], in_flight=InFlight("dsp", 3, 30.0))
+        limiter.pause("dsp", 5.0)
+        keys = list(client.scan_iter(match=f"{namespace}:*"))
+        assert len(keys) == 3
+        for key in keys:
+            assert 0 < client.pttl(key) <= 30_000 + 60_000
+        limiter.reset()
+        assert not list(client.scan_iter(match=f"{namespace}:*"))
+        assert client.exists(neighbour)
+    finally:
+        client.delete(neighbour)
+        limiter.reset()
+        client.close()
