@@ -14,7 +14,7 @@ from sluice.settings import load_settings
 app = typer.Typer(
     help="Sluice: rate-limited submission engine for third-party APIs.",
     no_args_is_help=True,
-    pretty_exceptions_show_locals=False,
+    pretty_exceptions_enable=False,
 )
 db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -104,6 +104,32 @@ def submit(
     raise typer.Exit(code)
 
 
+@app.command()
+def worker(
+    beat: Annotated[bool, typer.Option(help="also run the beat scheduler in this worker")] = False,
+    concurrency: Annotated[
+        int, typer.Option(help="worker processes", envvar="SLUICE_WORKER_CONCURRENCY")
+    ] = 4,
+    loglevel: Annotated[str, typer.Option(envvar="SLUICE_LOG_LEVEL")] = "INFO",
+) -> None:
+    """Run a Celery worker (distributed mode; broker from SLUICE_BROKER_URL)."""
+    from sluice.celery_app import app as celery
+
+    argv = ["worker", "--concurrency", str(concurrency), "--loglevel", loglevel]
+    argv += ["--queues", "sluice", "--pool", "prefork", "--without-gossip", "--without-mingle"]
+    if beat:
+        argv.append("--beat")
+    celery.worker_main(argv)
+
+
+@app.command()
+def beat(loglevel: Annotated[str, typer.Option(envvar="SLUICE_LOG_LEVEL")] = "INFO") -> None:
+    """Run the Celery beat scheduler that sends pump and reconcile tasks."""
+    from sluice.celery_app import app as celery
+
+    celery.start(["beat", "--loglevel", loglevel])
+
+
 @db_app.command("upgrade")
 def db_upgrade(
     revision: Annotated[str, typer.Argument(help="target revision")] = "head",
@@ -130,8 +156,21 @@ _register_sandbox()
 
 def main() -> None:
     """Entry point of the ``sluice`` console script."""
+    from sluice.tasks import SubmissionInvalid
+
     try:
-        app()
+        app(standalone_mode=True)
     except errors.ConfigError as exc:
         console.print(f"[red]configuration error:[/red] {exc}")
+        raise SystemExit(2) from exc
+    except SubmissionInvalid as exc:
+        console.print(f"[red]nothing was submitted:[/red] {len(exc.problems)} problem(s)")
+        for problem in exc.problems[:20]:
+            where = f"item {problem.index}" if problem.index is not None else "request"
+            console.print(f"  {where}: {problem.field}: {problem.message}")
+        if len(exc.problems) > 20:
+            console.print(f"  ... and {len(exc.problems) - 20} more")
+        raise SystemExit(2) from exc
+    except errors.SluiceError as exc:
+        console.print(f"[red]error:[/red] {exc}")
         raise SystemExit(2) from exc

@@ -45,8 +45,19 @@ class Settings(BaseSettings):
     executor_threads: int = 16
     dispatch_batch: int = 500
     dispatch_idle_s: float = 0.05
-    reconcile_after_s: float = 300.0
+    claim_lease_s: float = 120.0
     max_body_bytes: int = 1_048_576
+
+    # Limiter: grants are spaced by window/limit * (1 + rate_margin) to absorb network
+    # jitter between our clock and the provider's.
+    rate_margin: float = 0.01
+    limiter_namespace: str = "sluice:rl"
+
+    # Distributed mode: beat sends `pumps` pump tasks every `pump_s` seconds; each keeps
+    # one worker process dispatching for up to `pump_s`.
+    pumps: int = 4
+    pump_s: float = 1.0
+    reconcile_every_s: float = 30.0
 
     # Sections of the TOML file, validated by their own modules.
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)

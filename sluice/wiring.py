@@ -77,7 +77,9 @@ def build_runtime(settings: Settings) -> Runtime:
         queue=WorkQueue(engine),
         providers=providers,
         catalog=build_catalog(providers, settings.default_provider),
-        limiter=build_limiter(settings.redis_url),
+        limiter=build_limiter(
+            settings.redis_url, margin=settings.rate_margin, namespace=settings.limiter_namespace
+        ),
         clients={name: build_http_client(p) for name, p in providers.items()},
     )
 
@@ -98,6 +100,8 @@ def build_engine(runtime: Runtime) -> EmbeddedEngine:
         threads=runtime.settings.executor_threads,
         batch=runtime.settings.dispatch_batch,
         idle_s=runtime.settings.dispatch_idle_s,
+        lease_s=runtime.settings.claim_lease_s,
+        reconcile_every_s=runtime.settings.reconcile_every_s,
     )
 
 

@@ -38,6 +38,8 @@ class EmbeddedEngine:
         threads: int = 16,
         batch: int = 500,
         idle_s: float = 0.05,
+        lease_s: float = 120.0,
+        reconcile_every_s: float = 30.0,
         clock: Clock | None = None,
     ) -> None:
         self.queue = work_queue
@@ -54,6 +56,8 @@ class EmbeddedEngine:
             clock=self.clock,
             batch=batch,
             idle_s=idle_s,
+            lease_s=lease_s,
+            reconcile_every_s=reconcile_every_s,
         )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sluice-dispatcher", daemon=True)

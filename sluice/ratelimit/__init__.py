@@ -28,12 +28,14 @@ __all__ = [
 ]
 
 
-def build_limiter(redis_url: str | None, margin: float = 0.01) -> Limiter:
+def build_limiter(
+    redis_url: str | None, margin: float = 0.01, namespace: str = "sluice:rl"
+) -> Limiter:
     """A :class:`RedisLimiter` when ``redis_url`` is given, else a :class:`MemoryLimiter`.
 
     Embedded mode (one process) needs no Redis; distributed mode must share one Redis so
     that every worker on every host draws from the same limits.
     """
     if redis_url:
-        return RedisLimiter.from_url(redis_url, margin=margin)
+        return RedisLimiter.from_url(redis_url, namespace=namespace, margin=margin)
     return MemoryLimiter(margin=margin)

@@ -1,0 +1,87 @@
+"""Bounded dispatch rounds for worker processes (Celery): the same dispatcher, in pumps.
+
+A pump claims due work (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), takes grants from the
+shared Redis limiter and sends requests from this process's threads for up to
+``seconds``, then gives back what it did not send and waits for its outcomes to be
+written. The broker only ever carries pump messages, never the rate-blocked backlog.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+from sluice import wiring
+from sluice.engine.dispatcher import Dispatcher, monotonic_deadline
+from sluice.engine.embedded import worker_name
+from sluice.executors.local import LocalExecutor
+from sluice.settings import Settings
+
+log = logging.getLogger("sluice.pump")
+
+DRAIN_TIMEOUT_S = 60.0
+
+
+@dataclass
+class WorkerEngine:
+    """One worker process's runtime, executor and dispatcher, reused across pumps."""
+
+    runtime: wiring.Runtime
+    executor: LocalExecutor
+    dispatcher: Dispatcher
+    pid: int
+
+    @classmethod
+    def build(cls, settings: Settings) -> WorkerEngine:
+        runtime = wiring.build_runtime(settings)
+        executor = LocalExecutor(
+            runtime.queue,
+            runtime.providers,
+            runtime.clients,
+            runtime.limiter,
+            threads=settings.executor_threads,
+        )
+        dispatcher = Dispatcher(
+            runtime.queue,
+            runtime.providers,
+            runtime.limiter,
+            executor,
+            worker_id=worker_name(),
+            batch=settings.dispatch_batch,
+            idle_s=settings.dispatch_idle_s,
+            lease_s=settings.claim_lease_s,
+            reconcile_every_s=settings.reconcile_every_s,
+        )
+        return cls(runtime, executor, dispatcher, os.getpid())
+
+    def pump(self, seconds: float) -> int:
+        """Dispatch for up to ``seconds``; return how many requests were sent."""
+        before = self.dispatcher.stats.granted
+        self.dispatcher.run(threading.Event(), until=monotonic_deadline(seconds))
+        end = time.monotonic() + DRAIN_TIMEOUT_S
+        while not self.executor.idle() and time.monotonic() < end:
+            time.sleep(0.01)
+        return self.dispatcher.stats.granted - before
+
+    def reconcile(self) -> int:
+        """Recover tasks whose worker died mid-request."""
+        return self.runtime.queue.recover_stuck(self.dispatcher.clock.now())
+
+
+_engine: WorkerEngine | None = None
+_lock = threading.Lock()
+
+
+def worker_engine() -> WorkerEngine:
+    """This process's engine, built on first use (after the worker forked)."""
+    global _engine
+    with _lock:
+        if _engine is None or _engine.pid != os.getpid():
+            from sluice.settings import load_settings
+
+            _engine = WorkerEngine.build(load_settings())
+            log.info("worker.ready", extra={"pid": _engine.pid})
+        return _engine
