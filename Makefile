@@ -26,6 +26,14 @@ run: $(VENV)/.installed
 run-api: $(VENV)/.installed
 	$(SLUICE) api
 
+## API + 4 Celery workers + beat + sandbox on local Redis and PostgreSQL (database "sluice").
+DIST_ENV := SLUICE_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/sluice \
+	SLUICE_BROKER_URL=redis://127.0.0.1:6379/0 SLUICE_REDIS_URL=redis://127.0.0.1:6379/0
+run-distributed: $(VENV)/.installed services
+	@psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='sluice'" | grep -q 1 \
+		|| createdb -h 127.0.0.1 -U postgres sluice
+	$(DIST_ENV) $(SLUICE) up --demo --workers 4
+
 ## Lint, type checks and the whole suite (starts PostgreSQL/Redis/RabbitMQ if they are down).
 test: $(VENV)/.installed-dev services
 	$(BIN)/ruff check .

@@ -60,6 +60,15 @@ def up(
             help="also run the sandbox DSP in-process ([sandbox] section)", envvar="SLUICE_SANDBOX"
         ),
     ] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="run the engine on N Celery worker processes instead of in-process "
+            "(needs SLUICE_BROKER_URL and SLUICE_REDIS_URL; PostgreSQL recommended)",
+            envvar="SLUICE_WORKERS",
+        ),
+    ] = 0,
 ) -> None:
     """Run the API and the engine in one process (embedded mode, SQLite by default)."""
     from sluice.runner import UpOptions, run_up
@@ -72,6 +81,7 @@ def up(
         demo=demo,
         exit_when_done=exit_when_done,
         sandbox=sandbox,
+        workers=workers,
     )
     raise typer.Exit(run_up(settings, options, Console()))
 
@@ -174,3 +184,7 @@ def main() -> None:
     except errors.SluiceError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise SystemExit(2) from exc
+
+
+if __name__ == "__main__":
+    main()

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from contextlib import ExitStack
@@ -12,7 +16,7 @@ from pathlib import Path
 import uvicorn
 from rich.console import Console
 
-from sluice import importer, tasks, wiring
+from sluice import errors, importer, tasks, wiring
 from sluice.domain import FINAL_STATUSES
 from sluice.engine.embedded import EmbeddedEngine
 from sluice.progress import RateReport, summary_table, watch
@@ -34,6 +38,7 @@ class UpOptions:
     exit_when_done: bool = False
     sandbox: bool = False
     demo_file: Path | None = None
+    workers: int = 0
 
 
 def prepare_demo_settings(settings: Settings) -> Settings:
@@ -56,9 +61,13 @@ def run_up(settings: Settings, options: UpOptions, console: Console) -> int:
             console.print(f"sandbox DSP (profile {sandbox_profile(settings)}) at {base_url}")
         runtime = wiring.build_runtime(settings)
         stack.callback(runtime.close)
-        engine = wiring.build_engine(runtime)
-        engine.start()
-        stack.callback(engine.stop)
+        engine: EmbeddedEngine | None = None
+        if options.workers:
+            start_workers(settings, options.workers, stack, console)
+        else:
+            engine = wiring.build_engine(runtime)
+            engine.start()
+            stack.callback(engine.stop)
         server = uvicorn.Server(
             uvicorn.Config(
                 wiring.build_api(runtime),
@@ -99,9 +108,51 @@ def start_sandbox(settings: Settings, stack: ExitStack) -> str:
     return base_url
 
 
+def start_workers(settings: Settings, count: int, stack: ExitStack, console: Console) -> None:
+    """Start ``count`` Celery worker processes (the first also runs beat)."""
+    if not settings.broker_url or not settings.redis_url:
+        raise errors.ConfigError(
+            "--workers needs SLUICE_BROKER_URL and SLUICE_REDIS_URL "
+            "(the limiter is shared in Redis)"
+        )
+    env = dict(os.environ)
+    env["SLUICE_DATABASE_URL"] = settings.database_url
+    env.setdefault("SLUICE_PUMPS", str(count))
+    processes = []
+    for n in range(count):
+        argv = [sys.executable, "-m", "sluice.cli", "worker", "--concurrency", "1"]
+        argv += ["--loglevel", "WARNING"]
+        if n == 0:
+            argv.append("--beat")
+        processes.append(subprocess.Popen(argv, env=env, start_new_session=True))
+    console.print(
+        f"{count} Celery worker process(es) started (broker {_redact(settings.broker_url)})"
+    )
+
+    def stop() -> None:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    stack.callback(stop)
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1]
+
+
 def run_demo(
     runtime: wiring.Runtime,
-    engine: EmbeddedEngine,
+    engine: EmbeddedEngine | None,
     options: UpOptions,
     console: Console,
     server: uvicorn.Server,
@@ -112,7 +163,8 @@ def run_demo(
     items = [replace(item, id=first + i) for i, item in enumerate(items)]
     started = time.monotonic()
     ids = tasks.create_tasks(runtime.repo, runtime.catalog, items)
-    engine.wake()
+    if engine is not None:
+        engine.wake()
     last = max(ids)
     console.print(f"demo: {len(ids)} tasks created (ids {first}-{last}) from {DEMO_FILE.name}")
     stop = threading.Event()
@@ -130,8 +182,11 @@ def run_demo(
 
 
 def rate_reports(
-    runtime: wiring.Runtime, engine: EmbeddedEngine, elapsed: float
+    runtime: wiring.Runtime, engine: EmbeddedEngine | None, elapsed: float
 ) -> list[RateReport]:
+    """Requests this process sent per provider (worker processes keep their own counts)."""
+    if engine is None:
+        return []
     reports = []
     for name, provider in runtime.providers.items():
         sent = sum(
