@@ -1,0 +1,129 @@
+"""Token authentication: fetch a token with a request, send it on every call, refresh it.
+
+The token is fetched lazily on the first call, reused until ``refresh_margin`` before it
+expires (``expires_in`` from the answer, else the configured ``lifetime``), and dropped
+when the provider answers 401 so the next attempt fetches a new one. Neither the token
+nor the request body ever reaches a message or a log.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import httpx
+
+from sluice import errors
+from sluice.clock import Clock
+from sluice.providers.config import AuthConfig
+from sluice.providers.redaction import Redactor
+from sluice.providers.templating import MISSING, get_path
+
+log = logging.getLogger(__name__)
+
+
+class TokenUnavailable(errors.ProviderError):
+    """The token request failed; the call it was for should be retried later."""
+
+    def __init__(self, message: str, *, ambiguous: bool = False) -> None:
+        super().__init__(message)
+        self.ambiguous = ambiguous
+
+
+class TokenAuth:
+    """Holds one provider's current token; shared by every worker thread."""
+
+    def __init__(self, provider: str, config: AuthConfig, clock: Clock, redactor: Redactor) -> None:
+        self._provider = provider
+        self._config = config
+        self._clock = clock
+        self._redactor = redactor
+        self._lock = threading.Lock()
+        self._token: str | None = None
+        self._expires_at = 0.0
+        for secret in (*config.body.values(), *config.headers.values()):
+            redactor.add(*secret.sensitive)
+
+    def header(self, client: httpx.Client) -> tuple[str, str]:
+        """The auth header to send, fetching a token first when needed.
+
+        Raises:
+            TokenUnavailable: the token request failed or its answer had no token.
+        """
+        with self._lock:
+            if self._token is None or self._clock.time() >= self._expires_at:
+                self._fetch(client)
+            assert self._token is not None
+            return self._config.header, self._config.value.replace("{token}", self._token)
+
+    def invalidate(self, header_value: str | None) -> None:
+        """Forget the token that produced ``header_value`` (after a 401)."""
+        with self._lock:
+            if self._token is None:
+                return
+            current = self._config.value.replace("{token}", self._token)
+            if header_value is None or header_value == current:
+                self._token = None
+                log.info("provider.token_dropped", extra={"provider": self._provider})
+
+    def _fetch(self, client: httpx.Client) -> None:
+        line = self._config.request
+        values = {key: secret.value for key, secret in self._config.body.items()}
+        headers = {key: secret.value for key, secret in self._config.headers.items()}
+        kwargs: dict[str, Any] = {"headers": headers}
+        if line.method != "GET":
+            kwargs["json" if self._config.body_format == "json" else "data"] = values
+        try:
+            response = client.request(line.method, line.target, **kwargs)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise TokenUnavailable(
+                f"could not reach the token endpoint of {self._provider}: {type(exc).__name__}"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise TokenUnavailable(
+                f"token request to {self._provider} failed: {type(exc).__name__}"
+            ) from exc
+        if response.status_code >= 300:
+            raise TokenUnavailable(
+                f"token request to {self._provider} answered HTTP {response.status_code}"
+                f"{self._oauth_error(response)}"
+            )
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        token = get_path(body, self._config.token_field)
+        if not isinstance(token, str) or not token:
+            raise TokenUnavailable(
+                f"token answer from {self._provider} has no {self._config.token_field}"
+            )
+        self._redactor.add(token)
+        lifetime = self._config.lifetime
+        if self._config.expires_in_field:
+            expires_in = get_path(body, self._config.expires_in_field)
+            if isinstance(expires_in, int | float) and not isinstance(expires_in, bool):
+                lifetime = float(expires_in)
+        now = self._clock.time()
+        self._token = token
+        self._expires_at = now + max(0.0, lifetime - self._config.refresh_margin)
+        log.info(
+            "provider.token_fetched",
+            extra={"provider": self._provider, "lifetime_s": lifetime},
+        )
+
+    def _oauth_error(self, response: httpx.Response) -> str:
+        """OAuth's short ``error`` word (``invalid_client``), never the raw body."""
+        try:
+            body = response.json()
+        except ValueError:
+            return ""
+        code = get_path(body, "error")
+        if code is MISSING or not isinstance(code, str) or len(code) > 64:
+            code = get_path(body, "error.code")
+        if isinstance(code, str) and len(code) <= 64:
+            return f" ({self._redactor.redact(code)})"
+        return ""
+
+    def __repr__(self) -> str:
+        return f"TokenAuth({self._provider!r})"

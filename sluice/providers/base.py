@@ -1,0 +1,157 @@
+"""What the engine needs of a provider: the task view, the decisions, the protocol.
+
+A provider turns each HTTP answer into exactly one decision value; the engine acts on
+decisions in one place and never looks at HTTP itself::
+
+    SubmitDecision = Accepted | RateLimited | Transient | Failed
+    PollDecision   = StatusReport | RateLimited | Transient
+    LookupDecision = Found | NotFound | RateLimited | Transient
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+from sluice.domain import TaskStatus
+from sluice.providers.durations import format_duration
+
+if TYPE_CHECKING:
+    import httpx
+
+    from sluice.ratelimit.base import InFlight
+    from sluice.ratelimit.rate import LimitSpec
+
+Operation = Literal["read", "write"]
+
+
+@dataclass(frozen=True)
+class TaskRef:
+    """The part of a task an adapter needs."""
+
+    task_id: int
+    kind: str | None
+    payload: Mapping[str, Any]
+    external_id: str | None
+    client_ref: str
+    parent_external_id: str | None
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The provider took the create; ``completed`` when it answers synchronously."""
+
+    external_id: str
+    completed: bool
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """The provider's status for one task, mapped to Sluice's vocabulary."""
+
+    status: TaskStatus
+    message: str | None
+    raw_status: str
+
+
+@dataclass(frozen=True)
+class RateLimited:
+    """Pause the provider's keys; never counts as a failed attempt."""
+
+    retry_after_s: float | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class Transient:
+    """Retry later; ``ambiguous`` when a create may have happened (look up before resending)."""
+
+    message: str
+    ambiguous: bool = False
+    retry_after_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Failed:
+    """Permanent refusal (validation): the task ends in Error with ``message``."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class Found:
+    """A lookup found the object a lost answer created."""
+
+    external_id: str
+
+
+@dataclass(frozen=True)
+class NotFound:
+    """A lookup found nothing: creating again is safe."""
+
+
+SubmitDecision = Accepted | RateLimited | Transient | Failed
+PollDecision = StatusReport | RateLimited | Transient
+LookupDecision = Found | NotFound | RateLimited | Transient
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """A third party Sluice submits to; the config-driven one is ``HttpProvider``."""
+
+    name: str
+    kinds: frozenset[str]
+    poll_interval_s: float
+    max_attempts: int
+    deadline_s: float | None
+    retry_base_s: float
+    retry_max_s: float
+    timeout_s: float
+
+    def limits_for(
+        self, operation: Operation, payload: Mapping[str, Any] | None
+    ) -> list[LimitSpec]:
+        """Every limit one request must fit in; keys start with the provider name."""
+        ...
+
+    def in_flight(self) -> InFlight | None:
+        """The cap on concurrent requests, if any."""
+        ...
+
+    def pause_key(self) -> str:
+        """The key to pause on a rate-limit signal; it covers every key of the provider."""
+        ...
+
+    def is_synchronous(self, kind: str | None) -> bool:
+        """Whether a successful submit of ``kind`` is already Completed."""
+        ...
+
+    def can_track(self) -> bool:
+        """Whether tasks known only by id can be polled (a batch poll exists)."""
+        ...
+
+    def supports_lookup(self, kind: str | None) -> bool:
+        """Whether objects of ``kind`` can be found by client reference."""
+        ...
+
+    def submit(self, client: httpx.Client, task: TaskRef) -> SubmitDecision:
+        """Create the task's object."""
+        ...
+
+    def lookup(self, client: httpx.Client, task: TaskRef) -> LookupDecision:
+        """Find the object a lost create answer may have made."""
+        ...
+
+    def poll_groups(self, tasks: Sequence[TaskRef]) -> list[list[TaskRef]]:
+        """Split ``tasks`` into groups answered by one request each."""
+        ...
+
+    def poll(self, client: httpx.Client, group: Sequence[TaskRef]) -> dict[int, PollDecision]:
+        """Status of every task of ``group``, by task id."""
+        ...
+
+
+def deadline_message(provider: str, deadline_s: float) -> str:
+    """The Error message of a task that had no final status before the deadline."""
+    return f"no final status from {provider} after {format_duration(deadline_s)}"

@@ -1,0 +1,398 @@
+"""Provider configuration: the ``[providers.NAME]`` TOML tables as validated models.
+
+Every key is documented in docs/providers.md. Validation errors are turned into one
+line per problem, ``<file>: providers.NAME.<key>: <reason>``, and never quote the
+value of a header or an auth body entry (they hold secrets).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+
+from sluice.domain import TaskStatus
+from sluice.providers.durations import parse_duration
+from sluice.providers.templating import RequestLine, expand_env
+from sluice.ratelimit.rate import Rate, parse_rate
+
+PROVIDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
+_SENSITIVE_NAME = re.compile(r"auth|token|key|secret|password|cookie|session|signature", re.I)
+_MIN_SECRET_LEN = 4
+
+
+# --- value types ---------------------------------------------------------------------------
+
+
+class KeyProblem(ValueError):
+    """A problem with a sub-key of the value being validated (folded into the key path)."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+@dataclass(frozen=True, repr=False)
+class Secret:
+    """A configured value that may hold a secret; its repr never shows it.
+
+    ``sensitive`` lists the substrings to redact from messages and logs.
+    """
+
+    value: str
+    sensitive: tuple[str, ...]
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
+def _secret_map(value: object, info: ValidationInfo) -> dict[str, Secret]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"must be a table of strings, got {type(value).__name__}")
+    environ: Mapping[str, str] = (info.context or {}).get("environ", {})
+    result: dict[str, Secret] = {}
+    for key, raw in value.items():
+        if not isinstance(raw, str):
+            raise KeyProblem(str(key), f"must be a string, got {type(raw).__name__}")
+        try:
+            expanded, substituted = expand_env(raw, environ)
+        except ValueError as exc:
+            raise KeyProblem(str(key), str(exc)) from None
+        sensitive = set(substituted)
+        if _SENSITIVE_NAME.search(str(key)):
+            sensitive.add(expanded)
+            _scheme, _, rest = expanded.partition(" ")
+            if rest:
+                sensitive.add(rest)
+        result[str(key)] = Secret(
+            value=expanded,
+            sensitive=tuple(sorted(s for s in sensitive if len(s) >= _MIN_SECRET_LEN)),
+        )
+    return result
+
+
+def _duration(value: object) -> float:
+    return parse_duration(value)
+
+
+def _rate(value: object) -> Rate:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a rate like '10/s', '40/min' or '1000/h', got {value!r}")
+    try:
+        return parse_rate(value)
+    except ValueError as exc:
+        raise ValueError(f"{exc}") from None
+
+
+def _rates(value: object) -> tuple[Rate, ...]:
+    if isinstance(value, str):
+        return (_rate(value),)
+    if isinstance(value, list) and value:
+        return tuple(_rate(item) for item in value)
+    raise ValueError(f"must be a rate like '10/s' or a list of rates, got {value!r}")
+
+
+def _codes(value: object) -> frozenset[str]:
+    if not isinstance(value, list) or not all(
+        isinstance(v, int | str) and not isinstance(v, bool) for v in value
+    ):
+        raise ValueError(f"must be a list of codes (numbers or strings), got {value!r}")
+    return frozenset(str(v) for v in value)
+
+
+def _request_line(*allowed: str) -> PlainValidator:
+    def parse(value: object) -> RequestLine:
+        if isinstance(value, RequestLine):
+            return value
+        if not isinstance(value, str):
+            raise ValueError(f"must be a request line like 'GET /path', got {value!r}")
+        return RequestLine.parse(value, allowed)
+
+    return PlainValidator(parse)
+
+
+Duration = Annotated[float, PlainValidator(_duration)]
+Secrets = Annotated[dict[str, Secret], PlainValidator(_secret_map)]
+Rates = Annotated[tuple[Rate, ...], PlainValidator(_rates)]
+Codes = Annotated[frozenset[str], PlainValidator(_codes)]
+SubmitLine = Annotated[RequestLine, _request_line("client_ref", "parent_external_id", "payload")]
+StatusLine = Annotated[
+    RequestLine, _request_line("external_id", "client_ref", "parent_external_id", "payload")
+]
+LookupLine = Annotated[RequestLine, _request_line("client_ref", "parent_external_id", "payload")]
+BatchLine = Annotated[RequestLine, _request_line("ids")]
+PlainLine = Annotated[RequestLine, _request_line()]
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+# --- tables --------------------------------------------------------------------------------
+
+
+class LimitConfig(_Table):
+    """``[[providers.NAME.limits]]``: one more budget a request must fit in."""
+
+    rate: Annotated[Rate, PlainValidator(_rate)]
+    scope: Literal["all", "read", "write"] = "all"
+    per: str | None = Field(default=None, min_length=1)
+
+
+class PollConfig(_Table):
+    """``[providers.NAME.poll]``: one request answers for many tasks."""
+
+    request: BatchLine
+    batch_size: int = Field(default=100, ge=1)
+    interval: Duration | None = None
+    items_field: str | None = None
+    id_field: str = "id"
+    status_field: str = "status"
+    error_field: str | None = "error_message"
+    status_map: dict[str, TaskStatus] = Field(min_length=1)
+
+
+class KindConfig(_Table):
+    """``[providers.NAME.kinds.KIND]``: how one kind of object is created and found."""
+
+    submit: SubmitLine
+    external_id_field: str = "id"
+    parent_field: str | None = None
+    client_ref_field: str | None = None
+    status: StatusLine | None = None
+    status_field: str = "status"
+    error_field: str | None = "error_message"
+    status_map: dict[str, TaskStatus] = Field(default_factory=dict)
+    lookup: LookupLine | None = None
+    lookup_items_field: str | None = None
+    lookup_id_field: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.status is not None and not self.status_map:
+            raise KeyProblem("status_map", "required when a status request is set")
+        if (
+            self.lookup is not None
+            and "client_ref" in self.lookup.placeholders
+            and self.client_ref_field is None
+        ):
+            raise KeyProblem(
+                "lookup",
+                "uses {client_ref} but client_ref_field is not set, so the provider never "
+                "receives the reference; set client_ref_field",
+            )
+        return self
+
+
+class SignalConfig(_Table):
+    """``[providers.NAME.rate_limit_signal]``: how the provider says "slow down"."""
+
+    statuses: frozenset[int] = frozenset({429})
+    retry_after_header: str | None = "Retry-After"
+    reset_header: str | None = None
+    reset_kind: Literal["auto", "epoch", "epoch_ms", "delta"] = "auto"
+    codes: Codes = frozenset()
+    code_field: str = "error.code"
+    usage_header: str | None = None
+    usage_field: str = "estimated_time_to_regain_access"
+    usage_unit: Literal["ms", "s", "min", "h"] = "min"
+    default_pause: Duration = 5.0
+    max_pause: Duration = 3600.0
+
+
+class ErrorsConfig(_Table):
+    """``[providers.NAME.errors]``: reading error answers."""
+
+    error_body_field: str | None = "error"
+    message_fields: tuple[str, ...] = ("error.message", "error_message", "message", "error")
+    field_path_fields: tuple[str, ...] = ("error.field",)
+    code_field: str = "error.code"
+    transient_codes: Codes = frozenset()
+    transient_flag_field: str | None = None
+    transient_statuses: frozenset[int] = frozenset({408, 425})
+
+
+class AuthConfig(_Table):
+    """``[providers.NAME.auth]``: a token fetched by a request and sent on every call."""
+
+    request: PlainLine
+    body: Secrets = Field(default_factory=dict)
+    body_format: Literal["json", "form"] = "json"
+    headers: Secrets = Field(default_factory=dict)
+    token_field: str = "access_token"  # noqa: S105 (a field name, not a secret)
+    expires_in_field: str | None = "expires_in"
+    lifetime: Duration = 3600.0
+    refresh_margin: Duration = 30.0
+    header: str = "Authorization"
+    value: str = "Bearer {token}"
+
+    @model_validator(mode="after")
+    def _has_token(self) -> Self:
+        if "{token}" not in self.value:
+            raise KeyProblem("value", "must contain {token}")
+        return self
+
+
+class ProviderConfig(_Table):
+    """``[providers.NAME]``: one third party."""
+
+    base_url: str = Field(pattern=r"^https?://.+")
+    rate_limit: Rates | None = None
+    limits: tuple[LimitConfig, ...] = ()
+    max_in_flight: int | None = Field(default=None, ge=1)
+    in_flight_ttl: Duration | None = None
+    rate_margin: float | None = Field(default=None, ge=0)
+    headers: Secrets = Field(default_factory=dict)
+    timeout: Duration = 10.0
+    max_attempts: int = Field(default=8, ge=1)
+    retry_base: Duration = 1.0
+    retry_max: Duration = 300.0
+    deadline: Duration | None = None
+    poll_interval: Duration = 2.0
+    idempotency_header: str | None = None
+    poll: PollConfig | None = None
+    kinds: dict[str, KindConfig] = Field(default_factory=dict)
+    rate_limit_signal: SignalConfig = Field(default_factory=SignalConfig)
+    errors: ErrorsConfig = Field(default_factory=ErrorsConfig)
+    auth: AuthConfig | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.timeout <= 0:
+            raise KeyProblem("timeout", f"must be > 0, got {self.timeout:g}s")
+        if self.retry_max < self.retry_base:
+            raise KeyProblem(
+                "retry_max",
+                f"must be >= retry_base ({self.retry_base:g}s), got {self.retry_max:g}s",
+            )
+        if self.deadline is not None and self.deadline <= 0:
+            raise KeyProblem("deadline", "must be > 0")
+        windows: list[tuple[str, str | None, float]] = [
+            ("all", None, r.window_s) for r in self.rate_limit or ()
+        ]
+        windows += [(lim.scope, lim.per, lim.rate.window_s) for lim in self.limits]
+        if len(set(windows)) != len(windows):
+            raise KeyProblem(
+                "limits",
+                "two limits have the same scope, per and window; merge them into one",
+            )
+        if not self.kinds and self.poll is None:
+            raise ValueError("nothing to do: define [kinds.KIND] tables or a [poll] table")
+        return self
+
+    @property
+    def interval_s(self) -> float:
+        """Seconds between polls of one task (``poll.interval`` wins when given)."""
+        if self.poll is not None and self.poll.interval is not None:
+            return self.poll.interval
+        return self.poll_interval
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def parse_provider(
+    name: str, table: Mapping[str, Any], source: str, environ: Mapping[str, str]
+) -> ProviderConfig:
+    """Validate one merged ``[providers.NAME]`` table.
+
+    Raises:
+        ValueError: one line per problem, already prefixed with ``source`` and the key.
+    """
+    prefix = f"{source}: providers.{name}"
+    if not PROVIDER_NAME.match(name):
+        raise ValueError(f"{prefix}: provider names may hold letters, digits, '-' and '_' only")
+    try:
+        return ProviderConfig.model_validate(dict(table), context={"environ": environ})
+    except ValidationError as exc:
+        raise ValueError("\n".join(_describe(exc, prefix))) from None
+
+
+def _describe(exc: ValidationError, prefix: str) -> list[str]:
+    lines = []
+    for error in exc.errors(include_url=False):
+        key = _loc_text(error["loc"])
+        reason = _reason(error)
+        problem = (error.get("ctx") or {}).get("error")
+        if isinstance(problem, KeyProblem):
+            key = f"{key}.{problem.key}" if key else problem.key
+            reason = problem.reason
+        lines.append(f"{prefix}{'.' + key if key else ''}: {reason}")
+    return lines
+
+
+def _loc_text(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _reason(error: Any) -> str:
+    kind: str = error["type"]
+    ctx: dict[str, Any] = error.get("ctx") or {}
+    got = error.get("input")
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    if kind == "missing":
+        return "required"
+    if kind == "extra_forbidden":
+        model = _table_model(error["loc"][:-1])
+        if model is None:
+            return "unknown key"
+        known = (["preset"] if model is ProviderConfig else []) + list(model.model_fields)
+        return f"unknown key; known: {', '.join(known)}"
+    if kind in {"greater_than_equal", "greater_than", "less_than_equal", "less_than"}:
+        op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<="}.get(
+            kind, "<"
+        )
+        bound = next(iter(ctx.values()))
+        return f"must be {op} {bound}, got {got!r}"
+    if kind in {"enum", "literal_error"}:
+        return f"must be one of {ctx.get('expected')}, got {got!r}"
+    if kind == "string_pattern_mismatch":
+        return f"must start with http:// or https://, got {got!r}"
+    if kind == "too_short":
+        return "must not be empty"
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        expected = kind.removesuffix("_type").removesuffix("_parsing")
+        return f"must be {_article(expected)}, got {type(got).__name__}"
+    return str(error["msg"])
+
+
+def _table_model(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model of the table at ``loc`` (to list its keys)."""
+    if not loc:
+        return ProviderConfig
+    tables: dict[str, tuple[int, type[BaseModel]]] = {
+        "poll": (1, PollConfig),
+        "kinds": (2, KindConfig),
+        "limits": (2, LimitConfig),
+        "rate_limit_signal": (1, SignalConfig),
+        "errors": (1, ErrorsConfig),
+        "auth": (1, AuthConfig),
+    }
+    depth, model = tables.get(str(loc[0]), (0, ProviderConfig))
+    return model if depth == len(loc) else None
+
+
+def _article(word: str) -> str:
+    nouns = {"dict": "a table", "model": "a table", "int": "an integer", "bool": "true or false"}
+    return nouns.get(word, f"a {word}")

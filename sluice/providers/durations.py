@@ -1,0 +1,54 @@
+"""Durations as written in provider TOML: ``"500ms"``, ``"2s"``, ``"5min"``, ``"1h"``, ``"1d"``.
+
+A bare number means seconds. Values are kept as float seconds; :func:`format_duration`
+writes them back in the shortest exact unit for messages.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+_UNITS_S: dict[str, float] = {
+    "ms": 0.001,
+    "s": 1.0,
+    "sec": 1.0,
+    "min": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]+)\s*$")
+
+
+def parse_duration(value: object) -> float:
+    """Seconds in ``value`` (``"2s"``, ``"1.5min"``, ``"1h"`` or a number of seconds).
+
+    Raises:
+        ValueError: the text is not a non-negative duration with a known unit.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"must be a duration like '2s', '5min' or '1h', got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        match = _DURATION.match(value.lower())
+        if match is None or match.group(2) not in _UNITS_S:
+            raise ValueError(
+                f"must be a duration like '500ms', '2s', '5min', '1h' or '1d', got {value!r}"
+            )
+        seconds = float(match.group(1)) * _UNITS_S[match.group(2)]
+    else:
+        raise ValueError(f"must be a duration like '2s', '5min' or '1h', got {value!r}")
+    if seconds < 0 or not math.isfinite(seconds):
+        raise ValueError(f"must be a non-negative duration, got {value!r}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """Short human text for ``seconds``: ``"1h"``, ``"90s"``, ``"250ms"``."""
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("min", 60.0), ("s", 1.0)):
+        if seconds >= size and (seconds / size).is_integer():
+            return f"{int(seconds / size)}{unit}"
+    if seconds >= 1:
+        return f"{seconds:g}s"
+    return f"{seconds * 1000:g}ms"

@@ -1,0 +1,573 @@
+"""The config-driven HTTP adapter: one ``[providers.NAME]`` table becomes a Provider.
+
+Every request goes through :meth:`HttpProvider._call`, which adds the auth header,
+translates httpx exceptions where they enter, and turns refusals into decisions
+(rate-limit signals via :mod:`signals`, the rest via :mod:`answers`). The public
+methods then read successful answers: the created id, statuses, lookup results.
+A body that is not JSON, a missing field or an unknown status is a transient decision
+for that task, logged with the raw value; nothing here raises on a provider's answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+
+from sluice import errors
+from sluice.clock import Clock, SystemClock
+from sluice.domain import TaskStatus
+from sluice.providers import signals
+from sluice.providers.answers import NOT_JSON, AnswerReader, json_body
+from sluice.providers.auth import TokenAuth, TokenUnavailable
+from sluice.providers.base import (
+    Accepted,
+    Failed,
+    Found,
+    LookupDecision,
+    NotFound,
+    Operation,
+    PollDecision,
+    RateLimited,
+    StatusReport,
+    SubmitDecision,
+    TaskRef,
+    Transient,
+)
+from sluice.providers.config import KindConfig, ProviderConfig
+from sluice.providers.durations import format_duration
+from sluice.providers.limits import LimitRules
+from sluice.providers.redaction import Redactor
+from sluice.providers.templating import (
+    MISSING,
+    MissingValue,
+    RequestLine,
+    get_path,
+    scalar_at,
+    with_path,
+)
+from sluice.ratelimit.base import InFlight
+from sluice.ratelimit.rate import LimitSpec
+
+log = logging.getLogger(__name__)
+
+_Refusal = TypeVar("_Refusal", bound=RateLimited | Transient | Failed)
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """A response the caller reads itself (2xx, or 404 on a lookup)."""
+
+    response: httpx.Response
+    body: Any
+
+
+class HttpProvider:
+    """A provider described entirely by configuration."""
+
+    def __init__(self, name: str, config: ProviderConfig, *, clock: Clock | None = None) -> None:
+        self.name = name
+        self.config = config
+        self.base_url = config.base_url
+        self.poll_interval_s = config.interval_s
+        self.max_attempts = config.max_attempts
+        self.deadline_s = config.deadline
+        self.retry_base_s = config.retry_base
+        self.retry_max_s = config.retry_max
+        self.timeout_s = config.timeout
+        self.rate_margin = config.rate_margin
+        self.kinds = frozenset(config.kinds)
+        self._clock: Clock = clock or SystemClock()
+        self._redactor = Redactor()
+        for secret in config.headers.values():
+            self._redactor.add(*secret.sensitive)
+        self._limits = LimitRules(name, config)
+        self._answers = AnswerReader(config.errors, self._redactor)
+        self._auth = (
+            TokenAuth(name, config.auth, self._clock, self._redactor) if config.auth else None
+        )
+
+    # --- limits --------------------------------------------------------------------------
+
+    def limits_for(
+        self, operation: Operation, payload: Mapping[str, Any] | None
+    ) -> list[LimitSpec]:
+        """Every limit one request must fit in; keys start with the provider name."""
+        return self._limits.limits_for(operation, payload)
+
+    def in_flight(self) -> InFlight | None:
+        """The cap on concurrent requests (``max_in_flight``), if any."""
+        if self.config.max_in_flight is None:
+            return None
+        ttl = self.config.in_flight_ttl or max(60.0, 3 * self.timeout_s)
+        return InFlight(f"{self.name}:in_flight", self.config.max_in_flight, ttl)
+
+    def pause_key(self) -> str:
+        """The provider name: a pause on it covers every limit key of this provider."""
+        return self.name
+
+    # --- capabilities --------------------------------------------------------------------
+
+    def is_synchronous(self, kind: str | None) -> bool:
+        """True for a kind with no status request on a provider with no batch poll."""
+        cfg = self.config.kinds.get(kind) if kind is not None else None
+        return cfg is not None and cfg.status is None and self.config.poll is None
+
+    def can_track(self) -> bool:
+        """Whether tasks known only by id can be polled (a batch poll exists)."""
+        return self.config.poll is not None
+
+    def supports_lookup(self, kind: str | None) -> bool:
+        """Whether ``kind`` has a lookup request."""
+        cfg = self.config.kinds.get(kind) if kind is not None else None
+        return cfg is not None and cfg.lookup is not None
+
+    def secrets_redacted(self, text: str) -> str:
+        """``text`` with every secret of this provider masked (for callers' own logs)."""
+        return self._redactor.redact(text)
+
+    # --- submit --------------------------------------------------------------------------
+
+    def submit(self, client: httpx.Client, task: TaskRef) -> SubmitDecision:
+        """Create the task's object and read its external id."""
+        kind = self._kind(task)
+        if kind is None:
+            return Failed(self._unknown_kind(task.kind))
+        payload = self.payload_for(task)
+        try:
+            target = kind.submit.render(self._values(task), payload)
+        except MissingValue as exc:
+            return Failed(self._missing(exc, kind.submit))
+        headers = {}
+        if self.config.idempotency_header:
+            headers[self.config.idempotency_header] = task.client_ref
+        answer = self._call(
+            client,
+            kind.submit,
+            target,
+            write=True,
+            task_ids=[task.task_id],
+            json=payload if kind.submit.method in _BODY_METHODS else None,
+            headers=headers,
+        )
+        if not isinstance(answer, _Answer):
+            return answer
+        problem = self._unreadable(answer, "submit", write=True, task_ids=[task.task_id])
+        if problem is not None:
+            return problem
+        external_id = scalar_at(answer.body, kind.external_id_field)
+        if external_id is None:
+            return self._bad_answer(
+                f"no {kind.external_id_field} in the answer to {kind.submit}",
+                answer,
+                write=True,
+                task_ids=[task.task_id],
+            )
+        return Accepted(external_id, completed=self.is_synchronous(task.kind))
+
+    def payload_for(self, task: TaskRef) -> dict[str, Any]:
+        """The body sent on submit: payload + client_ref + parent external id, as configured."""
+        payload: dict[str, Any] = dict(task.payload)
+        kind = self._kind(task)
+        if kind is None:
+            return payload
+        if kind.client_ref_field:
+            payload = with_path(payload, kind.client_ref_field, task.client_ref)
+        if kind.parent_field and task.parent_external_id is not None:
+            payload = with_path(payload, kind.parent_field, task.parent_external_id)
+        return payload
+
+    # --- lookup --------------------------------------------------------------------------
+
+    def lookup(self, client: httpx.Client, task: TaskRef) -> LookupDecision:
+        """Find the object a lost create answer may have made, by client reference."""
+        kind = self._kind(task)
+        if kind is None or kind.lookup is None:
+            return Transient(f"{self.name} has no lookup for kind {task.kind!r}")
+        try:
+            target = kind.lookup.render(self._values(task), self.payload_for(task))
+        except MissingValue as exc:
+            return Transient(self._missing(exc, kind.lookup))
+        answer = self._call(
+            client, kind.lookup, target, write=False, task_ids=[task.task_id], allow_404=True
+        )
+        if not isinstance(answer, _Answer):
+            return _as_read(answer)
+        if answer.response.status_code == 404 or answer.body is None:
+            return NotFound()
+        problem = self._unreadable(
+            answer, "lookup", write=False, task_ids=[task.task_id], unless=kind.lookup_items_field
+        )
+        if problem is not None:
+            return problem
+        return self._read_lookup(answer, kind, task)
+
+    def _read_lookup(self, answer: _Answer, kind: KindConfig, task: TaskRef) -> LookupDecision:
+        found: Any = answer.body
+        if kind.lookup_items_field:
+            found = get_path(found, kind.lookup_items_field)
+            if found is MISSING:
+                return self._bad_answer(
+                    f"no {kind.lookup_items_field} in the answer to {kind.lookup}",
+                    answer,
+                    write=False,
+                    task_ids=[task.task_id],
+                )
+        if found is None:
+            return NotFound()
+        items = found if isinstance(found, list) else [found]
+        matches = [
+            item
+            for item in items
+            if isinstance(item, dict) and self._same_ref(item, kind, task.client_ref)
+        ]
+        if not matches:
+            return NotFound()
+        # An object without a readable id is a misconfiguration, not an absence: answering
+        # NotFound here would let the engine create a duplicate.
+        id_field = kind.lookup_id_field or kind.external_id_field
+        ids = [i for i in (scalar_at(item, id_field) for item in matches) if i is not None]
+        if not ids:
+            return self._bad_answer(
+                f"no {id_field} in the answer to {kind.lookup}",
+                answer,
+                write=False,
+                task_ids=[task.task_id],
+            )
+        if len(ids) > 1:
+            log.warning(
+                "provider.lookup_duplicates",
+                extra={"provider": self.name, "task_id": task.task_id, "external_ids": ids},
+            )
+        return Found(ids[0])
+
+    @staticmethod
+    def _same_ref(item: Mapping[str, Any], kind: KindConfig, client_ref: str) -> bool:
+        # Some APIs ignore unknown query parameters and list everything: only trust
+        # objects that carry our reference (or carry no reference field at all).
+        if not kind.client_ref_field:
+            return True
+        value = get_path(item, kind.client_ref_field)
+        return value is MISSING or value == client_ref
+
+    # --- poll ----------------------------------------------------------------------------
+
+    def poll_groups(self, tasks: Sequence[TaskRef]) -> list[list[TaskRef]]:
+        """Batches of at most ``batch_size`` distinct ids with a batch poll, else singletons."""
+        if self.config.poll is None:
+            return [[task] for task in tasks]
+        size = self.config.poll.batch_size
+        groups: list[list[TaskRef]] = []
+        current: list[TaskRef] = []
+        ids: set[str | None] = set()
+        for task in tasks:
+            if task.external_id not in ids and len(ids) >= size:
+                groups.append(current)
+                current, ids = [], set()
+            current.append(task)
+            ids.add(task.external_id)
+        if current:
+            groups.append(current)
+        return groups
+
+    def poll(self, client: httpx.Client, group: Sequence[TaskRef]) -> dict[int, PollDecision]:
+        """Status of every task of ``group`` (one request), by task id."""
+        if self.config.poll is not None:
+            return self._poll_batch(client, group)
+        results: dict[int, PollDecision] = {}
+        for extra in group[1:]:
+            results[extra.task_id] = Transient(
+                f"{self.name} has no batch poll: poll one task per request"
+            )
+        if group:
+            results[group[0].task_id] = self._poll_one(client, group[0])
+        return results
+
+    def _poll_batch(
+        self, client: httpx.Client, group: Sequence[TaskRef]
+    ) -> dict[int, PollDecision]:
+        poll = self.config.poll
+        assert poll is not None
+        results: dict[int, PollDecision] = {}
+        ids = list(dict.fromkeys(t.external_id for t in group if t.external_id is not None))
+        for task in group:
+            if task.external_id is None:
+                results[task.task_id] = Transient("task has no external id to poll")
+        pending = [t for t in group if t.external_id is not None]
+        if not pending:
+            return results
+        task_ids = [t.task_id for t in pending]
+        answer = self._call(
+            client, poll.request, poll.request.render({}, ids=ids), write=False, task_ids=task_ids
+        )
+        if not isinstance(answer, _Answer):
+            return results | {t.task_id: _as_read(answer) for t in pending}
+        problem = self._unreadable(
+            answer, "status poll", write=False, task_ids=task_ids, unless=poll.items_field
+        )
+        items: Any = answer.body
+        if problem is None and poll.items_field:
+            items = get_path(items, poll.items_field)
+        if problem is None and not isinstance(items, list):
+            problem = self._bad_answer(
+                "status answer is not a list", answer, write=False, task_ids=task_ids
+            )
+        if problem is not None:
+            return results | {t.task_id: problem for t in pending}
+        by_id: dict[str, Any] = {}
+        for item in items:
+            item_id = scalar_at(item, poll.id_field)
+            if item_id is not None:
+                by_id.setdefault(item_id, item)
+        for task in pending:
+            assert task.external_id is not None
+            item = by_id.get(task.external_id)
+            if item is None:
+                results[task.task_id] = Transient(f"{task.external_id} not in status answer")
+                continue
+            results[task.task_id] = self._report(
+                item, task, poll.status_field, poll.error_field, poll.status_map
+            )
+        return results
+
+    def _poll_one(self, client: httpx.Client, task: TaskRef) -> PollDecision:
+        kind = self._kind(task)
+        if kind is None or kind.status is None:
+            return Transient(f"{self.name} has no status request for kind {task.kind!r}")
+        if task.external_id is None:
+            return Transient("task has no external id to poll")
+        try:
+            target = kind.status.render(self._values(task), self.payload_for(task))
+        except MissingValue as exc:
+            return Transient(self._missing(exc, kind.status))
+        answer = self._call(client, kind.status, target, write=False, task_ids=[task.task_id])
+        if not isinstance(answer, _Answer):
+            return _as_read(answer)
+        problem = self._unreadable(
+            answer, "status poll", write=False, task_ids=[task.task_id], unless=kind.status_field
+        )
+        if problem is not None:
+            return problem
+        return self._report(answer.body, task, kind.status_field, kind.error_field, kind.status_map)
+
+    def _report(
+        self,
+        item: Any,
+        task: TaskRef,
+        status_field: str,
+        error_field: str | None,
+        status_map: Mapping[str, TaskStatus],
+    ) -> PollDecision:
+        raw_status = scalar_at(item, status_field)
+        if raw_status is None:
+            log.warning(
+                "provider.status_missing",
+                extra={
+                    "provider": self.name,
+                    "task_id": task.task_id,
+                    "detail": self._redactor.snippet(repr(item)),
+                },
+            )
+            return Transient(f"no {status_field} for {task.external_id} in status answer")
+        status = status_map.get(raw_status)
+        if status is None:
+            log.warning(
+                "provider.unknown_status",
+                extra={
+                    "provider": self.name,
+                    "task_id": task.task_id,
+                    "raw_status": self._redactor.redact(raw_status),
+                },
+            )
+            known = ", ".join(repr(k) for k in status_map)
+            return Transient(
+                f"unknown status {self._redactor.redact(raw_status)!r} from {self.name} "
+                f"for {task.external_id}; known: {known}"
+            )
+        message = get_path(item, error_field) if error_field else None
+        text = message.strip() if isinstance(message, str) and message.strip() else None
+        return StatusReport(
+            status=status,
+            message=self._redactor.redact(text) if text else None,
+            raw_status=raw_status,
+        )
+
+    # --- one request ---------------------------------------------------------------------
+
+    def _call(
+        self,
+        client: httpx.Client,
+        line: RequestLine,
+        target: str,
+        *,
+        write: bool,
+        task_ids: Sequence[int],
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+        allow_404: bool = False,
+    ) -> _Answer | RateLimited | Transient | Failed:
+        """Send one request and classify everything but a readable success."""
+        request_headers = dict(headers or {})
+        auth_value: str | None = None
+        if self._auth is not None:
+            try:
+                auth_name, auth_value = self._auth.header(client)
+            except TokenUnavailable as exc:
+                return self._log_decision(Transient(self._redactor.redact(str(exc))), task_ids)
+            request_headers[auth_name] = auth_value
+        try:
+            response = _send(client, line.method, target, json=json, headers=request_headers)
+        except errors.ProviderConnectError as exc:
+            return self._log_decision(
+                Transient(f"{self.name} unreachable: {self._redactor.redact(str(exc))}"), task_ids
+            )
+        except errors.ProviderError as exc:
+            return self._log_decision(
+                Transient(self._redactor.redact(str(exc)), ambiguous=write), task_ids
+            )
+        status = response.status_code
+        if 200 <= status < 300 or (allow_404 and status == 404):
+            return _Answer(response, json_body(response))
+        if status == 401 and self._auth is not None:
+            self._auth.invalidate(auth_value)
+        body = json_body(response)
+        now = self._clock.time()
+        limited = signals.detect(response, body, self.config.rate_limit_signal, now)
+        if limited is not None:
+            return self._log_decision(limited, task_ids)
+        return self._log_decision(
+            self._answers.refusal(response, body, write=write, now_s=now), task_ids
+        )
+
+    def _unreadable(
+        self,
+        answer: _Answer,
+        what: str,
+        *,
+        write: bool,
+        task_ids: Sequence[int],
+        unless: str | None = None,
+    ) -> Transient | None:
+        """A transient decision when a 2xx answer is not JSON or carries an error object.
+
+        ``unless`` names a field whose presence shows the answer is a real one (a status
+        answer may describe the object's own error in an ``error`` object).
+        """
+        if answer.body is NOT_JSON:
+            return self._bad_answer(
+                f"answer to {what} is not JSON", answer, write=write, task_ids=task_ids
+            )
+        if unless is not None and get_path(answer.body, unless) is not MISSING:
+            return None
+        error = self._answers.error_in_body(answer.response, answer.body)
+        if error is not None:
+            return self._log_decision(
+                Transient(
+                    f"HTTP {answer.response.status_code} with an error: {error}", ambiguous=write
+                ),
+                task_ids,
+            )
+        return None
+
+    def _bad_answer(
+        self, problem: str, answer: _Answer, *, write: bool, task_ids: Sequence[int]
+    ) -> Transient:
+        raw = self._redactor.snippet(answer.response.content)
+        log.warning(
+            "provider.bad_answer",
+            extra={
+                "provider": self.name,
+                "task_ids": list(task_ids),
+                "detail": problem,
+                "http_status": answer.response.status_code,
+                "body": raw,
+            },
+        )
+        return Transient(f"{problem}: {raw}", ambiguous=write)
+
+    def _log_decision(self, decision: _Refusal, task_ids: Sequence[int]) -> _Refusal:
+        if isinstance(decision, RateLimited):
+            event, detail = "provider.rate_limited", decision.detail
+        elif isinstance(decision, Transient):
+            event, detail = "provider.transient", decision.message
+        else:
+            event, detail = "provider.refused", decision.message
+        log.info(event, extra={"provider": self.name, "task_ids": list(task_ids), "detail": detail})
+        return decision
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _kind(self, task: TaskRef) -> KindConfig | None:
+        return self.config.kinds.get(task.kind) if task.kind is not None else None
+
+    def _unknown_kind(self, kind: str | None) -> str:
+        known = ", ".join(sorted(self.kinds)) or "(none)"
+        return f"unknown kind {kind!r} for provider {self.name!r}; known: {known}"
+
+    @staticmethod
+    def _values(task: TaskRef) -> dict[str, str | None]:
+        return {
+            "external_id": task.external_id,
+            "client_ref": task.client_ref,
+            "parent_external_id": task.parent_external_id,
+        }
+
+    @staticmethod
+    def _missing(exc: MissingValue, line: RequestLine) -> str:
+        return f"no value for {{{exc.placeholder}}} in '{line}'"
+
+    def __repr__(self) -> str:
+        return f"HttpProvider({self.name!r}, base_url={self.base_url!r})"
+
+
+def _as_read(decision: RateLimited | Transient | Failed) -> RateLimited | Transient:
+    """Reads have no permanent failure: a refused poll or lookup is retried."""
+    if isinstance(decision, Failed):
+        return Transient(decision.message)
+    return decision
+
+
+def _send(
+    client: httpx.Client,
+    method: str,
+    target: str,
+    *,
+    json: Any,
+    headers: Mapping[str, str],
+) -> httpx.Response:
+    """``client.request`` with httpx exceptions translated into Sluice's.
+
+    Raises:
+        errors.ProviderConnectError: nothing was sent (safe to resend).
+        errors.ProviderTimeout: sent, no answer in time (may have taken effect).
+        errors.ProviderProtocolError: the answer broke off or could not be read.
+    """
+    what = f"{method} {target.split('?', 1)[0]}"
+    try:
+        return client.request(method, target, json=json, headers=dict(headers))
+    except (
+        httpx.ConnectError,
+        httpx.ConnectTimeout,
+        httpx.PoolTimeout,
+        httpx.UnsupportedProtocol,
+    ) as exc:
+        raise errors.ProviderConnectError(f"{what}: could not connect ({_reason(exc)})") from exc
+    except httpx.InvalidURL as exc:
+        raise errors.ProviderConnectError(f"{what}: invalid URL ({exc})") from exc
+    except httpx.TimeoutException as exc:
+        timeout = client.timeout.read
+        after = f" after {format_duration(timeout)}" if timeout else ""
+        raise errors.ProviderTimeout(f"{what}: no answer{after} ({_reason(exc)})") from exc
+    except httpx.HTTPError as exc:
+        raise errors.ProviderProtocolError(
+            f"{what}: connection broke off ({_reason(exc)})"
+        ) from exc
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,82 @@
+"""Turning a provider's configured budgets into the limiter keys of one request.
+
+Keys are built so that a pause on the provider name covers all of them::
+
+    acme                               rate_limit = "10/s"
+    acme:1s, acme:1h                   rate_limit = ["10/s", "1000/h"]  (several windows)
+    acme:write                         [[limits]] scope = "write"
+    acme:write:advertiser_id=42        [[limits]] scope = "write", per = "advertiser_id"
+
+A ``per`` limit applies only to requests whose payload has that field (polls of a batch
+carry no payload, so only provider-wide and read/write budgets apply to them).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sluice.providers.base import Operation
+from sluice.providers.config import ProviderConfig
+from sluice.providers.durations import format_duration
+from sluice.providers.templating import scalar_at
+from sluice.ratelimit.rate import LimitSpec, Rate
+
+
+@dataclass(frozen=True)
+class _Rule:
+    scope: str
+    per: str | None
+    rate: Rate
+    suffix: str
+
+    def key(self, provider: str, value: str | None) -> str:
+        parts = [provider]
+        if self.scope != "all":
+            parts.append(self.scope)
+        if self.per is not None:
+            parts.append(f"{self.per}={value}")
+        return ":".join(parts) + self.suffix
+
+
+class LimitRules:
+    """The limits of one provider, evaluated per request."""
+
+    def __init__(self, provider: str, config: ProviderConfig) -> None:
+        self._provider = provider
+        raw: list[tuple[str, str | None, Rate]] = [
+            ("all", None, rate) for rate in config.rate_limit or ()
+        ]
+        raw += [(limit.scope, limit.per, limit.rate) for limit in config.limits]
+        # Limits sharing scope and field differ only by window: the window names them apart.
+        shared = Counter((scope, per) for scope, per, _ in raw)
+        # rate_margin: extra spacing for this provider on top of the limiter's own margin,
+        # the same number of requests over a window stretched by the margin.
+        stretch = 1.0 + (config.rate_margin or 0.0)
+        self._rules = tuple(
+            _Rule(
+                scope=scope,
+                per=per,
+                rate=Rate(rate.limit, rate.window_s * stretch) if stretch != 1.0 else rate,
+                suffix=f":{format_duration(rate.window_s)}" if shared[(scope, per)] > 1 else "",
+            )
+            for scope, per, rate in raw
+        )
+
+    def limits_for(
+        self, operation: Operation, payload: Mapping[str, Any] | None
+    ) -> list[LimitSpec]:
+        """Every limit a request of ``operation`` with ``payload`` must fit in."""
+        specs: list[LimitSpec] = []
+        for rule in self._rules:
+            if rule.scope not in ("all", operation):
+                continue
+            value: str | None = None
+            if rule.per is not None:
+                value = scalar_at(payload or {}, rule.per)
+                if value is None:
+                    continue
+            specs.append(LimitSpec(rule.key(self._provider, value), rule.rate))
+        return specs

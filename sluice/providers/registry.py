@@ -1,0 +1,152 @@
+"""Building providers from settings: presets, validation, HTTP clients.
+
+``load_providers`` runs at start: every problem in every ``[providers.*]`` table is
+reported at once, one line each, as ``<file>: providers.NAME.<key>: <reason>``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from importlib import resources
+from typing import Any
+
+import httpx
+
+from sluice import errors
+from sluice.clock import Clock
+from sluice.providers.base import Provider
+from sluice.providers.config import parse_provider
+from sluice.providers.http import HttpProvider
+from sluice.settings import Settings
+
+PRESET_KEY = "preset"
+_USER_AGENT = "sluice/0.1"
+_DEFAULT_POOL = 32
+
+
+def load_providers(
+    settings: Settings,
+    *,
+    environ: Mapping[str, str] | None = None,
+    clock: Clock | None = None,
+) -> dict[str, Provider]:
+    """Every configured provider, by name.
+
+    Raises:
+        errors.ConfigError: naming the file, the key and the reason for each problem
+            (never a secret's value); also when ``default_provider`` is not configured.
+    """
+    source = settings.config_file or "settings"
+    env = os.environ if environ is None else environ
+    providers: dict[str, Provider] = {}
+    problems: list[str] = []
+    for name, table in settings.providers.items():
+        try:
+            merged = resolve_preset(name, table, source)
+            config = parse_provider(name, merged, source, env)
+        except ValueError as exc:
+            problems.append(str(exc))
+            continue
+        providers[name] = HttpProvider(name, config, clock=clock)
+    if problems:
+        raise errors.ConfigError("\n".join(problems))
+    if providers and settings.default_provider not in providers:
+        raise errors.ConfigError(
+            f"{source}: sluice.default_provider: "
+            f"{unknown_provider_message(settings.default_provider, providers)}"
+        )
+    return providers
+
+
+def unknown_provider_message(name: str, providers: Mapping[str, object]) -> str:
+    """``unknown provider 'acme2'; known: acme, sandbox``."""
+    known = ", ".join(sorted(providers)) or "(none configured)"
+    return f"unknown provider {name!r}; known: {known}"
+
+
+def build_http_client(
+    provider: Provider, *, transport: httpx.BaseTransport | None = None
+) -> httpx.Client:
+    """A keep-alive client for ``provider``: base URL, expanded headers, timeout.
+
+    ``transport`` replaces the network (``httpx.MockTransport`` in tests).
+    """
+    timeout = httpx.Timeout(provider.timeout_s)
+    if not isinstance(provider, HttpProvider):
+        return httpx.Client(timeout=timeout, transport=transport)
+    headers = {"Accept": "application/json", "User-Agent": _USER_AGENT}
+    headers |= {key: secret.value for key, secret in provider.config.headers.items()}
+    pool = provider.config.max_in_flight or _DEFAULT_POOL
+    return httpx.Client(
+        base_url=provider.base_url,
+        headers=headers,
+        timeout=timeout,
+        limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
+        transport=transport,
+        follow_redirects=False,
+    )
+
+
+# --- presets -------------------------------------------------------------------------------
+
+
+def preset_names() -> list[str]:
+    """The presets shipped in ``sluice/providers/presets/``."""
+    folder = resources.files("sluice.providers").joinpath("presets")
+    return sorted(
+        entry.name.removesuffix(".toml")
+        for entry in folder.iterdir()
+        if entry.name.endswith(".toml")
+    )
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The table of preset ``name``.
+
+    Raises:
+        ValueError: no such preset (the message lists the known ones).
+    """
+    if name not in preset_names():
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(preset_names())}")
+    text = (
+        resources.files("sluice.providers")
+        .joinpath("presets", f"{name}.toml")
+        .read_text(encoding="utf-8")
+    )
+    return tomllib.loads(text)
+
+
+def resolve_preset(name: str, table: object, source: str) -> dict[str, Any]:
+    """``table`` deep-merged over its ``preset`` (user keys win), without the preset key.
+
+    Raises:
+        ValueError: the table is not a table, or names an unknown preset.
+    """
+    prefix = f"{source}: providers.{name}"
+    if not isinstance(table, Mapping):
+        raise ValueError(f"{prefix}: must be a table, got {type(table).__name__}")
+    user = dict(table)
+    preset = user.pop(PRESET_KEY, None)
+    if preset is None:
+        return user
+    if not isinstance(preset, str):
+        raise ValueError(f"{prefix}.{PRESET_KEY}: must be a preset name, got {preset!r}")
+    try:
+        base = load_preset(preset)
+    except ValueError as exc:
+        raise ValueError(f"{prefix}.{PRESET_KEY}: {exc}") from None
+    return deep_merge(base, user)
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Tables merge key by key; any other value in ``override`` replaces the base's."""
+    merged = dict(base)
+    for key, value in override.items():
+        current = merged.get(key)
+        if isinstance(current, Mapping) and isinstance(value, Mapping):
+            merged[key] = deep_merge(current, value)
+        else:
+            merged[key] = value
+    return merged

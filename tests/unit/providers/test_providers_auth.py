@@ -1,0 +1,150 @@
+"""Token auth: fetched once, reused, refreshed on expiry and after a 401."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import httpx
+
+from sluice.clock import FakeClock
+from sluice.providers.base import Accepted, Transient
+
+from .fakes import ACME, FakeDsp, client_for, make_provider, task, with_changes
+
+AUTH = {
+    "request": "POST /oauth/token",
+    "body": {"client_id": "sluice", "client_secret": "${ACME_SECRET}"},
+    "token_field": "access_token",
+    "lifetime": "1h",
+}
+SECRET = "s3cret-client-value"
+
+
+class TokenDsp(FakeDsp):
+    """A fake DSP that hands out numbered tokens and accepts only the live one."""
+
+    def __init__(self, expires_in: int | None = 60) -> None:
+        super().__init__()
+        self.expires_in = expires_in
+        self.valid: str | None = None
+        self.token_requests: list[dict[str, str]] = []
+        self._numbers = itertools.count(1)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/oauth/token":
+            self.token_requests.append(json.loads(request.content))
+            self.valid = f"tok-{next(self._numbers)}"
+            answer: dict[str, object] = {"access_token": self.valid, "token_type": "bearer"}
+            if self.expires_in is not None:
+                answer["expires_in"] = self.expires_in
+            return httpx.Response(200, json=answer)
+        if request.headers.get("Authorization") != f"Bearer {self.valid}":
+            self.requests.append(request)
+            return httpx.Response(
+                401, json={"error": {"code": "UNAUTHORIZED", "message": "bad token"}}
+            )
+        return super().__call__(request)
+
+
+def test_token_is_fetched_once_and_sent_on_every_call() -> None:
+    """The first call fetches a token with the expanded body; later calls reuse it."""
+    dsp, clock = TokenDsp(), FakeClock()
+    provider = make_provider(
+        with_changes(ACME, auth=AUTH), environ={"ACME_SECRET": SECRET}, clock=clock
+    )
+    client = client_for(provider, dsp)
+    assert provider.submit(client, task(task_id=1)) == Accepted("cam-1", completed=False)
+    assert provider.submit(client, task(task_id=2)) == Accepted("cam-2", completed=False)
+    assert dsp.token_requests == [{"client_id": "sluice", "client_secret": SECRET}]
+    assert all(r.headers["Authorization"] == "Bearer tok-1" for r in dsp.requests)
+
+
+def test_token_is_refreshed_before_it_expires() -> None:
+    """Past expires_in minus the refresh margin, a new token is fetched."""
+    dsp, clock = TokenDsp(expires_in=60), FakeClock()
+    provider = make_provider(
+        with_changes(ACME, auth=AUTH), environ={"ACME_SECRET": SECRET}, clock=clock
+    )
+    client = client_for(provider, dsp)
+    provider.submit(client, task())
+    clock.advance(29)
+    provider.submit(client, task())
+    assert len(dsp.token_requests) == 1
+    clock.advance(2)
+    assert isinstance(provider.submit(client, task()), Accepted)
+    assert len(dsp.token_requests) == 2
+    assert dsp.requests[-1].headers["Authorization"] == "Bearer tok-2"
+
+
+def test_401_drops_the_token_and_the_next_attempt_gets_a_new_one() -> None:
+    """A token revoked early gives one Transient, then the retry succeeds with a fresh token."""
+    dsp, clock = TokenDsp(), FakeClock()
+    provider = make_provider(
+        with_changes(ACME, auth=AUTH), environ={"ACME_SECRET": SECRET}, clock=clock
+    )
+    client = client_for(provider, dsp)
+    provider.submit(client, task())
+    dsp.valid = "revoked-elsewhere"
+    decision = provider.submit(client, task())
+    assert isinstance(decision, Transient)
+    assert not decision.ambiguous
+    assert "401" in decision.message
+    assert isinstance(provider.submit(client, task()), Accepted)
+    assert len(dsp.token_requests) == 2
+
+
+def test_failed_token_request_is_transient_without_the_body() -> None:
+    """A refused token request retries later; the message names the status, not the secret."""
+    dsp = FakeDsp()
+    dsp.script(httpx.Response(400, json={"error": "invalid_client", "echo": SECRET}))
+    provider = make_provider(with_changes(ACME, auth=AUTH), environ={"ACME_SECRET": SECRET})
+    decision = provider.submit(client_for(provider, dsp), task())
+    assert decision == Transient("token request to acme answered HTTP 400 (invalid_client)")
+
+
+def test_token_answer_without_token_is_transient() -> None:
+    """An answer lacking token_field is a transient problem naming the field."""
+    dsp = FakeDsp()
+    dsp.script(httpx.Response(200, json={"token": "elsewhere"}))
+    provider = make_provider(with_changes(ACME, auth=AUTH), environ={"ACME_SECRET": SECRET})
+    decision = provider.submit(client_for(provider, dsp), task())
+    assert decision == Transient("token answer from acme has no access_token")
+
+
+def test_form_encoded_token_request() -> None:
+    """body_format = 'form' sends the body as application/x-www-form-urlencoded (OAuth2)."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path == "/token":
+            return httpx.Response(200, json={"access_token": "abcd1234"})
+        return httpx.Response(201, json={"campaign_id": "c1"})
+
+    auth = {
+        "request": "POST /token",
+        "body": {"grant_type": "client_credentials"},
+        "body_format": "form",
+    }
+    provider = make_provider(with_changes(ACME, auth=auth))
+    client = httpx.Client(base_url=provider.base_url, transport=httpx.MockTransport(handler))
+    assert provider.submit(client, task()) == Accepted("c1", completed=False)
+    assert seen[0].content == b"grant_type=client_credentials"
+    assert seen[1].headers["Authorization"] == "Bearer abcd1234"
+
+
+def test_lifetime_is_used_when_the_answer_has_no_expiry() -> None:
+    """Without expires_in the configured lifetime (1h) applies."""
+    dsp, clock = TokenDsp(expires_in=None), FakeClock()
+    provider = make_provider(
+        with_changes(ACME, auth=AUTH), environ={"ACME_SECRET": SECRET}, clock=clock
+    )
+    client = client_for(provider, dsp)
+    provider.submit(client, task())
+    clock.advance(3000)
+    provider.submit(client, task())
+    assert len(dsp.token_requests) == 1
+    clock.advance(600)
+    provider.submit(client, task())
+    assert len(dsp.token_requests) == 2

@@ -1,0 +1,232 @@
+"""Configuration: clear start-up errors naming file, key and reason; presets and merging."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sluice import errors
+from sluice.domain import TaskStatus
+from sluice.providers.http import HttpProvider
+from sluice.providers.registry import deep_merge, load_providers, preset_names
+from sluice.settings import Settings, load_settings
+
+from .fakes import ACME, BATCH_POLL, with_changes
+
+SANDBOX_PRESETS = [
+    "sandbox-bare",
+    "sandbox-demo",
+    "sandbox-headers",
+    "sandbox-meta",
+    "sandbox-standard",
+]
+
+
+def config_error(providers: dict[str, Any], **settings: Any) -> str:
+    """The ConfigError text for these provider tables."""
+    with pytest.raises(errors.ConfigError) as info:
+        load_providers(Settings(providers=providers, **settings), environ={})
+    return str(info.value)
+
+
+def test_error_names_file_key_and_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad value in sluice.toml is reported as 'sluice.toml: providers.acme.<key>: <reason>'."""
+    (tmp_path / "sluice.toml").write_text(
+        '[sluice]\ndefault_provider = "acme"\n'
+        '[providers.acme]\nbase_url = "http://127.0.0.1:9100"\n'
+        '[providers.acme.poll]\nrequest = "GET /statuses"\nbatch_size = 0\n'
+        'status_map = { Completed = "Completed" }\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(errors.ConfigError) as info:
+        load_providers(load_settings(), environ={})
+    assert str(info.value) == "sluice.toml: providers.acme.poll.batch_size: must be >= 1, got 0"
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    """Several mistakes across providers come back together, one line each."""
+    text = config_error(
+        {
+            "acme": with_changes(ACME, rate_limit="10/m", timeout="soon", bogus=1),
+            "other": {"base_url": "ftp://x"},
+        },
+        default_provider="acme",
+    )
+    lines = text.splitlines()
+    assert "settings: providers.acme.rate_limit: invalid rate '10/m'" in lines[0]
+    assert any(
+        line.startswith("settings: providers.acme.timeout: must be a duration") for line in lines
+    )
+    assert any(
+        "providers.acme.bogus: unknown key; known: preset, base_url" in line for line in lines
+    )
+    assert any(
+        line
+        == "settings: providers.other.base_url: must start with http:// or https://, got 'ftp://x'"
+        for line in lines
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            {"poll": with_changes(BATCH_POLL, status_map={"done": "Finished"})},
+            "providers.acme.poll.status_map.done: must be one of 'Not Started', 'In Progress', "
+            "'Completed', 'Error' or 'Cancelled', got 'Finished'",
+        ),
+        (
+            {"kinds": {"c": {"submit": "POST /c/{campaign}"}}},
+            "providers.acme.kinds.c.submit: unknown placeholder {campaign}; usable here: "
+            "{client_ref}, {parent_external_id}, {payload.FIELD}",
+        ),
+        (
+            {"kinds": {"c": {"submit": "FETCH /c"}}},
+            "providers.acme.kinds.c.submit: unknown HTTP method 'FETCH'",
+        ),
+        (
+            {"kinds": {"c": {"submit": "POST /c", "status": "GET /c/{external_id}"}}},
+            "providers.acme.kinds.c.status_map: required when a status request is set",
+        ),
+        (
+            {"kinds": {"c": {"submit": "POST /c", "lookup": "GET /c?ref={client_ref}"}}},
+            "providers.acme.kinds.c.lookup: uses {client_ref} but client_ref_field is not set",
+        ),
+        (
+            {"retry_base": "1min", "retry_max": "10s"},
+            "providers.acme.retry_max: must be >= retry_base",
+        ),
+        ({"max_attempts": 0}, "providers.acme.max_attempts: must be >= 1, got 0"),
+        (
+            {"limits": [{"rate": "5/s", "scope": "writes"}]},
+            "providers.acme.limits[0].scope: must be one of 'all', 'read' or 'write', got 'writes'",
+        ),
+        (
+            {"rate_limit": ["10/s", "20/s"]},
+            "providers.acme.limits: two limits have the same scope, per and window",
+        ),
+        ({"kinds": {}}, "providers.acme: nothing to do"),
+        (
+            {"auth": {"request": "POST /token", "value": "Bearer"}},
+            "providers.acme.auth.value: must contain {token}",
+        ),
+    ],
+)
+def test_bad_values_are_explained(change: dict[str, Any], expected: str) -> None:
+    """Each mistake is reported with its dotted key and what is wrong."""
+    assert expected in config_error({"acme": with_changes(ACME, **change)}, default_provider="acme")
+
+
+def test_unknown_default_provider_lists_known_ones() -> None:
+    """default_provider must name a configured provider."""
+    text = config_error(
+        {"acme": ACME, "sandbox": {"preset": "sandbox-standard"}}, default_provider="acme2"
+    )
+    assert text == (
+        "settings: sluice.default_provider: unknown provider 'acme2'; known: acme, sandbox"
+    )
+
+
+def test_no_providers_is_allowed() -> None:
+    """With no [providers.*] tables there is nothing to load and nothing to check."""
+    assert load_providers(Settings(), environ={}) == {}
+
+
+def test_unknown_preset_lists_the_shipped_ones() -> None:
+    """preset must name a file in sluice/providers/presets/."""
+    text = config_error({"sandbox": {"preset": "sandbox-fast"}}, default_provider="sandbox")
+    assert text == (
+        "settings: providers.sandbox.preset: unknown preset 'sandbox-fast'; known: "
+        + ", ".join(SANDBOX_PRESETS)
+    )
+
+
+def test_shipped_presets_are_the_sandbox_profiles() -> None:
+    """One preset per sandbox profile is packaged."""
+    assert preset_names() == SANDBOX_PRESETS
+
+
+@pytest.mark.parametrize("preset", SANDBOX_PRESETS)
+def test_every_preset_loads_with_all_kinds_lookup_and_batch_poll(preset: str) -> None:
+    """Each preset covers the five kinds, looks them up by client_ref and polls in batches."""
+    providers = load_providers(
+        Settings(providers={"sandbox": {"preset": preset}}, default_provider="sandbox"),
+        environ={},
+    )
+    provider = providers["sandbox"]
+    assert isinstance(provider, HttpProvider)
+    assert provider.kinds == {"advertiser", "campaign", "ad_group", "ad", "audience"}
+    assert all(provider.supports_lookup(kind) for kind in provider.kinds)
+    assert provider.can_track()
+    assert not provider.is_synchronous("campaign")
+    assert provider.config.poll is not None
+    assert str(provider.config.poll.request) == "GET /v1/status?ids={ids}"
+
+
+def test_demo_preset_maps_the_prototype_words_to_themselves() -> None:
+    """The demo preset reads the prototype's four words as the same statuses."""
+    provider = load_providers(
+        Settings(providers={"demo": {"preset": "sandbox-demo"}}, default_provider="demo"),
+        environ={},
+    )["demo"]
+    assert isinstance(provider, HttpProvider)
+    assert provider.config.poll is not None
+    assert provider.config.poll.status_map == {
+        word: TaskStatus(word) for word in ("Not Started", "In Progress", "Completed", "Error")
+    }
+
+
+def test_user_keys_override_preset_keys_table_by_table() -> None:
+    """Overrides deep-merge: one key of a nested table changes, the rest stay."""
+    table = {
+        "preset": "sandbox-standard",
+        "base_url": "http://10.0.0.5:9000",
+        "poll": {"batch_size": 25},
+        "kinds": {"campaign": {"submit": "POST /v2/campaigns"}},
+    }
+    provider = load_providers(Settings(providers={"sb": table}, default_provider="sb"), environ={})[
+        "sb"
+    ]
+    assert isinstance(provider, HttpProvider)
+    assert provider.base_url == "http://10.0.0.5:9000"
+    assert provider.config.poll is not None
+    assert provider.config.poll.batch_size == 25
+    assert str(provider.config.poll.request) == "GET /v1/status?ids={ids}"
+    campaign = provider.config.kinds["campaign"]
+    assert str(campaign.submit) == "POST /v2/campaigns"
+    assert campaign.parent_field == "advertiser_id"
+
+
+def test_deep_merge_replaces_lists_and_scalars() -> None:
+    """Lists are values, not tables: an override replaces them whole."""
+    merged = deep_merge({"a": {"b": [1, 2], "c": 1}, "d": 1}, {"a": {"b": [3]}, "d": 2})
+    assert merged == {"a": {"b": [3], "c": 1}, "d": 2}
+
+
+def test_headers_expand_environment_variables() -> None:
+    """${VAR} in a header value comes from the environment at start."""
+    providers = load_providers(
+        Settings(
+            providers={
+                "acme": with_changes(ACME, headers={"Authorization": "Bearer ${ACME_TOKEN}"})
+            },
+            default_provider="acme",
+        ),
+        environ={"ACME_TOKEN": "t0k3n-value"},
+    )
+    provider = providers["acme"]
+    assert isinstance(provider, HttpProvider)
+    assert provider.config.headers["Authorization"].value == "Bearer t0k3n-value"
+
+
+def test_missing_environment_variable_is_named() -> None:
+    """An unset ${VAR} is a start-up error naming the header and the variable."""
+    text = config_error(
+        {"acme": with_changes(ACME, headers={"TTD-Auth": "${TTD_TOKEN}"})}, default_provider="acme"
+    )
+    assert (
+        text
+        == "settings: providers.acme.headers.TTD-Auth: environment variable TTD_TOKEN is not set"
+    )

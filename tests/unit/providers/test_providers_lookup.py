@@ -1,0 +1,124 @@
+"""Lookup by client reference: finding what a lost create answer may have made."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from sluice.providers.base import Found, NotFound, RateLimited, Transient
+
+from .fakes import ACME, FakeDsp, client_for, make_provider, task, with_changes
+
+
+@pytest.fixture
+def dsp() -> FakeDsp:
+    return FakeDsp()
+
+
+def test_object_created_by_a_lost_answer_is_found(dsp: FakeDsp) -> None:
+    """After a create whose answer was lost, lookup by client_ref finds its id."""
+    provider = make_provider(ACME)
+    client = client_for(provider, dsp)
+    ref = task(kind="ad_group", client_ref="ref-5", parent_external_id="cam-1")
+    dsp.script(lambda request: _lose(dsp, request))
+    decision = provider.submit(client, ref)
+    assert isinstance(decision, Transient)
+    assert decision.ambiguous
+    assert provider.lookup(client, ref) == Found("adg-1")
+    assert dsp.requests[-1].url.params["client_ref"] == "ref-5"
+
+
+def _lose(dsp: FakeDsp, request: httpx.Request) -> httpx.Response:
+    """Create the object, then drop the answer (commit-then-timeout)."""
+    dsp(request)
+    raise httpx.ReadTimeout("timed out", request=request)
+
+
+def test_nothing_found_is_not_found(dsp: FakeDsp) -> None:
+    """An empty list means creating again is safe."""
+    provider = make_provider(ACME)
+    assert provider.lookup(client_for(provider, dsp), task(kind="ad_group")) == NotFound()
+
+
+def test_404_is_not_found(dsp: FakeDsp) -> None:
+    """A provider answering 404 for an unknown reference found nothing."""
+    dsp.script(httpx.Response(404, json={"error": {"message": "no such ad group"}}))
+    provider = make_provider(ACME)
+    assert provider.lookup(client_for(provider, dsp), task(kind="ad_group")) == NotFound()
+
+
+def test_objects_carrying_another_reference_are_ignored(dsp: FakeDsp) -> None:
+    """A provider that ignores the filter and lists everything does not cause a false match."""
+    dsp.script(httpx.Response(200, json={"data": [{"id": "adg-9", "client_ref": "someone-else"}]}))
+    provider = make_provider(ACME)
+    assert provider.lookup(client_for(provider, dsp), task(kind="ad_group")) == NotFound()
+
+
+def test_single_object_answer_is_found() -> None:
+    """A lookup answering one object (not a list) finds it by its id field."""
+    table = with_changes(
+        ACME,
+        kinds={
+            "campaign": {
+                "submit": "POST /campaigns",
+                "client_ref_field": "ref",
+                "lookup": "GET /campaigns/by-ref/{client_ref}",
+            }
+        },
+    )
+    dsp = FakeDsp()
+    dsp.script(httpx.Response(200, json={"id": 31, "ref": "sluice-1"}))
+    provider = make_provider(table)
+    assert provider.lookup(client_for(provider, dsp), task()) == Found("31")
+    assert dsp.requests[0].url.path == "/campaigns/by-ref/sluice-1"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.Response(200, text="not json"),
+        httpx.Response(500, json={"error": {"message": "down"}}),
+        httpx.Response(400, json={"error": {"message": "bad query"}}),
+    ],
+)
+def test_unreadable_or_refused_lookup_is_transient(dsp: FakeDsp, answer: httpx.Response) -> None:
+    """When the lookup cannot tell, the engine must not re-create: it retries the lookup."""
+    dsp.script(answer)
+    provider = make_provider(ACME)
+    decision = provider.lookup(client_for(provider, dsp), task(kind="ad_group"))
+    assert isinstance(decision, Transient)
+    assert not decision.ambiguous
+
+
+def test_rate_limited_lookup_pauses(dsp: FakeDsp) -> None:
+    """A lookup refused for rate pauses like any other request."""
+    dsp.script(httpx.Response(429, headers={"Retry-After": "4"}))
+    provider = make_provider(ACME)
+    decision = provider.lookup(client_for(provider, dsp), task(kind="ad_group"))
+    assert decision == RateLimited(4.0, "HTTP 429; pause 4s (Retry-After)")
+
+
+def test_supports_lookup_only_for_kinds_with_a_lookup() -> None:
+    """Kinds without a lookup request report it, so the engine can decide what to do."""
+    provider = make_provider(ACME)
+    assert provider.supports_lookup("ad_group")
+    assert not provider.supports_lookup("campaign")
+    assert not provider.supports_lookup(None)
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        (httpx.Response(200, json={"data": [{"client_ref": "sluice-1"}]}), "no id"),
+        (httpx.Response(200, json={"items": []}), "no data"),
+    ],
+)
+def test_misconfigured_lookup_never_reads_as_not_found(
+    dsp: FakeDsp, answer: httpx.Response, problem: str
+) -> None:
+    """A match without an id, or no list where one is configured, is transient: no duplicate."""
+    dsp.script(answer)
+    provider = make_provider(ACME)
+    decision = provider.lookup(client_for(provider, dsp), task(kind="ad_group"))
+    assert isinstance(decision, Transient)
+    assert problem in decision.message

@@ -1,0 +1,252 @@
+"""Submitting: every answer a DSP can give becomes exactly one decision."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from sluice.providers.base import Accepted, Failed, RateLimited, Transient
+
+from .fakes import ACME, FakeDsp, client_for, make_provider, task, with_changes
+
+
+@pytest.fixture
+def dsp() -> FakeDsp:
+    return FakeDsp()
+
+
+def test_created_object_id_is_read_from_the_configured_field(dsp: FakeDsp) -> None:
+    """A 2xx with the id at external_id_field is Accepted, not yet completed."""
+    provider = make_provider(ACME)
+    decision = provider.submit(client_for(provider, dsp), task(payload={"name": "Spring"}))
+    assert decision == Accepted(external_id="cam-1", completed=False)
+    assert dsp.sent_json() == {"name": "Spring"}
+    assert dsp.requests[0].url == "http://acme.test/campaigns"
+
+
+def test_payload_carries_client_ref_and_parent_external_id(dsp: FakeDsp) -> None:
+    """client_ref_field and parent_field are written into the body before sending."""
+    provider = make_provider(ACME)
+    ref = task(kind="ad_group", client_ref="ref-9", parent_external_id="cam-42")
+    decision = provider.submit(client_for(provider, dsp), ref)
+    assert decision == Accepted(external_id="adg-1", completed=False)
+    assert dsp.sent_json() == {
+        "name": "Spring sale",
+        "client_ref": "ref-9",
+        "campaign_id": "cam-42",
+    }
+
+
+def test_kind_without_status_on_provider_without_poll_completes_at_once(dsp: FakeDsp) -> None:
+    """A kind with no status request and no batch poll is synchronous."""
+    provider = make_provider(ACME)
+    assert provider.is_synchronous("note")
+    assert not provider.is_synchronous("campaign")
+    decision = provider.submit(client_for(provider, dsp), task(kind="note"))
+    assert decision == Accepted(external_id="not-1", completed=True)
+
+
+def test_validation_error_fails_with_message_and_field_path(dsp: FakeDsp) -> None:
+    """A 400 with a message and a field is Failed('field: message')."""
+    dsp.script(
+        httpx.Response(
+            400,
+            json={
+                "error": {
+                    "code": "INVALID_REQUEST",
+                    "message": "Invalid IP range: 192.168.1.256",
+                    "field": "include[3]",
+                }
+            },
+        )
+    )
+    provider = make_provider(ACME)
+    decision = provider.submit(client_for(provider, dsp), task())
+    assert decision == Failed("include[3]: Invalid IP range: 192.168.1.256")
+
+
+def test_unreadable_4xx_fails_with_status_and_body_excerpt(dsp: FakeDsp) -> None:
+    """A 4xx whose body has no message field still names the status and shows the body."""
+    dsp.script(httpx.Response(422, text="budget too small"))
+    provider = make_provider(ACME)
+    decision = provider.submit(client_for(provider, dsp), task())
+    assert decision == Failed("HTTP 422: budget too small")
+
+
+def test_configured_transient_code_on_409_is_retried_without_ambiguity(dsp: FakeDsp) -> None:
+    """409 PARENT_NOT_READY is Transient and not ambiguous (nothing was created)."""
+    dsp.script(httpx.Response(409, json={"error": {"code": "PARENT_NOT_READY", "message": "wait"}}))
+    provider = make_provider(with_changes(ACME, errors={"transient_codes": ["PARENT_NOT_READY"]}))
+    decision = provider.submit(client_for(provider, dsp), task())
+    assert isinstance(decision, Transient)
+    assert not decision.ambiguous
+    assert "PARENT_NOT_READY" in decision.message
+
+
+def test_409_without_configured_code_is_a_failure(dsp: FakeDsp) -> None:
+    """Without transient_codes a 409 is a permanent refusal."""
+    dsp.script(httpx.Response(409, json={"error": {"code": "PARENT_NOT_READY", "message": "wait"}}))
+    provider = make_provider(ACME)
+    assert provider.submit(client_for(provider, dsp), task()) == Failed("wait")
+
+
+@pytest.mark.parametrize("status", [500, 502, 504, 408, 425])
+def test_server_errors_are_ambiguous_transients_for_writes(dsp: FakeDsp, status: int) -> None:
+    """5xx, 408 and 425 after a create may hide a created object."""
+    dsp.script(httpx.Response(status, json={"error": {"message": "boom"}}))
+    provider = make_provider(ACME)
+    decision = provider.submit(client_for(provider, dsp), task())
+    assert decision == Transient(f"HTTP {status}: boom", ambiguous=True)
+
+
+def test_503_with_retry_after_is_transient_with_delay(dsp: FakeDsp) -> None:
+    """503 + Retry-After is a transient with retry_after_s by default."""
+    dsp.script(httpx.Response(503, headers={"Retry-After": "7"}))
+    provider = make_provider(ACME)
+    decision = provider.submit(client_for(provider, dsp), task())
+    assert isinstance(decision, Transient)
+    assert decision.retry_after_s == 7.0
+    assert decision.ambiguous
+
+
+def test_503_configured_as_rate_limit_status_pauses(dsp: FakeDsp) -> None:
+    """A TTD-like provider lists 503 among rate-limit statuses: it is RateLimited."""
+    dsp.script(httpx.Response(503, headers={"Retry-After": "7"}))
+    provider = make_provider(with_changes(ACME, rate_limit_signal={"statuses": [429, 503]}))
+    decision = provider.submit(client_for(provider, dsp), task())
+    assert isinstance(decision, RateLimited)
+    assert decision.retry_after_s == 7.0
+
+
+def test_429_is_rate_limited_not_a_failure(dsp: FakeDsp) -> None:
+    """429 + Retry-After pauses the provider for the time given."""
+    dsp.script(httpx.Response(429, headers={"Retry-After": "3"}))
+    provider = make_provider(ACME)
+    decision = provider.submit(client_for(provider, dsp), task())
+    assert isinstance(decision, RateLimited)
+    assert decision.retry_after_s == 3.0
+    assert "429" in decision.detail
+
+
+def test_connect_error_is_transient_and_unambiguous(dsp: FakeDsp) -> None:
+    """A connection never made cannot have created anything."""
+    dsp.script(httpx.ConnectError("connection refused"))
+    provider = make_provider(ACME)
+    decision = provider.submit(client_for(provider, dsp), task())
+    assert isinstance(decision, Transient)
+    assert not decision.ambiguous
+    assert "acme unreachable" in decision.message
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        httpx.ReadTimeout("timed out"),
+        httpx.RemoteProtocolError("Server disconnected without sending a response."),
+        httpx.ReadError("connection reset by peer"),
+    ],
+)
+def test_lost_answers_after_sending_are_ambiguous(dsp: FakeDsp, exc: Exception) -> None:
+    """A timeout or a drop after the request left may hide a created object."""
+    dsp.script(exc)
+    provider = make_provider(ACME)
+    decision = provider.submit(client_for(provider, dsp), task())
+    assert isinstance(decision, Transient)
+    assert decision.ambiguous
+    assert "POST /campaigns" in decision.message
+
+
+def test_lost_answer_on_a_read_is_not_ambiguous(dsp: FakeDsp) -> None:
+    """Ambiguity only matters for writes: a timed-out poll is a plain transient."""
+    dsp.script(httpx.ReadTimeout("timed out"))
+    provider = make_provider(ACME)
+    decisions = provider.poll(client_for(provider, dsp), [task(external_id="cam-1")])
+    assert isinstance(decisions[1], Transient)
+    assert not decisions[1].ambiguous
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        (httpx.Response(200, text="<html>oops</html>"), "not JSON"),
+        (httpx.Response(200, json={"status": "ok"}), "no campaign_id"),
+        (httpx.Response(200, json={"error": {"message": "try later"}}), "try later"),
+    ],
+)
+def test_unusable_success_answers_are_ambiguous_transients(
+    dsp: FakeDsp, answer: httpx.Response, problem: str
+) -> None:
+    """A 2xx that is not JSON, lacks the id or carries an error object is retried."""
+    dsp.script(answer)
+    provider = make_provider(ACME)
+    decision = provider.submit(client_for(provider, dsp), task())
+    assert isinstance(decision, Transient)
+    assert decision.ambiguous
+    assert problem in decision.message
+
+
+def test_unknown_kind_fails_naming_the_known_ones(dsp: FakeDsp) -> None:
+    """A task of a kind the provider does not describe is refused without a request."""
+    provider = make_provider(ACME)
+    decision = provider.submit(client_for(provider, dsp), task(kind="banner"))
+    assert decision == Failed(
+        "unknown kind 'banner' for provider 'acme'; known: ad_group, campaign, note"
+    )
+    assert dsp.requests == []
+
+
+def test_payload_placeholder_in_path_is_filled_and_encoded(dsp: FakeDsp) -> None:
+    """{payload.FIELD} in the request line comes from the task payload, percent-encoded."""
+    table = with_changes(
+        ACME,
+        kinds={"campaign": {"submit": "POST /advertisers/{payload.advertiser_id}/campaigns"}},
+    )
+    dsp.script(httpx.Response(201, json={"id": "c-1"}))
+    provider = make_provider(table)
+    decision = provider.submit(
+        client_for(provider, dsp), task(payload={"advertiser_id": "a/1", "name": "x"})
+    )
+    assert decision == Accepted("c-1", completed=True)
+    assert dsp.requests[0].url.raw_path == b"/advertisers/a%2F1/campaigns"
+
+
+def test_missing_payload_field_for_placeholder_fails(dsp: FakeDsp) -> None:
+    """A request that cannot be built is a permanent error naming the placeholder."""
+    table = with_changes(
+        ACME,
+        kinds={"campaign": {"submit": "POST /advertisers/{payload.advertiser_id}/campaigns"}},
+    )
+    provider = make_provider(table)
+    decision = provider.submit(client_for(provider, dsp), task(payload={"name": "x"}))
+    assert isinstance(decision, Failed)
+    assert "{payload.advertiser_id}" in decision.message
+    assert dsp.requests == []
+
+
+def test_idempotency_header_carries_the_client_ref(dsp: FakeDsp) -> None:
+    """With idempotency_header set, the client reference is sent as that header."""
+    provider = make_provider(with_changes(ACME, idempotency_header="Idempotency-Key"))
+    provider.submit(client_for(provider, dsp), task(client_ref="ref-77"))
+    assert dsp.requests[0].headers["Idempotency-Key"] == "ref-77"
+
+
+def test_401_without_auth_is_transient(dsp: FakeDsp) -> None:
+    """Bad static credentials are retried (and fixed), not turned into validation errors."""
+    dsp.script(httpx.Response(401, json={"error": {"message": "bad key"}}))
+    provider = make_provider(ACME)
+    decision = provider.submit(client_for(provider, dsp), task())
+    assert isinstance(decision, Transient)
+    assert not decision.ambiguous
+
+
+def test_meta_style_transient_flag_is_retried(dsp: FakeDsp) -> None:
+    """A 4xx whose transient_flag_field is true is a transient, not a failure."""
+    dsp.script(
+        httpx.Response(400, json={"error": {"message": "Please retry", "is_transient": True}})
+    )
+    provider = make_provider(
+        with_changes(ACME, errors={"transient_flag_field": "error.is_transient"})
+    )
+    decision = provider.submit(client_for(provider, dsp), task())
+    assert isinstance(decision, Transient)
+    assert "Please retry" in decision.message
