@@ -31,10 +31,14 @@ def provider(base_url: str, preset: str = "sandbox-standard", **overrides: Any) 
 
 def hierarchy(groups: int = 2, ads: int = 3, budget: float = 1000.0) -> list[Submission]:
     items = [
-        Submission(kind="campaign", payload={"advertiser_id": "adv-1", "name": "C", "budget": budget})
+        Submission(
+            kind="campaign", payload={"advertiser_id": "adv-1", "name": "C", "budget": budget}
+        )
     ]
     for g in range(groups):
-        items.append(Submission(kind="ad_group", payload={"name": f"G{g}", "bid": 1.5}, parent_index=0))
+        items.append(
+            Submission(kind="ad_group", payload={"name": f"G{g}", "bid": 1.5}, parent_index=0)
+        )
         group_index = len(items) - 1
         for a in range(ads):
             items.append(
@@ -143,3 +147,29 @@ def test_rate_limit_signals_pause_without_counting_attempts(
     assert all(runtime.repo.get(i).attempts == 0 for i in ids)
     events = [e.event for i in ids for e in runtime.repo.events(i)]
     assert "rate_limited" in events
+
+
+def test_wide_tree_completes_in_order(tmp_path: Path, sandbox: Callable[..., str]) -> None:
+    """A campaign with 10 ad groups of 50 ads each completes, every child after its parent."""
+    url = sandbox(
+        profile="standard",
+        limits=[{"name": "app", "limit": 400, "window_s": 1.0}],
+        accept_delay_s=[0, 0.01],
+        process_delay_s=[0, 0.02],
+    )
+    runtime = make_runtime(tmp_path, provider(url, rate_limit="400/s", max_in_flight=16))
+    ids = tasks.create_tasks(runtime.repo, runtime.catalog, hierarchy(groups=10, ads=50))
+    run_until_final(runtime, timeout_s=120)
+    done = {i: runtime.repo.get(i) for i in ids}
+    assert {t.status for t in done.values()} == {TaskStatus.COMPLETED}
+    for task in done.values():
+        if task.parent_id is not None:
+            parent = done[task.parent_id]
+            submitted = [e for e in runtime.repo.events(task.id) if e.event == "submitted"]
+            completed = [
+                e for e in runtime.repo.events(parent.id) if e.to_status == TaskStatus.COMPLETED
+            ]
+            assert submitted[0].at >= completed[0].at
+    stats = sandbox_stats(url)
+    assert stats["duplicate_count"] == 0
+    assert stats["refused_total"] == 0

@@ -104,7 +104,7 @@ def test_ambiguous_failure_is_looked_up_not_resent() -> None:
 
 
 def test_gives_up_after_max_attempts_with_last_error() -> None:
-    """After max_attempts transient failures the task is Error with the last error, children ended."""
+    """After max_attempts transient failures: Error with the last error, children ended."""
     out = decide.after_submit(due(attempts=2), Transient("HTTP 500"), POLICY, NOW)
     assert out.to_status is TaskStatus.ERROR
     assert "HTTP 500" in out.fields["validation_error"]
