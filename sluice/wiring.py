@@ -9,6 +9,7 @@ import httpx
 from fastapi import FastAPI
 
 from sluice.api.app import create_app
+from sluice.api.deps import ReadinessCheck
 from sluice.catalog import Catalog, ProviderInfo
 from sluice.engine.embedded import EmbeddedEngine
 from sluice.providers.base import Provider
@@ -85,9 +86,11 @@ def build_runtime(settings: Settings) -> Runtime:
 
 
 def build_api(runtime: Runtime) -> FastAPI:
-    checks = {}
+    checks: dict[str, ReadinessCheck] = {}
     if runtime.settings.redis_url:
         checks["redis"] = _redis_check(runtime.settings.redis_url)
+    if runtime.settings.broker_url:
+        checks["broker"] = _broker_check(runtime.settings.broker_url)
     return create_app(runtime.settings, runtime.repo, runtime.catalog, checks)
 
 
@@ -105,12 +108,22 @@ def build_engine(runtime: Runtime) -> EmbeddedEngine:
     )
 
 
-def _redis_check(url: str) -> Any:
+def _redis_check(url: str) -> ReadinessCheck:
     import redis
 
     client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
 
     def check() -> None:
         client.ping()
+
+    return check
+
+
+def _broker_check(url: str) -> ReadinessCheck:
+    from kombu.connection import Connection
+
+    def check() -> None:
+        with Connection(url, connect_timeout=2) as connection:  # type: ignore[no-untyped-call]
+            connection.ensure_connection(max_retries=1)
 
     return check
