@@ -1,0 +1,74 @@
+"""``sluice sandbox``: reads [sandbox] through the settings, flags win, runs uvicorn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+import uvicorn
+from typer.testing import CliRunner
+
+from sluice.sandbox.cli import load_config, sandbox_command
+
+
+@pytest.fixture
+def toml_file(tmp_path: Path) -> Path:
+    """A sluice.toml with a [sandbox] section."""
+    path = tmp_path / "sandbox.toml"
+    path.write_text(
+        '[sandbox]\nprofile = "meta"\nseed = 3\nport = 9300\n'
+        'limits = [{name = "app", limit = 7, window_s = 2}]\n'
+        '[sandbox.fixtures]\n"1" = {status = "SUCCESS"}\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Replaces uvicorn.run with a recorder so the command returns at once."""
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append(kwargs))
+    return calls
+
+
+def _runner_app() -> typer.Typer:
+    app = typer.Typer()
+    app.command()(sandbox_command)
+    return app
+
+
+def test_section_is_read_from_the_given_file_and_flags_win(toml_file: Path) -> None:
+    """The [sandbox] table of --config is used, and explicit flags override it."""
+    config = load_config(toml_file, seed=11, port=None, profile=None)
+    assert (config.profile, config.seed, config.port) == ("meta", 11, 9300)
+    assert config.limits[0].limit == 7
+    assert config.fixtures["1"].status == "SUCCESS"
+
+
+def test_without_a_file_the_port_defaults_to_9000() -> None:
+    """With no TOML anywhere, the sandbox listens on 9000 with the standard profile."""
+    config = load_config()
+    assert (config.profile, config.port) == ("standard", 9000)
+
+
+def test_command_serves_with_flags_and_env(
+    toml_file: Path, served: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Flags and SLUICE_SANDBOX_* variables reach uvicorn's host and port."""
+    monkeypatch.setenv("SLUICE_SANDBOX_PORT", "9555")
+    result = CliRunner().invoke(
+        _runner_app(), ["--config", str(toml_file), "--host", "127.0.0.2", "--profile", "bare"]
+    )
+    assert result.exit_code == 0, result.output
+    assert (served[0]["host"], served[0]["port"]) == ("127.0.0.2", 9555)
+
+
+def test_unknown_profile_is_a_usage_error(served: list[dict[str, Any]]) -> None:
+    """A wrong --profile exits with status 2, names the known profiles and serves nothing."""
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(_runner_app(), ["--profile", "acme"])
+    assert result.exit_code == 2
+    assert "known: bare, demo, headers, meta, standard" in result.output
+    assert served == []
