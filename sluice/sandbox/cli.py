@@ -55,7 +55,7 @@ def sandbox_command(
     config: Annotated[
         Path | None,
         typer.Option(
-            help="TOML file whose [sandbox] table to read (else $SLUICE_CONFIG or ./sluice.toml)",
+            help="TOML file whose \\[sandbox] table to read (else $SLUICE_CONFIG or ./sluice.toml)",
             envvar="SLUICE_CONFIG",
             exists=True,
             dir_okay=False,
