@@ -57,7 +57,8 @@ def up(
     sandbox: Annotated[
         bool,
         typer.Option(
-            help="also run the sandbox DSP in-process (\\[sandbox] section)", envvar="SLUICE_SANDBOX"
+            help="also run the sandbox DSP in-process (\\[sandbox] section)",
+            envvar="SLUICE_SANDBOX",
         ),
     ] = False,
     workers: Annotated[
