@@ -31,18 +31,27 @@ class BodySizeLimit:
                 return
         seen = 0
         started = False
+        too_large = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, too_large
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
+                    too_large = True
                     raise BodyTooLarge
             return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
+            if too_large:
+                # FastAPI turns any error while reading the body into its own 400; answer
+                # 413 in its place.
+                if message["type"] == "http.response.start" and not started:
+                    started = True
+                    await _refuse(send, limit)
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)

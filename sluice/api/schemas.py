@@ -2,13 +2,41 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from sluice.domain import Phase, Task, TaskEvent, TaskStatus
 from sluice.tasks import MAX_BULK, Submission
+
+
+def refuse_unstorable(value: Any) -> Any:
+    """Refuse NUL characters and non-finite numbers anywhere in a (nested) JSON value.
+
+    PostgreSQL cannot store NUL in text or JSONB, and NaN/Infinity are not JSON (Python's
+    parser lets them through). Refusing them on every backend keeps SQLite and PostgreSQL
+    deployments accepting exactly the same requests.
+    """
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise ValueError("must not contain NUL characters (\\u0000)")
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise ValueError("numbers must be finite (NaN and Infinity are not JSON)")
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return value
+
+
+Text = Annotated[str, AfterValidator(refuse_unstorable)]
 
 
 class TaskCreate(BaseModel):
@@ -23,10 +51,16 @@ class TaskCreate(BaseModel):
 
     id: int | None = Field(default=None, ge=1, le=2**53, description="explicit task id")
     status: TaskStatus | None = None
-    provider: str | None = Field(default=None, min_length=1, max_length=64)
-    kind: str | None = Field(default=None, min_length=1, max_length=64)
+    provider: Text | None = Field(default=None, min_length=1, max_length=64)
+    kind: Text | None = Field(default=None, min_length=1, max_length=64)
     payload: dict[str, Any] | None = None
     parent_id: int | None = Field(default=None, ge=1, le=2**53)
+
+    @field_validator("payload")
+    @classmethod
+    def _payload_storable(cls, payload: dict[str, Any] | None) -> dict[str, Any] | None:
+        refuse_unstorable(payload)
+        return payload
 
     def to_submission(self, idempotency_key: str | None = None) -> Submission:
         return Submission(
@@ -44,11 +78,19 @@ class BulkItem(TaskCreate):
     """A task in a bulk call; ``parent_index`` names an earlier item of the same batch."""
 
     parent_index: int | None = Field(default=None, ge=0, lt=MAX_BULK)
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+    idempotency_key: Text | None = Field(default=None, min_length=1, max_length=255)
 
     def to_submission(self, idempotency_key: str | None = None) -> Submission:
-        base = super().to_submission(idempotency_key or self.idempotency_key)
-        return Submission(**{**base.__dict__, "parent_index": self.parent_index})
+        return Submission(
+            provider=self.provider,
+            kind=self.kind,
+            payload=self.payload,
+            id=self.id,
+            status=self.status,
+            parent_id=self.parent_id,
+            parent_index=self.parent_index,
+            idempotency_key=idempotency_key or self.idempotency_key,
+        )
 
 
 class BulkCreate(BaseModel):

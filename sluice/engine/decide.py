@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sluice.domain import Phase, TaskStatus
 from sluice.engine.retry import Backoff, PollSchedule
@@ -80,20 +81,13 @@ def transient(
     attempts = task.attempts + 1
     if attempts >= policy.max_attempts:
         message = f"gave up after {attempts} attempts: {decision.message}"
-        return Outcome(
-            task_id=task.id,
-            from_status=task.status,
-            to_status=TaskStatus.ERROR,
-            phase=Phase.DONE,
-            event="gave_up",
-            detail=message,
-            fields={
-                "attempts": attempts,
-                "last_error": decision.message,
-                "validation_error": message,
-                "next_attempt_at": None,
-            },
-            end_descendants=_ended_children(task.id, TaskStatus.ERROR, message),
+        return ended(
+            task,
+            TaskStatus.ERROR,
+            "gave_up",
+            message,
+            attempts=attempts,
+            last_error=decision.message,
         )
     delay = policy.backoff.delay(attempts, rng)
     if decision.retry_after_s is not None:
@@ -167,15 +161,28 @@ def after_submit(
 
 def failed(task: DueTask, message: str) -> Outcome:
     """A permanent refusal (validation): Error with the provider's message."""
+    return ended(task, TaskStatus.ERROR, "rejected", message)
+
+
+def ended(
+    task: DueTask, status: TaskStatus, event: str | None, message: str, **fields: Any
+) -> Outcome:
+    """Error or Cancelled with ``message``; the unfinished descendants end with it."""
+    values: dict[str, Any] = {
+        "validation_error": message if status is TaskStatus.ERROR else None,
+        "last_error": message,
+        "next_attempt_at": None,
+    }
+    values.update(fields)
     return Outcome(
         task_id=task.id,
         from_status=task.status,
-        to_status=TaskStatus.ERROR,
+        to_status=status,
         phase=Phase.DONE,
-        event="rejected",
+        event=event,
         detail=message,
-        fields={"validation_error": message, "last_error": message, "next_attempt_at": None},
-        end_descendants=_ended_children(task.id, TaskStatus.ERROR, message),
+        fields=values,
+        end_descendants=_ended_children(task.id, status, message),
     )
 
 
@@ -234,32 +241,10 @@ def _status_report(task: DueTask, report: StatusReport, policy: Policy, now: dat
         )
     if status in (TaskStatus.ERROR, TaskStatus.CANCELLED):
         message = report.message or f"{policy.provider} status {report.raw_status!r}"
-        return Outcome(
-            task_id=task.id,
-            from_status=task.status,
-            to_status=status,
-            phase=Phase.DONE,
-            detail=message,
-            fields={
-                "polls": polls,
-                "next_attempt_at": None,
-                "validation_error": message if status is TaskStatus.ERROR else None,
-                "last_error": message,
-            },
-            end_descendants=_ended_children(task.id, status, message),
-        )
+        return ended(task, status, None, message, polls=polls)
     if task.deadline_at is not None and now >= task.deadline_at and policy.deadline_s is not None:
         message = deadline_message(policy.provider, policy.deadline_s)
-        return Outcome(
-            task_id=task.id,
-            from_status=task.status,
-            to_status=TaskStatus.ERROR,
-            phase=Phase.DONE,
-            event="deadline",
-            detail=message,
-            fields={"polls": polls, "next_attempt_at": None, "validation_error": message},
-            end_descendants=_ended_children(task.id, TaskStatus.ERROR, message),
-        )
+        return ended(task, TaskStatus.ERROR, "deadline", message, polls=polls)
     # Only forward moves: a provider answering "Not Started" for an In Progress task
     # changes nothing.
     to_status = task.status

@@ -8,7 +8,9 @@ a request is in flight wins.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -67,6 +69,20 @@ class WorkQueue:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._postgres = engine.dialect.name == "postgresql"
+        self._write_lock: AbstractContextManager[Any] = (
+            nullcontext() if self._postgres else threading.Lock()
+        )
+
+    @contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        """A write transaction; on SQLite the threads of this process queue for it here.
+
+        SQLite admits one writer at a time, and a connection that finds it busy sleeps in
+        SQLite's busy handler (1, 2, 5, 10... ms): the dispatcher's claims then wait tens
+        of ms behind the outcome writer. A Python lock hands over as soon as it is free.
+        """
+        with self._write_lock, self.engine.begin() as conn:
+            yield conn
 
     def fetch_due(
         self, now: datetime, limit: int, providers: Sequence[str] | None = None
@@ -88,7 +104,7 @@ class WorkQueue:
         On PostgreSQL the rows are locked with ``FOR UPDATE SKIP LOCKED`` so concurrent
         workers each get different tasks without waiting on each other.
         """
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             query = _due_query(now, providers, limit)
             if self._postgres:
                 query = query.with_for_update(skip_locked=True, of=tasks)
@@ -104,7 +120,7 @@ class WorkQueue:
         """Claim the given tasks if nobody holds them; returns the ids claimed."""
         if not task_ids:
             return []
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             return self._claim(conn, task_ids, now, worker, lease_s)
 
     def _claim(
@@ -145,12 +161,12 @@ class WorkQueue:
         }
         if next_attempt_at is not None:
             values["next_attempt_at"] = next_attempt_at
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             conn.execute(update(tasks).where(tasks.c.id.in_(list(task_ids))).values(**values))
 
     def apply(self, outcomes: Iterable[Outcome], now: datetime) -> int:
         """Record outcomes in one transaction; returns how many applied."""
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             return apply_outcomes(conn, outcomes, now)
 
     def next_due_at(self) -> datetime | None:
@@ -177,7 +193,7 @@ class WorkQueue:
         claimed tasks are simply released.
         """
         stale = and_(tasks.c.claimed_until.is_not(None), tasks.c.claimed_until < now)
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             ids = list(
                 conn.execute(
                     select(tasks.c.id).where(stale, tasks.c.phase == Phase.SUBMITTING.value)

@@ -7,8 +7,9 @@ which refuses illegal transitions and writes the event in the same transaction.
 from __future__ import annotations
 
 import base64
+import os
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,11 +20,9 @@ from sqlalchemy import (
     Row,
     Table,
     and_,
-    bindparam,
     func,
     insert,
     select,
-    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -39,6 +38,7 @@ from sluice.domain import (
     TaskStatus,
     can_transition,
 )
+from sluice.store import bulk
 from sluice.store.tables import TaskEventRow, TaskRow
 
 tasks: Table = TaskRow.__table__  # type: ignore[assignment]
@@ -58,6 +58,12 @@ class Page:
 def new_client_ref() -> str:
     """A reference unique to one task, sent to providers to find lost creates."""
     return "sl-" + uuid.uuid4().hex[:24]
+
+
+def new_client_refs(count: int) -> Iterator[str]:
+    """``count`` client references (96 random bits each), drawn in one system call."""
+    random_hex = os.urandom(12 * count).hex()
+    return ("sl-" + random_hex[24 * i : 24 * (i + 1)] for i in range(count))
 
 
 def row_to_task(row: Row[Any]) -> Task:
@@ -274,8 +280,10 @@ class TaskRepository:
 
     def _insert_batch(self, conn: Connection, specs: Sequence[NewTask], now: datetime) -> list[int]:
         parent_statuses = self._parent_statuses(conn, specs)
+        client_refs = new_client_refs(len(specs))
         rows: list[dict[str, Any]] = []
         for spec in specs:
+            client_ref = next(client_refs)
             if spec.parent_index is not None:
                 parent_status: TaskStatus | None = TaskStatus(rows[spec.parent_index]["status"])
             elif spec.parent_id is not None:
@@ -293,9 +301,7 @@ class TaskRepository:
                     "provider": spec.provider,
                     "kind": spec.kind,
                     "payload": spec.payload,
-                    "external_id": str(spec.id)
-                    if spec.track_only and spec.id is not None
-                    else None,
+                    "external_id": None,
                     "parent_id": spec.parent_id,
                     "status": status.value,
                     "phase": phase.value,
@@ -309,28 +315,17 @@ class TaskRepository:
                     "deadline_at": None,
                     "idempotency_key": spec.idempotency_key,
                     "request_hash": spec.request_hash,
-                    "client_ref": None if spec.track_only else new_client_ref(),
+                    "client_ref": None if spec.track_only else client_ref,
                     "claimed_by": None,
                     "claimed_until": None,
                     "created_at": now,
                     "updated_at": now,
                 }
             )
-        ids = self._insert_rows(conn, rows)
-        fix_parents = [
-            {"tid": ids[i], "pid": ids[spec.parent_index]}
-            for i, spec in enumerate(specs)
-            if spec.parent_index is not None
-        ]
-        if fix_parents:
-            conn.execute(
-                update(tasks)
-                .where(tasks.c.id == bindparam("tid"))
-                .values(parent_id=bindparam("pid")),
-                fix_parents,
-            )
-        conn.execute(
-            insert(events),
+        ids = self._insert_rows(conn, specs, rows)
+        bulk.insert_rows(
+            conn,
+            events,
             [
                 event_row(
                     task_id, now, "created", None, TaskStatus(row["status"]), row["last_error"]
@@ -340,41 +335,23 @@ class TaskRepository:
         )
         return ids
 
-    def _insert_rows(self, conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
-        explicit = [i for i, r in enumerate(rows) if r["id"] is not None]
-        auto = [i for i, r in enumerate(rows) if r["id"] is None]
-        ids: list[int] = [0] * len(rows)
-        if explicit:
-            conn.execute(insert(tasks), [rows[i] for i in explicit])
-            for i in explicit:
-                ids[i] = rows[i]["id"]
-            if self._postgres:
-                # Explicit ids must never collide with later auto-numbered creates. Never
-                # move the sequence backwards: uncommitted creates elsewhere may hold the
-                # numbers above MAX(id), which this transaction cannot see.
-                conn.execute(
-                    text(
-                        "SELECT setval(seq, GREATEST((SELECT MAX(id) FROM tasks), "
-                        "pg_sequence_last_value(seq), 1)) "
-                        "FROM (SELECT CAST(pg_get_serial_sequence('tasks', 'id') AS regclass)"
-                        " AS seq) AS s"
-                    )
-                )
-        if auto:
-            auto_rows = [{k: v for k, v in rows[i].items() if k != "id"} for i in auto]
-            result = conn.execute(
-                insert(tasks).returning(tasks.c.id, sort_by_parameter_order=True), auto_rows
-            )
-            for i, new_id in zip(auto, result.scalars().all(), strict=True):
-                ids[i] = new_id
-            track_rows = [{"tid": ids[i]} for i in auto if rows[i]["track_only"]]
-            if track_rows:
-                conn.execute(
-                    update(tasks)
-                    .where(tasks.c.id == bindparam("tid"))
-                    .values(external_id=func.cast(tasks.c.id, tasks.c.external_id.type)),
-                    track_rows,
-                )
+    def _insert_rows(
+        self, conn: Connection, specs: Sequence[NewTask], rows: list[dict[str, Any]]
+    ) -> list[int]:
+        """Give each row its id (explicit or new), link batch parents, insert all rows."""
+        highest_explicit = max((row["id"] for row in rows if row["id"] is not None), default=0)
+        auto = [row for row in rows if row["id"] is None]
+        # Explicit ids must never collide with auto-numbered ones, now or later.
+        new_ids = bulk.reserve_ids(conn, tasks, len(auto), above=highest_explicit)
+        for row, new_id in zip(auto, new_ids, strict=True):
+            row["id"] = new_id
+        ids: list[int] = [row["id"] for row in rows]
+        for spec, row in zip(specs, rows, strict=True):
+            if spec.parent_index is not None:
+                row["parent_id"] = ids[spec.parent_index]
+            if row["track_only"]:
+                row["external_id"] = str(row["id"])
+        bulk.insert_rows(conn, tasks, rows)
         return ids
 
     def _parent_statuses(self, conn: Connection, specs: Sequence[NewTask]) -> dict[int, TaskStatus]:

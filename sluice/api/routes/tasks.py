@@ -16,6 +16,7 @@ from sluice.api.schemas import (
     TaskCreate,
     TaskOut,
     TaskPage,
+    Text,
 )
 from sluice.domain import TaskStatus
 
@@ -53,8 +54,8 @@ def create_tasks(body: BulkCreate, context: Context) -> BulkCreated:
 def list_tasks(
     context: Context,
     status_: Annotated[TaskStatus | None, Query(alias="status")] = None,
-    provider: str | None = None,
-    kind: str | None = None,
+    provider: Annotated[Text | None, Query(max_length=64)] = None,
+    kind: Annotated[Text | None, Query(max_length=64)] = None,
     parent_id: Annotated[int | None, Query(ge=1, le=2**53)] = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,

@@ -1,0 +1,504 @@
+"""One contract for the task store, run against SQLite (a temp file) and real PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, insert, select, text
+
+from sluice import errors
+from sluice.clock import FakeClock, SystemClock
+from sluice.domain import NewTask, Phase, Task, TaskStatus
+from sluice.store import db
+from sluice.store.repository import TaskRepository, change_status, events, tasks
+
+START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+@dataclass
+class Store:
+    """A repository on a fresh database, its fake clock, and the backend's name."""
+
+    repo: TaskRepository
+    clock: FakeClock
+    backend: str
+
+    def written(self) -> tuple[int, int]:
+        """(tasks, events) currently stored."""
+        with self.repo.engine.connect() as conn:
+            return (
+                conn.execute(select(func.count()).select_from(tasks)).scalar_one(),
+                conn.execute(select(func.count()).select_from(events)).scalar_one(),
+            )
+
+    def move(self, task_id: int, status: TaskStatus, **fields: object) -> bool:
+        """Change a task's status the way the engine does."""
+        task = self.repo.get(task_id)
+        with self.repo.engine.begin() as conn:
+            return change_status(conn, task, status, now=self.clock.now(), event="test", **fields)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database of each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    """A migrated store with a fake clock."""
+    engine = db.make_engine(database_url)
+    db.ensure_schema(engine)
+    clock = FakeClock(START)
+    yield Store(TaskRepository(engine, clock), clock, engine.dialect.name)
+    engine.dispose()
+
+
+def submission(**fields: object) -> NewTask:
+    values: dict[str, object] = {
+        "provider": "sandbox",
+        "kind": "campaign",
+        "payload": {"name": "Spring sale", "budget_cents": 250_000, "geo": ["FR", "DE"]},
+    }
+    values.update(fields)
+    return NewTask(**values)  # type: ignore[arg-type]
+
+
+def create(store: Store, spec: NewTask) -> Task:
+    task, created = store.repo.create(spec)
+    assert created
+    return task
+
+
+# -- creating and reading ----------------------------------------------------------------
+
+
+def test_created_submission_reads_back(store: Store) -> None:
+    """A created submission reads back with its payload, a client ref, Not Started and ready."""
+    task = create(store, submission(payload={"name": "Été ☀", "nested": {"a": [1, 2.5, None]}}))
+
+    again = store.repo.get(task.id)
+    assert again == task
+    assert again.payload == {"name": "Été ☀", "nested": {"a": [1, 2.5, None]}}
+    assert again.status is TaskStatus.NOT_STARTED
+    assert again.phase is Phase.READY
+    assert again.client_ref is not None
+    assert not again.track_only
+
+
+def test_tracked_task_keeps_its_id_as_external_id(store: Store) -> None:
+    """The prototype's tracked task keeps the given id and status and is polled by that id."""
+    task = create(store, NewTask(provider="sandbox", id=3, status=TaskStatus.IN_PROGRESS))
+
+    assert task.id == 3
+    assert task.status is TaskStatus.IN_PROGRESS
+    assert task.external_id == "3"
+    assert task.phase is Phase.POLLING
+    assert task.track_only
+
+
+def test_auto_numbered_tracked_task_is_polled_by_its_own_id(store: Store) -> None:
+    """A tracked task created without an id gets its new id as the id to poll."""
+    task = create(store, NewTask(provider="sandbox"))
+
+    assert task.external_id == str(task.id)
+
+
+def test_unknown_id_raises_not_found(store: Store) -> None:
+    """Reading or acting on an id nobody created raises TaskNotFound."""
+    for action in (store.repo.get, store.repo.events, store.repo.cancel, store.repo.retry):
+        with pytest.raises(errors.TaskNotFound):
+            action(77)
+
+
+def test_existing_id_conflicts_and_writes_nothing(store: Store) -> None:
+    """Creating a task with an id already used raises TaskConflict and changes nothing."""
+    create(store, NewTask(provider="sandbox", id=1))
+    before = store.written()
+
+    with pytest.raises(errors.TaskConflict, match="task 1 already exists"):
+        store.repo.create(NewTask(provider="sandbox", id=1, status=TaskStatus.COMPLETED))
+
+    assert store.written() == before
+    assert store.repo.get(1).status is TaskStatus.NOT_STARTED
+
+
+# -- explicit ids and auto-numbering -----------------------------------------------------
+
+
+def test_explicit_id_never_breaks_auto_numbering(store: Store) -> None:
+    """After a task is created with explicit id 5, auto-numbered creates all succeed elsewhere."""
+    create(store, NewTask(provider="sandbox", id=5))
+
+    auto_ids = [create(store, submission()).id for _ in range(10)]
+
+    assert 5 not in auto_ids
+    assert len(set(auto_ids)) == 10
+    assert store.written()[0] == 11
+
+
+def test_auto_numbering_continues_above_a_far_explicit_id(store: Store) -> None:
+    """After explicit id 1,000,000 the next auto-numbered tasks come after it."""
+    create(store, submission())
+    create(store, NewTask(provider="sandbox", id=1_000_000))
+
+    later = [create(store, submission()).id for _ in range(3)]
+
+    assert all(task_id > 1_000_000 for task_id in later)
+
+
+def test_explicit_ids_in_a_batch_with_auto_ids(store: Store) -> None:
+    """A batch mixing explicit and automatic ids gives every item a distinct id, in order."""
+    create(store, submission())
+    ids = store.repo.create_many(
+        [submission(), NewTask(provider="sandbox", id=3), submission(), submission()]
+    )
+
+    assert ids[1] == 3
+    assert len(set(ids)) == 4
+    assert [store.repo.get(i).id for i in ids] == ids
+    assert store.repo.get(3).external_id == "3"
+    assert create(store, submission()).id not in {1, *ids}
+
+
+def test_explicit_id_child_of_auto_numbered_item(store: Store) -> None:
+    """An item with an explicit id may name an earlier, auto-numbered item as its parent."""
+    ids = store.repo.create_many([submission(), submission(id=50, parent_index=0)])
+
+    assert ids[1] == 50
+    assert store.repo.get(50).parent_id == ids[0]
+    assert store.repo.get(50).phase is Phase.WAITING_PARENT
+
+
+@pytest.mark.postgres
+def test_explicit_id_while_another_create_is_in_flight(postgres_url: str) -> None:
+    """An explicit-id create committing while auto-numbered rows are uncommitted elsewhere
+    must not rewind the id sequence into them."""
+    engine = db.make_engine(postgres_url)
+    db.ensure_schema(engine)
+    repo = TaskRepository(engine, FakeClock(START))
+    try:
+        gap = create_store_gap(repo)
+        with engine.connect() as other:
+            in_flight = other.begin()
+            row = {
+                "provider": "sandbox",
+                "status": "Not Started",
+                "phase": "ready",
+                "track_only": False,
+                "attempts": 0,
+                "polls": 0,
+                "created_at": START,
+                "updated_at": START,
+            }
+            in_flight_ids = (
+                other.execute(insert(tasks).returning(tasks.c.id), [row, row]).scalars().all()
+            )
+            repo.create(NewTask(provider="sandbox", id=gap))
+            in_flight.commit()
+
+        later = [repo.create(submission())[0].id for _ in range(3)]
+        assert not set(later) & set(in_flight_ids)
+    finally:
+        engine.dispose()
+
+
+def create_store_gap(repo: TaskRepository) -> int:
+    """Use up sequence numbers without rows (a rolled-back create) and return a free id."""
+    repo.create(submission())
+    with pytest.raises(errors.TaskConflict):
+        repo.create_many([submission(idempotency_key="dup"), submission(idempotency_key="dup")])
+    return 2
+
+
+# -- atomic batches ----------------------------------------------------------------------
+
+
+def test_batch_links_items_by_parent_index(store: Store) -> None:
+    """Items naming an earlier item by parent_index become its children and wait for it."""
+    ids = store.repo.create_many(
+        [submission(), submission(kind="creative", parent_index=0), submission(parent_index=1)]
+    )
+
+    assert store.repo.get(ids[1]).parent_id == ids[0]
+    assert store.repo.get(ids[2]).parent_id == ids[1]
+    assert store.repo.get(ids[2]).phase is Phase.WAITING_PARENT
+    assert store.repo.get(ids[0]).phase is Phase.READY
+
+
+def test_batch_with_unknown_parent_writes_nothing(store: Store) -> None:
+    """A batch where one item names a missing parent raises InvalidTask and writes nothing."""
+    create(store, submission())
+    before = store.written()
+
+    with pytest.raises(errors.InvalidTask, match="999"):
+        store.repo.create_many([submission()] * 50 + [submission(parent_id=999)])
+
+    assert store.written() == before
+
+
+def test_batch_conflicting_late_writes_nothing(store: Store) -> None:
+    """A batch whose last item's id is taken raises TaskConflict; no earlier item is kept."""
+    create(store, NewTask(provider="sandbox", id=40))
+    before = store.written()
+
+    with pytest.raises(errors.TaskConflict):
+        store.repo.create_many([submission() for _ in range(100)] + [NewTask("sandbox", id=40)])
+
+    assert store.written() == before
+
+
+def test_large_batch_is_created_with_one_event_each(store: Store) -> None:
+    """A 10,000-task batch stores every task with its 'created' event."""
+    ids = store.repo.create_many([submission(payload={"n": i}) for i in range(10_000)])
+
+    assert len(set(ids)) == 10_000
+    assert store.written() == (10_000, 10_000)
+    assert store.repo.get(ids[-1]).payload == {"n": 9_999}
+
+
+def test_child_of_failed_parent_starts_as_error(store: Store) -> None:
+    """A submission under a parent that already failed is created as Error, saying why."""
+    parent = create(store, submission())
+    store.move(parent.id, TaskStatus.ERROR)
+
+    child = create(store, submission(parent_id=parent.id))
+
+    assert child.status is TaskStatus.ERROR
+    assert child.last_error is not None
+    assert str(parent.id) in child.last_error
+
+
+# -- idempotency -------------------------------------------------------------------------
+
+
+def test_idempotent_replay_returns_the_original(store: Store) -> None:
+    """The same key and body hash returns the first task, not created, and writes nothing."""
+    first = create(store, submission(idempotency_key="k", request_hash="h1"))
+    before = store.written()
+
+    again, created = store.repo.create(submission(idempotency_key="k", request_hash="h1"))
+
+    assert not created
+    assert again == first
+    assert store.written() == before
+
+
+def test_idempotency_key_with_other_body_conflicts(store: Store) -> None:
+    """The same key with another body hash raises TaskConflict naming the key."""
+    create(store, submission(idempotency_key="k", request_hash="h1"))
+
+    with pytest.raises(errors.TaskConflict, match="'k'"):
+        store.repo.create(submission(idempotency_key="k", request_hash="h2"))
+
+
+# -- status changes and history ----------------------------------------------------------
+
+
+def test_every_status_change_leaves_an_event(store: Store) -> None:
+    """created, then each status change, appear in order with from/to statuses and times."""
+    task = create(store, submission())
+    store.clock.advance(5)
+    assert store.move(task.id, TaskStatus.IN_PROGRESS)
+    store.clock.advance(5)
+    assert store.move(task.id, TaskStatus.COMPLETED)
+
+    history = store.repo.events(task.id)
+
+    assert [(e.event, e.from_status, e.to_status) for e in history] == [
+        ("created", None, TaskStatus.NOT_STARTED),
+        ("test", TaskStatus.NOT_STARTED, TaskStatus.IN_PROGRESS),
+        ("test", TaskStatus.IN_PROGRESS, TaskStatus.COMPLETED),
+    ]
+    assert [e.at for e in history] == [
+        START,
+        START + timedelta(seconds=5),
+        START + timedelta(seconds=10),
+    ]
+
+
+def test_completed_cannot_go_back_to_not_started(store: Store) -> None:
+    """Completed -> Not Started raises IllegalTransition; the task and history are unchanged."""
+    task = create(store, submission())
+    store.move(task.id, TaskStatus.COMPLETED)
+    before = store.written()
+
+    with pytest.raises(errors.IllegalTransition, match="Completed -> Not Started"):
+        store.move(task.id, TaskStatus.NOT_STARTED)
+
+    assert store.repo.get(task.id).status is TaskStatus.COMPLETED
+    assert store.written() == before
+
+
+def test_stale_status_change_is_refused(store: Store) -> None:
+    """A change based on a status someone else already changed does nothing."""
+    task = create(store, submission())
+    store.move(task.id, TaskStatus.IN_PROGRESS)
+    before = store.written()
+
+    with store.repo.engine.begin() as conn:
+        changed = change_status(conn, task, TaskStatus.CANCELLED, now=START, event="late")
+
+    assert not changed
+    assert store.repo.get(task.id).status is TaskStatus.IN_PROGRESS
+    assert store.written() == before
+
+
+# -- timestamps and the clock -----------------------------------------------------------
+
+
+def test_timestamps_come_from_the_injected_clock(store: Store) -> None:
+    """created_at/updated_at are the injected clock's aware-UTC time, set per row."""
+    first = create(store, submission())
+    store.clock.advance(90)
+    second = create(store, submission())
+    store.clock.advance(30)
+    store.move(first.id, TaskStatus.IN_PROGRESS)
+
+    first = store.repo.get(first.id)
+    assert first.created_at == START
+    assert first.updated_at == START + timedelta(seconds=120)
+    assert second.created_at == second.updated_at == START + timedelta(seconds=90)
+    for stamp in (first.created_at, first.updated_at, second.created_at):
+        assert stamp.utcoffset() == timedelta(0)
+
+
+def test_system_clock_stamps_each_row_when_written(database_url: str) -> None:
+    """With the real clock, each row's created_at is the time of its own write, not import."""
+    engine = db.make_engine(database_url)
+    db.ensure_schema(engine)
+    repo = TaskRepository(engine, SystemClock())
+    try:
+        before = datetime.now(UTC)
+        first, _ = repo.create(submission())
+        second, _ = repo.create(submission())
+        after = datetime.now(UTC)
+    finally:
+        engine.dispose()
+
+    assert before <= first.created_at <= second.created_at <= after
+    assert first.created_at.tzinfo is not None
+    assert second.updated_at.utcoffset() == timedelta(0)
+
+
+def test_naive_datetime_is_refused(store: Store) -> None:
+    """The store refuses naive datetimes rather than guessing their zone."""
+    task = create(store, submission())
+
+    with pytest.raises(Exception, match="naive"), store.repo.engine.begin() as conn:
+        change_status(conn, task, TaskStatus.IN_PROGRESS, now=datetime(2026, 1, 1), event="naive")
+
+
+# -- listing -----------------------------------------------------------------------------
+
+
+def test_listing_filters_and_pages(store: Store) -> None:
+    """Filters select matching tasks; cursor pages cover them all once, in id order."""
+    ids = store.repo.create_many(
+        [submission(provider="acme" if i % 3 == 0 else "sandbox") for i in range(30)]
+    )
+    acme = [task_id for i, task_id in enumerate(ids) if i % 3 == 0]
+
+    seen: list[int] = []
+    cursor = None
+    while True:
+        page = store.repo.list_tasks(provider="acme", cursor=cursor, limit=4)
+        seen.extend(t.id for t in page.items)
+        store.repo.create(submission(provider="acme"))
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+
+    assert seen[: len(acme)] == acme
+    assert len(seen) == len(set(seen))
+    assert seen == sorted(seen)
+    assert store.repo.list_tasks(status=TaskStatus.ERROR).items == []
+    assert store.repo.counts() == {"Not Started": store.written()[0]}
+
+
+def test_bad_cursor_is_invalid(store: Store) -> None:
+    """A cursor the store never issued raises InvalidTask."""
+    with pytest.raises(errors.InvalidTask, match="cursor"):
+        store.repo.list_tasks(cursor="Zm9vOmJhcg")
+
+
+# -- cancel and retry --------------------------------------------------------------------
+
+
+def test_cancel_ends_unfinished_descendants_only(store: Store) -> None:
+    """Cancel ends the task and unfinished descendants; finished ones keep their status."""
+    root, child, grandchild, done_child = store.repo.create_many(
+        [
+            submission(),
+            submission(parent_index=0),
+            submission(parent_index=1),
+            submission(parent_index=0),
+        ]
+    )
+    store.move(done_child, TaskStatus.COMPLETED)
+
+    task, count = store.repo.cancel(root)
+
+    assert task.status is TaskStatus.CANCELLED
+    assert count == 2
+    assert store.repo.get(child).status is TaskStatus.CANCELLED
+    assert store.repo.get(grandchild).status is TaskStatus.CANCELLED
+    assert store.repo.get(done_child).status is TaskStatus.COMPLETED
+    assert store.repo.events(grandchild)[-1].event == "parent_ended"
+
+
+def test_cancel_completed_is_illegal(store: Store) -> None:
+    """Cancelling a Completed task raises IllegalTransition and writes nothing."""
+    task = create(store, submission())
+    store.move(task.id, TaskStatus.COMPLETED)
+    before = store.written()
+
+    with pytest.raises(errors.IllegalTransition):
+        store.repo.cancel(task.id)
+
+    assert store.written() == before
+
+
+def test_retry_resets_attempts_and_descendants(store: Store) -> None:
+    """Retry puts an Error task and its ended descendants back to Not Started with events."""
+    root, child = store.repo.create_many([submission(), submission(parent_index=0)])
+    store.move(root, TaskStatus.ERROR, attempts=4, last_error="HTTP 500", phase="done")
+    store.move(child, TaskStatus.CANCELLED, phase="done")
+    store.clock.advance(10)
+
+    task = store.repo.retry(root)
+
+    assert task.status is TaskStatus.NOT_STARTED
+    assert task.attempts == 0
+    assert task.last_error is None
+    assert task.phase is Phase.READY
+    assert task.next_attempt_at == START + timedelta(seconds=10)
+    assert store.repo.get(child).status is TaskStatus.NOT_STARTED
+    assert store.repo.get(child).phase is Phase.WAITING_PARENT
+    last = store.repo.events(root)[-1]
+    assert (last.event, last.from_status, last.to_status) == (
+        "retried",
+        TaskStatus.ERROR,
+        TaskStatus.NOT_STARTED,
+    )
+
+
+def test_retry_of_unfinished_task_is_illegal(store: Store) -> None:
+    """Only Error or Cancelled tasks can be retried."""
+    task = create(store, submission())
+
+    with pytest.raises(errors.IllegalTransition):
+        store.repo.retry(task.id)
+
+
+def test_database_answers(store: Store) -> None:
+    """The readiness query works on both backends."""
+    with store.repo.engine.connect() as conn:
+        assert conn.execute(text("SELECT 1")).scalar_one() == 1

@@ -1,0 +1,196 @@
+"""Bad input is refused with a useful status and field-level messages, and writes nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from conftest import Api
+
+
+def problems(response: Any) -> list[dict[str, Any]]:
+    assert response.status_code == 422, response.text
+    detail: list[dict[str, Any]] = response.json()["detail"]
+    assert detail, "a 422 must say what is wrong"
+    return detail
+
+
+@pytest.fixture
+def seeded(api: Api) -> Iterator[tuple[int, int]]:
+    """One existing task; yields the (tasks, events) counts that must not change."""
+    api.client.post("/api/tasks", json={"id": 1, "status": "Not Started"})
+    before = api.written()
+    yield before
+    assert api.written() == before, "a refused request wrote something"
+
+
+@pytest.mark.usefixtures("seeded")
+def test_malformed_json_is_422(api: Api) -> None:
+    """A body that is not JSON answers 422 saying so."""
+    response = api.client.post(
+        "/api/tasks", content=b'{"id": 2,', headers={"content-type": "application/json"}
+    )
+
+    detail = problems(response)
+    assert detail[0]["loc"][0] == "body"
+    assert "json" in detail[0]["type"].lower()
+
+
+@pytest.mark.usefixtures("seeded")
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"id": "two", "status": "Not Started"}, "id"),
+        ({"id": 0, "status": "Not Started"}, "id"),
+        ({"kind": "campaign", "payload": ["a", "list"]}, "payload"),
+        ({"kind": 7, "payload": {}}, "kind"),
+        ({"kind": "campaign", "payload": {}, "parent_id": "x"}, "parent_id"),
+        ({"kind": "campaign", "payload": {}, "colour": "red"}, "colour"),
+        ({"kind": "campaign", "payload": {"name": "a\u0000b"}}, "payload"),
+        ({"kind": "camp\u0000aign", "payload": {}}, "kind"),
+    ],
+)
+def test_wrong_types_name_the_field(api: Api, body: dict[str, Any], field: str) -> None:
+    """A wrongly typed, unstorable (NUL) or unknown field answers 422 naming that field."""
+    detail = problems(api.client.post("/api/tasks", json=body))
+
+    assert detail[0]["loc"] == ["body", field]
+
+
+@pytest.mark.usefixtures("seeded")
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e400"])
+def test_non_finite_number_in_payload_is_422(api: Api, number: bytes) -> None:
+    """NaN or Infinity (which Python's JSON parser accepts) in a payload answers 422."""
+    body = b'{"kind": "campaign", "payload": {"budget": ' + number + b"}}"
+
+    response = api.client.post(
+        "/api/tasks", content=body, headers={"content-type": "application/json"}
+    )
+
+    detail = problems(response)
+    assert detail[0]["loc"] == ["body", "payload"]
+    assert "finite" in detail[0]["msg"]
+
+
+@pytest.mark.usefixtures("seeded")
+def test_unstorable_item_in_bulk_names_its_index(api: Api) -> None:
+    """A bulk item whose payload holds NUL answers 422 naming the item; nothing is written."""
+    body = (
+        b'{"tasks": [{"kind": "campaign", "payload": {"a": 1}},'
+        b' {"kind": "campaign", "payload": {"a": "x\\u0000"}}]}'
+    )
+
+    response = api.client.post(
+        "/api/tasks/bulk", content=body, headers={"content-type": "application/json"}
+    )
+
+    detail = problems(response)
+    assert detail[0]["index"] == 1
+    assert detail[0]["loc"] == ["body", "tasks", 1, "payload"]
+
+
+@pytest.mark.usefixtures("seeded")
+def test_unknown_status_lists_known_statuses(api: Api) -> None:
+    """An unknown status word answers 422 on 'status' listing the statuses that exist."""
+    detail = problems(api.client.post("/api/tasks", json={"id": 2, "status": "Done"}))
+
+    assert detail[0]["loc"] == ["body", "status"]
+    for word in ("Not Started", "In Progress", "Completed", "Error"):
+        assert word in detail[0]["msg"]
+
+
+@pytest.mark.usefixtures("seeded")
+def test_unknown_provider_lists_known_providers(api: Api) -> None:
+    """An unknown provider answers 422 on 'provider' listing the configured ones."""
+    detail = problems(api.client.post("/api/tasks", json=api.campaign(provider="acme2")))
+
+    assert detail[0]["loc"] == ["body", "provider"]
+    assert "'acme2'" in detail[0]["msg"]
+    assert "known: acme, sandbox" in detail[0]["msg"]
+
+
+@pytest.mark.usefixtures("seeded")
+def test_unknown_kind_lists_known_kinds(api: Api) -> None:
+    """A kind the provider does not offer answers 422 on 'kind' listing the ones it does."""
+    detail = problems(api.client.post("/api/tasks", json=api.campaign(kind="video")))
+
+    assert detail[0]["loc"] == ["body", "kind"]
+    assert "known: campaign, creative" in detail[0]["msg"]
+
+
+@pytest.mark.usefixtures("seeded")
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"kind": "campaign"}, "payload"),
+        ({"payload": {"a": 1}}, "kind"),
+        ({"kind": "campaign", "payload": {}, "status": "Completed"}, "status"),
+        ({"provider": "acme", "id": 5, "status": "Not Started"}, "kind"),
+        ({"kind": "campaign", "payload": {}, "parent_id": 999}, None),
+    ],
+)
+def test_inconsistent_submission_is_422(api: Api, body: dict[str, Any], field: str | None) -> None:
+    """A submission breaking the task rules answers 422, on the offending field if any."""
+    detail = problems(api.client.post("/api/tasks", json=body))
+
+    if field is not None:
+        assert ["body", field] in [d["loc"] for d in detail]
+
+
+@pytest.mark.usefixtures("seeded")
+def test_existing_id_is_409(api: Api) -> None:
+    """Creating a task with an id that is taken answers 409 naming the id."""
+    response = api.client.post("/api/tasks", json={"id": 1, "status": "In Progress"})
+
+    assert response.status_code == 409
+    assert response.json() == {"detail": "task 1 already exists"}
+    assert api.client.get("/api/tasks/1").json()["status"] == "Not Started"
+
+
+@pytest.mark.usefixtures("seeded")
+def test_body_over_one_mebibyte_is_413(api: Api) -> None:
+    """A single-task body over 1 MiB answers 413."""
+    body = api.campaign(payload={"blob": "x" * (1024 * 1024)})
+
+    response = api.client.post("/api/tasks", json=body)
+
+    assert response.status_code == 413
+    assert "1048576" in response.json()["detail"]
+
+
+@pytest.mark.usefixtures("seeded")
+def test_streamed_body_over_one_mebibyte_is_413(api: Api) -> None:
+    """A body sent without Content-Length (chunked) is cut off at 1 MiB with 413 too."""
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"kind": "campaign", "payload": {"blob": "'
+        for _ in range(20):
+            yield b"x" * 65536
+        yield b'"}}'
+
+    response = api.client.post(
+        "/api/tasks", content=chunks(), headers={"content-type": "application/json"}
+    )
+
+    assert response.status_code == 413
+
+
+@pytest.mark.usefixtures("seeded")
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/tasks/404"),
+        ("GET", "/api/tasks/404/events"),
+        ("POST", "/api/tasks/404/cancel"),
+        ("POST", "/api/tasks/404/retry"),
+    ],
+)
+def test_unknown_id_is_404(api: Api, method: str, path: str) -> None:
+    """Every route about one task answers 404 with a JSON detail for an unknown id."""
+    response = api.client.request(method, path)
+
+    assert response.status_code == 404
+    assert response.json() == {"detail": "task 404 not found"}

@@ -1,0 +1,125 @@
+"""Settings come from SLUICE_* variables over a TOML file; mistakes name the file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sluice import errors
+from sluice.settings import load_settings
+
+
+def test_defaults_without_env_or_file() -> None:
+    """With no variables and no file, Sluice uses SQLite and the sandbox provider."""
+    settings = load_settings()
+
+    assert settings.database_url.startswith("sqlite:///")
+    assert settings.default_provider == "sandbox"
+    assert settings.max_body_bytes == 1024 * 1024
+    assert settings.config_file is None
+
+
+def test_env_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each field can be set through its SLUICE_ variable, converted to the field's type."""
+    monkeypatch.setenv("SLUICE_DATABASE_URL", "postgresql://db.example/sluice")
+    monkeypatch.setenv("SLUICE_PORT", "9001")
+    monkeypatch.setenv("SLUICE_DISPATCH_IDLE_S", "0.25")
+
+    settings = load_settings()
+
+    assert settings.database_url == "postgresql://db.example/sluice"
+    assert settings.port == 9001
+    assert settings.dispatch_idle_s == 0.25
+
+
+def test_sluice_toml_in_working_directory_is_read() -> None:
+    """./sluice.toml is read when present: [sluice] keys and [providers.*] tables."""
+    Path("sluice.toml").write_text(
+        '[sluice]\nport = 8123\ndefault_provider = "acme"\n\n'
+        '[providers.acme]\nbase_url = "https://acme.example"\n',
+        encoding="utf-8",
+    )
+
+    settings = load_settings()
+
+    assert settings.port == 8123
+    assert settings.default_provider == "acme"
+    assert settings.providers == {"acme": {"base_url": "https://acme.example"}}
+    assert settings.config_file == "sluice.toml"
+
+
+def test_sluice_config_names_the_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """SLUICE_CONFIG points at a TOML file elsewhere, which wins over ./sluice.toml."""
+    Path("sluice.toml").write_text("[sluice]\nport = 1111\n", encoding="utf-8")
+    other = tmp_path / "prod.toml"
+    other.write_text("[sluice]\nport = 2222\n", encoding="utf-8")
+    monkeypatch.setenv("SLUICE_CONFIG", str(other))
+
+    settings = load_settings()
+
+    assert settings.port == 2222
+    assert settings.config_file == str(other)
+
+
+def test_env_wins_over_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SLUICE_ variable overrides the same key in the TOML file."""
+    Path("sluice.toml").write_text('[sluice]\nport = 8123\nlog_level = "DEBUG"\n', encoding="utf-8")
+    monkeypatch.setenv("SLUICE_PORT", "9002")
+
+    settings = load_settings()
+
+    assert settings.port == 9002
+    assert settings.log_level == "DEBUG"
+
+
+def test_overrides_win_over_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Arguments given to load_settings (CLI options) win over the environment."""
+    monkeypatch.setenv("SLUICE_PORT", "9002")
+
+    assert load_settings(port=7000).port == 7000
+
+
+def test_unknown_key_names_file_and_key() -> None:
+    """An unknown [sluice] key raises ConfigError naming the file and the key."""
+    Path("sluice.toml").write_text("[sluice]\nprot = 8000\n", encoding="utf-8")
+
+    with pytest.raises(errors.ConfigError, match=r"sluice\.toml.*prot") as caught:
+        load_settings()
+
+    assert "port" in str(caught.value)
+
+
+def test_unknown_table_names_file_and_table() -> None:
+    """An unknown top-level table raises ConfigError naming the file and the table."""
+    Path("sluice.toml").write_text("[database]\nurl = 'x'\n", encoding="utf-8")
+
+    with pytest.raises(errors.ConfigError, match=r"sluice\.toml.*database"):
+        load_settings()
+
+
+def test_missing_config_file_is_config_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """SLUICE_CONFIG naming a file that does not exist raises ConfigError naming it."""
+    missing = tmp_path / "nope.toml"
+    monkeypatch.setenv("SLUICE_CONFIG", str(missing))
+
+    with pytest.raises(errors.ConfigError, match=r"nope\.toml"):
+        load_settings()
+
+
+def test_invalid_toml_is_config_error() -> None:
+    """A file that is not TOML raises ConfigError naming it."""
+    Path("sluice.toml").write_text("[sluice\nport = ", encoding="utf-8")
+
+    with pytest.raises(errors.ConfigError, match=r"sluice\.toml"):
+        load_settings()
+
+
+def test_wrongly_typed_value_is_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A value of the wrong type raises ConfigError naming the setting."""
+    monkeypatch.setenv("SLUICE_PORT", "eighty")
+
+    with pytest.raises(errors.ConfigError, match="port"):
+        load_settings()
