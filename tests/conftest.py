@@ -71,14 +71,14 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_url() -> Iterator[str]:
+def redis_url() -> str:
     """The real Redis server; keys this test writes are namespaced by the caller."""
     require_service("Redis", "127.0.0.1", 6379)
-    yield REDIS_URL
+    return REDIS_URL
 
 
 @pytest.fixture
-def rabbitmq_url() -> Iterator[str]:
+def rabbitmq_url() -> str:
     """The real RabbitMQ server."""
     require_service("RabbitMQ", "127.0.0.1", 5672)
-    yield RABBITMQ_URL
+    return RABBITMQ_URL
