@@ -50,7 +50,10 @@ def sandbox_stats(base_url: str) -> dict[str, Any]:
 
 
 def make_runtime(
-    tmp_path: Path, providers: dict[str, dict[str, Any]], database_url: str | None = None, **extra: Any
+    tmp_path: Path,
+    providers: dict[str, dict[str, Any]],
+    database_url: str | None = None,
+    **extra: Any,
 ) -> wiring.Runtime:
     settings = load_settings(
         database_url=database_url or f"sqlite:///{tmp_path / 'sluice.db'}",
