@@ -122,11 +122,24 @@ def worker(
         int, typer.Option(help="worker processes", envvar="SLUICE_WORKER_CONCURRENCY")
     ] = 4,
     loglevel: Annotated[str, typer.Option(envvar="SLUICE_LOG_LEVEL")] = "INFO",
+    hostname: Annotated[
+        str | None,
+        typer.Option(
+            help="Celery node name (default sluice-<pid>@<host>, unique per process)",
+            envvar="SLUICE_WORKER_HOSTNAME",
+        ),
+    ] = None,
 ) -> None:
     """Run a Celery worker (distributed mode; broker from SLUICE_BROKER_URL)."""
+    import os
+
     from sluice.celery_app import app as celery
 
+    # Several workers on one host need distinct node names (RabbitMQ's pidbox queue is
+    # exclusive per name).
+    node = hostname or f"sluice-{os.getpid()}@%h"
     argv = ["worker", "--concurrency", str(concurrency), "--loglevel", loglevel]
+    argv += ["--hostname", node]
     argv += ["--queues", "sluice", "--pool", "prefork", "--without-gossip", "--without-mingle"]
     if beat:
         argv.append("--beat")
