@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     # Limiter: grants are spaced by window/limit * (1 + rate_margin) to absorb network
     # jitter between our clock and the provider's.
     rate_margin: float = 0.01
+    # A grant up to this late for its slot keeps the schedule (capped by the margin's
+    # slack, so the sliding-window guarantee holds): see sluice/ratelimit/gcra.py.
+    rate_catch_up_s: float = 0.002
     limiter_namespace: str = "sluice:rl"
 
     # Distributed mode: beat sends `pumps` pump tasks every `pump_s` seconds; each keeps

@@ -79,7 +79,10 @@ def build_runtime(settings: Settings) -> Runtime:
         providers=providers,
         catalog=build_catalog(providers, settings.default_provider),
         limiter=build_limiter(
-            settings.redis_url, margin=settings.rate_margin, namespace=settings.limiter_namespace
+            settings.redis_url,
+            margin=settings.rate_margin,
+            namespace=settings.limiter_namespace,
+            catch_up_s=settings.rate_catch_up_s,
         ),
         clients={name: build_http_client(p) for name, p in providers.items()},
     )

@@ -30,6 +30,10 @@ from sluice.store.queue import WorkQueue
 log = logging.getLogger("sluice.dispatcher")
 
 STEP_FAILURE_BACKOFF_S = 1.0
+MIN_WAIT_S = 0.0001
+# An in-flight refusal's retry_after_s is when leases would *expire*; a finishing request
+# frees its slot much sooner, so look again shortly.
+IN_FLIGHT_RECHECK_S = 0.005
 
 
 class Executor(Protocol):
@@ -51,6 +55,7 @@ class ProviderLane:
     units: deque[WorkUnit] = field(default_factory=deque)
     not_before: float = 0.0
     next_refill: float = 0.0
+    next_top_up: float = 0.0
 
 
 @dataclass
@@ -147,16 +152,23 @@ class Dispatcher:
             if now < lane.not_before:
                 return lane.not_before - now
             if self.executor.capacity() <= 0:
+                self._top_up(name, lane, now)
                 return 0.001
             unit = lane.units[0]
             payload = unit.tasks[0].payload if unit.operation is Operation.SUBMIT else None
             grant = acquire(self.limiter, provider, unit, payload)
             if not grant.granted:
                 self.stats.refused += 1
-                lane.not_before = now + max(grant.retry_after_s, 0.0005)
+                # From the time *after* the refusal: the limiter's clock read later than
+                # `now`, and waking before its TAT costs a second refusal and a minimum wait.
+                wait = grant.retry_after_s
+                if grant.reason == "in_flight":
+                    wait = min(wait, IN_FLIGHT_RECHECK_S)
+                lane.not_before = self.clock.time() + max(wait, MIN_WAIT_S)
                 if grant.reason == "paused" and grant.retry_after_s > self.lookahead_s * 2:
                     self._release_lane(lane, grant.retry_after_s)
                     return grant.retry_after_s
+                self._top_up(name, lane, now)
                 continue
             lane.units.popleft()
             self.stats.granted += 1
@@ -175,6 +187,21 @@ class Dispatcher:
             return
         self.stats.claimed += len(due)
         lane.units.extend(build_units(provider, due))
+
+    def _top_up(self, name: str, lane: ProviderLane, now: float) -> None:
+        """Claim more work while waiting for a grant, before the lane runs dry.
+
+        A claim made only once the lane is empty delays the next request by the claim's
+        duration, and the limiter never gives that time back; made while waiting out the
+        spacing, it usually costs nothing. At most one top-up per half lookahead, so that
+        polls falling due meanwhile are claimed, and batched, together.
+        """
+        if now < lane.next_top_up:
+            return
+        if len(lane.units) * 2 > self._lookahead_count(self.providers[name]):
+            return
+        lane.next_top_up = now + self.lookahead_s / 2
+        self._refill(name, lane)
 
     def _lookahead_count(self, provider: Provider) -> int:
         rates = [

@@ -10,6 +10,7 @@ import logging
 import queue
 import random
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from sluice.store.queue import WorkQueue
 log = logging.getLogger("sluice.executor")
 
 WRITE_BATCH = 1000
+WRITE_COALESCE_S = 0.01
 
 
 @dataclass
@@ -115,9 +117,16 @@ class LocalExecutor:
             batch = list(first)
             taken = 1
             stop = False
+            # While requests are still running, wait a little for their outcomes too: one
+            # transaction per handful of outcomes instead of one each.
+            deadline = time.monotonic() + WRITE_COALESCE_S
             while len(batch) < WRITE_BATCH:
+                wait = deadline - time.monotonic()
                 try:
-                    more = self._results.get_nowait()
+                    if wait > 0 and self._running > 0:
+                        more = self._results.get(timeout=wait)
+                    else:
+                        more = self._results.get_nowait()
                 except queue.Empty:
                     break
                 if more is None:

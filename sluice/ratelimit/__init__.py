@@ -29,7 +29,10 @@ __all__ = [
 
 
 def build_limiter(
-    redis_url: str | None, margin: float = 0.01, namespace: str = "sluice:rl"
+    redis_url: str | None,
+    margin: float = 0.01,
+    namespace: str = "sluice:rl",
+    catch_up_s: float = 0.0,
 ) -> Limiter:
     """A :class:`RedisLimiter` when ``redis_url`` is given, else a :class:`MemoryLimiter`.
 
@@ -37,5 +40,7 @@ def build_limiter(
     that every worker on every host draws from the same limits.
     """
     if redis_url:
-        return RedisLimiter.from_url(redis_url, namespace=namespace, margin=margin)
-    return MemoryLimiter(margin=margin)
+        return RedisLimiter.from_url(
+            redis_url, namespace=namespace, margin=margin, catch_up_s=catch_up_s
+        )
+    return MemoryLimiter(margin=margin, catch_up_s=catch_up_s)

@@ -2,12 +2,18 @@
 
 Each limit key keeps one number, its *theoretical arrival time* (TAT): the earliest
 moment the next request on that key may go. A request at ``now`` is allowed iff
-``now >= tat``; the grant then moves the TAT to ``now + spacing`` where
+``now >= tat``; the grant then moves the TAT to ``max(tat, now - credit) + spacing`` where
 ``spacing = interval_s * (1 + margin)`` rounded *up* to whole microseconds.
 
+``credit`` (the *catch-up*, default 0) lets a caller that arrives a little late for its
+slot keep the schedule instead of losing the lateness forever: a dispatcher that wakes
+1 ms late for 20 ms slots would otherwise run at 95% of the rate. It is capped per key at
+the slack the margin buys, ``limit * spacing - window``.
+
 Why this never exceeds ``limit`` requests in any sliding window of ``window_s``:
-    Consecutive grants are ``>= spacing >= window_s / limit`` apart, so any ``limit + 1``
-    grants span ``>= limit * spacing >= window_s`` and cannot share a window of that length.
+    Each grant at ``a_k`` sets ``tat_{k+1} >= a_k - credit + spacing``, and later TATs grow
+    by ``spacing`` per grant, so any ``limit + 1`` grants span ``>= limit * spacing - credit
+    >= window_s`` (the cap on ``credit``) and cannot share a window of that length.
 
 All times are integer microseconds (the Redis ``TIME`` resolution): integer arithmetic
 is exact in Python and in Redis' Lua doubles (below 2**53), so both backends agree to
@@ -62,6 +68,21 @@ def spacings(limits: Sequence[LimitSpec], margin: float) -> dict[str, int]:
     return by_key
 
 
+def credits(limits: Sequence[LimitSpec], margin: float, catch_up_us: int) -> dict[str, int]:
+    """Map each key to the catch-up it may use: ``catch_up_us`` capped by its margin's slack.
+
+    The cap ``limit * spacing - window`` keeps ``limit + 1`` grants at least a window apart.
+    """
+    if catch_up_us < 0:
+        raise ValueError(f"limiter catch-up must be >= 0, got {catch_up_us!r} us")
+    by_key: dict[str, int] = {}
+    for spec in limits:
+        slack = spec.rate.limit * spacing_us(spec.rate, margin) - to_us(spec.rate.window_s)
+        credit = max(0, min(catch_up_us, slack))
+        by_key[spec.key] = min(credit, by_key.get(spec.key, credit))
+    return by_key
+
+
 def pause_scopes(key: str) -> list[str]:
     """Every key whose pause holds back ``key``: itself and each ``:``-prefix of it.
 
@@ -99,6 +120,7 @@ def decide(
     tats: Mapping[str, int],
     spacing_by_key: Mapping[str, int],
     pause_untils: Iterable[int] = (),
+    credit_by_key: Mapping[str, int] | None = None,
 ) -> Verdict:
     """Decide one all-or-nothing request against pauses and the GCRA of every key.
 
@@ -107,6 +129,7 @@ def decide(
         tats: current TAT per key; a missing key has never been granted (or expired).
         spacing_by_key: the spacing each key needs, from :func:`spacings`.
         pause_untils: end of every pause that applies to the request.
+        credit_by_key: the catch-up each key may use, from :func:`credits` (default none).
 
     Returns:
         A refusal with reason ``"paused"`` (any pause still running) or ``"rate"``, whose
@@ -117,8 +140,11 @@ def decide(
     if pause_wait > 0 or rate_wait > 0:
         reason = "paused" if pause_wait > 0 else "rate"
         return Verdict(False, max(pause_wait, rate_wait), reason, {})
-    # Allowed means now >= tat, so max(tat, now) + spacing is simply now + spacing.
-    new_tats = {key: now_us + spacing for key, spacing in spacing_by_key.items()}
+    credit = credit_by_key or {}
+    new_tats = {
+        key: max(tats.get(key, 0), now_us - credit.get(key, 0)) + spacing
+        for key, spacing in spacing_by_key.items()
+    }
     return Verdict(True, 0, "", new_tats)
 
 

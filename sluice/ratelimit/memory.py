@@ -30,12 +30,17 @@ class MemoryLimiter:
     Args:
         clock: time source; tests pass a ``FakeClock``.
         margin: extra fraction of the interval kept between grants (see :mod:`gcra`).
+        catch_up_s: how late a caller may be for its slot without the schedule slipping
+            (see :mod:`gcra`; capped by the margin's slack).
     """
 
-    def __init__(self, clock: Clock | None = None, margin: float = 0.01) -> None:
+    def __init__(
+        self, clock: Clock | None = None, margin: float = 0.01, catch_up_s: float = 0.0
+    ) -> None:
         gcra.check_margin(margin)
         self._clock: Clock = clock or SystemClock()
         self._margin = margin
+        self._catch_up_us = gcra.to_us(catch_up_s)
         self._lock = threading.Lock()
         self._tats: dict[str, int] = {}
         self._pauses: dict[str, int] = {}
@@ -46,6 +51,7 @@ class MemoryLimiter:
         """See :meth:`Limiter.acquire`."""
         check_acquire_args(limits, in_flight)
         spacing_by_key = gcra.spacings(limits, self._margin)
+        credit_by_key = gcra.credits(limits, self._margin, self._catch_up_us)
         guarded = list(spacing_by_key) + ([in_flight.key] if in_flight else [])
         scopes = gcra.pause_scopes_all(guarded)
         with self._lock:
@@ -56,6 +62,7 @@ class MemoryLimiter:
                 self._tats,
                 spacing_by_key,
                 (self._pauses[scope] for scope in scopes if scope in self._pauses),
+                credit_by_key,
             )
             if not verdict.allowed:
                 return Grant(False, verdict.wait_us / gcra.US_PER_S, verdict.reason)

@@ -42,7 +42,8 @@ KEY_GRACE_MS = 60_000
 
 # KEYS: n_rate TAT keys, then n_pause pause keys, then the in-flight key if any.
 # ARGV: now_us ('' = server TIME), n_rate, n_pause, has_inflight, grace_ms,
-#       max_in_flight, lease_ttl_us, lease_id, then one spacing_us per TAT key.
+#       max_in_flight, lease_ttl_us, lease_id, then one spacing_us per TAT key, then one
+#       catch-up credit_us per TAT key.
 # Returns {granted 0/1, wait_us, reason, now_us}. Mirrors gcra.decide + in_flight_wait.
 _ACQUIRE_LUA = """
 local now
@@ -62,8 +63,10 @@ for i = n_rate + 1, n_rate + n_pause do
   if wait > pause_wait then pause_wait = wait end
 end
 local rate_wait = 0
+local tats = {}
 for i = 1, n_rate do
-  local wait = tonumber(redis.call('GET', KEYS[i]) or '0') - now
+  tats[i] = tonumber(redis.call('GET', KEYS[i]) or '0')
+  local wait = tats[i] - now
   if wait > rate_wait then rate_wait = wait end
 end
 if pause_wait > 0 or rate_wait > 0 then
@@ -89,8 +92,10 @@ end
 
 for i = 1, n_rate do
   local spacing = tonumber(ARGV[8 + i])
-  redis.call('SET', KEYS[i], string.format('%d', now + spacing),
-             'PX', math.ceil(spacing / 1000) + grace_ms)
+  local credit = tonumber(ARGV[8 + n_rate + i])
+  local tat = math.max(tats[i], now - credit) + spacing
+  redis.call('SET', KEYS[i], string.format('%d', tat),
+             'PX', math.ceil((tat - now) / 1000) + grace_ms)
 end
 return {1, 0, '', now}
 """
@@ -142,6 +147,8 @@ class RedisLimiter:
         namespace: prefix of every key this limiter writes; ``reset`` drops them all.
         clock: tests only; when given, its time replaces the Redis server's ``TIME``.
         margin: extra fraction of the interval kept between grants (see :mod:`gcra`).
+        catch_up_s: how late a caller may be for its slot without the schedule slipping
+            (see :mod:`gcra`; capped by the margin's slack).
     """
 
     def __init__(
@@ -150,8 +157,10 @@ class RedisLimiter:
         namespace: str = "sluice:rl",
         clock: Clock | None = None,
         margin: float = 0.01,
+        catch_up_s: float = 0.0,
     ) -> None:
         gcra.check_margin(margin)
+        self._catch_up_us = gcra.to_us(catch_up_s)
         if not namespace:
             raise ValueError("RedisLimiter namespace must be a non-empty string")
         self._client = client
@@ -169,6 +178,7 @@ class RedisLimiter:
         namespace: str = "sluice:rl",
         clock: Clock | None = None,
         margin: float = 0.01,
+        catch_up_s: float = 0.0,
         **client_kwargs: Any,
     ) -> RedisLimiter:
         """Build a limiter on a new client for ``url`` (``redis://host:6379/0``).
@@ -179,7 +189,7 @@ class RedisLimiter:
         client_kwargs.setdefault("socket_timeout", 2.0)
         client_kwargs.setdefault("socket_connect_timeout", 2.0)
         client = redis.Redis.from_url(url, **client_kwargs)
-        return cls(client, namespace=namespace, clock=clock, margin=margin)
+        return cls(client, namespace=namespace, clock=clock, margin=margin, catch_up_s=catch_up_s)
 
     @property
     def client(self) -> redis.Redis:
@@ -190,6 +200,7 @@ class RedisLimiter:
         """See :meth:`Limiter.acquire`; one round trip, atomic on the server."""
         check_acquire_args(limits, in_flight)
         spacing_by_key = gcra.spacings(limits, self._margin)
+        credit_by_key = gcra.credits(limits, self._margin, self._catch_up_us)
         guarded = list(spacing_by_key) + ([in_flight.key] if in_flight else [])
         scopes = gcra.pause_scopes_all(guarded)
         keys = [self._key("tat", key) for key in spacing_by_key]
@@ -207,6 +218,7 @@ class RedisLimiter:
             gcra.to_us(in_flight.ttl_s) if in_flight else 0,
             lease_id,
             *spacing_by_key.values(),
+            *(credit_by_key[key] for key in spacing_by_key),
         ]
         granted, wait_us, reason, now_us = self._call(
             lambda: self._acquire_script(keys=keys, args=args)

@@ -8,13 +8,26 @@ a request is in flight wins.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, case, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Update,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from sluice.domain import Phase, TaskStatus
 from sluice.engine.units import DueTask, Outcome
@@ -239,6 +252,27 @@ class WorkQueue:
         return len(ids) + int(released or 0) + int(orphans or 0)
 
 
+@functools.lru_cache(maxsize=128)
+def _outcome_update(field_names: tuple[str, ...]) -> Update:
+    """The guarded UPDATE of one outcome that sets ``field_names``, built once per shape.
+
+    Building and hashing a fresh statement per outcome cost more than running it; the
+    outcome writer is the busiest thread of an unthrottled engine.
+    """
+    return (
+        update(tasks)
+        .where(tasks.c.id == bindparam("w_id"), tasks.c.status == bindparam("w_status"))
+        .values(
+            status=bindparam("v_status"),
+            phase=bindparam("v_phase"),
+            updated_at=bindparam("v_updated_at"),
+            claimed_by=None,
+            claimed_until=None,
+            **{name: bindparam(f"v_{name}") for name in field_names},
+        )
+    )
+
+
 def apply_outcomes(conn: Connection, outcomes: Iterable[Outcome], now: datetime) -> int:
     """Apply each outcome if the task's status is still its ``from_status``."""
     applied = 0
@@ -246,18 +280,15 @@ def apply_outcomes(conn: Connection, outcomes: Iterable[Outcome], now: datetime)
     released: list[int] = []
     ended: list[tuple[int, TaskStatus, str]] = []
     for outcome in outcomes:
-        result = conn.execute(
-            update(tasks)
-            .where(tasks.c.id == outcome.task_id, tasks.c.status == outcome.from_status.value)
-            .values(
-                status=outcome.to_status.value,
-                phase=outcome.phase.value,
-                updated_at=now,
-                claimed_by=None,
-                claimed_until=None,
-                **outcome.fields,
-            )
+        params = {f"v_{name}": value for name, value in outcome.fields.items()}
+        params.update(
+            w_id=outcome.task_id,
+            w_status=outcome.from_status.value,
+            v_status=outcome.to_status.value,
+            v_phase=outcome.phase.value,
+            v_updated_at=now,
         )
+        result = conn.execute(_outcome_update(tuple(sorted(outcome.fields))), params)
         if result.rowcount != 1:
             continue
         applied += 1

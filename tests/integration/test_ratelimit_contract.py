@@ -309,3 +309,32 @@ def test_redis_keys_expire_and_reset_stays_in_its_namespace(redis_url: str) -> N
         client.delete(neighbour)
         limiter.reset()
         client.close()
+
+
+@pytest.mark.parametrize("backend", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def test_catch_up_keeps_the_schedule_of_a_late_caller(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    """A caller up to catch_up_s late for its slot keeps the schedule; later than that, not."""
+    clock = FakeClock()
+    rate = [LimitSpec("dsp", Rate(50, 1.0))]  # 20 ms slots; 1% margin gives 10 ms slack
+    if backend == "redis":
+        url: str = request.getfixturevalue("redis_url")
+        namespace = f"sluice:test:{uuid.uuid4().hex}"
+        limiter: Limiter = RedisLimiter(
+            redis.Redis.from_url(url), namespace=namespace, clock=clock, catch_up_s=0.002
+        )
+        request.addfinalizer(limiter.reset)
+    else:
+        limiter = MemoryLimiter(clock=clock, catch_up_s=0.002)
+    assert limiter.acquire(rate).granted
+    clock.advance(0.0202 + 0.0015)  # 1.5 ms late for the second slot
+    assert limiter.acquire(rate).granted
+    clock.advance(0.0202 - 0.0015)  # exactly the third slot: the lateness was not lost
+    assert limiter.acquire(rate).granted
+    clock.advance(0.0202 + 0.005)  # 5 ms late: only 2 ms are credited
+    assert limiter.acquire(rate).granted
+    clock.advance(0.0202 - 0.0025)
+    refused = limiter.acquire(rate)
+    assert not refused.granted
+    assert refused.retry_after_s == pytest.approx(0.0005, abs=2e-6)

@@ -35,15 +35,19 @@ def assert_sliding_window_holds(times_us: list[int], limit: int, window_us: int)
 @given(
     rates=st.fixed_dictionaries({key: limits_and_windows for key in KEYS}),
     margin=st.one_of(st.just(0.0), st.just(0.01), st.floats(0.0, 0.1)),
+    catch_up_us=st.one_of(st.just(0), st.integers(0, 50_000)),
     schedule=steps,
 )
 def test_grants_never_exceed_limit_in_any_sliding_window(
-    rates: dict[str, tuple[int, int]], margin: float, schedule: list[tuple[int | None, set[str]]]
+    rates: dict[str, tuple[int, int]],
+    margin: float,
+    catch_up_us: int,
+    schedule: list[tuple[int | None, set[str]]],
 ) -> None:
-    """For random request times, rates and key sets, each key stays within its limit, and a
-    refused request asked again after exactly its retry_after_s is granted."""
+    """For random request times, rates, key sets and catch-up credits, each key stays within
+    its limit, and a refused request asked again after exactly its retry_after_s is granted."""
     clock = FakeClock()
-    limiter = MemoryLimiter(clock=clock, margin=margin)
+    limiter = MemoryLimiter(clock=clock, margin=margin, catch_up_s=catch_up_us / 1e6)
     specs = {
         key: LimitSpec(key, Rate(limit, window_us / 1e6))
         for key, (limit, window_us) in rates.items()
