@@ -1,0 +1,222 @@
+"""How much does Sluice's bookkeeping cost when no rate limit holds it back?
+
+The sandbox DSP runs in its own process with limits out of the way and fast processing
+(accept 0-10 ms, process 0-20 ms). In the same run, interleaved, two clients take 5,000
+campaigns from create to Completed:
+
+* **sluice**: tasks created in the store (``sluice.tasks.create_tasks``), the embedded
+  engine run until all are final; provider ``sandbox-standard`` with no ``rate_limit``
+  and no ``max_in_flight`` (so no limiter call at all), polls every 50 ms;
+* **raw**: a pool of threads sharing one keep-alive ``httpx.Client`` sends the same
+  5,000 ``POST /v1/campaigns``, then polls ``GET /v1/status?ids=`` (100 ids per call,
+  in parallel over the same pool) every 50 ms until all are final.
+
+Both use ``THREADS`` concurrent requests. The rate is tasks / seconds from the first
+create (for Sluice: from the call to ``create_tasks``) to the moment all are final.
+Writes ``bench/results/engine_efficiency.json``.
+
+Run: ``python -m bench.engine_efficiency [--runs 3] [--tasks 5000]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench import _engine_harness as harness
+from sluice import tasks as task_service
+from sluice import wiring
+
+THREADS = 16
+"""Concurrent requests for both clients (Sluice's default ``executor_threads``)."""
+POLL_INTERVAL_S = 0.05
+POLL_BATCH = 100
+FINAL_WORDS = frozenset({"active", "rejected"})
+RUN_TIMEOUT_S = 120.0
+TARGET_RATIO = 0.5
+SANDBOX = {
+    "accept_delay_s": [0.0, 0.01],
+    "process_delay_s": [0.0, 0.02],
+    "limits": [{"name": "app", "limit": 1_000_000_000, "window_s": 1.0}],
+}
+RESULTS = harness.RESULTS_DIR / "engine_efficiency.json"
+
+
+def run_raw(base_url: str, count: int) -> dict[str, Any]:
+    """Creates over a thread pool, then batch polls until every object is final."""
+    limits = httpx.Limits(max_connections=THREADS, max_keepalive_connections=THREADS)
+    with (
+        httpx.Client(base_url=base_url, timeout=10, limits=limits) as client,
+        ThreadPoolExecutor(THREADS, thread_name_prefix="raw") as pool,
+    ):
+
+        def create(i: int) -> str:
+            body = {"advertiser_id": "adv-1", "name": f"bench {i}", "budget": 1000.0}
+            response = client.post("/v1/campaigns", json=body)
+            response.raise_for_status()
+            external_id: str = response.json()["id"]
+            return external_id
+
+        def poll(ids: list[str]) -> list[dict[str, Any]]:
+            response = client.get("/v1/status", params={"ids": ",".join(ids)})
+            response.raise_for_status()
+            statuses: list[dict[str, Any]] = response.json()
+            return statuses
+
+        started = time.perf_counter()
+        pending = set(pool.map(create, range(count)))
+        polls = 0
+        final: dict[str, int] = {}
+        while pending:
+            time.sleep(POLL_INTERVAL_S)
+            ids = sorted(pending)
+            batches = [ids[i : i + POLL_BATCH] for i in range(0, len(ids), POLL_BATCH)]
+            for statuses in pool.map(poll, batches):
+                polls += 1
+                for item in statuses:
+                    if item["status"] in FINAL_WORDS:
+                        pending.discard(item["id"])
+                        final[item["status"]] = final.get(item["status"], 0) + 1
+            if time.perf_counter() - started > RUN_TIMEOUT_S:
+                raise TimeoutError(f"{len(pending)} objects not final after {RUN_TIMEOUT_S:g}s")
+        seconds = time.perf_counter() - started
+    return {
+        "seconds": round(seconds, 3),
+        "tasks_per_s": round(count / seconds, 1),
+        "requests": {"create": count, "poll": polls},
+        "final": final,
+    }
+
+
+def run_sluice(base_url: str, count: int) -> dict[str, Any]:
+    """Tasks into a fresh SQLite store, the embedded engine until all are final."""
+    provider = {
+        "preset": "sandbox-standard",
+        "base_url": base_url,
+        "rate_limit": None,
+        "max_in_flight": None,
+        "poll": {"interval": f"{POLL_INTERVAL_S * 1000:g}ms"},
+    }
+    items = harness.flat_campaigns(count)
+    with tempfile.TemporaryDirectory(prefix="sluice-bench-db-") as folder:
+        runtime = harness.build_runtime(Path(folder), provider, executor_threads=THREADS)
+        try:
+            engine = wiring.build_engine(runtime)
+            started = time.perf_counter()
+            task_service.create_tasks(runtime.repo, runtime.catalog, items)
+            stored = time.perf_counter()
+            engine.start()
+            try:
+                while not engine.all_final():
+                    if time.perf_counter() - started > RUN_TIMEOUT_S:
+                        raise TimeoutError(f"not final after {RUN_TIMEOUT_S:g}s")
+                    time.sleep(0.02)
+                seconds = time.perf_counter() - started
+            finally:
+                engine.stop()
+            counts = {str(k): v for k, v in runtime.repo.counts().items()}
+            stats = engine.executor.stats
+        finally:
+            runtime.close()
+    return {
+        "seconds": round(seconds, 3),
+        "tasks_per_s": round(count / seconds, 1),
+        "store_insert_s": round(stored - started, 3),
+        "engine_s": round(seconds - (stored - started), 3),
+        "requests": dict(stats.requests),
+        "final": counts,
+        "retries": stats.retries,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark, print and save the figures."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--tasks", type=int, default=5000)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    started = time.perf_counter()
+    runs: list[dict[str, Any]] = []
+    with harness.sandbox_process(SANDBOX, profile="standard") as sandbox:
+        for index in range(args.runs):
+            # Interleaved, alternating which goes first.
+            order = ("raw", "sluice") if index % 2 == 0 else ("sluice", "raw")
+            figures: dict[str, Any] = {}
+            for name in order:
+                sandbox.reset()
+                load = os.getloadavg()[0]
+                run = run_raw if name == "raw" else run_sluice
+                figures[name] = {**run(sandbox.base_url, args.tasks), "loadavg_1min_before": load}
+                stats = sandbox.stats()
+                figures[name]["sandbox"] = {
+                    "requests_seen": stats["total_requests"],
+                    "refused": stats["refused_total"],
+                    "duplicates": stats["duplicate_count"],
+                }
+                print(
+                    f"run {index + 1} {name}: {figures[name]['tasks_per_s']} tasks/s "
+                    f"({figures[name]['seconds']} s)",
+                    file=sys.stderr,
+                )
+            figures["ratio"] = round(
+                figures["sluice"]["tasks_per_s"] / figures["raw"]["tasks_per_s"], 3
+            )
+            runs.append({"run": index + 1, "order": list(order), **figures})
+        sandbox_command = sandbox.command_line
+    raw_rate = harness.median([r["raw"]["tasks_per_s"] for r in runs])
+    sluice_rate = harness.median([r["sluice"]["tasks_per_s"] for r in runs])
+    ratio = sluice_rate / raw_rate
+    result = {
+        "benchmark": "engine_efficiency",
+        "command": " ".join(
+            ["python -m bench.engine_efficiency", *(sys.argv[1:] if argv is None else argv)]
+        ),
+        "sandbox_command": sandbox_command,
+        "machine": harness.machine_info(),
+        "seconds": round(time.perf_counter() - started, 1),
+        "setup": {
+            "sandbox": {"profile": "standard", **SANDBOX, "process": "separate"},
+            "tasks": args.tasks,
+            "concurrency": THREADS,
+            "poll": {
+                "request": "GET /v1/status?ids=",
+                "batch": POLL_BATCH,
+                "interval_s": POLL_INTERVAL_S,
+            },
+            "sluice_provider": {
+                "preset": "sandbox-standard",
+                "rate_limit": None,
+                "max_in_flight": None,
+            },
+            "store": "SQLite (WAL) in a temporary directory",
+        },
+        "targets": {"sluice_over_raw_at_least": TARGET_RATIO},
+        "runs": runs,
+        "medians": {
+            "raw_tasks_per_s": raw_rate,
+            "sluice_tasks_per_s": sluice_rate,
+            "ratio": round(ratio, 3),
+        },
+        "pass": {"sluice_at_least_half_of_raw": ratio >= TARGET_RATIO},
+    }
+    harness.write_json(args.output, result)
+    print(
+        f"median raw {raw_rate:.0f} tasks/s, sluice {sluice_rate:.0f} tasks/s, ratio {ratio:.2f}; "
+        f"wrote {args.output}",
+        file=sys.stderr,
+    )
+    return result
+
+
+if __name__ == "__main__":
+    main()
