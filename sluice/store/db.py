@@ -7,7 +7,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 
 from sluice import errors
@@ -67,9 +67,24 @@ def alembic_config(engine: Engine) -> Config:
     return cfg
 
 
+# Any constant: processes that start together serialise their migrations on it.
+MIGRATION_LOCK_ID = 0x51_1C_E0_01
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema up to ``revision`` (idempotent)."""
-    command.upgrade(alembic_config(engine), revision)
+    """Bring the schema up to ``revision`` (idempotent).
+
+    On PostgreSQL the migration runs under a transaction-scoped advisory lock, so workers
+    starting at once on a fresh database do not race to create the same tables.
+    """
+    cfg = alembic_config(engine)
+    if engine.dialect.name != "postgresql":
+        command.upgrade(cfg, revision)
+        return
+    with engine.begin() as connection:
+        connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, revision)
 
 
 def ensure_schema(engine: Engine) -> None:

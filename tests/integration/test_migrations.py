@@ -60,3 +60,30 @@ def test_downgrade_to_base_and_back(engine: Engine) -> None:
 
     db.upgrade(engine)
     assert schema_diff(engine) == []
+
+
+def test_concurrent_upgrades_on_a_fresh_postgres_database_all_succeed(postgres_url: str) -> None:
+    """Several processes migrating one empty PostgreSQL database at once all succeed."""
+    import threading
+
+    from sluice.store import db as store_db
+
+    failures: list[str] = []
+
+    def upgrade() -> None:
+        engine = store_db.make_engine(postgres_url)
+        try:
+            store_db.upgrade(engine)
+        except Exception as exc:
+            failures.append(repr(exc))
+        finally:
+            engine.dispose()
+
+    threads = [threading.Thread(target=upgrade) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    assert failures == []
+    assert store_db.has_schema(store_db.make_engine(postgres_url))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Connection, Engine, create_engine
 
 from sluice.store.tables import Base
 
@@ -12,6 +12,18 @@ target_metadata = Base.metadata
 
 
 def run_migrations() -> None:
+    shared = config.attributes.get("connection")
+    if isinstance(shared, Connection):
+        # The caller holds a transaction (and a lock): migrate inside it.
+        context.configure(
+            connection=shared,
+            target_metadata=target_metadata,
+            render_as_batch=shared.dialect.name == "sqlite",
+            compare_type=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+        return
     engine = config.attributes.get("engine")
     if not isinstance(engine, Engine):
         url = config.get_main_option("sqlalchemy.url")
