@@ -5,9 +5,7 @@ from __future__ import annotations
 import bisect
 import json
 import os
-import platform
 import shlex
-import socket
 import statistics
 import subprocess
 import sys
@@ -16,12 +14,12 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from bench._common import free_port, toml_value
 from sluice import tasks, wiring
 from sluice.settings import load_settings
 from sluice.tasks import Submission
@@ -34,25 +32,9 @@ STARTUP_TIMEOUT_S = 20.0
 # --- the sandbox in its own process -----------------------------------------------------
 
 
-def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return json.dumps(value)
-
-
 def sandbox_toml(section: dict[str, Any]) -> str:
     """A ``[sandbox]`` table (flat keys; tables and arrays written inline)."""
-    lines = ["[sandbox]"] + [f"{key} = {_toml_value(v)}" for key, v in section.items()]
+    lines = ["[sandbox]"] + [f"{key} = {toml_value(v)}" for key, v in section.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -250,18 +232,6 @@ def rolling_rate(
 
 
 # --- results ------------------------------------------------------------------------------
-
-
-def machine_info() -> dict[str, Any]:
-    """Where and when the figures were taken."""
-    return {
-        "nproc": os.cpu_count(),
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
 
 
 def median(values: Sequence[float]) -> float:

@@ -22,7 +22,6 @@ import json
 import multiprocessing
 import os
 import platform
-import socket
 import statistics
 import sys
 import tempfile
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from bench._common import free_port, wait_until_up
 
 RESULTS = Path(__file__).parent / "results" / "ingest.json"
 TARGET_BULK_TASKS_PER_S = 20_000
@@ -74,25 +75,6 @@ def _serve(database_url: str, port: int) -> None:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait_until_up(base_url: str, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"the API did not come up at {base_url}")
-
-
 @contextmanager
 def _fresh_database(backend: str) -> Iterator[str]:
     """A new, migrated database of ``backend``; removed afterwards."""
@@ -127,14 +109,14 @@ def _fresh_database(backend: str) -> Iterator[str]:
 @contextmanager
 def _api(database_url: str) -> Iterator[tuple[str, int]]:
     """The API serving ``database_url`` in a child process; yields its base URL and pid."""
-    port = _free_port()
+    port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     server = multiprocessing.get_context("spawn").Process(
         target=_serve, args=(database_url, port), daemon=True
     )
     server.start()
     try:
-        _wait_until_up(base_url)
+        wait_until_up(f"{base_url}/readyz")
         assert server.pid is not None
         yield base_url, server.pid
     finally:

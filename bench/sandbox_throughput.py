@@ -17,7 +17,6 @@ import json
 import multiprocessing
 import os
 import platform
-import socket
 import statistics
 import sys
 import time
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from bench._common import free_port, wait_until_up
 
 RESULTS = Path(__file__).parent / "results" / "sandbox_throughput.json"
 BATCH_IDS = 50
@@ -54,24 +55,6 @@ def _serve(port: int) -> None:
         access_log=False,
         log_level="warning",
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait_until_up(base_url: str, timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise RuntimeError(f"sandbox did not come up at {base_url}")
 
 
 def _server_cpu_s(pid: int) -> float:
@@ -164,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
 
     load_before = os.getloadavg()
-    port = _free_port()
+    port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     server = multiprocessing.get_context("spawn").Process(target=_serve, args=(port,), daemon=True)
     server.start()
@@ -173,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     clients = _Clients(args.clients)
     try:
-        _wait_until_up(base_url)
+        wait_until_up(f"{base_url}/healthz")
         ids = _make_ids(base_url)
         for workload in WORKLOADS:
             for parallel in sorted({1, args.clients}):

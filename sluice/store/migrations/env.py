@@ -1,4 +1,4 @@
-"""Alembic environment: runs against the engine handed in by ``sluice.store.db``."""
+"""Alembic environment: runs against the connection or engine handed in by ``sluice.store.db``."""
 
 from __future__ import annotations
 
@@ -11,18 +11,22 @@ config = context.config
 target_metadata = Base.metadata
 
 
+def _migrate(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
 def run_migrations() -> None:
     shared = config.attributes.get("connection")
     if isinstance(shared, Connection):
         # The caller holds a transaction (and a lock): migrate inside it.
-        context.configure(
-            connection=shared,
-            target_metadata=target_metadata,
-            render_as_batch=shared.dialect.name == "sqlite",
-            compare_type=True,
-        )
-        with context.begin_transaction():
-            context.run_migrations()
+        _migrate(shared)
         return
     engine = config.attributes.get("engine")
     if not isinstance(engine, Engine):
@@ -31,14 +35,7 @@ def run_migrations() -> None:
             raise RuntimeError("no engine or sqlalchemy.url given to the migrations")
         engine = create_engine(url)
     with engine.connect() as connection:
-        context.configure(
-            connection=connection,
-            target_metadata=target_metadata,
-            render_as_batch=connection.dialect.name == "sqlite",
-            compare_type=True,
-        )
-        with context.begin_transaction():
-            context.run_migrations()
+        _migrate(connection)
         connection.commit()
 
 
