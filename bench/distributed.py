@@ -55,13 +55,12 @@ import httpx
 import redis
 from celery import Celery
 
-from bench._common import toml_value
+from bench._common import machine_info, toml_value
 from bench._engine_harness import (
     REPO_ROOT,
     RESULTS_DIR,
     SandboxProcess,
     flat_campaigns,
-    machine_info,
     max_in_window,
     median,
     rolling_rate,

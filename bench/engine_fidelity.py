@@ -35,6 +35,7 @@ from typing import Any
 import httpx
 
 from bench import _engine_harness as harness
+from bench._common import machine_info
 
 LIMIT = 50
 WINDOW_S = 1.0
@@ -306,7 +307,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ["python -m bench.engine_fidelity", *(sys.argv[1:] if argv is None else argv)]
         ),
         "sandbox_command": sandbox_command,
-        "machine": harness.machine_info(),
+        "machine": machine_info(),
         "seconds": round(time.perf_counter() - started, 1),
         "setup": {
             "sandbox": {"profile": "standard", **section, "process": "separate"},
