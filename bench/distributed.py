@@ -68,6 +68,7 @@ from bench._engine_harness import (
     sandbox_process,
     write_json,
 )
+from sluice.settings import load_settings
 
 RATE = 50
 TASKS = 1_000
@@ -746,7 +747,9 @@ def main(argv: list[str] | None = None) -> None:
             "processes": PROCESSES,
             "poll_interval_s": POLL_INTERVAL_S,
             "sluice": "4 x `sluice worker --concurrency 1` + `sluice beat`, Redis broker, "
-            "PostgreSQL, Redis limiter, default rate_margin 0.01, preset sandbox-standard",
+            "PostgreSQL, Redis limiter, preset sandbox-standard",
+            "rate_margin": load_settings().rate_margin,
+            "rate_catch_up_s": load_settings().rate_catch_up_s,
         },
     }
     plotted: dict[str, dict[str, Any]] = {}
