@@ -1,4 +1,5 @@
-"""MemoryLimiter on a fake clock: spacing, refusals, pauses, in-flight leases, threads."""
+"""MemoryLimiter specifics; the behaviour shared with Redis is in the contract suite
+(tests/integration/test_ratelimit_contract.py), which runs on both backends."""
 
 from __future__ import annotations
 
@@ -30,49 +31,12 @@ def limiter(clock: FakeClock) -> MemoryLimiter:
     return MemoryLimiter(clock=clock)
 
 
-def test_grants_are_spaced_by_interval_plus_margin(
-    limiter: MemoryLimiter, clock: FakeClock
-) -> None:
-    """At 10/s with a 1% margin the next grant comes exactly 101 ms after the last one."""
-    first = limiter.acquire([TEN_PER_S])
-    assert first.granted
-    assert first.granted_at == clock.time()
-    clock.advance(0.100999)
-    assert not limiter.acquire([TEN_PER_S]).granted
-    clock.advance(0.000001)
-    assert limiter.acquire([TEN_PER_S]).granted
-
-
-def test_refusal_says_exactly_how_long_to_wait(limiter: MemoryLimiter, clock: FakeClock) -> None:
-    """A refused caller is told the remaining time to the next slot, and that wait suffices."""
-    limiter.acquire([TEN_PER_S])
-    clock.advance(0.03)
-    refused = limiter.acquire([TEN_PER_S])
-    assert (refused.granted, refused.reason, refused.granted_at) == (False, "rate", None)
-    assert refused.retry_after_s == pytest.approx(0.071, abs=1e-9)
-    clock.advance(refused.retry_after_s)
-    assert limiter.acquire([TEN_PER_S]).granted
-
-
 def test_margin_zero_spaces_by_the_bare_interval(clock: FakeClock) -> None:
     """With margin=0 a 4/s limit grants every 250 ms exactly."""
     limiter = MemoryLimiter(clock=clock, margin=0.0)
     spec = LimitSpec("dsp", parse_rate("4/s"))
     assert limiter.acquire([spec]).granted
     assert limiter.acquire([spec]).retry_after_s == 0.25
-
-
-def test_multi_limit_is_all_or_nothing(limiter: MemoryLimiter, clock: FakeClock) -> None:
-    """A request refused by one of its limits consumes none of the others."""
-    provider = LimitSpec("dsp", parse_rate("10/s"))
-    advertiser = LimitSpec("dsp:adv=1", parse_rate("1/s"))
-    assert limiter.acquire([provider, advertiser]).granted
-    clock.advance(0.2)
-    refused = limiter.acquire([provider, advertiser])
-    assert (refused.granted, refused.reason) == (False, "rate")
-    assert refused.retry_after_s == pytest.approx(0.81)
-    # The refusal did not spend the provider slot: another advertiser gets it right away.
-    assert limiter.acquire([provider, LimitSpec("dsp:adv=2", parse_rate("1/s"))]).granted
 
 
 def test_pause_refuses_key_and_sub_keys_but_not_siblings(
@@ -87,18 +51,6 @@ def test_pause_refuses_key_and_sub_keys_but_not_siblings(
         assert limiter.acquire([LimitSpec(key, parse_rate("10/s"))]).granted
     clock.advance(30.0)
     assert limiter.acquire([TEN_PER_S]).granted
-
-
-def test_pause_only_extends(limiter: MemoryLimiter, clock: FakeClock) -> None:
-    """A shorter pause never cuts an existing one short; a longer one extends it."""
-    start = clock.time()
-    limiter.pause("dsp", 60.0)
-    limiter.pause("dsp", 5.0)
-    assert limiter.paused_until("dsp") == start + 60.0
-    limiter.pause("dsp", 90.0)
-    assert limiter.paused_until("dsp:write") == start + 90.0
-    clock.advance(90.0)
-    assert limiter.paused_until("dsp") is None
 
 
 def test_pause_on_sub_key_leaves_parent_alone(limiter: MemoryLimiter) -> None:
@@ -119,42 +71,6 @@ def test_pause_refuses_bad_lengths(limiter: MemoryLimiter) -> None:
     assert limiter.paused_until("dsp") is None
 
 
-def test_in_flight_caps_leases_until_released(limiter: MemoryLimiter, clock: FakeClock) -> None:
-    """Two leases fill a cap of two; releasing one lets the next request in."""
-    cap = InFlight("dsp", max_in_flight=2, ttl_s=60.0)
-    spec = LimitSpec("dsp", parse_rate("1000/s"))
-    leases = []
-    for _ in range(2):
-        grant = limiter.acquire([spec], in_flight=cap)
-        assert grant.granted
-        assert grant.lease_id is not None
-        leases.append(grant.lease_id)
-        clock.advance(1.0)
-    refused = limiter.acquire([spec], in_flight=cap)
-    assert (refused.granted, refused.reason) == (False, "in_flight")
-    assert refused.retry_after_s == pytest.approx(58.0)
-    limiter.release(leases[0], "dsp")
-    assert limiter.acquire([spec], in_flight=cap).granted
-
-
-def test_in_flight_refusal_consumes_no_rate(limiter: MemoryLimiter, clock: FakeClock) -> None:
-    """A request refused for in-flight leaves its rate slot for the next caller."""
-    cap = InFlight("dsp", max_in_flight=1, ttl_s=60.0)
-    assert limiter.acquire([], in_flight=cap).granted
-    assert limiter.acquire([TEN_PER_S], in_flight=cap).reason == "in_flight"
-    assert limiter.acquire([TEN_PER_S]).granted
-
-
-def test_in_flight_leases_expire(limiter: MemoryLimiter, clock: FakeClock) -> None:
-    """A lease never released lapses after its TTL, so a dead worker frees its slot."""
-    cap = InFlight("dsp", max_in_flight=1, ttl_s=5.0)
-    assert limiter.acquire([], in_flight=cap).granted
-    clock.advance(4.999999)
-    assert limiter.acquire([], in_flight=cap).reason == "in_flight"
-    clock.advance(0.000001)
-    assert limiter.acquire([], in_flight=cap).granted
-
-
 def test_release_of_unknown_lease_is_harmless(limiter: MemoryLimiter) -> None:
     """Releasing twice or releasing a stranger's id changes nothing."""
     limiter.release("nope", "dsp")
@@ -170,16 +86,6 @@ def test_acquire_without_any_limit_is_refused(limiter: MemoryLimiter) -> None:
     """Asking for no limit at all is a programming error, not unlimited traffic."""
     with pytest.raises(ValueError, match="at least one"):
         limiter.acquire([])
-
-
-def test_reset_forgets_everything(limiter: MemoryLimiter) -> None:
-    """After reset a spent key, a pause and a full lease cap are all free again."""
-    cap = InFlight("dsp", max_in_flight=1, ttl_s=60.0)
-    assert limiter.acquire([TEN_PER_S], in_flight=cap).granted
-    limiter.pause("dsp", 60.0)
-    limiter.reset()
-    assert limiter.paused_until("dsp") is None
-    assert limiter.acquire([TEN_PER_S], in_flight=cap).granted
 
 
 def test_threads_racing_at_one_instant_get_one_grant(limiter: MemoryLimiter) -> None:
