@@ -124,22 +124,7 @@ class TaskOut(BaseModel):
 
     @classmethod
     def of(cls, task: Task) -> TaskOut:
-        return cls(
-            id=task.id,
-            status=task.status,
-            provider=task.provider,
-            kind=task.kind,
-            payload=task.payload,
-            external_id=task.external_id,
-            parent_id=task.parent_id,
-            validation_error=task.validation_error,
-            last_error=task.last_error,
-            phase=task.phase,
-            attempts=task.attempts,
-            next_attempt_at=task.next_attempt_at,
-            created_at=task.created_at,
-            updated_at=task.updated_at,
-        )
+        return cls.model_validate(task, from_attributes=True)
 
 
 class TaskPage(BaseModel):
@@ -157,14 +142,7 @@ class EventOut(BaseModel):
 
     @classmethod
     def of(cls, event: TaskEvent) -> EventOut:
-        return cls(
-            id=event.id,
-            at=event.at,
-            event=event.event,
-            from_status=event.from_status,
-            to_status=event.to_status,
-            detail=event.detail,
-        )
+        return cls.model_validate(event, from_attributes=True)
 
 
 class CancelOut(BaseModel):
