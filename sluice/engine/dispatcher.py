@@ -34,6 +34,8 @@ MIN_WAIT_S = 0.0001
 # An in-flight refusal's retry_after_s is when leases would *expire*; a finishing request
 # frees its slot much sooner, so look again shortly.
 IN_FLIGHT_RECHECK_S = 0.005
+# How many units refused on their own account's limit a step passes over to reach others.
+MAX_SKIPS_PER_STEP = 8
 
 
 class Executor(Protocol):
@@ -147,6 +149,8 @@ class Dispatcher:
 
     def _drain(self, name: str, lane: ProviderLane) -> float:
         provider = self.providers[name]
+        skipped = 0
+        earliest_skipped: float | None = None
         while lane.units:
             now = self.clock.time()
             if now < lane.not_before:
@@ -164,6 +168,21 @@ class Dispatcher:
                 wait = grant.retry_after_s
                 if grant.reason == "in_flight":
                     wait = min(wait, IN_FLIGHT_RECHECK_S)
+                if (
+                    grant.reason == "rate"
+                    and skipped < min(MAX_SKIPS_PER_STEP, len(lane.units) - 1)
+                    and has_account_limits(provider, unit, payload)
+                ):
+                    # One account's budget is spent: let other accounts' work go first
+                    # rather than holding the whole provider back (head-of-line blocking).
+                    lane.units.rotate(-1)
+                    skipped += 1
+                    earliest_skipped = (
+                        wait if earliest_skipped is None else min(wait, earliest_skipped)
+                    )
+                    continue
+                if earliest_skipped is not None:
+                    wait = min(wait, earliest_skipped)
                 lane.not_before = self.clock.time() + max(wait, MIN_WAIT_S)
                 if grant.reason == "paused" and grant.retry_after_s > self.lookahead_s * 2:
                     self._release_lane(lane, grant.retry_after_s)
@@ -246,6 +265,16 @@ def acquire(
     if not limits and in_flight is None:
         return UNLIMITED
     return limiter.acquire(limits, in_flight=in_flight)
+
+
+def has_account_limits(
+    provider: Provider, unit: WorkUnit, payload: Mapping[str, Any] | None
+) -> bool:
+    """Whether ``unit`` draws on limits of its own account beside the provider-wide ones."""
+    access = unit.operation.access
+    return payload is not None and len(provider.limits_for(access, payload)) > len(
+        provider.limits_for(access, None)
+    )
 
 
 def build_units(provider: Provider, due: list[DueTask]) -> list[WorkUnit]:

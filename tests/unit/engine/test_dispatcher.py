@@ -195,3 +195,46 @@ def test_claims_are_released_on_stop(world: dict[str, Any]) -> None:
     unsent = [world["repo"].get(i) for i in ids if world["repo"].get(i).external_id is None]
     assert unsent
     assert all(t.phase.value == "ready" for t in unsent)
+
+
+def test_one_accounts_spent_budget_does_not_hold_back_others(tmp_path: Path) -> None:
+    """With a per-advertiser limit, advertiser B's work goes while A waits for its budget."""
+    clock = FakeClock()
+    dsp = FakeDsp(clock)
+    settings = load_settings(
+        database_url=f"sqlite:///{tmp_path / 'a.db'}",
+        default_provider="acme",
+        providers={
+            "acme": {
+                "base_url": "http://acme.test",
+                "rate_limit": "100/s",
+                "limits": [{"rate": "1/s", "scope": "write", "per": "advertiser_id"}],
+                "kinds": {"campaign": {"submit": "POST /campaigns", "external_id_field": "id"}},
+            }
+        },
+    )
+    providers = load_providers(settings, clock=clock)
+    engine = db.make_engine(settings.database_url)
+    db.ensure_schema(engine)
+    limiter = MemoryLimiter(clock=clock, margin=0.0)
+    client = build_http_client(providers["acme"], transport=httpx.MockTransport(dsp))
+    queue = WorkQueue(engine)
+    runtime = {"providers": providers, "client": client, "limiter": limiter}
+    dispatcher = Dispatcher(
+        queue, providers, limiter, InlineExecutor(queue, runtime, clock), worker_id="t", clock=clock
+    )
+    repo = TaskRepository(engine, clock=clock)
+    items = [
+        Submission(kind="campaign", payload={"advertiser_id": adv, "name": f"{adv}{n}"})
+        for adv in ("A", "B")
+        for n in range(3)
+    ]
+    tasks.create_tasks(repo, build_catalog(providers, "acme"), items)
+    end = clock.time() + 0.5
+    while clock.time() < end:
+        clock.advance(max(dispatcher.step(), 0.01))
+    sent = [obj["advertiser_id"] for obj in dsp.objects.values()]
+    client.close()
+    engine.dispose()
+    assert sent.count("A") == 1
+    assert sent.count("B") == 1
