@@ -18,6 +18,7 @@ Not thread-safe: the app drives it from one event loop.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -91,7 +92,12 @@ class SlidingLog:
     def free_at(self) -> float:
         """When the window will hold fewer than ``limit`` admitted requests (after has_room)."""
         # The oldest request that must leave for a slot to open is the one `limit` from the end.
-        return self.admitted[len(self.admitted) - self.limit] + self.window_s
+        oldest = self.admitted[len(self.admitted) - self.limit]
+        at = oldest + self.window_s
+        # Float rounding: make sure `at - oldest >= window_s` (how has_room judges) holds.
+        while at - oldest < self.window_s:
+            at = math.nextafter(at, math.inf)
+        return at
 
 
 class SandboxLimiter:

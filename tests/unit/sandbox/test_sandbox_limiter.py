@@ -125,3 +125,12 @@ def test_max_seen_is_the_exact_busiest_window_of_arrivals(
     expected = max((_in_window(times, end, window_s) for end in times), default=0)
     seen = limiter.snapshot()["app:a"].max_seen if times else 0
     assert seen == expected
+
+
+def test_free_at_is_after_now_despite_float_rounding() -> None:
+    """A refusal's free_at lies after the refused arrival even where t + W rounds down."""
+    limiter = _limiter(1, 0.001)  # 0.015 - 0.014 < 0.001 in floats, yet 0.014 + 0.001 == 0.015
+    assert limiter.arrive(0.014, write=False, app_key="a").admitted
+    verdict = limiter.arrive(0.015, write=False, app_key="a")
+    assert not verdict.admitted
+    assert verdict.free_at > 0.015
