@@ -62,7 +62,9 @@ class TaskCreate(BaseModel):
         refuse_unstorable(payload)
         return payload
 
-    def to_submission(self, idempotency_key: str | None = None) -> Submission:
+    def to_submission(
+        self, idempotency_key: str | None = None, parent_index: int | None = None
+    ) -> Submission:
         return Submission(
             provider=self.provider,
             kind=self.kind,
@@ -70,6 +72,7 @@ class TaskCreate(BaseModel):
             id=self.id,
             status=self.status,
             parent_id=self.parent_id,
+            parent_index=parent_index,
             idempotency_key=idempotency_key,
         )
 
@@ -80,17 +83,10 @@ class BulkItem(TaskCreate):
     parent_index: int | None = Field(default=None, ge=0, lt=MAX_BULK)
     idempotency_key: Text | None = Field(default=None, min_length=1, max_length=255)
 
-    def to_submission(self, idempotency_key: str | None = None) -> Submission:
-        return Submission(
-            provider=self.provider,
-            kind=self.kind,
-            payload=self.payload,
-            id=self.id,
-            status=self.status,
-            parent_id=self.parent_id,
-            parent_index=self.parent_index,
-            idempotency_key=idempotency_key or self.idempotency_key,
-        )
+    def to_submission(
+        self, idempotency_key: str | None = None, parent_index: int | None = None
+    ) -> Submission:
+        return super().to_submission(idempotency_key or self.idempotency_key, self.parent_index)
 
 
 class BulkCreate(BaseModel):

@@ -40,12 +40,8 @@ T = TypeVar("T")
 
 KEY_GRACE_MS = 60_000
 
-# KEYS: n_rate TAT keys, then n_pause pause keys, then the in-flight key if any.
-# ARGV: now_us ('' = server TIME), n_rate, n_pause, has_inflight, grace_ms,
-#       max_in_flight, lease_ttl_us, lease_id, then one spacing_us per TAT key, then one
-#       catch-up credit_us per TAT key.
-# Returns {granted 0/1, wait_us, reason, now_us}. Mirrors gcra.decide + in_flight_wait.
-_ACQUIRE_LUA = """
+# Every script starts here: ARGV[1] is an injected clock's time, or '' for the server's TIME.
+_NOW_LUA = """
 local now
 if ARGV[1] == '' then
   local t = redis.call('TIME')
@@ -53,6 +49,16 @@ if ARGV[1] == '' then
 else
   now = tonumber(ARGV[1])
 end
+"""
+
+# KEYS: n_rate TAT keys, then n_pause pause keys, then the in-flight key if any.
+# ARGV: now_us ('' = server TIME), n_rate, n_pause, has_inflight, grace_ms,
+#       max_in_flight, lease_ttl_us, lease_id, then one spacing_us per TAT key, then one
+#       catch-up credit_us per TAT key.
+# Returns {granted 0/1, wait_us, reason, now_us}. Mirrors gcra.decide + in_flight_wait.
+_ACQUIRE_LUA = (
+    _NOW_LUA
+    + """
 local n_rate = tonumber(ARGV[2])
 local n_pause = tonumber(ARGV[3])
 local grace_ms = tonumber(ARGV[5])
@@ -99,17 +105,13 @@ for i = 1, n_rate do
 end
 return {1, 0, '', now}
 """
+)
 
 # KEYS[1]: pause key. ARGV: now_us ('' = server TIME), pause_us, grace_ms.
 # Only ever extends: an earlier end than the current one is ignored.
-_PAUSE_LUA = """
-local now
-if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-else
-  now = tonumber(ARGV[1])
-end
+_PAUSE_LUA = (
+    _NOW_LUA
+    + """
 local pause_until = now + tonumber(ARGV[2])
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if pause_until > current then
@@ -118,16 +120,12 @@ if pause_until > current then
 end
 return 1
 """
+)
 
 # KEYS: pause keys. ARGV: now_us ('' = server TIME). Returns {latest pause end, now_us}.
-_PAUSED_UNTIL_LUA = """
-local now
-if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-else
-  now = tonumber(ARGV[1])
-end
+_PAUSED_UNTIL_LUA = (
+    _NOW_LUA
+    + """
 local latest = 0
 for i = 1, #KEYS do
   local pause_until = tonumber(redis.call('GET', KEYS[i]) or '0')
@@ -135,6 +133,7 @@ for i = 1, #KEYS do
 end
 return {latest, now}
 """
+)
 
 _GLOB_SPECIALS = "\\*?[]"
 

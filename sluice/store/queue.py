@@ -12,6 +12,7 @@ import functools
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,7 +32,7 @@ from sqlalchemy import (
 
 from sluice.domain import Phase, TaskStatus
 from sluice.engine.units import DueTask, Outcome
-from sluice.store.repository import end_descendants, event_row, events, tasks
+from sluice.store.repository import end_descendants, event_row, events, task_values, tasks
 
 ACTIVE_PHASES = (Phase.READY.value, Phase.POLLING.value, Phase.UNCERTAIN.value)
 _parent = tasks.alias("parent")
@@ -55,25 +56,11 @@ def _due_query(now: datetime, providers: Sequence[str] | None, limit: int) -> An
     return query
 
 
+_DUE_FIELDS = tuple(f.name for f in fields(DueTask))
+
+
 def _to_due(row: Any) -> DueTask:
-    m = row._mapping
-    return DueTask(
-        id=m["id"],
-        provider=m["provider"],
-        kind=m["kind"],
-        payload=m["payload"],
-        external_id=m["external_id"],
-        client_ref=m["client_ref"],
-        parent_id=m["parent_id"],
-        parent_external_id=m["parent_external_id"],
-        status=TaskStatus(m["status"]),
-        phase=Phase(m["phase"]),
-        track_only=bool(m["track_only"]),
-        attempts=m["attempts"],
-        polls=m["polls"],
-        poll_interval_s=m["poll_interval_s"],
-        deadline_at=m["deadline_at"],
-    )
+    return DueTask(**task_values(row._mapping, _DUE_FIELDS))
 
 
 class WorkQueue:

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import base64
 import os
-import uuid
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -55,39 +54,26 @@ class Page:
     next_cursor: str | None
 
 
-def new_client_ref() -> str:
-    """A reference unique to one task, sent to providers to find lost creates."""
-    return "sl-" + uuid.uuid4().hex[:24]
-
-
 def new_client_refs(count: int) -> Iterator[str]:
     """``count`` client references (96 random bits each), drawn in one system call."""
     random_hex = os.urandom(12 * count).hex()
     return ("sl-" + random_hex[24 * i : 24 * (i + 1)] for i in range(count))
 
 
+def task_values(mapping: Mapping[Any, Any], names: Iterable[str]) -> dict[str, Any]:
+    """The named task columns of a row, with status, phase and flags as domain values."""
+    values = {name: mapping[name] for name in names}
+    values["status"] = TaskStatus(values["status"])
+    values["phase"] = Phase(values["phase"])
+    values["track_only"] = bool(values["track_only"])
+    return values
+
+
+_TASK_FIELDS = tuple(f.name for f in fields(Task))
+
+
 def row_to_task(row: Row[Any]) -> Task:
-    m = row._mapping
-    return Task(
-        id=m["id"],
-        provider=m["provider"],
-        kind=m["kind"],
-        payload=m["payload"],
-        external_id=m["external_id"],
-        parent_id=m["parent_id"],
-        status=TaskStatus(m["status"]),
-        phase=Phase(m["phase"]),
-        track_only=bool(m["track_only"]),
-        validation_error=m["validation_error"],
-        last_error=m["last_error"],
-        attempts=m["attempts"],
-        polls=m["polls"],
-        next_attempt_at=m["next_attempt_at"],
-        idempotency_key=m["idempotency_key"],
-        client_ref=m["client_ref"],
-        created_at=m["created_at"],
-        updated_at=m["updated_at"],
-    )
+    return Task(**task_values(row._mapping, _TASK_FIELDS))
 
 
 def event_row(
