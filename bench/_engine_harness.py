@@ -20,9 +20,11 @@ from typing import Any
 import httpx
 
 from bench._common import free_port, toml_value
-from sluice import tasks, wiring
+from sluice import runtime as sluice_runtime
+from sluice import submissions
+from sluice.drivers.embedded import build_embedded_driver
 from sluice.settings import load_settings
-from sluice.tasks import Submission
+from sluice.submissions import Submission
 
 RESULTS_DIR = Path(__file__).parent / "results"
 REPO_ROOT = Path(__file__).parent.parent
@@ -135,7 +137,9 @@ class SluiceRun:
     retries: int
 
 
-def build_runtime(db_dir: Path, provider: dict[str, Any], **settings: Any) -> wiring.Runtime:
+def build_runtime(
+    db_dir: Path, provider: dict[str, Any], **settings: Any
+) -> sluice_runtime.Runtime:
     """A runtime on a fresh SQLite file with one provider called ``sandbox``."""
     loaded = load_settings(
         database_url=f"sqlite:///{db_dir / 'sluice.db'}",
@@ -143,7 +147,7 @@ def build_runtime(db_dir: Path, provider: dict[str, Any], **settings: Any) -> wi
         default_provider="sandbox",
         **settings,
     )
-    return wiring.build_runtime(loaded)
+    return sluice_runtime.build_runtime(loaded)
 
 
 def run_sluice(
@@ -162,8 +166,8 @@ def run_sluice(
     with tempfile.TemporaryDirectory(prefix="sluice-bench-db-") as folder:
         runtime = build_runtime(Path(folder), provider, **(settings or {}))
         try:
-            tasks.create_tasks(runtime.repo, runtime.catalog, items)
-            engine = wiring.build_engine(runtime)
+            submissions.create_tasks(runtime.repo, runtime.catalog, items)
+            engine = build_embedded_driver(runtime)
             started = time.perf_counter()
             engine.start()
             deadline = started + timeout_s

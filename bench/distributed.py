@@ -274,7 +274,7 @@ def sluice_cluster(provider: dict[str, Any], workers: int = PROCESSES) -> Iterat
     """A started :class:`Cluster` plus a runtime of this process on the same store."""
     import tempfile
 
-    from sluice import wiring
+    from sluice.runtime import build_runtime
     from sluice.settings import load_settings
 
     with (
@@ -283,7 +283,7 @@ def sluice_cluster(provider: dict[str, Any], workers: int = PROCESSES) -> Iterat
         broker_database() as broker_url,
     ):
         cluster = Cluster(Path(folder), database_url, broker_url, provider)
-        runtime = wiring.build_runtime(
+        runtime = build_runtime(
             load_settings(
                 database_url=database_url,
                 providers={"sandbox": provider},
@@ -309,11 +309,11 @@ def wait_final(runtime: Any, timeout_s: float) -> float:
 
 
 def create_all(runtime: Any, count: int) -> None:
-    from sluice import tasks
+    from sluice import submissions
 
     items = flat_campaigns(count)
     for start in range(0, count, 5_000):
-        tasks.create_tasks(runtime.repo, runtime.catalog, items[start : start + 5_000])
+        submissions.create_tasks(runtime.repo, runtime.catalog, items[start : start + 5_000])
 
 
 # --- judging a run from the sandbox --------------------------------------------------------

@@ -4,7 +4,7 @@ The sandbox DSP runs in its own process with limits out of the way and fast proc
 (accept 0-10 ms, process 0-20 ms). In the same run, interleaved, two clients take 5,000
 campaigns from create to Completed:
 
-* **sluice**: tasks created in the store (``sluice.tasks.create_tasks``), the embedded
+* **sluice**: tasks created in the store (``sluice.submissions.create_tasks``), the embedded
   engine run until all are final; provider ``sandbox-standard`` with no ``rate_limit``
   and no ``max_in_flight`` (so no limiter call at all), polls every 50 ms;
 * **raw**: a pool of threads sharing one keep-alive ``httpx.Client`` sends the same
@@ -33,8 +33,8 @@ import httpx
 
 from bench import _engine_harness as harness
 from bench._common import machine_info
-from sluice import tasks as task_service
-from sluice import wiring
+from sluice import submissions
+from sluice.drivers.embedded import build_embedded_driver
 
 THREADS = 16
 """Concurrent requests for both clients (Sluice's default ``executor_threads``)."""
@@ -110,9 +110,9 @@ def run_sluice(base_url: str, count: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sluice-bench-db-") as folder:
         runtime = harness.build_runtime(Path(folder), provider, executor_threads=THREADS)
         try:
-            engine = wiring.build_engine(runtime)
+            engine = build_embedded_driver(runtime)
             started = time.perf_counter()
-            task_service.create_tasks(runtime.repo, runtime.catalog, items)
+            submissions.create_tasks(runtime.repo, runtime.catalog, items)
             stored = time.perf_counter()
             engine.start()
             try:

@@ -1,17 +1,43 @@
-"""The ``sluice`` command line: thin commands over the service functions."""
+"""The ``sluice`` command line: thin commands over the service functions.
+
+Each command imports what it runs when it runs, so ``sluice worker`` (and the Celery worker
+processes it forks) never load the API, FastAPI or the sandbox.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
-from sluice import errors, logs, wiring
+from sluice import errors, logs
 from sluice.settings import load_settings
 
+SANDBOX_HELP = "Run the sandbox DSP (a simulated third-party API)."
+
+
+class _Commands(TyperGroup):
+    """The commands, with ``sandbox`` built only when asked for (it imports FastAPI)."""
+
+    # Typer's Context and Command types are its vendored Click's; Any keeps this seam small.
+    def list_commands(self, ctx: Any) -> list[str]:
+        return sorted({*super().list_commands(ctx), "sandbox"})
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name == "sandbox" and cmd_name not in self.commands:
+            from sluice.sandbox.cli import sandbox_command
+
+            single = typer.Typer()
+            single.command("sandbox", help=SANDBOX_HELP)(sandbox_command)
+            self.add_command(typer.main.get_command(single), "sandbox")
+        return super().get_command(ctx, cmd_name)
+
+
 app = typer.Typer(
+    cls=_Commands,
     help="Sluice: rate-limited submission engine for third-party APIs.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -29,11 +55,14 @@ def api(host: Host = None, port: Port = None) -> None:
     """Serve the REST API only (no engine)."""
     import uvicorn
 
+    from sluice.api.app import build_api
+    from sluice.runtime import build_runtime
+
     settings = load_settings()
     logs.configure(settings.log_level)
-    runtime = wiring.build_runtime(settings)
+    runtime = build_runtime(settings)
     uvicorn.run(
-        wiring.build_api(runtime),
+        build_api(runtime),
         host=host or settings.host,
         port=port or settings.port,
         log_level=settings.log_level.lower(),
@@ -72,7 +101,7 @@ def up(
     ] = 0,
 ) -> None:
     """Run the API and the engine in one process (embedded mode, SQLite by default)."""
-    from sluice.runner import UpOptions, run_up
+    from sluice.up import UpOptions, run_up
 
     settings = load_settings()
     logs.configure("WARNING" if demo else settings.log_level)
@@ -167,20 +196,9 @@ def db_upgrade(
     console.print(f"database at {engine.url.render_as_string(hide_password=True)} is at {revision}")
 
 
-def _register_sandbox() -> None:
-    from sluice.sandbox.cli import sandbox_command
-
-    app.command("sandbox", help="Run the sandbox DSP (a simulated third-party API).")(
-        sandbox_command
-    )
-
-
-_register_sandbox()
-
-
 def main() -> None:
     """Entry point of the ``sluice`` console script."""
-    from sluice.tasks import SubmissionInvalid
+    from sluice.submissions import SubmissionInvalid
 
     try:
         app(standalone_mode=True)

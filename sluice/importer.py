@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sluice import errors
-from sluice.tasks import Submission
+from sluice.submissions import Submission
 
 RESERVED_COLUMNS = {"ref", "parent_ref", "kind", "provider"}
 

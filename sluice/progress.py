@@ -12,6 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sluice.domain import FINAL_STATUSES, TaskStatus
+from sluice.drivers.embedded import EmbeddedDriver
+from sluice.runtime import Runtime
 from sluice.store.repository import RunSummary
 
 STATUS_STYLE = {
@@ -90,3 +92,23 @@ def summary_table(summary: RunSummary, elapsed_s: float, rates: list[RateReport]
     for task_id, kind, message in summary.errors:
         table.add_row(f"[red]error[/red] task {task_id} ({kind or 'tracked'})", message)
     return table
+
+
+def rate_reports(
+    runtime: Runtime, driver: EmbeddedDriver | None, elapsed: float
+) -> list[RateReport]:
+    """Requests this process sent per provider (worker processes keep their own counts)."""
+    if driver is None:
+        return []
+    reports = []
+    for name, provider in runtime.providers.items():
+        sent = sum(
+            count
+            for key, count in driver.executor.stats.requests.items()
+            if key.split(" ", 1)[0] == name
+        )
+        if not sent:
+            continue
+        rates = [s.rate.limit / s.rate.window_s for s in provider.limits_for("read", None)]
+        reports.append(RateReport(name, sent, elapsed, min(rates) if rates else None))
+    return reports

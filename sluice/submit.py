@@ -10,27 +10,28 @@ from pathlib import Path
 import httpx
 from rich.console import Console
 
-from sluice import errors, importer, tasks, wiring
+from sluice import errors, importer, submissions
 from sluice.domain import TaskStatus
-from sluice.progress import summary_table, watch
-from sluice.runner import rate_reports
+from sluice.drivers.embedded import build_embedded_driver
+from sluice.progress import rate_reports, summary_table, watch
+from sluice.runtime import build_runtime
 from sluice.settings import Settings
 from sluice.store.repository import RunSummary, encode_cursor, summarize
 
 
 def submit_embedded(settings: Settings, file: Path, wait: bool, console: Console) -> int:
-    """Create the file's tasks in the local store and run the engine until they are final."""
+    """Create the file's tasks in the local store and drive them here until they are final."""
     items = importer.load_file(file)
-    runtime = wiring.build_runtime(settings)
-    engine = wiring.build_engine(runtime)
+    runtime = build_runtime(settings)
+    driver = build_embedded_driver(runtime)
     try:
         started = time.monotonic()
-        ids = tasks.create_tasks(runtime.repo, runtime.catalog, items)
+        ids = submissions.create_tasks(runtime.repo, runtime.catalog, items)
         first, last = min(ids), max(ids)
         console.print(f"{len(ids)} tasks created (ids {first}-{last})")
         if not wait:
             return 0
-        engine.start()
+        driver.start()
         watch(
             lambda: summarize(runtime.repo.engine, first, last).by_status,
             len(ids),
@@ -39,11 +40,11 @@ def submit_embedded(settings: Settings, file: Path, wait: bool, console: Console
         )
         elapsed = time.monotonic() - started
         summary = summarize(runtime.repo.engine, first, last)
-        console.print(summary_table(summary, elapsed, rate_reports(runtime, engine, elapsed)))
+        console.print(summary_table(summary, elapsed, rate_reports(runtime, driver, elapsed)))
         return 0 if not summary.errors else 1
     finally:
         if wait:
-            engine.stop()
+            driver.stop()
         runtime.close()
 
 

@@ -1,4 +1,4 @@
-"""The FastAPI application, built by :func:`create_app` from settings."""
+"""The FastAPI application: :func:`build_api` from a runtime, or :func:`create_app` from parts."""
 
 from __future__ import annotations
 
@@ -10,13 +10,25 @@ from sqlalchemy import text
 from sluice import errors
 from sluice.api.deps import ApiContext, ReadinessCheck
 from sluice.api.limits import BodySizeLimit
+from sluice.api.readiness import broker_check, redis_check
 from sluice.api.routes import health, tasks
 from sluice.catalog import Catalog
+from sluice.runtime import Runtime
 from sluice.settings import Settings
 from sluice.store.repository import TaskRepository
-from sluice.tasks import SubmissionInvalid
+from sluice.submissions import SubmissionInvalid
 
 BULK_MAX_BYTES = 64 * 1024 * 1024
+
+
+def build_api(runtime: Runtime) -> FastAPI:
+    """The API over ``runtime``'s store and catalog, with readiness checks of its servers."""
+    checks: dict[str, ReadinessCheck] = {}
+    if runtime.settings.redis_url:
+        checks["redis"] = redis_check(runtime.settings.redis_url)
+    if runtime.settings.broker_url:
+        checks["broker"] = broker_check(runtime.settings.broker_url)
+    return create_app(runtime.settings, runtime.repo, runtime.catalog, checks)
 
 
 def create_app(

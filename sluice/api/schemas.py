@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from sluice.domain import Phase, Task, TaskEvent, TaskStatus
-from sluice.tasks import MAX_BULK, Submission
+from sluice.submissions import MAX_BULK, Submission
 
 
 def refuse_unstorable(value: Any) -> Any:

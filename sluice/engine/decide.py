@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sluice.domain import Phase, TaskStatus
+from sluice.domain import DueTask, Outcome, Phase, TaskStatus
 from sluice.engine.retry import Backoff, PollSchedule
-from sluice.engine.units import DueTask, Outcome
 from sluice.providers.base import (
     Accepted,
     Found,

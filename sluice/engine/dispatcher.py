@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
 import threading
 import time
 from collections import deque
@@ -21,7 +23,7 @@ from datetime import timedelta
 from typing import Any, Protocol
 
 from sluice.clock import Clock, SystemClock
-from sluice.engine.units import DueTask, Operation, WorkUnit
+from sluice.domain import DueTask, Operation, WorkUnit
 from sluice.providers.base import Provider
 from sluice.ratelimit.base import Limiter
 from sluice.ratelimit.rate import Grant
@@ -36,6 +38,11 @@ MIN_WAIT_S = 0.0001
 IN_FLIGHT_RECHECK_S = 0.005
 # How many units refused on their own account's limit a step passes over to reach others.
 MAX_SKIPS_PER_STEP = 8
+
+
+def worker_name() -> str:
+    """A name for this process in claims: host and pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class Executor(Protocol):

@@ -13,10 +13,10 @@ from datetime import datetime
 
 import httpx
 
+from sluice.domain import DueTask, Operation, Outcome, WorkUnit
 from sluice.engine import decide
 from sluice.engine.decide import Policy
 from sluice.engine.retry import Backoff, PollSchedule
-from sluice.engine.units import DueTask, Operation, Outcome, WorkUnit
 from sluice.providers.base import PollDecision, Provider, TaskRef, Transient
 from sluice.ratelimit.base import Limiter
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from sluice.domain import TaskStatus
+from sluice.domain import Access, TaskStatus
 from sluice.providers.durations import format_duration
 
 if TYPE_CHECKING:
@@ -22,8 +22,6 @@ if TYPE_CHECKING:
 
     from sluice.ratelimit.base import InFlight
     from sluice.ratelimit.rate import LimitSpec
-
-Operation = Literal["read", "write"]
 
 
 @dataclass(frozen=True)
@@ -109,9 +107,7 @@ class Provider(Protocol):
     retry_max_s: float
     timeout_s: float
 
-    def limits_for(
-        self, operation: Operation, payload: Mapping[str, Any] | None
-    ) -> list[LimitSpec]:
+    def limits_for(self, access: Access, payload: Mapping[str, Any] | None) -> list[LimitSpec]:
         """Every limit one request must fit in; keys start with the provider name."""
         ...
 

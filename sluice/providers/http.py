@@ -19,7 +19,7 @@ import httpx
 
 from sluice import errors
 from sluice.clock import Clock, SystemClock
-from sluice.domain import TaskStatus
+from sluice.domain import Access, TaskStatus
 from sluice.providers import signals
 from sluice.providers.answers import NOT_JSON, AnswerReader, json_body
 from sluice.providers.auth import TokenAuth, TokenUnavailable
@@ -29,7 +29,6 @@ from sluice.providers.base import (
     Found,
     LookupDecision,
     NotFound,
-    Operation,
     PollDecision,
     RateLimited,
     StatusReport,
@@ -93,11 +92,9 @@ class HttpProvider:
 
     # --- limits --------------------------------------------------------------------------
 
-    def limits_for(
-        self, operation: Operation, payload: Mapping[str, Any] | None
-    ) -> list[LimitSpec]:
+    def limits_for(self, access: Access, payload: Mapping[str, Any] | None) -> list[LimitSpec]:
         """Every limit one request must fit in; keys start with the provider name."""
-        return self._limits.limits_for(operation, payload)
+        return self._limits.limits_for(access, payload)
 
     def in_flight(self) -> InFlight | None:
         """The cap on concurrent requests (``max_in_flight``), if any."""

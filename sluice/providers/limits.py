@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sluice.providers.base import Operation
+from sluice.domain import Access
 from sluice.providers.config import ProviderConfig
 from sluice.providers.durations import format_duration
 from sluice.providers.templating import scalar_at
@@ -65,13 +65,11 @@ class LimitRules:
             for scope, per, rate in raw
         )
 
-    def limits_for(
-        self, operation: Operation, payload: Mapping[str, Any] | None
-    ) -> list[LimitSpec]:
-        """Every limit a request of ``operation`` with ``payload`` must fit in."""
+    def limits_for(self, access: Access, payload: Mapping[str, Any] | None) -> list[LimitSpec]:
+        """Every limit a request of ``access`` with ``payload`` must fit in."""
         specs: list[LimitSpec] = []
         for rule in self._rules:
-            if rule.scope not in ("all", operation):
+            if rule.scope not in ("all", access):
                 continue
             value: str | None = None
             if rule.per is not None:

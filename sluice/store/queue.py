@@ -30,8 +30,7 @@ from sqlalchemy import (
     update,
 )
 
-from sluice.domain import Phase, TaskStatus
-from sluice.engine.units import DueTask, Outcome
+from sluice.domain import DueTask, Outcome, Phase, TaskStatus
 from sluice.store.repository import end_descendants, event_row, events, task_values, tasks
 
 ACTIVE_PHASES = (Phase.READY.value, Phase.POLLING.value, Phase.UNCERTAIN.value)

@@ -38,10 +38,11 @@ import httpx
 import pytest
 import redis
 
-from sluice import tasks, wiring
+from sluice import submissions
 from sluice.domain import Phase, TaskStatus
+from sluice.runtime import Runtime, build_runtime
 from sluice.settings import load_settings
-from sluice.tasks import Submission
+from sluice.submissions import Submission
 from tests.conftest import RABBITMQ_URL, REDIS_URL, require_service
 
 SLUICE = str(Path(sys.executable).with_name("sluice"))
@@ -312,7 +313,7 @@ class Cluster:
     procs: list[Proc] = field(default_factory=list)
     sandbox_url: str = ""
     config: Path = field(init=False)
-    _runtime: wiring.Runtime | None = None
+    _runtime: Runtime | None = None
 
     def __post_init__(self) -> None:
         self.config = self.folder / "sluice.toml"
@@ -423,7 +424,7 @@ class Cluster:
     # -- tasks and truth ---------------------------------------------------------------
 
     @property
-    def runtime(self) -> wiring.Runtime:
+    def runtime(self) -> Runtime:
         """This test process's view of the same store (to create and inspect tasks)."""
         if self._runtime is None:
             previous = os.environ.get("SLUICE_CONFIG")
@@ -439,12 +440,12 @@ class Cluster:
                     os.environ.pop("SLUICE_CONFIG", None)
                 else:
                     os.environ["SLUICE_CONFIG"] = previous
-            self._runtime = wiring.build_runtime(settings)
+            self._runtime = build_runtime(settings)
         return self._runtime
 
     def create(self, items: Sequence[Submission]) -> list[int]:
         runtime = self.runtime
-        return tasks.create_tasks(runtime.repo, runtime.catalog, items)
+        return submissions.create_tasks(runtime.repo, runtime.catalog, items)
 
     def counts(self) -> dict[str, int]:
         return self.runtime.repo.counts()

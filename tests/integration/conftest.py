@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from sluice import wiring
-from sluice.engine.embedded import EmbeddedEngine
+from sluice.drivers.embedded import EmbeddedDriver, build_embedded_driver
+from sluice.runtime import Runtime, build_runtime
 from sluice.sandbox.config import SandboxConfig
 from sluice.sandbox.server import SandboxServer
 from sluice.settings import load_settings
@@ -54,21 +54,21 @@ def make_runtime(
     providers: dict[str, dict[str, Any]],
     database_url: str | None = None,
     **extra: Any,
-) -> wiring.Runtime:
+) -> Runtime:
     settings = load_settings(
         database_url=database_url or f"sqlite:///{tmp_path / 'sluice.db'}",
         providers=providers,
         default_provider=next(iter(providers)),
         **extra,
     )
-    return wiring.build_runtime(settings)
+    return build_runtime(settings)
 
 
 def run_until_final(
-    runtime: wiring.Runtime, timeout_s: float = 60.0, engine: EmbeddedEngine | None = None
-) -> EmbeddedEngine:
+    runtime: Runtime, timeout_s: float = 60.0, engine: EmbeddedDriver | None = None
+) -> EmbeddedDriver:
     """Run the embedded engine until every task is final (fails after ``timeout_s``)."""
-    engine = engine or wiring.build_engine(runtime)
+    engine = engine or build_embedded_driver(runtime)
     engine.start()
     deadline = time.monotonic() + timeout_s
     try:

@@ -1,4 +1,4 @@
-"""The embedded engine against the real sandbox DSP over loopback."""
+"""The embedded driver against the real sandbox DSP over loopback."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 
 import httpx
 
-from sluice import tasks
+from sluice import submissions
 from sluice.domain import TaskStatus
-from sluice.tasks import Submission
+from sluice.submissions import Submission
 from tests.integration.conftest import make_runtime, run_until_final, sandbox_stats
 
 FAST_POLL = {"interval": "100ms"}
@@ -53,7 +53,7 @@ def test_chain_completes_with_parent_ids_and_no_refusals(
     """A campaign, its ad groups and their ads all complete, each child under its parent's id."""
     url = sandbox(profile="standard", limits=[{"name": "app", "limit": 40, "window_s": 1.0}])
     runtime = make_runtime(tmp_path, provider(url))
-    ids = tasks.create_tasks(runtime.repo, runtime.catalog, hierarchy())
+    ids = submissions.create_tasks(runtime.repo, runtime.catalog, hierarchy())
     run_until_final(runtime)
     done = [runtime.repo.get(i) for i in ids]
     assert {t.status for t in done} == {TaskStatus.COMPLETED}
@@ -82,7 +82,9 @@ def test_validation_error_is_recorded_and_ends_children(
             "exclude": [],
         },
     )
-    ids = tasks.create_tasks(runtime.repo, runtime.catalog, [*hierarchy(budget=-5), bad_audience])
+    ids = submissions.create_tasks(
+        runtime.repo, runtime.catalog, [*hierarchy(budget=-5), bad_audience]
+    )
     run_until_final(runtime)
     campaign = runtime.repo.get(ids[0])
     assert campaign.status is TaskStatus.ERROR
@@ -101,7 +103,7 @@ def test_prototype_walkthrough_tracks_ids_by_batch_status(
     """Tasks 1, 2, 3 created the prototype's way become In Progress, Completed and Error."""
     url = sandbox(profile="demo", faults={})
     runtime = make_runtime(tmp_path, provider(url, preset="sandbox-demo"))
-    tasks.create_tasks(
+    submissions.create_tasks(
         runtime.repo,
         runtime.catalog,
         [
@@ -110,9 +112,9 @@ def test_prototype_walkthrough_tracks_ids_by_batch_status(
             Submission(id=3, status=TaskStatus.IN_PROGRESS),
         ],
     )
-    from sluice import wiring
+    from sluice.drivers.embedded import build_embedded_driver
 
-    engine = wiring.build_engine(runtime)
+    engine = build_embedded_driver(runtime)
     engine.start()
     try:
         import time
@@ -139,7 +141,7 @@ def test_rate_limit_signals_pause_without_counting_attempts(
     """Configured above the DSP's real limit, Sluice is refused, pauses, and still finishes."""
     url = sandbox(profile="standard", limits=[{"name": "app", "limit": 10, "window_s": 1.0}])
     runtime = make_runtime(tmp_path, provider(url, rate_limit="200/s", max_in_flight=16))
-    ids = tasks.create_tasks(runtime.repo, runtime.catalog, hierarchy(groups=3, ads=4))
+    ids = submissions.create_tasks(runtime.repo, runtime.catalog, hierarchy(groups=3, ads=4))
     run_until_final(runtime, timeout_s=90)
     assert {runtime.repo.get(i).status for i in ids} == {TaskStatus.COMPLETED}
     stats = sandbox_stats(url)
@@ -158,7 +160,7 @@ def test_wide_tree_completes_in_order(tmp_path: Path, sandbox: Callable[..., str
         process_delay_s=[0, 0.02],
     )
     runtime = make_runtime(tmp_path, provider(url, rate_limit="400/s", max_in_flight=16))
-    ids = tasks.create_tasks(runtime.repo, runtime.catalog, hierarchy(groups=10, ads=50))
+    ids = submissions.create_tasks(runtime.repo, runtime.catalog, hierarchy(groups=10, ads=50))
     run_until_final(runtime, timeout_s=120)
     done = {i: runtime.repo.get(i) for i in ids}
     assert {t.status for t in done.values()} == {TaskStatus.COMPLETED}

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from sluice import wiring
+from sluice.api.app import build_api
+from sluice.runtime import build_runtime
 from sluice.settings import load_settings
 
 
@@ -15,9 +16,9 @@ def test_readyz_checks_redis_and_broker(tmp_path: Path, redis_url: str, rabbitmq
     settings = load_settings(
         database_url=f"sqlite:///{tmp_path / 'r.db'}", redis_url=redis_url, broker_url=rabbitmq_url
     )
-    runtime = wiring.build_runtime(settings)
+    runtime = build_runtime(settings)
     try:
-        answer = TestClient(wiring.build_api(runtime)).get("/readyz")
+        answer = TestClient(build_api(runtime)).get("/readyz")
     finally:
         runtime.close()
     assert answer.status_code == 200
@@ -30,9 +31,9 @@ def test_readyz_is_503_when_the_broker_is_down(tmp_path: Path) -> None:
         database_url=f"sqlite:///{tmp_path / 'r.db'}",
         broker_url="amqp://guest:s3cret@127.0.0.1:1//",
     )
-    runtime = wiring.build_runtime(settings)
+    runtime = build_runtime(settings)
     try:
-        answer = TestClient(wiring.build_api(runtime)).get("/readyz")
+        answer = TestClient(build_api(runtime)).get("/readyz")
     finally:
         runtime.close()
     assert answer.status_code == 503

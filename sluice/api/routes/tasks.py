@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Response, status
 
-from sluice import tasks as service
+from sluice import submissions
 from sluice.api.deps import Context
 from sluice.api.schemas import (
     BulkCreate,
@@ -32,8 +32,8 @@ def create_task(
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> TaskOut:
     """Create a task (or track one by id, the prototype's way)."""
-    body_hash = service.request_hash(body.model_dump(mode="json")) if idempotency_key else None
-    task, created = service.create_task(
+    body_hash = submissions.request_hash(body.model_dump(mode="json")) if idempotency_key else None
+    task, created = submissions.create_task(
         context.repo, context.catalog, body.to_submission(idempotency_key), body_hash
     )
     if not created:
@@ -44,7 +44,7 @@ def create_task(
 @router.post("/bulk", status_code=status.HTTP_201_CREATED, response_model=BulkCreated)
 def create_tasks(body: BulkCreate, context: Context) -> BulkCreated:
     """Create up to 10,000 tasks atomically; items may name earlier items as parents."""
-    ids = service.create_tasks(
+    ids = submissions.create_tasks(
         context.repo, context.catalog, [item.to_submission() for item in body.tasks]
     )
     return BulkCreated(count=len(ids), ids=ids)

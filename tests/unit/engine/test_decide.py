@@ -5,11 +5,10 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
-from sluice.domain import Phase, TaskStatus
+from sluice.domain import DueTask, Phase, TaskStatus
 from sluice.engine import decide
 from sluice.engine.decide import Policy
 from sluice.engine.retry import Backoff, PollSchedule
-from sluice.engine.units import DueTask
 from sluice.providers.base import (
     Accepted,
     Failed,

@@ -11,21 +11,20 @@ from typing import Any
 import httpx
 import pytest
 
-from sluice import tasks
+from sluice import submissions
 from sluice.clock import FakeClock
-from sluice.domain import TaskStatus
+from sluice.domain import TaskStatus, WorkUnit
 from sluice.engine.dispatcher import Dispatcher
 from sluice.engine.execute import execute_unit
-from sluice.engine.units import WorkUnit
 from sluice.providers.registry import build_http_client, load_providers
 from sluice.ratelimit.memory import MemoryLimiter
 from sluice.ratelimit.rate import Grant
+from sluice.runtime import build_catalog
 from sluice.settings import load_settings
 from sluice.store import db
 from sluice.store.queue import WorkQueue
 from sluice.store.repository import TaskRepository
-from sluice.tasks import Submission
-from sluice.wiring import build_catalog
+from sluice.submissions import Submission
 
 
 class FakeDsp:
@@ -136,7 +135,7 @@ def run(world: dict[str, Any], seconds: float) -> None:
 def test_requests_are_spaced_by_the_limit(world: dict[str, Any]) -> None:
     """At 5/s no sliding second ever sees more than 5 requests, polls included."""
     items = [Submission(kind="campaign", payload={"name": f"c{i}"}) for i in range(20)]
-    ids = tasks.create_tasks(world["repo"], world["catalog"], items)
+    ids = submissions.create_tasks(world["repo"], world["catalog"], items)
     run(world, 12)
     assert {world["repo"].get(i).status for i in ids} == {TaskStatus.COMPLETED}
     times = [t for t, _ in world["dsp"].arrivals]
@@ -149,7 +148,7 @@ def test_requests_are_spaced_by_the_limit(world: dict[str, Any]) -> None:
 def test_a_429_pauses_the_provider_and_is_not_an_attempt(world: dict[str, Any]) -> None:
     """After a 429 with Retry-After: 7 nothing is sent for 7 s and attempts stay 0."""
     world["dsp"].refuse_next = 1
-    (task_id,) = tasks.create_tasks(
+    (task_id,) = submissions.create_tasks(
         world["repo"], world["catalog"], [Submission(kind="campaign", payload={"name": "c"})]
     )
     run(world, 1)
@@ -165,7 +164,7 @@ def test_a_429_pauses_the_provider_and_is_not_an_attempt(world: dict[str, Any]) 
 
 def test_child_is_submitted_after_parent_with_its_external_id(world: dict[str, Any]) -> None:
     """An ad group is sent only after its campaign is Completed, carrying the campaign's id."""
-    ids = tasks.create_tasks(
+    ids = submissions.create_tasks(
         world["repo"],
         world["catalog"],
         [
@@ -184,7 +183,7 @@ def test_child_is_submitted_after_parent_with_its_external_id(world: dict[str, A
 
 def test_claims_are_released_on_stop(world: dict[str, Any]) -> None:
     """Tasks claimed but not sent go back to ready when the dispatcher stops."""
-    ids = tasks.create_tasks(
+    ids = submissions.create_tasks(
         world["repo"],
         world["catalog"],
         [Submission(kind="campaign", payload={"name": f"c{i}"}) for i in range(10)],
@@ -229,7 +228,7 @@ def test_one_accounts_spent_budget_does_not_hold_back_others(tmp_path: Path) -> 
         for adv in ("A", "B")
         for n in range(3)
     ]
-    tasks.create_tasks(repo, build_catalog(providers, "acme"), items)
+    submissions.create_tasks(repo, build_catalog(providers, "acme"), items)
     end = clock.time() + 0.5
     while clock.time() < end:
         clock.advance(max(dispatcher.step(), 0.01))

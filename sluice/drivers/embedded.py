@@ -1,31 +1,25 @@
-"""The embedded engine: dispatcher + local executor in background threads of one process."""
+"""The embedded driver: the dispatcher loop and the executor in threads of one process."""
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 from collections.abc import Mapping
 
 import httpx
 
 from sluice.clock import Clock, SystemClock
-from sluice.engine.dispatcher import Dispatcher
-from sluice.executors.local import LocalExecutor
+from sluice.drivers.executor import ThreadExecutor
+from sluice.engine.dispatcher import Dispatcher, worker_name
 from sluice.providers.base import Provider
 from sluice.ratelimit.base import Limiter
+from sluice.runtime import Runtime
 from sluice.store.queue import WorkQueue
 
 log = logging.getLogger("sluice.engine")
 
 
-def worker_name() -> str:
-    """A name for this process in claims: host and pid."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-class EmbeddedEngine:
+class EmbeddedDriver:
     """Runs the dispatch loop in a thread; ``stop()`` finishes in-flight work cleanly."""
 
     def __init__(
@@ -44,7 +38,7 @@ class EmbeddedEngine:
     ) -> None:
         self.queue = work_queue
         self.clock = clock or SystemClock()
-        self.executor = LocalExecutor(
+        self.executor = ThreadExecutor(
             work_queue, providers, clients, limiter, threads=threads, clock=self.clock
         )
         self.dispatcher = Dispatcher(
@@ -86,3 +80,18 @@ class EmbeddedEngine:
     def all_final(self) -> bool:
         """Every task in the store has a final status and nothing is running."""
         return self.executor.idle() and self.queue.unfinished_count() == 0
+
+
+def build_embedded_driver(runtime: Runtime) -> EmbeddedDriver:
+    """The embedded driver over ``runtime``'s store, providers and limiter (not started)."""
+    return EmbeddedDriver(
+        runtime.queue,
+        runtime.providers,
+        runtime.clients,
+        runtime.limiter,
+        threads=runtime.settings.executor_threads,
+        batch=runtime.settings.dispatch_batch,
+        idle_s=runtime.settings.dispatch_idle_s,
+        lease_s=runtime.settings.claim_lease_s,
+        reconcile_every_s=runtime.settings.reconcile_every_s,
+    )

@@ -1,4 +1,4 @@
-"""Service functions for creating and managing tasks, shared by the API and the CLI."""
+"""Service functions for creating tasks from submissions, shared by the API and the CLI."""
 
 from __future__ import annotations
 

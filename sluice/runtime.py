@@ -1,4 +1,7 @@
-"""Builds the running pieces from settings: store, providers, limiter, API, engine."""
+"""The runtime builder: store, providers, HTTP clients and limiter from settings.
+
+Both drivers and the API start from a :class:`Runtime`; this module imports no web framework.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from fastapi import FastAPI
 
-from sluice.api.app import create_app
-from sluice.api.deps import ReadinessCheck
 from sluice.catalog import Catalog, ProviderInfo
-from sluice.engine.embedded import EmbeddedEngine
 from sluice.providers.base import Provider
 from sluice.providers.registry import build_http_client, load_providers
 from sluice.ratelimit import build_limiter
@@ -86,47 +85,3 @@ def build_runtime(settings: Settings) -> Runtime:
         ),
         clients={name: build_http_client(p) for name, p in providers.items()},
     )
-
-
-def build_api(runtime: Runtime) -> FastAPI:
-    checks: dict[str, ReadinessCheck] = {}
-    if runtime.settings.redis_url:
-        checks["redis"] = _redis_check(runtime.settings.redis_url)
-    if runtime.settings.broker_url:
-        checks["broker"] = _broker_check(runtime.settings.broker_url)
-    return create_app(runtime.settings, runtime.repo, runtime.catalog, checks)
-
-
-def build_engine(runtime: Runtime) -> EmbeddedEngine:
-    return EmbeddedEngine(
-        runtime.queue,
-        runtime.providers,
-        runtime.clients,
-        runtime.limiter,
-        threads=runtime.settings.executor_threads,
-        batch=runtime.settings.dispatch_batch,
-        idle_s=runtime.settings.dispatch_idle_s,
-        lease_s=runtime.settings.claim_lease_s,
-        reconcile_every_s=runtime.settings.reconcile_every_s,
-    )
-
-
-def _redis_check(url: str) -> ReadinessCheck:
-    import redis
-
-    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-
-    def check() -> None:
-        client.ping()
-
-    return check
-
-
-def _broker_check(url: str) -> ReadinessCheck:
-    from kombu.connection import Connection
-
-    def check() -> None:
-        with Connection(url, connect_timeout=2) as connection:  # type: ignore[no-untyped-call]
-            connection.ensure_connection(max_retries=1)
-
-    return check

@@ -14,10 +14,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-from sluice import wiring
-from sluice.engine.dispatcher import Dispatcher, monotonic_deadline
-from sluice.engine.embedded import worker_name
-from sluice.executors.local import LocalExecutor
+from sluice.drivers.executor import ThreadExecutor
+from sluice.engine.dispatcher import Dispatcher, monotonic_deadline, worker_name
+from sluice.runtime import Runtime, build_runtime
 from sluice.settings import Settings
 
 log = logging.getLogger("sluice.pump")
@@ -26,18 +25,18 @@ DRAIN_TIMEOUT_S = 60.0
 
 
 @dataclass
-class WorkerEngine:
+class PumpDriver:
     """One worker process's runtime, executor and dispatcher, reused across pumps."""
 
-    runtime: wiring.Runtime
-    executor: LocalExecutor
+    runtime: Runtime
+    executor: ThreadExecutor
     dispatcher: Dispatcher
     pid: int
 
     @classmethod
-    def build(cls, settings: Settings) -> WorkerEngine:
-        runtime = wiring.build_runtime(settings)
-        executor = LocalExecutor(
+    def build(cls, settings: Settings) -> PumpDriver:
+        runtime = build_runtime(settings)
+        executor = ThreadExecutor(
             runtime.queue,
             runtime.providers,
             runtime.clients,
@@ -71,17 +70,17 @@ class WorkerEngine:
         return self.runtime.queue.recover_stuck(self.dispatcher.clock.now())
 
 
-_engine: WorkerEngine | None = None
+_driver: PumpDriver | None = None
 _lock = threading.Lock()
 
 
-def worker_engine() -> WorkerEngine:
-    """This process's engine, built on first use (after the worker forked)."""
-    global _engine
+def pump_driver() -> PumpDriver:
+    """This process's driver, built on first use (after the worker forked)."""
+    global _driver
     with _lock:
-        if _engine is None or _engine.pid != os.getpid():
+        if _driver is None or _driver.pid != os.getpid():
             from sluice.settings import load_settings
 
-            _engine = WorkerEngine.build(load_settings())
-            log.info("worker.ready", extra={"pid": _engine.pid})
-        return _engine
+            _driver = PumpDriver.build(load_settings())
+            log.info("worker.ready", extra={"pid": _driver.pid})
+        return _driver

@@ -1,4 +1,6 @@
-"""The embedded executor: a thread pool sends requests, one writer thread records outcomes.
+"""The executor that sends: a thread pool sends requests, one writer thread records outcomes.
+
+Both drivers use it: the embedded thread of ``sluice up`` and the pumps of Celery workers.
 
 Outcomes are written in batches by a single thread: SQLite serialises writers, and one
 transaction for many outcomes is far cheaper than one each.
@@ -18,8 +20,8 @@ from dataclasses import dataclass, field
 import httpx
 
 from sluice.clock import Clock, SystemClock
+from sluice.domain import Outcome, WorkUnit
 from sluice.engine.execute import execute_unit
-from sluice.engine.units import Outcome, WorkUnit
 from sluice.providers.base import Provider
 from sluice.ratelimit.base import Limiter
 from sluice.ratelimit.rate import Grant
@@ -50,7 +52,7 @@ class ExecutorStats:
                 self.retries += 1
 
 
-class LocalExecutor:
+class ThreadExecutor:
     """Runs granted units on a thread pool; records outcomes with a writer thread."""
 
     def __init__(

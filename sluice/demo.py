@@ -1,0 +1,63 @@
+"""The demo of ``sluice up --demo``: the example campaign hierarchy, its progress and summary."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from rich.console import Console
+
+from sluice import importer, submissions
+from sluice.domain import FINAL_STATUSES
+from sluice.drivers.embedded import EmbeddedDriver
+from sluice.progress import rate_reports, summary_table, watch
+from sluice.runtime import Runtime
+from sluice.settings import Settings
+from sluice.store.repository import summarize
+
+DEMO_FILE = Path(__file__).resolve().parent.parent / "examples" / "demo.json"
+DEMO_FIRST_ID = 1001  # the prototype's walk-through uses ids 1, 2 and 3
+DEMO_DATABASE = "sqlite:///./sluice-demo.db"
+
+
+def prepare_demo_settings(settings: Settings) -> Settings:
+    """The demo runs on a fresh SQLite file unless a database was chosen explicitly."""
+    if settings.database_url == Settings.model_fields["database_url"].default:
+        path = Path("sluice-demo.db")
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(path) + suffix).unlink(missing_ok=True)
+        return settings.model_copy(update={"database_url": DEMO_DATABASE})
+    return settings
+
+
+def run_demo(
+    runtime: Runtime,
+    driver: EmbeddedDriver | None,
+    demo_file: Path | None,
+    console: Console,
+    when_done: Callable[[], None],
+) -> None:
+    """Load the example hierarchy, show progress, print the summary, then call ``when_done``."""
+    items = importer.load_file(demo_file or DEMO_FILE)
+    first = max(DEMO_FIRST_ID, runtime.repo.max_id() + 1)
+    items = [replace(item, id=first + i) for i, item in enumerate(items)]
+    started = time.monotonic()
+    ids = submissions.create_tasks(runtime.repo, runtime.catalog, items)
+    if driver is not None:
+        driver.wake()
+    last = max(ids)
+    console.print(f"demo: {len(ids)} tasks created (ids {first}-{last}) from {DEMO_FILE.name}")
+    stop = threading.Event()
+    watch(lambda: summarize(runtime.repo.engine, first, last).by_status, len(ids), console, stop)
+    elapsed = time.monotonic() - started
+    summary = summarize(runtime.repo.engine, first, last)
+    console.print(summary_table(summary, elapsed, rate_reports(runtime, driver, elapsed)))
+    final = sum(summary.by_status.get(s.value, 0) for s in FINAL_STATUSES)
+    console.print(
+        f"{final}/{summary.total} demo tasks final. Try the prototype's walk-through: "
+        "README.md, section 'The prototype's walk-through'."
+    )
+    when_done()

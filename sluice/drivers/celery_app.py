@@ -1,0 +1,75 @@
+"""Celery glue, kept thin: ``sluice worker`` or ``celery -A sluice.celery_app worker --beat``.
+
+Two tasks: ``sluice.pump`` (a bounded dispatch round in this worker process, see
+:mod:`sluice.drivers.pump`) and ``sluice.reconcile``. Beat sends ``SLUICE_PUMPS`` pumps every
+``SLUICE_PUMP_S`` seconds, each expiring after two rounds, so the broker never holds more
+than a few short messages whatever the backlog of tasks is. Settings are read when Celery
+first configures the app, not at import.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from sluice.settings import Settings, load_settings
+
+DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
+
+app = Celery("sluice")
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings for Sluice's workers."""
+    schedule = {
+        f"sluice-pump-{n}": {
+            "task": "sluice.pump",
+            "schedule": settings.pump_s,
+            "args": (settings.pump_s,),
+            "options": {"expires": settings.pump_s * 2},
+        }
+        for n in range(settings.pumps)
+    }
+    schedule["sluice-reconcile"] = {
+        "task": "sluice.reconcile",
+        "schedule": settings.reconcile_every_s,
+        "options": {"expires": settings.reconcile_every_s},
+    }
+    return {
+        "broker_url": settings.broker_url or DEFAULT_BROKER,
+        "broker_connection_retry_on_startup": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_ignore_result": True,
+        "task_default_queue": "sluice",
+        "beat_schedule": schedule,
+        "worker_hijack_root_logger": False,
+        "beat_schedule_filename": str(Path(tempfile.gettempdir()) / "sluice-celerybeat-schedule"),
+        "timezone": "UTC",
+        "enable_utc": True,
+    }
+
+
+@app.on_configure.connect
+def _configure(sender: Celery, **_: Any) -> None:
+    sender.conf.update(celery_config(load_settings()))
+
+
+@app.task(name="sluice.pump")
+def pump(seconds: float = 1.0) -> int:
+    """Dispatch due work from this worker process for up to ``seconds``."""
+    from sluice.drivers.pump import pump_driver
+
+    return pump_driver().pump(seconds)
+
+
+@app.task(name="sluice.reconcile")
+def reconcile() -> int:
+    """Make tasks stuck mid-request (a worker died) due again, looked up before re-create."""
+    from sluice.drivers.pump import pump_driver
+
+    return pump_driver().reconcile()

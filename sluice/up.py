@@ -1,0 +1,97 @@
+"""``sluice up``: the API and a driver (embedded thread or Celery workers) in one command.
+
+With ``--demo`` or ``--sandbox`` the bundled sandbox DSP runs in this process too.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+from rich.console import Console
+
+from sluice.api.app import build_api
+from sluice.demo import prepare_demo_settings, run_demo
+from sluice.drivers.embedded import EmbeddedDriver, build_embedded_driver
+from sluice.runtime import DEMO_SANDBOX_PORT, build_runtime
+from sluice.settings import Settings
+from sluice.worker_processes import start_workers
+
+log = logging.getLogger("sluice.up")
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    host: str
+    port: int
+    demo: bool = False
+    exit_when_done: bool = False
+    sandbox: bool = False
+    demo_file: Path | None = None
+    workers: int = 0
+
+
+def run_up(settings: Settings, options: UpOptions, console: Console) -> int:
+    """Run until Ctrl-C (or, with ``exit_when_done``, until the demo's tasks are final)."""
+    if options.demo:
+        settings = prepare_demo_settings(settings)
+    with ExitStack() as stack:
+        if options.sandbox or options.demo:
+            base_url = start_sandbox(settings, stack)
+            console.print(f"sandbox DSP (profile {sandbox_profile(settings)}) at {base_url}")
+        runtime = build_runtime(settings)
+        stack.callback(runtime.close)
+        driver: EmbeddedDriver | None = None
+        if options.workers:
+            start_workers(settings, options.workers, stack, console)
+        else:
+            driver = build_embedded_driver(runtime)
+            driver.start()
+            stack.callback(driver.stop)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                build_api(runtime),
+                host=options.host,
+                port=options.port,
+                log_level="warning",
+            )
+        )
+        console.print(f"Sluice API at http://{options.host}:{options.port} (docs at /docs)")
+        if options.demo:
+
+            def when_done() -> None:
+                if options.exit_when_done:
+                    server.should_exit = True
+
+            demo = threading.Thread(
+                target=run_demo,
+                args=(runtime, driver, options.demo_file, console, when_done),
+                name="sluice-demo",
+                daemon=True,
+            )
+            demo.start()
+        server.run()
+    return 0
+
+
+def sandbox_profile(settings: Settings) -> str:
+    return str(settings.sandbox.get("profile", "demo"))
+
+
+def start_sandbox(settings: Settings, stack: ExitStack) -> str:
+    """Start the bundled sandbox DSP in this process on its configured port."""
+    from sluice.sandbox.config import SandboxConfig
+    from sluice.sandbox.server import SandboxServer
+
+    section = dict(settings.sandbox)
+    section.setdefault("profile", "demo")
+    port = int(section.pop("port", DEMO_SANDBOX_PORT))
+    host = str(section.pop("host", "127.0.0.1"))
+    server = SandboxServer(SandboxConfig.from_settings(section), host=host, port=port)
+    base_url = server.start()
+    stack.callback(server.stop)
+    return base_url

@@ -1,0 +1,57 @@
+"""``sluice up --workers N``: start N ``sluice worker`` processes and stop them on exit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from contextlib import ExitStack
+
+from rich.console import Console
+
+from sluice import errors
+from sluice.settings import Settings
+
+
+def start_workers(settings: Settings, count: int, stack: ExitStack, console: Console) -> None:
+    """Start ``count`` Celery worker processes (the first also runs beat)."""
+    if not settings.broker_url or not settings.redis_url:
+        raise errors.ConfigError(
+            "--workers needs SLUICE_BROKER_URL and SLUICE_REDIS_URL "
+            "(the limiter is shared in Redis)"
+        )
+    env = dict(os.environ)
+    env["SLUICE_DATABASE_URL"] = settings.database_url
+    env.setdefault("SLUICE_PUMPS", str(count))
+    processes = []
+    for n in range(count):
+        argv = [sys.executable, "-m", "sluice.cli", "worker", "--concurrency", "1"]
+        argv += ["--loglevel", "WARNING"]
+        if n == 0:
+            argv.append("--beat")
+        processes.append(subprocess.Popen(argv, env=env, start_new_session=True))
+    console.print(
+        f"{count} Celery worker process(es) started (broker {redact_url(settings.broker_url)})"
+    )
+
+    def stop() -> None:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    stack.callback(stop)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password hidden."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1]
