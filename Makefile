@@ -34,10 +34,11 @@ run-distributed: $(VENV)/.installed services
 		|| createdb -h 127.0.0.1 -U postgres sluice
 	$(DIST_ENV) $(SLUICE) up --demo --workers 4
 
-## Lint, type checks and the whole suite (starts PostgreSQL/Redis/RabbitMQ if they are down).
+## Lint, import contracts, type checks and the whole suite (starts PostgreSQL/Redis/RabbitMQ if they are down).
 test: $(VENV)/.installed-dev services
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
 	$(BIN)/pytest -q -p no:cacheprovider
 
@@ -47,6 +48,7 @@ unit: $(VENV)/.installed-dev
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 format: $(VENV)/.installed-dev
 	$(BIN)/ruff format .
