@@ -22,9 +22,9 @@ import httpx
 from bench._common import free_port, toml_value
 from sluice import runtime as sluice_runtime
 from sluice import submissions
+from sluice.domain import Submission
 from sluice.drivers.embedded import build_embedded_driver
 from sluice.settings import load_settings
-from sluice.submissions import Submission
 
 RESULTS_DIR = Path(__file__).parent / "results"
 REPO_ROOT = Path(__file__).parent.parent
@@ -158,21 +158,21 @@ def run_sluice(
     settings: dict[str, Any] | None = None,
     check_every_s: float = 0.1,
 ) -> SluiceRun:
-    """Create ``items`` in a fresh store, run the embedded engine until all are final.
+    """Create ``items`` in a fresh store, run the embedded driver until all are final.
 
-    The clock runs from ``engine.start()`` until the check (every ``check_every_s``, a
+    The clock runs from ``driver.start()`` until the check (every ``check_every_s``, a
     database count, so not too often) finds every task final.
     """
     with tempfile.TemporaryDirectory(prefix="sluice-bench-db-") as folder:
         runtime = build_runtime(Path(folder), provider, **(settings or {}))
         try:
             submissions.create_tasks(runtime.repo, runtime.catalog, items)
-            engine = build_embedded_driver(runtime)
+            driver = build_embedded_driver(runtime)
             started = time.perf_counter()
-            engine.start()
+            driver.start()
             deadline = started + timeout_s
             try:
-                while not engine.all_final():
+                while not driver.all_final():
                     if time.perf_counter() > deadline:
                         raise TimeoutError(
                             f"tasks not final after {timeout_s:g}s: {runtime.repo.counts()}"
@@ -180,8 +180,8 @@ def run_sluice(
                     time.sleep(check_every_s)
                 elapsed = time.perf_counter() - started
             finally:
-                engine.stop()
-            stats = engine.executor.stats
+                driver.stop()
+            stats = driver.executor.stats
             return SluiceRun(
                 seconds=elapsed,
                 statuses={str(k): v for k, v in runtime.repo.counts().items()},

@@ -5,7 +5,7 @@ The sandbox DSP runs in its own process with limits out of the way and fast proc
 campaigns from create to Completed:
 
 * **sluice**: tasks created in the store (``sluice.submissions.create_tasks``), the embedded
-  engine run until all are final; provider ``sandbox-standard`` with no ``rate_limit``
+  driver run until all are final; provider ``sandbox-standard`` with no ``rate_limit``
   and no ``max_in_flight`` (so no limiter call at all), polls every 50 ms;
 * **raw**: a pool of threads sharing one keep-alive ``httpx.Client`` sends the same
   5,000 ``POST /v1/campaigns``, then polls ``GET /v1/status?ids=`` (100 ids per call,
@@ -98,7 +98,7 @@ def run_raw(base_url: str, count: int) -> dict[str, Any]:
 
 
 def run_sluice(base_url: str, count: int) -> dict[str, Any]:
-    """Tasks into a fresh SQLite store, the embedded engine until all are final."""
+    """Tasks into a fresh SQLite store, the embedded driver until all are final."""
     provider = {
         "preset": "sandbox-standard",
         "base_url": base_url,
@@ -110,21 +110,21 @@ def run_sluice(base_url: str, count: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sluice-bench-db-") as folder:
         runtime = harness.build_runtime(Path(folder), provider, executor_threads=THREADS)
         try:
-            engine = build_embedded_driver(runtime)
+            driver = build_embedded_driver(runtime)
             started = time.perf_counter()
             submissions.create_tasks(runtime.repo, runtime.catalog, items)
             stored = time.perf_counter()
-            engine.start()
+            driver.start()
             try:
-                while not engine.all_final():
+                while not driver.all_final():
                     if time.perf_counter() - started > RUN_TIMEOUT_S:
                         raise TimeoutError(f"not final after {RUN_TIMEOUT_S:g}s")
                     time.sleep(0.02)
                 seconds = time.perf_counter() - started
             finally:
-                engine.stop()
+                driver.stop()
             counts = {str(k): v for k, v in runtime.repo.counts().items()}
-            stats = engine.executor.stats
+            stats = driver.executor.stats
         finally:
             runtime.close()
     return {

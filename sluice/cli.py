@@ -177,7 +177,7 @@ def worker(
 
 @app.command()
 def beat(loglevel: Annotated[str, typer.Option(envvar="SLUICE_LOG_LEVEL")] = "INFO") -> None:
-    """Run the Celery beat scheduler that sends pump and reconcile tasks."""
+    """Run the Celery beat scheduler that sends the pump tasks."""
     from sluice.celery_app import app as celery
 
     celery.start(["beat", "--loglevel", loglevel])

@@ -104,20 +104,23 @@ class TaskEvent:
 
 
 @dataclass(frozen=True)
-class NewTask:
-    """What a client asks the store to create.
+class Submission:
+    """A task to create, as a client describes it (API body, file row, CLI).
 
-    ``parent_index`` names an earlier item of the same batch as the parent;
-    ``parent_id`` names a task that already exists. At most one of them is set.
+    :func:`sluice.submissions.check` validates it and fills in ``provider`` and
+    ``status``; the store then creates it as it is. ``parent_index`` names an earlier
+    item of the same batch as the parent; ``parent_id`` names a task that already
+    exists. At most one of them is set. ``request_hash`` tells an idempotent replay
+    from a reuse of the same ``idempotency_key``.
     """
 
-    provider: str
+    provider: str | None = None
     kind: str | None = None
     payload: dict[str, Any] | None = None
     id: int | None = None
     parent_id: int | None = None
     parent_index: int | None = None
-    status: TaskStatus = TaskStatus.NOT_STARTED
+    status: TaskStatus | None = None
     idempotency_key: str | None = None
     request_hash: str | None = None
 
@@ -187,7 +190,8 @@ class Outcome:
     """A change to record for one task, applied only if its status is still ``from_status``.
 
     ``event`` is written to the task's history when set (always for a status change).
-    ``release_children`` makes waiting children ready; ``end_descendants`` ends them.
+    ``release_children`` makes waiting children ready; ``end_descendants`` ends them
+    (see :mod:`sluice.store.chains`).
     """
 
     task_id: int

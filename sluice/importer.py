@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sluice import errors
-from sluice.submissions import Submission
+from sluice.domain import Submission
 
 RESERVED_COLUMNS = {"ref", "parent_ref", "kind", "provider"}
 
@@ -132,18 +132,3 @@ def _cell(value: str) -> Any:
         except ValueError:
             pass
     return text
-
-
-def as_bulk_items(items: list[Submission]) -> list[dict[str, Any]]:
-    """The submissions as ``POST /api/tasks/bulk`` items."""
-    out = []
-    for item in items:
-        body: dict[str, Any] = {"kind": item.kind, "payload": item.payload}
-        if item.provider:
-            body["provider"] = item.provider
-        if item.parent_index is not None:
-            body["parent_index"] = item.parent_index
-        if item.id is not None:
-            body["id"] = item.id
-        out.append(body)
-    return out

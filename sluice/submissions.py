@@ -1,16 +1,16 @@
-"""Service functions for creating tasks from submissions, shared by the API and the CLI."""
+"""Creating tasks from submissions: checks, then the store; the API and the CLI share it."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sluice import errors
 from sluice.catalog import Catalog
-from sluice.domain import NewTask, Task, TaskStatus
+from sluice.domain import Submission, Task, TaskStatus
 from sluice.store.repository import TaskRepository
 
 MAX_BULK = 10_000
@@ -33,30 +33,19 @@ class SubmissionInvalid(errors.SluiceError):
         self.problems = list(problems)
 
 
-@dataclass(frozen=True)
-class Submission:
-    """One task as a client describes it (already type-checked by the caller)."""
-
-    provider: str | None = None
-    kind: str | None = None
-    payload: dict[str, Any] | None = None
-    id: int | None = None
-    status: TaskStatus | None = None
-    parent_id: int | None = None
-    parent_index: int | None = None
-    idempotency_key: str | None = None
-
-
 def request_hash(body: Any) -> str:
     """A stable digest of a request body, to tell an idempotent replay from a reuse."""
     encoded = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(encoded.encode()).hexdigest()
 
 
-def to_new_task(
+def check(
     item: Submission, index: int | None, catalog: Catalog
-) -> tuple[NewTask | None, list[ItemError]]:
-    """Check one submission against the catalog and the rules of the two task modes."""
+) -> tuple[Submission | None, list[ItemError]]:
+    """Check one submission against the catalog and the rules of the two task modes.
+
+    Returns the submission with its provider and status filled in, or its problems.
+    """
     problems: list[ItemError] = []
     provider = item.provider or catalog.default_provider
     unknown = catalog.check(provider, item.kind)
@@ -86,30 +75,18 @@ def to_new_task(
         problems.append(ItemError(index, "parent_id", "give parent_id or parent_index, not both"))
     if problems:
         return None, problems
-    return (
-        NewTask(
-            provider=provider,
-            kind=item.kind,
-            payload=item.payload,
-            id=item.id,
-            parent_id=item.parent_id,
-            parent_index=item.parent_index,
-            status=item.status or TaskStatus.NOT_STARTED,
-            idempotency_key=item.idempotency_key,
-        ),
-        [],
-    )
+    return replace(item, provider=provider, status=item.status or TaskStatus.NOT_STARTED), []
 
 
 def create_task(
     repo: TaskRepository, catalog: Catalog, item: Submission, body_hash: str | None = None
 ) -> tuple[Task, bool]:
     """Create one task; returns (task, created) where created is False on an idempotent replay."""
-    spec, problems = to_new_task(item, None, catalog)
+    spec, problems = check(item, None, catalog)
     if spec is None:
         raise SubmissionInvalid(problems)
     if body_hash is not None:
-        spec = NewTask(**{**spec.__dict__, "request_hash": body_hash})
+        spec = replace(spec, request_hash=body_hash)
     return repo.create(spec)
 
 
@@ -121,11 +98,11 @@ def create_tasks(repo: TaskRepository, catalog: Catalog, items: Sequence[Submiss
         )
     if not items:
         raise SubmissionInvalid([ItemError(None, "tasks", "no tasks given")])
-    specs: list[NewTask] = []
+    specs: list[Submission] = []
     problems: list[ItemError] = []
     seen_ids: set[int] = set()
     for index, item in enumerate(items):
-        spec, item_problems = to_new_task(item, index, catalog)
+        spec, item_problems = check(item, index, catalog)
         if item.id is not None:
             if item.id in seen_ids:
                 item_problems.append(

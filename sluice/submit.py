@@ -11,6 +11,7 @@ import httpx
 from rich.console import Console
 
 from sluice import errors, importer, submissions
+from sluice.api.schemas import BulkItem
 from sluice.domain import TaskStatus
 from sluice.drivers.embedded import build_embedded_driver
 from sluice.progress import rate_reports, summary_table, watch
@@ -53,7 +54,8 @@ def submit_remote(api_url: str, file: Path, wait: bool, console: Console) -> int
     items = importer.load_file(file)
     with httpx.Client(base_url=api_url, timeout=60) as client:
         try:
-            answer = client.post("/api/tasks/bulk", json={"tasks": importer.as_bulk_items(items)})
+            bulk = {"tasks": [BulkItem.wire(item) for item in items]}
+            answer = client.post("/api/tasks/bulk", json=bulk)
         except httpx.HTTPError as exc:
             raise errors.SluiceError(f"cannot reach the Sluice API at {api_url}: {exc}") from exc
         if answer.status_code != 201:

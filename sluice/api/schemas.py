@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from sluice.domain import Phase, Task, TaskEvent, TaskStatus
-from sluice.submissions import MAX_BULK, Submission
+from sluice.domain import Phase, Submission, Task, TaskEvent, TaskStatus
+from sluice.submissions import MAX_BULK
 
 
 def refuse_unstorable(value: Any) -> Any:
@@ -87,6 +87,12 @@ class BulkItem(TaskCreate):
         self, idempotency_key: str | None = None, parent_index: int | None = None
     ) -> Submission:
         return super().to_submission(idempotency_key or self.idempotency_key, self.parent_index)
+
+    @classmethod
+    def wire(cls, item: Submission) -> dict[str, Any]:
+        """``item`` as the JSON of one bulk item (the server validates it, not the client)."""
+        fields = {name: getattr(item, name) for name in cls.model_fields}
+        return cls.model_construct(**fields).model_dump(mode="json", exclude_none=True)
 
 
 class BulkCreate(BaseModel):

@@ -1,10 +1,10 @@
 """Celery glue, kept thin: ``sluice worker`` or ``celery -A sluice.celery_app worker --beat``.
 
-Two tasks: ``sluice.pump`` (a bounded dispatch round in this worker process, see
-:mod:`sluice.drivers.pump`) and ``sluice.reconcile``. Beat sends ``SLUICE_PUMPS`` pumps every
-``SLUICE_PUMP_S`` seconds, each expiring after two rounds, so the broker never holds more
-than a few short messages whatever the backlog of tasks is. Settings are read when Celery
-first configures the app, not at import.
+One task: ``sluice.pump``, a bounded dispatch round in this worker process (see
+:mod:`sluice.drivers.pump`; its dispatcher also reconciles stuck tasks). Beat sends
+``SLUICE_PUMPS`` pumps every ``SLUICE_PUMP_S`` seconds, each expiring after two rounds, so
+the broker never holds more than a few short messages whatever the backlog of tasks is.
+Settings are read when Celery first configures the app, not at import.
 """
 
 from __future__ import annotations
@@ -33,11 +33,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         }
         for n in range(settings.pumps)
     }
-    schedule["sluice-reconcile"] = {
-        "task": "sluice.reconcile",
-        "schedule": settings.reconcile_every_s,
-        "options": {"expires": settings.reconcile_every_s},
-    }
     return {
         "broker_url": settings.broker_url or DEFAULT_BROKER,
         "broker_connection_retry_on_startup": True,
@@ -65,11 +60,3 @@ def pump(seconds: float = 1.0) -> int:
     from sluice.drivers.pump import pump_driver
 
     return pump_driver().pump(seconds)
-
-
-@app.task(name="sluice.reconcile")
-def reconcile() -> int:
-    """Make tasks stuck mid-request (a worker died) due again, looked up before re-create."""
-    from sluice.drivers.pump import pump_driver
-
-    return pump_driver().reconcile()

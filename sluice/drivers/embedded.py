@@ -16,7 +16,7 @@ from sluice.ratelimit.base import Limiter
 from sluice.runtime import Runtime
 from sluice.store.queue import WorkQueue
 
-log = logging.getLogger("sluice.engine")
+log = logging.getLogger("sluice.driver")
 
 
 class EmbeddedDriver:

@@ -65,10 +65,6 @@ class PumpDriver:
             time.sleep(0.01)
         return self.dispatcher.stats.granted - before
 
-    def reconcile(self) -> int:
-        """Recover tasks whose worker died mid-request."""
-        return self.runtime.queue.recover_stuck(self.dispatcher.clock.now())
-
 
 _driver: PumpDriver | None = None
 _lock = threading.Lock()

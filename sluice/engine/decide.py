@@ -27,6 +27,7 @@ from sluice.providers.base import (
     Transient,
     deadline_message,
 )
+from sluice.store.chains import children_end
 
 DEFAULT_PAUSE_S = 1.0
 
@@ -46,11 +47,6 @@ class Policy:
 
 def _later(now: datetime, seconds: float) -> datetime:
     return now + timedelta(seconds=max(0.0, seconds))
-
-
-def _ended_children(task_id: int, status: TaskStatus, message: str) -> tuple[TaskStatus, str]:
-    verb = "was cancelled" if status is TaskStatus.CANCELLED else "failed"
-    return status, f"parent task {task_id} {verb}: {message}"
 
 
 def rate_limited(task: DueTask, decision: RateLimited, now: datetime) -> Outcome:
@@ -181,7 +177,7 @@ def ended(
         event=event,
         detail=message,
         fields=values,
-        end_descendants=_ended_children(task.id, status, message),
+        end_descendants=children_end(task.id, status, message),
     )
 
 

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from sluice.clock import Clock, SystemClock
 from sluice.domain import DueTask, Operation, WorkUnit
+from sluice.engine.reconcile import Reconciler
 from sluice.providers.base import Provider
 from sluice.ratelimit.base import Limiter
 from sluice.ratelimit.rate import Grant
@@ -104,10 +105,9 @@ class Dispatcher:
         self.idle_s = idle_s
         self.lookahead_s = lookahead_s
         self.lease_s = lease_s
-        self.reconcile_every_s = reconcile_every_s
+        self.reconciler = Reconciler(queue, self.clock, reconcile_every_s)
         self.lanes = {name: ProviderLane() for name in providers}
         self.stats = DispatchStats()
-        self._next_reconcile = 0.0
         self._wake = threading.Event()
 
     # -- the loop ----------------------------------------------------------------------
@@ -136,12 +136,8 @@ class Dispatcher:
 
     def step(self) -> float:
         """Dispatch what can go now; return how long to wait before the next step."""
+        self.reconciler.run_if_due()
         now = self.clock.time()
-        if now >= self._next_reconcile:
-            self._next_reconcile = now + self.reconcile_every_s
-            recovered = self.queue.recover_stuck(self.clock.now())
-            if recovered:
-                log.warning("tasks.recovered", extra={"count": recovered})
         waits: list[float] = []
         for name, lane in self.lanes.items():
             if not lane.units and now >= lane.next_refill:

@@ -31,7 +31,8 @@ from sqlalchemy import (
 )
 
 from sluice.domain import DueTask, Outcome, Phase, TaskStatus
-from sluice.store.repository import end_descendants, event_row, events, task_values, tasks
+from sluice.store.chains import end_descendants, release_children
+from sluice.store.rows import event_row, events, task_values, tasks
 
 ACTIVE_PHASES = (Phase.READY.value, Phase.POLLING.value, Phase.UNCERTAIN.value)
 _parent = tasks.alias("parent")
@@ -297,15 +298,7 @@ def apply_outcomes(conn: Connection, outcomes: Iterable[Outcome], now: datetime)
     if new_events:
         conn.execute(insert(events), new_events)
     if released:
-        conn.execute(
-            update(tasks)
-            .where(
-                tasks.c.parent_id.in_(released),
-                tasks.c.phase == Phase.WAITING_PARENT.value,
-                tasks.c.status == TaskStatus.NOT_STARTED.value,
-            )
-            .values(phase=Phase.READY.value, next_attempt_at=now, updated_at=now)
-        )
+        release_children(conn, released, now)
     for root, status, message in ended:
         end_descendants(conn, [root], status, message, now)
     return applied

@@ -1,47 +1,30 @@
 """Every SQL statement the API needs: create, read, list, cancel, retry.
 
-Each public method is one transaction. Status changes go through :func:`change_status`,
-which refuses illegal transitions and writes the event in the same transaction.
+Each public method runs in one transaction, except :meth:`TaskRepository.create`: with an
+idempotency key it first reads the key (one transaction), then creates (a second) and, if
+a concurrent create won the key, reads it again (a third). Status changes go through
+:func:`~sluice.store.rows.change_status`, which refuses illegal transitions and writes the
+event in the same transaction.
 """
 
 from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    Connection,
-    Engine,
-    Row,
-    Table,
-    and_,
-    func,
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import Connection, Engine, and_, func, select
 from sqlalchemy.exc import IntegrityError
 
 from sluice import errors
 from sluice.clock import Clock, SystemClock
-from sluice.domain import (
-    FINAL_STATUSES,
-    NewTask,
-    Phase,
-    Task,
-    TaskEvent,
-    TaskStatus,
-    can_transition,
-)
+from sluice.domain import FINAL_STATUSES, Phase, Submission, Task, TaskEvent, TaskStatus
 from sluice.store import bulk
-from sluice.store.tables import TaskEventRow, TaskRow
-
-tasks: Table = TaskRow.__table__  # type: ignore[assignment]
-events: Table = TaskEventRow.__table__  # type: ignore[assignment]
+from sluice.store.chains import descendant_ids, end_descendants, initial_phase, restart_phase
+from sluice.store.rows import change_status, chunks, event_row, events, row_to_task, tasks
 
 MAX_PAGE = 1000
 
@@ -58,87 +41,6 @@ def new_client_refs(count: int) -> Iterator[str]:
     """``count`` client references (96 random bits each), drawn in one system call."""
     random_hex = os.urandom(12 * count).hex()
     return ("sl-" + random_hex[24 * i : 24 * (i + 1)] for i in range(count))
-
-
-def task_values(mapping: Mapping[Any, Any], names: Iterable[str]) -> dict[str, Any]:
-    """The named task columns of a row, with status, phase and flags as domain values."""
-    values = {name: mapping[name] for name in names}
-    values["status"] = TaskStatus(values["status"])
-    values["phase"] = Phase(values["phase"])
-    values["track_only"] = bool(values["track_only"])
-    return values
-
-
-_TASK_FIELDS = tuple(f.name for f in fields(Task))
-
-
-def row_to_task(row: Row[Any]) -> Task:
-    return Task(**task_values(row._mapping, _TASK_FIELDS))
-
-
-def event_row(
-    task_id: int,
-    at: datetime,
-    event: str,
-    from_status: TaskStatus | None,
-    to_status: TaskStatus | None,
-    detail: str | None = None,
-) -> dict[str, Any]:
-    return {
-        "task_id": task_id,
-        "at": at,
-        "event": event,
-        "from_status": from_status.value if from_status else None,
-        "to_status": to_status.value if to_status else None,
-        "detail": detail,
-    }
-
-
-def change_status(
-    conn: Connection,
-    task: Task,
-    to_status: TaskStatus,
-    *,
-    now: datetime,
-    event: str,
-    detail: str | None = None,
-    **fields: Any,
-) -> bool:
-    """Move ``task`` to ``to_status`` with its event, if nobody changed it meanwhile.
-
-    Returns False when the row's status is no longer ``task.status`` (a concurrent
-    change won); raises IllegalTransition when the move itself is not allowed.
-    """
-    if to_status != task.status and not can_transition(task.status, to_status):
-        raise errors.IllegalTransition(
-            f"task {task.id}: {task.status.value} -> {to_status.value} is not allowed"
-        )
-    result = conn.execute(
-        update(tasks)
-        .where(and_(tasks.c.id == task.id, tasks.c.status == task.status.value))
-        .values(status=to_status.value, updated_at=now, **fields)
-    )
-    if result.rowcount != 1:
-        return False
-    conn.execute(insert(events), [event_row(task.id, now, event, task.status, to_status, detail)])
-    return True
-
-
-def initial_phase(
-    spec: NewTask, parent_status: TaskStatus | None
-) -> tuple[TaskStatus, Phase, str | None]:
-    """Status, phase and message a new task starts with, given its parent's status."""
-    if spec.track_only:
-        if spec.status.is_final:
-            return spec.status, Phase.DONE, None
-        return spec.status, Phase.POLLING, None
-    if parent_status is None or parent_status is TaskStatus.COMPLETED:
-        return TaskStatus.NOT_STARTED, Phase.READY, None
-    if parent_status is TaskStatus.ERROR:
-        return TaskStatus.ERROR, Phase.DONE, "parent task failed"
-    if parent_status is TaskStatus.CANCELLED:
-        return TaskStatus.CANCELLED, Phase.DONE, "parent task was cancelled"
-    return TaskStatus.NOT_STARTED, Phase.WAITING_PARENT, None
 
 
 class TaskRepository:
@@ -225,7 +127,7 @@ class TaskRepository:
 
     # -- creates -----------------------------------------------------------------------
 
-    def create(self, spec: NewTask) -> tuple[Task, bool]:
+    def create(self, spec: Submission) -> tuple[Task, bool]:
         """Create one task; returns (task, created). A replayed idempotency key returns
         the original task with ``created=False``; the same key with another body is 409."""
         if spec.idempotency_key is not None:
@@ -242,7 +144,7 @@ class TaskRepository:
             raise
         return self.get(ids[0]), True
 
-    def _by_idempotency_key(self, spec: NewTask) -> Task | None:
+    def _by_idempotency_key(self, spec: Submission) -> Task | None:
         with self.engine.connect() as conn:
             row = conn.execute(
                 select(tasks).where(tasks.c.idempotency_key == spec.idempotency_key)
@@ -255,7 +157,7 @@ class TaskRepository:
             )
         return row_to_task(row)
 
-    def create_many(self, specs: Sequence[NewTask]) -> list[int]:
+    def create_many(self, specs: Sequence[Submission]) -> list[int]:
         """Create every task or none; returns their ids in input order."""
         now = self.clock.now()
         try:
@@ -264,11 +166,15 @@ class TaskRepository:
         except IntegrityError as exc:
             raise errors.TaskConflict(_conflict_message(exc, specs)) from exc
 
-    def _insert_batch(self, conn: Connection, specs: Sequence[NewTask], now: datetime) -> list[int]:
+    def _insert_batch(
+        self, conn: Connection, specs: Sequence[Submission], now: datetime
+    ) -> list[int]:
         parent_statuses = self._parent_statuses(conn, specs)
         client_refs = new_client_refs(len(specs))
         rows: list[dict[str, Any]] = []
         for spec in specs:
+            if spec.provider is None:
+                raise errors.InvalidTask("a task needs a provider (submissions.check fills it in)")
             client_ref = next(client_refs)
             if spec.parent_index is not None:
                 parent_status: TaskStatus | None = TaskStatus(rows[spec.parent_index]["status"])
@@ -322,7 +228,7 @@ class TaskRepository:
         return ids
 
     def _insert_rows(
-        self, conn: Connection, specs: Sequence[NewTask], rows: list[dict[str, Any]]
+        self, conn: Connection, specs: Sequence[Submission], rows: list[dict[str, Any]]
     ) -> list[int]:
         """Give each row its id (explicit or new), link batch parents, insert all rows."""
         highest_explicit = max((row["id"] for row in rows if row["id"] is not None), default=0)
@@ -340,12 +246,14 @@ class TaskRepository:
         bulk.insert_rows(conn, tasks, rows)
         return ids
 
-    def _parent_statuses(self, conn: Connection, specs: Sequence[NewTask]) -> dict[int, TaskStatus]:
+    def _parent_statuses(
+        self, conn: Connection, specs: Sequence[Submission]
+    ) -> dict[int, TaskStatus]:
         wanted = {s.parent_id for s in specs if s.parent_id is not None}
         if not wanted:
             return {}
         found: dict[int, TaskStatus] = {}
-        for chunk in _chunks(sorted(wanted), 900):
+        for chunk in chunks(sorted(wanted)):
             for task_id, status in conn.execute(
                 select(tasks.c.id, tasks.c.status).where(tasks.c.id.in_(chunk))
             ):
@@ -412,12 +320,7 @@ class TaskRepository:
     def _restart(
         self, conn: Connection, task: Task, parent_status: TaskStatus | None, now: datetime
     ) -> None:
-        if task.track_only:
-            phase = Phase.POLLING
-        elif parent_status is None or parent_status is TaskStatus.COMPLETED:
-            phase = Phase.READY
-        else:
-            phase = Phase.WAITING_PARENT
+        phase = restart_phase(task.track_only, parent_status)
         previous = task.validation_error or task.last_error or "-"
         change_status(
             conn,
@@ -444,58 +347,11 @@ class TaskRepository:
         if not ids:
             return []
         found: list[Task] = []
-        for chunk in _chunks(ids, 900):
+        for chunk in chunks(ids):
             found.extend(
                 row_to_task(r) for r in conn.execute(select(tasks).where(tasks.c.id.in_(chunk)))
             )
         return sorted(found, key=lambda t: t.id)
-
-
-def descendant_ids(conn: Connection, roots: Sequence[int]) -> list[int]:
-    """Ids of every descendant of ``roots`` (not the roots), any depth."""
-    found: list[int] = []
-    frontier = list(roots)
-    while frontier:
-        children: list[int] = []
-        for chunk in _chunks(frontier, 900):
-            children.extend(
-                conn.execute(select(tasks.c.id).where(tasks.c.parent_id.in_(chunk))).scalars()
-            )
-        found.extend(children)
-        frontier = children
-    return found
-
-
-def end_descendants(
-    conn: Connection, roots: Sequence[int], status: TaskStatus, message: str, now: datetime
-) -> int:
-    """End every unfinished descendant of ``roots`` with ``status`` and ``message``."""
-    ids = descendant_ids(conn, roots)
-    count = 0
-    for chunk in _chunks(ids, 900):
-        rows = conn.execute(
-            select(tasks).where(
-                and_(
-                    tasks.c.id.in_(chunk), tasks.c.status.not_in([s.value for s in FINAL_STATUSES])
-                )
-            )
-        ).all()
-        for row in rows:
-            task = row_to_task(row)
-            fields: dict[str, Any] = {
-                "phase": Phase.DONE.value,
-                "next_attempt_at": None,
-                "claimed_by": None,
-                "claimed_until": None,
-                "last_error": message,
-            }
-            if status is TaskStatus.ERROR:
-                fields["validation_error"] = message
-            if change_status(
-                conn, task, status, now=now, event="parent_ended", detail=message, **fields
-            ):
-                count += 1
-    return count
 
 
 def encode_cursor(last_id: int) -> str:
@@ -513,12 +369,7 @@ def decode_cursor(cursor: str) -> int:
         raise errors.InvalidTask(f"cursor {cursor!r} is not a cursor this API returned") from exc
 
 
-def _chunks(items: Sequence[int], size: int) -> Iterable[list[int]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
-
-
-def _conflict_message(exc: IntegrityError, specs: Sequence[NewTask]) -> str:
+def _conflict_message(exc: IntegrityError, specs: Sequence[Submission]) -> str:
     text_ = str(exc.orig).lower()
     if "idempotency" in text_:
         return "Idempotency-Key already used"

@@ -39,10 +39,9 @@ import pytest
 import redis
 
 from sluice import submissions
-from sluice.domain import Phase, TaskStatus
+from sluice.domain import Phase, Submission, TaskStatus
 from sluice.runtime import Runtime, build_runtime
 from sluice.settings import load_settings
-from sluice.submissions import Submission
 from tests.conftest import RABBITMQ_URL, REDIS_URL, require_service
 
 SLUICE = str(Path(sys.executable).with_name("sluice"))
@@ -453,7 +452,7 @@ class Cluster:
     def phases(self) -> dict[str, int]:
         from sqlalchemy import func, select
 
-        from sluice.store.repository import tasks as table
+        from sluice.store.rows import tasks as table
 
         with self.runtime.repo.engine.connect() as conn:
             rows = conn.execute(select(table.c.phase, func.count()).group_by(table.c.phase))
@@ -463,7 +462,7 @@ class Cluster:
         """How many events of each kind the store recorded (``recovered``, ``looked_up``...)."""
         from sqlalchemy import func, select
 
-        from sluice.store.repository import events
+        from sluice.store.rows import events
 
         with self.runtime.repo.engine.connect() as conn:
             rows = conn.execute(select(events.c.event, func.count()).group_by(events.c.event))

@@ -65,18 +65,18 @@ def make_runtime(
 
 
 def run_until_final(
-    runtime: Runtime, timeout_s: float = 60.0, engine: EmbeddedDriver | None = None
+    runtime: Runtime, timeout_s: float = 60.0, driver: EmbeddedDriver | None = None
 ) -> EmbeddedDriver:
-    """Run the embedded engine until every task is final (fails after ``timeout_s``)."""
-    engine = engine or build_embedded_driver(runtime)
-    engine.start()
+    """Run the embedded driver until every task is final (fails after ``timeout_s``)."""
+    driver = driver or build_embedded_driver(runtime)
+    driver.start()
     deadline = time.monotonic() + timeout_s
     try:
-        while not engine.all_final():
+        while not driver.all_final():
             if time.monotonic() > deadline:
                 counts = runtime.repo.counts()
                 pytest.fail(f"tasks not final after {timeout_s}s: {counts}")
             time.sleep(0.05)
     finally:
-        engine.stop()
-    return engine
+        driver.stop()
+    return driver

@@ -24,7 +24,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from sluice.api.app import create_app
 from sluice.catalog import Catalog, ProviderInfo
-from sluice.domain import NewTask
+from sluice.domain import Submission
 from sluice.settings import Settings
 from sluice.store import db
 from sluice.store.repository import TaskRepository
@@ -52,9 +52,11 @@ def app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FastAPI]:
     db.ensure_schema(engine)
     repo = TaskRepository(engine)
     # A few low ids exist, so generated ids sometimes hit real tasks in every state.
-    repo.create(NewTask("sandbox", id=1))
-    repo.create_many([NewTask("sandbox", "campaign", {"n": 1}), NewTask("acme", "campaign", {})])
-    repo.create(NewTask("sandbox", "creative", {}, parent_id=2))
+    repo.create(Submission("sandbox", id=1))
+    repo.create_many(
+        [Submission("sandbox", "campaign", {"n": 1}), Submission("acme", "campaign", {})]
+    )
+    repo.create(Submission("sandbox", "creative", {}, parent_id=2))
     repo.cancel(3)
     yield create_app(app_settings, repo, CATALOG)
     engine.dispose()

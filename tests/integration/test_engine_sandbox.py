@@ -9,8 +9,7 @@ from typing import Any
 import httpx
 
 from sluice import submissions
-from sluice.domain import TaskStatus
-from sluice.submissions import Submission
+from sluice.domain import Submission, TaskStatus
 from tests.integration.conftest import make_runtime, run_until_final, sandbox_stats
 
 FAST_POLL = {"interval": "100ms"}
@@ -114,8 +113,8 @@ def test_prototype_walkthrough_tracks_ids_by_batch_status(
     )
     from sluice.drivers.embedded import build_embedded_driver
 
-    engine = build_embedded_driver(runtime)
-    engine.start()
+    driver = build_embedded_driver(runtime)
+    driver.start()
     try:
         import time
 
@@ -126,7 +125,7 @@ def test_prototype_walkthrough_tracks_ids_by_batch_status(
                 break
             time.sleep(0.05)
     finally:
-        engine.stop()
+        driver.stop()
     assert [runtime.repo.get(i).status for i in (1, 2, 3)] == [
         TaskStatus.IN_PROGRESS,
         TaskStatus.COMPLETED,

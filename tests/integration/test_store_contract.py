@@ -12,9 +12,10 @@ from sqlalchemy import func, insert, select, text
 
 from sluice import errors
 from sluice.clock import FakeClock, SystemClock
-from sluice.domain import NewTask, Phase, Task, TaskStatus
+from sluice.domain import Phase, Submission, Task, TaskStatus
 from sluice.store import db
-from sluice.store.repository import TaskRepository, change_status, events, tasks
+from sluice.store.repository import TaskRepository
+from sluice.store.rows import change_status, events, tasks
 
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -61,17 +62,17 @@ def store(database_url: str) -> Iterator[Store]:
     engine.dispose()
 
 
-def submission(**fields: object) -> NewTask:
+def submission(**fields: object) -> Submission:
     values: dict[str, object] = {
         "provider": "sandbox",
         "kind": "campaign",
         "payload": {"name": "Spring sale", "budget_cents": 250_000, "geo": ["FR", "DE"]},
     }
     values.update(fields)
-    return NewTask(**values)  # type: ignore[arg-type]
+    return Submission(**values)  # type: ignore[arg-type]
 
 
-def create(store: Store, spec: NewTask) -> Task:
+def create(store: Store, spec: Submission) -> Task:
     task, created = store.repo.create(spec)
     assert created
     return task
@@ -95,7 +96,7 @@ def test_created_submission_reads_back(store: Store) -> None:
 
 def test_tracked_task_keeps_its_id_as_external_id(store: Store) -> None:
     """The prototype's tracked task keeps the given id and status and is polled by that id."""
-    task = create(store, NewTask(provider="sandbox", id=3, status=TaskStatus.IN_PROGRESS))
+    task = create(store, Submission(provider="sandbox", id=3, status=TaskStatus.IN_PROGRESS))
 
     assert task.id == 3
     assert task.status is TaskStatus.IN_PROGRESS
@@ -106,7 +107,7 @@ def test_tracked_task_keeps_its_id_as_external_id(store: Store) -> None:
 
 def test_auto_numbered_tracked_task_is_polled_by_its_own_id(store: Store) -> None:
     """A tracked task created without an id gets its new id as the id to poll."""
-    task = create(store, NewTask(provider="sandbox"))
+    task = create(store, Submission(provider="sandbox"))
 
     assert task.external_id == str(task.id)
 
@@ -120,11 +121,11 @@ def test_unknown_id_raises_not_found(store: Store) -> None:
 
 def test_existing_id_conflicts_and_writes_nothing(store: Store) -> None:
     """Creating a task with an id already used raises TaskConflict and changes nothing."""
-    create(store, NewTask(provider="sandbox", id=1))
+    create(store, Submission(provider="sandbox", id=1))
     before = store.written()
 
     with pytest.raises(errors.TaskConflict, match="task 1 already exists"):
-        store.repo.create(NewTask(provider="sandbox", id=1, status=TaskStatus.COMPLETED))
+        store.repo.create(Submission(provider="sandbox", id=1, status=TaskStatus.COMPLETED))
 
     assert store.written() == before
     assert store.repo.get(1).status is TaskStatus.NOT_STARTED
@@ -135,7 +136,7 @@ def test_existing_id_conflicts_and_writes_nothing(store: Store) -> None:
 
 def test_explicit_id_never_breaks_auto_numbering(store: Store) -> None:
     """After a task is created with explicit id 5, auto-numbered creates all succeed elsewhere."""
-    create(store, NewTask(provider="sandbox", id=5))
+    create(store, Submission(provider="sandbox", id=5))
 
     auto_ids = [create(store, submission()).id for _ in range(10)]
 
@@ -147,7 +148,7 @@ def test_explicit_id_never_breaks_auto_numbering(store: Store) -> None:
 def test_auto_numbering_continues_above_a_far_explicit_id(store: Store) -> None:
     """After explicit id 1,000,000 the next auto-numbered tasks come after it."""
     create(store, submission())
-    create(store, NewTask(provider="sandbox", id=1_000_000))
+    create(store, Submission(provider="sandbox", id=1_000_000))
 
     later = [create(store, submission()).id for _ in range(3)]
 
@@ -158,7 +159,7 @@ def test_explicit_ids_in_a_batch_with_auto_ids(store: Store) -> None:
     """A batch mixing explicit and automatic ids gives every item a distinct id, in order."""
     create(store, submission())
     ids = store.repo.create_many(
-        [submission(), NewTask(provider="sandbox", id=3), submission(), submission()]
+        [submission(), Submission(provider="sandbox", id=3), submission(), submission()]
     )
 
     assert ids[1] == 3
@@ -201,7 +202,7 @@ def test_explicit_id_while_another_create_is_in_flight(postgres_url: str) -> Non
             in_flight_ids = (
                 other.execute(insert(tasks).returning(tasks.c.id), [row, row]).scalars().all()
             )
-            repo.create(NewTask(provider="sandbox", id=gap))
+            repo.create(Submission(provider="sandbox", id=gap))
             in_flight.commit()
 
         later = [repo.create(submission())[0].id for _ in range(3)]
@@ -246,11 +247,11 @@ def test_batch_with_unknown_parent_writes_nothing(store: Store) -> None:
 
 def test_batch_conflicting_late_writes_nothing(store: Store) -> None:
     """A batch whose last item's id is taken raises TaskConflict; no earlier item is kept."""
-    create(store, NewTask(provider="sandbox", id=40))
+    create(store, Submission(provider="sandbox", id=40))
     before = store.written()
 
     with pytest.raises(errors.TaskConflict):
-        store.repo.create_many([submission() for _ in range(100)] + [NewTask("sandbox", id=40)])
+        store.repo.create_many([submission() for _ in range(100)] + [Submission("sandbox", id=40)])
 
     assert store.written() == before
 

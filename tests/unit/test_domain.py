@@ -8,12 +8,12 @@ import pytest
 
 from sluice.domain import (
     ALLOWED_TRANSITIONS,
-    NewTask,
     Phase,
+    Submission,
     TaskStatus,
     can_transition,
 )
-from sluice.store.repository import initial_phase
+from sluice.store.chains import initial_phase
 
 
 def test_prototype_status_words_unchanged() -> None:
@@ -98,44 +98,44 @@ def test_only_final_statuses_lead_back_to_not_started() -> None:
 
 def test_task_without_kind_is_track_only() -> None:
     """A task with no kind is the prototype's tracked object; one with a kind is a submission."""
-    assert NewTask(provider="sandbox", id=1).track_only
-    assert not NewTask(provider="sandbox", kind="campaign", payload={}).track_only
+    assert Submission(provider="sandbox", id=1).track_only
+    assert not Submission(provider="sandbox", kind="campaign", payload={}).track_only
 
 
 @pytest.mark.parametrize(
     ("spec", "parent", "expected"),
     [
-        (NewTask("sandbox", id=1), None, (TaskStatus.NOT_STARTED, Phase.POLLING)),
+        (Submission("sandbox", id=1), None, (TaskStatus.NOT_STARTED, Phase.POLLING)),
         (
-            NewTask("sandbox", id=1, status=TaskStatus.COMPLETED),
+            Submission("sandbox", id=1, status=TaskStatus.COMPLETED),
             None,
             (TaskStatus.COMPLETED, Phase.DONE),
         ),
-        (NewTask("sandbox", "campaign", {}), None, (TaskStatus.NOT_STARTED, Phase.READY)),
+        (Submission("sandbox", "campaign", {}), None, (TaskStatus.NOT_STARTED, Phase.READY)),
         (
-            NewTask("sandbox", "campaign", {}, parent_id=1),
+            Submission("sandbox", "campaign", {}, parent_id=1),
             TaskStatus.COMPLETED,
             (TaskStatus.NOT_STARTED, Phase.READY),
         ),
         (
-            NewTask("sandbox", "campaign", {}, parent_id=1),
+            Submission("sandbox", "campaign", {}, parent_id=1),
             TaskStatus.IN_PROGRESS,
             (TaskStatus.NOT_STARTED, Phase.WAITING_PARENT),
         ),
         (
-            NewTask("sandbox", "campaign", {}, parent_id=1),
+            Submission("sandbox", "campaign", {}, parent_id=1),
             TaskStatus.ERROR,
             (TaskStatus.ERROR, Phase.DONE),
         ),
         (
-            NewTask("sandbox", "campaign", {}, parent_id=1),
+            Submission("sandbox", "campaign", {}, parent_id=1),
             TaskStatus.CANCELLED,
             (TaskStatus.CANCELLED, Phase.DONE),
         ),
     ],
 )
 def test_initial_phase_follows_mode_and_parent(
-    spec: NewTask, parent: TaskStatus | None, expected: tuple[TaskStatus, Phase]
+    spec: Submission, parent: TaskStatus | None, expected: tuple[TaskStatus, Phase]
 ) -> None:
     """A new task starts polled, ready, waiting or already ended according to its parent."""
     status, phase, message = initial_phase(spec, parent)

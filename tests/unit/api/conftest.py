@@ -17,7 +17,8 @@ from sluice.clock import FakeClock
 from sluice.domain import TaskStatus
 from sluice.settings import Settings
 from sluice.store import db
-from sluice.store.repository import TaskRepository, change_status, events, tasks
+from sluice.store.repository import TaskRepository
+from sluice.store.rows import change_status, events, tasks
 
 CATALOG = Catalog(
     providers={

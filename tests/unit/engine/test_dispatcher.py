@@ -13,7 +13,7 @@ import pytest
 
 from sluice import submissions
 from sluice.clock import FakeClock
-from sluice.domain import TaskStatus, WorkUnit
+from sluice.domain import Submission, TaskStatus, WorkUnit
 from sluice.engine.dispatcher import Dispatcher
 from sluice.engine.execute import execute_unit
 from sluice.providers.registry import build_http_client, load_providers
@@ -24,7 +24,6 @@ from sluice.settings import load_settings
 from sluice.store import db
 from sluice.store.queue import WorkQueue
 from sluice.store.repository import TaskRepository
-from sluice.submissions import Submission
 
 
 class FakeDsp:

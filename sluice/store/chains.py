@@ -1,0 +1,113 @@
+"""Parent and child tasks, in one place: how a child starts, and what a parent's end does.
+
+A child waits (``waiting_parent``) until its parent is Completed, then becomes ready; the
+parent's external id reaches the child's payload when the child is submitted. A parent
+that ends in Error or Cancelled ends every unfinished descendant with a message naming it.
+The engine's outcomes ask for these effects (``Outcome.release_children`` and
+``Outcome.end_descendants``, built with :func:`children_end`); the API's cancel and retry
+use the same functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, select, update
+
+from sluice.domain import FINAL_STATUSES, Phase, Submission, TaskStatus
+from sluice.store.rows import change_status, chunks, row_to_task, tasks
+
+
+def initial_phase(
+    spec: Submission, parent_status: TaskStatus | None
+) -> tuple[TaskStatus, Phase, str | None]:
+    """Status, phase and message a new task starts with, given its parent's status."""
+    status = spec.status or TaskStatus.NOT_STARTED
+    if spec.track_only:
+        if status.is_final:
+            return status, Phase.DONE, None
+        return status, Phase.POLLING, None
+    if parent_status is None or parent_status is TaskStatus.COMPLETED:
+        return TaskStatus.NOT_STARTED, Phase.READY, None
+    if parent_status is TaskStatus.ERROR:
+        return TaskStatus.ERROR, Phase.DONE, "parent task failed"
+    if parent_status is TaskStatus.CANCELLED:
+        return TaskStatus.CANCELLED, Phase.DONE, "parent task was cancelled"
+    return TaskStatus.NOT_STARTED, Phase.WAITING_PARENT, None
+
+
+def restart_phase(track_only: bool, parent_status: TaskStatus | None) -> Phase:
+    """The phase of a retried task: polled, ready, or waiting for its parent."""
+    if track_only:
+        return Phase.POLLING
+    if parent_status is None or parent_status is TaskStatus.COMPLETED:
+        return Phase.READY
+    return Phase.WAITING_PARENT
+
+
+def children_end(parent_id: int, status: TaskStatus, message: str) -> tuple[TaskStatus, str]:
+    """How the descendants of a parent ending in ``status`` with ``message`` end."""
+    verb = "was cancelled" if status is TaskStatus.CANCELLED else "failed"
+    return status, f"parent task {parent_id} {verb}: {message}"
+
+
+def release_children(conn: Connection, parent_ids: Sequence[int], now: datetime) -> None:
+    """Make the waiting children of Completed ``parent_ids`` ready now."""
+    for chunk in chunks(parent_ids):
+        conn.execute(
+            update(tasks)
+            .where(
+                tasks.c.parent_id.in_(chunk),
+                tasks.c.phase == Phase.WAITING_PARENT.value,
+                tasks.c.status == TaskStatus.NOT_STARTED.value,
+            )
+            .values(phase=Phase.READY.value, next_attempt_at=now, updated_at=now)
+        )
+
+
+def descendant_ids(conn: Connection, roots: Sequence[int]) -> list[int]:
+    """Ids of every descendant of ``roots`` (not the roots), any depth."""
+    found: list[int] = []
+    frontier = list(roots)
+    while frontier:
+        children: list[int] = []
+        for chunk in chunks(frontier):
+            children.extend(
+                conn.execute(select(tasks.c.id).where(tasks.c.parent_id.in_(chunk))).scalars()
+            )
+        found.extend(children)
+        frontier = children
+    return found
+
+
+def end_descendants(
+    conn: Connection, roots: Sequence[int], status: TaskStatus, message: str, now: datetime
+) -> int:
+    """End every unfinished descendant of ``roots`` with ``status`` and ``message``."""
+    count = 0
+    for chunk in chunks(descendant_ids(conn, roots)):
+        rows = conn.execute(
+            select(tasks).where(
+                and_(
+                    tasks.c.id.in_(chunk), tasks.c.status.not_in([s.value for s in FINAL_STATUSES])
+                )
+            )
+        ).all()
+        for row in rows:
+            task = row_to_task(row)
+            fields: dict[str, Any] = {
+                "phase": Phase.DONE.value,
+                "next_attempt_at": None,
+                "claimed_by": None,
+                "claimed_until": None,
+                "last_error": message,
+            }
+            if status is TaskStatus.ERROR:
+                fields["validation_error"] = message
+            if change_status(
+                conn, task, status, now=now, event="parent_ended", detail=message, **fields
+            ):
+                count += 1
+    return count

@@ -1,0 +1,97 @@
+"""What the store's two faces share: the tables, row <-> value mapping, guarded status changes.
+
+:mod:`sluice.store.repository` (the API's SQL), :mod:`sluice.store.queue` (the engine's SQL)
+and :mod:`sluice.store.chains` build on these; none of them reaches into another's internals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import fields
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Row, Table, and_, insert, update
+
+from sluice import errors
+from sluice.domain import Phase, Task, TaskStatus, can_transition
+from sluice.store.tables import TaskEventRow, TaskRow
+
+tasks: Table = TaskRow.__table__  # type: ignore[assignment]
+events: Table = TaskEventRow.__table__  # type: ignore[assignment]
+
+IN_CHUNK = 900
+"""Ids per ``IN (...)`` list: below SQLite's historical limit of 999 bound parameters."""
+
+T = TypeVar("T")
+
+
+def chunks(items: Sequence[T], size: int = IN_CHUNK) -> Iterator[list[T]]:
+    """``items`` in lists of at most ``size``, for ``IN (...)`` clauses."""
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+def task_values(mapping: Mapping[Any, Any], names: Iterable[str]) -> dict[str, Any]:
+    """The named task columns of a row, with status, phase and flags as domain values."""
+    values = {name: mapping[name] for name in names}
+    values["status"] = TaskStatus(values["status"])
+    values["phase"] = Phase(values["phase"])
+    values["track_only"] = bool(values["track_only"])
+    return values
+
+
+_TASK_FIELDS = tuple(f.name for f in fields(Task))
+
+
+def row_to_task(row: Row[Any]) -> Task:
+    return Task(**task_values(row._mapping, _TASK_FIELDS))
+
+
+def event_row(
+    task_id: int,
+    at: datetime,
+    event: str,
+    from_status: TaskStatus | None,
+    to_status: TaskStatus | None,
+    detail: str | None = None,
+) -> dict[str, Any]:
+    """A ``task_events`` row."""
+    return {
+        "task_id": task_id,
+        "at": at,
+        "event": event,
+        "from_status": from_status.value if from_status else None,
+        "to_status": to_status.value if to_status else None,
+        "detail": detail,
+    }
+
+
+def change_status(
+    conn: Connection,
+    task: Task,
+    to_status: TaskStatus,
+    *,
+    now: datetime,
+    event: str,
+    detail: str | None = None,
+    **fields: Any,
+) -> bool:
+    """Move ``task`` to ``to_status`` with its event, if nobody changed it meanwhile.
+
+    Returns False when the row's status is no longer ``task.status`` (a concurrent
+    change won); raises IllegalTransition when the move itself is not allowed.
+    """
+    if to_status != task.status and not can_transition(task.status, to_status):
+        raise errors.IllegalTransition(
+            f"task {task.id}: {task.status.value} -> {to_status.value} is not allowed"
+        )
+    result = conn.execute(
+        update(tasks)
+        .where(and_(tasks.c.id == task.id, tasks.c.status == task.status.value))
+        .values(status=to_status.value, updated_at=now, **fields)
+    )
+    if result.rowcount != 1:
+        return False
+    conn.execute(insert(events), [event_row(task.id, now, event, task.status, to_status, detail)])
+    return True
