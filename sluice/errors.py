@@ -1,21 +1,31 @@
-"""Sluice's exception tree.
+"""Sluice's exception tree: every exception Sluice raises belongs to it.
 
 One root, a subtree per seam::
 
     SluiceError
     ├── ConfigError                 bad settings or provider TOML (names file, key, reason)
+    ├── InvalidValue (ValueError)   a value outside its domain: a rate, a duration, a limit,
+    │   │                           a margin, a naive datetime given to the store
+    │   └── KeyProblem              providers/config.py: one key of a provider table
+    ├── SubmissionInvalid           submissions.py: items of a submission are invalid, each
+    │                               named with its field; nothing was written
     ├── StoreError
     │   ├── TaskNotFound
     │   ├── TaskConflict            id or idempotency key already used
     │   ├── IllegalTransition       e.g. Completed -> Not Started
-    │   └── InvalidTask             a submission that cannot be stored (unknown parent...)
+    │   └── InvalidTask             a submission or file that cannot be stored (unknown parent...)
     ├── ProviderError               raised while talking to a third party
-    │   ├── ProviderTimeout         the request may have reached the provider (ambiguous)
     │   ├── ProviderConnectError    the request never left (safe to resend)
-    │   └── ProviderProtocolError   an answer we cannot read
-    └── LimiterError                the limiter's backing store failed
+    │   ├── ProviderTimeout         sent, no answer in time (may have taken effect: ambiguous)
+    │   ├── ProviderDisconnected    sent, the connection dropped before a whole answer (ambiguous)
+    │   ├── TokenUnavailable        providers/auth.py: no access token for the request
+    │   └── MissingValue (LookupError)  providers/templating.py: the task lacks a value the
+    │                               request template needs
+    ├── LimiterError                the limiter's backing store failed
+    └── BodyTooLarge                api/limits.py: a request body over the limit (answered 413)
 
 Third-party exceptions are translated where they enter (``raise ProviderTimeout(...) from exc``).
+The sandbox stands for a third party and keeps its own tree (``sluice/sandbox/errors.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +37,10 @@ class SluiceError(Exception):
 
 class ConfigError(SluiceError):
     """Settings or provider configuration are invalid."""
+
+
+class InvalidValue(SluiceError, ValueError):
+    """A value is outside its domain (also a ``ValueError``, so validators accept it)."""
 
 
 class StoreError(SluiceError):
@@ -65,8 +79,8 @@ class ProviderConnectError(ProviderError):
     """The request could not be sent: it certainly did not take effect."""
 
 
-class ProviderProtocolError(ProviderError):
-    """The provider answered something Sluice cannot interpret."""
+class ProviderDisconnected(ProviderError):
+    """The connection dropped after the request was sent: it may have taken effect."""
 
 
 class LimiterError(SluiceError):

@@ -7,9 +7,11 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sluice import errors
 
-class BodyTooLarge(Exception):
-    pass
+
+class BodyTooLarge(errors.SluiceError):
+    """A request body went over its limit; the middleware answers 413."""
 
 
 class BodySizeLimit:

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from sluice import errors
 from sluice.domain import Phase, Submission, Task, TaskEvent, TaskStatus
 from sluice.submissions import MAX_BULK
 
@@ -24,10 +25,10 @@ def refuse_unstorable(value: Any) -> Any:
         item = pending.pop()
         if isinstance(item, str):
             if "\x00" in item:
-                raise ValueError("must not contain NUL characters (\\u0000)")
+                raise errors.InvalidValue("must not contain NUL characters (\\u0000)")
         elif isinstance(item, float):
             if not math.isfinite(item):
-                raise ValueError("numbers must be finite (NaN and Infinity are not JSON)")
+                raise errors.InvalidValue("numbers must be finite (NaN and Infinity are not JSON)")
         elif isinstance(item, dict):
             pending.extend(item.keys())
             pending.extend(item.values())

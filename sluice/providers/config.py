@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from sluice import errors
 from sluice.domain import TaskStatus
 from sluice.providers.durations import parse_duration
 from sluice.providers.templating import RequestLine, expand_env
@@ -35,7 +36,7 @@ _MIN_SECRET_LEN = 4
 # --- value types ---------------------------------------------------------------------------
 
 
-class KeyProblem(ValueError):
+class KeyProblem(errors.InvalidValue):
     """A problem with a sub-key of the value being validated (folded into the key path)."""
 
     def __init__(self, key: str, reason: str) -> None:
@@ -62,7 +63,7 @@ class Secret:
 
 def _secret_map(value: object, info: ValidationInfo) -> dict[str, Secret]:
     if not isinstance(value, Mapping):
-        raise ValueError(f"must be a table of strings, got {type(value).__name__}")
+        raise errors.InvalidValue(f"must be a table of strings, got {type(value).__name__}")
     environ: Mapping[str, str] = (info.context or {}).get("environ", {})
     result: dict[str, Secret] = {}
     for key, raw in value.items():
@@ -91,11 +92,13 @@ def _duration(value: object) -> float:
 
 def _rate(value: object) -> Rate:
     if not isinstance(value, str):
-        raise ValueError(f"must be a rate like '10/s', '40/min' or '1000/h', got {value!r}")
+        raise errors.InvalidValue(
+            f"must be a rate like '10/s', '40/min' or '1000/h', got {value!r}"
+        )
     try:
         return parse_rate(value)
     except ValueError as exc:
-        raise ValueError(f"{exc}") from None
+        raise errors.InvalidValue(f"{exc}") from None
 
 
 def _rates(value: object) -> tuple[Rate, ...]:
@@ -103,14 +106,14 @@ def _rates(value: object) -> tuple[Rate, ...]:
         return (_rate(value),)
     if isinstance(value, list) and value:
         return tuple(_rate(item) for item in value)
-    raise ValueError(f"must be a rate like '10/s' or a list of rates, got {value!r}")
+    raise errors.InvalidValue(f"must be a rate like '10/s' or a list of rates, got {value!r}")
 
 
 def _codes(value: object) -> frozenset[str]:
     if not isinstance(value, list) or not all(
         isinstance(v, int | str) and not isinstance(v, bool) for v in value
     ):
-        raise ValueError(f"must be a list of codes (numbers or strings), got {value!r}")
+        raise errors.InvalidValue(f"must be a list of codes (numbers or strings), got {value!r}")
     return frozenset(str(v) for v in value)
 
 
@@ -119,7 +122,7 @@ def _request_line(*allowed: str) -> PlainValidator:
         if isinstance(value, RequestLine):
             return value
         if not isinstance(value, str):
-            raise ValueError(f"must be a request line like 'GET /path', got {value!r}")
+            raise errors.InvalidValue(f"must be a request line like 'GET /path', got {value!r}")
         return RequestLine.parse(value, allowed)
 
     return PlainValidator(parse)
@@ -291,7 +294,7 @@ class ProviderConfig(_Table):
                 "two limits have the same scope, per and window; merge them into one",
             )
         if not self.kinds and self.poll is None:
-            raise ValueError("nothing to do: define [kinds.KIND] tables or a [poll] table")
+            raise errors.InvalidValue("nothing to do: define [kinds.KIND] tables or a [poll] table")
         return self
 
     @property
@@ -311,15 +314,17 @@ def parse_provider(
     """Validate one merged ``[providers.NAME]`` table.
 
     Raises:
-        ValueError: one line per problem, already prefixed with ``source`` and the key.
+        errors.InvalidValue: one line per problem, already prefixed with ``source`` and the key.
     """
     prefix = f"{source}: providers.{name}"
     if not PROVIDER_NAME.match(name):
-        raise ValueError(f"{prefix}: provider names may hold letters, digits, '-' and '_' only")
+        raise errors.InvalidValue(
+            f"{prefix}: provider names may hold letters, digits, '-' and '_' only"
+        )
     try:
         return ProviderConfig.model_validate(dict(table), context={"environ": environ})
     except ValidationError as exc:
-        raise ValueError("\n".join(_describe(exc, prefix))) from None
+        raise errors.InvalidValue("\n".join(_describe(exc, prefix))) from None
 
 
 def _describe(exc: ValidationError, prefix: str) -> list[str]:

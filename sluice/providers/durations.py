@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import re
 
+from sluice import errors
+
 _UNITS_S: dict[str, float] = {
     "ms": 0.001,
     "s": 1.0,
@@ -24,23 +26,23 @@ def parse_duration(value: object) -> float:
     """Seconds in ``value`` (``"2s"``, ``"1.5min"``, ``"1h"`` or a number of seconds).
 
     Raises:
-        ValueError: the text is not a non-negative duration with a known unit.
+        errors.InvalidValue: the text is not a non-negative duration with a known unit.
     """
     if isinstance(value, bool):
-        raise ValueError(f"must be a duration like '2s', '5min' or '1h', got {value!r}")
+        raise errors.InvalidValue(f"must be a duration like '2s', '5min' or '1h', got {value!r}")
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str):
         match = _DURATION.match(value.lower())
         if match is None or match.group(2) not in _UNITS_S:
-            raise ValueError(
+            raise errors.InvalidValue(
                 f"must be a duration like '500ms', '2s', '5min', '1h' or '1d', got {value!r}"
             )
         seconds = float(match.group(1)) * _UNITS_S[match.group(2)]
     else:
-        raise ValueError(f"must be a duration like '2s', '5min' or '1h', got {value!r}")
+        raise errors.InvalidValue(f"must be a duration like '2s', '5min' or '1h', got {value!r}")
     if seconds < 0 or not math.isfinite(seconds):
-        raise ValueError(f"must be a non-negative duration, got {value!r}")
+        raise errors.InvalidValue(f"must be a non-negative duration, got {value!r}")
     return seconds
 
 

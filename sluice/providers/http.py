@@ -541,7 +541,7 @@ def _send(
     Raises:
         errors.ProviderConnectError: nothing was sent (safe to resend).
         errors.ProviderTimeout: sent, no answer in time (may have taken effect).
-        errors.ProviderProtocolError: the answer broke off or could not be read.
+        errors.ProviderDisconnected: sent, the connection dropped before a whole answer.
     """
     what = f"{method} {target.split('?', 1)[0]}"
     try:
@@ -560,9 +560,7 @@ def _send(
         after = f" after {format_duration(timeout)}" if timeout else ""
         raise errors.ProviderTimeout(f"{what}: no answer{after} ({_reason(exc)})") from exc
     except httpx.HTTPError as exc:
-        raise errors.ProviderProtocolError(
-            f"{what}: connection broke off ({_reason(exc)})"
-        ) from exc
+        raise errors.ProviderDisconnected(f"{what}: connection broke off ({_reason(exc)})") from exc
 
 
 def _reason(exc: Exception) -> str:

@@ -106,10 +106,10 @@ def load_preset(name: str) -> dict[str, Any]:
     """The table of preset ``name``.
 
     Raises:
-        ValueError: no such preset (the message lists the known ones).
+        errors.InvalidValue: no such preset (the message lists the known ones).
     """
     if name not in preset_names():
-        raise ValueError(f"unknown preset {name!r}; known: {', '.join(preset_names())}")
+        raise errors.InvalidValue(f"unknown preset {name!r}; known: {', '.join(preset_names())}")
     text = (
         resources.files("sluice.providers")
         .joinpath("presets", f"{name}.toml")
@@ -122,21 +122,21 @@ def resolve_preset(name: str, table: object, source: str) -> dict[str, Any]:
     """``table`` deep-merged over its ``preset`` (user keys win), without the preset key.
 
     Raises:
-        ValueError: the table is not a table, or names an unknown preset.
+        errors.InvalidValue: the table is not a table, or names an unknown preset.
     """
     prefix = f"{source}: providers.{name}"
     if not isinstance(table, Mapping):
-        raise ValueError(f"{prefix}: must be a table, got {type(table).__name__}")
+        raise errors.InvalidValue(f"{prefix}: must be a table, got {type(table).__name__}")
     user = dict(table)
     preset = user.pop(PRESET_KEY, None)
     if preset is None:
         return user
     if not isinstance(preset, str):
-        raise ValueError(f"{prefix}.{PRESET_KEY}: must be a preset name, got {preset!r}")
+        raise errors.InvalidValue(f"{prefix}.{PRESET_KEY}: must be a preset name, got {preset!r}")
     try:
         base = load_preset(preset)
     except ValueError as exc:
-        raise ValueError(f"{prefix}.{PRESET_KEY}: {exc}") from None
+        raise errors.InvalidValue(f"{prefix}.{PRESET_KEY}: {exc}") from None
     return deep_merge(base, user)
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote
 
+from sluice import errors
+
 METHODS: Final = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 SIMPLE_PLACEHOLDERS: Final = frozenset({"external_id", "client_ref", "parent_external_id", "ids"})
 PAYLOAD_PREFIX: Final = "payload."
@@ -35,7 +37,7 @@ class _Missing:
 MISSING: Final = _Missing()
 
 
-class MissingValue(LookupError):
+class MissingValue(errors.ProviderError, LookupError):
     """A placeholder has no value for this task (e.g. the payload lacks the field)."""
 
     def __init__(self, placeholder: str) -> None:
@@ -58,28 +60,30 @@ class RequestLine:
         ``{payload.FIELD}`` is allowed whenever ``"payload"`` is in ``allowed``.
 
         Raises:
-            ValueError: the line is malformed or uses a placeholder not allowed here.
+            errors.InvalidValue: the line is malformed or uses a placeholder not allowed here.
         """
         allowed_set = set(allowed)
         parts = text.strip().split(None, 1)
         if len(parts) != 2:
-            raise ValueError(f"must look like 'GET /path', got {text!r}")
+            raise errors.InvalidValue(f"must look like 'GET /path', got {text!r}")
         method, target = parts[0].upper(), parts[1].strip()
         if method not in METHODS:
             known = ", ".join(sorted(METHODS))
-            raise ValueError(f"unknown HTTP method {parts[0]!r}; known: {known}")
+            raise errors.InvalidValue(f"unknown HTTP method {parts[0]!r}; known: {known}")
         if not (target.startswith("/") or target.startswith(("http://", "https://"))):
-            raise ValueError(f"target must start with '/' or be an absolute URL, got {target!r}")
+            raise errors.InvalidValue(
+                f"target must start with '/' or be an absolute URL, got {target!r}"
+            )
         names = frozenset(_PLACEHOLDER.findall(target))
         for name in sorted(names):
             if name.startswith(PAYLOAD_PREFIX):
                 if "payload" not in allowed_set or not _PAYLOAD_NAME.match(name):
-                    raise ValueError(f"placeholder {{{name}}} is not allowed here")
+                    raise errors.InvalidValue(f"placeholder {{{name}}} is not allowed here")
             elif name not in allowed_set:
                 usable = ", ".join(
                     "{payload.FIELD}" if a == "payload" else f"{{{a}}}" for a in sorted(allowed_set)
                 )
-                raise ValueError(
+                raise errors.InvalidValue(
                     f"unknown placeholder {{{name}}}; usable here: {usable or '(none)'}"
                 )
         return cls(method=method, target=target, placeholders=names)
@@ -168,7 +172,7 @@ def expand_env(text: str, environ: Mapping[str, str]) -> tuple[str, list[str]]:
         The expanded text and the substituted values (secrets to redact).
 
     Raises:
-        ValueError: a variable is not set; the message names it, never a value.
+        errors.InvalidValue: a variable is not set; the message names it, never a value.
     """
     substituted: list[str] = []
 
@@ -177,7 +181,7 @@ def expand_env(text: str, environ: Mapping[str, str]) -> tuple[str, list[str]]:
         if name is None:
             return "$"
         if name not in environ:
-            raise ValueError(f"environment variable {name} is not set")
+            raise errors.InvalidValue(f"environment variable {name} is not set")
         substituted.append(environ[name])
         return environ[name]
 

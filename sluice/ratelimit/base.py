@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from sluice import errors
 from sluice.clock import Clock
 from sluice.ratelimit.rate import Grant, LimitSpec
 
@@ -35,11 +36,13 @@ class InFlight:
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, str) or not self.key:
-            raise ValueError(f"in-flight key must be a non-empty string, got {self.key!r}")
+            raise errors.InvalidValue(f"in-flight key must be a non-empty string, got {self.key!r}")
         if isinstance(self.max_in_flight, bool) or self.max_in_flight < 1:
-            raise ValueError(f"max_in_flight must be >= 1, got {self.max_in_flight!r}")
+            raise errors.InvalidValue(f"max_in_flight must be >= 1, got {self.max_in_flight!r}")
         if not (math.isfinite(self.ttl_s) and self.ttl_s > 0):
-            raise ValueError(f"in-flight ttl_s must be a positive number, got {self.ttl_s!r}")
+            raise errors.InvalidValue(
+                f"in-flight ttl_s must be a positive number, got {self.ttl_s!r}"
+            )
 
 
 class Limiter(Protocol):
@@ -84,10 +87,10 @@ def clock_us(clock: Clock) -> int:
 def check_acquire_args(limits: Sequence[LimitSpec], in_flight: InFlight | None) -> None:
     """Refuse an ``acquire`` that asks for nothing: it would grant unlimited traffic."""
     if not limits and in_flight is None:
-        raise ValueError("acquire needs at least one LimitSpec or an InFlight cap")
+        raise errors.InvalidValue("acquire needs at least one LimitSpec or an InFlight cap")
 
 
 def check_pause_seconds(seconds: float) -> None:
     """Refuse a pause length that is negative or not a number."""
     if not (math.isfinite(seconds) and seconds >= 0):
-        raise ValueError(f"pause seconds must be a finite number >= 0, got {seconds!r}")
+        raise errors.InvalidValue(f"pause seconds must be a finite number >= 0, got {seconds!r}")

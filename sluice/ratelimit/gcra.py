@@ -32,6 +32,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from sluice import errors
 from sluice.ratelimit.rate import LimitSpec, Rate
 
 US_PER_S = 1_000_000
@@ -56,7 +57,7 @@ def spacing_us(rate: Rate, margin: float) -> int:
 def check_margin(margin: float) -> None:
     """Refuse a margin that would break the guarantee or the arithmetic."""
     if not (math.isfinite(margin) and margin >= 0):
-        raise ValueError(f"limiter margin must be a finite number >= 0, got {margin!r}")
+        raise errors.InvalidValue(f"limiter margin must be a finite number >= 0, got {margin!r}")
 
 
 def spacings(limits: Sequence[LimitSpec], margin: float) -> dict[str, int]:
@@ -74,7 +75,7 @@ def credits(limits: Sequence[LimitSpec], margin: float, catch_up_us: int) -> dic
     The cap ``limit * spacing - window`` keeps ``limit + 1`` grants at least a window apart.
     """
     if catch_up_us < 0:
-        raise ValueError(f"limiter catch-up must be >= 0, got {catch_up_us!r} us")
+        raise errors.InvalidValue(f"limiter catch-up must be >= 0, got {catch_up_us!r} us")
     by_key: dict[str, int] = {}
     for spec in limits:
         slack = spec.rate.limit * spacing_us(spec.rate, margin) - to_us(spec.rate.window_s)

@@ -14,6 +14,8 @@ import math
 import re
 from dataclasses import dataclass
 
+from sluice import errors
+
 _UNIT_SECONDS = {
     "s": 1.0,
     "sec": 1.0,
@@ -51,9 +53,11 @@ class Rate:
 
     def __post_init__(self) -> None:
         if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1:
-            raise ValueError(f"rate limit must be a positive integer, got {self.limit!r}")
+            raise errors.InvalidValue(f"rate limit must be a positive integer, got {self.limit!r}")
         if not (math.isfinite(self.window_s) and self.window_s > 0):
-            raise ValueError(f"rate window_s must be a positive number, got {self.window_s!r}")
+            raise errors.InvalidValue(
+                f"rate window_s must be a positive number, got {self.window_s!r}"
+            )
 
     @property
     def interval_s(self) -> float:
@@ -69,18 +73,20 @@ def parse_rate(text: str) -> Rate:
     """Parse ``"10/s"``, ``"40/min"``, ``"1000/h"`` or ``"5/2s"`` into a :class:`Rate`.
 
     Raises:
-        ValueError: naming the bad text and the accepted forms.
+        errors.InvalidValue: naming the bad text and the accepted forms.
     """
     match = _RATE_RE.match(text) if isinstance(text, str) else None
     if match is None:
-        raise ValueError(f"invalid rate {text!r}; expected {_ACCEPTED}")
+        raise errors.InvalidValue(f"invalid rate {text!r}; expected {_ACCEPTED}")
     unit = match["unit"].lower()
     if unit not in _UNIT_SECONDS:
-        raise ValueError(f"invalid rate {text!r}: unknown unit {unit!r}; expected {_ACCEPTED}")
+        raise errors.InvalidValue(
+            f"invalid rate {text!r}: unknown unit {unit!r}; expected {_ACCEPTED}"
+        )
     limit = int(match["limit"])
     count = float(match["count"]) if match["count"] else 1.0
     if limit < 1 or count <= 0:
-        raise ValueError(
+        raise errors.InvalidValue(
             f"invalid rate {text!r}: count and window must be > 0; expected {_ACCEPTED}"
         )
     return Rate(limit=limit, window_s=count * _UNIT_SECONDS[unit])
@@ -99,7 +105,7 @@ class LimitSpec:
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, str) or not self.key:
-            raise ValueError(f"limit key must be a non-empty string, got {self.key!r}")
+            raise errors.InvalidValue(f"limit key must be a non-empty string, got {self.key!r}")
 
 
 @dataclass(frozen=True)
@@ -125,4 +131,6 @@ class Grant:
 
     def __post_init__(self) -> None:
         if self.reason not in REASONS:
-            raise ValueError(f"unknown grant reason {self.reason!r}; known: {sorted(REASONS)}")
+            raise errors.InvalidValue(
+                f"unknown grant reason {self.reason!r}; known: {sorted(REASONS)}"
+            )

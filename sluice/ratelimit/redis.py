@@ -161,7 +161,7 @@ class RedisLimiter:
         gcra.check_margin(margin)
         self._catch_up_us = gcra.to_us(catch_up_s)
         if not namespace:
-            raise ValueError("RedisLimiter namespace must be a non-empty string")
+            raise errors.InvalidValue("RedisLimiter namespace must be a non-empty string")
         self._client = client
         self._namespace = namespace
         self._clock = clock

@@ -21,6 +21,8 @@ from typing import Any
 
 from sqlalchemy import JSON, BindParameter, Connection, Table, bindparam, insert, text
 
+from sluice import errors
+
 
 def reserve_ids(conn: Connection, table: Table, count: int, *, above: int = 0) -> list[int]:
     """``count`` new ids for ``table``, ascending, greater than ``above`` and than every id
@@ -132,9 +134,9 @@ def _tuple_getter(columns: list[str]) -> Callable[[Mapping[str, Any]], tuple[Any
 def _json_value(value: Any) -> Any:
     if isinstance(value, datetime):
         if value.tzinfo is None:
-            raise ValueError("naive datetime given to the store; use timezone-aware UTC")
+            raise errors.InvalidValue("naive datetime given to the store; use timezone-aware UTC")
         return value.isoformat()
-    raise TypeError(f"cannot store {type(value).__name__} in a JSON row")
+    raise errors.InvalidValue(f"cannot store {type(value).__name__} in a JSON row")
 
 
 def _insert_many(

@@ -1,10 +1,10 @@
 """Every SQL statement the API needs: create, read, list, cancel, retry.
 
-Each public method runs in one transaction, except :meth:`TaskRepository.create`: with an
-idempotency key it first reads the key (one transaction), then creates (a second) and, if
-a concurrent create won the key, reads it again (a third). Status changes go through
-:func:`~sluice.store.rows.change_status`, which refuses illegal transitions and writes the
-event in the same transaction.
+Each public method runs in one transaction except :meth:`TaskRepository.create`, which
+uses up to three: it may read the idempotency key first, inserts in one transaction (which
+alone decides what exists), then reads the task back (or, when a concurrent create won the
+key, reads the key again). Status changes go through :func:`~sluice.store.rows.change_status`,
+which refuses illegal transitions and writes the event in the same transaction.
 """
 
 from __future__ import annotations
@@ -359,14 +359,16 @@ def encode_cursor(last_id: int) -> str:
 
 
 def decode_cursor(cursor: str) -> int:
+    refused = errors.InvalidTask(f"cursor {cursor!r} is not a cursor this API returned")
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         kind, value = base64.urlsafe_b64decode(padded.encode()).decode().split(":", 1)
-        if kind != "id":
-            raise ValueError(kind)
-        return int(value)
+        last_id = int(value)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise errors.InvalidTask(f"cursor {cursor!r} is not a cursor this API returned") from exc
+        raise refused from exc
+    if kind != "id":
+        raise refused
+    return last_id
 
 
 def _conflict_message(exc: IntegrityError, specs: Sequence[Submission]) -> str:

@@ -23,6 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from sluice import errors
 from sluice.clock import as_utc
 
 NAMING = {
@@ -48,7 +49,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         if value.tzinfo is None:
-            raise ValueError("naive datetime given to the store; use timezone-aware UTC")
+            raise errors.InvalidValue("naive datetime given to the store; use timezone-aware UTC")
         value = as_utc(value)
         # SQLite keeps text; store it naive-UTC so ordering comparisons stay lexical.
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value

@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection, Engine, create_engine
 
+from sluice import errors
 from sluice.store.tables import Base
 
 config = context.config
@@ -32,7 +33,7 @@ def run_migrations() -> None:
     if not isinstance(engine, Engine):
         url = config.get_main_option("sqlalchemy.url")
         if not url:
-            raise RuntimeError("no engine or sqlalchemy.url given to the migrations")
+            raise errors.ConfigError("no engine or sqlalchemy.url given to the migrations")
         engine = create_engine(url)
     with engine.connect() as connection:
         _migrate(connection)
