@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from sluice.domain import Access, TaskStatus
-from sluice.providers.durations import format_duration
+from sluice.units import format_duration
 
 if TYPE_CHECKING:
     import httpx

@@ -24,9 +24,9 @@ from pydantic import (
 
 from sluice import errors
 from sluice.domain import TaskStatus
-from sluice.providers.durations import parse_duration
 from sluice.providers.templating import RequestLine, expand_env
 from sluice.ratelimit.rate import Rate, parse_rate
+from sluice.units import parse_duration
 
 PROVIDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 _SENSITIVE_NAME = re.compile(r"auth|token|key|secret|password|cookie|session|signature", re.I)

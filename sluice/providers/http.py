@@ -37,7 +37,6 @@ from sluice.providers.base import (
     Transient,
 )
 from sluice.providers.config import KindConfig, ProviderConfig
-from sluice.providers.durations import format_duration
 from sluice.providers.limits import LimitRules
 from sluice.providers.redaction import Redactor
 from sluice.providers.templating import (
@@ -50,6 +49,7 @@ from sluice.providers.templating import (
 )
 from sluice.ratelimit.base import InFlight
 from sluice.ratelimit.rate import LimitSpec
+from sluice.units import format_duration
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from typing import Any
 
 from sluice.domain import Access
 from sluice.providers.config import ProviderConfig
-from sluice.providers.durations import format_duration
 from sluice.providers.templating import scalar_at
 from sluice.ratelimit.rate import LimitSpec, Rate
+from sluice.units import format_duration
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,9 @@ import httpx
 
 from sluice.providers.base import RateLimited
 from sluice.providers.config import SignalConfig
-from sluice.providers.durations import format_duration
 from sluice.providers.templating import scalar_at
+from sluice.units import UNIT_S, format_duration
 
-_UNIT_S = {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0}
 # Below this a reset value cannot be an epoch time (it would be before 2001).
 _EPOCH_THRESHOLD_S = 1_000_000_000.0
 
@@ -67,7 +66,7 @@ def pause_for(headers: httpx.Headers, config: SignalConfig, now_s: float) -> tup
         candidates.append(
             (
                 usage_seconds(
-                    headers.get(config.usage_header), config.usage_field, _UNIT_S[config.usage_unit]
+                    headers.get(config.usage_header), config.usage_field, UNIT_S[config.usage_unit]
                 ),
                 config.usage_header,
             )

@@ -15,31 +15,15 @@ import re
 from dataclasses import dataclass
 
 from sluice import errors
+from sluice.units import UNIT_S
 
-_UNIT_SECONDS = {
-    "s": 1.0,
-    "sec": 1.0,
-    "second": 1.0,
-    "seconds": 1.0,
-    "min": 60.0,
-    "minute": 60.0,
-    "minutes": 60.0,
-    "h": 3600.0,
-    "hr": 3600.0,
-    "hour": 3600.0,
-    "hours": 3600.0,
-    "d": 86400.0,
-    "day": 86400.0,
-    "days": 86400.0,
-}
-
-# "m" is left out on purpose: minutes or milliseconds is a guess we refuse to make.
+# The window's unit comes from sluice.units, which refuses "m" (minutes or milliseconds?).
 _RATE_RE = re.compile(
     r"^\s*(?P<limit>\d+)\s*/\s*(?P<count>\d+(?:\.\d+)?)?\s*(?P<unit>[a-z]+)\s*$",
     re.IGNORECASE,
 )
 
-_ACCEPTED = "'<count>/<window>' like '10/s', '40/min', '1000/h' or '5/2s' (units: s, min, h, d)"
+_ACCEPTED = "'<count>/<window>' like '10/s', '40/min', '1000/h' or '5/2s' (units: ms, s, min, h, d)"
 
 REASONS = frozenset({"", "rate", "paused", "in_flight"})
 
@@ -79,7 +63,7 @@ def parse_rate(text: str) -> Rate:
     if match is None:
         raise errors.InvalidValue(f"invalid rate {text!r}; expected {_ACCEPTED}")
     unit = match["unit"].lower()
-    if unit not in _UNIT_SECONDS:
+    if unit not in UNIT_S:
         raise errors.InvalidValue(
             f"invalid rate {text!r}: unknown unit {unit!r}; expected {_ACCEPTED}"
         )
@@ -89,7 +73,7 @@ def parse_rate(text: str) -> Rate:
         raise errors.InvalidValue(
             f"invalid rate {text!r}: count and window must be > 0; expected {_ACCEPTED}"
         )
-    return Rate(limit=limit, window_s=count * _UNIT_SECONDS[unit])
+    return Rate(limit=limit, window_s=count * UNIT_S[unit])
 
 
 @dataclass(frozen=True)

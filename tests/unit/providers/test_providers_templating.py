@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from sluice.providers.durations import format_duration, parse_duration
 from sluice.providers.templating import (
     MISSING,
     MissingValue,
@@ -13,6 +12,7 @@ from sluice.providers.templating import (
     get_path,
     with_path,
 )
+from sluice.units import format_duration, parse_duration
 
 
 def test_ids_are_comma_joined_and_each_id_is_encoded() -> None:

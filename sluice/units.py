@@ -1,7 +1,10 @@
-"""Durations as written in provider TOML: ``"500ms"``, ``"2s"``, ``"5min"``, ``"1h"``, ``"1d"``.
+"""Time units as written in configuration, in one table for durations and rate windows.
 
-A bare number means seconds. Values are kept as float seconds; :func:`format_duration`
-writes them back in the shortest exact unit for messages.
+Durations: ``"500ms"``, ``"2s"``, ``"5min"``, ``"1h"``, ``"1d"``; a bare number means
+seconds. Rates (:func:`sluice.ratelimit.rate.parse_rate`) use the same units for their
+window (``"40/min"``), and so does a provider's usage header (``usage_unit``). ``"m"`` is
+refused everywhere: minutes or milliseconds is a guess Sluice does not make. Values are
+kept as float seconds; :func:`format_duration` writes them back in the shortest exact unit.
 """
 
 from __future__ import annotations
@@ -11,14 +14,25 @@ import re
 
 from sluice import errors
 
-_UNITS_S: dict[str, float] = {
+UNIT_S: dict[str, float] = {
     "ms": 0.001,
     "s": 1.0,
     "sec": 1.0,
+    "second": 1.0,
+    "seconds": 1.0,
     "min": 60.0,
+    "minute": 60.0,
+    "minutes": 60.0,
     "h": 3600.0,
+    "hr": 3600.0,
+    "hour": 3600.0,
+    "hours": 3600.0,
     "d": 86400.0,
+    "day": 86400.0,
+    "days": 86400.0,
 }
+"""Seconds per unit; the short forms (ms, s, min, h, d) are the documented ones."""
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]+)\s*$")
 
 
@@ -34,11 +48,11 @@ def parse_duration(value: object) -> float:
         seconds = float(value)
     elif isinstance(value, str):
         match = _DURATION.match(value.lower())
-        if match is None or match.group(2) not in _UNITS_S:
+        if match is None or match.group(2) not in UNIT_S:
             raise errors.InvalidValue(
                 f"must be a duration like '500ms', '2s', '5min', '1h' or '1d', got {value!r}"
             )
-        seconds = float(match.group(1)) * _UNITS_S[match.group(2)]
+        seconds = float(match.group(1)) * UNIT_S[match.group(2)]
     else:
         raise errors.InvalidValue(f"must be a duration like '2s', '5min' or '1h', got {value!r}")
     if seconds < 0 or not math.isfinite(seconds):
@@ -48,7 +62,8 @@ def parse_duration(value: object) -> float:
 
 def format_duration(seconds: float) -> str:
     """Short human text for ``seconds``: ``"1h"``, ``"90s"``, ``"250ms"``."""
-    for unit, size in (("d", 86400.0), ("h", 3600.0), ("min", 60.0), ("s", 1.0)):
+    for unit in ("d", "h", "min", "s"):
+        size = UNIT_S[unit]
         if seconds >= size and (seconds / size).is_integer():
             return f"{int(seconds / size)}{unit}"
     if seconds >= 1:
