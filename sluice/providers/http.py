@@ -134,28 +134,12 @@ class HttpProvider:
         kind = self._kind(task)
         if kind is None:
             return Failed(self._unknown_kind(task.kind))
-        payload = self.payload_for(task)
-        try:
-            target = kind.submit.render(self._values(task), payload)
-        except MissingValue as exc:
-            return Failed(self._missing(exc, kind.submit))
         headers = {}
         if self.config.idempotency_header:
             headers[self.config.idempotency_header] = task.client_ref
-        answer = self._call(
-            client,
-            kind.submit,
-            target,
-            write=True,
-            task_ids=[task.task_id],
-            json=payload if kind.submit.method in _BODY_METHODS else None,
-            headers=headers,
-        )
+        answer = self._request(client, kind.submit, task, "submit", write=True, headers=headers)
         if not isinstance(answer, _Answer):
             return answer
-        problem = self._unreadable(answer, "submit", write=True, task_ids=[task.task_id])
-        if problem is not None:
-            return problem
         external_id = scalar_at(answer.body, kind.external_id_field)
         if external_id is None:
             return self._bad_answer(
@@ -185,22 +169,13 @@ class HttpProvider:
         kind = self._kind(task)
         if kind is None or kind.lookup is None:
             return Transient(f"{self.name} has no lookup for kind {task.kind!r}")
-        try:
-            target = kind.lookup.render(self._values(task), self.payload_for(task))
-        except MissingValue as exc:
-            return Transient(self._missing(exc, kind.lookup))
-        answer = self._call(
-            client, kind.lookup, target, write=False, task_ids=[task.task_id], allow_404=True
+        answer = self._request(
+            client, kind.lookup, task, "lookup", allow_404=True, unless=kind.lookup_items_field
         )
         if not isinstance(answer, _Answer):
             return _as_read(answer)
         if answer.response.status_code == 404 or answer.body is None:
             return NotFound()
-        problem = self._unreadable(
-            answer, "lookup", write=False, task_ids=[task.task_id], unless=kind.lookup_items_field
-        )
-        if problem is not None:
-            return problem
         return self._read_lookup(answer, kind, task)
 
     def _read_lookup(self, answer: _Answer, kind: KindConfig, task: TaskRef) -> LookupDecision:
@@ -337,18 +312,9 @@ class HttpProvider:
             return Transient(f"{self.name} has no status request for kind {task.kind!r}")
         if task.external_id is None:
             return Transient("task has no external id to poll")
-        try:
-            target = kind.status.render(self._values(task), self.payload_for(task))
-        except MissingValue as exc:
-            return Transient(self._missing(exc, kind.status))
-        answer = self._call(client, kind.status, target, write=False, task_ids=[task.task_id])
+        answer = self._request(client, kind.status, task, "status poll", unless=kind.status_field)
         if not isinstance(answer, _Answer):
             return _as_read(answer)
-        problem = self._unreadable(
-            answer, "status poll", write=False, task_ids=[task.task_id], unless=kind.status_field
-        )
-        if problem is not None:
-            return problem
         return self._report(answer.body, task, kind.status_field, kind.error_field, kind.status_map)
 
     def _report(
@@ -394,6 +360,48 @@ class HttpProvider:
         )
 
     # --- one request ---------------------------------------------------------------------
+
+    def _request(
+        self,
+        client: httpx.Client,
+        line: RequestLine,
+        task: TaskRef,
+        what: str,
+        *,
+        write: bool = False,
+        headers: Mapping[str, str] | None = None,
+        allow_404: bool = False,
+        unless: str | None = None,
+    ) -> _Answer | RateLimited | Transient | Failed:
+        """Render ``line`` for ``task``, send it, and classify all but a readable answer.
+
+        A placeholder the task cannot fill is Failed (reads turn it into a Transient with
+        :func:`_as_read`). With ``allow_404``, a 404 or a ``null`` body is handed back for
+        the caller to read as "nothing there"; ``unless`` is as for :meth:`_unreadable`.
+        """
+        payload = self.payload_for(task)
+        try:
+            target = line.render(self._values(task), payload)
+        except MissingValue as exc:
+            return Failed(self._missing(exc, line))
+        answer = self._call(
+            client,
+            line,
+            target,
+            write=write,
+            task_ids=[task.task_id],
+            json=payload if write and line.method in _BODY_METHODS else None,
+            headers=headers,
+            allow_404=allow_404,
+        )
+        if not isinstance(answer, _Answer):
+            return answer
+        if allow_404 and (answer.response.status_code == 404 or answer.body is None):
+            return answer
+        problem = self._unreadable(
+            answer, what, write=write, task_ids=[task.task_id], unless=unless
+        )
+        return answer if problem is None else problem
 
     def _call(
         self,
