@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from bench._common import free_port, toml_value
+from harness.cluster import free_port, toml_value
 from sluice import runtime as sluice_runtime
 from sluice import submissions
 from sluice.domain import Submission

@@ -47,7 +47,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +54,7 @@ import httpx
 import redis
 from celery import Celery
 
-from bench._common import machine_info, toml_value
+from bench._common import machine_info
 from bench._engine_harness import (
     REPO_ROOT,
     RESULTS_DIR,
@@ -67,6 +66,16 @@ from bench._engine_harness import (
     run_sluice,
     sandbox_process,
     write_json,
+)
+from harness.cluster import (
+    REDIS_URL,
+    Cluster,
+    drop_namespace,
+    postgres_database,
+    redis_base,
+    redis_database,
+    rss_kib,
+    write_toml,
 )
 from sluice.settings import load_settings
 
@@ -86,67 +95,14 @@ SAMPLE_EVERY_S = 2.0
 RUN_TIMEOUT_S = 180.0
 PEER_TIMEOUT_S = 90.0
 
-PG_ADMIN_URL = os.environ.get(
-    "SLUICE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
-REDIS_BASE = "redis://127.0.0.1:6379"
-LIMITER_REDIS = f"{REDIS_BASE}/0"
-BROKER_DB_MARKER = "sluice:bench:claim"
+LIMITER_REDIS = REDIS_URL
 PRESET = REPO_ROOT / "sluice" / "providers" / "presets" / "sandbox-standard.toml"
 BIN = Path(sys.executable).parent
 FINAL_WORDS = {"active", "rejected"}
 REFUSED_STATUS = 429
 
 
-# --- services -----------------------------------------------------------------------------
-
-
-@contextmanager
-def fresh_database() -> Iterator[str]:
-    """A new, empty PostgreSQL database, dropped on exit."""
-    import sqlalchemy as sa
-
-    name = f"sluice_bench_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-@contextmanager
-def broker_database() -> Iterator[str]:
-    """A Redis database (1-15) nobody else claimed, for the broker; flushed on exit."""
-    owner = uuid.uuid4().hex
-    for number in range(15, 0, -1):
-        client = redis.Redis.from_url(f"{REDIS_BASE}/{number}")
-        try:
-            if not client.set(BROKER_DB_MARKER, owner, nx=True, ex=3600):
-                continue
-            for key in client.scan_iter(count=1000):
-                if key != BROKER_DB_MARKER.encode():
-                    client.delete(key)
-            try:
-                yield f"{REDIS_BASE}/{number}"
-            finally:
-                client.flushdb()
-            return
-        finally:
-            client.close()
-    raise RuntimeError("no free Redis database in 1..15")
-
-
-def drop_keys(pattern: str) -> None:
-    client = redis.Redis.from_url(LIMITER_REDIS)
-    try:
-        for key in client.scan_iter(match=pattern, count=1000):
-            client.delete(key)
-    finally:
-        client.close()
+# --- services (the shared harness: harness/cluster.py) ------------------------------------
 
 
 def provider_table(base_url: str, rate_limit: str | None, **overrides: Any) -> dict[str, Any]:
@@ -162,140 +118,44 @@ def provider_table(base_url: str, rate_limit: str | None, **overrides: Any) -> d
     return table
 
 
-def write_config(path: Path, provider: dict[str, Any]) -> None:
-    lines = ["[sluice]", 'default_provider = "sandbox"', "", "[providers.sandbox]"]
-    lines += [f"{key} = {toml_value(value)}" for key, value in provider.items()]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def rss_kib(root_pids: list[int]) -> int:
-    """Resident memory of the given processes and all their descendants, in KiB."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with suppress(OSError, IndexError, ValueError):
-                stat = (entry / "stat").read_text()
-                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    wanted = set(root_pids)
-    grew = True
-    while grew:
-        extra = {pid for pid, ppid in parents.items() if ppid in wanted and pid not in wanted}
-        wanted |= extra
-        grew = bool(extra)
-    total = 0
-    for pid in wanted:
-        with suppress(OSError):
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-    return total
-
-
-# --- Sluice on Celery ---------------------------------------------------------------------
-
-
-@dataclass
-class Cluster:
-    """``sluice beat`` and N ``sluice worker --concurrency 1`` on one store and broker."""
-
-    folder: Path
-    database_url: str
-    broker_url: str
-    provider: dict[str, Any]
-    namespace: str = field(default_factory=lambda: f"sluice:bench:{uuid.uuid4().hex[:8]}")
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    logs: list[Path] = field(default_factory=list)
-
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
-        env.update(
-            SLUICE_CONFIG=str(self.folder / "sluice.toml"),
-            SLUICE_DATABASE_URL=self.database_url,
-            SLUICE_BROKER_URL=self.broker_url,
-            SLUICE_REDIS_URL=LIMITER_REDIS,
-            SLUICE_LIMITER_NAMESPACE=self.namespace,
-            SLUICE_PUMPS=str(PROCESSES),
-            SLUICE_LOG_LEVEL="WARNING",
-            TMPDIR=str(self.folder),
-        )
-        return env
-
-    def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        log = self.folder / f"{name}.log"
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                [str(BIN / "sluice"), *args],
-                cwd=self.folder,
-                env=self.env(),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.procs.append(proc)
-        self.logs.append(log)
-        return proc
-
-    def start(self, workers: int = PROCESSES) -> None:
-        write_config(self.folder / "sluice.toml", self.provider)
-        subprocess.run(
-            [str(BIN / "sluice"), "db", "upgrade"], env=self.env(), check=True, capture_output=True
-        )
-        self.spawn("beat", ["beat", "--loglevel", "WARNING"])
-        for n in range(workers):
-            self.spawn(f"worker-{n}", ["worker", "--concurrency", "1", "--loglevel", "INFO"])
-        deadline = time.monotonic() + 60
-        while not all("ready." in log.read_text(errors="replace") for log in self.logs[1:]):
-            if time.monotonic() > deadline or any(p.poll() is not None for p in self.procs):
-                raise RuntimeError("workers did not start:\n" + self.tail())
-            time.sleep(0.1)
-
-    def worker_pids(self) -> list[int]:
-        return [p.pid for p in self.procs[1:]]
-
-    def tail(self) -> str:
-        return "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in self.logs)
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            with suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            with suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=15)
-            with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            with suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
-        drop_keys(f"{self.namespace}*")
-
-
 @contextmanager
 def sluice_cluster(provider: dict[str, Any], workers: int = PROCESSES) -> Iterator[Any]:
-    """A started :class:`Cluster` plus a runtime of this process on the same store."""
+    """``sluice beat`` and ``workers`` x ``sluice worker --concurrency 1`` on a fresh
+    PostgreSQL database and Redis broker (the shared harness), plus a runtime of this
+    process on the same store."""
     import tempfile
-
-    from sluice.runtime import build_runtime
-    from sluice.settings import load_settings
 
     with (
         tempfile.TemporaryDirectory(prefix="sluice-bench-dist-") as folder,
-        fresh_database() as database_url,
-        broker_database() as broker_url,
+        postgres_database("sluice_bench") as database_url,
+        redis_database() as broker_url,
     ):
-        cluster = Cluster(Path(folder), database_url, broker_url, provider)
-        runtime = build_runtime(
-            load_settings(
-                database_url=database_url,
-                providers={"sandbox": provider},
-                default_provider="sandbox",
-            )
+        cluster = Cluster(
+            Path(folder),
+            database_url,
+            broker_url,
+            namespace=f"sluice:bench:{uuid.uuid4().hex[:8]}",
+            settings={"SLUICE_PUMPS": str(PROCESSES), "SLUICE_LOG_LEVEL": "WARNING"},
         )
+        write_toml(
+            cluster.config,
+            {"sluice": {"default_provider": "sandbox"}, "providers.sandbox": provider},
+        )
+        cluster.upgrade_database()
+        runtime = cluster.build_runtime()
         try:
-            cluster.start(workers)
+            cluster.beat(loglevel="WARNING")
+            started = [cluster.worker(f"worker-{n}", concurrency=1) for n in range(workers)]
+            cluster.wait_ready(started)
             yield cluster, runtime
         finally:
             cluster.stop()
             runtime.close()
+
+
+def worker_pids(cluster: Cluster) -> list[int]:
+    """The main processes of the cluster's workers (their pool children are below them)."""
+    return [proc.pid for proc in cluster.procs if proc.name.startswith("worker")]
 
 
 def wait_final(runtime: Any, timeout_s: float) -> float:
@@ -469,7 +329,7 @@ def run_process_peer(sandbox: SandboxProcess, name: str) -> dict[str, Any]:
         if proc.is_alive():
             proc.kill()
     seconds = time.perf_counter() - started
-    drop_keys(f"{bucket_key}*")
+    drop_namespace(LIMITER_REDIS, bucket_key)
     return judge(sandbox, seconds, done.value)
 
 
@@ -480,7 +340,7 @@ peer_app = Celery("bench-peer")
 @peer_app.on_configure.connect
 def _peer_configure(sender: Celery, **_: Any) -> None:
     sender.conf.update(
-        broker_url=os.environ.get("BENCH_PEER_BROKER", f"{REDIS_BASE}/0"),
+        broker_url=os.environ.get("BENCH_PEER_BROKER", f"{redis_base()}/0"),
         task_default_queue="bench-peer",
         task_ignore_result=True,
         worker_hijack_root_logger=False,
@@ -528,7 +388,7 @@ def run_celery_peer(sandbox: SandboxProcess) -> dict[str, Any]:
 
     done_key = f"bench:celery-peer:{uuid.uuid4().hex[:8]}:done"
     with (
-        broker_database() as broker_url,
+        redis_database() as broker_url,
         tempfile.TemporaryDirectory(prefix="sluice-bench-peer-") as folder,
     ):
         env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
@@ -659,7 +519,7 @@ def run_backlog(sandbox: SandboxProcess, seconds: float) -> dict[str, Any]:
                     {
                         "t": round(elapsed, 1),
                         "queue_length": int(broker.llen("sluice")),
-                        "rss_mib": round(rss_kib(cluster.worker_pids()) / 1024, 1),
+                        "rss_mib": round(rss_kib(worker_pids(cluster)) / 1024, 1),
                     }
                 )
                 time.sleep(SAMPLE_EVERY_S)

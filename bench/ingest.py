@@ -35,7 +35,8 @@ from typing import Any
 
 import httpx
 
-from bench._common import free_port, wait_until_up
+from bench._common import wait_until_up
+from harness.cluster import free_port
 
 RESULTS = Path(__file__).parent / "results" / "ingest.json"
 TARGET_BULK_TASKS_PER_S = 20_000
