@@ -21,10 +21,12 @@ import httpx
 
 from sluice.clock import Clock, SystemClock
 from sluice.domain import Outcome, WorkUnit
+from sluice.engine.dispatcher import Dispatcher, worker_name
 from sluice.engine.execute import execute_unit
 from sluice.providers.base import Provider
 from sluice.ratelimit.base import Limiter
 from sluice.ratelimit.rate import Grant
+from sluice.runtime import Runtime
 from sluice.store.queue import WorkQueue
 
 log = logging.getLogger("sluice.executor")
@@ -160,3 +162,36 @@ class ThreadExecutor:
         self._pool.shutdown(wait=True)
         self._results.put(None)
         self._writer.join(timeout=30)
+
+
+def build_dispatch(
+    runtime: Runtime, clock: Clock | None = None
+) -> tuple[ThreadExecutor, Dispatcher]:
+    """An executor over ``runtime`` and the dispatcher that feeds it, as settings say.
+
+    Both drivers run this pair: the embedded thread for as long as ``sluice up`` runs, a
+    Celery worker process in bounded pumps.
+    """
+    settings = runtime.settings
+    clock = clock or SystemClock()
+    executor = ThreadExecutor(
+        runtime.queue,
+        runtime.providers,
+        runtime.clients,
+        runtime.limiter,
+        threads=settings.executor_threads,
+        clock=clock,
+    )
+    dispatcher = Dispatcher(
+        runtime.queue,
+        runtime.providers,
+        runtime.limiter,
+        executor,
+        worker_id=worker_name(),
+        clock=clock,
+        batch=settings.dispatch_batch,
+        idle_s=settings.dispatch_idle_s,
+        lease_s=settings.claim_lease_s,
+        reconcile_every_s=settings.reconcile_every_s,
+    )
+    return executor, dispatcher

@@ -14,8 +14,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from sluice.drivers.executor import ThreadExecutor
-from sluice.engine.dispatcher import Dispatcher, monotonic_deadline, worker_name
+from sluice.drivers.executor import ThreadExecutor, build_dispatch
+from sluice.engine.dispatcher import Dispatcher, monotonic_deadline
 from sluice.runtime import Runtime, build_runtime
 from sluice.settings import Settings
 
@@ -36,24 +36,7 @@ class PumpDriver:
     @classmethod
     def build(cls, settings: Settings) -> PumpDriver:
         runtime = build_runtime(settings)
-        executor = ThreadExecutor(
-            runtime.queue,
-            runtime.providers,
-            runtime.clients,
-            runtime.limiter,
-            threads=settings.executor_threads,
-        )
-        dispatcher = Dispatcher(
-            runtime.queue,
-            runtime.providers,
-            runtime.limiter,
-            executor,
-            worker_id=worker_name(),
-            batch=settings.dispatch_batch,
-            idle_s=settings.dispatch_idle_s,
-            lease_s=settings.claim_lease_s,
-            reconcile_every_s=settings.reconcile_every_s,
-        )
+        executor, dispatcher = build_dispatch(runtime)
         return cls(runtime, executor, dispatcher, os.getpid())
 
     def pump(self, seconds: float) -> int:
