@@ -1,22 +1,23 @@
 """Memory and imports of a Celery worker process: ``sluice worker --concurrency 2``.
 
-Run: ``python -m bench.worker_memory [--sluice PATH] [--label NAME]``. Needs PostgreSQL and
-Redis. ``--sluice`` picks the ``sluice`` executable to measure (default: this venv's), so
-another checkout can be measured with this script, e.g. ``--sluice
+Run: ``python -m bench.worker_memory [--sluice PATH] [--label NAME] [--runs 3]``. Needs
+PostgreSQL and Redis. ``--sluice`` picks the ``sluice`` executable to measure (default:
+this venv's), so another checkout can be measured with this script, e.g. ``--sluice
 /tmp/before/.venv/bin/sluice --label before``. Writes
 ``bench/results/worker_memory-<label>.json``.
 
-Two runs of one worker (main process + 2 prefork children) on the shared harness
-(:mod:`harness.cluster`: fresh PostgreSQL database, claimed Redis broker database, Redis
-limiter namespace, the default provider; no tasks, so a pump builds the runtime, reconciles,
-finds nothing due and ends):
+One worker (main process + 2 prefork children) on the shared harness (:mod:`harness.cluster`:
+fresh PostgreSQL database, claimed Redis broker database, Redis limiter namespace, the
+default provider; no tasks, so a pump builds the runtime, reconciles, finds nothing due and
+ends), started afresh for each run:
 
-1. **Memory.** Pumps (``sluice.pump``, 0.5 s) are sent until every child has run one (its
-   process has PostgreSQL's driver mapped: the runtime was built), then 6 more; after 3 s
-   idle, RSS, PSS and USS (private pages) of the main process and of each child are read
-   from ``/proc/<pid>/smaps_rollup`` three times 1 s apart (the last sample is reported).
-2. **Imports.** The same with ``PYTHONPROFILEIMPORTTIME=1``: every module the main process
-   and the children import is logged; the modules of FastAPI, Starlette, uvicorn,
+1. **Memory** (``--runs`` times; medians are printed). Pumps (``sluice.pump``, 0.5 s) are
+   sent until every child has run one (its process has PostgreSQL's driver mapped: the
+   runtime was built), then 6 more; after 3 s idle, RSS, PSS and USS (private pages) of
+   the main process and of each child are read from ``/proc/<pid>/smaps_rollup`` three
+   times 1 s apart (the last sample counts).
+2. **Imports** (once). The same with ``PYTHONPROFILEIMPORTTIME=1``: every module the main
+   process and the children import is logged; the modules of FastAPI, Starlette, uvicorn,
    ``sluice.api`` and ``sluice.sandbox`` among them are listed.
 """
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 import tempfile
 import time
@@ -118,6 +120,10 @@ def run_worker(sluice: str, *, importtime: bool) -> dict[str, Any]:
             cluster.stop()
 
 
+def median_kib(samples: list[dict[str, int]]) -> dict[str, int]:
+    return {name: int(statistics.median(s[name] for s in samples)) for name in samples[0]}
+
+
 def mib(kib: dict[str, int]) -> str:
     return " ".join(f"{name} {value / 1024:.1f} MiB" for name, value in kib.items())
 
@@ -126,9 +132,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sluice", default=SLUICE, help="the sluice executable to measure")
     parser.add_argument("--label", default="after")
+    parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args(argv)
-    memory = run_worker(args.sluice, importtime=False)
+    runs = [run_worker(args.sluice, importtime=False) for _ in range(args.runs)]
     imports = run_worker(args.sluice, importtime=True)
+    memory = {
+        "main": median_kib([run["main"] for run in runs]),
+        "children": [median_kib([run["children"][n] for run in runs]) for n in (0, 1)],
+        "pool_total_pss": statistics.median(
+            run["main"]["pss"] + sum(child["pss"] for child in run["children"]) for run in runs
+        ),
+    }
     result = {
         "benchmark": "worker_memory",
         "command": " ".join(
@@ -136,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
         ),
         "sluice": args.sluice,
         "machine": machine_info(),
-        "memory_kib": memory,
+        "memory_kib_median": memory,
+        "memory_kib_runs": runs,
         "imports": {
             "modules_imported": imports["modules_imported"],
             "forbidden_imported": imports["forbidden_imported"],
@@ -145,9 +160,11 @@ def main(argv: list[str] | None = None) -> None:
     RESULTS_DIR.mkdir(exist_ok=True)
     out = RESULTS_DIR / f"worker_memory-{args.label}.json"
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"{args.label}: medians of {args.runs} runs")
     print(f"{args.label}: main process {mib(memory['main'])}")
     for n, child in enumerate(memory["children"]):
         print(f"{args.label}: pool child {n} {mib(child)}")
+    print(f"{args.label}: PSS of main + children {memory['pool_total_pss'] / 1024:.1f} MiB")
     print(f"{args.label}: forbidden modules imported: {imports['forbidden_imported'] or 'none'}")
     print(f"wrote {out}")
 

@@ -4,7 +4,9 @@ One task: ``sluice.pump``, a bounded dispatch round in this worker process (see
 :mod:`sluice.drivers.pump`; its dispatcher also reconciles stuck tasks). Beat sends
 ``SLUICE_PUMPS`` pumps every ``SLUICE_PUMP_S`` seconds, each expiring after two rounds, so
 the broker never holds more than a few short messages whatever the backlog of tasks is.
-Settings are read when Celery first configures the app, not at import.
+Settings are read when Celery first configures the app, not at import. The pump's modules
+are imported here, in the worker's main process, so that the prefork children share their
+pages; each child builds its own runtime (connections, threads) at its first pump.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from celery import Celery
 
+from sluice.drivers.pump import pump_driver
 from sluice.settings import Settings, load_settings
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
@@ -57,6 +60,4 @@ def _configure(sender: Celery, **_: Any) -> None:
 @app.task(name="sluice.pump")
 def pump(seconds: float = 1.0) -> int:
     """Dispatch due work from this worker process for up to ``seconds``."""
-    from sluice.drivers.pump import pump_driver
-
     return pump_driver().pump(seconds)
