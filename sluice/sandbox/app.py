@@ -56,7 +56,8 @@ def create_sandbox_app(
 
     Args:
         config: what to imitate and how.
-        clock: POSIX seconds; defaults to ``time.time``. Tests pass a fake and advance it.
+        clock: POSIX seconds; defaults to ``time.time``. Tests pass a fake and advance it;
+            ``POST /_sandbox/clock`` adds an offset to it.
         sleep: how to wait for slow and hanging answers; defaults to ``asyncio.sleep``.
     """
     sandbox = Sandbox(config, clock or time.time)
@@ -118,7 +119,8 @@ def create_sandbox_app(
             return 200, store.get(collection, object_id).full_json(now, store.words)
 
         route = f"GET /v1/{_label(collection)}/{{id}}"
-        return await respond(sandbox.call(call(request, route), action))
+        fields = {"collection": collection, "object_id": object_id}
+        return await respond(sandbox.call(call(request, route, **fields), action))
 
     async def status(request: Request) -> Response:
         collection = request.path_params["collection"]
@@ -129,7 +131,8 @@ def create_sandbox_app(
             return 200, store.get(collection, object_id).status_json(now, store.words)
 
         route = f"GET /v1/{_label(collection)}/{{id}}/status"
-        return await respond(sandbox.call(call(request, route), action))
+        fields = {"collection": collection, "object_id": object_id}
+        return await respond(sandbox.call(call(request, route, **fields), action))
 
     async def batch_status(request: Request) -> Response:
         raw = request.query_params.get("ids", "")
@@ -164,6 +167,30 @@ def create_sandbox_app(
             return await respond(Reply(400, InvalidRequest(str(exc)).body()))
         return await respond(Reply(200, updated.model_dump(mode="json")))
 
+    async def get_clock(request: Request) -> Response:
+        return await respond(Reply(200, sandbox.clock.describe()))
+
+    async def move_clock(request: Request) -> Response:
+        try:
+            sandbox.clock.apply(await _json_body(request))
+        except InvalidRequest as exc:
+            return await respond(Reply(exc.status_code, exc.body()))
+        return await respond(Reply(200, sandbox.clock.describe()))
+
+    async def arrivals(request: Request) -> Response:
+        raw = request.query_params.get("after", "0")
+        if not raw.isdigit():
+            error = InvalidRequest(f"after must be a whole number >= 0, got {raw!r}", field="after")
+            return await respond(Reply(error.status_code, error.body()))
+        return await respond(Reply(200, sandbox.arrivals.answer(int(raw))))
+
+    async def clear_arrivals(request: Request) -> Response:
+        sandbox.arrivals.clear()
+        return await respond(Reply(200, {"cleared": True}))
+
+    async def timeline(request: Request) -> Response:
+        return await respond(Reply(200, sandbox.timeline_answer()))
+
     async def no_route(request: Request, exc: Exception) -> Response:
         error = NotFound(f"no route {request.method} {request.url.path}")
         return await respond(Reply(getattr(exc, "status_code", 404), error.body()))
@@ -175,6 +202,11 @@ def create_sandbox_app(
         Route("/_sandbox/reset", reset, methods=["POST"]),
         Route("/_sandbox/config", get_config, methods=["GET"]),
         Route("/_sandbox/config", put_config, methods=["PUT"]),
+        Route("/_sandbox/clock", get_clock, methods=["GET"]),
+        Route("/_sandbox/clock", move_clock, methods=["POST"]),
+        Route("/_sandbox/arrivals", arrivals, methods=["GET"]),
+        Route("/_sandbox/arrivals", clear_arrivals, methods=["DELETE"]),
+        Route("/_sandbox/timeline", timeline, methods=["GET"]),
         Route("/v1/status", batch_status, methods=["GET"]),
         Route("/v1/{collection}", create, methods=["POST"]),
         Route("/v1/{collection}", find, methods=["GET"]),

@@ -1,14 +1,27 @@
 """The sandbox's configuration: a validated pydantic model built from ``[sandbox]`` and flags.
 
 Precedence, lowest first: the profile's defaults, the ``[sandbox]`` TOML section, CLI flags.
-Nested tables (``faults``, ``fixtures``) merge key by key; lists (``limits``) replace.
+Nested tables (``faults``, ``fixtures``, ``costs``) merge key by key; lists (``limits``)
+replace. Limits come in three kinds, told apart by ``kind``: ``sliding`` windows (the
+default, optionally on a schedule), ``bucket`` (a leaky bucket judged to the millisecond)
+and ``fixed`` windows that restart at local midnight (daily quotas).
 """
 
 from __future__ import annotations
 
+import re
+import zoneinfo
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from sluice.sandbox.profiles import PROFILES, Profile, get_profile
 
@@ -16,8 +29,24 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Seconds = Annotated[float, Field(ge=0.0)]
 
 
-class LimitSpec(BaseModel):
-    """One rate limit: at most ``limit`` admitted requests in any ``window_s`` seconds."""
+class ScheduleStep(BaseModel):
+    """One step of a changing limit: ``limit`` for ``duration_s`` seconds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    duration_s: float = Field(gt=0.0)
+    limit: int = Field(gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pair_is_duration_then_limit(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple) and len(value) == 2:
+            return {"duration_s": value[0], "limit": value[1]}
+        return value
+
+
+class _Limit(BaseModel):
+    """What every kind of limit has: a name, whom and what it applies to, a count."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -25,7 +54,104 @@ class LimitSpec(BaseModel):
     per: Literal["app", "advertiser"] = "app"
     scope: Literal["all", "read", "write"] = "all"
     limit: int = Field(gt=0)
+    weighted: bool = False
+    """Charge each call its cost from ``costs`` (default 1) instead of 1."""
+    quota: bool = False
+    """A refusal means "quota spent, wait for it" rather than "slow down" (Google Ads style)."""
+
+
+class LimitSpec(_Limit):
+    """A sliding window: at most ``limit`` admitted units in any ``window_s`` seconds.
+
+    With a ``schedule`` the limit changes over time (from the sandbox's start or reset):
+    each step's limit for its duration, then ``limit`` for good, or the steps again from
+    the first when ``repeat`` is set.
+    """
+
+    kind: Literal["sliding"] = "sliding"
     window_s: float = Field(gt=0.0)
+    schedule: tuple[ScheduleStep, ...] = ()
+    repeat: bool = False
+
+    @model_validator(mode="after")
+    def _repeat_needs_steps(self) -> Self:
+        if self.repeat and not self.schedule:
+            raise ValueError("repeat needs a schedule to repeat")
+        return self
+
+
+class BucketSpec(_Limit):
+    """A leaky bucket (GCRA) judged on arrival times truncated to whole milliseconds.
+
+    Calls are due one emission interval ``window_s / limit`` apart; a call may come up to
+    ``burst`` intervals early (0: strictly paced, 1: one call of burst tolerated).
+    """
+
+    kind: Literal["bucket"]
+    window_s: float = Field(gt=0.0)
+    burst: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _unweighted(self) -> Self:
+        if self.weighted:
+            raise ValueError("a bucket limit cannot be weighted; use a sliding or fixed limit")
+        return self
+
+
+SECONDS_PER_DAY = 86_400
+
+
+class FixedWindowSpec(_Limit):
+    """A quota over fixed windows that restart at local midnight in ``timezone``.
+
+    Windows last ``window_s`` seconds from midnight (which must divide a day); the day's
+    last window ends at the next local midnight, so ``window_s = 86400`` is a calendar day
+    (23 or 25 hours on the days clocks change). A quota by default.
+    """
+
+    kind: Literal["fixed"]
+    window_s: int = Field(default=SECONDS_PER_DAY, gt=0, le=SECONDS_PER_DAY)
+    timezone: str = "UTC"
+    quota: bool = True
+
+    @field_validator("window_s")
+    @classmethod
+    def _divides_a_day(cls, value: int) -> int:
+        if SECONDS_PER_DAY % value:
+            raise ValueError(f"window_s {value} must divide a day (86400 s) evenly")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r}; use an IANA name like 'America/Los_Angeles'"
+            ) from None
+        return value
+
+
+def _limit_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return str(value.get("kind", "sliding"))
+    return str(getattr(value, "kind", "sliding"))
+
+
+AnyLimitSpec = Annotated[
+    Annotated[LimitSpec, Tag("sliding")]
+    | Annotated[BucketSpec, Tag("bucket")]
+    | Annotated[FixedWindowSpec, Tag("fixed")],
+    Discriminator(
+        _limit_kind,
+        custom_error_type="limit_kind",
+        custom_error_message="kind must be 'sliding' (the default), 'bucket' or 'fixed'",
+    ),
+]
+"""Any limit, told apart by ``kind`` (``sliding`` when absent)."""
+
+ROUTE_PATTERN = re.compile(r"^(GET|POST) /v1/\S+$")
 
 
 class FaultRates(BaseModel):
@@ -85,7 +211,7 @@ class FixtureSpec(BaseModel):
     error_message: str | None = None
 
 
-def _default_limits() -> list[LimitSpec]:
+def _default_limits() -> list[AnyLimitSpec]:
     return [LimitSpec(name="app", per="app", scope="all", limit=50, window_s=1.0)]
 
 
@@ -107,9 +233,17 @@ class SandboxConfig(BaseModel):
     idempotency: bool = False
     accept_delay_s: tuple[Seconds, Seconds] = (0.05, 0.1)
     process_delay_s: tuple[Seconds, Seconds] = (0.05, 0.2)
-    limits: list[LimitSpec] = Field(default_factory=_default_limits)
+    limits: list[AnyLimitSpec] = Field(default_factory=_default_limits)
+    costs: dict[str, int] = Field(
+        default_factory=dict,
+        description='route ("POST /v1/audiences") -> units it charges to weighted limits',
+    )
     faults: FaultRates = Field(default_factory=FaultRates)
     fixtures: dict[str, FixtureSpec] = Field(default_factory=dict)
+    arrival_log_cap: int = Field(default=100_000, ge=0)
+    """Most arrivals ``/_sandbox/arrivals`` remembers (oldest forgotten first; 0: none)."""
+    timeline_cap_s: int = Field(default=3_600, ge=0)
+    """Most seconds ``/_sandbox/timeline`` remembers (oldest forgotten first; 0: none)."""
 
     @field_validator("profile")
     @classmethod
@@ -134,12 +268,40 @@ class SandboxConfig(BaseModel):
 
     @field_validator("limits")
     @classmethod
-    def _unique_limit_names(cls, value: list[LimitSpec]) -> list[LimitSpec]:
+    def _unique_limit_names(cls, value: list[AnyLimitSpec]) -> list[AnyLimitSpec]:
         names = [spec.name for spec in value]
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             raise ValueError(f"limit names must be unique; repeated: {', '.join(repeated)}")
         return value
+
+    @field_validator("costs")
+    @classmethod
+    def _costs_name_routes(cls, value: dict[str, int]) -> dict[str, int]:
+        for route, cost in value.items():
+            if not ROUTE_PATTERN.match(route):
+                raise ValueError(
+                    f"cost key {route!r} is not a route like 'POST /v1/audiences' (GET or POST)"
+                )
+            if cost < 1:
+                raise ValueError(f"cost of {route!r} is {cost}; at least 1 allowed")
+        return value
+
+    @model_validator(mode="after")
+    def _costs_fit_weighted_limits(self) -> Self:
+        for spec in self.limits:
+            if not spec.weighted:
+                continue
+            lowest = min([spec.limit, *(step.limit for step in getattr(spec, "schedule", ()))])
+            for route, cost in self.costs.items():
+                if _scope_covers(spec.scope, write=not route.startswith("GET ")) and (
+                    cost > lowest
+                ):
+                    raise ValueError(
+                        f"limit {spec.name!r} allows {lowest} units, below the cost "
+                        f"{cost} of {route!r}: such a call could never be admitted"
+                    )
+        return self
 
     @property
     def profile_spec(self) -> Profile:
@@ -159,12 +321,12 @@ class SandboxConfig(BaseModel):
         return cls.model_validate(_merge(dict(profile.defaults), given))
 
     def updated(self, patch: dict[str, Any]) -> SandboxConfig:
-        """A copy with ``patch`` applied (partial: only limits, faults and delays).
+        """A copy with ``patch`` applied (partial: only limits, costs, faults and delays).
 
         Raises:
             ValueError: a key that cannot be changed at run time, or an invalid value.
         """
-        changeable = {"limits", "faults", "accept_delay_s", "process_delay_s"}
+        changeable = {"limits", "costs", "faults", "accept_delay_s", "process_delay_s"}
         fixed = sorted(set(patch) - changeable)
         if fixed:
             raise ValueError(
@@ -172,6 +334,11 @@ class SandboxConfig(BaseModel):
                 f"changeable: {', '.join(sorted(changeable))}"
             )
         return type(self).model_validate(_merge(self.model_dump(), patch))
+
+
+def _scope_covers(scope: str, *, write: bool) -> bool:
+    """Whether a limit of ``scope`` applies to a write (or a read)."""
+    return scope == "all" or (scope == "write") == write
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

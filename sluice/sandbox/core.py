@@ -2,27 +2,35 @@
 
 Order for a ``/v1`` call: auth (401) -> rate limiter (refusal in the profile's style) ->
 fault draw -> the action itself (which may raise an :class:`~sluice.sandbox.errors.ApiError`).
-Every answer is counted in the stats; ``/_sandbox/*`` calls are not.
+Every answer is counted in the stats and noted in the arrival log; ``/_sandbox/*`` calls
+are not. Profiles that reveal their limits add the limit's state to every answer that
+passed the limiter.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from sluice.sandbox.arrivals import ArrivalLog, Timeline
 from sluice.sandbox.auth import TokenIssuer
+from sluice.sandbox.clock import SandboxClock
 from sluice.sandbox.config import SandboxConfig
 from sluice.sandbox.entities import EntityStore
 from sluice.sandbox.errors import ApiError, Unauthorized
 from sluice.sandbox.faults import Fault, FaultInjector
-from sluice.sandbox.limiter import ANONYMOUS, SandboxLimiter
+from sluice.sandbox.limiter import ANONYMOUS, SandboxLimiter, Verdict
+from sluice.sandbox.reveal import ratelimit_fields
 from sluice.sandbox.stats import RequestStats, snapshot
 from sluice.sandbox.throttle import refuse
 
 Action = Callable[[float, str], tuple[int, Any]]
 """What a call does once let through: ``(now, app_key) -> (status code, JSON body)``."""
+
+ADMITTED, REFUSED, UNAUTHORIZED = "admitted", "refused", "unauthorized"
+"""A ``/v1`` call's outcome in the arrival log."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,8 @@ class Call:
     """``"<METHOD> <path template>"`` for the stats, e.g. ``"GET /v1/campaigns/{id}/status"``."""
     authorization: str | None = None
     collection: str | None = None
+    object_id: str | None = None
+    """The object a read of one object names (its advertiser's budgets apply)."""
     body: Any = None
     """The parsed JSON body of a write (None for reads)."""
     idempotency_key: str | None = None
@@ -61,37 +71,44 @@ class Sandbox:
     """Objects, limiter, faults, tokens and stats behind the HTTP edge."""
 
     def __init__(self, config: SandboxConfig, clock: Callable[[], float]) -> None:
-        self.clock = clock
+        self.clock = SandboxClock(clock)
         self._request_ids = itertools.count(1)
         self.tokens = TokenIssuer(config.token_lifetime_s, config.credentials)
         self._configure(config)
 
     def _configure(self, config: SandboxConfig) -> None:
+        now = self.clock.time()
         self.config = config
         self.store = EntityStore(config)
-        self.limiter = SandboxLimiter(config.limits)
+        self.limiter = SandboxLimiter(config.limits, origin=now)
         self.faults = FaultInjector(config.faults, config.seed)
         self.stats = RequestStats()
+        self.arrivals = ArrivalLog(config.arrival_log_cap)
+        self.timeline = Timeline(now, config.timeline_cap_s)
 
     def next_request_id(self) -> str:
         """A request id unique for this process."""
         return f"req-{next(self._request_ids):08d}"
 
     def reset(self) -> None:
-        """Forget objects, stats and limiter state; re-seed advertisers, fixtures, generators."""
+        """Forget objects, stats, arrivals and limiter state; re-seed, restart schedules.
+
+        The clock keeps its offset: time never moves back.
+        """
         self._configure(self.config)
 
     def reconfigure(self, patch: dict[str, Any]) -> SandboxConfig:
         """Apply a partial update of limits, faults or delays.
 
-        New limits start with empty logs; objects and stats are kept.
+        New limits start with empty logs and their schedules from now; objects, stats and
+        arrivals are kept.
 
         Raises:
             ValueError: the patch names a fixed key or an invalid value.
         """
         config = self.config.updated(patch)
         if config.limits != self.config.limits:
-            self.limiter = SandboxLimiter(config.limits)
+            self.limiter = SandboxLimiter(config.limits, origin=self.clock.time())
         if config.faults != self.config.faults:
             self.faults = FaultInjector(config.faults, config.seed)
         self.config = self.store.config = config
@@ -99,7 +116,14 @@ class Sandbox:
 
     def stats_snapshot(self) -> dict[str, Any]:
         """The ``GET /_sandbox/stats`` answer."""
-        return snapshot(self.stats, self.limiter, self.store, self.clock())
+        return snapshot(self.stats, self.limiter, self.store, self.clock.time())
+
+    def timeline_answer(self) -> dict[str, Any]:
+        """The ``GET /_sandbox/timeline`` answer, with scheduled limits per second."""
+        schedules = self.limiter.schedules
+        return self.timeline.answer(
+            lambda at: {name: schedule.limit_at(at) for name, schedule in schedules.items()}
+        )
 
     def plain(self, route: str, status_code: int, body: Any) -> Reply:
         """An unlimited call (health, token): just count it."""
@@ -110,14 +134,19 @@ class Sandbox:
         """``POST /oauth/token``."""
         route = "POST /oauth/token"
         try:
-            return self.plain(route, 200, self.tokens.issue(body, self.clock()))
+            return self.plain(route, 200, self.tokens.issue(body, self.clock.time()))
         except ApiError as exc:
             return self.plain(route, exc.status_code, exc.body())
 
     def call(self, call: Call, action: Action) -> Reply:
         """Run a ``/v1`` call through auth, the limiter and the faults, then ``action``."""
-        reply = self._checked(call, action)
-        self.stats.record(call.route, "reset" if reply.drop else reply.status_code)
+        now = self.clock.time()
+        reply, outcome = self._checked(call, action, now)
+        status: int | str = "reset" if reply.drop else reply.status_code
+        self.stats.record(call.route, status)
+        self.arrivals.record(now, call.route, status, outcome)
+        if outcome != UNAUTHORIZED:
+            self.timeline.record(now, admitted=outcome == ADMITTED)
         return reply
 
     def create(self, call: Call) -> Reply:
@@ -137,26 +166,43 @@ class Sandbox:
 
         return self.call(call, action)
 
-    def _checked(self, call: Call, action: Action) -> Reply:
-        now = self.clock()
+    def _checked(self, call: Call, action: Action, now: float) -> tuple[Reply, str]:
+        """The reply to ``call`` at ``now``, and its outcome for the arrival log."""
         try:
             app_key = (
                 self.tokens.app_key(call.authorization, now) if self.config.auth else ANONYMOUS
             )
         except Unauthorized as exc:
-            return Reply(exc.status_code, exc.body())
-        advertiser_id = (
-            self.store.advertiser_of(call.collection, call.body)
-            if call.write and call.collection is not None
-            else None
-        )
+            return Reply(exc.status_code, exc.body()), UNAUTHORIZED
         verdict = self.limiter.arrive(
-            now, write=call.write, app_key=app_key, advertiser_id=advertiser_id
+            now,
+            write=call.write,
+            app_key=app_key,
+            advertiser_id=self._advertiser_of(call),
+            cost=self.config.costs.get(call.route, 1),
         )
+        style = self.config.profile_spec.throttle
         if not verdict.admitted:
             self.stats.record_refusal([r.limit_key for r in verdict.refusals])
-            answer = refuse(self.config.profile_spec.throttle, verdict, now, app_key)
-            return Reply(answer.status_code, answer.body, answer.headers)
+            answer = refuse(style, verdict, now, app_key)
+            return Reply(answer.status_code, answer.body, answer.headers), REFUSED
+        reply = self._admitted(call, action, now, app_key)
+        if style.reveals:
+            reply = replace(reply, headers={**reply.headers, **_revealed(verdict, now)})
+        return reply, ADMITTED
+
+    def _advertiser_of(self, call: Call) -> str | None:
+        """The advertiser whose budgets a call spends: named by a create, or a read's object."""
+        if call.collection is None:
+            return None
+        if call.write:
+            return self.store.advertiser_of(call.collection, call.body)
+        if call.object_id is not None:
+            return self.store.advertiser_of_object(call.collection, call.object_id)
+        return None
+
+    def _admitted(self, call: Call, action: Action, now: float, app_key: str) -> Reply:
+        """The answer to a call the limiter let through: a fault, or the action's."""
         plan = self.faults.draw(
             create=call.method == "POST" and call.collection is not None, auth=self.config.auth
         )
@@ -173,6 +219,12 @@ class Sandbox:
         if plan.fault is Fault.COMMIT_THEN_TIMEOUT:
             return Reply(status_code, body, delay_s=plan.slow_s + self.config.faults.hang_s)
         return Reply(status_code, body, delay_s=plan.slow_s)
+
+
+def _revealed(verdict: Verdict, now: float) -> dict[str, str]:
+    """The rate-limit fields of the tightest limit the call was judged by (none: none)."""
+    tightest = verdict.tightest(now)
+    return {} if tightest is None else ratelimit_fields(tightest[1], now)
 
 
 def _fault_reply(fault: Fault, delay_s: float) -> Reply:

@@ -147,6 +147,13 @@ class EntityStore:
         parent = self.objects.get(str(body.get(spec.parent_field)))
         return parent.advertiser_id if parent is not None else None
 
+    def advertiser_of_object(self, collection: str, object_id: str) -> str | None:
+        """The advertiser an existing object of ``collection`` belongs to (None: no such object)."""
+        stored = self.objects.get(object_id)
+        if stored is None or stored.collection != collection:
+            return None
+        return stored.advertiser_id
+
     def create(self, collection: str, body: Any, now: float) -> dict[str, Any]:
         """Accept a create and answer ``{"id", "status", "client_ref"}``.
 

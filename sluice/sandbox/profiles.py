@@ -22,7 +22,18 @@ class ThrottleStyle(StrEnum):
     META = "meta"
     """HTTP 400, error code 17 and ``X-Business-Use-Case-Usage`` (Meta)."""
     BARE = "bare"
-    """429 with no headers and no body (LinkedIn, DV360)."""
+    """429 with no headers and no body (LinkedIn)."""
+    RESOURCE_EXHAUSTED = "resource_exhausted"
+    """429 with Google's ``RESOURCE_EXHAUSTED`` error body and no headers (DV360)."""
+    QUOTA_ERROR = "quota_error"
+    """429 with a Google Ads ``QuotaError``: short rate or daily quota, and ``retry_delay``."""
+    RATELIMIT_FIELDS = "ratelimit_fields"
+    """429; every limited answer carries ``X-RateLimit-*`` and the IETF ``RateLimit`` fields."""
+
+    @property
+    def reveals(self) -> bool:
+        """Whether every limited answer, not only a refusal, tells the limit's state."""
+        return self is ThrottleStyle.RATELIMIT_FIELDS
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,64 @@ DEMO_FAULTS: dict[str, Any] = {
 }
 """Low fault rates, so the demo shows Sluice recovering without drowning in errors."""
 
+GOOGLE_WORDS = StatusWords("PENDING", "RUNNING", "DONE", "FAILED")
+"""Google's long-running operation states (DV360, Google Ads)."""
+
+TTD_WORDS = StatusWords("Queued", "InProgress", "Success", "Failure")
+"""The Trade Desk's job states: the hidden-limit profiles imitate a TTD-like API."""
+
+DV360_DEFAULTS: dict[str, Any] = {
+    "limits": [
+        {"name": "project", "per": "app", "limit": 1500, "window_s": 60},
+        {
+            "name": "project_writes",
+            "per": "app",
+            "scope": "write",
+            "limit": 700,
+            "window_s": 60,
+            "weighted": True,
+        },
+        {"name": "advertiser", "per": "advertiser", "limit": 300, "window_s": 60},
+        {
+            "name": "advertiser_writes",
+            "per": "advertiser",
+            "scope": "write",
+            "limit": 150,
+            "window_s": 60,
+            "weighted": True,
+        },
+    ],
+    # DV360 counts firstAndThirdPartyAudiences.create as a write-intensive method (5 writes).
+    "costs": {"POST /v1/audiences": 5},
+}
+"""DV360's published budgets: per project and per advertiser, writes inside them."""
+
+GOOGLE_ADS_DEFAULTS: dict[str, Any] = {
+    "limits": [
+        {
+            "name": "daily_operations",
+            "kind": "fixed",
+            "limit": 15_000,
+            "window_s": 86_400,
+            "timezone": "America/Los_Angeles",
+        },
+        {"name": "short_rate", "kind": "bucket", "limit": 50, "window_s": 1, "burst": 10},
+    ],
+}
+"""Basic access: 15,000 operations a day (Pacific midnight), paced by a token bucket."""
+
+HIDDEN_DEFAULTS: dict[str, Any] = {
+    "limits": [
+        {"name": "hidden", "limit": 40, "window_s": 1, "schedule": [[30, 40], [60, 20]]},
+    ],
+}
+"""40/s for 30 s, then 20/s for a minute, then 40/s for good."""
+
+LEAKY_DEFAULTS: dict[str, Any] = {
+    "limits": [{"name": "spacing", "kind": "bucket", "limit": 50, "window_s": 1, "burst": 1}],
+}
+"""One call every 20 ms, one call of burst tolerated, judged to the millisecond."""
+
 PROFILES: dict[str, Profile] = {
     profile.name: profile
     for profile in (
@@ -89,6 +158,16 @@ PROFILES: dict[str, Profile] = {
             StatusWords("Not Started", "In Progress", "Completed", "Error"),
             ThrottleStyle.RETRY_AFTER,
             defaults={"faults": DEMO_FAULTS, "fixtures": DEMO_FIXTURES},
+        ),
+        Profile("dv360", GOOGLE_WORDS, ThrottleStyle.RESOURCE_EXHAUSTED, DV360_DEFAULTS),
+        Profile("google-ads", GOOGLE_WORDS, ThrottleStyle.QUOTA_ERROR, GOOGLE_ADS_DEFAULTS),
+        Profile("hidden", TTD_WORDS, ThrottleStyle.BARE, HIDDEN_DEFAULTS),
+        Profile("hidden-headers", TTD_WORDS, ThrottleStyle.RATELIMIT_FIELDS, HIDDEN_DEFAULTS),
+        Profile(
+            "leaky",
+            StatusWords("pending", "processing", "active", "rejected"),
+            ThrottleStyle.RETRY_AFTER,
+            LEAKY_DEFAULTS,
         ),
     )
 }

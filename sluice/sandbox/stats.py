@@ -46,10 +46,8 @@ def snapshot(
         "total_requests": sum(sum(c.values()) for c in stats.requests.values()),
         "refused": dict(stats.refused),
         "refused_total": stats.refused_total,
-        "max_in_window": {
-            key: {"limit": log.limit, "window_s": log.window_s, "max_seen": log.max_seen}
-            for key, log in limiter.snapshot().items()
-        },
+        "max_in_window": limiter.report(now),
+        "schedules": limiter.describe_schedules(now),
         "duplicates": duplicates,
         "duplicate_count": sum(len(d["ids"]) - 1 for d in duplicates),
         "objects": store.status_counts(now),

@@ -70,5 +70,6 @@ def test_unknown_profile_is_a_usage_error(served: list[dict[str, Any]]) -> None:
     """A wrong --profile exits with status 2, names the known profiles and serves nothing."""
     result = CliRunner(env={"COLUMNS": "200"}).invoke(_runner_app(), ["--profile", "acme"])
     assert result.exit_code == 2
-    assert "known: bare, demo, headers, meta, standard" in result.output
+    known = "bare, demo, dv360, google-ads, headers, hidden, hidden-headers, leaky, meta, standard"
+    assert f"known: {known}" in result.output
     assert served == []

@@ -92,7 +92,10 @@ def test_runtime_update_changes_limits_and_faults_but_not_the_profile() -> None:
 
 def test_every_profile_has_distinct_final_words_and_a_throttle_style() -> None:
     """Approved and rejected differ in every profile, so a client can tell them apart."""
-    assert set(PROFILES) == {"standard", "headers", "meta", "bare", "demo"}
+    assert set(PROFILES) == {
+        *("standard", "headers", "meta", "bare", "demo"),
+        *("dv360", "google-ads", "hidden", "hidden-headers", "leaky"),
+    }
     for profile in PROFILES.values():
         assert profile.words.approved != profile.words.rejected
         assert isinstance(profile.throttle, ThrottleStyle)
