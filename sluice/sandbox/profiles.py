@@ -72,11 +72,11 @@ DEMO_FAULTS: dict[str, Any] = {
 }
 """Low fault rates, so the demo shows Sluice recovering without drowning in errors."""
 
-GOOGLE_WORDS = StatusWords("PENDING", "RUNNING", "DONE", "FAILED")
-"""Google's long-running operation states (DV360, Google Ads)."""
-
-TTD_WORDS = StatusWords("Queued", "InProgress", "Success", "Failure")
-"""The Trade Desk's job states: the hidden-limit profiles imitate a TTD-like API."""
+# The profiles added for costs, quotas, hidden limits and spacing reuse these three sets of
+# words, so the shipped presets (sandbox-standard, -headers, -bare) describe them as they are.
+STANDARD_WORDS = StatusWords("pending", "processing", "active", "rejected")
+HEADERS_WORDS = StatusWords("QUEUED", "RUNNING", "DONE", "FAILED")
+BARE_WORDS = StatusWords("BUILDING", "BUILDING", "READY", "FAILED")
 
 DV360_DEFAULTS: dict[str, Any] = {
     "limits": [
@@ -133,42 +133,25 @@ LEAKY_DEFAULTS: dict[str, Any] = {
 PROFILES: dict[str, Profile] = {
     profile.name: profile
     for profile in (
-        Profile(
-            "standard",
-            StatusWords("pending", "processing", "active", "rejected"),
-            ThrottleStyle.RETRY_AFTER,
-        ),
-        Profile(
-            "headers",
-            StatusWords("QUEUED", "RUNNING", "DONE", "FAILED"),
-            ThrottleStyle.RATE_HEADERS,
-        ),
+        Profile("standard", STANDARD_WORDS, ThrottleStyle.RETRY_AFTER),
+        Profile("headers", HEADERS_WORDS, ThrottleStyle.RATE_HEADERS),
         Profile(
             "meta",
             StatusWords("PENDING", "IN_PROGRESS", "SUCCESS", "ERROR"),
             ThrottleStyle.META,
         ),
-        Profile(
-            "bare",
-            StatusWords("BUILDING", "BUILDING", "READY", "FAILED"),
-            ThrottleStyle.BARE,
-        ),
+        Profile("bare", BARE_WORDS, ThrottleStyle.BARE),
         Profile(
             "demo",
             StatusWords("Not Started", "In Progress", "Completed", "Error"),
             ThrottleStyle.RETRY_AFTER,
             defaults={"faults": DEMO_FAULTS, "fixtures": DEMO_FIXTURES},
         ),
-        Profile("dv360", GOOGLE_WORDS, ThrottleStyle.RESOURCE_EXHAUSTED, DV360_DEFAULTS),
-        Profile("google-ads", GOOGLE_WORDS, ThrottleStyle.QUOTA_ERROR, GOOGLE_ADS_DEFAULTS),
-        Profile("hidden", TTD_WORDS, ThrottleStyle.BARE, HIDDEN_DEFAULTS),
-        Profile("hidden-headers", TTD_WORDS, ThrottleStyle.RATELIMIT_FIELDS, HIDDEN_DEFAULTS),
-        Profile(
-            "leaky",
-            StatusWords("pending", "processing", "active", "rejected"),
-            ThrottleStyle.RETRY_AFTER,
-            LEAKY_DEFAULTS,
-        ),
+        Profile("dv360", HEADERS_WORDS, ThrottleStyle.RESOURCE_EXHAUSTED, DV360_DEFAULTS),
+        Profile("google-ads", HEADERS_WORDS, ThrottleStyle.QUOTA_ERROR, GOOGLE_ADS_DEFAULTS),
+        Profile("hidden", BARE_WORDS, ThrottleStyle.BARE, HIDDEN_DEFAULTS),
+        Profile("hidden-headers", HEADERS_WORDS, ThrottleStyle.RATELIMIT_FIELDS, HIDDEN_DEFAULTS),
+        Profile("leaky", STANDARD_WORDS, ThrottleStyle.RETRY_AFTER, LEAKY_DEFAULTS),
     )
 }
 
