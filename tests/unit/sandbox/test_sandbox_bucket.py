@@ -49,6 +49,12 @@ def test_an_evenly_paced_client_is_never_refused_and_keeps_its_slack() -> None:
     assert (report["interval_ms"], report["burst"], report["max_seen"]) == (20.0, 1, 50)
 
 
+def test_calls_exactly_one_interval_apart_pass_a_bucket_with_no_burst() -> None:
+    """On real epoch times, float rounding never turns an exact 20 ms gap into 19 ms."""
+    limiter = _leaky(burst=0)
+    assert all(_admitted(limiter, 20 * i) for i in range(3_000))
+
+
 def test_arrivals_are_truncated_to_the_millisecond() -> None:
     """With no burst, 19.999 ms after a call is 19 ms (refused) and 20.0004 ms is 20 (admitted)."""
     limiter = _leaky(burst=0)
