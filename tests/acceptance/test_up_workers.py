@@ -13,8 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.cluster import Broker, children, free_port, open_broker
 from sluice.domain import TaskStatus
-from tests.acceptance.conftest import Broker, Cluster, _free_port, campaigns, open_broker
+from tests.acceptance.conftest import Cluster, campaigns
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(120)]
 
@@ -29,11 +30,6 @@ def broker() -> Iterator[Broker]:
         opened.cleanup()
 
 
-def _children(pid: int) -> list[int]:
-    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    return [int(child) for child in text.split()]
-
-
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -46,13 +42,13 @@ def test_sigterm_stops_up_and_its_worker_processes(cluster: Cluster) -> None:
     """SIGTERM ends `sluice up --workers 2` with exit code 0 and leaves no worker running."""
     cluster.start(sandbox={})
     cluster.create(campaigns(30))
-    port = _free_port()
+    port = free_port()
     up = cluster.spawn("up", ["up", "--workers", "2", "--port", str(port)])
 
     cluster.wait_until_final(timeout_s=60)
     with suppress(httpx.TransportError):
         assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
-    workers = _children(up.popen.pid)
+    workers = children(up.pid)
     assert len(workers) == 2, f"worker processes of up: {workers}\n{cluster.logs()}"
 
     up.popen.send_signal(signal.SIGTERM)
