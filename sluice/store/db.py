@@ -24,20 +24,27 @@ def normalise_url(url: str) -> str:
     return url
 
 
+def _credentials(url: str) -> tuple[str, str, str] | None:
+    """(what comes before the password, the password, what follows) of ``url``, or None.
+
+    Plain string work, so that it also serves URLs SQLAlchemy cannot parse.
+    """
+    scheme, sep, rest = url.partition("://")
+    address, query_sep, query = rest.partition("?")
+    userinfo, at, host = address.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return None
+    user, password = userinfo.split(":", 1)
+    return f"{scheme}://{user}:", password, f"@{host}{query_sep}{query}"
+
+
 def mask_url(url: str) -> str:
     """``url`` with its password shown as ``***``, even when the URL does not parse.
 
     ``postgresql://user:secret@host/db`` becomes ``postgresql://user:***@host/db``.
     """
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    address, query_sep, query = rest.partition("?")
-    userinfo, at, host = address.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}{query_sep}{query}"
+    parts = _credentials(url)
+    return url if parts is None else f"{parts[0]}***{parts[2]}"
 
 
 def scrub(message: str, secret: str | None) -> str:
@@ -59,7 +66,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     try:
         parsed = make_url(url)
     except Exception as exc:
-        reason = scrub(str(exc), _raw_password(given))
+        parts = _credentials(given)
+        reason = scrub(str(exc), parts[1] if parts else None)
         raise errors.ConfigError(
             f"database_url {mask_url(given)!r} is not a database URL: {reason}"
         ) from None
@@ -84,11 +92,6 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         )
     event.listen(engine, "handle_error", _unavailable_translator(mask_url(given), parsed.password))
     return engine
-
-
-def _raw_password(url: str) -> str | None:
-    userinfo = url.partition("://")[2].partition("?")[0].rpartition("@")[0]
-    return userinfo.split(":", 1)[1] if ":" in userinfo else None
 
 
 def _unavailable_translator(
