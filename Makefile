@@ -27,11 +27,14 @@ run-api: $(VENV)/.installed
 	$(SLUICE) api
 
 ## API + 4 Celery workers + beat + sandbox on local Redis and PostgreSQL (database "sluice").
-DIST_ENV := SLUICE_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/sluice \
-	SLUICE_BROKER_URL=redis://127.0.0.1:6379/0 SLUICE_REDIS_URL=redis://127.0.0.1:6379/0
+## SLUICE_EXIT_WHEN_DONE=1 stops it once the demo is final (scripts/check-production-install.sh).
+DIST_DB ?= sluice
+DIST_REDIS ?= redis://127.0.0.1:6379/0
+DIST_ENV := SLUICE_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/$(DIST_DB) \
+	SLUICE_BROKER_URL=$(DIST_REDIS) SLUICE_REDIS_URL=$(DIST_REDIS)
 run-distributed: $(VENV)/.installed services
-	@psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='sluice'" | grep -q 1 \
-		|| createdb -h 127.0.0.1 -U postgres sluice
+	@psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='$(DIST_DB)'" \
+		| grep -q 1 || createdb -h 127.0.0.1 -U postgres $(DIST_DB)
 	$(DIST_ENV) $(SLUICE) up --demo --workers 4
 
 ## Lint, import contracts, type checks and the whole suite (starts PostgreSQL/Redis/RabbitMQ if they are down).

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from sluice import errors, logs
@@ -196,26 +197,39 @@ def db_upgrade(
     console.print(f"database at {engine.url.render_as_string(hide_password=True)} is at {revision}")
 
 
+def _fail(label: str, message: str) -> None:
+    """One line on stderr: ``label: message``, the message shown as it is (no markup)."""
+    console.print(f"[red]{label}:[/red] {escape(message)}", soft_wrap=True, highlight=False)
+
+
 def main() -> None:
-    """Entry point of the ``sluice`` console script."""
+    """Entry point of the ``sluice`` console script: operator errors are one line, exit 2."""
     from sluice.submissions import SubmissionInvalid
 
     try:
         app(standalone_mode=True)
     except errors.ConfigError as exc:
-        console.print(f"[red]configuration error:[/red] {exc}")
-        raise SystemExit(2) from exc
+        _fail("configuration error", str(exc))
+        raise SystemExit(2) from None
     except SubmissionInvalid as exc:
-        console.print(f"[red]nothing was submitted:[/red] {len(exc.problems)} problem(s)")
+        _fail("nothing was submitted", f"{len(exc.problems)} problem(s)")
         for problem in exc.problems[:20]:
             where = f"item {problem.index}" if problem.index is not None else "request"
-            console.print(f"  {where}: {problem.field}: {problem.message}")
+            console.print(
+                f"  {where}: {problem.field}: {problem.message}",
+                markup=False,
+                soft_wrap=True,
+                highlight=False,
+            )
         if len(exc.problems) > 20:
             console.print(f"  ... and {len(exc.problems) - 20} more")
-        raise SystemExit(2) from exc
+        raise SystemExit(2) from None
+    except errors.StoreUnavailable as exc:
+        _fail("error", f"{exc} ({exc.where})")
+        raise SystemExit(2) from None
     except errors.SluiceError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise SystemExit(2) from exc
+        _fail("error", str(exc))
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -18,9 +19,12 @@ from sluice.runtime import Runtime
 from sluice.settings import Settings
 from sluice.store.repository import summarize
 
-DEMO_FILE = Path(__file__).resolve().parent.parent / "examples" / "demo.json"
+# Package data, so that `sluice up --demo` works from a plain `pip install` too.
+DEMO_FILE = Path(__file__).resolve().parent / "examples" / "demo.json"
 DEMO_FIRST_ID = 1001  # the prototype's walk-through uses ids 1, 2 and 3
 DEMO_DATABASE = "sqlite:///./sluice-demo.db"
+
+log = logging.getLogger("sluice.demo")
 
 
 def prepare_demo_settings(settings: Settings) -> Settings:
@@ -38,10 +42,31 @@ def run_demo(
     driver: EmbeddedDriver | None,
     demo_file: Path | None,
     console: Console,
-    when_done: Callable[[], None],
+    when_done: Callable[[bool], None],
+    broken: Callable[[], str | None] = lambda: None,
 ) -> None:
-    """Load the example hierarchy, show progress, print the summary, then call ``when_done``."""
-    items = importer.load_file(demo_file or DEMO_FILE)
+    """Run the demo, then call ``when_done(finished)``; a failure is one line, not a traceback.
+
+    ``broken`` says why the demo can no longer finish (worker processes died), or None.
+    """
+    try:
+        finished = _demo(runtime, driver, demo_file or DEMO_FILE, console, broken)
+    except Exception as exc:  # the demo thread must report, not die with a traceback
+        log.debug("demo failed", exc_info=True)
+        console.print(f"demo failed: {type(exc).__name__}: {exc}", markup=False)
+        finished = False
+    when_done(finished)
+
+
+def _demo(
+    runtime: Runtime,
+    driver: EmbeddedDriver | None,
+    demo_file: Path,
+    console: Console,
+    broken: Callable[[], str | None],
+) -> bool:
+    """Load the example hierarchy, show progress, print the summary; True if all ended."""
+    items = importer.load_file(demo_file)
     first = max(DEMO_FIRST_ID, runtime.repo.max_id() + 1)
     items = [replace(item, id=first + i) for i, item in enumerate(items)]
     started = time.monotonic()
@@ -49,9 +74,19 @@ def run_demo(
     if driver is not None:
         driver.wake()
     last = max(ids)
-    console.print(f"demo: {len(ids)} tasks created (ids {first}-{last}) from {DEMO_FILE.name}")
+    console.print(f"demo: {len(ids)} tasks created (ids {first}-{last}) from {demo_file.name}")
     stop = threading.Event()
-    watch(lambda: summarize(runtime.repo.engine, first, last).by_status, len(ids), console, stop)
+
+    def counts() -> dict[str, int]:
+        if broken() is not None:
+            stop.set()
+        return summarize(runtime.repo.engine, first, last).by_status
+
+    watch(counts, len(ids), console, stop)
+    reason = broken()
+    if reason is not None:
+        console.print(f"demo stopped: {reason}", markup=False)
+        return False
     elapsed = time.monotonic() - started
     summary = summarize(runtime.repo.engine, first, last)
     console.print(summary_table(summary, elapsed, rate_reports(runtime, driver, elapsed)))
@@ -60,4 +95,4 @@ def run_demo(
         f"{final}/{summary.total} demo tasks final. Try the prototype's walk-through: "
         "README.md, section 'The prototype's walk-through'."
     )
-    when_done()
+    return final == summary.total

@@ -10,6 +10,7 @@ One root, a subtree per seam::
     ├── SubmissionInvalid           submissions.py: items of a submission are invalid, each
     │                               named with its field; nothing was written
     ├── StoreError
+    │   ├── StoreUnavailable        the database cannot be reached (down, restarting, refused)
     │   ├── TaskNotFound
     │   ├── TaskConflict            id or idempotency key already used
     │   ├── IllegalTransition       e.g. Completed -> Not Started
@@ -45,6 +46,15 @@ class InvalidValue(SluiceError, ValueError):
 
 class StoreError(SluiceError):
     """The task store refused or failed an operation."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached: down, restarting, refusing connections."""
+
+    def __init__(self, reason: str, where: str) -> None:
+        super().__init__(f"database unavailable: {reason}")
+        self.reason = reason
+        self.where = where  # the database URL with its password masked
 
 
 class TaskNotFound(StoreError):

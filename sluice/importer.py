@@ -3,14 +3,20 @@
 JSON: ``{"provider": "sandbox", "tasks": [{"kind": "campaign", "payload": {...},
 "children": [{"kind": "ad_group", ...}]}]}`` (``provider`` optional, per task too).
 CSV: one row per task with columns ``ref``, ``parent_ref``, ``kind``, optional
-``provider``; every other non-empty column goes into the payload (numbers and booleans
-are converted; ``a|b|c`` becomes a list). Parents must come before their children.
+``provider``; every other non-empty cell goes into the payload **as text**, unless its
+column declares a type with a suffix: ``budget:int``, ``bid:float``, ``active:bool``
+(true/false), ``ranges:list`` (``a|b|c``, a list of text) or ``targeting:json`` (any JSON
+value). So ``007``, ``nan`` and ``1e5`` stay text in an undeclared column. Parents must
+come before their children.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +27,40 @@ RESERVED_COLUMNS = {"ref", "parent_ref", "kind", "provider"}
 
 
 def load_file(path: Path) -> list[Submission]:
-    """Parse ``path`` (by its extension) into submissions in parent-first order."""
+    """Parse ``path`` (by its extension) into submissions in parent-first order.
+
+    Raises:
+        errors.InvalidTask: one line naming the file (and line) and the problem.
+    """
     if not path.is_file():
         raise errors.InvalidTask(f"{path}: no such file")
     suffix = path.suffix.lower()
-    if suffix == ".json":
-        return load_json(path)
-    if suffix == ".csv":
-        return load_csv(path)
-    raise errors.InvalidTask(f"{path}: unknown file type {suffix!r}; use .json or .csv")
+    if suffix not in (".json", ".csv"):
+        raise errors.InvalidTask(f"{path}: unknown file type {suffix!r}; use .json or .csv")
+    text = _read_text(path)
+    return load_json_text(path, text) if suffix == ".json" else load_csv_text(path, text)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise errors.InvalidTask(
+            f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise errors.InvalidTask(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
 def load_json(path: Path) -> list[Submission]:
+    return load_json_text(path, _read_text(path))
+
+
+def load_json_text(path: Path, text: str) -> list[Submission]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise errors.InvalidTask(f"{path}: not valid JSON: {exc}") from exc
+        data = json.loads(text, parse_constant=_refuse_constant)
+    except (json.JSONDecodeError, ValueError) as exc:
+        raise errors.InvalidTask(f"{path}: not valid JSON: {exc}") from None
     if isinstance(data, list):
         data = {"tasks": data}
     if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
@@ -78,57 +102,121 @@ def _flatten(
         _flatten(path, child, f"{where}.children[{position}]", index, own_provider, out)
 
 
+def _refuse_constant(name: str) -> Any:
+    raise errors.InvalidValue(f"{name} is not a JSON number")
+
+
+def _to_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise errors.InvalidValue(f"{text!r} is not a whole number") from None
+
+
+def _to_float(text: str) -> float:
+    try:
+        number = float(text)
+    except ValueError:
+        raise errors.InvalidValue(f"{text!r} is not a number") from None
+    if not math.isfinite(number):
+        raise errors.InvalidValue(f"{text!r} is not a finite number")
+    return number
+
+
+def _to_bool(text: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise errors.InvalidValue(f"{text!r} is not true or false")
+    return text.lower() == "true"
+
+
+def _to_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split("|") if part.strip()]
+
+
+def _to_json(text: str) -> Any:
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except ValueError as exc:
+        raise errors.InvalidValue(f"{text!r} is not JSON ({exc})") from None
+
+
+CELL_TYPES: dict[str, Callable[[str], Any]] = {
+    "text": str,
+    "int": _to_int,
+    "float": _to_float,
+    "bool": _to_bool,
+    "list": _to_list,
+    "json": _to_json,
+}
+
+
+def _column(path: Path, header: str) -> tuple[str, Callable[[str], Any]]:
+    """A payload column's field name and cell converter, from ``name`` or ``name:type``."""
+    name, colon, declared = header.rpartition(":")
+    if not colon:
+        return header.strip(), str
+    convert = CELL_TYPES.get(declared.strip())
+    if convert is None or not name.strip():
+        raise errors.InvalidTask(
+            f"{path}: column {header!r}: unknown type {declared!r}; "
+            f"write NAME:TYPE with TYPE one of {', '.join(CELL_TYPES)}"
+        )
+    return name.strip(), convert
+
+
 def load_csv(path: Path) -> list[Submission]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None or "kind" not in reader.fieldnames:
-            raise errors.InvalidTask(f"{path}: the header must have a 'kind' column")
-        items: list[Submission] = []
-        refs: dict[str, int] = {}
-        for line, row in enumerate(reader, start=2):
-            kind = (row.get("kind") or "").strip()
-            if not kind:
-                raise errors.InvalidTask(f"{path}:{line}: kind is empty")
-            parent_ref = (row.get("parent_ref") or "").strip()
-            parent_index = None
-            if parent_ref:
-                if parent_ref not in refs:
-                    raise errors.InvalidTask(
-                        f"{path}:{line}: parent_ref {parent_ref!r} is not an earlier row's ref"
-                    )
-                parent_index = refs[parent_ref]
-            payload = {
-                key: _cell(value)
-                for key, value in row.items()
-                if key and key not in RESERVED_COLUMNS and value not in (None, "")
-            }
-            items.append(
-                Submission(
-                    provider=(row.get("provider") or "").strip() or None,
-                    kind=kind,
-                    payload=payload,
-                    parent_index=parent_index,
+    return load_csv_text(path, _read_text(path))
+
+
+def load_csv_text(path: Path, text: str) -> list[Submission]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if reader.fieldnames is None or "kind" not in reader.fieldnames:
+        raise errors.InvalidTask(f"{path}: the header must have a 'kind' column")
+    columns = {
+        header: _column(path, header)
+        for header in reader.fieldnames
+        if header and header not in RESERVED_COLUMNS
+    }
+    items: list[Submission] = []
+    refs: dict[str, int] = {}
+    try:
+        rows = list(enumerate(reader, start=2))
+    except csv.Error as exc:
+        raise errors.InvalidTask(f"{path}:{reader.line_num}: not valid CSV: {exc}") from None
+    for line, row in rows:
+        kind = (row.get("kind") or "").strip()
+        if not kind:
+            raise errors.InvalidTask(f"{path}:{line}: kind is empty")
+        parent_ref = (row.get("parent_ref") or "").strip()
+        parent_index = None
+        if parent_ref:
+            if parent_ref not in refs:
+                raise errors.InvalidTask(
+                    f"{path}:{line}: parent_ref {parent_ref!r} is not an earlier row's ref"
                 )
+            parent_index = refs[parent_ref]
+        payload: dict[str, Any] = {}
+        for header, (name, convert) in columns.items():
+            cell = (row.get(header) or "").strip()
+            if not cell:
+                continue
+            try:
+                payload[name] = convert(cell)
+            except ValueError as exc:
+                raise errors.InvalidTask(f"{path}:{line}: column {header!r}: {exc}") from None
+        items.append(
+            Submission(
+                provider=(row.get("provider") or "").strip() or None,
+                kind=kind,
+                payload=payload,
+                parent_index=parent_index,
             )
-            ref = (row.get("ref") or "").strip()
-            if ref:
-                if ref in refs:
-                    raise errors.InvalidTask(f"{path}:{line}: ref {ref!r} is used twice")
-                refs[ref] = len(items) - 1
+        )
+        ref = (row.get("ref") or "").strip()
+        if ref:
+            if ref in refs:
+                raise errors.InvalidTask(f"{path}:{line}: ref {ref!r} is used twice")
+            refs[ref] = len(items) - 1
     if not items:
         raise errors.InvalidTask(f"{path}: no rows")
     return items
-
-
-def _cell(value: str) -> Any:
-    text = value.strip()
-    if "|" in text:
-        return [part.strip() for part in text.split("|") if part.strip()]
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for convert in (int, float):
-        try:
-            return convert(text)
-        except ValueError:
-            pass
-    return text

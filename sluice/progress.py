@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -90,7 +91,8 @@ def summary_table(summary: RunSummary, elapsed_s: float, rates: list[RateReport]
             f"{rate.requests} at {rate.achieved_per_s:.1f}/s{limit}",
         )
     for task_id, kind, message in summary.errors:
-        table.add_row(f"[red]error[/red] task {task_id} ({kind or 'tracked'})", message)
+        # The provider's message is data, not Rich markup: keep its brackets as they are.
+        table.add_row(f"[red]error[/red] task {task_id} ({kind or 'tracked'})", escape(message))
     return table
 
 

@@ -51,10 +51,17 @@ class Runtime:
 
 
 def with_default_providers(settings: Settings) -> Settings:
-    """Settings whose providers include the bundled sandbox when none are configured."""
+    """Settings whose providers include the bundled sandbox when none are configured.
+
+    The sandbox's address follows the ``[sandbox]`` table's ``host`` and ``port`` when set,
+    so moving the demo's sandbox to another port needs one setting, not two.
+    """
     if settings.providers:
         return settings
-    return settings.model_copy(update={"providers": DEFAULT_PROVIDERS})
+    host = settings.sandbox.get("host", "127.0.0.1")
+    port = settings.sandbox.get("port", DEMO_SANDBOX_PORT)
+    sandbox = {**DEFAULT_PROVIDERS["sandbox"], "base_url": f"http://{host}:{port}"}
+    return settings.model_copy(update={"providers": {"sandbox": sandbox}})
 
 
 def build_catalog(providers: dict[str, Provider], default_provider: str) -> Catalog:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -14,6 +15,9 @@ from sluice.domain import Submission, Task, TaskStatus
 from sluice.store.repository import TaskRepository
 
 MAX_BULK = 10_000
+MAX_ID = 2**53  # ids stay exact in JavaScript clients
+MAX_NAME_CHARS = 64  # provider and kind names
+MAX_KEY_CHARS = 255  # idempotency keys
 
 
 @dataclass(frozen=True)
@@ -39,14 +43,68 @@ def request_hash(body: Any) -> str:
     return hashlib.sha256(encoded.encode()).hexdigest()
 
 
+def unstorable(value: Any) -> str | None:
+    """Why ``value`` (nested JSON: keys, text, numbers) cannot be stored, or None if it can.
+
+    PostgreSQL cannot store NUL in text or JSONB, and NaN/Infinity are not JSON (Python's
+    parser lets them through). Refusing them on every backend keeps SQLite and PostgreSQL
+    deployments accepting exactly the same submissions.
+    """
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return "must not contain NUL characters (\\u0000)"
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return "numbers must be finite (NaN and Infinity are not JSON)"
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list | tuple):
+            pending.extend(item)
+    return None
+
+
+def value_problems(item: Submission, index: int | None) -> list[ItemError]:
+    """The value rules every way in shares (API, ``sluice submit``, the demo).
+
+    Text and numbers must be storable (:func:`unstorable`), names and keys not empty and
+    not too long, ids within 1..2**53. The API's request models check types only and leave
+    these rules to this one function, so the CLI refuses exactly what the API refuses.
+    """
+    problems: list[ItemError] = []
+    limits = {"provider": MAX_NAME_CHARS, "kind": MAX_NAME_CHARS, "idempotency_key": MAX_KEY_CHARS}
+    for field, limit in limits.items():
+        text = getattr(item, field)
+        if text is None:
+            continue
+        problem = unstorable(text)
+        if problem is None and not 1 <= len(text) <= limit:
+            problem = f"must be 1 to {limit} characters long, got {len(text)}"
+        if problem is not None:
+            problems.append(ItemError(index, field, problem))
+    problem = unstorable(item.payload)
+    if problem is not None:
+        problems.append(ItemError(index, "payload", problem))
+    for field in ("id", "parent_id"):
+        number = getattr(item, field)
+        if number is not None and not 1 <= number <= MAX_ID:
+            problems.append(ItemError(index, field, f"must be between 1 and 2**53, got {number}"))
+    return problems
+
+
 def check(
     item: Submission, index: int | None, catalog: Catalog
 ) -> tuple[Submission | None, list[ItemError]]:
-    """Check one submission against the catalog and the rules of the two task modes.
+    """Check one submission's values, then against the catalog and the two task modes.
 
     Returns the submission with its provider and status filled in, or its problems.
     """
-    problems: list[ItemError] = []
+    problems = value_problems(item, index)
+    if problems:
+        return None, problems
     provider = item.provider or catalog.default_provider
     unknown = catalog.check(provider, item.kind)
     if unknown:

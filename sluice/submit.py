@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 from rich.console import Console
+from rich.markup import escape
 
 from sluice import errors, importer, submissions
 from sluice.api.schemas import BulkItem
@@ -59,7 +60,7 @@ def submit_remote(api_url: str, file: Path, wait: bool, console: Console) -> int
         except httpx.HTTPError as exc:
             raise errors.SluiceError(f"cannot reach the Sluice API at {api_url}: {exc}") from exc
         if answer.status_code != 201:
-            console.print(f"[red]refused ({answer.status_code}):[/red] {answer.text}")
+            console.print(f"[red]refused ({answer.status_code}):[/red] {escape(answer.text)}")
             return 2
         ids: list[int] = answer.json()["ids"]
         first, last = min(ids), max(ids)

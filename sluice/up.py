@@ -6,6 +6,7 @@ With ``--demo`` or ``--sandbox`` the bundled sandbox DSP runs in this process to
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from sluice.demo import prepare_demo_settings, run_demo
 from sluice.drivers.embedded import EmbeddedDriver, build_embedded_driver
 from sluice.runtime import DEMO_SANDBOX_PORT, build_runtime
 from sluice.settings import Settings
-from sluice.worker_processes import start_workers
+from sluice.worker_processes import WorkerProcesses, start_workers
 
 log = logging.getLogger("sluice.up")
 
@@ -36,18 +37,25 @@ class UpOptions:
 
 
 def run_up(settings: Settings, options: UpOptions, console: Console) -> int:
-    """Run until Ctrl-C (or, with ``exit_when_done``, until the demo's tasks are final)."""
+    """Run until Ctrl-C or SIGTERM (or, with ``exit_when_done``, until the demo ends).
+
+    Returns the exit code: 0, or 1 when ``exit_when_done`` is set and the demo could not
+    run to the end (it failed, or a worker process died).
+    """
     if options.demo:
         settings = prepare_demo_settings(settings)
+    exit_code = 0
     with ExitStack() as stack:
+        _stop_cleanly_on_sigterm(stack)
         if options.sandbox or options.demo:
             base_url = start_sandbox(settings, stack)
             console.print(f"sandbox DSP (profile {sandbox_profile(settings)}) at {base_url}")
         runtime = build_runtime(settings)
         stack.callback(runtime.close)
         driver: EmbeddedDriver | None = None
+        workers = WorkerProcesses()
         if options.workers:
-            start_workers(settings, options.workers, stack, console)
+            workers = start_workers(settings, options.workers, stack, console)
         else:
             driver = build_embedded_driver(runtime)
             driver.start()
@@ -63,19 +71,39 @@ def run_up(settings: Settings, options: UpOptions, console: Console) -> int:
         console.print(f"Sluice API at http://{options.host}:{options.port} (docs at /docs)")
         if options.demo:
 
-            def when_done() -> None:
+            def when_done(finished: bool) -> None:
+                nonlocal exit_code
                 if options.exit_when_done:
+                    exit_code = 0 if finished else 1
                     server.should_exit = True
 
             demo = threading.Thread(
                 target=run_demo,
-                args=(runtime, driver, options.demo_file, console, when_done),
+                args=(runtime, driver, options.demo_file, console, when_done, workers.exited),
                 name="sluice-demo",
                 daemon=True,
             )
             demo.start()
         server.run()
-    return 0
+        workers.stopping = True
+    return exit_code
+
+
+def _stop_cleanly_on_sigterm(stack: ExitStack) -> None:
+    """Turn SIGTERM into SystemExit(0), so the stack stops the workers and the sandbox.
+
+    uvicorn captures SIGTERM while it serves, then re-raises it once it has shut down; with
+    the default handler that kills the process before ``run_up``'s cleanup runs, leaving
+    the worker processes (each in its own session) running.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def exit_now(_signum: int, _frame: object) -> None:
+        raise SystemExit(0)
+
+    previous = signal.signal(signal.SIGTERM, exit_now)
+    stack.callback(signal.signal, signal.SIGTERM, previous)
 
 
 def sandbox_profile(settings: Settings) -> str:

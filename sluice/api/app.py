@@ -19,6 +19,8 @@ from sluice.store.repository import TaskRepository
 from sluice.submissions import SubmissionInvalid
 
 BULK_MAX_BYTES = 64 * 1024 * 1024
+# How long a client should wait before retrying while the database is unavailable.
+RETRY_AFTER_S = "5"
 
 
 def build_api(runtime: Runtime) -> FastAPI:
@@ -61,6 +63,13 @@ def _ping_database(repo: TaskRepository) -> None:
 
 
 def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(errors.StoreUnavailable)
+    async def store_unavailable(_: Request, exc: errors.StoreUnavailable) -> JSONResponse:
+        # The reason only (no URL): the database's address is the operator's business.
+        return JSONResponse(
+            {"detail": str(exc)}, status_code=503, headers={"Retry-After": RETRY_AFTER_S}
+        )
+
     @app.exception_handler(errors.TaskNotFound)
     async def not_found(_: Request, exc: errors.TaskNotFound) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=404)

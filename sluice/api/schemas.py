@@ -2,42 +2,31 @@
 
 from __future__ import annotations
 
-import math
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from sluice import errors
+from sluice import errors, submissions
 from sluice.domain import Phase, Submission, Task, TaskEvent, TaskStatus
-from sluice.submissions import MAX_BULK
+from sluice.submissions import MAX_BULK, MAX_ID, MAX_KEY_CHARS, MAX_NAME_CHARS
 
 
 def refuse_unstorable(value: Any) -> Any:
-    """Refuse NUL characters and non-finite numbers anywhere in a (nested) JSON value.
-
-    PostgreSQL cannot store NUL in text or JSONB, and NaN/Infinity are not JSON (Python's
-    parser lets them through). Refusing them on every backend keeps SQLite and PostgreSQL
-    deployments accepting exactly the same requests.
-    """
-    pending = [value]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                raise errors.InvalidValue("must not contain NUL characters (\\u0000)")
-        elif isinstance(item, float):
-            if not math.isfinite(item):
-                raise errors.InvalidValue("numbers must be finite (NaN and Infinity are not JSON)")
-        elif isinstance(item, dict):
-            pending.extend(item.keys())
-            pending.extend(item.values())
-        elif isinstance(item, list):
-            pending.extend(item)
+    """Refuse NUL characters and non-finite numbers, by :func:`submissions.unstorable`."""
+    problem = submissions.unstorable(value)
+    if problem is not None:
+        raise errors.InvalidValue(problem)
     return value
 
 
+# Query parameters; bodies that create tasks are checked by submissions.value_problems.
 Text = Annotated[str, AfterValidator(refuse_unstorable)]
+
+
+def _bounds(**schema: Any) -> Any:
+    """Document a bound in OpenAPI; submissions.value_problems enforces it for every path."""
+    return {"json_schema_extra": schema}
 
 
 class TaskCreate(BaseModel):
@@ -50,18 +39,14 @@ class TaskCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: int | None = Field(default=None, ge=1, le=2**53, description="explicit task id")
+    id: int | None = Field(
+        default=None, description="explicit task id", **_bounds(minimum=1, maximum=MAX_ID)
+    )
     status: TaskStatus | None = None
-    provider: Text | None = Field(default=None, min_length=1, max_length=64)
-    kind: Text | None = Field(default=None, min_length=1, max_length=64)
+    provider: str | None = Field(default=None, **_bounds(minLength=1, maxLength=MAX_NAME_CHARS))
+    kind: str | None = Field(default=None, **_bounds(minLength=1, maxLength=MAX_NAME_CHARS))
     payload: dict[str, Any] | None = None
-    parent_id: int | None = Field(default=None, ge=1, le=2**53)
-
-    @field_validator("payload")
-    @classmethod
-    def _payload_storable(cls, payload: dict[str, Any] | None) -> dict[str, Any] | None:
-        refuse_unstorable(payload)
-        return payload
+    parent_id: int | None = Field(default=None, **_bounds(minimum=1, maximum=MAX_ID))
 
     def to_submission(
         self, idempotency_key: str | None = None, parent_index: int | None = None
@@ -82,7 +67,9 @@ class BulkItem(TaskCreate):
     """A task in a bulk call; ``parent_index`` names an earlier item of the same batch."""
 
     parent_index: int | None = Field(default=None, ge=0, lt=MAX_BULK)
-    idempotency_key: Text | None = Field(default=None, min_length=1, max_length=255)
+    idempotency_key: str | None = Field(
+        default=None, **_bounds(minLength=1, maxLength=MAX_KEY_CHARS)
+    )
 
     def to_submission(
         self, idempotency_key: str | None = None, parent_index: int | None = None

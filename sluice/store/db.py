@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, inspect, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import ExceptionContext, make_url
 
 from sluice import errors
 
@@ -22,14 +24,55 @@ def normalise_url(url: str) -> str:
     return url
 
 
+def _credentials(url: str) -> tuple[str, str, str] | None:
+    """(what comes before the password, the password, what follows) of ``url``, or None.
+
+    Plain string work, so that it also serves URLs SQLAlchemy cannot parse.
+    """
+    scheme, sep, rest = url.partition("://")
+    address, query_sep, query = rest.partition("?")
+    userinfo, at, host = address.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return None
+    user, password = userinfo.split(":", 1)
+    return f"{scheme}://{user}:", password, f"@{host}{query_sep}{query}"
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password shown as ``***``, even when the URL does not parse.
+
+    ``postgresql://user:secret@host/db`` becomes ``postgresql://user:***@host/db``.
+    """
+    parts = _credentials(url)
+    return url if parts is None else f"{parts[0]}***{parts[2]}"
+
+
+def scrub(message: str, secret: str | None) -> str:
+    """``message`` with ``secret`` (and its URL-encoded form) replaced by ``***``."""
+    if not secret:
+        return message
+    for form in {secret, quote(secret, safe="")}:
+        message = message.replace(form, "***")
+    return message
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """Create an engine with the per-backend settings Sluice relies on."""
-    url = normalise_url(url)
+    """Create an engine with the per-backend settings Sluice relies on.
+
+    A database that cannot be reached raises :class:`errors.StoreUnavailable` (one line,
+    password masked) from any use of the engine, instead of a driver error.
+    """
+    given, url = url, normalise_url(url)
     try:
         parsed = make_url(url)
     except Exception as exc:
-        raise errors.ConfigError(f"database_url {url!r} is not a database URL: {exc}") from exc
-    if parsed.get_backend_name() == "sqlite":
+        parts = _credentials(given)
+        reason = scrub(str(exc), parts[1] if parts else None)
+        raise errors.ConfigError(
+            f"database_url {mask_url(given)!r} is not a database URL: {reason}"
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
         engine = create_engine(
             url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs
         )
@@ -37,16 +80,37 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         # pysqlite's own transaction handling defers BEGIN; take it over so writers
         # serialise with BEGIN IMMEDIATE instead of failing on lock upgrades.
         event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
-        return engine
-    if parsed.get_backend_name() == "postgresql":
+    elif backend == "postgresql":
         kwargs.setdefault("pool_size", 10)
         kwargs.setdefault("max_overflow", 20)
         kwargs.setdefault("pool_pre_ping", True)
-        return create_engine(url, **kwargs)
-    raise errors.ConfigError(
-        f"database_url backend {parsed.get_backend_name()!r} is not supported; "
-        "use sqlite:///path.db or postgresql://..."
-    )
+        engine = create_engine(url, **kwargs)
+    else:
+        raise errors.ConfigError(
+            f"database_url backend {backend!r} is not supported; "
+            "use sqlite:///path.db or postgresql://..."
+        )
+    event.listen(engine, "handle_error", _unavailable_translator(mask_url(given), parsed.password))
+    return engine
+
+
+def _unavailable_translator(
+    where: str, password: str | None
+) -> Callable[[ExceptionContext], BaseException | None]:
+    """A ``handle_error`` hook: lost or refused connections become StoreUnavailable."""
+
+    def translate(context: ExceptionContext) -> BaseException | None:
+        # A failed pre-ping must stay SQLAlchemy's: the pool then reconnects quietly.
+        if context.is_pre_ping:
+            return None
+        connecting = context.connection is None
+        if not (connecting or context.is_disconnect):
+            return None
+        lines = str(context.original_exception).strip().splitlines()
+        reason = scrub(lines[0] if lines else type(context.original_exception).__name__, password)
+        return errors.StoreUnavailable(reason, where)
+
+    return translate
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

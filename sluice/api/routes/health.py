@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from sluice.api.deps import Context
 from sluice.api.schemas import Message
+from sluice.logs import mask_url_passwords
 
 router = APIRouter(tags=["health"])
 
@@ -36,8 +37,15 @@ def readyz(context: Context) -> JSONResponse:
             results[name] = "ok"
         except Exception as exc:  # any failure means not ready; the reason is reported
             ready = False
-            results[name] = f"error: {type(exc).__name__}"
+            results[name] = f"error: {reason(exc)}"
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "checks": results},
         status_code=200 if ready else 503,
     )
+
+
+def reason(exc: Exception) -> str:
+    """Why a check failed, in one line, with any URL password masked."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""
+    return mask_url_passwords(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)

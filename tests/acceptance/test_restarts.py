@@ -1,0 +1,224 @@
+"""PostgreSQL and RabbitMQ restarted under a running cluster, on private servers.
+
+Each test starts its own server from the machine's binaries on spare ports
+(:mod:`harness.servers`) and restarts that one; the shared servers are never touched.
+What must hold: requests during a database outage get a clear 503 JSON answer and
+``/readyz`` says why; workers reconnect by themselves; afterwards every task ends final,
+and the sandbox saw each object created exactly once (none lost, none created twice).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from harness.cluster import Broker, ClusterError, free_port, open_broker
+from harness.servers import PostgresServer, RabbitMQServer, ServerUnavailable
+from sluice.domain import TaskStatus
+from tests.acceptance.conftest import RATE_MARGIN, Cluster, bad_campaign, campaigns
+from tests.conftest import REDIS_URL, require_service
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(240)]
+
+TASKS = 100
+PASSWORD = "restart-pa55"
+# How long each server stays down (an outage long enough for every process to notice).
+OUTAGE_S = 4.0
+# Short leases and frequent reconciles, so work claimed before the outage comes back soon.
+SETTINGS = {
+    "SLUICE_LOG_LEVEL": "INFO",
+    "SLUICE_RATE_MARGIN": str(RATE_MARGIN),
+    "SLUICE_CLAIM_LEASE_S": "5",
+    "SLUICE_RECONCILE_EVERY_S": "2",
+}
+
+
+def _private(make: Callable[[], Any]) -> Any:
+    """A private server, or a skip (a failure under SLUICE_REQUIRE_SERVICES=1)."""
+    try:
+        return make()
+    except ServerUnavailable as exc:
+        if os.environ.get("SLUICE_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"{exc} and SLUICE_REQUIRE_SERVICES=1")
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of this test's own, started, with a database ``sluice``."""
+    server: PostgresServer = _private(PostgresServer.create)
+    try:
+        server.start()
+        server.create_database("sluice")
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def private_rabbitmq() -> Iterator[RabbitMQServer]:
+    """A RabbitMQ node of this test's own, started."""
+    server: RabbitMQServer = _private(RabbitMQServer)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def redis_broker() -> Iterator[Broker]:
+    require_service("Redis", "127.0.0.1", 6379)
+    opened = open_broker("redis", uuid.uuid4().hex[:10])
+    try:
+        yield opened
+    finally:
+        opened.cleanup()
+
+
+def make_cluster(
+    request: pytest.FixtureRequest, folder: Path, database_url: str, broker_url: str
+) -> Iterator[Cluster]:
+    require_service("Redis", "127.0.0.1", 6379)
+    built = Cluster(
+        folder=folder,
+        database_url=database_url,
+        broker_url=broker_url,
+        redis_url=REDIS_URL,
+        namespace=f"sluice:acceptance:{uuid.uuid4().hex[:10]}",
+        settings=SETTINGS,
+    )
+    try:
+        yield built
+    finally:
+        built.stop()
+        report = getattr(request.node, "rep_call", None)
+        if report is None or report.failed:
+            sys.stderr.write(built.logs() + "\n")
+
+
+def completed(cluster: Cluster) -> int:
+    return cluster.counts().get(TaskStatus.COMPLETED.value, 0)
+
+
+def assert_every_object_created_once(cluster: Cluster) -> None:
+    """All tasks final as expected, and the sandbox holds each campaign exactly once."""
+    assert cluster.counts() == {TaskStatus.COMPLETED.value: TASKS, TaskStatus.ERROR.value: 1}
+    stats = cluster.sandbox_stats()
+    assert stats["duplicate_count"] == 0, stats
+    assert stats["objects"]["campaigns"] == {"active": TASKS, "rejected": 1}, stats
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with suppress(httpx.TransportError):
+            if predicate():
+                return
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:g}s waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def pg_cluster(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    private_postgres: PostgresServer,
+    redis_broker: Broker,
+) -> Iterator[Cluster]:
+    """A cluster whose database lives on the private PostgreSQL server."""
+    url = private_postgres.url("sluice", password=PASSWORD)
+    yield from make_cluster(request, tmp_path, url, redis_broker.url)
+
+
+def test_postgresql_restart_under_api_and_workers(
+    pg_cluster: Cluster, private_postgres: PostgresServer
+) -> None:
+    """While PostgreSQL is down the API answers 503 JSON and /readyz says why; after it is
+    back the workers carry on by themselves and every campaign is created exactly once."""
+    cluster = pg_cluster
+    cluster.start(sandbox={})
+    ids = cluster.create([*campaigns(TASKS), bad_campaign()])
+    api_url = f"http://127.0.0.1:{free_port()}"
+    cluster.spawn("api", ["api", "--port", api_url.rsplit(":", 1)[1]])
+    wait_for(lambda: httpx.get(f"{api_url}/healthz").status_code == 200, 30, "the API")
+    workers = [cluster.worker("worker-1", beat=True), cluster.worker("worker-2")]
+    cluster.wait_ready(workers)
+    cluster.wait_until(lambda: completed(cluster) >= 15, 60, "15 tasks completed")
+
+    private_postgres.stop("fast")
+    answers = [
+        httpx.get(f"{api_url}/api/tasks/{ids[-1]}", timeout=10),
+        httpx.post(f"{api_url}/api/tasks", json={"id": 9_000, "status": "Not Started"}),
+        httpx.get(f"{api_url}/api/tasks?status=Completed", timeout=10),
+    ]
+    ready = httpx.get(f"{api_url}/readyz", timeout=10)
+    time.sleep(OUTAGE_S)  # the outage lasts a while: pumps, claims and writes fail meanwhile
+    private_postgres.start()
+
+    for answer in answers:
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["content-type"] == "application/json"
+        assert answer.json()["detail"].startswith("database unavailable: "), answer.text
+        assert PASSWORD not in answer.text
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["database"].startswith(
+        "error: StoreUnavailable: database unavailable: "
+    )
+    assert PASSWORD not in ready.text
+    wait_for(lambda: httpx.get(f"{api_url}/readyz").status_code == 200, 30, "/readyz to recover")
+    assert httpx.get(f"{api_url}/api/tasks/{ids[-1]}").status_code == 200
+
+    cluster.wait_until_final(timeout_s=120)
+
+    assert_every_object_created_once(cluster)
+    assert all(proc.alive() for proc in cluster.procs), "a process died during the outage"
+
+
+@pytest.fixture
+def rabbitmq_cluster(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    postgres_url: str,
+    private_rabbitmq: RabbitMQServer,
+) -> Iterator[Cluster]:
+    """A cluster whose broker is the private RabbitMQ node."""
+    yield from make_cluster(request, tmp_path, postgres_url, private_rabbitmq.url)
+
+
+@pytest.mark.rabbitmq
+def test_rabbitmq_restart_under_workers(
+    rabbitmq_cluster: Cluster, private_rabbitmq: RabbitMQServer
+) -> None:
+    """After the broker restarts, the workers reconnect by themselves, every task ends final
+    and every campaign is created exactly once."""
+    cluster = rabbitmq_cluster
+    cluster.start(sandbox={})
+    cluster.create([*campaigns(TASKS), bad_campaign()])
+    workers = [cluster.worker("worker-1", beat=True), cluster.worker("worker-2")]
+    try:
+        cluster.wait_ready(workers)
+    except ClusterError as exc:
+        pytest.fail(str(exc))
+    cluster.wait_until(lambda: completed(cluster) >= 15, 60, "15 tasks completed")
+
+    private_rabbitmq.stop()
+    time.sleep(OUTAGE_S)  # the outage lasts a while: beat's sends and pumps fail meanwhile
+    progress_while_down = completed(cluster)
+    private_rabbitmq.start()
+
+    cluster.wait_until_final(timeout_s=150)
+
+    assert_every_object_created_once(cluster)
+    assert progress_while_down < TASKS, "the outage came too late to test anything"
+    assert all(proc.alive() for proc in cluster.procs), "a worker died during the outage"

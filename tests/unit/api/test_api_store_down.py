@@ -1,0 +1,60 @@
+"""With the database unreachable, the API answers a clear 503 JSON and /readyz says why."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from sluice.api.app import create_app
+from sluice.settings import Settings
+from sluice.store import db
+from sluice.store.repository import TaskRepository
+from tests.unit.api.conftest import CATALOG
+
+PASSWORD = "pa55-w0rd"
+
+
+@pytest.fixture
+def client() -> Iterator[TestClient]:
+    """An API whose PostgreSQL database refuses connections (nothing listens on port 1)."""
+    url = f"postgresql://sluice:{PASSWORD}@127.0.0.1:1/sluice"
+    engine = db.make_engine(url)
+    with TestClient(create_app(Settings(database_url=url), TaskRepository(engine), CATALOG)) as c:
+        yield c
+    engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/api/tasks/1", None),
+        ("GET", "/api/tasks", None),
+        ("POST", "/api/tasks", {"id": 1, "status": "Not Started"}),
+        ("POST", "/api/tasks/1/cancel", None),
+    ],
+)
+def test_requests_get_503_json_without_password(
+    client: TestClient, method: str, path: str, body: dict[str, object] | None
+) -> None:
+    """Every route answers 503 {"detail": "database unavailable: ..."} with Retry-After."""
+    answer = client.request(method, path, json=body)
+
+    assert answer.status_code == 503
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.headers["retry-after"] == "5"
+    detail = answer.json()["detail"]
+    assert detail.startswith("database unavailable: connection failed")
+    assert "\n" not in detail
+    assert PASSWORD not in answer.text
+
+
+def test_readyz_names_the_database_and_why(client: TestClient) -> None:
+    """/readyz answers 503 with the database check's reason, password never shown."""
+    answer = client.get("/readyz")
+
+    assert answer.status_code == 503
+    database = answer.json()["checks"]["database"]
+    assert database.startswith("error: StoreUnavailable: database unavailable: connection failed")
+    assert PASSWORD not in answer.text

@@ -1,0 +1,173 @@
+"""Operator mistakes at the command line end in one clear line, exit code 2, nothing written."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, func, inspect, select
+
+from sluice import cli
+from sluice.store.repository import tasks
+
+PASSWORD = "s3cr3t-Pa55"
+
+
+def run_cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[int, str]:
+    """Run the ``sluice`` entry point in-process; returns (exit code, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["sluice", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    code = exit_info.value.code
+    return (code if isinstance(code, int) else 1), capsys.readouterr().err
+
+
+def one_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    assert len(lines) == 1, f"expected one line, got:\n{text}"
+    assert "Traceback" not in text
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            f"postgresql://admin:{PASSWORD}@127.0.0.1:1/sluice",
+            "error: database unavailable: connection failed: ",
+        ),
+        (
+            f"postgresql://admin:{PASSWORD}@127.0.0.1:notaport/sluice",
+            "configuration error: database_url 'postgresql://admin:***@127.0.0.1:notaport/sluice'"
+            " is not a database URL",
+        ),
+        (
+            f"mysql://admin:{PASSWORD}@127.0.0.1/sluice",
+            "configuration error: database_url backend 'mysql' is not supported",
+        ),
+        ("sqlite:////no/such/folder/sluice.db", "error: database unavailable: unable to open"),
+    ],
+)
+def test_db_upgrade_bad_database_url_is_one_line_without_password(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], url: str, expected: str
+) -> None:
+    """`sluice db upgrade` on an unreachable or malformed URL: one line, password masked."""
+    monkeypatch.setenv("SLUICE_DATABASE_URL", url)
+
+    code, err = run_cli(monkeypatch, capsys, "db", "upgrade")
+
+    assert code == 2
+    line = one_line(err)
+    assert line.startswith(expected), line
+    assert PASSWORD not in err
+
+
+def test_unreachable_database_names_where_with_password_masked(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The unreachable database is named as postgresql://user:***@host/db."""
+    monkeypatch.setenv("SLUICE_DATABASE_URL", f"postgresql://admin:{PASSWORD}@127.0.0.1:1/app")
+
+    _, err = run_cli(monkeypatch, capsys, "db", "upgrade")
+
+    assert one_line(err).endswith("(postgresql://admin:***@127.0.0.1:1/app)")
+
+
+def test_bad_provider_config_keeps_bracketed_names(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A provider with nothing to do is reported with [kinds.KIND] and [poll] intact."""
+    config = tmp_path / "sluice.toml"
+    config.write_text('[providers.acme]\nbase_url = "http://127.0.0.1:1"\nrate_limit = "1/s"\n')
+    monkeypatch.setenv("SLUICE_CONFIG", str(config))
+    data = tmp_path / "tasks.json"
+    data.write_text('[{"kind": "campaign", "payload": {"name": "x"}}]')
+
+    code, err = run_cli(monkeypatch, capsys, "submit", str(data), "--no-wait")
+
+    assert code == 2
+    line = one_line(err)
+    assert line.startswith("configuration error: ")
+    assert "define [kinds.KIND] tables or a [poll] table" in line
+
+
+def test_import_file_that_is_not_utf8_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A file that is not UTF-8 text is refused in one line naming it; no database is made."""
+    data = tmp_path / "tasks.csv"
+    data.write_bytes(b"ref,kind,name\nc1,campaign,Caf\xe9\n")
+
+    code, err = run_cli(monkeypatch, capsys, "submit", str(data), "--no-wait")
+
+    assert code == 2
+    assert one_line(err).startswith(f"error: {data}: not UTF-8 text (byte ")
+    assert not Path("sluice.db").exists()
+
+
+def test_import_file_that_cannot_be_read_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A file the operating system refuses to read is reported in one line naming it."""
+    data = tmp_path / "tasks.json"
+    data.write_text("[]")
+
+    def refuse(self: Path, *args: object, **kwargs: object) -> str:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_text", refuse)
+
+    code, err = run_cli(monkeypatch, capsys, "submit", str(data), "--no-wait")
+
+    assert code == 2
+    assert one_line(err) == f"error: {data}: cannot read: Permission denied"
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ('[{"kind": "campaign", "payload": {"name": "a\\u0000b"}}]', "NUL characters"),
+        ('[{"kind": "campaign", "payload": {"na\\u0000me": "ab"}}]', "NUL characters"),
+        ('[{"kind": "camp\\u0000aign", "payload": {"name": "ab"}}]', "NUL characters"),
+        ('[{"kind": "campaign", "payload": {"budget": 1e400}}]', "must be finite"),
+        ('[{"kind": "campaign", "provider": "' + "p" * 65 + '", "payload": {}}]', "1 to 64"),
+    ],
+)
+def test_submit_refuses_what_the_api_refuses_and_writes_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    content: str,
+    problem: str,
+) -> None:
+    """`sluice submit` refuses NUL text, non-finite numbers and long names; nothing is stored."""
+    data = tmp_path / "tasks.json"
+    data.write_text(content)
+
+    code, err = run_cli(monkeypatch, capsys, "submit", str(data), "--no-wait")
+
+    assert code == 2
+    assert "Traceback" not in err
+    assert err.startswith("nothing was submitted: 1 problem(s)"), err
+    assert problem in err
+    engine = create_engine("sqlite:///sluice.db")
+    if inspect(engine).has_table("tasks"):
+        with engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(tasks)).scalar_one() == 0
+    engine.dispose()
+
+
+def test_submit_json_with_nan_is_refused_at_parse(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """NaN in a JSON file (Python's parser accepts it) is refused in one line."""
+    data = tmp_path / "tasks.json"
+    data.write_text('[{"kind": "campaign", "payload": {"budget": NaN}}]')
+
+    code, err = run_cli(monkeypatch, capsys, "submit", str(data), "--no-wait")
+
+    assert code == 2
+    assert "NaN is not a JSON number" in one_line(err)

@@ -1,0 +1,105 @@
+"""The CSV importer keeps cell text as text unless its column declares a type."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sluice import errors, importer
+
+
+def load(tmp_path: Path, text: str) -> list[dict[str, object]]:
+    path = tmp_path / "tasks.csv"
+    path.write_text(text, encoding="utf-8")
+    return [item.payload or {} for item in importer.load_file(path)]
+
+
+def test_undeclared_cells_stay_text(tmp_path: Path) -> None:
+    """nan, inf, 007, 1e5, true and a|b stay exactly the text that was written."""
+    payloads = load(
+        tmp_path,
+        "kind,code,score,limit,big,flag,tags\ncampaign,007,nan,inf,1e5,true,a|b\n",
+    )
+
+    assert payloads == [
+        {"code": "007", "score": "nan", "limit": "inf", "big": "1e5", "flag": "true", "tags": "a|b"}
+    ]
+
+
+def test_declared_columns_are_converted(tmp_path: Path) -> None:
+    """name:int, :float, :bool, :list, :json and :text convert each cell to that type."""
+    payloads = load(
+        tmp_path,
+        "kind,budget:int,bid:float,active:bool,ranges:list,extra:json,code:text\n"
+        'campaign,007,1.5,TRUE,1.2.3.0/24 | 5.6.7.0/24,"{""a"": [1, null]}",42\n',
+    )
+
+    assert payloads == [
+        {
+            "budget": 7,
+            "bid": 1.5,
+            "active": True,
+            "ranges": ["1.2.3.0/24", "5.6.7.0/24"],
+            "extra": {"a": [1, None]},
+            "code": "42",
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("header", "cell", "message"),
+    [
+        ("budget:int", "12.5", "column 'budget:int': '12.5' is not a whole number"),
+        ("bid:float", "nan", "column 'bid:float': 'nan' is not a finite number"),
+        ("bid:float", "-inf", "column 'bid:float': '-inf' is not a finite number"),
+        ("active:bool", "yes", "column 'active:bool': 'yes' is not true or false"),
+        ("extra:json", "NaN", "column 'extra:json': 'NaN' is not JSON (NaN is not a JSON number)"),
+    ],
+)
+def test_a_cell_its_column_type_refuses_names_line_and_column(
+    tmp_path: Path, header: str, cell: str, message: str
+) -> None:
+    """A declared column's bad cell is refused naming the file, the line and the column."""
+    with pytest.raises(errors.InvalidTask) as refused:
+        load(tmp_path, f"kind,{header}\ncampaign,\ncampaign,{cell}\n")
+
+    assert str(refused.value) == f"{tmp_path / 'tasks.csv'}:3: {message}"
+
+
+def test_unknown_column_type_lists_the_known_ones(tmp_path: Path) -> None:
+    """budget:money is refused, listing the types a column may declare."""
+    with pytest.raises(errors.InvalidTask, match="unknown type 'money'; write NAME:TYPE with TYPE"):
+        load(tmp_path, "kind,budget:money\ncampaign,1\n")
+
+
+def test_example_hierarchy_declares_its_numbers() -> None:
+    """examples/hierarchy.csv sends its budget and bid as numbers, its names as text."""
+    path = Path(__file__).resolve().parents[2] / "examples" / "hierarchy.csv"
+
+    payloads = [item.payload or {} for item in importer.load_file(path)]
+
+    assert payloads[0]["budget"] == 12000
+    assert payloads[1]["bid"] == 1.7
+    assert all(isinstance(p["name"], str) for p in payloads)
+
+
+cells = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters=',"|'),
+    max_size=12,
+).map(str.strip)
+
+
+@settings(max_examples=80, deadline=None)
+@given(values=st.lists(cells.filter(bool), min_size=1, max_size=5))
+def test_any_undeclared_cell_round_trips_as_text(
+    tmp_path_factory: pytest.TempPathFactory, values: list[str]
+) -> None:
+    """Whatever text an undeclared cell holds, the payload carries that same text."""
+    folder = tmp_path_factory.mktemp("csv")
+    header = ",".join(f"c{i}" for i in range(len(values)))
+    payloads = load(folder, f"kind,{header}\ncampaign,{','.join(values)}\n")
+
+    assert payloads == [{f"c{i}": value for i, value in enumerate(values)}]
