@@ -88,6 +88,9 @@ class Task:
     client_ref: str | None
     created_at: datetime
     updated_at: datetime
+    # A create may have reached the provider and nothing has settled whether it did: any
+    # further attempt looks the object up first (see Phase.UNCERTAIN).
+    maybe_created: bool = False
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,10 @@ class DueTask:
     polls: int
     poll_interval_s: float | None
     deadline_at: datetime | None
+    maybe_created: bool = False
+    # The claim this task was handed out under: only its holder may record an outcome.
+    claimed_by: str | None = None
+    claimed_until: datetime | None = None
 
     @property
     def operation(self) -> Operation:
@@ -187,8 +194,11 @@ class WorkUnit:
 
 @dataclass(frozen=True)
 class Outcome:
-    """A change to record for one task, applied only if its status is still ``from_status``.
+    """A change to record for one task.
 
+    Applied only while the task's status is still ``from_status`` *and* the claim it was
+    decided under (``claim``, the ``claimed_by`` token of its :class:`DueTask`) still
+    holds: a cancel wins, and so does a worker that took over after this one's lease ended.
     ``event`` is written to the task's history when set (always for a status change).
     ``release_children`` makes waiting children ready; ``end_descendants`` ends them
     (see :mod:`sluice.store.chains`).
@@ -201,6 +211,7 @@ class Outcome:
     event: str | None = None
     detail: str | None = None
     fields: dict[str, Any] = field(default_factory=dict)
+    claim: str | None = None
     release_children: bool = False
     end_descendants: tuple[TaskStatus, str] | None = None
     pause_s: float | None = None

@@ -2,8 +2,15 @@
 
 This is the one place that acts on ``Accepted | StatusReport | RateLimited | Transient |
 Failed | Found | NotFound``: rate limits never count as attempts, transient failures back
-off with full jitter up to ``max_attempts``, ambiguous failures are looked up before any
-re-create, final statuses release or end the task's children.
+off with full jitter up to ``max_attempts``, final statuses release or end the task's
+children.
+
+No duplicate creates: after an ambiguous end (a create that may have reached the provider:
+a lost answer, a 5xx, a worker lost mid-request) the task is ``uncertain`` and
+``maybe_created``. A kind with a lookup is looked up by client reference before any
+re-create; a kind without one ends in Error, "outcome unknown", unless its provider opts
+in to re-submitting (``resubmit_when_unknown``). Only a lookup that finds nothing, or an
+answer that proves nothing was created, clears ``maybe_created``.
 """
 
 from __future__ import annotations
@@ -43,23 +50,44 @@ class Policy:
     deadline_s: float | None
     can_lookup: bool
     synchronous: bool = False
+    resubmit_when_unknown: bool = False
+
+
+OUTCOME_UNKNOWN = "outcome unknown: check the provider"
 
 
 def _later(now: datetime, seconds: float) -> datetime:
     return now + timedelta(seconds=max(0.0, seconds))
 
 
-def rate_limited(task: DueTask, decision: RateLimited, now: datetime) -> Outcome:
-    """Wait out the provider's pause; the attempt does not count."""
-    pause = decision.retry_after_s if decision.retry_after_s is not None else DEFAULT_PAUSE_S
+def _outcome(task: DueTask, to_status: TaskStatus, phase: Phase, **values: Any) -> Outcome:
+    """An outcome for ``task``, guarded by the status and the claim it was decided under."""
     return Outcome(
         task_id=task.id,
         from_status=task.status,
-        to_status=task.status,
-        phase=Phase.READY if task.phase is Phase.SUBMITTING else task.phase,
+        to_status=to_status,
+        phase=phase,
+        claim=task.claimed_by,
+        **values,
+    )
+
+
+def rate_limited(task: DueTask, decision: RateLimited, now: datetime) -> Outcome:
+    """Wait out the provider's pause; the attempt does not count."""
+    pause = decision.retry_after_s if decision.retry_after_s is not None else DEFAULT_PAUSE_S
+    fields: dict[str, Any] = {"next_attempt_at": _later(now, pause)}
+    phase = task.phase
+    if task.phase is Phase.SUBMITTING:
+        # Refused before it was created: the next attempt is a plain submit.
+        phase = Phase.READY
+        fields["maybe_created"] = False
+    return _outcome(
+        task,
+        task.status,
+        phase,
         event="rate_limited",
         detail=f"{decision.detail}; paused {pause:g}s",
-        fields={"next_attempt_at": _later(now, pause)},
+        fields=fields,
         pause_s=pause,
     )
 
@@ -71,8 +99,12 @@ def transient(
     now: datetime,
     retry_phase: Phase,
     rng: random.Random | None = None,
+    **settled: Any,
 ) -> Outcome:
-    """Back off and retry, or give up with the last error after ``max_attempts``."""
+    """Back off and retry, or give up with the last error after ``max_attempts``.
+
+    ``settled`` are more fields to record either way (e.g. ``maybe_created``).
+    """
     attempts = task.attempts + 1
     if attempts >= policy.max_attempts:
         message = f"gave up after {attempts} attempts: {decision.message}"
@@ -83,21 +115,22 @@ def transient(
             message,
             attempts=attempts,
             last_error=decision.message,
+            **settled,
         )
     delay = policy.backoff.delay(attempts, rng)
     if decision.retry_after_s is not None:
         delay = max(delay, decision.retry_after_s)
-    return Outcome(
-        task_id=task.id,
-        from_status=task.status,
-        to_status=task.status,
-        phase=retry_phase,
+    return _outcome(
+        task,
+        task.status,
+        retry_phase,
         event="attempt_failed",
         detail=f"attempt {attempts}: {decision.message}; next in {delay:.2f}s",
         fields={
             "attempts": attempts,
             "last_error": decision.message,
             "next_attempt_at": _later(now, delay),
+            **settled,
         },
     )
 
@@ -107,23 +140,26 @@ def accepted(
 ) -> Outcome:
     """The provider has the object: poll it, or it is already done."""
     if completed:
-        return Outcome(
-            task_id=task.id,
-            from_status=task.status,
-            to_status=TaskStatus.COMPLETED,
-            phase=Phase.DONE,
+        return _outcome(
+            task,
+            TaskStatus.COMPLETED,
+            Phase.DONE,
             event=event,
             detail=f"{policy.provider} id {external_id} (synchronous)",
-            fields={"external_id": external_id, "next_attempt_at": None, "last_error": None},
+            fields={
+                "external_id": external_id,
+                "next_attempt_at": None,
+                "last_error": None,
+                "maybe_created": False,
+            },
             release_children=True,
         )
     interval = policy.poll.base_s
     deadline = _later(now, policy.deadline_s) if policy.deadline_s is not None else None
-    return Outcome(
-        task_id=task.id,
-        from_status=task.status,
-        to_status=TaskStatus.IN_PROGRESS,
-        phase=Phase.POLLING,
+    return _outcome(
+        task,
+        TaskStatus.IN_PROGRESS,
+        Phase.POLLING,
         event=event,
         detail=f"{policy.provider} id {external_id}",
         fields={
@@ -132,6 +168,7 @@ def accepted(
             "poll_interval_s": interval,
             "deadline_at": deadline,
             "last_error": None,
+            "maybe_created": False,
         },
     )
 
@@ -149,14 +186,53 @@ def after_submit(
     if isinstance(decision, RateLimited):
         return rate_limited(task, decision, now)
     if isinstance(decision, Transient):
-        phase = Phase.UNCERTAIN if decision.ambiguous and policy.can_lookup else Phase.READY
-        return transient(task, decision, policy, now, phase, rng)
+        if not decision.ambiguous:
+            return transient(task, decision, policy, now, Phase.READY, rng, maybe_created=False)
+        if policy.can_lookup:
+            return transient(task, decision, policy, now, Phase.UNCERTAIN, rng, maybe_created=True)
+        if policy.resubmit_when_unknown:
+            # The provider opted in to the risk of a duplicate: submit again after backoff.
+            return transient(task, decision, policy, now, Phase.READY, rng, maybe_created=False)
+        return outcome_unknown(task, policy, decision.message)
     return failed(task, decision.message)
 
 
 def failed(task: DueTask, message: str) -> Outcome:
     """A permanent refusal (validation): Error with the provider's message."""
-    return ended(task, TaskStatus.ERROR, "rejected", message)
+    return ended(task, TaskStatus.ERROR, "rejected", message, maybe_created=False)
+
+
+def outcome_unknown(task: DueTask, policy: Policy, cause: str) -> Outcome:
+    """A create may have happened and this kind cannot be looked up: Error, for a person.
+
+    ``maybe_created`` is cleared: nothing more Sluice can check, so a retry by request is
+    the person's decision to submit again.
+    """
+    message = (
+        f"{OUTCOME_UNKNOWN} ({policy.provider} has no lookup for kind {task.kind!r}; "
+        f"{cause}); retry to submit again"
+    )
+    return ended(
+        task, TaskStatus.ERROR, "outcome_unknown", message, last_error=cause, maybe_created=False
+    )
+
+
+def unresolved(task: DueTask, policy: Policy, now: datetime) -> Outcome:
+    """A task to look up whose kind has no lookup (a worker was lost mid-submission, or a
+    retry of a create that may have happened): no request is sent."""
+    if policy.resubmit_when_unknown:
+        return _outcome(
+            task,
+            task.status,
+            Phase.READY,
+            event="resubmitting",
+            detail=(
+                f"{policy.provider} has no lookup for kind {task.kind!r}; submitting again "
+                "(resubmit_when_unknown)"
+            ),
+            fields={"next_attempt_at": now, "maybe_created": False},
+        )
+    return outcome_unknown(task, policy, "a worker was lost mid-submission")
 
 
 def ended(
@@ -169,11 +245,10 @@ def ended(
         "next_attempt_at": None,
     }
     values.update(fields)
-    return Outcome(
-        task_id=task.id,
-        from_status=task.status,
-        to_status=status,
-        phase=Phase.DONE,
+    return _outcome(
+        task,
+        status,
+        Phase.DONE,
         event=event,
         detail=message,
         fields=values,
@@ -192,14 +267,13 @@ def after_lookup(
     if isinstance(decision, Found):
         return accepted(task, decision.external_id, policy.synchronous, policy, now, "found")
     if isinstance(decision, NotFound):
-        return Outcome(
-            task_id=task.id,
-            from_status=task.status,
-            to_status=task.status,
-            phase=Phase.READY,
+        return _outcome(
+            task,
+            task.status,
+            Phase.READY,
             event="lookup",
             detail="no object with this client reference; submitting again",
-            fields={"next_attempt_at": now},
+            fields={"next_attempt_at": now, "maybe_created": False},
         )
     if isinstance(decision, RateLimited):
         return rate_limited(task, decision, now)
@@ -225,11 +299,10 @@ def _status_report(task: DueTask, report: StatusReport, policy: Policy, now: dat
     polls = task.polls + 1
     status = report.status
     if status is TaskStatus.COMPLETED:
-        return Outcome(
-            task_id=task.id,
-            from_status=task.status,
-            to_status=TaskStatus.COMPLETED,
-            phase=Phase.DONE,
+        return _outcome(
+            task,
+            TaskStatus.COMPLETED,
+            Phase.DONE,
             detail=f"{policy.provider} status {report.raw_status!r}",
             fields={"polls": polls, "next_attempt_at": None, "last_error": None},
             release_children=True,
@@ -247,11 +320,10 @@ def _status_report(task: DueTask, report: StatusReport, policy: Policy, now: dat
         to_status = TaskStatus.IN_PROGRESS
     changed = to_status != task.status
     interval = policy.poll.next_interval(task.poll_interval_s, changed)
-    return Outcome(
-        task_id=task.id,
-        from_status=task.status,
-        to_status=to_status,
-        phase=Phase.POLLING,
+    return _outcome(
+        task,
+        to_status,
+        Phase.POLLING,
         detail=f"{policy.provider} status {report.raw_status!r}" if changed else None,
         fields={
             "polls": polls,

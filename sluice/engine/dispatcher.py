@@ -235,10 +235,10 @@ class Dispatcher:
         return max(1, min(self.batch, math.ceil(per_second * self.lookahead_s)))
 
     def _release_lane(self, lane: ProviderLane, delay_s: float) -> None:
-        ids = [t.id for unit in lane.units for t in unit.tasks]
+        claimed = [t for unit in lane.units for t in unit.tasks]
         lane.units.clear()
         at = self.clock.now() + timedelta(seconds=delay_s)
-        self.queue.release(ids, next_attempt_at=at)
+        self.queue.release(claimed, next_attempt_at=at)
 
     def release_all_quietly(self) -> None:
         """Give back claims if the store answers; their leases expire otherwise."""
@@ -249,11 +249,11 @@ class Dispatcher:
 
     def release_all(self) -> None:
         """Give back every claimed, unsent unit (shutdown)."""
-        ids = [t.id for lane in self.lanes.values() for unit in lane.units for t in unit.tasks]
+        claimed = [t for lane in self.lanes.values() for unit in lane.units for t in unit.tasks]
         for lane in self.lanes.values():
             lane.units.clear()
-        if ids:
-            self.queue.release(ids)
+        if claimed:
+            self.queue.release(claimed)
 
 
 UNLIMITED = Grant(granted=True, retry_after_s=0.0)

@@ -1,18 +1,21 @@
 """Every SQL statement the engine needs: find due work, claim it, record outcomes.
 
 Claims are leases (``claimed_by``/``claimed_until``) so that two workers never act on the
-same task at once and a crashed worker's tasks come back after the lease. Outcomes are
-applied only while the task's status is what the worker saw, so a cancel that lands while
-a request is in flight wins.
+same task at once and a crashed worker's tasks come back after the lease. Each claim has its
+own token; outcomes are applied only while the task's status is what the worker saw *and*
+its claim still holds, so a cancel that lands while a request is in flight wins, and so
+does a worker that took the task over after this one's lease ended.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import secrets
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import fields
+from dataclasses import fields, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,7 +23,6 @@ from sqlalchemy import (
     Connection,
     Engine,
     Update,
-    and_,
     bindparam,
     case,
     func,
@@ -33,6 +35,8 @@ from sqlalchemy import (
 from sluice.domain import DueTask, Outcome, Phase, TaskStatus
 from sluice.store.chains import end_descendants, release_children
 from sluice.store.rows import event_row, events, task_values, tasks
+
+log = logging.getLogger("sluice.store")
 
 ACTIVE_PHASES = (Phase.READY.value, Phase.POLLING.value, Phase.UNCERTAIN.value)
 _parent = tasks.alias("parent")
@@ -57,10 +61,30 @@ def _due_query(now: datetime, providers: Sequence[str] | None, limit: int) -> An
 
 
 _DUE_FIELDS = tuple(f.name for f in fields(DueTask))
+CLAIM_TOKEN_MAX = 128  # tasks.claimed_by
 
 
 def _to_due(row: Any) -> DueTask:
     return DueTask(**task_values(row._mapping, _DUE_FIELDS))
+
+
+def claim_token(worker: str) -> str:
+    """A token naming one claim: the worker, and 48 random bits that make it unique."""
+    suffix = secrets.token_hex(6)
+    return f"{worker[: CLAIM_TOKEN_MAX - len(suffix) - 1]}/{suffix}"
+
+
+def _as_claimed(task: DueTask, token: str, until: datetime) -> DueTask:
+    """``task`` as its claim left it (see :meth:`WorkQueue._claim`)."""
+    if task.phase is Phase.READY:
+        return replace(
+            task,
+            phase=Phase.SUBMITTING,
+            maybe_created=True,
+            claimed_by=token,
+            claimed_until=until,
+        )
+    return replace(task, claimed_by=token, claimed_until=until)
 
 
 class WorkQueue:
@@ -102,8 +126,12 @@ class WorkQueue:
         """Find and claim due tasks in one transaction.
 
         On PostgreSQL the rows are locked with ``FOR UPDATE SKIP LOCKED`` so concurrent
-        workers each get different tasks without waiting on each other.
+        workers each get different tasks without waiting on each other; on SQLite the
+        transaction starts with ``BEGIN IMMEDIATE``, so claims are serialised. Each call
+        claims under a fresh token (``worker/random``): only that token's outcomes apply.
         """
+        token = claim_token(worker)
+        until = now + timedelta(seconds=lease_s)
         with self._writing() as conn:
             query = _due_query(now, providers, limit)
             if self._postgres:
@@ -111,22 +139,13 @@ class WorkQueue:
             due = [_to_due(r) for r in conn.execute(query)]
             if not due:
                 return []
-            claimed = set(self._claim(conn, [t.id for t in due], now, worker, lease_s))
-        return [t for t in due if t.id in claimed]
-
-    def claim(
-        self, task_ids: Sequence[int], now: datetime, worker: str, lease_s: float
-    ) -> list[int]:
-        """Claim the given tasks if nobody holds them; returns the ids claimed."""
-        if not task_ids:
-            return []
-        with self._writing() as conn:
-            return self._claim(conn, task_ids, now, worker, lease_s)
+            claimed = set(self._claim(conn, [t.id for t in due], now, token, until))
+        return [_as_claimed(t, token, until) for t in due if t.id in claimed]
 
     def _claim(
-        self, conn: Connection, task_ids: Sequence[int], now: datetime, worker: str, lease_s: float
+        self, conn: Connection, task_ids: Sequence[int], now: datetime, token: str, until: datetime
     ) -> list[int]:
-        until = now + timedelta(seconds=lease_s)
+        submitting = tasks.c.phase == Phase.READY.value
         result = conn.execute(
             update(tasks)
             .where(
@@ -135,34 +154,41 @@ class WorkQueue:
                 or_(tasks.c.claimed_until.is_(None), tasks.c.claimed_until < now),
             )
             .values(
-                claimed_by=worker,
+                claimed_by=token,
                 claimed_until=until,
                 # The intent to submit is on record before any request leaves.
-                phase=case(
-                    (tasks.c.phase == Phase.READY.value, Phase.SUBMITTING.value),
-                    else_=tasks.c.phase,
-                ),
+                phase=case((submitting, Phase.SUBMITTING.value), else_=tasks.c.phase),
+                maybe_created=case((submitting, True), else_=tasks.c.maybe_created),
             )
             .returning(tasks.c.id)
         )
         return list(result.scalars())
 
-    def release(self, task_ids: Sequence[int], next_attempt_at: datetime | None = None) -> None:
-        """Give claimed, unsent tasks back, optionally due later."""
-        if not task_ids:
-            return
+    def release(self, claimed: Iterable[DueTask], next_attempt_at: datetime | None = None) -> int:
+        """Give claimed, unsent tasks back, optionally due later; returns how many.
+
+        Only claims still held under the token they were handed out with are given back:
+        a worker whose lease ended meanwhile cannot clear its successor's claim.
+        """
+        params = [{"w_id": t.id, "w_claim": t.claimed_by} for t in claimed]
+        if not params:
+            return 0
+        unsent = tasks.c.phase == Phase.SUBMITTING.value
         values: dict[str, Any] = {
             "claimed_by": None,
             "claimed_until": None,
-            "phase": case(
-                (tasks.c.phase == Phase.SUBMITTING.value, Phase.READY.value),
-                else_=tasks.c.phase,
-            ),
+            "phase": case((unsent, Phase.READY.value), else_=tasks.c.phase),
+            "maybe_created": case((unsent, False), else_=tasks.c.maybe_created),
         }
         if next_attempt_at is not None:
             values["next_attempt_at"] = next_attempt_at
+        statement = (
+            update(tasks)
+            .where(tasks.c.id == bindparam("w_id"), tasks.c.claimed_by == bindparam("w_claim"))
+            .values(**values)
+        )
         with self._writing() as conn:
-            conn.execute(update(tasks).where(tasks.c.id.in_(list(task_ids))).values(**values))
+            return int(conn.execute(statement, params).rowcount or 0)
 
     def apply(self, outcomes: Iterable[Outcome], now: datetime) -> int:
         """Record outcomes in one transaction; returns how many applied."""
@@ -186,57 +212,53 @@ class WorkQueue:
             )
 
     def recover_stuck(self, now: datetime) -> int:
-        """Find tasks whose worker died mid-request and make them due again.
+        """Make tasks whose worker died mid-request due again; returns how many.
 
-        A task left ``submitting`` may have reached the provider, so it becomes
-        ``uncertain`` (looked up by client reference before any re-create); other
-        claimed tasks are simply released.
+        A task left ``submitting`` (its lease ended, or its claim was cleared) may have
+        reached the provider, so it becomes ``uncertain``: looked up by client reference
+        before any re-create. Other expired claims simply lapse. Each is one guarded
+        UPDATE whose WHERE is re-checked on the row it changes (PostgreSQL re-evaluates it
+        after waiting for a concurrent writer; SQLite runs writers one at a time), so two
+        reconcilers never both recover a task, nor clear a claim taken meanwhile.
         """
-        stale = and_(tasks.c.claimed_until.is_not(None), tasks.c.claimed_until < now)
+        lapsed = or_(tasks.c.claimed_until.is_(None), tasks.c.claimed_until < now)
         with self._writing() as conn:
-            ids = list(
-                conn.execute(
-                    select(tasks.c.id).where(stale, tasks.c.phase == Phase.SUBMITTING.value)
-                ).scalars()
-            )
-            if ids:
+            recovered = list(
                 conn.execute(
                     update(tasks)
-                    .where(tasks.c.id.in_(ids))
+                    .where(tasks.c.phase == Phase.SUBMITTING.value, lapsed)
                     .values(
                         phase=Phase.UNCERTAIN.value,
+                        maybe_created=True,
                         next_attempt_at=now,
                         claimed_by=None,
                         claimed_until=None,
                         updated_at=now,
                     )
-                )
+                    .returning(tasks.c.id)
+                ).scalars()
+            )
+            if recovered:
                 conn.execute(
                     insert(events),
                     [
                         event_row(
-                            i,
+                            task_id,
                             now,
                             "recovered",
                             None,
                             None,
                             "worker lost mid-submission; will look up before re-creating",
                         )
-                        for i in ids
+                        for task_id in recovered
                     ],
                 )
             released = conn.execute(
                 update(tasks)
-                .where(stale, tasks.c.phase != Phase.SUBMITTING.value)
+                .where(tasks.c.claimed_until < now, tasks.c.phase != Phase.SUBMITTING.value)
                 .values(claimed_by=None, claimed_until=None)
             ).rowcount
-            # A submitting task without a live claim (its lease was cleared) is stuck too.
-            orphans = conn.execute(
-                update(tasks)
-                .where(tasks.c.phase == Phase.SUBMITTING.value, tasks.c.claimed_until.is_(None))
-                .values(phase=Phase.UNCERTAIN.value, next_attempt_at=now, updated_at=now)
-            ).rowcount
-        return len(ids) + int(released or 0) + int(orphans or 0)
+        return len(recovered) + int(released or 0)
 
 
 @functools.lru_cache(maxsize=128)
@@ -248,7 +270,11 @@ def _outcome_update(field_names: tuple[str, ...]) -> Update:
     """
     return (
         update(tasks)
-        .where(tasks.c.id == bindparam("w_id"), tasks.c.status == bindparam("w_status"))
+        .where(
+            tasks.c.id == bindparam("w_id"),
+            tasks.c.status == bindparam("w_status"),
+            tasks.c.claimed_by.is_not_distinct_from(bindparam("w_claim")),
+        )
         .values(
             status=bindparam("v_status"),
             phase=bindparam("v_phase"),
@@ -261,7 +287,11 @@ def _outcome_update(field_names: tuple[str, ...]) -> Update:
 
 
 def apply_outcomes(conn: Connection, outcomes: Iterable[Outcome], now: datetime) -> int:
-    """Apply each outcome if the task's status is still its ``from_status``."""
+    """Apply each outcome whose task still has its ``from_status`` and its ``claim``.
+
+    An outcome that loses (a cancel, or a worker that took over after this one's lease
+    ended) is dropped and logged; the task's current holder decides it.
+    """
     applied = 0
     new_events: list[dict[str, Any]] = []
     released: list[int] = []
@@ -271,12 +301,17 @@ def apply_outcomes(conn: Connection, outcomes: Iterable[Outcome], now: datetime)
         params.update(
             w_id=outcome.task_id,
             w_status=outcome.from_status.value,
+            w_claim=outcome.claim,
             v_status=outcome.to_status.value,
             v_phase=outcome.phase.value,
             v_updated_at=now,
         )
         result = conn.execute(_outcome_update(tuple(sorted(outcome.fields))), params)
         if result.rowcount != 1:
+            log.info(
+                "outcome.dropped",
+                extra={"task_id": outcome.task_id, "event": outcome.event or "status"},
+            )
             continue
         applied += 1
         changed = outcome.to_status != outcome.from_status

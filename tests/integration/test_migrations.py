@@ -9,7 +9,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, inspect, text
 
 from sluice.store import db
 from sluice.store.tables import Base
@@ -87,3 +87,39 @@ def test_concurrent_upgrades_on_a_fresh_postgres_database_all_succeed(postgres_u
     assert not any(t.is_alive() for t in threads)
     assert failures == []
     assert store_db.has_schema(store_db.make_engine(postgres_url))
+
+
+def test_upgrade_marks_tasks_mid_submission_as_maybe_created(engine: Engine) -> None:
+    """Tasks mid-submission or uncertain when 0002 runs come out maybe_created (a retry or
+    recovery looks them up first); others do not."""
+    command.upgrade(db.alembic_config(engine), "0001")
+    row = {
+        "provider": "p",
+        "status": "Not Started",
+        "track_only": False,
+        "attempts": 0,
+        "polls": 0,
+        "created_at": "2026-01-01 00:00:00",
+        "updated_at": "2026-01-01 00:00:00",
+    }
+    with engine.begin() as conn:
+        for task_id, phase in enumerate(("ready", "submitting", "uncertain", "polling"), 1):
+            conn.execute(
+                text(
+                    "INSERT INTO tasks (id, provider, status, phase, track_only, attempts, "
+                    "polls, created_at, updated_at) VALUES (:id, :provider, :status, :phase, "
+                    ":track_only, :attempts, :polls, :created_at, :updated_at)"
+                ),
+                {**row, "id": task_id, "phase": phase},
+            )
+
+    db.upgrade(engine)
+
+    with engine.connect() as conn:
+        marked = conn.execute(text("SELECT id, maybe_created FROM tasks ORDER BY id")).all()
+    assert [(task_id, bool(flag)) for task_id, flag in marked] == [
+        (1, False),
+        (2, True),
+        (3, True),
+        (4, False),
+    ]

@@ -1,0 +1,516 @@
+"""One contract for the work queue (claims, leases, guarded outcomes, recovery), run against
+SQLite (a temp file) and the real PostgreSQL."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select, text, update
+
+from sluice.clock import FakeClock
+from sluice.domain import DueTask, Phase, Submission, Task, TaskStatus
+from sluice.engine import decide
+from sluice.engine.decide import Policy
+from sluice.engine.retry import Backoff, PollSchedule
+from sluice.providers.base import Accepted, NotFound, StatusReport, Transient
+from sluice.store import db
+from sluice.store.queue import WorkQueue
+from sluice.store.repository import TaskRepository, event_row, events, tasks
+
+START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+LEASE_S = 60.0
+POLICY = Policy(
+    provider="sandbox",
+    max_attempts=5,
+    backoff=Backoff(1.0, 10.0),
+    poll=PollSchedule(2.0, 16.0),
+    deadline_s=None,
+    can_lookup=True,
+)
+
+
+@dataclass
+class Queue:
+    """A work queue and a repository on one fresh database, with a fake clock."""
+
+    queue: WorkQueue
+    repo: TaskRepository
+    clock: FakeClock
+    url: str
+
+    @property
+    def engine(self) -> Engine:
+        return self.queue.engine
+
+    def now(self) -> datetime:
+        return self.clock.now()
+
+    def add(self, count: int = 1, **fields: Any) -> list[int]:
+        """Create ``count`` campaign submissions (ready now) and return their ids."""
+        spec: dict[str, Any] = {"provider": "sandbox", "kind": "campaign", "payload": {"n": 1}}
+        spec.update(fields)
+        return self.repo.create_many([Submission(**spec) for _ in range(count)])
+
+    def track(self, task_id: int) -> int:
+        """Create a tracked task (polled by id) and return its id."""
+        task, _ = self.repo.create(Submission(provider="sandbox", id=task_id))
+        return task.id
+
+    def claim(self, worker: str = "w1", limit: int = 100) -> list[DueTask]:
+        return self.queue.claim_due(self.now(), limit, worker, LEASE_S)
+
+    def get(self, task_id: int) -> Task:
+        return self.repo.get(task_id)
+
+    def claimed_by(self, task_id: int) -> str | None:
+        with self.engine.connect() as conn:
+            value: str | None = conn.execute(
+                select(tasks.c.claimed_by).where(tasks.c.id == task_id)
+            ).scalar_one()
+        return value
+
+    def event_names(self, task_id: int) -> list[str]:
+        return [e.event for e in self.repo.events(task_id)]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database of each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'queue.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+def q(database_url: str) -> Iterator[Queue]:
+    """A migrated database with a work queue, a repository and a fake clock."""
+    engine = db.make_engine(database_url)
+    db.ensure_schema(engine)
+    clock = FakeClock(START)
+    yield Queue(WorkQueue(engine), TaskRepository(engine, clock), clock, database_url)
+    engine.dispose()
+
+
+# -- claiming ----------------------------------------------------------------------------
+
+
+def test_claim_takes_due_work_oldest_first_and_records_intent(q: Queue) -> None:
+    """A claim returns due tasks oldest first; a submission is marked submitting before any
+    request, a tracked task stays polling."""
+    first, second = q.add(2)
+    tracked = q.track(500)
+    q.clock.advance(1)
+
+    claimed = q.claim()
+
+    assert [t.id for t in claimed] == [first, second, tracked]
+    assert q.get(first).phase is Phase.SUBMITTING
+    assert q.get(tracked).phase is Phase.POLLING
+    assert all(t.claimed_by is not None and t.claimed_by.startswith("w1") for t in claimed)
+    assert all(t.claimed_until == START + timedelta(seconds=1 + LEASE_S) for t in claimed)
+
+
+def test_claimed_work_is_not_claimed_again_until_its_lease_ends(q: Queue) -> None:
+    """While a lease lasts nobody else gets the task; after it ends another worker does."""
+    tracked = q.track(7)
+    assert [t.id for t in q.claim("a")] == [tracked]
+
+    q.clock.advance(LEASE_S - 1)
+    assert q.claim("b") == []
+
+    q.clock.advance(2)
+    again = q.claim("b")
+    assert [t.id for t in again] == [tracked]
+    assert q.claimed_by(tracked) == again[0].claimed_by
+
+
+def test_each_claim_has_its_own_token(q: Queue) -> None:
+    """Two claims by the same worker name carry different claim tokens."""
+    tracked = q.track(7)
+    first = q.claim("a")
+    q.clock.advance(LEASE_S + 1)
+    second = q.claim("a")
+
+    assert [t.id for t in second] == [tracked]
+    assert first[0].claimed_by != second[0].claimed_by
+
+
+def test_claim_skips_work_not_yet_due_and_other_providers(q: Queue) -> None:
+    """Only tasks due by now, of the providers asked for, are claimed."""
+    (ours,) = q.add(1)
+    q.add(1, provider="other")
+
+    claimed = q.queue.claim_due(q.now(), 10, "w", LEASE_S, providers=["sandbox"])
+
+    assert [t.id for t in claimed] == [ours]
+    assert q.queue.claim_due(q.now() - timedelta(seconds=5), 10, "w", LEASE_S) == []
+
+
+def _claim_until_empty(url: str, worker: str, rounds: int) -> list[int]:
+    """Claim small batches of due work through a fresh engine until none is left."""
+    engine = db.make_engine(url)
+    queue = WorkQueue(engine)
+    got: list[int] = []
+    try:
+        for _ in range(rounds):
+            batch = queue.claim_due(START + timedelta(seconds=1), 3, worker, LEASE_S)
+            if not batch:
+                break
+            got.extend(t.id for t in batch)
+    finally:
+        engine.dispose()
+    return got
+
+
+def test_concurrent_claims_from_threads_never_overlap(q: Queue) -> None:
+    """Six threads, each with its own engine, claiming at once: every task goes to exactly one."""
+    ids = q.add(240)
+    results: dict[int, list[int]] = {}
+    start = threading.Barrier(6)
+
+    def claimer(n: int) -> None:
+        start.wait()
+        results[n] = _claim_until_empty(q.url, f"thread-{n}", 1000)
+
+    threads = [threading.Thread(target=claimer, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    claimed = [task_id for got in results.values() for task_id in got]
+    assert sorted(claimed) == sorted(ids)
+    assert len(set(claimed)) == len(claimed)
+
+
+def _process_claimer(url: str, worker: str, ready: Any, go: Any, out: Any) -> None:
+    ready.wait()
+    go.wait()
+    out.put((worker, _claim_until_empty(url, worker, 1000)))
+
+
+def test_concurrent_claims_from_processes_never_overlap(q: Queue) -> None:
+    """Four processes claiming the same queue at once: every task goes to exactly one."""
+    ids = q.add(240)
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Barrier(5)
+    go = ctx.Event()
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(target=_process_claimer, args=(q.url, f"proc-{n}", ready, go, out))
+        for n in range(4)
+    ]
+    for proc in procs:
+        proc.start()
+    ready.wait(timeout=60)
+    go.set()
+    results = dict(out.get(timeout=60) for _ in procs)
+    for proc in procs:
+        proc.join(timeout=30)
+
+    claimed = [task_id for got in results.values() for task_id in got]
+    assert sorted(claimed) == sorted(ids)
+    assert len(set(claimed)) == len(claimed)
+    assert all(proc.exitcode == 0 for proc in procs)
+
+
+# -- giving work back --------------------------------------------------------------------
+
+
+def test_release_of_unsent_work_makes_it_ready_again(q: Queue) -> None:
+    """Released, unsent submissions are ready again at the given time, with no claim."""
+    (task_id,) = q.add(1)
+    claimed = q.claim()
+    later = q.now() + timedelta(seconds=30)
+
+    q.queue.release(claimed, next_attempt_at=later)
+
+    task = q.get(task_id)
+    assert task.phase is Phase.READY
+    assert task.next_attempt_at == later
+    assert q.claimed_by(task_id) is None
+    assert not task.maybe_created
+
+
+def test_release_never_touches_someone_elses_claim(q: Queue) -> None:
+    """A worker whose lease ran out and whose task another worker claimed cannot release it."""
+    tracked = q.track(9)
+    stale = q.claim("a")
+    q.clock.advance(LEASE_S + 1)
+    fresh = q.claim("b")
+
+    q.queue.release(stale)
+
+    assert q.claimed_by(tracked) == fresh[0].claimed_by
+
+
+# -- guarded outcomes --------------------------------------------------------------------
+
+
+def test_outcome_applies_for_the_claim_holder(q: Queue) -> None:
+    """The holder's outcome is applied, with its event, and the claim is cleared."""
+    (task_id,) = q.add(1)
+    (due,) = q.claim()
+
+    applied = q.queue.apply(
+        [decide.after_submit(due, Accepted("x-1", completed=False), POLICY, q.now())], q.now()
+    )
+
+    assert applied == 1
+    task = q.get(task_id)
+    assert (task.status, task.phase, task.external_id) == (
+        TaskStatus.IN_PROGRESS,
+        Phase.POLLING,
+        "x-1",
+    )
+    assert q.claimed_by(task_id) is None
+    assert q.event_names(task_id) == ["created", "submitted"]
+
+
+def test_guarded_apply_loses_to_a_concurrent_cancel(q: Queue) -> None:
+    """An outcome arriving after the task was cancelled changes nothing: cancel wins."""
+    (task_id,) = q.add(1)
+    (due,) = q.claim()
+    outcome = decide.after_submit(due, Accepted("x-1", completed=False), POLICY, q.now())
+
+    q.repo.cancel(task_id)
+    applied = q.queue.apply([outcome], q.now())
+
+    assert applied == 0
+    task = q.get(task_id)
+    assert task.status is TaskStatus.CANCELLED
+    assert task.external_id is None
+    assert q.event_names(task_id) == ["created", "cancelled"]
+
+
+def test_outcome_from_a_lost_claim_is_refused(q: Queue) -> None:
+    """A worker whose lease expired and whose task was recovered and claimed by another
+    cannot overwrite the task: its late outcome is refused, the new holder's applies."""
+    (task_id,) = q.add(1)
+    (stale,) = q.claim("a")
+    q.clock.advance(LEASE_S + 1)
+    assert q.queue.recover_stuck(q.now()) == 1
+    (fresh,) = q.claim("b")
+    assert fresh.phase is Phase.UNCERTAIN
+
+    late = decide.after_submit(stale, Transient("connection refused"), POLICY, q.now())
+    assert q.queue.apply([late], q.now()) == 0
+
+    task = q.get(task_id)
+    assert task.phase is Phase.UNCERTAIN
+    assert q.claimed_by(task_id) == fresh.claimed_by
+    assert q.queue.apply([decide.after_lookup(fresh, NotFound(), POLICY, q.now())], q.now()) == 1
+    assert q.get(task_id).phase is Phase.READY
+
+
+def test_same_worker_cannot_apply_an_outcome_of_its_own_earlier_claim(q: Queue) -> None:
+    """A claim token is per claim: an outcome of an earlier claim by the same worker name
+    is refused once the task was claimed again."""
+    tracked = q.track(4)
+    (first,) = q.claim("a")
+    q.clock.advance(LEASE_S + 1)
+    (second,) = q.claim("a")
+
+    report = StatusReport(TaskStatus.ERROR, "rejected", "rejected")
+    late = decide.after_poll(first, report, POLICY, q.now())
+
+    assert q.queue.apply([late], q.now()) == 0
+    assert q.get(tracked).status is TaskStatus.NOT_STARTED
+    assert q.claimed_by(tracked) == second.claimed_by
+
+
+def test_outcome_for_a_released_claim_is_refused(q: Queue) -> None:
+    """Once a claim is given back, an outcome decided under it is not applied."""
+    tracked = q.track(4)
+    (due,) = q.claim("a")
+    q.queue.release([due])
+
+    report = StatusReport(TaskStatus.COMPLETED, None, "done")
+    assert q.queue.apply([decide.after_poll(due, report, POLICY, q.now())], q.now()) == 0
+    assert q.get(tracked).status is TaskStatus.NOT_STARTED
+
+
+# -- leases and recovery -----------------------------------------------------------------
+
+
+def test_expired_submission_is_recovered_as_uncertain_once(q: Queue) -> None:
+    """A submission whose worker vanished becomes uncertain (looked up next) with one
+    'recovered' event; recovering again changes nothing."""
+    (task_id,) = q.add(1)
+    q.claim("a")
+    q.clock.advance(LEASE_S + 1)
+
+    assert q.queue.recover_stuck(q.now()) == 1
+    assert q.queue.recover_stuck(q.now()) == 0
+
+    task = q.get(task_id)
+    assert task.phase is Phase.UNCERTAIN
+    assert task.maybe_created
+    assert task.next_attempt_at == q.now()
+    assert q.claimed_by(task_id) is None
+    assert q.event_names(task_id) == ["created", "recovered"]
+    (due,) = q.claim("b")
+    assert due.operation.value == "lookup"
+
+
+def test_recovery_leaves_live_claims_alone(q: Queue) -> None:
+    """Claims whose lease has not ended are not recovered."""
+    (task_id,) = q.add(1)
+    tracked = q.track(70)
+    q.claim("a")
+    q.clock.advance(LEASE_S - 1)
+
+    assert q.queue.recover_stuck(q.now()) == 0
+
+    assert q.get(task_id).phase is Phase.SUBMITTING
+    assert q.claimed_by(task_id) is not None
+    assert q.claimed_by(tracked) is not None
+
+
+def test_expired_poll_claims_are_released_without_changing_phase(q: Queue) -> None:
+    """An expired claim on a poll just lapses: the task is due again, still polling."""
+    tracked = q.track(70)
+    q.claim("a")
+    q.clock.advance(LEASE_S + 1)
+
+    assert q.queue.recover_stuck(q.now()) == 1
+
+    assert q.get(tracked).phase is Phase.POLLING
+    assert q.claimed_by(tracked) is None
+    assert q.event_names(tracked) == ["created"]
+
+
+def test_concurrent_reconcilers_recover_each_task_once(q: Queue) -> None:
+    """Four reconcilers on their own engines, racing over 60 stuck submissions: each task
+    is recovered exactly once (one event each)."""
+    ids = q.add(60)
+    q.claim("dead", limit=100)
+    q.clock.advance(LEASE_S + 1)
+    now = q.now()
+    start = threading.Barrier(4)
+    counts: list[int] = []
+
+    def reconcile() -> None:
+        engine = db.make_engine(q.url)
+        try:
+            queue = WorkQueue(engine)
+            start.wait()
+            counts.append(queue.recover_stuck(now))
+        finally:
+            engine.dispose()
+
+    threads = [threading.Thread(target=reconcile) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert sum(counts) == 60
+    for task_id in ids:
+        assert q.event_names(task_id) == ["created", "recovered"]
+
+
+def _wait_for_lock_waiter(engine: Engine, timeout_s: float = 20.0) -> bool:
+    """Wait until some session of this database waits on a row lock (True), or give up."""
+    deadline = time.monotonic() + timeout_s
+    with engine.connect() as conn:
+        while time.monotonic() < deadline:
+            waiting = conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            ).scalar_one()
+            if waiting:
+                return True
+            time.sleep(0.01)
+    return False
+
+
+@pytest.mark.postgres
+def test_recovery_rechecks_the_row_and_never_clears_a_fresh_claim(postgres_url: str) -> None:
+    """A reconciler that saw a task stuck, but reaches it only after another reconciler
+    recovered it and a worker claimed it again, leaves the fresh claim alone and writes no
+    second 'recovered' event (recovery is one guarded statement, not select-then-update)."""
+    engine = db.make_engine(postgres_url)
+    db.ensure_schema(engine)
+    clock = FakeClock(START)
+    q = Queue(WorkQueue(engine), TaskRepository(engine, clock), clock, postgres_url)
+    try:
+        (task_id,) = q.add(1)
+        q.claim("dead")
+        clock.advance(LEASE_S + 1)
+        now = clock.now()
+        late_engine = db.make_engine(postgres_url)
+        late = WorkQueue(late_engine)
+        result: list[int] = []
+
+        with engine.connect() as holder:
+            # Another reconciler is mid-way: it holds the row while recovering it.
+            holder.begin()
+            holder.execute(select(tasks.c.id).where(tasks.c.id == task_id).with_for_update())
+            thread = threading.Thread(target=lambda: result.append(late.recover_stuck(now)))
+            thread.start()
+            assert _wait_for_lock_waiter(engine), "the late reconciler never reached the row"
+            # ... recovers it, and a worker claims it again for a lookup.
+            holder.execute(
+                update(tasks)
+                .where(tasks.c.id == task_id)
+                .values(
+                    phase=Phase.UNCERTAIN.value,
+                    claimed_by="fresh-worker/1",
+                    claimed_until=now + timedelta(seconds=LEASE_S),
+                )
+            )
+            holder.execute(
+                events.insert(), [event_row(task_id, now, "recovered", None, None, "first")]
+            )
+            holder.commit()
+        thread.join(timeout=30)
+        late_engine.dispose()
+
+        assert result == [0]
+        assert q.claimed_by(task_id) == "fresh-worker/1"
+        assert q.event_names(task_id) == ["created", "recovered"]
+    finally:
+        engine.dispose()
+
+
+def test_submitting_task_without_a_claim_is_recovered(q: Queue) -> None:
+    """A task left submitting with no claim at all (its claim was cleared) becomes uncertain."""
+    (task_id,) = q.add(1)
+    q.claim("a")
+    with q.engine.begin() as conn:
+        conn.execute(
+            update(tasks).where(tasks.c.id == task_id).values(claimed_by=None, claimed_until=None)
+        )
+
+    assert q.queue.recover_stuck(q.now()) == 1
+
+    assert q.get(task_id).phase is Phase.UNCERTAIN
+    assert q.event_names(task_id) == ["created", "recovered"]
+
+
+# -- what is due -------------------------------------------------------------------------
+
+
+def test_next_due_and_unfinished_counts(q: Queue) -> None:
+    """next_due_at is the earliest due active task; unfinished counts tasks not final."""
+    assert q.queue.next_due_at() is None
+    first, second = q.add(2)
+    q.clock.advance(5)
+    q.add(1)
+    q.repo.cancel(second)
+
+    assert q.queue.next_due_at() == START
+    assert q.queue.unfinished_count() == 2
+    assert first != second
