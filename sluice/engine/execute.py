@@ -38,6 +38,7 @@ def policy_of(provider: Provider, kind: str | None = None) -> Policy:
         deadline_s=provider.deadline_s,
         can_lookup=provider.supports_lookup(kind),
         synchronous=provider.is_synchronous(kind),
+        resubmit_when_unknown=provider.resubmits_when_unknown(kind),
     )
 
 
@@ -67,17 +68,29 @@ def execute_unit(
         # The adapter translates HTTP failures into decisions; anything else is a bug in
         # configuration or code, retried like a transient failure rather than lost.
         log.exception("unit.crashed", extra={"provider": unit.provider, "op": unit.operation.value})
-        failure = Transient(f"internal error: {type(exc).__name__}: {exc}")
-        outcomes = [
-            decide.transient(t, failure, policy_of(provider, t.kind), now(), t.phase, rng)
-            for t in unit.tasks
-        ]
+        outcomes = [_crashed(unit.operation, t, provider, exc, now(), rng) for t in unit.tasks]
     pauses = [o.pause_s for o in outcomes if o.pause_s is not None]
     if pauses:
         pause = max(pauses)
         limiter.pause(provider.pause_key(), pause)
         log.info("provider.paused", extra={"provider": provider.name, "pause_s": pause})
     return outcomes
+
+
+def _crashed(
+    operation: Operation,
+    task: DueTask,
+    provider: Provider,
+    exc: Exception,
+    at: datetime,
+    rng: random.Random | None,
+) -> Outcome:
+    """The outcome of a unit that raised: a submit may have been sent, so it is ambiguous."""
+    policy = policy_of(provider, task.kind)
+    message = f"internal error: {type(exc).__name__}: {exc}"
+    if operation is Operation.SUBMIT:
+        return decide.after_submit(task, Transient(message, ambiguous=True), policy, at, rng)
+    return decide.transient(task, Transient(message), policy, at, task.phase, rng)
 
 
 def _run(
@@ -92,6 +105,9 @@ def _run(
         decision = provider.submit(client, task_ref(first))
         return [decide.after_submit(first, decision, policy_of(provider, first.kind), now(), rng)]
     if unit.operation is Operation.LOOKUP:
+        if not provider.supports_lookup(first.kind):
+            # Nothing to ask: end it or submit again, as the provider chose. No request.
+            return [decide.unresolved(first, policy_of(provider, first.kind), now())]
         found = provider.lookup(client, task_ref(first))
         return [decide.after_lookup(first, found, policy_of(provider, first.kind), now(), rng)]
     answers = provider.poll(client, [task_ref(t) for t in unit.tasks])

@@ -131,6 +131,11 @@ class Provider(Protocol):
         """Whether objects of ``kind`` can be found by client reference."""
         ...
 
+    def resubmits_when_unknown(self, kind: str | None) -> bool:
+        """Whether a create of ``kind`` whose outcome is unknown (and that has no lookup)
+        is sent again, at the risk of a duplicate, rather than ended in Error."""
+        ...
+
     def submit(self, client: httpx.Client, task: TaskRef) -> SubmitDecision:
         """Create the task's object."""
         ...

@@ -183,6 +183,7 @@ class KindConfig(_Table):
     lookup: LookupLine | None = None
     lookup_items_field: str | None = None
     lookup_id_field: str | None = None
+    resubmit_when_unknown: bool | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -267,6 +268,7 @@ class ProviderConfig(_Table):
     deadline: Duration | None = None
     poll_interval: Duration = 2.0
     idempotency_header: str | None = None
+    resubmit_when_unknown: bool = False
     poll: PollConfig | None = None
     kinds: dict[str, KindConfig] = Field(default_factory=dict)
     rate_limit_signal: SignalConfig = Field(default_factory=SignalConfig)

@@ -123,6 +123,13 @@ class HttpProvider:
         cfg = self.config.kinds.get(kind) if kind is not None else None
         return cfg is not None and cfg.lookup is not None
 
+    def resubmits_when_unknown(self, kind: str | None) -> bool:
+        """``resubmit_when_unknown`` of the kind, else of the provider (default false)."""
+        cfg = self.config.kinds.get(kind) if kind is not None else None
+        if cfg is not None and cfg.resubmit_when_unknown is not None:
+            return cfg.resubmit_when_unknown
+        return self.config.resubmit_when_unknown
+
     def secrets_redacted(self, text: str) -> str:
         """``text`` with every secret of this provider masked (for callers' own logs)."""
         return self._redactor.redact(text)

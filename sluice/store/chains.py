@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, select, update
+from sqlalchemy import Connection, and_, case, select, update
 
 from sluice.domain import FINAL_STATUSES, Phase, Submission, TaskStatus
 from sluice.store.rows import change_status, chunks, row_to_task, tasks
@@ -38,13 +38,17 @@ def initial_phase(
     return TaskStatus.NOT_STARTED, Phase.WAITING_PARENT, None
 
 
-def restart_phase(track_only: bool, parent_status: TaskStatus | None) -> Phase:
-    """The phase of a retried task: polled, ready, or waiting for its parent."""
+def restart_phase(track_only: bool, maybe_created: bool, parent_status: TaskStatus | None) -> Phase:
+    """The phase of a retried task: polled, waiting for its parent, looked up, or ready.
+
+    A task whose create may already have reached the provider is looked up by client
+    reference before any create (``uncertain``); a waiting one is when its parent completes.
+    """
     if track_only:
         return Phase.POLLING
-    if parent_status is None or parent_status is TaskStatus.COMPLETED:
-        return Phase.READY
-    return Phase.WAITING_PARENT
+    if parent_status not in (None, TaskStatus.COMPLETED):
+        return Phase.WAITING_PARENT
+    return Phase.UNCERTAIN if maybe_created else Phase.READY
 
 
 def children_end(parent_id: int, status: TaskStatus, message: str) -> tuple[TaskStatus, str]:
@@ -54,7 +58,8 @@ def children_end(parent_id: int, status: TaskStatus, message: str) -> tuple[Task
 
 
 def release_children(conn: Connection, parent_ids: Sequence[int], now: datetime) -> None:
-    """Make the waiting children of Completed ``parent_ids`` ready now."""
+    """Make the waiting children of Completed ``parent_ids`` due now: ready, or uncertain
+    (looked up first) for a child whose create may already have reached the provider."""
     for chunk in chunks(parent_ids):
         conn.execute(
             update(tasks)
@@ -63,7 +68,11 @@ def release_children(conn: Connection, parent_ids: Sequence[int], now: datetime)
                 tasks.c.phase == Phase.WAITING_PARENT.value,
                 tasks.c.status == TaskStatus.NOT_STARTED.value,
             )
-            .values(phase=Phase.READY.value, next_attempt_at=now, updated_at=now)
+            .values(
+                phase=case((tasks.c.maybe_created, Phase.UNCERTAIN.value), else_=Phase.READY.value),
+                next_attempt_at=now,
+                updated_at=now,
+            )
         )
 
 

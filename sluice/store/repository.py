@@ -299,7 +299,13 @@ class TaskRepository:
             return self._get(conn, task_id), count
 
     def retry(self, task_id: int) -> Task:
-        """Put an Error or Cancelled task (and its ended descendants) back to Not Started."""
+        """Put an Error or Cancelled task (and its ended descendants) back to Not Started.
+
+        A task whose create may have reached the provider (``maybe_created``) comes back
+        ``uncertain``: it is looked up before any create. A task whose parent is Error or
+        Cancelled cannot run, so retrying it raises IllegalTransition naming the parent:
+        retry the parent instead (it brings its ended descendants back with it).
+        """
         now = self.clock.now()
         with self.engine.begin() as conn:
             task = self._get(conn, task_id, lock=True)
@@ -311,6 +317,12 @@ class TaskRepository:
             parent_status = None
             if task.parent_id is not None:
                 parent_status = self._get(conn, task.parent_id).status
+                if parent_status in (TaskStatus.ERROR, TaskStatus.CANCELLED):
+                    raise errors.IllegalTransition(
+                        f"task {task_id} cannot run while its parent task {task.parent_id} "
+                        f"is {parent_status.value}; retry task {task.parent_id}, which "
+                        "retries its ended descendants too"
+                    )
             self._restart(conn, task, parent_status, now)
             for child in self._descendants(conn, task_id):
                 if child.status in (TaskStatus.ERROR, TaskStatus.CANCELLED):
@@ -320,7 +332,7 @@ class TaskRepository:
     def _restart(
         self, conn: Connection, task: Task, parent_status: TaskStatus | None, now: datetime
     ) -> None:
-        phase = restart_phase(task.track_only, parent_status)
+        phase = restart_phase(task.track_only, task.maybe_created, parent_status)
         previous = task.validation_error or task.last_error or "-"
         change_status(
             conn,

@@ -430,6 +430,8 @@ def _wait_for_lock_waiter(engine: Engine, timeout_s: float = 20.0) -> bool:
                     "WHERE datname = current_database() AND wait_event_type = 'Lock'"
                 )
             ).scalar_one()
+            # pg_stat_activity is a snapshot per transaction: end it to see changes.
+            conn.rollback()
             if waiting:
                 return True
             time.sleep(0.01)

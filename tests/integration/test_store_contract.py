@@ -491,6 +491,33 @@ def test_retry_resets_attempts_and_descendants(store: Store) -> None:
     )
 
 
+def test_retry_of_a_possibly_created_task_looks_it_up_first(store: Store) -> None:
+    """A task whose create may have reached the provider comes back uncertain (looked up
+    before any create) and keeps its client reference."""
+    task = create(store, submission())
+    store.move(task.id, TaskStatus.CANCELLED, maybe_created=True, phase="done")
+
+    retried = store.repo.retry(task.id)
+
+    assert retried.phase is Phase.UNCERTAIN
+    assert retried.maybe_created
+    assert retried.client_ref == task.client_ref
+
+
+def test_retry_of_a_child_whose_parent_ended_is_illegal(store: Store) -> None:
+    """A child cannot be retried while its parent is Error or Cancelled; nothing changes."""
+    root, child = store.repo.create_many([submission(), submission(parent_index=0)])
+    store.move(root, TaskStatus.ERROR, phase="done")
+    store.move(child, TaskStatus.ERROR, phase="done")
+    before = store.written()
+
+    with pytest.raises(errors.IllegalTransition, match=f"parent task {root} is Error"):
+        store.repo.retry(child)
+
+    assert store.repo.get(child).status is TaskStatus.ERROR
+    assert store.written() == before
+
+
 def test_retry_of_unfinished_task_is_illegal(store: Store) -> None:
     """Only Error or Cancelled tasks can be retried."""
     task = create(store, submission())

@@ -99,3 +99,34 @@ def test_retry_unfinished_task_is_409(api: Api) -> None:
 
     assert response.status_code == 409
     assert api.written() == before
+
+
+def test_retry_of_a_child_whose_parent_ended_is_409_naming_the_parent(api: Api) -> None:
+    """A child cannot run while its parent is Cancelled or Error: retrying it answers 409
+    naming the parent and its status, and nothing changes (retry the parent instead)."""
+    items = [api.campaign(), {"kind": "creative", "payload": {"a": 1}, "parent_index": 0}]
+    root, child = api.client.post("/api/tasks/bulk", json={"tasks": items}).json()["ids"]
+    api.client.post(f"/api/tasks/{root}/cancel")
+    before = api.written()
+
+    response = api.client.post(f"/api/tasks/{child}/retry")
+
+    assert response.status_code == 409
+    detail = response.json()["detail"]
+    assert f"parent task {root} is Cancelled" in detail
+    assert f"retry task {root}" in detail
+    assert api.client.get(f"/api/tasks/{child}").json()["status"] == "Cancelled"
+    assert api.written() == before
+
+
+def test_retrying_the_parent_brings_the_child_back_waiting(api: Api) -> None:
+    """Retrying the ended parent puts the child that ended with it back, waiting."""
+    items = [api.campaign(), {"kind": "creative", "payload": {"a": 1}, "parent_index": 0}]
+    root, child = api.client.post("/api/tasks/bulk", json={"tasks": items}).json()["ids"]
+    api.client.post(f"/api/tasks/{root}/cancel")
+
+    assert api.client.post(f"/api/tasks/{root}/retry").status_code == 200
+
+    task = api.client.get(f"/api/tasks/{child}").json()
+    assert task["status"] == "Not Started"
+    assert task["phase"] == "waiting_parent"

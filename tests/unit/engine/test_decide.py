@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from sluice.domain import DueTask, Phase, TaskStatus
@@ -100,6 +101,101 @@ def test_ambiguous_failure_is_looked_up_not_resent() -> None:
     """A timeout after sending leads to a lookup by client reference, not a new create."""
     out = decide.after_submit(due(), Transient("timeout", ambiguous=True), POLICY, NOW)
     assert out.phase is Phase.UNCERTAIN
+    assert out.fields["maybe_created"] is True
+
+
+def test_giving_up_on_an_ambiguous_create_keeps_it_marked() -> None:
+    """Giving up after an ambiguous failure keeps maybe_created, so a retry looks up first."""
+    out = decide.after_submit(due(attempts=2), Transient("502", ambiguous=True), POLICY, NOW)
+    assert out.to_status is TaskStatus.ERROR
+    assert out.fields["maybe_created"] is True
+
+
+def test_giving_up_on_lookups_leaves_the_mark_alone() -> None:
+    """A lookup that keeps failing ends in Error without clearing maybe_created."""
+    task = due(phase=Phase.UNCERTAIN, attempts=2, maybe_created=True)
+    out = decide.after_lookup(task, Transient("HTTP 500"), POLICY, NOW)
+    assert out.to_status is TaskStatus.ERROR
+    assert "maybe_created" not in out.fields
+
+
+NO_LOOKUP = replace(POLICY, can_lookup=False)
+
+
+def test_ambiguous_create_without_lookup_ends_in_error_at_once() -> None:
+    """A kind with no lookup is not sent again after an ambiguous failure: Error,
+    "outcome unknown: check the provider", without spending further attempts."""
+    out = decide.after_submit(due(), Transient("read timeout", ambiguous=True), NO_LOOKUP, NOW)
+    assert out.to_status is TaskStatus.ERROR
+    assert out.phase is Phase.DONE
+    assert out.event == "outcome_unknown"
+    assert out.detail is not None
+    assert out.detail.startswith("outcome unknown: check the provider")
+    assert "read timeout" in out.detail
+    assert out.fields["maybe_created"] is False
+    assert out.end_descendants is not None
+
+
+def test_ambiguous_create_without_lookup_is_resent_only_when_opted_in() -> None:
+    """With resubmit_when_unknown the provider accepted the risk: submit again after backoff."""
+    policy = replace(NO_LOOKUP, resubmit_when_unknown=True)
+    out = decide.after_submit(due(), Transient("read timeout", ambiguous=True), policy, NOW)
+    assert out.to_status is TaskStatus.NOT_STARTED
+    assert out.phase is Phase.READY
+    assert out.fields["attempts"] == 1
+
+
+def test_unresolvable_lookup_ends_in_error_without_counting_attempts() -> None:
+    """A task to look up whose kind has no lookup (a lost worker) ends in Error at once."""
+    out = decide.unresolved(due(phase=Phase.UNCERTAIN, maybe_created=True), NO_LOOKUP, NOW)
+    assert out.to_status is TaskStatus.ERROR
+    assert out.detail is not None
+    assert "outcome unknown" in out.detail
+    assert "attempts" not in out.fields
+
+
+def test_unresolvable_lookup_is_resubmitted_when_opted_in() -> None:
+    """With resubmit_when_unknown a lost worker's create is simply made ready again."""
+    policy = replace(NO_LOOKUP, resubmit_when_unknown=True)
+    out = decide.unresolved(due(phase=Phase.UNCERTAIN, maybe_created=True), policy, NOW)
+    assert (out.to_status, out.phase) == (TaskStatus.NOT_STARTED, Phase.READY)
+    assert out.fields["maybe_created"] is False
+
+
+def test_answers_that_settle_a_create_clear_the_mark() -> None:
+    """Accepted, found, not found, refused and rate-limited submits clear maybe_created;
+    a plain (non-ambiguous) transient failure does too."""
+    uncertain = due(phase=Phase.UNCERTAIN, maybe_created=True)
+    outs = [
+        decide.after_submit(due(), Accepted("x", completed=False), POLICY, NOW),
+        decide.after_submit(due(), Accepted("x", completed=True), POLICY, NOW),
+        decide.after_submit(due(), Failed("bad"), POLICY, NOW),
+        decide.after_submit(due(), RateLimited(1.0, "429"), POLICY, NOW),
+        decide.after_submit(due(), Transient("connection refused"), POLICY, NOW),
+        decide.after_lookup(uncertain, Found("x"), POLICY, NOW),
+        decide.after_lookup(uncertain, NotFound(), POLICY, NOW),
+    ]
+    assert [o.fields["maybe_created"] for o in outs] == [False] * len(outs)
+
+
+def test_a_rate_limited_lookup_stays_a_lookup() -> None:
+    """A 429 on a lookup keeps the task uncertain: the next attempt is a lookup again."""
+    task = due(phase=Phase.UNCERTAIN, maybe_created=True)
+    out = decide.after_lookup(task, RateLimited(2.0, "429"), POLICY, NOW)
+    assert out.phase is Phase.UNCERTAIN
+    assert "maybe_created" not in out.fields
+
+
+def test_outcomes_carry_the_claim_they_were_decided_under() -> None:
+    """Every outcome names the claim token of its task, so the store can guard by it."""
+    task = due(claimed_by="w/abc")
+    outs = [
+        decide.after_submit(task, Accepted("x", completed=False), POLICY, NOW),
+        decide.after_submit(task, Transient("t", ambiguous=True), NO_LOOKUP, NOW),
+        decide.after_submit(task, RateLimited(1.0, "429"), POLICY, NOW),
+        decide.unresolved(task, NO_LOOKUP, NOW),
+    ]
+    assert {o.claim for o in outs} == {"w/abc"}
 
 
 def test_gives_up_after_max_attempts_with_last_error() -> None:

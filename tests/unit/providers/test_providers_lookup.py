@@ -106,6 +106,20 @@ def test_supports_lookup_only_for_kinds_with_a_lookup() -> None:
     assert not provider.supports_lookup(None)
 
 
+def test_resubmit_when_unknown_is_off_unless_opted_in() -> None:
+    """Re-submitting an unknown create is off by default; a kind's key wins over the
+    provider's."""
+    assert not make_provider(ACME).resubmits_when_unknown("campaign")
+
+    kinds = {
+        name: {**kind, "resubmit_when_unknown": False} if name == "ad_group" else kind
+        for name, kind in ACME["kinds"].items()
+    }
+    provider = make_provider(with_changes(ACME, resubmit_when_unknown=True, kinds=kinds))
+    assert provider.resubmits_when_unknown("campaign")
+    assert not provider.resubmits_when_unknown("ad_group")
+
+
 @pytest.mark.parametrize(
     ("answer", "problem"),
     [
