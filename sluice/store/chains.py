@@ -109,8 +109,6 @@ def end_descendants(
             fields: dict[str, Any] = {
                 "phase": Phase.DONE.value,
                 "next_attempt_at": None,
-                "claimed_by": None,
-                "claimed_until": None,
                 "last_error": message,
             }
             if status is TaskStatus.ERROR:

@@ -293,6 +293,7 @@ def apply_outcomes(conn: Connection, outcomes: Iterable[Outcome], now: datetime)
     ended) is dropped and logged; the task's current holder decides it.
     """
     applied = 0
+    dropped: list[dict[str, Any]] = []
     new_events: list[dict[str, Any]] = []
     released: list[int] = []
     ended: list[tuple[int, TaskStatus, str]] = []
@@ -312,6 +313,8 @@ def apply_outcomes(conn: Connection, outcomes: Iterable[Outcome], now: datetime)
                 "outcome.dropped",
                 extra={"task_id": outcome.task_id, "event": outcome.event or "status"},
             )
+            if outcome.claim is not None:
+                dropped.append({"w_id": outcome.task_id, "w_claim": outcome.claim})
             continue
         applied += 1
         changed = outcome.to_status != outcome.from_status
@@ -330,6 +333,14 @@ def apply_outcomes(conn: Connection, outcomes: Iterable[Outcome], now: datetime)
             released.append(outcome.task_id)
         if outcome.end_descendants is not None:
             ended.append((outcome.task_id, *outcome.end_descendants))
+    if dropped:
+        # The holder is done with a task someone changed meanwhile (a cancel): let go.
+        conn.execute(
+            update(tasks)
+            .where(tasks.c.id == bindparam("w_id"), tasks.c.claimed_by == bindparam("w_claim"))
+            .values(claimed_by=None, claimed_until=None),
+            dropped,
+        )
     if new_events:
         conn.execute(insert(events), new_events)
     if released:

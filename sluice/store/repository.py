@@ -270,6 +270,10 @@ class TaskRepository:
     def cancel(self, task_id: int) -> tuple[Task, int]:
         """Cancel a task that is not final and every unfinished descendant.
 
+        A worker's claim is left to it (its request may be on the way): its outcome loses
+        on status, and nobody else takes the task before that claim ends, even if it is
+        retried meanwhile.
+
         Returns the task and how many descendants were cancelled with it.
         """
         now = self.clock.now()
@@ -288,8 +292,6 @@ class TaskRepository:
                 detail="cancelled by request",
                 phase=Phase.DONE.value,
                 next_attempt_at=None,
-                claimed_by=None,
-                claimed_until=None,
             )
             if not changed:
                 raise errors.TaskConflict(f"task {task_id} changed meanwhile; try again")
@@ -350,8 +352,6 @@ class TaskRepository:
             next_attempt_at=now if phase is not Phase.WAITING_PARENT else None,
             deadline_at=None,
             poll_interval_s=None,
-            claimed_by=None,
-            claimed_until=None,
         )
 
     def _descendants(self, conn: Connection, task_id: int) -> list[Task]:

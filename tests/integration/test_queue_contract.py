@@ -289,7 +289,44 @@ def test_guarded_apply_loses_to_a_concurrent_cancel(q: Queue) -> None:
     task = q.get(task_id)
     assert task.status is TaskStatus.CANCELLED
     assert task.external_id is None
+    assert task.maybe_created  # a retry looks the object up before creating it
     assert q.event_names(task_id) == ["created", "cancelled"]
+    assert q.claimed_by(task_id) is None  # the holder let go
+
+
+def test_cancel_and_retry_never_hand_a_held_task_to_a_second_worker(q: Queue) -> None:
+    """A task cancelled and retried while a worker still holds it (its request may be on
+    the way) is not claimed by anyone else until that claim ends: never two live claims."""
+    (task_id,) = q.add(1)
+    (held,) = q.claim("a")
+
+    q.repo.cancel(task_id)
+    retried = q.repo.retry(task_id)
+
+    assert retried.phase is Phase.UNCERTAIN  # the held create may still be sent
+    assert q.claimed_by(task_id) == held.claimed_by
+    q.clock.advance(LEASE_S - 1)
+    assert q.claim("b") == []
+    q.clock.advance(2)
+    assert q.queue.recover_stuck(q.now()) == 1
+    (taken,) = q.claim("b")
+    assert taken.operation.value == "lookup"
+
+
+def test_holder_outcome_after_cancel_and_retry_is_recorded(q: Queue) -> None:
+    """After a cancel and a retry, the holder's answer for its create is the truth about
+    the provider and is recorded (status is Not Started again, the claim is still its)."""
+    (task_id,) = q.add(1)
+    (held,) = q.claim("a")
+    outcome = decide.after_submit(held, Accepted("x-9", completed=False), POLICY, q.now())
+    q.repo.cancel(task_id)
+    q.repo.retry(task_id)
+
+    assert q.queue.apply([outcome], q.now()) == 1
+
+    task = q.get(task_id)
+    assert (task.status, task.external_id) == (TaskStatus.IN_PROGRESS, "x-9")
+    assert q.claimed_by(task_id) is None
 
 
 def test_outcome_from_a_lost_claim_is_refused(q: Queue) -> None:
