@@ -2,6 +2,7 @@
 
 Tests that need PostgreSQL, Redis or RabbitMQ use the real servers on this machine. When a
 server is missing they skip locally and *fail* under ``SLUICE_REQUIRE_SERVICES=1`` (CI).
+Hypothesis uses the ``ci`` profile (fixed seed) when ``CI=true``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,14 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
+
+# CI runs every property and state machine on a fixed sequence of examples (derandomize),
+# so a red build replays locally; elsewhere each run explores new examples. No deadline:
+# a loaded 2-core host is slow by moments, and speed is a benchmark's business.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("dev", deadline=None)
+settings.load_profile("ci" if os.environ.get("CI", "").lower() in ("1", "true") else "dev")
 
 PG_ADMIN_URL = os.environ.get(
     "SLUICE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
