@@ -101,7 +101,7 @@ def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
     providers = load_providers(settings, clock=clock)
     engine = db.make_engine(settings.database_url)
     db.ensure_schema(engine)
-    limiter = MemoryLimiter(clock=clock, margin=0.0)
+    limiter = MemoryLimiter(clock=clock, margin=0.0, cold_start=False)
     client = build_http_client(providers["acme"], transport=httpx.MockTransport(dsp))
     queue = WorkQueue(engine)
     runtime = {"providers": providers, "client": client, "limiter": limiter}
@@ -214,7 +214,7 @@ def test_one_accounts_spent_budget_does_not_hold_back_others(tmp_path: Path) -> 
     providers = load_providers(settings, clock=clock)
     engine = db.make_engine(settings.database_url)
     db.ensure_schema(engine)
-    limiter = MemoryLimiter(clock=clock, margin=0.0)
+    limiter = MemoryLimiter(clock=clock, margin=0.0, cold_start=False)
     client = build_http_client(providers["acme"], transport=httpx.MockTransport(dsp))
     queue = WorkQueue(engine)
     runtime = {"providers": providers, "client": client, "limiter": limiter}
