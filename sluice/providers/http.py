@@ -11,7 +11,8 @@ for that task, logged with the raw value; nothing here raises on a provider's an
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -47,7 +48,7 @@ from sluice.providers.templating import (
     scalar_at,
     with_path,
 )
-from sluice.ratelimit.base import InFlight
+from sluice.ratelimit.base import InFlight, Limiter
 from sluice.ratelimit.rate import LimitSpec
 from sluice.units import format_duration
 
@@ -68,7 +69,15 @@ class _Answer:
 class HttpProvider:
     """A provider described entirely by configuration."""
 
-    def __init__(self, name: str, config: ProviderConfig, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: ProviderConfig,
+        *,
+        clock: Clock | None = None,
+        limiter: Limiter | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.name = name
         self.config = config
         self.base_url = config.base_url
@@ -87,7 +96,18 @@ class HttpProvider:
         self._limits = LimitRules(name, config)
         self._answers = AnswerReader(config.errors, self._redactor)
         self._auth = (
-            TokenAuth(name, config.auth, self._clock, self._redactor) if config.auth else None
+            TokenAuth(
+                name,
+                config.auth,
+                self._clock,
+                self._redactor,
+                limits=self._limits.token_limits(),
+                limiter=limiter,
+                wait_s=config.timeout,
+                sleep=sleep,
+            )
+            if config.auth
+            else None
         )
 
     # --- limits --------------------------------------------------------------------------
@@ -95,6 +115,10 @@ class HttpProvider:
     def limits_for(self, access: Access, payload: Mapping[str, Any] | None) -> list[LimitSpec]:
         """Every limit one request must fit in; keys start with the provider name."""
         return self._limits.limits_for(access, payload)
+
+    def token_limits(self) -> list[LimitSpec]:
+        """The limits a token request (``[auth]``) takes a grant on; empty: not limited."""
+        return self._limits.token_limits()
 
     def in_flight(self) -> InFlight | None:
         """The cap on concurrent requests (``max_in_flight``), if any."""

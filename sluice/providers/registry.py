@@ -19,6 +19,8 @@ from sluice.clock import Clock
 from sluice.providers.base import Provider
 from sluice.providers.config import parse_provider
 from sluice.providers.http import HttpProvider
+from sluice.ratelimit import sendgate
+from sluice.ratelimit.base import Limiter
 from sluice.settings import Settings
 
 PRESET_KEY = "preset"
@@ -31,8 +33,11 @@ def load_providers(
     *,
     environ: Mapping[str, str] | None = None,
     clock: Clock | None = None,
+    limiter: Limiter | None = None,
 ) -> dict[str, Provider]:
     """Every configured provider, by name.
+
+    ``limiter`` is where token requests (``[auth] rate_limit``) take their grants.
 
     Raises:
         errors.ConfigError: naming the file, the key and the reason for each problem
@@ -49,7 +54,7 @@ def load_providers(
         except ValueError as exc:
             problems.append(str(exc))
             continue
-        providers[name] = HttpProvider(name, config, clock=clock)
+        providers[name] = HttpProvider(name, config, clock=clock, limiter=limiter)
     if problems:
         raise errors.ConfigError("\n".join(problems))
     if providers and settings.default_provider not in providers:
@@ -71,11 +76,15 @@ def build_http_client(
 ) -> httpx.Client:
     """A keep-alive client for ``provider``: base URL, expanded headers, timeout.
 
-    ``transport`` replaces the network (``httpx.MockTransport`` in tests).
+    Its request hook admits each request under the send permit of the thread that sends it
+    (:mod:`sluice.ratelimit.sendgate`): the last check before the request is written, so a
+    grant that waited too long is never used. ``transport`` replaces the network
+    (``httpx.MockTransport`` in tests).
     """
     timeout = httpx.Timeout(provider.timeout_s)
+    hooks = {"request": [admit_request]}
     if not isinstance(provider, HttpProvider):
-        return httpx.Client(timeout=timeout, transport=transport)
+        return httpx.Client(timeout=timeout, transport=transport, event_hooks=hooks)
     headers = {"Accept": "application/json", "User-Agent": _USER_AGENT}
     headers |= {key: secret.value for key, secret in provider.config.headers.items()}
     pool = provider.config.max_in_flight or _DEFAULT_POOL
@@ -86,7 +95,17 @@ def build_http_client(
         limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
         transport=transport,
         follow_redirects=False,
+        event_hooks=hooks,
     )
+
+
+def admit_request(request: httpx.Request) -> None:
+    """httpx request hook: admit ``request`` under this thread's send permit, if any.
+
+    Raises:
+        errors.GrantExpired: the grant is too old; nothing is sent.
+    """
+    sendgate.admit_current()
 
 
 # --- presets -------------------------------------------------------------------------------

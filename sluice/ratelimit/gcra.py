@@ -30,7 +30,7 @@ consumed and the wait is the longest among them.
 **A limiter that lost its state** (a new process, a flushed or restarted Redis) does not
 know when each key last granted. It records the instant it found itself empty, ``born``,
 and treats every key as if its TAT were at least ``born + hold``, with
-``hold = max(spacing, min(window_s, COLD_HOLD_CAP))`` (one window for windows up to 1 s).
+``hold = max(spacing, COLD_HOLD)`` (1 s: at least one window for windows up to 1 s).
 Why the limit still holds across the loss:
     Had the state survived, the TAT would be ``tat_true <= a_last + spacing`` where
     ``a_last <= born`` is the last grant before the loss (a grant at ``a`` sets the TAT to
@@ -39,8 +39,8 @@ Why the limit still holds across the loss:
     but "each grant at ``a_k`` sets ``tat_{k+1} >= a_k - credit + spacing``", which still
     holds for every grant on either side of the loss. So any ``limit + 1`` grants, before
     and after the loss together, still span at least ``window_s``. One spacing would do;
-    the rest of the hold (up to 1 s) gives every process time to restore the pauses it
-    keeps in the database before anything is sent (see ``docs/ratelimit.md``).
+    the rest of the hold (up to 1 s) gives every process time to restore the pauses the
+    database keeps before anything is sent (see ``docs/ratelimit.md``).
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ from sluice.ratelimit.rate import LimitSpec, Rate
 
 US_PER_S = 1_000_000
 
-COLD_HOLD_CAP_US = 1_000_000
-"""A fresh limiter holds a key for its window, up to this, and at least one spacing."""
+COLD_HOLD_US = 1_000_000
+"""A limiter that lost its state holds each key this long, or one spacing if longer."""
 
 SCOPE_SEPARATOR = ":"
 
@@ -120,7 +120,7 @@ def credits(limits: Sequence[LimitSpec], margin: float, catch_up_us: int) -> dic
 
 def cold_hold_us(rate: Rate, margin: float) -> int:
     """How long a limiter that lost its state holds a key: see the module docstring."""
-    return max(spacing_us(rate, margin), min(to_us(rate.window_s), COLD_HOLD_CAP_US))
+    return max(spacing_us(rate, margin), COLD_HOLD_US)
 
 
 def cold_holds(limits: Sequence[LimitSpec], margin: float) -> dict[str, int]:

@@ -18,8 +18,8 @@ behind the server's clock, which is what Redis measures TTLs with.
 
 A Redis that was flushed or restarted has no ``born`` key. The first script to notice
 writes the server's time there, and every key is then held as a limiter that lost its
-state must be (:mod:`gcra`: at least one spacing, one window up to 1 s), so the limit
-holds across the loss. The Redis must not bring back old state on its own: run it without
+state must be (:mod:`gcra`: 1 s, or one spacing if longer), so the limit holds across
+the loss. The Redis must not bring back old state on its own: run it without
 persistence (``--save '' --appendonly no``; Sluice rebuilds what it needs) and with
 ``maxmemory-policy noeviction``, since an evicted TAT with ``born`` still present would let
 one grant come early.
