@@ -27,6 +27,10 @@ class Clock(Protocol):
         """
         ...
 
+    def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` (a fake clock advances instead)."""
+        ...
+
 
 class SystemClock:
     """The real clock."""
@@ -39,6 +43,9 @@ class SystemClock:
 
     def monotonic(self) -> float:
         return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
 
 
 class FakeClock:

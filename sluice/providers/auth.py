@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -48,7 +47,6 @@ class TokenAuth:
         limits: what a token request must fit in; empty means unlimited.
         limiter: where token requests take their grants (none: they are not limited).
         wait_s: how long a token request may wait for its grant before giving up.
-        sleep: waits between refused grants (tests pass a fake clock's).
     """
 
     def __init__(
@@ -61,7 +59,6 @@ class TokenAuth:
         limits: Sequence[LimitSpec] = (),
         limiter: Limiter | None = None,
         wait_s: float = 10.0,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._provider = provider
         self._config = config
@@ -70,7 +67,6 @@ class TokenAuth:
         self._limits = list(limits)
         self._limiter = limiter
         self._wait_s = wait_s
-        self._sleep = sleep
         self._lock = threading.Lock()
         self._token: str | None = None
         self._expires_at = 0.0
@@ -170,7 +166,7 @@ class TokenAuth:
                     f"token request of {self._provider} held back ({grant.reason}) "
                     f"for more than {self._wait_s:g}s"
                 )
-            self._sleep(min(grant.retry_after_s, remaining))
+            self._clock.sleep(min(grant.retry_after_s, remaining))
 
     def _oauth_error(self, response: httpx.Response) -> str:
         """OAuth's short ``error`` word (``invalid_client``), never the raw body."""

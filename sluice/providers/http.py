@@ -11,8 +11,7 @@ for that task, logged with the raw value; nothing here raises on a provider's an
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -76,7 +75,6 @@ class HttpProvider:
         *,
         clock: Clock | None = None,
         limiter: Limiter | None = None,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.name = name
         self.config = config
@@ -104,7 +102,6 @@ class HttpProvider:
                 limits=self._limits.token_limits(),
                 limiter=limiter,
                 wait_s=config.timeout,
-                sleep=sleep,
             )
             if config.auth
             else None

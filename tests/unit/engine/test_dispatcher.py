@@ -54,14 +54,14 @@ class FakeDsp:
 
 class InlineExecutor:
     """Asks for each unit's grant and runs it at once on the caller's thread, under a send
-    permit on the fake clock, and records its outcomes; ``late_s`` makes a sender that
-    reaches the send check that long after asking."""
+    permit on the fake clock, and records its outcomes; each ``late_s`` entry makes one
+    sender reach the send check that long after asking."""
 
     def __init__(self, queue: WorkQueue, runtime: dict[str, Any], clock: FakeClock) -> None:
         self.queue, self.runtime, self.clock = queue, runtime, clock
         self.granted: list[Grant] = []
         self.unsent: list[WorkUnit] = []
-        self.late_s = 0.0
+        self.late_s: list[float] = []
 
     def capacity(self) -> int:
         return 1
@@ -72,7 +72,8 @@ class InlineExecutor:
         if not grant.granted:
             return grant
         self.granted.append(grant)
-        self.clock.advance(self.late_s)
+        if self.late_s:
+            self.clock.advance(self.late_s.pop(0))
         provider = self.runtime["providers"][unit.provider]
         permit = sendgate.SendPermit(asked_at, grant.send_within_s, self.clock.monotonic)
         try:
