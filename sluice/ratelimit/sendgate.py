@@ -5,9 +5,10 @@ the grant-to-send delay (the limiter's answer travelling back, a thread waking o
 host, the request being built) and the network. A spacing ``s`` with a delay that varies
 by ``J`` puts ``(W + J) / s`` requests in a window ``W``: on a loaded two-core host ``J``
 reaches tens of milliseconds, more than a 1.5% margin covers. So a grant carries
-``send_within_s``, and the thread that sends checks it as the very last step before the
-request is written (the HTTP client's request hook): if more than that has passed since it
-*asked* for the grant, on its own monotonic clock, it sends nothing and asks again
+``send_within_s``, and the thread that sends checks it immediately before the request's
+first byte is handed to the socket (:mod:`sluice.providers.transport`; the HTTP client's
+request hook checks it once earlier too): if more than that has passed since it *asked*
+for the grant, on its own monotonic clock, it sends nothing and asks again
 (:class:`~sluice.errors.GrantExpired`). A late request is thrown away, never squeezed in.
 
 For one key, let ``L`` be its limit, ``W`` its window, ``s`` its spacing, ``c`` its
@@ -33,7 +34,8 @@ the same proof covers grants on both sides of a Redis restart.
 
 What it assumes: clocks tick at the same rate to within NTP's slew (<= 0.05%, 0.5 ms a
 second), and the time between the check and the bytes reaching the socket (a few
-microseconds of HTTP client code) counts as network. What it does not cover: a network
+bytecodes, unless the thread loses the CPU right there) counts as network;
+:attr:`SendPermit.written_s` measures it from the other side. What it does not cover: a network
 or provider that delays some requests by more than ``N`` relative to others; a larger
 ``SLUICE_RATE_MARGIN`` buys room for that. With the defaults (margin 1.5%, catch-up 2 ms)
 a 1 s window gives ``slack = 15 ms``, ``D = 6.5 ms`` and ``N = 6.5 ms``.
@@ -92,19 +94,18 @@ class SendPermit:
         self.within_s = within_s
         self._monotonic = monotonic
         self.delay_s: float | None = None
-        """Grant-to-send delay measured by :meth:`admit` (also when it was too late)."""
+        """Grant-to-send delay measured by the last check (also when it was too late)."""
+        self.written_s: float | None = None
+        """Grant to the end of the write of the request's first bytes (an upper bound)."""
         self.used = False
 
-    def admit(self) -> None:
-        """Let the request go now, or refuse it; call as the last step before writing.
+    def check(self) -> None:
+        """Refuse the request if its grant is already too old; consumes nothing.
 
         Raises:
             errors.GrantExpired: more than ``within_s`` has passed since the grant was asked
                 for; nothing was sent, so asking again is safe.
-            errors.GrantSpent: the permit already let one request through.
         """
-        if self.used:
-            raise errors.GrantSpent("one grant lets one request through; this one was used")
         self.delay_s = self._monotonic() - self.asked_at
         # In whole microseconds, as the limiter counts: float seconds would blur the bound.
         if self.within_s < UNBOUNDED and gcra.to_us(self.delay_s) > gcra.to_us(self.within_s):
@@ -112,7 +113,22 @@ class SendPermit:
                 f"grant not used within {self.within_s * 1000:.1f} ms "
                 f"(took {self.delay_s * 1000:.1f} ms); nothing was sent"
             )
+
+    def admit(self) -> None:
+        """Let the request go now, or refuse it; call immediately before its first byte.
+
+        Raises:
+            errors.GrantExpired: see :meth:`check`.
+            errors.GrantSpent: the permit already let one request through.
+        """
+        if self.used:
+            raise errors.GrantSpent("one grant lets one request through; this one was used")
+        self.check()
         self.used = True
+
+    def written(self) -> None:
+        """Note that the request's first bytes were handed to the socket just now."""
+        self.written_s = self._monotonic() - self.asked_at
 
 
 _current: ContextVar[SendPermit | None] = ContextVar("sluice_send_permit", default=None)
@@ -129,6 +145,18 @@ def bound(permit: SendPermit | None) -> Iterator[SendPermit | None]:
         yield permit
     finally:
         _current.reset(token)
+
+
+def current() -> SendPermit | None:
+    """The permit bound to this context, if any."""
+    return _current.get()
+
+
+def check_current() -> None:
+    """Refuse a request whose permit is already too old (see :meth:`SendPermit.check`)."""
+    permit = _current.get()
+    if permit is not None:
+        permit.check()
 
 
 def admit_current() -> None:

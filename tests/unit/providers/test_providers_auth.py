@@ -196,8 +196,8 @@ def test_a_token_request_held_back_too_long_is_transient() -> None:
 
 
 def test_a_token_request_does_not_use_the_grant_of_the_call_it_is_for() -> None:
-    """Under the send permit of a create, the token request goes under its own grant and the
-    create under the permit: one grant, one request, each."""
+    """Under the send permit of a create, the token request goes under a grant of its own on
+    acme:auth, and the create is checked under the create's permit."""
     dsp, clock = TokenDsp(), FakeClock()
     limiter = MemoryLimiter(clock=clock, cold_start=False)
     provider = make_provider(
@@ -209,8 +209,9 @@ def test_a_token_request_does_not_use_the_grant_of_the_call_it_is_for() -> None:
     permit = sendgate.SendPermit(clock.monotonic(), 0.005, clock.monotonic)
     with sendgate.bound(permit):
         assert isinstance(provider.submit(client_for(provider, dsp), task()), Accepted)
-    assert permit.used
+    assert permit.delay_s == 0.0
     assert len(dsp.token_requests) == 1
+    assert limiter.acquire(provider.token_limits()).reason == "rate"
 
 
 def test_a_shared_token_limit_also_draws_on_the_provider_limit() -> None:
