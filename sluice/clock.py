@@ -19,6 +19,18 @@ class Clock(Protocol):
         """Current time as POSIX seconds."""
         ...
 
+    def monotonic(self) -> float:
+        """Seconds on a clock that never steps back: for measuring waits and delays.
+
+        Only differences between two readings mean anything. In-process scheduling uses it,
+        so a wall-clock step (NTP, a VM resuming) neither stalls nor hurries dispatch.
+        """
+        ...
+
+    def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` (a fake clock advances instead)."""
+        ...
+
 
 class SystemClock:
     """The real clock."""
@@ -29,12 +41,24 @@ class SystemClock:
     def time(self) -> float:
         return time.time()
 
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
 
 class FakeClock:
-    """A clock that only moves when told to; thread-safe."""
+    """A clock that only moves when told to; thread-safe.
+
+    ``advance`` moves the wall clock and the monotonic clock together; ``step_wall`` moves
+    only the wall clock, as NTP stepping a host's time would.
+    """
 
     def __init__(self, start: datetime | None = None) -> None:
         self._now = start or datetime(2026, 1, 1, tzinfo=UTC)
+        # A timedelta, like the wall clock, so both round the same way when advanced.
+        self._monotonic = timedelta(seconds=1000)
         self._lock = threading.Lock()
 
     def now(self) -> datetime:
@@ -44,8 +68,19 @@ class FakeClock:
     def time(self) -> float:
         return self.now().timestamp()
 
+    def monotonic(self) -> float:
+        with self._lock:
+            return self._monotonic.total_seconds()
+
     def advance(self, seconds: float) -> None:
         """Move the clock forward."""
+        with self._lock:
+            step = timedelta(seconds=seconds)
+            self._now += step
+            self._monotonic += step
+
+    def step_wall(self, seconds: float) -> None:
+        """Step the wall clock by ``seconds`` (negative: back) without moving the monotonic one."""
         with self._lock:
             self._now += timedelta(seconds=seconds)
 

@@ -23,6 +23,9 @@ One root, a subtree per seam::
     │   └── MissingValue (LookupError)  providers/templating.py: the task lacks a value the
     │                               request template needs
     ├── LimiterError                the limiter's backing store failed
+    │   ├── GrantExpired            a grant not used within its send window: nothing was
+    │   │                           sent, ask again (ratelimit/sendgate.py)
+    │   └── GrantSpent              a second request under one grant (a bug): refused
     └── BodyTooLarge                api/limits.py: a request body over the limit (answered 413)
 
 Third-party exceptions are translated where they enter (``raise ProviderTimeout(...) from exc``).
@@ -94,4 +97,12 @@ class ProviderDisconnected(ProviderError):
 
 
 class LimiterError(SluiceError):
-    """The limiter's backing store is unavailable."""
+    """The limiter's backing store is unavailable, or a grant cannot be used."""
+
+
+class GrantExpired(LimiterError):
+    """A grant was not used within its send window; the request was not sent."""
+
+
+class GrantSpent(LimiterError):
+    """A request tried to go under a grant that already let one through."""

@@ -17,6 +17,7 @@ from sluice.ratelimit import build_limiter
 from sluice.ratelimit.base import Limiter
 from sluice.settings import Settings
 from sluice.store import db
+from sluice.store.pauses import PauseStore
 from sluice.store.queue import WorkQueue
 from sluice.store.repository import TaskRepository
 
@@ -42,6 +43,7 @@ class Runtime:
     providers: dict[str, Provider]
     catalog: Catalog
     limiter: Limiter
+    pauses: PauseStore
     clients: dict[str, httpx.Client] = field(default_factory=dict)
 
     def close(self) -> None:
@@ -73,9 +75,15 @@ def build_catalog(providers: dict[str, Provider], default_provider: str) -> Cata
 
 
 def build_runtime(settings: Settings) -> Runtime:
-    """Open the store (migrated to head), load providers, pick the limiter."""
+    """Open the store (migrated to head), pick the limiter, load providers."""
     settings = with_default_providers(settings)
-    providers = load_providers(settings)
+    limiter = build_limiter(
+        settings.redis_url,
+        margin=settings.rate_margin,
+        namespace=settings.limiter_namespace,
+        catch_up_s=settings.rate_catch_up_s,
+    )
+    providers = load_providers(settings, limiter=limiter)
     engine = db.make_engine(settings.database_url)
     db.ensure_schema(engine)
     return Runtime(
@@ -84,11 +92,7 @@ def build_runtime(settings: Settings) -> Runtime:
         queue=WorkQueue(engine),
         providers=providers,
         catalog=build_catalog(providers, settings.default_provider),
-        limiter=build_limiter(
-            settings.redis_url,
-            margin=settings.rate_margin,
-            namespace=settings.limiter_namespace,
-            catch_up_s=settings.rate_catch_up_s,
-        ),
+        limiter=limiter,
+        pauses=PauseStore(engine),
         clients={name: build_http_client(p) for name, p in providers.items()},
     )

@@ -6,7 +6,7 @@ import logging
 import threading
 
 from sluice.clock import Clock
-from sluice.drivers.executor import build_dispatch
+from sluice.drivers.executor import build_dispatch, summarise
 from sluice.runtime import Runtime
 
 log = logging.getLogger("sluice.driver")
@@ -37,11 +37,19 @@ class EmbeddedDriver:
         self.dispatcher.wake()
 
     def stop(self) -> None:
-        """Stop dispatching, let running requests finish and their outcomes be written."""
+        """Stop dispatching, let running requests finish and their outcomes be written,
+        and give back every claim not sent (a clean stop leaves nothing ``uncertain``)."""
         self._stop.set()
         self.dispatcher.wake()
         self._thread.join(timeout=60)
         self.executor.close()
+        # Grants that expired while the loop was stopping came back after it let go.
+        self.dispatcher.release_all_quietly()
+        log.info("engine.stopped", extra=self.executor_summary())
+
+    def executor_summary(self) -> dict[str, object]:
+        """Requests, expired grants and grant-to-send delays so far (for logs and benchmarks)."""
+        return summarise(self.executor, self.dispatcher)
 
     def all_final(self) -> bool:
         """Every task in the store has a final status and nothing is running."""

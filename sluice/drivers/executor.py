@@ -2,6 +2,11 @@
 
 Both drivers use it: the embedded thread of ``sluice up`` and the pumps of Celery workers.
 
+A unit's grant is asked for on the pool thread that then sends it, and bound there as its
+send permit: the HTTP client's request hook checks it just before the request is written,
+and a grant too old to use sends nothing and comes back through ``take_unsent``
+(:mod:`sluice.ratelimit.sendgate` has the why and the proof).
+
 Outcomes are written in batches by a single thread: SQLite serialises writers, and one
 transaction for many outcomes is far cheaper than one each.
 """
@@ -13,20 +18,25 @@ import queue
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import httpx
 
+from sluice import errors
 from sluice.clock import Clock, SystemClock
 from sluice.domain import Outcome, WorkUnit
 from sluice.engine.dispatcher import Dispatcher, worker_name
 from sluice.engine.execute import execute_unit
 from sluice.providers.base import Provider
+from sluice.ratelimit import sendgate
 from sluice.ratelimit.base import Limiter
 from sluice.ratelimit.rate import Grant
 from sluice.runtime import Runtime
+from sluice.store.pauses import PauseStore
 from sluice.store.queue import WorkQueue
 
 log = logging.getLogger("sluice.executor")
@@ -35,14 +45,23 @@ WRITE_BATCH = 1000
 WRITE_COALESCE_S = 0.01
 
 
+SEND_DELAYS_KEPT = 20_000
+
+
 @dataclass
 class ExecutorStats:
-    """What was sent and how it went, for the summary."""
+    """What was sent and how it went, for the summary and the benchmarks."""
 
     requests: dict[str, int] = field(default_factory=dict)
     rate_limited: int = 0
     retries: int = 0
     outcomes: int = 0
+    expired: int = 0
+    """Grants not used within their send window: nothing was sent, the unit went back."""
+    send_delays_s: deque[float] = field(default_factory=lambda: deque(maxlen=SEND_DELAYS_KEPT))
+    """Grant-to-send delays (asking for the grant to the send check), the latest ones."""
+    written_delays_s: deque[float] = field(default_factory=lambda: deque(maxlen=SEND_DELAYS_KEPT))
+    """Asking for the grant to the end of writing the request's first bytes (upper bounds)."""
 
     def count(self, unit: WorkUnit, outcomes: list[Outcome]) -> None:
         key = f"{unit.provider} {unit.operation.value}"
@@ -55,7 +74,8 @@ class ExecutorStats:
 
 
 class ThreadExecutor:
-    """Runs granted units on a thread pool; records outcomes with a writer thread."""
+    """Runs units on a thread pool, each asking for its grant on the thread that sends it;
+    records outcomes with a writer thread."""
 
     def __init__(
         self,
@@ -68,6 +88,7 @@ class ThreadExecutor:
         clock: Clock | None = None,
         on_written: Callable[[], None] | None = None,
         rng: random.Random | None = None,
+        pauses: PauseStore | None = None,
     ) -> None:
         self.work_queue = work_queue
         self.providers = providers
@@ -75,10 +96,12 @@ class ThreadExecutor:
         self.limiter = limiter
         self.clock = clock or SystemClock()
         self.threads = threads
+        self.pauses = pauses
         self.stats = ExecutorStats()
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sluice-send")
         self._running = 0
         self._pending = 0
+        self._unsent: list[WorkUnit] = []
         self._lock = threading.Lock()
         self._results: queue.Queue[list[Outcome] | None] = queue.Queue()
         self._on_written = on_written
@@ -90,28 +113,91 @@ class ThreadExecutor:
         with self._lock:
             return self.threads - self._running
 
-    def submit(self, unit: WorkUnit, grant: Grant) -> None:
+    def submit(self, unit: WorkUnit, acquire: Callable[[], Grant]) -> Grant:
+        """See :meth:`sluice.engine.dispatcher.Executor.submit`."""
+        decided: Future[Grant] = Future()
         with self._lock:
             self._running += 1
-        self._pool.submit(self._run, unit, grant)
-
-    def _run(self, unit: WorkUnit, grant: Grant) -> None:
-        provider = self.providers[unit.provider]
         try:
-            outcomes = execute_unit(
-                unit, provider, self.clients[unit.provider], self.limiter, self.clock.now, self._rng
-            )
+            self._pool.submit(self._run, unit, acquire, decided)
+        except BaseException:
+            with self._lock:
+                self._running -= 1
+            raise
+        return decided.result()
+
+    def take_unsent(self) -> list[WorkUnit]:
+        """See :meth:`sluice.engine.dispatcher.Executor.take_unsent`."""
+        with self._lock:
+            unsent, self._unsent = self._unsent, []
+        return unsent
+
+    def _run(self, unit: WorkUnit, acquire: Callable[[], Grant], decided: Future[Grant]) -> None:
+        try:
+            self._grant_and_send(unit, acquire, decided)
         finally:
+            with self._lock:
+                self._running -= 1
+
+    def _grant_and_send(
+        self, unit: WorkUnit, acquire: Callable[[], Grant], decided: Future[Grant]
+    ) -> None:
+        provider = self.providers[unit.provider]
+        asked_at = self.clock.monotonic()
+        try:
+            grant = acquire()
+        except BaseException as exc:
+            decided.set_exception(exc)
+            return
+        decided.set_result(grant)
+        if not grant.granted:
+            return
+        permit = sendgate.SendPermit(asked_at, grant.send_within_s, self.clock.monotonic)
+        try:
+            with sendgate.bound(permit):
+                outcomes = execute_unit(
+                    unit,
+                    provider,
+                    self.clients[unit.provider],
+                    self.limiter,
+                    self.clock.now,
+                    self._rng,
+                )
+        except errors.GrantExpired:
+            with self._lock:
+                self.stats.expired += 1
+                self._unsent.append(unit)
+            log.info(
+                "grant.expired",
+                extra={"provider": unit.provider, "delay_ms": _ms(permit.delay_s)},
+            )
+            return
+        finally:
+            if permit.delay_s is not None:
+                self.stats.send_delays_s.append(permit.delay_s)
+            if permit.written_s is not None:
+                self.stats.written_delays_s.append(permit.written_s)
             if grant.lease_id is not None:
                 in_flight = provider.in_flight()
                 if in_flight is not None:
                     self.limiter.release(grant.lease_id, in_flight.key)
-            with self._lock:
-                self._running -= 1
+        self._keep_pause(provider, outcomes)
         with self._lock:
             self.stats.count(unit, outcomes)
             self._pending += 1
         self._results.put(outcomes)
+
+    def _keep_pause(self, provider: Provider, outcomes: list[Outcome]) -> None:
+        """Write the provider's pause to the database too: Redis may lose it."""
+        pauses = [o.pause_s for o in outcomes if o.pause_s is not None]
+        if not pauses or self.pauses is None:
+            return
+        try:
+            until = self.clock.now() + timedelta(seconds=max(pauses))
+            self.pauses.record(provider.pause_key(), until)
+        except Exception:
+            # The limiter holds the pause meanwhile; only a Redis loss could forget it.
+            log.warning("pause.write_failed", exc_info=True, extra={"provider": provider.name})
 
     def _write_loop(self) -> None:
         while True:
@@ -164,6 +250,31 @@ class ThreadExecutor:
         self._writer.join(timeout=30)
 
 
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def summarise(executor: ThreadExecutor, dispatcher: Dispatcher) -> dict[str, object]:
+    """What a driver did: grants, expired grants, stale claims, grant-to-send delays (ms)."""
+    delays = sorted(executor.stats.send_delays_s)
+    written = sorted(executor.stats.written_delays_s)
+
+    def quantile(values: list[float], q: float) -> float | None:
+        return _ms(values[min(len(values) - 1, int(q * len(values)))]) if values else None
+
+    return {
+        "granted": dispatcher.stats.granted,
+        "refused": dispatcher.stats.refused,
+        "expired": executor.stats.expired,
+        "stale": dispatcher.stats.stale,
+        "send_delay_p50_ms": quantile(delays, 0.5),
+        "send_delay_p99_ms": quantile(delays, 0.99),
+        "send_delay_max_ms": _ms(delays[-1]) if delays else None,
+        "written_delay_p99_ms": quantile(written, 0.99),
+        "written_delay_max_ms": _ms(written[-1]) if written else None,
+    }
+
+
 def build_dispatch(
     runtime: Runtime, clock: Clock | None = None
 ) -> tuple[ThreadExecutor, Dispatcher]:
@@ -181,6 +292,7 @@ def build_dispatch(
         runtime.limiter,
         threads=settings.executor_threads,
         clock=clock,
+        pauses=runtime.pauses,
     )
     dispatcher = Dispatcher(
         runtime.queue,
@@ -193,5 +305,6 @@ def build_dispatch(
         idle_s=settings.dispatch_idle_s,
         lease_s=settings.claim_lease_s,
         reconcile_every_s=settings.reconcile_every_s,
+        pauses=runtime.pauses,
     )
     return executor, dispatcher

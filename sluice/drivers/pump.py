@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from sluice.drivers.executor import ThreadExecutor, build_dispatch
+from sluice.drivers.executor import ThreadExecutor, build_dispatch, summarise
 from sluice.engine.dispatcher import Dispatcher, monotonic_deadline
 from sluice.runtime import Runtime, build_runtime
 from sluice.settings import Settings
@@ -22,6 +22,7 @@ from sluice.settings import Settings
 log = logging.getLogger("sluice.pump")
 
 DRAIN_TIMEOUT_S = 60.0
+SUMMARY_EVERY_S = 10.0
 
 
 @dataclass
@@ -32,6 +33,7 @@ class PumpDriver:
     executor: ThreadExecutor
     dispatcher: Dispatcher
     pid: int
+    next_summary_at: float = 0.0
 
     @classmethod
     def build(cls, settings: Settings) -> PumpDriver:
@@ -46,6 +48,11 @@ class PumpDriver:
         end = time.monotonic() + DRAIN_TIMEOUT_S
         while not self.executor.idle() and time.monotonic() < end:
             time.sleep(0.01)
+        # Grants that expired while the round ended came back after it let go of its claims.
+        self.dispatcher.release_all_quietly()
+        if time.monotonic() >= self.next_summary_at:
+            self.next_summary_at = time.monotonic() + SUMMARY_EVERY_S
+            log.info("pump.summary", extra=summarise(self.executor, self.dispatcher))
         return self.dispatcher.stats.granted - before
 
 

@@ -1,15 +1,27 @@
 """The dispatcher: hands due work to an executor only as fast as the limiter grants it.
 
 Per provider it keeps a short buffer of *claimed* work units (about ``lookahead_s`` worth
-at the provider's rate), asks the limiter for a grant for the head unit and, when granted,
-hands it to the executor at once, so nothing but a thread hand-off lies between the grant
-and the request. A refusal only sets an in-memory "not before" time for that provider:
-waiting costs no database write and no sleeping worker. The same loop runs embedded (one
-process, forever) and inside Celery workers (bounded pumps).
+at the provider's rate) and offers the head unit to the executor, which asks the limiter
+for its grant *on the thread that will send it* and sends at once when granted: nothing
+lies between the grant and the request but building it. A grant not used within its send
+window (:mod:`sluice.ratelimit.sendgate`) comes back unsent and waits at the head of its
+lane again. A refusal only sets an in-memory "not before" time for that provider: waiting
+costs no database write and no sleeping worker. The same loop runs embedded (one process,
+forever) and inside Celery workers (bounded pumps).
+
+Claims are leases. A unit is offered only while its claim has long enough left for the
+request to end before the lease does (:func:`lease_guard_s`); an older unit is given back
+unsent while the claim is still this worker's, so a task recovered by another worker
+after its lease expired is never also sent from a stale buffer here. A lane that waits
+out a provider's pause claims nothing more until the pause is about to end.
+
+Scheduling uses the clock's monotonic reading: a wall-clock step neither stalls dispatch
+nor hurries it. Times written to the store stay wall-clock UTC.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -28,6 +40,7 @@ from sluice.engine.reconcile import Reconciler
 from sluice.providers.base import Provider
 from sluice.ratelimit.base import Limiter
 from sluice.ratelimit.rate import Grant
+from sluice.store.pauses import PauseStore
 from sluice.store.queue import WorkQueue
 
 log = logging.getLogger("sluice.dispatcher")
@@ -39,6 +52,15 @@ MIN_WAIT_S = 0.0001
 IN_FLIGHT_RECHECK_S = 0.005
 # How many units refused on their own account's limit a step passes over to reach others.
 MAX_SKIPS_PER_STEP = 8
+PAUSE_SYNC_S = 0.25
+"""How often pauses kept in the database are copied into the limiter (a lost Redis
+forgets them; the limiter's 1 s cold-start hold outlasts this)."""
+PAUSE_PRUNE_S = 60.0
+"""How often pauses that have ended are deleted from the database."""
+PAUSE_REFILL_LEAD_S = 0.1
+"""A paused lane claims again this long before its pause ends, to be ready on time."""
+LEASE_GUARD_TIMEOUTS = 3.0
+"""A request may take up to about three timeouts (pool wait, connect, read)."""
 
 
 def worker_name() -> str:
@@ -53,17 +75,37 @@ class Executor(Protocol):
         """How many more units could start right now."""
         ...
 
-    def submit(self, unit: WorkUnit, grant: Grant) -> None:
-        """Start the unit now; the grant's lease (if any) is released when it ends."""
+    def submit(self, unit: WorkUnit, acquire: Callable[[], Grant]) -> Grant:
+        """Ask for the unit's grant on the thread that will send it; send at once if granted.
+
+        Returns the grant (or refusal) as soon as it is known; the request runs on. The
+        grant's lease (if any) is released when the request ends. ``acquire``'s
+        exceptions (a limiter outage) are raised here.
+        """
         ...
+
+    def take_unsent(self) -> list[WorkUnit]:
+        """Granted units that were not sent: the grant expired before the request could go."""
+        ...
+
+
+def lease_guard_s(provider: Provider, lease_s: float) -> float:
+    """How much of a claim's lease must be left to start a request on it.
+
+    A request ends within about three timeouts; starting it with that much lease left
+    means no other worker can recover the task while it is in flight from here. Capped at
+    half the lease, so that a short lease (tests) still lets work through.
+    """
+    return min(LEASE_GUARD_TIMEOUTS * provider.timeout_s, lease_s / 2)
 
 
 @dataclass
 class ProviderLane:
-    """Claimed units of one provider waiting for grants."""
+    """Claimed units of one provider waiting for grants (times: monotonic seconds)."""
 
     units: deque[WorkUnit] = field(default_factory=deque)
     not_before: float = 0.0
+    paused_until: float = 0.0
     next_refill: float = 0.0
     next_top_up: float = 0.0
 
@@ -75,6 +117,10 @@ class DispatchStats:
     granted: int = 0
     refused: int = 0
     claimed: int = 0
+    expired: int = 0
+    """Grants not used within their send window: the unit went back to its lane unsent."""
+    stale: int = 0
+    """Units given back unsent because their claim had too little lease left."""
 
 
 class Dispatcher:
@@ -94,6 +140,7 @@ class Dispatcher:
         lookahead_s: float = 1.0,
         lease_s: float = 120.0,
         reconcile_every_s: float = 30.0,
+        pauses: PauseStore | None = None,
     ) -> None:
         self.queue = queue
         self.providers = providers
@@ -106,8 +153,13 @@ class Dispatcher:
         self.lookahead_s = lookahead_s
         self.lease_s = lease_s
         self.reconciler = Reconciler(queue, self.clock, reconcile_every_s)
+        self.pauses = pauses
         self.lanes = {name: ProviderLane() for name in providers}
         self.stats = DispatchStats()
+        # Task id -> monotonic reading taken just before the claim that holds it.
+        self._claimed_at: dict[int, float] = {}
+        self._next_pause_sync = 0.0
+        self._next_pause_prune = 0.0
         self._wake = threading.Event()
 
     # -- the loop ----------------------------------------------------------------------
@@ -137,34 +189,49 @@ class Dispatcher:
     def step(self) -> float:
         """Dispatch what can go now; return how long to wait before the next step."""
         self.reconciler.run_if_due()
-        now = self.clock.time()
+        now = self.clock.monotonic()
+        self._requeue_unsent()
+        self._sync_pauses(now)
         waits: list[float] = []
         for name, lane in self.lanes.items():
-            if not lane.units and now >= lane.next_refill:
+            refill_at = max(lane.next_refill, lane.paused_until - PAUSE_REFILL_LEAD_S)
+            if not lane.units and now >= refill_at:
                 self._refill(name, lane)
                 if not lane.units:
                     lane.next_refill = now + self.idle_s
+                    refill_at = lane.next_refill
             if lane.units:
                 waits.append(self._drain(name, lane))
             else:
-                waits.append(max(0.0, lane.next_refill - now))
+                waits.append(max(0.0, refill_at - now))
         return min(waits, default=self.idle_s)
 
     def _drain(self, name: str, lane: ProviderLane) -> float:
         provider = self.providers[name]
+        guard_s = lease_guard_s(provider, self.lease_s)
         skipped = 0
         earliest_skipped: float | None = None
-        while lane.units:
-            now = self.clock.time()
-            if now < lane.not_before:
-                return lane.not_before - now
-            if self.executor.capacity() <= 0:
-                self._top_up(name, lane, now)
-                return 0.001
-            unit = lane.units[0]
-            payload = unit.tasks[0].payload if unit.operation is Operation.SUBMIT else None
-            grant = acquire(self.limiter, provider, unit, payload)
-            if not grant.granted:
+        stale: list[WorkUnit] = []
+        try:
+            while lane.units:
+                now = self.clock.monotonic()
+                if now < lane.not_before:
+                    return lane.not_before - now
+                if self.executor.capacity() <= 0:
+                    self._top_up(name, lane, now)
+                    return 0.001
+                unit = lane.units[0]
+                if not self._lease_left(unit, now, guard_s):
+                    stale.append(lane.units.popleft())
+                    continue
+                payload = unit.tasks[0].payload if unit.operation is Operation.SUBMIT else None
+                grant = self.executor.submit(
+                    unit, functools.partial(acquire, self.limiter, provider, unit, payload)
+                )
+                if grant.granted:
+                    lane.units.popleft()
+                    self.stats.granted += 1
+                    continue
                 self.stats.refused += 1
                 # From the time *after* the refusal: the limiter's clock read later than
                 # `now`, and waking before its TAT costs a second refusal and a minimum wait.
@@ -186,28 +253,72 @@ class Dispatcher:
                     continue
                 if earliest_skipped is not None:
                     wait = min(wait, earliest_skipped)
-                lane.not_before = self.clock.time() + max(wait, MIN_WAIT_S)
-                if grant.reason == "paused" and grant.retry_after_s > self.lookahead_s * 2:
-                    self._release_lane(lane, grant.retry_after_s)
-                    return grant.retry_after_s
+                after = self.clock.monotonic()
+                lane.not_before = after + max(wait, MIN_WAIT_S)
+                if grant.reason == "paused":
+                    # Claim nothing more while the provider has asked us to wait.
+                    lane.paused_until = after + grant.retry_after_s
+                    if grant.retry_after_s > self.lookahead_s * 2:
+                        self._release_lane(lane, grant.retry_after_s)
+                        return grant.retry_after_s
+                    continue
                 self._top_up(name, lane, now)
-                continue
-            lane.units.popleft()
-            self.stats.granted += 1
-            self.executor.submit(unit, grant)
-        return 0.0
+            return 0.0
+        finally:
+            if stale:
+                self._release_stale(stale)
+
+    def _lease_left(self, unit: WorkUnit, now: float, guard_s: float) -> bool:
+        """Whether every task of ``unit`` is claimed with more than ``guard_s`` lease left."""
+        for task in unit.tasks:
+            claimed_at = self._claimed_at.get(task.id)
+            if claimed_at is None or now > claimed_at + self.lease_s - guard_s:
+                return False
+        return True
+
+    def _release_stale(self, units: list[WorkUnit]) -> None:
+        """Give back units whose claims are too old to send on; the claims are still ours."""
+        self.stats.stale += len(units)
+        claimed = [t for unit in units for t in unit.tasks]
+        for task in claimed:
+            self._claimed_at.pop(task.id, None)
+        log.info("dispatcher.released_stale", extra={"count": len(claimed)})
+        self.queue.release(claimed)
+
+    def _requeue_unsent(self) -> None:
+        """Put units whose grant expired back at the head of their lanes."""
+        for unit in self.executor.take_unsent():
+            self.stats.expired += 1
+            self.lanes[unit.provider].units.appendleft(unit)
+
+    def _sync_pauses(self, now: float) -> None:
+        """Copy the pauses kept in the database into the limiter (they may have been lost)."""
+        if self.pauses is None or now < self._next_pause_sync:
+            return
+        self._next_pause_sync = now + PAUSE_SYNC_S
+        wall = self.clock.now()
+        for key, until in self.pauses.active(wall).items():
+            self.limiter.pause(key, (until - wall).total_seconds())
+        if now >= self._next_pause_prune:
+            self._next_pause_prune = now + PAUSE_PRUNE_S
+            self.pauses.prune(wall)
 
     # -- claims ------------------------------------------------------------------------
 
     def _refill(self, name: str, lane: ProviderLane) -> None:
         provider = self.providers[name]
         want = self._lookahead_count(provider)
+        claimed_at = self.clock.monotonic()
+        forget_before = claimed_at - self.lease_s
+        self._claimed_at = {k: v for k, v in self._claimed_at.items() if v >= forget_before}
         due = self.queue.claim_due(
             self.clock.now(), want, self.worker_id, self.lease_s, providers=[name]
         )
         if not due:
             return
         self.stats.claimed += len(due)
+        for task in due:
+            self._claimed_at[task.id] = claimed_at
         lane.units.extend(build_units(provider, due))
 
     def _top_up(self, name: str, lane: ProviderLane, now: float) -> None:
@@ -218,7 +329,7 @@ class Dispatcher:
         spacing, it usually costs nothing. At most one top-up per half lookahead, so that
         polls falling due meanwhile are claimed, and batched, together.
         """
-        if now < lane.next_top_up:
+        if now < lane.next_top_up or now < lane.paused_until:
             return
         if len(lane.units) * 2 > self._lookahead_count(self.providers[name]):
             return
@@ -237,6 +348,8 @@ class Dispatcher:
     def _release_lane(self, lane: ProviderLane, delay_s: float) -> None:
         claimed = [t for unit in lane.units for t in unit.tasks]
         lane.units.clear()
+        for task in claimed:
+            self._claimed_at.pop(task.id, None)
         at = self.clock.now() + timedelta(seconds=delay_s)
         self.queue.release(claimed, next_attempt_at=at)
 
@@ -248,10 +361,12 @@ class Dispatcher:
             log.warning("dispatcher.release_failed", exc_info=True)
 
     def release_all(self) -> None:
-        """Give back every claimed, unsent unit (shutdown)."""
+        """Give back every claimed, unsent unit (shutdown), expired grants included."""
+        self._requeue_unsent()
         claimed = [t for lane in self.lanes.values() for unit in lane.units for t in unit.tasks]
         for lane in self.lanes.values():
             lane.units.clear()
+        self._claimed_at.clear()
         if claimed:
             self.queue.release(claimed)
 

@@ -1,7 +1,8 @@
 """Run one work unit against its provider and turn the answers into outcomes.
 
 Used by every executor (local threads, Celery tasks): the caller holds a limiter grant
-for the unit, and records the returned outcomes with the store.
+for the unit, bound as the send permit of its thread (:mod:`sluice.ratelimit.sendgate`),
+and records the returned outcomes with the store.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from datetime import datetime
 
 import httpx
 
+from sluice import errors
 from sluice.domain import DueTask, Operation, Outcome, WorkUnit
 from sluice.engine import decide
 from sluice.engine.decide import Policy
@@ -64,6 +66,9 @@ def execute_unit(
     """Send the unit's one request and decide every task's outcome."""
     try:
         outcomes = _run(unit, provider, client, now, rng)
+    except errors.GrantExpired:
+        # Nothing was sent: the caller asks for a new grant, nothing is recorded.
+        raise
     except Exception as exc:
         # The adapter translates HTTP failures into decisions; anything else is a bug in
         # configuration or code, retried like a transient failure rather than lost.

@@ -29,7 +29,7 @@ class Reconciler:
 
     def run_if_due(self) -> int:
         """Recover stuck tasks if ``every_s`` has passed since the last time; returns how many."""
-        now = self.clock.time()
+        now = self.clock.monotonic()  # a wall-clock step must not stop reconciling
         if now < self._next_at:
             return 0
         self._next_at = now + self.every_s

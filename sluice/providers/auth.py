@@ -4,12 +4,18 @@ The token is fetched lazily on the first call, reused until ``refresh_margin`` b
 expires (``expires_in`` from the answer, else the configured ``lifetime``), and dropped
 when the provider answers 401 so the next attempt fetches a new one. Neither the token
 nor the request body ever reaches a message or a log.
+
+With ``[auth] rate_limit`` the token request takes a limiter grant of its own first
+(waiting for it on this thread, at most the provider's timeout: token requests are rare)
+and is sent under that grant's send window. Without it, token requests are not limited.
+Either way the token request never uses the grant of the call it is fetched for.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -19,6 +25,9 @@ from sluice.clock import Clock
 from sluice.providers.config import AuthConfig
 from sluice.providers.redaction import Redactor
 from sluice.providers.templating import MISSING, get_path
+from sluice.ratelimit import sendgate
+from sluice.ratelimit.base import Limiter
+from sluice.ratelimit.rate import LimitSpec
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +41,32 @@ class TokenUnavailable(errors.ProviderError):
 
 
 class TokenAuth:
-    """Holds one provider's current token; shared by every worker thread."""
+    """Holds one provider's current token; shared by every worker thread.
 
-    def __init__(self, provider: str, config: AuthConfig, clock: Clock, redactor: Redactor) -> None:
+    Args:
+        limits: what a token request must fit in; empty means unlimited.
+        limiter: where token requests take their grants (none: they are not limited).
+        wait_s: how long a token request may wait for its grant before giving up.
+    """
+
+    def __init__(
+        self,
+        provider: str,
+        config: AuthConfig,
+        clock: Clock,
+        redactor: Redactor,
+        *,
+        limits: Sequence[LimitSpec] = (),
+        limiter: Limiter | None = None,
+        wait_s: float = 10.0,
+    ) -> None:
         self._provider = provider
         self._config = config
         self._clock = clock
         self._redactor = redactor
+        self._limits = list(limits)
+        self._limiter = limiter
+        self._wait_s = wait_s
         self._lock = threading.Lock()
         self._token: str | None = None
         self._expires_at = 0.0
@@ -75,7 +103,8 @@ class TokenAuth:
         if line.method != "GET":
             kwargs["json" if self._config.body_format == "json" else "data"] = values
         try:
-            response = client.request(line.method, line.target, **kwargs)
+            with sendgate.bound(self._token_permit()):
+                response = client.request(line.method, line.target, **kwargs)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise TokenUnavailable(
                 f"could not reach the token endpoint of {self._provider}: {type(exc).__name__}"
@@ -111,6 +140,33 @@ class TokenAuth:
             "provider.token_fetched",
             extra={"provider": self._provider, "lifetime_s": lifetime},
         )
+
+    def _token_permit(self) -> sendgate.SendPermit | None:
+        """A grant for one token request, waited for here; ``None`` when not limited.
+
+        Raises:
+            TokenUnavailable: no grant within ``wait_s``, or the limiter failed.
+        """
+        if not self._limits or self._limiter is None:
+            return None
+        deadline = self._clock.monotonic() + self._wait_s
+        while True:
+            asked_at = self._clock.monotonic()
+            try:
+                grant = self._limiter.acquire(self._limits)
+            except errors.LimiterError as exc:
+                raise TokenUnavailable(
+                    f"no grant for the token request of {self._provider}: {exc}"
+                ) from exc
+            if grant.granted:
+                return sendgate.SendPermit(asked_at, grant.send_within_s, self._clock.monotonic)
+            remaining = deadline - self._clock.monotonic()
+            if remaining <= 0:
+                raise TokenUnavailable(
+                    f"token request of {self._provider} held back ({grant.reason}) "
+                    f"for more than {self._wait_s:g}s"
+                )
+            self._clock.sleep(min(grant.retry_after_s, remaining))
 
     def _oauth_error(self, response: httpx.Response) -> str:
         """OAuth's short ``error`` word (``invalid_client``), never the raw body."""

@@ -243,6 +243,8 @@ class AuthConfig(_Table):
     refresh_margin: Duration = 30.0
     header: str = "Authorization"
     value: str = "Bearer {token}"
+    rate_limit: Rates | None = None
+    shares_provider_limit: bool = False
 
     @model_validator(mode="after")
     def _has_token(self) -> Self:

@@ -47,7 +47,7 @@ from sluice.providers.templating import (
     scalar_at,
     with_path,
 )
-from sluice.ratelimit.base import InFlight
+from sluice.ratelimit.base import InFlight, Limiter
 from sluice.ratelimit.rate import LimitSpec
 from sluice.units import format_duration
 
@@ -68,7 +68,14 @@ class _Answer:
 class HttpProvider:
     """A provider described entirely by configuration."""
 
-    def __init__(self, name: str, config: ProviderConfig, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: ProviderConfig,
+        *,
+        clock: Clock | None = None,
+        limiter: Limiter | None = None,
+    ) -> None:
         self.name = name
         self.config = config
         self.base_url = config.base_url
@@ -87,7 +94,17 @@ class HttpProvider:
         self._limits = LimitRules(name, config)
         self._answers = AnswerReader(config.errors, self._redactor)
         self._auth = (
-            TokenAuth(name, config.auth, self._clock, self._redactor) if config.auth else None
+            TokenAuth(
+                name,
+                config.auth,
+                self._clock,
+                self._redactor,
+                limits=self._limits.token_limits(),
+                limiter=limiter,
+                wait_s=config.timeout,
+            )
+            if config.auth
+            else None
         )
 
     # --- limits --------------------------------------------------------------------------
@@ -95,6 +112,10 @@ class HttpProvider:
     def limits_for(self, access: Access, payload: Mapping[str, Any] | None) -> list[LimitSpec]:
         """Every limit one request must fit in; keys start with the provider name."""
         return self._limits.limits_for(access, payload)
+
+    def token_limits(self) -> list[LimitSpec]:
+        """The limits a token request (``[auth]``) takes a grant on; empty: not limited."""
+        return self._limits.token_limits()
 
     def in_flight(self) -> InFlight | None:
         """The cap on concurrent requests (``max_in_flight``), if any."""

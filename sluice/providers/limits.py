@@ -9,6 +9,11 @@ Keys are built so that a pause on the provider name covers all of them::
 
 A ``per`` limit applies only to requests whose payload has that field (polls of a batch
 carry no payload, so only provider-wide and read/write budgets apply to them).
+
+Token requests (``[auth]``) draw on limits of their own::
+
+    acme:auth                          [auth] rate_limit = "1/s"
+    acme:auth + acme                   ... and shares_provider_limit = true
 """
 
 from __future__ import annotations
@@ -55,6 +60,18 @@ class LimitRules:
         # rate_margin: extra spacing for this provider on top of the limiter's own margin,
         # the same number of requests over a window stretched by the margin.
         stretch = 1.0 + (config.rate_margin or 0.0)
+        auth = config.auth
+        token_rates = (auth.rate_limit or ()) if auth is not None else ()
+        self._token_rules = tuple(
+            _Rule(
+                scope="auth",
+                per=None,
+                rate=Rate(rate.limit, rate.window_s * stretch) if stretch != 1.0 else rate,
+                suffix=f":{format_duration(rate.window_s)}" if len(token_rates) > 1 else "",
+            )
+            for rate in token_rates
+        )
+        self._token_shares = auth is not None and auth.shares_provider_limit
         self._rules = tuple(
             _Rule(
                 scope=scope,
@@ -77,4 +94,15 @@ class LimitRules:
                 if value is None:
                     continue
             specs.append(LimitSpec(rule.key(self._provider, value), rule.rate))
+        return specs
+
+    def token_limits(self) -> list[LimitSpec]:
+        """Every limit a token request must fit in (none: token requests are not limited)."""
+        specs = [LimitSpec(rule.key(self._provider, None), rule.rate) for rule in self._token_rules]
+        if self._token_shares:
+            specs += [
+                LimitSpec(rule.key(self._provider, None), rule.rate)
+                for rule in self._rules
+                if rule.scope == "all" and rule.per is None
+            ]
         return specs

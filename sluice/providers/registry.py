@@ -19,6 +19,9 @@ from sluice.clock import Clock
 from sluice.providers.base import Provider
 from sluice.providers.config import parse_provider
 from sluice.providers.http import HttpProvider
+from sluice.providers.transport import gated_transport
+from sluice.ratelimit import sendgate
+from sluice.ratelimit.base import Limiter
 from sluice.settings import Settings
 
 PRESET_KEY = "preset"
@@ -31,8 +34,11 @@ def load_providers(
     *,
     environ: Mapping[str, str] | None = None,
     clock: Clock | None = None,
+    limiter: Limiter | None = None,
 ) -> dict[str, Provider]:
     """Every configured provider, by name.
+
+    ``limiter`` is where token requests (``[auth] rate_limit``) take their grants.
 
     Raises:
         errors.ConfigError: naming the file, the key and the reason for each problem
@@ -49,7 +55,7 @@ def load_providers(
         except ValueError as exc:
             problems.append(str(exc))
             continue
-        providers[name] = HttpProvider(name, config, clock=clock)
+        providers[name] = HttpProvider(name, config, clock=clock, limiter=limiter)
     if problems:
         raise errors.ConfigError("\n".join(problems))
     if providers and settings.default_provider not in providers:
@@ -71,22 +77,43 @@ def build_http_client(
 ) -> httpx.Client:
     """A keep-alive client for ``provider``: base URL, expanded headers, timeout.
 
-    ``transport`` replaces the network (``httpx.MockTransport`` in tests).
+    Each request goes under the send permit of the thread that sends it
+    (:mod:`sluice.ratelimit.sendgate`): checked by a request hook, then admitted by the
+    transport immediately before the request's first byte is written
+    (:mod:`sluice.providers.transport`), so a grant that waited too long is never used.
+    ``transport`` replaces the network (``httpx.MockTransport`` in tests: the hook's
+    check still applies).
     """
     timeout = httpx.Timeout(provider.timeout_s)
+    hooks = {"request": [check_request]}
+    size = (
+        (provider.config.max_in_flight or _DEFAULT_POOL)
+        if isinstance(provider, HttpProvider)
+        else _DEFAULT_POOL
+    )
+    limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+    transport = transport or gated_transport(limits)
     if not isinstance(provider, HttpProvider):
-        return httpx.Client(timeout=timeout, transport=transport)
+        return httpx.Client(timeout=timeout, transport=transport, event_hooks=hooks)
     headers = {"Accept": "application/json", "User-Agent": _USER_AGENT}
     headers |= {key: secret.value for key, secret in provider.config.headers.items()}
-    pool = provider.config.max_in_flight or _DEFAULT_POOL
     return httpx.Client(
         base_url=provider.base_url,
         headers=headers,
         timeout=timeout,
-        limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
         transport=transport,
         follow_redirects=False,
+        event_hooks=hooks,
     )
+
+
+def check_request(request: httpx.Request) -> None:
+    """httpx request hook: refuse ``request`` early if its grant is already too old.
+
+    Raises:
+        errors.GrantExpired: the grant is too old; nothing is sent.
+    """
+    sendgate.check_current()
 
 
 # --- presets -------------------------------------------------------------------------------

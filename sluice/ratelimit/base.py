@@ -84,6 +84,11 @@ def clock_us(clock: Clock) -> int:
     return (clock.now() - _EPOCH) // _ONE_US
 
 
+def monotonic_us(clock: Clock) -> int:
+    """The clock's monotonic reading in whole microseconds."""
+    return round(clock.monotonic() * 1_000_000)
+
+
 def check_acquire_args(limits: Sequence[LimitSpec], in_flight: InFlight | None) -> None:
     """Refuse an ``acquire`` that asks for nothing: it would grant unlimited traffic."""
     if not limits and in_flight is None:

@@ -2,6 +2,9 @@
 
 Limits are shared by every thread of this process and no further; run
 :class:`~sluice.ratelimit.redis.RedisLimiter` when several processes or hosts submit.
+Time is the clock's *monotonic* reading, so a wall-clock step neither stalls grants nor
+lets one through early. A new limiter knows nothing of what the process before it sent,
+so it starts cold: each key waits its hold from :func:`gcra.cold_hold_us` first.
 """
 
 from __future__ import annotations
@@ -11,12 +14,13 @@ import uuid
 from collections.abc import Sequence
 
 from sluice.clock import Clock, SystemClock
-from sluice.ratelimit import gcra
+from sluice.ratelimit import gcra, sendgate
 from sluice.ratelimit.base import (
     InFlight,
     check_acquire_args,
     check_pause_seconds,
     clock_us,
+    monotonic_us,
 )
 from sluice.ratelimit.rate import Grant, LimitSpec
 
@@ -31,17 +35,28 @@ class MemoryLimiter:
         clock: time source; tests pass a ``FakeClock``.
         margin: extra fraction of the interval kept between grants (see :mod:`gcra`).
         catch_up_s: how late a caller may be for its slot without the schedule slipping
-            (see :mod:`gcra`; capped by the margin's slack).
+            (see :mod:`gcra`; capped at half the margin's slack).
+        cold_start: hold every key as a limiter that lost its state must (see :mod:`gcra`);
+            off only for tests that start from a known-empty past.
     """
 
     def __init__(
-        self, clock: Clock | None = None, margin: float = 0.01, catch_up_s: float = 0.0
+        self,
+        clock: Clock | None = None,
+        margin: float = 0.01,
+        catch_up_s: float = 0.0,
+        *,
+        cold_start: bool = True,
     ) -> None:
         gcra.check_margin(margin)
         self._clock: Clock = clock or SystemClock()
         self._margin = margin
         self._catch_up_us = gcra.to_us(catch_up_s)
         self._lock = threading.Lock()
+        self._born_us = monotonic_us(self._clock) if cold_start else None
+        # granted_at is the monotonic decision time shown as POSIX seconds: one reading, so
+        # grants keep exactly the spacing they were given (a second clock read would not).
+        self._posix_offset_us = clock_us(self._clock) - monotonic_us(self._clock)
         self._tats: dict[str, int] = {}
         self._pauses: dict[str, int] = {}
         self._leases: dict[str, dict[str, int]] = {}
@@ -52,10 +67,15 @@ class MemoryLimiter:
         check_acquire_args(limits, in_flight)
         spacing_by_key = gcra.spacings(limits, self._margin)
         credit_by_key = gcra.credits(limits, self._margin, self._catch_up_us)
+        floor_by_key = (
+            gcra.cold_floors(limits, self._margin, self._born_us)
+            if self._born_us is not None
+            else None
+        )
         guarded = list(spacing_by_key) + ([in_flight.key] if in_flight else [])
         scopes = gcra.pause_scopes_all(guarded)
         with self._lock:
-            now_us = clock_us(self._clock)
+            now_us = monotonic_us(self._clock)
             self._maybe_sweep(now_us)
             verdict = gcra.decide(
                 now_us,
@@ -63,6 +83,7 @@ class MemoryLimiter:
                 spacing_by_key,
                 (self._pauses[scope] for scope in scopes if scope in self._pauses),
                 credit_by_key,
+                floor_by_key,
             )
             if not verdict.allowed:
                 return Grant(False, verdict.wait_us / gcra.US_PER_S, verdict.reason)
@@ -75,7 +96,9 @@ class MemoryLimiter:
                 lease_id = uuid.uuid4().hex
                 leases[lease_id] = now_us + gcra.to_us(in_flight.ttl_s)
             self._tats.update(verdict.new_tats)
-            return Grant(True, 0.0, "", lease_id, now_us / gcra.US_PER_S)
+        granted_at = (now_us + self._posix_offset_us) / gcra.US_PER_S
+        within = sendgate.send_within_s(limits, self._margin, self._catch_up_us)
+        return Grant(True, 0.0, "", lease_id, granted_at, within)
 
     def release(self, lease_id: str, key: str) -> None:
         """See :meth:`Limiter.release`."""
@@ -90,23 +113,26 @@ class MemoryLimiter:
         """See :meth:`Limiter.pause`."""
         check_pause_seconds(seconds)
         with self._lock:
-            until_us = clock_us(self._clock) + gcra.to_us(seconds)
+            until_us = monotonic_us(self._clock) + gcra.to_us(seconds)
             if until_us > self._pauses.get(key, 0):
                 self._pauses[key] = until_us
 
     def paused_until(self, key: str) -> float | None:
         """See :meth:`Limiter.paused_until`."""
         with self._lock:
-            now_us = clock_us(self._clock)
+            now_us = monotonic_us(self._clock)
             until_us = max(self._pauses.get(scope, 0) for scope in gcra.pause_scopes(key))
-        return until_us / gcra.US_PER_S if until_us > now_us else None
+            wall_us = clock_us(self._clock)
+        return (wall_us + until_us - now_us) / gcra.US_PER_S if until_us > now_us else None
 
     def reset(self) -> None:
-        """See :meth:`Limiter.reset`."""
+        """See :meth:`Limiter.reset`; like a new limiter, it starts cold."""
         with self._lock:
             self._tats.clear()
             self._pauses.clear()
             self._leases.clear()
+            if self._born_us is not None:
+                self._born_us = monotonic_us(self._clock)
 
     def _live_leases(self, key: str, now_us: int) -> dict[str, int]:
         leases = self._leases.setdefault(key, {})

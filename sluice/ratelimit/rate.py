@@ -105,6 +105,9 @@ class Grant:
         lease_id: the in-flight lease taken, to hand back to ``release``.
         granted_at: POSIX seconds of the limiter clock the decision used (the Redis
             server's clock for ``RedisLimiter``); ``None`` on refusal.
+        send_within_s: how long after *asking* the request may still be sent; later, it
+            must not go at all (:mod:`sluice.ratelimit.sendgate`). Unbounded when no rate
+            limit applies.
     """
 
     granted: bool
@@ -112,6 +115,7 @@ class Grant:
     reason: str = ""
     lease_id: str | None = None
     granted_at: float | None = None
+    send_within_s: float = math.inf
 
     def __post_init__(self) -> None:
         if self.reason not in REASONS:

@@ -7,13 +7,22 @@ clocks never matter. Tests inject a clock; its time is then passed in instead.
 
 Keys under ``namespace`` (default ``sluice:rl``)::
 
+    <ns>:born             when this state began (server time, microseconds); no TTL
     <ns>:tat:<key>        GCRA theoretical arrival time, integer microseconds
     <ns>:pause:<key>      end of the pause on <key>, integer microseconds
     <ns>:inflight:<key>   sorted set of lease ids scored by their expiry (microseconds)
 
-Each key expires a grace period after it stops constraining anything, so idle keys
-vanish. The grace also keeps a key alive when an injected test clock runs ahead of or
+Each key but ``born`` expires a grace period after it stops constraining anything, so idle
+keys vanish. The grace also keeps a key alive when an injected test clock runs ahead of or
 behind the server's clock, which is what Redis measures TTLs with.
+
+A Redis that was flushed or restarted has no ``born`` key. The first script to notice
+writes the server's time there, and every key is then held as a limiter that lost its
+state must be (:mod:`gcra`: 1 s, or one spacing if longer), so the limit holds across
+the loss. The Redis must not bring back old state on its own: run it without
+persistence (``--save '' --appendonly no``; Sluice rebuilds what it needs) and with
+``maxmemory-policy noeviction``, since an evicted TAT with ``born`` still present would let
+one grant come early.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ import redis.exceptions
 
 from sluice import errors
 from sluice.clock import Clock
-from sluice.ratelimit import gcra
+from sluice.ratelimit import gcra, sendgate
 from sluice.ratelimit.base import (
     InFlight,
     check_acquire_args,
@@ -51,10 +60,11 @@ else
 end
 """
 
-# KEYS: n_rate TAT keys, then n_pause pause keys, then the in-flight key if any.
+# KEYS: the born key, then n_rate TAT keys, then n_pause pause keys, then the in-flight
+#       key if any.
 # ARGV: now_us ('' = server TIME), n_rate, n_pause, has_inflight, grace_ms,
 #       max_in_flight, lease_ttl_us, lease_id, then one spacing_us per TAT key, then one
-#       catch-up credit_us per TAT key.
+#       catch-up credit_us per TAT key, then one cold-start hold_us per TAT key.
 # Returns {granted 0/1, wait_us, reason, now_us}. Mirrors gcra.decide + in_flight_wait.
 _ACQUIRE_LUA = (
     _NOW_LUA
@@ -63,15 +73,23 @@ local n_rate = tonumber(ARGV[2])
 local n_pause = tonumber(ARGV[3])
 local grace_ms = tonumber(ARGV[5])
 
+-- No born key: this Redis lost the limiter's state (flushed, restarted). Start it now.
+local born = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if born < 0 then
+  born = now
+  redis.call('SET', KEYS[1], string.format('%d', born))
+end
+
 local pause_wait = 0
-for i = n_rate + 1, n_rate + n_pause do
+for i = n_rate + 2, n_rate + n_pause + 1 do
   local wait = tonumber(redis.call('GET', KEYS[i]) or '0') - now
   if wait > pause_wait then pause_wait = wait end
 end
 local rate_wait = 0
 local tats = {}
 for i = 1, n_rate do
-  tats[i] = tonumber(redis.call('GET', KEYS[i]) or '0')
+  local hold = tonumber(ARGV[8 + 2 * n_rate + i])
+  tats[i] = math.max(tonumber(redis.call('GET', KEYS[i + 1]) or '0'), born + hold)
   local wait = tats[i] - now
   if wait > rate_wait then rate_wait = wait end
 end
@@ -82,7 +100,7 @@ if pause_wait > 0 or rate_wait > 0 then
 end
 
 if ARGV[4] == '1' then
-  local key = KEYS[n_rate + n_pause + 1]
+  local key = KEYS[n_rate + n_pause + 2]
   local max_in_flight = tonumber(ARGV[6])
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
   local live = redis.call('ZCARD', key)
@@ -100,7 +118,7 @@ for i = 1, n_rate do
   local spacing = tonumber(ARGV[8 + i])
   local credit = tonumber(ARGV[8 + n_rate + i])
   local tat = math.max(tats[i], now - credit) + spacing
-  redis.call('SET', KEYS[i], string.format('%d', tat),
+  redis.call('SET', KEYS[i + 1], string.format('%d', tat),
              'PX', math.ceil((tat - now) / 1000) + grace_ms)
 end
 return {1, 0, '', now}
@@ -147,7 +165,9 @@ class RedisLimiter:
         clock: tests only; when given, its time replaces the Redis server's ``TIME``.
         margin: extra fraction of the interval kept between grants (see :mod:`gcra`).
         catch_up_s: how late a caller may be for its slot without the schedule slipping
-            (see :mod:`gcra`; capped by the margin's slack).
+            (see :mod:`gcra`; capped at half the margin's slack).
+        cold_start: hold every key after the Redis lost the limiter's state (see
+            :mod:`gcra`); off only for tests that start from a known-empty past.
     """
 
     def __init__(
@@ -157,9 +177,12 @@ class RedisLimiter:
         clock: Clock | None = None,
         margin: float = 0.01,
         catch_up_s: float = 0.0,
+        *,
+        cold_start: bool = True,
     ) -> None:
         gcra.check_margin(margin)
         self._catch_up_us = gcra.to_us(catch_up_s)
+        self._cold_start = cold_start
         if not namespace:
             raise errors.InvalidValue("RedisLimiter namespace must be a non-empty string")
         self._client = client
@@ -178,6 +201,8 @@ class RedisLimiter:
         clock: Clock | None = None,
         margin: float = 0.01,
         catch_up_s: float = 0.0,
+        *,
+        cold_start: bool = True,
         **client_kwargs: Any,
     ) -> RedisLimiter:
         """Build a limiter on a new client for ``url`` (``redis://host:6379/0``).
@@ -188,7 +213,14 @@ class RedisLimiter:
         client_kwargs.setdefault("socket_timeout", 2.0)
         client_kwargs.setdefault("socket_connect_timeout", 2.0)
         client = redis.Redis.from_url(url, **client_kwargs)
-        return cls(client, namespace=namespace, clock=clock, margin=margin, catch_up_s=catch_up_s)
+        return cls(
+            client,
+            namespace=namespace,
+            clock=clock,
+            margin=margin,
+            catch_up_s=catch_up_s,
+            cold_start=cold_start,
+        )
 
     @property
     def client(self) -> redis.Redis:
@@ -200,9 +232,11 @@ class RedisLimiter:
         check_acquire_args(limits, in_flight)
         spacing_by_key = gcra.spacings(limits, self._margin)
         credit_by_key = gcra.credits(limits, self._margin, self._catch_up_us)
+        hold_by_key = gcra.cold_holds(limits, self._margin)
         guarded = list(spacing_by_key) + ([in_flight.key] if in_flight else [])
         scopes = gcra.pause_scopes_all(guarded)
-        keys = [self._key("tat", key) for key in spacing_by_key]
+        keys = [f"{self._namespace}:born"]
+        keys += [self._key("tat", key) for key in spacing_by_key]
         keys += [self._key("pause", scope) for scope in scopes]
         lease_id = uuid.uuid4().hex if in_flight else ""
         if in_flight is not None:
@@ -218,13 +252,15 @@ class RedisLimiter:
             lease_id,
             *spacing_by_key.values(),
             *(credit_by_key[key] for key in spacing_by_key),
+            *(hold_by_key[key] if self._cold_start else 0 for key in spacing_by_key),
         ]
         granted, wait_us, reason, now_us = self._call(
             lambda: self._acquire_script(keys=keys, args=args)
         )
         if not granted:
             return Grant(False, int(wait_us) / gcra.US_PER_S, _text(reason))
-        return Grant(True, 0.0, "", lease_id or None, int(now_us) / gcra.US_PER_S)
+        within = sendgate.send_within_s(limits, self._margin, self._catch_up_us)
+        return Grant(True, 0.0, "", lease_id or None, int(now_us) / gcra.US_PER_S, within)
 
     def release(self, lease_id: str, key: str) -> None:
         """See :meth:`Limiter.release`."""

@@ -1,4 +1,4 @@
-"""SQLAlchemy table models for tasks and their append-only events."""
+"""SQLAlchemy table models: tasks, their append-only events, and provider pauses."""
 
 from __future__ import annotations
 
@@ -117,3 +117,12 @@ class TaskEventRow(Base):
     from_status: Mapped[str | None] = mapped_column(String(16))
     to_status: Mapped[str | None] = mapped_column(String(16))
     detail: Mapped[str | None] = mapped_column(Text)
+
+
+class LimiterPauseRow(Base):
+    """A pause a provider asked for (429, Retry-After), kept beyond the limiter's Redis."""
+
+    __tablename__ = "limiter_pauses"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    until: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -9,8 +9,6 @@ teardown, logs kept in files and printed when the test fails).
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
 import time
 import uuid
@@ -18,14 +16,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
-import redis
 
 from harness import cluster as harness
-from harness.cluster import Broker, free_port, open_broker, with_path, write_toml
+from harness.cluster import Broker, free_port, open_broker, write_toml
 from sluice import submissions
 from sluice.domain import Phase, Submission
 from sluice.runtime import Runtime
@@ -37,76 +33,6 @@ from tests.conftest import REDIS_URL, require_service
 # 1 s window at 20/s with three workers). The test is about sharing one limit across
 # processes, which this margin does not hide: unshared, 3 workers would send ~3x the rate.
 RATE_MARGIN = 0.1
-
-
-# --- Redis restarts ------------------------------------------------------------------------
-
-
-def _redis_ping(url: str) -> bool:
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()
-
-
-class RedisRestarter:
-    """Stops and restarts the local Redis server the way ``scripts/ensure-services.sh`` runs it.
-
-    Only a server that keeps nothing on disk (``save ""``, ``appendonly no``) on loopback
-    is restarted, so no configured server is ever replaced; otherwise the test skips.
-    """
-
-    def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        self.url = with_path(url, "0")
-        self.port = parts.port or 6379
-        server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
-        if parts.hostname not in {"127.0.0.1", "localhost"} or not server or not cli:
-            pytest.skip("restarting Redis needs redis-server and redis-cli for a local server")
-        client = redis.Redis.from_url(self.url)
-        try:
-            config = {
-                **client.config_get("save"),
-                **client.config_get("appendonly"),
-                **client.config_get("dir"),
-            }
-        finally:
-            client.close()
-        if config.get("save") or config.get("appendonly") != "no":
-            pytest.skip(f"Redis on :{self.port} persists data ({config}); not restarting it")
-        self.server, self.cli, self.dir = server, cli, str(config["dir"])
-
-    def stop(self) -> None:
-        """``SHUTDOWN NOSAVE`` and wait until the port is closed."""
-        subprocess.run(
-            [self.cli, "-p", str(self.port), "shutdown", "nosave"], capture_output=True, timeout=10
-        )
-        deadline = time.monotonic() + 10
-        while _redis_ping(self.url):
-            if time.monotonic() > deadline:
-                pytest.fail("Redis did not shut down")
-            time.sleep(0.05)
-
-    def start(self) -> None:
-        """Start the server again (idempotent) and wait for PING."""
-        if not _redis_ping(self.url):
-            subprocess.run(
-                [
-                    *(self.server, "--daemonize", "yes", "--bind", "127.0.0.1"),
-                    *("--port", str(self.port), "--save", "", "--appendonly", "no"),
-                    *("--dir", self.dir),
-                ],
-                capture_output=True,
-                timeout=10,
-            )
-        deadline = time.monotonic() + 20
-        while not _redis_ping(self.url):
-            if time.monotonic() > deadline:
-                pytest.fail("Redis did not come back")
-            time.sleep(0.05)
 
 
 # --- the cluster --------------------------------------------------------------------------

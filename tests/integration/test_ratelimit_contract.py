@@ -28,6 +28,7 @@ from sluice.ratelimit import (
     RedisLimiter,
     gcra,
     parse_rate,
+    sendgate,
 )
 from sluice.ratelimit.base import clock_us
 
@@ -44,8 +45,9 @@ def make_limiter(request: pytest.FixtureRequest) -> Iterator[Factory]:
         shared: dict[str, MemoryLimiter] = {}
 
         def make_memory(clock: FakeClock | None) -> Limiter:
-            # One in-process limiter is the whole shared state in embedded mode.
-            return shared.setdefault("limiter", MemoryLimiter(clock=clock))
+            # One in-process limiter is the whole shared state in embedded mode. Warm: the
+            # cold start has tests of its own.
+            return shared.setdefault("limiter", MemoryLimiter(clock=clock, cold_start=False))
 
         yield make_memory
         return
@@ -55,7 +57,9 @@ def make_limiter(request: pytest.FixtureRequest) -> Iterator[Factory]:
     made: list[RedisLimiter] = []
 
     def make_redis(clock: FakeClock | None) -> Limiter:
-        limiter = RedisLimiter.from_url(redis_url, namespace=namespace, clock=clock)
+        limiter = RedisLimiter.from_url(
+            redis_url, namespace=namespace, clock=clock, cold_start=False
+        )
         made.append(limiter)
         return limiter
 
@@ -266,8 +270,8 @@ def test_hammering_threads_stay_spaced_on_the_real_clock(
 def test_separate_redis_clients_share_one_limit_on_server_time(redis_url: str) -> None:
     """Two RedisLimiters on separate connections (two hosts) draw from one limit on Redis TIME."""
     namespace = f"sluice:test:rl:{uuid.uuid4().hex[:12]}"
-    host_a = RedisLimiter(redis.Redis.from_url(redis_url), namespace=namespace)
-    host_b = RedisLimiter(redis.Redis.from_url(redis_url), namespace=namespace)
+    host_a = RedisLimiter(redis.Redis.from_url(redis_url), namespace=namespace, cold_start=False)
+    host_b = RedisLimiter(redis.Redis.from_url(redis_url), namespace=namespace, cold_start=False)
     try:
         spec = LimitSpec("dsp", parse_rate("1/min"))
         first = host_a.acquire([spec])
@@ -289,16 +293,17 @@ def test_separate_redis_clients_share_one_limit_on_server_time(redis_url: str) -
 
 @pytest.mark.redis
 def test_redis_keys_expire_and_reset_stays_in_its_namespace(redis_url: str) -> None:
-    """Every key the limiter writes has a TTL, and reset leaves other namespaces alone."""
+    """Every key the limiter writes but its one 'born' key has a TTL, and reset leaves other
+    namespaces alone."""
     client = redis.Redis.from_url(redis_url)
     namespace = f"sluice:test:rl:{uuid.uuid4().hex[:12]}"
     neighbour = f"{namespace}x:tat:dsp"
     client.set(neighbour, "1", ex=60)
-    limiter = RedisLimiter(client, namespace=namespace)
+    limiter = RedisLimiter(client, namespace=namespace, cold_start=False)
     try:
         limiter.acquire([TEN_PER_S], in_flight=InFlight("dsp", 3, 30.0))
         limiter.pause("dsp", 5.0)
-        keys = list(client.scan_iter(match=f"{namespace}:*"))
+        keys = set(client.scan_iter(match=f"{namespace}:*")) - {f"{namespace}:born".encode()}
         assert len(keys) == 3
         for key in keys:
             assert 0 < client.pttl(key) <= 30_000 + 60_000
@@ -322,11 +327,15 @@ def test_catch_up_keeps_the_schedule_of_a_late_caller(
         url: str = request.getfixturevalue("redis_url")
         namespace = f"sluice:test:{uuid.uuid4().hex}"
         limiter: Limiter = RedisLimiter(
-            redis.Redis.from_url(url), namespace=namespace, clock=clock, catch_up_s=0.002
+            redis.Redis.from_url(url),
+            namespace=namespace,
+            clock=clock,
+            catch_up_s=0.002,
+            cold_start=False,
         )
         request.addfinalizer(limiter.reset)
     else:
-        limiter = MemoryLimiter(clock=clock, catch_up_s=0.002)
+        limiter = MemoryLimiter(clock=clock, catch_up_s=0.002, cold_start=False)
     assert limiter.acquire(rate).granted
     clock.advance(0.0202 + 0.0015)  # 1.5 ms late for the second slot
     assert limiter.acquire(rate).granted
@@ -338,3 +347,74 @@ def test_catch_up_keeps_the_schedule_of_a_late_caller(
     refused = limiter.acquire(rate)
     assert not refused.granted
     assert refused.retry_after_s == pytest.approx(0.0005, abs=2e-6)
+
+
+@pytest.fixture
+def make_cold_limiter(request: pytest.FixtureRequest) -> Iterator[Callable[[FakeClock], Limiter]]:
+    """A limiter of each backend that starts cold, as after a restart or a Redis flush."""
+    if request.param == "memory":
+        yield lambda clock: MemoryLimiter(clock=clock)
+        return
+    redis_url: str = request.getfixturevalue("redis_url")
+    namespace = f"sluice:test:rl:{uuid.uuid4().hex[:12]}"
+    made: list[RedisLimiter] = []
+
+    def make(clock: FakeClock) -> Limiter:
+        made.append(RedisLimiter.from_url(redis_url, namespace=namespace, clock=clock))
+        return made[-1]
+
+    yield make
+    for limiter in made:
+        limiter.reset()
+        limiter.close()
+
+
+COLD = pytest.mark.parametrize(
+    "make_cold_limiter",
+    ["memory", pytest.param("redis", marks=pytest.mark.redis)],
+    indirect=True,
+)
+
+
+@COLD
+def test_a_cold_limiter_holds_each_key_for_its_window_or_spacing(
+    make_cold_limiter: Callable[[FakeClock], Limiter], clock: FakeClock
+) -> None:
+    """A limiter that lost its state grants a 10/s key only after 1 s, a 40/min key after one
+    spacing (1.515 s), and says so in retry_after_s."""
+    limiter = make_cold_limiter(clock)
+    per_minute = LimitSpec("dsp:write", parse_rate("40/min"))
+    first = limiter.acquire([TEN_PER_S])
+    assert (first.granted, first.reason, first.retry_after_s) == (False, "rate", 1.0)
+    assert limiter.acquire([per_minute]).retry_after_s == pytest.approx(1.515)
+    clock.advance(1.0)
+    assert limiter.acquire([TEN_PER_S]).granted
+    clock.advance(0.515)
+    assert limiter.acquire([per_minute]).granted
+
+
+@COLD
+def test_reset_is_a_state_loss_and_holds_again(
+    make_cold_limiter: Callable[[FakeClock], Limiter], clock: FakeClock
+) -> None:
+    """After reset (a flush), no key is granted within its hold of the loss, even one whose
+    last grant was long ago."""
+    limiter = make_cold_limiter(clock)
+    limiter.acquire([TEN_PER_S])  # Redis notices its loss at the first call
+    clock.advance(5.0)
+    assert limiter.acquire([TEN_PER_S]).granted
+    clock.advance(3.0)
+    limiter.reset()
+    assert limiter.acquire([TEN_PER_S]).retry_after_s == 1.0
+    clock.advance(1.0)
+    assert limiter.acquire([TEN_PER_S]).granted
+
+
+def test_a_grant_says_how_long_it_may_wait_before_sending(limiter: Limiter) -> None:
+    """A grant on 10/s (margin 1%: 10 ms of slack) may be sent within 5 ms of asking; one
+    with no rate limit (an in-flight cap only) has no such bound."""
+    grant = limiter.acquire([TEN_PER_S])
+    assert grant.send_within_s == pytest.approx(0.005)
+    capped = limiter.acquire([], in_flight=InFlight("dsp:in_flight", 2, 30.0))
+    assert capped.granted
+    assert capped.send_within_s == sendgate.UNBOUNDED

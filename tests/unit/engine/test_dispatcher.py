@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -11,12 +11,13 @@ from typing import Any
 import httpx
 import pytest
 
-from sluice import submissions
+from sluice import errors, submissions
 from sluice.clock import FakeClock
 from sluice.domain import Submission, TaskStatus, WorkUnit
 from sluice.engine.dispatcher import Dispatcher
 from sluice.engine.execute import execute_unit
 from sluice.providers.registry import build_http_client, load_providers
+from sluice.ratelimit import sendgate
 from sluice.ratelimit.memory import MemoryLimiter
 from sluice.ratelimit.rate import Grant
 from sluice.runtime import build_catalog
@@ -52,23 +53,43 @@ class FakeDsp:
 
 
 class InlineExecutor:
-    """Runs each granted unit at once, on the caller's thread, and records its outcomes."""
+    """Asks for each unit's grant and runs it at once on the caller's thread, under a send
+    permit on the fake clock, and records its outcomes; each ``late_s`` entry makes one
+    sender reach the send check that long after asking."""
 
     def __init__(self, queue: WorkQueue, runtime: dict[str, Any], clock: FakeClock) -> None:
         self.queue, self.runtime, self.clock = queue, runtime, clock
         self.granted: list[Grant] = []
+        self.unsent: list[WorkUnit] = []
+        self.late_s: list[float] = []
 
     def capacity(self) -> int:
         return 1
 
-    def submit(self, unit: WorkUnit, grant: Grant) -> None:
-        assert grant.granted
+    def submit(self, unit: WorkUnit, acquire: Callable[[], Grant]) -> Grant:
+        asked_at = self.clock.monotonic()
+        grant = acquire()
+        if not grant.granted:
+            return grant
         self.granted.append(grant)
+        if self.late_s:
+            self.clock.advance(self.late_s.pop(0))
         provider = self.runtime["providers"][unit.provider]
-        outcomes = execute_unit(
-            unit, provider, self.runtime["client"], self.runtime["limiter"], self.clock.now
-        )
+        permit = sendgate.SendPermit(asked_at, grant.send_within_s, self.clock.monotonic)
+        try:
+            with sendgate.bound(permit):
+                outcomes = execute_unit(
+                    unit, provider, self.runtime["client"], self.runtime["limiter"], self.clock.now
+                )
+        except errors.GrantExpired:
+            self.unsent.append(unit)
+            return grant
         self.queue.apply(outcomes, self.clock.now())
+        return grant
+
+    def take_unsent(self) -> list[WorkUnit]:
+        unsent, self.unsent = self.unsent, []
+        return unsent
 
 
 @pytest.fixture
@@ -101,7 +122,7 @@ def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
     providers = load_providers(settings, clock=clock)
     engine = db.make_engine(settings.database_url)
     db.ensure_schema(engine)
-    limiter = MemoryLimiter(clock=clock, margin=0.0)
+    limiter = MemoryLimiter(clock=clock, margin=0.0, cold_start=False)
     client = build_http_client(providers["acme"], transport=httpx.MockTransport(dsp))
     queue = WorkQueue(engine)
     runtime = {"providers": providers, "client": client, "limiter": limiter}
@@ -214,7 +235,7 @@ def test_one_accounts_spent_budget_does_not_hold_back_others(tmp_path: Path) -> 
     providers = load_providers(settings, clock=clock)
     engine = db.make_engine(settings.database_url)
     db.ensure_schema(engine)
-    limiter = MemoryLimiter(clock=clock, margin=0.0)
+    limiter = MemoryLimiter(clock=clock, margin=0.0, cold_start=False)
     client = build_http_client(providers["acme"], transport=httpx.MockTransport(dsp))
     queue = WorkQueue(engine)
     runtime = {"providers": providers, "client": client, "limiter": limiter}

@@ -14,6 +14,7 @@ from sluice.clock import Clock
 from sluice.providers.base import TaskRef
 from sluice.providers.http import HttpProvider
 from sluice.providers.registry import build_http_client, load_providers
+from sluice.ratelimit.base import Limiter
 from sluice.settings import Settings
 
 Scripted = httpx.Response | Exception | Callable[[httpx.Request], httpx.Response]
@@ -137,10 +138,11 @@ def make_provider(
     name: str = "acme",
     environ: Mapping[str, str] | None = None,
     clock: Clock | None = None,
+    limiter: Limiter | None = None,
 ) -> HttpProvider:
     """One provider built the way Sluice builds it at start."""
     settings = Settings(providers={name: dict(table)}, default_provider=name)
-    provider = load_providers(settings, environ=environ or {}, clock=clock)[name]
+    provider = load_providers(settings, environ=environ or {}, clock=clock, limiter=limiter)[name]
     assert isinstance(provider, HttpProvider)
     return provider
 

@@ -6,9 +6,12 @@ import itertools
 import json
 
 import httpx
+import pytest
 
+from sluice import errors
 from sluice.clock import FakeClock
 from sluice.providers.base import Accepted, Transient
+from sluice.ratelimit import MemoryLimiter, sendgate
 
 from .fakes import ACME, FakeDsp, client_for, make_provider, task, with_changes
 
@@ -148,3 +151,84 @@ def test_lifetime_is_used_when_the_answer_has_no_expiry() -> None:
     clock.advance(600)
     provider.submit(client, task())
     assert len(dsp.token_requests) == 2
+
+
+LIMITED_AUTH = {**AUTH, "rate_limit": "1/s"}
+
+
+def test_token_requests_take_grants_of_their_own() -> None:
+    """With [auth] rate_limit, each token request waits for a grant on acme:auth: a token
+    dropped by a 401 is fetched again only one spacing after the first."""
+    dsp, clock = TokenDsp(), FakeClock()
+    limiter = MemoryLimiter(clock=clock, cold_start=False)
+    provider = make_provider(
+        with_changes(ACME, auth=LIMITED_AUTH),
+        environ={"ACME_SECRET": SECRET},
+        clock=clock,
+        limiter=limiter,
+    )
+    assert [spec.key for spec in provider.token_limits()] == ["acme:auth"]
+    client = client_for(provider, dsp)
+    start = clock.monotonic()
+    provider.submit(client, task())
+    dsp.valid = "revoked-elsewhere"
+    provider.submit(client, task())  # 401: the token is dropped
+    assert isinstance(provider.submit(client, task()), Accepted)
+    assert len(dsp.token_requests) == 2
+    assert clock.monotonic() - start == pytest.approx(1.01)  # one spacing of 1/s, margin 1%
+
+
+def test_a_token_request_held_back_too_long_is_transient() -> None:
+    """A token request that cannot get a grant within the provider's timeout gives up with a
+    transient decision, and nothing reaches the token endpoint."""
+    dsp, clock = TokenDsp(), FakeClock()
+    limiter = MemoryLimiter(clock=clock, cold_start=False)
+    limiter.pause("acme:auth", 60)
+    provider = make_provider(
+        with_changes(ACME, auth=LIMITED_AUTH),
+        environ={"ACME_SECRET": SECRET},
+        clock=clock,
+        limiter=limiter,
+    )
+    decision = provider.submit(client_for(provider, dsp), task())
+    assert decision == Transient("token request of acme held back (paused) for more than 10s")
+    assert dsp.token_requests == []
+
+
+def test_a_token_request_does_not_use_the_grant_of_the_call_it_is_for() -> None:
+    """Under the send permit of a create, the token request goes under a grant of its own on
+    acme:auth, and the create is checked under the create's permit."""
+    dsp, clock = TokenDsp(), FakeClock()
+    limiter = MemoryLimiter(clock=clock, cold_start=False)
+    provider = make_provider(
+        with_changes(ACME, auth=LIMITED_AUTH),
+        environ={"ACME_SECRET": SECRET},
+        clock=clock,
+        limiter=limiter,
+    )
+    permit = sendgate.SendPermit(clock.monotonic(), 0.005, clock.monotonic)
+    with sendgate.bound(permit):
+        assert isinstance(provider.submit(client_for(provider, dsp), task()), Accepted)
+    assert permit.delay_s == 0.0
+    assert len(dsp.token_requests) == 1
+    assert limiter.acquire(provider.token_limits()).reason == "rate"
+
+
+def test_a_shared_token_limit_also_draws_on_the_provider_limit() -> None:
+    """shares_provider_limit puts the provider-wide limit on token requests too."""
+    auth = {**LIMITED_AUTH, "shares_provider_limit": True}
+    provider = make_provider(
+        with_changes(ACME, auth=auth, rate_limit="10/s"), environ={"ACME_SECRET": SECRET}
+    )
+    assert [spec.key for spec in provider.token_limits()] == ["acme:auth", "acme"]
+
+
+def test_an_expired_grant_sends_nothing_at_all() -> None:
+    """A create whose grant is past its send window raises GrantExpired before any byte
+    leaves: the DSP sees no request."""
+    dsp = FakeDsp()
+    provider = make_provider(ACME)
+    permit = sendgate.SendPermit(0.0, 0.005, lambda: 0.006)
+    with sendgate.bound(permit), pytest.raises(errors.GrantExpired):
+        provider.submit(client_for(provider, dsp), task())
+    assert dsp.requests == []

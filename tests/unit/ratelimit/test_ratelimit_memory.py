@@ -28,12 +28,12 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def limiter(clock: FakeClock) -> MemoryLimiter:
-    return MemoryLimiter(clock=clock)
+    return MemoryLimiter(clock=clock, cold_start=False)
 
 
 def test_margin_zero_spaces_by_the_bare_interval(clock: FakeClock) -> None:
     """With margin=0 a 4/s limit grants every 250 ms exactly."""
-    limiter = MemoryLimiter(clock=clock, margin=0.0)
+    limiter = MemoryLimiter(clock=clock, margin=0.0, cold_start=False)
     spec = LimitSpec("dsp", parse_rate("4/s"))
     assert limiter.acquire([spec]).granted
     assert limiter.acquire([spec]).retry_after_s == 0.25

@@ -47,7 +47,9 @@ def test_grants_never_exceed_limit_in_any_sliding_window(
     """For random request times, rates, key sets and catch-up credits, each key stays within
     its limit, and a refused request asked again after exactly its retry_after_s is granted."""
     clock = FakeClock()
-    limiter = MemoryLimiter(clock=clock, margin=margin, catch_up_s=catch_up_us / 1e6)
+    limiter = MemoryLimiter(
+        clock=clock, margin=margin, catch_up_s=catch_up_us / 1e6, cold_start=False
+    )
     specs = {
         key: LimitSpec(key, Rate(limit, window_us / 1e6))
         for key, (limit, window_us) in rates.items()

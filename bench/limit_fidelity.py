@@ -1,0 +1,373 @@
+"""Does the limit hold *at the provider* on a loaded host? Refusals and utilization, repeated.
+
+A sandbox DSP in its own process allows 50 requests in any sliding 1 s window (reads and
+writes together), refuses the 51st with 429 and stamps every arrival
+(``bench._sandbox_proc``). Against it, each repeat runs:
+
+* **distributed**: 4 ``sluice worker --concurrency 1`` + ``sluice beat`` (Redis broker,
+  PostgreSQL, Redis limiter), 1,000 campaign creates + status polls at ``rate_limit =
+  "50/s"`` (the outside check's "4 worker processes sharing a 50/s limit");
+* **embedded**: the embedded driver of ``sluice up`` in this process (SQLite, in-memory
+  limiter), 1,600 campaign creates + polls at 50/s.
+
+With ``--cpu-hog`` a CPU-bound process (``python -c 'while True: pass'``) runs beside them
+for the whole run. Per repeat the JSON records the sandbox's refusals and busiest window,
+utilization (admitted requests at exactly 50/s over first-to-last arrival, and the same
+up to the last create, where work was always waiting), Sluice's expired grants (a grant
+not used within its send window is thrown away, see ``sluice/ratelimit/sendgate.py``) and
+its grant-to-send delays; embedded runs also record the send-check instants, to tell the
+delay Sluice controls from the delay after it (network, the sandbox's own event loop).
+Writes ``bench/results/limit_fidelity.json``.
+
+Run: ``python -m bench.limit_fidelity --repeats 10 --cpu-hog`` (about 20 minutes; ``--only
+embedded`` or ``--only distributed`` for one scenario; ``--margin 0.015`` to set
+``SLUICE_RATE_MARGIN``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from bench._common import machine_info
+from bench._engine_harness import (
+    RESULTS_DIR,
+    SandboxProcess,
+    build_runtime,
+    flat_campaigns,
+    max_in_window,
+    median,
+    sandbox_process,
+    write_json,
+)
+from bench.distributed import create_all, provider_table, wait_final
+from harness.cluster import Cluster, postgres_database, redis_database, write_toml
+from sluice import submissions
+from sluice.drivers.embedded import build_embedded_driver
+from sluice.providers import transport
+from sluice.settings import load_settings
+
+RATE = 50
+WINDOW_S = 1.0
+PROCESSES = 4
+DISTRIBUTED_TASKS = 1_000
+EMBEDDED_TASKS = 1_600
+POLL_INTERVAL = "250ms"
+RUN_TIMEOUT_S = 240.0
+REFUSED = 429
+RESULTS = RESULTS_DIR / "limit_fidelity.json"
+SUMMARY_LINE = re.compile(r"pump\.summary (.*)$")
+
+
+# --- the CPU hog --------------------------------------------------------------------------
+
+
+@contextmanager
+def cpu_hog(enabled: bool) -> Iterator[int | None]:
+    """A CPU-bound process beside the run (its pid), killed on exit."""
+    if not enabled:
+        yield None
+        return
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield hog.pid
+    finally:
+        hog.kill()
+        hog.wait(timeout=10)
+
+
+# --- judging ------------------------------------------------------------------------------
+
+
+def judge(sandbox: SandboxProcess) -> dict[str, Any]:
+    """The sandbox's verdict on the run that just ended."""
+    stats = sandbox.stats()
+    arrivals = sandbox.arrivals()
+    times = [t for t, _, _ in arrivals]
+    admitted = [t for t, _, status in arrivals if status != REFUSED]
+    creates = [t for t, method, _ in arrivals if method == "POST"]
+    window = stats["max_in_window"].get("app:anonymous", {})
+    return {
+        "refused": int(stats["refused_total"]),
+        "max_in_window": window.get("max_seen"),
+        "max_in_window_from_stamps": max_in_window(times, WINDOW_S),
+        "requests": len(times),
+        "creates": len(creates),
+        "duplicates": int(stats["duplicate_count"]),
+        "utilization": utilization(admitted),
+        "busy_utilization": utilization([t for t in admitted if creates and t <= creates[-1]]),
+        "_arrivals": times,
+    }
+
+
+def utilization(times: list[float]) -> float | None:
+    """Admitted requests at exactly RATE/s over their first-to-last arrival: ``(n-1)/RATE/span``."""
+    if len(times) < 2 or times[-1] <= times[0]:
+        return None
+    return round((len(times) - 1) / RATE / (times[-1] - times[0]), 4)
+
+
+def jitter_after_check(checks: list[float], arrivals: list[float]) -> dict[str, Any]:
+    """How much the time from a request leaving Sluice to the sandbox's stamp varied.
+
+    "Leaving" is the end of the socket write of the request's head, right after the send
+    check; both are ``time.time()`` on this host. Requests are paired in order (both lists
+    sorted), which is exact while no two overtake each other on the way; the spread of the
+    pair differences is the ``N`` of ``sluice/ratelimit/sendgate.py`` (loopback plus the
+    sandbox's own event loop).
+    """
+    if not checks or len(checks) != len(arrivals):
+        return {"paired": False, "checks": len(checks), "arrivals": len(arrivals)}
+    gaps = sorted((a - c) * 1000 for c, a in zip(sorted(checks), arrivals, strict=True))
+    low = gaps[0]
+
+    def spread(q: float) -> float:
+        return round(gaps[min(len(gaps) - 1, int(q * len(gaps)))] - low, 3)
+
+    return {
+        "paired": True,
+        "max_in_window_at_check": max_in_window(sorted(checks), WINDOW_S),
+        "check_to_arrival_min_ms": round(low, 3),
+        "spread_p50_ms": spread(0.5),
+        "spread_p99_ms": spread(0.99),
+        "spread_max_ms": round(gaps[-1] - low, 3),
+    }
+
+
+# --- embedded -----------------------------------------------------------------------------
+
+
+def run_embedded(sandbox: SandboxProcess, tasks: int, margin: float | None) -> dict[str, Any]:
+    """The embedded driver (``sluice up``'s) on SQLite against the sandbox, until all final."""
+    provider = provider_table(sandbox.base_url, f"{RATE}/s")
+    provider["poll"] = {**provider["poll"], "interval": POLL_INTERVAL}
+    settings = {} if margin is None else {"rate_margin": margin}
+    with tempfile.TemporaryDirectory(prefix="sluice-bench-limit-") as folder:
+        runtime = build_runtime(Path(folder), provider, **settings)
+        checks: list[float] = []
+        lock = threading.Lock()
+        write = transport.GatedStream.write
+
+        def noting_write(stream: transport.GatedStream, buffer: bytes, timeout: Any = None) -> None:
+            # The instant a request head left Sluice: the gate admitted it, the socket took it.
+            write(stream, buffer, timeout)
+            if transport.starts_a_request(buffer):
+                with lock:
+                    checks.append(time.time())
+
+        transport.GatedStream.write = noting_write  # type: ignore[method-assign]
+        try:
+            submissions.create_tasks(runtime.repo, runtime.catalog, flat_campaigns(tasks))
+            sandbox.reset()
+            driver = build_embedded_driver(runtime)
+            started = time.perf_counter()
+            driver.start()
+            try:
+                wait_final(runtime, RUN_TIMEOUT_S)
+            finally:
+                driver.stop()
+            seconds = time.perf_counter() - started
+            sluice = driver.executor_summary()
+            counts = runtime.repo.counts()
+        finally:
+            transport.GatedStream.write = write  # type: ignore[method-assign]
+            runtime.close()
+    verdict = judge(sandbox)
+    verdict["after_check"] = jitter_after_check(checks, verdict["_arrivals"])
+    return {"seconds": round(seconds, 2), "final": counts, "sluice": sluice, **verdict}
+
+
+# --- distributed --------------------------------------------------------------------------
+
+
+@contextmanager
+def worker_cluster(provider: dict[str, Any], margin: float | None) -> Iterator[Cluster]:
+    """``sluice beat`` and 4 ``sluice worker --concurrency 1`` on a fresh database and broker."""
+    settings = {"SLUICE_PUMPS": str(PROCESSES), "SLUICE_LOG_LEVEL": "INFO"}
+    if margin is not None:
+        settings["SLUICE_RATE_MARGIN"] = str(margin)
+    with (
+        tempfile.TemporaryDirectory(prefix="sluice-bench-limit-") as folder,
+        postgres_database("sluice_bench") as database_url,
+        redis_database() as broker_url,
+    ):
+        cluster = Cluster(
+            Path(folder),
+            database_url,
+            broker_url,
+            namespace=f"sluice:bench:{uuid.uuid4().hex[:8]}",
+            settings=settings,
+        )
+        write_toml(
+            cluster.config,
+            {"sluice": {"default_provider": "sandbox"}, "providers.sandbox": provider},
+        )
+        cluster.upgrade_database()
+        try:
+            cluster.beat(loglevel="WARNING")
+            workers = [
+                cluster.worker(f"worker-{n}", concurrency=1, loglevel="WARNING")
+                for n in range(PROCESSES)
+            ]
+            wait_until_logged(workers, "ready.", 60.0)
+            yield cluster
+        finally:
+            cluster.stop()
+
+
+def wait_until_logged(workers: list[Any], text: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not all(text in w.output() for w in workers):
+        if time.monotonic() > deadline or any(not w.alive() for w in workers):
+            raise RuntimeError("workers did not start:\n" + "\n".join(w.output() for w in workers))
+        time.sleep(0.1)
+
+
+def worker_summaries(cluster: Cluster) -> dict[str, Any]:
+    """The last ``pump.summary`` line of every worker log, summed where it adds up."""
+    totals = {"granted": 0, "refused": 0, "expired": 0, "stale": 0}
+    delays_p99: list[float] = []
+    delays_max: list[float] = []
+    for proc in cluster.procs:
+        if not proc.name.startswith("worker"):
+            continue
+        last: dict[str, Any] = {}
+        for line in proc.output().splitlines():
+            found = SUMMARY_LINE.search(line)
+            if found:
+                last = dict(
+                    (key, ast.literal_eval(value))
+                    for key, value in re.findall(r"(\w+)=(\S+)", found.group(1))
+                )
+        for key in totals:
+            totals[key] += int(last.get(key) or 0)
+        if last.get("send_delay_p99_ms") is not None:
+            delays_p99.append(float(last["send_delay_p99_ms"]))
+        if last.get("send_delay_max_ms") is not None:
+            delays_max.append(float(last["send_delay_max_ms"]))
+    return {
+        **totals,
+        "send_delay_p99_ms_worst_worker": max(delays_p99, default=None),
+        "send_delay_max_ms": max(delays_max, default=None),
+    }
+
+
+def run_distributed(sandbox: SandboxProcess, tasks: int, margin: float | None) -> dict[str, Any]:
+    """4 worker processes sharing the 50/s limit through Redis, until every task is final."""
+    provider = provider_table(sandbox.base_url, f"{RATE}/s")
+    provider["poll"] = {**provider["poll"], "interval": POLL_INTERVAL}
+    with worker_cluster(provider, margin) as cluster:
+        runtime = cluster.build_runtime()
+        try:
+            sandbox.reset()
+            started = time.perf_counter()
+            create_all(runtime, tasks)
+            wait_final(runtime, RUN_TIMEOUT_S)
+            seconds = time.perf_counter() - started
+            counts = runtime.repo.counts()
+            # The summaries are logged every 10 s of pumping; let one more round log.
+            time.sleep(11.0)
+            sluice = worker_summaries(cluster)
+        finally:
+            runtime.close()
+    return {"seconds": round(seconds, 2), "final": counts, "sluice": sluice, **judge(sandbox)}
+
+
+# --- report -------------------------------------------------------------------------------
+
+
+def line(run: dict[str, Any]) -> str:
+    sluice = run["sluice"]
+    return (
+        f"refused {run['refused']}, max in 1 s {run['max_in_window']}, "
+        f"utilization {run['utilization']} (busy {run['busy_utilization']}), "
+        f"{run['requests']} requests, expired grants {sluice.get('expired')}"
+    )
+
+
+def scenario_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "refused_each_repeat": [r["refused"] for r in runs],
+        "max_in_window_each_repeat": [r["max_in_window"] for r in runs],
+        "utilization_each_repeat": [r["utilization"] for r in runs],
+        "utilization_median": median([r["utilization"] or 0.0 for r in runs]),
+        "busy_utilization_median": median([r["busy_utilization"] or 0.0 for r in runs]),
+        "expired_grants_each_repeat": [r["sluice"].get("expired") for r in runs],
+        "repeats_with_refusals": sum(1 for r in runs if r["refused"]),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the scenarios, print each repeat, write the JSON."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--cpu-hog", action="store_true")
+    parser.add_argument("--only", choices=["distributed", "embedded"], default=None)
+    parser.add_argument("--margin", type=float, default=None, help="SLUICE_RATE_MARGIN")
+    parser.add_argument("--distributed-tasks", type=int, default=DISTRIBUTED_TASKS)
+    parser.add_argument("--embedded-tasks", type=int, default=EMBEDDED_TASKS)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    settings = load_settings()
+    scenarios = [args.only] if args.only else ["distributed", "embedded"]
+    section = {"limits": [{"name": "app", "limit": RATE, "window_s": WINDOW_S}]}
+    results: dict[str, Any] = {
+        "benchmark": "limit_fidelity",
+        "command": " ".join(
+            ["python -m bench.limit_fidelity", *(sys.argv[1:] if argv is None else argv)]
+        ),
+        "machine": machine_info(),
+        "setup": {
+            "rate": f"{RATE}/s, the sandbox counting arrivals in any sliding {WINDOW_S:g} s",
+            "cpu_hog": "python -c 'while True: pass'" if args.cpu_hog else None,
+            "rate_margin": settings.rate_margin if args.margin is None else args.margin,
+            "rate_catch_up_s": settings.rate_catch_up_s,
+            "distributed": f"{PROCESSES} x sluice worker --concurrency 1 + sluice beat, "
+            f"Redis broker and limiter, PostgreSQL, {args.distributed_tasks} creates + polls",
+            "embedded": f"the embedded driver, SQLite, in-memory limiter, "
+            f"{args.embedded_tasks} creates + polls",
+            "poll_interval": POLL_INTERVAL,
+            "utilization": "(admitted - 1) / 50 per s over first-to-last admitted arrival",
+            "busy_utilization": "the same up to the last create (work always waiting)",
+        },
+        "scenarios": {},
+    }
+    started = time.perf_counter()
+    with sandbox_process(section, profile="standard") as sandbox:
+        results["sandbox_command"] = sandbox.command_line
+        for scenario in scenarios:
+            runs: list[dict[str, Any]] = []
+            for repeat in range(args.repeats):
+                load = os.getloadavg()[0]
+                with cpu_hog(args.cpu_hog):
+                    if scenario == "distributed":
+                        run = run_distributed(sandbox, args.distributed_tasks, args.margin)
+                    else:
+                        run = run_embedded(sandbox, args.embedded_tasks, args.margin)
+                run.pop("_arrivals", None)
+                run["loadavg_1min_before"] = round(load, 2)
+                runs.append(run)
+                print(f"{scenario} repeat {repeat + 1}: {line(run)}", file=sys.stderr, flush=True)
+            results["scenarios"][scenario] = {"summary": scenario_summary(runs), "repeats": runs}
+            print(f"{scenario}: {scenario_summary(runs)}", file=sys.stderr, flush=True)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    write_json(args.output, results)
+    print(f"wrote {args.output}", file=sys.stderr)
+    return results
+
+
+if __name__ == "__main__":
+    main()

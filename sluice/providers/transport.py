@@ -1,0 +1,115 @@
+"""The HTTP transport that sends: each request's grant is checked right before its first byte.
+
+httpx calls request hooks before it picks a connection, builds the request head and takes
+its pool's lock; on a busy host that Python code can be descheduled for tens of
+milliseconds, and whatever time passes there reaches the provider as jitter the margin must
+absorb. So the connection pool here writes through a thin network stream that admits the
+request under its send permit (:mod:`sluice.ratelimit.sendgate`) in the same call that
+hands the request head to the socket, and notes when the write returned.
+
+Only the first write of a request (its head, which starts with the method) is checked;
+the body that follows is part of the same request. HTTP/1.1 only, as Sluice's clients are.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterable
+from typing import Any
+
+import httpcore
+import httpx
+
+from sluice import errors
+from sluice.ratelimit import sendgate
+
+_METHODS = frozenset({b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"HEAD", b"OPTIONS"})
+
+
+def starts_a_request(buffer: bytes) -> bool:
+    """Whether ``buffer`` is an HTTP/1.1 request head (``POST /v1/campaigns HTTP/1.1...``)."""
+    method, space, _ = buffer[:8].partition(b" ")
+    return bool(space) and method in _METHODS
+
+
+class GatedStream(httpcore.NetworkStream):
+    """A network stream that admits each request under its send permit as it writes it."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if not starts_a_request(buffer):
+            self._inner.write(buffer, timeout)
+            return
+        permit = sendgate.current()
+        if permit is None:
+            self._inner.write(buffer, timeout)
+            return
+        permit.admit()
+        self._inner.write(buffer, timeout)
+        permit.written()
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        return GatedStream(self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class GatedBackend(httpcore.NetworkBackend):
+    """httpcore's network backend, with every stream a :class:`GatedStream`."""
+
+    def __init__(self, inner: httpcore.NetworkBackend | None = None) -> None:
+        self._inner = inner or httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        stream = self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        return GatedStream(stream)
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        return GatedStream(self._inner.connect_unix_socket(path, timeout, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def gated_transport(limits: httpx.Limits) -> httpx.HTTPTransport:
+    """httpx's own transport whose connection pool writes through :class:`GatedBackend`.
+
+    Raises:
+        errors.ConfigError: the installed httpx keeps its pool elsewhere (a test fails first:
+            an upgrade of httpx needs this function adapted).
+    """
+    transport = httpx.HTTPTransport(limits=limits)
+    pool = getattr(transport, "_pool", None)
+    if not isinstance(pool, httpcore.ConnectionPool) or not hasattr(pool, "_network_backend"):
+        raise errors.ConfigError(
+            f"httpx {httpx.__version__} keeps its connection pool elsewhere: Sluice cannot "
+            "check grants as requests are written; install the httpx version Sluice declares"
+        )
+    pool._network_backend = GatedBackend(pool._network_backend)
+    return transport

@@ -1,0 +1,166 @@
+"""Grants expire: a request that cannot leave soon after its grant is not sent at all.
+
+The GCRA (:mod:`gcra`) spaces *grants*; the provider counts *arrivals*. Between the two lie
+the grant-to-send delay (the limiter's answer travelling back, a thread waking on a busy
+host, the request being built) and the network. A spacing ``s`` with a delay that varies
+by ``J`` puts ``(W + J) / s`` requests in a window ``W``: on a loaded two-core host ``J``
+reaches tens of milliseconds, more than a 1.5% margin covers. So a grant carries
+``send_within_s``, and the thread that sends checks it immediately before the request's
+first byte is handed to the socket (:mod:`sluice.providers.transport`; the HTTP client's
+request hook checks it once earlier too): if more than that has passed since it *asked*
+for the grant, on its own monotonic clock, it sends nothing and asks again
+(:class:`~sluice.errors.GrantExpired`). A late request is thrown away, never squeezed in.
+
+For one key, let ``L`` be its limit, ``W`` its window, ``s`` its spacing, ``c`` its
+catch-up credit and ``slack = L * s - W`` what the margin buys (``c <= slack / 2``). The
+send window is ``D = (slack - c) * SEND_SHARE``; a request needing several keys gets the
+smallest of their windows.
+
+Guarantee: if the time from the send check to the provider's counter varies by at most
+``N = slack - c - D`` (``N >= D`` with the default share), no window ``(t - W, t]`` of the
+provider's clock ever holds more than ``L`` arrivals on the key, however late threads wake.
+
+Proof. Take grant ``k``. Let ``Q_k`` be the instant its sender asked, ``R_k`` the instant
+the limiter decided (inside the Redis script or the in-memory lock), ``S_k`` the instant
+the send check passed and ``A_k`` the arrival at the provider. The question leaves before
+the decision is made, so ``Q_k <= R_k``; the check passed, so ``S_k - Q_k <= D``; hence
+``R_k <= S_k <= R_k + D``. The network gives ``A_k = S_k + delta + nu_k`` with a constant
+``delta`` and ``0 <= nu_k <= N``. Suppose ``L + 1`` arrivals fell in one window, so they
+span less than ``W``. Among their grants let ``i`` be decided first and ``j`` last: the
+GCRA puts any ``L + 1`` grants at least ``L * s - c`` apart, so ``R_j - R_i >= L*s - c``.
+Then ``A_j - A_i >= (R_j + delta) - (R_i + D + delta + N) >= L*s - c - D - N = W``, a
+contradiction. A limiter that lost its state keeps the GCRA bound (see :mod:`gcra`), so
+the same proof covers grants on both sides of a Redis restart.
+
+What it assumes: clocks tick at the same rate to within NTP's slew (<= 0.05%, 0.5 ms a
+second), and the time between the check and the bytes reaching the socket (a few
+bytecodes, unless the thread loses the CPU right there) counts as network;
+:attr:`SendPermit.written_s` measures it from the other side. What it does not cover: a network
+or provider that delays some requests by more than ``N`` relative to others; a larger
+``SLUICE_RATE_MARGIN`` buys room for that. With the defaults (margin 1.5%, catch-up 2 ms)
+a 1 s window gives ``slack = 15 ms``, ``D = 6.5 ms`` and ``N = 6.5 ms``.
+
+Cost: a grant that expires is a slot nobody uses. ``bench.limit_fidelity`` measures how
+often that happens on a loaded host.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+from sluice import errors
+from sluice.ratelimit import gcra
+from sluice.ratelimit.rate import LimitSpec
+
+SEND_SHARE = 0.5
+"""Share of the slack left after the catch-up credit that a grant may spend before sending."""
+
+UNBOUNDED = math.inf
+
+
+def send_within_us(spec: LimitSpec, margin: float, catch_up_us: int) -> int:
+    """How long a grant on ``spec`` stays good to send, in microseconds (``D`` above)."""
+    slack = gcra.slack_us(spec.rate, margin)
+    return int((slack - gcra.credit_us(spec.rate, margin, catch_up_us)) * SEND_SHARE)
+
+
+def send_within_s(limits: Sequence[LimitSpec], margin: float, catch_up_us: int) -> float:
+    """The send window of a grant on all of ``limits``: the smallest; unbounded for none."""
+    if not limits:
+        return UNBOUNDED
+    return min(send_within_us(spec, margin, catch_up_us) for spec in limits) / gcra.US_PER_S
+
+
+class SendPermit:
+    """The right to write one request, good until ``within_s`` after the grant was asked for.
+
+    Args:
+        asked_at: the sender's monotonic reading taken just *before* it asked the limiter.
+        within_s: the grant's ``send_within_s``.
+        monotonic: the clock ``asked_at`` was read on.
+    """
+
+    def __init__(
+        self,
+        asked_at: float,
+        within_s: float,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.asked_at = asked_at
+        self.within_s = within_s
+        self._monotonic = monotonic
+        self.delay_s: float | None = None
+        """Grant-to-send delay measured by the last check (also when it was too late)."""
+        self.written_s: float | None = None
+        """Grant to the end of the write of the request's first bytes (an upper bound)."""
+        self.used = False
+
+    def check(self) -> None:
+        """Refuse the request if its grant is already too old; consumes nothing.
+
+        Raises:
+            errors.GrantExpired: more than ``within_s`` has passed since the grant was asked
+                for; nothing was sent, so asking again is safe.
+        """
+        self.delay_s = self._monotonic() - self.asked_at
+        # In whole microseconds, as the limiter counts: float seconds would blur the bound.
+        if self.within_s < UNBOUNDED and gcra.to_us(self.delay_s) > gcra.to_us(self.within_s):
+            raise errors.GrantExpired(
+                f"grant not used within {self.within_s * 1000:.1f} ms "
+                f"(took {self.delay_s * 1000:.1f} ms); nothing was sent"
+            )
+
+    def admit(self) -> None:
+        """Let the request go now, or refuse it; call immediately before its first byte.
+
+        Raises:
+            errors.GrantExpired: see :meth:`check`.
+            errors.GrantSpent: the permit already let one request through.
+        """
+        if self.used:
+            raise errors.GrantSpent("one grant lets one request through; this one was used")
+        self.check()
+        self.used = True
+
+    def written(self) -> None:
+        """Note that the request's first bytes were handed to the socket just now."""
+        self.written_s = self._monotonic() - self.asked_at
+
+
+_current: ContextVar[SendPermit | None] = ContextVar("sluice_send_permit", default=None)
+
+
+@contextmanager
+def bound(permit: SendPermit | None) -> Iterator[SendPermit | None]:
+    """Requests made in this block (on this thread) are admitted by ``permit``.
+
+    ``None`` means "no grant needed here" (a request the configuration does not limit).
+    """
+    token = _current.set(permit)
+    try:
+        yield permit
+    finally:
+        _current.reset(token)
+
+
+def current() -> SendPermit | None:
+    """The permit bound to this context, if any."""
+    return _current.get()
+
+
+def check_current() -> None:
+    """Refuse a request whose permit is already too old (see :meth:`SendPermit.check`)."""
+    permit = _current.get()
+    if permit is not None:
+        permit.check()
+
+
+def admit_current() -> None:
+    """Admit a request under the permit bound to this context, if any (see :meth:`admit`)."""
+    permit = _current.get()
+    if permit is not None:
+        permit.admit()

@@ -1,0 +1,110 @@
+"""The limiter's Redis flushed or restarted under running workers (a private ``redis-server``
+of the test's own, never the shared one): the limit holds at the provider across the loss,
+nothing is sent while Redis is down, a known pause is not forgotten, nothing is lost."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from harness.redis_server import RedisServer, redis_server
+from sluice.domain import TaskStatus
+from sluice.settings import Settings
+from tests.acceptance.conftest import Cluster, campaigns
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(180)]
+
+TASKS = 300
+DEFAULT_MARGIN = Settings.model_fields["rate_margin"].default
+IN_FLIGHT_SETTLE_S = 0.5
+"""Requests granted before an event still land for a moment after it."""
+
+
+@pytest.fixture
+def limiter_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own on a spare port, for the limiter only."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    with redis_server(tmp_path / "limiter-redis") as server:
+        yield server
+
+
+def creates(cluster: Cluster) -> int:
+    stats = cluster.sandbox_stats()
+    return sum(stats["requests"].get("POST /v1/campaigns", {}).values())
+
+
+def assert_every_task_once(cluster: Cluster, count: int) -> None:
+    assert cluster.counts() == {TaskStatus.COMPLETED.value: count}
+    stats = cluster.sandbox_stats()
+    cluster.assert_limit_held(stats)
+    assert stats["refused_total"] == 0, stats
+    assert stats["duplicate_count"] == 0, stats["duplicates"]
+    assert stats["objects"]["campaigns"] == {"active": count}
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_the_limit_holds_across_a_redis_flush_and_a_restart(
+    limiter_redis: RedisServer, cluster: Cluster
+) -> None:
+    """Two workers at 20/s while the limiter's Redis is flushed, then shut down for 2 s and
+    started empty: the DSP never sees more than 20 in any second and refuses nothing,
+    nothing reaches it while Redis is down, and every task is created once."""
+    cluster.redis_url = limiter_redis.url
+    # The default margin: the wide one of the other acceptance tests would hide an early grant.
+    cluster.settings["SLUICE_RATE_MARGIN"] = str(DEFAULT_MARGIN)
+    cluster.start(sandbox={})
+    cluster.create(campaigns(TASKS))
+    cluster.worker("worker-1", beat=True)
+    cluster.worker("worker-2")
+
+    cluster.wait_until(lambda: creates(cluster) >= 60, timeout_s=60, what="60 creates")
+    limiter_redis.flushall()
+    flushed_at = creates(cluster)
+    cluster.wait_until(
+        lambda: creates(cluster) >= flushed_at + 60, timeout_s=60, what="60 more creates"
+    )
+    limiter_redis.stop()
+    time.sleep(IN_FLIGHT_SETTLE_S)
+    before = creates(cluster)
+    time.sleep(2.0)
+    during = creates(cluster) - before
+    limiter_redis.start()
+
+    cluster.wait_until_final(timeout_s=90)
+    assert during == 0, f"{during} creates reached the DSP while the limiter was down"
+    assert_every_task_once(cluster, TASKS)
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_a_pause_survives_a_redis_flush(limiter_redis: RedisServer, cluster: Cluster) -> None:
+    """A provider pause (written as a 429 would write it: to the limiter and the database) is
+    not forgotten when the limiter's Redis is flushed during it: nothing reaches the DSP
+    until it ends, and then every task completes."""
+    cluster.redis_url = limiter_redis.url
+    cluster.start(sandbox={})
+    cluster.create(campaigns(120))
+    cluster.worker("worker-1", beat=True)
+    cluster.worker("worker-2")
+    cluster.wait_until(lambda: creates(cluster) >= 20, timeout_s=60, what="20 creates")
+
+    runtime = cluster.runtime
+    pause_s = 8.0
+    runtime.pauses.record("sandbox", datetime.now(UTC) + timedelta(seconds=pause_s))
+    runtime.limiter.pause("sandbox", pause_s)
+    paused_at = time.monotonic()
+    time.sleep(IN_FLIGHT_SETTLE_S)
+    before = creates(cluster)
+    limiter_redis.flushall()
+    time.sleep(max(0.0, paused_at + pause_s - 2.0 - time.monotonic()))
+    during = creates(cluster) - before
+    assert time.monotonic() - paused_at < pause_s, "the check came too late to mean anything"
+
+    cluster.wait_until_final(timeout_s=90)
+    assert during == 0, f"{during} creates reached the DSP during the pause"
+    assert_every_task_once(cluster, 120)

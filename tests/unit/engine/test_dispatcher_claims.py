@@ -1,0 +1,230 @@
+"""The dispatcher's claims and clocks: expired grants, stale claims during pauses, a wall
+clock stepped back, pauses restored from the database. Fake clock, in-memory limiter,
+SQLite, a fake DSP behind httpx.MockTransport."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from sluice import submissions
+from sluice.clock import FakeClock
+from sluice.domain import TaskStatus
+from sluice.engine.dispatcher import Dispatcher
+from sluice.providers.base import Provider
+from sluice.providers.registry import build_http_client, load_providers
+from sluice.ratelimit.memory import MemoryLimiter
+from sluice.runtime import build_catalog
+from sluice.settings import load_settings
+from sluice.store import db
+from sluice.store.pauses import PauseStore
+from sluice.store.queue import WorkQueue
+from sluice.store.repository import TaskRepository
+from sluice.submissions import Submission
+
+from .test_dispatcher import InlineExecutor
+
+ACME = {
+    "base_url": "http://acme.test",
+    "rate_limit": "5/s",
+    "poll": {
+        "request": "GET /statuses?ids={ids}",
+        "interval": "1s",
+        "status_map": {"done": "Completed"},
+    },
+    "kinds": {
+        "campaign": {
+            "submit": "POST /campaigns",
+            "external_id_field": "id",
+            "client_ref_field": "client_ref",
+            "lookup": "GET /campaigns?client_ref={client_ref}",
+        },
+    },
+}
+
+
+class LookupDsp:
+    """Creates campaigns, finds them by client reference, completes them on first poll."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.arrivals: list[tuple[float, str]] = []
+        self.objects: dict[str, dict[str, Any]] = {}
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.arrivals.append((self.clock.monotonic(), f"{request.method} {request.url.path}"))
+        if request.method == "POST":
+            body = json.loads(request.content)
+            object_id = f"o{len(self.objects) + 1}"
+            self.objects[object_id] = body
+            return httpx.Response(201, json={"id": object_id})
+        if request.url.path == "/campaigns":
+            ref = request.url.params["client_ref"]
+            found = [{"id": i, **o} for i, o in self.objects.items() if o["client_ref"] == ref]
+            return httpx.Response(200, json=found)
+        ids = request.url.params["ids"].split(",")
+        return httpx.Response(
+            200, json=[{"id": i, "status": "done"} for i in ids if i in self.objects]
+        )
+
+    def creates_per_ref(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for obj in self.objects.values():
+            counts[obj["client_ref"]] = counts.get(obj["client_ref"], 0) + 1
+        return counts
+
+
+@dataclass
+class World:
+    clock: FakeClock
+    dsp: LookupDsp
+    queue: WorkQueue
+    repo: TaskRepository
+    providers: dict[str, Provider]
+    limiter: MemoryLimiter
+    pauses: PauseStore
+    runtime: dict[str, Any]
+
+    def dispatcher(self, worker: str, **options: Any) -> tuple[Dispatcher, InlineExecutor]:
+        executor = InlineExecutor(self.queue, self.runtime, self.clock)
+        dispatcher = Dispatcher(
+            self.queue,
+            self.providers,
+            self.limiter,
+            executor,
+            worker_id=worker,
+            clock=self.clock,
+            idle_s=0.05,
+            pauses=self.pauses,
+            **options,
+        )
+        return dispatcher, executor
+
+    def create(self, count: int) -> list[int]:
+        items = [Submission(kind="campaign", payload={"name": f"c{i}"}) for i in range(count)]
+        return submissions.create_tasks(self.repo, build_catalog(self.providers, "acme"), items)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    clock = FakeClock()
+    dsp = LookupDsp(clock)
+    settings = load_settings(
+        database_url=f"sqlite:///{tmp_path / 'w.db'}",
+        default_provider="acme",
+        providers={"acme": ACME},
+    )
+    providers = load_providers(settings, clock=clock)
+    engine = db.make_engine(settings.database_url)
+    db.ensure_schema(engine)
+    limiter = MemoryLimiter(clock=clock, margin=0.015, catch_up_s=0.002, cold_start=False)
+    client = build_http_client(providers["acme"], transport=httpx.MockTransport(dsp))
+    queue = WorkQueue(engine)
+    runtime = {"providers": providers, "client": client, "limiter": limiter}
+    yield World(
+        clock,
+        dsp,
+        queue,
+        TaskRepository(engine, clock=clock),
+        providers,
+        limiter,
+        PauseStore(engine),
+        runtime,
+    )
+    client.close()
+    engine.dispose()
+
+
+def step_for(clock: FakeClock, seconds: float, *dispatchers: Dispatcher) -> None:
+    """Step each dispatcher in turn, advancing the fake clock by at most 50 ms at a time."""
+    end = clock.monotonic() + seconds
+    while clock.monotonic() < end:
+        wait = min(d.step() for d in dispatchers)
+        clock.advance(min(max(wait, 0.001), 0.05))
+
+
+def test_an_expired_grant_sends_nothing_and_the_unit_goes_later(world: World) -> None:
+    """A sender that reaches the send check after its grant's window sends nothing; the
+    unit waits at the head of its lane, is sent once later, and no attempt is counted."""
+    dispatcher, executor = world.dispatcher("a")
+    (task_id,) = world.create(1)
+    executor.late_s = [0.5]  # the first sender stalls for half a second
+    step_for(world.clock, 3, dispatcher)
+    task = world.repo.get(task_id)
+    assert task.status is TaskStatus.COMPLETED
+    assert task.attempts == 0
+    posts = [t for t, path in world.dsp.arrivals if path == "POST /campaigns"]
+    assert len(posts) == 1
+    assert dispatcher.stats.expired == 1
+    assert len(executor.granted) == 3  # the expired create, the create, the poll
+
+
+def test_a_long_pause_never_sends_a_claim_another_worker_recovered(world: World) -> None:
+    """While other workers' 429s keep the provider paused for longer than the claim lease,
+    this worker's buffered creates are given back before the lease runs out: when the
+    pauses stop, every task is created exactly once, although a second worker recovers
+    whatever leases expired and looks those tasks up first."""
+    options = {"lease_s": 10.0, "reconcile_every_s": 1.0}
+    first, _ = world.dispatcher("first", **options)
+    second, _ = world.dispatcher("second", **options)
+    ids = world.create(3)
+    # 14 s of pauses of 1.5 s each, as 429s seen by other workers would cause.
+    end = world.clock.monotonic() + 14
+    while world.clock.monotonic() < end:
+        world.limiter.pause("acme", 1.5)
+        step_for(world.clock, 1.0, first)
+    assert not world.dsp.arrivals
+    step_for(world.clock, 10, second, first)
+    assert {world.repo.get(i).status for i in ids} == {TaskStatus.COMPLETED}
+    assert set(world.dsp.creates_per_ref().values()) == {1}, world.dsp.objects
+    assert first.stats.stale >= 3
+
+
+def test_a_paused_lane_claims_nothing_more(world: World) -> None:
+    """A lane waiting out a long pause does not claim (and give back) tasks again and again
+    meanwhile; it claims once more only as the pause ends."""
+    dispatcher, _ = world.dispatcher("a")
+    world.create(30)
+    world.limiter.pause("acme", 30)
+    step_for(world.clock, 29, dispatcher)
+    assert dispatcher.stats.claimed == 5  # the one claim that met the pause
+    step_for(world.clock, 2, dispatcher)
+    assert dispatcher.stats.claimed > 5
+    assert world.dsp.arrivals
+
+
+def test_a_wall_clock_stepped_back_does_not_stall_dispatch(world: World) -> None:
+    """After the host's clock steps back an hour, the work already claimed still goes out at
+    the limit's pace instead of waiting for the wall clock to catch up."""
+    dispatcher, _ = world.dispatcher("a")
+    world.create(5)
+    dispatcher.step()
+    world.clock.step_wall(-3600)
+    step_for(world.clock, 1.2, dispatcher)
+    posts = [t for t, path in world.dsp.arrivals if path == "POST /campaigns"]
+    assert len(posts) == 5
+    assert dispatcher.step() < 1.0
+
+
+def test_pauses_kept_in_the_database_survive_a_lost_limiter(world: World) -> None:
+    """A pause the provider asked for is copied back into a limiter that lost its state (a
+    flushed Redis, a restarted process): nothing is sent into it."""
+    world.pauses.record("acme", world.clock.now() + timedelta(seconds=30))
+    world.runtime["limiter"] = world.limiter = MemoryLimiter(
+        clock=world.clock, margin=0.015, catch_up_s=0.002
+    )
+    dispatcher, _ = world.dispatcher("a")
+    world.create(2)
+    step_for(world.clock, 29, dispatcher)
+    assert not world.dsp.arrivals
+    until = world.limiter.paused_until("acme")
+    assert until is not None
+    step_for(world.clock, 3, dispatcher)
+    assert len([p for _, p in world.dsp.arrivals if p == "POST /campaigns"]) == 2

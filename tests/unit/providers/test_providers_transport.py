@@ -1,0 +1,88 @@
+"""The gated transport: a request's send permit is admitted as its head is written, and a
+grant too old to use sends nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from sluice import errors
+from sluice.providers.transport import GatedStream, starts_a_request
+from sluice.ratelimit import sendgate
+
+
+class RecordingStream:
+    """Stands in for a socket stream: keeps what was written."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self.written.append(buffer)
+
+
+HEAD = b"POST /v1/campaigns HTTP/1.1\r\nHost: dsp\r\n\r\n"
+BODY = b'{"name": "GET lucky"}'
+
+
+def stream() -> tuple[GatedStream, RecordingStream]:
+    inner = RecordingStream()
+    return GatedStream(inner), inner  # type: ignore[arg-type]
+
+
+def test_only_a_request_head_counts_as_the_start_of_a_request() -> None:
+    """Heads start with a method and a space; bodies and partial words do not."""
+    assert starts_a_request(HEAD)
+    assert starts_a_request(b"GET /v1/status?ids=1 HTTP/1.1\r\n\r\n")
+    assert not starts_a_request(BODY)
+    assert not starts_a_request(b"GETTING")
+
+
+def test_the_head_is_admitted_and_the_body_follows_under_the_same_grant() -> None:
+    """Head and body of one request go under one permit, which is then used."""
+    gated, inner = stream()
+    permit = sendgate.SendPermit(0.0, 0.005, lambda: 0.001)
+    with sendgate.bound(permit):
+        gated.write(HEAD)
+        gated.write(BODY)
+    assert inner.written == [HEAD, BODY]
+    assert permit.used
+    assert permit.written_s == pytest.approx(0.001)
+
+
+def test_a_late_grant_writes_nothing() -> None:
+    """A grant past its send window raises GrantExpired before any byte is written."""
+    gated, inner = stream()
+    with (
+        sendgate.bound(sendgate.SendPermit(0.0, 0.005, lambda: 0.0051)),
+        pytest.raises(errors.GrantExpired),
+    ):
+        gated.write(HEAD)
+    assert inner.written == []
+
+
+def test_a_second_request_under_one_grant_is_refused() -> None:
+    """One grant, one request: a second head under the same permit is not written."""
+    gated, inner = stream()
+    with sendgate.bound(sendgate.SendPermit(0.0, 0.005, lambda: 0.001)):
+        gated.write(HEAD)
+        with pytest.raises(errors.GrantSpent):
+            gated.write(HEAD)
+    assert inner.written == [HEAD]
+
+
+def test_without_a_permit_requests_are_written_as_they_come() -> None:
+    """Outside the engine (no permit bound) the stream writes everything."""
+    gated, inner = stream()
+    gated.write(HEAD)
+    assert inner.written == [HEAD]
+
+
+def test_the_default_transport_writes_through_the_gate() -> None:
+    """The client Sluice builds for a provider writes every connection through GatedStream."""
+    import httpx
+
+    from sluice.providers.transport import GatedBackend, gated_transport
+
+    transport = gated_transport(httpx.Limits(max_connections=2))
+    assert isinstance(transport._pool._network_backend, GatedBackend)  # type: ignore[attr-defined]
+    transport.close()
