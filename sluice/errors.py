@@ -74,7 +74,7 @@ class IllegalTransition(StoreError):
 
 
 class InvalidTask(StoreError):
-    """A submission is inconsistent with the store (unknown parent, cycle...)."""
+    """A request is inconsistent with the store (unknown parent, a cursor it never issued...)."""
 
 
 class ProviderError(SluiceError):

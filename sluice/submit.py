@@ -18,7 +18,8 @@ from sluice.drivers.embedded import build_embedded_driver
 from sluice.progress import rate_reports, summary_table, watch
 from sluice.runtime import build_runtime
 from sluice.settings import Settings
-from sluice.store.repository import RunSummary, encode_cursor, summarize
+from sluice.store.repository import RunSummary, summarize
+from sluice.store.rows import encode_cursor
 
 
 def submit_embedded(settings: Settings, file: Path, wait: bool, console: Console) -> int:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import ExceptionContext, make_url
 
 from sluice import errors
@@ -121,6 +122,32 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+@contextmanager
+def sqlite_foreign_keys_off(connection: Connection) -> Iterator[None]:
+    """Foreign keys off on this SQLite connection (outside any transaction) until exit.
+
+    Alembic changes a constraint on SQLite by copying the table and dropping the old one;
+    with foreign keys on, that drop would cascade to ``task_events`` or be refused. The
+    pragma only takes effect outside a transaction, so it goes to the driver directly.
+    Call :func:`check_foreign_keys` before committing.
+    """
+    driver = connection.connection.driver_connection
+    if driver is None:
+        raise errors.StoreError("the SQLite connection is closed")
+    driver.execute("PRAGMA foreign_keys=OFF")
+    try:
+        yield
+    finally:
+        driver.execute("PRAGMA foreign_keys=ON")
+
+
+def check_foreign_keys(connection: Connection) -> None:
+    """Refuse (roll back) a SQLite migration that left a row pointing nowhere."""
+    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+    if broken:
+        raise errors.StoreError(f"a migration left {len(broken)} broken foreign key(s)")
 
 
 def alembic_config(engine: Engine) -> Config:

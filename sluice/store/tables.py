@@ -1,4 +1,4 @@
-"""SQLAlchemy table models for tasks and their append-only events."""
+"""SQLAlchemy table models: tasks and their append-only events, API keys, the audit trail."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -69,6 +70,8 @@ class TaskRow(Base):
     __tablename__ = "tasks"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # Every query the API runs filters on it; rows from before tenants are "default".
+    tenant: Mapped[str] = mapped_column(String(64), server_default="default")
     provider: Mapped[str] = mapped_column(String(64))
     kind: Mapped[str | None] = mapped_column(String(64))
     payload: Mapped[dict[str, Any] | None] = mapped_column(Payload)
@@ -86,7 +89,7 @@ class TaskRow(Base):
     poll_interval_s: Mapped[float | None] = mapped_column(Float)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str | None] = mapped_column(String(64))
     client_ref: Mapped[str | None] = mapped_column(String(64), unique=True)
     claimed_by: Mapped[str | None] = mapped_column(String(128))
@@ -98,6 +101,9 @@ class TaskRow(Base):
         Index("ix_tasks_due", "phase", "next_attempt_at"),
         Index("ix_tasks_provider_status", "provider", "status"),
         Index("ix_tasks_external_id", "provider", "external_id"),
+        Index("ix_tasks_tenant", "tenant", "id"),
+        # Scoped per tenant: one global namespace would let a caller probe others' keys.
+        UniqueConstraint("tenant", "idempotency_key", name="uq_tasks_tenant_idempotency_key"),
     )
 
 
@@ -115,3 +121,41 @@ class TaskEventRow(Base):
     from_status: Mapped[str | None] = mapped_column(String(16))
     to_status: Mapped[str | None] = mapped_column(String(16))
     detail: Mapped[str | None] = mapped_column(Text)
+
+
+class ApiKeyRow(Base):
+    """An API key: its public id and what it may do; of its secret only a SHA-256 digest."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16))
+    tenant: Mapped[str | None] = mapped_column(String(64))
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class AuditRow(Base):
+    """One audited action, by an API key or by one of Sluice's own parts (``actor``)."""
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    actor: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str | None] = mapped_column(String(32))
+    key_name: Mapped[str | None] = mapped_column(String(128))
+    tenant: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(255))
+    detail: Mapped[dict[str, Any]] = mapped_column(Payload)
+
+    __table_args__ = (
+        Index("ix_audit_tenant", "tenant", "id"),
+        Index("ix_audit_action", "action", "id"),
+        Index("ix_audit_key_id", "key_id", "id"),
+    )
