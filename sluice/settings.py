@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic.fields import FieldInfo
@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     default_provider: str = "sandbox"
     log_level: str = "INFO"
     config_file: str | None = Field(default=None, description="the TOML file that was read")
+
+    # Who may call the API (docs/security.md). "auto": open only to requests that reach a
+    # server listening on loopback with a loopback Host and no X-Forwarded-* header.
+    auth: Literal["auto", "required", "off"] = "auto"
+    # Requests per API key, e.g. "20/s", paced by Sluice's own limiter; None: no limit.
+    api_rate_limit: str | None = None
 
     # Engine knobs (units in the names).
     executor_threads: int = 16

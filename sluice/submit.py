@@ -51,10 +51,16 @@ def submit_embedded(settings: Settings, file: Path, wait: bool, console: Console
         runtime.close()
 
 
-def submit_remote(api_url: str, file: Path, wait: bool, console: Console) -> int:
-    """POST the file's tasks to ``api_url`` in one bulk call and follow them there."""
+def submit_remote(
+    api_url: str, file: Path, wait: bool, console: Console, api_key: str | None = None
+) -> int:
+    """POST the file's tasks to ``api_url`` in one bulk call and follow them there.
+
+    ``api_key`` is sent as ``Authorization: Bearer``; the tasks go to its tenant.
+    """
     items = importer.load_file(file)
-    with httpx.Client(base_url=api_url, timeout=60) as client:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    with httpx.Client(base_url=api_url, timeout=60, headers=headers) as client:
         try:
             bulk = {"tasks": [BulkItem.wire(item) for item in items]}
             answer = client.post("/api/tasks/bulk", json=bulk)

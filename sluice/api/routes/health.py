@@ -1,17 +1,18 @@
-"""Liveness, readiness and the prototype's health check."""
+"""Liveness, readiness and the prototype's health check: public, they show no data."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
+from sluice.api.auth import PUBLIC, GuardedRoute
 from sluice.api.deps import Context
 from sluice.api.schemas import Message
 from sluice.logs import mask_url_passwords
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=GuardedRoute, dependencies=[Depends(PUBLIC)])
 
 
 @router.get("/api/healthchecker", response_model=Message)
