@@ -56,21 +56,40 @@ Host = Annotated[str | None, typer.Option(help="interface to listen on", envvar=
 Port = Annotated[int | None, typer.Option(help="port to listen on", envvar="SLUICE_PORT")]
 
 
+Insecure = Annotated[
+    bool,
+    typer.Option(
+        help="start even with SLUICE_AUTH=off, or on a non-loopback address with no API key",
+        envvar="SLUICE_INSECURE",
+    ),
+]
+
+
 @app.command()
-def api(host: Host = None, port: Port = None) -> None:
+def api(host: Host = None, port: Port = None, insecure: Insecure = False) -> None:
     """Serve the REST API only (no engine)."""
     import uvicorn
 
     from sluice.api.app import build_api
+    from sluice.api.auth import startup_notice
     from sluice.runtime import build_runtime
+    from sluice.store.keys import KeyStore
 
     settings = load_settings()
+    settings = settings.model_copy(
+        update={"host": host or settings.host, "port": port or settings.port}
+    )
     logs.configure(settings.log_level)
     runtime = build_runtime(settings)
+    try:
+        console.print(startup_notice(settings, KeyStore(runtime.repo.engine), insecure=insecure))
+    except errors.ConfigError:
+        runtime.close()
+        raise
     uvicorn.run(
         build_api(runtime),
-        host=host or settings.host,
-        port=port or settings.port,
+        host=settings.host,
+        port=settings.port,
         log_level=settings.log_level.lower(),
     )
 
@@ -105,6 +124,7 @@ def up(
             envvar="SLUICE_WORKERS",
         ),
     ] = 0,
+    insecure: Insecure = False,
 ) -> None:
     """Run the API and the engine in one process (embedded mode, SQLite by default)."""
     from sluice.up import UpOptions, run_up
@@ -118,6 +138,7 @@ def up(
         exit_when_done=exit_when_done,
         sandbox=sandbox,
         workers=workers,
+        insecure=insecure,
     )
     raise typer.Exit(run_up(settings, options, Console()))
 

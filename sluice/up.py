@@ -16,10 +16,12 @@ import uvicorn
 from rich.console import Console
 
 from sluice.api.app import build_api
+from sluice.api.auth import startup_notice
 from sluice.demo import prepare_demo_settings, run_demo
 from sluice.drivers.embedded import EmbeddedDriver, build_embedded_driver
 from sluice.runtime import DEMO_SANDBOX_PORT, build_runtime
 from sluice.settings import Settings
+from sluice.store.keys import KeyStore
 from sluice.worker_processes import WorkerProcesses, start_workers
 
 log = logging.getLogger("sluice.up")
@@ -34,6 +36,7 @@ class UpOptions:
     sandbox: bool = False
     demo_file: Path | None = None
     workers: int = 0
+    insecure: bool = False
 
 
 def run_up(settings: Settings, options: UpOptions, console: Console) -> int:
@@ -44,14 +47,17 @@ def run_up(settings: Settings, options: UpOptions, console: Console) -> int:
     """
     if options.demo:
         settings = prepare_demo_settings(settings)
+    # The API judges "listens on loopback" by the address it is given here.
+    settings = settings.model_copy(update={"host": options.host, "port": options.port})
     exit_code = 0
     with ExitStack() as stack:
         _stop_cleanly_on_sigterm(stack)
+        runtime = build_runtime(settings)
+        stack.callback(runtime.close)
+        notice = startup_notice(settings, KeyStore(runtime.repo.engine), insecure=options.insecure)
         if options.sandbox or options.demo:
             base_url = start_sandbox(settings, stack)
             console.print(f"sandbox DSP (profile {sandbox_profile(settings)}) at {base_url}")
-        runtime = build_runtime(settings)
-        stack.callback(runtime.close)
         driver: EmbeddedDriver | None = None
         workers = WorkerProcesses()
         if options.workers:
@@ -69,6 +75,7 @@ def run_up(settings: Settings, options: UpOptions, console: Console) -> int:
             )
         )
         console.print(f"Sluice API at http://{options.host}:{options.port} (docs at /docs)")
+        console.print(notice)
         if options.demo:
 
             def when_done(finished: bool) -> None:

@@ -222,6 +222,40 @@ class Authenticator:
         return None if grant.granted else grant.retry_after_s
 
 
+def startup_notice(settings: Settings, keys: KeyStore, *, insecure: bool) -> str:
+    """What to say about auth as ``sluice api`` / ``sluice up`` start on ``settings.host``.
+
+    Raises:
+        ConfigError: ``SLUICE_AUTH=off`` without ``insecure``, or a non-loopback address
+            with no usable key and without ``insecure``: the API would be open, or
+            unusable, to the network.
+    """
+    host = settings.host
+    if settings.auth == "off":
+        if not insecure:
+            raise errors.ConfigError(
+                "SLUICE_AUTH=off lets anyone who can reach the API do anything; "
+                "add --insecure to start anyway"
+            )
+        return f"auth is OFF (SLUICE_AUTH=off, --insecure): anyone reaching {host} may do anything"
+    loopback = is_loopback(host)
+    usable = keys.count_usable()
+    if not loopback and usable == 0 and not insecure:
+        raise errors.ConfigError(
+            f"the API would listen on {host}, which is not loopback, and no API key exists: "
+            "create one (sluice keys create --name admin --role admin), listen on 127.0.0.1, "
+            "or add --insecure to start anyway"
+        )
+    if settings.auth == "auto" and loopback:
+        return (
+            f"auth is off because the API listens on loopback ({host}) only; requests "
+            "through a proxy (X-Forwarded-*) or for another Host still need an API key"
+        )
+    if usable == 0:
+        return "auth is on, and no API key exists yet: sluice keys create --name N --role R"
+    return f"auth is on: every request needs an API key ({usable} usable)"
+
+
 def unauthorized() -> JSONResponse:
     """401 with the same body and challenge for every reason a key was not accepted."""
     return JSONResponse(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,6 +148,24 @@ def secured_api(
 
 
 @pytest.fixture
-def secured(tmp_path: Path) -> Iterator[SecuredApi]:
+def secured(make_secured: Callable[..., SecuredApi]) -> SecuredApi:
     """An API that requires a key for everything but health checks."""
-    yield from secured_api(tmp_path)
+    return make_secured()
+
+
+@pytest.fixture
+def make_secured(tmp_path: Path) -> Iterator[Callable[..., SecuredApi]]:
+    """Build APIs like :func:`secured` with other settings (``auth``, ``host``...)."""
+    running: list[Iterator[SecuredApi]] = []
+
+    def make(**fields: Any) -> SecuredApi:
+        folder = tmp_path / f"api{len(running)}"
+        folder.mkdir()
+        started = secured_api(folder, **fields)
+        running.append(started)
+        return next(started)
+
+    yield make
+    for started in reversed(running):
+        for _ in started:  # runs the generator's clean-up
+            pass
