@@ -5,11 +5,10 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from sqlalchemy import text
 
 from sluice import errors
-from sluice.api.auth import Authenticator, GuardedRoute, forbidden
+from sluice.api.auth import Authenticator, check_guarded, forbidden
 from sluice.api.deps import ApiContext, ReadinessCheck
 from sluice.api.limits import BodySizeLimit
 from sluice.api.readiness import broker_check, redis_check
@@ -70,11 +69,7 @@ def create_app(
     app.state.auth = _authenticator(settings, key_store, api_limiter)
     for router in (tasks.router, keys.router, audit.router, health.router):
         app.include_router(router)
-    for route in app.routes:
-        if isinstance(route, APIRoute) and not isinstance(route, GuardedRoute):
-            raise errors.UnguardedRoute(
-                f"route {route.path} is not a GuardedRoute: it would skip auth"
-            )
+    check_guarded(app.routes)
     _install_error_handlers(app)
     app.add_middleware(
         BodySizeLimit, max_bytes=settings.max_body_bytes, bulk_max_bytes=BULK_MAX_BYTES

@@ -27,7 +27,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import math
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
@@ -38,6 +38,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
+from starlette.routing import BaseRoute
 
 from sluice import apikeys, errors
 from sluice.domain import DEFAULT_TENANT, Actor, ApiKey, Role
@@ -278,6 +279,26 @@ def too_many(wait_s: float) -> JSONResponse:
         status_code=429,
         headers={"Retry-After": str(retry_after)},
     )
+
+
+def iter_routes(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+    """Every route of an app, inside included routers too (FastAPI 0.165 keeps an included
+    router as one entry of ``app.routes``; older versions copy its routes in)."""
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            yield from iter_routes(included.routes)
+        else:
+            yield route
+
+
+def check_guarded(routes: Iterable[BaseRoute]) -> None:
+    """Refuse an app with an API route that is not a :class:`GuardedRoute`."""
+    for route in iter_routes(routes):
+        if isinstance(route, APIRoute) and not isinstance(route, GuardedRoute):
+            raise errors.UnguardedRoute(
+                f"route {route.path} is not a GuardedRoute: it would skip auth"
+            )
 
 
 def _calls(dependant: Dependant) -> Iterator[Any]:

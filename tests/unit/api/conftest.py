@@ -169,3 +169,9 @@ def make_secured(tmp_path: Path) -> Iterator[Callable[..., SecuredApi]]:
     for started in reversed(running):
         for _ in started:  # runs the generator's clean-up
             pass
+
+
+@pytest.fixture(scope="module")
+def shared_secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredApi]:
+    """One keyed API for a whole module whose tests each make their own tasks and keys."""
+    yield from secured_api(tmp_path_factory.mktemp("shared"))

@@ -300,3 +300,32 @@ def test_health_checks_need_no_key(secured: SecuredApi) -> None:
     """Liveness, readiness and the prototype's health check answer without a key."""
     for path in ("/healthz", "/readyz", "/api/healthchecker"):
         assert secured.client.get(path).status_code == 200
+
+
+def test_audit_pages_newest_first_and_refuses_bad_filters(secured: SecuredApi) -> None:
+    """GET /api/audit pages with next_cursor, newest first, each record once; a bad cursor
+    or time is 422 naming it."""
+    for _ in range(5):
+        task = secured.client.post(
+            "/api/tasks", json=secured.campaign(), headers=secured.auth("submitter")
+        ).json()
+        secured.client.post(f"/api/tasks/{task['id']}/cancel", headers=secured.auth("submitter"))
+    admin = secured.auth("admin")
+
+    seen: list[int] = []
+    params: dict[str, Any] = {"action": "task.cancel", "limit": 2}
+    while True:
+        page = secured.client.get("/api/audit", params=params, headers=admin).json()
+        seen.extend(record["id"] for record in page["items"])
+        if page["next_cursor"] is None:
+            break
+        params["cursor"] = page["next_cursor"]
+
+    assert len(seen) == 5
+    assert seen == sorted(seen, reverse=True)
+    bad_cursor = secured.client.get("/api/audit", params={"cursor": "xyz"}, headers=admin)
+    bad_time = secured.client.get("/api/audit", params={"since": "yesterday"}, headers=admin)
+    assert bad_cursor.status_code == 422
+    assert "cursor" in bad_cursor.text
+    assert bad_time.status_code == 422
+    assert "since" in bad_time.text
