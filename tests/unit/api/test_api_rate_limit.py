@@ -88,3 +88,20 @@ def test_a_bad_rate_is_a_config_error(make_secured: Make) -> None:
     """SLUICE_API_RATE_LIMIT that is not a rate refuses to build the API, naming it."""
     with pytest.raises(errors.ConfigError, match="api_rate_limit: invalid rate 'fast'"):
         make_secured(api_rate_limit="fast")
+
+
+def test_an_unreachable_limiter_lets_requests_through(
+    make_secured: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the limiter's Redis down, keyed requests still pass, and the lapse is logged."""
+    from sluice.ratelimit.redis import RedisLimiter
+
+    down = RedisLimiter.from_url("redis://127.0.0.1:1/0", namespace="sluice:test:down")
+    api = make_secured(api_rate_limit="1/min", api_limiter=down)
+
+    statuses = [
+        api.client.get("/api/tasks", headers=api.auth("viewer")).status_code for _ in range(2)
+    ]
+
+    assert statuses == [200, 200]
+    assert "api.rate_limit_unavailable" in caplog.text
