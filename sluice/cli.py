@@ -6,6 +6,8 @@ processes it forks) never load the API, FastAPI or the sandbox.
 
 from __future__ import annotations
 
+import sys
+import traceback
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from sluice import errors, logs
+from sluice import errors, logs, masking
 from sluice.settings import load_settings
 
 SANDBOX_HELP = "Run the sandbox DSP (a simulated third-party API)."
@@ -91,6 +93,7 @@ def api(host: Host = None, port: Port = None, insecure: Insecure = False) -> Non
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's records go through Sluice's masking formatter
     )
 
 
@@ -233,8 +236,9 @@ def db_upgrade(
 
 
 def _fail(label: str, message: str) -> None:
-    """One line on stderr: ``label: message``, the message shown as it is (no markup)."""
-    console.print(f"[red]{label}:[/red] {escape(message)}", soft_wrap=True, highlight=False)
+    """One line on stderr: ``label: message``, shown as it is (no markup), secrets masked."""
+    shown = escape(masking.mask(message))
+    console.print(f"[red]{label}:[/red] {shown}", soft_wrap=True, highlight=False)
 
 
 def _open_store() -> Any:
@@ -383,6 +387,12 @@ def main() -> None:
     except errors.SluiceError as exc:
         _fail("error", str(exc))
         raise SystemExit(2) from None
+    except Exception as exc:
+        # A bug or an unexpected library error: its traceback is printed masked, since
+        # messages of database and HTTP libraries may quote URLs or parameters.
+        trace = "".join(traceback.format_exception(exc))
+        sys.stderr.write(masking.mask(trace))
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import httpx
 from rich.console import Console
 from rich.markup import escape
 
-from sluice import errors, importer, submissions
+from sluice import errors, importer, masking, submissions
 from sluice.api.schemas import BulkItem
 from sluice.domain import TaskStatus
 from sluice.drivers.embedded import build_embedded_driver
@@ -65,13 +65,18 @@ def submit_remote(
             bulk = {"tasks": [BulkItem.wire(item) for item in items]}
             answer = client.post("/api/tasks/bulk", json=bulk)
         except httpx.HTTPError as exc:
-            raise errors.SluiceError(f"cannot reach the Sluice API at {api_url}: {exc}") from exc
+            where = masking.mask_urls(api_url)
+            raise errors.SluiceError(
+                f"cannot reach the Sluice API at {where}: {masking.mask(str(exc))}"
+            ) from exc
         if answer.status_code != 201:
             console.print(f"[red]refused ({answer.status_code}):[/red] {escape(answer.text)}")
             return 2
         ids: list[int] = answer.json()["ids"]
         first, last = min(ids), max(ids)
-        console.print(f"{len(ids)} tasks created (ids {first}-{last}) at {api_url}")
+        console.print(
+            f"{len(ids)} tasks created (ids {first}-{last}) at {masking.mask_urls(api_url)}"
+        )
         if not wait:
             return 0
         started = time.monotonic()

@@ -13,14 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
+from pydantic import ValidationError
 from rich.console import Console
 
+from sluice import errors
 from sluice.api.app import build_api
 from sluice.api.auth import startup_notice
 from sluice.demo import prepare_demo_settings, run_demo
 from sluice.drivers.embedded import EmbeddedDriver, build_embedded_driver
 from sluice.runtime import DEMO_SANDBOX_PORT, build_runtime
-from sluice.settings import Settings
+from sluice.settings import Settings, describe_validation_error
 from sluice.store.keys import KeyStore
 from sluice.worker_processes import WorkerProcesses, start_workers
 
@@ -72,6 +74,7 @@ def run_up(settings: Settings, options: UpOptions, console: Console) -> int:
                 host=options.host,
                 port=options.port,
                 log_level="warning",
+                log_config=None,  # through Sluice's masking formatter
             )
         )
         console.print(f"Sluice API at http://{options.host}:{options.port} (docs at /docs)")
@@ -126,7 +129,13 @@ def start_sandbox(settings: Settings, stack: ExitStack) -> str:
     section.setdefault("profile", "demo")
     port = int(section.pop("port", DEMO_SANDBOX_PORT))
     host = str(section.pop("host", "127.0.0.1"))
-    server = SandboxServer(SandboxConfig.from_settings(section), host=host, port=port)
+    try:
+        config = SandboxConfig.from_settings(section)
+    except ValidationError as exc:
+        raise errors.ConfigError(
+            describe_validation_error(exc, lambda loc: "sandbox." + ".".join(loc))
+        ) from None
+    server = SandboxServer(config, host=host, port=port)
     base_url = server.start()
     stack.callback(server.stop)
     return base_url

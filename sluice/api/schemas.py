@@ -9,6 +9,7 @@ from fastapi import Query
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from sluice import errors, submissions
+from sluice.catalog import Catalog
 from sluice.domain import (
     TENANT_PATTERN,
     ApiKey,
@@ -134,8 +135,11 @@ class TaskOut(BaseModel):
     updated_at: datetime
 
     @classmethod
-    def of(cls, task: Task) -> TaskOut:
-        return cls.model_validate(task, from_attributes=True)
+    def of(cls, task: Task, catalog: Catalog) -> TaskOut:
+        """The task as the API shows it: the provider's ``redact_fields`` masked."""
+        shown = cls.model_validate(task, from_attributes=True)
+        shown.payload = catalog.shown_payload(task.provider, task.payload)
+        return shown
 
 
 class TaskPage(BaseModel):

@@ -16,8 +16,8 @@ import httpx
 
 from sluice import errors
 from sluice.clock import Clock
+from sluice.masking import Redactor
 from sluice.providers.config import AuthConfig
-from sluice.providers.redaction import Redactor
 from sluice.providers.templating import MISSING, get_path
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class TokenAuth:
             raise TokenUnavailable(
                 f"token answer from {self._provider} has no {self._config.token_field}"
             )
-        self._redactor.add(token)
+        self._redactor.add_rotating(token)
         lifetime = self._config.lifetime
         if self._config.expires_in_field:
             expires_in = get_path(body, self._config.expires_in_field)

@@ -22,13 +22,14 @@ from pydantic import (
     model_validator,
 )
 
-from sluice import errors
+from sluice import errors, masking
 from sluice.domain import TaskStatus
 from sluice.providers.templating import RequestLine, expand_env
 from sluice.ratelimit.rate import Rate, parse_rate
 from sluice.units import parse_duration
 
 PROVIDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
+FIELD_PATH = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
 _SENSITIVE_NAME = re.compile(r"auth|token|key|secret|password|cookie|session|signature", re.I)
 _MIN_SECRET_LEN = 4
 
@@ -86,6 +87,15 @@ def _secret_map(value: object, info: ValidationInfo) -> dict[str, Secret]:
     return result
 
 
+def _field_paths(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("must be a list of dotted payload paths like 'card.number'")
+    for path in value:
+        if not FIELD_PATH.match(path):
+            raise ValueError(f"{path!r} is not a dotted payload path like 'card.number'")
+    return tuple(value)
+
+
 def _duration(value: object) -> float:
     return parse_duration(value)
 
@@ -132,6 +142,7 @@ Duration = Annotated[float, PlainValidator(_duration)]
 Secrets = Annotated[dict[str, Secret], PlainValidator(_secret_map)]
 Rates = Annotated[tuple[Rate, ...], PlainValidator(_rates)]
 Codes = Annotated[frozenset[str], PlainValidator(_codes)]
+FieldPaths = Annotated[tuple[str, ...], PlainValidator(_field_paths)]
 SubmitLine = Annotated[RequestLine, _request_line("client_ref", "parent_external_id", "payload")]
 StatusLine = Annotated[
     RequestLine, _request_line("external_id", "client_ref", "parent_external_id", "payload")
@@ -267,6 +278,7 @@ class ProviderConfig(_Table):
     deadline: Duration | None = None
     poll_interval: Duration = 2.0
     idempotency_header: str | None = None
+    redact_fields: FieldPaths = ()
     poll: PollConfig | None = None
     kinds: dict[str, KindConfig] = Field(default_factory=dict)
     rate_limit_signal: SignalConfig = Field(default_factory=SignalConfig)
@@ -373,7 +385,7 @@ def _reason(error: Any) -> str:
     if kind in {"enum", "literal_error"}:
         return f"must be one of {ctx.get('expected')}, got {got!r}"
     if kind == "string_pattern_mismatch":
-        return f"must start with http:// or https://, got {got!r}"
+        return f"must start with http:// or https://, got {masking.mask_urls(str(got))!r}"
     if kind == "too_short":
         return "must not be empty"
     if kind.endswith("_type") or kind.endswith("_parsing"):

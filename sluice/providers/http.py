@@ -10,16 +10,18 @@ for that task, logged with the raw value; nothing here raises on a provider's an
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
 
-from sluice import errors
+from sluice import errors, masking
 from sluice.clock import Clock, SystemClock
 from sluice.domain import Access, TaskStatus
+from sluice.masking import Redactor
 from sluice.providers import signals
 from sluice.providers.answers import NOT_JSON, AnswerReader, json_body
 from sluice.providers.auth import TokenAuth, TokenUnavailable
@@ -38,7 +40,6 @@ from sluice.providers.base import (
 )
 from sluice.providers.config import KindConfig, ProviderConfig
 from sluice.providers.limits import LimitRules
-from sluice.providers.redaction import Redactor
 from sluice.providers.templating import (
     MISSING,
     MissingValue,
@@ -54,6 +55,7 @@ from sluice.units import format_duration
 log = logging.getLogger(__name__)
 
 _Refusal = TypeVar("_Refusal", bound=RateLimited | Transient | Failed)
+_Decision = TypeVar("_Decision", bound=SubmitDecision | PollDecision | LookupDecision)
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
@@ -81,9 +83,14 @@ class HttpProvider:
         self.rate_margin = config.rate_margin
         self.kinds = frozenset(config.kinds)
         self._clock: Clock = clock or SystemClock()
-        self._redactor = Redactor()
+        # Also teaches masking.KNOWN, so the log formatter masks these secrets everywhere.
+        self._redactor = Redactor(registry=masking.KNOWN)
         for secret in config.headers.values():
             self._redactor.add(*secret.sensitive)
+        password = masking.url_password(config.base_url)
+        if password:
+            self._redactor.add(password)
+        self.redact_fields = config.redact_fields
         self._limits = LimitRules(name, config)
         self._answers = AnswerReader(config.errors, self._redactor)
         self._auth = (
@@ -129,8 +136,18 @@ class HttpProvider:
 
     # --- submit --------------------------------------------------------------------------
 
+    def sensitive_values(self, tasks: Iterable[TaskRef]) -> list[str]:
+        """The values of the ``redact_fields`` of ``tasks``' payloads (sent, never shown)."""
+        if not self.redact_fields:
+            return []
+        return [v for t in tasks for v in masking.values_at(t.payload, self.redact_fields)]
+
     def submit(self, client: httpx.Client, task: TaskRef) -> SubmitDecision:
         """Create the task's object and read its external id."""
+        with masking.also_mask(self.sensitive_values([task])):
+            return self._masked(self._submit(client, task))
+
+    def _submit(self, client: httpx.Client, task: TaskRef) -> SubmitDecision:
         kind = self._kind(task)
         if kind is None:
             return Failed(self._unknown_kind(task.kind))
@@ -166,6 +183,10 @@ class HttpProvider:
 
     def lookup(self, client: httpx.Client, task: TaskRef) -> LookupDecision:
         """Find the object a lost create answer may have made, by client reference."""
+        with masking.also_mask(self.sensitive_values([task])):
+            return self._masked(self._lookup(client, task))
+
+    def _lookup(self, client: httpx.Client, task: TaskRef) -> LookupDecision:
         kind = self._kind(task)
         if kind is None or kind.lookup is None:
             return Transient(f"{self.name} has no lookup for kind {task.kind!r}")
@@ -248,6 +269,10 @@ class HttpProvider:
 
     def poll(self, client: httpx.Client, group: Sequence[TaskRef]) -> dict[int, PollDecision]:
         """Status of every task of ``group`` (one request), by task id."""
+        with masking.also_mask(self.sensitive_values(group)):
+            return {tid: self._masked(d) for tid, d in self._poll(client, group).items()}
+
+    def _poll(self, client: httpx.Client, group: Sequence[TaskRef]) -> dict[int, PollDecision]:
         if self.config.poll is not None:
             return self._poll_batch(client, group)
         results: dict[int, PollDecision] = {}
@@ -505,6 +530,16 @@ class HttpProvider:
         return decision
 
     # --- helpers -------------------------------------------------------------------------
+
+    def _masked(self, decision: _Decision) -> _Decision:
+        """``decision`` with its message masked (secrets, and the payload's redact_fields)."""
+        if isinstance(decision, Transient | Failed):
+            return dataclasses.replace(decision, message=self._redactor.redact(decision.message))
+        if isinstance(decision, RateLimited):
+            return dataclasses.replace(decision, detail=self._redactor.redact(decision.detail))
+        if isinstance(decision, StatusReport) and decision.message is not None:
+            return dataclasses.replace(decision, message=self._redactor.redact(decision.message))
+        return decision
 
     def _kind(self, task: TaskRef) -> KindConfig | None:
         return self.config.kinds.get(task.kind) if task.kind is not None else None

@@ -13,7 +13,7 @@ from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import ExceptionContext, make_url
 
-from sluice import errors
+from sluice import errors, masking
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -64,6 +64,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     password masked) from any use of the engine, instead of a driver error.
     """
     given, url = url, normalise_url(url)
+    # Its password is then masked in every log line of this process.
+    masking.remember_url(given)
     try:
         parsed = make_url(url)
     except Exception as exc:

@@ -48,7 +48,7 @@ def create_task(
     task, created = submissions.create_task(context.repo, context.catalog, item, body_hash)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
-    return TaskOut.of(task)
+    return TaskOut.of(task, context.catalog)
 
 
 @router.post("/bulk", status_code=status.HTTP_201_CREATED, response_model=BulkCreated)
@@ -87,13 +87,15 @@ def list_tasks(
         limit=limit,
         tenant=principal.read_scope(tenant),
     )
-    return TaskPage(items=[TaskOut.of(t) for t in page.items], next_cursor=page.next_cursor)
+    return TaskPage(
+        items=[TaskOut.of(t, context.catalog) for t in page.items], next_cursor=page.next_cursor
+    )
 
 
 @router.get("/{task_id}", response_model=TaskOut)
 def get_task(task_id: TaskId, context: Context, principal: Viewer) -> TaskOut:
     """One task, or 404."""
-    return TaskOut.of(context.repo.get(task_id, tenant=principal.tenant))
+    return TaskOut.of(context.repo.get(task_id, tenant=principal.tenant), context.catalog)
 
 
 @router.get("/{task_id}/events", response_model=list[EventOut])
@@ -106,11 +108,11 @@ def task_events(task_id: TaskId, context: Context, principal: Viewer) -> list[Ev
 def cancel_task(task_id: TaskId, context: Context, principal: Submitter) -> CancelOut:
     """Cancel an unfinished task and its unfinished descendants."""
     task, count = context.repo.cancel(task_id, tenant=principal.tenant, actor=principal.actor)
-    return CancelOut(task=TaskOut.of(task), descendants_cancelled=count)
+    return CancelOut(task=TaskOut.of(task, context.catalog), descendants_cancelled=count)
 
 
 @router.post("/{task_id}/retry", response_model=TaskOut)
 def retry_task(task_id: TaskId, context: Context, principal: Submitter) -> TaskOut:
     """Put an Error or Cancelled task back to Not Started (attempts reset)."""
     task = context.repo.retry(task_id, tenant=principal.tenant, actor=principal.actor)
-    return TaskOut.of(task)
+    return TaskOut.of(task, context.catalog)
