@@ -8,7 +8,9 @@
   when settings are built), provider credentials and fetched tokens (added by the
   providers). The log formatter masks all of them in every line, tracebacks included.
 - :func:`mask_urls` hides the password of any ``scheme://user:password@host`` URL in a
-  text, whether or not the rest of the URL parses.
+  text, whether or not the rest of the URL parses; :func:`mask_shapes` hides anything
+  shaped like a Sluice API key (``sk_<id>_<secret>``, the public id kept) or the
+  credential after ``Bearer``/``Basic``, known or not.
 - :func:`sensitive_name` is the key-name heuristic for fields and headers that hold
   credentials; :func:`scrub` applies both to a (nested) value.
 - :func:`mask_paths` masks a payload's ``redact_fields`` (``card.number``) for display;
@@ -48,6 +50,13 @@ _SENSITIVE_NAME = re.compile(
 # little).
 _URL_USERINFO = re.compile(
     r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@'\"]*):(?P<password>[^\s'\"]*)@"
+)
+
+# Shapes that are secrets wherever they appear: Sluice's API keys (``sk_<id>_<secret>``;
+# the public id is kept for diagnosis) and the credential of an Authorization header.
+_API_KEY = re.compile(r"\b(?P<head>sk_[0-9a-f]{12}_)[A-Za-z0-9_\-]{16,}")
+_AUTH_HEADER = re.compile(
+    r"(?P<head>\b(?:Bearer|Basic|Token)\s+)(?!\*\*\*)[A-Za-z0-9._~+/=\-]{8,}", re.IGNORECASE
 )
 
 _extra: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
@@ -193,9 +202,16 @@ def mask_urls(text: str) -> str:
     return _URL_USERINFO.sub(lambda m: f"{m.group('head')}:{MASK}@", text)
 
 
+def mask_shapes(text: str) -> str:
+    """``text`` with Sluice API keys (``sk_<id>_***``) and ``Bearer <credential>`` masked."""
+    if "sk_" in text:
+        text = _API_KEY.sub(lambda m: m.group("head") + MASK, text)
+    return _AUTH_HEADER.sub(lambda m: m.group("head") + MASK, text)
+
+
 def mask(text: str) -> str:
-    """``text`` with every known secret and every URL password masked."""
-    return mask_urls(KNOWN.redact(text))
+    """``text`` with known secrets, URL passwords, API keys and bearer credentials masked."""
+    return mask_shapes(mask_urls(KNOWN.redact(text)))
 
 
 def scrub(value: Any, name: str = "") -> Any:

@@ -159,3 +159,21 @@ class AuditRow(Base):
         Index("ix_audit_action", "action", "id"),
         Index("ix_audit_key_id", "key_id", "id"),
     )
+
+
+class ConsoleSessionRow(Base):
+    """A signed-in console session, tied to the API key it was opened with.
+
+    ``id`` is the SHA-256 digest of the cookie's token: a copy of this table opens no
+    session. Deleting (or revoking) the key ends its sessions.
+    """
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("api_keys.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())

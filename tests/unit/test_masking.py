@@ -281,3 +281,11 @@ def test_mask_paths_masks_dotted_fields_and_list_items() -> None:
         "t-1",
         "t-2",
     ]
+
+
+def test_api_keys_and_bearer_credentials_are_masked_by_shape() -> None:
+    """Any Sluice API key or Authorization credential in a line is masked, known or not."""
+    key = "sk_0123456789ab_" + "Zq9" * 14 + "x"
+    line = masking.mask(f"login with {key}; header Authorization: Bearer eyJhbGciOi.J9.xyz")
+    assert line == "login with sk_0123456789ab_***; header Authorization: Bearer ***"
+    assert masking.mask("a bearer token is required") == "a bearer token is required"
