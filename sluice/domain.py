@@ -175,6 +175,7 @@ class DueTask:
     polls: int
     poll_interval_s: float | None
     deadline_at: datetime | None
+    tenant: str = DEFAULT_TENANT
 
     @property
     def operation(self) -> Operation:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -34,8 +35,17 @@ class TokenUnavailable(errors.ProviderError):
 class TokenAuth:
     """Holds one provider's current token; shared by every worker thread."""
 
-    def __init__(self, provider: str, config: AuthConfig, clock: Clock, redactor: Redactor) -> None:
+    def __init__(
+        self,
+        provider: str,
+        config: AuthConfig,
+        clock: Clock,
+        redactor: Redactor,
+        *,
+        base_headers: Mapping[str, str] | None = None,
+    ) -> None:
         self._provider = provider
+        self._base_headers = dict(base_headers or {})
         self._config = config
         self._clock = clock
         self._redactor = redactor
@@ -70,7 +80,7 @@ class TokenAuth:
     def _fetch(self, client: httpx.Client) -> None:
         line = self._config.request
         values = {key: secret.value for key, secret in self._config.body.items()}
-        headers = {key: secret.value for key, secret in self._config.headers.items()}
+        headers = self._base_headers | {k: s.value for k, s in self._config.headers.items()}
         kwargs: dict[str, Any] = {"headers": headers}
         if line.method != "GET":
             kwargs["json" if self._config.body_format == "json" else "data"] = values

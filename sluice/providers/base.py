@@ -34,6 +34,8 @@ class TaskRef:
     external_id: str | None
     client_ref: str
     parent_external_id: str | None
+    tenant: str | None = None
+    """Whose account it goes out on (a tenant with its own credentials, else the provider's)."""
 
 
 @dataclass(frozen=True)

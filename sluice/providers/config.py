@@ -23,12 +23,13 @@ from pydantic import (
 )
 
 from sluice import errors, masking
-from sluice.domain import TaskStatus
+from sluice.domain import TENANT_PATTERN, TaskStatus
 from sluice.providers.templating import RequestLine, expand_env
 from sluice.ratelimit.rate import Rate, parse_rate
 from sluice.units import parse_duration
 
 PROVIDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
+TENANT_NAME = re.compile(TENANT_PATTERN)
 FIELD_PATH = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
 _SENSITIVE_NAME = re.compile(r"auth|token|key|secret|password|cookie|session|signature", re.I)
 _MIN_SECRET_LEN = 4
@@ -50,11 +51,14 @@ class KeyProblem(errors.InvalidValue):
 class Secret:
     """A configured value that may hold a secret; its repr never shows it.
 
-    ``sensitive`` lists the substrings to redact from messages and logs.
+    ``sensitive`` lists the substrings to redact from messages and logs; ``credential``
+    says whether the value is a credential (it came from ``${VAR}`` or sits under a
+    credential-like name), which a tenant's own credentials replace.
     """
 
     value: str
     sensitive: tuple[str, ...]
+    credential: bool = False
 
     def __repr__(self) -> str:
         return "Secret('***')"
@@ -75,6 +79,7 @@ def _secret_map(value: object, info: ValidationInfo) -> dict[str, Secret]:
         except ValueError as exc:
             raise KeyProblem(str(key), str(exc)) from None
         sensitive = set(substituted)
+        credential = bool(substituted) or bool(_SENSITIVE_NAME.search(str(key)))
         if _SENSITIVE_NAME.search(str(key)):
             sensitive.add(expanded)
             _scheme, _, rest = expanded.partition(" ")
@@ -83,6 +88,7 @@ def _secret_map(value: object, info: ValidationInfo) -> dict[str, Secret]:
         result[str(key)] = Secret(
             value=expanded,
             sensitive=tuple(sorted(s for s in sensitive if len(s) >= _MIN_SECRET_LEN)),
+            credential=credential,
         )
     return result
 
@@ -261,6 +267,26 @@ class AuthConfig(_Table):
         return self
 
 
+class TenantCredentials(_Table):
+    """``[providers.NAME.tenants.TENANT]``: a tenant's own account at this provider.
+
+    Its ``headers`` and ``auth`` replace the provider's credentials for that tenant's
+    requests: the provider's credential headers (a ``${VAR}`` value or a credential-like
+    name) and its token are not sent; its other headers are. ``auth`` takes the provider's
+    ``[auth]`` request, fields and header format, and only ``body`` and ``headers`` (the
+    secrets) from the tenant.
+    """
+
+    headers: Secrets = Field(default_factory=dict)
+    auth: AuthConfig | None = None
+
+    @model_validator(mode="after")
+    def _has_credentials(self) -> Self:
+        if not self.headers and self.auth is None:
+            raise ValueError("give the tenant's credentials: headers, or an [auth] table")
+        return self
+
+
 class ProviderConfig(_Table):
     """``[providers.NAME]``: one third party."""
 
@@ -284,9 +310,17 @@ class ProviderConfig(_Table):
     rate_limit_signal: SignalConfig = Field(default_factory=SignalConfig)
     errors: ErrorsConfig = Field(default_factory=ErrorsConfig)
     auth: AuthConfig | None = None
+    tenants: dict[str, TenantCredentials] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
+        bad = sorted(t for t in self.tenants if not TENANT_NAME.match(t))
+        if bad:
+            raise KeyProblem(
+                "tenants",
+                f"{bad[0]!r} is not a tenant name (letters, digits, '.', '_', '-'; "
+                "at most 64 characters)",
+            )
         if self.timeout <= 0:
             raise KeyProblem("timeout", f"must be > 0, got {self.timeout:g}s")
         if self.retry_max < self.retry_base:
@@ -334,9 +368,33 @@ def parse_provider(
             f"{prefix}: provider names may hold letters, digits, '-' and '_' only"
         )
     try:
-        return ProviderConfig.model_validate(dict(table), context={"environ": environ})
+        return ProviderConfig.model_validate(with_tenant_auth(table), context={"environ": environ})
     except ValidationError as exc:
         raise errors.InvalidValue("\n".join(_describe(exc, prefix))) from None
+
+
+AUTH_SECRET_KEYS = frozenset({"body", "headers"})
+
+
+def with_tenant_auth(table: Mapping[str, Any]) -> dict[str, Any]:
+    """``table`` with each tenant's ``[auth]`` completed from the provider's ``[auth]``.
+
+    Only the non-secret keys (request line, fields, header format) are taken from the
+    provider: a tenant's token request never carries the provider's own secrets.
+    """
+    result = dict(table)
+    base = table.get("auth")
+    tenants = table.get("tenants")
+    if not isinstance(base, Mapping) or not isinstance(tenants, Mapping):
+        return result
+    shared = {k: v for k, v in base.items() if k not in AUTH_SECRET_KEYS}
+    completed: dict[str, Any] = {}
+    for name, tenant in tenants.items():
+        if isinstance(tenant, Mapping) and isinstance(tenant.get("auth"), Mapping):
+            tenant = {**tenant, "auth": {**shared, **tenant["auth"]}}
+        completed[name] = tenant
+    result["tenants"] = completed
+    return result
 
 
 def _describe(exc: ValidationError, prefix: str) -> list[str]:
@@ -405,6 +463,7 @@ def _table_model(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
         "rate_limit_signal": (1, SignalConfig),
         "errors": (1, ErrorsConfig),
         "auth": (1, AuthConfig),
+        "tenants": (2, TenantCredentials),
     }
     depth, model = tables.get(str(loc[0]), (0, ProviderConfig))
     return model if depth == len(loc) else None

@@ -1,6 +1,7 @@
 """The config-driven HTTP adapter: one ``[providers.NAME]`` table becomes a Provider.
 
-Every request goes through :meth:`HttpProvider._call`, which adds the auth header,
+Every request goes through :meth:`HttpProvider._call`, which adds the credentials of the
+account it goes out on (the provider's or a tenant's, :mod:`credentials`),
 translates httpx exceptions where they enter, and turns refusals into decisions
 (rate-limit signals via :mod:`signals`, the rest via :mod:`answers`). The public
 methods then read successful answers: the created id, statuses, lookup results.
@@ -24,7 +25,7 @@ from sluice.domain import Access, TaskStatus
 from sluice.masking import Redactor
 from sluice.providers import signals
 from sluice.providers.answers import NOT_JSON, AnswerReader, json_body
-from sluice.providers.auth import TokenAuth, TokenUnavailable
+from sluice.providers.auth import TokenUnavailable
 from sluice.providers.base import (
     Accepted,
     Failed,
@@ -39,6 +40,7 @@ from sluice.providers.base import (
     Transient,
 )
 from sluice.providers.config import KindConfig, ProviderConfig
+from sluice.providers.credentials import Accounts
 from sluice.providers.limits import LimitRules
 from sluice.providers.templating import (
     MISSING,
@@ -85,17 +87,13 @@ class HttpProvider:
         self._clock: Clock = clock or SystemClock()
         # Also teaches masking.KNOWN, so the log formatter masks these secrets everywhere.
         self._redactor = Redactor(registry=masking.KNOWN)
-        for secret in config.headers.values():
-            self._redactor.add(*secret.sensitive)
         password = masking.url_password(config.base_url)
         if password:
             self._redactor.add(password)
         self.redact_fields = config.redact_fields
         self._limits = LimitRules(name, config)
         self._answers = AnswerReader(config.errors, self._redactor)
-        self._auth = (
-            TokenAuth(name, config.auth, self._clock, self._redactor) if config.auth else None
-        )
+        self._accounts = Accounts(name, config, self._clock, self._redactor)
 
     # --- limits --------------------------------------------------------------------------
 
@@ -250,21 +248,29 @@ class HttpProvider:
     # --- poll ----------------------------------------------------------------------------
 
     def poll_groups(self, tasks: Sequence[TaskRef]) -> list[list[TaskRef]]:
-        """Batches of at most ``batch_size`` distinct ids with a batch poll, else singletons."""
+        """Batches of at most ``batch_size`` distinct ids with a batch poll, else singletons.
+
+        A batch never mixes accounts: each goes out with one tenant's credentials (or the
+        provider's), and an account may only ask about its own objects.
+        """
         if self.config.poll is None:
             return [[task] for task in tasks]
+        by_account: dict[str, list[TaskRef]] = {}
+        for task in tasks:
+            by_account.setdefault(self._accounts.account(task.tenant), []).append(task)
         size = self.config.poll.batch_size
         groups: list[list[TaskRef]] = []
-        current: list[TaskRef] = []
-        ids: set[str | None] = set()
-        for task in tasks:
-            if task.external_id not in ids and len(ids) >= size:
+        for same_account in by_account.values():
+            current: list[TaskRef] = []
+            ids: set[str | None] = set()
+            for task in same_account:
+                if task.external_id not in ids and len(ids) >= size:
+                    groups.append(current)
+                    current, ids = [], set()
+                current.append(task)
+                ids.add(task.external_id)
+            if current:
                 groups.append(current)
-                current, ids = [], set()
-            current.append(task)
-            ids.add(task.external_id)
-        if current:
-            groups.append(current)
         return groups
 
     def poll(self, client: httpx.Client, group: Sequence[TaskRef]) -> dict[int, PollDecision]:
@@ -299,7 +305,12 @@ class HttpProvider:
             return results
         task_ids = [t.task_id for t in pending]
         answer = self._call(
-            client, poll.request, poll.request.render({}, ids=ids), write=False, task_ids=task_ids
+            client,
+            poll.request,
+            poll.request.render({}, ids=ids),
+            write=False,
+            tenant=pending[0].tenant,
+            task_ids=task_ids,
         )
         if not isinstance(answer, _Answer):
             return results | {t.task_id: _as_read(answer) for t in pending}
@@ -414,6 +425,7 @@ class HttpProvider:
             line,
             target,
             write=write,
+            tenant=task.tenant,
             task_ids=[task.task_id],
             json=payload if write and line.method in _BODY_METHODS else None,
             headers=headers,
@@ -435,17 +447,20 @@ class HttpProvider:
         target: str,
         *,
         write: bool,
+        tenant: str | None,
         task_ids: Sequence[int],
         json: Any = None,
         headers: Mapping[str, str] | None = None,
         allow_404: bool = False,
     ) -> _Answer | RateLimited | Transient | Failed:
-        """Send one request and classify everything but a readable success."""
-        request_headers = dict(headers or {})
+        """Send one request on ``tenant``'s account and classify all but a readable success."""
+        credentials = self._accounts.of(tenant)
+        request_headers = {**credentials.headers, **(headers or {})}
+        auth = credentials.auth
         auth_value: str | None = None
-        if self._auth is not None:
+        if auth is not None:
             try:
-                auth_name, auth_value = self._auth.header(client)
+                auth_name, auth_value = auth.header(client)
             except TokenUnavailable as exc:
                 return self._log_decision(Transient(self._redactor.redact(str(exc))), task_ids)
             request_headers[auth_name] = auth_value
@@ -462,8 +477,8 @@ class HttpProvider:
         status = response.status_code
         if 200 <= status < 300 or (allow_404 and status == 404):
             return _Answer(response, json_body(response))
-        if status == 401 and self._auth is not None:
-            self._auth.invalidate(auth_value)
+        if status == 401 and auth is not None:
+            auth.invalidate(auth_value)
         body = json_body(response)
         now = self._clock.time()
         limited = signals.detect(response, body, self.config.rate_limit_signal, now)

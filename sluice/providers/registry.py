@@ -69,15 +69,16 @@ def unknown_provider_message(name: str, providers: Mapping[str, object]) -> str:
 def build_http_client(
     provider: Provider, *, transport: httpx.BaseTransport | None = None
 ) -> httpx.Client:
-    """A keep-alive client for ``provider``: base URL, expanded headers, timeout.
+    """A keep-alive client for ``provider``: base URL, timeout, pool.
 
-    ``transport`` replaces the network (``httpx.MockTransport`` in tests).
+    Credentials are not set on the client: the provider adds the headers of the account
+    each request goes out on (its own, or a tenant's). ``transport`` replaces the network
+    (``httpx.MockTransport`` in tests).
     """
     timeout = httpx.Timeout(provider.timeout_s)
     if not isinstance(provider, HttpProvider):
         return httpx.Client(timeout=timeout, transport=transport)
     headers = {"Accept": "application/json", "User-Agent": _USER_AGENT}
-    headers |= {key: secret.value for key, secret in provider.config.headers.items()}
     pool = provider.config.max_in_flight or _DEFAULT_POOL
     return httpx.Client(
         base_url=provider.base_url,
