@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     pump_s: float = 1.0
     reconcile_every_s: float = 30.0
 
+    # Console sessions (/ui): they end this long after sign-in, or after this long unused.
+    console_session_s: float = Field(default=8 * 3600, gt=0)
+    console_idle_s: float = Field(default=3600, gt=0)
+
     # Sections of the TOML file, validated by their own modules.
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     sandbox: dict[str, Any] = Field(default_factory=dict)

@@ -77,7 +77,8 @@ def run_up(settings: Settings, options: UpOptions, console: Console) -> int:
                 log_config=None,  # through Sluice's masking formatter
             )
         )
-        console.print(f"Sluice API at http://{options.host}:{options.port} (docs at /docs)")
+        address = f"http://{options.host}:{options.port}"
+        console.print(f"Sluice API at {address} (docs at /docs, console at {address}/ui)")
         console.print(notice)
         if options.demo:
 

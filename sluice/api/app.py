@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from sluice import errors
+from sluice import apikeys, errors
+from sluice.api import console
 from sluice.api.auth import Authenticator, check_guarded, forbidden
+from sluice.api.console.routes import ConsoleRoute
 from sluice.api.deps import ApiContext, ReadinessCheck
 from sluice.api.limits import BodySizeLimit
 from sluice.api.readiness import broker_check, redis_check
 from sluice.api.routes import audit, health, keys, tasks
 from sluice.catalog import Catalog
+from sluice.domain import ApiKey
 from sluice.ratelimit import build_limiter, parse_rate
 from sluice.ratelimit.base import Limiter
 from sluice.runtime import Runtime
@@ -21,6 +26,7 @@ from sluice.settings import Settings
 from sluice.store.audit import AuditLog
 from sluice.store.keys import KeyStore
 from sluice.store.repository import TaskRepository
+from sluice.store.sessions import SessionStore
 from sluice.submissions import SubmissionInvalid
 
 BULK_MAX_BYTES = 64 * 1024 * 1024
@@ -69,12 +75,35 @@ def create_app(
     app.state.auth = _authenticator(settings, key_store, api_limiter)
     for router in (tasks.router, keys.router, audit.router, health.router):
         app.include_router(router)
-    check_guarded(app.routes)
+    _install_console(app, settings, repo, key_store)
+    # Console routes check their own session and CSRF (sluice.api.console.routes).
+    check_guarded(app.routes, also=(ConsoleRoute,))
     _install_error_handlers(app)
     app.add_middleware(
         BodySizeLimit, max_bytes=settings.max_body_bytes, bulk_max_bytes=BULK_MAX_BYTES
     )
     return app
+
+
+def _install_console(
+    app: FastAPI, settings: Settings, repo: TaskRepository, key_store: KeyStore
+) -> None:
+    """The console at /ui: sign-in with an API key, sessions in the database."""
+    auth: Authenticator = app.state.auth
+    sessions = SessionStore(
+        repo.engine,
+        repo.clock,
+        lifetime=timedelta(seconds=settings.console_session_s),
+        idle=timedelta(seconds=settings.console_idle_s),
+    )
+
+    def sign_in(token: str) -> ApiKey | None:
+        key = apikeys.authenticate(key_store, token)
+        if key is not None:
+            key_store.touch(key, key_store.clock.now())
+        return key
+
+    console.install(app, sessions, sign_in, auth.open_to)
 
 
 def _authenticator(

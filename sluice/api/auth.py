@@ -292,10 +292,11 @@ def iter_routes(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
             yield route
 
 
-def check_guarded(routes: Iterable[BaseRoute]) -> None:
-    """Refuse an app with an API route that is not a :class:`GuardedRoute`."""
+def check_guarded(routes: Iterable[BaseRoute], also: tuple[type[APIRoute], ...] = ()) -> None:
+    """Refuse an app with an API route that is not a :class:`GuardedRoute` (or one of
+    ``also``: route classes that do their own checks, like the console's)."""
     for route in iter_routes(routes):
-        if isinstance(route, APIRoute) and not isinstance(route, GuardedRoute):
+        if isinstance(route, APIRoute) and not isinstance(route, (GuardedRoute, *also)):
             raise errors.UnguardedRoute(
                 f"route {route.path} is not a GuardedRoute: it would skip auth"
             )

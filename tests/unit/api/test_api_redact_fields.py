@@ -33,7 +33,8 @@ def client_and_repo(tmp_path: Path) -> Iterator[tuple[TestClient, TaskRepository
     engine = db.make_engine(settings.database_url)
     db.ensure_schema(engine)
     repo = TaskRepository(engine, FakeClock())
-    with TestClient(create_app(settings, repo, CATALOG)) as client:
+    # The open loopback mode: a loopback Host, no key.
+    with TestClient(create_app(settings, repo, CATALOG), base_url="http://localhost") as client:
         yield client, repo
     engine.dispose()
 

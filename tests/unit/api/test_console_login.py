@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from fastapi import FastAPI, Request
@@ -22,6 +23,9 @@ from sluice.clock import FakeClock
 from sluice.domain import ApiKey, Role
 from sluice.store import db
 from sluice.store.sessions import SessionStore, api_keys
+
+if TYPE_CHECKING:
+    from tests.unit.api.conftest import SecuredApi
 
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 GOOD = "sk_0123456789ab_" + "G" * 43
@@ -244,3 +248,49 @@ def test_every_console_route_is_checked_by_the_console_route_class(ui: Console) 
             answer = ui.client.request(method, route.path, follow_redirects=False)
             assert answer.status_code == 303, (method, route.path)
             assert answer.headers["location"] == "/ui/login"
+
+
+def sign_in_with(client: TestClient, token: str) -> int:
+    form = client.get("/ui/login")
+    found = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+    assert found
+    answer = client.post(
+        "/ui/login", data={"api_key": token, "csrf_token": found.group(1)}, follow_redirects=False
+    )
+    return answer.status_code
+
+
+def test_the_api_serves_the_console_with_real_keys(secured: SecuredApi) -> None:
+    """In the full app a real key signs in, revoking it through the API ends the session,
+    and revoked or expired keys cannot sign in."""
+    client = secured.client
+    assert sign_in_with(client, secured.tokens["revoked"]) == 401
+    assert sign_in_with(client, secured.tokens["expired"]) == 401
+    assert sign_in_with(client, secured.tokens["submitter"]) == 303
+    page = client.get("/ui")
+    assert page.status_code == 200
+    assert "submitter" in page.text
+    assert "acme" in page.text
+    revoke = client.post(
+        f"/api/keys/{secured.ids['submitter']}/revoke", headers=secured.auth("admin")
+    )
+    assert revoke.status_code == 200, revoke.text
+    gone = client.get("/ui", follow_redirects=False)
+    assert (gone.status_code, gone.headers["location"]) == (303, "/ui/login")
+
+
+def test_a_cookie_never_opens_the_json_api(secured: SecuredApi) -> None:
+    """The console's session authenticates console pages only, not /api routes."""
+    assert sign_in_with(secured.client, secured.tokens["admin"]) == 303
+    assert secured.client.get("/api/tasks").status_code == 401
+
+
+def test_every_route_of_the_app_is_guarded_or_a_console_route(secured: SecuredApi) -> None:
+    """The app's check sees included routers too: a plain route cannot skip both guards."""
+    app = secured.client.app
+    kinds = {
+        type(context.original_route).__name__
+        for context in iter_route_contexts(app.routes)  # type: ignore[attr-defined]
+        if isinstance(context.original_route, APIRoute)
+    }
+    assert kinds == {"GuardedRoute", "ConsoleRoute"}
