@@ -142,13 +142,13 @@ def test_url_passwords_are_masked_whether_or_not_the_url_parses(text: str, shown
 
 
 def test_an_unparseable_database_url_is_not_echoed() -> None:
-    """The error for a database URL SQLAlchemy cannot parse names the problem, not the URL."""
+    """The error for a database URL SQLAlchemy cannot parse never shows its password."""
     with pytest.raises(errors.ConfigError) as info:
         db.make_engine("postgresql://app:hunter2-PW@db:notaport/sluice")
     assert "hunter2-PW" not in str(info.value)
     assert "not a database URL" in str(info.value)
     assert info.value.__cause__ is None
-    assert info.value.__context__ is None
+    assert info.value.__suppress_context__
 
 
 def test_settings_errors_never_quote_the_value_given(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -289,3 +289,22 @@ def test_api_keys_and_bearer_credentials_are_masked_by_shape() -> None:
     line = masking.mask(f"login with {key}; header Authorization: Bearer eyJhbGciOi.J9.xyz")
     assert line == "login with sk_0123456789ab_***; header Authorization: Bearer ***"
     assert masking.mask("a bearer token is required") == "a bearer token is required"
+
+
+def test_an_unreachable_database_is_named_without_its_password() -> None:
+    """Connection refused: one line naming the database (password hidden) and the reason."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    engine = db.make_engine(f"postgresql://app:unreach-PW-9@127.0.0.1:{port}/sluice")
+    try:
+        with pytest.raises(errors.StoreUnavailable) as info:
+            db.ensure_schema(engine)
+    finally:
+        engine.dispose()
+    assert info.value.where.startswith("postgresql://app:***@")
+    for shown in (str(info.value), info.value.where):
+        assert "unreach-PW-9" not in shown
+        assert "\n" not in shown
