@@ -95,10 +95,10 @@ def _secret_map(value: object, info: ValidationInfo) -> dict[str, Secret]:
 
 def _field_paths(value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ValueError("must be a list of dotted payload paths like 'card.number'")
+        raise errors.InvalidValue("must be a list of dotted payload paths like 'card.number'")
     for path in value:
         if not FIELD_PATH.match(path):
-            raise ValueError(f"{path!r} is not a dotted payload path like 'card.number'")
+            raise errors.InvalidValue(f"{path!r} is not a dotted payload path like 'card.number'")
     return tuple(value)
 
 
@@ -283,7 +283,7 @@ class TenantCredentials(_Table):
     @model_validator(mode="after")
     def _has_credentials(self) -> Self:
         if not self.headers and self.auth is None:
-            raise ValueError("give the tenant's credentials: headers, or an [auth] table")
+            raise errors.InvalidValue("give the tenant's credentials: headers, or an [auth] table")
         return self
 
 

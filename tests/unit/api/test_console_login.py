@@ -231,23 +231,35 @@ def test_the_open_loopback_mode_needs_no_sign_in(ui: Console) -> None:
     assert "Sign out" not in page.text
 
 
+# Every console route and who may open it: "session" (a signed-in session, or the open
+# loopback mode) or "public". A console route missing here fails the test below.
+CONSOLE_ROUTES = {
+    ("GET", "/ui"): "session",
+    ("POST", "/ui/logout"): "session",
+    ("GET", "/ui/login"): "public",
+    ("POST", "/ui/login"): "public",
+    ("GET", "/ui/static/{name}"): "public",
+}
+
+
 def test_every_console_route_is_checked_by_the_console_route_class(ui: Console) -> None:
-    """No /ui route escapes the session and CSRF checks (a new one cannot forget them)."""
+    """Every /ui route is a ConsoleRoute classified above; without a session each
+    session route sends the browser to sign in (a new route cannot skip the check)."""
     every = [context.original_route for context in iter_route_contexts(ui.app.routes)]
     routes = [r for r in every if isinstance(r, APIRoute) and r.path.startswith("/ui")]
-    assert routes
     for route in routes:
         assert isinstance(route, ConsoleRoute), route.path
-    routes = [r for r in routes if isinstance(r, ConsoleRoute)]
-    guarded = sorted(r.path for r in routes if not r.public)
-    assert guarded == ["/ui", "/ui/logout"]
-    for route in routes:
-        for method in route.methods:
-            if route.public or "{" in route.path:
-                continue
-            answer = ui.client.request(method, route.path, follow_redirects=False)
-            assert answer.status_code == 303, (method, route.path)
-            assert answer.headers["location"] == "/ui/login"
+    declared = {
+        (method, r.path): "public" if r.public else "session"
+        for r in routes
+        if isinstance(r, ConsoleRoute)
+        for method in r.methods
+    }
+    assert declared == CONSOLE_ROUTES
+    for method, path in (key for key, access in declared.items() if access == "session"):
+        answer = ui.client.request(method, path, follow_redirects=False)
+        assert answer.status_code == 303, (method, path)
+        assert answer.headers["location"] == "/ui/login"
 
 
 def sign_in_with(client: TestClient, token: str) -> int:
