@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+from sluice import masking
 
 
 @dataclass(frozen=True)
 class ProviderInfo:
-    """The kinds a provider accepts and whether it can track tasks by id alone."""
+    """The kinds a provider accepts, whether it can track tasks by id alone, what to mask."""
 
     kinds: frozenset[str]
     can_track: bool
+    redact_fields: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,13 @@ class Catalog:
 
     providers: Mapping[str, ProviderInfo] = field(default_factory=dict)
     default_provider: str = "sandbox"
+
+    def shown_payload(
+        self, provider: str, payload: Mapping[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """``payload`` as Sluice shows it: the provider's ``redact_fields`` masked."""
+        info = self.providers.get(provider)
+        return masking.mask_paths(payload, info.redact_fields if info else ())
 
     def known(self) -> str:
         return ", ".join(sorted(self.providers)) or "(none configured)"

@@ -6,6 +6,8 @@ processes it forks) never load the API, FastAPI or the sandbox.
 
 from __future__ import annotations
 
+import sys
+import traceback
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from sluice import errors, logs
+from sluice import errors, logs, masking
 from sluice.settings import load_settings
 
 SANDBOX_HELP = "Run the sandbox DSP (a simulated third-party API)."
@@ -45,28 +47,53 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+keys_app = typer.Typer(
+    help="API keys in SLUICE_DATABASE_URL: create (shown once), list, revoke.",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
 console = Console(stderr=True)
 
 Host = Annotated[str | None, typer.Option(help="interface to listen on", envvar="SLUICE_HOST")]
 Port = Annotated[int | None, typer.Option(help="port to listen on", envvar="SLUICE_PORT")]
 
 
+Insecure = Annotated[
+    bool,
+    typer.Option(
+        help="start even with SLUICE_AUTH=off, or on a non-loopback address with no API key",
+        envvar="SLUICE_INSECURE",
+    ),
+]
+
+
 @app.command()
-def api(host: Host = None, port: Port = None) -> None:
+def api(host: Host = None, port: Port = None, insecure: Insecure = False) -> None:
     """Serve the REST API only (no engine)."""
     import uvicorn
 
     from sluice.api.app import build_api
+    from sluice.api.auth import startup_notice
     from sluice.runtime import build_runtime
+    from sluice.store.keys import KeyStore
 
     settings = load_settings()
+    settings = settings.model_copy(
+        update={"host": host or settings.host, "port": port or settings.port}
+    )
     logs.configure(settings.log_level)
     runtime = build_runtime(settings)
+    try:
+        console.print(startup_notice(settings, KeyStore(runtime.repo.engine), insecure=insecure))
+    except errors.ConfigError:
+        runtime.close()
+        raise
     uvicorn.run(
         build_api(runtime),
-        host=host or settings.host,
-        port=port or settings.port,
+        host=settings.host,
+        port=settings.port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's records go through Sluice's masking formatter
     )
 
 
@@ -100,6 +127,7 @@ def up(
             envvar="SLUICE_WORKERS",
         ),
     ] = 0,
+    insecure: Insecure = False,
 ) -> None:
     """Run the API and the engine in one process (embedded mode, SQLite by default)."""
     from sluice.up import UpOptions, run_up
@@ -113,6 +141,7 @@ def up(
         exit_when_done=exit_when_done,
         sandbox=sandbox,
         workers=workers,
+        insecure=insecure,
     )
     raise typer.Exit(run_up(settings, options, Console()))
 
@@ -131,6 +160,15 @@ def submit(
         ),
     ] = None,
     wait: Annotated[bool, typer.Option(help="wait until every task is final")] = True,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--key",
+            help="API key for --api (default: $SLUICE_API_KEY); not needed on loopback",
+            envvar="SLUICE_API_KEY",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Submit a file of tasks (a campaign with its ad groups and ads) and follow them."""
     from sluice.submit import submit_embedded, submit_remote
@@ -139,7 +177,7 @@ def submit(
     logs.configure("WARNING")
     console = Console()
     if api_url:
-        code = submit_remote(api_url, file, wait, console)
+        code = submit_remote(api_url, file, wait, console, api_key)
     else:
         code = submit_embedded(settings, file, wait, console)
     raise typer.Exit(code)
@@ -198,8 +236,127 @@ def db_upgrade(
 
 
 def _fail(label: str, message: str) -> None:
-    """One line on stderr: ``label: message``, the message shown as it is (no markup)."""
-    console.print(f"[red]{label}:[/red] {escape(message)}", soft_wrap=True, highlight=False)
+    """One line on stderr: ``label: message``, shown as it is (no markup), secrets masked."""
+    shown = escape(masking.mask(message))
+    console.print(f"[red]{label}:[/red] {shown}", soft_wrap=True, highlight=False)
+
+
+def _open_store() -> Any:
+    """The database of SLUICE_DATABASE_URL, migrated to head."""
+    from sluice.store import db
+
+    settings = load_settings()
+    engine = db.make_engine(settings.database_url)
+    db.ensure_schema(engine)
+    return engine
+
+
+def _when(moment: Any) -> str:
+    return "-" if moment is None else moment.strftime("%Y-%m-%d %H:%MZ")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="who or what uses it, e.g. ci-acme")],
+    role: Annotated[str, typer.Option(help="viewer, submitter, operator or admin")],
+    tenant: Annotated[
+        str | None, typer.Option(help="the tenant of a viewer or submitter key")
+    ] = None,
+    expires: Annotated[
+        str | None, typer.Option(help="lifetime, e.g. 90d or 12h (default: never)")
+    ] = None,
+) -> None:
+    """Create an API key and print it once (to stdout); only its hash is stored."""
+    from sluice import apikeys
+    from sluice.store.keys import KeyStore
+
+    made = apikeys.create_key(
+        KeyStore(_open_store()), name=name, role=role, tenant=tenant, expires=expires
+    )
+    key = made.key
+    scope = f"tenant {key.tenant}" if key.tenant else "every tenant"
+    console.print(
+        f"created key {key.id} '{key.name}': {key.role.value}, {scope}, "
+        f"expires {_when(key.expires_at) if key.expires_at else 'never'}. "
+        "It is shown only now; keep it secret:"
+    )
+    typer.echo(made.token)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List API keys (never their secrets): role, tenant, state, last use."""
+    from rich.table import Column, Table
+
+    from sluice.store.keys import KeyStore
+
+    store = KeyStore(_open_store())
+    now = store.clock.now()
+    table = Table(Column("id", no_wrap=True, min_width=12), "name", "role", "tenant")
+    for heading in ("created", "expires", "last used", "state"):
+        table.add_column(heading)
+    for key in store.list():
+        if key.revoked_at is not None:
+            state = f"revoked {_when(key.revoked_at)}"
+        else:
+            state = "active" if key.usable_at(now) else "expired"
+        table.add_row(
+            key.id,
+            key.name,
+            key.role.value,
+            key.tenant or "(all)",
+            _when(key.created_at),
+            _when(key.expires_at),
+            _when(key.last_used_at),
+            state,
+        )
+    Console().print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="the key's id (sluice keys list)")],
+) -> None:
+    """Revoke an API key: every request with it is refused from now on."""
+    from sluice.store.keys import KeyStore
+
+    key, revoked = KeyStore(_open_store()).revoke(key_id)
+    if revoked:
+        console.print(f"revoked key {key.id} '{key.name}'")
+    else:
+        console.print(f"key {key.id} '{key.name}' was already revoked at {_when(key.revoked_at)}")
+
+
+@app.command()
+def audit(
+    tenant: Annotated[str | None, typer.Option(help="only this tenant's records")] = None,
+    action: Annotated[
+        str | None, typer.Option(help="e.g. task.cancel, or task. for every task action")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="newest records shown")] = 50,
+) -> None:
+    """List the newest audit records of SLUICE_DATABASE_URL."""
+    import json
+
+    from rich.table import Table
+
+    from sluice.store.audit import AuditLog
+
+    page = AuditLog(_open_store()).list(tenant=tenant, action=action, limit=limit)
+    table = Table("at", "actor", "key", "tenant", "action", "target", "detail")
+    for record in page.items:
+        key = f"{record.key_name} ({record.key_id})" if record.key_id else "-"
+        detail = json.dumps(record.detail, sort_keys=True)
+        table.add_row(
+            _when(record.at),
+            record.actor,
+            key,
+            record.tenant or "-",
+            record.action,
+            record.target,
+            detail,
+        )
+    Console().print(table)
 
 
 def main() -> None:
@@ -230,6 +387,12 @@ def main() -> None:
     except errors.SluiceError as exc:
         _fail("error", str(exc))
         raise SystemExit(2) from None
+    except Exception as exc:
+        # A bug or an unexpected library error: its traceback is printed masked, since
+        # messages of database and HTTP libraries may quote URLs or parameters.
+        trace = "".join(traceback.format_exception(exc))
+        sys.stderr.write(masking.mask(trace))
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

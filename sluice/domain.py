@@ -1,4 +1,5 @@
-"""Sluice's pure values: statuses, phases, transitions, tasks, work units and outcomes.
+"""Sluice's pure values: statuses, phases, transitions, tasks, work units, outcomes, and who
+may act (tenants, roles, API keys, audit records).
 
 The store, the engine and the providers share these; this module imports nothing of Sluice.
 """
@@ -9,6 +10,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
+
+DEFAULT_TENANT = "default"
+"""The tenant of tasks created without a key (the open loopback demo) and of older rows."""
+
+TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+"""A tenant name: letters, digits, ``.``, ``_``, ``-``; at most 64 characters."""
 
 
 class TaskStatus(StrEnum):
@@ -91,6 +98,7 @@ class Task:
     # A create may have reached the provider and nothing has settled whether it did: any
     # further attempt looks the object up first (see Phase.UNCERTAIN).
     maybe_created: bool = False
+    tenant: str = DEFAULT_TENANT
 
 
 @dataclass(frozen=True)
@@ -114,7 +122,7 @@ class Submission:
     ``status``; the store then creates it as it is. ``parent_index`` names an earlier
     item of the same batch as the parent; ``parent_id`` names a task that already
     exists. At most one of them is set. ``request_hash`` tells an idempotent replay
-    from a reuse of the same ``idempotency_key``.
+    from a reuse of the same ``idempotency_key``, which is unique within ``tenant``.
     """
 
     provider: str | None = None
@@ -126,6 +134,7 @@ class Submission:
     status: TaskStatus | None = None
     idempotency_key: str | None = None
     request_hash: str | None = None
+    tenant: str = DEFAULT_TENANT
 
     @property
     def track_only(self) -> bool:
@@ -173,6 +182,7 @@ class DueTask:
     # The claim this task was handed out under: only its holder may record an outcome.
     claimed_by: str | None = None
     claimed_until: datetime | None = None
+    tenant: str = DEFAULT_TENANT
 
     @property
     def operation(self) -> Operation:
@@ -215,3 +225,91 @@ class Outcome:
     release_children: bool = False
     end_descendants: tuple[TaskStatus, str] | None = None
     pause_s: float | None = None
+
+
+class Role(StrEnum):
+    """What an API key may do; each role may do everything the roles before it may.
+
+    ``viewer`` reads and ``submitter`` also creates, cancels and retries: both belong to one
+    tenant. ``operator`` also pauses, resumes and pins provider keys and runs bulk actions
+    by filter; ``admin`` also manages API keys: both span every tenant, since a provider
+    pause stalls every tenant's work.
+    """
+
+    VIEWER = "viewer"
+    SUBMITTER = "submitter"
+    OPERATOR = "operator"
+    ADMIN = "admin"
+
+    @property
+    def rank(self) -> int:
+        return list(Role).index(self)
+
+    def allows(self, needed: Role) -> bool:
+        """Whether a key with this role may do what ``needed`` may."""
+        return self.rank >= needed.rank
+
+    @property
+    def spans_tenants(self) -> bool:
+        """Operators and admins act on every tenant; viewers and submitters on their own."""
+        return self.rank >= Role.OPERATOR.rank
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """An API key as stored: never its secret, only its public id and what it may do."""
+
+    id: str
+    name: str
+    role: Role
+    tenant: str | None
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+    def usable_at(self, now: datetime) -> bool:
+        """Neither revoked nor expired at ``now``."""
+        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who did an audited action: an API key, or one of Sluice's own parts.
+
+    ``kind`` is ``"key"`` for a request with an API key, ``"loopback"`` for a request the
+    open loopback mode let in without one, ``"cli"`` for a command run on the host, and
+    ``"system:<part>"`` (``system:limiter``, ``system:console``) for Sluice's own doings.
+    """
+
+    kind: str
+    key_id: str | None = None
+    key_name: str | None = None
+
+    @classmethod
+    def of_key(cls, key: ApiKey) -> Actor:
+        return cls("key", key.id, key.name)
+
+
+LOCAL_ACTOR = Actor("cli")
+"""The actor of service calls made on the host itself (CLI commands, scripts, tests)."""
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One audited action: who (actor and key), on which tenant, what, on what, when.
+
+    ``tenant`` is the tenant whose data the action touched (None for provider-wide
+    actions); ``target`` names the object (``task:42``, ``key:ab12cd34ef56``,
+    ``provider:sandbox``); ``detail`` holds the action's parameters.
+    """
+
+    id: int
+    at: datetime
+    actor: str
+    key_id: str | None
+    key_name: str | None
+    tenant: str | None
+    action: str
+    target: str
+    detail: dict[str, Any]

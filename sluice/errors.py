@@ -14,7 +14,13 @@ One root, a subtree per seam::
     │   ├── TaskNotFound
     │   ├── TaskConflict            id or idempotency key already used
     │   ├── IllegalTransition       e.g. Completed -> Not Started
-    │   └── InvalidTask             a submission or file that cannot be stored (unknown parent...)
+    │   └── InvalidTask             a submission, file or cursor the store cannot serve
+    │                               (unknown parent...)
+    ├── AccessError                 who may do what (docs/security.md)
+    │   ├── KeyNotFound             no API key has that id
+    │   ├── InvalidKeyRequest       a key cannot be made as asked (role, tenant, expiry)
+    │   ├── RoleRequired            a valid key whose role does not allow the action
+    │   └── UnguardedRoute (TypeError)  api/auth.py: a route that declares no access
     ├── ProviderError               raised while talking to a third party
     │   ├── ProviderConnectError    the request never left (safe to resend)
     │   ├── ProviderTimeout         sent, no answer in time (may have taken effect: ambiguous)
@@ -77,7 +83,35 @@ class IllegalTransition(StoreError):
 
 
 class InvalidTask(StoreError):
-    """A submission is inconsistent with the store (unknown parent, cycle...)."""
+    """A request is inconsistent with the store (unknown parent, a cursor it never issued...)."""
+
+
+class AccessError(SluiceError):
+    """Who may do what: API keys, roles, tenants."""
+
+
+class KeyNotFound(AccessError):
+    """No API key has the given id."""
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__(f"API key {key_id!r} not found")
+        self.key_id = key_id
+
+
+class InvalidKeyRequest(AccessError):
+    """An API key cannot be created as asked (unknown role, missing tenant, bad expiry)."""
+
+
+class RoleRequired(AccessError):
+    """The caller's key is valid but its role does not allow the action."""
+
+    def __init__(self, needed: str, action: str, has: str) -> None:
+        super().__init__(f"{action} needs the '{needed}' role or higher; this key is '{has}'")
+        self.needed = needed
+
+
+class UnguardedRoute(AccessError, TypeError):
+    """An API route declares no access: a programming error, caught when the app is built."""
 
 
 class ProviderError(SluiceError):

@@ -1,29 +1,20 @@
-"""Logging set-up: stable event names with fields, and secrets masked on the way out.
+"""Logging set-up: stable event names with fields, secrets never printed.
 
-The formatter masks, in the whole line (message, fields and any traceback), the value of
-every field whose name marks a secret (``token``, ``password``, ``authorization``...) and
-the password of every URL (``redis://:pw@host`` -> ``redis://:***@host``). Provider
-tokens and keys are also redacted where they are known, before they reach a log call
-(:class:`sluice.providers.redaction.Redactor`).
+Every line is masked after it is formatted, traceback included: the secrets Sluice knows
+(:data:`sluice.masking.KNOWN`: database, broker and Redis passwords, provider credentials,
+fetched tokens), any per-task values being masked in the current context, and the password
+of any URL. Extra fields whose names look like credentials (``authorization``,
+``api_key``, ``password``...) are printed as ``***`` whatever they hold.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
+from sluice import masking
+
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
-MASK = "***"
-SECRET_FIELD = re.compile(
-    r"token|secret|password|passwd|authorization|api_?key|cookie|credential", re.I
-)
-URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.\-]*://[^:/@\s]*:)(?P<password>[^@/\s]+)(?=@)")
-
-
-def mask_url_passwords(text: str) -> str:
-    """``text`` with the password of every ``scheme://user:password@host`` replaced."""
-    return URL_PASSWORD.sub(lambda m: m.group("head") + MASK, text)
 
 
 class FieldsFormatter(logging.Formatter):
@@ -35,11 +26,32 @@ class FieldsFormatter(logging.Formatter):
             k: v for k, v in record.__dict__.items() if k not in _RESERVED and not k.startswith("_")
         }
         if fields:
-            base += " " + " ".join(
-                f"{k}={MASK if SECRET_FIELD.search(k) else repr(v)}"
-                for k, v in sorted(fields.items())
-            )
-        return mask_url_passwords(base)
+            base += " " + " ".join(_field(k, v) for k, v in sorted(fields.items()))
+        return masking.mask(base)
+
+
+def _field(name: str, value: Any) -> str:
+    if masking.sensitive_name(name):
+        return f"{name}={masking.MASK}"
+    return f"{name}={masking.scrub(value)!r}"
+
+
+class MaskingFormatter(logging.Formatter):
+    """Wraps another formatter (Celery's, uvicorn's) and masks what it produces."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        return masking.mask(self.inner.format(record))
+
+
+def mask_handlers(logger: logging.Logger) -> None:
+    """Make every handler of ``logger`` mask secrets (for handlers others installed)."""
+    for handler in logger.handlers:
+        if not isinstance(handler.formatter, FieldsFormatter | MaskingFormatter):
+            handler.setFormatter(MaskingFormatter(handler.formatter))
 
 
 def configure(level: str = "INFO") -> None:

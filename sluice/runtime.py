@@ -69,7 +69,10 @@ def with_default_providers(settings: Settings) -> Settings:
 def build_catalog(providers: dict[str, Provider], default_provider: str) -> Catalog:
     """What the API accepts: each provider's kinds and whether it can track by id."""
     return Catalog(
-        {name: ProviderInfo(p.kinds, p.can_track()) for name, p in providers.items()},
+        {
+            name: ProviderInfo(p.kinds, p.can_track(), p.redact_fields)
+            for name, p in providers.items()
+        },
         default_provider,
     )
 

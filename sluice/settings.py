@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -22,7 +23,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from sluice import errors
+from sluice import errors, masking
 
 DEFAULT_CONFIG_FILE = "sluice.toml"
 
@@ -40,6 +41,12 @@ class Settings(BaseSettings):
     default_provider: str = "sandbox"
     log_level: str = "INFO"
     config_file: str | None = Field(default=None, description="the TOML file that was read")
+
+    # Who may call the API (docs/security.md). "auto": open only to requests that reach a
+    # server listening on loopback with a loopback Host and no X-Forwarded-* header.
+    auth: Literal["auto", "required", "off"] = "auto"
+    # Requests per API key, e.g. "20/s", paced by Sluice's own limiter; None: no limit.
+    api_rate_limit: str | None = None
 
     # Engine knobs (units in the names).
     executor_threads: int = 16
@@ -64,9 +71,30 @@ class Settings(BaseSettings):
     pump_s: float = 1.0
     reconcile_every_s: float = 30.0
 
+    # Console sessions (/ui): they end this long after sign-in, or after this long unused.
+    console_session_s: float = Field(default=8 * 3600, gt=0)
+    console_idle_s: float = Field(default=3600, gt=0)
+
     # Sections of the TOML file, validated by their own modules.
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     sandbox: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _remember_passwords(self) -> Settings:
+        # Every process that reads settings learns their passwords before anything can log
+        # them: the log formatter masks what sluice.masking.KNOWN holds.
+        for url in (self.database_url, self.broker_url, self.redis_url):
+            masking.remember_url(url)
+        return self
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            if name in {"providers", "sandbox"} and isinstance(value, dict):
+                yield name, sorted(value)
+            elif isinstance(value, str):
+                yield name, masking.mask_urls(value)
+            else:
+                yield name, value
 
     @classmethod
     def settings_customise_sources(
@@ -140,5 +168,34 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except errors.ConfigError:
         raise
+    except ValidationError as exc:
+        raise errors.ConfigError(describe_settings_error(exc)) from None
     except ValueError as exc:
-        raise errors.ConfigError(f"invalid settings: {exc}") from exc
+        raise errors.ConfigError(f"invalid settings: {masking.mask(str(exc))}") from None
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    """One line per problem naming the setting, never the value given (it may be a secret).
+
+    pydantic's own text quotes every input (``input_value='postgresql://u:pw@...'``).
+    """
+
+    def where(loc: list[str]) -> str:
+        name = loc[0] if loc else "settings"
+        if name not in Settings.model_fields:
+            return ".".join(loc)
+        inner = f" ({'.'.join(loc[1:])})" if len(loc) > 1 else ""
+        return f"SLUICE_{name.upper()} / [sluice] {name}{inner}"
+
+    return describe_validation_error(exc, where, "invalid setting ")
+
+
+def describe_validation_error(
+    exc: ValidationError, where: Callable[[list[str]], str], prefix: str = ""
+) -> str:
+    """pydantic's errors as ``<prefix><where(loc)>: <reason>`` lines, without input values."""
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        loc = [str(part) for part in error["loc"]]
+        lines.append(f"{prefix}{where(loc)}: {masking.mask(str(error['msg']))}")
+    return "\n".join(lines) or f"{prefix}invalid"

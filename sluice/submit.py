@@ -11,14 +11,15 @@ import httpx
 from rich.console import Console
 from rich.markup import escape
 
-from sluice import errors, importer, submissions
+from sluice import errors, importer, masking, submissions
 from sluice.api.schemas import BulkItem
 from sluice.domain import TaskStatus
 from sluice.drivers.embedded import build_embedded_driver
 from sluice.progress import rate_reports, summary_table, watch
 from sluice.runtime import build_runtime
 from sluice.settings import Settings
-from sluice.store.repository import RunSummary, encode_cursor, summarize
+from sluice.store.repository import RunSummary, summarize
+from sluice.store.rows import encode_cursor
 
 
 def submit_embedded(settings: Settings, file: Path, wait: bool, console: Console) -> int:
@@ -50,21 +51,32 @@ def submit_embedded(settings: Settings, file: Path, wait: bool, console: Console
         runtime.close()
 
 
-def submit_remote(api_url: str, file: Path, wait: bool, console: Console) -> int:
-    """POST the file's tasks to ``api_url`` in one bulk call and follow them there."""
+def submit_remote(
+    api_url: str, file: Path, wait: bool, console: Console, api_key: str | None = None
+) -> int:
+    """POST the file's tasks to ``api_url`` in one bulk call and follow them there.
+
+    ``api_key`` is sent as ``Authorization: Bearer``; the tasks go to its tenant.
+    """
     items = importer.load_file(file)
-    with httpx.Client(base_url=api_url, timeout=60) as client:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    with httpx.Client(base_url=api_url, timeout=60, headers=headers) as client:
         try:
             bulk = {"tasks": [BulkItem.wire(item) for item in items]}
             answer = client.post("/api/tasks/bulk", json=bulk)
         except httpx.HTTPError as exc:
-            raise errors.SluiceError(f"cannot reach the Sluice API at {api_url}: {exc}") from exc
+            where = masking.mask_urls(api_url)
+            raise errors.SluiceError(
+                f"cannot reach the Sluice API at {where}: {masking.mask(str(exc))}"
+            ) from exc
         if answer.status_code != 201:
             console.print(f"[red]refused ({answer.status_code}):[/red] {escape(answer.text)}")
             return 2
         ids: list[int] = answer.json()["ids"]
         first, last = min(ids), max(ids)
-        console.print(f"{len(ids)} tasks created (ids {first}-{last}) at {api_url}")
+        console.print(
+            f"{len(ids)} tasks created (ids {first}-{last}) at {masking.mask_urls(api_url)}"
+        )
         if not wait:
             return 0
         started = time.monotonic()

@@ -13,13 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
+from pydantic import ValidationError
 from rich.console import Console
 
+from sluice import errors
 from sluice.api.app import build_api
+from sluice.api.auth import startup_notice
 from sluice.demo import prepare_demo_settings, run_demo
 from sluice.drivers.embedded import EmbeddedDriver, build_embedded_driver
 from sluice.runtime import DEMO_SANDBOX_PORT, build_runtime
-from sluice.settings import Settings
+from sluice.settings import Settings, describe_validation_error
+from sluice.store.keys import KeyStore
 from sluice.worker_processes import WorkerProcesses, start_workers
 
 log = logging.getLogger("sluice.up")
@@ -34,6 +38,7 @@ class UpOptions:
     sandbox: bool = False
     demo_file: Path | None = None
     workers: int = 0
+    insecure: bool = False
 
 
 def run_up(settings: Settings, options: UpOptions, console: Console) -> int:
@@ -44,14 +49,17 @@ def run_up(settings: Settings, options: UpOptions, console: Console) -> int:
     """
     if options.demo:
         settings = prepare_demo_settings(settings)
+    # The API judges "listens on loopback" by the address it is given here.
+    settings = settings.model_copy(update={"host": options.host, "port": options.port})
     exit_code = 0
     with ExitStack() as stack:
         _stop_cleanly_on_sigterm(stack)
+        runtime = build_runtime(settings)
+        stack.callback(runtime.close)
+        notice = startup_notice(settings, KeyStore(runtime.repo.engine), insecure=options.insecure)
         if options.sandbox or options.demo:
             base_url = start_sandbox(settings, stack)
             console.print(f"sandbox DSP (profile {sandbox_profile(settings)}) at {base_url}")
-        runtime = build_runtime(settings)
-        stack.callback(runtime.close)
         driver: EmbeddedDriver | None = None
         workers = WorkerProcesses()
         if options.workers:
@@ -66,9 +74,12 @@ def run_up(settings: Settings, options: UpOptions, console: Console) -> int:
                 host=options.host,
                 port=options.port,
                 log_level="warning",
+                log_config=None,  # through Sluice's masking formatter
             )
         )
-        console.print(f"Sluice API at http://{options.host}:{options.port} (docs at /docs)")
+        address = f"http://{options.host}:{options.port}"
+        console.print(f"Sluice API at {address} (docs at /docs, console at {address}/ui)")
+        console.print(notice)
         if options.demo:
 
             def when_done(finished: bool) -> None:
@@ -119,7 +130,13 @@ def start_sandbox(settings: Settings, stack: ExitStack) -> str:
     section.setdefault("profile", "demo")
     port = int(section.pop("port", DEMO_SANDBOX_PORT))
     host = str(section.pop("host", "127.0.0.1"))
-    server = SandboxServer(SandboxConfig.from_settings(section), host=host, port=port)
+    try:
+        config = SandboxConfig.from_settings(section)
+    except ValidationError as exc:
+        raise errors.ConfigError(
+            describe_validation_error(exc, lambda loc: "sandbox." + ".".join(loc))
+        ) from None
+    server = SandboxServer(config, host=host, port=port)
     base_url = server.start()
     stack.callback(server.stop)
     return base_url

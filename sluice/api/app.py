@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from sluice import errors
+from sluice import apikeys, errors
+from sluice.api import console
+from sluice.api.auth import Authenticator, check_guarded, forbidden
+from sluice.api.console.routes import ConsoleRoute
 from sluice.api.deps import ApiContext, ReadinessCheck
 from sluice.api.limits import BodySizeLimit
 from sluice.api.readiness import broker_check, redis_check
-from sluice.api.routes import health, tasks
+from sluice.api.routes import audit, health, keys, tasks
 from sluice.catalog import Catalog
+from sluice.domain import ApiKey
+from sluice.ratelimit import build_limiter, parse_rate
+from sluice.ratelimit.base import Limiter
 from sluice.runtime import Runtime
 from sluice.settings import Settings
+from sluice.store.audit import AuditLog
+from sluice.store.keys import KeyStore
 from sluice.store.repository import TaskRepository
+from sluice.store.sessions import SessionStore
 from sluice.submissions import SubmissionInvalid
 
 BULK_MAX_BYTES = 64 * 1024 * 1024
@@ -38,8 +49,14 @@ def create_app(
     repo: TaskRepository,
     catalog: Catalog,
     checks: dict[str, ReadinessCheck] | None = None,
+    api_limiter: Limiter | None = None,
 ) -> FastAPI:
-    """Build the API around an existing repository and provider catalog."""
+    """Build the API around an existing repository and provider catalog.
+
+    ``settings.host`` is where the server listens (the open mode needs loopback);
+    ``api_limiter`` counts requests per key under ``settings.api_rate_limit`` (default:
+    in memory, or in Redis when ``settings.redis_url`` is set).
+    """
     app = FastAPI(
         title="Sluice",
         summary="Rate-limited submission engine for third-party APIs",
@@ -47,14 +64,61 @@ def create_app(
     )
     all_checks: dict[str, ReadinessCheck] = {"database": lambda: _ping_database(repo)}
     all_checks.update(checks or {})
-    app.state.context = ApiContext(repo=repo, catalog=catalog, checks=all_checks)
-    app.include_router(tasks.router)
-    app.include_router(health.router)
+    key_store = KeyStore(repo.engine, repo.clock)
+    app.state.context = ApiContext(
+        repo=repo,
+        catalog=catalog,
+        keys=key_store,
+        audit=AuditLog(repo.engine),
+        checks=all_checks,
+    )
+    app.state.auth = _authenticator(settings, key_store, api_limiter)
+    for router in (tasks.router, keys.router, audit.router, health.router):
+        app.include_router(router)
+    _install_console(app, settings, repo, key_store)
+    # Console routes check their own session and CSRF (sluice.api.console.routes).
+    check_guarded(app.routes, also=(ConsoleRoute,))
     _install_error_handlers(app)
     app.add_middleware(
         BodySizeLimit, max_bytes=settings.max_body_bytes, bulk_max_bytes=BULK_MAX_BYTES
     )
     return app
+
+
+def _install_console(
+    app: FastAPI, settings: Settings, repo: TaskRepository, key_store: KeyStore
+) -> None:
+    """The console at /ui: sign-in with an API key, sessions in the database."""
+    auth: Authenticator = app.state.auth
+    sessions = SessionStore(
+        repo.engine,
+        repo.clock,
+        lifetime=timedelta(seconds=settings.console_session_s),
+        idle=timedelta(seconds=settings.console_idle_s),
+    )
+
+    def sign_in(token: str) -> ApiKey | None:
+        key = apikeys.authenticate(key_store, token)
+        if key is not None:
+            key_store.touch(key, key_store.clock.now())
+        return key
+
+    console.install(app, sessions, sign_in, auth.open_to)
+
+
+def _authenticator(
+    settings: Settings, key_store: KeyStore, api_limiter: Limiter | None
+) -> Authenticator:
+    if settings.api_rate_limit is None:
+        return Authenticator(settings, key_store)
+    try:
+        rate = parse_rate(settings.api_rate_limit)
+    except ValueError as exc:
+        raise errors.ConfigError(f"api_rate_limit: {exc}") from exc
+    limiter = api_limiter or build_limiter(
+        settings.redis_url, margin=0.0, namespace=f"{settings.limiter_namespace}:api"
+    )
+    return Authenticator(settings, key_store, limiter, rate)
 
 
 def _ping_database(repo: TaskRepository) -> None:
@@ -73,6 +137,21 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(errors.TaskNotFound)
     async def not_found(_: Request, exc: errors.TaskNotFound) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(errors.KeyNotFound)
+    async def key_not_found(_: Request, exc: errors.KeyNotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(errors.InvalidKeyRequest)
+    async def invalid_key_request(_: Request, exc: errors.InvalidKeyRequest) -> JSONResponse:
+        return JSONResponse(
+            {"detail": [{"loc": ["body"], "msg": str(exc), "type": "value_error"}]},
+            status_code=422,
+        )
+
+    @app.exception_handler(errors.RoleRequired)
+    async def role_required(_: Request, exc: errors.RoleRequired) -> JSONResponse:
+        return forbidden(exc)
 
     @app.exception_handler(errors.TaskConflict)
     async def conflict(_: Request, exc: errors.TaskConflict) -> JSONResponse:

@@ -1,4 +1,4 @@
-"""What routes get from the application: the repository, the catalog, readiness checks."""
+"""What routes get from the application: the stores, the catalog, readiness checks."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from sluice.catalog import Catalog
+from sluice.store.audit import AuditLog
+from sluice.store.keys import KeyStore
 from sluice.store.repository import TaskRepository
 
 ReadinessCheck = Callable[[], None]
@@ -20,6 +22,8 @@ class ApiContext:
 
     repo: TaskRepository
     catalog: Catalog
+    keys: KeyStore
+    audit: AuditLog
     checks: dict[str, ReadinessCheck] = field(default_factory=dict)
 
 

@@ -5,11 +5,32 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
+from fastapi import Query
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from sluice import errors, submissions
-from sluice.domain import Phase, Submission, Task, TaskEvent, TaskStatus
+from sluice.catalog import Catalog
+from sluice.domain import (
+    TENANT_PATTERN,
+    ApiKey,
+    AuditRecord,
+    Phase,
+    Role,
+    Submission,
+    Task,
+    TaskEvent,
+    TaskStatus,
+)
 from sluice.submissions import MAX_BULK, MAX_ID, MAX_KEY_CHARS, MAX_NAME_CHARS
+
+TenantQuery = Annotated[
+    str | None,
+    Query(
+        pattern=TENANT_PATTERN,
+        description="operators and admins: the tenant to act within (default: every tenant "
+        "for reads, 'default' for creates); other keys may only name their own",
+    ),
+]
 
 
 def refuse_unstorable(value: Any) -> Any:
@@ -98,6 +119,7 @@ class BulkCreated(BaseModel):
 
 class TaskOut(BaseModel):
     id: int
+    tenant: str
     status: TaskStatus
     provider: str
     kind: str | None
@@ -113,8 +135,11 @@ class TaskOut(BaseModel):
     updated_at: datetime
 
     @classmethod
-    def of(cls, task: Task) -> TaskOut:
-        return cls.model_validate(task, from_attributes=True)
+    def of(cls, task: Task, catalog: Catalog) -> TaskOut:
+        """The task as the API shows it: the provider's ``redact_fields`` masked."""
+        shown = cls.model_validate(task, from_attributes=True)
+        shown.payload = catalog.shown_payload(task.provider, task.payload)
+        return shown
 
 
 class TaskPage(BaseModel):
@@ -142,3 +167,60 @@ class CancelOut(BaseModel):
 
 class Message(BaseModel):
     message: str
+
+
+class KeyCreate(BaseModel):
+    """An API key to make: viewer and submitter keys name their tenant, others none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Text = Field(min_length=1, max_length=128)
+    role: Role
+    tenant: str | None = Field(default=None, pattern=TENANT_PATTERN)
+    expires: Text | None = Field(
+        default=None, max_length=32, description="lifetime, e.g. '90d' or '12h'; none: never"
+    )
+
+
+class KeyOut(BaseModel):
+    """An API key as stored: never its secret."""
+
+    id: str
+    name: str
+    role: Role
+    tenant: str | None
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+    @classmethod
+    def of(cls, key: ApiKey) -> KeyOut:
+        return cls.model_validate(key, from_attributes=True)
+
+
+class KeyCreated(KeyOut):
+    """A key just made, with the full key text: shown this one time, never again."""
+
+    key: str
+
+
+class AuditOut(BaseModel):
+    id: int
+    at: datetime
+    actor: str
+    key_id: str | None
+    key_name: str | None
+    tenant: str | None
+    action: str
+    target: str
+    detail: dict[str, Any]
+
+    @classmethod
+    def of(cls, record: AuditRecord) -> AuditOut:
+        return cls.model_validate(record, from_attributes=True)
+
+
+class AuditPage(BaseModel):
+    items: list[AuditOut]
+    next_cursor: str | None

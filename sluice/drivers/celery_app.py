@@ -15,8 +15,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
+from sluice import logs
 from sluice.drivers.pump import pump_driver
 from sluice.settings import Settings, load_settings
 
@@ -55,6 +56,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 @app.on_configure.connect
 def _configure(sender: Celery, **_: Any) -> None:
     sender.conf.update(celery_config(load_settings()))
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _mask_logs(logger: Any, **_: Any) -> None:
+    """Celery's own log handlers mask secrets too (URLs, passwords, tokens)."""
+    logs.mask_handlers(logger)
 
 
 @app.task(name="sluice.pump")

@@ -52,6 +52,7 @@ def task_ref(task: DueTask) -> TaskRef:
         external_id=task.external_id,
         client_ref=task.client_ref or "",
         parent_external_id=task.parent_external_id,
+        tenant=task.tenant,
     )
 
 

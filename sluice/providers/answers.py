@@ -20,9 +20,9 @@ from typing import Any
 
 import httpx
 
+from sluice.masking import Redactor
 from sluice.providers.base import Failed, Transient
 from sluice.providers.config import ErrorsConfig
-from sluice.providers.redaction import Redactor
 from sluice.providers.signals import retry_after_seconds
 from sluice.providers.templating import MISSING, get_path, scalar_at, scalar_text
 

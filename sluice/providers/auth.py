@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
 
 from sluice import errors
 from sluice.clock import Clock
+from sluice.masking import Redactor
 from sluice.providers.config import AuthConfig
-from sluice.providers.redaction import Redactor
 from sluice.providers.templating import MISSING, get_path
 from sluice.ratelimit import sendgate
 from sluice.ratelimit.base import Limiter
@@ -47,6 +47,7 @@ class TokenAuth:
         limits: what a token request must fit in; empty means unlimited.
         limiter: where token requests take their grants (none: they are not limited).
         wait_s: how long a token request may wait for its grant before giving up.
+        base_headers: headers every token request carries (a tenant's account headers).
     """
 
     def __init__(
@@ -59,8 +60,10 @@ class TokenAuth:
         limits: Sequence[LimitSpec] = (),
         limiter: Limiter | None = None,
         wait_s: float = 10.0,
+        base_headers: Mapping[str, str] | None = None,
     ) -> None:
         self._provider = provider
+        self._base_headers = dict(base_headers or {})
         self._config = config
         self._clock = clock
         self._redactor = redactor
@@ -98,7 +101,7 @@ class TokenAuth:
     def _fetch(self, client: httpx.Client) -> None:
         line = self._config.request
         values = {key: secret.value for key, secret in self._config.body.items()}
-        headers = {key: secret.value for key, secret in self._config.headers.items()}
+        headers = self._base_headers | {k: s.value for k, s in self._config.headers.items()}
         kwargs: dict[str, Any] = {"headers": headers}
         if line.method != "GET":
             kwargs["json" if self._config.body_format == "json" else "data"] = values
@@ -127,7 +130,7 @@ class TokenAuth:
             raise TokenUnavailable(
                 f"token answer from {self._provider} has no {self._config.token_field}"
             )
-        self._redactor.add(token)
+        self._redactor.add_rotating(token)
         lifetime = self._config.lifetime
         if self._config.expires_in_field:
             expires_in = get_path(body, self._config.expires_in_field)

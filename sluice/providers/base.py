@@ -34,6 +34,8 @@ class TaskRef:
     external_id: str | None
     client_ref: str
     parent_external_id: str | None
+    tenant: str | None = None
+    """Whose account it goes out on (a tenant with its own credentials, else the provider's)."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,8 @@ class Provider(Protocol):
     retry_base_s: float
     retry_max_s: float
     timeout_s: float
+    redact_fields: tuple[str, ...]
+    """Dotted payload paths sent to the provider but masked wherever Sluice shows them."""
 
     def limits_for(self, access: Access, payload: Mapping[str, Any] | None) -> list[LimitSpec]:
         """Every limit one request must fit in; keys start with the provider name."""

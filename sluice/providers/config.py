@@ -22,13 +22,15 @@ from pydantic import (
     model_validator,
 )
 
-from sluice import errors
-from sluice.domain import TaskStatus
+from sluice import errors, masking
+from sluice.domain import TENANT_PATTERN, TaskStatus
 from sluice.providers.templating import RequestLine, expand_env
 from sluice.ratelimit.rate import Rate, parse_rate
 from sluice.units import parse_duration
 
 PROVIDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
+TENANT_NAME = re.compile(TENANT_PATTERN)
+FIELD_PATH = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
 _SENSITIVE_NAME = re.compile(r"auth|token|key|secret|password|cookie|session|signature", re.I)
 _MIN_SECRET_LEN = 4
 
@@ -49,11 +51,14 @@ class KeyProblem(errors.InvalidValue):
 class Secret:
     """A configured value that may hold a secret; its repr never shows it.
 
-    ``sensitive`` lists the substrings to redact from messages and logs.
+    ``sensitive`` lists the substrings to redact from messages and logs; ``credential``
+    says whether the value is a credential (it came from ``${VAR}`` or sits under a
+    credential-like name), which a tenant's own credentials replace.
     """
 
     value: str
     sensitive: tuple[str, ...]
+    credential: bool = False
 
     def __repr__(self) -> str:
         return "Secret('***')"
@@ -74,6 +79,7 @@ def _secret_map(value: object, info: ValidationInfo) -> dict[str, Secret]:
         except ValueError as exc:
             raise KeyProblem(str(key), str(exc)) from None
         sensitive = set(substituted)
+        credential = bool(substituted) or bool(_SENSITIVE_NAME.search(str(key)))
         if _SENSITIVE_NAME.search(str(key)):
             sensitive.add(expanded)
             _scheme, _, rest = expanded.partition(" ")
@@ -82,8 +88,18 @@ def _secret_map(value: object, info: ValidationInfo) -> dict[str, Secret]:
         result[str(key)] = Secret(
             value=expanded,
             sensitive=tuple(sorted(s for s in sensitive if len(s) >= _MIN_SECRET_LEN)),
+            credential=credential,
         )
     return result
+
+
+def _field_paths(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise errors.InvalidValue("must be a list of dotted payload paths like 'card.number'")
+    for path in value:
+        if not FIELD_PATH.match(path):
+            raise errors.InvalidValue(f"{path!r} is not a dotted payload path like 'card.number'")
+    return tuple(value)
 
 
 def _duration(value: object) -> float:
@@ -132,6 +148,7 @@ Duration = Annotated[float, PlainValidator(_duration)]
 Secrets = Annotated[dict[str, Secret], PlainValidator(_secret_map)]
 Rates = Annotated[tuple[Rate, ...], PlainValidator(_rates)]
 Codes = Annotated[frozenset[str], PlainValidator(_codes)]
+FieldPaths = Annotated[tuple[str, ...], PlainValidator(_field_paths)]
 SubmitLine = Annotated[RequestLine, _request_line("client_ref", "parent_external_id", "payload")]
 StatusLine = Annotated[
     RequestLine, _request_line("external_id", "client_ref", "parent_external_id", "payload")
@@ -253,6 +270,26 @@ class AuthConfig(_Table):
         return self
 
 
+class TenantCredentials(_Table):
+    """``[providers.NAME.tenants.TENANT]``: a tenant's own account at this provider.
+
+    Its ``headers`` and ``auth`` replace the provider's credentials for that tenant's
+    requests: the provider's credential headers (a ``${VAR}`` value or a credential-like
+    name) and its token are not sent; its other headers are. ``auth`` takes the provider's
+    ``[auth]`` request, fields and header format, and only ``body`` and ``headers`` (the
+    secrets) from the tenant.
+    """
+
+    headers: Secrets = Field(default_factory=dict)
+    auth: AuthConfig | None = None
+
+    @model_validator(mode="after")
+    def _has_credentials(self) -> Self:
+        if not self.headers and self.auth is None:
+            raise errors.InvalidValue("give the tenant's credentials: headers, or an [auth] table")
+        return self
+
+
 class ProviderConfig(_Table):
     """``[providers.NAME]``: one third party."""
 
@@ -271,14 +308,23 @@ class ProviderConfig(_Table):
     poll_interval: Duration = 2.0
     idempotency_header: str | None = None
     resubmit_when_unknown: bool = False
+    redact_fields: FieldPaths = ()
     poll: PollConfig | None = None
     kinds: dict[str, KindConfig] = Field(default_factory=dict)
     rate_limit_signal: SignalConfig = Field(default_factory=SignalConfig)
     errors: ErrorsConfig = Field(default_factory=ErrorsConfig)
     auth: AuthConfig | None = None
+    tenants: dict[str, TenantCredentials] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
+        bad = sorted(t for t in self.tenants if not TENANT_NAME.match(t))
+        if bad:
+            raise KeyProblem(
+                "tenants",
+                f"{bad[0]!r} is not a tenant name (letters, digits, '.', '_', '-'; "
+                "at most 64 characters)",
+            )
         if self.timeout <= 0:
             raise KeyProblem("timeout", f"must be > 0, got {self.timeout:g}s")
         if self.retry_max < self.retry_base:
@@ -326,9 +372,33 @@ def parse_provider(
             f"{prefix}: provider names may hold letters, digits, '-' and '_' only"
         )
     try:
-        return ProviderConfig.model_validate(dict(table), context={"environ": environ})
+        return ProviderConfig.model_validate(with_tenant_auth(table), context={"environ": environ})
     except ValidationError as exc:
         raise errors.InvalidValue("\n".join(_describe(exc, prefix))) from None
+
+
+AUTH_SECRET_KEYS = frozenset({"body", "headers"})
+
+
+def with_tenant_auth(table: Mapping[str, Any]) -> dict[str, Any]:
+    """``table`` with each tenant's ``[auth]`` completed from the provider's ``[auth]``.
+
+    Only the non-secret keys (request line, fields, header format) are taken from the
+    provider: a tenant's token request never carries the provider's own secrets.
+    """
+    result = dict(table)
+    base = table.get("auth")
+    tenants = table.get("tenants")
+    if not isinstance(base, Mapping) or not isinstance(tenants, Mapping):
+        return result
+    shared = {k: v for k, v in base.items() if k not in AUTH_SECRET_KEYS}
+    completed: dict[str, Any] = {}
+    for name, tenant in tenants.items():
+        if isinstance(tenant, Mapping) and isinstance(tenant.get("auth"), Mapping):
+            tenant = {**tenant, "auth": {**shared, **tenant["auth"]}}
+        completed[name] = tenant
+    result["tenants"] = completed
+    return result
 
 
 def _describe(exc: ValidationError, prefix: str) -> list[str]:
@@ -377,7 +447,7 @@ def _reason(error: Any) -> str:
     if kind in {"enum", "literal_error"}:
         return f"must be one of {ctx.get('expected')}, got {got!r}"
     if kind == "string_pattern_mismatch":
-        return f"must start with http:// or https://, got {got!r}"
+        return f"must start with http:// or https://, got {masking.mask_urls(str(got))!r}"
     if kind == "too_short":
         return "must not be empty"
     if kind.endswith("_type") or kind.endswith("_parsing"):
@@ -397,6 +467,7 @@ def _table_model(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
         "rate_limit_signal": (1, SignalConfig),
         "errors": (1, ErrorsConfig),
         "auth": (1, AuthConfig),
+        "tenants": (2, TenantCredentials),
     }
     depth, model = tables.get(str(loc[0]), (0, ProviderConfig))
     return model if depth == len(loc) else None

@@ -1,6 +1,7 @@
 """The config-driven HTTP adapter: one ``[providers.NAME]`` table becomes a Provider.
 
-Every request goes through :meth:`HttpProvider._call`, which adds the auth header,
+Every request goes through :meth:`HttpProvider._call`, which adds the credentials of the
+account it goes out on (the provider's or a tenant's, :mod:`credentials`),
 translates httpx exceptions where they enter, and turns refusals into decisions
 (rate-limit signals via :mod:`signals`, the rest via :mod:`answers`). The public
 methods then read successful answers: the created id, statuses, lookup results.
@@ -10,19 +11,21 @@ for that task, logged with the raw value; nothing here raises on a provider's an
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
 
-from sluice import errors
+from sluice import errors, masking
 from sluice.clock import Clock, SystemClock
 from sluice.domain import Access, TaskStatus
+from sluice.masking import Redactor
 from sluice.providers import signals
 from sluice.providers.answers import NOT_JSON, AnswerReader, json_body
-from sluice.providers.auth import TokenAuth, TokenUnavailable
+from sluice.providers.auth import TokenUnavailable
 from sluice.providers.base import (
     Accepted,
     Failed,
@@ -37,8 +40,8 @@ from sluice.providers.base import (
     Transient,
 )
 from sluice.providers.config import KindConfig, ProviderConfig
+from sluice.providers.credentials import Accounts
 from sluice.providers.limits import LimitRules
-from sluice.providers.redaction import Redactor
 from sluice.providers.templating import (
     MISSING,
     MissingValue,
@@ -54,6 +57,7 @@ from sluice.units import format_duration
 log = logging.getLogger(__name__)
 
 _Refusal = TypeVar("_Refusal", bound=RateLimited | Transient | Failed)
+_Decision = TypeVar("_Decision", bound=SubmitDecision | PollDecision | LookupDecision)
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
@@ -88,23 +92,21 @@ class HttpProvider:
         self.rate_margin = config.rate_margin
         self.kinds = frozenset(config.kinds)
         self._clock: Clock = clock or SystemClock()
-        self._redactor = Redactor()
-        for secret in config.headers.values():
-            self._redactor.add(*secret.sensitive)
+        # Also teaches masking.KNOWN, so the log formatter masks these secrets everywhere.
+        self._redactor = Redactor(registry=masking.KNOWN)
+        password = masking.url_password(config.base_url)
+        if password:
+            self._redactor.add(password)
+        self.redact_fields = config.redact_fields
         self._limits = LimitRules(name, config)
         self._answers = AnswerReader(config.errors, self._redactor)
-        self._auth = (
-            TokenAuth(
-                name,
-                config.auth,
-                self._clock,
-                self._redactor,
-                limits=self._limits.token_limits(),
-                limiter=limiter,
-                wait_s=config.timeout,
-            )
-            if config.auth
-            else None
+        self._accounts = Accounts(
+            name,
+            config,
+            self._clock,
+            self._redactor,
+            token_limits=self._limits.token_limits(),
+            limiter=limiter,
         )
 
     # --- limits --------------------------------------------------------------------------
@@ -157,8 +159,18 @@ class HttpProvider:
 
     # --- submit --------------------------------------------------------------------------
 
+    def sensitive_values(self, tasks: Iterable[TaskRef]) -> list[str]:
+        """The values of the ``redact_fields`` of ``tasks``' payloads (sent, never shown)."""
+        if not self.redact_fields:
+            return []
+        return [v for t in tasks for v in masking.values_at(t.payload, self.redact_fields)]
+
     def submit(self, client: httpx.Client, task: TaskRef) -> SubmitDecision:
         """Create the task's object and read its external id."""
+        with masking.also_mask(self.sensitive_values([task])):
+            return self._masked(self._submit(client, task))
+
+    def _submit(self, client: httpx.Client, task: TaskRef) -> SubmitDecision:
         kind = self._kind(task)
         if kind is None:
             return Failed(self._unknown_kind(task.kind))
@@ -194,6 +206,10 @@ class HttpProvider:
 
     def lookup(self, client: httpx.Client, task: TaskRef) -> LookupDecision:
         """Find the object a lost create answer may have made, by client reference."""
+        with masking.also_mask(self.sensitive_values([task])):
+            return self._masked(self._lookup(client, task))
+
+    def _lookup(self, client: httpx.Client, task: TaskRef) -> LookupDecision:
         kind = self._kind(task)
         if kind is None or kind.lookup is None:
             return Transient(f"{self.name} has no lookup for kind {task.kind!r}")
@@ -257,25 +273,37 @@ class HttpProvider:
     # --- poll ----------------------------------------------------------------------------
 
     def poll_groups(self, tasks: Sequence[TaskRef]) -> list[list[TaskRef]]:
-        """Batches of at most ``batch_size`` distinct ids with a batch poll, else singletons."""
+        """Batches of at most ``batch_size`` distinct ids with a batch poll, else singletons.
+
+        A batch never mixes accounts: each goes out with one tenant's credentials (or the
+        provider's), and an account may only ask about its own objects.
+        """
         if self.config.poll is None:
             return [[task] for task in tasks]
+        by_account: dict[str, list[TaskRef]] = {}
+        for task in tasks:
+            by_account.setdefault(self._accounts.account(task.tenant), []).append(task)
         size = self.config.poll.batch_size
         groups: list[list[TaskRef]] = []
-        current: list[TaskRef] = []
-        ids: set[str | None] = set()
-        for task in tasks:
-            if task.external_id not in ids and len(ids) >= size:
+        for same_account in by_account.values():
+            current: list[TaskRef] = []
+            ids: set[str | None] = set()
+            for task in same_account:
+                if task.external_id not in ids and len(ids) >= size:
+                    groups.append(current)
+                    current, ids = [], set()
+                current.append(task)
+                ids.add(task.external_id)
+            if current:
                 groups.append(current)
-                current, ids = [], set()
-            current.append(task)
-            ids.add(task.external_id)
-        if current:
-            groups.append(current)
         return groups
 
     def poll(self, client: httpx.Client, group: Sequence[TaskRef]) -> dict[int, PollDecision]:
         """Status of every task of ``group`` (one request), by task id."""
+        with masking.also_mask(self.sensitive_values(group)):
+            return {tid: self._masked(d) for tid, d in self._poll(client, group).items()}
+
+    def _poll(self, client: httpx.Client, group: Sequence[TaskRef]) -> dict[int, PollDecision]:
         if self.config.poll is not None:
             return self._poll_batch(client, group)
         results: dict[int, PollDecision] = {}
@@ -302,7 +330,12 @@ class HttpProvider:
             return results
         task_ids = [t.task_id for t in pending]
         answer = self._call(
-            client, poll.request, poll.request.render({}, ids=ids), write=False, task_ids=task_ids
+            client,
+            poll.request,
+            poll.request.render({}, ids=ids),
+            write=False,
+            tenant=pending[0].tenant,
+            task_ids=task_ids,
         )
         if not isinstance(answer, _Answer):
             return results | {t.task_id: _as_read(answer) for t in pending}
@@ -417,6 +450,7 @@ class HttpProvider:
             line,
             target,
             write=write,
+            tenant=task.tenant,
             task_ids=[task.task_id],
             json=payload if write and line.method in _BODY_METHODS else None,
             headers=headers,
@@ -438,17 +472,20 @@ class HttpProvider:
         target: str,
         *,
         write: bool,
+        tenant: str | None,
         task_ids: Sequence[int],
         json: Any = None,
         headers: Mapping[str, str] | None = None,
         allow_404: bool = False,
     ) -> _Answer | RateLimited | Transient | Failed:
-        """Send one request and classify everything but a readable success."""
-        request_headers = dict(headers or {})
+        """Send one request on ``tenant``'s account and classify all but a readable success."""
+        credentials = self._accounts.of(tenant)
+        request_headers = {**credentials.headers, **(headers or {})}
+        auth = credentials.auth
         auth_value: str | None = None
-        if self._auth is not None:
+        if auth is not None:
             try:
-                auth_name, auth_value = self._auth.header(client)
+                auth_name, auth_value = auth.header(client)
             except TokenUnavailable as exc:
                 return self._log_decision(Transient(self._redactor.redact(str(exc))), task_ids)
             request_headers[auth_name] = auth_value
@@ -465,8 +502,8 @@ class HttpProvider:
         status = response.status_code
         if 200 <= status < 300 or (allow_404 and status == 404):
             return _Answer(response, json_body(response))
-        if status == 401 and self._auth is not None:
-            self._auth.invalidate(auth_value)
+        if status == 401 and auth is not None:
+            auth.invalidate(auth_value)
         body = json_body(response)
         now = self._clock.time()
         limited = signals.detect(response, body, self.config.rate_limit_signal, now)
@@ -533,6 +570,16 @@ class HttpProvider:
         return decision
 
     # --- helpers -------------------------------------------------------------------------
+
+    def _masked(self, decision: _Decision) -> _Decision:
+        """``decision`` with its message masked (secrets, and the payload's redact_fields)."""
+        if isinstance(decision, Transient | Failed):
+            return dataclasses.replace(decision, message=self._redactor.redact(decision.message))
+        if isinstance(decision, RateLimited):
+            return dataclasses.replace(decision, detail=self._redactor.redact(decision.detail))
+        if isinstance(decision, StatusReport) and decision.message is not None:
+            return dataclasses.replace(decision, message=self._redactor.redact(decision.message))
+        return decision
 
     def _kind(self, task: TaskRef) -> KindConfig | None:
         return self.config.kinds.get(task.kind) if task.kind is not None else None

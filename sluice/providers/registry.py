@@ -75,14 +75,15 @@ def unknown_provider_message(name: str, providers: Mapping[str, object]) -> str:
 def build_http_client(
     provider: Provider, *, transport: httpx.BaseTransport | None = None
 ) -> httpx.Client:
-    """A keep-alive client for ``provider``: base URL, expanded headers, timeout.
+    """A keep-alive client for ``provider``: base URL, timeout, pool, send gate.
 
-    Each request goes under the send permit of the thread that sends it
-    (:mod:`sluice.ratelimit.sendgate`): checked by a request hook, then admitted by the
-    transport immediately before the request's first byte is written
-    (:mod:`sluice.providers.transport`), so a grant that waited too long is never used.
-    ``transport`` replaces the network (``httpx.MockTransport`` in tests: the hook's
-    check still applies).
+    Credentials are not set on the client: the provider adds the headers of the account
+    each request goes out on (its own, or a tenant's). Each request goes under the send
+    permit of the thread that sends it (:mod:`sluice.ratelimit.sendgate`): checked by a
+    request hook, then admitted by the transport immediately before the request's first
+    byte is written (:mod:`sluice.providers.transport`), so a grant that waited too long is
+    never used. ``transport`` replaces the network (``httpx.MockTransport`` in tests: the
+    hook's check still applies).
     """
     timeout = httpx.Timeout(provider.timeout_s)
     hooks = {"request": [check_request]}
@@ -96,7 +97,6 @@ def build_http_client(
     if not isinstance(provider, HttpProvider):
         return httpx.Client(timeout=timeout, transport=transport, event_hooks=hooks)
     headers = {"Accept": "application/json", "User-Agent": _USER_AGENT}
-    headers |= {key: secret.value for key, secret in provider.config.headers.items()}
     return httpx.Client(
         base_url=provider.base_url,
         headers=headers,

@@ -1,4 +1,10 @@
-"""Bearer tokens with a short, configurable lifetime, like an OAuth2 client-credentials flow."""
+"""Bearer tokens: issued with a short lifetime (an OAuth2 client-credentials flow), or static.
+
+Every token stands for an account (the app key): an issued token for the ``client_id``
+that asked for it, a static token (``tokens = {token = "account"}``, like a DSP's
+long-lived API token) for the account it is configured for. Limits ``per = "app"`` count
+each account on its own.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +24,8 @@ class TokenIssuer:
     lifetime_s: float
     credentials: Mapping[str, str]
     """client_id -> client_secret; empty accepts any non-empty pair."""
+    static: Mapping[str, str] = field(default_factory=dict)
+    """Static token -> the account it stands for; never expires."""
     _tokens: dict[str, tuple[str, float]] = field(default_factory=dict)
 
     def issue(self, body: Any, now: float) -> dict[str, Any]:
@@ -44,7 +52,8 @@ class TokenIssuer:
         }
 
     def app_key(self, authorization: str | None, now: float) -> str:
-        """The client_id behind a valid ``Bearer`` header.
+        """The account behind a valid ``Bearer`` header (issued token's client_id, or the
+        account a static token is configured for).
 
         Raises:
             Unauthorized: the header is missing, malformed, unknown or expired.
@@ -54,6 +63,9 @@ class TokenIssuer:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise Unauthorized("Authorization must be 'Bearer <token>'")
+        account = self.static.get(token.strip())
+        if account is not None:
+            return account
         entry = self._tokens.get(token.strip())
         if entry is None:
             raise Unauthorized("unknown access token")

@@ -230,6 +230,10 @@ class SandboxConfig(BaseModel):
         default_factory=dict,
         description="client_id -> client_secret; empty accepts any non-empty pair",
     )
+    tokens: dict[str, str] = Field(
+        default_factory=dict,
+        description="static bearer token -> the account (app key) it stands for",
+    )
     idempotency: bool = False
     accept_delay_s: tuple[Seconds, Seconds] = (0.05, 0.1)
     process_delay_s: tuple[Seconds, Seconds] = (0.05, 0.2)

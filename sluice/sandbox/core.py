@@ -73,7 +73,7 @@ class Sandbox:
     def __init__(self, config: SandboxConfig, clock: Callable[[], float]) -> None:
         self.clock = SandboxClock(clock)
         self._request_ids = itertools.count(1)
-        self.tokens = TokenIssuer(config.token_lifetime_s, config.credentials)
+        self.tokens = TokenIssuer(config.token_lifetime_s, config.credentials, config.tokens)
         self._configure(config)
 
     def _configure(self, config: SandboxConfig) -> None:

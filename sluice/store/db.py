@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import ExceptionContext, make_url
 
-from sluice import errors
+from sluice import errors, masking
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -63,6 +64,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     password masked) from any use of the engine, instead of a driver error.
     """
     given, url = url, normalise_url(url)
+    # Its password is then masked in every log line of this process.
+    masking.remember_url(given)
     try:
         parsed = make_url(url)
     except Exception as exc:
@@ -121,6 +124,32 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+@contextmanager
+def sqlite_foreign_keys_off(connection: Connection) -> Iterator[None]:
+    """Foreign keys off on this SQLite connection (outside any transaction) until exit.
+
+    Alembic changes a constraint on SQLite by copying the table and dropping the old one;
+    with foreign keys on, that drop would cascade to ``task_events`` or be refused. The
+    pragma only takes effect outside a transaction, so it goes to the driver directly.
+    Call :func:`check_foreign_keys` before committing.
+    """
+    driver = connection.connection.driver_connection
+    if driver is None:
+        raise errors.StoreError("the SQLite connection is closed")
+    driver.execute("PRAGMA foreign_keys=OFF")
+    try:
+        yield
+    finally:
+        driver.execute("PRAGMA foreign_keys=ON")
+
+
+def check_foreign_keys(connection: Connection) -> None:
+    """Refuse (roll back) a SQLite migration that left a row pointing nowhere."""
+    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+    if broken:
+        raise errors.StoreError(f"a migration left {len(broken)} broken foreign key(s)")
 
 
 def alembic_config(engine: Engine) -> Config:

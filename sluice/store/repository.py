@@ -1,5 +1,11 @@
 """Every SQL statement the API needs: create, read, list, cancel, retry.
 
+Every read and action takes the caller's ``tenant``: a task of another tenant answers
+exactly like a missing one (:class:`~sluice.errors.TaskNotFound`), parents must belong to
+the same tenant, and idempotency keys are scoped per tenant. ``tenant=None`` means every
+tenant (operators, admins, Sluice itself). Cancel and retry write their audit record in
+their own transaction.
+
 Each public method runs in one transaction except :meth:`TaskRepository.create`, which
 uses up to three: it may read the idempotency key first, inserts in one transaction (which
 alone decides what exists), then reads the task back (or, when a concurrent create won the
@@ -9,7 +15,6 @@ which refuses illegal transitions and writes the event in the same transaction.
 
 from __future__ import annotations
 
-import base64
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -21,10 +26,28 @@ from sqlalchemy.exc import IntegrityError
 
 from sluice import errors
 from sluice.clock import Clock, SystemClock
-from sluice.domain import FINAL_STATUSES, Phase, Submission, Task, TaskEvent, TaskStatus
-from sluice.store import bulk
+from sluice.domain import (
+    FINAL_STATUSES,
+    LOCAL_ACTOR,
+    Actor,
+    Phase,
+    Submission,
+    Task,
+    TaskEvent,
+    TaskStatus,
+)
+from sluice.store import audit, bulk
 from sluice.store.chains import descendant_ids, end_descendants, initial_phase, restart_phase
-from sluice.store.rows import change_status, chunks, event_row, events, row_to_task, tasks
+from sluice.store.rows import (
+    change_status,
+    chunks,
+    decode_cursor,
+    encode_cursor,
+    event_row,
+    events,
+    row_to_task,
+    tasks,
+)
 
 MAX_PAGE = 1000
 
@@ -53,12 +76,18 @@ class TaskRepository:
 
     # -- reads -------------------------------------------------------------------------
 
-    def get(self, task_id: int) -> Task:
+    def get(self, task_id: int, *, tenant: str | None = None) -> Task:
+        """The task, if it exists and belongs to ``tenant`` (any tenant when None)."""
         with self.engine.connect() as conn:
-            return self._get(conn, task_id)
+            return self._get(conn, task_id, tenant)
 
-    def _get(self, conn: Connection, task_id: int, *, lock: bool = False) -> Task:
+    def _get(
+        self, conn: Connection, task_id: int, tenant: str | None, *, lock: bool = False
+    ) -> Task:
         query = select(tasks).where(tasks.c.id == task_id)
+        if tenant is not None:
+            # Another tenant's task is "not found", with the very same message.
+            query = query.where(tasks.c.tenant == tenant)
         if lock and self._postgres:
             query = query.with_for_update()
         row = conn.execute(query).first()
@@ -66,9 +95,10 @@ class TaskRepository:
             raise errors.TaskNotFound(task_id)
         return row_to_task(row)
 
-    def events(self, task_id: int) -> list[TaskEvent]:
+    def events(self, task_id: int, *, tenant: str | None = None) -> list[TaskEvent]:
+        """The task's history, oldest first (TaskNotFound as for :meth:`get`)."""
         with self.engine.connect() as conn:
-            self._get(conn, task_id)
+            self._get(conn, task_id, tenant)
             rows = conn.execute(
                 select(events).where(events.c.task_id == task_id).order_by(events.c.id)
             ).all()
@@ -94,10 +124,13 @@ class TaskRepository:
         parent_id: int | None = None,
         cursor: str | None = None,
         limit: int = 100,
+        tenant: str | None = None,
     ) -> Page:
         """Tasks in id order after ``cursor``; stable while new tasks are inserted."""
         limit = max(1, min(limit, MAX_PAGE))
         query = select(tasks).order_by(tasks.c.id).limit(limit + 1)
+        if tenant is not None:
+            query = query.where(tasks.c.tenant == tenant)
         if cursor is not None:
             query = query.where(tasks.c.id > decode_cursor(cursor))
         if status is not None:
@@ -147,7 +180,10 @@ class TaskRepository:
     def _by_idempotency_key(self, spec: Submission) -> Task | None:
         with self.engine.connect() as conn:
             row = conn.execute(
-                select(tasks).where(tasks.c.idempotency_key == spec.idempotency_key)
+                select(tasks).where(
+                    tasks.c.tenant == spec.tenant,
+                    tasks.c.idempotency_key == spec.idempotency_key,
+                )
             ).first()
         if row is None:
             return None
@@ -190,6 +226,7 @@ class TaskRepository:
             rows.append(
                 {
                     "id": spec.id,
+                    "tenant": spec.tenant,
                     "provider": spec.provider,
                     "kind": spec.kind,
                     "payload": spec.payload,
@@ -249,16 +286,23 @@ class TaskRepository:
     def _parent_statuses(
         self, conn: Connection, specs: Sequence[Submission]
     ) -> dict[int, TaskStatus]:
-        wanted = {s.parent_id for s in specs if s.parent_id is not None}
+        """The status of each named parent; a parent of another tenant does not exist."""
+        wanted = {s.parent_id: s.tenant for s in specs if s.parent_id is not None}
         if not wanted:
             return {}
         found: dict[int, TaskStatus] = {}
+        owners: dict[int, str] = {}
         for chunk in chunks(sorted(wanted)):
-            for task_id, status in conn.execute(
-                select(tasks.c.id, tasks.c.status).where(tasks.c.id.in_(chunk))
+            for task_id, tenant, status in conn.execute(
+                select(tasks.c.id, tasks.c.tenant, tasks.c.status).where(tasks.c.id.in_(chunk))
             ):
                 found[task_id] = TaskStatus(status)
-        missing = wanted - set(found)
+                owners[task_id] = tenant
+        # Every child of one parent must share the parent's tenant, whichever item names it.
+        foreign = {
+            s.parent_id for s in specs if s.parent_id in owners and owners[s.parent_id] != s.tenant
+        }
+        missing = (set(wanted) - set(found)) | foreign
         if missing:
             raise errors.InvalidTask(
                 f"parent task(s) {', '.join(map(str, sorted(missing)))} do not exist"
@@ -267,7 +311,9 @@ class TaskRepository:
 
     # -- cancel and retry ----------------------------------------------------------------
 
-    def cancel(self, task_id: int) -> tuple[Task, int]:
+    def cancel(
+        self, task_id: int, *, tenant: str | None = None, actor: Actor = LOCAL_ACTOR
+    ) -> tuple[Task, int]:
         """Cancel a task that is not final and every unfinished descendant.
 
         A worker's claim is left to it (its request may be on the way): its outcome loses
@@ -278,7 +324,7 @@ class TaskRepository:
         """
         now = self.clock.now()
         with self.engine.begin() as conn:
-            task = self._get(conn, task_id, lock=True)
+            task = self._get(conn, task_id, tenant, lock=True)
             if task.status in FINAL_STATUSES:
                 raise errors.IllegalTransition(
                     f"task {task_id} is {task.status.value}; only unfinished tasks can be cancelled"
@@ -298,9 +344,18 @@ class TaskRepository:
             count = end_descendants(
                 conn, [task_id], TaskStatus.CANCELLED, f"parent task {task_id} was cancelled", now
             )
-            return self._get(conn, task_id), count
+            audit.record(
+                conn,
+                actor,
+                "task.cancel",
+                f"task:{task_id}",
+                tenant=task.tenant,
+                at=now,
+                detail={"from_status": task.status.value, "descendants_cancelled": count},
+            )
+            return self._get(conn, task_id, None), count
 
-    def retry(self, task_id: int) -> Task:
+    def retry(self, task_id: int, *, tenant: str | None = None, actor: Actor = LOCAL_ACTOR) -> Task:
         """Put an Error or Cancelled task (and its ended descendants) back to Not Started.
 
         A task whose create may have reached the provider (``maybe_created``) comes back
@@ -310,7 +365,7 @@ class TaskRepository:
         """
         now = self.clock.now()
         with self.engine.begin() as conn:
-            task = self._get(conn, task_id, lock=True)
+            task = self._get(conn, task_id, tenant, lock=True)
             if task.status not in (TaskStatus.ERROR, TaskStatus.CANCELLED):
                 raise errors.IllegalTransition(
                     f"task {task_id} is {task.status.value}; only Error or Cancelled tasks "
@@ -318,7 +373,7 @@ class TaskRepository:
                 )
             parent_status = None
             if task.parent_id is not None:
-                parent_status = self._get(conn, task.parent_id).status
+                parent_status = self._get(conn, task.parent_id, None).status
                 if parent_status in (TaskStatus.ERROR, TaskStatus.CANCELLED):
                     raise errors.IllegalTransition(
                         f"task {task_id} cannot run while its parent task {task.parent_id} "
@@ -326,10 +381,21 @@ class TaskRepository:
                         "retries its ended descendants too"
                     )
             self._restart(conn, task, parent_status, now)
+            restarted = 0
             for child in self._descendants(conn, task_id):
                 if child.status in (TaskStatus.ERROR, TaskStatus.CANCELLED):
                     self._restart(conn, child, TaskStatus.NOT_STARTED, now)
-            return self._get(conn, task_id)
+                    restarted += 1
+            audit.record(
+                conn,
+                actor,
+                "task.retry",
+                f"task:{task_id}",
+                tenant=task.tenant,
+                at=now,
+                detail={"from_status": task.status.value, "descendants_retried": restarted},
+            )
+            return self._get(conn, task_id, None)
 
     def _restart(
         self, conn: Connection, task: Task, parent_status: TaskStatus | None, now: datetime
@@ -364,23 +430,6 @@ class TaskRepository:
                 row_to_task(r) for r in conn.execute(select(tasks).where(tasks.c.id.in_(chunk)))
             )
         return sorted(found, key=lambda t: t.id)
-
-
-def encode_cursor(last_id: int) -> str:
-    return base64.urlsafe_b64encode(f"id:{last_id}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int:
-    refused = errors.InvalidTask(f"cursor {cursor!r} is not a cursor this API returned")
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        kind, value = base64.urlsafe_b64decode(padded.encode()).decode().split(":", 1)
-        last_id = int(value)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise refused from exc
-    if kind != "id":
-        raise refused
-    return last_id
 
 
 def _conflict_message(exc: IntegrityError, specs: Sequence[Submission]) -> str:

@@ -6,6 +6,7 @@ and :mod:`sluice.store.chains` build on these; none of them reaches into another
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import fields
 from datetime import datetime
@@ -95,3 +96,22 @@ def change_status(
         return False
     conn.execute(insert(events), [event_row(task.id, now, event, task.status, to_status, detail)])
     return True
+
+
+def encode_cursor(last_id: int) -> str:
+    """An opaque keyset cursor: the last id of a page."""
+    return base64.urlsafe_b64encode(f"id:{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """The id in a cursor :func:`encode_cursor` made; InvalidTask for anything else."""
+    refused = errors.InvalidTask(f"cursor {cursor!r} is not a cursor this API returned")
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        kind, value = base64.urlsafe_b64decode(padded.encode()).decode().split(":", 1)
+        last_id = int(value)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise refused from exc
+    if kind != "id":
+        raise refused
+    return last_id

@@ -1,4 +1,4 @@
-"""SQLAlchemy table models: tasks, their append-only events, and provider pauses."""
+"""SQLAlchemy table models: tasks, their events, pauses, API keys, audit, console sessions."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     false,
+    UniqueConstraint,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -70,6 +71,8 @@ class TaskRow(Base):
     __tablename__ = "tasks"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # Every query the API runs filters on it; rows from before tenants are "default".
+    tenant: Mapped[str] = mapped_column(String(64), server_default="default")
     provider: Mapped[str] = mapped_column(String(64))
     kind: Mapped[str | None] = mapped_column(String(64))
     payload: Mapped[dict[str, Any] | None] = mapped_column(Payload)
@@ -87,7 +90,7 @@ class TaskRow(Base):
     poll_interval_s: Mapped[float | None] = mapped_column(Float)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str | None] = mapped_column(String(64))
     client_ref: Mapped[str | None] = mapped_column(String(64), unique=True)
     maybe_created: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
@@ -100,6 +103,9 @@ class TaskRow(Base):
         Index("ix_tasks_due", "phase", "next_attempt_at"),
         Index("ix_tasks_provider_status", "provider", "status"),
         Index("ix_tasks_external_id", "provider", "external_id"),
+        Index("ix_tasks_tenant", "tenant", "id"),
+        # Scoped per tenant: one global namespace would let a caller probe others' keys.
+        UniqueConstraint("tenant", "idempotency_key", name="uq_tasks_tenant_idempotency_key"),
     )
 
 
@@ -126,3 +132,57 @@ class LimiterPauseRow(Base):
 
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     until: Mapped[datetime] = mapped_column(UTCDateTime())
+class ApiKeyRow(Base):
+    """An API key: its public id and what it may do; of its secret only a SHA-256 digest."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16))
+    tenant: Mapped[str | None] = mapped_column(String(64))
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class AuditRow(Base):
+    """One audited action, by an API key or by one of Sluice's own parts (``actor``)."""
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    actor: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str | None] = mapped_column(String(32))
+    key_name: Mapped[str | None] = mapped_column(String(128))
+    tenant: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(255))
+    detail: Mapped[dict[str, Any]] = mapped_column(Payload)
+
+    __table_args__ = (
+        Index("ix_audit_tenant", "tenant", "id"),
+        Index("ix_audit_action", "action", "id"),
+        Index("ix_audit_key_id", "key_id", "id"),
+    )
+
+
+class ConsoleSessionRow(Base):
+    """A signed-in console session, tied to the API key it was opened with.
+
+    ``id`` is the SHA-256 digest of the cookie's token: a copy of this table opens no
+    session. Deleting (or revoking) the key ends its sessions.
+    """
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("api_keys.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())

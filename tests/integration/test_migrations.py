@@ -123,3 +123,35 @@ def test_upgrade_marks_tasks_mid_submission_as_maybe_created(engine: Engine) -> 
         (3, True),
         (4, False),
     ]
+
+
+def test_tasks_from_before_tenants_move_to_default_with_their_history(engine: Engine) -> None:
+    """Upgrading a database with tasks from revision 0001 puts them in tenant 'default',
+    keeps every event and parent link, and scopes their idempotency keys to it."""
+
+    db.upgrade(engine, "0001")
+    row = (
+        "INSERT INTO tasks (id, provider, status, phase, track_only, attempts, polls, "
+        "created_at, updated_at, idempotency_key, parent_id) VALUES "
+        "(:id, 'sandbox', 'Not Started', 'ready', false, 0, 0, :at, :at, :key, :parent)"
+    )
+    at = "2026-01-01 00:00:00"
+    with engine.begin() as conn:
+        conn.execute(text(row), {"id": 1, "at": at, "key": "k1", "parent": None})
+        conn.execute(text(row), {"id": 2, "at": at, "key": None, "parent": 1})
+        conn.execute(
+            text(
+                "INSERT INTO task_events (task_id, at, event) "
+                "VALUES (1, :at, 'created'), (2, :at, 'created')"
+            ),
+            {"at": at},
+        )
+
+    db.upgrade(engine)
+
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT id, tenant, parent_id FROM tasks ORDER BY id")).all()
+        event_count = conn.execute(text("SELECT COUNT(*) FROM task_events")).scalar_one()
+    assert [tuple(r) for r in rows] == [(1, "default", None), (2, "default", 1)]
+    assert event_count == 2
+    assert schema_diff(engine) == []

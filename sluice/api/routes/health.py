@@ -1,17 +1,18 @@
-"""Liveness, readiness and the prototype's health check."""
+"""Liveness, readiness and the prototype's health check: public, they show no data."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
+from sluice.api.auth import PUBLIC, GuardedRoute
 from sluice.api.deps import Context
 from sluice.api.schemas import Message
-from sluice.logs import mask_url_passwords
+from sluice.masking import mask
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=GuardedRoute, dependencies=[Depends(PUBLIC)])
 
 
 @router.get("/api/healthchecker", response_model=Message)
@@ -48,4 +49,4 @@ def reason(exc: Exception) -> str:
     """Why a check failed, in one line, with any URL password masked."""
     lines = str(exc).strip().splitlines()
     text = lines[0] if lines else ""
-    return mask_url_passwords(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+    return mask(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)

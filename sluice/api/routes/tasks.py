@@ -1,12 +1,18 @@
-"""The task routes: the prototype's contract plus submissions, bulk, listing, cancel, retry."""
+"""The task routes: the prototype's contract plus submissions, bulk, listing, cancel, retry.
+
+A viewer's or submitter's key sees and acts on its own tenant's tasks only; another
+tenant's task answers 404 exactly like a missing one.
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Response, status
+from fastapi import APIRouter, Depends, Header, Path, Query, Response, status
 
 from sluice import submissions
+from sluice.api.auth import SUBMITTER, VIEWER, GuardedRoute, Principal
 from sluice.api.deps import Context
 from sluice.api.schemas import (
     BulkCreate,
@@ -16,36 +22,45 @@ from sluice.api.schemas import (
     TaskCreate,
     TaskOut,
     TaskPage,
+    TenantQuery,
     Text,
 )
 from sluice.domain import TaskStatus
 
-router = APIRouter(prefix="/api/tasks", tags=["tasks"])
+router = APIRouter(prefix="/api/tasks", tags=["tasks"], route_class=GuardedRoute)
 TaskId = Annotated[int, Path(ge=1, le=2**53)]
+Viewer = Annotated[Principal, Depends(VIEWER)]
+Submitter = Annotated[Principal, Depends(SUBMITTER)]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=TaskOut)
 def create_task(
     body: TaskCreate,
     context: Context,
+    principal: Submitter,
     response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    tenant: TenantQuery = None,
 ) -> TaskOut:
     """Create a task (or track one by id, the prototype's way)."""
     body_hash = submissions.request_hash(body.model_dump(mode="json")) if idempotency_key else None
-    task, created = submissions.create_task(
-        context.repo, context.catalog, body.to_submission(idempotency_key), body_hash
-    )
+    item = replace(body.to_submission(idempotency_key), tenant=principal.write_tenant(tenant))
+    task, created = submissions.create_task(context.repo, context.catalog, item, body_hash)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
-    return TaskOut.of(task)
+    return TaskOut.of(task, context.catalog)
 
 
 @router.post("/bulk", status_code=status.HTTP_201_CREATED, response_model=BulkCreated)
-def create_tasks(body: BulkCreate, context: Context) -> BulkCreated:
+def create_tasks(
+    body: BulkCreate, context: Context, principal: Submitter, tenant: TenantQuery = None
+) -> BulkCreated:
     """Create up to 10,000 tasks atomically; items may name earlier items as parents."""
+    home = principal.write_tenant(tenant)
     ids = submissions.create_tasks(
-        context.repo, context.catalog, [item.to_submission() for item in body.tasks]
+        context.repo,
+        context.catalog,
+        [replace(item.to_submission(), tenant=home) for item in body.tasks],
     )
     return BulkCreated(count=len(ids), ids=ids)
 
@@ -53,12 +68,14 @@ def create_tasks(body: BulkCreate, context: Context) -> BulkCreated:
 @router.get("", response_model=TaskPage)
 def list_tasks(
     context: Context,
+    principal: Viewer,
     status_: Annotated[TaskStatus | None, Query(alias="status")] = None,
     provider: Annotated[Text | None, Query(max_length=64)] = None,
     kind: Annotated[Text | None, Query(max_length=64)] = None,
     parent_id: Annotated[int | None, Query(ge=1, le=2**53)] = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    tenant: TenantQuery = None,
 ) -> TaskPage:
     """List tasks in id order; pass ``next_cursor`` back as ``cursor`` for the next page."""
     page = context.repo.list_tasks(
@@ -68,30 +85,34 @@ def list_tasks(
         parent_id=parent_id,
         cursor=cursor,
         limit=limit,
+        tenant=principal.read_scope(tenant),
     )
-    return TaskPage(items=[TaskOut.of(t) for t in page.items], next_cursor=page.next_cursor)
+    return TaskPage(
+        items=[TaskOut.of(t, context.catalog) for t in page.items], next_cursor=page.next_cursor
+    )
 
 
 @router.get("/{task_id}", response_model=TaskOut)
-def get_task(task_id: TaskId, context: Context) -> TaskOut:
+def get_task(task_id: TaskId, context: Context, principal: Viewer) -> TaskOut:
     """One task, or 404."""
-    return TaskOut.of(context.repo.get(task_id))
+    return TaskOut.of(context.repo.get(task_id, tenant=principal.tenant), context.catalog)
 
 
 @router.get("/{task_id}/events", response_model=list[EventOut])
-def task_events(task_id: TaskId, context: Context) -> list[EventOut]:
+def task_events(task_id: TaskId, context: Context, principal: Viewer) -> list[EventOut]:
     """The task's history, oldest first."""
-    return [EventOut.of(e) for e in context.repo.events(task_id)]
+    return [EventOut.of(e) for e in context.repo.events(task_id, tenant=principal.tenant)]
 
 
 @router.post("/{task_id}/cancel", response_model=CancelOut)
-def cancel_task(task_id: TaskId, context: Context) -> CancelOut:
+def cancel_task(task_id: TaskId, context: Context, principal: Submitter) -> CancelOut:
     """Cancel an unfinished task and its unfinished descendants."""
-    task, count = context.repo.cancel(task_id)
-    return CancelOut(task=TaskOut.of(task), descendants_cancelled=count)
+    task, count = context.repo.cancel(task_id, tenant=principal.tenant, actor=principal.actor)
+    return CancelOut(task=TaskOut.of(task, context.catalog), descendants_cancelled=count)
 
 
 @router.post("/{task_id}/retry", response_model=TaskOut)
-def retry_task(task_id: TaskId, context: Context) -> TaskOut:
+def retry_task(task_id: TaskId, context: Context, principal: Submitter) -> TaskOut:
     """Put an Error or Cancelled task back to Not Started (attempts reset)."""
-    return TaskOut.of(context.repo.retry(task_id))
+    task = context.repo.retry(task_id, tenant=principal.tenant, actor=principal.actor)
+    return TaskOut.of(task, context.catalog)

@@ -6,6 +6,7 @@ from alembic import context
 from sqlalchemy import Connection, Engine, create_engine
 
 from sluice import errors
+from sluice.store import db
 from sluice.store.tables import Base
 
 config = context.config
@@ -36,8 +37,13 @@ def run_migrations() -> None:
             raise errors.ConfigError("no engine or sqlalchemy.url given to the migrations")
         engine = create_engine(url)
     with engine.connect() as connection:
-        _migrate(connection)
-        connection.commit()
+        if connection.dialect.name != "sqlite":
+            _migrate(connection)
+            connection.commit()
+            return
+        with db.sqlite_foreign_keys_off(connection), connection.begin():
+            _migrate(connection)
+            db.check_foreign_keys(connection)
 
 
 run_migrations()

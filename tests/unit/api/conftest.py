@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,12 +11,15 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from sluice import apikeys
 from sluice.api.app import create_app
 from sluice.catalog import Catalog, ProviderInfo
 from sluice.clock import FakeClock
 from sluice.domain import TaskStatus
 from sluice.settings import Settings
 from sluice.store import db
+from sluice.store.audit import audit
+from sluice.store.keys import KeyStore, api_keys
 from sluice.store.repository import TaskRepository
 from sluice.store.rows import change_status, events, tasks
 
@@ -70,6 +73,105 @@ def api(tmp_path: Path) -> Iterator[Api]:
     db.ensure_schema(engine)
     clock = FakeClock()
     repo = TaskRepository(engine, clock)
-    with TestClient(create_app(settings, repo, CATALOG)) as client:
+    # The open loopback mode of `make run`: a loopback Host, no key.
+    with TestClient(create_app(settings, repo, CATALOG), base_url="http://localhost") as client:
         yield Api(client, repo, clock)
     engine.dispose()
+
+
+LABELS = {
+    # label: (role, tenant)
+    "viewer": ("viewer", "acme"),
+    "submitter": ("submitter", "acme"),
+    "viewer-globex": ("viewer", "globex"),
+    "submitter-globex": ("submitter", "globex"),
+    "operator": ("operator", None),
+    "admin": ("admin", None),
+}
+
+
+@dataclass
+class SecuredApi(Api):
+    """An API that requires keys, with one key per label of :data:`LABELS`, plus a
+    revoked and an expired submitter key of tenant acme."""
+
+    keys: KeyStore
+    tokens: dict[str, str]
+    ids: dict[str, str]
+
+    def auth(self, label: str) -> dict[str, str]:
+        """The Authorization header of the key with ``label``."""
+        return {"Authorization": f"Bearer {self.tokens[label]}"}
+
+    def written(self) -> tuple[int, ...]:  # type: ignore[override]
+        """Rows of every table, and every key's revocation and last use: compared before
+        and after a refusal to prove it wrote nothing at all."""
+        with self.repo.engine.connect() as conn:
+            counts = tuple(
+                conn.execute(select(func.count()).select_from(table)).scalar_one()
+                for table in (tasks, events, audit, api_keys)
+            )
+            uses = conn.execute(
+                select(api_keys.c.revoked_at, api_keys.c.last_used_at).order_by(api_keys.c.id)
+            ).all()
+        return counts + tuple(hash(tuple(row)) for row in uses)
+
+
+def secured_api(
+    tmp_path: Path, *, api_limiter: Any = None, **settings_fields: Any
+) -> Iterator[SecuredApi]:
+    """An API with ``SLUICE_AUTH=required`` (unless told otherwise) and its keys."""
+    settings_fields.setdefault("auth", "required")
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'sluice.db'}", **settings_fields)
+    engine = db.make_engine(settings.database_url)
+    db.ensure_schema(engine)
+    clock = FakeClock()
+    repo = TaskRepository(engine, clock)
+    keys = KeyStore(engine, clock)
+    tokens: dict[str, str] = {}
+    ids: dict[str, str] = {}
+    for label, (role, tenant) in {
+        **LABELS,
+        "revoked": ("submitter", "acme"),
+        "expired": ("submitter", "acme"),
+    }.items():
+        made = apikeys.create_key(
+            keys, name=label, role=role, tenant=tenant, expires="1h" if label == "expired" else None
+        )
+        tokens[label], ids[label] = made.token, made.key.id
+    keys.revoke(ids["revoked"])
+    clock.advance(2 * 3600)
+    app = create_app(settings, repo, CATALOG, api_limiter=api_limiter)
+    with TestClient(app, base_url="http://localhost") as client:
+        yield SecuredApi(client, repo, clock, keys, tokens, ids)
+    engine.dispose()
+
+
+@pytest.fixture
+def secured(make_secured: Callable[..., SecuredApi]) -> SecuredApi:
+    """An API that requires a key for everything but health checks."""
+    return make_secured()
+
+
+@pytest.fixture
+def make_secured(tmp_path: Path) -> Iterator[Callable[..., SecuredApi]]:
+    """Build APIs like :func:`secured` with other settings (``auth``, ``host``...)."""
+    running: list[Iterator[SecuredApi]] = []
+
+    def make(**fields: Any) -> SecuredApi:
+        folder = tmp_path / f"api{len(running)}"
+        folder.mkdir()
+        started = secured_api(folder, **fields)
+        running.append(started)
+        return next(started)
+
+    yield make
+    for started in reversed(running):
+        for _ in started:  # runs the generator's clean-up
+            pass
+
+
+@pytest.fixture(scope="module")
+def shared_secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredApi]:
+    """One keyed API for a whole module whose tests each make their own tasks and keys."""
+    yield from secured_api(tmp_path_factory.mktemp("shared"))

@@ -21,7 +21,9 @@ def client() -> Iterator[TestClient]:
     """An API whose PostgreSQL database refuses connections (nothing listens on port 1)."""
     url = f"postgresql://sluice:{PASSWORD}@127.0.0.1:1/sluice"
     engine = db.make_engine(url)
-    with TestClient(create_app(Settings(database_url=url), TaskRepository(engine), CATALOG)) as c:
+    app = create_app(Settings(database_url=url), TaskRepository(engine), CATALOG)
+    # The open loopback mode (a loopback Host): no key to look up in the missing database.
+    with TestClient(app, base_url="http://localhost") as c:
         yield c
     engine.dispose()
 

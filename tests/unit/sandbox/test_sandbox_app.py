@@ -333,6 +333,28 @@ def test_auth_issues_short_lived_tokens_keyed_by_client(clock: FakeClock) -> Non
     assert set(client.get("/_sandbox/stats").json()["max_in_window"]) == {"app:acme"}
 
 
+def test_static_tokens_stand_for_their_accounts(clock: FakeClock) -> None:
+    """Configured static tokens are accepted without /oauth/token, each as its own account."""
+    client = _client(
+        clock,
+        auth=True,
+        tokens={"tok-agency-a-1234": "agency-a", "tok-agency-b-5678": "agency-b"},
+        limits=[{"name": "app", "limit": 100, "window_s": 1}],
+    )
+    for token in ("tok-agency-a-1234", "tok-agency-b-5678", "tok-agency-b-5678"):
+        answer = client.get("/v1/status", headers={"Authorization": f"Bearer {token}"})
+        assert answer.status_code == 200
+    assert client.get("/v1/status", headers={"Authorization": "Bearer tok-x"}).status_code == 401
+    clock.advance(3600)
+    headers = {"Authorization": "Bearer tok-agency-a-1234"}
+    assert client.get("/v1/status", headers=headers).status_code == 200
+    windows = client.get("/_sandbox/stats").json()["max_in_window"]
+    assert {key: w["max_seen"] for key, w in windows.items()} == {
+        "app:agency-a": 1,
+        "app:agency-b": 2,
+    }
+
+
 def test_reset_forgets_objects_stats_and_limits_but_keeps_config(clock: FakeClock) -> None:
     """After reset only the seeded advertisers exist, ids restart, budgets are whole again."""
     client = _client(clock, limits=[{"name": "app", "limit": 1, "window_s": 60}])

@@ -1,0 +1,22 @@
+"""The operator console's web pages (``/ui``): sign-in with an API key, sessions, pages.
+
+:func:`install` adds the console to an app; see :mod:`.routes` for what every console
+route checks and :mod:`.session` for cookies, CSRF and security headers.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from sluice.api.console.routes import Authenticate, Console, OpenTo, router
+from sluice.store.sessions import SessionStore
+
+__all__ = ["Console", "install"]
+
+
+def install(
+    app: FastAPI, sessions: SessionStore, authenticate: Authenticate, open_to: OpenTo
+) -> None:
+    """Serve the console at ``/ui`` from ``app``."""
+    app.state.console = Console(sessions, authenticate, open_to)
+    app.include_router(router)

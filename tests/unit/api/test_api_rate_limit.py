@@ -1,0 +1,107 @@
+"""The API's own limit per key (SLUICE_API_RATE_LIMIT), on Sluice's limiter: a key over its
+rate gets 429 with Retry-After and nothing is written; other keys and later requests pass."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import pytest
+
+from sluice import errors
+from sluice.clock import FakeClock
+from sluice.ratelimit.memory import MemoryLimiter
+
+if TYPE_CHECKING:
+    from conftest import SecuredApi
+
+Make = Callable[..., "SecuredApi"]
+
+
+def limited(make_secured: Make, rate: str, **fields: object) -> SecuredApi:
+    """An API limited to ``rate`` per key, its limiter on the API's fake clock."""
+    clock = FakeClock()
+    limiter = MemoryLimiter(clock, margin=0.0)  # as the API builds its own
+    api = make_secured(api_rate_limit=rate, api_limiter=limiter, **fields)
+    api.limiter_clock = clock  # type: ignore[attr-defined]
+    return api
+
+
+def test_a_key_over_its_rate_gets_429_with_retry_after(make_secured: Make) -> None:
+    """At 2/min, a key's third request in a minute is 429 with Retry-After in whole seconds,
+    writes nothing, and leaves other keys alone; after the wait it passes again."""
+    api = limited(make_secured, "2/min")
+    submitter = api.auth("submitter")
+    assert api.client.get("/api/tasks", headers=submitter).status_code == 200
+    api.limiter_clock.advance(30)  # type: ignore[attr-defined]
+    assert api.client.get("/api/tasks", headers=submitter).status_code == 200
+    before = api.written()
+
+    refused = api.client.post("/api/tasks", json=api.campaign(), headers=submitter)
+
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "30"
+    assert "retry in 30 s" in refused.json()["detail"]
+    assert api.written() == before
+    assert api.client.get("/api/tasks", headers=api.auth("viewer")).status_code == 200
+    api.limiter_clock.advance(30)  # type: ignore[attr-defined]
+    created = api.client.post("/api/tasks", json=api.campaign(), headers=submitter)
+    assert created.status_code == 201
+
+
+def test_refusals_for_role_spend_nothing_of_the_limit(make_secured: Make) -> None:
+    """403s do not count against a key's rate: after three of them at 1/min, the key's
+    first allowed request still passes."""
+    api = limited(make_secured, "1/min")
+
+    denied = [
+        api.client.post("/api/tasks", json=api.campaign(), headers=api.auth("viewer"))
+        for _ in range(3)
+    ]
+
+    assert [r.status_code for r in denied] == [403, 403, 403]
+    assert api.client.get("/api/tasks", headers=api.auth("viewer")).status_code == 200
+
+
+def test_retry_after_is_at_least_one_second(make_secured: Make) -> None:
+    """At 20/s the wait is 50 ms, announced as Retry-After: 1 (whole seconds)."""
+    api = limited(make_secured, "20/s")
+    viewer = api.auth("viewer")
+
+    assert api.client.get("/api/tasks", headers=viewer).status_code == 200
+    second = api.client.get("/api/tasks", headers=viewer)
+
+    assert second.status_code == 429
+    assert second.headers["retry-after"] == "1"
+
+
+def test_the_open_loopback_mode_is_not_limited(make_secured: Make) -> None:
+    """Requests without a key on the open loopback mode are never refused for rate."""
+    api = limited(make_secured, "1/min", auth="auto", host="127.0.0.1")
+
+    statuses = {api.client.get("/api/tasks").status_code for _ in range(5)}
+
+    assert statuses == {200}
+
+
+def test_a_bad_rate_is_a_config_error(make_secured: Make) -> None:
+    """SLUICE_API_RATE_LIMIT that is not a rate refuses to build the API, naming it."""
+    with pytest.raises(errors.ConfigError, match="api_rate_limit: invalid rate 'fast'"):
+        make_secured(api_rate_limit="fast")
+
+
+def test_an_unreachable_limiter_lets_requests_through(
+    make_secured: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the limiter's Redis down, keyed requests still pass, and the lapse is logged."""
+    from sluice.ratelimit.redis import RedisLimiter
+
+    down = RedisLimiter.from_url("redis://127.0.0.1:1/0", namespace="sluice:test:down")
+    api = make_secured(api_rate_limit="1/min", api_limiter=down)
+
+    statuses = [
+        api.client.get("/api/tasks", headers=api.auth("viewer")).status_code for _ in range(2)
+    ]
+
+    assert statuses == [200, 200]
+    assert "api.rate_limit_unavailable" in caplog.text

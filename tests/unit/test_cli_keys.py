@@ -1,0 +1,68 @@
+"""`sluice keys` and `sluice audit`: a key is printed once, listed without its secret,
+revoked by id; bad requests are one-line errors; every change is audited."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sluice import cli
+
+
+@pytest.fixture
+def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    """A runner on a fresh SQLite database, wide enough for whole table cells."""
+    monkeypatch.setenv("SLUICE_DATABASE_URL", f"sqlite:///{tmp_path / 'keys.db'}")
+    return CliRunner(env={"COLUMNS": "250"})
+
+
+def test_a_key_is_printed_once_and_listed_without_its_secret(run: CliRunner) -> None:
+    """keys create prints the key alone on stdout; keys list shows id, role and tenant but
+    no secret; keys revoke ends it and audit lists both actions."""
+    made = run.invoke(
+        cli.app,
+        ["keys", "create", "--name", "ci-acme", "--role", "submitter", "--tenant", "acme"],
+    )
+    assert made.exit_code == 0, made.output
+    token = made.stdout.strip().splitlines()[-1]
+    prefix, key_id, secret = token.split("_", 2)
+    assert prefix == "sk"
+
+    listed = run.invoke(cli.app, ["keys", "list"])
+    assert key_id in listed.stdout
+    assert "submitter" in listed.stdout
+    assert "acme" in listed.stdout
+    assert secret not in listed.stdout
+
+    revoked = run.invoke(cli.app, ["keys", "revoke", key_id])
+    assert revoked.exit_code == 0
+    assert "revoked" in run.invoke(cli.app, ["keys", "list"]).stdout
+
+    audit = run.invoke(cli.app, ["audit"]).stdout
+    assert "key.create" in audit
+    assert "key.revoke" in audit
+    assert secret not in audit
+
+
+def test_bad_key_requests_are_one_line_errors(
+    run: CliRunner, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unknown role, a missing tenant or an unknown id end with exit 2 and one line
+    naming the problem, no traceback, and no key."""
+    for args, message in (
+        (["keys", "create", "--name", "x", "--role", "boss"], "unknown role 'boss'"),
+        (["keys", "create", "--name", "x", "--role", "viewer"], "belongs to one tenant"),
+        (["keys", "revoke", "0123456789ab"], "API key '0123456789ab' not found"),
+    ):
+        monkeypatch.setattr("sys.argv", ["sluice", *args])
+        with pytest.raises(SystemExit) as ended:
+            cli.main()  # as the console script: Sluice's errors become one line, exit 2
+        error = capsys.readouterr().err
+        assert ended.value.code == 2
+        assert message in error
+        assert "Traceback" not in error
+        assert len(error.strip().splitlines()) == 1
+
+    assert "viewer" not in run.invoke(cli.app, ["keys", "list"]).stdout
