@@ -115,8 +115,13 @@ def _authenticator(
         rate = parse_rate(settings.api_rate_limit)
     except ValueError as exc:
         raise errors.ConfigError(f"api_rate_limit: {exc}") from exc
+    # No cold start: a restarted API may serve a key's first request at once, since this
+    # limit protects Sluice's own database, not a third party's count.
     limiter = api_limiter or build_limiter(
-        settings.redis_url, margin=0.0, namespace=f"{settings.limiter_namespace}:api"
+        settings.redis_url,
+        margin=0.0,
+        namespace=f"{settings.limiter_namespace}:api",
+        cold_start=False,
     )
     return Authenticator(settings, key_store, limiter, rate)
 

@@ -33,14 +33,21 @@ def build_limiter(
     margin: float = 0.01,
     namespace: str = "sluice:rl",
     catch_up_s: float = 0.0,
+    cold_start: bool = True,
 ) -> Limiter:
     """A :class:`RedisLimiter` when ``redis_url`` is given, else a :class:`MemoryLimiter`.
 
     Embedded mode (one process) needs no Redis; distributed mode must share one Redis so
-    that every worker on every host draws from the same limits.
+    that every worker on every host draws from the same limits. ``cold_start`` holds each
+    key for one spacing after the limiter's state began (see :mod:`sluice.ratelimit.gcra`);
+    only a limit that guards no third party (the API's own per-key limit) turns it off.
     """
     if redis_url:
         return RedisLimiter.from_url(
-            redis_url, namespace=namespace, margin=margin, catch_up_s=catch_up_s
+            redis_url,
+            namespace=namespace,
+            margin=margin,
+            catch_up_s=catch_up_s,
+            cold_start=cold_start,
         )
-    return MemoryLimiter(margin=margin, catch_up_s=catch_up_s)
+    return MemoryLimiter(margin=margin, catch_up_s=catch_up_s, cold_start=cold_start)

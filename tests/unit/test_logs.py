@@ -46,10 +46,10 @@ def test_url_passwords_are_masked_in_message_fields_and_tracebacks() -> None:
     line = formatted(
         "broker at redis://:redis-secret@127.0.0.1:6379/0",
         exc=True,
-        broker="amqp://guest:amqp-secret@rabbit//",
+        broker="amqp://broker-user:amqp-secret@rabbit//",
     )
     for secret in ("redis-secret", "amqp-secret", "pg-secret"):
         assert secret not in line
     assert "redis://:***@127.0.0.1:6379/0" in line
-    assert "amqp://guest:***@rabbit//" in line
+    assert "amqp://broker-user:***@rabbit//" in line
     assert "postgresql://sluice:***@db:5432/sluice" in line

@@ -21,7 +21,7 @@ Make = Callable[..., "SecuredApi"]
 def limited(make_secured: Make, rate: str, **fields: object) -> SecuredApi:
     """An API limited to ``rate`` per key, its limiter on the API's fake clock."""
     clock = FakeClock()
-    limiter = MemoryLimiter(clock, margin=0.0)  # as the API builds its own
+    limiter = MemoryLimiter(clock, margin=0.0, cold_start=False)  # as the API builds its own
     api = make_secured(api_rate_limit=rate, api_limiter=limiter, **fields)
     api.limiter_clock = clock  # type: ignore[attr-defined]
     return api
