@@ -19,8 +19,8 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
-    false,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -132,6 +132,8 @@ class LimiterPauseRow(Base):
 
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     until: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class ApiKeyRow(Base):
     """An API key: its public id and what it may do; of its secret only a SHA-256 digest."""
 
