@@ -217,22 +217,11 @@ def worker_cluster(provider: dict[str, Any], margin: float | None) -> Iterator[C
         cluster.upgrade_database()
         try:
             cluster.beat(loglevel="WARNING")
-            workers = [
-                cluster.worker(f"worker-{n}", concurrency=1, loglevel="WARNING")
-                for n in range(PROCESSES)
-            ]
-            wait_until_logged(workers, "ready.", 60.0)
+            workers = [cluster.worker(f"worker-{n}", concurrency=1) for n in range(PROCESSES)]
+            cluster.wait_ready(workers)
             yield cluster
         finally:
             cluster.stop()
-
-
-def wait_until_logged(workers: list[Any], text: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not all(text in w.output() for w in workers):
-        if time.monotonic() > deadline or any(not w.alive() for w in workers):
-            raise RuntimeError("workers did not start:\n" + "\n".join(w.output() for w in workers))
-        time.sleep(0.1)
 
 
 def worker_summaries(cluster: Cluster) -> dict[str, Any]:

@@ -206,6 +206,9 @@ def worker(
     # Several workers on one host need distinct node names (RabbitMQ's pidbox queue is
     # exclusive per name).
     node = hostname or f"sluice-{os.getpid()}@%h"
+    # Celery leaves a root logger that already has a handler alone: Sluice's own lines
+    # (pump.summary, provider.paused, grant.expired...) then reach the log, formatted.
+    logs.configure(loglevel)
     argv = ["worker", "--concurrency", str(concurrency), "--loglevel", loglevel]
     argv += ["--hostname", node]
     argv += ["--queues", "sluice", "--pool", "prefork", "--without-gossip", "--without-mingle"]

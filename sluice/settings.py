@@ -55,14 +55,15 @@ class Settings(BaseSettings):
     claim_lease_s: float = 120.0
     max_body_bytes: int = 1_048_576
 
-    # Limiter: grants are spaced by window/limit * (1 + rate_margin) to absorb network
-    # jitter between our clock and the provider's. 1.5% leaves 15 ms per 1 s window, of
-    # which the catch-up may use 2 ms: 13 ms for jitter, enough for 4 worker processes on
-    # 2 busy cores (bench/distributed.py); 1.2% was refused once in 3 repeats there.
-    rate_margin: float = 0.015
-    # A grant up to this late for its slot keeps the schedule (capped by the margin's
+    # Limiter: grants are spaced by window/limit * (1 + rate_margin). 1.5% leaves 15 ms per
+    # 1 s window: 2 ms of catch-up, then a 6.5 ms send window for each grant (a grant not
+    # sent by then is not sent at all) and 6.5 ms for the jitter after the send check
+    # (sluice/ratelimit/sendgate.py; bench/limit_fidelity.py measures it). Must be > 0: a
+    # grant has to have some time to be sent in.
+    rate_margin: float = Field(default=0.015, gt=0)
+    # A grant up to this late for its slot keeps the schedule (capped at half the margin's
     # slack, so the sliding-window guarantee holds): see sluice/ratelimit/gcra.py.
-    rate_catch_up_s: float = 0.002
+    rate_catch_up_s: float = Field(default=0.002, ge=0)
     limiter_namespace: str = "sluice:rl"
 
     # Distributed mode: beat sends `pumps` pump tasks every `pump_s` seconds; each keeps
