@@ -524,6 +524,44 @@ def test_recovery_rechecks_the_row_and_never_clears_a_fresh_claim(postgres_url: 
         engine.dispose()
 
 
+@pytest.mark.postgres
+def test_apply_waiting_on_a_cancel_in_progress_loses_to_it(postgres_url: str) -> None:
+    """An outcome written while a cancel holds the row waits for it, then finds the status
+    changed and is dropped: the cancel wins under real concurrency too."""
+    engine = db.make_engine(postgres_url)
+    db.ensure_schema(engine)
+    clock = FakeClock(START)
+    q = Queue(WorkQueue(engine), TaskRepository(engine, clock), clock, postgres_url)
+    try:
+        (task_id,) = q.add(1)
+        (held,) = q.claim("a")
+        outcome = decide.after_submit(held, Accepted("x-1", completed=False), POLICY, q.now())
+        writer_engine = db.make_engine(postgres_url)
+        applied: list[int] = []
+        with engine.connect() as canceller:
+            canceller.begin()
+            canceller.execute(select(tasks.c.id).where(tasks.c.id == task_id).with_for_update())
+            writer = threading.Thread(
+                target=lambda: applied.append(WorkQueue(writer_engine).apply([outcome], q.now()))
+            )
+            writer.start()
+            assert _wait_for_lock_waiter(engine), "the outcome writer never reached the row"
+            canceller.execute(
+                update(tasks)
+                .where(tasks.c.id == task_id)
+                .values(status=TaskStatus.CANCELLED.value, phase=Phase.DONE.value)
+            )
+            canceller.commit()
+        writer.join(timeout=30)
+        writer_engine.dispose()
+
+        assert applied == [0]
+        task = q.get(task_id)
+        assert (task.status, task.external_id) == (TaskStatus.CANCELLED, None)
+    finally:
+        engine.dispose()
+
+
 def test_submitting_task_without_a_claim_is_recovered(q: Queue) -> None:
     """A task left submitting with no claim at all (its claim was cleared) becomes uncertain."""
     (task_id,) = q.add(1)
