@@ -281,7 +281,9 @@ def keys_create(
     console.print(
         f"created key {key.id} '{key.name}': {key.role.value}, {scope}, "
         f"expires {_when(key.expires_at) if key.expires_at else 'never'}. "
-        "It is shown only now; keep it secret:"
+        "It is shown only now; keep it secret:",
+        markup=False,
+        highlight=False,
     )
     typer.echo(made.token)
 
@@ -305,7 +307,7 @@ def keys_list() -> None:
             state = "active" if key.usable_at(now) else "expired"
         table.add_row(
             key.id,
-            key.name,
+            escape(key.name),
             key.role.value,
             key.tenant or "(all)",
             _when(key.created_at),
@@ -325,9 +327,13 @@ def keys_revoke(
 
     key, revoked = KeyStore(_open_store()).revoke(key_id)
     if revoked:
-        console.print(f"revoked key {key.id} '{key.name}'")
+        console.print(f"revoked key {key.id} '{key.name}'", markup=False, highlight=False)
     else:
-        console.print(f"key {key.id} '{key.name}' was already revoked at {_when(key.revoked_at)}")
+        console.print(
+            f"key {key.id} '{key.name}' was already revoked at {_when(key.revoked_at)}",
+            markup=False,
+            highlight=False,
+        )
 
 
 @app.command()
@@ -350,15 +356,8 @@ def audit(
     for record in page.items:
         key = f"{record.key_name} ({record.key_id})" if record.key_id else "-"
         detail = json.dumps(record.detail, sort_keys=True)
-        table.add_row(
-            _when(record.at),
-            record.actor,
-            key,
-            record.tenant or "-",
-            record.action,
-            record.target,
-            detail,
-        )
+        cells = (record.actor, key, record.tenant or "-", record.action, record.target, detail)
+        table.add_row(_when(record.at), *(escape(cell) for cell in cells))
     Console().print(table)
 
 

@@ -66,3 +66,21 @@ def test_bad_key_requests_are_one_line_errors(
         assert len(error.strip().splitlines()) == 1
 
     assert "viewer" not in run.invoke(cli.app, ["keys", "list"]).stdout
+
+
+def test_key_names_are_shown_as_written(run: CliRunner) -> None:
+    """A key name that looks like console markup is printed as it is, never interpreted
+    (a stray closing tag would otherwise end the command with a traceback)."""
+    name = "[/red] ops [bold]team"
+    made = run.invoke(cli.app, ["keys", "create", "--name", name, "--role", "admin"])
+    key_id = made.stdout.strip().splitlines()[-1].split("_")[1]
+
+    listed = run.invoke(cli.app, ["keys", "list"])
+    revoked = run.invoke(cli.app, ["keys", "revoke", key_id])
+    audit = run.invoke(cli.app, ["audit"])
+
+    assert (made.exit_code, listed.exit_code, revoked.exit_code, audit.exit_code) == (0, 0, 0, 0)
+    assert name in made.output
+    assert name in listed.stdout
+    assert name in revoked.output
+    assert name in audit.stdout

@@ -52,6 +52,16 @@ def test_requests_get_503_json_without_password(
     assert PASSWORD not in answer.text
 
 
+def test_a_key_that_cannot_be_checked_gets_503_not_401(client: TestClient) -> None:
+    """A request with a key while the database is down is 503 (retry), not 401 (bad key)."""
+    key = "sk_0123456789ab_" + "A" * 43
+
+    answer = client.get("/api/tasks", headers={"Authorization": f"Bearer {key}"})
+
+    assert answer.status_code == 503
+    assert answer.json()["detail"].startswith("database unavailable")
+
+
 def test_readyz_names_the_database_and_why(client: TestClient) -> None:
     """/readyz answers 503 with the database check's reason, password never shown."""
     answer = client.get("/readyz")
