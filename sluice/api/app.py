@@ -115,8 +115,8 @@ def _authenticator(
         rate = parse_rate(settings.api_rate_limit)
     except ValueError as exc:
         raise errors.ConfigError(f"api_rate_limit: {exc}") from exc
-    # No cold start: a restarted API may serve a key's first request at once, since this
-    # limit protects Sluice's own database, not a third party's count.
+    # No cold start: this limit shields the database, not a provider, so a restart of the
+    # API (or of Redis) need not hold every key for a while.
     limiter = api_limiter or build_limiter(
         settings.redis_url,
         margin=0.0,

@@ -38,9 +38,9 @@ def build_limiter(
     """A :class:`RedisLimiter` when ``redis_url`` is given, else a :class:`MemoryLimiter`.
 
     Embedded mode (one process) needs no Redis; distributed mode must share one Redis so
-    that every worker on every host draws from the same limits. ``cold_start`` holds each
-    key for one spacing after the limiter's state began (see :mod:`sluice.ratelimit.gcra`);
-    only a limit that guards no third party (the API's own per-key limit) turns it off.
+    that every worker on every host draws from the same limits. ``cold_start=False`` is
+    for limits that guard Sluice itself (the API's per-key limit), not a third party: a
+    restart need not hold them.
     """
     if redis_url:
         return RedisLimiter.from_url(

@@ -105,3 +105,16 @@ def test_an_unreachable_limiter_lets_requests_through(
 
     assert statuses == [200, 200]
     assert "api.rate_limit_unavailable" in caplog.text
+
+
+def test_a_freshly_started_api_serves_each_keys_first_request(make_secured: Make) -> None:
+    """The API's own limiter starts warm: right after start, a key's first request passes
+    (no cold-start hold: the limit guards the database, not a provider); its second, within
+    the minute of a 1/min limit, is 429."""
+    api = make_secured(api_rate_limit="1/min")  # the limiter create_app builds itself
+
+    first = api.client.get("/api/tasks", headers=api.auth("viewer"))
+    second = api.client.get("/api/tasks", headers=api.auth("viewer"))
+
+    assert first.status_code == 200
+    assert second.status_code == 429
