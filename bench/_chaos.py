@@ -35,7 +35,6 @@ from harness.cluster import (
     Proc,
     free_port,
     postgres_database,
-    redis_database,
     write_toml,
 )
 
@@ -94,7 +93,9 @@ def chaos_cluster(
     settings: dict[str, str],
     prefix: str,
 ) -> Iterator[ChaosCluster]:
-    """Sandbox (with arrival stamps), fresh database and broker, migrated, workers ready.
+    """Sandbox (with arrival stamps), a fresh database, a private ``redis-server`` (broker
+    in db 1, limiter in db 0: a test restarting the shared Redis cannot touch the run),
+    migrated, workers ready.
 
     ``provider`` is the ``[providers.sandbox]`` table without ``base_url``; ``workers`` is
     ``[(name, with_beat)]``. Everything is stopped and dropped on exit.
@@ -102,16 +103,18 @@ def chaos_cluster(
     with ExitStack() as stack:
         folder = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"sluice-{prefix}-"))
         database_url = stack.enter_context(postgres_database(f"sluice_{prefix}"))
-        broker_url = stack.enter_context(redis_database())
+        redis_port = free_port()
         cluster = Cluster(
             Path(folder),
             database_url,
-            broker_url,
+            broker_url=f"redis://127.0.0.1:{redis_port}/1",
+            redis_url=f"redis://127.0.0.1:{redis_port}/0",
             namespace=f"sluice:{prefix}:{uuid.uuid4().hex[:8]}",
             # PYTHONPATH: the sandbox runs this checkout's ``bench._sandbox_proc``.
             settings={"SLUICE_LOG_LEVEL": "WARNING", "PYTHONPATH": str(REPO_ROOT), **settings},
         )
         stack.callback(cluster.stop)
+        cluster.redis_server(redis_port)
         port = free_port()
         base_url = f"http://127.0.0.1:{port}"
         write_toml(
