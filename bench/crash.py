@@ -121,8 +121,8 @@ def run_repeat(scenario: Scenario, seed: int) -> dict[str, Any]:
             )
             created_at = time.time()
             # The kills start from the first request, so that they land on work in flight.
-            wait_until(lambda: sandbox.stats()["total_requests"] > 0, 60, "the first request")
-            first_request_at = time.time()
+            wait_until(lambda: bool(sandbox.arrivals()), 60, "the first request")
+            first_request_at = sandbox.arrivals()[0][0]
             for k in range(scenario.kills):
                 due = first_request_at + (k + 1) * scenario.kill_every_s
                 time.sleep(max(0.0, due - time.time()))
@@ -155,6 +155,7 @@ def run_repeat(scenario: Scenario, seed: int) -> dict[str, Any]:
             round(t - created_at, 2) for t, _, status in arrivals if status == REFUSED_STATUS
         ],
         "over_limit_at_s": [round(t - created_at, 2) for t in over_limit_at(times, scenario.rate)],
+        "first_request_at_s": round(first_request_at - created_at, 2),
         "kills_at_s": [round(at - created_at, 2) for at, _ in chaos.kills],
         "duplicates_by_client_ref": by_ref,
         "duplicates_by_name": by_name,
