@@ -241,5 +241,18 @@ def over_limit_at(times: list[float], limit: int, window_s: float = 1.0) -> list
     return found
 
 
+def code_version() -> str:
+    """The checkout's commit, with ``+changes`` when code (not results) differs from it."""
+
+    def git(*args: str) -> str:
+        result = subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+        )
+        return result.stdout.strip()
+
+    changed = git("status", "--porcelain", "--", "sluice", "harness", "bench", ":!bench/results")
+    return (git("rev-parse", "--short", "HEAD") or "unknown") + ("+changes" if changed else "")
+
+
 def load_average() -> float:
     return round(os.getloadavg()[0], 2)

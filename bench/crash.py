@@ -29,6 +29,7 @@ included, in any sliding second). ``--cpu-hog`` runs a busy loop beside it all.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from bench._chaos import (
     Sandbox,
     Store,
     chaos_cluster,
+    code_version,
     cpu_hog,
     duplicates_by_name,
     load_average,
@@ -252,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
 
     runs: list[dict[str, Any]] = []
     machine = machine_info()
+    code = code_version()
     with cpu_hog(args.cpu_hog):
         for n in range(args.repeats):
             run = run_repeat(scenario, seed=n + 1)
@@ -260,8 +263,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = [{k: v for k, v in run.items() if not k.startswith("_")} for run in runs]
     results: dict[str, Any] = {
         "benchmark": "crash",
-        "command": "python -m bench.crash " + " ".join(argv if argv is not None else []),
+        "command": " ".join(["python -m bench.crash", *(sys.argv[1:] if argv is None else argv)]),
         "machine": machine,
+        "code": code,
         "cpu_hog": args.cpu_hog,
         "scenario": asdict(scenario),
         "setup": (

@@ -50,6 +50,7 @@ from bench._chaos import (
     Sandbox,
     Store,
     chaos_cluster,
+    code_version,
     duplicates_by_name,
     load_average,
     over_limit_at,
@@ -82,6 +83,8 @@ PAUSE_EVERY_S = 150.0
 PAUSE_S = 5.0
 PAUSE_LIMIT = 8
 FINAL_TIMEOUT_S = 180.0
+CLAIM_LEASE_S = 10
+RECONCILE_EVERY_S = 2
 FAULTS = {
     "unavailable_503": 0.01,
     "error_5xx": 0.005,
@@ -208,7 +211,10 @@ def run(minutes: float) -> dict[str, Any]:
     provider.update(rate_limit=f"{RATE}/s", timeout="1s", retry_base="100ms", retry_max="2s")
     normal_limits = [{"name": "app", "limit": RATE, "window_s": 1.0}]
     sandbox_table = {"seed": 7, "limits": normal_limits, "faults": FAULTS}
-    settings = {"SLUICE_CLAIM_LEASE_S": "10", "SLUICE_RECONCILE_EVERY_S": "2"}
+    settings = {
+        "SLUICE_CLAIM_LEASE_S": str(CLAIM_LEASE_S),
+        "SLUICE_RECONCILE_EVERY_S": str(RECONCILE_EVERY_S),
+    }
     samples: list[dict[str, Any]] = []
     pauses: list[tuple[float, float]] = []
     with chaos_cluster(
@@ -388,6 +394,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "soak.json")
     args = parser.parse_args(argv)
     machine = machine_info()
+    code = code_version()
     load_before = load_average()
     result = run(args.minutes)
     row = {k: v for k, v in result.items() if not k.startswith("_")}
@@ -396,7 +403,19 @@ def main(argv: list[str] | None = None) -> None:
         {
             "benchmark": "soak",
             "command": f"python -m bench.soak --minutes {args.minutes:g}",
+            "settings": {
+                "rate_limit": f"{RATE}/s",
+                "workers": [name + (" (--beat)" if beat else "") for name, beat in WORKERS],
+                "concurrency": CONCURRENCY,
+                "faults": FAULTS,
+                "kill_every_s": KILL_EVERY_S,
+                "pause": f"limit {PAUSE_LIMIT}/s for {PAUSE_S:g} s every {PAUSE_EVERY_S:g} s",
+                "claim_lease_s": CLAIM_LEASE_S,
+                "reconcile_every_s": RECONCILE_EVERY_S,
+                "backlog": BACKLOG,
+            },
             "machine": machine,
+            "code": code,
             "load_average_1m_before": load_before,
             "load_average_1m_after": load_average(),
             **row,
