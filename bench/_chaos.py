@@ -1,12 +1,12 @@
 """Shared pieces of the fault benchmarks (``bench.crash``, ``bench.soak``).
 
-A cluster from :mod:`harness.cluster` whose sandbox is ``python -m bench._sandbox_proc``
-(the unmodified sandbox plus arrival stamps), and the judges: what the store says
-(statuses, phases, events) and what the sandbox saw (its stats, every arrival, every
-object it created). Duplicates are counted two ways: objects sharing a client reference
-(the sandbox's ``duplicate_count``) and objects sharing a name (each task's payload carries
-a name of its own, so this also catches a task that re-created its object under a new
-reference).
+A cluster from :mod:`harness.cluster` (``sluice sandbox``, workers, a fresh PostgreSQL
+database) on a private ``redis-server`` (:mod:`harness.redis_server`), and the judges:
+what the store says (statuses, phases, events) and what the sandbox saw (its stats, every
+arrival as its limiter judged it, every object it created). Duplicates are counted two
+ways: objects sharing a client reference (the sandbox's ``duplicate_count``) and objects
+sharing a name (each task's payload carries a name of its own, so this also catches a task
+that re-created its object under a new reference).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import sqlalchemy as sa
@@ -37,10 +37,11 @@ from harness.cluster import (
     postgres_database,
     write_toml,
 )
+from harness.redis_server import redis_server
 
 PRESET = REPO_ROOT / "sluice" / "providers" / "presets" / "sandbox-standard.toml"
-SANDBOX_COMMAND = [sys.executable, "-m", "bench._sandbox_proc"]
-REFUSED_STATUS = 429
+ARRIVAL_LOG_CAP = 1_000_000
+"""The sandbox's arrival log (``/_sandbox/arrivals``) keeps every call of a long run."""
 FINAL_PHASE = "done"
 STATUS_KEYS = ("status", "status_field", "status_map", "error_field")
 
@@ -93,28 +94,26 @@ def chaos_cluster(
     settings: dict[str, str],
     prefix: str,
 ) -> Iterator[ChaosCluster]:
-    """Sandbox (with arrival stamps), a fresh database, a private ``redis-server`` (broker
-    in db 1, limiter in db 0: a test restarting the shared Redis cannot touch the run),
-    migrated, workers ready.
+    """``sluice sandbox``, a fresh database, a private ``redis-server`` (broker in db 1,
+    limiter in db 0: a test restarting the shared Redis cannot touch the run), migrated,
+    workers ready.
 
     ``provider`` is the ``[providers.sandbox]`` table without ``base_url``; ``workers`` is
     ``[(name, with_beat)]``. Everything is stopped and dropped on exit.
     """
     with ExitStack() as stack:
-        folder = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"sluice-{prefix}-"))
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"sluice-{prefix}-")))
         database_url = stack.enter_context(postgres_database(f"sluice_{prefix}"))
-        redis_port = free_port()
+        redis = stack.enter_context(redis_server(folder / "redis"))
         cluster = Cluster(
-            Path(folder),
+            folder,
             database_url,
-            broker_url=f"redis://127.0.0.1:{redis_port}/1",
-            redis_url=f"redis://127.0.0.1:{redis_port}/0",
+            broker_url=f"redis://127.0.0.1:{redis.port}/1",
+            redis_url=redis.url,
             namespace=f"sluice:{prefix}:{uuid.uuid4().hex[:8]}",
-            # PYTHONPATH: the sandbox runs this checkout's ``bench._sandbox_proc``.
-            settings={"SLUICE_LOG_LEVEL": "WARNING", "PYTHONPATH": str(REPO_ROOT), **settings},
+            settings={"SLUICE_LOG_LEVEL": "WARNING", **settings},
         )
         stack.callback(cluster.stop)
-        cluster.redis_server(redis_port)
         port = free_port()
         base_url = f"http://127.0.0.1:{port}"
         write_toml(
@@ -122,10 +121,10 @@ def chaos_cluster(
             {
                 "sluice": {"default_provider": "sandbox"},
                 "providers.sandbox": {**provider, "base_url": base_url},
-                "sandbox": sandbox,
+                "sandbox": {"arrival_log_cap": ARRIVAL_LOG_CAP, **sandbox},
             },
         )
-        cluster.sandbox(port, "standard", command=SANDBOX_COMMAND)
+        cluster.sandbox(port, "standard")
         cluster.upgrade_database()
         procs = [cluster.worker(name, beat=beat, concurrency=concurrency) for name, beat in workers]
         cluster.wait_ready(procs)
@@ -189,8 +188,19 @@ class Store:
 # --- the sandbox's view ---------------------------------------------------------------------
 
 
+class Arrival(NamedTuple):
+    """One ``/v1`` call as the sandbox's limiter judged it."""
+
+    t: float
+    """POSIX seconds on the sandbox's clock (this host's)."""
+    route: str
+    status: int | str
+    refused: bool
+    """Refused by a limit (a 429 in the standard profile)."""
+
+
 class Sandbox:
-    """The sandbox process's stats, arrival stamps and objects."""
+    """The sandbox's stats, arrival log and objects."""
 
     def __init__(self, base_url: str) -> None:
         self.http = httpx.Client(base_url=base_url, timeout=60)
@@ -202,10 +212,17 @@ class Sandbox:
     def configure(self, patch: dict[str, Any]) -> None:
         self.http.put("/_sandbox/config", json=patch).raise_for_status()
 
-    def arrivals(self) -> list[tuple[float, str, int]]:
-        """(posix seconds, method, status) of every ``/v1`` request, sorted."""
-        answer = self.http.get("/_bench/arrivals").raise_for_status().json()
-        return sorted((float(t), str(method), int(status)) for t, method, status in answer)
+    def arrivals(self) -> list[Arrival]:
+        """Every ``/v1`` call the sandbox judged, sorted by time; raise if its log overflowed."""
+        answer = self.http.get("/_sandbox/arrivals").raise_for_status().json()
+        if answer["dropped"]:
+            raise RuntimeError(f"the sandbox's arrival log dropped {answer['dropped']} calls")
+        fields = answer["fields"]
+        rows = [dict(zip(fields, row, strict=True)) for row in answer["arrivals"]]
+        return sorted(
+            Arrival(float(r["t"]), str(r["route"]), r["status"], r["outcome"] == "refused")
+            for r in rows
+        )
 
     def objects(self, collection: str) -> list[dict[str, Any]]:
         """Every object of ``collection`` (an ordinary, limited ``/v1`` request: call it

@@ -7,11 +7,11 @@ Needs PostgreSQL and Redis. Writes ``bench/results/crash.json`` and ``crash.png`
 The scenario of issue 9's outside check, once per repeat, on :mod:`harness.cluster`:
 
 * three ``sluice worker --concurrency 2`` processes (the first with ``--beat``), Redis
-  broker, Redis limiter, a fresh PostgreSQL database;
+  broker and limiter (a private ``redis-server``), a fresh PostgreSQL database;
 * 500 campaign creates that the provider answers synchronously (no poll: a 2xx create is
   Completed), ``rate_limit = "40/s"``;
-* the sandbox (``python -m bench._sandbox_proc``: the sandbox app plus arrival stamps)
-  holds the same 40 in a strict sliding second with its own limiter and judges; its
+* ``sluice sandbox`` holds the same 40 in a strict sliding second with its own limiter
+  and judges (its stats and its arrival log, ``/_sandbox/arrivals``); its
   ``commit_then_timeout`` fault at 1/25 creates the object and then withholds the answer
   (2 s, past Sluice's 1 s timeout): every 25th answer, on average, is dropped after the
   object was created (the draw is seeded, so a repeat's seed gives the same sequence);
@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 from bench._chaos import (
-    REFUSED_STATUS,
     Sandbox,
     Store,
     chaos_cluster,
@@ -124,7 +123,7 @@ def run_repeat(scenario: Scenario, seed: int) -> dict[str, Any]:
             created_at = time.time()
             # The kills start from the first request, so that they land on work in flight.
             wait_until(lambda: bool(sandbox.arrivals()), 60, "the first request")
-            first_request_at = sandbox.arrivals()[0][0]
+            first_request_at = sandbox.arrivals()[0].t
             for k in range(scenario.kills):
                 due = first_request_at + (k + 1) * scenario.kill_every_s
                 time.sleep(max(0.0, due - time.time()))
@@ -144,7 +143,7 @@ def run_repeat(scenario: Scenario, seed: int) -> dict[str, Any]:
     window = stats["max_in_window"].get("app:anonymous", {})
     by_ref = int(stats["duplicate_count"])
     by_name = duplicates_by_name(objects)
-    times = [t for t, _, _ in arrivals]
+    times = [a.t for a in arrivals]
     return {
         "seed": seed,
         "lost": lost,
@@ -152,10 +151,8 @@ def run_repeat(scenario: Scenario, seed: int) -> dict[str, Any]:
         "refused": int(stats["refused_total"]),
         "max_in_sliding_s": window.get("max_seen"),
         "limit": window.get("limit"),
-        "max_in_sliding_s_from_stamps": max_in_window(times, 1.0),
-        "refused_at_s": [
-            round(t - created_at, 2) for t, _, status in arrivals if status == REFUSED_STATUS
-        ],
+        "max_in_sliding_s_from_log": max_in_window(times, 1.0),
+        "refused_at_s": [round(a.t - created_at, 2) for a in arrivals if a.refused],
         "over_limit_at_s": [round(t - created_at, 2) for t in over_limit_at(times, scenario.rate)],
         "first_request_at_s": round(first_request_at - created_at, 2),
         "kills_at_s": [round(at - created_at, 2) for at, _ in chaos.kills],
@@ -196,19 +193,19 @@ def plot(path: Path, runs: list[dict[str, Any]], title: str) -> None:
     shown = max(range(len(runs)), key=lambda i: (runs[i]["max_in_sliding_s"] or 0, -i))
     run = runs[shown]
     origin = run["_origin"]
-    times = [t for t, _, _ in run["_arrivals"]]
+    times = [a.t for a in run["_arrivals"]]
     fig, (ax, bars) = plt.subplots(
         2, 1, figsize=(10, 6), gridspec_kw={"height_ratios": [3, 1]}, squeeze=True
     )
     xs, ys = rolling_rate(times, origin, 0.02, 1.0)
-    ax.plot(xs, ys, linewidth=0.8, label="arrivals in the last 1 s (sandbox stamps)")
+    ax.plot(xs, ys, linewidth=0.8, label="arrivals in the last 1 s (the sandbox's log)")
     ax.axhline(run["limit"], color="red", linestyle="--", linewidth=1, label="limit")
     for n, (at, name) in enumerate(run["_kills"]):
         ax.axvline(at - origin, color="black", alpha=0.4, linewidth=0.8)
         ax.text(at - origin, 2 + (n % 2) * 3, f" kill {name}", fontsize=6, rotation=90)
-    refused = [t - origin for t, _, status in run["_arrivals"] if status == REFUSED_STATUS]
+    refused = [a.t - origin for a in run["_arrivals"] if a.refused]
     if refused:
-        ax.plot(refused, [run["limit"]] * len(refused), "rx", label="refused (429)")
+        ax.plot(refused, [run["limit"]] * len(refused), "rx", label="refused")
     ax.set_xlabel("seconds since the tasks were created")
     ax.set_ylabel("requests / sliding s")
     ax.set_title(

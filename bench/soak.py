@@ -5,8 +5,8 @@ Run: ``python -m bench.soak [--minutes 20]`` (``--minutes 2`` for a smoke run). 
 PostgreSQL and Redis. Writes ``bench/results/soak.json`` and ``soak.png``.
 
 On :mod:`harness.cluster`: 4 ``sluice worker --concurrency 2`` processes (``worker-1``
-with ``--beat``), Redis broker and limiter, a fresh PostgreSQL database, the sandbox
-(``python -m bench._sandbox_proc``, standard profile: asynchronous processing, batch
+with ``--beat``), Redis broker and limiter (a private ``redis-server``), a fresh
+PostgreSQL database, ``sluice sandbox`` (standard profile: asynchronous processing, batch
 status polls) holding 40 requests in a strict sliding second; Sluice's provider is the
 ``sandbox-standard`` preset at ``rate_limit = "40/s"`` with a 1 s timeout.
 
@@ -22,12 +22,13 @@ status polls) holding 40 requests in a strict sliding second; Sluice's provider 
   run: their memory and descriptors are the ones whose growth is measured.
 * **Rate-limit pauses**: every 150 s (from 75 s) the sandbox's limit drops to 8/s for 5 s,
   so Sluice is refused (429 + ``Retry-After``) and must pause. Those refusals are planned
-  and reported as ``refused_during_planned_pauses``; ``refused`` counts every other 429.
+  and reported as ``refused_during_planned_pauses``; ``refused`` counts every other
+  refusal (the sandbox's arrival log says which calls a limit refused, and when).
 
 When the time is up no more work is added and the run waits (up to 180 s) for every task
 to be final. Reported: **lost** (tasks not final), **duplicates** (extra objects at the
 sandbox sharing a client reference or a name, over every collection), **refused**, the
-maximum arrivals in any sliding second (sandbox stamps), and every 10 s: each worker's
+maximum arrivals in any sliding second (the sandbox's arrival log), and every 10 s: each worker's
 RSS (main process + pool), its open file descriptors, the PostgreSQL sessions on the
 cluster's database (``pg_stat_activity``) and the Redis connections held by the cluster's
 processes (``CLIENT LIST`` matched to their sockets). Slopes (least squares, per minute)
@@ -45,7 +46,6 @@ from pathlib import Path
 from typing import Any
 
 from bench._chaos import (
-    REFUSED_STATUS,
     ChaosCluster,
     Sandbox,
     Store,
@@ -280,8 +280,8 @@ def run(minutes: float) -> dict[str, Any]:
     def planned(t: float) -> bool:
         return any(begin <= t <= end for begin, end in pauses)
 
-    refusals = [t for t, _, status in arrivals if status == REFUSED_STATUS]
-    outside = [t for t, _, _ in arrivals if not planned(t)]
+    refusals = [a.t for a in arrivals if a.refused]
+    outside = [a.t for a in arrivals if not planned(a.t)]
     by_name = sum(duplicates_by_name(objects[name]) for name in COLLECTIONS)
     by_ref = int(stats["duplicate_count"])
     steady = {
@@ -297,12 +297,12 @@ def run(minutes: float) -> dict[str, Any]:
         "duplicates": max(by_ref, by_name),
         "refused": sum(1 for t in refusals if not planned(t)),
         "refused_during_planned_pauses": sum(1 for t in refusals if planned(t)),
-        "max_in_sliding_s": max_in_window([t for t, _, _ in arrivals], 1.0),
+        "max_in_sliding_s": max_in_window([a.t for a in arrivals], 1.0),
         "max_in_sliding_s_outside_pauses": max_in_window(outside, 1.0),
         "limit": RATE,
         "refused_at_s": [round(t - started, 2) for t in refusals if not planned(t)],
         "over_limit_at_s": [
-            round(t - started, 2) for t in over_limit_at([t for t, _, _ in arrivals], RATE)
+            round(t - started, 2) for t in over_limit_at([a.t for a in arrivals], RATE)
         ],
         "duplicates_by_client_ref": by_ref,
         "duplicates_by_name": by_name,
@@ -357,7 +357,7 @@ def plot(path: Path, result: dict[str, Any]) -> None:
     axes[2].plot(minutes, [s["postgres_connections"] for s in samples], label="PostgreSQL sessions")
     axes[2].plot(minutes, [s["redis_connections"] for s in samples], label="Redis connections")
     axes[2].set_ylabel("connections")
-    times = [t for t, _, _ in result["_arrivals"]]
+    times = [a.t for a in result["_arrivals"]]
     origin = result["_origin"]
     if times:
         bins = int((times[-1] - origin) // 10) + 1

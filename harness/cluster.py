@@ -14,7 +14,6 @@ Isolation on the shared servers, so that two clusters never see each other's wor
   ``set_permissions``), deleted after; without ``rabbitmqctl`` the default vhost is used and
   the ``sluice`` queue is purged before and after.
 * **Limiter**: keys under the cluster's own namespace in Redis db 0, deleted after.
-* Or, for broker and limiter both, a private ``redis-server`` (:meth:`Cluster.redis_server`).
 * **Celery beat** keeps its schedule in ``tempfile.gettempdir()``: every process gets
   ``TMPDIR`` set to the cluster's folder.
 
@@ -457,14 +456,9 @@ class Cluster:
         if result.returncode != 0:
             raise ClusterError(f"sluice db upgrade failed:\n{result.stderr.decode()}")
 
-    def sandbox(self, port: int, profile: str = "standard", command: Sequence[str] = ()) -> str:
-        """Start ``sluice sandbox`` (reading ``[sandbox]`` of the TOML file); its base URL.
-
-        ``command`` runs another program taking the same ``--port``/``--profile`` flags
-        instead (the benchmarks' ``python -m bench._sandbox_proc``, which stamps arrivals).
-        """
-        flags = ["--port", str(port), "--profile", profile]
-        proc = self.spawn("sandbox", flags if command else ["sandbox", *flags], command)
+    def sandbox(self, port: int, profile: str = "standard") -> str:
+        """Start ``sluice sandbox`` (reading ``[sandbox]`` of the TOML file); its base URL."""
+        proc = self.spawn("sandbox", ["sandbox", "--port", str(port), "--profile", profile])
         base_url = f"http://127.0.0.1:{port}"
 
         def up() -> bool:
@@ -494,34 +488,6 @@ class Cluster:
         proc = self.spawn(name, args)
         if wait:
             self.wait_ready([proc])
-        return proc
-
-    def redis_server(self, port: int) -> Proc:
-        """Start a private ``redis-server`` on ``port`` (nothing kept on disk) as one of the
-        cluster's processes, and wait for PING. Start it first: it is then stopped last.
-
-        Point :attr:`redis_url` and :attr:`broker_url` at it (``redis://127.0.0.1:PORT/N``)
-        for a cluster that no restart of the shared server can disturb.
-        """
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise ClusterError("redis-server is not installed")
-        flags = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        proc = self.spawn("redis", [*flags, "--dir", str(self.folder)], [binary])
-        url = f"redis://127.0.0.1:{port}/0"
-
-        def up() -> bool:
-            if not proc.alive():
-                raise ClusterError(f"redis-server exited:\n{proc.output()}")
-            client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
-            try:
-                return bool(client.ping())
-            except redis.RedisError:
-                return False
-            finally:
-                client.close()
-
-        wait_until(up, STARTUP_TIMEOUT_S, f"redis-server on port {port}")
         return proc
 
     def beat(self, loglevel: str = "INFO") -> Proc:
