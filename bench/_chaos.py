@@ -11,6 +11,7 @@ that re-created its object under a new reference).
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import time
 import tomllib
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -255,6 +256,34 @@ def over_limit_at(times: list[float], limit: int, window_s: float = 1.0) -> list
             start += 1
         if end - start + 1 > limit:
             found.append(t)
+    return found
+
+
+def refusals(
+    arrivals: list[Arrival],
+    origin: float,
+    skip: Callable[[float], bool] = lambda _: False,
+    window_s: float = 1.0,
+) -> list[dict[str, Any]]:
+    """Each refused call (but those at a time ``skip`` names) with the window that refused
+    it: the calls that arrived in the ``window_s`` before it (itself included), the time
+    from the first of them to it, and the closest two (a burst shows as gaps much shorter
+    than ``window_s / limit``)."""
+    found = []
+    for index, arrival in enumerate(arrivals):
+        if not arrival.refused or skip(arrival.t):
+            continue
+        window = [a.t for a in arrivals[: index + 1] if arrival.t - a.t < window_s]
+        gaps = [later - earlier for earlier, later in itertools.pairwise(window)]
+        found.append(
+            {
+                "at_s": round(arrival.t - origin, 3),
+                "route": arrival.route,
+                "arrived_in_window": len(window),
+                "first_to_refused_ms": round((window[-1] - window[0]) * 1000, 1),
+                "min_gap_ms": round(min(gaps) * 1000, 2) if gaps else None,
+            }
+        )
     return found
 
 

@@ -44,6 +44,7 @@ from bench._chaos import (
     duplicates_by_name,
     load_average,
     over_limit_at,
+    refusals,
     synchronous_provider,
 )
 from bench._common import machine_info
@@ -152,7 +153,7 @@ def run_repeat(scenario: Scenario, seed: int) -> dict[str, Any]:
         "max_in_sliding_s": window.get("max_seen"),
         "limit": window.get("limit"),
         "max_in_sliding_s_from_log": max_in_window(times, 1.0),
-        "refused_at_s": [round(a.t - created_at, 2) for a in arrivals if a.refused],
+        "refusals": refusals(arrivals, created_at),
         "over_limit_at_s": [round(t - created_at, 2) for t in over_limit_at(times, scenario.rate)],
         "first_request_at_s": round(first_request_at - created_at, 2),
         "kills_at_s": [round(at - created_at, 2) for at, _ in chaos.kills],

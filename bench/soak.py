@@ -55,6 +55,7 @@ from bench._chaos import (
     load_average,
     over_limit_at,
     preset_table,
+    refusals,
 )
 from bench._common import machine_info
 from bench._engine_harness import RESULTS_DIR, max_in_window, write_json
@@ -280,7 +281,7 @@ def run(minutes: float) -> dict[str, Any]:
     def planned(t: float) -> bool:
         return any(begin <= t <= end for begin, end in pauses)
 
-    refusals = [a.t for a in arrivals if a.refused]
+    refused_times = [a.t for a in arrivals if a.refused]
     outside = [a.t for a in arrivals if not planned(a.t)]
     by_name = sum(duplicates_by_name(objects[name]) for name in COLLECTIONS)
     by_ref = int(stats["duplicate_count"])
@@ -295,12 +296,12 @@ def run(minutes: float) -> dict[str, Any]:
         "minutes": minutes,
         "lost": lost,
         "duplicates": max(by_ref, by_name),
-        "refused": sum(1 for t in refusals if not planned(t)),
-        "refused_during_planned_pauses": sum(1 for t in refusals if planned(t)),
+        "refused": sum(1 for t in refused_times if not planned(t)),
+        "refused_during_planned_pauses": sum(1 for t in refused_times if planned(t)),
         "max_in_sliding_s": max_in_window([a.t for a in arrivals], 1.0),
         "max_in_sliding_s_outside_pauses": max_in_window(outside, 1.0),
         "limit": RATE,
-        "refused_at_s": [round(t - started, 2) for t in refusals if not planned(t)],
+        "refusals_outside_pauses": refusals(arrivals, started, skip=planned),
         "over_limit_at_s": [
             round(t - started, 2) for t in over_limit_at([a.t for a in arrivals], RATE)
         ],
