@@ -63,9 +63,9 @@ typecheck: $(VENV)/.installed-dev
 services:
 	@bash scripts/ensure-services.sh
 
-## Benchmarks: JSON (and PNG plots) under bench/results/.
+## Benchmarks: JSON (and PNG plots) under bench/results/. `make bench BENCH="crash soak"` runs the named ones.
 bench: $(VENV)/.installed-dev services
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache sluice.db sluice.db-wal sluice.db-shm

@@ -241,6 +241,7 @@ class Proc:
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
+    argv: list[str] = field(default_factory=list)
 
     @property
     def pid(self) -> int:
@@ -318,6 +319,72 @@ def rss_kib(root_pids: Sequence[int]) -> int:
     return sum(memory_kib(pid)["rss"] for pid in descendants(root_pids))
 
 
+def open_fds(pid: int) -> int:
+    """File descriptors ``pid`` holds open (0 once it is gone)."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
+def _socket_inodes(pids: Sequence[int]) -> set[int]:
+    inodes: set[int] = set()
+    for pid in pids:
+        with suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with suppress(OSError):
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if target.startswith("socket:["):
+                        inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def tcp_local_ports(pids: Sequence[int], remote_port: int) -> set[int]:
+    """Local ports of the established TCP connections that ``pids`` hold to ``remote_port``
+    (``/proc/net/tcp``; how a server's client list is told apart per process)."""
+    inodes = _socket_inodes(pids)
+    ports: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                established = fields[3] == "01"
+                to_server = int(fields[2].rsplit(":", 1)[1], 16) == remote_port
+                if established and to_server and int(fields[9]) in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def redis_clients(url: str, pids: Sequence[int]) -> dict[str, int]:
+    """Redis's ``CLIENT LIST`` entries that belong to ``pids``, counted per database."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        ports = tcp_local_ports(pids, urlsplit(url).port or 6379)
+        counts: dict[str, int] = {}
+        for entry in client.client_list():
+            if int(str(entry.get("addr", ":0")).rsplit(":", 1)[1]) in ports:
+                db = f"db{entry.get('db', '?')}"
+                counts[db] = counts.get(db, 0) + 1
+        return counts
+    finally:
+        client.close()
+
+
+def postgres_connections(database_url: str) -> int:
+    """Sessions open on the database of ``database_url`` (``pg_stat_activity``)."""
+    import sqlalchemy as sa
+    from sqlalchemy.pool import NullPool
+
+    name = urlsplit(database_url).path.lstrip("/")
+    admin = sa.create_engine(PG_ADMIN_URL, poolclass=NullPool)
+    try:
+        with admin.connect() as conn:
+            query = sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = :name")
+            return int(conn.execute(query, {"name": name}).scalar_one())
+    finally:
+        admin.dispose()
+
+
 # --- the cluster --------------------------------------------------------------------------
 
 
@@ -355,19 +422,31 @@ class Cluster:
 
     def spawn(self, name: str, args: Sequence[str], command: Sequence[str] = ()) -> Proc:
         """Start ``sluice ARGS`` (or ``command``) in a new process group, output to a log."""
+        argv = [*(command or [self.sluice]), *args]
         log = self.folder / f"{name}.log"
         with log.open("ab") as out:
             popen = subprocess.Popen(
-                [*(command or [self.sluice]), *args],
+                argv,
                 cwd=self.folder,
                 env=self.env(),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        proc = Proc(name, popen, log)
+        proc = Proc(name, popen, log, argv)
         self.procs.append(proc)
         return proc
+
+    def crash(self, proc: Proc) -> Proc:
+        """SIGKILL ``proc``'s whole process group, reap it, and start it again the same way.
+
+        The new process appends to the same log and replaces ``proc`` in :attr:`procs`.
+        """
+        proc.kill(signal.SIGKILL)
+        with suppress(subprocess.TimeoutExpired):
+            proc.popen.wait(timeout=10)
+        self.procs.remove(proc)
+        return self.spawn(proc.name, proc.argv[1:], proc.argv[:1])
 
     def upgrade_database(self) -> None:
         """``sluice db upgrade`` on the cluster's database."""
