@@ -36,6 +36,9 @@ from urllib.parse import quote, quote_plus
 MASK = "***"
 MIN_SECRET_LEN = 4
 """Shorter strings are never registered: masking them would garble ordinary text."""
+URL_PASSWORD_MIN_LEN = 8
+"""A URL's password shorter than this (``guest``, ``postgres``: defaults, not secrets) is
+masked inside URLs only; hunting it in free text would mask ordinary words."""
 SNIPPET_CHARS = 300
 ROTATING_KEPT = 512
 """Most rotating secrets (fetched tokens) one redactor remembers; the oldest go first."""
@@ -185,14 +188,17 @@ def url_password(url: str) -> str | None:
 
 
 def remember_url(url: str | None) -> None:
-    """Register the password of a configured URL (raw and percent-decoded) in :data:`KNOWN`."""
+    """Register the password of a configured URL (raw and percent-decoded) in :data:`KNOWN`.
+
+    Passwords shorter than :data:`URL_PASSWORD_MIN_LEN` are left to :func:`mask_urls`.
+    """
     if not url:
         return
     match = _URL_USERINFO.search(url)
     if match is not None and match.group("password"):
         raw = match.group("password")
         decoded = url_password(url) or raw
-        remember(raw, decoded)
+        remember(*(p for p in {raw, decoded} if len(p) >= URL_PASSWORD_MIN_LEN))
 
 
 def mask_urls(text: str) -> str:

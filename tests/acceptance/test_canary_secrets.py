@@ -377,15 +377,35 @@ def config_errors(run: Run, database_url: str, password: Canary) -> None:
 def in_process_run(
     run: Run, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The engine in this process at DEBUG (httpx and httpcore too): 401s and timeouts."""
-    from tests.integration.conftest import run_until_final
-
+    """The engine in this process at DEBUG (httpx, httpcore, SQLAlchemy too): 401s, timeouts."""
     for name in ("CANARY_PROVIDER_TOKEN", "CANARY_ACME_TOKEN", "CANARY_GLOBEX_TOKEN"):
         monkeypatch.setenv(name, run.env[name])
     monkeypatch.setenv("SLUICE_CONFIG", run.env["SLUICE_CONFIG"])
     formatter = logs.FieldsFormatter("%(asctime)s %(levelname)s %(name)s %(message)s")
-    for noisy in ("httpx", "httpcore", "sqlalchemy.engine"):
-        monkeypatch.setattr(logging.getLogger(noisy), "level", logging.DEBUG)
+    noisy = [logging.getLogger(name) for name in ("httpx", "httpcore", "sqlalchemy.engine")]
+    levels = [logger.level for logger in noisy]
+    for logger in noisy:
+        # setLevel (not the attribute): it clears the loggers' isEnabledFor cache, which
+        # SQLAlchemy would otherwise keep reading at DEBUG in later tests.
+        logger.setLevel(logging.DEBUG)
+    try:
+        run_in_process(run, caplog)
+    finally:
+        for logger, level in zip(noisy, levels, strict=True):
+            logger.setLevel(level)
+    formatted = "\n".join(formatter.format(r) for r in caplog.records)
+    run.corpus["caplog (Sluice's formatter)"] = formatted
+    skipped = {"msg", "args", "exc_info"}
+    run.corpus["caplog (raw messages)"] = "\n".join(
+        f"{r.name} {r.getMessage()} "
+        + json.dumps({k: str(v) for k, v in r.__dict__.items() if k not in skipped})
+        for r in caplog.records
+    )
+
+
+def run_in_process(run: Run, caplog: pytest.LogCaptureFixture) -> None:
+    from tests.integration.conftest import run_until_final
+
     with caplog.at_level(logging.DEBUG):
         runtime = build_runtime(load_settings(database_url=run.env["SLUICE_DATABASE_URL"]))
         try:
@@ -398,11 +418,3 @@ def in_process_run(
         finally:
             runtime.close()
     assert any(r.levelno == logging.DEBUG for r in caplog.records)
-    formatted = "\n".join(formatter.format(r) for r in caplog.records)
-    run.corpus["caplog (Sluice's formatter)"] = formatted
-    skipped = {"msg", "args", "exc_info"}
-    run.corpus["caplog (raw messages)"] = "\n".join(
-        f"{r.name} {r.getMessage()} "
-        + json.dumps({k: str(v) for k, v in r.__dict__.items() if k not in skipped})
-        for r in caplog.records
-    )

@@ -308,3 +308,9 @@ def test_an_unreachable_database_is_named_without_its_password() -> None:
     for shown in (str(info.value), info.value.where):
         assert "unreach-PW-9" not in shown
         assert "\n" not in shown
+
+
+def test_short_default_url_passwords_are_masked_in_urls_only() -> None:
+    """``guest:guest``: the password is hidden in the URL, the word elsewhere left alone."""
+    Settings(broker_url="amqp://guest:guest@127.0.0.1:5672//")
+    assert masking.mask("amqp://guest:guest@mq// by guest") == "amqp://guest:***@mq// by guest"
