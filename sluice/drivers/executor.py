@@ -135,6 +135,11 @@ class ThreadExecutor:
     def _run(self, unit: WorkUnit, acquire: Callable[[], Grant], decided: Future[Grant]) -> None:
         try:
             self._grant_and_send(unit, acquire, decided)
+        except BaseException as exc:
+            # The pool would swallow it: say so, and never leave the dispatcher waiting.
+            log.exception("unit.send_failed", extra={"provider": unit.provider})
+            if not decided.done():
+                decided.set_exception(exc)
         finally:
             with self._lock:
                 self._running -= 1
@@ -178,14 +183,26 @@ class ThreadExecutor:
             if permit.written_s is not None:
                 self.stats.written_delays_s.append(permit.written_s)
             if grant.lease_id is not None:
-                in_flight = provider.in_flight()
-                if in_flight is not None:
-                    self.limiter.release(grant.lease_id, in_flight.key)
+                self._release_lease(provider, grant.lease_id)
         self._keep_pause(provider, outcomes)
         with self._lock:
             self.stats.count(unit, outcomes)
             self._pending += 1
         self._results.put(outcomes)
+
+    def _release_lease(self, provider: Provider, lease_id: str) -> None:
+        """Give back the in-flight lease; if the limiter is down, the lease lapses on its own.
+
+        Never raises: the request's outcome must be written whatever the limiter does, or
+        its task would wait out its whole claim before anyone looked at it again.
+        """
+        in_flight = provider.in_flight()
+        if in_flight is None:
+            return
+        try:
+            self.limiter.release(lease_id, in_flight.key)
+        except errors.LimiterError:
+            log.warning("lease.release_failed", exc_info=True, extra={"provider": provider.name})
 
     def _keep_pause(self, provider: Provider, outcomes: list[Outcome]) -> None:
         """Write the provider's pause to the database too: Redis may lose it."""

@@ -78,7 +78,12 @@ def execute_unit(
     pauses = [o.pause_s for o in outcomes if o.pause_s is not None]
     if pauses:
         pause = max(pauses)
-        limiter.pause(provider.pause_key(), pause)
+        try:
+            limiter.pause(provider.pause_key(), pause)
+        except errors.LimiterError:
+            # The outcomes must still be written: the caller keeps the pause in the database
+            # too, and dispatchers copy it back into the limiter once it answers again.
+            log.warning("provider.pause_failed", exc_info=True, extra={"provider": provider.name})
         log.info("provider.paused", extra={"provider": provider.name, "pause_s": pause})
     return outcomes
 
