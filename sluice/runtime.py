@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from sluice.catalog import Catalog, ProviderInfo
+from sluice.engine.rates import CeilingSource, RatesInForce
 from sluice.providers.base import Provider
 from sluice.providers.registry import build_http_client, load_providers
 from sluice.ratelimit import build_limiter
@@ -45,6 +46,8 @@ class Runtime:
     limiter: Limiter
     pauses: PauseStore
     clients: dict[str, httpx.Client] = field(default_factory=dict)
+    rates: RatesInForce = field(default_factory=RatesInForce)
+    """The rate in force on each limit key (configured, or a lower pinned/learned/quota one)."""
 
     def close(self) -> None:
         for client in self.clients.values():
@@ -89,6 +92,9 @@ def build_runtime(settings: Settings) -> Runtime:
     providers = load_providers(settings, limiter=limiter)
     engine = db.make_engine(settings.database_url)
     db.ensure_schema(engine)
+    # Each store table that can lower a key's rate (pins, learned rates, quotas) adds its
+    # source here; the dispatcher and the API read the rate in force through `rates`.
+    ceiling_sources: list[CeilingSource] = []
     return Runtime(
         settings=settings,
         repo=TaskRepository(engine),
@@ -98,4 +104,5 @@ def build_runtime(settings: Settings) -> Runtime:
         limiter=limiter,
         pauses=PauseStore(engine),
         clients={name: build_http_client(p) for name, p in providers.items()},
+        rates=RatesInForce(ceiling_sources),
     )

@@ -323,5 +323,6 @@ def build_dispatch(
         lease_s=settings.claim_lease_s,
         reconcile_every_s=settings.reconcile_every_s,
         pauses=runtime.pauses,
+        rates=runtime.rates,
     )
     return executor, dispatcher

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 from sluice.clock import Clock, SystemClock
 from sluice.domain import DueTask, Operation, WorkUnit
+from sluice.engine.rates import RatesInForce, per_second
 from sluice.engine.reconcile import Reconciler
 from sluice.providers.base import Provider
 from sluice.ratelimit.base import Limiter
@@ -141,8 +142,10 @@ class Dispatcher:
         lease_s: float = 120.0,
         reconcile_every_s: float = 30.0,
         pauses: PauseStore | None = None,
+        rates: RatesInForce | None = None,
     ) -> None:
         self.queue = queue
+        self.rates = rates or RatesInForce()
         self.providers = providers
         self.limiter = limiter
         self.executor = executor
@@ -226,7 +229,8 @@ class Dispatcher:
                     continue
                 payload = unit.tasks[0].payload if unit.operation is Operation.SUBMIT else None
                 grant = self.executor.submit(
-                    unit, functools.partial(acquire, self.limiter, provider, unit, payload)
+                    unit,
+                    functools.partial(acquire, self.limiter, provider, unit, payload, self.rates),
                 )
                 if grant.granted:
                     lane.units.popleft()
@@ -338,12 +342,12 @@ class Dispatcher:
 
     def _lookahead_count(self, provider: Provider) -> int:
         rates = [
-            spec.rate.limit / spec.rate.window_s for spec in provider.limits_for("write", None)
+            per_second(spec.rate) for spec in self.rates.apply(provider.limits_for("write", None))
         ]
         if not rates:
             return self.batch
-        per_second = min(rates)
-        return max(1, min(self.batch, math.ceil(per_second * self.lookahead_s)))
+        fastest = min(rates)
+        return max(1, min(self.batch, math.ceil(fastest * self.lookahead_s)))
 
     def _release_lane(self, lane: ProviderLane, delay_s: float) -> None:
         claimed = [t for unit in lane.units for t in unit.tasks]
@@ -375,10 +379,17 @@ UNLIMITED = Grant(granted=True, retry_after_s=0.0)
 
 
 def acquire(
-    limiter: Limiter, provider: Provider, unit: WorkUnit, payload: Mapping[str, Any] | None
+    limiter: Limiter,
+    provider: Provider,
+    unit: WorkUnit,
+    payload: Mapping[str, Any] | None,
+    rates: RatesInForce | None = None,
 ) -> Grant:
-    """Ask for the grant one request of ``unit`` needs (a provider with no limits needs none)."""
+    """Ask for the grant one request of ``unit`` needs (a provider with no limits needs none),
+    at the rate in force on each of its keys."""
     limits = provider.limits_for(unit.operation.access, payload)
+    if rates is not None:
+        limits = rates.apply(limits)
     in_flight = provider.in_flight()
     if not limits and in_flight is None:
         return UNLIMITED

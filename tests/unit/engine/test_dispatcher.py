@@ -15,11 +15,12 @@ from sluice import errors, submissions
 from sluice.clock import FakeClock
 from sluice.domain import Submission, TaskStatus, WorkUnit
 from sluice.engine.dispatcher import Dispatcher
+from sluice.engine.rates import Ceiling, RatesInForce
 from sluice.engine.execute import execute_unit
 from sluice.providers.registry import build_http_client, load_providers
 from sluice.ratelimit import sendgate
 from sluice.ratelimit.memory import MemoryLimiter
-from sluice.ratelimit.rate import Grant
+from sluice.ratelimit.rate import Grant, Rate
 from sluice.runtime import build_catalog
 from sluice.settings import load_settings
 from sluice.store import db
@@ -257,3 +258,20 @@ def test_one_accounts_spent_budget_does_not_hold_back_others(tmp_path: Path) -> 
     engine.dispose()
     assert sent.count("A") == 1
     assert sent.count("B") == 1
+
+
+def test_a_lower_rate_in_force_spaces_requests_by_it(world: dict[str, Any]) -> None:
+    """A ceiling of 2/s on the provider's key (a pin, a learned rate) rules over its 5/s."""
+
+    class Pinned:
+        def ceilings(self) -> dict[str, list[Ceiling]]:
+            return {"acme": [Ceiling("pinned", Rate(2, 1.0))]}
+
+    world["dispatcher"].rates = RatesInForce([Pinned()], clock=world["clock"])
+    items = [Submission(kind="campaign", payload={"name": f"c{i}"}) for i in range(10)]
+    submissions.create_tasks(world["repo"], world["catalog"], items)
+    run(world, 4)
+    times = [t for t, _ in world["dsp"].arrivals]
+    assert len(times) >= 6
+    for index, start in enumerate(times):
+        assert len([t for t in times[index:] if t < start + 1.0]) <= 2
