@@ -15,8 +15,8 @@ from sluice import errors, submissions
 from sluice.clock import FakeClock
 from sluice.domain import Submission, TaskStatus, WorkUnit
 from sluice.engine.dispatcher import Dispatcher
-from sluice.engine.rates import Ceiling, RatesInForce
 from sluice.engine.execute import execute_unit
+from sluice.engine.rates import Ceiling, RatesInForce
 from sluice.providers.registry import build_http_client, load_providers
 from sluice.ratelimit import sendgate
 from sluice.ratelimit.memory import MemoryLimiter
