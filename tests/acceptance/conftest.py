@@ -186,14 +186,27 @@ def cluster(
     request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str, broker: Broker
 ) -> Iterator[Cluster]:
     """A cluster on a fresh database and broker; processes die and logs print at the end."""
+    yield from cluster_on(request, tmp_path, postgres_url, broker.url, broker=broker)
+
+
+def cluster_on(
+    request: pytest.FixtureRequest,
+    folder: Path,
+    database_url: str,
+    broker_url: str,
+    settings: dict[str, str] | None = None,
+    broker: Broker | None = None,
+) -> Iterator[Cluster]:
+    """A cluster on the given servers (with the suite's settings unless told otherwise);
+    its processes die at the end, and their logs print if the test failed."""
     require_service("Redis", "127.0.0.1", 6379)
     built = Cluster(
-        folder=tmp_path,
-        database_url=postgres_url,
-        broker_url=broker.url,
+        folder=folder,
+        database_url=database_url,
+        broker_url=broker_url,
         redis_url=REDIS_URL,
         namespace=f"sluice:acceptance:{uuid.uuid4().hex[:10]}",
-        settings={"SLUICE_LOG_LEVEL": "INFO", "SLUICE_RATE_MARGIN": str(RATE_MARGIN)},
+        settings=settings or {"SLUICE_LOG_LEVEL": "INFO", "SLUICE_RATE_MARGIN": str(RATE_MARGIN)},
         broker=broker,
     )
     try:

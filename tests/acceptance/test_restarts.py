@@ -10,7 +10,6 @@ and the sandbox saw each object created exactly once (none lost, none created tw
 from __future__ import annotations
 
 import os
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,8 +23,8 @@ import pytest
 from harness.cluster import Broker, ClusterError, free_port, open_broker
 from harness.servers import PostgresServer, RabbitMQServer, ServerUnavailable
 from sluice.domain import TaskStatus
-from tests.acceptance.conftest import RATE_MARGIN, Cluster, bad_campaign, campaigns
-from tests.conftest import REDIS_URL, require_service
+from tests.acceptance.conftest import RATE_MARGIN, Cluster, bad_campaign, campaigns, cluster_on
+from tests.conftest import require_service
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -85,27 +84,6 @@ def redis_broker() -> Iterator[Broker]:
         opened.cleanup()
 
 
-def make_cluster(
-    request: pytest.FixtureRequest, folder: Path, database_url: str, broker_url: str
-) -> Iterator[Cluster]:
-    require_service("Redis", "127.0.0.1", 6379)
-    built = Cluster(
-        folder=folder,
-        database_url=database_url,
-        broker_url=broker_url,
-        redis_url=REDIS_URL,
-        namespace=f"sluice:acceptance:{uuid.uuid4().hex[:10]}",
-        settings=SETTINGS,
-    )
-    try:
-        yield built
-    finally:
-        built.stop()
-        report = getattr(request.node, "rep_call", None)
-        if report is None or report.failed:
-            sys.stderr.write(built.logs() + "\n")
-
-
 def completed(cluster: Cluster) -> int:
     return cluster.counts().get(TaskStatus.COMPLETED.value, 0)
 
@@ -138,7 +116,7 @@ def pg_cluster(
 ) -> Iterator[Cluster]:
     """A cluster whose database lives on the private PostgreSQL server."""
     url = private_postgres.url("sluice", password=PASSWORD)
-    yield from make_cluster(request, tmp_path, url, redis_broker.url)
+    yield from cluster_on(request, tmp_path, url, redis_broker.url, SETTINGS)
 
 
 def test_postgresql_restart_under_api_and_workers(
@@ -193,7 +171,7 @@ def rabbitmq_cluster(
     private_rabbitmq: RabbitMQServer,
 ) -> Iterator[Cluster]:
     """A cluster whose broker is the private RabbitMQ node."""
-    yield from make_cluster(request, tmp_path, postgres_url, private_rabbitmq.url)
+    yield from cluster_on(request, tmp_path, postgres_url, private_rabbitmq.url, SETTINGS)
 
 
 @pytest.mark.rabbitmq
