@@ -155,7 +155,7 @@ def create_sandbox_app(
         return await respond(Reply(200, {"status": "reset"}))
 
     async def get_config(request: Request) -> Response:
-        return await respond(Reply(200, sandbox.config.model_dump(mode="json")))
+        return await respond(Reply(200, _shown(sandbox.config)))
 
     async def put_config(request: Request) -> Response:
         patch = await _json_body(request)
@@ -165,7 +165,7 @@ def create_sandbox_app(
             updated = sandbox.reconfigure(patch)
         except ValueError as exc:
             return await respond(Reply(400, InvalidRequest(str(exc)).body()))
-        return await respond(Reply(200, updated.model_dump(mode="json")))
+        return await respond(Reply(200, _shown(updated)))
 
     async def get_clock(request: Request) -> Response:
         return await respond(Reply(200, sandbox.clock.describe()))
@@ -216,6 +216,18 @@ def create_sandbox_app(
     app = Starlette(routes=routes, exception_handlers={404: no_route, 405: no_route})
     app.state.sandbox = sandbox
     return app
+
+
+MASK = "********"
+
+
+def _shown(config: SandboxConfig) -> dict[str, Any]:
+    """The configuration as the admin routes show it: client secrets and static tokens
+    masked (a token is the secret itself, so each becomes ``token-N``)."""
+    shown = config.model_dump(mode="json")
+    shown["credentials"] = dict.fromkeys(config.credentials, MASK)
+    shown["tokens"] = {f"token-{n}": account for n, account in enumerate(config.tokens.values(), 1)}
+    return shown
 
 
 def _label(collection: str) -> str:

@@ -392,3 +392,21 @@ def test_stats_count_objects_by_status_word(client: TestClient, clock: FakeClock
         "campaigns": {"active": 1, "pending": 1},
         "audiences": {"rejected": 1},
     }
+
+
+def test_the_config_routes_never_show_secrets_or_tokens(clock: FakeClock) -> None:
+    """Client secrets and static tokens are masked in GET and PUT /_sandbox/config answers."""
+    client = _client(
+        clock,
+        credentials={"app-1": "s3cret-value"},
+        tokens={"tok-abcdef123": "acct-1", "tok-zyx987": "acct-2"},
+    )
+    shown = [client.get("/_sandbox/config"), client.put("/_sandbox/config", json={"limits": []})]
+    for answer in shown:
+        assert answer.status_code == 200
+        text = answer.text
+        for secret in ("s3cret-value", "tok-abcdef123", "tok-zyx987"):
+            assert secret not in text
+        body = answer.json()
+        assert body["credentials"] == {"app-1": "********"}
+        assert sorted(body["tokens"].values()) == ["acct-1", "acct-2"]
