@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -131,6 +133,29 @@ def _ping_database(repo: TaskRepository) -> None:
         conn.execute(text("SELECT 1"))
 
 
+ERROR_STATUS: dict[type[Exception], int] = {
+    errors.TaskNotFound: 404,
+    errors.KeyNotFound: 404,
+    errors.TaskConflict: 409,
+    errors.IllegalTransition: 409,
+    errors.InvalidTask: 422,
+    errors.InvalidKeyRequest: 422,
+}
+"""Sluice's own errors the API answers with a status of their own; the message is the detail
+(a 422 in FastAPI's shape, a list naming the body as the place of the problem)."""
+
+
+def _answer_with(status: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    async def answer(_: Request, exc: Exception) -> JSONResponse:
+        if status == 422:
+            detail: Any = [{"loc": ["body"], "msg": str(exc), "type": "value_error"}]
+        else:
+            detail = str(exc)
+        return JSONResponse({"detail": detail}, status_code=status)
+
+    return answer
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(errors.StoreUnavailable)
     async def store_unavailable(_: Request, exc: errors.StoreUnavailable) -> JSONResponse:
@@ -139,39 +164,12 @@ def _install_error_handlers(app: FastAPI) -> None:
             {"detail": str(exc)}, status_code=503, headers={"Retry-After": RETRY_AFTER_S}
         )
 
-    @app.exception_handler(errors.TaskNotFound)
-    async def not_found(_: Request, exc: errors.TaskNotFound) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
-
-    @app.exception_handler(errors.KeyNotFound)
-    async def key_not_found(_: Request, exc: errors.KeyNotFound) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
-
-    @app.exception_handler(errors.InvalidKeyRequest)
-    async def invalid_key_request(_: Request, exc: errors.InvalidKeyRequest) -> JSONResponse:
-        return JSONResponse(
-            {"detail": [{"loc": ["body"], "msg": str(exc), "type": "value_error"}]},
-            status_code=422,
-        )
+    for error, status in ERROR_STATUS.items():
+        app.add_exception_handler(error, _answer_with(status))
 
     @app.exception_handler(errors.RoleRequired)
     async def role_required(_: Request, exc: errors.RoleRequired) -> JSONResponse:
         return forbidden(exc)
-
-    @app.exception_handler(errors.TaskConflict)
-    async def conflict(_: Request, exc: errors.TaskConflict) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=409)
-
-    @app.exception_handler(errors.IllegalTransition)
-    async def illegal(_: Request, exc: errors.IllegalTransition) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=409)
-
-    @app.exception_handler(errors.InvalidTask)
-    async def invalid(_: Request, exc: errors.InvalidTask) -> JSONResponse:
-        return JSONResponse(
-            {"detail": [{"loc": ["body"], "msg": str(exc), "type": "value_error"}]},
-            status_code=422,
-        )
 
     @app.exception_handler(SubmissionInvalid)
     async def submission_invalid(request: Request, exc: SubmissionInvalid) -> JSONResponse:
