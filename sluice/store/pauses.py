@@ -15,16 +15,20 @@ dispatcher then sees the key gone and clears it in its limiter.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Engine, Row, Table, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from sluice.domain import Phase
+from sluice.store.rows import tasks
 from sluice.store.tables import LimiterPauseRow
 
 pauses: Table = LimiterPauseRow.__table__  # type: ignore[assignment]
 
+RELEASE_SLACK = timedelta(seconds=5)
+ACTIVE_PHASES = (Phase.READY.value, Phase.POLLING.value, Phase.UNCERTAIN.value)
 MANUAL = "manual"
 """The ``signal`` of a pause an operator set by hand."""
 
@@ -97,12 +101,30 @@ class PauseStore:
             conn.execute(update(pauses).where(pauses.c.key == key).values(**values))
         return Pause(key, end, MANUAL, reason, actor, now)
 
-    def lift(self, conn: Connection, key: str, now: datetime) -> list[Pause]:
+    def lift(self, conn: Connection, key: str, now: datetime, provider: str) -> list[Pause]:
         """End the running pauses of ``key`` and every key below it in ``conn``'s
-        transaction; returns the ones that were running."""
+        transaction; returns the ones that were running.
+
+        A dispatcher that waited out a long pause gave its claimed tasks back due at the
+        pause's end; those tasks of ``provider`` (due within :data:`RELEASE_SLACK` of a
+        lifted pause's end, unclaimed) are made due now.
+        """
         rows = conn.execute(select(pauses).where(under(key))).all()
         conn.execute(delete(pauses).where(under(key)))
-        return [_to_pause(row) for row in rows if row.until > now]
+        lifted = [_to_pause(row) for row in rows if row.until > now]
+        for pause in lifted:
+            conn.execute(
+                update(tasks)
+                .where(
+                    tasks.c.provider == provider,
+                    tasks.c.phase.in_(ACTIVE_PHASES),
+                    tasks.c.next_attempt_at > pause.until - RELEASE_SLACK,
+                    tasks.c.next_attempt_at < pause.until + RELEASE_SLACK,
+                    or_(tasks.c.claimed_until.is_(None), tasks.c.claimed_until < now),
+                )
+                .values(next_attempt_at=now)
+            )
+        return lifted
 
     def active(self, now: datetime) -> dict[str, datetime]:
         """Every pause still running at ``now``."""
