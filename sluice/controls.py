@@ -22,22 +22,23 @@ import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine
 
 from sluice import errors
-from sluice.clock import Clock, SystemClock
+from sluice.clock import Clock, SystemClock, as_utc
 from sluice.domain import Actor
 from sluice.engine.rates import Ceiling, InForce, RatesInForce, per_second
 from sluice.providers.base import Provider
 from sluice.providers.limits import ConfiguredLimit
 from sluice.ratelimit.base import Limiter
-from sluice.ratelimit.rate import LimitSpec, Rate
+from sluice.ratelimit.rate import LimitSpec, Rate, parse_rate
 from sluice.store import audit
 from sluice.store.pauses import Pause, PauseStore
 from sluice.store.pins import Pin, PinStore
+from sluice.units import parse_duration
 
 log = logging.getLogger("sluice.controls")
 
@@ -310,7 +311,7 @@ class Controls:
                     )
                     keys += [self._key_state(limit, key, pauses) for key in accounts]
             shown.append(
-                ProviderState(name, pauses.get(name), keys, self._in_flight_state(provider))
+                ProviderState(name, pauses.get(name), keys, self.in_flight_state(provider))
             )
         return shown
 
@@ -336,7 +337,7 @@ class Controls:
             pauses.get(key),
         )
 
-    def _in_flight_state(self, provider: Provider) -> InFlightState | None:
+    def in_flight_state(self, provider: Provider) -> InFlightState | None:
         cap = provider.in_flight()
         if cap is None:
             return None
@@ -368,6 +369,37 @@ class Controls:
             call()
         except errors.LimiterError:
             log.warning("controls.limiter_unavailable", exc_info=True, extra={"call": what})
+
+
+def pause_end(
+    now: datetime, *, duration: str | None = None, until: datetime | None = None
+) -> datetime | None:
+    """When a pause asked for with ``duration`` (``"30min"``) or ``until`` ends (None: until
+    resumed); :class:`~sluice.errors.InvalidControl` for both, a bad duration or a past end."""
+    if duration is not None and until is not None:
+        raise errors.InvalidControl("give the pause a duration or an end (until), not both")
+    if duration is not None:
+        try:
+            seconds = parse_duration(duration)
+        except errors.InvalidValue as exc:
+            raise errors.InvalidControl(f"duration {exc}") from None
+        if seconds <= 0:
+            raise errors.InvalidControl(f"duration must be longer than 0, got {duration!r}")
+        try:
+            return now + timedelta(seconds=seconds)
+        except OverflowError:
+            return NO_EXPIRY
+    if until is not None:
+        return as_utc(until)
+    return None
+
+
+def pin_rate(text: str) -> Rate:
+    """The rate of a pin (``"5/s"``, ``"100/min"``); InvalidControl naming the text."""
+    try:
+        return parse_rate(text)
+    except errors.InvalidValue as exc:
+        raise errors.InvalidControl(str(exc)) from None
 
 
 def _reason(reason: str) -> str:
