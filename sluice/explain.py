@@ -35,7 +35,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sluice import errors
-from sluice.controls import Controls, InFlightState, PauseState
+from sluice.controls import Controls, InFlightState, PauseState, show_rate
 from sluice.domain import FINAL_STATUSES, Operation, Phase, Task, TaskStatus
 from sluice.engine.rates import per_second
 from sluice.providers.base import Provider
@@ -315,8 +315,8 @@ class Explainer:
             shown.append(
                 RateInfo(
                     spec.key,
-                    str(configured),
-                    str(rate),
+                    show_rate(configured),
+                    show_rate(rate),
                     per_second(force.rate),
                     force.source,
                     force.reason,
