@@ -238,7 +238,7 @@ class Controls:
             shown = PauseState.of(pause)
             detail = {
                 "reason": reason,
-                "until": shown.until.isoformat() if shown.until else None,
+                "until": shown.until.isoformat(timespec="seconds") if shown.until else None,
             }
             self._audit(conn, actor, "limit.pause", key, now, detail)
         self._limiter_call("pause", lambda: self.limiter.pause(key, _seconds(pause.until, now)))
