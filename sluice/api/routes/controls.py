@@ -19,10 +19,15 @@ from sluice.controls import ControlResult, pause_end, pin_rate
 
 router = APIRouter(tags=["controls"], route_class=GuardedRoute)
 Operator = Annotated[Principal, Depends(OPERATOR)]
-ProviderName = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[^:/]+$")]
+ProviderName = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[^:/\x00-\x1f\x7f]+$")]
 LimitKey = Annotated[
     str,
-    Path(min_length=1, max_length=255, pattern=r"^[^/]+$", description="e.g. sandbox:write"),
+    Path(
+        min_length=1,
+        max_length=255,
+        pattern=r"^[^/\x00-\x1f\x7f]+$",
+        description="e.g. sandbox:write, or one account's key sandbox:write:advertiser_id=42",
+    ),
 ]
 
 
