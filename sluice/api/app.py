@@ -150,6 +150,8 @@ def _ping_database(repo: TaskRepository) -> None:
 ERROR_STATUS: dict[type[Exception], int] = {
     errors.TaskNotFound: 404,
     errors.KeyNotFound: 404,
+    errors.UnknownLimit: 404,
+    errors.InvalidControl: 422,
     errors.TaskConflict: 409,
     errors.IllegalTransition: 409,
     errors.InvalidTask: 422,
@@ -180,17 +182,6 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     for error, status in ERROR_STATUS.items():
         app.add_exception_handler(error, _answer_with(status))
-
-    @app.exception_handler(errors.UnknownLimit)
-    async def unknown_limit(_: Request, exc: errors.UnknownLimit) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
-
-    @app.exception_handler(errors.InvalidControl)
-    async def invalid_control(_: Request, exc: errors.InvalidControl) -> JSONResponse:
-        return JSONResponse(
-            {"detail": [{"loc": ["body"], "msg": str(exc), "type": "value_error"}]},
-            status_code=422,
-        )
 
     @app.exception_handler(errors.RoleRequired)
     async def role_required(_: Request, exc: errors.RoleRequired) -> JSONResponse:
