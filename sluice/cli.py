@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -359,6 +360,102 @@ def audit(
         cells = (record.actor, key, record.tenant or "-", record.action, record.target, detail)
         table.add_row(_when(record.at), *(escape(cell) for cell in cells))
     Console().print(table)
+
+
+ApiUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--api",
+        help="a running Sluice API (default: the local database)",
+        envvar="SLUICE_API_URL",
+    ),
+]
+ApiKey = Annotated[
+    str | None,
+    typer.Option(
+        "--key",
+        help="API key for --api (default: $SLUICE_API_KEY); not needed on loopback",
+        envvar="SLUICE_API_KEY",
+        show_default=False,
+    ),
+]
+Reason = Annotated[str, typer.Option(help="why (shown beside the pause or pin, and audited)")]
+
+
+def _control(action: str, target: str, api_url: str | None, api_key: str | None, **kw: Any) -> None:
+    from sluice.operate import control_local, control_remote, describe_control
+
+    if api_url:
+        result = control_remote(api_url, api_key, action, target, **kw)
+    else:
+        result = control_local(load_settings(), action, target, **kw)
+    Console().print(describe_control(result), markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def pause(
+    target: Annotated[str, typer.Argument(help="a provider (sandbox) or a key (sandbox:write)")],
+    reason: Reason,
+    for_: Annotated[
+        str | None,
+        typer.Option("--for", help="how long, e.g. 30min or 2h (default: until resumed)"),
+    ] = None,
+    until: Annotated[datetime | None, typer.Option(help="when it ends (UTC if no zone)")] = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Pause a provider or one of its limit keys by hand, on every worker."""
+    _control("pause", target, api_url, api_key, reason=reason, duration=for_, until=until)
+
+
+@app.command()
+def resume(
+    target: Annotated[str, typer.Argument(help="the provider or key paused")],
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """End the pause on a provider or key (and every pause below it)."""
+    _control("resume", target, api_url, api_key)
+
+
+@app.command()
+def pin(
+    key: Annotated[str, typer.Argument(help="a limit key, e.g. sandbox:write")],
+    rate: Annotated[str, typer.Argument(help="at most the configured rate, e.g. 5/s")],
+    reason: Reason,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Pin a lower rate on a limit key; every worker runs at it within a second."""
+    _control("pin", key, api_url, api_key, reason=reason, rate=rate)
+
+
+@app.command()
+def unpin(
+    key: Annotated[str, typer.Argument(help="the pinned key")],
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Clear a key's pin: back to its configured rate."""
+    _control("unpin", key, api_url, api_key)
+
+
+@app.command()
+def explain(
+    task_id: Annotated[int, typer.Argument(help="the task's id", min=1)],
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Say why a task is where it is (waiting for its parent, paused, backing off...)."""
+    from sluice.operate import describe_explanation, explain_local, explain_remote
+
+    if api_url:
+        shown = explain_remote(api_url, api_key, task_id)
+    else:
+        shown = explain_local(load_settings(), task_id)
+    out = Console()
+    for line in describe_explanation(shown):
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def main() -> None:

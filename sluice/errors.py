@@ -28,6 +28,9 @@ One root, a subtree per seam::
     │   ├── TokenUnavailable        providers/auth.py: no access token for the request
     │   └── MissingValue (LookupError)  providers/templating.py: the task lacks a value the
     │                               request template needs
+    ├── ControlError                controls.py: an operator's pause, resume, pin or unpin refused
+    │   ├── UnknownLimit            no such provider or limit key (answered 404, naming it)
+    │   └── InvalidControl          e.g. a pin above the configured rate (answered 422)
     ├── LimiterError                the limiter's backing store failed
     │   ├── GrantExpired            a grant not used within its send window: nothing was
     │   │                           sent, ask again (ratelimit/sendgate.py)
@@ -128,6 +131,18 @@ class ProviderConnectError(ProviderError):
 
 class ProviderDisconnected(ProviderError):
     """The connection dropped after the request was sent: it may have taken effect."""
+
+
+class ControlError(SluiceError):
+    """An operator's control action was refused; nothing was changed or recorded."""
+
+
+class UnknownLimit(ControlError):
+    """No provider, or no limit key of the provider, has the name given."""
+
+
+class InvalidControl(ControlError):
+    """A control action asked for something it cannot do (e.g. a pin that raises a rate)."""
 
 
 class LimiterError(SluiceError):

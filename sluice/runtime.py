@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from sluice.catalog import Catalog, ProviderInfo
+from sluice.controls import Controls, PinnedCeilings, stretches
 from sluice.engine.rates import CeilingSource, RatesInForce
 from sluice.providers.base import Provider
 from sluice.providers.registry import build_http_client, load_providers
@@ -19,6 +20,7 @@ from sluice.ratelimit.base import Limiter
 from sluice.settings import Settings
 from sluice.store import db
 from sluice.store.pauses import PauseStore
+from sluice.store.pins import PinStore
 from sluice.store.queue import WorkQueue
 from sluice.store.repository import TaskRepository
 
@@ -48,6 +50,18 @@ class Runtime:
     clients: dict[str, httpx.Client] = field(default_factory=dict)
     rates: RatesInForce = field(default_factory=RatesInForce)
     """The rate in force on each limit key (configured, or a lower pinned/learned/quota one)."""
+
+    @property
+    def controls(self) -> Controls:
+        """Pause, resume, pin and unpin, and the providers' overview, over this runtime."""
+        return Controls(
+            self.repo.engine,
+            self.providers,
+            self.limiter,
+            self.rates,
+            pauses=self.pauses,
+            clock=self.repo.clock,
+        )
 
     def close(self) -> None:
         for client in self.clients.values():
@@ -94,7 +108,7 @@ def build_runtime(settings: Settings) -> Runtime:
     db.ensure_schema(engine)
     # Each store table that can lower a key's rate (pins, learned rates, quotas) adds its
     # source here; the dispatcher and the API read the rate in force through `rates`.
-    ceiling_sources: list[CeilingSource] = []
+    ceiling_sources: list[CeilingSource] = [PinnedCeilings(PinStore(engine), stretches(providers))]
     return Runtime(
         settings=settings,
         repo=TaskRepository(engine),

@@ -19,10 +19,15 @@ from sluice.api.deps import ApiContext, ReadinessCheck
 from sluice.api.limits import BodySizeLimit
 from sluice.api.readiness import broker_check, redis_check
 from sluice.api.routes import audit, health, keys, tasks
+from sluice.api.routes import controls as control_routes
 from sluice.catalog import Catalog
+from sluice.controls import Controls
 from sluice.domain import ApiKey
+from sluice.engine.rates import RatesInForce
+from sluice.explain import Explainer
 from sluice.ratelimit import build_limiter, parse_rate
 from sluice.ratelimit.base import Limiter
+from sluice.ratelimit.memory import MemoryLimiter
 from sluice.runtime import Runtime
 from sluice.settings import Settings
 from sluice.store.audit import AuditLog
@@ -43,7 +48,9 @@ def build_api(runtime: Runtime) -> FastAPI:
         checks["redis"] = redis_check(runtime.settings.redis_url)
     if runtime.settings.broker_url:
         checks["broker"] = broker_check(runtime.settings.broker_url)
-    return create_app(runtime.settings, runtime.repo, runtime.catalog, checks)
+    return create_app(
+        runtime.settings, runtime.repo, runtime.catalog, checks, controls=runtime.controls
+    )
 
 
 def create_app(
@@ -52,12 +59,15 @@ def create_app(
     catalog: Catalog,
     checks: dict[str, ReadinessCheck] | None = None,
     api_limiter: Limiter | None = None,
+    controls: Controls | None = None,
 ) -> FastAPI:
     """Build the API around an existing repository and provider catalog.
 
     ``settings.host`` is where the server listens (the open mode needs loopback);
     ``api_limiter`` counts requests per key under ``settings.api_rate_limit`` (default:
-    in memory, or in Redis when ``settings.redis_url`` is set).
+    in memory, or in Redis when ``settings.redis_url`` is set); ``controls`` holds the
+    providers, limiter and rates the control and explain routes work on (default: no
+    providers, so every control answers 404).
     """
     app = FastAPI(
         title="Sluice",
@@ -67,15 +77,19 @@ def create_app(
     all_checks: dict[str, ReadinessCheck] = {"database": lambda: _ping_database(repo)}
     all_checks.update(checks or {})
     key_store = KeyStore(repo.engine, repo.clock)
+    if controls is None:
+        controls = Controls(repo.engine, {}, MemoryLimiter(), RatesInForce(), clock=repo.clock)
     app.state.context = ApiContext(
         repo=repo,
         catalog=catalog,
         keys=key_store,
         audit=AuditLog(repo.engine),
+        controls=controls,
+        explainer=Explainer(repo, controls),
         checks=all_checks,
     )
     app.state.auth = _authenticator(settings, key_store, api_limiter)
-    for router in (tasks.router, keys.router, audit.router, health.router):
+    for router in (tasks.router, keys.router, audit.router, control_routes.router, health.router):
         app.include_router(router)
     _install_console(app, settings, repo, key_store)
     # Console routes check their own session and CSRF (sluice.api.console.routes).
@@ -136,6 +150,8 @@ def _ping_database(repo: TaskRepository) -> None:
 ERROR_STATUS: dict[type[Exception], int] = {
     errors.TaskNotFound: 404,
     errors.KeyNotFound: 404,
+    errors.UnknownLimit: 404,
+    errors.InvalidControl: 422,
     errors.TaskConflict: 409,
     errors.IllegalTransition: 409,
     errors.InvalidTask: 422,

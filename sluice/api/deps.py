@@ -9,6 +9,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from sluice.catalog import Catalog
+from sluice.controls import Controls
+from sluice.explain import Explainer
 from sluice.store.audit import AuditLog
 from sluice.store.keys import KeyStore
 from sluice.store.repository import TaskRepository
@@ -24,6 +26,8 @@ class ApiContext:
     catalog: Catalog
     keys: KeyStore
     audit: AuditLog
+    controls: Controls
+    explainer: Explainer
     checks: dict[str, ReadinessCheck] = field(default_factory=dict)
 
 

@@ -10,6 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from sluice import errors, submissions
 from sluice.catalog import Catalog
+from sluice.controls import show_rate
 from sluice.domain import (
     TENANT_PATTERN,
     ApiKey,
@@ -224,3 +225,189 @@ class AuditOut(BaseModel):
 class AuditPage(BaseModel):
     items: list[AuditOut]
     next_cursor: str | None
+
+
+# -- operator controls and the providers' overview (sluice/controls.py) ------------------
+
+
+class PauseOut(BaseModel):
+    """A pause running on ``key``: until when (null: until resumed), set by which signal
+    (``manual``, ``rate_limited``, ``limiter``), why and by whom."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    key: str
+    until: datetime | None
+    signal: str | None
+    reason: str | None
+    actor: str | None
+    since: datetime | None
+
+
+class InFlightOut(BaseModel):
+    """The provider's cap on concurrent requests and how many run now (null: unknown)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    key: str
+    max_in_flight: int
+    in_flight: int | None
+
+
+class LimitKeyOut(BaseModel):
+    """One limit key: configured rate, the rate in force and its source, its own pause."""
+
+    key: str = Field(description="a per-account limit shows '*' for the account")
+    scope: str = Field(description="all, read, write or auth")
+    per: str | None = Field(description="the payload field a per-account limit is kept by")
+    configured: str = Field(description="e.g. '20/s'")
+    configured_per_s: float
+    in_force: str
+    in_force_per_s: float
+    source: str = Field(description="configured, or the ceiling in force: pinned, learned...")
+    reason: str
+    since: datetime | None
+    pause: PauseOut | None
+
+    @classmethod
+    def of(cls, state: Any) -> LimitKeyOut:
+        return cls(
+            key=state.key,
+            scope=state.scope,
+            per=state.per,
+            configured=show_rate(state.configured),
+            configured_per_s=state.configured.limit / state.configured.window_s,
+            in_force=show_rate(state.in_force),
+            in_force_per_s=state.in_force.limit / state.in_force.window_s,
+            source=state.source,
+            reason=state.reason,
+            since=state.since,
+            pause=PauseOut.model_validate(state.pause) if state.pause else None,
+        )
+
+
+class ProviderOut(BaseModel):
+    """A provider: the pause on its own key (which holds all its keys), each limit key,
+    and its in-flight cap (null: none)."""
+
+    name: str
+    pause: PauseOut | None
+    keys: list[LimitKeyOut]
+    in_flight: InFlightOut | None
+
+    @classmethod
+    def of(cls, state: Any) -> ProviderOut:
+        return cls(
+            name=state.name,
+            pause=PauseOut.model_validate(state.pause) if state.pause else None,
+            keys=[LimitKeyOut.of(key) for key in state.keys],
+            in_flight=InFlightOut.model_validate(state.in_flight) if state.in_flight else None,
+        )
+
+
+class PauseIn(BaseModel):
+    """Pause by hand: a reason, and a ``duration`` or an ``until`` (neither: until resumed)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Text = Field(min_length=1, max_length=500)
+    duration: Text | None = Field(default=None, max_length=32, description="e.g. '30min', '2h'")
+    until: datetime | None = Field(default=None, description="UTC if no zone")
+
+
+class PinIn(BaseModel):
+    """Pin a lower rate on a key: at most its configured rate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rate: Text = Field(min_length=1, max_length=32, description="e.g. '5/s', '100/min'")
+    reason: Text = Field(min_length=1, max_length=500)
+
+
+class ControlOut(BaseModel):
+    """What a control action did (its audit record has the same action and target)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    action: str = Field(description="limit.pause, limit.resume, limit.pin or limit.unpin")
+    target: str = Field(description="the provider or limit key")
+    at: datetime
+    changed: bool = Field(description="false: nothing was paused or pinned to clear")
+    detail: dict[str, Any]
+
+
+# -- explain (sluice/explain.py) -----------------------------------------------------------
+
+
+class _FromAttributes(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class ParentOut(_FromAttributes):
+    id: int
+    status: TaskStatus
+
+
+class SlotOut(_FromAttributes):
+    key: str | None
+    ahead: int = Field(description="due tasks of the provider that go first")
+    ahead_capped: bool = Field(description="true: at least `ahead` (the count stops there)")
+    eta_s: float | None = Field(description="about how long until its turn, at the rate in force")
+
+
+class BackoffOut(_FromAttributes):
+    until: datetime | None
+    attempt: int
+    max_attempts: int
+    last_error: str | None
+
+
+class LookupOut(_FromAttributes):
+    maybe_created: bool
+    due_at: datetime | None
+
+
+class PollOut(_FromAttributes):
+    next_poll_at: datetime | None
+    polls: int
+
+
+class FinalOut(_FromAttributes):
+    status: TaskStatus
+    why: str
+
+
+class RateOut(_FromAttributes):
+    key: str
+    configured: str
+    in_force: str
+    per_second: float
+    source: str
+    reason: str
+    since: datetime | None
+
+
+class ExplainOut(_FromAttributes):
+    """Why a task is where it is: one ``state`` and its details (sluice/explain.py).
+
+    ``state`` is one of final, waiting_parent, paused, in_flight_cap, backing_off,
+    awaiting_lookup, polling, scheduled, sending, waiting_slot; the object of that name
+    (``final``, ``parent``, ``pause``, ``in_flight``, ``backoff``, ``lookup``, ``poll``,
+    ``slot``) holds its details, and ``rates`` the rate in force on each key of the task.
+    """
+
+    task_id: int
+    status: TaskStatus
+    phase: Phase
+    state: str
+    summary: str
+    operation: str | None
+    parent: ParentOut | None
+    pause: PauseOut | None
+    slot: SlotOut | None
+    in_flight: InFlightOut | None
+    backoff: BackoffOut | None
+    lookup: LookupOut | None
+    poll: PollOut | None
+    final: FinalOut | None
+    rates: list[RateOut]

@@ -206,12 +206,20 @@ class ThreadExecutor:
 
     def _keep_pause(self, provider: Provider, outcomes: list[Outcome]) -> None:
         """Write the provider's pause to the database too: Redis may lose it."""
-        pauses = [o.pause_s for o in outcomes if o.pause_s is not None]
-        if not pauses or self.pauses is None:
+        paused = [o for o in outcomes if o.pause_s is not None]
+        if not paused or self.pauses is None:
             return
+        longest = max(paused, key=lambda o: o.pause_s or 0.0)
         try:
-            until = self.clock.now() + timedelta(seconds=max(pauses))
-            self.pauses.record(provider.pause_key(), until)
+            now = self.clock.now()
+            until = now + timedelta(seconds=longest.pause_s or 0.0)
+            self.pauses.record(
+                provider.pause_key(),
+                until,
+                signal="rate_limited",
+                reason=longest.detail,
+                since=now,
+            )
         except Exception:
             # The limiter holds the pause meanwhile; only a Redis loss could forget it.
             log.warning("pause.write_failed", exc_info=True, extra={"provider": provider.name})

@@ -31,7 +31,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sluice.clock import Clock, SystemClock
@@ -163,6 +163,8 @@ class Dispatcher:
         self._claimed_at: dict[int, float] = {}
         self._next_pause_sync = 0.0
         self._next_pause_prune = 0.0
+        self._synced: dict[str, datetime] = {}
+        """The pauses the last sync copied, to notice one that was resumed."""
         self._wake = threading.Event()
 
     # -- the loop ----------------------------------------------------------------------
@@ -301,8 +303,18 @@ class Dispatcher:
             return
         self._next_pause_sync = now + PAUSE_SYNC_S
         wall = self.clock.now()
-        for key, until in self.pauses.active(wall).items():
+        active = self.pauses.active(wall)
+        for key, until in active.items():
             self.limiter.pause(key, (until - wall).total_seconds())
+        # A pause gone from the database before its end was resumed by an operator
+        # (sluice.controls): clear it here too, and let its lanes claim again at once.
+        lifted = [key for key, until in self._synced.items() if key not in active and until > wall]
+        for key in lifted:
+            self.limiter.unpause(key)
+            lane = self.lanes.get(key.split(":", 1)[0])
+            if lane is not None:
+                lane.paused_until = lane.not_before = lane.next_refill = 0.0
+        self._synced = active
         if now >= self._next_pause_prune:
             self._next_pause_prune = now + PAUSE_PRUNE_S
             self.pauses.prune(wall)

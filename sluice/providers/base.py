@@ -20,6 +20,7 @@ from sluice.units import format_duration
 if TYPE_CHECKING:
     import httpx
 
+    from sluice.providers.limits import ConfiguredLimit
     from sluice.ratelimit.base import InFlight
     from sluice.ratelimit.rate import LimitSpec
 
@@ -117,6 +118,10 @@ class Provider(Protocol):
 
     def in_flight(self) -> InFlight | None:
         """The cap on concurrent requests, if any."""
+        ...
+
+    def configured_limits(self) -> list[ConfiguredLimit]:
+        """Every configured limit (its key, scope, rate), for the console and the controls."""
         ...
 
     def pause_key(self) -> str:

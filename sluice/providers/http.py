@@ -41,7 +41,7 @@ from sluice.providers.base import (
 )
 from sluice.providers.config import KindConfig, ProviderConfig
 from sluice.providers.credentials import Accounts
-from sluice.providers.limits import LimitRules
+from sluice.providers.limits import ConfiguredLimit, LimitRules
 from sluice.providers.templating import (
     MISSING,
     MissingValue,
@@ -114,6 +114,10 @@ class HttpProvider:
     def limits_for(self, access: Access, payload: Mapping[str, Any] | None) -> list[LimitSpec]:
         """Every limit one request must fit in; keys start with the provider name."""
         return self._limits.limits_for(access, payload)
+
+    def configured_limits(self) -> list[ConfiguredLimit]:
+        """Every configured limit (its key, scope, rate), for the console and the controls."""
+        return self._limits.configured()
 
     def token_limits(self) -> list[LimitSpec]:
         """The limits a token request (``[auth]``) takes a grant on; empty: not limited."""

@@ -31,11 +31,42 @@ from sluice.units import format_duration
 
 
 @dataclass(frozen=True)
+class ConfiguredLimit:
+    """One configured limit of a provider, as the console and the controls list it.
+
+    ``key`` is the limiter key; a limit kept per account (``per``) names its keys
+    ``<prefix><per>=<value><suffix>`` and shows ``*`` for the value. ``rate`` is the rate
+    as configured; ``applied`` is what the limiter is asked for (stretched by the
+    provider's ``rate_margin``).
+    """
+
+    key: str
+    scope: str
+    per: str | None
+    rate: Rate
+    applied: Rate
+
+    def matches(self, key: str) -> bool:
+        """Whether ``key`` is this limit's key (or, per account, one account's key)."""
+        if self.per is None:
+            return key == self.key
+        prefix, _, suffix = self.key.partition("*")
+        value = key[len(prefix) : len(key) - len(suffix)] if suffix else key[len(prefix) :]
+        return (
+            key.startswith(prefix)
+            and key.endswith(suffix)
+            and len(key) > len(prefix) + len(suffix)
+            and ":" not in value
+        )
+
+
+@dataclass(frozen=True)
 class _Rule:
     scope: str
     per: str | None
     rate: Rate
     suffix: str
+    configured: Rate
 
     def key(self, provider: str, value: str | None) -> str:
         parts = [provider]
@@ -68,6 +99,7 @@ class LimitRules:
                 per=None,
                 rate=Rate(rate.limit, rate.window_s * stretch) if stretch != 1.0 else rate,
                 suffix=f":{format_duration(rate.window_s)}" if len(token_rates) > 1 else "",
+                configured=rate,
             )
             for rate in token_rates
         )
@@ -78,9 +110,19 @@ class LimitRules:
                 per=per,
                 rate=Rate(rate.limit, rate.window_s * stretch) if stretch != 1.0 else rate,
                 suffix=f":{format_duration(rate.window_s)}" if shared[(scope, per)] > 1 else "",
+                configured=rate,
             )
             for scope, per, rate in raw
         )
+
+    def configured(self) -> list[ConfiguredLimit]:
+        """Every limit as configured (token limits included), one entry per rule."""
+        return [
+            ConfiguredLimit(
+                rule.key(self._provider, "*"), rule.scope, rule.per, rule.configured, rule.rate
+            )
+            for rule in (*self._rules, *self._token_rules)
+        ]
 
     def limits_for(self, access: Access, payload: Mapping[str, Any] | None) -> list[LimitSpec]:
         """Every limit a request of ``access`` with ``payload`` must fit in."""

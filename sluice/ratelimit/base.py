@@ -74,6 +74,15 @@ class Limiter(Protocol):
         """
         ...
 
+    def unpause(self, key: str) -> None:
+        """End the pause set on exactly ``key`` (an operator resumed it); pauses on its
+        ancestors or sub-keys are left alone. Unknown keys are ignored."""
+        ...
+
+    def in_flight_count(self, key: str) -> int:
+        """How many in-flight leases on ``key`` are live now (a read; takes nothing)."""
+        ...
+
     def reset(self) -> None:
         """Drop all state (tests and benchmarks)."""
         ...

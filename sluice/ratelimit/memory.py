@@ -125,6 +125,17 @@ class MemoryLimiter:
             wall_us = clock_us(self._clock)
         return (wall_us + until_us - now_us) / gcra.US_PER_S if until_us > now_us else None
 
+    def unpause(self, key: str) -> None:
+        """See :meth:`Limiter.unpause`."""
+        with self._lock:
+            self._pauses.pop(key, None)
+
+    def in_flight_count(self, key: str) -> int:
+        """See :meth:`Limiter.in_flight_count`."""
+        with self._lock:
+            now_us = monotonic_us(self._clock)
+            return sum(1 for expiry in self._leases.get(key, {}).values() if expiry > now_us)
+
     def reset(self) -> None:
         """See :meth:`Limiter.reset`; like a new limiter, it starts cold."""
         with self._lock:

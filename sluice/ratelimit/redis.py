@@ -280,6 +280,23 @@ class RedisLimiter:
         )
         return int(latest_us) / gcra.US_PER_S if int(latest_us) > int(now_us) else None
 
+    def unpause(self, key: str) -> None:
+        """See :meth:`Limiter.unpause`: one DEL of the key's pause."""
+        self._call(lambda: self._client.delete(self._key("pause", key)))
+
+    def in_flight_count(self, key: str) -> int:
+        """See :meth:`Limiter.in_flight_count`: leases whose expiry is after now."""
+
+        def count() -> int:
+            if self._clock is not None:
+                now_us = clock_us(self._clock)
+            else:
+                seconds, micros = self._client.time()
+                now_us = int(seconds) * 1_000_000 + int(micros)
+            return int(self._client.zcount(self._key("inflight", key), f"({now_us}", "+inf"))
+
+        return self._call(count)
+
     def reset(self) -> None:
         """Delete every key under this limiter's namespace."""
         pattern = _glob_escape(self._namespace) + ":*"

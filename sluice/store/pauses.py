@@ -1,4 +1,4 @@
-"""Provider pauses in the database: what the limiter's Redis may lose and must not.
+"""Pauses in the database: what the limiter's Redis may lose and must not.
 
 A provider that says "slow down" (429 + Retry-After) pauses its key in the limiter for
 every worker at once. The limiter's Redis holds only what can be rebuilt, so the pause is
@@ -6,18 +6,49 @@ also written here, and every dispatcher copies the pauses still running back int
 limiter every :data:`sluice.engine.dispatcher.PAUSE_SYNC_S`. After a Redis flush the
 limiter holds every key for at least 1 s (:mod:`sluice.ratelimit.gcra`), long enough for
 that copy: no request goes out into a pause the provider already announced.
+
+An operator's pause by hand (:mod:`sluice.controls`) is a row here too, with
+``signal = "manual"``, its reason and who set it. Resuming deletes the rows; each
+dispatcher then sees the key gone and clears it in its limiter.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Engine, Table, delete, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, Row, Table, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from sluice.domain import Phase
+from sluice.store.rows import tasks
 from sluice.store.tables import LimiterPauseRow
 
 pauses: Table = LimiterPauseRow.__table__  # type: ignore[assignment]
+
+RELEASE_SLACK = timedelta(seconds=5)
+ACTIVE_PHASES = (Phase.READY.value, Phase.POLLING.value, Phase.UNCERTAIN.value)
+MANUAL = "manual"
+"""The ``signal`` of a pause an operator set by hand."""
+
+
+@dataclass(frozen=True)
+class Pause:
+    """A pause running on ``key`` until ``until``: what set it (``signal``), why, who."""
+
+    key: str
+    until: datetime
+    signal: str | None = None
+    reason: str | None = None
+    actor: str | None = None
+    since: datetime | None = None
+
+
+def under(key: str) -> ColumnElement[bool]:
+    """The WHERE clause of ``key`` and every key below it (``key:...``)."""
+    prefix = key + ":"
+    return or_(pauses.c.key == key, pauses.c.key.startswith(prefix, autoescape=True))
 
 
 class PauseStore:
@@ -27,18 +58,73 @@ class PauseStore:
         self.engine = engine
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
-    def record(self, key: str, until: datetime) -> None:
-        """Pause ``key`` until ``until``; like the limiter, only ever extends a pause."""
+    def record(
+        self,
+        key: str,
+        until: datetime,
+        *,
+        signal: str | None = None,
+        reason: str | None = None,
+        since: datetime | None = None,
+    ) -> None:
+        """Pause ``key`` until ``until``; like the limiter, only ever extends a pause.
+
+        ``signal`` and ``reason`` (e.g. ``rate_limited``, the provider's answer) describe
+        the pause when it is the one that sets the end.
+        """
+        described = {"signal": signal, "reason": reason, "actor": None, "since": since}
         with self.engine.begin() as conn:
             extended = conn.execute(
                 update(pauses)
                 .where(pauses.c.key == key, pauses.c.until < until)
-                .values(until=until)
+                .values(until=until, **described)
             )
             if extended.rowcount == 0:
                 conn.execute(
-                    self._insert(pauses).values(key=key, until=until).on_conflict_do_nothing()
+                    self._insert(pauses)
+                    .values(key=key, until=until, **described)
+                    .on_conflict_do_nothing()
                 )
+
+    def set_manual(
+        self, conn: Connection, key: str, until: datetime, reason: str, actor: str, now: datetime
+    ) -> Pause:
+        """An operator's pause of ``key`` in ``conn``'s transaction: it ends at ``until`` or
+        later (a running pause is never shortened), and its reason and actor are the
+        operator's."""
+        row = conn.execute(select(pauses).where(pauses.c.key == key)).first()
+        end = until if row is None or row.until <= now else max(row.until, until)
+        values = {"until": end, "signal": MANUAL, "reason": reason, "actor": actor, "since": now}
+        if row is None:
+            conn.execute(self._insert(pauses).values(key=key, **values))
+        else:
+            conn.execute(update(pauses).where(pauses.c.key == key).values(**values))
+        return Pause(key, end, MANUAL, reason, actor, now)
+
+    def lift(self, conn: Connection, key: str, now: datetime, provider: str) -> list[Pause]:
+        """End the running pauses of ``key`` and every key below it in ``conn``'s
+        transaction; returns the ones that were running.
+
+        A dispatcher that waited out a long pause gave its claimed tasks back due at the
+        pause's end; those tasks of ``provider`` (due within :data:`RELEASE_SLACK` of a
+        lifted pause's end, unclaimed) are made due now.
+        """
+        rows = conn.execute(select(pauses).where(under(key))).all()
+        conn.execute(delete(pauses).where(under(key)))
+        lifted = [_to_pause(row) for row in rows if row.until > now]
+        for pause in lifted:
+            conn.execute(
+                update(tasks)
+                .where(
+                    tasks.c.provider == provider,
+                    tasks.c.phase.in_(ACTIVE_PHASES),
+                    tasks.c.next_attempt_at > pause.until - RELEASE_SLACK,
+                    tasks.c.next_attempt_at < pause.until + RELEASE_SLACK,
+                    or_(tasks.c.claimed_until.is_(None), tasks.c.claimed_until < now),
+                )
+                .values(next_attempt_at=now)
+            )
+        return lifted
 
     def active(self, now: datetime) -> dict[str, datetime]:
         """Every pause still running at ``now``."""
@@ -46,7 +132,17 @@ class PauseStore:
             rows = conn.execute(select(pauses.c.key, pauses.c.until).where(pauses.c.until > now))
             return {key: until for key, until in rows}
 
+    def details(self, now: datetime) -> dict[str, Pause]:
+        """Every pause still running at ``now``, with what set it, by key."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(pauses).where(pauses.c.until > now)).all()
+        return {row.key: _to_pause(row) for row in rows}
+
     def prune(self, now: datetime) -> int:
         """Forget pauses that ended before ``now``; returns how many."""
         with self.engine.begin() as conn:
             return int(conn.execute(delete(pauses).where(pauses.c.until <= now)).rowcount)
+
+
+def _to_pause(row: Row[Any]) -> Pause:
+    return Pause(row.key, row.until, row.signal, row.reason, row.actor, row.since)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, select
+from sqlalchemy import Connection, Engine, and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from sluice import errors
@@ -50,6 +50,13 @@ from sluice.store.rows import (
 )
 
 MAX_PAGE = 1000
+# Tasks that wait for a grant when due: ready, claimed to submit, polled, looked up.
+WAITING_PHASES = (
+    Phase.READY.value,
+    Phase.SUBMITTING.value,
+    Phase.POLLING.value,
+    Phase.UNCERTAIN.value,
+)
 
 
 @dataclass(frozen=True)
@@ -146,6 +153,31 @@ class TaskRepository:
         items = [row_to_task(r) for r in rows[:limit]]
         more = len(rows) > limit
         return Page(items, encode_cursor(items[-1].id) if more and items else None)
+
+    def due_ahead(self, task: Task, now: datetime, cap: int, *, tenant: str | None = None) -> int:
+        """How many due tasks of ``task``'s provider go before it (earlier ``next_attempt_at``,
+        then lower id), counted up to ``cap`` (one range of the ``ix_tasks_due`` index per
+        phase, so a long queue costs at most ``cap`` index entries); only ``tenant``'s
+        tasks when given."""
+        due_at = task.next_attempt_at or now
+        ahead = (
+            select(tasks.c.id)
+            .where(
+                tasks.c.phase.in_(WAITING_PHASES),
+                tasks.c.provider == task.provider,
+                tasks.c.id != task.id,
+                or_(
+                    tasks.c.next_attempt_at < due_at,
+                    and_(tasks.c.next_attempt_at == due_at, tasks.c.id < task.id),
+                ),
+            )
+            .limit(cap)
+        )
+        if tenant is not None:
+            ahead = ahead.where(tasks.c.tenant == tenant)
+        with self.engine.connect() as conn:
+            counted = select(func.count()).select_from(ahead.subquery())
+            return int(conn.execute(counted).scalar_one())
 
     def max_id(self) -> int:
         """The highest task id so far (0 when empty)."""

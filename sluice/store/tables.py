@@ -1,4 +1,4 @@
-"""SQLAlchemy table models: tasks, their events, pauses, API keys, audit, console sessions."""
+"""SQLAlchemy table models: tasks, their events, pauses, pins, API keys, audit, console sessions."""
 
 from __future__ import annotations
 
@@ -126,12 +126,30 @@ class TaskEventRow(Base):
 
 
 class LimiterPauseRow(Base):
-    """A pause a provider asked for (429, Retry-After), kept beyond the limiter's Redis."""
+    """A pause on a limit key, kept beyond the limiter's Redis: one a provider asked for
+    (429, Retry-After) or one an operator set by hand (``signal = "manual"``)."""
 
     __tablename__ = "limiter_pauses"
 
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     until: Mapped[datetime] = mapped_column(UTCDateTime())
+    signal: Mapped[str | None] = mapped_column(String(32))
+    reason: Mapped[str | None] = mapped_column(Text)
+    actor: Mapped[str | None] = mapped_column(String(200))
+    since: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class LimitPinRow(Base):
+    """A lower rate an operator pinned on one limit key (``rate_limit`` per ``window_s``)."""
+
+    __tablename__ = "limit_pins"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    rate_limit: Mapped[int] = mapped_column(Integer)
+    window_s: Mapped[float] = mapped_column(Float)
+    reason: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(200))
+    since: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class ApiKeyRow(Base):

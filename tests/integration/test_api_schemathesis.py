@@ -24,10 +24,12 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from sluice.api.app import create_app
 from sluice.catalog import Catalog, ProviderInfo
+from sluice.clock import FakeClock
 from sluice.domain import Submission
 from sluice.settings import Settings
 from sluice.store import db
 from sluice.store.repository import TaskRepository
+from tests.unit.api.conftest import make_controls
 
 CATALOG = Catalog(
     providers={
@@ -60,7 +62,7 @@ def app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FastAPI]:
     )
     repo.create(Submission("sandbox", "creative", {}, parent_id=2))
     repo.cancel(3)
-    yield create_app(app_settings, repo, CATALOG)
+    yield create_app(app_settings, repo, CATALOG, controls=make_controls(engine, FakeClock()))
     engine.dispose()
 
 
@@ -90,6 +92,9 @@ def has_input(operation: APIOperation) -> bool:
     return bool({"parameters", "requestBody"} & set(operation.definition.raw))
 
 
+# Every operation in one test: about 25 of them at 50 examples each outgrow the default
+# 120 s on a loaded host.
+@pytest.mark.timeout(480)
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_no_server_errors(app: FastAPI, mode: GenerationMode) -> None:
     """No generated request, valid or not, makes any operation answer 5xx or break its schema."""

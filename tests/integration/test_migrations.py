@@ -12,7 +12,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Engine, inspect, text
 
 from sluice.store import db
-from sluice.store.tables import Base
+from sluice.store.tables import Base, UTCDateTime
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -155,3 +155,29 @@ def test_tasks_from_before_tenants_move_to_default_with_their_history(engine: En
     assert [tuple(r) for r in rows] == [(1, "default", None), (2, "default", 1)]
     assert event_count == 2
     assert schema_diff(engine) == []
+
+
+def test_a_pause_written_before_pause_details_reads_back_without_them(engine: Engine) -> None:
+    """A provider's pause stored before the revision that added signal, reason and actor
+    (and the pins table) survives the upgrade, with those details empty."""
+    from datetime import UTC, datetime
+
+    import sqlalchemy as sa
+    from alembic.script import ScriptDirectory
+
+    from sluice.store.pauses import Pause, PauseStore
+
+    script = ScriptDirectory.from_config(db.alembic_config(engine))
+    (details,) = [r for r in script.walk_revisions() if "pins_pause_details" in (r.path or "")]
+    assert isinstance(details.down_revision, str)
+    db.upgrade(engine, details.down_revision)
+    until = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    old = sa.table("limiter_pauses", sa.column("key"), sa.column("until", UTCDateTime()))
+    with engine.begin() as conn:
+        conn.execute(sa.insert(old).values(key="sandbox", until=until))
+
+    db.upgrade(engine)
+
+    now = datetime(2029, 1, 1, tzinfo=UTC)
+    assert PauseStore(engine).details(now) == {"sandbox": Pause("sandbox", until)}
+    assert PauseStore(engine).active(now) == {"sandbox": until}

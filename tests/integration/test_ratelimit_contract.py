@@ -141,6 +141,34 @@ def test_pause_only_extends(limiter: Limiter, clock: FakeClock) -> None:
     assert limiter.paused_until("dsp") is None
 
 
+def test_unpause_ends_exactly_that_keys_pause(limiter: Limiter, clock: FakeClock) -> None:
+    """An operator's resume clears the key's pause at once; its ancestors' pauses stay."""
+    start = clock.time()
+    limiter.pause("dsp:write", 600.0)
+    limiter.pause("dsp", 30.0)
+    limiter.unpause("dsp:write")
+    assert limiter.paused_until("dsp:write") == start + 30.0
+    limiter.unpause("dsp")
+    assert limiter.paused_until("dsp:write") is None
+    assert limiter.acquire([LimitSpec("dsp:write", parse_rate("10/s"))]).granted
+    limiter.unpause("never-paused")
+
+
+def test_in_flight_count_reads_live_leases(limiter: Limiter, clock: FakeClock) -> None:
+    """The count of live leases moves with grants, releases and expiry, and takes nothing."""
+    cap = InFlight("dsp:in_flight", max_in_flight=3, ttl_s=5.0)
+    assert limiter.in_flight_count("dsp:in_flight") == 0
+    first = limiter.acquire([], in_flight=cap)
+    clock.advance(1.0)
+    limiter.acquire([], in_flight=cap)
+    assert limiter.in_flight_count("dsp:in_flight") == 2
+    assert first.lease_id is not None
+    limiter.release(first.lease_id, "dsp:in_flight")
+    assert limiter.in_flight_count("dsp:in_flight") == 1
+    clock.advance(5.0)
+    assert limiter.in_flight_count("dsp:in_flight") == 0
+
+
 def test_in_flight_caps_leases_until_released(limiter: Limiter, clock: FakeClock) -> None:
     """Two leases fill a cap of two; releasing one lets the next request in."""
     cap = InFlight("dsp", max_in_flight=2, ttl_s=60.0)

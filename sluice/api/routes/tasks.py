@@ -19,6 +19,7 @@ from sluice.api.schemas import (
     BulkCreated,
     CancelOut,
     EventOut,
+    ExplainOut,
     TaskCreate,
     TaskOut,
     TaskPage,
@@ -102,6 +103,14 @@ def get_task(task_id: TaskId, context: Context, principal: Viewer) -> TaskOut:
 def task_events(task_id: TaskId, context: Context, principal: Viewer) -> list[EventOut]:
     """The task's history, oldest first."""
     return [EventOut.of(e) for e in context.repo.events(task_id, tenant=principal.tenant)]
+
+
+@router.get("/{task_id}/explain", response_model=ExplainOut)
+def explain_task(task_id: TaskId, context: Context, principal: Viewer) -> ExplainOut:
+    """Why the task is where it is: one state (waiting for its parent, paused, waiting for
+    a slot, backing off, awaiting a lookup, polling, final...) with its details."""
+    explained = context.explainer.explain(task_id, tenant=principal.tenant)
+    return ExplainOut.model_validate(explained)
 
 
 @router.post("/{task_id}/cancel", response_model=CancelOut)

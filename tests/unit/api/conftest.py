@@ -15,11 +15,16 @@ from sluice import apikeys
 from sluice.api.app import create_app
 from sluice.catalog import Catalog, ProviderInfo
 from sluice.clock import FakeClock
+from sluice.controls import Controls, PinnedCeilings, stretches
 from sluice.domain import TaskStatus
+from sluice.engine.rates import RatesInForce
+from sluice.providers.registry import load_providers
+from sluice.ratelimit.memory import MemoryLimiter
 from sluice.settings import Settings
 from sluice.store import db
 from sluice.store.audit import audit
 from sluice.store.keys import KeyStore, api_keys
+from sluice.store.pins import PinStore
 from sluice.store.repository import TaskRepository
 from sluice.store.rows import change_status, events, tasks
 
@@ -30,6 +35,31 @@ CATALOG = Catalog(
     },
     default_provider="sandbox",
 )
+
+
+# The providers behind the control and explain routes: one with a write limit, a limit per
+# advertiser and an in-flight cap; one with a single rate.
+PROVIDERS: dict[str, dict[str, Any]] = {
+    "sandbox": {
+        "preset": "sandbox-demo",
+        "base_url": "http://127.0.0.1:9",
+        "rate_limit": "20/s",
+        "max_in_flight": 4,
+        "limits": [
+            {"scope": "write", "rate": "10/s"},
+            {"scope": "write", "per": "advertiser_id", "rate": "2/s"},
+        ],
+    },
+    "acme": {"preset": "sandbox-demo", "base_url": "http://127.0.0.1:9", "rate_limit": "40/min"},
+}
+
+
+def make_controls(engine: Any, clock: FakeClock, limiter: Any = None) -> Controls:
+    """Controls over :data:`PROVIDERS`, a limiter on ``clock`` and the pinned ceilings."""
+    providers = load_providers(Settings(providers=PROVIDERS), clock=clock)
+    rates = RatesInForce([PinnedCeilings(PinStore(engine), stretches(providers))], clock=clock)
+    limiter = limiter or MemoryLimiter(clock=clock, cold_start=False)
+    return Controls(engine, providers, limiter, rates, clock=clock)
 
 
 @dataclass
@@ -74,7 +104,8 @@ def api(tmp_path: Path) -> Iterator[Api]:
     clock = FakeClock()
     repo = TaskRepository(engine, clock)
     # The open loopback mode of `make run`: a loopback Host, no key.
-    with TestClient(create_app(settings, repo, CATALOG), base_url="http://localhost") as client:
+    app = create_app(settings, repo, CATALOG, controls=make_controls(engine, clock))
+    with TestClient(app, base_url="http://localhost") as client:
         yield Api(client, repo, clock)
     engine.dispose()
 
@@ -141,7 +172,9 @@ def secured_api(
         tokens[label], ids[label] = made.token, made.key.id
     keys.revoke(ids["revoked"])
     clock.advance(2 * 3600)
-    app = create_app(settings, repo, CATALOG, api_limiter=api_limiter)
+    app = create_app(
+        settings, repo, CATALOG, api_limiter=api_limiter, controls=make_controls(engine, clock)
+    )
     with TestClient(app, base_url="http://localhost") as client:
         yield SecuredApi(client, repo, clock, keys, tokens, ids)
     engine.dispose()

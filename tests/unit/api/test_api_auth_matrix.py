@@ -46,6 +46,15 @@ EXPECTED: dict[tuple[str, str], Role | None] = {
     ("GET", "/api/keys"): Role.ADMIN,
     ("POST", "/api/keys/{key_id}/revoke"): Role.ADMIN,
     ("GET", "/api/audit"): Role.OPERATOR,
+    ("GET", "/api/tasks/{task_id}/explain"): Role.VIEWER,
+    ("GET", "/api/providers"): Role.OPERATOR,
+    ("GET", "/api/providers/{name}"): Role.OPERATOR,
+    ("POST", "/api/providers/{name}/pause"): Role.OPERATOR,
+    ("POST", "/api/providers/{name}/resume"): Role.OPERATOR,
+    ("POST", "/api/limits/{key}/pause"): Role.OPERATOR,
+    ("POST", "/api/limits/{key}/resume"): Role.OPERATOR,
+    ("POST", "/api/limits/{key}/pin"): Role.OPERATOR,
+    ("POST", "/api/limits/{key}/unpin"): Role.OPERATOR,
     ("GET", "/api/healthchecker"): PUBLIC,
     ("GET", "/healthz"): PUBLIC,
     ("GET", "/readyz"): PUBLIC,
@@ -141,6 +150,29 @@ EXAMPLES: dict[tuple[str, str], Callable[[SecuredApi], Call]] = {
         "POST", f"/api/keys/{make_key(api)}/revoke"
     ),
     ("GET", "/api/audit"): lambda api: Call("GET", "/api/audit"),
+    ("GET", "/api/tasks/{task_id}/explain"): lambda api: Call(
+        "GET", f"/api/tasks/{make_task(api)}/explain"
+    ),
+    ("GET", "/api/providers"): lambda api: Call("GET", "/api/providers"),
+    ("GET", "/api/providers/{name}"): lambda api: Call("GET", "/api/providers/sandbox"),
+    ("POST", "/api/providers/{name}/pause"): lambda api: Call(
+        "POST", "/api/providers/acme/pause", {"reason": "maintenance", "duration": "1min"}
+    ),
+    ("POST", "/api/providers/{name}/resume"): lambda api: Call(
+        "POST", "/api/providers/acme/resume"
+    ),
+    ("POST", "/api/limits/{key}/pause"): lambda api: Call(
+        "POST", "/api/limits/sandbox:write/pause", {"reason": "quota", "duration": "1min"}
+    ),
+    ("POST", "/api/limits/{key}/resume"): lambda api: Call(
+        "POST", "/api/limits/sandbox:write/resume"
+    ),
+    ("POST", "/api/limits/{key}/pin"): lambda api: Call(
+        "POST", "/api/limits/sandbox:write/pin", {"rate": "5/s", "reason": "429s"}
+    ),
+    ("POST", "/api/limits/{key}/unpin"): lambda api: Call(
+        "POST", "/api/limits/sandbox:write/unpin"
+    ),
     ("GET", "/api/healthchecker"): lambda api: Call("GET", "/api/healthchecker"),
     ("GET", "/healthz"): lambda api: Call("GET", "/healthz"),
     ("GET", "/readyz"): lambda api: Call("GET", "/readyz"),

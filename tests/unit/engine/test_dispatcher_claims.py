@@ -228,3 +228,37 @@ def test_pauses_kept_in_the_database_survive_a_lost_limiter(world: World) -> Non
     assert until is not None
     step_for(world.clock, 3, dispatcher)
     assert len([p for _, p in world.dsp.arrivals if p == "POST /campaigns"]) == 2
+
+
+def test_a_pause_resumed_elsewhere_is_cleared_here_and_the_work_goes_at_once(
+    world: World,
+) -> None:
+    """An operator pauses the provider from another process (only the database is shared),
+    then resumes it: this dispatcher holds while the pause runs, then clears the pause from
+    its own limiter at the next sync and sends the tasks it had given back at once."""
+    from sluice.controls import Controls
+    from sluice.domain import LOCAL_ACTOR
+    from sluice.engine.rates import RatesInForce
+
+    elsewhere = Controls(
+        world.queue.engine,
+        world.providers,
+        MemoryLimiter(clock=world.clock, cold_start=False),
+        RatesInForce(),
+        clock=world.clock,
+    )
+    dispatcher, _ = world.dispatcher("a")
+    world.create(3)
+    elsewhere.pause("acme", reason="vendor maintenance", until=None, actor=LOCAL_ACTOR)
+
+    step_for(world.clock, 5, dispatcher)
+
+    assert world.dsp.arrivals == []
+    assert world.limiter.paused_until("acme") is not None
+
+    elsewhere.resume("acme", actor=LOCAL_ACTOR)
+    step_for(world.clock, 1.0, dispatcher)
+
+    assert world.limiter.paused_until("acme") is None
+    posts = [path for _, path in world.dsp.arrivals if path == "POST /campaigns"]
+    assert len(posts) == 3
