@@ -45,6 +45,8 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 ALL_SCOPE = "all"
 """The scope of a provider-wide key (``sandbox``)."""
 NO_OPERATION = "other"
+STATUS_REPORT = "status_report"
+"""The event label of an outcome that only records what the provider reported."""
 
 WAIT_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -105,13 +107,14 @@ RETRIES = Counter(
 )
 VALIDATION_ERRORS = Counter(
     "sluice_validation_errors_total",
-    "Tasks the provider refused as invalid: they ended in Error with its message.",
+    "Tasks the provider refused as invalid (at submit, or later in a status report): they "
+    "ended in Error with its message.",
     ["provider"],
 )
 OUTCOMES = Counter(
     "sluice_task_outcomes_total",
-    "Outcomes recorded for tasks, by the event written to their history "
-    "(submitted, completed, attempt_failed, rate_limited, rejected, gave_up...).",
+    "Outcomes recorded for tasks, by the event written to their history (submitted, "
+    "attempt_failed, rate_limited, rejected, gave_up...; status_report: what a poll read).",
     ["provider", "operation", "event"],
 )
 
@@ -211,17 +214,20 @@ def rate_limit_signal(provider: str, signal: str) -> None:
         SIGNALS.labels(provider, signal).inc()
 
 
-def outcomes(provider: str, operation: str, events: Iterable[str | None]) -> None:
-    """Outcomes of one request: retries, validation errors and every event, counted."""
+def outcomes(provider: str, operation: str, recorded: Iterable[tuple[str | None, str]]) -> None:
+    """Outcomes of one request, as ``(event, new status)``: retries, validation errors and
+    every event counted.
+
+    A validation error is a task the provider refused: ``rejected`` at submit, or a status
+    report of Error (``event`` None) from a poll.
+    """
     if not _enabled:
         return
-    for event in events:
-        if event is None:
-            continue
-        OUTCOMES.labels(provider, operation, event).inc()
+    for event, status in recorded:
+        OUTCOMES.labels(provider, operation, event or STATUS_REPORT).inc()
         if event == "attempt_failed":
             RETRIES.labels(provider, operation).inc()
-        elif event == "rejected":
+        elif status == "Error" and event in ("rejected", None):
             VALIDATION_ERRORS.labels(provider).inc()
 
 

@@ -186,7 +186,9 @@ class ThreadExecutor:
             if grant.lease_id is not None:
                 self._release_lease(provider, grant.lease_id)
         self._keep_pause(provider, outcomes)
-        metrics.outcomes(unit.provider, unit.operation.value, (o.event for o in outcomes))
+        metrics.outcomes(
+            unit.provider, unit.operation.value, [(o.event, o.to_status.value) for o in outcomes]
+        )
         with self._lock:
             self.stats.count(unit, outcomes)
             self._pending += 1
