@@ -22,6 +22,7 @@ they are read from the database and the limiter when scraped
 from __future__ import annotations
 
 import contextvars
+import functools
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -118,6 +119,19 @@ OUTCOMES = Counter(
     ["provider", "operation", "event"],
 )
 
+# labels() validates and locks on every call; the children are looked up once instead.
+_grants = functools.cache(GRANTS.labels)
+_refusals = functools.cache(REFUSALS.labels)
+_grant_wait = functools.cache(GRANT_WAIT.labels)
+_expired = functools.cache(GRANTS_EXPIRED.labels)
+_requests = functools.cache(UPSTREAM_REQUESTS.labels)
+_latency = functools.cache(UPSTREAM_LATENCY.labels)
+_in_flight = functools.cache(IN_FLIGHT.labels)
+_signals = functools.cache(SIGNALS.labels)
+_retries = functools.cache(RETRIES.labels)
+_validation = functools.cache(VALIDATION_ERRORS.labels)
+_outcomes = functools.cache(OUTCOMES.labels)
+
 _operation: contextvars.ContextVar[str] = contextvars.ContextVar(
     "sluice_operation", default=NO_OPERATION
 )
@@ -137,20 +151,20 @@ def granted(provider: str, waited_s: float | None) -> None:
     """One grant; ``waited_s`` since the unit was claimed, when known."""
     if not _enabled:
         return
-    GRANTS.labels(provider).inc()
+    _grants(provider).inc()
     if waited_s is not None:
-        GRANT_WAIT.labels(provider).observe(max(0.0, waited_s))
+        _grant_wait(provider).observe(max(0.0, waited_s))
 
 
 def refused(provider: str, reason: str) -> None:
     """One refusal by the limiter."""
     if _enabled:
-        REFUSALS.labels(provider, reason or "unknown").inc()
+        _refusals(provider, reason or "unknown").inc()
 
 
 def grant_expired(provider: str) -> None:
     if _enabled:
-        GRANTS_EXPIRED.labels(provider).inc()
+        _expired(provider).inc()
 
 
 @contextmanager
@@ -186,17 +200,15 @@ class UpstreamCall:
         if self.recorded:
             return
         self.recorded = True
-        UPSTREAM_REQUESTS.labels(self.provider, self.operation, outcome).inc()
-        UPSTREAM_LATENCY.labels(self.provider, self.operation).observe(
-            max(0.0, ended - self.started)
-        )
+        _requests(self.provider, self.operation, outcome).inc()
+        _latency(self.provider, self.operation).observe(max(0.0, ended - self.started))
 
 
 def upstream_started(provider: str, started: float) -> UpstreamCall | None:
     """A request to ``provider`` starts now (None when recording is off)."""
     if not _enabled:
         return None
-    IN_FLIGHT.labels(provider).inc()
+    _in_flight(provider).inc()
     return UpstreamCall(provider, _operation.get(), started)
 
 
@@ -204,14 +216,14 @@ def upstream_ended(call: UpstreamCall | None, outcome: str | None, ended: float)
     """The request ended: with ``outcome`` it counts, with None it was never sent."""
     if call is None:
         return
-    IN_FLIGHT.labels(call.provider).dec()
+    _in_flight(call.provider).dec()
     if outcome is not None:
         call.done(outcome, ended)
 
 
 def rate_limit_signal(provider: str, signal: str) -> None:
     if _enabled:
-        SIGNALS.labels(provider, signal).inc()
+        _signals(provider, signal).inc()
 
 
 def outcomes(provider: str, operation: str, recorded: Iterable[tuple[str | None, str]]) -> None:
@@ -224,11 +236,11 @@ def outcomes(provider: str, operation: str, recorded: Iterable[tuple[str | None,
     if not _enabled:
         return
     for event, status in recorded:
-        OUTCOMES.labels(provider, operation, event or STATUS_REPORT).inc()
+        _outcomes(provider, operation, event or STATUS_REPORT).inc()
         if event == "attempt_failed":
-            RETRIES.labels(provider, operation).inc()
+            _retries(provider, operation).inc()
         elif status == "Error" and event in ("rejected", None):
-            VALIDATION_ERRORS.labels(provider).inc()
+            _validation(provider).inc()
 
 
 # --- limit keys as labels ----------------------------------------------------------------
