@@ -107,7 +107,10 @@ def token_matches(header: str | None, token: str | None) -> bool:
     if not token or not header:
         return False
     scheme, _, given = header.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
+    # Bytes: compare_digest refuses str with non-ASCII characters (a header may carry any).
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode("utf-8", "replace"), token.encode("utf-8", "replace")
+    )
 
 
 def metrics_app(token: str | None) -> Callable[..., Iterable[bytes]]:

@@ -1,17 +1,19 @@
 """The canary: a full run with unique secrets planted, then every trace it left is searched.
 
 Planted: the provider's token and two tenants' tokens (one the DSP refuses: 401s), three
-API keys, the metrics scrape token, and a PostgreSQL password (a role with a password, created on the shared server
-for this test; the server trusts local connections, so the password only has to travel in
-the URL, which is where leaks happen). The run goes through provider 401s, timeouts after
-the DSP committed (then lookups), validation errors, debug logging, a sensitive payload
-field, the console, and four start-ups that fail on bad configuration.
+API keys, the metrics scrape token, and a PostgreSQL password (a role with a password,
+created on the shared server for this test; the server trusts local connections, so the
+password only has to travel in the URL, which is where leaks happen). The run goes through
+provider 401s, timeouts after the DSP committed (then lookups), validation errors, debug
+logging, a sensitive payload field, the console, and four start-ups that fail on bad
+configuration.
 
 Searched, for any 10-character piece of a secret (as it is, percent-decoded or
 JSON-unescaped): the stdout and stderr of every ``sluice`` process (except the one line
 ``sluice keys create`` prints the new key on, by design), every API and console answer
-(bodies and headers), ``/metrics`` (with a key and with the scrape token), every row of every table of the
-database, and the log records of an in-process run at DEBUG (formatted and raw).
+(bodies and headers), ``/metrics`` (with a key and with the scrape token), every row of
+every table of the database, and the log records of an in-process run at DEBUG (formatted
+and raw).
 """
 
 from __future__ import annotations
@@ -223,6 +225,8 @@ def test_no_secret_is_ever_shown(
         "CANARY_ACME_TOKEN": acme_token.value,
         "CANARY_GLOBEX_TOKEN": globex_token.value,
         "COLUMNS": "200",
+        # Metrics files beside the test's, not in the host's temporary directory.
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
     }
     scrape_token = Canary.make("metrics scrape token", prefix="cnryscrp")
     env["SLUICE_METRICS_TOKEN"] = scrape_token.value

@@ -123,3 +123,4 @@ def test_the_metrics_port_asks_for_its_token() -> None:
     assert b"tok-1234" not in body
     assert call(metrics_host.metrics_app(None), "/metrics")[0].startswith("200")
     assert call(guarded, "/other", "Bearer tok-123456789")[0].startswith("404")
+    assert call(guarded, "/metrics", "Bearer tök-123456789")[0].startswith("401")
