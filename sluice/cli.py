@@ -71,6 +71,8 @@ Insecure = Annotated[
 @app.command()
 def api(host: Host = None, port: Port = None, insecure: Insecure = False) -> None:
     """Serve the REST API only (no engine)."""
+    settings = _prepare_metrics(load_settings())
+
     import uvicorn
 
     from sluice.api.app import build_api
@@ -78,7 +80,6 @@ def api(host: Host = None, port: Port = None, insecure: Insecure = False) -> Non
     from sluice.runtime import build_runtime
     from sluice.store.keys import KeyStore
 
-    settings = load_settings()
     settings = settings.model_copy(
         update={"host": host or settings.host, "port": port or settings.port}
     )
@@ -131,9 +132,10 @@ def up(
     insecure: Insecure = False,
 ) -> None:
     """Run the API and the engine in one process (embedded mode, SQLite by default)."""
+    settings = _prepare_metrics(load_settings())
+
     from sluice.up import UpOptions, run_up
 
-    settings = load_settings()
     logs.configure("WARNING" if demo else settings.log_level)
     options = UpOptions(
         host=host or settings.host,
@@ -198,11 +200,17 @@ def worker(
             envvar="SLUICE_WORKER_HOSTNAME",
         ),
     ] = None,
+    metrics_port: MetricsPort = None,
+    metrics_host: MetricsHost = "127.0.0.1",
 ) -> None:
     """Run a Celery worker (distributed mode; broker from SLUICE_BROKER_URL)."""
     import os
 
+    settings = _prepare_metrics(load_settings())
     from sluice.celery_app import app as celery
+
+    if metrics_port is not None:
+        _serve_metrics_when_ready(settings, metrics_host, metrics_port)
 
     # Several workers on one host need distinct node names (RabbitMQ's pidbox queue is
     # exclusive per name).
@@ -216,6 +224,65 @@ def worker(
     if beat:
         argv.append("--beat")
     celery.worker_main(argv)
+
+
+MetricsPort = Annotated[
+    int | None,
+    typer.Option(
+        help="serve this host's metrics (every Sluice process on it, summed) on this port "
+        "at /metrics; for hosts that run no API",
+        envvar="SLUICE_METRICS_PORT",
+    ),
+]
+MetricsHost = Annotated[
+    str, typer.Option(help="interface the metrics port listens on", envvar="SLUICE_METRICS_HOST")
+]
+
+
+def _prepare_metrics(settings: Any) -> Any:
+    """Choose this host's metrics directory before anything imports prometheus_client."""
+    from sluice import metrics_host
+
+    metrics_host.prepare(settings.database_url, settings.limiter_namespace)
+    return settings
+
+
+def _metrics_token(settings: Any) -> str | None:
+    token = settings.metrics_token
+    return None if token is None else str(token.get_secret_value())
+
+
+def _serve_metrics_when_ready(settings: Any, host: str, port: int) -> None:
+    """Serve the host's metrics from the worker's main process once its pool has forked
+    (so no pool process inherits the listening socket)."""
+    from celery import signals
+
+    from sluice import metrics_host
+
+    def serve(**_: Any) -> None:
+        metrics_host.serve(host, port, _metrics_token(settings))
+
+    signals.worker_ready.connect(serve, weak=False)
+
+
+@app.command("metrics-serve")
+def metrics_serve(
+    port: Annotated[int, typer.Option(help="port to listen on", envvar="SLUICE_METRICS_PORT")],
+    host: MetricsHost = "127.0.0.1",
+) -> None:
+    """Serve this host's metrics (its Sluice processes, summed) at /metrics until Ctrl-C."""
+    import threading
+
+    from sluice import metrics_host
+
+    settings = _prepare_metrics(load_settings())
+    logs.configure(settings.log_level)
+    server = metrics_host.serve(host, port, _metrics_token(settings))
+    console.print(f"metrics of this host at http://{host}:{server.server_port}/metrics")
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.shutdown()
 
 
 @app.command()

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     auth: Literal["auto", "required", "off"] = "auto"
     # Requests per API key, e.g. "20/s", paced by Sluice's own limiter; None: no limit.
     api_rate_limit: str | None = None
+    # Opens GET /metrics (and `sluice worker --metrics-port`) to `Authorization: Bearer
+    # <token>`, for a Prometheus that has no API key; no other route (docs/operations.md).
+    metrics_token: SecretStr | None = None
 
     # Engine knobs (units in the names).
     executor_threads: int = 16
@@ -86,6 +89,8 @@ class Settings(BaseSettings):
         # them: the log formatter masks what sluice.masking.KNOWN holds.
         for url in (self.database_url, self.broker_url, self.redis_url):
             masking.remember_url(url)
+        if self.metrics_token is not None:
+            masking.remember(self.metrics_token.get_secret_value())
         return self
 
     def __repr_args__(self) -> Any:

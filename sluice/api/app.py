@@ -18,11 +18,12 @@ from sluice.api.console.routes import ConsoleRoute
 from sluice.api.deps import ApiContext, ReadinessCheck
 from sluice.api.limits import BodySizeLimit
 from sluice.api.readiness import broker_check, redis_check
-from sluice.api.routes import audit, health, keys, tasks
+from sluice.api.routes import audit, health, keys, metrics, tasks
 from sluice.api.routes import controls as control_routes
 from sluice.catalog import Catalog
 from sluice.controls import Controls
 from sluice.domain import ApiKey
+from sluice.engine.gauges import StateReader
 from sluice.engine.rates import RatesInForce
 from sluice.explain import Explainer
 from sluice.ratelimit import build_limiter, parse_rate
@@ -48,9 +49,11 @@ def build_api(runtime: Runtime) -> FastAPI:
         checks["redis"] = redis_check(runtime.settings.redis_url)
     if runtime.settings.broker_url:
         checks["broker"] = broker_check(runtime.settings.broker_url)
-    return create_app(
+    app = create_app(
         runtime.settings, runtime.repo, runtime.catalog, checks, controls=runtime.controls
     )
+    app.state.metrics_collectors = [state_reader(runtime).collector()]
+    return app
 
 
 def create_app(
@@ -89,7 +92,11 @@ def create_app(
         checks=all_checks,
     )
     app.state.auth = _authenticator(settings, key_store, api_limiter)
-    for router in (tasks.router, keys.router, audit.router, control_routes.router, health.router):
+    app.state.scrape_token = (
+        settings.metrics_token.get_secret_value() if settings.metrics_token else None
+    )
+    routers = (tasks.router, keys.router, audit.router, control_routes.router, health.router)
+    for router in (*routers, metrics.router):
         app.include_router(router)
     _install_console(app, settings, repo, key_store)
     # Console routes check their own session and CSRF (sluice.api.console.routes).
@@ -140,6 +147,13 @@ def _authenticator(
         cold_start=False,
     )
     return Authenticator(settings, key_store, limiter, rate)
+
+
+def state_reader(runtime: Runtime) -> StateReader:
+    """What ``/metrics`` reads of the cluster's state at each scrape."""
+    return StateReader(
+        runtime.repo.engine, runtime.providers, runtime.limiter, runtime.pauses, runtime.rates
+    )
 
 
 def _ping_database(repo: TaskRepository) -> None:

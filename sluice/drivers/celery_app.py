@@ -17,7 +17,7 @@ from typing import Any
 
 from celery import Celery, signals
 
-from sluice import logs
+from sluice import logs, metrics_host
 from sluice.drivers.pump import pump_driver
 from sluice.settings import Settings, load_settings
 
@@ -63,6 +63,12 @@ def _configure(sender: Celery, **_: Any) -> None:
 def _mask_logs(logger: Any, **_: Any) -> None:
     """Celery's own log handlers mask secrets too (URLs, passwords, tokens)."""
     logs.mask_handlers(logger)
+
+
+@signals.worker_process_shutdown.connect
+def _forget_in_flight(**_: Any) -> None:
+    """A pool process is ending: its requests in flight no longer count in /metrics."""
+    metrics_host.process_ended()
 
 
 @app.task(name="sluice.pump")

@@ -26,7 +26,7 @@ from datetime import timedelta
 
 import httpx
 
-from sluice import errors
+from sluice import errors, metrics
 from sluice.clock import Clock, SystemClock
 from sluice.domain import Outcome, WorkUnit
 from sluice.engine.dispatcher import Dispatcher, worker_name
@@ -159,7 +159,7 @@ class ThreadExecutor:
             return
         permit = sendgate.SendPermit(asked_at, grant.send_within_s, self.clock.monotonic)
         try:
-            with sendgate.bound(permit):
+            with sendgate.bound(permit), metrics.operation(unit.operation.value):
                 outcomes = execute_unit(
                     unit,
                     provider,
@@ -172,6 +172,7 @@ class ThreadExecutor:
             with self._lock:
                 self.stats.expired += 1
                 self._unsent.append(unit)
+            metrics.grant_expired(unit.provider)
             log.info(
                 "grant.expired",
                 extra={"provider": unit.provider, "delay_ms": _ms(permit.delay_s)},
@@ -185,6 +186,9 @@ class ThreadExecutor:
             if grant.lease_id is not None:
                 self._release_lease(provider, grant.lease_id)
         self._keep_pause(provider, outcomes)
+        metrics.outcomes(
+            unit.provider, unit.operation.value, [(o.event, o.to_status.value) for o in outcomes]
+        )
         with self._lock:
             self.stats.count(unit, outcomes)
             self._pending += 1

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from sluice import metrics
 from sluice.clock import Clock, SystemClock
 from sluice.domain import DueTask, Operation, WorkUnit
 from sluice.engine.rates import RatesInForce, per_second
@@ -237,8 +238,11 @@ class Dispatcher:
                 if grant.granted:
                     lane.units.popleft()
                     self.stats.granted += 1
+                    claimed_at = self._claimed_at.get(unit.tasks[0].id)
+                    metrics.granted(name, None if claimed_at is None else now - claimed_at)
                     continue
                 self.stats.refused += 1
+                metrics.refused(name, grant.reason)
                 # From the time *after* the refusal: the limiter's clock read later than
                 # `now`, and waking before its TAT costs a second refusal and a minimum wait.
                 wait = grant.retry_after_s

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from sluice import errors
+from sluice import errors, metrics
 from sluice.clock import Clock
 from sluice.masking import Redactor
 from sluice.providers.config import AuthConfig
@@ -106,7 +106,7 @@ class TokenAuth:
         if line.method != "GET":
             kwargs["json" if self._config.body_format == "json" else "data"] = values
         try:
-            with sendgate.bound(self._token_permit()):
+            with sendgate.bound(self._token_permit()), metrics.operation("token"):
                 response = client.request(line.method, line.target, **kwargs)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise TokenUnavailable(

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from sluice import errors, masking
+from sluice import errors, masking, metrics
 from sluice.clock import Clock, SystemClock
 from sluice.domain import Access, TaskStatus
 from sluice.masking import Redactor
@@ -512,6 +512,9 @@ class HttpProvider:
         now = self._clock.time()
         limited = signals.detect(response, body, self.config.rate_limit_signal, now)
         if limited is not None:
+            metrics.rate_limit_signal(
+                self.name, signals.kind(response, body, self.config.rate_limit_signal)
+            )
             return self._log_decision(limited, task_ids)
         return self._log_decision(
             self._answers.refusal(response, body, write=write, now_s=now), task_ids

@@ -19,6 +19,7 @@ from sluice.clock import Clock
 from sluice.providers.base import Provider
 from sluice.providers.config import parse_provider
 from sluice.providers.http import HttpProvider
+from sluice.providers.metered import MeteredTransport
 from sluice.providers.transport import gated_transport
 from sluice.ratelimit import sendgate
 from sluice.ratelimit.base import Limiter
@@ -93,7 +94,7 @@ def build_http_client(
         else _DEFAULT_POOL
     )
     limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
-    transport = transport or gated_transport(limits)
+    transport = MeteredTransport(provider.name, transport or gated_transport(limits))
     if not isinstance(provider, HttpProvider):
         return httpx.Client(timeout=timeout, transport=transport, event_hooks=hooks)
     headers = {"Accept": "application/json", "User-Agent": _USER_AGENT}

@@ -45,6 +45,13 @@ def detect(
     )
 
 
+def kind(response: httpx.Response, body: Any, config: SignalConfig) -> str:
+    """What made ``response`` a signal, as a metrics label: ``http_429``, ``error_code_613``."""
+    if response.status_code in config.statuses:
+        return f"http_{response.status_code}"
+    return f"error_code_{_body_code(body, config)}"
+
+
 def pause_for(headers: httpx.Headers, config: SignalConfig, now_s: float) -> tuple[float, str]:
     """Seconds to pause and where that number came from."""
     candidates: list[tuple[float | None, str]] = []

@@ -1,17 +1,19 @@
 """The canary: a full run with unique secrets planted, then every trace it left is searched.
 
 Planted: the provider's token and two tenants' tokens (one the DSP refuses: 401s), three
-API keys, and a PostgreSQL password (a role with a password, created on the shared server
-for this test; the server trusts local connections, so the password only has to travel in
-the URL, which is where leaks happen). The run goes through provider 401s, timeouts after
-the DSP committed (then lookups), validation errors, debug logging, a sensitive payload
-field, the console, and four start-ups that fail on bad configuration.
+API keys, the metrics scrape token, and a PostgreSQL password (a role with a password,
+created on the shared server for this test; the server trusts local connections, so the
+password only has to travel in the URL, which is where leaks happen). The run goes through
+provider 401s, timeouts after the DSP committed (then lookups), validation errors, debug
+logging, a sensitive payload field, the console, and four start-ups that fail on bad
+configuration.
 
 Searched, for any 10-character piece of a secret (as it is, percent-decoded or
 JSON-unescaped): the stdout and stderr of every ``sluice`` process (except the one line
 ``sluice keys create`` prints the new key on, by design), every API and console answer
-(bodies and headers), ``/metrics`` when it exists, every row of every table of the
-database, and the log records of an in-process run at DEBUG (formatted and raw).
+(bodies and headers), ``/metrics`` (with a key and with the scrape token), every row of
+every table of the database, and the log records of an in-process run at DEBUG (formatted
+and raw).
 """
 
 from __future__ import annotations
@@ -223,8 +225,12 @@ def test_no_secret_is_ever_shown(
         "CANARY_ACME_TOKEN": acme_token.value,
         "CANARY_GLOBEX_TOKEN": globex_token.value,
         "COLUMNS": "200",
+        # Metrics files beside the test's, not in the host's temporary directory.
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
     }
-    run = Run(tmp_path, env, [db_password, house, acme_token, globex_token])
+    scrape_token = Canary.make("metrics scrape token", prefix="cnryscrp")
+    env["SLUICE_METRICS_TOKEN"] = scrape_token.value
+    run = Run(tmp_path, env, [db_password, house, acme_token, globex_token, scrape_token])
 
     # Keys: `sluice keys create` prints the key once on stdout, by design: kept out of
     # the corpus, its stderr searched.
@@ -335,9 +341,15 @@ def api_flow(run: Run, base: str, keys: dict[str, str]) -> None:
         paths = ("/api/keys", "/api/audit", "/readyz", "/healthz", "/api/healthchecker")
         for path in (*paths, "/openapi.json", "/docs"):
             keep(f"GET {path}", client.get(path, headers=admin))
-        metrics = client.get("/metrics", headers=admin)
-        if metrics.status_code == 200:
-            keep("GET /metrics", metrics)
+        # Metrics: with an admin key, with the scrape token, and refused without either.
+        metrics = keep("GET /metrics", client.get("/metrics", headers=admin))
+        assert metrics.status_code == 200, metrics.text
+        assert "sluice_upstream_requests_total" in metrics.text
+        scraper = {"Authorization": f"Bearer {run.env['SLUICE_METRICS_TOKEN']}"}
+        scraped = keep("GET /metrics (scrape token)", client.get("/metrics", headers=scraper))
+        assert scraped.status_code == 200, scraped.text
+        keep("GET /metrics (no key)", client.get("/metrics"))
+        keep("GET /api/tasks (scrape token)", client.get("/api/tasks", headers=scraper))
         # The console: sign in with a key, look, sign out.
         form = keep("GET /ui/login", client.get("/ui/login"))
         token = form.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]

@@ -55,6 +55,7 @@ EXPECTED: dict[tuple[str, str], Role | None] = {
     ("POST", "/api/limits/{key}/resume"): Role.OPERATOR,
     ("POST", "/api/limits/{key}/pin"): Role.OPERATOR,
     ("POST", "/api/limits/{key}/unpin"): Role.OPERATOR,
+    ("GET", "/metrics"): Role.OPERATOR,
     ("GET", "/api/healthchecker"): PUBLIC,
     ("GET", "/healthz"): PUBLIC,
     ("GET", "/readyz"): PUBLIC,
@@ -173,6 +174,7 @@ EXAMPLES: dict[tuple[str, str], Callable[[SecuredApi], Call]] = {
     ("POST", "/api/limits/{key}/unpin"): lambda api: Call(
         "POST", "/api/limits/sandbox:write/unpin"
     ),
+    ("GET", "/metrics"): lambda api: Call("GET", "/metrics"),
     ("GET", "/api/healthchecker"): lambda api: Call("GET", "/api/healthchecker"),
     ("GET", "/healthz"): lambda api: Call("GET", "/healthz"),
     ("GET", "/readyz"): lambda api: Call("GET", "/readyz"),

@@ -305,4 +305,5 @@ def test_every_route_of_the_app_is_guarded_or_a_console_route(secured: SecuredAp
         for context in iter_route_contexts(app.routes)  # type: ignore[attr-defined]
         if isinstance(context.original_route, APIRoute)
     }
-    assert kinds == {"GuardedRoute", "ConsoleRoute"}
+    # ScrapeRoute (GET /metrics) is a GuardedRoute that also takes the scrape token.
+    assert kinds == {"GuardedRoute", "ConsoleRoute", "ScrapeRoute"}

@@ -1,0 +1,128 @@
+"""The shared state a scrape of ``/metrics`` reports: tasks, queue age, pauses, rates.
+
+Read from the database, the limiter and the rates in force when Prometheus scrapes (not
+recorded by each process, since every process would report the same cluster-wide
+numbers). Task counts are cached for :data:`TASKS_CACHE_S`, so however often and by however
+many scrapers, the tasks table is counted at most once per that interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+
+from sqlalchemy import Engine
+
+from sluice.clock import Clock, SystemClock
+from sluice.engine.rates import RatesInForce, per_second
+from sluice.metrics import Pause, RateInForce, State, StateFamilies
+from sluice.providers.base import Provider
+from sluice.ratelimit.base import Limiter
+from sluice.ratelimit.rate import LimitSpec
+from sluice.store import counts
+from sluice.store.pauses import PauseStore
+
+log = logging.getLogger("sluice.metrics")
+
+TASKS_CACHE_S = 5.0
+
+
+class StateReader:
+    """Reads :class:`sluice.metrics.State`; thread-safe, task counts cached."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        providers: Mapping[str, Provider],
+        limiter: Limiter,
+        pauses: PauseStore,
+        rates: RatesInForce,
+        clock: Clock | None = None,
+        cache_s: float = TASKS_CACHE_S,
+    ) -> None:
+        self.engine = engine
+        self.providers = providers
+        self.limiter = limiter
+        self.pauses = pauses
+        self.rates = rates
+        self.clock = clock or SystemClock()
+        self.cache_s = cache_s
+        self._lock = threading.Lock()
+        self._tasks: dict[tuple[str, str], int] = {}
+        self._oldest: dict[str, float] = {}
+        self._next_count = float("-inf")
+        self.counted = 0
+        """How many times the tasks table was counted (tests check the cache)."""
+
+    def read(self) -> State:
+        """The state now (task counts up to ``cache_s`` old)."""
+        names = sorted(self.providers)
+        with self._lock:
+            if self.clock.monotonic() >= self._next_count:
+                self._count(names)
+            tasks, oldest = dict(self._tasks), dict(self._oldest)
+        return State(
+            tasks=tasks,
+            oldest_due_s=oldest,
+            pauses=self._pauses(),
+            providers=names,
+            rates=self._rates(),
+        )
+
+    def _count(self, names: list[str]) -> None:
+        now = self.clock.now()
+        try:
+            self._tasks = counts.tasks_by_provider_status(self.engine)
+            self._oldest = {
+                provider: max(0.0, (now - due).total_seconds())
+                for provider, due in counts.oldest_due(self.engine, names, now).items()
+            }
+            self.counted += 1
+        except Exception:
+            # A scrape must answer: the last counts stand until the database is back.
+            log.warning("metrics.count_failed", exc_info=True)
+        self._next_count = self.clock.monotonic() + self.cache_s
+
+    def _pauses(self) -> list[Pause]:
+        wall = self.clock.now()
+        found: dict[str, float] = {}
+        try:
+            for key, until in self.pauses.active(wall).items():
+                found[key] = (until - wall).total_seconds()
+        except Exception:
+            log.warning("metrics.pauses_failed", exc_info=True)
+        now_s = wall.timestamp()
+        for provider in self.providers.values():
+            key = provider.pause_key()
+            try:
+                until_s = self.limiter.paused_until(key)
+            except Exception:
+                log.warning("metrics.limiter_failed", exc_info=True)
+                break
+            if until_s is not None and until_s > now_s:
+                found[key] = max(found.get(key, 0.0), until_s - now_s)
+        return [Pause(key, seconds) for key, seconds in sorted(found.items()) if seconds > 0]
+
+    def _rates(self) -> list[RateInForce]:
+        found: list[RateInForce] = []
+        for provider in self.providers.values():
+            specs: dict[str, LimitSpec] = {}
+            for access in ("write", "read"):
+                for spec in provider.limits_for(access, None):
+                    specs.setdefault(spec.key, spec)
+            for spec in specs.values():
+                in_force = self.rates.in_force(spec)
+                found.append(
+                    RateInForce(
+                        spec.key,
+                        per_second(in_force.configured),
+                        per_second(in_force.rate),
+                        in_force.source,
+                    )
+                )
+        return found
+
+    def collector(self) -> StateFamilies:
+        """A prometheus_client collector reporting this reader's state at each scrape."""
+        return StateFamilies(self.read)

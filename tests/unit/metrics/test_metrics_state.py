@@ -1,0 +1,101 @@
+"""The scrape-time state: task counts cached, pauses and rates folded into provider/scope."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from pathlib import Path
+
+from sluice import metrics
+from sluice.clock import FakeClock
+from sluice.domain import Submission
+from sluice.engine.gauges import StateReader
+from sluice.engine.rates import Ceiling, RatesInForce
+from sluice.providers.registry import load_providers
+from sluice.ratelimit.memory import MemoryLimiter
+from sluice.ratelimit.rate import Rate
+from sluice.settings import Settings
+from sluice.store import db
+from sluice.store.pauses import PauseStore
+from sluice.store.repository import TaskRepository
+
+
+class Pins:
+    def __init__(self, found: dict[str, list[Ceiling]]) -> None:
+        self.found = found
+
+    def ceilings(self) -> Mapping[str, Sequence[Ceiling]]:
+        return self.found
+
+
+def reader(tmp_path: Path, clock: FakeClock, pins: Pins | None = None) -> StateReader:
+    table = {
+        "preset": "sandbox-standard",
+        "base_url": "http://127.0.0.1:9",
+        "rate_limit": "20/s",
+        "limits": [{"rate": "5/s", "scope": "write", "per": "advertiser_id"}],
+    }
+    settings = Settings(providers={"sbx": table}, default_provider="sbx")
+    engine = db.make_engine(f"sqlite:///{tmp_path / 's.db'}")
+    db.ensure_schema(engine)
+    repo = TaskRepository(engine, clock)
+    repo.create_many([Submission("sbx", "campaign", {"advertiser_id": "a1"})] * 3)
+    limiter = MemoryLimiter(clock)
+    rates = RatesInForce([pins] if pins else [], clock=clock)
+    return StateReader(
+        engine, load_providers(settings), limiter, PauseStore(engine), rates, clock=clock
+    )
+
+
+def test_task_counts_are_read_at_most_once_per_cache_interval(tmp_path: Path) -> None:
+    """However many scrapes, the tasks table is counted once per cache_s; then again."""
+    clock = FakeClock()
+    state = reader(tmp_path, clock)
+    for _ in range(5):
+        assert state.read().tasks == {("sbx", "Not Started"): 3}
+    assert state.counted == 1
+    clock.advance(state.cache_s + 0.01)
+    state.read()
+    assert state.counted == 2
+
+
+def test_queue_age_is_how_long_the_oldest_due_task_waited(tmp_path: Path) -> None:
+    """Tasks due since creation are reported as waiting for as long as the clock moved."""
+    clock = FakeClock()
+    state = reader(tmp_path, clock)
+    clock.advance(42)
+    assert round(state.read().oldest_due_s["sbx"]) == 42
+
+
+def test_an_account_pause_and_a_provider_pause_fold_into_scopes(tmp_path: Path) -> None:
+    """A pause on one advertiser's key shows under scope write:advertiser_id, never its id;
+    a limiter pause on the provider shows under scope all, with its seconds left."""
+    clock = FakeClock()
+    state = reader(tmp_path, clock)
+    state.pauses.record("sbx:write:advertiser_id=a1", clock.now() + timedelta(seconds=30))
+    state.limiter.pause("sbx", 12.0)
+    families = {f.name: f for f in metrics.state_families(state.read())}
+    left = {
+        tuple(s.labels.values()): s.value
+        for s in families["sluice_pause_remaining_seconds"].samples
+    }
+    assert left == {("sbx", "all"): 12.0, ("sbx", "write:advertiser_id"): 30.0}
+    assert all("a1" not in str(s.labels) for f in families.values() for s in f.samples)
+
+
+def test_a_pin_lowers_the_rate_in_force_beside_the_configured_one(tmp_path: Path) -> None:
+    """A pinned ceiling shows as the in-force rate with its source; configured stays."""
+    clock = FakeClock()
+    pins = Pins({"sbx": [Ceiling("pinned", Rate(5, 1.0))]})
+    state = reader(tmp_path, clock, pins)
+    families = {f.name: f for f in metrics.state_families(state.read())}
+    configured = {
+        tuple(s.labels.values()): s.value
+        for s in families["sluice_limit_configured_requests_per_second"].samples
+    }
+    in_force = {
+        tuple(s.labels.values()): s.value
+        for s in families["sluice_limit_in_force_requests_per_second"].samples
+    }
+    assert configured == {("sbx", "all"): 20.0}
+    assert in_force == {("sbx", "all", "pinned"): 5.0}
