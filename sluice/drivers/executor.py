@@ -32,7 +32,7 @@ from sluice.domain import Outcome, WorkUnit
 from sluice.engine.dispatcher import Dispatcher, worker_name
 from sluice.engine.execute import execute_unit
 from sluice.providers.base import Provider
-from sluice.ratelimit import sendgate
+from sluice.ratelimit import holds, sendgate
 from sluice.ratelimit.base import Limiter
 from sluice.ratelimit.rate import Grant
 from sluice.runtime import Runtime
@@ -158,6 +158,7 @@ class ThreadExecutor:
         if not grant.granted:
             return
         permit = sendgate.SendPermit(asked_at, grant.send_within_s, self.clock.monotonic)
+        sent = True
         try:
             with sendgate.bound(permit), metrics.operation(unit.operation.value):
                 outcomes = execute_unit(
@@ -169,6 +170,7 @@ class ThreadExecutor:
                     self._rng,
                 )
         except errors.GrantExpired:
+            sent = False
             with self._lock:
                 self.stats.expired += 1
                 self._unsent.append(unit)
@@ -185,6 +187,7 @@ class ThreadExecutor:
                 self.stats.written_delays_s.append(permit.written_s)
             if grant.lease_id is not None:
                 self._release_lease(provider, grant.lease_id)
+            self._finish_holds(provider, grant, permit, sent=sent)
         self._keep_pause(provider, outcomes)
         metrics.outcomes(
             unit.provider, unit.operation.value, [(o.event, o.to_status.value) for o in outcomes]
@@ -207,6 +210,19 @@ class ThreadExecutor:
             self.limiter.release(lease_id, in_flight.key)
         except errors.LimiterError:
             log.warning("lease.release_failed", exc_info=True, extra={"provider": provider.name})
+
+    def _finish_holds(
+        self, provider: Provider, grant: Grant, permit: sendgate.SendPermit, *, sent: bool
+    ) -> None:
+        """Keep the grant's window holds a window after the answer, or give them back if
+        nothing was sent.
+
+        Never raises: if the limiter is down, each hold lapses at its ttl (later, so safe).
+        """
+        try:
+            holds.finish(self.limiter, grant, sent=sent, since_answer_s=permit.since_answer_s())
+        except errors.LimiterError:
+            log.warning("holds.finish_failed", exc_info=True, extra={"provider": provider.name})
 
     def _keep_pause(self, provider: Provider, outcomes: list[Outcome]) -> None:
         """Write the provider's pause to the database too: Redis may lose it."""

@@ -60,6 +60,14 @@ class Limiter(Protocol):
         """Give back the in-flight lease ``lease_id`` on ``key``; unknown ids are ignored."""
         ...
 
+    def hold(self, lease_id: str, key: str, seconds: float) -> None:
+        """Keep the lease ``lease_id`` on ``key`` until ``seconds`` from now, no longer.
+
+        Sets its expiry to the limiter clock's now plus ``seconds`` (taking it again if it
+        had lapsed): a window hold kept after the request's answer (:mod:`holds`).
+        """
+        ...
+
     def pause(self, key: str, seconds: float) -> None:
         """Refuse ``key`` and its sub-keys with reason ``"paused"`` for ``seconds``.
 

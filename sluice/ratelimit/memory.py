@@ -109,6 +109,13 @@ class MemoryLimiter:
                 if not leases:
                     del self._leases[key]
 
+    def hold(self, lease_id: str, key: str, seconds: float) -> None:
+        """See :meth:`Limiter.hold`."""
+        check_pause_seconds(seconds)
+        with self._lock:
+            until_us = monotonic_us(self._clock) + gcra.to_us(seconds)
+            self._leases.setdefault(key, {})[lease_id] = until_us
+
     def pause(self, key: str, seconds: float) -> None:
         """See :meth:`Limiter.pause`."""
         check_pause_seconds(seconds)

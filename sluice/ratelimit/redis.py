@@ -266,6 +266,33 @@ class RedisLimiter:
         """See :meth:`Limiter.release`."""
         self._call(lambda: self._client.zrem(self._key("inflight", key), lease_id))
 
+    def hold(self, lease_id: str, key: str, seconds: float) -> None:
+        """See :meth:`Limiter.hold`; no script needed.
+
+        The server's clock is read first, so the expiry is at least ``seconds`` after the
+        caller asked; ``ZADD`` re-adds a lease that had lapsed meanwhile.
+        """
+        check_pause_seconds(seconds)
+        inflight = self._key("inflight", key)
+
+        def keep() -> None:
+            if self._clock is None:
+                secs, micros = self._client.time()
+                now_us = int(secs) * gcra.US_PER_S + int(micros)
+            else:
+                now_us = clock_us(self._clock)
+            until_us = now_us + gcra.to_us(seconds)
+            pipe = self._client.pipeline(transaction=True)
+            pipe.zadd(inflight, {lease_id: until_us})
+            # Outlive this lease, never shorten the set's life (others' leases may be longer):
+            # NX for a set the ZADD just created, GT for one that already expires.
+            life_ms = gcra.to_us(seconds) // 1000 + KEY_GRACE_MS
+            pipe.pexpire(inflight, life_ms, nx=True)
+            pipe.pexpire(inflight, life_ms, gt=True)
+            pipe.execute()
+
+        self._call(keep)
+
     def pause(self, key: str, seconds: float) -> None:
         """See :meth:`Limiter.pause`; atomic, so concurrent pauses keep the latest end."""
         check_pause_seconds(seconds)

@@ -98,6 +98,9 @@ class SendPermit:
         self.written_s: float | None = None
         """Grant to the end of the write of the request's first bytes (an upper bound)."""
         self.used = False
+        self.answered_at: float | None = None
+        """Monotonic reading when the first bytes of the answer had come back (a bound:
+        they came back no later), for :mod:`holds`."""
 
     def check(self) -> None:
         """Refuse the request if its grant is already too old; consumes nothing.
@@ -129,6 +132,17 @@ class SendPermit:
     def written(self) -> None:
         """Note that the request's first bytes were handed to the socket just now."""
         self.written_s = self._monotonic() - self.asked_at
+
+    def answered(self) -> None:
+        """Note that the answer's first bytes were read just now (the first call counts)."""
+        if self.used and self.answered_at is None:
+            self.answered_at = self._monotonic()
+
+    def since_answer_s(self) -> float:
+        """Seconds since :meth:`answered` (0 when no answer was read)."""
+        if self.answered_at is None:
+            return 0.0
+        return max(0.0, self._monotonic() - self.answered_at)
 
 
 _current: ContextVar[SendPermit | None] = ContextVar("sluice_send_permit", default=None)
