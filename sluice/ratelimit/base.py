@@ -68,6 +68,14 @@ class Limiter(Protocol):
         """
         ...
 
+    def give_back(self, limits: Sequence[LimitSpec], granted_at: float) -> None:
+        """Undo the spacing of a grant on ``limits`` made at ``granted_at`` that sent nothing.
+
+        Per key, only while no grant has followed it (its TAT is still at most
+        ``granted_at + spacing``; see :func:`gcra.given_back`); otherwise it changes nothing.
+        """
+        ...
+
     def pause(self, key: str, seconds: float) -> None:
         """Refuse ``key`` and its sub-keys with reason ``"paused"`` for ``seconds``.
 

@@ -38,8 +38,10 @@ as it stretched its own round trips. Long windows (a minute and more) are left t
 margin, which already leaves more room than any round trip (1% of a minute is 600 ms).
 
 A hold that is taken but whose request is never sent (its grant expired at the send gate)
-is given back at once. The holds of a key live in the limiter as an in-flight set
-(:class:`~sluice.ratelimit.base.InFlight`) under :func:`hold_key`; a
+is given back at once, and so is the grant's spacing slot when no grant followed it
+(:meth:`~sluice.ratelimit.base.Limiter.give_back`): a busy host then loses no slot.
+The same goes for a grant whose hold was refused. The holds of a key live in the limiter
+as an in-flight set (:class:`~sluice.ratelimit.base.InFlight`) under :func:`hold_key`; a
 :meth:`~sluice.ratelimit.base.Limiter.hold` moves a hold's expiry to ``W`` after the answer.
 """
 
@@ -106,9 +108,9 @@ def acquire(
     """A grant on ``limits`` (and ``in_flight``) together with a hold on every short window.
 
     The grant is asked for first; then each hold. If a hold is refused, everything taken
-    is given back and the answer is a refusal with reason ``"in_flight"`` (the places are
-    held by requests still running or answered less than a window ago), whose wait is when
-    the place frees at the latest. The grant's spacing slot is spent all the same.
+    is given back (the spacing slot too, unless someone was granted since) and the answer
+    is a refusal with reason ``"in_flight"`` (the places are held by requests still running
+    or answered less than a window ago), whose wait is when the place frees at the latest.
     """
     grant = limiter.acquire(limits, in_flight=in_flight)
     if not grant.granted:
@@ -121,11 +123,18 @@ def acquire(
                 limiter.release(hold.lease_id, hold.key)
             if grant.lease_id is not None and in_flight is not None:
                 limiter.release(grant.lease_id, in_flight.key)
+            if grant.granted_at is not None:
+                limiter.give_back(limits, grant.granted_at)
             return Grant(False, held.retry_after_s, held.reason or "in_flight")
         taken.append(Hold(cap.in_flight.key, held.lease_id, cap.window_s))
     if not taken:
-        return grant
-    return replace(grant, holds=tuple(taken), send_within_s=send_within_s(limits, grant))
+        return replace(grant, limits=tuple(limits))
+    return replace(
+        grant,
+        holds=tuple(taken),
+        send_within_s=send_within_s(limits, grant),
+        limits=tuple(limits),
+    )
 
 
 def send_within_s(limits: Sequence[LimitSpec], grant: Grant) -> float:
@@ -158,3 +167,7 @@ def finish(limiter: Limiter, grant: Grant, *, sent: bool, since_answer_s: float 
             limiter.hold(hold.lease_id, hold.key, max(0.0, hold.window_s - since_answer_s))
         else:
             limiter.release(hold.lease_id, hold.key)
+    if not sent and grant.limits and grant.granted_at is not None:
+        # Nothing went: the slot goes back too, unless someone was granted after it. A
+        # thread descheduled past its send window then costs the schedule nothing.
+        limiter.give_back(grant.limits, grant.granted_at)

@@ -123,6 +123,8 @@ class Grant:
             limit applies.
         holds: the window holds taken with the grant (:mod:`sluice.ratelimit.holds`), to
             keep after the answer or give back if nothing was sent.
+        limits: the limits the grant was asked on, set by :func:`holds.acquire` so that a
+            grant sent nowhere can give its slot back (:meth:`Limiter.give_back`).
     """
 
     granted: bool
@@ -132,6 +134,7 @@ class Grant:
     granted_at: float | None = None
     send_within_s: float = math.inf
     holds: tuple[Hold, ...] = ()
+    limits: tuple[LimitSpec, ...] = ()
 
     def __post_init__(self) -> None:
         if self.reason not in REASONS:
