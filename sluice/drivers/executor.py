@@ -14,6 +14,7 @@ transaction for many outcomes is far cheaper than one each.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import random
 import threading
@@ -116,15 +117,23 @@ class ThreadExecutor:
     def submit(self, unit: WorkUnit, acquire: Callable[[], Grant]) -> Grant:
         """See :meth:`sluice.engine.dispatcher.Executor.submit`."""
         decided: Future[Grant] = Future()
+        gone = threading.Event()
         with self._lock:
             self._running += 1
         try:
-            self._pool.submit(self._run, unit, acquire, decided)
+            self._pool.submit(self._run, unit, acquire, decided, gone)
         except BaseException:
             with self._lock:
                 self._running -= 1
             raise
-        return decided.result()
+        grant = decided.result()
+        if grant.granted and math.isfinite(grant.send_within_s):
+            # Stay off the interpreter while the grant's thread sends it: on a busy host the
+            # dispatcher taking the GIL back (to ask for the next grant) is what pushed that
+            # thread past its send window. It has at most send_within_s to send, then either
+            # the request is written or the grant has expired.
+            gone.wait(grant.send_within_s)
+        return grant
 
     def take_unsent(self) -> list[WorkUnit]:
         """See :meth:`sluice.engine.dispatcher.Executor.take_unsent`."""
@@ -132,20 +141,31 @@ class ThreadExecutor:
             unsent, self._unsent = self._unsent, []
         return unsent
 
-    def _run(self, unit: WorkUnit, acquire: Callable[[], Grant], decided: Future[Grant]) -> None:
+    def _run(
+        self,
+        unit: WorkUnit,
+        acquire: Callable[[], Grant],
+        decided: Future[Grant],
+        gone: threading.Event,
+    ) -> None:
         try:
-            self._grant_and_send(unit, acquire, decided)
+            self._grant_and_send(unit, acquire, decided, gone)
         except BaseException as exc:
             # The pool would swallow it: say so, and never leave the dispatcher waiting.
             log.exception("unit.send_failed", extra={"provider": unit.provider})
             if not decided.done():
                 decided.set_exception(exc)
         finally:
+            gone.set()
             with self._lock:
                 self._running -= 1
 
     def _grant_and_send(
-        self, unit: WorkUnit, acquire: Callable[[], Grant], decided: Future[Grant]
+        self,
+        unit: WorkUnit,
+        acquire: Callable[[], Grant],
+        decided: Future[Grant],
+        gone: threading.Event,
     ) -> None:
         provider = self.providers[unit.provider]
         asked_at = self.clock.monotonic()
@@ -157,7 +177,9 @@ class ThreadExecutor:
         decided.set_result(grant)
         if not grant.granted:
             return
-        permit = sendgate.SendPermit(asked_at, grant.send_within_s, self.clock.monotonic)
+        permit = sendgate.SendPermit(
+            asked_at, grant.send_within_s, self.clock.monotonic, on_written=gone.set
+        )
         sent = True
         try:
             with sendgate.bound(permit), metrics.operation(unit.operation.value):
@@ -171,6 +193,7 @@ class ThreadExecutor:
                 )
         except errors.GrantExpired:
             sent = False
+            gone.set()
             with self._lock:
                 self.stats.expired += 1
                 self._unsent.append(unit)

@@ -82,6 +82,7 @@ class SendPermit:
         asked_at: the sender's monotonic reading taken just *before* it asked the limiter.
         within_s: the grant's ``send_within_s``.
         monotonic: the clock ``asked_at`` was read on.
+        on_written: called once the request's first bytes were handed to the socket.
     """
 
     def __init__(
@@ -89,8 +90,10 @@ class SendPermit:
         asked_at: float,
         within_s: float,
         monotonic: Callable[[], float] = time.monotonic,
+        on_written: Callable[[], None] | None = None,
     ) -> None:
         self.asked_at = asked_at
+        self._on_written = on_written
         self.within_s = within_s
         self._monotonic = monotonic
         self.delay_s: float | None = None
@@ -132,6 +135,8 @@ class SendPermit:
     def written(self) -> None:
         """Note that the request's first bytes were handed to the socket just now."""
         self.written_s = self._monotonic() - self.asked_at
+        if self._on_written is not None:
+            self._on_written()
 
     def answered(self) -> None:
         """Note that the answer's first bytes were read just now (the first call counts)."""
