@@ -50,6 +50,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from sluice.ratelimit import sendgate
 from sluice.ratelimit.base import InFlight, Limiter
 from sluice.ratelimit.rate import Grant, Hold, LimitSpec
 
@@ -59,7 +60,10 @@ HOLD_MAX_WINDOW_S = 60.0
 HOLD_SUFFIX = "#window"
 
 SPACING_SHARE = 0.25
-"""A grant on held keys may be sent up to this share of a spacing after it was asked for."""
+"""A grant on held keys may be sent this share of a spacing after it was asked for..."""
+
+MAX_SPACING_SHARE = 0.5
+"""... and up to this share while the host's recent grant-to-send delays need it."""
 
 
 def hold_key(key: str) -> str:
@@ -137,20 +141,29 @@ def acquire(
     )
 
 
-def send_within_s(limits: Sequence[LimitSpec], grant: Grant) -> float:
-    """The send window of a grant whose every key is held: at least a quarter spacing.
+def send_within_s(
+    limits: Sequence[LimitSpec], grant: Grant, recent_delay_s: float | None = None
+) -> float:
+    """The send window of a grant whose every key is held: a quarter to half a spacing.
 
     With holds, the sliding window no longer rests on the send window (the proof above uses
     none), so the window only has to keep the *spacing* good enough for a provider that
     judges spacing (a leaky bucket tolerating one request early): grants ``s`` apart with a
     catch-up ``c``, sent within ``D`` and stamped with a jitter ``N`` keep any three arrivals
     ``2s - c - D - N`` apart, at least one interval while ``N <= s - c - D`` (12 ms at
-    50/s with ``D = s/4`` and ``c = 2 ms``). A key not held keeps the limiter's window.
+    50/s with ``D = s/4`` and ``c = 2 ms``, 7 ms with ``D = s/2``). It follows the host:
+    a quarter spacing while this process's recent grant-to-send delays (their 90th
+    percentile, ``recent_delay_s``, :data:`sendgate.DELAYS`) fit in it, up to half a
+    spacing when they do not (a busy host would otherwise throw most grants away). A key
+    not held keeps the limiter's window.
     """
     if any(spec.rate.window_s > HOLD_MAX_WINDOW_S for spec in limits):
         return grant.send_within_s
-    quarter = min(SPACING_SHARE * spec.rate.window_s / spec.rate.limit for spec in limits)
-    return max(grant.send_within_s, quarter)
+    spacing = min(spec.rate.window_s / spec.rate.limit for spec in limits)
+    if recent_delay_s is None:
+        recent_delay_s = sendgate.DELAYS.quantile(0.9)
+    window = min(MAX_SPACING_SHARE * spacing, max(SPACING_SHARE * spacing, 1.25 * recent_delay_s))
+    return max(grant.send_within_s, window)
 
 
 def finish(limiter: Limiter, grant: Grant, *, sent: bool, since_answer_s: float = 0.0) -> None:

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -73,6 +74,31 @@ def send_within_s(limits: Sequence[LimitSpec], margin: float, catch_up_us: int) 
     if not limits:
         return UNBOUNDED
     return min(send_within_us(spec, margin, catch_up_us) for spec in limits) / gcra.US_PER_S
+
+
+class DelayTracker:
+    """The grant-to-send delays this process measured lately (thread-safe appends).
+
+    :mod:`holds` sizes the send window of held grants from them: a busy host gets a wider
+    window (up to half a spacing) instead of throwing most of its grants away.
+    """
+
+    def __init__(self, size: int = 256) -> None:
+        self._delays: deque[float] = deque(maxlen=size)
+
+    def note(self, delay_s: float) -> None:
+        self._delays.append(delay_s)
+
+    def quantile(self, q: float) -> float:
+        """The ``q`` quantile of the recent delays; 0 before any was measured."""
+        delays = sorted(self._delays)
+        if not delays:
+            return 0.0
+        return delays[min(len(delays) - 1, int(q * len(delays)))]
+
+
+DELAYS = DelayTracker()
+"""This process's recent grant-to-send delays (every send check notes one)."""
 
 
 class SendPermit:
@@ -113,6 +139,7 @@ class SendPermit:
                 for; nothing was sent, so asking again is safe.
         """
         self.delay_s = self._monotonic() - self.asked_at
+        DELAYS.note(self.delay_s)
         # In whole microseconds, as the limiter counts: float seconds would blur the bound.
         if self.within_s < UNBOUNDED and gcra.to_us(self.delay_s) > gcra.to_us(self.within_s):
             raise errors.GrantExpired(

@@ -14,6 +14,7 @@ import heapq
 import itertools
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -215,10 +216,19 @@ def test_only_short_windows_are_held_and_the_stricter_cap_wins() -> None:
     assert caps[0].in_flight.ttl_s == 2 * 10.0 + 2.0 + 1.0
 
 
-def test_held_grants_get_a_quarter_spacing_to_be_sent_in() -> None:
+def test_held_grants_get_a_quarter_to_half_a_spacing_to_be_sent_in() -> None:
+    """A quarter spacing on a quiet host, up to half when recent send delays need it."""
     limiter = MemoryLimiter(clock=FakeClock(), margin=0.005, catch_up_s=0.002, cold_start=False)
-    held = holds.acquire(limiter, [LimitSpec("a", Rate(50, 1.0))], in_flight=None, timeout_s=1)
-    assert held.send_within_s == 0.005  # a quarter of 20 ms; the limiter alone gives 1.5 ms
+    specs = [LimitSpec("a", Rate(50, 1.0))]
+    grant = limiter.acquire(specs)
+    assert grant.send_within_s == 0.0015  # the limiter alone: (5 ms slack - 2 ms) / 2
+    assert holds.send_within_s(specs, grant, recent_delay_s=0.001) == 0.005
+    assert holds.send_within_s(specs, grant, recent_delay_s=0.006) == pytest.approx(0.0075)
+    assert holds.send_within_s(specs, grant, recent_delay_s=0.050) == 0.010
+    clock = FakeClock()
+    fresh = MemoryLimiter(clock=clock, margin=0.005, catch_up_s=0.002, cold_start=False)
+    held = holds.acquire(fresh, specs, in_flight=None, timeout_s=1)
+    assert 0.005 <= held.send_within_s <= 0.010
     mixed = holds.acquire(
         limiter,
         [LimitSpec("b", Rate(50, 1.0)), LimitSpec("b:day", Rate(100_000, 86_400.0))],
