@@ -62,7 +62,7 @@ HOLD_SUFFIX = "#window"
 SPACING_SHARE = 0.25
 """A grant on held keys may be sent this share of a spacing after it was asked for..."""
 
-MAX_SPACING_SHARE = 0.5
+MAX_SPACING_SHARE = 0.35
 """... and up to this share while the host's recent grant-to-send delays need it."""
 
 
@@ -144,16 +144,16 @@ def acquire(
 def send_within_s(
     limits: Sequence[LimitSpec], grant: Grant, recent_delay_s: float | None = None
 ) -> float:
-    """The send window of a grant whose every key is held: a quarter to half a spacing.
+    """The send window of a grant whose every key is held: a quarter to 0.35 of a spacing.
 
     With holds, the sliding window no longer rests on the send window (the proof above uses
     none), so the window only has to keep the *spacing* good enough for a provider that
     judges spacing (a leaky bucket tolerating one request early): grants ``s`` apart with a
     catch-up ``c``, sent within ``D`` and stamped with a jitter ``N`` keep any three arrivals
     ``2s - c - D - N`` apart, at least one interval while ``N <= s - c - D`` (12 ms at
-    50/s with ``D = s/4`` and ``c = 2 ms``, 7 ms with ``D = s/2``). It follows the host:
-    a quarter spacing while this process's recent grant-to-send delays (their 90th
-    percentile, ``recent_delay_s``, :data:`sendgate.DELAYS`) fit in it, up to half a
+    50/s with ``D = s/4`` and ``c = 2 ms``, 10 ms with ``D = 0.35 s``). It follows the
+    host: a quarter spacing while this process's recent grant-to-send delays (their 90th
+    percentile, ``recent_delay_s``, :data:`sendgate.DELAYS`) fit in it, up to 0.35 of a
     spacing when they do not (a busy host would otherwise throw most grants away). A key
     not held keeps the limiter's window.
     """

@@ -224,11 +224,11 @@ def test_held_grants_get_a_quarter_to_half_a_spacing_to_be_sent_in() -> None:
     assert grant.send_within_s == 0.0015  # the limiter alone: (5 ms slack - 2 ms) / 2
     assert holds.send_within_s(specs, grant, recent_delay_s=0.001) == 0.005
     assert holds.send_within_s(specs, grant, recent_delay_s=0.006) == pytest.approx(0.0075)
-    assert holds.send_within_s(specs, grant, recent_delay_s=0.050) == 0.010
+    assert holds.send_within_s(specs, grant, recent_delay_s=0.050) == pytest.approx(0.007)
     clock = FakeClock()
     fresh = MemoryLimiter(clock=clock, margin=0.005, catch_up_s=0.002, cold_start=False)
     held = holds.acquire(fresh, specs, in_flight=None, timeout_s=1)
-    assert 0.005 <= held.send_within_s <= 0.010
+    assert 0.005 <= held.send_within_s <= 0.007
     mixed = holds.acquire(
         limiter,
         [LimitSpec("b", Rate(50, 1.0)), LimitSpec("b:day", Rate(100_000, 86_400.0))],
