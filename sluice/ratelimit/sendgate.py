@@ -37,8 +37,11 @@ second), and the time between the check and the bytes reaching the socket (a few
 bytecodes, unless the thread loses the CPU right there) counts as network;
 :attr:`SendPermit.written_s` measures it from the other side. What it does not cover: a network
 or provider that delays some requests by more than ``N`` relative to others; a larger
-``SLUICE_RATE_MARGIN`` buys room for that. With the defaults (margin 1.5%, catch-up 2 ms)
-a 1 s window gives ``slack = 15 ms``, ``D = 6.5 ms`` and ``N = 6.5 ms``.
+``SLUICE_RATE_MARGIN`` buys room for that, and for windows up to a minute window holds
+(:mod:`holds`) keep the sliding window whatever that delay is; a held grant's send window
+is then sized for spacing (:func:`holds.send_within_s`) rather than by the formula above.
+With margin 1.5% and catch-up 2 ms a 1 s window gives ``slack = 15 ms``, ``D = 6.5 ms``
+and ``N = 6.5 ms``; at Sluice's default 0.5%, ``D = N = 1.5 ms`` for keys not held.
 
 Cost: a grant that expires is a slot nobody uses. ``bench.limit_fidelity`` measures how
 often that happens on a loaded host.
