@@ -394,6 +394,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 run["loadavg_1min_after"] = round(os.getloadavg()[0], 2)
                 runs.append(run)
                 print(f"{scenario} repeat {repeat + 1}: {line(run)}", file=sys.stderr, flush=True)
+                # Written after every repeat: a run stopped halfway keeps what it measured.
+                results["scenarios"][scenario] = {
+                    "summary": scenario_summary(runs),
+                    "repeats": runs,
+                }
+                write_json(args.output, results)
             results["scenarios"][scenario] = {"summary": scenario_summary(runs), "repeats": runs}
             print(f"{scenario}: {scenario_summary(runs)}", file=sys.stderr, flush=True)
     results["seconds"] = round(time.perf_counter() - started, 1)
