@@ -41,6 +41,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from bench._chaos import synchronous_provider
 from bench._common import machine_info
 from bench._engine_harness import (
     RESULTS_DIR,
@@ -98,7 +99,9 @@ def judge(sandbox: SandboxProcess) -> dict[str, Any]:
     times = [t for t, _, _ in arrivals]
     admitted = [t for t, _, status in arrivals if status != REFUSED]
     creates = [t for t, method, _ in arrivals if method == "POST"]
-    window = stats["max_in_window"].get("app:anonymous", {})
+    # The sliding profile's limit is "app"; the leaky profile's is its bucket ("spacing").
+    windows = stats["max_in_window"]
+    window = windows.get("app:anonymous") or next(iter(windows.values()), {})
     return {
         "refused": int(stats["refused_total"]),
         "max_in_window": window.get("max_seen"),
@@ -149,10 +152,22 @@ def jitter_after_check(checks: list[float], arrivals: list[float]) -> dict[str, 
 # --- embedded -----------------------------------------------------------------------------
 
 
-def run_embedded(sandbox: SandboxProcess, tasks: int, margin: float | None) -> dict[str, Any]:
+def sandbox_provider(base_url: str, creates_only: bool) -> dict[str, Any]:
+    """The provider table: creates + status polls, or creates answered synchronously."""
+    if creates_only:
+        table = synchronous_provider(f"{RATE}/s")
+        table["base_url"] = base_url
+        return table
+    table = provider_table(base_url, f"{RATE}/s")
+    table["poll"] = {**table["poll"], "interval": POLL_INTERVAL}
+    return table
+
+
+def run_embedded(
+    sandbox: SandboxProcess, tasks: int, margin: float | None, creates_only: bool = False
+) -> dict[str, Any]:
     """The embedded driver (``sluice up``'s) on SQLite against the sandbox, until all final."""
-    provider = provider_table(sandbox.base_url, f"{RATE}/s")
-    provider["poll"] = {**provider["poll"], "interval": POLL_INTERVAL}
+    provider = sandbox_provider(sandbox.base_url, creates_only)
     settings = {} if margin is None else {"rate_margin": margin}
     with tempfile.TemporaryDirectory(prefix="sluice-bench-limit-") as folder:
         runtime = build_runtime(Path(folder), provider, **settings)
@@ -253,10 +268,11 @@ def worker_summaries(cluster: Cluster) -> dict[str, Any]:
     }
 
 
-def run_distributed(sandbox: SandboxProcess, tasks: int, margin: float | None) -> dict[str, Any]:
+def run_distributed(
+    sandbox: SandboxProcess, tasks: int, margin: float | None, creates_only: bool = False
+) -> dict[str, Any]:
     """4 worker processes sharing the 50/s limit through Redis, until every task is final."""
-    provider = provider_table(sandbox.base_url, f"{RATE}/s")
-    provider["poll"] = {**provider["poll"], "interval": POLL_INTERVAL}
+    provider = sandbox_provider(sandbox.base_url, creates_only)
     with worker_cluster(provider, margin) as cluster:
         runtime = cluster.build_runtime()
         try:
@@ -295,6 +311,9 @@ def scenario_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "busy_utilization_median": median([r["busy_utilization"] or 0.0 for r in runs]),
         "expired_grants_each_repeat": [r["sluice"].get("expired") for r in runs],
         "repeats_with_refusals": sum(1 for r in runs if r["refused"]),
+        "loadavg_1min_each_repeat": [
+            [r["loadavg_1min_before"], r["loadavg_1min_after"]] for r in runs
+        ],
     }
 
 
@@ -308,11 +327,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--distributed-tasks", type=int, default=DISTRIBUTED_TASKS)
     parser.add_argument("--embedded-tasks", type=int, default=EMBEDDED_TASKS)
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--profile",
+        choices=["standard", "leaky"],
+        default="standard",
+        help="standard: a strict sliding second; leaky: GCRA to the ms, one request of burst",
+    )
+    parser.add_argument(
+        "--creates-only",
+        action="store_true",
+        help="synchronous creates, no polls to fill the gaps (issue 14, item 3)",
+    )
     args = parser.parse_args(argv)
 
     settings = load_settings()
     scenarios = [args.only] if args.only else ["distributed", "embedded"]
-    section = {"limits": [{"name": "app", "limit": RATE, "window_s": WINDOW_S}]}
+    # The leaky profile brings its own limit (50/s, one request of burst, to the ms).
+    section: dict[str, Any] = (
+        {}
+        if args.profile == "leaky"
+        else {"limits": [{"name": "app", "limit": RATE, "window_s": WINDOW_S}]}
+    )
     results: dict[str, Any] = {
         "benchmark": "limit_fidelity",
         "command": " ".join(
@@ -320,7 +355,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ),
         "machine": machine_info(),
         "setup": {
-            "rate": f"{RATE}/s, the sandbox counting arrivals in any sliding {WINDOW_S:g} s",
+            "rate": f"{RATE}/s, the sandbox counting arrivals in any sliding {WINDOW_S:g} s"
+            if args.profile == "standard"
+            else f"{RATE}/s, the sandbox's leaky profile: GCRA on whole-ms arrivals, burst 1",
+            "profile": args.profile,
+            "creates_only": args.creates_only,
             "cpu_hog": "python -c 'while True: pass'" if args.cpu_hog else None,
             "rate_margin": settings.rate_margin if args.margin is None else args.margin,
             "rate_catch_up_s": settings.rate_catch_up_s,
@@ -335,7 +374,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "scenarios": {},
     }
     started = time.perf_counter()
-    with sandbox_process(section, profile="standard") as sandbox:
+    with sandbox_process(section, profile=args.profile) as sandbox:
         results["sandbox_command"] = sandbox.command_line
         for scenario in scenarios:
             runs: list[dict[str, Any]] = []
@@ -343,13 +382,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 load = os.getloadavg()[0]
                 with cpu_hog(args.cpu_hog):
                     if scenario == "distributed":
-                        run = run_distributed(sandbox, args.distributed_tasks, args.margin)
+                        run = run_distributed(
+                            sandbox, args.distributed_tasks, args.margin, args.creates_only
+                        )
                     else:
-                        run = run_embedded(sandbox, args.embedded_tasks, args.margin)
+                        run = run_embedded(
+                            sandbox, args.embedded_tasks, args.margin, args.creates_only
+                        )
                 run.pop("_arrivals", None)
                 run["loadavg_1min_before"] = round(load, 2)
+                run["loadavg_1min_after"] = round(os.getloadavg()[0], 2)
                 runs.append(run)
                 print(f"{scenario} repeat {repeat + 1}: {line(run)}", file=sys.stderr, flush=True)
+                # Written after every repeat: a run stopped halfway keeps what it measured.
+                results["scenarios"][scenario] = {
+                    "summary": scenario_summary(runs),
+                    "repeats": runs,
+                }
+                write_json(args.output, results)
             results["scenarios"][scenario] = {"summary": scenario_summary(runs), "repeats": runs}
             print(f"{scenario}: {scenario_summary(runs)}", file=sys.stderr, flush=True)
     results["seconds"] = round(time.perf_counter() - started, 1)

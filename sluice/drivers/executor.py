@@ -14,6 +14,7 @@ transaction for many outcomes is far cheaper than one each.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import random
 import threading
@@ -32,7 +33,7 @@ from sluice.domain import Outcome, WorkUnit
 from sluice.engine.dispatcher import Dispatcher, worker_name
 from sluice.engine.execute import execute_unit
 from sluice.providers.base import Provider
-from sluice.ratelimit import sendgate
+from sluice.ratelimit import holds, sendgate
 from sluice.ratelimit.base import Limiter
 from sluice.ratelimit.rate import Grant
 from sluice.runtime import Runtime
@@ -116,15 +117,23 @@ class ThreadExecutor:
     def submit(self, unit: WorkUnit, acquire: Callable[[], Grant]) -> Grant:
         """See :meth:`sluice.engine.dispatcher.Executor.submit`."""
         decided: Future[Grant] = Future()
+        gone = threading.Event()
         with self._lock:
             self._running += 1
         try:
-            self._pool.submit(self._run, unit, acquire, decided)
+            self._pool.submit(self._run, unit, acquire, decided, gone)
         except BaseException:
             with self._lock:
                 self._running -= 1
             raise
-        return decided.result()
+        grant = decided.result()
+        if grant.granted and math.isfinite(grant.send_within_s):
+            # Stay off the interpreter while the grant's thread sends it: on a busy host the
+            # dispatcher taking the GIL back (to ask for the next grant) is what pushed that
+            # thread past its send window. It has at most send_within_s to send, then either
+            # the request is written or the grant has expired.
+            gone.wait(grant.send_within_s)
+        return grant
 
     def take_unsent(self) -> list[WorkUnit]:
         """See :meth:`sluice.engine.dispatcher.Executor.take_unsent`."""
@@ -132,20 +141,31 @@ class ThreadExecutor:
             unsent, self._unsent = self._unsent, []
         return unsent
 
-    def _run(self, unit: WorkUnit, acquire: Callable[[], Grant], decided: Future[Grant]) -> None:
+    def _run(
+        self,
+        unit: WorkUnit,
+        acquire: Callable[[], Grant],
+        decided: Future[Grant],
+        gone: threading.Event,
+    ) -> None:
         try:
-            self._grant_and_send(unit, acquire, decided)
+            self._grant_and_send(unit, acquire, decided, gone)
         except BaseException as exc:
             # The pool would swallow it: say so, and never leave the dispatcher waiting.
             log.exception("unit.send_failed", extra={"provider": unit.provider})
             if not decided.done():
                 decided.set_exception(exc)
         finally:
+            gone.set()
             with self._lock:
                 self._running -= 1
 
     def _grant_and_send(
-        self, unit: WorkUnit, acquire: Callable[[], Grant], decided: Future[Grant]
+        self,
+        unit: WorkUnit,
+        acquire: Callable[[], Grant],
+        decided: Future[Grant],
+        gone: threading.Event,
     ) -> None:
         provider = self.providers[unit.provider]
         asked_at = self.clock.monotonic()
@@ -157,7 +177,10 @@ class ThreadExecutor:
         decided.set_result(grant)
         if not grant.granted:
             return
-        permit = sendgate.SendPermit(asked_at, grant.send_within_s, self.clock.monotonic)
+        permit = sendgate.SendPermit(
+            asked_at, grant.send_within_s, self.clock.monotonic, on_written=gone.set
+        )
+        sent = True
         try:
             with sendgate.bound(permit), metrics.operation(unit.operation.value):
                 outcomes = execute_unit(
@@ -169,6 +192,8 @@ class ThreadExecutor:
                     self._rng,
                 )
         except errors.GrantExpired:
+            sent = False
+            gone.set()
             with self._lock:
                 self.stats.expired += 1
                 self._unsent.append(unit)
@@ -185,6 +210,7 @@ class ThreadExecutor:
                 self.stats.written_delays_s.append(permit.written_s)
             if grant.lease_id is not None:
                 self._release_lease(provider, grant.lease_id)
+            self._finish_holds(provider, grant, permit, sent=sent)
         self._keep_pause(provider, outcomes)
         metrics.outcomes(
             unit.provider, unit.operation.value, [(o.event, o.to_status.value) for o in outcomes]
@@ -207,6 +233,19 @@ class ThreadExecutor:
             self.limiter.release(lease_id, in_flight.key)
         except errors.LimiterError:
             log.warning("lease.release_failed", exc_info=True, extra={"provider": provider.name})
+
+    def _finish_holds(
+        self, provider: Provider, grant: Grant, permit: sendgate.SendPermit, *, sent: bool
+    ) -> None:
+        """Keep the grant's window holds a window after the answer, or give them back if
+        nothing was sent.
+
+        Never raises: if the limiter is down, each hold lapses at its ttl (later, so safe).
+        """
+        try:
+            holds.finish(self.limiter, grant, sent=sent, since_answer_s=permit.since_answer_s())
+        except errors.LimiterError:
+            log.warning("holds.finish_failed", exc_info=True, extra={"provider": provider.name})
 
     def _keep_pause(self, provider: Provider, outcomes: list[Outcome]) -> None:
         """Write the provider's pause to the database too: Redis may lose it."""

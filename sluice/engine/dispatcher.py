@@ -40,6 +40,7 @@ from sluice.domain import DueTask, Operation, WorkUnit
 from sluice.engine.rates import RatesInForce, per_second
 from sluice.engine.reconcile import Reconciler
 from sluice.providers.base import Provider
+from sluice.ratelimit import holds
 from sluice.ratelimit.base import Limiter
 from sluice.ratelimit.rate import Grant
 from sluice.store.pauses import PauseStore
@@ -402,14 +403,15 @@ def acquire(
     rates: RatesInForce | None = None,
 ) -> Grant:
     """Ask for the grant one request of ``unit`` needs (a provider with no limits needs none),
-    at the rate in force on each of its keys."""
+    at the rate in force on each of its keys, with a window hold on each short window
+    (:mod:`sluice.ratelimit.holds`: the limit kept at the provider however it stamps)."""
     limits = provider.limits_for(unit.operation.access, payload)
     if rates is not None:
         limits = rates.apply(limits)
     in_flight = provider.in_flight()
     if not limits and in_flight is None:
         return UNLIMITED
-    return limiter.acquire(limits, in_flight=in_flight)
+    return holds.acquire(limiter, limits, in_flight=in_flight, timeout_s=provider.timeout_s)
 
 
 def has_account_limits(

@@ -39,7 +39,12 @@ class GatedStream(httpcore.NetworkStream):
         self._inner = inner
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max_bytes, timeout)
+        data = self._inner.read(max_bytes, timeout)
+        permit = sendgate.current()
+        if permit is not None and data:
+            # The provider counted the request before this answer left it (window holds).
+            permit.answered()
+        return data
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         if not starts_a_request(buffer):

@@ -60,6 +60,22 @@ class Limiter(Protocol):
         """Give back the in-flight lease ``lease_id`` on ``key``; unknown ids are ignored."""
         ...
 
+    def hold(self, lease_id: str, key: str, seconds: float) -> None:
+        """Keep the lease ``lease_id`` on ``key`` until ``seconds`` from now, no longer.
+
+        Sets its expiry to the limiter clock's now plus ``seconds`` (taking it again if it
+        had lapsed): a window hold kept after the request's answer (:mod:`holds`).
+        """
+        ...
+
+    def give_back(self, limits: Sequence[LimitSpec], granted_at: float) -> None:
+        """Undo the spacing of a grant on ``limits`` made at ``granted_at`` that sent nothing.
+
+        Per key, only while no grant has followed it (its TAT is still at most
+        ``granted_at + spacing``; see :func:`gcra.given_back`); otherwise it changes nothing.
+        """
+        ...
+
     def pause(self, key: str, seconds: float) -> None:
         """Refuse ``key`` and its sub-keys with reason ``"paused"`` for ``seconds``.
 

@@ -207,6 +207,22 @@ def decide(
     return Verdict(True, 0, "", new_tats)
 
 
+def given_back(tat_us: int, granted_at_us: int, spacing: int, credit: int) -> int | None:
+    """The TAT after giving back a grant made at ``granted_at_us`` that sent nothing, or None.
+
+    The grant set ``TAT = max(tat_before, granted_at - credit) + spacing <= granted_at +
+    spacing`` (it was granted, so ``tat_before <= granted_at``). Any later grant, at some
+    ``b >= TAT``, set ``TAT >= TAT + spacing > granted_at + spacing`` once ``spacing >
+    credit``. So a TAT still at most ``granted_at + spacing`` means no grant followed (or
+    every one that did was given back too), and ``TAT - spacing = max(tat_before,
+    granted_at - credit)``: never below the TAT any grant that *was* sent left behind, so
+    every bound above holds for the grants that were sent. Otherwise: None (keep it).
+    """
+    if spacing <= credit or tat_us > granted_at_us + spacing:
+        return None
+    return tat_us - spacing
+
+
 def in_flight_wait(now_us: int, lease_expiries: Iterable[int], max_in_flight: int) -> int:
     """Microseconds until a lease slot is sure to be free; 0 when one is free now.
 

@@ -109,6 +109,27 @@ class MemoryLimiter:
                 if not leases:
                     del self._leases[key]
 
+    def hold(self, lease_id: str, key: str, seconds: float) -> None:
+        """See :meth:`Limiter.hold`."""
+        check_pause_seconds(seconds)
+        with self._lock:
+            until_us = monotonic_us(self._clock) + gcra.to_us(seconds)
+            self._leases.setdefault(key, {})[lease_id] = until_us
+
+    def give_back(self, limits: Sequence[LimitSpec], granted_at: float) -> None:
+        """See :meth:`Limiter.give_back`."""
+        spacing_by_key = gcra.spacings(limits, self._margin)
+        credit_by_key = gcra.credits(limits, self._margin, self._catch_up_us)
+        at_us = gcra.to_us(granted_at) - self._posix_offset_us
+        with self._lock:
+            for key, spacing in spacing_by_key.items():
+                tat = self._tats.get(key)
+                if tat is None:
+                    continue
+                back = gcra.given_back(tat, at_us, spacing, credit_by_key[key])
+                if back is not None:
+                    self._tats[key] = back
+
     def pause(self, key: str, seconds: float) -> None:
         """See :meth:`Limiter.pause`."""
         check_pause_seconds(seconds)

@@ -93,6 +93,19 @@ class LimitSpec:
 
 
 @dataclass(frozen=True)
+class Hold:
+    """One of a key's places held by a request (:mod:`sluice.ratelimit.holds`).
+
+    ``key`` is the in-flight key the hold lives under, ``lease_id`` the place, and
+    ``window_s`` how long after the request's answer the place stays held.
+    """
+
+    key: str
+    lease_id: str
+    window_s: float
+
+
+@dataclass(frozen=True)
 class Grant:
     """The limiter's answer to one ``acquire``.
 
@@ -108,6 +121,10 @@ class Grant:
         send_within_s: how long after *asking* the request may still be sent; later, it
             must not go at all (:mod:`sluice.ratelimit.sendgate`). Unbounded when no rate
             limit applies.
+        holds: the window holds taken with the grant (:mod:`sluice.ratelimit.holds`), to
+            keep after the answer or give back if nothing was sent.
+        limits: the limits the grant was asked on, set by :func:`holds.acquire` so that a
+            grant sent nowhere can give its slot back (:meth:`Limiter.give_back`).
     """
 
     granted: bool
@@ -116,6 +133,8 @@ class Grant:
     lease_id: str | None = None
     granted_at: float | None = None
     send_within_s: float = math.inf
+    holds: tuple[Hold, ...] = ()
+    limits: tuple[LimitSpec, ...] = ()
 
     def __post_init__(self) -> None:
         if self.reason not in REASONS:

@@ -266,6 +266,61 @@ class RedisLimiter:
         """See :meth:`Limiter.release`."""
         self._call(lambda: self._client.zrem(self._key("inflight", key), lease_id))
 
+    def hold(self, lease_id: str, key: str, seconds: float) -> None:
+        """See :meth:`Limiter.hold`; no script needed.
+
+        The server's clock is read first, so the expiry is at least ``seconds`` after the
+        caller asked; ``ZADD`` re-adds a lease that had lapsed meanwhile.
+        """
+        check_pause_seconds(seconds)
+        inflight = self._key("inflight", key)
+
+        def keep() -> None:
+            if self._clock is None:
+                secs, micros = self._client.time()
+                now_us = int(secs) * gcra.US_PER_S + int(micros)
+            else:
+                now_us = clock_us(self._clock)
+            until_us = now_us + gcra.to_us(seconds)
+            pipe = self._client.pipeline(transaction=True)
+            pipe.zadd(inflight, {lease_id: until_us})
+            # Outlive this lease, never shorten the set's life (others' leases may be longer):
+            # NX for a set the ZADD just created, GT for one that already expires.
+            life_ms = gcra.to_us(seconds) // 1000 + KEY_GRACE_MS
+            pipe.pexpire(inflight, life_ms, nx=True)
+            pipe.pexpire(inflight, life_ms, gt=True)
+            pipe.execute()
+
+        self._call(keep)
+
+    def give_back(self, limits: Sequence[LimitSpec], granted_at: float) -> None:
+        """See :meth:`Limiter.give_back`; no script: ``WATCH`` makes each key's undo atomic
+        (a grant by anyone in between aborts it, and the TAT is kept)."""
+        spacing_by_key = gcra.spacings(limits, self._margin)
+        credit_by_key = gcra.credits(limits, self._margin, self._catch_up_us)
+        at_us = gcra.to_us(granted_at)
+        for key, spacing in spacing_by_key.items():
+            tat_key = self._key("tat", key)
+            credit = credit_by_key[key]
+
+            def undo(tat_key: str = tat_key, spacing: int = spacing, credit: int = credit) -> None:
+                with self._client.pipeline(transaction=True) as pipe:
+                    try:
+                        pipe.watch(tat_key)  # type: ignore[no-untyped-call]
+                        raw = pipe.get(tat_key)
+                        if raw is None:
+                            return
+                        back = gcra.given_back(int(raw), at_us, spacing, credit)
+                        if back is None:
+                            return
+                        pipe.multi()
+                        pipe.set(tat_key, str(back), keepttl=True)
+                        pipe.execute()
+                    except redis.exceptions.WatchError:
+                        return  # someone was granted meanwhile: the slot stays spent
+
+            self._call(undo)
+
     def pause(self, key: str, seconds: float) -> None:
         """See :meth:`Limiter.pause`; atomic, so concurrent pauses keep the latest end."""
         check_pause_seconds(seconds)

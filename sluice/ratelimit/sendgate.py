@@ -37,8 +37,11 @@ second), and the time between the check and the bytes reaching the socket (a few
 bytecodes, unless the thread loses the CPU right there) counts as network;
 :attr:`SendPermit.written_s` measures it from the other side. What it does not cover: a network
 or provider that delays some requests by more than ``N`` relative to others; a larger
-``SLUICE_RATE_MARGIN`` buys room for that. With the defaults (margin 1.5%, catch-up 2 ms)
-a 1 s window gives ``slack = 15 ms``, ``D = 6.5 ms`` and ``N = 6.5 ms``.
+``SLUICE_RATE_MARGIN`` buys room for that, and for windows up to a minute window holds
+(:mod:`holds`) keep the sliding window whatever that delay is; a held grant's send window
+is then sized for spacing (:func:`holds.send_within_s`) rather than by the formula above.
+With margin 1.5% and catch-up 2 ms a 1 s window gives ``slack = 15 ms``, ``D = 6.5 ms``
+and ``N = 6.5 ms``; at Sluice's default 0.5%, ``D = N = 1.5 ms`` for keys not held.
 
 Cost: a grant that expires is a slot nobody uses. ``bench.limit_fidelity`` measures how
 often that happens on a loaded host.
@@ -48,6 +51,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -75,6 +79,31 @@ def send_within_s(limits: Sequence[LimitSpec], margin: float, catch_up_us: int) 
     return min(send_within_us(spec, margin, catch_up_us) for spec in limits) / gcra.US_PER_S
 
 
+class DelayTracker:
+    """The grant-to-send delays this process measured lately (thread-safe appends).
+
+    :mod:`holds` sizes the send window of held grants from them: a busy host gets a wider
+    window (up to half a spacing) instead of throwing most of its grants away.
+    """
+
+    def __init__(self, size: int = 256) -> None:
+        self._delays: deque[float] = deque(maxlen=size)
+
+    def note(self, delay_s: float) -> None:
+        self._delays.append(delay_s)
+
+    def quantile(self, q: float) -> float:
+        """The ``q`` quantile of the recent delays; 0 before any was measured."""
+        delays = sorted(self._delays)
+        if not delays:
+            return 0.0
+        return delays[min(len(delays) - 1, int(q * len(delays)))]
+
+
+DELAYS = DelayTracker()
+"""This process's recent grant-to-send delays (every send check notes one)."""
+
+
 class SendPermit:
     """The right to write one request, good until ``within_s`` after the grant was asked for.
 
@@ -82,6 +111,7 @@ class SendPermit:
         asked_at: the sender's monotonic reading taken just *before* it asked the limiter.
         within_s: the grant's ``send_within_s``.
         monotonic: the clock ``asked_at`` was read on.
+        on_written: called once the request's first bytes were handed to the socket.
     """
 
     def __init__(
@@ -89,8 +119,10 @@ class SendPermit:
         asked_at: float,
         within_s: float,
         monotonic: Callable[[], float] = time.monotonic,
+        on_written: Callable[[], None] | None = None,
     ) -> None:
         self.asked_at = asked_at
+        self._on_written = on_written
         self.within_s = within_s
         self._monotonic = monotonic
         self.delay_s: float | None = None
@@ -98,6 +130,9 @@ class SendPermit:
         self.written_s: float | None = None
         """Grant to the end of the write of the request's first bytes (an upper bound)."""
         self.used = False
+        self.answered_at: float | None = None
+        """Monotonic reading when the first bytes of the answer had come back (a bound:
+        they came back no later), for :mod:`holds`."""
 
     def check(self) -> None:
         """Refuse the request if its grant is already too old; consumes nothing.
@@ -107,6 +142,7 @@ class SendPermit:
                 for; nothing was sent, so asking again is safe.
         """
         self.delay_s = self._monotonic() - self.asked_at
+        DELAYS.note(self.delay_s)
         # In whole microseconds, as the limiter counts: float seconds would blur the bound.
         if self.within_s < UNBOUNDED and gcra.to_us(self.delay_s) > gcra.to_us(self.within_s):
             raise errors.GrantExpired(
@@ -129,6 +165,19 @@ class SendPermit:
     def written(self) -> None:
         """Note that the request's first bytes were handed to the socket just now."""
         self.written_s = self._monotonic() - self.asked_at
+        if self._on_written is not None:
+            self._on_written()
+
+    def answered(self) -> None:
+        """Note that the answer's first bytes were read just now (the first call counts)."""
+        if self.used and self.answered_at is None:
+            self.answered_at = self._monotonic()
+
+    def since_answer_s(self) -> float:
+        """Seconds since :meth:`answered` (0 when no answer was read)."""
+        if self.answered_at is None:
+            return 0.0
+        return max(0.0, self._monotonic() - self.answered_at)
 
 
 _current: ContextVar[SendPermit | None] = ContextVar("sluice_send_permit", default=None)

@@ -2,9 +2,9 @@
 of the test's own, never the shared one): the limit holds at the provider across the loss,
 nothing is sent while Redis is down, a known pause is not forgotten, nothing is lost.
 
-The clusters run at the acceptance suite's 10% margin, which a loaded two-core host needs
-for the sandbox's own stalls (docs/ratelimit.md); that the cold start lets no grant come
-early is proved exactly, on both backends, by the limiter's contract and property tests."""
+The clusters run at the default margin: window holds keep the sliding window at the sandbox
+through its own stalls (docs/ratelimit.md); that the cold start lets no grant come early is
+proved exactly, on both backends, by the limiter's contract and property tests."""
 
 from __future__ import annotations
 

@@ -27,6 +27,7 @@ from sluice.ratelimit import (
     Rate,
     RedisLimiter,
     gcra,
+    holds,
     parse_rate,
     sendgate,
 )
@@ -446,3 +447,44 @@ def test_a_grant_says_how_long_it_may_wait_before_sending(limiter: Limiter) -> N
     capped = limiter.acquire([], in_flight=InFlight("dsp:in_flight", 2, 30.0))
     assert capped.granted
     assert capped.send_within_s == sendgate.UNBOUNDED
+
+
+def test_a_hold_keeps_its_place_a_window_after_the_answer(make_limiter: Factory) -> None:
+    """Window holds (``holds.py``) on both backends: the place stays held while the request
+    runs and for ``W`` after its answer, then frees; an unsent one frees at once."""
+    clock = FakeClock()
+    limiter = make_limiter(clock)
+    spec = LimitSpec("dsp", Rate(1, 1.0))
+    grant = holds.acquire(limiter, [spec], in_flight=None, timeout_s=1.0)
+    assert grant.granted
+    assert [h.key for h in grant.holds] == ["dsp#window"]
+    clock.advance(2.5)  # a slow answer
+    assert holds.acquire(limiter, [spec], in_flight=None, timeout_s=1.0).reason == "in_flight"
+    holds.finish(limiter, grant, sent=True, since_answer_s=0.5)
+    clock.advance(0.4)
+    assert holds.acquire(limiter, [spec], in_flight=None, timeout_s=1.0).reason == "in_flight"
+    clock.advance(0.1)
+    unsent = holds.acquire(limiter, [spec], in_flight=None, timeout_s=1.0)
+    assert unsent.granted
+    holds.finish(limiter, unsent, sent=False)
+    # The place and the spacing slot are both back: granted again at the same instant.
+    assert holds.acquire(limiter, [spec], in_flight=None, timeout_s=1.0).granted
+
+
+def test_give_back_undoes_only_the_last_grant(make_limiter: Factory) -> None:
+    """A grant that sent nothing gives its slot back unless another grant followed it."""
+    clock = FakeClock()
+    limiter = make_limiter(clock)
+    spec = LimitSpec("dsp", Rate(10, 1.0))
+    first = limiter.acquire([spec])
+    assert first.granted
+    assert first.granted_at is not None
+    limiter.give_back([spec], first.granted_at)
+    second = limiter.acquire([spec])
+    assert second.granted
+    assert second.granted_at is not None
+    clock.advance(0.101)  # one spacing at the limiters' default 1% margin
+    third = limiter.acquire([spec])
+    assert third.granted
+    limiter.give_back([spec], second.granted_at)  # followed by the third: kept
+    assert limiter.acquire([spec]).reason == "rate"

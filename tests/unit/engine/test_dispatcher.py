@@ -18,7 +18,7 @@ from sluice.engine.dispatcher import Dispatcher
 from sluice.engine.execute import execute_unit
 from sluice.engine.rates import Ceiling, RatesInForce
 from sluice.providers.registry import build_http_client, load_providers
-from sluice.ratelimit import sendgate
+from sluice.ratelimit import holds, sendgate
 from sluice.ratelimit.memory import MemoryLimiter
 from sluice.ratelimit.rate import Grant, Rate
 from sluice.runtime import build_catalog
@@ -83,8 +83,10 @@ class InlineExecutor:
                     unit, provider, self.runtime["client"], self.runtime["limiter"], self.clock.now
                 )
         except errors.GrantExpired:
+            holds.finish(self.runtime["limiter"], grant, sent=False)
             self.unsent.append(unit)
             return grant
+        holds.finish(self.runtime["limiter"], grant, sent=True)
         self.queue.apply(outcomes, self.clock.now())
         return grant
 

@@ -40,6 +40,21 @@ class LimiterThatDies(MemoryLimiter):
     def pause(self, key: str, seconds: float) -> None:
         raise errors.LimiterError("redis limiter failed: connection refused")
 
+    def hold(self, lease_id: str, key: str, seconds: float) -> None:
+        raise errors.LimiterError("redis limiter failed: connection refused")
+
+
+class RecordingLimiter(MemoryLimiter):
+    """Records the window holds kept after each answer."""
+
+    def __init__(self) -> None:
+        super().__init__(cold_start=False)
+        self.kept: list[tuple[str, float]] = []
+
+    def hold(self, lease_id: str, key: str, seconds: float) -> None:
+        self.kept.append((key, seconds))
+        super().hold(lease_id, key, seconds)
+
 
 def dsp(status: int) -> httpx.MockTransport:
     def answer(request: httpx.Request) -> httpx.Response:
@@ -76,11 +91,13 @@ def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
     engine.dispose()
 
 
-def send_one(world: dict[str, Any], status: int) -> ThreadExecutor:
+def send_one(
+    world: dict[str, Any], status: int, limiter: MemoryLimiter | None = None
+) -> ThreadExecutor:
     providers = world["providers"]
     provider = providers["acme"]
     queue: WorkQueue = world["queue"]
-    limiter = LimiterThatDies(cold_start=False)
+    limiter = limiter or LimiterThatDies(cold_start=False)
     client = build_http_client(provider, transport=dsp(status))
     executor = ThreadExecutor(
         queue,
@@ -121,3 +138,14 @@ def test_a_429_is_written_and_its_pause_kept_when_the_limiter_is_down(
     assert [e.event for e in world["repo"].events(1)][-1] == "rate_limited"
     assert world["repo"].get(1).attempts == 0
     assert "acme" in PauseStore(world["engine"]).active(datetime.now(UTC))
+
+
+def test_the_window_hold_is_kept_a_window_after_the_answer(world: dict[str, Any]) -> None:
+    """Window holds (sluice/ratelimit/holds.py) through the real executor: the request's
+    place on ``acme`` (50/s) is kept for up to one window after its answer was read."""
+    limiter = RecordingLimiter()
+    executor = send_one(world, 201, limiter)
+    assert executor.stats.outcomes == 1
+    ((key, seconds),) = limiter.kept
+    assert key == "acme#window"
+    assert 0.0 < seconds <= 1.0

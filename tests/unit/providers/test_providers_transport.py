@@ -19,6 +19,9 @@ class RecordingStream:
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         self.written.append(buffer)
 
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return b"HTTP/1.1 201 Created\r\n\r\n"
+
 
 HEAD = b"POST /v1/campaigns HTTP/1.1\r\nHost: dsp\r\n\r\n"
 BODY = b'{"name": "GET lucky"}'
@@ -86,3 +89,25 @@ def test_the_default_transport_writes_through_the_gate() -> None:
     transport = gated_transport(httpx.Limits(max_connections=2))
     assert isinstance(transport._pool._network_backend, GatedBackend)  # type: ignore[attr-defined]
     transport.close()
+
+
+def test_the_answer_is_noted_when_its_first_bytes_are_read() -> None:
+    """The first read after the request was written marks the answer (window holds keep
+    their place a window from then); a read before the request was admitted does not."""
+    gated, _ = stream()
+    now = [0.001]
+    written: list[bool] = []
+    permit = sendgate.SendPermit(
+        0.0, 0.005, lambda: now[0], on_written=lambda: written.append(True)
+    )
+    with sendgate.bound(permit):
+        gated.read(65536)
+        assert permit.answered_at is None
+        gated.write(HEAD)
+        assert written == [True]
+        now[0] = 0.040
+        gated.read(65536)
+        now[0] = 0.090
+        gated.read(65536)
+    assert permit.answered_at == pytest.approx(0.040)
+    assert permit.since_answer_s() == pytest.approx(0.050)
