@@ -21,6 +21,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -110,6 +111,13 @@ class TaskRow(Base):
         Index("ix_tasks_claim", "provider", "next_attempt_at", "id"),
         Index("ix_tasks_status", "status", "id"),
         Index("ix_tasks_kind", "kind", "id"),
+        # The reconciler's lapsed claims: only claimed rows are in it (a few per worker).
+        Index(
+            "ix_tasks_claimed_until",
+            "claimed_until",
+            postgresql_where=text("claimed_until IS NOT NULL"),
+            sqlite_where=text("claimed_until IS NOT NULL"),
+        ),
         # Scoped per tenant: one global namespace would let a caller probe others' keys.
         UniqueConstraint("tenant", "idempotency_key", name="uq_tasks_tenant_idempotency_key"),
     )

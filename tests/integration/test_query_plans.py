@@ -154,6 +154,16 @@ def test_outcomes_and_releases_use_indexes(loaded: Engine) -> None:
         assert_indexed(plan(loaded, statement, params))
 
 
+def test_the_reconciler_reads_only_claimed_rows(loaded: Engine) -> None:
+    queue = WorkQueue(loaded)
+    with Captured(loaded) as captured:
+        queue.recover_stuck(NOW)
+    updates = captured.touching_tasks("UPDATE")
+    assert len(updates) == 2  # lapsed submissions, other lapsed claims
+    for statement, params in updates:
+        assert_indexed(plan(loaded, statement, params))
+
+
 @pytest.mark.parametrize(
     "filters",
     [

@@ -7,6 +7,7 @@ Create Date: 2026-12-02
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from alembic import op
 
 revision = "0006_scale"
@@ -25,9 +26,19 @@ def upgrade() -> None:
     op.drop_index("ix_tasks_status", table_name="tasks")
     op.create_index("ix_tasks_status", "tasks", ["status", "id"])
     op.create_index("ix_tasks_kind", "tasks", ["kind", "id"])
+    # The reconciler's "claims that lapsed" read only the claimed rows, not the backlog.
+    claimed = sa.text("claimed_until IS NOT NULL")
+    op.create_index(
+        "ix_tasks_claimed_until",
+        "tasks",
+        ["claimed_until"],
+        postgresql_where=claimed,
+        sqlite_where=claimed,
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_tasks_claimed_until", table_name="tasks")
     op.drop_index("ix_tasks_kind", table_name="tasks")
     op.drop_index("ix_tasks_status", table_name="tasks")
     op.create_index("ix_tasks_status", "tasks", ["status"])
