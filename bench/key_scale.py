@@ -100,7 +100,11 @@ def run(mode: str, sandbox_url: str, redis_url: str) -> dict[str, Any]:
             executor_threads=THREADS,
         )
         runtime = sluice_runtime.build_runtime(settings)
-        submissions.create_tasks(runtime.repo, runtime.catalog, items(ACCOUNTS if many else 1))
+        work = items(ACCOUNTS if many else 1)
+        for start in range(0, len(work), submissions.MAX_BULK):
+            submissions.create_tasks(
+                runtime.repo, runtime.catalog, work[start : start + submissions.MAX_BULK]
+            )
         driver = build_embedded_driver(runtime)
 
         def sent() -> int:
