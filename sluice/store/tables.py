@@ -105,7 +105,7 @@ class TaskRow(Base):
         Index("ix_tasks_provider_status", "provider", "status"),
         Index("ix_tasks_external_id", "provider", "external_id"),
         Index("ix_tasks_tenant", "tenant", "id"),
-        # A large backlog (migration 0006_scale): the claim reads one provider's due tasks
+        # A large backlog (migration 0007_scale): the claim reads one provider's due tasks
         # in order and stops at its limit; listings filtered by status or kind read in id
         # order (with or without a tenant) instead of sorting every match.
         Index("ix_tasks_claim", "provider", "next_attempt_at", "id"),

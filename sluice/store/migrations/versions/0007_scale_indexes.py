@@ -1,7 +1,7 @@
 """Indexes for a large backlog: the claim in due order per provider, filtered listings.
 
-Revision ID: 0006_scale
-Revises: 0005
+Revision ID: 0007_scale
+Revises: 0006
 Create Date: 2026-12-02
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006_scale"
+revision = "0007_scale"
 # Relinked at merge if other revisions land first.
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
