@@ -306,6 +306,40 @@ def db_upgrade(
     console.print(f"database at {engine.url.render_as_string(hide_password=True)} is at {revision}")
 
 
+@db_app.command("prune")
+def db_prune(
+    older_than: Annotated[
+        str, typer.Option(help="final tasks last changed longer ago than this, e.g. 30d")
+    ],
+    batch: Annotated[int, typer.Option(min=1, help="tasks per transaction")] = 5000,
+) -> None:
+    """Delete final task families (a root task, its descendants, their events) older than
+    --older-than from SLUICE_DATABASE_URL, in batches; unfinished work is never touched."""
+    from datetime import timedelta
+
+    from sluice.store.retention import prune
+    from sluice.units import parse_duration
+
+    try:
+        seconds = parse_duration(older_than)
+    except errors.InvalidValue as exc:
+        raise errors.InvalidValue(f"--older-than: {exc}") from None
+    if seconds <= 0:
+        raise errors.InvalidValue(f"--older-than: must be a positive duration, got {older_than!r}")
+    engine = _open_store()
+    from sluice.clock import SystemClock
+
+    now = SystemClock().now()
+    cutoff = now - timedelta(seconds=seconds)
+    done = prune(engine, cutoff, now, batch=batch)
+    console.print(
+        f"pruned {done.tasks} task(s) and {done.events} event(s) in {done.batches} batch(es): "
+        f"final and unchanged since {_when(cutoff)}",
+        markup=False,
+        highlight=False,
+    )
+
+
 def _fail(label: str, message: str) -> None:
     """One line on stderr: ``label: message``, shown as it is (no markup), secrets masked."""
     shown = escape(masking.mask(message))

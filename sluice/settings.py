@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -24,6 +24,7 @@ from pydantic_settings import (
 )
 
 from sluice import errors, masking
+from sluice.units import parse_duration
 
 DEFAULT_CONFIG_FILE = "sluice.toml"
 
@@ -73,6 +74,13 @@ class Settings(BaseSettings):
     pumps: int = 4
     pump_s: float = 1.0
     reconcile_every_s: float = 30.0
+    # Retention (docs/scaling.md): with a period (e.g. "30d"), every dispatcher prunes
+    # final task families older than that in a background thread, at most every
+    # `retention_every_s`, `retention_batch` tasks per transaction. None: keep everything
+    # (`sluice db prune --older-than 30d` does it by hand).
+    retention_period: str | None = None
+    retention_batch: int = Field(default=5000, ge=1)
+    retention_every_s: float = Field(default=600.0, gt=0)
 
     # Console sessions (/ui): they end this long after sign-in, or after this long unused.
     console_session_s: float = Field(default=8 * 3600, gt=0)
@@ -81,6 +89,13 @@ class Settings(BaseSettings):
     # Sections of the TOML file, validated by their own modules.
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     sandbox: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("retention_period")
+    @classmethod
+    def _retention_is_a_duration(cls, value: str | None) -> str | None:
+        if value is not None and parse_duration(value) <= 0:
+            raise errors.InvalidValue(f"must be a positive duration like '30d', got {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _remember_passwords(self) -> Settings:

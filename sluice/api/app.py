@@ -35,7 +35,7 @@ from sluice.store.audit import AuditLog
 from sluice.store.keys import KeyStore
 from sluice.store.repository import TaskRepository
 from sluice.store.sessions import SessionStore
-from sluice.submissions import SubmissionInvalid
+from sluice.submissions import MAX_BULK, SubmissionInvalid
 
 BULK_MAX_BYTES = 64 * 1024 * 1024
 # How long a client should wait before retrying while the database is unavailable.
@@ -103,7 +103,11 @@ def create_app(
     check_guarded(app.routes, also=(ConsoleRoute,))
     _install_error_handlers(app)
     app.add_middleware(
-        BodySizeLimit, max_bytes=settings.max_body_bytes, bulk_max_bytes=BULK_MAX_BYTES
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        bulk_max_bytes=BULK_MAX_BYTES,
+        bulk_path="/api/tasks/bulk",
+        bulk_max_items=MAX_BULK,
     )
     return app
 

@@ -42,6 +42,8 @@ class EmbeddedDriver:
         self._stop.set()
         self.dispatcher.wake()
         self._thread.join(timeout=60)
+        if self.dispatcher.pruner is not None:
+            self.dispatcher.pruner.stop()
         self.executor.close()
         # Grants that expired while the loop was stopping came back after it let go.
         self.dispatcher.release_all_quietly()

@@ -32,6 +32,7 @@ from sluice.clock import Clock, SystemClock
 from sluice.domain import Outcome, WorkUnit
 from sluice.engine.dispatcher import Dispatcher, worker_name
 from sluice.engine.execute import execute_unit
+from sluice.engine.retention import Pruner
 from sluice.providers.base import Provider
 from sluice.ratelimit import holds, sendgate
 from sluice.ratelimit.base import Limiter
@@ -39,6 +40,7 @@ from sluice.ratelimit.rate import Grant
 from sluice.runtime import Runtime
 from sluice.store.pauses import PauseStore
 from sluice.store.queue import WorkQueue
+from sluice.units import parse_duration
 
 log = logging.getLogger("sluice.executor")
 
@@ -375,5 +377,20 @@ def build_dispatch(
         reconcile_every_s=settings.reconcile_every_s,
         pauses=runtime.pauses,
         rates=runtime.rates,
+        pruner=_pruner(runtime, clock),
     )
     return executor, dispatcher
+
+
+def _pruner(runtime: Runtime, clock: Clock) -> Pruner | None:
+    """The background pruner when ``retention_period`` is set (docs/scaling.md)."""
+    settings = runtime.settings
+    if settings.retention_period is None:
+        return None
+    return Pruner(
+        runtime.queue.engine,
+        clock,
+        parse_duration(settings.retention_period),
+        batch=settings.retention_batch,
+        every_s=settings.retention_every_s,
+    )

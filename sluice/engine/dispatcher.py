@@ -39,6 +39,7 @@ from sluice.clock import Clock, SystemClock
 from sluice.domain import DueTask, Operation, WorkUnit
 from sluice.engine.rates import RatesInForce, per_second
 from sluice.engine.reconcile import Reconciler
+from sluice.engine.retention import Pruner
 from sluice.providers.base import Provider
 from sluice.ratelimit import holds
 from sluice.ratelimit.base import Limiter
@@ -145,6 +146,7 @@ class Dispatcher:
         reconcile_every_s: float = 30.0,
         pauses: PauseStore | None = None,
         rates: RatesInForce | None = None,
+        pruner: Pruner | None = None,
     ) -> None:
         self.queue = queue
         self.rates = rates or RatesInForce()
@@ -158,6 +160,7 @@ class Dispatcher:
         self.lookahead_s = lookahead_s
         self.lease_s = lease_s
         self.reconciler = Reconciler(queue, self.clock, reconcile_every_s)
+        self.pruner = pruner
         self.pauses = pauses
         self.lanes = {name: ProviderLane() for name in providers}
         self.stats = DispatchStats()
@@ -196,6 +199,8 @@ class Dispatcher:
     def step(self) -> float:
         """Dispatch what can go now; return how long to wait before the next step."""
         self.reconciler.run_if_due()
+        if self.pruner is not None:
+            self.pruner.run_if_due()  # starts a thread: dispatch never waits for it
         now = self.clock.monotonic()
         self._requeue_unsent()
         self._sync_pauses(now)

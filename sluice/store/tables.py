@@ -21,6 +21,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -80,7 +81,7 @@ class TaskRow(Base):
     parent_id: Mapped[int | None] = mapped_column(
         BigId, ForeignKey("tasks.id", ondelete="RESTRICT"), index=True
     )
-    status: Mapped[str] = mapped_column(String(16), index=True)
+    status: Mapped[str] = mapped_column(String(16))
     phase: Mapped[str] = mapped_column(String(16))
     track_only: Mapped[bool] = mapped_column(Boolean, default=False)
     validation_error: Mapped[str | None] = mapped_column(Text)
@@ -104,6 +105,19 @@ class TaskRow(Base):
         Index("ix_tasks_provider_status", "provider", "status"),
         Index("ix_tasks_external_id", "provider", "external_id"),
         Index("ix_tasks_tenant", "tenant", "id"),
+        # A large backlog (migration 0007_scale): the claim reads one provider's due tasks
+        # in order and stops at its limit; listings filtered by status or kind read in id
+        # order (with or without a tenant) instead of sorting every match.
+        Index("ix_tasks_claim", "provider", "next_attempt_at", "id"),
+        Index("ix_tasks_status", "status", "id"),
+        Index("ix_tasks_kind", "kind", "id"),
+        # The reconciler's lapsed claims: only claimed rows are in it (a few per worker).
+        Index(
+            "ix_tasks_claimed_until",
+            "claimed_until",
+            postgresql_where=text("claimed_until IS NOT NULL"),
+            sqlite_where=text("claimed_until IS NOT NULL"),
+        ),
         # Scoped per tenant: one global namespace would let a caller probe others' keys.
         UniqueConstraint("tenant", "idempotency_key", name="uq_tasks_tenant_idempotency_key"),
     )

@@ -60,14 +60,15 @@ def test_bulk_accepts_ten_thousand_tasks_over_one_mebibyte(api: Api) -> None:
     assert api.written() == (10_000, 10_000)
 
 
-def test_bulk_of_10001_is_422_and_writes_nothing(api: Api) -> None:
-    """One item over the 10,000 cap refuses the whole call with 422."""
+def test_bulk_of_10001_is_413_and_writes_nothing(api: Api) -> None:
+    """One item over the 10,000 cap refuses the whole call with 413 (counted while the
+    body arrives: see tests/unit/api/test_api_body_limits.py)."""
     before = api.written()
 
     response = api.client.post("/api/tasks/bulk", json={"tasks": [api.campaign()] * 10_001})
 
-    assert response.status_code == 422
-    assert "10000" in json.dumps(response.json()["detail"])
+    assert response.status_code == 413
+    assert "at most 10000 tasks" in json.dumps(response.json()["detail"])
     assert api.written() == before
 
 

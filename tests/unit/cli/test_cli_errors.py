@@ -171,3 +171,42 @@ def test_submit_json_with_nan_is_refused_at_parse(
 
     assert code == 2
     assert "NaN is not a JSON number" in one_line(err)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("30", "error: --older-than: must be a duration like '500ms', '2s', '5min', '1h' or '1d'"),
+        ("30m", "error: --older-than: must be a duration like"),
+        ("-1d", "error: --older-than: must be a duration like"),
+        ("0d", "error: --older-than: must be a positive duration, got '0d'"),
+    ],
+)
+def test_db_prune_bad_duration_is_one_line_and_touches_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    value: str,
+    expected: str,
+) -> None:
+    """`sluice db prune --older-than X` with a bad X: one line naming the option, exit 2,
+    and the database is not even created."""
+    path = tmp_path / "sluice.db"
+    monkeypatch.setenv("SLUICE_DATABASE_URL", f"sqlite:///{path}")
+
+    code, err = run_cli(monkeypatch, capsys, "db", "prune", "--older-than", value)
+
+    assert code == 2
+    assert one_line(err).startswith(expected)
+    assert not path.exists()
+
+
+def test_db_prune_reports_what_it_deleted(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setenv("SLUICE_DATABASE_URL", f"sqlite:///{tmp_path / 'sluice.db'}")
+    monkeypatch.setattr(sys, "argv", ["sluice", "db", "prune", "--older-than", "30d"])
+
+    cli.app(["db", "prune", "--older-than", "30d"], standalone_mode=False)
+
+    assert "pruned 0 task(s) and 0 event(s) in 0 batch(es)" in capsys.readouterr().err

@@ -1,0 +1,184 @@
+"""The engine's and the API's hot queries use indexes on a table large enough for the
+planner to prefer a full scan (or a full sort) without them.
+
+50,000 tasks are loaded with one ``INSERT ... SELECT`` and ANALYZEd. Each query is the
+real one: the store's method runs, its SQL and parameters are captured as they reach the
+driver, and PostgreSQL EXPLAINs exactly that.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import Engine, event
+
+from sluice.domain import Outcome, Phase, TaskStatus
+from sluice.store import db
+from sluice.store.queue import WorkQueue
+from sluice.store.repository import TaskRepository
+from tests.conftest import PG_ADMIN_URL, require_service
+
+pytestmark = pytest.mark.postgres
+
+ROWS = 50_000
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+# 2% final (no next_attempt_at), 1% of those Error; 10% for a second provider; 10% ad groups
+# whose parent is an earlier campaign; the rest Not Started and due.
+LOAD = f"""
+INSERT INTO tasks (tenant, provider, kind, payload, parent_id, status, phase, track_only,
+                   attempts, polls, next_attempt_at, client_ref, maybe_created,
+                   created_at, updated_at)
+SELECT CASE WHEN mod(g, 7) = 0 THEN 'acme' ELSE 'default' END,
+       CASE WHEN mod(g, 10) = 0 THEN 'other' ELSE 'sandbox' END,
+       CASE WHEN mod(g, 10) = 5 THEN 'ad_group' ELSE 'campaign' END,
+       '{{"name": "x"}}'::jsonb,
+       CASE WHEN mod(g, 10) = 5 THEN g - 1 END,
+       CASE WHEN mod(g, 100) = 0 THEN 'Error' WHEN mod(g, 50) = 0 THEN 'Completed'
+            ELSE 'Not Started' END,
+       CASE WHEN mod(g, 50) = 0 THEN 'done' ELSE 'ready' END,
+       false, 0, 0,
+       CASE WHEN mod(g, 50) <> 0
+            THEN TIMESTAMPTZ '2026-06-01 11:00:00+00' + g * INTERVAL '1 ms' END,
+       'sl-plan-' || g, false, TIMESTAMPTZ '2026-06-01 10:00:00+00',
+       TIMESTAMPTZ '2026-06-01 10:00:00+00'
+FROM generate_series(1, {ROWS}) AS g
+"""
+
+
+@pytest.fixture(scope="module")
+def loaded(postgres_url_module: str) -> Iterator[Engine]:
+    engine = db.make_engine(postgres_url_module)
+    db.upgrade(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(LOAD)
+        conn.exec_driver_sql("ANALYZE tasks")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def postgres_url_module() -> Iterator[str]:
+    """One fresh database for the module (the load takes a few seconds), dropped after."""
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    name = f"sluice_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+class Captured:
+    """The statements an engine sends while a block runs."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.statements: list[tuple[str, Any]] = []
+
+    def __enter__(self) -> Captured:
+        event.listen(self.engine, "before_cursor_execute", self._record)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._record)
+
+    def _record(self, conn: Any, cursor: Any, statement: str, params: Any, *rest: Any) -> None:
+        if isinstance(params, list | tuple) and params and isinstance(params[0], dict):
+            params = params[0]  # executemany: one row's parameters stand for all
+        self.statements.append((statement, params))
+
+    def touching_tasks(self, verb: str) -> list[tuple[str, Any]]:
+        return [
+            (s, p)
+            for s, p in self.statements
+            if s.lstrip().upper().startswith(verb) and "tasks" in s.split("WHERE")[0]
+        ]
+
+
+def plan(engine: Engine, statement: str, params: Any) -> str:
+    with engine.connect() as conn:
+        lines = conn.exec_driver_sql("EXPLAIN " + statement, params).scalars().all()
+        conn.rollback()
+    return "\n".join(lines)
+
+
+def assert_indexed(text: str) -> None:
+    assert "Seq Scan on tasks" not in text, text
+    assert "Bitmap Heap Scan on tasks" not in text or "Sort" not in text, text
+
+
+def test_claim_reads_the_due_index_in_order_without_sorting(loaded: Engine) -> None:
+    queue = WorkQueue(loaded)
+    with Captured(loaded) as captured:
+        claimed = queue.claim_due(NOW, 50, "plan-test", 60.0, providers=["sandbox"])
+    assert len(claimed) == 50
+    (select_sql, params), *_ = captured.touching_tasks("SELECT")
+    text = plan(loaded, select_sql, params)
+    assert "ix_tasks_claim" in text, text
+    assert "Sort" not in text, text  # reads 50 rows in due order and stops
+    for update_sql, update_params in captured.touching_tasks("UPDATE"):
+        assert_indexed(plan(loaded, update_sql, update_params))
+
+
+def test_outcomes_and_releases_use_indexes(loaded: Engine) -> None:
+    queue = WorkQueue(loaded)
+    claimed = queue.claim_due(NOW, 5, "plan-test", 60.0, providers=["other"])
+    outcomes = [
+        Outcome(
+            task_id=t.id,
+            from_status=t.status,
+            to_status=TaskStatus.COMPLETED,
+            phase=Phase.DONE,
+            fields={"next_attempt_at": None},
+            claim=t.claimed_by,
+            release_children=True,
+        )
+        for t in claimed
+    ]
+    with Captured(loaded) as captured:
+        assert queue.apply(outcomes, NOW) == len(outcomes)
+        queue.release(queue.claim_due(NOW, 5, "plan-test", 60.0, providers=["other"]))
+    updates = captured.touching_tasks("UPDATE")
+    assert len(updates) >= 3  # the outcome, the children's release, the release
+    for statement, params in updates:
+        assert_indexed(plan(loaded, statement, params))
+
+
+def test_the_reconciler_reads_only_claimed_rows(loaded: Engine) -> None:
+    queue = WorkQueue(loaded)
+    with Captured(loaded) as captured:
+        queue.recover_stuck(NOW)
+    updates = captured.touching_tasks("UPDATE")
+    assert len(updates) == 2  # lapsed submissions, other lapsed claims
+    for statement, params in updates:
+        assert_indexed(plan(loaded, statement, params))
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {"status": TaskStatus.ERROR},
+        {"status": TaskStatus.COMPLETED, "provider": "other"},
+        {"kind": "ad_group", "tenant": "acme"},
+        {"kind": "ad_set"},  # matches nothing: a scan in id order would read every row
+        {"parent_id": 4},
+        {"status": TaskStatus.NOT_STARTED, "tenant": "default"},
+    ],
+    ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()),
+)
+def test_filtered_listings_use_indexes(loaded: Engine, filters: dict[str, Any]) -> None:
+    repo = TaskRepository(loaded)
+    with Captured(loaded) as captured:
+        repo.list_tasks(limit=100, **filters)
+    ((statement, params),) = captured.touching_tasks("SELECT")
+    assert_indexed(plan(loaded, statement, params))
