@@ -32,9 +32,10 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sluice.clock import Clock, SystemClock
-from sluice.engine.rates import Ceiling, per_second
+from sluice.engine.rates import Ceiling, RatesInForce, per_second
 from sluice.providers.base import LimitObservation, LimitReading
 from sluice.providers.config import AdaptiveConfig
 from sluice.ratelimit.rate import LimitSpec, Rate
@@ -332,3 +333,52 @@ def rate_of(per_s: float, configured_per_s: float) -> Rate:
         per_s = 1e-6
     limit = max(1, round(configured_per_s)) if configured_per_s >= 1 else 1
     return Rate(limit, limit / per_s)
+
+
+@dataclass(frozen=True)
+class KeyRate:
+    """One limit key's configured rate beside the rate in force, and why (for explain,
+    the console, ``sluice status``)."""
+
+    provider: str
+    key: str
+    configured_per_s: float
+    in_force_per_s: float
+    source: str
+    reason: str
+    since: datetime | None
+
+
+def rates_in_force(
+    providers: Mapping[str, Any], rates: RatesInForce, learner: Learner | None = None
+) -> list[KeyRate]:
+    """Every provider-wide and read/write key of ``providers`` (and every key with a learned
+    ceiling), configured beside in force, with the source, reason and time of a change."""
+    specs: dict[str, tuple[str, LimitSpec]] = {}
+    for name, provider in providers.items():
+        for access in ("write", "read"):
+            for spec in provider.limits_for(access, None):
+                specs.setdefault(spec.key, (name, spec))
+    if learner is not None:
+        with learner._lock:
+            configured = dict(learner._configured)
+            drops = dict(learner._drops)
+        for key, drop in drops.items():
+            if key not in specs:
+                per_s = configured.get(key, drop.configured_per_s)
+                specs[key] = (drop.provider, LimitSpec(key, rate_of(per_s, per_s)))
+    found = []
+    for key, (name, spec) in sorted(specs.items()):
+        now = rates.in_force(spec)
+        found.append(
+            KeyRate(
+                name,
+                key,
+                per_second(spec.rate),
+                per_second(now.rate),
+                now.source,
+                now.reason,
+                now.since,
+            )
+        )
+    return found

@@ -60,17 +60,22 @@ class LearnedRateStore:
         no row yet); whether it was written. Audits the drop in the same transaction."""
         values = asdict(drop)
         with self.engine.begin() as conn:
+            # RETURNING, not rowcount: psycopg reports -1 for an INSERT ... ON CONFLICT.
             if previous_at is None:
                 made = conn.execute(
-                    self._insert(learned).values(**values).on_conflict_do_nothing()
-                ).rowcount
+                    self._insert(learned)
+                    .values(**values)
+                    .on_conflict_do_nothing()
+                    .returning(learned.c.key)
+                ).first()
             else:
                 made = conn.execute(
                     update(learned)
                     .where(learned.c.key == drop.key, learned.c.dropped_at_s == previous_at)
                     .values(**values)
-                ).rowcount
-            if made != 1:
+                    .returning(learned.c.key)
+                ).first()
+            if made is None:
                 return False
             audit.record(
                 conn,
