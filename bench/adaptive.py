@@ -10,8 +10,8 @@ the run starts: **40/s for 30 s, 20/s for 40 s, then 40/s** (110 s in all). Ever
 is told 100/s and sends campaign creates (plus Sluice's status polls) from 4 processes:
 
 a. ``sluice_adaptive``: 4 ``sluice worker --concurrency 1`` + beat on PostgreSQL and Redis,
-   ``rate_limit = "100/s"``, ``adaptive = true`` (defaults: decrease 0.8, climb 10 s,
-   pause 250 ms). Its effective rate is sampled from the database (``learned_rates``)
+   ``rate_limit = "100/s"``, ``adaptive = true`` (defaults: decrease 0.7, climb 10 s,
+   pause 100 ms). Its effective rate is sampled from the database (``learned_rates``)
    through the same ceiling source the workers use.
 b. ``sluice_static``: the same cluster with ``adaptive = false``: today's behaviour, a 429
    pauses the provider for the preset's ``default_pause`` (1 s) and resumes at 100/s.

@@ -10,7 +10,7 @@ wins. Every worker reads the same counters from the provider, so these ceilings 
 each process's memory and need no coordination.
 
 **Refusals that carry no numbers** (a bare 429). The key's rate drops to ``decrease`` times
-the rate it was refused at, then climbs back along a cubic (as CUBIC and botocore's
+the rate it was refused at (half as deep when refused at the last refused rate), then climbs back along a cubic (as CUBIC and botocore's
 adaptive mode do): concave up to the refused rate in ``climb`` seconds, then convex
 towards the configured rate in as long again, probing. Never above the configured rate,
 never below ``floor``.
@@ -46,6 +46,8 @@ log = logging.getLogger("sluice.adaptive")
 SOURCE = "learned"
 HEADER_TTL_S = 60.0
 """How long a limit an answer stated holds when no later answer restates it."""
+PROBE_SHARE = 0.95
+"""A refusal at this share of the last refused rate or above is a probe, not a fallen limit."""
 MIN_SPREAD_S = 1.0
 """A reset nearer than this is left to the limiter's spacing and the pause."""
 
@@ -85,9 +87,18 @@ class CubicLaw:
         return self.clamp(rate)
 
     def after_refusal(self, drop: LearnedDrop | None, now: float) -> tuple[float, float]:
-        """``(peak, low)`` of the drop a refusal at ``now`` makes."""
+        """``(peak, low)`` of the drop a refusal at ``now`` makes.
+
+        Refused below the rate of the last refusal (still climbing back to it): the limit
+        fell, so the rate drops by ``decrease``. Refused near or above it (a probe): the
+        limit is about where it was, so the drop is half as deep, and less is wasted while
+        climbing back (CUBIC's fast convergence, seen from the other side).
+        """
         current = self.rate_at(drop, now)
-        return current, self.clamp(current * self.decrease)
+        factor = self.decrease
+        if drop is None or current >= PROBE_SHARE * self.clamp(drop.peak_per_s):
+            factor = 1.0 - (1.0 - self.decrease) / 2.0
+        return current, self.clamp(current * factor)
 
 
 @dataclass(frozen=True)

@@ -266,7 +266,8 @@ class SignalConfig(_Table):
 class AdaptiveConfig(_Table):
     """``[providers.NAME.adaptive]`` (or ``adaptive = true``): learn the real limit.
 
-    ``decrease`` multiplies a key's effective rate on a refusal that gives no numbers;
+    ``decrease`` multiplies a key's effective rate on a refusal that gives no numbers (half
+    as deep a drop when refused at about the last refused rate: a probe, not a fallen limit);
     ``climb`` is how long the rate then takes to climb back to where it was refused (and as
     long again to reach the configured rate, probing); ``floor`` is the lowest it may go
     (a rate, or a fraction of the configured one); ``pause`` replaces ``default_pause``
@@ -278,8 +279,8 @@ class AdaptiveConfig(_Table):
     enabled: bool = True
     floor: Annotated[float, PlainValidator(_floor)] = 0.05
     climb: Duration = 10.0
-    decrease: float = Field(default=0.8, gt=0, lt=1)
-    pause: Duration = 0.25
+    decrease: float = Field(default=0.7, gt=0, lt=1)
+    pause: Duration = 0.1
     hold: Duration = 1.0
     usage_slow_above: float = Field(default=80.0, ge=0, lt=100)
 

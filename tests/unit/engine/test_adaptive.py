@@ -25,7 +25,7 @@ from sluice.store import db
 from sluice.store.audit import AuditLog
 from sluice.store.learned import LearnedDrop, LearnedRateStore
 
-CONFIG = AdaptiveConfig(floor=0.05, climb=10.0, decrease=0.8, hold=1.0)
+CONFIG = AdaptiveConfig(floor=0.05, climb=10.0, decrease=0.7, hold=1.0)
 SPEC = LimitSpec("acme", Rate(100, 1.0))
 
 rates = st.floats(min_value=0.01, max_value=10_000, allow_nan=False)
@@ -82,7 +82,10 @@ def test_the_climb_reaches_the_refused_rate_after_climb_and_configured_after_twi
     assert law.rate_at(state, 10.0) == pytest.approx(40.0)
     assert 40.0 < law.rate_at(state, 15.0) < 100.0
     assert law.rate_at(state, 20.0) == pytest.approx(100.0)
-    assert law.after_refusal(state, 10.0) == pytest.approx((40.0, 32.0))
+    # Refused again at the rate of the last refusal (a probe): half as deep a drop.
+    assert law.after_refusal(state, 10.0) == pytest.approx((40.0, 34.0))
+    # Refused while still climbing back (the limit fell): the full decrease.
+    assert law.after_refusal(state, 1.0)[1] == pytest.approx(0.7 * law.rate_at(state, 1.0))
 
 
 readings = st.builds(
@@ -177,14 +180,14 @@ def test_a_burst_of_refusals_from_many_workers_makes_one_drop(store: LearnedRate
     drops = store.all()
     assert len(drops) == 1
     assert drops[0].decreases == 1
-    assert drops[0].low_per_s == pytest.approx(80.0)
+    assert drops[0].low_per_s == pytest.approx(85.0)  # the first drop: half of 0.7's depth
     # Every worker computes the same rate from the one row, with no write while climbing.
     clock.advance(3.0)
     assert len({round(learned_rate(w, clock), 9) for w in workers}) == 1
     records = AuditLog(store.engine).list(action="provider.rate_learned").items
     assert len(records) == 1
     assert records[0].target == "provider:acme"
-    assert records[0].detail["to_per_s"] == pytest.approx(80.0)
+    assert records[0].detail["to_per_s"] == pytest.approx(85.0)
 
 
 def test_a_refusal_that_says_when_or_carries_numbers_does_not_drop(store: LearnedRateStore) -> None:
@@ -210,7 +213,7 @@ def test_the_learned_rate_survives_a_restart(store: LearnedRateStore) -> None:
     clock = FakeClock()
     Learner(store, {"acme": CONFIG}, clock).observe(refusal(clock.time()))
     restarted = Learner(LearnedRateStore(store.engine), {"acme": CONFIG}, clock)
-    assert learned_rate(restarted, clock) == pytest.approx(80.0)
+    assert learned_rate(restarted, clock) == pytest.approx(85.0)
 
 
 class LearnerLifecycle(RuleBasedStateMachine):

@@ -204,7 +204,7 @@ def test_a_bare_429_on_an_adaptive_provider_pauses_briefly_and_is_observed() -> 
     dsp.script(httpx.Response(429))
     decision = provider.submit(client_for(provider, dsp), task())
     assert isinstance(decision, RateLimited)
-    assert decision.retry_after_s == pytest.approx(0.25)
+    assert decision.retry_after_s == pytest.approx(0.1)
     assert "adaptive" in decision.detail
     assert len(recorder.seen) == 1
     seen = recorder.seen[0]
