@@ -11,8 +11,9 @@ each process's memory and need no coordination.
 
 **Refusals that carry no numbers** (a bare 429). The key's rate drops to ``decrease`` times
 the rate it was refused at (half as deep when refused at the last refused rate), then
-climbs back along a cubic (as CUBIC and botocore's adaptive mode do): concave up to the refused rate in ``climb`` seconds, then convex
-towards the configured rate in as long again, probing. Never above the configured rate,
+climbs back along a cubic (as CUBIC and botocore's adaptive mode do): concave up to the
+refused rate in ``climb`` seconds, then convex towards the configured rate in as long
+again, probing. Never above the configured rate,
 never below ``floor``.
 
 What makes it work across processes and restarts: the database keeps only the **last
