@@ -144,6 +144,14 @@ class Learner:
         config = self._configs.get(provider)
         return None if config is None else CubicLaw.of(config, configured)
 
+    def learned_keys(self) -> dict[str, tuple[str, float]]:
+        """Every key with a learned drop: its provider and configured rate (per second)."""
+        with self._lock:
+            return {
+                key: (drop.provider, self._configured.get(key, drop.configured_per_s))
+                for key, drop in self._drops.items()
+            }
+
     # --- the ceiling source --------------------------------------------------------------
 
     def ceilings(self) -> Mapping[str, Sequence[Ceiling]]:
@@ -372,13 +380,8 @@ def rates_in_force(
             for spec in provider.limits_for(access, None):
                 specs.setdefault(spec.key, (name, spec))
     if learner is not None:
-        with learner._lock:
-            configured = dict(learner._configured)
-            drops = dict(learner._drops)
-        for key, drop in drops.items():
-            if key not in specs:
-                per_s = configured.get(key, drop.configured_per_s)
-                specs[key] = (drop.provider, LimitSpec(key, rate_of(per_s, per_s)))
+        for key, (provider, per_s) in learner.learned_keys().items():
+            specs.setdefault(key, (provider, LimitSpec(key, rate_of(per_s, per_s))))
     found = []
     for key, (name, spec) in sorted(specs.items()):
         now = rates.in_force(spec)
