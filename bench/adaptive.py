@@ -23,7 +23,9 @@ c. ``botocore_adaptive``: botocore's ``ClientRateLimiter`` (``retries/adaptive.p
 Figures, all from the sandbox's arrival stamps (status per call), per run:
 
 - ``settled_40`` / ``settled_20`` / ``settled_40_again``: in the last 15 s of each phase,
-  ``used`` = admitted calls / (limit x seconds) and ``refused`` = refused / all calls;
+  ``used`` = admitted calls / (limit x seconds), ``refused`` = refused / all calls, and
+  ``effective`` = the mean effective rate the contender chose / the limit (on a loaded host
+  the processes deliver less than they are allowed: the gap between the two);
 - ``drop_settle_s``: seconds from the drop to 20/s until the end of the last second with
   more than 10% of the limit refused (the burst of refusals is over);
 - ``rise_90_s``: seconds from the rise back to 40/s until a 5 s window first admits
@@ -69,6 +71,8 @@ TASKS = 9_000
 JUDGE_S = 15.0
 PRESET = REPO_ROOT / "sluice" / "providers" / "presets" / "sandbox-bare.toml"
 REFUSED = 429
+NEVER_S = 999.0
+"""A time that never came within the run, as the medians count it."""
 
 
 def true_limit(t: float) -> int:
@@ -283,9 +287,13 @@ def judge(run: dict[str, Any]) -> dict[str, Any]:
         admitted = sum(s["admitted"] for s in window)
         refused = sum(s["refused"] for s in window)
         limit = true_limit(end - 1)
+        chosen = [min(r, CONFIGURED) for t, r in run["effective"] if end - JUDGE_S <= t < end]
         figures[name] = {
             "used": round(admitted / (limit * JUDGE_S), 4),
             "refused": round(refused / max(1, admitted + refused), 4),
+            # The rate the limiter chose, over the limit: what the host could not deliver
+            # under load is the gap between this and `used`.
+            "effective": round(sum(chosen) / len(chosen) / limit, 4) if chosen else None,
         }
     drop, rise = int(edges[1]), int(edges[2])
     noisy = [t for t in range(drop, rise) if seconds[t]["refused"] > 0.1 * true_limit(t)]
@@ -309,13 +317,17 @@ def summary(figures: list[dict[str, Any]]) -> dict[str, Any]:
             value: Any = f
             for part in path:
                 value = value[part]
-            if value is not None:
-                values.append(float(value))
+            # Never within the run (a rise never reached 90%): longer than the phase.
+            values.append(float(value) if value is not None else NEVER_S)
         return round(median(values), 4) if values else None
 
     result: dict[str, Any] = {}
     for phase in ("settled_40", "settled_20", "settled_40_again"):
-        result[phase] = {"used": med((phase, "used")), "refused": med((phase, "refused"))}
+        result[phase] = {
+            "used": med((phase, "used")),
+            "refused": med((phase, "refused")),
+            "effective": med((phase, "effective")),
+        }
     for key in ("drop_settle_s", "rise_90_s", "refused_total", "admitted_total"):
         result[key] = med((key,))
     result["runs"] = len(figures)
@@ -323,7 +335,7 @@ def summary(figures: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def series(run: dict[str, Any]) -> dict[str, Any]:
-    """The first run's per-second counts and effective rate (what the plot shows)."""
+    """A run's per-second counts and effective rate (what the plot shows)."""
     seconds = per_second(run["arrivals"], run["zero"])
     return {
         "admitted": [s["admitted"] for s in seconds],
@@ -398,6 +410,7 @@ def main(argv: list[str] | None = None) -> None:
                 figures["load_average_1m_before"] = round(load, 2)
                 figures["load_average_1m_after"] = round(os.getloadavg()[0], 2)
                 print(json.dumps(figures), flush=True)
+                figures["series"] = series(run)
                 entry = results["contenders"].setdefault(name, {"runs": []})
                 entry["runs"].append(figures)
                 first_runs.setdefault(name, run)
@@ -406,7 +419,6 @@ def main(argv: list[str] | None = None) -> None:
     results["machine_after"] = machine_info()
     results["schedule"] = {"steps": STEPS, "after": AFTER, "configured": CONFIGURED}
     name = "adaptive" if not args.only else "adaptive_" + "_".join(sorted(wanted))
-    results["series"] = {k: series(run) for k, run in first_runs.items()}
     write_json(RESULTS_DIR / f"{name}.json", results)
     plot(RESULTS_DIR / f"{name}.png", first_runs)
     print(json.dumps({k: v["median"] for k, v in results["contenders"].items()}, indent=1))
