@@ -9,7 +9,7 @@ rest is spread until the reset; of several readings the one with the least remai
 wins. Every worker reads the same counters from the provider, so these ceilings live in
 each process's memory and need no coordination.
 
-**Refusals that carry no numbers** (a bare 429). The key's rate drops to ``decrease`` times
+**Refusals that state no limit** (a bare 429, or a ``Retry-After`` alone). The key's rate drops to ``decrease`` times
 the rate it was refused at (half as deep when refused at the last refused rate), then
 climbs back along a cubic (as CUBIC and botocore's adaptive mode do): concave up to the
 refused rate in ``climb`` seconds, then convex towards the configured rate in as long
@@ -213,7 +213,9 @@ class Learner:
         stated = False
         if observation.readings:
             stated = self._read(observation, config)
-        if observation.refused and not stated and not observation.said_when:
+        # A refusal that states no limit lowers the rate, even one that says when to come
+        # back: resuming at the configured rate after the pause would be refused again.
+        if observation.refused and not stated:
             changed = False
             for spec in observation.limits:
                 changed |= self._drop(observation.provider, spec, observation.at, config)

@@ -190,10 +190,17 @@ def test_a_burst_of_refusals_from_many_workers_makes_one_drop(store: LearnedRate
     assert records[0].detail["to_per_s"] == pytest.approx(85.0)
 
 
-def test_a_refusal_that_says_when_or_carries_numbers_does_not_drop(store: LearnedRateStore) -> None:
+def test_a_refusal_with_retry_after_drops_too(store: LearnedRateStore) -> None:
+    """Resuming at the configured rate after the pause would only be refused again."""
     clock = FakeClock()
     learner = Learner(store, {"acme": CONFIG}, clock)
-    learner.observe(LimitObservation("acme", (SPEC,), (), refused=True, said_when=True, at=0.0))
+    learner.observe(LimitObservation("acme", (SPEC,), (), True, said_when=True, at=clock.time()))
+    assert [d.low_per_s for d in store.all()] == [pytest.approx(85.0)]
+
+
+def test_a_refusal_that_states_the_limit_does_not_drop(store: LearnedRateStore) -> None:
+    clock = FakeClock()
+    learner = Learner(store, {"acme": CONFIG}, clock)
     said = (LimitReading("X-RateLimit-Remaining", limit=40, remaining=0, reset_s=0.5),)
     learner.observe(LimitObservation("acme", (SPEC,), said, True, False, clock.time()))
     assert store.all() == []
