@@ -9,12 +9,12 @@ rest is spread until the reset; of several readings the one with the least remai
 wins. Every worker reads the same counters from the provider, so these ceilings live in
 each process's memory and need no coordination.
 
-**Refusals that state no limit** (a bare 429, or a ``Retry-After`` alone). The key's rate drops to ``decrease`` times
-the rate it was refused at (half as deep when refused at the last refused rate), then
-climbs back along a cubic (as CUBIC and botocore's adaptive mode do): concave up to the
-refused rate in ``climb`` seconds, then convex towards the configured rate in as long
-again, probing. Never above the configured rate,
-never below ``floor``.
+**Refusals that state no limit** (a bare 429, or a ``Retry-After`` alone). The key's
+rate drops to ``decrease`` times the rate it was refused at (half as deep when refused at
+the last refused rate), then climbs back along a cubic (as CUBIC and botocore's adaptive
+mode do): concave up to the refused rate in ``climb`` seconds, then convex towards the
+configured rate in as long again, probing. Never above the configured rate, never below
+``floor``.
 
 What makes it work across processes and restarts: the database keeps only the **last
 drop** of each key (the rate refused at, the rate dropped to, when), and the rate at any
