@@ -156,10 +156,16 @@ class _Throttled:
         return bool(kwargs.get("throttled"))
 
 
-def botocore_process(base_url: str, until: float, cap: float, out: str) -> None:
-    """One process: its own ClientRateLimiter, THREADS threads, at most ``cap``/s."""
+def botocore_process(base_url: str, go: str, cap: float, out: str) -> None:
+    """One process: its own ClientRateLimiter, THREADS threads, at most ``cap``/s, from the
+    moment the ``go`` file appears until the time written in it."""
     from botocore.retries import bucket, throttling
     from botocore.retries.adaptive import ClientRateLimiter, RateClocker
+
+    Path(out + ".ready").touch()
+    while not Path(go).exists():
+        time.sleep(0.01)
+    until = float(Path(go).read_text(encoding="utf-8"))
 
     clock = bucket.Clock()
     limiter = ClientRateLimiter(
@@ -223,9 +229,10 @@ def botocore_process(base_url: str, until: float, cap: float, out: str) -> None:
 
 def run_botocore(sandbox: SandboxProcess) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sluice-bench-adaptive-") as folder:
-        zero = start_schedule(sandbox)
-        until = zero + RUN_S
+        go = Path(folder) / "go"
         outs = [str(Path(folder) / f"rate-{n}.jsonl") for n in range(PROCESSES)]
+        # Started (and botocore imported) before the schedule starts, as Sluice's workers
+        # are ready before it: the processes wait for the go file, which holds the end time.
         procs = [
             subprocess.Popen(
                 [
@@ -234,7 +241,7 @@ def run_botocore(sandbox: SandboxProcess) -> dict[str, Any]:
                     "bench.adaptive",
                     "--botocore-process",
                     sandbox.base_url,
-                    str(until),
+                    str(go),
                     str(CONFIGURED / PROCESSES),
                     out,
                 ],
@@ -242,6 +249,15 @@ def run_botocore(sandbox: SandboxProcess) -> dict[str, Any]:
             )
             for out in outs
         ]
+        ready = [Path(out + ".ready") for out in outs]
+        deadline = time.monotonic() + 120
+        while not all(r.exists() for r in ready) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        zero = start_schedule(sandbox)
+        until = zero + RUN_S
+        staged = go.with_suffix(".tmp")
+        staged.write_text(str(until), encoding="utf-8")
+        staged.rename(go)  # atomic: a process never reads half of it
         for proc in procs:
             try:
                 proc.wait(timeout=RUN_S + 60)
@@ -385,11 +401,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--only", choices=["sluice_adaptive", "sluice_static", "botocore_adaptive"], nargs="*"
     )
-    parser.add_argument("--botocore-process", nargs=4, metavar=("URL", "UNTIL", "CAP", "OUT"))
+    parser.add_argument("--botocore-process", nargs=4, metavar=("URL", "GO", "CAP", "OUT"))
     args = parser.parse_args(argv)
     if args.botocore_process:
-        url, until, cap, out = args.botocore_process
-        botocore_process(url, float(until), float(cap), out)
+        url, go, cap, out = args.botocore_process
+        botocore_process(url, go, float(cap), out)
         return
     contenders = {
         "sluice_adaptive": lambda sb: run_sluice(sb, adaptive=True),
