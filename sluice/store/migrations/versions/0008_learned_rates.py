@@ -1,7 +1,7 @@
 """Learned rates: the last drop of each limit key's adaptive rate (engine/adaptive.py).
 
 Revision ID: 0008
-Revises: 0005
+Revises: 0007_scale (relinked on rebase; was 0005)
 Create Date: 2026-12-02
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0008"
-down_revision = "0005"
+down_revision = "0007_scale"
 branch_labels = None
 depends_on = None
 
