@@ -559,6 +559,33 @@ def explain(
         out.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
+@app.command()
+def rates() -> None:
+    """Each limit key's configured rate beside the rate in force, and why (learned, pinned)."""
+    from rich.table import Table
+
+    from sluice.engine.adaptive import rates_in_force
+    from sluice.runtime import build_runtime
+
+    runtime = build_runtime(load_settings())
+    try:
+        runtime.rates.refresh()
+        table = Table("provider", "key", "configured", "in force", "source", "since", "reason")
+        for row in rates_in_force(runtime.providers, runtime.rates, runtime.learner):
+            table.add_row(
+                escape(row.provider),
+                escape(row.key),
+                f"{row.configured_per_s:.3g}/s",
+                f"{row.in_force_per_s:.3g}/s",
+                row.source,
+                _when(row.since),
+                escape(row.reason),
+            )
+        Console().print(table)
+    finally:
+        runtime.close()
+
+
 def main() -> None:
     """Entry point of the ``sluice`` console script: operator errors are one line, exit 2."""
     from sluice.submissions import SubmissionInvalid

@@ -9,16 +9,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from sqlalchemy import Engine
 
 from sluice.catalog import Catalog, ProviderInfo
 from sluice.controls import Controls, PinnedCeilings, stretches
+from sluice.engine.adaptive import Learner
 from sluice.engine.rates import CeilingSource, RatesInForce
 from sluice.providers.base import Provider
+from sluice.providers.http import HttpProvider
 from sluice.providers.registry import build_http_client, load_providers
 from sluice.ratelimit import build_limiter
 from sluice.ratelimit.base import Limiter
 from sluice.settings import Settings
 from sluice.store import db
+from sluice.store.learned import LearnedRateStore
 from sluice.store.pauses import PauseStore
 from sluice.store.pins import PinStore
 from sluice.store.queue import WorkQueue
@@ -50,6 +54,8 @@ class Runtime:
     clients: dict[str, httpx.Client] = field(default_factory=dict)
     rates: RatesInForce = field(default_factory=RatesInForce)
     """The rate in force on each limit key (configured, or a lower pinned/learned/quota one)."""
+    learner: Learner | None = None
+    """The adaptive limiter of the providers with ``adaptive`` on (None: none has it)."""
 
     @property
     def controls(self) -> Controls:
@@ -109,6 +115,12 @@ def build_runtime(settings: Settings) -> Runtime:
     # Each store table that can lower a key's rate (pins, learned rates, quotas) adds its
     # source here; the dispatcher and the API read the rate in force through `rates`.
     ceiling_sources: list[CeilingSource] = [PinnedCeilings(PinStore(engine), stretches(providers))]
+    learner = build_learner(providers, engine)
+    if learner is not None:
+        ceiling_sources.append(learner)
+    rates = RatesInForce(ceiling_sources)
+    if learner is not None:
+        learner.on_change = rates.refresh
     return Runtime(
         settings=settings,
         repo=TaskRepository(engine),
@@ -118,5 +130,23 @@ def build_runtime(settings: Settings) -> Runtime:
         limiter=limiter,
         pauses=PauseStore(engine),
         clients={name: build_http_client(p) for name, p in providers.items()},
-        rates=RatesInForce(ceiling_sources),
+        rates=rates,
+        learner=learner,
     )
+
+
+def build_learner(providers: dict[str, Provider], engine: Engine) -> Learner | None:
+    """The adaptive limiter, watching every provider with ``adaptive`` on; None if none has."""
+    configs = {
+        name: p.config.adaptive
+        for name, p in providers.items()
+        if isinstance(p, HttpProvider) and p.config.adaptive.enabled
+    }
+    if not configs:
+        return None
+    learner = Learner(LearnedRateStore(engine), configs)
+    for name in configs:
+        provider = providers[name]
+        if isinstance(provider, HttpProvider):
+            provider.watch_limits(learner)
+    return learner

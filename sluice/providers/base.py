@@ -62,6 +62,46 @@ class RateLimited:
 
     retry_after_s: float | None
     detail: str
+    said_when: bool = True
+    """Whether the provider said when to come back (False: a configured default pause)."""
+
+
+@dataclass(frozen=True)
+class LimitReading:
+    """What one answer said of a limit's state; any part may be unknown.
+
+    ``reset_s`` is the seconds from the answer until ``remaining`` grows again (the window
+    resets); ``used_fraction`` is a share of the budget already used (Meta's percentages
+    over 100), for providers that give no counts.
+    """
+
+    source: str
+    limit: float | None = None
+    window_s: float | None = None
+    remaining: float | None = None
+    reset_s: float | None = None
+    used_fraction: float | None = None
+
+
+@dataclass(frozen=True)
+class LimitObservation:
+    """One answer as the adaptive limiter sees it: the keys it was sent under, what it said."""
+
+    provider: str
+    limits: tuple[LimitSpec, ...]
+    readings: tuple[LimitReading, ...]
+    refused: bool
+    """A rate-limit signal (429, or a configured error code)."""
+    said_when: bool
+    """For a refusal: whether it said when to come back."""
+    at: float
+    """POSIX seconds."""
+
+
+class LimitObserver(Protocol):
+    """Told of every answer that carried limit fields or was a refusal (never raises)."""
+
+    def observe(self, observation: LimitObservation) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -125,6 +125,19 @@ def _rates(value: object) -> tuple[Rate, ...]:
     raise errors.InvalidValue(f"must be a rate like '10/s' or a list of rates, got {value!r}")
 
 
+def _floor(value: object) -> float:
+    """A fraction of the configured rate in (0, 1], or a rate like '2/s' (kept negated)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if not 0 < value <= 1:
+            raise errors.InvalidValue(
+                f"must be a fraction of the configured rate in (0, 1] or a rate like '2/s', "
+                f"got {value!r}"
+            )
+        return float(value)
+    rate = _rate(value)
+    return -rate.limit / rate.window_s
+
+
 def _codes(value: object) -> frozenset[str]:
     if not isinstance(value, list) or not all(
         isinstance(v, int | str) and not isinstance(v, bool) for v in value
@@ -226,13 +239,71 @@ class SignalConfig(_Table):
     retry_after_header: str | None = "Retry-After"
     reset_header: str | None = None
     reset_kind: Literal["auto", "epoch", "epoch_ms", "delta"] = "auto"
+    limit_header: str | None = None
+    remaining_header: str | None = None
+    ietf_headers: bool = False
     codes: Codes = frozenset()
     code_field: str = "error.code"
     usage_header: str | None = None
     usage_field: str = "estimated_time_to_regain_access"
     usage_unit: Literal["ms", "s", "min", "h"] = "min"
+    usage_percent_fields: tuple[str, ...] = ()
+    retry_delay_field: str | None = None
     default_pause: Duration = 5.0
     max_pause: Duration = 3600.0
+
+    @property
+    def reads_limits(self) -> bool:
+        """Whether any answer header or body field here describes the limit's state."""
+        return bool(
+            self.limit_header
+            or self.remaining_header
+            or self.ietf_headers
+            or (self.usage_header and self.usage_percent_fields)
+        )
+
+
+class AdaptiveConfig(_Table):
+    """``[providers.NAME.adaptive]`` (or ``adaptive = true``): learn the real limit.
+
+    ``decrease`` multiplies a key's effective rate on a refusal that gives no numbers (half
+    as deep a drop when refused at about the last refused rate: a probe, not a fallen limit);
+    ``climb`` is how long the rate then takes to climb back to where it was refused (and as
+    long again to reach the configured rate, probing); ``floor`` is the lowest it may go
+    (a rate, or a fraction of the configured one); ``pause`` replaces ``default_pause``
+    for a refusal that says nothing of when to come back; ``hold`` is the least time
+    between two decreases of one key (refusals of one burst, seen by many workers, count once);
+    above ``usage_slow_above`` percent used (Meta's usage header), the rest is spread.
+    """
+
+    enabled: bool = True
+    floor: Annotated[float, PlainValidator(_floor)] = 0.05
+    climb: Duration = 10.0
+    decrease: float = Field(default=0.7, gt=0, lt=1)
+    pause: Duration = 0.1
+    hold: Duration = 1.0
+    usage_slow_above: float = Field(default=80.0, ge=0, lt=100)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_bool(cls, value: object) -> object:
+        if isinstance(value, bool):
+            return {"enabled": value}
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.climb <= 0:
+            raise KeyProblem("climb", f"must be > 0, got {self.climb:g}s")
+        if self.hold <= 0:
+            raise KeyProblem("hold", f"must be > 0, got {self.hold:g}s")
+        return self
+
+    def floor_per_s(self, configured_per_s: float) -> float:
+        """The lowest rate (per second) a key configured at ``configured_per_s`` may run at."""
+        if self.floor < 0:  # an absolute rate, stored negated (see _floor)
+            return min(-self.floor, configured_per_s)
+        return configured_per_s * self.floor
 
 
 class ErrorsConfig(_Table):
@@ -312,6 +383,7 @@ class ProviderConfig(_Table):
     poll: PollConfig | None = None
     kinds: dict[str, KindConfig] = Field(default_factory=dict)
     rate_limit_signal: SignalConfig = Field(default_factory=SignalConfig)
+    adaptive: AdaptiveConfig = Field(default_factory=lambda: AdaptiveConfig(enabled=False))
     errors: ErrorsConfig = Field(default_factory=ErrorsConfig)
     auth: AuthConfig | None = None
     tenants: dict[str, TenantCredentials] = Field(default_factory=dict)
@@ -465,6 +537,7 @@ def _table_model(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
         "kinds": (2, KindConfig),
         "limits": (2, LimitConfig),
         "rate_limit_signal": (1, SignalConfig),
+        "adaptive": (1, AdaptiveConfig),
         "errors": (1, ErrorsConfig),
         "auth": (1, AuthConfig),
         "tenants": (2, TenantCredentials),

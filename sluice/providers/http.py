@@ -30,6 +30,8 @@ from sluice.providers.base import (
     Accepted,
     Failed,
     Found,
+    LimitObservation,
+    LimitObserver,
     LookupDecision,
     NotFound,
     PollDecision,
@@ -99,6 +101,8 @@ class HttpProvider:
             self._redactor.add(password)
         self.redact_fields = config.redact_fields
         self._limits = LimitRules(name, config)
+        self._observer: LimitObserver | None = None
+        self._warned: set[str] = set()
         self._answers = AnswerReader(config.errors, self._redactor)
         self._accounts = Accounts(
             name,
@@ -122,6 +126,11 @@ class HttpProvider:
     def token_limits(self) -> list[LimitSpec]:
         """The limits a token request (``[auth]``) takes a grant on; empty: not limited."""
         return self._limits.token_limits()
+
+    def watch_limits(self, observer: LimitObserver | None) -> None:
+        """Tell ``observer`` of every refusal and every answer that states the limit
+        (``adaptive``: docs/ratelimit.md)."""
+        self._observer = observer
 
     def in_flight(self) -> InFlight | None:
         """The cap on concurrent requests (``max_in_flight``), if any."""
@@ -505,6 +514,8 @@ class HttpProvider:
             )
         status = response.status_code
         if 200 <= status < 300 or (allow_404 and status == 404):
+            if self._observer is not None:
+                self._observe(response, None, write=write, payload=json)
             return _Answer(response, json_body(response))
         if status == 401 and auth is not None:
             auth.invalidate(auth_value)
@@ -515,9 +526,68 @@ class HttpProvider:
             metrics.rate_limit_signal(
                 self.name, signals.kind(response, body, self.config.rate_limit_signal)
             )
+            adaptive = self.config.adaptive
+            if adaptive.enabled and not limited.said_when:
+                # The learned rate drops instead; a short pause lets the window drain.
+                pause = min(adaptive.pause, limited.retry_after_s or adaptive.pause)
+                limited = dataclasses.replace(
+                    limited,
+                    retry_after_s=pause,
+                    detail=f"{limited.detail.split('; pause')[0]}; pause "
+                    f"{format_duration(pause)} (adaptive)",
+                )
+            if self._observer is not None:
+                self._observe(response, limited, write=write, payload=json)
             return self._log_decision(limited, task_ids)
+        if self._observer is not None:
+            self._observe(response, None, write=write, payload=json)
         return self._log_decision(
             self._answers.refusal(response, body, write=write, now_s=now), task_ids
+        )
+
+    def _observe(
+        self,
+        response: httpx.Response,
+        limited: RateLimited | None,
+        *,
+        write: bool,
+        payload: Any,
+    ) -> None:
+        """Tell the observer what this answer said of the limit (never raises)."""
+        observer = self._observer
+        if observer is None:
+            return
+        try:
+            now = self._clock.time()
+            readings = signals.read_limits(
+                response.headers, self.config.rate_limit_signal, now, self._warn_once
+            )
+            if not readings and limited is None:
+                return
+            limits = self._limits.limits_for(
+                "write" if write else "read", payload if isinstance(payload, Mapping) else None
+            )
+            observer.observe(
+                LimitObservation(
+                    provider=self.name,
+                    limits=tuple(limits),
+                    readings=tuple(readings),
+                    refused=limited is not None,
+                    said_when=limited.said_when if limited is not None else False,
+                    at=now,
+                )
+            )
+        except Exception:
+            log.warning("provider.observe_failed", exc_info=True, extra={"provider": self.name})
+
+    def _warn_once(self, header: str, reason: str) -> None:
+        """One warning per provider and header for values that are ignored."""
+        if header in self._warned:
+            return
+        self._warned.add(header)
+        log.warning(
+            "provider.bad_limit_header",
+            extra={"provider": self.name, "header": header, "reason": reason},
         )
 
     def _unreadable(

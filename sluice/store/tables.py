@@ -1,4 +1,5 @@
-"""SQLAlchemy table models: tasks, their events, pauses, pins, API keys, audit, console sessions."""
+"""SQLAlchemy table models: tasks, their events, pauses, pins, learned rates, API keys,
+audit, console sessions."""
 
 from __future__ import annotations
 
@@ -164,6 +165,22 @@ class LimitPinRow(Base):
     reason: Mapped[str] = mapped_column(Text)
     actor: Mapped[str] = mapped_column(String(200))
     since: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class LearnedRateRow(Base):
+    """The last drop of one limit key's learned rate (engine/adaptive.py): the rate it was
+    refused at, the rate it dropped to, and when; the climb since is computed, not stored."""
+
+    __tablename__ = "learned_rates"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(64))
+    configured_per_s: Mapped[float] = mapped_column(Float)
+    peak_per_s: Mapped[float] = mapped_column(Float)
+    low_per_s: Mapped[float] = mapped_column(Float)
+    dropped_at_s: Mapped[float] = mapped_column(Float)
+    decreases: Mapped[int] = mapped_column(Integer, default=0)
+    reason: Mapped[str] = mapped_column(String(255), default="")
 
 
 class ApiKeyRow(Base):

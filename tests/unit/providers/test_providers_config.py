@@ -19,6 +19,7 @@ SANDBOX_PRESETS = [
     "sandbox-bare",
     "sandbox-demo",
     "sandbox-headers",
+    "sandbox-hidden",
     "sandbox-meta",
     "sandbox-standard",
 ]

@@ -109,7 +109,7 @@ def test_meta_other_400_is_still_a_validation_failure() -> None:
 def test_bare_429_uses_the_default_pause() -> None:
     """A 429 with no headers pauses for default_pause."""
     decision = submit_answer(httpx.Response(429), {"default_pause": "45s"})
-    assert decision == RateLimited(45.0, "HTTP 429; pause 45s (default pause)")
+    assert decision == RateLimited(45.0, "HTTP 429; pause 45s (default pause)", said_when=False)
 
 
 def test_absurd_pause_is_capped_at_max_pause() -> None:

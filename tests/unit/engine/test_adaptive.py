@@ -1,0 +1,292 @@
+"""The adaptive limiter: the cubic law, ceilings from answers, its lifecycle across processes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+)
+
+from sluice.clock import FakeClock
+from sluice.engine.adaptive import CubicLaw, Learner, told_ceiling
+from sluice.engine.rates import RatesInForce, per_second
+from sluice.providers.base import LimitObservation, LimitReading
+from sluice.providers.config import AdaptiveConfig
+from sluice.ratelimit.rate import LimitSpec, Rate
+from sluice.store import db
+from sluice.store.audit import AuditLog
+from sluice.store.learned import LearnedDrop, LearnedRateStore
+
+CONFIG = AdaptiveConfig(floor=0.05, climb=10.0, decrease=0.7, hold=1.0)
+SPEC = LimitSpec("acme", Rate(100, 1.0))
+
+rates = st.floats(min_value=0.01, max_value=10_000, allow_nan=False)
+fractions = st.floats(min_value=0.01, max_value=0.99)
+
+
+def drop(peak: float, low: float, at: float) -> LearnedDrop:
+    return LearnedDrop("acme", "acme", 100.0, peak, low, at, 1, "test")
+
+
+@given(
+    configured=rates,
+    floor=st.floats(min_value=0.001, max_value=1.0),
+    decrease=fractions,
+    climb=st.floats(min_value=0.1, max_value=600),
+    peak=st.floats(min_value=-1e9, max_value=1e12, allow_nan=False),
+    low=st.floats(min_value=-1e9, max_value=1e12, allow_nan=False),
+    elapsed=st.floats(min_value=-1e6, max_value=1e7, allow_nan=False),
+)
+@settings(max_examples=300)
+def test_never_above_configured_never_below_floor(
+    configured: float,
+    floor: float,
+    decrease: float,
+    climb: float,
+    peak: float,
+    low: float,
+    elapsed: float,
+) -> None:
+    law = CubicLaw.of(AdaptiveConfig(floor=floor, climb=climb, decrease=decrease), configured)
+    rate = law.rate_at(drop(peak, low, 1000.0), 1000.0 + elapsed)
+    assert law.floor <= rate <= configured
+    new_peak, new_low = law.after_refusal(drop(peak, low, 1000.0), 1000.0 + elapsed)
+    assert law.floor <= new_low <= new_peak <= configured
+
+
+@given(
+    peak=st.floats(min_value=1, max_value=100),
+    share=fractions,
+    t1=st.floats(min_value=0, max_value=100),
+    t2=st.floats(min_value=0, max_value=100),
+)
+def test_the_climb_never_goes_down(peak: float, share: float, t1: float, t2: float) -> None:
+    law = CubicLaw.of(CONFIG, 100.0)
+    state = drop(peak, peak * share, 0.0)
+    early, late = sorted((t1, t2))
+    assert law.rate_at(state, early) <= law.rate_at(state, late) + 1e-9
+
+
+def test_the_climb_reaches_the_refused_rate_after_climb_and_configured_after_twice() -> None:
+    law = CubicLaw.of(CONFIG, 100.0)
+    state = drop(40.0, 32.0, 0.0)
+    assert law.rate_at(state, 0.0) == pytest.approx(32.0)
+    assert law.rate_at(state, 10.0) == pytest.approx(40.0)
+    assert 40.0 < law.rate_at(state, 15.0) < 100.0
+    assert law.rate_at(state, 20.0) == pytest.approx(100.0)
+    # Refused again at the rate of the last refusal (a probe): half as deep a drop.
+    assert law.after_refusal(state, 10.0) == pytest.approx((40.0, 34.0))
+    # Refused while still climbing back (the limit fell): the full decrease.
+    assert law.after_refusal(state, 1.0)[1] == pytest.approx(0.7 * law.rate_at(state, 1.0))
+
+
+readings = st.builds(
+    LimitReading,
+    source=st.sampled_from(["X-RateLimit-Remaining", "RateLimit", "X-App-Usage"]),
+    limit=st.none() | st.floats(min_value=0, max_value=1e9),
+    window_s=st.none() | st.sampled_from([1.0, 60.0]),
+    remaining=st.none() | st.floats(min_value=0, max_value=1e9),
+    reset_s=st.none() | st.floats(min_value=0, max_value=7 * 86400),
+    used_fraction=st.none() | st.floats(min_value=0, max_value=100),
+)
+
+
+@given(st.lists(readings, max_size=4))
+@settings(max_examples=300)
+def test_what_answers_say_never_raises_the_rate_nor_goes_below_floor(
+    found: list[LimitReading],
+) -> None:
+    law = CubicLaw.of(CONFIG, per_second(SPEC.rate))
+    told = told_ceiling(found, SPEC, law, CONFIG)
+    if told is not None:
+        per_s, reason, lasts_s = told
+        assert law.floor <= per_s <= law.configured
+        assert reason
+        assert lasts_s >= 0
+
+
+def test_a_lower_stated_limit_rules_and_the_lowest_remaining_wins() -> None:
+    law = CubicLaw.of(CONFIG, 100.0)
+    said = [LimitReading("X-RateLimit-Remaining", limit=40, remaining=300, reset_s=10)]
+    # 300 left for 10 s is 30/s: below 40/s, so the rest is spread until the reset.
+    per_s, reason, lasts = told_ceiling(said, SPEC, law, CONFIG)  # type: ignore[misc]
+    assert per_s == pytest.approx(30.0)
+    assert "300 left for 10s" in reason
+    assert lasts == 10
+    # Two headers disagree: the one with the least remaining wins.
+    both = [
+        LimitReading("X-RateLimit-Remaining", limit=1000, remaining=500, reset_s=10),
+        LimitReading("RateLimit", limit=1000, remaining=70, reset_s=10),
+    ]
+    per_s, reason, _ = told_ceiling(both, SPEC, law, CONFIG)  # type: ignore[misc]
+    assert per_s == pytest.approx(7.0)
+    assert reason.startswith("RateLimit:")
+    # A higher limit than configured is ignored; plenty remaining is no ceiling.
+    assert (
+        told_ceiling([LimitReading("h", limit=500, remaining=400, reset_s=1)], SPEC, law, CONFIG)
+        is None
+    )
+    # A limit for another window does not apply to this key.
+    assert told_ceiling([LimitReading("p", limit=10, window_s=60.0)], SPEC, law, CONFIG) is None
+
+
+def test_meta_usage_spreads_the_rest_and_regain_time_holds_at_floor() -> None:
+    law = CubicLaw.of(CONFIG, 100.0)
+    per_s, _, _ = told_ceiling([LimitReading("X-App-Usage", used_fraction=0.9)], SPEC, law, CONFIG)  # type: ignore[misc]
+    assert per_s == pytest.approx(50.0)  # 10% left of the 20% above the 80% mark
+    assert told_ceiling([LimitReading("X-App-Usage", used_fraction=0.5)], SPEC, law, CONFIG) is None
+    per_s, reason, lasts = told_ceiling(  # type: ignore[misc]
+        [LimitReading("X-App-Usage", used_fraction=1.0, reset_s=120)], SPEC, law, CONFIG
+    )
+    assert per_s == law.floor
+    assert lasts == 120
+    assert "regain" in reason
+
+
+# --- the learner, across processes --------------------------------------------------------
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LearnedRateStore:
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'learned.db'}")
+    db.ensure_schema(engine)
+    return LearnedRateStore(engine)
+
+
+def refusal(at: float, limits: tuple[LimitSpec, ...] = (SPEC,)) -> LimitObservation:
+    return LimitObservation("acme", limits, (), refused=True, said_when=False, at=at)
+
+
+def learned_rate(learner: Learner, clock: FakeClock) -> float:
+    rates = RatesInForce([learner], clock=clock, refresh_s=0.0)
+    return per_second(rates.in_force(SPEC).rate)
+
+
+def test_a_burst_of_refusals_from_many_workers_makes_one_drop(store: LearnedRateStore) -> None:
+    clock = FakeClock()
+    workers = [Learner(store, {"acme": CONFIG}, clock) for _ in range(4)]
+    now = clock.time()
+    for worker in workers:
+        for k in range(5):
+            worker.observe(refusal(now + k * 0.01))
+    drops = store.all()
+    assert len(drops) == 1
+    assert drops[0].decreases == 1
+    assert drops[0].low_per_s == pytest.approx(85.0)  # the first drop: half of 0.7's depth
+    # Every worker computes the same rate from the one row, with no write while climbing.
+    clock.advance(3.0)
+    assert len({round(learned_rate(w, clock), 9) for w in workers}) == 1
+    records = AuditLog(store.engine).list(action="provider.rate_learned").items
+    assert len(records) == 1
+    assert records[0].target == "provider:acme"
+    assert records[0].detail["to_per_s"] == pytest.approx(85.0)
+
+
+def test_a_refusal_with_retry_after_drops_too(store: LearnedRateStore) -> None:
+    """Resuming at the configured rate after the pause would only be refused again."""
+    clock = FakeClock()
+    learner = Learner(store, {"acme": CONFIG}, clock)
+    learner.observe(LimitObservation("acme", (SPEC,), (), True, said_when=True, at=clock.time()))
+    assert [d.low_per_s for d in store.all()] == [pytest.approx(85.0)]
+
+
+def test_a_refusal_that_states_the_limit_does_not_drop(store: LearnedRateStore) -> None:
+    clock = FakeClock()
+    learner = Learner(store, {"acme": CONFIG}, clock)
+    said = (LimitReading("X-RateLimit-Remaining", limit=40, remaining=0, reset_s=0.5),)
+    learner.observe(LimitObservation("acme", (SPEC,), said, True, False, clock.time()))
+    assert store.all() == []
+    # ... but the stated limit rules.
+    assert learned_rate(learner, clock) == pytest.approx(40.0)
+
+
+def test_a_provider_without_adaptive_is_left_alone(store: LearnedRateStore) -> None:
+    clock = FakeClock()
+    learner = Learner(store, {"acme": AdaptiveConfig(enabled=False)}, clock)
+    learner.observe(refusal(clock.time()))
+    assert store.all() == []
+    assert learned_rate(learner, clock) == 100.0
+
+
+def test_the_learned_rate_survives_a_restart(store: LearnedRateStore) -> None:
+    clock = FakeClock()
+    Learner(store, {"acme": CONFIG}, clock).observe(refusal(clock.time()))
+    restarted = Learner(LearnedRateStore(store.engine), {"acme": CONFIG}, clock)
+    assert learned_rate(restarted, clock) == pytest.approx(85.0)
+
+
+class LearnerLifecycle(RuleBasedStateMachine):
+    """Refusals, time and restarts in any order, against two processes sharing one store.
+
+    Checked after every step: each process's rate is within [floor, configured], both agree,
+    drops are at least ``hold`` apart, and the rate equals the model's (the last drop, the law).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.folder: Path | None = None
+
+    @initialize(target=None)
+    def start(self) -> None:
+        import tempfile
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="sluice-learner-")
+        engine = db.make_engine(f"sqlite:///{self._tmp.name}/l.db")
+        db.ensure_schema(engine)
+        self.engine = engine
+        self.clock = FakeClock(datetime(2026, 1, 1, tzinfo=UTC))
+        self.processes = [self._process(), self._process()]
+        self.law = CubicLaw.of(CONFIG, 100.0)
+        self.model: LearnedDrop | None = None
+        self.drop_times: list[float] = []
+
+    def _process(self) -> Learner:
+        return Learner(LearnedRateStore(self.engine), {"acme": CONFIG}, self.clock)
+
+    @rule(which=st.integers(0, 1))
+    def refused(self, which: int) -> None:
+        now = self.clock.time()
+        self.processes[which].observe(refusal(now))
+        if self.model is None or now - self.model.dropped_at_s >= CONFIG.hold:
+            peak, low = self.law.after_refusal(self.model, now)
+            self.model = LearnedDrop("acme", "acme", 100.0, peak, low, now, 0, "")
+            self.drop_times.append(now)
+
+    @rule(seconds=st.sampled_from([0.1, 0.5, 0.99, 1.0, 3.0, 10.0, 30.0]))
+    def wait(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    @rule(which=st.integers(0, 1))
+    def restart(self, which: int) -> None:
+        self.processes[which] = self._process()
+
+    @invariant()
+    def rates_agree_and_stay_in_bounds(self) -> None:
+        if not hasattr(self, "processes"):
+            return
+        seen = [learned_rate(p, self.clock) for p in self.processes]
+        expected = self.law.rate_at(self.model, self.clock.time())
+        for rate in seen:
+            assert self.law.floor - 1e-9 <= rate <= 100.0 + 1e-9
+            assert rate == pytest.approx(expected, rel=1e-6)
+        rows = LearnedRateStore(self.engine).all()
+        assert len(rows) == (0 if self.model is None else 1)
+        gaps = [b - a for a, b in zip(self.drop_times, self.drop_times[1:], strict=False)]
+        assert all(gap >= CONFIG.hold for gap in gaps)
+
+    def teardown(self) -> None:
+        if hasattr(self, "engine"):
+            self.engine.dispose()
+            self._tmp.cleanup()
+
+
+LearnerLifecycle.TestCase.settings = settings(max_examples=40, stateful_step_count=25)
+TestLearnerLifecycle = LearnerLifecycle.TestCase
