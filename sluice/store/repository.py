@@ -281,6 +281,8 @@ class TaskRepository:
                     "claimed_until": None,
                     "created_at": now,
                     "updated_at": now,
+                    "priority": spec.priority,
+                    "fairness_key": spec.fairness_key or spec.tenant,
                 }
             )
         ids = self._insert_rows(conn, specs, rows)
