@@ -18,6 +18,7 @@ class ProviderInfo:
     can_track: bool
     redact_fields: tuple[str, ...] = ()
     fairness_field: str | None = None
+    fairness_weights: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -427,3 +427,19 @@ class ExplainOut(_FromAttributes):
     poll: PollOut | None
     final: FinalOut | None
     rates: list[RateOut]
+
+
+class ShareOut(BaseModel):
+    """One fairness key on a provider's budget."""
+
+    key: str
+    weight: float
+    waiting: int = Field(description="tasks due and not claimed")
+    granted_last_minute: float = Field(description="tasks claimed for it over the last 60 s")
+    share: float = Field(description="its part of all claims over the last 60 s (0..1)")
+
+
+class SharesOut(BaseModel):
+    provider: str
+    fairness_field: str | None = Field(description="payload path of the key; none: the tenant")
+    keys: list[ShareOut]
