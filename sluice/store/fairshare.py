@@ -228,23 +228,42 @@ def _rolled(vtime: float, weight: float, minute: datetime, count: int) -> dict[s
 def refund(conn: Connection, given_back: Sequence[tuple[str, str]]) -> None:
     """Give back the virtual time of tasks claimed but released unsent.
 
-    ``given_back`` holds one (provider, fairness key) per released task. A refund may take
-    a key below the provider's clock; its next claim lifts it back (no saved-up credit).
+    ``given_back`` holds one (provider, fairness key) per released task. Each key's tag
+    moves back by ``1/weight`` per task, and the provider's clock back to the lowest tag
+    refunded, so that the next claim does not lift the key over its own credit: the
+    refunded slots count as never handed out. The clock row is locked first, in the same
+    order as a claim takes its locks.
     """
     counts: dict[tuple[str, str], int] = defaultdict(int)
     for pair in given_back:
         counts[pair] += 1
-    for (provider, key), count in counts.items():
-        conn.execute(
-            update(fair_shares)
-            .where(fair_shares.c.provider == provider, fair_shares.c.fairness_key == key)
-            .values(
-                vtime=fair_shares.c.vtime - count / fair_shares.c.weight,
-                granted=case(
-                    (fair_shares.c.granted > count, fair_shares.c.granted - count), else_=0
-                ),
+    for provider in sorted({p for p, _ in counts}):
+        clock = lock_clock(conn, provider)
+        lowest = clock
+        for (owner, key), count in sorted(counts.items()):
+            if owner != provider:
+                continue
+            refunded = conn.execute(
+                update(fair_shares)
+                .where(fair_shares.c.provider == provider, fair_shares.c.fairness_key == key)
+                .values(
+                    vtime=fair_shares.c.vtime - count / fair_shares.c.weight,
+                    granted=case(
+                        (fair_shares.c.granted > count, fair_shares.c.granted - count), else_=0
+                    ),
+                )
+                .returning(fair_shares.c.vtime)
+            ).scalar()
+            if refunded is not None:
+                lowest = min(lowest, float(refunded))
+        if lowest < clock:
+            conn.execute(
+                update(fair_shares)
+                .where(
+                    fair_shares.c.provider == provider, fair_shares.c.fairness_key == CLOCK_KEY
+                )
+                .values(vtime=lowest)
             )
-        )
 
 
 @dataclass(frozen=True)
