@@ -100,8 +100,20 @@ def _insert(conn: Connection) -> Any:
     return dialect.insert(fair_shares)
 
 
-def lock_clock(conn: Connection, provider: str) -> float:
-    """Lock ``provider``'s clock row (creating it) and return the virtual clock."""
+def lock_clock(conn: Connection, provider: str, *, wait: bool = True) -> float | None:
+    """Lock ``provider``'s clock row (creating it) and return the virtual clock.
+
+    With ``wait=False`` (PostgreSQL: ``SKIP LOCKED``) a row another transaction holds is
+    not waited for: None comes back.
+    """
+    query = select(fair_shares.c.vtime).where(
+        fair_shares.c.provider == provider, fair_shares.c.fairness_key == CLOCK_KEY
+    )
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=not wait)
+    value = conn.execute(query).scalar()
+    if value is not None:
+        return float(value)
     conn.execute(
         _insert(conn)
         .values(
@@ -114,12 +126,8 @@ def lock_clock(conn: Connection, provider: str) -> float:
         )
         .on_conflict_do_nothing()
     )
-    query = select(fair_shares.c.vtime).where(
-        fair_shares.c.provider == provider, fair_shares.c.fairness_key == CLOCK_KEY
-    )
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update()
-    return float(conn.execute(query).scalar_one())
+    value = conn.execute(query).scalar()
+    return None if value is None else float(value)
 
 
 def candidates(conn: Connection, due: Any, provider: str, limit: int) -> dict[str, list[int]]:
@@ -231,15 +239,13 @@ def refund(conn: Connection, given_back: Sequence[tuple[str, str]]) -> None:
     ``given_back`` holds one (provider, fairness key) per released task. Each key's tag
     moves back by ``1/weight`` per task, and the provider's clock back to the lowest tag
     refunded, so that the next claim does not lift the key over its own credit: the
-    refunded slots count as never handed out. The clock row is locked first, in the same
-    order as a claim takes its locks.
+    refunded slots count as never handed out.
     """
     counts: dict[tuple[str, str], int] = defaultdict(int)
     for pair in given_back:
         counts[pair] += 1
     for provider in sorted({p for p, _ in counts}):
-        clock = lock_clock(conn, provider)
-        lowest = clock
+        lowest: float | None = None
         for (owner, key), count in sorted(counts.items()):
             if owner != provider:
                 continue
@@ -255,13 +261,17 @@ def refund(conn: Connection, given_back: Sequence[tuple[str, str]]) -> None:
                 .returning(fair_shares.c.vtime)
             ).scalar()
             if refunded is not None:
-                lowest = min(lowest, float(refunded))
-        if lowest < clock:
+                lowest = float(refunded) if lowest is None else min(lowest, float(refunded))
+        if lowest is None:
+            continue
+        # Never wait for a claim in progress here (it holds the clock row, and may wait for
+        # the key rows this transaction just changed): if the clock is busy, the refunded
+        # key keeps its credit only down to the clock (a claim's worth at most).
+        clock = lock_clock(conn, provider, wait=False)
+        if clock is not None and lowest < clock:
             conn.execute(
                 update(fair_shares)
-                .where(
-                    fair_shares.c.provider == provider, fair_shares.c.fairness_key == CLOCK_KEY
-                )
+                .where(fair_shares.c.provider == provider, fair_shares.c.fairness_key == CLOCK_KEY)
                 .values(vtime=lowest)
             )
 

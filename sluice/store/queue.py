@@ -175,11 +175,15 @@ class WorkQueue:
         weights = weights or {}
         token = claim_token(worker)
         until = now + timedelta(seconds=lease_s)
-        with self._writing() as conn:
-            clock = fairshare.lock_clock(conn, provider)
+        # The candidates are read before the clock is locked, so that claimers of one
+        # provider queue only for the short part; one that lost some to a claimer just
+        # before it takes fewer (every task it takes is re-checked under its row lock).
+        with self.engine.connect() as conn:
             found = fairshare.candidates(conn, due_now(now), provider, limit)
-            if not found:
-                return []
+        if not found:
+            return []
+        with self._writing() as conn:
+            clock = fairshare.lock_clock(conn, provider) or 0.0
             states = fairshare.key_states(
                 conn, provider, {k: len(v) for k, v in found.items()}, weights
             )
