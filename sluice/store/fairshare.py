@@ -104,7 +104,7 @@ def lock_clock(conn: Connection, provider: str, *, wait: bool = True) -> float |
     """Lock ``provider``'s clock row (creating it) and return the virtual clock.
 
     With ``wait=False`` (PostgreSQL: ``SKIP LOCKED``) a row another transaction holds is
-    not waited for: None comes back.
+    not waited for, and a missing one not created: None comes back.
     """
     query = select(fair_shares.c.vtime).where(
         fair_shares.c.provider == provider, fair_shares.c.fairness_key == CLOCK_KEY
@@ -112,8 +112,10 @@ def lock_clock(conn: Connection, provider: str, *, wait: bool = True) -> float |
     if conn.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=not wait)
     value = conn.execute(query).scalar()
-    if value is not None:
-        return float(value)
+    if value is not None or not wait:
+        # Without waiting, never insert either: an insert checks the existing row, and
+        # waits for a claim that is updating it.
+        return None if value is None else float(value)
     conn.execute(
         _insert(conn)
         .values(
@@ -188,49 +190,54 @@ def record(
     weights: Mapping[str, float],
     now: datetime,
 ) -> None:
-    """Store the new clock and each key's finish tag and grant count after a claim."""
+    """Store the new clock and each key's finish tag and grant count after a claim (one
+    statement: the clock row and the key rows upserted together)."""
     minute = _minute(now)
-    conn.execute(
-        update(fair_shares)
-        .where(fair_shares.c.provider == provider, fair_shares.c.fairness_key == CLOCK_KEY)
-        .values(vtime=clock)
-    )
-    for key, count in taken.items():
+    rows: list[dict[str, Any]] = [
+        {
+            "provider": provider,
+            "fairness_key": CLOCK_KEY,
+            "vtime": clock,
+            "weight": DEFAULT_WEIGHT,
+            "minute": None,
+            "granted": 0,
+            "prev_granted": 0,
+        }
+    ]
+    for key, count in sorted(taken.items()):
         weight = weights.get(key, DEFAULT_WEIGHT)
-        vtime = starts[key] + count / weight
-        conn.execute(
-            _insert(conn)
-            .values(
-                provider=provider,
-                fairness_key=key,
-                vtime=vtime,
-                weight=weight,
-                minute=minute,
-                granted=count,
-                prev_granted=0,
-            )
-            .on_conflict_do_update(
-                index_elements=[fair_shares.c.provider, fair_shares.c.fairness_key],
-                set_=_rolled(vtime, weight, minute, count),
-            )
+        rows.append(
+            {
+                "provider": provider,
+                "fairness_key": key,
+                "vtime": starts[key] + count / weight,
+                "weight": weight,
+                "minute": minute,
+                "granted": count,
+                "prev_granted": 0,
+            }
         )
-
-
-def _rolled(vtime: float, weight: float, minute: datetime, count: int) -> dict[str, Any]:
-    """The upsert's SET: the grant counters rolled over to ``minute`` when it is new."""
+    statement = _insert(conn).values(rows)
+    new = statement.excluded
+    # The grant counters roll over to this minute when the row's minute is older.
     same = fair_shares.c.minute == minute
     previous = fair_shares.c.minute == minute - timedelta(minutes=1)
-    return {
-        "vtime": vtime,
-        "weight": weight,
-        "minute": minute,
-        "granted": case((same, fair_shares.c.granted + count), else_=count),
-        "prev_granted": case(
-            (same, fair_shares.c.prev_granted),
-            (previous, fair_shares.c.granted),
-            else_=0,
-        ),
-    }
+    conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=[fair_shares.c.provider, fair_shares.c.fairness_key],
+            set_={
+                "vtime": new.vtime,
+                "weight": new.weight,
+                "minute": new.minute,
+                "granted": case((same, fair_shares.c.granted + new.granted), else_=new.granted),
+                "prev_granted": case(
+                    (same, fair_shares.c.prev_granted),
+                    (previous, fair_shares.c.granted),
+                    else_=0,
+                ),
+            },
+        )
+    )
 
 
 def refund(conn: Connection, given_back: Sequence[tuple[str, str]]) -> None:
