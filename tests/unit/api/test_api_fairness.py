@@ -70,7 +70,8 @@ def test_priority_out_of_range_is_422_and_writes_nothing(
 
     for answer in (single, bulk):
         assert answer.status_code == 422, answer.text
-        assert "priority" in answer.text and "between -100 and 100" in answer.text
+        assert "priority" in answer.text
+        assert "between -100 and 100" in answer.text
     assert repo.max_id() == 0
 
 
@@ -112,7 +113,8 @@ def test_idempotent_replay_without_priority_hashes_as_before(
     again = http.post("/api/tasks", json=campaign(), headers=headers)
     other = http.post("/api/tasks", json=campaign(priority=5), headers=headers)
 
-    assert again.status_code == 201 and again.json()["id"] == first.json()["id"]
+    assert again.status_code == 201
+    assert again.json()["id"] == first.json()["id"]
     assert again.headers["Idempotent-Replayed"] == "true"
     assert other.status_code == 409
 
@@ -135,10 +137,12 @@ def test_shares_show_waiting_weight_and_granted(
     body = answer.json()
     assert body["fairness_field"] == "advertiser.id"
     by_key = {k["key"]: k for k in body["keys"]}
-    assert by_key["adv-1"]["weight"] == 3.0 and by_key["adv-2"]["weight"] == 1.0
+    assert by_key["adv-1"]["weight"] == 3.0
+    assert by_key["adv-2"]["weight"] == 1.0
     assert by_key["adv-1"]["granted_last_minute"] == 15
     assert by_key["adv-2"]["granted_last_minute"] == 5
-    assert by_key["adv-1"]["waiting"] == 15 and by_key["adv-2"]["waiting"] == 25
+    assert by_key["adv-1"]["waiting"] == 15
+    assert by_key["adv-2"]["waiting"] == 25
     assert by_key["adv-1"]["share"] == 0.75
 
 
