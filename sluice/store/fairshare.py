@@ -8,11 +8,16 @@ smallest tag. A key with nothing due takes no slot (work-conserving), and a key 
 back from idle starts at the provider's virtual clock (the tag of the last slot handed
 out), so idleness saves up no credit to starve the others with later.
 
-The state lives in ``fair_shares`` and changes inside the claim's transaction, which
-first locks the provider's clock row: every claimer of one provider, on any worker or
-host, takes its turn and sees the tags the previous one left. Workers claim about a
-second of work at a time, so across all of them each key gets its weighted share to
-within a claim. Tasks claimed but given back unsent are refunded (:func:`refund`).
+The state lives in ``fair_shares`` and changes inside the claim's transaction, shared by
+every worker on every host. A claim reads the tags without locking them and, when it
+commits, *adds* its slots to each key's tag (``max(tag, clock) + slots/weight``) and moves
+the clock forward, row by row, so concurrent claimers never queue for each other and
+none of their grants is lost from the tags: two claims made at the same instant may both
+favour the key that was behind, and the tags then hold the next claims back from it.
+Workers claim about a second of work at a time, so across all of them each key gets its
+weighted share to within about one claim per worker. Tasks claimed but given back
+unsent are refunded (:func:`refund`). Rows are always changed in key order, the clock
+row last, by claims and refunds alike (no deadlock).
 
 Within a key, tasks go by ``priority`` (higher first), then children of parents that
 already exist at the provider before new roots (trees finish first), then due time and id.
@@ -100,36 +105,12 @@ def _insert(conn: Connection) -> Any:
     return dialect.insert(fair_shares)
 
 
-def lock_clock(conn: Connection, provider: str, *, wait: bool = True) -> float | None:
-    """Lock ``provider``'s clock row (creating it) and return the virtual clock.
+def _greatest(conn: Connection, *values: Any) -> Any:
+    return (func.greatest if conn.dialect.name == "postgresql" else func.max)(*values)
 
-    With ``wait=False`` (PostgreSQL: ``SKIP LOCKED``) a row another transaction holds is
-    not waited for, and a missing one not created: None comes back.
-    """
-    query = select(fair_shares.c.vtime).where(
-        fair_shares.c.provider == provider, fair_shares.c.fairness_key == CLOCK_KEY
-    )
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=not wait)
-    value = conn.execute(query).scalar()
-    if value is not None or not wait:
-        # Without waiting, never insert either: an insert checks the existing row, and
-        # waits for a claim that is updating it.
-        return None if value is None else float(value)
-    conn.execute(
-        _insert(conn)
-        .values(
-            provider=provider,
-            fairness_key=CLOCK_KEY,
-            vtime=0.0,
-            weight=DEFAULT_WEIGHT,
-            granted=0,
-            prev_granted=0,
-        )
-        .on_conflict_do_nothing()
-    )
-    value = conn.execute(query).scalar()
-    return None if value is None else float(value)
+
+def _least(conn: Connection, *values: Any) -> Any:
+    return (func.least if conn.dialect.name == "postgresql" else func.min)(*values)
 
 
 def candidates(conn: Connection, due: Any, provider: str, limit: int) -> dict[str, list[int]]:
@@ -156,22 +137,27 @@ def candidates(conn: Connection, due: Any, provider: str, limit: int) -> dict[st
     return dict(found)
 
 
-def key_states(
+def read_state(
     conn: Connection,
     provider: str,
     waiting: Mapping[str, int],
     weights: Mapping[str, float],
-) -> list[KeyState]:
-    """The stored finish tag of each waiting key (0 for a key never seen)."""
+) -> tuple[float, list[KeyState]]:
+    """The provider's clock and the stored tag of each waiting key (0 for one never seen).
+
+    Read without locks: concurrent claimers may both start from the same tags, and
+    :func:`record` then adds each one's slots to whatever the row holds by then.
+    """
     stored: dict[str, float] = {}
-    for chunk in chunks(sorted(waiting)):
+    for chunk in chunks([CLOCK_KEY, *sorted(waiting)]):
         for key, vtime in conn.execute(
             select(fair_shares.c.fairness_key, fair_shares.c.vtime).where(
                 fair_shares.c.provider == provider, fair_shares.c.fairness_key.in_(chunk)
             )
         ):
             stored[key] = float(vtime)
-    return [
+    clock = stored.pop(CLOCK_KEY, 0.0)
+    return clock, [
         KeyState(key, stored.get(key, 0.0), weights.get(key, DEFAULT_WEIGHT), count)
         for key, count in sorted(waiting.items())
     ]
@@ -185,40 +171,47 @@ def record(
     conn: Connection,
     provider: str,
     clock: float,
+    new_clock: float,
     taken: Mapping[str, int],
-    starts: Mapping[str, float],
     weights: Mapping[str, float],
     now: datetime,
 ) -> None:
-    """Store the new clock and each key's finish tag and grant count after a claim (one
-    statement: the clock row and the key rows upserted together)."""
+    """Add a claim's slots to each key's tag and move the provider's clock, in one upsert.
+
+    Each key's tag becomes ``max(its tag now, clock) + taken/weight``, where ``clock`` is
+    the clock the claim read: the addition applies to whatever a concurrent claim left
+    (nothing is lost), and the clock only moves forward here. Rows go in key order with
+    the clock row last, the order refunds take them too.
+    """
     minute = _minute(now)
-    rows: list[dict[str, Any]] = [
-        {
-            "provider": provider,
-            "fairness_key": CLOCK_KEY,
-            "vtime": clock,
-            "weight": DEFAULT_WEIGHT,
-            "minute": None,
-            "granted": 0,
-            "prev_granted": 0,
-        }
-    ]
+    rows: list[dict[str, Any]] = []
     for key, count in sorted(taken.items()):
         weight = weights.get(key, DEFAULT_WEIGHT)
         rows.append(
             {
                 "provider": provider,
                 "fairness_key": key,
-                "vtime": starts[key] + count / weight,
+                "vtime": max(clock, 0.0) + count / weight,
                 "weight": weight,
                 "minute": minute,
                 "granted": count,
                 "prev_granted": 0,
             }
         )
+    rows.append(
+        {
+            "provider": provider,
+            "fairness_key": CLOCK_KEY,
+            "vtime": new_clock,
+            "weight": DEFAULT_WEIGHT,
+            "minute": None,
+            "granted": 0,
+            "prev_granted": 0,
+        }
+    )
     statement = _insert(conn).values(rows)
     new = statement.excluded
+    is_clock = fair_shares.c.fairness_key == CLOCK_KEY
     # The grant counters roll over to this minute when the row's minute is older.
     same = fair_shares.c.minute == minute
     previous = fair_shares.c.minute == minute - timedelta(minutes=1)
@@ -226,7 +219,10 @@ def record(
         statement.on_conflict_do_update(
             index_elements=[fair_shares.c.provider, fair_shares.c.fairness_key],
             set_={
-                "vtime": new.vtime,
+                "vtime": case(
+                    (is_clock, _greatest(conn, fair_shares.c.vtime, new.vtime)),
+                    else_=_greatest(conn, fair_shares.c.vtime, clock) + new.granted / new.weight,
+                ),
                 "weight": new.weight,
                 "minute": new.minute,
                 "granted": case((same, fair_shares.c.granted + new.granted), else_=new.granted),
@@ -271,16 +267,11 @@ def refund(conn: Connection, given_back: Sequence[tuple[str, str]]) -> None:
                 lowest = float(refunded) if lowest is None else min(lowest, float(refunded))
         if lowest is None:
             continue
-        # Never wait for a claim in progress here (it holds the clock row, and may wait for
-        # the key rows this transaction just changed): if the clock is busy, the refunded
-        # key keeps its credit only down to the clock (a claim's worth at most).
-        clock = lock_clock(conn, provider, wait=False)
-        if clock is not None and lowest < clock:
-            conn.execute(
-                update(fair_shares)
-                .where(fair_shares.c.provider == provider, fair_shares.c.fairness_key == CLOCK_KEY)
-                .values(vtime=lowest)
-            )
+        conn.execute(
+            update(fair_shares)
+            .where(fair_shares.c.provider == provider, fair_shares.c.fairness_key == CLOCK_KEY)
+            .values(vtime=_least(conn, fair_shares.c.vtime, lowest))
+        )
 
 
 @dataclass(frozen=True)

@@ -167,10 +167,10 @@ class WorkQueue:
 
         The slots go between the fairness keys with work due by weighted fair queuing
         (:mod:`sluice.store.fairshare`), within a key by priority, trees first, then due
-        time. The provider's fair-share clock row is locked first (PostgreSQL), so
-        concurrent claimers of one provider take turns; tasks are locked with ``FOR
-        UPDATE SKIP LOCKED`` as in :meth:`claim_due`. The tasks come back in the order
-        their slots were handed out, the keys interleaved.
+        time. Tasks are locked with ``FOR UPDATE SKIP LOCKED`` as in :meth:`claim_due`;
+        the keys' tags are added to in the same transaction, so concurrent claimers
+        never wait for each other and nothing they hand out is lost from the tags. The
+        tasks come back in the order their slots were handed out, the keys interleaved.
         """
         weights = weights or {}
         token = claim_token(worker)
@@ -183,8 +183,7 @@ class WorkQueue:
         if not found:
             return []
         with self._writing() as conn:
-            clock = fairshare.lock_clock(conn, provider) or 0.0
-            states = fairshare.key_states(
+            clock, states = fairshare.read_state(
                 conn, provider, {k: len(v) for k, v in found.items()}, weights
             )
             plan = fairshare.allocate(clock, states, limit)
@@ -193,9 +192,8 @@ class WorkQueue:
             if self._postgres:
                 query = query.with_for_update(skip_locked=True, of=tasks)
             due = [_to_due(r) for r in conn.execute(query)]
-            claimed = (
-                set(self._claim(conn, [t.id for t in due], now, token, until)) if due else set()
-            )
+            ids = [t.id for t in due]
+            claimed = set(self._claim(conn, ids, now, token, until)) if ids else set()
             by_key: dict[str, list[DueTask]] = {}
             for task in due:
                 if task.id in claimed:
@@ -208,7 +206,7 @@ class WorkQueue:
                 start = plan.starts[key]
                 ordered.extend((start + n * step, key, t) for n, t in enumerate(items))
             taken = {key: len(items) for key, items in by_key.items()}
-            fairshare.record(conn, provider, plan.clock, taken, plan.starts, weights, now)
+            fairshare.record(conn, provider, clock, plan.clock, taken, weights, now)
         ordered.sort(key=lambda entry: (entry[0], entry[1]))
         return [_as_claimed(t, token, until) for _, _, t in ordered]
 
