@@ -73,6 +73,8 @@ def _due_query(now: datetime, providers: Sequence[str] | None, limit: int) -> An
 
 
 _DUE_FIELDS = tuple(f.name for f in fields(DueTask))
+CANDIDATES_PER_SLOT = 4
+"""A fair claim reads this many candidates per slot of each key (concurrent claimers)."""
 CLAIM_TOKEN_MAX = 128  # tasks.claimed_by
 
 
@@ -175,11 +177,12 @@ class WorkQueue:
         weights = weights or {}
         token = claim_token(worker)
         until = now + timedelta(seconds=lease_s)
-        # The candidates are read before the clock is locked, so that claimers of one
-        # provider queue only for the short part; one that lost some to a claimer just
-        # before it takes fewer (every task it takes is re-checked under its row lock).
+        # The candidates are read outside the claim's transaction; every task taken is
+        # re-checked under its row lock.
         with self.engine.connect() as conn:
-            found = fairshare.candidates(conn, due_now(now), provider, limit)
+            # More candidates than slots: claimers running at once read the same ones, and
+            # each then takes the first of its share that nobody has locked.
+            found = fairshare.candidates(conn, due_now(now), provider, limit * CANDIDATES_PER_SLOT)
         if not found:
             return []
         with self._writing() as conn:
@@ -187,11 +190,17 @@ class WorkQueue:
                 conn, provider, {k: len(v) for k, v in found.items()}, weights
             )
             plan = fairshare.allocate(clock, states, limit)
-            chosen = [i for key, count in plan.counts.items() for i in found[key][:count]]
-            query = _with_parent().where(tasks.c.id.in_(chosen), due_now(now))
-            if self._postgres:
-                query = query.with_for_update(skip_locked=True, of=tasks)
-            due = [_to_due(r) for r in conn.execute(query)]
+            due: list[DueTask] = []
+            for key, count in sorted(plan.counts.items()):
+                query = (
+                    _with_parent()
+                    .where(tasks.c.id.in_(found[key]), due_now(now))
+                    .order_by(*fairshare.within_key_order())
+                    .limit(count)
+                )
+                if self._postgres:
+                    query = query.with_for_update(skip_locked=True, of=tasks)
+                due.extend(_to_due(r) for r in conn.execute(query))
             ids = [t.id for t in due]
             claimed = set(self._claim(conn, ids, now, token, until)) if ids else set()
             by_key: dict[str, list[DueTask]] = {}
