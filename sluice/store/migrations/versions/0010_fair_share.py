@@ -3,7 +3,7 @@
 Existing tasks get priority 0 and their tenant as fairness key.
 
 Revision ID: 0010
-Revises: 0006
+Revises: 0007_scale
 Create Date: 2026-12-02
 """
 
@@ -15,7 +15,7 @@ from alembic import op
 from sluice.store.tables import UTCDateTime
 
 revision = "0010"
-down_revision = "0006"  # the head on main when this branch was rebased
+down_revision = "0007_scale"  # the head on main when this branch was rebased
 branch_labels = None
 depends_on = None
 
