@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sluice import masking
+from sluice.domain import FAIRNESS_KEY_MAX
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,8 @@ class ProviderInfo:
     kinds: frozenset[str]
     can_track: bool
     redact_fields: tuple[str, ...] = ()
+    fairness_field: str | None = None
+    fairness_weights: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,27 @@ class Catalog:
         """``payload`` as Sluice shows it: the provider's ``redact_fields`` masked."""
         info = self.providers.get(provider)
         return masking.mask_paths(payload, info.redact_fields if info else ())
+
+    def fairness_key(self, provider: str, tenant: str, payload: Mapping[str, Any] | None) -> str:
+        """Whose share of ``provider``'s budget a task draws on: the value at the provider's
+        ``fairness_field`` in ``payload`` (text, cut to 128 characters), else ``tenant``.
+
+        A payload without that field (or with an object or list there) falls back to the
+        tenant, so every task has a key.
+        """
+        info = self.providers.get(provider)
+        field_path = info.fairness_field if info else None
+        if field_path is None:
+            return tenant
+        value: Any = payload
+        for part in field_path.split("."):
+            if not isinstance(value, Mapping) or part not in value:
+                return tenant
+            value = value[part]
+        if value is None or isinstance(value, Mapping | list | bool):
+            return tenant
+        text = str(value)[:FAIRNESS_KEY_MAX]
+        return text or tenant
 
     def known(self) -> str:
         return ", ".join(sorted(self.providers)) or "(none configured)"

@@ -172,17 +172,30 @@ def submit(
             show_default=False,
         ),
     ] = None,
+    priority: Annotated[
+        int | None,
+        typer.Option(
+            help="priority of every task in the file (-100..100, higher first within its "
+            "fairness key; default 0)",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Submit a file of tasks (a campaign with its ad groups and ads) and follow them."""
+    from sluice.domain import PRIORITY_MAX, PRIORITY_MIN
     from sluice.submit import submit_embedded, submit_remote
 
+    if priority is not None and not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+        raise errors.InvalidValue(
+            f"--priority must be between {PRIORITY_MIN} and {PRIORITY_MAX}, got {priority}"
+        )
     settings = load_settings()
     logs.configure("WARNING")
     console = Console()
     if api_url:
-        code = submit_remote(api_url, file, wait, console, api_key)
+        code = submit_remote(api_url, file, wait, console, api_key, priority)
     else:
-        code = submit_embedded(settings, file, wait, console)
+        code = submit_embedded(settings, file, wait, console, priority)
     raise typer.Exit(code)
 
 

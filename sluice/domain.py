@@ -14,6 +14,13 @@ from typing import Any, Literal
 DEFAULT_TENANT = "default"
 """The tenant of tasks created without a key (the open loopback demo) and of older rows."""
 
+DEFAULT_PRIORITY = 0
+PRIORITY_MIN = -100
+PRIORITY_MAX = 100
+"""A task's priority orders work within its fairness key only (higher first)."""
+FAIRNESS_KEY_MAX = 128
+"""A fairness key longer than this (a payload field's value) is cut to this length."""
+
 TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 """A tenant name: letters, digits, ``.``, ``_``, ``-``; at most 64 characters."""
 
@@ -99,6 +106,8 @@ class Task:
     # further attempt looks the object up first (see Phase.UNCERTAIN).
     maybe_created: bool = False
     tenant: str = DEFAULT_TENANT
+    priority: int = DEFAULT_PRIORITY
+    fairness_key: str = DEFAULT_TENANT
 
 
 @dataclass(frozen=True)
@@ -135,6 +144,10 @@ class Submission:
     idempotency_key: str | None = None
     request_hash: str | None = None
     tenant: str = DEFAULT_TENANT
+    priority: int = DEFAULT_PRIORITY
+    # Who this task's provider budget is shared by (see docs/providers.md, fair share);
+    # submissions.check fills it in from the tenant or the provider's fairness_field.
+    fairness_key: str | None = None
 
     @property
     def track_only(self) -> bool:
@@ -183,6 +196,8 @@ class DueTask:
     claimed_by: str | None = None
     claimed_until: datetime | None = None
     tenant: str = DEFAULT_TENANT
+    priority: int = DEFAULT_PRIORITY
+    fairness_key: str = DEFAULT_TENANT
 
     @property
     def operation(self) -> Operation:

@@ -93,7 +93,9 @@ def build_catalog(providers: dict[str, Provider], default_provider: str) -> Cata
     """What the API accepts: each provider's kinds and whether it can track by id."""
     return Catalog(
         {
-            name: ProviderInfo(p.kinds, p.can_track(), p.redact_fields)
+            name: ProviderInfo(
+                p.kinds, p.can_track(), p.redact_fields, p.fairness_field, p.fairness_weights
+            )
             for name, p in providers.items()
         },
         default_provider,

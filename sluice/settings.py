@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     dispatch_batch: int = 500
     dispatch_idle_s: float = 0.05
     claim_lease_s: float = 120.0
+    # Claims share each provider's budget fairly between fairness keys (docs/operations.md,
+    # "Fair share"); false: plain arrival order (the benchmark's baseline).
+    fair_share: bool = True
     max_body_bytes: int = 1_048_576
 
     # Limiter: grants are spaced by window/limit * (1 + rate_margin); 0.5% leaves 5 ms per

@@ -11,7 +11,7 @@ from typing import Any
 
 from sluice import errors
 from sluice.catalog import Catalog
-from sluice.domain import Submission, Task, TaskStatus
+from sluice.domain import PRIORITY_MAX, PRIORITY_MIN, Submission, Task, TaskStatus
 from sluice.store.repository import TaskRepository
 
 MAX_BULK = 10_000
@@ -88,6 +88,14 @@ def value_problems(item: Submission, index: int | None) -> list[ItemError]:
     problem = unstorable(item.payload)
     if problem is not None:
         problems.append(ItemError(index, "payload", problem))
+    if not PRIORITY_MIN <= item.priority <= PRIORITY_MAX:
+        problems.append(
+            ItemError(
+                index,
+                "priority",
+                f"must be between {PRIORITY_MIN} and {PRIORITY_MAX}, got {item.priority}",
+            )
+        )
     for field in ("id", "parent_id"):
         number = getattr(item, field)
         if number is not None and not 1 <= number <= MAX_ID:
@@ -133,7 +141,13 @@ def check(
         problems.append(ItemError(index, "parent_id", "give parent_id or parent_index, not both"))
     if problems:
         return None, problems
-    return replace(item, provider=provider, status=item.status or TaskStatus.NOT_STARTED), []
+    fairness_key = catalog.fairness_key(provider, item.tenant, item.payload)
+    return replace(
+        item,
+        provider=provider,
+        status=item.status or TaskStatus.NOT_STARTED,
+        fairness_key=fairness_key,
+    ), []
 
 
 def create_task(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -13,7 +14,7 @@ from rich.markup import escape
 
 from sluice import errors, importer, masking, submissions
 from sluice.api.schemas import BulkItem
-from sluice.domain import TaskStatus
+from sluice.domain import Submission, TaskStatus
 from sluice.drivers.embedded import build_embedded_driver
 from sluice.progress import rate_reports, summary_table, watch
 from sluice.runtime import build_runtime
@@ -22,9 +23,19 @@ from sluice.store.repository import RunSummary, summarize
 from sluice.store.rows import encode_cursor
 
 
-def submit_embedded(settings: Settings, file: Path, wait: bool, console: Console) -> int:
-    """Create the file's tasks in the local store and drive them here until they are final."""
+def load_items(file: Path, priority: int | None = None) -> list[Submission]:
+    """The file's submissions, each with ``priority`` when one is given."""
     items = importer.load_file(file)
+    if priority is None:
+        return items
+    return [replace(item, priority=priority) for item in items]
+
+
+def submit_embedded(
+    settings: Settings, file: Path, wait: bool, console: Console, priority: int | None = None
+) -> int:
+    """Create the file's tasks in the local store and drive them here until they are final."""
+    items = load_items(file, priority)
     runtime = build_runtime(settings)
     driver = build_embedded_driver(runtime)
     try:
@@ -52,13 +63,18 @@ def submit_embedded(settings: Settings, file: Path, wait: bool, console: Console
 
 
 def submit_remote(
-    api_url: str, file: Path, wait: bool, console: Console, api_key: str | None = None
+    api_url: str,
+    file: Path,
+    wait: bool,
+    console: Console,
+    api_key: str | None = None,
+    priority: int | None = None,
 ) -> int:
     """POST the file's tasks to ``api_url`` in one bulk call and follow them there.
 
     ``api_key`` is sent as ``Authorization: Bearer``; the tasks go to its tenant.
     """
-    items = importer.load_file(file)
+    items = load_items(file, priority)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     with httpx.Client(base_url=api_url, timeout=60, headers=headers) as client:
         try:

@@ -18,7 +18,7 @@ from sluice.api.console.routes import ConsoleRoute
 from sluice.api.deps import ApiContext, ReadinessCheck
 from sluice.api.limits import BodySizeLimit
 from sluice.api.readiness import broker_check, redis_check
-from sluice.api.routes import audit, health, keys, metrics, tasks
+from sluice.api.routes import audit, health, keys, metrics, providers, tasks
 from sluice.api.routes import controls as control_routes
 from sluice.catalog import Catalog
 from sluice.controls import Controls
@@ -95,8 +95,8 @@ def create_app(
     app.state.scrape_token = (
         settings.metrics_token.get_secret_value() if settings.metrics_token else None
     )
-    routers = (tasks.router, keys.router, audit.router, control_routes.router, health.router)
-    for router in (*routers, metrics.router):
+    routers = (tasks.router, keys.router, audit.router, control_routes.router, providers.router)
+    for router in (*routers, health.router, metrics.router):
         app.include_router(router)
     _install_console(app, settings, repo, key_store)
     # Console routes check their own session and CSRF (sluice.api.console.routes).

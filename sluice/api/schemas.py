@@ -12,6 +12,9 @@ from sluice import errors, submissions
 from sluice.catalog import Catalog
 from sluice.controls import show_rate
 from sluice.domain import (
+    DEFAULT_PRIORITY,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
     TENANT_PATTERN,
     ApiKey,
     AuditRecord,
@@ -69,6 +72,16 @@ class TaskCreate(BaseModel):
     kind: str | None = Field(default=None, **_bounds(minLength=1, maxLength=MAX_NAME_CHARS))
     payload: dict[str, Any] | None = None
     parent_id: int | None = Field(default=None, **_bounds(minimum=1, maximum=MAX_ID))
+    priority: int | None = Field(
+        default=None,
+        description="orders work within its fairness key, higher first (default 0)",
+        **_bounds(minimum=PRIORITY_MIN, maximum=PRIORITY_MAX),
+    )
+
+    def hashed_body(self) -> dict[str, Any]:
+        """The body as its idempotency hash sees it; an unset priority is left out, so a
+        body hashes as it did before priorities existed."""
+        return self.model_dump(mode="json", exclude={"priority"} if self.priority is None else None)
 
     def to_submission(
         self, idempotency_key: str | None = None, parent_index: int | None = None
@@ -82,6 +95,7 @@ class TaskCreate(BaseModel):
             parent_id=self.parent_id,
             parent_index=parent_index,
             idempotency_key=idempotency_key,
+            priority=DEFAULT_PRIORITY if self.priority is None else self.priority,
         )
 
 
@@ -134,6 +148,8 @@ class TaskOut(BaseModel):
     next_attempt_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    priority: int
+    fairness_key: str
 
     @classmethod
     def of(cls, task: Task, catalog: Catalog) -> TaskOut:
@@ -411,3 +427,19 @@ class ExplainOut(_FromAttributes):
     poll: PollOut | None
     final: FinalOut | None
     rates: list[RateOut]
+
+
+class ShareOut(BaseModel):
+    """One fairness key on a provider's budget."""
+
+    key: str
+    weight: float
+    waiting: int = Field(description="tasks due and not claimed")
+    granted_last_minute: float = Field(description="tasks claimed for it over the last 60 s")
+    share: float = Field(description="its part of all claims over the last 60 s (0..1)")
+
+
+class SharesOut(BaseModel):
+    provider: str
+    fairness_field: str | None = Field(description="payload path of the key; none: the tenant")
+    keys: list[ShareOut]

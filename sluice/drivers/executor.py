@@ -378,6 +378,7 @@ def build_dispatch(
         pauses=runtime.pauses,
         rates=runtime.rates,
         pruner=_pruner(runtime, clock),
+        fair_share=settings.fair_share,
     )
     return executor, dispatcher
 

@@ -147,8 +147,10 @@ class Dispatcher:
         pauses: PauseStore | None = None,
         rates: RatesInForce | None = None,
         pruner: Pruner | None = None,
+        fair_share: bool = True,
     ) -> None:
         self.queue = queue
+        self.fair_share = fair_share
         self.rates = rates or RatesInForce()
         self.providers = providers
         self.limiter = limiter
@@ -337,9 +339,21 @@ class Dispatcher:
         claimed_at = self.clock.monotonic()
         forget_before = claimed_at - self.lease_s
         self._claimed_at = {k: v for k, v in self._claimed_at.items() if v >= forget_before}
-        due = self.queue.claim_due(
-            self.clock.now(), want, self.worker_id, self.lease_s, providers=[name]
-        )
+        if self.fair_share:
+            # Weighted fair queuing between fairness keys, held across every worker.
+            due = self.queue.claim_fair(
+                self.clock.now(),
+                want,
+                self.worker_id,
+                self.lease_s,
+                name,
+                provider.fairness_weights,
+            )
+        else:
+            # Plain arrival order (due time, then id): the baseline of bench/fairness.py.
+            due = self.queue.claim_due(
+                self.clock.now(), want, self.worker_id, self.lease_s, providers=[name]
+            )
         if not due:
             return
         self.stats.claimed += len(due)

@@ -151,6 +151,10 @@ class Provider(Protocol):
     timeout_s: float
     redact_fields: tuple[str, ...]
     """Dotted payload paths sent to the provider but masked wherever Sluice shows them."""
+    fairness_field: str | None
+    """The dotted payload path whose value is a task's fairness key (None: its tenant)."""
+    fairness_weights: Mapping[str, float]
+    """Weights of fairness keys in the fair share of this provider's budget (default 1)."""
 
     def limits_for(self, access: Access, payload: Mapping[str, Any] | None) -> list[LimitSpec]:
         """Every limit one request must fit in; keys start with the provider name."""

@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from sluice import errors, masking
-from sluice.domain import TENANT_PATTERN, TaskStatus
+from sluice.domain import FAIRNESS_KEY_MAX, TENANT_PATTERN, TaskStatus
 from sluice.providers.templating import RequestLine, expand_env
 from sluice.ratelimit.rate import Rate, parse_rate
 from sluice.units import parse_duration
@@ -102,6 +102,40 @@ def _field_paths(value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _field_path(value: object) -> str:
+    if not isinstance(value, str) or not FIELD_PATH.match(value):
+        raise errors.InvalidValue(
+            f"{value!r} is not a dotted payload path like 'advertiser_id' or 'account.id'"
+        )
+    return value
+
+
+MAX_FAIRNESS_WEIGHT = 1000.0
+
+
+def _weights(value: object) -> dict[str, float]:
+    if not isinstance(value, Mapping):
+        raise errors.InvalidValue(
+            f'must be a table of fairness keys to weights, like {{ "adv-1" = 3 }}, '
+            f"got {type(value).__name__}"
+        )
+    result: dict[str, float] = {}
+    for key, weight in value.items():
+        if not 1 <= len(str(key)) <= FAIRNESS_KEY_MAX:
+            raise KeyProblem(str(key), f"a fairness key is 1 to {FAIRNESS_KEY_MAX} characters")
+        if (
+            isinstance(weight, bool)
+            or not isinstance(weight, int | float)
+            or not 0 < weight <= MAX_FAIRNESS_WEIGHT
+        ):
+            raise KeyProblem(
+                str(key),
+                f"a weight must be a number > 0 and <= {MAX_FAIRNESS_WEIGHT:g}, got {weight!r}",
+            )
+        result[str(key)] = float(weight)
+    return result
+
+
 def _duration(value: object) -> float:
     return parse_duration(value)
 
@@ -162,6 +196,8 @@ Secrets = Annotated[dict[str, Secret], PlainValidator(_secret_map)]
 Rates = Annotated[tuple[Rate, ...], PlainValidator(_rates)]
 Codes = Annotated[frozenset[str], PlainValidator(_codes)]
 FieldPaths = Annotated[tuple[str, ...], PlainValidator(_field_paths)]
+FieldPath = Annotated[str, PlainValidator(_field_path)]
+Weights = Annotated[dict[str, float], PlainValidator(_weights)]
 SubmitLine = Annotated[RequestLine, _request_line("client_ref", "parent_external_id", "payload")]
 StatusLine = Annotated[
     RequestLine, _request_line("external_id", "client_ref", "parent_external_id", "payload")
@@ -380,6 +416,10 @@ class ProviderConfig(_Table):
     idempotency_header: str | None = None
     resubmit_when_unknown: bool = False
     redact_fields: FieldPaths = ()
+    # Fair share (docs/providers.md): whose tasks share this provider's budget fairly; the
+    # tenant when unset, else this payload field's value. Weights per key (default 1).
+    fairness_field: FieldPath | None = None
+    fairness_weights: Weights = Field(default_factory=dict)
     poll: PollConfig | None = None
     kinds: dict[str, KindConfig] = Field(default_factory=dict)
     rate_limit_signal: SignalConfig = Field(default_factory=SignalConfig)

@@ -100,6 +100,8 @@ class HttpProvider:
         if password:
             self._redactor.add(password)
         self.redact_fields = config.redact_fields
+        self.fairness_field = config.fairness_field
+        self.fairness_weights: Mapping[str, float] = config.fairness_weights
         self._limits = LimitRules(name, config)
         self._observer: LimitObserver | None = None
         self._warned: set[str] = set()

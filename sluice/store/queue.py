@@ -13,7 +13,7 @@ import functools
 import logging
 import secrets
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import fields, replace
 from datetime import datetime, timedelta
@@ -23,6 +23,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Update,
+    and_,
     bindparam,
     case,
     func,
@@ -33,8 +34,9 @@ from sqlalchemy import (
 )
 
 from sluice.domain import DueTask, Outcome, Phase, TaskStatus
+from sluice.store import fairshare
 from sluice.store.chains import end_descendants, release_children
-from sluice.store.rows import event_row, events, task_values, tasks
+from sluice.store.rows import chunks, event_row, events, task_values, tasks
 
 log = logging.getLogger("sluice.store")
 
@@ -42,16 +44,26 @@ ACTIVE_PHASES = (Phase.READY.value, Phase.POLLING.value, Phase.UNCERTAIN.value)
 _parent = tasks.alias("parent")
 
 
-def _due_query(now: datetime, providers: Sequence[str] | None, limit: int) -> Any:
+def due_now(now: datetime) -> Any:
+    """The condition of a task that is due and not claimed at ``now``."""
+    return and_(
+        tasks.c.phase.in_(ACTIVE_PHASES),
+        tasks.c.next_attempt_at <= now,
+        or_(tasks.c.claimed_until.is_(None), tasks.c.claimed_until < now),
+    )
+
+
+def _with_parent() -> Any:
     parent = _parent
+    return select(tasks, parent.c.external_id.label("parent_external_id")).select_from(
+        tasks.outerjoin(parent, parent.c.id == tasks.c.parent_id)
+    )
+
+
+def _due_query(now: datetime, providers: Sequence[str] | None, limit: int) -> Any:
     query = (
-        select(tasks, parent.c.external_id.label("parent_external_id"))
-        .select_from(tasks.outerjoin(parent, parent.c.id == tasks.c.parent_id))
-        .where(
-            tasks.c.phase.in_(ACTIVE_PHASES),
-            tasks.c.next_attempt_at <= now,
-            or_(tasks.c.claimed_until.is_(None), tasks.c.claimed_until < now),
-        )
+        _with_parent()
+        .where(due_now(now))
         .order_by(tasks.c.next_attempt_at, tasks.c.id)
         .limit(limit)
     )
@@ -61,6 +73,8 @@ def _due_query(now: datetime, providers: Sequence[str] | None, limit: int) -> An
 
 
 _DUE_FIELDS = tuple(f.name for f in fields(DueTask))
+CANDIDATES_PER_SLOT = 4
+"""A fair claim reads this many candidates per slot of each key (concurrent claimers)."""
 CLAIM_TOKEN_MAX = 128  # tasks.claimed_by
 
 
@@ -142,6 +156,75 @@ class WorkQueue:
             claimed = set(self._claim(conn, [t.id for t in due], now, token, until))
         return [_as_claimed(t, token, until) for t in due if t.id in claimed]
 
+    def claim_fair(
+        self,
+        now: datetime,
+        limit: int,
+        worker: str,
+        lease_s: float,
+        provider: str,
+        weights: Mapping[str, float] | None = None,
+    ) -> list[DueTask]:
+        """Claim up to ``limit`` due tasks of ``provider``, shared fairly between keys.
+
+        The slots go between the fairness keys with work due by weighted fair queuing
+        (:mod:`sluice.store.fairshare`), within a key by priority, trees first, then due
+        time. Tasks are locked with ``FOR UPDATE SKIP LOCKED`` as in :meth:`claim_due`;
+        the keys' tags are added to in the same transaction, so concurrent claimers
+        never wait for each other and nothing they hand out is lost from the tags. The
+        tasks come back in the order their slots were handed out, the keys interleaved.
+        """
+        weights = weights or {}
+        token = claim_token(worker)
+        until = now + timedelta(seconds=lease_s)
+        # The candidates are read outside the claim's transaction; every task taken is
+        # re-checked under its row lock.
+        with self.engine.connect() as conn:
+            # More candidates than slots: claimers running at once read the same ones, and
+            # each then takes the first of its share that nobody has locked.
+            found = fairshare.candidates(conn, due_now(now), provider, limit * CANDIDATES_PER_SLOT)
+        if not found:
+            return []
+        with self._writing() as conn:
+            clock, states = fairshare.read_state(
+                conn, provider, {k: len(v) for k, v in found.items()}, weights
+            )
+            plan = fairshare.allocate(clock, states, limit)
+            due: list[DueTask] = []
+            for key, count in sorted(plan.counts.items()):
+                query = (
+                    _with_parent()
+                    .where(tasks.c.id.in_(found[key]), due_now(now))
+                    .order_by(*fairshare.within_key_order())
+                    .limit(count)
+                )
+                if self._postgres:
+                    query = query.with_for_update(skip_locked=True, of=tasks)
+                due.extend(_to_due(r) for r in conn.execute(query))
+            ids = [t.id for t in due]
+            claimed = set(self._claim(conn, ids, now, token, until)) if ids else set()
+            by_key: dict[str, list[DueTask]] = {}
+            for task in due:
+                if task.id in claimed:
+                    by_key.setdefault(task.fairness_key, []).append(task)
+            rank = {task_id: n for key in found for n, task_id in enumerate(found[key])}
+            ordered: list[tuple[float, str, DueTask]] = []
+            for key, items in by_key.items():
+                items.sort(key=lambda t: rank[t.id])
+                step = 1.0 / weights.get(key, fairshare.DEFAULT_WEIGHT)
+                start = plan.starts[key]
+                ordered.extend((start + n * step, key, t) for n, t in enumerate(items))
+            taken = {key: len(items) for key, items in by_key.items()}
+            fairshare.record(conn, provider, clock, plan.clock, taken, weights, now)
+        ordered.sort(key=lambda entry: (entry[0], entry[1]))
+        return [_as_claimed(t, token, until) for _, _, t in ordered]
+
+    def shares(
+        self, provider: str, now: datetime, weights: Mapping[str, float] | None = None
+    ) -> list[fairshare.Share]:
+        """Each fairness key's waiting work, weight and share of the last minute's claims."""
+        return fairshare.shares(self.engine, provider, weights or {}, due_now(now), now)
+
     def _claim(
         self, conn: Connection, task_ids: Sequence[int], now: datetime, token: str, until: datetime
     ) -> list[int]:
@@ -168,10 +251,14 @@ class WorkQueue:
         """Give claimed, unsent tasks back, optionally due later; returns how many.
 
         Only claims still held under the token they were handed out with are given back:
-        a worker whose lease ended meanwhile cannot clear its successor's claim.
+        a worker whose lease ended meanwhile cannot clear its successor's claim. Each task
+        given back refunds its fairness key the share its claim charged.
         """
-        params = [{"w_id": t.id, "w_claim": t.claimed_by} for t in claimed]
-        if not params:
+        by_token: dict[str, list[int]] = {}
+        for task in claimed:
+            if task.claimed_by is not None:
+                by_token.setdefault(task.claimed_by, []).append(task.id)
+        if not by_token:
             return 0
         unsent = tasks.c.phase == Phase.SUBMITTING.value
         values: dict[str, Any] = {
@@ -182,13 +269,22 @@ class WorkQueue:
         }
         if next_attempt_at is not None:
             values["next_attempt_at"] = next_attempt_at
-        statement = (
-            update(tasks)
-            .where(tasks.c.id == bindparam("w_id"), tasks.c.claimed_by == bindparam("w_claim"))
-            .values(**values)
-        )
+        given_back: list[tuple[str, str]] = []
         with self._writing() as conn:
-            return int(conn.execute(statement, params).rowcount or 0)
+            for token, ids in by_token.items():
+                for chunk in chunks(ids):
+                    given_back.extend(
+                        (provider, key)
+                        for provider, key in conn.execute(
+                            update(tasks)
+                            .where(tasks.c.id.in_(chunk), tasks.c.claimed_by == token)
+                            .values(**values)
+                            .returning(tasks.c.provider, tasks.c.fairness_key)
+                        )
+                    )
+            if given_back:
+                fairshare.refund(conn, given_back)
+        return len(given_back)
 
     def apply(self, outcomes: Iterable[Outcome], now: datetime) -> int:
         """Record outcomes in one transaction; returns how many applied."""

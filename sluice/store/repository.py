@@ -16,7 +16,7 @@ which refuses illegal transitions and writes the event in the same transaction.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -36,8 +36,9 @@ from sluice.domain import (
     TaskEvent,
     TaskStatus,
 )
-from sluice.store import audit, bulk
+from sluice.store import audit, bulk, fairshare
 from sluice.store.chains import descendant_ids, end_descendants, initial_phase, restart_phase
+from sluice.store.queue import due_now
 from sluice.store.rows import (
     change_status,
     chunks,
@@ -190,6 +191,11 @@ class TaskRepository:
             rows = conn.execute(select(tasks.c.status, func.count()).group_by(tasks.c.status))
             return {status: count for status, count in rows}
 
+    def fair_shares(self, provider: str, weights: Mapping[str, float]) -> list[fairshare.Share]:
+        """Each fairness key's waiting work, weight and share of the last minute's claims."""
+        now = self.clock.now()
+        return fairshare.shares(self.engine, provider, weights, due_now(now), now)
+
     # -- creates -----------------------------------------------------------------------
 
     def create(self, spec: Submission) -> tuple[Task, bool]:
@@ -281,6 +287,8 @@ class TaskRepository:
                     "claimed_until": None,
                     "created_at": now,
                     "updated_at": now,
+                    "priority": spec.priority,
+                    "fairness_key": spec.fairness_key or spec.tenant,
                 }
             )
         ids = self._insert_rows(conn, specs, rows)

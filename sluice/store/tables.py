@@ -1,5 +1,5 @@
-"""SQLAlchemy table models: tasks, their events, pauses, pins, learned rates, API keys,
-audit, console sessions."""
+"""SQLAlchemy table models: tasks, their events, pauses, pins, learned rates, fair shares,
+API keys, audit, console sessions."""
 
 from __future__ import annotations
 
@@ -100,9 +100,14 @@ class TaskRow(Base):
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Orders work within its fairness key (higher first); never across keys.
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Who shares the provider's budget fairly: the tenant, or a payload field's value.
+    fairness_key: Mapped[str] = mapped_column(String(128), server_default="default")
 
     __table_args__ = (
         Index("ix_tasks_due", "phase", "next_attempt_at"),
+        Index("ix_tasks_fair", "provider", "fairness_key", "phase"),
         Index("ix_tasks_provider_status", "provider", "status"),
         Index("ix_tasks_external_id", "provider", "external_id"),
         Index("ix_tasks_tenant", "tenant", "id"),
@@ -181,6 +186,27 @@ class LearnedRateRow(Base):
     dropped_at_s: Mapped[float] = mapped_column(Float)
     decreases: Mapped[int] = mapped_column(Integer, default=0)
     reason: Mapped[str] = mapped_column(String(255), default="")
+
+
+class FairShareRow(Base):
+    """Weighted fair queuing state of one fairness key on one provider's budget.
+
+    ``vtime`` is the key's virtual finish time: each task claimed for it adds
+    ``1/weight``. The row whose ``fairness_key`` is ``""`` holds the provider's own
+    virtual clock (the start tag of the last slot handed out), which a key coming back
+    from idle starts from, so an idle key saves up no credit. ``granted``/``prev_granted``
+    count claims in the current and the previous minute (``minute`` starts the current).
+    """
+
+    __tablename__ = "fair_shares"
+
+    provider: Mapped[str] = mapped_column(String(64), primary_key=True)
+    fairness_key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    vtime: Mapped[float] = mapped_column(Float, default=0.0)
+    weight: Mapped[float] = mapped_column(Float, default=1.0)
+    minute: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    granted: Mapped[int] = mapped_column(Integer, default=0)
+    prev_granted: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class ApiKeyRow(Base):

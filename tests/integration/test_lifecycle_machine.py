@@ -219,12 +219,23 @@ class Lifecycle(RuleBasedStateMachine):
         self.refs[task.id] = task.client_ref
         self.kinds[task.id] = kind
 
-    @rule(name=st.sampled_from(WORKERS), fault=st.sampled_from(FAULTS), send=st.booleans())
-    def dispatch(self, name: str, fault: str, send: bool) -> None:
-        """A dispatcher claims due work if it holds none, and (maybe) sends the first unit."""
+    @rule(
+        name=st.sampled_from(WORKERS),
+        fault=st.sampled_from(FAULTS),
+        send=st.booleans(),
+        fair=st.booleans(),
+    )
+    def dispatch(self, name: str, fault: str, send: bool, fair: bool) -> None:
+        """A dispatcher claims due work if it holds none (in arrival order, or fairly
+        between fairness keys as dispatchers do by default), and (maybe) sends the first."""
         worker = self.workers[name]
         if not worker.held:
-            worker.held.extend(self.queue.claim_due(self.clock.now(), 2, name, LEASE_S))
+            now = self.clock.now()
+            worker.held.extend(
+                self.queue.claim_fair(now, 2, name, LEASE_S, "acme")
+                if fair
+                else self.queue.claim_due(now, 2, name, LEASE_S)
+            )
         if worker.held and send:
             self._send(worker, 0, fault)
 

@@ -181,3 +181,24 @@ def test_a_pause_written_before_pause_details_reads_back_without_them(engine: En
     now = datetime(2029, 1, 1, tzinfo=UTC)
     assert PauseStore(engine).details(now) == {"sandbox": Pause("sandbox", until)}
     assert PauseStore(engine).active(now) == {"sandbox": until}
+
+
+def test_fair_share_revision_keys_existing_tasks_by_their_tenant(engine: Engine) -> None:
+    """Tasks written before 0010 get priority 0 and their tenant as fairness key."""
+    config = db.alembic_config(engine)
+    command.upgrade(config, "0005")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO tasks (id, tenant, provider, kind, status, phase, track_only, "
+                "attempts, polls, created_at, updated_at) VALUES (1, 'acme', 'sandbox', "
+                "'campaign', 'Not Started', 'ready', false, 0, 0, "
+                "'2026-01-01 00:00:00', '2026-01-01 00:00:00')"
+            )
+        )
+    command.upgrade(config, "head")
+
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT priority, fairness_key FROM tasks WHERE id = 1")).one()
+    assert tuple(row) == (0, "acme")
+    assert "fair_shares" in inspect(engine).get_table_names()

@@ -155,14 +155,18 @@ def test_claim_skips_work_not_yet_due_and_other_providers(q: Queue) -> None:
     assert q.queue.claim_due(q.now() - timedelta(seconds=5), 10, "w", LEASE_S) == []
 
 
-def _claim_until_empty(url: str, worker: str, rounds: int) -> list[int]:
+def _claim_until_empty(url: str, worker: str, rounds: int, fair: bool = False) -> list[int]:
     """Claim small batches of due work through a fresh engine until none is left."""
     engine = db.make_engine(url)
     queue = WorkQueue(engine)
     got: list[int] = []
+    now = START + timedelta(seconds=1)
     try:
         for _ in range(rounds):
-            batch = queue.claim_due(START + timedelta(seconds=1), 3, worker, LEASE_S)
+            if fair:
+                batch = queue.claim_fair(now, 3, worker, LEASE_S, "sandbox", {"t1": 2.0})
+            else:
+                batch = queue.claim_due(now, 3, worker, LEASE_S)
             if not batch:
                 break
             got.extend(t.id for t in batch)
@@ -171,15 +175,17 @@ def _claim_until_empty(url: str, worker: str, rounds: int) -> list[int]:
     return got
 
 
-def test_concurrent_claims_from_threads_never_overlap(q: Queue) -> None:
-    """Six threads, each with its own engine, claiming at once: every task goes to exactly one."""
-    ids = q.add(240)
+@pytest.mark.parametrize("fair", [False, True], ids=["arrival", "fair"])
+def test_concurrent_claims_from_threads_never_overlap(q: Queue, fair: bool) -> None:
+    """Six threads, each with its own engine, claiming at once: every task goes to exactly
+    one (plain and fair claims alike; fair ones over three fairness keys)."""
+    ids = [i for tenant in ("t1", "t2", "t3") for i in q.add(80, tenant=tenant)]
     results: dict[int, list[int]] = {}
     start = threading.Barrier(6)
 
     def claimer(n: int) -> None:
         start.wait()
-        results[n] = _claim_until_empty(q.url, f"thread-{n}", 1000)
+        results[n] = _claim_until_empty(q.url, f"thread-{n}", 1000, fair)
 
     threads = [threading.Thread(target=claimer, args=(n,)) for n in range(6)]
     for thread in threads:
@@ -192,21 +198,24 @@ def test_concurrent_claims_from_threads_never_overlap(q: Queue) -> None:
     assert len(set(claimed)) == len(claimed)
 
 
-def _process_claimer(url: str, worker: str, ready: Any, go: Any, out: Any) -> None:
+def _process_claimer(
+    url: str, worker: str, ready: Any, go: Any, out: Any, fair: bool = False
+) -> None:
     ready.wait()
     go.wait()
-    out.put((worker, _claim_until_empty(url, worker, 1000)))
+    out.put((worker, _claim_until_empty(url, worker, 1000, fair)))
 
 
-def test_concurrent_claims_from_processes_never_overlap(q: Queue) -> None:
+@pytest.mark.parametrize("fair", [False, True], ids=["arrival", "fair"])
+def test_concurrent_claims_from_processes_never_overlap(q: Queue, fair: bool) -> None:
     """Four processes claiming the same queue at once: every task goes to exactly one."""
-    ids = q.add(240)
+    ids = [i for tenant in ("t1", "t2", "t3") for i in q.add(80, tenant=tenant)]
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Barrier(5)
     go = ctx.Event()
     out = ctx.Queue()
     procs = [
-        ctx.Process(target=_process_claimer, args=(q.url, f"proc-{n}", ready, go, out))
+        ctx.Process(target=_process_claimer, args=(q.url, f"proc-{n}", ready, go, out, fair))
         for n in range(4)
     ]
     for proc in procs:
@@ -221,6 +230,116 @@ def test_concurrent_claims_from_processes_never_overlap(q: Queue) -> None:
     assert sorted(claimed) == sorted(ids)
     assert len(set(claimed)) == len(claimed)
     assert all(proc.exitcode == 0 for proc in procs)
+
+
+# -- fair share, priorities, trees first ------------------------------------------------
+
+
+def fair_claim(q: Queue, limit: int, weights: dict[str, float] | None = None) -> list[DueTask]:
+    return q.queue.claim_fair(q.now(), limit, "w", LEASE_S, "sandbox", weights)
+
+
+def test_fair_claim_interleaves_keys_by_weight(q: Queue) -> None:
+    """A key queued after another's big backlog still gets its weighted share at once,
+    and the claim comes back in slot order (keys interleaved)."""
+    q.add(100, tenant="big")
+    q.clock.advance(1)
+    q.add(20, tenant="small")
+    q.clock.advance(1)
+
+    claimed = fair_claim(q, 12, {"big": 3.0})
+
+    assert [t.fairness_key for t in claimed] == ["big", "small", "big", "big"] * 3
+    assert fair_claim(q, 8, {"big": 3.0}).count(None) == 0  # nothing claimed twice below
+    assert len({t.id for t in claimed}) == 12
+
+
+def test_fair_claim_is_work_conserving(q: Queue) -> None:
+    """An idle key's share goes to the others; a lone key takes every slot."""
+    q.add(3, tenant="few")
+    q.add(50, tenant="many")
+    q.clock.advance(1)
+
+    claimed = fair_claim(q, 20)
+
+    assert sum(t.fairness_key == "few" for t in claimed) == 3
+    assert len(claimed) == 20
+
+
+def test_priority_orders_work_within_a_key_only(q: Queue) -> None:
+    """Higher priority first within its key; a key's priorities take nothing from another."""
+    low = q.add(5, tenant="a", priority=-5)
+    high = q.add(5, tenant="a", priority=50)
+    other = q.add(10, tenant="b")
+    q.clock.advance(1)
+
+    claimed = fair_claim(q, 10)
+
+    assert [t.id for t in claimed if t.fairness_key == "a"] == high
+    assert [t.id for t in claimed if t.fairness_key == "b"] == other[:5]
+    assert not {t.id for t in claimed} & set(low)
+
+
+def _completed_parent(q: Queue) -> int:
+    (parent,) = q.add(1)
+    with q.engine.begin() as conn:
+        conn.execute(
+            update(tasks)
+            .where(tasks.c.id == parent)
+            .values(status="Completed", phase="done", external_id="ext-1")
+        )
+    return parent
+
+
+def test_children_of_existing_parents_go_before_new_roots(q: Queue) -> None:
+    """Trees first: with equal priority a ready child goes before older roots; a higher
+    priority root still goes first."""
+    parent = _completed_parent(q)
+    roots = q.add(3)
+    q.clock.advance(1)
+    (child,) = q.add(1, parent_id=parent)
+    (urgent,) = q.add(1, priority=1)
+    q.clock.advance(1)
+
+    claimed = fair_claim(q, 5)
+
+    assert [t.id for t in claimed] == [urgent, child, *roots]
+    assert claimed[1].parent_external_id == "ext-1"
+
+
+def test_release_refunds_the_share(q: Queue) -> None:
+    """Work claimed for a key and given back unsent does not count against its share."""
+    q.add(40, tenant="a")
+    q.add(40, tenant="b")
+    q.clock.advance(1)
+    first = fair_claim(q, 10)
+    q.queue.release([t for t in first if t.fairness_key == "a"])
+
+    again = fair_claim(q, 10)
+
+    # Net of what went back, a and b have had their equal share to within one task.
+    net_a = sum(t.fairness_key == "a" for t in again)
+    net_b = sum(t.fairness_key == "b" for t in [*first, *again])
+    assert abs(net_a - net_b) <= 1
+    assert net_a + net_b == 15
+
+
+def test_shares_report_waiting_and_granted(q: Queue) -> None:
+    q.add(30, tenant="a")
+    q.add(10, tenant="b")
+    q.clock.advance(1)
+    fair_claim(q, 8, {"a": 3.0})
+
+    shares = {s.key: s for s in q.queue.shares("sandbox", q.now(), {"a": 3.0})}
+
+    assert (shares["a"].waiting, shares["b"].waiting) == (24, 8)
+    assert (shares["a"].granted_last_minute, shares["b"].granted_last_minute) == (6, 2)
+    assert shares["a"].weight == 3.0
+    assert shares["a"].share == 0.75
+    q.clock.advance(200)
+    later = {s.key: s for s in q.queue.shares("sandbox", q.now(), {"a": 3.0})}
+    assert later["a"].granted_last_minute == 0
+    assert later["a"].waiting == 24
 
 
 # -- giving work back --------------------------------------------------------------------

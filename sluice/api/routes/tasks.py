@@ -44,7 +44,7 @@ def create_task(
     tenant: TenantQuery = None,
 ) -> TaskOut:
     """Create a task (or track one by id, the prototype's way)."""
-    body_hash = submissions.request_hash(body.model_dump(mode="json")) if idempotency_key else None
+    body_hash = submissions.request_hash(body.hashed_body()) if idempotency_key else None
     item = replace(body.to_submission(idempotency_key), tenant=principal.write_tenant(tenant))
     task, created = submissions.create_task(context.repo, context.catalog, item, body_hash)
     if not created:

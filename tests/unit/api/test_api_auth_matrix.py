@@ -56,6 +56,7 @@ EXPECTED: dict[tuple[str, str], Role | None] = {
     ("POST", "/api/limits/{key}/pin"): Role.OPERATOR,
     ("POST", "/api/limits/{key}/unpin"): Role.OPERATOR,
     ("GET", "/metrics"): Role.OPERATOR,
+    ("GET", "/api/providers/{name}/shares"): Role.OPERATOR,
     ("GET", "/api/healthchecker"): PUBLIC,
     ("GET", "/healthz"): PUBLIC,
     ("GET", "/readyz"): PUBLIC,
@@ -175,6 +176,9 @@ EXAMPLES: dict[tuple[str, str], Callable[[SecuredApi], Call]] = {
         "POST", "/api/limits/sandbox:write/unpin"
     ),
     ("GET", "/metrics"): lambda api: Call("GET", "/metrics"),
+    ("GET", "/api/providers/{name}/shares"): lambda api: Call(
+        "GET", "/api/providers/sandbox/shares"
+    ),
     ("GET", "/api/healthchecker"): lambda api: Call("GET", "/api/healthchecker"),
     ("GET", "/healthz"): lambda api: Call("GET", "/healthz"),
     ("GET", "/readyz"): lambda api: Call("GET", "/readyz"),

@@ -1,0 +1,343 @@
+"""Weighted fair queuing of claims between the fairness keys of one provider.
+
+Every task carries a fairness key (its tenant, or a payload field's value). When several
+keys have work due for the same provider, a claim hands out its slots by start-time fair
+queuing over *virtual time*: each key has a finish tag ``vtime`` that grows by
+``1/weight`` per task claimed for it, and each slot goes to the waiting key with the
+smallest tag. A key with nothing due takes no slot (work-conserving), and a key coming
+back from idle starts at the provider's virtual clock (the tag of the last slot handed
+out), so idleness saves up no credit to starve the others with later.
+
+The state lives in ``fair_shares`` and changes inside the claim's transaction, shared by
+every worker on every host. A claim reads the tags without locking them and, when it
+commits, *adds* its slots to each key's tag (``max(tag, clock) + slots/weight``) and moves
+the clock forward, row by row, so concurrent claimers never queue for each other and
+none of their grants is lost from the tags: two claims made at the same instant may both
+favour the key that was behind, and the tags then hold the next claims back from it.
+Workers claim about a second of work at a time, so across all of them each key gets its
+weighted share to within about one claim per worker. Tasks claimed but given back
+unsent are refunded (:func:`refund`). Rows are always changed in key order, the clock
+row last, by claims and refunds alike (no deadlock).
+
+Within a key, tasks go by ``priority`` (higher first), then children of parents that
+already exist at the provider before new roots (trees finish first), then due time and id.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, case, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from sluice.store.rows import chunks, tasks
+from sluice.store.tables import FairShareRow
+
+fair_shares: Table = FairShareRow.__table__  # type: ignore[assignment]
+
+CLOCK_KEY = ""
+"""The ``fair_shares`` row holding a provider's virtual clock (no fairness key is empty)."""
+DEFAULT_WEIGHT = 1.0
+SHARE_WINDOW = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class KeyState:
+    """One fairness key as a claim sees it: its finish tag, weight and waiting tasks."""
+
+    key: str
+    vtime: float
+    weight: float
+    waiting: int
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """What a claim hands out: slots per key, each key's first start tag, the new clock."""
+
+    counts: dict[str, int]
+    starts: dict[str, float]
+    clock: float
+
+
+def allocate(clock: float, keys: Sequence[KeyState], slots: int) -> Allocation:
+    """Hand ``slots`` out between ``keys`` by start-time fair queuing.
+
+    Each key starts at ``max(vtime, clock)``; each slot goes to the key whose next start
+    tag is smallest (ties by key), which then moves on by ``1/weight``. A key gets no
+    more slots than it has tasks waiting. The new clock is the last slot's start tag.
+    """
+    starts = {k.key: max(k.vtime, clock) for k in keys if k.waiting > 0 and k.weight > 0}
+    heap = [(starts[k.key], k.key) for k in keys if k.key in starts]
+    heapq.heapify(heap)
+    left = {k.key: k.waiting for k in keys}
+    step = {k.key: 1.0 / k.weight for k in keys if k.key in starts}
+    counts: dict[str, int] = defaultdict(int)
+    new_clock = clock
+    while slots > 0 and heap:
+        tag, key = heapq.heappop(heap)
+        counts[key] += 1
+        new_clock = max(new_clock, tag)
+        slots -= 1
+        left[key] -= 1
+        if left[key] > 0:
+            heapq.heappush(heap, (tag + step[key], key))
+    return Allocation(dict(counts), {k: starts[k] for k in counts}, new_clock)
+
+
+def within_key_order() -> list[Any]:
+    """How tasks of one key are ordered: priority, trees first, then due time and id."""
+    return [
+        tasks.c.priority.desc(),
+        case((tasks.c.parent_id.is_(None), 1), else_=0),
+        tasks.c.next_attempt_at,
+        tasks.c.id,
+    ]
+
+
+def _insert(conn: Connection) -> Any:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(fair_shares)
+
+
+def _greatest(conn: Connection, *values: Any) -> Any:
+    return (func.greatest if conn.dialect.name == "postgresql" else func.max)(*values)
+
+
+def _least(conn: Connection, *values: Any) -> Any:
+    return (func.least if conn.dialect.name == "postgresql" else func.min)(*values)
+
+
+def candidates(conn: Connection, due: Any, provider: str, limit: int) -> dict[str, list[int]]:
+    """Per fairness key, the ids of up to ``limit`` due tasks in within-key order."""
+    ranked = (
+        select(
+            tasks.c.id,
+            tasks.c.fairness_key,
+            func.row_number()
+            .over(partition_by=tasks.c.fairness_key, order_by=within_key_order())
+            .label("rank"),
+        )
+        .where(tasks.c.provider == provider, due)
+        .subquery()
+    )
+    rows = conn.execute(
+        select(ranked.c.id, ranked.c.fairness_key)
+        .where(ranked.c.rank <= limit)
+        .order_by(ranked.c.fairness_key, ranked.c.rank)
+    )
+    found: dict[str, list[int]] = defaultdict(list)
+    for task_id, key in rows:
+        found[key].append(task_id)
+    return dict(found)
+
+
+def read_state(
+    conn: Connection,
+    provider: str,
+    waiting: Mapping[str, int],
+    weights: Mapping[str, float],
+) -> tuple[float, list[KeyState]]:
+    """The provider's clock and the stored tag of each waiting key (0 for one never seen).
+
+    Read without locks: concurrent claimers may both start from the same tags, and
+    :func:`record` then adds each one's slots to whatever the row holds by then.
+    """
+    stored: dict[str, float] = {}
+    for chunk in chunks([CLOCK_KEY, *sorted(waiting)]):
+        for key, vtime in conn.execute(
+            select(fair_shares.c.fairness_key, fair_shares.c.vtime).where(
+                fair_shares.c.provider == provider, fair_shares.c.fairness_key.in_(chunk)
+            )
+        ):
+            stored[key] = float(vtime)
+    clock = stored.pop(CLOCK_KEY, 0.0)
+    return clock, [
+        KeyState(key, stored.get(key, 0.0), weights.get(key, DEFAULT_WEIGHT), count)
+        for key, count in sorted(waiting.items())
+    ]
+
+
+def _minute(now: datetime) -> datetime:
+    return now.replace(second=0, microsecond=0)
+
+
+def record(
+    conn: Connection,
+    provider: str,
+    clock: float,
+    new_clock: float,
+    taken: Mapping[str, int],
+    weights: Mapping[str, float],
+    now: datetime,
+) -> None:
+    """Add a claim's slots to each key's tag and move the provider's clock, in one upsert.
+
+    Each key's tag becomes ``max(its tag now, clock) + taken/weight``, where ``clock`` is
+    the clock the claim read: the addition applies to whatever a concurrent claim left
+    (nothing is lost), and the clock only moves forward here. Rows go in key order with
+    the clock row last, the order refunds take them too.
+    """
+    minute = _minute(now)
+    rows: list[dict[str, Any]] = []
+    for key, count in sorted(taken.items()):
+        weight = weights.get(key, DEFAULT_WEIGHT)
+        rows.append(
+            {
+                "provider": provider,
+                "fairness_key": key,
+                "vtime": max(clock, 0.0) + count / weight,
+                "weight": weight,
+                "minute": minute,
+                "granted": count,
+                "prev_granted": 0,
+            }
+        )
+    rows.append(
+        {
+            "provider": provider,
+            "fairness_key": CLOCK_KEY,
+            "vtime": new_clock,
+            "weight": DEFAULT_WEIGHT,
+            "minute": None,
+            "granted": 0,
+            "prev_granted": 0,
+        }
+    )
+    statement = _insert(conn).values(rows)
+    new = statement.excluded
+    is_clock = fair_shares.c.fairness_key == CLOCK_KEY
+    # The grant counters roll over to this minute when the row's minute is older.
+    same = fair_shares.c.minute == minute
+    previous = fair_shares.c.minute == minute - timedelta(minutes=1)
+    conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=[fair_shares.c.provider, fair_shares.c.fairness_key],
+            set_={
+                "vtime": case(
+                    (is_clock, _greatest(conn, fair_shares.c.vtime, new.vtime)),
+                    else_=_greatest(conn, fair_shares.c.vtime, clock) + new.granted / new.weight,
+                ),
+                "weight": new.weight,
+                "minute": new.minute,
+                "granted": case((same, fair_shares.c.granted + new.granted), else_=new.granted),
+                "prev_granted": case(
+                    (same, fair_shares.c.prev_granted),
+                    (previous, fair_shares.c.granted),
+                    else_=0,
+                ),
+            },
+        )
+    )
+
+
+def refund(conn: Connection, given_back: Sequence[tuple[str, str]]) -> None:
+    """Give back the virtual time of tasks claimed but released unsent.
+
+    ``given_back`` holds one (provider, fairness key) per released task. Each key's tag
+    moves back by ``1/weight`` per task, and the provider's clock back to the lowest tag
+    refunded, so that the next claim does not lift the key over its own credit: the
+    refunded slots count as never handed out.
+    """
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    for pair in given_back:
+        counts[pair] += 1
+    for provider in sorted({p for p, _ in counts}):
+        lowest: float | None = None
+        for (owner, key), count in sorted(counts.items()):
+            if owner != provider:
+                continue
+            refunded = conn.execute(
+                update(fair_shares)
+                .where(fair_shares.c.provider == provider, fair_shares.c.fairness_key == key)
+                .values(
+                    vtime=fair_shares.c.vtime - count / fair_shares.c.weight,
+                    granted=case(
+                        (fair_shares.c.granted > count, fair_shares.c.granted - count), else_=0
+                    ),
+                )
+                .returning(fair_shares.c.vtime)
+            ).scalar()
+            if refunded is not None:
+                lowest = float(refunded) if lowest is None else min(lowest, float(refunded))
+        if lowest is None:
+            continue
+        conn.execute(
+            update(fair_shares)
+            .where(fair_shares.c.provider == provider, fair_shares.c.fairness_key == CLOCK_KEY)
+            .values(vtime=_least(conn, fair_shares.c.vtime, lowest))
+        )
+
+
+@dataclass(frozen=True)
+class Share:
+    """One fairness key's standing on a provider's budget."""
+
+    key: str
+    weight: float
+    waiting: int
+    granted_last_minute: float
+    share: float
+    """Its part of everything claimed for the provider over the last minute (0..1)."""
+
+
+def shares(
+    engine: Engine,
+    provider: str,
+    weights: Mapping[str, float],
+    due: Any,
+    now: datetime,
+) -> list[Share]:
+    """Every fairness key of ``provider`` with work waiting or grants in the last minute.
+
+    Grants over the last minute are estimated from two one-minute counters: the previous
+    minute's weighted by how much of it lies within the last 60 s, plus this minute's.
+    """
+    minute = _minute(now)
+    elapsed = (now - minute).total_seconds() / 60.0
+    with engine.connect() as conn:
+        waiting = {
+            key: int(count)
+            for key, count in conn.execute(
+                select(tasks.c.fairness_key, func.count())
+                .where(tasks.c.provider == provider, due)
+                .group_by(tasks.c.fairness_key)
+            )
+        }
+        granted: dict[str, float] = {}
+        stored_weights: dict[str, float] = {}
+        for key, row_minute, count, previous, weight in conn.execute(
+            select(
+                fair_shares.c.fairness_key,
+                fair_shares.c.minute,
+                fair_shares.c.granted,
+                fair_shares.c.prev_granted,
+                fair_shares.c.weight,
+            ).where(
+                fair_shares.c.provider == provider,
+                fair_shares.c.fairness_key != CLOCK_KEY,
+                fair_shares.c.minute >= minute - timedelta(minutes=1),
+            )
+        ):
+            stored_weights[key] = float(weight)
+            if row_minute == minute:
+                granted[key] = count + previous * (1.0 - elapsed)
+            elif row_minute == minute - timedelta(minutes=1):
+                granted[key] = count * (1.0 - elapsed)
+    total = sum(granted.values())
+    keys = sorted(set(waiting) | {k for k, v in granted.items() if v > 0})
+    return [
+        Share(
+            key=key,
+            weight=weights.get(key, DEFAULT_WEIGHT),
+            waiting=waiting.get(key, 0),
+            granted_last_minute=round(granted.get(key, 0.0), 1),
+            share=round(granted.get(key, 0.0) / total, 4) if total else 0.0,
+        )
+        for key in keys
+    ]
