@@ -65,14 +65,9 @@ class MemoryLimiter:
     def acquire(self, limits: Sequence[LimitSpec], *, in_flight: InFlight | None = None) -> Grant:
         """See :meth:`Limiter.acquire`."""
         check_acquire_args(limits, in_flight)
-        spacing_by_key = gcra.spacings(limits, self._margin)
-        credit_by_key = gcra.credits(limits, self._margin, self._catch_up_us)
-        floor_by_key = (
-            gcra.cold_floors(limits, self._margin, self._born_us)
-            if self._born_us is not None
-            else None
-        )
-        guarded = list(spacing_by_key) + ([in_flight.key] if in_flight else [])
+        plans = gcra.plan(limits, self._margin, self._catch_up_us)
+        floor_by_key = gcra.cold_floors(plans, self._born_us) if self._born_us is not None else None
+        guarded = list(plans) + ([in_flight.key] if in_flight else [])
         scopes = gcra.pause_scopes_all(guarded)
         with self._lock:
             now_us = monotonic_us(self._clock)
@@ -80,9 +75,8 @@ class MemoryLimiter:
             verdict = gcra.decide(
                 now_us,
                 self._tats,
-                spacing_by_key,
+                plans,
                 (self._pauses[scope] for scope in scopes if scope in self._pauses),
-                credit_by_key,
                 floor_by_key,
             )
             if not verdict.allowed:
@@ -176,8 +170,10 @@ class MemoryLimiter:
         self._calls += 1
         if self._calls % _SWEEP_EVERY:
             return
-        # A TAT or pause in the past constrains nothing: forgetting it changes no answer.
-        self._tats = {key: tat for key, tat in self._tats.items() if tat > now_us}
+        # A TAT more than the catch-up in the past, or a pause in the past, constrains
+        # nothing: forgetting it changes no answer (max(tat, now - credit) ignores it).
+        horizon = now_us - self._catch_up_us
+        self._tats = {key: tat for key, tat in self._tats.items() if tat > horizon}
         self._pauses = {key: until for key, until in self._pauses.items() if until > now_us}
         for key in list(self._leases):
             if not self._live_leases(key, now_us):
