@@ -12,6 +12,7 @@ import httpx
 
 from sluice.catalog import Catalog, ProviderInfo
 from sluice.controls import Controls, PinnedCeilings, stretches
+from sluice.engine.quotas import QuotaPace
 from sluice.engine.rates import CeilingSource, RatesInForce
 from sluice.providers.base import Provider
 from sluice.providers.registry import build_http_client, load_providers
@@ -22,6 +23,7 @@ from sluice.store import db
 from sluice.store.pauses import PauseStore
 from sluice.store.pins import PinStore
 from sluice.store.queue import WorkQueue
+from sluice.store.quotas import QuotaStore
 from sluice.store.repository import TaskRepository
 
 DEMO_SANDBOX_PORT = 9100
@@ -50,6 +52,8 @@ class Runtime:
     clients: dict[str, httpx.Client] = field(default_factory=dict)
     rates: RatesInForce = field(default_factory=RatesInForce)
     """The rate in force on each limit key (configured, or a lower pinned/learned/quota one)."""
+    quotas: QuotaStore | None = None
+    """Quota use (``quota = "15000/d"``), kept in the database."""
 
     @property
     def controls(self) -> Controls:
@@ -108,7 +112,11 @@ def build_runtime(settings: Settings) -> Runtime:
     db.ensure_schema(engine)
     # Each store table that can lower a key's rate (pins, learned rates, quotas) adds its
     # source here; the dispatcher and the API read the rate in force through `rates`.
-    ceiling_sources: list[CeilingSource] = [PinnedCeilings(PinStore(engine), stretches(providers))]
+    quotas = QuotaStore(engine)
+    ceiling_sources: list[CeilingSource] = [
+        PinnedCeilings(PinStore(engine), stretches(providers)),
+        QuotaPace(quotas, providers),
+    ]
     return Runtime(
         settings=settings,
         repo=TaskRepository(engine),
@@ -119,4 +127,5 @@ def build_runtime(settings: Settings) -> Runtime:
         pauses=PauseStore(engine),
         clients={name: build_http_client(p) for name, p in providers.items()},
         rates=RatesInForce(ceiling_sources),
+        quotas=quotas,
     )
