@@ -113,11 +113,12 @@ class Quota:
 
     def counted_since(self, now: datetime) -> datetime:
         """The start of the oldest bucket whose use still counts at ``now``."""
-        start, _ = self.window(now)
         if not self.rolling:
-            return start
-        # A bucket counts while any of it is inside (now - window, now].
-        return start - timedelta(seconds=self.rate.window_s) + timedelta(seconds=self.bucket_s())
+            return self.window(now)[0]
+        # A bucket [b, b + g) counts while b + g > now - window: the oldest is the one that
+        # holds the instant now - window.
+        oldest, _ = self.window(now - timedelta(seconds=self.rate.window_s))
+        return oldest
 
     def describe_reset(self) -> str:
         if self.rolling:
