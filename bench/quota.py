@@ -115,7 +115,7 @@ def run_costs(audiences: int, campaigns: int) -> dict[str, Any]:
                 "weighted": True,
             }
         ],
-        "costs": {"POST /v1/audiences": 5},
+        # costs: the dv360 profile's own, {"POST /v1/audiences": 5}
         "accept_delay_s": [0.05, 0.1],
         "process_delay_s": [0.1, 0.2],
         "faults": {},

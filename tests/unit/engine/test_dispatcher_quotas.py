@@ -14,9 +14,9 @@ import pytest
 
 from sluice import submissions
 from sluice.clock import FakeClock
-from sluice.domain import Submission, TaskStatus
+from sluice.domain import Operation, Submission, TaskStatus
 from sluice.engine.dispatcher import Dispatcher
-from sluice.engine.quotas import QuotaBook, quota_states
+from sluice.engine.quotas import QuotaBook, quota_states, window_of
 from sluice.providers.registry import build_http_client, load_providers
 from sluice.ratelimit.memory import MemoryLimiter
 from sluice.runtime import build_catalog
@@ -156,3 +156,34 @@ def test_costs_keep_units_within_the_limit(tmp_path: Path) -> None:
     finally:
         world["client"].close()
         world["engine"].dispose()
+
+
+def test_a_paced_quota_is_a_ceiling_on_the_rate_in_force(tmp_path: Path) -> None:
+    """quota_pace = true: 25/min with 10 used and 30 s to the reset spreads the other 15 over
+    those 30 s (0.5/s), below the configured 10/s; without it the quota gives no ceiling."""
+    from sluice.engine.quotas import QuotaPace
+    from sluice.engine.rates import RatesInForce
+    from sluice.ratelimit.rate import LimitSpec, parse_rate
+
+    world = make_world(tmp_path, {"rate_limit": "10/s", "quota": "25/min", "quota_pace": True})
+    try:
+        store = QuotaStore(world["engine"])
+        clock: FakeClock = world["clock"]
+        clock.advance(30)
+        (spec,) = world["providers"]["acme"].quotas_for(Operation.SUBMIT, None)
+        store.reserve(window_of(spec.key, spec.quota, clock.now()), 10, clock.now())
+        rates = RatesInForce([QuotaPace(store, world["providers"], clock)], clock=clock)
+        in_force = rates.in_force(LimitSpec("acme", parse_rate("10/s")))
+        assert in_force.source == "quota"
+        assert in_force.rate.limit / in_force.rate.window_s == pytest.approx(0.5)
+    finally:
+        world["client"].close()
+        world["engine"].dispose()
+    (tmp_path / "b").mkdir()
+    unpaced = make_world(tmp_path / "b", {"rate_limit": "10/s", "quota": "25/min"})
+    try:
+        rates = RatesInForce([QuotaPace(QuotaStore(unpaced["engine"]), unpaced["providers"])])
+        assert rates.in_force(LimitSpec("acme", parse_rate("10/s"))).source == "configured"
+    finally:
+        unpaced["client"].close()
+        unpaced["engine"].dispose()
