@@ -165,10 +165,12 @@ def run_costs(audiences: int, campaigns: int) -> dict[str, Any]:
         "budget": f"{budget} write units per {window_s}s per advertiser (DV360: 150/min)",
         "requests": {"audiences (5 units)": audiences, "campaigns (1 unit)": campaigns},
         "write_units": units,
+        "duplicates": int(stats["duplicate_count"]),
         "refused_by_sandbox": int(stats["refused_total"]),
         "max_units_in_any_window": worst,
         "busy_span_s": round(span, 2),
-        "utilization_of_write_budget": round((units - writes[-1][1]) / ideal, 4),
+        "utilization_of_write_budget": round((units - 1) / ideal, 4),
+        "paced_ideal": round(146 / 150 / 1.015, 4),
         "paced_ceiling": "units/window = budget - (heaviest cost - 1) = 146 once the first "
         "window's burst is spent: see docs/ratelimit.md#costs",
         "client_rate_limited": run.rate_limited,

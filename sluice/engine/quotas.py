@@ -31,6 +31,9 @@ from sluice.ratelimit.quota import Quota, QuotaSpec
 from sluice.ratelimit.rate import Rate
 from sluice.store.quotas import QuotaStore, Window
 
+SPENT_RECHECK_S = 1.0
+"""How long a spent quota is answered from memory before the database is asked again."""
+
 
 def window_of(spec_key: str, quota: Quota, now: datetime) -> Window:
     """The database window ``quota`` counts ``now`` in."""
@@ -70,6 +73,9 @@ class QuotaBook:
         self.clock = clock or SystemClock()
         self._lock = threading.Lock()
         self._allowances: dict[str, _Allowance] = {}
+        # key -> (window start, when to ask the database again): a spent quota is not
+        # asked about for every unit that needs it (another worker may give units back).
+        self._spent: dict[str, tuple[datetime, datetime]] = {}
 
     def take(self, specs: Sequence[QuotaSpec], block: int = 1) -> QuotaVerdict:
         """Take each spec's cost, all or nothing, reserving ``block`` units at a time.
@@ -83,11 +89,16 @@ class QuotaBook:
         with self._lock:
             for spec in specs:
                 allowance = self._allowance(spec, now)
-                if allowance.units < spec.cost:
+                spent_start, recheck_at = self._spent.get(spec.key, (None, now))
+                known_spent = spent_start == allowance.window.start and now < recheck_at
+                if allowance.units < spec.cost and not known_spent:
                     want = max(spec.cost, block) - allowance.units
                     allowance.units += self.store.reserve(allowance.window, want, now)
                 if allowance.units < spec.cost:
                     self._return_locally(taken)
+                    if not known_spent:
+                        recheck = now + timedelta(seconds=SPENT_RECHECK_S)
+                        self._spent[spec.key] = (allowance.window.start, recheck)
                     return QuotaVerdict(False, Taken(), spec.key, allowance.window.end)
                 allowance.units -= spec.cost
                 taken.append((spec.key, allowance.window.start, spec.cost))

@@ -4,6 +4,7 @@ interleaving of workers; kept across restarts (a new store on the same database)
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -55,7 +56,7 @@ def test_reservations_never_exceed_the_quota_and_survive_restarts(
 ) -> None:
     """Against a model: each window hands out at most `limit` units however reservations,
     give-backs and restarts interleave, and hands out all of them when asked."""
-    key = f"acme:{limit}:{rolling}:{id(steps)}"
+    key = f"acme:{uuid.uuid4().hex}"  # examples share the database: a key of its own
     quota = parse_quota(f"{limit}/10min", "rolling" if rolling else "UTC")
     window_len = timedelta(minutes=10)
     store = QuotaStore(engine)
