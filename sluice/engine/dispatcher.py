@@ -256,10 +256,17 @@ class Dispatcher:
                             return max(0.0, lane.paused_until - self.clock.monotonic())
                         continue
                     taken = verdict.taken
-                grant = self.executor.submit(
-                    unit,
-                    functools.partial(acquire, self.limiter, provider, unit, payload, self.rates),
-                )
+                try:
+                    grant = self.executor.submit(
+                        unit,
+                        functools.partial(
+                            acquire, self.limiter, provider, unit, payload, self.rates
+                        ),
+                    )
+                except Exception:
+                    if self.quotas is not None:
+                        self.quotas.give(taken)  # a limiter outage: nothing was sent
+                    raise
                 if grant.granted:
                     lane.units.popleft()
                     self.stats.granted += 1
