@@ -52,7 +52,12 @@ PROVIDERS: dict[str, dict[str, Any]] = {
             {"scope": "write", "per": "advertiser_id", "rate": "2/s"},
         ],
     },
-    "acme": {"preset": "sandbox-demo", "base_url": "http://127.0.0.1:9", "rate_limit": "40/min"},
+    "acme": {
+        "preset": "sandbox-demo",
+        "base_url": "http://127.0.0.1:9",
+        "rate_limit": "40/min",
+        "quota": "500/d",
+    },
 }
 
 
