@@ -259,6 +259,18 @@ def decide(
     return Verdict(True, 0, "", new_tats)
 
 
+def undoable(limits: Sequence[LimitSpec], margin: float, catch_up_us: int) -> dict[str, KeyPlan]:
+    """The keys of ``limits`` whose grant :func:`given_back` may undo: those without burst.
+
+    With a burst (and so with costs above 1) a later grant may come *before* the TAT this
+    grant left, so a TAT value cannot tell whether one followed: such a key keeps its slot
+    spent (always safe; it only costs the slot).
+    """
+    specs = merged(limits, margin)
+    plans = plan(limits, margin, catch_up_us)
+    return {key: p for key, p in plans.items() if specs[key].burst == 0}
+
+
 def given_back(tat_us: int, granted_at_us: int, spacing: int, credit: int) -> int | None:
     """The TAT after giving back a grant made at ``granted_at_us`` that sent nothing, or None.
 

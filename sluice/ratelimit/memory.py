@@ -112,15 +112,14 @@ class MemoryLimiter:
 
     def give_back(self, limits: Sequence[LimitSpec], granted_at: float) -> None:
         """See :meth:`Limiter.give_back`."""
-        spacing_by_key = gcra.spacings(limits, self._margin)
-        credit_by_key = gcra.credits(limits, self._margin, self._catch_up_us)
+        plans = gcra.undoable(limits, self._margin, self._catch_up_us)
         at_us = gcra.to_us(granted_at) - self._posix_offset_us
         with self._lock:
-            for key, spacing in spacing_by_key.items():
+            for key, plan in plans.items():
                 tat = self._tats.get(key)
                 if tat is None:
                     continue
-                back = gcra.given_back(tat, at_us, spacing, credit_by_key[key])
+                back = gcra.given_back(tat, at_us, plan.spacing, plan.credit)
                 if back is not None:
                     self._tats[key] = back
 

@@ -296,12 +296,11 @@ class RedisLimiter:
     def give_back(self, limits: Sequence[LimitSpec], granted_at: float) -> None:
         """See :meth:`Limiter.give_back`; no script: ``WATCH`` makes each key's undo atomic
         (a grant by anyone in between aborts it, and the TAT is kept)."""
-        spacing_by_key = gcra.spacings(limits, self._margin)
-        credit_by_key = gcra.credits(limits, self._margin, self._catch_up_us)
+        plans = gcra.undoable(limits, self._margin, self._catch_up_us)
         at_us = gcra.to_us(granted_at)
-        for key, spacing in spacing_by_key.items():
+        for key, plan in plans.items():
             tat_key = self._key("tat", key)
-            credit = credit_by_key[key]
+            spacing, credit = plan.spacing, plan.credit
 
             def undo(tat_key: str = tat_key, spacing: int = spacing, credit: int = credit) -> None:
                 with self._client.pipeline(transaction=True) as pipe:
