@@ -1,7 +1,7 @@
 """Quota usage per window, kept in the database so a restart never hands a window out twice.
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0007_scale
 Create Date: 2026-12-02
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 from sluice.store.tables import UTCDateTime
 
 revision = "0009"
-down_revision = "0007"
+down_revision = "0007_scale"
 branch_labels = None
 depends_on = None
 
