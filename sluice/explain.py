@@ -15,6 +15,8 @@ the limiter (pause ends, in-flight leases) and the rates in force, and names exa
                     reference before anything is sent again
 ``polling``         In Progress at the provider: the next poll at T
 ``scheduled``       Not Started, due later (e.g. given back when a pause began)
+``waiting_quota``   a quota it draws on is spent; it goes when the quota resets (not an
+                    attempt; ``GET /api/providers/{name}/quotas`` has the quota's state)
 ``sending``         a worker holds it and is asking for its grant or sending it
 ``waiting_slot``    due and waiting its turn under the rate in force: how many due
                     tasks of its provider go first, and about how long that takes
@@ -37,10 +39,12 @@ from typing import Any
 from sluice import errors
 from sluice.controls import Controls, InFlightState, PauseState, show_rate
 from sluice.domain import FINAL_STATUSES, Operation, Phase, Task, TaskStatus
+from sluice.engine.quotas import QuotaState, quota_state
 from sluice.engine.rates import per_second
 from sluice.providers.base import Provider
 from sluice.ratelimit.gcra import pause_scopes_all
 from sluice.ratelimit.rate import LimitSpec
+from sluice.store.quotas import QuotaStore
 from sluice.store.repository import TaskRepository
 
 log = logging.getLogger("sluice.explain")
@@ -203,6 +207,16 @@ class Explainer:
                 summary=f"paused {until} on {pause.key} ({pause.signal or 'limiter'}{by}){why}",
                 pause=pause,
             )
+        spent = self._spent_quota(provider, task, operation, now)
+        if spent is not None:
+            return Explanation(
+                **base,
+                state="waiting_quota",
+                summary=(
+                    f"waiting for quota {spent.key} ({spent.used} of {spent.limit} used, "
+                    f"{spent.reset}) to reset at {when(spent.resets_at)}"
+                ),
+            )
         due = task.next_attempt_at is None or task.next_attempt_at <= now
         if not due and task.phase is Phase.READY:
             if task.attempts > 0:
@@ -285,6 +299,20 @@ class Explainer:
         )
 
     # -- parts -------------------------------------------------------------------------
+
+    def _spent_quota(
+        self, provider: Provider | None, task: Task, operation: Operation, now: datetime
+    ) -> QuotaState | None:
+        """The first quota ``task``'s next request draws on that has too little left."""
+        if provider is None:
+            return None
+        payload = task.payload if operation is Operation.SUBMIT else None
+        store = QuotaStore(self.repo.engine)
+        for spec in provider.quotas_for(operation, payload, [task.kind]):
+            state = quota_state(store, spec.key, spec.quota, now)
+            if state.remaining < spec.cost:
+                return state
+        return None
 
     def _final(self, task: Task) -> FinalInfo:
         if task.status is TaskStatus.COMPLETED:

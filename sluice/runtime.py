@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 from sluice.catalog import Catalog, ProviderInfo
 from sluice.controls import Controls, PinnedCeilings, stretches
 from sluice.engine.adaptive import Learner
+from sluice.engine.quotas import QuotaPace
 from sluice.engine.rates import CeilingSource, RatesInForce
 from sluice.providers.base import Provider
 from sluice.providers.http import HttpProvider
@@ -26,6 +27,7 @@ from sluice.store.learned import LearnedRateStore
 from sluice.store.pauses import PauseStore
 from sluice.store.pins import PinStore
 from sluice.store.queue import WorkQueue
+from sluice.store.quotas import QuotaStore
 from sluice.store.repository import TaskRepository
 
 DEMO_SANDBOX_PORT = 9100
@@ -56,6 +58,8 @@ class Runtime:
     """The rate in force on each limit key (configured, or a lower pinned/learned/quota one)."""
     learner: Learner | None = None
     """The adaptive limiter of the providers with ``adaptive`` on (None: none has it)."""
+    quotas: QuotaStore | None = None
+    """Quota use (``quota = "15000/d"``), kept in the database."""
 
     @property
     def controls(self) -> Controls:
@@ -116,7 +120,11 @@ def build_runtime(settings: Settings) -> Runtime:
     db.ensure_schema(engine)
     # Each store table that can lower a key's rate (pins, learned rates, quotas) adds its
     # source here; the dispatcher and the API read the rate in force through `rates`.
-    ceiling_sources: list[CeilingSource] = [PinnedCeilings(PinStore(engine), stretches(providers))]
+    quotas = QuotaStore(engine)
+    ceiling_sources: list[CeilingSource] = [
+        PinnedCeilings(PinStore(engine), stretches(providers)),
+        QuotaPace(quotas, providers),
+    ]
     learner = build_learner(providers, engine)
     if learner is not None:
         ceiling_sources.append(learner)
@@ -134,6 +142,7 @@ def build_runtime(settings: Settings) -> Runtime:
         clients={name: build_http_client(p) for name, p in providers.items()},
         rates=rates,
         learner=learner,
+        quotas=quotas,
     )
 
 

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     # Opens GET /metrics (and `sluice worker --metrics-port`) to `Authorization: Bearer
     # <token>`, for a Prometheus that has no API key; no other route (docs/operations.md).
     metrics_token: SecretStr | None = None
+    # Requests beyond one a key may send at once before api_rate_limit paces it (the
+    # limiter's burst: docs/ratelimit.md); 0 = evenly paced. Must be below the rate's count.
+    api_rate_burst: int = Field(default=0, ge=0)
 
     # Engine knobs (units in the names).
     executor_threads: int = 16

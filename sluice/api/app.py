@@ -20,6 +20,8 @@ from sluice.api.limits import BodySizeLimit
 from sluice.api.readiness import broker_check, redis_check
 from sluice.api.routes import audit, health, keys, metrics, providers, tasks
 from sluice.api.routes import controls as control_routes
+from sluice.api.routes import quotas as quota_routes
+from sluice.api.routes.quotas import QuotaView
 from sluice.catalog import Catalog
 from sluice.controls import Controls
 from sluice.domain import ApiKey
@@ -49,8 +51,14 @@ def build_api(runtime: Runtime) -> FastAPI:
         checks["redis"] = redis_check(runtime.settings.redis_url)
     if runtime.settings.broker_url:
         checks["broker"] = broker_check(runtime.settings.broker_url)
+    view = QuotaView(runtime.providers, runtime.quotas) if runtime.quotas is not None else None
     app = create_app(
-        runtime.settings, runtime.repo, runtime.catalog, checks, controls=runtime.controls
+        runtime.settings,
+        runtime.repo,
+        runtime.catalog,
+        checks,
+        controls=runtime.controls,
+        quotas=view,
     )
     app.state.metrics_collectors = [state_reader(runtime).collector()]
     return app
@@ -63,6 +71,7 @@ def create_app(
     checks: dict[str, ReadinessCheck] | None = None,
     api_limiter: Limiter | None = None,
     controls: Controls | None = None,
+    quotas: QuotaView | None = None,
 ) -> FastAPI:
     """Build the API around an existing repository and provider catalog.
 
@@ -95,8 +104,9 @@ def create_app(
     app.state.scrape_token = (
         settings.metrics_token.get_secret_value() if settings.metrics_token else None
     )
+    app.state.quotas = quotas
     routers = (tasks.router, keys.router, audit.router, control_routes.router, providers.router)
-    for router in (*routers, health.router, metrics.router):
+    for router in (*routers, health.router, metrics.router, quota_routes.router):
         app.include_router(router)
     _install_console(app, settings, repo, key_store)
     # Console routes check their own session and CSRF (sluice.api.console.routes).
@@ -142,6 +152,11 @@ def _authenticator(
         rate = parse_rate(settings.api_rate_limit)
     except ValueError as exc:
         raise errors.ConfigError(f"api_rate_limit: {exc}") from exc
+    if settings.api_rate_burst >= rate.limit:
+        raise errors.ConfigError(
+            f"api_rate_burst: must be below api_rate_limit's count ({rate.limit}), "
+            f"got {settings.api_rate_burst}"
+        )
     # No cold start: this limit shields the database, not a provider, so a restart of the
     # API (or of Redis) need not hold every key for a while.
     limiter = api_limiter or build_limiter(
@@ -150,7 +165,7 @@ def _authenticator(
         namespace=f"{settings.limiter_namespace}:api",
         cold_start=False,
     )
-    return Authenticator(settings, key_store, limiter, rate)
+    return Authenticator(settings, key_store, limiter, rate, settings.api_rate_burst)
 
 
 def state_reader(runtime: Runtime) -> StateReader:

@@ -157,8 +157,10 @@ class Authenticator:
         keys: KeyStore,
         limiter: Limiter | None = None,
         rate: Rate | None = None,
+        burst: int = 0,
     ) -> None:
         self.mode = settings.auth
+        self.burst = burst
         self.listens_on_loopback = is_loopback(settings.host)
         self.keys = keys
         self.limiter = limiter
@@ -214,7 +216,8 @@ class Authenticator:
         if self.limiter is None or self.rate is None:
             return None
         try:
-            grant = self.limiter.acquire([LimitSpec(f"key:{key.id}", self.rate)])
+            spec = LimitSpec(f"key:{key.id}", self.rate, burst=self.burst)
+            grant = self.limiter.acquire([spec])
         except errors.LimiterError:
             # The limit shields the database from one noisy client; without its store
             # the API stays available rather than refusing everyone.

@@ -407,8 +407,8 @@ class ExplainOut(_FromAttributes):
     """Why a task is where it is: one ``state`` and its details (sluice/explain.py).
 
     ``state`` is one of final, waiting_parent, paused, in_flight_cap, backing_off,
-    awaiting_lookup, polling, scheduled, sending, waiting_slot; the object of that name
-    (``final``, ``parent``, ``pause``, ``in_flight``, ``backoff``, ``lookup``, ``poll``,
+    awaiting_lookup, polling, scheduled, waiting_quota, sending, waiting_slot; the object of
+    that name (``final``, ``parent``, ``pause``, ``in_flight``, ``backoff``, ``lookup``, ``poll``,
     ``slot``) holds its details, and ``rates`` the rate in force on each key of the task.
     """
 

@@ -32,6 +32,7 @@ from sluice.clock import Clock, SystemClock
 from sluice.domain import Outcome, WorkUnit
 from sluice.engine.dispatcher import Dispatcher, worker_name
 from sluice.engine.execute import execute_unit
+from sluice.engine.quotas import QuotaBook
 from sluice.engine.retention import Pruner
 from sluice.providers.base import Provider
 from sluice.ratelimit import holds, sendgate
@@ -379,6 +380,7 @@ def build_dispatch(
         rates=runtime.rates,
         pruner=_pruner(runtime, clock),
         fair_share=settings.fair_share,
+        quotas=QuotaBook(runtime.quotas, clock) if runtime.quotas is not None else None,
     )
     return executor, dispatcher
 

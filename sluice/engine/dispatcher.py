@@ -37,6 +37,7 @@ from typing import Any, Protocol
 from sluice import metrics
 from sluice.clock import Clock, SystemClock
 from sluice.domain import DueTask, Operation, WorkUnit
+from sluice.engine.quotas import QuotaBook, QuotaVerdict, Taken
 from sluice.engine.rates import RatesInForce, per_second
 from sluice.engine.reconcile import Reconciler
 from sluice.engine.retention import Pruner
@@ -56,6 +57,9 @@ MIN_WAIT_S = 0.0001
 IN_FLIGHT_RECHECK_S = 0.005
 # How many units refused on their own account's limit a step passes over to reach others.
 MAX_SKIPS_PER_STEP = 8
+QUOTA_TAKEN_KEPT = 4096
+"""How many units' quota reservations are remembered, to give back if their grant expires
+(an expired grant comes back within milliseconds)."""
 PAUSE_SYNC_S = 0.25
 """How often pauses kept in the database are copied into the limiter (a lost Redis
 forgets them; the limiter's 1 s cold-start hold outlasts this)."""
@@ -125,6 +129,8 @@ class DispatchStats:
     """Grants not used within their send window: the unit went back to its lane unsent."""
     stale: int = 0
     """Units given back unsent because their claim had too little lease left."""
+    quota_waits: int = 0
+    """Units given back until a spent quota resets (not attempts)."""
 
 
 class Dispatcher:
@@ -148,9 +154,13 @@ class Dispatcher:
         rates: RatesInForce | None = None,
         pruner: Pruner | None = None,
         fair_share: bool = True,
+        quotas: QuotaBook | None = None,
     ) -> None:
         self.queue = queue
         self.fair_share = fair_share
+        self.quotas = quotas
+        # id(unit) -> the quota units it took, given back if its grant expires unsent.
+        self._quota_taken: dict[int, Taken] = {}
         self.rates = rates or RatesInForce()
         self.providers = providers
         self.limiter = limiter
@@ -239,16 +249,36 @@ class Dispatcher:
                     stale.append(lane.units.popleft())
                     continue
                 payload = unit.tasks[0].payload if unit.operation is Operation.SUBMIT else None
-                grant = self.executor.submit(
-                    unit,
-                    functools.partial(acquire, self.limiter, provider, unit, payload, self.rates),
-                )
+                taken = Taken()
+                if self.quotas is not None:
+                    verdict = self._take_quotas(provider, unit, payload)
+                    if not verdict.ok:
+                        lane.units.popleft()
+                        if self._wait_for_quota(provider, lane, unit, verdict):
+                            return max(0.0, lane.paused_until - self.clock.monotonic())
+                        continue
+                    taken = verdict.taken
+                try:
+                    grant = self.executor.submit(
+                        unit,
+                        functools.partial(
+                            acquire, self.limiter, provider, unit, payload, self.rates
+                        ),
+                    )
+                except Exception:
+                    if self.quotas is not None:
+                        self.quotas.give(taken)  # a limiter outage: nothing was sent
+                    raise
                 if grant.granted:
                     lane.units.popleft()
                     self.stats.granted += 1
                     claimed_at = self._claimed_at.get(unit.tasks[0].id)
                     metrics.granted(name, None if claimed_at is None else now - claimed_at)
+                    if taken.parts:
+                        self._remember_taken(unit, taken)
                     continue
+                if self.quotas is not None:
+                    self.quotas.give(taken)
                 self.stats.refused += 1
                 metrics.refused(name, grant.reason)
                 # From the time *after* the refusal: the limiter's clock read later than
@@ -307,7 +337,63 @@ class Dispatcher:
         """Put units whose grant expired back at the head of their lanes."""
         for unit in self.executor.take_unsent():
             self.stats.expired += 1
+            taken = self._quota_taken.pop(id(unit), None)
+            if taken is not None and self.quotas is not None:
+                self.quotas.give(taken)
             self.lanes[unit.provider].units.appendleft(unit)
+
+    # -- quotas ------------------------------------------------------------------------
+
+    def _take_quotas(
+        self, provider: Provider, unit: WorkUnit, payload: Mapping[str, Any] | None
+    ) -> QuotaVerdict:
+        """Take the unit's cost from every quota it draws on (from this process's allowance,
+        reserving about one lookahead's worth from the database when it runs low)."""
+        assert self.quotas is not None
+        kinds = [task.kind for task in unit.tasks]
+        specs = provider.quotas_for(unit.operation, payload, kinds)
+        if not specs:
+            return QuotaVerdict(True)
+        return self.quotas.take(specs, block=self._lookahead_count(provider))
+
+    def _remember_taken(self, unit: WorkUnit, taken: Taken) -> None:
+        self._quota_taken[id(unit)] = taken
+        while len(self._quota_taken) > QUOTA_TAKEN_KEPT:
+            del self._quota_taken[next(iter(self._quota_taken))]
+
+    def _wait_for_quota(
+        self, provider: Provider, lane: ProviderLane, unit: WorkUnit, verdict: QuotaVerdict
+    ) -> bool:
+        """Give ``unit`` back until its spent quota resets: not an attempt, not a failure.
+
+        A quota on everything the provider does holds the whole lane, as a pause does
+        (nothing more is claimed until the reset); a quota on one scope or account gives
+        back only the unit. Returns whether the lane now waits.
+        """
+        assert verdict.resets_at is not None
+        self.stats.quota_waits += 1
+        wall = self.clock.now()
+        delay_s = max(0.0, (verdict.resets_at - wall).total_seconds())
+        log.info(
+            "dispatcher.quota_spent",
+            extra={
+                "key": verdict.key,
+                "resets_at": verdict.resets_at.isoformat(),
+                "tasks": len(unit.tasks),
+            },
+        )
+        for task in unit.tasks:
+            self._claimed_at.pop(task.id, None)
+        self.queue.release(list(unit.tasks), next_attempt_at=verdict.resets_at)
+        everything = all(
+            verdict.key in {spec.key for spec in provider.quotas_for(op, None)} for op in Operation
+        )
+        if not everything:
+            return False
+        lane.paused_until = self.clock.monotonic() + delay_s
+        lane.not_before = lane.paused_until
+        self._release_lane(lane, delay_s)
+        return True
 
     def _sync_pauses(self, now: float) -> None:
         """Copy the pauses kept in the database into the limiter (they may have been lost)."""
@@ -409,6 +495,8 @@ class Dispatcher:
         self._claimed_at.clear()
         if claimed:
             self.queue.release(claimed)
+        if self.quotas is not None:
+            self.quotas.flush()
 
 
 UNLIMITED = Grant(granted=True, retry_after_s=0.0)
@@ -424,7 +512,10 @@ def acquire(
     """Ask for the grant one request of ``unit`` needs (a provider with no limits needs none),
     at the rate in force on each of its keys, with a window hold on each short window
     (:mod:`sluice.ratelimit.holds`: the limit kept at the provider however it stamps)."""
-    limits = provider.limits_for(unit.operation.access, payload)
+    kinds = [task.kind for task in unit.tasks]
+    limits = provider.limits_for(
+        unit.operation.access, payload, operation=unit.operation, kinds=kinds
+    )
     if rates is not None:
         limits = rates.apply(limits)
     in_flight = provider.in_flight()

@@ -134,5 +134,18 @@ class RatesInForce:
         applied = []
         for spec in limits:
             rate = self.in_force(spec).rate
-            applied.append(spec if rate is spec.rate else LimitSpec(spec.key, rate))
+            applied.append(spec if rate is spec.rate else lowered(spec, rate))
         return applied
+
+
+def lowered(spec: LimitSpec, rate: Rate) -> LimitSpec:
+    """``spec`` at the lower ``rate``, keeping its cost and as much of its burst as fits.
+
+    A ceiling whose count is too small for the spec's burst room (a pin of ``1/s`` on a key
+    whose requests cost 5) is written with a larger count over a longer window at the same
+    pace, so the heaviest request still fits in one window.
+    """
+    need = spec.burst + 1
+    if rate.limit < need:
+        rate = Rate(need, rate.window_s * need / rate.limit)
+    return LimitSpec(spec.key, rate, spec.cost, spec.burst)

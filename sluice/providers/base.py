@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from sluice.domain import Access, TaskStatus
+from sluice.domain import Access, Operation, TaskStatus
 from sluice.units import format_duration
 
 if TYPE_CHECKING:
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from sluice.providers.limits import ConfiguredLimit
     from sluice.ratelimit.base import InFlight
+    from sluice.ratelimit.quota import Quota, QuotaSpec
     from sluice.ratelimit.rate import LimitSpec
 
 
@@ -156,8 +157,31 @@ class Provider(Protocol):
     fairness_weights: Mapping[str, float]
     """Weights of fairness keys in the fair share of this provider's budget (default 1)."""
 
-    def limits_for(self, access: Access, payload: Mapping[str, Any] | None) -> list[LimitSpec]:
-        """Every limit one request must fit in; keys start with the provider name."""
+    def limits_for(
+        self,
+        access: Access,
+        payload: Mapping[str, Any] | None,
+        *,
+        operation: Operation | None = None,
+        kinds: Sequence[str | None] = (),
+    ) -> list[LimitSpec]:
+        """Every limit one request must fit in; keys start with the provider name.
+
+        With ``operation`` and its tasks' ``kinds``, each limit charges its configured cost.
+        """
+        ...
+
+    def quotas_for(
+        self,
+        operation: Operation,
+        payload: Mapping[str, Any] | None,
+        kinds: Sequence[str | None] = (),
+    ) -> list[QuotaSpec]:
+        """Every quota one request draws on, with its cost (none unless configured)."""
+        ...
+
+    def quotas(self) -> list[tuple[str, Quota, str, str | None]]:
+        """Every configured quota: key (``*`` for a ``per`` value), quota, scope, per."""
         ...
 
     def in_flight(self) -> InFlight | None:

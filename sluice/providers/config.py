@@ -7,6 +7,7 @@ value of a header or an auth body entry (they hold secrets).
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,8 +26,11 @@ from pydantic import (
 from sluice import errors, masking
 from sluice.domain import FAIRNESS_KEY_MAX, TENANT_PATTERN, TaskStatus
 from sluice.providers.templating import RequestLine, expand_env
+from sluice.ratelimit.quota import ROLLING, zone
 from sluice.ratelimit.rate import Rate, parse_rate
-from sluice.units import parse_duration
+from sluice.units import format_duration, parse_duration
+
+log = logging.getLogger("sluice.providers")
 
 PROVIDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 TENANT_NAME = re.compile(TENANT_PATTERN)
@@ -172,6 +176,42 @@ def _floor(value: object) -> float:
     return -rate.limit / rate.window_s
 
 
+OPERATIONS = {"submit": "write", "lookup": "read", "poll": "read"}
+"""The operations a cost may name, and the scope each draws on."""
+
+
+def _costs(value: object) -> dict[str, int]:
+    if not isinstance(value, Mapping):
+        raise errors.InvalidValue(
+            'must be a table like { submit = 5 } or { "audience.submit" = 5 }, '
+            f"got {type(value).__name__}"
+        )
+    result: dict[str, int] = {}
+    for name, cost in value.items():
+        name = str(name)
+        operation = name.rsplit(".", 1)[-1]
+        if operation not in OPERATIONS:
+            raise KeyProblem(
+                name,
+                f"unknown operation {operation!r}; known: {', '.join(OPERATIONS)} "
+                "(as OPERATION or KIND.OPERATION)",
+            )
+        if isinstance(cost, bool) or not isinstance(cost, int):
+            raise KeyProblem(name, f"must be an integer, got {cost!r}")
+        if cost < 1:
+            raise KeyProblem(name, f"a cost must be >= 1, got {cost}")
+        result[name] = cost
+    return result
+
+
+def _reset(value: object) -> str:
+    if not isinstance(value, str):
+        raise errors.InvalidValue(f"must be a time zone name or 'rolling', got {value!r}")
+    if value != ROLLING:
+        zone(value)
+    return value
+
+
 def _codes(value: object) -> frozenset[str]:
     if not isinstance(value, list) or not all(
         isinstance(v, int | str) and not isinstance(v, bool) for v in value
@@ -195,6 +235,8 @@ Duration = Annotated[float, PlainValidator(_duration)]
 Secrets = Annotated[dict[str, Secret], PlainValidator(_secret_map)]
 Rates = Annotated[tuple[Rate, ...], PlainValidator(_rates)]
 Codes = Annotated[frozenset[str], PlainValidator(_codes)]
+Costs = Annotated[dict[str, int], PlainValidator(_costs)]
+Reset = Annotated[str, PlainValidator(_reset)]
 FieldPaths = Annotated[tuple[str, ...], PlainValidator(_field_paths)]
 FieldPath = Annotated[str, PlainValidator(_field_path)]
 Weights = Annotated[dict[str, float], PlainValidator(_weights)]
@@ -214,12 +256,53 @@ class _Table(BaseModel):
 # --- tables --------------------------------------------------------------------------------
 
 
-class LimitConfig(_Table):
-    """``[[providers.NAME.limits]]``: one more budget a request must fit in."""
+def check_costs(costs: Mapping[str, int], scope: str, count: int, kinds: set[str]) -> None:
+    """Refuse costs for another scope's operations, unknown kinds, or above ``count``."""
+    for name, cost in costs.items():
+        kind, _, operation = name.rpartition(".")
+        if kind and kinds and kind not in kinds:
+            raise KeyProblem(
+                f"cost.{name}", f"unknown kind {kind!r}; known: {', '.join(sorted(kinds))}"
+            )
+        if scope != "all" and OPERATIONS[operation] != scope:
+            raise KeyProblem(
+                f"cost.{name}",
+                f"{operation} is a {OPERATIONS[operation]}; this limit counts {scope}s only",
+            )
+        if cost > count:
+            raise KeyProblem(
+                f"cost.{name}",
+                f"a cost of {cost} is above this limit's count ({count}): it could never go",
+            )
 
-    rate: Annotated[Rate, PlainValidator(_rate)]
+
+class LimitConfig(_Table):
+    """``[[providers.NAME.limits]]``: one more budget a request must fit in.
+
+    Either a ``rate`` (an even pace; ``burst`` lets that many extra units go at once) or a
+    ``quota`` (a budget per long window, spent in bursts, reset by ``reset``).
+    """
+
+    rate: Annotated[Rate, PlainValidator(_rate)] | None = None
+    quota: Annotated[Rate, PlainValidator(_rate)] | None = None
+    reset: Reset = "UTC"
+    pace: bool = False
     scope: Literal["all", "read", "write"] = "all"
     per: str | None = Field(default=None, min_length=1)
+    burst: int = Field(default=0, ge=0)
+    cost: Costs = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> Self:
+        if (self.rate is None) == (self.quota is None):
+            raise errors.InvalidValue("give either rate (a pace) or quota (a budget), not both")
+        if self.rate is not None and self.burst >= self.rate.limit:
+            raise KeyProblem("burst", f"must be below the rate's count ({self.rate.limit})")
+        if self.quota is not None and self.burst:
+            raise KeyProblem("burst", "a quota is spent in bursts already; burst is for rates")
+        count = (self.rate or self.quota or Rate(1, 1.0)).limit
+        check_costs(self.cost, self.scope, count, set())
+        return self
 
 
 class PollConfig(_Table):
@@ -402,6 +485,11 @@ class ProviderConfig(_Table):
 
     base_url: str = Field(pattern=r"^https?://.+")
     rate_limit: Rates | None = None
+    burst: int = Field(default=0, ge=0)
+    cost: Costs = Field(default_factory=dict)
+    quota: Annotated[Rate, PlainValidator(_rate)] | None = None
+    quota_reset: Reset = "UTC"
+    quota_pace: bool = False
     limits: tuple[LimitConfig, ...] = ()
     max_in_flight: int | None = Field(default=None, ge=1)
     in_flight_ttl: Duration | None = None
@@ -446,18 +534,67 @@ class ProviderConfig(_Table):
             )
         if self.deadline is not None and self.deadline <= 0:
             raise KeyProblem("deadline", "must be > 0")
-        windows: list[tuple[str, str | None, float]] = [
-            ("all", None, r.window_s) for r in self.rate_limit or ()
+        windows: list[tuple[str, str | None, float, bool]] = [
+            ("all", None, r.window_s, False) for r in self.rate_limit or ()
         ]
-        windows += [(lim.scope, lim.per, lim.rate.window_s) for lim in self.limits]
+        windows += [
+            (lim.scope, lim.per, budget.window_s, lim.quota is not None)
+            for lim in self.limits
+            for budget in (lim.rate or lim.quota,)
+            if budget is not None
+        ]
+        if self.quota is not None:
+            windows.append(("all", None, self.quota.window_s, True))
         if len(set(windows)) != len(windows):
             raise KeyProblem(
                 "limits",
                 "two limits have the same scope, per and window; merge them into one",
             )
+        self._check_budgets()
         if not self.kinds and self.poll is None:
             raise errors.InvalidValue("nothing to do: define [kinds.KIND] tables or a [poll] table")
         return self
+
+    def _check_budgets(self) -> None:
+        kinds = set(self.kinds)
+        rates = list(self.rate_limit or ())
+        rates += [lim.rate for lim in self.limits if lim.rate is not None]
+        longest = max((rate.window_s for rate in rates), default=0.0)
+        for rate in self.rate_limit or ():
+            if self.burst >= rate.limit:
+                raise KeyProblem("burst", f"must be below the rate's count ({rate.limit})")
+            check_costs(self.cost, "all", rate.limit, kinds)
+        if self.quota is not None:
+            check_costs(self.cost, "all", self.quota.limit, kinds)
+        if self.cost and not self.rate_limit and self.quota is None:
+            raise KeyProblem("cost", "there is no rate_limit or quota here to charge it to")
+        budgets: list[tuple[str, Rate | None, Rate | None]] = [("quota", None, self.quota)]
+        budgets += [
+            (f"limits[{i}].quota", lim.rate, lim.quota) for i, lim in enumerate(self.limits)
+        ]
+        for i, lim in enumerate(self.limits):
+            count = (lim.rate or lim.quota or Rate(1, 1.0)).limit
+            try:
+                check_costs(lim.cost, lim.scope, count, kinds)
+            except KeyProblem as problem:
+                raise KeyProblem(f"limits[{i}].{problem.key}", problem.reason) from None
+        for key, _, quota in budgets:
+            if quota is not None and quota.window_s < longest:
+                raise KeyProblem(
+                    key,
+                    f"the quota window ({format_duration(quota.window_s)}) is shorter than the "
+                    f"provider's rate window ({format_duration(longest)}); make it a rate",
+                )
+        for rate in rates:
+            if rate.window_s >= 3600:
+                log.warning(
+                    "providers.long_paced_window",
+                    extra={
+                        "rate": str(rate),
+                        "hint": "a rate is an even pace; for a budget per hour or day that "
+                        "may be spent in bursts use quota = '...' (docs/ratelimit.md#quotas)",
+                    },
+                )
 
     @property
     def interval_s(self) -> float:

@@ -21,7 +21,7 @@ import httpx
 
 from sluice import errors, masking, metrics
 from sluice.clock import Clock, SystemClock
-from sluice.domain import Access, TaskStatus
+from sluice.domain import Access, Operation, TaskStatus
 from sluice.masking import Redactor
 from sluice.providers import signals
 from sluice.providers.answers import NOT_JSON, AnswerReader, json_body
@@ -53,6 +53,7 @@ from sluice.providers.templating import (
     with_path,
 )
 from sluice.ratelimit.base import InFlight, Limiter
+from sluice.ratelimit.quota import Quota, QuotaSpec
 from sluice.ratelimit.rate import LimitSpec
 from sluice.units import format_duration
 
@@ -117,9 +118,32 @@ class HttpProvider:
 
     # --- limits --------------------------------------------------------------------------
 
-    def limits_for(self, access: Access, payload: Mapping[str, Any] | None) -> list[LimitSpec]:
-        """Every limit one request must fit in; keys start with the provider name."""
-        return self._limits.limits_for(access, payload)
+    def limits_for(
+        self,
+        access: Access,
+        payload: Mapping[str, Any] | None,
+        *,
+        operation: Operation | None = None,
+        kinds: Sequence[str | None] = (),
+    ) -> list[LimitSpec]:
+        """Every limit one request must fit in; keys start with the provider name.
+
+        With ``operation`` and its tasks' ``kinds``, each limit charges its configured cost.
+        """
+        return self._limits.limits_for(access, payload, operation=operation, kinds=kinds)
+
+    def quotas_for(
+        self,
+        operation: Operation,
+        payload: Mapping[str, Any] | None,
+        kinds: Sequence[str | None] = (),
+    ) -> list[QuotaSpec]:
+        """Every quota one request draws on, with its cost."""
+        return self._limits.quotas_for(operation, payload, kinds)
+
+    def quotas(self) -> list[tuple[str, Quota, str, str | None]]:
+        """Every configured quota: key (``*`` for a ``per`` value), quota, scope, per."""
+        return self._limits.quotas()
 
     def configured_limits(self) -> list[ConfiguredLimit]:
         """Every configured limit (its key, scope, rate), for the console and the controls."""

@@ -10,6 +10,17 @@ Keys are built so that a pause on the provider name covers all of them::
 A ``per`` limit applies only to requests whose payload has that field (polls of a batch
 carry no payload, so only provider-wide and read/write budgets apply to them).
 
+**Costs.** A limit may charge an operation more than one unit: ``cost = { submit = 5 }``
+or ``cost = { "audience.submit" = 5 }`` (``KIND.OPERATION`` wins over ``OPERATION``). A
+batch poll is one request: it costs the highest poll cost among its tasks' kinds, once.
+Each rate limit's burst is raised to its heaviest cost less one (:mod:`sluice.ratelimit.gcra`
+explains why a cost needs that room), never below the configured ``burst``.
+
+**Quotas** (``quota = "15000/d"``, or ``[[limits]] quota = ...``) are not limiter keys:
+they become :class:`~sluice.ratelimit.quota.QuotaSpec` s, keyed like limits with their
+window appended (``acme:1d``, ``acme:write:advertiser_id=42:10min``), which the
+dispatcher spends from the database (:mod:`sluice.engine.quotas`).
+
 Token requests (``[auth]``) draw on limits of their own::
 
     acme:auth                          [auth] rate_limit = "1/s"
@@ -19,13 +30,14 @@ Token requests (``[auth]``) draw on limits of their own::
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from sluice.domain import Access
+from sluice.domain import Access, Operation
 from sluice.providers.config import ProviderConfig
 from sluice.providers.templating import scalar_at
+from sluice.ratelimit.quota import Quota, QuotaSpec
 from sluice.ratelimit.rate import LimitSpec, Rate
 from sluice.units import format_duration
 
@@ -67,6 +79,9 @@ class _Rule:
     rate: Rate
     suffix: str
     configured: Rate
+    costs: Mapping[str, int] = field(default_factory=dict)
+    burst: int = 0
+    quota: Quota | None = None
 
     def key(self, provider: str, value: str | None) -> str:
         parts = [provider]
@@ -76,18 +91,42 @@ class _Rule:
             parts.append(f"{self.per}={value}")
         return ":".join(parts) + self.suffix
 
+    def applies(self, access: Access) -> bool:
+        return self.scope in ("all", access)
+
+    def cost(self, operation: Operation | None, kinds: Sequence[str | None]) -> int:
+        """What one request of ``operation`` on ``kinds`` costs here (1 unless configured)."""
+        if operation is None or not self.costs:
+            return 1
+        op = operation.value
+        return max(
+            (self.costs.get(f"{kind}.{op}", self.costs.get(op, 1)) for kind in kinds or (None,)),
+            default=1,
+        )
+
+
+def _with_cost_room(rule: _Rule) -> _Rule:
+    """The rule with its burst raised to its heaviest cost less one."""
+    heaviest = max(rule.costs.values(), default=1)
+    burst = max(rule.burst, heaviest - 1)
+    return rule if burst == rule.burst else _Rule(**{**rule.__dict__, "burst": burst})
+
 
 class LimitRules:
     """The limits of one provider, evaluated per request."""
 
     def __init__(self, provider: str, config: ProviderConfig) -> None:
         self._provider = provider
-        raw: list[tuple[str, str | None, Rate]] = [
-            ("all", None, rate) for rate in config.rate_limit or ()
+        raw: list[tuple[str, str | None, Rate, Mapping[str, int], int]] = [
+            ("all", None, rate, config.cost, config.burst) for rate in config.rate_limit or ()
         ]
-        raw += [(limit.scope, limit.per, limit.rate) for limit in config.limits]
+        raw += [
+            (limit.scope, limit.per, limit.rate, limit.cost, limit.burst)
+            for limit in config.limits
+            if limit.rate is not None
+        ]
         # Limits sharing scope and field differ only by window: the window names them apart.
-        shared = Counter((scope, per) for scope, per, _ in raw)
+        shared = Counter((scope, per) for scope, per, *_ in raw)
         # rate_margin: extra spacing for this provider on top of the limiter's own margin,
         # the same number of requests over a window stretched by the margin.
         stretch = 1.0 + (config.rate_margin or 0.0)
@@ -105,15 +144,33 @@ class LimitRules:
         )
         self._token_shares = auth is not None and auth.shares_provider_limit
         self._rules = tuple(
-            _Rule(
-                scope=scope,
-                per=per,
-                rate=Rate(rate.limit, rate.window_s * stretch) if stretch != 1.0 else rate,
-                suffix=f":{format_duration(rate.window_s)}" if shared[(scope, per)] > 1 else "",
-                configured=rate,
+            _with_cost_room(
+                _Rule(
+                    scope=scope,
+                    per=per,
+                    rate=Rate(rate.limit, rate.window_s * stretch) if stretch != 1.0 else rate,
+                    suffix=f":{format_duration(rate.window_s)}" if shared[(scope, per)] > 1 else "",
+                    configured=rate,
+                    costs=costs,
+                    burst=burst,
+                )
             )
-            for scope, per, rate in raw
+            for scope, per, rate, costs, burst in raw
         )
+        quotas: list[_Rule] = []
+        if config.quota is not None:
+            quota = Quota(config.quota, config.quota_reset, config.quota_pace)
+            quotas.append(self._quota_rule("all", None, quota, config.cost))
+        for limit in config.limits:
+            if limit.quota is not None:
+                quota = Quota(limit.quota, limit.reset, limit.pace)
+                quotas.append(self._quota_rule(limit.scope, limit.per, quota, limit.cost))
+        self._quota_rules = tuple(quotas)
+
+    @staticmethod
+    def _quota_rule(scope: str, per: str | None, quota: Quota, costs: Mapping[str, int]) -> _Rule:
+        suffix = f":{format_duration(quota.rate.window_s)}"
+        return _Rule(scope, per, quota.rate, suffix, quota.rate, costs, 0, quota)
 
     def configured(self) -> list[ConfiguredLimit]:
         """Every limit as configured (token limits included), one entry per rule."""
@@ -124,26 +181,65 @@ class LimitRules:
             for rule in (*self._rules, *self._token_rules)
         ]
 
-    def limits_for(self, access: Access, payload: Mapping[str, Any] | None) -> list[LimitSpec]:
-        """Every limit a request of ``access`` with ``payload`` must fit in."""
+    def limits_for(
+        self,
+        access: Access,
+        payload: Mapping[str, Any] | None,
+        *,
+        operation: Operation | None = None,
+        kinds: Sequence[str | None] = (),
+    ) -> list[LimitSpec]:
+        """Every limit a request of ``access`` with ``payload`` must fit in.
+
+        With ``operation`` (and the ``kinds`` of its tasks) each limit charges its cost.
+        """
         specs: list[LimitSpec] = []
         for rule in self._rules:
-            if rule.scope not in ("all", access):
+            if not rule.applies(access):
                 continue
             value: str | None = None
             if rule.per is not None:
                 value = scalar_at(payload or {}, rule.per)
                 if value is None:
                     continue
-            specs.append(LimitSpec(rule.key(self._provider, value), rule.rate))
+            key = rule.key(self._provider, value)
+            specs.append(LimitSpec(key, rule.rate, rule.cost(operation, kinds), rule.burst))
         return specs
+
+    def quotas_for(
+        self,
+        operation: Operation,
+        payload: Mapping[str, Any] | None,
+        kinds: Sequence[str | None] = (),
+    ) -> list[QuotaSpec]:
+        """Every quota one request of ``operation`` draws on, with its cost."""
+        specs: list[QuotaSpec] = []
+        for rule in self._quota_rules:
+            if not rule.applies(operation.access) or rule.quota is None:
+                continue
+            value: str | None = None
+            if rule.per is not None:
+                value = scalar_at(payload or {}, rule.per)
+                if value is None:
+                    continue
+            key = rule.key(self._provider, value)
+            specs.append(QuotaSpec(key, rule.quota, rule.cost(operation, kinds)))
+        return specs
+
+    def quotas(self) -> list[tuple[str, Quota, str, str | None]]:
+        """Every configured quota: its key (``per`` values as ``*``), quota, scope, per."""
+        return [
+            (rule.key(self._provider, "*"), rule.quota, rule.scope, rule.per)
+            for rule in self._quota_rules
+            if rule.quota is not None
+        ]
 
     def token_limits(self) -> list[LimitSpec]:
         """Every limit a token request must fit in (none: token requests are not limited)."""
         specs = [LimitSpec(rule.key(self._provider, None), rule.rate) for rule in self._token_rules]
         if self._token_shares:
             specs += [
-                LimitSpec(rule.key(self._provider, None), rule.rate)
+                LimitSpec(rule.key(self._provider, None), rule.rate, 1, rule.burst)
                 for rule in self._rules
                 if rule.scope == "all" and rule.per is None
             ]

@@ -1,20 +1,44 @@
-"""GCRA with zero burst tolerance: the pure algorithm both limiters run (no I/O).
+"""GCRA with costs and a burst per key: the pure algorithm both limiters run (no I/O).
 
-Each limit key keeps one number, its *theoretical arrival time* (TAT): the earliest
-moment the next request on that key may go. A request at ``now`` is allowed iff
-``now >= tat``; the grant then moves the TAT to ``max(tat, now - credit) + spacing`` where
-``spacing = interval_s * (1 + margin)`` rounded *up* to whole microseconds.
+Each limit key keeps one number, its *theoretical arrival time* (TAT). A key has a limit
+``L`` per window ``W``, a ``burst`` ``b`` (``0 <= b < L``: how many units beyond one may go
+at once; 0, the default, means evenly paced) and a spacing
+
+    s = ceil(W * (1 + margin) / (L - b))      # whole microseconds
+
+A request of ``cost`` ``c`` (``1 <= c <= b + 1``: it uses ``c`` of the limit's units) is
+allowed at ``now`` iff ``now >= tat - (b + 1 - c) * s``; the grant then moves the TAT to
+``max(tat, now - credit) + c * s``. With ``b = 0`` and ``c = 1`` this is plain zero-burst
+GCRA: allowed iff ``now >= tat``, next TAT ``max(tat, now - credit) + s``.
 
 ``credit`` (the *catch-up*, default 0) lets a caller that arrives a little late for its
 slot keep the schedule instead of losing the lateness forever: a dispatcher that wakes
 1 ms late for 20 ms slots would otherwise run at 95% of the rate. It is capped per key at
-half the slack the margin buys, ``limit * spacing - window``; the other half is for the
+half the slack the margin buys, ``slack = (L - b) * s - W``; the other half is for the
 time between grant and arrival at the provider (:mod:`sluice.ratelimit.sendgate`).
 
-Why this never exceeds ``limit`` requests in any sliding window of ``window_s``:
-    Each grant at ``a_k`` sets ``tat_{k+1} >= a_k - credit + spacing``, and later TATs grow
-    by ``spacing`` per grant, so any ``limit + 1`` grants span ``>= limit * spacing - credit
-    >= window_s`` (the cap on ``credit``) and cannot share a window of that length.
+Why no window of ``W`` ever holds more than ``L`` units (``cost`` summed):
+    Number the grants on a key in the order they were decided (one lock, one Lua script:
+    decisions are serial), grant ``k`` at ``a_k`` with cost ``c_k``, ``T_k`` the TAT it
+    saw and ``T_{k+1} = max(T_k, a_k - credit) + c_k * s`` the TAT it left.
+    *Lower bound.* ``T_{k+1} >= T_k + c_k * s`` and ``T_{k+1} >= a_k - credit + c_k * s``,
+    so for grants ``i < j``: ``T_{j+1} >= a_i - credit + U * s`` with ``U = c_i + ... + c_j``.
+    *Upper bound.* Grant ``j`` was allowed, so ``T_j <= a_j + (b + 1 - c_j) * s``, and
+    ``a_j - credit + c_j * s <= a_j + (b + 1) * s`` because ``c_j <= b + 1``; hence
+    ``T_{j+1} <= a_j + (b + 1) * s``.
+    Together: ``a_j - a_i >= (U - 1 - b) * s - credit``. If grants ``i..j`` held
+    ``U >= L + 1`` units, ``a_j - a_i >= (L - b) * s - credit = W + slack - credit >= W``
+    (``credit <= slack / 2``): they cannot share a window of length ``W``.
+
+Why a cost-``c`` grant must wait for ``b + 1 - c`` slots, not only its first one: with
+``b = 0`` and a key paced at one unit per ``s``, ``L - 1`` units went out in the last
+``(L - 1) * s < W``; a cost-5 grant allowed at ``tat`` would put ``L + 4`` units in one
+window. Waiting until its *last* unit's slot (``tat + (c - 1) * s``) is what the upper
+bound above needs, and that is what the burst room ``b >= c - 1`` pays for: the spacing is
+``W / (L - b)`` instead of ``W / L``, so a key whose heaviest request costs 5 runs at
+``L - 4`` units per window when every request is heavy or every one is light, and any
+mix in between stays within ``L``. (Keeping the spacing at ``W / L`` and waiting ``c - 1``
+extra slots instead would halve the rate of a stream of heavy requests.)
 
 All times are integer microseconds (the Redis ``TIME`` resolution): integer arithmetic
 is exact in Python and in Redis' Lua doubles (below 2**53), so both backends agree to
@@ -30,17 +54,17 @@ consumed and the wait is the longest among them.
 **A limiter that lost its state** (a new process, a flushed or restarted Redis) does not
 know when each key last granted. It records the instant it found itself empty, ``born``,
 and treats every key as if its TAT were at least ``born + hold``, with
-``hold = max(spacing, COLD_HOLD)`` (1 s: at least one window for windows up to 1 s).
+``hold = max((b + 1) * s, COLD_HOLD)`` (1 s: at least one window for windows up to 1 s).
 Why the limit still holds across the loss:
-    Had the state survived, the TAT would be ``tat_true <= a_last + spacing`` where
-    ``a_last <= born`` is the last grant before the loss (a grant at ``a`` sets the TAT to
-    ``max(tat, a - credit) + spacing`` with ``tat <= a``). Starting again from
-    ``born + hold >= tat_true`` only ever *raises* the TAT, and the bound above uses nothing
-    but "each grant at ``a_k`` sets ``tat_{k+1} >= a_k - credit + spacing``", which still
-    holds for every grant on either side of the loss. So any ``limit + 1`` grants, before
-    and after the loss together, still span at least ``window_s``. One spacing would do;
-    the rest of the hold (up to 1 s) gives every process time to restore the pauses the
-    database keeps before anything is sent (see ``docs/ratelimit.md``).
+    Had the state survived, the TAT would be ``T_true <= a_last + (b + 1) * s`` (the upper
+    bound above) where ``a_last <= born`` is the last grant before the loss. Starting again
+    from ``born + hold >= T_true`` only ever *raises* the TAT, and the lower bound above uses
+    nothing but ``T_{k+1} >= max(T_k, a_k - credit) + c_k * s``, which still holds for every
+    grant on either side of the loss; the upper bound is checked against the raised TAT. So
+    any grants, before and after the loss together, still hold at most ``L`` units per
+    window. One ``(b + 1) * s`` would do; the rest of the hold (up to 1 s) gives every
+    process time to restore the pauses the database keeps before anything is sent (see
+    ``docs/ratelimit.md``).
 """
 
 from __future__ import annotations
@@ -65,13 +89,16 @@ def to_us(seconds: float) -> int:
     return round(seconds * US_PER_S)
 
 
-def spacing_us(rate: Rate, margin: float) -> int:
-    """Minimum microseconds between two grants on a key limited to ``rate``.
+def spacing_us(rate: Rate, margin: float, burst: int = 0) -> int:
+    """Microseconds one unit of a key limited to ``rate`` with ``burst`` takes up.
 
-    Rounded up, so ``rate.limit * spacing_us(rate, m) >= rate.window_s * 1e6`` always.
+    Rounded up, so ``(rate.limit - burst) * spacing_us(rate, m, burst) >= window`` always.
     """
     check_margin(margin)
-    return max(1, math.ceil(rate.window_s * US_PER_S * (1.0 + margin) / rate.limit))
+    paced = rate.limit - burst
+    if not 0 <= burst < rate.limit:
+        raise errors.InvalidValue(f"burst must be in 0..{rate.limit - 1}, got {burst!r}")
+    return max(1, math.ceil(rate.window_s * US_PER_S * (1.0 + margin) / paced))
 
 
 def check_margin(margin: float) -> None:
@@ -80,61 +107,92 @@ def check_margin(margin: float) -> None:
         raise errors.InvalidValue(f"limiter margin must be a finite number >= 0, got {margin!r}")
 
 
-def spacings(limits: Sequence[LimitSpec], margin: float) -> dict[str, int]:
-    """Map each key of ``limits`` to its spacing; a key listed twice keeps the stricter one."""
-    by_key: dict[str, int] = {}
-    for spec in limits:
-        spacing = spacing_us(spec.rate, margin)
-        by_key[spec.key] = max(spacing, by_key.get(spec.key, 0))
-    return by_key
-
-
-def slack_us(rate: Rate, margin: float) -> int:
-    """What the margin buys: ``limit * spacing - window``, in microseconds (>= 0).
+def slack_us(rate: Rate, margin: float, burst: int = 0) -> int:
+    """What the margin buys: ``(limit - burst) * spacing - window``, in microseconds (>= 0).
 
     It is shared out by the catch-up credit (at most half of it, :func:`credit_us`), the
     time a grant may take to be sent, and the network (:mod:`sluice.ratelimit.sendgate`).
     """
-    return max(0, rate.limit * spacing_us(rate, margin) - to_us(rate.window_s))
+    paced = rate.limit - burst
+    return max(0, paced * spacing_us(rate, margin, burst) - to_us(rate.window_s))
 
 
-def credit_us(rate: Rate, margin: float, catch_up_us: int) -> int:
+def credit_us(rate: Rate, margin: float, catch_up_us: int, burst: int = 0) -> int:
     """The catch-up one key may use: ``catch_up_us``, capped at half its slack."""
     if catch_up_us < 0:
         raise errors.InvalidValue(f"limiter catch-up must be >= 0, got {catch_up_us!r} us")
-    return min(catch_up_us, slack_us(rate, margin) // 2)
+    return min(catch_up_us, slack_us(rate, margin, burst) // 2)
 
 
-def credits(limits: Sequence[LimitSpec], margin: float, catch_up_us: int) -> dict[str, int]:
-    """Map each key to the catch-up it may use (:func:`credit_us`).
-
-    Capped by the slack, it keeps ``limit + 1`` grants at least a window apart; capped at
-    half of it, it leaves the other half for the grant-to-send delay and the network.
-    """
-    by_key: dict[str, int] = {}
-    for spec in limits:
-        credit = credit_us(spec.rate, margin, catch_up_us)
-        by_key[spec.key] = min(credit, by_key.get(spec.key, credit))
-    return by_key
-
-
-def cold_hold_us(rate: Rate, margin: float) -> int:
+def cold_hold_us(rate: Rate, margin: float, burst: int = 0) -> int:
     """How long a limiter that lost its state holds a key: see the module docstring."""
-    return max(spacing_us(rate, margin), COLD_HOLD_US)
+    return max((burst + 1) * spacing_us(rate, margin, burst), COLD_HOLD_US)
 
 
-def cold_holds(limits: Sequence[LimitSpec], margin: float) -> dict[str, int]:
-    """Map each key to its cold-start hold; a key listed twice keeps the longer one."""
-    by_key: dict[str, int] = {}
+@dataclass(frozen=True)
+class KeyPlan:
+    """What one key of a request needs from the algorithm (all microseconds).
+
+    ``spacing`` is one unit's share of the window, ``step`` what this request adds to the
+    TAT (``cost * spacing``), ``allow`` how far ahead of the TAT it may go
+    (``(burst + 1 - cost) * spacing``), ``credit`` the catch-up, ``hold`` the cold start.
+    """
+
+    spacing: int
+    step: int
+    allow: int
+    credit: int
+    hold: int
+
+
+def merged(limits: Sequence[LimitSpec], margin: float) -> dict[str, LimitSpec]:
+    """One spec per key: a key listed twice keeps the stricter spacing and the higher cost.
+
+    Raises:
+        errors.InvalidValue: the higher cost does not fit the stricter spec's count.
+    """
+    by_key: dict[str, LimitSpec] = {}
     for spec in limits:
-        hold = cold_hold_us(spec.rate, margin)
-        by_key[spec.key] = max(hold, by_key.get(spec.key, hold))
+        seen = by_key.get(spec.key)
+        if seen is None:
+            by_key[spec.key] = spec
+            continue
+        strict = max(
+            (seen, spec), key=lambda s: (spacing_us(s.rate, margin, s.burst), s.rate.limit)
+        )
+        cost = max(seen.cost, spec.cost)
+        burst = max(strict.burst, cost - 1)
+        if burst >= strict.rate.limit:
+            raise errors.InvalidValue(
+                f"a cost of {cost} on {spec.key!r} does not fit its limit {strict.rate}"
+            )
+        by_key[spec.key] = LimitSpec(spec.key, strict.rate, cost, burst)
     return by_key
 
 
-def cold_floors(limits: Sequence[LimitSpec], margin: float, born_us: int) -> dict[str, int]:
+def plan(limits: Sequence[LimitSpec], margin: float, catch_up_us: int) -> dict[str, KeyPlan]:
+    """Map each key of ``limits`` to its :class:`KeyPlan` (see :func:`merged`)."""
+    plans: dict[str, KeyPlan] = {}
+    for key, spec in merged(limits, margin).items():
+        spacing = spacing_us(spec.rate, margin, spec.burst)
+        plans[key] = KeyPlan(
+            spacing=spacing,
+            step=spec.cost * spacing,
+            allow=(spec.burst + 1 - spec.cost) * spacing,
+            credit=credit_us(spec.rate, margin, catch_up_us, spec.burst),
+            hold=cold_hold_us(spec.rate, margin, spec.burst),
+        )
+    return plans
+
+
+def spacings(limits: Sequence[LimitSpec], margin: float) -> dict[str, int]:
+    """Map each key of ``limits`` to its spacing; a key listed twice keeps the stricter one."""
+    return {key: p.spacing for key, p in plan(limits, margin, 0).items()}
+
+
+def cold_floors(plans: Mapping[str, KeyPlan], born_us: int) -> dict[str, int]:
     """Map each key to the TAT a limiter born at ``born_us`` starts it from."""
-    return {key: born_us + hold for key, hold in cold_holds(limits, margin).items()}
+    return {key: born_us + p.hold for key, p in plans.items()}
 
 
 def pause_scopes(key: str) -> list[str]:
@@ -172,9 +230,8 @@ class Verdict:
 def decide(
     now_us: int,
     tats: Mapping[str, int],
-    spacing_by_key: Mapping[str, int],
+    plans: Mapping[str, KeyPlan],
     pause_untils: Iterable[int] = (),
-    credit_by_key: Mapping[str, int] | None = None,
     floor_by_key: Mapping[str, int] | None = None,
 ) -> Verdict:
     """Decide one all-or-nothing request against pauses and the GCRA of every key.
@@ -182,9 +239,8 @@ def decide(
     Args:
         now_us: the limiter clock, microseconds.
         tats: current TAT per key; a missing key has never been granted (or expired).
-        spacing_by_key: the spacing each key needs, from :func:`spacings`.
+        plans: what each key needs, from :func:`plan`.
         pause_untils: end of every pause that applies to the request.
-        credit_by_key: the catch-up each key may use, from :func:`credits` (default none).
         floor_by_key: the lowest TAT of each key, from :func:`cold_floors` (a limiter that
             lost its state); default none.
 
@@ -193,18 +249,26 @@ def decide(
         wait is the longest among pauses and keys; or an allowance with the TATs to commit.
     """
     floor = floor_by_key or {}
-    tat = {key: max(tats.get(key, 0), floor.get(key, 0)) for key in spacing_by_key}
+    tat = {key: max(tats.get(key, 0), floor.get(key, 0)) for key in plans}
     pause_wait = max((until - now_us for until in pause_untils), default=0)
-    rate_wait = max((tat[key] - now_us for key in spacing_by_key), default=0)
+    rate_wait = max((tat[key] - p.allow - now_us for key, p in plans.items()), default=0)
     if pause_wait > 0 or rate_wait > 0:
         reason = "paused" if pause_wait > 0 else "rate"
         return Verdict(False, max(pause_wait, rate_wait), reason, {})
-    credit = credit_by_key or {}
-    new_tats = {
-        key: max(tat[key], now_us - credit.get(key, 0)) + spacing
-        for key, spacing in spacing_by_key.items()
-    }
+    new_tats = {key: max(tat[key], now_us - p.credit) + p.step for key, p in plans.items()}
     return Verdict(True, 0, "", new_tats)
+
+
+def undoable(limits: Sequence[LimitSpec], margin: float, catch_up_us: int) -> dict[str, KeyPlan]:
+    """The keys of ``limits`` whose grant :func:`given_back` may undo: those without burst.
+
+    With a burst (and so with costs above 1) a later grant may come *before* the TAT this
+    grant left, so a TAT value cannot tell whether one followed: such a key keeps its slot
+    spent (always safe; it only costs the slot).
+    """
+    specs = merged(limits, margin)
+    plans = plan(limits, margin, catch_up_us)
+    return {key: p for key, p in plans.items() if specs[key].burst == 0}
 
 
 def given_back(tat_us: int, granted_at_us: int, spacing: int, credit: int) -> int | None:

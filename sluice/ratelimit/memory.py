@@ -65,14 +65,9 @@ class MemoryLimiter:
     def acquire(self, limits: Sequence[LimitSpec], *, in_flight: InFlight | None = None) -> Grant:
         """See :meth:`Limiter.acquire`."""
         check_acquire_args(limits, in_flight)
-        spacing_by_key = gcra.spacings(limits, self._margin)
-        credit_by_key = gcra.credits(limits, self._margin, self._catch_up_us)
-        floor_by_key = (
-            gcra.cold_floors(limits, self._margin, self._born_us)
-            if self._born_us is not None
-            else None
-        )
-        guarded = list(spacing_by_key) + ([in_flight.key] if in_flight else [])
+        plans = gcra.plan(limits, self._margin, self._catch_up_us)
+        floor_by_key = gcra.cold_floors(plans, self._born_us) if self._born_us is not None else None
+        guarded = list(plans) + ([in_flight.key] if in_flight else [])
         scopes = gcra.pause_scopes_all(guarded)
         with self._lock:
             now_us = monotonic_us(self._clock)
@@ -80,9 +75,8 @@ class MemoryLimiter:
             verdict = gcra.decide(
                 now_us,
                 self._tats,
-                spacing_by_key,
+                plans,
                 (self._pauses[scope] for scope in scopes if scope in self._pauses),
-                credit_by_key,
                 floor_by_key,
             )
             if not verdict.allowed:
@@ -118,15 +112,14 @@ class MemoryLimiter:
 
     def give_back(self, limits: Sequence[LimitSpec], granted_at: float) -> None:
         """See :meth:`Limiter.give_back`."""
-        spacing_by_key = gcra.spacings(limits, self._margin)
-        credit_by_key = gcra.credits(limits, self._margin, self._catch_up_us)
+        plans = gcra.undoable(limits, self._margin, self._catch_up_us)
         at_us = gcra.to_us(granted_at) - self._posix_offset_us
         with self._lock:
-            for key, spacing in spacing_by_key.items():
+            for key, plan in plans.items():
                 tat = self._tats.get(key)
                 if tat is None:
                     continue
-                back = gcra.given_back(tat, at_us, spacing, credit_by_key[key])
+                back = gcra.given_back(tat, at_us, plan.spacing, plan.credit)
                 if back is not None:
                     self._tats[key] = back
 
@@ -176,8 +169,10 @@ class MemoryLimiter:
         self._calls += 1
         if self._calls % _SWEEP_EVERY:
             return
-        # A TAT or pause in the past constrains nothing: forgetting it changes no answer.
-        self._tats = {key: tat for key, tat in self._tats.items() if tat > now_us}
+        # A TAT more than the catch-up in the past, or a pause in the past, constrains
+        # nothing: forgetting it changes no answer (max(tat, now - credit) ignores it).
+        horizon = now_us - self._catch_up_us
+        self._tats = {key: tat for key, tat in self._tats.items() if tat > horizon}
         self._pauses = {key: until for key, until in self._pauses.items() if until > now_us}
         for key in list(self._leases):
             if not self._live_leases(key, now_us):

@@ -82,14 +82,37 @@ class LimitSpec:
 
     Keys are ``:``-separated scopes: a pause on ``"sandbox"`` also holds back
     ``"sandbox:write"`` and ``"sandbox:advertiser=adv-1"``.
+
+    ``cost`` is how many of the limit's units this request uses (a write-heavy call that
+    the provider counts as 5 writes has cost 5). ``burst`` is a property of the key: how
+    many units beyond one may go at once after the key was idle (0: evenly paced). A
+    cost-``c`` request needs ``burst >= c - 1``, and ``burst < limit``. The key's spacing is
+    ``window / (limit - burst)``, so a key never holds more than ``limit`` units in any
+    window (proof in :mod:`sluice.ratelimit.gcra`).
     """
 
     key: str
     rate: Rate
+    cost: int = 1
+    burst: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, str) or not self.key:
             raise errors.InvalidValue(f"limit key must be a non-empty string, got {self.key!r}")
+        if isinstance(self.cost, bool) or not isinstance(self.cost, int) or self.cost < 1:
+            raise errors.InvalidValue(f"limit cost must be an integer >= 1, got {self.cost!r}")
+        if isinstance(self.burst, bool) or not isinstance(self.burst, int) or self.burst < 0:
+            raise errors.InvalidValue(f"limit burst must be an integer >= 0, got {self.burst!r}")
+        if self.burst >= self.rate.limit:
+            raise errors.InvalidValue(
+                f"limit burst {self.burst} on {self.key!r} must be below its count "
+                f"({self.rate.limit})"
+            )
+        if self.cost > self.burst + 1:
+            raise errors.InvalidValue(
+                f"a cost of {self.cost} on {self.key!r} needs burst >= {self.cost - 1} "
+                f"(it has {self.burst}); the provider config derives it from its costs"
+            )
 
 
 @dataclass(frozen=True)

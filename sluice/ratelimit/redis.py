@@ -63,8 +63,9 @@ end
 # KEYS: the born key, then n_rate TAT keys, then n_pause pause keys, then the in-flight
 #       key if any.
 # ARGV: now_us ('' = server TIME), n_rate, n_pause, has_inflight, grace_ms,
-#       max_in_flight, lease_ttl_us, lease_id, then one spacing_us per TAT key, then one
-#       catch-up credit_us per TAT key, then one cold-start hold_us per TAT key.
+#       max_in_flight, lease_ttl_us, lease_id, then one step_us (cost * spacing) per TAT
+#       key, then one catch-up credit_us per TAT key, then one cold-start hold_us per TAT
+#       key, then one allow_us ((burst + 1 - cost) * spacing) per TAT key.
 # Returns {granted 0/1, wait_us, reason, now_us}. Mirrors gcra.decide + in_flight_wait.
 _ACQUIRE_LUA = (
     _NOW_LUA
@@ -90,7 +91,7 @@ local tats = {}
 for i = 1, n_rate do
   local hold = tonumber(ARGV[8 + 2 * n_rate + i])
   tats[i] = math.max(tonumber(redis.call('GET', KEYS[i + 1]) or '0'), born + hold)
-  local wait = tats[i] - now
+  local wait = tats[i] - tonumber(ARGV[8 + 3 * n_rate + i]) - now
   if wait > rate_wait then rate_wait = wait end
 end
 if pause_wait > 0 or rate_wait > 0 then
@@ -115,9 +116,9 @@ if ARGV[4] == '1' then
 end
 
 for i = 1, n_rate do
-  local spacing = tonumber(ARGV[8 + i])
+  local step = tonumber(ARGV[8 + i])
   local credit = tonumber(ARGV[8 + n_rate + i])
-  local tat = math.max(tats[i], now - credit) + spacing
+  local tat = math.max(tats[i], now - credit) + step
   redis.call('SET', KEYS[i + 1], string.format('%d', tat),
              'PX', math.ceil((tat - now) / 1000) + grace_ms)
 end
@@ -230,29 +231,28 @@ class RedisLimiter:
     def acquire(self, limits: Sequence[LimitSpec], *, in_flight: InFlight | None = None) -> Grant:
         """See :meth:`Limiter.acquire`; one round trip, atomic on the server."""
         check_acquire_args(limits, in_flight)
-        spacing_by_key = gcra.spacings(limits, self._margin)
-        credit_by_key = gcra.credits(limits, self._margin, self._catch_up_us)
-        hold_by_key = gcra.cold_holds(limits, self._margin)
-        guarded = list(spacing_by_key) + ([in_flight.key] if in_flight else [])
+        plans = gcra.plan(limits, self._margin, self._catch_up_us)
+        guarded = list(plans) + ([in_flight.key] if in_flight else [])
         scopes = gcra.pause_scopes_all(guarded)
         keys = [f"{self._namespace}:born"]
-        keys += [self._key("tat", key) for key in spacing_by_key]
+        keys += [self._key("tat", key) for key in plans]
         keys += [self._key("pause", scope) for scope in scopes]
         lease_id = uuid.uuid4().hex if in_flight else ""
         if in_flight is not None:
             keys.append(self._key("inflight", in_flight.key))
         args: list[str | int] = [
             self._now_arg(),
-            len(spacing_by_key),
+            len(plans),
             len(scopes),
             1 if in_flight else 0,
             KEY_GRACE_MS,
             in_flight.max_in_flight if in_flight else 0,
             gcra.to_us(in_flight.ttl_s) if in_flight else 0,
             lease_id,
-            *spacing_by_key.values(),
-            *(credit_by_key[key] for key in spacing_by_key),
-            *(hold_by_key[key] if self._cold_start else 0 for key in spacing_by_key),
+            *(p.step for p in plans.values()),
+            *(p.credit for p in plans.values()),
+            *(p.hold if self._cold_start else 0 for p in plans.values()),
+            *(p.allow for p in plans.values()),
         ]
         granted, wait_us, reason, now_us = self._call(
             lambda: self._acquire_script(keys=keys, args=args)
@@ -296,12 +296,11 @@ class RedisLimiter:
     def give_back(self, limits: Sequence[LimitSpec], granted_at: float) -> None:
         """See :meth:`Limiter.give_back`; no script: ``WATCH`` makes each key's undo atomic
         (a grant by anyone in between aborts it, and the TAT is kept)."""
-        spacing_by_key = gcra.spacings(limits, self._margin)
-        credit_by_key = gcra.credits(limits, self._margin, self._catch_up_us)
+        plans = gcra.undoable(limits, self._margin, self._catch_up_us)
         at_us = gcra.to_us(granted_at)
-        for key, spacing in spacing_by_key.items():
+        for key, plan in plans.items():
             tat_key = self._key("tat", key)
-            credit = credit_by_key[key]
+            spacing, credit = plan.spacing, plan.credit
 
             def undo(tat_key: str = tat_key, spacing: int = spacing, credit: int = credit) -> None:
                 with self._client.pipeline(transaction=True) as pipe:

@@ -11,8 +11,9 @@ request hook checks it once earlier too): if more than that has passed since it 
 for the grant, on its own monotonic clock, it sends nothing and asks again
 (:class:`~sluice.errors.GrantExpired`). A late request is thrown away, never squeezed in.
 
-For one key, let ``L`` be its limit, ``W`` its window, ``s`` its spacing, ``c`` its
-catch-up credit and ``slack = L * s - W`` what the margin buys (``c <= slack / 2``). The
+For one key, let ``L`` be its limit, ``W`` its window, ``b`` its burst, ``s`` its spacing,
+``c`` its catch-up credit and ``slack = (L - b) * s - W`` what the margin buys
+(``c <= slack / 2``). The
 send window is ``D = (slack - c) * SEND_SHARE``; a request needing several keys gets the
 smallest of their windows.
 
@@ -25,10 +26,12 @@ the limiter decided (inside the Redis script or the in-memory lock), ``S_k`` the
 the send check passed and ``A_k`` the arrival at the provider. The question leaves before
 the decision is made, so ``Q_k <= R_k``; the check passed, so ``S_k - Q_k <= D``; hence
 ``R_k <= S_k <= R_k + D``. The network gives ``A_k = S_k + delta + nu_k`` with a constant
-``delta`` and ``0 <= nu_k <= N``. Suppose ``L + 1`` arrivals fell in one window, so they
-span less than ``W``. Among their grants let ``i`` be decided first and ``j`` last: the
-GCRA puts any ``L + 1`` grants at least ``L * s - c`` apart, so ``R_j - R_i >= L*s - c``.
-Then ``A_j - A_i >= (R_j + delta) - (R_i + D + delta + N) >= L*s - c - D - N = W``, a
+``delta`` and ``0 <= nu_k <= N``. Suppose more than ``L`` units (costs summed) arrived in
+one window, so their requests span less than ``W``. Among their grants let ``i`` be
+decided first and ``j`` last: grants ``i..j`` hold at least those units, and the GCRA puts
+any run of grants holding ``L + 1`` units or more at least ``(L - b) * s - c`` apart
+(:mod:`gcra`), so ``R_j - R_i >= (L - b)*s - c``. Then
+``A_j - A_i >= (R_j + delta) - (R_i + D + delta + N) >= (L - b)*s - c - D - N = W``, a
 contradiction. A limiter that lost its state keeps the GCRA bound (see :mod:`gcra`), so
 the same proof covers grants on both sides of a Redis restart.
 
@@ -68,15 +71,17 @@ UNBOUNDED = math.inf
 
 def send_within_us(spec: LimitSpec, margin: float, catch_up_us: int) -> int:
     """How long a grant on ``spec`` stays good to send, in microseconds (``D`` above)."""
-    slack = gcra.slack_us(spec.rate, margin)
-    return int((slack - gcra.credit_us(spec.rate, margin, catch_up_us)) * SEND_SHARE)
+    slack = gcra.slack_us(spec.rate, margin, spec.burst)
+    credit = gcra.credit_us(spec.rate, margin, catch_up_us, spec.burst)
+    return int((slack - credit) * SEND_SHARE)
 
 
 def send_within_s(limits: Sequence[LimitSpec], margin: float, catch_up_us: int) -> float:
     """The send window of a grant on all of ``limits``: the smallest; unbounded for none."""
     if not limits:
         return UNBOUNDED
-    return min(send_within_us(spec, margin, catch_up_us) for spec in limits) / gcra.US_PER_S
+    specs = gcra.merged(limits, margin).values()
+    return min(send_within_us(spec, margin, catch_up_us) for spec in specs) / gcra.US_PER_S
 
 
 class DelayTracker:

@@ -209,6 +209,22 @@ class FairShareRow(Base):
     prev_granted: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class QuotaUsageRow(Base):
+    """Units of a quota used in one window (a fixed window, or one bucket of a rolling one).
+
+    Kept here, not in Redis, so a restart or a lost Redis never hands a window out twice.
+    """
+
+    __tablename__ = "quota_usage"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    window_end: Mapped[datetime] = mapped_column(UTCDateTime())
+    used: Mapped[int] = mapped_column(Integer, default=0)
+    limit: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class ApiKeyRow(Base):
     """An API key: its public id and what it may do; of its secret only a SHA-256 digest."""
 

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 
 from sluice import apikeys
 from sluice.api.app import create_app
+from sluice.api.routes.quotas import QuotaView
 from sluice.catalog import Catalog, ProviderInfo
 from sluice.clock import FakeClock
 from sluice.controls import Controls, PinnedCeilings, stretches
@@ -25,6 +26,7 @@ from sluice.store import db
 from sluice.store.audit import audit
 from sluice.store.keys import KeyStore, api_keys
 from sluice.store.pins import PinStore
+from sluice.store.quotas import QuotaStore
 from sluice.store.repository import TaskRepository
 from sluice.store.rows import change_status, events, tasks
 
@@ -50,7 +52,12 @@ PROVIDERS: dict[str, dict[str, Any]] = {
             {"scope": "write", "per": "advertiser_id", "rate": "2/s"},
         ],
     },
-    "acme": {"preset": "sandbox-demo", "base_url": "http://127.0.0.1:9", "rate_limit": "40/min"},
+    "acme": {
+        "preset": "sandbox-demo",
+        "base_url": "http://127.0.0.1:9",
+        "rate_limit": "40/min",
+        "quota": "500/d",
+    },
 }
 
 
@@ -60,6 +67,12 @@ def make_controls(engine: Any, clock: FakeClock, limiter: Any = None) -> Control
     rates = RatesInForce([PinnedCeilings(PinStore(engine), stretches(providers))], clock=clock)
     limiter = limiter or MemoryLimiter(clock=clock, cold_start=False)
     return Controls(engine, providers, limiter, rates, clock=clock)
+
+
+def make_quotas(engine: Any, clock: FakeClock) -> QuotaView:
+    """The quota route's view over :data:`PROVIDERS` and this database."""
+    providers = load_providers(Settings(providers=PROVIDERS), clock=clock)
+    return QuotaView(providers, QuotaStore(engine))
 
 
 @dataclass
@@ -104,7 +117,13 @@ def api(tmp_path: Path) -> Iterator[Api]:
     clock = FakeClock()
     repo = TaskRepository(engine, clock)
     # The open loopback mode of `make run`: a loopback Host, no key.
-    app = create_app(settings, repo, CATALOG, controls=make_controls(engine, clock))
+    app = create_app(
+        settings,
+        repo,
+        CATALOG,
+        controls=make_controls(engine, clock),
+        quotas=make_quotas(engine, clock),
+    )
     with TestClient(app, base_url="http://localhost") as client:
         yield Api(client, repo, clock)
     engine.dispose()
@@ -173,7 +192,12 @@ def secured_api(
     keys.revoke(ids["revoked"])
     clock.advance(2 * 3600)
     app = create_app(
-        settings, repo, CATALOG, api_limiter=api_limiter, controls=make_controls(engine, clock)
+        settings,
+        repo,
+        CATALOG,
+        api_limiter=api_limiter,
+        controls=make_controls(engine, clock),
+        quotas=make_quotas(engine, clock),
     )
     with TestClient(app, base_url="http://localhost") as client:
         yield SecuredApi(client, repo, clock, keys, tokens, ids)

@@ -49,6 +49,7 @@ EXPECTED: dict[tuple[str, str], Role | None] = {
     ("GET", "/api/tasks/{task_id}/explain"): Role.VIEWER,
     ("GET", "/api/providers"): Role.OPERATOR,
     ("GET", "/api/providers/{name}"): Role.OPERATOR,
+    ("GET", "/api/providers/{name}/quotas"): Role.OPERATOR,
     ("POST", "/api/providers/{name}/pause"): Role.OPERATOR,
     ("POST", "/api/providers/{name}/resume"): Role.OPERATOR,
     ("POST", "/api/limits/{key}/pause"): Role.OPERATOR,
@@ -157,6 +158,9 @@ EXAMPLES: dict[tuple[str, str], Callable[[SecuredApi], Call]] = {
     ),
     ("GET", "/api/providers"): lambda api: Call("GET", "/api/providers"),
     ("GET", "/api/providers/{name}"): lambda api: Call("GET", "/api/providers/sandbox"),
+    ("GET", "/api/providers/{name}/quotas"): lambda api: Call(
+        "GET", "/api/providers/sandbox/quotas"
+    ),
     ("POST", "/api/providers/{name}/pause"): lambda api: Call(
         "POST", "/api/providers/acme/pause", {"reason": "maintenance", "duration": "1min"}
     ),

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import update
 
 from sluice.controls import Controls
-from sluice.domain import Phase, Submission, TaskStatus
+from sluice.domain import Operation, Phase, Submission, TaskStatus
 from sluice.ratelimit.base import InFlight
 from sluice.store.rows import tasks
 
@@ -267,3 +267,25 @@ def test_a_tenant_sees_its_own_tasks_ahead_and_not_who_paused(secured: SecuredAp
     assert explain(secured, task_id, headers=secured.auth("admin"))["pause"]["actor"] == (
         f"operator (key {secured.ids['operator']})"
     )
+
+
+def test_a_spent_quota_holds_the_task_until_its_reset(api: Api) -> None:
+    """acme's 500/d quota spent: its task waits for the reset at UTC midnight, and
+    GET /api/providers/acme/quotas says the same."""
+    from sluice.engine.quotas import window_of
+    from sluice.store.quotas import QuotaStore
+
+    task_id = make(api, provider="acme")
+    assert explain(api, task_id)["state"] == "waiting_slot"
+    (spec,) = controls_of(api).providers["acme"].quotas_for(Operation.SUBMIT, None)
+    now = api.repo.clock.now()
+    window = window_of(spec.key, spec.quota, now)
+    assert QuotaStore(api.repo.engine).reserve(window, 500, now) == 500
+
+    shown = explain(api, task_id)
+
+    assert shown["state"] == "waiting_quota"
+    assert shown["summary"].startswith("waiting for quota acme:1d (500 of 500 used")
+    assert window.end.strftime("%Y-%m-%d %H:%M:%SZ") in shown["summary"]
+    (quota,) = api.client.get("/api/providers/acme/quotas").json()["quotas"]
+    assert (quota["remaining"], quota["waiting"]) == (0, True)

@@ -118,3 +118,23 @@ def test_a_freshly_started_api_serves_each_keys_first_request(make_secured: Make
 
     assert first.status_code == 200
     assert second.status_code == 429
+
+
+def test_a_burst_lets_that_many_more_through_at_once_then_paces(make_secured: Make) -> None:
+    """At 6/min with api_rate_burst = 2: three requests at once pass, the fourth waits for
+    the pace (6 - 2 = 4 a minute: 15 s); never more than 6 in a minute."""
+    api = limited(make_secured, "6/min", api_rate_burst=2)
+    viewer = api.auth("viewer")
+    assert [api.client.get("/api/tasks", headers=viewer).status_code for _ in range(4)] == [
+        200,
+        200,
+        200,
+        429,
+    ]
+    api.limiter_clock.advance(15)  # type: ignore[attr-defined]
+    assert api.client.get("/api/tasks", headers=viewer).status_code == 200
+
+
+def test_a_burst_at_or_above_the_count_is_refused(make_secured: Make) -> None:
+    with pytest.raises(errors.ConfigError, match="api_rate_burst: must be below"):
+        limited(make_secured, "2/min", api_rate_burst=2)

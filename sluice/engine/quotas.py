@@ -1,0 +1,242 @@
+"""Spending quotas from the dispatcher: reserved in blocks from the database, used locally.
+
+A unit of work that draws on quotas (``quota = "15000/d"``, :mod:`sluice.ratelimit.quota`)
+takes its cost from each of them before it asks the limiter for a grant. The
+:class:`QuotaBook` keeps, per quota key, a small allowance reserved from the database
+(:class:`sluice.store.quotas.QuotaStore`, one atomic ``UPDATE`` per block, about one
+lookahead's worth), so a request costs no database round trip on its way out and the
+send window (:mod:`sluice.ratelimit.sendgate`) is not spent waiting for one. A unit the
+limiter refuses, or whose grant expires unsent, gives its units back to the allowance;
+at shutdown the allowance goes back to the database. A worker that dies keeps its
+allowance counted: the quota is under-used by at most one block per worker, never
+exceeded.
+
+When a quota is spent, :meth:`QuotaBook.take` answers with the reset: the dispatcher gives
+the unit's tasks back with ``next_attempt_at`` at the reset (not an attempt, not a failure,
+as a pause does), and :func:`quota_states` says so to the API and the console, with a
+forecast of when each quota runs out at the pace it is being spent.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sluice.clock import Clock, SystemClock
+from sluice.engine.rates import Ceiling
+from sluice.providers.base import Provider
+from sluice.ratelimit.quota import Quota, QuotaSpec
+from sluice.ratelimit.rate import Rate
+from sluice.store.quotas import QuotaStore, Window
+
+SPENT_RECHECK_S = 1.0
+"""How long a spent quota is answered from memory before the database is asked again."""
+
+
+def window_of(spec_key: str, quota: Quota, now: datetime) -> Window:
+    """The database window ``quota`` counts ``now`` in."""
+    start, end = quota.window(now)
+    since = quota.counted_since(now) if quota.rolling else None
+    return Window(spec_key, start, end, quota.limit, since)
+
+
+@dataclass
+class _Allowance:
+    window: Window
+    units: int = 0
+
+
+@dataclass(frozen=True)
+class Taken:
+    """Units a unit of work took from the book, to give back if it is not sent."""
+
+    parts: tuple[tuple[str, datetime, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class QuotaVerdict:
+    """Whether the quotas let a unit go; if not, which one is spent and until when."""
+
+    ok: bool
+    taken: Taken = field(default_factory=Taken)
+    key: str = ""
+    resets_at: datetime | None = None
+
+
+class QuotaBook:
+    """Per-process allowances of every quota this dispatcher spends (thread-safe)."""
+
+    def __init__(self, store: QuotaStore, clock: Clock | None = None) -> None:
+        self.store = store
+        self.clock = clock or SystemClock()
+        self._lock = threading.Lock()
+        self._allowances: dict[str, _Allowance] = {}
+        # key -> (window start, when to ask the database again): a spent quota is not
+        # asked about for every unit that needs it (another worker may give units back).
+        self._spent: dict[str, tuple[datetime, datetime]] = {}
+
+    def take(self, specs: Sequence[QuotaSpec], block: int = 1) -> QuotaVerdict:
+        """Take each spec's cost, all or nothing, reserving ``block`` units at a time.
+
+        Returns a refusal naming the first quota that is spent and when it resets.
+        """
+        if not specs:
+            return QuotaVerdict(True)
+        now = self.clock.now()
+        taken: list[tuple[str, datetime, int]] = []
+        with self._lock:
+            for spec in specs:
+                allowance = self._allowance(spec, now)
+                spent_start, recheck_at = self._spent.get(spec.key, (None, now))
+                known_spent = spent_start == allowance.window.start and now < recheck_at
+                if allowance.units < spec.cost and not known_spent:
+                    want = max(spec.cost, block) - allowance.units
+                    allowance.units += self.store.reserve(allowance.window, want, now)
+                if allowance.units < spec.cost:
+                    self._return_locally(taken)
+                    if not known_spent:
+                        recheck = now + timedelta(seconds=SPENT_RECHECK_S)
+                        self._spent[spec.key] = (allowance.window.start, recheck)
+                    return QuotaVerdict(False, Taken(), spec.key, allowance.window.end)
+                allowance.units -= spec.cost
+                taken.append((spec.key, allowance.window.start, spec.cost))
+        return QuotaVerdict(True, Taken(tuple(taken)))
+
+    def give(self, taken: Taken) -> None:
+        """Put back units a unit took and did not send (refused, or its grant expired)."""
+        if taken.parts:
+            with self._lock:
+                self._return_locally(list(taken.parts))
+
+    def flush(self) -> None:
+        """Give every unspent allowance back to the database (shutdown)."""
+        now = self.clock.now()
+        with self._lock:
+            allowances = list(self._allowances.values())
+            self._allowances.clear()
+        for allowance in allowances:
+            if allowance.units and allowance.window.end > now:
+                self.store.give_back(allowance.window, allowance.units, now)
+
+    def _allowance(self, spec: QuotaSpec, now: datetime) -> _Allowance:
+        window = window_of(spec.key, spec.quota, now)
+        current = self._allowances.get(spec.key)
+        if current is not None and current.window.start == window.start:
+            return current
+        if current is not None and current.units and current.window.end > now:
+            self.store.give_back(current.window, current.units, now)
+        fresh = _Allowance(window)
+        self._allowances[spec.key] = fresh
+        return fresh
+
+    def _return_locally(self, parts: list[tuple[str, datetime, int]]) -> None:
+        for key, start, units in parts:
+            allowance = self._allowances.get(key)
+            if allowance is not None and allowance.window.start == start:
+                allowance.units += units
+
+
+@dataclass(frozen=True)
+class QuotaState:
+    """One quota now: what is used, when it resets, when it runs out at the current pace."""
+
+    key: str
+    quota: str
+    reset: str
+    limit: int
+    used: int
+    remaining: int
+    window_start: datetime
+    resets_at: datetime
+    runs_out_at: datetime | None
+    """When the remaining units are spent at the pace of this window so far; ``None`` if
+    nothing was spent yet or they last until the reset."""
+    waiting: bool
+    """Spent: work on this quota waits for ``resets_at``."""
+
+
+def quota_state(store: QuotaStore, key: str, quota: Quota, now: datetime) -> QuotaState:
+    """The state of one quota key at ``now`` (:class:`QuotaState`)."""
+    window = window_of(key, quota, now)
+    used = min(store.used(window), quota.limit)
+    remaining = quota.limit - used
+    start = window.counted_since or window.start
+    if quota.rolling:
+        resets_at = window.end
+        started = now - timedelta(seconds=quota.rate.window_s)
+    else:
+        resets_at = window.end
+        started = start
+    elapsed_s = max((now - max(started, start)).total_seconds(), 1e-3)
+    runs_out: datetime | None = None
+    if used > 0 and remaining > 0:
+        at = now + timedelta(seconds=remaining * elapsed_s / used)
+        runs_out = at if at < resets_at else None
+    elif remaining == 0:
+        runs_out = now
+    return QuotaState(
+        key=key,
+        quota=str(quota.rate),
+        reset=quota.describe_reset(),
+        limit=quota.limit,
+        used=used,
+        remaining=remaining,
+        window_start=start,
+        resets_at=resets_at,
+        runs_out_at=runs_out,
+        waiting=remaining == 0,
+    )
+
+
+def quota_states(store: QuotaStore, provider: Provider, now: datetime) -> list[QuotaState]:
+    """Every quota of ``provider`` now; a ``per`` quota once for each account seen using it."""
+    states: list[QuotaState] = []
+    for key, quota, _scope, per in provider.quotas():
+        if per is None:
+            states.append(quota_state(store, key, quota, now))
+            continue
+        prefix = key.split("=*", 1)[0] + "="
+        since = quota.counted_since(now) - timedelta(seconds=quota.bucket_s())
+        suffix = key.split("=*", 1)[1]
+        accounts = {row.key for row in store.rows(prefix, since) if row.key.endswith(suffix)}
+        states += [quota_state(store, account, quota, now) for account in sorted(accounts)]
+    return states
+
+
+class QuotaPace:
+    """Ceilings for quotas configured to pace (``quota_pace = true``, ``pace = true``).
+
+    A quota is spent in bursts by default: only the short rates pace it, and once spent,
+    work waits for the reset. With ``pace``, what is left is also spread evenly until the
+    reset: ``remaining / seconds to reset`` becomes a ceiling on the provider's rate keys of
+    the same scope (:mod:`sluice.engine.rates`: the rate in force is the lowest of the
+    configured, pinned, learned and quota pace). Quotas per account (``per``) have no
+    single key to slow and are not paced.
+    """
+
+    def __init__(
+        self, store: QuotaStore, providers: Mapping[str, Provider], clock: Clock | None = None
+    ) -> None:
+        self.store = store
+        self.providers = providers
+        self.clock = clock or SystemClock()
+
+    def ceilings(self) -> Mapping[str, Sequence[Ceiling]]:
+        now = self.clock.now()
+        found: dict[str, list[Ceiling]] = {}
+        for provider in self.providers.values():
+            for key, quota, scope, per in provider.quotas():
+                if not quota.pace or per is not None:
+                    continue
+                state = quota_state(self.store, key, quota, now)
+                seconds = max((state.resets_at - now).total_seconds(), 1.0)
+                rate = Rate(max(state.remaining, 1), seconds)
+                reads = {s.key for s in provider.limits_for("read", None)}
+                writes = {s.key for s in provider.limits_for("write", None)}
+                keys = {"all": reads & writes, "read": reads - writes, "write": writes - reads}
+                reason = f"quota {key}: {state.remaining} left until {state.resets_at:%H:%M:%S}Z"
+                for limit_key in keys[scope]:
+                    found.setdefault(limit_key, []).append(Ceiling("quota", rate, reason))
+        return found

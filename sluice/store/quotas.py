@@ -1,0 +1,192 @@
+"""Quota use in the database: atomic across workers and hosts, kept across restarts.
+
+One row per quota key and window (a fixed window, or one bucket of a rolling quota). A
+worker *reserves* units before it sends (:meth:`QuotaStore.reserve`): for a fixed window
+one conditional ``UPDATE ... SET used = used + :n WHERE used + :n <= limit``, which
+PostgreSQL applies atomically per row (a concurrent writer waits and re-checks the
+``WHERE`` on the new row version) and SQLite runs one writer at a time; for a rolling quota
+the sum over the buckets still counting and the bucket's update run in one transaction under
+a per-key lock (``pg_advisory_xact_lock``; SQLite's ``BEGIN IMMEDIATE``). Either way no two
+workers can both take the last units. Units reserved and not sent go back with
+:meth:`QuotaStore.give_back`; a worker that dies keeps its reservation counted (at most one
+block each), which can only under-use the quota, never exceed it.
+
+This store knows nothing of quotas' calendars: callers pass the window
+(:class:`sluice.ratelimit.quota.Quota` computes it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, Engine, Table, delete, func, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from sluice.store.tables import QuotaUsageRow
+
+usage: Table = QuotaUsageRow.__table__  # type: ignore[assignment]
+
+_RETRIES = 8
+
+
+@dataclass(frozen=True)
+class Window:
+    """Where a reservation counts: ``key``'s row for ``start..end`` under ``limit``.
+
+    ``counted_since`` is the start of the oldest row that still counts (a rolling quota's
+    buckets); ``None`` for a fixed window, which counts only its own row.
+    """
+
+    key: str
+    start: datetime
+    end: datetime
+    limit: int
+    counted_since: datetime | None = None
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    key: str
+    start: datetime
+    end: datetime
+    used: int
+    limit: int
+
+
+class QuotaStore:
+    """Reserves, gives back and reports quota units."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._postgres = engine.dialect.name == "postgresql"
+        self._insert = postgresql.insert if self._postgres else sqlite.insert
+
+    def reserve(self, window: Window, want: int, now: datetime) -> int:
+        """Take up to ``want`` units of ``window``; returns how many (0: spent).
+
+        Never takes more than the window has left, whatever other workers do meanwhile.
+        """
+        if want <= 0:
+            return 0
+        if window.counted_since is not None:
+            return self._reserve_rolling(window, want, now)
+        self._ensure_row(window, now)
+        asked = min(want, window.limit)
+        for _ in range(_RETRIES):
+            with self.engine.begin() as conn:
+                taken = conn.execute(
+                    update(usage)
+                    .where(
+                        usage.c.key == window.key,
+                        usage.c.window_start == window.start,
+                        usage.c.used + asked <= window.limit,
+                    )
+                    .values(used=usage.c.used + asked, updated_at=now)
+                )
+                if taken.rowcount == 1:
+                    return asked
+                used = conn.execute(
+                    select(usage.c.used).where(
+                        usage.c.key == window.key, usage.c.window_start == window.start
+                    )
+                ).scalar_one()
+            left = window.limit - int(used)
+            if left <= 0:
+                return 0
+            asked = min(asked, left)
+        return 0
+
+    def give_back(self, window: Window, units: int, now: datetime) -> None:
+        """Return ``units`` reserved in ``window`` and not sent."""
+        if units <= 0:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(usage)
+                .where(
+                    usage.c.key == window.key,
+                    usage.c.window_start == window.start,
+                    usage.c.used >= units,
+                )
+                .values(used=usage.c.used - units, updated_at=now)
+            )
+
+    def used(self, window: Window) -> int:
+        """Units used in ``window`` (for a rolling quota: in every bucket still counting)."""
+        with self.engine.connect() as conn:
+            return self._used(conn, window)
+
+    def rows(self, prefix: str, since: datetime) -> list[UsageRow]:
+        """Every row of keys starting with ``prefix`` whose window ends after ``since``."""
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                select(usage)
+                .where(usage.c.key.startswith(prefix, autoescape=True), usage.c.window_end > since)
+                .order_by(usage.c.key, usage.c.window_start)
+            )
+            return [
+                UsageRow(r.key, r.window_start, r.window_end, int(r.used), int(r.limit))
+                for r in found
+            ]
+
+    def prune(self, before: datetime) -> int:
+        """Forget windows that ended before ``before`` (kept a while for the console)."""
+        with self.engine.begin() as conn:
+            return int(conn.execute(delete(usage).where(usage.c.window_end < before)).rowcount)
+
+    def _ensure_row(self, window: Window, now: datetime) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                self._insert(usage)
+                .values(
+                    key=window.key,
+                    window_start=window.start,
+                    window_end=window.end,
+                    used=0,
+                    limit=window.limit,
+                    updated_at=now,
+                )
+                .on_conflict_do_nothing()
+            )
+
+    def _used(self, conn: Connection, window: Window) -> int:
+        since = window.counted_since or window.start
+        total = conn.execute(
+            select(func.coalesce(func.sum(usage.c.used), 0)).where(
+                usage.c.key == window.key,
+                usage.c.window_start >= since,
+                usage.c.window_start <= window.start,
+            )
+        ).scalar_one()
+        return int(total)
+
+    def _reserve_rolling(self, window: Window, want: int, now: datetime) -> int:
+        with self.engine.begin() as conn:
+            if self._postgres:
+                conn.execute(
+                    text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 7))"),
+                    {"key": window.key},
+                )
+            left = window.limit - self._used(conn, window)
+            taken = max(0, min(want, left))
+            if taken == 0:
+                return 0
+            conn.execute(
+                self._insert(usage)
+                .values(
+                    key=window.key,
+                    window_start=window.start,
+                    window_end=window.end,
+                    used=0,
+                    limit=window.limit,
+                    updated_at=now,
+                )
+                .on_conflict_do_nothing()
+            )
+            conn.execute(
+                update(usage)
+                .where(usage.c.key == window.key, usage.c.window_start == window.start)
+                .values(used=usage.c.used + taken, updated_at=now)
+            )
+            return taken

@@ -1,0 +1,203 @@
+"""Costs and bursts: whatever the costs, bursts, times and state losses, no key ever holds
+more than its limit in units (costs summed) in any sliding window.
+
+The check is brute force: every window [t, t + W) that starts at a grant is summed.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sluice import errors
+from sluice.clock import FakeClock
+from sluice.ratelimit import LimitSpec, MemoryLimiter, Rate, gcra, sendgate
+from sluice.ratelimit.base import clock_us, monotonic_us
+
+KEYS = ("dsp", "dsp:write", "dsp:adv=1")
+
+
+def units_fit(grants: list[tuple[int, int]], limit: int, window_us: int) -> bool:
+    """Brute force: every window [t, t + window_us) holds at most ``limit`` units."""
+    ordered = sorted(grants)
+    for start, _ in ordered:
+        if sum(cost for at, cost in ordered if start <= at < start + window_us) > limit:
+            return False
+    return True
+
+
+@st.composite
+def key_limits(draw: st.DrawFn) -> tuple[int, int, int]:
+    """(limit, window_us, burst) with 0 <= burst < limit."""
+    limit = draw(st.integers(1, 12))
+    window_us = draw(st.integers(1, 3_000_000))
+    burst = draw(st.one_of(st.just(0), st.integers(0, limit - 1)))
+    return limit, window_us, burst
+
+
+steps = st.lists(
+    st.tuples(
+        st.one_of(st.none(), st.integers(0, 2_000_000)),
+        st.sets(st.sampled_from(KEYS), min_size=1),
+        st.integers(1, 12),  # the cost asked for, cut to what each key's burst allows
+        st.booleans(),  # the limiter loses its state before this step
+    ),
+    max_size=120,
+)
+
+
+def request_for(
+    keys: set[str], cost: int, limits: dict[str, tuple[int, int, int]]
+) -> list[LimitSpec]:
+    # One cost per request, as the engine charges it; it must fit every key's burst room.
+    fitting = min([cost] + [limits[key][2] + 1 for key in keys])
+    return [
+        LimitSpec(key, Rate(limits[key][0], limits[key][1] / 1e6), fitting, limits[key][2])
+        for key in sorted(keys)
+    ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    limits=st.fixed_dictionaries({key: key_limits() for key in KEYS}),
+    margin=st.one_of(st.just(0.0), st.just(0.015), st.floats(0.0, 0.1)),
+    catch_up_us=st.one_of(st.just(0), st.integers(0, 50_000)),
+    schedule=steps,
+)
+def test_units_never_exceed_the_limit_in_any_sliding_window(
+    limits: dict[str, tuple[int, int, int]],
+    margin: float,
+    catch_up_us: int,
+    schedule: list[tuple[int | None, set[str], int, bool]],
+) -> None:
+    """Random costs, bursts, times and state losses: each key's units stay within its limit
+    in every window, and a refused request asked again after exactly retry_after_s is
+    granted."""
+    clock = FakeClock()
+    limiter = MemoryLimiter(clock=clock, margin=margin, catch_up_s=catch_up_us / 1e6)
+    granted: dict[str, list[tuple[int, int]]] = {key: [] for key in KEYS}
+    for gap_us, keys, cost, lose_state in schedule:
+        if lose_state:
+            limiter = MemoryLimiter(clock=clock, margin=margin, catch_up_s=catch_up_us / 1e6)
+        clock.advance((gap_us or 0) / 1e6)
+        request = request_for(keys, cost, limits)
+        grant = limiter.acquire(request)
+        if not grant.granted:
+            assert (grant.reason, grant.retry_after_s > 0) == ("rate", True)
+            if gap_us is not None:
+                continue
+            clock.advance(grant.retry_after_s)
+            grant = limiter.acquire(request)
+            assert grant.granted, "waiting exactly retry_after_s must be enough"
+        for spec in request:
+            granted[spec.key].append((clock_us(clock), spec.cost))
+    for key, (limit, window_us, _) in limits.items():
+        assert units_fit(granted[key], limit, window_us), (key, limits[key])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    limits=st.fixed_dictionaries(
+        {
+            key: st.tuples(st.integers(1, 10), st.integers(10_000, 2_000_000)).flatmap(
+                lambda lw: st.tuples(st.just(lw[0]), st.just(lw[1]), st.integers(0, lw[0] - 1))
+            )
+            for key in KEYS
+        }
+    ),
+    margin=st.one_of(st.just(0.015), st.floats(0.001, 0.1)),
+    catch_up_us=st.one_of(st.just(2_000), st.integers(0, 50_000)),
+    schedule=st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.integers(0, 300_000)),
+            st.sets(st.sampled_from(KEYS), min_size=1),
+            st.integers(1, 10),
+            st.floats(0.0, 1.0),  # lateness of the sender, in send windows (x2)
+            st.floats(0.0, 1.0),  # network jitter, in units of N
+        ),
+        max_size=100,
+    ),
+)
+def test_costs_keep_the_send_gate_guarantee(
+    limits: dict[str, tuple[int, int, int]],
+    margin: float,
+    catch_up_us: int,
+    schedule: list[tuple[int | None, set[str], int, float, float]],
+) -> None:
+    """With costs and bursts, senders late by up to twice their send window and network
+    jitter up to N: the units *arriving* on each key never exceed its limit in any window."""
+    clock = FakeClock()
+    limiter = MemoryLimiter(clock=clock, margin=margin, catch_up_s=catch_up_us / 1e6)
+    arrivals: dict[str, list[tuple[int, int]]] = {key: [] for key in KEYS}
+    for gap_us, keys, cost, lateness, jitter in schedule:
+        clock.advance((gap_us or 0) / 1e6)
+        request = request_for(keys, cost, limits)
+        grant = limiter.acquire(request)
+        if not grant.granted and gap_us is None:
+            clock.advance(grant.retry_after_s)
+            grant = limiter.acquire(request)
+        if not grant.granted:
+            continue
+        decided_us = monotonic_us(clock)
+        window_us = gcra.to_us(grant.send_within_s)
+        delay_us = round(lateness * 2 * window_us)
+        permit = sendgate.SendPermit(
+            decided_us / 1e6,
+            grant.send_within_s,
+            itertools.repeat((decided_us + delay_us) / 1e6).__next__,
+        )
+        try:
+            permit.admit()
+        except errors.GrantExpired:
+            continue
+        network = min(
+            gcra.slack_us(s.rate, margin, s.burst)
+            - gcra.credit_us(s.rate, margin, catch_up_us, s.burst)
+            - sendgate.send_within_us(s, margin, catch_up_us)
+            for s in request
+        )
+        arrived_us = decided_us + delay_us + round(jitter * network)
+        for spec in request:
+            arrivals[spec.key].append((arrived_us, spec.cost))
+    for key, (limit, window_us, _) in limits.items():
+        assert units_fit(arrivals[key], limit, window_us), (key, limits[key])
+
+
+def test_a_heavy_request_after_a_paced_run_waits_for_its_last_unit() -> None:
+    """10/s paced, then a cost-5 request: granting it at the next slot would put 14 units
+    in one second; it waits until 5 slots' worth of room is there."""
+    clock = FakeClock()
+    limiter = MemoryLimiter(clock=clock, margin=0.0, cold_start=False)
+    light = LimitSpec("dsp", Rate(10, 1.0), cost=1, burst=4)
+    heavy = LimitSpec("dsp", Rate(10, 1.0), cost=5, burst=4)
+    sent: list[tuple[int, int]] = []
+    for _ in range(9):
+        grant = limiter.acquire([light])
+        if not grant.granted:
+            clock.advance(grant.retry_after_s)
+            assert limiter.acquire([light]).granted
+        sent.append((clock_us(clock), 1))
+    refused = limiter.acquire([heavy])
+    assert not refused.granted
+    clock.advance(refused.retry_after_s)
+    assert limiter.acquire([heavy]).granted
+    sent.append((clock_us(clock), 5))
+    assert units_fit(sent, 10, 1_000_000)
+
+
+def test_a_stream_of_heavy_requests_uses_the_limit_less_its_burst_room() -> None:
+    """150/min of writes, every request costing 5: 146 units a minute (97%), not half."""
+    clock = FakeClock()
+    limiter = MemoryLimiter(clock=clock, margin=0.0, cold_start=False)
+    heavy = LimitSpec("dsp:write", Rate(150, 60.0), cost=5, burst=4)
+    start = clock_us(clock)
+    units = 0
+    while clock_us(clock) - start < 600_000_000:
+        grant = limiter.acquire([heavy])
+        if grant.granted:
+            units += 5
+        else:
+            clock.advance(grant.retry_after_s)
+    assert 1455 <= units <= 1465  # 146 per minute over ten minutes
