@@ -200,6 +200,40 @@ def submit(
 
 
 @app.command()
+def status(
+    api_url: Annotated[
+        str | None,
+        typer.Option(
+            "--api",
+            help="a running Sluice API, e.g. http://127.0.0.1:8000 (default: the local database)",
+            envvar="SLUICE_API_URL",
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--key",
+            help="API key for --api (default: $SLUICE_API_KEY); not needed on loopback",
+            envvar="SLUICE_API_KEY",
+            show_default=False,
+        ),
+    ] = None,
+    once: Annotated[bool, typer.Option(help="print the overview once and exit")] = False,
+) -> None:
+    """The overview (limits, usage, pauses, queues) as a live table, until Ctrl-C."""
+    from sluice.status import local_source, remote_source, run_status
+
+    logs.configure("WARNING")
+    try:
+        source = remote_source(api_url, api_key) if api_url else local_source(load_settings())
+        code = run_status(source, Console(), once=once)
+    except errors.SluiceError as exc:
+        _fail("status", str(exc))
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
+
+
+@app.command()
 def worker(
     beat: Annotated[bool, typer.Option(help="also run the beat scheduler in this worker")] = False,
     concurrency: Annotated[
