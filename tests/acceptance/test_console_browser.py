@@ -10,8 +10,8 @@ tasks; the task page shows why the task is where it is.
 Skipped without chromium and chromedriver (``apt-get install chromium chromium-driver``,
 which ``.ci/run`` does), failing instead under ``SLUICE_REQUIRE_SERVICES=1``. The driver is
 never downloaded: selenium gets Debian's paths and selenium-manager is kept offline.
-Screenshots go to ``$SLUICE_SCREENSHOT_DIR`` (``docs/img`` for the README) or the test's
-temporary folder.
+Screenshots go to ``$CONSOLE_SCREENSHOT_DIR`` (relative to the repository: ``docs/img``
+for the README) or the test's temporary folder.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ from sluice.store.rows import change_status, events
 
 pytestmark = pytest.mark.timeout(240)
 
-SLUICE = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "sluice")
+ROOT = Path(__file__).resolve().parents[2]
+SLUICE = str(ROOT / ".venv" / "bin" / "sluice")
 
 
 def _require_browser() -> tuple[str, str]:
@@ -151,8 +152,8 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = os.environ.get("SLUICE_SCREENSHOT_DIR")
-    path = Path(folder) if folder else tmp_path_factory.mktemp("screenshots")
+    folder = os.environ.get("CONSOLE_SCREENSHOT_DIR")  # SLUICE_* is cleared for tests
+    path = ROOT / folder if folder else tmp_path_factory.mktemp("screenshots")
     path.mkdir(parents=True, exist_ok=True)
     return path
 
