@@ -108,14 +108,6 @@ def overview_values(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def _live_html(request: Request) -> str:
-    context = _context(request)
-    if context is None or context.overview is None:
-        return ""
-    live = context.overview.live()
-    return render_html("_live.html", providers=live)
-
-
 def _feed(request: Request) -> LiveFeed:
     feed: LiveFeed | None = getattr(request.app.state, "feed", None)
     if feed is None:
@@ -141,8 +133,9 @@ def home(request: Request) -> Response:
     if context is not None and context.overview is not None:
         staff = provider_wide(viewer)
         data = overview_values(context.overview.overview(tenant_of(viewer), provider_wide=staff))
-        if staff:
-            live = _live_html(request)
+        if staff:  # the live part from the same figures (one read of pauses and usage)
+            configured = [p for p in data["providers"] if p.get("configured")]
+            live = render_html("_live.html", providers=configured)
     return _render(request, "overview.html", data=data, live=live, nav="overview")
 
 

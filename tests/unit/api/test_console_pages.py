@@ -7,13 +7,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from sluice.api.app import build_api
+from sluice.clock import FakeClock
 from sluice.domain import LOCAL_ACTOR, Submission, TaskStatus
 from sluice.runtime import Runtime, build_runtime
 from sluice.settings import Settings
@@ -64,6 +65,8 @@ def ui(tmp_path: Path) -> Iterator[Console]:
         },
     )
     runtime = build_runtime(settings)
+    # A clock that stands still: the current window (one second) is the one counted in.
+    runtime.repo.clock = FakeClock(datetime.now(UTC).replace(microsecond=500_000))
     app = build_api(runtime)
     with TestClient(app, base_url="http://localhost") as client:
         yield Console(client, runtime)
