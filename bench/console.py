@@ -180,7 +180,7 @@ def api(database_url: str) -> Iterator[tuple[str, int]]:
     server.start()
     try:
         base = f"http://127.0.0.1:{port}"
-        wait_until_up(f"{base}/healthz", 60)
+        wait_until_up(f"{base}/healthz", 240)  # a loaded machine starts Python slowly
         assert server.pid is not None
         yield base, server.pid
     finally:

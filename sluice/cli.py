@@ -75,7 +75,7 @@ def api(host: Host = None, port: Port = None, insecure: Insecure = False) -> Non
 
     import uvicorn
 
-    from sluice.api.app import build_api
+    from sluice.api.app import GRACEFUL_SHUTDOWN_S, build_api
     from sluice.api.auth import startup_notice
     from sluice.runtime import build_runtime
     from sluice.store.keys import KeyStore
@@ -96,6 +96,8 @@ def api(host: Host = None, port: Port = None, insecure: Insecure = False) -> Non
         port=settings.port,
         log_level=settings.log_level.lower(),
         log_config=None,  # uvicorn's records go through Sluice's masking formatter
+        # Open console pages keep event streams open: give them this long, then close them.
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
 
 

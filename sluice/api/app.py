@@ -48,6 +48,8 @@ from sluice.submissions import MAX_BULK, SubmissionInvalid
 BULK_MAX_BYTES = 64 * 1024 * 1024
 # How long a client should wait before retrying while the database is unavailable.
 RETRY_AFTER_S = "5"
+GRACEFUL_SHUTDOWN_S = 5
+"""On stop, requests still running (console event streams never end) get this long."""
 
 
 def build_api(runtime: Runtime) -> FastAPI:
