@@ -10,8 +10,8 @@ rate-limit pauses in the last hour.
 Where the figures come from: usage counters every sending process adds to the database
 each second (:mod:`sluice.store.usage`), the pauses table every dispatcher reads, the
 limiter (in-flight leases, when this process has it), and a ``GROUP BY`` of the task
-table that is cached for ``counts_ttl_s`` (a million tasks take a while to count; a page
-view never waits for it twice in a row).
+table redone in the background at most every ``counts_ttl_s`` (a million tasks take a
+while to count; a page view never waits for it, except the first).
 
 :meth:`OverviewService.overview` answers a plain JSON-ready dict: the API sends it as is
 (``GET /api/overview``) and ``sluice status --api URL`` reads it back.
@@ -19,6 +19,7 @@ view never waits for it twice in a row).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Mapping
@@ -36,6 +37,8 @@ from sluice.ratelimit.rate import LimitSpec
 from sluice.store.pauses import PauseStore
 from sluice.store.rows import tasks
 from sluice.store.usage import SECOND, SECOND_BUCKETS_KEPT_S, UsageStore
+
+log = logging.getLogger("sluice.overview")
 
 HISTORY_MINUTES = 60
 RATE_SPAN_S = 10
@@ -69,6 +72,7 @@ class OverviewService:
         self.counts_ttl_s = counts_ttl_s
         self._counts: dict[str | None, tuple[float, list[dict[str, Any]], datetime]] = {}
         self._history: tuple[float, dict[tuple[str, str], dict[datetime, int]]] | None = None
+        self._counting: set[str | None] = set()
         self._lock = threading.Lock()
 
     # -- the whole picture --------------------------------------------------------------
@@ -218,11 +222,34 @@ class OverviewService:
         return series
 
     def queue_counts(self, tenant: str | None = None) -> tuple[list[dict[str, Any]], datetime]:
-        """Tasks by provider, status and phase (cached ``counts_ttl_s``), and when counted."""
+        """Tasks by provider, status and phase, and when they were counted.
+
+        Counted at most every ``counts_ttl_s`` per tenant scope, in the background: a page
+        view after that gets the last count at once and starts a new one (a million tasks
+        take a while to count; no page view waits for it, except the very first).
+        """
         with self._lock:
             cached = self._counts.get(tenant)
-        if cached is not None and time.monotonic() - cached[0] < self.counts_ttl_s:
-            return cached[1], cached[2]
+            stale = cached is None or time.monotonic() - cached[0] >= self.counts_ttl_s
+            start = stale and cached is not None and tenant not in self._counting
+            if start:
+                self._counting.add(tenant)
+        if cached is None:
+            return self._count_now(tenant)
+        if start:
+            threading.Thread(target=self._count_in_background, args=(tenant,), daemon=True).start()
+        return cached[1], cached[2]
+
+    def _count_in_background(self, tenant: str | None) -> None:
+        try:
+            self._count_now(tenant)
+        except Exception:
+            log.warning("overview.count_failed", exc_info=True)
+        finally:
+            with self._lock:
+                self._counting.discard(tenant)
+
+    def _count_now(self, tenant: str | None) -> tuple[list[dict[str, Any]], datetime]:
         query = select(tasks.c.provider, tasks.c.status, tasks.c.phase, func.count()).group_by(
             tasks.c.provider, tasks.c.status, tasks.c.phase
         )
