@@ -8,7 +8,8 @@ the queue by status and phase; creates and polls per second (last 10 s); errors 
 rate-limit pauses in the last hour.
 
 Where the figures come from: usage counters every sending process adds to the database
-each second (:mod:`sluice.store.usage`), the pauses table every dispatcher reads, the
+each second (:mod:`sluice.store.usage`), the pauses table every dispatcher reads (with
+each pause's signal, reason and who set it), the
 limiter (in-flight leases, when this process has it), and a ``GROUP BY`` of the task
 table redone in the background at most every ``counts_ttl_s`` (a million tasks take a
 while to count; a page view never waits for it, except the first).
@@ -29,12 +30,13 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from sluice.clock import Clock, SystemClock
+from sluice.controls import PauseState
 from sluice.engine.rates import RatesInForce
 from sluice.providers.base import Provider
 from sluice.ratelimit import gcra
 from sluice.ratelimit.base import Limiter
 from sluice.ratelimit.rate import LimitSpec
-from sluice.store.pauses import PauseStore
+from sluice.store.pauses import Pause, PauseStore
 from sluice.store.rows import tasks
 from sluice.store.usage import SECOND, SECOND_BUCKETS_KEPT_S, UsageStore
 
@@ -116,8 +118,7 @@ class OverviewService:
         """Per provider: pause, in-flight, creates/polls per second, and each limit key's
         rate and use of its current window. Two small queries, whatever the task count."""
         now = now or self.clock.now()
-        active = self.pauses.active(now)
-        signals = self._signals(now)
+        active = self.pauses.details(now)
         per_second = self._per_second(now)
         out = []
         for name, provider in sorted(self.providers.items()):
@@ -126,14 +127,14 @@ class OverviewService:
             account_keys = sorted(
                 {k for (k, m) in per_second if m == "sent" and k.startswith(name + ":")} - seen
             )
-            keys = [self._key_view(spec, now, active, signals, per_second) for spec in specs]
+            keys = [self._key_view(spec, now, active, per_second) for spec in specs]
             keys += [
-                self._key_view(LimitSpec(k, specs[0].rate), now, active, signals, per_second)
+                self._key_view(LimitSpec(k, specs[0].rate), now, active, per_second)
                 | {"configured": None, "rate": None, "limit": None, "account": True}
                 for k in account_keys
                 if specs
             ]
-            pause = _pause_of(provider.pause_key(), now, active, signals)
+            pause = _pause_of(provider.pause_key(), now, active)
             in_flight = provider.in_flight()
             out.append(
                 {
@@ -155,8 +156,7 @@ class OverviewService:
         self,
         spec: LimitSpec,
         now: datetime,
-        active: Mapping[str, datetime],
-        signals: Mapping[str, dict[str, Any]],
+        active: Mapping[str, Pause],
         per_second: Mapping[tuple[str, str], dict[datetime, int]],
     ) -> dict[str, Any]:
         in_force = self.rates.in_force(spec) if self.rates is not None else None
@@ -180,24 +180,12 @@ class OverviewService:
             "window_s": rate.window_s,
             "used": used,
             "account": False,
-            **_pause_of(spec.key, now, active, signals),
+            **_pause_of(spec.key, now, active),
         }
 
     def _per_second(self, now: datetime) -> dict[tuple[str, str], dict[datetime, int]]:
         """Per-second counts of the last 5 minutes: ``{(key, metric): {second: n}}``."""
         return self.usage.series(now - timedelta(seconds=SECOND_BUCKETS_KEPT_S), SECOND)
-
-    def _signals(self, now: datetime) -> dict[str, dict[str, Any]]:
-        """The latest pause signal per key among pauses still running."""
-        found: dict[str, dict[str, Any]] = {}
-        for event in self.usage.pauses_since(now):
-            found[event.key] = {
-                "signal": event.signal,
-                "reason": event.reason,
-                "since": event.at,
-                "until": event.until,
-            }
-        return found
 
     def _in_flight(self, key: str) -> int | None:
         reader = getattr(self.limiter, "in_flight_count", None)
@@ -276,30 +264,27 @@ def _provider_keys(provider: Provider) -> list[LimitSpec]:
     return list(specs.values())
 
 
-def _pause_of(
-    key: str,
-    now: datetime,
-    active: Mapping[str, datetime],
-    signals: Mapping[str, dict[str, Any]],
-) -> dict[str, Any]:
+def _pause_of(key: str, now: datetime, active: Mapping[str, Pause]) -> dict[str, Any]:
     """Whether ``key`` is held by a pause on itself or a scope above it, and why."""
-    until: datetime | None = None
-    by: str | None = None
+    found: Pause | None = None
     for scope in gcra.pause_scopes(key):
-        end = active.get(scope)
-        if end is not None and end > now and (until is None or end > until):
-            until, by = end, scope
-    if until is None or by is None:
+        pause = active.get(scope)
+        if pause is not None and pause.until > now and (found is None or pause.until > found.until):
+            found = pause
+    if found is None:
         return {"paused": False, "paused_until": None, "pause_left_s": None}
-    signal = signals.get(by, {})
+    shown = PauseState.of(found)
     return {
         "paused": True,
-        "paused_until": _iso(until),
-        "pause_left_s": max(0, round((until - now).total_seconds())),
-        "pause_key": by,
-        "pause_signal": signal.get("signal", "pause"),
-        "pause_reason": signal.get("reason"),
-        "pause_since": _iso(signal.get("since")),
+        "paused_until": _iso(shown.until),
+        "pause_left_s": None
+        if shown.until is None
+        else max(0, round((shown.until - now).total_seconds())),
+        "pause_key": found.key,
+        "pause_signal": found.signal or "pause",
+        "pause_reason": found.reason,
+        "pause_actor": found.actor,
+        "pause_since": _iso(found.since),
     }
 
 

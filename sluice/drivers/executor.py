@@ -273,17 +273,8 @@ class ThreadExecutor:
             )
             if failed:
                 usage.count(name, "error", failed)
-            limited = [o for o in outcomes if o.pause_s is not None]
-            if limited:
+            if any(o.pause_s is not None for o in outcomes):
                 usage.count(name, "rate_limited")
-                worst = max(limited, key=lambda o: o.pause_s or 0.0)
-                detail = worst.detail or "rate limited"
-                usage.record_pause(
-                    provider.pause_key(),
-                    worst.pause_s or 0.0,
-                    detail.split(";")[0],
-                    detail,
-                )
         except Exception:
             log.warning("usage.count_failed", exc_info=True, extra={"provider": provider.name})
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sluice.clock import Clock, SystemClock
 from sluice.store.usage import UsageStore
@@ -74,14 +74,6 @@ class UsageRecorder:
                 for slot, n in pending.items():
                     if len(self._counts) < MAX_PENDING or slot in self._counts:
                         self._counts[slot] = self._counts.get(slot, 0) + n
-
-    def record_pause(self, key: str, seconds: float, signal: str, reason: str | None) -> None:
-        """Note a pause a provider asked for (best effort: the limiter holds it anyway)."""
-        now = self.clock.now()
-        try:
-            self.store.record_pause(key, now, now + timedelta(seconds=seconds), signal, reason)
-        except Exception:
-            log.warning("usage.pause_write_failed", exc_info=True, extra={"key": key})
 
     def close(self) -> None:
         """Stop the thread and add the last counts."""

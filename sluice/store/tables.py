@@ -302,21 +302,6 @@ class UsageCountRow(Base):
     __table_args__ = (Index("ix_usage_counts_bucket", "width_s", "bucket"),)
 
 
-class PauseEventRow(Base):
-    """One pause a provider asked for: when, on which key, until when, and its signal."""
-
-    __tablename__ = "pause_events"
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    key: Mapped[str] = mapped_column(String(255))
-    at: Mapped[datetime] = mapped_column(UTCDateTime())
-    until: Mapped[datetime] = mapped_column(UTCDateTime())
-    signal: Mapped[str] = mapped_column(String(64))
-    reason: Mapped[str | None] = mapped_column(Text)
-
-    __table_args__ = (Index("ix_pause_events_key_at", "key", "at"),)
-
-
 class BulkJobRow(Base):
     """A bulk retry or cancel of every task matching a filter, run in batches.
 

@@ -1,4 +1,4 @@
-"""Usage counters and pause signals: the console's history, kept compactly in the database.
+"""Usage counters: the console's history, kept compactly in the database.
 
 Each sending process counts what it sends per limit key and adds its counts here about
 once a second (:meth:`UsageStore.add`, an upsert that increments, so the counts of many
@@ -12,24 +12,19 @@ processes and hosts sum by themselves). Every count lands in two buckets:
 Metrics (``metric``): ``sent`` (requests that went out under the key), ``create``,
 ``poll``, ``lookup`` (requests by operation), ``error`` (a failed attempt or an Error),
 ``rate_limited`` (answers that paused the key).
-
-:class:`UsageStore` also keeps ``pause_events``: each pause a provider asked for, with its
-signal, so the console can say why a key is paused.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, Table, and_, delete, func, insert, select
+from sqlalchemy import Engine, Table, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from sluice.store.tables import PauseEventRow, UsageCountRow
+from sluice.store.tables import UsageCountRow
 
 usage_counts: Table = UsageCountRow.__table__  # type: ignore[assignment]
-pause_events: Table = PauseEventRow.__table__  # type: ignore[assignment]
 
 SECOND = 1
 MINUTE = 60
@@ -45,17 +40,6 @@ def bucket_start(at: datetime, width_s: int) -> datetime:
     if width_s == MINUTE:
         return at.replace(second=0)
     return at
-
-
-@dataclass(frozen=True)
-class PauseEvent:
-    """A pause a provider asked for."""
-
-    key: str
-    at: datetime
-    until: datetime
-    signal: str
-    reason: str | None
 
 
 class UsageStore:
@@ -132,34 +116,4 @@ class UsageStore:
                     usage_counts.c.bucket < now - timedelta(seconds=retention_s),
                 )
             ).rowcount
-            gone += conn.execute(
-                delete(pause_events).where(
-                    pause_events.c.until < now - timedelta(seconds=retention_s)
-                )
-            ).rowcount
         return int(gone)
-
-    # -- pause signals -------------------------------------------------------------------
-
-    def record_pause(
-        self, key: str, at: datetime, until: datetime, signal: str, reason: str | None
-    ) -> None:
-        """Note that ``key`` was paused at ``at`` until ``until`` because of ``signal``."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                insert(pause_events).values(
-                    key=key, at=at, until=until, signal=signal[:64], reason=reason
-                )
-            )
-
-    def pauses_since(self, since: datetime) -> list[PauseEvent]:
-        """Pause signals that started at or after ``since``, or were still running then."""
-        query = (
-            select(pause_events)
-            .where(and_(pause_events.c.until >= since))
-            .order_by(pause_events.c.at)
-        )
-        with self.engine.connect() as conn:
-            return [
-                PauseEvent(r.key, r.at, r.until, r.signal, r.reason) for r in conn.execute(query)
-            ]

@@ -105,13 +105,13 @@ def test_usage_counted_by_senders_shows_as_the_current_window_and_the_hour(ui: C
 def test_a_pause_shows_with_its_signal_and_countdown(ui: Console) -> None:
     now = ui.runtime.repo.clock.now()
     until = now + timedelta(seconds=30)
-    ui.runtime.pauses.record("sandbox", until)
-    UsageStore(ui.runtime.repo.engine).record_pause(
-        "sandbox", now, until, "429 Retry-After: 30", "429 Retry-After: 30; paused 30s"
+    ui.runtime.pauses.record(
+        "sandbox", until, signal="rate_limited", reason="HTTP 429; pause 30s", since=now
     )
     page = ui.client.get("/ui").text
     assert 'data-paused="true"' in page
-    assert "429 Retry-After: 30" in page
+    assert "rate_limited" in page
+    assert "HTTP 429; pause 30s" in page
     assert "s left" in page
     provider = ui.client.get("/api/overview").json()["providers"][0]
     assert provider["paused"] is True

@@ -1,4 +1,4 @@
-"""The console: usage counters per limit key, pause signals, bulk jobs, task list indexes.
+"""The console: usage counters per limit key, bulk jobs, task list indexes.
 
 Revision ID: 0007
 Revises: 0005
@@ -13,8 +13,8 @@ from alembic import op
 from sluice.store.tables import BigId, Payload, UTCDateTime
 
 revision = "0007"
-# Relinked at merge time if other revisions land first (0006 is another branch's).
-down_revision = "0005"
+# Follows 0006 (pins, pause details) on main; relinked at merge if others land first.
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
@@ -30,17 +30,6 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("key", "bucket", "width_s", "metric", name="pk_usage_counts"),
     )
     op.create_index("ix_usage_counts_bucket", "usage_counts", ["width_s", "bucket"])
-    op.create_table(
-        "pause_events",
-        sa.Column("id", BigId, autoincrement=True, nullable=False),
-        sa.Column("key", sa.String(255), nullable=False),
-        sa.Column("at", UTCDateTime(), nullable=False),
-        sa.Column("until", UTCDateTime(), nullable=False),
-        sa.Column("signal", sa.String(64), nullable=False),
-        sa.Column("reason", sa.Text(), nullable=True),
-        sa.PrimaryKeyConstraint("id", name="pk_pause_events"),
-    )
-    op.create_index("ix_pause_events_key_at", "pause_events", ["key", "at"])
     op.create_table(
         "bulk_jobs",
         sa.Column("id", BigId, autoincrement=True, nullable=False),
@@ -70,7 +59,5 @@ def downgrade() -> None:
     op.drop_index("ix_tasks_created_at", table_name="tasks")
     op.drop_index("ix_bulk_jobs_state", table_name="bulk_jobs")
     op.drop_table("bulk_jobs")
-    op.drop_index("ix_pause_events_key_at", table_name="pause_events")
-    op.drop_table("pause_events")
     op.drop_index("ix_usage_counts_bucket", table_name="usage_counts")
     op.drop_table("usage_counts")
