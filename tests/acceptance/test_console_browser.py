@@ -300,5 +300,7 @@ def test_the_task_page_shows_the_explanation(server: Server, browser: Any, shots
     browser.get(f"{server.url}/ui/tasks/{task_id}")
     section = browser.find_element(By.ID, "explanation")
     assert "Why is it here?" in section.text
-    assert "Invalid IP range: 10.0.0.999" in browser.page_source
+    summary = browser.find_element(By.ID, "explain-summary").text
+    assert summary.startswith("final")
+    assert "Invalid IP range: 10.0.0.999" in summary
     browser.save_screenshot(str(shots / "console-task.png"))

@@ -29,6 +29,7 @@ from sluice.api.console.feed import LiveFeed, sse_message
 from sluice.api.console.routes import Viewer, _form_page, _page, _when, render_html, router
 from sluice.api.deps import ApiContext
 from sluice.clock import as_utc
+from sluice.controls import pause_end, pin_rate
 from sluice.domain import Actor, Phase, Role, Task, TaskStatus
 from sluice.store.bulkjobs import ACTIONS
 from sluice.store.filters import TaskFilter
@@ -136,7 +137,8 @@ def home(request: Request) -> Response:
         if staff:  # the live part from the same figures (one read of pauses and usage)
             configured = [p for p in data["providers"] if p.get("configured")]
             live = render_html("_live.html", providers=configured)
-    return _render(request, "overview.html", data=data, live=live, nav="overview")
+    targets = _control_targets(context) if context is not None else {}
+    return _render(request, "overview.html", data=data, live=live, nav="overview", targets=targets)
 
 
 @router.get("/overview/history", name="console_overview_history")
@@ -392,15 +394,95 @@ def _children_tree(context: ApiContext, task_id: int, depth: int) -> list[dict[s
 
 
 def _explain(request: Request, context: ApiContext, task: Task) -> dict[str, Any] | None:
-    """Why the task is where it is (the explain service, when this build has it)."""
-    explain = getattr(request.app.state, "explain", None)
-    if explain is None:
-        return None
+    """Why the task is where it is (:mod:`sluice.explain`), as label -> text for the page."""
     try:
-        answer: dict[str, Any] = explain(task.id, tenant_of(_viewer(request)))
-        return answer
-    except Exception:
+        explained = context.explainer.explain(task.id, tenant=tenant_of(_viewer(request)))
+    except errors.TaskNotFound:
         return None
+    details: dict[str, str] = {"state": explained.state}
+    for name in ("parent", "pause", "slot", "in_flight", "backoff", "lookup", "poll", "final"):
+        part = getattr(explained, name)
+        if part is not None:
+            details[name.replace("_", " ")] = ", ".join(
+                f"{field.replace('_', ' ')} {_shown(value)}"
+                for field, value in vars(part).items()
+                if value is not None and value != ""
+            )
+    return {
+        "summary": explained.summary,
+        "details": details,
+        "rates": [
+            {
+                "key": r.key,
+                "configured": r.configured,
+                "in_force": r.in_force,
+                "source": r.source,
+                "reason": r.reason,
+            }
+            for r in explained.rates
+        ],
+    }
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, datetime):
+        return _when(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(getattr(value, "value", value))
+
+
+# -- controls ------------------------------------------------------------------------------
+
+
+def _control_targets(context: ApiContext) -> dict[str, list[str]]:
+    """What can be paused (providers and their configured keys) and pinned (keys)."""
+    pausable: list[str] = []
+    pinnable: list[str] = []
+    for name, provider in sorted(context.controls.providers.items()):
+        pausable.append(name)
+        keys = sorted(
+            {spec.key for access in ("write", "read") for spec in provider.limits_for(access, None)}
+        )
+        pausable += [k for k in keys if k != name]
+        pinnable += keys
+    return {"pausable": pausable, "pinnable": pinnable}
+
+
+@router.post("/controls", name="console_control")
+async def control(request: Request) -> Response:
+    """Pause, resume, pin or unpin from the overview (operators and admins); audited."""
+    viewer = _viewer(request)
+    form = await request.form()
+    if not provider_wide(viewer):
+        return _refuse(request, "controls need an operator or admin key")
+    context = _context(request)
+    if context is None:
+        return _refuse(request, "controls are not available here", 404)
+    action = str(form.get("action") or "")
+    target = str(form.get("target") or "").strip()
+    reason = str(form.get("reason") or "")
+    controls = context.controls
+    actor = _actor(viewer)
+    try:
+        if action == "pause":
+            duration = str(form.get("duration") or "").strip() or None
+            end = pause_end(controls.clock.now(), duration=duration)
+            controls.pause(target, reason=reason, until=end, actor=actor)
+        elif action == "resume":
+            controls.resume(target, actor=actor)
+        elif action == "pin":
+            rate = pin_rate(str(form.get("rate") or "").strip())
+            controls.pin(target, rate, reason=reason, actor=actor)
+        elif action == "unpin":
+            controls.unpin(target, actor=actor)
+        else:
+            return _refuse(request, f"unknown control {action!r}", 422)
+    except errors.UnknownLimit as exc:
+        return _refuse(request, str(exc), 404)
+    except errors.InvalidControl as exc:
+        return _refuse(request, str(exc), 422)
+    return RedirectResponse(request.url_for("console_home").path, status_code=303)
 
 
 # -- audit -------------------------------------------------------------------------------------

@@ -248,6 +248,7 @@ CONSOLE_ROUTES = {
     ("GET", "/ui/tasks/{task_id}"): "session",
     ("GET", "/ui/jobs/{job_id}"): "session",
     ("GET", "/ui/audit"): "session",
+    ("POST", "/ui/controls"): "session",
     ("POST", "/ui/logout"): "session",
     ("GET", "/ui/login"): "public",
     ("POST", "/ui/login"): "public",

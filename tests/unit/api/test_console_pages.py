@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -193,3 +194,49 @@ def test_the_task_page_masks_secrets_and_shows_family_and_events(ui: Console) ->
     assert f'href="/ui/tasks/{parent}"' in child_page
     assert "cancelled" in child_page
     assert ui.client.get("/ui/tasks/424242").status_code == 404
+
+
+def test_the_task_page_shows_the_explanation(ui: Console) -> None:
+    (task_id,) = ui.make(1, status="Error", validation_error="Invalid IP range: 10.0.0.999")
+    page = ui.client.get(f"/ui/tasks/{task_id}").text
+    assert 'id="explain-summary"' in page
+    assert "final" in page
+    assert "Invalid IP range: 10.0.0.999" in page
+
+
+def _control(ui: Console, **fields: str) -> Any:
+    page = ui.client.get("/ui").text
+    return ui.client.post(
+        "/ui/controls", data={"csrf_token": ui.token(page), **fields}, follow_redirects=False
+    )
+
+
+def test_controls_pause_resume_pin_and_unpin_from_the_overview(ui: Console) -> None:
+    assert 'id="pause-form"' in ui.client.get("/ui").text
+    paused = _control(ui, action="pause", target="sandbox", reason="provider incident")
+    assert paused.status_code == 303
+    page = ui.client.get("/ui").text
+    assert 'data-paused="true"' in page
+    assert "provider incident" in page
+    assert "until resumed" in page
+    assert _control(ui, action="resume", target="sandbox").status_code == 303
+    assert 'data-paused="true"' not in ui.client.get("/ui").text
+    assert (
+        _control(ui, action="pin", target="sandbox", rate="5/s", reason="429s").status_code == 303
+    )
+    key = ui.client.get("/api/overview").json()["providers"][0]["keys"][0]
+    assert (key["rate"], key["rate_source"]) == ("5/s", "pinned")
+    assert _control(ui, action="unpin", target="sandbox").status_code == 303
+    actions = ui.client.get("/ui/audit").text
+    for action in ("limit.pause", "limit.resume", "limit.pin", "limit.unpin"):
+        assert action in actions
+
+
+def test_refused_controls_name_the_problem_and_audit_nothing(ui: Console) -> None:
+    unknown = _control(ui, action="pause", target="nosuch", reason="x")
+    assert unknown.status_code == 404
+    assert "nosuch" in unknown.text
+    above = _control(ui, action="pin", target="sandbox", rate="50/s", reason="x")
+    assert above.status_code == 422
+    assert "only lowers" in above.text
+    assert "limit." not in ui.client.get("/ui/audit").text
