@@ -13,8 +13,8 @@ from alembic import op
 from sluice.store.tables import BigId, Payload, UTCDateTime
 
 revision = "0007"
-# Follows 0006 (pins, pause details) on main; relinked at merge if others land first.
-down_revision = "0006"
+# Follows 0007_scale (the backlog indexes) on main; relinked at merge if others land first.
+down_revision = "0007_scale"
 branch_labels = None
 depends_on = None
 
