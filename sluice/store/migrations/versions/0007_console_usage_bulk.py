@@ -13,8 +13,8 @@ from alembic import op
 from sluice.store.tables import BigId, Payload, UTCDateTime
 
 revision = "0007"
-# Follows 0007_scale (the backlog indexes) on main; relinked at merge if others land first.
-down_revision = "0007_scale"
+# Follows main's head (0010, fair shares); relinked at merge if others land first.
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
