@@ -75,7 +75,7 @@ def api(host: Host = None, port: Port = None, insecure: Insecure = False) -> Non
 
     import uvicorn
 
-    from sluice.api.app import build_api
+    from sluice.api.app import GRACEFUL_SHUTDOWN_S, build_api
     from sluice.api.auth import startup_notice
     from sluice.runtime import build_runtime
     from sluice.store.keys import KeyStore
@@ -96,6 +96,8 @@ def api(host: Host = None, port: Port = None, insecure: Insecure = False) -> Non
         port=settings.port,
         log_level=settings.log_level.lower(),
         log_config=None,  # uvicorn's records go through Sluice's masking formatter
+        # Open console pages keep event streams open: give them this long, then close them.
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
 
 
@@ -196,6 +198,40 @@ def submit(
         code = submit_remote(api_url, file, wait, console, api_key, priority)
     else:
         code = submit_embedded(settings, file, wait, console, priority)
+    raise typer.Exit(code)
+
+
+@app.command()
+def status(
+    api_url: Annotated[
+        str | None,
+        typer.Option(
+            "--api",
+            help="a running Sluice API, e.g. http://127.0.0.1:8000 (default: the local database)",
+            envvar="SLUICE_API_URL",
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--key",
+            help="API key for --api (default: $SLUICE_API_KEY); not needed on loopback",
+            envvar="SLUICE_API_KEY",
+            show_default=False,
+        ),
+    ] = None,
+    once: Annotated[bool, typer.Option(help="print the overview once and exit")] = False,
+) -> None:
+    """The overview (limits, usage, pauses, queues) as a live table, until Ctrl-C."""
+    from sluice.status import local_source, remote_source, run_status
+
+    logs.configure("WARNING")
+    try:
+        source = remote_source(api_url, api_key) if api_url else local_source(load_settings())
+        code = run_status(source, Console(), once=once)
+    except errors.SluiceError as exc:
+        _fail("status", str(exc))
+        raise typer.Exit(1) from None
     raise typer.Exit(code)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from sluice import importer, submissions
-from sluice.domain import FINAL_STATUSES
+from sluice.domain import FINAL_STATUSES, Submission
 from sluice.drivers.embedded import EmbeddedDriver
 from sluice.progress import rate_reports, summary_table, watch
 from sluice.runtime import Runtime
@@ -23,12 +23,21 @@ from sluice.store.repository import summarize
 DEMO_FILE = Path(__file__).resolve().parent / "examples" / "demo.json"
 DEMO_FIRST_ID = 1001  # the prototype's walk-through uses ids 1, 2 and 3
 DEMO_DATABASE = "sqlite:///./sluice-demo.db"
+DEMO_COPIES = 8
+"""The example hierarchy is loaded this many times (480 tasks): enough creates and polls
+that the sandbox's 20/s limit binds, so the console's usage bars fill up."""
+DEMO_MAINTENANCE = [[8.0, 4.0]]
+"""The demo sandbox's planned outage: 8 s in, for 4 s, every call gets 429 with
+Retry-After, so the demo shows one pause (and the console shows it live)."""
 
 log = logging.getLogger("sluice.demo")
 
 
 def prepare_demo_settings(settings: Settings) -> Settings:
-    """The demo runs on a fresh SQLite file unless a database was chosen explicitly."""
+    """The demo runs on a fresh SQLite file unless a database was chosen explicitly, and
+    its sandbox has one maintenance window (unless ``[sandbox] maintenance`` says otherwise)."""
+    sandbox = {"maintenance": DEMO_MAINTENANCE, **settings.sandbox}
+    settings = settings.model_copy(update={"sandbox": sandbox})
     if settings.database_url == Settings.model_fields["database_url"].default:
         path = Path("sluice-demo.db")
         for suffix in ("", "-wal", "-shm"):
@@ -58,6 +67,20 @@ def run_demo(
     when_done(finished)
 
 
+def copies(items: list[Submission], times: int) -> list[Submission]:
+    """``items`` ``times`` over, each copy's parents pointing inside that copy."""
+    out: list[Submission] = []
+    for copy in range(times):
+        shift = copy * len(items)
+        for item in items:
+            payload = dict(item.payload or {})
+            if copy and "name" in payload:
+                payload["name"] = f"{payload['name']} #{copy + 1}"
+            parent = item.parent_index + shift if item.parent_index is not None else None
+            out.append(replace(item, payload=payload, parent_index=parent))
+    return out
+
+
 def _demo(
     runtime: Runtime,
     driver: EmbeddedDriver | None,
@@ -66,7 +89,7 @@ def _demo(
     broken: Callable[[], str | None],
 ) -> bool:
     """Load the example hierarchy, show progress, print the summary; True if all ended."""
-    items = importer.load_file(demo_file)
+    items = copies(importer.load_file(demo_file), DEMO_COPIES if demo_file == DEMO_FILE else 1)
     first = max(DEMO_FIRST_ID, runtime.repo.max_id() + 1)
     items = [replace(item, id=first + i) for i, item in enumerate(items)]
     started = time.monotonic()

@@ -77,6 +77,10 @@ class TaskNotFound(StoreError):
         self.task_id = task_id
 
 
+class BulkJobNotFound(StoreError):
+    """No bulk job has that id (for this tenant), or it is no longer the caller's to run."""
+
+
 class TaskConflict(StoreError):
     """A task with that id or idempotency key already exists."""
 

@@ -91,6 +91,8 @@ class Settings(BaseSettings):
     # Console sessions (/ui): they end this long after sign-in, or after this long unused.
     console_session_s: float = Field(default=8 * 3600, gt=0)
     console_idle_s: float = Field(default=3600, gt=0)
+    # The console's history (per-minute usage counters per limit key): kept this long.
+    usage_retention_s: float = Field(default=7 * 86_400, gt=0)
 
     # Sections of the TOML file, validated by their own modules.
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)

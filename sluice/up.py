@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from sluice import errors
-from sluice.api.app import build_api
+from sluice.api.app import GRACEFUL_SHUTDOWN_S, build_api
 from sluice.api.auth import startup_notice
 from sluice.demo import prepare_demo_settings, run_demo
 from sluice.drivers.embedded import EmbeddedDriver, build_embedded_driver
@@ -75,10 +75,13 @@ def run_up(settings: Settings, options: UpOptions, console: Console) -> int:
                 port=options.port,
                 log_level="warning",
                 log_config=None,  # through Sluice's masking formatter
+                # Open console pages keep event streams open: at most this long on stop.
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
             )
         )
         address = f"http://{options.host}:{options.port}"
         console.print(f"Sluice API at {address} (docs at /docs, console at {address}/ui)")
+        console.print(f"Console: {address}/ui")
         console.print(notice)
         if options.demo:
 

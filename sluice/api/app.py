@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -19,21 +20,26 @@ from sluice.api.deps import ApiContext, ReadinessCheck
 from sluice.api.limits import BodySizeLimit
 from sluice.api.readiness import broker_check, redis_check
 from sluice.api.routes import audit, health, keys, metrics, providers, tasks
+from sluice.api.routes import bulk as bulk_routes
 from sluice.api.routes import controls as control_routes
+from sluice.api.routes import overview as overview_routes
 from sluice.api.routes import quotas as quota_routes
 from sluice.api.routes.quotas import QuotaView
 from sluice.catalog import Catalog
 from sluice.controls import Controls
 from sluice.domain import ApiKey
+from sluice.engine.bulkjobs import BulkJobRunner
 from sluice.engine.gauges import StateReader
 from sluice.engine.rates import RatesInForce
 from sluice.explain import Explainer
+from sluice.overview import OverviewService
 from sluice.ratelimit import build_limiter, parse_rate
 from sluice.ratelimit.base import Limiter
 from sluice.ratelimit.memory import MemoryLimiter
 from sluice.runtime import Runtime
 from sluice.settings import Settings
 from sluice.store.audit import AuditLog
+from sluice.store.bulkjobs import BulkJobs
 from sluice.store.keys import KeyStore
 from sluice.store.repository import TaskRepository
 from sluice.store.sessions import SessionStore
@@ -42,6 +48,8 @@ from sluice.submissions import MAX_BULK, SubmissionInvalid
 BULK_MAX_BYTES = 64 * 1024 * 1024
 # How long a client should wait before retrying while the database is unavailable.
 RETRY_AFTER_S = "5"
+GRACEFUL_SHUTDOWN_S = 5
+"""On stop, requests still running (console event streams never end) get this long."""
 
 
 def build_api(runtime: Runtime) -> FastAPI:
@@ -78,20 +86,22 @@ def create_app(
     ``settings.host`` is where the server listens (the open mode needs loopback);
     ``api_limiter`` counts requests per key under ``settings.api_rate_limit`` (default:
     in memory, or in Redis when ``settings.redis_url`` is set); ``controls`` holds the
-    providers, limiter and rates the control and explain routes work on (default: no
-    providers, so every control answers 404).
+    providers, limiter and rates the control, explain and overview routes work on (default:
+    no providers, so every control answers 404 and the overview shows the queue only).
     """
     app = FastAPI(
         title="Sluice",
         summary="Rate-limited submission engine for third-party APIs",
         version="0.1.0",
+        lifespan=_background,
     )
     all_checks: dict[str, ReadinessCheck] = {"database": lambda: _ping_database(repo)}
     all_checks.update(checks or {})
     key_store = KeyStore(repo.engine, repo.clock)
     if controls is None:
         controls = Controls(repo.engine, {}, MemoryLimiter(), RatesInForce(), clock=repo.clock)
-    app.state.context = ApiContext(
+    bulk = BulkJobs(repo)
+    context = ApiContext(
         repo=repo,
         catalog=catalog,
         keys=key_store,
@@ -99,15 +109,34 @@ def create_app(
         controls=controls,
         explainer=Explainer(repo, controls),
         checks=all_checks,
+        overview=OverviewService(
+            repo.engine,
+            controls.providers,
+            limiter=controls.limiter,
+            rates=controls.rates,
+            clock=repo.clock,
+        ),
+        bulk=bulk,
+        bulk_runner=BulkJobRunner(bulk),
     )
+    app.state.context = context
     app.state.auth = _authenticator(settings, key_store, api_limiter)
     app.state.scrape_token = (
         settings.metrics_token.get_secret_value() if settings.metrics_token else None
     )
     app.state.quotas = quotas
-    routers = (tasks.router, keys.router, audit.router, control_routes.router, providers.router)
+    routers = (
+        tasks.router,
+        bulk_routes.router,
+        overview_routes.router,
+        keys.router,
+        audit.router,
+        control_routes.router,
+        providers.router,
+    )
     for router in (*routers, health.router, metrics.router, quota_routes.router):
         app.include_router(router)
+
     _install_console(app, settings, repo, key_store)
     # Console routes check their own session and CSRF (sluice.api.console.routes).
     check_guarded(app.routes, also=(ConsoleRoute,))
@@ -120,6 +149,22 @@ def create_app(
         bulk_max_items=MAX_BULK,
     )
     return app
+
+
+@asynccontextmanager
+async def _background(app: FastAPI) -> AsyncIterator[None]:
+    """While the server runs: the bulk job runner, and the console's shared live feed."""
+    context: ApiContext = app.state.context
+    if context.bulk_runner is not None:
+        context.bulk_runner.start()
+    try:
+        yield
+    finally:
+        if context.bulk_runner is not None:
+            context.bulk_runner.stop()
+        feed = getattr(app.state, "feed", None)
+        if feed is not None:
+            feed.stop()
 
 
 def _install_console(
@@ -185,6 +230,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     errors.KeyNotFound: 404,
     errors.UnknownLimit: 404,
     errors.InvalidControl: 422,
+    errors.BulkJobNotFound: 404,
     errors.TaskConflict: 409,
     errors.IllegalTransition: 409,
     errors.InvalidTask: 422,

@@ -10,8 +10,11 @@ from fastapi import Depends, Request
 
 from sluice.catalog import Catalog
 from sluice.controls import Controls
+from sluice.engine.bulkjobs import BulkJobRunner
 from sluice.explain import Explainer
+from sluice.overview import OverviewService
 from sluice.store.audit import AuditLog
+from sluice.store.bulkjobs import BulkJobs
 from sluice.store.keys import KeyStore
 from sluice.store.repository import TaskRepository
 
@@ -29,6 +32,9 @@ class ApiContext:
     controls: Controls
     explainer: Explainer
     checks: dict[str, ReadinessCheck] = field(default_factory=dict)
+    overview: OverviewService | None = None
+    bulk: BulkJobs | None = None
+    bulk_runner: BulkJobRunner | None = None
 
 
 def get_context(request: Request) -> ApiContext:

@@ -29,11 +29,12 @@ import httpx
 
 from sluice import errors, metrics
 from sluice.clock import Clock, SystemClock
-from sluice.domain import Outcome, WorkUnit
+from sluice.domain import Outcome, TaskStatus, WorkUnit
 from sluice.engine.dispatcher import Dispatcher, worker_name
 from sluice.engine.execute import execute_unit
 from sluice.engine.quotas import QuotaBook
 from sluice.engine.retention import Pruner
+from sluice.engine.usage import UsageRecorder
 from sluice.providers.base import Provider
 from sluice.ratelimit import holds, sendgate
 from sluice.ratelimit.base import Limiter
@@ -41,6 +42,7 @@ from sluice.ratelimit.rate import Grant
 from sluice.runtime import Runtime
 from sluice.store.pauses import PauseStore
 from sluice.store.queue import WorkQueue
+from sluice.store.usage import UsageStore
 from sluice.units import parse_duration
 
 log = logging.getLogger("sluice.executor")
@@ -93,8 +95,10 @@ class ThreadExecutor:
         on_written: Callable[[], None] | None = None,
         rng: random.Random | None = None,
         pauses: PauseStore | None = None,
+        usage: UsageRecorder | None = None,
     ) -> None:
         self.work_queue = work_queue
+        self.usage = usage
         self.providers = providers
         self.clients = clients
         self.limiter = limiter
@@ -218,6 +222,7 @@ class ThreadExecutor:
         metrics.outcomes(
             unit.provider, unit.operation.value, [(o.event, o.to_status.value) for o in outcomes]
         )
+        self._count_usage(provider, unit, outcomes)
         with self._lock:
             self.stats.count(unit, outcomes)
             self._pending += 1
@@ -249,6 +254,29 @@ class ThreadExecutor:
             holds.finish(self.limiter, grant, sent=sent, since_answer_s=permit.since_answer_s())
         except errors.LimiterError:
             log.warning("holds.finish_failed", exc_info=True, extra={"provider": provider.name})
+
+    def _count_usage(self, provider: Provider, unit: WorkUnit, outcomes: list[Outcome]) -> None:
+        """Count the request for the console: per limit key, operation, errors and pauses."""
+        usage = self.usage
+        if usage is None:
+            return
+        try:
+            payload = unit.tasks[0].payload if unit.tasks else None
+            for spec in provider.limits_for(unit.operation.access, payload):
+                usage.count(spec.key, "sent")
+            name = provider.name
+            usage.count(name, _OPERATION_METRIC[unit.operation.value])
+            failed = sum(
+                1
+                for o in outcomes
+                if o.event == "attempt_failed" or o.to_status is TaskStatus.ERROR
+            )
+            if failed:
+                usage.count(name, "error", failed)
+            if any(o.pause_s is not None for o in outcomes):
+                usage.count(name, "rate_limited")
+        except Exception:
+            log.warning("usage.count_failed", exc_info=True, extra={"provider": provider.name})
 
     def _keep_pause(self, provider: Provider, outcomes: list[Outcome]) -> None:
         """Write the provider's pause to the database too: Redis may lose it."""
@@ -319,6 +347,11 @@ class ThreadExecutor:
         self._pool.shutdown(wait=True)
         self._results.put(None)
         self._writer.join(timeout=30)
+        if self.usage is not None:
+            self.usage.close()
+
+
+_OPERATION_METRIC = {"submit": "create", "poll": "poll", "lookup": "lookup"}
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -364,6 +397,11 @@ def build_dispatch(
         threads=settings.executor_threads,
         clock=clock,
         pauses=runtime.pauses,
+        usage=UsageRecorder(
+            UsageStore(runtime.repo.engine),
+            clock=clock,
+            retention_s=settings.usage_retention_s,
+        ).start(),
     )
     dispatcher = Dispatcher(
         runtime.queue,

@@ -211,6 +211,24 @@ class FixtureSpec(BaseModel):
     error_message: str | None = None
 
 
+class MaintenanceWindow(BaseModel):
+    """A planned outage: from ``start_s`` after the sandbox starts (or is reset, or given a
+    new ``maintenance``) for ``duration_s``, every ``/v1`` call gets 429 with
+    ``Retry-After`` set to the seconds left, so a client that honours it pauses once."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    start_s: Seconds
+    duration_s: float = Field(gt=0.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pair_is_start_then_duration(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple) and len(value) == 2:
+            return {"start_s": value[0], "duration_s": value[1]}
+        return value
+
+
 def _default_limits() -> list[AnyLimitSpec]:
     return [LimitSpec(name="app", per="app", scope="all", limit=50, window_s=1.0)]
 
@@ -244,6 +262,8 @@ class SandboxConfig(BaseModel):
     )
     faults: FaultRates = Field(default_factory=FaultRates)
     fixtures: dict[str, FixtureSpec] = Field(default_factory=dict)
+    maintenance: tuple[MaintenanceWindow, ...] = ()
+    """Planned outages answered with 429 + Retry-After (see :class:`MaintenanceWindow`)."""
     arrival_log_cap: int = Field(default=100_000, ge=0)
     """Most arrivals ``/_sandbox/arrivals`` remembers (oldest forgotten first; 0: none)."""
     timeline_cap_s: int = Field(default=3_600, ge=0)
@@ -325,12 +345,19 @@ class SandboxConfig(BaseModel):
         return cls.model_validate(_merge(dict(profile.defaults), given))
 
     def updated(self, patch: dict[str, Any]) -> SandboxConfig:
-        """A copy with ``patch`` applied (partial: only limits, costs, faults and delays).
+        """A copy with ``patch`` applied (partial: limits, costs, faults, delays, maintenance).
 
         Raises:
             ValueError: a key that cannot be changed at run time, or an invalid value.
         """
-        changeable = {"limits", "costs", "faults", "accept_delay_s", "process_delay_s"}
+        changeable = {
+            "limits",
+            "costs",
+            "faults",
+            "accept_delay_s",
+            "process_delay_s",
+            "maintenance",
+        }
         fixed = sorted(set(patch) - changeable)
         if fixed:
             raise ValueError(

@@ -10,6 +10,7 @@ passed the limiter.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -85,6 +86,7 @@ class Sandbox:
         self.stats = RequestStats()
         self.arrivals = ArrivalLog(config.arrival_log_cap)
         self.timeline = Timeline(now, config.timeline_cap_s)
+        self.maintenance_origin = now
 
     def next_request_id(self) -> str:
         """A request id unique for this process."""
@@ -111,6 +113,8 @@ class Sandbox:
             self.limiter = SandboxLimiter(config.limits, origin=self.clock.time())
         if config.faults != self.config.faults:
             self.faults = FaultInjector(config.faults, config.seed)
+        if config.maintenance != self.config.maintenance:
+            self.maintenance_origin = self.clock.time()
         self.config = self.store.config = config
         return config
 
@@ -174,6 +178,11 @@ class Sandbox:
             )
         except Unauthorized as exc:
             return Reply(exc.status_code, exc.body()), UNAUTHORIZED
+        maintenance = self._maintenance_left(now)
+        if maintenance is not None:
+            wait = max(1, math.ceil(maintenance))
+            body = {"error": {"code": "MAINTENANCE", "message": "scheduled maintenance"}}
+            return Reply(429, body, {"Retry-After": str(wait)}), REFUSED
         verdict = self.limiter.arrive(
             now,
             write=call.write,
@@ -190,6 +199,15 @@ class Sandbox:
         if style.reveals:
             reply = replace(reply, headers={**reply.headers, **_revealed(verdict, now)})
         return reply, ADMITTED
+
+    def _maintenance_left(self, now: float) -> float | None:
+        """Seconds left of the maintenance window ``now`` falls in, if any."""
+        since = now - self.maintenance_origin
+        for window in self.config.maintenance:
+            end = window.start_s + window.duration_s
+            if window.start_s <= since < end:
+                return end - since
+        return None
 
     def _advertiser_of(self, call: Call) -> str | None:
         """The advertiser whose budgets a call spends: named by a create, or a read's object."""

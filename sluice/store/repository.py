@@ -38,6 +38,7 @@ from sluice.domain import (
 )
 from sluice.store import audit, bulk, fairshare
 from sluice.store.chains import descendant_ids, end_descendants, initial_phase, restart_phase
+from sluice.store.filters import TaskFilter
 from sluice.store.queue import due_now
 from sluice.store.rows import (
     change_status,
@@ -179,6 +180,33 @@ class TaskRepository:
         with self.engine.connect() as conn:
             counted = select(func.count()).select_from(ahead.subquery())
             return int(conn.execute(counted).scalar_one())
+
+    def find(
+        self,
+        task_filter: TaskFilter,
+        *,
+        tenant: str | None = None,
+        after_id: int = 0,
+        limit: int = 50,
+    ) -> tuple[list[Task], bool]:
+        """The console's task list: tasks matching ``task_filter`` after ``after_id`` in id
+        order (keyset pages), and whether there are more."""
+        limit = max(1, min(limit, MAX_PAGE))
+        query = (
+            select(tasks)
+            .where(*task_filter.clauses(tenant), tasks.c.id > after_id)
+            .order_by(tasks.c.id)
+            .limit(limit + 1)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [row_to_task(r) for r in rows[:limit]], len(rows) > limit
+
+    def children(self, task_id: int, *, limit: int = 200) -> list[Task]:
+        """A task's direct children in id order (at most ``limit``)."""
+        query = select(tasks).where(tasks.c.parent_id == task_id).order_by(tasks.c.id).limit(limit)
+        with self.engine.connect() as conn:
+            return [row_to_task(r) for r in conn.execute(query)]
 
     def max_id(self) -> int:
         """The highest task id so far (0 when empty)."""
@@ -365,25 +393,7 @@ class TaskRepository:
         now = self.clock.now()
         with self.engine.begin() as conn:
             task = self._get(conn, task_id, tenant, lock=True)
-            if task.status in FINAL_STATUSES:
-                raise errors.IllegalTransition(
-                    f"task {task_id} is {task.status.value}; only unfinished tasks can be cancelled"
-                )
-            changed = change_status(
-                conn,
-                task,
-                TaskStatus.CANCELLED,
-                now=now,
-                event="cancelled",
-                detail="cancelled by request",
-                phase=Phase.DONE.value,
-                next_attempt_at=None,
-            )
-            if not changed:
-                raise errors.TaskConflict(f"task {task_id} changed meanwhile; try again")
-            count = end_descendants(
-                conn, [task_id], TaskStatus.CANCELLED, f"parent task {task_id} was cancelled", now
-            )
+            count = self.cancel_in(conn, task, now)
             audit.record(
                 conn,
                 actor,
@@ -406,26 +416,7 @@ class TaskRepository:
         now = self.clock.now()
         with self.engine.begin() as conn:
             task = self._get(conn, task_id, tenant, lock=True)
-            if task.status not in (TaskStatus.ERROR, TaskStatus.CANCELLED):
-                raise errors.IllegalTransition(
-                    f"task {task_id} is {task.status.value}; only Error or Cancelled tasks "
-                    "can be retried"
-                )
-            parent_status = None
-            if task.parent_id is not None:
-                parent_status = self._get(conn, task.parent_id, None).status
-                if parent_status in (TaskStatus.ERROR, TaskStatus.CANCELLED):
-                    raise errors.IllegalTransition(
-                        f"task {task_id} cannot run while its parent task {task.parent_id} "
-                        f"is {parent_status.value}; retry task {task.parent_id}, which "
-                        "retries its ended descendants too"
-                    )
-            self._restart(conn, task, parent_status, now)
-            restarted = 0
-            for child in self._descendants(conn, task_id):
-                if child.status in (TaskStatus.ERROR, TaskStatus.CANCELLED):
-                    self._restart(conn, child, TaskStatus.NOT_STARTED, now)
-                    restarted += 1
+            restarted = self.retry_in(conn, task, now)
             audit.record(
                 conn,
                 actor,
@@ -436,6 +427,54 @@ class TaskRepository:
                 detail={"from_status": task.status.value, "descendants_retried": restarted},
             )
             return self._get(conn, task_id, None)
+
+    def cancel_in(self, conn: Connection, task: Task, now: datetime) -> int:
+        """Cancel ``task`` (read under lock in ``conn``) and its unfinished descendants, in
+        ``conn``'s transaction, without an audit record; returns how many descendants."""
+        if task.status in FINAL_STATUSES:
+            raise errors.IllegalTransition(
+                f"task {task.id} is {task.status.value}; only unfinished tasks can be cancelled"
+            )
+        changed = change_status(
+            conn,
+            task,
+            TaskStatus.CANCELLED,
+            now=now,
+            event="cancelled",
+            detail="cancelled by request",
+            phase=Phase.DONE.value,
+            next_attempt_at=None,
+        )
+        if not changed:
+            raise errors.TaskConflict(f"task {task.id} changed meanwhile; try again")
+        return end_descendants(
+            conn, [task.id], TaskStatus.CANCELLED, f"parent task {task.id} was cancelled", now
+        )
+
+    def retry_in(self, conn: Connection, task: Task, now: datetime) -> int:
+        """Retry ``task`` (read under lock in ``conn``) and its ended descendants, in
+        ``conn``'s transaction, without an audit record; returns how many descendants."""
+        if task.status not in (TaskStatus.ERROR, TaskStatus.CANCELLED):
+            raise errors.IllegalTransition(
+                f"task {task.id} is {task.status.value}; only Error or Cancelled tasks "
+                "can be retried"
+            )
+        parent_status = None
+        if task.parent_id is not None:
+            parent_status = self._get(conn, task.parent_id, None).status
+            if parent_status in (TaskStatus.ERROR, TaskStatus.CANCELLED):
+                raise errors.IllegalTransition(
+                    f"task {task.id} cannot run while its parent task {task.parent_id} "
+                    f"is {parent_status.value}; retry task {task.parent_id}, which "
+                    "retries its ended descendants too"
+                )
+        self._restart(conn, task, parent_status, now)
+        restarted = 0
+        for child in self._descendants(conn, task.id):
+            if child.status in (TaskStatus.ERROR, TaskStatus.CANCELLED):
+                self._restart(conn, child, TaskStatus.NOT_STARTED, now)
+                restarted += 1
+        return restarted
 
     def _restart(
         self, conn: Connection, task: Task, parent_status: TaskStatus | None, now: datetime

@@ -1,5 +1,5 @@
 """SQLAlchemy table models: tasks, their events, pauses, pins, learned rates, fair shares,
-API keys, audit, console sessions."""
+API keys, audit, console sessions, usage counters and bulk jobs."""
 
 from __future__ import annotations
 
@@ -124,6 +124,8 @@ class TaskRow(Base):
             postgresql_where=text("claimed_until IS NOT NULL"),
             sqlite_where=text("claimed_until IS NOT NULL"),
         ),
+        # The console's task list: created between (a range on the creation time).
+        Index("ix_tasks_created_at", "created_at"),
         # Scoped per tenant: one global namespace would let a caller probe others' keys.
         UniqueConstraint("tenant", "idempotency_key", name="uq_tasks_tenant_idempotency_key"),
     )
@@ -279,3 +281,53 @@ class ConsoleSessionRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class UsageCountRow(Base):
+    """How many requests (and of which kind) one limit key saw in one time bucket.
+
+    Each sending process adds its counts every second or so (an upsert that increments), so
+    the rows of many processes sum by themselves. ``width_s`` is 1 for the last few minutes
+    (the overview's "current window") and 60 for the history kept ``usage_retention_s``.
+    """
+
+    __tablename__ = "usage_counts"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    bucket: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    width_s: Mapped[int] = mapped_column(Integer, primary_key=True)
+    metric: Mapped[str] = mapped_column(String(32), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    __table_args__ = (Index("ix_usage_counts_bucket", "width_s", "bucket"),)
+
+
+class BulkJobRow(Base):
+    """A bulk retry or cancel of every task matching a filter, run in batches.
+
+    ``max_id`` bounds it to the matches that existed when it was previewed; ``cursor`` is
+    the highest id already handled, advanced in the same transaction as each batch's
+    changes, so a job resumed after a crash neither skips nor repeats a task.
+    """
+
+    __tablename__ = "bulk_jobs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    action: Mapped[str] = mapped_column(String(16))
+    filter: Mapped[dict[str, Any]] = mapped_column(Payload)
+    tenant: Mapped[str | None] = mapped_column(String(64))
+    max_id: Mapped[int] = mapped_column(BigId)
+    previewed: Mapped[int] = mapped_column(BigInteger)
+    cursor: Mapped[int] = mapped_column(BigId, default=0)
+    changed: Mapped[int] = mapped_column(BigInteger, default=0)
+    skipped: Mapped[int] = mapped_column(BigInteger, default=0)
+    state: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str | None] = mapped_column(String(32))
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_bulk_jobs_state", "state", "id"),)

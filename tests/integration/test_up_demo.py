@@ -38,7 +38,7 @@ def test_demo_exits_zero_once_every_task_is_final() -> None:
     code, output = _run()
 
     assert code == 0, output
-    assert "60/60 demo tasks final" in output
+    assert "480/480 demo tasks final" in output
     assert "Invalid IP range: 192.168.1.256" in output
 
 

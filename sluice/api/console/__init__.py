@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from sluice.api.console import pages  # noqa: F401  (its routes join the router)
 from sluice.api.console.routes import Authenticate, Console, OpenTo, router
 from sluice.store.sessions import SessionStore
 

@@ -44,7 +44,11 @@ _TEMPLATES = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-_STATIC = {"console.css": "text/css; charset=utf-8"}
+_STATIC = {
+    "console.css": "text/css; charset=utf-8",
+    "console.js": "text/javascript; charset=utf-8",
+    "htmx.min.js": "text/javascript; charset=utf-8",
+}
 NOT_ACCEPTED = "That key was not accepted."
 FORM_EXPIRED = "The form expired or came from another site; nothing was changed."
 
@@ -148,9 +152,13 @@ def _refused(request: Request) -> Response:
     return web.secured(_page("refused.html", 403, message=FORM_EXPIRED))
 
 
+def render_html(template: str, **values: Any) -> str:
+    """A template rendered to text (page fragments, the live feed)."""
+    return _TEMPLATES.get_template(template).render(**values)
+
+
 def _page(template: str, status_code: int = 200, **values: Any) -> HTMLResponse:
-    html = _TEMPLATES.get_template(template).render(**values)
-    return HTMLResponse(html, status_code=status_code)
+    return HTMLResponse(render_html(template, **values), status_code=status_code)
 
 
 def _redirect(request: Request, to: str) -> RedirectResponse:
@@ -215,21 +223,6 @@ def login(request: Request, api_key: Annotated[str, Form(max_length=512)] = "") 
     return response
 
 
-@router.get("", name="console_home")
-def home(request: Request) -> Response:
-    """Who is signed in: key, role, tenant, until when; and the sign-out button."""
-    viewer: Viewer = request.state.viewer
-    return _form_page(
-        request,
-        viewer,
-        "home.html",
-        session=viewer.session,
-        key=viewer.key,
-        logout=request.url_for("console_logout").path,
-        when=_when,
-    )
-
-
 @router.post("/logout", name="console_logout")
 def logout(request: Request) -> Response:
     """End the session (the route class has checked the form's CSRF token)."""
@@ -244,7 +237,7 @@ def logout(request: Request) -> Response:
 @router.get("/static/{name}", name="console_static")
 @public
 def static(name: str) -> Response:
-    """The console's own style sheet (no CDN, no inline styles)."""
+    """The console's own files: style sheet, script, vendored htmx (no CDN, nothing inline)."""
     media_type = _STATIC.get(name)
     if media_type is None:
         return Response("not found", status_code=404, media_type="text/plain")

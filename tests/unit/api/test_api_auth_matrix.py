@@ -23,8 +23,10 @@ from sluice.api.app import create_app
 from sluice.api.auth import UNAUTHORIZED_DETAIL, Allow, GuardedRoute, Public, iter_routes
 from sluice.api.console.routes import ConsoleRoute
 from sluice.catalog import Catalog, ProviderInfo
-from sluice.domain import Role, Submission, TaskStatus
+from sluice.domain import LOCAL_ACTOR, Role, Submission, TaskStatus
 from sluice.settings import Settings
+from sluice.store.bulkjobs import BulkJobs
+from sluice.store.filters import TaskFilter
 from sluice.store.repository import TaskRepository
 
 if TYPE_CHECKING:
@@ -58,6 +60,10 @@ EXPECTED: dict[tuple[str, str], Role | None] = {
     ("POST", "/api/limits/{key}/unpin"): Role.OPERATOR,
     ("GET", "/metrics"): Role.OPERATOR,
     ("GET", "/api/providers/{name}/shares"): Role.OPERATOR,
+    ("GET", "/api/overview"): Role.VIEWER,
+    ("POST", "/api/bulk-actions/preview"): Role.SUBMITTER,
+    ("POST", "/api/bulk-actions"): Role.SUBMITTER,
+    ("GET", "/api/bulk-actions/{job_id}"): Role.VIEWER,
     ("GET", "/api/healthchecker"): PUBLIC,
     ("GET", "/healthz"): PUBLIC,
     ("GET", "/readyz"): PUBLIC,
@@ -124,6 +130,14 @@ def make_task(api: SecuredApi, tenant: str = "acme", status: TaskStatus | None =
     return task.id
 
 
+def make_job(api: SecuredApi) -> int:
+    """A finished bulk job of tenant acme."""
+    jobs = BulkJobs(api.repo)
+    empty = TaskFilter(kind="nothing-matches")
+    preview = jobs.preview("retry", empty, "acme")
+    return jobs.start("retry", empty, "acme", preview, LOCAL_ACTOR).id
+
+
 def make_key(api: SecuredApi) -> str:
     return apikeys.create_key(api.keys, name="target", role="viewer", tenant="acme").key.id
 
@@ -182,6 +196,16 @@ EXAMPLES: dict[tuple[str, str], Callable[[SecuredApi], Call]] = {
     ("GET", "/metrics"): lambda api: Call("GET", "/metrics"),
     ("GET", "/api/providers/{name}/shares"): lambda api: Call(
         "GET", "/api/providers/sandbox/shares"
+    ),
+    ("GET", "/api/overview"): lambda api: Call("GET", "/api/overview"),
+    ("POST", "/api/bulk-actions/preview"): lambda api: Call(
+        "POST", "/api/bulk-actions/preview", {"action": "retry", "filter": {"status": "Error"}}
+    ),
+    ("POST", "/api/bulk-actions"): lambda api: Call(
+        "POST", "/api/bulk-actions", {"action": "retry", "filter": {"kind": "none-such"}}
+    ),
+    ("GET", "/api/bulk-actions/{job_id}"): lambda api: Call(
+        "GET", f"/api/bulk-actions/{make_job(api)}"
     ),
     ("GET", "/api/healthchecker"): lambda api: Call("GET", "/api/healthchecker"),
     ("GET", "/healthz"): lambda api: Call("GET", "/healthz"),
@@ -252,7 +276,7 @@ def test_auth_matrix(shared_secured: SecuredApi, route: tuple[str, str], credent
         assert response.json()["required_role"] == needed.value
         assert api.written() == before
         return
-    if credential == "other-tenant" and "{task_id}" in route[1]:
+    if credential == "other-tenant" and ("{task_id}" in route[1] or "{job_id}" in route[1]):
         task_id = call.url.split("/")[3]
         missing = api.client.request(
             call.method, call.url.replace(f"/{task_id}", "/999999999"), headers=headers
@@ -264,6 +288,9 @@ def test_auth_matrix(shared_secured: SecuredApi, route: tuple[str, str], credent
     assert 200 <= response.status_code < 300, response.text
     if credential == "other-tenant" and route == ("GET", "/api/tasks"):
         assert {t["tenant"] for t in response.json()["items"]} <= {"globex"}
+    if credential == "other-tenant" and route[1].startswith("/api/bulk-actions"):
+        assert response.json().get("tenant", "globex") == "globex"
+        return
     if credential == "other-tenant" and route[0] == "POST":
         created = response.json()
         tenants = (

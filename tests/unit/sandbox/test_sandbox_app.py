@@ -410,3 +410,29 @@ def test_the_config_routes_never_show_secrets_or_tokens(clock: FakeClock) -> Non
         body = answer.json()
         assert body["credentials"] == {"app-1": "********"}
         assert sorted(body["tokens"].values()) == ["acct-1", "acct-2"]
+
+
+def test_a_maintenance_window_answers_429_with_the_seconds_left(clock: FakeClock) -> None:
+    """From start_s for duration_s every /v1 call gets 429 + Retry-After (the seconds left,
+    rounded up); before and after, calls go through. A new window counts from its PUT."""
+    client = _client(
+        clock, limits=[{"name": "app", "limit": 10_000, "window_s": 1}], maintenance=[[5, 4]]
+    )
+
+    def create() -> Any:
+        return client.post("/v1/campaigns", json={"name": "c", "advertiser_id": "adv-1"})
+
+    assert create().status_code == 202
+    clock.advance(5.5)
+    refused = create()
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "4"
+    assert refused.json()["error"]["code"] == "MAINTENANCE"
+    clock.advance(3.0)
+    assert create().headers.get("retry-after") == "1"
+    clock.advance(1.0)
+    assert create().status_code == 202
+    assert client.put("/_sandbox/config", json={"maintenance": [[0, 2]]}).status_code == 200
+    assert create().status_code == 429
+    clock.advance(2.0)
+    assert create().status_code == 202

@@ -1,0 +1,520 @@
+"""The console's pages: overview (live), tasks (filters, keyset pages, bulk actions),
+task detail, bulk jobs, audit, and the live event stream.
+
+Every route here is a :class:`~sluice.api.console.routes.ConsoleRoute` (session, CSRF on
+POST, security headers). Who may see what follows the API's rules:
+
+- provider-wide views (limits, pauses, usage, the live stream, audit) need an operator or
+  admin key (or the open loopback mode); a viewer's or submitter's key sees its own
+  tenant's tasks and counts only;
+- bulk actions need a submitter key or above, and act within the key's tenant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import Request
+from fastapi.responses import RedirectResponse, Response, StreamingResponse
+
+from sluice import errors, masking
+from sluice.api.console import session as web
+from sluice.api.console.charts import sparkline
+from sluice.api.console.feed import LiveFeed, sse_message
+from sluice.api.console.routes import Viewer, _form_page, _page, _when, render_html, router
+from sluice.api.deps import ApiContext
+from sluice.clock import as_utc
+from sluice.controls import pause_end, pin_rate
+from sluice.domain import Actor, Phase, Role, Task, TaskStatus
+from sluice.store.bulkjobs import ACTIONS
+from sluice.store.filters import TaskFilter
+
+PAGE_SIZE = 50
+KEEPALIVE_S = 15.0
+STAFF = (Role.OPERATOR, Role.ADMIN)
+WRITERS = (Role.SUBMITTER, Role.OPERATOR, Role.ADMIN)
+FILTER_FIELDS = (
+    "status",
+    "phase",
+    "provider",
+    "kind",
+    "parent_id",
+    "error_text",
+    "created_from",
+    "created_to",
+)
+
+
+# -- who may see what ------------------------------------------------------------------
+
+
+def _viewer(request: Request) -> Viewer:
+    viewer: Viewer = request.state.viewer
+    return viewer
+
+
+def provider_wide(viewer: Viewer) -> bool:
+    """Operators, admins and the open loopback mode see every provider and tenant."""
+    return viewer.open_mode or (viewer.key is not None and viewer.key.role in STAFF)
+
+
+def may_act(viewer: Viewer) -> bool:
+    return viewer.open_mode or (viewer.key is not None and viewer.key.role in WRITERS)
+
+
+def tenant_of(viewer: Viewer) -> str | None:
+    """The tenant a viewer's queries are limited to (None: every tenant)."""
+    return None if viewer.key is None else viewer.key.tenant
+
+
+def _context(request: Request) -> ApiContext | None:
+    return getattr(request.app.state, "context", None)
+
+
+def _render(request: Request, template: str, status_code: int = 200, **values: Any) -> Response:
+    viewer = _viewer(request)
+    return _form_page(
+        request,
+        viewer,
+        template,
+        status_code,
+        who=viewer,
+        key=viewer.key,
+        staff=provider_wide(viewer),
+        may_act=may_act(viewer),
+        logout=request.url_for("console_logout").path,
+        when=_when,
+        **values,
+    )
+
+
+def _refuse(request: Request, message: str, status_code: int = 403) -> Response:
+    return web.secured(_page("refused.html", status_code, message=message))
+
+
+# -- overview ------------------------------------------------------------------------------
+
+
+def overview_values(data: dict[str, Any]) -> dict[str, Any]:
+    """The overview's data with what the templates draw: bars and hour charts."""
+    for provider in data["providers"]:
+        for key in provider.get("keys", []):
+            key["chart"] = sparkline(key.get("history") or [])
+        provider["queue_total"] = sum(row["count"] for row in provider.get("queue", []))
+    return data
+
+
+def _feed(request: Request) -> LiveFeed:
+    feed: LiveFeed | None = getattr(request.app.state, "feed", None)
+    if feed is None:
+        app = request.app
+
+        def render() -> str:
+            context: ApiContext = app.state.context
+            assert context.overview is not None
+            return render_html("_live.html", providers=context.overview.live())
+
+        feed = LiveFeed(render)
+        request.app.state.feed = feed
+    return feed
+
+
+@router.get("", name="console_home")
+def home(request: Request) -> Response:
+    """The overview: every provider and limit key, live (operators), or the tenant's queue."""
+    viewer = _viewer(request)
+    context = _context(request)
+    data: dict[str, Any] | None = None
+    live = ""
+    if context is not None and context.overview is not None:
+        staff = provider_wide(viewer)
+        data = overview_values(context.overview.overview(tenant_of(viewer), provider_wide=staff))
+        if staff:  # the live part from the same figures (one read of pauses and usage)
+            configured = [p for p in data["providers"] if p.get("configured")]
+            live = render_html("_live.html", providers=configured)
+    targets = _control_targets(context) if context is not None else {}
+    return _render(request, "overview.html", data=data, live=live, nav="overview", targets=targets)
+
+
+@router.get("/overview/history", name="console_overview_history")
+def overview_history(request: Request) -> Response:
+    """The slow part of the overview (hour charts, queue), refreshed by the page every 10 s."""
+    viewer = _viewer(request)
+    context = _context(request)
+    if context is None or context.overview is None:
+        return _refuse(request, "the overview is not available here", 404)
+    data = overview_values(
+        context.overview.overview(tenant_of(viewer), provider_wide=provider_wide(viewer))
+    )
+    return _render(request, "_history.html", data=data)
+
+
+@router.get("/events", name="console_events")
+async def events(request: Request) -> Response:
+    """Server-Sent Events: the overview's live part whenever it changes (operators)."""
+    viewer = _viewer(request)
+    if not provider_wide(viewer):
+        return _refuse(request, "the live overview needs an operator or admin key")
+    feed = _feed(request)
+    subscriber = feed.subscribe()
+
+    async def stream() -> AsyncIterator[str]:
+        try:
+            yield "retry: 1000\n\n"
+            while True:
+                try:
+                    html = await asyncio.wait_for(subscriber.queue.get(), KEEPALIVE_S)
+                except TimeoutError:
+                    yield ": keepalive\n\n"
+                    continue
+                yield sse_message("live", html)
+        finally:
+            feed.unsubscribe(subscriber)
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"X-Accel-Buffering": "no"},
+    )
+
+
+# -- tasks -----------------------------------------------------------------------------------
+
+
+def parse_filter(params: Any) -> tuple[TaskFilter, dict[str, str], list[str]]:
+    """The filter from a query string or form; what was typed (to show back); problems."""
+    given = {name: str(params.get(name) or "").strip() for name in FILTER_FIELDS}
+    problems: list[str] = []
+
+    def choice(name: str, kind: Any) -> Any:
+        if not given[name]:
+            return None
+        try:
+            return kind(given[name])
+        except ValueError:
+            problems.append(f"{name}: unknown value {given[name]!r}")
+            return None
+
+    def when(name: str) -> datetime | None:
+        if not given[name]:
+            return None
+        try:
+            return as_utc(datetime.fromisoformat(given[name]))
+        except ValueError:
+            problems.append(f"{name}: not a date and time: {given[name]!r}")
+            return None
+
+    parent: int | None = None
+    if given["parent_id"]:
+        if given["parent_id"].isdigit() and 0 < int(given["parent_id"]) <= 2**53:
+            parent = int(given["parent_id"])
+        else:
+            problems.append(f"parent: not a task id: {given['parent_id']!r}")
+    task_filter = TaskFilter(
+        status=choice("status", TaskStatus),
+        phase=choice("phase", Phase),
+        provider=given["provider"][:64] or None,
+        kind=given["kind"][:64] or None,
+        parent_id=parent,
+        error_text=given["error_text"][:200] or None,
+        created_from=when("created_from"),
+        created_to=when("created_to"),
+    )
+    return task_filter, given, problems
+
+
+def _query(given: dict[str, str], **more: Any) -> str:
+    pairs = {k: v for k, v in given.items() if v}
+    pairs.update({k: v for k, v in more.items() if v is not None})
+    return urlencode(pairs)
+
+
+def _tasks_page(request: Request, params: Any, **extra: Any) -> Response:
+    viewer = _viewer(request)
+    context = _context(request)
+    if context is None:
+        return _refuse(request, "the task list is not available here", 404)
+    task_filter, given, problems = parse_filter(params)
+    after = str(params.get("after") or "")
+    after_id = int(after) if after.isdigit() else 0
+    items: list[Task] = []
+    more = False
+    if not problems:
+        items, more = context.repo.find(
+            task_filter, tenant=tenant_of(viewer), after_id=after_id, limit=PAGE_SIZE
+        )
+    jobs = context.bulk.recent(5, tenant_of(viewer)) if context.bulk is not None else []
+    return _render(
+        request,
+        "tasks.html",
+        status_code=422 if problems else 200,
+        nav="tasks",
+        items=items,
+        given=given,
+        problems=problems,
+        statuses=[s.value for s in TaskStatus],
+        phases=[p.value for p in Phase],
+        providers=sorted(context.catalog.providers),
+        next_query=_query(given, after=items[-1].id) if more and items else None,
+        first_query=_query(given) if after_id else None,
+        filter_query=_query(given),
+        jobs=jobs,
+        actions=ACTIONS,
+        **extra,
+    )
+
+
+@router.get("/tasks", name="console_tasks")
+def task_list(request: Request) -> Response:
+    """Tasks matching the filters, 50 a page in id order (``after`` = the last id shown)."""
+    return _tasks_page(request, request.query_params)
+
+
+@router.post("/tasks/preview", name="console_bulk_preview")
+async def bulk_preview(request: Request) -> Response:
+    """Count what a bulk retry or cancel of the filter would change, and ask to confirm."""
+    viewer = _viewer(request)
+    form = await request.form()
+    if not may_act(viewer):
+        return _refuse(request, "bulk actions need a submitter, operator or admin key")
+    context = _context(request)
+    action = str(form.get("action") or "")
+    if context is None or context.bulk is None or action not in ACTIONS:
+        return _refuse(request, f"unknown bulk action {action!r}; use retry or cancel", 422)
+    task_filter, _given, problems = parse_filter(form)
+    if problems:
+        return _tasks_page(request, form)
+    preview = context.bulk.preview(action, task_filter, tenant_of(viewer))
+    return _tasks_page(request, form, preview=preview)
+
+
+@router.post("/tasks/bulk", name="console_bulk_start")
+async def bulk_start(request: Request) -> Response:
+    """Start the confirmed bulk action on the previewed tasks (ids up to the preview's)."""
+    viewer = _viewer(request)
+    form = await request.form()
+    if not may_act(viewer):
+        return _refuse(request, "bulk actions need a submitter, operator or admin key")
+    context = _context(request)
+    action = str(form.get("action") or "")
+    max_id_text = str(form.get("max_id") or "")
+    if (
+        context is None
+        or context.bulk is None
+        or action not in ACTIONS
+        or not max_id_text.isdigit()
+    ):
+        return _refuse(request, "the confirmation was incomplete; nothing was changed", 422)
+    task_filter, _given, problems = parse_filter(form)
+    if problems:
+        return _tasks_page(request, form)
+    tenant = tenant_of(viewer)
+    preview = context.bulk.preview(action, task_filter, tenant, upto=int(max_id_text))
+    job = context.bulk.start(action, task_filter, tenant, preview, _actor(viewer))
+    if context.bulk_runner is not None:
+        context.bulk_runner.wake()
+    target = request.url_for("console_job", job_id=str(job.id)).path
+    return RedirectResponse(target, status_code=303)
+
+
+def _actor(viewer: Viewer) -> Actor:
+    if viewer.key is not None:
+        return Actor.of_key(viewer.key)
+    return Actor("loopback")
+
+
+@router.get("/jobs/{job_id}", name="console_job")
+def job_page(request: Request, job_id: int) -> Response:
+    """A bulk job's progress (the page refreshes itself until the job is done)."""
+    viewer = _viewer(request)
+    context = _context(request)
+    if context is None or context.bulk is None:
+        return _refuse(request, "bulk jobs are not available here", 404)
+    try:
+        job = context.bulk.get(job_id, tenant_of(viewer))
+    except errors.BulkJobNotFound as exc:
+        return _refuse(request, str(exc), 404)
+    return _render(
+        request,
+        "job.html",
+        nav="tasks",
+        job=job,
+        filter_json=json.dumps(job.filter.to_json()),
+        filter_query=_query({k: str(v) for k, v in job.filter.to_json().items()}),
+    )
+
+
+@router.get("/tasks/{task_id}", name="console_task")
+def task_page(request: Request, task_id: int) -> Response:
+    """One task: masked payload, external id, parents and children, events, explanation."""
+    viewer = _viewer(request)
+    context = _context(request)
+    if context is None:
+        return _refuse(request, "tasks are not available here", 404)
+    tenant = tenant_of(viewer)
+    try:
+        task = context.repo.get(task_id, tenant=tenant)
+        history = context.repo.events(task_id, tenant=tenant)
+    except errors.TaskNotFound as exc:
+        return _refuse(request, str(exc), 404)
+    ancestors: list[Task] = []
+    parent_id = task.parent_id
+    while parent_id is not None and len(ancestors) < 20:
+        parent = context.repo.get(parent_id)
+        ancestors.insert(0, parent)
+        parent_id = parent.parent_id
+    tree = _children_tree(context, task.id, depth=3)
+    payload = masking.scrub(context.catalog.shown_payload(task.provider, task.payload))
+    explanation = _explain(request, context, task)
+    return _render(
+        request,
+        "task.html",
+        nav="tasks",
+        task=task,
+        payload=json.dumps(payload, indent=2, sort_keys=True, default=str),
+        ancestors=ancestors,
+        tree=tree,
+        events=history,
+        explanation=explanation,
+    )
+
+
+def _children_tree(context: ApiContext, task_id: int, depth: int) -> list[dict[str, Any]]:
+    if depth == 0:
+        return []
+    return [
+        {"task": child, "children": _children_tree(context, child.id, depth - 1)}
+        for child in context.repo.children(task_id, limit=100)
+    ]
+
+
+def _explain(request: Request, context: ApiContext, task: Task) -> dict[str, Any] | None:
+    """Why the task is where it is (:mod:`sluice.explain`), as label -> text for the page."""
+    try:
+        explained = context.explainer.explain(task.id, tenant=tenant_of(_viewer(request)))
+    except errors.TaskNotFound:
+        return None
+    details: dict[str, str] = {"state": explained.state}
+    for name in ("parent", "pause", "slot", "in_flight", "backoff", "lookup", "poll", "final"):
+        part = getattr(explained, name)
+        if part is not None:
+            details[name.replace("_", " ")] = ", ".join(
+                f"{field.replace('_', ' ')} {_shown(value)}"
+                for field, value in vars(part).items()
+                if value is not None and value != ""
+            )
+    return {
+        "summary": explained.summary,
+        "details": details,
+        "rates": [
+            {
+                "key": r.key,
+                "configured": r.configured,
+                "in_force": r.in_force,
+                "source": r.source,
+                "reason": r.reason,
+            }
+            for r in explained.rates
+        ],
+    }
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, datetime):
+        return _when(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(getattr(value, "value", value))
+
+
+# -- controls ------------------------------------------------------------------------------
+
+
+def _control_targets(context: ApiContext) -> dict[str, list[str]]:
+    """What can be paused (providers and their configured keys) and pinned (keys)."""
+    pausable: list[str] = []
+    pinnable: list[str] = []
+    for name, provider in sorted(context.controls.providers.items()):
+        pausable.append(name)
+        keys = sorted(
+            {spec.key for access in ("write", "read") for spec in provider.limits_for(access, None)}
+        )
+        pausable += [k for k in keys if k != name]
+        pinnable += keys
+    return {"pausable": pausable, "pinnable": pinnable}
+
+
+@router.post("/controls", name="console_control")
+async def control(request: Request) -> Response:
+    """Pause, resume, pin or unpin from the overview (operators and admins); audited."""
+    viewer = _viewer(request)
+    form = await request.form()
+    if not provider_wide(viewer):
+        return _refuse(request, "controls need an operator or admin key")
+    context = _context(request)
+    if context is None:
+        return _refuse(request, "controls are not available here", 404)
+    action = str(form.get("action") or "")
+    target = str(form.get("target") or "").strip()
+    reason = str(form.get("reason") or "")
+    controls = context.controls
+    actor = _actor(viewer)
+    try:
+        if action == "pause":
+            duration = str(form.get("duration") or "").strip() or None
+            end = pause_end(controls.clock.now(), duration=duration)
+            controls.pause(target, reason=reason, until=end, actor=actor)
+        elif action == "resume":
+            controls.resume(target, actor=actor)
+        elif action == "pin":
+            rate = pin_rate(str(form.get("rate") or "").strip())
+            controls.pin(target, rate, reason=reason, actor=actor)
+        elif action == "unpin":
+            controls.unpin(target, actor=actor)
+        else:
+            return _refuse(request, f"unknown control {action!r}", 422)
+    except errors.UnknownLimit as exc:
+        return _refuse(request, str(exc), 404)
+    except errors.InvalidControl as exc:
+        return _refuse(request, str(exc), 422)
+    return RedirectResponse(request.url_for("console_home").path, status_code=303)
+
+
+# -- audit -------------------------------------------------------------------------------------
+
+
+@router.get("/audit", name="console_audit")
+def audit_page(request: Request) -> Response:
+    """Audited actions, newest first (operators and admins)."""
+    viewer = _viewer(request)
+    if not provider_wide(viewer):
+        return _refuse(request, "the audit trail needs an operator or admin key")
+    context = _context(request)
+    if context is None:
+        return _refuse(request, "the audit trail is not available here", 404)
+    action = str(request.query_params.get("action") or "").strip()[:64] or None
+    cursor = request.query_params.get("cursor") or None
+    try:
+        page = context.audit.list(action=action, cursor=cursor, limit=PAGE_SIZE)
+    except errors.InvalidTask as exc:
+        return _refuse(request, str(exc), 422)
+    return _render(
+        request,
+        "audit.html",
+        nav="audit",
+        records=page.items,
+        action=action or "",
+        next_cursor=page.next_cursor,
+    )
+
+
+@router.get("/account", name="console_account")
+def account(request: Request) -> Response:
+    """Who is signed in: key, role, tenant, until when; and the sign-out button."""
+    viewer = _viewer(request)
+    return _render(request, "home.html", nav="account", session=viewer.session)

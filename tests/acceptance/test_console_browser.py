@@ -1,0 +1,306 @@
+"""The console in a real browser: Debian's Chromium headless, driven by Debian's chromedriver.
+
+``sluice up --sandbox`` runs as its own process (API + embedded engine + sandbox DSP,
+SQLite) with two providers on the sandbox. The tests check what the issue asks of the
+console: the overview shows each provider; a 429 with Retry-After from the sandbox (a
+maintenance window) turns its key's pause on in the open page within a second, without a
+reload, and off again when it ends; a filter plus bulk retry changes exactly the matching
+tasks; the task page shows why the task is where it is.
+
+Skipped without chromium and chromedriver (``apt-get install chromium chromium-driver``,
+which ``.ci/run`` does), failing instead under ``SLUICE_REQUIRE_SERVICES=1``. The driver is
+never downloaded: selenium gets Debian's paths and selenium-manager is kept offline.
+Screenshots go to ``$CONSOLE_SCREENSHOT_DIR`` (relative to the repository: ``docs/img``
+for the README) or the test's temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from harness.cluster import free_port, wait_until, write_toml
+from sluice.domain import Submission, TaskStatus
+from sluice.store import db
+from sluice.store.repository import TaskRepository
+from sluice.store.rows import change_status, events
+
+pytestmark = pytest.mark.timeout(240)
+
+ROOT = Path(__file__).resolve().parents[2]
+SLUICE = str(ROOT / ".venv" / "bin" / "sluice")
+
+
+def _require_browser() -> tuple[str, str]:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if chromium and driver:
+        return chromium, driver
+    message = "needs chromium and chromium-driver (apt-get install chromium chromium-driver)"
+    if os.environ.get("SLUICE_REQUIRE_SERVICES") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@dataclass
+class Server:
+    url: str
+    sandbox: str
+    database_url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def repo(self) -> TaskRepository:
+        return TaskRepository(db.make_engine(self.database_url))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    folder = tmp_path_factory.mktemp("console")
+    sandbox_port, api_port = free_port(), free_port()
+    sandbox = f"http://127.0.0.1:{sandbox_port}"
+    write_toml(
+        folder / "sluice.toml",
+        {
+            "sandbox": {"port": sandbox_port, "profile": "demo"},
+            "sandbox.faults": {
+                "error_5xx": 0.0,
+                "unavailable_503": 0.0,
+                "reset": 0.0,
+                "commit_then_timeout": 0.0,
+            },
+            "providers.sandbox": {
+                "preset": "sandbox-demo",
+                "base_url": sandbox,
+                "rate_limit": "20/s",
+            },
+            "providers.acme": {"preset": "sandbox-demo", "base_url": sandbox, "rate_limit": "5/s"},
+        },
+    )
+    database_url = f"sqlite:///{folder / 'sluice.db'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+    env.update(
+        SLUICE_CONFIG=str(folder / "sluice.toml"),
+        SLUICE_DATABASE_URL=database_url,
+        PYTHONUNBUFFERED="1",
+    )
+    log = folder / "up.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [SLUICE, "up", "--sandbox", "--port", str(api_port)],
+            cwd=folder,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{api_port}"
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"sluice up exited:\n{log.read_text()[-3000:]}")
+        with suppress(httpx.TransportError):
+            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+        return False
+
+    try:
+        wait_until(up, 60, "sluice up")
+        yield Server(url, sandbox, database_url, proc, log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    chromium, driver_path = _require_browser()
+    os.environ["SE_OFFLINE"] = "true"  # selenium-manager must never download anything
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,1000",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = os.environ.get("CONSOLE_SCREENSHOT_DIR")  # SLUICE_* is cleared for tests
+    path = ROOT / folder if folder else tmp_path_factory.mktemp("screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _by_css(browser: Any, css: str) -> list[Any]:
+    from selenium.webdriver.common.by import By
+
+    return list(browser.find_elements(By.CSS_SELECTOR, css))
+
+
+def _wait(predicate: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with suppress(Exception):
+            if predicate():
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def _paused(browser: Any, provider: str) -> str | None:
+    cards = _by_css(browser, f'#live article[data-provider="{provider}"]')
+    return cards[0].get_attribute("data-paused") if cards else None
+
+
+def test_the_overview_shows_each_provider(server: Server, browser: Any, shots: Path) -> None:
+    api = httpx.Client(base_url=server.url, timeout=30)
+    batch = [{"kind": "campaign", "payload": {"name": f"c{i}"}} for i in range(120)]
+    assert api.post("/api/tasks/bulk", json={"tasks": batch}).status_code == 201
+    browser.get(f"{server.url}/ui")
+    for provider in ("sandbox", "acme"):
+        assert _by_css(browser, f'#live article[data-provider="{provider}"]'), provider
+    _wait(
+        lambda: (
+            int(_by_css(browser, '#live tr[data-key="sandbox"] td.num')[0].text.split("/")[0]) > 0
+        ),
+        20,
+        "the sandbox key's usage to show",
+    )
+    browser.save_screenshot(str(shots / "console-overview.png"))
+
+
+def test_a_429_pauses_the_key_live_and_the_pause_ends(
+    server: Server, browser: Any, shots: Path
+) -> None:
+    api = httpx.Client(base_url=server.url, timeout=30)
+    browser.get(f"{server.url}/ui")
+    _wait(
+        lambda: browser.find_element("id", "live").get_attribute("data-connected") == "true",
+        10,
+        "the event stream",
+    )
+    assert _paused(browser, "sandbox") == "false"
+    before = httpx.get(f"{server.sandbox}/_sandbox/arrivals").json()["recorded"]
+    batch = [{"kind": "campaign", "payload": {"name": f"m{i}"}} for i in range(200)]
+    assert api.post("/api/tasks/bulk", json={"tasks": batch}).status_code == 201
+    window = {"maintenance": [[0, 3]]}
+    assert httpx.put(f"{server.sandbox}/_sandbox/config", json=window).status_code == 200
+    first_429: float | None = None
+    while first_429 is None:
+        for _seq, at, _route, status, _outcome in httpx.get(
+            f"{server.sandbox}/_sandbox/arrivals", params={"after": before}
+        ).json()["arrivals"]:
+            if status == 429:
+                first_429 = at
+                break
+        else:
+            time.sleep(0.02)
+    # Shown within 1 s of the sandbox's 429, by the open page (no reload).
+    _wait(
+        lambda: _paused(browser, "sandbox") == "true",
+        max(0.05, first_429 + 1.0 - time.time()),
+        "the pause to show within 1 s of the 429",
+    )
+    assert "MAINTENANCE" in browser.find_element("id", "live").text or "429" in (
+        browser.find_element("id", "live").text
+    )
+    browser.save_screenshot(str(shots / "console-paused.png"))
+    _wait(lambda: _paused(browser, "sandbox") == "false", 10, "the pause to end")
+    ended = httpx.put(f"{server.sandbox}/_sandbox/config", json={"maintenance": []})
+    assert ended.status_code == 200
+
+
+def _failed_tasks(server: Server, n: int, error: str) -> list[int]:
+    """``n`` tasks of acme that failed validation, written in one transaction (so the
+    running engine never sees them before they are Error)."""
+    repo = server.repo()
+    specs = [Submission("acme", "campaign", {"name": error}) for _ in range(n)]
+    with repo.engine.begin() as conn:
+        ids = repo._insert_batch(conn, specs, repo.clock.now())
+        for task_id in ids:
+            task = repo._get(conn, task_id, None)
+            assert change_status(
+                conn,
+                task,
+                TaskStatus.ERROR,
+                now=repo.clock.now(),
+                event="test",
+                phase="done",
+                validation_error=error,
+                next_attempt_at=None,
+            )
+    repo.engine.dispose()
+    return ids
+
+
+def _retried(server: Server, ids: list[int]) -> dict[int, int]:
+    repo = server.repo()
+    with repo.engine.connect() as conn:
+        rows = conn.execute(
+            select(events.c.task_id, func.count())
+            .where(events.c.event == "retried", events.c.task_id.in_(ids))
+            .group_by(events.c.task_id)
+        ).all()
+    repo.engine.dispose()
+    return {task_id: int(n) for task_id, n in rows}
+
+
+def test_a_filter_and_bulk_retry_change_exactly_the_matching_tasks(
+    server: Server, browser: Any, shots: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    matching = _failed_tasks(server, 7, "Invalid budget: -5")
+    others = _failed_tasks(server, 4, "Invalid name: empty")
+    browser.get(f"{server.url}/ui/tasks?status=Error&error_text=invalid+budget")
+    rows = _by_css(browser, "#results tr[data-task]")
+    assert {int(r.get_attribute("data-task")) for r in rows} == set(matching)
+    browser.save_screenshot(str(shots / "console-tasks.png"))
+    browser.find_element(By.ID, "bulk-retry").click()
+    _wait(lambda: _by_css(browser, "#preview-count"), 10, "the preview")
+    assert browser.find_element(By.ID, "preview-count").get_attribute("data-count") == "7"
+    browser.find_element(By.ID, "confirm-bulk").click()
+    _wait(lambda: browser.find_element(By.ID, "job-state").text == "done", 30, "the job to finish")
+    assert browser.find_element(By.ID, "job-changed").text == "7"
+    retried = _retried(server, matching + others)
+    assert retried == dict.fromkeys(matching, 1)
+
+
+def test_the_task_page_shows_the_explanation(server: Server, browser: Any, shots: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    (task_id,) = _failed_tasks(server, 1, "Invalid IP range: 10.0.0.999")
+    browser.get(f"{server.url}/ui/tasks/{task_id}")
+    section = browser.find_element(By.ID, "explanation")
+    assert "Why is it here?" in section.text
+    summary = browser.find_element(By.ID, "explain-summary").text
+    assert summary.startswith("final")
+    assert "Invalid IP range: 10.0.0.999" in summary
+    browser.save_screenshot(str(shots / "console-task.png"))
