@@ -1,7 +1,7 @@
 """The console: usage counters per limit key, bulk jobs, task list indexes.
 
-Revision ID: 0007
-Revises: 0005
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-12-02
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 from sluice.store.tables import BigId, Payload, UTCDateTime
 
-revision = "0007"
-# Follows main's head (0010, fair shares); relinked at merge if others land first.
+revision = "0011"
+# The last revision of this session: pins 0006, scale 0007_scale, learned 0008, quotas 0009, fair 0010.
 down_revision = "0010"
 branch_labels = None
 depends_on = None
