@@ -13,7 +13,7 @@ from alembic import op
 from sluice.store.tables import BigId, Payload, UTCDateTime
 
 revision = "0011"
-# The last revision of this session: pins 0006, scale 0007_scale, learned 0008, quotas 0009, fair 0010.
+# Chain: 0006 pins, 0007_scale, 0008 learned rates, 0009 quotas, 0010 fair shares, 0011.
 down_revision = "0010"
 branch_labels = None
 depends_on = None
