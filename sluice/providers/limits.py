@@ -30,7 +30,7 @@ Token requests (``[auth]``) draw on limits of their own::
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -193,18 +193,10 @@ class LimitRules:
 
         With ``operation`` (and the ``kinds`` of its tasks) each limit charges its cost.
         """
-        specs: list[LimitSpec] = []
-        for rule in self._rules:
-            if not rule.applies(access):
-                continue
-            value: str | None = None
-            if rule.per is not None:
-                value = scalar_at(payload or {}, rule.per)
-                if value is None:
-                    continue
-            key = rule.key(self._provider, value)
-            specs.append(LimitSpec(key, rule.rate, rule.cost(operation, kinds), rule.burst))
-        return specs
+        return [
+            LimitSpec(key, rule.rate, rule.cost(operation, kinds), rule.burst)
+            for rule, key in self._keyed(self._rules, access, payload)
+        ]
 
     def quotas_for(
         self,
@@ -213,18 +205,26 @@ class LimitRules:
         kinds: Sequence[str | None] = (),
     ) -> list[QuotaSpec]:
         """Every quota one request of ``operation`` draws on, with its cost."""
-        specs: list[QuotaSpec] = []
-        for rule in self._quota_rules:
-            if not rule.applies(operation.access) or rule.quota is None:
+        return [
+            QuotaSpec(key, rule.quota, rule.cost(operation, kinds))
+            for rule, key in self._keyed(self._quota_rules, operation.access, payload)
+            if rule.quota is not None
+        ]
+
+    def _keyed(
+        self, rules: Sequence[_Rule], access: Access, payload: Mapping[str, Any] | None
+    ) -> Iterator[tuple[_Rule, str]]:
+        """Each rule that applies to ``access`` with its key; a rule ``per`` a path the payload
+        lacks is left out."""
+        for rule in rules:
+            if not rule.applies(access):
                 continue
             value: str | None = None
             if rule.per is not None:
                 value = scalar_at(payload or {}, rule.per)
                 if value is None:
                     continue
-            key = rule.key(self._provider, value)
-            specs.append(QuotaSpec(key, rule.quota, rule.cost(operation, kinds)))
-        return specs
+            yield rule, rule.key(self._provider, value)
 
     def quotas(self) -> list[tuple[str, Quota, str, str | None]]:
         """Every configured quota: its key (``per`` values as ``*``), quota, scope, per."""

@@ -137,18 +137,22 @@ class QuotaStore:
 
     def _ensure_row(self, window: Window, now: datetime) -> None:
         with self.engine.begin() as conn:
-            conn.execute(
-                self._insert(usage)
-                .values(
-                    key=window.key,
-                    window_start=window.start,
-                    window_end=window.end,
-                    used=0,
-                    limit=window.limit,
-                    updated_at=now,
-                )
-                .on_conflict_do_nothing()
+            self._add_row(conn, window, now)
+
+    def _add_row(self, conn: Connection, window: Window, now: datetime) -> None:
+        """The window's row with nothing used, unless it is there already."""
+        conn.execute(
+            self._insert(usage)
+            .values(
+                key=window.key,
+                window_start=window.start,
+                window_end=window.end,
+                used=0,
+                limit=window.limit,
+                updated_at=now,
             )
+            .on_conflict_do_nothing()
+        )
 
     def _used(self, conn: Connection, window: Window) -> int:
         since = window.counted_since or window.start
@@ -172,18 +176,7 @@ class QuotaStore:
             taken = max(0, min(want, left))
             if taken == 0:
                 return 0
-            conn.execute(
-                self._insert(usage)
-                .values(
-                    key=window.key,
-                    window_start=window.start,
-                    window_end=window.end,
-                    used=0,
-                    limit=window.limit,
-                    updated_at=now,
-                )
-                .on_conflict_do_nothing()
-            )
+            self._add_row(conn, window, now)
             conn.execute(
                 update(usage)
                 .where(usage.c.key == window.key, usage.c.window_start == window.start)

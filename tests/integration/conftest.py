@@ -10,12 +10,27 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import Engine
 
 from sluice.drivers.embedded import EmbeddedDriver, build_embedded_driver
 from sluice.runtime import Runtime, build_runtime
 from sluice.sandbox.config import SandboxConfig
 from sluice.sandbox.server import SandboxServer
 from sluice.settings import load_settings
+from sluice.store import db
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A database of each backend with the current schema (a test module may define its own)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'migrated.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    made = db.make_engine(url)
+    db.ensure_schema(made)
+    yield made
+    made.dispose()
 
 
 @contextmanager

@@ -10,9 +10,7 @@ exactly once: one ``retried`` or ``cancelled`` event each.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -30,7 +28,6 @@ from sluice import errors
 from sluice.clock import FakeClock
 from sluice.domain import FINAL_STATUSES, LOCAL_ACTOR, Submission, Task, TaskStatus
 from sluice.engine.bulkjobs import LEASE_S
-from sluice.store import db
 from sluice.store.audit import audit
 from sluice.store.bulkjobs import DONE, BulkJobs, bulk_jobs
 from sluice.store.filters import TaskFilter
@@ -220,18 +217,6 @@ def make_machine(engine: Engine) -> type[RuleBasedStateMachine]:
                 assert set(counts) == self.expected
 
     return BulkJobMachine
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'bulk.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    engine = db.make_engine(url)
-    db.ensure_schema(engine)
-    yield engine
-    engine.dispose()
 
 
 def test_bulk_jobs_survive_crashes_and_change_each_match_once(engine: Engine) -> None:

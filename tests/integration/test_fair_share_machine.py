@@ -17,9 +17,7 @@ Weights are powers of two so that the model's arithmetic is exactly the store's.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar
 
 import pytest
@@ -36,7 +34,6 @@ from sqlalchemy import Engine, delete, select, update
 
 from sluice.clock import FakeClock
 from sluice.domain import DueTask, Phase, Submission, TaskStatus
-from sluice.store import db
 from sluice.store.fairshare import CLOCK_KEY, fair_shares
 from sluice.store.queue import WorkQueue
 from sluice.store.repository import TaskRepository
@@ -239,18 +236,6 @@ class FairShare(RuleBasedStateMachine):
                 )
             }
         assert claimed == {i for i, t in self.tasks.items() if t.state == "held"}
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'fair.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    engine = db.make_engine(url)
-    db.ensure_schema(engine)
-    yield engine
-    engine.dispose()
 
 
 def test_fair_share_claims_match_the_model(engine: Engine) -> None:

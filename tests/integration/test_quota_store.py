@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,18 +19,6 @@ from sluice.store import db
 from sluice.store.quotas import QuotaStore, Window
 
 START = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'quota.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    made = db.make_engine(url)
-    db.ensure_schema(made)
-    yield made
-    made.dispose()
 
 
 @settings(

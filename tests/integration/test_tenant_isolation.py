@@ -5,11 +5,8 @@ own tasks, another tenant's task always answers like a missing one, and an admin
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from fastapi.testclient import TestClient
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -26,26 +23,12 @@ from sluice import apikeys
 from sluice.api.app import create_app
 from sluice.catalog import Catalog, ProviderInfo
 from sluice.settings import Settings
-from sluice.store import db
 from sluice.store.keys import KeyStore
 from sluice.store.repository import TaskRepository
 
 CATALOG = Catalog({"sandbox": ProviderInfo(frozenset({"campaign"}), True)}, "sandbox")
 TENANTS = ("acme", "globex", "initech")
 MISSING = 10**12
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    """A migrated database of each backend."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'tenants.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    engine = db.make_engine(url)
-    db.ensure_schema(engine)
-    yield engine
-    engine.dispose()
 
 
 def test_tenants_never_see_each_other(engine: Engine) -> None:

@@ -21,6 +21,7 @@ from urllib.parse import urlencode
 
 from fastapi import Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
+from starlette.datastructures import FormData
 
 from sluice import errors, masking
 from sluice.api.console import session as web
@@ -275,13 +276,22 @@ def task_list(request: Request) -> Response:
     return _tasks_page(request, request.query_params)
 
 
-@router.post("/tasks/preview", name="console_bulk_preview")
-async def bulk_preview(request: Request) -> Response:
-    """Count what a bulk retry or cancel of the filter would change, and ask to confirm."""
+async def _bulk_form(request: Request) -> tuple[Viewer, FormData] | Response:
+    """The viewer and the form of a bulk action, or the refusal if the viewer may not act."""
     viewer = _viewer(request)
     form = await request.form()
     if not may_act(viewer):
         return _refuse(request, "bulk actions need a submitter, operator or admin key")
+    return viewer, form
+
+
+@router.post("/tasks/preview", name="console_bulk_preview")
+async def bulk_preview(request: Request) -> Response:
+    """Count what a bulk retry or cancel of the filter would change, and ask to confirm."""
+    posted = await _bulk_form(request)
+    if isinstance(posted, Response):
+        return posted
+    viewer, form = posted
     context = _context(request)
     action = str(form.get("action") or "")
     if context is None or context.bulk is None or action not in ACTIONS:
@@ -296,10 +306,10 @@ async def bulk_preview(request: Request) -> Response:
 @router.post("/tasks/bulk", name="console_bulk_start")
 async def bulk_start(request: Request) -> Response:
     """Start the confirmed bulk action on the previewed tasks (ids up to the preview's)."""
-    viewer = _viewer(request)
-    form = await request.form()
-    if not may_act(viewer):
-        return _refuse(request, "bulk actions need a submitter, operator or admin key")
+    posted = await _bulk_form(request)
+    if isinstance(posted, Response):
+        return posted
+    viewer, form = posted
     context = _context(request)
     action = str(form.get("action") or "")
     max_id_text = str(form.get("max_id") or "")
