@@ -12,6 +12,7 @@ One root, a subtree per seam::
     ├── StoreError
     │   ├── StoreUnavailable        the database cannot be reached (down, restarting, refused)
     │   ├── TaskNotFound
+    │   ├── BulkJobNotFound         no bulk job with that id (for this tenant)
     │   ├── TaskConflict            id or idempotency key already used
     │   ├── IllegalTransition       e.g. Completed -> Not Started
     │   └── InvalidTask             a submission, file or cursor the store cannot serve
@@ -35,7 +36,8 @@ One root, a subtree per seam::
     │   ├── GrantExpired            a grant not used within its send window: nothing was
     │   │                           sent, ask again (ratelimit/sendgate.py)
     │   └── GrantSpent              a second request under one grant (a bug): refused
-    └── BodyTooLarge                api/limits.py: a request body over the limit (answered 413)
+    ├── BodyTooLarge                api/limits.py: a request body over the limit (answered 413)
+    └── TooManyItems                api/limits.py: a bulk batch over the item limit (answered 413)
 
 Third-party exceptions are translated where they enter (``raise ProviderTimeout(...) from exc``).
 The sandbox stands for a third party and keeps its own tree (``sluice/sandbox/errors.py``).

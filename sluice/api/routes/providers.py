@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, status
+from fastapi import APIRouter, Depends, Path
 
+from sluice import errors
 from sluice.api.auth import OPERATOR, GuardedRoute, Principal
 from sluice.api.deps import Context
 from sluice.api.schemas import ShareOut, SharesOut
@@ -23,10 +24,7 @@ def provider_shares(name: ProviderName, context: Context, principal: Operator) -
     """
     info = context.catalog.providers.get(name)
     if info is None:
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND,
-            f"unknown provider {name!r}; known: {context.catalog.known()}",
-        )
+        raise errors.UnknownLimit(f"unknown provider {name!r}; known: {context.catalog.known()}")
     shares = context.repo.fair_shares(name, info.fairness_weights)
     return SharesOut(
         provider=name,

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
+from sluice import errors
 from sluice.api.auth import OPERATOR, GuardedRoute, Principal
 from sluice.engine.quotas import QuotaState, quota_states
 from sluice.providers.base import Provider
@@ -62,7 +63,7 @@ def provider_quotas(name: str, request: Request, principal: Operator) -> QuotasO
     view: QuotaView | None = getattr(request.app.state, "quotas", None)
     provider = view.providers.get(name) if view is not None else None
     if view is None or provider is None:
-        raise HTTPException(status_code=404, detail=f"unknown provider {name!r}")
+        raise errors.UnknownLimit(f"unknown provider {name!r}")
     now = request.app.state.context.repo.clock.now()
     states = quota_states(view.store, provider, now)
     return QuotasOut(provider=name, at=now, quotas=[QuotaOut.of(s) for s in states])
