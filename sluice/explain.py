@@ -37,7 +37,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sluice import errors
-from sluice.controls import Controls, InFlightState, PauseState, show_rate
+from sluice.controls import Controls, InFlightState, PauseState
 from sluice.domain import FINAL_STATUSES, Operation, Phase, Task, TaskStatus
 from sluice.engine.quotas import QuotaState, quota_state
 from sluice.engine.rates import per_second
@@ -343,8 +343,8 @@ class Explainer:
             shown.append(
                 RateInfo(
                     spec.key,
-                    show_rate(configured),
-                    show_rate(rate),
+                    str(configured),
+                    str(rate),
                     per_second(force.rate),
                     force.source,
                     force.reason,

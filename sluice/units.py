@@ -69,3 +69,12 @@ def format_duration(seconds: float) -> str:
     if seconds >= 1:
         return f"{seconds:g}s"
     return f"{seconds * 1000:g}ms"
+
+
+def format_window(seconds: float) -> str:
+    """A rate's window as written after its slash: ``s``, ``min``, ``h`` or ``d`` for one of
+    a unit, else a duration (``2s``, ``90s``, ``500ms``); :func:`parse_duration` reads both."""
+    for unit in ("s", "min", "h", "d"):
+        if seconds == UNIT_S[unit]:
+            return unit
+    return format_duration(seconds)
