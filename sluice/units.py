@@ -4,7 +4,8 @@ Durations: ``"500ms"``, ``"2s"``, ``"5min"``, ``"1h"``, ``"1d"``; a bare number 
 seconds. Rates (:func:`sluice.ratelimit.rate.parse_rate`) use the same units for their
 window (``"40/min"``), and so does a provider's usage header (``usage_unit``). ``"m"`` is
 refused everywhere: minutes or milliseconds is a guess Sluice does not make. Values are
-kept as float seconds; :func:`format_duration` writes them back in the shortest exact unit.
+kept as float seconds; :func:`format_duration` writes them back in the shortest exact unit,
+and :func:`format_window` a rate's window (``Rate.__str__``: ``40/min``, ``5/2s``).
 """
 
 from __future__ import annotations
