@@ -46,6 +46,7 @@ from sluice.ratelimit.gcra import pause_scopes_all
 from sluice.ratelimit.rate import LimitSpec
 from sluice.store.quotas import QuotaStore
 from sluice.store.repository import TaskRepository
+from sluice.units import UNIT_S
 
 log = logging.getLogger("sluice.explain")
 
@@ -403,8 +404,7 @@ def _rate_of(rates: list[RateInfo], key: str) -> str:
 
 
 def _seconds(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
+    for unit in ("h", "min"):
+        if seconds >= UNIT_S[unit]:
+            return f"{seconds / UNIT_S[unit]:.1f} {unit}"
+    return f"{seconds:.1f} s"
