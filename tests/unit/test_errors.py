@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import builtins
 import importlib
 import pkgutil
 import re
@@ -30,17 +31,23 @@ def sluice_modules() -> list[ModuleType]:
 
 
 def raised_classes(module: ModuleType) -> list[tuple[int, str, object]]:
-    """(line, expression, resolved object) of every ``raise Name(...)`` in ``module``."""
+    """(line, expression, resolved object) of every ``raise Name(...)`` and ``raise Name``
+    (a class raised bare) in ``module``; re-raising a caught or built exception is skipped."""
     tree = ast.parse(Path(str(module.__file__)).read_text(encoding="utf-8"))
     found = []
     for node in ast.walk(tree):
-        if not isinstance(node, ast.Raise) or not isinstance(node.exc, ast.Call):
+        if not isinstance(node, ast.Raise) or node.exc is None:
             continue
-        expression = ast.unparse(node.exc.func)
-        value: object = module
+        called = isinstance(node.exc, ast.Call)
+        target = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+        if not isinstance(target, ast.Name | ast.Attribute):
+            continue
+        expression = ast.unparse(target)
+        value: object = module if hasattr(module, expression.split(".")[0]) else builtins
         for part in expression.split("."):
             value = getattr(value, part, None)
-        found.append((node.lineno, expression, value))
+        if called or isinstance(value, type):
+            found.append((node.lineno, expression, value))
     return found
 
 
