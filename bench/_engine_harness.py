@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from harness.cluster import free_port, toml_value
+from harness.cluster import free_port, write_toml
 from sluice import runtime as sluice_runtime
 from sluice import submissions
 from sluice.domain import Submission
@@ -34,12 +34,6 @@ STARTUP_TIMEOUT_S = 20.0
 # --- the sandbox in its own process -----------------------------------------------------
 
 
-def sandbox_toml(section: dict[str, Any]) -> str:
-    """A ``[sandbox]`` table (flat keys; tables and arrays written inline)."""
-    lines = ["[sandbox]"] + [f"{key} = {toml_value(v)}" for key, v in section.items()]
-    return "\n".join(lines) + "\n"
-
-
 class SandboxProcess:
     """``python -m bench._sandbox_proc`` (the sandbox app + arrival stamps) as a child process."""
 
@@ -48,7 +42,7 @@ class SandboxProcess:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self._dir = tempfile.TemporaryDirectory(prefix="sluice-bench-sandbox-")
         config = Path(self._dir.name) / "sandbox.toml"
-        config.write_text(sandbox_toml(section), encoding="utf-8")
+        write_toml(config, {"sandbox": section})
         self.command = [
             sys.executable,
             "-m",

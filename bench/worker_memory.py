@@ -1,6 +1,7 @@
 """Memory and imports of a Celery worker process: ``sluice worker --concurrency 2``.
 
-Run: ``python -m bench.worker_memory [--sluice PATH] [--label NAME] [--runs 3]``. Needs
+Run: ``python -m bench.worker_memory [--sluice PATH] [--label NAME] [--runs 3]
+[--database-prefix P] [--broker-db N]``. Needs
 PostgreSQL and Redis. ``--sluice`` picks the ``sluice`` executable to measure (default:
 this venv's), so another checkout can be measured with this script, e.g. ``--sluice
 /tmp/before/.venv/bin/sluice --label before``. Writes
@@ -61,12 +62,14 @@ def ran_a_pump(pid: int) -> bool:
         return False
 
 
-def run_worker(sluice: str, *, importtime: bool) -> dict[str, Any]:
+def run_worker(
+    sluice: str, *, importtime: bool, database_prefix: str, broker_db: int | None
+) -> dict[str, Any]:
     """Start one worker, pump until each child pumped, warm up, measure, stop."""
     with (
         tempfile.TemporaryDirectory(prefix="sluice-bench-mem-") as folder,
-        postgres_database("sluice_bench_mem") as database_url,
-        redis_database() as broker_url,
+        postgres_database(database_prefix) as database_url,
+        redis_database((broker_db,) if broker_db else ()) as broker_url,
     ):
         settings = {"SLUICE_PUMP_S": str(PUMP_S), "SLUICE_LOG_LEVEL": "INFO"}
         if importtime:
@@ -133,9 +136,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sluice", default=SLUICE, help="the sluice executable to measure")
     parser.add_argument("--label", default="after")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--database-prefix", default="sluice_bench_mem")
+    parser.add_argument("--broker-db", type=int, help="the Redis database to claim as broker")
     args = parser.parse_args(argv)
-    runs = [run_worker(args.sluice, importtime=False) for _ in range(args.runs)]
-    imports = run_worker(args.sluice, importtime=True)
+    where = {"database_prefix": args.database_prefix, "broker_db": args.broker_db}
+    runs = [run_worker(args.sluice, importtime=False, **where) for _ in range(args.runs)]
+    imports = run_worker(args.sluice, importtime=True, **where)
     memory = {
         "main": median_kib([run["main"] for run in runs]),
         "children": [median_kib([run["children"][n] for run in runs]) for n in (0, 1)],

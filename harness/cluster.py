@@ -128,9 +128,10 @@ def redis_base() -> str:
     return with_path(REDIS_URL, "").rstrip("/")
 
 
-def claim_redis_db(owner: str, expire_s: int = 900) -> int:
-    """Claim an unused Redis database number (marker key with an expiry); empty it."""
-    for number in range(15, 0, -1):
+def claim_redis_db(owner: str, expire_s: int = 900, numbers: Sequence[int] = ()) -> int:
+    """Claim an unused Redis database number (marker key with an expiry), the first free
+    one of ``numbers`` (default 15 down to 1); empty it."""
+    for number in numbers or range(15, 0, -1):
         client = redis.Redis.from_url(f"{redis_base()}/{number}")
         try:
             if client.set(REDIS_DB_MARKER, owner, nx=True, ex=expire_s):
@@ -141,7 +142,7 @@ def claim_redis_db(owner: str, expire_s: int = 900) -> int:
                 return number
         finally:
             client.close()
-    raise ClusterError("no free Redis database in 1..15 (stale cluster markers?)")
+    raise ClusterError(f"no free Redis database in {list(numbers) or '1..15'} (stale markers?)")
 
 
 def release_redis_db(number: int) -> None:
@@ -153,9 +154,10 @@ def release_redis_db(number: int) -> None:
 
 
 @contextmanager
-def redis_database() -> Iterator[str]:
-    """The URL of a Redis database claimed for the caller, flushed on exit."""
-    number = claim_redis_db(uuid.uuid4().hex)
+def redis_database(numbers: Sequence[int] = ()) -> Iterator[str]:
+    """The URL of a Redis database claimed for the caller (one of ``numbers`` if given),
+    flushed on exit."""
+    number = claim_redis_db(uuid.uuid4().hex, numbers=numbers)
     try:
         yield f"{redis_base()}/{number}"
     finally:

@@ -56,15 +56,6 @@ def actor_label(actor: Actor) -> str:
     return actor.kind
 
 
-_WINDOWS = {1.0: "s", 60.0: "min", 3600.0: "h", 86400.0: "d"}
-
-
-def show_rate(rate: Rate) -> str:
-    """A rate as configuration writes it: ``20/s``, ``40/min``, ``1000/h``, else ``5/2s``."""
-    unit = _WINDOWS.get(rate.window_s)
-    return f"{rate.limit}/{unit}" if unit else str(rate)
-
-
 def provider_of(key: str) -> str:
     """The provider a limit key belongs to: its first ``:``-separated part."""
     return key.split(":", 1)[0]
@@ -271,12 +262,12 @@ class Controls:
                 conn, Pin(key, rate.limit, rate.window_s, reason, actor_label(actor), now)
             )
             detail = {
-                "rate": show_rate(rate),
-                "configured": show_rate(limit.rate),
+                "rate": str(rate),
+                "configured": str(limit.rate),
                 "reason": reason,
                 "previous": None
                 if before is None
-                else show_rate(Rate(before.rate_limit, before.window_s)),
+                else str(Rate(before.rate_limit, before.window_s)),
             }
             self._audit(conn, actor, "limit.pin", key, now, detail)
         self.rates.refresh()
@@ -291,8 +282,8 @@ class Controls:
             detail = {
                 "cleared": None
                 if cleared is None
-                else show_rate(Rate(cleared.rate_limit, cleared.window_s)),
-                "configured": show_rate(limit.rate),
+                else str(Rate(cleared.rate_limit, cleared.window_s)),
+                "configured": str(limit.rate),
             }
             self._audit(conn, actor, "limit.unpin", key, now, detail)
         self.rates.refresh()

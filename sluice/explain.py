@@ -37,7 +37,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sluice import errors
-from sluice.controls import Controls, InFlightState, PauseState, show_rate
+from sluice.controls import Controls, InFlightState, PauseState
 from sluice.domain import FINAL_STATUSES, Operation, Phase, Task, TaskStatus
 from sluice.engine.quotas import QuotaState, quota_state
 from sluice.engine.rates import per_second
@@ -46,6 +46,7 @@ from sluice.ratelimit.gcra import pause_scopes_all
 from sluice.ratelimit.rate import LimitSpec
 from sluice.store.quotas import QuotaStore
 from sluice.store.repository import TaskRepository
+from sluice.units import UNIT_S
 
 log = logging.getLogger("sluice.explain")
 
@@ -343,8 +344,8 @@ class Explainer:
             shown.append(
                 RateInfo(
                     spec.key,
-                    show_rate(configured),
-                    show_rate(rate),
+                    str(configured),
+                    str(rate),
                     per_second(force.rate),
                     force.source,
                     force.reason,
@@ -403,8 +404,7 @@ def _rate_of(rates: list[RateInfo], key: str) -> str:
 
 
 def _seconds(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
+    for unit in ("h", "min"):
+        if seconds >= UNIT_S[unit]:
+            return f"{seconds / UNIT_S[unit]:.1f} {unit}"
+    return f"{seconds:.1f} s"

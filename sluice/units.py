@@ -4,7 +4,8 @@ Durations: ``"500ms"``, ``"2s"``, ``"5min"``, ``"1h"``, ``"1d"``; a bare number 
 seconds. Rates (:func:`sluice.ratelimit.rate.parse_rate`) use the same units for their
 window (``"40/min"``), and so does a provider's usage header (``usage_unit``). ``"m"`` is
 refused everywhere: minutes or milliseconds is a guess Sluice does not make. Values are
-kept as float seconds; :func:`format_duration` writes them back in the shortest exact unit.
+kept as float seconds; :func:`format_duration` writes them back in the shortest exact unit,
+and :func:`format_window` a rate's window (``Rate.__str__``: ``40/min``, ``5/2s``).
 """
 
 from __future__ import annotations
@@ -69,3 +70,12 @@ def format_duration(seconds: float) -> str:
     if seconds >= 1:
         return f"{seconds:g}s"
     return f"{seconds * 1000:g}ms"
+
+
+def format_window(seconds: float) -> str:
+    """A rate's window as written after its slash: ``s``, ``min``, ``h`` or ``d`` for one of
+    a unit, else a duration (``2s``, ``90s``, ``500ms``); :func:`parse_duration` reads both."""
+    for unit in ("s", "min", "h", "d"):
+        if seconds == UNIT_S[unit]:
+            return unit
+    return format_duration(seconds)

@@ -10,7 +10,6 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from sluice import errors, submissions
 from sluice.catalog import Catalog
-from sluice.controls import show_rate
 from sluice.domain import (
     DEFAULT_PRIORITY,
     PRIORITY_MAX,
@@ -291,9 +290,9 @@ class LimitKeyOut(BaseModel):
             key=state.key,
             scope=state.scope,
             per=state.per,
-            configured=show_rate(state.configured),
+            configured=str(state.configured),
             configured_per_s=state.configured.limit / state.configured.window_s,
-            in_force=show_rate(state.in_force),
+            in_force=str(state.in_force),
             in_force_per_s=state.in_force.limit / state.in_force.window_s,
             source=state.source,
             reason=state.reason,

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 
 from sluice import errors
-from sluice.units import UNIT_S
+from sluice.units import UNIT_S, format_window
 
 # The window's unit comes from sluice.units, which refuses "m" (minutes or milliseconds?).
 _RATE_RE = re.compile(
@@ -49,8 +49,8 @@ class Rate:
         return self.window_s / self.limit
 
     def __str__(self) -> str:
-        window = f"{self.window_s:g}s"
-        return f"{self.limit}/{'s' if window == '1s' else window}"
+        """As configuration writes it: ``20/s``, ``40/min``, ``1000/h``, else ``5/2s``."""
+        return f"{self.limit}/{format_window(self.window_s)}"
 
 
 def parse_rate(text: str) -> Rate:

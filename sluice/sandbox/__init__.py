@@ -16,6 +16,7 @@ Modules, one concept each:
 * :mod:`entities` and :mod:`validation`: objects, hierarchy, processing.
 * :mod:`faults`, :mod:`auth`, :mod:`stats`, :mod:`arrivals`: the rest of a call's life.
 * :mod:`clock`: the sandbox's time, which tests may move forward.
-* :mod:`core`: the order of checks; :mod:`app`: the HTTP edge.
+* :mod:`core`: the order of checks; :mod:`app`: the HTTP edge; :mod:`errors`: its own
+  error tree, each error the answer it becomes.
 * :mod:`server` (background thread) and :mod:`cli` (foreground) run it.
 """

@@ -4,13 +4,15 @@ Every read and action takes the caller's ``tenant``: a task of another tenant an
 exactly like a missing one (:class:`~sluice.errors.TaskNotFound`), parents must belong to
 the same tenant, and idempotency keys are scoped per tenant. ``tenant=None`` means every
 tenant (operators, admins, Sluice itself). Cancel and retry write their audit record in
-their own transaction.
+the same transaction as the change.
 
-Each public method runs in one transaction except :meth:`TaskRepository.create`, which
-uses up to three: it may read the idempotency key first, inserts in one transaction (which
-alone decides what exists), then reads the task back (or, when a concurrent create won the
-key, reads the key again). Status changes go through :func:`~sluice.store.rows.change_status`,
-which refuses illegal transitions and writes the event in the same transaction.
+Each public method runs in one transaction of its own, except :meth:`TaskRepository.create`,
+which uses up to three: it may read the idempotency key first, inserts in one transaction
+(which alone decides what exists), then reads the task back (or, when a concurrent create
+won the key, reads the key again); and ``cancel_in``/``retry_in``, which run in the
+caller's transaction (a bulk job's batch). Status changes go through
+:func:`~sluice.store.rows.change_status`, which refuses illegal transitions and writes the
+event in the same transaction.
 """
 
 from __future__ import annotations

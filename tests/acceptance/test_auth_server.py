@@ -4,9 +4,7 @@ loopback, a proxied request needs a key, and the server will not start open to t
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,14 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-SLUICE = str(Path(sys.executable).with_name("sluice"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from harness.cluster import SLUICE, free_port
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from harness.cluster import SLUICE, free_port
 from sluice import logs, submissions
 from sluice.domain import Submission, TaskStatus
 from sluice.runtime import build_runtime
@@ -44,20 +44,10 @@ from sluice.settings import load_settings
 from tests.canary import Canary, find_leaks
 from tests.conftest import PG_ADMIN_URL, require_service
 
-SLUICE = str(Path(sys.executable).with_name("sluice"))
 FINAL = {s.value for s in (TaskStatus.COMPLETED, TaskStatus.ERROR, TaskStatus.CANCELLED)}
 CARD = "4111000011112222"
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -212,7 +202,7 @@ def test_no_secret_is_ever_shown(
     base_url, house, acme_token, globex_token = dsp
     config = tmp_path / "sluice.toml"
     config.write_text(provider_table(base_url), encoding="utf-8")
-    port = _free_port()
+    port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")},
         "SLUICE_CONFIG": str(config),
@@ -372,7 +362,7 @@ def config_errors(run: Run, database_url: str, password: Canary) -> None:
     bad_port_url = database_url.replace("127.0.0.1:5432", "127.0.0.1:notaport")
     run.sluice("up", env={**run.env, "SLUICE_DATABASE_URL": bad_port_url}, name="unparseable URL")
     run.sluice("api", env={**run.env, "SLUICE_PUMPS": password.value}, name="bad setting")
-    closed = database_url.replace("127.0.0.1:5432", f"127.0.0.1:{_free_port()}")
+    closed = database_url.replace("127.0.0.1:5432", f"127.0.0.1:{free_port()}")
     run.sluice("db", "upgrade", env={**run.env, "SLUICE_DATABASE_URL": closed}, name="no database")
     broken = run.folder / "broken.toml"
     broken.write_text(

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import io
-import socket
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
+from harness.cluster import free_port
 from sluice import runtime
 from sluice.settings import load_settings
 from sluice.up import UpOptions, run_up
@@ -16,18 +16,11 @@ from sluice.up import UpOptions, run_up
 pytestmark = pytest.mark.timeout(90)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _run(demo_file: Path | None = None) -> tuple[int, str]:
-    settings = load_settings(sandbox={"port": _free_port()})
+    settings = load_settings(sandbox={"port": free_port()})
     out = io.StringIO()
     options = UpOptions(
-        host="127.0.0.1", port=_free_port(), demo=True, exit_when_done=True, demo_file=demo_file
+        host="127.0.0.1", port=free_port(), demo=True, exit_when_done=True, demo_file=demo_file
     )
     code = run_up(settings, options, Console(file=out, width=200))
     return code, out.getvalue()

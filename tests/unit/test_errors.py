@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ast
+import builtins
 import importlib
 import pkgutil
+import re
 from pathlib import Path
 from types import ModuleType
 
@@ -29,17 +31,23 @@ def sluice_modules() -> list[ModuleType]:
 
 
 def raised_classes(module: ModuleType) -> list[tuple[int, str, object]]:
-    """(line, expression, resolved object) of every ``raise Name(...)`` in ``module``."""
+    """(line, expression, resolved object) of every ``raise Name(...)`` and ``raise Name``
+    (a class raised bare) in ``module``; re-raising a caught or built exception is skipped."""
     tree = ast.parse(Path(str(module.__file__)).read_text(encoding="utf-8"))
     found = []
     for node in ast.walk(tree):
-        if not isinstance(node, ast.Raise) or not isinstance(node.exc, ast.Call):
+        if not isinstance(node, ast.Raise) or node.exc is None:
             continue
-        expression = ast.unparse(node.exc.func)
-        value: object = module
+        called = isinstance(node.exc, ast.Call)
+        target = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+        if not isinstance(target, ast.Name | ast.Attribute):
+            continue
+        expression = ast.unparse(target)
+        value: object = module if hasattr(module, expression.split(".")[0]) else builtins
         for part in expression.split("."):
             value = getattr(value, part, None)
-        found.append((node.lineno, expression, value))
+        if called or isinstance(value, type):
+            found.append((node.lineno, expression, value))
     return found
 
 
@@ -67,3 +75,41 @@ def test_the_drawn_tree_names_every_error() -> None:
         pending.extend(cls.__subclasses__())
     drawn = str(errors.__doc__)
     assert sorted(name for name in every if name not in drawn) == []
+
+
+def drawn_parents() -> dict[str, tuple[str | None, str | None]]:
+    """``{name: (drawn parent, drawn extra base)}`` read from errors.py's tree drawing."""
+    drawing = re.compile(r"^(?P<indent>[ │]*)(?:[├└]── )?(?P<name>\w+)(?: \((?P<extra>\w+)\))?")
+    tree = str(errors.__doc__).split("::", 1)[1].split("\n\n")[1]
+    parents: dict[str, tuple[str | None, str | None]] = {}
+    path: list[str] = []
+    for line in tree.splitlines():
+        match = drawing.match(line[4:])
+        if match is None or ("──" not in line and path):
+            continue  # a continued description
+        depth = len(match["indent"]) // 4 + (1 if "──" in line else 0)
+        del path[depth:]
+        parents[match["name"]] = (path[-1] if path else None, match["extra"])
+        path.append(match["name"])
+    return parents
+
+
+def test_the_drawing_places_every_error_under_its_real_parent() -> None:
+    """Each error drawn in errors.py sits under the class it really derives from, with the
+    built-in it also derives from named beside it."""
+    sluice_modules()
+    classes: dict[str, type] = {}
+    pending: list[type] = [errors.SluiceError]
+    while pending:
+        cls = pending.pop()
+        classes[cls.__name__] = cls
+        pending.extend(cls.__subclasses__())
+    drawn = drawn_parents()
+    assert set(drawn) == {n for n, c in classes.items() if c.__module__.startswith("sluice.")}
+    for name, (parent, extra) in drawn.items():
+        bases = classes[name].__bases__
+        assert [b.__name__ for b in bases if issubclass(b, errors.SluiceError)] == (
+            [parent] if parent else []
+        ), name
+        others = [b.__name__ for b in bases if not issubclass(b, errors.SluiceError)]
+        assert others == ([extra] if extra else ([] if parent else ["Exception"])), name

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sluice.ratelimit import Grant, InFlight, LimitSpec, Rate, parse_rate
+from sluice.units import UNIT_S
 
 
 @pytest.mark.parametrize(
@@ -45,10 +48,24 @@ def test_rate_interval_is_window_over_limit() -> None:
 
 
 def test_rate_str_parses_back_to_itself() -> None:
-    """A Rate's text form is accepted by parse_rate and gives the same Rate."""
-    for text in ["10/s", "40/min", "5/2s", "3/1.5s"]:
+    """A Rate's text form is the one configuration writes, and parse_rate reads it back."""
+    for text in ["10/s", "40/min", "1000/h", "3/d", "5/2s", "3/1.5s", "7/90s", "2/500ms"]:
         rate = parse_rate(text)
+        assert str(rate) == text
         assert parse_rate(str(rate)) == rate
+
+
+@given(
+    limit=st.integers(min_value=1, max_value=10**6),
+    count=st.integers(min_value=1, max_value=10**4),
+    unit=st.sampled_from(sorted(UNIT_S)),
+)
+def test_any_rate_str_parses_back(limit: int, count: int, unit: str) -> None:
+    """Whatever its window, a Rate's text parses back to the same limit and window (to the
+    precision format_duration writes, as for durations in test_units)."""
+    rate = Rate(limit, count * UNIT_S[unit])
+    back = parse_rate(str(rate))
+    assert (back.limit, back.window_s) == (rate.limit, pytest.approx(rate.window_s))
 
 
 @pytest.mark.parametrize(
