@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from sluice.clock import Clock, SystemClock
 from sluice.engine.rates import Ceiling
 from sluice.providers.base import Provider
-from sluice.ratelimit.quota import Quota, QuotaSpec
+from sluice.ratelimit.quota import Quota, QuotaSpec, zone
 from sluice.ratelimit.rate import Rate
 from sluice.store.quotas import QuotaStore, Window
 
@@ -155,6 +155,11 @@ class QuotaState:
     nothing was spent yet or they last until the reset."""
     waiting: bool
     """Spent: work on this quota waits for ``resets_at``."""
+    zone: str | None = None
+    """The IANA time zone of a fixed window's calendar (``None``: a rolling quota)."""
+    resets_at_local: str | None = None
+    """``resets_at`` on the clock of ``zone``, e.g. ``2026-12-03 00:00 PST`` (``None``:
+    rolling)."""
 
 
 def quota_state(store: QuotaStore, key: str, quota: Quota, now: datetime) -> QuotaState:
@@ -187,7 +192,14 @@ def quota_state(store: QuotaStore, key: str, quota: Quota, now: datetime) -> Quo
         resets_at=resets_at,
         runs_out_at=runs_out,
         waiting=remaining == 0,
+        zone=None if quota.rolling else quota.reset,
+        resets_at_local=None if quota.rolling else local_time(resets_at, quota.reset),
     )
+
+
+def local_time(moment: datetime, zone_name: str) -> str:
+    """``moment`` on the clock of ``zone_name``: ``2026-12-03 00:00 PST``."""
+    return moment.astimezone(zone(zone_name)).strftime("%Y-%m-%d %H:%M %Z")
 
 
 def quota_states(store: QuotaStore, provider: Provider, now: datetime) -> list[QuotaState]:
