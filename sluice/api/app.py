@@ -153,7 +153,7 @@ def create_app(
 
 @asynccontextmanager
 async def _background(app: FastAPI) -> AsyncIterator[None]:
-    """While the server runs: the bulk job runner, and the console's shared live feed."""
+    """While the server runs: the bulk job runner, and the console's shared live feeds."""
     context: ApiContext = app.state.context
     if context.bulk_runner is not None:
         context.bulk_runner.start()
@@ -165,6 +165,8 @@ async def _background(app: FastAPI) -> AsyncIterator[None]:
         feed = getattr(app.state, "feed", None)
         if feed is not None:
             feed.stop()
+        for provider_feed in getattr(app.state, "provider_feeds", {}).values():
+            provider_feed.stop()
 
 
 def _install_console(
