@@ -1,9 +1,11 @@
-"""The shared state a scrape of ``/metrics`` reports: tasks, queue age, pauses, rates.
+"""The shared state a scrape of ``/metrics`` reports: tasks, queue age, pauses, rates,
+fair shares.
 
 Read from the database, the limiter and the rates in force when Prometheus scrapes (not
 recorded by each process, since every process would report the same cluster-wide
-numbers). Task counts are cached for :data:`TASKS_CACHE_S`, so however often and by however
-many scrapers, the tasks table is counted at most once per that interval.
+numbers). Task counts and fair shares are cached for :data:`TASKS_CACHE_S`, so however
+often and by however many scrapers, the tasks table is counted at most once per that
+interval.
 """
 
 from __future__ import annotations
@@ -11,17 +13,19 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
+from datetime import datetime
 
 from sqlalchemy import Engine
 
 from sluice.clock import Clock, SystemClock
 from sluice.engine.rates import RatesInForce, per_second
-from sluice.metrics import Pause, RateInForce, State, StateFamilies
+from sluice.metrics import FairShare, Pause, RateInForce, State, StateFamilies
 from sluice.providers.base import Provider
 from sluice.ratelimit.base import Limiter
 from sluice.ratelimit.rate import LimitSpec
-from sluice.store import counts
+from sluice.store import counts, fairshare
 from sluice.store.pauses import PauseStore
+from sluice.store.queue import due_now
 
 log = logging.getLogger("sluice.metrics")
 
@@ -51,6 +55,7 @@ class StateReader:
         self._lock = threading.Lock()
         self._tasks: dict[tuple[str, str], int] = {}
         self._oldest: dict[str, float] = {}
+        self._shares: list[FairShare] = []
         self._next_count = float("-inf")
         self.counted = 0
         """How many times the tasks table was counted (tests check the cache)."""
@@ -61,13 +66,14 @@ class StateReader:
         with self._lock:
             if self.clock.monotonic() >= self._next_count:
                 self._count(names)
-            tasks, oldest = dict(self._tasks), dict(self._oldest)
+            tasks, oldest, shares = dict(self._tasks), dict(self._oldest), list(self._shares)
         return State(
             tasks=tasks,
             oldest_due_s=oldest,
             pauses=self._pauses(),
             providers=names,
             rates=self._rates(),
+            shares=shares,
         )
 
     def _count(self, names: list[str]) -> None:
@@ -82,7 +88,21 @@ class StateReader:
         except Exception:
             # A scrape must answer: the last counts stand until the database is back.
             log.warning("metrics.count_failed", exc_info=True)
+        try:
+            self._shares = self._read_shares(names, now)
+        except Exception:
+            log.warning("metrics.shares_failed", exc_info=True)
         self._next_count = self.clock.monotonic() + self.cache_s
+
+    def _read_shares(self, names: list[str], now: datetime) -> list[FairShare]:
+        found: list[FairShare] = []
+        for name in names:
+            weights = self.providers[name].fairness_weights
+            for share in fairshare.shares(self.engine, name, weights, due_now(now), now):
+                found.append(
+                    FairShare(name, share.key, share.share, share.waiting, share.key in weights)
+                )
+        return found
 
     def _pauses(self) -> list[Pause]:
         wall = self.clock.now()
