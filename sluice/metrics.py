@@ -310,6 +310,8 @@ class State:
     providers: Sequence[str] = ()
     rates: Sequence[RateInForce] = ()
     shares: Sequence[FairShare] = ()
+    fair_share_keys: int = FAIR_SHARE_TOP_KEYS
+    """Fairness keys named per provider besides the weighted ones (:func:`fold_shares`)."""
 
 
 class StateFamilies(Collector):
@@ -388,7 +390,7 @@ def state_families(state: State) -> Iterator[GaugeMetricFamily]:
         in_force.add_metric([*labels, rate.source], rate.in_force_per_s)
     yield configured
     yield in_force
-    yield from fair_share_families(state.shares)
+    yield from fair_share_families(state.shares, state.fair_share_keys)
 
 
 def fold_shares(shares: Iterable[FairShare], top: int = FAIR_SHARE_TOP_KEYS) -> list[FairShare]:
@@ -423,13 +425,15 @@ def fold_shares(shares: Iterable[FairShare], top: int = FAIR_SHARE_TOP_KEYS) -> 
     return folded
 
 
-def fair_share_families(shares: Iterable[FairShare]) -> Iterator[GaugeMetricFamily]:
+def fair_share_families(
+    shares: Iterable[FairShare], top: int = FAIR_SHARE_TOP_KEYS
+) -> Iterator[GaugeMetricFamily]:
     """Each fairness key's share of its provider's claims and its waiting tasks."""
     ratio = GaugeMetricFamily(
         "sluice_fair_share_ratio",
         "A fairness key's part of the tasks claimed for its provider over the last 60 s "
-        f"(0..1). Keys with a configured weight and the {FAIR_SHARE_TOP_KEYS} largest others "
-        f"each have their own series; the rest are summed under fairness_key={OTHER_KEYS}.",
+        f"(0..1). Keys with a configured weight and the {top} largest others each have "
+        f"their own series; the rest are summed under fairness_key={OTHER_KEYS}.",
         labels=["provider", "fairness_key"],
     )
     waiting = GaugeMetricFamily(
@@ -438,7 +442,7 @@ def fair_share_families(shares: Iterable[FairShare]) -> Iterator[GaugeMetricFami
         "sluice_fair_share_ratio).",
         labels=["provider", "fairness_key"],
     )
-    for share in fold_shares(shares):
+    for share in fold_shares(shares, top):
         ratio.add_metric([share.provider, share.key], share.share)
         waiting.add_metric([share.provider, share.key], share.waiting)
     yield ratio

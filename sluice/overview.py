@@ -35,13 +35,13 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from sluice.clock import Clock, SystemClock
-from sluice.controls import PauseState
+from sluice.controls import PauseState, show_rate
 from sluice.engine.quotas import QuotaState, quota_states
 from sluice.engine.rates import RatesInForce
 from sluice.providers.base import Provider
 from sluice.ratelimit import gcra
 from sluice.ratelimit.base import Limiter
-from sluice.ratelimit.rate import LimitSpec
+from sluice.ratelimit.rate import LimitSpec, parse_rate
 from sluice.store import fairshare
 from sluice.store.pauses import Pause, PauseStore
 from sluice.store.queue import due_now
@@ -336,6 +336,7 @@ def quota_view(state: QuotaState, now: datetime) -> dict[str, Any]:
     return {
         "key": state.key,
         "quota": state.quota,
+        "quota_shown": show_rate(parse_rate(state.quota)),
         "reset": state.reset,
         "limit": state.limit,
         "used": state.used,

@@ -218,7 +218,12 @@ def _authenticator(
 def state_reader(runtime: Runtime) -> StateReader:
     """What ``/metrics`` reads of the cluster's state at each scrape."""
     return StateReader(
-        runtime.repo.engine, runtime.providers, runtime.limiter, runtime.pauses, runtime.rates
+        runtime.repo.engine,
+        runtime.providers,
+        runtime.limiter,
+        runtime.pauses,
+        runtime.rates,
+        fair_share_keys=runtime.settings.metrics_fair_share_keys,
     )
 
 

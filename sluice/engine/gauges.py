@@ -19,7 +19,14 @@ from sqlalchemy import Engine
 
 from sluice.clock import Clock, SystemClock
 from sluice.engine.rates import RatesInForce, per_second
-from sluice.metrics import FairShare, Pause, RateInForce, State, StateFamilies
+from sluice.metrics import (
+    FAIR_SHARE_TOP_KEYS,
+    FairShare,
+    Pause,
+    RateInForce,
+    State,
+    StateFamilies,
+)
 from sluice.providers.base import Provider
 from sluice.ratelimit.base import Limiter
 from sluice.ratelimit.rate import LimitSpec
@@ -44,6 +51,7 @@ class StateReader:
         rates: RatesInForce,
         clock: Clock | None = None,
         cache_s: float = TASKS_CACHE_S,
+        fair_share_keys: int = FAIR_SHARE_TOP_KEYS,
     ) -> None:
         self.engine = engine
         self.providers = providers
@@ -52,6 +60,7 @@ class StateReader:
         self.rates = rates
         self.clock = clock or SystemClock()
         self.cache_s = cache_s
+        self.fair_share_keys = fair_share_keys
         self._lock = threading.Lock()
         self._tasks: dict[tuple[str, str], int] = {}
         self._oldest: dict[str, float] = {}
@@ -74,6 +83,7 @@ class StateReader:
             providers=names,
             rates=self._rates(),
             shares=shares,
+            fair_share_keys=self.fair_share_keys,
         )
 
     def _count(self, names: list[str]) -> None:

@@ -35,6 +35,7 @@ def reader(tmp_path: Path, clock: FakeClock, pins: Pins | None = None) -> StateR
         "base_url": "http://127.0.0.1:9",
         "rate_limit": "20/s",
         "limits": [{"rate": "5/s", "scope": "write", "per": "advertiser_id"}],
+        "fairness_weights": {"a1": 3},
     }
     settings = Settings(providers={"sbx": table}, default_provider="sbx")
     engine = db.make_engine(f"sqlite:///{tmp_path / 's.db'}")
@@ -128,3 +129,10 @@ def test_each_fairness_keys_share_and_waiting_tasks_are_gauges(tmp_path: Path) -
     }
     assert ratio == {("sbx", "a1"): 0.75, ("sbx", "b2"): 0.25}
     assert waiting == {("sbx", "a1"): 14, ("sbx", "b2"): 18}
+    # SLUICE_METRICS_FAIR_SHARE_KEYS=0: only weighted keys keep a name.
+    state.fair_share_keys = 0
+    families = {f.name: f for f in metrics.state_families(state.read())}
+    folded = {
+        tuple(s.labels.values()): s.value for s in families["sluice_fair_share_ratio"].samples
+    }
+    assert folded == {("sbx", "a1"): 0.75, ("sbx", "_other"): 0.25}
