@@ -162,10 +162,13 @@ class QuotaState:
     rolling)."""
 
 
-def quota_state(store: QuotaStore, key: str, quota: Quota, now: datetime) -> QuotaState:
-    """The state of one quota key at ``now`` (:class:`QuotaState`)."""
+def quota_state(
+    store: QuotaStore, key: str, quota: Quota, now: datetime, used: int | None = None
+) -> QuotaState:
+    """The state of one quota key at ``now`` (:class:`QuotaState`); ``used``: already
+    counted by the caller (else read from ``store``)."""
     window = window_of(key, quota, now)
-    used = min(store.used(window), quota.limit)
+    used = min(store.used(window) if used is None else used, quota.limit)
     remaining = quota.limit - used
     start = window.counted_since or window.start
     if quota.rolling:
@@ -212,8 +215,18 @@ def quota_states(store: QuotaStore, provider: Provider, now: datetime) -> list[Q
         prefix = key.split("=*", 1)[0] + "="
         since = quota.counted_since(now) - timedelta(seconds=quota.bucket_s())
         suffix = key.split("=*", 1)[1]
-        accounts = {row.key for row in store.rows(prefix, since) if row.key.endswith(suffix)}
-        states += [quota_state(store, account, quota, now) for account in sorted(accounts)]
+        # One read for every account (the console asks several times a second): each
+        # account's use is its rows that count now, as QuotaStore.used would sum them.
+        window = window_of(key, quota, now)
+        counted = window.counted_since or window.start
+        used: dict[str, int] = {}
+        for row in store.rows(prefix, since):
+            if row.key.endswith(suffix):
+                inside = counted <= row.start <= window.start
+                used[row.key] = used.get(row.key, 0) + (row.used if inside else 0)
+        states += [
+            quota_state(store, account, quota, now, used[account]) for account in sorted(used)
+        ]
     return states
 
 
