@@ -9,8 +9,10 @@ rate-limit pauses in the last hour; each quota's use, reset and forecast
 (:func:`sluice.engine.quotas.quota_states`).
 
 :meth:`OverviewService.budgets` adds, for one provider, how its fairness keys share its
-budget (:func:`sluice.store.fairshare.shares`, cached for :data:`SHARES_TTL_S`: a live
-page polls four times a second and the waiting count is a ``GROUP BY`` of the due tasks).
+budget (:func:`sluice.store.fairshare.shares`). Its waiting count is a ``GROUP BY`` of the
+provider's due tasks (over a second at 100,000 due tasks in SQLite), so like the queue
+count it is redone in the background at most every ``counts_ttl_s``, and a live page
+polling four times a second never waits for it (except the very first).
 
 Where the figures come from: usage counters every sending process adds to the database
 each second (:mod:`sluice.store.usage`), the pauses table every dispatcher reads (with
@@ -54,7 +56,6 @@ log = logging.getLogger("sluice.overview")
 HISTORY_MINUTES = 60
 RATE_SPAN_S = 10
 COUNTS_TTL_S = 5.0
-SHARES_TTL_S = 2.0
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -83,8 +84,8 @@ class OverviewService:
         self.pauses = PauseStore(engine)
         self.quotas = QuotaStore(engine)
         self.counts_ttl_s = counts_ttl_s
-        self.shares_ttl_s = SHARES_TTL_S
         self._shares: dict[str, tuple[float, list[fairshare.Share]]] = {}
+        self._sharing: set[str] = set()
         self._counts: dict[str | None, tuple[float, list[dict[str, Any]], datetime]] = {}
         self._history: tuple[float, dict[tuple[str, str], dict[datetime, int]]] | None = None
         self._counting: set[str | None] = set()
@@ -259,14 +260,33 @@ class OverviewService:
         }
 
     def shares(self, name: str) -> list[fairshare.Share]:
-        """Each fairness key's share of provider ``name`` (cached ``shares_ttl_s``)."""
+        """Each fairness key's share of provider ``name``: at most ``counts_ttl_s`` old,
+        redone in the background when stale (only the very first read waits for it)."""
         with self._lock:
             cached = self._shares.get(name)
-        if cached is not None and time.monotonic() - cached[0] < self.shares_ttl_s:
-            return cached[1]
-        provider = self.providers[name]
+            stale = cached is None or time.monotonic() - cached[0] >= self.counts_ttl_s
+            start = stale and cached is not None and name not in self._sharing
+            if start:
+                self._sharing.add(name)
+        if cached is None:
+            return self._share_now(name)
+        if start:
+            threading.Thread(target=self._share_in_background, args=(name,), daemon=True).start()
+        return cached[1]
+
+    def _share_in_background(self, name: str) -> None:
+        try:
+            self._share_now(name)
+        except Exception:
+            log.warning("overview.shares_failed", exc_info=True)
+        finally:
+            with self._lock:
+                self._sharing.discard(name)
+
+    def _share_now(self, name: str) -> list[fairshare.Share]:
+        weights = self.providers[name].fairness_weights
         now = self.clock.now()
-        found = fairshare.shares(self.engine, name, provider.fairness_weights, due_now(now), now)
+        found = fairshare.shares(self.engine, name, weights, due_now(now), now)
         with self._lock:
             self._shares[name] = (time.monotonic(), found)
         return found
