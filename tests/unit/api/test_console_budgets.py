@@ -5,6 +5,7 @@ waiting count; a tenant's key sees only its own line; the live part follows the 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -237,3 +238,21 @@ def test_the_live_part_follows_the_quota_and_the_shares(ui: Ui) -> None:
     assert 'data-spent="true"' in after
     assert "Quota spent" in after
     assert re.search(r'data-fairness-key="acme">.*?<td class="num waiting">2</td>', after, re.S)
+
+
+def test_stale_shares_answer_at_once_and_are_recounted_in_the_background(ui: Ui) -> None:
+    """Once counted, a stale read of the shares returns the last count without waiting and
+    starts a recount; the read after it finishes has the new waiting count."""
+    overview = ui.client.app.state.context.overview  # type: ignore[attr-defined]
+    ui.tasks("gads", "acme", 2)
+    ui.clock.advance(1)
+    assert [(s.key, s.waiting) for s in overview.shares("gads")] == [("acme", 2)]
+    ui.tasks("gads", "acme", 3)
+    overview.counts_ttl_s = 0.0  # everything is stale from now on
+
+    assert [(s.key, s.waiting) for s in overview.shares("gads")] == [("acme", 2)]
+
+    deadline = time.monotonic() + 30
+    while "gads" in overview._sharing and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [(s.key, s.waiting) for s in overview.shares("gads")] == [("acme", 5)]
