@@ -256,3 +256,29 @@ def test_stale_shares_answer_at_once_and_are_recounted_in_the_background(ui: Ui)
     while "gads" in overview._sharing and time.monotonic() < deadline:
         time.sleep(0.01)
     assert [(s.key, s.waiting) for s in overview.shares("gads")] == [("acme", 5)]
+
+
+def test_the_overview_card_lists_eight_quotas_and_links_to_the_rest() -> None:
+    """A per-account quota seen for twelve accounts: the card shows eight lines and a link
+    to the provider's page for the other four (which shows them all)."""
+    from sluice.api.console.routes import render_html
+
+    quotas = [
+        {
+            "key": f"gads:advertiser_id=a{i:02d}:1d",
+            "limit": 100,
+            "used": i,
+            "waiting": False,
+            "resets_at": "2026-12-03T08:00:00+00:00",
+            "resets_at_local": "2026-12-03 00:00 PST",
+        }
+        for i in range(12)
+    ]
+    card = {"name": "gads", "paused": False, "keys": [], "quotas": quotas}
+
+    html = render_html("_live.html", providers=[card])
+
+    assert html.count("data-quota=") == 8
+    assert 'data-quota="gads:advertiser_id=a07:1d"' in html
+    assert 'data-quota="gads:advertiser_id=a08:1d"' not in html
+    assert '<a href="/ui/providers/gads">4 more quotas' in html
