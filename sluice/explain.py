@@ -16,7 +16,8 @@ the limiter (pause ends, in-flight leases) and the rates in force, and names exa
 ``polling``         In Progress at the provider: the next poll at T
 ``scheduled``       Not Started, due later (e.g. given back when a pause began)
 ``waiting_quota``   a quota it draws on is spent; it goes when the quota resets (not an
-                    attempt; ``GET /api/providers/{name}/quotas`` has the quota's state)
+                    attempt): the quota, its use, and the reset in UTC and on the quota's
+                    own clock (``GET /api/providers/{name}/quotas`` has every quota's state)
 ``sending``         a worker holds it and is asking for its grant or sending it
 ``waiting_slot``    due and waiting its turn under the rate in force: how many due
                     tasks of its provider go first, and about how long that takes
@@ -62,6 +63,7 @@ STATES = (
     "awaiting_lookup",
     "polling",
     "scheduled",
+    "waiting_quota",
     "sending",
     "waiting_slot",
 )
@@ -84,6 +86,19 @@ class SlotInfo:
     """``ahead`` reached :data:`AHEAD_CAP`: at least that many."""
     eta_s: float | None
     """About how long until its turn at the rate in force (None: no rate limits it)."""
+
+
+@dataclass(frozen=True)
+class QuotaWaitInfo:
+    """A spent quota the task draws on: it goes at ``resets_at`` (not an attempt)."""
+
+    key: str
+    quota: str
+    used: int
+    limit: int
+    resets_at: datetime
+    resets_at_local: str | None
+    """``resets_at`` on the clock of the quota's time zone (None: a rolling quota)."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +153,7 @@ class Explanation:
     parent: ParentInfo | None = None
     pause: PauseState | None = None
     slot: SlotInfo | None = None
+    quota: QuotaWaitInfo | None = None
     in_flight: InFlightState | None = None
     backoff: BackoffInfo | None = None
     lookup: LookupInfo | None = None
@@ -210,12 +226,22 @@ class Explainer:
             )
         spent = self._spent_quota(provider, task, operation, now)
         if spent is not None:
+            local = f" ({spent.resets_at_local})" if spent.resets_at_local else ""
             return Explanation(
                 **base,
                 state="waiting_quota",
                 summary=(
                     f"waiting for quota {spent.key} ({spent.used} of {spent.limit} used, "
-                    f"{spent.reset}) to reset at {when(spent.resets_at)}"
+                    f"{spent.reset}) to reset at {when(spent.resets_at)}{local}: the quota "
+                    "is spent, so it goes then (not an attempt, not a failure)"
+                ),
+                quota=QuotaWaitInfo(
+                    spent.key,
+                    spent.quota,
+                    spent.used,
+                    spent.limit,
+                    spent.resets_at,
+                    spent.resets_at_local,
                 ),
             )
         due = task.next_attempt_at is None or task.next_attempt_at <= now

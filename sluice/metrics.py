@@ -14,7 +14,8 @@ each write their counters to files in ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_c
 multiprocess mode, chosen when prometheus_client is first imported: :mod:`sluice.metrics_host`
 sets the directory up before that). :func:`exposition` sums them for a scrape.
 
-Gauges of shared state (tasks by status, pauses, rates in force) are not recorded here:
+Gauges of shared state (tasks by status, pauses, rates in force, fair shares) are not
+recorded here:
 they are read from the database and the limiter when scraped
 (:mod:`sluice.engine.gauges`), through :class:`StateFamilies`.
 """
@@ -44,6 +45,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """The text format every Prometheus version reads (what ``generate_latest`` writes)."""
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 ALL_SCOPE = "all"
+OTHER_KEYS = "_other"
+"""The ``fairness_key`` label of every fairness key not shown on its own (summed)."""
+FAIR_SHARE_TOP_KEYS = 10
+"""Fairness keys shown on their own per provider, besides those with a configured weight."""
 """The scope of a provider-wide key (``sandbox``)."""
 NO_OPERATION = "other"
 STATUS_REPORT = "status_report"
@@ -282,6 +287,18 @@ class RateInForce:
 
 
 @dataclass(frozen=True)
+class FairShare:
+    """One fairness key on a provider's budget: its share of the last minute's claims."""
+
+    provider: str
+    key: str
+    share: float
+    waiting: int
+    weighted: bool = False
+    """A weight is configured for it (``fairness_weights``): always its own series."""
+
+
+@dataclass(frozen=True)
 class State:
     """What a scrape reports of the shared state (database, limiter)."""
 
@@ -292,6 +309,9 @@ class State:
     pauses: Sequence[Pause] = ()
     providers: Sequence[str] = ()
     rates: Sequence[RateInForce] = ()
+    shares: Sequence[FairShare] = ()
+    fair_share_keys: int = FAIR_SHARE_TOP_KEYS
+    """Fairness keys named per provider besides the weighted ones (:func:`fold_shares`)."""
 
 
 class StateFamilies(Collector):
@@ -370,6 +390,63 @@ def state_families(state: State) -> Iterator[GaugeMetricFamily]:
         in_force.add_metric([*labels, rate.source], rate.in_force_per_s)
     yield configured
     yield in_force
+    yield from fair_share_families(state.shares, state.fair_share_keys)
+
+
+def fold_shares(shares: Iterable[FairShare], top: int = FAIR_SHARE_TOP_KEYS) -> list[FairShare]:
+    """Fairness keys as bounded label sets: per provider, the keys with a configured
+    weight, then the ``top`` others with the largest share (then most waiting), each as
+    itself; every other key summed into one :data:`OTHER_KEYS` line.
+
+    So a provider has at most ``len(fairness_weights) + top + 1`` series however many
+    tenants or advertisers it serves (keys outside the top may come and go between
+    scrapes; the sum of ``_other`` keeps the total).
+    """
+    by_provider: dict[str, list[FairShare]] = {}
+    for share in shares:
+        by_provider.setdefault(share.provider, []).append(share)
+    folded: list[FairShare] = []
+    for provider, found in sorted(by_provider.items()):
+        weighted = sorted((s for s in found if s.weighted), key=lambda s: s.key)
+        ranked = sorted(
+            (s for s in found if not s.weighted), key=lambda s: (-s.share, -s.waiting, s.key)
+        )
+        shown, rest = ranked[:top], ranked[top:]
+        folded += sorted(weighted + shown, key=lambda s: s.key)
+        if rest:
+            folded.append(
+                FairShare(
+                    provider,
+                    OTHER_KEYS,
+                    round(sum(s.share for s in rest), 4),
+                    sum(s.waiting for s in rest),
+                )
+            )
+    return folded
+
+
+def fair_share_families(
+    shares: Iterable[FairShare], top: int = FAIR_SHARE_TOP_KEYS
+) -> Iterator[GaugeMetricFamily]:
+    """Each fairness key's share of its provider's claims and its waiting tasks."""
+    ratio = GaugeMetricFamily(
+        "sluice_fair_share_ratio",
+        "A fairness key's part of the tasks claimed for its provider over the last 60 s "
+        f"(0..1). Keys with a configured weight and the {top} largest others each have "
+        f"their own series; the rest are summed under fairness_key={OTHER_KEYS}.",
+        labels=["provider", "fairness_key"],
+    )
+    waiting = GaugeMetricFamily(
+        "sluice_fair_share_waiting_tasks",
+        "Tasks due and not claimed, by provider and fairness key (folded as in "
+        "sluice_fair_share_ratio).",
+        labels=["provider", "fairness_key"],
+    )
+    for share in fold_shares(shares, top):
+        ratio.add_metric([share.provider, share.key], share.share)
+        waiting.add_metric([share.provider, share.key], share.waiting)
+    yield ratio
+    yield waiting
 
 
 # --- exposition --------------------------------------------------------------------------

@@ -5,7 +5,14 @@ Per provider: its limit keys, each with the rate configured and in force, the re
 sent in its current window against its limit, the last hour per minute, and whether it
 is paused (until when, by which signal); in-flight requests against ``max_in_flight``;
 the queue by status and phase; creates and polls per second (last 10 s); errors and
-rate-limit pauses in the last hour.
+rate-limit pauses in the last hour; each quota's use, reset and forecast
+(:func:`sluice.engine.quotas.quota_states`).
+
+:meth:`OverviewService.budgets` adds, for one provider, how its fairness keys share its
+budget (:func:`sluice.store.fairshare.shares`). Its waiting count is a ``GROUP BY`` of the
+provider's due tasks (over a second at 100,000 due tasks in SQLite), so like the queue
+count it is redone in the background at most every ``counts_ttl_s``, and a live page
+polling four times a second never waits for it (except the very first).
 
 Where the figures come from: usage counters every sending process adds to the database
 each second (:mod:`sluice.store.usage`), the pauses table every dispatcher reads (with
@@ -30,13 +37,17 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from sluice.clock import Clock, SystemClock
-from sluice.controls import PauseState
+from sluice.controls import PauseState, show_rate
+from sluice.engine.quotas import QuotaState, quota_states
 from sluice.engine.rates import RatesInForce
 from sluice.providers.base import Provider
 from sluice.ratelimit import gcra
 from sluice.ratelimit.base import Limiter
-from sluice.ratelimit.rate import LimitSpec
+from sluice.ratelimit.rate import LimitSpec, parse_rate
+from sluice.store import fairshare
 from sluice.store.pauses import Pause, PauseStore
+from sluice.store.queue import due_now
+from sluice.store.quotas import QuotaStore
 from sluice.store.rows import tasks
 from sluice.store.usage import SECOND, SECOND_BUCKETS_KEPT_S, UsageStore
 
@@ -71,7 +82,10 @@ class OverviewService:
         self.clock = clock or SystemClock()
         self.usage = UsageStore(engine)
         self.pauses = PauseStore(engine)
+        self.quotas = QuotaStore(engine)
         self.counts_ttl_s = counts_ttl_s
+        self._shares: dict[str, tuple[float, list[fairshare.Share]]] = {}
+        self._sharing: set[str] = set()
         self._counts: dict[str | None, tuple[float, list[dict[str, Any]], datetime]] = {}
         self._history: tuple[float, dict[tuple[str, str], dict[datetime, int]]] | None = None
         self._counting: set[str | None] = set()
@@ -114,14 +128,17 @@ class OverviewService:
 
     # -- the fast part: pauses, current windows, rates --------------------------------------
 
-    def live(self, now: datetime | None = None) -> list[dict[str, Any]]:
-        """Per provider: pause, in-flight, creates/polls per second, and each limit key's
-        rate and use of its current window. Two small queries, whatever the task count."""
+    def live(self, now: datetime | None = None, *, only: str | None = None) -> list[dict[str, Any]]:
+        """Per provider (or provider ``only``): pause, in-flight, creates/polls per second,
+        each limit key's rate and use of its current window, and each quota's state. Two
+        small queries, and one per quota, whatever the task count."""
         now = now or self.clock.now()
         active = self.pauses.details(now)
         per_second = self._per_second(now)
         out = []
         for name, provider in sorted(self.providers.items()):
+            if only is not None and name != only:
+                continue
             specs = _provider_keys(provider)
             seen = {spec.key for spec in specs}
             account_keys = sorted(
@@ -141,6 +158,9 @@ class OverviewService:
                     "name": name,
                     "configured": True,
                     "keys": keys,
+                    "quotas": [
+                        quota_view(q, now) for q in quota_states(self.quotas, provider, now)
+                    ],
                     **pause,
                     "in_flight": self._in_flight(in_flight.key) if in_flight else None,
                     "max_in_flight": in_flight.max_in_flight if in_flight else None,
@@ -195,6 +215,81 @@ class OverviewService:
             return int(reader(key))
         except Exception:
             return None
+
+    # -- one provider's budgets: quotas and fair shares -------------------------------------
+
+    def budgets(
+        self, name: str, tenant: str | None = None, *, provider_wide: bool = True
+    ) -> dict[str, Any] | None:
+        """Provider ``name``'s live card, quotas and fair shares (``None``: no such provider).
+
+        ``provider_wide=False`` (a tenant's key) leaves out the card and the quotas (they
+        are the operators', as in :meth:`overview`) and shows of the fair shares only the
+        line of the tenant's own fairness key, and only when the provider's fairness key
+        is the tenant: a ``fairness_field`` (an advertiser id...) may be shared between
+        tenants, so its lines are not any one tenant's to see.
+        """
+        provider = self.providers.get(name)
+        if provider is None:
+            return None
+        now = self.clock.now()
+        card: dict[str, Any] | None = None
+        if provider_wide:
+            card = next(entry for entry in self.live(now, only=name) if entry["name"] == name)
+        shares = self.shares(name)
+        if not provider_wide:
+            mine = provider.fairness_field is None and tenant is not None
+            shares = [s for s in shares if mine and s.key == tenant]
+        return {
+            "name": name,
+            "at": _iso(now),
+            "provider_wide": provider_wide,
+            "card": card,
+            "quotas": card["quotas"] if card is not None else [],
+            "fairness_field": provider.fairness_field,
+            "shares": [
+                {
+                    "key": s.key,
+                    "weight": s.weight,
+                    "waiting": s.waiting,
+                    "granted_last_minute": s.granted_last_minute,
+                    "share": s.share,
+                }
+                for s in shares
+            ],
+        }
+
+    def shares(self, name: str) -> list[fairshare.Share]:
+        """Each fairness key's share of provider ``name``: at most ``counts_ttl_s`` old,
+        redone in the background when stale (only the very first read waits for it)."""
+        with self._lock:
+            cached = self._shares.get(name)
+            stale = cached is None or time.monotonic() - cached[0] >= self.counts_ttl_s
+            start = stale and cached is not None and name not in self._sharing
+            if start:
+                self._sharing.add(name)
+        if cached is None:
+            return self._share_now(name)
+        if start:
+            threading.Thread(target=self._share_in_background, args=(name,), daemon=True).start()
+        return cached[1]
+
+    def _share_in_background(self, name: str) -> None:
+        try:
+            self._share_now(name)
+        except Exception:
+            log.warning("overview.shares_failed", exc_info=True)
+        finally:
+            with self._lock:
+                self._sharing.discard(name)
+
+    def _share_now(self, name: str) -> list[fairshare.Share]:
+        weights = self.providers[name].fairness_weights
+        now = self.clock.now()
+        found = fairshare.shares(self.engine, name, weights, due_now(now), now)
+        with self._lock:
+            self._shares[name] = (time.monotonic(), found)
+        return found
 
     # -- the slow parts, cached ------------------------------------------------------------
 
@@ -253,6 +348,27 @@ class OverviewService:
         with self._lock:
             self._counts[tenant] = (time.monotonic(), rows, counted_at)
         return rows, counted_at
+
+
+def quota_view(state: QuotaState, now: datetime) -> dict[str, Any]:
+    """One quota as the overview shows it (JSON-ready): use, reset (UTC and local),
+    forecast, and whether work waits for the reset."""
+    return {
+        "key": state.key,
+        "quota": state.quota,
+        "quota_shown": show_rate(parse_rate(state.quota)),
+        "reset": state.reset,
+        "limit": state.limit,
+        "used": state.used,
+        "remaining": state.remaining,
+        "window_start": _iso(state.window_start),
+        "resets_at": _iso(state.resets_at),
+        "resets_at_local": state.resets_at_local,
+        "zone": state.zone,
+        "resets_in_s": max(0, round((state.resets_at - now).total_seconds())),
+        "runs_out_at": _iso(state.runs_out_at),
+        "waiting": state.waiting,
+    }
 
 
 def _provider_keys(provider: Provider) -> list[LimitSpec]:

@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     console_idle_s: float = Field(default=3600, gt=0)
     # The console's history (per-minute usage counters per limit key): kept this long.
     usage_retention_s: float = Field(default=7 * 86_400, gt=0)
+    # /metrics: fairness keys named in sluice_fair_share_* per provider besides those with a
+    # weight (the largest shares); the rest sum into fairness_key="_other". 0: weighted only.
+    metrics_fair_share_keys: int = Field(default=10, ge=0, le=100)
 
     # Sections of the TOML file, validated by their own modules.
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)

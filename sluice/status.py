@@ -66,7 +66,7 @@ def bar(used: int, limit: int | None, width: int = BAR_WIDTH) -> Text:
 
 
 def render(data: dict[str, Any]) -> Group:
-    """The overview as Rich tables: limit keys, then queues."""
+    """The overview as Rich tables: limit keys and quotas, then queues."""
     keys = Table(title=f"Sluice limits at {str(data.get('at', ''))[11:19]} UTC", expand=False)
     for column in ("provider", "limit key", "rate", "current window", "used", "state"):
         keys.add_column(column)
@@ -91,6 +91,18 @@ def render(data: dict[str, Any]) -> Group:
                 bar(int(k.get("used", 0)), k.get("limit")),
                 f"{k.get('used', 0)}/{k.get('limit') or '-'}",
                 state if index == 0 else (Text("paused", style="red") if k.get("paused") else ""),
+            )
+        for q in p.get("quotas", []):
+            reset = q.get("resets_at_local") or f"{str(q.get('resets_at', ''))[:16]} UTC"
+            keys.add_row(
+                "",
+                f"quota {q['key']}",
+                q.get("quota_shown") or q.get("quota", ""),
+                bar(int(q["used"]), q["limit"]),
+                f"{q['used']}/{q['limit']}",
+                Text(f"spent: waits for the reset at {reset}", style="bold red")
+                if q.get("waiting")
+                else Text(f"resets {reset}", style="dim"),
             )
         if p.get("keys"):
             keys.add_row("", Text(flow, style="dim"), "", "", "", "")

@@ -153,7 +153,7 @@ def create_app(
 
 @asynccontextmanager
 async def _background(app: FastAPI) -> AsyncIterator[None]:
-    """While the server runs: the bulk job runner, and the console's shared live feed."""
+    """While the server runs: the bulk job runner, and the console's shared live feeds."""
     context: ApiContext = app.state.context
     if context.bulk_runner is not None:
         context.bulk_runner.start()
@@ -165,6 +165,8 @@ async def _background(app: FastAPI) -> AsyncIterator[None]:
         feed = getattr(app.state, "feed", None)
         if feed is not None:
             feed.stop()
+        for provider_feed in getattr(app.state, "provider_feeds", {}).values():
+            provider_feed.stop()
 
 
 def _install_console(
@@ -216,7 +218,12 @@ def _authenticator(
 def state_reader(runtime: Runtime) -> StateReader:
     """What ``/metrics`` reads of the cluster's state at each scrape."""
     return StateReader(
-        runtime.repo.engine, runtime.providers, runtime.limiter, runtime.pauses, runtime.rates
+        runtime.repo.engine,
+        runtime.providers,
+        runtime.limiter,
+        runtime.pauses,
+        runtime.rates,
+        fair_share_keys=runtime.settings.metrics_fair_share_keys,
     )
 
 

@@ -370,6 +370,17 @@ class SlotOut(_FromAttributes):
     eta_s: float | None = Field(description="about how long until its turn, at the rate in force")
 
 
+class QuotaWaitOut(_FromAttributes):
+    key: str
+    quota: str = Field(description="the quota, e.g. 15000/d")
+    used: int
+    limit: int
+    resets_at: datetime
+    resets_at_local: str | None = Field(
+        description="the reset on the clock of the quota's time zone (null: rolling)"
+    )
+
+
 class BackoffOut(_FromAttributes):
     until: datetime | None
     attempt: int
@@ -408,7 +419,8 @@ class ExplainOut(_FromAttributes):
     ``state`` is one of final, waiting_parent, paused, in_flight_cap, backing_off,
     awaiting_lookup, polling, scheduled, waiting_quota, sending, waiting_slot; the object of
     that name (``final``, ``parent``, ``pause``, ``in_flight``, ``backoff``, ``lookup``, ``poll``,
-    ``slot``) holds its details, and ``rates`` the rate in force on each key of the task.
+    ``quota``, ``slot``) holds its details, and ``rates`` the rate in force on each key of the
+    task.
     """
 
     task_id: int
@@ -420,6 +432,7 @@ class ExplainOut(_FromAttributes):
     parent: ParentOut | None
     pause: PauseOut | None
     slot: SlotOut | None
+    quota: QuotaWaitOut | None
     in_flight: InFlightOut | None
     backoff: BackoffOut | None
     lookup: LookupOut | None

@@ -1,9 +1,12 @@
-"""The shared state a scrape of ``/metrics`` reports: tasks, queue age, pauses, rates.
+"""The shared state a scrape of ``/metrics`` reports: tasks, queue age, pauses, rates,
+fair shares.
 
 Read from the database, the limiter and the rates in force when Prometheus scrapes (not
 recorded by each process, since every process would report the same cluster-wide
-numbers). Task counts are cached for :data:`TASKS_CACHE_S`, so however often and by however
-many scrapers, the tasks table is counted at most once per that interval.
+numbers). Task counts and fair shares are cached for :data:`TASKS_CACHE_S`, so however
+often and by however many scrapers, the tasks table is counted at most once per that
+interval; fair shares (a ``GROUP BY`` of the due tasks) are recounted in the background, so
+no scrape but the first waits for them.
 """
 
 from __future__ import annotations
@@ -11,17 +14,26 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
+from datetime import datetime
 
 from sqlalchemy import Engine
 
 from sluice.clock import Clock, SystemClock
 from sluice.engine.rates import RatesInForce, per_second
-from sluice.metrics import Pause, RateInForce, State, StateFamilies
+from sluice.metrics import (
+    FAIR_SHARE_TOP_KEYS,
+    FairShare,
+    Pause,
+    RateInForce,
+    State,
+    StateFamilies,
+)
 from sluice.providers.base import Provider
 from sluice.ratelimit.base import Limiter
 from sluice.ratelimit.rate import LimitSpec
-from sluice.store import counts
+from sluice.store import counts, fairshare
 from sluice.store.pauses import PauseStore
+from sluice.store.queue import due_now
 
 log = logging.getLogger("sluice.metrics")
 
@@ -40,6 +52,7 @@ class StateReader:
         rates: RatesInForce,
         clock: Clock | None = None,
         cache_s: float = TASKS_CACHE_S,
+        fair_share_keys: int = FAIR_SHARE_TOP_KEYS,
     ) -> None:
         self.engine = engine
         self.providers = providers
@@ -48,9 +61,12 @@ class StateReader:
         self.rates = rates
         self.clock = clock or SystemClock()
         self.cache_s = cache_s
+        self.fair_share_keys = fair_share_keys
         self._lock = threading.Lock()
         self._tasks: dict[tuple[str, str], int] = {}
         self._oldest: dict[str, float] = {}
+        self._shares: list[FairShare] | None = None
+        self._sharing = False
         self._next_count = float("-inf")
         self.counted = 0
         """How many times the tasks table was counted (tests check the cache)."""
@@ -61,13 +77,15 @@ class StateReader:
         with self._lock:
             if self.clock.monotonic() >= self._next_count:
                 self._count(names)
-            tasks, oldest = dict(self._tasks), dict(self._oldest)
+            tasks, oldest, shares = dict(self._tasks), dict(self._oldest), list(self._shares or [])
         return State(
             tasks=tasks,
             oldest_due_s=oldest,
             pauses=self._pauses(),
             providers=names,
             rates=self._rates(),
+            shares=shares,
+            fair_share_keys=self.fair_share_keys,
         )
 
     def _count(self, names: list[str]) -> None:
@@ -82,7 +100,33 @@ class StateReader:
         except Exception:
             # A scrape must answer: the last counts stand until the database is back.
             log.warning("metrics.count_failed", exc_info=True)
+        if self._shares is None:  # the first scrape waits for them; later ones never do
+            self._share(names)
+        elif not self._sharing:
+            self._sharing = True
+            threading.Thread(target=self._share, args=(names,), daemon=True).start()
         self._next_count = self.clock.monotonic() + self.cache_s
+
+    def _share(self, names: list[str]) -> None:
+        """Fair shares, read apart from the scrape: their waiting counts are a ``GROUP BY``
+        of each provider's due tasks (about a second at 100,000 due)."""
+        try:
+            found = self._read_shares(names, self.clock.now())
+        except Exception:
+            log.warning("metrics.shares_failed", exc_info=True)
+            found = self._shares or []
+        self._shares = found
+        self._sharing = False
+
+    def _read_shares(self, names: list[str], now: datetime) -> list[FairShare]:
+        found: list[FairShare] = []
+        for name in names:
+            weights = self.providers[name].fairness_weights
+            for share in fairshare.shares(self.engine, name, weights, due_now(now), now):
+                found.append(
+                    FairShare(name, share.key, share.share, share.waiting, share.key in weights)
+                )
+        return found
 
     def _pauses(self) -> list[Pause]:
         wall = self.clock.now()

@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from sluice.clock import Clock, SystemClock
 from sluice.engine.rates import Ceiling
 from sluice.providers.base import Provider
-from sluice.ratelimit.quota import Quota, QuotaSpec
+from sluice.ratelimit.quota import Quota, QuotaSpec, zone
 from sluice.ratelimit.rate import Rate
 from sluice.store.quotas import QuotaStore, Window
 
@@ -155,12 +155,20 @@ class QuotaState:
     nothing was spent yet or they last until the reset."""
     waiting: bool
     """Spent: work on this quota waits for ``resets_at``."""
+    zone: str | None = None
+    """The IANA time zone of a fixed window's calendar (``None``: a rolling quota)."""
+    resets_at_local: str | None = None
+    """``resets_at`` on the clock of ``zone``, e.g. ``2026-12-03 00:00 PST`` (``None``:
+    rolling)."""
 
 
-def quota_state(store: QuotaStore, key: str, quota: Quota, now: datetime) -> QuotaState:
-    """The state of one quota key at ``now`` (:class:`QuotaState`)."""
+def quota_state(
+    store: QuotaStore, key: str, quota: Quota, now: datetime, used: int | None = None
+) -> QuotaState:
+    """The state of one quota key at ``now`` (:class:`QuotaState`); ``used``: already
+    counted by the caller (else read from ``store``)."""
     window = window_of(key, quota, now)
-    used = min(store.used(window), quota.limit)
+    used = min(store.used(window) if used is None else used, quota.limit)
     remaining = quota.limit - used
     start = window.counted_since or window.start
     if quota.rolling:
@@ -187,7 +195,14 @@ def quota_state(store: QuotaStore, key: str, quota: Quota, now: datetime) -> Quo
         resets_at=resets_at,
         runs_out_at=runs_out,
         waiting=remaining == 0,
+        zone=None if quota.rolling else quota.reset,
+        resets_at_local=None if quota.rolling else local_time(resets_at, quota.reset),
     )
+
+
+def local_time(moment: datetime, zone_name: str) -> str:
+    """``moment`` on the clock of ``zone_name``: ``2026-12-03 00:00 PST``."""
+    return moment.astimezone(zone(zone_name)).strftime("%Y-%m-%d %H:%M %Z")
 
 
 def quota_states(store: QuotaStore, provider: Provider, now: datetime) -> list[QuotaState]:
@@ -200,8 +215,18 @@ def quota_states(store: QuotaStore, provider: Provider, now: datetime) -> list[Q
         prefix = key.split("=*", 1)[0] + "="
         since = quota.counted_since(now) - timedelta(seconds=quota.bucket_s())
         suffix = key.split("=*", 1)[1]
-        accounts = {row.key for row in store.rows(prefix, since) if row.key.endswith(suffix)}
-        states += [quota_state(store, account, quota, now) for account in sorted(accounts)]
+        # One read for every account (the console asks several times a second): each
+        # account's use is its rows that count now, as QuotaStore.used would sum them.
+        window = window_of(key, quota, now)
+        counted = window.counted_since or window.start
+        used: dict[str, int] = {}
+        for row in store.rows(prefix, since):
+            if row.key.endswith(suffix):
+                inside = counted <= row.start <= window.start
+                used[row.key] = used.get(row.key, 0) + (row.used if inside else 0)
+        states += [
+            quota_state(store, account, quota, now, used[account]) for account in sorted(used)
+        ]
     return states
 
 

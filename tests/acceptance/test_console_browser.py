@@ -5,7 +5,9 @@ SQLite) with two providers on the sandbox. The tests check what the issue asks o
 console: the overview shows each provider; a 429 with Retry-After from the sandbox (a
 maintenance window) turns its key's pause on in the open page within a second, without a
 reload, and off again when it ends; a filter plus bulk retry changes exactly the matching
-tasks; the task page shows why the task is where it is.
+tasks; the task page shows why the task is where it is; a provider's page shows its quota
+(reset on its own clock) and how two tenants share its budget, and turns to "quota spent:
+work waits for the reset" live when the quota is spent.
 
 Skipped without chromium and chromedriver (``apt-get install chromium chromium-driver``,
 which ``.ci/run`` does), failing instead under ``SLUICE_REQUIRE_SERVICES=1``. The driver is
@@ -23,6 +25,7 @@ import time
 from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,7 @@ from sqlalchemy import func, select
 from harness.cluster import free_port, wait_until, write_toml
 from sluice.domain import Submission, TaskStatus
 from sluice.store import db
+from sluice.store.quotas import QuotaStore, Window
 from sluice.store.repository import TaskRepository
 from sluice.store.rows import change_status, events
 
@@ -85,7 +89,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                 "base_url": sandbox,
                 "rate_limit": "20/s",
             },
-            "providers.acme": {"preset": "sandbox-demo", "base_url": sandbox, "rate_limit": "5/s"},
+            "providers.acme": {
+                "preset": "sandbox-demo",
+                "base_url": sandbox,
+                "rate_limit": "5/s",
+                "quota": "100000/d",
+                "quota_reset": "America/Los_Angeles",
+                "fairness_weights": {"t-a": 3},
+            },
         },
     )
     database_url = f"sqlite:///{folder / 'sluice.db'}"
@@ -304,3 +315,69 @@ def test_the_task_page_shows_the_explanation(server: Server, browser: Any, shots
     assert summary.startswith("final")
     assert "Invalid IP range: 10.0.0.999" in summary
     browser.save_screenshot(str(shots / "console-task.png"))
+
+
+def _share(browser: Any, key: str) -> float:
+    cells = _by_css(browser, f'#live tr[data-fairness-key="{key}"] .share')
+    return float(cells[0].text.rstrip("%")) if cells else 0.0
+
+
+def test_the_provider_page_shows_the_quota_and_the_fair_shares_live(
+    server: Server, browser: Any, shots: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    repo = server.repo()
+    for tenant in ("t-a", "t-b"):
+        spec = Submission("acme", "campaign", {"name": f"fair-{tenant}"}, tenant=tenant)
+        repo.create_many([spec] * 60)
+    browser.get(f"{server.url}/ui/providers/acme")
+    _wait(
+        lambda: browser.find_element(By.ID, "live").get_attribute("data-connected") == "true",
+        10,
+        "the event stream",
+    )
+    (quota,) = httpx.get(f"{server.url}/api/providers/acme/quotas").json()["quotas"]
+    assert quota["resets_at_local"].endswith(("PST", "PDT"))
+
+    def quota_row() -> tuple[str, str]:
+        # The live part is replaced as updates arrive: read the row afresh each time.
+        row = _by_css(browser, f'#live tr[data-quota="{quota["key"]}"]')[0]
+        return row.text, row.get_attribute("data-spent")
+
+    _wait(
+        lambda: (
+            f"/ {quota['limit']}" in quota_row()[0]
+            and quota["resets_at_local"] in quota_row()[0]
+            and quota_row()[1] == "false"
+        ),
+        10,
+        "the quota's row: its use, its reset on the Los Angeles clock, not spent",
+    )
+    # Weights 3:1 while both tenants wait: t-a gets the larger share, live.
+    _wait(
+        lambda: _share(browser, "t-a") > _share(browser, "t-b") > 0,
+        30,
+        "both tenants' shares, t-a's larger",
+    )
+    browser.save_screenshot(str(shots / "console-provider.png"))
+    # Other workers spend the rest of the quota: the open page says work waits for the reset.
+    window = Window(
+        quota["key"],
+        datetime.fromisoformat(quota["window_start"]),
+        datetime.fromisoformat(quota["resets_at"]),
+        quota["limit"],
+    )
+    QuotaStore(repo.engine).reserve(window, quota["limit"], repo.clock.now())
+    expected = f"Work waits for the reset at {quota['resets_at_local']}"
+    _wait(
+        lambda: (
+            quota_row()[1] == "true"
+            and "Quota spent" in browser.find_element(By.CSS_SELECTOR, "#live p.quota-spent").text
+            and expected in browser.find_element(By.CSS_SELECTOR, "#live p.quota-spent").text
+        ),
+        10,
+        "the quota to show as spent: work waits for the reset",
+    )
+    browser.save_screenshot(str(shots / "console-quota-spent.png"))
+    repo.engine.dispose()

@@ -133,3 +133,47 @@ def test_a_book_reserves_in_blocks_and_a_restart_does_not_hand_out_the_day_again
     assert store.used(window_of(spec.key, spec.quota, START)) == 22
     state = quota_state(store, spec.key, spec.quota, START + timedelta(hours=1))
     assert (state.used, state.remaining, state.waiting) == (22, 8, False)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    rolling=st.booleans(),
+    uses=st.lists(
+        st.tuples(st.sampled_from(["a1", "a2", "a3"]), st.integers(0, 25), st.integers(1, 9)),
+        max_size=12,
+    ),
+)
+def test_per_account_states_read_at_once_match_each_accounts_own_reading(
+    engine: Engine, rolling: bool, uses: list[tuple[str, int, int]]
+) -> None:
+    """A per-account quota's states, read for every account in one query (as the console
+    reads them), give each account the use its own key's reading gives."""
+    from sluice.engine.quotas import quota_states
+    from sluice.providers.registry import load_providers
+    from sluice.settings import Settings
+
+    name = f"p{uuid.uuid4().hex[:10]}"  # examples share the database: keys of their own
+    limit = {"per": "advertiser_id", "quota": "20/10min", "reset": "rolling" if rolling else "UTC"}
+    table = {"preset": "sandbox-demo", "base_url": "http://127.0.0.1:9", "limits": [limit]}
+    provider = load_providers(Settings(providers={name: table}, default_provider=name))[name]
+    ((pattern, quota, _scope, _per),) = provider.quotas()
+    store = QuotaStore(engine)
+    for account, minute, units in sorted(uses, key=lambda use: use[1]):
+        at = START + timedelta(minutes=minute)
+        store.reserve(window_of(pattern.replace("*", account), quota, at), units, at)
+    now = START + timedelta(minutes=25)
+
+    states = quota_states(store, provider, now)
+
+    assert [s.key for s in states] == sorted({s.key for s in states})
+    for state in states:
+        alone = quota_state(store, state.key, quota, now)
+        assert (state.used, state.remaining, state.waiting) == (
+            alone.used,
+            alone.remaining,
+            alone.waiting,
+        )

@@ -1,5 +1,6 @@
-"""The console's pages: overview (live), tasks (filters, keyset pages, bulk actions),
-task detail, bulk jobs, audit, and the live event stream.
+"""The console's pages: overview (live), a provider's budgets (quotas and fair shares,
+live), tasks (filters, keyset pages, bulk actions), task detail, bulk jobs, audit, and the
+live event streams.
 
 Every route here is a :class:`~sluice.api.console.routes.ConsoleRoute` (session, CSRF on
 POST, security headers). Who may see what follows the API's rules:
@@ -7,6 +8,10 @@ POST, security headers). Who may see what follows the API's rules:
 - provider-wide views (limits, pauses, usage, the live stream, audit) need an operator or
   admin key (or the open loopback mode); a viewer's or submitter's key sees its own
   tenant's tasks and counts only;
+- a provider's page shows operators and admins its live card, every quota and every
+  fairness key's share; a tenant's key sees only its own fairness key's line, and only
+  when the provider's fairness key is the tenant (see
+  :meth:`sluice.overview.OverviewService.budgets`);
 - bulk actions need a submitter key or above, and act within the key's tenant.
 """
 
@@ -32,6 +37,7 @@ from sluice.api.deps import ApiContext
 from sluice.clock import as_utc
 from sluice.controls import pause_end, pin_rate
 from sluice.domain import Actor, Phase, Role, Task, TaskStatus
+from sluice.engine.quotas import local_time
 from sluice.store.bulkjobs import ACTIONS
 from sluice.store.filters import TaskFilter
 
@@ -161,7 +167,11 @@ async def events(request: Request) -> Response:
     viewer = _viewer(request)
     if not provider_wide(viewer):
         return _refuse(request, "the live overview needs an operator or admin key")
-    feed = _feed(request)
+    return _stream(_feed(request))
+
+
+def _stream(feed: LiveFeed) -> Response:
+    """A live part as Server-Sent Events: each change of ``feed``'s HTML, and keepalives."""
     subscriber = feed.subscribe()
 
     async def stream() -> AsyncIterator[str]:
@@ -182,6 +192,114 @@ async def events(request: Request) -> Response:
         media_type="text/event-stream",
         headers={"X-Accel-Buffering": "no"},
     )
+
+
+# -- a provider: its card, quotas and fair shares ------------------------------------------
+
+
+def _span(seconds: float) -> str:
+    """A duration as a person reads it: ``45 s``, ``12 min``, ``3 h 05 min``, ``2 d 4 h``."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min"
+    if seconds < 86400:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
+
+
+def _clock_time(iso: str | None, zone: str | None) -> str | None:
+    """An ISO moment as ``2026-12-03 00:00 PST (08:00 UTC)``, or in UTC alone."""
+    if iso is None:
+        return None
+    moment = datetime.fromisoformat(iso)
+    utc = moment.strftime("%Y-%m-%d %H:%M UTC")
+    if zone is None:
+        return utc
+    return f"{local_time(moment, zone)} ({moment:%H:%M} UTC)"
+
+
+def budget_values(budgets: dict[str, Any]) -> dict[str, Any]:
+    """A provider's budgets with what the templates draw: times on each quota's own clock,
+    time left, and each fairness key's share in percent."""
+    at = datetime.fromisoformat(budgets["at"])
+    for quota in budgets["quotas"]:
+        quota["resets_shown"] = _clock_time(quota["resets_at"], quota["zone"])
+        quota["resets_in"] = _span(quota["resets_in_s"])
+        runs_out = quota["runs_out_at"]
+        quota["runs_out_shown"] = _clock_time(runs_out, quota["zone"])
+        quota["runs_out_in"] = (
+            None
+            if runs_out is None
+            else _span((datetime.fromisoformat(runs_out) - at).total_seconds())
+        )
+    active = sum(s["weight"] for s in budgets["shares"] if s["waiting"] > 0)
+    for share in budgets["shares"]:
+        share["percent"] = round(share["share"] * 100, 1)
+        entitled = share["weight"] / active if active and share["waiting"] > 0 else None
+        share["entitled_percent"] = (
+            None if entitled is None or not budgets["provider_wide"] else round(entitled * 100, 1)
+        )
+    return budgets
+
+
+def _provider_feed(request: Request, name: str) -> LiveFeed:
+    """The shared feed of provider ``name``'s live part (one per configured provider)."""
+    feeds: dict[str, LiveFeed] | None = getattr(request.app.state, "provider_feeds", None)
+    if feeds is None:
+        feeds = {}
+        request.app.state.provider_feeds = feeds
+    feed = feeds.get(name)
+    if feed is None:
+        app = request.app
+
+        def render() -> str:
+            context: ApiContext = app.state.context
+            assert context.overview is not None
+            budgets = context.overview.budgets(name)
+            assert budgets is not None
+            return render_html("_provider_live.html", b=budget_values(budgets))
+
+        feed = feeds[name] = LiveFeed(render)
+    return feed
+
+
+def _budgets(request: Request, name: str) -> dict[str, Any] | None:
+    viewer = _viewer(request)
+    context = _context(request)
+    if context is None or context.overview is None:
+        return None
+    found = context.overview.budgets(name, tenant_of(viewer), provider_wide=provider_wide(viewer))
+    return None if found is None else budget_values(found)
+
+
+@router.get("/providers/{name}", name="console_provider")
+def provider_page(request: Request, name: str) -> Response:
+    """A provider: its live card, each quota (use, reset, forecast, spent) and how its
+    fairness keys share its budget; live for operators, a tenant's own line otherwise."""
+    budgets = _budgets(request, name[:64])
+    if budgets is None:
+        return _refuse(request, _unknown(request, name), 404)
+    live = render_html("_provider_live.html", b=budgets) if budgets["provider_wide"] else ""
+    return _render(request, "provider.html", nav="overview", b=budgets, live=live)
+
+
+@router.get("/providers/{name}/events", name="console_provider_events")
+async def provider_events(request: Request, name: str) -> Response:
+    """Server-Sent Events: the provider page's live part whenever it changes (operators)."""
+    if not provider_wide(_viewer(request)):
+        return _refuse(request, "the live provider view needs an operator or admin key")
+    context = _context(request)
+    if context is None or context.overview is None or name not in context.overview.providers:
+        return _refuse(request, _unknown(request, name), 404)
+    return _stream(_provider_feed(request, name))
+
+
+def _unknown(request: Request, name: str) -> str:
+    context = _context(request)
+    known = sorted(context.overview.providers) if context and context.overview else []
+    return f"unknown provider {name[:64]!r}; known: {', '.join(known) or 'none'}"
 
 
 # -- tasks -----------------------------------------------------------------------------------
@@ -410,7 +528,8 @@ def _explain(request: Request, context: ApiContext, task: Task) -> dict[str, Any
     except errors.TaskNotFound:
         return None
     details: dict[str, str] = {"state": explained.state}
-    for name in ("parent", "pause", "slot", "in_flight", "backoff", "lookup", "poll", "final"):
+    parts = ("parent", "pause", "quota", "slot", "in_flight", "backoff", "lookup", "poll", "final")
+    for name in parts:
         part = getattr(explained, name)
         if part is not None:
             details[name.replace("_", " ")] = ", ".join(

@@ -2,7 +2,8 @@
 
 ``GET /api/providers/{name}/quotas`` answers for every ``quota`` the provider configures
 (one entry per account seen for a ``per`` quota): what this window has used, when it
-resets, whether work is waiting for that reset, and a forecast of when what is left runs
+resets (in UTC, and on the clock of the quota's time zone: ``resets_at_local``), whether
+work is waiting for that reset, and a forecast of when what is left runs
 out at the pace of the window so far (``null``: it lasts until the reset).
 """
 
@@ -45,6 +46,8 @@ class QuotaOut(BaseModel):
     resets_at: datetime
     runs_out_at: datetime | None
     waiting: bool
+    zone: str | None
+    resets_at_local: str | None
 
     @classmethod
     def of(cls, state: QuotaState) -> QuotaOut:

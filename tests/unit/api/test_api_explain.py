@@ -287,5 +287,8 @@ def test_a_spent_quota_holds_the_task_until_its_reset(api: Api) -> None:
     assert shown["state"] == "waiting_quota"
     assert shown["summary"].startswith("waiting for quota acme:1d (500 of 500 used")
     assert window.end.strftime("%Y-%m-%d %H:%M:%SZ") in shown["summary"]
+    assert shown["quota"]["key"] == "acme:1d"
+    assert (shown["quota"]["used"], shown["quota"]["limit"]) == (500, 500)
+    assert shown["quota"]["resets_at_local"] == window.end.strftime("%Y-%m-%d %H:%M UTC")
     (quota,) = api.client.get("/api/providers/acme/quotas").json()["quotas"]
     assert (quota["remaining"], quota["waiting"]) == (0, True)

@@ -242,6 +242,8 @@ CONSOLE_ROUTES = {
     ("GET", "/ui/account"): "session",
     ("GET", "/ui/overview/history"): "session",
     ("GET", "/ui/events"): "session",
+    ("GET", "/ui/providers/{name}"): "session",
+    ("GET", "/ui/providers/{name}/events"): "session",
     ("GET", "/ui/tasks"): "session",
     ("POST", "/ui/tasks/preview"): "session",
     ("POST", "/ui/tasks/bulk"): "session",

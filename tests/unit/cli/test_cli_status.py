@@ -54,3 +54,39 @@ def test_status_against_an_api_that_is_not_there_is_one_line(
 
     assert code == 1
     assert err.strip().splitlines() == ["status: cannot reach http://127.0.0.1:9: ConnectError"]
+
+
+def test_status_shows_a_spent_quota_waiting_for_its_reset(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A provider's daily quota, all used: the table says it is spent and when it resets,
+    on the clock of its time zone."""
+    from datetime import UTC, datetime
+
+    from sluice.engine.quotas import local_time, window_of
+    from sluice.ratelimit.quota import parse_quota
+    from sluice.store.quotas import QuotaStore
+
+    url = f"sqlite:///{tmp_path / 'status.db'}"
+    engine = db.make_engine(url)
+    db.ensure_schema(engine)
+    quota = parse_quota("50/d", "America/Los_Angeles")
+    now = datetime.now(UTC)
+    window = window_of("gads:1d", quota, now)
+    assert QuotaStore(engine).reserve(window, 50, now) == 50
+    engine.dispose()
+    config = tmp_path / "sluice.toml"
+    config.write_text(
+        '[sluice]\ndefault_provider = "gads"\n\n[providers.gads]\npreset = "sandbox-demo"\n'
+        'base_url = "http://127.0.0.1:9"\nrate_limit = "5/s"\nquota = "50/d"\n'
+        'quota_reset = "America/Los_Angeles"\n'
+    )
+    monkeypatch.setenv("SLUICE_DATABASE_URL", url)
+    monkeypatch.setenv("SLUICE_CONFIG", str(config))
+
+    code, out, err = run_cli(monkeypatch, capsys, "status", "--once")
+
+    assert code == 0, err
+    assert "quota gads:1d" in out
+    assert "50/50" in out
+    assert f"spent: waits for the reset at {local_time(window.end, 'America/Los_Angeles')}" in out

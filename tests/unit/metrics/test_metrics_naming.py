@@ -21,6 +21,8 @@ ALLOWED_LABELS = {
     "scope",
     "status",
     "source",
+    # Bounded by fold_shares: the keys with a configured weight, the top 10 others, _other.
+    "fairness_key",
 }
 FORBIDDEN_LABELS = {
     "task_id",
@@ -78,6 +80,7 @@ def test_the_state_gauges_are_named_by_convention() -> None:
         pauses=[metrics.Pause("sbx:advertiser_id=adv-77", 4.0)],
         providers=["sbx"],
         rates=[metrics.RateInForce("sbx:write", 10.0, 5.0, "pinned")],
+        shares=[metrics.FairShare("sbx", "tenant-a", 1.0, 3)],
     )
     for family in metrics.state_families(state):
         assert family.name.startswith("sluice_"), family.name
@@ -168,3 +171,50 @@ def test_pauses_of_two_accounts_sum_into_one_scope() -> None:
     }
     assert paused == {("sbx", "advertiser_id"): 2, ("sbx", "all"): 0}
     assert left[("sbx", "advertiser_id")] == 7.0
+
+
+# --- fairness keys: bounded series ------------------------------------------------------
+
+SHARE = st.builds(
+    metrics.FairShare,
+    provider=st.sampled_from(["p1", "p2"]),
+    key=st.text(alphabet="abcdefghij", min_size=1, max_size=4),
+    share=st.floats(min_value=0, max_value=1),
+    waiting=st.integers(min_value=0, max_value=1000),
+    weighted=st.booleans(),
+)
+
+
+@given(
+    shares=st.lists(SHARE, max_size=60, unique_by=lambda s: (s.provider, s.key)),
+    top=st.integers(min_value=0, max_value=12),
+)
+def test_fold_shares_bounds_the_series_and_keeps_the_totals(
+    shares: list[metrics.FairShare], top: int
+) -> None:
+    """Per provider: every weighted key and at most ``top`` others keep their own series,
+    the rest sum into one _other line; shares and waiting tasks add up as before, and no
+    shown key has a smaller share than one folded away."""
+    folded = metrics.fold_shares(shares, top=top)
+    for provider in ("p1", "p2"):
+        given_ = [s for s in shares if s.provider == provider]
+        out = [s for s in folded if s.provider == provider]
+        weighted = [s for s in given_ if s.weighted]
+        assert len(out) <= len(weighted) + top + 1
+        assert {s.key for s in weighted} <= {s.key for s in out}
+        assert sum(s.waiting for s in out) == sum(s.waiting for s in given_)
+        assert abs(sum(s.share for s in out) - sum(s.share for s in given_)) < 1e-3
+        kept = {s.key for s in out}
+        dropped = [s for s in given_ if s.key not in kept]
+        shown = [s for s in given_ if s.key in kept and not s.weighted]
+        if dropped and shown:
+            assert min(s.share for s in shown) >= max(s.share for s in dropped)
+
+
+def test_fold_shares_names_the_rest_other() -> None:
+    """Twelve tenants, one weighted: the weighted one, the ten largest others, and _other."""
+    shares = [metrics.FairShare("p", f"t{i:02d}", i / 100, i) for i in range(12)]
+    shares.append(metrics.FairShare("p", "vip", 0.0, 0, weighted=True))
+    folded = {s.key: s for s in metrics.fold_shares(shares)}
+    assert set(folded) == {"vip", "_other", *(f"t{i:02d}" for i in range(2, 12))}
+    assert (folded["_other"].share, folded["_other"].waiting) == (0.01, 1)

@@ -17,6 +17,7 @@ from sluice.ratelimit.rate import Rate
 from sluice.settings import Settings
 from sluice.store import db
 from sluice.store.pauses import PauseStore
+from sluice.store.queue import WorkQueue
 from sluice.store.repository import TaskRepository
 
 
@@ -34,6 +35,7 @@ def reader(tmp_path: Path, clock: FakeClock, pins: Pins | None = None) -> StateR
         "base_url": "http://127.0.0.1:9",
         "rate_limit": "20/s",
         "limits": [{"rate": "5/s", "scope": "write", "per": "advertiser_id"}],
+        "fairness_weights": {"a1": 3},
     }
     settings = Settings(providers={"sbx": table}, default_provider="sbx")
     engine = db.make_engine(f"sqlite:///{tmp_path / 's.db'}")
@@ -99,3 +101,38 @@ def test_a_pin_lowers_the_rate_in_force_beside_the_configured_one(tmp_path: Path
     }
     assert configured == {("sbx", "all"): 20.0}
     assert in_force == {("sbx", "all", "pinned"): 5.0}
+
+
+def test_each_fairness_keys_share_and_waiting_tasks_are_gauges(tmp_path: Path) -> None:
+    """Keys a1 (weight 3) and b2 each have 20 tasks due; a claim of 8 gives them 6 and 2:
+    the scrape shows shares 0.75 and 0.25 and 14 and 18 tasks still waiting."""
+    clock = FakeClock()
+    state = reader(tmp_path, clock)
+    # The reader's three tasks are tenant "default"'s: claim them first, out of the way.
+    engine = state.engine
+    repo = TaskRepository(engine, clock)
+    queue = WorkQueue(engine)
+    clock.advance(61)
+    queue.claim_fair(clock.now(), 3, "w", 600, "sbx")
+    clock.advance(180)  # their grants leave the last minute (and the one before)
+    for key in ("a1", "b2"):
+        repo.create_many([Submission("sbx", "campaign", {"n": 1}, fairness_key=key)] * 20)
+    clock.advance(1)
+    queue.claim_fair(clock.now(), 8, "w", 600, "sbx", {"a1": 3.0})
+
+    families = {f.name: f for f in metrics.state_families(state.read())}
+
+    ratio = {tuple(s.labels.values()): s.value for s in families["sluice_fair_share_ratio"].samples}
+    waiting = {
+        tuple(s.labels.values()): s.value
+        for s in families["sluice_fair_share_waiting_tasks"].samples
+    }
+    assert ratio == {("sbx", "a1"): 0.75, ("sbx", "b2"): 0.25}
+    assert waiting == {("sbx", "a1"): 14, ("sbx", "b2"): 18}
+    # SLUICE_METRICS_FAIR_SHARE_KEYS=0: only weighted keys keep a name.
+    state.fair_share_keys = 0
+    families = {f.name: f for f in metrics.state_families(state.read())}
+    folded = {
+        tuple(s.labels.values()): s.value for s in families["sluice_fair_share_ratio"].samples
+    }
+    assert folded == {("sbx", "a1"): 0.75, ("sbx", "_other"): 0.25}
