@@ -37,7 +37,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from sluice.clock import Clock, SystemClock
-from sluice.controls import PauseState, show_rate
+from sluice.controls import PauseState
 from sluice.engine.quotas import QuotaState, quota_states
 from sluice.engine.rates import RatesInForce
 from sluice.providers.base import Provider
@@ -356,7 +356,7 @@ def quota_view(state: QuotaState, now: datetime) -> dict[str, Any]:
     return {
         "key": state.key,
         "quota": state.quota,
-        "quota_shown": show_rate(parse_rate(state.quota)),
+        "quota_shown": str(parse_rate(state.quota)),
         "reset": state.reset,
         "limit": state.limit,
         "used": state.used,
