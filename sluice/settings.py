@@ -24,6 +24,7 @@ from pydantic_settings import (
 )
 
 from sluice import errors, masking
+from sluice.redis_url import parse_redis_url
 from sluice.units import parse_duration
 
 DEFAULT_CONFIG_FILE = "sluice.toml"
@@ -36,6 +37,8 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite:///./sluice.db"
     broker_url: str | None = None
+    # The shared limiter's Redis: redis://host:6379/1, or a Redis Cluster as
+    # redis+cluster://host:7000,host2:7000 (sluice/redis_url.py, docs/deployment.md).
     redis_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
@@ -73,6 +76,8 @@ class Settings(BaseSettings):
     # A grant up to this late for its slot keeps the schedule (capped at half the margin's
     # slack, so the sliding-window guarantee holds): see sluice/ratelimit/gcra.py.
     rate_catch_up_s: float = Field(default=0.002, ge=0)
+    # Prefix of the limiter's Redis keys; no '{' or '}' (they would break the hash tags that
+    # keep one provider's keys in one Redis Cluster slot: docs/scaling.md).
     limiter_namespace: str = "sluice:rl"
 
     # Distributed mode: beat sends `pumps` pump tasks every `pump_s` seconds; each keeps
@@ -100,6 +105,20 @@ class Settings(BaseSettings):
     # Sections of the TOML file, validated by their own modules.
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     sandbox: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_is_known(cls, value: str | None) -> str | None:
+        if value:
+            parse_redis_url(value)
+        return value
+
+    @field_validator("limiter_namespace")
+    @classmethod
+    def _namespace_keeps_hash_tags(cls, value: str) -> str:
+        if not value or "{" in value or "}" in value:
+            raise errors.InvalidValue(f"must be non-empty and without '{{' or '}}', got {value!r}")
+        return value
 
     @field_validator("retention_period")
     @classmethod

@@ -86,6 +86,27 @@ def redis_url() -> str:
     return REDIS_URL
 
 
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private Redis Cluster of three masters started from the local ``redis-server`` on
+    spare ports (never 6379), shared by the session's tests and killed at its end; tests
+    keep to their own namespaces. Its URL is ``redis+cluster://127.0.0.1:P1,127.0.0.1:P2``."""
+    from harness.redis_cluster import RedisCluster
+    from harness.servers import ServerUnavailable
+
+    try:
+        cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    except ServerUnavailable as exc:
+        if os.environ.get("SLUICE_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"{exc} and SLUICE_REQUIRE_SERVICES=1")
+        pytest.skip(str(exc))
+    try:
+        cluster.start()
+        yield cluster.url
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture
 def rabbitmq_url() -> str:
     """The real RabbitMQ server."""

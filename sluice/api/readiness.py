@@ -6,13 +6,17 @@ from sluice.api.deps import ReadinessCheck
 
 
 def redis_check(url: str) -> ReadinessCheck:
-    """A check that pings the Redis server at ``url``."""
-    import redis
+    """A check that pings the Redis server at ``url`` (every primary of a Redis Cluster,
+    whose client is made at the first check, so a cluster down at start-up fails the check,
+    not the API)."""
+    from sluice.ratelimit.redis import Client, connect
 
-    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    made: list[Client] = []
 
     def check() -> None:
-        client.ping()
+        if not made:
+            made.append(connect(url, socket_timeout=2, socket_connect_timeout=2))
+        made[0].ping()
 
     return check
 

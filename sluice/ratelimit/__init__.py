@@ -35,7 +35,8 @@ def build_limiter(
     catch_up_s: float = 0.0,
     cold_start: bool = True,
 ) -> Limiter:
-    """A :class:`RedisLimiter` when ``redis_url`` is given, else a :class:`MemoryLimiter`.
+    """A :class:`RedisLimiter` when ``redis_url`` is given (one server, or a Redis Cluster
+    as ``redis+cluster://host:port,…``), else a :class:`MemoryLimiter`.
 
     Embedded mode (one process) needs no Redis; distributed mode must share one Redis so
     that every worker on every host draws from the same limits. ``cold_start=False`` is

@@ -1,38 +1,58 @@
-"""Redis limiter for distributed mode: one atomic Lua script per acquire.
+"""Redis limiter for distributed mode: one atomic Lua script per acquire, on one Redis or
+a Redis Cluster.
 
 Every worker on every host shares the same limits because the whole decision (pauses,
 in-flight cap, GCRA on every key, then the commit) runs inside one Lua script, which
 Redis executes atomically, and reads the *Redis server's* clock (``TIME``), so host
 clocks never matter. Tests inject a clock; its time is then passed in instead.
 
-Keys under ``namespace`` (default ``sluice:rl``)::
+Keys under ``namespace`` (default ``sluice:rl``), each carrying the **hash tag** of its
+limit key's root (:func:`slot_tag`: the text before the first ``:`` or ``#``, which is the
+provider's name for every key Sluice makes)::
 
-    <ns>:born             when this state began (server time, microseconds); no TTL
-    <ns>:tat:<key>        GCRA theoretical arrival time, integer microseconds
-    <ns>:pause:<key>      end of the pause on <key>, integer microseconds
-    <ns>:inflight:<key>   sorted set of lease ids scored by their expiry (microseconds)
+    <ns>:{<root>}:born            when this root's state began (microseconds)
+    <ns>:{<root>}:tat:<key>       GCRA theoretical arrival time, integer microseconds
+    <ns>:{<root>}:pause:<key>     end of the pause on <key>, integer microseconds
+    <ns>:{<root>}:inflight:<key>  sorted set of lease ids scored by their expiry (microseconds)
 
-Each key but ``born`` expires a grace period after it stops constraining anything, so idle
-keys vanish. The grace also keeps a key alive when an injected test clock runs ahead of or
-behind the server's clock, which is what Redis measures TTLs with.
+A Redis Cluster places a key by its hash tag alone, so every key of one provider lives in
+one slot, and one script can read and write all the keys of a grant (provider-wide,
+per-operation, per-account, in-flight and window holds) atomically, on one server's clock.
+The price: one provider's limiter traffic is served by one shard (docs/scaling.md). On a
+cluster, a grant whose keys have different roots is refused with ``InvalidValue`` before
+anything is sent; one Redis server takes any keys.
 
-A Redis that was flushed or restarted has no ``born`` key. The first script to notice
-writes the server's time there, and every key is then held as a limiter that lost its
-state must be (:mod:`gcra`: 1 s, or one spacing if longer), so the limit holds across
-the loss. The Redis must not bring back old state on its own: run it without
-persistence (``--save '' --appendonly no``; Sluice rebuilds what it needs) and with
+Every key expires when idle: a TAT, pause or in-flight set a grace period
+(:data:`KEY_GRACE_MS`) after it stops constraining anything, and ``born``
+:data:`BORN_TTL_MS` after the last acquire on its root. The grace also keeps a key alive
+when an injected test clock runs ahead of or behind the server's clock, which is what Redis
+measures TTLs with.
+
+A root with no ``born`` key lost the limiter's state (a flush, a restart, a cluster
+failover that lost writes) or has been idle past ``BORN_TTL_MS``. The first script to
+notice writes the server's time there, and each of that root's keys is then held as a
+limiter that lost its state must be (:mod:`gcra`: 1 s, or one spacing if longer), so the
+limit holds across the loss; on a cluster each shard's loss is noticed on its own roots.
+The Redis must not bring back old state on its own: run it without persistence
+(``--save '' --appendonly no``; Sluice rebuilds what it needs) and with
 ``maxmemory-policy noeviction``, since an evicted TAT with ``born`` still present would let
 one grant come early.
 """
 
 from __future__ import annotations
 
+import re
+import threading
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis
 import redis.exceptions
+from redis.cluster import ClusterNode, RedisCluster
+from redis.commands.core import Script
+from redis.crc import key_slot
 
 from sluice import errors
 from sluice.clock import Clock
@@ -44,10 +64,19 @@ from sluice.ratelimit.base import (
     clock_us,
 )
 from sluice.ratelimit.rate import Grant, LimitSpec
+from sluice.redis_url import parse_redis_url
 
 T = TypeVar("T")
 
+Client = redis.Redis | RedisCluster
+"""A client of one Redis server or of a Redis Cluster: the limiter works on either."""
+
 KEY_GRACE_MS = 60_000
+BORN_TTL_MS = 7 * 86_400_000
+"""A root idle this long forgets when its state began: its next grant waits a cold hold."""
+
+_ROOT = re.compile(r"[^:#]*")
+_FAILURES = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)
 
 # Every script starts here: ARGV[1] is an injected clock's time, or '' for the server's TIME.
 _NOW_LUA = """
@@ -60,38 +89,50 @@ else
 end
 """
 
-# KEYS: the born key, then n_rate TAT keys, then n_pause pause keys, then the in-flight
-#       key if any.
-# ARGV: now_us ('' = server TIME), n_rate, n_pause, has_inflight, grace_ms,
-#       max_in_flight, lease_ttl_us, lease_id, then one step_us (cost * spacing) per TAT
-#       key, then one catch-up credit_us per TAT key, then one cold-start hold_us per TAT
-#       key, then one allow_us ((burst + 1 - cost) * spacing) per TAT key.
+# KEYS: n_born born keys (one per root), then n_rate TAT keys, then n_pause pause keys,
+#       then the in-flight key if any.
+# ARGV: now_us ('' = server TIME), n_born, n_rate, n_pause, has_inflight, grace_ms,
+#       max_in_flight, lease_ttl_us, lease_id, born_ttl_ms, then five values per TAT key:
+#       step_us (cost * spacing), catch-up credit_us, cold-start hold_us, allow_us
+#       ((burst + 1 - cost) * spacing), and the index of its root's born key.
 # Returns {granted 0/1, wait_us, reason, now_us}. Mirrors gcra.decide + in_flight_wait.
 _ACQUIRE_LUA = (
     _NOW_LUA
     + """
-local n_rate = tonumber(ARGV[2])
-local n_pause = tonumber(ARGV[3])
-local grace_ms = tonumber(ARGV[5])
+local n_born = tonumber(ARGV[2])
+local n_rate = tonumber(ARGV[3])
+local n_pause = tonumber(ARGV[4])
+local grace_ms = tonumber(ARGV[6])
+local born_ttl_ms = tonumber(ARGV[10])
 
--- No born key: this Redis lost the limiter's state (flushed, restarted). Start it now.
-local born = tonumber(redis.call('GET', KEYS[1]) or '-1')
-if born < 0 then
-  born = now
-  redis.call('SET', KEYS[1], string.format('%d', born))
+-- No born key: this root lost the limiter's state (flushed, restarted, failed over) or was
+-- idle past its TTL. Start it now. A live one is kept while its root is used.
+local borns = {}
+for b = 1, n_born do
+  local born = tonumber(redis.call('GET', KEYS[b]) or '-1')
+  if born < 0 then
+    born = now
+    redis.call('SET', KEYS[b], string.format('%d', born), 'PX', born_ttl_ms)
+  elseif redis.call('PTTL', KEYS[b]) < born_ttl_ms / 2 then
+    redis.call('PEXPIRE', KEYS[b], born_ttl_ms)
+  end
+  borns[b] = born
 end
 
+local first_pause = n_born + n_rate + 1
 local pause_wait = 0
-for i = n_rate + 2, n_rate + n_pause + 1 do
+for i = first_pause, first_pause + n_pause - 1 do
   local wait = tonumber(redis.call('GET', KEYS[i]) or '0') - now
   if wait > pause_wait then pause_wait = wait end
 end
 local rate_wait = 0
 local tats = {}
 for i = 1, n_rate do
-  local hold = tonumber(ARGV[8 + 2 * n_rate + i])
-  tats[i] = math.max(tonumber(redis.call('GET', KEYS[i + 1]) or '0'), born + hold)
-  local wait = tats[i] - tonumber(ARGV[8 + 3 * n_rate + i]) - now
+  local base = 10 + 5 * (i - 1)
+  local hold = tonumber(ARGV[base + 3])
+  local born = borns[tonumber(ARGV[base + 5])]
+  tats[i] = math.max(tonumber(redis.call('GET', KEYS[n_born + i]) or '0'), born + hold)
+  local wait = tats[i] - tonumber(ARGV[base + 4]) - now
   if wait > rate_wait then rate_wait = wait end
 end
 if pause_wait > 0 or rate_wait > 0 then
@@ -100,9 +141,9 @@ if pause_wait > 0 or rate_wait > 0 then
   return {0, math.max(pause_wait, rate_wait), reason, now}
 end
 
-if ARGV[4] == '1' then
-  local key = KEYS[n_rate + n_pause + 2]
-  local max_in_flight = tonumber(ARGV[6])
+if ARGV[5] == '1' then
+  local key = KEYS[first_pause + n_pause]
+  local max_in_flight = tonumber(ARGV[7])
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
   local live = redis.call('ZCARD', key)
   if live >= max_in_flight then
@@ -110,16 +151,15 @@ if ARGV[4] == '1' then
     local freeing = redis.call('ZRANGE', key, nth, nth, 'WITHSCORES')
     return {0, tonumber(freeing[2]) - now, 'in_flight', now}
   end
-  redis.call('ZADD', key, now + tonumber(ARGV[7]), ARGV[8])
+  redis.call('ZADD', key, now + tonumber(ARGV[8]), ARGV[9])
   local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
   redis.call('PEXPIRE', key, math.ceil((tonumber(last[2]) - now) / 1000) + grace_ms)
 end
 
 for i = 1, n_rate do
-  local step = tonumber(ARGV[8 + i])
-  local credit = tonumber(ARGV[8 + n_rate + i])
-  local tat = math.max(tats[i], now - credit) + step
-  redis.call('SET', KEYS[i + 1], string.format('%d', tat),
+  local base = 10 + 5 * (i - 1)
+  local tat = math.max(tats[i], now - tonumber(ARGV[base + 2])) + tonumber(ARGV[base + 1])
+  redis.call('SET', KEYS[n_born + i], string.format('%d', tat),
              'PX', math.ceil((tat - now) / 1000) + grace_ms)
 end
 return {1, 0, '', now}
@@ -154,45 +194,143 @@ return {latest, now}
 """
 )
 
+# KEYS[1]: in-flight key. ARGV: now_us ('' = server TIME), lease_id, hold_us, grace_ms.
+# The lease expires hold_us from now (re-added if it had lapsed); the set outlives it and
+# is never shortened (others' leases may be longer).
+_HOLD_LUA = (
+    _NOW_LUA
+    + """
+local hold_us = tonumber(ARGV[3])
+redis.call('ZADD', KEYS[1], now + hold_us, ARGV[2])
+local life_ms = math.floor(hold_us / 1000) + tonumber(ARGV[4])
+if redis.call('PTTL', KEYS[1]) < life_ms then
+  redis.call('PEXPIRE', KEYS[1], life_ms)
+end
+return 1
+"""
+)
+
+# KEYS[1]: in-flight key. ARGV: now_us ('' = server TIME). Returns the live leases.
+_IN_FLIGHT_COUNT_LUA = (
+    _NOW_LUA
+    + """
+return redis.call('ZCOUNT', KEYS[1], '(' .. string.format('%d', now), '+inf')
+"""
+)
+
+# KEYS: TAT keys. ARGV: granted_at_us, then one spacing_us per key, then one credit_us per
+# key. Mirrors gcra.given_back on each key: its TAT steps back one spacing only while no
+# grant has followed the one given back.
+_GIVE_BACK_LUA = """
+local at = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  local spacing = tonumber(ARGV[1 + i])
+  local credit = tonumber(ARGV[1 + #KEYS + i])
+  local raw = redis.call('GET', KEYS[i])
+  if raw and spacing > credit then
+    local tat = tonumber(raw)
+    if tat <= at + spacing then
+      redis.call('SET', KEYS[i], string.format('%d', tat - spacing), 'KEEPTTL')
+    end
+  end
+end
+return 1
+"""
+
 _GLOB_SPECIALS = "\\*?[]"
+
+
+def slot_tag(key: str) -> str:
+    """The hash tag of a limit key: its root, the text before the first ``:`` or ``#``.
+
+    Sluice's limit keys all start with their provider's name (``acme``, ``acme:write``,
+    ``acme:advertiser=7``, ``acme:in_flight``, ``acme:write#window``), so every key one
+    grant touches shares it. A root that could not be a hash tag (empty, or holding a
+    brace) is replaced by ``-`` (a name no provider may have).
+    """
+    root = _ROOT.match(key)
+    text = root.group(0) if root else ""
+    return text if text and "{" not in text and "}" not in text else "-"
+
+
+def connect(url: str, **client_kwargs: Any) -> Client:
+    """A client for ``url``: a ``RedisCluster`` for ``redis+cluster://`` URLs (which
+    connects to find the cluster's nodes at once), else a ``redis.Redis`` (which connects
+    at its first command). See :mod:`sluice.redis_url`."""
+    target = parse_redis_url(url)
+    if not target.cluster:
+        return redis.Redis.from_url(url, **client_kwargs)
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],  # type: ignore[no-untyped-call]
+        username=target.username,
+        password=target.password,
+        ssl=target.ssl,
+        **client_kwargs,
+    )
+
+
+@dataclass(frozen=True)
+class _Scripts:
+    acquire: Script
+    pause: Script
+    paused_until: Script
+    hold: Script
+    in_flight_count: Script
+    give_back: Script
 
 
 class RedisLimiter:
     """:class:`~sluice.ratelimit.base.Limiter` shared through Redis by every process and host.
 
     Args:
-        client: a ``redis.Redis``; its connection pool is shared by threads.
+        client: a ``redis.Redis`` or ``RedisCluster``; its connection pool is shared by
+            threads. Or ``None`` with ``connect``, a function that makes one at first use
+            (a cluster client connects when made, so a cluster that is down at start-up
+            fails the first call, as a plain Redis does, not the process).
         namespace: prefix of every key this limiter writes; ``reset`` drops them all.
+            No ``{`` or ``}``: the keys' hash tags follow it.
         clock: tests only; when given, its time replaces the Redis server's ``TIME``.
         margin: extra fraction of the interval kept between grants (see :mod:`gcra`).
         catch_up_s: how late a caller may be for its slot without the schedule slipping
             (see :mod:`gcra`; capped at half the margin's slack).
         cold_start: hold every key after the Redis lost the limiter's state (see
             :mod:`gcra`); off only for tests that start from a known-empty past.
+        key_grace_ms: how long a TAT, pause or in-flight set outlives what it constrains.
     """
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client | None,
         namespace: str = "sluice:rl",
         clock: Clock | None = None,
         margin: float = 0.01,
         catch_up_s: float = 0.0,
         *,
         cold_start: bool = True,
+        key_grace_ms: int = KEY_GRACE_MS,
+        connect: Callable[[], Client] | None = None,
     ) -> None:
         gcra.check_margin(margin)
         self._catch_up_us = gcra.to_us(catch_up_s)
         self._cold_start = cold_start
-        if not namespace:
-            raise errors.InvalidValue("RedisLimiter namespace must be a non-empty string")
-        self._client = client
+        if not namespace or "{" in namespace or "}" in namespace:
+            raise errors.InvalidValue(
+                f"RedisLimiter namespace must be non-empty, without '{{' or '}}', got {namespace!r}"
+            )
+        if (client is None) == (connect is None):
+            raise errors.InvalidValue("RedisLimiter needs a client or a connect function")
+        if isinstance(key_grace_ms, bool) or key_grace_ms < 1:
+            raise errors.InvalidValue(f"key_grace_ms must be >= 1, got {key_grace_ms!r}")
+        self._grace_ms = key_grace_ms
         self._namespace = namespace
         self._clock = clock
         self._margin = margin
-        self._acquire_script = client.register_script(_ACQUIRE_LUA)
-        self._pause_script = client.register_script(_PAUSE_LUA)
-        self._paused_until_script = client.register_script(_PAUSED_UNTIL_LUA)
+        self._connect = connect
+        self._lock = threading.Lock()
+        self._client: Client | None = None
+        self._scripts: _Scripts | None = None
+        if client is not None:
+            self._attach(client)
 
     @classmethod
     def from_url(
@@ -204,29 +342,39 @@ class RedisLimiter:
         catch_up_s: float = 0.0,
         *,
         cold_start: bool = True,
+        key_grace_ms: int = KEY_GRACE_MS,
         **client_kwargs: Any,
     ) -> RedisLimiter:
-        """Build a limiter on a new client for ``url`` (``redis://host:6379/0``).
+        """Build a limiter for ``url`` (``redis://host:6379/0``, or a cluster's
+        ``redis+cluster://host:7000,host2:7000``: :mod:`sluice.redis_url`).
 
-        Socket timeouts default to 2 s so a dead Redis fails fast with ``LimiterError``
-        instead of hanging every worker; ``client_kwargs`` override them.
+        Nothing connects until the first call. Socket timeouts default to 2 s so a dead
+        Redis fails fast with ``LimiterError`` instead of hanging every worker;
+        ``client_kwargs`` override them.
         """
         client_kwargs.setdefault("socket_timeout", 2.0)
         client_kwargs.setdefault("socket_connect_timeout", 2.0)
-        client = redis.Redis.from_url(url, **client_kwargs)
+        cluster = parse_redis_url(url).cluster
         return cls(
-            client,
+            None if cluster else connect(url, **client_kwargs),
             namespace=namespace,
             clock=clock,
             margin=margin,
             catch_up_s=catch_up_s,
             cold_start=cold_start,
+            key_grace_ms=key_grace_ms,
+            connect=(lambda: connect(url, **client_kwargs)) if cluster else None,
         )
 
     @property
-    def client(self) -> redis.Redis:
-        """The Redis client this limiter talks through."""
-        return self._client
+    def client(self) -> Client:
+        """The Redis client this limiter talks through (made now if not yet)."""
+        return self._call(lambda: self._ready()[0])
+
+    @property
+    def is_cluster(self) -> bool:
+        """Whether this limiter runs on a Redis Cluster (known once a client is made)."""
+        return isinstance(self._client, RedisCluster) or self._connect is not None
 
     def acquire(self, limits: Sequence[LimitSpec], *, in_flight: InFlight | None = None) -> Grant:
         """See :meth:`Limiter.acquire`; one round trip, atomic on the server."""
@@ -234,7 +382,8 @@ class RedisLimiter:
         plans = gcra.plan(limits, self._margin, self._catch_up_us)
         guarded = list(plans) + ([in_flight.key] if in_flight else [])
         scopes = gcra.pause_scopes_all(guarded)
-        keys = [f"{self._namespace}:born"]
+        roots = list(dict.fromkeys(slot_tag(key) for key in guarded))
+        keys = [self._born(root) for root in roots]
         keys += [self._key("tat", key) for key in plans]
         keys += [self._key("pause", scope) for scope in scopes]
         lease_id = uuid.uuid4().hex if in_flight else ""
@@ -242,21 +391,21 @@ class RedisLimiter:
             keys.append(self._key("inflight", in_flight.key))
         args: list[str | int] = [
             self._now_arg(),
+            len(roots),
             len(plans),
             len(scopes),
             1 if in_flight else 0,
-            KEY_GRACE_MS,
+            self._grace_ms,
             in_flight.max_in_flight if in_flight else 0,
             gcra.to_us(in_flight.ttl_s) if in_flight else 0,
             lease_id,
-            *(p.step for p in plans.values()),
-            *(p.credit for p in plans.values()),
-            *(p.hold if self._cold_start else 0 for p in plans.values()),
-            *(p.allow for p in plans.values()),
+            BORN_TTL_MS,
         ]
-        granted, wait_us, reason, now_us = self._call(
-            lambda: self._acquire_script(keys=keys, args=args)
-        )
+        for key, p in plans.items():
+            hold = p.hold if self._cold_start else 0
+            args += [p.step, p.credit, hold, p.allow, roots.index(slot_tag(key)) + 1]
+        self._check_one_slot(keys)
+        granted, wait_us, reason, now_us = self._run("acquire", keys, args)
         if not granted:
             return Grant(False, int(wait_us) / gcra.US_PER_S, _text(reason))
         within = sendgate.send_within_s(limits, self._margin, self._catch_up_us)
@@ -264,115 +413,121 @@ class RedisLimiter:
 
     def release(self, lease_id: str, key: str) -> None:
         """See :meth:`Limiter.release`."""
-        self._call(lambda: self._client.zrem(self._key("inflight", key), lease_id))
+        inflight = self._key("inflight", key)
+        self._call(lambda: self._ready()[0].zrem(inflight, lease_id))
 
     def hold(self, lease_id: str, key: str, seconds: float) -> None:
-        """See :meth:`Limiter.hold`; no script needed.
+        """See :meth:`Limiter.hold`; one script on the key's server and its clock.
 
-        The server's clock is read first, so the expiry is at least ``seconds`` after the
-        caller asked; ``ZADD`` re-adds a lease that had lapsed meanwhile.
+        The expiry is at least ``seconds`` after the caller asked; a lease that had lapsed
+        meanwhile is taken again.
         """
         check_pause_seconds(seconds)
-        inflight = self._key("inflight", key)
-
-        def keep() -> None:
-            if self._clock is None:
-                secs, micros = self._client.time()
-                now_us = int(secs) * gcra.US_PER_S + int(micros)
-            else:
-                now_us = clock_us(self._clock)
-            until_us = now_us + gcra.to_us(seconds)
-            pipe = self._client.pipeline(transaction=True)
-            pipe.zadd(inflight, {lease_id: until_us})
-            # Outlive this lease, never shorten the set's life (others' leases may be longer):
-            # NX for a set the ZADD just created, GT for one that already expires.
-            life_ms = gcra.to_us(seconds) // 1000 + KEY_GRACE_MS
-            pipe.pexpire(inflight, life_ms, nx=True)
-            pipe.pexpire(inflight, life_ms, gt=True)
-            pipe.execute()
-
-        self._call(keep)
+        args: list[str | int] = [self._now_arg(), lease_id, gcra.to_us(seconds), self._grace_ms]
+        self._run("hold", [self._key("inflight", key)], args)
 
     def give_back(self, limits: Sequence[LimitSpec], granted_at: float) -> None:
-        """See :meth:`Limiter.give_back`; no script: ``WATCH`` makes each key's undo atomic
-        (a grant by anyone in between aborts it, and the TAT is kept)."""
+        """See :meth:`Limiter.give_back`; one script, so each key's undo is atomic (a grant
+        by anyone in between leaves its TAT past the undo's bound, and it is kept)."""
         plans = gcra.undoable(limits, self._margin, self._catch_up_us)
-        at_us = gcra.to_us(granted_at)
-        for key, plan in plans.items():
-            tat_key = self._key("tat", key)
-            spacing, credit = plan.spacing, plan.credit
-
-            def undo(tat_key: str = tat_key, spacing: int = spacing, credit: int = credit) -> None:
-                with self._client.pipeline(transaction=True) as pipe:
-                    try:
-                        pipe.watch(tat_key)  # type: ignore[no-untyped-call]
-                        raw = pipe.get(tat_key)
-                        if raw is None:
-                            return
-                        back = gcra.given_back(int(raw), at_us, spacing, credit)
-                        if back is None:
-                            return
-                        pipe.multi()
-                        pipe.set(tat_key, str(back), keepttl=True)
-                        pipe.execute()
-                    except redis.exceptions.WatchError:
-                        return  # someone was granted meanwhile: the slot stays spent
-
-            self._call(undo)
+        if not plans:
+            return
+        keys = [self._key("tat", key) for key in plans]
+        args: list[str | int] = [gcra.to_us(granted_at)]
+        args += [p.spacing for p in plans.values()]
+        args += [p.credit for p in plans.values()]
+        self._check_one_slot(keys)
+        self._run("give_back", keys, args)
 
     def pause(self, key: str, seconds: float) -> None:
         """See :meth:`Limiter.pause`; atomic, so concurrent pauses keep the latest end."""
         check_pause_seconds(seconds)
-        args: list[str | int] = [self._now_arg(), gcra.to_us(seconds), KEY_GRACE_MS]
-        self._call(lambda: self._pause_script(keys=[self._key("pause", key)], args=args))
+        args: list[str | int] = [self._now_arg(), gcra.to_us(seconds), self._grace_ms]
+        self._run("pause", [self._key("pause", key)], args)
 
     def paused_until(self, key: str) -> float | None:
         """See :meth:`Limiter.paused_until`."""
         keys = [self._key("pause", scope) for scope in gcra.pause_scopes(key)]
-        latest_us, now_us = self._call(
-            lambda: self._paused_until_script(keys=keys, args=[self._now_arg()])
-        )
+        latest_us, now_us = self._run("paused_until", keys, [self._now_arg()])
         return int(latest_us) / gcra.US_PER_S if int(latest_us) > int(now_us) else None
 
     def unpause(self, key: str) -> None:
         """See :meth:`Limiter.unpause`: one DEL of the key's pause."""
-        self._call(lambda: self._client.delete(self._key("pause", key)))
+        pause = self._key("pause", key)
+        self._call(lambda: self._ready()[0].delete(pause))
 
     def in_flight_count(self, key: str) -> int:
-        """See :meth:`Limiter.in_flight_count`: leases whose expiry is after now."""
-
-        def count() -> int:
-            if self._clock is not None:
-                now_us = clock_us(self._clock)
-            else:
-                seconds, micros = self._client.time()
-                now_us = int(seconds) * 1_000_000 + int(micros)
-            return int(self._client.zcount(self._key("inflight", key), f"({now_us}", "+inf"))
-
-        return self._call(count)
+        """See :meth:`Limiter.in_flight_count`: leases whose expiry is after now (the clock
+        of the server holding the key)."""
+        return int(self._run("in_flight_count", [self._key("inflight", key)], [self._now_arg()]))
 
     def reset(self) -> None:
-        """Delete every key under this limiter's namespace."""
+        """Delete every key under this limiter's namespace (on every node of a cluster)."""
         pattern = _glob_escape(self._namespace) + ":*"
 
         def drop_all() -> None:
+            client = self._ready()[0]
             batch: list[Any] = []
-            for key in self._client.scan_iter(match=pattern, count=500):
+            for key in client.scan_iter(match=pattern, count=500):
                 batch.append(key)
                 if len(batch) >= 500:
-                    self._client.unlink(*batch)
+                    client.unlink(*batch)
                     batch.clear()
             if batch:
-                self._client.unlink(*batch)
+                client.unlink(*batch)
 
         self._call(drop_all)
 
     def close(self) -> None:
         """Close the client's connections."""
-        self._client.close()
+        if self._client is not None:
+            self._client.close()
+
+    def _attach(self, client: Client) -> _Scripts:
+        scripts = _Scripts(
+            acquire=client.register_script(_ACQUIRE_LUA),
+            pause=client.register_script(_PAUSE_LUA),
+            paused_until=client.register_script(_PAUSED_UNTIL_LUA),
+            hold=client.register_script(_HOLD_LUA),
+            in_flight_count=client.register_script(_IN_FLIGHT_COUNT_LUA),
+            give_back=client.register_script(_GIVE_BACK_LUA),
+        )
+        self._client, self._scripts = client, scripts
+        return scripts
+
+    def _ready(self) -> tuple[Client, _Scripts]:
+        client, scripts = self._client, self._scripts
+        if client is not None and scripts is not None:
+            return client, scripts
+        with self._lock:
+            if self._client is None or self._scripts is None:
+                assert self._connect is not None  # __init__ takes a client or a connect
+                made = self._connect()
+                return made, self._attach(made)
+            return self._client, self._scripts
+
+    def _run(self, name: str, keys: list[str], args: list[str | int]) -> Any:
+        def run() -> Any:
+            script: Script = getattr(self._ready()[1], name)
+            return script(keys=keys, args=args)
+
+        return self._call(run)
+
+    def _check_one_slot(self, keys: list[str]) -> None:
+        """On a cluster, refuse keys of several slots with a clear error, sending nothing."""
+        if not self.is_cluster or len({key_slot(key.encode()) for key in keys}) <= 1:
+            return
+        roots = sorted({key.split("{", 1)[1].split("}", 1)[0] for key in keys if "{" in key})
+        raise errors.InvalidValue(
+            "on a Redis Cluster one grant's limit keys must share their root (the text "
+            f"before the first ':'), so they hash to one slot; got roots {', '.join(roots)}"
+        )
+
+    def _born(self, root: str) -> str:
+        return f"{self._namespace}:{{{root}}}:born"
 
     def _key(self, kind: str, key: str) -> str:
-        return f"{self._namespace}:{kind}:{key}"
+        return f"{self._namespace}:{{{slot_tag(key)}}}:{kind}:{key}"
 
     def _now_arg(self) -> str:
         return "" if self._clock is None else str(clock_us(self._clock))
@@ -380,7 +535,7 @@ class RedisLimiter:
     def _call(self, operation: Callable[[], T]) -> T:
         try:
             return operation()
-        except redis.exceptions.RedisError as exc:
+        except _FAILURES as exc:
             raise errors.LimiterError(
                 f"redis limiter (namespace {self._namespace!r}) failed: {exc}; "
                 "check that Redis is reachable at the configured URL"

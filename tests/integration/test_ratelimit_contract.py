@@ -1,6 +1,7 @@
-"""The limiter contract, run on MemoryLimiter and on RedisLimiter against a real Redis.
+"""The limiter contract, run on MemoryLimiter and on RedisLimiter against a real Redis and
+against a real 3-master Redis Cluster (``redis_cluster_url``, started from the same binary).
 
-Both get an injected FakeClock so the same assertions hold to the microsecond. The tests
+All get an injected FakeClock so the same assertions hold to the microsecond. The tests
 at the end use the Redis server's own clock (``TIME``) with real threads and several
 limiter instances, the way workers on separate hosts would.
 """
@@ -14,7 +15,6 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
-import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -32,6 +32,20 @@ from sluice.ratelimit import (
     sendgate,
 )
 from sluice.ratelimit.base import clock_us
+from sluice.ratelimit.redis import BORN_TTL_MS, KEY_GRACE_MS, connect
+
+# One Redis server, and a Redis Cluster: the two ways to run the shared limiter.
+REDIS_KINDS = [
+    pytest.param("redis", marks=pytest.mark.redis),
+    pytest.param("cluster", marks=pytest.mark.redis_cluster),
+]
+
+
+def server_url(request: pytest.FixtureRequest, kind: str) -> str:
+    """The URL of the real server (or cluster) of ``kind``."""
+    url: str = request.getfixturevalue("redis_cluster_url" if kind == "cluster" else "redis_url")
+    return url
+
 
 TEN_PER_S = LimitSpec("dsp", parse_rate("10/s"))
 
@@ -39,7 +53,7 @@ TEN_PER_S = LimitSpec("dsp", parse_rate("10/s"))
 Factory = Callable[[FakeClock | None], Limiter]
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(params=["memory", *REDIS_KINDS])
 def make_limiter(request: pytest.FixtureRequest) -> Iterator[Factory]:
     """Limiters of one backend that share state, like workers sharing one deployment."""
     if request.param == "memory":
@@ -53,7 +67,7 @@ def make_limiter(request: pytest.FixtureRequest) -> Iterator[Factory]:
         yield make_memory
         return
 
-    redis_url: str = request.getfixturevalue("redis_url")
+    redis_url = server_url(request, request.param)
     namespace = f"sluice:test:rl:{uuid.uuid4().hex[:12]}"
     made: list[RedisLimiter] = []
 
@@ -68,7 +82,7 @@ def make_limiter(request: pytest.FixtureRequest) -> Iterator[Factory]:
     for limiter in made:
         limiter.reset()
         limiter.close()
-    leftovers = redis.Redis.from_url(redis_url)
+    leftovers = connect(redis_url)
     assert not list(leftovers.scan_iter(match=f"{namespace}:*"))
     leftovers.close()
 
@@ -269,6 +283,10 @@ def test_hammering_threads_stay_spaced_on_the_real_clock(
     rate = parse_rate("200/s")
     spec = LimitSpec("hammer", rate)
     limiters = [make_limiter(None) for _ in range(instances)]
+    for limiter in limiters:
+        # Connected and its script loaded before the clock starts: a cluster client's first
+        # call finds the nodes and loads the script on each (0.6 s on a loaded host).
+        limiter.acquire([LimitSpec("warm-up", rate)])
     granted_at: list[float] = []
     record = threading.Lock()
     deadline = time.monotonic() + 0.6
@@ -295,12 +313,15 @@ def test_hammering_threads_stay_spaced_on_the_real_clock(
     assert len(times_us) >= 40
 
 
-@pytest.mark.redis
-def test_separate_redis_clients_share_one_limit_on_server_time(redis_url: str) -> None:
+@pytest.mark.parametrize("kind", REDIS_KINDS)
+def test_separate_redis_clients_share_one_limit_on_server_time(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
     """Two RedisLimiters on separate connections (two hosts) draw from one limit on Redis TIME."""
+    redis_url = server_url(request, kind)
     namespace = f"sluice:test:rl:{uuid.uuid4().hex[:12]}"
-    host_a = RedisLimiter(redis.Redis.from_url(redis_url), namespace=namespace, cold_start=False)
-    host_b = RedisLimiter(redis.Redis.from_url(redis_url), namespace=namespace, cold_start=False)
+    host_a = RedisLimiter(connect(redis_url), namespace=namespace, cold_start=False)
+    host_b = RedisLimiter(connect(redis_url), namespace=namespace, cold_start=False)
     try:
         spec = LimitSpec("dsp", parse_rate("1/min"))
         first = host_a.acquire([spec])
@@ -320,11 +341,13 @@ def test_separate_redis_clients_share_one_limit_on_server_time(redis_url: str) -
         host_b.close()
 
 
-@pytest.mark.redis
-def test_redis_keys_expire_and_reset_stays_in_its_namespace(redis_url: str) -> None:
-    """Every key the limiter writes but its one 'born' key has a TTL, and reset leaves other
-    namespaces alone."""
-    client = redis.Redis.from_url(redis_url)
+@pytest.mark.parametrize("kind", REDIS_KINDS)
+def test_redis_keys_expire_and_reset_stays_in_its_namespace(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    """Every key the limiter writes has a TTL (its 'born' marker too), so idle keys vanish,
+    and reset leaves other namespaces alone."""
+    client = connect(server_url(request, kind))
     namespace = f"sluice:test:rl:{uuid.uuid4().hex[:12]}"
     neighbour = f"{namespace}x:tat:dsp"
     client.set(neighbour, "1", ex=60)
@@ -332,10 +355,15 @@ def test_redis_keys_expire_and_reset_stays_in_its_namespace(redis_url: str) -> N
     try:
         limiter.acquire([TEN_PER_S], in_flight=InFlight("dsp", 3, 30.0))
         limiter.pause("dsp", 5.0)
-        keys = set(client.scan_iter(match=f"{namespace}:*")) - {f"{namespace}:born".encode()}
-        assert len(keys) == 3
+        limiter.hold("lease", "dsp:write#window", 2.0)
+        keys = {key.decode() for key in client.scan_iter(match=f"{namespace}:*")}
+        born = f"{namespace}:{{dsp}}:born"
+        assert born in keys
+        assert 0 < client.pttl(born) <= BORN_TTL_MS
+        keys.remove(born)
+        assert len(keys) == 4  # tat, inflight and pause of 'dsp', the hold's in-flight set
         for key in keys:
-            assert 0 < client.pttl(key) <= 30_000 + 60_000
+            assert 0 < client.pttl(key) <= 30_000 + KEY_GRACE_MS
         limiter.reset()
         assert not list(client.scan_iter(match=f"{namespace}:*"))
         assert client.exists(neighbour)
@@ -345,18 +373,17 @@ def test_redis_keys_expire_and_reset_stays_in_its_namespace(redis_url: str) -> N
         client.close()
 
 
-@pytest.mark.parametrize("backend", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.mark.parametrize("backend", ["memory", *REDIS_KINDS])
 def test_catch_up_keeps_the_schedule_of_a_late_caller(
     backend: str, request: pytest.FixtureRequest
 ) -> None:
     """A caller up to catch_up_s late for its slot keeps the schedule; later than that, not."""
     clock = FakeClock()
     rate = [LimitSpec("dsp", Rate(50, 1.0))]  # 20 ms slots; 1% margin gives 10 ms slack
-    if backend == "redis":
-        url: str = request.getfixturevalue("redis_url")
+    if backend != "memory":
         namespace = f"sluice:test:{uuid.uuid4().hex}"
         limiter: Limiter = RedisLimiter(
-            redis.Redis.from_url(url),
+            connect(server_url(request, backend)),
             namespace=namespace,
             clock=clock,
             catch_up_s=0.002,
@@ -384,7 +411,7 @@ def make_cold_limiter(request: pytest.FixtureRequest) -> Iterator[Callable[[Fake
     if request.param == "memory":
         yield lambda clock: MemoryLimiter(clock=clock)
         return
-    redis_url: str = request.getfixturevalue("redis_url")
+    redis_url = server_url(request, request.param)
     namespace = f"sluice:test:rl:{uuid.uuid4().hex[:12]}"
     made: list[RedisLimiter] = []
 
@@ -398,11 +425,7 @@ def make_cold_limiter(request: pytest.FixtureRequest) -> Iterator[Callable[[Fake
         limiter.close()
 
 
-COLD = pytest.mark.parametrize(
-    "make_cold_limiter",
-    ["memory", pytest.param("redis", marks=pytest.mark.redis)],
-    indirect=True,
-)
+COLD = pytest.mark.parametrize("make_cold_limiter", ["memory", *REDIS_KINDS], indirect=True)
 
 
 @COLD
@@ -534,7 +557,7 @@ def test_units_never_exceed_limit_with_costs_and_bursts(
         assert held <= limit, (start, held, limit)
 
 
-@pytest.mark.redis
+@pytest.mark.parametrize("kind", REDIS_KINDS)
 @settings(
     max_examples=40,
     deadline=None,
@@ -558,7 +581,8 @@ def test_units_never_exceed_limit_with_costs_and_bursts(
     ),
 )
 def test_memory_and_redis_answer_every_request_alike(
-    redis_url: str,
+    kind: str,
+    request: pytest.FixtureRequest,
     limits: list[tuple[int, int, float]],
     catch_up_us: int,
     schedule: list[tuple[int, set[int], int, bool]],
@@ -570,11 +594,16 @@ def test_memory_and_redis_answer_every_request_alike(
     namespace = f"sluice:test:rl:eq:{uuid.uuid4().hex[:12]}"
     memory = MemoryLimiter(clock=clock, margin=0.015, catch_up_s=catch_up_us / 1e6)
     remote = RedisLimiter.from_url(
-        redis_url, namespace=namespace, clock=clock, margin=0.015, catch_up_s=catch_up_us / 1e6
+        server_url(request, kind),
+        namespace=namespace,
+        clock=clock,
+        margin=0.015,
+        catch_up_s=catch_up_us / 1e6,
     )
-    # Both are born now: the memory limiter at construction (or reset), Redis at its first
-    # script, which a lease on an unrelated key runs without touching any rate.
-    probe = InFlight("probe", 1_000_000, 1.0)
+    # Both are born now: the memory limiter at construction (or reset), Redis (per root,
+    # here 'dsp') at its first script, which a lease on a key of that root runs without
+    # touching any rate.
+    probe = InFlight("dsp:probe", 1_000_000, 1.0)
     try:
         remote.acquire([], in_flight=probe)
         for gap_us, keys, cost, lose_state in schedule:
@@ -583,13 +612,13 @@ def test_memory_and_redis_answer_every_request_alike(
                 remote.reset()
                 remote.acquire([], in_flight=probe)
             clock.advance(gap_us / 1e6)
-            request = []
+            asked = []
             for index in sorted(keys):
                 limit, window_us, share = limits[index]
                 burst = min(limit - 1, int(share * limit))
                 rate = Rate(limit, window_us / 1e6)
-                request.append(LimitSpec(f"dsp:{index}", rate, min(cost, burst + 1), burst))
-            a, b = memory.acquire(request), remote.acquire(request)
+                asked.append(LimitSpec(f"dsp:{index}", rate, min(cost, burst + 1), burst))
+            a, b = memory.acquire(asked), remote.acquire(asked)
             assert (a.granted, a.reason, a.send_within_s) == (b.granted, b.reason, b.send_within_s)
             assert gcra.to_us(a.retry_after_s) == gcra.to_us(b.retry_after_s)
     finally:
