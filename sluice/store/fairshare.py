@@ -44,8 +44,8 @@ CLOCK_KEY = ""
 """The ``fair_shares`` row holding a provider's virtual clock (no fairness key is empty)."""
 DEFAULT_WEIGHT = 1.0
 SHARE_WINDOW = timedelta(seconds=60)
-CANDIDATE_ROUNDS = 4
-"""How many times a claim hands out again the slots of keys that had less due than given."""
+CANDIDATE_ROUNDS = 64
+"""A bound on the rounds of a fair claim's reads (each ends a key or doubles a read)."""
 KEYS_PER_READ = 50
 """Keys read in one statement (a union of one ordered, limited read per key)."""
 
@@ -161,25 +161,35 @@ def candidates(
 
     Only the keys the fair allocation would serve are read, each up to its share: the cost
     of a claim grows with its size, not with the backlog or the number of keys. Tags are
-    read without locks (the claim reads them again in its transaction); each key is
-    assumed to have plenty due until its read says otherwise, and the slots of keys with
-    less are handed out again, for a few rounds.
+    read without locks (the claim reads them again in its transaction). Each key is
+    assumed to have plenty due until a read comes back short; the slots of keys with less
+    are then handed out again, and a key given more than was read is read again, further,
+    until the plan holds (each round ends a key or doubles a read). So what is found
+    covers the claim: every key given slots has a read of ``per_slot`` per slot, or all
+    it has due.
     """
     keys = waiting_keys(conn, provider)
     if not keys:
         return {}
     clock, states = read_state(conn, provider, dict.fromkeys(keys, slots), weights)
-    room = dict.fromkeys(keys, slots)
     found: dict[str, list[int]] = {}
+    asked: dict[str, int] = {}
+    room = dict.fromkeys(keys, slots)  # a key read in full keeps only what it has
     for _ in range(CANDIDATE_ROUNDS):
         plan = allocate(clock, [replace(s, waiting=room[s.key]) for s in states], slots)
-        wanted = {k: n * per_slot for k, n in plan.counts.items() if k not in found}
+        wanted = {
+            key: max(n * per_slot, 2 * asked.get(key, 0))
+            for key, n in plan.counts.items()
+            if room[key] == slots and n * per_slot > asked.get(key, 0)
+        }
         if not wanted:
             break
         read = _read_keys(conn, due, provider, wanted)
-        for key in wanted:
+        for key, count in wanted.items():
             found[key] = read.get(key, [])
-            room[key] = len(found[key])
+            asked[key] = count
+            if len(found[key]) < count:
+                room[key] = len(found[key])
     return {key: ids for key, ids in found.items() if ids}
 
 
