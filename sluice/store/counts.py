@@ -13,8 +13,8 @@ from datetime import datetime
 
 from sqlalchemy import Engine, func, select
 
-from sluice.store.queue import ACTIVE_PHASES
 from sluice.store.rows import tasks
+from sluice.store.tables import ACTIVE_PHASES
 
 
 def tasks_by_provider_status(engine: Engine) -> dict[tuple[str, str], int]:

@@ -28,15 +28,15 @@ from __future__ import annotations
 import heapq
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, case, func, select, update
+from sqlalchemy import Connection, Engine, Table, case, func, select, text, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from sluice.store.rows import chunks, tasks
-from sluice.store.tables import FairShareRow
+from sluice.store.tables import ACTIVE_PHASE_SQL, FairShareRow
 
 fair_shares: Table = FairShareRow.__table__  # type: ignore[assignment]
 
@@ -44,6 +44,10 @@ CLOCK_KEY = ""
 """The ``fair_shares`` row holding a provider's virtual clock (no fairness key is empty)."""
 DEFAULT_WEIGHT = 1.0
 SHARE_WINDOW = timedelta(seconds=60)
+CANDIDATE_ROUNDS = 64
+"""A bound on the rounds of a fair claim's reads (each ends a key or doubles a read)."""
+KEYS_PER_READ = 50
+"""Keys read in one statement (a union of one ordered, limited read per key)."""
 
 
 @dataclass(frozen=True)
@@ -92,9 +96,11 @@ def allocate(clock: float, keys: Sequence[KeyState], slots: int) -> Allocation:
 
 def within_key_order() -> list[Any]:
     """How tasks of one key are ordered: priority, trees first, then due time and id."""
+    # As ix_tasks_fair_order has it, so a key's tasks are read in order and the read stops
+    # at its share: (parent_id IS NULL) is false for a child, which sorts first.
     return [
         tasks.c.priority.desc(),
-        case((tasks.c.parent_id.is_(None), 1), else_=0),
+        tasks.c.parent_id.is_(None),
         tasks.c.next_attempt_at,
         tasks.c.id,
     ]
@@ -113,27 +119,107 @@ def _least(conn: Connection, *values: Any) -> Any:
     return (func.least if conn.dialect.name == "postgresql" else func.min)(*values)
 
 
-def candidates(conn: Connection, due: Any, provider: str, limit: int) -> dict[str, list[int]]:
-    """Per fairness key, the ids of up to ``limit`` due tasks in within-key order."""
-    ranked = (
-        select(
-            tasks.c.id,
-            tasks.c.fairness_key,
-            func.row_number()
-            .over(partition_by=tasks.c.fairness_key, order_by=within_key_order())
-            .label("rank"),
-        )
-        .where(tasks.c.provider == provider, due)
-        .subquery()
+def waiting_keys(conn: Connection, provider: str) -> list[str]:
+    """The fairness keys with work left for ``provider``, in key order.
+
+    A loose index scan over ``ix_tasks_fair_order``: one index seek per key, however many
+    tasks each key has (``SELECT DISTINCT`` would read every active task).
+    """
+    return list(
+        conn.execute(
+            text(
+                f"""
+                WITH RECURSIVE keys(fk) AS (
+                    SELECT min(fairness_key) FROM tasks
+                    WHERE provider = :provider AND {ACTIVE_PHASE_SQL}
+                    UNION ALL
+                    SELECT (
+                        SELECT min(fairness_key) FROM tasks
+                        WHERE provider = :provider AND {ACTIVE_PHASE_SQL}
+                            AND fairness_key > keys.fk
+                    )
+                    FROM keys WHERE keys.fk IS NOT NULL
+                )
+                SELECT fk FROM keys WHERE fk IS NOT NULL
+                """
+            ),
+            {"provider": provider},
+        ).scalars()
     )
-    rows = conn.execute(
-        select(ranked.c.id, ranked.c.fairness_key)
-        .where(ranked.c.rank <= limit)
-        .order_by(ranked.c.fairness_key, ranked.c.rank)
-    )
+
+
+def candidates(
+    conn: Connection,
+    due: Any,
+    provider: str,
+    slots: int,
+    weights: Mapping[str, float],
+    per_slot: int,
+) -> dict[str, list[int]]:
+    """Per fairness key, ids of due tasks in within-key order: enough for a claim of
+    ``slots``, ``per_slot`` candidates for each slot a key may get.
+
+    Only the keys the fair allocation would serve are read, each up to its share: the cost
+    of a claim grows with its size, not with the backlog or the number of keys. Tags are
+    read without locks (the claim reads them again in its transaction). Each key is
+    assumed to have plenty due until a read comes back short; the slots of keys with less
+    are then handed out again, and a key given more than was read is read again, further,
+    until the plan holds (each round ends a key or doubles a read). So what is found
+    covers the claim: every key given slots has a read of ``per_slot`` per slot, or all
+    it has due.
+    """
+    keys = waiting_keys(conn, provider)
+    if not keys:
+        return {}
+    clock, states = read_state(conn, provider, dict.fromkeys(keys, slots), weights)
+    found: dict[str, list[int]] = {}
+    asked: dict[str, int] = {}
+    room = dict.fromkeys(keys, slots)  # a key read in full keeps only what it has
+    for _ in range(CANDIDATE_ROUNDS):
+        plan = allocate(clock, [replace(s, waiting=room[s.key]) for s in states], slots)
+        wanted = {
+            key: max(n * per_slot, 2 * asked.get(key, 0))
+            for key, n in plan.counts.items()
+            if room[key] == slots and n * per_slot > asked.get(key, 0)
+        }
+        if not wanted:
+            break
+        read = _read_keys(conn, due, provider, wanted)
+        for key, count in wanted.items():
+            found[key] = read.get(key, [])
+            asked[key] = count
+            if len(found[key]) < count:
+                room[key] = len(found[key])
+    return {key: ids for key, ids in found.items() if ids}
+
+
+def _read_keys(
+    conn: Connection, due: Any, provider: str, wanted: Mapping[str, int]
+) -> dict[str, list[int]]:
+    """Up to ``wanted[key]`` due task ids of each key, in within-key order."""
+    rows: list[Any] = []
+    for chunk in chunks(sorted(wanted), KEYS_PER_READ):
+        parts = [
+            select(
+                tasks.c.id,
+                tasks.c.fairness_key,
+                tasks.c.priority,
+                tasks.c.parent_id.is_(None).label("is_root"),
+                tasks.c.next_attempt_at,
+            )
+            .where(tasks.c.provider == provider, tasks.c.fairness_key == key, due)
+            .order_by(*within_key_order())
+            .limit(wanted[key])
+            .subquery()
+            for key in chunk
+        ]
+        query = union_all(*(select(*part.c) for part in parts)) if len(parts) > 1 else None
+        rows.extend(conn.execute(query if query is not None else select(*parts[0].c)))
+    # A union keeps no order: sort each key's tasks again as within_key_order does.
+    rows.sort(key=lambda r: (r.fairness_key, -r.priority, bool(r.is_root), r.next_attempt_at, r.id))
     found: dict[str, list[int]] = defaultdict(list)
-    for task_id, key in rows:
-        found[key].append(task_id)
+    for row in rows:
+        found[row.fairness_key].append(row.id)
     return dict(found)
 
 

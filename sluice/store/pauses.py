@@ -21,14 +21,12 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, Engine, Row, Table, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from sluice.domain import Phase
 from sluice.store.rows import tasks
-from sluice.store.tables import LimiterPauseRow
+from sluice.store.tables import ACTIVE_PHASES, LimiterPauseRow
 
 pauses: Table = LimiterPauseRow.__table__  # type: ignore[assignment]
 
 RELEASE_SLACK = timedelta(seconds=5)
-ACTIVE_PHASES = (Phase.READY.value, Phase.POLLING.value, Phase.UNCERTAIN.value)
 MANUAL = "manual"
 """The ``signal`` of a pause an operator set by hand."""
 

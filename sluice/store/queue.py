@@ -36,18 +36,18 @@ from sqlalchemy import (
 from sluice.domain import DueTask, Outcome, Phase, TaskStatus
 from sluice.store import fairshare
 from sluice.store.chains import end_descendants, release_children
-from sluice.store.rows import chunks, event_row, events, task_values, tasks
+from sluice.store.rows import chunks, event_row, events, in_active_phase, task_values, tasks
+from sluice.store.tables import ACTIVE_PHASES
 
 log = logging.getLogger("sluice.store")
 
-ACTIVE_PHASES = (Phase.READY.value, Phase.POLLING.value, Phase.UNCERTAIN.value)
 _parent = tasks.alias("parent")
 
 
 def due_now(now: datetime) -> Any:
     """The condition of a task that is due and not claimed at ``now``."""
     return and_(
-        tasks.c.phase.in_(ACTIVE_PHASES),
+        in_active_phase(),
         tasks.c.next_attempt_at <= now,
         or_(tasks.c.claimed_until.is_(None), tasks.c.claimed_until < now),
     )
@@ -182,7 +182,9 @@ class WorkQueue:
         with self.engine.connect() as conn:
             # More candidates than slots: claimers running at once read the same ones, and
             # each then takes the first of its share that nobody has locked.
-            found = fairshare.candidates(conn, due_now(now), provider, limit * CANDIDATES_PER_SLOT)
+            found = fairshare.candidates(
+                conn, due_now(now), provider, limit, weights, CANDIDATES_PER_SLOT
+            )
         if not found:
             return []
         with self._writing() as conn:

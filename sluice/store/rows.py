@@ -12,11 +12,11 @@ from dataclasses import fields
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Row, Table, and_, insert, update
+from sqlalchemy import ColumnElement, Connection, Row, Table, and_, insert, literal_column, update
 
 from sluice import errors
 from sluice.domain import Phase, Task, TaskStatus, can_transition
-from sluice.store.tables import TaskEventRow, TaskRow
+from sluice.store.tables import ACTIVE_PHASES, TaskEventRow, TaskRow
 
 tasks: Table = TaskRow.__table__  # type: ignore[assignment]
 events: Table = TaskEventRow.__table__  # type: ignore[assignment]
@@ -25,6 +25,12 @@ IN_CHUNK = 900
 """Ids per ``IN (...)`` list: below SQLite's historical limit of 999 bound parameters."""
 
 T = TypeVar("T")
+
+
+def in_active_phase() -> ColumnElement[bool]:
+    """A task with work left (:data:`ACTIVE_PHASES`), written with literal values so the
+    partial indexes over active work apply on SQLite too (bound values would not match)."""
+    return tasks.c.phase.in_([literal_column(f"'{phase}'") for phase in ACTIVE_PHASES])
 
 
 def chunks(items: Sequence[T], size: int = IN_CHUNK) -> Iterator[list[T]]:

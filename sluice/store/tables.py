@@ -29,6 +29,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from sluice import errors
 from sluice.clock import as_utc
+from sluice.domain import Phase
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -41,6 +42,13 @@ NAMING = {
 # BIGINT on PostgreSQL, INTEGER on SQLite (where only INTEGER PRIMARY KEY is the rowid).
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 Payload = JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+
+ACTIVE_PHASES = (Phase.READY.value, Phase.POLLING.value, Phase.UNCERTAIN.value)
+"""The phases of a task with work left, due now or later (a claimed one is ``submitting``)."""
+ACTIVE_PHASE_SQL = "phase IN (" + ", ".join(f"'{phase}'" for phase in ACTIVE_PHASES) + ")"
+"""The same as SQL with literal values: the predicate of the partial indexes over active work
+(SQLite uses a partial index only when the query repeats its predicate with literals)."""
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -107,7 +115,20 @@ class TaskRow(Base):
 
     __table_args__ = (
         Index("ix_tasks_due", "phase", "next_attempt_at"),
-        Index("ix_tasks_fair", "provider", "fairness_key", "phase"),
+        # A fair claim (store/fairshare.py): the fairness keys with work are found one index
+        # seek each, and each key's tasks read in within-key order, stopping at its share
+        # (migration 0012_fair_order); only active tasks are in it.
+        Index(
+            "ix_tasks_fair_order",
+            "provider",
+            "fairness_key",
+            text("priority DESC"),
+            text("(parent_id IS NULL)"),
+            "next_attempt_at",
+            "id",
+            postgresql_where=text(ACTIVE_PHASE_SQL),
+            sqlite_where=text(ACTIVE_PHASE_SQL),
+        ),
         Index("ix_tasks_provider_status", "provider", "status"),
         Index("ix_tasks_external_id", "provider", "external_id"),
         Index("ix_tasks_tenant", "tenant", "id"),

@@ -182,3 +182,23 @@ def test_filtered_listings_use_indexes(loaded: Engine, filters: dict[str, Any]) 
         repo.list_tasks(limit=100, **filters)
     ((statement, params),) = captured.touching_tasks("SELECT")
     assert_indexed(plan(loaded, statement, params))
+
+
+def test_a_fair_claim_reads_each_key_in_order_and_stops_at_its_share(loaded: Engine) -> None:
+    """The keys with work are found one seek each, and each key's read walks the fair index
+    in claim order and stops: no statement reads or sorts the provider's whole backlog."""
+    queue = WorkQueue(loaded)
+    with Captured(loaded) as captured:
+        claimed = queue.claim_fair(NOW, 50, "plan-test", 60.0, "sandbox", {"acme": 2.0})
+    assert len(claimed) == 50
+    (keys_sql, keys_params), *_ = captured.touching_tasks("WITH")
+    keys_plan = plan(loaded, keys_sql, keys_params)
+    assert "ix_tasks_fair_order" in keys_plan, keys_plan
+    assert_indexed(keys_plan)
+    reads = [(s, p) for s, p in captured.touching_tasks("SELECT") if "tasks.fairness_key =" in s]
+    assert reads, captured.statements
+    for statement, params in reads:
+        text = plan(loaded, statement, params)
+        assert "ix_tasks_fair_order" in text, text
+        assert "Sort" not in text.split("Limit")[-1], text  # read in order, stopped early
+        assert_indexed(text)
