@@ -22,6 +22,7 @@ from sqlalchemy import ColumnElement, Connection, Engine, Row, Table, delete, or
 from sqlalchemy.dialects import postgresql, sqlite
 
 from sluice.domain import Phase
+from sluice.store import db
 from sluice.store.rows import tasks
 from sluice.store.tables import LimiterPauseRow
 
@@ -128,7 +129,7 @@ class PauseStore:
 
     def active(self, now: datetime) -> dict[str, datetime]:
         """Every pause still running at ``now``."""
-        with self.engine.connect() as conn:
+        with db.reading(self.engine) as conn:
             rows = conn.execute(select(pauses.c.key, pauses.c.until).where(pauses.c.until > now))
             return {key: until for key, until in rows}
 
