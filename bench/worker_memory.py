@@ -296,7 +296,10 @@ def main(argv: list[str] | None = None) -> None:
     where = {"database_prefix": args.database_prefix, "broker_db": args.broker_db}
     runs = [run_worker(args.sluice, importtime=False, **where) for _ in range(args.runs)]
     backlog = (
-        [run_backlog(args.sluice, args.backlog, args.pump_for) for _ in range(args.backlog_runs)]
+        [
+            run_backlog(args.sluice, args.backlog, args.pump_for, fair_share=args.fair_share)
+            for _ in range(args.backlog_runs)
+        ]
         if args.backlog
         else []
     )
