@@ -21,7 +21,8 @@ ends), started afresh for each run:
    worker over a copy of ``DB`` (``CREATE DATABASE ... TEMPLATE DB``, e.g. the 1,000,000-task
    dataset of :mod:`bench.backlog`, whose tasks are all for provider ``sink``), provider
    ``sink`` = the ``sandbox-standard`` preset with no limit against the sandbox DSP in its
-   own process (accept at once, never processes: only creates are sent). Memory is read
+   own process (accept at once, never processes: only creates are sent), fair claims off
+   unless ``--fair-share`` (a fair claim sorts the whole backlog: docs/scaling.md). Memory is read
    as above after the warm-up (every child pumped, 6 more pumps, ``warm``) and again after
    ``--pump-for`` seconds of pumps back to back (``pumped``): flat means ``pumped`` is
    about ``warm``. The creates sent meanwhile are counted in the database.
