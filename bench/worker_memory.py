@@ -293,6 +293,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--backlog-runs", type=int, default=1)
     parser.add_argument("--pump-for", type=float, default=60.0)
+    parser.add_argument(
+        "--fair-share",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="fair claims in the backlog runs (at 1,000,000 waiting each one sorts the whole "
+        "backlog: see docs/scaling.md); default off: claims in due order",
+    )
     args = parser.parse_args(argv)
     where = {"database_prefix": args.database_prefix, "broker_db": args.broker_db}
     runs = [run_worker(args.sluice, importtime=False, **where) for _ in range(args.runs)]
