@@ -12,7 +12,10 @@ campaigns from create to Completed:
   in parallel over the same pool) every 50 ms until all are final.
 
 Both use ``THREADS`` concurrent requests. The rate is tasks / seconds from the first
-create (for Sluice: from the call to ``create_tasks``) to the moment all are final.
+create (for Sluice: from the call to ``create_tasks``) to the moment all are final. The
+CPU time of this process over the same span (all its threads; the sandbox runs apart) is
+recorded too: on a host shared with other work the rates swing with the load, the CPU
+seconds per task much less. Target (issue 14): Sluice's rate at least 0.8 of raw's.
 Writes ``bench/results/engine_efficiency.json``.
 
 Run: ``python -m bench.engine_efficiency [--runs 3] [--tasks 5000]``
@@ -42,7 +45,7 @@ POLL_INTERVAL_S = 0.05
 POLL_BATCH = 100
 FINAL_WORDS = frozenset({"active", "rejected"})
 RUN_TIMEOUT_S = 120.0
-TARGET_RATIO = 0.5
+TARGET_RATIO = 0.8
 SANDBOX = {
     "accept_delay_s": [0.0, 0.01],
     "process_delay_s": [0.0, 0.02],
@@ -73,6 +76,7 @@ def run_raw(base_url: str, count: int) -> dict[str, Any]:
             return statuses
 
         started = time.perf_counter()
+        cpu_started = time.process_time()
         pending = set(pool.map(create, range(count)))
         polls = 0
         final: dict[str, int] = {}
@@ -89,9 +93,12 @@ def run_raw(base_url: str, count: int) -> dict[str, Any]:
             if time.perf_counter() - started > RUN_TIMEOUT_S:
                 raise TimeoutError(f"{len(pending)} objects not final after {RUN_TIMEOUT_S:g}s")
         seconds = time.perf_counter() - started
+        cpu_s = time.process_time() - cpu_started
     return {
         "seconds": round(seconds, 3),
         "tasks_per_s": round(count / seconds, 1),
+        "cpu_s": round(cpu_s, 3),
+        "cpu_ms_per_task": round(cpu_s * 1000 / count, 3),
         "requests": {"create": count, "poll": polls},
         "final": final,
     }
@@ -112,6 +119,7 @@ def run_sluice(base_url: str, count: int) -> dict[str, Any]:
         try:
             driver = build_embedded_driver(runtime)
             started = time.perf_counter()
+            cpu_started = time.process_time()
             submissions.create_tasks(runtime.repo, runtime.catalog, items)
             stored = time.perf_counter()
             driver.start()
@@ -121,6 +129,7 @@ def run_sluice(base_url: str, count: int) -> dict[str, Any]:
                         raise TimeoutError(f"not final after {RUN_TIMEOUT_S:g}s")
                     time.sleep(0.02)
                 seconds = time.perf_counter() - started
+                cpu_s = time.process_time() - cpu_started
             finally:
                 driver.stop()
             counts = {str(k): v for k, v in runtime.repo.counts().items()}
@@ -130,6 +139,8 @@ def run_sluice(base_url: str, count: int) -> dict[str, Any]:
     return {
         "seconds": round(seconds, 3),
         "tasks_per_s": round(count / seconds, 1),
+        "cpu_s": round(cpu_s, 3),
+        "cpu_ms_per_task": round(cpu_s * 1000 / count, 3),
         "store_insert_s": round(stored - started, 3),
         "engine_s": round(seconds - (stored - started), 3),
         "requests": dict(stats.requests),
@@ -166,17 +177,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 }
                 print(
                     f"run {index + 1} {name}: {figures[name]['tasks_per_s']} tasks/s "
-                    f"({figures[name]['seconds']} s)",
+                    f"({figures[name]['seconds']} s, cpu {figures[name]['cpu_s']} s, "
+                    f"load {load:.1f})",
                     file=sys.stderr,
                 )
             figures["ratio"] = round(
                 figures["sluice"]["tasks_per_s"] / figures["raw"]["tasks_per_s"], 3
             )
+            figures["cpu_ratio"] = round(figures["sluice"]["cpu_s"] / figures["raw"]["cpu_s"], 3)
             runs.append({"run": index + 1, "order": list(order), **figures})
         sandbox_command = sandbox.command_line
     raw_rate = harness.median([r["raw"]["tasks_per_s"] for r in runs])
     sluice_rate = harness.median([r["sluice"]["tasks_per_s"] for r in runs])
     ratio = sluice_rate / raw_rate
+    ratios = [r["ratio"] for r in runs]
     result = {
         "benchmark": "engine_efficiency",
         "command": " ".join(
@@ -207,8 +221,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "raw_tasks_per_s": raw_rate,
             "sluice_tasks_per_s": sluice_rate,
             "ratio": round(ratio, 3),
+            "ratio_of_each_run": round(harness.median(ratios), 3),
+            "raw_cpu_ms_per_task": harness.median([r["raw"]["cpu_ms_per_task"] for r in runs]),
+            "sluice_cpu_ms_per_task": harness.median(
+                [r["sluice"]["cpu_ms_per_task"] for r in runs]
+            ),
+            "cpu_ratio": harness.median([r["cpu_ratio"] for r in runs]),
         },
-        "pass": {"sluice_at_least_half_of_raw": ratio >= TARGET_RATIO},
+        "pass": {"sluice_at_least_0_8_of_raw": ratio >= TARGET_RATIO},
     }
     harness.write_json(args.output, result)
     print(

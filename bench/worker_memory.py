@@ -1,7 +1,7 @@
 """Memory and imports of a Celery worker process: ``sluice worker --concurrency 2``.
 
 Run: ``python -m bench.worker_memory [--sluice PATH] [--label NAME] [--runs 3]
-[--database-prefix P] [--broker-db N]``. Needs
+[--database-prefix P] [--broker-db N] [--backlog sluice_bench_1m] [--pump-for 60]``. Needs
 PostgreSQL and Redis. ``--sluice`` picks the ``sluice`` executable to measure (default:
 this venv's), so another checkout can be measured with this script, e.g. ``--sluice
 /tmp/before/.venv/bin/sluice --label before``. Writes
@@ -17,7 +17,16 @@ ends), started afresh for each run:
    runtime was built), then 6 more; after 3 s idle, RSS, PSS and USS (private pages) of
    the main process and of each child are read from ``/proc/<pid>/smaps_rollup`` three
    times 1 s apart (the last sample counts).
-2. **Imports** (once). The same with ``PYTHONPROFILEIMPORTTIME=1``: every module the main
+2. **With a backlog** (``--backlog DB``, once per run after the memory runs): the same
+   worker over a copy of ``DB`` (``CREATE DATABASE ... TEMPLATE DB``, e.g. the 1,000,000-task
+   dataset of :mod:`bench.backlog`, whose tasks are all for provider ``sink``), provider
+   ``sink`` = the ``sandbox-standard`` preset with no limit against the sandbox DSP in its
+   own process (accept at once, never processes: only creates are sent), fair claims off
+   unless ``--fair-share`` (a fair claim sorts the whole backlog: docs/scaling.md). Memory is read
+   as above after the warm-up (every child pumped, 6 more pumps, ``warm``) and again after
+   ``--pump-for`` seconds of pumps back to back (``pumped``): flat means ``pumped`` is
+   about ``warm``. The creates sent meanwhile are counted in the database.
+3. **Imports** (once). The same with ``PYTHONPROFILEIMPORTTIME=1``: every module the main
    process and the children import is logged; the modules of FastAPI, Starlette, uvicorn,
    ``sluice.api`` and ``sluice.sandbox`` among them are listed.
 """
@@ -26,18 +35,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from celery import Celery
 
+from bench import _engine_harness as harness
 from bench._common import machine_info
 from harness.cluster import (
+    PG_ADMIN_URL,
     SLUICE,
     Cluster,
     children,
@@ -45,12 +61,19 @@ from harness.cluster import (
     postgres_database,
     redis_database,
     wait_until,
+    write_toml,
 )
 
 RESULTS_DIR = Path(__file__).parent / "results"
 PUMP_S = 0.5
 WARM_PUMPS = 6
 FORBIDDEN = ("fastapi", "starlette", "uvicorn", "sluice.api", "sluice.sandbox")
+SANDBOX = {
+    "accept_delay_s": [0.0, 0.0],
+    "process_delay_s": [3600.0, 3600.0],
+    "limits": [{"name": "app", "limit": 1_000_000_000, "window_s": 1.0}],
+}
+"""The sandbox DSP of the backlog runs: limits out of the way, creates accepted at once."""
 IMPORT_LINE = re.compile(r"import time:\s+\d+\s+\|\s+\d+\s+\|\s+(?P<module>\S.*)$")
 
 
@@ -123,6 +146,133 @@ def run_worker(
             cluster.stop()
 
 
+@contextmanager
+def database_copy(template: str) -> Iterator[str]:
+    """A copy of the PostgreSQL database ``template`` (which nothing may be connected to)."""
+    name = f"{template}_copy_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def waiting(database_url: str) -> dict[str, int]:
+    """Tasks waiting to be sent (phase ready) and tasks sent (an external id), by count."""
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(
+                sa.text(
+                    "SELECT count(*) FILTER (WHERE phase = 'ready'), "
+                    "count(*) FILTER (WHERE external_id IS NOT NULL) FROM tasks"
+                )
+            ).one()
+    finally:
+        engine.dispose()
+    return {"ready": int(row[0]), "with_external_id": int(row[1])}
+
+
+def sample(pids: list[int]) -> dict[int, dict[str, int]]:
+    """RSS/PSS/USS of each process, read three times 1 s apart (the last counts)."""
+    samples = []
+    for _ in range(3):
+        samples.append({pid: memory_kib(pid) for pid in pids})
+        time.sleep(1)
+    return samples[-1]
+
+
+def total_pss(figures: dict[int, dict[str, int]]) -> int:
+    return sum(f["pss"] for f in figures.values())
+
+
+def run_backlog(
+    sluice: str, template: str, pump_for_s: float, *, fair_share: bool
+) -> dict[str, Any]:
+    """One worker over a copy of ``template``: memory after warm-up and after pumping."""
+    with (
+        tempfile.TemporaryDirectory(prefix="sluice-bench-mem-") as folder,
+        database_copy(template) as database_url,
+        redis_database() as broker_url,
+        harness.sandbox_process(SANDBOX, profile="standard") as sandbox,
+    ):
+        settings = {"SLUICE_PUMP_S": str(PUMP_S), "SLUICE_LOG_LEVEL": "INFO"}
+        cluster = Cluster(Path(folder), database_url, broker_url, settings=settings, sluice=sluice)
+        provider = {
+            "preset": "sandbox-standard",
+            "base_url": sandbox.base_url,
+            "poll": {"interval": "1h"},
+        }
+        write_toml(
+            cluster.config,
+            {
+                "sluice": {"default_provider": "sink", "fair_share": fair_share},
+                "providers.sink": provider,
+            },
+        )
+        sender = Celery("bench-memory", broker=broker_url)
+        try:
+            cluster.upgrade_database()
+            before = waiting(database_url)
+            worker = cluster.worker("memory", concurrency=2, wait=True)
+            pool = children(worker.pid)
+            assert len(pool) == 2, f"expected 2 pool processes, found {pool}"
+            pids = [worker.pid, *pool]
+
+            def every_child_pumped() -> bool:
+                sender.send_task("sluice.pump", args=(PUMP_S,), queue="sluice")
+                time.sleep(PUMP_S)
+                return all(ran_a_pump(pid) for pid in pool)
+
+            wait_until(every_child_pumped, 120, "a pump in every pool process")
+            for _ in range(WARM_PUMPS):
+                sender.send_task("sluice.pump", args=(PUMP_S,), queue="sluice")
+            time.sleep(WARM_PUMPS * PUMP_S / 2 + 3)
+            warm = sample(pids)
+            warm_sent = waiting(database_url)
+            end = time.monotonic() + pump_for_s
+            pumps = 0
+            while time.monotonic() < end:
+                # Two pumps per pump interval: both children stay busy.
+                for _ in range(2):
+                    sender.send_task("sluice.pump", args=(PUMP_S,), queue="sluice")
+                pumps += 2
+                time.sleep(PUMP_S)
+            time.sleep(PUMP_S * 4 + 3)
+            pumped = sample(pids)
+            after = waiting(database_url)
+            return {
+                "database": f"copy of {template}",
+                "fair_share": fair_share,
+                "tasks_before": before,
+                "tasks_after_warmup": warm_sent,
+                "tasks_after": after,
+                "pump_for_s": pump_for_s,
+                "pumps_sent_after_warmup": pumps,
+                "creates_sent_while_pumping": after["with_external_id"]
+                - warm_sent["with_external_id"],
+                "warm": {
+                    "main": warm[worker.pid],
+                    "children": [warm[pid] for pid in pool],
+                    "total_pss": total_pss(warm),
+                    "loadavg": os.getloadavg(),
+                },
+                "pumped": {
+                    "main": pumped[worker.pid],
+                    "children": [pumped[pid] for pid in pool],
+                    "total_pss": total_pss(pumped),
+                    "loadavg": os.getloadavg(),
+                },
+            }
+        finally:
+            sender.close()
+            cluster.stop()
+
+
 def median_kib(samples: list[dict[str, int]]) -> dict[str, int]:
     return {name: int(statistics.median(s[name] for s in samples)) for name in samples[0]}
 
@@ -138,9 +288,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--database-prefix", default="sluice_bench_mem")
     parser.add_argument("--broker-db", type=int, help="the Redis database to claim as broker")
+    parser.add_argument(
+        "--backlog", help="a PostgreSQL database to copy, with tasks waiting for provider sink"
+    )
+    parser.add_argument("--backlog-runs", type=int, default=1)
+    parser.add_argument("--pump-for", type=float, default=60.0)
+    parser.add_argument(
+        "--fair-share",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="fair claims in the backlog runs (at 1,000,000 waiting each one sorts the whole "
+        "backlog: see docs/scaling.md); default off: claims in due order",
+    )
     args = parser.parse_args(argv)
     where = {"database_prefix": args.database_prefix, "broker_db": args.broker_db}
     runs = [run_worker(args.sluice, importtime=False, **where) for _ in range(args.runs)]
+    backlog = (
+        [
+            run_backlog(args.sluice, args.backlog, args.pump_for, fair_share=args.fair_share)
+            for _ in range(args.backlog_runs)
+        ]
+        if args.backlog
+        else []
+    )
     imports = run_worker(args.sluice, importtime=True, **where)
     memory = {
         "main": median_kib([run["main"] for run in runs]),
@@ -158,6 +328,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": machine_info(),
         "memory_kib_median": memory,
         "memory_kib_runs": runs,
+        "backlog_runs": backlog,
         "imports": {
             "modules_imported": imports["modules_imported"],
             "forbidden_imported": imports["forbidden_imported"],
@@ -172,6 +343,17 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{args.label}: pool child {n} {mib(child)}")
     print(f"{args.label}: PSS of main + children {memory['pool_total_pss'] / 1024:.1f} MiB")
     print(f"{args.label}: forbidden modules imported: {imports['forbidden_imported'] or 'none'}")
+    for run in backlog:
+        for phase in ("warm", "pumped"):
+            figures = run[phase]
+            print(f"{args.label}: backlog {phase}: main {mib(figures['main'])}")
+            for n, child in enumerate(figures["children"]):
+                print(f"{args.label}: backlog {phase}: pool child {n} {mib(child)}")
+            print(f"{args.label}: backlog {phase}: PSS total {figures['total_pss'] / 1024:.1f} MiB")
+        print(
+            f"{args.label}: backlog: {run['tasks_before']['ready']:,} waiting before, "
+            f"{run['creates_sent_while_pumping']:,} creates sent while pumping"
+        )
     print(f"wrote {out}")
 
 

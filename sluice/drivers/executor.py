@@ -30,7 +30,7 @@ import httpx
 from sluice import errors, metrics
 from sluice.clock import Clock, SystemClock
 from sluice.domain import Outcome, TaskStatus, WorkUnit
-from sluice.engine.dispatcher import Dispatcher, worker_name
+from sluice.engine.dispatcher import UNLIMITED, Dispatcher, worker_name
 from sluice.engine.execute import execute_unit
 from sluice.engine.quotas import QuotaBook
 from sluice.engine.retention import Pruner
@@ -113,6 +113,8 @@ class ThreadExecutor:
         self._lock = threading.Lock()
         self._results: queue.Queue[list[Outcome] | None] = queue.Queue()
         self._on_written = on_written
+        self.on_free: Callable[[], None] | None = None
+        """Called when a send slot frees (the dispatcher's wake: it waits for one)."""
         self._rng = rng
         self._writer = threading.Thread(target=self._write_loop, name="sluice-writer", daemon=True)
         self._writer.start()
@@ -121,18 +123,25 @@ class ThreadExecutor:
         with self._lock:
             return self.threads - self._running
 
-    def submit(self, unit: WorkUnit, acquire: Callable[[], Grant]) -> Grant:
-        """See :meth:`sluice.engine.dispatcher.Executor.submit`."""
+    def submit(self, unit: WorkUnit, acquire: Callable[[], Grant] | None) -> Grant:
+        """See :meth:`sluice.engine.dispatcher.Executor.submit`.
+
+        A unit that needs no grant (``acquire`` None) is handed to the pool and
+        :data:`UNLIMITED` returned at once: waiting for a pool thread to wake and answer
+        "no limit" was the dispatcher's largest cost with no limit set (docs/scaling.md).
+        """
         decided: Future[Grant] = Future()
         gone = threading.Event()
         with self._lock:
             self._running += 1
         try:
-            self._pool.submit(self._run, unit, acquire, decided, gone)
+            self._pool.submit(self._run, unit, acquire or _unlimited, decided, gone)
         except BaseException:
             with self._lock:
                 self._running -= 1
             raise
+        if acquire is None:
+            return UNLIMITED
         grant = decided.result()
         if grant.granted and math.isfinite(grant.send_within_s):
             # Stay off the interpreter while the grant's thread sends it: on a busy host the
@@ -166,6 +175,8 @@ class ThreadExecutor:
             gone.set()
             with self._lock:
                 self._running -= 1
+            if self.on_free is not None:
+                self.on_free()
 
     def _grant_and_send(
         self,
@@ -351,6 +362,10 @@ class ThreadExecutor:
             self.usage.close()
 
 
+def _unlimited() -> Grant:
+    return UNLIMITED
+
+
 _OPERATION_METRIC = {"submit": "create", "poll": "poll", "lookup": "lookup"}
 
 
@@ -420,6 +435,7 @@ def build_dispatch(
         fair_share=settings.fair_share,
         quotas=QuotaBook(runtime.quotas, clock) if runtime.quotas is not None else None,
     )
+    executor.on_free = dispatcher.wake
     return executor, dispatcher
 
 

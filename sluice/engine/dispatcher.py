@@ -44,7 +44,7 @@ from sluice.engine.retention import Pruner
 from sluice.providers.base import Provider
 from sluice.ratelimit import holds
 from sluice.ratelimit.base import Limiter
-from sluice.ratelimit.rate import Grant
+from sluice.ratelimit.rate import Grant, LimitSpec
 from sluice.store.pauses import PauseStore
 from sluice.store.queue import WorkQueue
 
@@ -55,6 +55,10 @@ MIN_WAIT_S = 0.0001
 # An in-flight refusal's retry_after_s is when leases would *expire*; a finishing request
 # frees its slot much sooner, so look again shortly.
 IN_FLIGHT_RECHECK_S = 0.005
+CAPACITY_RECHECK_S = 0.01
+"""With every send slot busy, look again after this long at the latest: the executor wakes
+the dispatcher as soon as a slot frees (stepping every millisecond to find out cost the
+sending threads the interpreter)."""
 # How many units refused on their own account's limit a step passes over to reach others.
 MAX_SKIPS_PER_STEP = 8
 QUOTA_TAKEN_KEPT = 4096
@@ -83,12 +87,14 @@ class Executor(Protocol):
         """How many more units could start right now."""
         ...
 
-    def submit(self, unit: WorkUnit, acquire: Callable[[], Grant]) -> Grant:
+    def submit(self, unit: WorkUnit, acquire: Callable[[], Grant] | None) -> Grant:
         """Ask for the unit's grant on the thread that will send it; send at once if granted.
 
         Returns the grant (or refusal) as soon as it is known; the request runs on. The
         grant's lease (if any) is released when the request ends. ``acquire``'s
-        exceptions (a limiter outage) are raised here.
+        exceptions (a limiter outage) are raised here. ``acquire`` None: the unit needs no
+        grant (its provider has no limit and no in-flight cap); :data:`UNLIMITED` is
+        returned at once, without waiting for the thread that sends it.
         """
         ...
 
@@ -190,6 +196,9 @@ class Dispatcher:
         """Dispatch until ``stop`` is set (or ``until()`` is true); then give back claims."""
         try:
             while not stop.is_set() and not (until and until()):
+                # Cleared before the step, not after the wait: a wake() that comes while
+                # the step runs (a send slot freed) cuts the next wait short.
+                self._wake.clear()
                 try:
                     # Never wait longer than idle_s: new work may arrive from the API.
                     wait = min(self.step(), self.idle_s)
@@ -200,7 +209,6 @@ class Dispatcher:
                     wait = STEP_FAILURE_BACKOFF_S
                 if wait > 0:
                     self._wake.wait(wait)
-                    self._wake.clear()
         finally:
             self.release_all()
 
@@ -243,7 +251,7 @@ class Dispatcher:
                     return lane.not_before - now
                 if self.executor.capacity() <= 0:
                     self._top_up(name, lane, now)
-                    return 0.001
+                    return CAPACITY_RECHECK_S
                 unit = lane.units[0]
                 if not self._lease_left(unit, now, guard_s):
                     stale.append(lane.units.popleft())
@@ -263,7 +271,9 @@ class Dispatcher:
                         unit,
                         functools.partial(
                             acquire, self.limiter, provider, unit, payload, self.rates
-                        ),
+                        )
+                        if needs_grant(provider, unit, payload, self.rates)
+                        else None,
                     )
                 except Exception:
                     if self.quotas is not None:
@@ -512,16 +522,35 @@ def acquire(
     """Ask for the grant one request of ``unit`` needs (a provider with no limits needs none),
     at the rate in force on each of its keys, with a window hold on each short window
     (:mod:`sluice.ratelimit.holds`: the limit kept at the provider however it stamps)."""
-    kinds = [task.kind for task in unit.tasks]
-    limits = provider.limits_for(
-        unit.operation.access, payload, operation=unit.operation, kinds=kinds
-    )
-    if rates is not None:
-        limits = rates.apply(limits)
+    limits = _limits(provider, unit, payload, rates)
     in_flight = provider.in_flight()
     if not limits and in_flight is None:
         return UNLIMITED
     return holds.acquire(limiter, limits, in_flight=in_flight, timeout_s=provider.timeout_s)
+
+
+def needs_grant(
+    provider: Provider,
+    unit: WorkUnit,
+    payload: Mapping[str, Any] | None,
+    rates: RatesInForce | None = None,
+) -> bool:
+    """Whether a request of ``unit`` draws on any limit or in-flight cap (else
+    :func:`acquire` would answer :data:`UNLIMITED` without asking the limiter)."""
+    return provider.in_flight() is not None or bool(_limits(provider, unit, payload, rates))
+
+
+def _limits(
+    provider: Provider,
+    unit: WorkUnit,
+    payload: Mapping[str, Any] | None,
+    rates: RatesInForce | None,
+) -> list[LimitSpec]:
+    kinds = [task.kind for task in unit.tasks]
+    limits = provider.limits_for(
+        unit.operation.access, payload, operation=unit.operation, kinds=kinds
+    )
+    return list(rates.apply(limits)) if rates is not None else list(limits)
 
 
 def has_account_limits(

@@ -81,8 +81,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         # pysqlite's own transaction handling defers BEGIN; take it over so writers
-        # serialise with BEGIN IMMEDIATE instead of failing on lock upgrades.
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        # serialise with BEGIN IMMEDIATE instead of failing on lock upgrades. A reading
+        # connection (:func:`reading`) begins deferred: under WAL it reads a snapshot and
+        # never waits for the writer.
+        event.listen(engine, "begin", _sqlite_begin)
     elif backend == "postgresql":
         kwargs.setdefault("pool_size", 10)
         kwargs.setdefault("max_overflow", 20)
@@ -114,6 +116,25 @@ def _unavailable_translator(
         return errors.StoreUnavailable(reason, where)
 
     return translate
+
+
+READ_ONLY = "sluice_read_only"
+"""Execution option of a connection that only reads (:func:`reading`)."""
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    read_only = conn.get_execution_options().get(READ_ONLY, False)
+    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+@contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """A connection for reads only: on SQLite its transaction begins deferred, so it never
+    queues behind the writer for the write lock (``BEGIN IMMEDIATE`` sleeps in SQLite's
+    busy handler, 1, 2, 5, 10... ms at a time, while the outcome writer commits). A write
+    on it may fail with "database is locked": write through ``engine.begin()``."""
+    with engine.connect().execution_options(**{READ_ONLY: True}) as conn:
+        yield conn
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, Engine, Row, Table, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from sluice.store import db
 from sluice.store.rows import tasks
 from sluice.store.tables import ACTIVE_PHASES, LimiterPauseRow
 
@@ -126,7 +127,7 @@ class PauseStore:
 
     def active(self, now: datetime) -> dict[str, datetime]:
         """Every pause still running at ``now``."""
-        with self.engine.connect() as conn:
+        with db.reading(self.engine) as conn:
             rows = conn.execute(select(pauses.c.key, pauses.c.until).where(pauses.c.until > now))
             return {key: until for key, until in rows}
 

@@ -34,7 +34,7 @@ from sqlalchemy import (
 )
 
 from sluice.domain import DueTask, Outcome, Phase, TaskStatus
-from sluice.store import fairshare
+from sluice.store import db, fairshare
 from sluice.store.chains import end_descendants, release_children
 from sluice.store.rows import chunks, event_row, events, in_active_phase, task_values, tasks
 from sluice.store.tables import ACTIVE_PHASES
@@ -126,7 +126,7 @@ class WorkQueue:
         self, now: datetime, limit: int, providers: Sequence[str] | None = None
     ) -> list[DueTask]:
         """Unclaimed tasks due by ``now``, oldest due first (read only)."""
-        with self.engine.connect() as conn:
+        with db.reading(self.engine) as conn:
             return [_to_due(r) for r in conn.execute(_due_query(now, providers, limit))]
 
     def claim_due(
@@ -179,7 +179,7 @@ class WorkQueue:
         until = now + timedelta(seconds=lease_s)
         # The candidates are read outside the claim's transaction; every task taken is
         # re-checked under its row lock.
-        with self.engine.connect() as conn:
+        with db.reading(self.engine) as conn:
             # More candidates than slots: claimers running at once read the same ones, and
             # each then takes the first of its share that nobody has locked.
             found = fairshare.candidates(
@@ -295,14 +295,14 @@ class WorkQueue:
 
     def next_due_at(self) -> datetime | None:
         """When the earliest active task falls due (claimed ones included)."""
-        with self.engine.connect() as conn:
+        with db.reading(self.engine) as conn:
             value: datetime | None = conn.execute(
                 select(func.min(tasks.c.next_attempt_at)).where(tasks.c.phase.in_(ACTIVE_PHASES))
             ).scalar()
         return value
 
     def unfinished_count(self) -> int:
-        with self.engine.connect() as conn:
+        with db.reading(self.engine) as conn:
             return int(
                 conn.execute(
                     select(func.count()).where(tasks.c.phase != Phase.DONE.value)

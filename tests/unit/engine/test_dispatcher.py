@@ -14,7 +14,7 @@ import pytest
 from sluice import errors, submissions
 from sluice.clock import FakeClock
 from sluice.domain import Submission, TaskStatus, WorkUnit
-from sluice.engine.dispatcher import Dispatcher
+from sluice.engine.dispatcher import UNLIMITED, Dispatcher
 from sluice.engine.execute import execute_unit
 from sluice.engine.rates import Ceiling, RatesInForce
 from sluice.providers.registry import build_http_client, load_providers
@@ -67,9 +67,9 @@ class InlineExecutor:
     def capacity(self) -> int:
         return 1
 
-    def submit(self, unit: WorkUnit, acquire: Callable[[], Grant]) -> Grant:
+    def submit(self, unit: WorkUnit, acquire: Callable[[], Grant] | None) -> Grant:
         asked_at = self.clock.monotonic()
-        grant = acquire()
+        grant = acquire() if acquire is not None else UNLIMITED
         if not grant.granted:
             return grant
         self.granted.append(grant)
