@@ -65,6 +65,11 @@ SPACING_SHARE = 0.25
 MAX_SPACING_SHARE = 0.35
 """... and up to this share while the host's recent grant-to-send delays need it."""
 
+WINDOW_JUDGED_MAX_SHARE = 0.25
+"""A window-judged provider's held grant is never sent later than this share of its window
+after it was asked for (250 ms of a 1 s window): a later one is stale, its work better
+asked for again."""
+
 
 def hold_key(key: str) -> str:
     """The in-flight key a limit key's holds live under."""
@@ -165,18 +170,25 @@ def send_within_s(
     not held keeps the limiter's window.
 
     A provider that counts requests in windows (sliding or fixed) and judges no spacing
-    (``judges = "window"``) needs none of that: its limit rests on the holds alone, so a
-    grant may be sent up to a whole spacing after it was asked for. Measured on a loaded
-    host (``bench.adaptive``, load 9-16), the asking alone (two limiter round trips and a
-    thread's wake-up) took more than a quarter spacing for 10-40% of grants, each a slot
-    lost; a whole spacing keeps most of them. Later than that, a grant would overtake the
-    next one's slot, so it is still thrown away (and its slot given back when it can be).
+    (``judges = "window"``) needs none of that: its limit rests on the holds alone (whose
+    proof uses no send window), so a grant may be sent up to a whole spacing after it was
+    asked for, and longer while this process's recent delays need it (1.25 times their
+    90th percentile), up to :data:`WINDOW_JUDGED_MAX_SHARE` of the window. Measured on a
+    loaded host (``bench.adaptive``, load 9-30), the asking alone (two limiter round trips
+    and a thread's wake-up) took more than a quarter spacing for 9-40% of grants, each a
+    slot nobody used; and a starved host whose short send windows threw nearly every grant
+    away was refused nothing, so a learned rate climbed to the configured one, whose
+    spacing (and so window) was shorter still.
     """
     if any(spec.rate.window_s > HOLD_MAX_WINDOW_S for spec in limits):
         return grant.send_within_s
     spacing = min(spec.rate.window_s / spec.rate.limit for spec in limits)
     if not judges_spacing:
-        return max(grant.send_within_s, spacing)
+        if recent_delay_s is None:
+            recent_delay_s = sendgate.DELAYS.quantile(0.9)
+        longest = WINDOW_JUDGED_MAX_SHARE * min(spec.rate.window_s for spec in limits)
+        window = max(spacing, min(longest, 1.25 * recent_delay_s))
+        return max(grant.send_within_s, window)
     if recent_delay_s is None:
         recent_delay_s = sendgate.DELAYS.quantile(0.9)
     window = min(MAX_SPACING_SHARE * spacing, max(SPACING_SHARE * spacing, 1.25 * recent_delay_s))

@@ -247,22 +247,27 @@ def test_held_grants_get_a_quarter_to_half_a_spacing_to_be_sent_in() -> None:
 
 def test_window_judged_providers_get_a_whole_spacing_to_send_a_held_grant_in() -> None:
     """judges = "window": a held grant may be sent up to one spacing after it was asked for,
-    whatever the host's recent delays; a key not held keeps the limiter's own window."""
+    longer while recent delays need it (up to a quarter window); a key not held keeps the
+    limiter's own window."""
     limiter = MemoryLimiter(clock=FakeClock(), margin=0.005, catch_up_s=0.002, cold_start=False)
     specs = [LimitSpec("a", Rate(50, 1.0))]
     grant = limiter.acquire(specs)
-    for delay in (0.0, 0.001, 0.050):
-        window = holds.send_within_s(specs, grant, recent_delay_s=delay, judges_spacing=False)
-        assert window == pytest.approx(0.020)
+    for delay, window in ((0.0, 0.020), (0.010, 0.020), (0.040, 0.050), (1.0, 0.250)):
+        got = holds.send_within_s(specs, grant, recent_delay_s=delay, judges_spacing=False)
+        assert got == pytest.approx(window)
+        spaced = holds.send_within_s(specs, grant, recent_delay_s=delay)
+        assert spaced <= got
     fresh = [LimitSpec("h", Rate(50, 1.0))]
     held = holds.acquire(limiter, fresh, in_flight=None, timeout_s=1, judges_spacing=False)
     assert held.granted
-    assert held.send_within_s == pytest.approx(0.020)
+    # This process's recent delays (other tests') may widen it, never past a quarter window.
+    assert 0.020 - 1e-9 <= held.send_within_s <= 0.250 + 1e-9
     # A learned rate (100 per 2.5 s: 40/s) is paced at its own spacing, 25 ms.
     learned = [LimitSpec("l", Rate(100, 2.5))]
-    assert holds.acquire(
-        limiter, learned, in_flight=None, timeout_s=1, judges_spacing=False
-    ).send_within_s == pytest.approx(0.025)
+    grant_l = limiter.acquire(learned)
+    assert holds.send_within_s(
+        learned, grant_l, recent_delay_s=0.0, judges_spacing=False
+    ) == pytest.approx(0.025)
     mixed = holds.acquire(
         limiter,
         [LimitSpec("b", Rate(50, 1.0)), LimitSpec("b:day", Rate(100_000, 86_400.0))],
