@@ -150,6 +150,9 @@ class Provider(Protocol):
     retry_base_s: float
     retry_max_s: float
     timeout_s: float
+    judges_spacing: bool
+    """Whether the provider may judge spacing (a leaky bucket to the millisecond) rather than
+    only count requests in windows: held grants then get a short send window."""
     redact_fields: tuple[str, ...]
     """Dotted payload paths sent to the provider but masked wherever Sluice shows them."""
     fairness_field: str | None

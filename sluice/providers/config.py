@@ -494,6 +494,11 @@ class ProviderConfig(_Table):
     max_in_flight: int | None = Field(default=None, ge=1)
     in_flight_ttl: Duration | None = None
     rate_margin: float | None = Field(default=None, ge=0)
+    # What the provider's limiter judges (docs/ratelimit.md, "Send windows of held keys"):
+    # "spacing" (it may be a leaky bucket refusing a request a few ms early) or "window"
+    # (it counts requests in windows, sliding or fixed): held grants may then be sent up to
+    # a whole spacing after they were asked for, instead of a quarter to 0.35 of one.
+    judges: Literal["spacing", "window"] = "spacing"
     headers: Secrets = Field(default_factory=dict)
     timeout: Duration = 10.0
     max_attempts: int = Field(default=8, ge=1)

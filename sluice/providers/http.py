@@ -93,6 +93,7 @@ class HttpProvider:
         self.retry_max_s = config.retry_max
         self.timeout_s = config.timeout
         self.rate_margin = config.rate_margin
+        self.judges_spacing = config.judges == "spacing"
         self.kinds = frozenset(config.kinds)
         self._clock: Clock = clock or SystemClock()
         # Also teaches masking.KNOWN, so the log formatter masks these secrets everywhere.

@@ -65,6 +65,11 @@ SPACING_SHARE = 0.25
 MAX_SPACING_SHARE = 0.35
 """... and up to this share while the host's recent grant-to-send delays need it."""
 
+WINDOW_JUDGED_MAX_SHARE = 0.25
+"""A window-judged provider's held grant is never sent later than this share of its window
+after it was asked for (250 ms of a 1 s window): a later one is stale, its work better
+asked for again."""
+
 
 def hold_key(key: str) -> str:
     """The in-flight key a limit key's holds live under."""
@@ -108,6 +113,7 @@ def acquire(
     *,
     in_flight: InFlight | None,
     timeout_s: float,
+    judges_spacing: bool = True,
 ) -> Grant:
     """A grant on ``limits`` (and ``in_flight``) together with a hold on every short window.
 
@@ -115,6 +121,7 @@ def acquire(
     is given back (the spacing slot too, unless someone was granted since) and the answer
     is a refusal with reason ``"in_flight"`` (the places are held by requests still running
     or answered less than a window ago), whose wait is when the place frees at the latest.
+    ``judges_spacing`` is the provider's (:func:`send_within_s`).
     """
     grant = limiter.acquire(limits, in_flight=in_flight)
     if not grant.granted:
@@ -136,15 +143,20 @@ def acquire(
     return replace(
         grant,
         holds=tuple(taken),
-        send_within_s=send_within_s(limits, grant),
+        send_within_s=send_within_s(limits, grant, judges_spacing=judges_spacing),
         limits=tuple(limits),
     )
 
 
 def send_within_s(
-    limits: Sequence[LimitSpec], grant: Grant, recent_delay_s: float | None = None
+    limits: Sequence[LimitSpec],
+    grant: Grant,
+    recent_delay_s: float | None = None,
+    *,
+    judges_spacing: bool = True,
 ) -> float:
-    """The send window of a grant whose every key is held: a quarter to 0.35 of a spacing.
+    """The send window of a grant whose every key is held: a quarter to 0.35 of a spacing,
+    or a whole spacing for a provider that only counts windows (``judges_spacing=False``).
 
     With holds, the sliding window no longer rests on the send window (the proof above uses
     none), so the window only has to keep the *spacing* good enough for a provider that
@@ -156,10 +168,27 @@ def send_within_s(
     percentile, ``recent_delay_s``, :data:`sendgate.DELAYS`) fit in it, up to 0.35 of a
     spacing when they do not (a busy host would otherwise throw most grants away). A key
     not held keeps the limiter's window.
+
+    A provider that counts requests in windows (sliding or fixed) and judges no spacing
+    (``judges = "window"``) needs none of that: its limit rests on the holds alone (whose
+    proof uses no send window), so a grant may be sent up to a whole spacing after it was
+    asked for, and longer while this process's recent delays need it (1.25 times their
+    90th percentile), up to :data:`WINDOW_JUDGED_MAX_SHARE` of the window. Measured on a
+    loaded host (``bench.adaptive``, load 9-30), the asking alone (two limiter round trips
+    and a thread's wake-up) took more than a quarter spacing for 9-40% of grants, each a
+    slot nobody used; and a starved host whose short send windows threw nearly every grant
+    away was refused nothing, so a learned rate climbed to the configured one, whose
+    spacing (and so window) was shorter still.
     """
     if any(spec.rate.window_s > HOLD_MAX_WINDOW_S for spec in limits):
         return grant.send_within_s
     spacing = min(spec.rate.window_s / spec.rate.limit for spec in limits)
+    if not judges_spacing:
+        if recent_delay_s is None:
+            recent_delay_s = sendgate.DELAYS.quantile(0.9)
+        longest = WINDOW_JUDGED_MAX_SHARE * min(spec.rate.window_s for spec in limits)
+        window = max(spacing, min(longest, 1.25 * recent_delay_s))
+        return max(grant.send_within_s, window)
     if recent_delay_s is None:
         recent_delay_s = sendgate.DELAYS.quantile(0.9)
     window = min(MAX_SPACING_SHARE * spacing, max(SPACING_SHARE * spacing, 1.25 * recent_delay_s))

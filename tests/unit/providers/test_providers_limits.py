@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from sluice import errors
 from sluice.ratelimit.base import InFlight
 from sluice.ratelimit.rate import LimitSpec, Rate
 
@@ -94,6 +97,15 @@ def test_defaults_are_documented_values() -> None:
     assert (provider.retry_base_s, provider.retry_max_s) == (1.0, 300.0)
     assert provider.deadline_s is None
     assert provider.rate_margin is None
+
+
+def test_judges_says_whether_the_provider_may_judge_spacing() -> None:
+    """judges = "spacing" (the default) or "window"; anything else is refused by name."""
+    assert make_provider(ACME).judges_spacing is True
+    assert make_provider(with_changes(ACME, judges="spacing")).judges_spacing is True
+    assert make_provider(with_changes(ACME, judges="window")).judges_spacing is False
+    with pytest.raises(errors.ConfigError, match="judges"):
+        make_provider(with_changes(ACME, judges="bucket"))
 
 
 def test_rate_margin_stretches_the_window_but_keeps_the_key() -> None:

@@ -72,6 +72,8 @@ def simulate(
     catch_up_s: float,
     use_holds: bool = True,
     sent_grants: list[int] | None = None,
+    judges_spacing: bool = True,
+    send_share: float = 0.0,
 ) -> list[int]:
     """Run ``requests`` through the limiter (greedy senders), return the arrival stamps
     (and the grant times of the requests that were sent into ``sent_grants``)."""
@@ -96,7 +98,9 @@ def simulate(
             holds.finish(limiter, grant, sent=True, since_answer_s=since)
             continue
         if use_holds:
-            grant = holds.acquire(limiter, [spec], in_flight=None, timeout_s=TIMEOUT_S)
+            grant = holds.acquire(
+                limiter, [spec], in_flight=None, timeout_s=TIMEOUT_S, judges_spacing=judges_spacing
+            )
         else:
             grant = limiter.acquire([spec])
         if not grant.granted:
@@ -108,8 +112,10 @@ def simulate(
             continue
         if sent_grants is not None:
             sent_grants.append(when)
-        answer = when + request.rtt_us
-        arrivals.append(when + int(request.stamp * request.rtt_us))
+        # Sent this share of its send window after the grant (a slow thread, a busy host).
+        sent_at = when + int(send_share * grant.send_within_s * US) if send_share else when
+        answer = sent_at + request.rtt_us
+        arrivals.append(sent_at + int(request.stamp * request.rtt_us))
         if not request.dies:
             done = answer + request.finish_after_us
             since = request.finish_after_us / US
@@ -237,6 +243,64 @@ def test_held_grants_get_a_quarter_to_half_a_spacing_to_be_sent_in() -> None:
     )
     assert mixed.granted
     assert mixed.send_within_s < 0.005
+
+
+def test_window_judged_providers_get_a_whole_spacing_to_send_a_held_grant_in() -> None:
+    """judges = "window": a held grant may be sent up to one spacing after it was asked for,
+    longer while recent delays need it (up to a quarter window); a key not held keeps the
+    limiter's own window."""
+    limiter = MemoryLimiter(clock=FakeClock(), margin=0.005, catch_up_s=0.002, cold_start=False)
+    specs = [LimitSpec("a", Rate(50, 1.0))]
+    grant = limiter.acquire(specs)
+    for delay, window in ((0.0, 0.020), (0.010, 0.020), (0.040, 0.050), (1.0, 0.250)):
+        got = holds.send_within_s(specs, grant, recent_delay_s=delay, judges_spacing=False)
+        assert got == pytest.approx(window)
+        spaced = holds.send_within_s(specs, grant, recent_delay_s=delay)
+        assert spaced <= got
+    fresh = [LimitSpec("h", Rate(50, 1.0))]
+    held = holds.acquire(limiter, fresh, in_flight=None, timeout_s=1, judges_spacing=False)
+    assert held.granted
+    # This process's recent delays (other tests') may widen it, never past a quarter window.
+    assert 0.020 - 1e-9 <= held.send_within_s <= 0.250 + 1e-9
+    # A learned rate (100 per 2.5 s: 40/s) is paced at its own spacing, 25 ms.
+    learned = [LimitSpec("l", Rate(100, 2.5))]
+    grant_l = limiter.acquire(learned)
+    assert holds.send_within_s(
+        learned, grant_l, recent_delay_s=0.0, judges_spacing=False
+    ) == pytest.approx(0.025)
+    mixed = holds.acquire(
+        limiter,
+        [LimitSpec("b", Rate(50, 1.0)), LimitSpec("b:day", Rate(100_000, 86_400.0))],
+        in_flight=None,
+        timeout_s=1,
+        judges_spacing=False,
+    )
+    assert mixed.granted
+    assert mixed.send_within_s < 0.005
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    limit=st.integers(1, 6),
+    window_us=st.integers(10_000, 2_000_000),
+    send_share=st.floats(0.0, 1.0),
+    requests=st.lists(request_strategy, max_size=40),
+)
+def test_sent_anywhere_within_a_whole_spacing_the_window_still_holds(
+    limit: int, window_us: int, send_share: float, requests: list[Request]
+) -> None:
+    """A window-judged provider's held grants, each sent up to its whole send window late
+    and then stamped anywhere before its answer, never put more than ``limit`` in a window."""
+    spec = LimitSpec("dsp", Rate(limit, window_us / US))
+    arrivals = simulate(
+        spec,
+        requests,
+        margin=0.005,
+        catch_up_s=0.002,
+        judges_spacing=False,
+        send_share=send_share,
+    )
+    assert spans_at_least(arrivals, limit, window_us)
 
 
 def test_an_unsent_grant_gives_its_slot_back_unless_someone_followed() -> None:
