@@ -91,6 +91,7 @@ ADS = 5
 STREAM_LEAD_S = 2.0
 PRESET = REPO_ROOT / "sluice" / "providers" / "presets" / "sandbox-standard.toml"
 SANDBOX = {"limits": [{"name": "app", "limit": RATE, "window_s": 1.0}]}
+JUDGES_SPACING = os.environ.get("BENCH_JUDGES_SPACING", "false") == "true"
 
 
 def provider_table(base_url: str, weights: dict[str, float] | None = None) -> dict[str, Any]:
@@ -98,6 +99,8 @@ def provider_table(base_url: str, weights: dict[str, float] | None = None) -> di
     table: dict[str, Any] = tomllib.loads(PRESET.read_text(encoding="utf-8"))
     table["base_url"] = base_url
     table["rate_limit"] = f"{RATE}/s"
+    # The sandbox here counts a sliding second and judges no spacing: held grants may go late.
+    table["judges_spacing"] = JUDGES_SPACING
     table.pop("poll", None)
     for kind in table["kinds"].values():
         for key in ("status", "status_field", "error_field", "status_map"):

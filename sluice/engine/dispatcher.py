@@ -521,7 +521,13 @@ def acquire(
     in_flight = provider.in_flight()
     if not limits and in_flight is None:
         return UNLIMITED
-    return holds.acquire(limiter, limits, in_flight=in_flight, timeout_s=provider.timeout_s)
+    return holds.acquire(
+        limiter,
+        limits,
+        in_flight=in_flight,
+        timeout_s=provider.timeout_s,
+        judges_spacing=provider.judges_spacing,
+    )
 
 
 def has_account_limits(

@@ -156,6 +156,9 @@ class Provider(Protocol):
     """The dotted payload path whose value is a task's fairness key (None: its tenant)."""
     fairness_weights: Mapping[str, float]
     """Weights of fairness keys in the fair share of this provider's budget (default 1)."""
+    judges_spacing: bool
+    """Whether the provider may refuse a request that arrives early against an even pace
+    (a leaky bucket); False: it only counts requests per window (:mod:`ratelimit.holds`)."""
 
     def limits_for(
         self,

@@ -494,6 +494,10 @@ class ProviderConfig(_Table):
     max_in_flight: int | None = Field(default=None, ge=1)
     in_flight_ttl: Duration | None = None
     rate_margin: float | None = Field(default=None, ge=0)
+    # Whether the provider may refuse a request that comes early against an even pace (a
+    # leaky bucket): true keeps held grants' send windows a fraction of a spacing; false
+    # (it only counts requests per window) lets them go late instead (ratelimit/holds.py).
+    judges_spacing: bool = True
     headers: Secrets = Field(default_factory=dict)
     timeout: Duration = 10.0
     max_attempts: int = Field(default=8, ge=1)

@@ -103,6 +103,7 @@ class HttpProvider:
         self.redact_fields = config.redact_fields
         self.fairness_field = config.fairness_field
         self.fairness_weights: Mapping[str, float] = config.fairness_weights
+        self.judges_spacing = config.judges_spacing
         self._limits = LimitRules(name, config)
         self._observer: LimitObserver | None = None
         self._warned: set[str] = set()
