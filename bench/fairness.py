@@ -48,6 +48,7 @@ import bisect
 import json
 import os
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -454,6 +455,10 @@ def main(argv: list[str] | None = None) -> None:
             "trees": f"{CAMPAIGNS} campaigns x {AD_GROUPS} ad groups x {ADS} ads with a "
             f"stream of new roots at {RATE}/s",
             "repeats": repeats,
+            "judges_spacing": JUDGES_SPACING,
+            "command": " ".join(
+                ["python -m bench.fairness", *(sys.argv[1:] if argv is None else argv)]
+            ),
         },
     }
     plotted: dict[str, dict[str, Any]] = {}
