@@ -48,6 +48,7 @@ import bisect
 import json
 import os
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -91,6 +92,7 @@ ADS = 5
 STREAM_LEAD_S = 2.0
 PRESET = REPO_ROOT / "sluice" / "providers" / "presets" / "sandbox-standard.toml"
 SANDBOX = {"limits": [{"name": "app", "limit": RATE, "window_s": 1.0}]}
+JUDGES_SPACING = os.environ.get("BENCH_JUDGES", "window") == "spacing"
 
 
 def provider_table(base_url: str, weights: dict[str, float] | None = None) -> dict[str, Any]:
@@ -98,6 +100,8 @@ def provider_table(base_url: str, weights: dict[str, float] | None = None) -> di
     table: dict[str, Any] = tomllib.loads(PRESET.read_text(encoding="utf-8"))
     table["base_url"] = base_url
     table["rate_limit"] = f"{RATE}/s"
+    # The sandbox here counts a sliding second and judges no spacing: held grants may go late.
+    table["judges"] = "spacing" if JUDGES_SPACING else "window"
     table.pop("poll", None)
     for kind in table["kinds"].values():
         for key in ("status", "status_field", "error_field", "status_map"):
@@ -451,6 +455,10 @@ def main(argv: list[str] | None = None) -> None:
             "trees": f"{CAMPAIGNS} campaigns x {AD_GROUPS} ad groups x {ADS} ads with a "
             f"stream of new roots at {RATE}/s",
             "repeats": repeats,
+            "judges": "spacing" if JUDGES_SPACING else "window",
+            "command": " ".join(
+                ["python -m bench.fairness", *(sys.argv[1:] if argv is None else argv)]
+            ),
         },
     }
     plotted: dict[str, dict[str, Any]] = {}

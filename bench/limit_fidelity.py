@@ -69,6 +69,8 @@ POLL_INTERVAL = "250ms"
 RUN_TIMEOUT_S = 240.0
 REFUSED = 429
 RESULTS = RESULTS_DIR / "limit_fidelity.json"
+JUDGES_SPACING = True
+"""Whether the provider judges spacing (``judges``); ``--counts-only``: "window"."""
 SUMMARY_LINE = re.compile(r"pump\.summary (.*)$")
 
 
@@ -157,9 +159,10 @@ def sandbox_provider(base_url: str, creates_only: bool) -> dict[str, Any]:
     if creates_only:
         table = synchronous_provider(f"{RATE}/s")
         table["base_url"] = base_url
-        return table
-    table = provider_table(base_url, f"{RATE}/s")
-    table["poll"] = {**table["poll"], "interval": POLL_INTERVAL}
+    else:
+        table = provider_table(base_url, f"{RATE}/s")
+        table["poll"] = {**table["poll"], "interval": POLL_INTERVAL}
+    table["judges"] = "spacing" if JUDGES_SPACING else "window"
     return table
 
 
@@ -338,7 +341,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         action="store_true",
         help="synchronous creates, no polls to fill the gaps (issue 14, item 3)",
     )
+    parser.add_argument(
+        "--counts-only",
+        action="store_true",
+        help='judges = "window": held grants may be sent late (the standard profile only)',
+    )
     args = parser.parse_args(argv)
+    if args.counts_only and args.profile == "leaky":
+        parser.error("--counts-only: the leaky profile judges spacing")
+    global JUDGES_SPACING
+    JUDGES_SPACING = not args.counts_only
 
     settings = load_settings()
     scenarios = [args.only] if args.only else ["distributed", "embedded"]
@@ -360,6 +372,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             else f"{RATE}/s, the sandbox's leaky profile: GCRA on whole-ms arrivals, burst 1",
             "profile": args.profile,
             "creates_only": args.creates_only,
+            "judges": "spacing" if JUDGES_SPACING else "window",
             "cpu_hog": "python -c 'while True: pass'" if args.cpu_hog else None,
             "rate_margin": settings.rate_margin if args.margin is None else args.margin,
             "rate_catch_up_s": settings.rate_catch_up_s,

@@ -216,8 +216,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             cost_runs.append({"load_before": load, **run_costs(30, 100)})
     result = {
         "benchmark": "quota",
-        "command": f"python -m bench.quota --repeats {args.repeats} (parts run separately: "
-        "--part quota, --part costs)" + (" --full" if args.full else ""),
+        "command": f"python -m bench.quota --repeats {args.repeats}"
+        + (
+            f" --part {args.part} (the other part's runs kept from before)"
+            if args.part != "both"
+            else ""
+        )
+        + (" --full" if args.full else ""),
         "clock": "real (short windows), not the sandbox's movable clock",
         "quota": {
             "runs": quota_runs,

@@ -52,6 +52,9 @@ WRITE_COALESCE_S = 0.01
 
 
 SEND_DELAYS_KEPT = 20_000
+SEND_WAIT_MAX_S = 0.1
+"""The longest the dispatcher stays off the interpreter for one grant's sender (a grant
+that may go late, ``judges = "window"``, has up to a window to be sent)."""
 
 
 @dataclass
@@ -147,8 +150,9 @@ class ThreadExecutor:
             # Stay off the interpreter while the grant's thread sends it: on a busy host the
             # dispatcher taking the GIL back (to ask for the next grant) is what pushed that
             # thread past its send window. It has at most send_within_s to send, then either
-            # the request is written or the grant has expired.
-            gone.wait(grant.send_within_s)
+            # the request is written or the grant has expired (or, for a grant that may go
+            # late, the dispatcher stops waiting and asks for the next one).
+            gone.wait(min(grant.send_within_s, SEND_WAIT_MAX_S))
         return grant
 
     def take_unsent(self) -> list[WorkUnit]:

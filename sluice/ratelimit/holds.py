@@ -65,11 +65,6 @@ SPACING_SHARE = 0.25
 MAX_SPACING_SHARE = 0.35
 """... and up to this share while the host's recent grant-to-send delays need it."""
 
-WINDOW_JUDGED_MAX_SHARE = 0.25
-"""A window-judged provider's held grant is never sent later than this share of its window
-after it was asked for (250 ms of a 1 s window): a later one is stale, its work better
-asked for again."""
-
 
 def hold_key(key: str) -> str:
     """The in-flight key a limit key's holds live under."""
@@ -117,6 +112,10 @@ def acquire(
 ) -> Grant:
     """A grant on ``limits`` (and ``in_flight``) together with a hold on every short window.
 
+    ``judges_spacing`` is the provider's (:attr:`~sluice.providers.base.Provider.
+    judges_spacing`): when False, a grant whose every key is held may be sent late
+    (:func:`send_within_s`) instead of being thrown away.
+
     The grant is asked for first; then each hold. If a hold is refused, everything taken
     is given back (the spacing slot too, unless someone was granted since) and the answer
     is a refusal with reason ``"in_flight"`` (the places are held by requests still running
@@ -143,7 +142,9 @@ def acquire(
     return replace(
         grant,
         holds=tuple(taken),
-        send_within_s=send_within_s(limits, grant, judges_spacing=judges_spacing),
+        send_within_s=send_within_s(
+            limits, grant, judges_spacing=judges_spacing, timeout_s=timeout_s
+        ),
         limits=tuple(limits),
     )
 
@@ -154,6 +155,7 @@ def send_within_s(
     recent_delay_s: float | None = None,
     *,
     judges_spacing: bool = True,
+    timeout_s: float | None = None,
 ) -> float:
     """The send window of a grant whose every key is held: a quarter to 0.35 of a spacing,
     or a whole spacing for a provider that only counts windows (``judges_spacing=False``).
@@ -171,24 +173,24 @@ def send_within_s(
 
     A provider that counts requests in windows (sliding or fixed) and judges no spacing
     (``judges = "window"``) needs none of that: its limit rests on the holds alone (whose
-    proof uses no send window), so a grant may be sent up to a whole spacing after it was
-    asked for, and longer while this process's recent delays need it (1.25 times their
-    90th percentile), up to :data:`WINDOW_JUDGED_MAX_SHARE` of the window. Measured on a
-    loaded host (``bench.adaptive``, load 9-30), the asking alone (two limiter round trips
-    and a thread's wake-up) took more than a quarter spacing for 9-40% of grants, each a
-    slot nobody used; and a starved host whose short send windows threw nearly every grant
-    away was refused nothing, so a learned rate climbed to the configured one, whose
-    spacing (and so window) was shorter still.
+    proof uses no send window), so a grant may be sent up to the shortest held window after
+    it was asked for, and never later than the provider's ``timeout_s`` (so the request has
+    arrived within ``2 * timeout_s`` of its hold, well before the hold lapses). Measured on a
+    loaded two-core host, the asking alone (two limiter round trips and a thread's wake-up)
+    took more than a quarter spacing for 9-40% of grants (``bench.adaptive``, load 9-30),
+    and thrown-away grants cost a 50/s key shared by 4 workers a quarter to half of its rate
+    (``bench.fairness``, load 13-30); each was a slot nobody used. A starved host whose
+    short send windows threw nearly every grant away was refused nothing, so a learned rate
+    climbed to the configured one.
     """
     if any(spec.rate.window_s > HOLD_MAX_WINDOW_S for spec in limits):
         return grant.send_within_s
     spacing = min(spec.rate.window_s / spec.rate.limit for spec in limits)
     if not judges_spacing:
-        if recent_delay_s is None:
-            recent_delay_s = sendgate.DELAYS.quantile(0.9)
-        longest = WINDOW_JUDGED_MAX_SHARE * min(spec.rate.window_s for spec in limits)
-        window = max(spacing, min(longest, 1.25 * recent_delay_s))
-        return max(grant.send_within_s, window)
+        shortest = min(spec.rate.window_s for spec in limits)
+        if timeout_s is not None:
+            shortest = min(shortest, max(timeout_s, 0.0))
+        return max(grant.send_within_s, spacing, shortest)
     if recent_delay_s is None:
         recent_delay_s = sendgate.DELAYS.quantile(0.9)
     window = min(MAX_SPACING_SHARE * spacing, max(SPACING_SHARE * spacing, 1.25 * recent_delay_s))

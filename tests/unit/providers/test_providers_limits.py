@@ -124,3 +124,37 @@ def test_rate_margin_stretches_the_window_but_keeps_the_key() -> None:
     assert spec.key == "acme"
     assert spec.rate.limit == 10
     assert spec.rate.window_s == 1.05
+
+
+def test_a_window_judged_providers_grants_may_go_up_to_the_held_window_late() -> None:
+    """``judges = "window"`` reaches the dispatcher's grants, which may then be sent up to
+    the held window late (``sluice/ratelimit/holds.py``)."""
+    from sluice.clock import FakeClock
+    from sluice.domain import DueTask, Operation, Phase, TaskStatus, WorkUnit
+    from sluice.engine.dispatcher import acquire
+    from sluice.ratelimit.memory import MemoryLimiter
+
+    assert make_provider(ACME).judges_spacing is True
+    provider = make_provider(with_changes(ACME, judges="window"))
+    assert provider.judges_spacing is False
+    limiter = MemoryLimiter(clock=FakeClock(), margin=0.005, catch_up_s=0.002, cold_start=False)
+    task = DueTask(
+        1,
+        "acme",
+        "campaign",
+        {"name": "x"},
+        None,
+        None,
+        None,
+        None,
+        TaskStatus.NOT_STARTED,
+        Phase.READY,
+        False,
+        0,
+        0,
+        None,
+        None,
+    )
+    grant = acquire(limiter, provider, WorkUnit("acme", Operation.SUBMIT, (task,)), None)
+    assert grant.granted
+    assert grant.send_within_s == min(1.0, provider.timeout_s)  # 10/s: a 1 s window
