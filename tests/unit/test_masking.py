@@ -151,6 +151,43 @@ def test_an_unparseable_database_url_is_not_echoed() -> None:
     assert info.value.__suppress_context__
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "app:hunter2-PW@db.example/sluice",  # the scheme forgotten: masking cannot see a URL
+        "//app:hunter2-PW@db.example/sluice",
+        "postgresql:app:hunter2-PW@db/sluice",
+        "postgresql://app:hunter2@PW:9@db/sluice",  # SQLAlchemy quotes 'PW:9@db' as the port
+        "postgres ql://app:hunter2-PW@db/sluice",
+    ],
+)
+def test_a_database_url_that_does_not_parse_is_named_by_its_scheme_only(url: str) -> None:
+    """Whatever made the URL unusable, the error quotes no part of it but its scheme."""
+    with pytest.raises(errors.ConfigError) as info:
+        db.make_engine(url)
+    message = str(info.value)
+    assert leaks(message, "hunter2-PW") == []
+    assert leaks(message, "hunter2@PW:9@db") == []
+    assert "database_url (" in message
+    assert "\n" not in message
+
+
+def test_a_password_with_an_unencoded_at_sign_is_refused_before_connecting() -> None:
+    """``user:pa@ss@host``: SQLAlchemy would take ``ss@host`` for the host and name it in
+    every connection error; the URL is refused at once, saying how to write it."""
+    with pytest.raises(errors.ConfigError, match="write it as %40") as info:
+        db.make_engine("postgresql://app:first-half@second-half@127.0.0.1:5432/sluice")
+    assert "half" not in str(info.value)
+    encoded = db.make_engine("postgresql://app:first-half%40second-half@127.0.0.1:5432/sluice")
+    assert encoded.url.password == "first-half@second-half"
+    encoded.dispose()
+
+
+def test_a_question_mark_in_the_password_is_masked_in_the_url_shown() -> None:
+    """The URL named beside a connection error hides a password holding '?' too."""
+    assert db.mask_url("postgresql://app:pass?word-9@db:5432/x") == "postgresql://app:***@db:5432/x"
+
+
 def test_settings_errors_never_quote_the_value_given(monkeypatch: pytest.MonkeyPatch) -> None:
     """An invalid setting is named (variable and key), and its value is not repeated."""
     monkeypatch.setenv("SLUICE_PORT", "hunter2-not-a-port")
