@@ -203,6 +203,54 @@ def test_settings_errors_never_quote_the_value_given(monkeypatch: pytest.MonkeyP
     assert info.value.__cause__ is None
 
 
+@pytest.mark.parametrize(
+    ("variable", "setting"),
+    [
+        ("SLUICE_LOG_LEVEL", "log_level"),  # was a traceback quoting the level
+        ("SLUICE_RETENTION_PERIOD", "retention_period"),  # its validator quoted the value
+        ("SLUICE_AUTH", "auth"),
+        ("SLUICE_CONSOLE_IDLE_S", "console_idle_s"),
+    ],
+)
+def test_no_setting_quotes_a_bad_value_in_its_error(
+    monkeypatch: pytest.MonkeyPatch, variable: str, setting: str
+) -> None:
+    """A secret pasted into the wrong variable is not repeated by the error naming it."""
+    monkeypatch.setenv(variable, "hunter2-s3cret-xq")
+    with pytest.raises(errors.ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert f"{variable} / [sluice] {setting}: " in message
+    assert leaks(message.lower(), "hunter2-s3cret-xq") == []
+    assert len(message.splitlines()) == 1
+
+
+def test_a_validator_message_quoting_its_input_is_masked() -> None:
+    """Whatever a validator says, the value it was given does not reach the error."""
+    from pydantic import BaseModel, ValidationError, field_validator
+
+    from sluice.settings import describe_validation_error
+
+    class Loud(BaseModel):
+        token: str
+
+        @field_validator("token")
+        @classmethod
+        def _never(cls, value: str) -> str:
+            raise ValueError(f"bad token {value!r} (upper {value.upper()!r})")
+
+    with pytest.raises(ValidationError) as info:
+        Loud(token="hunter2-s3cret")
+    message = describe_validation_error(info.value, ".".join)
+    assert message.startswith("token: Value error, bad token '***'")
+    assert "hunter2" not in message
+
+
+def test_log_levels_are_read_in_any_case() -> None:
+    """``debug`` and ``DEBUG`` are the same level."""
+    assert Settings(log_level="debug").log_level == "DEBUG"
+
+
 def test_settings_repr_hides_url_passwords() -> None:
     """Printing settings (a debugger, a log line) shows no database or broker password."""
     settings = Settings(
