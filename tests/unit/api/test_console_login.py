@@ -22,6 +22,7 @@ from sluice.api.console.session import CONTENT_SECURITY_POLICY
 from sluice.clock import FakeClock
 from sluice.domain import ApiKey, Role
 from sluice.store import db
+from sluice.store.audit import AuditLog
 from sluice.store.sessions import SessionStore, api_keys
 
 if TYPE_CHECKING:
@@ -179,6 +180,8 @@ def test_sign_out_needs_the_sessions_csrf_token_and_ends_the_session(ui: Console
     assert (done.status_code, done.headers["location"]) == (303, "/ui/login")
     assert ui.sessions.count(ui.key.id) == 0
     assert ui.client.get("/ui", follow_redirects=False).status_code == 303
+    trail = AuditLog(ui.sessions.engine).list(key_id=ui.key.id).items
+    assert [r.action for r in trail] == ["console.sign_out", "console.sign_in"]
 
 
 def test_revoking_the_key_ends_the_console_session(ui: Console) -> None:
