@@ -134,6 +134,19 @@ class Settings(BaseSettings):
             raise errors.InvalidValue("must be a positive duration like '30d' or '12h'")
         return value
 
+    # Only that a scheme is there: without one, masking cannot tell the URL's password
+    # (and redis-py fails with a traceback at first use). Which schemes work is the
+    # client's business (redis-py's, kombu's).
+    @field_validator("redis_url", "broker_url")
+    @classmethod
+    def _url_has_a_scheme(cls, value: str | None) -> str | None:
+        if value is not None and "://" not in value:
+            raise errors.InvalidValue(
+                "must be a URL with a scheme, e.g. redis://:password@127.0.0.1:6379/0 "
+                "or amqp://user:password@127.0.0.1:5672//"
+            )
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _log_level_is_known(cls, value: str) -> str:

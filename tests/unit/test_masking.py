@@ -210,13 +210,16 @@ def test_settings_errors_never_quote_the_value_given(monkeypatch: pytest.MonkeyP
         ("SLUICE_RETENTION_PERIOD", "retention_period"),  # its validator quoted the value
         ("SLUICE_AUTH", "auth"),
         ("SLUICE_CONSOLE_IDLE_S", "console_idle_s"),
+        ("SLUICE_REDIS_URL", "redis_url"),  # was a traceback from redis-py, at first use
+        ("SLUICE_BROKER_URL", "broker_url"),
     ],
 )
 def test_no_setting_quotes_a_bad_value_in_its_error(
     monkeypatch: pytest.MonkeyPatch, variable: str, setting: str
 ) -> None:
     """A secret pasted into the wrong variable is not repeated by the error naming it."""
-    monkeypatch.setenv(variable, "hunter2-s3cret-xq")
+    value = "hunter2-s3cret-xq" if variable.endswith("_S") else "app:hunter2-s3cret-xq@db:1/0"
+    monkeypatch.setenv(variable, value)
     with pytest.raises(errors.ConfigError) as info:
         load_settings()
     message = str(info.value)
