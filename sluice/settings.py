@@ -134,16 +134,15 @@ class Settings(BaseSettings):
             raise errors.InvalidValue("must be a positive duration like '30d' or '12h'")
         return value
 
-    # Only that a scheme is there: without one, masking cannot tell the URL's password
-    # (and redis-py fails with a traceback at first use). Which schemes work is the
-    # client's business (redis-py's, kombu's).
-    @field_validator("redis_url", "broker_url")
+    # Only that a scheme is there (redis_url is read by parse_redis_url above): without
+    # one, masking cannot tell the URL's password. Which schemes work is kombu's business.
+    @field_validator("broker_url")
     @classmethod
-    def _url_has_a_scheme(cls, value: str | None) -> str | None:
+    def _broker_url_has_a_scheme(cls, value: str | None) -> str | None:
         if value is not None and "://" not in value:
             raise errors.InvalidValue(
-                "must be a URL with a scheme, e.g. redis://:password@127.0.0.1:6379/0 "
-                "or amqp://user:password@127.0.0.1:5672//"
+                "must be a URL with a scheme, e.g. amqp://user:password@127.0.0.1:5672// "
+                "or redis://127.0.0.1:6379/0"
             )
         return value
 
