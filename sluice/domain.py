@@ -294,7 +294,7 @@ class Actor:
 
     ``kind`` is ``"key"`` for a request with an API key, ``"loopback"`` for a request the
     open loopback mode let in without one, ``"cli"`` for a command run on the host, and
-    ``"system:<part>"`` (``system:limiter``, ``system:console``) for Sluice's own doings.
+    ``"system:<part>"`` (``system:limiter``) for Sluice's own doings.
     """
 
     kind: str

@@ -28,6 +28,7 @@ from sluice.redis_url import parse_redis_url
 from sluice.units import parse_duration
 
 DEFAULT_CONFIG_FILE = "sluice.toml"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class Settings(BaseSettings):
@@ -106,6 +107,8 @@ class Settings(BaseSettings):
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     sandbox: dict[str, Any] = Field(default_factory=dict)
 
+    # Validators name what is expected, never the value given (it may be a misplaced
+    # secret): describe_settings_error shows their messages.
     @field_validator("redis_url")
     @classmethod
     def _redis_url_is_known(cls, value: str | None) -> str | None:
@@ -117,15 +120,38 @@ class Settings(BaseSettings):
     @classmethod
     def _namespace_keeps_hash_tags(cls, value: str) -> str:
         if not value or "{" in value or "}" in value:
-            raise errors.InvalidValue(f"must be non-empty and without '{{' or '}}', got {value!r}")
+            raise errors.InvalidValue("must be non-empty and without '{' or '}'")
         return value
 
     @field_validator("retention_period")
     @classmethod
     def _retention_is_a_duration(cls, value: str | None) -> str | None:
-        if value is not None and parse_duration(value) <= 0:
-            raise errors.InvalidValue(f"must be a positive duration like '30d', got {value!r}")
+        try:
+            positive = value is None or parse_duration(value) > 0
+        except errors.InvalidValue:
+            positive = False
+        if not positive:
+            raise errors.InvalidValue("must be a positive duration like '30d' or '12h'")
         return value
+
+    # Only that a scheme is there (redis_url is read by parse_redis_url above): without
+    # one, masking cannot tell the URL's password. Which schemes work is kombu's business.
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url_has_a_scheme(cls, value: str | None) -> str | None:
+        if value is not None and "://" not in value:
+            raise errors.InvalidValue(
+                "must be a URL with a scheme, e.g. amqp://user:password@127.0.0.1:5672// "
+                "or redis://127.0.0.1:6379/0"
+            )
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level_is_known(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise errors.InvalidValue(f"must be one of {', '.join(LOG_LEVELS)}")
+        return value.upper()
 
     @model_validator(mode="after")
     def _remember_passwords(self) -> Settings:
@@ -243,9 +269,17 @@ def describe_settings_error(exc: ValidationError) -> str:
 def describe_validation_error(
     exc: ValidationError, where: Callable[[list[str]], str], prefix: str = ""
 ) -> str:
-    """pydantic's errors as ``<prefix><where(loc)>: <reason>`` lines, without input values."""
+    """pydantic's errors as ``<prefix><where(loc)>: <reason>`` lines, without input values.
+
+    pydantic's ``input_value=...`` is left out, and a reason that quotes the input anyway
+    (a validator's own message) has it masked.
+    """
     lines = []
-    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+    for error in exc.errors(include_url=False, include_context=False):
         loc = [str(part) for part in error["loc"]]
-        lines.append(f"{prefix}{where(loc)}: {masking.mask(str(error['msg']))}")
+        given = error.get("input")
+        reason = masking.mask(str(error["msg"]))
+        if isinstance(given, str) and len(given) >= masking.MIN_SECRET_LEN:
+            reason = masking.Redactor([given]).redact(reason)
+        lines.append(f"{prefix}{where(loc)}: {reason}")
     return "\n".join(lines) or f"{prefix}invalid"

@@ -197,8 +197,12 @@ def _authenticator(
         return Authenticator(settings, key_store)
     try:
         rate = parse_rate(settings.api_rate_limit)
-    except ValueError as exc:
-        raise errors.ConfigError(f"api_rate_limit: {exc}") from exc
+    except ValueError:
+        # Not the value given: it may be a secret pasted into the wrong variable.
+        raise errors.ConfigError(
+            "SLUICE_API_RATE_LIMIT / [sluice] api_rate_limit: must be a rate like "
+            "'20/s', '600/min' or '5/2s'"
+        ) from None
     if settings.api_rate_burst >= rate.limit:
         raise errors.ConfigError(
             f"api_rate_burst: must be below api_rate_limit's count ({rate.limit}), "

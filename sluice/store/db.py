@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from alembic import command
 from alembic.config import Config
@@ -45,7 +45,24 @@ def mask_url(url: str) -> str:
     ``postgresql://user:secret@host/db`` becomes ``postgresql://user:***@host/db``.
     """
     parts = _credentials(url)
-    return url if parts is None else f"{parts[0]}***{parts[2]}"
+    # A '?' in the password hides the '@' from _credentials: the log masking's pattern
+    # then finds it (it runs to the last '@').
+    return masking.mask_urls(url) if parts is None else f"{parts[0]}***{parts[2]}"
+
+
+def scheme_of(url: str) -> str:
+    """How an unusable URL is named in errors: its scheme only, never the rest."""
+    scheme, sep, _ = url.partition("://")
+    if sep and scheme and len(scheme) <= 32 and all(c.isalnum() or c in "+.-" for c in scheme):
+        return f"{scheme}://..."
+    return "no scheme://"
+
+
+def _parse_problem(exc: Exception) -> str:
+    """Why a URL did not parse, in words that quote nothing of it."""
+    if "int()" in str(exc):
+        return "its port is not a number"
+    return "it does not parse"
 
 
 def scrub(message: str, secret: str | None) -> str:
@@ -69,11 +86,21 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     try:
         parsed = make_url(url)
     except Exception as exc:
-        parts = _credentials(given)
-        reason = scrub(str(exc), parts[1] if parts else None)
+        # Named by its scheme only, with a reason of our own: SQLAlchemy's quotes the part
+        # it choked on, which may be a piece of the password (a URL without a scheme is
+        # not recognised as one, so masking cannot find its password either).
         raise errors.ConfigError(
-            f"database_url {mask_url(given)!r} is not a database URL: {reason}"
+            f"database_url ({scheme_of(given)}) is not a database URL: {_parse_problem(exc)}; "
+            "expected postgresql://user:password@host:5432/name or sqlite:///path.db"
         ) from None
+    parts = _credentials(given)
+    if parts is not None and parsed.password is not None and parsed.password != unquote(parts[1]):
+        # An unencoded '@' in the password: SQLAlchemy would take the rest as the host and
+        # name it in every connection error.
+        raise errors.ConfigError(
+            f"database_url ({scheme_of(given)}): its password holds an '@' that is not "
+            "percent-encoded; write it as %40"
+        )
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         engine = create_engine(

@@ -13,6 +13,12 @@ block each), which can only under-use the quota, never exceed it.
 
 This store knows nothing of quotas' calendars: callers pass the window
 (:class:`sluice.ratelimit.quota.Quota` computes it).
+
+The reset of a fixed window that was spent is audited (``quota.reset`` on ``key:<quota
+key>``, actor ``system:limiter``): the first reservation of the new window creates its row,
+exactly one worker does so (``ON CONFLICT DO NOTHING ... RETURNING``), and in the same
+transaction it finds the previous window spent. A window nobody used up resets silently, as
+do the buckets of a rolling quota, which never reset at once.
 """
 
 from __future__ import annotations
@@ -23,9 +29,15 @@ from datetime import datetime
 from sqlalchemy import Connection, Engine, Table, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from sluice.clock import as_utc
+from sluice.domain import Actor
+from sluice.store import audit
 from sluice.store.tables import QuotaUsageRow
 
 usage: Table = QuotaUsageRow.__table__  # type: ignore[assignment]
+
+ACTOR = Actor("system:limiter")
+RESET = "quota.reset"
 
 _RETRIES = 8
 
@@ -137,11 +149,14 @@ class QuotaStore:
 
     def _ensure_row(self, window: Window, now: datetime) -> None:
         with self.engine.begin() as conn:
-            self._add_row(conn, window, now)
+            if self._add_row(conn, window, now):
+                self._audit_reset(conn, window, now)
 
-    def _add_row(self, conn: Connection, window: Window, now: datetime) -> None:
-        """The window's row with nothing used, unless it is there already."""
-        conn.execute(
+    def _add_row(self, conn: Connection, window: Window, now: datetime) -> bool:
+        """The window's row with nothing used, unless it is there already; whether it was
+        made here."""
+        # RETURNING, not rowcount: psycopg reports -1 for an INSERT ... ON CONFLICT.
+        made = conn.execute(
             self._insert(usage)
             .values(
                 key=window.key,
@@ -152,6 +167,34 @@ class QuotaStore:
                 updated_at=now,
             )
             .on_conflict_do_nothing()
+            .returning(usage.c.key)
+        ).first()
+        return made is not None
+
+    def _audit_reset(self, conn: Connection, window: Window, now: datetime) -> None:
+        """Audit the reset when the window before ``window`` was spent."""
+        previous = conn.execute(
+            select(usage.c.window_start, usage.c.used, usage.c.limit)
+            .where(usage.c.key == window.key, usage.c.window_start < window.start)
+            .order_by(usage.c.window_start.desc())
+            .limit(1)
+        ).first()
+        if previous is None or previous.used < previous.limit:
+            return
+        audit.record(
+            conn,
+            ACTOR,
+            RESET,
+            f"key:{window.key}",
+            tenant=None,
+            at=now,
+            detail={
+                "window_start": window.start.isoformat(),
+                "window_end": window.end.isoformat(),
+                "limit": window.limit,
+                "spent_window_start": as_utc(previous.window_start).isoformat(),
+                "spent_used": int(previous.used),
+            },
         )
 
     def _used(self, conn: Connection, window: Window) -> int:

@@ -204,9 +204,13 @@ class TaskRepository:
             rows = conn.execute(query).all()
         return [row_to_task(r) for r in rows[:limit]], len(rows) > limit
 
-    def children(self, task_id: int, *, limit: int = 200) -> list[Task]:
-        """A task's direct children in id order (at most ``limit``)."""
-        query = select(tasks).where(tasks.c.parent_id == task_id).order_by(tasks.c.id).limit(limit)
+    def children(self, task_id: int, *, tenant: str | None = None, limit: int = 200) -> list[Task]:
+        """A task's direct children of ``tenant`` (any when None) in id order (at most
+        ``limit``)."""
+        query = select(tasks).where(tasks.c.parent_id == task_id)
+        if tenant is not None:
+            query = query.where(tasks.c.tenant == tenant)
+        query = query.order_by(tasks.c.id).limit(limit)
         with self.engine.connect() as conn:
             return [row_to_task(r) for r in conn.execute(query)]
 

@@ -8,6 +8,10 @@ a copy of the database opens no session. A session is good while all of these ho
 
 The key is read on every lookup, so revoking a key ends its sessions at their next
 request; a session found unusable is deleted then and there.
+
+Signing in and signing out are audited (``console.sign_in``, ``console.sign_out`` on
+``key:<id>``, as the key) in the same transaction as the session's row, so the trail of a
+leaked key shows its console sessions too. Sessions that end by themselves are not.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from typing import Any
 from sqlalchemy import Engine, Row, Table, delete, insert, select, update
 
 from sluice.clock import Clock, SystemClock
-from sluice.domain import ApiKey, Role
+from sluice.domain import Actor, ApiKey, Role
+from sluice.store import audit
 from sluice.store.tables import ApiKeyRow, ConsoleSessionRow
 
 sessions: Table = ConsoleSessionRow.__table__  # type: ignore[assignment]
@@ -85,6 +90,15 @@ class SessionStore:
                     }
                 ],
             )
+            audit.record(
+                conn,
+                Actor.of_key(key),
+                "console.sign_in",
+                f"key:{key.id}",
+                tenant=key.tenant,
+                at=now,
+                detail={"session_ends_at": expires_at.isoformat()},
+            )
         return token
 
     def find(self, token: str) -> ConsoleSession | None:
@@ -115,10 +129,20 @@ class SessionStore:
                 )
         return session
 
-    def close(self, token: str) -> None:
-        """End the session ``token`` opens (nothing happens when there is none)."""
+    def close(self, token: str, *, signed_out: ApiKey | None = None) -> None:
+        """End the session ``token`` opens (nothing happens when there is none); with
+        ``signed_out``, its key signed out: audited when a session did end."""
         with self.engine.begin() as conn:
-            conn.execute(delete(sessions).where(sessions.c.id == token_digest(token)))
+            ended = conn.execute(delete(sessions).where(sessions.c.id == token_digest(token)))
+            if signed_out is not None and ended.rowcount == 1:
+                audit.record(
+                    conn,
+                    Actor.of_key(signed_out),
+                    "console.sign_out",
+                    f"key:{signed_out.id}",
+                    tenant=signed_out.tenant,
+                    at=self.clock.now(),
+                )
 
     def close_all(self, key_id: str) -> int:
         """End every session of a key; returns how many there were."""

@@ -14,6 +14,12 @@ import pytest
 
 from harness.cluster import SLUICE, free_port
 
+STARTUP_S = 90
+"""How long `sluice api` may take to answer: a hang guard, not a speed target (on a host
+loaded 15x over its cores, starting took over 30 s)."""
+
+pytestmark = pytest.mark.timeout(240)
+
 
 @pytest.fixture
 def api_url(tmp_path: Path) -> Iterator[str]:
@@ -29,7 +35,7 @@ def api_url(tmp_path: Path) -> Iterator[str]:
     )
     url = f"http://localhost:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + STARTUP_S
         while True:
             try:
                 httpx.get(f"{url}/healthz", timeout=1)

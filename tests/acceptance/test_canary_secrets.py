@@ -47,7 +47,9 @@ from tests.conftest import PG_ADMIN_URL, require_service
 FINAL = {s.value for s in (TaskStatus.COMPLETED, TaskStatus.ERROR, TaskStatus.CANCELLED)}
 CARD = "4111000011112222"
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+# A long run (a full flow, four failing start-ups, an in-process run): the hang guard is
+# wider than the default on a loaded host.
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.timeout(360)]
 
 
 @dataclass
@@ -277,6 +279,11 @@ def test_no_secret_is_ever_shown(
     hits = find_leaks(run.corpus, run.canaries)
     assert not hits, "\n".join(map(str, hits))
     assert len(run.corpus) > 60
+    # The card number (redact_fields) is stored, to be sent, and shown nowhere else.
+    card = Canary("card number (redact_fields)", CARD, CARD)
+    shown = {where: text for where, text in run.corpus.items() if where != "database dump"}
+    assert find_leaks({"control": f"card {CARD}"}, [card])
+    assert not find_leaks(shown, [card])
 
 
 def api_flow(run: Run, base: str, keys: dict[str, str]) -> None:
@@ -352,9 +359,31 @@ def api_flow(run: Run, base: str, keys: dict[str, str]) -> None:
         assert signed.status_code == 303
         page = keep("GET /ui", client.get("/ui"))
         assert "canary-acme" in page.text
+        console_pages(run, client, everything, "acme")
         csrf = page.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
         out = client.post("/ui/logout", data={"csrf_token": csrf}, follow_redirects=False)
         keep("POST /ui/logout", out)
+        # An admin's console: every tenant's pages (globex's 401s), the audit trail.
+        form = client.get("/ui/login")
+        token = form.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+        admin_form = {"api_key": keys["admin"], "csrf_token": token}
+        signed = client.post("/ui/login", data=admin_form, follow_redirects=False)
+        assert signed.status_code == 303
+        console_pages(run, client, everything, "admin")
+        audit = keep("GET /ui/audit (admin)", client.get("/ui/audit"))
+        assert "console.sign_in" in audit.text
+
+
+def console_pages(run: Run, client: httpx.Client, tasks: list[dict[str, object]], who: str) -> None:
+    """The console's task list (all, failed) and the page of every task the key may see."""
+    for query in ("", "?status=Error"):
+        listed = run.keep(f"GET /ui/tasks{query} ({who})", client.get(f"/ui/tasks{query}"))
+        assert listed.status_code == 200, listed.text
+    for task in tasks:
+        if who == "admin" or task["tenant"] == who:
+            path = f"/ui/tasks/{task['id']}"
+            page = run.keep(f"GET {path} ({who})", client.get(path))
+            assert page.status_code == 200, page.text
 
 
 def config_errors(run: Run, database_url: str, password: Canary) -> None:

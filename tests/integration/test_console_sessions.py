@@ -14,6 +14,7 @@ from sqlalchemy import delete, insert, select, update
 from sluice.clock import FakeClock
 from sluice.domain import ApiKey, Role
 from sluice.store import db
+from sluice.store.audit import AuditLog
 from sluice.store.sessions import SessionStore, api_keys, sessions
 
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -147,3 +148,23 @@ def test_closing_ends_one_session_and_close_all_every_one(box: Sessions) -> None
     assert box.store.find(second) is not None
     assert box.store.close_all(key.id) == 2
     assert box.store.find(third) is None
+
+
+def test_signing_in_and_out_is_audited_and_an_ending_session_is_not(box: Sessions) -> None:
+    """Sign-in and sign-out each leave one record as the key; a session that ends by
+    itself, or a sign-out of a session already gone, leaves none."""
+    key = box.add_key()
+    token = box.store.open(key)
+    box.store.close(token, signed_out=key)
+    box.store.close(token, signed_out=key)  # already ended: nothing more
+    idle = box.store.open(key)
+    box.clock.advance(2 * 3600)
+    assert box.store.find(idle) is None
+
+    records = AuditLog(box.store.engine).list(key_id=key.id).items
+    assert [(r.action, r.target, r.actor, r.tenant) for r in reversed(records)] == [
+        ("console.sign_in", f"key:{key.id}", "key", "acme"),
+        ("console.sign_out", f"key:{key.id}", "key", "acme"),
+        ("console.sign_in", f"key:{key.id}", "key", "acme"),
+    ]
+    assert records[-1].detail == {"session_ends_at": (START + timedelta(hours=8)).isoformat()}

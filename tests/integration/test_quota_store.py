@@ -16,6 +16,7 @@ from sluice.clock import FakeClock
 from sluice.engine.quotas import QuotaBook, quota_state, window_of
 from sluice.ratelimit.quota import QuotaSpec, parse_quota
 from sluice.store import db
+from sluice.store.audit import AuditLog
 from sluice.store.quotas import QuotaStore, Window
 
 START = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
@@ -177,3 +178,35 @@ def test_per_account_states_read_at_once_match_each_accounts_own_reading(
             alone.remaining,
             alone.waiting,
         )
+
+
+def test_the_reset_of_a_spent_window_is_audited_once(engine: Engine) -> None:
+    """The first reservation after a spent window writes one ``quota.reset`` record (as
+    ``system:limiter``) however many workers reserve; a window not spent, or a rolling
+    quota's next bucket, resets without one."""
+    run = uuid.uuid4().hex[:8]
+    spent_key, unspent_key, rolling_key = (f"{name}-{run}:quota" for name in ("a", "b", "c"))
+    fixed = parse_quota("5/h", "UTC")
+    rolling = parse_quota("5/h", "rolling")
+    store = QuotaStore(engine)
+    for key, quota in ((spent_key, fixed), (unspent_key, fixed), (rolling_key, rolling)):
+        wanted = 5 if key != unspent_key else 4
+        assert store.reserve(window_of(key, quota, START), wanted, START) == wanted
+    later = START + timedelta(hours=1, minutes=5)
+    for _ in range(3):  # three workers, or one worker three times: one record
+        for key, quota in ((spent_key, fixed), (unspent_key, fixed), (rolling_key, rolling)):
+            QuotaStore(engine).reserve(window_of(key, quota, later), 1, later)
+
+    records = AuditLog(engine).list(action="quota.reset").items
+    mine = [r for r in records if run in r.target]
+    assert [(r.target, r.actor, r.tenant) for r in mine] == [
+        (f"key:{spent_key}", "system:limiter", None)
+    ]
+    assert mine[0].detail == {
+        "window_start": "2026-12-02T10:00:00+00:00",
+        "window_end": "2026-12-02T11:00:00+00:00",
+        "limit": 5,
+        "spent_window_start": "2026-12-02T09:00:00+00:00",
+        "spent_used": 5,
+    }
+    assert mine[0].at == later

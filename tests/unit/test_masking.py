@@ -151,6 +151,43 @@ def test_an_unparseable_database_url_is_not_echoed() -> None:
     assert info.value.__suppress_context__
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "app:hunter2-PW@db.example/sluice",  # the scheme forgotten: masking cannot see a URL
+        "//app:hunter2-PW@db.example/sluice",
+        "postgresql:app:hunter2-PW@db/sluice",
+        "postgresql://app:hunter2@PW:9@db/sluice",  # SQLAlchemy quotes 'PW:9@db' as the port
+        "postgres ql://app:hunter2-PW@db/sluice",
+    ],
+)
+def test_a_database_url_that_does_not_parse_is_named_by_its_scheme_only(url: str) -> None:
+    """Whatever made the URL unusable, the error quotes no part of it but its scheme."""
+    with pytest.raises(errors.ConfigError) as info:
+        db.make_engine(url)
+    message = str(info.value)
+    assert leaks(message, "hunter2-PW") == []
+    assert leaks(message, "hunter2@PW:9@db") == []
+    assert "database_url (" in message
+    assert "\n" not in message
+
+
+def test_a_password_with_an_unencoded_at_sign_is_refused_before_connecting() -> None:
+    """``user:pa@ss@host``: SQLAlchemy would take ``ss@host`` for the host and name it in
+    every connection error; the URL is refused at once, saying how to write it."""
+    with pytest.raises(errors.ConfigError, match="write it as %40") as info:
+        db.make_engine("postgresql://app:first-half@second-half@127.0.0.1:5432/sluice")
+    assert "half" not in str(info.value)
+    encoded = db.make_engine("postgresql://app:first-half%40second-half@127.0.0.1:5432/sluice")
+    assert encoded.url.password == "first-half@second-half"
+    encoded.dispose()
+
+
+def test_a_question_mark_in_the_password_is_masked_in_the_url_shown() -> None:
+    """The URL named beside a connection error hides a password holding '?' too."""
+    assert db.mask_url("postgresql://app:pass?word-9@db:5432/x") == "postgresql://app:***@db:5432/x"
+
+
 def test_settings_errors_never_quote_the_value_given(monkeypatch: pytest.MonkeyPatch) -> None:
     """An invalid setting is named (variable and key), and its value is not repeated."""
     monkeypatch.setenv("SLUICE_PORT", "hunter2-not-a-port")
@@ -164,6 +201,57 @@ def test_settings_errors_never_quote_the_value_given(monkeypatch: pytest.MonkeyP
     assert "s3cret" not in message
     assert "input_value" not in message
     assert info.value.__cause__ is None
+
+
+@pytest.mark.parametrize(
+    ("variable", "setting"),
+    [
+        ("SLUICE_LOG_LEVEL", "log_level"),  # was a traceback quoting the level
+        ("SLUICE_RETENTION_PERIOD", "retention_period"),  # its validator quoted the value
+        ("SLUICE_AUTH", "auth"),
+        ("SLUICE_CONSOLE_IDLE_S", "console_idle_s"),
+        ("SLUICE_REDIS_URL", "redis_url"),  # was a traceback from redis-py, at first use
+        ("SLUICE_BROKER_URL", "broker_url"),
+    ],
+)
+def test_no_setting_quotes_a_bad_value_in_its_error(
+    monkeypatch: pytest.MonkeyPatch, variable: str, setting: str
+) -> None:
+    """A secret pasted into the wrong variable is not repeated by the error naming it."""
+    value = "hunter2-s3cret-xq" if variable.endswith("_S") else "app:hunter2-s3cret-xq@db:1/0"
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(errors.ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert f"{variable} / [sluice] {setting}: " in message
+    assert leaks(message.lower(), "hunter2-s3cret-xq") == []
+    assert len(message.splitlines()) == 1
+
+
+def test_a_validator_message_quoting_its_input_is_masked() -> None:
+    """Whatever a validator says, the value it was given does not reach the error."""
+    from pydantic import BaseModel, ValidationError, field_validator
+
+    from sluice.settings import describe_validation_error
+
+    class Loud(BaseModel):
+        token: str
+
+        @field_validator("token")
+        @classmethod
+        def _never(cls, value: str) -> str:
+            raise ValueError(f"bad token {value!r} (upper {value.upper()!r})")
+
+    with pytest.raises(ValidationError) as info:
+        Loud(token="hunter2-s3cret")
+    message = describe_validation_error(info.value, ".".join)
+    assert message.startswith("token: Value error, bad token '***'")
+    assert "hunter2" not in message
+
+
+def test_log_levels_are_read_in_any_case() -> None:
+    """``debug`` and ``DEBUG`` are the same level."""
+    assert Settings(log_level="debug").log_level == "DEBUG"
 
 
 def test_settings_repr_hides_url_passwords() -> None:

@@ -490,13 +490,18 @@ def task_page(request: Request, task_id: int) -> Response:
         history = context.repo.events(task_id, tenant=tenant)
     except errors.TaskNotFound as exc:
         return _refuse(request, str(exc), 404)
+    # A family never spans tenants (the store refuses such a parent); filtered anyway, so
+    # a row made some other way shows no trace of another tenant's task.
     ancestors: list[Task] = []
     parent_id = task.parent_id
     while parent_id is not None and len(ancestors) < 20:
-        parent = context.repo.get(parent_id)
+        try:
+            parent = context.repo.get(parent_id, tenant=tenant)
+        except errors.TaskNotFound:
+            break
         ancestors.insert(0, parent)
         parent_id = parent.parent_id
-    tree = _children_tree(context, task.id, depth=3)
+    tree = _children_tree(context, task.id, depth=3, tenant=tenant)
     payload = masking.scrub(context.catalog.shown_payload(task.provider, task.payload))
     explanation = _explain(request, context, task)
     return _render(
@@ -512,12 +517,14 @@ def task_page(request: Request, task_id: int) -> Response:
     )
 
 
-def _children_tree(context: ApiContext, task_id: int, depth: int) -> list[dict[str, Any]]:
+def _children_tree(
+    context: ApiContext, task_id: int, depth: int, tenant: str | None
+) -> list[dict[str, Any]]:
     if depth == 0:
         return []
     return [
-        {"task": child, "children": _children_tree(context, child.id, depth - 1)}
-        for child in context.repo.children(task_id, limit=100)
+        {"task": child, "children": _children_tree(context, child.id, depth - 1, tenant)}
+        for child in context.repo.children(task_id, tenant=tenant, limit=100)
     ]
 
 

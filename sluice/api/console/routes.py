@@ -228,7 +228,7 @@ def logout(request: Request) -> Response:
     """End the session (the route class has checked the form's CSRF token)."""
     viewer: Viewer = request.state.viewer
     if viewer.token is not None:
-        _console(request).sessions.close(viewer.token)
+        _console(request).sessions.close(viewer.token, signed_out=viewer.key)
     response = _redirect(request, "console_login_form")
     web.clear_cookie(response, request, web.SESSION_COOKIE)
     return response

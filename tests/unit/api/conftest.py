@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, inspect, select, text
 
 from sluice import apikeys
 from sluice.api.app import create_app
@@ -23,8 +23,7 @@ from sluice.providers.registry import load_providers
 from sluice.ratelimit.memory import MemoryLimiter
 from sluice.settings import Settings
 from sluice.store import db
-from sluice.store.audit import audit
-from sluice.store.keys import KeyStore, api_keys
+from sluice.store.keys import KeyStore
 from sluice.store.pins import PinStore
 from sluice.store.quotas import QuotaStore
 from sluice.store.repository import TaskRepository
@@ -154,17 +153,12 @@ class SecuredApi(Api):
         return {"Authorization": f"Bearer {self.tokens[label]}"}
 
     def written(self) -> tuple[int, ...]:  # type: ignore[override]
-        """Rows of every table, and every key's revocation and last use: compared before
-        and after a refusal to prove it wrote nothing at all."""
+        """A digest of every row of every table (keys' last use, pauses, sessions, bulk
+        jobs... included): compared before and after a refusal to prove it wrote nothing
+        at all, neither a new row nor a changed one."""
         with self.repo.engine.connect() as conn:
-            counts = tuple(
-                conn.execute(select(func.count()).select_from(table)).scalar_one()
-                for table in (tasks, events, audit, api_keys)
-            )
-            uses = conn.execute(
-                select(api_keys.c.revoked_at, api_keys.c.last_used_at).order_by(api_keys.c.id)
-            ).all()
-        return counts + tuple(hash(tuple(row)) for row in uses)
+            names = sorted(inspect(conn).get_table_names())
+            return tuple(hash(_rows(conn, name)) for name in names)
 
 
 def secured_api(
@@ -232,3 +226,8 @@ def make_secured(tmp_path: Path) -> Iterator[Callable[..., SecuredApi]]:
 def shared_secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredApi]:
     """One keyed API for a whole module whose tests each make their own tasks and keys."""
     yield from secured_api(tmp_path_factory.mktemp("shared"))
+
+
+def _rows(conn: Connection, table: str) -> tuple[str, ...]:
+    """Every row of ``table``, as text, in a stable order."""
+    return tuple(sorted(repr(tuple(row)) for row in conn.execute(text(f'SELECT * FROM "{table}"'))))

@@ -4,8 +4,8 @@ classify fails the suite, so a new route cannot skip auth.
 
 For each case: an unusable key is 401 with ``WWW-Authenticate: Bearer``; a role below the
 route's is 403 naming the role; an allowed role succeeds; another tenant's task is 404
-exactly like a missing one; and a refusal writes nothing at all (every table counted, every
-key's revocation and last use compared).
+exactly like a missing one; and a refusal writes nothing at all (every row of every table
+compared, keys' revocation and last use included).
 """
 
 from __future__ import annotations

@@ -20,8 +20,12 @@ from sluice.api import console
 from sluice.api.console.routes import ConsoleRoute
 from sluice.api.console.session import CONTENT_SECURITY_POLICY
 from sluice.clock import FakeClock
-from sluice.domain import ApiKey, Role
+from sluice.domain import LOCAL_ACTOR, ApiKey, Role, Submission
 from sluice.store import db
+from sluice.store.audit import AuditLog
+from sluice.store.bulkjobs import BulkJobs
+from sluice.store.filters import TaskFilter
+from sluice.store.rows import tasks
 from sluice.store.sessions import SessionStore, api_keys
 
 if TYPE_CHECKING:
@@ -179,6 +183,8 @@ def test_sign_out_needs_the_sessions_csrf_token_and_ends_the_session(ui: Console
     assert (done.status_code, done.headers["location"]) == (303, "/ui/login")
     assert ui.sessions.count(ui.key.id) == 0
     assert ui.client.get("/ui", follow_redirects=False).status_code == 303
+    trail = AuditLog(ui.sessions.engine).list(key_id=ui.key.id).items
+    assert [r.action for r in trail] == ["console.sign_out", "console.sign_in"]
 
 
 def test_revoking_the_key_ends_the_console_session(ui: Console) -> None:
@@ -323,3 +329,64 @@ def test_every_route_of_the_app_is_guarded_or_a_console_route(secured: SecuredAp
     }
     # ScrapeRoute (GET /metrics) is a GuardedRoute that also takes the scrape token.
     assert kinds == {"GuardedRoute", "ConsoleRoute", "ScrapeRoute"}
+
+
+def test_a_tenants_key_sees_only_its_tenant_in_the_console(secured: SecuredApi) -> None:
+    """Signed in with acme's submitter key: the task list and bulk previews hold acme's
+    tasks only; globex's task and bulk job answer exactly like missing ones; a task whose
+    parent is globex's (a row the API would refuse to make) shows no trace of it; the
+    provider-wide pages (audit, live stream) and the controls are refused, changing nothing."""
+    repo = secured.repo
+    (acme,) = repo.create_many(
+        [Submission("sandbox", "campaign", {"name": "acme-x"}, tenant="acme")]
+    )
+    (globex,) = repo.create_many(
+        [Submission("sandbox", "campaign", {"name": "globex-y"}, tenant="globex")]
+    )
+    (child,) = repo.create_many(
+        [Submission("sandbox", "campaign", {"name": "acme-child"}, tenant="acme")]
+    )
+    with repo.engine.begin() as conn:
+        conn.execute(update(tasks).where(tasks.c.id == child).values(parent_id=globex))
+    (orphan,) = repo.create_many(
+        [Submission("sandbox", "campaign", {"name": "globex-kid"}, tenant="globex")]
+    )
+    with repo.engine.begin() as conn:
+        conn.execute(update(tasks).where(tasks.c.id == orphan).values(parent_id=acme))
+    empty = TaskFilter(kind="nothing")
+    jobs = BulkJobs(repo)
+    job = jobs.start("retry", empty, "globex", jobs.preview("retry", empty, "globex"), LOCAL_ACTOR)
+    client = secured.client
+    assert sign_in_with(client, secured.tokens["submitter"]) == 303
+
+    listed = client.get("/ui/tasks").text
+    assert set(re.findall(r'data-task="(\d+)"', listed)) == {str(acme), str(child)}
+    theirs, missing = client.get(f"/ui/tasks/{globex}"), client.get("/ui/tasks/999999")
+    assert theirs.status_code == missing.status_code == 404
+    assert theirs.text == missing.text.replace("999999", str(globex))
+    their_job, no_job = client.get(f"/ui/jobs/{job.id}"), client.get("/ui/jobs/999999")
+    assert their_job.status_code == no_job.status_code == 404
+    assert their_job.text == no_job.text.replace("999999", str(job.id))
+    for own, other in ((child, globex), (acme, orphan)):  # globex's parent, globex's child
+        page = client.get(f"/ui/tasks/{own}")
+        assert page.status_code == 200
+        assert f'"/ui/tasks/{other}"' not in page.text
+
+    before = secured.written()
+    page = client.get("/ui/tasks").text
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert csrf
+    preview = client.post(
+        "/ui/tasks/preview",
+        data={"action": "cancel", "csrf_token": csrf.group(1)},
+    )
+    assert preview.status_code == 200
+    assert 'id="preview-count" data-count="2"' in preview.text  # acme's two, not four
+    for path in ("/ui/audit", "/ui/events"):
+        assert client.get(path).status_code == 403, path
+    control = client.post(
+        "/ui/controls",
+        data={"action": "pause", "target": "sandbox", "reason": "x", "csrf_token": csrf.group(1)},
+    )
+    assert control.status_code == 403
+    assert secured.written() == before
