@@ -119,7 +119,7 @@ def _api(database_url: str) -> Iterator[tuple[str, int]]:
     )
     server.start()
     try:
-        wait_until_up(f"{base_url}/readyz")
+        wait_until_up(f"{base_url}/readyz", timeout_s=120)  # a loaded host starts slowly
         assert server.pid is not None
         yield base_url, server.pid
     finally:
