@@ -17,11 +17,12 @@ parameters (docs/scaling.md has the ingest figures before and after it replaced 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import repeat
 from typing import Any
 
-from sqlalchemy import Connection, Table, insert, text
+from sqlalchemy import JSON, Connection, Table, insert, text
 from sqlalchemy.exc import IntegrityError
 
 from sluice import errors
@@ -104,10 +105,17 @@ def insert_columns(conn: Connection, table: Table, columns: Mapping[str, list[An
         value if value is None or (process := processor(name)) is None else process(value)
         for name, value in constant.items()
     ]
+    postgres = dialect.name == "postgresql"
+    if postgres:
+        constants = _copy_text(conn, constants)
     converted: list[Iterable[Any]] = []
     for name, values in varying.items():
         process = processor(name)
-        if process is None:
+        if postgres and isinstance(table.c[name].type, JSON):
+            # The text COPY reads: one json.dumps, not psycopg's Jsonb wrapper and dumper.
+            dumps = getattr(dialect, "_json_serializer", None) or json.dumps
+            converted.append([None if value is None else dumps(value) for value in values])
+        elif process is None:
             converted.append(values)
         else:
             converted.append([None if value is None else process(value) for value in values])
@@ -117,13 +125,26 @@ def insert_columns(conn: Connection, table: Table, columns: Mapping[str, list[An
         rows = zip(*converted, *map(repeat, constants), strict=False)
     else:  # identical rows: still one row each
         rows = repeat(tuple(constants), count)
-    if dialect.name == "postgresql":
+    if postgres:
         _copy_rows(conn, table, names, rows)
     else:
         conn.exec_driver_sql(
             f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
             list(rows),
         )
+
+
+def _copy_text(conn: Connection, values: list[Any]) -> list[Any]:
+    """``values`` as the text psycopg's COPY would write for them (None stays None): a
+    column holding one value in every row is adapted once, not once per row."""
+    from psycopg.adapt import PyFormat, Transformer
+
+    transformer = Transformer(conn.connection.driver_connection)
+    texts: list[Any] = []
+    for value in values:
+        dumped = None if value is None else transformer.get_dumper(value, PyFormat.TEXT).dump(value)
+        texts.append(None if dumped is None else bytes(dumped).decode())
+    return texts
 
 
 def _copy_rows(
