@@ -17,6 +17,7 @@ from sluice.api import console
 from sluice.api.auth import Authenticator, check_guarded, forbidden
 from sluice.api.console.routes import ConsoleRoute
 from sluice.api.deps import ApiContext, ReadinessCheck
+from sluice.api.gcpause import CollectorPausedFor
 from sluice.api.limits import BodySizeLimit
 from sluice.api.readiness import broker_check, redis_check
 from sluice.api.routes import audit, health, keys, metrics, providers, tasks
@@ -141,6 +142,8 @@ def create_app(
     # Console routes check their own session and CSRF (sluice.api.console.routes).
     check_guarded(app.routes, also=(ConsoleRoute,))
     _install_error_handlers(app)
+    # From a bulk call's last body chunk to its response: parsing, validation and insert.
+    app.add_middleware(CollectorPausedFor, path="/api/tasks/bulk")
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_body_bytes,

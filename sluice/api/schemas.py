@@ -12,6 +12,7 @@ from sluice import errors, submissions
 from sluice.catalog import Catalog
 from sluice.domain import (
     DEFAULT_PRIORITY,
+    DEFAULT_TENANT,
     PRIORITY_MAX,
     PRIORITY_MIN,
     TENANT_PATTERN,
@@ -83,9 +84,13 @@ class TaskCreate(BaseModel):
         return self.model_dump(mode="json", exclude={"priority"} if self.priority is None else None)
 
     def to_submission(
-        self, idempotency_key: str | None = None, parent_index: int | None = None
+        self,
+        idempotency_key: str | None = None,
+        parent_index: int | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> Submission:
         return Submission(
+            tenant=tenant,
             provider=self.provider,
             kind=self.kind,
             payload=self.payload,
@@ -107,9 +112,14 @@ class BulkItem(TaskCreate):
     )
 
     def to_submission(
-        self, idempotency_key: str | None = None, parent_index: int | None = None
+        self,
+        idempotency_key: str | None = None,
+        parent_index: int | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> Submission:
-        return super().to_submission(idempotency_key or self.idempotency_key, self.parent_index)
+        return super().to_submission(
+            idempotency_key or self.idempotency_key, self.parent_index, tenant
+        )
 
     @classmethod
     def wire(cls, item: Submission) -> dict[str, Any]:

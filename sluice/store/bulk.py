@@ -1,25 +1,29 @@
-"""Many-row inserts without per-row overhead: one JSON document on PostgreSQL, executemany
-on SQLite.
+"""Many-row inserts without per-row overhead: ``COPY ... FROM STDIN`` on PostgreSQL, one
+``executemany`` on SQLite.
 
 SQLAlchemy's ``INSERT ... RETURNING`` for many rows runs one statement per row on SQLite
 (it cannot promise RETURNING order there) and makes psycopg parse a huge statement on
 PostgreSQL; a 10,000-task bulk call spent most of its time there. Instead the store
-reserves the ids first (:func:`reserve_ids`) and writes rows whose ids are known.
+reserves the ids first (:func:`reserve_ids`) and writes rows whose ids are known, given
+column by column (:func:`insert_columns`).
 
-On SQLite values go through the columns' own bind processors (UTC timestamps, JSON
-payloads), so what lands in the database is exactly what a Core insert would have written;
-PostgreSQL converts the JSON document's values to the column types itself.
+Values go through the columns' own bind processors on both backends (UTC timestamps, JSON
+payloads), so what lands in the database is what a Core insert would have written; a
+column holding one value in every row is converted once. On PostgreSQL psycopg's ``COPY``
+(its C row formatter, in the caller's transaction) then adapts them as it adapts bound
+parameters (docs/scaling.md has the ingest figures before and after it replaced one
+``INSERT ... SELECT`` from a JSON document of every row).
 """
 
 from __future__ import annotations
 
 import json
-import operator
-from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import repeat
 from typing import Any
 
-from sqlalchemy import JSON, BindParameter, Connection, Table, bindparam, insert, text
+from sqlalchemy import JSON, Connection, Table, insert, text
+from sqlalchemy.exc import IntegrityError
 
 from sluice import errors
 
@@ -61,119 +65,103 @@ def reserve_ids(conn: Connection, table: Table, count: int, *, above: int = 0) -
 
 
 def insert_rows(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Insert ``rows`` (dicts with the same keys, in the caller's transaction) into ``table``.
+    """Insert ``rows`` (dicts with the same keys, in the caller's transaction) into ``table``."""
+    if rows:
+        insert_columns(conn, table, {name: [row[name] for row in rows] for name in rows[0]})
 
-    Columns holding one value in every row (timestamps, counters, most NULLs) are sent
-    once, not once per row.
+
+def insert_columns(conn: Connection, table: Table, columns: Mapping[str, list[Any]]) -> None:
+    """Insert rows given column by column (every list as long as the others), in the
+    caller's transaction.
+
+    Columns holding one value in every row (timestamps, counters, most NULLs) are converted
+    once, not once per row; the rest go through their columns' bind processors value by
+    value. PostgreSQL receives the rows by ``COPY ... FROM STDIN``, SQLite by one
+    ``executemany``.
     """
-    if len(rows) <= 1:
+    count = len(next(iter(columns.values()), []))
+    if count == 0:
+        return
+    if count == 1:
         # One row: a plain insert has the least overhead (and keeps single creates fast).
-        if rows:
-            conn.execute(insert(table), [dict(rows[0])])
+        conn.execute(insert(table), [{name: values[0] for name, values in columns.items()}])
         return
     constant: dict[str, Any] = {}
-    varying: list[str] = []
-    for name in rows[0]:
-        values = list(map(operator.itemgetter(name), rows))
-        if values.count(values[0]) == len(values):
-            constant[name] = values[0]
+    varying: dict[str, list[Any]] = {}
+    for name, values in columns.items():
+        if len(values) != count:
+            raise errors.InvalidValue(f"column {name}: {len(values)} values for {count} rows")
+        first = values[0]
+        if values.count(first) == count:
+            constant[name] = first
         else:
-            varying.append(name)
-    if not varying:  # identical rows: still one row each
-        varying, constant = list(constant), {}
-    if conn.dialect.name == "postgresql":
-        _insert_from_json(conn, table, varying, constant, rows)
-    else:
-        _insert_many(conn, table, varying, constant, rows)
-
-
-def _insert_from_json(
-    conn: Connection,
-    table: Table,
-    varying: list[str],
-    constant: Mapping[str, Any],
-    rows: Sequence[Mapping[str, Any]],
-) -> None:
-    """One statement: the varying columns of every row as one JSON array of arrays, the rest
-    bound once. Encoding the batch with one ``json.dumps`` and letting PostgreSQL parse it
-    costs far less than adapting each value of each row on the Python side."""
-    dialect = conn.dialect
-
-    def sql_type(name: str) -> str:
-        return str(table.c[name].type.dialect_impl(dialect).compile(dialect))
-
-    def element(position: int, name: str) -> str:
-        if isinstance(table.c[name].type, JSON):
-            # '->' keeps the JSON value; a JSON null means SQL NULL, as on insert.
-            return f"NULLIF(CAST(r->{position} AS jsonb), 'null'::jsonb)"
-        return f"CAST(r->>{position} AS {sql_type(name)})"
-
-    values_of = _tuple_getter(varying)
-    document = json.dumps(
-        [values_of(row) for row in rows], default=_json_value, separators=(",", ":")
-    )
-    selected = [element(position, name) for position, name in enumerate(varying)]
-    params: list[BindParameter[Any]] = [bindparam("rows", document)]
-    for position, (name, value) in enumerate(constant.items()):
-        selected.append(f"CAST(:c{position} AS {sql_type(name)})")
-        params.append(bindparam(f"c{position}", value, type_=table.c[name].type))
-    statement = text(
-        f"INSERT INTO {table.name} ({', '.join([*varying, *constant])}) "
-        f"SELECT {', '.join(selected)} FROM json_array_elements(CAST(:rows AS json)) AS r"
-    ).bindparams(*params)
-    conn.execute(statement)
-
-
-def _tuple_getter(columns: list[str]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
-    if len(columns) == 1:  # itemgetter of one key gives the value, not a tuple
-        only = columns[0]
-        return lambda row: (row[only],)
-    return operator.itemgetter(*columns)
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise errors.InvalidValue("naive datetime given to the store; use timezone-aware UTC")
-        return value.isoformat()
-    raise errors.InvalidValue(f"cannot store {type(value).__name__} in a JSON row")
-
-
-def _insert_many(
-    conn: Connection,
-    table: Table,
-    varying: list[str],
-    constant: Mapping[str, Any],
-    rows: Sequence[Mapping[str, Any]],
-) -> None:
-    """``executemany`` of tuples: the varying values, then the constants converted once."""
+            varying[name] = values
     dialect = conn.dialect
 
     def processor(name: str) -> Callable[[Any], Any] | None:
         return table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
 
-    constants = tuple(
+    constants = [
         value if value is None or (process := processor(name)) is None else process(value)
         for name, value in constant.items()
-    )
-    processors = [
-        (position, process)
-        for position, name in enumerate(varying)
-        if (process := processor(name)) is not None
     ]
-    values_of = _tuple_getter(varying)
-    encoded: list[tuple[Any, ...]] = []
-    for row in rows:
-        values = values_of(row)
-        if processors:
-            converted = list(values)
-            for position, process in processors:
-                if converted[position] is not None:
-                    converted[position] = process(converted[position])
-            values = tuple(converted)
-        encoded.append(values + constants)
-    columns = [*varying, *constant]
-    conn.exec_driver_sql(
-        f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-        encoded,
-    )
+    postgres = dialect.name == "postgresql"
+    if postgres:
+        constants = _copy_text(conn, constants)
+    converted: list[Iterable[Any]] = []
+    for name, values in varying.items():
+        process = processor(name)
+        if postgres and isinstance(table.c[name].type, JSON):
+            # The text COPY reads: one json.dumps, not psycopg's Jsonb wrapper and dumper.
+            dumps = getattr(dialect, "_json_serializer", None) or json.dumps
+            converted.append([None if value is None else dumps(value) for value in values])
+        elif process is None:
+            converted.append(values)
+        else:
+            converted.append([None if value is None else process(value) for value in values])
+    names = [*varying, *constant]
+    rows: Iterable[tuple[Any, ...]]
+    if converted:
+        rows = zip(*converted, *map(repeat, constants), strict=False)
+    else:  # identical rows: still one row each
+        rows = repeat(tuple(constants), count)
+    if postgres:
+        _copy_rows(conn, table, names, rows)
+    else:
+        conn.exec_driver_sql(
+            f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+            list(rows),
+        )
+
+
+def _copy_text(conn: Connection, values: list[Any]) -> list[Any]:
+    """``values`` as the text psycopg's COPY would write for them (None stays None): a
+    column holding one value in every row is adapted once, not once per row."""
+    from psycopg.adapt import PyFormat, Transformer
+
+    transformer = Transformer(conn.connection.driver_connection)
+    texts: list[Any] = []
+    for value in values:
+        dumped = None if value is None else transformer.get_dumper(value, PyFormat.TEXT).dump(value)
+        texts.append(None if dumped is None else bytes(dumped).decode())
+    return texts
+
+
+def _copy_rows(
+    conn: Connection, table: Table, names: list[str], rows: Iterable[tuple[Any, ...]]
+) -> None:
+    """``COPY table (names) FROM STDIN`` of ``rows`` (values the columns' bind processors
+    made: psycopg adapts them as it would bound parameters) in ``conn``'s transaction.
+
+    A unique or foreign key violation comes back as SQLAlchemy's ``IntegrityError``, as it
+    would from an ``INSERT``.
+    """
+    driver = conn.connection.driver_connection
+    statement = f"COPY {table.name} ({', '.join(names)}) FROM STDIN"
+    try:
+        with driver.cursor() as cursor, cursor.copy(statement) as copy:  # type: ignore[union-attr]
+            write_row = copy.write_row
+            for row in rows:
+                write_row(row)
+    except conn.dialect.dbapi.IntegrityError as exc:  # type: ignore[union-attr]
+        raise IntegrityError(statement, None, exc) from exc

@@ -6,7 +6,6 @@ tenant's task answers 404 exactly like a missing one.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Response, status
@@ -45,7 +44,7 @@ def create_task(
 ) -> TaskOut:
     """Create a task (or track one by id, the prototype's way)."""
     body_hash = submissions.request_hash(body.hashed_body()) if idempotency_key else None
-    item = replace(body.to_submission(idempotency_key), tenant=principal.write_tenant(tenant))
+    item = body.to_submission(idempotency_key, tenant=principal.write_tenant(tenant))
     task, created = submissions.create_task(context.repo, context.catalog, item, body_hash)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
@@ -61,7 +60,7 @@ def create_tasks(
     ids = submissions.create_tasks(
         context.repo,
         context.catalog,
-        [replace(item.to_submission(), tenant=home) for item in body.tasks],
+        [item.to_submission(tenant=home) for item in body.tasks],
     )
     return BulkCreated(count=len(ids), ids=ids)
 

@@ -1,0 +1,73 @@
+"""``submissions.check`` fills in provider, status and fairness key and keeps every other
+field of the submission as it came (it spells the fields out for speed, so a field added
+to ``Submission`` later must be added there too)."""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sluice import submissions
+from sluice.catalog import Catalog, ProviderInfo
+from sluice.domain import Submission, TaskStatus
+
+CATALOG = Catalog(
+    {
+        "sandbox": ProviderInfo(frozenset({"campaign"}), can_track=True),
+        "fair": ProviderInfo(frozenset({"campaign"}), can_track=False, fairness_field="advertiser"),
+    },
+    default_provider="sandbox",
+)
+
+names = st.text(alphabet="abc", min_size=1, max_size=5)
+submitted = st.builds(
+    Submission,
+    provider=st.sampled_from([None, "sandbox", "fair"]),
+    kind=st.just("campaign"),
+    payload=st.fixed_dictionaries({}, optional={"advertiser": names, "n": st.integers(0, 9)}),
+    id=st.none() | st.integers(1, 2**53),
+    parent_id=st.none() | st.integers(1, 2**53),
+    parent_index=st.none() | st.integers(0, 9),
+    status=st.sampled_from([None, TaskStatus.NOT_STARTED]),
+    idempotency_key=st.none() | names,
+    request_hash=st.none() | st.text(alphabet="0123456789abcdef", min_size=64, max_size=64),
+    tenant=names,
+    priority=st.integers(-100, 100),
+)
+
+
+@given(submitted)
+def test_check_changes_only_the_fields_it_fills_in(item: Submission) -> None:
+    if item.parent_id is not None and item.parent_index is not None:
+        item = replace(item, parent_index=None)  # one parent at most
+    spec, problems = submissions.check(item, 10, CATALOG)
+
+    assert problems == []
+    assert spec is not None
+    provider = item.provider or "sandbox"
+    assert spec == replace(
+        item,
+        provider=provider,
+        status=TaskStatus.NOT_STARTED,
+        fairness_key=CATALOG.fairness_key(provider, item.tenant, item.payload),
+    )
+
+
+def test_every_field_of_a_submission_is_in_the_property_above() -> None:
+    # A new Submission field needs a place in check()'s constructor call and here.
+    assert {f.name for f in fields(Submission)} == {
+        "provider",
+        "kind",
+        "payload",
+        "id",
+        "parent_id",
+        "parent_index",
+        "status",
+        "idempotency_key",
+        "request_hash",
+        "tenant",
+        "priority",
+        "fairness_key",
+    }
