@@ -23,7 +23,6 @@ from itertools import repeat
 from typing import Any
 
 from sqlalchemy import JSON, Connection, Table, insert, text
-from sqlalchemy.exc import IntegrityError
 
 from sluice import errors
 
@@ -153,15 +152,12 @@ def _copy_rows(
     """``COPY table (names) FROM STDIN`` of ``rows`` (values the columns' bind processors
     made: psycopg adapts them as it would bound parameters) in ``conn``'s transaction.
 
-    A unique or foreign key violation comes back as SQLAlchemy's ``IntegrityError``, as it
-    would from an ``INSERT``.
+    A unique or foreign key violation comes back as the driver's ``IntegrityError`` (not
+    wrapped by SQLAlchemy, which the copy bypasses): ``repository.create_many`` maps both.
     """
     driver = conn.connection.driver_connection
     statement = f"COPY {table.name} ({', '.join(names)}) FROM STDIN"
-    try:
-        with driver.cursor() as cursor, cursor.copy(statement) as copy:  # type: ignore[union-attr]
-            write_row = copy.write_row
-            for row in rows:
-                write_row(row)
-    except conn.dialect.dbapi.IntegrityError as exc:  # type: ignore[union-attr]
-        raise IntegrityError(statement, None, exc) from exc
+    with driver.cursor() as cursor, cursor.copy(statement) as copy:  # type: ignore[union-attr]
+        write_row = copy.write_row
+        for row in rows:
+            write_row(row)

@@ -262,10 +262,14 @@ class TaskRepository:
     def create_many(self, specs: Sequence[Submission]) -> list[int]:
         """Create every task or none; returns their ids in input order."""
         now = self.clock.now()
+        # A bulk COPY (store/bulk.py) raises the driver's own IntegrityError.
+        driver_conflict = getattr(self.engine.dialect.dbapi, "IntegrityError", IntegrityError)
         try:
             with self.engine.begin() as conn:
                 return self._insert_batch(conn, specs, now)
         except IntegrityError as exc:
+            raise errors.TaskConflict(_conflict_message(exc.orig or exc, specs)) from exc
+        except driver_conflict as exc:
             raise errors.TaskConflict(_conflict_message(exc, specs)) from exc
 
     def _insert_batch(
@@ -546,8 +550,9 @@ class TaskRepository:
         return sorted(found, key=lambda t: t.id)
 
 
-def _conflict_message(exc: IntegrityError, specs: Sequence[Submission]) -> str:
-    text_ = str(exc.orig).lower()
+def _conflict_message(orig: BaseException, specs: Sequence[Submission]) -> str:
+    """What a unique violation (the driver's error) says about the batch, without values."""
+    text_ = str(orig).lower()
     if "idempotency" in text_:
         return "Idempotency-Key already used"
     explicit = [s.id for s in specs if s.id is not None]
