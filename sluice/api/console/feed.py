@@ -98,19 +98,22 @@ class LiveFeed:
                             return
             else:
                 idle_since = None
-                self._tick(subscribers)
+                self._tick()
             self._stop.wait(self.poll_s)
 
-    def _tick(self, subscribers: list[Subscriber]) -> None:
+    def _tick(self) -> None:
         try:
             html = self.render()
         except Exception:
             log.warning("console.feed_failed", exc_info=True)
             return
         self.renders += 1
+        # Who gets it is read with the new state set, under one lock: a stream that subscribes
+        # meanwhile either is in the list or finds this state at subscribe (never neither).
         with self._lock:
             changed = html != self._latest
             self._latest = html
+            subscribers = list(self._subscribers)
         if not changed:
             return
         for subscriber in subscribers:
