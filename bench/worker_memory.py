@@ -85,6 +85,21 @@ def ran_a_pump(pid: int) -> bool:
         return False
 
 
+def warm_up(sender: Any, pool: list[int], deadline_s: float) -> None:
+    """Send pumps until every pool process has run one, then WARM_PUMPS more, and let them
+    end: the worker is then as warm as in service."""
+
+    def every_child_pumped() -> bool:
+        sender.send_task("sluice.pump", args=(PUMP_S,), queue="sluice")
+        time.sleep(PUMP_S)
+        return all(ran_a_pump(pid) for pid in pool)
+
+    wait_until(every_child_pumped, deadline_s, "a pump in every pool process")
+    for _ in range(WARM_PUMPS):
+        sender.send_task("sluice.pump", args=(PUMP_S,), queue="sluice")
+    time.sleep(WARM_PUMPS * PUMP_S / 2 + 3)
+
+
 def run_worker(
     sluice: str, *, importtime: bool, database_prefix: str, broker_db: int | None
 ) -> dict[str, Any]:
@@ -107,15 +122,7 @@ def run_worker(
             assert len(pool) == 2, f"expected 2 pool processes, found {pool}"
             before = {pid: ran_a_pump(pid) for pid in [worker.pid, *pool]}
 
-            def every_child_pumped() -> bool:
-                sender.send_task("sluice.pump", args=(PUMP_S,), queue="sluice")
-                time.sleep(PUMP_S)
-                return all(ran_a_pump(pid) for pid in pool)
-
-            wait_until(every_child_pumped, 60, "a pump in every pool process")
-            for _ in range(WARM_PUMPS):
-                sender.send_task("sluice.pump", args=(PUMP_S,), queue="sluice")
-            time.sleep(WARM_PUMPS * PUMP_S / 2 + 3)
+            warm_up(sender, pool, 60)
             samples = []
             for _ in range(3):
                 samples.append({pid: memory_kib(pid) for pid in [worker.pid, *pool]})
@@ -223,15 +230,7 @@ def run_backlog(
             assert len(pool) == 2, f"expected 2 pool processes, found {pool}"
             pids = [worker.pid, *pool]
 
-            def every_child_pumped() -> bool:
-                sender.send_task("sluice.pump", args=(PUMP_S,), queue="sluice")
-                time.sleep(PUMP_S)
-                return all(ran_a_pump(pid) for pid in pool)
-
-            wait_until(every_child_pumped, 120, "a pump in every pool process")
-            for _ in range(WARM_PUMPS):
-                sender.send_task("sluice.pump", args=(PUMP_S,), queue="sluice")
-            time.sleep(WARM_PUMPS * PUMP_S / 2 + 3)
+            warm_up(sender, pool, 120)
             warm = sample(pids)
             warm_sent = waiting(database_url)
             end = time.monotonic() + pump_for_s
