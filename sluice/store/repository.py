@@ -261,6 +261,8 @@ class TaskRepository:
 
     def create_many(self, specs: Sequence[Submission]) -> list[int]:
         """Create every task or none; returns their ids in input order."""
+        if not specs:
+            return []
         now = self.clock.now()
         # A bulk COPY (store/bulk.py) raises the driver's own IntegrityError.
         driver_conflict = getattr(self.engine.dialect.dbapi, "IntegrityError", IntegrityError)
