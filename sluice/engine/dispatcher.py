@@ -267,12 +267,11 @@ class Dispatcher:
                         continue
                     taken = verdict.taken
                 try:
+                    limits = _limits(provider, unit, payload, self.rates)
                     grant = self.executor.submit(
                         unit,
-                        functools.partial(
-                            acquire, self.limiter, provider, unit, payload, self.rates
-                        )
-                        if needs_grant(provider, unit, payload, self.rates)
+                        functools.partial(_grant, self.limiter, provider, limits)
+                        if limits or provider.in_flight() is not None
                         else None,
                     )
                 except Exception:
@@ -522,7 +521,12 @@ def acquire(
     """Ask for the grant one request of ``unit`` needs (a provider with no limits needs none),
     at the rate in force on each of its keys, with a window hold on each short window
     (:mod:`sluice.ratelimit.holds`: the limit kept at the provider however it stamps)."""
-    limits = _limits(provider, unit, payload, rates)
+    return _grant(limiter, provider, _limits(provider, unit, payload, rates))
+
+
+def _grant(limiter: Limiter, provider: Provider, limits: list[LimitSpec]) -> Grant:
+    """The grant on ``limits`` (already at the rate in force) and the in-flight cap; the
+    dispatcher works the limits out once and hands this to the sending thread."""
     in_flight = provider.in_flight()
     if not limits and in_flight is None:
         return UNLIMITED
@@ -533,17 +537,6 @@ def acquire(
         timeout_s=provider.timeout_s,
         judges_spacing=provider.judges_spacing,
     )
-
-
-def needs_grant(
-    provider: Provider,
-    unit: WorkUnit,
-    payload: Mapping[str, Any] | None,
-    rates: RatesInForce | None = None,
-) -> bool:
-    """Whether a request of ``unit`` draws on any limit or in-flight cap (else
-    :func:`acquire` would answer :data:`UNLIMITED` without asking the limiter)."""
-    return provider.in_flight() is not None or bool(_limits(provider, unit, payload, rates))
 
 
 def _limits(
