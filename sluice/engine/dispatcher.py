@@ -72,6 +72,12 @@ PAUSE_PRUNE_S = 60.0
 PAUSE_REFILL_LEAD_S = 0.1
 """A paused lane claims again this long before its pause ends, to be ready on time."""
 LEASE_GUARD_TIMEOUTS = 3.0
+OWN_RATE_WINDOW_S = 2.0
+"""Fair claims: the window over which a lane measures its own grant rate."""
+OWN_RATE_HEADROOM = 1.5
+"""Fair claims: a saturated lane claims this many lookaheads of its own grant rate."""
+MIN_FAIR_CLAIM = 4
+"""Fair claims: the smallest claim a saturated lane makes."""
 """A request may take up to about three timeouts (pool wait, connect, read)."""
 
 
@@ -122,6 +128,10 @@ class ProviderLane:
     paused_until: float = 0.0
     next_refill: float = 0.0
     next_top_up: float = 0.0
+    granted_at: deque[float] = field(default_factory=deque)
+    """When this lane's recent grants came (within ``OWN_RATE_WINDOW_S``)."""
+    rate_refused_at: float = -math.inf
+    """When the limiter last refused this lane on a rate (the limit was saturated)."""
 
 
 @dataclass
@@ -281,6 +291,7 @@ class Dispatcher:
                 if grant.granted:
                     lane.units.popleft()
                     self.stats.granted += 1
+                    lane.granted_at.append(now)
                     claimed_at = self._claimed_at.get(unit.tasks[0].id)
                     metrics.granted(name, None if claimed_at is None else now - claimed_at)
                     if taken.parts:
@@ -290,6 +301,8 @@ class Dispatcher:
                     self.quotas.give(taken)
                 self.stats.refused += 1
                 metrics.refused(name, grant.reason)
+                if grant.reason == "rate":
+                    lane.rate_refused_at = now
                 # From the time *after* the refusal: the limiter's clock read later than
                 # `now`, and waking before its TAT costs a second refusal and a minimum wait.
                 wait = grant.retry_after_s
@@ -430,7 +443,7 @@ class Dispatcher:
 
     def _refill(self, name: str, lane: ProviderLane) -> None:
         provider = self.providers[name]
-        want = self._lookahead_count(provider)
+        want = self._claim_size(provider, lane)
         claimed_at = self.clock.monotonic()
         forget_before = claimed_at - self.lease_s
         self._claimed_at = {k: v for k, v in self._claimed_at.items() if v >= forget_before}
@@ -455,6 +468,10 @@ class Dispatcher:
         for task in due:
             self._claimed_at[task.id] = claimed_at
         lane.units.extend(build_units(provider, due))
+        if self.fair_share and len(lane.units) > len(due):
+            # A top-up may bring children whose parents were created while older roots
+            # waited here: they go first, as the claim order has it (trees first).
+            lane.units = deque(sorted(lane.units, key=_buffer_order))
 
     def _top_up(self, name: str, lane: ProviderLane, now: float) -> None:
         """Claim more work while waiting for a grant, before the lane runs dry.
@@ -466,10 +483,33 @@ class Dispatcher:
         """
         if now < lane.next_top_up or now < lane.paused_until:
             return
-        if len(lane.units) * 2 > self._lookahead_count(self.providers[name]):
+        if len(lane.units) * 2 > self._claim_size(self.providers[name], lane):
             return
         lane.next_top_up = now + self.lookahead_s / 2
         self._refill(name, lane)
+
+    def _claim_size(self, provider: Provider, lane: ProviderLane) -> int:
+        """How many tasks a claim for ``lane`` asks for.
+
+        Arrival order: a lookahead at the provider's rate. Fair share: the same, unless the
+        limit is saturated (a rate refusal within the last window); then a lookahead of
+        what this lane itself was granted (with headroom). Every worker claiming a whole
+        lookahead of the shared rate buffers workers x lookahead of work, all of it in
+        the shares of its claim time: a key arriving later got its share only once those
+        buffers drained (B got 35% at equal weights behind A's buffered 4 s). Sized by
+        their own grants, the buffers of all workers together hold about one lookahead.
+        """
+        full = self._lookahead_count(provider)
+        if not self.fair_share:
+            return full
+        now = self.clock.monotonic()
+        while lane.granted_at and lane.granted_at[0] < now - OWN_RATE_WINDOW_S:
+            lane.granted_at.popleft()
+        if now - lane.rate_refused_at > OWN_RATE_WINDOW_S:
+            return full
+        own_rate = len(lane.granted_at) / OWN_RATE_WINDOW_S
+        sized = math.ceil(own_rate * self.lookahead_s * OWN_RATE_HEADROOM)
+        return max(MIN_FAIR_CLAIM, min(full, sized))
 
     def _lookahead_count(self, provider: Provider) -> int:
         rates = [
@@ -560,6 +600,13 @@ def has_account_limits(
     return payload is not None and len(provider.limits_for(access, payload)) > len(
         provider.limits_for(access, None)
     )
+
+
+def _buffer_order(unit: WorkUnit) -> tuple[int, bool]:
+    """How a fair lane orders its buffer (stable): priority, then anything but new roots."""
+    first = unit.tasks[0]
+    is_root = unit.operation is Operation.SUBMIT and first.parent_id is None
+    return (-first.priority, is_root)
 
 
 def build_units(provider: Provider, due: list[DueTask]) -> list[WorkUnit]:

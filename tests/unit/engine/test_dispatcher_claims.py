@@ -262,3 +262,24 @@ def test_a_pause_resumed_elsewhere_is_cleared_here_and_the_work_goes_at_once(
     assert world.limiter.paused_until("acme") is None
     posts = [path for _, path in world.dsp.arrivals if path == "POST /campaigns"]
     assert len(posts) == 3
+
+
+def test_a_saturated_fair_lane_claims_by_its_own_grants_not_the_whole_rate(
+    world: World,
+) -> None:
+    """Refused on the rate, a fair lane claims about a lookahead of its own grant rate
+    (every worker claiming the whole rate kept a late key's share back); not saturated,
+    or in arrival order, it claims a lookahead at the provider's rate."""
+    dispatcher, _ = world.dispatcher("a", lookahead_s=4.0)
+    lane = dispatcher.lanes["acme"]
+    provider = world.providers["acme"]
+    assert dispatcher._claim_size(provider, lane) == 20  # 5/s x 4 s
+    now = world.clock.monotonic()
+    lane.rate_refused_at = now
+    lane.granted_at.extend([now - 0.5, now - 0.1])  # 1/s over the last 2 s
+    assert dispatcher._claim_size(provider, lane) == 6  # 1/s x 4 s x 1.5
+    world.clock.advance(3.0)  # no refusal for longer than the window: not saturated
+    assert dispatcher._claim_size(provider, lane) == 20
+    arrival, _ = world.dispatcher("b", lookahead_s=4.0, fair_share=False)
+    arrival.lanes["acme"].rate_refused_at = world.clock.monotonic()
+    assert arrival._claim_size(provider, arrival.lanes["acme"]) == 20
