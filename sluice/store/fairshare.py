@@ -14,9 +14,9 @@ commits, *adds* its slots to each key's tag (``max(tag, clock) + slots/weight``)
 the clock forward, row by row, so concurrent claimers never queue for each other and
 none of their grants is lost from the tags: two claims made at the same instant may both
 favour the key that was behind, and the tags then hold the next claims back from it.
-Workers claim about a second of work at a time, so across all of them each key gets its
-weighted share to within about one claim per worker. Tasks claimed but given back
-unsent are refunded (:func:`refund`). Rows are always changed in key order, the clock
+Workers claim about a second of their own grants at a time (docs/operations.md, Claim
+size), so across all of them each key gets its weighted share to within about one claim
+per worker. Tasks claimed but given back unsent are refunded (:func:`refund`). Rows are always changed in key order, the clock
 row last, by claims and refunds alike (no deadlock).
 
 Within a key, tasks go by ``priority`` (higher first), then children of parents that
