@@ -57,6 +57,7 @@ PROBE_SHARE = 0.95
 PROBE_PEAK = 0.98
 """A probe's refused rate is remembered this much lower: the climb levels off below it."""
 FALL_SHARE = 0.25
+"""Refused again within this share of ``climb`` after a drop: the limit fell (a full drop)."""
 DELIVERED_MULTIPLE = 2.0
 """A learned rate climbs to at most this many times the rate the key was used at (botocore
 caps its rate at twice its measured send rate)."""
@@ -65,7 +66,6 @@ DELIVERED_SPAN_S = 5
 DELIVERED_LAG_S = 1
 """... ending this long before the current second (processes add their counts about once
 a second)."""
-"""Refused again within this share of ``climb`` after a drop: the limit fell (a full drop)."""
 MIN_SPREAD_S = 1.0
 """A reset nearer than this is left to the limiter's spacing and the pause."""
 
@@ -238,10 +238,7 @@ class Learner:
             cap = caps.get(key, math.inf)
             if cap < rate:
                 rate = cap
-                reason += (
-                    f"; held at {DELIVERED_MULTIPLE:g}x the "
-                    f"{delivered.get(key, 0.0) if delivered else 0.0:.3g}/s it was used at"
-                )
+                reason += f"; held at {DELIVERED_MULTIPLE:g}x the rate it was used at"
             if rate < law.configured:
                 found.setdefault(key, []).append(
                     Ceiling(
