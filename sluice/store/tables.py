@@ -129,12 +129,12 @@ class TaskRow(Base):
             postgresql_where=text(ACTIVE_PHASE_SQL),
             sqlite_where=text(ACTIVE_PHASE_SQL),
         ),
+        Index("ix_tasks_provider_status", "provider", "status"),
         Index("ix_tasks_external_id", "provider", "external_id"),
         Index("ix_tasks_tenant", "tenant", "id"),
-        # Filtered lists read in id order at a million tasks (migration 0013_list_indexes):
-        # a tenant's tasks in one status, a provider's tasks in one status.
+        # A tenant's tasks in one status, read in id order without fetching other tenants'
+        # rows (migration 0013_tenant_status): a tenant's key always filters by tenant.
         Index("ix_tasks_tenant_status", "tenant", "status", "id"),
-        Index("ix_tasks_provider_status", "provider", "status", "id"),
         # A large backlog (migration 0007_scale): the claim reads one provider's due tasks
         # in order and stops at its limit; listings filtered by status or kind read in id
         # order (with or without a tenant) instead of sorting every match.
