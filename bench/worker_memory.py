@@ -21,8 +21,8 @@ ends), started afresh for each run:
    worker over a copy of ``DB`` (``CREATE DATABASE ... TEMPLATE DB``, e.g. the 1,000,000-task
    dataset of :mod:`bench.backlog`, whose tasks are all for provider ``sink``), provider
    ``sink`` = the ``sandbox-standard`` preset with no limit against the sandbox DSP in its
-   own process (accept at once, never processes: only creates are sent), fair claims off
-   unless ``--fair-share`` (a fair claim sorts the whole backlog: docs/scaling.md). Memory is read
+   own process (accept at once, never processes: only creates are sent), fair claims on
+   as by default (``--no-fair-share``: in due order). Memory is read
    as above after the warm-up (every child pumped, 6 more pumps, ``warm``) and again after
    ``--pump-for`` seconds of pumps back to back (``pumped``): flat means ``pumped`` is
    about ``warm``. The creates sent meanwhile are counted in the database.
@@ -77,22 +77,20 @@ SANDBOX = {
 IMPORT_LINE = re.compile(r"import time:\s+\d+\s+\|\s+\d+\s+\|\s+(?P<module>\S.*)$")
 
 
-def ran_a_pump(pid: int) -> bool:
-    """The process has loaded PostgreSQL's driver: a pump built its runtime."""
-    try:
-        return "psycopg" in Path(f"/proc/{pid}/maps").read_text()
-    except OSError:
-        return False
+def ran_a_pump(worker: Any, pid: int) -> bool:
+    """A pump built its runtime in process ``pid``: it logged ``worker.ready pid=<pid>``
+    (the database driver is imported before the fork, so it tells nothing)."""
+    return f"worker.ready pid={pid}\n" in worker.output()
 
 
-def warm_up(sender: Any, pool: list[int], deadline_s: float) -> None:
+def warm_up(sender: Any, worker: Any, pool: list[int], deadline_s: float) -> None:
     """Send pumps until every pool process has run one, then WARM_PUMPS more, and let them
     end: the worker is then as warm as in service."""
 
     def every_child_pumped() -> bool:
         sender.send_task("sluice.pump", args=(PUMP_S,), queue="sluice")
         time.sleep(PUMP_S)
-        return all(ran_a_pump(pid) for pid in pool)
+        return all(ran_a_pump(worker, pid) for pid in pool)
 
     wait_until(every_child_pumped, deadline_s, "a pump in every pool process")
     for _ in range(WARM_PUMPS):
@@ -120,9 +118,9 @@ def run_worker(
             worker = cluster.worker("memory", concurrency=2, wait=True)
             pool = children(worker.pid)
             assert len(pool) == 2, f"expected 2 pool processes, found {pool}"
-            before = {pid: ran_a_pump(pid) for pid in [worker.pid, *pool]}
+            before = {pid: ran_a_pump(worker, pid) for pid in [worker.pid, *pool]}
 
-            warm_up(sender, pool, 60)
+            warm_up(sender, worker, pool, 60)
             samples = []
             for _ in range(3):
                 samples.append({pid: memory_kib(pid) for pid in [worker.pid, *pool]})
@@ -130,8 +128,8 @@ def run_worker(
             figures = {
                 "main": samples[-1][worker.pid],
                 "children": [samples[-1][pid] for pid in pool],
-                "driver_loaded_before_pumps": before,
-                "main_loaded_driver": ran_a_pump(worker.pid),
+                "pumped_before_pumps": before,
+                "main_ran_a_pump": ran_a_pump(worker, worker.pid),
             }
             if importtime:
                 imported = [
@@ -230,7 +228,7 @@ def run_backlog(
             assert len(pool) == 2, f"expected 2 pool processes, found {pool}"
             pids = [worker.pid, *pool]
 
-            warm_up(sender, pool, 120)
+            warm_up(sender, worker, pool, 120)
             warm = sample(pids)
             warm_sent = waiting(database_url)
             end = time.monotonic() + pump_for_s
@@ -295,9 +293,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--fair-share",
         action=argparse.BooleanOptionalAction,
-        default=False,
-        help="fair claims in the backlog runs (at 1,000,000 waiting each one sorts the whole "
-        "backlog: see docs/scaling.md); default off: claims in due order",
+        default=True,
+        help="fair claims in the backlog runs, as Sluice's default (--no-fair-share: claims "
+        "in due order)",
     )
     args = parser.parse_args(argv)
     where = {"database_prefix": args.database_prefix, "broker_db": args.broker_db}

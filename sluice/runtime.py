@@ -29,6 +29,7 @@ from sluice.store.pins import PinStore
 from sluice.store.queue import WorkQueue
 from sluice.store.quotas import QuotaStore
 from sluice.store.repository import TaskRepository
+from sluice.store.usage import UsageStore
 
 DEMO_SANDBOX_PORT = 9100
 # With no [providers] configured, tasks go to the bundled sandbox (run it with
@@ -155,7 +156,8 @@ def build_learner(providers: dict[str, Provider], engine: Engine) -> Learner | N
     }
     if not configs:
         return None
-    learner = Learner(LearnedRateStore(engine), configs)
+    # The climb is capped at twice what every worker sent lately (the usage counters).
+    learner = Learner(LearnedRateStore(engine), configs, delivered=UsageStore(engine))
     for name in configs:
         provider = providers[name]
         if isinstance(provider, HttpProvider):

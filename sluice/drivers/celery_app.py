@@ -11,6 +11,7 @@ pages; each child builds its own runtime (connections, threads) at its first pum
 
 from __future__ import annotations
 
+import gc
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from celery import Celery, signals
 from sluice import logs, metrics_host
 from sluice.drivers.pump import pump_driver
 from sluice.settings import Settings, load_settings
+from sluice.store import db
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 
@@ -63,6 +65,23 @@ def _configure(sender: Celery, **_: Any) -> None:
 def _mask_logs(logger: Any, **_: Any) -> None:
     """Celery's own log handlers mask secrets too (URLs, passwords, tokens)."""
     logs.mask_handlers(logger)
+
+
+@signals.worker_init.connect
+def _import_database_driver(**_: Any) -> None:
+    """The pool processes share the database driver's pages: imported here, before they
+    are forked (each connects at its own first pump)."""
+    db.import_driver(load_settings().database_url)
+
+
+@signals.worker_before_create_process.connect
+def _freeze_before_fork(**_: Any) -> None:
+    """Move every object the main process holds so far out of the collector's reach before
+    a pool process is forked: a collection walks (and so writes to) every object it
+    tracks, which would copy each shared page into the process collecting, parent or child.
+    Frozen objects are never collected; they are the imported modules and Celery's own
+    state, which live as long as the process anyway."""
+    gc.freeze()
 
 
 @signals.worker_process_shutdown.connect

@@ -10,11 +10,15 @@ wins. Every worker reads the same counters from the provider, so these ceilings 
 each process's memory and need no coordination.
 
 **Refusals that state no limit** (a bare 429, or a ``Retry-After`` alone). The key's
-rate drops to ``decrease`` times the rate it was refused at (half as deep when refused at
-the last refused rate), then climbs back along a cubic (as CUBIC and botocore's adaptive
-mode do): concave up to the refused rate in ``climb`` seconds, then convex towards the
-configured rate in as long again, probing. Never above the configured rate, never below
-``floor``.
+rate drops to ``decrease`` times the rate it was refused at when refused again soon after
+a drop (the limit fell), a third as deep when refused at about the last refused rate (a
+probe), half as deep otherwise (:meth:`CubicLaw.after_refusal`), then climbs back along a
+cubic (as CUBIC and botocore's adaptive mode do): concave up to the refused rate in
+``climb`` seconds, then convex towards the configured rate in as long again, probing.
+Never above the configured rate, never below ``floor``, and never above twice the rate
+the key was used at in the last few seconds (by every process: the database's usage
+counters), nor below the rate it dropped to: a key with little demand does not climb on
+time alone.
 
 What makes it work across processes and restarts: the database keeps only the **last
 drop** of each key (the rate refused at, the rate dropped to, when), and the rate at any
@@ -29,11 +33,12 @@ workers at once, make one drop. Each drop writes an audit record on the provider
 from __future__ import annotations
 
 import logging
+import math
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
 from sluice.clock import Clock, SystemClock
 from sluice.engine.rates import Ceiling, RatesInForce, per_second
@@ -49,6 +54,18 @@ HEADER_TTL_S = 60.0
 """How long a limit an answer stated holds when no later answer restates it."""
 PROBE_SHARE = 0.95
 """A refusal at this share of the last refused rate or above is a probe, not a fallen limit."""
+PROBE_PEAK = 0.98
+"""A probe's refused rate is remembered this much lower: the climb levels off below it."""
+FALL_SHARE = 0.25
+"""Refused again within this share of ``climb`` after a drop: the limit fell (a full drop)."""
+DELIVERED_MULTIPLE = 2.0
+"""A learned rate climbs to at most this many times the rate the key was used at (botocore
+caps its rate at twice its measured send rate)."""
+DELIVERED_SPAN_S = 5
+"""The rate a key was used at is measured over this many whole seconds..."""
+DELIVERED_LAG_S = 1
+"""... ending this long before the current second (processes add their counts about once
+a second)."""
 MIN_SPREAD_S = 1.0
 """A reset nearer than this is left to the limiter's spacing and the pause."""
 
@@ -87,19 +104,57 @@ class CubicLaw:
             rate = peak + (self.configured - peak) * min(1.0, (elapsed - k) / k) ** 3
         return self.clamp(rate)
 
-    def after_refusal(self, drop: LearnedDrop | None, now: float) -> tuple[float, float]:
+    def after_refusal(
+        self, drop: LearnedDrop | None, now: float, cap: float = math.inf
+    ) -> tuple[float, float]:
         """``(peak, low)`` of the drop a refusal at ``now`` makes.
 
-        Refused below the rate of the last refusal (still climbing back to it): the limit
-        fell, so the rate drops by ``decrease``. Refused near or above it (a probe): the
-        limit is about where it was, so the drop is half as deep, and less is wasted while
-        climbing back (CUBIC's fast convergence, seen from the other side).
+        - Refused at or near the rate of the last refusal (:data:`PROBE_SHARE`): a probe
+          past a limit that is about where it was. The drop is a third as deep (0.9 with
+          the default ``decrease``) and the refused rate is remembered
+          :data:`PROBE_PEAK` lower, so the climb levels off just below the limit instead of
+          on the rate that was refused (which sits a little above it).
+        - Refused again soon after a drop (within :data:`FALL_SHARE` of ``climb``), below
+          the last refused rate: the limit fell, so the full ``decrease``.
+        - Refused later in the climb, below the last refused rate: one refusal of a
+          provider that stamped a few requests together, or a limit that fell a little.
+          Half as deep; a fallen limit refuses again soon and gets the full drop.
+        - The first refusal: half as deep.
+
+        ``cap`` is the most the key may run at now besides the law (:meth:`delivered_cap`):
+        the drop is from the rate that was in force.
         """
-        current = self.rate_at(drop, now)
-        factor = self.decrease
-        if drop is None or current >= PROBE_SHARE * self.clamp(drop.peak_per_s):
-            factor = 1.0 - (1.0 - self.decrease) / 2.0
-        return current, self.clamp(current * factor)
+        current = min(self.rate_at(drop, now), self.clamp(cap))
+        if drop is None:
+            return current, self.clamp(current * self._share_of_decrease(2.0))
+        peak = self.clamp(drop.peak_per_s)
+        if current >= PROBE_SHARE * peak:
+            low = self.clamp(current * self._share_of_decrease(3.0))
+            return max(low, self.clamp(current * PROBE_PEAK)), low
+        if now - drop.dropped_at_s < FALL_SHARE * self.climb_s:
+            return current, self.clamp(current * self.decrease)
+        return current, self.clamp(current * self._share_of_decrease(2.0))
+
+    def delivered_cap(self, drop: LearnedDrop, delivered_per_s: float) -> float:
+        """The most a key climbing after ``drop`` may run at, having been used at
+        ``delivered_per_s``: :data:`DELIVERED_MULTIPLE` times that, never below the rate
+        it dropped to (known to be admitted). A key with little demand then does not climb
+        to the configured rate on time alone, to be refused in a burst when demand returns.
+        """
+        return self.clamp(max(drop.low_per_s, DELIVERED_MULTIPLE * delivered_per_s))
+
+    def _share_of_decrease(self, shallower: float) -> float:
+        """The factor of a drop ``shallower`` times less deep than ``decrease``."""
+        return 1.0 - (1.0 - self.decrease) / shallower
+
+
+class Delivered(Protocol):
+    """What every process sent under each key, per second (the database's usage counters,
+    :meth:`sluice.store.usage.UsageStore.sent_per_s`)."""
+
+    def sent_per_s(self, keys: Iterable[str], since: datetime, until: datetime) -> dict[str, float]:
+        """The rate each of ``keys`` was used at from ``since`` until ``until``."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -126,12 +181,15 @@ class Learner:
         store: LearnedRateStore,
         configs: Mapping[str, AdaptiveConfig],
         clock: Clock | None = None,
+        delivered: Delivered | None = None,
     ) -> None:
         self._store = store
         self._configs = {name: c for name, c in configs.items() if c.enabled}
         self._clock = clock or SystemClock()
+        self._delivered = delivered
         self._lock = threading.Lock()
         self._drops: dict[str, LearnedDrop] = {}
+        self._caps: dict[str, float] = {}
         self._configured: dict[str, float] = {}
         self._told: dict[str, _Told] = {}
         self.on_change: Callable[[], None] | None = None
@@ -159,26 +217,39 @@ class Learner:
         drops = {d.key: d for d in self._store.all()}
         now = self._clock.time()
         mono = self._clock.monotonic()
+        delivered = self._delivered_per_s(drops, now)
         with self._lock:
             self._drops = drops
             told = dict(self._told)
             configured = dict(self._configured)
+            caps = dict(self._caps)
         found: dict[str, list[Ceiling]] = {}
         for key, drop in drops.items():
             law = self.law(drop.provider, drop.configured_per_s)
             if law is None:
                 continue
             rate = law.rate_at(drop, now)
+            reason = (
+                f"refused at {drop.peak_per_s:.3g}/s, dropped to "
+                f"{drop.low_per_s:.3g}/s, climbing ({drop.reason})"
+            )
+            if delivered is not None:
+                caps[key] = law.delivered_cap(drop, delivered.get(key, 0.0))
+            cap = caps.get(key, math.inf)
+            if cap < rate:
+                rate = cap
+                reason += f"; held at {DELIVERED_MULTIPLE:g}x the rate it was used at"
             if rate < law.configured:
                 found.setdefault(key, []).append(
                     Ceiling(
                         SOURCE,
                         rate_of(rate, configured.get(key, drop.configured_per_s)),
-                        f"refused at {drop.peak_per_s:.3g}/s, dropped to "
-                        f"{drop.low_per_s:.3g}/s, climbing ({drop.reason})",
+                        reason,
                         datetime.fromtimestamp(drop.dropped_at_s, UTC),
                     )
                 )
+        with self._lock:
+            self._caps = {key: cap for key, cap in caps.items() if key in drops}
         for key, stated in told.items():
             if stated.until_mono > mono:
                 found.setdefault(key, []).append(
@@ -190,6 +261,22 @@ class Learner:
                     )
                 )
         return found
+
+    def _delivered_per_s(
+        self, drops: Mapping[str, LearnedDrop], now: float
+    ) -> dict[str, float] | None:
+        """The rate each learned key was used at lately, by every process; None when not
+        measured (no source, or it failed: the caps measured last stay)."""
+        if self._delivered is None or not drops:
+            return None
+        until = datetime.fromtimestamp(math.floor(now) - DELIVERED_LAG_S, UTC)
+        try:
+            return self._delivered.sent_per_s(
+                drops, until - timedelta(seconds=DELIVERED_SPAN_S), until
+            )
+        except Exception:
+            log.warning("adaptive.delivered_failed", exc_info=True)
+            return None
 
     # --- the observer --------------------------------------------------------------------
 
@@ -265,7 +352,9 @@ class Learner:
             with self._lock:
                 self._drops[spec.key] = current
             return False
-        peak, low = law.after_refusal(current, at)
+        with self._lock:
+            cap = self._caps.get(spec.key, math.inf)
+        peak, low = law.after_refusal(current, at, cap)
         drop = LearnedDrop(
             key=spec.key,
             provider=provider,

@@ -385,8 +385,9 @@ class SignalConfig(_Table):
 class AdaptiveConfig(_Table):
     """``[providers.NAME.adaptive]`` (or ``adaptive = true``): learn the real limit.
 
-    ``decrease`` multiplies a key's effective rate on a refusal that gives no numbers (half
-    as deep a drop when refused at about the last refused rate: a probe, not a fallen limit);
+    ``decrease`` multiplies a key's effective rate on a refusal that gives no numbers when
+    the limit fell (refused again soon after a drop; a third as deep a drop when refused at
+    about the last refused rate, a probe; half as deep otherwise: CubicLaw.after_refusal);
     ``climb`` is how long the rate then takes to climb back to where it was refused (and as
     long again to reach the configured rate, probing); ``floor`` is the lowest it may go
     (a rate, or a fraction of the configured one); ``pause`` replaces ``default_pause``

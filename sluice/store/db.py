@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -72,6 +72,17 @@ def scrub(message: str, secret: str | None) -> str:
     for form in {secret, quote(secret, safe="")}:
         message = message.replace(form, "***")
     return message
+
+
+def import_driver(url: str) -> None:
+    """Import the DB-API driver ``url`` would connect with, without connecting.
+
+    A worker's main process calls this before it forks its pool, so that the pool
+    processes share the driver's pages instead of each importing a copy at its first
+    pump. A URL that names no known driver is left for :func:`make_engine` to reject.
+    """
+    with suppress(Exception):
+        make_url(normalise_url(url)).get_dialect().import_dbapi()
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

@@ -7,9 +7,9 @@ tenant (operators, admins, Sluice itself). Cancel and retry write their audit re
 the same transaction as the change.
 
 Each public method runs in one transaction of its own, except :meth:`TaskRepository.create`,
-which uses up to three: it may read the idempotency key first, inserts in one transaction
-(which alone decides what exists), then reads the task back (or, when a concurrent create
-won the key, reads the key again); and ``cancel_in``/``retry_in``, which run in the
+which uses up to three: it may read the idempotency key first, inserts and reads the task
+back in one transaction (which alone decides what exists), and when a concurrent create won
+the key, reads the key again; and ``cancel_in``/``retry_in``, which run in the
 caller's transaction (a bulk job's batch). Status changes go through
 :func:`~sluice.store.rows.change_status`, which refuses illegal transitions and writes the
 event in the same transaction.
@@ -18,12 +18,12 @@ event in the same transaction.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, text
+from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, select, text
 from sqlalchemy.exc import IntegrityError
 
 from sluice import errors
@@ -54,6 +54,7 @@ from sluice.store.rows import (
 )
 
 MAX_PAGE = 1000
+_T = TypeVar("_T")
 # Tasks that wait for a grant when due: ready, claimed to submit, polled, looked up.
 WAITING_PHASES = (
     Phase.READY.value,
@@ -234,14 +235,32 @@ class TaskRepository:
             if existing is not None:
                 return existing, False
         try:
-            ids = self.create_many([spec])
+            # Read back in the insert's own transaction: a second connection (checkout,
+            # pre-ping, SELECT, rollback) was about half of a single create's time.
+            task = self._in_write(lambda conn: self._inserted_task(conn, spec), [spec])
         except errors.TaskConflict:
             if spec.idempotency_key is not None:
                 existing = self._by_idempotency_key(spec)
                 if existing is not None:
                     return existing, False
             raise
-        return self.get(ids[0]), True
+        return task, True
+
+    def _inserted_task(self, conn: Connection, spec: Submission) -> Task:
+        """Insert one task (and its ``created`` event) in ``conn``'s transaction; returns it
+        as stored.
+
+        A task without an explicit id takes the next automatic one from its own ``INSERT ...
+        RETURNING``: one statement for id, row and read-back instead of three round trips.
+        """
+        now = self.clock.now()
+        if spec.id is not None or spec.track_only or spec.parent_index is not None:
+            ids = self._insert_batch(conn, [spec], now)
+            return self._get(conn, ids[0], None)
+        values = {name: column[0] for name, column in self._columns(conn, [spec], now).items()}
+        row = conn.execute(insert(tasks).returning(*tasks.c), values).one()
+        self._insert_created_events(conn, [row.id], now)
+        return row_to_task(row)
 
     def _by_idempotency_key(self, spec: Submission) -> Task | None:
         with self.engine.connect() as conn:
@@ -264,11 +283,16 @@ class TaskRepository:
         if not specs:
             return []
         now = self.clock.now()
+        return self._in_write(lambda conn: self._insert_batch(conn, specs, now), specs)
+
+    def _in_write(self, write: Callable[[Connection], _T], specs: Sequence[Submission]) -> _T:
+        """``write`` in one transaction of its own; a unique or foreign key violation of
+        ``specs`` becomes :class:`~sluice.errors.TaskConflict` (nothing is written)."""
         # A bulk COPY (store/bulk.py) raises the driver's own IntegrityError.
         driver_conflict = getattr(self.engine.dialect.dbapi, "IntegrityError", IntegrityError)
         try:
             with self.engine.begin() as conn:
-                return self._insert_batch(conn, specs, now)
+                return write(conn)
         except IntegrityError as exc:
             raise errors.TaskConflict(_conflict_message(exc.orig or exc, specs)) from exc
         except driver_conflict as exc:
@@ -280,6 +304,20 @@ class TaskRepository:
         """Insert ``specs`` (and their ``created`` events) in ``conn``'s transaction; returns
         their ids in input order. Built column by column: a 10,000-task batch is the bulk
         API's hot path (bench/ingest.py)."""
+        ids = self._reserve_ids(conn, specs)
+        bulk.insert_columns(conn, tasks, self._columns(conn, specs, now, ids))
+        self._insert_created_events(conn, ids, now)
+        return ids
+
+    def _columns(
+        self,
+        conn: Connection,
+        specs: Sequence[Submission],
+        now: datetime,
+        ids: list[int] | None = None,
+    ) -> dict[str, list[Any]]:
+        """The new rows of ``specs``, column by column; without ``ids`` (none explicit, none
+        tracked, no ``parent_index``) the ``id`` column is left to the database."""
         parent_statuses = self._parent_statuses(conn, specs)
         count = len(specs)
         refs = os.urandom(12 * count).hex()
@@ -318,24 +356,22 @@ class TaskRepository:
             client_refs.append(
                 None if spec.track_only else "sl-" + refs[24 * position : 24 * position + 24]
             )
-        ids = self._reserve_ids(conn, specs)
+        known = ids if ids is not None else [0] * count
         parent_ids = [
-            spec.parent_id if spec.parent_index is None else ids[spec.parent_index]
+            spec.parent_id if spec.parent_index is None else known[spec.parent_index]
             for spec in specs
         ]
         nothing: list[Any] = [None] * count
-        bulk.insert_columns(
-            conn,
-            tasks,
+        columns: dict[str, list[Any]] = {} if ids is None else {"id": ids}
+        columns.update(
             {
-                "id": ids,
                 "tenant": [spec.tenant for spec in specs],
                 "provider": [spec.provider for spec in specs],
                 "kind": [spec.kind for spec in specs],
                 "payload": [spec.payload for spec in specs],
                 "external_id": [
                     str(task_id) if spec.track_only else None
-                    for spec, task_id in zip(specs, ids, strict=True)
+                    for spec, task_id in zip(specs, known, strict=True)
                 ],
                 "parent_id": parent_ids,
                 "status": statuses,
@@ -357,10 +393,9 @@ class TaskRepository:
                 "updated_at": [now] * count,
                 "priority": [spec.priority for spec in specs],
                 "fairness_key": [spec.fairness_key or spec.tenant for spec in specs],
-            },
+            }
         )
-        self._insert_created_events(conn, ids, now)
-        return ids
+        return columns
 
     def _reserve_ids(self, conn: Connection, specs: Sequence[Submission]) -> list[int]:
         """Each spec's id: its explicit one, or a new one (never colliding with explicit

@@ -132,6 +132,9 @@ class TaskRow(Base):
         Index("ix_tasks_provider_status", "provider", "status"),
         Index("ix_tasks_external_id", "provider", "external_id"),
         Index("ix_tasks_tenant", "tenant", "id"),
+        # A tenant's tasks in one status, read in id order without fetching other tenants'
+        # rows (migration 0013_tenant_status): a tenant's key always filters by tenant.
+        Index("ix_tasks_tenant_status", "tenant", "status", "id"),
         # A large backlog (migration 0007_scale): the claim reads one provider's due tasks
         # in order and stops at its limit; listings filtered by status or kind read in id
         # order (with or without a tenant) instead of sorting every match.

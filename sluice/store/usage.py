@@ -86,6 +86,28 @@ class UsageStore:
         with self.engine.connect() as conn:
             return {(k, m): int(n or 0) for k, m, n in conn.execute(query)}
 
+    def sent_per_s(self, keys: Iterable[str], since: datetime, until: datetime) -> dict[str, float]:
+        """What every process sent under each of ``keys`` from ``since`` until ``until``
+        (whole per-second buckets), per second: the rate a key was actually used at."""
+        keys = list(keys)
+        span_s = (until - since).total_seconds()
+        if not keys or span_s <= 0:
+            return {}
+        query = (
+            select(usage_counts.c.key, func.sum(usage_counts.c.count))
+            .where(
+                usage_counts.c.width_s == SECOND,
+                usage_counts.c.metric == "sent",
+                usage_counts.c.bucket >= since,
+                usage_counts.c.bucket < until,
+                usage_counts.c.key.in_(keys),
+            )
+            .group_by(usage_counts.c.key)
+        )
+        with self.engine.connect() as conn:
+            found = {k: int(n or 0) / span_s for k, n in conn.execute(query)}
+        return {key: found.get(key, 0.0) for key in keys}
+
     def minutes(self, since: datetime) -> dict[tuple[str, str], dict[datetime, int]]:
         """Per-minute counts since ``since``: ``{(key, metric): {minute: count}}``."""
         return self.series(since, MINUTE)

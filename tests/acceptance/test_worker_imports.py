@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from celery import Celery
@@ -38,9 +39,13 @@ def broker() -> Iterator[Broker]:
         opened.cleanup()
 
 
-def pumped(pid: int) -> bool:
-    """The process has PostgreSQL's driver mapped: a pump built its runtime in it (the main
-    process never does; pool processes do at their first pump)."""
+def pumped(worker: Any, pid: int) -> bool:
+    """A pump built its runtime in process ``pid``: it logged ``worker.ready pid=<pid>``
+    (the main process never pumps; pool processes build theirs at their first pump)."""
+    return f"worker.ready pid={pid}\n" in worker.output()
+
+
+def driver_mapped(pid: int) -> bool:
     try:
         return "psycopg" in Path(f"/proc/{pid}/maps").read_text()
     except OSError:
@@ -55,7 +60,9 @@ def test_a_worker_and_its_pool_processes_import_no_api_and_no_sandbox(cluster: C
     worker = cluster.worker("lean", concurrency=2, wait=True)
     pool = children(worker.pid)
     assert len(pool) == 2, f"expected 2 pool processes, found {pool}"
-    assert not any(pumped(pid) for pid in [worker.pid, *pool])
+    assert not any(pumped(worker, pid) for pid in [worker.pid, *pool])
+    # The database driver is imported before the fork, so the pool processes share its pages.
+    assert driver_mapped(worker.pid)
     cluster.create(campaigns(6))
     sender = Celery("test-worker-imports", broker=cluster.broker_url)
     try:
@@ -63,7 +70,7 @@ def test_a_worker_and_its_pool_processes_import_no_api_and_no_sandbox(cluster: C
         def every_child_pumped() -> bool:
             sender.send_task("sluice.pump", args=(PUMP_S,), queue="sluice")
             time.sleep(PUMP_S)
-            return all(pumped(pid) for pid in pool)
+            return all(pumped(worker, pid) for pid in pool)
 
         cluster.wait_until(every_child_pumped, 90, "a pump in each pool process")
         cluster.wait_until_final(
@@ -79,8 +86,8 @@ def test_a_worker_and_its_pool_processes_import_no_api_and_no_sandbox(cluster: C
         for line in worker.output().splitlines()
         if (match := IMPORT_LINE.search(line))
     }
-    # The log holds the pool processes' own imports too: the database driver is first
-    # imported by a pool process's first pump (see pumped()).
+    # The log holds the pool processes' own imports too (the pump's modules are first
+    # imported by a pool process's first pump; the database driver by the main process).
     assert {"sluice.drivers.pump", "psycopg"} <= imported
     forbidden = sorted(
         name

@@ -4,6 +4,7 @@ learner on SQLite, and concurrent drops from many processes' worth of learners o
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from sluice.ratelimit.rate import LimitSpec, Rate
 from sluice.store import db
 from sluice.store.audit import AuditLog
 from sluice.store.learned import LearnedRateStore
+from sluice.store.usage import UsageStore
 
 from .conftest import make_runtime
 
@@ -146,5 +148,37 @@ def test_concurrent_refusals_on_postgresql_make_exactly_one_drop(postgres_url: s
         assert drops[0].decreases == 2
         rates = RatesInForce([learners[0]], clock=clock, refresh_s=0.0)
         assert per_second(rates.in_force(spec).rate) == pytest.approx(drops[0].low_per_s)
+    finally:
+        engine.dispose()
+
+
+def test_the_climb_is_capped_by_what_every_worker_sent_on_postgresql(postgres_url: str) -> None:
+    """Two workers' usage counters on PostgreSQL cap both processes' climb alike."""
+    engine = db.make_engine(postgres_url)
+    db.ensure_schema(engine)
+    try:
+        clock = FakeClock(datetime(2026, 1, 1, tzinfo=UTC))
+        spec = LimitSpec("acme", Rate(50, 1.0))
+        usage = UsageStore(engine)
+        learners = [
+            Learner(LearnedRateStore(engine), {"acme": AdaptiveConfig()}, clock, usage)
+            for _ in range(2)
+        ]
+        learners[0].observe(LimitObservation("acme", (spec,), (), True, False, clock.time()))
+        clock.advance(120.0)  # the law alone is back at 50/s by now
+
+        def rates() -> set[float]:
+            return {
+                round(
+                    per_second(RatesInForce([lr], clock=clock, refresh_s=0).in_force(spec).rate), 6
+                )
+                for lr in learners
+            }
+
+        assert rates() == {42.5}  # unused: held at the rate it dropped to
+        second = clock.now().replace(microsecond=0)
+        for _worker in range(2):  # two workers, 11/s each, in each of the last 10 seconds
+            usage.add({("acme", "sent", second - timedelta(seconds=k)): 11 for k in range(10)})
+        assert rates() == {44.0}
     finally:
         engine.dispose()

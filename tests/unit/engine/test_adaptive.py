@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,7 @@ from sluice.ratelimit.rate import LimitSpec, Rate
 from sluice.store import db
 from sluice.store.audit import AuditLog
 from sluice.store.learned import LearnedDrop, LearnedRateStore
+from sluice.store.usage import UsageStore
 
 CONFIG = AdaptiveConfig(floor=0.05, climb=10.0, decrease=0.7, hold=1.0)
 SPEC = LimitSpec("acme", Rate(100, 1.0))
@@ -82,10 +83,47 @@ def test_the_climb_reaches_the_refused_rate_after_climb_and_configured_after_twi
     assert law.rate_at(state, 10.0) == pytest.approx(40.0)
     assert 40.0 < law.rate_at(state, 15.0) < 100.0
     assert law.rate_at(state, 20.0) == pytest.approx(100.0)
-    # Refused again at the rate of the last refusal (a probe): half as deep a drop.
-    assert law.after_refusal(state, 10.0) == pytest.approx((40.0, 34.0))
-    # Refused while still climbing back (the limit fell): the full decrease.
+    # Refused again at the rate of the last refusal (a probe): a third as deep a drop, and
+    # the climb levels off 2% below the rate refused at.
+    assert law.after_refusal(state, 10.0) == pytest.approx((39.2, 36.0))
+    # Refused again soon after the drop (the limit fell): the full decrease.
     assert law.after_refusal(state, 1.0)[1] == pytest.approx(0.7 * law.rate_at(state, 1.0))
+    # Refused later in the climb, below the rate refused at (one bunched refusal, or a
+    # limit a little lower): half as deep.
+    assert law.rate_at(state, 3.0) < 0.95 * 40.0
+    assert law.after_refusal(state, 3.0)[1] == pytest.approx(0.85 * law.rate_at(state, 3.0))
+
+
+@given(
+    peak=st.floats(min_value=1, max_value=100),
+    share=fractions,
+    elapsed=st.floats(min_value=0, max_value=100),
+    delivered=st.floats(min_value=0, max_value=1000),
+)
+def test_a_refusal_never_raises_the_rate_in_force(
+    peak: float, share: float, elapsed: float, delivered: float
+) -> None:
+    """Whatever the state, the rate right after a refusal is below the rate in force before."""
+    law = CubicLaw.of(CONFIG, 100.0)
+    state = drop(peak, peak * share, 0.0)
+    cap = law.delivered_cap(state, delivered)
+    before = min(law.rate_at(state, elapsed), cap)
+    new_peak, new_low = law.after_refusal(state, elapsed, cap)
+    assert new_low <= before + 1e-9
+    assert new_low < before or before <= law.floor + 1e-9
+    assert law.floor <= new_low <= new_peak <= 100.0
+
+
+@given(
+    low=st.floats(min_value=5, max_value=100),
+    delivered=st.floats(min_value=0, max_value=1000),
+)
+def test_the_delivered_cap_is_twice_the_use_never_below_the_drop(
+    low: float, delivered: float
+) -> None:
+    law = CubicLaw.of(CONFIG, 100.0)
+    cap = law.delivered_cap(drop(100.0, low, 0.0), delivered)
+    assert cap == pytest.approx(min(100.0, max(low, 2 * delivered)))
 
 
 readings = st.builds(
@@ -290,3 +328,57 @@ class LearnerLifecycle(RuleBasedStateMachine):
 
 LearnerLifecycle.TestCase.settings = settings(max_examples=40, stateful_step_count=25)
 TestLearnerLifecycle = LearnerLifecycle.TestCase
+
+
+# --- the climb, capped at twice the rate the key was used at ------------------------------
+
+
+def sent(usage: UsageStore, clock: FakeClock, per_s: int, seconds: int) -> None:
+    """``per_s`` requests a second under the key, in each of the last ``seconds`` seconds,
+    added to the shared counters as the workers' usage recorders add them."""
+    now = clock.now().replace(microsecond=0)
+    usage.add({("acme", "sent", now - timedelta(seconds=k)): per_s for k in range(seconds)})
+
+
+def test_a_key_not_used_does_not_climb_on_time_alone(store: LearnedRateStore) -> None:
+    """Starved of demand after a drop, the learned rate stays at the rate it dropped to
+    instead of reaching the configured one, and follows the use when demand returns."""
+    clock = FakeClock(datetime(2026, 1, 1, tzinfo=UTC))
+    usage = UsageStore(store.engine)
+    learner = Learner(store, {"acme": CONFIG}, clock, delivered=usage)
+    learner.observe(refusal(clock.time()))  # 100 -> 85
+    clock.advance(60.0)  # the law alone would be back at 100 by now
+    assert learned_rate(learner, clock) == pytest.approx(85.0)
+    # Without the usage counters (the law alone): the configured rate.
+    assert learned_rate(Learner(store, {"acme": CONFIG}, clock), clock) == 100.0
+    # Demand returns below the dropped rate: still the dropped rate (it was admitted) ...
+    sent(usage, clock, 30, 10)
+    assert learned_rate(learner, clock) == pytest.approx(85.0)
+    # ... and at 45/s, twice that.
+    sent(usage, clock, 15, 10)
+    assert learned_rate(learner, clock) == pytest.approx(90.0)
+
+
+def test_every_worker_reads_the_same_use(store: LearnedRateStore) -> None:
+    """The use comes from the shared counters, so every process caps the climb alike."""
+    clock = FakeClock(datetime(2026, 1, 1, tzinfo=UTC))
+    usage = UsageStore(store.engine)
+    workers = [Learner(store, {"acme": CONFIG}, clock, delivered=usage) for _ in range(3)]
+    workers[0].observe(refusal(clock.time()))
+    clock.advance(30.0)
+    sent(usage, clock, 44, 10)
+    assert {round(learned_rate(w, clock), 9) for w in workers} == {88.0}
+
+
+def test_a_refusal_while_capped_drops_from_the_rate_in_force(store: LearnedRateStore) -> None:
+    """The drop starts from the capped rate that was sent at, not from the law's."""
+    clock = FakeClock(datetime(2026, 1, 1, tzinfo=UTC))
+    usage = UsageStore(store.engine)
+    learner = Learner(store, {"acme": CONFIG}, clock, delivered=usage)
+    learner.observe(refusal(clock.time()))  # 100 -> 85
+    clock.advance(60.0)
+    assert learned_rate(learner, clock) == pytest.approx(85.0)
+    learner.observe(refusal(clock.time()))
+    (row,) = store.all()
+    assert row.peak_per_s <= 85.0 + 1e-9
+    assert row.low_per_s < 85.0
