@@ -16,8 +16,8 @@ none of their grants is lost from the tags: two claims made at the same instant 
 favour the key that was behind, and the tags then hold the next claims back from it.
 Workers claim about a second of their own grants at a time (docs/operations.md, Claim
 size), so across all of them each key gets its weighted share to within about one claim
-per worker. Tasks claimed but given back unsent are refunded (:func:`refund`). Rows are always changed in key order, the clock
-row last, by claims and refunds alike (no deadlock).
+per worker. Tasks claimed but given back unsent are refunded (:func:`refund`). Rows are
+always changed in key order, the clock row last, by claims and refunds alike (no deadlock).
 
 Within a key, tasks go by ``priority`` (higher first), then children of parents that
 already exist at the provider before new roots (trees finish first), then due time and id.
