@@ -72,13 +72,13 @@ PAUSE_PRUNE_S = 60.0
 PAUSE_REFILL_LEAD_S = 0.1
 """A paused lane claims again this long before its pause ends, to be ready on time."""
 LEASE_GUARD_TIMEOUTS = 3.0
+"""A request may take up to about three timeouts (pool wait, connect, read)."""
 OWN_RATE_WINDOW_S = 2.0
 """Fair claims: the window over which a lane measures its own grant rate."""
 OWN_RATE_HEADROOM = 1.5
 """Fair claims: a saturated lane claims this many lookaheads of its own grant rate."""
 MIN_FAIR_CLAIM = 4
 """Fair claims: the smallest claim a saturated lane makes."""
-"""A request may take up to about three timeouts (pool wait, connect, read)."""
 
 
 def worker_name() -> str:
