@@ -144,8 +144,16 @@ def lowered(spec: LimitSpec, rate: Rate) -> LimitSpec:
     A ceiling whose count is too small for the spec's burst room (a pin of ``1/s`` on a key
     whose requests cost 5) is written with a larger count over a longer window at the same
     pace, so the heaviest request still fits in one window.
+
+    The holds stay on the configured limit (``held``): a ceiling is written as the
+    configured count over a longer window (a learned 19.5/s on ``100/s`` is 100 per 5.1 s),
+    and holds on that window kept each place five times as long as the provider's own
+    window does. Their cap then lagged the rate in force whenever it climbed (places taken
+    at the lower rate, held for the longer window, still counted): a 20/s key climbing back
+    after a drop stalled for most of a second with nothing refused (``bench.adaptive``).
+    The grants keep the ceiling's pace; the holds keep the provider's window.
     """
     need = spec.burst + 1
     if rate.limit < need:
         rate = Rate(need, rate.window_s * need / rate.limit)
-    return LimitSpec(spec.key, rate, spec.cost, spec.burst)
+    return LimitSpec(spec.key, rate, spec.cost, spec.burst, held=spec.held_rate)

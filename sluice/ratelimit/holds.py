@@ -82,16 +82,18 @@ class HoldCap:
 def hold_caps(limits: Sequence[LimitSpec], timeout_s: float) -> list[HoldCap]:
     """The holds a request on ``limits`` needs: one per key with a window up to a minute.
 
-    A key listed twice keeps the stricter cap (the smaller limit, the longer window).
-    ``timeout_s`` is the provider's request timeout: a hold lapses ``2 * timeout_s + W``
-    after it was taken, so a sender that died frees its place.
+    A key listed twice keeps the stricter cap (the smaller limit, the longer window). The
+    cap is the key's configured limit (:attr:`LimitSpec.held_rate`), also when a ceiling
+    lowered its pace. ``timeout_s`` is the provider's request timeout: a hold lapses
+    ``2 * timeout_s + W`` after it was taken, so a sender that died frees its place.
     """
     by_key: dict[str, tuple[int, float]] = {}
     for spec in limits:
-        window = spec.rate.window_s
+        held = spec.held_rate
+        window = held.window_s
         if window > HOLD_MAX_WINDOW_S:
             continue
-        limit = spec.rate.limit
+        limit = held.limit
         if spec.key in by_key:
             old_limit, old_window = by_key[spec.key]
             limit, window = min(limit, old_limit), max(window, old_window)
@@ -183,11 +185,11 @@ def send_within_s(
     short send windows threw nearly every grant away was refused nothing, so a learned rate
     climbed to the configured one.
     """
-    if any(spec.rate.window_s > HOLD_MAX_WINDOW_S for spec in limits):
+    if any(spec.held_rate.window_s > HOLD_MAX_WINDOW_S for spec in limits):
         return grant.send_within_s
     spacing = min(spec.rate.window_s / spec.rate.limit for spec in limits)
     if not judges_spacing:
-        shortest = min(spec.rate.window_s for spec in limits)
+        shortest = min(spec.held_rate.window_s for spec in limits)
         if timeout_s is not None:
             shortest = min(shortest, max(timeout_s, 0.0))
         return max(grant.send_within_s, spacing, shortest)

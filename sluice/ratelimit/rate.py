@@ -89,12 +89,18 @@ class LimitSpec:
     cost-``c`` request needs ``burst >= c - 1``, and ``burst < limit``. The key's spacing is
     ``window / (limit - burst)``, so a key never holds more than ``limit`` units in any
     window (proof in :mod:`sluice.ratelimit.gcra`).
+
+    ``held`` is the rate whose window the key's holds keep at the provider
+    (:mod:`sluice.ratelimit.holds`) when it differs from ``rate``: a ceiling (a pin, a
+    learned rate, a quota's pace) lowers ``rate``, the pace of the grants, and leaves the
+    holds on the configured limit's own window (``None``: ``rate``'s).
     """
 
     key: str
     rate: Rate
     cost: int = 1
     burst: int = 0
+    held: Rate | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, str) or not self.key:
@@ -113,6 +119,11 @@ class LimitSpec:
                 f"a cost of {self.cost} on {self.key!r} needs burst >= {self.cost - 1} "
                 f"(it has {self.burst}); the provider config derives it from its costs"
             )
+
+    @property
+    def held_rate(self) -> Rate:
+        """The limit whose window the key's holds keep (``held``, else ``rate``)."""
+        return self.rate if self.held is None else self.held
 
 
 @dataclass(frozen=True)

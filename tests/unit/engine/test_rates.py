@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from sluice.clock import FakeClock
 from sluice.engine.rates import Ceiling, RatesInForce, per_second
+from sluice.ratelimit import holds
 from sluice.ratelimit.rate import LimitSpec, Rate
 
 
@@ -43,7 +44,7 @@ def test_the_lowest_ceiling_rules_and_says_where_it_comes_from() -> None:
     learned.found["other"] = [Ceiling("learned", Rate(1, 1.0))]
     rates = RatesInForce([pins, learned], clock=FakeClock())
     (applied,) = rates.apply([SPEC])
-    assert applied == LimitSpec("acme:write", Rate(20, 1.0))
+    assert applied == LimitSpec("acme:write", Rate(20, 1.0), held=Rate(50, 1.0))
     assert rates.in_force(SPEC).source == "learned"
     assert rates.in_force(SPEC).reason == "429s"
 
@@ -85,3 +86,18 @@ def test_in_force_is_the_minimum_and_never_above_configured(
     rate = RatesInForce([table], clock=FakeClock()).in_force(LimitSpec("k", configured)).rate
     assert per_second(rate) == min(per_second(r) for r in [configured, *ceilings])
     assert per_second(rate) <= per_second(configured)
+
+
+def test_a_ceiling_paces_the_grants_and_leaves_the_holds_on_the_configured_window() -> None:
+    """A learned 19.5/s on a 100/s key is written as 100 per 5.1 s: the grants keep that
+    pace, the holds keep the provider's own second (not five of them)."""
+    learned = Table()
+    configured = LimitSpec("acme", Rate(100, 1.0))
+    learned.found["acme"] = [Ceiling("learned", Rate(100, 100 / 19.5))]
+    rates = RatesInForce([learned], clock=FakeClock())
+    (applied,) = rates.apply([configured])
+    assert applied.rate == Rate(100, 100 / 19.5)
+    assert applied.held_rate == Rate(100, 1.0)
+    (cap,) = holds.hold_caps([applied], timeout_s=10.0)
+    assert (cap.in_flight.max_in_flight, cap.window_s) == (100, 1.0)
+    assert configured.held_rate is configured.rate

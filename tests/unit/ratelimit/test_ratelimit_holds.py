@@ -231,6 +231,43 @@ def test_a_refused_hold_gives_back_the_in_flight_lease() -> None:
     assert not limiter.acquire([], in_flight=cap).granted
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    shares=st.lists(st.floats(0.3, 0.95), min_size=2, max_size=12),
+    rtt_ms=st.integers(0, 20),
+)
+def test_holds_never_hold_back_a_key_paced_below_its_configured_limit(
+    shares: list[float], rtt_ms: int
+) -> None:
+    """A key whose rate in force moves (a learned rate dropping and climbing, written as the
+    configured count over a longer window) and whose senders follow its grants: the holds,
+    kept on the configured window, never refuse a grant. Held on the lowered window instead,
+    they kept each place several windows long and, as the pace climbed, refused grants the
+    pace allowed (a 20/s key stalled for most of a second in ``bench.adaptive``)."""
+    configured = Rate(100, 1.0)
+    clock = FakeClock()
+    limiter = MemoryLimiter(clock=clock, margin=0.005, catch_up_s=0.002, cold_start=False)
+    finishes: list[tuple[int, int, Grant]] = []
+    order = itertools.count()
+    for share in shares:
+        spec = LimitSpec("dsp", Rate(100, 1.0 / share), held=configured)
+        phase_end = monotonic_us(clock) + 3 * US
+        while monotonic_us(clock) < phase_end:
+            now = monotonic_us(clock)
+            while finishes and finishes[0][0] <= now:
+                _, _, done = heapq.heappop(finishes)
+                holds.finish(limiter, done, sent=True)
+            grant = holds.acquire(limiter, [spec], in_flight=None, timeout_s=TIMEOUT_S)
+            if grant.granted:
+                heapq.heappush(finishes, (now + rtt_ms * 1000, next(order), grant))
+                continue
+            assert grant.reason != "in_flight", f"held back at {share:.2f} of the limit"
+            wait_us = max(1, round(grant.retry_after_s * US))
+            if finishes:
+                wait_us = min(wait_us, max(1, finishes[0][0] - now))
+            clock.advance(wait_us / US)
+
+
 def test_only_short_windows_are_held_and_the_stricter_cap_wins() -> None:
     caps = holds.hold_caps(
         [
