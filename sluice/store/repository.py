@@ -23,19 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import (
-    Connection,
-    Engine,
-    and_,
-    bindparam,
-    func,
-    insert,
-    literal,
-    null,
-    or_,
-    select,
-    text,
-)
+from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, select, text
 from sqlalchemy.exc import IntegrityError
 
 from sluice import errors
@@ -270,23 +258,6 @@ class TaskRepository:
             ids = self._insert_batch(conn, [spec], now)
             return self._get(conn, ids[0], None)
         values = {name: column[0] for name, column in self._columns(conn, [spec], now).items()}
-        if self._postgres:
-            # Row and event in one statement (the event's insert reads the task's
-            # RETURNING): one round trip fewer for every single create.
-            created = insert(tasks).values(values).returning(*tasks.c).cte("created_task")
-            event = insert(events).from_select(
-                ["task_id", "at", "event", "from_status", "to_status", "detail"],
-                select(
-                    created.c.id,
-                    bindparam("created_at", now, type_=events.c.at.type),
-                    literal("created"),
-                    null(),
-                    created.c.status,
-                    created.c.last_error,
-                ),
-            )
-            row = conn.execute(select(created).add_cte(event.cte("created_event"))).one()
-            return row_to_task(row)
         row = conn.execute(insert(tasks).returning(*tasks.c), values).one()
         self._insert_created_events(conn, [row.id], now)
         return row_to_task(row)
