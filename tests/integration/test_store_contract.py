@@ -265,6 +265,38 @@ def test_large_batch_is_created_with_one_event_each(store: Store) -> None:
     assert store.repo.get(ids[-1]).payload == {"n": 9_999}
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"priority": 7, "tenant": "acme", "fairness_key": "adv-3", "idempotency_key": "k1"},
+        {"payload": {"name": "\\u0000 is text", "n": [1, 2.5, None]}, "request_hash": "h"},
+    ],
+)
+def test_single_create_writes_what_a_batch_writes(store: Store, fields: dict[str, object]) -> None:
+    """A single create (one statement for row and event on PostgreSQL) stores the same row
+    and the same 'created' event as the bulk path, apart from id and client ref."""
+    single = create(store, submission(**fields))
+    [batched_id] = store.repo.create_many([submission(**{**fields, "idempotency_key": None})])
+    batched = store.repo.get(batched_id)
+
+    def comparable(task: Task) -> dict[str, object]:
+        return {
+            **task.__dict__,
+            "id": None,
+            "client_ref": None,
+            "idempotency_key": None,
+        }
+
+    assert comparable(single) == comparable(batched)
+    single_events = store.repo.events(single.id)
+    batched_events = store.repo.events(batched_id)
+    assert [(e.event, e.from_status, e.to_status, e.detail, e.at) for e in single_events] == [
+        (e.event, e.from_status, e.to_status, e.detail, e.at) for e in batched_events
+    ]
+    assert [e.event for e in single_events] == ["created"]
+
+
 def test_child_of_failed_parent_starts_as_error(store: Store) -> None:
     """A submission under a parent that already failed is created as Error, saying why."""
     parent = create(store, submission())
