@@ -36,11 +36,12 @@ spacing (``judges = "window"``), does not need the bound above: the holds' proof
 nothing about how grants were spaced. Such a key may use a credit up to
 :func:`wide_credit_us`: half a spacing, at most :data:`WIDE_CATCH_UP_US`, never less than
 the ordinary one. Then ``a_j - a_i >= (U - 1 - b) * s - credit`` still holds (the two
-bounds above use nothing about the credit's size), so consecutive grants stay at least
-``s - credit >= s / 2`` apart and any ``L + 1`` grants at least ``W + slack - s / 2``; the
-window at the provider is the holds'. What it buys: a dispatcher woken 5 ms late for a
-20 ms slot (a claim on its thread, a busy host) keeps the schedule instead of losing the
-5 ms for good. Since ``credit < s``, :func:`given_back` stays exact for such grants.
+bounds above use nothing about the credit's size), so two grants on a zero-burst key stay
+at least ``s - credit`` apart (``s / 2``, unless the ordinary credit is already larger) and
+grants holding ``L + 1`` units at least ``W + slack - credit``; the window at the provider
+is the holds'. What it buys: a dispatcher woken 5 ms late for a 20 ms slot (a claim on its
+thread, a busy host) keeps the schedule instead of losing the 5 ms for good. Whenever the
+ordinary credit is below ``s``, so is the wide one, and :func:`given_back` stays exact.
 
 Why a cost-``c`` grant must wait for ``b + 1 - c`` slots, not only its first one: with
 ``b = 0`` and a key paced at one unit per ``s``, ``L - 1`` units went out in the last
