@@ -9,7 +9,7 @@ pausing ``"sandbox:write"`` leaves reads alone.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -48,11 +48,19 @@ class InFlight:
 class Limiter(Protocol):
     """Grants requests under rate limits shared by every caller of the same backend."""
 
-    def acquire(self, limits: Sequence[LimitSpec], *, in_flight: InFlight | None = None) -> Grant:
+    def acquire(
+        self,
+        limits: Sequence[LimitSpec],
+        *,
+        in_flight: InFlight | None = None,
+        wide: Collection[str] = (),
+    ) -> Grant:
         """Atomically check pauses, the in-flight cap and every rate; commit all or nothing.
 
         Pauses are checked on every limit key and on ``in_flight.key``. Only when all
-        pass are the rates consumed and (with ``in_flight``) a lease taken.
+        pass are the rates consumed and (with ``in_flight``) a lease taken. Keys in
+        ``wide`` use the wide catch-up (:func:`gcra.wide_credit_us`): only for keys whose
+        window the caller holds (:mod:`sluice.ratelimit.holds`).
         """
         ...
 

@@ -30,6 +30,19 @@ Why no window of ``W`` ever holds more than ``L`` units (``cost`` summed):
     ``U >= L + 1`` units, ``a_j - a_i >= (L - b) * s - credit = W + slack - credit >= W``
     (``credit <= slack / 2``): they cannot share a window of length ``W``.
 
+**Wide catch-up** (``wide`` keys of :func:`plan`). A key whose sliding window is kept at
+the provider by window holds (:mod:`holds`), for a provider that judges windows and not
+spacing (``judges = "window"``), does not need the bound above: the holds' proof uses
+nothing about how grants were spaced. Such a key may use a credit up to
+:func:`wide_credit_us`: half a spacing, at most :data:`WIDE_CATCH_UP_US`, never less than
+the ordinary one. Then ``a_j - a_i >= (U - 1 - b) * s - credit`` still holds (the two
+bounds above use nothing about the credit's size), so two grants on a zero-burst key stay
+at least ``s - credit`` apart (``s / 2``, unless the ordinary credit is already larger) and
+grants holding ``L + 1`` units at least ``W + slack - credit``; the window at the provider
+is the holds'. What it buys: a dispatcher woken 5 ms late for a 20 ms slot (a claim on its
+thread, a busy host) keeps the schedule instead of losing the 5 ms for good. Whenever the
+ordinary credit is below ``s``, so is the wide one, and :func:`given_back` stays exact.
+
 Why a cost-``c`` grant must wait for ``b + 1 - c`` slots, not only its first one: with
 ``b = 0`` and a key paced at one unit per ``s``, ``L - 1`` units went out in the last
 ``(L - 1) * s < W``; a cost-5 grant allowed at ``tat`` would put ``L + 4`` units in one
@@ -70,13 +83,16 @@ Why the limit still holds across the loss:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from sluice import errors
 from sluice.ratelimit.rate import LimitSpec, Rate
 
 US_PER_S = 1_000_000
+
+WIDE_CATCH_UP_US = 50_000
+"""The most catch-up a ``wide`` key may use (see the module docstring), in microseconds."""
 
 COLD_HOLD_US = 1_000_000
 """A limiter that lost its state holds each key this long, or one spacing if longer."""
@@ -122,6 +138,15 @@ def credit_us(rate: Rate, margin: float, catch_up_us: int, burst: int = 0) -> in
     if catch_up_us < 0:
         raise errors.InvalidValue(f"limiter catch-up must be >= 0, got {catch_up_us!r} us")
     return min(catch_up_us, slack_us(rate, margin, burst) // 2)
+
+
+def wide_credit_us(rate: Rate, margin: float, catch_up_us: int, burst: int = 0) -> int:
+    """The catch-up of a key whose window is held: half a spacing, at most
+    :data:`WIDE_CATCH_UP_US`, and never less than :func:`credit_us`; always below the
+    spacing (so :func:`given_back` stays exact)."""
+    spacing = spacing_us(rate, margin, burst)
+    ordinary = credit_us(rate, margin, catch_up_us, burst)
+    return max(ordinary, min(WIDE_CATCH_UP_US, spacing // 2))
 
 
 def cold_hold_us(rate: Rate, margin: float, burst: int = 0) -> int:
@@ -170,16 +195,25 @@ def merged(limits: Sequence[LimitSpec], margin: float) -> dict[str, LimitSpec]:
     return by_key
 
 
-def plan(limits: Sequence[LimitSpec], margin: float, catch_up_us: int) -> dict[str, KeyPlan]:
-    """Map each key of ``limits`` to its :class:`KeyPlan` (see :func:`merged`)."""
+def plan(
+    limits: Sequence[LimitSpec],
+    margin: float,
+    catch_up_us: int,
+    wide: Collection[str] = (),
+) -> dict[str, KeyPlan]:
+    """Map each key of ``limits`` to its :class:`KeyPlan` (see :func:`merged`).
+
+    Keys in ``wide`` (held, judged by windows only) get :func:`wide_credit_us`.
+    """
     plans: dict[str, KeyPlan] = {}
     for key, spec in merged(limits, margin).items():
         spacing = spacing_us(spec.rate, margin, spec.burst)
+        credit = wide_credit_us if key in wide else credit_us
         plans[key] = KeyPlan(
             spacing=spacing,
             step=spec.cost * spacing,
             allow=(spec.burst + 1 - spec.cost) * spacing,
-            credit=credit_us(spec.rate, margin, catch_up_us, spec.burst),
+            credit=credit(spec.rate, margin, catch_up_us, spec.burst),
             hold=cold_hold_us(spec.rate, margin, spec.burst),
         )
     return plans
@@ -281,6 +315,9 @@ def given_back(tat_us: int, granted_at_us: int, spacing: int, credit: int) -> in
     every one that did was given back too), and ``TAT - spacing = max(tat_before,
     granted_at - credit)``: never below the TAT any grant that *was* sent left behind, so
     every bound above holds for the grants that were sent. Otherwise: None (keep it).
+    ``credit`` is the key's ordinary credit; a grant that used the wide one
+    (:func:`wide_credit_us`) used a credit below the spacing whenever the ordinary one is,
+    which is all the argument needs.
     """
     if spacing <= credit or tat_us > granted_at_us + spacing:
         return None

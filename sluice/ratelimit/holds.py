@@ -104,6 +104,19 @@ def hold_caps(limits: Sequence[LimitSpec], timeout_s: float) -> list[HoldCap]:
     ]
 
 
+def wide_keys(limits: Sequence[LimitSpec]) -> frozenset[str]:
+    """The keys of ``limits`` that take holds on every limit they are listed with (each
+    window up to :data:`HOLD_MAX_WINDOW_S`): they may use the wide catch-up
+    (:func:`gcra.wide_credit_us`) for a provider that judges windows only.
+
+    A key also listed with a longer window keeps the ordinary credit: that window rests on
+    the GCRA bound, which the ordinary credit keeps.
+    """
+    keys = {spec.key for spec in limits}
+    long = {spec.key for spec in limits if spec.rate.window_s > HOLD_MAX_WINDOW_S}
+    return frozenset(keys - long)
+
+
 def acquire(
     limiter: Limiter,
     limits: Sequence[LimitSpec],
@@ -116,7 +129,8 @@ def acquire(
 
     ``judges_spacing`` is the provider's (:attr:`~sluice.providers.base.Provider.
     judges_spacing`): when False, a grant whose every key is held may be sent late
-    (:func:`send_within_s`) instead of being thrown away.
+    (:func:`send_within_s`) instead of being thrown away, and held keys catch up on late
+    wake-ups with the wide credit (:func:`wide_keys`): their window rests on the holds.
 
     The grant is asked for first; then each hold. If a hold is refused, everything taken
     is given back (the spacing slot too, unless someone was granted since) and the answer
@@ -124,7 +138,9 @@ def acquire(
     or answered less than a window ago), whose wait is when the place frees at the latest.
     ``judges_spacing`` is the provider's (:func:`send_within_s`).
     """
-    grant = limiter.acquire(limits, in_flight=in_flight)
+    grant = limiter.acquire(
+        limits, in_flight=in_flight, wide=() if judges_spacing else wide_keys(limits)
+    )
     if not grant.granted:
         return grant
     taken: list[Hold] = []

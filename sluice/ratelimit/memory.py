@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from sluice.clock import Clock, SystemClock
 from sluice.ratelimit import gcra, sendgate
@@ -62,10 +62,16 @@ class MemoryLimiter:
         self._leases: dict[str, dict[str, int]] = {}
         self._calls = 0
 
-    def acquire(self, limits: Sequence[LimitSpec], *, in_flight: InFlight | None = None) -> Grant:
+    def acquire(
+        self,
+        limits: Sequence[LimitSpec],
+        *,
+        in_flight: InFlight | None = None,
+        wide: Collection[str] = (),
+    ) -> Grant:
         """See :meth:`Limiter.acquire`."""
         check_acquire_args(limits, in_flight)
-        plans = gcra.plan(limits, self._margin, self._catch_up_us)
+        plans = gcra.plan(limits, self._margin, self._catch_up_us, wide)
         floor_by_key = gcra.cold_floors(plans, self._born_us) if self._born_us is not None else None
         guarded = list(plans) + ([in_flight.key] if in_flight else [])
         scopes = gcra.pause_scopes_all(guarded)
@@ -169,9 +175,10 @@ class MemoryLimiter:
         self._calls += 1
         if self._calls % _SWEEP_EVERY:
             return
-        # A TAT more than the catch-up in the past, or a pause in the past, constrains
-        # nothing: forgetting it changes no answer (max(tat, now - credit) ignores it).
-        horizon = now_us - self._catch_up_us
+        # A TAT more than any catch-up (wide ones too) in the past, or a pause in the past,
+        # constrains nothing: forgetting it changes no answer (max(tat, now - credit)
+        # ignores it).
+        horizon = now_us - max(self._catch_up_us, gcra.WIDE_CATCH_UP_US)
         self._tats = {key: tat for key, tat in self._tats.items() if tat > horizon}
         self._pauses = {key: until for key, until in self._pauses.items() if until > now_us}
         for key in list(self._leases):

@@ -44,7 +44,7 @@ from __future__ import annotations
 import re
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -376,10 +376,16 @@ class RedisLimiter:
         """Whether this limiter runs on a Redis Cluster (known once a client is made)."""
         return isinstance(self._client, RedisCluster) or self._connect is not None
 
-    def acquire(self, limits: Sequence[LimitSpec], *, in_flight: InFlight | None = None) -> Grant:
+    def acquire(
+        self,
+        limits: Sequence[LimitSpec],
+        *,
+        in_flight: InFlight | None = None,
+        wide: Collection[str] = (),
+    ) -> Grant:
         """See :meth:`Limiter.acquire`; one round trip, atomic on the server."""
         check_acquire_args(limits, in_flight)
-        plans = gcra.plan(limits, self._margin, self._catch_up_us)
+        plans = gcra.plan(limits, self._margin, self._catch_up_us, wide)
         guarded = list(plans) + ([in_flight.key] if in_flight else [])
         scopes = gcra.pause_scopes_all(guarded)
         roots = list(dict.fromkeys(slot_tag(key) for key in guarded))

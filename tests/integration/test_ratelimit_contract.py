@@ -472,6 +472,32 @@ def test_a_grant_says_how_long_it_may_wait_before_sending(limiter: Limiter) -> N
     assert capped.send_within_s == sendgate.UNBOUNDED
 
 
+def test_a_wide_key_makes_up_lateness_within_half_a_spacing(make_limiter: Factory) -> None:
+    """Both backends apply the wide catch-up (``gcra.wide_credit_us``) to the keys asked
+    for, and only to them: 10/s at margin 1% and no catch-up, a grant 30 ms after its slot
+    keeps the schedule on a wide key (50 ms of credit) and loses the 30 ms on the other."""
+    clock = FakeClock()
+    limiter = make_limiter(clock)
+    other = LimitSpec("dsp:other", parse_rate("10/s"))
+    wide = {TEN_PER_S.key}
+    for spec in (TEN_PER_S, other):
+        # Granted exactly at a slot: the next one is 101 ms later on either key.
+        limiter.acquire([spec], wide=wide)
+        refused = limiter.acquire([spec], wide=wide)
+        assert refused.reason == "rate"
+        clock.advance(refused.retry_after_s)
+        assert limiter.acquire([spec], wide=wide).granted
+        clock.advance(0.101 + 0.030)  # asked 30 ms after the next slot
+        assert limiter.acquire([spec], wide=wide).granted
+        clock.advance(0.071)  # 101 ms after the slot that was granted late
+        verdict = limiter.acquire([spec], wide=wide)
+        if spec is TEN_PER_S:
+            assert verdict.granted  # the schedule kept the 30 ms
+        else:
+            assert verdict.reason == "rate"
+            assert verdict.retry_after_s == pytest.approx(0.030, abs=1e-6)
+
+
 def test_a_hold_keeps_its_place_a_window_after_the_answer(make_limiter: Factory) -> None:
     """Window holds (``holds.py``) on both backends: the place stays held while the request
     runs and for ``W`` after its answer, then frees; an unsent one frees at once."""

@@ -1,0 +1,176 @@
+"""The wide catch-up of held keys judged by windows only (``gcra.wide_credit_us``).
+
+Such a key's window at the provider rests on the holds (``test_ratelimit_holds.py`` sends
+their grants late and stamps them anywhere before the answer); these check what the GCRA
+still promises with the wider credit, that lateness within it is made up, and that giving
+a slot back stays exact.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sluice.clock import FakeClock
+from sluice.ratelimit import LimitSpec, Rate, gcra, holds
+from sluice.ratelimit.memory import MemoryLimiter, monotonic_us
+
+US = 1_000_000
+
+rates = st.builds(
+    Rate,
+    limit=st.integers(1, 200),
+    window_s=st.integers(1_000, 120_000_000).map(lambda us: us / US),
+)
+
+
+@given(
+    rate=rates,
+    margin=st.floats(0.0, 0.05),
+    catch_up_us=st.integers(0, 100_000),
+    burst_share=st.floats(0.0, 0.99),
+)
+def test_the_wide_credit_is_below_the_spacing_and_never_below_the_ordinary_one(
+    rate: Rate, margin: float, catch_up_us: int, burst_share: float
+) -> None:
+    burst = min(rate.limit - 1, int(burst_share * rate.limit))
+    spacing = gcra.spacing_us(rate, margin, burst)
+    ordinary = gcra.credit_us(rate, margin, catch_up_us, burst)
+    wide = gcra.wide_credit_us(rate, margin, catch_up_us, burst)
+    assert wide >= ordinary
+    assert wide <= max(ordinary, gcra.WIDE_CATCH_UP_US)
+    if ordinary < spacing:
+        # What given_back needs: a later grant leaves the TAT past granted_at + spacing.
+        assert wide < spacing
+
+
+def wide_limiter(
+    margin: float = 0.005, catch_up_s: float = 0.002
+) -> tuple[FakeClock, MemoryLimiter]:
+    clock = FakeClock()
+    return clock, MemoryLimiter(clock=clock, margin=margin, catch_up_s=catch_up_s, cold_start=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    limit=st.integers(1, 60),
+    window_us=st.integers(10_000, 2_000_000),
+    gaps_us=st.lists(st.integers(0, 80_000), min_size=1, max_size=150),
+)
+def test_wide_grants_keep_the_gcra_bound_with_their_credit(
+    limit: int, window_us: int, gaps_us: list[int]
+) -> None:
+    """Consecutive grants at least ``s - credit`` apart, any ``L + 1`` at least
+    ``L * s - credit``: the bounds of gcra's proof, with the wide credit in them."""
+    clock, limiter = wide_limiter()
+    spec = LimitSpec("dsp", Rate(limit, window_us / US))
+    p = gcra.plan([spec], 0.005, gcra.to_us(0.002), wide={"dsp"})["dsp"]
+    granted: list[int] = []
+    for gap in gaps_us:
+        clock.advance(gap / US)
+        if limiter.acquire([spec], wide={"dsp"}).granted:
+            granted.append(monotonic_us(clock))
+    for a, b in itertools.pairwise(granted):
+        assert b - a >= p.spacing - p.credit
+    for i in range(len(granted) - limit):
+        assert granted[i + limit] - granted[i] >= limit * p.spacing - p.credit
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    limit=st.integers(2, 60),
+    lateness_share=st.lists(st.floats(0.0, 1.0), min_size=2, max_size=120),
+)
+def test_lateness_within_the_wide_credit_is_made_up(
+    limit: int, lateness_share: list[float]
+) -> None:
+    """A caller that asks each time up to the credit after its TAT keeps the schedule:
+    grant ``k`` comes no later than the first grant plus ``k`` spacings plus the credit."""
+    clock, limiter = wide_limiter()
+    spec = LimitSpec("dsp", Rate(limit, 1.0))
+    p = gcra.plan([spec], 0.005, gcra.to_us(0.002), wide={"dsp"})["dsp"]
+    assert p.credit > gcra.credit_us(spec.rate, 0.005, gcra.to_us(0.002))
+    assert limiter.acquire([spec], wide={"dsp"}).granted
+    first_slot = limiter._tats["dsp"]
+    for k, share in enumerate(lateness_share):
+        # Asked late by up to the credit, measured from the slot (the TAT).
+        clock.advance(
+            (first_slot + k * p.spacing + int(share * p.credit) - monotonic_us(clock)) / US
+        )
+        assert limiter.acquire([spec], wide={"dsp"}).granted
+        assert monotonic_us(clock) <= first_slot + k * p.spacing + p.credit
+    # Not a microsecond of the lateness was lost: the schedule is where it started.
+    assert limiter._tats["dsp"] == first_slot + len(lateness_share) * p.spacing
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.integers(0, 30_000), st.booleans(), st.integers(0, 10)),
+        min_size=1,
+        max_size=80,
+    ),
+)
+def test_giving_back_a_wide_grant_never_undoes_a_sent_one(
+    steps: list[tuple[int, bool, int]],
+) -> None:
+    """Grants with the wide credit, some given back later (any earlier one): the TAT never
+    drops below what a grant that was sent (not given back) left, which is what every
+    bound rests on."""
+    clock, limiter = wide_limiter()
+    spec = LimitSpec("dsp", Rate(50, 1.0))
+    grants: list[tuple[float, int]] = []  # (granted_at, TAT it left)
+    sent_floor = 0
+    given: set[int] = set()
+    for gap, give, back in steps:
+        clock.advance(gap / US)
+        grant = limiter.acquire([spec], wide={"dsp"})
+        if grant.granted:
+            assert grant.granted_at is not None
+            grants.append((grant.granted_at, limiter._tats["dsp"]))
+        if give and grants:
+            index = max(0, len(grants) - 1 - back)
+            if index not in given:
+                given.add(index)
+                limiter.give_back([spec], grants[index][0])
+        sent = [tat for i, (_, tat) in enumerate(grants) if i not in given]
+        sent_floor = max(sent, default=0)
+        assert limiter._tats.get("dsp", 0) >= sent_floor
+
+
+def test_only_keys_held_on_every_listing_are_wide() -> None:
+    second = LimitSpec("dsp", Rate(50, 1.0))
+    day = LimitSpec("dsp:adv", Rate(10_000, 86_400.0))
+    both = [LimitSpec("dsp:adv", Rate(10, 1.0)), day]
+    assert holds.wide_keys([second, day]) == {"dsp"}
+    assert holds.wide_keys(both) == frozenset()
+
+
+def test_a_spacing_judge_and_the_limiter_alone_keep_the_ordinary_credit() -> None:
+    """Two grants asked 30 ms late each: only a window judge's held key catches up."""
+    spec = LimitSpec("dsp", Rate(50, 1.0))
+
+    def second_tat(judges_spacing: bool | None) -> int:
+        clock, limiter = wide_limiter()
+        for _ in range(2):
+            if judges_spacing is None:
+                assert limiter.acquire([spec]).granted
+            else:
+                grant = holds.acquire(
+                    limiter, [spec], in_flight=None, timeout_s=5, judges_spacing=judges_spacing
+                )
+                assert grant.granted
+            clock.advance(0.0201 + 0.005)  # 5 ms after the slot
+        return limiter._tats["dsp"] - monotonic_us(clock)
+
+    ordinary = second_tat(True)
+    assert second_tat(None) == ordinary
+    # Both grants came late; the window judge's schedule made up the credit's difference.
+    credits = [
+        gcra.credit_us(spec.rate, 0.005, 2_000),
+        gcra.wide_credit_us(spec.rate, 0.005, 2_000),
+    ]
+    assert credits == [2_000, 10_050]
+    assert second_tat(False) == ordinary - (credits[1] - credits[0])
