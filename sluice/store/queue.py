@@ -359,6 +359,51 @@ class WorkQueue:
         return len(recovered) + int(released or 0)
 
 
+def _outcome_params(outcome: Outcome, now: datetime) -> dict[str, Any]:
+    params = {f"v_{name}": value for name, value in outcome.fields.items()}
+    params.update(
+        w_id=outcome.task_id,
+        w_status=outcome.from_status.value,
+        w_claim=outcome.claim,
+        v_status=outcome.to_status.value,
+        v_phase=outcome.phase.value,
+        v_updated_at=now,
+    )
+    return params
+
+
+def _apply_one(conn: Connection, outcome: Outcome, now: datetime) -> bool:
+    """The guarded UPDATE of one outcome; whether its guard held."""
+    shape = tuple(sorted(outcome.fields))
+    return conn.execute(_outcome_update(shape), _outcome_params(outcome, now)).rowcount == 1
+
+
+def _apply_all_or_none(conn: Connection, batch: list[Outcome], now: datetime) -> bool:
+    """Try every guarded UPDATE of ``batch`` as one ``executemany`` per statement shape.
+
+    Only when each task appears once (then the order of the UPDATEs does not matter) and
+    the driver sums row counts over an executemany. Each UPDATE changes at most one row (by
+    primary key), so a summed count equal to the group's size means every guard held. If
+    any guard failed, everything is rolled back to a savepoint and False returned: the
+    caller applies row by row and sees each lost guard on its own.
+    """
+    if len(batch) < 2 or not conn.dialect.supports_sane_multi_rowcount:
+        return False
+    if len({o.task_id for o in batch}) != len(batch):
+        return False
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for outcome in batch:
+        shape = tuple(sorted(outcome.fields))
+        groups.setdefault(shape, []).append(_outcome_params(outcome, now))
+    savepoint = conn.begin_nested()
+    for shape, rows in groups.items():
+        if conn.execute(_outcome_update(shape), rows).rowcount != len(rows):
+            savepoint.rollback()
+            return False
+    savepoint.commit()
+    return True
+
+
 @functools.lru_cache(maxsize=128)
 def _outcome_update(field_names: tuple[str, ...]) -> Update:
     """The guarded UPDATE of one outcome that sets ``field_names``, built once per shape.
@@ -395,18 +440,10 @@ def apply_outcomes(conn: Connection, outcomes: Iterable[Outcome], now: datetime)
     new_events: list[dict[str, Any]] = []
     released: list[int] = []
     ended: list[tuple[int, TaskStatus, str]] = []
-    for outcome in outcomes:
-        params = {f"v_{name}": value for name, value in outcome.fields.items()}
-        params.update(
-            w_id=outcome.task_id,
-            w_status=outcome.from_status.value,
-            w_claim=outcome.claim,
-            v_status=outcome.to_status.value,
-            v_phase=outcome.phase.value,
-            v_updated_at=now,
-        )
-        result = conn.execute(_outcome_update(tuple(sorted(outcome.fields))), params)
-        if result.rowcount != 1:
+    batch = list(outcomes)
+    held = _apply_all_or_none(conn, batch, now)
+    for outcome in batch:
+        if not held and not _apply_one(conn, outcome, now):
             log.info(
                 "outcome.dropped",
                 extra={"task_id": outcome.task_id, "event": outcome.event or "status"},

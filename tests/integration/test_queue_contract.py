@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine, select, text, update
 
 from sluice.clock import FakeClock
@@ -710,3 +712,51 @@ def test_next_due_and_unfinished_counts(q: Queue) -> None:
     assert q.queue.next_due_at() == START
     assert q.queue.unfinished_count() == 2
     assert first != second
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    cancelled=st.lists(st.booleans(), min_size=2, max_size=8),
+    accepted=st.lists(st.booleans(), min_size=8, max_size=8),
+)
+def test_a_batch_of_outcomes_applies_exactly_those_whose_guard_holds(
+    q: Queue, cancelled: list[bool], accepted: list[bool]
+) -> None:
+    """One transaction of outcomes (the writer's batch, its UPDATEs sent together when every
+    guard holds) applies each outcome whose task is still as claimed and only those, as if
+    applied one by one; a cancelled task keeps its cancel and its holder lets go."""
+    ids = q.add(len(cancelled))
+    due = {d.id: d for d in q.claim(limit=1000) if d.id in ids}
+    assert set(due) == set(ids)
+    outcomes = [
+        decide.after_submit(
+            due[task_id],
+            Accepted(f"x-{task_id}", completed=False)
+            if accepted[i]
+            else Transient("connection refused"),
+            POLICY,
+            q.now(),
+        )
+        for i, task_id in enumerate(ids)
+    ]
+    for task_id, cancel in zip(ids, cancelled, strict=True):
+        if cancel:
+            q.repo.cancel(task_id)
+
+    applied = q.queue.apply(outcomes, q.now())
+
+    assert applied == cancelled.count(False)
+    for i, (task_id, cancel) in enumerate(zip(ids, cancelled, strict=True)):
+        task = q.get(task_id)
+        assert q.claimed_by(task_id) is None
+        if cancel:
+            assert task.status is TaskStatus.CANCELLED
+            assert q.event_names(task_id) == ["created", "cancelled"]
+        elif accepted[i]:
+            assert (task.status, task.external_id) == (TaskStatus.IN_PROGRESS, f"x-{task_id}")
+            assert q.event_names(task_id) == ["created", "submitted"]
+        else:
+            assert task.status is TaskStatus.NOT_STARTED
+            assert q.event_names(task_id)[-1] == "attempt_failed"
