@@ -110,10 +110,11 @@ def wide_keys(limits: Sequence[LimitSpec]) -> frozenset[str]:
     (:func:`gcra.wide_credit_us`) for a provider that judges windows only.
 
     A key also listed with a longer window keeps the ordinary credit: that window rests on
-    the GCRA bound, which the ordinary credit keeps.
+    the GCRA bound, which the ordinary credit keeps. The window that counts is the one the
+    holds keep (:attr:`LimitSpec.held_rate`): a ceiling's longer window is only a pace.
     """
     keys = {spec.key for spec in limits}
-    long = {spec.key for spec in limits if spec.rate.window_s > HOLD_MAX_WINDOW_S}
+    long = {spec.key for spec in limits if spec.held_rate.window_s > HOLD_MAX_WINDOW_S}
     return frozenset(keys - long)
 
 
