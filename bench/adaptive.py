@@ -1,6 +1,6 @@
 """Adaptive limits against a hidden limit that changes: Sluice learning it, beside two peers.
 
-Run: ``python -m bench.adaptive`` (about 17 minutes on a quiet host; ``--repeats 1`` for a shorter run).
+Run: ``python -m bench.adaptive`` (about 17 minutes on a quiet host; ``--repeats 1`` for less).
 Needs PostgreSQL, Redis and RabbitMQ/Redis broker as the other distributed benchmarks; writes
 ``bench/results/adaptive.json`` and ``bench/results/adaptive.png``.
 
