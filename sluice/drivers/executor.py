@@ -438,6 +438,7 @@ def build_dispatch(
         pruner=_pruner(runtime, clock),
         fair_share=settings.fair_share,
         quotas=QuotaBook(runtime.quotas, clock) if runtime.quotas is not None else None,
+        background_claims=True,
     )
     executor.on_free = dispatcher.wake
     return executor, dispatcher

@@ -15,6 +15,10 @@ unsent while the claim is still this worker's, so a task recovered by another wo
 after its lease expired is never also sent from a stale buffer here. A lane that waits
 out a provider's pause claims nothing more until the pause is about to end.
 
+A top-up (a claim made while the lane still holds work) runs on a claimer thread of its
+own, so the dispatcher keeps asking for grants while the claim's SQL runs; a lane that ran
+dry waits for it. The claimed units join the lane at the dispatcher's next step.
+
 Scheduling uses the clock's monotonic reading: a wall-clock step neither stalls dispatch
 nor hurries it. Times written to the store stay wall-clock UTC.
 """
@@ -30,6 +34,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -132,6 +137,10 @@ class ProviderLane:
     """When this lane's recent grants came (within ``OWN_RATE_WINDOW_S``)."""
     rate_refused_at: float = -math.inf
     """When the limiter last refused this lane on a rate (the limit was saturated)."""
+    claiming: Future[list[DueTask]] | None = None
+    """A top-up under way on the claimer thread (at most one per lane)."""
+    claiming_at: float = 0.0
+    """The monotonic reading taken just before that top-up was started."""
 
 
 @dataclass
@@ -171,8 +180,11 @@ class Dispatcher:
         pruner: Pruner | None = None,
         fair_share: bool = True,
         quotas: QuotaBook | None = None,
+        background_claims: bool = False,
     ) -> None:
         self.queue = queue
+        self.background_claims = background_claims
+        self._claimer: ThreadPoolExecutor | None = None
         self.fair_share = fair_share
         self.quotas = quotas
         # id(unit) -> the quota units it took, given back if its grant expires unsent.
@@ -220,7 +232,12 @@ class Dispatcher:
                 if wait > 0:
                     self._wake.wait(wait)
         finally:
-            self.release_all()
+            try:
+                self.release_all()
+            finally:
+                if self._claimer is not None:
+                    self._claimer.shutdown(wait=False)
+                    self._claimer = None
 
     def wake(self) -> None:
         """New work may be due (e.g. the API just created tasks)."""
@@ -236,6 +253,7 @@ class Dispatcher:
         self._sync_pauses(now)
         waits: list[float] = []
         for name, lane in self.lanes.items():
+            self._collect(name, lane)
             refill_at = max(lane.next_refill, lane.paused_until - PAUSE_REFILL_LEAD_S)
             if not lane.units and now >= refill_at:
                 self._refill(name, lane)
@@ -329,7 +347,7 @@ class Dispatcher:
                     # Claim nothing more while the provider has asked us to wait.
                     lane.paused_until = after + grant.retry_after_s
                     if grant.retry_after_s > self.lookahead_s * 2:
-                        self._release_lane(lane, grant.retry_after_s)
+                        self._release_lane(name, lane, grant.retry_after_s)
                         return grant.retry_after_s
                     continue
                 self._top_up(name, lane, now)
@@ -414,7 +432,7 @@ class Dispatcher:
             return False
         lane.paused_until = self.clock.monotonic() + delay_s
         lane.not_before = lane.paused_until
-        self._release_lane(lane, delay_s)
+        self._release_lane(provider.name, lane, delay_s)
         return True
 
     def _sync_pauses(self, now: float) -> None:
@@ -442,14 +460,20 @@ class Dispatcher:
     # -- claims ------------------------------------------------------------------------
 
     def _refill(self, name: str, lane: ProviderLane) -> None:
-        provider = self.providers[name]
-        want = self._claim_size(provider, lane)
+        """Claim for ``lane`` now (or take the answer of the top-up under way)."""
+        if lane.claiming is not None:
+            self._collect(name, lane, wait=True)
+            return
+        want = self._claim_size(self.providers[name], lane)
         claimed_at = self.clock.monotonic()
-        forget_before = claimed_at - self.lease_s
-        self._claimed_at = {k: v for k, v in self._claimed_at.items() if v >= forget_before}
+        self._add_claimed(name, lane, self._claim(name, want), claimed_at)
+
+    def _claim(self, name: str, want: int) -> list[DueTask]:
+        """Claim up to ``want`` due tasks of provider ``name`` (safe on any thread)."""
+        provider = self.providers[name]
         if self.fair_share:
             # Weighted fair queuing between fairness keys, held across every worker.
-            due = self.queue.claim_fair(
+            return self.queue.claim_fair(
                 self.clock.now(),
                 want,
                 self.worker_id,
@@ -457,13 +481,31 @@ class Dispatcher:
                 name,
                 provider.fairness_weights,
             )
-        else:
-            # Plain arrival order (due time, then id): the baseline of bench/fairness.py.
-            due = self.queue.claim_due(
-                self.clock.now(), want, self.worker_id, self.lease_s, providers=[name]
-            )
+        # Plain arrival order (due time, then id): the baseline of bench/fairness.py.
+        return self.queue.claim_due(
+            self.clock.now(), want, self.worker_id, self.lease_s, providers=[name]
+        )
+
+    def _collect(self, name: str, lane: ProviderLane, wait: bool = False) -> None:
+        """Add a finished top-up's tasks to ``lane`` (``wait``: wait for one under way).
+
+        A claim that failed raises here, on the dispatcher's thread, as a claim made
+        there would have.
+        """
+        future = lane.claiming
+        if future is None or not (wait or future.done()):
+            return
+        lane.claiming = None
+        self._add_claimed(name, lane, future.result(), lane.claiming_at)
+
+    def _add_claimed(
+        self, name: str, lane: ProviderLane, due: list[DueTask], claimed_at: float
+    ) -> None:
+        forget_before = claimed_at - self.lease_s
+        self._claimed_at = {k: v for k, v in self._claimed_at.items() if v >= forget_before}
         if not due:
             return
+        provider = self.providers[name]
         self.stats.claimed += len(due)
         for task in due:
             self._claimed_at[task.id] = claimed_at
@@ -486,7 +528,16 @@ class Dispatcher:
         if len(lane.units) * 2 > self._claim_size(self.providers[name], lane):
             return
         lane.next_top_up = now + self.lookahead_s / 2
-        self._refill(name, lane)
+        if not self.background_claims:
+            self._refill(name, lane)
+            return
+        if lane.claiming is not None:
+            return
+        want = self._claim_size(self.providers[name], lane)
+        if self._claimer is None:
+            self._claimer = ThreadPoolExecutor(1, thread_name_prefix="sluice-claimer")
+        lane.claiming_at = self.clock.monotonic()
+        lane.claiming = self._claimer.submit(self._claim, name, want)
 
     def _claim_size(self, provider: Provider, lane: ProviderLane) -> int:
         """How many tasks a claim for ``lane`` asks for.
@@ -520,7 +571,8 @@ class Dispatcher:
         fastest = min(rates)
         return max(1, min(self.batch, math.ceil(fastest * self.lookahead_s)))
 
-    def _release_lane(self, lane: ProviderLane, delay_s: float) -> None:
+    def _release_lane(self, name: str, lane: ProviderLane, delay_s: float) -> None:
+        self._collect(name, lane, wait=True)
         claimed = [t for unit in lane.units for t in unit.tasks]
         lane.units.clear()
         for task in claimed:
@@ -537,6 +589,12 @@ class Dispatcher:
 
     def release_all(self) -> None:
         """Give back every claimed, unsent unit (shutdown), expired grants included."""
+        for name, lane in self.lanes.items():
+            try:
+                self._collect(name, lane, wait=True)
+            except Exception:
+                # A top-up that failed claimed nothing this worker could give back.
+                log.warning("dispatcher.claim_failed", exc_info=True)
         self._requeue_unsent()
         claimed = [t for lane in self.lanes.values() for unit in lane.units for t in unit.tasks]
         for lane in self.lanes.values():

@@ -283,3 +283,82 @@ def test_a_saturated_fair_lane_claims_by_its_own_grants_not_the_whole_rate(
     arrival, _ = world.dispatcher("b", lookahead_s=4.0, fair_share=False)
     arrival.lanes["acme"].rate_refused_at = world.clock.monotonic()
     assert arrival._claim_size(provider, arrival.lanes["acme"]) == 20
+
+
+def test_top_ups_on_the_claimer_thread_send_every_task_once(world: World) -> None:
+    """With claims off the dispatcher's thread, top-ups land at later steps and a lane that
+    ran dry waits for the one under way: every task is created once, in several claims."""
+    dispatcher, _ = world.dispatcher("a", background_claims=True, lookahead_s=1.0)
+    ids = world.create(20)
+    step_for(world.clock, 8, dispatcher)
+    assert {world.repo.get(i).status for i in ids} == {TaskStatus.COMPLETED}
+    assert set(world.dsp.creates_per_ref().values()) == {1}
+    assert len(world.dsp.creates_per_ref()) == 20
+    assert dispatcher.stats.claimed >= 20  # creates and polls, in more than one claim
+    dispatcher.release_all()
+
+
+def test_a_top_up_under_way_at_shutdown_is_given_back(world: World) -> None:
+    """A top-up still running when the dispatcher stops is waited for and its tasks given
+    back unsent, so no claim outlives the worker until its lease runs out."""
+    import threading
+
+    dispatcher, _ = world.dispatcher("a", background_claims=True, lookahead_s=1.0)
+    ids = world.create(12)
+    real_claim = world.queue.claim_fair
+    started, finish = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def slow_claim(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) > 1:  # the top-up, not the first claim of the empty lane
+            started.set()
+            finish.wait(5)
+        return real_claim(*args, **kwargs)
+
+    world.queue.claim_fair = slow_claim  # type: ignore[method-assign]
+    while not started.is_set():
+        world.clock.advance(max(dispatcher.step(), 0.001))
+    threading.Timer(0.2, finish.set).start()
+    dispatcher.release_all()
+    assert dispatcher.lanes["acme"].claiming is None
+    with world.queue.engine.connect() as conn:
+        from sqlalchemy import select
+
+        from sluice.store.rows import tasks
+
+        held = conn.execute(
+            select(tasks.c.id).where(tasks.c.id.in_(ids), tasks.c.claimed_by.is_not(None))
+        ).all()
+    assert held == []
+
+
+def test_a_failed_top_up_fails_the_next_step_and_dispatch_goes_on(world: World) -> None:
+    """A top-up whose SQL fails raises on the dispatcher's thread at the next step (as a
+    claim made there would, so the loop's outage handling applies); later steps claim
+    again and every task is still created once."""
+    dispatcher, _ = world.dispatcher("a", background_claims=True, lookahead_s=1.0)
+    ids = world.create(12)
+    real_claim = world.queue.claim_fair
+    calls: list[int] = []
+
+    def failing_once(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("database went away")
+        return real_claim(*args, **kwargs)
+
+    world.queue.claim_fair = failing_once  # type: ignore[method-assign]
+    failures = 0
+    end = world.clock.monotonic() + 10
+    while world.clock.monotonic() < end:
+        try:
+            wait = dispatcher.step()
+        except RuntimeError:
+            failures += 1
+            dispatcher.release_all_quietly()
+            wait = 0.05
+        world.clock.advance(min(max(wait, 0.001), 0.05))
+    assert failures == 1
+    assert {world.repo.get(i).status for i in ids} == {TaskStatus.COMPLETED}
+    assert set(world.dsp.creates_per_ref().values()) == {1}
