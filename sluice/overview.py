@@ -183,7 +183,13 @@ class OverviewService:
         rate = in_force.rate if in_force is not None else spec.rate
         window = max(1, round(rate.window_s))
         if window <= SECOND_BUCKETS_KEPT_S:
-            used = _recent(per_second, spec.key, "sent", now, window)
+            # Counts land about a second late (engine/usage.py flushes once a second): the
+            # window ending a second ago is the newest one complete, the one ending now may
+            # be missing its sends. Either may be the larger; show that.
+            used = max(
+                _recent(per_second, spec.key, "sent", now, window),
+                _recent(per_second, spec.key, "sent", now - timedelta(seconds=1), window),
+            )
         else:  # long windows (hours, days): the per-minute buckets
             used = sum(
                 n
@@ -411,9 +417,11 @@ def _recent(
     now: datetime,
     span_s: int = RATE_SPAN_S,
 ) -> int:
-    """The count of ``metric`` on ``key`` in the last ``span_s`` seconds (this one included)."""
-    start = now.replace(microsecond=0) - timedelta(seconds=span_s - 1)
-    return sum(n for at, n in per_second.get((key, metric), {}).items() if at >= start)
+    """The count of ``metric`` on ``key`` in the ``span_s`` seconds up to ``now`` (its second
+    included)."""
+    end = now.replace(microsecond=0)
+    start = end - timedelta(seconds=span_s - 1)
+    return sum(n for at, n in per_second.get((key, metric), {}).items() if start <= at <= end)
 
 
 def _series(minutes: Mapping[datetime, int], now: datetime) -> list[int]:

@@ -103,6 +103,25 @@ def test_usage_counted_by_senders_shows_as_the_current_window_and_the_hour(ui: C
     assert data["providers"][0]["creates_per_s"] == 0.7
 
 
+def test_the_current_window_counts_sends_not_yet_flushed_for_this_second(ui: Console) -> None:
+    """Senders flush about once a second, so the second under way may hold nothing yet:
+    the current window of a 1 s limit shows the larger of this second and the last one,
+    never a second before that, nor both added up."""
+    now = ui.runtime.repo.clock.now()
+    store = UsageStore(ui.runtime.repo.engine)
+    store.add({("sandbox", "sent", now - timedelta(seconds=2)): 30})
+    store.add({("sandbox", "sent", now - timedelta(seconds=1)): 9})
+
+    def used() -> int:
+        return int(ui.client.get("/api/overview").json()["providers"][0]["keys"][0]["used"])
+
+    assert used() == 9
+    store.add({("sandbox", "sent", now): 4})
+    assert used() == 9
+    store.add({("sandbox", "sent", now): 8})
+    assert used() == 12
+
+
 def test_a_pause_shows_with_its_signal_and_countdown(ui: Console) -> None:
     now = ui.runtime.repo.clock.now()
     until = now + timedelta(seconds=30)
