@@ -31,6 +31,14 @@ since B would wait behind all of A, about 400 s). Figures:
 * ``share_a``/``share_b``: each tenant's part of the completions while both had work
   (3:1 weights: target within 5 points of 75/25).
 
+**Costs.** The sandbox charges an audience create 5 units of its 50-unit second (DV360's
+write-intensive methods) and Sluice's provider says ``cost = { "audience.submit" = 5 }``.
+Tenant A queues 1,000 audiences, tenant B 5,000 campaigns at the same moment; both stay
+backlogged for the run. Figures over ``COSTS_MEASURE_S`` after ``COSTS_SETTLE_S``: each
+tenant's part of the budget *units* (5 per audience, 1 per campaign) and of the tasks;
+target: units within 5 points of 50/50 at equal weights (so A gets about a sixth of the
+tasks). Arrival order gives everything to whoever queued first (A here).
+
 **Trees.** 50 campaigns x 4 ad groups x 5 ads (1,250 tasks, each child released once its
 parent exists) submitted at once while a stream of unrelated new campaigns of the same
 tenant keeps arriving at the limit's full rate (50/s, from 2 s before the trees until they
@@ -90,6 +98,11 @@ CAMPAIGNS = 50
 AD_GROUPS = 4
 ADS = 5
 STREAM_LEAD_S = 2.0
+HEAVY_COST = 5
+COSTS_A_TASKS = 1_000
+COSTS_B_TASKS = 5_000
+COSTS_SETTLE_S = 5.0
+COSTS_MEASURE_S = 30.0
 PRESET = REPO_ROOT / "sluice" / "providers" / "presets" / "sandbox-standard.toml"
 SANDBOX = {"limits": [{"name": "app", "limit": RATE, "window_s": 1.0}]}
 JUDGES_SPACING = os.environ.get("BENCH_JUDGES", "window") == "spacing"
@@ -289,6 +302,66 @@ def window_figures(
     }
 
 
+# --- costs --------------------------------------------------------------------------------
+
+
+def audiences(count: int, tenant: str) -> list[Submission]:
+    return [
+        Submission(
+            kind="audience",
+            payload={
+                "advertiser_id": "adv-1",
+                "name": f"{tenant} audience {i}",
+                "type": "ip_range",
+                "include": ["10.0.0.0/24"],
+            },
+            tenant=tenant,
+        )
+        for i in range(count)
+    ]
+
+
+def run_costs(sandbox: SandboxProcess, fair: bool) -> dict[str, Any]:
+    """A's audiences cost 5 units, B's campaigns 1, both queued at once: shares of units."""
+    provider = provider_table(sandbox.base_url)
+    provider["cost"] = {"audience.submit": HEAVY_COST}
+    sandbox.configure(
+        {
+            "limits": [{**SANDBOX["limits"][0], "weighted": True}],
+            "costs": {"POST /v1/audiences": HEAVY_COST},
+        }
+    )
+    try:
+        with cluster(provider, fair) as runtime:
+            sandbox.reset()
+            started = time.time()
+            create(runtime, audiences(COSTS_A_TASKS, "A"))
+            create(runtime, flat(COSTS_B_TASKS, "B"))
+            begin = started + COSTS_SETTLE_S
+            end = begin + COSTS_MEASURE_S
+            time.sleep(max(0.0, end - time.time()))
+            done = completions(runtime, started)
+            refused = sandbox.stats()["refused_total"]
+    finally:
+        sandbox.configure({"limits": SANDBOX["limits"], "costs": {}})
+    counted = {"A": 0, "B": 0}
+    for at, tenant, _ in done:
+        if begin <= at < end and tenant in counted:
+            counted[tenant] += 1
+    units = {"A": counted["A"] * HEAVY_COST, "B": counted["B"]}
+    tasks_total = sum(counted.values())
+    units_total = sum(units.values())
+    return {
+        "order": "fair" if fair else "arrival",
+        "refused": refused,
+        "tasks": counted,
+        "units": units,
+        "units_per_s": round(units_total / COSTS_MEASURE_S, 2),
+        "unit_share_a": round(units["A"] / units_total, 4) if units_total else None,
+        "task_share_a": round(counted["A"] / tasks_total, 4) if tasks_total else None,
+    }
+
+
 # --- trees --------------------------------------------------------------------------------
 
 
@@ -439,7 +512,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=REPEATS)
     parser.add_argument("--quick", action="store_true", help="one repeat")
-    parser.add_argument("--only", nargs="*", default=["equal", "weighted", "trees"])
+    parser.add_argument("--only", nargs="*", default=["equal", "weighted", "costs", "trees"])
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "fairness.json")
     args = parser.parse_args(argv)
     repeats = 1 if args.quick else args.repeats
@@ -492,6 +565,23 @@ def main(argv: list[str] | None = None) -> None:
                 }
                 for order, found in runs.items()
                 if found
+            }
+        if "costs" in args.only:
+            cost_runs: dict[str, list[dict[str, Any]]] = {"fair": [], "arrival": []}
+            for repeat in range(repeats):
+                for order in ("fair", "arrival"):
+                    load = round(os.getloadavg()[0], 2)
+                    print(f"-- costs {order} repeat {repeat + 1}", flush=True)
+                    run = run_costs(sandbox, order == "fair")
+                    run["load_average_1m"] = load
+                    print(json.dumps(run), flush=True)
+                    cost_runs[order].append(run)
+            results["costs"] = {
+                order: {
+                    "median": medians(found, ["unit_share_a", "task_share_a", "units_per_s"]),
+                    "runs": found,
+                }
+                for order, found in cost_runs.items()
             }
         if "trees" in args.only:
             tree_runs: dict[str, list[dict[str, Any]]] = {"fair": [], "arrival": []}

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -71,10 +72,16 @@ def free_port() -> int:
         return port
 
 
+def toml_key(key: str) -> str:
+    """A key as TOML: bare when it can be, else quoted (``"audience.submit"`` is one key)."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
 def toml_value(value: Any) -> str:
     """A value as inline TOML (tables and arrays inline, scalars as JSON)."""
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+        pairs = ", ".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items())
+        return "{ " + pairs + " }"
     if isinstance(value, list | tuple):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     return json.dumps(value)
@@ -85,7 +92,7 @@ def write_toml(path: Path, tables: dict[str, dict[str, Any]]) -> None:
     lines: list[str] = []
     for name, table in tables.items():
         lines.append(f"[{name}]")
-        lines += [f"{key} = {toml_value(value)}" for key, value in table.items()]
+        lines += [f"{toml_key(key)} = {toml_value(value)}" for key, value in table.items()]
         lines.append("")
     path.write_text("\n".join(lines), encoding="utf-8")
 

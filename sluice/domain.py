@@ -172,6 +172,15 @@ class Operation(StrEnum):
         return "write" if self is Operation.SUBMIT else "read"
 
 
+def operation_of(phase: Phase) -> Operation:
+    """The request a task in ``phase`` makes next: a poll, a lookup, or a create."""
+    if phase is Phase.POLLING:
+        return Operation.POLL
+    if phase is Phase.UNCERTAIN:
+        return Operation.LOOKUP
+    return Operation.SUBMIT
+
+
 @dataclass(frozen=True)
 class DueTask:
     """A task the dispatcher found due, with what the provider adapter needs of it."""
@@ -201,11 +210,7 @@ class DueTask:
 
     @property
     def operation(self) -> Operation:
-        if self.phase is Phase.POLLING:
-            return Operation.POLL
-        if self.phase is Phase.UNCERTAIN:
-            return Operation.LOOKUP
-        return Operation.SUBMIT
+        return operation_of(self.phase)
 
 
 @dataclass(frozen=True)

@@ -457,8 +457,10 @@ class ShareOut(BaseModel):
     key: str
     weight: float
     waiting: int = Field(description="tasks due and not claimed")
-    granted_last_minute: float = Field(description="tasks claimed for it over the last 60 s")
-    share: float = Field(description="its part of all claims over the last 60 s (0..1)")
+    granted_last_minute: float = Field(
+        description="budget units claimed for it over the last 60 s (each task at its cost)"
+    )
+    share: float = Field(description="its part of all units claimed over the last 60 s (0..1)")
 
 
 class SharesOut(BaseModel):

@@ -371,7 +371,7 @@ class Dispatcher:
         for task in claimed:
             self._claimed_at.pop(task.id, None)
         log.info("dispatcher.released_stale", extra={"count": len(claimed)})
-        self.queue.release(claimed)
+        self.queue.release(claimed, charge=self._fair_cost)
 
     def _requeue_unsent(self) -> None:
         """Put units whose grant expired back at the head of their lanes."""
@@ -424,7 +424,9 @@ class Dispatcher:
         )
         for task in unit.tasks:
             self._claimed_at.pop(task.id, None)
-        self.queue.release(list(unit.tasks), next_attempt_at=verdict.resets_at)
+        self.queue.release(
+            list(unit.tasks), next_attempt_at=verdict.resets_at, charge=self._fair_cost
+        )
         everything = all(
             verdict.key in {spec.key for spec in provider.quotas_for(op, None)} for op in Operation
         )
@@ -480,11 +482,16 @@ class Dispatcher:
                 self.lease_s,
                 name,
                 provider.fairness_weights,
+                self._fair_cost,
             )
         # Plain arrival order (due time, then id): the baseline of bench/fairness.py.
         return self.queue.claim_due(
             self.clock.now(), want, self.worker_id, self.lease_s, providers=[name]
         )
+
+    def _fair_cost(self, name: str, kind: str | None, operation: Operation) -> float:
+        """What a task uses of provider ``name``'s budget: the unit fair shares count in."""
+        return self.providers[name].fair_cost(kind, operation)
 
     def _collect(self, name: str, lane: ProviderLane, wait: bool = False) -> None:
         """Add a finished top-up's tasks to ``lane`` (``wait``: wait for one under way).
@@ -578,7 +585,7 @@ class Dispatcher:
         for task in claimed:
             self._claimed_at.pop(task.id, None)
         at = self.clock.now() + timedelta(seconds=delay_s)
-        self.queue.release(claimed, next_attempt_at=at)
+        self.queue.release(claimed, next_attempt_at=at, charge=self._fair_cost)
 
     def release_all_quietly(self) -> None:
         """Give back claims if the store answers; their leases expire otherwise."""
@@ -601,7 +608,7 @@ class Dispatcher:
             lane.units.clear()
         self._claimed_at.clear()
         if claimed:
-            self.queue.release(claimed)
+            self.queue.release(claimed, charge=self._fair_cost)
         if self.quotas is not None:
             self.quotas.flush()
 

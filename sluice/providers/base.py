@@ -187,6 +187,11 @@ class Provider(Protocol):
         """Every configured quota: key (``*`` for a ``per`` value), quota, scope, per."""
         ...
 
+    def fair_cost(self, kind: str | None, operation: Operation) -> float:
+        """What one task of ``kind`` doing ``operation`` uses of the provider's shared
+        budget, the unit fair shares count in (1 unless a cost says otherwise)."""
+        ...
+
     def in_flight(self) -> InFlight | None:
         """The cap on concurrent requests, if any."""
         ...

@@ -105,6 +105,7 @@ class HttpProvider:
         self.fairness_field = config.fairness_field
         self.fairness_weights: Mapping[str, float] = config.fairness_weights
         self._limits = LimitRules(name, config)
+        self._fair_costs: dict[tuple[str | None, Operation], float] = {}
         self._observer: LimitObserver | None = None
         self._warned: set[str] = set()
         self._answers = AnswerReader(config.errors, self._redactor)
@@ -145,6 +146,20 @@ class HttpProvider:
     def quotas(self) -> list[tuple[str, Quota, str, str | None]]:
         """Every configured quota: key (``*`` for a ``per`` value), quota, scope, per."""
         return self._limits.quotas()
+
+    def fair_cost(self, kind: str | None, operation: Operation) -> float:
+        """What one task of ``kind`` doing ``operation`` uses of the provider's shared
+        budget: its operation's heaviest provider-wide cost. A batch poll is one request
+        for up to ``batch_size`` tasks, so a polled task counts its share of a full batch.
+        """
+        known = self._fair_costs.get((kind, operation))
+        if known is not None:
+            return known
+        cost = float(self._limits.shared_cost(operation, kind))
+        if operation is Operation.POLL and self.config.poll is not None:
+            cost /= self.config.poll.batch_size
+        self._fair_costs[(kind, operation)] = cost
+        return cost
 
     def configured_limits(self) -> list[ConfiguredLimit]:
         """Every configured limit (its key, scope, rate), for the console and the controls."""

@@ -211,6 +211,19 @@ class LimitRules:
             if rule.quota is not None
         ]
 
+    def shared_cost(self, operation: Operation, kind: str | None) -> int:
+        """What one request of ``operation`` on ``kind`` costs the provider's shared budget:
+        the heaviest cost among the provider-wide limits and quotas it draws on (not those
+        kept ``per`` account), 1 when none charges more."""
+        return max(
+            (
+                rule.cost(operation, (kind,))
+                for rule in (*self._rules, *self._quota_rules)
+                if rule.per is None and rule.applies(operation.access)
+            ),
+            default=1,
+        )
+
     def _keyed(
         self, rules: Sequence[_Rule], access: Access, payload: Mapping[str, Any] | None
     ) -> Iterator[tuple[_Rule, str]]:

@@ -3,8 +3,11 @@
 Every task carries a fairness key (its tenant, or a payload field's value). When several
 keys have work due for the same provider, a claim hands out its slots by start-time fair
 queuing over *virtual time*: each key has a finish tag ``vtime`` that grows by
-``1/weight`` per task claimed for it, and each slot goes to the waiting key with the
-smallest tag. A key with nothing due takes no slot (work-conserving), and a key coming
+``cost/weight`` per task claimed for it, and each slot goes to the waiting key with the
+smallest tag. A task's cost is what its next request uses of the provider's shared budget
+(:data:`Charge`; 1 unless the provider's limits charge more), so shares are shares of the
+budget's units, not of tasks: a key whose creates cost 5 gets a fifth as many as one
+whose creates cost 1. A key with nothing due takes no slot (work-conserving), and a key coming
 back from idle starts at the provider's virtual clock (the tag of the last slot handed
 out), so idleness saves up no credit to starve the others with later.
 
@@ -27,14 +30,15 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, Table, case, func, select, text, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from sluice.domain import Operation, Phase, operation_of
 from sluice.store.rows import chunks, tasks
 from sluice.store.tables import ACTIVE_PHASE_SQL, FairShareRow
 
@@ -49,6 +53,15 @@ CANDIDATE_ROUNDS = 64
 KEYS_PER_READ = 50
 """Keys read in one statement (a union of one ordered, limited read per key)."""
 
+Charge = Callable[[str, str | None, Operation], float]
+"""What one task (provider, kind, the operation it goes to do) uses of its provider's
+shared budget: the unit shares are counted in."""
+
+
+def unit_charge(provider: str, kind: str | None, operation: Operation) -> float:
+    """Every task costs 1: shares of tasks (no costs configured, and the tests' default)."""
+    return 1.0
+
 
 @dataclass(frozen=True)
 class KeyState:
@@ -62,36 +75,57 @@ class KeyState:
 
 @dataclass(frozen=True)
 class Allocation:
-    """What a claim hands out: slots per key, each key's first start tag, the new clock."""
+    """What a claim hands out: slots per key, each key's first start tag, the new clock,
+    and the budget units each key's slots cost."""
 
     counts: dict[str, int]
     starts: dict[str, float]
     clock: float
+    units: dict[str, float]
 
 
-def allocate(clock: float, keys: Sequence[KeyState], slots: int) -> Allocation:
+def nth_cost(costs: Sequence[float], n: int) -> float:
+    """The cost of a key's ``n``-th task (from 0) when ``costs`` are those read so far:
+    beyond them, the last one read (1 when none was)."""
+    if n < len(costs):
+        return costs[n]
+    return costs[-1] if costs else 1.0
+
+
+def allocate(
+    clock: float,
+    keys: Sequence[KeyState],
+    slots: int,
+    costs: Mapping[str, Sequence[float]] | None = None,
+) -> Allocation:
     """Hand ``slots`` out between ``keys`` by start-time fair queuing.
 
     Each key starts at ``max(vtime, clock)``; each slot goes to the key whose next start
-    tag is smallest (ties by key), which then moves on by ``1/weight``. A key gets no
-    more slots than it has tasks waiting. The new clock is the last slot's start tag.
+    tag is smallest (ties by key), which then moves on by the slot's task's
+    ``cost/weight`` (``costs[key]``: its waiting tasks' costs in within-key order; 1 each
+    when not given). A key gets no more slots than it has tasks waiting. The new clock is
+    the last slot's start tag.
     """
+    costs = costs or {}
     starts = {k.key: max(k.vtime, clock) for k in keys if k.waiting > 0 and k.weight > 0}
     heap = [(starts[k.key], k.key) for k in keys if k.key in starts]
     heapq.heapify(heap)
     left = {k.key: k.waiting for k in keys}
-    step = {k.key: 1.0 / k.weight for k in keys if k.key in starts}
+    weight = {k.key: k.weight for k in keys if k.key in starts}
     counts: dict[str, int] = defaultdict(int)
+    units: dict[str, float] = defaultdict(float)
     new_clock = clock
     while slots > 0 and heap:
         tag, key = heapq.heappop(heap)
+        cost = nth_cost(costs.get(key, ()), counts[key])
         counts[key] += 1
+        units[key] += cost
         new_clock = max(new_clock, tag)
         slots -= 1
         left[key] -= 1
         if left[key] > 0:
-            heapq.heappush(heap, (tag + step[key], key))
-    return Allocation(dict(counts), {k: starts[k] for k in counts}, new_clock)
+            heapq.heappush(heap, (tag + cost / weight[key], key))
+    return Allocation(dict(counts), {k: starts[k] for k in counts}, new_clock, dict(units))
 
 
 def within_key_order() -> list[Any]:
@@ -148,6 +182,13 @@ def waiting_keys(conn: Connection, provider: str) -> list[str]:
     )
 
 
+class Candidate(NamedTuple):
+    """A due task a claim may take, with what it costs the provider's budget."""
+
+    id: int
+    cost: float
+
+
 def candidates(
     conn: Connection,
     due: Any,
@@ -155,9 +196,10 @@ def candidates(
     slots: int,
     weights: Mapping[str, float],
     per_slot: int,
-) -> dict[str, list[int]]:
-    """Per fairness key, ids of due tasks in within-key order: enough for a claim of
-    ``slots``, ``per_slot`` candidates for each slot a key may get.
+    charge: Charge = unit_charge,
+) -> dict[str, list[Candidate]]:
+    """Per fairness key, due tasks in within-key order: enough for a claim of ``slots``,
+    ``per_slot`` candidates for each slot a key may get, each with its ``charge``.
 
     Only the keys the fair allocation would serve are read, each up to its share: the cost
     of a claim grows with its size, not with the backlog or the number of keys. Tags are
@@ -172,11 +214,12 @@ def candidates(
     if not keys:
         return {}
     clock, states = read_state(conn, provider, dict.fromkeys(keys, slots), weights)
-    found: dict[str, list[int]] = {}
+    found: dict[str, list[Candidate]] = {}
     asked: dict[str, int] = {}
     room = dict.fromkeys(keys, slots)  # a key read in full keeps only what it has
     for _ in range(CANDIDATE_ROUNDS):
-        plan = allocate(clock, [replace(s, waiting=room[s.key]) for s in states], slots)
+        costs = {key: [c.cost for c in read] for key, read in found.items()}
+        plan = allocate(clock, [replace(s, waiting=room[s.key]) for s in states], slots, costs)
         wanted = {
             key: max(n * per_slot, 2 * asked.get(key, 0))
             for key, n in plan.counts.items()
@@ -184,7 +227,7 @@ def candidates(
         }
         if not wanted:
             break
-        read = _read_keys(conn, due, provider, wanted)
+        read = _read_keys(conn, due, provider, wanted, charge)
         for key, count in wanted.items():
             found[key] = read.get(key, [])
             asked[key] = count
@@ -194,9 +237,9 @@ def candidates(
 
 
 def _read_keys(
-    conn: Connection, due: Any, provider: str, wanted: Mapping[str, int]
-) -> dict[str, list[int]]:
-    """Up to ``wanted[key]`` due task ids of each key, in within-key order."""
+    conn: Connection, due: Any, provider: str, wanted: Mapping[str, int], charge: Charge
+) -> dict[str, list[Candidate]]:
+    """Up to ``wanted[key]`` due tasks of each key, in within-key order."""
     rows: list[Any] = []
     for chunk in chunks(sorted(wanted), KEYS_PER_READ):
         parts = [
@@ -206,6 +249,8 @@ def _read_keys(
                 tasks.c.priority,
                 tasks.c.parent_id.is_(None).label("is_root"),
                 tasks.c.next_attempt_at,
+                tasks.c.kind,
+                tasks.c.phase,
             )
             .where(tasks.c.provider == provider, tasks.c.fairness_key == key, due)
             .order_by(*within_key_order())
@@ -217,9 +262,10 @@ def _read_keys(
         rows.extend(conn.execute(query if query is not None else select(*parts[0].c)))
     # A union keeps no order: sort each key's tasks again as within_key_order does.
     rows.sort(key=lambda r: (r.fairness_key, -r.priority, bool(r.is_root), r.next_attempt_at, r.id))
-    found: dict[str, list[int]] = defaultdict(list)
+    found: dict[str, list[Candidate]] = defaultdict(list)
     for row in rows:
-        found[row.fairness_key].append(row.id)
+        operation = operation_of(Phase(row.phase))
+        found[row.fairness_key].append(Candidate(row.id, charge(provider, row.kind, operation)))
     return dict(found)
 
 
@@ -258,11 +304,12 @@ def record(
     provider: str,
     clock: float,
     new_clock: float,
-    taken: Mapping[str, int],
+    taken: Mapping[str, float],
     weights: Mapping[str, float],
     now: datetime,
 ) -> None:
-    """Add a claim's slots to each key's tag and move the provider's clock, in one upsert.
+    """Add a claim's units (``taken``: each key's tasks' costs) to each key's tag and move
+    the provider's clock, in one upsert.
 
     Each key's tag becomes ``max(its tag now, clock) + taken/weight``, where ``clock`` is
     the clock the claim read: the addition applies to whatever a concurrent claim left
@@ -271,16 +318,16 @@ def record(
     """
     minute = _minute(now)
     rows: list[dict[str, Any]] = []
-    for key, count in sorted(taken.items()):
+    for key, units in sorted(taken.items()):
         weight = weights.get(key, DEFAULT_WEIGHT)
         rows.append(
             {
                 "provider": provider,
                 "fairness_key": key,
-                "vtime": max(clock, 0.0) + count / weight,
+                "vtime": max(clock, 0.0) + units / weight,
                 "weight": weight,
                 "minute": minute,
-                "granted": count,
+                "granted": units,
                 "prev_granted": 0,
             }
         )
@@ -322,17 +369,17 @@ def record(
     )
 
 
-def refund(conn: Connection, given_back: Sequence[tuple[str, str]]) -> None:
+def refund(conn: Connection, given_back: Sequence[tuple[str, str, float]]) -> None:
     """Give back the virtual time of tasks claimed but released unsent.
 
-    ``given_back`` holds one (provider, fairness key) per released task. Each key's tag
-    moves back by ``1/weight`` per task, and the provider's clock back to the lowest tag
-    refunded, so that the next claim does not lift the key over its own credit: the
+    ``given_back`` holds one (provider, fairness key, cost) per released task. Each key's
+    tag moves back by ``cost/weight`` per task, and the provider's clock back to the lowest
+    tag refunded, so that the next claim does not lift the key over its own credit: the
     refunded slots count as never handed out.
     """
-    counts: dict[tuple[str, str], int] = defaultdict(int)
-    for pair in given_back:
-        counts[pair] += 1
+    counts: dict[tuple[str, str], float] = defaultdict(float)
+    for provider, key, cost in given_back:
+        counts[(provider, key)] += cost
     for provider in sorted({p for p, _ in counts}):
         lowest: float | None = None
         for (owner, key), count in sorted(counts.items()):
@@ -368,6 +415,7 @@ class Share:
     weight: float
     waiting: int
     granted_last_minute: float
+    """Budget units (tasks, each counted at its cost) claimed for it over the last 60 s."""
     share: float
     """Its part of everything claimed for the provider over the last minute (0..1)."""
 

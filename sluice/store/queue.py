@@ -164,12 +164,14 @@ class WorkQueue:
         lease_s: float,
         provider: str,
         weights: Mapping[str, float] | None = None,
+        charge: fairshare.Charge = fairshare.unit_charge,
     ) -> list[DueTask]:
         """Claim up to ``limit`` due tasks of ``provider``, shared fairly between keys.
 
         The slots go between the fairness keys with work due by weighted fair queuing
-        (:mod:`sluice.store.fairshare`), within a key by priority, trees first, then due
-        time. Tasks are locked with ``FOR UPDATE SKIP LOCKED`` as in :meth:`claim_due`;
+        (:mod:`sluice.store.fairshare`), each task counted at its ``charge`` (what its
+        request costs the provider's budget), within a key by priority, trees first, then
+        due time. Tasks are locked with ``FOR UPDATE SKIP LOCKED`` as in :meth:`claim_due`;
         the keys' tags are added to in the same transaction, so concurrent claimers
         never wait for each other and nothing they hand out is lost from the tags. The
         tasks come back in the order their slots were handed out, the keys interleaved.
@@ -183,7 +185,7 @@ class WorkQueue:
             # More candidates than slots: claimers running at once read the same ones, and
             # each then takes the first of its share that nobody has locked.
             found = fairshare.candidates(
-                conn, due_now(now), provider, limit, weights, CANDIDATES_PER_SLOT
+                conn, due_now(now), provider, limit, weights, CANDIDATES_PER_SLOT, charge
             )
         if not found:
             return []
@@ -191,12 +193,13 @@ class WorkQueue:
             clock, states = fairshare.read_state(
                 conn, provider, {k: len(v) for k, v in found.items()}, weights
             )
-            plan = fairshare.allocate(clock, states, limit)
+            costs = {key: [c.cost for c in read] for key, read in found.items()}
+            plan = fairshare.allocate(clock, states, limit, costs)
             due: list[DueTask] = []
             for key, count in sorted(plan.counts.items()):
                 query = (
                     _with_parent()
-                    .where(tasks.c.id.in_(found[key]), due_now(now))
+                    .where(tasks.c.id.in_([c.id for c in found[key]]), due_now(now))
                     .order_by(*fairshare.within_key_order())
                     .limit(count)
                 )
@@ -209,14 +212,18 @@ class WorkQueue:
             for task in due:
                 if task.id in claimed:
                     by_key.setdefault(task.fairness_key, []).append(task)
-            rank = {task_id: n for key in found for n, task_id in enumerate(found[key])}
+            rank = {c.id: n for key in found for n, c in enumerate(found[key])}
             ordered: list[tuple[float, str, DueTask]] = []
+            taken: dict[str, float] = {}
             for key, items in by_key.items():
                 items.sort(key=lambda t: rank[t.id])
-                step = 1.0 / weights.get(key, fairshare.DEFAULT_WEIGHT)
-                start = plan.starts[key]
-                ordered.extend((start + n * step, key, t) for n, t in enumerate(items))
-            taken = {key: len(items) for key, items in by_key.items()}
+                weight = weights.get(key, fairshare.DEFAULT_WEIGHT)
+                tag = plan.starts[key]
+                for task in items:
+                    ordered.append((tag, key, task))
+                    cost = charge(provider, task.kind, task.operation)
+                    tag += cost / weight
+                    taken[key] = taken.get(key, 0.0) + cost
             fairshare.record(conn, provider, clock, plan.clock, taken, weights, now)
         ordered.sort(key=lambda entry: (entry[0], entry[1]))
         return [_as_claimed(t, token, until) for _, _, t in ordered]
@@ -249,17 +256,25 @@ class WorkQueue:
         )
         return list(result.scalars())
 
-    def release(self, claimed: Iterable[DueTask], next_attempt_at: datetime | None = None) -> int:
+    def release(
+        self,
+        claimed: Iterable[DueTask],
+        next_attempt_at: datetime | None = None,
+        charge: fairshare.Charge = fairshare.unit_charge,
+    ) -> int:
         """Give claimed, unsent tasks back, optionally due later; returns how many.
 
         Only claims still held under the token they were handed out with are given back:
         a worker whose lease ended meanwhile cannot clear its successor's claim. Each task
-        given back refunds its fairness key the share its claim charged.
+        given back refunds its fairness key the share its claim charged (``charge``, as
+        :meth:`claim_fair` was given it).
         """
         by_token: dict[str, list[int]] = {}
+        cost: dict[int, float] = {}
         for task in claimed:
             if task.claimed_by is not None:
                 by_token.setdefault(task.claimed_by, []).append(task.id)
+                cost[task.id] = charge(task.provider, task.kind, task.operation)
         if not by_token:
             return 0
         unsent = tasks.c.phase == Phase.SUBMITTING.value
@@ -271,17 +286,17 @@ class WorkQueue:
         }
         if next_attempt_at is not None:
             values["next_attempt_at"] = next_attempt_at
-        given_back: list[tuple[str, str]] = []
+        given_back: list[tuple[str, str, float]] = []
         with self._writing() as conn:
             for token, ids in by_token.items():
                 for chunk in chunks(ids):
                     given_back.extend(
-                        (provider, key)
-                        for provider, key in conn.execute(
+                        (provider, key, cost[task_id])
+                        for task_id, provider, key in conn.execute(
                             update(tasks)
                             .where(tasks.c.id.in_(chunk), tasks.c.claimed_by == token)
                             .values(**values)
-                            .returning(tasks.c.provider, tasks.c.fairness_key)
+                            .returning(tasks.c.id, tasks.c.provider, tasks.c.fairness_key)
                         )
                     )
             if given_back:

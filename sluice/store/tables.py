@@ -218,10 +218,11 @@ class FairShareRow(Base):
     """Weighted fair queuing state of one fairness key on one provider's budget.
 
     ``vtime`` is the key's virtual finish time: each task claimed for it adds
-    ``1/weight``. The row whose ``fairness_key`` is ``""`` holds the provider's own
-    virtual clock (the start tag of the last slot handed out), which a key coming back
-    from idle starts from, so an idle key saves up no credit. ``granted``/``prev_granted``
-    count claims in the current and the previous minute (``minute`` starts the current).
+    ``cost/weight`` (its cost: what its request uses of the provider's budget). The row
+    whose ``fairness_key`` is ``""`` holds the provider's own virtual clock (the start tag
+    of the last slot handed out), which a key coming back from idle starts from, so an
+    idle key saves up no credit. ``granted``/``prev_granted`` count claimed budget units
+    in the current and the previous minute (``minute`` starts the current).
     """
 
     __tablename__ = "fair_shares"
@@ -231,8 +232,8 @@ class FairShareRow(Base):
     vtime: Mapped[float] = mapped_column(Float, default=0.0)
     weight: Mapped[float] = mapped_column(Float, default=1.0)
     minute: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    granted: Mapped[int] = mapped_column(Integer, default=0)
-    prev_granted: Mapped[int] = mapped_column(Integer, default=0)
+    granted: Mapped[float] = mapped_column(Float, default=0.0)
+    prev_granted: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 class QuotaUsageRow(Base):

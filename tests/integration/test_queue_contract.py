@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, select, text, update
 
 from sluice.clock import FakeClock
-from sluice.domain import DueTask, Phase, Submission, Task, TaskStatus
+from sluice.domain import DueTask, Operation, Phase, Submission, Task, TaskStatus
 from sluice.engine import decide
 from sluice.engine.decide import Policy
 from sluice.engine.retry import Backoff, PollSchedule
@@ -324,6 +324,37 @@ def test_release_refunds_the_share(q: Queue) -> None:
     net_b = sum(t.fairness_key == "b" for t in [*first, *again])
     assert abs(net_a - net_b) <= 1
     assert net_a + net_b == 15
+
+
+def heavy_audiences(provider: str, kind: str | None, operation: Operation) -> float:
+    """A DV360-like budget: creating an audience costs 5 units, everything else 1."""
+    return 5.0 if (kind, operation) == ("audience", Operation.SUBMIT) else 1.0
+
+
+def test_shares_are_counted_in_budget_units(q: Queue) -> None:
+    """A key whose creates cost 5 gets a fifth as many tasks as one whose creates cost 1,
+    the same units of the budget; the shares report units, and giving work back refunds
+    what its claim charged."""
+    q.add(40, tenant="heavy", kind="audience")
+    q.add(40, tenant="light", kind="campaign")
+    q.clock.advance(1)
+
+    claimed = q.queue.claim_fair(q.now(), 24, "w", LEASE_S, "sandbox", None, heavy_audiences)
+
+    assert sum(t.fairness_key == "heavy" for t in claimed) == 4
+    assert sum(t.fairness_key == "light" for t in claimed) == 20
+    shares = {s.key: s for s in q.queue.shares("sandbox", q.now())}
+    assert shares["heavy"].granted_last_minute == shares["light"].granted_last_minute == 20
+    assert shares["heavy"].share == 0.5
+
+    back = [t for t in claimed if t.fairness_key == "heavy"][:2]
+    assert q.queue.release(back, charge=heavy_audiences) == 2
+    after = {s.key: s for s in q.queue.shares("sandbox", q.now())}
+    assert after["heavy"].granted_last_minute == 10
+    # The refunded units count as never handed out: heavy is 10 units (two tasks) behind;
+    # once level, the tie goes by key order.
+    again = q.queue.claim_fair(q.now(), 4, "w", LEASE_S, "sandbox", None, heavy_audiences)
+    assert [t.fairness_key for t in again] == ["heavy", "heavy", "heavy", "light"]
 
 
 def test_shares_report_waiting_and_granted(q: Queue) -> None:

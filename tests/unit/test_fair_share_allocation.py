@@ -9,6 +9,7 @@ credit for its idleness.
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -92,3 +93,56 @@ def test_an_idle_key_saves_up_no_credit(weight: float, busy_claims: list[int], s
     ideal_b = slots * weight / (1.0 + weight)
     assert plan.counts.get("b", 0) <= ideal_b + 1 + 1e-9
     assert plan.counts.get("a", 0) >= slots - ideal_b - 1 - 1e-9
+
+
+costs_st = st.lists(st.sampled_from([1.0, 2.0, 5.0, 0.01]), min_size=1, max_size=12)
+
+
+@settings(max_examples=200)
+@given(
+    weights=st.dictionaries(st.sampled_from(KEYS), weights_st, min_size=2, max_size=4),
+    task_costs=st.fixed_dictionaries({k: costs_st for k in KEYS}),
+    claims=st.lists(st.integers(1, 60), min_size=1, max_size=30),
+)
+def test_backlogged_keys_get_their_weighted_share_of_budget_units(
+    weights: dict[str, float], task_costs: dict[str, list[float]], claims: list[int]
+) -> None:
+    """With tasks that cost the budget different amounts (each key's tasks cycle through
+    their costs), backlogged keys' *units* per weight stay within one task of each other:
+    SFQ's bound with variable packet sizes, |U_a/w_a - U_b/w_b| <= L_a/w_a + L_b/w_b."""
+    vtime = dict.fromkeys(weights, 0.0)
+    clock = 0.0
+    done = dict.fromkeys(weights, 0)
+    units = dict.fromkeys(weights, 0.0)
+
+    def upcoming(key: str, n: int) -> list[float]:
+        cycle = task_costs[key]
+        return [cycle[(done[key] + i) % len(cycle)] for i in range(n)]
+
+    for slots in claims:
+        states = [KeyState(k, vtime[k], weights[k], 10**9) for k in sorted(weights)]
+        plan = allocate(clock, states, slots, {k: upcoming(k, slots) for k in weights})
+        for key, count in plan.counts.items():
+            spent = sum(upcoming(key, count))
+            assert plan.units[key] == pytest.approx(spent)
+            vtime[key] = plan.starts[key] + spent / weights[key]
+            units[key] += spent
+            done[key] += count
+        clock = plan.clock
+
+    for a in weights:
+        for b in weights:
+            gap = units[a] / weights[a] - units[b] / weights[b]
+            bound = max(task_costs[a]) / weights[a] + max(task_costs[b]) / weights[b]
+            assert gap <= bound + 1e-6, (units, weights)
+    assert sum(done.values()) == sum(claims)
+
+
+def test_a_key_whose_tasks_cost_five_gets_a_fifth_of_the_tasks() -> None:
+    """Equal weights, equal budget units: five light tasks for every heavy one."""
+    states = [KeyState("heavy", 0.0, 1.0, 10**9), KeyState("light", 0.0, 1.0, 10**9)]
+
+    plan = allocate(0.0, states, 60, {"heavy": [5.0] * 60, "light": [1.0] * 60})
+
+    assert plan.counts == {"heavy": 10, "light": 50}
+    assert plan.units == {"heavy": 50.0, "light": 50.0}

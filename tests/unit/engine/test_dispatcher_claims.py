@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -114,12 +115,18 @@ class World:
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
+    with make_world(tmp_path, ACME) as made:
+        yield made
+
+
+@contextmanager
+def make_world(tmp_path: Path, table: dict[str, Any]) -> Iterator[World]:
     clock = FakeClock()
     dsp = LookupDsp(clock)
     settings = load_settings(
         database_url=f"sqlite:///{tmp_path / 'w.db'}",
         default_provider="acme",
-        providers={"acme": ACME},
+        providers={"acme": table},
     )
     providers = load_providers(settings, clock=clock)
     engine = db.make_engine(settings.database_url)
@@ -128,18 +135,20 @@ def world(tmp_path: Path) -> Iterator[World]:
     client = build_http_client(providers["acme"], transport=httpx.MockTransport(dsp))
     queue = WorkQueue(engine)
     runtime = {"providers": providers, "client": client, "limiter": limiter}
-    yield World(
-        clock,
-        dsp,
-        queue,
-        TaskRepository(engine, clock=clock),
-        providers,
-        limiter,
-        PauseStore(engine),
-        runtime,
-    )
-    client.close()
-    engine.dispose()
+    try:
+        yield World(
+            clock,
+            dsp,
+            queue,
+            TaskRepository(engine, clock=clock),
+            providers,
+            limiter,
+            PauseStore(engine),
+            runtime,
+        )
+    finally:
+        client.close()
+        engine.dispose()
 
 
 def step_for(clock: FakeClock, seconds: float, *dispatchers: Dispatcher) -> None:
@@ -362,3 +371,31 @@ def test_a_failed_top_up_fails_the_next_step_and_dispatch_goes_on(world: World) 
     assert failures == 1
     assert {world.repo.get(i).status for i in ids} == {TaskStatus.COMPLETED}
     assert set(world.dsp.creates_per_ref().values()) == {1}
+
+
+def test_fair_shares_go_by_budget_units_through_the_dispatcher(tmp_path: Path) -> None:
+    """Audiences cost 5 of the limit's units, campaigns 1: with both tenants backlogged,
+    the dispatcher's claims give each the same units of the limit, so the light tenant
+    gets about five creates for each of the heavy one's."""
+    table = {
+        **ACME,
+        "rate_limit": "20/s",
+        "cost": {"audience.submit": 5},
+        "kinds": {**ACME["kinds"], "audience": {**ACME["kinds"]["campaign"]}},
+    }
+    with make_world(tmp_path, table) as world:
+        catalog = build_catalog(world.providers, "acme")
+        for tenant, kind in (("heavy", "audience"), ("light", "campaign")):
+            items = [
+                Submission(kind=kind, payload={"name": f"{tenant}{i}"}, tenant=tenant)
+                for i in range(300)
+            ]
+            submissions.create_tasks(world.repo, catalog, items)
+        dispatcher, _ = world.dispatcher("a")
+
+        step_for(world.clock, 20, dispatcher)
+
+    heavy = sum(1 for o in world.dsp.objects.values() if o["name"].startswith("heavy"))
+    light = sum(1 for o in world.dsp.objects.values() if o["name"].startswith("light"))
+    assert heavy > 0
+    assert 4.0 <= light / heavy <= 6.0, (heavy, light)

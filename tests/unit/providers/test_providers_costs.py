@@ -11,6 +11,7 @@ import pytest
 from sluice import errors
 from sluice.domain import Operation
 from sluice.providers.config import parse_provider
+from sluice.providers.http import HttpProvider
 from sluice.providers.limits import LimitRules
 
 BASE: dict[str, Any] = {
@@ -45,6 +46,32 @@ def test_a_batch_poll_costs_its_heaviest_kind_once() -> None:
         "read", None, operation=Operation.POLL, kinds=["campaign", "audience", "campaign"]
     )
     assert [s.cost for s in batch] == [3]
+
+
+def test_fair_shares_count_the_heaviest_provider_wide_cost() -> None:
+    """What a task uses of the shared budget (the unit fair shares count in): the heaviest
+    cost among the provider-wide limits and quotas its operation draws on, not a cost kept
+    per account; a polled task counts its part of a full batch poll."""
+    table = {
+        **BASE,
+        "poll": {
+            "request": "GET /status?ids={ids}",
+            "batch_size": 50,
+            "status_map": {"READY": "Completed"},
+        },
+        "rate_limit": "50/s",
+        "cost": {"poll": 2},
+        "limits": [
+            {"rate": "150/min", "scope": "write", "cost": {"audience.submit": 5}},
+            {"rate": "10/s", "scope": "write", "per": "adv", "cost": {"submit": 9}},
+        ],
+    }
+    provider = HttpProvider("dsp", parse_provider("dsp", table, "dsp.toml", {}))
+
+    assert provider.fair_cost("audience", Operation.SUBMIT) == 5.0
+    assert provider.fair_cost("campaign", Operation.SUBMIT) == 1.0
+    assert provider.fair_cost("campaign", Operation.LOOKUP) == 1.0
+    assert provider.fair_cost("audience", Operation.POLL) == 2.0 / 50
 
 
 def test_quotas_are_keyed_by_scope_account_and_window() -> None:
