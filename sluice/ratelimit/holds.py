@@ -37,6 +37,15 @@ margin) stays small, and a slow or stalled provider slows Sluice down by exactly
 as it stretched its own round trips. Long windows (a minute and more) are left to the GCRA
 margin, which already leaves more room than any round trip (1% of a minute is 600 ms).
 
+**Costs.** A provider that charges a request ``c`` units of ``L`` (``cost``) counts units,
+not requests: such a request takes ``c`` places, one at a time (each only while fewer
+than ``L`` are held; a refused one gives back those already taken). The proof is the same
+with units for arrivals: when the last place of ``m`` was taken, the others' units that
+could share its window were all still held, so at most ``L`` units arrive in any window.
+Taking the places one by one costs ``c - 1`` more limiter round trips per heavy request;
+a place taken by a request that then gives up only delays others, it never lets a unit
+too many through.
+
 A hold that is taken but whose request is never sent (its grant expired at the send gate)
 is given back at once, and so is the grant's spacing slot when no grant followed it
 (:meth:`~sluice.ratelimit.base.Limiter.give_back`): a busy host then loses no slot.
@@ -73,34 +82,43 @@ def hold_key(key: str) -> str:
 
 @dataclass(frozen=True)
 class HoldCap:
-    """A key's holds: at most ``limit`` held, each until ``window_s`` after its answer."""
+    """A key's holds: at most ``limit`` held, each until ``window_s`` after its answer; a
+    request takes ``places`` of them (its cost on the key: the provider counts units)."""
 
     in_flight: InFlight
     window_s: float
+    places: int = 1
 
 
 def hold_caps(limits: Sequence[LimitSpec], timeout_s: float) -> list[HoldCap]:
-    """The holds a request on ``limits`` needs: one per key with a window up to a minute.
+    """The holds a request on ``limits`` needs: one per key with a window up to a minute,
+    each of as many places as the request costs on that key.
 
-    A key listed twice keeps the stricter cap (the smaller limit, the longer window). The
-    cap is the key's configured limit (:attr:`LimitSpec.held_rate`), also when a ceiling
-    lowered its pace. ``timeout_s`` is the provider's request timeout: a hold lapses
-    ``2 * timeout_s + W`` after it was taken, so a sender that died frees its place.
+    A key listed twice keeps the stricter cap (the smaller limit, the longer window) and
+    the larger cost. The cap is the key's configured limit (:attr:`LimitSpec.held_rate`),
+    also when a ceiling lowered its pace. ``timeout_s`` is the provider's request timeout:
+    a hold lapses ``2 * timeout_s + W`` after it was taken, so a sender that died frees its
+    place.
     """
-    by_key: dict[str, tuple[int, float]] = {}
+    by_key: dict[str, tuple[int, float, int]] = {}
     for spec in limits:
         held = spec.held_rate
         window = held.window_s
         if window > HOLD_MAX_WINDOW_S:
             continue
-        limit = held.limit
+        limit, cost = held.limit, spec.cost
         if spec.key in by_key:
-            old_limit, old_window = by_key[spec.key]
+            old_limit, old_window, old_cost = by_key[spec.key]
             limit, window = min(limit, old_limit), max(window, old_window)
-        by_key[spec.key] = (limit, window)
+            cost = max(cost, old_cost)
+        by_key[spec.key] = (limit, window, cost)
     return [
-        HoldCap(InFlight(hold_key(key), limit, 2 * max(timeout_s, 0.0) + window + 1.0), window)
-        for key, (limit, window) in by_key.items()
+        HoldCap(
+            InFlight(hold_key(key), limit, 2 * max(timeout_s, 0.0) + window + 1.0),
+            window,
+            min(cost, limit),
+        )
+        for key, (limit, window, cost) in by_key.items()
     ]
 
 
@@ -146,16 +164,17 @@ def acquire(
         return grant
     taken: list[Hold] = []
     for cap in hold_caps(limits, timeout_s):
-        held = limiter.acquire([], in_flight=cap.in_flight)
-        if not held.granted or held.lease_id is None:
-            for hold in taken:
-                limiter.release(hold.lease_id, hold.key)
-            if grant.lease_id is not None and in_flight is not None:
-                limiter.release(grant.lease_id, in_flight.key)
-            if grant.granted_at is not None:
-                limiter.give_back(limits, grant.granted_at)
-            return Grant(False, held.retry_after_s, held.reason or "in_flight")
-        taken.append(Hold(cap.in_flight.key, held.lease_id, cap.window_s))
+        for _ in range(cap.places):
+            held = limiter.acquire([], in_flight=cap.in_flight)
+            if not held.granted or held.lease_id is None:
+                for hold in taken:
+                    limiter.release(hold.lease_id, hold.key)
+                if grant.lease_id is not None and in_flight is not None:
+                    limiter.release(grant.lease_id, in_flight.key)
+                if grant.granted_at is not None:
+                    limiter.give_back(limits, grant.granted_at)
+                return Grant(False, held.retry_after_s, held.reason or "in_flight")
+            taken.append(Hold(cap.in_flight.key, held.lease_id, cap.window_s))
     if not taken:
         return replace(grant, limits=tuple(limits))
     return replace(

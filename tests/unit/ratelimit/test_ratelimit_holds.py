@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from hypothesis import given, settings
@@ -73,13 +73,16 @@ def simulate(
     use_holds: bool = True,
     sent_grants: list[int] | None = None,
     late: list[float] | None = None,
+    costs: list[int] | None = None,
+    arrival_costs: list[int] | None = None,
 ) -> list[int]:
     """Run ``requests`` through the limiter (greedy senders), return the arrival stamps
     (and the grant times of the requests that were sent into ``sent_grants``).
 
     With ``late`` (one share in [0, 1] per request), grants are asked for a provider that
     judges no spacing and request ``i`` is sent ``late[i]`` of its send window after its
-    grant (a thread descheduled that long).
+    grant (a thread descheduled that long). With ``costs``, request ``i`` costs
+    ``costs[i]`` units of the limit; each arrival's cost goes into ``arrival_costs``.
     """
     clock = FakeClock()
     limiter = MemoryLimiter(clock=clock, margin=margin, catch_up_s=catch_up_s, cold_start=False)
@@ -101,9 +104,10 @@ def simulate(
             assert grant is not None
             holds.finish(limiter, grant, sent=True, since_answer_s=since)
             continue
+        asked = spec if costs is None else replace(spec, cost=costs[index % len(costs)])
         if use_holds:
             grant = holds.acquire(
-                limiter, [spec], in_flight=None, timeout_s=TIMEOUT_S, judges_spacing=late is None
+                limiter, [asked], in_flight=None, timeout_s=TIMEOUT_S, judges_spacing=late is None
             )
         else:
             grant = limiter.acquire([spec])
@@ -122,6 +126,8 @@ def simulate(
             sent_at += int(late[index % len(late)] * grant.send_within_s * US)
         answer = sent_at + request.rtt_us
         arrivals.append(sent_at + int(request.stamp * request.rtt_us))
+        if arrival_costs is not None:
+            arrival_costs.append(asked.cost)
         if not request.dies:
             done = answer + request.finish_after_us
             since = request.finish_after_us / US
@@ -165,6 +171,50 @@ def test_grants_sent_late_still_keep_every_window_at_the_provider(
     spec = LimitSpec("dsp", Rate(limit, window_us / US))
     arrivals = simulate(spec, requests, margin=margin, catch_up_s=0.002, late=late)
     assert spans_at_least(arrivals, limit, window_us)
+
+
+def units_within(arrivals_us: list[int], costs: list[int], limit: int, window_us: int) -> bool:
+    """Whether no window of ``window_us`` holds more than ``limit`` units (brute force)."""
+    ordered = sorted(zip(arrivals_us, costs, strict=True))
+    for first, (start, _) in enumerate(ordered):
+        if sum(c for t, c in ordered[first:] if t - start < window_us) > limit:
+            return False
+    return True
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    limit=st.integers(2, 8),
+    window_us=st.integers(10_000, 2_000_000),
+    margin=st.one_of(st.just(0.005), st.floats(0.0001, 0.05)),
+    requests=st.lists(request_strategy, max_size=40),
+    costs=st.lists(st.integers(1, 5), min_size=1, max_size=40),
+    late=st.one_of(st.none(), st.lists(st.floats(0.0, 1.0), min_size=1, max_size=40)),
+)
+def test_requests_that_cost_several_units_never_crowd_a_window(
+    limit: int,
+    window_us: int,
+    margin: float,
+    requests: list[Request],
+    costs: list[int],
+    late: list[float] | None,
+) -> None:
+    """A provider that counts units (a heavy write costs 5): requests of mixed costs,
+    stamped anywhere between send and answer, sent on time or late, never put more than
+    ``limit`` units into a window (each takes as many holds as it costs)."""
+    costs = [min(c, limit) for c in costs]
+    spec = LimitSpec("dsp", Rate(limit, window_us / US), burst=max(costs) - 1)
+    charged: list[int] = []
+    arrivals = simulate(
+        spec,
+        requests,
+        margin=margin,
+        catch_up_s=0.002,
+        late=late,
+        costs=costs,
+        arrival_costs=charged,
+    )
+    assert units_within(arrivals, charged, limit, window_us)
 
 
 def test_without_holds_a_stalled_provider_sees_more_than_the_limit() -> None:
