@@ -1,6 +1,6 @@
 """Fair share and trees first under one shared limit, side by side with plain arrival order.
 
-Run: ``python -m bench fairness`` (``make bench BENCH=fairness``; about 15 minutes, ``--quick``
+Run: ``python -m bench fairness`` (``make bench BENCH=fairness``; about 20 minutes, ``--quick``
 for one repeat). Needs PostgreSQL and Redis; writes ``bench/results/fairness.json`` and
 ``bench/results/fairness.png`` (per-tenant throughput over time).
 
