@@ -35,8 +35,11 @@ class Canary:
 
     @classmethod
     def api_key(cls, name: str, token: str) -> Canary:
-        """An API key ``sk_<id>_<secret>``: only the secret half is searched."""
-        return cls(name, token, token.rsplit("_", 1)[-1] if token.startswith("sk_") else token)
+        """An API key ``sk_<id>_<secret>``: only the secret half is searched. The id has no
+        ``_`` but the secret may (URL-safe base64): split after the id, not at the last
+        ``_``, or a secret ending ``..._x9`` leaves ``x9`` to search, found by chance in
+        any timestamp."""
+        return cls(name, token, token.split("_", 2)[2] if token.startswith("sk_") else token)
 
     def windows(self) -> set[str]:
         text = self.searched

@@ -56,3 +56,12 @@ def test_a_leak_introduced_in_masking_would_be_caught() -> None:
     cut_first = text[: masking.SNIPPET_CHARS] + "..."
     assert find_leaks({"truncated-then-masked": cut_first}, [TOKEN])
     assert not find_leaks({"masked-then-truncated": Redactor([TOKEN.value]).snippet(text)}, [TOKEN])
+
+
+def test_an_api_key_whose_secret_holds_an_underscore_is_searched_whole() -> None:
+    """A URL-safe secret may hold ``_``: the whole secret is searched, not the piece after
+    its last ``_`` (a two-letter piece would be found in any timestamp)."""
+    key = Canary.api_key("api key", "sk_0123456789ab_" + "Q7x" * 13 + "a_09")
+
+    assert key.searched == "Q7x" * 13 + "a_09"
+    assert find_leaks({"listing": '{"created_at": "2026-12-04T06:02:09Z"}'}, [key]) == []
