@@ -67,7 +67,9 @@ def _serve(database_url: str, port: int) -> None:
     from sluice.store.repository import TaskRepository
 
     settings = Settings(database_url=database_url)
-    repo = TaskRepository(db.make_engine(settings.database_url))
+    engine = db.make_engine(settings.database_url)
+    db.WalCheckpoints(engine)  # as build_runtime does (SQLite only)
+    repo = TaskRepository(engine)
     uvicorn.run(
         create_app(settings, repo, _catalog()),
         host="127.0.0.1",

@@ -61,6 +61,8 @@ class Runtime:
     """The adaptive limiter of the providers with ``adaptive`` on (None: none has it)."""
     quotas: QuotaStore | None = None
     """Quota use (``quota = "15000/d"``), kept in the database."""
+    checkpoints: db.WalCheckpoints | None = None
+    """SQLite: the WAL checkpointed in the background, off the committing requests."""
 
     @property
     def controls(self) -> Controls:
@@ -77,6 +79,8 @@ class Runtime:
     def close(self) -> None:
         for client in self.clients.values():
             client.close()
+        if self.checkpoints is not None:
+            self.checkpoints.close()
         self.repo.engine.dispose()
 
 
@@ -118,6 +122,7 @@ def build_runtime(settings: Settings) -> Runtime:
     )
     providers = load_providers(settings, limiter=limiter)
     engine = db.make_engine(settings.database_url)
+    checkpoints = db.WalCheckpoints(engine)  # before the first connection
     db.ensure_schema(engine)
     # Each store table that can lower a key's rate (pins, learned rates, quotas) adds its
     # source here; the dispatcher and the API read the rate in force through `rates`.
@@ -144,6 +149,7 @@ def build_runtime(settings: Settings) -> Runtime:
         rates=rates,
         learner=learner,
         quotas=quotas,
+        checkpoints=checkpoints,
     )
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -14,6 +17,8 @@ from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import ExceptionContext, make_url
 
 from sluice import errors, masking
+
+log = logging.getLogger("sluice.store")
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -154,6 +159,74 @@ def _unavailable_translator(
         return errors.StoreUnavailable(reason, where)
 
     return translate
+
+
+WAL_CHECKPOINT_S = 0.5
+"""How often a long-lived process checkpoints an SQLite WAL in the background."""
+FOREGROUND_CHECKPOINT_PAGES = 20_000
+"""The WAL size (pages of 4 KiB: 80 MiB) at which a commit checkpoints anyway, should the
+background thread fall behind or stop (SQLite's default is 1,000)."""
+
+
+class WalCheckpoints:
+    """SQLite WAL checkpoints on a thread of their own, off the committing requests.
+
+    By default the commit that grows the WAL past 1,000 pages copies it back into the
+    database file and syncs it (``synchronous=NORMAL`` syncs only there): with ~20 pages
+    per create, one create in 50 paid that, and those were the slowest single creates
+    (docs/scaling.md, Ingest). Here a daemon thread runs a ``PASSIVE`` checkpoint (it never
+    waits for, nor blocks, readers or the writer) every :data:`WAL_CHECKPOINT_S`, and the
+    engine's connections only checkpoint themselves past
+    :data:`FOREGROUND_CHECKPOINT_PAGES`. A checkpoint that catches up with the last commit
+    lets the next commit restart the WAL from its head; under an unbroken stream of commits
+    (a bulk import) it cannot catch up, and the WAL grows until a gap or that threshold.
+    Create it before the engine's first connection; :meth:`close` stops the thread. A no-op
+    on other databases.
+    """
+
+    def __init__(self, engine: Engine, every_s: float = WAL_CHECKPOINT_S) -> None:
+        self._engine = engine
+        self._every_s = every_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if engine.dialect.name != "sqlite":
+            return
+        event.listen(engine, "connect", _fewer_foreground_checkpoints)
+        self._thread = threading.Thread(
+            target=self._run, name="sluice-wal-checkpoints", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        # A connection of its own, outside the engine's pool: it never takes a pooled
+        # connection from a request.
+        database = self._engine.url.database
+        if not database or database == ":memory:":
+            return
+        conn: sqlite3.Connection | None = None
+        try:
+            while not self._stop.wait(self._every_s):
+                try:
+                    if conn is None:
+                        conn = sqlite3.connect(database, isolation_level=None)
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error:
+                    # A busy or missing file: the commits' own checkpoints bound the WAL.
+                    log.debug("wal_checkpoint_failed", exc_info=True)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def _fewer_foreground_checkpoints(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA wal_autocheckpoint={FOREGROUND_CHECKPOINT_PAGES}")
+    cursor.close()
 
 
 READ_ONLY = "sluice_read_only"
