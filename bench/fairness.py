@@ -62,7 +62,7 @@ import threading
 import time
 import tomllib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -508,6 +508,22 @@ def medians(runs: list[dict[str, Any]], keys: list[str]) -> dict[str, Any]:
     return out
 
 
+def both_orders(
+    name: str, repeats: int, run: Callable[[bool], dict[str, Any]]
+) -> dict[str, list[dict[str, Any]]]:
+    """``run(fair)`` in fair then arrival order, ``repeats`` times, each printed as it ends."""
+    runs: dict[str, list[dict[str, Any]]] = {"fair": [], "arrival": []}
+    for repeat in range(repeats):
+        for order in ("fair", "arrival"):
+            load = round(os.getloadavg()[0], 2)
+            print(f"-- {name} {order} repeat {repeat + 1}", flush=True)
+            result = run(order == "fair")
+            result["load_average_1m"] = load
+            print(json.dumps(result), flush=True)
+            runs[order].append(result)
+    return runs
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=REPEATS)
@@ -567,15 +583,7 @@ def main(argv: list[str] | None = None) -> None:
                 if found
             }
         if "costs" in args.only:
-            cost_runs: dict[str, list[dict[str, Any]]] = {"fair": [], "arrival": []}
-            for repeat in range(repeats):
-                for order in ("fair", "arrival"):
-                    load = round(os.getloadavg()[0], 2)
-                    print(f"-- costs {order} repeat {repeat + 1}", flush=True)
-                    run = run_costs(sandbox, order == "fair")
-                    run["load_average_1m"] = load
-                    print(json.dumps(run), flush=True)
-                    cost_runs[order].append(run)
+            cost_runs = both_orders("costs", repeats, lambda fair: run_costs(sandbox, fair))
             results["costs"] = {
                 order: {
                     "median": medians(found, ["unit_share_a", "task_share_a", "units_per_s"]),
@@ -584,15 +592,7 @@ def main(argv: list[str] | None = None) -> None:
                 for order, found in cost_runs.items()
             }
         if "trees" in args.only:
-            tree_runs: dict[str, list[dict[str, Any]]] = {"fair": [], "arrival": []}
-            for repeat in range(repeats):
-                for order in ("fair", "arrival"):
-                    load = round(os.getloadavg()[0], 2)
-                    print(f"-- trees {order} repeat {repeat + 1}", flush=True)
-                    run = run_trees(sandbox, order == "fair")
-                    run["load_average_1m"] = load
-                    print(json.dumps(run), flush=True)
-                    tree_runs[order].append(run)
+            tree_runs = both_orders("trees", repeats, lambda fair: run_trees(sandbox, fair))
             fair_median = median([r["campaign_median_s"] for r in tree_runs["fair"]])
             arrival_median = median([r["campaign_median_s"] for r in tree_runs["arrival"]])
             results["trees"] = {
