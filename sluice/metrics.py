@@ -431,7 +431,8 @@ def fair_share_families(
     """Each fairness key's share of its provider's claims and its waiting tasks."""
     ratio = GaugeMetricFamily(
         "sluice_fair_share_ratio",
-        "A fairness key's part of the tasks claimed for its provider over the last 60 s "
+        "A fairness key's part of the budget units (tasks at their cost) claimed for its "
+        "provider over the last 60 s "
         f"(0..1). Keys with a configured weight and the {top} largest others each have "
         f"their own series; the rest are summed under fairness_key={OTHER_KEYS}.",
         labels=["provider", "fairness_key"],
