@@ -8,6 +8,7 @@ a thread keeps the WAL short. Real SQLite files, real threads.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -69,15 +70,13 @@ def test_without_the_thread_the_wal_would_hold_the_whole_run(tmp_path: Path) -> 
 
 
 def test_close_stops_the_thread(tmp_path: Path) -> None:
+    before = set(threading.enumerate())
     engine = db.make_engine(f"sqlite:///{tmp_path / 'c.db'}")
     checkpoints = db.WalCheckpoints(engine, every_s=0.01)
+    started = [t for t in threading.enumerate() if t not in before]
+    assert [t.name for t in started] == ["sluice-wal-checkpoints"]
+
     checkpoints.close()
-    time.sleep(0.05)
-    assert not any(t.name == "sluice-wal-checkpoints" and t.is_alive() for t in _threads())
+
+    assert not started[0].is_alive()
     engine.dispose()
-
-
-def _threads() -> list[object]:
-    import threading
-
-    return list(threading.enumerate())
