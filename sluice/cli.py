@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from sluice import errors, logs, masking
+from sluice import errors, logs, masking, process_memory
 from sluice.settings import load_settings
 
 SANDBOX_HELP = "Run the sandbox DSP (a simulated third-party API)."
@@ -71,6 +71,7 @@ Insecure = Annotated[
 @app.command()
 def api(host: Host = None, port: Port = None, insecure: Insecure = False) -> None:
     """Serve the REST API only (no engine)."""
+    process_memory.limit_malloc_arenas()  # before the request threads start
     settings = _prepare_metrics(load_settings())
 
     import uvicorn
@@ -134,6 +135,7 @@ def up(
     insecure: Insecure = False,
 ) -> None:
     """Run the API and the engine in one process (embedded mode, SQLite by default)."""
+    process_memory.limit_malloc_arenas()  # before the engine's and the API's threads start
     settings = _prepare_metrics(load_settings())
 
     from sluice.up import UpOptions, run_up

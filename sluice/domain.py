@@ -215,11 +215,16 @@ class DueTask:
 
 @dataclass(frozen=True)
 class WorkUnit:
-    """One request to one provider on behalf of one or more tasks (a batch poll)."""
+    """One request to one provider on behalf of one or more tasks (a batch poll).
+
+    ``claimed_at``: when this worker claimed its tasks (its monotonic clock), so that the
+    unit is sent only while the claim's lease has time left; None for a unit made outside
+    a claim (it counts as already stale)."""
 
     provider: str
     operation: Operation
     tasks: tuple[DueTask, ...]
+    claimed_at: float | None = None
 
 
 @dataclass(frozen=True)

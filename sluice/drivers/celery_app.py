@@ -18,7 +18,7 @@ from typing import Any
 
 from celery import Celery, signals
 
-from sluice import logs, metrics_host
+from sluice import logs, metrics_host, process_memory
 from sluice.drivers.pump import pump_driver
 from sluice.settings import Settings, load_settings
 from sluice.store import db
@@ -70,7 +70,9 @@ def _mask_logs(logger: Any, **_: Any) -> None:
 @signals.worker_init.connect
 def _import_database_driver(**_: Any) -> None:
     """The pool processes share the database driver's pages: imported here, before they
-    are forked (each connects at its own first pump)."""
+    are forked (each connects at its own first pump). They inherit the cap on malloc arenas
+    too, before any of them starts its sending threads."""
+    process_memory.limit_malloc_arenas()
     db.import_driver(load_settings().database_url)
 
 

@@ -205,7 +205,6 @@ class Dispatcher:
         self.lanes = {name: ProviderLane() for name in providers}
         self.stats = DispatchStats()
         # Task id -> monotonic reading taken just before the claim that holds it.
-        self._claimed_at: dict[int, float] = {}
         self._next_pause_sync = 0.0
         self._next_pause_prune = 0.0
         self._synced: dict[str, datetime] = {}
@@ -310,7 +309,7 @@ class Dispatcher:
                     lane.units.popleft()
                     self.stats.granted += 1
                     lane.granted_at.append(now)
-                    claimed_at = self._claimed_at.get(unit.tasks[0].id)
+                    claimed_at = unit.claimed_at
                     metrics.granted(name, None if claimed_at is None else now - claimed_at)
                     if taken.parts:
                         self._remember_taken(unit, taken)
@@ -357,19 +356,14 @@ class Dispatcher:
                 self._release_stale(stale)
 
     def _lease_left(self, unit: WorkUnit, now: float, guard_s: float) -> bool:
-        """Whether every task of ``unit`` is claimed with more than ``guard_s`` lease left."""
-        for task in unit.tasks:
-            claimed_at = self._claimed_at.get(task.id)
-            if claimed_at is None or now > claimed_at + self.lease_s - guard_s:
-                return False
-        return True
+        """Whether ``unit``'s tasks are claimed with more than ``guard_s`` lease left."""
+        claimed_at = unit.claimed_at
+        return claimed_at is not None and now <= claimed_at + self.lease_s - guard_s
 
     def _release_stale(self, units: list[WorkUnit]) -> None:
         """Give back units whose claims are too old to send on; the claims are still ours."""
         self.stats.stale += len(units)
         claimed = [t for unit in units for t in unit.tasks]
-        for task in claimed:
-            self._claimed_at.pop(task.id, None)
         log.info("dispatcher.released_stale", extra={"count": len(claimed)})
         self.queue.release(claimed, charge=self._fair_cost)
 
@@ -422,8 +416,6 @@ class Dispatcher:
                 "tasks": len(unit.tasks),
             },
         )
-        for task in unit.tasks:
-            self._claimed_at.pop(task.id, None)
         self.queue.release(
             list(unit.tasks), next_attempt_at=verdict.resets_at, charge=self._fair_cost
         )
@@ -508,15 +500,10 @@ class Dispatcher:
     def _add_claimed(
         self, name: str, lane: ProviderLane, due: list[DueTask], claimed_at: float
     ) -> None:
-        forget_before = claimed_at - self.lease_s
-        self._claimed_at = {k: v for k, v in self._claimed_at.items() if v >= forget_before}
         if not due:
             return
-        provider = self.providers[name]
         self.stats.claimed += len(due)
-        for task in due:
-            self._claimed_at[task.id] = claimed_at
-        lane.units.extend(build_units(provider, due))
+        lane.units.extend(build_units(self.providers[name], due, claimed_at))
         if self.fair_share and len(lane.units) > len(due):
             # A top-up may bring children whose parents were created while older roots
             # waited here: they go first, as the claim order has it (trees first).
@@ -582,8 +569,6 @@ class Dispatcher:
         self._collect(name, lane, wait=True)
         claimed = [t for unit in lane.units for t in unit.tasks]
         lane.units.clear()
-        for task in claimed:
-            self._claimed_at.pop(task.id, None)
         at = self.clock.now() + timedelta(seconds=delay_s)
         self.queue.release(claimed, next_attempt_at=at, charge=self._fair_cost)
 
@@ -606,7 +591,6 @@ class Dispatcher:
         claimed = [t for lane in self.lanes.values() for unit in lane.units for t in unit.tasks]
         for lane in self.lanes.values():
             lane.units.clear()
-        self._claimed_at.clear()
         if claimed:
             self.queue.release(claimed, charge=self._fair_cost)
         if self.quotas is not None:
@@ -674,8 +658,11 @@ def _buffer_order(unit: WorkUnit) -> tuple[int, bool]:
     return (-first.priority, is_root)
 
 
-def build_units(provider: Provider, due: list[DueTask]) -> list[WorkUnit]:
-    """One unit per submit or lookup; polls grouped as the provider batches them."""
+def build_units(
+    provider: Provider, due: list[DueTask], claimed_at: float | None = None
+) -> list[WorkUnit]:
+    """One unit per submit or lookup; polls grouped as the provider batches them; each
+    stamped with ``claimed_at``, when its tasks were claimed."""
     from sluice.engine.execute import task_ref
 
     units: list[WorkUnit] = []
@@ -684,12 +671,17 @@ def build_units(provider: Provider, due: list[DueTask]) -> list[WorkUnit]:
         if task.operation is Operation.POLL:
             polls.append(task)
         else:
-            units.append(WorkUnit(provider.name, task.operation, (task,)))
+            units.append(WorkUnit(provider.name, task.operation, (task,), claimed_at))
     if polls:
         by_id = {t.id: t for t in polls}
         for group in provider.poll_groups([task_ref(t) for t in polls]):
             units.append(
-                WorkUnit(provider.name, Operation.POLL, tuple(by_id[r.task_id] for r in group))
+                WorkUnit(
+                    provider.name,
+                    Operation.POLL,
+                    tuple(by_id[r.task_id] for r in group),
+                    claimed_at,
+                )
             )
     return units
 

@@ -172,6 +172,7 @@ def test_an_expired_grant_sends_nothing_and_the_unit_goes_later(world: World) ->
     posts = [t for t, path in world.dsp.arrivals if path == "POST /campaigns"]
     assert len(posts) == 1
     assert dispatcher.stats.expired == 1
+    assert dispatcher.stats.stale == 0  # the unit came back with its claim's time
     assert len(executor.granted) == 3  # the expired create, the create, the poll
 
 
