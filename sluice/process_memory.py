@@ -4,9 +4,9 @@ glibc gives each new thread a malloc arena of its own, up to eight per core, and
 keeps the memory its thread freed for that thread's next allocations. A worker process
 sends from ``executor_threads`` (16) threads, and each of them allocates request bodies,
 responses and result rows too large for Python's own small-object allocator. Measured
-(``python -m bench.worker_memory --backlog sluice_bench_1m``, docs/scaling.md): a pool
-process's private memory grew from 38 MiB to 54 MiB while it sent 140,000 creates, with
-most of the growth in those arenas; with two arenas it grew to 45 MiB.
+(``python -m bench.worker_memory --backlog sluice_bench_1m``, docs/scaling.md, Memory): a
+pool process's private memory grew from 38 MiB to 54 MiB while a worker sent 140,000
+creates; with two arenas, to 47-49 MiB.
 
 This is glibc's ``M_ARENA_MAX``, set with ``mallopt`` through ``ctypes``: no library sets
 it, and the environment variable (``MALLOC_ARENA_MAX``) only works when set before the
