@@ -204,7 +204,6 @@ class Dispatcher:
         self.pauses = pauses
         self.lanes = {name: ProviderLane() for name in providers}
         self.stats = DispatchStats()
-        # Task id -> monotonic reading taken just before the claim that holds it.
         self._next_pause_sync = 0.0
         self._next_pause_prune = 0.0
         self._synced: dict[str, datetime] = {}
