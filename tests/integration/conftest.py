@@ -64,19 +64,36 @@ def sandbox_stats(base_url: str) -> dict[str, Any]:
     return stats
 
 
+_made_runtimes: list[Runtime] = []
+"""Runtimes :func:`make_runtime` built during the running test (closed at its end)."""
+
+
+@pytest.fixture(autouse=True)
+def _close_made_runtimes() -> Iterator[None]:
+    """Close what ``make_runtime`` built: its checkpoint thread, clients and connections
+    would otherwise outlive the test and load the ones after it."""
+    yield
+    while _made_runtimes:
+        _made_runtimes.pop().close()
+
+
 def make_runtime(
     tmp_path: Path,
     providers: dict[str, dict[str, Any]],
     database_url: str | None = None,
     **extra: Any,
 ) -> Runtime:
+    """A runtime over ``providers`` (SQLite under ``tmp_path`` unless ``database_url``),
+    closed at the end of the test (closing it earlier is harmless)."""
     settings = load_settings(
         database_url=database_url or f"sqlite:///{tmp_path / 'sluice.db'}",
         providers=providers,
         default_provider=next(iter(providers)),
         **extra,
     )
-    return build_runtime(settings)
+    runtime = build_runtime(settings)
+    _made_runtimes.append(runtime)
+    return runtime
 
 
 def run_until_final(
