@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from sluice import process_memory
 from sluice.drivers.executor import ThreadExecutor, build_dispatch, summarise
 from sluice.engine.dispatcher import Dispatcher, monotonic_deadline
 from sluice.runtime import Runtime, build_runtime
@@ -50,6 +51,9 @@ class PumpDriver:
             time.sleep(0.01)
         # Grants that expired while the round ended came back after it let go of its claims.
         self.dispatcher.release_all_quietly()
+        # The round's rows, bodies and responses are freed now: give their pages back, or
+        # the pool process keeps its busiest round's worth (docs/scaling.md, Memory).
+        process_memory.release_free_memory()
         if time.monotonic() >= self.next_summary_at:
             self.next_summary_at = time.monotonic() + SUMMARY_EVERY_S
             log.info("pump.summary", extra=summarise(self.executor, self.dispatcher))
