@@ -82,7 +82,6 @@ def test_an_operators_setting_wins(monkeypatch: pytest.MonkeyPatch) -> None:
 # A fragmented heap: 60 MB of blocks glibc's malloc serves, one in fifty kept, the rest
 # freed. What the process holds privately is read before and after the release.
 TRIM_SCRIPT = """
-import sys
 from sluice import process_memory
 def private_kib():
     with open("/proc/self/smaps_rollup") as rollup:
