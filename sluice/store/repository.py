@@ -18,13 +18,14 @@ event in the same transaction.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from sluice import errors
 from sluice.clock import Clock, SystemClock
@@ -54,6 +55,10 @@ from sluice.store.rows import (
 )
 
 MAX_PAGE = 1000
+PARENT_BUSY_S = 10.0
+"""How long a create tries again while a parent it names is locked by another transaction
+(a completion, a claim or a poll holds the row for milliseconds)."""
+LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL refused a NOWAIT row lock
 _T = TypeVar("_T")
 # Tasks that wait for a grant when due: ready, claimed to submit, polled, looked up.
 WAITING_PHASES = (
@@ -291,12 +296,36 @@ class TaskRepository:
         # A bulk COPY (store/bulk.py) raises the driver's own IntegrityError.
         driver_conflict = getattr(self.engine.dialect.dbapi, "IntegrityError", IntegrityError)
         try:
-            with self.engine.begin() as conn:
-                return write(conn)
+            return self._past_busy_parents(write, specs)
         except IntegrityError as exc:
             raise errors.TaskConflict(_conflict_message(exc.orig or exc, specs)) from exc
         except driver_conflict as exc:
             raise errors.TaskConflict(_conflict_message(exc, specs)) from exc
+
+    def _past_busy_parents(
+        self, write: Callable[[Connection], _T], specs: Sequence[Submission]
+    ) -> _T:
+        """``write`` in a transaction, begun again while a parent it names is being changed
+        by another transaction (whose row lock it never waits for); StoreUnavailable (503)
+        if a parent stays locked for ``PARENT_BUSY_S``."""
+        deadline = time.monotonic() + PARENT_BUSY_S
+        pause = 0.002
+        while True:
+            try:
+                with self.engine.begin() as conn:
+                    return write(conn)
+            except OperationalError as exc:
+                if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+                    raise
+                if time.monotonic() + pause > deadline:
+                    parents = sorted({s.parent_id for s in specs if s.parent_id is not None})
+                    raise errors.StoreUnavailable(
+                        f"parent task(s) {', '.join(map(str, parents))} stayed locked by "
+                        f"another transaction for {PARENT_BUSY_S:g} s; try again",
+                        self.engine.url.render_as_string(hide_password=True),
+                    ) from exc
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
     def _insert_batch(
         self, conn: Connection, specs: Sequence[Submission], now: datetime
@@ -437,8 +466,13 @@ class TaskRepository:
         found: dict[int, TaskStatus] = {}
         owners: dict[int, str] = {}
         for chunk in chunks(sorted(wanted)):
+            query = select(tasks.c.id, tasks.c.tenant, tasks.c.status).where(tasks.c.id.in_(chunk))
+            # Held until the children are committed, so a parent's status cannot change in
+            # between: a completion committing after this read would release children it
+            # cannot see yet, leaving them waiting for ever. Never waited for (NOWAIT), so
+            # no deadlock with a writer changing several parents: _in_write begins again.
             for task_id, tenant, status in conn.execute(
-                select(tasks.c.id, tasks.c.tenant, tasks.c.status).where(tasks.c.id.in_(chunk))
+                query.with_for_update(read=True, nowait=True)
             ):
                 found[task_id] = TaskStatus(status)
                 owners[task_id] = tenant

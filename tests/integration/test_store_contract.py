@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -13,7 +14,8 @@ from sqlalchemy import func, insert, select, text
 from sluice import errors
 from sluice.clock import FakeClock, SystemClock
 from sluice.domain import Phase, Submission, Task, TaskStatus
-from sluice.store import db
+from sluice.store import db, repository
+from sluice.store.chains import release_children
 from sluice.store.repository import TaskRepository
 from sluice.store.rows import change_status, events, tasks
 
@@ -211,6 +213,72 @@ def test_explicit_id_while_another_create_is_in_flight(postgres_url: str) -> Non
         engine.dispose()
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("batch", [False, True], ids=["single", "bulk"])
+def test_child_created_while_its_parent_completes_is_released(
+    postgres_url: str, batch: bool
+) -> None:
+    """A child created while its parent's completion is uncommitted in another transaction
+    starts ready once that completion commits, never waiting for a release that has passed.
+
+    Under READ COMMITTED the create used to read the parent as Running, the completion's
+    release saw no uncommitted child, and the child waited for ever."""
+    engine = db.make_engine(postgres_url)
+    db.ensure_schema(engine)
+    repo = TaskRepository(engine, FakeClock(START))
+    made: list[int] = []
+
+    def create_child() -> None:
+        child = submission(kind="ad_group", parent_id=parent.id)
+        made.extend(repo.create_many([child]) if batch else [repo.create(child)[0].id])
+
+    try:
+        parent = repo.create(submission())[0]
+        with engine.begin() as conn:
+            assert change_status(conn, parent, TaskStatus.IN_PROGRESS, now=START, event="test")
+        running = repo.get(parent.id)
+        creator = threading.Thread(target=create_child)
+        with engine.connect() as other:
+            completing = other.begin()
+            assert change_status(
+                other, running, TaskStatus.COMPLETED, now=START, event="test", phase="done"
+            )
+            release_children(other, [parent.id], START)
+            creator.start()
+            creator.join(timeout=0.5)  # the create reads the parent meanwhile
+            completing.commit()
+        creator.join(timeout=30)
+
+        assert not creator.is_alive()
+        assert repo.get(made[0]).phase is Phase.READY
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_child_of_a_parent_locked_too_long_is_refused_unwritten(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A parent another transaction keeps changing past the wait: 503's error, naming the
+    parent, and nothing written."""
+    monkeypatch.setattr(repository, "PARENT_BUSY_S", 0.3)
+    engine = db.make_engine(postgres_url)
+    db.ensure_schema(engine)
+    repo = TaskRepository(engine, FakeClock(START))
+    try:
+        parent = repo.create(submission())[0]
+        with engine.connect() as other:
+            holding = other.begin()
+            other.execute(tasks.update().where(tasks.c.id == parent.id).values(priority=1))
+            with pytest.raises(errors.StoreUnavailable, match=f"parent task\\(s\\) {parent.id} "):
+                repo.create(submission(parent_id=parent.id))
+            holding.rollback()
+        with engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(tasks)).scalar_one() == 1
+    finally:
+        engine.dispose()
+
+
 def create_store_gap(repo: TaskRepository) -> int:
     """Use up sequence numbers without rows (a rolled-back create) and return a free id."""
     repo.create(submission())
@@ -274,8 +342,8 @@ def test_large_batch_is_created_with_one_event_each(store: Store) -> None:
     ],
 )
 def test_single_create_writes_what_a_batch_writes(store: Store, fields: dict[str, object]) -> None:
-    """A single create (one statement for row and event on PostgreSQL) stores the same row
-    and the same 'created' event as the bulk path, apart from id and client ref."""
+    """A single create (its own statements on PostgreSQL) stores the same row and the same
+    'created' event as the bulk path, apart from id and client ref."""
     single = create(store, submission(**fields))
     [batched_id] = store.repo.create_many([submission(**{**fields, "idempotency_key": None})])
     batched = store.repo.get(batched_id)
