@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, Table, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, Table, func, insert, or_, select, update
 
 from sluice import errors
 from sluice.clock import Clock, SystemClock
@@ -227,58 +227,65 @@ class BulkJobs:
         Raises NotFound when the job is gone or no longer ``worker``'s.
         """
         now = self.clock.now()
-        with self.engine.begin() as conn:
-            held = conn.execute(
-                update(bulk_jobs)
-                .where(
-                    bulk_jobs.c.id == job_id,
-                    bulk_jobs.c.state == RUNNING,
-                    bulk_jobs.c.claimed_by == worker,
-                )
-                .values(updated_at=now, claimed_until=now + timedelta(seconds=lease_s))
-                .returning(bulk_jobs)
-            ).first()
-            if held is None:
-                raise errors.BulkJobNotFound(f"bulk job {job_id} is not running under {worker}")
-            job = _job(held)
-            query = (
-                select(tasks)
-                .where(
-                    *job.filter.clauses(job.tenant),
-                    eligible(job.action),
-                    tasks.c.id > job.cursor,
-                    tasks.c.id <= job.max_id,
-                )
-                .order_by(tasks.c.id)
-                .limit(batch)
+        # A retried task's parent is read under a lock never waited for: begun again.
+        return self.repo.past_busy_parents(
+            lambda conn: self._run_batch_in(conn, job_id, worker, batch, lease_s, now), []
+        )
+
+    def _run_batch_in(
+        self, conn: Connection, job_id: int, worker: str, batch: int, lease_s: float, now: datetime
+    ) -> bool:
+        held = conn.execute(
+            update(bulk_jobs)
+            .where(
+                bulk_jobs.c.id == job_id,
+                bulk_jobs.c.state == RUNNING,
+                bulk_jobs.c.claimed_by == worker,
             )
-            if self._postgres:
-                query = query.with_for_update()
-            rows = conn.execute(query).all()
-            changed = skipped = 0
-            for row in rows:
-                task = row_to_task(row)
-                try:
-                    if job.action == "retry":
-                        self.repo.retry_in(conn, task, now)
-                    else:
-                        self.repo.cancel_in(conn, task, now)
-                    changed += 1
-                except (errors.IllegalTransition, errors.TaskConflict):
-                    skipped += 1
-            done = len(rows) < batch
-            values: dict[str, Any] = {
-                "cursor": rows[-1].id if rows else job.cursor,
-                "changed": bulk_jobs.c.changed + changed,
-                "skipped": bulk_jobs.c.skipped + skipped,
-            }
-            if done:
-                values.update(
-                    state=DONE,
-                    finished_at=now,
-                    cursor=job.max_id,
-                    claimed_by=None,
-                    claimed_until=None,
-                )
-            conn.execute(update(bulk_jobs).where(bulk_jobs.c.id == job_id).values(**values))
+            .values(updated_at=now, claimed_until=now + timedelta(seconds=lease_s))
+            .returning(bulk_jobs)
+        ).first()
+        if held is None:
+            raise errors.BulkJobNotFound(f"bulk job {job_id} is not running under {worker}")
+        job = _job(held)
+        query = (
+            select(tasks)
+            .where(
+                *job.filter.clauses(job.tenant),
+                eligible(job.action),
+                tasks.c.id > job.cursor,
+                tasks.c.id <= job.max_id,
+            )
+            .order_by(tasks.c.id)
+            .limit(batch)
+        )
+        if self._postgres:
+            query = query.with_for_update()
+        rows = conn.execute(query).all()
+        changed = skipped = 0
+        for row in rows:
+            task = row_to_task(row)
+            try:
+                if job.action == "retry":
+                    self.repo.retry_in(conn, task, now)
+                else:
+                    self.repo.cancel_in(conn, task, now)
+                changed += 1
+            except (errors.IllegalTransition, errors.TaskConflict):
+                skipped += 1
+        done = len(rows) < batch
+        values: dict[str, Any] = {
+            "cursor": rows[-1].id if rows else job.cursor,
+            "changed": bulk_jobs.c.changed + changed,
+            "skipped": bulk_jobs.c.skipped + skipped,
+        }
+        if done:
+            values.update(
+                state=DONE,
+                finished_at=now,
+                cursor=job.max_id,
+                claimed_by=None,
+                claimed_until=None,
+            )
+        conn.execute(update(bulk_jobs).where(bulk_jobs.c.id == job_id).values(**values))
         return done

@@ -93,7 +93,13 @@ class TaskRepository:
             return self._get(conn, task_id, tenant)
 
     def _get(
-        self, conn: Connection, task_id: int, tenant: str | None, *, lock: bool = False
+        self,
+        conn: Connection,
+        task_id: int,
+        tenant: str | None,
+        *,
+        lock: bool = False,
+        as_parent: bool = False,
     ) -> Task:
         query = select(tasks).where(tasks.c.id == task_id)
         if tenant is not None:
@@ -101,6 +107,8 @@ class TaskRepository:
             query = query.where(tasks.c.tenant == tenant)
         if lock and self._postgres:
             query = query.with_for_update()
+        elif as_parent and self._postgres:
+            query = query.with_for_update(read=True, nowait=True)  # see _parent_statuses
         row = conn.execute(query).first()
         if row is None:
             raise errors.TaskNotFound(task_id)
@@ -296,18 +304,19 @@ class TaskRepository:
         # A bulk COPY (store/bulk.py) raises the driver's own IntegrityError.
         driver_conflict = getattr(self.engine.dialect.dbapi, "IntegrityError", IntegrityError)
         try:
-            return self._past_busy_parents(write, specs)
+            return self.past_busy_parents(
+                write, sorted({s.parent_id for s in specs if s.parent_id is not None})
+            )
         except IntegrityError as exc:
             raise errors.TaskConflict(_conflict_message(exc.orig or exc, specs)) from exc
         except driver_conflict as exc:
             raise errors.TaskConflict(_conflict_message(exc, specs)) from exc
 
-    def _past_busy_parents(
-        self, write: Callable[[Connection], _T], specs: Sequence[Submission]
-    ) -> _T:
-        """``write`` in a transaction, begun again while a parent it names is being changed
-        by another transaction (whose row lock it never waits for); StoreUnavailable (503)
-        if a parent stays locked for ``PARENT_BUSY_S``."""
+    def past_busy_parents(self, write: Callable[[Connection], _T], parents: Sequence[int]) -> _T:
+        """``write`` in a transaction, begun again while a parent task it reads under a
+        shared lock (``parents``, for the message) is being changed by another transaction,
+        whose row lock it never waits for; StoreUnavailable (503) if a parent stays locked
+        for ``PARENT_BUSY_S``."""
         deadline = time.monotonic() + PARENT_BUSY_S
         pause = 0.002
         while True:
@@ -318,10 +327,10 @@ class TaskRepository:
                 if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
                     raise
                 if time.monotonic() + pause > deadline:
-                    parents = sorted({s.parent_id for s in specs if s.parent_id is not None})
+                    named = f"task(s) {', '.join(map(str, parents))}" if parents else "task"
                     raise errors.StoreUnavailable(
-                        f"parent task(s) {', '.join(map(str, parents))} stayed locked by "
-                        f"another transaction for {PARENT_BUSY_S:g} s; try again",
+                        f"parent {named} stayed locked by another transaction for "
+                        f"{PARENT_BUSY_S:g} s; try again",
                         self.engine.url.render_as_string(hide_password=True),
                     ) from exc
             time.sleep(pause)
@@ -470,7 +479,8 @@ class TaskRepository:
             # Held until the children are committed, so a parent's status cannot change in
             # between: a completion committing after this read would release children it
             # cannot see yet, leaving them waiting for ever. Never waited for (NOWAIT), so
-            # no deadlock with a writer changing several parents: _in_write begins again.
+            # no lock cycle with a writer changing several parents: past_busy_parents
+            # begins the transaction again.
             for task_id, tenant, status in conn.execute(
                 query.with_for_update(read=True, nowait=True)
             ):
@@ -524,7 +534,8 @@ class TaskRepository:
         retry the parent instead (it brings its ended descendants back with it).
         """
         now = self.clock.now()
-        with self.engine.begin() as conn:
+
+        def retried(conn: Connection) -> Task:
             task = self._get(conn, task_id, tenant, lock=True)
             restarted = self.retry_in(conn, task, now)
             audit.record(
@@ -537,6 +548,8 @@ class TaskRepository:
                 detail={"from_status": task.status.value, "descendants_retried": restarted},
             )
             return self._get(conn, task_id, None)
+
+        return self.past_busy_parents(retried, [])
 
     def cancel_in(self, conn: Connection, task: Task, now: datetime) -> int:
         """Cancel ``task`` (read under lock in ``conn``) and its unfinished descendants, in
@@ -571,7 +584,9 @@ class TaskRepository:
             )
         parent_status = None
         if task.parent_id is not None:
-            parent_status = self._get(conn, task.parent_id, None).status
+            # Under a shared lock, as a create reads it: a completion committing meanwhile
+            # would release children before this one waits (call through past_busy_parents).
+            parent_status = self._get(conn, task.parent_id, None, as_parent=True).status
             if parent_status in (TaskStatus.ERROR, TaskStatus.CANCELLED):
                 raise errors.IllegalTransition(
                     f"task {task.id} cannot run while its parent task {task.parent_id} "

@@ -13,9 +13,11 @@ from sqlalchemy import func, insert, select, text
 
 from sluice import errors
 from sluice.clock import FakeClock, SystemClock
-from sluice.domain import Phase, Submission, Task, TaskStatus
+from sluice.domain import LOCAL_ACTOR, Phase, Submission, Task, TaskStatus
 from sluice.store import db, repository
+from sluice.store.bulkjobs import BulkJobs
 from sluice.store.chains import release_children
+from sluice.store.filters import TaskFilter
 from sluice.store.repository import TaskRepository
 from sluice.store.rows import change_status, events, tasks
 
@@ -251,6 +253,51 @@ def test_child_created_while_its_parent_completes_is_released(
 
         assert not creator.is_alive()
         assert repo.get(made[0]).phase is Phase.READY
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("how", ["retry", "bulk job"])
+def test_child_retried_while_its_parent_completes_is_released(postgres_url: str, how: str) -> None:
+    """A cancelled child retried while its parent's completion is uncommitted elsewhere
+    comes back ready once that completion commits (it used to wait for ever)."""
+    engine = db.make_engine(postgres_url)
+    db.ensure_schema(engine)
+    repo = TaskRepository(engine, FakeClock(START))
+    jobs = BulkJobs(repo, FakeClock(START))
+
+    def retry_child() -> None:
+        if how == "retry":
+            repo.retry(child.id)
+            return
+        wanted = TaskFilter(kind="ad_group")
+        job = jobs.start("retry", wanted, None, jobs.preview("retry", wanted, None), LOCAL_ACTOR)
+        assert jobs.claim("test", 60.0) is not None
+        while not jobs.run_batch(job.id, "test"):
+            pass
+
+    try:
+        parent = repo.create(submission())[0]
+        child = repo.create(submission(kind="ad_group", parent_id=parent.id))[0]
+        with engine.begin() as conn:
+            assert change_status(conn, parent, TaskStatus.IN_PROGRESS, now=START, event="test")
+        repo.cancel(child.id)
+        running = repo.get(parent.id)
+        retrier = threading.Thread(target=retry_child)
+        with engine.connect() as other:
+            completing = other.begin()
+            assert change_status(
+                other, running, TaskStatus.COMPLETED, now=START, event="test", phase="done"
+            )
+            release_children(other, [parent.id], START)
+            retrier.start()
+            retrier.join(timeout=0.5)  # the retry reads the parent meanwhile
+            completing.commit()
+        retrier.join(timeout=30)
+
+        assert not retrier.is_alive()
+        assert repo.get(child.id).phase is Phase.READY
     finally:
         engine.dispose()
 
