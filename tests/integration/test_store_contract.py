@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -215,6 +215,25 @@ def test_explicit_id_while_another_create_is_in_flight(postgres_url: str) -> Non
         engine.dispose()
 
 
+def complete_while(repo: TaskRepository, parent_id: int, action: Callable[[], None]) -> None:
+    """Complete the In Progress ``parent_id`` and release its children in a transaction of
+    its own, left uncommitted while ``action`` runs in a thread (half a second: time to
+    read the parent), then committed; ``action`` must end within 30 s."""
+    running = repo.get(parent_id)
+    worker = threading.Thread(target=action)
+    with repo.engine.connect() as other:
+        completing = other.begin()
+        assert change_status(
+            other, running, TaskStatus.COMPLETED, now=START, event="test", phase="done"
+        )
+        release_children(other, [parent_id], START)
+        worker.start()
+        worker.join(timeout=0.5)
+        completing.commit()
+    worker.join(timeout=30)
+    assert not worker.is_alive()
+
+
 @pytest.mark.postgres
 @pytest.mark.parametrize("batch", [False, True], ids=["single", "bulk"])
 def test_child_created_while_its_parent_completes_is_released(
@@ -238,20 +257,8 @@ def test_child_created_while_its_parent_completes_is_released(
         parent = repo.create(submission())[0]
         with engine.begin() as conn:
             assert change_status(conn, parent, TaskStatus.IN_PROGRESS, now=START, event="test")
-        running = repo.get(parent.id)
-        creator = threading.Thread(target=create_child)
-        with engine.connect() as other:
-            completing = other.begin()
-            assert change_status(
-                other, running, TaskStatus.COMPLETED, now=START, event="test", phase="done"
-            )
-            release_children(other, [parent.id], START)
-            creator.start()
-            creator.join(timeout=0.5)  # the create reads the parent meanwhile
-            completing.commit()
-        creator.join(timeout=30)
+        complete_while(repo, parent.id, create_child)
 
-        assert not creator.is_alive()
         assert repo.get(made[0]).phase is Phase.READY
     finally:
         engine.dispose()
@@ -283,20 +290,8 @@ def test_child_retried_while_its_parent_completes_is_released(postgres_url: str,
         with engine.begin() as conn:
             assert change_status(conn, parent, TaskStatus.IN_PROGRESS, now=START, event="test")
         repo.cancel(child.id)
-        running = repo.get(parent.id)
-        retrier = threading.Thread(target=retry_child)
-        with engine.connect() as other:
-            completing = other.begin()
-            assert change_status(
-                other, running, TaskStatus.COMPLETED, now=START, event="test", phase="done"
-            )
-            release_children(other, [parent.id], START)
-            retrier.start()
-            retrier.join(timeout=0.5)  # the retry reads the parent meanwhile
-            completing.commit()
-        retrier.join(timeout=30)
+        complete_while(repo, parent.id, retry_child)
 
-        assert not retrier.is_alive()
         assert repo.get(child.id).phase is Phase.READY
     finally:
         engine.dispose()
