@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, case, select, update
 
-from sluice.domain import FINAL_STATUSES, Phase, Submission, TaskStatus
+from sluice.domain import FINAL_STATUSES, Phase, Submission, Task, TaskStatus
 from sluice.store.rows import change_status, chunks, row_to_task, tasks
 
 
@@ -94,27 +94,38 @@ def descendant_ids(conn: Connection, roots: Sequence[int]) -> list[int]:
 def end_descendants(
     conn: Connection, roots: Sequence[int], status: TaskStatus, message: str, now: datetime
 ) -> int:
-    """End every unfinished descendant of ``roots`` with ``status`` and ``message``."""
+    """End every unfinished descendant of ``roots`` with ``status`` and ``message``.
+
+    The tree is read again after each pass until it shows nothing new: a child being created
+    under a descendant holds that descendant's row (``FOR SHARE``, repository), so ending the
+    descendant waits for the child's commit, and the next read sees the child."""
     count = 0
-    for chunk in chunks(descendant_ids(conn, roots)):
-        rows = conn.execute(
-            select(tasks).where(
-                and_(
-                    tasks.c.id.in_(chunk), tasks.c.status.not_in([s.value for s in FINAL_STATUSES])
+    seen: set[int] = set()
+    while fresh := [i for i in descendant_ids(conn, roots) if i not in seen]:
+        seen.update(fresh)
+        for chunk in chunks(fresh):
+            rows = conn.execute(
+                select(tasks).where(
+                    and_(
+                        tasks.c.id.in_(chunk),
+                        tasks.c.status.not_in([s.value for s in FINAL_STATUSES]),
+                    )
                 )
-            )
-        ).all()
-        for row in rows:
-            task = row_to_task(row)
-            fields: dict[str, Any] = {
-                "phase": Phase.DONE.value,
-                "next_attempt_at": None,
-                "last_error": message,
-            }
-            if status is TaskStatus.ERROR:
-                fields["validation_error"] = message
-            if change_status(
-                conn, task, status, now=now, event="parent_ended", detail=message, **fields
-            ):
-                count += 1
+            ).all()
+            for row in rows:
+                if _end(conn, row_to_task(row), status, message, now):
+                    count += 1
     return count
+
+
+def _end(conn: Connection, task: Task, status: TaskStatus, message: str, now: datetime) -> bool:
+    fields: dict[str, Any] = {
+        "phase": Phase.DONE.value,
+        "next_attempt_at": None,
+        "last_error": message,
+    }
+    if status is TaskStatus.ERROR:
+        fields["validation_error"] = message
+    return change_status(
+        conn, task, status, now=now, event="parent_ended", detail=message, **fields
+    )

@@ -595,11 +595,30 @@ class TaskRepository:
                 )
         self._restart(conn, task, parent_status, now)
         restarted = 0
-        for child in self._descendants(conn, task.id):
-            if child.status in (TaskStatus.ERROR, TaskStatus.CANCELLED):
-                self._restart(conn, child, TaskStatus.NOT_STARTED, now)
+        seen: set[int] = set()
+        # Read again until nothing new shows: a child created under a descendant meanwhile
+        # held that descendant's row, so restarting it waited for the child's commit.
+        while ended := [
+            child
+            for child in self._descendants(conn, task.id)
+            if child.id not in seen and child.status in (TaskStatus.ERROR, TaskStatus.CANCELLED)
+        ]:
+            seen.update(child.id for child in ended)
+            parents = self._statuses(conn, {child.parent_id for child in ended})
+            for child in ended:
+                # A parent that stays Completed (a tracked one) releases nothing again.
+                self._restart(conn, child, parents.get(child.parent_id), now)
                 restarted += 1
         return restarted
+
+    def _statuses(self, conn: Connection, ids: set[int | None]) -> dict[int | None, TaskStatus]:
+        found: dict[int | None, TaskStatus] = {}
+        for chunk in chunks(sorted(i for i in ids if i is not None)):
+            for task_id, status in conn.execute(
+                select(tasks.c.id, tasks.c.status).where(tasks.c.id.in_(chunk))
+            ):
+                found[task_id] = TaskStatus(status)
+        return found
 
     def _restart(
         self, conn: Connection, task: Task, parent_status: TaskStatus | None, now: datetime

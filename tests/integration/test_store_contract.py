@@ -13,11 +13,12 @@ from sqlalchemy import func, insert, select, text
 
 from sluice import errors
 from sluice.clock import FakeClock, SystemClock
-from sluice.domain import LOCAL_ACTOR, Phase, Submission, Task, TaskStatus
+from sluice.domain import LOCAL_ACTOR, Outcome, Phase, Submission, Task, TaskStatus
 from sluice.store import db, repository
 from sluice.store.bulkjobs import BulkJobs
 from sluice.store.chains import release_children
 from sluice.store.filters import TaskFilter
+from sluice.store.queue import WorkQueue
 from sluice.store.repository import TaskRepository
 from sluice.store.rows import change_status, events, tasks
 
@@ -295,6 +296,113 @@ def test_child_retried_while_its_parent_completes_is_released(postgres_url: str,
         assert repo.get(child.id).phase is Phase.READY
     finally:
         engine.dispose()
+
+
+def create_grandchild_while(
+    repo: TaskRepository, parent_id: int, action: Callable[[], None]
+) -> int:
+    """Insert a child of ``parent_id`` as a create does (the parent read under its shared
+    lock), left uncommitted while ``action`` runs in a thread, which must wait for it;
+    then committed. Returns the child's id."""
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            action()
+        except BaseException as exc:
+            failed.append(exc)
+
+    worker = threading.Thread(target=run)
+    with repo.engine.connect() as conn:
+        creating = conn.begin()
+        [child] = repo._insert_batch(conn, [submission(kind="ad", parent_id=parent_id)], START)
+        worker.start()
+        worker.join(timeout=0.5)
+        assert worker.is_alive(), "the action did not wait for the new child's lock"
+        creating.commit()
+    worker.join(timeout=30)
+    assert not worker.is_alive()
+    assert not failed, failed
+    return child
+
+
+def in_progress_with_a_waiting_child(repo: TaskRepository) -> tuple[int, int]:
+    parent = repo.create(submission())[0]
+    with repo.engine.begin() as conn:
+        assert change_status(conn, parent, TaskStatus.IN_PROGRESS, now=START, event="test")
+    child = repo.create(submission(kind="ad_group", parent_id=parent.id))[0]
+    assert child.phase is Phase.WAITING_PARENT
+    return parent.id, child.id
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("end", ["cancel", "error outcome"])
+def test_grandchild_created_while_an_ancestor_ends_is_ended(postgres_url: str, end: str) -> None:
+    """A grandchild committed while its grandparent's end walks the tree ends with it (it
+    used to wait for ever under an ended parent): the walk reads the tree again."""
+    engine = db.make_engine(postgres_url)
+    db.ensure_schema(engine)
+    repo = TaskRepository(engine, FakeClock(START))
+    try:
+        root, child = in_progress_with_a_waiting_child(repo)
+        failed = Outcome(
+            task_id=root,
+            from_status=TaskStatus.IN_PROGRESS,
+            to_status=TaskStatus.ERROR,
+            phase=Phase.DONE,
+            event="failed",
+            fields={"last_error": "boom"},
+            end_descendants=(TaskStatus.ERROR, f"parent task {root} failed: boom"),
+        )
+        action = (
+            (lambda: repo.cancel(root))
+            if end == "cancel"
+            else (lambda: WorkQueue(engine).apply([failed], START))
+        )
+        grandchild = create_grandchild_while(repo, child, action)
+
+        ended = TaskStatus.CANCELLED if end == "cancel" else TaskStatus.ERROR
+        assert repo.get(child).status is ended
+        assert (repo.get(grandchild).status, repo.get(grandchild).phase) == (ended, Phase.DONE)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_grandchild_created_while_an_ancestor_is_retried_is_retried(postgres_url: str) -> None:
+    """A grandchild committed (Cancelled, under a Cancelled parent) while its grandparent's
+    retry walks the tree comes back with the tree."""
+    engine = db.make_engine(postgres_url)
+    db.ensure_schema(engine)
+    repo = TaskRepository(engine, FakeClock(START))
+    try:
+        root, child = in_progress_with_a_waiting_child(repo)
+        repo.cancel(root)
+        grandchild = create_grandchild_while(repo, child, lambda: repo.retry(root))
+
+        assert repo.get(child).status is TaskStatus.NOT_STARTED
+        got = repo.get(grandchild)
+        assert (got.status, got.phase) == (TaskStatus.NOT_STARTED, Phase.WAITING_PARENT)
+    finally:
+        engine.dispose()
+
+
+def test_retry_readies_a_descendant_whose_parent_stays_completed(store: Store) -> None:
+    """A retried tree's descendant under a Completed tracked task is ready at once: that
+    parent will not complete again to release it."""
+    root = create(store, submission())
+    tracked = create(
+        store, Submission(provider="sandbox", parent_id=root.id, status=TaskStatus.COMPLETED)
+    )
+    assert tracked.track_only
+    assert tracked.status is TaskStatus.COMPLETED
+    leaf = create(store, submission(kind="ad", parent_id=tracked.id))
+    store.repo.cancel(root.id)
+    assert store.repo.get(leaf.id).status is TaskStatus.CANCELLED
+
+    store.repo.retry(root.id)
+
+    assert store.repo.get(leaf.id).phase is Phase.READY
 
 
 @pytest.mark.postgres
