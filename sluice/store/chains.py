@@ -10,7 +10,7 @@ use the same functions.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -91,18 +91,25 @@ def descendant_ids(conn: Connection, roots: Sequence[int]) -> list[int]:
     return found
 
 
-def end_descendants(
-    conn: Connection, roots: Sequence[int], status: TaskStatus, message: str, now: datetime
-) -> int:
-    """End every unfinished descendant of ``roots`` with ``status`` and ``message``.
+def settled_descendants(conn: Connection, roots: Sequence[int]) -> Iterator[list[int]]:
+    """Ids of the descendants of ``roots``, in batches of ones not seen before: after the
+    caller has changed a batch the tree is read again, until it shows nothing new.
 
-    The tree is read again after each pass until it shows nothing new: a child being created
-    under a descendant holds that descendant's row (``FOR SHARE``, repository), so ending the
-    descendant waits for the child's commit, and the next read sees the child."""
-    count = 0
+    A child being created under a descendant holds that descendant's row (``FOR SHARE``,
+    repository), so changing the descendant waits for the child's commit, and the next read
+    finds the child: ending or retrying a tree takes in children created meanwhile."""
     seen: set[int] = set()
     while fresh := [i for i in descendant_ids(conn, roots) if i not in seen]:
         seen.update(fresh)
+        yield fresh
+
+
+def end_descendants(
+    conn: Connection, roots: Sequence[int], status: TaskStatus, message: str, now: datetime
+) -> int:
+    """End every unfinished descendant of ``roots`` with ``status`` and ``message``."""
+    count = 0
+    for fresh in settled_descendants(conn, roots):
         for chunk in chunks(fresh):
             rows = conn.execute(
                 select(tasks).where(

@@ -40,7 +40,7 @@ from sluice.domain import (
     TaskStatus,
 )
 from sluice.store import audit, bulk, fairshare
-from sluice.store.chains import descendant_ids, end_descendants, initial_phase, restart_phase
+from sluice.store.chains import end_descendants, initial_phase, restart_phase, settled_descendants
 from sluice.store.filters import TaskFilter
 from sluice.store.queue import due_now
 from sluice.store.rows import (
@@ -595,15 +595,12 @@ class TaskRepository:
                 )
         self._restart(conn, task, parent_status, now)
         restarted = 0
-        seen: set[int] = set()
-        # Read again until nothing new shows: a child created under a descendant meanwhile
-        # held that descendant's row, so restarting it waited for the child's commit.
-        while ended := [
-            child
-            for child in self._descendants(conn, task.id)
-            if child.id not in seen and child.status in (TaskStatus.ERROR, TaskStatus.CANCELLED)
-        ]:
-            seen.update(child.id for child in ended)
+        for fresh in settled_descendants(conn, [task.id]):
+            ended = [
+                child
+                for child in self._tasks(conn, fresh)
+                if child.status in (TaskStatus.ERROR, TaskStatus.CANCELLED)
+            ]
             parents = self._statuses(conn, {child.parent_id for child in ended})
             for child in ended:
                 # A parent that stays Completed (a tracked one) releases nothing again.
@@ -612,6 +609,7 @@ class TaskRepository:
         return restarted
 
     def _statuses(self, conn: Connection, ids: set[int | None]) -> dict[int | None, TaskStatus]:
+        """The current status of each task in ``ids`` (None, a root's parent, left out)."""
         found: dict[int | None, TaskStatus] = {}
         for chunk in chunks(sorted(i for i in ids if i is not None)):
             for task_id, status in conn.execute(
@@ -643,10 +641,7 @@ class TaskRepository:
             poll_interval_s=None,
         )
 
-    def _descendants(self, conn: Connection, task_id: int) -> list[Task]:
-        ids = descendant_ids(conn, [task_id])
-        if not ids:
-            return []
+    def _tasks(self, conn: Connection, ids: list[int]) -> list[Task]:
         found: list[Task] = []
         for chunk in chunks(ids):
             found.extend(
