@@ -18,7 +18,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, Row, Table, delete, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Row,
+    Table,
+    and_,
+    case,
+    delete,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from sluice.store import db
@@ -72,18 +84,17 @@ class PauseStore:
         the pause when it is the one that sets the end.
         """
         described = {"signal": signal, "reason": reason, "actor": None, "since": since}
+        statement = self._insert(pauses).values(key=key, until=until, **described)
         with self.engine.begin() as conn:
-            extended = conn.execute(
-                update(pauses)
-                .where(pauses.c.key == key, pauses.c.until < until)
-                .values(until=until, **described)
-            )
-            if extended.rowcount == 0:
-                conn.execute(
-                    self._insert(pauses)
-                    .values(key=key, until=until, **described)
-                    .on_conflict_do_nothing()
+            # One statement: it locks the row it finds and compares with the row as
+            # committed, so of two workers recording at once the later end stands.
+            conn.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[pauses.c.key],
+                    set_={"until": statement.excluded.until, **described},
+                    where=pauses.c.until < statement.excluded.until,
                 )
+            )
 
     def set_manual(
         self, conn: Connection, key: str, until: datetime, reason: str, actor: str, now: datetime
@@ -91,13 +102,25 @@ class PauseStore:
         """An operator's pause of ``key`` in ``conn``'s transaction: it ends at ``until`` or
         later (a running pause is never shortened), and its reason and actor are the
         operator's."""
-        row = conn.execute(select(pauses).where(pauses.c.key == key)).first()
-        end = until if row is None or row.until <= now else max(row.until, until)
-        values = {"until": end, "signal": MANUAL, "reason": reason, "actor": actor, "since": now}
-        if row is None:
-            conn.execute(self._insert(pauses).values(key=key, **values))
-        else:
-            conn.execute(update(pauses).where(pauses.c.key == key).values(**values))
+        statement = self._insert(pauses).values(
+            key=key, until=until, signal=MANUAL, reason=reason, actor=actor, since=now
+        )
+        offered = statement.excluded.until
+        # One statement, not a read then a write: a pause a worker records meanwhile is
+        # compared as committed (never shortened), and two operators never both insert.
+        running_later = and_(pauses.c.until > now, pauses.c.until > offered)
+        end: datetime = conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=[pauses.c.key],
+                set_={
+                    "until": case((running_later, pauses.c.until), else_=offered),
+                    "signal": MANUAL,
+                    "reason": reason,
+                    "actor": actor,
+                    "since": now,
+                },
+            ).returning(pauses.c.until)
+        ).scalar_one()
         return Pause(key, end, MANUAL, reason, actor, now)
 
     def lift(self, conn: Connection, key: str, now: datetime, provider: str) -> list[Pause]:

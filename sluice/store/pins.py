@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, Table, delete, select, update
+from sqlalchemy import Connection, Engine, Row, Table, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from sluice.store.tables import LimitPinRow
@@ -59,9 +59,12 @@ class PinStore:
             "actor": pin.actor,
             "since": pin.since,
         }
-        changed = conn.execute(update(pins).where(pins.c.key == pin.key).values(**values))
-        if changed.rowcount == 0:
-            conn.execute(self._insert(pins).values(key=pin.key, **values))
+        # One upsert: two operators pinning a new key at once never both insert.
+        conn.execute(
+            self._insert(pins)
+            .values(key=pin.key, **values)
+            .on_conflict_do_update(index_elements=[pins.c.key], set_=values)
+        )
 
     def clear(self, conn: Connection, key: str) -> Pin | None:
         """Remove the pin on ``key`` in ``conn``'s transaction; returns it, if there was one."""
