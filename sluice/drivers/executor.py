@@ -40,6 +40,7 @@ from sluice.ratelimit import holds, sendgate
 from sluice.ratelimit.base import Limiter
 from sluice.ratelimit.rate import Grant
 from sluice.runtime import Runtime
+from sluice.store import db
 from sluice.store.pauses import PauseStore
 from sluice.store.queue import WorkQueue
 from sluice.store.usage import UsageStore
@@ -49,6 +50,14 @@ log = logging.getLogger("sluice.executor")
 
 WRITE_BATCH = 1000
 WRITE_COALESCE_S = 0.01
+WRITE_RETRY_S = 60.0
+"""How long a batch of outcomes is tried again while the database is unavailable (a restart,
+a failover). Half the default claim lease (``claim_lease_s``, 120 s): the outcomes of a
+shorter lease are dropped by their claim's guard once the reconciler has taken it back."""
+WRITE_RETRY_FIRST_S = 0.05
+WRITE_RETRY_MAX_PAUSE_S = 2.0
+WRITE_RETRY_CLOSING_S = 5.0
+"""Once the executor is closing, how much longer a failing batch is tried."""
 
 
 SEND_DELAYS_KEPT = 4096
@@ -117,6 +126,8 @@ class ThreadExecutor:
         self._unsent: list[WorkUnit] = []
         self._lock = threading.Lock()
         self._results: queue.Queue[list[Outcome] | None] = queue.Queue()
+        self._closing = threading.Event()
+        self._closing_at = math.inf
         self._on_written = on_written
         self.on_free: Callable[[], None] | None = None
         """Called when a send slot frees (the dispatcher's wake: it waits for one)."""
@@ -340,19 +351,45 @@ class ThreadExecutor:
                     break
                 taken += 1
                 batch.extend(more)
-            try:
-                self.work_queue.apply(batch, self.clock.now())
-                with self._lock:
-                    self.stats.outcomes += len(batch)
-            except Exception:
-                # The tasks stay claimed; the reconciler makes them due again after the lease.
-                log.exception("outcomes.write_failed", extra={"count": len(batch)})
+            self._write(batch)
             with self._lock:
                 self._pending -= taken
             if self._on_written is not None:
                 self._on_written()
             if stop:
                 return
+
+    def _write(self, batch: list[Outcome]) -> None:
+        """Write ``batch``, trying again while the database fails for a reason of the moment
+        (down, restarting, a deadlock) for up to :data:`WRITE_RETRY_S`.
+
+        Trying again is safe: each outcome applies only while its task still has the status
+        and the claim the worker saw, so a batch whose commit went through before the
+        connection dropped changes nothing the second time. A batch given up on leaves its
+        tasks claimed; the reconciler makes them due again after the lease (a create is
+        then looked up before it is sent again).
+        """
+        deadline = time.monotonic() + WRITE_RETRY_S
+        pause = WRITE_RETRY_FIRST_S
+        while True:
+            try:
+                self.work_queue.apply(batch, self.clock.now())
+            except Exception as exc:
+                if self._closing.is_set():
+                    deadline = min(deadline, self._closing_at + WRITE_RETRY_CLOSING_S)
+                if not db.transient(exc) or time.monotonic() + pause > deadline:
+                    log.exception("outcomes.write_failed", extra={"count": len(batch)})
+                    return
+                log.warning(
+                    "outcomes.write_retry",
+                    extra={"count": len(batch), "error": type(exc).__name__, "in_s": pause},
+                )
+                time.sleep(pause)
+                pause = min(pause * 2, WRITE_RETRY_MAX_PAUSE_S)
+                continue
+            with self._lock:
+                self.stats.outcomes += len(batch)
+            return
 
     def idle(self) -> bool:
         """No request running and no outcome waiting to be written."""
@@ -361,6 +398,8 @@ class ThreadExecutor:
 
     def close(self) -> None:
         """Finish running units, write their outcomes, stop the writer."""
+        self._closing_at = time.monotonic()
+        self._closing.set()
         self._pool.shutdown(wait=True)
         self._results.put(None)
         self._writer.join(timeout=30)

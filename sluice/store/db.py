@@ -15,6 +15,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import ExceptionContext, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from sluice import errors, masking
 
@@ -159,6 +160,17 @@ def _unavailable_translator(
         return errors.StoreUnavailable(reason, where)
 
     return translate
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether the same transaction, begun again, may succeed: the database was unreachable
+    or the connection lost (:class:`errors.StoreUnavailable`), or the server gave up on it
+    for a reason of the moment (an ``OperationalError``: a deadlock or serialization
+    failure on PostgreSQL, a database locked past the busy timeout on SQLite, a server
+    shutting down). A constraint, a bad statement or a bug is not transient."""
+    if isinstance(exc, errors.StoreUnavailable | OperationalError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 WAL_CHECKPOINT_S = 0.5

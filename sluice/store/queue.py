@@ -444,18 +444,28 @@ def _outcome_update(field_names: tuple[str, ...]) -> Update:
     )
 
 
+def _task_id(outcome: Outcome) -> int:
+    return outcome.task_id
+
+
 def apply_outcomes(conn: Connection, outcomes: Iterable[Outcome], now: datetime) -> int:
     """Apply each outcome whose task still has its ``from_status`` and its ``claim``.
 
     An outcome that loses (a cancel, or a worker that took over after this one's lease
     ended) is dropped and logged; the task's current holder decides it.
+
+    The rows are changed in task id order (one task's outcomes keep theirs), the order in
+    which bulk jobs and the pruner lock them, so the writer and they do not wait for each
+    other in a cycle. Outcomes of different shapes go in one statement per shape, each in
+    id order; a deadlock left between those is detected by PostgreSQL and the writer tries
+    the batch again (:meth:`sluice.drivers.executor.ThreadExecutor._write`).
     """
     applied = 0
     dropped: list[dict[str, Any]] = []
     new_events: list[dict[str, Any]] = []
     released: list[int] = []
     ended: list[tuple[int, TaskStatus, str]] = []
-    batch = list(outcomes)
+    batch = sorted(outcomes, key=_task_id)
     held = _apply_all_or_none(conn, batch, now)
     for outcome in batch:
         if not held and not _apply_one(conn, outcome, now):

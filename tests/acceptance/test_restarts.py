@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import suppress
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,14 @@ import pytest
 
 from harness.cluster import Broker, ClusterError, free_port, open_broker
 from harness.servers import PostgresServer, RabbitMQServer, ServerUnavailable
-from sluice.domain import TaskStatus
+from sluice import submissions
+from sluice.domain import Phase, TaskStatus, WorkUnit
+from sluice.drivers.executor import ThreadExecutor
+from sluice.runtime import build_runtime
+from sluice.settings import load_settings
 from tests.acceptance.conftest import RATE_MARGIN, Cluster, bad_campaign, campaigns, cluster_on
 from tests.conftest import require_service
+from tests.integration.conftest import running_sandbox
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -165,6 +171,42 @@ def test_postgresql_restart_under_api_and_workers(
 
     assert_every_object_created_once(cluster)
     assert all(proc.alive() for proc in cluster.procs), "a process died during the outage"
+
+
+def test_an_outcome_answered_while_postgresql_is_down_is_written_once_it_is_back(
+    tmp_path: Path, private_postgres: PostgresServer
+) -> None:
+    """The provider answers while the database restarts: the writer tries the outcome again
+    until the database is back, rather than leaving the task claimed for the reconciler
+    (a lease later, and a lookup at the provider before anything else). Before, the one
+    failed write was logged and the outcome dropped."""
+    settings = {
+        "database_url": private_postgres.url("sluice", password=PASSWORD),
+        "default_provider": "sandbox",
+    }
+    with running_sandbox() as base_url:
+        provider = {"preset": "sandbox-standard", "base_url": base_url, "rate_limit": None}
+        runtime = build_runtime(load_settings(**settings, providers={"sandbox": provider}))
+        executor = ThreadExecutor(
+            runtime.queue, runtime.providers, runtime.clients, runtime.limiter, threads=2
+        )
+        try:
+            submissions.create_tasks(runtime.repo, runtime.catalog, campaigns(1))
+            (task,) = runtime.queue.claim_due(datetime.now(UTC), 10, "w", 120.0)
+            private_postgres.stop("fast")
+            executor.submit(WorkUnit("sandbox", task.operation, (task,)), None)
+            time.sleep(OUTAGE_S)  # the answer is in; its writes fail meanwhile
+            assert not executor.idle()
+            private_postgres.start()
+            wait_for(executor.idle, 30, "the outcome to be written")
+            assert executor.stats.outcomes == 1
+            stored = runtime.repo.get(task.id)
+            assert stored.external_id is not None
+            assert stored.phase is Phase.POLLING  # submitted, its status polled next
+            assert "recovered" not in [e.event for e in runtime.repo.events(task.id)]
+        finally:
+            executor.close()
+            runtime.close()
 
 
 @pytest.fixture

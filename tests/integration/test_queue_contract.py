@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, select, text, update
+from sqlalchemy.exc import IntegrityError
 
 from sluice.clock import FakeClock
 from sluice.domain import DueTask, Operation, Phase, Submission, Task, TaskStatus
@@ -791,3 +792,69 @@ def test_a_batch_of_outcomes_applies_exactly_those_whose_guard_holds(
         else:
             assert task.status is TaskStatus.NOT_STARTED
             assert q.event_names(task_id)[-1] == "attempt_failed"
+
+
+@pytest.mark.postgres
+def test_a_batch_of_outcomes_changes_its_rows_in_task_id_order(postgres_url: str) -> None:
+    """Outcomes that arrived newest task first change the rows oldest first, the order in
+    which a bulk job locks them: a transaction locking the first row, then the second,
+    waits for the writer or the writer for it, never both. In arrival order the writer
+    held the second row while waiting for the first, and PostgreSQL aborted one of them."""
+    engine = db.make_engine(postgres_url)
+    db.ensure_schema(engine)
+    q = Queue(WorkQueue(engine), TaskRepository(engine, FakeClock(START)), FakeClock(START), "")
+    first, second = q.add(2)
+    due = {task.id: task for task in q.claim()}
+    outcomes = [
+        decide.after_submit(due[i], Accepted(f"x-{i}", completed=False), POLICY, q.now())
+        for i in (second, first)
+    ]
+    applied: list[int] = []
+    writer = threading.Thread(target=lambda: applied.append(q.queue.apply(outcomes, q.now())))
+    try:
+        with engine.connect() as bulk_job:
+            locking = bulk_job.begin()
+            bulk_job.execute(select(tasks.c.id).where(tasks.c.id == first).with_for_update())
+            writer.start()
+            writer.join(timeout=0.5)  # the writer waits for the first row
+            bulk_job.execute(select(tasks.c.id).where(tasks.c.id == second).with_for_update())
+            locking.commit()
+        writer.join(timeout=30)
+        assert applied == [2]
+        assert [q.get(i).external_id for i in (first, second)] == [f"x-{first}", f"x-{second}"]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_deadlock_is_transient_and_a_broken_constraint_is_not(postgres_url: str) -> None:
+    """What the outcome writer tries again (``db.transient``), on errors PostgreSQL raised."""
+    engine = db.make_engine(postgres_url)
+    db.ensure_schema(engine)
+    repo = TaskRepository(engine, FakeClock(START))
+    first, second = repo.create_many([Submission(provider="sandbox", kind="campaign")] * 2)
+    raised: list[Exception] = []
+
+    def lock(conn: Any, *ids: int) -> None:
+        try:
+            for task_id in ids:
+                conn.execute(select(tasks.c.id).where(tasks.c.id == task_id).with_for_update())
+                time.sleep(0.3)
+        except Exception as exc:
+            raised.append(exc)
+
+    try:
+        with engine.connect() as one, engine.connect() as other:
+            one.begin()
+            other.begin()
+            crossing = threading.Thread(target=lock, args=(other, second, first))
+            crossing.start()
+            lock(one, first, second)
+            crossing.join(timeout=30)
+        (deadlock,) = raised
+        assert db.transient(deadlock), deadlock
+        with pytest.raises(IntegrityError) as broken, engine.begin() as conn:
+            conn.execute(tasks.insert().values(id=first, provider="sandbox"))
+        assert not db.transient(broken.value)
+    finally:
+        engine.dispose()
