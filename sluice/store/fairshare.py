@@ -345,8 +345,11 @@ def record(
     statement = _insert(conn).values(rows)
     new = statement.excluded
     is_clock = fair_shares.c.fairness_key == CLOCK_KEY
-    # The grant counters roll over to this minute when the row's minute is older.
-    same = fair_shares.c.minute == minute
+    # The grant counters roll over to this minute when the row's minute is older. A claim
+    # whose clock read is older than the row's minute (it committed after a later claim)
+    # counts in the row's minute: the counters never go back a minute, which would drop
+    # both minutes' grants.
+    same = fair_shares.c.minute >= minute
     previous = fair_shares.c.minute == minute - timedelta(minutes=1)
     conn.execute(
         statement.on_conflict_do_update(
@@ -357,7 +360,7 @@ def record(
                     else_=_greatest(conn, fair_shares.c.vtime, clock) + new.granted / new.weight,
                 ),
                 "weight": new.weight,
-                "minute": new.minute,
+                "minute": case((same, fair_shares.c.minute), else_=new.minute),
                 "granted": case((same, fair_shares.c.granted + new.granted), else_=new.granted),
                 "prev_granted": case(
                     (same, fair_shares.c.prev_granted),

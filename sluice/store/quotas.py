@@ -172,13 +172,20 @@ class QuotaStore:
         return made is not None
 
     def _audit_reset(self, conn: Connection, window: Window, now: datetime) -> None:
-        """Audit the reset when the window before ``window`` was spent."""
-        previous = conn.execute(
+        """Audit the reset when the window before ``window`` was spent.
+
+        The previous row is read under a shared lock: a reservation of its last units still
+        uncommitted (a worker whose clock had not turned yet) is waited for, not missed.
+        """
+        query = (
             select(usage.c.window_start, usage.c.used, usage.c.limit)
             .where(usage.c.key == window.key, usage.c.window_start < window.start)
             .order_by(usage.c.window_start.desc())
             .limit(1)
-        ).first()
+        )
+        if self._postgres:
+            query = query.with_for_update(read=True)
+        previous = conn.execute(query).first()
         if previous is None or previous.used < previous.limit:
             return
         audit.record(
@@ -198,12 +205,17 @@ class QuotaStore:
         )
 
     def _used(self, conn: Connection, window: Window) -> int:
-        since = window.counted_since or window.start
+        """A fixed window's own row; for a rolling quota every bucket from the oldest that
+        still counts on, newer than ``window``'s own included: a worker whose clock is a
+        little behind (or that read it before waiting for the key's lock) must count what
+        a worker ahead of it reserved, or both take the last units."""
+        if window.counted_since is None:
+            counted = usage.c.window_start == window.start
+        else:
+            counted = usage.c.window_start >= window.counted_since
         total = conn.execute(
             select(func.coalesce(func.sum(usage.c.used), 0)).where(
-                usage.c.key == window.key,
-                usage.c.window_start >= since,
-                usage.c.window_start <= window.start,
+                usage.c.key == window.key, counted
             )
         ).scalar_one()
         return int(total)

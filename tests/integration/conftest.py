@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -10,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from sluice.drivers.embedded import EmbeddedDriver, build_embedded_driver
 from sluice.runtime import Runtime, build_runtime
@@ -112,3 +113,29 @@ def run_until_final(
     finally:
         driver.stop()
     return driver
+
+
+def while_uncommitted(
+    engine: Engine, write: Callable[[Connection], Any], action: Callable[[], Any]
+) -> list[Any]:
+    """``write`` in a transaction of its own, left uncommitted while ``action`` runs in a
+    thread (half a second: time to reach the row), then committed; returns what ``action``
+    returned (or raised). ``action`` must end within 30 s."""
+    got: list[Any] = []
+
+    def run() -> None:
+        try:
+            got.append(action())
+        except Exception as exc:  # shown to the test as a result, not lost in the thread
+            got.append(exc)
+
+    worker = threading.Thread(target=run)
+    with engine.connect() as other:
+        writing = other.begin()
+        write(other)
+        worker.start()
+        worker.join(timeout=0.5)
+        writing.commit()
+    worker.join(timeout=30)
+    assert not worker.is_alive()
+    return got

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import ClassVar
 
 import pytest
@@ -32,8 +33,9 @@ from hypothesis.stateful import (
 )
 from sqlalchemy import Engine, delete, select, update
 
-from sluice.clock import FakeClock
+from sluice.clock import FakeClock, as_utc
 from sluice.domain import DueTask, Phase, Submission, TaskStatus
+from sluice.store import fairshare
 from sluice.store.fairshare import CLOCK_KEY, fair_shares
 from sluice.store.queue import WorkQueue
 from sluice.store.repository import TaskRepository
@@ -246,4 +248,27 @@ def test_fair_share_claims_match_the_model(engine: Engine) -> None:
     run_state_machine_as_test(
         FairShare,
         settings=settings(max_examples=examples, stateful_step_count=40, deadline=None),
+    )
+
+
+def test_a_claim_recorded_after_a_later_one_keeps_the_minutes_counts(engine: Engine) -> None:
+    """Two claims commit out of the order of their clock reads (12:01:00.01, then
+    12:00:59.99): the late one counts in the row's minute. Before, it moved the row back
+    to 12:00 and dropped both minutes' grants (the console's shares)."""
+    minute = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+    for seconds, units in ((10, 20.0), (40, 10.0), (60.01, 5.0), (59.99, 3.0)):
+        with engine.begin() as conn:
+            fairshare.record(
+                conn, "p", 0.0, 0.0, {"acme": units}, {}, minute + timedelta(seconds=seconds)
+            )
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(fair_shares.c.minute, fair_shares.c.granted, fair_shares.c.prev_granted).where(
+                fair_shares.c.fairness_key == "acme"
+            )
+        ).one()
+    assert (as_utc(row.minute), row.granted, row.prev_granted) == (
+        minute + timedelta(minutes=1),
+        8.0,
+        30.0,
     )

@@ -9,10 +9,8 @@ runs (SQLite runs writers one at a time).
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,6 +20,7 @@ from sqlalchemy import Connection, Engine, delete, select, update
 from sluice.store import db
 from sluice.store.pauses import MANUAL, Pause, PauseStore, pauses
 from sluice.store.pins import Pin, PinStore, pins
+from tests.integration.conftest import while_uncommitted
 
 START = datetime(2026, 12, 4, 12, tzinfo=UTC)
 KEY = "sandbox:write"
@@ -45,32 +44,6 @@ def pg_engine(postgres_url: str) -> Iterator[Engine]:
     db.ensure_schema(made)
     yield made
     made.dispose()
-
-
-def while_uncommitted(
-    engine: Engine, write: Callable[[Connection], Any], action: Callable[[], Any]
-) -> list[Any]:
-    """``write`` in a transaction of its own, left uncommitted while ``action`` runs in a
-    thread (half a second: time to reach the row), then committed; returns what ``action``
-    returned (or raised). ``action`` must end within 30 s."""
-    got: list[Any] = []
-
-    def run() -> None:
-        try:
-            got.append(action())
-        except Exception as exc:  # the old code's unique violation must show as a failure
-            got.append(exc)
-
-    worker = threading.Thread(target=run)
-    with engine.connect() as other:
-        writing = other.begin()
-        write(other)
-        worker.start()
-        worker.join(timeout=0.5)
-        writing.commit()
-    worker.join(timeout=30)
-    assert not worker.is_alive()
-    return got
 
 
 # -- the rules, on both backends ---------------------------------------------------------

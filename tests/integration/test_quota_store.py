@@ -8,16 +8,17 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, update
 
 from sluice.clock import FakeClock
 from sluice.engine.quotas import QuotaBook, quota_state, window_of
 from sluice.ratelimit.quota import QuotaSpec, parse_quota
 from sluice.store import db
 from sluice.store.audit import AuditLog
-from sluice.store.quotas import QuotaStore, Window
+from sluice.store.quotas import QuotaStore, Window, usage
+from tests.integration.conftest import while_uncommitted
 
 START = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
 
@@ -32,12 +33,13 @@ START = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
     rolling=st.booleans(),
     steps=st.lists(
         st.tuples(
-            st.sampled_from(["reserve", "give_back", "restart", "wait"]),
+            st.sampled_from(["reserve", "late", "give_back", "restart", "wait"]),
             st.integers(1, 15),
         ),
         max_size=30,
     ),
 )
+@example(limit=5, rolling=True, steps=[("reserve", 5), ("late", 3)])  # a bucket behind
 def test_reservations_never_exceed_the_quota_and_survive_restarts(
     engine: Engine, limit: int, rolling: bool, steps: list[tuple[str, int]]
 ) -> None:
@@ -51,25 +53,28 @@ def test_reservations_never_exceed_the_quota_and_survive_restarts(
     handed: list[tuple[datetime, int]] = []  # every reservation not given back: (when, units)
     held: list[int] = []  # indices into handed that a worker still holds
     for action, n in steps:
-        window = window_of(key, quota, now)
-        if action == "reserve":
-            got = store.reserve(window, n, now)
+        # "late": a worker whose clock is n seconds behind (or that read it before waiting
+        # for the key's lock) reserves after others reserved at the latest time.
+        at = now - timedelta(seconds=n) if action == "late" else now
+        window = window_of(key, quota, at)
+        if action in ("reserve", "late"):
+            got = store.reserve(window, n, at)
             if rolling:
                 # Conservative: never more than what the last window leaves.
-                recent = sum(u for at, u in handed if at > now - window_len)
+                recent = sum(u for when, u in handed if when > at - window_len)
                 assert got <= max(0, limit - recent)
             else:
-                spent = sum(u for at, u in handed if window.start <= at < window.end)
+                spent = sum(u for when, u in handed if window.start <= when < window.end)
                 assert got == min(n, limit - spent)
             if got:
                 held.append(len(handed))
-                handed.append((now, got))
+                handed.append((at, got))
         elif action == "give_back" and held:
             index = held.pop()
-            at, units = handed[index]
-            if window_of(key, quota, at).start == window.start:
+            when, units = handed[index]
+            if window_of(key, quota, when).start == window.start:
                 store.give_back(window, units, now)
-                handed[index] = (at, 0)
+                handed[index] = (when, 0)
         elif action == "restart":
             store = QuotaStore(engine)  # a new process: nothing but the database
         else:
@@ -77,10 +82,10 @@ def test_reservations_never_exceed_the_quota_and_survive_restarts(
     # Brute force over every window that ends at a reservation.
     for end_at, _ in handed:
         if rolling:
-            inside = sum(u for at, u in handed if end_at - window_len < at <= end_at)
+            inside = sum(u for when, u in handed if end_at - window_len < when <= end_at)
         else:
             w = window_of(key, quota, end_at)
-            inside = sum(u for at, u in handed if w.start <= at < w.end)
+            inside = sum(u for when, u in handed if w.start <= when < w.end)
         assert inside <= limit
 
 
@@ -178,6 +183,42 @@ def test_per_account_states_read_at_once_match_each_accounts_own_reading(
             alone.remaining,
             alone.waiting,
         )
+
+
+@pytest.mark.postgres
+def test_a_window_spent_while_the_next_one_begins_has_its_reset_audited(
+    postgres_url: str,
+) -> None:
+    """A worker whose clock had not turned takes the last unit of a window, uncommitted,
+    while another begins the next window: the audit reads the spent window after that
+    commit. Before, it read 9 of 10 and the spent window's reset went unrecorded."""
+    engine = db.make_engine(postgres_url)
+    db.ensure_schema(engine)
+    store = QuotaStore(engine)
+    quota = parse_quota("10/min", "UTC")
+    last_moment, next_minute = START + timedelta(seconds=59.999), START + timedelta(minutes=1)
+    ending = window_of("acme:quota", quota, last_moment)
+    assert store.reserve(ending, 9, START) == 9
+
+    def take_the_last_unit(conn: Connection) -> None:  # reserve's UPDATE, left uncommitted
+        taken = conn.execute(
+            update(usage)
+            .where(usage.c.key == ending.key, usage.c.window_start == ending.start)
+            .values(used=usage.c.used + 1)
+        )
+        assert taken.rowcount == 1
+
+    try:
+        got = while_uncommitted(
+            engine,
+            take_the_last_unit,
+            lambda: store.reserve(window_of("acme:quota", quota, next_minute), 1, next_minute),
+        )
+        assert got == [1]
+        records = AuditLog(engine).list(action="quota.reset").items
+        assert [(r.target, r.detail["spent_used"]) for r in records] == [("key:acme:quota", 10)]
+    finally:
+        engine.dispose()
 
 
 def test_the_reset_of_a_spent_window_is_audited_once(engine: Engine) -> None:
