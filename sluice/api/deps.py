@@ -37,7 +37,8 @@ class ApiContext:
     bulk_runner: BulkJobRunner | None = None
 
 
-def get_context(request: Request) -> ApiContext:
+async def get_context(request: Request) -> ApiContext:
+    # async: a plain function would be run on the thread pool, a hop for an attribute read.
     context: ApiContext = request.app.state.context
     return context
 
