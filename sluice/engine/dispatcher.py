@@ -32,6 +32,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -188,7 +189,7 @@ class Dispatcher:
         self.fair_share = fair_share
         self.quotas = quotas
         # id(unit) -> the quota units it took, given back if its grant expires unsent.
-        self._quota_taken: dict[int, Taken] = {}
+        self._quota_taken: dict[int, tuple[weakref.ref[WorkUnit], Taken]] = {}
         self.rates = rates or RatesInForce()
         self.providers = providers
         self.limiter = limiter
@@ -370,9 +371,11 @@ class Dispatcher:
         """Put units whose grant expired back at the head of their lanes."""
         for unit in self.executor.take_unsent():
             self.stats.expired += 1
-            taken = self._quota_taken.pop(id(unit), None)
-            if taken is not None and self.quotas is not None:
-                self.quotas.give(taken)
+            kept = self._quota_taken.pop(id(unit), None)
+            # By identity: an id is reused once its unit is freed (a unit that was sent
+            # leaves its entry behind), and another unit's units must not come back here.
+            if kept is not None and kept[0]() is unit and self.quotas is not None:
+                self.quotas.give(kept[1])
             self.lanes[unit.provider].units.appendleft(unit)
 
     # -- quotas ------------------------------------------------------------------------
@@ -390,7 +393,8 @@ class Dispatcher:
         return self.quotas.take(specs, block=self._lookahead_count(provider))
 
     def _remember_taken(self, unit: WorkUnit, taken: Taken) -> None:
-        self._quota_taken[id(unit)] = taken
+        # A weak reference: the entry must not keep a sent unit (its payloads) alive.
+        self._quota_taken[id(unit)] = (weakref.ref(unit), taken)
         while len(self._quota_taken) > QUOTA_TAKEN_KEPT:
             del self._quota_taken[next(iter(self._quota_taken))]
 

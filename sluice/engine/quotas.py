@@ -6,8 +6,10 @@ takes its cost from each of them before it asks the limiter for a grant. The
 (:class:`sluice.store.quotas.QuotaStore`, one atomic ``UPDATE`` per block, about one
 lookahead's worth), so a request costs no database round trip on its way out and the
 send window (:mod:`sluice.ratelimit.sendgate`) is not spent waiting for one. A unit the
-limiter refuses, or whose grant expires unsent, gives its units back to the allowance;
-at shutdown the allowance goes back to the database. A worker that dies keeps its
+limiter refuses, or whose grant expires unsent, gives its units back to the allowance
+(or to the database, if the allowance has moved on to another window or bucket); at
+shutdown and at the end of a pump round the allowance goes back to the database, and so do
+the units left in a rolling quota's bucket when the next bucket begins. A worker that dies keeps its
 allowance counted: the quota is under-used by at most one block per worker, never
 exceeded.
 
@@ -95,7 +97,12 @@ class QuotaBook:
                     want = max(spec.cost, block) - allowance.units
                     allowance.units += self.store.reserve(allowance.window, want, now)
                 if allowance.units < spec.cost:
-                    self._return_locally(taken)
+                    self._return_locally(taken, now)
+                    if allowance.units:
+                        # Fewer units than the cost, useless here and counted as used: they
+                        # go back, so that with other workers' leftovers one more unit fits.
+                        self.store.give_back(spec.key, allowance.window.start, allowance.units, now)
+                        allowance.units = 0
                     if not known_spent:
                         recheck = now + timedelta(seconds=SPENT_RECHECK_S)
                         self._spent[spec.key] = (allowance.window.start, recheck)
@@ -108,34 +115,48 @@ class QuotaBook:
         """Put back units a unit took and did not send (refused, or its grant expired)."""
         if taken.parts:
             with self._lock:
-                self._return_locally(list(taken.parts))
+                self._return_locally(list(taken.parts), self.clock.now())
 
     def flush(self) -> None:
-        """Give every unspent allowance back to the database (shutdown)."""
+        """Give every unspent allowance back to the database (shutdown, the end of a pump
+        round). Units a unit gives back later go straight to the database."""
         now = self.clock.now()
         with self._lock:
             allowances = list(self._allowances.values())
             self._allowances.clear()
         for allowance in allowances:
-            if allowance.units and allowance.window.end > now:
-                self.store.give_back(allowance.window, allowance.units, now)
+            if allowance.units and _still_counts(allowance.window, now):
+                self.store.give_back(
+                    allowance.window.key, allowance.window.start, allowance.units, now
+                )
 
     def _allowance(self, spec: QuotaSpec, now: datetime) -> _Allowance:
         window = window_of(spec.key, spec.quota, now)
         current = self._allowances.get(spec.key)
         if current is not None and current.window.start == window.start:
             return current
-        if current is not None and current.units and current.window.end > now:
-            self.store.give_back(current.window, current.units, now)
+        if current is not None and current.units and _still_counts(current.window, now):
+            self.store.give_back(current.window.key, current.window.start, current.units, now)
         fresh = _Allowance(window)
         self._allowances[spec.key] = fresh
         return fresh
 
-    def _return_locally(self, parts: list[tuple[str, datetime, int]]) -> None:
+    def _return_locally(self, parts: list[tuple[str, datetime, int]], now: datetime) -> None:
+        """Units back into the allowance they came from; if it has moved on to another
+        window or bucket (or was flushed), back to the database, where they are counted."""
         for key, start, units in parts:
             allowance = self._allowances.get(key)
             if allowance is not None and allowance.window.start == start:
                 allowance.units += units
+            else:
+                self.store.give_back(key, start, units, now)
+
+
+def _still_counts(window: Window, now: datetime) -> bool:
+    """Whether units of ``window`` still count: a fixed window until its end, a rolling
+    quota's bucket for a whole window after it (units left in it at the turn to the next
+    bucket were stranded there, counted and never sent)."""
+    return window.counted_since is not None or window.end > now
 
 
 @dataclass(frozen=True)

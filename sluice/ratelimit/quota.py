@@ -74,6 +74,16 @@ class Quota:
             zone(self.reset)
         if self.rate.window_s < 1:
             raise errors.InvalidValue(f"a quota window must be at least 1s, got {self.rate}")
+        window_s = self.rate.window_s
+        if self.reset != ROLLING and not (
+            (window_s < DAY_S and DAY_S % window_s == 0) or window_s % DAY_S == 0
+        ):
+            # Fixed windows run from local midnight: one that neither divides a day nor is
+            # whole days has no calendar (60h was counted as 2 days, 7h as one).
+            raise errors.InvalidValue(
+                f"a quota window that resets on a calendar must divide a day (1h, 6h) or be "
+                f'whole days (2d, 7d), got {self.rate}; use reset = "rolling" for any window'
+            )
 
     @property
     def limit(self) -> int:
@@ -102,7 +112,7 @@ class Quota:
             start, end = _aligned(now, window_s, midnight.astimezone(UTC))
             next_day = (midnight + timedelta(days=1, hours=3)).replace(hour=0).astimezone(UTC)
             return start, min(end, next_day)
-        days = max(1, round(window_s / DAY_S))
+        days = int(window_s // DAY_S)
         origin = datetime(1970, 1, 1, tzinfo=tz)
         ordinal = (local.date() - origin.date()).days
         first = local.date() - timedelta(days=ordinal % days)

@@ -272,7 +272,12 @@ class BulkJobs:
                     self.repo.cancel_in(conn, task, now)
                 changed += 1
             except (errors.IllegalTransition, errors.TaskConflict):
-                skipped += 1
+                # A child read with this batch may have been changed by its parent's action
+                # a moment ago (a cancel ends the tree): that change counts, not a skip.
+                if _still_eligible(conn, job.action, task.id):
+                    skipped += 1
+                else:
+                    changed += 1
         done = len(rows) < batch
         values: dict[str, Any] = {
             "cursor": rows[-1].id if rows else job.cursor,
@@ -289,3 +294,9 @@ class BulkJobs:
             )
         conn.execute(update(bulk_jobs).where(bulk_jobs.c.id == job_id).values(**values))
         return done
+
+
+def _still_eligible(conn: Connection, action: str, task_id: int) -> bool:
+    """Whether task ``task_id`` is still one that ``action`` would change."""
+    found = conn.execute(select(tasks.c.id).where(tasks.c.id == task_id, eligible(action)))
+    return found.first() is not None

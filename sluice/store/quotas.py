@@ -109,16 +109,17 @@ class QuotaStore:
             asked = min(asked, left)
         return 0
 
-    def give_back(self, window: Window, units: int, now: datetime) -> None:
-        """Return ``units`` reserved in ``window`` and not sent."""
+    def give_back(self, key: str, start: datetime, units: int, now: datetime) -> None:
+        """Return ``units`` reserved in ``key``'s window (or bucket) from ``start`` and not
+        sent."""
         if units <= 0:
             return
         with self.engine.begin() as conn:
             conn.execute(
                 update(usage)
                 .where(
-                    usage.c.key == window.key,
-                    usage.c.window_start == window.start,
+                    usage.c.key == key,
+                    usage.c.window_start == start,
                     usage.c.used >= units,
                 )
                 .values(used=usage.c.used - units, updated_at=now)

@@ -228,3 +228,26 @@ def test_bulk_jobs_survive_crashes_and_change_each_match_once(engine: Engine) ->
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
     )
     machine.TestCase().runTest()
+
+
+@pytest.mark.parametrize("action", ["cancel", "retry"])
+def test_a_child_changed_with_its_parent_in_one_batch_counts_as_changed(
+    engine: Engine, action: str
+) -> None:
+    """A batch cancels a parent, which ends its child; the child's row, read with the
+    batch, then no longer matches. It was changed by the job, and counted skipped."""
+    clock = FakeClock(START)
+    repo = TaskRepository(engine, clock)
+    jobs = BulkJobs(repo, clock)
+    parent = repo.create(Submission(provider="sandbox", kind="campaign", payload={"n": 1}))[0]
+    repo.create(Submission(provider="sandbox", kind="ad_group", parent_id=parent.id))
+    if action == "retry":
+        repo.cancel(parent.id)  # the tree is Cancelled: both match a retry
+    found = TaskFilter(provider="sandbox")
+    preview = jobs.preview(action, found, None)
+    job = jobs.start(action, found, None, preview, LOCAL_ACTOR)
+    assert preview.count == 2
+    assert jobs.claim("w", LEASE_S) is not None
+    while not jobs.run_batch(job.id, "w"):
+        pass
+    assert (jobs.get(job.id).changed, jobs.get(job.id).skipped) == (2, 0)

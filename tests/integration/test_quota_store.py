@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Connection, Engine, update
 
 from sluice.clock import FakeClock
-from sluice.engine.quotas import QuotaBook, quota_state, window_of
+from sluice.engine.quotas import SPENT_RECHECK_S, QuotaBook, quota_state, window_of
 from sluice.ratelimit.quota import QuotaSpec, parse_quota
 from sluice.store import db
 from sluice.store.audit import AuditLog
@@ -73,7 +73,7 @@ def test_reservations_never_exceed_the_quota_and_survive_restarts(
             index = held.pop()
             when, units = handed[index]
             if window_of(key, quota, when).start == window.start:
-                store.give_back(window, units, now)
+                store.give_back(window.key, window.start, units, now)
                 handed[index] = (when, 0)
         elif action == "restart":
             store = QuotaStore(engine)  # a new process: nothing but the database
@@ -251,3 +251,51 @@ def test_the_reset_of_a_spent_window_is_audited_once(engine: Engine) -> None:
         "spent_used": 5,
     }
     assert mine[0].at == later
+
+
+def test_a_rolling_allowance_left_at_a_bucket_turn_goes_back(engine: Engine) -> None:
+    """One unit a second under 100/min rolling, reserved 10 at a time: all 60 go. Units
+    left in a bucket when the next began used to stay counted, never sent (10 of 60 went)."""
+    clock = FakeClock(START)
+    spec = QuotaSpec(f"acme:{uuid.uuid4().hex[:8]}", parse_quota("100/min", "rolling"))
+    store = QuotaStore(engine)
+    book = QuotaBook(store, clock)
+    sent = 0
+    for _ in range(60):
+        sent += book.take([spec], block=10).ok
+        clock.advance(1.0)
+    assert sent == 60
+    book.flush()
+    assert store.used(window_of(spec.key, spec.quota, clock.now())) == 60
+
+
+@pytest.mark.parametrize("reset", ["UTC", "rolling"])
+def test_units_given_back_after_a_flush_reach_the_database(engine: Engine, reset: str) -> None:
+    """A pump round ends with a flush; a grant that expires after it gives its units back
+    to the database (they used to be dropped, counted and never sent)."""
+    clock = FakeClock(START)
+    spec = QuotaSpec(f"acme:{uuid.uuid4().hex[:8]}", parse_quota("5/min", reset))
+    store = QuotaStore(engine)
+    book = QuotaBook(store, clock)
+    verdict = book.take([spec], block=5)
+    assert verdict.ok
+    book.flush()
+    window = window_of(spec.key, spec.quota, clock.now())
+    assert store.used(window) == 1
+    book.give(verdict.taken)
+    assert store.used(window) == 0
+
+
+def test_units_fewer_than_the_cost_go_back_for_other_workers(engine: Engine) -> None:
+    """Two workers, 10/min, a request costing 3, blocks of 8: three requests fit. Each
+    worker used to keep the 2 units it could not use, counted: two requests went."""
+    clock = FakeClock(START)
+    spec = QuotaSpec(f"acme:{uuid.uuid4().hex[:8]}", parse_quota("10/min", "UTC"), cost=3)
+    store = QuotaStore(engine)
+    books = [QuotaBook(store, clock), QuotaBook(store, clock)]
+    sent = 0
+    for _ in range(4):
+        for book in books:
+            sent += book.take([spec], block=8).ok
+        clock.advance(SPENT_RECHECK_S)
+    assert sent == 3

@@ -14,7 +14,7 @@ import pytest
 
 from sluice import submissions
 from sluice.clock import FakeClock
-from sluice.domain import Operation, Submission, TaskStatus
+from sluice.domain import Operation, Submission, TaskStatus, WorkUnit
 from sluice.engine.dispatcher import Dispatcher
 from sluice.engine.quotas import QuotaBook, quota_states, window_of
 from sluice.providers.registry import build_http_client, load_providers
@@ -187,3 +187,23 @@ def test_a_paced_quota_is_a_ceiling_on_the_rate_in_force(tmp_path: Path) -> None
     finally:
         unpaced["client"].close()
         unpaced["engine"].dispose()
+
+
+def test_an_expired_unit_gets_back_only_the_units_it_took(quota_world: dict[str, Any]) -> None:
+    """The units a granted unit took are kept by the unit's id, and a sent unit leaves its
+    entry behind. Once that unit is freed, CPython may give its id to a new unit: if that
+    one's grant expires, it must not give the sent unit's units back to be sent again."""
+    world = quota_world
+    dispatcher: Dispatcher = world["dispatcher"]
+    book: QuotaBook = world["book"]
+    (spec,) = world["providers"]["acme"].quotas_for(Operation.SUBMIT, {}, ["campaign"])
+    sent = WorkUnit("acme", Operation.SUBMIT, ())
+    taken = book.take([spec], block=1).taken
+    dispatcher._remember_taken(sent, taken)
+    entry = dispatcher._quota_taken.pop(id(sent))
+    del sent  # sent and freed
+    expired = WorkUnit("acme", Operation.SUBMIT, ())
+    dispatcher._quota_taken[id(expired)] = entry  # its id is the sent unit's old one
+    world["executor"].unsent.append(expired)
+    dispatcher._requeue_unsent()
+    assert book._allowances[spec.key].units == 0  # the sent unit's unit stays spent

@@ -44,7 +44,14 @@ def test_a_rolling_quota_counts_buckets_still_inside_the_window() -> None:
 
 @pytest.mark.parametrize(
     ("text", "reset", "match"),
-    [("10/d", "Mars/Base", "unknown time zone"), ("10/500ms", "UTC", "at least 1s")],
+    [
+        ("10/d", "Mars/Base", "unknown time zone"),
+        ("10/500ms", "UTC", "at least 1s"),
+        # Windows from midnight: 60h used to be counted in 2-day windows (over-spent), 7h
+        # in 1-day ones.
+        ("1000/60h", "UTC", "must divide a day"),
+        ("100/7h", "America/Los_Angeles", "must divide a day"),
+    ],
 )
 def test_bad_quotas_are_refused(text: str, reset: str, match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -54,3 +61,8 @@ def test_bad_quotas_are_refused(text: str, reset: str, match: str) -> None:
 def test_a_cost_above_the_quota_is_refused() -> None:
     with pytest.raises(ValueError, match="quota cost"):
         QuotaSpec("acme:1d", parse_quota("3/d"), cost=4)
+
+
+@pytest.mark.parametrize("text", ["1000/60h", "100/7h", "5/90s"])
+def test_any_window_may_be_rolling(text: str) -> None:
+    assert parse_quota(text, "rolling").rolling
