@@ -74,6 +74,8 @@ PAUSE_SYNC_S = 0.25
 """How often pauses kept in the database are copied into the limiter (a lost Redis
 forgets them; the limiter's 1 s cold-start hold outlasts this)."""
 PAUSE_PRUNE_S = 60.0
+PAUSE_PRUNE_AFTER_S = 300.0
+"""A pause's row is deleted this long after its end (hosts' clocks differ by less)."""
 """How often pauses that have ended are deleted from the database."""
 PAUSE_REFILL_LEAD_S = 0.1
 """A paused lane claims again this long before its pause ends, to be ready on time."""
@@ -452,7 +454,10 @@ class Dispatcher:
         self._synced = active
         if now >= self._next_pause_prune:
             self._next_pause_prune = now + PAUSE_PRUNE_S
-            self.pauses.prune(wall)
+            # Only pauses that ended a while ago on this host's clock: a host whose clock
+            # runs ahead would otherwise delete a pause still running for the others, whose
+            # syncs then take the missing row for an operator's resume and lift it.
+            self.pauses.prune(wall - timedelta(seconds=PAUSE_PRUNE_AFTER_S))
 
     # -- claims ------------------------------------------------------------------------
 

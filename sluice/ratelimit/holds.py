@@ -226,9 +226,12 @@ def send_within_s(
     spacing = min(spec.rate.window_s / spec.rate.limit for spec in limits)
     if not judges_spacing:
         shortest = min(spec.held_rate.window_s for spec in limits)
-        if timeout_s is not None:
-            shortest = min(shortest, max(timeout_s, 0.0))
-        return max(grant.send_within_s, spacing, shortest)
+        window = max(grant.send_within_s, spacing, shortest)
+        if timeout_s is not None and timeout_s > 0:
+            # Never past the timeout, also when a lowered rate spaces grants further apart:
+            # the hold lapses 2 * timeout + W after it was taken.
+            window = min(window, timeout_s)
+        return window
     if recent_delay_s is None:
         recent_delay_s = sendgate.DELAYS.quantile(0.9)
     window = min(MAX_SPACING_SHARE * spacing, max(SPACING_SHARE * spacing, 1.25 * recent_delay_s))

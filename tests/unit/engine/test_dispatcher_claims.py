@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -400,3 +400,43 @@ def test_fair_shares_go_by_budget_units_through_the_dispatcher(tmp_path: Path) -
     light = sum(1 for o in world.dsp.objects.values() if o["name"].startswith("light"))
     assert heavy > 0
     assert 4.0 <= light / heavy <= 6.0, (heavy, light)
+
+
+class ClockAhead(FakeClock):
+    """``clock``'s time, its wall clock ``seconds`` ahead (another host's)."""
+
+    def __init__(self, clock: FakeClock, seconds: float) -> None:
+        self.clock, self.ahead = clock, timedelta(seconds=seconds)
+
+    def now(self) -> datetime:
+        return self.clock.now() + self.ahead
+
+    def time(self) -> float:
+        return self.clock.time() + self.ahead.total_seconds()
+
+    def monotonic(self) -> float:
+        return self.clock.monotonic()
+
+
+def test_a_host_whose_clock_runs_ahead_does_not_end_a_running_pause(world: World) -> None:
+    """A 429 paused the provider for 4 s. A worker on a host 3 s ahead starts 1.2 s later
+    and tidies the pauses table: it used to delete the pause (ended, on its clock), and the
+    other workers' next sync took the missing row for an operator's resume and lifted it."""
+    world.create(2)
+    world.limiter.pause("acme", 4.0)
+    world.pauses.record("acme", world.clock.now() + timedelta(seconds=4), signal="rate_limited")
+    here, _ = world.dispatcher("a")
+    step_for(world.clock, 1.2, here)
+    ahead = Dispatcher(
+        world.queue,
+        world.providers,
+        world.limiter,
+        InlineExecutor(world.queue, world.runtime, world.clock),
+        worker_id="b",
+        clock=ClockAhead(world.clock, 3.0),
+        idle_s=0.05,
+        pauses=world.pauses,
+    )
+    step_for(world.clock, 2.0, ahead, here)
+    assert world.dsp.arrivals == []  # 3.2 s in, the pause has 0.8 s to run
+    assert world.limiter.paused_until("acme") is not None

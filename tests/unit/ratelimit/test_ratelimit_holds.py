@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sluice.clock import FakeClock
+from sluice.engine.rates import lowered
 from sluice.ratelimit import LimitSpec, MemoryLimiter, Rate, holds
 from sluice.ratelimit.base import InFlight, monotonic_us
 from sluice.ratelimit.rate import Grant
@@ -372,6 +373,13 @@ def test_a_provider_that_judges_no_spacing_lets_held_grants_go_late() -> None:
     assert kept.send_within_s < 0.005
     strict = holds.acquire(limiter, [LimitSpec("c", Rate(50, 1.0))], in_flight=None, timeout_s=10)
     assert 0.005 <= strict.send_within_s <= 0.007
+    # A rate lowered to 2/min (a pin) spaces grants 30 s apart: the window stays within the
+    # timeout, or the request could go after its own hold lapsed (2 x 5 + 1 + 1 s).
+    pinned = lowered(LimitSpec("d", Rate(10, 1.0)), Rate(2, 60.0))
+    slow = holds.acquire(limiter, [pinned], in_flight=None, timeout_s=5, judges_spacing=False)
+    assert slow.granted
+    assert slow.send_within_s == 5.0
+    assert slow.send_within_s < holds.hold_caps([pinned], 5)[0].in_flight.ttl_s - 5
 
 
 @settings(max_examples=200, deadline=None)
