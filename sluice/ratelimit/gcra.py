@@ -30,6 +30,17 @@ Why no window of ``W`` ever holds more than ``L`` units (``cost`` summed):
     ``U >= L + 1`` units, ``a_j - a_i >= (L - b) * s - credit = W + slack - credit >= W``
     (``credit <= slack / 2``): they cannot share a window of length ``W``.
 
+**Lowered rates.** A key's rate may be lowered while it runs (a pin, a learned rate, a
+quota's pace: :func:`sluice.engine.rates.lowered`), so grants ``i..j`` may have been
+decided under different spacings ``s_k``, each at least the configured one ``s_c``. A
+request may then go at most ``(b + 1 - c) * s_c`` ahead of the TAT, not ``(b + 1 - c) *
+s_k``: the room of the lowered spacing would let a TAT built at the configured pace be
+overtaken by ``b`` units at once (a 10/s key with burst 4 lowered to 2/s let 14 units
+into one second). With that room the bounds become ``T_{j+1} >= a_i - credit + sum(c_k *
+s_k)`` and ``T_{j+1} <= a_j + (b + 1 - c_j) * s_c + c_j * s_j``, so ``a_j - a_i >= (U - 1
+- b) * s_c - credit``: no configured window holds more than ``L`` units (the credit is
+also the smaller of the two specs').
+
 **Wide catch-up** (``wide`` keys of :func:`plan`). A key whose sliding window is kept at
 the provider by window holds (:mod:`holds`), for a provider that judges windows and not
 spacing (``judges = "window"``), does not need the bound above: the holds' proof uses
@@ -191,7 +202,7 @@ def merged(limits: Sequence[LimitSpec], margin: float) -> dict[str, LimitSpec]:
             raise errors.InvalidValue(
                 f"a cost of {cost} on {spec.key!r} does not fit its limit {strict.rate}"
             )
-        by_key[spec.key] = LimitSpec(spec.key, strict.rate, cost, burst)
+        by_key[spec.key] = LimitSpec(spec.key, strict.rate, cost, burst, held=strict.held)
     return by_key
 
 
@@ -209,11 +220,18 @@ def plan(
     for key, spec in merged(limits, margin).items():
         spacing = spacing_us(spec.rate, margin, spec.burst)
         credit = wide_credit_us if key in wide else credit_us
+        # A lowered rate (a pin, a learned rate, a quota's pace) spaces grants further
+        # apart, but the room ahead of the TAT stays the configured spacing's: see
+        # "Lowered rates" in the module docstring.
+        room = min(spacing, spacing_us(spec.held_rate, margin, spec.burst))
         plans[key] = KeyPlan(
             spacing=spacing,
             step=spec.cost * spacing,
-            allow=(spec.burst + 1 - spec.cost) * spacing,
-            credit=credit(spec.rate, margin, catch_up_us, spec.burst),
+            allow=(spec.burst + 1 - spec.cost) * room,
+            credit=min(
+                credit(spec.rate, margin, catch_up_us, spec.burst),
+                credit(spec.held_rate, margin, catch_up_us, spec.burst),
+            ),
             hold=cold_hold_us(spec.rate, margin, spec.burst),
         )
     return plans

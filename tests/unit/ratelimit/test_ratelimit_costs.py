@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from sluice import errors
 from sluice.clock import FakeClock
+from sluice.engine.rates import lowered
 from sluice.ratelimit import LimitSpec, MemoryLimiter, Rate, gcra, sendgate
 from sluice.ratelimit.base import clock_us, monotonic_us
 
@@ -201,3 +202,56 @@ def test_a_stream_of_heavy_requests_uses_the_limit_less_its_burst_room() -> None
         else:
             clock.advance(grant.retry_after_s)
     assert 1455 <= units <= 1465  # 146 per minute over ten minutes
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    limits=st.fixed_dictionaries({key: key_limits() for key in KEYS}),
+    margin=st.one_of(st.just(0.0), st.just(0.005), st.floats(0.0, 0.1)),
+    catch_up_us=st.one_of(st.just(0), st.just(2_000), st.integers(0, 50_000)),
+    schedule=st.lists(
+        st.tuples(
+            st.integers(0, 1_000_000),
+            st.sets(st.sampled_from(KEYS), min_size=1),
+            st.integers(1, 12),
+            # a ceiling in force for this request: none, or the rate slowed n times,
+            # written as the full count or as a single unit (a pin of 1 per window)
+            st.one_of(st.none(), st.tuples(st.integers(2, 10), st.booleans())),
+        ),
+        max_size=120,
+    ),
+)
+def test_a_rate_lowered_while_a_key_runs_keeps_it_within_its_configured_limit(
+    limits: dict[str, tuple[int, int, int]],
+    margin: float,
+    catch_up_us: int,
+    schedule: list[tuple[int, set[str], int, tuple[int, bool] | None]],
+) -> None:
+    """Pins, learned rates and a quota's pace lower a key's rate from one request to the
+    next (``engine.rates.lowered``): whatever the order, no window of the configured limit
+    holds more than its units. The room a request may take ahead of the key's TAT used to
+    grow with the lowered spacing: 14 units of 10 in a second (a review, 2026-12-04)."""
+    clock = FakeClock()
+    limiter = MemoryLimiter(
+        clock=clock, margin=margin, catch_up_s=catch_up_us / 1e6, cold_start=False
+    )
+    granted: dict[str, list[tuple[int, int]]] = {key: [] for key in KEYS}
+    for gap_us, keys, cost, ceiling in schedule:
+        clock.advance(gap_us / 1e6)
+        request = request_for(keys, cost, limits)
+        if ceiling is not None:
+            slower, one = ceiling
+            request = [
+                lowered(
+                    spec,
+                    Rate(1, spec.rate.window_s * slower / spec.rate.limit)
+                    if one
+                    else Rate(spec.rate.limit, spec.rate.window_s * slower),
+                )
+                for spec in request
+            ]
+        if limiter.acquire(request).granted:
+            for spec in request:
+                granted[spec.key].append((clock_us(clock), spec.cost))
+    for key, (limit, window_us, _) in limits.items():
+        assert units_fit(granted[key], limit, window_us), (key, limits[key])
