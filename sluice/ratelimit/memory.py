@@ -87,6 +87,11 @@ class MemoryLimiter:
             )
             if not verdict.allowed:
                 return Grant(False, verdict.wait_us / gcra.US_PER_S, verdict.reason)
+            if in_flight is not None and self._born_us is not None:
+                # An in-flight cap is held cold too: with no rate key, nothing else would.
+                cold_us = self._born_us + gcra.COLD_HOLD_US - now_us
+                if cold_us > 0:
+                    return Grant(False, cold_us / gcra.US_PER_S, "rate")
             lease_id = None
             if in_flight is not None:
                 leases = self._live_leases(in_flight.key, now_us)

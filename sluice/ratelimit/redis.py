@@ -94,7 +94,8 @@ end
 # ARGV: now_us ('' = server TIME), n_born, n_rate, n_pause, has_inflight, grace_ms,
 #       max_in_flight, lease_ttl_us, lease_id, born_ttl_ms, then five values per TAT key:
 #       step_us (cost * spacing), catch-up credit_us, cold-start hold_us, allow_us
-#       ((burst + 1 - cost) * spacing), and the index of its root's born key.
+#       ((burst + 1 - cost) * spacing), and the index of its root's born key; with an
+#       in-flight cap, its cold-start hold_us and the index of its root's born key.
 # Returns {granted 0/1, wait_us, reason, now_us}. Mirrors gcra.decide + in_flight_wait.
 _ACQUIRE_LUA = (
     _NOW_LUA
@@ -133,6 +134,12 @@ for i = 1, n_rate do
   local born = borns[tonumber(ARGV[base + 5])]
   tats[i] = math.max(tonumber(redis.call('GET', KEYS[n_born + i]) or '0'), born + hold)
   local wait = tats[i] - tonumber(ARGV[base + 4]) - now
+  if wait > rate_wait then rate_wait = wait end
+end
+if ARGV[5] == '1' then
+  -- An in-flight cap holds its root cold too: with no rate key, a lost pause would let it go.
+  local extra = 10 + 5 * n_rate
+  local wait = borns[tonumber(ARGV[extra + 2])] + tonumber(ARGV[extra + 1]) - now
   if wait > rate_wait then rate_wait = wait end
 end
 if pause_wait > 0 or rate_wait > 0 then
@@ -410,6 +417,9 @@ class RedisLimiter:
         for key, p in plans.items():
             hold = p.hold if self._cold_start else 0
             args += [p.step, p.credit, hold, p.allow, roots.index(slot_tag(key)) + 1]
+        if in_flight is not None:
+            hold = gcra.COLD_HOLD_US if self._cold_start else 0
+            args += [hold, roots.index(slot_tag(in_flight.key)) + 1]
         self._check_one_slot(keys)
         granted, wait_us, reason, now_us = self._run("acquire", keys, args)
         if not granted:

@@ -650,3 +650,19 @@ def test_memory_and_redis_answer_every_request_alike(
     finally:
         remote.reset()
         remote.close()
+
+
+@COLD
+def test_a_cold_limiter_holds_an_in_flight_cap_too(
+    make_cold_limiter: Callable[[FakeClock], Limiter], clock: FakeClock
+) -> None:
+    """A provider with only ``max_in_flight`` has no rate key to hold: after a flush its
+    grants went at once, before the pause sync could restore a lost Retry-After."""
+    limiter = make_cold_limiter(clock)
+    cap = InFlight("dsp:in_flight", 2, 30.0)
+    first = limiter.acquire([], in_flight=cap)
+    assert (first.granted, first.reason, first.retry_after_s) == (False, "rate", 1.0)
+    clock.advance(1.0)
+    assert limiter.acquire([], in_flight=cap).granted
+    limiter.reset()
+    assert limiter.acquire([], in_flight=cap).retry_after_s == 1.0
