@@ -182,10 +182,17 @@ class KeyPlan:
 
 
 def merged(limits: Sequence[LimitSpec], margin: float) -> dict[str, LimitSpec]:
-    """One spec per key: a key listed twice keeps the stricter spacing and the higher cost.
+    """One spec per key: a key listed twice keeps the smaller burst (at least the higher
+    cost less one), the higher cost, and of the two rates the one that spaces grants
+    further apart at that burst.
+
+    Keeping the spec with the larger spacing is not enough once bursts differ (``5/s``
+    paced and ``10/s`` with burst 9 let 10 go at once): with the smaller burst ``b`` and
+    the spacing ``max(W_i / (L_i - b))``, any run of ``L_i + 1`` units spans at least
+    ``W_i`` for both (the bound in the module docstring, for each).
 
     Raises:
-        errors.InvalidValue: the higher cost does not fit the stricter spec's count.
+        errors.InvalidValue: the higher cost does not fit the kept count.
     """
     by_key: dict[str, LimitSpec] = {}
     for spec in limits:
@@ -193,11 +200,12 @@ def merged(limits: Sequence[LimitSpec], margin: float) -> dict[str, LimitSpec]:
         if seen is None:
             by_key[spec.key] = spec
             continue
-        strict = max(
-            (seen, spec), key=lambda s: (spacing_us(s.rate, margin, s.burst), s.rate.limit)
-        )
         cost = max(seen.cost, spec.cost)
-        burst = max(strict.burst, cost - 1)
+        burst = max(min(seen.burst, spec.burst), cost - 1)
+        strict = max(
+            (seen, spec),
+            key=lambda s: (spacing_us(s.rate, margin, min(burst, s.rate.limit - 1)), s.rate.limit),
+        )
         if burst >= strict.rate.limit:
             raise errors.InvalidValue(
                 f"a cost of {cost} on {spec.key!r} does not fit its limit {strict.rate}"
@@ -217,21 +225,29 @@ def plan(
     Keys in ``wide`` (held, judged by windows only) get :func:`wide_credit_us`.
     """
     plans: dict[str, KeyPlan] = {}
+    listed: dict[str, list[LimitSpec]] = {}
+    for given in limits:
+        listed.setdefault(given.key, []).append(given)
     for key, spec in merged(limits, margin).items():
         spacing = spacing_us(spec.rate, margin, spec.burst)
         credit = wide_credit_us if key in wide else credit_us
         # A lowered rate (a pin, a learned rate, a quota's pace) spaces grants further
         # apart, but the room ahead of the TAT stays the configured spacing's: see
         # "Lowered rates" in the module docstring.
-        room = min(spacing, spacing_us(spec.held_rate, margin, spec.burst))
+        rates = [
+            rate
+            for given in listed[key]
+            for rate in (given.rate, given.held_rate)
+            if spec.burst < rate.limit
+        ]
+        room = min([spacing] + [spacing_us(rate, margin, spec.burst) for rate in rates])
         plans[key] = KeyPlan(
             spacing=spacing,
             step=spec.cost * spacing,
             allow=(spec.burst + 1 - spec.cost) * room,
-            credit=min(
-                credit(spec.rate, margin, catch_up_us, spec.burst),
-                credit(spec.held_rate, margin, catch_up_us, spec.burst),
-            ),
+            # The smallest catch-up of every rate listed for the key: each one's bound
+            # needs the credit within half its own slack.
+            credit=min(credit(rate, margin, catch_up_us, spec.burst) for rate in rates),
             hold=cold_hold_us(spec.rate, margin, spec.burst),
         )
     return plans
