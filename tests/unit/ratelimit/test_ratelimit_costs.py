@@ -29,6 +29,21 @@ def units_fit(grants: list[tuple[int, int]], limit: int, window_us: int) -> bool
     return True
 
 
+def record(
+    granted: dict[str, list[tuple[int, int]]], request: list[LimitSpec], clock: FakeClock
+) -> None:
+    """A grant of ``request`` now: each key's units at this instant."""
+    for spec in request:
+        granted[spec.key].append((clock_us(clock), spec.cost))
+
+
+def assert_each_key_fits(
+    granted: dict[str, list[tuple[int, int]]], limits: dict[str, tuple[int, int, int]]
+) -> None:
+    for key, (limit, window_us, _) in limits.items():
+        assert units_fit(granted[key], limit, window_us), (key, limits[key])
+
+
 @st.composite
 def key_limits(draw: st.DrawFn) -> tuple[int, int, int]:
     """(limit, window_us, burst) with 0 <= burst < limit."""
@@ -92,10 +107,8 @@ def test_units_never_exceed_the_limit_in_any_sliding_window(
             clock.advance(grant.retry_after_s)
             grant = limiter.acquire(request)
             assert grant.granted, "waiting exactly retry_after_s must be enough"
-        for spec in request:
-            granted[spec.key].append((clock_us(clock), spec.cost))
-    for key, (limit, window_us, _) in limits.items():
-        assert units_fit(granted[key], limit, window_us), (key, limits[key])
+        record(granted, request, clock)
+    assert_each_key_fits(granted, limits)
 
 
 @settings(max_examples=200, deadline=None)
@@ -251,10 +264,8 @@ def test_a_rate_lowered_while_a_key_runs_keeps_it_within_its_configured_limit(
                 for spec in request
             ]
         if limiter.acquire(request).granted:
-            for spec in request:
-                granted[spec.key].append((clock_us(clock), spec.cost))
-    for key, (limit, window_us, _) in limits.items():
-        assert units_fit(granted[key], limit, window_us), (key, limits[key])
+            record(granted, request, clock)
+    assert_each_key_fits(granted, limits)
 
 
 @settings(max_examples=300, deadline=None)
