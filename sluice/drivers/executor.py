@@ -369,14 +369,16 @@ class ThreadExecutor:
         tasks claimed; the reconciler makes them due again after the lease (a create is
         then looked up before it is sent again).
         """
-        deadline = time.monotonic() + WRITE_RETRY_S
+        began = time.monotonic()
+        deadline = began + WRITE_RETRY_S
         pause = WRITE_RETRY_FIRST_S
         while True:
             try:
                 self.work_queue.apply(batch, self.clock.now())
             except Exception as exc:
                 if self._closing.is_set():
-                    deadline = min(deadline, self._closing_at + WRITE_RETRY_CLOSING_S)
+                    closing = max(self._closing_at, began) + WRITE_RETRY_CLOSING_S
+                    deadline = min(deadline, closing)
                 if not db.transient(exc) or time.monotonic() + pause > deadline:
                     log.exception("outcomes.write_failed", extra={"count": len(batch)})
                     return

@@ -74,9 +74,9 @@ PAUSE_SYNC_S = 0.25
 """How often pauses kept in the database are copied into the limiter (a lost Redis
 forgets them; the limiter's 1 s cold-start hold outlasts this)."""
 PAUSE_PRUNE_S = 60.0
+"""How often pauses that have ended are deleted from the database."""
 PAUSE_PRUNE_AFTER_S = 300.0
 """A pause's row is deleted this long after its end (hosts' clocks differ by less)."""
-"""How often pauses that have ended are deleted from the database."""
 PAUSE_REFILL_LEAD_S = 0.1
 """A paused lane claims again this long before its pause ends, to be ready on time."""
 LEASE_GUARD_TIMEOUTS = 3.0

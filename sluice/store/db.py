@@ -162,15 +162,34 @@ def _unavailable_translator(
     return translate
 
 
+TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57014", "53300"})
+"""PostgreSQL's errors of the moment: a serialization failure, a deadlock, a lock not
+available, a statement cancelled (a timeout), too many connections."""
+TRANSIENT_SQLSTATE_CLASSES = ("08", "57P")
+"""... and whole classes: connection exceptions, a server shutting down or starting."""
+TRANSIENT_SQLITE = ("database is locked", "database table is locked", "busy")
+
+
 def transient(exc: BaseException) -> bool:
     """Whether the same transaction, begun again, may succeed: the database was unreachable
     or the connection lost (:class:`errors.StoreUnavailable`), or the server gave up on it
-    for a reason of the moment (an ``OperationalError``: a deadlock or serialization
-    failure on PostgreSQL, a database locked past the busy timeout on SQLite, a server
-    shutting down). A constraint, a bad statement or a bug is not transient."""
-    if isinstance(exc, errors.StoreUnavailable | OperationalError):
+    for a reason of the moment (a deadlock or serialization failure on PostgreSQL, a server
+    shutting down, a database locked past the busy timeout on SQLite). A constraint, a bad
+    statement, a missing table or a read-only file is not: SQLite raises those as
+    ``OperationalError`` too, so the class alone does not tell."""
+    if isinstance(exc, errors.StoreUnavailable):
         return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        return sqlstate in TRANSIENT_SQLSTATES or sqlstate.startswith(TRANSIENT_SQLSTATE_CLASSES)
+    message = str(exc.orig).lower()
+    return any(sign in message for sign in TRANSIENT_SQLITE)
 
 
 WAL_CHECKPOINT_S = 0.5

@@ -4,6 +4,7 @@ SQLite (a temp file) and the real PostgreSQL."""
 from __future__ import annotations
 
 import multiprocessing
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -15,8 +16,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine, create_engine, select, text, update
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from sluice.clock import FakeClock
 from sluice.domain import DueTask, Operation, Phase, Submission, Task, TaskStatus
@@ -857,4 +858,30 @@ def test_a_deadlock_is_transient_and_a_broken_constraint_is_not(postgres_url: st
             conn.execute(tasks.insert().values(id=first, provider="sandbox"))
         assert not db.transient(broken.value)
     finally:
+        engine.dispose()
+
+
+def test_on_sqlite_a_locked_database_is_transient_and_a_missing_table_is_not(
+    tmp_path: Path,
+) -> None:
+    """SQLite raises both as ``OperationalError``: retrying a missing table (a database
+    never migrated) held every later batch of outcomes back for a minute (a review)."""
+    path = tmp_path / "t.db"
+    engine = db.make_engine(f"sqlite:///{path}")
+    db.ensure_schema(engine)
+    impatient = create_engine(f"sqlite:///{path}", connect_args={"timeout": 0})
+    holder = sqlite3.connect(path)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(OperationalError) as locked, impatient.begin() as conn:
+            conn.execute(text("DELETE FROM tasks"))
+        assert db.transient(locked.value), locked.value
+        holder.rollback()
+        for statement in ("SELECT * FROM no_such_table", "SELEC 1", "SELECT no_such FROM tasks"):
+            with pytest.raises(OperationalError) as broken, impatient.connect() as conn:
+                conn.execute(text(statement))
+            assert not db.transient(broken.value), statement
+    finally:
+        holder.close()
+        impatient.dispose()
         engine.dispose()
