@@ -204,7 +204,7 @@ def merged(limits: Sequence[LimitSpec], margin: float) -> dict[str, LimitSpec]:
         burst = max(min(seen.burst, spec.burst), cost - 1)
         strict = max(
             (seen, spec),
-            key=lambda s: (spacing_us(s.rate, margin, min(burst, s.rate.limit - 1)), s.rate.limit),
+            key=lambda s: (spacing_us(s.rate, margin, burst), s.rate.limit),
         )
         if burst >= strict.rate.limit:
             raise errors.InvalidValue(
@@ -234,13 +234,9 @@ def plan(
         # A lowered rate (a pin, a learned rate, a quota's pace) spaces grants further
         # apart, but the room ahead of the TAT stays the configured spacing's: see
         # "Lowered rates" in the module docstring.
-        rates = [
-            rate
-            for given in listed[key]
-            for rate in (given.rate, given.held_rate)
-            if spec.burst < rate.limit
-        ]
-        room = min([spacing] + [spacing_us(rate, margin, spec.burst) for rate in rates])
+        # Every rate listed for the key, once (one spec not lowered: only its own rate).
+        rates = {rate for given in listed[key] for rate in (given.rate, given.held_rate)}
+        room = min(spacing_us(rate, margin, spec.burst) for rate in rates)
         plans[key] = KeyPlan(
             spacing=spacing,
             step=spec.cost * spacing,
