@@ -11,7 +11,11 @@ campaigns from create to Completed:
   5,000 ``POST /v1/campaigns``, then polls ``GET /v1/status?ids=`` (100 ids per call,
   in parallel over the same pool) every 50 ms until all are final.
 
-Both use ``THREADS`` concurrent requests. The rate is tasks / seconds from the first
+Both use ``THREADS`` concurrent requests. Each run also reports the CPU of each kind of
+thread (``threads_cpu_ms_per_task``, user and system time from ``/proc/self/task``, summed
+over threads of one name): the raw client's request threads against Sluice's send
+threads, writer, dispatcher and claimer. The kernel counts those per thread in clock ticks,
+so they add up to a little less than the process's CPU time (about 15% in short runs). The rate is tasks / seconds from the first
 create (for Sluice: from the call to ``create_tasks``) to the moment all are final. The
 CPU time of this process over the same span (all its threads; the sandbox runs apart) is
 recorded too: on a host shared with other work the rates swing with the load, the CPU
@@ -25,8 +29,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -54,6 +60,49 @@ SANDBOX = {
 RESULTS = harness.RESULTS_DIR / "engine_efficiency.json"
 
 
+def thread_cpu() -> dict[int, tuple[str, float, float]]:
+    """Each live thread of this process: its name (less any number), user and system s."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[int, tuple[str, float, float]] = {}
+    for thread in threading.enumerate():
+        if thread.native_id is None:
+            continue
+        try:
+            with open(f"/proc/self/task/{thread.native_id}/stat") as stat:
+                values = stat.read().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        name = re.sub(r"[-_]?\d+(_\d+)?$", "", thread.name)
+        found[thread.native_id] = (name, int(values[11]) / tick, int(values[12]) / tick)
+    return found
+
+
+def threads_cpu_per_task(
+    before: dict[int, tuple[str, float, float]], count: int
+) -> dict[str, dict[str, float]]:
+    """CPU ms per task of each kind of thread between ``before`` and now (user, system)."""
+    sums: dict[str, list[float]] = {}
+    for native_id, (name, user, system) in thread_cpu().items():
+        _, user_0, system_0 = before.get(native_id, (name, 0.0, 0.0))
+        total = sums.setdefault(name, [0.0, 0.0])
+        total[0] += user - user_0
+        total[1] += system - system_0
+    return {
+        name: {"user": round(u * 1000 / count, 3), "system": round(k * 1000 / count, 3)}
+        for name, (u, k) in sorted(sums.items())
+        if u + k > 0
+    }
+
+
+def _median_threads(runs: list[dict[str, dict[str, float]]]) -> dict[str, float]:
+    """Each kind of thread's median CPU ms per task (user + system) over ``runs``."""
+    names = sorted({name for run in runs for name in run})
+    return {
+        name: round(harness.median([sum(run.get(name, {}).values()) for run in runs]), 3)
+        for name in names
+    }
+
+
 def run_raw(base_url: str, count: int) -> dict[str, Any]:
     """Creates over a thread pool, then batch polls until every object is final."""
     limits = httpx.Limits(max_connections=THREADS, max_keepalive_connections=THREADS)
@@ -77,6 +126,7 @@ def run_raw(base_url: str, count: int) -> dict[str, Any]:
 
         started = time.perf_counter()
         cpu_started = time.process_time()
+        threads_before = thread_cpu()
         pending = set(pool.map(create, range(count)))
         polls = 0
         final: dict[str, int] = {}
@@ -94,11 +144,13 @@ def run_raw(base_url: str, count: int) -> dict[str, Any]:
                 raise TimeoutError(f"{len(pending)} objects not final after {RUN_TIMEOUT_S:g}s")
         seconds = time.perf_counter() - started
         cpu_s = time.process_time() - cpu_started
+        threads = threads_cpu_per_task(threads_before, count)
     return {
         "seconds": round(seconds, 3),
         "tasks_per_s": round(count / seconds, 1),
         "cpu_s": round(cpu_s, 3),
         "cpu_ms_per_task": round(cpu_s * 1000 / count, 3),
+        "threads_cpu_ms_per_task": threads,
         "requests": {"create": count, "poll": polls},
         "final": final,
     }
@@ -120,6 +172,7 @@ def run_sluice(base_url: str, count: int) -> dict[str, Any]:
             driver = build_embedded_driver(runtime)
             started = time.perf_counter()
             cpu_started = time.process_time()
+            threads_before = thread_cpu()
             submissions.create_tasks(runtime.repo, runtime.catalog, items)
             stored = time.perf_counter()
             driver.start()
@@ -130,6 +183,7 @@ def run_sluice(base_url: str, count: int) -> dict[str, Any]:
                     time.sleep(0.02)
                 seconds = time.perf_counter() - started
                 cpu_s = time.process_time() - cpu_started
+                threads = threads_cpu_per_task(threads_before, count)
             finally:
                 driver.stop()
             counts = {str(k): v for k, v in runtime.repo.counts().items()}
@@ -143,6 +197,7 @@ def run_sluice(base_url: str, count: int) -> dict[str, Any]:
         "cpu_ms_per_task": round(cpu_s * 1000 / count, 3),
         "store_insert_s": round(stored - started, 3),
         "engine_s": round(seconds - (stored - started), 3),
+        "threads_cpu_ms_per_task": threads,
         "requests": dict(stats.requests),
         "final": counts,
         "retries": stats.retries,
@@ -227,6 +282,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 [r["sluice"]["cpu_ms_per_task"] for r in runs]
             ),
             "cpu_ratio": harness.median([r["cpu_ratio"] for r in runs]),
+            "threads_cpu_ms_per_task": {
+                name: _median_threads([r[name]["threads_cpu_ms_per_task"] for r in runs])
+                for name in ("raw", "sluice")
+            },
         },
         "pass": {"sluice_at_least_0_8_of_raw": ratio >= TARGET_RATIO},
     }
