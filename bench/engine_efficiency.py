@@ -11,15 +11,16 @@ campaigns from create to Completed:
   5,000 ``POST /v1/campaigns``, then polls ``GET /v1/status?ids=`` (100 ids per call,
   in parallel over the same pool) every 50 ms until all are final.
 
-Both use ``THREADS`` concurrent requests. Each run also reports the CPU of each kind of
-thread (``threads_cpu_ms_per_task``, user and system time from ``/proc/self/task``, summed
-over threads of one name): the raw client's request threads against Sluice's send
-threads, writer, dispatcher and claimer. The kernel counts those per thread in clock ticks,
-so they add up to a little less than the process's CPU time (about 15% in short runs). The rate is tasks / seconds from the first
+Both use ``THREADS`` concurrent requests. The rate is tasks / seconds from the first
 create (for Sluice: from the call to ``create_tasks``) to the moment all are final. The
 CPU time of this process over the same span (all its threads; the sandbox runs apart) is
 recorded too: on a host shared with other work the rates swing with the load, the CPU
-seconds per task much less. Target (issue 14): Sluice's rate at least 0.8 of raw's.
+seconds per task much less. Each run also reports the CPU of each kind of thread
+(``threads_cpu_ms_per_task``, user and system time from ``/proc/self/task``, summed over
+threads of one name): the raw client's request threads against Sluice's send threads,
+writer, dispatcher and claimer. The kernel counts those per thread in clock ticks, so
+they add up to a little less than the process's CPU time (about 15% in short runs).
+Target (issue 14): Sluice's rate at least 0.8 of raw's.
 Writes ``bench/results/engine_efficiency.json``.
 
 Run: ``python -m bench.engine_efficiency [--runs 3] [--tasks 5000]``
