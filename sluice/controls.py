@@ -385,10 +385,7 @@ def pause_end(
             raise errors.InvalidControl(f"duration {exc}") from None
         if seconds <= 0:
             raise errors.InvalidControl(f"duration must be longer than 0, got {duration!r}")
-        try:
-            return now + timedelta(seconds=seconds)
-        except OverflowError:
-            return NO_EXPIRY
+        return now + timedelta(seconds=seconds)
     if until is not None:
         return as_utc(until)
     return None

@@ -34,6 +34,11 @@ UNIT_S: dict[str, float] = {
 }
 """Seconds per unit; the short forms (ms, s, min, h, d) are the documented ones."""
 
+MAX_DURATION_S = 3650 * 86400.0
+"""The longest duration anything accepts: ten years (``"3650d"``). Times are computed as
+``now +/- duration``; a longer one is a typo, and one past about 8,000 years did not fit a
+date at all (the pruning command and key expiries failed with a traceback)."""
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]+)\s*$")
 
 
@@ -41,7 +46,8 @@ def parse_duration(value: object) -> float:
     """Seconds in ``value`` (``"2s"``, ``"1.5min"``, ``"1h"`` or a number of seconds).
 
     Raises:
-        errors.InvalidValue: the text is not a non-negative duration with a known unit.
+        errors.InvalidValue: the text is not a non-negative duration with a known unit, or
+            it is longer than :data:`MAX_DURATION_S`.
     """
     if isinstance(value, bool):
         raise errors.InvalidValue(f"must be a duration like '2s', '5min' or '1h', got {value!r}")
@@ -58,6 +64,8 @@ def parse_duration(value: object) -> float:
         raise errors.InvalidValue(f"must be a duration like '2s', '5min' or '1h', got {value!r}")
     if seconds < 0 or not math.isfinite(seconds):
         raise errors.InvalidValue(f"must be a non-negative duration, got {value!r}")
+    if seconds > MAX_DURATION_S:
+        raise errors.InvalidValue(f"must be at most 3650d (ten years), got {value!r}")
     return seconds
 
 

@@ -27,3 +27,12 @@ def test_m_alone_is_refused_everywhere(text: str) -> None:
 def test_formatted_durations_parse_back(seconds: float) -> None:
     """format_duration writes text that parse_duration reads back to the same seconds."""
     assert parse_duration(format_duration(seconds)) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["3651d", "99999999d", 1e300, "315576000000s"])
+def test_a_duration_longer_than_ten_years_is_refused(text: str | float) -> None:
+    """Times are computed as now +/- a duration; past ten years it is a typo, and past
+    about 8,000 years it overflowed a date (a traceback from `sluice db prune`)."""
+    with pytest.raises(ValueError, match=r"must be at most 3650d \(ten years\)"):
+        parse_duration(text)
+    assert parse_duration("3650d") == 3650 * 86400

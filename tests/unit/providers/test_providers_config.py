@@ -231,3 +231,16 @@ def test_missing_environment_variable_is_named() -> None:
         text
         == "settings: providers.acme.headers.TTD-Auth: environment variable TTD_TOKEN is not set"
     )
+
+
+def test_a_duration_past_ten_years_is_a_config_error() -> None:
+    """A poll interval of 99999999d was accepted, and every create's outcome then failed
+    to compute its first poll's date (an OverflowError in the executor, the task left to
+    its lease): it is refused at start-up, naming the key."""
+    text = config_error(
+        {"acme": with_changes(ACME, poll_interval="99999999d")}, default_provider="acme"
+    )
+    assert text == (
+        "settings: providers.acme.poll_interval: must be at most 3650d (ten years), "
+        "got '99999999d'"
+    )
