@@ -594,7 +594,7 @@ def unpin(
 
 @app.command()
 def explain(
-    task_id: Annotated[int, typer.Argument(help="the task's id", min=1)],
+    task_id: Annotated[int, typer.Argument(help="the task's id", min=1, max=2**53)],
     api_url: ApiUrl = None,
     api_key: ApiKey = None,
 ) -> None:

@@ -41,7 +41,8 @@ class EmbeddedDriver:
         and give back every claim not sent (a clean stop leaves nothing ``uncertain``)."""
         self._stop.set()
         self.dispatcher.wake()
-        self._thread.join(timeout=60)
+        if self._thread.ident is not None:  # started (a stop before start has no loop)
+            self._thread.join(timeout=60)
         if self.dispatcher.pruner is not None:
             self.dispatcher.pruner.stop()
         self.executor.close()

@@ -210,3 +210,42 @@ def test_db_prune_reports_what_it_deleted(
     cli.app(["db", "prune", "--older-than", "30d"], standalone_mode=False)
 
     assert "pruned 0 task(s) and 0 event(s) in 0 batch(es)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("[]", "tasks: no tasks given"),
+        ('{"provider": "nope", "tasks": [{"kind": "campaign", "payload": {}}]}', "nope"),
+    ],
+)
+def test_submit_and_wait_refuses_in_one_line_too(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    content: str,
+    problem: str,
+) -> None:
+    """Without --no-wait a refused file was a traceback: stopping the engine that was never
+    started raised "cannot join thread before it is started" over the refusal."""
+    data = tmp_path / "tasks.json"
+    data.write_text(content)
+
+    code, err = run_cli(monkeypatch, capsys, "submit", str(data))
+
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert err.startswith("nothing was submitted: 1 problem(s)"), err
+    assert problem in err
+
+
+def test_explain_an_id_past_2_53_is_refused_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The API takes task ids up to 2**53; the CLI passed a larger one to SQLite, which
+    raised OverflowError."""
+    code, err = run_cli(monkeypatch, capsys, "explain", str(2**53 + 1))
+
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert "task_id" in err
