@@ -241,6 +241,5 @@ def test_a_duration_past_ten_years_is_a_config_error() -> None:
         {"acme": with_changes(ACME, poll_interval="99999999d")}, default_provider="acme"
     )
     assert text == (
-        "settings: providers.acme.poll_interval: must be at most 3650d (ten years), "
-        "got '99999999d'"
+        "settings: providers.acme.poll_interval: must be at most 3650d (ten years), got '99999999d'"
     )
