@@ -56,7 +56,10 @@ app.add_typer(keys_app, name="keys")
 console = Console(stderr=True)
 
 Host = Annotated[str | None, typer.Option(help="interface to listen on", envvar="SLUICE_HOST")]
-Port = Annotated[int | None, typer.Option(help="port to listen on", envvar="SLUICE_PORT")]
+Port = Annotated[
+    int | None,
+    typer.Option(help="port to listen on", envvar="SLUICE_PORT", min=1, max=65535),
+]
 
 
 Insecure = Annotated[
@@ -241,7 +244,7 @@ def status(
 def worker(
     beat: Annotated[bool, typer.Option(help="also run the beat scheduler in this worker")] = False,
     concurrency: Annotated[
-        int, typer.Option(help="worker processes", envvar="SLUICE_WORKER_CONCURRENCY")
+        int, typer.Option(help="worker processes", envvar="SLUICE_WORKER_CONCURRENCY", min=1)
     ] = 4,
     loglevel: Annotated[str, typer.Option(envvar="SLUICE_LOG_LEVEL")] = "INFO",
     hostname: Annotated[
@@ -283,6 +286,8 @@ MetricsPort = Annotated[
         help="serve this host's metrics (every Sluice process on it, summed) on this port "
         "at /metrics; for hosts that run no API",
         envvar="SLUICE_METRICS_PORT",
+        min=1,
+        max=65535,
     ),
 ]
 MetricsHost = Annotated[
@@ -318,7 +323,10 @@ def _serve_metrics_when_ready(settings: Any, host: str, port: int) -> None:
 
 @app.command("metrics-serve")
 def metrics_serve(
-    port: Annotated[int, typer.Option(help="port to listen on", envvar="SLUICE_METRICS_PORT")],
+    port: Annotated[
+        int,
+        typer.Option(help="port to listen on", envvar="SLUICE_METRICS_PORT", min=1, max=65535),
+    ],
     host: MetricsHost = "127.0.0.1",
 ) -> None:
     """Serve this host's metrics (its Sluice processes, summed) at /metrics until Ctrl-C."""

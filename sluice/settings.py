@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     # redis+cluster://host:7000,host2:7000 (sluice/redis_url.py, docs/deployment.md).
     redis_url: str | None = None
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(default=8000, ge=1, le=65535)
     default_provider: str = "sandbox"
     log_level: str = "INFO"
     config_file: str | None = Field(default=None, description="the TOML file that was read")
@@ -134,16 +134,29 @@ class Settings(BaseSettings):
             raise errors.InvalidValue("must be a positive duration like '30d' or '12h'")
         return value
 
-    # Only that a scheme is there (redis_url is read by parse_redis_url above): without
-    # one, masking cannot tell the URL's password. Which schemes work is kombu's business.
+    # A scheme must be there (redis_url is read by parse_redis_url above): without one,
+    # masking cannot tell the URL's password. Which schemes work is kombu's business, so
+    # kombu is asked (no connection is made); an unknown one was a KeyError traceback when
+    # the worker started.
     @field_validator("broker_url")
     @classmethod
-    def _broker_url_has_a_scheme(cls, value: str | None) -> str | None:
-        if value is not None and "://" not in value:
+    def _broker_url_has_a_known_scheme(cls, value: str | None) -> str | None:
+        example = "e.g. amqp://user:password@127.0.0.1:5672// or redis://127.0.0.1:6379/0"
+        if value is None:
+            return value
+        if "://" not in value:
+            raise errors.InvalidValue(f"must be a URL with a scheme, {example}")
+        from kombu.connection import Connection
+
+        try:
+            Connection(value).get_transport_cls()  # type: ignore[no-untyped-call]
+        except KeyError as exc:  # "No such transport: x.  Did you mean y?"
+            raise errors.InvalidValue(f"{exc.args[0]}; {example}") from None
+        except ImportError as exc:
+            scheme = value.split("://", 1)[0]
             raise errors.InvalidValue(
-                "must be a URL with a scheme, e.g. amqp://user:password@127.0.0.1:5672// "
-                "or redis://127.0.0.1:6379/0"
-            )
+                f"the {scheme!r} transport needs a package that is not installed ({exc.name})"
+            ) from None
         return value
 
     @field_validator("log_level")

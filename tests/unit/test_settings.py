@@ -123,3 +123,43 @@ def test_wrongly_typed_value_is_config_error(monkeypatch: pytest.MonkeyPatch) ->
 
     with pytest.raises(errors.ConfigError, match="port"):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("bogus://x", "No such transport: bogus"),
+        ("127.0.0.1:6379", "must be a URL with a scheme"),
+    ],
+)
+def test_a_broker_url_kombu_cannot_use_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, url: str, expected: str
+) -> None:
+    """An unknown broker scheme was accepted, and `sluice worker` then died with a KeyError
+    traceback from kombu; kombu is now asked when the settings are read."""
+    monkeypatch.setenv("SLUICE_BROKER_URL", url)
+
+    with pytest.raises(errors.ConfigError, match="broker_url") as info:
+        load_settings()
+    assert expected in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://127.0.0.1:6379/0", "rediss://h:6379/0", "amqp://guest:guest@127.0.0.1:5672//"],
+)
+def test_the_documented_broker_urls_are_accepted(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("SLUICE_BROKER_URL", url)
+
+    assert load_settings().broker_url == url
+
+
+@pytest.mark.parametrize("port", ["0", "99999"])
+def test_a_port_outside_1_to_65535_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, port: str
+) -> None:
+    """Port 99999 was accepted, and the API then listened on 34463 (99999 mod 65536)."""
+    monkeypatch.setenv("SLUICE_PORT", port)
+
+    with pytest.raises(errors.ConfigError, match="port"):
+        load_settings()

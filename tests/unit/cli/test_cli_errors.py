@@ -249,3 +249,25 @@ def test_explain_an_id_past_2_53_is_refused_without_a_traceback(
     assert code == 2, err
     assert "Traceback" not in err
     assert "task_id" in err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("api", "--port", "99999"),
+        ("up", "--port", "0"),
+        ("metrics-serve", "--port", "70000"),
+        ("worker", "--concurrency", "-1"),
+        ("worker", "--concurrency", "0"),
+    ],
+)
+def test_a_port_or_concurrency_out_of_range_is_refused_before_anything_starts(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: tuple[str, ...]
+) -> None:
+    """`sluice api --port 99999` listened on port 34463; `sluice worker --concurrency -1`
+    was a traceback from Celery, and 0 started as many processes as the host has cores."""
+    code, err = run_cli(monkeypatch, capsys, *args)
+
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert args[1] in err
