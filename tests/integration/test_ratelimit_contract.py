@@ -278,8 +278,10 @@ def test_grants_never_exceed_limit_in_any_sliding_window(
 def test_hammering_threads_stay_spaced_on_the_real_clock(
     make_limiter: Factory, instances: int
 ) -> None:
-    """Six threads asking for 200/s as fast as allowed for ~0.6 s get grants spaced by at
-    least interval * (1 + margin) on the limiter's own clock (Redis TIME), across instances."""
+    """Six threads asking for 200/s as fast as allowed get grants spaced by at least
+    interval * (1 + margin) on the limiter's own clock (Redis TIME), across instances, and
+    keep getting them: 60 grants (0.3 s of slots) within 10 s. A fixed 0.6 s run asking
+    for 40 of its 119 slots failed on a loaded host, where one stall of 337 ms left 35."""
     rate = parse_rate("200/s")
     spec = LimitSpec("hammer", rate)
     limiters = [make_limiter(None) for _ in range(instances)]
@@ -289,10 +291,11 @@ def test_hammering_threads_stay_spaced_on_the_real_clock(
         limiter.acquire([LimitSpec("warm-up", rate)])
     granted_at: list[float] = []
     record = threading.Lock()
-    deadline = time.monotonic() + 0.6
+    wanted = 60
+    deadline = time.monotonic() + 10.0
 
     def hammer(limiter: Limiter) -> None:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and len(granted_at) < wanted:
             grant = limiter.acquire([spec])
             if grant.granted:
                 assert grant.granted_at is not None
@@ -309,8 +312,7 @@ def test_hammering_threads_stay_spaced_on_the_real_clock(
     times_us = sorted(gcra.to_us(at) for at in granted_at)
     gaps = [later - earlier for earlier, later in itertools.pairwise(times_us)]
     assert min(gaps) >= gcra.spacing_us(rate, 0.01)
-    # Not starved either: a third of the ~119 slots in 0.6 s leaves room for a loaded CI box.
-    assert len(times_us) >= 40
+    assert len(times_us) >= wanted  # not starved either
 
 
 @pytest.mark.parametrize("kind", REDIS_KINDS)
