@@ -25,7 +25,7 @@ from pydantic_settings import (
 
 from sluice import errors, masking
 from sluice.redis_url import parse_redis_url
-from sluice.units import parse_duration
+from sluice.units import MAX_DURATION_S, parse_duration
 
 DEFAULT_CONFIG_FILE = "sluice.toml"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -57,48 +57,51 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = None
     # Requests beyond one a key may send at once before api_rate_limit paces it (the
     # limiter's burst: docs/ratelimit.md); 0 = evenly paced. Must be below the rate's count.
-    api_rate_burst: int = Field(default=0, ge=0)
+    api_rate_burst: int = Field(default=0, ge=0, le=1_000_000)
 
-    # Engine knobs (units in the names).
-    executor_threads: int = 16
-    dispatch_batch: int = 500
-    dispatch_idle_s: float = 0.05
-    claim_lease_s: float = 120.0
+    # Engine knobs (units in the names). Every number here is bounded: 0 threads or a NaN
+    # lease stopped `sluice up` and `sluice submit` with a traceback.
+    executor_threads: int = Field(default=16, ge=1, le=1024)
+    dispatch_batch: int = Field(default=500, ge=1, le=100_000)
+    dispatch_idle_s: float = Field(default=0.05, gt=0, le=60, allow_inf_nan=False)
+    claim_lease_s: float = Field(default=120.0, gt=0, le=MAX_DURATION_S, allow_inf_nan=False)
     # Claims share each provider's budget fairly between fairness keys (docs/operations.md,
     # "Fair share"); false: plain arrival order (the benchmark's baseline).
     fair_share: bool = True
-    max_body_bytes: int = 1_048_576
+    max_body_bytes: int = Field(default=1_048_576, ge=1)
 
     # Limiter: grants are spaced by window/limit * (1 + rate_margin); 0.5% leaves 5 ms per
     # 1 s window, 2 ms of it catch-up. The sliding window at the provider is kept by window
     # holds (sluice/ratelimit/holds.py), whatever the jitter after the send, so the margin
     # only has to keep grants spaced: small, for >= 99% of the limit. Must be > 0.
-    rate_margin: float = Field(default=0.005, gt=0)
+    rate_margin: float = Field(default=0.005, gt=0, le=1, allow_inf_nan=False)
     # A grant up to this late for its slot keeps the schedule (capped at half the margin's
     # slack, so the sliding-window guarantee holds): see sluice/ratelimit/gcra.py.
-    rate_catch_up_s: float = Field(default=0.002, ge=0)
+    rate_catch_up_s: float = Field(default=0.002, ge=0, le=1, allow_inf_nan=False)
     # Prefix of the limiter's Redis keys; no '{' or '}' (they would break the hash tags that
     # keep one provider's keys in one Redis Cluster slot: docs/scaling.md).
     limiter_namespace: str = "sluice:rl"
 
     # Distributed mode: beat sends `pumps` pump tasks every `pump_s` seconds; each keeps
     # one worker process dispatching for up to `pump_s`.
-    pumps: int = 4
-    pump_s: float = 1.0
-    reconcile_every_s: float = 30.0
+    pumps: int = Field(default=4, ge=1, le=10_000)
+    pump_s: float = Field(default=1.0, gt=0, le=3600, allow_inf_nan=False)
+    reconcile_every_s: float = Field(default=30.0, gt=0, le=86_400, allow_inf_nan=False)
     # Retention (docs/scaling.md): with a period (e.g. "30d"), every dispatcher prunes
     # final task families older than that in a background thread, at most every
     # `retention_every_s`, `retention_batch` tasks per transaction. None: keep everything
     # (`sluice db prune --older-than 30d` does it by hand).
     retention_period: str | None = None
-    retention_batch: int = Field(default=5000, ge=1)
-    retention_every_s: float = Field(default=600.0, gt=0)
+    retention_batch: int = Field(default=5000, ge=1, le=1_000_000)
+    retention_every_s: float = Field(default=600.0, gt=0, le=MAX_DURATION_S, allow_inf_nan=False)
 
     # Console sessions (/ui): they end this long after sign-in, or after this long unused.
-    console_session_s: float = Field(default=8 * 3600, gt=0)
-    console_idle_s: float = Field(default=3600, gt=0)
+    console_session_s: float = Field(default=8 * 3600, gt=0, le=MAX_DURATION_S, allow_inf_nan=False)
+    console_idle_s: float = Field(default=3600, gt=0, le=MAX_DURATION_S, allow_inf_nan=False)
     # The console's history (per-minute usage counters per limit key): kept this long.
-    usage_retention_s: float = Field(default=7 * 86_400, gt=0)
+    usage_retention_s: float = Field(
+        default=7 * 86_400, gt=0, le=MAX_DURATION_S, allow_inf_nan=False
+    )
     # /metrics: fairness keys named in sluice_fair_share_* per provider besides those with a
     # weight (the largest shares); the rest sum into fairness_key="_other". 0: weighted only.
     metrics_fair_share_keys: int = Field(default=10, ge=0, le=100)

@@ -163,3 +163,33 @@ def test_a_port_outside_1_to_65535_is_a_config_error(
 
     with pytest.raises(errors.ConfigError, match="port"):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("SLUICE_EXECUTOR_THREADS", "0"),
+        ("SLUICE_CLAIM_LEASE_S", "nan"),
+        ("SLUICE_CLAIM_LEASE_S", "-1"),
+        ("SLUICE_DISPATCH_BATCH", "0"),
+        ("SLUICE_DISPATCH_IDLE_S", "-1"),
+        ("SLUICE_PUMPS", "0"),
+        ("SLUICE_PUMP_S", "inf"),
+        ("SLUICE_RECONCILE_EVERY_S", "0"),
+        ("SLUICE_RATE_MARGIN", "inf"),
+        ("SLUICE_RATE_CATCH_UP_S", "nan"),
+        ("SLUICE_MAX_BODY_BYTES", "-1"),
+        ("SLUICE_CONSOLE_SESSION_S", "inf"),
+        ("SLUICE_USAGE_RETENTION_S", "1e308"),
+        ("SLUICE_RETENTION_EVERY_S", "inf"),
+    ],
+)
+def test_an_engine_number_out_of_range_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    """SLUICE_EXECUTOR_THREADS=0 and SLUICE_CLAIM_LEASE_S=nan were accepted, and `sluice
+    submit` then failed with a ValueError traceback; every such number has bounds now."""
+    monkeypatch.setenv(variable, value)
+
+    with pytest.raises(errors.ConfigError, match=variable):
+        load_settings()
