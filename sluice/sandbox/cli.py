@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from sluice.sandbox.app import create_sandbox_app
 from sluice.sandbox.config import SandboxConfig
 from sluice.sandbox.profiles import PROFILES
-from sluice.settings import load_settings
+from sluice.settings import describe_validation_error, load_settings
 
 DEFAULT_PORT = 9000
 
@@ -72,6 +73,9 @@ def sandbox_command(
         sandbox_config = load_config(
             config, host=host, port=port, profile=profile, seed=seed, auth=auth
         )
+    except ValidationError as exc:  # one line per problem, without pydantic's URLs
+        problems = describe_validation_error(exc, lambda loc: ".".join(["sandbox", *loc]))
+        raise typer.BadParameter(problems) from None
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     typer.echo(

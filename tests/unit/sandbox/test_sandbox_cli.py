@@ -73,3 +73,20 @@ def test_unknown_profile_is_a_usage_error(served: list[dict[str, Any]]) -> None:
     known = "bare, demo, dv360, google-ads, headers, hidden, hidden-headers, leaky, meta, standard"
     assert f"known: {known}" in result.output
     assert served == []
+
+
+def test_a_bad_value_names_its_key_without_pydantic_s_text(
+    tmp_path: Path, served: list[dict[str, Any]]
+) -> None:
+    """A limit of 0 in [sandbox] was shown as pydantic's whole report (input values, a
+    link to pydantic's site); it is one line naming the key and the reason."""
+    path = tmp_path / "sandbox.toml"
+    path.write_text('[sandbox]\nlimits = [{name = "x", limit = 0, window_s = 1}]\n')
+
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(_runner_app(), ["--config", str(path)])
+
+    assert result.exit_code == 2
+    assert "sandbox.limits.0.sliding.limit: Input should be greater than 0" in result.output
+    assert "errors.pydantic.dev" not in result.output
+    assert "input_value" not in result.output
+    assert served == []
