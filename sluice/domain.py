@@ -18,6 +18,9 @@ DEFAULT_PRIORITY = 0
 PRIORITY_MIN = -100
 PRIORITY_MAX = 100
 """A task's priority orders work within its fairness key only (higher first)."""
+MAX_ID = 2**53
+"""The largest task or job id anything accepts: ids stay exact in JavaScript clients, and a
+larger number sent to the database overflowed SQLite's integer (a 500 in the console)."""
 FAIRNESS_KEY_MAX = 128
 """A fairness key longer than this (a payload field's value) is cut to this length."""
 

@@ -11,11 +11,10 @@ from typing import Any
 
 from sluice import errors
 from sluice.catalog import Catalog
-from sluice.domain import PRIORITY_MAX, PRIORITY_MIN, Submission, Task, TaskStatus
+from sluice.domain import MAX_ID, PRIORITY_MAX, PRIORITY_MIN, Submission, Task, TaskStatus
 from sluice.store.repository import TaskRepository
 
 MAX_BULK = 10_000
-MAX_ID = 2**53  # ids stay exact in JavaScript clients
 MAX_NAME_CHARS = 64  # provider and kind names
 MAX_KEY_CHARS = 255  # idempotency keys
 _TEXT_LIMITS = (

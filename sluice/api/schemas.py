@@ -13,6 +13,7 @@ from sluice.catalog import Catalog
 from sluice.domain import (
     DEFAULT_PRIORITY,
     DEFAULT_TENANT,
+    MAX_ID,
     PRIORITY_MAX,
     PRIORITY_MIN,
     TENANT_PATTERN,
@@ -25,7 +26,7 @@ from sluice.domain import (
     TaskEvent,
     TaskStatus,
 )
-from sluice.submissions import MAX_BULK, MAX_ID, MAX_KEY_CHARS, MAX_NAME_CHARS
+from sluice.submissions import MAX_BULK, MAX_KEY_CHARS, MAX_NAME_CHARS
 
 TenantQuery = Annotated[
     str | None,

@@ -25,7 +25,7 @@ from sqlalchemy import ColumnElement, Connection, Engine, Table, func, insert, o
 
 from sluice import errors
 from sluice.clock import Clock, SystemClock
-from sluice.domain import FINAL_STATUSES, Actor, TaskStatus
+from sluice.domain import FINAL_STATUSES, MAX_ID, Actor, TaskStatus
 from sluice.store import audit
 from sluice.store.filters import TaskFilter
 from sluice.store.repository import TaskRepository
@@ -167,6 +167,8 @@ class BulkJobs:
 
     def get(self, job_id: int, tenant: str | None = None) -> BulkJob:
         """The job; another tenant's job is "not found", like a missing one."""
+        if not 1 <= job_id <= MAX_ID:
+            raise errors.BulkJobNotFound(f"bulk job {job_id} not found")
         query = select(bulk_jobs).where(bulk_jobs.c.id == job_id)
         if tenant is not None:
             query = query.where(bulk_jobs.c.tenant == tenant)

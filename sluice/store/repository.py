@@ -32,6 +32,7 @@ from sluice.clock import Clock, SystemClock
 from sluice.domain import (
     FINAL_STATUSES,
     LOCAL_ACTOR,
+    MAX_ID,
     Actor,
     Phase,
     Submission,
@@ -101,6 +102,8 @@ class TaskRepository:
         lock: bool = False,
         as_parent: bool = False,
     ) -> Task:
+        if not 1 <= task_id <= MAX_ID:
+            raise errors.TaskNotFound(task_id)
         query = select(tasks).where(tasks.c.id == task_id)
         if tenant is not None:
             # Another tenant's task is "not found", with the very same message.

@@ -259,3 +259,14 @@ def test_refused_controls_name_the_problem_and_audit_nothing(ui: Console) -> Non
     assert above.status_code == 422
     assert "only lowers" in above.text
     assert "limit." not in ui.client.get("/ui/audit").text
+
+
+@pytest.mark.parametrize("page", ["tasks", "jobs"])
+def test_an_id_past_2_53_is_not_found_not_a_server_error(ui: Console, page: str) -> None:
+    """/ui/tasks/<23 digits> and /ui/jobs/<23 digits> were 500s: the id overflowed SQLite's
+    integer. Ids stop at 2**53 everywhere (the API's own routes refuse larger ones)."""
+    huge = 99999999999999999999999
+    response = ui.client.get(f"/ui/{page}/{huge}")
+
+    assert response.status_code == 404
+    assert f"{huge} not found" in response.text

@@ -271,3 +271,12 @@ def test_a_port_or_concurrency_out_of_range_is_refused_before_anything_starts(
     assert code == 2, err
     assert "Traceback" not in err
     assert args[1] in err
+
+
+def test_explain_of_an_id_the_store_has_not_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = run_cli(monkeypatch, capsys, "explain", str(2**53))
+
+    assert code == 2
+    assert one_line(err) == f"error: task {2**53} not found"
