@@ -179,7 +179,7 @@ def create_sandbox_app(
 
     async def arrivals(request: Request) -> Response:
         raw = request.query_params.get("after", "0")
-        if not raw.isdigit():
+        if not (raw.isascii() and raw.isdigit()):
             error = InvalidRequest(f"after must be a whole number >= 0, got {raw!r}", field="after")
             return await respond(Reply(error.status_code, error.body()))
         return await respond(Reply(200, sandbox.arrivals.answer(int(raw))))

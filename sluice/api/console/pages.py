@@ -36,7 +36,7 @@ from sluice.api.console.routes import Viewer, _form_page, _page, _when, render_h
 from sluice.api.deps import ApiContext
 from sluice.clock import as_utc
 from sluice.controls import pause_end, pin_rate
-from sluice.domain import Actor, Phase, Role, Task, TaskStatus
+from sluice.domain import MAX_ID, Actor, Phase, Role, Task, TaskStatus
 from sluice.engine.quotas import local_time
 from sluice.store.bulkjobs import ACTIONS
 from sluice.store.filters import TaskFilter
@@ -305,6 +305,15 @@ def _unknown(request: Request, name: str) -> str:
 # -- tasks -----------------------------------------------------------------------------------
 
 
+def _task_id(text: str) -> int | None:
+    """``text`` as a task id (ASCII digits, 1..MAX_ID), else None. ``str.isdigit`` alone
+    takes '²' (int() then raised: a 500) and any length (SQLite's integer overflowed)."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 16:
+        return None
+    number = int(text)
+    return number if 1 <= number <= MAX_ID else None
+
+
 def parse_filter(params: Any) -> tuple[TaskFilter, dict[str, str], list[str]]:
     """The filter from a query string or form; what was typed (to show back); problems."""
     given = {name: str(params.get(name) or "").strip() for name in FILTER_FIELDS}
@@ -330,9 +339,8 @@ def parse_filter(params: Any) -> tuple[TaskFilter, dict[str, str], list[str]]:
 
     parent: int | None = None
     if given["parent_id"]:
-        if given["parent_id"].isdigit() and 0 < int(given["parent_id"]) <= 2**53:
-            parent = int(given["parent_id"])
-        else:
+        parent = _task_id(given["parent_id"])
+        if parent is None:
             problems.append(f"parent: not a task id: {given['parent_id']!r}")
     task_filter = TaskFilter(
         status=choice("status", TaskStatus),
@@ -360,7 +368,7 @@ def _tasks_page(request: Request, params: Any, **extra: Any) -> Response:
         return _refuse(request, "the task list is not available here", 404)
     task_filter, given, problems = parse_filter(params)
     after = str(params.get("after") or "")
-    after_id = int(after) if after.isdigit() else 0
+    after_id = _task_id(after) or 0
     items: list[Task] = []
     more = False
     if not problems:
@@ -435,14 +443,14 @@ async def bulk_start(request: Request) -> Response:
         context is None
         or context.bulk is None
         or action not in ACTIONS
-        or not max_id_text.isdigit()
+        or _task_id(max_id_text) is None
     ):
         return _refuse(request, "the confirmation was incomplete; nothing was changed", 422)
     task_filter, _given, problems = parse_filter(form)
     if problems:
         return _tasks_page(request, form)
     tenant = tenant_of(viewer)
-    preview = context.bulk.preview(action, task_filter, tenant, upto=int(max_id_text))
+    preview = context.bulk.preview(action, task_filter, tenant, upto=_task_id(max_id_text))
     job = context.bulk.start(action, task_filter, tenant, preview, _actor(viewer))
     if context.bulk_runner is not None:
         context.bulk_runner.wake()

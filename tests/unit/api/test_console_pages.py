@@ -270,3 +270,32 @@ def test_an_id_past_2_53_is_not_found_not_a_server_error(ui: Console, page: str)
 
     assert response.status_code == 404
     assert f"{huge} not found" in response.text
+
+
+@pytest.mark.parametrize(
+    ("path", "form"),
+    [
+        ("/ui/tasks/bulk", {"action": "cancel", "max_id": "9" * 23}),
+        ("/ui/tasks/bulk", {"action": "cancel", "max_id": "\u00b2"}),
+        ("/ui/tasks/preview", {"action": "cancel", "parent_id": "\u00b2"}),
+    ],
+)
+def test_a_form_s_odd_id_is_refused_not_a_server_error(
+    ui: Console, path: str, form: dict[str, str]
+) -> None:
+    """'²' passed str.isdigit() and then failed int() (a 500), and 23 digits overflowed
+    SQLite's integer (a 500); both are refused and nothing is changed."""
+    ui.make(2)
+    token = ui.token(ui.client.get("/ui/tasks").text)
+
+    response = ui.client.post(path, data={**form, "csrf_token": token}, follow_redirects=False)
+
+    assert response.status_code == 422
+    assert ui.runtime.repo.counts().get(TaskStatus.CANCELLED, 0) == 0
+
+
+def test_a_listing_after_an_id_past_2_53_is_empty_not_a_server_error(ui: Console) -> None:
+    ui.make(1)
+
+    assert ui.client.get("/ui/tasks?after=" + "9" * 23).status_code == 200
+    assert ui.client.get("/ui/tasks?after=\u00b2").status_code == 200
