@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -47,11 +48,17 @@ def request_hash(body: Any) -> str:
     return hashlib.sha256(encoded.encode()).hexdigest()
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+"""A UTF-16 surrogate left alone by a JSON ``\\ud800`` escape: it cannot be encoded as
+UTF-8, so no database, hash or provider request can take it."""
+
+
 def unstorable(value: Any) -> str | None:
     """Why ``value`` (nested JSON: keys, text, numbers) cannot be stored, or None if it can.
 
-    PostgreSQL cannot store NUL in text or JSONB, and NaN/Infinity are not JSON (Python's
-    parser lets them through). Refusing them on every backend keeps SQLite and PostgreSQL
+    PostgreSQL cannot store NUL in text or JSONB, an unpaired surrogate is not UTF-8 (a
+    single create with one was a 500), and NaN/Infinity are not JSON (Python's parser
+    lets them through). Refusing them on every backend keeps SQLite and PostgreSQL
     deployments accepting exactly the same submissions.
     """
     pending = [value]
@@ -60,6 +67,8 @@ def unstorable(value: Any) -> str | None:
         if isinstance(item, str):
             if "\x00" in item:
                 return "must not contain NUL characters (\\u0000)"
+            if not item.isascii() and _SURROGATE.search(item):
+                return "must not contain unpaired surrogates (\\ud800-\\udfff): not UTF-8 text"
         elif isinstance(item, float):
             if not math.isfinite(item):
                 return "numbers must be finite (NaN and Infinity are not JSON)"

@@ -194,3 +194,43 @@ def test_unknown_id_is_404(api: Api, method: str, path: str) -> None:
 
     assert response.status_code == 404
     assert response.json() == {"detail": "task 404 not found"}
+
+
+@pytest.mark.usefixtures("seeded")
+@pytest.mark.parametrize(
+    "item",
+    [
+        b'{"kind": "campaign", "payload": {"a": "x\\ud800"}}',
+        b'{"kind": "campaign", "payload": {}, "idempotency_key": "k\\udc00"}',
+    ],
+)
+def test_an_unpaired_surrogate_in_a_bulk_item_is_422_and_nothing_is_written(
+    api: Api, item: bytes
+) -> None:
+    """A JSON escape like \\ud800 with no partner is no UTF-8 text: a payload holding one
+    was stored (and could never be sent), an idempotency key holding one was a 500. The
+    seeded fixture checks that nothing was written."""
+    body = b'{"tasks": [{"kind": "campaign", "payload": {"a": 1}}, ' + item + b"]}"
+
+    response = api.client.post(
+        "/api/tasks/bulk", content=body, headers={"content-type": "application/json"}
+    )
+
+    detail = problems(response)
+    assert detail[0]["index"] == 1
+    assert "surrogate" in detail[0]["msg"]
+
+
+@pytest.mark.usefixtures("seeded")
+def test_an_unpaired_surrogate_in_a_create_is_422_not_a_server_error(api: Api) -> None:
+    """A single create whose payload held \\ud800 was a 500 (hashing the body for
+    idempotency could not encode it)."""
+    body = b'{"kind": "campaign", "payload": {"name": "a\\ud800b"}}'
+
+    response = api.client.post(
+        "/api/tasks", content=body, headers={"content-type": "application/json"}
+    )
+
+    detail = problems(response)
+    assert detail[0]["loc"] == ["body", "payload"]
+    assert "surrogate" in detail[0]["msg"]

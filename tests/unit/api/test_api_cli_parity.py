@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 
 from tests.unit.api.conftest import CATALOG
 
-# Text with and without NUL, numbers finite and not, nested a little.
-texts = st.text(alphabet=st.sampled_from("ab\x00é-"), max_size=4)
+# Text with and without NUL or an unpaired surrogate, numbers finite and not, nested a little.
+texts = st.text(alphabet=st.sampled_from("ab\x00é-\ud800"), max_size=4)
 scalars = st.one_of(
     texts, st.integers(-(2**40), 2**40), st.floats(allow_nan=True, allow_infinity=True)
 )
