@@ -134,22 +134,30 @@ def test_import_file_that_cannot_be_read_is_one_line(
         ('[{"kind": "camp\\u0000aign", "payload": {"name": "ab"}}]', "NUL characters"),
         ('[{"kind": "campaign", "payload": {"budget": 1e400}}]', "must be finite"),
         ('[{"kind": "campaign", "provider": "' + "p" * 65 + '", "payload": {}}]', "1 to 64"),
+        ('[{"kind": "campaign", "payload": {"name": "a\\ud800"}}]', "unpaired surrogates"),
+        ("[]", "tasks: no tasks given"),
+        ('{"provider": "nope", "tasks": [{"kind": "campaign", "payload": {}}]}', "nope"),
     ],
 )
+@pytest.mark.parametrize("wait", [False, True])
 def test_submit_refuses_what_the_api_refuses_and_writes_nothing(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
     content: str,
     problem: str,
+    wait: bool,
 ) -> None:
-    """`sluice submit` refuses NUL text, non-finite numbers and long names; nothing is stored."""
+    """`sluice submit` refuses NUL text, unpaired surrogates, non-finite numbers, long names,
+    no tasks and unknown providers in one line; nothing is stored. Waiting (the default) it
+    was a traceback: stopping the engine that never started raised "cannot join thread
+    before it is started" over the refusal."""
     data = tmp_path / "tasks.json"
     data.write_text(content)
 
-    code, err = run_cli(monkeypatch, capsys, "submit", str(data), "--no-wait")
+    code, err = run_cli(monkeypatch, capsys, "submit", str(data), *([] if wait else ["--no-wait"]))
 
-    assert code == 2
+    assert code == 2, err
     assert "Traceback" not in err
     assert err.startswith("nothing was submitted: 1 problem(s)"), err
     assert problem in err
@@ -210,33 +218,6 @@ def test_db_prune_reports_what_it_deleted(
     cli.app(["db", "prune", "--older-than", "30d"], standalone_mode=False)
 
     assert "pruned 0 task(s) and 0 event(s) in 0 batch(es)" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize(
-    ("content", "problem"),
-    [
-        ("[]", "tasks: no tasks given"),
-        ('{"provider": "nope", "tasks": [{"kind": "campaign", "payload": {}}]}', "nope"),
-    ],
-)
-def test_submit_and_wait_refuses_in_one_line_too(
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    tmp_path: Path,
-    content: str,
-    problem: str,
-) -> None:
-    """Without --no-wait a refused file was a traceback: stopping the engine that was never
-    started raised "cannot join thread before it is started" over the refusal."""
-    data = tmp_path / "tasks.json"
-    data.write_text(content)
-
-    code, err = run_cli(monkeypatch, capsys, "submit", str(data))
-
-    assert code == 2, err
-    assert "Traceback" not in err
-    assert err.startswith("nothing was submitted: 1 problem(s)"), err
-    assert problem in err
 
 
 def test_explain_an_id_past_2_53_is_refused_without_a_traceback(
