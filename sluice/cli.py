@@ -18,6 +18,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from sluice import errors, logs, masking, process_memory
+from sluice.domain import MAX_ID
 from sluice.settings import load_settings
 
 SANDBOX_HELP = "Run the sandbox DSP (a simulated third-party API)."
@@ -602,7 +603,7 @@ def unpin(
 
 @app.command()
 def explain(
-    task_id: Annotated[int, typer.Argument(help="the task's id", min=1, max=2**53)],
+    task_id: Annotated[int, typer.Argument(help="the task's id", min=1, max=MAX_ID)],
     api_url: ApiUrl = None,
     api_key: ApiKey = None,
 ) -> None:
