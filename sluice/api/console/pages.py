@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -32,7 +33,15 @@ from sluice import errors, masking
 from sluice.api.console import session as web
 from sluice.api.console.charts import sparkline
 from sluice.api.console.feed import LiveFeed, sse_message
-from sluice.api.console.routes import Viewer, _form_page, _page, _when, render_html, router
+from sluice.api.console.routes import (
+    Viewer,
+    _form_page,
+    _page,
+    _when,
+    current_viewer,
+    render_html,
+    router,
+)
 from sluice.api.deps import ApiContext
 from sluice.clock import as_utc
 from sluice.controls import pause_end, pin_rate
@@ -43,6 +52,9 @@ from sluice.store.filters import TaskFilter
 
 PAGE_SIZE = 50
 KEEPALIVE_S = 15.0
+RECHECK_S = 5.0
+"""A live stream reads its viewer again before each message and at least this often: a
+key revoked or a session ended stops the stream (it once streamed on until closed)."""
 STAFF = (Role.OPERATOR, Role.ADMIN)
 WRITERS = (Role.SUBMITTER, Role.OPERATOR, Role.ADMIN)
 FILTER_FIELDS = (
@@ -167,23 +179,36 @@ async def events(request: Request) -> Response:
     viewer = _viewer(request)
     if not provider_wide(viewer):
         return _refuse(request, "the live overview needs an operator or admin key")
-    return _stream(_feed(request))
+    return _stream(request, _feed(request))
 
 
-def _stream(feed: LiveFeed) -> Response:
-    """A live part as Server-Sent Events: each change of ``feed``'s HTML, and keepalives."""
+def _stream(request: Request, feed: LiveFeed) -> Response:
+    """A live part as Server-Sent Events: each change of ``feed``'s HTML, and keepalives,
+    for as long as the viewer may still see it (operators and admins, or the open mode).
+
+    The viewer is read again (:func:`current_viewer`: the session and its key, from the
+    database) before each message and at least every :data:`RECHECK_S`; once it may not,
+    the stream ends, and the browser's reconnection is refused like any request.
+    """
     subscriber = feed.subscribe()
 
     async def stream() -> AsyncIterator[str]:
         try:
             yield "retry: 1000\n\n"
+            quiet_since = time.monotonic()
             while True:
                 try:
-                    html = await asyncio.wait_for(subscriber.queue.get(), KEEPALIVE_S)
+                    html: str | None = await asyncio.wait_for(subscriber.queue.get(), RECHECK_S)
                 except TimeoutError:
+                    html = None
+                if not provider_wide(await current_viewer(request)):
+                    return
+                if html is not None:
+                    yield sse_message("live", html)
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since >= KEEPALIVE_S:
                     yield ": keepalive\n\n"
-                    continue
-                yield sse_message("live", html)
+                    quiet_since = time.monotonic()
         finally:
             feed.unsubscribe(subscriber)
 
@@ -293,7 +318,7 @@ async def provider_events(request: Request, name: str) -> Response:
     context = _context(request)
     if context is None or context.overview is None or name not in context.overview.providers:
         return _refuse(request, _unknown(request, name), 404)
-    return _stream(_provider_feed(request, name))
+    return _stream(request, _provider_feed(request, name))
 
 
 def _unknown(request: Request, name: str) -> str:

@@ -102,7 +102,7 @@ class ConsoleRoute(APIRoute):
         needs_viewer = not self.public
 
         async def checked(request: Request) -> Response:
-            viewer = await run_in_threadpool(_viewer, request)
+            viewer = await current_viewer(request)
             request.state.viewer = viewer
             if needs_viewer and not viewer.known:
                 response: Response = _redirect(request, "console_login_form")
@@ -124,12 +124,19 @@ def _console(request: Request) -> Console:
 
 
 def _viewer(request: Request) -> Viewer:
+    """Who is asking, read afresh: the session (its key not revoked or expired), or the
+    open loopback mode, or nobody known (blocking: a database read)."""
     token = web.read_cookie(request, web.SESSION_COOKIE)
     if token is not None:
         session = _console(request).sessions.find(token)
         if session is not None:
             return Viewer(session, token)
     return Viewer(open_mode=_console(request).open_to(request))
+
+
+async def current_viewer(request: Request) -> Viewer:
+    """:func:`_viewer` on the thread pool, for async routes and long-lived streams."""
+    return await run_in_threadpool(_viewer, request)
 
 
 def _expected_csrf(request: Request, viewer: Viewer) -> str | None:
