@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from sqlalchemy import ColumnElement, Connection, Row, Table, and_, insert, literal_column, update
 
 from sluice import errors
-from sluice.domain import Phase, Task, TaskStatus, can_transition
+from sluice.domain import MAX_ID, Phase, Task, TaskStatus, can_transition
 from sluice.store.tables import ACTIVE_PHASES, TaskEventRow, TaskRow
 
 tasks: Table = TaskRow.__table__  # type: ignore[assignment]
@@ -118,6 +118,6 @@ def decode_cursor(cursor: str) -> int:
         last_id = int(value)
     except (ValueError, UnicodeDecodeError) as exc:
         raise refused from exc
-    if kind != "id":
+    if kind != "id" or not 0 <= last_id <= MAX_ID:  # a larger id overflowed SQLite (a 500)
         raise refused
     return last_id

@@ -168,3 +168,16 @@ def test_signing_in_and_out_is_audited_and_an_ending_session_is_not(box: Session
         ("console.sign_in", f"key:{key.id}", "key", "acme"),
     ]
     assert records[-1].detail == {"session_ends_at": (START + timedelta(hours=8)).isoformat()}
+
+
+def test_a_session_in_use_stays_open_under_an_idle_time_below_a_minute(box: Sessions) -> None:
+    """With SLUICE_CONSOLE_IDLE_S=3 a user clicking every second was signed out after 3 s:
+    the last use was written at most once a minute. It is now written at least twice per
+    idle time; left alone, the session still ends."""
+    store = SessionStore(box.store.engine, box.clock, idle=timedelta(seconds=3))
+    token = store.open(box.add_key())
+    for _ in range(10):
+        box.clock.advance(1)
+        assert store.find(token) is not None
+    box.clock.advance(3)
+    assert store.find(token) is None

@@ -29,7 +29,7 @@ from fastapi import Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from starlette.datastructures import FormData
 
-from sluice import errors, masking
+from sluice import errors, masking, submissions
 from sluice.api.console import session as web
 from sluice.api.console.charts import sparkline
 from sluice.api.console.feed import LiveFeed, sse_message
@@ -343,6 +343,11 @@ def parse_filter(params: Any) -> tuple[TaskFilter, dict[str, str], list[str]]:
     """The filter from a query string or form; what was typed (to show back); problems."""
     given = {name: str(params.get(name) or "").strip() for name in FILTER_FIELDS}
     problems: list[str] = []
+    for name, text in given.items():
+        unstorable = submissions.unstorable(text)
+        if unstorable is not None:  # PostgreSQL refuses NUL in a query: it was a 500
+            problems.append(f"{name}: {unstorable}")
+            given[name] = ""
 
     def choice(name: str, kind: Any) -> Any:
         if not given[name]:
@@ -631,6 +636,10 @@ async def control(request: Request) -> Response:
     action = str(form.get("action") or "")
     target = str(form.get("target") or "").strip()
     reason = str(form.get("reason") or "")
+    for name, text in (("target", target), ("reason", reason)):
+        unstorable = submissions.unstorable(text)
+        if unstorable is not None:  # PostgreSQL refuses NUL in text: it was a 500
+            return _refuse(request, f"{name}: {unstorable}", 422)
     controls = context.controls
     actor = _actor(viewer)
     try:
@@ -667,6 +676,9 @@ def audit_page(request: Request) -> Response:
     if context is None:
         return _refuse(request, "the audit trail is not available here", 404)
     action = str(request.query_params.get("action") or "").strip()[:64] or None
+    unstorable = submissions.unstorable(action)
+    if unstorable is not None:  # PostgreSQL refuses NUL in a query: it was a 500
+        return _refuse(request, f"action: {unstorable}", 422)
     cursor = request.query_params.get("cursor") or None
     try:
         page = context.audit.list(action=action, cursor=cursor, limit=PAGE_SIZE)

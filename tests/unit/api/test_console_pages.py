@@ -19,7 +19,7 @@ from sluice.clock import FakeClock
 from sluice.domain import LOCAL_ACTOR, Submission, TaskStatus
 from sluice.runtime import Runtime, build_runtime
 from sluice.settings import Settings
-from sluice.store.rows import change_status
+from sluice.store.rows import change_status, encode_cursor
 from sluice.store.usage import UsageStore
 
 
@@ -299,3 +299,43 @@ def test_a_listing_after_an_id_past_2_53_is_empty_not_a_server_error(ui: Console
 
     assert ui.client.get("/ui/tasks?after=" + "9" * 23).status_code == 200
     assert ui.client.get("/ui/tasks?after=\u00b2").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "form", "field"),
+    [
+        ("GET", "/ui/tasks?error_text=%00", None, "error_text"),
+        ("GET", "/ui/tasks?kind=%00", None, "kind"),
+        ("GET", "/ui/audit?action=%00", None, "action"),
+        (
+            "POST",
+            "/ui/controls",
+            {"action": "pause", "target": "sandbox", "reason": "a\0b"},
+            "reason",
+        ),
+        ("POST", "/ui/tasks/preview", {"action": "cancel", "error_text": "\0"}, "error_text"),
+    ],
+)
+def test_nul_in_console_text_is_refused_naming_the_field(
+    ui: Console, method: str, path: str, form: dict[str, str] | None, field: str
+) -> None:
+    """NUL in a console filter, audit action or control reason was a 500 on PostgreSQL
+    (and stored as given on SQLite); it is refused as the API refuses it."""
+    if form is None:
+        response = ui.client.get(path)
+    else:
+        token = ui.token(ui.client.get("/ui/tasks").text)
+        response = ui.client.post(path, data={**form, "csrf_token": token}, follow_redirects=False)
+
+    assert response.status_code == 422
+    assert f"{field}: must not contain NUL characters" in response.text
+
+
+def test_a_cursor_past_2_53_is_refused_not_a_server_error(ui: Console) -> None:
+    """A cursor naming id 10**30 overflowed SQLite's integer: a 500 on /ui/audit and
+    /api/audit. It is a cursor no listing returned: 422."""
+    cursor = encode_cursor(10**30)
+
+    assert ui.client.get(f"/ui/audit?cursor={cursor}").status_code == 422
+    assert ui.client.get(f"/api/audit?cursor={cursor}").status_code == 422
+    assert ui.client.get(f"/api/tasks?cursor={cursor}").status_code == 422
