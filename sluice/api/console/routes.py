@@ -24,6 +24,7 @@ from importlib import resources
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Form, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -110,7 +111,13 @@ class ConsoleRoute(APIRoute):
                 return web.secured(response)
             if request.method == "POST" and not await _form_is_ours(request, viewer):
                 return _refused(request)
-            return web.secured(await handler(request))
+            try:
+                answer = await handler(request)
+            except RequestValidationError as exc:
+                # A malformed path or query (/ui/tasks/abc): a console page with the
+                # console's headers, not FastAPI's bare JSON without them.
+                answer = _page("refused.html", 422, message=_invalid(exc))
+            return web.secured(answer)
 
         return checked
 
@@ -162,6 +169,13 @@ def _refused(request: Request) -> Response:
 def render_html(template: str, **values: Any) -> str:
     """A template rendered to text (page fragments, the live feed)."""
     return _TEMPLATES.get_template(template).render(**values)
+
+
+def _invalid(exc: RequestValidationError) -> str:
+    """The first problem of a malformed request, as 'where: why' (never the value given)."""
+    first = exc.errors()[0] if exc.errors() else {}
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    return f"{where or 'request'}: {first.get('msg', 'not understood')}"
 
 
 def _page(template: str, status_code: int = 200, **values: Any) -> HTMLResponse:

@@ -339,3 +339,18 @@ def test_a_cursor_past_2_53_is_refused_not_a_server_error(ui: Console) -> None:
     assert ui.client.get(f"/ui/audit?cursor={cursor}").status_code == 422
     assert ui.client.get(f"/api/audit?cursor={cursor}").status_code == 422
     assert ui.client.get(f"/api/tasks?cursor={cursor}").status_code == 422
+
+
+@pytest.mark.parametrize("path", ["/ui/tasks/abc", "/ui/jobs/x"])
+def test_a_malformed_console_path_is_a_console_page_with_its_headers(
+    ui: Console, path: str
+) -> None:
+    """FastAPI's 422 for /ui/tasks/abc was bare JSON without the console's Content-Security-
+    Policy, frame and caching headers; it is a refusal page that has them."""
+    response = ui.client.get(path)
+
+    assert response.status_code == 422
+    assert response.headers["content-type"].startswith("text/html")
+    assert "Content-Security-Policy" in response.headers
+    assert response.headers["Cache-Control"] == "no-store"
+    assert "path." in response.text
