@@ -38,13 +38,16 @@ def initial_phase(
     return TaskStatus.NOT_STARTED, Phase.WAITING_PARENT, None
 
 
-def restart_phase(track_only: bool, maybe_created: bool, parent_status: TaskStatus | None) -> Phase:
+def restart_phase(held: bool, maybe_created: bool, parent_status: TaskStatus | None) -> Phase:
     """The phase of a retried task: polled, waiting for its parent, looked up, or ready.
 
-    A task whose create may already have reached the provider is looked up by client
-    reference before any create (``uncertain``); a waiting one is when its parent completes.
+    An object the provider holds (``held``: a tracked task, or one whose create was
+    accepted and that Sluice, not the provider, ended: cancelled, given up, past its
+    deadline, its parent ended) is polled again, never created twice. A task whose create
+    may already have reached the provider is looked up by client reference before any
+    create (``uncertain``); a waiting one is when its parent completes.
     """
-    if track_only:
+    if held:
         return Phase.POLLING
     if parent_status not in (None, TaskStatus.COMPLETED):
         return Phase.WAITING_PARENT

@@ -624,21 +624,25 @@ class TaskRepository:
     def _restart(
         self, conn: Connection, task: Task, parent_status: TaskStatus | None, now: datetime
     ) -> None:
-        phase = restart_phase(task.track_only, task.maybe_created, parent_status)
+        held = task.external_id is not None and (
+            task.track_only or not _ended_by_provider(conn, task.id)
+        )
+        phase = restart_phase(held, task.maybe_created, parent_status)
         previous = task.validation_error or task.last_error or "-"
+        polled = f"; polling {task.external_id} again" if held else ""
         change_status(
             conn,
             task,
             TaskStatus.NOT_STARTED,
             now=now,
             event="retried",
-            detail=f"retried by request (was {task.status.value}: {previous})",
+            detail=f"retried by request (was {task.status.value}: {previous}){polled}",
             phase=phase.value,
             attempts=0,
             polls=0,
             validation_error=None,
             last_error=None,
-            external_id=task.external_id if task.track_only else None,
+            external_id=task.external_id if held else None,
             next_attempt_at=now if phase is not Phase.WAITING_PARENT else None,
             deadline_at=None,
             poll_interval_s=None,
@@ -651,6 +655,18 @@ class TaskRepository:
                 row_to_task(r) for r in conn.execute(select(tasks).where(tasks.c.id.in_(chunk)))
             )
         return sorted(found, key=lambda t: t.id)
+
+
+def _ended_by_provider(conn: Connection, task_id: int) -> bool:
+    """Whether the provider's own status ended the task (its last event is a status read
+    that made it final), rather than Sluice (a cancel, giving up, a deadline, its parent)."""
+    last = conn.execute(
+        select(events.c.event)
+        .where(events.c.task_id == task_id)
+        .order_by(events.c.id.desc())
+        .limit(1)
+    ).scalar()
+    return last == "status"
 
 
 def _conflict_message(orig: BaseException, specs: Sequence[Submission]) -> str:

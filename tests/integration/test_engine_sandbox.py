@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import httpx
 
 from sluice import submissions
 from sluice.domain import Submission, TaskStatus
+from sluice.drivers.embedded import build_embedded_driver
 from tests.integration.conftest import make_runtime, run_until_final, sandbox_stats
 
 FAST_POLL = {"interval": "100ms"}
@@ -174,3 +176,33 @@ def test_wide_tree_completes_in_order(tmp_path: Path, sandbox: Callable[..., str
     stats = sandbox_stats(url)
     assert stats["duplicate_count"] == 0
     assert stats["refused_total"] == 0
+
+
+def test_retry_after_cancel_while_in_progress_polls_the_same_object(
+    tmp_path: Path, sandbox: Callable[..., str]
+) -> None:
+    """A campaign cancelled while the DSP processes it, then retried, completes as the one
+    object the DSP already has: no second create."""
+    url = sandbox(profile="standard", process_delay_s=[1.5, 1.5])
+    runtime = make_runtime(tmp_path, provider(url))
+    (task_id,) = submissions.create_tasks(runtime.repo, runtime.catalog, hierarchy(0, 0))
+    driver = build_embedded_driver(runtime)
+    driver.start()
+    try:
+        deadline = time.monotonic() + 30
+        while runtime.repo.get(task_id).status is not TaskStatus.IN_PROGRESS:
+            assert time.monotonic() < deadline, runtime.repo.get(task_id)
+            time.sleep(0.02)
+        first = runtime.repo.get(task_id).external_id
+        runtime.repo.cancel(task_id)
+        runtime.repo.retry(task_id)
+        while not driver.all_final():
+            assert time.monotonic() < deadline, runtime.repo.get(task_id)
+            time.sleep(0.05)
+    finally:
+        driver.stop()
+    done = runtime.repo.get(task_id)
+    assert (done.status, done.external_id) == (TaskStatus.COMPLETED, first)
+    stats = sandbox_stats(url)
+    assert stats["duplicate_count"] == 0
+    assert stats["objects"]["campaigns"] == {"active": 1}, stats["objects"]

@@ -8,7 +8,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -481,6 +481,80 @@ def test_holder_outcome_after_cancel_and_retry_is_recorded(q: Queue) -> None:
     task = q.get(task_id)
     assert (task.status, task.external_id) == (TaskStatus.IN_PROGRESS, "x-9")
     assert q.claimed_by(task_id) is None
+
+
+def _accepted(q: Queue) -> int:
+    """A task whose create the provider accepted (as ``x-1``), now polled."""
+    (task_id,) = q.add(1)
+    (due,) = q.claim()
+    q.queue.apply(
+        [decide.after_submit(due, Accepted("x-1", completed=False), POLICY, q.now())], q.now()
+    )
+    return task_id
+
+
+def _end_by_sluice(q: Queue, task_id: int, how: str) -> None:
+    """End a polled task the way Sluice does, not the provider."""
+    if how == "cancelled":
+        q.repo.cancel(task_id)
+        return
+    policy = POLICY if how == "gave up" else replace(POLICY, deadline_s=60.0)
+    if how == "deadline":
+        q.clock.advance(3)
+        (due,) = q.claim()  # the first read starts the deadline
+        report = StatusReport(TaskStatus.IN_PROGRESS, None, "processing")
+        q.queue.apply([decide.after_poll(due, report, policy, q.now())], q.now())
+        q.clock.advance(61)
+    for _ in range(policy.max_attempts):
+        q.clock.advance(3600)
+        (due,) = q.claim()
+        answer = (
+            Transient("502 bad gateway")
+            if how == "gave up"
+            else StatusReport(TaskStatus.IN_PROGRESS, None, "processing")
+        )
+        q.queue.apply([decide.after_poll(due, answer, policy, q.now())], q.now())
+        if q.get(task_id).status is TaskStatus.ERROR:
+            return
+    raise AssertionError(f"{how}: task {task_id} did not end")
+
+
+@pytest.mark.parametrize("how", ["cancelled", "gave up", "deadline"])
+def test_retry_polls_again_an_object_the_provider_holds(q: Queue, how: str) -> None:
+    """A task whose create was accepted and that Sluice ended (a cancel, polls given up, a
+    deadline) is polled again by its id when retried: never created a second time."""
+    task_id = _accepted(q)
+    _end_by_sluice(q, task_id, how)
+    assert q.get(task_id).status in (TaskStatus.CANCELLED, TaskStatus.ERROR)
+
+    retried = q.repo.retry(task_id)
+
+    assert (retried.phase, retried.external_id) == (Phase.POLLING, "x-1")
+    assert (retried.attempts, retried.maybe_created) == (0, False)
+    q.clock.advance(1)
+    (due,) = q.claim()
+    assert due.operation is Operation.POLL
+    done = StatusReport(TaskStatus.COMPLETED, None, "active")
+    q.queue.apply([decide.after_poll(due, done, POLICY, q.now())], q.now())
+    assert (q.get(task_id).status, q.get(task_id).external_id) == (TaskStatus.COMPLETED, "x-1")
+
+
+@pytest.mark.parametrize("final", [TaskStatus.ERROR, TaskStatus.CANCELLED])
+def test_retry_submits_again_what_the_provider_ended(q: Queue, final: TaskStatus) -> None:
+    """A task the provider itself reported Error or Cancelled is created anew when
+    retried: the provider's object is finished, the retry asks for another."""
+    task_id = _accepted(q)
+    q.clock.advance(3)
+    (due,) = q.claim()
+    report = StatusReport(final, "audience too small", "rejected")
+    q.queue.apply([decide.after_poll(due, report, POLICY, q.now())], q.now())
+    assert q.get(task_id).status is final
+
+    retried = q.repo.retry(task_id)
+
+    assert (retried.phase, retried.external_id) == (Phase.READY, None)
+    (due,) = q.claim()
+    assert due.operation is Operation.SUBMIT
 
 
 def test_outcome_from_a_lost_claim_is_refused(q: Queue) -> None:
