@@ -2,8 +2,8 @@
 
 This is the one place that acts on ``Accepted | StatusReport | RateLimited | Transient |
 Failed | Found | NotFound``: rate limits never count as attempts, transient failures back
-off with full jitter up to ``max_attempts``, final statuses release or end the task's
-children.
+off with full jitter up to ``max_attempts`` failures in a row (a good answer from the
+provider starts the count again), final statuses release or end the task's children.
 
 No duplicate creates: after an ambiguous end (a create that may have reached the provider:
 a lost answer, a 5xx, a worker lost mid-request) the task is ``uncertain`` and
@@ -101,7 +101,8 @@ def transient(
     rng: random.Random | None = None,
     **settled: Any,
 ) -> Outcome:
-    """Back off and retry, or give up with the last error after ``max_attempts``.
+    """Back off and retry, or give up with the last error after ``max_attempts`` failures in
+    a row (``attempts`` counts them; a create accepted or a status read starts it again).
 
     ``settled`` are more fields to record either way (e.g. ``maybe_created``).
     """
@@ -149,6 +150,7 @@ def accepted(
             fields={
                 "external_id": external_id,
                 "next_attempt_at": None,
+                "attempts": 0,
                 "last_error": None,
                 "maybe_created": False,
             },
@@ -167,6 +169,7 @@ def accepted(
             "next_attempt_at": _later(now, interval),
             "poll_interval_s": interval,
             "deadline_at": deadline,
+            "attempts": 0,
             "last_error": None,
             "maybe_created": False,
         },
@@ -310,9 +313,15 @@ def _status_report(task: DueTask, report: StatusReport, policy: Policy, now: dat
     if status in (TaskStatus.ERROR, TaskStatus.CANCELLED):
         message = report.message or f"{policy.provider} status {report.raw_status!r}"
         return ended(task, status, None, message, polls=polls)
-    if task.deadline_at is not None and now >= task.deadline_at and policy.deadline_s is not None:
-        message = deadline_message(policy.provider, policy.deadline_s)
-        return ended(task, TaskStatus.ERROR, "deadline", message, polls=polls)
+    deadline = task.deadline_at
+    if policy.deadline_s is not None:
+        if deadline is None:
+            # A task polled without having been created here (tracked, or polled again after
+            # a retry by request): the deadline runs from its first status read.
+            deadline = _later(now, policy.deadline_s)
+        elif now >= deadline:
+            message = deadline_message(policy.provider, policy.deadline_s)
+            return ended(task, TaskStatus.ERROR, "deadline", message, polls=polls)
     # Only forward moves: a provider answering "Not Started" for an In Progress task
     # changes nothing.
     to_status = task.status
@@ -329,5 +338,7 @@ def _status_report(task: DueTask, report: StatusReport, policy: Policy, now: dat
             "polls": polls,
             "poll_interval_s": interval,
             "next_attempt_at": _later(now, interval),
+            "deadline_at": deadline,
+            "attempts": 0,
         },
     )

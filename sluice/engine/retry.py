@@ -15,7 +15,9 @@ class Backoff:
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Full-jitter delay before attempt ``attempt + 1`` (``attempt`` >= 1 failures so far)."""
-        ceiling = min(self.max_s, self.base_s * (2 ** max(0, attempt - 1)))
+        # 2**62 seconds outlasts any max_s; a larger power would overflow a float.
+        doublings = min(max(0, attempt - 1), 62)
+        ceiling = min(self.max_s, self.base_s * (2**doublings))
         return (rng or random).uniform(0, ceiling)
 
 

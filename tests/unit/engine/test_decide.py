@@ -261,3 +261,54 @@ def test_deadline_ends_a_task_that_never_settles() -> None:
     out = decide.after_poll(task, StatusReport(TaskStatus.IN_PROGRESS, None, "p"), POLICY, NOW)
     assert out.to_status is TaskStatus.ERROR
     assert out.fields["validation_error"] == "no final status from acme after 1h"
+
+
+def test_a_good_answer_starts_the_failure_count_again() -> None:
+    """``max_attempts`` counts failures in a row: an accepted create and a status read reset
+    it, so scattered poll errors never end a healthy task."""
+    accepted = decide.after_submit(due(attempts=2), Accepted("c-1", completed=False), POLICY, NOW)
+    assert accepted.fields["attempts"] == 0
+    polling = due(status=TaskStatus.IN_PROGRESS, phase=Phase.POLLING, external_id="c-1")
+    report = StatusReport(TaskStatus.IN_PROGRESS, None, "processing")
+    read = decide.after_poll(replace(polling, attempts=2), report, POLICY, NOW)
+    assert read.to_status is TaskStatus.IN_PROGRESS
+    assert read.fields["attempts"] == 0
+
+
+def test_a_lookup_that_finds_nothing_keeps_counting() -> None:
+    """An ambiguous create that keeps failing is not retried forever: the lookup between
+    two creates is not a good answer for the create."""
+    out = decide.after_lookup(due(attempts=2, phase=Phase.UNCERTAIN), NotFound(), POLICY, NOW)
+    assert "attempts" not in out.fields
+
+
+def test_scattered_poll_errors_never_end_a_task() -> None:
+    """Any run of polls where failures never come ``max_attempts`` in a row stays polling."""
+    rng = random.Random(7)
+    task = due(status=TaskStatus.IN_PROGRESS, phase=Phase.POLLING, external_id="c-1")
+    report = StatusReport(TaskStatus.IN_PROGRESS, None, "processing")
+    for step in range(200):
+        fail = step % POLICY.max_attempts != POLICY.max_attempts - 1
+        answer = Transient("502 bad gateway") if fail else report
+        out = decide.after_poll(task, answer, POLICY, NOW, rng)
+        assert out.to_status is TaskStatus.IN_PROGRESS, step
+        task = replace(task, attempts=out.fields["attempts"])
+
+
+def test_a_tracked_task_gets_the_deadline_at_its_first_read() -> None:
+    """A task polled without a create here (tracked, or polled again after a retry) has no
+    deadline yet: the first read starts it, and a read past it ends the task."""
+    tracked = due(status=TaskStatus.IN_PROGRESS, phase=Phase.POLLING, external_id="3")
+    report = StatusReport(TaskStatus.IN_PROGRESS, None, "processing")
+    first = decide.after_poll(tracked, report, POLICY, NOW)
+    assert first.fields["deadline_at"] == NOW + timedelta(hours=1)
+    later = replace(tracked, deadline_at=first.fields["deadline_at"])
+    past = decide.after_poll(later, report, POLICY, NOW + timedelta(hours=1, seconds=1))
+    assert (past.to_status, past.event) == (TaskStatus.ERROR, "deadline")
+
+
+def test_backoff_never_overflows() -> None:
+    """Attempt numbers far past any float power of two still give a delay within bounds."""
+    backoff = Backoff(1.0, 300.0)
+    for attempt in (1025, 10_000, 2**40):
+        assert 0.0 <= backoff.delay(attempt, random.Random(1)) <= 300.0
