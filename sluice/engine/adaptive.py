@@ -317,11 +317,14 @@ class Learner:
         for spec in observation.limits:
             configured = per_second(spec.rate)
             law = CubicLaw.of(config, configured)
-            best = told_ceiling(observation.readings, spec, law, config)
+            best = told_ceiling(observation.readings, spec, law, config, observation.stretch)
             if best is None:
                 with self._lock:
                     self._told.pop(spec.key, None)
-                numbers = numbers or any(r.limit is not None for r in observation.readings)
+                numbers = numbers or any(
+                    r.limit is not None and _names_window(r, spec, observation.stretch)
+                    for r in observation.readings
+                )
                 continue
             numbers = True
             per_s, reason, lasts_s = best
@@ -378,27 +381,46 @@ class Learner:
         return made
 
 
+def _names_window(reading: LimitReading, spec: LimitSpec, stretch: float) -> bool:
+    """Whether ``reading`` speaks of ``spec``'s key: it names no window, or the key's
+    window as the provider counts it (``spec``'s window is stretched by ``rate_margin``)."""
+    if reading.window_s is None:
+        return True
+    window = spec.rate.window_s
+    return abs(reading.window_s * stretch - window) <= 1e-9 * max(1.0, window)
+
+
 def told_ceiling(
-    readings: Sequence[LimitReading], spec: LimitSpec, law: CubicLaw, config: AdaptiveConfig
+    readings: Sequence[LimitReading],
+    spec: LimitSpec,
+    law: CubicLaw,
+    config: AdaptiveConfig,
+    stretch: float = 1.0,
 ) -> tuple[float, str, float] | None:
     """The lowest rate (per second) the readings allow ``spec``'s key, why, and for how long
     (seconds); None when none is below the configured rate.
 
     A stated limit applies to the key whose window it names (or any key when it names
-    none); ``remaining / reset`` is taken from the reading with the least remaining.
+    none); ``remaining / reset`` is taken from the reading with the least remaining. The
+    key's window is the provider's stretched by ``stretch`` (its ``rate_margin``), and so
+    is a stated limit: ``limit`` per window at the provider is ``limit`` per the key's
+    window here, the margin kept.
     """
     configured = law.configured
     window = spec.rate.window_s
     found: list[tuple[float, str, float]] = []
     for reading in readings:
-        if reading.limit is None:
+        if reading.limit is None or not _names_window(reading, spec, stretch):
             continue
-        if reading.window_s is not None and abs(reading.window_s - window) > 1e-9:
-            continue
-        per_s = reading.limit / (reading.window_s or window)
+        per_s = reading.limit / window
         if per_s < configured:
             found.append(
-                (per_s, f"{reading.source}: limit {reading.limit:g} per {window:g}s", HEADER_TTL_S)
+                (
+                    per_s,
+                    f"{reading.source}: limit {reading.limit:g} per "
+                    f"{reading.window_s or window / stretch:g}s",
+                    HEADER_TTL_S,
+                )
             )
     counted = [
         (r.remaining, r.limit or 0.0, r.reset_s, r.source)
@@ -408,7 +430,7 @@ def told_ceiling(
     if counted:
         remaining, _limit, reset_s, source = min(counted)
         if reset_s >= MIN_SPREAD_S:
-            pace = remaining / reset_s
+            pace = remaining / reset_s / stretch
             if pace < configured:
                 found.append((pace, f"{source}: {remaining:g} left for {reset_s:g}s", reset_s))
     for reading in readings:

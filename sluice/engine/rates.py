@@ -139,21 +139,23 @@ class RatesInForce:
 
 
 def lowered(spec: LimitSpec, rate: Rate) -> LimitSpec:
-    """``spec`` at the lower ``rate``, keeping its cost and as much of its burst as fits.
+    """``spec`` at the lower pace of ``rate``: the configured count, cost and burst over a
+    window stretched to that pace (a learned 19.5/s on ``100/s`` is 100 per 5.1 s).
 
-    A ceiling whose count is too small for the spec's burst room (a pin of ``1/s`` on a key
-    whose requests cost 5) is written with a larger count over a longer window at the same
-    pace, so the heaviest request still fits in one window.
+    Only the window changes, so the key keeps its shape: a key configured at ``10/s``
+    with burst 4 (spaced ``1/6`` s, five at once after a pause) pinned to ``1/s`` runs at
+    a tenth of its configured pace. Writing the ceiling with its own count (raised to
+    ``burst + 1`` when smaller, so the heaviest request still fit) ran such a key
+    ``burst + 1`` times slower than the ceiling (the pin gave 0.2/s), and a learned rate
+    on a ``600/min`` key with a burst used a count of 10 with the burst of 600.
 
-    The holds stay on the configured limit (``held``): a ceiling is written as the
-    configured count over a longer window (a learned 19.5/s on ``100/s`` is 100 per 5.1 s),
-    and holds on that window kept each place five times as long as the provider's own
-    window does. Their cap then lagged the rate in force whenever it climbed (places taken
-    at the lower rate, held for the longer window, still counted): a 20/s key climbing back
-    after a drop stalled for most of a second with nothing refused (``bench.adaptive``).
-    The grants keep the ceiling's pace; the holds keep the provider's window.
+    The holds stay on the configured limit (``held``): holds on the longer window kept each
+    place as much longer as the window is. Their cap then lagged the rate in force
+    whenever it climbed (places taken at the lower rate, held for the longer window, still
+    counted): a 20/s key climbing back after a drop stalled for most of a second with
+    nothing refused (``bench.adaptive``). The grants keep the ceiling's pace; the holds
+    keep the provider's window.
     """
-    need = spec.burst + 1
-    if rate.limit < need:
-        rate = Rate(need, rate.window_s * need / rate.limit)
-    return LimitSpec(spec.key, rate, spec.cost, spec.burst, held=spec.held_rate)
+    count = spec.rate.limit
+    stretched = Rate(count, count / per_second(rate))
+    return LimitSpec(spec.key, stretched, spec.cost, spec.burst, held=spec.held_rate)

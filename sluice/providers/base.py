@@ -97,6 +97,9 @@ class LimitObservation:
     """For a refusal: whether it said when to come back."""
     at: float
     """POSIX seconds."""
+    stretch: float = 1.0
+    """The provider's ``rate_margin`` (1 + margin): ``limits`` are written over windows
+    this much longer than the provider's own, the windows its readings name."""
 
 
 class LimitObserver(Protocol):

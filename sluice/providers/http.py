@@ -617,6 +617,7 @@ class HttpProvider:
                     refused=limited is not None,
                     said_when=limited.said_when if limited is not None else False,
                     at=now,
+                    stretch=1.0 + (self.rate_margin or 0.0),
                 )
             )
         except Exception:

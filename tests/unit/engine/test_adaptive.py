@@ -382,3 +382,35 @@ def test_a_refusal_while_capped_drops_from_the_rate_in_force(store: LearnedRateS
     (row,) = store.all()
     assert row.peak_per_s <= 85.0 + 1e-9
     assert row.low_per_s < 85.0
+
+
+def test_a_stated_limit_reaches_a_key_stretched_by_rate_margin(store: LearnedRateStore) -> None:
+    """With ``rate_margin`` the key's window is longer than the provider's: a reading naming
+    the provider's window still speaks of the key (the margin kept on the stated limit),
+    and a refusal stating it does not also drop the rate. Before, no reading matched a
+    stretched window, and a refusal that named one neither lowered the rate nor dropped."""
+    stretched = LimitSpec("acme", Rate(100, 1.1))
+    law = CubicLaw.of(CONFIG, per_second(stretched.rate))
+    policy = [LimitReading("RateLimit-Policy", limit=40, window_s=1.0)]
+    told = told_ceiling(policy, stretched, law, CONFIG, stretch=1.1)
+    assert told is not None
+    assert told[0] == pytest.approx(40 / 1.1)
+    assert "per 1s" in told[1]
+    clock = FakeClock()
+    learner = Learner(store, {"acme": CONFIG}, clock)
+    learner.observe(
+        LimitObservation("acme", (stretched,), tuple(policy), True, False, clock.time(), 1.1)
+    )
+    assert store.all() == []
+    rates = RatesInForce([learner], clock=clock, refresh_s=0.0)
+    assert per_second(rates.in_force(stretched).rate) == pytest.approx(40 / 1.1)
+
+
+def test_a_refusal_stating_only_another_window_drops(store: LearnedRateStore) -> None:
+    """Numbers for a window none of the request's keys has say nothing of these keys: the
+    refusal lowers the rate like one with no numbers."""
+    clock = FakeClock()
+    learner = Learner(store, {"acme": CONFIG}, clock)
+    daily = (LimitReading("RateLimit-Policy", limit=15_000, window_s=86_400.0),)
+    learner.observe(LimitObservation("acme", (SPEC,), daily, True, False, clock.time()))
+    assert [d.low_per_s for d in store.all()] == [pytest.approx(85.0)]

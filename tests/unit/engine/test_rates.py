@@ -44,7 +44,8 @@ def test_the_lowest_ceiling_rules_and_says_where_it_comes_from() -> None:
     learned.found["other"] = [Ceiling("learned", Rate(1, 1.0))]
     rates = RatesInForce([pins, learned], clock=FakeClock())
     (applied,) = rates.apply([SPEC])
-    assert applied == LimitSpec("acme:write", Rate(20, 1.0), held=Rate(50, 1.0))
+    # The configured count over a window stretched to the ceiling's pace (20/s).
+    assert applied == LimitSpec("acme:write", Rate(50, 2.5), held=Rate(50, 1.0))
     assert rates.in_force(SPEC).source == "learned"
     assert rates.in_force(SPEC).reason == "429s"
 

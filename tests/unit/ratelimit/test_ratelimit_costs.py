@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -306,3 +307,44 @@ def test_a_key_listed_twice_stays_within_both_limits(
             granted.append((clock_us(clock), fitting))
     for limit, window_us, _ in (first, second):
         assert units_fit(granted, limit, window_us)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    limit=st.integers(1, 1000),
+    window_s=st.sampled_from([0.5, 1.0, 60.0, 3600.0]),
+    burst_share=st.floats(0.0, 0.99),
+    slower=st.floats(1.0, 1000.0),
+    count=st.integers(1, 50),
+)
+def test_a_lowered_key_keeps_its_shape_at_the_ceilings_pace(
+    limit: int, window_s: float, burst_share: float, slower: float, count: int
+) -> None:
+    """A ceiling ``slower`` times below the configured rate, whatever count it is written
+    with (a pin of ``1/s``, a learned rate), spaces the key's grants exactly ``slower``
+    times wider and keeps its count, cost and burst. Written with the ceiling's own count
+    (raised to ``burst + 1``), a key with a burst ran up to ``burst + 1`` times slower
+    than the ceiling (a review, 2026-12-05)."""
+    burst = min(limit - 1, int(limit * burst_share))
+    spec = LimitSpec("k", Rate(limit, window_s), 1, burst)
+    ceiling = Rate(count, count * window_s * slower / limit)
+    low = lowered(spec, ceiling)
+    assert (low.rate.limit, low.cost, low.burst, low.held_rate) == (limit, 1, burst, spec.rate)
+    spacing = spec.rate.window_s / (limit - burst)
+    assert low.rate.window_s / (limit - burst) == pytest.approx(spacing * slower)
+
+
+def test_a_pin_on_a_key_with_a_burst_runs_at_the_pins_pace() -> None:
+    """A ``10/s`` key with burst 4 pinned to ``1/s``: a tenth of its grants over a minute
+    of steady demand (six a second configured, 0.6 pinned), not a fiftieth."""
+    for ceiling, expected in ((None, 6.0), (Rate(1, 1.0), 0.6)):
+        clock = FakeClock()
+        limiter = MemoryLimiter(clock=clock, margin=0.0, cold_start=False)
+        spec = LimitSpec("k", Rate(10, 1.0), 1, 4)
+        if ceiling is not None:
+            spec = lowered(spec, ceiling)
+        granted = 0
+        for _ in range(60_000):
+            granted += limiter.acquire([spec]).granted
+            clock.advance(0.001)
+        assert granted / 60 == pytest.approx(expected, rel=0.05)
