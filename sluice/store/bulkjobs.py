@@ -27,9 +27,10 @@ from sluice import errors
 from sluice.clock import Clock, SystemClock
 from sluice.domain import FINAL_STATUSES, MAX_ID, Actor, TaskStatus
 from sluice.store import audit
+from sluice.store.chains import descendant_ids
 from sluice.store.filters import TaskFilter
 from sluice.store.repository import TaskRepository
-from sluice.store.rows import row_to_task, tasks
+from sluice.store.rows import chunks, row_to_task, tasks
 from sluice.store.tables import BulkJobRow
 
 bulk_jobs: Table = BulkJobRow.__table__  # type: ignore[assignment]
@@ -264,15 +265,20 @@ class BulkJobs:
         if self._postgres:
             query = query.with_for_update()
         rows = conn.execute(query).all()
+        ahead = _matching_descendants_ahead(conn, job, [row.id for row in rows])
         changed = skipped = 0
         for row in rows:
             task = row_to_task(row)
             try:
                 if job.action == "retry":
-                    self.repo.retry_in(conn, task, now)
+                    cascaded = self.repo.retry_in(conn, task, now)
                 else:
-                    self.repo.cancel_in(conn, task, now)
+                    cascaded = self.repo.cancel_in(conn, task, now)
                 changed += 1
+                # Matching descendants of a later batch changed with it count here: that
+                # batch no longer finds them (they are not eligible any more).
+                changed += len(ahead.intersection(cascaded))
+                ahead.difference_update(cascaded)
             except (errors.IllegalTransition, errors.TaskConflict):
                 # A child read with this batch may have been changed by its parent's action
                 # a moment ago (a cancel ends the tree): that change counts, not a skip.
@@ -296,6 +302,26 @@ class BulkJobs:
             )
         conn.execute(update(bulk_jobs).where(bulk_jobs.c.id == job_id).values(**values))
         return done
+
+
+def _matching_descendants_ahead(conn: Connection, job: BulkJob, batch: list[int]) -> set[int]:
+    """Descendants of ``batch`` that the job's later batches would change (matching its
+    filter and eligible now, above the batch and at most ``max_id``), read before the batch
+    changes anything: a cascade changes their status, so afterwards they no longer match a
+    filter on it."""
+    if not batch:
+        return set()
+    later = [i for i in descendant_ids(conn, batch) if batch[-1] < i <= job.max_id]
+    found: set[int] = set()
+    for chunk in chunks(later):
+        found.update(
+            conn.execute(
+                select(tasks.c.id).where(
+                    tasks.c.id.in_(chunk), *job.filter.clauses(job.tenant), eligible(job.action)
+                )
+            ).scalars()
+        )
+    return found
 
 
 def _still_eligible(conn: Connection, action: str, task_id: int) -> bool:

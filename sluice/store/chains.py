@@ -109,9 +109,10 @@ def settled_descendants(conn: Connection, roots: Sequence[int]) -> Iterator[list
 
 def end_descendants(
     conn: Connection, roots: Sequence[int], status: TaskStatus, message: str, now: datetime
-) -> int:
-    """End every unfinished descendant of ``roots`` with ``status`` and ``message``."""
-    count = 0
+) -> list[int]:
+    """End every unfinished descendant of ``roots`` with ``status`` and ``message``; the
+    ids of those ended."""
+    ended: list[int] = []
     for fresh in settled_descendants(conn, roots):
         for chunk in chunks(fresh):
             rows = conn.execute(
@@ -124,8 +125,8 @@ def end_descendants(
             ).all()
             for row in rows:
                 if _end(conn, row_to_task(row), status, message, now):
-                    count += 1
-    return count
+                    ended.append(row.id)
+    return ended
 
 
 def _end(conn: Connection, task: Task, status: TaskStatus, message: str, now: datetime) -> bool:

@@ -516,7 +516,7 @@ class TaskRepository:
         now = self.clock.now()
         with self.engine.begin() as conn:
             task = self._get(conn, task_id, tenant, lock=True)
-            count = self.cancel_in(conn, task, now)
+            count = len(self.cancel_in(conn, task, now))
             audit.record(
                 conn,
                 actor,
@@ -540,7 +540,7 @@ class TaskRepository:
 
         def retried(conn: Connection) -> Task:
             task = self._get(conn, task_id, tenant, lock=True)
-            restarted = self.retry_in(conn, task, now)
+            restarted = len(self.retry_in(conn, task, now))
             audit.record(
                 conn,
                 actor,
@@ -554,9 +554,9 @@ class TaskRepository:
 
         return self.past_busy_parents(retried, [])
 
-    def cancel_in(self, conn: Connection, task: Task, now: datetime) -> int:
+    def cancel_in(self, conn: Connection, task: Task, now: datetime) -> list[int]:
         """Cancel ``task`` (read under lock in ``conn``) and its unfinished descendants, in
-        ``conn``'s transaction, without an audit record; returns how many descendants."""
+        ``conn``'s transaction, without an audit record; returns the descendants' ids."""
         if task.status in FINAL_STATUSES:
             raise errors.IllegalTransition(
                 f"task {task.id} is {task.status.value}; only unfinished tasks can be cancelled"
@@ -577,9 +577,9 @@ class TaskRepository:
             conn, [task.id], TaskStatus.CANCELLED, f"parent task {task.id} was cancelled", now
         )
 
-    def retry_in(self, conn: Connection, task: Task, now: datetime) -> int:
+    def retry_in(self, conn: Connection, task: Task, now: datetime) -> list[int]:
         """Retry ``task`` (read under lock in ``conn``) and its ended descendants, in
-        ``conn``'s transaction, without an audit record; returns how many descendants."""
+        ``conn``'s transaction, without an audit record; returns the descendants' ids."""
         if task.status not in (TaskStatus.ERROR, TaskStatus.CANCELLED):
             raise errors.IllegalTransition(
                 f"task {task.id} is {task.status.value}; only Error or Cancelled tasks "
@@ -597,7 +597,7 @@ class TaskRepository:
                     "retries its ended descendants too"
                 )
         self._restart(conn, task, parent_status, now)
-        restarted = 0
+        restarted: list[int] = []
         for fresh in settled_descendants(conn, [task.id]):
             ended = [
                 child
@@ -608,7 +608,7 @@ class TaskRepository:
             for child in ended:
                 # A parent that stays Completed (a tracked one) releases nothing again.
                 self._restart(conn, child, parents.get(child.parent_id), now)
-                restarted += 1
+                restarted.append(child.id)
         return restarted
 
     def _statuses(self, conn: Connection, ids: set[int | None]) -> dict[int | None, TaskStatus]:

@@ -61,11 +61,11 @@ class CrashingRepository(TaskRepository):
                 raise Crash
             self.fuse -= 1
 
-    def retry_in(self, conn: Connection, task: Task, now: datetime) -> int:
+    def retry_in(self, conn: Connection, task: Task, now: datetime) -> list[int]:
         self._tick()
         return super().retry_in(conn, task, now)
 
-    def cancel_in(self, conn: Connection, task: Task, now: datetime) -> int:
+    def cancel_in(self, conn: Connection, task: Task, now: datetime) -> list[int]:
         self._tick()
         return super().cancel_in(conn, task, now)
 
@@ -251,3 +251,32 @@ def test_a_child_changed_with_its_parent_in_one_batch_counts_as_changed(
     while not jobs.run_batch(job.id, "w"):
         pass
     assert (jobs.get(job.id).changed, jobs.get(job.id).skipped) == (2, 0)
+
+
+@pytest.mark.parametrize("action", ["cancel", "retry"])
+@pytest.mark.parametrize("by_status", [False, True])
+def test_descendants_changed_with_a_parent_of_an_earlier_batch_count_as_changed(
+    engine: Engine, action: str, by_status: bool
+) -> None:
+    """A parent's batch changes its descendants, which a later batch then no longer finds:
+    the job counts them changed all the same (it counted only the parent), also when the
+    filter names the status they had."""
+    clock = FakeClock(START)
+    repo = TaskRepository(engine, clock)
+    jobs = BulkJobs(repo, clock)
+    parent = repo.create(Submission(provider="sandbox", kind="campaign", payload={"n": 1}))[0]
+    child = repo.create(Submission(provider="sandbox", kind="ad_group", parent_id=parent.id))[0]
+    repo.create(Submission(provider="sandbox", kind="ad", parent_id=child.id))
+    repo.create(Submission(provider="sandbox", kind="campaign", payload={"n": 2}))
+    if action == "retry":
+        repo.cancel(parent.id)
+        repo.cancel(parent.id + 3)
+    status = TaskStatus.CANCELLED if action == "retry" else TaskStatus.NOT_STARTED
+    found = TaskFilter(provider="sandbox", status=status if by_status else None)
+    preview = jobs.preview(action, found, None)
+    assert preview.count == 4
+    job = jobs.start(action, found, None, preview, LOCAL_ACTOR)
+    assert jobs.claim("w", LEASE_S) is not None
+    while not jobs.run_batch(job.id, "w", batch=1):
+        pass
+    assert (jobs.get(job.id).changed, jobs.get(job.id).skipped) == (4, 0)
