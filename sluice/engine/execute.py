@@ -98,7 +98,11 @@ def _crashed(
 ) -> Outcome:
     """The outcome of a unit that raised: a submit may have been sent, so it is ambiguous."""
     policy = policy_of(provider, task.kind)
-    message = f"internal error: {type(exc).__name__}: {exc}"
+    try:
+        said = str(exc)
+    except Exception:  # an exception that cannot print itself still ends as a failure
+        said = "(unprintable)"
+    message = f"internal error: {type(exc).__name__}: {said}"
     if operation is Operation.SUBMIT:
         return decide.after_submit(task, Transient(message, ambiguous=True), policy, at, rng)
     return decide.transient(task, Transient(message), policy, at, task.phase, rng)

@@ -292,3 +292,27 @@ def test_a_task_keeps_one_client_ref_for_life(world: World) -> None:
     refs = Counter(o["client_ref"] for o in world.dsp.objects)
     assert refs == {task.client_ref: 1}
     assert world.repo.get(task.id).client_ref == task.client_ref
+
+
+class Unprintable(Exception):
+    """A bug's exception that cannot even print itself."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no")
+
+
+def test_a_unit_that_raises_an_unprintable_error_still_gets_its_outcome(world: World) -> None:
+    """Anything an adapter raises becomes a failure decided like a lost answer (a create may
+    have happened: looked up next), even an exception whose message raises."""
+    task = world.add("campaign")
+
+    def broken(request: httpx.Request) -> httpx.Response:
+        raise Unprintable
+
+    world.client = build_http_client(world.provider, transport=httpx.MockTransport(broken))
+    (outcome,) = world.send()
+
+    assert outcome.phase is Phase.UNCERTAIN
+    assert outcome.fields["last_error"] == "internal error: Unprintable: (unprintable)"
+    assert world.queue.apply([outcome], world.clock.now()) == 1
+    assert world.repo.get(task.id).phase is Phase.UNCERTAIN
