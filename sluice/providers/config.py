@@ -26,7 +26,7 @@ from pydantic import (
 from sluice import errors, masking
 from sluice.domain import FAIRNESS_KEY_MAX, TENANT_PATTERN, TaskStatus
 from sluice.providers.templating import RequestLine, expand_env
-from sluice.ratelimit.quota import ROLLING, zone
+from sluice.ratelimit.quota import ROLLING, Quota, zone
 from sluice.ratelimit.rate import Rate, parse_rate
 from sluice.units import format_duration, parse_duration
 
@@ -288,7 +288,7 @@ class LimitConfig(_Table):
     reset: Reset = "UTC"
     pace: bool = False
     scope: Literal["all", "read", "write"] = "all"
-    per: str | None = Field(default=None, min_length=1)
+    per: FieldPath | None = None
     burst: int = Field(default=0, ge=0)
     cost: Costs = Field(default_factory=dict)
 
@@ -502,7 +502,7 @@ class ProviderConfig(_Table):
     judges: Literal["spacing", "window"] = "spacing"
     headers: Secrets = Field(default_factory=dict)
     timeout: Duration = 10.0
-    max_attempts: int = Field(default=8, ge=1)
+    max_attempts: int = Field(default=8, ge=1, le=1000)
     retry_base: Duration = 1.0
     retry_max: Duration = 300.0
     deadline: Duration | None = None
@@ -584,13 +584,23 @@ class ProviderConfig(_Table):
                 check_costs(lim.cost, lim.scope, count, kinds)
             except KeyProblem as problem:
                 raise KeyProblem(f"limits[{i}].{problem.key}", problem.reason) from None
-        for key, _, quota in budgets:
-            if quota is not None and quota.window_s < longest:
+        resets = [(self.quota_reset, self.quota_pace)]
+        resets += [(lim.reset, lim.pace) for lim in self.limits]
+        for (key, _, quota), (reset, pace) in zip(budgets, resets, strict=True):
+            if quota is None:
+                continue
+            if quota.window_s < longest:
                 raise KeyProblem(
                     key,
                     f"the quota window ({format_duration(quota.window_s)}) is shorter than the "
                     f"provider's rate window ({format_duration(longest)}); make it a rate",
                 )
+            try:
+                # What the limits will build from it (a calendar the window fits): checked
+                # here so the error names the file and the key.
+                Quota(quota, reset, pace)
+            except errors.InvalidValue as problem:
+                raise KeyProblem(key, str(problem)) from None
         for rate in rates:
             if rate.window_s >= 3600:
                 log.warning(

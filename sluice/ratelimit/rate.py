@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 
 from sluice import errors
-from sluice.units import UNIT_S, format_window
+from sluice.units import MAX_DURATION_S, UNIT_S, format_window
 
 # The window's unit comes from sluice.units, which refuses "m" (minutes or milliseconds?).
 _RATE_RE = re.compile(
@@ -73,7 +73,12 @@ def parse_rate(text: str) -> Rate:
         raise errors.InvalidValue(
             f"invalid rate {text!r}: count and window must be > 0; expected {_ACCEPTED}"
         )
-    return Rate(limit=limit, window_s=count * UNIT_S[unit])
+    window_s = count * UNIT_S[unit]
+    if window_s > MAX_DURATION_S:
+        raise errors.InvalidValue(
+            f"invalid rate {text!r}: the window must be at most 3650d (ten years)"
+        )
+    return Rate(limit=limit, window_s=window_s)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sluice import errors
 from sluice.domain import TaskStatus
@@ -100,6 +102,28 @@ def test_every_problem_is_reported_at_once() -> None:
             "providers.acme.retry_max: must be >= retry_base",
         ),
         ({"max_attempts": 0}, "providers.acme.max_attempts: must be >= 1, got 0"),
+        ({"max_attempts": 5000}, "providers.acme.max_attempts: must be <= 1000, got 5000"),
+        (
+            {"quota": "100/60h", "quota_reset": "America/Los_Angeles"},
+            "providers.acme.quota: a quota window that resets on a calendar must divide a day",
+        ),
+        (
+            {"limits": [{"quota": "100/7h", "reset": "UTC"}]},
+            "providers.acme.limits[0].quota: a quota window that resets on a calendar",
+        ),
+        (
+            {"limits": [{"rate": "5/s", "per": "a..b"}]},
+            "providers.acme.limits[0].per: 'a..b' is not a dotted payload path",
+        ),
+        (
+            {"rate_limit": "1/99999999d"},
+            "providers.acme.rate_limit: invalid rate '1/99999999d': the window must be at most "
+            "3650d",
+        ),
+        (
+            {"limits": [{"quota": "5/3651d", "reset": "rolling"}]},
+            "providers.acme.limits[0].quota: invalid rate '5/3651d': the window must be at most",
+        ),
         (
             {"limits": [{"rate": "5/s", "scope": "writes"}]},
             "providers.acme.limits[0].scope: must be one of 'all', 'read' or 'write', got 'writes'",
@@ -243,3 +267,53 @@ def test_a_duration_past_ten_years_is_a_config_error() -> None:
     assert text == (
         "settings: providers.acme.poll_interval: must be at most 3650d (ten years), got '99999999d'"
     )
+
+
+BUDGET_KEYS = ("rate_limit", "quota", "quota_reset", "burst", "cost", "max_attempts")
+budget_values = st.one_of(
+    st.text(max_size=12),
+    st.from_regex(r"\A[0-9]{1,12}/[0-9]{0,9}(ms|s|min|h|d|w|x)?\Z"),
+    st.integers(-(10**12), 10**12),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.lists(st.text(max_size=6), max_size=3),
+    st.dictionaries(st.text(max_size=12), st.integers(-5, 10**6), max_size=3),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    key=st.sampled_from(BUDGET_KEYS),
+    value=budget_values,
+    inside=st.booleans(),
+    reset=st.sampled_from(["UTC", "rolling", "America/Los_Angeles"]),
+)
+def test_any_budget_value_loads_or_is_one_line_naming_its_key(
+    key: str, value: Any, inside: bool, reset: str
+) -> None:
+    """Whatever a rate, quota, reset, burst, cost or max_attempts holds (in the provider's
+    table or in a ``[[limits]]`` entry), it loads or is refused with one line naming the
+    key: never another exception (a calendar quota of 60h used to escape the loader)."""
+    if inside:
+        limit_key = {"rate_limit": "rate", "quota_reset": "reset"}.get(key, key)
+        if limit_key == "max_attempts":
+            return
+        entry: dict[str, Any] = {"quota": "1000/d", "reset": reset}
+        if limit_key == "rate" or limit_key == "burst":
+            entry = {"rate": "10/s"}
+        entry[limit_key] = value
+        change: dict[str, Any] = {"limits": [entry]}
+        where = f"providers.acme.limits[0].{limit_key}"
+    else:
+        change = {key: value, "rate_limit": "100/s"} if key != "rate_limit" else {key: value}
+        where = f"providers.acme.{key}"
+    try:
+        load_providers(
+            Settings(providers={"acme": with_changes(ACME, **change)}, default_provider="acme"),
+            environ={},
+        )
+    except errors.ConfigError as problem:
+        text = str(problem)
+        assert "\n" not in text
+        assert text.startswith("settings: providers.acme"), text
+        assert where in text or "providers.acme.limits" in text or "providers.acme:" in text, text

@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sluice import errors
 from sluice.ratelimit import Grant, InFlight, LimitSpec, Rate, parse_rate
-from sluice.units import UNIT_S
+from sluice.units import MAX_DURATION_S, UNIT_S
 
 
 @pytest.mark.parametrize(
@@ -64,6 +65,10 @@ def test_any_rate_str_parses_back(limit: int, count: int, unit: str) -> None:
     """Whatever its window, a Rate's text parses back to the same limit and window (to the
     precision format_duration writes, as for durations in test_units)."""
     rate = Rate(limit, count * UNIT_S[unit])
+    if rate.window_s > MAX_DURATION_S:
+        with pytest.raises(errors.InvalidValue, match="at most 3650d"):
+            parse_rate(str(rate))
+        return
     back = parse_rate(str(rate))
     assert (back.limit, back.window_s) == (rate.limit, pytest.approx(rate.window_s))
 
