@@ -24,6 +24,8 @@ from sluice import errors
 from sluice.domain import Submission
 
 RESERVED_COLUMNS = {"ref", "parent_ref", "kind", "provider"}
+TOO_DEEP = "objects and lists nested too deeply to read"
+"""Python's parser gives up (RecursionError) near 1,000 levels; payloads may nest 64."""
 
 
 def load_file(path: Path) -> list[Submission]:
@@ -61,6 +63,8 @@ def load_json_text(path: Path, text: str) -> list[Submission]:
         data = json.loads(text, parse_constant=_refuse_constant)
     except (json.JSONDecodeError, ValueError) as exc:
         raise errors.InvalidTask(f"{path}: not valid JSON: {exc}") from None
+    except RecursionError:
+        raise errors.InvalidTask(f"{path}: not valid JSON: {TOO_DEEP}") from None
     if isinstance(data, list):
         data = {"tasks": data}
     if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
@@ -138,6 +142,8 @@ def _to_json(text: str) -> Any:
         return json.loads(text, parse_constant=_refuse_constant)
     except ValueError as exc:
         raise errors.InvalidValue(f"{text!r} is not JSON ({exc})") from None
+    except RecursionError:
+        raise errors.InvalidValue(f"{text[:40]!r}... is not JSON ({TOO_DEEP})") from None
 
 
 CELL_TYPES: dict[str, Callable[[str], Any]] = {

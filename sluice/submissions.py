@@ -6,7 +6,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -18,6 +18,10 @@ from sluice.store.repository import TaskRepository
 MAX_BULK = 10_000
 MAX_NAME_CHARS = 64  # provider and kind names
 MAX_KEY_CHARS = 255  # idempotency keys
+MAX_NESTING = 64
+"""How deep objects and lists may nest in a payload: far beyond any DSP's request, and far
+below the ~255 levels past which pydantic cannot serialize a value (every answer showing
+such a task was a 500) or the ~1,000 of Python's recursion limit."""
 _TEXT_LIMITS = (
     ("provider", MAX_NAME_CHARS),
     ("kind", MAX_NAME_CHARS),
@@ -58,26 +62,53 @@ def unstorable(value: Any) -> str | None:
 
     PostgreSQL cannot store NUL in text or JSONB, an unpaired surrogate is not UTF-8 (a
     single create with one was a 500), and NaN/Infinity are not JSON (Python's parser
-    lets them through). Refusing them on every backend keeps SQLite and PostgreSQL
-    deployments accepting exactly the same submissions.
+    lets them through). Objects and lists nested more than :data:`MAX_NESTING` levels deep
+    could be stored but never shown again (a 500 on every answer holding them). Refusing
+    these on every backend keeps SQLite and PostgreSQL deployments accepting exactly the
+    same submissions.
     """
-    pending = [value]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                return "must not contain NUL characters (\\u0000)"
-            if not item.isascii() and _SURROGATE.search(item):
-                return "must not contain unpaired surrogates (\\ud800-\\udfff): not UTF-8 text"
-        elif isinstance(item, float):
-            if not math.isfinite(item):
-                return "numbers must be finite (NaN and Infinity are not JSON)"
-        elif isinstance(item, dict):
-            pending.extend(item.keys())
-            pending.extend(item.values())
-        elif isinstance(item, list | tuple):
-            pending.extend(item)
+    # Level by level, so the depth costs one comparison per object or list.
+    level = [value]
+    depth = 0  # how many objects and lists enclose the items of ``level``
+    while level:
+        nested: list[Any] = []
+        for item in level:
+            if isinstance(item, str):
+                if "\x00" in item:
+                    return "must not contain NUL characters (\\u0000)"
+                if not item.isascii() and _SURROGATE.search(item):
+                    return "must not contain unpaired surrogates (\\ud800-\\udfff): not UTF-8 text"
+            elif isinstance(item, float):
+                if not math.isfinite(item):
+                    return "numbers must be finite (NaN and Infinity are not JSON)"
+            elif isinstance(item, dict | list | tuple):
+                if depth == MAX_NESTING:
+                    return (
+                        f"objects and lists may nest at most {MAX_NESTING} levels deep, "
+                        f"got {nesting(value)}"
+                    )
+                if isinstance(item, dict):
+                    nested.extend(item.keys())
+                    nested.extend(item.values())
+                else:
+                    nested.extend(item)
+        level = nested
+        depth += 1
     return None
+
+
+def nesting(value: Any) -> int:
+    """How many objects and lists nest in ``value`` at its deepest (a flat object: 1)."""
+    depth = 0
+    level = [value]
+    while containers := [item for item in level if isinstance(item, dict | list | tuple)]:
+        depth += 1
+        level = [
+            child
+            for container in containers
+            for child in (container.values() if isinstance(container, dict) else container)
+        ]
+    return depth
 
 
 def value_problems(item: Submission, index: int | None) -> list[ItemError]:
@@ -172,14 +203,21 @@ def check(
 
 
 def create_task(
-    repo: TaskRepository, catalog: Catalog, item: Submission, body_hash: str | None = None
+    repo: TaskRepository,
+    catalog: Catalog,
+    item: Submission,
+    body_hash: Callable[[], str] | None = None,
 ) -> tuple[Task, bool]:
-    """Create one task; returns (task, created) where created is False on an idempotent replay."""
+    """Create one task; returns (task, created) where created is False on an idempotent replay.
+
+    ``body_hash`` (for an idempotency key) is called once the values are checked: a body
+    that cannot be stored may not be hashable either (nested too deep to serialize).
+    """
     spec, problems = check(item, None, catalog)
     if spec is None:
         raise SubmissionInvalid(problems)
     if body_hash is not None:
-        spec = replace(spec, request_hash=body_hash)
+        spec = replace(spec, request_hash=body_hash())
     return repo.create(spec)
 
 

@@ -75,6 +75,13 @@ def submit_remote(
     ``api_key`` is sent as ``Authorization: Bearer``; the tasks go to its tenant.
     """
     items = load_items(file, priority)
+    # The API checks the same rules; checked here first because a payload nested past the
+    # cap may be too deep to serialize into the request at all.
+    problems = [
+        p for index, item in enumerate(items) for p in submissions.value_problems(item, index)
+    ]
+    if problems:
+        raise submissions.SubmissionInvalid(problems)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     with httpx.Client(base_url=api_url, timeout=60, headers=headers) as client:
         try:

@@ -71,3 +71,39 @@ def test_every_field_of_a_submission_is_in_the_property_above() -> None:
         "priority",
         "fairness_key",
     }
+
+
+def nested(depth: int, shape: list[str]) -> object:
+    """A value ``depth`` objects and lists deep, each level an object or a list by ``shape``."""
+    value: object = "leaf"
+    for level in range(depth):
+        value = {"k": value, "n": 1} if shape[level % len(shape)] == "object" else [1, value]
+    return value
+
+
+@given(
+    depth=st.integers(0, 200),
+    shape=st.lists(st.sampled_from(["object", "list"]), min_size=1, max_size=4),
+)
+def test_a_value_is_refused_exactly_when_it_nests_past_the_cap(
+    depth: int, shape: list[str]
+) -> None:
+    """Objects and lists nested up to MAX_NESTING levels are storable; one level more is
+    refused, and the refusal names the cap and the value's depth."""
+    value = nested(depth, shape)
+
+    problem = submissions.unstorable(value)
+
+    assert submissions.nesting(value) == depth
+    if depth <= submissions.MAX_NESTING:
+        assert problem is None
+    else:
+        assert problem == (
+            f"objects and lists may nest at most {submissions.MAX_NESTING} levels deep, got {depth}"
+        )
+
+
+def test_nesting_counts_the_deepest_branch() -> None:
+    """A value's depth is that of its deepest branch, whatever its siblings hold."""
+    assert submissions.nesting({"flat": 1, "deep": [[{"x": []}]], "mid": {"a": {}}}) == 5
+    assert submissions.nesting("text") == 0

@@ -43,8 +43,8 @@ def create_task(
     tenant: TenantQuery = None,
 ) -> TaskOut:
     """Create a task (or track one by id, the prototype's way)."""
-    body_hash = submissions.request_hash(body.hashed_body()) if idempotency_key else None
     item = body.to_submission(idempotency_key, tenant=principal.write_tenant(tenant))
+    body_hash = (lambda: submissions.request_hash(body.hashed_body())) if idempotency_key else None
     task, created = submissions.create_task(context.repo, context.catalog, item, body_hash)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"

@@ -68,3 +68,24 @@ def test_cli_and_api_accept_and_refuse_the_same_submissions(
 
     assert accepted_by_api == accepted_by_cli, body
     assert api.written()[0] == before_tasks + 2 * accepted_by_api
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(depth=st.integers(1, 400), in_list=st.booleans())
+def test_cli_and_api_share_the_nesting_cap_and_what_is_stored_is_shown(
+    api: Api, depth: int, in_list: bool
+) -> None:
+    """For any nesting depth, the API stores a payload if and only if `sluice submit` would
+    (64 levels at most), and every task stored is shown again (no 500 on the way out)."""
+    leaf: Any = "x"
+    for _ in range(depth - 1):
+        leaf = [leaf] if in_list else {"a": leaf}
+    body = {"kind": "campaign", "payload": {"a": leaf} if depth > 1 else {}}
+
+    accepted_by_api = via_api(api, body)
+    accepted_by_cli = via_cli(api, body)
+
+    assert accepted_by_api == accepted_by_cli == (depth <= submissions.MAX_NESTING)
+    assert api.client.get("/api/tasks", params={"limit": 1000}).status_code == 200

@@ -135,6 +135,10 @@ def test_import_file_that_cannot_be_read_is_one_line(
         ('[{"kind": "campaign", "payload": {"budget": 1e400}}]', "must be finite"),
         ('[{"kind": "campaign", "provider": "' + "p" * 65 + '", "payload": {}}]', "1 to 64"),
         ('[{"kind": "campaign", "payload": {"name": "a\\ud800"}}]', "unpaired surrogates"),
+        (
+            '[{"kind": "campaign", "payload": ' + '{"a": ' * 300 + "1" + "}" * 301 + "]",
+            "payload: objects and lists may nest at most 64 levels deep, got 300",
+        ),
         ("[]", "tasks: no tasks given"),
         ('{"provider": "nope", "tasks": [{"kind": "campaign", "payload": {}}]}', "nope"),
     ],
@@ -166,6 +170,50 @@ def test_submit_refuses_what_the_api_refuses_and_writes_nothing(
         with engine.connect() as conn:
             assert conn.execute(select(func.count()).select_from(tasks)).scalar_one() == 0
     engine.dispose()
+
+
+def test_submit_to_an_api_checks_the_nesting_cap_before_sending(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`sluice submit --api` refuses a payload nested past the cap in the API's words,
+    before any request: one over ~255 levels was a traceback (its JSON could not be built)."""
+    data = tmp_path / "tasks.json"
+    data.write_text('[{"kind": "campaign", "payload": ' + '{"a": ' * 300 + "1" + "}" * 301 + "]")
+
+    code, err = run_cli(
+        monkeypatch, capsys, "submit", str(data), "--no-wait", "--api", "http://127.0.0.1:9"
+    )
+
+    assert code == 2, err
+    assert err.splitlines() == [
+        "nothing was submitted: 1 problem(s)",
+        "  item 0: payload: objects and lists may nest at most 64 levels deep, got 300",
+    ]
+
+
+@pytest.mark.parametrize("column", [False, True])
+def test_submit_a_file_nested_too_deep_to_parse_is_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    column: bool,
+) -> None:
+    """A JSON file, or a CSV cell of a json column, nested beyond what the parser can follow
+    is refused in one line naming the file; it was a RecursionError's traceback."""
+    deep = "[" * 5000 + "]" * 5000
+    if column:
+        data = tmp_path / "tasks.csv"
+        data.write_text(f"ref,kind,targeting:json\nc1,campaign,{deep}\n")
+    else:
+        data = tmp_path / "tasks.json"
+        data.write_text(f'[{{"kind": "campaign", "payload": {{"a": {deep}}}}}]')
+
+    code, err = run_cli(monkeypatch, capsys, "submit", str(data), "--no-wait")
+
+    assert code == 2
+    line = one_line(err)
+    assert line.startswith(f"error: {data}"), line
+    assert "nested too deeply" in line
 
 
 def test_submit_json_with_nan_is_refused_at_parse(
