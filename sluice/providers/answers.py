@@ -30,12 +30,13 @@ NOT_JSON: Any = MISSING
 
 
 def json_body(response: httpx.Response) -> Any:
-    """The decoded JSON body, or :data:`NOT_JSON` when it is empty or not JSON."""
+    """The decoded JSON body, or :data:`NOT_JSON` when it is empty or not JSON (nested too
+    deeply for the parser included: a provider's answer must never raise out of here)."""
     if not response.content:
         return NOT_JSON
     try:
         return response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         return NOT_JSON
 
 
@@ -113,9 +114,16 @@ def _first_field_path(body: Any, fields: tuple[str, ...]) -> str | None:
     return None
 
 
-def _flatten(value: Any) -> str:
+_FIELD_PATH_DEPTH = 8
+"""Lists nested deeper than this in a field path are ignored: a path is one list of names,
+and a deeper one must not run out of stack."""
+
+
+def _flatten(value: Any, depth: int = 0) -> str:
     if isinstance(value, list):
-        return ".".join(_flatten(v) for v in value)
+        if depth >= _FIELD_PATH_DEPTH:
+            return ""
+        return ".".join(_flatten(v, depth + 1) for v in value)
     if isinstance(value, str | int | float) and not isinstance(value, bool):
         return scalar_text(value)
     return ""

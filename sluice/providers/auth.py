@@ -123,7 +123,7 @@ class TokenAuth:
             )
         try:
             body = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deeply to parse
             body = None
         token = get_path(body, self._config.token_field)
         if not isinstance(token, str) or not token:
@@ -175,7 +175,7 @@ class TokenAuth:
         """OAuth's short ``error`` word (``invalid_client``), never the raw body."""
         try:
             body = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deeply to parse
             return ""
         code = get_path(body, "error")
         if code is MISSING or not isinstance(code, str) or len(code) > 64:

@@ -325,6 +325,9 @@ def _usage(headers: httpx.Headers, config: SignalConfig, warn: Warn) -> LimitRea
     except ValueError:
         warn(name, "not JSON")
         return None
+    except RecursionError:
+        warn(name, "not JSON (nested too deeply)")
+        return None
     percents: list[float] = []
     for field in config.usage_percent_fields:
         for value in _numbers_named(data, field):
@@ -380,34 +383,41 @@ def usage_seconds(value: str | None, field: str, unit_s: float) -> float | None:
         return None
     try:
         data = json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     found = [n for n in _numbers_named(data, field) if math.isfinite(n)]
     return max(found) * unit_s if found else None
 
 
 def _numbers_named(data: Any, field: str) -> Iterator[float]:
-    if isinstance(data, dict):
-        for key, item in data.items():
-            if key == field and isinstance(item, int | float) and not isinstance(item, bool):
-                yield float(item)
-            else:
-                yield from _numbers_named(item, field)
-    elif isinstance(data, list):
-        for item in data:
-            yield from _numbers_named(item, field)
+    """Every number under a key ``field`` anywhere in ``data``."""
+    for key, value in _entries(data):
+        if key == field and isinstance(value, int | float) and not isinstance(value, bool):
+            yield float(value)
 
 
 def _values_named(data: Any, field: str) -> Iterator[Any]:
-    if isinstance(data, dict):
-        for key, item in data.items():
-            if key == field:
-                yield item
-            else:
-                yield from _values_named(item, field)
-    elif isinstance(data, list):
-        for item in data:
-            yield from _values_named(item, field)
+    """Every value under a key ``field`` anywhere in ``data``, not looking inside it."""
+    for key, value in _entries(data, stop_at=field):
+        if key == field:
+            yield value
+
+
+def _entries(data: Any, stop_at: str | None = None) -> Iterator[tuple[str, Any]]:
+    """Every (key, value) of every object in ``data``, entries under ``stop_at`` left out.
+
+    Walked with a list, not recursion: no depth the parser accepted can exhaust the stack.
+    """
+    pending = [data]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            for key, value in item.items():
+                yield key, value
+                if key != stop_at:
+                    pending.append(value)
+        elif isinstance(item, list):
+            pending.extend(item)
 
 
 def _body_code(body: Any, config: SignalConfig) -> str | None:
