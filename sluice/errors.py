@@ -37,7 +37,8 @@ One root, a subtree per seam::
     │   │                           sent, ask again (ratelimit/sendgate.py)
     │   └── GrantSpent              a second request under one grant (a bug): refused
     ├── BodyTooLarge                api/limits.py: a request body over the limit (answered 413)
-    └── TooManyItems                api/limits.py: a bulk batch over the item limit (answered 413)
+    ├── TooManyItems                api/limits.py: a bulk batch over the item limit (answered 413)
+    └── BodyNotUtf8                 api/limits.py: a JSON body in UTF-16 or UTF-32 (answered 415)
 
 Third-party exceptions are translated where they enter (``raise ProviderTimeout(...) from exc``).
 The sandbox stands for a third party and keeps its own tree (``sluice/sandbox/errors.py``).

@@ -1,5 +1,6 @@
 """ASGI middleware refusing request bodies over a size limit, and bulk batches over their
-item limit, with 413 while the body is still arriving."""
+item limit, with 413 while the body is still arriving; and JSON bodies that are not UTF-8
+with 415, at their first bytes."""
 
 from __future__ import annotations
 
@@ -17,6 +18,44 @@ class BodyTooLarge(errors.SluiceError):
 
 class TooManyItems(errors.SluiceError):
     """A bulk body named more items than its limit; the middleware answers 413."""
+
+
+class BodyNotUtf8(errors.SluiceError):
+    """A JSON body in UTF-16 or UTF-32; the middleware answers 415."""
+
+
+# RFC 8259 requires UTF-8; RFC 4627 section 3 tells the other encodings apart by their
+# first four bytes (JSON text starts with ASCII, so UTF-16 and UTF-32 put NULs there).
+_BYTE_ORDER_MARKS = (
+    (b"\x00\x00\xfe\xff", "UTF-32BE"),
+    (b"\xff\xfe\x00\x00", "UTF-32LE"),
+    (b"\xfe\xff", "UTF-16BE"),
+    (b"\xff\xfe", "UTF-16LE"),
+)
+
+
+def other_encoding(head: bytes) -> str | None:
+    """The encoding of a JSON text starting with ``head`` (its first 4 bytes, or all of a
+    shorter body) when it is not UTF-8, else None; a UTF-8 byte order mark is UTF-8."""
+    for mark, name in _BYTE_ORDER_MARKS:
+        if head.startswith(mark):
+            return f"{name} (byte order mark)"
+    if b"\x00" not in head[:4]:
+        return None
+    if head[:3] == b"\x00\x00\x00":
+        return "UTF-32BE"
+    if head[1:4] == b"\x00\x00\x00":
+        return "UTF-32LE"
+    return "UTF-16BE" if head[:1] == b"\x00" else "UTF-16LE"
+
+
+def _json_body(scope: Scope) -> bool:
+    """Whether the request's body is read as JSON: a JSON media type, or none given."""
+    for name, value in scope.get("headers", []):
+        if name == b"content-type":
+            media: bytes = value.split(b";", 1)[0].strip().lower()
+            return media == b"application/json" or media.endswith(b"+json")
+    return True
 
 
 _KEEP_ONLY_STRUCTURE = bytes(b for b in range(256) if b not in b'{}[]"')
@@ -88,11 +127,13 @@ class BodySizeLimit:
         limit = self.bulk_max_bytes if scope["path"].endswith("/bulk") else self.max_bytes
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > limit:
-                await _refuse(send, _too_many_bytes(limit))
+                await _refuse(send, 413, _too_many_bytes(limit))
                 return
         seen = 0
         started = False
-        too_large: str | None = None
+        refusal: tuple[int, str] | None = None
+        # The body's first bytes, until there are 4 to tell its encoding by (None: told).
+        head: bytes | None = b"" if _json_body(scope) else None
         counter = (
             ItemCounter()
             if self.bulk_max_items is not None and scope["path"] == self.bulk_path
@@ -100,29 +141,42 @@ class BodySizeLimit:
         )
 
         async def limited_receive() -> Message:
-            nonlocal seen, too_large
+            nonlocal seen, refusal, head
             message = await receive()
             if message["type"] == "http.request":
                 body = message.get("body", b"")
                 seen += len(body)
                 if seen > limit:
-                    too_large = _too_many_bytes(limit)
+                    refusal = (413, _too_many_bytes(limit))
                     raise BodyTooLarge
+                if head is not None:
+                    head += body[: 4 - len(head)]
+                    if len(head) >= 4 or not message.get("more_body", False):
+                        encoding = other_encoding(head)
+                        head = None
+                        if encoding is not None:
+                            refusal = (
+                                415,
+                                f"request body must be UTF-8 JSON; this one is {encoding}",
+                            )
+                            raise BodyNotUtf8
                 if counter is not None and counter.feed(body) > (self.bulk_max_items or 0):
-                    too_large = (
-                        f"a bulk batch holds at most {self.bulk_max_items} tasks; this one has more"
+                    refusal = (
+                        413,
+                        f"a bulk batch holds at most {self.bulk_max_items} tasks; "
+                        "this one has more",
                     )
                     raise TooManyItems
             return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
-            if too_large:
+            if refusal:
                 # FastAPI turns any error while reading the body into its own 400; answer
-                # 413 in its place.
+                # the refusal in its place.
                 if message["type"] == "http.response.start" and not started:
                     started = True
-                    await _refuse(send, too_large)
+                    await _refuse(send, *refusal)
                 return
             if message["type"] == "http.response.start":
                 started = True
@@ -130,22 +184,22 @@ class BodySizeLimit:
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except (BodyTooLarge, TooManyItems):
+        except (BodyTooLarge, TooManyItems, BodyNotUtf8):
             if not started:
-                await _refuse(send, too_large or _too_many_bytes(limit))
+                await _refuse(send, *(refusal or (413, _too_many_bytes(limit))))
 
 
 def _too_many_bytes(limit: int) -> str:
     return f"request body is larger than the limit of {limit} bytes"
 
 
-async def _refuse(send: Send, detail: str) -> None:
+async def _refuse(send: Send, status: int, detail: str) -> None:
     body: dict[str, Any] = {"detail": detail}
     payload = json.dumps(body).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(payload)).encode()),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -288,3 +289,32 @@ def test_a_payload_nested_at_the_cap_is_stored_and_shown(api: Api) -> None:
     listed = api.client.get("/api/tasks")
     assert listed.status_code == 200
     assert [task["payload"] for task in listed.json()["items"]] == [payload, payload]
+
+
+@pytest.mark.usefixtures("seeded")
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32-be"])
+@pytest.mark.parametrize("path", ["/api/tasks", "/api/tasks/bulk"])
+def test_a_body_not_in_utf8_is_415_naming_the_encoding(api: Api, encoding: str, path: str) -> None:
+    """JSON must be UTF-8 (RFC 8259): a UTF-16 or UTF-32 body answers 415 saying so, before
+    it is parsed; it was stored (and a bulk one skipped the 10,000-item count)."""
+    task = api.campaign()
+    body = json.dumps(task if path == "/api/tasks" else {"tasks": [task] * 3}).encode(encoding)
+
+    response = api.client.post(path, content=body, headers={"content-type": "application/json"})
+
+    assert response.status_code == 415, response.text
+    assert response.json()["detail"].startswith("request body must be UTF-8 JSON; this one is UTF-")
+
+
+@pytest.mark.usefixtures("seeded")
+def test_a_bulk_over_the_item_limit_in_utf16_is_refused_before_parsing(api: Api) -> None:
+    """20,000 items in UTF-16 whose names hold an escaped quote were counted as 10,000 (the
+    count reads UTF-8 bytes), so the whole body was read and parsed; it is refused at once."""
+    task = api.campaign(payload={"name": '5" screen'})
+    body = json.dumps({"tasks": [task] * 20_000}).encode("utf-16-le")
+
+    response = api.client.post(
+        "/api/tasks/bulk", content=body, headers={"content-type": "application/json"}
+    )
+
+    assert response.status_code == 415, response.text

@@ -9,6 +9,7 @@ import itertools
 import json
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -138,3 +139,54 @@ def test_a_streamed_bulk_body_over_64_mib_stops_being_read_at_the_limit() -> Non
 
     assert recorder.sent[0]["status"] == 413
     assert pulled == 64  # 64 MiB and 21 bytes seen: the other 36 chunks are never read
+
+
+# --- the body must be UTF-8 ----------------------------------------------------------------
+
+NOT_UTF8 = ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"]
+
+
+def rechunk(body: bytes, size: int) -> list[bytes]:
+    return [body[start : start + size] for start in range(0, len(body), size)]
+
+
+@pytest.mark.parametrize("encoding", NOT_UTF8)
+def test_a_bulk_body_in_utf16_or_utf32_is_refused_at_its_first_bytes(encoding: str) -> None:
+    """A batch of 20,000 items in UTF-16 or UTF-32 is refused (415, naming UTF-8) after its
+    first chunk: the item count reads UTF-8 bytes, so such a body went past the 10,000-item
+    limit unseen and was read whole."""
+    recorder = Recorder()
+    middleware = BodySizeLimit(
+        recorder.app, max_bytes=1 << 20, bulk_max_bytes=64 << 20, bulk_max_items=10_000
+    )
+    chunks = rechunk(b"".join(chunked_batch(20_000)).decode().encode(encoding), 1 << 16)
+
+    pulled = post(middleware, recorder, chunks)
+
+    assert recorder.sent[0]["status"] == 415
+    detail = json.loads(recorder.sent[1]["body"])["detail"]
+    assert detail.startswith("request body must be UTF-8 JSON; this one is UTF-"), detail
+    assert pulled == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    tasks=st.lists(items, max_size=4),
+    encoding=st.sampled_from(["utf-8", "utf-8-sig", *NOT_UTF8]),
+    points=st.lists(st.integers(min_value=0, max_value=2_000), max_size=6),
+    leading=st.sampled_from(["", " ", "\n\t "]),
+)
+def test_a_body_is_refused_exactly_when_it_is_not_utf8_however_it_is_cut(
+    tasks: list[dict[str, Any]], encoding: str, points: list[int], leading: str
+) -> None:
+    """Whatever the body and however it arrives in chunks (its first bytes split too), UTF-16
+    and UTF-32 are refused with 415, and UTF-8 (a byte order mark allowed) goes through."""
+    body = (leading + json.dumps({"tasks": tasks}, ensure_ascii=False)).encode(encoding)
+    recorder = Recorder()
+    middleware = BodySizeLimit(
+        recorder.app, max_bytes=1 << 20, bulk_max_bytes=64 << 20, bulk_max_items=10_000
+    )
+
+    post(middleware, recorder, cut(body, points))
+
+    assert recorder.sent[0]["status"] == (201 if encoding.startswith("utf-8") else 415)
