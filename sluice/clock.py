@@ -7,6 +7,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from sluice import errors
+
 
 class Clock(Protocol):
     """Source of the current time."""
@@ -95,7 +97,17 @@ def utcnow() -> datetime:
 
 
 def as_utc(value: datetime) -> datetime:
-    """Return ``value`` as aware UTC (SQLite hands back naive datetimes)."""
+    """Return ``value`` as aware UTC (SQLite hands back naive datetimes).
+
+    Raises:
+        errors.InvalidValue: the instant is before year 1 or after year 9999 in UTC
+            (``0001-01-01T00:00:00+14:00``), which no datetime can hold.
+    """
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise errors.InvalidValue(
+            f"{value.isoformat()} is out of range in UTC (years 1 to 9999)"
+        ) from None

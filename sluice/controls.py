@@ -387,7 +387,10 @@ def pause_end(
             raise errors.InvalidControl(f"duration must be longer than 0, got {duration!r}")
         return now + timedelta(seconds=seconds)
     if until is not None:
-        return as_utc(until)
+        try:
+            return as_utc(until)
+        except errors.InvalidValue as exc:
+            raise errors.InvalidControl(f"until {exc}") from None
     return None
 
 

@@ -10,6 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from sluice import errors, submissions
 from sluice.catalog import Catalog
+from sluice.clock import as_utc
 from sluice.domain import (
     DEFAULT_PRIORITY,
     DEFAULT_TENANT,
@@ -48,6 +49,10 @@ def refuse_unstorable(value: Any) -> Any:
 
 # Query parameters; bodies that create tasks are checked by submissions.value_problems.
 Text = Annotated[str, AfterValidator(refuse_unstorable)]
+
+UtcDateTime = Annotated[datetime, AfterValidator(as_utc)]
+"""A date and time, as aware UTC (UTC if it has no zone); one outside years 1-9999 once in
+UTC (``0001-01-01T00:00:00+14:00``) is refused naming its field, not a 500 later."""
 
 
 def _bounds(**schema: Any) -> Any:
@@ -338,7 +343,7 @@ class PauseIn(BaseModel):
 
     reason: Text = Field(min_length=1, max_length=500)
     duration: Text | None = Field(default=None, max_length=32, description="e.g. '30min', '2h'")
-    until: datetime | None = Field(default=None, description="UTC if no zone")
+    until: UtcDateTime | None = Field(default=None, description="UTC if no zone")
 
 
 class PinIn(BaseModel):

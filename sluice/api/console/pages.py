@@ -362,9 +362,14 @@ def parse_filter(params: Any) -> tuple[TaskFilter, dict[str, str], list[str]]:
         if not given[name]:
             return None
         try:
-            return as_utc(datetime.fromisoformat(given[name]))
+            moment = datetime.fromisoformat(given[name])
         except ValueError:
             problems.append(f"{name}: not a date and time: {given[name]!r}")
+            return None
+        try:
+            return as_utc(moment)
+        except errors.InvalidValue as exc:  # e.g. year 1 east of UTC: it was a 500
+            problems.append(f"{name}: {exc}")
             return None
 
     parent: int | None = None

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
 from sluice.api.auth import OPERATOR, GuardedRoute, Principal
 from sluice.api.deps import Context
-from sluice.api.schemas import AuditOut, AuditPage, TenantQuery, Text
-from sluice.clock import as_utc
+from sluice.api.schemas import AuditOut, AuditPage, TenantQuery, Text, UtcDateTime
 
 router = APIRouter(prefix="/api/audit", tags=["audit"], route_class=GuardedRoute)
 Operator = Annotated[Principal, Depends(OPERATOR)]
@@ -26,8 +24,8 @@ def list_audit(
     ] = None,
     key_id: Annotated[str | None, Query(pattern=r"^[0-9a-f]{12}$")] = None,
     target: Annotated[Text | None, Query(max_length=255, description="e.g. task:42")] = None,
-    since: Annotated[datetime | None, Query(description="inclusive; UTC if no zone")] = None,
-    until: Annotated[datetime | None, Query(description="exclusive; UTC if no zone")] = None,
+    since: Annotated[UtcDateTime | None, Query(description="inclusive; UTC if no zone")] = None,
+    until: Annotated[UtcDateTime | None, Query(description="exclusive; UTC if no zone")] = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> AuditPage:
@@ -37,8 +35,8 @@ def list_audit(
         action=action,
         key_id=key_id,
         target=target,
-        since=as_utc(since) if since else None,
-        until=as_utc(until) if until else None,
+        since=since,
+        until=until,
         cursor=cursor,
         limit=limit,
     )

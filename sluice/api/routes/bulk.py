@@ -18,8 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sluice.api.auth import SUBMITTER, VIEWER, GuardedRoute, Principal
 from sluice.api.deps import Context
-from sluice.api.schemas import TenantQuery, Text
-from sluice.clock import as_utc
+from sluice.api.schemas import TenantQuery, Text, UtcDateTime
 from sluice.domain import Phase, TaskStatus
 from sluice.store.bulkjobs import BulkJob, BulkJobs, Preview
 from sluice.store.filters import TaskFilter
@@ -43,8 +42,8 @@ class FilterIn(BaseModel):
     error_text: Text | None = Field(
         default=None, max_length=200, description="text in validation_error"
     )
-    created_from: datetime | None = Field(default=None, description="inclusive; UTC if no zone")
-    created_to: datetime | None = Field(default=None, description="exclusive; UTC if no zone")
+    created_from: UtcDateTime | None = Field(default=None, description="inclusive; UTC if no zone")
+    created_to: UtcDateTime | None = Field(default=None, description="exclusive; UTC if no zone")
 
     def to_filter(self) -> TaskFilter:
         return TaskFilter(
@@ -54,8 +53,8 @@ class FilterIn(BaseModel):
             kind=self.kind,
             parent_id=self.parent_id,
             error_text=self.error_text or None,
-            created_from=as_utc(self.created_from) if self.created_from else None,
-            created_to=as_utc(self.created_to) if self.created_to else None,
+            created_from=self.created_from,
+            created_to=self.created_to,
         )
 
 

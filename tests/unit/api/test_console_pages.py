@@ -354,3 +354,26 @@ def test_a_malformed_console_path_is_a_console_page_with_its_headers(
     assert "Content-Security-Policy" in response.headers
     assert response.headers["Cache-Control"] == "no-store"
     assert "path." in response.text
+
+
+@pytest.mark.parametrize("value", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+@pytest.mark.parametrize("field", ["created_from", "created_to"])
+def test_a_filter_date_out_of_range_in_utc_is_refused_naming_the_field(
+    ui: Console, field: str, value: str
+) -> None:
+    """A filter date that UTC cannot hold was a 500 on the task list and on a bulk action's
+    preview; it is shown as a problem with the filter, naming the field."""
+    ui.make(1)
+    token = ui.token(ui.client.get("/ui/tasks").text)
+
+    listing = ui.client.get("/ui/tasks", params={field: value})
+    preview = ui.client.post(
+        "/ui/tasks/preview",
+        data={"action": "cancel", field: value, "csrf_token": token},
+        follow_redirects=False,
+    )
+
+    for response in (listing, preview):
+        assert response.status_code == 422, response.text
+        assert f"{field}: {value} is out of range in UTC" in response.text
+    assert ui.runtime.repo.counts().get(TaskStatus.CANCELLED, 0) == 0

@@ -124,6 +124,14 @@ def test_each_command_on_the_local_database_says_what_it_did(
             "error: duration must be a duration",
         ),
         (("explain", "42"), "error: task 42 not found"),
+        (
+            ("pause", "sandbox", "--reason", "r", "--until", "0001-01-01T00:00:00+14:00"),
+            "error: until 0001-01-01T00:00:00+14:00 is out of range in UTC (years 1 to 9999)",
+        ),
+        (
+            ("pause", "sandbox", "--reason", "r", "--until", "9999-12-31T23:59:59-14:00"),
+            "error: until 9999-12-31T23:59:59-14:00 is out of range in UTC (years 1 to 9999)",
+        ),
     ],
 )
 def test_mistakes_are_one_line_and_write_nothing(
@@ -191,3 +199,26 @@ def test_through_the_api_the_commands_print_the_same_lines(
         "rate 10/s"
     )
     assert audited(local) == 5
+
+
+def test_an_end_out_of_range_in_utc_through_the_api_is_one_line(
+    local: str,
+    remote: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`sluice pause --until 0001-01-01T00:00:00+14:00 --api URL` is the API's 422 in one
+    line (it was a traceback: the API answered 500); nothing is paused or audited."""
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        *("pause", "sandbox", "--reason", "r", "--until", "0001-01-01T00:00:00+14:00"),
+        *("--api", "http://sluice.test"),
+    )
+
+    assert code == 2
+    assert err.strip() == (
+        "error: refused (422): Value error, 0001-01-01T00:00:00+14:00 is out of range in UTC "
+        "(years 1 to 9999)"
+    )
+    assert audited(local) == 0
