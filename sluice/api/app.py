@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sluice import apikeys, errors
 from sluice.api import console
@@ -44,7 +47,7 @@ from sluice.store.bulkjobs import BulkJobs
 from sluice.store.keys import KeyStore
 from sluice.store.repository import TaskRepository
 from sluice.store.sessions import SessionStore
-from sluice.submissions import MAX_BULK, SubmissionInvalid
+from sluice.submissions import MAX_BULK, MAX_NESTING, SubmissionInvalid
 
 BULK_MAX_BYTES = 64 * 1024 * 1024
 # How long a client should wait before retrying while the database is unavailable.
@@ -298,6 +301,14 @@ def _install_error_handlers(app: FastAPI) -> None:
         ]
         return JSONResponse({"detail": detail}, status_code=422)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        problem = unparsable_body(exc)
+        if problem is None:
+            return await http_exception_handler(request, exc)
+        detail = [{"loc": ["body"], "msg": problem, "type": "json_invalid"}]
+        return JSONResponse({"detail": detail}, status_code=422)
+
     @app.exception_handler(RequestValidationError)
     async def validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         detail = []
@@ -308,3 +319,26 @@ def _install_error_handlers(app: FastAPI) -> None:
                 item["index"] = loc[2]
             detail.append(item)
         return JSONResponse({"detail": detail}, status_code=422)
+
+
+def unparsable_body(exc: StarletteHTTPException) -> str | None:
+    """What made FastAPI's bare 400 "There was an error parsing the body" (it keeps the
+    parser's error as the cause), in words a client can act on; None for any other error."""
+    cause = exc.__cause__
+    if exc.status_code != 400:
+        return None
+    if isinstance(cause, RecursionError):
+        return (
+            f"request body is nested too deeply to parse (a payload may nest {MAX_NESTING} levels)"
+        )
+    if isinstance(cause, UnicodeDecodeError):
+        byte = cause.object[cause.start : cause.start + 1].hex()
+        return (
+            f"request body is not UTF-8: byte 0x{byte} at position {cause.start} cannot be decoded"
+        )
+    if isinstance(cause, ValueError) and "integer string conversion" in str(cause):
+        return (
+            "request body is not valid JSON here: a number has more than "
+            f"{sys.get_int_max_str_digits()} digits"
+        )
+    return None

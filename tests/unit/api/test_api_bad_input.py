@@ -318,3 +318,33 @@ def test_a_bulk_over_the_item_limit_in_utf16_is_refused_before_parsing(api: Api)
     )
 
     assert response.status_code == 415, response.text
+
+
+@pytest.mark.usefixtures("seeded")
+@pytest.mark.parametrize("path", ["/api/tasks", "/api/tasks/bulk"])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            b'{"id": ' + b"1" * 5000 + b', "status": "Not Started"}',
+            "request body is not valid JSON here: a number has more than 4300 digits",
+        ),
+        (
+            b'{"kind": "campaign", "payload": {"name": "caf\xe9"}}',
+            "request body is not UTF-8: byte 0xe9 at position 45 cannot be decoded",
+        ),
+        (
+            b"[" * 100_000 + b"]" * 100_000,
+            "request body is nested too deeply to parse (a payload may nest 64 levels)",
+        ),
+    ],
+)
+def test_a_body_that_cannot_be_parsed_is_422_saying_why(
+    api: Api, path: str, body: bytes, message: str
+) -> None:
+    """A body with a 5,000-digit number, bytes that are not UTF-8, or 100,000 nested lists
+    answered FastAPI's bare 400 "There was an error parsing the body"; the answer now says
+    what is wrong, in the shape of any other unparsable JSON (422 on ["body"])."""
+    response = api.client.post(path, content=body, headers={"content-type": "application/json"})
+
+    assert problems(response) == [{"loc": ["body"], "msg": message, "type": "json_invalid"}]
