@@ -27,6 +27,7 @@ from sluice.domain import (
     TaskEvent,
     TaskStatus,
 )
+from sluice.store.rows import decode_cursor
 from sluice.submissions import MAX_BULK, MAX_KEY_CHARS, MAX_NAME_CHARS
 
 TenantQuery = Annotated[
@@ -49,6 +50,24 @@ def refuse_unstorable(value: Any) -> Any:
 
 # Query parameters; bodies that create tasks are checked by submissions.value_problems.
 Text = Annotated[str, AfterValidator(refuse_unstorable)]
+
+
+def known_cursor(cursor: str | None) -> str | None:
+    """Refuse a cursor no listing returned while the query is validated, so the refusal
+    names the ``cursor`` parameter (the store's InvalidTask could only name the body)."""
+    if cursor is not None:
+        try:
+            decode_cursor(cursor)
+        except errors.InvalidTask as exc:
+            raise errors.InvalidValue(str(exc)) from None
+    return cursor
+
+
+Cursor = Annotated[
+    str | None,
+    Query(max_length=200, description="the next_cursor of the previous page"),
+    AfterValidator(known_cursor),
+]
 
 UtcDateTime = Annotated[datetime, AfterValidator(as_utc)]
 """A date and time, as aware UTC (UTC if it has no zone); one outside years 1-9999 once in

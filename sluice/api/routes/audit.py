@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query
 
 from sluice.api.auth import OPERATOR, GuardedRoute, Principal
 from sluice.api.deps import Context
-from sluice.api.schemas import AuditOut, AuditPage, TenantQuery, Text, UtcDateTime
+from sluice.api.schemas import AuditOut, AuditPage, Cursor, TenantQuery, Text, UtcDateTime
 
 router = APIRouter(prefix="/api/audit", tags=["audit"], route_class=GuardedRoute)
 Operator = Annotated[Principal, Depends(OPERATOR)]
@@ -26,7 +26,7 @@ def list_audit(
     target: Annotated[Text | None, Query(max_length=255, description="e.g. task:42")] = None,
     since: Annotated[UtcDateTime | None, Query(description="inclusive; UTC if no zone")] = None,
     until: Annotated[UtcDateTime | None, Query(description="exclusive; UTC if no zone")] = None,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Cursor = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> AuditPage:
     """Audit records, newest first; pass ``next_cursor`` back as ``cursor`` for older ones."""

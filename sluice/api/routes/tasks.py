@@ -17,6 +17,7 @@ from sluice.api.schemas import (
     BulkCreate,
     BulkCreated,
     CancelOut,
+    Cursor,
     EventOut,
     ExplainOut,
     TaskCreate,
@@ -73,7 +74,7 @@ def list_tasks(
     provider: Annotated[Text | None, Query(max_length=64)] = None,
     kind: Annotated[Text | None, Query(max_length=64)] = None,
     parent_id: Annotated[int | None, Query(ge=1, le=2**53)] = None,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Cursor = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     tenant: TenantQuery = None,
 ) -> TaskPage:

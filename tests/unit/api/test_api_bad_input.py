@@ -348,3 +348,18 @@ def test_a_body_that_cannot_be_parsed_is_422_saying_why(
     response = api.client.post(path, content=body, headers={"content-type": "application/json"})
 
     assert problems(response) == [{"loc": ["body"], "msg": message, "type": "json_invalid"}]
+
+
+@pytest.mark.usefixtures("seeded")
+@pytest.mark.parametrize("path", ["/api/tasks", "/api/audit"])
+@pytest.mark.parametrize("cursor", ["garbage", "aWQ6eA", "aWQ6MTAwMDAwMDAwMDAwMDAwMDAwMDA"])
+def test_a_cursor_no_listing_returned_is_422_on_the_cursor(
+    api: Api, path: str, cursor: str
+) -> None:
+    """A cursor that is not one a listing returned (not base64, 'id:x', an id past 2**53) is
+    refused on ["query", "cursor"]; the refusal named ["body"], which a GET has none of."""
+    response = api.client.get(path, params={"cursor": cursor})
+
+    (problem,) = problems(response)
+    assert problem["loc"] == ["query", "cursor"]
+    assert f"cursor {cursor!r} is not a cursor this API returned" in problem["msg"]
