@@ -232,6 +232,7 @@ def create_tasks(repo: TaskRepository, catalog: Catalog, items: Sequence[Submiss
     specs: list[Submission] = []
     problems: list[ItemError] = []
     seen_ids: set[int] = set()
+    seen_keys: dict[str, int] = {}  # each idempotency key, and the first item holding it
     for index, item in enumerate(items):
         spec, item_problems = check(item, index, catalog)
         if item.id is not None:
@@ -240,6 +241,17 @@ def create_tasks(repo: TaskRepository, catalog: Catalog, items: Sequence[Submiss
                     ItemError(index, "id", f"id {item.id} appears twice in this batch")
                 )
             seen_ids.add(item.id)
+        key = item.idempotency_key
+        if key is not None:
+            first = seen_keys.setdefault(key, index)
+            if first != index:
+                item_problems.append(
+                    ItemError(
+                        index,
+                        "idempotency_key",
+                        f"idempotency_key {key!r} is also item {first}'s; each item needs its own",
+                    )
+                )
         problems.extend(item_problems)
         if spec is not None:
             specs.append(spec)

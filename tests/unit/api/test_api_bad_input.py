@@ -363,3 +363,25 @@ def test_a_cursor_no_listing_returned_is_422_on_the_cursor(
     (problem,) = problems(response)
     assert problem["loc"] == ["query", "cursor"]
     assert f"cursor {cursor!r} is not a cursor this API returned" in problem["msg"]
+
+
+@pytest.mark.usefixtures("seeded")
+def test_an_idempotency_key_twice_in_one_bulk_is_422_naming_both_items(api: Api) -> None:
+    """Two items of one batch with the same idempotency key answered 409 "Idempotency-Key
+    already used", naming no item; the batch is refused on the later item, naming both."""
+    tasks = [
+        api.campaign(idempotency_key="spring-1"),
+        api.campaign(idempotency_key="spring-2"),
+        api.campaign(idempotency_key="spring-1"),
+    ]
+
+    detail = problems(api.client.post("/api/tasks/bulk", json={"tasks": tasks}))
+
+    assert detail == [
+        {
+            "loc": ["body", "tasks", 2, "idempotency_key"],
+            "msg": "idempotency_key 'spring-1' is also item 0's; each item needs its own",
+            "type": "value_error",
+            "index": 2,
+        }
+    ]
