@@ -99,6 +99,8 @@ class TaskCreate(BaseModel):
     parent_id: int | None = Field(default=None, **_bounds(minimum=1, maximum=MAX_ID))
     priority: int | None = Field(
         default=None,
+        # Strict: true, "5" and 5.0 are not priorities (lax mode read them as 1, 5 and 5).
+        strict=True,
         description="orders work within its fairness key, higher first (default 0)",
         **_bounds(minimum=PRIORITY_MIN, maximum=PRIORITY_MAX),
     )

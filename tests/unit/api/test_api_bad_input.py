@@ -385,3 +385,20 @@ def test_an_idempotency_key_twice_in_one_bulk_is_422_naming_both_items(api: Api)
             "index": 2,
         }
     ]
+
+
+@pytest.mark.usefixtures("seeded")
+@pytest.mark.parametrize("priority", [True, False, "5", 5.0, 2.5])
+@pytest.mark.parametrize("bulk", [False, True])
+def test_a_priority_that_is_not_an_integer_is_422(api: Api, priority: Any, bulk: bool) -> None:
+    """priority is an integer, -100..100: true, "5" and 5.0 were taken as 1, 5 and 5; they
+    are refused on the field, in a bulk call on the item's."""
+    body = api.campaign(priority=priority)
+    if bulk:
+        response = api.client.post("/api/tasks/bulk", json={"tasks": [body]})
+    else:
+        response = api.client.post("/api/tasks", json=body)
+
+    (problem,) = problems(response)
+    assert problem["loc"] == (["body", "tasks", 0, "priority"] if bulk else ["body", "priority"])
+    assert problem["msg"] == "Input should be a valid integer"
