@@ -5,7 +5,8 @@ One root, a subtree per seam::
     SluiceError
     ├── ConfigError                 bad settings or provider TOML (names file, key, reason)
     ├── InvalidValue (ValueError)   a value outside its domain: a rate, a duration, a limit,
-    │   │                           a margin, a naive datetime given to the store
+    │   │                           a margin, a naive datetime given to the store, a
+    │   │                           datetime UTC cannot hold (clock.as_utc)
     │   └── KeyProblem              providers/config.py: one key of a provider table
     ├── SubmissionInvalid           submissions.py: items of a submission are invalid, each
     │                               named with its field; nothing was written
