@@ -494,7 +494,9 @@ class ProviderConfig(_Table):
     limits: tuple[LimitConfig, ...] = ()
     max_in_flight: int | None = Field(default=None, ge=1)
     in_flight_ttl: Duration | None = None
-    rate_margin: float | None = Field(default=None, ge=0)
+    # At most 1 (twice the spacing), like SLUICE_RATE_MARGIN: unbounded, a margin stretched
+    # a long window to infinity and the provider failed to build.
+    rate_margin: float | None = Field(default=None, ge=0, le=1)
     # What the provider's limiter judges (docs/ratelimit.md, "Send windows of held keys"):
     # "spacing" (it may be a leaky bucket refusing a request a few ms early) or "window"
     # (it counts requests in windows, sliding or fixed): held grants may then be sent up to

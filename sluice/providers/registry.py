@@ -56,7 +56,12 @@ def load_providers(
         except ValueError as exc:
             problems.append(str(exc))
             continue
-        providers[name] = HttpProvider(name, config, clock=clock, limiter=limiter)
+        try:
+            providers[name] = HttpProvider(name, config, clock=clock, limiter=limiter)
+        except errors.InvalidValue as exc:
+            # The config checks should have found it (and named the key); if they missed
+            # something, it is still one line naming the file and provider, not a traceback.
+            problems.append(f"{source}: providers.{name}: {exc}")
     if problems:
         raise errors.ConfigError("\n".join(problems))
     if providers and settings.default_provider not in providers:

@@ -104,6 +104,10 @@ def test_every_problem_is_reported_at_once() -> None:
         ({"max_attempts": 0}, "providers.acme.max_attempts: must be >= 1, got 0"),
         ({"max_attempts": 5000}, "providers.acme.max_attempts: must be <= 1000, got 5000"),
         (
+            {"rate_limit": "1000/h", "rate_margin": 1e308},
+            "providers.acme.rate_margin: must be <= 1",
+        ),
+        (
             {"quota": "100/60h", "quota_reset": "America/Los_Angeles"},
             "providers.acme.quota: a quota window that resets on a calendar must divide a day",
         ),
