@@ -109,6 +109,8 @@ def transient(
     attempts = task.attempts + 1
     if attempts >= policy.max_attempts:
         message = f"gave up after {attempts} attempts: {decision.message}"
+        if decision.gone:
+            return _object_gone(task, policy, message, attempts, decision.message)
         return ended(
             task,
             TaskStatus.ERROR,
@@ -133,6 +135,29 @@ def transient(
             "next_attempt_at": _later(now, delay),
             **settled,
         },
+    )
+
+
+def _object_gone(task: DueTask, policy: Policy, message: str, attempts: int, cause: str) -> Outcome:
+    """Give up on status reads that keep finding no object (``object_gone``).
+
+    A retry by request then creates the task again rather than polling a missing id. For a
+    kind with a lookup the task is marked ``maybe_created``, so that the retry first looks
+    it up by client reference: a status request that answers 404 for every id (a wrong
+    path) must not turn into a second object of one the provider still lists.
+    """
+    if policy.can_lookup:
+        then = "a retry looks it up by client reference and creates it again if it is not there"
+    else:
+        then = "a retry creates it again"
+    return ended(
+        task,
+        TaskStatus.ERROR,
+        "object_gone",
+        f"{message} ({policy.provider} has no object {task.external_id}: {then})",
+        attempts=attempts,
+        last_error=cause,
+        maybe_created=policy.can_lookup,
     )
 
 

@@ -415,7 +415,9 @@ class HttpProvider:
             assert task.external_id is not None
             item = by_id.get(task.external_id)
             if item is None:
-                results[task.task_id] = Transient(f"{task.external_id} not in status answer")
+                results[task.task_id] = Transient(
+                    f"{task.external_id} not in status answer", gone=True
+                )
                 continue
             results[task.task_id] = self._report(
                 item, task, poll.status_field, poll.error_field, poll.status_map
@@ -428,9 +430,14 @@ class HttpProvider:
             return Transient(f"{self.name} has no status request for kind {task.kind!r}")
         if task.external_id is None:
             return Transient("task has no external id to poll")
-        answer = self._request(client, kind.status, task, "status poll", unless=kind.status_field)
+        answer = self._request(
+            client, kind.status, task, "status poll", allow_404=True, unless=kind.status_field
+        )
         if not isinstance(answer, _Answer):
             return _as_read(answer)
+        if answer.response.status_code == 404:
+            message = self._answers.message(answer.response, answer.body)
+            return self._log_decision(Transient(f"HTTP 404: {message}", gone=True), [task.task_id])
         return self._report(answer.body, task, kind.status_field, kind.error_field, kind.status_map)
 
     def _report(

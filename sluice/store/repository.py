@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, select, text
@@ -624,25 +625,34 @@ class TaskRepository:
     def _restart(
         self, conn: Connection, task: Task, parent_status: TaskStatus | None, now: datetime
     ) -> None:
-        held = task.external_id is not None and (
-            task.track_only or not _ended_by_provider(conn, task.id)
-        )
+        end = _object_end(conn, task)
+        held = end is ObjectEnd.HELD
         phase = restart_phase(held, task.maybe_created, parent_status)
         previous = task.validation_error or task.last_error or "-"
-        polled = f"; polling {task.external_id} again" if held else ""
+        client_ref = task.client_ref
+        if held:
+            then = f"; polling {task.external_id} again"
+        elif end is ObjectEnd.ENDED_BY_PROVIDER:
+            # The old reference names the provider's ended object: a lookup after a lost
+            # answer, or an idempotency key, would find that one again.
+            client_ref = new_client_ref()
+            then = f"; creating it again as {client_ref}"
+        else:
+            then = ""
         change_status(
             conn,
             task,
             TaskStatus.NOT_STARTED,
             now=now,
             event="retried",
-            detail=f"retried by request (was {task.status.value}: {previous}){polled}",
+            detail=f"retried by request (was {task.status.value}: {previous}){then}",
             phase=phase.value,
             attempts=0,
             polls=0,
             validation_error=None,
             last_error=None,
             external_id=task.external_id if held else None,
+            client_ref=client_ref,
             next_attempt_at=now if phase is not Phase.WAITING_PARENT else None,
             deadline_at=None,
             poll_interval_s=None,
@@ -657,16 +667,43 @@ class TaskRepository:
         return sorted(found, key=lambda t: t.id)
 
 
-def _ended_by_provider(conn: Connection, task_id: int) -> bool:
-    """Whether the provider's own status ended the task (its last event is a status read
-    that made it final), rather than Sluice (a cancel, giving up, a deadline, its parent)."""
+class ObjectEnd(Enum):
+    """What became of the provider's object of an ended task, as a retry sees it."""
+
+    NONE = "none"
+    """No object was accepted (never sent, refused, or its create's outcome unsettled)."""
+    HELD = "held"
+    """The provider holds it and Sluice ended the task (a cancel, giving up on polls, a
+    deadline, its parent), or it is tracked: a retry polls it again."""
+    ENDED_BY_PROVIDER = "ended_by_provider"
+    """The provider reported it Error or Cancelled: a retry creates another."""
+    GONE = "gone"
+    """Status reads kept finding no object by its id: a retry creates it again (after a
+    lookup by client reference, for a kind with one: ``maybe_created``)."""
+
+
+def _object_end(conn: Connection, task: Task) -> ObjectEnd:
+    """Where ``task``'s object stands, by the last event (the one that ended the task)."""
+    if task.external_id is None:
+        return ObjectEnd.NONE
+    if task.track_only:
+        return ObjectEnd.HELD
     last = conn.execute(
         select(events.c.event)
-        .where(events.c.task_id == task_id)
+        .where(events.c.task_id == task.id)
         .order_by(events.c.id.desc())
         .limit(1)
     ).scalar()
-    return last == "status"
+    if last == "status":
+        return ObjectEnd.ENDED_BY_PROVIDER
+    if last == "object_gone":
+        return ObjectEnd.GONE
+    return ObjectEnd.HELD
+
+
+def new_client_ref() -> str:
+    """A fresh client reference (``sl-`` and 24 hex digits)."""
+    return "sl-" + os.urandom(12).hex()
 
 
 def _conflict_message(orig: BaseException, specs: Sequence[Submission]) -> str:

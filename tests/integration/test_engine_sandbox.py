@@ -206,3 +206,43 @@ def test_retry_after_cancel_while_in_progress_polls_the_same_object(
     stats = sandbox_stats(url)
     assert stats["duplicate_count"] == 0
     assert stats["objects"]["campaigns"] == {"active": 1}, stats["objects"]
+
+
+def test_retry_creates_again_a_campaign_the_dsp_forgot(
+    tmp_path: Path, sandbox: Callable[..., str]
+) -> None:
+    """The DSP forgets a campaign it is processing (a sandbox reset): status reads stop
+    finding it, Sluice gives up (``object_gone``), and a retry looks it up by client
+    reference, finds nothing, and creates it again, rather than polling the missing id."""
+    url = sandbox(profile="standard", process_delay_s=[1.5, 1.5])
+    runtime = make_runtime(tmp_path, provider(url))
+    (task_id,) = submissions.create_tasks(runtime.repo, runtime.catalog, hierarchy(0, 0))
+    driver = build_embedded_driver(runtime)
+    driver.start()
+    try:
+        deadline = time.monotonic() + 30
+        while runtime.repo.get(task_id).status is not TaskStatus.IN_PROGRESS:
+            assert time.monotonic() < deadline, runtime.repo.get(task_id)
+            time.sleep(0.02)
+        first = runtime.repo.get(task_id).external_id
+        httpx.post(f"{url}/_sandbox/reset").raise_for_status()
+        while not driver.all_final():
+            assert time.monotonic() < deadline, runtime.repo.get(task_id)
+            time.sleep(0.05)
+        gone = runtime.repo.get(task_id)
+        assert gone.status is TaskStatus.ERROR
+        assert f"has no object {first}" in (gone.validation_error or "")
+        assert [e.event for e in runtime.repo.events(task_id)][-1] == "object_gone"
+        runtime.repo.retry(task_id)
+        while not driver.all_final():
+            assert time.monotonic() < deadline, runtime.repo.get(task_id)
+            time.sleep(0.05)
+    finally:
+        driver.stop()
+    done = runtime.repo.get(task_id)
+    assert done.status is TaskStatus.COMPLETED
+    assert done.external_id is not None
+    assert "lookup" in [e.event for e in runtime.repo.events(task_id)]
+    stats = sandbox_stats(url)
+    assert stats["duplicate_count"] == 0
+    assert stats["objects"]["campaigns"] == {"active": 1}, stats["objects"]

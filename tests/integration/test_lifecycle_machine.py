@@ -1,12 +1,14 @@
 """A Hypothesis state machine over a task's life, on the real store (SQLite and PostgreSQL).
 
-Rules: create, claim, send (with a fault: answer lost, 5xx, 429, 400, rejected), write the
+Rules: create, claim, send (with a fault: answer lost, 5xx, 429, 400, rejected, object
+gone), write the
 outcome, worker crash, lease expiry, recovery, cancel, retry, and a pause (claims given
 back). The provider is a fake DSP behind ``httpx.MockTransport``; the clock is fake. After
 every step: no task in two live claims, no create without a lookup that found nothing
 after an ambiguous end, only legal status transitions, an event for every status change,
-phases that agree with statuses, one client reference for life. At the end, with faults
-stopped, the engine runs to quiescence and every task must be final.
+phases that agree with statuses, one live object per task and per client reference (a
+task gets a new reference only when retried after the provider ended its object). At the
+end, with faults stopped, the engine runs to quiescence and every task must be final.
 """
 
 from __future__ import annotations
@@ -94,9 +96,9 @@ PROVIDERS: dict[str, Any] = {
 RETRYABLE = (TaskStatus.ERROR, TaskStatus.CANCELLED)
 T = TypeVar("T")
 # What the provider does with the next request: answer, lose the answer (after creating),
-# fail with a 5xx (nothing created), refuse with a 429, refuse a create as invalid, or
-# report the object rejected.
-FAULTS = ("ok", "lose", "500", "429", "400", "reject")
+# fail with a 5xx (nothing created), refuse with a 429, refuse a create as invalid, report
+# the object rejected, or forget the object (its status reads answer 404 from then on).
+FAULTS = ("ok", "lose", "500", "429", "400", "reject", "gone")
 
 
 class FakeDsp:
@@ -109,6 +111,7 @@ class FakeDsp:
         self.unresolved: set[str] = set()
         self.violations: list[str] = []
         self.fault = "ok"
+        self.created = 0
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         fault, self.fault = self.fault, "ok"
@@ -126,7 +129,11 @@ class FakeDsp:
             self.unresolved.discard(ref)  # a lookup answered: Sluice now knows
             found = [o for o in self.objects.values() if o["client_ref"] == ref]
             return httpx.Response(200, json={"data": found})
-        found_object = self.objects[parts[1]]
+        if fault == "gone":
+            self.objects.pop(parts[1], None)
+        found_object = self.objects.get(parts[1])
+        if found_object is None:
+            return httpx.Response(404, json={"error": {"message": f"{parts[1]} not found"}})
         found_object["polls"] += 1
         if fault == "reject":
             found_object["status"] = "rejected"
@@ -144,7 +151,8 @@ class FakeDsp:
         self.unresolved.add(ref)
         if fault == "500":
             return httpx.Response(500, json={"error": {"message": "down"}})
-        object_id = f"{collection[:3]}-{len(self.objects) + 1}"
+        self.created += 1
+        object_id = f"{collection[:3]}-{self.created}"
         self.objects[object_id] = {
             "id": object_id,
             "client_ref": ref,
@@ -192,7 +200,8 @@ class Lifecycle(RuleBasedStateMachine):
         self.repo = TaskRepository(self.engine, self.clock)
         self.workers = {name: Worker() for name in WORKERS}
         self.ids: list[int] = []
-        self.refs: dict[int, str | None] = {}
+        self.refs: dict[int, str | None] = {}  # each task's client reference now
+        self.owner: dict[str, int] = {}  # every client reference a task had, to its task
         self.kinds: dict[int, str | None] = {}
         self.snapshot: list[Task] = []  # every task, as of the end of the last step
 
@@ -217,6 +226,8 @@ class Lifecycle(RuleBasedStateMachine):
         task, _ = self.repo.create(spec)
         self.ids.append(task.id)
         self.refs[task.id] = task.client_ref
+        if task.client_ref is not None:
+            self.owner[task.client_ref] = task.id
         self.kinds[task.id] = kind
 
     @rule(
@@ -252,9 +263,10 @@ class Lifecycle(RuleBasedStateMachine):
         if self.clock.now() >= task.claimed_until:
             return  # a dispatcher never sends once its lease is over
         (unit,) = build_units(self.provider, [task])
-        # A validation refusal only answers creates, a rejection only status reads.
+        # A validation refusal only answers creates; a rejection or a forgotten object only
+        # status reads.
         if (fault == "400" and unit.operation is not Operation.SUBMIT) or (
-            fault == "reject" and unit.operation is not Operation.POLL
+            fault in ("reject", "gone") and unit.operation is not Operation.POLL
         ):
             fault = "ok"
         self.dsp.fault = fault
@@ -312,7 +324,15 @@ class Lifecycle(RuleBasedStateMachine):
         if (task.validation_error or "").startswith("outcome unknown"):
             # The person checked the provider: submitting again is their decision.
             self.dsp.unresolved.discard(task.client_ref or "")
-        self.repo.retry(task.id)
+        provider_ended = task.external_id is not None and self._last_event(task.id) == "status"
+        retried = self.repo.retry(task.id)
+        # A new client reference exactly when the provider ended the task's object.
+        assert (retried.client_ref != task.client_ref) == provider_ended
+        if provider_ended:
+            assert retried.client_ref is not None
+            assert retried.client_ref not in self.owner
+            self.owner[retried.client_ref] = task.id
+        self.refs[task.id] = retried.client_ref
 
     @precondition(lambda self: bool(self.ids))
     @rule(pick=st.integers(0, MAX_TASKS - 1))
@@ -371,6 +391,11 @@ class Lifecycle(RuleBasedStateMachine):
                 live.setdefault(found["client_ref"], []).append(object_id)
         twice = {ref: ids for ref, ids in live.items() if len(ids) > 1}
         assert twice == {}, f"created twice: {twice}"
+        by_task: dict[int, list[str]] = {}
+        for ref, ids in live.items():
+            by_task.setdefault(self.owner[ref], []).extend(ids)
+        two = {task_id: ids for task_id, ids in by_task.items() if len(ids) > 1}
+        assert two == {}, f"a task has two live objects: {two}"
 
     def statuses_move_legally_each_with_an_event(self) -> None:
         with self.engine.connect() as conn:
@@ -438,6 +463,16 @@ class Lifecycle(RuleBasedStateMachine):
             if applied and outcome.event in ("submitted", "found"):
                 self.dsp.unresolved.discard(self.refs[outcome.task_id] or "")
 
+    def _last_event(self, task_id: int) -> str | None:
+        with self.engine.connect() as conn:
+            last: str | None = conn.execute(
+                select(events.c.event)
+                .where(events.c.task_id == task_id)
+                .order_by(events.c.id.desc())
+                .limit(1)
+            ).scalar()
+        return last
+
     @staticmethod
     def _pick(items: list[T], pick: int) -> T:
         return items[pick % len(items)]
@@ -480,3 +515,74 @@ def test_task_lifecycle_keeps_its_guarantees(database_url: str) -> None:
         )
     finally:
         engine.dispose()
+
+
+def _machine(database_url: str) -> Iterator[Lifecycle]:
+    engine = db.make_engine(database_url)
+    db.ensure_schema(engine)
+    Lifecycle.engine = engine
+    Lifecycle.database_url = database_url
+    machine = Lifecycle()
+    try:
+        machine.start(["campaign"])
+        yield machine
+        machine.teardown()
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def machine(database_url: str) -> Iterator[Lifecycle]:
+    yield from _machine(database_url)
+
+
+def _step(machine: Lifecycle, fault: str) -> Task:
+    """Time passes, worker a claims the task, sends it with ``fault``, writes the outcome."""
+    machine.tick(5.0)
+    machine.dispatch("a", fault, send=True, fair=False)
+    machine.write(0)
+    machine.guarantees_hold()
+    (task,) = machine.snapshot
+    return task
+
+
+def test_a_lost_create_after_a_rejection_is_not_taken_for_the_rejected_object(
+    machine: Lifecycle,
+) -> None:
+    """Created, rejected by the provider, retried, and the new create's answer lost: the
+    lookup finds the new object (the retry sent a new client reference), not the rejected
+    one, so the task follows the object that is live and a second retry is never needed.
+    With one reference for life the lookup adopted the rejected object, the task ended in
+    Error while the new object lived on, and the next retry made a third."""
+    assert _step(machine, "ok").status is TaskStatus.IN_PROGRESS
+    assert _step(machine, "reject").status is TaskStatus.ERROR
+    machine.retry(0)
+    assert _step(machine, "lose").phase is Phase.UNCERTAIN
+    found = _step(machine, "ok")
+    assert (found.status, found.external_id) == (TaskStatus.IN_PROGRESS, "cam-2")
+    done = _step(machine, "ok")
+    while done.status is TaskStatus.IN_PROGRESS:
+        done = _step(machine, "ok")
+    assert (done.status, done.external_id) == (TaskStatus.COMPLETED, "cam-2")
+    assert sorted(machine.dsp.objects) == ["cam-1", "cam-2"]
+
+
+def test_a_retry_creates_again_an_object_the_provider_forgot(machine: Lifecycle) -> None:
+    """Status reads answering 404 until Sluice gives up end the task ``object_gone``; its
+    retry looks the object up, finds nothing, and creates it again (no endless polls of
+    the missing id)."""
+    assert _step(machine, "ok").status is TaskStatus.IN_PROGRESS
+    task = _step(machine, "gone")
+    while task.status is TaskStatus.IN_PROGRESS:
+        task = _step(machine, "ok")
+    assert task.status is TaskStatus.ERROR
+    assert "has no object cam-1" in (task.validation_error or "")
+    machine.retry(0)
+    looked_up = _step(machine, "ok")
+    assert (looked_up.phase, looked_up.external_id) == (Phase.READY, None)
+    task = _step(machine, "ok")
+    while task.status is not TaskStatus.COMPLETED:
+        assert task.status is TaskStatus.IN_PROGRESS
+        task = _step(machine, "ok")
+    assert task.external_id == "cam-2"
+    assert sorted(machine.dsp.objects) == ["cam-2"]

@@ -550,11 +550,45 @@ def test_retry_submits_again_what_the_provider_ended(q: Queue, final: TaskStatus
     q.queue.apply([decide.after_poll(due, report, POLICY, q.now())], q.now())
     assert q.get(task_id).status is final
 
+    before = q.get(task_id).client_ref
     retried = q.repo.retry(task_id)
 
     assert (retried.phase, retried.external_id) == (Phase.READY, None)
+    # A new client reference: the old one names the ended object, which a lookup after a
+    # lost answer (or an idempotency key) would otherwise find again.
+    assert retried.client_ref is not None
+    assert retried.client_ref.startswith("sl-")
+    assert retried.client_ref != before
     (due,) = q.claim()
     assert due.operation is Operation.SUBMIT
+    assert due.client_ref == retried.client_ref
+
+
+@pytest.mark.parametrize("can_lookup", [True, False])
+def test_retry_creates_again_an_object_the_provider_no_longer_has(
+    q: Queue, can_lookup: bool
+) -> None:
+    """Status reads that keep answering 404 end the task ``object_gone``; a retry does not
+    poll the missing id again. A kind with a lookup is looked up by its (same) client
+    reference first; one without is created again."""
+    policy = replace(POLICY, can_lookup=can_lookup)
+    task_id = _accepted(q)
+    ref = q.get(task_id).client_ref
+    for _ in range(policy.max_attempts):
+        q.clock.advance(3600)
+        (due,) = q.claim()
+        gone = Transient("HTTP 404: x-1 not found", gone=True)
+        q.queue.apply([decide.after_poll(due, gone, policy, q.now())], q.now())
+    ended = q.get(task_id)
+    assert ended.status is TaskStatus.ERROR
+    assert "has no object x-1" in (ended.validation_error or "")
+
+    retried = q.repo.retry(task_id)
+
+    assert (retried.external_id, retried.client_ref) == (None, ref)
+    assert retried.phase is (Phase.UNCERTAIN if can_lookup else Phase.READY)
+    (due,) = q.claim()
+    assert due.operation is (Operation.LOOKUP if can_lookup else Operation.SUBMIT)
 
 
 def test_outcome_from_a_lost_claim_is_refused(q: Queue) -> None:

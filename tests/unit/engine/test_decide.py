@@ -312,3 +312,23 @@ def test_backoff_never_overflows() -> None:
     backoff = Backoff(1.0, 300.0)
     for attempt in (1025, 10_000, 2**40):
         assert 0.0 <= backoff.delay(attempt, random.Random(1)) <= 300.0
+
+
+def test_giving_up_on_an_object_the_provider_no_longer_has() -> None:
+    """Status reads that keep finding no object end ``object_gone``: for a kind with a
+    lookup the task is marked so that a retry looks it up before creating it again."""
+    task = due(status=TaskStatus.IN_PROGRESS, phase=Phase.POLLING, external_id="c-1", attempts=2)
+    gone = Transient("HTTP 404: c-1 not found", gone=True)
+    out = decide.after_poll(task, gone, POLICY, NOW)
+    assert (out.to_status, out.event) == (TaskStatus.ERROR, "object_gone")
+    assert out.fields["maybe_created"] is True
+    assert "acme has no object c-1" in out.fields["validation_error"]
+    assert "looks it up" in out.fields["validation_error"]
+    no_lookup = decide.after_poll(task, gone, NO_LOOKUP, NOW)
+    assert (no_lookup.event, no_lookup.fields["maybe_created"]) == ("object_gone", False)
+    assert "a retry creates it again" in no_lookup.fields["validation_error"]
+    # Before the last attempt, and for other failures, nothing changes.
+    early = decide.after_poll(replace(task, attempts=0), gone, POLICY, NOW)
+    assert (early.event, "maybe_created" in early.fields) == ("attempt_failed", False)
+    down = decide.after_poll(task, Transient("HTTP 503"), POLICY, NOW)
+    assert (down.event, "maybe_created" in down.fields) == ("gave_up", False)

@@ -66,7 +66,26 @@ def test_batch_poll_answers_every_task_in_one_request(dsp: FakeDsp) -> None:
     assert dsp.requests[0].url.params["ids"] == "a,b,zz"
     assert decisions[1] == StatusReport(TaskStatus.COMPLETED, None, "success")
     assert decisions[2] == StatusReport(TaskStatus.IN_PROGRESS, None, "pending")
-    assert decisions[3] == Transient("zz not in status answer")
+    assert decisions[3] == Transient("zz not in status answer", gone=True)
+
+
+def test_a_status_read_answered_404_says_the_object_is_gone(dsp: FakeDsp) -> None:
+    """A 404 on a per-object status read is a transient failure that says the provider has
+    no object by that id; a 5xx, a 429 or an unknown status word does not say so."""
+    provider = make_provider(ACME)
+    client = client_for(provider, dsp)
+    (gone,) = provider.poll(client, [task(external_id="cam-404")]).values()
+    assert isinstance(gone, Transient)
+    assert gone.gone
+    assert "cam-404 not found" in gone.message
+    dsp.script(httpx.Response(503, json={"error": {"message": "down"}}))
+    (down,) = provider.poll(client, [task(external_id="cam-404")]).values()
+    assert isinstance(down, Transient)
+    assert not down.gone
+    dsp.add("cam-1", status="ARCHIVED")
+    (unknown,) = provider.poll(client, [task(external_id="cam-1")]).values()
+    assert isinstance(unknown, Transient)
+    assert not unknown.gone
 
 
 def test_prototype_fixture_answer_is_read_as_the_prototype_did(dsp: FakeDsp) -> None:
