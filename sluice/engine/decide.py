@@ -146,7 +146,10 @@ def _object_gone(task: DueTask, policy: Policy, message: str, attempts: int, cau
     it up by client reference: a status request that answers 404 for every id (a wrong
     path) must not turn into a second object of one the provider still lists.
     """
-    if policy.can_lookup:
+    look_up = policy.can_lookup and not task.track_only
+    if task.track_only:
+        then = "tracked, so a retry only polls it again"
+    elif look_up:
         then = "a retry looks it up by client reference and creates it again if it is not there"
     else:
         then = "a retry creates it again"
@@ -157,7 +160,7 @@ def _object_gone(task: DueTask, policy: Policy, message: str, attempts: int, cau
         f"{message} ({policy.provider} has no object {task.external_id}: {then})",
         attempts=attempts,
         last_error=cause,
-        maybe_created=policy.can_lookup,
+        maybe_created=look_up,
     )
 
 

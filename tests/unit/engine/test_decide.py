@@ -327,6 +327,9 @@ def test_giving_up_on_an_object_the_provider_no_longer_has() -> None:
     no_lookup = decide.after_poll(task, gone, NO_LOOKUP, NOW)
     assert (no_lookup.event, no_lookup.fields["maybe_created"]) == ("object_gone", False)
     assert "a retry creates it again" in no_lookup.fields["validation_error"]
+    tracked = decide.after_poll(replace(task, track_only=True), gone, POLICY, NOW)
+    assert (tracked.event, tracked.fields["maybe_created"]) == ("object_gone", False)
+    assert "only polls it again" in tracked.fields["validation_error"]
     # Before the last attempt, and for other failures, nothing changes.
     early = decide.after_poll(replace(task, attempts=0), gone, POLICY, NOW)
     assert (early.event, "maybe_created" in early.fields) == ("attempt_failed", False)
