@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from sluice import submissions
-from sluice.domain import Submission, TaskStatus
-from sluice.drivers.embedded import build_embedded_driver
+from sluice.domain import Submission, Task, TaskStatus
+from sluice.drivers.embedded import EmbeddedDriver, build_embedded_driver
+from sluice.runtime import Runtime
 from tests.integration.conftest import make_runtime, run_until_final, sandbox_stats
 
 FAST_POLL = {"interval": "100ms"}
@@ -178,32 +181,57 @@ def test_wide_tree_completes_in_order(tmp_path: Path, sandbox: Callable[..., str
     assert stats["refused_total"] == 0
 
 
-def test_retry_after_cancel_while_in_progress_polls_the_same_object(
-    tmp_path: Path, sandbox: Callable[..., str]
-) -> None:
-    """A campaign cancelled while the DSP processes it, then retried, completes as the one
-    object the DSP already has: no second create."""
+@dataclass
+class Processing:
+    """One campaign the DSP takes 1.5 s to process, under a running embedded driver."""
+
+    url: str
+    runtime: Runtime
+    driver: EmbeddedDriver
+    task_id: int
+    deadline: float = field(default_factory=lambda: time.monotonic() + 30)
+
+    def wait(self, done: Callable[[], bool], pause_s: float = 0.05) -> None:
+        while not done():
+            assert time.monotonic() < self.deadline, self.runtime.repo.get(self.task_id)
+            time.sleep(pause_s)
+
+    def settle(self) -> Task:
+        """Wait until every task is final; the campaign's task."""
+        self.wait(self.driver.all_final)
+        return self.runtime.repo.get(self.task_id)
+
+
+@contextmanager
+def campaign_in_progress(tmp_path: Path, sandbox: Callable[..., str]) -> Iterator[Processing]:
+    """A campaign created and In Progress at the DSP; the driver stops on leaving."""
     url = sandbox(profile="standard", process_delay_s=[1.5, 1.5])
     runtime = make_runtime(tmp_path, provider(url))
     (task_id,) = submissions.create_tasks(runtime.repo, runtime.catalog, hierarchy(0, 0))
     driver = build_embedded_driver(runtime)
     driver.start()
     try:
-        deadline = time.monotonic() + 30
-        while runtime.repo.get(task_id).status is not TaskStatus.IN_PROGRESS:
-            assert time.monotonic() < deadline, runtime.repo.get(task_id)
-            time.sleep(0.02)
-        first = runtime.repo.get(task_id).external_id
-        runtime.repo.cancel(task_id)
-        runtime.repo.retry(task_id)
-        while not driver.all_final():
-            assert time.monotonic() < deadline, runtime.repo.get(task_id)
-            time.sleep(0.05)
+        processing = Processing(url, runtime, driver, task_id)
+        processing.wait(
+            lambda: runtime.repo.get(task_id).status is TaskStatus.IN_PROGRESS, pause_s=0.02
+        )
+        yield processing
     finally:
         driver.stop()
-    done = runtime.repo.get(task_id)
+
+
+def test_retry_after_cancel_while_in_progress_polls_the_same_object(
+    tmp_path: Path, sandbox: Callable[..., str]
+) -> None:
+    """A campaign cancelled while the DSP processes it, then retried, completes as the one
+    object the DSP already has: no second create."""
+    with campaign_in_progress(tmp_path, sandbox) as run:
+        first = run.runtime.repo.get(run.task_id).external_id
+        run.runtime.repo.cancel(run.task_id)
+        run.runtime.repo.retry(run.task_id)
+        done = run.settle()
     assert (done.status, done.external_id) == (TaskStatus.COMPLETED, first)
-    stats = sandbox_stats(url)
+    stats = sandbox_stats(run.url)
     assert stats["duplicate_count"] == 0
     assert stats["objects"]["campaigns"] == {"active": 1}, stats["objects"]
 
@@ -214,35 +242,18 @@ def test_retry_creates_again_a_campaign_the_dsp_forgot(
     """The DSP forgets a campaign it is processing (a sandbox reset): status reads stop
     finding it, Sluice gives up (``object_gone``), and a retry looks it up by client
     reference, finds nothing, and creates it again, rather than polling the missing id."""
-    url = sandbox(profile="standard", process_delay_s=[1.5, 1.5])
-    runtime = make_runtime(tmp_path, provider(url))
-    (task_id,) = submissions.create_tasks(runtime.repo, runtime.catalog, hierarchy(0, 0))
-    driver = build_embedded_driver(runtime)
-    driver.start()
-    try:
-        deadline = time.monotonic() + 30
-        while runtime.repo.get(task_id).status is not TaskStatus.IN_PROGRESS:
-            assert time.monotonic() < deadline, runtime.repo.get(task_id)
-            time.sleep(0.02)
-        first = runtime.repo.get(task_id).external_id
-        httpx.post(f"{url}/_sandbox/reset").raise_for_status()
-        while not driver.all_final():
-            assert time.monotonic() < deadline, runtime.repo.get(task_id)
-            time.sleep(0.05)
-        gone = runtime.repo.get(task_id)
+    with campaign_in_progress(tmp_path, sandbox) as run:
+        first = run.runtime.repo.get(run.task_id).external_id
+        httpx.post(f"{run.url}/_sandbox/reset").raise_for_status()
+        gone = run.settle()
         assert gone.status is TaskStatus.ERROR
         assert f"has no object {first}" in (gone.validation_error or "")
-        assert [e.event for e in runtime.repo.events(task_id)][-1] == "object_gone"
-        runtime.repo.retry(task_id)
-        while not driver.all_final():
-            assert time.monotonic() < deadline, runtime.repo.get(task_id)
-            time.sleep(0.05)
-    finally:
-        driver.stop()
-    done = runtime.repo.get(task_id)
+        assert [e.event for e in run.runtime.repo.events(run.task_id)][-1] == "object_gone"
+        run.runtime.repo.retry(run.task_id)
+        done = run.settle()
     assert done.status is TaskStatus.COMPLETED
     assert done.external_id is not None
-    assert "lookup" in [e.event for e in runtime.repo.events(task_id)]
-    stats = sandbox_stats(url)
+    assert "lookup" in [e.event for e in run.runtime.repo.events(run.task_id)]
+    stats = sandbox_stats(run.url)
     assert stats["duplicate_count"] == 0
     assert stats["objects"]["campaigns"] == {"active": 1}, stats["objects"]
