@@ -19,6 +19,9 @@ from typing import Any
 
 from sluice.sandbox.errors import InvalidRequest
 
+LATEST_S = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+"""The latest the clock may show: the last second a date can hold (its answers carry one)."""
+
 
 class SandboxClock:
     """POSIX seconds from ``base`` plus a forward-only offset."""
@@ -35,20 +38,23 @@ class SandboxClock:
         """Move the clock ``seconds`` forward.
 
         Raises:
-            ValueError: ``seconds`` is negative or not finite.
+            ValueError: ``seconds`` is negative or not finite, or would pass :data:`LATEST_S`.
         """
         if not math.isfinite(seconds) or seconds < 0:
             raise ValueError(f"advance_s must be a finite number >= 0, got {seconds!r}")
+        if self.time() + seconds > LATEST_S:
+            raise ValueError(f"advance_s {seconds:g} would move the clock past the year 9999")
         self.offset_s += seconds
 
     def advance_to(self, at: float) -> None:
         """Move the clock forward to ``at`` (POSIX seconds).
 
         Raises:
-            ValueError: ``at`` lies before the sandbox's now, or is not finite.
+            ValueError: ``at`` lies before the sandbox's now, is not finite, or is past
+                :data:`LATEST_S`.
         """
-        if not math.isfinite(at):
-            raise ValueError(f"to must be finite POSIX seconds, got {at!r}")
+        if not math.isfinite(at) or at > LATEST_S:
+            raise ValueError(f"to must be finite POSIX seconds before the year 10000, got {at!r}")
         now = self.time()
         if at < now:
             raise ValueError(
@@ -72,6 +78,8 @@ class SandboxClock:
                 self.advance(float(value))
             else:
                 self.advance_to(float(value))
+        except OverflowError:
+            raise InvalidRequest(f"{key} is too large", field=key) from None
         except ValueError as exc:
             raise InvalidRequest(str(exc), field=key) from None
 

@@ -24,9 +24,13 @@ from pydantic import (
 )
 
 from sluice.sandbox.profiles import PROFILES, Profile, get_profile
+from sluice.units import MAX_DURATION_S
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
-Seconds = Annotated[float, Field(ge=0.0)]
+# Every duration is at most ten years, as everywhere in Sluice: a window of 1e308 s
+# overflowed the leaky bucket's arithmetic (a 500 on the next call).
+Seconds = Annotated[float, Field(ge=0.0, le=MAX_DURATION_S)]
+PositiveSeconds = Annotated[float, Field(gt=0.0, le=MAX_DURATION_S)]
 
 
 class ScheduleStep(BaseModel):
@@ -34,7 +38,7 @@ class ScheduleStep(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    duration_s: float = Field(gt=0.0)
+    duration_s: PositiveSeconds
     limit: int = Field(gt=0)
 
     @model_validator(mode="before")
@@ -69,7 +73,7 @@ class LimitSpec(_Limit):
     """
 
     kind: Literal["sliding"] = "sliding"
-    window_s: float = Field(gt=0.0)
+    window_s: PositiveSeconds
     schedule: tuple[ScheduleStep, ...] = ()
     repeat: bool = False
 
@@ -88,7 +92,7 @@ class BucketSpec(_Limit):
     """
 
     kind: Literal["bucket"]
-    window_s: float = Field(gt=0.0)
+    window_s: PositiveSeconds
     burst: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
@@ -219,7 +223,7 @@ class MaintenanceWindow(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     start_s: Seconds
-    duration_s: float = Field(gt=0.0)
+    duration_s: PositiveSeconds
 
     @model_validator(mode="before")
     @classmethod
@@ -243,7 +247,7 @@ class SandboxConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=9000, ge=0, le=65535)
     auth: bool = False
-    token_lifetime_s: float = Field(default=300.0, gt=0.0)
+    token_lifetime_s: PositiveSeconds = 300.0
     credentials: dict[str, str] = Field(
         default_factory=dict,
         description="client_id -> client_secret; empty accepts any non-empty pair",

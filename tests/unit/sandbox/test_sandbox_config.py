@@ -72,6 +72,12 @@ def test_section_merges_over_profile_defaults_and_flags_win_over_section() -> No
         ),
         ({"faults": {"error_5xx": 1.5}}, "error_5xx"),
         ({"faults": {"error_5xx": 0.6, "reset": 0.6}}, "add up to 1.2"),
+        # Durations are at most ten years (a 1e308 s bucket window was a 500 at the call).
+        ({"limits": [{"name": "a", "kind": "bucket", "limit": 5, "window_s": 1e308}]}, "window_s"),
+        ({"limits": [{"name": "a", "limit": 5, "window_s": float("inf")}]}, "window_s"),
+        ({"process_delay_s": [0, 1e12]}, "process_delay_s"),
+        ({"token_lifetime_s": 1e12}, "token_lifetime_s"),
+        ({"maintenance": [[0, 1e12]]}, "duration_s"),
     ],
 )
 def test_invalid_sections_fail_naming_the_key(section: dict[str, object], message: str) -> None:

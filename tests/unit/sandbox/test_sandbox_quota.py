@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import zoneinfo
 from datetime import UTC, datetime
 from typing import Any
@@ -242,5 +243,11 @@ def test_the_clock_endpoint_moves_the_sandbox_clock_forward_only() -> None:
     assert "time only moves forward" in back.json()["error"]["message"]
     for bad in ({"advance_s": -1}, {"advance_s": "soon"}, {"offset": 3}, []):
         assert client.post("/_sandbox/clock", json=bad).status_code == 400
+    # Past the last date an answer can show: refused naming the field, never a 500.
+    for huge in ({"advance_s": 1e300}, {"to": 1e300}, {"advance_s": 10**400}):
+        refused = client.post("/_sandbox/clock", content=json.dumps(huge))
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["field"] == next(iter(huge))
+    assert client.get("/_sandbox/clock").json()["now"] == midnight
     client.post("/_sandbox/reset")
     assert client.get("/_sandbox/clock").json()["now"] == midnight
