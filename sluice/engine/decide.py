@@ -6,11 +6,12 @@ off with full jitter up to ``max_attempts`` failures in a row (a good answer fro
 provider starts the count again), final statuses release or end the task's children.
 
 No duplicate creates: after an ambiguous end (a create that may have reached the provider:
-a lost answer, a 5xx, a worker lost mid-request) the task is ``uncertain`` and
-``maybe_created``. A kind with a lookup is looked up by client reference before any
-re-create; a kind without one ends in Error, "outcome unknown", unless its provider opts
-in to re-submitting (``resubmit_when_unknown``). Only a lookup that finds nothing, or an
-answer that proves nothing was created, clears ``maybe_created``.
+a lost answer, a 5xx, a worker lost mid-request; or status reads that no longer find its
+object, on the retry of such a task) the task is ``uncertain`` and ``maybe_created``. A
+kind with a lookup is looked up by client reference before any re-create; a kind without
+one ends in Error, "outcome unknown", unless its provider opts in to re-submitting
+(``resubmit_when_unknown``). Only a lookup that finds nothing, or an answer that proves
+nothing was created, clears ``maybe_created``.
 """
 
 from __future__ import annotations
@@ -139,28 +140,38 @@ def transient(
 
 
 def _object_gone(task: DueTask, policy: Policy, message: str, attempts: int, cause: str) -> Outcome:
-    """Give up on status reads that keep finding no object (``object_gone``).
+    """Give up when the last of ``max_attempts`` failed status reads found no object by the
+    task's id (``object_gone``).
 
-    A retry by request then creates the task again rather than polling a missing id. For a
-    kind with a lookup the task is marked ``maybe_created``, so that the retry first looks
-    it up by client reference: a status request that answers 404 for every id (a wrong
-    path) must not turn into a second object of one the provider still lists.
+    A retry by request then does not poll the missing id again. It is marked
+    ``maybe_created``, like an ambiguous create: a kind with a lookup is looked up by client
+    reference before it is created again, so that a status request answering 404 for every
+    id (a wrong path), or one 404 after other failures, finds the object still listed and
+    polls it. A kind with no lookup goes the way of any create nothing can check: "outcome
+    unknown" (no request), then a second retry by request creates it, unless its provider
+    opted in to ``resubmit_when_unknown``. A tracked task has nothing to create: it is
+    polled again.
     """
-    look_up = policy.can_lookup and not task.track_only
+    missing = task.external_id
     if task.track_only:
         then = "tracked, so a retry only polls it again"
-    elif look_up:
+    elif policy.can_lookup:
         then = "a retry looks it up by client reference and creates it again if it is not there"
+    elif policy.resubmit_when_unknown:
+        then = "a retry creates it again (resubmit_when_unknown)"
     else:
-        then = "a retry creates it again"
+        then = (
+            f"kind {task.kind!r} has no lookup, so a retry ends in 'outcome unknown' "
+            "and a second retry creates it again"
+        )
     return ended(
         task,
         TaskStatus.ERROR,
         "object_gone",
-        f"{message} ({policy.provider} has no object {task.external_id}: {then})",
+        f"{message} ({policy.provider} answered that it has no object {missing}: {then})",
         attempts=attempts,
         last_error=cause,
-        maybe_created=look_up,
+        maybe_created=not task.track_only,
     )
 
 
@@ -263,7 +274,12 @@ def unresolved(task: DueTask, policy: Policy, now: datetime) -> Outcome:
             ),
             fields={"next_attempt_at": now, "maybe_created": False},
         )
-    return outcome_unknown(task, policy, "a worker was lost mid-submission")
+    return outcome_unknown(
+        task,
+        policy,
+        "nothing settled whether the provider has it: a worker was lost mid-submission, "
+        "or status reads no longer found its object",
+    )
 
 
 def ended(

@@ -678,8 +678,8 @@ class ObjectEnd(Enum):
     ENDED_BY_PROVIDER = "ended_by_provider"
     """The provider reported it Error or Cancelled: a retry creates another."""
     GONE = "gone"
-    """Status reads kept finding no object by its id: a retry creates it again (after a
-    lookup by client reference, for a kind with one: ``maybe_created``)."""
+    """The last failed status read found no object by its id: a retry clears the id and is
+    settled like an ambiguous create (``maybe_created``: a lookup, or "outcome unknown")."""
 
 
 def _object_end(conn: Connection, task: Task) -> ObjectEnd:

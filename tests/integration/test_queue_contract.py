@@ -569,8 +569,8 @@ def test_retry_creates_again_an_object_the_provider_no_longer_has(
     q: Queue, can_lookup: bool
 ) -> None:
     """Status reads that keep answering 404 end the task ``object_gone``; a retry does not
-    poll the missing id again. A kind with a lookup is looked up by its (same) client
-    reference first; one without is created again."""
+    poll the missing id again but is settled first, like an ambiguous create: looked up by
+    its (same) client reference, or, for a kind with no lookup, "outcome unknown"."""
     policy = replace(POLICY, can_lookup=can_lookup)
     task_id = _accepted(q)
     ref = q.get(task_id).client_ref
@@ -586,9 +586,14 @@ def test_retry_creates_again_an_object_the_provider_no_longer_has(
     retried = q.repo.retry(task_id)
 
     assert (retried.external_id, retried.client_ref) == (None, ref)
-    assert retried.phase is (Phase.UNCERTAIN if can_lookup else Phase.READY)
+    assert (retried.phase, retried.maybe_created) == (Phase.UNCERTAIN, True)
     (due,) = q.claim()
-    assert due.operation is (Operation.LOOKUP if can_lookup else Operation.SUBMIT)
+    assert due.operation is Operation.LOOKUP
+    if not can_lookup:
+        unknown = decide.unresolved(due, policy, q.now())
+        q.queue.apply([unknown], q.now())
+        assert q.get(task_id).status is TaskStatus.ERROR
+        assert q.repo.retry(task_id).phase is Phase.READY
 
 
 def test_outcome_from_a_lost_claim_is_refused(q: Queue) -> None:

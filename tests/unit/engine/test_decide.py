@@ -315,18 +315,22 @@ def test_backoff_never_overflows() -> None:
 
 
 def test_giving_up_on_an_object_the_provider_no_longer_has() -> None:
-    """Status reads that keep finding no object end ``object_gone``: for a kind with a
-    lookup the task is marked so that a retry looks it up before creating it again."""
+    """A last failed status read that found no object ends ``object_gone``, marked like an
+    ambiguous create: a retry looks it up (or, with no lookup, ends "outcome unknown")
+    before anything is created again."""
     task = due(status=TaskStatus.IN_PROGRESS, phase=Phase.POLLING, external_id="c-1", attempts=2)
     gone = Transient("HTTP 404: c-1 not found", gone=True)
     out = decide.after_poll(task, gone, POLICY, NOW)
     assert (out.to_status, out.event) == (TaskStatus.ERROR, "object_gone")
     assert out.fields["maybe_created"] is True
-    assert "acme has no object c-1" in out.fields["validation_error"]
+    assert "acme answered that it has no object c-1" in out.fields["validation_error"]
     assert "looks it up" in out.fields["validation_error"]
     no_lookup = decide.after_poll(task, gone, NO_LOOKUP, NOW)
-    assert (no_lookup.event, no_lookup.fields["maybe_created"]) == ("object_gone", False)
-    assert "a retry creates it again" in no_lookup.fields["validation_error"]
+    assert (no_lookup.event, no_lookup.fields["maybe_created"]) == ("object_gone", True)
+    assert "a retry ends in 'outcome unknown'" in no_lookup.fields["validation_error"]
+    opted_in = replace(NO_LOOKUP, resubmit_when_unknown=True)
+    resubmit = decide.after_poll(task, gone, opted_in, NOW)
+    assert "creates it again (resubmit_when_unknown)" in resubmit.fields["validation_error"]
     tracked = decide.after_poll(replace(task, track_only=True), gone, POLICY, NOW)
     assert (tracked.event, tracked.fields["maybe_created"]) == ("object_gone", False)
     assert "only polls it again" in tracked.fields["validation_error"]
