@@ -8,6 +8,7 @@ scenarios came from a review of the change (helper branch ``review-gone``).
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,42 +31,23 @@ from sluice.store.bulkjobs import BulkJobs
 from sluice.store.filters import TaskFilter
 from sluice.store.queue import WorkQueue
 from sluice.store.repository import TaskRepository
+from tests.integration.test_lifecycle_machine import PROVIDERS, REF, STATUS_MAP
 
 LEASE_S = 60.0
 LOCAL = Actor(kind="cli")
-STATUS_MAP = {"pending": "In Progress", "active": "Completed", "rejected": "Error"}
-REF = {"client_ref_field": "client_ref", "external_id_field": "id"}
 
 
 def providers(**extra: Any) -> dict[str, Any]:
-    return {
-        "acme": {
-            "base_url": "http://acme.test",
-            "max_attempts": 3,
-            "retry_base": "1s",
-            "retry_max": "4s",
-            "poll_interval": "1s",
-            "kinds": {
-                # Polled, with a lookup by client reference.
-                "campaign": {
-                    "submit": "POST /campaigns",
-                    "lookup": "GET /campaigns?client_ref={client_ref}",
-                    "lookup_items_field": "data",
-                    "status": "GET /campaigns/{external_id}",
-                    "status_map": STATUS_MAP,
-                    **REF,
-                },
-                # Polled, with no lookup.
-                "report": {
-                    "submit": "POST /reports",
-                    "status": "GET /reports/{external_id}",
-                    "status_map": STATUS_MAP,
-                    **REF,
-                },
-            },
-            **extra,
-        }
+    """The lifecycle machine's provider (a campaign has a lookup), plus a polled kind with
+    no lookup (``report``)."""
+    table = copy.deepcopy(PROVIDERS["acme"])
+    table["kinds"]["report"] = {
+        "submit": "POST /reports",
+        "status": "GET /reports/{external_id}",
+        "status_map": STATUS_MAP,
+        **REF,
     }
+    return {"acme": {**table, **extra}}
 
 
 class Dsp:
