@@ -42,9 +42,12 @@ tasks). Arrival order gives everything to whoever queued first (A here).
 **Trees.** 50 campaigns x 4 ad groups x 5 ads (1,250 tasks, each child released once its
 parent exists) submitted at once while a stream of unrelated new campaigns of the same
 tenant keeps arriving at the limit's full rate (50/s, from 2 s before the trees until they
-are done): the limit is saturated throughout. Figure: the median over campaigns of the
-time from the trees' creation to the campaign's last ad's completion; target: fair
-(trees first) at least 50% shorter than arrival order.
+are done): the limit is saturated throughout. Figure (the issue's): the median over
+campaigns of the time from the campaign's create at the DSP (its first ``submitted``
+event) to its last ad's completion, how long the DSP holds the campaign unfinished;
+target: fair (trees first) at least 50% shorter than arrival order. Beside it, the
+stricter ``from_queued`` figures count from the moment the trees were queued (the
+benchmark's ideal there is about 52% shorter: docs/operations.md, Trees first).
 
 Every figure is the median of the repeats; each repeat runs both orders back to back.
 """
@@ -68,7 +71,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from bench._common import machine_info
 from bench._engine_harness import (
@@ -82,7 +85,7 @@ from bench._engine_harness import (
 from harness.cluster import Cluster, postgres_database, redis_database, write_toml
 from sluice import importer, submissions
 from sluice.domain import Submission
-from sluice.store.rows import tasks
+from sluice.store.rows import events, tasks
 
 RATE = 50
 PROCESSES = 4
@@ -437,6 +440,13 @@ def run_trees(sandbox: SandboxProcess, fair: bool) -> dict[str, Any]:
                     tasks.c.id, tasks.c.parent_id, tasks.c.kind, tasks.c.status, tasks.c.updated_at
                 ).where(tasks.c.id.in_(ids))
             ).all()
+            accepted = dict(
+                conn.execute(
+                    select(events.c.task_id, func.min(events.c.at))
+                    .where(events.c.task_id.in_(ids), events.c.event == "submitted")
+                    .group_by(events.c.task_id)
+                ).all()
+            )
     parent = {r.id: r.parent_id for r in rows}
     finished: dict[int, datetime] = {}
     not_done = 0
@@ -449,14 +459,20 @@ def run_trees(sandbox: SandboxProcess, fair: bool) -> dict[str, Any]:
         campaign = parent[parent[r.id]]
         if campaign not in finished or r.updated_at > finished[campaign]:
             finished[campaign] = r.updated_at
-    spans = [at.timestamp() - created for at in finished.values()]
+    # The issue's figure: from the campaign's create at the DSP (its create accepted) to its
+    # last ad's completion, how long the DSP holds the campaign unfinished.
+    spans = [at.timestamp() - accepted[c].timestamp() for c, at in finished.items()]
+    # The stricter one: from the moment the trees were queued.
+    queued = [at.timestamp() - created for at in finished.values()]
     return {
         "order": "fair" if fair else "arrival",
         "campaigns_done": len(finished),
         "ads_not_done": not_done,
         "campaign_median_s": round(median(spans), 2) if spans else None,
         "campaign_p90_s": round(quantile(spans, 0.9), 2) if spans else None,
-        "last_campaign_s": round(max(spans), 2) if spans else None,
+        "from_queued_median_s": round(median(queued), 2) if queued else None,
+        "from_queued_p90_s": round(quantile(queued, 0.9), 2) if queued else None,
+        "last_campaign_from_queued_s": round(max(queued), 2) if queued else None,
     }
 
 
@@ -595,10 +611,15 @@ def main(argv: list[str] | None = None) -> None:
             tree_runs = both_orders("trees", repeats, lambda fair: run_trees(sandbox, fair))
             fair_median = median([r["campaign_median_s"] for r in tree_runs["fair"]])
             arrival_median = median([r["campaign_median_s"] for r in tree_runs["arrival"]])
+            fair_queued = median([r["from_queued_median_s"] for r in tree_runs["fair"]])
+            arrival_queued = median([r["from_queued_median_s"] for r in tree_runs["arrival"]])
             results["trees"] = {
                 "fair_campaign_median_s": round(fair_median, 2),
                 "arrival_campaign_median_s": round(arrival_median, 2),
                 "shorter_by": round(1 - fair_median / arrival_median, 4),
+                "fair_from_queued_median_s": round(fair_queued, 2),
+                "arrival_from_queued_median_s": round(arrival_queued, 2),
+                "from_queued_shorter_by": round(1 - fair_queued / arrival_queued, 4),
                 "runs": tree_runs,
             }
     results["machine"]["load_average_1m_end"] = round(os.getloadavg()[0], 2)
