@@ -116,7 +116,7 @@ class Transient:
     ambiguous: bool = False
     retry_after_s: float | None = None
     gone: bool = False
-    """A status read the provider answered without the object: a 404 for its id, or a
+    """A status read the provider answered without the object: a 404 or 410 for its id, or a
     batch answer that leaves it out. Giving up on it ends the task ``object_gone``."""
 
 

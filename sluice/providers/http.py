@@ -62,6 +62,8 @@ log = logging.getLogger(__name__)
 _Refusal = TypeVar("_Refusal", bound=RateLimited | Transient | Failed)
 _Decision = TypeVar("_Decision", bound=SubmitDecision | PollDecision | LookupDecision)
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_ABSENT = frozenset({404, 410})
+"""Answers to a read that say the provider has no such object: 404 Not Found, 410 Gone."""
 
 
 @dataclass(frozen=True)
@@ -269,11 +271,11 @@ class HttpProvider:
         if kind is None or kind.lookup is None:
             return Transient(f"{self.name} has no lookup for kind {task.kind!r}")
         answer = self._request(
-            client, kind.lookup, task, "lookup", allow_404=True, unless=kind.lookup_items_field
+            client, kind.lookup, task, "lookup", allow_absent=True, unless=kind.lookup_items_field
         )
         if not isinstance(answer, _Answer):
             return _as_read(answer)
-        if answer.response.status_code == 404 or answer.body is None:
+        if answer.response.status_code in _ABSENT or answer.body is None:
             return NotFound()
         return self._read_lookup(answer, kind, task)
 
@@ -431,13 +433,15 @@ class HttpProvider:
         if task.external_id is None:
             return Transient("task has no external id to poll")
         answer = self._request(
-            client, kind.status, task, "status poll", allow_404=True, unless=kind.status_field
+            client, kind.status, task, "status poll", allow_absent=True, unless=kind.status_field
         )
         if not isinstance(answer, _Answer):
             return _as_read(answer)
-        if answer.response.status_code == 404:
+        status = answer.response.status_code
+        if status in _ABSENT:
             message = self._answers.message(answer.response, answer.body)
-            return self._log_decision(Transient(f"HTTP 404: {message}", gone=True), [task.task_id])
+            gone = Transient(f"HTTP {status}: {message}", gone=True)
+            return self._log_decision(gone, [task.task_id])
         return self._report(answer.body, task, kind.status_field, kind.error_field, kind.status_map)
 
     def _report(
@@ -493,13 +497,13 @@ class HttpProvider:
         *,
         write: bool = False,
         headers: Mapping[str, str] | None = None,
-        allow_404: bool = False,
+        allow_absent: bool = False,
         unless: str | None = None,
     ) -> _Answer | RateLimited | Transient | Failed:
         """Render ``line`` for ``task``, send it, and classify all but a readable answer.
 
         A placeholder the task cannot fill is Failed (reads turn it into a Transient with
-        :func:`_as_read`). With ``allow_404``, a 404 or a ``null`` body is handed back for
+        :func:`_as_read`). With ``allow_absent``, a 404 or 410 or a ``null`` body is handed back for
         the caller to read as "nothing there"; ``unless`` is as for :meth:`_unreadable`.
         """
         payload = self.payload_for(task)
@@ -516,11 +520,11 @@ class HttpProvider:
             task_ids=[task.task_id],
             json=payload if write and line.method in _BODY_METHODS else None,
             headers=headers,
-            allow_404=allow_404,
+            allow_absent=allow_absent,
         )
         if not isinstance(answer, _Answer):
             return answer
-        if allow_404 and (answer.response.status_code == 404 or answer.body is None):
+        if allow_absent and (answer.response.status_code in _ABSENT or answer.body is None):
             return answer
         problem = self._unreadable(
             answer, what, write=write, task_ids=[task.task_id], unless=unless
@@ -538,7 +542,7 @@ class HttpProvider:
         task_ids: Sequence[int],
         json: Any = None,
         headers: Mapping[str, str] | None = None,
-        allow_404: bool = False,
+        allow_absent: bool = False,
     ) -> _Answer | RateLimited | Transient | Failed:
         """Send one request on ``tenant``'s account and classify all but a readable success."""
         credentials = self._accounts.of(tenant)
@@ -562,7 +566,7 @@ class HttpProvider:
                 Transient(self._redactor.redact(str(exc)), ambiguous=write), task_ids
             )
         status = response.status_code
-        if 200 <= status < 300 or (allow_404 and status == 404):
+        if 200 <= status < 300 or (allow_absent and status in _ABSENT):
             if self._observer is not None:
                 self._observe(response, None, write=write, payload=json)
             return _Answer(response, json_body(response))

@@ -40,9 +40,10 @@ def test_nothing_found_is_not_found(dsp: FakeDsp) -> None:
     assert provider.lookup(client_for(provider, dsp), task(kind="ad_group")) == NotFound()
 
 
-def test_404_is_not_found(dsp: FakeDsp) -> None:
-    """A provider answering 404 for an unknown reference found nothing."""
-    dsp.script(httpx.Response(404, json={"error": {"message": "no such ad group"}}))
+@pytest.mark.parametrize("code", [404, 410])
+def test_404_or_410_is_not_found(dsp: FakeDsp, code: int) -> None:
+    """A provider answering 404 (or 410 Gone) for an unknown reference found nothing."""
+    dsp.script(httpx.Response(code, json={"error": {"message": "no such ad group"}}))
     provider = make_provider(ACME)
     assert provider.lookup(client_for(provider, dsp), task(kind="ad_group")) == NotFound()
 

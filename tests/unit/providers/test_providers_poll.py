@@ -70,14 +70,19 @@ def test_batch_poll_answers_every_task_in_one_request(dsp: FakeDsp) -> None:
 
 
 def test_a_status_read_answered_404_says_the_object_is_gone(dsp: FakeDsp) -> None:
-    """A 404 on a per-object status read is a transient failure that says the provider has
-    no object by that id; a 5xx, a 429 or an unknown status word does not say so."""
+    """A 404 (or 410 Gone) on a per-object status read is a transient failure that says the
+    provider has no object by that id; a 5xx, a 429 or an unknown status word does not."""
     provider = make_provider(ACME)
     client = client_for(provider, dsp)
     (gone,) = provider.poll(client, [task(external_id="cam-404")]).values()
     assert isinstance(gone, Transient)
     assert gone.gone
     assert "cam-404 not found" in gone.message
+    dsp.script(httpx.Response(410, json={"error": {"message": "cam-1 was deleted"}}))
+    (deleted,) = provider.poll(client, [task(external_id="cam-1")]).values()
+    assert isinstance(deleted, Transient)
+    assert deleted.gone
+    assert deleted.message == "HTTP 410: cam-1 was deleted"
     dsp.script(httpx.Response(503, json={"error": {"message": "down"}}))
     (down,) = provider.poll(client, [task(external_id="cam-404")]).values()
     assert isinstance(down, Transient)
