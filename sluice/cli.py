@@ -363,7 +363,15 @@ def db_upgrade(
     settings = load_settings()
     engine = db.make_engine(settings.database_url)
     db.upgrade(engine, revision)
-    console.print(f"database at {engine.url.render_as_string(hide_password=True)} is at {revision}")
+    # Upgrading to a revision behind the database's changes nothing: say where it is.
+    now_at = db.current_revision(engine) or "base"
+    asked = "" if revision in ("head", now_at) else f" (asked for {revision})"
+    console.print(
+        f"database at {engine.url.render_as_string(hide_password=True)} is at {now_at}{asked}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @db_app.command("prune")

@@ -13,6 +13,8 @@ from urllib.parse import quote, unquote
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -331,16 +333,27 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the schema up to ``revision`` (idempotent).
 
     On PostgreSQL the migration runs under a transaction-scoped advisory lock, so workers
-    starting at once on a fresh database do not race to create the same tables.
+    starting at once on a fresh database do not race to create the same tables. A revision
+    Alembic cannot resolve (``nope``, ``-1`` on a fresh database) is InvalidValue naming it.
     """
     cfg = alembic_config(engine)
-    if engine.dialect.name != "postgresql":
-        command.upgrade(cfg, revision)
-        return
-    with engine.begin() as connection:
-        connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
-        cfg.attributes["connection"] = connection
-        command.upgrade(cfg, revision)
+    try:
+        if engine.dialect.name != "postgresql":
+            command.upgrade(cfg, revision)
+            return
+        with engine.begin() as connection:
+            connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, revision)
+    except CommandError as exc:
+        raise errors.InvalidValue(f"no migration {revision!r}: {exc}") from None
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The migration the database is at (None before the first)."""
+    with engine.connect() as connection:
+        revision: str | None = MigrationContext.configure(connection).get_current_revision()
+        return revision
 
 
 def ensure_schema(engine: Engine) -> None:

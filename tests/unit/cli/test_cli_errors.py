@@ -309,3 +309,48 @@ def test_explain_of_an_id_the_store_has_not_is_one_line(
 
     assert code == 2
     assert one_line(err) == f"error: task {2**53} not found"
+
+
+@pytest.mark.parametrize(
+    ("revision", "expected"),
+    [
+        ("nope", "error: no migration 'nope': Can't locate revision identified by 'nope'"),
+        ("-1", "error: no migration '-1': Relative revision -1 didn't produce 1 migrations"),
+    ],
+)
+def test_db_upgrade_to_an_unknown_revision_is_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    revision: str,
+    expected: str,
+) -> None:
+    """`sluice db upgrade nope` (a typo) was alembic's CommandError with a traceback."""
+    monkeypatch.setenv("SLUICE_DATABASE_URL", f"sqlite:///{tmp_path / 'up.db'}")
+
+    code, err = run_cli(monkeypatch, capsys, "db", "upgrade", "--", revision)
+
+    assert code == 2
+    assert one_line(err) == expected
+
+
+def test_db_upgrade_says_the_revision_the_database_is_at(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`sluice db upgrade base` on a database at head changes nothing; it said the database
+    was "at base". It says the revision the database is at, before and after."""
+    from alembic.script import ScriptDirectory
+
+    from sluice.store import db
+
+    url = f"sqlite:///{tmp_path / 'up.db'}"
+    monkeypatch.setenv("SLUICE_DATABASE_URL", url)
+    engine = db.make_engine(url)
+    db.ensure_schema(engine)
+    head = ScriptDirectory.from_config(db.alembic_config(engine)).get_current_head()
+    engine.dispose()
+
+    code, err = run_cli(monkeypatch, capsys, "db", "upgrade", "base")
+
+    assert code == 0, err
+    assert one_line(err) == f"database at {url} is at {head} (asked for base)"
