@@ -63,6 +63,32 @@ Port = Annotated[
 ]
 
 
+def _api_url(value: str | None) -> str | None:
+    """``--api``: refused in one line when httpx cannot read it as a URL (its password
+    masked), rather than a traceback at the first request."""
+    if value is None:
+        return None
+    import httpx
+
+    try:
+        httpx.URL(value)
+    except (httpx.InvalidURL, UnicodeError) as exc:
+        problem = masking.mask(str(exc)).encode("ascii", "backslashreplace").decode()
+        raise errors.InvalidValue(f"--api (SLUICE_API_URL): not a URL: {problem}") from None
+    return value
+
+
+def _api_key(value: str | None) -> str | None:
+    """``--key``: an HTTP header carries printable ASCII only. A key pasted with anything
+    else (an ellipsis, a line end) is refused in one line that never shows it."""
+    if value is not None and not (value.isascii() and value.isprintable()):
+        raise errors.InvalidValue(
+            "--key (SLUICE_API_KEY): an API key is printable ASCII text (sk_<id>_<secret>); "
+            "this one holds other characters"
+        )
+    return value
+
+
 Insecure = Annotated[
     bool,
     typer.Option(
@@ -168,6 +194,7 @@ def submit(
             "--api",
             help="a running Sluice API, e.g. http://127.0.0.1:8000",
             envvar="SLUICE_API_URL",
+            callback=_api_url,
         ),
     ] = None,
     wait: Annotated[bool, typer.Option(help="wait until every task is final")] = True,
@@ -178,6 +205,7 @@ def submit(
             help="API key for --api (default: $SLUICE_API_KEY); not needed on loopback",
             envvar="SLUICE_API_KEY",
             show_default=False,
+            callback=_api_key,
         ),
     ] = None,
     priority: Annotated[
@@ -215,6 +243,7 @@ def status(
             "--api",
             help="a running Sluice API, e.g. http://127.0.0.1:8000 (default: the local database)",
             envvar="SLUICE_API_URL",
+            callback=_api_url,
         ),
     ] = None,
     api_key: Annotated[
@@ -224,6 +253,7 @@ def status(
             help="API key for --api (default: $SLUICE_API_KEY); not needed on loopback",
             envvar="SLUICE_API_KEY",
             show_default=False,
+            callback=_api_key,
         ),
     ] = None,
     once: Annotated[bool, typer.Option(help="print the overview once and exit")] = False,
@@ -537,6 +567,7 @@ ApiUrl = Annotated[
         "--api",
         help="a running Sluice API (default: the local database)",
         envvar="SLUICE_API_URL",
+        callback=_api_url,
     ),
 ]
 ApiKey = Annotated[
@@ -546,6 +577,7 @@ ApiKey = Annotated[
         help="API key for --api (default: $SLUICE_API_KEY); not needed on loopback",
         envvar="SLUICE_API_KEY",
         show_default=False,
+        callback=_api_key,
     ),
 ]
 Reason = Annotated[str, typer.Option(help="why (shown beside the pause or pin, and audited)")]

@@ -146,19 +146,39 @@ def _call(
             f"cannot reach the Sluice API at {where}: {masking.mask(str(exc))}"
         ) from exc
     if answer.status_code >= 400:
-        raise errors.SluiceError(f"refused ({answer.status_code}): {_detail(answer)}")
-    shown: dict[str, Any] = answer.json()
+        raise errors.SluiceError(f"refused ({answer.status_code}): {answer_detail(answer)}")
+    shown = answer_json(answer, api_url)
+    if not isinstance(shown, dict):
+        raise errors.SluiceError(_not_the_api(answer, api_url))
     return shown
 
 
-def _detail(answer: httpx.Response) -> str:
+def answer_json(answer: httpx.Response, api_url: str) -> Any:
+    """The JSON of an answer from ``api_url``, or SluiceError in one line when it holds
+    none (a proxy's error page, a URL that is not a Sluice API)."""
     try:
-        detail = answer.json().get("detail")
+        return answer.json()
     except ValueError:
-        return answer.text[:200]
+        raise errors.SluiceError(_not_the_api(answer, api_url)) from None
+
+
+def answer_detail(answer: httpx.Response) -> str:
+    """What a refusal says, on one line: the API's ``detail``, else the start of the text."""
+    try:
+        body = answer.json()
+    except ValueError:
+        return " ".join(answer.text.split())[:200]
+    detail = body.get("detail") if isinstance(body, dict) else body
     if isinstance(detail, list):
-        return "; ".join(str(item.get("msg", item)) for item in detail)
+        return "; ".join(
+            str(item.get("msg", item)) if isinstance(item, dict) else str(item) for item in detail
+        )
     return str(detail)
+
+
+def _not_the_api(answer: httpx.Response, api_url: str) -> str:
+    where = masking.mask_urls(api_url)
+    return f"{where} answered {answer.status_code} without JSON: is it a Sluice API?"
 
 
 def _json(value: Any) -> Any:

@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from sluice import errors
+from sluice.operate import answer_detail, answer_json
 
 REFRESH_S = 1.0
 BAR_WIDTH = 20
@@ -48,9 +49,13 @@ def remote_source(api_url: str, api_key: str | None) -> Callable[[], dict[str, A
         except httpx.HTTPError as exc:
             raise errors.SluiceError(f"cannot reach {api_url}: {type(exc).__name__}") from None
         if answer.status_code != 200:
-            detail = answer.json().get("detail") if answer.content else ""
+            detail = answer_detail(answer) if answer.content else ""
             raise errors.SluiceError(f"{api_url} answered {answer.status_code}: {detail}")
-        data: dict[str, Any] = answer.json()
+        data = answer_json(answer, api_url)
+        if not isinstance(data, dict) or "providers" not in data:
+            raise errors.SluiceError(
+                f"{api_url} answered 200 without an overview: is it a Sluice API?"
+            )
         return data
 
     return fetch

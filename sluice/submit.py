@@ -16,6 +16,7 @@ from sluice import errors, importer, masking, submissions
 from sluice.api.schemas import BulkItem
 from sluice.domain import Submission, TaskStatus
 from sluice.drivers.embedded import build_embedded_driver
+from sluice.operate import answer_json
 from sluice.progress import rate_reports, summary_table, watch
 from sluice.runtime import build_runtime
 from sluice.settings import Settings
@@ -95,7 +96,13 @@ def submit_remote(
         if answer.status_code != 201:
             console.print(f"[red]refused ({answer.status_code}):[/red] {escape(answer.text)}")
             return 2
-        ids: list[int] = answer.json()["ids"]
+        created = answer_json(answer, api_url)
+        if not isinstance(created, dict) or not created.get("ids"):
+            raise errors.SluiceError(
+                f"{masking.mask_urls(api_url)} answered 201 without the tasks' ids: "
+                "is it a Sluice API?"
+            )
+        ids: list[int] = created["ids"]
         first, last = min(ids), max(ids)
         console.print(
             f"{len(ids)} tasks created (ids {first}-{last}) at {masking.mask_urls(api_url)}"

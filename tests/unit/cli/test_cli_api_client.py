@@ -1,0 +1,158 @@
+"""The commands that call a running API (``--api URL --key K``): a key or URL that cannot
+be sent, or an answer that is not the API's JSON, is one line on stderr, never a
+traceback, and the key is never shown."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from sluice import cli
+
+KEY = "sk_0123456789ab_Wq3VtYdR8pLmN2xK5sHgJf"
+
+COMMANDS = [
+    ("explain", "1"),
+    ("pause", "sandbox", "--reason", "r"),
+    ("resume", "sandbox"),
+    ("pin", "sandbox", "5/s", "--reason", "r"),
+    ("status", "--once"),
+]
+
+
+def run_cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[int, str]:
+    """Run the ``sluice`` entry point in-process; returns (exit code, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["sluice", *args])
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    code = exit_info.value.code
+    return (code if isinstance(code, int) else 1), capsys.readouterr().err
+
+
+def one_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    assert len(lines) == 1, f"expected one line, got:\n{text}"
+    assert "Traceback" not in text
+    return lines[0]
+
+
+@pytest.fixture
+def answers(monkeypatch: pytest.MonkeyPatch) -> list[httpx.Response]:
+    """Every request to the API gets the next of these answers (the last one repeats)."""
+    queued: list[httpx.Response] = []
+    real_client = httpx.Client
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return queued.pop(0) if len(queued) > 1 else queued[0]
+
+    def client(**kwargs: Any) -> httpx.Client:
+        return real_client(transport=httpx.MockTransport(handler), **kwargs)
+
+    monkeypatch.setattr(httpx, "Client", client)
+    return queued
+
+
+@pytest.fixture
+def tasks_file(tmp_path: Path) -> Path:
+    data = tmp_path / "tasks.json"
+    data.write_text('[{"kind": "campaign", "payload": {"name": "x"}}]')
+    return data
+
+
+@pytest.mark.parametrize("via_env", [False, True])
+@pytest.mark.parametrize("key", [KEY + "\u2026", "\u00e9" + KEY, KEY + "\r"])
+@pytest.mark.parametrize("command", [*COMMANDS, ("submit", "FILE", "--no-wait")])
+def test_a_key_that_cannot_be_sent_is_one_line_that_does_not_show_it(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tasks_file: Path,
+    command: tuple[str, ...],
+    key: str,
+    via_env: bool,
+) -> None:
+    """A key pasted with a character HTTP headers cannot carry (an ellipsis, an accent, a
+    Windows line end) was a UnicodeEncodeError traceback from httpx."""
+    args = [str(tasks_file) if arg == "FILE" else arg for arg in command]
+    if via_env:
+        monkeypatch.setenv("SLUICE_API_KEY", key)
+    else:
+        args += ["--key", key]
+
+    code, err = run_cli(monkeypatch, capsys, *args, "--api", "http://127.0.0.1:9")
+
+    assert code == 2
+    assert one_line(err) == (
+        "error: --key (SLUICE_API_KEY): an API key is printable ASCII text "
+        "(sk_<id>_<secret>); this one holds other characters"
+    )
+    assert KEY[16:] not in err
+
+
+@pytest.mark.parametrize("command", [*COMMANDS, ("submit", "FILE", "--no-wait")])
+def test_an_api_url_that_is_not_a_url_is_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tasks_file: Path,
+    command: tuple[str, ...],
+) -> None:
+    """A host that is not a name (bytes a shell in another encoding passed, read by Python
+    as surrogates) was httpx's InvalidURL with a traceback."""
+    args = [str(tasks_file) if arg == "FILE" else arg for arg in command]
+
+    code, err = run_cli(monkeypatch, capsys, *args, "--api", "http://\udcff:pw@h\udcff/")
+
+    assert code == 2
+    line = one_line(err)
+    assert line.startswith("error: --api (SLUICE_API_URL): not a URL: "), line
+    assert "pw" not in line
+
+
+PROXY_PAGE = "<html>\n<head><title>502 Bad Gateway</title></head>\n<body>nginx</body>\n</html>\n"
+
+
+@pytest.mark.parametrize("status", [200, 502])
+@pytest.mark.parametrize("command", COMMANDS)
+def test_an_answer_that_is_not_json_is_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    answers: list[httpx.Response],
+    command: tuple[str, ...],
+    status: int,
+) -> None:
+    """A proxy's error page (the API behind it down) or a URL that is not the API: an
+    answer 200 without JSON was a JSONDecodeError traceback for every command, an error
+    page one for `sluice status`."""
+    answers.append(httpx.Response(status, text=PROXY_PAGE, headers={"Content-Type": "text/html"}))
+
+    code, err = run_cli(monkeypatch, capsys, *command, "--api", "http://sluice.test")
+
+    assert code == (1 if command[0] == "status" else 2)
+    line = one_line(err)
+    assert "http://sluice.test" in line or status != 200, line
+    assert f"{status}" in line, line
+
+
+def test_submit_given_an_answer_that_is_not_json_is_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    answers: list[httpx.Response],
+    tasks_file: Path,
+) -> None:
+    """`sluice submit --api URL` answered 201 without JSON was a JSONDecodeError traceback."""
+    answers.append(httpx.Response(201, text=PROXY_PAGE, headers={"Content-Type": "text/html"}))
+
+    code, err = run_cli(
+        monkeypatch, capsys, "submit", str(tasks_file), "--no-wait", "--api", "http://sluice.test"
+    )
+
+    assert code == 2
+    assert one_line(err) == (
+        "error: http://sluice.test answered 201 without JSON: is it a Sluice API?"
+    )
