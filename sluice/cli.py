@@ -63,6 +63,21 @@ Port = Annotated[
 ]
 
 
+def _utf8(param: typer.CallbackParam, value: str | None) -> str | None:
+    """Text stored or searched for: refused in one line when the shell passed bytes that are
+    not UTF-8 (Python reads them as lone surrogates, which no database driver can encode)."""
+    if value is not None and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            name = param.opts[0] if param.opts and param.opts[0].startswith("-") else None
+            raise errors.InvalidValue(
+                f"{name or (param.name or 'argument').upper()}: not UTF-8 text "
+                "(the terminal passed bytes in another encoding)"
+            ) from None
+    return value
+
+
 def _api_url(value: str | None) -> str | None:
     """``--api``: refused in one line when httpx cannot read it as a URL (its password
     masked), rather than a traceback at the first request."""
@@ -520,7 +535,7 @@ def keys_list() -> None:
 
 @keys_app.command("revoke")
 def keys_revoke(
-    key_id: Annotated[str, typer.Argument(help="the key's id (sluice keys list)")],
+    key_id: Annotated[str, typer.Argument(help="the key's id (sluice keys list)", callback=_utf8)],
 ) -> None:
     """Revoke an API key: every request with it is refused from now on."""
     from sluice.store.keys import KeyStore
@@ -538,9 +553,12 @@ def keys_revoke(
 
 @app.command()
 def audit(
-    tenant: Annotated[str | None, typer.Option(help="only this tenant's records")] = None,
+    tenant: Annotated[
+        str | None, typer.Option(help="only this tenant's records", callback=_utf8)
+    ] = None,
     action: Annotated[
-        str | None, typer.Option(help="e.g. task.cancel, or task. for every task action")
+        str | None,
+        typer.Option(help="e.g. task.cancel, or task. for every task action", callback=_utf8),
     ] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="newest records shown")] = 50,
 ) -> None:
@@ -580,7 +598,9 @@ ApiKey = Annotated[
         callback=_api_key,
     ),
 ]
-Reason = Annotated[str, typer.Option(help="why (shown beside the pause or pin, and audited)")]
+Reason = Annotated[
+    str, typer.Option(help="why (shown beside the pause or pin, and audited)", callback=_utf8)
+]
 
 
 def _control(action: str, target: str, api_url: str | None, api_key: str | None, **kw: Any) -> None:

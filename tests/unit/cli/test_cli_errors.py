@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, func, inspect, select
+from sqlalchemy import create_engine, func, inspect, select, text
 
 from sluice import cli
 from sluice.store.repository import tasks
@@ -354,3 +354,38 @@ def test_db_upgrade_says_the_revision_the_database_is_at(
 
     assert code == 0, err
     assert one_line(err) == f"database at {url} is at {head} (asked for base)"
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (("pause", "sandbox", "--reason", "caf\udce9"), "--reason"),
+        (("pin", "sandbox", "5/s", "--reason", "caf\udce9"), "--reason"),
+        (("audit", "--tenant", "caf\udce9"), "--tenant"),
+        (("audit", "--action", "task.\udce9"), "--action"),
+        (("keys", "revoke", "caf\udce9"), "KEY_ID"),
+    ],
+)
+def test_text_that_is_not_utf8_is_one_line_and_writes_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    args: tuple[str, ...],
+    option: str,
+) -> None:
+    """Bytes a shell in another encoding passes (Latin-1 'café'; Python reads them as lone
+    surrogates) were a UnicodeEncodeError traceback from the database driver."""
+    url = f"sqlite:///{tmp_path / 'text.db'}"
+    monkeypatch.setenv("SLUICE_DATABASE_URL", url)
+
+    code, err = run_cli(monkeypatch, capsys, *args)
+
+    assert code == 2
+    assert one_line(err) == (
+        f"error: {option}: not UTF-8 text (the terminal passed bytes in another encoding)"
+    )
+    engine = create_engine(url)
+    if inspect(engine).has_table("audit"):
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM audit")).scalar_one() == 0
+    engine.dispose()
