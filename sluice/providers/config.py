@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Self
 
+import httpx
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -481,6 +482,17 @@ class TenantCredentials(_Table):
         return self
 
 
+def _check_base_url(base_url: str) -> None:
+    """KeyProblem unless httpx can send to ``base_url`` (a port that is not a number was an
+    InvalidURL traceback when the provider's client was built); its password never shown."""
+    try:
+        port = httpx.URL(base_url).port
+    except httpx.InvalidURL as exc:
+        raise KeyProblem("base_url", f"not a URL: {masking.mask(str(exc))}") from None
+    if port is not None and not 1 <= port <= 65535:
+        raise KeyProblem("base_url", f"its port must be 1-65535, got {port}")
+
+
 class ProviderConfig(_Table):
     """``[providers.NAME]``: one third party."""
 
@@ -533,6 +545,7 @@ class ProviderConfig(_Table):
                 f"{bad[0]!r} is not a tenant name (letters, digits, '.', '_', '-'; "
                 "at most 64 characters)",
             )
+        _check_base_url(self.base_url)
         if self.timeout <= 0:
             raise KeyProblem("timeout", f"must be > 0, got {self.timeout:g}s")
         if self.retry_max < self.retry_base:

@@ -321,3 +321,35 @@ def test_any_budget_value_loads_or_is_one_line_naming_its_key(
         assert "\n" not in text
         assert text.startswith("settings: providers.acme"), text
         assert where in text or "providers.acme.limits" in text or "providers.acme:" in text, text
+
+
+@pytest.mark.parametrize(
+    ("base_url", "expected"),
+    [
+        ("http://127.0.0.1:x", "not a URL: Invalid port: 'x'"),
+        ("http://[::1", "not a URL: Invalid port: ':1'"),
+        ("http://u:hunter2-secret@127.0.0.1:x/", "not a URL: Invalid port: 'x'"),
+        ("http://127.0.0.1:99999", "its port must be 1-65535, got 99999"),
+        ("http://127.0.0.1:0", "its port must be 1-65535, got 0"),
+    ],
+)
+def test_a_base_url_httpx_cannot_use_is_a_configuration_error(base_url: str, expected: str) -> None:
+    """A port that is not a number was httpx's InvalidURL with a traceback from every
+    command building the providers (`sluice up`, `sluice rates`, `sluice submit`); the
+    password of the URL is never repeated."""
+    text = config_error({"acme": with_changes(ACME, base_url=base_url)}, default_provider="acme")
+
+    assert text == f"settings: providers.acme.base_url: {expected}"
+    assert "hunter2" not in text
+
+
+@pytest.mark.parametrize("port", ["x", [1], 99999])
+def test_a_sandbox_port_that_cannot_be_a_url_is_a_configuration_error(port: Any) -> None:
+    """With no [providers], the bundled sandbox provider is at [sandbox] port: a port that
+    is not a number was an InvalidURL traceback from `sluice up` and `sluice rates`."""
+    from sluice.runtime import with_default_providers
+
+    with pytest.raises(errors.ConfigError) as info:
+        load_providers(with_default_providers(Settings(sandbox={"port": port})), environ={})
+
+    assert str(info.value).startswith("settings: providers.sandbox.base_url: ")
