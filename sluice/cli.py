@@ -121,11 +121,12 @@ def api(host: Host = None, port: Port = None, insecure: Insecure = False) -> Non
 
     import uvicorn
 
-    from sluice.api.app import GRACEFUL_SHUTDOWN_S, build_api
+    from sluice.api.app import GRACEFUL_SHUTDOWN_S, api_rate, build_api
     from sluice.api.auth import startup_notice
     from sluice.runtime import build_runtime
     from sluice.store.keys import KeyStore
 
+    api_rate(settings)  # before the database is opened and anything is said
     settings = settings.model_copy(
         update={"host": host or settings.host, "port": port or settings.port}
     )

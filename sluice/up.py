@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from sluice import errors
-from sluice.api.app import GRACEFUL_SHUTDOWN_S, build_api
+from sluice.api.app import GRACEFUL_SHUTDOWN_S, api_rate, build_api
 from sluice.api.auth import startup_notice
 from sluice.demo import prepare_demo_settings, run_demo
 from sluice.drivers.embedded import EmbeddedDriver, build_embedded_driver
@@ -47,6 +47,7 @@ def run_up(settings: Settings, options: UpOptions, console: Console) -> int:
     Returns the exit code: 0, or 1 when ``exit_when_done`` is set and the demo could not
     run to the end (it failed, or a worker process died).
     """
+    api_rate(settings)  # before the demo's database is replaced and anything is said
     if options.demo:
         settings = prepare_demo_settings(settings)
     # The API judges "listens on loopback" by the address it is given here.

@@ -40,6 +40,7 @@ from sluice.overview import OverviewService
 from sluice.ratelimit import build_limiter, parse_rate
 from sluice.ratelimit.base import Limiter
 from sluice.ratelimit.memory import MemoryLimiter
+from sluice.ratelimit.rate import Rate
 from sluice.runtime import Runtime
 from sluice.settings import Settings
 from sluice.store.audit import AuditLog
@@ -196,11 +197,14 @@ def _install_console(
     console.install(app, sessions, sign_in, auth.open_to)
 
 
-def _authenticator(
-    settings: Settings, key_store: KeyStore, api_limiter: Limiter | None
-) -> Authenticator:
+def api_rate(settings: Settings) -> Rate | None:
+    """The per-key limit of ``SLUICE_API_RATE_LIMIT``, or ConfigError naming the setting.
+
+    ``sluice api`` and ``sluice up`` call it before they open the database or say anything,
+    so a bad value stops them first.
+    """
     if settings.api_rate_limit is None:
-        return Authenticator(settings, key_store)
+        return None
     try:
         rate = parse_rate(settings.api_rate_limit)
     except ValueError:
@@ -214,6 +218,15 @@ def _authenticator(
             f"api_rate_burst: must be below api_rate_limit's count ({rate.limit}), "
             f"got {settings.api_rate_burst}"
         )
+    return rate
+
+
+def _authenticator(
+    settings: Settings, key_store: KeyStore, api_limiter: Limiter | None
+) -> Authenticator:
+    rate = api_rate(settings)
+    if rate is None:
+        return Authenticator(settings, key_store)
     # No cold start: this limit shields the database, not a provider, so a restart of the
     # API (or of Redis) need not hold every key for a while.
     limiter = api_limiter or build_limiter(

@@ -389,3 +389,40 @@ def test_text_that_is_not_utf8_is_one_line_and_writes_nothing(
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM audit")).scalar_one() == 0
     engine.dispose()
+
+
+@pytest.mark.parametrize("command", ["api", "up"])
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        (
+            {"SLUICE_API_RATE_LIMIT": "hunter2-fast"},
+            "configuration error: SLUICE_API_RATE_LIMIT / [sluice] api_rate_limit: must be a "
+            "rate like '20/s', '600/min' or '5/2s'",
+        ),
+        (
+            {"SLUICE_API_RATE_LIMIT": "5/s", "SLUICE_API_RATE_BURST": "5"},
+            "configuration error: api_rate_burst: must be below api_rate_limit's count (5), got 5",
+        ),
+    ],
+)
+def test_a_bad_api_rate_limit_stops_the_api_before_it_opens_the_database(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    command: str,
+    variables: dict[str, str],
+    expected: str,
+) -> None:
+    """It was checked when the API was built: `sluice api` and `sluice up` had created and
+    migrated the database and said that auth was off before refusing it."""
+    database = tmp_path / "never.db"
+    monkeypatch.setenv("SLUICE_DATABASE_URL", f"sqlite:///{database}")
+    for variable, value in variables.items():
+        monkeypatch.setenv(variable, value)
+
+    code, err = run_cli(monkeypatch, capsys, command, "--port", "9")
+
+    assert code == 2
+    assert one_line(err) == expected
+    assert not database.exists()
