@@ -111,6 +111,9 @@ class Task:
     tenant: str = DEFAULT_TENANT
     priority: int = DEFAULT_PRIORITY
     fairness_key: str = DEFAULT_TENANT
+    # Until when a worker's claim holds it (None: unclaimed). A killed worker's claim holds
+    # until then: `explain` says so rather than "waiting for a slot".
+    claimed_until: datetime | None = None
 
 
 @dataclass(frozen=True)

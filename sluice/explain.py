@@ -296,13 +296,21 @@ class Explainer:
                 ),
                 in_flight=in_flight,
             )
-        if task.phase is Phase.SUBMITTING:
+        # A poll or lookup stays in its phase while claimed. The claim may be a stopped
+        # worker's (`sluice up` killed): nothing moves until it lapses, so say when.
+        claimed = task.claimed_until is not None and task.claimed_until > now
+        if task.phase is Phase.SUBMITTING or claimed:
+            until, then = "", ""
+            if claimed:
+                until = f" until {when(task.claimed_until)}"
+                then = " (if that worker stopped, the task is taken up again then)"
+            what = {"submit": "request", "poll": "poll", "lookup": "lookup"}[operation.value]
             return Explanation(
                 **base,
                 state="sending",
                 summary=(
-                    f"claimed by a worker: its grant from the limiter is being asked for, or "
-                    f"its request to {task.provider} is on the way"
+                    f"claimed by a worker{until}: its grant from the limiter is being asked "
+                    f"for, or its {what} to {task.provider} is on the way{then}"
                 ),
                 in_flight=in_flight,
             )

@@ -209,6 +209,42 @@ def test_a_claimed_task_is_being_sent(api: Api) -> None:
 
 
 @pytest.mark.parametrize(
+    ("phase", "what"),
+    [
+        (Phase.SUBMITTING, "its request"),
+        (Phase.POLLING, "its poll"),
+        (Phase.UNCERTAIN, "its lookup"),
+    ],
+)
+def test_a_claimed_task_says_until_when_its_claim_holds(api: Api, phase: Phase, what: str) -> None:
+    """After `sluice up` was killed, a poll or lookup its claim still held was shown
+    "waiting for a poll slot: 1 due ahead of it, about 0.1 s" for the two minutes until the
+    claim lapsed, and a create "on the way"; the answer now says until when the claim holds,
+    when the task of a worker that stopped is taken up again."""
+    task_id = make(api)
+    held = api.clock.now() + timedelta(seconds=100)
+    set_row(
+        api,
+        task_id,
+        phase=phase.value,
+        status=(TaskStatus.IN_PROGRESS if phase is Phase.POLLING else TaskStatus.NOT_STARTED).value,
+        external_id="cmp-1" if phase is Phase.POLLING else None,
+        next_attempt_at=api.clock.now() - timedelta(seconds=1),
+        claimed_by="worker-that-was-killed",
+        claimed_until=held,
+    )
+
+    shown = explain(api, task_id)
+
+    assert shown["state"] == "sending"
+    assert shown["summary"] == (
+        f"claimed by a worker until {held:%Y-%m-%d %H:%M:%S}Z: its grant from the limiter is "
+        f"being asked for, or {what} to sandbox is on the way (if that worker stopped, "
+        "the task is taken up again then)"
+    )
+
+
+@pytest.mark.parametrize(
     ("status", "fields", "why"),
     [
         (TaskStatus.COMPLETED, {"external_id": "cmp-9"}, "completed (external id cmp-9)"),
