@@ -170,6 +170,24 @@ def _column(path: Path, header: str) -> tuple[str, Callable[[str], Any]]:
     return name.strip(), convert
 
 
+def _unclosed_quote(text: str) -> int | None:
+    """The line where a quoted cell that never closes begins, or None.
+
+    The lenient reader ends such a cell at the end of the file, so every later row would
+    become part of it; only a strict read says so (its other complaints, such as a space
+    after a closing quote, are left to the lenient read as before).
+    """
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    start = 1
+    try:
+        for _ in reader:
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        if "unexpected end of data" in str(exc):
+            return start
+    return None
+
+
 def load_csv(path: Path) -> list[Submission]:
     return load_csv_text(path, _read_text(path))
 
@@ -183,6 +201,21 @@ def load_csv_text(path: Path, text: str) -> list[Submission]:
         for header in reader.fieldnames
         if header and header not in RESERVED_COLUMNS
     }
+    # Two columns for one field: a row would keep one cell and drop the other unseen.
+    named = [
+        header if header in RESERVED_COLUMNS else columns[header][0]
+        for header in reader.fieldnames
+        if header
+    ]
+    twice = next((name for name in named if named.count(name) > 1), None)
+    if twice is not None:
+        raise errors.InvalidTask(f"{path}: column {twice!r} appears twice in the header")
+    unclosed = _unclosed_quote(text)
+    if unclosed is not None:
+        raise errors.InvalidTask(
+            f"{path}:{unclosed}: not valid CSV: unexpected end of data "
+            "(a double quote is not closed)"
+        )
     items: list[Submission] = []
     refs: dict[str, int] = {}
     try:
@@ -190,6 +223,13 @@ def load_csv_text(path: Path, text: str) -> list[Submission]:
     except csv.Error as exc:
         raise errors.InvalidTask(f"{path}:{reader.line_num}: not valid CSV: {exc}") from None
     for line, row in rows:
+        extra = row.get(None)  # DictReader's restkey: cells beyond the header
+        if extra and any(cell.strip() for cell in extra):
+            raise errors.InvalidTask(
+                f"{path}:{line}: {len(reader.fieldnames) + len(extra)} cells, but the header "
+                f"has {len(reader.fieldnames)} columns (a cell holding a comma needs double "
+                "quotes)"
+            )
         kind = (row.get("kind") or "").strip()
         if not kind:
             raise errors.InvalidTask(f"{path}:{line}: kind is empty")

@@ -103,3 +103,46 @@ def test_any_undeclared_cell_round_trips_as_text(
     payloads = load(folder, f"kind,{header}\ncampaign,{','.join(values)}\n")
 
     assert payloads == [{f"c{i}": value for i, value in enumerate(values)}]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            "ref,kind,name\nc1,campaign,Spring, UK\n",
+            "tasks.csv:2: 4 cells, but the header has 3 columns (a cell holding a comma "
+            "needs double quotes)",
+        ),
+        (
+            'ref,kind,name\nc1,campaign,"Spring\nc2,campaign,Summer\n',
+            "tasks.csv:2: not valid CSV: unexpected end of data (a double quote is not closed)",
+        ),
+        (
+            "ref,kind,name,name\nc1,campaign,Spring,Summer\n",
+            "tasks.csv: column 'name' appears twice in the header",
+        ),
+        (
+            "ref,kind,budget:int,budget\nc1,campaign,5,6\n",
+            "tasks.csv: column 'budget' appears twice in the header",
+        ),
+    ],
+)
+def test_cells_the_header_cannot_place_are_refused_naming_the_line(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    """Such cells were dropped without a word: 'Spring, UK' unquoted became the name
+    'Spring'; an unclosed quote swallowed every later row into one cell (row c2 vanished);
+    of two columns for one field, the first was ignored."""
+    path = tmp_path / "tasks.csv"
+    path.write_text(text, encoding="utf-8")
+
+    with pytest.raises(errors.InvalidTask) as info:
+        importer.load_file(path)
+
+    assert str(info.value) == f"{tmp_path}/{problem}"
+
+
+def test_a_quoted_cell_may_hold_commas_and_line_ends(tmp_path: Path) -> None:
+    assert load(tmp_path, 'kind,name\ncampaign,"Spring, UK\nand IE"\n') == [
+        {"name": "Spring, UK\nand IE"}
+    ]
