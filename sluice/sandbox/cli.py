@@ -21,6 +21,8 @@ from sluice.sandbox.profiles import PROFILES
 from sluice.settings import describe_validation_error, load_settings
 
 DEFAULT_PORT = 9000
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+"""uvicorn's levels (another was a KeyError traceback from its logging set-up)."""
 
 
 def sandbox_command(
@@ -69,6 +71,10 @@ def sandbox_command(
     """Serve the sandbox DSP, a simulated third-party API, in the foreground."""
     import uvicorn
 
+    if log_level.lower() not in LOG_LEVELS:
+        raise typer.BadParameter(
+            f"must be one of {', '.join(LOG_LEVELS)}", param_hint="'--log-level'"
+        )
     try:
         sandbox_config = load_config(
             config, host=host, port=port, profile=profile, seed=seed, auth=auth

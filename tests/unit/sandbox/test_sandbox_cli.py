@@ -90,3 +90,21 @@ def test_a_bad_value_names_its_key_without_pydantic_s_text(
     assert "errors.pydantic.dev" not in result.output
     assert "input_value" not in result.output
     assert served == []
+
+
+@pytest.mark.parametrize("level", ["LOUD", "verbose"])
+def test_an_unknown_log_level_is_a_usage_error(served: list[dict[str, Any]], level: str) -> None:
+    """`sluice sandbox --log-level LOUD` was a KeyError traceback from uvicorn's logging
+    set-up; it exits with status 2 naming the levels, and serves nothing."""
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(_runner_app(), ["--log-level", level])
+
+    assert result.exit_code == 2
+    assert "one of critical, error, warning, info, debug, trace" in result.output
+    assert served == []
+
+
+def test_the_log_level_is_read_in_any_case(served: list[dict[str, Any]]) -> None:
+    result = CliRunner().invoke(_runner_app(), ["--log-level", "INFO"])
+
+    assert result.exit_code == 0, result.output
+    assert served[0]["log_level"] == "info"
