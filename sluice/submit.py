@@ -16,7 +16,7 @@ from sluice import errors, importer, masking, submissions
 from sluice.api.schemas import BulkItem
 from sluice.domain import Submission, TaskStatus
 from sluice.drivers.embedded import build_embedded_driver
-from sluice.operate import answer_json
+from sluice.operate import answer_detail, answer_json
 from sluice.progress import rate_reports, summary_table, watch
 from sluice.runtime import build_runtime
 from sluice.settings import Settings
@@ -110,14 +110,22 @@ def submit_remote(
         if not wait:
             return 0
         started = time.monotonic()
-        watch(
-            lambda: remote_summary(client, first, last).by_status,
-            len(ids),
-            console,
-            threading.Event(),
-            refresh_s=1.0,
-        )
-        summary = remote_summary(client, first, last)
+        try:
+            watch(
+                lambda: remote_summary(client, first, last).by_status,
+                len(ids),
+                console,
+                threading.Event(),
+                refresh_s=1.0,
+            )
+            summary = remote_summary(client, first, last)
+        except (httpx.HTTPError, errors.SluiceError) as exc:
+            # Say the tasks exist: a second `sluice submit` of the file would create them
+            # again.
+            raise errors.SluiceError(
+                f"lost the Sluice API at {masking.mask_urls(api_url)} while following tasks "
+                f"{first}-{last}, which were created: {masking.mask(str(exc))}"
+            ) from None
         console.print(summary_table(summary, time.monotonic() - started, []))
         return 0 if not summary.errors else 1
 
@@ -128,7 +136,10 @@ def remote_summary(client: httpx.Client, first: int, last: int) -> RunSummary:
     failures: list[tuple[int, str | None, str]] = []
     cursor: str | None = encode_cursor(first - 1)
     while cursor is not None:
-        page = client.get("/api/tasks", params={"cursor": cursor, "limit": 1000}).json()
+        answer = client.get("/api/tasks", params={"cursor": cursor, "limit": 1000})
+        if answer.status_code != 200:
+            raise errors.SluiceError(f"answered {answer.status_code}: {answer_detail(answer)}")
+        page = answer_json(answer, str(client.base_url))
         for task in page["items"]:
             if task["id"] > last:
                 cursor = None

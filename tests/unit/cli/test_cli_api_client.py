@@ -156,3 +156,46 @@ def test_submit_given_an_answer_that_is_not_json_is_one_line(
     assert one_line(err) == (
         "error: http://sluice.test answered 201 without JSON: is it a Sluice API?"
     )
+
+
+@pytest.mark.parametrize(
+    "listing",
+    [
+        httpx.ConnectError("[Errno 111] Connection refused"),
+        httpx.Response(401, json={"detail": "a valid API key is required"}),
+        httpx.Response(502, text=PROXY_PAGE),
+    ],
+)
+def test_submit_that_loses_the_api_while_waiting_is_one_line_saying_the_tasks_exist(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tasks_file: Path,
+    listing: httpx.Response | Exception,
+) -> None:
+    """`sluice submit FILE --api URL` follows the tasks it created; the API going away
+    meanwhile (killed, restarted, the key revoked) was a ConnectError or KeyError
+    traceback. The line says the tasks were created, so nobody submits them twice."""
+    real_client = httpx.Client
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(201, json={"count": 1, "ids": [7]})
+        if isinstance(listing, Exception):
+            raise listing
+        return listing
+
+    def client(**kwargs: Any) -> httpx.Client:
+        return real_client(transport=httpx.MockTransport(handler), **kwargs)
+
+    monkeypatch.setattr(httpx, "Client", client)
+
+    code, err = run_cli(
+        monkeypatch, capsys, "submit", str(tasks_file), "--api", "http://sluice.test"
+    )
+
+    assert code == 2
+    line = one_line(err)
+    assert line.startswith(
+        "error: lost the Sluice API at http://sluice.test while following tasks 7-7, which "
+        "were created: "
+    ), line
