@@ -94,8 +94,9 @@ def _api_url(value: str | None) -> str | None:
 
 
 def _api_key(value: str | None) -> str | None:
-    """``--key``: an HTTP header carries printable ASCII only. A key pasted with anything
-    else (an ellipsis, a line end) is refused in one line that never shows it."""
+    """``--key``, checked when ``--api`` will send it: an HTTP header carries printable
+    ASCII only. A key pasted with anything else (an ellipsis, a line end) is refused in one
+    line that never shows it. (Without ``--api`` the key is not used, so not checked.)"""
     if value is not None and not (value.isascii() and value.isprintable()):
         raise errors.InvalidValue(
             "--key (SLUICE_API_KEY): an API key is printable ASCII text (sk_<id>_<secret>); "
@@ -221,7 +222,6 @@ def submit(
             help="API key for --api (default: $SLUICE_API_KEY); not needed on loopback",
             envvar="SLUICE_API_KEY",
             show_default=False,
-            callback=_api_key,
         ),
     ] = None,
     priority: Annotated[
@@ -245,7 +245,7 @@ def submit(
     logs.configure("WARNING")
     console = Console()
     if api_url:
-        code = submit_remote(api_url, file, wait, console, api_key, priority)
+        code = submit_remote(api_url, file, wait, console, _api_key(api_key), priority)
     else:
         code = submit_embedded(settings, file, wait, console, priority)
     raise typer.Exit(code)
@@ -269,7 +269,6 @@ def status(
             help="API key for --api (default: $SLUICE_API_KEY); not needed on loopback",
             envvar="SLUICE_API_KEY",
             show_default=False,
-            callback=_api_key,
         ),
     ] = None,
     once: Annotated[bool, typer.Option(help="print the overview once and exit")] = False,
@@ -278,6 +277,7 @@ def status(
     from sluice.status import local_source, remote_source, run_status
 
     logs.configure("WARNING")
+    api_key = _api_key(api_key) if api_url else None
     try:
         source = remote_source(api_url, api_key) if api_url else local_source(load_settings())
         code = run_status(source, Console(), once=once)
@@ -596,7 +596,6 @@ ApiKey = Annotated[
         help="API key for --api (default: $SLUICE_API_KEY); not needed on loopback",
         envvar="SLUICE_API_KEY",
         show_default=False,
-        callback=_api_key,
     ),
 ]
 Reason = Annotated[
@@ -608,7 +607,7 @@ def _control(action: str, target: str, api_url: str | None, api_key: str | None,
     from sluice.operate import control_local, control_remote, describe_control
 
     if api_url:
-        result = control_remote(api_url, api_key, action, target, **kw)
+        result = control_remote(api_url, _api_key(api_key), action, target, **kw)
     else:
         result = control_local(load_settings(), action, target, **kw)
     Console().print(describe_control(result), markup=False, highlight=False, soft_wrap=True)
@@ -672,7 +671,7 @@ def explain(
     from sluice.operate import describe_explanation, explain_local, explain_remote
 
     if api_url:
-        shown = explain_remote(api_url, api_key, task_id)
+        shown = explain_remote(api_url, _api_key(api_key), task_id)
     else:
         shown = explain_local(load_settings(), task_id)
     out = Console()

@@ -199,3 +199,16 @@ def test_submit_that_loses_the_api_while_waiting_is_one_line_saying_the_tasks_ex
         "error: lost the Sluice API at http://sluice.test while following tasks 7-7, which "
         "were created: "
     ), line
+
+
+def test_a_key_without_api_is_not_checked(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Without --api the key is not sent, so a SLUICE_API_KEY HTTP could not carry is no
+    reason to refuse a command on the local database."""
+    monkeypatch.setenv("SLUICE_DATABASE_URL", f"sqlite:///{tmp_path / 'local.db'}")
+    monkeypatch.setenv("SLUICE_API_KEY", KEY + "\r")
+
+    code, err = run_cli(monkeypatch, capsys, "resume", "sandbox")
+
+    assert (code, err) == (0, "")
