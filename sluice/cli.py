@@ -126,27 +126,30 @@ def api(host: Host = None, port: Port = None, insecure: Insecure = False) -> Non
     from sluice.api.auth import startup_notice
     from sluice.runtime import build_runtime
     from sluice.store.keys import KeyStore
+    from sluice.up import listen
 
     api_rate(settings)  # before the database is opened and anything is said
     settings = settings.model_copy(
         update={"host": host or settings.host, "port": port or settings.port}
     )
     logs.configure(settings.log_level)
+    # The port first: taken, it is one line before the database is touched.
+    listening = listen(settings.host, settings.port, "listen on")
     runtime = build_runtime(settings)
     try:
         console.print(startup_notice(settings, KeyStore(runtime.repo.engine), insecure=insecure))
     except errors.ConfigError:
         runtime.close()
+        listening.close()
         raise
-    uvicorn.run(
+    config = uvicorn.Config(
         build_api(runtime),
-        host=settings.host,
-        port=settings.port,
         log_level=settings.log_level.lower(),
         log_config=None,  # uvicorn's records go through Sluice's masking formatter
         # Open console pages keep event streams open: give them this long, then close them.
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
+    uvicorn.Server(config).run(sockets=[listening])
 
 
 @app.command()

@@ -31,6 +31,8 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from sluice import errors
+
 log = logging.getLogger("sluice.metrics")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -147,10 +149,18 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def serve(host: str, port: int, token: str | None) -> WSGIServer:
-    """Start serving this host's metrics on a daemon thread; returns the server."""
-    server = make_server(
-        host, port, metrics_app(token), server_class=_Server, handler_class=_QuietHandler
-    )
+    """Start serving this host's metrics on a daemon thread; returns the server.
+
+    A port that is taken is SluiceError in one line (it was an OSError traceback).
+    """
+    try:
+        server = make_server(
+            host, port, metrics_app(token), server_class=_Server, handler_class=_QuietHandler
+        )
+    except OSError as exc:
+        raise errors.SluiceError(
+            f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}"
+        ) from None
     thread = threading.Thread(target=server.serve_forever, name="sluice-metrics", daemon=True)
     thread.start()
     log.info("metrics.serving", extra={"address": f"http://{host}:{server.server_port}/metrics"})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -54,13 +55,16 @@ def run_up(settings: Settings, options: UpOptions, console: Console) -> int:
     settings = settings.model_copy(update={"host": options.host, "port": options.port})
     exit_code = 0
     with ExitStack() as stack:
+        # The API's port first: taken, nothing else is started (uvicorn found it after the
+        # engine and the demo had begun their work).
+        listening = stack.enter_context(listen(options.host, options.port, "listen on"))
         _stop_cleanly_on_sigterm(stack)
+        sandbox_url = start_sandbox(settings, stack) if options.sandbox or options.demo else None
         runtime = build_runtime(settings)
         stack.callback(runtime.close)
         notice = startup_notice(settings, KeyStore(runtime.repo.engine), insecure=options.insecure)
-        if options.sandbox or options.demo:
-            base_url = start_sandbox(settings, stack)
-            console.print(f"sandbox DSP (profile {sandbox_profile(settings)}) at {base_url}")
+        if sandbox_url is not None:
+            console.print(f"sandbox DSP (profile {sandbox_profile(settings)}) at {sandbox_url}")
         driver: EmbeddedDriver | None = None
         workers = WorkerProcesses()
         if options.workers:
@@ -99,9 +103,23 @@ def run_up(settings: Settings, options: UpOptions, console: Console) -> int:
                 daemon=True,
             )
             demo.start()
-        server.run()
+        server.run(sockets=[listening])
         workers.stopping = True
     return exit_code
+
+
+def listen(host: str, port: int, what: str) -> socket.socket:
+    """A socket bound to ``host:port`` for a server to listen on, or SluiceError in one
+    line ("cannot listen on 127.0.0.1:8000: Address already in use")."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise errors.SluiceError(f"cannot {what} {where}: {exc.strerror or exc}") from None
+    return sock
 
 
 def _stop_cleanly_on_sigterm(stack: ExitStack) -> None:
@@ -141,6 +159,12 @@ def start_sandbox(settings: Settings, stack: ExitStack) -> str:
             describe_validation_error(exc, lambda loc: "sandbox." + ".".join(loc))
         ) from None
     server = SandboxServer(config, host=host, port=port)
-    base_url = server.start()
+    try:
+        base_url = server.start()
+    except OSError as exc:
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise errors.SluiceError(
+            f"cannot start the sandbox DSP on {where}: {exc.strerror or exc}"
+        ) from None
     stack.callback(server.stop)
     return base_url

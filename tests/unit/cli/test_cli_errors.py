@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -426,3 +428,72 @@ def test_a_bad_api_rate_limit_stops_the_api_before_it_opens_the_database(
     assert code == 2
     assert one_line(err) == expected
     assert not database.exists()
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A loopback port something else listens on."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]
+
+
+@pytest.mark.parametrize("command", ["up", "api"])
+def test_an_api_port_in_use_is_one_line_before_anything_starts(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    busy_port: int,
+    command: str,
+) -> None:
+    """The API's port was found taken only after the database was migrated (and for `up`
+    the engine started, claiming and sending tasks) and the addresses printed; uvicorn
+    then exited with status 3."""
+    database = tmp_path / "never.db"
+    monkeypatch.setenv("SLUICE_DATABASE_URL", f"sqlite:///{database}")
+
+    code, err = run_cli(monkeypatch, capsys, command, "--port", str(busy_port))
+
+    assert code == 2
+    assert one_line(err).startswith(f"error: cannot listen on 127.0.0.1:{busy_port}: "), err
+    assert not database.exists()
+
+
+def test_metrics_serve_on_a_port_in_use_is_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    busy_port: int,
+) -> None:
+    """`sluice metrics-serve --port P` with P taken was an OSError traceback."""
+    monkeypatch.setenv("SLUICE_DATABASE_URL", f"sqlite:///{tmp_path / 'm.db'}")
+
+    code, err = run_cli(monkeypatch, capsys, "metrics-serve", "--port", str(busy_port))
+
+    assert code == 2
+    assert one_line(err).startswith(f"error: cannot serve metrics on 127.0.0.1:{busy_port}: "), err
+
+
+def test_up_with_the_sandbox_on_a_port_in_use_is_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    busy_port: int,
+) -> None:
+    """`sluice up --sandbox` (or --demo) beside a sandbox already running on its port (the
+    README's `sluice sandbox --port 9100`) was an OSError traceback."""
+    config = tmp_path / "sluice.toml"
+    config.write_text(f"[sandbox]\nport = {busy_port}\n")
+    monkeypatch.setenv("SLUICE_CONFIG", str(config))
+    monkeypatch.setenv("SLUICE_DATABASE_URL", f"sqlite:///{tmp_path / 'up.db'}")
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        api_port = free.getsockname()[1]
+
+    code, err = run_cli(monkeypatch, capsys, "up", "--sandbox", "--port", str(api_port))
+
+    assert code == 2
+    assert one_line(err).startswith(
+        f"error: cannot start the sandbox DSP on 127.0.0.1:{busy_port}: "
+    ), err
