@@ -45,7 +45,8 @@ def load_file(path: Path) -> list[Submission]:
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        # utf-8-sig: a byte order mark (Excel's "CSV UTF-8") is not part of the text.
+        return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise errors.InvalidTask(
             f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8"

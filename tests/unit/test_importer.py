@@ -146,3 +146,32 @@ def test_a_quoted_cell_may_hold_commas_and_line_ends(tmp_path: Path) -> None:
     assert load(tmp_path, 'kind,name\ncampaign,"Spring, UK\nand IE"\n') == [
         {"name": "Spring, UK\nand IE"}
     ]
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("tasks.csv", "ref,parent_ref,kind,name\nc1,,campaign,A\ng1,c1,ad_group,B\n"),
+        (
+            "tasks.json",
+            '{"tasks": [{"kind": "campaign", "payload": {"name": "A"}, '
+            '"children": [{"kind": "ad_group", "payload": {"name": "B"}}]}]}',
+        ),
+    ],
+)
+def test_a_file_saved_with_a_utf8_byte_order_mark_reads_like_one_without(
+    tmp_path: Path, name: str, content: str
+) -> None:
+    """Excel's "CSV UTF-8" starts the file with a byte order mark. It was read as part of
+    the first column's name: a first column 'ref' went into the payload as '\\ufeffref'
+    and every parent_ref was unknown, a first column 'kind' was "no 'kind' column"; a
+    JSON file was "not valid JSON: Unexpected UTF-8 BOM"."""
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + content.encode("utf-8"))
+
+    items = importer.load_file(path)
+
+    assert [(i.kind, i.payload, i.parent_index) for i in items] == [
+        ("campaign", {"name": "A"}, None),
+        ("ad_group", {"name": "B"}, 0),
+    ]
