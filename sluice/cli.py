@@ -609,6 +609,7 @@ Reason = Annotated[
 def _control(action: str, target: str, api_url: str | None, api_key: str | None, **kw: Any) -> None:
     from sluice.operate import control_local, control_remote, describe_control
 
+    logs.configure("WARNING")  # a limiter that is down: one masked line, as in `sluice status`
     if api_url:
         result = control_remote(api_url, _api_key(api_key), action, target, **kw)
     else:
@@ -673,6 +674,7 @@ def explain(
     """Say why a task is where it is (waiting for its parent, paused, backing off...)."""
     from sluice.operate import describe_explanation, explain_local, explain_remote
 
+    logs.configure("WARNING")
     if api_url:
         shown = explain_remote(api_url, _api_key(api_key), task_id)
     else:

@@ -343,8 +343,8 @@ class Controls:
             return None
         try:
             count: int | None = self.limiter.in_flight_count(cap.key)
-        except errors.LimiterError:
-            log.warning("controls.in_flight_unavailable", exc_info=True)
+        except errors.LimiterError as exc:
+            log.warning("controls.in_flight_unavailable", extra={"error": str(exc)})
             count = None
         return InFlightState(cap.key, cap.max_in_flight, count)
 
@@ -367,8 +367,10 @@ class Controls:
         database's pauses into its limiter within :data:`PAUSE_SYNC_S` anyway."""
         try:
             call()
-        except errors.LimiterError:
-            log.warning("controls.limiter_unavailable", exc_info=True, extra={"call": what})
+        except errors.LimiterError as exc:
+            # Expected while Redis is down, and handled: one line, not a traceback (which
+            # `sluice pause` printed by the dozen lines).
+            log.warning("controls.limiter_unavailable", extra={"call": what, "error": str(exc)})
 
 
 def pause_end(

@@ -406,8 +406,8 @@ class Explainer:
         for key in keys:
             try:
                 until_s = self.controls.limiter.paused_until(key)
-            except errors.LimiterError:
-                log.warning("explain.limiter_unavailable", exc_info=True)
+            except errors.LimiterError as exc:
+                log.warning("explain.limiter_unavailable", extra={"error": str(exc)})
                 return None
             if until_s is not None:
                 until = now + timedelta(seconds=max(0.0, until_s - now.timestamp()))

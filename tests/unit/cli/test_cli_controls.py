@@ -222,3 +222,38 @@ def test_an_end_out_of_range_in_utc_through_the_api_is_one_line(
         "(years 1 to 9999)"
     )
     assert audited(local) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "out", "warning"),
+    [
+        (("resume", "sandbox"), "sandbox was not paused", "controls.limiter_unavailable"),
+        (("explain", "TASK"), "task TASK: Not Started (ready)", "explain.limiter_unavailable"),
+    ],
+)
+def test_a_limiter_that_is_down_is_a_warning_line_not_a_traceback(
+    local: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: tuple[str, ...],
+    out: str,
+    warning: str,
+) -> None:
+    """With SLUICE_REDIS_URL unreachable, the command still works on the database (the
+    dispatchers copy its pauses into the limiter), but printed 60 to 140 lines of
+    traceback through Python's last-resort log handler, unformatted and unmasked."""
+    runtime = build_runtime(load_settings())
+    task, _ = runtime.repo.create(Submission("sandbox", "campaign", {"name": "Spring"}))
+    runtime.close()
+    monkeypatch.setenv("SLUICE_REDIS_URL", "redis://:hunter2-secret@127.0.0.1:1/0")
+    args = tuple(str(task.id) if arg == "TASK" else arg for arg in args)
+
+    code, shown, err = run_cli(monkeypatch, capsys, *args)
+
+    assert code == 0, err
+    assert shown.startswith(out.replace("TASK", str(task.id))), shown
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err
+    assert any(warning in line for line in lines), err
+    assert all(" WARNING " in line and "Connection refused" in line for line in lines), err
+    assert "hunter2" not in err
