@@ -46,6 +46,16 @@ def parse_redis_url(url: str) -> RedisTarget:
             f"got scheme {shown!r}"
         )
     if scheme in PLAIN_SCHEMES:
+        problem = host_part_problem(url)
+        if problem is not None:
+            raise errors.InvalidValue(problem)
+        database = urlsplit(url).path.strip("/")
+        if scheme != "unix" and database and not (database.isascii() and database.isdigit()):
+            # redis-py reads any other path as database 0, silently.
+            raise errors.InvalidValue(
+                f"the path of a {scheme}:// URL is the database number, e.g. "
+                "redis://127.0.0.1:6379/1"
+            )
         return RedisTarget(url)
     userinfo, _, hostlist = rest.rpartition("@")
     hostlist, _, path = hostlist.partition("/")
@@ -76,6 +86,22 @@ def parse_redis_url(url: str) -> RedisTarget:
         password=password,
         ssl=scheme == "rediss+cluster",
     )
+
+
+def host_part_problem(url: str) -> str | None:
+    """Why the ``user:password@host:port`` part of ``url`` cannot be read, in words that
+    quote nothing of it, or None.
+
+    The URL parser's own message quotes what it took for the port: with the ``@`` mistyped
+    (``redis://:secret!host:6379``) that is the password.
+    """
+    try:
+        urlsplit(url).port  # noqa: B018 (reading it checks it)
+    except ValueError as exc:
+        if "port" in str(exc).lower():
+            return "its port is not a number from 0 to 65535 (user:password@host:port)"
+        return "its host part does not parse (user:password@host:port)"
+    return None
 
 
 def _host_port(part: str, scheme: str) -> tuple[str, int]:

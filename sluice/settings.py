@@ -14,6 +14,7 @@ import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -24,7 +25,7 @@ from pydantic_settings import (
 )
 
 from sluice import errors, masking
-from sluice.redis_url import parse_redis_url
+from sluice.redis_url import host_part_problem, parse_redis_url
 from sluice.units import MAX_DURATION_S, parse_duration
 
 DEFAULT_CONFIG_FILE = "sluice.toml"
@@ -115,8 +116,16 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_url_is_known(cls, value: str | None) -> str | None:
-        if value:
-            parse_redis_url(value)
+        if value and not parse_redis_url(value).cluster:
+            # redis-py is asked about the ?options (no connection is made): a value it
+            # cannot read, or an option it does not take, was a traceback at start-up or
+            # a failure at the first grant.
+            import redis
+
+            try:
+                redis.Redis.from_url(value).connection_pool.make_connection()
+            except (ValueError, TypeError, redis.RedisError):
+                raise errors.InvalidValue(_options_problem(value, "redis-py")) from None
         return value
 
     @field_validator("limiter_namespace")
@@ -149,12 +158,18 @@ class Settings(BaseSettings):
             return value
         if "://" not in value:
             raise errors.InvalidValue(f"must be a URL with a scheme, {example}")
+        problem = host_part_problem(value)
+        if problem is not None:
+            raise errors.InvalidValue(f"{problem}, {example}")
         from kombu.connection import Connection
 
         try:
             Connection(value).get_transport_cls()  # type: ignore[no-untyped-call]
         except KeyError as exc:  # "No such transport: x.  Did you mean y?"
             raise errors.InvalidValue(f"{exc.args[0]}; {example}") from None
+        except (ValueError, TypeError):
+            # kombu's message quotes the value it could not read.
+            raise errors.InvalidValue(_options_problem(value, "kombu")) from None
         except ImportError as exc:
             scheme = value.split("://", 1)[0]
             raise errors.InvalidValue(
@@ -198,6 +213,17 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _TomlSource(settings_cls))
+
+
+def _options_problem(url: str, client: str) -> str:
+    """Why ``client`` refused ``url``, naming its ?options but none of their values."""
+    names = ", ".join(dict.fromkeys(name for name, _ in parse_qsl(urlsplit(url).query)))
+    if not names:
+        return f"{client} cannot use this URL"
+    return (
+        f"{client} cannot use its ?options ({names}): one is unknown to it or has a value "
+        "it cannot read"
+    )
 
 
 class _TomlSource(PydanticBaseSettingsSource):

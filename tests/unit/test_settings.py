@@ -193,3 +193,65 @@ def test_an_engine_number_out_of_range_is_a_config_error(
 
     with pytest.raises(errors.ConfigError, match=variable):
         load_settings()
+
+
+SECRET = "Sup3rSecretPw"
+
+
+@pytest.mark.parametrize("setting", ["SLUICE_BROKER_URL", "SLUICE_REDIS_URL"])
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        # '@' mistyped: the password and the host read as the host part's port.
+        (f"redis://:{SECRET}!127.0.0.1:6379/0", "its port is not a number"),
+        (f"redis://:{SECRET}@127.0.0.1:notaport/0", "its port is not a number"),
+        (f"redis://:{SECRET}@127.0.0.1:99999/0", "its port is not a number"),
+        (f"redis://:{SECRET}@[::1/0", "its host part does not parse"),
+        (f"redis://:{SECRET}@127.0.0.1:6379/0?socket_timeout=abc", "?options (socket_timeout)"),
+    ],
+)
+def test_a_url_that_does_not_parse_is_a_config_error_that_quotes_none_of_it(
+    monkeypatch: pytest.MonkeyPatch, setting: str, url: str, expected: str
+) -> None:
+    """A broker URL whose '@' was mistyped answered "Port could not be cast to integer value
+    as 'Sup3rSecretPw!127.0.0.1:6379'"; a limiter URL that did not parse (or an option its
+    client cannot take: a broker's too) passed the settings and was a traceback from
+    redis-py or kombu in every command that started."""
+    monkeypatch.setenv(setting, url)
+
+    with pytest.raises(errors.ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert setting in message
+    assert expected in message
+    assert SECRET not in message
+
+
+@pytest.mark.parametrize("path", ["/abc", "/1/2", "/one"])
+def test_a_redis_url_whose_path_is_not_a_database_number_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """redis-py reads a path that is not a number as database 0: a limiter meant for its
+    own database shared the default one, silently."""
+    monkeypatch.setenv("SLUICE_REDIS_URL", f"redis://:{SECRET}@127.0.0.1:6379{path}")
+
+    with pytest.raises(errors.ConfigError, match="database number") as info:
+        load_settings()
+    assert SECRET not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379",
+        "redis://127.0.0.1:6379/",
+        "redis://:pw@127.0.0.1:6379/11",
+        "rediss://user:pw@h:6380/0?ssl_cert_reqs=none",
+        "unix:///run/redis.sock?db=2",
+        "redis://[::1]:6379/1",
+    ],
+)
+def test_the_usual_redis_urls_are_accepted(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("SLUICE_REDIS_URL", url)
+
+    assert load_settings().redis_url == url
