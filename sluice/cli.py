@@ -296,7 +296,7 @@ def worker(
     concurrency: Annotated[
         int, typer.Option(help="worker processes", envvar="SLUICE_WORKER_CONCURRENCY", min=1)
     ] = 4,
-    loglevel: Annotated[str, typer.Option(envvar="SLUICE_LOG_LEVEL")] = "INFO",
+    loglevel: LogLevel = None,
     hostname: Annotated[
         str | None,
         typer.Option(
@@ -311,6 +311,7 @@ def worker(
     import os
 
     settings = _prepare_metrics(load_settings())
+    loglevel = _log_level(loglevel, settings)
     from sluice.celery_app import app as celery
 
     if metrics_port is not None:
@@ -330,6 +331,14 @@ def worker(
     celery.worker_main(argv)
 
 
+LogLevel = Annotated[
+    str | None,
+    typer.Option(
+        help="DEBUG, INFO, WARNING, ERROR or CRITICAL (default: SLUICE_LOG_LEVEL, or the "
+        "[sluice] log_level of the config file, or INFO)",
+        show_default=False,
+    ),
+]
 MetricsPort = Annotated[
     int | None,
     typer.Option(
@@ -395,11 +404,26 @@ def metrics_serve(
 
 
 @app.command()
-def beat(loglevel: Annotated[str, typer.Option(envvar="SLUICE_LOG_LEVEL")] = "INFO") -> None:
+def beat(loglevel: LogLevel = None) -> None:
     """Run the Celery beat scheduler that sends the pump tasks."""
+    # Read here, so that a mistake is one line: the app reads them again as Celery
+    # configures it, where Celery would log and swallow the error and beat then ran on
+    # Celery's defaults (amqp://guest@localhost, no pumps).
+    loglevel = _log_level(loglevel, load_settings())
     from sluice.celery_app import app as celery
 
     celery.start(["beat", "--loglevel", loglevel])
+
+
+def _log_level(given: str | None, settings: Any) -> str:
+    """``--loglevel`` checked like ``SLUICE_LOG_LEVEL``, or the settings' level."""
+    from sluice.settings import LOG_LEVELS
+
+    if given is None:
+        return str(settings.log_level)
+    if given.upper() not in LOG_LEVELS:
+        raise errors.InvalidValue(f"--loglevel must be one of {', '.join(LOG_LEVELS)}")
+    return given.upper()
 
 
 @db_app.command("upgrade")

@@ -12,13 +12,14 @@ pages; each child builds its own runtime (connections, threads) at its first pum
 from __future__ import annotations
 
 import gc
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from celery import Celery, signals
 
-from sluice import logs, metrics_host, process_memory
+from sluice import errors, logs, masking, metrics_host, process_memory
 from sluice.drivers.pump import pump_driver
 from sluice.settings import Settings, load_settings
 from sluice.store import db
@@ -57,7 +58,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 @app.on_configure.connect
 def _configure(sender: Celery, **_: Any) -> None:
-    sender.conf.update(celery_config(load_settings()))
+    try:
+        settings = load_settings()
+    except errors.ConfigError as exc:
+        # Celery logs and swallows an exception from this signal, then runs on its own
+        # defaults: `celery -A sluice.celery_app worker` consumed from amqp://guest@localhost.
+        sys.stderr.write(f"configuration error: {masking.mask(str(exc))}\n")
+        raise SystemExit(2) from None
+    sender.conf.update(celery_config(settings))
 
 
 @signals.after_setup_logger.connect

@@ -497,3 +497,87 @@ def test_up_with_the_sandbox_on_a_port_in_use_is_one_line(
     assert one_line(err).startswith(
         f"error: cannot start the sandbox DSP on 127.0.0.1:{busy_port}: "
     ), err
+
+
+@pytest.mark.parametrize("command", ["worker", "beat"])
+def test_an_unknown_loglevel_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """`sluice worker --loglevel LOUD` was a ValueError traceback from logging, and `sluice
+    beat --loglevel LOUD` a BadParameter traceback from Celery's command line."""
+    from sluice.celery_app import app as celery
+
+    monkeypatch.setattr(celery, "worker_main", lambda argv: None)
+    monkeypatch.setattr(celery, "start", lambda argv: None)
+
+    code, err = run_cli(monkeypatch, capsys, command, "--loglevel", "LOUD")
+
+    assert code == 2
+    assert one_line(err) == (
+        "error: --loglevel must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
+    )
+
+
+@pytest.mark.parametrize("command", ["worker", "beat"])
+def test_worker_and_beat_take_the_log_level_of_the_settings(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    command: str,
+) -> None:
+    """Every process reads the same settings (docs/deployment.md): the config file's
+    log_level too, not only SLUICE_LOG_LEVEL."""
+    from sluice.celery_app import app as celery
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(celery, "worker_main", seen.append)
+    monkeypatch.setattr(celery, "start", seen.append)
+    monkeypatch.setattr("sluice.logs.configure", lambda level: None)
+    config = tmp_path / "sluice.toml"
+    config.write_text('[sluice]\nlog_level = "warning"\n', encoding="utf-8")
+    monkeypatch.setenv("SLUICE_CONFIG", str(config))
+    code, _ = run_cli(monkeypatch, capsys, command)
+
+    assert code == 0
+    assert seen
+    assert seen[0][seen[0].index("--loglevel") + 1] == "WARNING"
+
+
+def test_beat_with_bad_settings_is_one_line_and_never_starts(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`sluice beat` read no setting before Celery configured the app, where Celery logged
+    and swallowed the error: beat then ran on Celery's defaults (amqp://guest@localhost,
+    no pumps scheduled), for ever."""
+    from sluice.celery_app import app as celery
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(celery, "start", started.append)
+    monkeypatch.setenv("SLUICE_PUMPS", "many")
+
+    code, err = run_cli(monkeypatch, capsys, "beat")
+
+    assert code == 2
+    assert one_line(err).startswith("configuration error: invalid setting SLUICE_PUMPS")
+    assert not started
+
+
+def test_celery_configuring_the_app_with_bad_settings_stops_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`celery -A sluice.celery_app worker` with a bad setting: Celery swallowed the error
+    of the app's configure signal and consumed from its default broker instead."""
+    from celery import Celery
+
+    from sluice.drivers.celery_app import _configure
+
+    monkeypatch.setenv("SLUICE_BROKER_URL", f"amqp://sluice:{PASSWORD}!127.0.0.1:5672//")
+    other = Celery("other")
+
+    with pytest.raises(SystemExit) as exit_info:
+        _configure(other)
+
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert one_line(err).startswith("configuration error: invalid setting SLUICE_BROKER_URL")
+    assert PASSWORD not in err
