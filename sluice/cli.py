@@ -313,7 +313,9 @@ def worker(
     settings = _prepare_metrics(load_settings())
     loglevel = _log_level(loglevel, settings)
     from sluice.celery_app import app as celery
+    from sluice.drivers.celery_app import check_worker_settings
 
+    check_worker_settings(settings)
     if metrics_port is not None:
         _serve_metrics_when_ready(settings, metrics_host, metrics_port)
 

@@ -56,16 +56,40 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-@app.on_configure.connect
-def _configure(sender: Celery, **_: Any) -> None:
+def check_worker_settings(settings: Settings) -> None:
+    """Refuse to run a worker without the shared limiter's Redis.
+
+    Without it every pool process built a limiter of its own, in memory: a worker with
+    ``--concurrency 4`` sent four times each configured rate, and each quota's pace and
+    ``max_in_flight`` held per process, not across them.
+    """
+    if not settings.redis_url:
+        raise errors.ConfigError(
+            "a worker needs SLUICE_REDIS_URL (the limiter every worker process shares); "
+            "without it each process would keep limits of its own and send more than them"
+        )
+
+
+def _settings_or_exit(*, worker: bool = False) -> Settings:
+    """The settings, or one line on stderr and exit code 2.
+
+    Celery logs and swallows an exception raised by a signal's receiver and goes on: on
+    its own defaults when configuring the app failed (`celery -A sluice.celery_app worker`
+    consumed from amqp://guest@localhost).
+    """
     try:
         settings = load_settings()
+        if worker:
+            check_worker_settings(settings)
     except errors.ConfigError as exc:
-        # Celery logs and swallows an exception from this signal, then runs on its own
-        # defaults: `celery -A sluice.celery_app worker` consumed from amqp://guest@localhost.
         sys.stderr.write(f"configuration error: {masking.mask(str(exc))}\n")
         raise SystemExit(2) from None
-    sender.conf.update(celery_config(settings))
+    return settings
+
+
+@app.on_configure.connect
+def _configure(sender: Celery, **_: Any) -> None:
+    sender.conf.update(celery_config(_settings_or_exit()))
 
 
 @signals.after_setup_logger.connect
@@ -79,9 +103,11 @@ def _mask_logs(logger: Any, **_: Any) -> None:
 def _import_database_driver(**_: Any) -> None:
     """The pool processes share the database driver's pages: imported here, before they
     are forked (each connects at its own first pump). They inherit the cap on malloc arenas
-    too, before any of them starts its sending threads."""
+    too, before any of them starts its sending threads. A worker without the shared
+    limiter stops here (:func:`check_worker_settings`)."""
+    settings = _settings_or_exit(worker=True)
     process_memory.limit_malloc_arenas()
-    db.import_driver(load_settings().database_url)
+    db.import_driver(settings.database_url)
 
 
 @signals.worker_before_create_process.connect

@@ -534,7 +534,10 @@ def test_worker_and_beat_take_the_log_level_of_the_settings(
     monkeypatch.setattr(celery, "start", seen.append)
     monkeypatch.setattr("sluice.logs.configure", lambda level: None)
     config = tmp_path / "sluice.toml"
-    config.write_text('[sluice]\nlog_level = "warning"\n', encoding="utf-8")
+    config.write_text(
+        '[sluice]\nlog_level = "warning"\nredis_url = "redis://127.0.0.1:6379/1"\n',
+        encoding="utf-8",
+    )
     monkeypatch.setenv("SLUICE_CONFIG", str(config))
     code, _ = run_cli(monkeypatch, capsys, command)
 
@@ -581,3 +584,37 @@ def test_celery_configuring_the_app_with_bad_settings_stops_with_one_line(
     err = capsys.readouterr().err
     assert one_line(err).startswith("configuration error: invalid setting SLUICE_BROKER_URL")
     assert PASSWORD not in err
+
+
+def test_a_worker_without_the_shared_limiter_refuses_to_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without SLUICE_REDIS_URL each pool process of `sluice worker` built an in-memory
+    limiter of its own: `--concurrency 4` sent four times every configured rate."""
+    from sluice.celery_app import app as celery
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(celery, "worker_main", started.append)
+    monkeypatch.setenv("SLUICE_BROKER_URL", "redis://127.0.0.1:6379/0")
+
+    code, err = run_cli(monkeypatch, capsys, "worker", "--concurrency", "4")
+
+    assert code == 2
+    assert one_line(err).startswith("configuration error: a worker needs SLUICE_REDIS_URL")
+    assert not started
+
+
+def test_a_celery_started_worker_without_the_shared_limiter_stops_before_its_pool_forks(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`celery -A sluice.celery_app worker` reads the settings at worker_init, before its
+    pool processes are forked."""
+    from sluice.drivers.celery_app import _import_database_driver
+
+    with pytest.raises(SystemExit) as exit_info:
+        _import_database_driver()
+
+    assert exit_info.value.code == 2
+    assert one_line(capsys.readouterr().err).startswith(
+        "configuration error: a worker needs SLUICE_REDIS_URL"
+    )
