@@ -6,6 +6,7 @@ processes it forks) never load the API, FastAPI or the sandbox.
 
 from __future__ import annotations
 
+import logging
 import sys
 import traceback
 from datetime import datetime
@@ -376,8 +377,17 @@ def _serve_metrics_when_ready(settings: Any, host: str, port: int) -> None:
 
     from sluice import metrics_host
 
+    # Checked now, before Celery starts: a failure at worker_ready was a traceback in the
+    # log (Celery swallows a signal's exception) and a worker without metrics.
+    metrics_host.check_listen(host, port)
+
     def serve(**_: Any) -> None:
-        metrics_host.serve(host, port, _metrics_token(settings))
+        try:
+            metrics_host.serve(host, port, _metrics_token(settings))
+        except errors.ConfigError as exc:  # taken meanwhile
+            logging.getLogger("sluice.metrics").error(
+                "metrics.serve_failed", extra={"reason": str(exc)}
+            )
 
     signals.worker_ready.connect(serve, weak=False)
 

@@ -151,17 +151,35 @@ class _QuietHandler(WSGIRequestHandler):
 def serve(host: str, port: int, token: str | None) -> WSGIServer:
     """Start serving this host's metrics on a daemon thread; returns the server.
 
-    A port that is taken is SluiceError in one line (it was an OSError traceback).
+    An address it cannot listen on raises :class:`~sluice.errors.ConfigError`, one line.
     """
     try:
         server = make_server(
             host, port, metrics_app(token), server_class=_Server, handler_class=_QuietHandler
         )
     except OSError as exc:
-        raise errors.SluiceError(
-            f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}"
-        ) from None
+        raise errors.ConfigError(cannot_listen(host, port, exc)) from None
     thread = threading.Thread(target=server.serve_forever, name="sluice-metrics", daemon=True)
     thread.start()
     log.info("metrics.serving", extra={"address": f"http://{host}:{server.server_port}/metrics"})
     return server
+
+
+def check_listen(host: str, port: int) -> None:
+    """Raise :class:`~sluice.errors.ConfigError` now if ``host:port`` cannot be listened on
+    (in use, or an address this host does not have), without keeping it."""
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        raise errors.ConfigError(cannot_listen(host, port, exc)) from None
+
+
+def cannot_listen(host: str, port: int, exc: OSError) -> str:
+    """``cannot listen on HOST:PORT for metrics: <the system's reason>``."""
+    reason = exc.strerror or type(exc).__name__
+    return f"cannot listen on {host}:{port} for metrics: {reason}"

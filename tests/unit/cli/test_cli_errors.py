@@ -618,3 +618,40 @@ def test_a_celery_started_worker_without_the_shared_limiter_stops_before_its_poo
     assert one_line(capsys.readouterr().err).startswith(
         "configuration error: a worker needs SLUICE_REDIS_URL"
     )
+
+
+@pytest.fixture
+def port_in_use() -> Iterator[int]:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]
+
+
+@pytest.mark.parametrize("command", [("metrics-serve",), ("worker", "--metrics-")])
+def test_a_metrics_port_that_cannot_be_listened_on_is_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    port_in_use: int,
+    command: tuple[str, ...],
+) -> None:
+    """`sluice metrics-serve --port N` with N in use was an OSError traceback; `sluice
+    worker --metrics-port N` logged Celery's "Signal handler raised" traceback once its
+    pool had started, and ran on without metrics."""
+    from sluice.celery_app import app as celery
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(celery, "worker_main", started.append)
+    monkeypatch.setenv("SLUICE_REDIS_URL", "redis://127.0.0.1:6379/1")
+    args = [*command[:1], f"{command[1] if len(command) > 1 else '--'}port", str(port_in_use)]
+
+    code, err = run_cli(monkeypatch, capsys, *args)
+
+    assert code == 2
+    assert one_line(err) == (
+        f"configuration error: cannot listen on 127.0.0.1:{port_in_use} for metrics: "
+        "Address already in use"
+    )
+    assert not started
