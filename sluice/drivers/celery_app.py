@@ -57,17 +57,25 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def check_worker_settings(settings: Settings) -> None:
-    """Refuse to run a worker without the shared limiter's Redis.
+    """Refuse to run a worker without the shared limiter's Redis, or with a database URL
+    or providers that its pool processes could not build (nothing connects).
 
-    Without it every pool process built a limiter of its own, in memory: a worker with
-    ``--concurrency 4`` sent four times each configured rate, and each quota's pace and
-    ``max_in_flight`` held per process, not across them.
+    Without the Redis every pool process built a limiter of its own, in memory: a worker
+    with ``--concurrency 4`` sent four times each configured rate, and each quota's pace
+    and ``max_in_flight`` held per process, not across them. The database and providers
+    are read by each pool process at its first pump: a mistake there was a traceback in
+    the log every pump, for ever, from a worker that looked started.
     """
     if not settings.redis_url:
         raise errors.ConfigError(
             "a worker needs SLUICE_REDIS_URL (the limiter every worker process shares); "
             "without it each process would keep limits of its own and send more than them"
         )
+    from sluice.providers.registry import load_providers
+    from sluice.runtime import with_default_providers
+
+    db.make_engine(settings.database_url).dispose()
+    load_providers(with_default_providers(settings))
 
 
 def _settings_or_exit(*, worker: bool = False) -> Settings:

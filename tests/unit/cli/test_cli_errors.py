@@ -655,3 +655,49 @@ def test_a_metrics_port_that_cannot_be_listened_on_is_one_line(
         "Address already in use"
     )
     assert not started
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "expected"),
+    [
+        (
+            "SLUICE_DATABASE_URL",
+            f"postgresql://admin:{PASSWORD}@127.0.0.1:notaport/sluice",
+            "configuration error: database_url (postgresql://...) is not a database URL",
+        ),
+        (
+            "SLUICE_CONFIG",
+            '[sluice]\ndefault_provider = "acme"\n'
+            '[providers.acme]\nbase_url = "http://127.0.0.1:1"\nrate_limit = "fast"\n',
+            "configuration error: ",
+        ),
+    ],
+)
+def test_a_worker_whose_pool_could_not_build_its_runtime_refuses_to_start(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    setting: str,
+    value: str,
+    expected: str,
+) -> None:
+    """Each pool process reads the database URL and the providers at its first pump: a
+    mistake in either started a worker that logged a traceback every pump, for ever."""
+    from sluice.celery_app import app as celery
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(celery, "worker_main", started.append)
+    monkeypatch.setenv("SLUICE_REDIS_URL", "redis://127.0.0.1:6379/1")
+    if setting == "SLUICE_CONFIG":
+        config = tmp_path / "sluice.toml"
+        config.write_text(value, encoding="utf-8")
+        value = str(config)
+    monkeypatch.setenv(setting, value)
+
+    code, err = run_cli(monkeypatch, capsys, "worker")
+
+    assert code == 2
+    assert one_line(err).startswith(expected)
+    assert "acme" in err or setting != "SLUICE_CONFIG"
+    assert PASSWORD not in err
+    assert not started
