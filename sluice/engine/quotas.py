@@ -101,7 +101,7 @@ class QuotaBook:
                     if allowance.units:
                         # Fewer units than the cost, useless here and counted as used: they
                         # go back, so that with other workers' leftovers one more unit fits.
-                        self.store.give_back(spec.key, allowance.window.start, allowance.units, now)
+                        self._give_back(spec.key, allowance.window.start, allowance.units, now)
                         allowance.units = 0
                     if not known_spent:
                         recheck = now + timedelta(seconds=SPENT_RECHECK_S)
@@ -126,9 +126,14 @@ class QuotaBook:
             self._allowances.clear()
         for allowance in allowances:
             if allowance.units and _still_counts(allowance.window, now):
-                self.store.give_back(
-                    allowance.window.key, allowance.window.start, allowance.units, now
-                )
+                self._give_back(allowance.window.key, allowance.window.start, allowance.units, now)
+
+    def _give_back(self, key: str, start: datetime, units: int, now: datetime) -> None:
+        """Units back to the database; the work they wake comes due once every worker's
+        memory of the quota as spent (``SPENT_RECHECK_S``) has lapsed, so that it is not
+        sent back to wait for the reset from that memory."""
+        wake_at = now + timedelta(seconds=SPENT_RECHECK_S)
+        self.store.give_back(key, start, units, now, wake_at=wake_at)
 
     def _allowance(self, spec: QuotaSpec, now: datetime) -> _Allowance:
         window = window_of(spec.key, spec.quota, now)
@@ -136,7 +141,7 @@ class QuotaBook:
         if current is not None and current.window.start == window.start:
             return current
         if current is not None and current.units and _still_counts(current.window, now):
-            self.store.give_back(current.window.key, current.window.start, current.units, now)
+            self._give_back(current.window.key, current.window.start, current.units, now)
         fresh = _Allowance(window)
         self._allowances[spec.key] = fresh
         return fresh
@@ -149,7 +154,7 @@ class QuotaBook:
             if allowance is not None and allowance.window.start == start:
                 allowance.units += units
             else:
-                self.store.give_back(key, start, units, now)
+                self._give_back(key, start, units, now)
 
 
 def _still_counts(window: Window, now: datetime) -> bool:

@@ -30,8 +30,9 @@ from sqlalchemy import Connection, Engine, Table, delete, func, select, text, up
 from sqlalchemy.dialects import postgresql, sqlite
 
 from sluice.clock import as_utc
-from sluice.domain import Actor
+from sluice.domain import Actor, Phase
 from sluice.store import audit
+from sluice.store.rows import tasks
 from sluice.store.tables import QuotaUsageRow
 
 usage: Table = QuotaUsageRow.__table__  # type: ignore[assignment]
@@ -109,13 +110,29 @@ class QuotaStore:
             asked = min(asked, left)
         return 0
 
-    def give_back(self, key: str, start: datetime, units: int, now: datetime) -> None:
+    def give_back(
+        self,
+        key: str,
+        start: datetime,
+        units: int,
+        now: datetime,
+        *,
+        wake_at: datetime | None = None,
+    ) -> None:
         """Return ``units`` reserved in ``key``'s window (or bucket) from ``start`` and not
-        sent."""
+        sent, and make the work that waits for that window's reset due again.
+
+        A worker that found the window spent while other workers still held blocks of it
+        gave its tasks back until the reset; when those blocks come back (at the end of a
+        pump round), the units are there again, and that work is what they are for: it
+        used to wait for the reset (at midnight) with units left. A task woken in vain
+        finds the quota spent again and goes back to waiting. It comes due at ``wake_at``
+        (default ``now``).
+        """
         if units <= 0:
             return
         with self.engine.begin() as conn:
-            conn.execute(
+            ended = conn.execute(
                 update(usage)
                 .where(
                     usage.c.key == key,
@@ -123,7 +140,21 @@ class QuotaStore:
                     usage.c.used >= units,
                 )
                 .values(used=usage.c.used - units, updated_at=now)
-            )
+                .returning(usage.c.window_end)
+            ).scalar()
+            if ended is not None:
+                # The dispatcher gives such work back due exactly at the window's end
+                # (engine.dispatcher._wait_for_quota); a quota key starts with its provider.
+                conn.execute(
+                    update(tasks)
+                    .where(
+                        tasks.c.provider == key.partition(":")[0],
+                        tasks.c.next_attempt_at == ended,
+                        tasks.c.claimed_by.is_(None),
+                        tasks.c.phase != Phase.DONE.value,
+                    )
+                    .values(next_attempt_at=wake_at or now)
+                )
 
     def used(self, window: Window) -> int:
         """Units used in ``window`` (for a rolling quota: in every bucket still counting)."""

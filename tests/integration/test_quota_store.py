@@ -299,3 +299,37 @@ def test_units_fewer_than_the_cost_go_back_for_other_workers(engine: Engine) -> 
             sent += book.take([spec], block=8).ok
         clock.advance(SPENT_RECHECK_S)
     assert sent == 3
+
+
+def test_units_a_worker_gives_back_wake_the_work_waiting_for_the_reset(engine: Engine) -> None:
+    """Worker A holds a block of the day; worker B finds the database spent and gives its
+    task back until the reset; A's round ends and its block goes back. The task waited
+    for midnight with the units there: 4 processes, 150/d, 400 campaigns sent 146 and
+    left 254 tasks due the next day while the quota said 4 remaining."""
+    from sluice.domain import Submission
+    from sluice.store.queue import WorkQueue
+    from sluice.store.repository import TaskRepository
+
+    clock = FakeClock(START)
+    provider = f"p{uuid.uuid4().hex[:8]}"
+    spec = QuotaSpec(f"{provider}:1d", parse_quota("10/d", "UTC"))
+    store = QuotaStore(engine)
+    worker_a, worker_b = QuotaBook(store, clock), QuotaBook(store, clock)
+    queue = WorkQueue(engine)
+    TaskRepository(engine, clock).create(Submission(provider=provider, kind="campaign"))
+    [task] = queue.claim_due(clock.now(), 10, "b", 60.0, providers=[provider])
+
+    assert worker_a.take([spec], block=10).ok  # A sends 1 and holds 9
+    refused = worker_b.take([spec])
+    assert not refused.ok
+    queue.release([task], next_attempt_at=refused.resets_at)  # as the dispatcher does
+    assert queue.claim_due(clock.now(), 10, "b", 60.0, providers=[provider]) == []
+    worker_a.flush()  # the end of A's pump round
+
+    # Due once B's memory of the quota as spent has lapsed: a claim before that would
+    # have sent it back to wait for the reset again.
+    assert queue.claim_due(clock.now(), 10, "b", 60.0, providers=[provider]) == []
+    clock.advance(SPENT_RECHECK_S)
+    [again] = queue.claim_due(clock.now(), 10, "b", 60.0, providers=[provider])
+    assert again.id == task.id
+    assert worker_b.take([spec]).ok
