@@ -460,21 +460,6 @@ def test_an_api_port_in_use_is_one_line_before_anything_starts(
     assert not database.exists()
 
 
-def test_metrics_serve_on_a_port_in_use_is_one_line(
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    tmp_path: Path,
-    busy_port: int,
-) -> None:
-    """`sluice metrics-serve --port P` with P taken was an OSError traceback."""
-    monkeypatch.setenv("SLUICE_DATABASE_URL", f"sqlite:///{tmp_path / 'm.db'}")
-
-    code, err = run_cli(monkeypatch, capsys, "metrics-serve", "--port", str(busy_port))
-
-    assert code == 2
-    assert one_line(err).startswith(f"error: cannot serve metrics on 127.0.0.1:{busy_port}: "), err
-
-
 def test_up_with_the_sandbox_on_a_port_in_use_is_one_line(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -620,21 +605,11 @@ def test_a_celery_started_worker_without_the_shared_limiter_stops_before_its_poo
     )
 
 
-@pytest.fixture
-def port_in_use() -> Iterator[int]:
-    import socket
-
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        yield taken.getsockname()[1]
-
-
 @pytest.mark.parametrize("command", [("metrics-serve",), ("worker", "--metrics-")])
 def test_a_metrics_port_that_cannot_be_listened_on_is_one_line(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
-    port_in_use: int,
+    busy_port: int,
     command: tuple[str, ...],
 ) -> None:
     """`sluice metrics-serve --port N` with N in use was an OSError traceback; `sluice
@@ -645,13 +620,13 @@ def test_a_metrics_port_that_cannot_be_listened_on_is_one_line(
     started: list[list[str]] = []
     monkeypatch.setattr(celery, "worker_main", started.append)
     monkeypatch.setenv("SLUICE_REDIS_URL", "redis://127.0.0.1:6379/1")
-    args = [*command[:1], f"{command[1] if len(command) > 1 else '--'}port", str(port_in_use)]
+    args = [*command[:1], f"{command[1] if len(command) > 1 else '--'}port", str(busy_port)]
 
     code, err = run_cli(monkeypatch, capsys, *args)
 
     assert code == 2
     assert one_line(err) == (
-        f"configuration error: cannot listen on 127.0.0.1:{port_in_use} for metrics: "
+        f"configuration error: cannot listen on 127.0.0.1:{busy_port} for metrics: "
         "Address already in use"
     )
     assert not started
