@@ -125,9 +125,9 @@ class QuotaStore:
         A worker that found the window spent while other workers still held blocks of it
         gave its tasks back until the reset; when those blocks come back (at the end of a
         pump round), the units are there again, and that work is what they are for: it
-        used to wait for the reset (at midnight) with units left. A task woken in vain
-        finds the quota spent again and goes back to waiting. It comes due at ``wake_at``
-        (default ``now``).
+        used to wait for the reset (at midnight) with units left. At most ``units`` tasks
+        wake, oldest first; one woken in vain finds the quota spent again and goes back to
+        waiting. They come due at ``wake_at`` (default ``now``).
         """
         if units <= 0:
             return
@@ -145,14 +145,22 @@ class QuotaStore:
             if ended is not None:
                 # The dispatcher gives such work back due exactly at the window's end
                 # (engine.dispatcher._wait_for_quota); a quota key starts with its provider.
-                conn.execute(
-                    update(tasks)
+                # At most one task per unit: each costs at least one, and a large backlog
+                # waiting for the reset is not woken whole by a few units.
+                waiting = (
+                    select(tasks.c.id)
                     .where(
                         tasks.c.provider == key.partition(":")[0],
                         tasks.c.next_attempt_at == ended,
                         tasks.c.claimed_by.is_(None),
                         tasks.c.phase != Phase.DONE.value,
                     )
+                    .order_by(tasks.c.id)
+                    .limit(units)
+                )
+                conn.execute(
+                    update(tasks)
+                    .where(tasks.c.id.in_(waiting.scalar_subquery()))
                     .values(next_attempt_at=wake_at or now)
                 )
 

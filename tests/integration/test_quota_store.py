@@ -333,3 +333,34 @@ def test_units_a_worker_gives_back_wake_the_work_waiting_for_the_reset(engine: E
     [again] = queue.claim_due(clock.now(), 10, "b", 60.0, providers=[provider])
     assert again.id == task.id
     assert worker_b.take([spec]).ok
+
+
+def test_units_given_back_wake_at_most_as_many_tasks(engine: Engine) -> None:
+    """Two units back wake two of the ten tasks waiting for the reset, the oldest: a
+    backlog waiting for midnight is not woken whole (and claimed in vain) by a few units."""
+    from sluice.domain import Submission
+    from sluice.store.queue import WorkQueue
+    from sluice.store.repository import TaskRepository
+
+    clock = FakeClock(START)
+    provider = f"p{uuid.uuid4().hex[:8]}"
+    spec = QuotaSpec(f"{provider}:1d", parse_quota("10/d", "UTC"))
+    store = QuotaStore(engine)
+    worker_a, worker_b = QuotaBook(store, clock), QuotaBook(store, clock)
+    queue = WorkQueue(engine)
+    repo = TaskRepository(engine, clock)
+    ids = [repo.create(Submission(provider=provider, kind="campaign"))[0].id for _ in range(10)]
+    claimed = queue.claim_due(clock.now(), 10, "b", 60.0, providers=[provider])
+    assert sorted(t.id for t in claimed) == ids
+
+    assert worker_a.take([spec], block=10).ok  # A holds the whole day
+    for _ in range(7):  # and sends 7 of it
+        assert worker_a.take([spec]).ok
+    refused = worker_b.take([spec])
+    assert not refused.ok
+    queue.release(claimed, next_attempt_at=refused.resets_at)
+    worker_a.flush()  # 2 unsent units go back (A sent 8 of its 10)
+
+    clock.advance(SPENT_RECHECK_S)
+    woken = queue.claim_due(clock.now(), 10, "b", 60.0, providers=[provider])
+    assert sorted(t.id for t in woken) == ids[:2]
