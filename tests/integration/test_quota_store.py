@@ -17,6 +17,7 @@ from sluice.engine.quotas import SPENT_RECHECK_S, QuotaBook, quota_state, window
 from sluice.ratelimit.quota import QuotaSpec, parse_quota
 from sluice.store import db
 from sluice.store.audit import AuditLog
+from sluice.store.queue import WorkQueue
 from sluice.store.quotas import QuotaStore, Window, usage
 from tests.integration.conftest import while_uncommitted
 
@@ -306,17 +307,7 @@ def test_units_a_worker_gives_back_wake_the_work_waiting_for_the_reset(engine: E
     task back until the reset; A's round ends and its block goes back. The task waited
     for midnight with the units there: 4 processes, 150/d, 400 campaigns sent 146 and
     left 254 tasks due the next day while the quota said 4 remaining."""
-    from sluice.domain import Submission
-    from sluice.store.queue import WorkQueue
-    from sluice.store.repository import TaskRepository
-
-    clock = FakeClock(START)
-    provider = f"p{uuid.uuid4().hex[:8]}"
-    spec = QuotaSpec(f"{provider}:1d", parse_quota("10/d", "UTC"))
-    store = QuotaStore(engine)
-    worker_a, worker_b = QuotaBook(store, clock), QuotaBook(store, clock)
-    queue = WorkQueue(engine)
-    TaskRepository(engine, clock).create(Submission(provider=provider, kind="campaign"))
+    clock, provider, spec, queue, (worker_a, worker_b), _ = _two_workers(engine, 1)
     [task] = queue.claim_due(clock.now(), 10, "b", 60.0, providers=[provider])
 
     assert worker_a.take([spec], block=10).ok  # A sends 1 and holds 9
@@ -338,18 +329,7 @@ def test_units_a_worker_gives_back_wake_the_work_waiting_for_the_reset(engine: E
 def test_units_given_back_wake_at_most_as_many_tasks(engine: Engine) -> None:
     """Two units back wake two of the ten tasks waiting for the reset, the oldest: a
     backlog waiting for midnight is not woken whole (and claimed in vain) by a few units."""
-    from sluice.domain import Submission
-    from sluice.store.queue import WorkQueue
-    from sluice.store.repository import TaskRepository
-
-    clock = FakeClock(START)
-    provider = f"p{uuid.uuid4().hex[:8]}"
-    spec = QuotaSpec(f"{provider}:1d", parse_quota("10/d", "UTC"))
-    store = QuotaStore(engine)
-    worker_a, worker_b = QuotaBook(store, clock), QuotaBook(store, clock)
-    queue = WorkQueue(engine)
-    repo = TaskRepository(engine, clock)
-    ids = [repo.create(Submission(provider=provider, kind="campaign"))[0].id for _ in range(10)]
+    clock, provider, spec, queue, (worker_a, worker_b), ids = _two_workers(engine, 10)
     claimed = queue.claim_due(clock.now(), 10, "b", 60.0, providers=[provider])
     assert sorted(t.id for t in claimed) == ids
 
@@ -364,3 +344,23 @@ def test_units_given_back_wake_at_most_as_many_tasks(engine: Engine) -> None:
     clock.advance(SPENT_RECHECK_S)
     woken = queue.claim_due(clock.now(), 10, "b", 60.0, providers=[provider])
     assert sorted(t.id for t in woken) == ids[:2]
+
+
+def _two_workers(
+    engine: Engine, waiting: int
+) -> tuple[FakeClock, str, QuotaSpec, WorkQueue, tuple[QuotaBook, QuotaBook], list[int]]:
+    """A provider with a 10/d quota, two workers' quota books on one store, its queue,
+    and the ids of ``waiting`` new campaigns."""
+    from sluice.domain import Submission
+    from sluice.store.repository import TaskRepository
+
+    clock = FakeClock(START)
+    provider = f"p{uuid.uuid4().hex[:8]}"
+    spec = QuotaSpec(f"{provider}:1d", parse_quota("10/d", "UTC"))
+    store = QuotaStore(engine)
+    repo = TaskRepository(engine, clock)
+    ids = [
+        repo.create(Submission(provider=provider, kind="campaign"))[0].id for _ in range(waiting)
+    ]
+    books = (QuotaBook(store, clock), QuotaBook(store, clock))
+    return clock, provider, spec, WorkQueue(engine), books, ids

@@ -4,14 +4,13 @@ traceback, and the key is never shown."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from sluice import cli
+from .running import one_line, run_cli
 
 KEY = "sk_0123456789ab_Wq3VtYdR8pLmN2xK5sHgJf"
 
@@ -22,25 +21,6 @@ COMMANDS = [
     ("pin", "sandbox", "5/s", "--reason", "r"),
     ("status", "--once"),
 ]
-
-
-def run_cli(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
-) -> tuple[int, str]:
-    """Run the ``sluice`` entry point in-process; returns (exit code, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["sluice", *args])
-    monkeypatch.setenv("COLUMNS", "200")
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    code = exit_info.value.code
-    return (code if isinstance(code, int) else 1), capsys.readouterr().err
-
-
-def one_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    assert len(lines) == 1, f"expected one line, got:\n{text}"
-    assert "Traceback" not in text
-    return lines[0]
 
 
 @pytest.fixture

@@ -13,25 +13,9 @@ from sqlalchemy import create_engine, func, inspect, select, text
 from sluice import cli
 from sluice.store.repository import tasks
 
+from .running import one_line, run_cli
+
 PASSWORD = "s3cr3t-Pa55"
-
-
-def run_cli(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
-) -> tuple[int, str]:
-    """Run the ``sluice`` entry point in-process; returns (exit code, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["sluice", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    code = exit_info.value.code
-    return (code if isinstance(code, int) else 1), capsys.readouterr().err
-
-
-def one_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    assert len(lines) == 1, f"expected one line, got:\n{text}"
-    assert "Traceback" not in text
-    return lines[0]
 
 
 @pytest.mark.parametrize(

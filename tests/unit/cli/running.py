@@ -1,0 +1,29 @@
+"""Running the ``sluice`` entry point in-process, for the CLI tests that read its stderr."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from sluice import cli
+
+
+def run_cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[int, str]:
+    """Run ``sluice ARGS``; returns (exit code, stderr). Rich wraps at 200 columns."""
+    monkeypatch.setattr(sys, "argv", ["sluice", *args])
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    code = exit_info.value.code
+    return (code if isinstance(code, int) else 1), capsys.readouterr().err
+
+
+def one_line(text: str) -> str:
+    """The one line of ``text``, failing the test if there are more or a traceback."""
+    lines = text.strip().splitlines()
+    assert len(lines) == 1, f"expected one line, got:\n{text}"
+    assert "Traceback" not in text
+    return lines[0]
