@@ -54,6 +54,13 @@ _SENSITIVE_NAME = re.compile(
 _URL_USERINFO = re.compile(
     r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@'\"]*):(?P<password>[^\s'\"]*)@"
 )
+# A secret in a URL's query (redis-py takes ``redis://host:6379/0?password=...``): the
+# value of a parameter whose name says so.
+_URL_QUERY_SECRET = re.compile(
+    r"(?P<head>[?&][^\s=&'\"#]*(?:passw|pwd|secret|token|api[_-]?key)[^\s=&'\"#]*=)"
+    r"(?P<value>[^\s&'\"#]+)",
+    re.IGNORECASE,
+)
 
 # Shapes that are secrets wherever they appear: Sluice's API keys (``sk_<id>_<secret>``;
 # the public id is kept for diagnosis) and the credential of an Authorization header.
@@ -194,18 +201,27 @@ def remember_url(url: str | None) -> None:
     """
     if not url:
         return
+    from urllib.parse import unquote_plus
+
     match = _URL_USERINFO.search(url)
     if match is not None and match.group("password"):
         raw = match.group("password")
         decoded = url_password(url) or raw
         remember(*(p for p in {raw, decoded} if len(p) >= URL_PASSWORD_MIN_LEN))
+    for found in _URL_QUERY_SECRET.finditer(url):
+        raw = found.group("value")
+        remember(*(p for p in {raw, unquote_plus(raw)} if len(p) >= URL_PASSWORD_MIN_LEN))
 
 
 def mask_urls(text: str) -> str:
-    """``text`` with the password of every ``scheme://user:password@`` URL replaced by ``***``."""
+    """``text`` with the password of every ``scheme://user:password@`` URL, and the value
+    of a query parameter such as ``?password=`` or ``&token=``, replaced by ``***``."""
     if "://" not in text:
         return text
-    return _URL_USERINFO.sub(lambda m: f"{m.group('head')}:{MASK}@", text)
+    text = _URL_USERINFO.sub(lambda m: f"{m.group('head')}:{MASK}@", text)
+    if "=" not in text:
+        return text
+    return _URL_QUERY_SECRET.sub(lambda m: m.group("head") + MASK, text)
 
 
 def mask_shapes(text: str) -> str:

@@ -134,11 +134,30 @@ def test_rotating_secrets_are_bounded() -> None:
         ("amqp://guest:p@ss@mq//", "amqp://guest:***@mq//"),
         ("url=postgres://u:s3cr3t@[broken host/db end", "url=postgres://u:***@[broken host/db end"),
         ("no password: amqp://guest@mq//", "no password: amqp://guest@mq//"),
+        (
+            "redis://cache:6379/0?password=s3cr3t&socket_timeout=3",
+            "redis://cache:6379/0?password=***&socket_timeout=3",
+        ),
+        (
+            "https://x.test/cb?page=2&access_token=a.b#top",
+            "https://x.test/cb?page=2&access_token=***#top",
+        ),
+        ("https://x.test/search?q=token&page=2", "https://x.test/search?q=token&page=2"),
     ],
 )
 def test_url_passwords_are_masked_whether_or_not_the_url_parses(text: str, shown: str) -> None:
-    """``scheme://user:password@`` keeps its user and host but never its password."""
+    """``scheme://user:password@`` keeps its user and host but never its password, nor a
+    query parameter named for a secret (redis-py reads ``?password=``)."""
     assert masking.mask_urls(text) == shown
+
+
+def test_a_password_in_a_configured_url_query_is_masked_in_any_text() -> None:
+    """A Redis URL's ``?password=`` is remembered like a ``user:password@`` one: an error
+    that quotes it alone is masked too."""
+    Settings(redis_url="redis://127.0.0.1:6379/0?password=q-Str0ng-pw%21")
+    assert masking.mask("AUTH failed for q-Str0ng-pw! and q-Str0ng-pw%21") == (
+        f"AUTH failed for {MASK} and {MASK}"
+    )
 
 
 def test_an_unparseable_database_url_is_not_echoed() -> None:
