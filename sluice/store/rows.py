@@ -115,9 +115,12 @@ def decode_cursor(cursor: str) -> int:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         kind, value = base64.urlsafe_b64decode(padded.encode()).decode().split(":", 1)
-        last_id = int(value)
     except (ValueError, UnicodeDecodeError) as exc:
         raise refused from exc
+    # int() also reads ' 3', '+3', '3_0' and other scripts' digits: none is a cursor.
+    if not (value.isascii() and value.isdigit()):
+        raise refused
+    last_id = int(value)
     if kind != "id" or not 0 <= last_id <= MAX_ID:  # a larger id overflowed SQLite (a 500)
         raise refused
     return last_id
