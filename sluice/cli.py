@@ -287,7 +287,7 @@ def status(
         code = run_status(source, Console(), once=once)
     except errors.SluiceError as exc:
         _fail("status", str(exc))
-        raise typer.Exit(1) from None
+        raise typer.Exit(2) from None
     raise typer.Exit(code)
 
 

@@ -52,7 +52,7 @@ def test_status_against_an_api_that_is_not_there_is_one_line(
         monkeypatch, capsys, "status", "--once", "--api", "http://127.0.0.1:9"
     )
 
-    assert code == 1
+    assert code == 2  # an operator error, like every command's (it was 1)
     assert err.strip().splitlines() == ["status: cannot reach http://127.0.0.1:9: ConnectError"]
 
 
