@@ -113,7 +113,7 @@ def test_an_answer_that_is_not_json_is_one_line(
 
     code, err = run_cli(monkeypatch, capsys, *command, "--api", "http://sluice.test")
 
-    assert code == (1 if command[0] == "status" else 2)
+    assert code == 2
     line = one_line(err)
     assert "http://sluice.test" in line or status != 200, line
     assert f"{status}" in line, line
