@@ -135,7 +135,7 @@ def api(host: Host = None, port: Port = None, insecure: Insecure = False) -> Non
     )
     logs.configure(settings.log_level)
     # The port first: taken, it is one line before the database is touched.
-    listening = listen(settings.host, settings.port, "listen on")
+    listening = listen(settings.host, settings.port)
     runtime = build_runtime(settings)
     try:
         console.print(startup_notice(settings, KeyStore(runtime.repo.engine), insecure=insecure))

@@ -57,7 +57,7 @@ def run_up(settings: Settings, options: UpOptions, console: Console) -> int:
     with ExitStack() as stack:
         # The API's port first: taken, nothing else is started (uvicorn found it after the
         # engine and the demo had begun their work).
-        listening = stack.enter_context(listen(options.host, options.port, "listen on"))
+        listening = stack.enter_context(listen(options.host, options.port))
         _stop_cleanly_on_sigterm(stack)
         sandbox_url = start_sandbox(settings, stack) if options.sandbox or options.demo else None
         runtime = build_runtime(settings)
@@ -108,7 +108,7 @@ def run_up(settings: Settings, options: UpOptions, console: Console) -> int:
     return exit_code
 
 
-def listen(host: str, port: int, what: str) -> socket.socket:
+def listen(host: str, port: int) -> socket.socket:
     """A socket bound to ``host:port`` for a server to listen on, or SluiceError in one
     line ("cannot listen on 127.0.0.1:8000: Address already in use")."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -117,9 +117,15 @@ def listen(host: str, port: int, what: str) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        raise errors.SluiceError(f"cannot {what} {where}: {exc.strerror or exc}") from None
+        raise errors.SluiceError(
+            f"cannot listen on {_where(host, port)}: {exc.strerror or exc}"
+        ) from None
     return sock
+
+
+def _where(host: str, port: int) -> str:
+    """``host:port``, an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _stop_cleanly_on_sigterm(stack: ExitStack) -> None:
@@ -162,9 +168,8 @@ def start_sandbox(settings: Settings, stack: ExitStack) -> str:
     try:
         base_url = server.start()
     except OSError as exc:
-        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         raise errors.SluiceError(
-            f"cannot start the sandbox DSP on {where}: {exc.strerror or exc}"
+            f"cannot start the sandbox DSP on {_where(host, port)}: {exc.strerror or exc}"
         ) from None
     stack.callback(server.stop)
     return base_url
