@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -23,6 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -36,6 +38,7 @@ from harness.cluster import (
     Proc,
     free_port,
     postgres_database,
+    wait_until,
     write_toml,
 )
 from harness.redis_server import redis_server
@@ -80,6 +83,22 @@ class ChaosCluster:
         killed_at = time.time()
         self.workers[index] = self.cluster.crash(victim)
         self.kills.append((killed_at, victim.name))
+
+    def restart_all(self, timeout_s: float = 120.0) -> float:
+        """SIGKILL every worker's process group, then start them all again, and wait until
+        each has logged Celery's ``ready.`` once more; when the kills began."""
+        ready_before = [proc.output().count("ready.") for proc in self.workers]
+        killed_at = time.time()
+        for proc in self.workers:
+            proc.kill(signal.SIGKILL)
+        self.workers = [self.cluster.crash(proc) for proc in self.workers]
+
+        def ready() -> bool:
+            counts = [proc.output().count("ready.") for proc in self.workers]
+            return all(now > before for now, before in zip(counts, ready_before, strict=True))
+
+        wait_until(ready, timeout_s, "the restarted workers")
+        return killed_at
 
     def worker_pids(self) -> dict[str, int]:
         return {proc.name: proc.pid for proc in self.workers}
@@ -181,6 +200,52 @@ class Store:
         while (left := self.unfinished()) and time.monotonic() < deadline:
             time.sleep(every_s)
         return left
+
+    def unsettled(self, reset: datetime) -> int:
+        """Tasks neither final nor waiting, unclaimed, for a quota window ending at
+        ``reset`` (the dispatcher gives such work back due exactly then)."""
+        query = sa.text(
+            "SELECT count(*) FROM tasks WHERE phase != :done AND NOT ("
+            "claimed_by IS NULL AND next_attempt_at = :reset)"
+        )
+        with self.engine.connect() as conn:
+            return int(conn.execute(query, {"done": FINAL_PHASE, "reset": reset}).scalar_one())
+
+    def wait_settled(self, reset: datetime, timeout_s: float, steady_s: float = 5.0) -> int:
+        """Wait until every task has been final or waiting for ``reset`` for ``steady_s``
+        running (units given back wake waiting work for a moment), or ``timeout_s``
+        passed; the unsettled count."""
+        deadline = time.monotonic() + timeout_s
+        settled_since: float | None = None
+        while time.monotonic() < deadline:
+            if self.unsettled(reset):
+                settled_since = None
+            elif settled_since is None:
+                settled_since = time.monotonic()
+            elif time.monotonic() - settled_since >= steady_s:
+                return 0
+            time.sleep(0.25)
+        return self.unsettled(reset)
+
+    def waiting_for(self, reset: datetime, attempted: bool = False) -> int:
+        """Tasks waiting for ``reset`` (only those that already count an attempt, with
+        ``attempted``)."""
+        query = (
+            "SELECT count(*) FROM tasks WHERE phase != :done AND claimed_by IS NULL "
+            "AND next_attempt_at = :reset"
+        )
+        if attempted:
+            query += " AND attempts > 0"
+        with self.engine.connect() as conn:
+            found = conn.execute(sa.text(query), {"done": FINAL_PHASE, "reset": reset})
+            return int(found.scalar_one())
+
+    def quota_used(self) -> int:
+        """Units counted in the database across every quota window (``quota_usage``)."""
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(sa.text("SELECT coalesce(sum(used), 0) FROM quota_usage")).scalar_one()
+            )
 
     def close(self) -> None:
         self.engine.dispose()

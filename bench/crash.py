@@ -1,6 +1,7 @@
 """Workers SIGKILLed and restarted under a rate limit: lost tasks, duplicates, refusals.
 
-Run: ``python -m bench.crash [--repeats 10] [--cpu-hog]`` (about 1 minute per repeat).
+Run: ``python -m bench.crash [--repeats 10] [--cpu-hog] [--quota N]`` (about 1 minute per
+repeat).
 Needs PostgreSQL and Redis. Writes ``bench/results/crash.json`` and ``crash.png``
 (``crash_cpu_hog.*`` with ``--cpu-hog``).
 
@@ -20,6 +21,17 @@ The scenario of issue 9's outside check, once per repeat, on :mod:`harness.clust
   10 s (``SLUICE_CLAIM_LEASE_S``) and reconciled every 2 s, so a killed worker's tasks
   come back within about 12 s (the default lease, 120 s, would only make each run longer).
 
+With ``--quota N`` (``crash_quota*.json``), a write quota of N per fixed hour (UTC) on top
+of the rate, the sandbox enforcing the same (so an over-spend is a refusal), N below the
+task count: the first N creates go out, the rest must wait for the reset without failing.
+After the kills, once every task is final or waits for the reset, every worker is killed
+at once and started again, and watched ``after_restart_s``: a restart must not hand the
+window out again. Per repeat, beside the figures below (**lost** then counts tasks neither
+final nor waiting): ``quota.sent`` (creates the sandbox accepted, at most N), ``counted_never_sent``
+(units a killed worker held: under-use, never over-use), ``waiting_for_reset``,
+``sent_after_restart`` against ``left_in_database_before_restart``; ``quota_faults`` lists
+any promise broken.
+
 Per repeat: **lost** (tasks not final 120 s after the last kill), **duplicates** (extra
 objects at the sandbox sharing a client reference or a name), **refused** (the sandbox's
 429s) and **max_in_sliding_s** (the sandbox's exact maximum of arrivals, refused ones
@@ -32,10 +44,13 @@ import argparse
 import sys
 import time
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from bench._chaos import (
+    Arrival,
+    ChaosCluster,
     Sandbox,
     Store,
     chaos_cluster,
@@ -70,6 +85,12 @@ class Scenario:
     claim_lease_s: float = 10.0
     reconcile_every_s: float = 2.0
     final_timeout_s: float = 120.0
+    quota: int = 0
+    """With ``--quota N``: a write quota of N per fixed hour (UTC) on top of the rate, the
+    sandbox enforcing the same; N below ``tasks`` leaves the rest waiting for the reset."""
+    quota_window_s: int = 3600
+    after_restart_s: float = 10.0
+    """With a quota: how long to watch after every worker was killed and started again."""
 
 
 FIGURES = ("lost", "duplicates", "refused", "max_in_sliding_s")
@@ -95,9 +116,26 @@ def run_repeat(scenario: Scenario, seed: int) -> dict[str, Any]:
         retry_base="100ms",
         retry_max="1s",
     )
+    sandbox_limits: list[dict[str, Any]] = [
+        {"name": "app", "limit": scenario.rate, "window_s": 1.0}
+    ]
+    if scenario.quota:
+        provider["limits"] = [
+            {"quota": f"{scenario.quota}/{scenario.quota_window_s}s", "scope": "write"}
+        ]
+        sandbox_limits.append(
+            {
+                "name": "quota",
+                "kind": "fixed",
+                "scope": "write",
+                "limit": scenario.quota,
+                "window_s": float(scenario.quota_window_s),
+                "timezone": "UTC",
+            }
+        )
     sandbox_table = {
         "seed": seed,
-        "limits": [{"name": "app", "limit": scenario.rate, "window_s": 1.0}],
+        "limits": sandbox_limits,
         "faults": {"commit_then_timeout": 1 / scenario.drop_every, "hang_s": scenario.hang_s},
     }
     workers = [(f"worker-{n + 1}", n == 0) for n in range(scenario.workers)]
@@ -116,7 +154,9 @@ def run_repeat(scenario: Scenario, seed: int) -> dict[str, Any]:
         store = Store(chaos.cluster.database_url)
         sandbox = Sandbox(chaos.sandbox_url)
         runtime = chaos.cluster.build_runtime()
+        quota: dict[str, Any] = {}
         try:
+            reset = quota_window_end(scenario) if scenario.quota else None
             load_before = load_average()
             submissions.create_tasks(
                 runtime.repo, runtime.catalog, campaigns(scenario.tasks, f"crash-{seed}")
@@ -129,7 +169,11 @@ def run_repeat(scenario: Scenario, seed: int) -> dict[str, Any]:
                 due = first_request_at + (k + 1) * scenario.kill_every_s
                 time.sleep(max(0.0, due - time.time()))
                 chaos.crash(k % len(chaos.workers))
-            lost = store.wait_final(scenario.final_timeout_s)
+            if reset is not None:
+                quota = watch_quota(chaos, store, sandbox, scenario, reset)
+                lost = quota.pop("unsettled")
+            else:
+                lost = store.wait_final(scenario.final_timeout_s)
             seconds = time.time() - created_at
             stats = sandbox.stats()
             arrivals = sandbox.arrivals()
@@ -147,6 +191,7 @@ def run_repeat(scenario: Scenario, seed: int) -> dict[str, Any]:
     times = [a.t for a in arrivals]
     return {
         "seed": seed,
+        "tasks": scenario.tasks,
         "lost": lost,
         "duplicates": max(by_ref, by_name),
         "refused": int(stats["refused_total"]),
@@ -167,6 +212,7 @@ def run_repeat(scenario: Scenario, seed: int) -> dict[str, Any]:
         "kills": len(chaos.kills),
         "seconds_to_final": round(seconds, 1),
         "load_average_1m_before": load_before,
+        **({"quota": quota} if quota else {}),
         "_arrivals": arrivals,
         "_kills": chaos.kills,
         "_origin": created_at,
@@ -174,14 +220,96 @@ def run_repeat(scenario: Scenario, seed: int) -> dict[str, Any]:
     }
 
 
+def quota_window_end(scenario: Scenario) -> datetime:
+    """The end of the fixed quota window the run will spend, after waiting for the next
+    window if this one ends too soon to hold the whole run (a reset in the middle would
+    legitimately let the waiting work go)."""
+    window = scenario.quota_window_s
+    longest_s = scenario.kills * scenario.kill_every_s + 3 * scenario.final_timeout_s + 60
+    now = time.time()
+    end = (now // window + 1) * window
+    if end - now < longest_s:
+        print(f"waiting {end - now + 1:.0f} s for the next quota window", flush=True)
+        time.sleep(end - now + 1)
+        end += window
+    return datetime.fromtimestamp(end, UTC)
+
+
+def watch_quota(
+    chaos: ChaosCluster, store: Store, sandbox: Sandbox, scenario: Scenario, reset: datetime
+) -> dict[str, Any]:
+    """After the kills: wait until every task is final or waits for ``reset``; then kill
+    every worker at once, start them again, and watch ``after_restart_s`` more. The
+    quota's figures (``unsettled`` is the lost count)."""
+    unsettled = store.wait_settled(reset, scenario.final_timeout_s)
+    sent_before = creates_sent(sandbox.arrivals())
+    used_before = store.quota_used()
+    restarted_at = chaos.restart_all()
+    time.sleep(scenario.after_restart_s)
+    unsettled = max(unsettled, store.wait_settled(reset, scenario.final_timeout_s))
+    sent = creates_sent(sandbox.arrivals())
+    used = store.quota_used()
+    return {
+        "unsettled": unsettled,
+        "limit": scenario.quota,
+        "sent": len(sent),
+        "used_in_database": used,
+        "unused": scenario.quota - len(sent),
+        "counted_never_sent": used - len(sent),
+        "waiting_for_reset": store.waiting_for(reset),
+        "waiting_with_an_attempt": store.waiting_for(reset, attempted=True),
+        "left_in_database_before_restart": scenario.quota - used_before,
+        "sent_before_restart": len(sent_before),
+        "sent_after_restart": sum(1 for t in sent if t >= restarted_at),
+    }
+
+
+def creates_sent(arrivals: list[Arrival]) -> list[float]:
+    """When each create the sandbox accepted (not refused) arrived."""
+    return [a.t for a in arrivals if a.route.startswith("POST") and not a.refused]
+
+
+def quota_faults(run: dict[str, Any]) -> list[str]:
+    """What broke the quota's promises in a run (empty when they held): never over the
+    limit, nothing refused, every task final or waiting for the reset without failing,
+    and a full restart handing out no more than the database had left."""
+    quota = run["quota"]
+    found = []
+    if quota["sent"] > quota["limit"] or quota["used_in_database"] > quota["limit"]:
+        found.append(f"over the quota: {quota['sent']} sent, {quota['used_in_database']} counted")
+    if quota["counted_never_sent"] < 0:
+        found.append(f"{-quota['counted_never_sent']} sent but never counted")
+    if quota["sent_after_restart"] > quota["left_in_database_before_restart"]:
+        found.append(
+            f"the restart handed out {quota['sent_after_restart']} with "
+            f"{quota['left_in_database_before_restart']} left"
+        )
+    statuses = run["statuses"]
+    if statuses.get("Completed", 0) + quota["waiting_for_reset"] != run["tasks"]:
+        found.append(f"not all final or waiting: {statuses}")
+    if statuses.get("Error", 0):
+        found.append(f"{statuses['Error']} failed")
+    return found
+
+
 def describe(run: dict[str, Any]) -> str:
-    return (
+    line = (
         f"lost {run['lost']}, duplicates {run['duplicates']}, refused {run['refused']}, "
         f"max in a sliding second {run['max_in_sliding_s']}/{run['limit']}, "
         f"completed {run['statuses'].get('Completed', 0)}, "
         f"dropped answers {run['dropped_answers']}, kills {run['kills']}, "
         f"{run['seconds_to_final']} s"
     )
+    if "quota" in run:
+        quota = run["quota"]
+        line += (
+            f"; quota {quota['sent']}/{quota['limit']} sent ({quota['counted_never_sent']} "
+            f"counted, never sent), {quota['waiting_for_reset']} waiting for the reset, "
+            f"{quota['sent_after_restart']} sent after the full restart "
+            f"({quota['left_in_database_before_restart']} left), "
+            f"faults: {quota_faults(run) or 'none'}"
+        )
+    return line
 
 
 def plot(path: Path, runs: list[dict[str, Any]], title: str) -> None:
@@ -244,11 +372,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--tasks", type=int, default=Scenario.tasks)
     parser.add_argument("--kills", type=int, default=Scenario.kills)
+    parser.add_argument(
+        "--quota", type=int, default=0, help="a write quota of N per hour (the sandbox's too)"
+    )
     parser.add_argument("--cpu-hog", action="store_true", help="a busy loop runs beside")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (PNG beside it)")
     args = parser.parse_args(argv)
-    scenario = Scenario(tasks=args.tasks, kills=args.kills)
-    out = args.out or RESULTS_DIR / ("crash_cpu_hog.json" if args.cpu_hog else "crash.json")
+    scenario = Scenario(tasks=args.tasks, kills=args.kills, quota=args.quota)
+    name = "crash" + ("_quota" if args.quota else "") + ("_cpu_hog" if args.cpu_hog else "")
+    out = args.out or RESULTS_DIR / f"{name}.json"
 
     runs: list[dict[str, Any]] = []
     machine = machine_info()
@@ -273,17 +405,33 @@ def main(argv: list[str] | None = None) -> None:
             f"commit_then_timeout 1/{scenario.drop_every} (hang {scenario.hang_s:g} s, "
             f"Sluice timeout {scenario.timeout_s:g} s); one worker's process group SIGKILLed "
             f"and restarted every {scenario.kill_every_s:g} s, {scenario.kills} kills"
+            + (
+                f"; a write quota of {scenario.quota} per fixed hour (UTC), the sandbox "
+                "enforcing it too; once every task is final or waits for the reset, every "
+                f"worker killed and started again and watched {scenario.after_restart_s:g} s"
+                if scenario.quota
+                else ""
+            )
         ),
         "each": {figure: [run[figure] for run in rows] for figure in FIGURES},
         "median": {figure: median([run[figure] or 0 for run in rows]) for figure in FIGURES},
         "worst": {figure: max(run[figure] or 0 for run in rows) for figure in FIGURES},
         "repeats": rows,
     }
+    if scenario.quota:
+        results["quota_faults"] = [quota_faults(run) for run in rows]
+        results["quota_each"] = {
+            figure: [run["quota"][figure] for run in rows]
+            for figure in ("sent", "counted_never_sent", "waiting_for_reset", "sent_after_restart")
+        }
     write_json(out, results)
-    title = "crash" + (" + CPU hog" if args.cpu_hog else "")
+    title = "crash" + (f" + quota {scenario.quota}/h" if scenario.quota else "")
+    title += " + CPU hog" if args.cpu_hog else ""
     plot(out.with_suffix(".png"), runs, title)
     print(f"each: {results['each']}")
     print(f"median: {results['median']}; worst: {results['worst']}")
+    if scenario.quota:
+        print(f"quota: {results['quota_each']}; faults: {results['quota_faults']}")
     print(f"wrote {out} and {out.with_suffix('.png')}", flush=True)
 
 
