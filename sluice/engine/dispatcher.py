@@ -43,7 +43,7 @@ from typing import Any, Protocol
 from sluice import metrics
 from sluice.clock import Clock, SystemClock
 from sluice.domain import DueTask, Operation, WorkUnit
-from sluice.engine.quotas import QuotaBook, QuotaVerdict, Taken
+from sluice.engine.quotas import QuotaBook, QuotaVerdict, Taken, reservation_block
 from sluice.engine.rates import RatesInForce, per_second
 from sluice.engine.reconcile import Reconciler
 from sluice.engine.retention import Pruner
@@ -386,13 +386,14 @@ class Dispatcher:
         self, provider: Provider, unit: WorkUnit, payload: Mapping[str, Any] | None
     ) -> QuotaVerdict:
         """Take the unit's cost from every quota it draws on (from this process's allowance,
-        reserving about one lookahead's worth from the database when it runs low)."""
+        reserving a block from the database when it runs low: :func:`reservation_block`)."""
         assert self.quotas is not None
         kinds = [task.kind for task in unit.tasks]
         specs = provider.quotas_for(unit.operation, payload, kinds)
         if not specs:
             return QuotaVerdict(True)
-        return self.quotas.take(specs, block=self._lookahead_count(provider))
+        block = reservation_block(specs, self._lookahead_count(provider))
+        return self.quotas.take(specs, block=block)
 
     def _remember_taken(self, unit: WorkUnit, taken: Taken) -> None:
         # A weak reference: the entry must not keep a sent unit (its payloads) alive.

@@ -10,8 +10,8 @@ limiter refuses, or whose grant expires unsent, gives its units back to the allo
 (or to the database, if the allowance has moved on to another window or bucket); at
 shutdown and at the end of a pump round the allowance goes back to the database, and so do
 the units left in a rolling quota's bucket when the next bucket begins. A worker that dies keeps its
-allowance counted: the quota is under-used by at most one block per worker, never
-exceeded.
+allowance counted: the quota is under-used by at most one block per process, never
+exceeded, and a block is at most 1/1,000 of the quota (:func:`reservation_block`).
 
 When a quota is spent, :meth:`QuotaBook.take` answers with the reset: the dispatcher gives
 the unit's tasks back with ``next_attempt_at`` at the reset (not an attempt, not a failure,
@@ -35,6 +35,21 @@ from sluice.store.quotas import QuotaStore, Window
 
 SPENT_RECHECK_S = 1.0
 """How long a spent quota is answered from memory before the database is asked again."""
+
+RESERVE_SHARE = 1_000
+"""A process reserves at most 1/1,000 of a quota at a time (at least one unit): one that
+dies keeps what it reserved counted, so a crash wastes at most that much of a window."""
+
+
+def reservation_block(specs: Sequence[QuotaSpec], lookahead: int) -> int:
+    """Units to reserve from the database at a time for ``specs``: about one lookahead's
+    worth (``lookahead`` units), but no more than 1/:data:`RESERVE_SHARE` of the smallest
+    quota. (A unit's cost is still taken whole: :meth:`QuotaBook.take` reserves at least
+    that.) Under ~1,000 units a window, every request reserves its own units: one
+    conditional ``UPDATE``, a few ms, before the limiter's grant, so the send window is not
+    spent on it (docs/ratelimit.md, Quotas, has what crashes cost)."""
+    smallest = min(spec.quota.limit for spec in specs)
+    return max(1, min(lookahead, smallest // RESERVE_SHARE))
 
 
 def window_of(spec_key: str, quota: Quota, now: datetime) -> Window:

@@ -207,3 +207,26 @@ def test_an_expired_unit_gets_back_only_the_units_it_took(quota_world: dict[str,
     world["executor"].unsent.append(expired)
     dispatcher._requeue_unsent()
     assert book._allowances[spec.key].units == 0  # the sent unit's unit stays spent
+
+
+@pytest.mark.parametrize(("quota", "held"), [("25/min", 0), ("100000/d", 99)])
+def test_a_process_holds_at_most_a_thousandth_of_a_quota(
+    tmp_path: Path, quota: str, held: int
+) -> None:
+    """A process that dies keeps what it reserved counted: with a small quota it reserves
+    one request's units at a time, so the database counts exactly what was sent and a
+    crash wastes nothing; a large one is reserved in blocks of at most 1/1,000 of it."""
+    world = make_world(tmp_path, {"rate_limit": "50/s", "quota": quota})
+    try:
+        create(world, "campaign", 7)
+        run(world, 2)
+        assert len(world["dsp"].arrivals) == 7
+        (state,) = quota_states(
+            QuotaStore(world["engine"]), world["providers"]["acme"], world["clock"].now()
+        )
+        # Not flushed (the process "died" here): what the database counts beyond the 7
+        # sent is what a crash would waste.
+        assert state.used - 7 <= held
+    finally:
+        world["client"].close()
+        world["engine"].dispose()
