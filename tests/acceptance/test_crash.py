@@ -29,6 +29,7 @@ def test_killed_workers_lose_nothing_duplicate_nothing_and_stay_under_the_limit(
     assert run["dropped_answers"] + run["events"].get("recovered", 0) > 0, seen
 
 
+@pytest.mark.timeout(420)  # two settles and a full restart of three workers on a busy host
 def test_killed_workers_never_spend_a_quota_twice() -> None:
     """The same with a write quota of 100 per hour for 150 creates, the sandbox enforcing
     it too: at most 100 go out and none is refused, the other 50 wait for the reset
