@@ -10,7 +10,8 @@ nothing until the request is let in:
 
 1. **Who.** ``Authorization: Bearer <key>`` names a usable key, or the open mode lets the
    request in without one (``SLUICE_AUTH=off``, or ``auto`` while the server listens on
-   loopback and the request carries no proxy header and a loopback ``Host``). Otherwise
+   loopback and the request carries no proxy header, a loopback ``Host`` and no ``Origin``
+   of another site). Otherwise
    401 with ``WWW-Authenticate: Bearer`` and one message, whatever was wrong.
 2. **May it.** The key's role must allow the route's: else 403 naming the role needed.
 3. **How often.** With ``SLUICE_API_RATE_LIMIT``, a key over its rate gets 429 with
@@ -141,6 +142,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def foreign_origin(request: Request) -> bool:
+    """Whether the request names an ``Origin`` other than this server's own (a browser
+    adds it to every cross-origin request and every POST; curl and the CLI send none)."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return False
+    own = f"{request.url.scheme}://{request.headers.get('host', '')}"
+    return origin.lower() != own.lower()
+
+
 def host_name(host_header: str) -> str:
     """The name or address of a ``Host`` header, without its port."""
     if host_header.startswith("["):
@@ -175,6 +186,10 @@ class Authenticator:
         for name, _ in request.scope.get("headers", ()):
             if name in PROXY_HEADERS or name.startswith(PROXY_HEADER_PREFIX):
                 return False
+        if foreign_origin(request):
+            # Another site's page in a local browser (a form, a no-cors fetch: no preflight)
+            # reaches 127.0.0.1 with a loopback Host; only its Origin tells it apart.
+            return False
         host = request.headers.get("host")
         # A loopback Host only: a DNS-rebinding page reaches us under its own name.
         return host is not None and is_loopback(host_name(host))

@@ -30,6 +30,7 @@ from fastapi.routing import APIRoute
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
+from sluice.api.auth import foreign_origin
 from sluice.api.console import session as web
 from sluice.domain import ApiKey
 from sluice.store.sessions import ConsoleSession, SessionStore
@@ -153,7 +154,7 @@ def _expected_csrf(request: Request, viewer: Viewer) -> str | None:
 
 
 async def _form_is_ours(request: Request, viewer: Viewer) -> bool:
-    if web.foreign_origin(request):
+    if foreign_origin(request):
         return False
     form = await request.form()
     given = form.get(web.CSRF_FIELD)

@@ -99,15 +99,6 @@ def same_token(given: str | None, expected: str | None) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
 
 
-def foreign_origin(request: Request) -> bool:
-    """Whether a form post names an ``Origin`` other than this server's own."""
-    origin = request.headers.get("origin")
-    if origin is None:
-        return False
-    own = f"{request.url.scheme}://{request.headers.get('host', '')}"
-    return origin != own
-
-
 def secured(response: Response) -> Response:
     """``response`` with the console's security headers."""
     response.headers.update(SECURITY_HEADERS)

@@ -74,6 +74,34 @@ def test_auto_needs_a_key_for_proxied_or_foreign_host_requests(
     assert with_key.status_code == 200
 
 
+@pytest.mark.parametrize(
+    "origin", ["https://evil.example", "http://localhost:3000", "http://127.0.0.1:9999", "null"]
+)
+def test_auto_needs_a_key_for_a_cross_site_browser_request(
+    loopback: SecuredApi, origin: str
+) -> None:
+    """A page of another site in a local browser reaches 127.0.0.1 under its own name (a
+    form or a no-cors fetch: no preflight, the browser adds its Origin): it needs a key, so
+    it cannot cancel a task or resume a provider; the same origin (Swagger UI) stays open.
+    (Headless Chromium cancelled a task and resumed a provider from a localhost:8650 page.)"""
+    own = {"Host": "127.0.0.1:8000"}
+    created = loopback.client.post(
+        "/api/tasks", json={"id": 7, "status": "In Progress"}, headers=own
+    )
+    assert created.status_code == 201, created.text
+    before = loopback.written()
+    browser = own | {"Origin": origin, "Content-Type": "text/plain"}
+
+    cancel = loopback.client.post("/api/tasks/7/cancel", headers=browser)
+    resume = loopback.client.post("/api/providers/sandbox/resume", headers=browser)
+    read = loopback.client.get("/api/tasks", headers=browser)
+
+    assert (cancel.status_code, resume.status_code, read.status_code) == (401, 401, 401)
+    assert loopback.written() == before
+    same_origin = own | {"Origin": "http://127.0.0.1:8000"}
+    assert loopback.client.post("/api/tasks/7/cancel", headers=same_origin).status_code == 200
+
+
 def test_auto_on_a_public_address_needs_a_key(make_secured: Make) -> None:
     """A server listening on 0.0.0.0 needs a key even for a loopback Host."""
     api = make_secured(auth="auto", host="0.0.0.0")
