@@ -76,8 +76,13 @@ def render(data: dict[str, Any]) -> Group:
     for column in ("provider", "limit key", "rate", "current window", "used", "state"):
         keys.add_column(column)
     for p in data["providers"]:
+        left = p.get("pause_left_s")
         state = (
-            Text(f"paused {p.get('pause_left_s')} s ({p.get('pause_signal')})", style="bold red")
+            Text(
+                f"paused {'until resumed' if left is None else f'{left} s'} "
+                f"({p.get('pause_signal')})",
+                style="bold red",
+            )
             if p.get("paused")
             else Text("running", style="green")
         )
@@ -89,10 +94,12 @@ def render(data: dict[str, Any]) -> Group:
             in_flight = p.get("in_flight")
             flow += f", in flight {'?' if in_flight is None else in_flight}/{p['max_in_flight']}"
         for index, k in enumerate(p.get("keys", [])):
+            # Text, not str: Rich reads a str as markup, and an account's key holds a
+            # tenant's payload value (``[/]`` raised MarkupError).
             keys.add_row(
-                p["name"] if index == 0 else "",
-                k["key"],
-                k.get("rate") or "per account",
+                Text(p["name"] if index == 0 else ""),
+                Text(k["key"]),
+                Text(k.get("rate") or "per account"),
                 bar(int(k.get("used", 0)), k.get("limit")),
                 f"{k.get('used', 0)}/{k.get('limit') or '-'}",
                 state if index == 0 else (Text("paused", style="red") if k.get("paused") else ""),
@@ -101,8 +108,8 @@ def render(data: dict[str, Any]) -> Group:
             reset = q.get("resets_at_local") or f"{str(q.get('resets_at', ''))[:16]} UTC"
             keys.add_row(
                 "",
-                f"quota {q['key']}",
-                q.get("quota_shown") or q.get("quota", ""),
+                Text(f"quota {q['key']}"),
+                Text(q.get("quota_shown") or q.get("quota", "")),
                 bar(int(q["used"]), q["limit"]),
                 f"{q['used']}/{q['limit']}",
                 Text(f"spent: waits for the reset at {reset}", style="bold red")
@@ -117,7 +124,10 @@ def render(data: dict[str, Any]) -> Group:
     for p in data["providers"]:
         for index, row in enumerate(p.get("queue", [])):
             queue.add_row(
-                p["name"] if index == 0 else "", row["status"], row["phase"], str(row["count"])
+                Text(p["name"] if index == 0 else ""),
+                Text(row["status"]),
+                Text(row["phase"]),
+                str(row["count"]),
             )
     return Group(keys, queue)
 

@@ -90,3 +90,42 @@ def test_status_shows_a_spent_quota_waiting_for_its_reset(
     assert "quota gads:1d" in out
     assert "50/50" in out
     assert f"spent: waits for the reset at {local_time(window.end, 'America/Los_Angeles')}" in out
+
+
+def test_status_shows_payload_values_as_text_and_a_pause_until_resumed() -> None:
+    """A per-account key is named by a tenant's payload value: it is printed as written,
+    never read as Rich markup (``[/]`` crashed every operator's `sluice status` with a
+    MarkupError; ``[link=...]`` made a link), and a pause with no end says so ("paused
+    None s" before)."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from sluice import status
+
+    data = {
+        "at": "2026-12-05T20:33:35+00:00",
+        "providers": [
+            {
+                "name": "sandbox",
+                "paused": True,
+                "pause_left_s": None,
+                "pause_signal": "manual",
+                "keys": [
+                    {"key": "sandbox", "rate": "20/s", "used": 0, "limit": 20},
+                    {"key": "sandbox:write:advertiser_id=[/]", "rate": None, "used": 1},
+                    {"key": "sandbox:write:advertiser_id=[link=http://x]y[/link]", "used": 1},
+                ],
+                "queue": [{"status": "Error", "phase": "done", "count": 1}],
+            }
+        ],
+    }
+    out = StringIO()
+
+    Console(file=out, width=200).print(status.render(data))
+
+    shown = out.getvalue()
+    assert "advertiser_id=[/]" in shown
+    assert "advertiser_id=[link=http://x]y[/link]" in shown
+    assert "paused until resumed (manual)" in shown
+    assert "None" not in shown
