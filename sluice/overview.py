@@ -19,7 +19,8 @@ each second (:mod:`sluice.store.usage`), the pauses table every dispatcher reads
 each pause's signal, reason and who set it), the
 limiter (in-flight leases, when this process has it), and a ``GROUP BY`` of the task
 table redone in the background at most every ``counts_ttl_s`` (a million tasks take a
-while to count; a page view never waits for it, except the first).
+while to count; a page view never waits for it, except the first and one that finds the
+last count older than ``counts_max_age_s``).
 
 :meth:`OverviewService.overview` answers a plain JSON-ready dict: the API sends it as is
 (``GET /api/overview``) and ``sluice status --api URL`` reads it back.
@@ -28,6 +29,7 @@ while to count; a page view never waits for it, except the first).
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Mapping
@@ -56,6 +58,9 @@ log = logging.getLogger("sluice.overview")
 HISTORY_MINUTES = 60
 RATE_SPAN_S = 10
 COUNTS_TTL_S = 5.0
+COUNTS_MAX_AGE_S = 60.0
+"""A count older than this is redone before answering: a watched page (it asks every 10 s)
+never waits, and the first read after a quiet spell is not the last reader's count."""
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -74,6 +79,7 @@ class OverviewService:
         rates: RatesInForce | None = None,
         clock: Clock | None = None,
         counts_ttl_s: float = COUNTS_TTL_S,
+        counts_max_age_s: float = COUNTS_MAX_AGE_S,
     ) -> None:
         self.engine = engine
         self.providers = providers
@@ -84,6 +90,7 @@ class OverviewService:
         self.pauses = PauseStore(engine)
         self.quotas = QuotaStore(engine)
         self.counts_ttl_s = counts_ttl_s
+        self.counts_max_age_s = counts_max_age_s
         self._shares: dict[str, tuple[float, list[fairshare.Share]]] = {}
         self._sharing: set[str] = set()
         self._counts: dict[str | None, tuple[float, list[dict[str, Any]], datetime]] = {}
@@ -267,14 +274,16 @@ class OverviewService:
 
     def shares(self, name: str) -> list[fairshare.Share]:
         """Each fairness key's share of provider ``name``: at most ``counts_ttl_s`` old,
-        redone in the background when stale (only the very first read waits for it)."""
+        redone in the background when stale (only the very first read waits for it, and
+        one that finds it older than ``counts_max_age_s``)."""
         with self._lock:
             cached = self._shares.get(name)
-            stale = cached is None or time.monotonic() - cached[0] >= self.counts_ttl_s
-            start = stale and cached is not None and name not in self._sharing
+            age = math.inf if cached is None else time.monotonic() - cached[0]
+            too_old = age >= self.counts_max_age_s
+            start = self.counts_ttl_s <= age < self.counts_max_age_s and name not in self._sharing
             if start:
                 self._sharing.add(name)
-        if cached is None:
+        if cached is None or too_old:
             return self._share_now(name)
         if start:
             threading.Thread(target=self._share_in_background, args=(name,), daemon=True).start()
@@ -315,15 +324,20 @@ class OverviewService:
 
         Counted at most every ``counts_ttl_s`` per tenant scope, in the background: a page
         view after that gets the last count at once and starts a new one (a million tasks
-        take a while to count; no page view waits for it, except the very first).
+        take a while to count; no page view waits for it, except the very first and one
+        that finds the last count older than ``counts_max_age_s``: nobody looked for a
+        while, and the last count is not what the reader asked about).
         """
         with self._lock:
             cached = self._counts.get(tenant)
-            stale = cached is None or time.monotonic() - cached[0] >= self.counts_ttl_s
-            start = stale and cached is not None and tenant not in self._counting
+            age = math.inf if cached is None else time.monotonic() - cached[0]
+            too_old = age >= self.counts_max_age_s
+            start = (
+                self.counts_ttl_s <= age < self.counts_max_age_s and tenant not in self._counting
+            )
             if start:
                 self._counting.add(tenant)
-        if cached is None:
+        if cached is None or too_old:
             return self._count_now(tenant)
         if start:
             threading.Thread(target=self._count_in_background, args=(tenant,), daemon=True).start()

@@ -258,6 +258,29 @@ def test_stale_shares_answer_at_once_and_are_recounted_in_the_background(ui: Ui)
     assert [(s.key, s.waiting) for s in overview.shares("gads")] == [("acme", 5)]
 
 
+def test_a_count_older_than_its_bound_is_redone_before_answering(ui: Ui) -> None:
+    """A queue count or share nobody read for longer than ``counts_max_age_s`` is counted
+    again before the answer, not served and recounted behind it: ``sluice status --once``
+    (scripts) printed the queue of whoever looked last, 9 minutes old, and a first view of
+    the console after a quiet spell showed it too."""
+    overview = ui.client.app.state.context.overview  # type: ignore[attr-defined]
+    ui.tasks("gads", "acme", 2)
+    ui.clock.advance(1)
+
+    def queued(tenant: str | None) -> int:
+        rows, _counted_at = overview.queue_counts(tenant)
+        return sum(r["count"] for r in rows if r["provider"] == "gads")
+
+    assert (queued(None), queued("acme")) == (2, 2)
+    assert [(s.key, s.waiting) for s in overview.shares("gads")] == [("acme", 2)]
+    ui.tasks("gads", "acme", 3)
+    overview.counts_ttl_s = 0.0
+    overview.counts_max_age_s = 0.0  # every count is now older than its bound
+
+    assert (queued(None), queued("acme")) == (5, 5)
+    assert [(s.key, s.waiting) for s in overview.shares("gads")] == [("acme", 5)]
+
+
 def test_the_overview_card_lists_eight_quotas_and_links_to_the_rest() -> None:
     """A per-account quota seen for twelve accounts: the card shows eight lines and a link
     to the provider's page for the other four (which shows them all)."""
