@@ -11,8 +11,8 @@ nothing until the request is let in:
 1. **Who.** ``Authorization: Bearer <key>`` names a usable key, or the open mode lets the
    request in without one (``SLUICE_AUTH=off``, or ``auto`` while the server listens on
    loopback and the request carries no proxy header, a loopback ``Host`` and no ``Origin``
-   of another site). Otherwise
-   401 with ``WWW-Authenticate: Bearer`` and one message, whatever was wrong.
+   of another site). Otherwise 401 with ``WWW-Authenticate: Bearer`` and one message,
+   whatever was wrong.
 2. **May it.** The key's role must allow the route's: else 403 naming the role needed.
 3. **How often.** With ``SLUICE_API_RATE_LIMIT``, a key over its rate gets 429 with
    ``Retry-After``. The open loopback mode is not limited: it serves one local user.
