@@ -36,7 +36,7 @@ def record(
     """Add one audit record in ``conn``'s transaction.
 
     Args:
-        action: a stable dotted name, e.g. ``task.cancel``, ``key.create``, ``provider.pause``.
+        action: a stable dotted name, e.g. ``task.cancel``, ``key.create``, ``limit.pause``.
         target: what it acted on, e.g. ``task:42``, ``key:ab12cd34ef56``, ``provider:sandbox``.
         tenant: the tenant whose data it touched; None for provider-wide actions.
         detail: the action's parameters (JSON); never a secret.

@@ -248,7 +248,7 @@ def test_controls_pause_resume_pin_and_unpin_from_the_overview(ui: Console) -> N
     assert _control(ui, action="unpin", target="sandbox").status_code == 303
     actions = ui.client.get("/ui/audit").text
     for action in ("limit.pause", "limit.resume", "limit.pin", "limit.unpin"):
-        assert action in actions
+        assert f"<code>{action}</code>" in actions
 
 
 def test_refused_controls_name_the_problem_and_audit_nothing(ui: Console) -> None:
@@ -258,7 +258,7 @@ def test_refused_controls_name_the_problem_and_audit_nothing(ui: Console) -> Non
     above = _control(ui, action="pin", target="sandbox", rate="50/s", reason="x")
     assert above.status_code == 422
     assert "only lowers" in above.text
-    assert "limit." not in ui.client.get("/ui/audit").text
+    assert "<code>limit." not in ui.client.get("/ui/audit").text
 
 
 @pytest.mark.parametrize("page", ["tasks", "jobs"])
