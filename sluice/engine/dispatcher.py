@@ -229,7 +229,10 @@ class Dispatcher:
                     # A database or limiter outage delays work; it must not end the loop.
                     log.exception("dispatcher.step_failed")
                     self.release_all_quietly()
-                    wait = STEP_FAILURE_BACKOFF_S
+                    # Waited on stop, not on wake: new work must not cut the backoff short
+                    # (woken steps failed and logged their traceback several times a second).
+                    stop.wait(STEP_FAILURE_BACKOFF_S)
+                    continue
                 if wait > 0:
                     self._wake.wait(wait)
         finally:

@@ -5,6 +5,9 @@ SQLite, a fake DSP behind httpx.MockTransport."""
 from __future__ import annotations
 
 import json
+import logging
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -372,6 +375,40 @@ def test_a_failed_top_up_fails_the_next_step_and_dispatch_goes_on(world: World) 
     assert failures == 1
     assert {world.repo.get(i).status for i in ids} == {TaskStatus.COMPLETED}
     assert set(world.dsp.creates_per_ref().values()) == {1}
+
+
+def test_a_failing_step_backs_off_even_when_woken(
+    world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While every step fails (Redis down), the loop waits its backoff between steps even
+    when woken meanwhile, and stops at once when asked. (With Redis stopped under
+    'sluice up', wakes cut the backoff short: 63 failed steps in about 10 s, each logged
+    with its traceback, 6,000 log lines.)"""
+    monkeypatch.setattr("sluice.engine.dispatcher.STEP_FAILURE_BACKOFF_S", 0.3)
+    dispatcher, _ = world.dispatcher("a")
+    steps: list[float] = []
+
+    def failing_step() -> float:
+        steps.append(time.monotonic())
+        raise RuntimeError("limiter unreachable")
+
+    monkeypatch.setattr(dispatcher, "step", failing_step)
+    stop = threading.Event()
+    loop = threading.Thread(target=dispatcher.run, args=(stop,), daemon=True)
+    with caplog.at_level(logging.ERROR, logger="sluice.dispatcher"):
+        loop.start()
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            dispatcher.wake()
+            time.sleep(0.005)
+        stopped_at = time.monotonic()
+        stop.set()
+        dispatcher.wake()
+        loop.join(timeout=5)
+
+    assert not loop.is_alive()
+    assert time.monotonic() - stopped_at < 0.25
+    assert 1 <= len(steps) <= 2, len(steps)
 
 
 def test_fair_shares_go_by_budget_units_through_the_dispatcher(tmp_path: Path) -> None:
