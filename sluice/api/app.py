@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sluice import apikeys, errors
 from sluice.api import console
+from sluice.api.apidocs import add_docs
 from sluice.api.auth import Authenticator, check_guarded, forbidden
 from sluice.api.console.routes import ConsoleRoute
 from sluice.api.deps import ApiContext, ReadinessCheck
@@ -99,7 +100,10 @@ def create_app(
         summary="Rate-limited submission engine for third-party APIs",
         version="0.1.0",
         lifespan=_background,
+        docs_url=None,  # apidocs: the same pages, without a CDN
+        redoc_url=None,
     )
+    add_docs(app)
     all_checks: dict[str, ReadinessCheck] = {"database": lambda: _ping_database(repo)}
     all_checks.update(checks or {})
     key_store = KeyStore(repo.engine, repo.clock)

@@ -383,3 +383,41 @@ def test_the_provider_page_shows_the_quota_and_the_fair_shares_live(
     )
     browser.save_screenshot(str(shots / "console-quota-spent.png"))
     repo.engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("path", "rendered"), [("/docs", ".swagger-ui .opblock"), ("/redoc", "[data-section-id]")]
+)
+def test_the_api_docs_render_from_the_server_alone(
+    server: Server, browser: Any, path: str, rendered: str
+) -> None:
+    """Swagger UI and ReDoc render their operations with nothing fetched but from the
+    server itself (this host has no internet: a script from a CDN leaves the page blank).
+    What a bundled script still asks of elsewhere (ReDoc's sidebar logo, on cdn.redoc.ly)
+    the pages' Content-Security-Policy blocks before it is requested."""
+    listener = browser.execute_cdp_cmd(
+        "Page.addScriptToEvaluateOnNewDocument",
+        {
+            "source": "window.blocked = []; document.addEventListener("
+            "'securitypolicyviolation', event => window.blocked.push(event.blockedURI));"
+        },
+    )
+    try:
+        browser.get(f"{server.url}{path}")
+        _wait(lambda: _by_css(browser, rendered), 30, f"{path} to render its operations")
+        fetched = browser.execute_script(
+            "return performance.getEntriesByType('resource').map(entry => entry.name)"
+        )
+        blocked = browser.execute_script("return window.blocked")
+    finally:
+        browser.execute_cdp_cmd(
+            "Page.removeScriptToEvaluateOnNewDocument", {"identifier": listener["identifier"]}
+        )
+    assert fetched, path
+    elsewhere = [
+        url
+        for url in fetched
+        if not url.startswith((server.url, "data:"))
+        and not any(url.startswith(uri) for uri in blocked if uri)
+    ]
+    assert elsewhere == [], (elsewhere, blocked)

@@ -68,8 +68,9 @@ EXPECTED: dict[tuple[str, str], Role | None] = {
     ("GET", "/healthz"): PUBLIC,
     ("GET", "/readyz"): PUBLIC,
 }
-# FastAPI's own documentation routes: public, they hold no data.
-DOCS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+# The documentation routes (sluice/api/apidocs.py) and the files of their pages: public,
+# they hold no data.
+DOCS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/static-offline-docs"}
 
 CREDENTIALS = [
     "none",
