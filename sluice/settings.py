@@ -16,8 +16,16 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    GetCoreSchemaHandler,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
+from pydantic_core import CoreSchema, core_schema
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -32,7 +40,57 @@ DEFAULT_CONFIG_FILE = "sluice.toml"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-class Settings(BaseSettings):
+def _refuse_boolean_for_int(value: object) -> object:
+    if isinstance(value, bool):
+        raise errors.InvalidValue("must be an integer, not true or false")
+    return value
+
+
+def _refuse_boolean_for_float(value: object) -> object:
+    if isinstance(value, bool):
+        raise errors.InvalidValue("must be a number, not true or false")
+    return value
+
+
+_REFUSE_BOOLEAN = {"int": _refuse_boolean_for_int, "float": _refuse_boolean_for_float}
+
+
+def _numbers_refuse_booleans(schema: Any) -> Any:
+    """``schema`` with every int and float in it (nested in lists, tables, unions, bounds)
+    refusing a boolean first; a schema already wrapped is left as it is."""
+    if isinstance(schema, list):
+        return [_numbers_refuse_booleans(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    kind = schema.get("type")
+    if kind in _REFUSE_BOOLEAN:
+        return core_schema.no_info_before_validator_function(_REFUSE_BOOLEAN[kind], schema)
+    if kind == "function-before" and schema["function"].get("function") in (
+        _REFUSE_BOOLEAN.values()
+    ):
+        return schema
+    return {key: _numbers_refuse_booleans(value) for key, value in schema.items()}
+
+
+class NumbersRefuseBooleans:
+    """A mixin for configuration models: a number refuses ``true`` and ``false``.
+
+    Python's ``bool`` is an ``int``, so pydantic's lax mode took ``burst = true`` in a TOML
+    file as 1 and ``rate_margin = false`` as 0.0. Strict numbers would also refuse the text
+    of ``SLUICE_PORT=8000``, so instead every ``int`` and ``float`` in the model's schema is
+    wrapped in a check that refuses a boolean and lets the rest through as before. Each
+    model of a nested configuration needs the mixin: a nested model keeps its own schema.
+    """
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: type[Any], handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        schema: CoreSchema = _numbers_refuse_booleans(handler(source))
+        return schema
+
+
+class Settings(NumbersRefuseBooleans, BaseSettings):
     """Everything Sluice can be told; every field can come from ``SLUICE_<NAME>``."""
 
     model_config = SettingsConfigDict(env_prefix="SLUICE_", extra="forbid")

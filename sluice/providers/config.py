@@ -29,6 +29,7 @@ from sluice.domain import FAIRNESS_KEY_MAX, TENANT_PATTERN, TaskStatus
 from sluice.providers.templating import RequestLine, expand_env
 from sluice.ratelimit.quota import ROLLING, Quota, zone
 from sluice.ratelimit.rate import Rate, parse_rate
+from sluice.settings import NumbersRefuseBooleans
 from sluice.units import format_duration, parse_duration
 
 log = logging.getLogger("sluice.providers")
@@ -250,7 +251,7 @@ BatchLine = Annotated[RequestLine, _request_line("ids")]
 PlainLine = Annotated[RequestLine, _request_line()]
 
 
-class _Table(BaseModel):
+class _Table(NumbersRefuseBooleans, BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
 

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from sluice.sandbox.profiles import PROFILES, Profile, get_profile
+from sluice.settings import NumbersRefuseBooleans
 from sluice.units import MAX_DURATION_S
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -33,10 +34,14 @@ Seconds = Annotated[float, Field(ge=0.0, le=MAX_DURATION_S)]
 PositiveSeconds = Annotated[float, Field(gt=0.0, le=MAX_DURATION_S)]
 
 
-class ScheduleStep(BaseModel):
-    """One step of a changing limit: ``limit`` for ``duration_s`` seconds."""
+class _Model(NumbersRefuseBooleans, BaseModel):
+    """A table of ``[sandbox]``: unknown keys refused, and numbers refuse true/false."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScheduleStep(_Model):
+    """One step of a changing limit: ``limit`` for ``duration_s`` seconds."""
 
     duration_s: PositiveSeconds
     limit: int = Field(gt=0)
@@ -49,10 +54,8 @@ class ScheduleStep(BaseModel):
         return value
 
 
-class _Limit(BaseModel):
+class _Limit(_Model):
     """What every kind of limit has: a name, whom and what it applies to, a count."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     per: Literal["app", "advertiser"] = "app"
@@ -158,10 +161,8 @@ AnyLimitSpec = Annotated[
 ROUTE_PATTERN = re.compile(r"^(GET|POST) /v1/\S+$")
 
 
-class FaultRates(BaseModel):
+class FaultRates(_Model):
     """Per-request fault probabilities (0 = never) and the durations some faults use."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     error_5xx: Probability = 0.0
     unavailable_503: Probability = 0.0
@@ -206,21 +207,17 @@ class FaultRates(BaseModel):
         )
 
 
-class FixtureSpec(BaseModel):
+class FixtureSpec(_Model):
     """An external id whose status is scripted rather than processed."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     status: str = Field(min_length=1)
     error_message: str | None = None
 
 
-class MaintenanceWindow(BaseModel):
+class MaintenanceWindow(_Model):
     """A planned outage: from ``start_s`` after the sandbox starts (or is reset, or given a
     new ``maintenance``) for ``duration_s``, every ``/v1`` call gets 429 with
     ``Retry-After`` set to the seconds left, so a client that honours it pauses once."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     start_s: Seconds
     duration_s: PositiveSeconds
@@ -237,10 +234,8 @@ def _default_limits() -> list[AnyLimitSpec]:
     return [LimitSpec(name="app", per="app", scope="all", limit=50, window_s=1.0)]
 
 
-class SandboxConfig(BaseModel):
+class SandboxConfig(_Model):
     """Everything the sandbox DSP can be told (see docs/sandbox.md)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     profile: str = "standard"
     seed: int = 0

@@ -90,6 +90,40 @@ def test_unknown_key_names_file_and_key() -> None:
     assert "port" in str(caught.value)
 
 
+def test_a_boolean_where_a_number_belongs_is_a_config_error() -> None:
+    """`pumps = true` in sluice.toml was taken as 1 (Python's bool is an int), and
+    `rate_margin = true` as 1.0; each is now refused, named, and nothing else is."""
+    Path("sluice.toml").write_text(
+        "[sluice]\npumps = true\nrate_margin = true\nport = false\nfair_share = false\n",
+        encoding="utf-8",
+    )
+
+    with pytest.raises(errors.ConfigError) as caught:
+        load_settings()
+
+    lines = str(caught.value).splitlines()
+    assert sorted(lines) == [
+        "invalid setting SLUICE_PORT / [sluice] port: "
+        "Value error, must be an integer, not true or false",
+        "invalid setting SLUICE_PUMPS / [sluice] pumps: "
+        "Value error, must be an integer, not true or false",
+        "invalid setting SLUICE_RATE_MARGIN / [sluice] rate_margin: "
+        "Value error, must be a number, not true or false",
+    ]
+
+
+def test_numbers_from_the_file_and_the_environment_still_load(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Refusing booleans leaves integers for float settings and numbers as text alone."""
+    Path("sluice.toml").write_text("[sluice]\nrate_margin = 1\npumps = 3\n", encoding="utf-8")
+    monkeypatch.setenv("SLUICE_PORT", "8001")
+
+    settings = load_settings()
+
+    assert (settings.rate_margin, settings.pumps, settings.port) == (1.0, 3, 8001)
+
+
 def test_unknown_table_names_file_and_table() -> None:
     """An unknown top-level table raises ConfigError naming the file and the table."""
     Path("sluice.toml").write_text("[database]\nurl = 'x'\n", encoding="utf-8")

@@ -48,6 +48,34 @@ def test_error_names_file_key_and_reason(tmp_path: Path, monkeypatch: pytest.Mon
     assert str(info.value) == "sluice.toml: providers.acme.poll.batch_size: must be >= 1, got 0"
 
 
+def test_a_boolean_where_a_number_belongs_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`burst = true` was taken as a burst of 1 (Python's bool is an int), and so was any
+    integer or number given true; each is now a line naming the file, the key and why."""
+    (tmp_path / "sluice.toml").write_text(
+        '[sluice]\ndefault_provider = "acme"\n'
+        '[providers.acme]\nbase_url = "http://127.0.0.1:9100"\nrate_limit = "10/s"\n'
+        "burst = true\nmax_in_flight = true\nrate_margin = false\n"
+        "[providers.acme.rate_limit_signal]\nstatuses = [429, true]\n"
+        '[[providers.acme.limits]]\nrate = "5/s"\nscope = "write"\nburst = true\n'
+        '[providers.acme.poll]\nrequest = "GET /statuses"\nbatch_size = true\n'
+        'status_map = { Completed = "Completed" }\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(errors.ConfigError) as info:
+        load_providers(load_settings(), environ={})
+    integer = "must be an integer, not true or false"
+    assert sorted(str(info.value).splitlines()) == [
+        f"sluice.toml: providers.acme.burst: {integer}",
+        f"sluice.toml: providers.acme.limits[0].burst: {integer}",
+        f"sluice.toml: providers.acme.max_in_flight: {integer}",
+        f"sluice.toml: providers.acme.poll.batch_size: {integer}",
+        f"sluice.toml: providers.acme.rate_limit_signal.statuses[1]: {integer}",
+        "sluice.toml: providers.acme.rate_margin: must be a number, not true or false",
+    ]
+
+
 def test_every_problem_is_reported_at_once() -> None:
     """Several mistakes across providers come back together, one line each."""
     text = config_error(

@@ -78,6 +78,12 @@ def test_section_merges_over_profile_defaults_and_flags_win_over_section() -> No
         ({"process_delay_s": [0, 1e12]}, "process_delay_s"),
         ({"token_lifetime_s": 1e12}, "token_lifetime_s"),
         ({"maintenance": [[0, 1e12]]}, "duration_s"),
+        # Python's bool is an int: `seed = true` was seed 1, `limit = true` a limit of 1.
+        ({"seed": True}, "seed"),
+        ({"limits": [{"name": "a", "limit": True, "window_s": 1}]}, "limit"),
+        ({"faults": {"error_5xx": True}}, "error_5xx"),
+        ({"costs": {"POST /v1/audiences": True}}, "costs"),
+        ({"maintenance": [[0, True]]}, "duration_s"),
     ],
 )
 def test_invalid_sections_fail_naming_the_key(section: dict[str, object], message: str) -> None:
