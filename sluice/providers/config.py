@@ -691,8 +691,14 @@ def _describe(exc: ValidationError, prefix: str) -> list[str]:
         if isinstance(problem, KeyProblem):
             key = f"{key}.{problem.key}" if key else problem.key
             reason = problem.reason
-        lines.append(f"{prefix}{'.' + key if key else ''}: {reason}")
+        lines.append(f"{prefix}{'.' + _printable(key) if key else ''}: {reason}")
     return lines
+
+
+def _printable(key: str) -> str:
+    """``key`` with control characters escaped: a table key holding a newline (``"a\\nb"``
+    in TOML) split its problem's line in two."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in key)
 
 
 def _loc_text(loc: tuple[int | str, ...]) -> str:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from sluice import errors
 from sluice.domain import TaskStatus
+from sluice.providers.config import ProviderConfig
 from sluice.providers.http import HttpProvider
 from sluice.providers.registry import deep_merge, load_providers, preset_names
 from sluice.settings import Settings, load_settings
@@ -73,6 +74,22 @@ def test_a_boolean_where_a_number_belongs_is_refused(
         f"sluice.toml: providers.acme.poll.batch_size: {integer}",
         f"sluice.toml: providers.acme.rate_limit_signal.statuses[1]: {integer}",
         "sluice.toml: providers.acme.rate_margin: must be a number, not true or false",
+    ]
+
+
+def test_a_key_holding_a_newline_is_named_on_one_line() -> None:
+    """A cost or an unknown key named "\\n" split its problem's line in two (found by the
+    property test below); control characters in a key are shown escaped."""
+    text = config_error(
+        {"acme": with_changes(ACME, rate_limit="10/s", cost={"\n": 1}, **{"a\nb": 1})},
+        default_provider="acme",
+    )
+
+    assert sorted(text.splitlines()) == [
+        "settings: providers.acme.a\\nb: unknown key; known: preset, "
+        + ", ".join(ProviderConfig.model_fields),
+        "settings: providers.acme.cost.\\n: unknown operation '\\n'; known: submit, lookup, "
+        "poll (as OPERATION or KIND.OPERATION)",
     ]
 
 
