@@ -1,7 +1,8 @@
 """Read task hierarchies from JSON or CSV files into submissions.
 
 JSON: ``{"provider": "sandbox", "tasks": [{"kind": "campaign", "payload": {...},
-"children": [{"kind": "ad_group", ...}]}]}`` (``provider`` optional, per task too).
+"children": [{"kind": "ad_group", ...}]}]}`` (``provider`` optional, per task too); any
+other key is refused, ``id`` (Sluice assigns task ids) and ``ref`` (a CSV column) included.
 CSV: one row per task with columns ``ref``, ``parent_ref``, ``kind``, optional
 ``provider``; every other non-empty cell goes into the payload **as text**, unless its
 column declares a type with a suffix: ``budget:int``, ``bid:float``, ``active:bool``
@@ -24,6 +25,15 @@ from sluice import errors
 from sluice.domain import Submission
 
 RESERVED_COLUMNS = {"ref", "parent_ref", "kind", "provider"}
+FILE_KEYS = ("provider", "tasks")
+TASK_KEYS = ("kind", "payload", "provider", "children")
+"""What a JSON task object may hold; any other key is refused, none ignored."""
+NOT_READ = {
+    "id": "task ids are assigned by Sluice, not read from a file; a field the provider should "
+    'receive goes in "payload" (where a CSV file\'s id column goes)',
+    "ref": 'a JSON file places children under "children"; ref and parent_ref are CSV columns',
+}
+"""Keys a JSON task object was mistaken to take (both used to be ignored without a word)."""
 TOO_DEEP = "objects and lists nested too deeply to read"
 """Python's parser gives up (RecursionError) near 1,000 levels; payloads may nest 64."""
 
@@ -70,6 +80,11 @@ def load_json_text(path: Path, text: str) -> list[Submission]:
         data = {"tasks": data}
     if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
         raise errors.InvalidTask(f'{path}: expected {{"tasks": [...]}} or a list of tasks')
+    unknown = set(data) - set(FILE_KEYS)
+    if unknown:
+        raise errors.InvalidTask(
+            f"{path}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(FILE_KEYS)}"
+        )
     items: list[Submission] = []
     for position, node in enumerate(data["tasks"]):
         _flatten(path, node, f"tasks[{position}]", None, data.get("provider"), items)
@@ -86,9 +101,15 @@ def _flatten(
 ) -> None:
     if not isinstance(node, dict):
         raise errors.InvalidTask(f"{path}: {where}: expected an object")
-    unknown = set(node) - {"kind", "payload", "provider", "children", "ref", "id"}
+    mistaken = sorted(set(node) & set(NOT_READ))
+    if mistaken:
+        raise errors.InvalidTask(f"{path}: {where}.{mistaken[0]}: {NOT_READ[mistaken[0]]}")
+    unknown = set(node) - set(TASK_KEYS)
     if unknown:
-        raise errors.InvalidTask(f"{path}: {where}: unknown key(s) {', '.join(sorted(unknown))}")
+        raise errors.InvalidTask(
+            f"{path}: {where}: unknown key(s) {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(TASK_KEYS)}"
+        )
     kind = node.get("kind")
     payload = node.get("payload", {})
     if not isinstance(kind, str) or not kind:

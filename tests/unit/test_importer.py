@@ -1,4 +1,4 @@
-"""The CSV importer keeps cell text as text unless its column declares a type."""
+"""The importers: CSV cells stay text unless declared; JSON keys are read or refused."""
 
 from __future__ import annotations
 
@@ -175,3 +175,58 @@ def test_a_file_saved_with_a_utf8_byte_order_mark_reads_like_one_without(
         ("campaign", {"name": "A"}, None),
         ("ad_group", {"name": "B"}, 0),
     ]
+
+
+def load_json_error(tmp_path: Path, text: str) -> str:
+    """The one-line refusal of this JSON file's content."""
+    path = tmp_path / "tasks.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(errors.InvalidTask) as info:
+        importer.load_file(path)
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("task", "expected"),
+    [
+        (
+            '{"kind": "ad_group", "id": 7}',
+            "tasks[0].children[0].id: task ids are assigned by Sluice, not read from a file; a "
+            'field the provider should receive goes in "payload"',
+        ),
+        (
+            '{"kind": "ad_group", "ref": "g1"}',
+            'tasks[0].children[0].ref: a JSON file places children under "children"; ref and '
+            "parent_ref are CSV columns",
+        ),
+        (
+            '{"kind": "ad_group", "priority": 5}',
+            "tasks[0].children[0]: unknown key(s) priority; known: kind, payload, provider, "
+            "children",
+        ),
+    ],
+)
+def test_a_key_a_json_task_does_not_take_is_refused_naming_where(
+    tmp_path: Path, task: str, expected: str
+) -> None:
+    """An "id" (or a "ref") in a task object was ignored without a word, so the task got
+    another id than the one written; every key the importer does not read is refused,
+    naming the file and the task's place, and nothing is created."""
+    text = load_json_error(
+        tmp_path, '{"tasks": [{"kind": "campaign", "payload": {}, "children": [' + task + "]}]}"
+    )
+
+    assert text.startswith(f"{tmp_path / 'tasks.json'}: {expected}")
+    assert "\n" not in text
+
+
+def test_an_unknown_key_beside_the_tasks_is_refused(tmp_path: Path) -> None:
+    """A file-level key other than provider and tasks (a misplaced "priority") was ignored."""
+    text = load_json_error(tmp_path, '{"priority": 5, "tasks": [{"kind": "campaign"}]}')
+
+    assert text == f"{tmp_path / 'tasks.json'}: unknown key(s) priority; known: provider, tasks"
+
+
+def test_a_csv_id_column_is_a_payload_field(tmp_path: Path) -> None:
+    """In a CSV file every column but ref, parent_ref, kind and provider is payload, id too."""
+    assert load(tmp_path, "kind,id\ncampaign,42\n") == [{"id": "42"}]
