@@ -57,16 +57,11 @@ keys_app = typer.Typer(
 app.add_typer(keys_app, name="keys")
 console = Console(stderr=True)
 
-Host = Annotated[str | None, typer.Option(help="interface to listen on", envvar="SLUICE_HOST")]
-Port = Annotated[
-    int | None,
-    typer.Option(help="port to listen on", envvar="SLUICE_PORT", min=1, max=65535),
-]
-
 
 def _utf8(param: typer.CallbackParam, value: str | None) -> str | None:
-    """Text stored or searched for: refused in one line when the shell passed bytes that are
-    not UTF-8 (Python reads them as lone surrogates, which no database driver can encode)."""
+    """Text stored, searched for or named to the network (a host to listen on, a Celery node
+    name): refused in one line when the shell passed bytes that are not UTF-8 (Python reads
+    them as lone surrogates, which no database driver, socket or broker can encode)."""
     if value is not None and not value.isascii():
         try:
             value.encode("utf-8")
@@ -77,6 +72,15 @@ def _utf8(param: typer.CallbackParam, value: str | None) -> str | None:
                 "(the terminal passed bytes in another encoding)"
             ) from None
     return value
+
+
+Host = Annotated[
+    str | None, typer.Option(help="interface to listen on", envvar="SLUICE_HOST", callback=_utf8)
+]
+Port = Annotated[
+    int | None,
+    typer.Option(help="port to listen on", envvar="SLUICE_PORT", min=1, max=65535),
+]
 
 
 def _api_url(value: str | None) -> str | None:
@@ -303,6 +307,7 @@ def worker(
         typer.Option(
             help="Celery node name (default sluice-<pid>@<host>, unique per process)",
             envvar="SLUICE_WORKER_HOSTNAME",
+            callback=_utf8,
         ),
     ] = None,
     metrics_port: MetricsPort = None,
@@ -353,7 +358,10 @@ MetricsPort = Annotated[
     ),
 ]
 MetricsHost = Annotated[
-    str, typer.Option(help="interface the metrics port listens on", envvar="SLUICE_METRICS_HOST")
+    str,
+    typer.Option(
+        help="interface the metrics port listens on", envvar="SLUICE_METRICS_HOST", callback=_utf8
+    ),
 ]
 
 

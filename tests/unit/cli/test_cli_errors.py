@@ -350,6 +350,13 @@ def test_db_upgrade_says_the_revision_the_database_is_at(
         (("audit", "--tenant", "caf\udce9"), "--tenant"),
         (("audit", "--action", "task.\udce9"), "--action"),
         (("keys", "revoke", "caf\udce9"), "KEY_ID"),
+        # A Celery node name, and hosts to listen on, were tracebacks: kombu's pidbox queue
+        # name, the socket's bind.
+        (("worker", "--hostname", "caf\udce9"), "--hostname"),
+        (("worker", "--metrics-port", "9464", "--metrics-host", "\udcff"), "--metrics-host"),
+        (("metrics-serve", "--host", "\udcff"), "--host"),
+        (("api", "--host", "\udcff"), "--host"),
+        (("up", "--host", "\udcff"), "--host"),
     ],
 )
 def test_text_that_is_not_utf8_is_one_line_and_writes_nothing(
