@@ -83,6 +83,32 @@ Port = Annotated[
 ]
 
 
+MAX_WORKER_PROCESSES = 64
+"""The most worker processes one command starts (``worker --concurrency``, ``up --workers``).
+
+A worker process sends from its own SLUICE_EXECUTOR_THREADS threads (16 by default) and holds
+its own database pool, so 64 of them already send 1,024 requests at once from one host and
+may open more PostgreSQL connections than its default ``max_connections`` (100). Unbounded,
+``--concurrency 100000`` was a traceback ("Too many open files") while Celery built its pool.
+More throughput: more threads (SLUICE_EXECUTOR_THREADS) or more hosts."""
+
+
+def _process_count(low: int) -> Any:
+    """A callback refusing a number of worker processes outside ``low``..64, in one line."""
+
+    def check(param: typer.CallbackParam, value: int) -> int:
+        if not low <= value <= MAX_WORKER_PROCESSES:
+            name = param.opts[0] if param.opts else param.name
+            if isinstance(param.envvar, str):
+                name = f"{name} ({param.envvar})"
+            raise errors.InvalidValue(
+                f"{name} must be between {low} and {MAX_WORKER_PROCESSES}, got {value}"
+            )
+        return value
+
+    return check
+
+
 def _api_url(value: str | None) -> str | None:
     """``--api``: refused in one line when httpx cannot read it as a URL (its password
     masked), rather than a traceback at the first request."""
@@ -181,10 +207,10 @@ def up(
     workers: Annotated[
         int,
         typer.Option(
-            min=0,
-            help="run the engine on N Celery worker processes instead of in-process "
+            help="run the engine on N Celery worker processes instead of in-process, 0-64 "
             "(needs SLUICE_BROKER_URL and SLUICE_REDIS_URL; PostgreSQL recommended)",
             envvar="SLUICE_WORKERS",
+            callback=_process_count(0),
         ),
     ] = 0,
     insecure: Insecure = False,
@@ -299,7 +325,12 @@ def status(
 def worker(
     beat: Annotated[bool, typer.Option(help="also run the beat scheduler in this worker")] = False,
     concurrency: Annotated[
-        int, typer.Option(help="worker processes", envvar="SLUICE_WORKER_CONCURRENCY", min=1)
+        int,
+        typer.Option(
+            help="worker processes, 1-64 (each sends from SLUICE_EXECUTOR_THREADS threads)",
+            envvar="SLUICE_WORKER_CONCURRENCY",
+            callback=_process_count(1),
+        ),
     ] = 4,
     loglevel: LogLevel = None,
     hostname: Annotated[

@@ -288,6 +288,32 @@ def test_a_port_or_concurrency_out_of_range_is_refused_before_anything_starts(
     assert args[1] in err
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("worker", "--concurrency", "100000"), "--concurrency (SLUICE_WORKER_CONCURRENCY)"),
+        (("worker", "--concurrency", "65"), "--concurrency (SLUICE_WORKER_CONCURRENCY)"),
+        (("worker", "--concurrency", "0"), "--concurrency (SLUICE_WORKER_CONCURRENCY)"),
+        (("up", "--workers", "65"), "--workers (SLUICE_WORKERS)"),
+        (("up", "--workers", "-1"), "--workers (SLUICE_WORKERS)"),
+    ],
+)
+def test_a_number_of_worker_processes_outside_its_range_is_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: tuple[str, ...],
+    expected: str,
+) -> None:
+    """`sluice worker --concurrency 100000` started building a pool of 100,000 processes
+    and died with a "Too many open files" traceback; `sluice up --workers` had no bound at
+    all. Both are 1 (0 for --workers) to 64, refused in one line before anything starts."""
+    code, err = run_cli(monkeypatch, capsys, *args)
+
+    low = 0 if args[1] == "--workers" else 1
+    assert code == 2
+    assert one_line(err) == f"error: {expected} must be between {low} and 64, got {args[2]}"
+
+
 def test_explain_of_an_id_the_store_has_not_is_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
