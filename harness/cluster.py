@@ -1,6 +1,6 @@
 """A local cluster of real Sluice processes: one harness for acceptance tests and benchmarks.
 
-A :class:`Cluster` is a folder (TOML file, logs, Celery beat's schedule), a database, a
+A :class:`Cluster` is a folder (TOML file, logs, the metrics directory), a database, a
 broker and a limiter namespace of its own, and ``sluice`` child processes (``sandbox``,
 ``worker``, ``beat``) started with :class:`subprocess.Popen` in their own process groups,
 each writing to ``<folder>/<name>.log``.
@@ -14,8 +14,9 @@ Isolation on the shared servers, so that two clusters never see each other's wor
   ``set_permissions``), deleted after; without ``rabbitmqctl`` the default vhost is used and
   the ``sluice`` queue is purged before and after.
 * **Limiter**: keys under the cluster's own namespace in Redis db 0, deleted after.
-* **Celery beat** keeps its schedule in ``tempfile.gettempdir()``: every process gets
-  ``TMPDIR`` set to the cluster's folder.
+* **Temporary files** (the host's metrics directory, ``sluice-metrics-*``) go to
+  ``tempfile.gettempdir()``: every process gets ``TMPDIR`` set to the cluster's folder.
+  (Celery beat keeps its schedule in memory, so it writes no file.)
 
 Nothing here imports pytest: failures raise :class:`ClusterError` or :class:`TimeoutError`.
 """

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import gc
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from celery import Celery, signals
@@ -50,7 +48,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": "sluice",
         "beat_schedule": schedule,
         "worker_hijack_root_logger": False,
-        "beat_schedule_filename": str(Path(tempfile.gettempdir()) / "sluice-celerybeat-schedule"),
+        # Beat keeps the schedule in memory: Celery's default kept it in a shelve file
+        # (this was one path in the temp directory, shared by every deployment on a host and
+        # unwritable to a second user). Nothing in it needs to outlive beat: every entry
+        # recurs each pump_s and its messages expire after two rounds.
+        "beat_scheduler": "celery.beat:Scheduler",
         "timezone": "UTC",
         "enable_utc": True,
     }
