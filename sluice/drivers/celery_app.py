@@ -58,6 +58,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+_passed: list[Settings] = []
+"""The settings :func:`check_worker_settings` has passed in this process (at most one)."""
+
+
 def check_worker_settings(settings: Settings) -> None:
     """Refuse to run a worker without the shared limiter's Redis, or with a database URL
     or providers that its pool processes could not build (nothing connects).
@@ -67,7 +71,15 @@ def check_worker_settings(settings: Settings) -> None:
     and ``max_in_flight`` held per process, not across them. The database and providers
     are read by each pool process at its first pump: a mistake there was a traceback in
     the log every pump, for ever, from a worker that looked started.
+
+    It runs before Celery starts under `sluice worker` (so a mistake is one line, before
+    Celery's banner) and at worker_init for `celery -A sluice.celery_app worker`. Under
+    `sluice worker` both happen in one process: settings equal to ones that passed here
+    already are not checked again (every provider was built twice, and each of its
+    warnings logged twice).
     """
+    if settings in _passed:
+        return
     if not settings.redis_url:
         raise errors.ConfigError(
             "a worker needs SLUICE_REDIS_URL (the limiter every worker process shares); "
@@ -78,6 +90,7 @@ def check_worker_settings(settings: Settings) -> None:
 
     db.make_engine(settings.database_url).dispose()
     load_providers(with_default_providers(settings))
+    _passed[:] = [settings]
 
 
 def _settings_or_exit(*, worker: bool = False) -> Settings:

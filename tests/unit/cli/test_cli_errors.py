@@ -622,6 +622,47 @@ def test_a_celery_started_worker_without_the_shared_limiter_stops_before_its_poo
     )
 
 
+def test_sluice_worker_checks_its_settings_once_at_start_up(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """`sluice worker` checked the worker's settings (the database URL, every provider
+    built) before starting Celery, and Celery's worker_init checked them all again: each
+    provider was built twice and each of its warnings logged twice. Once now, while a
+    worker that Celery starts itself (`celery -A sluice.celery_app worker`) is still checked."""
+    from sluice.celery_app import app as celery
+    from sluice.drivers import celery_app
+    from sluice.providers import registry
+
+    built: list[str] = []
+    real_load_providers = registry.load_providers
+
+    def counting_load_providers(settings: object, **kwargs: object) -> object:
+        built.append("providers")
+        return real_load_providers(settings, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(registry, "load_providers", counting_load_providers)
+    monkeypatch.setattr("sluice.logs.configure", lambda level: None)
+    monkeypatch.setattr("sluice.process_memory.limit_malloc_arenas", lambda: False)
+    # Celery's worker_init, in the process that called worker_main, as a real worker runs it.
+    monkeypatch.setattr(celery, "worker_main", lambda argv: celery_app._import_database_driver())
+    monkeypatch.setattr(celery_app, "_passed", [], raising=False)
+    monkeypatch.setenv("SLUICE_DATABASE_URL", f"sqlite:///{tmp_path / 'worker.db'}")
+    monkeypatch.setenv("SLUICE_REDIS_URL", "redis://127.0.0.1:6379/1")
+
+    code, err = run_cli(monkeypatch, capsys, "worker")
+
+    assert code == 0, err
+    assert built == ["providers"]
+
+    # A worker Celery starts on its own is still checked at worker_init, once.
+    monkeypatch.setattr(celery_app, "_passed", [], raising=False)
+    built.clear()
+    celery_app._import_database_driver()
+    assert built == ["providers"]
+
+
 @pytest.mark.parametrize("command", [("metrics-serve",), ("worker", "--metrics-")])
 def test_a_metrics_port_that_cannot_be_listened_on_is_one_line(
     monkeypatch: pytest.MonkeyPatch,
