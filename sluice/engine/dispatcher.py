@@ -217,6 +217,7 @@ class Dispatcher:
 
     def run(self, stop: threading.Event, until: Callable[[], bool] | None = None) -> None:
         """Dispatch until ``stop`` is set (or ``until()`` is true); then give back claims."""
+        failures = 0
         try:
             while not stop.is_set() and not (until and until()):
                 # Cleared before the step, not after the wait: a wake() that comes while
@@ -225,14 +226,26 @@ class Dispatcher:
                 try:
                     # Never wait longer than idle_s: new work may arrive from the API.
                     wait = min(self.step(), self.idle_s)
-                except Exception:
+                except Exception as exc:
                     # A database or limiter outage delays work; it must not end the loop.
-                    log.exception("dispatcher.step_failed")
+                    # The first failure logs its traceback; the next ones, one line each
+                    # (an outage of a minute logged 60 tracebacks of ~95 lines).
+                    failures += 1
+                    if failures == 1:
+                        log.exception("dispatcher.step_failed")
+                    else:
+                        log.warning(
+                            "dispatcher.step_failed",
+                            extra={"failures": failures, "error": _one_line(exc)},
+                        )
                     self.release_all_quietly()
                     # Waited on stop, not on wake: new work must not cut the backoff short
                     # (woken steps failed and logged their traceback several times a second).
                     stop.wait(STEP_FAILURE_BACKOFF_S)
                     continue
+                if failures:
+                    log.info("dispatcher.step_recovered", extra={"failures": failures})
+                    failures = 0
                 if wait > 0:
                     self._wake.wait(wait)
         finally:
@@ -702,3 +715,8 @@ def monotonic_deadline(seconds: float) -> Callable[[], bool]:
     """A predicate that turns true ``seconds`` from now."""
     end = time.monotonic() + seconds
     return lambda: time.monotonic() >= end
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: message`` on one line (a driver's message may span several)."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
