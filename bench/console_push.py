@@ -29,11 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 
 from bench._common import machine_info
-from harness.cluster import free_port
-from sluice.api.app import build_api
+from harness.api_server import serve_api
 from sluice.domain import LOCAL_ACTOR
 from sluice.runtime import build_runtime
 from sluice.settings import Settings
@@ -79,36 +77,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
     )
     runtime = build_runtime(settings)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(build_api(runtime), host="127.0.0.1", port=port, log_level="warning")
-    )
-    serving = threading.Thread(target=server.run, daemon=True)
-    serving.start()
-    while not server.started:
-        time.sleep(0.05)
-    lines: queue.Queue[tuple[float, str]] = queue.Queue()
-    stop = threading.Event()
-    listener = threading.Thread(
-        target=_listen, args=(f"http://127.0.0.1:{port}", lines, stop), daemon=True
-    )
-    listener.start()
     delays_ms: list[float] = []
+    stop = threading.Event()
     try:
-        _until(lines, lambda line: True)  # the stream is open: its first state came
-        for n in range(args.rounds):
-            time.sleep(random.uniform(0.0, 0.3))
-            reason = f"bench round {n}"
-            paused_at = time.monotonic()
-            runtime.controls.pause("sandbox", reason=reason, until=None, actor=LOCAL_ACTOR)
-            shown_at = _until(lines, lambda line, r=reason: r in line)
-            delays_ms.append((shown_at - paused_at) * 1000)
-            runtime.controls.resume("sandbox", actor=LOCAL_ACTOR)
-            _until(lines, lambda line, r=reason: r not in line)
+        with serve_api(runtime) as base_url:
+            lines: queue.Queue[tuple[float, str]] = queue.Queue()
+            listener = threading.Thread(target=_listen, args=(base_url, lines, stop), daemon=True)
+            listener.start()
+            _until(lines, lambda line: True)  # the stream is open: its first state came
+            for n in range(args.rounds):
+                time.sleep(random.uniform(0.0, 0.3))
+                reason = f"bench round {n}"
+                paused_at = time.monotonic()
+                runtime.controls.pause("sandbox", reason=reason, until=None, actor=LOCAL_ACTOR)
+                shown_at = _until(lines, lambda line, r=reason: r in line)
+                delays_ms.append((shown_at - paused_at) * 1000)
+                runtime.controls.resume("sandbox", actor=LOCAL_ACTOR)
+                _until(lines, lambda line, r=reason: r not in line)
+            stop.set()
     finally:
         stop.set()
-        server.should_exit = True
-        serving.join(timeout=10)
         runtime.close()
     ordered = sorted(delays_ms)
     result: dict[str, Any] = {

@@ -11,11 +11,9 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
-from harness.cluster import free_port
+from harness.api_server import serve_api
 from sluice import apikeys
-from sluice.api.app import build_api
 from sluice.domain import Actor
 from sluice.runtime import Runtime, build_runtime
 from sluice.settings import Settings
@@ -37,19 +35,10 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Runtime, KeyStore]]:
         },
     )
     runtime = build_runtime(settings)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(build_api(runtime), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{port}", runtime, KeyStore(runtime.repo.engine, runtime.repo.clock)
+        with serve_api(runtime) as base_url:
+            yield base_url, runtime, KeyStore(runtime.repo.engine, runtime.repo.clock)
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
         runtime.close()
 
 
