@@ -64,7 +64,11 @@ def watch(
             current = counts()
             for status, bar in bars.items():
                 progress.update(bar, completed=current.get(status.value, 0))
-            final = sum(current.get(s.value, 0) for s in FINAL_STATUSES)
+            # A task no longer listed was pruned (SLUICE_RETENTION_PERIOD), and pruning
+            # deletes only final tasks: without this a long run outlived by its first
+            # tasks' retention waited for ever.
+            gone = max(0, total - sum(current.values()))
+            final = sum(current.get(s.value, 0) for s in FINAL_STATUSES) + gone
             if final >= total or stop.is_set():
                 return
             time.sleep(refresh_s)

@@ -56,6 +56,7 @@ def submit_embedded(
         elapsed = time.monotonic() - started
         summary = summarize(runtime.repo.engine, first, last)
         console.print(summary_table(summary, elapsed, rate_reports(runtime, driver, elapsed)))
+        say_pruned(console, len(ids), summary)
         return 0 if not summary.errors else 1
     finally:
         if wait:
@@ -127,7 +128,18 @@ def submit_remote(
                 f"{first}-{last}, which were created: {masking.mask(str(exc))}"
             ) from None
         console.print(summary_table(summary, time.monotonic() - started, []))
+        say_pruned(console, len(ids), summary)
         return 0 if not summary.errors else 1
+
+
+def say_pruned(console: Console, created: int, summary: RunSummary) -> None:
+    """Say how many of the tasks were pruned before the summary counted them (final
+    tasks past the retention period leave the database; their statuses are not known)."""
+    if summary.total < created:
+        console.print(
+            f"{created - summary.total} of the {created} tasks were final and pruned "
+            "(SLUICE_RETENTION_PERIOD) before they were counted"
+        )
 
 
 def remote_summary(client: httpx.Client, first: int, last: int) -> RunSummary:

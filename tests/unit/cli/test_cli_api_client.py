@@ -192,3 +192,40 @@ def test_a_key_without_api_is_not_checked(
     code, err = run_cli(monkeypatch, capsys, "resume", "sandbox")
 
     assert (code, err) == (0, "")
+
+
+def test_submit_that_outlives_its_first_tasks_retention_ends_when_the_rest_are_final(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """`sluice submit FILE --api URL` stops once every task it created is final, counting a
+    task pruned meanwhile (continuous retention deletes only final tasks) as final; it used
+    to list the remaining ones every second for ever."""
+    data = tmp_path / "tasks.json"
+    data.write_text(
+        '[{"kind": "campaign", "payload": {"name": "a"}},'
+        ' {"kind": "campaign", "payload": {"name": "b"}}]'
+    )
+    real_client = httpx.Client
+    listings: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(201, json={"count": 2, "ids": [7, 8]})
+        listings.append(1)
+        if len(listings) > 3:  # still waiting: end the run instead of hanging the suite
+            raise httpx.ConnectError("gave up waiting")
+        # Task 7 was final and has been pruned; task 8 is Completed.
+        done = {"id": 8, "status": "Completed", "kind": "campaign", "validation_error": None}
+        return httpx.Response(200, json={"items": [done], "next_cursor": None})
+
+    def client(**kwargs: Any) -> httpx.Client:
+        return real_client(transport=httpx.MockTransport(handler), **kwargs)
+
+    monkeypatch.setattr(httpx, "Client", client)
+
+    code, err = run_cli(monkeypatch, capsys, "submit", str(data), "--api", "http://sluice.test")
+
+    assert (code, err) == (0, "")
+    assert len(listings) == 2  # the wait's one listing, then the summary's
