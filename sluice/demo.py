@@ -14,7 +14,7 @@ from rich.console import Console
 from sluice import importer, submissions
 from sluice.domain import FINAL_STATUSES, Submission
 from sluice.drivers.embedded import EmbeddedDriver
-from sluice.progress import rate_reports, summary_table, watch
+from sluice.progress import rate_reports, say_pruned, summary_table, watch
 from sluice.runtime import Runtime
 from sluice.settings import Settings
 from sluice.store.repository import summarize
@@ -113,6 +113,7 @@ def _demo(
     elapsed = time.monotonic() - started
     summary = summarize(runtime.repo.engine, first, last)
     console.print(summary_table(summary, elapsed, rate_reports(runtime, driver, elapsed)))
+    say_pruned(console, len(ids), summary)
     final = sum(summary.by_status.get(s.value, 0) for s in FINAL_STATUSES)
     console.print(
         f"{final}/{summary.total} demo tasks final. Try the prototype's walk-through: "

@@ -74,6 +74,16 @@ def watch(
             time.sleep(refresh_s)
 
 
+def say_pruned(console: Console, created: int, summary: RunSummary) -> None:
+    """Say how many of the tasks were pruned before the summary counted them (final
+    tasks past the retention period leave the database; their statuses are not known)."""
+    if summary.total < created:
+        console.print(
+            f"{created - summary.total} of the {created} tasks were final and pruned "
+            "(SLUICE_RETENTION_PERIOD) before they were counted"
+        )
+
+
 def summary_table(summary: RunSummary, elapsed_s: float, rates: list[RateReport]) -> Table:
     """Counts per status, retries, pauses, achieved rate against the limit, every error."""
     table = Table(title=f"Sluice run: {summary.total} tasks in {elapsed_s:.1f}s", show_lines=False)

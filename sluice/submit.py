@@ -17,7 +17,7 @@ from sluice.api.schemas import BulkItem
 from sluice.domain import Submission, TaskStatus
 from sluice.drivers.embedded import build_embedded_driver
 from sluice.operate import answer_detail, answer_json
-from sluice.progress import rate_reports, summary_table, watch
+from sluice.progress import rate_reports, say_pruned, summary_table, watch
 from sluice.runtime import build_runtime
 from sluice.settings import Settings
 from sluice.store.repository import RunSummary, summarize
@@ -130,16 +130,6 @@ def submit_remote(
         console.print(summary_table(summary, time.monotonic() - started, []))
         say_pruned(console, len(ids), summary)
         return 0 if not summary.errors else 1
-
-
-def say_pruned(console: Console, created: int, summary: RunSummary) -> None:
-    """Say how many of the tasks were pruned before the summary counted them (final
-    tasks past the retention period leave the database; their statuses are not known)."""
-    if summary.total < created:
-        console.print(
-            f"{created - summary.total} of the {created} tasks were final and pruned "
-            "(SLUICE_RETENTION_PERIOD) before they were counted"
-        )
 
 
 def remote_summary(client: httpx.Client, first: int, last: int) -> RunSummary:
