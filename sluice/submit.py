@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -113,13 +114,13 @@ def submit_remote(
         started = time.monotonic()
         try:
             watch(
-                lambda: remote_summary(client, first, last).by_status,
+                lambda: remote_summary(client, ids).by_status,
                 len(ids),
                 console,
                 threading.Event(),
                 refresh_s=1.0,
             )
-            summary = remote_summary(client, first, last)
+            summary = remote_summary(client, ids)
         except (httpx.HTTPError, errors.SluiceError) as exc:
             # Say the tasks exist: a second `sluice submit` of the file would create them
             # again.
@@ -132,8 +133,15 @@ def submit_remote(
         return 0 if not summary.errors else 1
 
 
-def remote_summary(client: httpx.Client, first: int, last: int) -> RunSummary:
-    """Counts per status and the errors of tasks ``first..last`` read from the API."""
+def remote_summary(client: httpx.Client, ids: Sequence[int]) -> RunSummary:
+    """Counts per status and the errors of the tasks ``ids`` read from the API.
+
+    Only those ids count: a bulk call's ids need not be consecutive (PostgreSQL draws them
+    from a sequence that another submit, at the same moment, draws from too), and another
+    submitter's task between them used to be counted as one of this run's.
+    """
+    wanted = set(ids)
+    first, last = min(ids), max(ids)
     statuses: Counter[str] = Counter()
     failures: list[tuple[int, str | None, str]] = []
     cursor: str | None = encode_cursor(first - 1)
@@ -146,6 +154,8 @@ def remote_summary(client: httpx.Client, first: int, last: int) -> RunSummary:
             if task["id"] > last:
                 cursor = None
                 break
+            if task["id"] not in wanted:
+                continue
             statuses[task["status"]] += 1
             if task["status"] == TaskStatus.ERROR.value:
                 failures.append((task["id"], task["kind"], task["validation_error"] or ""))

@@ -229,3 +229,46 @@ def test_submit_that_outlives_its_first_tasks_retention_ends_when_the_rest_are_f
 
     assert (code, err) == (0, "")
     assert len(listings) == 2  # the wait's one listing, then the summary's
+
+
+def test_submit_follows_only_its_own_tasks_when_another_submit_drew_ids_between_them(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """`sluice submit FILE --api URL` waits for the tasks it created, not for the tasks whose
+    ids fall between them (a concurrent submit drew ids from the same sequence): another
+    submitter's finished task used to count as one of its own, so it stopped with one of
+    its tasks still In Progress."""
+    data = tmp_path / "tasks.json"
+    data.write_text(
+        '[{"kind": "campaign", "payload": {"name": "a"}},'
+        ' {"kind": "campaign", "payload": {"name": "b"}}]'
+    )
+    real_client = httpx.Client
+    listings: list[int] = []
+
+    def task(task_id: int, status: str) -> dict[str, Any]:
+        return {"id": task_id, "status": status, "kind": "campaign", "validation_error": None}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(201, json={"count": 2, "ids": [7, 9]})
+        listings.append(1)
+        if len(listings) > 4:
+            raise httpx.ConnectError("gave up waiting")
+        # Task 8 is another submitter's; task 9 finishes after the first listing.
+        ninth = "In Progress" if len(listings) == 1 else "Completed"
+        items = [task(7, "Completed"), task(8, "Completed"), task(9, ninth)]
+        return httpx.Response(200, json={"items": items, "next_cursor": None})
+
+    def client(**kwargs: Any) -> httpx.Client:
+        return real_client(transport=httpx.MockTransport(handler), **kwargs)
+
+    monkeypatch.setattr(httpx, "Client", client)
+
+    code, err = run_cli(monkeypatch, capsys, "submit", str(data), "--api", "http://sluice.test")
+
+    assert (code, err) == (0, "")
+    # Waited while task 9 was In Progress, saw it Completed, then read the summary.
+    assert len(listings) == 3
