@@ -44,7 +44,7 @@ from sluice.engine.quotas import QuotaState, quota_state
 from sluice.engine.rates import per_second
 from sluice.providers.base import Provider
 from sluice.ratelimit.gcra import pause_scopes_all
-from sluice.ratelimit.rate import LimitSpec
+from sluice.ratelimit.rate import LimitSpec, shown_rate
 from sluice.store.quotas import QuotaStore
 from sluice.store.repository import TaskRepository
 from sluice.units import UNIT_S
@@ -379,7 +379,7 @@ class Explainer:
                 RateInfo(
                     spec.key,
                     str(configured),
-                    str(rate),
+                    shown_rate(rate),
                     per_second(force.rate),
                     force.source,
                     force.reason,

@@ -45,7 +45,7 @@ from sluice.engine.rates import RatesInForce
 from sluice.providers.base import Provider
 from sluice.ratelimit import gcra
 from sluice.ratelimit.base import Limiter
-from sluice.ratelimit.rate import LimitSpec, parse_rate
+from sluice.ratelimit.rate import LimitSpec, parse_rate, shown_rate
 from sluice.store import fairshare
 from sluice.store.pauses import Pause, PauseStore
 from sluice.store.queue import due_now
@@ -206,7 +206,7 @@ class OverviewService:
         return {
             "key": spec.key,
             "configured": str(spec.rate),
-            "rate": str(rate),
+            "rate": shown_rate(rate),
             "rate_source": in_force.source if in_force is not None else "configured",
             "rate_reason": in_force.reason if in_force is not None else "",
             "limit": rate.limit,

@@ -27,6 +27,7 @@ from sluice.domain import (
     TaskEvent,
     TaskStatus,
 )
+from sluice.ratelimit.rate import shown_rate
 from sluice.store.rows import decode_cursor
 from sluice.submissions import MAX_BULK, MAX_KEY_CHARS, MAX_NAME_CHARS
 
@@ -329,7 +330,7 @@ class LimitKeyOut(BaseModel):
             per=state.per,
             configured=str(state.configured),
             configured_per_s=state.configured.limit / state.configured.window_s,
-            in_force=str(state.in_force),
+            in_force=shown_rate(state.in_force),
             in_force_per_s=state.in_force.limit / state.in_force.window_s,
             source=state.source,
             reason=state.reason,

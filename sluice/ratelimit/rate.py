@@ -53,6 +53,21 @@ class Rate:
         return f"{self.limit}/{format_window(self.window_s)}"
 
 
+def shown_rate(rate: Rate) -> str:
+    """``rate`` for a reader: as configuration writes it when that text is exact (``20/s``,
+    ``5/2s``), else per second to 3 significant digits, as ``sluice rates`` shows it.
+
+    A learned or quota-paced rate keeps its key's count over a stretched window: a learned
+    30/s on ``100/s`` read "100/3.33467s" in the console, the overview and explain.
+    """
+    text = str(rate)
+    try:
+        exact = parse_rate(text) == rate
+    except errors.InvalidValue:
+        exact = False
+    return text if exact else f"{rate.limit / rate.window_s:.3g}/s"
+
+
 def parse_rate(text: str) -> Rate:
     """Parse ``"10/s"``, ``"40/min"``, ``"1000/h"`` or ``"5/2s"`` into a :class:`Rate`.
 

@@ -12,6 +12,8 @@ from sqlalchemy import update
 
 from sluice.controls import Controls
 from sluice.domain import Operation, Phase, Submission, TaskStatus
+from sluice.engine.adaptive import rate_of
+from sluice.engine.rates import Ceiling, RatesInForce
 from sluice.ratelimit.base import InFlight
 from sluice.store.rows import tasks
 
@@ -328,3 +330,29 @@ def test_a_spent_quota_holds_the_task_until_its_reset(api: Api) -> None:
     assert shown["quota"]["resets_at_local"] == window.end.strftime("%Y-%m-%d %H:%M UTC")
     (quota,) = api.client.get("/api/providers/acme/quotas").json()["quotas"]
     assert (quota["remaining"], quota["waiting"]) == (0, True)
+
+
+class _Learned:
+    """A learned ceiling of 7.3/s on sandbox:write (configured 10/s), as the learner gives it."""
+
+    def ceilings(self) -> dict[str, list[Ceiling]]:
+        return {"sandbox:write": [Ceiling("learned", rate_of(7.3, 10.0), "refused")]}
+
+
+def test_a_learned_rate_reads_per_second_in_explain_and_the_providers_overview(
+    api: Api,
+) -> None:
+    """A learned rate keeps its key's count over a stretched window; explain and
+    `GET /api/providers` showed it as "10/1.36986s" instead of 7.3/s."""
+    controls_of(api).rates = RatesInForce([_Learned()])
+    task_id = make(api)
+
+    rates = {r["key"]: r for r in explain(api, task_id)["rates"]}
+    keys = {k["key"]: k for k in api.client.get("/api/providers/sandbox").json()["keys"]}
+
+    assert (rates["sandbox:write"]["in_force"], rates["sandbox:write"]["source"]) == (
+        "7.3/s",
+        "learned",
+    )
+    assert keys["sandbox:write"]["in_force"] == "7.3/s"
+    assert rates["sandbox"]["in_force"] == "20/s"  # an exact rate keeps its written form
