@@ -103,7 +103,7 @@ def _demo(
     def counts() -> dict[str, int]:
         if broken() is not None:
             stop.set()
-        return summarize(runtime.repo.engine, first, last).by_status
+        return summarize(runtime.repo.engine, ids).by_status
 
     watch(counts, len(ids), console, stop)
     reason = broken()
@@ -111,7 +111,7 @@ def _demo(
         console.print(f"demo stopped: {reason}", markup=False)
         return False
     elapsed = time.monotonic() - started
-    summary = summarize(runtime.repo.engine, first, last)
+    summary = summarize(runtime.repo.engine, ids)
     console.print(summary_table(summary, elapsed, rate_reports(runtime, driver, elapsed)))
     say_pruned(console, len(ids), summary)
     final = sum(summary.by_status.get(s.value, 0) for s in FINAL_STATUSES)

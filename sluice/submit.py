@@ -49,13 +49,13 @@ def submit_embedded(
             return 0
         driver.start()
         watch(
-            lambda: summarize(runtime.repo.engine, first, last).by_status,
+            lambda: summarize(runtime.repo.engine, ids).by_status,
             len(ids),
             console,
             threading.Event(),
         )
         elapsed = time.monotonic() - started
-        summary = summarize(runtime.repo.engine, first, last)
+        summary = summarize(runtime.repo.engine, ids)
         console.print(summary_table(summary, elapsed, rate_reports(runtime, driver, elapsed)))
         say_pruned(console, len(ids), summary)
         return 0 if not summary.errors else 1

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -723,7 +724,7 @@ def _conflict_message(orig: BaseException, specs: Sequence[Submission]) -> str:
 
 @dataclass(frozen=True)
 class RunSummary:
-    """How a set of tasks (an id range) fared."""
+    """How a set of tasks (a run's own) fared."""
 
     total: int
     by_status: dict[str, int]
@@ -731,33 +732,48 @@ class RunSummary:
     errors: list[tuple[int, str | None, str]]
 
 
-def summarize(engine: Engine, first_id: int, last_id: int, max_errors: int = 50) -> RunSummary:
-    """Counts per status and per event, and each error with its message, for ids in range."""
-    in_range = and_(tasks.c.id >= first_id, tasks.c.id <= last_id)
+def summarize(engine: Engine, ids: Sequence[int], max_errors: int = 50) -> RunSummary:
+    """Counts per status and per event, and each error with its message, for the tasks
+    ``ids``. Only those: on PostgreSQL a concurrent creator draws ids from the same
+    sequence, so another run's tasks may sit between a run's first and last id (a range
+    read counted them). Contiguous ids are read as one range, others in chunks."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return RunSummary(0, {}, {}, [])
+    parts: list[tuple[int, int, list[int] | None]]
+    if wanted[-1] - wanted[0] + 1 == len(wanted):
+        parts = [(wanted[0], wanted[-1], None)]
+    else:
+        parts = [(chunk[0], chunk[-1], chunk) for chunk in chunks(wanted)]
+    by_status: Counter[str] = Counter()
+    by_event: Counter[str] = Counter()
+    failures: list[Any] = []
     with engine.connect() as conn:
-        by_status = {
-            status: int(count)
+        for low, high, exact in parts:
+            mine = tasks.c.id.between(low, high) if exact is None else tasks.c.id.in_(exact)
+            own_events = (
+                events.c.task_id.between(low, high)
+                if exact is None
+                else events.c.task_id.in_(exact)
+            )
             for status, count in conn.execute(
-                select(tasks.c.status, func.count()).where(in_range).group_by(tasks.c.status)
-            )
-        }
-        by_event = {
-            name: int(count)
+                select(tasks.c.status, func.count()).where(mine).group_by(tasks.c.status)
+            ):
+                by_status[status] += int(count)
             for name, count in conn.execute(
-                select(events.c.event, func.count())
-                .where(events.c.task_id >= first_id, events.c.task_id <= last_id)
-                .group_by(events.c.event)
-            )
-        }
-        failures = conn.execute(
-            select(tasks.c.id, tasks.c.kind, tasks.c.validation_error, tasks.c.last_error)
-            .where(in_range, tasks.c.status == TaskStatus.ERROR.value)
-            .order_by(tasks.c.id)
-            .limit(max_errors)
-        ).all()
+                select(events.c.event, func.count()).where(own_events).group_by(events.c.event)
+            ):
+                by_event[name] += int(count)
+            if len(failures) < max_errors:
+                failures += conn.execute(
+                    select(tasks.c.id, tasks.c.kind, tasks.c.validation_error, tasks.c.last_error)
+                    .where(mine, tasks.c.status == TaskStatus.ERROR.value)
+                    .order_by(tasks.c.id)
+                    .limit(max_errors - len(failures))
+                ).all()
     return RunSummary(
         total=sum(by_status.values()),
-        by_status=by_status,
-        by_event=by_event,
+        by_status=dict(by_status),
+        by_event=dict(by_event),
         errors=[(r.id, r.kind, r.validation_error or r.last_error or "") for r in failures],
     )

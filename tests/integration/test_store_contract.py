@@ -20,7 +20,7 @@ from sluice.store.chains import release_children
 from sluice.store.filters import TaskFilter
 from sluice.store.queue import WorkQueue
 from sluice.store.repository import TaskRepository
-from sluice.store.rows import change_status, events, tasks
+from sluice.store.rows import IN_CHUNK, change_status, events, tasks
 
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -780,3 +780,28 @@ def test_database_answers(store: Store) -> None:
     """The readiness query works on both backends."""
     with store.repo.engine.connect() as conn:
         assert conn.execute(text("SELECT 1")).scalar_one() == 1
+
+
+@pytest.mark.parametrize(("count", "spread"), [(5, 1), (5, 2), (2 * IN_CHUNK + 3, 2)])
+def test_a_run_summary_counts_only_the_runs_own_tasks(
+    store: Store, count: int, spread: int
+) -> None:
+    """A run's tasks with another run's between them (PostgreSQL draws both from one
+    sequence): the summary counts, lists the errors of and sums the events of its own
+    only, whether its ids are contiguous, interleaved, or more than one IN chunk. (It read
+    the range from the first id to the last, and counted the other run's too.)"""
+    ours = [1000 + n * spread for n in range(count)]
+    theirs = [i + 1 for i in ours[:-1]] if spread > 1 else []
+    store.repo.create_many([submission(id=task_id) for task_id in ours + theirs])
+    for task_id in [ours[0], ours[-1], *theirs[:3]]:
+        assert store.move(task_id, TaskStatus.ERROR, last_error=f"failed {task_id}")
+
+    summary = repository.summarize(store.repo.engine, ours)
+
+    assert summary.total == count
+    assert summary.by_status == {"Error": 2, "Not Started": count - 2}
+    assert summary.errors == [
+        (ours[0], "campaign", f"failed {ours[0]}"),
+        (ours[-1], "campaign", f"failed {ours[-1]}"),
+    ]
+    assert sum(summary.by_event.values()) == count + 2  # each created, two moved
