@@ -4,6 +4,7 @@ traceback, and the key is never shown."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +24,37 @@ COMMANDS = [
 ]
 
 
-@pytest.fixture
-def answers(monkeypatch: pytest.MonkeyPatch) -> list[httpx.Response]:
-    """Every request to the API gets the next of these answers (the last one repeats)."""
-    queued: list[httpx.Response] = []
+def api_answers(
+    monkeypatch: pytest.MonkeyPatch, handler: Callable[[httpx.Request], httpx.Response]
+) -> None:
+    """Every httpx client the CLI makes sends its requests to ``handler``."""
     real_client = httpx.Client
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        return queued.pop(0) if len(queued) > 1 else queued[0]
 
     def client(**kwargs: Any) -> httpx.Client:
         return real_client(transport=httpx.MockTransport(handler), **kwargs)
 
     monkeypatch.setattr(httpx, "Client", client)
+
+
+@pytest.fixture
+def answers(monkeypatch: pytest.MonkeyPatch) -> list[httpx.Response]:
+    """Every request to the API gets the next of these answers (the last one repeats)."""
+    queued: list[httpx.Response] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return queued.pop(0) if len(queued) > 1 else queued[0]
+
+    api_answers(monkeypatch, handler)
     return queued
+
+
+def two_tasks(folder: Path) -> Path:
+    data = folder / "tasks.json"
+    data.write_text(
+        '[{"kind": "campaign", "payload": {"name": "a"}},'
+        ' {"kind": "campaign", "payload": {"name": "b"}}]'
+    )
+    return data
 
 
 @pytest.fixture
@@ -155,7 +173,6 @@ def test_submit_that_loses_the_api_while_waiting_is_one_line_saying_the_tasks_ex
     """`sluice submit FILE --api URL` follows the tasks it created; the API going away
     meanwhile (killed, restarted, the key revoked) was a ConnectError or KeyError
     traceback. The line says the tasks were created, so nobody submits them twice."""
-    real_client = httpx.Client
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.method == "POST":
@@ -164,10 +181,7 @@ def test_submit_that_loses_the_api_while_waiting_is_one_line_saying_the_tasks_ex
             raise listing
         return listing
 
-    def client(**kwargs: Any) -> httpx.Client:
-        return real_client(transport=httpx.MockTransport(handler), **kwargs)
-
-    monkeypatch.setattr(httpx, "Client", client)
+    api_answers(monkeypatch, handler)
 
     code, err = run_cli(
         monkeypatch, capsys, "submit", str(tasks_file), "--api", "http://sluice.test"
@@ -202,12 +216,7 @@ def test_submit_that_outlives_its_first_tasks_retention_ends_when_the_rest_are_f
     """`sluice submit FILE --api URL` stops once every task it created is final, counting a
     task pruned meanwhile (continuous retention deletes only final tasks) as final; it used
     to list the remaining ones every second for ever."""
-    data = tmp_path / "tasks.json"
-    data.write_text(
-        '[{"kind": "campaign", "payload": {"name": "a"}},'
-        ' {"kind": "campaign", "payload": {"name": "b"}}]'
-    )
-    real_client = httpx.Client
+    data = two_tasks(tmp_path)
     listings: list[int] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -220,10 +229,7 @@ def test_submit_that_outlives_its_first_tasks_retention_ends_when_the_rest_are_f
         done = {"id": 8, "status": "Completed", "kind": "campaign", "validation_error": None}
         return httpx.Response(200, json={"items": [done], "next_cursor": None})
 
-    def client(**kwargs: Any) -> httpx.Client:
-        return real_client(transport=httpx.MockTransport(handler), **kwargs)
-
-    monkeypatch.setattr(httpx, "Client", client)
+    api_answers(monkeypatch, handler)
 
     code, err = run_cli(monkeypatch, capsys, "submit", str(data), "--api", "http://sluice.test")
 
@@ -240,12 +246,7 @@ def test_submit_follows_only_its_own_tasks_when_another_submit_drew_ids_between_
     ids fall between them (a concurrent submit drew ids from the same sequence): another
     submitter's finished task used to count as one of its own, so it stopped with one of
     its tasks still In Progress."""
-    data = tmp_path / "tasks.json"
-    data.write_text(
-        '[{"kind": "campaign", "payload": {"name": "a"}},'
-        ' {"kind": "campaign", "payload": {"name": "b"}}]'
-    )
-    real_client = httpx.Client
+    data = two_tasks(tmp_path)
     listings: list[int] = []
 
     def task(task_id: int, status: str) -> dict[str, Any]:
@@ -262,10 +263,7 @@ def test_submit_follows_only_its_own_tasks_when_another_submit_drew_ids_between_
         items = [task(7, "Completed"), task(8, "Completed"), task(9, ninth)]
         return httpx.Response(200, json={"items": items, "next_cursor": None})
 
-    def client(**kwargs: Any) -> httpx.Client:
-        return real_client(transport=httpx.MockTransport(handler), **kwargs)
-
-    monkeypatch.setattr(httpx, "Client", client)
+    api_answers(monkeypatch, handler)
 
     code, err = run_cli(monkeypatch, capsys, "submit", str(data), "--api", "http://sluice.test")
 
