@@ -68,6 +68,13 @@ DELIVERED_LAG_S = 1
 a second)."""
 MIN_SPREAD_S = 1.0
 """A reset nearer than this is left to the limiter's spacing and the pause."""
+FORGET_AFTER_S = 86_400.0
+"""A key's last drop is deleted this long after it was made, once its climb is over (twice
+``climb``): the key then starts like one never refused. Without it every per-account key
+ever refused kept a row for ever, each process reading them all every refresh, and an idle
+one stayed held at twice the rate it was last used at."""
+FORGET_EVERY_S = 600.0
+"""How often a process looks for drops to forget (with the rows it reads anyway)."""
 
 
 @dataclass(frozen=True)
@@ -192,6 +199,7 @@ class Learner:
         self._caps: dict[str, float] = {}
         self._configured: dict[str, float] = {}
         self._told: dict[str, _Told] = {}
+        self._forget_at = 0.0
         self.on_change: Callable[[], None] | None = None
 
     @property
@@ -217,6 +225,9 @@ class Learner:
         drops = {d.key: d for d in self._store.all()}
         now = self._clock.time()
         mono = self._clock.monotonic()
+        if mono >= self._forget_at:
+            self._forget_at = mono + FORGET_EVERY_S
+            drops = self._forget_old(drops, now)
         delivered = self._delivered_per_s(drops, now)
         with self._lock:
             self._drops = drops
@@ -261,6 +272,26 @@ class Learner:
                     )
                 )
         return found
+
+    def _forget_old(self, drops: dict[str, LearnedDrop], now: float) -> dict[str, LearnedDrop]:
+        """``drops`` without those :data:`FORGET_AFTER_S` old and past their climb, which
+        are deleted (a failure leaves them for the next look)."""
+        old = [
+            drop
+            for drop in drops.values()
+            if (law := self.law(drop.provider, drop.configured_per_s)) is not None
+            and now - drop.dropped_at_s >= max(FORGET_AFTER_S, 2 * law.climb_s)
+        ]
+        if not old:
+            return drops
+        try:
+            self._store.forget_drops(old)
+        except Exception:
+            log.warning("adaptive.forget_failed", exc_info=True)
+            return drops
+        log.info("adaptive.forgotten", extra={"keys": len(old)})
+        gone = {drop.key for drop in old}
+        return {key: drop for key, drop in drops.items() if key not in gone}
 
     def _delivered_per_s(
         self, drops: Mapping[str, LearnedDrop], now: float

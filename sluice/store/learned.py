@@ -1,6 +1,7 @@
 """Learned rates in the database: the last drop of each limit key (engine/adaptive.py).
 
-One row per key that was ever refused with no numbers. A drop is written only when the row
+One row per key refused with no numbers, until its climb has long ended
+(:data:`sluice.engine.adaptive.FORGET_AFTER_S`). A drop is written only when the row
 is still the version the caller computed it from (``dropped_at_s`` unchanged), so of many
 workers refused in the same burst exactly one makes the drop; the drop and its audit
 record (``provider.rate_learned`` on ``provider:NAME``) commit together.
@@ -8,6 +9,7 @@ record (``provider.rate_learned`` on ``provider:NAME``) commit together.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
@@ -93,6 +95,22 @@ class LearnedRateStore:
                 },
             )
             return True
+
+    def forget_drops(self, drops: Sequence[LearnedDrop]) -> int:
+        """Delete each of ``drops`` still as read (a key dropped again since keeps its new
+        row); how many went."""
+        gone = 0
+        with self.engine.begin() as conn:
+            for drop in drops:
+                gone += int(
+                    conn.execute(
+                        delete(learned).where(
+                            learned.c.key == drop.key,
+                            learned.c.dropped_at_s == drop.dropped_at_s,
+                        )
+                    ).rowcount
+                )
+        return gone
 
     def forget(self, key: str | None = None) -> int:
         """Forget one key's learned rate (or every key's): it runs at its configured rate."""

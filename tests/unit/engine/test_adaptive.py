@@ -16,7 +16,7 @@ from hypothesis.stateful import (
 )
 
 from sluice.clock import FakeClock
-from sluice.engine.adaptive import CubicLaw, Learner, told_ceiling
+from sluice.engine.adaptive import FORGET_AFTER_S, FORGET_EVERY_S, CubicLaw, Learner, told_ceiling
 from sluice.engine.rates import RatesInForce, per_second
 from sluice.providers.base import LimitObservation, LimitReading
 from sluice.providers.config import AdaptiveConfig
@@ -414,3 +414,23 @@ def test_a_refusal_stating_only_another_window_drops(store: LearnedRateStore) ->
     daily = (LimitReading("RateLimit-Policy", limit=15_000, window_s=86_400.0),)
     learner.observe(LimitObservation("acme", (SPEC,), daily, True, False, clock.time()))
     assert [d.low_per_s for d in store.all()] == [pytest.approx(85.0)]
+
+
+def test_a_drop_a_day_old_and_past_its_climb_is_forgotten(store: LearnedRateStore) -> None:
+    """A key last refused a day ago and not used since loses its row: it starts again like
+    a key never refused, instead of held at its dropped rate for ever (every per-account
+    key ever refused kept a row, read by every process each refresh). A key refused since
+    keeps its own."""
+    clock = FakeClock(datetime(2026, 1, 1, tzinfo=UTC))
+    usage = UsageStore(store.engine)
+    learner = Learner(store, {"acme": CONFIG}, clock, delivered=usage)
+    write = LimitSpec("acme:write", Rate(100, 1.0))
+    learner.observe(refusal(clock.time()))  # acme: 100 -> 85
+    assert learned_rate(learner, clock) == pytest.approx(85.0)
+    clock.advance(FORGET_AFTER_S - 60)
+    assert learned_rate(learner, clock) == pytest.approx(85.0)  # idle: held, not forgotten
+    learner.observe(refusal(clock.time(), (write,)))
+    clock.advance(FORGET_EVERY_S)
+
+    assert learned_rate(learner, clock) == 100.0
+    assert [drop.key for drop in store.all()] == ["acme:write"]
