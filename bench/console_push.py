@@ -31,10 +31,9 @@ from typing import Any
 import httpx
 
 from bench._common import machine_info
-from harness.api_server import serve_api
+from harness.api_server import api_only_settings, serve_api
 from sluice.domain import LOCAL_ACTOR
 from sluice.runtime import build_runtime
-from sluice.settings import Settings
 
 RESULTS = Path(__file__).parent / "results" / "console_push.json"
 TARGET_MS = 1000.0
@@ -66,16 +65,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=50)
     args = parser.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="sluice-console-push-"))
-    settings = Settings(
-        database_url=f"sqlite:///{folder / 'push.db'}",
-        providers={
-            "sandbox": {
-                "preset": "sandbox-demo",
-                "base_url": "http://127.0.0.1:9",
-                "rate_limit": "20/s",
-            }
-        },
-    )
+    settings = api_only_settings(f"sqlite:///{folder / 'push.db'}")
     runtime = build_runtime(settings)
     delays_ms: list[float] = []
     stop = threading.Event()

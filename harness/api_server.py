@@ -11,6 +11,23 @@ import uvicorn
 from harness.cluster import free_port, wait_until
 from sluice.api.app import build_api
 from sluice.runtime import Runtime
+from sluice.settings import Settings
+
+
+def api_only_settings(database_url: str, **overrides: object) -> Settings:
+    """Settings for serving the API alone: a ``sandbox`` provider (the demo preset, 20/s)
+    at a port nothing answers, so nothing is sent anywhere."""
+    values: dict[str, object] = {
+        "database_url": database_url,
+        "providers": {
+            "sandbox": {
+                "preset": "sandbox-demo",
+                "base_url": "http://127.0.0.1:9",
+                "rate_limit": "20/s",
+            }
+        },
+    }
+    return Settings(**{**values, **overrides})  # type: ignore[arg-type]
 
 
 @contextmanager

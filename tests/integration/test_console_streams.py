@@ -12,28 +12,17 @@ from typing import Any
 import httpx
 import pytest
 
-from harness.api_server import serve_api
+from harness.api_server import api_only_settings, serve_api
 from sluice import apikeys
 from sluice.domain import Actor
 from sluice.runtime import Runtime, build_runtime
-from sluice.settings import Settings
 from sluice.store.keys import KeyStore
 
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, Runtime, KeyStore]]:
     """The API with keys required, served by uvicorn on a spare loopback port."""
-    settings = Settings(
-        database_url=f"sqlite:///{tmp_path / 'streams.db'}",
-        auth="required",
-        providers={
-            "sandbox": {
-                "preset": "sandbox-demo",
-                "base_url": "http://127.0.0.1:9",
-                "rate_limit": "20/s",
-            }
-        },
-    )
+    settings = api_only_settings(f"sqlite:///{tmp_path / 'streams.db'}", auth="required")
     runtime = build_runtime(settings)
     try:
         with serve_api(runtime) as base_url:
