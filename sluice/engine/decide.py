@@ -16,6 +16,7 @@ nothing was created, clears ``maybe_created``.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -226,6 +227,8 @@ def after_submit(
     if isinstance(decision, Accepted):
         return accepted(task, decision.external_id, decision.completed, policy, now, "submitted")
     if isinstance(decision, RateLimited):
+        if decision.ambiguous and not policy.resubmit_when_unknown:
+            return _limited_maybe_created(task, decision, policy, now)
         return rate_limited(task, decision, now)
     if isinstance(decision, Transient):
         if not decision.ambiguous:
@@ -237,6 +240,26 @@ def after_submit(
             return transient(task, decision, policy, now, Phase.READY, rng, maybe_created=False)
         return outcome_unknown(task, policy, decision.message)
     return failed(task, decision.message)
+
+
+def _limited_maybe_created(
+    task: DueTask, decision: RateLimited, policy: Policy, now: datetime
+) -> Outcome:
+    """A create refused with a server error that is also a "slow down" (TTD's 503): the
+    provider is paused as for any signal, and the attempt does not count, but the create
+    may have been committed, so it is settled like any ambiguous end: looked up once the
+    pause is over, or, for a kind without a lookup, "outcome unknown"."""
+    limited = rate_limited(task, decision, now)
+    if policy.can_lookup:
+        return dataclasses.replace(
+            limited,
+            phase=Phase.UNCERTAIN,
+            detail=f"{limited.detail}; a server error: looked up before it is sent again",
+            fields={**limited.fields, "maybe_created": True},
+        )
+    return dataclasses.replace(
+        outcome_unknown(task, policy, decision.detail), pause_s=limited.pause_s
+    )
 
 
 def failed(task: DueTask, message: str) -> Outcome:

@@ -65,6 +65,9 @@ class RateLimited:
     detail: str
     said_when: bool = True
     """Whether the provider said when to come back (False: a configured default pause)."""
+    ambiguous: bool = False
+    """A create refused with a server error (a 5xx listed in ``statuses``, TTD's 503): the
+    object may have been committed behind it, so it is looked up before it is sent again."""
 
 
 @dataclass(frozen=True)

@@ -579,6 +579,9 @@ class HttpProvider:
             metrics.rate_limit_signal(
                 self.name, signals.kind(response, body, self.config.rate_limit_signal)
             )
+            if write and status >= 500:
+                # A server error says nothing of whether the create was committed.
+                limited = dataclasses.replace(limited, ambiguous=True)
             adaptive = self.config.adaptive
             if adaptive.enabled and not limited.said_when:
                 # The learned rate drops instead; a short pause lets the window drain.

@@ -80,6 +80,34 @@ def test_rate_limited_is_not_an_attempt_and_pauses() -> None:
     assert out.fields["next_attempt_at"] == NOW + timedelta(seconds=12)
 
 
+def test_a_server_error_slow_down_on_a_create_is_looked_up_after_the_pause() -> None:
+    """TTD's 503 + Retry-After (503 in ``statuses``) to a create: paused, not an attempt,
+    but the create may have been committed, so the next step is a lookup, not a resend."""
+    limited = RateLimited(12.0, "HTTP 503", ambiguous=True)
+    out = decide.after_submit(due(attempts=2), limited, POLICY, NOW)
+    assert out.pause_s == 12.0
+    assert "attempts" not in out.fields
+    assert out.phase is Phase.UNCERTAIN
+    assert out.fields["maybe_created"] is True
+    assert out.fields["next_attempt_at"] == NOW + timedelta(seconds=12)
+
+
+def test_a_server_error_slow_down_on_a_create_without_lookup_is_outcome_unknown() -> None:
+    """Without a lookup nothing can settle it: "outcome unknown" (the provider still pauses),
+    unless the provider opted in to resending (``resubmit_when_unknown``)."""
+    limited = RateLimited(12.0, "HTTP 503", ambiguous=True)
+    no_lookup = replace(POLICY, can_lookup=False)
+    out = decide.after_submit(due(), limited, no_lookup, NOW)
+    assert out.to_status is TaskStatus.ERROR
+    assert out.event == "outcome_unknown"
+    assert out.pause_s == 12.0
+    resend = decide.after_submit(
+        due(), limited, replace(no_lookup, resubmit_when_unknown=True), NOW
+    )
+    assert resend.phase is Phase.READY
+    assert resend.pause_s == 12.0
+
+
 def test_transient_backs_off_with_full_jitter_within_bounds() -> None:
     """A transient failure retries later, no sooner than now and no later than the backoff cap."""
     rng = random.Random(1)

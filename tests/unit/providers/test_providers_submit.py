@@ -116,6 +116,8 @@ def test_503_configured_as_rate_limit_status_pauses(dsp: FakeDsp) -> None:
     decision = provider.submit(client_for(provider, dsp), task())
     assert isinstance(decision, RateLimited)
     assert decision.retry_after_s == 7.0
+    # A server error to a create: it may have been committed (looked up before a resend).
+    assert decision.ambiguous
 
 
 def test_429_is_rate_limited_not_a_failure(dsp: FakeDsp) -> None:
@@ -126,6 +128,7 @@ def test_429_is_rate_limited_not_a_failure(dsp: FakeDsp) -> None:
     assert isinstance(decision, RateLimited)
     assert decision.retry_after_s == 3.0
     assert "429" in decision.detail
+    assert not decision.ambiguous
 
 
 def test_connect_error_is_transient_and_unambiguous(dsp: FakeDsp) -> None:

@@ -1,0 +1,107 @@
+"""Sluice against a DSP it did not write (tests/integration/fake_dsp.py), over real HTTP.
+
+Every figure is counted at the DSP, from its own arrival log. Found by an outside review
+(helper branch ``review-dsp``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sluice.domain import Submission, TaskStatus
+from tests.integration.conftest import make_runtime, run_until_final
+from tests.integration.fake_dsp import Arrival, FakeDsp, Reply, running_dsp
+
+STATUS_MAP = {"pending": "In Progress", "active": "Completed", "rejected": "Error"}
+
+
+def kind(name: str, *, lookup: bool = True) -> dict[str, Any]:
+    table: dict[str, Any] = {
+        "submit": f"POST /v1/{name}s",
+        "status": f"GET /v1/{name}s/{{external_id}}",
+        "status_map": STATUS_MAP,
+        "client_ref_field": "client_ref",
+    }
+    if lookup:
+        table["lookup"] = f"GET /v1/{name}s?client_ref={{client_ref}}"
+        table["lookup_items_field"] = "data"
+    return table
+
+
+def provider(dsp: FakeDsp, **extra: Any) -> dict[str, dict[str, Any]]:
+    table: dict[str, Any] = {
+        "base_url": dsp.url,
+        "rate_limit": "20/s",
+        "timeout": "5s",
+        "max_attempts": 6,
+        "retry_base": "100ms",
+        "retry_max": "500ms",
+        "poll_interval": "200ms",
+        "kinds": {"campaign": kind("campaign"), "report": kind("report", lookup=False)},
+    }
+    return {"ttd": table | extra}
+
+
+@pytest.fixture
+def dsp() -> Iterator[FakeDsp]:
+    with running_dsp() as server:
+        yield server
+
+
+def campaigns(count: int, kind: str = "campaign") -> list[Submission]:
+    return [Submission(provider="ttd", kind=kind, payload={"name": f"c{i}"}) for i in range(count)]
+
+
+def test_a_503_slow_down_after_the_create_committed_makes_no_second_object(
+    dsp: FakeDsp, tmp_path: Path
+) -> None:
+    """TTD answers 503 + Retry-After to slow callers down, so its table lists 503 in
+    ``statuses``. A 503 is still a server error: the create may have been committed behind
+    it. It used to be read as a plain refusal and the create sent again, making a second
+    object of every one of these tasks."""
+    answered: list[str] = []
+
+    def busy_after_commit(arrival: Arrival, obj: dict[str, Any]) -> Reply | None:
+        if obj["client_ref"] in answered:
+            return None
+        answered.append(obj["client_ref"])
+        return Reply(503, {"Message": "Service Unavailable"}, {"Retry-After": "1"})
+
+    dsp.after_create = busy_after_commit
+    runtime = make_runtime(
+        tmp_path,
+        provider(dsp, rate_limit_signal={"statuses": [429, 503], "default_pause": "1s"}),
+    )
+    ids = [runtime.repo.create(s)[0].id for s in campaigns(3)]
+    run_until_final(runtime)
+
+    assert dsp.objects_per_ref() == {ref: 1 for ref in answered}
+    for task_id in ids:
+        task = runtime.repo.get(task_id)
+        assert task.status is TaskStatus.COMPLETED
+        assert dsp.objects[task.external_id or ""]["client_ref"] == task.client_ref
+        events = [e.event for e in runtime.repo.events(task_id)]
+        assert "rate_limited" in events
+        assert "found" in events
+
+
+def test_a_503_slow_down_to_a_kind_without_lookup_is_not_sent_again(
+    dsp: FakeDsp, tmp_path: Path
+) -> None:
+    """A kind with no lookup cannot be checked after that 503: it ends "outcome unknown",
+    as after any ambiguous end, rather than being created a second time."""
+    dsp.after_create = lambda arrival, obj: Reply(503, {"Message": "busy"}, {"Retry-After": "1"})
+    runtime = make_runtime(
+        tmp_path, provider(dsp, rate_limit_signal={"statuses": [429, 503], "default_pause": "1s"})
+    )
+    task_id = runtime.repo.create(campaigns(1, kind="report")[0])[0].id
+    run_until_final(runtime)
+
+    assert len(dsp.creates()) == 1
+    task = runtime.repo.get(task_id)
+    assert task.status is TaskStatus.ERROR
+    assert "outcome unknown" in (task.validation_error or "")
