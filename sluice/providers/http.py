@@ -561,6 +561,17 @@ class HttpProvider:
             return self._log_decision(
                 Transient(f"{self.name} unreachable: {self._redactor.redact(str(exc))}"), task_ids
             )
+        except errors.ProviderTimeout as exc:
+            # A create with no answer in time may still be at work at the provider: the
+            # lookup waits as long again, or it finds nothing and the create is sent twice.
+            return self._log_decision(
+                Transient(
+                    self._redactor.redact(str(exc)),
+                    ambiguous=write,
+                    retry_after_s=self.timeout_s if write else None,
+                ),
+                task_ids,
+            )
         except errors.ProviderError as exc:
             return self._log_decision(
                 Transient(self._redactor.redact(str(exc)), ambiguous=write), task_ids

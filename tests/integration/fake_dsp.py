@@ -63,9 +63,13 @@ class FakeDsp:
         self.token_lifetime_s = 3600
         self.tokens: dict[str, float] = {}
         self.auth_required = False
+        self.routed = 0
+        """Requests whose answer was decided (their effect, if any, is done)."""
         self._next = 1000
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
+        # A client that stopped waiting closed its end: not worth a traceback.
+        self._server.handle_error = lambda request, address: None  # type: ignore[method-assign]
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -73,6 +77,11 @@ class FakeDsp:
 
     def creates(self) -> list[Arrival]:
         return [a for a in self.arrivals if a.method == "POST" and a.path.startswith("/v1/")]
+
+    def settled(self) -> bool:
+        """Every request that arrived has had its effect (a slow one included)."""
+        with self.lock:
+            return self.routed == len(self.arrivals)
 
     def objects_per_ref(self) -> dict[str, int]:
         with self.lock:
@@ -106,6 +115,8 @@ class FakeDsp:
                 with dsp.lock:
                     dsp.arrivals.append(arrival)
                 reply = dsp._route(arrival)
+                with dsp.lock:
+                    dsp.routed += 1
                 if reply.reset:
                     linger = struct.pack("ii", 1, 0)
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)

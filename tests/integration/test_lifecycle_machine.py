@@ -70,6 +70,8 @@ PROVIDERS: dict[str, Any] = {
         "retry_base": "1s",
         "retry_max": "4s",
         "poll_interval": "1s",
+        # A lost create answer is looked up no sooner than this: within a step's 5 s.
+        "timeout": "4s",
         "kinds": {
             # Polled for its status, found again by client reference.
             "campaign": {

@@ -6,6 +6,8 @@ Every figure is counted at the DSP, from its own arrival log. Found by an outsid
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -105,3 +107,33 @@ def test_a_503_slow_down_to_a_kind_without_lookup_is_not_sent_again(
     task = runtime.repo.get(task_id)
     assert task.status is TaskStatus.ERROR
     assert "outcome unknown" in (task.validation_error or "")
+
+
+def test_a_create_still_running_when_the_answer_timed_out_is_found_not_sent_twice(
+    dsp: FakeDsp, tmp_path: Path
+) -> None:
+    """A slow backend commits the create after Sluice stopped waiting (timeout 1 s, the
+    create takes 1.6 s). The lookup used to go within the backoff (here at most 0.5 s), found
+    nothing yet, and the create was sent again: two objects. Now the lookup after a timed
+    out create waits at least the provider's timeout, time for the first to land."""
+    slow = threading.Event()
+
+    def slow_first_create(arrival: Arrival) -> Reply | None:
+        if arrival.method == "POST" and not slow.is_set():
+            slow.set()
+            time.sleep(1.6)  # then created, as the hook answers nothing
+        return None
+
+    dsp.hook = slow_first_create
+    runtime = make_runtime(tmp_path, provider(dsp, timeout="1s"))
+    task_id = runtime.repo.create(campaigns(1)[0])[0].id
+    run_until_final(runtime)
+    # The slow create lands 1.6 s after it arrived, whatever Sluice did meanwhile.
+    deadline = time.monotonic() + 30
+    while not dsp.settled() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    assert list(dsp.objects_per_ref().values()) == [1]
+    task = runtime.repo.get(task_id)
+    assert task.status is TaskStatus.COMPLETED
+    assert [e.event for e in runtime.repo.events(task_id)].count("found") == 1

@@ -159,6 +159,16 @@ def test_lost_answers_after_sending_are_ambiguous(dsp: FakeDsp, exc: Exception) 
     assert "POST /campaigns" in decision.message
 
 
+def test_a_timed_out_create_is_looked_up_no_sooner_than_the_timeout(dsp: FakeDsp) -> None:
+    """The provider may still be at work on a create Sluice stopped waiting for: the next
+    step (a lookup) waits as long again, or it finds nothing yet and creates a second."""
+    dsp.script(httpx.ReadTimeout("timed out"))
+    provider = make_provider(ACME)
+    decision = provider.submit(client_for(provider, dsp), task())
+    assert isinstance(decision, Transient)
+    assert decision.retry_after_s == provider.timeout_s
+
+
 def test_lost_answer_on_a_read_is_not_ambiguous(dsp: FakeDsp) -> None:
     """Ambiguity only matters for writes: a timed-out poll is a plain transient."""
     dsp.script(httpx.ReadTimeout("timed out"))
@@ -166,6 +176,7 @@ def test_lost_answer_on_a_read_is_not_ambiguous(dsp: FakeDsp) -> None:
     decisions = provider.poll(client_for(provider, dsp), [task(external_id="cam-1")])
     assert isinstance(decisions[1], Transient)
     assert not decisions[1].ambiguous
+    assert decisions[1].retry_after_s is None
 
 
 @pytest.mark.parametrize(
