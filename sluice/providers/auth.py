@@ -1,7 +1,8 @@
 """Token authentication: fetch a token with a request, send it on every call, refresh it.
 
-The token is fetched lazily on the first call, reused until ``refresh_margin`` before it
-expires (``expires_in`` from the answer, else the configured ``lifetime``), and dropped
+The token is fetched lazily on the first call, reused until ``refresh_margin`` (at most half
+its lifetime) before it expires (``expires_in`` from the answer, else the configured
+``lifetime``), and dropped
 when the provider answers 401 so the next attempt fetches a new one. Neither the token
 nor the request body ever reaches a message or a log.
 
@@ -14,6 +15,7 @@ Either way the token request never uses the grant of the call it is fetched for.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -133,12 +135,15 @@ class TokenAuth:
         self._redactor.add_rotating(token)
         lifetime = self._config.lifetime
         if self._config.expires_in_field:
-            expires_in = get_path(body, self._config.expires_in_field)
-            if isinstance(expires_in, int | float) and not isinstance(expires_in, bool):
-                lifetime = float(expires_in)
+            expires_in = _seconds(get_path(body, self._config.expires_in_field))
+            if expires_in is not None:
+                lifetime = expires_in
         now = self._clock.time()
         self._token = token
-        self._expires_at = now + max(0.0, lifetime - self._config.refresh_margin)
+        # A token shorter-lived than the margin is still kept for half its life: refreshing
+        # "margin before expiry" would fetch a new one before every call.
+        margin = min(self._config.refresh_margin, lifetime / 2)
+        self._expires_at = now + max(0.0, lifetime - margin)
         log.info(
             "provider.token_fetched",
             extra={"provider": self._provider, "lifetime_s": lifetime},
@@ -186,3 +191,18 @@ class TokenAuth:
 
     def __repr__(self) -> str:
         return f"TokenAuth({self._provider!r})"
+
+
+def _seconds(value: Any) -> float | None:
+    """``expires_in`` as a number of seconds: a JSON number, or text holding one (some
+    OAuth servers send ``"3600"``); None when it is neither, negative or not finite."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        return None
+    return float(value)

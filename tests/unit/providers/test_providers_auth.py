@@ -80,6 +80,26 @@ def test_token_is_refreshed_before_it_expires() -> None:
     assert dsp.requests[-1].headers["Authorization"] == "Bearer tok-2"
 
 
+@pytest.mark.parametrize("expires_in", [20, "20"])
+def test_a_token_shorter_than_the_refresh_margin_is_still_reused(expires_in: int | str) -> None:
+    """A token living 20 s, under the 30 s refresh margin, was fetched again before every
+    call: one token request per request. It is now kept for half its life at least. An
+    ``expires_in`` sent as text (some OAuth servers do) counts as the number it holds."""
+    dsp, clock = TokenDsp(), FakeClock()
+    dsp.expires_in = expires_in  # type: ignore[assignment]
+    provider = make_provider(
+        with_changes(ACME, auth=AUTH), environ={"ACME_SECRET": SECRET}, clock=clock
+    )
+    client = client_for(provider, dsp)
+    for _ in range(5):
+        assert isinstance(provider.submit(client, task()), Accepted)
+        clock.advance(1)
+    assert len(dsp.token_requests) == 1
+    clock.advance(10)
+    assert isinstance(provider.submit(client, task()), Accepted)
+    assert len(dsp.token_requests) == 2
+
+
 def test_401_drops_the_token_and_the_next_attempt_gets_a_new_one() -> None:
     """A token revoked early gives one Transient, then the retry succeeds with a fresh token."""
     dsp, clock = TokenDsp(), FakeClock()
