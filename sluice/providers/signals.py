@@ -97,14 +97,12 @@ def pause_for(
             )
         )
     if config.usage_header:
-        candidates.append(
-            (
-                usage_seconds(
-                    headers.get(config.usage_header), config.usage_field, UNIT_S[config.usage_unit]
-                ),
-                config.usage_header,
-            )
+        regain = usage_seconds(
+            headers.get(config.usage_header), config.usage_field, UNIT_S[config.usage_unit]
         )
+        # Meta counts whole minutes: a refusal with under a minute left says 0, which is
+        # no time to wait (a 0 s pause sends every call again at once, each refused).
+        candidates.append((regain or None, config.usage_header))
     if config.retry_delay_field and body is not None:
         found = [
             d

@@ -97,6 +97,24 @@ def test_meta_fractional_minutes_are_honoured() -> None:
     assert decision.retry_after_s == pytest.approx(0.75)
 
 
+def test_meta_zero_minutes_while_refusing_is_not_a_time() -> None:
+    """Meta counts whole minutes: under a minute left reads 0 while it still refuses. That
+    paused 0 s, and every call went again at once, each refused and counted against the
+    quota (59 calls in a 3 s refusal at a fake DSP, 20/s). It is the default pause now."""
+    usage = {"act_1": [{"type": "ads_management", "estimated_time_to_regain_access": 0}]}
+    decision = submit_answer(
+        httpx.Response(
+            400,
+            json={"error": {"message": "User request limit reached", "code": 17}},
+            headers={"X-Business-Use-Case-Usage": json.dumps(usage)},
+        ),
+        {**META_SIGNAL, "default_pause": "20s"},
+    )
+    assert isinstance(decision, RateLimited)
+    assert decision.retry_after_s == 20.0
+    assert not decision.said_when
+
+
 def test_meta_other_400_is_still_a_validation_failure() -> None:
     """A 400 whose code is not a rate-limit code is a normal failure."""
     decision = submit_answer(
