@@ -3,7 +3,7 @@
 Defaults (each configurable under ``[providers.NAME.errors]``):
 
 - 5xx, 408 and 425 are transient (ambiguous for writes: the create may have happened);
-  ``Retry-After`` on them becomes the retry delay.
+  ``Retry-After`` on them becomes the retry delay (at most the signal's ``max_pause``).
 - A 4xx whose code (``code_field``) is in ``transient_codes``, or whose
   ``transient_flag_field`` is true, is transient and not ambiguous (nothing was created).
 - 401 is transient (credentials are refreshed or fixed, then the task goes on).
@@ -43,9 +43,12 @@ def json_body(response: httpx.Response) -> Any:
 class AnswerReader:
     """Classifies refusals and extracts messages for one provider."""
 
-    def __init__(self, config: ErrorsConfig, redactor: Redactor) -> None:
+    def __init__(
+        self, config: ErrorsConfig, redactor: Redactor, max_wait_s: float = 3600.0
+    ) -> None:
         self._config = config
         self._redactor = redactor
+        self._max_wait_s = max_wait_s
 
     def refusal(
         self, response: httpx.Response, body: Any, *, write: bool, now_s: float
@@ -54,6 +57,9 @@ class AnswerReader:
         status = response.status_code
         message = self.message(response, body)
         retry_after = retry_after_seconds(response.headers.get("Retry-After"), now_s)
+        if retry_after is not None:
+            # A broken header (years away) must not strand the task: capped like a pause.
+            retry_after = min(retry_after, self._max_wait_s)
         if status >= 500 or status in self._config.transient_statuses:
             return Transient(
                 f"HTTP {status}: {message}", ambiguous=write, retry_after_s=retry_after

@@ -110,7 +110,9 @@ class HttpProvider:
         self._fair_costs: dict[tuple[str | None, Operation], float] = {}
         self._observer: LimitObserver | None = None
         self._warned: set[str] = set()
-        self._answers = AnswerReader(config.errors, self._redactor)
+        self._answers = AnswerReader(
+            config.errors, self._redactor, config.rate_limit_signal.max_pause
+        )
         self._accounts = Accounts(
             name,
             config,

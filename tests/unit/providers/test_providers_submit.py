@@ -109,6 +109,21 @@ def test_503_with_retry_after_is_transient_with_delay(dsp: FakeDsp) -> None:
     assert decision.ambiguous
 
 
+@pytest.mark.parametrize(
+    "retry_after", ["99999999", "Tue, 05 Dec 2099 00:00:00 GMT", "999999999999999999999"]
+)
+def test_a_huge_retry_after_on_a_5xx_waits_no_longer_than_max_pause(
+    dsp: FakeDsp, retry_after: str
+) -> None:
+    """Retry-After on a plain 5xx delays that task's retry. A broken one (years away) left
+    the task waiting years; like a rate-limit signal's pause it is capped at max_pause."""
+    dsp.script(httpx.Response(503, headers={"Retry-After": retry_after}))
+    provider = make_provider(with_changes(ACME, rate_limit_signal={"max_pause": "10min"}))
+    decision = provider.submit(client_for(provider, dsp), task())
+    assert isinstance(decision, Transient)
+    assert decision.retry_after_s == 600.0
+
+
 def test_503_configured_as_rate_limit_status_pauses(dsp: FakeDsp) -> None:
     """A TTD-like provider lists 503 among rate-limit statuses: it is RateLimited."""
     dsp.script(httpx.Response(503, headers={"Retry-After": "7"}))
