@@ -295,11 +295,23 @@ class HttpProvider:
         if found is None:
             return NotFound()
         items = found if isinstance(found, list) else [found]
-        matches = [
-            item
+        verdicts = [
+            (item, self._same_ref(item, kind, task.client_ref))
             for item in items
-            if isinstance(item, dict) and self._same_ref(item, kind, task.client_ref)
+            if isinstance(item, dict)
         ]
+        matches = [item for item, ours in verdicts if ours]
+        if not matches and any(ours is None for _, ours in verdicts):
+            # Listed objects that show no reference at all may be anyone's (a search that
+            # ignored its filter): neither ours (another task's object would be adopted)
+            # nor proof of absence (a duplicate).
+            return self._bad_answer(
+                f"objects in the answer to {kind.lookup} show no client reference "
+                f"(at {kind.client_ref_field} or elsewhere): cannot tell whether one is ours",
+                answer,
+                write=False,
+                task_ids=[task.task_id],
+            )
         if not matches:
             return NotFound()
         # An object without a readable id is a misconfiguration, not an absence: answering
@@ -321,13 +333,21 @@ class HttpProvider:
         return Found(ids[0])
 
     @staticmethod
-    def _same_ref(item: Mapping[str, Any], kind: KindConfig, client_ref: str) -> bool:
-        # Some APIs ignore unknown query parameters and list everything: only trust
-        # objects that carry our reference (or carry no reference field at all).
+    def _same_ref(item: Mapping[str, Any], kind: KindConfig, client_ref: str) -> bool | None:
+        """Whether a listed object is this task's: True when it carries our reference at
+        ``client_ref_field``, or, lacking that field, anywhere (a lookup may list it under
+        another path than the one it was sent at); False when it carries another; None
+        when it shows no reference at all (it cannot be told).
+
+        Some APIs ignore unknown query parameters and list everything: only objects that
+        show our reference are trusted.
+        """
         if not kind.client_ref_field:
             return True
         value = get_path(item, kind.client_ref_field)
-        return value is MISSING or value == client_ref
+        if value is not MISSING:
+            return bool(value == client_ref)
+        return True if _holds(item, client_ref) else None
 
     # --- poll ----------------------------------------------------------------------------
 
@@ -749,6 +769,28 @@ class HttpProvider:
 
     def __repr__(self) -> str:
         return f"HttpProvider({self.name!r}, base_url={self.base_url!r})"
+
+
+_HOLDS_MAX_NODES = 10_000
+"""Values looked at when searching a listed object for the reference (a bound, no stack)."""
+
+
+def _holds(data: Any, text: str) -> bool:
+    """Whether ``text`` is one of the string values anywhere in ``data`` (walked with a
+    list, so no nesting the parser accepted can exhaust the stack)."""
+    pending: list[Any] = [data]
+    seen = 0
+    while pending and seen < _HOLDS_MAX_NODES:
+        item = pending.pop()
+        seen += 1
+        if isinstance(item, str):
+            if item == text:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 def _as_read(decision: RateLimited | Transient | Failed) -> RateLimited | Transient:

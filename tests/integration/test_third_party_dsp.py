@@ -137,3 +137,36 @@ def test_a_create_still_running_when_the_answer_timed_out_is_found_not_sent_twic
     task = runtime.repo.get(task_id)
     assert task.status is TaskStatus.COMPLETED
     assert [e.event for e in runtime.repo.events(task_id)].count("found") == 1
+
+
+def test_a_search_listing_someone_elses_object_is_never_adopted(
+    dsp: FakeDsp, tmp_path: Path
+) -> None:
+    """The DSP's search ignores the filter and lists summaries without the reference.
+    Campaign B's create is dropped before anything is made; its lookup lists only A's
+    campaign. B used to adopt A's object (Completed, with A's id, B never created); now it
+    cannot be told, so B retries its lookup and ends in Error, saying why."""
+
+    def summaries(arrival: Arrival) -> Reply | None:
+        parts = [p for p in arrival.path.split("/") if p]
+        if arrival.method == "POST" and (arrival.body or {}).get("name") == "B":
+            return Reply(201, reset=True)
+        if arrival.method == "GET" and len(parts) == 2:
+            with dsp.lock:
+                listed = [{"id": o["id"], "name": o["body"]["name"]} for o in dsp.objects.values()]
+            return Reply(200, {"data": listed})
+        return None
+
+    dsp.hook = summaries
+    runtime = make_runtime(tmp_path, provider(dsp))
+    a = runtime.repo.create(Submission(provider="ttd", kind="campaign", payload={"name": "A"}))
+    run_until_final(runtime)
+    b = runtime.repo.create(Submission(provider="ttd", kind="campaign", payload={"name": "B"}))
+    run_until_final(runtime)
+
+    assert runtime.repo.get(a[0].id).status is TaskStatus.COMPLETED
+    task_b = runtime.repo.get(b[0].id)
+    assert task_b.external_id is None
+    assert task_b.status is TaskStatus.ERROR
+    assert "show no client reference" in (task_b.validation_error or "")
+    assert [o["body"]["name"] for o in dsp.objects.values()] == ["A"]

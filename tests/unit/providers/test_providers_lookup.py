@@ -55,6 +55,28 @@ def test_objects_carrying_another_reference_are_ignored(dsp: FakeDsp) -> None:
     assert provider.lookup(client_for(provider, dsp), task(kind="ad_group")) == NotFound()
 
 
+def test_objects_that_show_no_reference_are_never_taken_for_ours(dsp: FakeDsp) -> None:
+    """A search that ignores the filter and lists summaries without the reference: the
+    listed object is someone else's. It used to be Found (another task's object adopted,
+    this task's never created); it is transient now, never Found and never NotFound."""
+    dsp.script(httpx.Response(200, json={"data": [{"id": "adg-9", "name": "Other"}]}))
+    provider = make_provider(ACME)
+    decision = provider.lookup(client_for(provider, dsp), task(kind="ad_group"))
+    assert isinstance(decision, Transient)
+    assert "client reference" in decision.message
+
+
+def test_the_reference_may_sit_elsewhere_in_the_listed_object(dsp: FakeDsp) -> None:
+    """Criteo's lookup lists ``{"id", "attributes": {"name"}}`` while the reference is sent
+    at ``data.attributes.name``: an object holding it anywhere is ours."""
+    dsp.script(
+        httpx.Response(200, json={"data": [{"id": "adg-3", "attributes": {"name": "sluice-1"}}]})
+    )
+    provider = make_provider(ACME)
+    decision = provider.lookup(client_for(provider, dsp), task(kind="ad_group"))
+    assert decision == Found("adg-3")
+
+
 def test_single_object_answer_is_found() -> None:
     """A lookup answering one object (not a list) finds it by its id field."""
     table = with_changes(
