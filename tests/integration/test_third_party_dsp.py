@@ -112,23 +112,24 @@ def test_a_503_slow_down_to_a_kind_without_lookup_is_not_sent_again(
 def test_a_create_still_running_when_the_answer_timed_out_is_found_not_sent_twice(
     dsp: FakeDsp, tmp_path: Path
 ) -> None:
-    """A slow backend commits the create after Sluice stopped waiting (timeout 1 s, the
-    create takes 1.6 s). The lookup used to go within the backoff (here at most 0.5 s), found
-    nothing yet, and the create was sent again: two objects. Now the lookup after a timed
-    out create waits at least the provider's timeout, time for the first to land."""
+    """A slow backend commits the create after Sluice stopped waiting (timeout 2 s, the
+    create takes 2.5 s). The lookup used to go within the backoff (here at most 0.2 s),
+    found nothing yet, and the create was sent again: two objects. Now the lookup after a
+    timed-out create waits at least the provider's timeout (it goes 4 s or more after the
+    create was sent, 1.5 s after the object landed)."""
     slow = threading.Event()
 
     def slow_first_create(arrival: Arrival) -> Reply | None:
         if arrival.method == "POST" and not slow.is_set():
             slow.set()
-            time.sleep(1.6)  # then created, as the hook answers nothing
+            time.sleep(2.5)  # then created, as the hook answers nothing
         return None
 
     dsp.hook = slow_first_create
-    runtime = make_runtime(tmp_path, provider(dsp, timeout="1s"))
+    runtime = make_runtime(tmp_path, provider(dsp, timeout="2s", retry_max="200ms"))
     task_id = runtime.repo.create(campaigns(1)[0])[0].id
     run_until_final(runtime)
-    # The slow create lands 1.6 s after it arrived, whatever Sluice did meanwhile.
+    # The slow create lands 2.5 s after it arrived, whatever Sluice did meanwhile.
     deadline = time.monotonic() + 30
     while not dsp.settled() and time.monotonic() < deadline:
         time.sleep(0.05)
