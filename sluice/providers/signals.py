@@ -83,19 +83,17 @@ def pause_for(
     """Seconds to pause and where that number came from."""
     candidates: list[tuple[float | None, str]] = []
     if config.retry_after_header:
-        candidates.append(
-            (
-                retry_after_seconds(headers.get(config.retry_after_header), now_s),
-                config.retry_after_header,
-            )
-        )
+        raw = headers.get(config.retry_after_header)
+        seconds = retry_after_seconds(raw, now_s)
+        if seconds == 0 and _long_past(_http_date_s(raw), now_s):
+            seconds = None
+        candidates.append((seconds, config.retry_after_header))
     if config.reset_header:
-        candidates.append(
-            (
-                reset_seconds(headers.get(config.reset_header), config.reset_kind, now_s),
-                config.reset_header,
-            )
-        )
+        raw = headers.get(config.reset_header)
+        seconds = reset_seconds(raw, config.reset_kind, now_s)
+        if seconds == 0 and _long_past(_reset_epoch_s(raw, config.reset_kind), now_s):
+            seconds = None
+        candidates.append((seconds, config.reset_header))
     if config.usage_header:
         regain = usage_seconds(
             headers.get(config.usage_header), config.usage_field, UNIT_S[config.usage_unit]
@@ -114,6 +112,39 @@ def pause_for(
         if seconds is not None:
             return _clamp(seconds, config.max_pause), source
     return _clamp(config.default_pause, config.max_pause), DEFAULT_SOURCE
+
+
+PAST_TOLERANCE_S = 1.0
+"""A reset time further in the past than this, on a refusal, is a provider's clock running
+behind, not "come back now": it is no time, and the next source or the default pause
+applies. Closer, it is the answer's own travel time, and reads as 0."""
+
+
+def _long_past(when_s: float | None, now_s: float) -> bool:
+    return when_s is not None and when_s < now_s - PAST_TOLERANCE_S
+
+
+def _http_date_s(value: str | None) -> float | None:
+    """The POSIX time of a ``Retry-After`` HTTP date, None for delay seconds or garbage."""
+    if value is None or _number(value.strip()) is not None:
+        return None
+    try:
+        when = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    return when.timestamp() if when.tzinfo is not None else None
+
+
+def _reset_epoch_s(value: str | None, kind: str) -> float | None:
+    """The POSIX time of an epoch reset header value, None for a delta or garbage."""
+    number = _number(value.strip()) if value else None
+    if number is None or kind == "delta":
+        return None
+    if kind == "epoch_ms" or (kind == "auto" and number >= _EPOCH_THRESHOLD_S * 1000):
+        return number / 1000.0
+    if kind == "epoch" or number >= _EPOCH_THRESHOLD_S:
+        return number
+    return None
 
 
 def duration_seconds(value: Any) -> float | None:

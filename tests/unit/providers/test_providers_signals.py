@@ -66,6 +66,35 @@ def test_reset_header_epoch_or_delta(reset: str, kind: str, expected: float) -> 
     assert "X-RateLimit-Reset" in decision.detail
 
 
+@pytest.mark.parametrize(
+    ("headers", "signal"),
+    [
+        ({"X-RateLimit-Reset": f"{NOW.timestamp() - 4:.0f}"}, {"reset_kind": "epoch"}),
+        ({"X-RateLimit-Reset": str(int((NOW.timestamp() - 4) * 1000))}, {"reset_kind": "auto"}),
+        ({"Retry-After": "Wed, 31 Dec 2025 23:59:56 GMT"}, {}),
+    ],
+)
+def test_a_reset_seconds_in_the_past_on_a_refusal_is_no_time(
+    headers: dict[str, str], signal: dict[str, str]
+) -> None:
+    """A DSP whose clock runs behind sends a reset already past while it still refuses. That
+    paused 0 s and every call went again at once (59 calls in a 3 s refusal at a fake DSP 5 s
+    behind, 20/s); it is the default pause now. A reset just past (the answer's own travel
+    time) still reads as 0."""
+    decision = submit_answer(
+        httpx.Response(429, headers={"X-RateLimit-Remaining": "0", **headers}),
+        {"reset_header": "X-RateLimit-Reset", "default_pause": "20s", **signal},
+    )
+    assert isinstance(decision, RateLimited)
+    assert decision.retry_after_s == 20.0
+    just_past = submit_answer(
+        httpx.Response(429, headers={"X-RateLimit-Reset": f"{NOW.timestamp() - 0.3:.3f}"}),
+        {"reset_header": "X-RateLimit-Reset", "default_pause": "20s"},
+    )
+    assert isinstance(just_past, RateLimited)
+    assert just_past.retry_after_s == 0.0
+
+
 def test_meta_code_in_400_body_with_usage_header_is_rate_limited() -> None:
     """Meta's 400 + code 17 pauses for estimated_time_to_regain_access minutes."""
     usage = {"act_1": [{"type": "ads_management", "estimated_time_to_regain_access": 2}]}
