@@ -242,7 +242,13 @@ class WalCheckpoints:
                 try:
                     if conn is None:
                         conn = sqlite3.connect(database, isolation_level=None)
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    _, wal_frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if wal_frames == -1:
+                        # Not in WAL mode to this connection: it opened the file before the
+                        # engine switched it to WAL (a thread that won the race on a new
+                        # database), and a checkpoint reads nothing, so it never finds out.
+                        # A read of the schema opens the WAL for the next checkpoint.
+                        conn.execute("SELECT 1 FROM sqlite_schema LIMIT 1").fetchall()
                 except sqlite3.Error:
                     # A busy or missing file: the commits' own checkpoints bound the WAL.
                     log.debug("wal_checkpoint_failed", exc_info=True)

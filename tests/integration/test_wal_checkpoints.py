@@ -77,6 +77,28 @@ def test_commits_leave_checkpoints_to_the_background_thread(tmp_path: Path) -> N
         engine.dispose()
 
 
+def test_a_thread_that_opens_the_file_first_still_checkpoints(tmp_path: Path) -> None:
+    """The thread's connection opens a new database before the engine's first connection
+    switches it to WAL (on a loaded host the thread can win that race): its checkpoints
+    must still reach the WAL. Before, they were no-ops for the life of the process (the
+    connection never read the file, so never learnt it was in WAL mode)."""
+    path = tmp_path / "c.db"
+    engine = db.make_engine(f"sqlite:///{path}")
+    checkpoints = db.WalCheckpoints(engine, every_s=0.02)
+    try:
+        deadline = time.monotonic() + 60
+        while not path.exists():  # the thread's connection creates the file
+            assert time.monotonic() < deadline, "the thread never opened the database"
+            time.sleep(0.01)
+        fill(engine, FIRST)
+        while checkpointed_rows(path) != FIRST:
+            assert time.monotonic() < deadline + 60, "the thread never checkpointed the WAL"
+            time.sleep(0.05)
+    finally:
+        checkpoints.close()
+        engine.dispose()
+
+
 def test_without_the_thread_the_wal_would_hold_the_whole_run(tmp_path: Path) -> None:
     """The control: the same commits, thread stopped, commits checkpointing only at the
     raised threshold: the WAL grows by a page or more per commit."""
