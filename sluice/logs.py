@@ -54,6 +54,49 @@ def mask_handlers(logger: logging.Logger) -> None:
             handler.setFormatter(MaskingFormatter(handler.formatter))
 
 
+def one_line(exc: BaseException) -> str:
+    """``Type: message`` on one line (a driver's message may span several)."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
+
+
+class FailureStreak:
+    """A loop's repeated failure (the database or Redis down), logged without flooding.
+
+    The first failure of a streak logs ``event`` with its traceback (at ``first_level``);
+    the next ones log ``event`` on one line each, with ``failures`` (the streak's count so
+    far) and ``error`` (:func:`one_line`); the first success after a streak logs
+    ``recovered`` once, with the streak's count. The streak lives as long as this object,
+    so a loop run in rounds (a worker's pumps) keeps one streak across them.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        event: str,
+        recovered: str,
+        *,
+        first_level: int = logging.WARNING,
+    ) -> None:
+        self.logger = logger
+        self.event = event
+        self.recovered = recovered
+        self.first_level = first_level
+        self.failures = 0
+
+    def failed(self, exc: BaseException, **extra: Any) -> None:
+        self.failures += 1
+        if self.failures == 1:
+            self.logger.log(self.first_level, self.event, exc_info=exc, extra=extra)
+        else:
+            fields = {**extra, "failures": self.failures, "error": one_line(exc)}
+            self.logger.warning(self.event, extra=fields)
+
+    def succeeded(self) -> None:
+        if self.failures:
+            self.logger.info(self.recovered, extra={"failures": self.failures})
+            self.failures = 0
+
+
 def configure(level: str = "INFO") -> None:
     """Send Sluice's logs to stderr at ``level``; quiet chatty libraries."""
     handler = logging.StreamHandler()

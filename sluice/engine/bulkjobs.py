@@ -14,6 +14,7 @@ import socket
 import threading
 
 from sluice import errors
+from sluice.logs import FailureStreak
 from sluice.store.bulkjobs import BATCH, BulkJobs
 
 log = logging.getLogger("sluice.bulkjobs")
@@ -32,6 +33,9 @@ class BulkJobRunner:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        # While the database is down every look fails: the first logs its traceback, the
+        # next ones one line each (the API logged a traceback twice a second).
+        self._failures = FailureStreak(log, "bulk_job.failed", "bulk_job.recovered")
 
     def run_once(self) -> int:
         """Run every claimable job to its end; returns how many batches ran."""
@@ -70,7 +74,9 @@ class BulkJobRunner:
         while not self._stop.is_set():
             try:
                 self.run_once()
-            except Exception:
-                log.warning("bulk_job.failed", exc_info=True)
+            except Exception as exc:
+                self._failures.failed(exc)
+            else:
+                self._failures.succeeded()
             self._wake.wait(IDLE_S)
             self._wake.clear()

@@ -47,6 +47,7 @@ from sluice.engine.quotas import QuotaBook, QuotaVerdict, Taken, reservation_blo
 from sluice.engine.rates import RatesInForce, per_second
 from sluice.engine.reconcile import Reconciler
 from sluice.engine.retention import Pruner
+from sluice.logs import FailureStreak
 from sluice.providers.base import Provider
 from sluice.ratelimit import holds
 from sluice.ratelimit.base import Limiter
@@ -212,12 +213,14 @@ class Dispatcher:
         self._synced: dict[str, datetime] = {}
         """The pauses the last sync copied, to notice one that was resumed."""
         self._wake = threading.Event()
+        self._step_failures = FailureStreak(
+            log, "dispatcher.step_failed", "dispatcher.step_recovered", first_level=logging.ERROR
+        )
 
     # -- the loop ----------------------------------------------------------------------
 
     def run(self, stop: threading.Event, until: Callable[[], bool] | None = None) -> None:
         """Dispatch until ``stop`` is set (or ``until()`` is true); then give back claims."""
-        failures = 0
         try:
             while not stop.is_set() and not (until and until()):
                 # Cleared before the step, not after the wait: a wake() that comes while
@@ -229,23 +232,16 @@ class Dispatcher:
                 except Exception as exc:
                     # A database or limiter outage delays work; it must not end the loop.
                     # The first failure logs its traceback; the next ones, one line each
-                    # (an outage of a minute logged 60 tracebacks of ~95 lines).
-                    failures += 1
-                    if failures == 1:
-                        log.exception("dispatcher.step_failed")
-                    else:
-                        log.warning(
-                            "dispatcher.step_failed",
-                            extra={"failures": failures, "error": _one_line(exc)},
-                        )
+                    # (an outage of a minute logged 60 tracebacks of ~95 lines), in this
+                    # run or a later one (a worker runs one per pump: each round's first
+                    # failure logged its traceback).
+                    self._step_failures.failed(exc)
                     self.release_all_quietly()
                     # Waited on stop, not on wake: new work must not cut the backoff short
                     # (woken steps failed and logged their traceback several times a second).
                     stop.wait(STEP_FAILURE_BACKOFF_S)
                     continue
-                if failures:
-                    log.info("dispatcher.step_recovered", extra={"failures": failures})
-                    failures = 0
+                self._step_failures.succeeded()
                 if wait > 0:
                     self._wake.wait(wait)
         finally:
@@ -715,8 +711,3 @@ def monotonic_deadline(seconds: float) -> Callable[[], bool]:
     """A predicate that turns true ``seconds`` from now."""
     end = time.monotonic() + seconds
     return lambda: time.monotonic() >= end
-
-
-def _one_line(exc: BaseException) -> str:
-    """``Type: message`` on one line (a driver's message may span several)."""
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]

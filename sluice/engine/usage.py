@@ -15,6 +15,7 @@ import threading
 from datetime import datetime
 
 from sluice.clock import Clock, SystemClock
+from sluice.logs import FailureStreak
 from sluice.store.usage import UsageStore
 
 log = logging.getLogger("sluice.usage")
@@ -45,6 +46,9 @@ class UsageRecorder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_prune = 0.0
+        # An outage's first failed flush logs its traceback, the next ones one line each
+        # (a worker process logged one traceback a second while PostgreSQL was down).
+        self._flush_failures = FailureStreak(log, "usage.flush_failed", "usage.flush_recovered")
 
     def count(self, key: str, metric: str, n: int = 1) -> None:
         """Add ``n`` to ``metric`` of ``key`` in the current second."""
@@ -68,12 +72,14 @@ class UsageRecorder:
             return
         try:
             self.store.add(pending)
-        except Exception:
-            log.warning("usage.flush_failed", exc_info=True, extra={"counts": len(pending)})
+        except Exception as exc:
+            self._flush_failures.failed(exc, counts=len(pending))
             with self._lock:
                 for slot, n in pending.items():
                     if len(self._counts) < MAX_PENDING or slot in self._counts:
                         self._counts[slot] = self._counts.get(slot, 0) + n
+            return
+        self._flush_failures.succeeded()
 
     def close(self) -> None:
         """Stop the thread and add the last counts."""

@@ -443,6 +443,36 @@ def test_a_failing_step_logs_its_traceback_once_then_one_line_each(
     assert [r.__dict__["failures"] for r in recovered] == [3]
 
 
+def test_an_outage_across_pump_rounds_logs_one_traceback(
+    world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker runs the dispatcher in rounds (one run per pump). An outage that spans
+    rounds is one streak: its first failed step logs the traceback, the next ones one line
+    each, whichever round they fall in. (With PostgreSQL stopped for 20 s under three
+    'sluice worker' processes, every round's first failure logged its traceback: 22
+    tracebacks of ~60 lines per worker log.)"""
+    monkeypatch.setattr("sluice.engine.dispatcher.STEP_FAILURE_BACKOFF_S", 0.001)
+    dispatcher, _ = world.dispatcher("a")
+    calls: list[int] = []
+
+    def step() -> float:
+        calls.append(1)
+        if len(calls) <= 4:
+            raise RuntimeError("database unavailable")
+        return 0.001
+
+    monkeypatch.setattr(dispatcher, "step", step)
+    with caplog.at_level(logging.INFO, logger="sluice.dispatcher"):
+        for rounds in (2, 4, 6):  # three pumps: two failures, two more, then recovery
+            dispatcher.run(threading.Event(), until=lambda n=rounds: len(calls) >= n)
+
+    failed = [r for r in caplog.records if r.getMessage() == "dispatcher.step_failed"]
+    assert [r.exc_info is not None for r in failed] == [True, False, False, False]
+    assert [r.__dict__.get("failures") for r in failed[1:]] == [2, 3, 4]
+    recovered = [r for r in caplog.records if r.getMessage() == "dispatcher.step_recovered"]
+    assert [r.__dict__["failures"] for r in recovered] == [4]
+
+
 def test_fair_shares_go_by_budget_units_through_the_dispatcher(tmp_path: Path) -> None:
     """Audiences cost 5 of the limit's units, campaigns 1: with both tenants backlogged,
     the dispatcher's claims give each the same units of the limit, so the light tenant
