@@ -103,6 +103,16 @@ def with_path(url: str, path: str) -> str:
     return urlsplit(url)._replace(path="/" + path).geturl()
 
 
+SKEWED_CLOCK = Path(__file__).with_name("skewed_clock")
+
+
+def skewed_clock_env(offset_s: float) -> dict[str, str]:
+    """Environment for a child process whose wall clock reads ``offset_s`` seconds off
+    (``harness/skewed_clock/sitecustomize.py``): another host's clock, on this one."""
+    path = os.pathsep.join(p for p in (str(SKEWED_CLOCK), os.environ.get("PYTHONPATH")) if p)
+    return {"PYTHONPATH": path, "SLUICE_TEST_CLOCK_SKEW_S": str(offset_s)}
+
+
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
     """Poll ``predicate`` every 50 ms; raise TimeoutError naming ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
@@ -430,15 +440,22 @@ class Cluster:
         env.update(self.settings)
         return env
 
-    def spawn(self, name: str, args: Sequence[str], command: Sequence[str] = ()) -> Proc:
-        """Start ``sluice ARGS`` (or ``command``) in a new process group, output to a log."""
+    def spawn(
+        self,
+        name: str,
+        args: Sequence[str],
+        command: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> Proc:
+        """Start ``sluice ARGS`` (or ``command``) in a new process group, output to a log;
+        ``env`` adds to (or overrides) the cluster's environment for this process only."""
         argv = [*(command or [self.sluice]), *args]
         log = self.folder / f"{name}.log"
         with log.open("ab") as out:
             popen = subprocess.Popen(
                 argv,
                 cwd=self.folder,
-                env=self.env(),
+                env={**self.env(), **(env or {})},
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -500,9 +517,9 @@ class Cluster:
             self.wait_ready([proc])
         return proc
 
-    def beat(self, loglevel: str = "INFO") -> Proc:
-        """Start a separate ``sluice beat``."""
-        return self.spawn("beat", ["beat", "--loglevel", loglevel])
+    def beat(self, loglevel: str = "INFO", env: dict[str, str] | None = None) -> Proc:
+        """Start a separate ``sluice beat`` (``env`` added to its environment)."""
+        return self.spawn("beat", ["beat", "--loglevel", loglevel], env=env)
 
     def wait_ready(self, workers: Sequence[Proc], timeout_s: float = STARTUP_TIMEOUT_S) -> None:
         """Wait until every worker logged Celery's ``ready.`` line (needs loglevel INFO)."""

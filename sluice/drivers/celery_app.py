@@ -2,8 +2,9 @@
 
 One task: ``sluice.pump``, a bounded dispatch round in this worker process (see
 :mod:`sluice.drivers.pump`; its dispatcher also reconciles stuck tasks). Beat sends
-``SLUICE_PUMPS`` pumps every ``SLUICE_PUMP_S`` seconds, each expiring after two rounds, so
-the broker never holds more than a few short messages whatever the backlog of tasks is.
+``SLUICE_PUMPS`` pumps every ``SLUICE_PUMP_S`` seconds, but only while fewer than that many
+wait in the queue (:class:`PumpScheduler`), so the broker never holds more than a few short
+messages whatever the backlog of tasks is.
 Settings are read when Celery first configures the app, not at import. The pump's modules
 are imported here, in the worker's main process, so that the prefork children share their
 pages; each child builds its own runtime (connections, threads) at its first pump.
@@ -12,10 +13,13 @@ pages; each child builds its own runtime (connections, threads) at its first pum
 from __future__ import annotations
 
 import gc
+import logging
 import sys
+from contextlib import suppress
 from typing import Any
 
-from celery import Celery, signals
+from celery import Celery, beat, signals
+from kombu.transport import virtual
 
 from sluice import errors, logs, masking, metrics_host, process_memory
 from sluice.drivers.pump import pump_driver
@@ -23,19 +27,67 @@ from sluice.settings import Settings, load_settings
 from sluice.store import db
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
+PUMP = "sluice.pump"
+QUEUE = "sluice"
+
+log = logging.getLogger("sluice.beat")
 
 app = Celery("sluice")
+
+
+class PumpScheduler(beat.Scheduler):  # type: ignore[misc]
+    """Celery's in-memory scheduler, sending a pump only while fewer pumps than
+    ``SLUICE_PUMPS`` wait in the queue.
+
+    This bounds the queue instead of an expiry: Celery turns ``expires`` into a time on
+    beat's clock and each worker compares it with its own, so with beat's host 5 s behind
+    the workers' (or a worker's ahead) every pump was discarded as expired and nothing was
+    ever sent. The queue is counted on a connection of its own, kept open; a queue that
+    cannot be counted (the broker down, RabbitMQ not having declared it yet) does not stop
+    a send.
+    """
+
+    _counting: Any = None
+
+    def apply_entry(self, entry: Any, producer: Any = None) -> None:
+        if entry.task == PUMP and self._pumps_waiting() >= self._pumps():
+            log.debug("beat.pump_skipped", extra={"entry": entry.name})
+            return
+        super().apply_entry(entry, producer=producer)
+
+    def close(self) -> None:
+        self._forget_counting()
+        super().close()
+
+    def _pumps(self) -> int:
+        return sum(1 for entry in self.schedule.values() if entry.task == PUMP)
+
+    def _pumps_waiting(self) -> int:
+        channel = None
+        try:
+            if self._counting is None:
+                self._counting = self.app.connection_for_read()
+            channel = self._counting.default_channel
+            _, waiting, _ = channel.queue_declare(QUEUE, passive=True)
+            return int(waiting)
+        except Exception:
+            # A Redis broker's queue does not exist while it is empty: the refusal leaves
+            # its (virtual) channel usable. Anything else starts a new connection next time.
+            if not isinstance(channel, virtual.Channel):
+                self._forget_counting()
+            return 0
+
+    def _forget_counting(self) -> None:
+        if self._counting is not None:
+            with suppress(Exception):
+                self._counting.release()
+            self._counting = None
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings for Sluice's workers."""
     schedule = {
-        f"sluice-pump-{n}": {
-            "task": "sluice.pump",
-            "schedule": settings.pump_s,
-            "args": (settings.pump_s,),
-            "options": {"expires": settings.pump_s * 2},
-        }
+        f"sluice-pump-{n}": {"task": PUMP, "schedule": settings.pump_s, "args": (settings.pump_s,)}
         for n in range(settings.pumps)
     }
     return {
@@ -45,14 +97,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "task_ignore_result": True,
-        "task_default_queue": "sluice",
+        "task_default_queue": QUEUE,
         "beat_schedule": schedule,
         "worker_hijack_root_logger": False,
         # Beat keeps the schedule in memory: Celery's default kept it in a shelve file
         # (this was one path in the temp directory, shared by every deployment on a host and
         # unwritable to a second user). Nothing in it needs to outlive beat: every entry
-        # recurs each pump_s and its messages expire after two rounds.
-        "beat_scheduler": "celery.beat:Scheduler",
+        # recurs each pump_s, and a pump is sent only while the queue holds fewer than
+        # SLUICE_PUMPS of them (no expiry: that compared two hosts' clocks).
+        "beat_scheduler": "sluice.drivers.celery_app:PumpScheduler",
         "timezone": "UTC",
         "enable_utc": True,
     }
@@ -149,7 +202,7 @@ def _forget_in_flight(**_: Any) -> None:
     metrics_host.process_ended()
 
 
-@app.task(name="sluice.pump")
+@app.task(name=PUMP)
 def pump(seconds: float = 1.0) -> int:
     """Dispatch due work from this worker process for up to ``seconds``."""
     return pump_driver().pump(seconds)
