@@ -31,7 +31,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.cluster import ClusterError, free_port, wait_until
+from harness.cluster import ClusterError, children, free_port, wait_until
 
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 30.0
@@ -133,6 +133,24 @@ class PostgresServer:
 
     def running(self) -> bool:
         return port_open(self.port)
+
+    def _processes(self) -> list[int]:
+        """The postmaster and its children (backends, background workers)."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        return [postmaster, *children(postmaster)]
+
+    def freeze(self) -> None:
+        """SIGSTOP the server's processes: connections stay open and the kernel still
+        accepts new ones, but nothing answers (a hung server, or one behind a partition)."""
+        for pid in self._processes():
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT what :meth:`freeze` stopped."""
+        for pid in self._processes():
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
     def url(self, database: str, password: str = "") -> str:
         """A URL for ``database`` (trust authentication: any password is accepted)."""

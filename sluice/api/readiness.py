@@ -1,8 +1,60 @@
-"""Readiness checks of the servers a deployment uses besides its database (``/readyz``)."""
+"""Readiness checks of the servers a deployment uses besides its database (``/readyz``),
+and :class:`BoundedChecks`, which runs them under a deadline."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+
 from sluice.api.deps import ReadinessCheck
+
+CHECK_TIMEOUT_S = 5.0
+
+
+class ReadinessTimeout(Exception):
+    """A server did not answer its readiness check in time."""
+
+
+class BoundedChecks:
+    """Runs readiness checks side by side, each given at most ``timeout_s`` to answer.
+
+    A server that hangs (stopped, or behind a network partition: its connections stay open
+    and nothing answers) used to hold ``/readyz`` for as long as it hung, over a minute,
+    and a load balancer's probe got no answer at all. A check still running when its time
+    is up is reported as :class:`ReadinessTimeout`; it goes on in its thread, and the next
+    probe waits for that run instead of starting another one, so a hung server never holds
+    more than one thread per check.
+    """
+
+    def __init__(self, timeout_s: float = CHECK_TIMEOUT_S) -> None:
+        self.timeout_s = timeout_s
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="sluice-readyz")
+        # Keyed by the check itself: each API (tests build many in one process) has its own.
+        self._running: dict[ReadinessCheck, Future[None]] = {}
+        self._lock = threading.Lock()
+
+    def run(self, checks: Mapping[str, ReadinessCheck]) -> dict[str, Exception | None]:
+        """Each check's failure (None when it passed)."""
+        with self._lock:
+            for check in checks.values():
+                if check not in self._running or self._running[check].done():
+                    self._running[check] = self._pool.submit(check)
+            running = {name: self._running[check] for name, check in checks.items()}
+            # Only runs still going are kept (an API built and dropped leaves nothing here).
+            for check in [c for c, f in self._running.items() if f.done()]:
+                del self._running[check]
+        results: dict[str, Exception | None] = {}
+        for name, future in running.items():
+            try:
+                future.result(timeout=self.timeout_s)
+                results[name] = None
+            except FutureTimeout:
+                results[name] = ReadinessTimeout(f"no answer within {self.timeout_s:g} s")
+            except Exception as exc:
+                results[name] = exc
+        return results
 
 
 def redis_check(url: str) -> ReadinessCheck:

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from harness.api_server import api_only_settings, serve_api
 from harness.cluster import Broker, ClusterError, free_port, open_broker
 from harness.servers import PostgresServer, RabbitMQServer, ServerUnavailable
 from sluice import submissions
@@ -207,6 +208,33 @@ def test_an_outcome_answered_while_postgresql_is_down_is_written_once_it_is_back
         finally:
             executor.close()
             runtime.close()
+
+
+def test_readyz_answers_while_postgresql_hangs(private_postgres: PostgresServer) -> None:
+    """A database that stops answering (its processes stopped: connections stay open, and
+    new ones are accepted but never served) makes /readyz answer 503 naming the timeout,
+    not hang: before, each probe waited as long as the database did (over 60 s here), and
+    a load balancer saw no answer at all. Once the database answers again, so does
+    /readyz, 200."""
+    url = private_postgres.url("sluice", password=PASSWORD)
+    runtime = build_runtime(api_only_settings(url))
+    try:
+        with serve_api(runtime) as api_url:
+            wait_for(lambda: httpx.get(f"{api_url}/readyz").status_code == 200, 60, "/readyz")
+            private_postgres.freeze()
+            try:
+                answers = [httpx.get(f"{api_url}/readyz", timeout=60) for _ in range(2)]
+            finally:
+                private_postgres.thaw()
+            for answer in answers:
+                assert answer.status_code == 503, answer.text
+                assert answer.json()["checks"]["database"].startswith("error: ReadinessTimeout"), (
+                    answer.text
+                )
+                assert PASSWORD not in answer.text
+            wait_for(lambda: httpx.get(f"{api_url}/readyz").status_code == 200, 60, "/readyz again")
+    finally:
+        runtime.close()
 
 
 @pytest.fixture

@@ -9,8 +9,12 @@ from fastapi.responses import JSONResponse
 
 from sluice.api.auth import PUBLIC, GuardedRoute
 from sluice.api.deps import Context
+from sluice.api.readiness import BoundedChecks
 from sluice.api.schemas import Message
 from sluice.masking import mask
+
+_checks = BoundedChecks()
+"""This process's readiness checks in flight (one run of each at a time)."""
 
 router = APIRouter(tags=["health"], route_class=GuardedRoute, dependencies=[Depends(PUBLIC)])
 
@@ -32,13 +36,14 @@ def readyz(context: Context) -> JSONResponse:
     """Readiness: the database (and Redis/broker when configured) answer."""
     results: dict[str, Any] = {}
     ready = True
-    for name, check in context.checks.items():
-        try:
-            check()
+    # Each check has CHECK_TIMEOUT_S to answer: a hung server is "not ready", not a probe
+    # left without an answer.
+    for name, failure in _checks.run(context.checks).items():
+        if failure is None:
             results[name] = "ok"
-        except Exception as exc:  # any failure means not ready; the reason is reported
+        else:  # any failure means not ready; the reason is reported
             ready = False
-            results[name] = f"error: {reason(exc)}"
+            results[name] = f"error: {reason(failure)}"
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "checks": results},
         status_code=200 if ready else 503,
