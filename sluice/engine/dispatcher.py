@@ -247,6 +247,13 @@ class Dispatcher:
         finally:
             try:
                 self.release_all()
+            except Exception as exc:
+                if until is None:
+                    raise
+                # A round (a worker's pump) that ends while the database is down cannot
+                # give its claims back; their leases bring them back. Raised, it failed the
+                # pump in Celery (~150 lines) and skipped waiting for its outcomes.
+                self._step_failures.failed(exc)
             finally:
                 if self._claimer is not None:
                     self._claimer.shutdown(wait=False)

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from sluice import submissions
+from sluice import errors, submissions
 from sluice.clock import FakeClock
 from sluice.domain import TaskStatus
 from sluice.engine.dispatcher import Dispatcher
@@ -471,6 +471,31 @@ def test_an_outage_across_pump_rounds_logs_one_traceback(
     assert [r.__dict__.get("failures") for r in failed[1:]] == [2, 3, 4]
     recovered = [r for r in caplog.records if r.getMessage() == "dispatcher.step_recovered"]
     assert [r.__dict__["failures"] for r in recovered] == [4]
+
+
+def test_a_round_that_cannot_give_its_claims_back_ends_without_raising(
+    world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pump round that ends while the database is down cannot give back the claims it
+    holds: its tasks wait for their lease (docs/deployment.md), and the failure joins the
+    outage's streak. Before, it raised out of the pump: Celery logged 'Task sluice.pump
+    raised unexpected: StoreError' with ~150 lines of traceback, and the pump skipped
+    waiting for its outcomes to be written."""
+    world.create(20)
+    dispatcher, _ = world.dispatcher("a")
+    dispatcher.step()
+    assert any(lane.units for lane in dispatcher.lanes.values()), "nothing left claimed"
+
+    def database_down(*_: Any, **__: Any) -> None:
+        raise errors.StoreUnavailable("connection refused", "postgresql://db/sluice")
+
+    monkeypatch.setattr(world.queue, "release", database_down)
+    with caplog.at_level(logging.INFO, logger="sluice.dispatcher"):
+        dispatcher.run(threading.Event(), until=lambda: True)
+
+    failed = [r for r in caplog.records if r.getMessage() == "dispatcher.step_failed"]
+    assert [r.exc_info is not None for r in failed] == [True]
+    assert not any(lane.units for lane in dispatcher.lanes.values())
 
 
 def test_fair_shares_go_by_budget_units_through_the_dispatcher(tmp_path: Path) -> None:
