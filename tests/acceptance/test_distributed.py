@@ -6,9 +6,12 @@ from __future__ import annotations
 import pytest
 
 from sluice.domain import TaskStatus
+from sluice.settings import Settings
 from tests.acceptance.conftest import Cluster, bad_campaign, campaigns
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(150)]
+
+PUMPS = Settings.model_fields["pumps"].default
 
 
 def test_three_workers_share_one_limit(cluster: Cluster) -> None:
@@ -88,3 +91,17 @@ def test_two_sluice_workers_on_one_host(cluster: Cluster) -> None:
 
     cluster.wait_until(settled, timeout_s=30, what="both workers ready or dead")
     assert all(w.alive() for w in workers)
+
+
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
+def test_beat_without_workers_leaves_at_most_one_round_of_pumps(cluster: Cluster) -> None:
+    """With no worker to take them, beat stops sending once SLUICE_PUMPS pumps wait in the
+    queue (before, its pumps expired only when a worker took them: they piled up, 4 a
+    second, for as long as the workers were away)."""
+    assert cluster.broker is not None
+    cluster.start(sandbox={})
+    beat = cluster.beat(loglevel="DEBUG")
+    cluster.wait_until(
+        lambda: beat.output().count("beat.pump_skipped") >= 8, 120, "beat to skip pumps"
+    )
+    assert cluster.broker.queue_length() <= PUMPS
