@@ -66,7 +66,10 @@ class PumpScheduler(beat.Scheduler):  # type: ignore[misc]
         channel = None
         try:
             if self._counting is None:
-                self._counting = self.app.connection_for_read()
+                # One try to connect: a broker that is down must not hold beat here.
+                self._counting = self.app.connection_for_read(
+                    connect_timeout=2, transport_options={"max_retries": 0}
+                )
             channel = self._counting.default_channel
             _, waiting, _ = channel.queue_declare(QUEUE, passive=True)
             return int(waiting)
