@@ -156,6 +156,7 @@ def api(host: Host = None, port: Port = None, insecure: Insecure = False) -> Non
     from sluice.api.app import GRACEFUL_SHUTDOWN_S, api_rate, build_api
     from sluice.api.auth import startup_notice
     from sluice.runtime import build_runtime
+    from sluice.store import db
     from sluice.store.keys import KeyStore
     from sluice.up import listen
 
@@ -168,8 +169,9 @@ def api(host: Host = None, port: Port = None, insecure: Insecure = False) -> Non
     listening = listen(settings.host, settings.port)
     runtime = build_runtime(settings)
     try:
+        db.check_writable(runtime.repo.engine)
         console.print(startup_notice(settings, KeyStore(runtime.repo.engine), insecure=insecure))
-    except errors.ConfigError:
+    except (errors.ConfigError, errors.StoreUnavailable):
         runtime.close()
         listening.close()
         raise

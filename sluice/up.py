@@ -24,6 +24,7 @@ from sluice.demo import prepare_demo_settings, run_demo
 from sluice.drivers.embedded import EmbeddedDriver, build_embedded_driver
 from sluice.runtime import DEMO_SANDBOX_PORT, build_runtime
 from sluice.settings import Settings, describe_validation_error
+from sluice.store import db
 from sluice.store.keys import KeyStore
 from sluice.worker_processes import WorkerProcesses, start_workers
 
@@ -62,6 +63,7 @@ def run_up(settings: Settings, options: UpOptions, console: Console) -> int:
         sandbox_url = start_sandbox(settings, stack) if options.sandbox or options.demo else None
         runtime = build_runtime(settings)
         stack.callback(runtime.close)
+        db.check_writable(runtime.repo.engine)
         notice = startup_notice(settings, KeyStore(runtime.repo.engine), insecure=options.insecure)
         if sandbox_url is not None:
             console.print(f"sandbox DSP (profile {sandbox_profile(settings)}) at {sandbox_url}")

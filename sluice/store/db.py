@@ -123,7 +123,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         engine = create_engine(
-            url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs
+            url,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
+            **kwargs,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         # pysqlite's own transaction handling defers BEGIN; take it over so writers
@@ -148,14 +150,16 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 def _unavailable_translator(
     where: str, password: str | None
 ) -> Callable[[ExceptionContext], BaseException | None]:
-    """A ``handle_error`` hook: lost or refused connections become StoreUnavailable."""
+    """A ``handle_error`` hook: lost or refused connections, and an SQLite file that cannot
+    be written right now (locked past the busy timeout, read-only, full), become
+    StoreUnavailable: a 503 from the API, one line from a command, a retry in the engine."""
 
     def translate(context: ExceptionContext) -> BaseException | None:
         # A failed pre-ping must stay SQLAlchemy's: the pool then reconnects quietly.
         if context.is_pre_ping:
             return None
         connecting = context.connection is None
-        if not (connecting or context.is_disconnect):
+        if not (connecting or context.is_disconnect or _sqlite_file_refused(context)):
             return None
         lines = str(context.original_exception).strip().splitlines()
         reason = scrub(lines[0] if lines else type(context.original_exception).__name__, password)
@@ -164,11 +168,37 @@ def _unavailable_translator(
     return translate
 
 
+SQLITE_FILE_REFUSALS = (
+    "database is locked",
+    "database table is locked",
+    "attempt to write a readonly database",
+    "database or disk is full",
+    "disk i/o error",
+    "unable to open database file",
+)
+"""SQLite's answers when its file cannot be used right now (another process holds the write
+lock past the busy timeout; the file, its folder or the disk refuses writes). Each is a
+state of the file an operator can end, not a mistake in the statement: like a database
+that is down, the API answers 503 and the engine tries again."""
+
+
+def _sqlite_file_refused(context: ExceptionContext) -> bool:
+    if context.dialect.name != "sqlite":
+        return False
+    if not isinstance(context.sqlalchemy_exception, OperationalError):
+        return False
+    message = str(context.original_exception).strip().lower()
+    return message.startswith(SQLITE_FILE_REFUSALS)
+
+
 TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57014", "53300"})
 """PostgreSQL's errors of the moment: a serialization failure, a deadlock, a lock not
 available, a statement cancelled (a timeout), too many connections."""
 TRANSIENT_SQLSTATE_CLASSES = ("08", "57P")
 """... and whole classes: connection exceptions, a server shutting down or starting."""
+SQLITE_BUSY_TIMEOUT_S = 30.0
+"""How long an SQLite connection waits for another process's write lock before it gives up
+("database is locked")."""
 TRANSIENT_SQLITE = ("database is locked", "database table is locked", "busy")
 
 
@@ -176,9 +206,10 @@ def transient(exc: BaseException) -> bool:
     """Whether the same transaction, begun again, may succeed: the database was unreachable
     or the connection lost (:class:`errors.StoreUnavailable`), or the server gave up on it
     for a reason of the moment (a deadlock or serialization failure on PostgreSQL, a server
-    shutting down, a database locked past the busy timeout on SQLite). A constraint, a bad
-    statement, a missing table or a read-only file is not: SQLite raises those as
-    ``OperationalError`` too, so the class alone does not tell."""
+    shutting down; on SQLite, a file locked past the busy timeout, read-only or full, which
+    :func:`make_engine` raises as StoreUnavailable). A constraint, a bad statement or a
+    missing table is not: SQLite raises those as ``OperationalError`` too, so the class
+    alone does not tell."""
     if isinstance(exc, errors.StoreUnavailable):
         return True
     if not isinstance(exc, DBAPIError):
@@ -293,7 +324,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={round(SQLITE_BUSY_TIMEOUT_S * 1000)}")
     cursor.close()
 
 
@@ -365,6 +396,17 @@ def current_revision(engine: Engine) -> str | None:
 def ensure_schema(engine: Engine) -> None:
     """Upgrade to head; cheap when already there."""
     upgrade(engine)
+
+
+def check_writable(engine: Engine) -> None:
+    """StoreUnavailable when an SQLite file refuses writes (read-only file or mount): a
+    process that writes would otherwise start, serve reads, and fail every write and every
+    step of its engine in the log. The probe changes nothing and is rolled back."""
+    if engine.dialect.name != "sqlite":
+        return
+    with engine.connect() as conn, conn.begin() as transaction:
+        conn.execute(text("UPDATE alembic_version SET version_num = version_num"))
+        transaction.rollback()
 
 
 def has_schema(engine: Engine) -> bool:
