@@ -303,11 +303,31 @@ def config_path() -> Path | None:
     explicit = os.environ.get("SLUICE_CONFIG")
     if explicit:
         path = Path(explicit)
+        if path.is_dir():
+            raise errors.ConfigError(f"SLUICE_CONFIG={explicit}: is a folder, not a file")
         if not path.is_file():
             raise errors.ConfigError(f"SLUICE_CONFIG={explicit}: no such file")
         return path
     default = Path(DEFAULT_CONFIG_FILE)
     return default if default.is_file() else None
+
+
+TOP_LEVEL_TABLES = {"sluice": "[sluice]", "providers": "[providers.NAME]", "sandbox": "[sandbox]"}
+
+
+def _toml_kind(value: Any) -> str:
+    """What a TOML value is, in TOML's words: ``an integer``, ``an array``..."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "a date or time"
 
 
 def _read_toml() -> dict[str, Any]:
@@ -324,6 +344,11 @@ def _read_toml() -> dict[str, Any]:
             f"{path}: unknown table(s) {', '.join(sorted(unknown))}; "
             "known: sluice, providers, sandbox"
         )
+    for table, shape in TOP_LEVEL_TABLES.items():
+        if table in raw and not isinstance(raw[table], dict):
+            raise errors.ConfigError(
+                f"{path}: {table} must be a table ({shape}), got {_toml_kind(raw[table])}"
+            )
     data: dict[str, Any] = dict(raw.get("sluice", {}))
     known = set(Settings.model_fields) - {"providers", "sandbox", "config_file"}
     bad = set(data) - known

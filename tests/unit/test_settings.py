@@ -151,6 +151,37 @@ def test_invalid_toml_is_config_error() -> None:
         load_settings()
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("sluice = 3\n", "sluice.toml: sluice must be a table ([sluice]), got an integer"),
+        ("sluice = [1]\n", "sluice.toml: sluice must be a table ([sluice]), got an array"),
+        ('sluice = "x"\n', "sluice.toml: sluice must be a table ([sluice]), got a string"),
+        ("providers = 3\n", "sluice.toml: providers must be a table ([providers.NAME]), got"),
+        ("sandbox = true\n", "sluice.toml: sandbox must be a table ([sandbox]), got a boolean"),
+    ],
+)
+def test_a_top_level_key_that_is_not_a_table_is_config_error(text: str, expected: str) -> None:
+    """`sluice = 3` (a key where the table belongs) was a TypeError traceback from every
+    command, and `sluice = "x"` a message about dictionary update sequences."""
+    Path("sluice.toml").write_text(text, encoding="utf-8")
+
+    with pytest.raises(errors.ConfigError) as raised:
+        load_settings()
+
+    assert str(raised.value).startswith(expected), str(raised.value)
+
+
+def test_a_config_path_that_is_a_folder_says_so(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """SLUICE_CONFIG naming a folder said "no such file"."""
+    monkeypatch.setenv("SLUICE_CONFIG", str(tmp_path))
+
+    with pytest.raises(errors.ConfigError, match="is a folder, not a file"):
+        load_settings()
+
+
 def test_wrongly_typed_value_is_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     """A value of the wrong type raises ConfigError naming the setting."""
     monkeypatch.setenv("SLUICE_PORT", "eighty")
