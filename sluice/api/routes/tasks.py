@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Response, status
+from fastapi.exceptions import RequestValidationError
 
 from sluice import submissions
 from sluice.api.auth import SUBMITTER, VIEWER, GuardedRoute, Principal
@@ -52,11 +53,27 @@ def create_task(
     return TaskOut.of(task, context.catalog)
 
 
+BULK_HEADER_KEY = {
+    "loc": ("header", "idempotency-key"),
+    "msg": "POST /api/tasks/bulk does not read the Idempotency-Key header (a retry would "
+    "create every task again); give each item its own idempotency_key",
+    "type": "value_error",
+}
+
+
 @router.post("/bulk", status_code=status.HTTP_201_CREATED, response_model=BulkCreated)
 def create_tasks(
-    body: BulkCreate, context: Context, principal: Submitter, tenant: TenantQuery = None
+    body: BulkCreate,
+    context: Context,
+    principal: Submitter,
+    tenant: TenantQuery = None,
+    idempotency_key: Annotated[str | None, Header()] = None,
 ) -> BulkCreated:
-    """Create up to 10,000 tasks atomically; items may name earlier items as parents."""
+    """Create up to 10,000 tasks atomically; items may name earlier items as parents.
+    Each item may carry its own ``idempotency_key``; the ``Idempotency-Key`` header is
+    refused (it used to be ignored: a retried batch was created again)."""
+    if idempotency_key is not None:
+        raise RequestValidationError([BULK_HEADER_KEY])
     home = principal.write_tenant(tenant)
     ids = submissions.create_tasks(
         context.repo,

@@ -416,3 +416,26 @@ def test_a_priority_that_is_not_an_integer_is_422(api: Api, priority: Any, bulk:
     (problem,) = problems(response)
     assert problem["loc"] == (["body", "tasks", 0, "priority"] if bulk else ["body", "priority"])
     assert problem["msg"] == "Input should be a valid integer"
+
+
+@pytest.mark.usefixtures("seeded")
+def test_an_idempotency_key_header_on_bulk_is_422_and_nothing_is_written(api: Api) -> None:
+    """The header was read by `POST /api/tasks` only: on `/api/tasks/bulk` it was ignored
+    without a word, so a client retrying a batch whose answer it lost (a `sluice up` killed
+    mid-answer) created the whole batch again under "its" key, 5,000 tasks each time. Now
+    it is refused, naming the per-item field to use, and the batch is not written."""
+    before = api.client.get("/api/tasks", params={"limit": 1000}).json()["items"]
+    body = {"tasks": [api.campaign(), api.campaign()]}
+
+    response = api.client.post("/api/tasks/bulk", json=body, headers={"Idempotency-Key": "b-1"})
+
+    assert response.status_code == 422
+    assert response.json()["detail"] == [
+        {
+            "loc": ["header", "idempotency-key"],
+            "msg": "POST /api/tasks/bulk does not read the Idempotency-Key header (a retry "
+            "would create every task again); give each item its own idempotency_key",
+            "type": "value_error",
+        }
+    ]
+    assert api.client.get("/api/tasks", params={"limit": 1000}).json()["items"] == before
