@@ -5,17 +5,21 @@ With ``--demo`` or ``--sandbox`` the bundled sandbox DSP runs in this process to
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import signal
 import socket
 import threading
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
 from pydantic import ValidationError
 from rich.console import Console
+from sqlalchemy import Engine
 
 from sluice import errors
 from sluice.api.app import GRACEFUL_SHUTDOWN_S, api_rate, build_api
@@ -72,6 +76,8 @@ def run_up(settings: Settings, options: UpOptions, console: Console) -> int:
         if options.workers:
             workers = start_workers(settings, options.workers, stack, console)
         else:
+            if settings.redis_url is None:
+                stack.enter_context(sole_engine(runtime.repo.engine))
             driver = build_embedded_driver(runtime)
             driver.start()
             stack.callback(driver.stop)
@@ -123,6 +129,57 @@ def listen(host: str, port: int) -> socket.socket:
             f"cannot listen on {_where(host, port)}: {exc.strerror or exc}"
         ) from None
     return sock
+
+
+@contextmanager
+def sole_engine(engine: Engine) -> Iterator[None]:
+    """Hold ``<database>.engine.lock`` while this process's engine runs, or refuse to start.
+
+    An embedded engine paces each provider with a limiter in its own memory: two of them on
+    one SQLite file send twice the rate (with a 20/s sandbox, 22 calls in a second and 31
+    creates refused). The lock is the kernel's (``flock``): it goes with the process, even
+    one killed with SIGKILL, so a restart is never refused. With ``SLUICE_REDIS_URL`` the
+    limiter is shared and no lock is taken.
+    """
+    path = sqlite_file(engine)
+    if path is None:
+        yield
+        return
+    lock_path = Path(f"{path}.engine.lock")
+    try:
+        handle = lock_path.open("a+")
+    except OSError as exc:
+        raise errors.StoreUnavailable(
+            f"cannot open {lock_path}: {exc.strerror or exc}", str(engine.url)
+        ) from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            raise errors.SluiceError(
+                f"another sluice up runs the engine on this database (pid {holder}, lock "
+                f"{lock_path}); two would each send the providers' full rate. Stop it, or "
+                "run more processes as workers with SLUICE_REDIS_URL (docs/deployment.md)"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+
+
+def sqlite_file(engine: Engine) -> str | None:
+    """The SQLite file behind ``engine`` (None for PostgreSQL or an in-memory database)."""
+    if engine.dialect.name != "sqlite":
+        return None
+    name = engine.url.database or ""
+    if name.startswith("file:"):
+        name = name.removeprefix("file:").split("?", 1)[0]
+    if name in {"", ":memory:"} or "mode=memory" in str(engine.url):
+        return None
+    return str(Path(name).resolve())
 
 
 def _where(host: str, port: int) -> str:

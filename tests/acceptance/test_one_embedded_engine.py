@@ -1,0 +1,117 @@
+"""Two `sluice up` on one SQLite file: the second refuses to start.
+
+Each embedded engine has its own in-memory limiter, so two of them on one database send
+twice the provider's rate: with a 20/s sandbox, two `sluice up` sharing a file sent 22
+calls in one second and the sandbox refused 31 of 300 creates.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+import sluice
+from tests.unit.cli.running import one_line
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+GUARD_S = 120.0
+"""How long a start may take on a loaded host before the test calls it a hang."""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def sluice_up(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "sluice", "up", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def test_a_second_sluice_up_on_the_same_database_refuses_to_start(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(sluice.__file__).parents[1]),  # this checkout, from any cwd
+        "SLUICE_DATABASE_URL": f"sqlite:///{tmp_path / 'sluice.db'}",
+        "COLUMNS": "200",
+    }
+    env.pop("SLUICE_REDIS_URL", None)
+    port = free_port()
+    first = sluice_up(env, port, tmp_path / "first.log")
+    try:
+        deadline = time.monotonic() + GUARD_S
+        while True:
+            assert first.poll() is None, (tmp_path / "first.log").read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the first sluice up never became ready"
+            time.sleep(0.2)
+
+        try:
+            second = subprocess.run(
+                [sys.executable, "-m", "sluice", "up", "--port", str(free_port())],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=GUARD_S,
+            )
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the second sluice up was still running after {GUARD_S} s")
+
+        assert second.returncode == 2
+        line = one_line(second.stderr)
+        assert line.startswith("error: another sluice up runs the engine on this database"), line
+        assert f"(pid {first.pid}, lock " in line
+        assert first.poll() is None  # the first one goes on
+    finally:
+        first.send_signal(signal.SIGTERM)
+        try:
+            first.wait(timeout=GUARD_S)
+        except subprocess.TimeoutExpired:
+            first.kill()
+            first.wait()
+
+
+def test_sluice_up_starts_again_on_a_database_whose_engine_was_killed(tmp_path: Path) -> None:
+    """The lock goes with its process, even after SIGKILL: a restart is not refused."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(sluice.__file__).parents[1]),
+        "SLUICE_DATABASE_URL": f"sqlite:///{tmp_path / 'sluice.db'}",
+    }
+    env.pop("SLUICE_REDIS_URL", None)
+    for attempt in range(2):
+        port = free_port()
+        up = sluice_up(env, port, tmp_path / f"up{attempt}.log")
+        try:
+            deadline = time.monotonic() + GUARD_S
+            while True:
+                assert up.poll() is None, (tmp_path / f"up{attempt}.log").read_text()
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, "sluice up never became ready"
+                time.sleep(0.2)
+        finally:
+            up.kill()
+            up.wait()
