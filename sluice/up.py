@@ -54,8 +54,6 @@ def run_up(settings: Settings, options: UpOptions, console: Console) -> int:
     run to the end (it failed, or a worker process died).
     """
     api_rate(settings)  # before the demo's database is replaced and anything is said
-    if options.demo:
-        settings = prepare_demo_settings(settings)
     # The API judges "listens on loopback" by the address it is given here.
     settings = settings.model_copy(update={"host": options.host, "port": options.port})
     exit_code = 0
@@ -63,6 +61,10 @@ def run_up(settings: Settings, options: UpOptions, console: Console) -> int:
         # The API's port first: taken, nothing else is started (uvicorn found it after the
         # engine and the demo had begun their work).
         listening = stack.enter_context(listen(options.host, options.port))
+        if options.demo:
+            # After the port: a second demo beside a running one (its port taken) deleted
+            # the running demo's database before it found the port in use.
+            settings = prepare_demo_settings(settings)
         _stop_cleanly_on_sigterm(stack)
         sandbox_url = start_sandbox(settings, stack) if options.sandbox or options.demo else None
         runtime = build_runtime(settings)

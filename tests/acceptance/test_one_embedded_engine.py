@@ -115,3 +115,62 @@ def test_sluice_up_starts_again_on_a_database_whose_engine_was_killed(tmp_path: 
         finally:
             up.kill()
             up.wait()
+
+
+def test_a_second_demo_on_a_port_in_use_leaves_the_running_demos_database_alone(
+    tmp_path: Path,
+) -> None:
+    """`sluice up --demo` deletes ./sluice-demo.db to start afresh: a second one started
+    beside a running demo deleted the running demo's file (and its WAL) before it found
+    the port taken, so the running demo lost its tasks from the next connection on."""
+    sandbox_port, port = free_port(), free_port()
+    (tmp_path / "sluice.toml").write_text(f"[sandbox]\nport = {sandbox_port}\n", encoding="utf-8")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(sluice.__file__).parents[1]),
+        "COLUMNS": "200",
+    }
+    env.pop("SLUICE_DATABASE_URL", None)
+    env.pop("SLUICE_CONFIG", None)
+    with (tmp_path / "first.log").open("ab") as out:
+        first = subprocess.Popen(
+            [sys.executable, "-m", "sluice", "up", "--demo", "--port", str(port)],
+            env=env,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + GUARD_S
+        while True:
+            assert first.poll() is None, (tmp_path / "first.log").read_text()
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}/api/tasks/1001", timeout=5)
+                if answer.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the demo's tasks never appeared"
+            time.sleep(0.2)
+        inode = (tmp_path / "sluice-demo.db").stat().st_ino
+
+        second = subprocess.run(
+            [sys.executable, "-m", "sluice", "up", "--demo", "--port", str(port)],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=GUARD_S,
+        )
+
+        assert second.returncode == 2
+        assert "in use" in one_line(second.stderr)
+        assert (tmp_path / "sluice-demo.db").stat().st_ino == inode
+        assert httpx.get(f"http://127.0.0.1:{port}/api/tasks/1001", timeout=30).status_code == 200
+    finally:
+        first.send_signal(signal.SIGTERM)
+        try:
+            first.wait(timeout=GUARD_S)
+        except subprocess.TimeoutExpired:
+            first.kill()
+            first.wait()
