@@ -9,9 +9,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Response, status
-from fastapi.exceptions import RequestValidationError
 
-from sluice import submissions
+from sluice import errors, submissions
 from sluice.api.auth import SUBMITTER, VIEWER, GuardedRoute, Principal
 from sluice.api.deps import Context
 from sluice.api.schemas import (
@@ -53,12 +52,10 @@ def create_task(
     return TaskOut.of(task, context.catalog)
 
 
-BULK_HEADER_KEY = {
-    "loc": ("header", "idempotency-key"),
-    "msg": "POST /api/tasks/bulk does not read the Idempotency-Key header (a retry would "
-    "create every task again); give each item its own idempotency_key",
-    "type": "value_error",
-}
+BULK_HEADER_KEY = (
+    "POST /api/tasks/bulk does not read the Idempotency-Key header (a retry would create "
+    "every task again); give each item its own idempotency_key"
+)
 
 
 @router.post("/bulk", status_code=status.HTTP_201_CREATED, response_model=BulkCreated)
@@ -73,7 +70,7 @@ def create_tasks(
     Each item may carry its own ``idempotency_key``; the ``Idempotency-Key`` header is
     refused (it used to be ignored: a retried batch was created again)."""
     if idempotency_key is not None:
-        raise RequestValidationError([BULK_HEADER_KEY])
+        raise errors.InvalidTask(BULK_HEADER_KEY)
     home = principal.write_tenant(tenant)
     ids = submissions.create_tasks(
         context.repo,

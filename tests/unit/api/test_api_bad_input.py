@@ -432,7 +432,7 @@ def test_an_idempotency_key_header_on_bulk_is_422_and_nothing_is_written(api: Ap
     assert response.status_code == 422
     assert response.json()["detail"] == [
         {
-            "loc": ["header", "idempotency-key"],
+            "loc": ["body"],
             "msg": "POST /api/tasks/bulk does not read the Idempotency-Key header (a retry "
             "would create every task again); give each item its own idempotency_key",
             "type": "value_error",
