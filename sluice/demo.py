@@ -33,13 +33,21 @@ Retry-After, so the demo shows one pause (and the console shows it live)."""
 log = logging.getLogger("sluice.demo")
 
 
+def demo_database_file(settings: Settings) -> Path | None:
+    """The SQLite file the demo starts afresh (deleting it first), or None when a database
+    was chosen explicitly (the demo then runs on it as it is)."""
+    if settings.database_url == Settings.model_fields["database_url"].default:
+        return Path("sluice-demo.db")
+    return None
+
+
 def prepare_demo_settings(settings: Settings) -> Settings:
     """The demo runs on a fresh SQLite file unless a database was chosen explicitly, and
     its sandbox has one maintenance window (unless ``[sandbox] maintenance`` says otherwise)."""
     sandbox = {"maintenance": DEMO_MAINTENANCE, **settings.sandbox}
     settings = settings.model_copy(update={"sandbox": sandbox})
-    if settings.database_url == Settings.model_fields["database_url"].default:
-        path = Path("sluice-demo.db")
+    path = demo_database_file(settings)
+    if path is not None:
         for suffix in ("", "-wal", "-shm"):
             Path(str(path) + suffix).unlink(missing_ok=True)
         return settings.model_copy(update={"database_url": DEMO_DATABASE})

@@ -24,7 +24,7 @@ from sqlalchemy import Engine
 from sluice import errors
 from sluice.api.app import GRACEFUL_SHUTDOWN_S, api_rate, build_api
 from sluice.api.auth import startup_notice
-from sluice.demo import prepare_demo_settings, run_demo
+from sluice.demo import DEMO_DATABASE, demo_database_file, prepare_demo_settings, run_demo
 from sluice.drivers.embedded import EmbeddedDriver, build_embedded_driver
 from sluice.runtime import DEMO_SANDBOX_PORT, build_runtime
 from sluice.settings import Settings, describe_validation_error
@@ -61,9 +61,15 @@ def run_up(settings: Settings, options: UpOptions, console: Console) -> int:
         # The API's port first: taken, nothing else is started (uvicorn found it after the
         # engine and the demo had begun their work).
         listening = stack.enter_context(listen(options.host, options.port))
+        engine_held = False
         if options.demo:
-            # After the port: a second demo beside a running one (its port taken) deleted
-            # the running demo's database before it found the port in use.
+            # After the port, and after the engine's lock on the demo's file when this
+            # process runs the engine: a second demo beside a running one (on its port or
+            # another) deleted the running demo's database.
+            demo_file = demo_database_file(settings)
+            if demo_file is not None and not options.workers and settings.redis_url is None:
+                stack.enter_context(sole_engine_at(str(demo_file.resolve()), DEMO_DATABASE))
+                engine_held = True
             settings = prepare_demo_settings(settings)
         _stop_cleanly_on_sigterm(stack)
         sandbox_url = start_sandbox(settings, stack) if options.sandbox or options.demo else None
@@ -78,7 +84,7 @@ def run_up(settings: Settings, options: UpOptions, console: Console) -> int:
         if options.workers:
             workers = start_workers(settings, options.workers, stack, console)
         else:
-            if settings.redis_url is None:
+            if settings.redis_url is None and not engine_held:
                 stack.enter_context(sole_engine(runtime.repo.engine))
             driver = build_embedded_driver(runtime)
             driver.start()
@@ -147,12 +153,20 @@ def sole_engine(engine: Engine) -> Iterator[None]:
     if path is None:
         yield
         return
+    with sole_engine_at(path, str(engine.url)):
+        yield
+
+
+@contextmanager
+def sole_engine_at(path: str, database_url: str) -> Iterator[None]:
+    """:func:`sole_engine` for the SQLite file at ``path`` (absolute), which need not exist
+    yet."""
     lock_path = Path(f"{path}.engine.lock")
     try:
         handle = lock_path.open("a+")
     except OSError as exc:
         raise errors.StoreUnavailable(
-            f"cannot open {lock_path}: {exc.strerror or exc}", str(engine.url)
+            f"cannot open {lock_path}: {exc.strerror or exc}", database_url
         ) from None
     with handle:
         try:

@@ -117,13 +117,20 @@ def test_sluice_up_starts_again_on_a_database_whose_engine_was_killed(tmp_path: 
             up.wait()
 
 
-def test_a_second_demo_on_a_port_in_use_leaves_the_running_demos_database_alone(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("other_port", "refusal"),
+    [(False, "in use"), (True, "another sluice up runs the engine on this database")],
+    ids=["same-port", "another-port"],
+)
+def test_a_second_demo_leaves_the_running_demos_database_alone(
+    tmp_path: Path, other_port: bool, refusal: str
 ) -> None:
     """`sluice up --demo` deletes ./sluice-demo.db to start afresh: a second one started
     beside a running demo deleted the running demo's file (and its WAL) before it found
-    the port taken, so the running demo lost its tasks from the next connection on."""
+    the port taken (or, on another port, went on to run a second engine on a new file), so
+    the running demo lost its tasks from the next connection on."""
     sandbox_port, port = free_port(), free_port()
+    second_port = free_port() if other_port else port
     (tmp_path / "sluice.toml").write_text(f"[sandbox]\nport = {sandbox_port}\n", encoding="utf-8")
     env = {
         **os.environ,
@@ -155,7 +162,7 @@ def test_a_second_demo_on_a_port_in_use_leaves_the_running_demos_database_alone(
         inode = (tmp_path / "sluice-demo.db").stat().st_ino
 
         second = subprocess.run(
-            [sys.executable, "-m", "sluice", "up", "--demo", "--port", str(port)],
+            [sys.executable, "-m", "sluice", "up", "--demo", "--port", str(second_port)],
             env=env,
             cwd=tmp_path,
             capture_output=True,
@@ -164,7 +171,7 @@ def test_a_second_demo_on_a_port_in_use_leaves_the_running_demos_database_alone(
         )
 
         assert second.returncode == 2
-        assert "in use" in one_line(second.stderr)
+        assert refusal in one_line(second.stderr)
         assert (tmp_path / "sluice-demo.db").stat().st_ino == inode
         assert httpx.get(f"http://127.0.0.1:{port}/api/tasks/1001", timeout=30).status_code == 200
     finally:
