@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import httpx
 import pytest
 
 import sluice
+from harness.cluster import free_port
 from tests.unit.cli.running import one_line
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -27,10 +27,28 @@ GUARD_S = 120.0
 """How long a start may take on a loaded host before the test calls it a hang."""
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, and SIGKILL if it is still running after the guard."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=GUARD_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def wait_until_answered(process: subprocess.Popen[bytes], url: str, log: Path, what: str) -> None:
+    """Until ``url`` answers 200, while ``process`` runs (its log in the failure)."""
+    deadline = time.monotonic() + GUARD_S
+    while True:
+        assert process.poll() is None, log.read_text()
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
 
 
 def sluice_up(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -54,16 +72,12 @@ def test_a_second_sluice_up_on_the_same_database_refuses_to_start(tmp_path: Path
     port = free_port()
     first = sluice_up(env, port, tmp_path / "first.log")
     try:
-        deadline = time.monotonic() + GUARD_S
-        while True:
-            assert first.poll() is None, (tmp_path / "first.log").read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the first sluice up never became ready"
-            time.sleep(0.2)
+        wait_until_answered(
+            first,
+            f"http://127.0.0.1:{port}/readyz",
+            tmp_path / "first.log",
+            "the first sluice up never became ready",
+        )
 
         try:
             second = subprocess.run(
@@ -82,12 +96,7 @@ def test_a_second_sluice_up_on_the_same_database_refuses_to_start(tmp_path: Path
         assert f"(pid {first.pid}, lock " in line
         assert first.poll() is None  # the first one goes on
     finally:
-        first.send_signal(signal.SIGTERM)
-        try:
-            first.wait(timeout=GUARD_S)
-        except subprocess.TimeoutExpired:
-            first.kill()
-            first.wait()
+        stop(first)
 
 
 def test_sluice_up_starts_again_on_a_database_whose_engine_was_killed(tmp_path: Path) -> None:
@@ -100,18 +109,12 @@ def test_sluice_up_starts_again_on_a_database_whose_engine_was_killed(tmp_path: 
     env.pop("SLUICE_REDIS_URL", None)
     for attempt in range(2):
         port = free_port()
-        up = sluice_up(env, port, tmp_path / f"up{attempt}.log")
+        log = tmp_path / f"up{attempt}.log"
+        up = sluice_up(env, port, log)
         try:
-            deadline = time.monotonic() + GUARD_S
-            while True:
-                assert up.poll() is None, (tmp_path / f"up{attempt}.log").read_text()
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "sluice up never became ready"
-                time.sleep(0.2)
+            wait_until_answered(
+                up, f"http://127.0.0.1:{port}/readyz", log, "sluice up never became ready"
+            )
         finally:
             up.kill()
             up.wait()
@@ -148,17 +151,12 @@ def test_a_second_demo_leaves_the_running_demos_database_alone(
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + GUARD_S
-        while True:
-            assert first.poll() is None, (tmp_path / "first.log").read_text()
-            try:
-                answer = httpx.get(f"http://127.0.0.1:{port}/api/tasks/1001", timeout=5)
-                if answer.status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the demo's tasks never appeared"
-            time.sleep(0.2)
+        wait_until_answered(
+            first,
+            f"http://127.0.0.1:{port}/api/tasks/1001",
+            tmp_path / "first.log",
+            "the demo's tasks never appeared",
+        )
         inode = (tmp_path / "sluice-demo.db").stat().st_ino
 
         second = subprocess.run(
@@ -175,9 +173,4 @@ def test_a_second_demo_leaves_the_running_demos_database_alone(
         assert (tmp_path / "sluice-demo.db").stat().st_ino == inode
         assert httpx.get(f"http://127.0.0.1:{port}/api/tasks/1001", timeout=30).status_code == 200
     finally:
-        first.send_signal(signal.SIGTERM)
-        try:
-            first.wait(timeout=GUARD_S)
-        except subprocess.TimeoutExpired:
-            first.kill()
-            first.wait()
+        stop(first)
