@@ -4,6 +4,7 @@ and :class:`BoundedChecks`, which runs them under a deadline."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -46,9 +47,12 @@ class BoundedChecks:
             for check in [c for c, f in self._running.items() if f.done()]:
                 del self._running[check]
         results: dict[str, Exception | None] = {}
+        # One deadline for all: they run side by side, so two hung servers still answer the
+        # probe within timeout_s, not one timeout_s after the other.
+        deadline = time.monotonic() + self.timeout_s
         for name, future in running.items():
             try:
-                future.result(timeout=self.timeout_s)
+                future.result(timeout=max(0.0, deadline - time.monotonic()))
                 results[name] = None
             except FutureTimeout:
                 results[name] = ReadinessTimeout(f"no answer within {self.timeout_s:g} s")

@@ -1,0 +1,50 @@
+"""BoundedChecks: readiness checks side by side, a hung one reported, never piled up."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from sluice.api.readiness import BoundedChecks, ReadinessTimeout
+
+
+def test_hung_checks_are_reported_and_the_others_answer() -> None:
+    release = threading.Event()
+    started: list[str] = []
+
+    def hung(name: str) -> Callable[[], None]:
+        def check() -> None:
+            started.append(name)
+            release.wait(60)
+
+        return check
+
+    def failing() -> None:
+        raise ConnectionError("refused")
+
+    checks: dict[str, Callable[[], None]] = {
+        "database": hung("database"),
+        "redis": hung("redis"),
+        "broker": failing,
+        "ok": lambda: None,
+    }
+    bounded = BoundedChecks(timeout_s=0.5)
+    try:
+        first = bounded.run(checks)
+        assert isinstance(first["database"], ReadinessTimeout)
+        assert isinstance(first["redis"], ReadinessTimeout)
+        assert isinstance(first["broker"], ConnectionError)
+        assert first["ok"] is None
+        # A second probe waits for the runs still going instead of starting new ones.
+        second = bounded.run(checks)
+        assert isinstance(second["database"], ReadinessTimeout)
+        assert sorted(started) == ["database", "redis"]
+    finally:
+        release.set()
+    # Once the servers answer again, so do the checks.
+    for _ in range(100):
+        third = bounded.run(checks)
+        if third["database"] is None and third["redis"] is None:
+            break
+    assert third["database"] is None
+    assert third["redis"] is None
