@@ -315,7 +315,9 @@ def status(
     logs.configure("WARNING")
     api_key = _api_key(api_key) if api_url else None
     try:
-        source = remote_source(api_url, api_key) if api_url else local_source(load_settings())
+        source = (
+            remote_source(api_url, api_key) if api_url else local_source(_existing(load_settings()))
+        )
         code = run_status(source, Console(), once=once)
     except errors.SluiceError as exc:
         _fail("status", str(exc))
@@ -540,11 +542,23 @@ def _fail(label: str, message: str) -> None:
     console.print(f"[red]{label}:[/red] {shown}", soft_wrap=True, highlight=False)
 
 
-def _open_store() -> Any:
-    """The database of SLUICE_DATABASE_URL, migrated to head."""
+def _existing(settings: Any) -> Any:
+    """``settings``, once its database is known to exist (a command reading or changing what
+    a running Sluice holds must not create an empty one in the wrong folder)."""
+    from sluice.store import db
+
+    db.require_existing(settings.database_url)
+    return settings
+
+
+def _open_store(*, existing: bool = True) -> Any:
+    """The database of SLUICE_DATABASE_URL, migrated to head (which must exist already,
+    unless ``existing`` is False: a first key may be created before the first start)."""
     from sluice.store import db
 
     settings = load_settings()
+    if existing:
+        db.require_existing(settings.database_url)
     engine = db.make_engine(settings.database_url)
     db.ensure_schema(engine)
     return engine
@@ -570,7 +584,7 @@ def keys_create(
     from sluice.store.keys import KeyStore
 
     made = apikeys.create_key(
-        KeyStore(_open_store()), name=name, role=role, tenant=tenant, expires=expires
+        KeyStore(_open_store(existing=False)), name=name, role=role, tenant=tenant, expires=expires
     )
     key = made.key
     scope = f"tenant {key.tenant}" if key.tenant else "every tenant"
@@ -690,7 +704,7 @@ def _control(action: str, target: str, api_url: str | None, api_key: str | None,
     if api_url:
         result = control_remote(api_url, _api_key(api_key), action, target, **kw)
     else:
-        result = control_local(load_settings(), action, target, **kw)
+        result = control_local(_existing(load_settings()), action, target, **kw)
     Console().print(describe_control(result), markup=False, highlight=False, soft_wrap=True)
 
 
@@ -755,7 +769,7 @@ def explain(
     if api_url:
         shown = explain_remote(api_url, _api_key(api_key), task_id)
     else:
-        shown = explain_local(load_settings(), task_id)
+        shown = explain_local(_existing(load_settings()), task_id)
     out = Console()
     for line in describe_explanation(shown):
         out.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -769,7 +783,7 @@ def rates() -> None:
     from sluice.engine.adaptive import rates_in_force
     from sluice.runtime import build_runtime
 
-    runtime = build_runtime(load_settings())
+    runtime = build_runtime(_existing(load_settings()))
     try:
         runtime.rates.refresh()
         table = Table("provider", "key", "configured", "in force", "source", "since", "reason")

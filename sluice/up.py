@@ -188,14 +188,7 @@ def sole_engine_at(path: str, database_url: str) -> Iterator[None]:
 
 def sqlite_file(engine: Engine) -> str | None:
     """The SQLite file behind ``engine`` (None for PostgreSQL or an in-memory database)."""
-    if engine.dialect.name != "sqlite":
-        return None
-    name = engine.url.database or ""
-    if name.startswith("file:"):
-        name = name.removeprefix("file:").split("?", 1)[0]
-    if name in {"", ":memory:"} or "mode=memory" in str(engine.url):
-        return None
-    return str(Path(name).resolve())
+    return db.sqlite_path(engine.url)
 
 
 def _where(host: str, port: int) -> str:

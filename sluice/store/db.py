@@ -16,7 +16,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
-from sqlalchemy.engine import ExceptionContext, make_url
+from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from sluice import errors, masking
@@ -407,6 +407,33 @@ def check_writable(engine: Engine) -> None:
     with engine.connect() as conn, conn.begin() as transaction:
         conn.execute(text("UPDATE alembic_version SET version_num = version_num"))
         transaction.rollback()
+
+
+def sqlite_path(url: str | URL) -> str | None:
+    """The absolute path of the SQLite file ``url`` names (None for PostgreSQL or an
+    in-memory database)."""
+    parsed = make_url(url) if isinstance(url, str) else url
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    name = parsed.database or ""
+    if name.startswith("file:"):
+        name = name.removeprefix("file:").split("?", 1)[0]
+    if name in {"", ":memory:"} or "mode=memory" in str(parsed):
+        return None
+    return str(Path(name).resolve())
+
+
+def require_existing(url: str) -> None:
+    """SluiceError when ``url`` names an SQLite file that does not exist. Commands that
+    read or change what a running Sluice holds (status, explain, a pause) would otherwise
+    create and migrate an empty database there, answer from it ("no such task", "paused")
+    and leave a stray file: a wrong folder or a typo went unnoticed."""
+    path = sqlite_path(url)
+    if path is not None and not Path(path).exists():
+        raise errors.SluiceError(
+            f"no database at {path} (SLUICE_DATABASE_URL names a file that does not exist; "
+            "sluice up, sluice api or sluice db upgrade creates it)"
+        )
 
 
 def has_schema(engine: Engine) -> bool:

@@ -201,6 +201,7 @@ def test_a_key_without_api_is_not_checked(
     """Without --api the key is not sent, so a SLUICE_API_KEY HTTP could not carry is no
     reason to refuse a command on the local database."""
     monkeypatch.setenv("SLUICE_DATABASE_URL", f"sqlite:///{tmp_path / 'local.db'}")
+    assert run_cli(monkeypatch, capsys, "db", "upgrade")[0] == 0
     monkeypatch.setenv("SLUICE_API_KEY", KEY + "\r")
 
     code, err = run_cli(monkeypatch, capsys, "resume", "sandbox")

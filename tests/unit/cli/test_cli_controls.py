@@ -41,6 +41,9 @@ def local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("SLUICE_DATABASE_URL", url)
     monkeypatch.setenv("SLUICE_CONFIG", str(config))
     monkeypatch.delenv("SLUICE_REDIS_URL", raising=False)
+    engine = db.make_engine(url)  # as a running Sluice leaves it: the commands need one
+    db.ensure_schema(engine)
+    engine.dispose()
     return url
 
 

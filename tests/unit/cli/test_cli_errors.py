@@ -247,6 +247,7 @@ def test_db_prune_reports_what_it_deleted(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     monkeypatch.setenv("SLUICE_DATABASE_URL", f"sqlite:///{tmp_path / 'sluice.db'}")
+    cli.app(["db", "upgrade"], standalone_mode=False)
     monkeypatch.setattr(sys, "argv", ["sluice", "db", "prune", "--older-than", "30d"])
 
     cli.app(["db", "prune", "--older-than", "30d"], standalone_mode=False)
@@ -317,6 +318,7 @@ def test_a_number_of_worker_processes_outside_its_range_is_one_line(
 def test_explain_of_an_id_the_store_has_not_is_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    assert run_cli(monkeypatch, capsys, "db", "upgrade")[0] == 0
     code, err = run_cli(monkeypatch, capsys, "explain", str(2**53))
 
     assert code == 2
@@ -734,3 +736,40 @@ def test_a_worker_whose_pool_could_not_build_its_runtime_refuses_to_start(
     assert "acme" in err or setting != "SLUICE_CONFIG"
     assert PASSWORD not in err
     assert not started
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("status", "--once"),
+        ("explain", "1"),
+        ("rates",),
+        ("audit",),
+        ("keys", "list"),
+        ("keys", "revoke", "k1"),
+        ("pause", "sandbox", "--reason", "x"),
+        ("resume", "sandbox"),
+        ("db", "prune", "--older-than", "30d"),
+    ],
+    ids=lambda args: " ".join(args[:2]),
+)
+def test_a_command_on_a_database_that_does_not_exist_creates_none(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    args: tuple[str, ...],
+) -> None:
+    """Run in the wrong folder (or with a typo in the URL), these created and migrated an
+    empty database there and answered from it: an empty overview, "task 1 not found", a
+    provider "paused" that no engine reads."""
+    path = tmp_path / "sluice.db"
+    monkeypatch.setenv("SLUICE_DATABASE_URL", f"sqlite:///{path}")
+
+    code, err = run_cli(monkeypatch, capsys, *args)
+
+    assert code == 2
+    assert one_line(err).endswith(
+        f"no database at {path} (SLUICE_DATABASE_URL names a file that does not exist; "
+        "sluice up, sluice api or sluice db upgrade creates it)"
+    )
+    assert not path.exists()
