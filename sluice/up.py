@@ -149,7 +149,7 @@ def sole_engine(engine: Engine) -> Iterator[None]:
     one killed with SIGKILL, so a restart is never refused. With ``SLUICE_REDIS_URL`` the
     limiter is shared and no lock is taken.
     """
-    path = sqlite_file(engine)
+    path = db.sqlite_path(engine.url)
     if path is None:
         yield
         return
@@ -184,11 +184,6 @@ def sole_engine_at(path: str, database_url: str) -> Iterator[None]:
         handle.write(f"{os.getpid()}\n")
         handle.flush()
         yield
-
-
-def sqlite_file(engine: Engine) -> str | None:
-    """The SQLite file behind ``engine`` (None for PostgreSQL or an in-memory database)."""
-    return db.sqlite_path(engine.url)
 
 
 def _where(host: str, port: int) -> str:
