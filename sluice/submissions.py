@@ -221,8 +221,27 @@ def create_task(
     return repo.create(spec)
 
 
+@dataclass(frozen=True)
+class Batch:
+    """A batch's task ids in input order; ``replayed`` when the batch had been created
+    before (every item's idempotency key held by the task the item describes)."""
+
+    ids: list[int]
+    replayed: bool = False
+
+
 def create_tasks(repo: TaskRepository, catalog: Catalog, items: Sequence[Submission]) -> list[int]:
-    """Create all ``items`` atomically, or raise with every item's problems."""
+    """Create all ``items`` atomically (see :func:`create_batch`); their ids in input order."""
+    return create_batch(repo, catalog, items).ids
+
+
+def create_batch(repo: TaskRepository, catalog: Catalog, items: Sequence[Submission]) -> Batch:
+    """Create all ``items`` atomically, or raise with every item's problems.
+
+    A batch sent again, each item with the idempotency key it had, answers with the tasks
+    the first one created (a client that lost the first answer learns their ids); a batch
+    of which only some keys are used, or used by other tasks, is a conflict naming them.
+    """
     if len(items) > MAX_BULK:
         raise SubmissionInvalid(
             [ItemError(None, "tasks", f"at most {MAX_BULK} tasks per call, got {len(items)}")]
@@ -257,4 +276,55 @@ def create_tasks(repo: TaskRepository, catalog: Catalog, items: Sequence[Submiss
             specs.append(spec)
     if problems:
         raise SubmissionInvalid(problems)
-    return repo.create_many(specs)
+    try:
+        return Batch(repo.create_many(specs))
+    except errors.TaskConflict:
+        ids = _replayed(repo, specs) if seen_keys else None
+        if ids is None:
+            raise
+        return Batch(ids, replayed=True)
+
+
+MAX_NAMED = 10
+"""How many conflicting items a 409 names."""
+
+
+def _replayed(repo: TaskRepository, specs: Sequence[Submission]) -> list[int] | None:
+    """The ids of the tasks an earlier call created for this very batch, or
+    :class:`errors.TaskConflict` naming the items whose keys other tasks hold; None when
+    no key is held (the conflict was another's: an explicit id that exists)."""
+    keys = [(s.tenant, s.idempotency_key) for s in specs if s.idempotency_key is not None]
+    found = repo.by_idempotency_keys(keys)
+    if not found:
+        return None
+    held = [found.get((s.tenant, s.idempotency_key or "")) for s in specs]
+    ids = [task.id if task is not None else 0 for task in held]
+    if all(
+        task is not None and _describes(task, spec, ids)
+        for task, spec in zip(held, specs, strict=True)
+    ):
+        return ids
+    named = [
+        f"item {index} ({spec.idempotency_key!r}: task {task.id})"
+        for index, (task, spec) in enumerate(zip(held, specs, strict=True))
+        if task is not None
+    ]
+    more = f" and {len(named) - MAX_NAMED} more" if len(named) > MAX_NAMED else ""
+    raise errors.TaskConflict(
+        "idempotency_key already used by another task, and the batch is not the one that "
+        f"created it: {', '.join(named[:MAX_NAMED])}{more}"
+    )
+
+
+def _describes(task: Task, spec: Submission, ids: Sequence[int]) -> bool:
+    """Whether ``task`` is what ``spec`` (an item of the batch whose ids are ``ids``) would
+    have created."""
+    parent = ids[spec.parent_index] if spec.parent_index is not None else spec.parent_id
+    return (
+        task.provider == spec.provider
+        and task.kind == spec.kind
+        and task.payload == spec.payload
+        and task.parent_id == parent
+        and task.priority == spec.priority
+        and (spec.id is None or task.id == spec.id)
+    )

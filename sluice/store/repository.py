@@ -296,6 +296,25 @@ class TaskRepository:
             )
         return row_to_task(row)
 
+    def by_idempotency_keys(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Task]:
+        """The tasks holding these (tenant, idempotency key) pairs, by pair; pairs no task
+        holds are left out."""
+        wanted: dict[str, list[str]] = {}
+        for tenant, key in keys:
+            wanted.setdefault(tenant, []).append(key)
+        found: dict[tuple[str, str], Task] = {}
+        with self.engine.connect() as conn:
+            for tenant, tenant_keys in wanted.items():
+                for part in chunks(sorted(set(tenant_keys))):
+                    rows = conn.execute(
+                        select(tasks).where(
+                            tasks.c.tenant == tenant, tasks.c.idempotency_key.in_(part)
+                        )
+                    )
+                    for row in rows:
+                        found[(tenant, row.idempotency_key)] = row_to_task(row)
+        return found
+
     def create_many(self, specs: Sequence[Submission]) -> list[int]:
         """Create every task or none; returns their ids in input order."""
         if not specs:

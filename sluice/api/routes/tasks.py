@@ -63,21 +63,26 @@ def create_tasks(
     body: BulkCreate,
     context: Context,
     principal: Submitter,
+    response: Response,
     tenant: TenantQuery = None,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> BulkCreated:
     """Create up to 10,000 tasks atomically; items may name earlier items as parents.
-    Each item may carry its own ``idempotency_key``; the ``Idempotency-Key`` header is
-    refused (it used to be ignored: a retried batch was created again)."""
+    Each item may carry its own ``idempotency_key``: the same batch sent again answers
+    with the ids the first created (``Idempotent-Replayed: true``). The
+    ``Idempotency-Key`` header is refused (it used to be ignored: a retried batch was
+    created again)."""
     if idempotency_key is not None:
         raise errors.InvalidTask(BULK_HEADER_KEY)
     home = principal.write_tenant(tenant)
-    ids = submissions.create_tasks(
+    batch = submissions.create_batch(
         context.repo,
         context.catalog,
         [item.to_submission(tenant=home) for item in body.tasks],
     )
-    return BulkCreated(count=len(ids), ids=ids)
+    if batch.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return BulkCreated(count=len(batch.ids), ids=batch.ids)
 
 
 @router.get("", response_model=TaskPage)

@@ -152,3 +152,81 @@ def test_bulk_body_over_64_mib_is_413(api: Api) -> None:
 
     assert response.status_code == 413
     assert api.written() == (0, 0)
+
+
+def keyed_batch(api: Api, prefix: str = "spring") -> list[dict[str, object]]:
+    """A campaign, its two ad groups (parent_index) and a tracked task, each with its key."""
+    return [
+        api.campaign(payload={"name": "Spring"}, idempotency_key=f"{prefix}-c"),
+        {
+            "kind": "creative",
+            "payload": {"asset": "a.png"},
+            "parent_index": 0,
+            "idempotency_key": f"{prefix}-a",
+        },
+        {
+            "kind": "creative",
+            "payload": {"asset": "b.png"},
+            "parent_index": 0,
+            "idempotency_key": f"{prefix}-b",
+            "priority": 5,
+        },
+        {"id": 4242, "status": "Not Started", "idempotency_key": f"{prefix}-t"},
+    ]
+
+
+def test_a_keyed_batch_sent_again_answers_with_the_first_ids(api: Api) -> None:
+    """A client that lost a bulk call's answer and sent the batch again got 409 "Idempotency-
+    Key already used" and no ids: it could neither learn the tasks' ids nor tell a replay from
+    a clash. The same batch, every item with the key it had, now answers 201 with the ids the
+    first call created (and `Idempotent-Replayed: true`) and writes nothing."""
+    first = api.client.post("/api/tasks/bulk", json={"tasks": keyed_batch(api)})
+    before = api.written()
+
+    again = api.client.post("/api/tasks/bulk", json={"tasks": keyed_batch(api)})
+
+    assert first.status_code == 201
+    assert "Idempotent-Replayed" not in first.headers
+    assert again.status_code == 201, again.text
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.json() == first.json()
+    assert api.written() == before
+
+
+def test_a_batch_that_is_not_the_keys_first_batch_is_409_naming_its_items(api: Api) -> None:
+    """Keys held by tasks that are not what the items describe (another payload, a missing
+    item, another parent) are a clash: 409 naming each item whose key is held, and the
+    task holding it; nothing is written."""
+    first_ids = api.client.post("/api/tasks/bulk", json={"tasks": keyed_batch(api)}).json()["ids"]
+    other_payload = keyed_batch(api)
+    other_payload[1]["payload"] = {"asset": "other.png"}
+    one_new_item = [*keyed_batch(api), api.campaign(idempotency_key="spring-new")]
+    other_parent = keyed_batch(api)
+    other_parent[2]["parent_index"] = 1
+    other_priority = keyed_batch(api)
+    del other_priority[2]["priority"]
+    before = api.written()
+
+    for batch in (other_payload, one_new_item, other_parent, other_priority):
+        response = api.client.post("/api/tasks/bulk", json={"tasks": batch})
+
+        assert response.status_code == 409, response.text
+        detail = response.json()["detail"]
+        for index, key in enumerate(("spring-c", "spring-a", "spring-b", "spring-t")):
+            assert f"item {index} ('{key}': task {first_ids[index]})" in detail
+        assert "spring-new" not in detail
+    assert api.written() == before
+
+
+def test_a_keyless_conflict_is_409_naming_the_id_as_before(api: Api) -> None:
+    """A batch with no keys whose explicit id exists is 409 naming the id, as before."""
+    api.client.post("/api/tasks/bulk", json={"tasks": keyed_batch(api, "x")})
+    before = api.written()
+
+    response = api.client.post(
+        "/api/tasks/bulk", json={"tasks": [{"id": 4242, "status": "Not Started"}]}
+    )
+
+    assert response.status_code == 409
+    assert response.json()["detail"] == "task 4242 already exists"
+    assert api.written() == before
