@@ -137,6 +137,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         kwargs.setdefault("pool_size", 10)
         kwargs.setdefault("max_overflow", 20)
         kwargs.setdefault("pool_pre_ping", True)
+        # The URL's own libpq parameters (?connect_timeout=30) win over these defaults.
+        defaults = {k: v for k, v in POSTGRES_CONNECT.items() if k not in parsed.query}
+        kwargs["connect_args"] = {**defaults, **kwargs.get("connect_args", {})}
         engine = create_engine(url, **kwargs)
     else:
         raise errors.ConfigError(
@@ -190,6 +193,23 @@ def _sqlite_file_refused(context: ExceptionContext) -> bool:
     message = str(context.original_exception).strip().lower()
     return message.startswith(SQLITE_FILE_REFUSALS)
 
+
+POSTGRES_CONNECT: dict[str, int] = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+"""libpq's connection parameters, where the URL sets none of its own. A connection attempt
+gives up after 10 s (psycopg's own default is 130 s: a server that accepts connections
+but does not answer, or a host that drops packets, held every command, each of the
+engine's reconnects and the API's new connections that long); an
+idle connection whose server vanished is found dead in about a minute (TCP keepalives), one
+whose request goes unacknowledged for 30 s at once (``tcp_user_timeout``), instead of the
+kernel's two hours and fifteen minutes. None of them ends a request to a server that is up
+but stalled (the kernel still acknowledges): that waits for the server."""
 
 TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57014", "53300"})
 """PostgreSQL's errors of the moment: a serialization failure, a deadlock, a lock not

@@ -10,6 +10,8 @@ and the sandbox saw each object created exactly once (none lost, none created tw
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -274,3 +276,28 @@ def test_rabbitmq_restart_under_workers(
     assert_every_object_created_once(cluster, BROKER_TASKS)
     assert progress_while_down < BROKER_TASKS, "the outage came too late to test anything"
     assert all(proc.alive() for proc in cluster.procs), "a worker died during the outage"
+
+
+def test_a_command_against_a_hung_database_gives_up_with_one_line(
+    private_postgres: PostgresServer,
+) -> None:
+    """A database that accepts connections but never answers (its processes stopped) kept
+    `sluice status --once` waiting 130 s, psycopg's own connect timeout (each of the
+    engine's reconnects and the API's new connections waited as long). It now gives up
+    after 10 s with one line naming the database, password masked, and exit code 2."""
+    url = private_postgres.url("sluice", password=PASSWORD)
+    command = [sys.executable, "-m", "sluice", "status", "--once"]
+    env = {**os.environ, "SLUICE_DATABASE_URL": url, "SLUICE_REDIS_URL": ""}
+    private_postgres.freeze()
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=90)
+    except subprocess.TimeoutExpired:
+        pytest.fail("sluice status waited over 90 s for a database that does not answer")
+    finally:
+        private_postgres.thaw()
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "database unavailable" in line
+    assert "timeout" in line
+    assert PASSWORD not in done.stdout + done.stderr
