@@ -502,12 +502,29 @@ def db_upgrade(
     )
 
 
+MAX_PRUNE_BATCH = 1_000_000
+"""The most tasks ``db prune --batch`` deletes in one transaction (as SLUICE_RETENTION_BATCH).
+
+Unbounded, ``--batch 10000000000000000000000`` was an OverflowError traceback from SQLite
+(the number reached its ``LIMIT``), and ``--batch 0`` a box of several lines."""
+
+
+def _prune_batch(param: typer.CallbackParam, value: int) -> int:
+    """A callback refusing a batch outside 1..MAX_PRUNE_BATCH, in one line."""
+    if not 1 <= value <= MAX_PRUNE_BATCH:
+        raise errors.InvalidValue(f"--batch must be between 1 and {MAX_PRUNE_BATCH}, got {value}")
+    return value
+
+
 @db_app.command("prune")
 def db_prune(
     older_than: Annotated[
         str, typer.Option(help="final tasks last changed longer ago than this, e.g. 30d")
     ],
-    batch: Annotated[int, typer.Option(min=1, help="tasks per transaction")] = 5000,
+    batch: Annotated[
+        int,
+        typer.Option(help="tasks per transaction, 1-1000000", callback=_prune_batch),
+    ] = 5000,
 ) -> None:
     """Delete final task families (a root task, its descendants, their events) older than
     --older-than from SLUICE_DATABASE_URL, in batches; unfinished work is never touched."""

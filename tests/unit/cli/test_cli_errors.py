@@ -5,10 +5,11 @@ from __future__ import annotations
 import socket
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, func, inspect, select, text
+from sqlalchemy import create_engine, func, insert, inspect, select, text
 
 from sluice import cli
 from sluice.store.repository import tasks
@@ -241,6 +242,42 @@ def test_db_prune_bad_duration_is_one_line_and_touches_nothing(
     assert code == 2
     assert one_line(err).startswith(expected)
     assert not path.exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "1000001", str(10**22)])
+def test_db_prune_batch_out_of_range_is_one_line_and_deletes_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    value: str,
+) -> None:
+    """`sluice db prune --batch 10000000000000000000000` was an OverflowError traceback from
+    SQLite, and `--batch 0` a box of several lines: one line, bounded as
+    SLUICE_RETENTION_BATCH is (1 to 1,000,000), and a final old task is still there."""
+    path = tmp_path / "sluice.db"
+    monkeypatch.setenv("SLUICE_DATABASE_URL", f"sqlite:///{path}")
+    cli.app(["db", "upgrade"], standalone_mode=False)
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        long_ago = datetime(2000, 1, 1, tzinfo=UTC)
+        conn.execute(
+            insert(tasks).values(
+                provider="sandbox",
+                status="Completed",
+                phase="done",
+                created_at=long_ago,
+                updated_at=long_ago,
+            )
+        )
+    capsys.readouterr()
+
+    code, err = run_cli(monkeypatch, capsys, "db", "prune", "--older-than", "1d", "--batch", value)
+
+    assert code == 2, err
+    assert one_line(err) == f"error: --batch must be between 1 and 1000000, got {value}"
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(tasks)).scalar_one() == 1
+    engine.dispose()
 
 
 def test_db_prune_reports_what_it_deleted(
