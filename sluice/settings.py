@@ -196,9 +196,13 @@ class Settings(NumbersRefuseBooleans, BaseSettings):
     @field_validator("retention_period")
     @classmethod
     def _retention_is_a_duration(cls, value: str | None) -> str | None:
+        # The value is not quoted (a secret pasted into the wrong variable stays unsaid), but
+        # a duration past ten years is told apart: "positive duration" misled about 99999d.
         try:
             positive = value is None or parse_duration(value) > 0
-        except errors.InvalidValue:
+        except errors.InvalidValue as exc:
+            if str(exc).startswith("must be at most"):
+                raise errors.InvalidValue("must be at most 3650d (ten years)") from None
             positive = False
         if not positive:
             raise errors.InvalidValue("must be a positive duration like '30d' or '12h'")

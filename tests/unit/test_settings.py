@@ -320,3 +320,25 @@ def test_the_usual_redis_urls_are_accepted(monkeypatch: pytest.MonkeyPatch, url:
     monkeypatch.setenv("SLUICE_REDIS_URL", url)
 
     assert load_settings().redis_url == url
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ("99999d", "must be at most 3650d (ten years)"),
+        ("3651d", "must be at most 3650d (ten years)"),
+        ("0d", "must be a positive duration like '30d' or '12h'"),
+        ("garbage", "must be a positive duration like '30d' or '12h'"),
+    ],
+)
+def test_a_retention_period_too_long_is_not_called_not_positive(
+    monkeypatch: pytest.MonkeyPatch, value: str, said: str
+) -> None:
+    """SLUICE_RETENTION_PERIOD=99999d was refused as "must be a positive duration", which it
+    is: the bound it is past is named instead, and the value is still not quoted."""
+    monkeypatch.setenv("SLUICE_RETENTION_PERIOD", value)
+    with pytest.raises(errors.ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.endswith(f"retention_period: Value error, {said}"), message
+    assert repr(value) not in message
