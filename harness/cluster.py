@@ -183,9 +183,13 @@ def redis_database(numbers: Sequence[int] = ()) -> Iterator[str]:
 
 
 def drop_namespace(url: str, namespace: str) -> None:
-    """Delete the limiter keys under ``namespace``."""
-    with suppress(redis.RedisError):
-        client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    """Delete the limiter keys under ``namespace`` (on every node of a ``redis+cluster://``
+    URL: ``redis.Redis.from_url`` refused that scheme with a ValueError, so a cluster's
+    :meth:`Cluster.stop` failed after stopping its processes)."""
+    from sluice.ratelimit.redis import connect
+
+    with suppress(redis.RedisError, redis.exceptions.RedisClusterException):
+        client = connect(url, socket_connect_timeout=2)
         try:
             for key in client.scan_iter(match=f"{namespace}*", count=1000):
                 client.delete(key)

@@ -51,39 +51,29 @@ def cluster_ports(count: int) -> list[int]:
 
 
 class RedisCluster:
-    """Three master ``redis-server`` processes of ours; ``url`` is Sluice's cluster URL."""
+    """``masters`` master ``redis-server`` processes of ours (three by default), each with
+    ``replicas`` replicas (none by default); ``url`` is Sluice's cluster URL."""
 
-    def __init__(self, folder: Path, masters: int = MASTERS) -> None:
+    def __init__(
+        self, folder: Path, masters: int = MASTERS, replicas: int = 0, node_timeout_ms: int = 5000
+    ) -> None:
         server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
         if server is None or cli is None:
             raise ServerUnavailable("redis-server and redis-cli are needed for a Redis Cluster")
         self.server, self.cli = server, cli
         self.folder = folder
-        self.ports = cluster_ports(masters)
+        self.replicas = replicas
+        self.node_timeout_ms = node_timeout_ms
+        self.ports = cluster_ports(masters * (1 + replicas))
         self.processes: list[subprocess.Popen[bytes]] = []
         seeds = ",".join(f"127.0.0.1:{port}" for port in self.ports[:2])
         self.url = f"redis+cluster://{seeds}"
 
     def start(self) -> None:
-        """Start the nodes, join them into one cluster and wait until it serves every slot."""
+        """Start the nodes, join them into one cluster and wait until it serves every slot
+        (and, with replicas, until each master has its replicas)."""
         for port in self.ports:
-            node = self.folder / str(port)
-            node.mkdir(parents=True, exist_ok=True)
-            self.processes.append(
-                subprocess.Popen(
-                    [
-                        self.server,
-                        *("--port", str(port), "--bind", "127.0.0.1"),
-                        *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
-                        *("--cluster-node-timeout", "5000"),
-                        *("--save", "", "--appendonly", "no", "--daemonize", "no"),
-                        *("--maxmemory-policy", "noeviction"),
-                        *("--dir", str(node), "--logfile", str(node / "redis.log")),
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
+            self.processes.append(self._spawn(port))
         for port in self.ports:
             wait_until(lambda port=port: self._ping(port), START_TIMEOUT_S, f"node {port}")
         subprocess.run(
@@ -92,13 +82,65 @@ class RedisCluster:
                 "--cluster",
                 "create",
                 *(f"127.0.0.1:{port}" for port in self.ports),
-                *("--cluster-replicas", "0", "--cluster-yes"),
+                *("--cluster-replicas", str(self.replicas), "--cluster-yes"),
             ],
             check=True,
             capture_output=True,
             timeout=START_TIMEOUT_S,
         )
         wait_until(self.ready, START_TIMEOUT_S, "cluster_state:ok on every node")
+        if self.replicas:
+            wait_until(
+                lambda: all(len(self.serving(slot)[1]) == self.replicas for slot in (0, 16383)),
+                START_TIMEOUT_S,
+                "every master's replicas",
+            )
+
+    def serving(self, slot: int) -> tuple[int, list[int]]:
+        """The port of the master serving ``slot`` and its replicas' ports, as a node that
+        is up says (``CLUSTER SLOTS``)."""
+        for port, process in zip(self.ports, self.processes, strict=True):
+            if process.poll() is not None:
+                continue
+            client = self.node(port)
+            try:
+                for first, last, master, *replicas in client.execute_command("CLUSTER SLOTS"):
+                    if first <= slot <= last:
+                        return int(master[1]), [int(replica[1]) for replica in replicas]
+            except redis.RedisError:
+                continue
+            finally:
+                client.close()
+        raise RuntimeError(f"no node up says who serves slot {slot}")
+
+    def kill(self, port: int) -> None:
+        """SIGKILL the node on ``port`` (its data is lost; its ``nodes.conf`` stays)."""
+        process = self.processes[self.ports.index(port)]
+        process.kill()
+        process.wait(timeout=STOP_TIMEOUT_S)
+
+    def restart(self, port: int) -> None:
+        """Start the node on ``port`` again, empty, from its ``nodes.conf``."""
+        index = self.ports.index(port)
+        self.processes[index] = self._spawn(port)
+        wait_until(lambda: self._ping(port), START_TIMEOUT_S, f"node {port} again")
+
+    def _spawn(self, port: int) -> subprocess.Popen[bytes]:
+        node = self.folder / str(port)
+        node.mkdir(parents=True, exist_ok=True)
+        return subprocess.Popen(
+            [
+                self.server,
+                *("--port", str(port), "--bind", "127.0.0.1"),
+                *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
+                *("--cluster-node-timeout", str(self.node_timeout_ms)),
+                *("--save", "", "--appendonly", "no", "--daemonize", "no"),
+                *("--maxmemory-policy", "noeviction"),
+                *("--dir", str(node), "--logfile", str(node / "redis.log")),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def ready(self) -> bool:
         """Every node says ``cluster_state:ok`` and knows all 16384 slots."""

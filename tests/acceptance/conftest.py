@@ -197,15 +197,18 @@ def cluster_on(
     broker_url: str,
     settings: dict[str, str] | None = None,
     broker: Broker | None = None,
+    redis_url: str | None = None,
 ) -> Iterator[Cluster]:
-    """A cluster on the given servers (with the suite's settings unless told otherwise);
-    its processes die at the end, and their logs print if the test failed."""
-    require_service("Redis", "127.0.0.1", 6379)
+    """A cluster on the given servers (with the suite's settings unless told otherwise; the
+    shared Redis as limiter unless ``redis_url`` names another); its processes die at the
+    end, and their logs print if the test failed."""
+    if redis_url is None:
+        require_service("Redis", "127.0.0.1", 6379)
     built = Cluster(
         folder=folder,
         database_url=database_url,
         broker_url=broker_url,
-        redis_url=REDIS_URL,
+        redis_url=redis_url or REDIS_URL,
         namespace=f"sluice:acceptance:{uuid.uuid4().hex[:10]}",
         settings=settings or {"SLUICE_LOG_LEVEL": "INFO", "SLUICE_RATE_MARGIN": str(RATE_MARGIN)},
         broker=broker,
