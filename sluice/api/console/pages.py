@@ -27,6 +27,7 @@ from urllib.parse import urlencode
 
 from fastapi import Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
 from sluice import errors, masking, submissions
@@ -453,6 +454,12 @@ async def bulk_preview(request: Request) -> Response:
     if isinstance(posted, Response):
         return posted
     viewer, form = posted
+    # The count may take seconds with a million tasks: never on the event loop, where it
+    # held up every request and live stream of the process (as did the two routes below).
+    return await run_in_threadpool(_preview, request, viewer, form)
+
+
+def _preview(request: Request, viewer: Viewer, form: FormData) -> Response:
     context = _context(request)
     action = str(form.get("action") or "")
     if context is None or context.bulk is None or action not in ACTIONS:
@@ -471,6 +478,10 @@ async def bulk_start(request: Request) -> Response:
     if isinstance(posted, Response):
         return posted
     viewer, form = posted
+    return await run_in_threadpool(_start, request, viewer, form)
+
+
+def _start(request: Request, viewer: Viewer, form: FormData) -> Response:
     context = _context(request)
     action = str(form.get("action") or "")
     max_id_text = str(form.get("max_id") or "")
@@ -635,6 +646,10 @@ async def control(request: Request) -> Response:
     form = await request.form()
     if not provider_wide(viewer):
         return _refuse(request, "controls need an operator or admin key")
+    return await run_in_threadpool(_control, request, viewer, form)
+
+
+def _control(request: Request, viewer: Viewer, form: FormData) -> Response:
     context = _context(request)
     if context is None:
         return _refuse(request, "controls are not available here", 404)
