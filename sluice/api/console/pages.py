@@ -120,8 +120,36 @@ def _refuse(request: Request, message: str, status_code: int = 403) -> Response:
 # -- overview ------------------------------------------------------------------------------
 
 
+ACCOUNT_KEYS_SHOWN = 8
+"""Account keys (``per = "advertiser_id"``: one per advertiser) named on a provider's card
+and in its hour charts; the others are counted, not drawn. Thousands of advertisers made
+the overview megabytes, sent again to every live stream on every change."""
+
+
+def busiest_accounts(providers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``providers`` with each one's account keys cut to the :data:`ACCOUNT_KEYS_SHOWN`
+    that matter most (paused first, then the most used now, then over the hour) and
+    ``more_accounts``, how many are left out. Configured keys are all kept, in order."""
+    for provider in providers:
+        keys = provider.get("keys", [])
+        accounts = [k for k in keys if k.get("account")]
+        accounts.sort(
+            key=lambda k: (
+                not k.get("paused"),
+                -int(k.get("used") or 0),
+                -sum(k.get("history") or ()),
+                str(k["key"]),
+            )
+        )
+        provider["keys"] = [k for k in keys if not k.get("account")] + accounts[:ACCOUNT_KEYS_SHOWN]
+        provider["more_accounts"] = max(0, len(accounts) - ACCOUNT_KEYS_SHOWN)
+    return providers
+
+
 def overview_values(data: dict[str, Any]) -> dict[str, Any]:
-    """The overview's data with what the templates draw: bars and hour charts."""
+    """The overview's data with what the templates draw: bars and hour charts (of the
+    busiest account keys only)."""
+    busiest_accounts(data["providers"])
     for provider in data["providers"]:
         for key in provider.get("keys", []):
             key["chart"] = sparkline(key.get("history") or [])
@@ -137,7 +165,7 @@ def _feed(request: Request) -> LiveFeed:
         def render() -> str:
             context: ApiContext = app.state.context
             assert context.overview is not None
-            return render_html("_live.html", providers=context.overview.live())
+            return render_html("_live.html", providers=busiest_accounts(context.overview.live()))
 
         feed = LiveFeed(render)
         request.app.state.feed = feed
@@ -248,7 +276,9 @@ def _clock_time(iso: str | None, zone: str | None) -> str | None:
 
 def budget_values(budgets: dict[str, Any]) -> dict[str, Any]:
     """A provider's budgets with what the templates draw: times on each quota's own clock,
-    time left, and each fairness key's share in percent."""
+    time left, and each fairness key's share in percent; the card's busiest account keys."""
+    if budgets.get("card"):
+        busiest_accounts([budgets["card"]])
     at = datetime.fromisoformat(budgets["at"])
     for quota in budgets["quotas"]:
         quota["resets_shown"] = _clock_time(quota["resets_at"], quota["zone"])

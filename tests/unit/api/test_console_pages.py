@@ -377,3 +377,35 @@ def test_a_filter_date_out_of_range_in_utc_is_refused_naming_the_field(
         assert response.status_code == 422, response.text
         assert f"{field}: {value} is out of range in UTC" in response.text
     assert ui.runtime.repo.counts().get(TaskStatus.CANCELLED, 0) == 0
+
+
+def test_the_overview_names_a_bounded_number_of_account_keys(ui: Console) -> None:
+    """Every account key used in the last five minutes had a row in the live card and a
+    chart in the last hour, on every push: with 3,000 advertisers under a per-advertiser
+    limit the overview was 1.37 MB and each live stream was sent about 1 MB a second.
+    Like the quotas on the card, the account keys now show the busiest few (paused ones
+    first) and a count of the rest; the API's overview still lists every one."""
+    now = ui.runtime.repo.clock.now()
+    store = UsageStore(ui.runtime.repo.engine)
+    accounts = 500
+    store.add(
+        {("sandbox", "sent", now): accounts}
+        | {(f"sandbox:advertiser_id=adv-{n}", "sent", now): 1 for n in range(accounts)}
+        | {("sandbox:advertiser_id=adv-busiest", "sent", now): 9}
+    )
+    listed = ui.client.get("/api/overview").json()["providers"][0]["keys"]
+    assert sum(1 for k in listed if k["account"]) == accounts + 1
+
+    live = ui.client.get("/ui").text
+    history = ui.client.get("/ui/overview/history").text
+    shown_rows = re.findall(r'data-key="sandbox:advertiser_id=([^"]+)"', live)
+    shown_charts = re.findall(r"<figcaption>sandbox:advertiser_id=([^:]+):", history)
+    for shown, page in ((shown_rows, live), (shown_charts, history)):
+        assert 1 <= len(shown) <= 10
+        assert shown[0] == "adv-busiest"
+        assert f"{accounts + 1 - len(shown)} more account keys" in page
+    assert len(live) < 100_000
+    provider_page = ui.client.get("/ui/providers/sandbox").text
+    shown_on_provider = re.findall(r'data-key="sandbox:advertiser_id=([^"]+)"', provider_page)
+    assert 1 <= len(shown_on_provider) <= 10
+    assert f"{accounts + 1 - len(shown_on_provider)} more account keys" in provider_page
