@@ -445,3 +445,30 @@ def _series(minutes: Mapping[datetime, int], now: datetime) -> list[int]:
         minutes.get(current - timedelta(minutes=HISTORY_MINUTES - 1 - i), 0)
         for i in range(HISTORY_MINUTES)
     ]
+
+
+ACCOUNT_KEYS_SHOWN = 8
+"""Account keys (``per = "advertiser_id"``: one per advertiser) named on a provider's card,
+in its hour charts and by ``sluice status``; the others are counted, not drawn. Thousands
+of advertisers made the console's overview megabytes, sent again to every live stream on
+every change, and ``sluice status`` a table of thousands of lines."""
+
+
+def busiest_accounts(providers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``providers`` with each one's account keys cut to the :data:`ACCOUNT_KEYS_SHOWN`
+    that matter most (paused first, then the most used now, then over the hour) and
+    ``more_accounts``, how many are left out. Configured keys are all kept, in order."""
+    for provider in providers:
+        keys = provider.get("keys", [])
+        accounts = [k for k in keys if k.get("account")]
+        accounts.sort(
+            key=lambda k: (
+                not k.get("paused"),
+                -int(k.get("used") or 0),
+                -sum(k.get("history") or ()),
+                str(k["key"]),
+            )
+        )
+        provider["keys"] = [k for k in keys if not k.get("account")] + accounts[:ACCOUNT_KEYS_SHOWN]
+        provider["more_accounts"] = max(0, len(accounts) - ACCOUNT_KEYS_SHOWN)
+    return providers

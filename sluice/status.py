@@ -19,6 +19,7 @@ from rich.text import Text
 
 from sluice import errors
 from sluice.operate import answer_detail, answer_json
+from sluice.overview import busiest_accounts
 
 REFRESH_S = 1.0
 BAR_WIDTH = 20
@@ -75,7 +76,7 @@ def render(data: dict[str, Any]) -> Group:
     keys = Table(title=f"Sluice limits at {str(data.get('at', ''))[11:19]} UTC", expand=False)
     for column in ("provider", "limit key", "rate", "current window", "used", "state"):
         keys.add_column(column)
-    for p in data["providers"]:
+    for p in busiest_accounts([dict(p) for p in data["providers"]]):
         left = p.get("pause_left_s")
         state = (
             Text(
@@ -104,6 +105,9 @@ def render(data: dict[str, Any]) -> Group:
                 f"{k.get('used', 0)}/{k.get('limit') or '-'}",
                 state if index == 0 else (Text("paused", style="red") if k.get("paused") else ""),
             )
+        if p.get("more_accounts"):
+            more = f"{p['more_accounts']} more account keys (GET /api/overview lists every one)"
+            keys.add_row("", Text(more, style="dim"), "", "", "", "")
         for q in p.get("quotas", []):
             reset = q.get("resets_at_local") or f"{str(q.get('resets_at', ''))[:16]} UTC"
             keys.add_row(

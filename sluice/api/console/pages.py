@@ -48,6 +48,7 @@ from sluice.clock import as_utc
 from sluice.controls import pause_end, pin_rate
 from sluice.domain import MAX_ID, Actor, Phase, Role, Task, TaskStatus
 from sluice.engine.quotas import local_time
+from sluice.overview import busiest_accounts
 from sluice.store.bulkjobs import ACTIONS
 from sluice.store.filters import TaskFilter
 
@@ -118,32 +119,6 @@ def _refuse(request: Request, message: str, status_code: int = 403) -> Response:
 
 
 # -- overview ------------------------------------------------------------------------------
-
-
-ACCOUNT_KEYS_SHOWN = 8
-"""Account keys (``per = "advertiser_id"``: one per advertiser) named on a provider's card
-and in its hour charts; the others are counted, not drawn. Thousands of advertisers made
-the overview megabytes, sent again to every live stream on every change."""
-
-
-def busiest_accounts(providers: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``providers`` with each one's account keys cut to the :data:`ACCOUNT_KEYS_SHOWN`
-    that matter most (paused first, then the most used now, then over the hour) and
-    ``more_accounts``, how many are left out. Configured keys are all kept, in order."""
-    for provider in providers:
-        keys = provider.get("keys", [])
-        accounts = [k for k in keys if k.get("account")]
-        accounts.sort(
-            key=lambda k: (
-                not k.get("paused"),
-                -int(k.get("used") or 0),
-                -sum(k.get("history") or ()),
-                str(k["key"]),
-            )
-        )
-        provider["keys"] = [k for k in keys if not k.get("account")] + accounts[:ACCOUNT_KEYS_SHOWN]
-        provider["more_accounts"] = max(0, len(accounts) - ACCOUNT_KEYS_SHOWN)
-    return providers
 
 
 def overview_values(data: dict[str, Any]) -> dict[str, Any]:

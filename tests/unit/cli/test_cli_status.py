@@ -129,3 +129,41 @@ def test_status_shows_payload_values_as_text_and_a_pause_until_resumed() -> None
     assert "advertiser_id=[link=http://x]y[/link]" in shown
     assert "paused until resumed (manual)" in shown
     assert "None" not in shown
+
+
+def test_status_names_the_busiest_account_keys_and_counts_the_others() -> None:
+    """`sluice status` printed one line per account key used in the last five minutes:
+    1,526 lines for 3,000 advertisers under a per-advertiser limit. Like the console it
+    now names the busiest few, paused ones first, and counts the rest."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from sluice import status
+
+    accounts = [
+        {"key": f"sandbox:write:advertiser_id=adv-{n}", "used": 1, "account": True}
+        for n in range(100)
+    ]
+    accounts[37] = {**accounts[37], "paused": True, "used": 0}
+    accounts[50] = {**accounts[50], "used": 9}
+    data = {
+        "at": "2026-12-05T20:33:35+00:00",
+        "providers": [
+            {
+                "name": "sandbox",
+                "keys": [{"key": "sandbox", "rate": "20/s", "used": 100, "limit": 20}, *accounts],
+                "queue": [],
+            }
+        ],
+    }
+    out = StringIO()
+
+    Console(file=out, width=200).print(status.render(data))
+
+    shown = out.getvalue()
+    named = [line for line in shown.splitlines() if "advertiser_id=adv-" in line]
+    assert 1 <= len(named) <= 10
+    assert "adv-37 " in named[0]
+    assert "adv-50 " in named[1]
+    assert f"{100 - len(named)} more account keys" in shown
