@@ -467,6 +467,8 @@ def beat(loglevel: LogLevel = None) -> None:
     loglevel = _log_level(loglevel, load_settings())
     from sluice.celery_app import app as celery
 
+    # As for `sluice worker`: Sluice's lines (beat.send_failed...) keep their fields.
+    logs.configure(loglevel)
     celery.start(["beat", "--loglevel", loglevel])
 
 
