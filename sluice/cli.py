@@ -464,9 +464,12 @@ def beat(loglevel: LogLevel = None) -> None:
     # Read here, so that a mistake is one line: the app reads them again as Celery
     # configures it, where Celery would log and swallow the error and beat then ran on
     # Celery's defaults (amqp://guest@localhost, no pumps).
-    loglevel = _log_level(loglevel, load_settings())
+    settings = load_settings()
+    loglevel = _log_level(loglevel, settings)
     from sluice.celery_app import app as celery
+    from sluice.drivers.celery_app import check_broker_access
 
+    check_broker_access(settings)
     # As for `sluice worker`: Sluice's lines (beat.send_failed...) keep their fields.
     logs.configure(loglevel)
     celery.start(["beat", "--loglevel", loglevel])

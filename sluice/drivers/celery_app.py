@@ -146,7 +146,8 @@ _passed: list[Settings] = []
 
 def check_worker_settings(settings: Settings) -> None:
     """Refuse to run a worker without the shared limiter's Redis, or with a database URL
-    or providers that its pool processes could not build (nothing connects).
+    or providers that its pool processes could not build (nothing connects to them), or
+    that the broker turns away (:func:`check_broker_access`, one try to connect).
 
     Without the Redis every pool process built a limiter of its own, in memory: a worker
     with ``--concurrency 4`` sent four times each configured rate, and each quota's pace
@@ -172,7 +173,41 @@ def check_worker_settings(settings: Settings) -> None:
 
     db.make_engine(settings.database_url).dispose()
     load_providers(with_default_providers(settings))
+    check_broker_access(settings)
     _passed[:] = [settings]
+
+
+BROKER_CHECK_TIMEOUT_S = 5.0
+
+
+def check_broker_access(settings: Settings) -> None:
+    """Refuse to run a worker or beat that the broker turns away: credentials it refuses
+    (RabbitMQ's ``ACCESS_REFUSED``) or a virtual host the user may not open, or that does
+    not exist (``NOT_ALLOWED``). One try to connect; a broker that is down or does not
+    answer is not a refusal (Celery waits for it, and the worker starts when it is back).
+
+    Celery takes a refusal for a lost connection: a worker tried again at once, five times
+    a second ("Frequent restarts detected", a traceback each second), for ever, and took
+    no pump (554 log lines in its first 26 s); beat ended on a traceback.
+    """
+    from amqp.exceptions import AccessRefused, NotAllowed
+    from kombu.connection import Connection
+
+    connection = Connection(  # type: ignore[no-untyped-call]
+        settings.broker_url or DEFAULT_BROKER, connect_timeout=BROKER_CHECK_TIMEOUT_S
+    )
+    try:
+        once = {"max_retries": 1, "interval_start": 0, "timeout": BROKER_CHECK_TIMEOUT_S}
+        connection.ensure_connection(**once)  # type: ignore[no-untyped-call]
+    except (AccessRefused, NotAllowed) as exc:
+        raise errors.ConfigError(
+            f"the broker refused the connection: {logs.one_line(exc)} "
+            "(check SLUICE_BROKER_URL's user, password and virtual host)"
+        ) from None
+    except Exception as exc:  # down or unreachable: Celery retries until it is back
+        log.debug("broker.unreachable", extra={"error": logs.one_line(exc)})
+    finally:
+        connection.release()  # type: ignore[no-untyped-call]
 
 
 def _settings_or_exit(*, worker: bool = False) -> Settings:
