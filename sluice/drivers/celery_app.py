@@ -122,6 +122,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": settings.broker_url or DEFAULT_BROKER,
         "broker_connection_retry_on_startup": True,
+        # Reconnect for as long as the broker is away. Celery's default gives up after 100
+        # tries (the waits grow to 30 s: about 47 min), and a worker (or a beat started
+        # while the broker was down) then ended with "Unrecoverable error" and exit code 0,
+        # which a supervisor restarting on failure leaves stopped.
+        "broker_connection_max_retries": None,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,

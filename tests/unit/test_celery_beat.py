@@ -49,3 +49,17 @@ def test_beat_writes_no_schedule_file_and_schedules_every_pump(
     assert list(shared_tmp.iterdir()) == []
     assert list(Path.cwd().iterdir()) == []
     assert entries == [f"sluice-pump-{n}" for n in range(pumps)]
+
+
+def test_workers_and_beat_reconnect_to_the_broker_for_as_long_as_it_is_away(
+    tmp_path: Path,
+) -> None:
+    """Celery gives up reconnecting after ``broker_connection_max_retries`` tries (100 by
+    default, the waits growing to 30 s: about 47 min), and the worker then ends with
+    "Unrecoverable error" and exit code 0 (seen with the limit set to 2: the worker
+    stopped after 6 s against a closed port). Sluice's app sets no limit: a broker that
+    is away longer is still waited for, by workers and by beat's connection."""
+    app = Celery("reconnect-test", set_as_current=False)
+    app.conf.update(celery_config(load_settings(database_url=f"sqlite:///{tmp_path / 'r.db'}")))
+
+    assert app.conf.broker_connection_max_retries is None
