@@ -31,23 +31,32 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+ADVISORY = frozenset({"broker"})
+"""Checks reported by ``/readyz`` that do not make it 503: the API publishes nothing to the
+broker (workers and beat do), so while the broker is away it still takes tasks, which wait
+in the database. Failing the probe took every API out of its load balancer for a broker
+outage, turning paused dispatch into refused submissions."""
+
+
 @router.get("/readyz")
 def readyz(context: Context) -> JSONResponse:
-    """Readiness: the database (and Redis/broker when configured) answer."""
+    """Readiness: the database (and Redis when configured) answer; the broker's state is
+    reported too, as ``degraded`` (200) when it does not answer."""
     results: dict[str, Any] = {}
-    ready = True
+    ready, degraded = True, False
     # Each check has CHECK_TIMEOUT_S to answer: a hung server is "not ready", not a probe
     # left without an answer.
     for name, failure in _checks.run(context.checks).items():
         if failure is None:
             results[name] = "ok"
-        else:  # any failure means not ready; the reason is reported
+            continue
+        results[name] = f"error: {reason(failure)}"
+        if name in ADVISORY:
+            degraded = True
+        else:
             ready = False
-            results[name] = f"error: {reason(failure)}"
-    return JSONResponse(
-        {"status": "ready" if ready else "not ready", "checks": results},
-        status_code=200 if ready else 503,
-    )
+    status = "not ready" if not ready else "degraded" if degraded else "ready"
+    return JSONResponse({"status": status, "checks": results}, status_code=200 if ready else 503)
 
 
 def reason(exc: Exception) -> str:
