@@ -45,7 +45,15 @@ def load_file(path: Path) -> list[Submission]:
         errors.InvalidTask: one line naming the file (and line) and the problem.
     """
     if not path.is_file():
-        raise errors.InvalidTask(f"{path}: no such file")
+        # A FIFO or a device was "no such file"; reading one could wait forever.
+        what = (
+            "is a directory"
+            if path.is_dir()
+            else "not a regular file"
+            if path.exists()
+            else "no such file"
+        )
+        raise errors.InvalidTask(f"{path}: {what}")
     suffix = path.suffix.lower()
     if suffix not in (".json", ".csv"):
         raise errors.InvalidTask(f"{path}: unknown file type {suffix!r}; use .json or .csv")
@@ -210,6 +218,31 @@ def _unclosed_quote(text: str) -> int | None:
     return None
 
 
+def _rows(path: Path, reader: csv.DictReader[str]) -> list[tuple[int, dict[str | None, Any]]]:
+    """Each row with the line of the file where it begins.
+
+    Counting rows from line 2 named the wrong line below a blank line (skipped) or a quoted
+    cell holding a line end: an empty kind on line 6 under two blank lines was "line 3".
+    """
+    lines = reader.reader
+    rows: list[tuple[int, dict[str | None, Any]]] = []
+    while True:
+        start = lines.line_num + 1
+        try:
+            cells = next(lines)
+        except StopIteration:
+            return rows
+        except csv.Error as exc:
+            raise errors.InvalidTask(f"{path}:{lines.line_num}: not valid CSV: {exc}") from None
+        if not cells:  # a blank line, skipped as csv.DictReader does
+            continue
+        names = reader.fieldnames or []
+        row: dict[str | None, Any] = dict(zip(names, cells, strict=False))
+        if len(cells) > len(names):
+            row[None] = cells[len(names) :]  # csv.DictReader's restkey
+        rows.append((start, row))
+
+
 def load_csv(path: Path) -> list[Submission]:
     return load_csv_text(path, _read_text(path))
 
@@ -240,11 +273,7 @@ def load_csv_text(path: Path, text: str) -> list[Submission]:
         )
     items: list[Submission] = []
     refs: dict[str, int] = {}
-    try:
-        rows = list(enumerate(reader, start=2))
-    except csv.Error as exc:
-        raise errors.InvalidTask(f"{path}:{reader.line_num}: not valid CSV: {exc}") from None
-    for line, row in rows:
+    for line, row in _rows(path, reader):
         extra = row.get(None)  # DictReader's restkey: cells beyond the header
         if extra and any(cell.strip() for cell in extra):
             raise errors.InvalidTask(

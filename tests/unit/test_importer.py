@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -230,3 +231,66 @@ def test_an_unknown_key_beside_the_tasks_is_refused(tmp_path: Path) -> None:
 def test_a_csv_id_column_is_a_payload_field(tmp_path: Path) -> None:
     """In a CSV file every column but ref, parent_ref, kind and provider is payload, id too."""
     assert load(tmp_path, "kind,id\ncampaign,42\n") == [{"id": "42"}]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            "ref,parent_ref,kind,name\nc1,,campaign,A\n\n\nc2,,,B\n",
+            "tasks.csv:5: kind is empty",
+        ),
+        (
+            'ref,parent_ref,kind,name\nc1,,campaign,"Spring\nand\nSummer"\nc2,,,B\n',
+            "tasks.csv:5: kind is empty",
+        ),
+        (
+            'ref,kind,name,budget:int\r\nc1,campaign,"A\r\nB",1\r\n\r\nc2,campaign,C,x\r\n',
+            "tasks.csv:5: column 'budget:int': 'x' is not a whole number",
+        ),
+    ],
+)
+def test_a_refused_row_is_named_by_the_line_where_it_begins(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    """Rows were counted from line 2, so a blank line (skipped) or a quoted cell holding a
+    line end shifted every later line number: an empty kind on line 5 was "line 3"."""
+    path = tmp_path / "tasks.csv"
+    path.write_bytes(text.encode("utf-8"))
+
+    with pytest.raises(errors.InvalidTask) as info:
+        importer.load_file(path)
+
+    assert str(info.value) == f"{tmp_path}/{problem}"
+
+
+def test_a_blank_line_and_a_short_row_read_as_before(tmp_path: Path) -> None:
+    items = importer.load_file(_write(tmp_path, "ref,kind,name,bid:float\n\nc1,campaign\n\n"))
+
+    assert [(i.kind, i.payload) for i in items] == [("campaign", {})]
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "tasks.csv"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_path_that_is_not_a_regular_file_is_named_for_what_it_is(tmp_path: Path) -> None:
+    """A FIFO was refused as "no such file" (it exists); a directory the same."""
+    fifo = tmp_path / "tasks.json"
+    os.mkfifo(fifo)
+    folder = tmp_path / "folder.csv"
+    folder.mkdir()
+
+    problems = []
+    for path in (fifo, folder, tmp_path / "missing.json"):
+        with pytest.raises(errors.InvalidTask) as info:
+            importer.load_file(path)
+        problems.append(str(info.value))
+
+    assert problems == [
+        f"{fifo}: not a regular file",
+        f"{folder}: is a directory",
+        f"{tmp_path}/missing.json: no such file",
+    ]

@@ -113,6 +113,24 @@ def test_import_file_that_cannot_be_read_is_one_line(
     assert one_line(err) == f"error: {data}: cannot read: Permission denied"
 
 
+@pytest.mark.parametrize("what", ["directory", "missing"])
+def test_submit_of_a_directory_or_a_missing_file_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, what: str
+) -> None:
+    """Click's own check answered these with a usage box of seven lines."""
+    data = tmp_path / "tasks.json"
+    if what == "directory":
+        data.mkdir()
+    monkeypatch.setenv("SLUICE_DATABASE_URL", f"sqlite:///{tmp_path}/sluice.db")
+
+    code, err = run_cli(monkeypatch, capsys, "submit", str(data), "--no-wait")
+
+    assert code == 2
+    reason = "is a directory" if what == "directory" else "no such file"
+    assert one_line(err) == f"error: {data}: {reason}"
+    assert not (tmp_path / "sluice.db").exists()
+
+
 @pytest.mark.parametrize(
     ("content", "problem"),
     [
