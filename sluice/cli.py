@@ -837,9 +837,8 @@ def main() -> None:
     except SubmissionInvalid as exc:
         _fail("nothing was submitted", f"{len(exc.problems)} problem(s)")
         for problem in exc.problems[:20]:
-            where = f"item {problem.index}" if problem.index is not None else "request"
             console.print(
-                f"  {where}: {problem.field}: {problem.message}",
+                f"  {exc.where(problem)}: {problem.field}: {problem.message}",
                 markup=False,
                 soft_wrap=True,
                 highlight=False,

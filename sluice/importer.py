@@ -44,6 +44,16 @@ def load_file(path: Path) -> list[Submission]:
     Raises:
         errors.InvalidTask: one line naming the file (and line) and the problem.
     """
+    return load_file_placed(path)[0]
+
+
+def load_file_placed(path: Path) -> tuple[list[Submission], list[str]]:
+    """``load_file``, with where each submission is in the file: ``tasks.csv:57`` (the line
+    where its row begins) or ``tasks.json: tasks[3].children[0]``.
+
+    A problem found later (an unknown kind, a NUL character) names that place rather than
+    the submission's position in the flattened list, which no editor shows.
+    """
     if not path.is_file():
         # A FIFO or a device was "no such file"; reading one could wait forever.
         what = (
@@ -58,7 +68,10 @@ def load_file(path: Path) -> list[Submission]:
     if suffix not in (".json", ".csv"):
         raise errors.InvalidTask(f"{path}: unknown file type {suffix!r}; use .json or .csv")
     text = _read_text(path)
-    return load_json_text(path, text) if suffix == ".json" else load_csv_text(path, text)
+    places: list[str] = []
+    if suffix == ".json":
+        return load_json_text(path, text, places), places
+    return load_csv_text(path, text, places), places
 
 
 def _read_text(path: Path) -> str:
@@ -77,7 +90,7 @@ def load_json(path: Path) -> list[Submission]:
     return load_json_text(path, _read_text(path))
 
 
-def load_json_text(path: Path, text: str) -> list[Submission]:
+def load_json_text(path: Path, text: str, places: list[str] | None = None) -> list[Submission]:
     try:
         data = json.loads(text, parse_constant=_refuse_constant)
     except (json.JSONDecodeError, ValueError) as exc:
@@ -94,8 +107,9 @@ def load_json_text(path: Path, text: str) -> list[Submission]:
             f"{path}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(FILE_KEYS)}"
         )
     items: list[Submission] = []
+    seen: list[str] = [] if places is None else places
     for position, node in enumerate(data["tasks"]):
-        _flatten(path, node, f"tasks[{position}]", None, data.get("provider"), items)
+        _flatten(path, node, f"tasks[{position}]", None, data.get("provider"), items, seen)
     return items
 
 
@@ -106,6 +120,7 @@ def _flatten(
     parent_index: int | None,
     provider: str | None,
     out: list[Submission],
+    places: list[str],
 ) -> None:
     if not isinstance(node, dict):
         raise errors.InvalidTask(f"{path}: {where}: expected an object")
@@ -128,12 +143,13 @@ def _flatten(
     out.append(
         Submission(provider=own_provider, kind=kind, payload=payload, parent_index=parent_index)
     )
+    places.append(f"{path}: {where}")
     index = len(out) - 1
     children = node.get("children", [])
     if not isinstance(children, list):
         raise errors.InvalidTask(f"{path}: {where}.children: expected a list")
     for position, child in enumerate(children):
-        _flatten(path, child, f"{where}.children[{position}]", index, own_provider, out)
+        _flatten(path, child, f"{where}.children[{position}]", index, own_provider, out, places)
 
 
 def _refuse_constant(name: str) -> Any:
@@ -247,7 +263,7 @@ def load_csv(path: Path) -> list[Submission]:
     return load_csv_text(path, _read_text(path))
 
 
-def load_csv_text(path: Path, text: str) -> list[Submission]:
+def load_csv_text(path: Path, text: str, places: list[str] | None = None) -> list[Submission]:
     reader = csv.DictReader(io.StringIO(text, newline=""))
     if reader.fieldnames is None or "kind" not in reader.fieldnames:
         raise errors.InvalidTask(f"{path}: the header must have a 'kind' column")
@@ -309,6 +325,8 @@ def load_csv_text(path: Path, text: str) -> list[Submission]:
                 parent_index=parent_index,
             )
         )
+        if places is not None:
+            places.append(f"{path}:{line}")
         ref = (row.get("ref") or "").strip()
         if ref:
             if ref in refs:

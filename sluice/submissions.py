@@ -41,9 +41,19 @@ class ItemError:
 class SubmissionInvalid(errors.SluiceError):
     """One or more items of a submission are invalid; nothing was written."""
 
-    def __init__(self, problems: Sequence[ItemError]) -> None:
+    def __init__(self, problems: Sequence[ItemError], places: Sequence[str] = ()) -> None:
         super().__init__("; ".join(f"{p.field}: {p.message}" for p in problems))
         self.problems = list(problems)
+        self.places = list(places)
+        """Where each item came from (``tasks.csv:57``), by index, when it came from a file."""
+
+    def where(self, problem: ItemError) -> str:
+        """The place of ``problem``'s item in its file, else ``item N`` or ``request``."""
+        if problem.index is None:
+            return "request"
+        if 0 <= problem.index < len(self.places):
+            return self.places[problem.index]
+        return f"item {problem.index}"
 
 
 def request_hash(body: Any) -> str:

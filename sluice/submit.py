@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 from rich.console import Console
-from rich.markup import escape
 
 from sluice import errors, importer, masking, submissions
 from sluice.api.schemas import BulkItem
@@ -25,24 +26,70 @@ from sluice.store.repository import RunSummary, summarize
 from sluice.store.rows import encode_cursor
 
 
-def load_items(file: Path, priority: int | None = None) -> list[Submission]:
-    """The file's submissions, each with ``priority`` when one is given."""
-    items = importer.load_file(file)
+def load_items(file: Path, priority: int | None = None) -> tuple[list[Submission], list[str]]:
+    """The file's submissions, each with ``priority`` when one is given, and where each is
+    in the file."""
+    items, places = importer.load_file_placed(file)
+    if len(items) > submissions.MAX_BULK:
+        # Said before the database is opened, naming the file; it was "request: tasks: at
+        # most 10000 tasks per call", after a minute of checks on a 200,000-row file.
+        raise errors.InvalidTask(
+            f"{file}: {len(items):,} tasks; sluice submit creates at most "
+            f"{submissions.MAX_BULK:,} at once, all or nothing: split the file, each parent "
+            "in the same file as its children"
+        )
     if priority is None:
-        return items
-    return [replace(item, priority=priority) for item in items]
+        return items, places
+    return [replace(item, priority=priority) for item in items], places
+
+
+def _placed(exc: submissions.SubmissionInvalid, places: Sequence[str]) -> Exception:
+    """``exc`` naming each problem's line or task of the file rather than its index."""
+    return submissions.SubmissionInvalid(exc.problems, places)
+
+
+def _refusal(answer: httpx.Response, api_url: str, places: Sequence[str]) -> Exception:
+    """The API's refusal of the tasks, as the embedded submit says it: a 422 lists each
+    problem at its place in the file; any other status is one line with the API's detail.
+
+    The answer's JSON was printed whole, on stdout, and wrapped over several lines.
+    """
+    body: Any = None
+    with contextlib.suppress(ValueError):
+        body = answer.json()
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if answer.status_code == 422 and isinstance(detail, list) and detail:
+        problems = [_item_error(entry) for entry in detail]
+        return submissions.SubmissionInvalid(problems, places)
+    return errors.SluiceError(
+        f"{masking.mask_urls(api_url)} refused the tasks ({answer.status_code}): "
+        f"{masking.mask(answer_detail(answer))}"
+    )
+
+
+def _item_error(entry: Any) -> submissions.ItemError:
+    """One entry of a 422's ``detail`` (``loc`` ``["body", "tasks", 3, "kind"]``)."""
+    if not isinstance(entry, dict):
+        return submissions.ItemError(None, "tasks", str(entry))
+    loc = [part for part in entry.get("loc") or [] if part != "body"]
+    index = loc[1] if len(loc) > 1 and loc[0] == "tasks" and isinstance(loc[1], int) else None
+    field = ".".join(str(part) for part in (loc[2:] if index is not None else loc)) or "tasks"
+    return submissions.ItemError(index, field, str(entry.get("msg", entry)))
 
 
 def submit_embedded(
     settings: Settings, file: Path, wait: bool, console: Console, priority: int | None = None
 ) -> int:
     """Create the file's tasks in the local store and drive them here until they are final."""
-    items = load_items(file, priority)
+    items, places = load_items(file, priority)
     runtime = build_runtime(settings)
     driver = build_embedded_driver(runtime)
     try:
         started = time.monotonic()
-        ids = submissions.create_tasks(runtime.repo, runtime.catalog, items)
+        try:
+            ids = submissions.create_tasks(runtime.repo, runtime.catalog, items)
+        except submissions.SubmissionInvalid as exc:
+            raise _placed(exc, places) from None
         first, last = min(ids), max(ids)
         console.print(f"{len(ids)} tasks created (ids {first}-{last})")
         if not wait:
@@ -77,14 +124,14 @@ def submit_remote(
 
     ``api_key`` is sent as ``Authorization: Bearer``; the tasks go to its tenant.
     """
-    items = load_items(file, priority)
+    items, places = load_items(file, priority)
     # The API checks the same rules; checked here first because a payload nested past the
     # cap may be too deep to serialize into the request at all.
     problems = [
         p for index, item in enumerate(items) for p in submissions.value_problems(item, index)
     ]
     if problems:
-        raise submissions.SubmissionInvalid(problems)
+        raise submissions.SubmissionInvalid(problems, places)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     with httpx.Client(base_url=api_url, timeout=60, headers=headers) as client:
         try:
@@ -96,8 +143,7 @@ def submit_remote(
                 f"cannot reach the Sluice API at {where}: {masking.mask(str(exc))}"
             ) from exc
         if answer.status_code != 201:
-            console.print(f"[red]refused ({answer.status_code}):[/red] {escape(answer.text)}")
-            return 2
+            raise _refusal(answer, api_url, places)
         created = answer_json(answer, api_url)
         if not isinstance(created, dict) or not created.get("ids"):
             raise errors.SluiceError(

@@ -113,6 +113,25 @@ def test_import_file_that_cannot_be_read_is_one_line(
     assert one_line(err) == f"error: {data}: cannot read: Permission denied"
 
 
+def test_a_file_of_more_tasks_than_one_call_takes_is_one_line_before_the_database(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """It was "request: tasks: at most 10000 tasks per call, got 10001" (which call?), said
+    after the database was created and every item checked."""
+    data = tmp_path / "tasks.csv"
+    data.write_text("kind,name\n" + "campaign,x\n" * 10_001, encoding="utf-8")
+    monkeypatch.setenv("SLUICE_DATABASE_URL", f"sqlite:///{tmp_path}/sluice.db")
+
+    code, err = run_cli(monkeypatch, capsys, "submit", str(data), "--no-wait")
+
+    assert code == 2
+    assert one_line(err) == (
+        f"error: {data}: 10,001 tasks; sluice submit creates at most 10,000 at once, all or "
+        "nothing: split the file, each parent in the same file as its children"
+    )
+    assert not (tmp_path / "sluice.db").exists()
+
+
 @pytest.mark.parametrize("what", ["directory", "missing"])
 def test_submit_of_a_directory_or_a_missing_file_is_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, what: str
@@ -192,7 +211,7 @@ def test_submit_to_an_api_checks_the_nesting_cap_before_sending(
     assert code == 2, err
     assert err.splitlines() == [
         "nothing was submitted: 1 problem(s)",
-        "  item 0: payload: objects and lists may nest at most 64 levels deep, got 300",
+        f"  {data}: tasks[0]: payload: objects and lists may nest at most 64 levels deep, got 300",
     ]
 
 

@@ -1,0 +1,100 @@
+"""`sluice submit` says a refusal the same way embedded and through a running API (real
+HTTP, uvicorn on a spare port): each problem at its line or task of the file, one line for
+a refusal of the whole call, nothing written, the key never shown."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from harness.api_server import api_only_settings, serve_api
+from sluice.runtime import Runtime, build_runtime
+from sluice.store.repository import tasks
+from tests.unit.cli.running import one_line, run_cli
+
+KEY = "sk_0123456789ab_Wq3VtYdR8pLmN2xK5sHgJf"
+
+CSV = "ref,parent_ref,kind,name\nc1,,campaign,A\n\n\ng1,c1,ad_groop,B\n"
+JSON = (
+    '{"tasks": [{"kind": "campaign", "payload": {"name": "A"}, "children": ['
+    '{"kind": "ad_group", "payload": {}}, {"kind": "ad_groop", "payload": {}}]}]}'
+)
+UNKNOWN = "kind: unknown kind 'ad_groop' for provider 'sandbox'; known: ad, ad_group,"
+
+
+@pytest.fixture
+def served(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[str, Runtime]]:
+    auth = getattr(request, "param", "auto")
+    settings = api_only_settings(f"sqlite:///{tmp_path / 'api.db'}", auth=auth)
+    runtime = build_runtime(settings)
+    try:
+        with serve_api(runtime) as base_url:
+            yield base_url, runtime
+    finally:
+        runtime.close()
+
+
+def count(runtime: Runtime) -> int:
+    with runtime.repo.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(tasks)).scalar_one())
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "place"),
+    [("tasks.csv", CSV, "tasks.csv:5"), ("tasks.json", JSON, "tasks.json: tasks[0].children[1]")],
+)
+def test_a_problem_is_named_at_its_place_in_the_file_embedded_and_through_the_api(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    served: tuple[str, Runtime],
+    name: str,
+    content: str,
+    place: str,
+) -> None:
+    """Embedded, a problem was named "item 2" (its index once the tree was flattened, which
+    no editor shows); through the API, the 422's JSON was printed whole on stdout."""
+    base_url, runtime = served
+    data = tmp_path / name
+    data.write_text(content, encoding="utf-8")
+    monkeypatch.setenv("SLUICE_DATABASE_URL", f"sqlite:///{tmp_path / 'local.db'}")
+    said = []
+    for via in ([], ["--api", base_url]):
+        code, err = run_cli(monkeypatch, capsys, "submit", str(data), "--no-wait", *via)
+        assert code == 2
+        said.append(err)
+
+    lines = said[0].strip().splitlines()
+    assert lines[0] == "nothing was submitted: 1 problem(s)"
+    assert lines[1].startswith(f"  {tmp_path}/{place}: {UNKNOWN}"), lines
+    assert len(lines) == 2
+    assert said[1] == said[0]
+    assert count(runtime) == 0
+
+
+@pytest.mark.parametrize("served", ["required"], indirect=True)
+def test_a_refusal_of_the_whole_call_is_one_line_without_the_key(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    served: tuple[str, Runtime],
+) -> None:
+    """A wrong key was `refused (401): {"detail": ...}` on stdout, wrapped to the terminal."""
+    base_url, runtime = served
+    data = tmp_path / "tasks.csv"
+    data.write_text("ref,parent_ref,kind,name\nc1,,campaign,A\n", encoding="utf-8")
+
+    code, err = run_cli(
+        monkeypatch, capsys, "submit", str(data), "--no-wait", "--api", base_url, "--key", KEY
+    )
+
+    assert code == 2
+    assert one_line(err) == (
+        f"error: {base_url} refused the tasks (401): a valid API key is required: "
+        "Authorization: Bearer <key>"
+    )
+    assert KEY not in err
+    assert count(runtime) == 0
