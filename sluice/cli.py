@@ -269,6 +269,15 @@ def submit(
             show_default=False,
         ),
     ] = None,
+    again: Annotated[
+        bool,
+        typer.Option(
+            "--again",
+            help="create the file's tasks even if this file was submitted before (without "
+            "it, a second submit of the same file, after an interrupted one say, creates "
+            "nothing twice)",
+        ),
+    ] = False,
 ) -> None:
     """Submit a file of tasks (a campaign with its ad groups and ads) and follow them."""
     from sluice.domain import PRIORITY_MAX, PRIORITY_MIN
@@ -282,9 +291,9 @@ def submit(
     logs.configure("WARNING")
     console = Console()
     if api_url:
-        code = submit_remote(api_url, file, wait, console, _api_key(api_key), priority)
+        code = submit_remote(api_url, file, wait, console, _api_key(api_key), priority, again)
     else:
-        code = submit_embedded(settings, file, wait, console, priority)
+        code = submit_embedded(settings, file, wait, console, priority, again)
     raise typer.Exit(code)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 import time
 from collections import Counter
@@ -26,9 +27,16 @@ from sluice.store.repository import RunSummary, summarize
 from sluice.store.rows import encode_cursor
 
 
-def load_items(file: Path, priority: int | None = None) -> tuple[list[Submission], list[str]]:
-    """The file's submissions, each with ``priority`` when one is given, and where each is
-    in the file."""
+def load_items(
+    file: Path, priority: int | None = None, again: bool = False
+) -> tuple[list[Submission], list[str]]:
+    """The file's submissions, each with ``priority`` when one is given and an idempotency
+    key drawn from the file (unless ``again``), and where each is in the file.
+
+    The keys make a second submit of the same file a refusal (nothing created twice): one
+    interrupted (Ctrl-C, SIGKILL, a lost connection) may have been created or not, and
+    running it again created its tasks a second time.
+    """
     items, places = importer.load_file_placed(file)
     if len(items) > submissions.MAX_BULK:
         # Said before the database is opened, naming the file; it was "request: tasks: at
@@ -38,9 +46,31 @@ def load_items(file: Path, priority: int | None = None) -> tuple[list[Submission
             f"{submissions.MAX_BULK:,} at once, all or nothing: split the file, each parent "
             "in the same file as its children"
         )
-    if priority is None:
-        return items, places
-    return [replace(item, priority=priority) for item in items], places
+    prefix = None if again else file_key(file, priority)
+    return [
+        replace(
+            item,
+            priority=item.priority if priority is None else priority,
+            idempotency_key=None if prefix is None else f"{prefix}-{index}",
+        )
+        for index, item in enumerate(items)
+    ], places
+
+
+def file_key(file: Path, priority: int | None) -> str:
+    """The idempotency key prefix of a file's tasks: a digest of its bytes and the priority
+    given (a file submitted at another priority is another submission)."""
+    digest = hashlib.sha256(file.read_bytes())
+    digest.update(f"\npriority={priority}".encode())
+    return f"sluice-submit-{digest.hexdigest()[:32]}"
+
+
+def _already(file: Path, priority: int | None) -> errors.SluiceError:
+    return errors.SluiceError(
+        f"{file} was already submitted (its tasks hold the idempotency keys "
+        f"{file_key(file, priority)}-N): nothing was created; to create its tasks once more, "
+        "add --again"
+    )
 
 
 def _placed(exc: submissions.SubmissionInvalid, places: Sequence[str]) -> Exception:
@@ -78,10 +108,15 @@ def _item_error(entry: Any) -> submissions.ItemError:
 
 
 def submit_embedded(
-    settings: Settings, file: Path, wait: bool, console: Console, priority: int | None = None
+    settings: Settings,
+    file: Path,
+    wait: bool,
+    console: Console,
+    priority: int | None = None,
+    again: bool = False,
 ) -> int:
     """Create the file's tasks in the local store and drive them here until they are final."""
-    items, places = load_items(file, priority)
+    items, places = load_items(file, priority, again)
     runtime = build_runtime(settings)
     driver = build_embedded_driver(runtime)
     try:
@@ -90,6 +125,10 @@ def submit_embedded(
             ids = submissions.create_tasks(runtime.repo, runtime.catalog, items)
         except submissions.SubmissionInvalid as exc:
             raise _placed(exc, places) from None
+        except errors.TaskConflict:
+            if again:
+                raise
+            raise _already(file, priority) from None
         first, last = min(ids), max(ids)
         console.print(f"{len(ids)} tasks created (ids {first}-{last})")
         if not wait:
@@ -119,12 +158,13 @@ def submit_remote(
     console: Console,
     api_key: str | None = None,
     priority: int | None = None,
+    again: bool = False,
 ) -> int:
     """POST the file's tasks to ``api_url`` in one bulk call and follow them there.
 
     ``api_key`` is sent as ``Authorization: Bearer``; the tasks go to its tenant.
     """
-    items, places = load_items(file, priority)
+    items, places = load_items(file, priority, again)
     # The API checks the same rules; checked here first because a payload nested past the
     # cap may be too deep to serialize into the request at all.
     problems = [
@@ -142,6 +182,8 @@ def submit_remote(
             raise errors.SluiceError(
                 f"cannot reach the Sluice API at {where}: {masking.mask(str(exc))}"
             ) from exc
+        if answer.status_code == 409 and not again:
+            raise _already(file, priority)
         if answer.status_code != 201:
             raise _refusal(answer, api_url, places)
         created = answer_json(answer, api_url)
@@ -168,8 +210,8 @@ def submit_remote(
             )
             summary = remote_summary(client, ids)
         except (httpx.HTTPError, errors.SluiceError) as exc:
-            # Say the tasks exist: a second `sluice submit` of the file would create them
-            # again.
+            # Say the tasks exist (a second `sluice submit` of the file is refused: its
+            # tasks hold the file's idempotency keys).
             raise errors.SluiceError(
                 f"lost the Sluice API at {masking.mask_urls(api_url)} while following tasks "
                 f"{first}-{last}, which were created: {masking.mask(str(exc))}"

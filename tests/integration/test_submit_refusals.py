@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import create_engine, func, select
 
 from harness.api_server import api_only_settings, serve_api
 from sluice.runtime import Runtime, build_runtime
@@ -98,3 +98,46 @@ def test_a_refusal_of_the_whole_call_is_one_line_without_the_key(
     )
     assert KEY not in err
     assert count(runtime) == 0
+
+
+def test_a_file_submitted_twice_creates_its_tasks_once_unless_told_again(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    served: tuple[str, Runtime],
+) -> None:
+    """A submit killed after the API committed (SIGKILL 24 s into a 10,000-task file: no
+    output, 10,000 tasks stored) and run again created the 10,000 a second time. The same
+    file, embedded or through the API, is now refused in one line; --again creates it."""
+    base_url, runtime = served
+    data = tmp_path / "tasks.csv"
+    data.write_text("ref,parent_ref,kind,name\nc1,,campaign,A\ng1,c1,ad_group,B\n")
+    local = f"sqlite:///{tmp_path / 'local.db'}"
+    monkeypatch.setenv("SLUICE_DATABASE_URL", local)
+    for via, stored in (
+        ([], lambda: count_at(local)),
+        (["--api", base_url], lambda: count(runtime)),
+    ):
+        first, _ = run_cli(monkeypatch, capsys, "submit", str(data), "--no-wait", *via)
+        second, err = run_cli(monkeypatch, capsys, "submit", str(data), "--no-wait", *via)
+
+        assert (first, second) == (0, 2)
+        assert one_line(err).startswith(f"error: {data} was already submitted (its tasks hold")
+        assert one_line(err).endswith(
+            "nothing was created; to create its tasks once more, add --again"
+        )
+        assert stored() == 2
+
+        again, _ = run_cli(monkeypatch, capsys, "submit", str(data), "--no-wait", "--again", *via)
+
+        assert again == 0
+        assert stored() == 4
+
+
+def count_at(url: str) -> int:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(tasks)).scalar_one())
+    finally:
+        engine.dispose()
