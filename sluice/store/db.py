@@ -93,17 +93,13 @@ def import_driver(url: str) -> None:
         make_url(normalise_url(url)).get_dialect().import_dbapi()
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
-    """Create an engine with the per-backend settings Sluice relies on.
-
-    A database that cannot be reached raises :class:`errors.StoreUnavailable` (one line,
-    password masked) from any use of the engine, instead of a driver error.
-    """
-    given, url = url, normalise_url(url)
+def parse_url(given: str) -> URL:
+    """``given`` (a database URL as configured) parsed, or ConfigError in one line that
+    quotes none of it."""
     # Its password is then masked in every log line of this process.
     masking.remember_url(given)
     try:
-        parsed = make_url(url)
+        return make_url(normalise_url(given))
     except Exception as exc:
         # Named by its scheme only, with a reason of our own: SQLAlchemy's quotes the part
         # it choked on, which may be a piece of the password (a URL without a scheme is
@@ -112,6 +108,16 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             f"database_url ({scheme_of(given)}) is not a database URL: {_parse_problem(exc)}; "
             "expected postgresql://user:password@host:5432/name or sqlite:///path.db"
         ) from None
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """Create an engine with the per-backend settings Sluice relies on.
+
+    A database that cannot be reached raises :class:`errors.StoreUnavailable` (one line,
+    password masked) from any use of the engine, instead of a driver error.
+    """
+    given, url = url, normalise_url(url)
+    parsed = parse_url(given)
     parts = _credentials(given)
     if parts is not None and parsed.password is not None and parsed.password != unquote(parts[1]):
         # An unencoded '@' in the password: SQLAlchemy would take the rest as the host and
@@ -448,7 +454,9 @@ def require_existing(url: str) -> None:
     read or change what a running Sluice holds (status, explain, a pause) would otherwise
     create and migrate an empty database there, answer from it ("no such task", "paused")
     and leave a stray file: a wrong folder or a typo went unnoticed."""
-    path = sqlite_path(url)
+    # Parsed as make_engine parses it: SLUICE_DATABASE_URL=garbage was a traceback of
+    # SQLAlchemy's ArgumentError from sluice status, audit, keys list, explain, pause...
+    path = sqlite_path(parse_url(url))
     if path is not None and not Path(path).exists():
         raise errors.SluiceError(
             f"no database at {path} (SLUICE_DATABASE_URL names a file that does not exist; "

@@ -52,6 +52,37 @@ def test_db_upgrade_bad_database_url_is_one_line_without_password(
     assert PASSWORD not in err
 
 
+@pytest.mark.parametrize("url", ["garbage", f"postgresql://admin:{PASSWORD}@127.0.0.1:x/sluice"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("status", "--once"),
+        ("audit",),
+        ("keys", "list"),
+        ("explain", "1"),
+        ("pause", "sandbox", "--reason", "r"),
+        ("db", "prune", "--older-than", "30d"),
+        ("rates",),
+    ],
+)
+def test_a_database_url_that_does_not_parse_is_one_line_for_every_command(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    url: str,
+    command: tuple[str, ...],
+) -> None:
+    """The check that an SQLite file exists parsed the URL with SQLAlchemy first:
+    SLUICE_DATABASE_URL=garbage made each of these a traceback (ArgumentError)."""
+    monkeypatch.setenv("SLUICE_DATABASE_URL", url)
+
+    code, err = run_cli(monkeypatch, capsys, *command)
+
+    assert code == 2
+    line = one_line(err)
+    assert "is not a database URL" in line, line
+    assert PASSWORD not in err
+
+
 def test_unreachable_database_names_where_with_password_masked(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
