@@ -342,6 +342,13 @@ def _read_toml() -> dict[str, Any]:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise errors.ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        # Was "invalid settings: 'utf-8' codec can't decode byte 0xff...", naming no file.
+        raise errors.ConfigError(
+            f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise errors.ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
     unknown = set(raw) - {"sluice", "providers", "sandbox"}
     if unknown:
         raise errors.ConfigError(

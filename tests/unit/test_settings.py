@@ -172,6 +172,19 @@ def test_a_top_level_key_that_is_not_a_table_is_config_error(text: str, expected
     assert str(raised.value).startswith(expected), str(raised.value)
 
 
+def test_a_config_file_that_is_not_utf8_is_config_error_naming_it() -> None:
+    """Saved as UTF-16 (Notepad's "Unicode"), it was "invalid settings: 'utf-8' codec
+    can't decode byte 0xff in position 0", naming no file."""
+    Path("sluice.toml").write_bytes("[sluice]\nport = 8001\n".encode("utf-16"))
+
+    with pytest.raises(errors.ConfigError) as raised:
+        load_settings()
+
+    assert str(raised.value) == (
+        "sluice.toml: not UTF-8 text (byte 0: invalid start byte); save it as UTF-8"
+    )
+
+
 def test_a_config_path_that_is_a_folder_says_so(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
