@@ -310,7 +310,9 @@ def config_path() -> Path | None:
         if path.is_dir():
             raise errors.ConfigError(f"SLUICE_CONFIG={explicit}: is a folder, not a file")
         if not path.is_file():
-            raise errors.ConfigError(f"SLUICE_CONFIG={explicit}: no such file")
+            # A FIFO or a device was "no such file" (reading one may wait forever).
+            what = "not a regular file" if path.exists() else "no such file"
+            raise errors.ConfigError(f"SLUICE_CONFIG={explicit}: {what}")
         return path
     default = Path(DEFAULT_CONFIG_FILE)
     return default if default.is_file() else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -183,6 +184,20 @@ def test_a_config_file_that_is_not_utf8_is_config_error_naming_it() -> None:
     assert str(raised.value) == (
         "sluice.toml: not UTF-8 text (byte 0: invalid start byte); save it as UTF-8"
     )
+
+
+def test_a_config_path_that_is_a_fifo_says_so(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """SLUICE_CONFIG naming a FIFO (it exists) said "no such file"."""
+    fifo = tmp_path / "sluice.toml"
+    os.mkfifo(fifo)
+    monkeypatch.setenv("SLUICE_CONFIG", str(fifo))
+
+    with pytest.raises(errors.ConfigError) as raised:
+        load_settings()
+
+    assert str(raised.value) == f"SLUICE_CONFIG={fifo}: not a regular file"
 
 
 def test_a_config_path_that_is_a_folder_says_so(
