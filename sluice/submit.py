@@ -33,9 +33,9 @@ def load_items(
     """The file's submissions, each with ``priority`` when one is given and an idempotency
     key drawn from the file (unless ``again``), and where each is in the file.
 
-    The keys make a second submit of the same file a refusal (nothing created twice): one
-    interrupted (Ctrl-C, SIGKILL, a lost connection) may have been created or not, and
-    running it again created its tasks a second time.
+    The keys make a second submit of the same file follow the tasks the first created
+    (nothing created twice): one interrupted (Ctrl-C, SIGKILL, a lost connection) may have
+    been created or not, and running it again created its tasks a second time.
     """
     items, places = importer.load_file_placed(file)
     if len(items) > submissions.MAX_BULK:
@@ -66,11 +66,24 @@ def file_key(file: Path, priority: int | None) -> str:
 
 
 def _already(file: Path, priority: int | None) -> errors.SluiceError:
+    """A file submitted before whose tasks no longer all hold its keys (some were pruned)."""
     return errors.SluiceError(
-        f"{file} was already submitted (its tasks hold the idempotency keys "
-        f"{file_key(file, priority)}-N): nothing was created; to create its tasks once more, "
-        "add --again"
+        f"{file} was submitted before and only some of its tasks remain (they hold the "
+        f"idempotency keys {file_key(file, priority)}-N): nothing was created; to create its "
+        "tasks once more, add --again"
     )
+
+
+def _created(file: Path, ids: Sequence[int], replayed: bool, where: str = "") -> str:
+    """What a submit says of its tasks: created, or found from an earlier submit of the file
+    (run again after an interrupted one, it follows the tasks that one created)."""
+    span = f"ids {min(ids)}-{max(ids)}"
+    if replayed:
+        return (
+            f"{file} was already submitted: following its {len(ids)} tasks ({span}){where}; "
+            "--again creates them once more"
+        )
+    return f"{len(ids)} tasks created ({span}){where}"
 
 
 def _placed(exc: submissions.SubmissionInvalid, places: Sequence[str]) -> Exception:
@@ -122,15 +135,15 @@ def submit_embedded(
     try:
         started = time.monotonic()
         try:
-            ids = submissions.create_tasks(runtime.repo, runtime.catalog, items)
+            batch = submissions.create_batch(runtime.repo, runtime.catalog, items)
         except submissions.SubmissionInvalid as exc:
             raise _placed(exc, places) from None
         except errors.TaskConflict:
             if again:
                 raise
             raise _already(file, priority) from None
-        first, last = min(ids), max(ids)
-        console.print(f"{len(ids)} tasks created (ids {first}-{last})")
+        ids = batch.ids
+        console.print(_created(file, ids, batch.replayed))
         if not wait:
             return 0
         driver.start()
@@ -194,9 +207,8 @@ def submit_remote(
             )
         ids: list[int] = created["ids"]
         first, last = min(ids), max(ids)
-        console.print(
-            f"{len(ids)} tasks created (ids {first}-{last}) at {masking.mask_urls(api_url)}"
-        )
+        replayed = answer.headers.get("Idempotent-Replayed") == "true"
+        console.print(_created(file, ids, replayed, f" at {masking.mask_urls(api_url)}"))
         if not wait:
             return 0
         started = time.monotonic()
@@ -210,7 +222,7 @@ def submit_remote(
             )
             summary = remote_summary(client, ids)
         except (httpx.HTTPError, errors.SluiceError) as exc:
-            # Say the tasks exist (a second `sluice submit` of the file is refused: its
+            # Say the tasks exist (a second `sluice submit` of the file follows them: its
             # tasks hold the file's idempotency keys).
             raise errors.SluiceError(
                 f"lost the Sluice API at {masking.mask_urls(api_url)} while following tasks "

@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, func, select
 from harness.api_server import api_only_settings, serve_api
 from sluice.runtime import Runtime, build_runtime
 from sluice.store.repository import tasks
-from tests.unit.cli.running import one_line, run_cli
+from tests.unit.cli.running import one_line, run_cli, run_cli_captured
 
 KEY = "sk_0123456789ab_Wq3VtYdR8pLmN2xK5sHgJf"
 
@@ -108,7 +108,8 @@ def test_a_file_submitted_twice_creates_its_tasks_once_unless_told_again(
 ) -> None:
     """A submit killed after the API committed (SIGKILL 24 s into a 10,000-task file: no
     output, 10,000 tasks stored) and run again created the 10,000 a second time. The same
-    file, embedded or through the API, is now refused in one line; --again creates it."""
+    file, embedded or through the API, now finds the tasks the first created and follows
+    them (the same ids, nothing written); --again creates them once more."""
     base_url, runtime = served
     data = tmp_path / "tasks.csv"
     data.write_text("ref,parent_ref,kind,name\nc1,,campaign,A\ng1,c1,ad_group,B\n")
@@ -119,13 +120,13 @@ def test_a_file_submitted_twice_creates_its_tasks_once_unless_told_again(
         (["--api", base_url], lambda: count(runtime)),
     ):
         first, _ = run_cli(monkeypatch, capsys, "submit", str(data), "--no-wait", *via)
-        second, err = run_cli(monkeypatch, capsys, "submit", str(data), "--no-wait", *via)
-
-        assert (first, second) == (0, 2)
-        assert one_line(err).startswith(f"error: {data} was already submitted (its tasks hold")
-        assert one_line(err).endswith(
-            "nothing was created; to create its tasks once more, add --again"
+        second, out, _ = run_cli_captured(
+            monkeypatch, capsys, "submit", str(data), "--no-wait", *via
         )
+
+        assert (first, second) == (0, 0)
+        assert one_line(out).startswith(f"{data} was already submitted: following its 2 tasks")
+        assert one_line(out).endswith("--again creates them once more")
         assert stored() == 2
 
         again, _ = run_cli(monkeypatch, capsys, "submit", str(data), "--no-wait", "--again", *via)

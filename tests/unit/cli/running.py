@@ -13,12 +13,21 @@ def run_cli(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
 ) -> tuple[int, str]:
     """Run ``sluice ARGS``; returns (exit code, stderr). Rich wraps at 200 columns."""
+    code, _, err = run_cli_captured(monkeypatch, capsys, *args)
+    return code, err
+
+
+def run_cli_captured(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[int, str, str]:
+    """Run ``sluice ARGS``; returns (exit code, stdout, stderr)."""
     monkeypatch.setattr(sys, "argv", ["sluice", *args])
     monkeypatch.setenv("COLUMNS", "200")
     with pytest.raises(SystemExit) as exit_info:
         cli.main()
     code = exit_info.value.code
-    return (code if isinstance(code, int) else 1), capsys.readouterr().err
+    captured = capsys.readouterr()
+    return (code if isinstance(code, int) else 1), captured.out, captured.err
 
 
 def one_line(text: str) -> str:
