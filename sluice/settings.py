@@ -398,6 +398,13 @@ def describe_settings_error(exc: ValidationError) -> str:
         name = loc[0] if loc else "settings"
         if name not in Settings.model_fields:
             return ".".join(loc)
+        if name in TOP_LEVEL_TABLES:
+            # Tables of their own in the file: `[providers] sandbox = 3` was named
+            # "[sluice] providers (sandbox)", a table the file did not have.
+            named = 2 if name == "providers" else 1  # [providers.NAME], [sandbox]
+            table = ".".join(loc[:named])
+            inner = f" {'.'.join(loc[named:])}" if len(loc) > named else ""
+            return f"SLUICE_{name.upper()} / [{table}]{inner}"
         inner = f" ({'.'.join(loc[1:])})" if len(loc) > 1 else ""
         return f"SLUICE_{name.upper()} / [sluice] {name}{inner}"
 

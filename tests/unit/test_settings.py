@@ -173,6 +173,19 @@ def test_a_top_level_key_that_is_not_a_table_is_config_error(text: str, expected
     assert str(raised.value).startswith(expected), str(raised.value)
 
 
+def test_a_provider_that_is_not_a_table_is_named_in_its_own_table() -> None:
+    """`[providers] sandbox = 3` was "[sluice] providers (sandbox)", a table the file did
+    not have; it is named where it is written."""
+    Path("sluice.toml").write_text("[providers]\nsandbox = 3\n", encoding="utf-8")
+
+    with pytest.raises(errors.ConfigError) as raised:
+        load_settings()
+
+    assert str(raised.value) == (
+        "invalid setting SLUICE_PROVIDERS / [providers.sandbox]: Input should be a valid dictionary"
+    )
+
+
 def test_a_config_file_that_is_not_utf8_is_config_error_naming_it() -> None:
     """Saved as UTF-16 (Notepad's "Unicode"), it was "invalid settings: 'utf-8' codec
     can't decode byte 0xff in position 0", naming no file."""
