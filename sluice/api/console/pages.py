@@ -654,6 +654,10 @@ async def control(request: Request) -> Response:
     return await run_in_threadpool(_control, request, viewer, form)
 
 
+MAX_TARGET = 255
+"""The longest provider or limit key a control names (as the API's ``LimitKey``)."""
+
+
 def _control(request: Request, viewer: Viewer, form: FormData) -> Response:
     context = _context(request)
     if context is None:
@@ -665,6 +669,9 @@ def _control(request: Request, viewer: Viewer, form: FormData) -> Response:
         unstorable = submissions.unstorable(text)
         if unstorable is not None:  # PostgreSQL refuses NUL in text: it was a 500
             return _refuse(request, f"{name}: {unstorable}", 422)
+    if len(target) > MAX_TARGET:
+        # As the API's routes refuse it; the refusal quoted all of it back (5,000 characters).
+        return _refuse(request, f"target: at most {MAX_TARGET} characters, got {len(target)}", 422)
     controls = context.controls
     actor = _actor(viewer)
     try:

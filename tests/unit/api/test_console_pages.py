@@ -261,6 +261,21 @@ def test_refused_controls_name_the_problem_and_audit_nothing(ui: Console) -> Non
     assert "<code>limit." not in ui.client.get("/ui/audit").text
 
 
+def test_a_control_on_a_target_too_long_to_be_a_key_is_refused_without_echoing_it(
+    ui: Console,
+) -> None:
+    """A 5,000-character target was refused "no limit key ..." quoting all of it back; it
+    is refused by its length, as the API refuses it, and nothing is audited."""
+    target = "sandbox:" + "x" * 5_000
+
+    response = _control(ui, action="pause", target=target, reason="x")
+
+    assert response.status_code == 422
+    assert "target: at most 255 characters, got 5008" in response.text
+    assert "x" * 300 not in response.text
+    assert "<code>limit." not in ui.client.get("/ui/audit").text
+
+
 @pytest.mark.parametrize("page", ["tasks", "jobs"])
 def test_an_id_past_2_53_is_not_found_not_a_server_error(ui: Console, page: str) -> None:
     """/ui/tasks/<23 digits> and /ui/jobs/<23 digits> were 500s: the id overflowed SQLite's
