@@ -164,6 +164,11 @@ def submit_embedded(
         runtime.close()
 
 
+BULK_TIMEOUT = httpx.Timeout(60.0, read=300.0)
+"""The bulk call's answer may take minutes on a loaded host (10,000 tasks); it waited 60 s
+and then said "cannot reach the Sluice API ... timed out", though the API had the tasks."""
+
+
 def submit_remote(
     api_url: str,
     file: Path,
@@ -187,11 +192,22 @@ def submit_remote(
         raise submissions.SubmissionInvalid(problems, places)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     with httpx.Client(base_url=api_url, timeout=60, headers=headers) as client:
+        where = masking.mask_urls(api_url)
         try:
             bulk = {"tasks": [BulkItem.wire(item) for item in items]}
-            answer = client.post("/api/tasks/bulk", json=bulk)
+            answer = client.post("/api/tasks/bulk", json=bulk, timeout=BULK_TIMEOUT)
+        except httpx.ReadTimeout:
+            # Sent, and no answer: the tasks may exist. Said so, with the way to find out.
+            then = (
+                "look before sending them again: with --again a second run creates them anew"
+                if again
+                else "run the same command again: it follows them if they were"
+            )
+            raise errors.SluiceError(
+                f"no answer from the Sluice API at {where} within {BULK_TIMEOUT.read:g} s: the "
+                f"tasks may have been created; {then}"
+            ) from None
         except httpx.HTTPError as exc:
-            where = masking.mask_urls(api_url)
             raise errors.SluiceError(
                 f"cannot reach the Sluice API at {where}: {masking.mask(str(exc))}"
             ) from exc

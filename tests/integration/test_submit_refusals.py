@@ -4,13 +4,18 @@ a refusal of the whole call, nothing written, the key never shown."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import create_engine, func, select
 
 from harness.api_server import api_only_settings, serve_api
+from sluice import submit
 from sluice.runtime import Runtime, build_runtime
 from sluice.store.repository import tasks
 from tests.unit.cli.running import one_line, run_cli, run_cli_captured
@@ -142,3 +147,40 @@ def count_at(url: str) -> int:
             return int(conn.execute(select(func.count()).select_from(tasks)).scalar_one())
     finally:
         engine.dispose()
+
+
+class SlowApi(BaseHTTPRequestHandler):
+    """Reads a bulk call and answers only after the client has given up."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        time.sleep(3)
+        self.send_response(201)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_bulk_call_left_without_an_answer_says_the_tasks_may_exist(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A bulk call sent and not answered in time (10,000 tasks on a loaded host took over
+    the 60 s it waited) said "cannot reach the Sluice API ... timed out", though the API
+    had the tasks; it now says they may exist and that running it again follows them."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowApi)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(submit, "BULK_TIMEOUT", httpx.Timeout(10.0, read=0.5))
+    data = tmp_path / "tasks.csv"
+    data.write_text("ref,parent_ref,kind,name\nc1,,campaign,A\n")
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        code, err = run_cli(monkeypatch, capsys, "submit", str(data), "--no-wait", "--api", url)
+    finally:
+        server.shutdown()
+
+    assert code == 2
+    assert one_line(err) == (
+        f"error: no answer from the Sluice API at {url} within 0.5 s: the tasks may have been "
+        "created; run the same command again: it follows them if they were"
+    )
