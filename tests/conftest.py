@@ -11,6 +11,7 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
+from typing import NoReturn
 
 import pytest
 from hypothesis import settings
@@ -52,9 +53,12 @@ def _port_open(host: str, port: int) -> bool:
 
 def require_service(name: str, host: str, port: int) -> None:
     """Skip (or fail under SLUICE_REQUIRE_SERVICES=1) when a service is not reachable."""
-    if _port_open(host, port):
-        return
-    message = f"{name} is not reachable at {host}:{port}"
+    if not _port_open(host, port):
+        service_missing(f"{name} is not reachable at {host}:{port}")
+
+
+def service_missing(message: str) -> NoReturn:
+    """Skip the test, saying why; under SLUICE_REQUIRE_SERVICES=1 (CI) fail it instead."""
     if os.environ.get("SLUICE_REQUIRE_SERVICES") == "1":
         pytest.fail(f"{message} and SLUICE_REQUIRE_SERVICES=1")
     pytest.skip(message)
@@ -97,9 +101,7 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
     try:
         cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"))
     except ServerUnavailable as exc:
-        if os.environ.get("SLUICE_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"{exc} and SLUICE_REQUIRE_SERVICES=1")
-        pytest.skip(str(exc))
+        service_missing(str(exc))
     try:
         cluster.start()
         yield cluster.url

@@ -39,6 +39,7 @@ from sluice.store import db
 from sluice.store.quotas import QuotaStore, Window
 from sluice.store.repository import TaskRepository
 from sluice.store.rows import change_status, events
+from tests.conftest import service_missing
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -51,10 +52,7 @@ def _require_browser() -> tuple[str, str]:
     driver = shutil.which("chromedriver")
     if chromium and driver:
         return chromium, driver
-    message = "needs chromium and chromium-driver (apt-get install chromium chromium-driver)"
-    if os.environ.get("SLUICE_REQUIRE_SERVICES") == "1":
-        pytest.fail(message)
-    pytest.skip(message)
+    service_missing("needs chromium and chromium-driver (apt-get install chromium chromium-driver)")
 
 
 @dataclass

@@ -4,7 +4,6 @@ provider's slot, its replica promoted, without a restart and without exceeding t
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from harness.redis_cluster import RedisCluster
 from harness.servers import ServerUnavailable
 from sluice.domain import TaskStatus
 from tests.acceptance.conftest import Cluster, bad_campaign, campaigns, cluster_on
+from tests.conftest import service_missing
 
 pytestmark = [
     pytest.mark.postgres,
@@ -32,9 +32,7 @@ def replicated(tmp_path: Path) -> Iterator[RedisCluster]:
     try:
         nodes = RedisCluster(tmp_path / "redis", replicas=1, node_timeout_ms=2000)
     except ServerUnavailable as exc:
-        if os.environ.get("SLUICE_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"{exc} and SLUICE_REQUIRE_SERVICES=1")
-        pytest.skip(str(exc))
+        service_missing(str(exc))
     try:
         nodes.start()
         yield nodes

@@ -34,7 +34,7 @@ from sluice.drivers.executor import ThreadExecutor
 from sluice.runtime import build_runtime
 from sluice.settings import load_settings
 from tests.acceptance.conftest import RATE_MARGIN, Cluster, bad_campaign, campaigns, cluster_on
-from tests.conftest import require_service
+from tests.conftest import require_service, service_missing
 from tests.integration.conftest import running_sandbox
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(240)]
@@ -61,9 +61,7 @@ def _private(make: Callable[[], Any]) -> Any:
     try:
         return make()
     except ServerUnavailable as exc:
-        if os.environ.get("SLUICE_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"{exc} and SLUICE_REQUIRE_SERVICES=1")
-        pytest.skip(str(exc))
+        service_missing(str(exc))
 
 
 @pytest.fixture
