@@ -3,7 +3,6 @@ same lines; mistakes are one line and exit 2, writing nothing."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,13 +11,14 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from sluice import cli, operate
+from sluice import operate
 from sluice.api.app import build_api
 from sluice.domain import Submission
 from sluice.runtime import build_runtime
 from sluice.settings import load_settings
 from sluice.store import db
 from sluice.store.audit import audit
+from tests.unit.cli.running import run_cli_captured as run_cli
 
 PROVIDERS_TOML = """
 [providers.sandbox]
@@ -45,18 +45,6 @@ def local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     db.ensure_schema(engine)
     engine.dispose()
     return url
-
-
-def run_cli(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
-) -> tuple[int, str, str]:
-    """Run the ``sluice`` entry point in-process; returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["sluice", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    code = exit_info.value.code
-    captured = capsys.readouterr()
-    return (code if isinstance(code, int) else 1), captured.out, captured.err
 
 
 def audited(url: str) -> int:

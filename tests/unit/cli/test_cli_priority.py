@@ -3,26 +3,15 @@ one operator line and nothing is written."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, inspect, select
 
-from sluice import cli
 from sluice.store.repository import tasks
+from tests.unit.cli.running import run_cli
 
 FILE = '[{"kind": "campaign", "payload": {"advertiser_id": "adv-1", "name": "x", "budget": 5}}]'
-
-
-def run_cli(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
-) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["sluice", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    code = exit_info.value.code
-    return (code if isinstance(code, int) else 1), capsys.readouterr().err
 
 
 def stored_priorities(database: Path) -> list[int]:
