@@ -309,21 +309,41 @@ def _replayed(repo: TaskRepository, specs: Sequence[Submission]) -> list[int] | 
         return None
     held = [found.get((s.tenant, s.idempotency_key or "")) for s in specs]
     ids = [task.id if task is not None else 0 for task in held]
-    if all(
-        task is not None and _describes(task, spec, ids)
-        for task, spec in zip(held, specs, strict=True)
-    ):
-        return ids
-    named = [
-        f"item {index} ({spec.idempotency_key!r}: task {task.id})"
-        for index, (task, spec) in enumerate(zip(held, specs, strict=True))
-        if task is not None
+    items = list(enumerate(zip(held, specs, strict=True)))
+    differing = [
+        (index, task, spec)
+        for index, (task, spec) in items
+        if task is not None and not _describes(task, spec, ids)
     ]
-    more = f" and {len(named) - MAX_NAMED} more" if len(named) > MAX_NAMED else ""
+    new = [index for index, (task, _) in items if task is None]
+    if not differing and not new:
+        return ids
+    if differing:
+        raise errors.TaskConflict(
+            "idempotency_key already used by a task that is not what the item describes "
+            f"(another provider, kind, payload, parent, priority or id): {_named(differing)}"
+        )
+    earlier = [(index, task, spec) for index, (task, spec) in items if task is not None]
     raise errors.TaskConflict(
-        "idempotency_key already used by another task, and the batch is not the one that "
-        f"created it: {', '.join(named[:MAX_NAMED])}{more}"
+        f"part of this batch was created before ({_named(earlier)}) and item(s) "
+        f"{_listed(new)} were not: a batch is created all or nothing, so send the new items "
+        "in a batch of their own"
     )
+
+
+def _named(items: Sequence[tuple[int, Task | None, Submission]]) -> str:
+    """Items with their keys and the tasks holding them, the first :data:`MAX_NAMED`."""
+    return _listed(
+        [
+            f"item {index} ({spec.idempotency_key!r}: task {task.id if task else '-'})"
+            for index, task, spec in items
+        ]
+    )
+
+
+def _listed(things: Sequence[object]) -> str:
+    more = f" and {len(things) - MAX_NAMED} more" if len(things) > MAX_NAMED else ""
+    return ", ".join(str(thing) for thing in things[:MAX_NAMED]) + more
 
 
 def _describes(task: Task, spec: Submission, ids: Sequence[int]) -> bool:

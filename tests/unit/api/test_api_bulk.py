@@ -194,27 +194,39 @@ def test_a_keyed_batch_sent_again_answers_with_the_first_ids(api: Api) -> None:
 
 
 def test_a_batch_that_is_not_the_keys_first_batch_is_409_naming_its_items(api: Api) -> None:
-    """Keys held by tasks that are not what the items describe (another payload, a missing
-    item, another parent) are a clash: 409 naming each item whose key is held, and the
-    task holding it; nothing is written."""
+    """Keys held by tasks that are not what the items describe (another payload, parent or
+    priority) are a clash: 409 naming each such item, its key and the task holding it; a
+    batch of the first one's items and a new one is 409 naming the new item. Nothing is
+    written."""
     first_ids = api.client.post("/api/tasks/bulk", json={"tasks": keyed_batch(api)}).json()["ids"]
     other_payload = keyed_batch(api)
     other_payload[1]["payload"] = {"asset": "other.png"}
-    one_new_item = [*keyed_batch(api), api.campaign(idempotency_key="spring-new")]
     other_parent = keyed_batch(api)
     other_parent[2]["parent_index"] = 1
     other_priority = keyed_batch(api)
     del other_priority[2]["priority"]
+    one_new_item = [*keyed_batch(api), api.campaign(idempotency_key="spring-new")]
     before = api.written()
 
-    for batch in (other_payload, one_new_item, other_parent, other_priority):
+    for batch, index in ((other_payload, 1), (other_parent, 2), (other_priority, 2)):
         response = api.client.post("/api/tasks/bulk", json={"tasks": batch})
 
         assert response.status_code == 409, response.text
-        detail = response.json()["detail"]
-        for index, key in enumerate(("spring-c", "spring-a", "spring-b", "spring-t")):
-            assert f"item {index} ('{key}': task {first_ids[index]})" in detail
-        assert "spring-new" not in detail
+        key = batch[index]["idempotency_key"]
+        assert response.json()["detail"] == (
+            "idempotency_key already used by a task that is not what the item describes "
+            "(another provider, kind, payload, parent, priority or id): "
+            f"item {index} ('{key}': task {first_ids[index]})"
+        )
+    response = api.client.post("/api/tasks/bulk", json={"tasks": one_new_item})
+    assert response.status_code == 409, response.text
+    detail = response.json()["detail"]
+    for index, key in enumerate(("spring-c", "spring-a", "spring-b", "spring-t")):
+        assert f"item {index} ('{key}': task {first_ids[index]})" in detail
+    assert detail.endswith(
+        "and item(s) 4 were not: a batch is created all or nothing, so send the new items in "
+        "a batch of their own"
+    )
     assert api.written() == before
 
 
