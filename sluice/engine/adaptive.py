@@ -67,7 +67,10 @@ DELIVERED_LAG_S = 1
 """... ending this long before the current second (processes add their counts about once
 a second)."""
 MIN_SPREAD_S = 1.0
-"""A reset nearer than this is left to the limiter's spacing and the pause."""
+"""A reset this near or nearer is left to the limiter's spacing and the pause. Resets come
+in whole seconds (the IETF fields' delta-seconds, most ``X-RateLimit-Reset``s), so ``1``
+can be any time under a second: spread over a whole second, ``remaining`` on a per-second
+limit (the rest after this window's own sends) held the key at half its limit."""
 FORGET_AFTER_S = 86_400.0
 """A key's last drop is deleted this long after it was made, once its climb is over (twice
 ``climb``): the key then starts like one never refused. Without it every per-account key
@@ -460,7 +463,7 @@ def told_ceiling(
     ]
     if counted:
         remaining, _limit, reset_s, source = min(counted)
-        if reset_s >= MIN_SPREAD_S:
+        if reset_s > MIN_SPREAD_S:
             pace = remaining / reset_s / stretch
             if pace < configured:
                 found.append((pace, f"{source}: {remaining:g} left for {reset_s:g}s", reset_s))

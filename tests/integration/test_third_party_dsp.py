@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from sluice.domain import Submission, TaskStatus
+from sluice.engine.rates import per_second
 from tests.integration.conftest import make_runtime, run_until_final
 from tests.integration.fake_dsp import Arrival, FakeDsp, Reply, running_dsp
 
@@ -171,3 +172,35 @@ def test_a_search_listing_someone_elses_object_is_never_adopted(
     assert task_b.status is TaskStatus.ERROR
     assert "show no client reference" in (task_b.validation_error or "")
     assert [o["body"]["name"] for o in dsp.objects.values()] == ["A"]
+
+
+def test_a_per_second_limit_stated_with_whole_second_resets_is_used_whole(
+    dsp: FakeDsp, tmp_path: Path
+) -> None:
+    """A DSP stating its limit, 10/s, with the calls left and a whole-second reset on every
+    answer (``X-RateLimit-Reset: 1``). Spreading "5 left for 1 s" held the key at 5/s, and
+    every answer at 5/s said 5 left again: against such a DSP whose limit was 10/s then 3/s,
+    Sluice sent 5/s then 1-2/s. The stated limit rules; a reset of a second is left to the
+    limiter's spacing."""
+    said = {"X-RateLimit-Limit": "10", "X-RateLimit-Remaining": "5", "X-RateLimit-Reset": "1"}
+    dsp.after_create = lambda arrival, obj: Reply(201, {"id": obj["id"]}, said)
+    signal = {
+        "limit_header": "X-RateLimit-Limit",
+        "remaining_header": "X-RateLimit-Remaining",
+        "reset_header": "X-RateLimit-Reset",
+    }
+    runtime = make_runtime(
+        tmp_path,
+        provider(dsp, adaptive=True, rate_limit_signal=signal),
+    )
+    for submission in campaigns(3):
+        runtime.repo.create(submission)
+    run_until_final(runtime)
+
+    assert len(dsp.creates()) == 3
+    spec = runtime.providers["ttd"].limits_for("write", None)[0]
+    runtime.rates.refresh()
+    now = runtime.rates.in_force(spec)
+    assert now.source == "learned"
+    assert per_second(now.rate) == pytest.approx(10.0), now.reason
+    assert "limit 10" in now.reason

@@ -176,6 +176,24 @@ def test_a_lower_stated_limit_rules_and_the_lowest_remaining_wins() -> None:
     assert told_ceiling([LimitReading("p", limit=10, window_s=60.0)], SPEC, law, CONFIG) is None
 
 
+def test_a_whole_second_reset_is_not_spread_over_a_whole_second() -> None:
+    """Resets come in whole seconds: ``1`` is any time under a second. A per-second limit of
+    10 answered at 5/s says 5 left for 1 s; spread, that held the key at 5/s, and each
+    answer at 5/s said so again (measured at a DSP stating 10/s: 5 a second used, half)."""
+    law = CubicLaw.of(CONFIG, 100.0)
+    said = [LimitReading("X-RateLimit-Remaining", limit=10, remaining=5, reset_s=1)]
+    per_s, reason, _ = told_ceiling(said, SPEC, law, CONFIG)  # type: ignore[misc]
+    assert per_s == pytest.approx(10.0)  # the stated limit, not 5 left for 1 s
+    assert "limit 10" in reason
+    # Without a stated limit, nothing is told: a refusal then lowers the rate.
+    alone = [LimitReading("X-RateLimit-Remaining", remaining=5, reset_s=1)]
+    assert told_ceiling(alone, SPEC, law, CONFIG) is None
+    # A longer reset is still spread.
+    later = [LimitReading("X-RateLimit-Remaining", remaining=40, reset_s=2)]
+    per_s, _, _ = told_ceiling(later, SPEC, law, CONFIG)  # type: ignore[misc]
+    assert per_s == pytest.approx(20.0)
+
+
 def test_meta_usage_spreads_the_rest_and_regain_time_holds_at_floor() -> None:
     law = CubicLaw.of(CONFIG, 100.0)
     per_s, _, _ = told_ceiling([LimitReading("X-App-Usage", used_fraction=0.9)], SPEC, law, CONFIG)  # type: ignore[misc]
