@@ -250,7 +250,7 @@ class ThreadExecutor:
         metrics.outcomes(
             unit.provider, unit.operation.value, [(o.event, o.to_status.value) for o in outcomes]
         )
-        self._count_usage(provider, unit, outcomes)
+        self._count_usage(provider, unit, outcomes, reached=permit.written_s is not None)
         with self._lock:
             self.stats.count(unit, outcomes)
             self._pending += 1
@@ -283,15 +283,22 @@ class ThreadExecutor:
         except errors.LimiterError:
             log.warning("holds.finish_failed", exc_info=True, extra={"provider": provider.name})
 
-    def _count_usage(self, provider: Provider, unit: WorkUnit, outcomes: list[Outcome]) -> None:
-        """Count the request for the console: per limit key, operation, errors and pauses."""
+    def _count_usage(
+        self, provider: Provider, unit: WorkUnit, outcomes: list[Outcome], *, reached: bool
+    ) -> None:
+        """Count the request for the console: per limit key, operation, errors and pauses.
+
+        ``sent`` counts only a request that was written to the provider's socket (``reached``):
+        the learned rates' cap is twice what was sent, and counting calls that could not
+        connect let the cap climb while the provider was unreachable."""
         usage = self.usage
         if usage is None:
             return
         try:
             payload = unit.tasks[0].payload if unit.tasks else None
-            for spec in provider.limits_for(unit.operation.access, payload):
-                usage.count(spec.key, "sent")
+            if reached:
+                for spec in provider.limits_for(unit.operation.access, payload):
+                    usage.count(spec.key, "sent")
             name = provider.name
             usage.count(name, _OPERATION_METRIC[unit.operation.value])
             failed = sum(

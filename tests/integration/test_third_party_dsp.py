@@ -6,9 +6,11 @@ Every figure is counted at the DSP, from its own arrival log. Found by an outsid
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import pytest
 
 from sluice.domain import Submission, TaskStatus
 from sluice.engine.rates import per_second
+from sluice.store.usage import UsageStore
 from tests.integration.conftest import make_runtime, run_until_final
 from tests.integration.fake_dsp import Arrival, FakeDsp, Reply, running_dsp
 
@@ -204,3 +207,27 @@ def test_a_per_second_limit_stated_with_whole_second_resets_is_used_whole(
     assert now.source == "learned"
     assert per_second(now.rate) == pytest.approx(10.0), now.reason
     assert "limit 10" in now.reason
+
+
+def test_a_call_that_could_not_connect_is_not_counted_as_sent(dsp: FakeDsp, tmp_path: Path) -> None:
+    """The learned rate climbs to at most twice what was sent under the key (the usage
+    counters' ``sent``). Calls to a provider that could not be reached were counted as
+    sent: while a DSP was down, the retries lifted the cap (a learned 9.2/s was in force at
+    18.8/s after 20 s of connection refusals at the configured 20/s), so the DSP, back,
+    met the configured rate. Only a request written to the provider's socket is sent."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    down_url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    closed.close()  # nothing listens there: every call is refused at connect
+    tables = provider(dsp, max_attempts=3)
+    tables["down"] = tables["ttd"] | {"base_url": down_url}
+    runtime = make_runtime(tmp_path, tables)
+    for name in ("ttd", "down"):
+        for i in range(2):
+            runtime.repo.create(Submission(provider=name, kind="campaign", payload={"n": i}))
+    run_until_final(runtime)
+
+    counts = UsageStore(runtime.repo.engine).totals(datetime(2000, 1, 1, tzinfo=UTC))
+    assert counts.get(("down", "error"), 0) >= 2  # every attempt failed, and was counted
+    assert counts.get(("down", "sent"), 0) == 0
+    assert counts.get(("ttd", "sent"), 0) == len(dsp.arrivals)
