@@ -252,7 +252,13 @@ class Learner:
             cap = caps.get(key, math.inf)
             if cap < rate:
                 rate = cap
-                reason += f"; held at {DELIVERED_MULTIPLE:g}x the rate it was used at"
+                if cap <= law.clamp(drop.low_per_s):
+                    reason += (
+                        f"; held at the rate it dropped to (used at under "
+                        f"1/{DELIVERED_MULTIPLE:g} of it since)"
+                    )
+                else:
+                    reason += f"; held at {DELIVERED_MULTIPLE:g}x the rate it was used at"
             if rate < law.configured:
                 found.setdefault(key, []).append(
                     Ceiling(

@@ -377,6 +377,29 @@ def test_a_key_not_used_does_not_climb_on_time_alone(store: LearnedRateStore) ->
     assert learned_rate(learner, clock) == pytest.approx(90.0)
 
 
+def test_the_reason_says_which_cap_holds_a_key(store: LearnedRateStore) -> None:
+    """Not used since its drop, a key is held at the rate it dropped to; ``sluice rates``
+    and the console said "held at 2x the rate it was used at" for it (used at 0/s)."""
+    clock = FakeClock(datetime(2026, 1, 1, tzinfo=UTC))
+    usage = UsageStore(store.engine)
+    learner = Learner(store, {"acme": CONFIG}, clock, delivered=usage)
+    learner.observe(refusal(clock.time()))  # 100 -> 85
+    clock.advance(60.0)
+
+    def in_force() -> tuple[float, str]:
+        now = RatesInForce([learner], clock=clock, refresh_s=0.0).in_force(SPEC)
+        return per_second(now.rate), now.reason
+
+    rate, reason = in_force()
+    assert rate == pytest.approx(85.0)
+    assert "held at the rate it dropped to" in reason
+    assert "2x" not in reason
+    sent(usage, clock, 45, 10)  # used at 45/s: twice that, 90/s, is the cap
+    rate, reason = in_force()
+    assert rate == pytest.approx(90.0)
+    assert "held at 2x the rate it was used at" in reason
+
+
 def test_every_worker_reads_the_same_use(store: LearnedRateStore) -> None:
     """The use comes from the shared counters, so every process caps the climb alike."""
     clock = FakeClock(datetime(2026, 1, 1, tzinfo=UTC))
