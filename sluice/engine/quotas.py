@@ -121,6 +121,9 @@ class QuotaBook:
                     if not known_spent:
                         recheck = now + timedelta(seconds=SPENT_RECHECK_S)
                         self._spent[spec.key] = (allowance.window.start, recheck)
+                    # A rolling quota's work is given back until the current bucket's end,
+                    # not until its units free (frees_at): units another worker gives back
+                    # to this bucket wake exactly that work (QuotaStore.give_back).
                     return QuotaVerdict(False, Taken(), spec.key, allowance.window.end)
                 allowance.units -= spec.cost
                 taken.append((spec.key, allowance.window.start, spec.cost))
@@ -172,6 +175,17 @@ class QuotaBook:
                 self._give_back(key, start, units, now)
 
 
+def frees_at(quota: Quota, window: Window, oldest_use: datetime | None) -> datetime:
+    """When a spent quota counting ``now`` in ``window`` has units again: a fixed window at
+    its end; a rolling quota when the oldest bucket holding use stops counting (its end
+    leaves the window), not at the end of the current bucket (1/60 of the window), which
+    said "resets in 2 s" of a rolling quota spent for the next two minutes."""
+    if not quota.rolling or oldest_use is None:
+        return window.end
+    bucket_end = oldest_use + timedelta(seconds=quota.bucket_s())
+    return max(window.end, bucket_end + timedelta(seconds=quota.rate.window_s))
+
+
 def _still_counts(window: Window, now: datetime) -> bool:
     """Whether units of ``window`` still count: a fixed window until its end, a rolling
     quota's bucket for a whole window after it (units left in it at the turn to the next
@@ -204,16 +218,26 @@ class QuotaState:
 
 
 def quota_state(
-    store: QuotaStore, key: str, quota: Quota, now: datetime, used: int | None = None
+    store: QuotaStore,
+    key: str,
+    quota: Quota,
+    now: datetime,
+    used: int | None = None,
+    oldest_use: datetime | None = None,
 ) -> QuotaState:
-    """The state of one quota key at ``now`` (:class:`QuotaState`); ``used``: already
-    counted by the caller (else read from ``store``)."""
+    """The state of one quota key at ``now`` (:class:`QuotaState`); ``used`` (and for a
+    rolling quota ``oldest_use``, see :func:`frees_at`): already read by the caller (else
+    read from ``store``)."""
     window = window_of(key, quota, now)
-    used = min(store.used(window) if used is None else used, quota.limit)
+    if used is None:
+        used = store.used(window)
+        oldest_use = store.oldest_use(window) if quota.rolling else None
+    used = min(used, quota.limit)
     remaining = quota.limit - used
     start = window.counted_since or window.start
     if quota.rolling:
-        resets_at = window.end
+        # A rolling quota never resets at once: this is when its oldest use stops counting.
+        resets_at = frees_at(quota, window, oldest_use)
         started = now - timedelta(seconds=quota.rate.window_s)
     else:
         resets_at = window.end
@@ -261,12 +285,16 @@ def quota_states(store: QuotaStore, provider: Provider, now: datetime) -> list[Q
         window = window_of(key, quota, now)
         counted = window.counted_since or window.start
         used: dict[str, int] = {}
+        oldest: dict[str, datetime] = {}
         for row in store.rows(prefix, since):
             if row.key.endswith(suffix):
                 inside = counted <= row.start <= window.start
                 used[row.key] = used.get(row.key, 0) + (row.used if inside else 0)
+                if inside and row.used > 0 and row.key not in oldest:
+                    oldest[row.key] = row.start  # rows come oldest first for each key
         states += [
-            quota_state(store, account, quota, now, used[account]) for account in sorted(used)
+            quota_state(store, account, quota, now, used[account], oldest.get(account))
+            for account in sorted(used)
         ]
     return states
 
@@ -297,12 +325,15 @@ class QuotaPace:
                 if not quota.pace or per is not None:
                     continue
                 state = quota_state(self.store, key, quota, now)
-                seconds = max((state.resets_at - now).total_seconds(), 1.0)
+                # A rolling quota paces to its current bucket's end, as before its state
+                # said when its oldest use frees (left as it was: not measured).
+                resets_at = window_of(key, quota, now).end if quota.rolling else state.resets_at
+                seconds = max((resets_at - now).total_seconds(), 1.0)
                 rate = Rate(max(state.remaining, 1), seconds)
                 reads = {s.key for s in provider.limits_for("read", None)}
                 writes = {s.key for s in provider.limits_for("write", None)}
                 keys = {"all": reads & writes, "read": reads - writes, "write": writes - reads}
-                reason = f"quota {key}: {state.remaining} left until {state.resets_at:%H:%M:%S}Z"
+                reason = f"quota {key}: {state.remaining} left until {resets_at:%H:%M:%S}Z"
                 for limit_key in keys[scope]:
                     found.setdefault(limit_key, []).append(Ceiling("quota", rate, reason))
         return found

@@ -169,6 +169,22 @@ class QuotaStore:
         with self.engine.connect() as conn:
             return self._used(conn, window)
 
+    def oldest_use(self, window: Window) -> datetime | None:
+        """For a rolling quota: the start of the oldest bucket still counting that holds
+        any use (``None``: none does, or a fixed window). Its units come back when the
+        bucket's end leaves the window."""
+        if window.counted_since is None:
+            return None
+        with self.engine.connect() as conn:
+            oldest = conn.execute(
+                select(func.min(usage.c.window_start)).where(
+                    usage.c.key == window.key,
+                    usage.c.window_start >= window.counted_since,
+                    usage.c.used > 0,
+                )
+            ).scalar_one()
+        return None if oldest is None else as_utc(oldest)
+
     def rows(self, prefix: str, since: datetime) -> list[UsageRow]:
         """Every row of keys starting with ``prefix`` whose window ends after ``since``."""
         with self.engine.connect() as conn:

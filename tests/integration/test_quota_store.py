@@ -179,11 +179,49 @@ def test_per_account_states_read_at_once_match_each_accounts_own_reading(
     assert [s.key for s in states] == sorted({s.key for s in states})
     for state in states:
         alone = quota_state(store, state.key, quota, now)
-        assert (state.used, state.remaining, state.waiting) == (
+        assert (state.used, state.remaining, state.waiting, state.resets_at) == (
             alone.used,
             alone.remaining,
             alone.waiting,
+            alone.resets_at,
         )
+
+
+@pytest.mark.parametrize("per", [False, True])
+def test_a_spent_rolling_quota_resets_when_its_oldest_use_stops_counting(
+    engine: Engine, per: bool
+) -> None:
+    """10/2min rolling, spent at 09:00:00.5: nothing comes back until the bucket
+    [09:00:00, 09:00:02) leaves the window, at 09:02:02. The quota's state (the API, the
+    console, `sluice status`, explain) said the end of the *current* bucket, 1/60 of the
+    window ahead: found on a 15/2min rolling quota per advertiser, spent at 04:06:37, whose
+    `resets_at` read 04:06:46 at 04:06:45 and 04:06:56 at 04:06:55 while the provider saw
+    nothing more until 04:08:36."""
+    from sluice.engine.quotas import quota_states
+    from sluice.providers.registry import load_providers
+    from sluice.settings import Settings
+
+    name = f"p{uuid.uuid4().hex[:10]}"
+    limit = {"quota": "10/2min", "reset": "rolling"} | ({"per": "advertiser_id"} if per else {})
+    table = {"preset": "sandbox-demo", "base_url": "http://127.0.0.1:9", "limits": [limit]}
+    provider = load_providers(Settings(providers={name: table}, default_provider=name))[name]
+    ((pattern, quota, _scope, _per),) = provider.quotas()
+    spec = QuotaSpec(pattern.replace("*", "adv-1"), quota)
+    clock = FakeClock(START + timedelta(milliseconds=500))
+    store = QuotaStore(engine)
+    book = QuotaBook(store, clock)
+    assert [book.take([spec]).ok for _ in range(10)] == [True] * 10
+    frees = START + timedelta(minutes=2, seconds=2)
+    for later in (30.0, 60.0, 89.5):  # seconds after the quota was spent
+        clock.advance(later - (clock.now() - START).total_seconds() + 0.5)
+        assert not book.take([spec]).ok
+        (state,) = quota_states(store, provider, clock.now())
+        assert (state.key, state.waiting, state.resets_at) == (spec.key, True, frees)
+        assert quota_state(store, spec.key, quota, clock.now()).resets_at == frees
+    clock.advance((frees - clock.now()).total_seconds() - 0.25)
+    assert not book.take([spec]).ok  # one bucket early: still counted
+    clock.advance(0.25)
+    assert book.take([spec]).ok
 
 
 @pytest.mark.postgres
