@@ -302,6 +302,10 @@ class LimitConfig(_Table):
             raise KeyProblem("burst", f"must be below the rate's count ({self.rate.limit})")
         if self.quota is not None and self.burst:
             raise KeyProblem("burst", "a quota is spent in bursts already; burst is for rates")
+        for key in ("reset", "pace"):
+            if self.rate is not None and key in self.model_fields_set:
+                # It did nothing: a rate is a pace of its own and never resets.
+                raise KeyProblem(key, f"{key} is for a quota; this limit is a rate")
         count = (self.rate or self.quota or Rate(1, 1.0)).limit
         check_costs(self.cost, self.scope, count, set())
         return self
@@ -590,6 +594,10 @@ class ProviderConfig(_Table):
             check_costs(self.cost, "all", self.quota.limit, kinds)
         if self.cost and not self.rate_limit and self.quota is None:
             raise KeyProblem("cost", "there is no rate_limit or quota here to charge it to")
+        for key in ("quota_reset", "quota_pace"):
+            if self.quota is None and key in self.model_fields_set:
+                # It did nothing (a misspelt or forgotten quota loaded without a word).
+                raise KeyProblem(key, 'there is no quota here; set quota = "15000/d" or remove it')
         budgets: list[tuple[str, Rate | None, Rate | None]] = [("quota", None, self.quota)]
         budgets += [
             (f"limits[{i}].quota", lim.rate, lim.quota) for i, lim in enumerate(self.limits)

@@ -164,6 +164,24 @@ def test_every_problem_is_reported_at_once() -> None:
             {"limits": [{"rate": "5/s", "per": "a..b"}]},
             "providers.acme.limits[0].per: 'a..b' is not a dotted payload path",
         ),
+        # A reset or pace with no quota to apply to loaded and did nothing.
+        (
+            {"quota_reset": "rolling"},
+            'providers.acme.quota_reset: there is no quota here; set quota = "15000/d" or '
+            "remove it",
+        ),
+        (
+            {"quota_pace": True},
+            'providers.acme.quota_pace: there is no quota here; set quota = "15000/d" or remove it',
+        ),
+        (
+            {"limits": [{"rate": "100/min", "reset": "rolling"}]},
+            "providers.acme.limits[0].reset: reset is for a quota; this limit is a rate",
+        ),
+        (
+            {"limits": [{"rate": "100/min", "pace": True}]},
+            "providers.acme.limits[0].pace: pace is for a quota; this limit is a rate",
+        ),
         (
             {"rate_limit": "1/99999999d"},
             "providers.acme.rate_limit: invalid rate '1/99999999d': the window must be at most "
