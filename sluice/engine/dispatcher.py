@@ -407,6 +407,10 @@ class Dispatcher:
         """Take the unit's cost from every quota it draws on (from this process's allowance,
         reserving a block from the database when it runs low: :func:`reservation_block`)."""
         assert self.quotas is not None
+        if unit.operation is Operation.LOOKUP and not provider.supports_lookup(unit.tasks[0].kind):
+            # Settled with no request (execute: "outcome unknown", or submitted again
+            # later, charged then): it spends nothing of a quota.
+            return QuotaVerdict(True)
         kinds = [task.kind for task in unit.tasks]
         specs = provider.quotas_for(unit.operation, payload, kinds)
         if not specs:

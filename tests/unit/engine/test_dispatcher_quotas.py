@@ -230,3 +230,29 @@ def test_a_process_holds_at_most_a_thousandth_of_a_quota(
     finally:
         world["client"].close()
         world["engine"].dispose()
+
+
+def test_a_task_settled_without_a_request_takes_no_quota(quota_world: dict[str, Any]) -> None:
+    """A task to look up whose kind has no lookup (a worker was lost mid-submission) ends
+    "outcome unknown" with no request: it takes nothing from the quota. Found by SIGKILLing
+    `sluice up` under a 50/2min quota: the 25 tasks it had claimed were recovered, and the
+    8 of them still waiting at a reset took 8 of that window's 50 units (the provider saw
+    42, every unit counted, 145 tasks waiting)."""
+    from sqlalchemy import update
+
+    from sluice.store.rows import tasks
+
+    world = quota_world
+    ids = create(world, "campaign", 30)
+    lost = ids[:10]
+    with world["engine"].begin() as conn:  # as the reconciler leaves a lost worker's tasks
+        conn.execute(
+            update(tasks).where(tasks.c.id.in_(lost)).values(phase="uncertain", maybe_created=True)
+        )
+    run(world, 20)
+    assert {world["repo"].get(i).status for i in lost} == {TaskStatus.ERROR}
+    assert len(world["dsp"].arrivals) == 20  # every other task: 20 of the 25 units
+    (state,) = quota_states(
+        QuotaStore(world["engine"]), world["providers"]["acme"], world["clock"].now()
+    )
+    assert state.used == 20
