@@ -86,12 +86,14 @@ def _created(file: Path, ids: Sequence[int], replayed: bool, where: str = "") ->
     return f"{len(ids)} tasks created ({span}){where}"
 
 
-def _placed(exc: submissions.SubmissionInvalid, places: Sequence[str]) -> Exception:
+def _placed(
+    exc: submissions.SubmissionInvalid, places: Sequence[str]
+) -> submissions.SubmissionInvalid:
     """``exc`` naming each problem's line or task of the file rather than its index."""
     return submissions.SubmissionInvalid(exc.problems, places)
 
 
-def _refusal(answer: httpx.Response, api_url: str, places: Sequence[str]) -> Exception:
+def _refusal(answer: httpx.Response, api_url: str, places: Sequence[str]) -> errors.SluiceError:
     """The API's refusal of the tasks, as the embedded submit says it: a 422 lists each
     problem at its place in the file; any other status is one line with the API's detail.
 

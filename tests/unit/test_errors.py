@@ -7,6 +7,8 @@ import builtins
 import importlib
 import pkgutil
 import re
+import types
+import typing
 from pathlib import Path
 from types import ModuleType
 
@@ -57,10 +59,16 @@ def test_every_raise_is_a_sluice_error(module: ModuleType) -> None:
     outside = [
         f"{module.__name__}:{line} raise {expression}(...)"
         for line, expression, value in raised_classes(module)
-        if expression.split(".")[-1] not in EXITS
-        and not (isinstance(value, type) and issubclass(value, errors.SluiceError))
+        if expression.split(".")[-1] not in EXITS and not _a_sluice_error(value)
     ]
     assert outside == []
+
+
+def _a_sluice_error(value: object) -> bool:
+    """A SluiceError class, or a function annotated to return one (``raise _refusal(...)``)."""
+    if isinstance(value, types.FunctionType):
+        value = typing.get_type_hints(value).get("return")
+    return isinstance(value, type) and issubclass(value, errors.SluiceError)
 
 
 def test_the_drawn_tree_names_every_error() -> None:
