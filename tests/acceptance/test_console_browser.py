@@ -184,8 +184,15 @@ def _wait(predicate: Any, timeout_s: float, what: str) -> None:
 
 
 def _paused(browser: Any, provider: str) -> str | None:
-    cards = _by_css(browser, f'#live article[data-provider="{provider}"]')
-    return cards[0].get_attribute("data-paused") if cards else None
+    """The card's data-paused, read in the page in one step: a live push may replace the
+    card between finding it and reading it (a StaleElementReferenceException, seen once in
+    CI beside a CPU hog)."""
+    found: str | None = browser.execute_script(
+        "const card = document.querySelector(arguments[0]);"
+        "return card ? card.getAttribute('data-paused') : null;",
+        f'#live article[data-provider="{provider}"]',
+    )
+    return found
 
 
 def test_the_overview_shows_each_provider(server: Server, browser: Any, shots: Path) -> None:
