@@ -197,6 +197,7 @@ def candidates(
     weights: Mapping[str, float],
     per_slot: int,
     charge: Charge = unit_charge,
+    keys: Sequence[str] | None = None,
 ) -> dict[str, list[Candidate]]:
     """Per fairness key, due tasks in within-key order: enough for a claim of ``slots``,
     ``per_slot`` candidates for each slot a key may get, each with its ``charge``.
@@ -210,7 +211,8 @@ def candidates(
     covers the claim: every key given slots has a read of ``per_slot`` per slot, or all
     it has due.
     """
-    keys = waiting_keys(conn, provider)
+    if keys is None:
+        keys = waiting_keys(conn, provider)
     if not keys:
         return {}
     clock, states = read_state(conn, provider, dict.fromkeys(keys, slots), weights)
@@ -234,6 +236,17 @@ def candidates(
             if len(found[key]) < count:
                 room[key] = len(found[key])
     return {key: ids for key, ids in found.items() if ids}
+
+
+def has_due(conn: Connection, due: Any, provider: str, key: str) -> bool:
+    """Whether fairness key ``key`` of ``provider`` has a task ``due`` (one index seek)."""
+    query = (
+        select(tasks.c.id)
+        .where(tasks.c.provider == provider, tasks.c.fairness_key == key, due)
+        .order_by(*within_key_order())  # walks ix_tasks_fair_order, stops at the first
+        .limit(1)
+    )
+    return conn.execute(query).first() is not None
 
 
 def _read_keys(

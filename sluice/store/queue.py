@@ -179,40 +179,50 @@ class WorkQueue:
         weights = weights or {}
         token = claim_token(worker)
         until = now + timedelta(seconds=lease_s)
+        found: dict[str, list[fairshare.Candidate]] = {}
         # The candidates are read outside the claim's transaction; every task taken is
         # re-checked under its row lock.
         with db.reading(self.engine) as conn:
-            # More candidates than slots: claimers running at once read the same ones, and
-            # each then takes the first of its share that nobody has locked.
-            found = fairshare.candidates(
-                conn, due_now(now), provider, limit, weights, CANDIDATES_PER_SLOT, charge
-            )
-        if not found:
+            keys = fairshare.waiting_keys(conn, provider)
+            if len(keys) == 1:
+                # One key waiting: nothing to share. Its tasks are read once, under the
+                # lock, if any is due.
+                one = keys[0] if fairshare.has_due(conn, due_now(now), provider, keys[0]) else None
+            else:
+                # More candidates than slots: claimers running at once read the same ones,
+                # and each then takes the first of its share that nobody has locked.
+                one = None
+                found = fairshare.candidates(
+                    conn, due_now(now), provider, limit, weights, CANDIDATES_PER_SLOT, charge, keys
+                )
+        if one is None and not found:
             return []
         with self._writing() as conn:
-            clock, states = fairshare.read_state(
-                conn, provider, {k: len(v) for k, v in found.items()}, weights
-            )
-            costs = {key: [c.cost for c in read] for key, read in found.items()}
-            plan = fairshare.allocate(clock, states, limit, costs)
-            due: list[DueTask] = []
-            for key, count in sorted(plan.counts.items()):
-                query = (
-                    _with_parent()
-                    .where(tasks.c.id.in_([c.id for c in found[key]]), due_now(now))
-                    .order_by(*fairshare.within_key_order())
-                    .limit(count)
+            if one is not None:
+                clock, due, plan = self._one_key(conn, now, provider, one, limit, weights, charge)
+                if not due:  # taken meanwhile by another claimer
+                    return []
+            else:
+                clock, states = fairshare.read_state(
+                    conn, provider, {k: len(v) for k, v in found.items()}, weights
                 )
-                if self._postgres:
-                    query = query.with_for_update(skip_locked=True, of=tasks)
-                due.extend(_to_due(r) for r in conn.execute(query))
+                costs = {key: [c.cost for c in read] for key, read in found.items()}
+                plan = fairshare.allocate(clock, states, limit, costs)
+                due = []
+                for key, count in sorted(plan.counts.items()):
+                    due.extend(self._locked_due(conn, now, [c.id for c in found[key]], count))
             ids = [t.id for t in due]
             claimed = set(self._claim(conn, ids, now, token, until)) if ids else set()
             by_key: dict[str, list[DueTask]] = {}
             for task in due:
                 if task.id in claimed:
                     by_key.setdefault(task.fairness_key, []).append(task)
-            rank = {c.id: n for key in found for n, c in enumerate(found[key])}
+            # Each key's tasks in within-key order (the candidates' order, or the read's).
+            rank = (
+                {c.id: n for key in found for n, c in enumerate(found[key])}
+                if found
+                else {t.id: n for n, t in enumerate(due)}
+            )
             ordered: list[tuple[float, str, DueTask]] = []
             taken: dict[str, float] = {}
             for key, items in by_key.items():
@@ -227,6 +237,49 @@ class WorkQueue:
             fairshare.record(conn, provider, clock, plan.clock, taken, weights, now)
         ordered.sort(key=lambda entry: (entry[0], entry[1]))
         return [_as_claimed(t, token, until) for _, _, t in ordered]
+
+    def _locked_due(
+        self, conn: Connection, now: datetime, ids: Sequence[int], count: int
+    ) -> list[DueTask]:
+        """Up to ``count`` of the candidates ``ids`` still due, locked, in within-key order."""
+        query = (
+            _with_parent()
+            .where(tasks.c.id.in_(ids), due_now(now))
+            .order_by(*fairshare.within_key_order())
+            .limit(count)
+        )
+        if self._postgres:
+            query = query.with_for_update(skip_locked=True, of=tasks)
+        return [_to_due(r) for r in conn.execute(query)]
+
+    def _one_key(
+        self,
+        conn: Connection,
+        now: datetime,
+        provider: str,
+        key: str,
+        limit: int,
+        weights: Mapping[str, float],
+        charge: fairshare.Charge,
+    ) -> tuple[float, list[DueTask], fairshare.Allocation]:
+        """A fair claim when one fairness key has work: up to ``limit`` of its due tasks,
+        locked and in within-key order, read in one statement, and the plan that hands
+        them all to it (what the general path gives one key, without the candidate read)."""
+        clock, (state,) = fairshare.read_state(conn, provider, {key: limit}, weights)
+        if state.weight <= 0:  # a key weighted 0 is never served
+            return clock, [], fairshare.allocate(clock, [state], 0)
+        query = (
+            _with_parent()
+            .where(tasks.c.provider == provider, tasks.c.fairness_key == key, due_now(now))
+            .order_by(*fairshare.within_key_order())
+            .limit(limit)
+        )
+        if self._postgres:
+            query = query.with_for_update(skip_locked=True, of=tasks)
+        due = [_to_due(r) for r in conn.execute(query)]
+        costs = {key: [charge(provider, t.kind, t.operation) for t in due]}
+        plan = fairshare.allocate(clock, [replace(state, waiting=len(due))], len(due), costs)
+        return clock, due, plan
 
     def shares(
         self, provider: str, now: datetime, weights: Mapping[str, float] | None = None

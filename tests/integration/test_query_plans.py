@@ -33,11 +33,12 @@ NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 # 2% final (no next_attempt_at), 1% of those Error; 10% for a second provider; 10% ad groups
 # whose parent is an earlier campaign; the rest Not Started and due.
 LOAD = f"""
-INSERT INTO tasks (tenant, provider, kind, payload, parent_id, status, phase, track_only,
-                   attempts, polls, next_attempt_at, client_ref, maybe_created,
+INSERT INTO tasks (tenant, provider, fairness_key, kind, payload, parent_id, status, phase,
+                   track_only, attempts, polls, next_attempt_at, client_ref, maybe_created,
                    created_at, updated_at)
 SELECT CASE WHEN mod(g, 7) = 0 THEN 'acme' ELSE 'default' END,
        CASE WHEN mod(g, 10) = 0 THEN 'other' ELSE 'sandbox' END,
+       CASE WHEN mod(g, 30) = 0 THEN 'adv-2' ELSE 'default' END,
        CASE WHEN mod(g, 10) = 5 THEN 'ad_group' ELSE 'campaign' END,
        '{{"name": "x"}}'::jsonb,
        CASE WHEN mod(g, 10) = 5 THEN g - 1 END,
@@ -208,12 +209,17 @@ def test_a_tenants_tasks_in_one_status_are_read_in_id_order(
         assert "Sort" not in text, text
 
 
-def test_a_fair_claim_reads_each_key_in_order_and_stops_at_its_share(loaded: Engine) -> None:
+@pytest.mark.parametrize("provider", ["sandbox", "other"])
+def test_a_fair_claim_reads_each_key_in_order_and_stops_at_its_share(
+    loaded: Engine, provider: str
+) -> None:
     """The keys with work are found one seek each, and each key's read walks the fair index
-    in claim order and stops: no statement reads or sorts the provider's whole backlog."""
+    in claim order and stops: no statement reads or sorts the provider's whole backlog.
+    ``sandbox`` has one fairness key (read once, under the lock), ``other`` two (the
+    candidates of each, then the share of each again under the lock)."""
     queue = WorkQueue(loaded)
     with Captured(loaded) as captured:
-        claimed = queue.claim_fair(NOW, 50, "plan-test", 60.0, "sandbox", {"acme": 2.0})
+        claimed = queue.claim_fair(NOW, 50, "plan-test", 60.0, provider, {"adv-2": 2.0})
     assert len(claimed) == 50
     (keys_sql, keys_params), *_ = captured.touching_tasks("WITH")
     keys_plan = plan(loaded, keys_sql, keys_params)
