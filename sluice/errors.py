@@ -10,6 +10,8 @@ One root, a subtree per seam::
     │   └── KeyProblem              providers/config.py: one key of a provider table
     ├── SubmissionInvalid           submissions.py: items of a submission are invalid, each
     │                               named with its field; nothing was written
+    ├── EngineLocked                drivers/engine_lock.py: another embedded engine runs on
+    │                               this database (each would send the full rate)
     ├── StoreError
     │   ├── StoreUnavailable        the database cannot be reached (down, restarting, refused)
     │   ├── TaskNotFound
@@ -163,3 +165,16 @@ class GrantExpired(LimiterError):
 
 class GrantSpent(LimiterError):
     """A request tried to go under a grant that already let one through."""
+
+
+class EngineLocked(SluiceError):
+    """Another embedded engine runs on this database (drivers/engine_lock.py)."""
+
+    def __init__(self, holder: str, where: str, who: str) -> None:
+        super().__init__(
+            f"another {holder} runs the engine on this database ({where}); two would each "
+            "send the providers' full rate. Stop it, or run more processes as workers with "
+            "SLUICE_REDIS_URL (docs/deployment.md)"
+        )
+        self.who = who
+        """The holder in a few words: ``sluice up (pid 4242)``."""

@@ -18,6 +18,7 @@ from rich.console import Console
 from sluice import errors, importer, masking, submissions
 from sluice.api.schemas import BulkItem
 from sluice.domain import Submission, TaskStatus
+from sluice.drivers import engine_lock
 from sluice.drivers.embedded import build_embedded_driver
 from sluice.operate import answer_detail, answer_json
 from sluice.progress import rate_reports, say_pruned, summary_table, watch
@@ -134,6 +135,26 @@ def submit_embedded(
     items, places = load_items(file, priority, again)
     runtime = build_runtime(settings)
     driver = build_embedded_driver(runtime)
+    # One engine per database unless the limiter is shared: another one running here
+    # (`sluice up`, another submit) sends these tasks too, and this one waits its turn.
+    lock = (
+        engine_lock.engine_lock(
+            settings.database_url, settings.redis_url, engine_lock.SUBMIT, driver.lost
+        )
+        if wait
+        else None
+    )
+    driving = threading.Event()
+
+    def drive_if_alone() -> None:
+        if not driving.is_set() and (lock is None or lock.acquire()):
+            driving.set()
+            driver.start()
+
+    def counts() -> dict[str, int]:
+        drive_if_alone()
+        return summarize(runtime.repo.engine, ids).by_status
+
     try:
         started = time.monotonic()
         try:
@@ -148,13 +169,13 @@ def submit_embedded(
         console.print(_created(file, ids, batch.replayed))
         if not wait:
             return 0
-        driver.start()
-        watch(
-            lambda: summarize(runtime.repo.engine, ids).by_status,
-            len(ids),
-            console,
-            threading.Event(),
-        )
+        drive_if_alone()
+        if not driving.is_set() and lock is not None:
+            console.print(
+                f"{lock.refusal().who} runs the engine on this database: it sends these "
+                "tasks; following them here (sent from here if it stops first)"
+            )
+        watch(counts, len(ids), console, threading.Event())
         elapsed = time.monotonic() - started
         summary = summarize(runtime.repo.engine, ids)
         console.print(summary_table(summary, elapsed, rate_reports(runtime, driver, elapsed)))
@@ -163,6 +184,8 @@ def submit_embedded(
     finally:
         if wait:
             driver.stop()
+        if lock is not None:
+            lock.release()
         runtime.close()
 
 

@@ -5,27 +5,25 @@ With ``--demo`` or ``--sandbox`` the bundled sandbox DSP runs in this process to
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import signal
 import socket
 import threading
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
 from pydantic import ValidationError
 from rich.console import Console
-from sqlalchemy import Engine
 
 from sluice import errors
 from sluice.api.app import GRACEFUL_SHUTDOWN_S, api_rate, build_api
 from sluice.api.auth import startup_notice
-from sluice.demo import DEMO_DATABASE, demo_database_file, prepare_demo_settings, run_demo
+from sluice.demo import demo_database_file, prepare_demo_settings, run_demo
+from sluice.drivers import engine_lock
 from sluice.drivers.embedded import EmbeddedDriver, build_embedded_driver
+from sluice.drivers.engine_lock import FileLock, holding
 from sluice.runtime import DEMO_SANDBOX_PORT, build_runtime
 from sluice.settings import Settings, describe_validation_error
 from sluice.store import db
@@ -68,7 +66,7 @@ def run_up(settings: Settings, options: UpOptions, console: Console) -> int:
             # another) deleted the running demo's database.
             demo_file = demo_database_file(settings)
             if demo_file is not None and not options.workers and settings.redis_url is None:
-                stack.enter_context(sole_engine_at(str(demo_file.resolve()), DEMO_DATABASE))
+                stack.enter_context(holding(FileLock(str(demo_file.resolve()), engine_lock.UP)))
                 engine_held = True
             settings = prepare_demo_settings(settings)
         _stop_cleanly_on_sigterm(stack)
@@ -84,9 +82,13 @@ def run_up(settings: Settings, options: UpOptions, console: Console) -> int:
         if options.workers:
             workers = start_workers(settings, options.workers, stack, console)
         else:
-            if settings.redis_url is None and not engine_held:
-                stack.enter_context(sole_engine(runtime.repo.engine))
             driver = build_embedded_driver(runtime)
+            if not engine_held:
+                # One engine per database unless the limiter is shared (engine_lock).
+                lock = engine_lock.engine_lock(
+                    settings.database_url, settings.redis_url, engine_lock.UP, driver.lost
+                )
+                stack.enter_context(holding(lock))
             driver.start()
             stack.callback(driver.stop)
         server = uvicorn.Server(
@@ -137,53 +139,6 @@ def listen(host: str, port: int) -> socket.socket:
             f"cannot listen on {_where(host, port)}: {exc.strerror or exc}"
         ) from None
     return sock
-
-
-@contextmanager
-def sole_engine(engine: Engine) -> Iterator[None]:
-    """Hold ``<database>.engine.lock`` while this process's engine runs, or refuse to start.
-
-    An embedded engine paces each provider with a limiter in its own memory: two of them on
-    one SQLite file send twice the rate (with a 20/s sandbox, 22 calls in a second and 31
-    creates refused). The lock is the kernel's (``flock``): it goes with the process, even
-    one killed with SIGKILL, so a restart is never refused. With ``SLUICE_REDIS_URL`` the
-    limiter is shared and no lock is taken.
-    """
-    path = db.sqlite_path(engine.url)
-    if path is None:
-        yield
-        return
-    with sole_engine_at(path, str(engine.url)):
-        yield
-
-
-@contextmanager
-def sole_engine_at(path: str, database_url: str) -> Iterator[None]:
-    """:func:`sole_engine` for the SQLite file at ``path`` (absolute), which need not exist
-    yet."""
-    lock_path = Path(f"{path}.engine.lock")
-    try:
-        handle = lock_path.open("a+")
-    except OSError as exc:
-        raise errors.StoreUnavailable(
-            f"cannot open {lock_path}: {exc.strerror or exc}", database_url
-        ) from None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "?"
-            raise errors.SluiceError(
-                f"another sluice up runs the engine on this database (pid {holder}, lock "
-                f"{lock_path}); two would each send the providers' full rate. Stop it, or "
-                "run more processes as workers with SLUICE_REDIS_URL (docs/deployment.md)"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        yield
 
 
 def _where(host: str, port: int) -> str:

@@ -20,6 +20,8 @@ class EmbeddedDriver:
         self.executor, self.dispatcher = build_dispatch(runtime, clock)
         self.clock = self.dispatcher.clock
         self._stop = threading.Event()
+        self._stopping = threading.Lock()
+        self._stopped = False
         self._thread = threading.Thread(target=self._run, name="sluice-dispatcher", daemon=True)
 
     def start(self) -> None:
@@ -36,9 +38,23 @@ class EmbeddedDriver:
         """Look for due work now rather than at the next idle tick."""
         self.dispatcher.wake()
 
+    def lost(self, reason: str) -> None:
+        """Another engine took this database's engine lock: stop sending (the API, if
+        this process serves one, goes on; the other engine sends what it takes in)."""
+        log.error("engine.stopping", extra={"reason": reason})
+        self.stop()
+
     def stop(self) -> None:
         """Stop dispatching, let running requests finish and their outcomes be written,
-        and give back every claim not sent (a clean stop leaves nothing ``uncertain``)."""
+        and give back every claim not sent (a clean stop leaves nothing ``uncertain``).
+        Once: a second call does nothing."""
+        with self._stopping:
+            if self._stopped:
+                return
+            self._stopped = True
+            self._stop_now()
+
+    def _stop_now(self) -> None:
         self._stop.set()
         self.dispatcher.wake()
         if self._thread.ident is not None:  # started (a stop before start has no loop)

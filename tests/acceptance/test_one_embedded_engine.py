@@ -174,3 +174,102 @@ def test_a_second_demo_leaves_the_running_demos_database_alone(
         assert httpx.get(f"http://127.0.0.1:{port}/api/tasks/1001", timeout=30).status_code == 200
     finally:
         stop(first)
+
+
+def test_sluice_submit_beside_a_running_sluice_up_lets_its_engine_send(tmp_path: Path) -> None:
+    """`sluice submit FILE` (no --api) ran an engine of its own beside `sluice up` on the
+    same database: two in-memory limiters, each at the providers' full rate. It now follows
+    its tasks while the running engine sends them."""
+    sandbox_port, port = free_port(), free_port()
+    (tmp_path / "sluice.toml").write_text(f"[sandbox]\nport = {sandbox_port}\n", encoding="utf-8")
+    (tmp_path / "tasks.csv").write_text(
+        "ref,parent_ref,kind,advertiser_id,name,budget:int,bid:float\n"
+        "c1,,campaign,adv-1,A,1000,\ng1,c1,ad_group,,B,,1.5\nc2,,campaign,adv-1,C,1000,\n",
+        encoding="utf-8",
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(sluice.__file__).parents[1]),
+        "SLUICE_DATABASE_URL": f"sqlite:///{tmp_path / 'sluice.db'}",
+        "COLUMNS": "200",
+    }
+    env.pop("SLUICE_REDIS_URL", None)
+    env.pop("SLUICE_CONFIG", None)
+    with (tmp_path / "up.log").open("ab") as out:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "sluice", "up", "--sandbox", "--port", str(port)],
+            env=env,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until_answered(
+            up, f"http://127.0.0.1:{port}/readyz", tmp_path / "up.log", "sluice up never ready"
+        )
+        try:
+            submitted = subprocess.run(
+                [sys.executable, "-m", "sluice", "submit", "tasks.csv"],
+                env=env,
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=GUARD_S,
+            )
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"sluice submit was still running after {GUARD_S} s")
+        assert submitted.returncode == 0, submitted.stderr
+        said = " ".join(submitted.stdout.split())
+        assert f"sluice up (pid {up.pid}) runs the engine on this database" in said, said
+        assert "Completed" in said
+        listed = httpx.get(f"http://127.0.0.1:{port}/api/tasks", timeout=30).json()["items"]
+        assert sorted(t["status"] for t in listed) == ["Completed"] * 3
+        assert up.poll() is None
+    finally:
+        stop(up)
+
+
+def test_a_second_sluice_up_on_the_same_postgresql_database_refuses_to_start(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Without Redis, two `sluice up` on one PostgreSQL database both ran their engines."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(sluice.__file__).parents[1]),
+        "SLUICE_DATABASE_URL": postgres_url,
+        "COLUMNS": "200",
+    }
+    env.pop("SLUICE_REDIS_URL", None)
+    port = free_port()
+    first = sluice_up(env, port, tmp_path / "first.log")
+    try:
+        wait_until_answered(
+            first,
+            f"http://127.0.0.1:{port}/readyz",
+            tmp_path / "first.log",
+            "the first sluice up never became ready",
+        )
+        try:
+            second = subprocess.run(
+                [sys.executable, "-m", "sluice", "up", "--port", str(free_port())],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=GUARD_S,
+            )
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the second sluice up was still running after {GUARD_S} s")
+        assert second.returncode == 2, second.stderr
+        line = one_line(second.stderr)
+        assert line.startswith(f"error: another sluice up (pid {first.pid} on "), line
+        assert "runs the engine on this database (PostgreSQL backend " in line
+        assert first.poll() is None
+    finally:
+        stop(first)
+    again = sluice_up(env, port, tmp_path / "again.log")  # free once the first stopped
+    try:
+        wait_until_answered(
+            again, f"http://127.0.0.1:{port}/readyz", tmp_path / "again.log", "never ready"
+        )
+    finally:
+        stop(again)
