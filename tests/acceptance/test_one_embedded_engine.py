@@ -19,6 +19,9 @@ import pytest
 
 import sluice
 from harness.cluster import free_port
+from sluice.drivers.engine_lock import UP, FileLock
+from sluice.sandbox.config import SandboxConfig
+from sluice.sandbox.server import SandboxServer
 from tests.unit.cli.running import one_line
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -273,3 +276,57 @@ def test_a_second_sluice_up_on_the_same_postgresql_database_refuses_to_start(
         )
     finally:
         stop(again)
+
+
+def test_sluice_submit_sends_its_tasks_itself_once_the_other_engine_stops(
+    tmp_path: Path,
+) -> None:
+    """A submit that found another engine holding the database follows its tasks, and takes
+    the lock and sends them itself once that engine is gone (here the test holds the lock,
+    as a `sluice up` would, and lets it go once the submit says it is following)."""
+    database = tmp_path / "sluice.db"
+    server = SandboxServer(SandboxConfig.from_settings({"profile": "demo"}), port=0)
+    base_url = server.start()
+    port = base_url.rsplit(":", 1)[1]
+    (tmp_path / "sluice.toml").write_text(f"[sandbox]\nport = {port}\n", encoding="utf-8")
+    (tmp_path / "tasks.csv").write_text(
+        "ref,parent_ref,kind,advertiser_id,name,budget:int\nc1,,campaign,adv-1,A,1000\n",
+        encoding="utf-8",
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(sluice.__file__).parents[1]),
+        "SLUICE_DATABASE_URL": f"sqlite:///{database}",
+        "COLUMNS": "200",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("SLUICE_REDIS_URL", None)
+    env.pop("SLUICE_CONFIG", None)
+    other = FileLock(str(database), UP)
+    assert other.acquire()
+    try:
+        submit = subprocess.Popen(
+            [sys.executable, "-m", "sluice", "submit", "tasks.csv"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert submit.stdout is not None
+        said: list[str] = []
+        for line in submit.stdout:
+            said.append(line)
+            if "runs the engine on this database" in line:
+                break
+        assert said, "the submit said nothing"
+        assert "sluice up (pid " in said[-1], "".join(said)
+        other.release()
+        rest, _ = submit.communicate(timeout=GUARD_S)
+        assert submit.returncode == 0, "".join(said) + rest
+        summary = " ".join(rest.split())
+        assert "Completed │ 1" in summary, summary
+        assert "requests to sandbox │ " in summary, summary  # sent from this submit
+    finally:
+        other.release()
+        server.stop()
