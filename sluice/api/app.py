@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -23,6 +23,7 @@ from sluice.api.console.routes import ConsoleRoute
 from sluice.api.deps import ApiContext, ReadinessCheck
 from sluice.api.gcpause import CollectorPausedFor
 from sluice.api.limits import BodySizeLimit
+from sluice.api.query import declared_query_only
 from sluice.api.readiness import broker_check, redis_check
 from sluice.api.routes import audit, health, keys, metrics, providers, tasks
 from sluice.api.routes import bulk as bulk_routes
@@ -143,7 +144,9 @@ def create_app(
         control_routes.router,
         providers.router,
     )
-    for router in (*routers, health.router, metrics.router, quota_routes.router):
+    for router in (*routers, quota_routes.router):
+        app.include_router(router, dependencies=[Depends(declared_query_only)])
+    for router in (health.router, metrics.router):  # probes and scrapers may add their own
         app.include_router(router)
 
     _install_console(app, settings, repo, key_store)

@@ -439,3 +439,34 @@ def test_an_idempotency_key_header_on_bulk_is_422_and_nothing_is_written(api: Ap
         }
     ]
     assert api.client.get("/api/tasks", params={"limit": 1000}).json()["items"] == before
+
+
+@pytest.mark.usefixtures("seeded")
+@pytest.mark.parametrize(
+    ("url", "unknown", "takes"),
+    [
+        ("/api/tasks?stauts=Error", "stauts", "cursor, kind, limit, parent_id, provider, status"),
+        ("/api/tasks?status=Error&page=2", "page", "cursor, kind, limit, parent_id,"),
+        ("/api/tasks/1?verbose=1", "verbose", "no query parameters"),
+        ("/api/overview?provider=sandbox", "provider", ""),
+        ("/api/audit?action=task.cancel&x=1", "x", "action, cursor, key_id, limit"),
+    ],
+)
+def test_a_query_parameter_the_route_does_not_take_is_422_naming_it(
+    api: Api, url: str, unknown: str, takes: str
+) -> None:
+    """FastAPI ignores an undeclared query parameter: `?stauts=Error` (a typo) listed every
+    task as if no filter had been asked for."""
+    detail = problems(api.client.get(url))
+    assert [d["loc"] for d in detail] == [["query", unknown]]
+    assert detail[0]["type"] == "extra_forbidden"
+    assert detail[0]["msg"].startswith("unknown query parameter (this route takes: ")
+    assert takes in detail[0]["msg"]
+
+
+@pytest.mark.usefixtures("seeded")
+def test_the_query_parameters_a_route_takes_are_still_read(api: Api) -> None:
+    listed = api.client.get("/api/tasks?status=Not%20Started&limit=5&tenant=default")
+    assert listed.status_code == 200, listed.text
+    assert [t["id"] for t in listed.json()["items"]] == [1]
+    assert api.client.get("/healthz?probe=lb").status_code == 200  # probes may add their own
