@@ -5,15 +5,34 @@ and token requests alike are counted once, under the operation the sending threa
 (:func:`sluice.metrics.operation`: submit, poll, lookup, token). A request refused by its
 send check (a grant too old) never left and is not counted. The latency runs from handing
 the request to the transport to its answer's headers.
+
+A request is counted when its answer's body has been read (or closed unread), not when its
+headers arrive: an answer the provider starts and then cuts off (a 200 whose connection
+drops halfway through the body) failed like any dropped connection, so it counts as
+``disconnected`` (or ``timeout``), never under the status its headers announced. Until then
+it is in flight.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import httpx
 
 from sluice import errors, metrics
+
+
+def failure_kind(exc: BaseException) -> str | None:
+    """The ``status_class`` of a request that failed with ``exc`` (None: not a transport
+    failure)."""
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
+        return "connect_error"
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout"
+    if isinstance(exc, httpx.TransportError):
+        return "disconnected"
+    return None
 
 
 class MeteredTransport(httpx.BaseTransport):
@@ -25,25 +44,66 @@ class MeteredTransport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         call = metrics.upstream_started(self.provider, time.perf_counter())
-        outcome: str | None = "error"
         try:
             response = self.inner.handle_request(request)
-            outcome = metrics.status_class(response.status_code)
-            return response
         except errors.GrantExpired:
-            outcome = None
+            metrics.upstream_ended(call, None, time.perf_counter())
             raise
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):
-            outcome = "connect_error"
+        except BaseException as exc:
+            metrics.upstream_ended(call, failure_kind(exc) or "error", time.perf_counter())
             raise
-        except httpx.TimeoutException:
-            outcome = "timeout"
-            raise
-        except httpx.TransportError:
-            outcome = "disconnected"
-            raise
-        finally:
-            metrics.upstream_ended(call, outcome, time.perf_counter())
+        if call is None or not isinstance(response.stream, httpx.SyncByteStream):
+            metrics.upstream_ended(
+                call, metrics.status_class(response.status_code), time.perf_counter()
+            )
+            return response
+        return httpx.Response(
+            status_code=response.status_code,
+            headers=response.headers,
+            stream=_MeteredBody(
+                response.stream,
+                call,
+                metrics.status_class(response.status_code),
+                time.perf_counter(),
+            ),
+            extensions=response.extensions,
+        )
 
     def close(self) -> None:
         self.inner.close()
+
+
+class _MeteredBody(httpx.SyncByteStream):
+    """An answer's body: its request counts once the body ends, fails or is closed."""
+
+    def __init__(
+        self,
+        inner: httpx.SyncByteStream,
+        call: metrics.UpstreamCall,
+        answered: str,
+        headers_at: float,
+    ) -> None:
+        self._inner = inner
+        self._call = call
+        self._answered = answered
+        self._headers_at = headers_at
+        self._ended = False
+
+    def _end(self, outcome: str) -> None:
+        if not self._ended:
+            self._ended = True
+            metrics.upstream_ended(self._call, outcome, self._headers_at)
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._inner
+        except BaseException as exc:
+            self._end(failure_kind(exc) or "error")
+            raise
+        self._end(self._answered)
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        finally:
+            self._end(self._answered)

@@ -135,3 +135,53 @@ def test_counts_match_the_sandbox_and_show_no_ids(
     assert not label_values & {str(i) for i in ids if i > 9}
     assert planted_in(text, planted) == []
     runtime.close()
+
+
+def test_an_answer_cut_off_mid_body_counts_as_disconnected(
+    tmp_path: Path, sandbox: Callable[..., str]
+) -> None:
+    """A request whose answer the provider starts (status 200) and then drops before the
+    body ends counts as ``disconnected``, not ``2xx``: the status classes in /metrics equal
+    the sandbox's own counts, where such a call is a ``reset``."""
+    url = sandbox(profile="standard", seed=11, faults={"reset": 0.3})
+    provider: dict[str, Any] = {
+        "preset": "sandbox-standard",
+        "base_url": url,
+        "rate_limit": "40/s",
+        "poll": {"interval": "100ms"},
+        "retry_base": "50ms",
+        "retry_max": "300ms",
+    }
+    runtime = make_runtime(tmp_path, {"cut": provider})
+    with TestClient(build_api(runtime), base_url="http://localhost") as client:
+        _, before = scrape(client)
+        items = [
+            Submission(
+                kind="campaign",
+                payload={"advertiser_id": "adv-1", "name": f"cut{n}", "budget": 1.0},
+            )
+            for n in range(16)
+        ]
+        submissions.create_tasks(runtime.repo, runtime.catalog, items)
+        run_until_final(runtime, timeout_s=90)
+        stats = sandbox_stats(url)
+        _, after = scrape(client)
+
+    def delta(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    routes = {r: by for r, by in stats["requests"].items() if r.split(" ")[1] != "/healthz"}
+    resets = sum(by.get("reset", 0) for by in routes.values())
+    answered_2xx = sum(
+        count for by in routes.values() for status, count in by.items() if status[0] == "2"
+    )
+    assert resets > 0, stats  # the test exercises dropped answers
+    assert delta("sluice_upstream_requests_total", status_class="disconnected") == resets
+    assert delta("sluice_upstream_requests_total", status_class="2xx") == answered_2xx
+    assert delta("sluice_upstream_requests_total") == sum(
+        sum(by.values()) for by in routes.values()
+    )
+    assert delta("sluice_upstream_request_duration_seconds_count") == delta(
+        "sluice_upstream_requests_total"
+    )
+    assert total(after, "sluice_upstream_requests_in_flight", provider="cut") == 0
