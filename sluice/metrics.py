@@ -151,6 +151,31 @@ def set_enabled(enabled: bool) -> None:
 
 # --- recording -------------------------------------------------------------------------
 
+OPERATIONS = ("submit", "poll", "lookup")
+"""Operations a task's request can be (``token`` requests are not a task's)."""
+REFUSAL_REASONS = ("rate", "paused", "in_flight")
+
+
+def declare(provider: str, signals: Iterable[str] = ()) -> None:
+    """Export ``provider``'s counters at 0 now, before anything happens to them.
+
+    Prometheus's ``increase()`` and ``rate()`` cannot see a series' first sample: a counter
+    first exported at 1 shows no increase, so an alert on the first 429 or the first
+    validation error would stay silent. ``signals`` are the rate-limit signal labels the
+    provider's configuration can produce (``http_429``, ``error_code_613``).
+    """
+    if not _enabled:
+        return
+    _grants(provider)
+    _expired(provider)
+    _validation(provider)
+    for reason in REFUSAL_REASONS:
+        _refusals(provider, reason)
+    for name in OPERATIONS:
+        _retries(provider, name)
+    for signal in signals:
+        _signals(provider, signal)
+
 
 def granted(provider: str, waited_s: float | None) -> None:
     """One grant; ``waited_s`` since the unit was claimed, when known."""

@@ -14,8 +14,9 @@ from typing import Any
 
 import httpx
 
-from sluice import errors
+from sluice import errors, metrics
 from sluice.clock import Clock
+from sluice.providers import signals
 from sluice.providers.base import Provider
 from sluice.providers.config import parse_provider
 from sluice.providers.http import HttpProvider
@@ -101,7 +102,9 @@ def build_http_client(
     limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
     transport = MeteredTransport(provider.name, transport or gated_transport(limits))
     if not isinstance(provider, HttpProvider):
+        metrics.declare(provider.name)
         return httpx.Client(timeout=timeout, transport=transport, event_hooks=hooks)
+    metrics.declare(provider.name, signals.kinds(provider.config.rate_limit_signal))
     headers = {"Accept": "application/json", "User-Agent": _USER_AGENT}
     return httpx.Client(
         base_url=provider.base_url,

@@ -74,6 +74,13 @@ def kind(response: httpx.Response, body: Any, config: SignalConfig) -> str:
     return f"error_code_{_body_code(body, config)}"
 
 
+def kinds(config: SignalConfig) -> list[str]:
+    """Every label :func:`kind` can give under ``config``."""
+    return [f"http_{status}" for status in sorted(config.statuses)] + [
+        f"error_code_{code}" for code in sorted(config.codes)
+    ]
+
+
 DEFAULT_SOURCE = "default pause"
 
 
