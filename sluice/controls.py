@@ -22,7 +22,7 @@ import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine
@@ -36,15 +36,13 @@ from sluice.providers.limits import ConfiguredLimit
 from sluice.ratelimit.base import Limiter
 from sluice.ratelimit.rate import LimitSpec, Rate, parse_rate
 from sluice.store import audit
-from sluice.store.pauses import Pause, PauseStore
+from sluice.store.pauses import NO_EXPIRY, Pause, PauseStore
 from sluice.store.pins import Pin, PinStore
 from sluice.units import parse_duration
 
 log = logging.getLogger("sluice.controls")
 
 PINNED = "pinned"
-NO_EXPIRY = datetime(2100, 1, 1, tzinfo=UTC)
-"""The end recorded for a pause set without one: it lasts until someone resumes it."""
 MAX_REASON = 500
 
 

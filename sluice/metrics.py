@@ -385,7 +385,8 @@ def state_families(state: State) -> Iterator[GaugeMetricFamily]:
     )
     left = GaugeMetricFamily(
         "sluice_pause_remaining_seconds",
-        "Seconds until the longest pause of the provider and scope ends (0: not paused).",
+        "Seconds until the longest pause of the provider and scope ends "
+        "(0: not paused; +Inf: until resumed).",
         labels=["provider", "scope"],
     )
     for labels in sorted(active):

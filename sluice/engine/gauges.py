@@ -12,6 +12,7 @@ no scrape but the first waits for them.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Mapping
 from datetime import datetime
@@ -32,7 +33,7 @@ from sluice.providers.base import Provider
 from sluice.ratelimit.base import Limiter
 from sluice.ratelimit.rate import LimitSpec
 from sluice.store import counts, fairshare
-from sluice.store.pauses import PauseStore
+from sluice.store.pauses import NO_EXPIRY, PauseStore
 from sluice.store.queue import due_now
 
 log = logging.getLogger("sluice.metrics")
@@ -133,7 +134,7 @@ class StateReader:
         found: dict[str, float] = {}
         try:
             for key, until in self.pauses.active(wall).items():
-                found[key] = (until - wall).total_seconds()
+                found[key] = _left(until.timestamp(), wall.timestamp())
         except Exception:
             log.warning("metrics.pauses_failed", exc_info=True)
         now_s = wall.timestamp()
@@ -145,7 +146,7 @@ class StateReader:
                 log.warning("metrics.limiter_failed", exc_info=True)
                 break
             if until_s is not None and until_s > now_s:
-                found[key] = max(found.get(key, 0.0), until_s - now_s)
+                found[key] = max(found.get(key, 0.0), _left(until_s, now_s))
         return [Pause(key, seconds) for key, seconds in sorted(found.items()) if seconds > 0]
 
     def _rates(self) -> list[RateInForce]:
@@ -170,3 +171,11 @@ class StateReader:
     def collector(self) -> StateFamilies:
         """A prometheus_client collector reporting this reader's state at each scrape."""
         return StateFamilies(self.read)
+
+
+def _left(until_s: float, now_s: float) -> float:
+    """Seconds a pause has left: +Inf for one set until resumed (stored as :data:`NO_EXPIRY`),
+    rather than the seconds to that stand-in date."""
+    if until_s >= NO_EXPIRY.timestamp() - 1.0:
+        return math.inf
+    return until_s - now_s

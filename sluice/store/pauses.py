@@ -15,7 +15,7 @@ dispatcher then sees the key gone and clears it in its limiter.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -36,6 +36,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sluice.store import db
 from sluice.store.rows import tasks
 from sluice.store.tables import ACTIVE_PHASES, LimiterPauseRow
+
+NO_EXPIRY = datetime(2100, 1, 1, tzinfo=UTC)
+"""The end recorded for a pause set without one: it lasts until someone resumes it."""
 
 pauses: Table = LimiterPauseRow.__table__  # type: ignore[assignment]
 

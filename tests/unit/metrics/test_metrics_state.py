@@ -136,3 +136,20 @@ def test_each_fairness_keys_share_and_waiting_tasks_are_gauges(tmp_path: Path) -
         tuple(s.labels.values()): s.value for s in families["sluice_fair_share_ratio"].samples
     }
     assert folded == {("sbx", "a1"): 0.75, ("sbx", "_other"): 0.25}
+
+
+def test_a_pause_until_resumed_has_no_end_in_metrics(tmp_path: Path) -> None:
+    """A pause set without an end (stored as lasting until 2100) reports +Inf seconds left,
+    in the database and in the limiter alike, not the 2.3e9 s to the stored date."""
+    from sluice.controls import NO_EXPIRY
+
+    clock = FakeClock()
+    state = reader(tmp_path, clock)
+    state.pauses.record("sbx:write", NO_EXPIRY)
+    state.limiter.pause("sbx", NO_EXPIRY.timestamp() - clock.now().timestamp())
+    families = {f.name: f for f in metrics.state_families(state.read())}
+    left = {
+        tuple(s.labels.values()): s.value
+        for s in families["sluice_pause_remaining_seconds"].samples
+    }
+    assert left == {("sbx", "all"): float("inf"), ("sbx", "write"): float("inf")}
