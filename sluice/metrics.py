@@ -324,6 +324,15 @@ class FairShare:
 
 
 @dataclass(frozen=True)
+class QuotaUse:
+    """A quota key's limit and the units used of it in its current window."""
+
+    key: str
+    limit: int
+    used: int
+
+
+@dataclass(frozen=True)
 class State:
     """What a scrape reports of the shared state (database, limiter)."""
 
@@ -335,6 +344,8 @@ class State:
     providers: Sequence[str] = ()
     rates: Sequence[RateInForce] = ()
     shares: Sequence[FairShare] = ()
+    quotas: Sequence[QuotaUse] = ()
+    """Every quota key (a ``per`` quota's accounts as read, and its ``*`` key at 0)."""
     fair_share_keys: int = FAIR_SHARE_TOP_KEYS
     """Fairness keys named per provider besides the weighted ones (:func:`fold_shares`)."""
 
@@ -416,7 +427,34 @@ def state_families(state: State) -> Iterator[GaugeMetricFamily]:
         in_force.add_metric([*labels, rate.source], rate.in_force_per_s)
     yield configured
     yield in_force
+    yield from quota_families(state.quotas)
     yield from fair_share_families(state.shares, state.fair_share_keys)
+
+
+def quota_families(quotas: Iterable[QuotaUse]) -> Iterator[GaugeMetricFamily]:
+    """Each quota's limit and use, by provider and scope; a quota kept per account shows
+    its most used account (an account's own use is in the API)."""
+    folded: dict[tuple[str, str], tuple[int, int]] = {}
+    for quota in quotas:
+        labels = fold_key(quota.key)
+        _, most = folded.get(labels, (quota.limit, 0))
+        folded[labels] = (quota.limit, max(most, quota.used))
+    limit = GaugeMetricFamily(
+        "sluice_quota_limit_units",
+        "Units a quota allows per window (per account for a quota kept per account).",
+        labels=["provider", "scope"],
+    )
+    used = GaugeMetricFamily(
+        "sluice_quota_used_units",
+        "Units used of a quota in its current window (cached a few seconds); for a quota "
+        "kept per account, the most used account's.",
+        labels=["provider", "scope"],
+    )
+    for labels, (allowed, spent) in sorted(folded.items()):
+        limit.add_metric(list(labels), allowed)
+        used.add_metric(list(labels), spent)
+    yield limit
+    yield used
 
 
 def fold_shares(shares: Iterable[FairShare], top: int = FAIR_SHARE_TOP_KEYS) -> list[FairShare]:

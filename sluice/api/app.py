@@ -254,6 +254,7 @@ def state_reader(runtime: Runtime) -> StateReader:
         runtime.pauses,
         runtime.rates,
         fair_share_keys=runtime.settings.metrics_fair_share_keys,
+        quotas=runtime.quotas,
     )
 
 

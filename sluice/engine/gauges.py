@@ -20,11 +20,13 @@ from datetime import datetime
 from sqlalchemy import Engine
 
 from sluice.clock import Clock, SystemClock
+from sluice.engine.quotas import quota_states
 from sluice.engine.rates import RatesInForce, per_second
 from sluice.metrics import (
     FAIR_SHARE_TOP_KEYS,
     FairShare,
     Pause,
+    QuotaUse,
     RateInForce,
     State,
     StateFamilies,
@@ -35,6 +37,7 @@ from sluice.ratelimit.rate import LimitSpec
 from sluice.store import counts, fairshare
 from sluice.store.pauses import NO_EXPIRY, PauseStore
 from sluice.store.queue import due_now
+from sluice.store.quotas import QuotaStore
 
 log = logging.getLogger("sluice.metrics")
 
@@ -54,6 +57,7 @@ class StateReader:
         clock: Clock | None = None,
         cache_s: float = TASKS_CACHE_S,
         fair_share_keys: int = FAIR_SHARE_TOP_KEYS,
+        quotas: QuotaStore | None = None,
     ) -> None:
         self.engine = engine
         self.providers = providers
@@ -63,6 +67,8 @@ class StateReader:
         self.clock = clock or SystemClock()
         self.cache_s = cache_s
         self.fair_share_keys = fair_share_keys
+        self.quotas = quotas
+        self._quota_use: list[QuotaUse] = []
         self._lock = threading.Lock()
         self._tasks: dict[tuple[str, str], int] = {}
         self._oldest: dict[str, float] = {}
@@ -79,6 +85,7 @@ class StateReader:
             if self.clock.monotonic() >= self._next_count:
                 self._count(names)
             tasks, oldest, shares = dict(self._tasks), dict(self._oldest), list(self._shares or [])
+            quota_use = list(self._quota_use)
         return State(
             tasks=tasks,
             oldest_due_s=oldest,
@@ -86,6 +93,7 @@ class StateReader:
             providers=names,
             rates=self._rates(),
             shares=shares,
+            quotas=quota_use,
             fair_share_keys=self.fair_share_keys,
         )
 
@@ -101,6 +109,10 @@ class StateReader:
         except Exception:
             # A scrape must answer: the last counts stand until the database is back.
             log.warning("metrics.count_failed", exc_info=True)
+        try:
+            self._quota_use = self._read_quotas(now)
+        except Exception:
+            log.warning("metrics.quotas_failed", exc_info=True)
         if self._shares is None:  # the first scrape waits for them; later ones never do
             self._share(names)
         elif not self._sharing:
@@ -127,6 +139,23 @@ class StateReader:
                 found.append(
                     FairShare(name, share.key, share.share, share.waiting, share.key in weights)
                 )
+        return found
+
+    def _read_quotas(self, now: datetime) -> list[QuotaUse]:
+        """Every quota's use now: one read per quota (all of a ``per`` quota's accounts in
+        one), cached with the task counts."""
+        if self.quotas is None:
+            return []
+        found: list[QuotaUse] = []
+        for provider in self.providers.values():
+            configured = provider.quotas()
+            if not configured:
+                continue
+            found += [QuotaUse(key, quota.limit, 0) for key, quota, _s, per in configured if per]
+            found += [
+                QuotaUse(state.key, state.limit, state.used)
+                for state in quota_states(self.quotas, provider, now)
+            ]
         return found
 
     def _pauses(self) -> list[Pause]:

@@ -153,3 +153,60 @@ def test_a_pause_until_resumed_has_no_end_in_metrics(tmp_path: Path) -> None:
         for s in families["sluice_pause_remaining_seconds"].samples
     }
     assert left == {("sbx", "all"): float("inf"), ("sbx", "write"): float("inf")}
+
+
+def test_each_quota_reports_its_limit_and_use(tmp_path: Path) -> None:
+    """A provider-wide quota reports its limit and the units used in its window; a quota
+    kept per account folds into its scope (the account dropped) with the most used
+    account's use, and reports its limit before any account used it."""
+    from sluice.engine.quotas import window_of
+    from sluice.store.quotas import QuotaStore
+
+    clock = FakeClock()
+    table = {
+        "preset": "sandbox-standard",
+        "base_url": "http://127.0.0.1:9",
+        "rate_limit": "20/s",
+        "quota": "500/d",
+        "limits": [
+            {"quota": "50/h", "scope": "write", "per": "advertiser_id"},
+            {"quota": "70/h", "scope": "read", "per": "advertiser_id"},
+        ],
+    }
+    settings = Settings(providers={"qta": table}, default_provider="qta")
+    engine = db.make_engine(f"sqlite:///{tmp_path / 's.db'}")
+    db.ensure_schema(engine)
+    providers = load_providers(settings)
+    store = QuotaStore(engine)
+    quotas = {key: quota for key, quota, _scope, _per in providers["qta"].quotas()}
+    now = clock.now()
+    for key, units in (("qta:1d", 7), ("qta:write:advertiser_id=a1:1h", 3)):
+        pattern = key if key in quotas else "qta:write:advertiser_id=*:1h"
+        store.reserve(window_of(key, quotas[pattern], now), units, now)
+    store.reserve(window_of("qta:write:advertiser_id=a2:1h", quotas[pattern], now), 9, now)
+    state = StateReader(
+        engine,
+        providers,
+        MemoryLimiter(clock),
+        PauseStore(engine),
+        RatesInForce([], clock=clock),
+        clock=clock,
+        quotas=store,
+    )
+
+    families = {f.name: f for f in metrics.state_families(state.read())}
+
+    def by_scope(name: str) -> dict[str, float]:
+        return {s.labels["scope"]: s.value for s in families[name].samples}
+
+    assert by_scope("sluice_quota_limit_units") == {
+        "1d": 500,
+        "write:advertiser_id:1h": 50,
+        "read:advertiser_id:1h": 70,
+    }
+    assert by_scope("sluice_quota_used_units") == {
+        "1d": 7,
+        "write:advertiser_id:1h": 9,
+        "read:advertiser_id:1h": 0,
+    }
+    assert all("a1" not in str(s.labels) for f in families.values() for s in f.samples)
