@@ -20,7 +20,7 @@ from datetime import datetime
 from sqlalchemy import Engine
 
 from sluice.clock import Clock, SystemClock
-from sluice.engine.quotas import quota_states
+from sluice.engine.quotas import most_used, quota_state
 from sluice.engine.rates import RatesInForce, per_second
 from sluice.metrics import (
     FAIR_SHARE_TOP_KEYS,
@@ -142,20 +142,18 @@ class StateReader:
         return found
 
     def _read_quotas(self, now: datetime) -> list[QuotaUse]:
-        """Every quota's use now: one read per quota (all of a ``per`` quota's accounts in
-        one), cached with the task counts."""
+        """Every quota's use now: one read per quota (a ``per`` quota's most used account
+        in one aggregate), cached with the task counts."""
         if self.quotas is None:
             return []
         found: list[QuotaUse] = []
         for provider in self.providers.values():
-            configured = provider.quotas()
-            if not configured:
-                continue
-            found += [QuotaUse(key, quota.limit, 0) for key, quota, _s, per in configured if per]
-            found += [
-                QuotaUse(state.key, state.limit, state.used)
-                for state in quota_states(self.quotas, provider, now)
-            ]
+            for key, quota, _scope, per in provider.quotas():
+                if per is None:
+                    used = quota_state(self.quotas, key, quota, now).used
+                else:  # thousands of accounts: one aggregate, not a row per account
+                    used = most_used(self.quotas, key, quota, now)
+                found.append(QuotaUse(key, quota.limit, used))
         return found
 
     def _pauses(self) -> list[Pause]:

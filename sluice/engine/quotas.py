@@ -270,6 +270,16 @@ def local_time(moment: datetime, zone_name: str) -> str:
     return moment.astimezone(zone(zone_name)).strftime("%Y-%m-%d %H:%M %Z")
 
 
+def most_used(store: QuotaStore, pattern: str, quota: Quota, now: datetime) -> int:
+    """The use of a ``per`` quota's (key ``pattern``, with ``*`` for the account) most used
+    account now, counted as :func:`quota_states` counts each account's, capped at its
+    limit; one aggregate read."""
+    prefix, suffix = pattern.split("=*", 1)
+    window = window_of(pattern, quota, now)
+    counted = window.counted_since or window.start
+    return min(store.most_used(prefix + "=", suffix, counted, window.start), quota.limit)
+
+
 def quota_states(store: QuotaStore, provider: Provider, now: datetime) -> list[QuotaState]:
     """Every quota of ``provider`` now; a ``per`` quota once for each account seen using it."""
     states: list[QuotaState] = []

@@ -185,6 +185,25 @@ class QuotaStore:
             ).scalar_one()
         return None if oldest is None else as_utc(oldest)
 
+    def most_used(self, prefix: str, suffix: str, since: datetime, until: datetime) -> int:
+        """The most units any one key (``prefix`` + an account + ``suffix``) used in the
+        buckets starting from ``since`` to ``until``, summed per key in the database: one
+        number however many accounts a ``per`` quota has (``/metrics`` reads it)."""
+        per_key = (
+            select(func.sum(usage.c.used).label("used"))
+            .where(
+                usage.c.key.startswith(prefix, autoescape=True),
+                usage.c.key.endswith(suffix, autoescape=True),
+                usage.c.window_start >= since,
+                usage.c.window_start <= until,
+            )
+            .group_by(usage.c.key)
+            .subquery()
+        )
+        with self.engine.connect() as conn:
+            most = conn.execute(select(func.max(per_key.c.used))).scalar_one()
+        return 0 if most is None else int(most)
+
     def rows(self, prefix: str, since: datetime) -> list[UsageRow]:
         """Every row of keys starting with ``prefix`` whose window ends after ``since``."""
         with self.engine.connect() as conn:

@@ -158,8 +158,9 @@ def test_per_account_states_read_at_once_match_each_accounts_own_reading(
     engine: Engine, rolling: bool, uses: list[tuple[str, int, int]]
 ) -> None:
     """A per-account quota's states, read for every account in one query (as the console
-    reads them), give each account the use its own key's reading gives."""
-    from sluice.engine.quotas import quota_states
+    reads them), give each account the use its own key's reading gives, and the most used
+    account's is what /metrics reads."""
+    from sluice.engine.quotas import most_used, quota_states
     from sluice.providers.registry import load_providers
     from sluice.settings import Settings
 
@@ -177,6 +178,8 @@ def test_per_account_states_read_at_once_match_each_accounts_own_reading(
     states = quota_states(store, provider, now)
 
     assert [s.key for s in states] == sorted({s.key for s in states})
+    # /metrics reads the most used account in one aggregate: the same as the states say.
+    assert most_used(store, pattern, quota, now) == max((s.used for s in states), default=0)
     for state in states:
         alone = quota_state(store, state.key, quota, now)
         assert (state.used, state.remaining, state.waiting, state.resets_at) == (
