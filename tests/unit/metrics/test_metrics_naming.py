@@ -81,6 +81,7 @@ def test_the_state_gauges_are_named_by_convention() -> None:
         providers=["sbx"],
         rates=[metrics.RateInForce("sbx:write", 10.0, 5.0, "pinned")],
         shares=[metrics.FairShare("sbx", "tenant-a", 1.0, 3)],
+        quotas=[metrics.QuotaUse("sbx:write:advertiser_id=adv-77:1d", 100, 7)],
     )
     for family in metrics.state_families(state):
         assert family.name.startswith("sluice_"), family.name
