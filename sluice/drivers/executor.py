@@ -36,6 +36,7 @@ from sluice.engine.quotas import QuotaBook
 from sluice.engine.retention import Pruner
 from sluice.engine.usage import UsageRecorder
 from sluice.providers.base import Provider
+from sluice.providers.registry import declare_metrics
 from sluice.ratelimit import holds, sendgate
 from sluice.ratelimit.base import Limiter
 from sluice.ratelimit.rate import Grant
@@ -114,6 +115,8 @@ class ThreadExecutor:
         self.work_queue = work_queue
         self.usage = usage
         self.providers = providers
+        for provider in providers.values():
+            declare_metrics(provider)
         self.clients = clients
         self.limiter = limiter
         self.clock = clock or SystemClock()

@@ -79,6 +79,19 @@ def unknown_provider_message(name: str, providers: Mapping[str, object]) -> str:
     return f"unknown provider {name!r}; known: {known}"
 
 
+def declare_metrics(provider: Provider) -> None:
+    """Export ``provider``'s counters at 0 in this process (:func:`sluice.metrics.declare`),
+    with every rate-limit signal its configuration can read. Called by the processes that
+    send, not by every command that loads providers (each would leave a file behind in a
+    multiprocess directory)."""
+    kinds = (
+        signals.kinds(provider.config.rate_limit_signal)
+        if isinstance(provider, HttpProvider)
+        else []
+    )
+    metrics.declare(provider.name, kinds)
+
+
 def build_http_client(
     provider: Provider, *, transport: httpx.BaseTransport | None = None
 ) -> httpx.Client:
@@ -102,9 +115,7 @@ def build_http_client(
     limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
     transport = MeteredTransport(provider.name, transport or gated_transport(limits))
     if not isinstance(provider, HttpProvider):
-        metrics.declare(provider.name)
         return httpx.Client(timeout=timeout, transport=transport, event_hooks=hooks)
-    metrics.declare(provider.name, signals.kinds(provider.config.rate_limit_signal))
     headers = {"Accept": "application/json", "User-Agent": _USER_AGENT}
     return httpx.Client(
         base_url=provider.base_url,

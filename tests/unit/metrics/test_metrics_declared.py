@@ -9,11 +9,17 @@ emptied. Exported at 0 from the start, the first event is an increase like any o
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from sluice import metrics
+from sluice.drivers.executor import ThreadExecutor
 from sluice.providers.registry import build_http_client, load_providers
+from sluice.ratelimit.memory import MemoryLimiter
 from sluice.settings import Settings
+from sluice.store import db
+from sluice.store.queue import WorkQueue
 
 
 def exported() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -24,10 +30,10 @@ def exported() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return samples
 
 
-def test_a_providers_counters_are_exported_at_zero_before_any_request() -> None:
-    """Once a provider's client is built, its grants, refusals, expired grants, retries,
-    validation errors and every rate-limit signal its configuration can read are series
-    at 0."""
+def test_a_providers_counters_are_exported_at_zero_before_any_request(tmp_path: Path) -> None:
+    """Once a process can send (its executor is built), each provider's grants, refusals,
+    expired grants, retries, validation errors and every rate-limit signal its
+    configuration can read are series at 0."""
     table = {
         "preset": "sandbox-standard",
         "base_url": "http://127.0.0.1:9",
@@ -35,9 +41,14 @@ def test_a_providers_counters_are_exported_at_zero_before_any_request() -> None:
         "rate_limit_signal": {"statuses": [429, 503], "codes": ["613"]},
     }
     settings = Settings(providers={"zeroed": table}, default_provider="zeroed")
-    provider = load_providers(settings)["zeroed"]
-    client = build_http_client(provider)
-    client.close()
+    providers = load_providers(settings)
+    clients = {name: build_http_client(provider) for name, provider in providers.items()}
+    engine = db.make_engine(f"sqlite:///{tmp_path / 's.db'}")
+    db.ensure_schema(engine)
+    executor = ThreadExecutor(WorkQueue(engine), providers, clients, MemoryLimiter(), threads=1)
+    executor.close()
+    for client in clients.values():
+        client.close()
 
     samples = exported()
 
