@@ -20,6 +20,7 @@ from datetime import datetime
 from sqlalchemy import Engine
 
 from sluice.clock import Clock, SystemClock
+from sluice.domain import TaskStatus
 from sluice.engine.quotas import most_used, quota_state
 from sluice.engine.rates import RatesInForce, per_second
 from sluice.metrics import (
@@ -100,7 +101,11 @@ class StateReader:
     def _count(self, names: list[str]) -> None:
         now = self.clock.now()
         try:
-            self._tasks = counts.tasks_by_provider_status(self.engine)
+            # Every status of every provider, 0 when no task has it: the first task to
+            # reach one is then a change of a series, which delta() and increase() see.
+            found = {(name, status.value): 0 for name in names for status in TaskStatus}
+            found.update(counts.tasks_by_provider_status(self.engine))
+            self._tasks = found
             self._oldest = {
                 provider: max(0.0, (now - due).total_seconds())
                 for provider, due in counts.oldest_due(self.engine, names, now).items()

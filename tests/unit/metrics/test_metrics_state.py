@@ -54,7 +54,7 @@ def test_task_counts_are_read_at_most_once_per_cache_interval(tmp_path: Path) ->
     clock = FakeClock()
     state = reader(tmp_path, clock)
     for _ in range(5):
-        assert state.read().tasks == {("sbx", "Not Started"): 3}
+        assert state.read().tasks[("sbx", "Not Started")] == 3
     assert state.counted == 1
     clock.advance(state.cache_s + 0.01)
     state.read()
@@ -210,3 +210,19 @@ def test_each_quota_reports_its_limit_and_use(tmp_path: Path) -> None:
         "read:advertiser_id:1h": 0,
     }
     assert all("a1" not in str(s.labels) for f in families.values() for s in f.samples)
+
+
+def test_every_status_of_every_provider_is_a_series_from_the_start(tmp_path: Path) -> None:
+    """sluice_tasks has a series at 0 for each status no task has yet, so the first task
+    to end in Error is a change from 0 (delta() and increase() see it), not a new series."""
+    clock = FakeClock()
+    state = reader(tmp_path, clock)
+    families = {f.name: f for f in metrics.state_families(state.read())}
+    counts = {tuple(s.labels.values()): s.value for s in families["sluice_tasks"].samples}
+    assert counts == {
+        ("sbx", "Not Started"): 3,
+        ("sbx", "In Progress"): 0,
+        ("sbx", "Completed"): 0,
+        ("sbx", "Error"): 0,
+        ("sbx", "Cancelled"): 0,
+    }
