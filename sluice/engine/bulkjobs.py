@@ -15,7 +15,7 @@ import threading
 
 from sluice import errors
 from sluice.logs import FailureStreak
-from sluice.store.bulkjobs import BATCH, BulkJobs
+from sluice.store.bulkjobs import BATCH, STOPPED, BulkJobs
 
 log = logging.getLogger("sluice.bulkjobs")
 
@@ -51,7 +51,11 @@ class BulkJobRunner:
                     batches += 1
             except errors.BulkJobNotFound:
                 continue
-            log.info("bulk_job.done", extra={"job": job.id, "action": job.action})
+            if done and self.jobs.get(job.id).state == STOPPED:
+                # Its key was revoked or expired (audited as tasks.bulk_stop).
+                log.warning("bulk_job.stopped", extra={"job": job.id, "action": job.action})
+            else:
+                log.info("bulk_job.done", extra={"job": job.id, "action": job.action})
         return batches
 
     def wake(self) -> None:

@@ -13,6 +13,11 @@
 A task is re-checked when its batch runs: one that no longer matches (changed meanwhile)
 is left alone. A retry whose parent is Error or Cancelled cannot run, and is counted as
 ``skipped``; a retried parent brings back its ended descendants, as a single retry does.
+
+A job started with an API key runs on that key's authority: each batch first reads the key,
+and once it is revoked or has expired the job ends there, ``stopped``, with a
+``tasks.bulk_stop`` audit record (``system:bulk``), so revoking a leaked key also ends
+the bulk actions it started. A job started without a key (the open loopback mode) runs on.
 """
 
 from __future__ import annotations
@@ -31,12 +36,15 @@ from sluice.store.chains import descendant_ids
 from sluice.store.filters import TaskFilter
 from sluice.store.repository import TaskRepository
 from sluice.store.rows import chunks, row_to_task, tasks
-from sluice.store.tables import BulkJobRow
+from sluice.store.tables import ApiKeyRow, BulkJobRow
 
 bulk_jobs: Table = BulkJobRow.__table__  # type: ignore[assignment]
+api_keys: Table = ApiKeyRow.__table__  # type: ignore[assignment]
 
 ACTIONS = ("retry", "cancel")
-RUNNING, DONE = "running", "done"
+RUNNING, DONE, STOPPED = "running", "done", "stopped"
+BULK_ACTOR = Actor("system:bulk")
+"""Who stops a job whose key was revoked or expired."""
 BATCH = 500
 
 
@@ -251,6 +259,10 @@ class BulkJobs:
         if held is None:
             raise errors.BulkJobNotFound(f"bulk job {job_id} is not running under {worker}")
         job = _job(held)
+        ended = _key_ended(conn, held.key_id, now)
+        if ended is not None:
+            self._stop_in(conn, job, held.key_id, ended, now)
+            return True
         query = (
             select(tasks)
             .where(
@@ -302,6 +314,47 @@ class BulkJobs:
             )
         conn.execute(update(bulk_jobs).where(bulk_jobs.c.id == job_id).values(**values))
         return done
+
+    def _stop_in(
+        self, conn: Connection, job: BulkJob, key_id: str, reason: str, now: datetime
+    ) -> None:
+        """End ``job`` where it is (its key's authority ended), with its audit record."""
+        conn.execute(
+            update(bulk_jobs)
+            .where(bulk_jobs.c.id == job.id)
+            .values(state=STOPPED, finished_at=now, claimed_by=None, claimed_until=None)
+        )
+        audit.record(
+            conn,
+            BULK_ACTOR,
+            "tasks.bulk_stop",
+            f"bulk_job:{job.id}",
+            tenant=job.tenant,
+            at=now,
+            detail={
+                "reason": reason,
+                "key_id": key_id,
+                "changed": job.changed,
+                "skipped": job.skipped,
+            },
+        )
+
+
+def _key_ended(conn: Connection, key_id: str | None, now: datetime) -> str | None:
+    """Why the key a job was started with may no longer act (``key revoked``, ``key
+    expired``, ``key deleted``), or None while it may (or the job had no key)."""
+    if key_id is None:
+        return None
+    row = conn.execute(
+        select(api_keys.c.revoked_at, api_keys.c.expires_at).where(api_keys.c.id == key_id)
+    ).first()
+    if row is None:
+        return "key deleted"
+    if row.revoked_at is not None:
+        return "key revoked"
+    if row.expires_at is not None and now >= row.expires_at:
+        return "key expired"
+    return None
 
 
 def _matching_descendants_ahead(conn: Connection, job: BulkJob, batch: list[int]) -> set[int]:
