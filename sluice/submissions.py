@@ -12,7 +12,7 @@ from typing import Any
 
 from sluice import errors
 from sluice.catalog import Catalog
-from sluice.domain import MAX_ID, PRIORITY_MAX, PRIORITY_MIN, Submission, Task, TaskStatus
+from sluice.domain import MAX_ID, PRIORITY_MAX, PRIORITY_MIN, Actor, Submission, Task, TaskStatus
 from sluice.store.repository import TaskRepository
 
 MAX_BULK = 10_000
@@ -217,8 +217,10 @@ def create_task(
     catalog: Catalog,
     item: Submission,
     body_hash: Callable[[], str] | None = None,
+    actor: Actor | None = None,
 ) -> tuple[Task, bool]:
     """Create one task; returns (task, created) where created is False on an idempotent replay.
+    With ``actor`` (the API's caller), the create is audited.
 
     ``body_hash`` (for an idempotency key) is called once the values are checked: a body
     that cannot be stored may not be hashable either (nested too deep to serialize).
@@ -228,7 +230,7 @@ def create_task(
         raise SubmissionInvalid(problems)
     if body_hash is not None:
         spec = replace(spec, request_hash=body_hash())
-    return repo.create(spec)
+    return repo.create(spec, actor)
 
 
 @dataclass(frozen=True)
@@ -245,8 +247,14 @@ def create_tasks(repo: TaskRepository, catalog: Catalog, items: Sequence[Submiss
     return create_batch(repo, catalog, items).ids
 
 
-def create_batch(repo: TaskRepository, catalog: Catalog, items: Sequence[Submission]) -> Batch:
-    """Create all ``items`` atomically, or raise with every item's problems.
+def create_batch(
+    repo: TaskRepository,
+    catalog: Catalog,
+    items: Sequence[Submission],
+    actor: Actor | None = None,
+) -> Batch:
+    """Create all ``items`` atomically, or raise with every item's problems. With ``actor``
+    (the API's caller), the batch is audited.
 
     A batch sent again, each item with the idempotency key it had, answers with the tasks
     the first one created (a client that lost the first answer learns their ids); a batch
@@ -287,7 +295,7 @@ def create_batch(repo: TaskRepository, catalog: Catalog, items: Sequence[Submiss
     if problems:
         raise SubmissionInvalid(problems)
     try:
-        return Batch(repo.create_many(specs))
+        return Batch(repo.create_many(specs, actor))
     except errors.TaskConflict:
         ids = _replayed(repo, specs) if seen_keys else None
         if ids is None:

@@ -17,7 +17,7 @@ from rich.console import Console
 
 from sluice import errors, importer, masking, submissions
 from sluice.api.schemas import BulkItem
-from sluice.domain import Submission, TaskStatus
+from sluice.domain import LOCAL_ACTOR, Submission, TaskStatus
 from sluice.drivers import engine_lock
 from sluice.drivers.embedded import build_embedded_driver
 from sluice.operate import answer_detail, answer_json
@@ -158,7 +158,7 @@ def submit_embedded(
     try:
         started = time.monotonic()
         try:
-            batch = submissions.create_batch(runtime.repo, runtime.catalog, items)
+            batch = submissions.create_batch(runtime.repo, runtime.catalog, items, LOCAL_ACTOR)
         except submissions.SubmissionInvalid as exc:
             raise _placed(exc, places) from None
         except errors.TaskConflict:

@@ -4,7 +4,8 @@ Every read and action takes the caller's ``tenant``: a task of another tenant an
 exactly like a missing one (:class:`~sluice.errors.TaskNotFound`), parents must belong to
 the same tenant, and idempotency keys are scoped per tenant. ``tenant=None`` means every
 tenant (operators, admins, Sluice itself). Cancel and retry write their audit record in
-the same transaction as the change.
+the same transaction as the change, as do creates given an ``actor`` (the API's: one
+``task.create`` record per task, one ``tasks.bulk_create`` per batch).
 
 Each public method runs in one transaction of its own, except :meth:`TaskRepository.create`,
 which uses up to three: it may read the idempotency key first, inserts and reads the task
@@ -245,17 +246,37 @@ class TaskRepository:
 
     # -- creates -----------------------------------------------------------------------
 
-    def create(self, spec: Submission) -> tuple[Task, bool]:
+    def create(self, spec: Submission, actor: Actor | None = None) -> tuple[Task, bool]:
         """Create one task; returns (task, created). A replayed idempotency key returns
-        the original task with ``created=False``; the same key with another body is 409."""
+        the original task with ``created=False``; the same key with another body is 409.
+        With ``actor``, the create is audited (``task.create``) in its own transaction."""
         if spec.idempotency_key is not None:
             existing = self._by_idempotency_key(spec)
             if existing is not None:
                 return existing, False
+
+        def write(conn: Connection) -> Task:
+            task = self._inserted_task(conn, spec)
+            if actor is not None:
+                audit.record(
+                    conn,
+                    actor,
+                    "task.create",
+                    f"task:{task.id}",
+                    tenant=task.tenant,
+                    at=task.created_at,
+                    detail={
+                        "provider": task.provider,
+                        "kind": task.kind,
+                        "parent_id": task.parent_id,
+                    },
+                )
+            return task
+
         try:
             # Read back in the insert's own transaction: a second connection (checkout,
             # pre-ping, SELECT, rollback) was about half of a single create's time.
-            task = self._in_write(lambda conn: self._inserted_task(conn, spec), [spec])
+            task = self._in_write(write, [spec])
         except errors.TaskConflict:
             if spec.idempotency_key is not None:
                 existing = self._by_idempotency_key(spec)
@@ -315,12 +336,33 @@ class TaskRepository:
                         found[(tenant, row.idempotency_key)] = row_to_task(row)
         return found
 
-    def create_many(self, specs: Sequence[Submission]) -> list[int]:
-        """Create every task or none; returns their ids in input order."""
+    def create_many(self, specs: Sequence[Submission], actor: Actor | None = None) -> list[int]:
+        """Create every task or none; returns their ids in input order. With ``actor``, the
+        batch is audited (one ``tasks.bulk_create`` record per tenant) in its transaction."""
         if not specs:
             return []
         now = self.clock.now()
-        return self._in_write(lambda conn: self._insert_batch(conn, specs, now), specs)
+
+        def write(conn: Connection) -> list[int]:
+            ids = self._insert_batch(conn, specs, now)
+            if actor is not None:
+                by_tenant: dict[str, list[int]] = {}
+                for spec, task_id in zip(specs, ids, strict=True):
+                    by_tenant.setdefault(spec.tenant, []).append(task_id)
+                for tenant, tenant_ids in by_tenant.items():
+                    first, last = min(tenant_ids), max(tenant_ids)
+                    audit.record(
+                        conn,
+                        actor,
+                        "tasks.bulk_create",
+                        f"tasks:{first}-{last}",
+                        tenant=tenant,
+                        at=now,
+                        detail={"count": len(tenant_ids), "first_id": first, "last_id": last},
+                    )
+            return ids
+
+        return self._in_write(write, specs)
 
     def _in_write(self, write: Callable[[Connection], _T], specs: Sequence[Submission]) -> _T:
         """``write`` in one transaction of its own; a unique or foreign key violation of

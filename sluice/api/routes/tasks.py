@@ -46,7 +46,9 @@ def create_task(
     """Create a task (or track one by id, the prototype's way)."""
     item = body.to_submission(idempotency_key, tenant=principal.write_tenant(tenant))
     body_hash = (lambda: submissions.request_hash(body.hashed_body())) if idempotency_key else None
-    task, created = submissions.create_task(context.repo, context.catalog, item, body_hash)
+    task, created = submissions.create_task(
+        context.repo, context.catalog, item, body_hash, principal.actor
+    )
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return TaskOut.of(task, context.catalog)
@@ -79,6 +81,7 @@ def create_tasks(
         context.repo,
         context.catalog,
         [item.to_submission(tenant=home) for item in body.tasks],
+        principal.actor,
     )
     if batch.replayed:
         response.headers["Idempotent-Replayed"] = "true"

@@ -261,8 +261,8 @@ def test_revoking_an_unknown_key_is_404(secured: SecuredApi) -> None:
 
 
 def test_cancel_and_retry_are_audited_with_the_key(secured: SecuredApi) -> None:
-    """Cancel and retry through the API leave audit records naming the key and tenant,
-    which operators read with filters; viewers cannot read them."""
+    """Create, cancel and retry through the API leave audit records naming the key and
+    tenant, which operators read with filters; viewers cannot read them."""
     task = secured.client.post(
         "/api/tasks", json=secured.campaign(), headers=secured.auth("submitter")
     ).json()
@@ -276,8 +276,56 @@ def test_cancel_and_retry_are_audited_with_the_key(secured: SecuredApi) -> None:
     assert [(r["action"], r["key_name"], r["key_id"], r["target"]) for r in page["items"]] == [
         ("task.retry", "submitter", secured.ids["submitter"], f"task:{task['id']}"),
         ("task.cancel", "submitter", secured.ids["submitter"], f"task:{task['id']}"),
+        ("task.create", "submitter", secured.ids["submitter"], f"task:{task['id']}"),
     ]
     assert secured.client.get("/api/audit", headers=secured.auth("viewer")).status_code == 403
+
+
+def test_task_creation_is_audited_with_the_key(secured: SecuredApi) -> None:
+    """Creating tasks leaves a record naming the key, the tenant and the tasks: one per
+    task for a single create, one per batch for a bulk call. A replay or a refused create
+    adds none. (Found from outside: GET /api/audit?key_id=ID, the way docs/security.md
+    says to read what a leaked key did, listed none of the tasks it had created.)"""
+    submitter = secured.auth("submitter")
+    key_id = secured.ids["submitter"]
+    one = secured.client.post(
+        "/api/tasks", json=secured.campaign(), headers={**submitter, "Idempotency-Key": "k1"}
+    ).json()
+    batch = secured.client.post(
+        "/api/tasks/bulk", json={"tasks": [secured.campaign()] * 3}, headers=submitter
+    ).json()
+    replay = secured.client.post(
+        "/api/tasks", json=secured.campaign(), headers={**submitter, "Idempotency-Key": "k1"}
+    )
+    refused = secured.client.post(
+        "/api/tasks", json=secured.campaign(kind="video"), headers=submitter
+    )
+
+    page = secured.client.get(
+        "/api/audit", params={"key_id": key_id}, headers=secured.auth("admin")
+    ).json()
+
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert refused.status_code == 422
+    first, last = min(batch["ids"]), max(batch["ids"])
+    assert [
+        (r["action"], r["target"], r["tenant"], r["key_id"], r["detail"]) for r in page["items"]
+    ] == [
+        (
+            "tasks.bulk_create",
+            f"tasks:{first}-{last}",
+            "acme",
+            key_id,
+            {"count": 3, "first_id": first, "last_id": last},
+        ),
+        (
+            "task.create",
+            f"task:{one['id']}",
+            "acme",
+            key_id,
+            {"provider": "sandbox", "kind": "campaign", "parent_id": None},
+        ),
+    ]
 
 
 def test_last_use_is_recorded_at_most_once_a_minute(secured: SecuredApi) -> None:
