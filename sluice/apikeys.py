@@ -97,6 +97,16 @@ def create_key(
     return NewKey(key, f"{PREFIX}_{key_id}_{secret}")
 
 
+_ID_IN_KEY_RE = re.compile(r"^sk_(?P<id>[0-9a-f]{12})_")
+
+
+def id_of(given: str) -> str:
+    """The key id in ``given``: a key's whole text (``sk_<id>_<secret>``, what someone who
+    found a leak holds) gives its public id; anything else is taken as an id already."""
+    match = _ID_IN_KEY_RE.match(given.strip())
+    return match["id"] if match is not None else given
+
+
 def _role(role: str) -> Role:
     try:
         return Role(role)

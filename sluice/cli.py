@@ -662,12 +662,16 @@ def keys_list() -> None:
 
 @keys_app.command("revoke")
 def keys_revoke(
-    key_id: Annotated[str, typer.Argument(help="the key's id (sluice keys list)", callback=_utf8)],
+    key_id: Annotated[
+        str,
+        typer.Argument(help="the key's id (sluice keys list), or the whole key", callback=_utf8),
+    ],
 ) -> None:
     """Revoke an API key: every request with it is refused from now on."""
+    from sluice.apikeys import id_of
     from sluice.store.keys import KeyStore
 
-    key, revoked = KeyStore(_open_store()).revoke(key_id)
+    key, revoked = KeyStore(_open_store()).revoke(id_of(key_id))
     if revoked:
         console.print(f"revoked key {key.id} '{key.name}'", markup=False, highlight=False)
     else:

@@ -84,3 +84,22 @@ def test_key_names_are_shown_as_written(run: CliRunner) -> None:
     assert name in listed.stdout
     assert name in revoked.output
     assert name in audit.stdout
+
+
+def test_a_leaked_key_is_revoked_by_its_whole_text(run: CliRunner) -> None:
+    """`sluice keys revoke` given the whole key (what someone who found a leak holds)
+    revokes it by its public id and prints no secret. It answered "API key
+    'sk_<id>_***' not found" and left the leaked key usable."""
+    made = run.invoke(
+        cli.app, ["keys", "create", "--name", "leaky", "--role", "viewer", "--tenant", "acme"]
+    )
+    token = made.stdout.strip().splitlines()[-1]
+    key_id, secret = token.split("_", 2)[1:]
+
+    revoked = run.invoke(cli.app, ["keys", "revoke", token])
+
+    assert revoked.exit_code == 0, revoked.output
+    assert f"revoked key {key_id} 'leaky'" in revoked.output
+    assert secret not in revoked.output
+    listed = run.invoke(cli.app, ["keys", "list"]).stdout
+    assert "revoked" in listed
