@@ -94,7 +94,10 @@ class BulkJobOut(BaseModel):
     count: int = Field(description="tasks previewed when the job started")
     changed: int
     skipped: int
-    state: str
+    state: str = Field(
+        description="running, done, or stopped (the key that started it was revoked or "
+        "expired: tasks.bulk_stop in the audit trail says when)"
+    )
     created_at: datetime
     finished_at: datetime | None
 
