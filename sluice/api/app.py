@@ -201,7 +201,7 @@ def _install_console(
             key_store.touch(key, key_store.clock.now())
         return key
 
-    console.install(app, sessions, sign_in, auth.open_to)
+    console.install(app, sessions, sign_in, auth.open_to, auth.over_limit if auth.limited else None)
 
 
 def api_rate(settings: Settings) -> Rate | None:

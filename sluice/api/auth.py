@@ -214,7 +214,7 @@ class Authenticator:
             refusal = errors.RoleRequired(needed.value, action, principal.role.value)
             return forbidden(refusal)
         if principal.key is not None:
-            wait_s = self._over_limit(principal.key)
+            wait_s = self.over_limit(principal.key)
             if wait_s is not None:
                 return too_many(wait_s)
         return principal
@@ -226,8 +226,14 @@ class Authenticator:
         """Move the key's ``last_used_at`` (at most once a minute)."""
         self.keys.touch(key, self.now())
 
-    def _over_limit(self, key: ApiKey) -> float | None:
-        """Seconds until ``key`` may call again, or None when it may call now."""
+    @property
+    def limited(self) -> bool:
+        """Whether ``SLUICE_API_RATE_LIMIT`` meters keys here."""
+        return self.limiter is not None and self.rate is not None
+
+    def over_limit(self, key: ApiKey) -> float | None:
+        """Seconds until ``key`` may call again, or None when it may call now (a call that
+        may go is counted). The console meters its signed-in pages with it too."""
         if self.limiter is None or self.rate is None:
             return None
         try:

@@ -42,6 +42,7 @@ from sluice.api.console.routes import (
     current_viewer,
     render_html,
     router,
+    unmetered,
 )
 from sluice.api.deps import ApiContext
 from sluice.clock import as_utc
@@ -178,6 +179,7 @@ def overview_history(request: Request) -> Response:
 
 
 @router.get("/events", name="console_events")
+@unmetered
 async def events(request: Request) -> Response:
     """Server-Sent Events: the overview's live part whenever it changes (operators)."""
     viewer = _viewer(request)
@@ -317,6 +319,7 @@ def provider_page(request: Request, name: str) -> Response:
 
 
 @router.get("/providers/{name}/events", name="console_provider_events")
+@unmetered
 async def provider_events(request: Request, name: str) -> Response:
     """Server-Sent Events: the provider page's live part whenever it changes (operators)."""
     if not provider_wide(_viewer(request)):

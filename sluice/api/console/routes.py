@@ -6,10 +6,15 @@ Every console route is a :class:`ConsoleRoute`, which checks before the handler 
    neither revoked nor expired), else the open loopback mode when the API is open to this
    request (see ``sluice.api.auth``), else nobody: a route not marked :func:`public`
    answers 303 to the sign-in page.
-2. **CSRF,** on every POST: the form's ``csrf_token`` must match the session's token, or,
+2. **How often,** with ``SLUICE_API_RATE_LIMIT``: a page of a signed-in session counts
+   against its key's rate like an API request (a session did not: the console was a way
+   around the limit); over it, 429 with ``Retry-After``. Public routes (sign-in, the
+   console's files), the live streams (:func:`unmetered`) and the open loopback mode
+   are not metered.
+3. **CSRF,** on every POST: the form's ``csrf_token`` must match the session's token, or,
    with no session (sign-in, the open mode), the double-submit cookie; an ``Origin`` of
    another site is refused. A refused form answers 403 and changes nothing.
-3. Every answer gets the console's security headers (CSP and friends).
+4. Every answer gets the console's security headers (CSP and friends).
 
 So a console route added later can neither skip the session check nor forget CSRF.
 Browser security details are in :mod:`sluice.api.console.session`.
@@ -17,6 +22,7 @@ Browser security details are in :mod:`sluice.api.console.session`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,6 +43,8 @@ from sluice.store.sessions import ConsoleSession, SessionStore
 
 Authenticate = Callable[[str], ApiKey | None]
 OpenTo = Callable[[Request], bool]
+Meter = Callable[[ApiKey], float | None]
+"""Seconds until a key may make another request, or None when it may now (and is counted)."""
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -66,6 +74,7 @@ class Console:
     sessions: SessionStore
     authenticate: Authenticate
     open_to: OpenTo = field(default=_never_open)
+    over_limit: Meter | None = None
 
 
 @dataclass(frozen=True)
@@ -91,17 +100,27 @@ def public(endpoint: F) -> F:
     return endpoint
 
 
+def unmetered(endpoint: F) -> F:
+    """Mark a console route that does not count against its key's rate: a live stream,
+    opened once per page and cheap (one shared poller feeds them all). A browser's
+    EventSource given a 429 would not reconnect, leaving the page without its live part."""
+    endpoint.console_unmetered = True  # type: ignore[attr-defined]
+    return endpoint
+
+
 class ConsoleRoute(APIRoute):
     """A console route: who is looking, CSRF on every POST, security headers."""
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         # Set first: the base class builds the handler (get_route_handler) while it starts.
         self.public = bool(getattr(endpoint, "console_public", False))
+        self.metered = not self.public and not getattr(endpoint, "console_unmetered", False)
         super().__init__(path, endpoint, **kwargs)
 
     def get_route_handler(self) -> Handler:
         handler = super().get_route_handler()
         needs_viewer = not self.public
+        metered = self.metered
 
         async def checked(request: Request) -> Response:
             viewer = await current_viewer(request)
@@ -110,6 +129,11 @@ class ConsoleRoute(APIRoute):
                 response: Response = _redirect(request, "console_login_form")
                 web.clear_cookie(response, request, web.SESSION_COOKIE)
                 return web.secured(response)
+            meter = _console(request).over_limit
+            if metered and viewer.key is not None and meter is not None:
+                wait_s = await run_in_threadpool(meter, viewer.key)
+                if wait_s is not None:
+                    return _too_many(wait_s)
             if request.method == "POST" and not await _form_is_ours(request, viewer):
                 return _refused(request)
             try:
@@ -159,6 +183,18 @@ async def _form_is_ours(request: Request, viewer: Viewer) -> bool:
     form = await request.form()
     given = form.get(web.CSRF_FIELD)
     return isinstance(given, str) and web.same_token(given, _expected_csrf(request, viewer))
+
+
+def _too_many(wait_s: float) -> Response:
+    """429 for a key over its rate, with ``Retry-After`` in whole seconds (at least 1)."""
+    retry_after = max(1, math.ceil(wait_s))
+    page = _page(
+        "refused.html",
+        429,
+        message=f"Too many requests for this API key; retry in {retry_after} s.",
+    )
+    page.headers["Retry-After"] = str(retry_after)
+    return web.secured(page)
 
 
 def _refused(request: Request) -> Response:

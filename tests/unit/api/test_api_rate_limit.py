@@ -3,6 +3,7 @@ rate gets 429 with Retry-After and nothing is written; other keys and later requ
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -140,3 +141,36 @@ def test_a_burst_lets_that_many_more_through_at_once_then_paces(make_secured: Ma
 def test_a_burst_at_or_above_the_count_is_refused(make_secured: Make) -> None:
     with pytest.raises(errors.ConfigError, match="api_rate_burst: must be below"):
         limited(make_secured, "2/min", api_rate_burst=2)
+
+
+def test_console_pages_count_against_the_keys_rate(make_secured: Make) -> None:
+    """A console session spends its key's rate like the API: at 2/min, the third page in
+    a minute is 429 with Retry-After, and so is the key's next API request (one bucket);
+    the console's own files are not counted. The console was a way around the limit:
+    with SLUICE_API_RATE_LIMIT=10/s a signed-in session read /ui/tasks 23.8 times a second
+    while the same key's /api/tasks got 429s."""
+    api = limited(make_secured, "2/min")
+    form = api.client.get("/ui/login")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+    assert token is not None
+    signed = api.client.post(
+        "/ui/login",
+        data={"api_key": api.tokens["submitter"], "csrf_token": token.group(1)},
+        follow_redirects=False,
+    )
+    assert signed.status_code == 303
+
+    assert api.client.get("/ui/tasks").status_code == 200
+    api.limiter_clock.advance(30)  # type: ignore[attr-defined]
+    assert api.client.get("/ui/tasks").status_code == 200
+    refused = api.client.get("/ui/tasks")
+    by_api = api.client.get("/api/tasks", headers=api.auth("submitter"))
+
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "30"
+    assert "retry in 30 s" in refused.text
+    assert "Content-Security-Policy" in refused.headers
+    assert by_api.status_code == 429
+    assert api.client.get("/ui/static/console.css").status_code == 200
+    api.limiter_clock.advance(30)  # type: ignore[attr-defined]
+    assert api.client.get("/ui/tasks").status_code == 200
