@@ -691,6 +691,14 @@ def audit(
         str | None,
         typer.Option(help="e.g. task.cancel, or task. for every task action", callback=_utf8),
     ] = None,
+    key_id: Annotated[
+        str | None,
+        typer.Option(
+            "--key-id",
+            help="only what this API key did (its id, or the whole key)",
+            callback=_utf8,
+        ),
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="newest records shown")] = 50,
 ) -> None:
     """List the newest audit records of SLUICE_DATABASE_URL."""
@@ -698,9 +706,15 @@ def audit(
 
     from rich.table import Table
 
+    from sluice.apikeys import id_of
     from sluice.store.audit import AuditLog
 
-    page = AuditLog(_open_store()).list(tenant=tenant, action=action, limit=limit)
+    page = AuditLog(_open_store()).list(
+        tenant=tenant,
+        action=action,
+        key_id=id_of(key_id) if key_id is not None else None,
+        limit=limit,
+    )
     table = Table("at", "actor", "key", "tenant", "action", "target", "detail")
     for record in page.items:
         key = f"{record.key_name} ({record.key_id})" if record.key_id else "-"

@@ -103,3 +103,32 @@ def test_a_leaked_key_is_revoked_by_its_whole_text(run: CliRunner) -> None:
     assert secret not in revoked.output
     listed = run.invoke(cli.app, ["keys", "list"]).stdout
     assert "revoked" in listed
+
+
+def test_audit_lists_what_one_key_did(run: CliRunner, tmp_path: Path) -> None:
+    """`sluice audit --key-id` (an id, or the whole key) lists that key's actions only:
+    docs/security.md's way to read what a leaked key did. The option did not exist, and
+    the 50 newest records of every key were all the command showed."""
+    from sluice import apikeys
+    from sluice.domain import Actor
+    from sluice.store import db
+    from sluice.store.keys import KeyStore
+
+    made = run.invoke(cli.app, ["keys", "create", "--name", "boss", "--role", "admin"])
+    token = made.stdout.strip().splitlines()[-1]
+    key_id = token.split("_")[1]
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'keys.db'}")
+    store = KeyStore(engine)
+    boss = store.get(key_id)
+    apikeys.create_key(
+        store, name="by-boss", role="viewer", tenant="acme", actor=Actor.of_key(boss)
+    )
+    apikeys.create_key(store, name="by-cli", role="viewer", tenant="acme")
+    engine.dispose()
+
+    for given in (key_id, token):
+        shown = run.invoke(cli.app, ["audit", "--key-id", given])
+        assert shown.exit_code == 0, shown.output
+        assert "by-boss" in shown.stdout
+        assert "by-cli" not in shown.stdout
+        assert token.split("_", 2)[2] not in shown.stdout
