@@ -8,9 +8,9 @@ Every console route is a :class:`ConsoleRoute`, which checks before the handler 
    answers 303 to the sign-in page.
 2. **How often,** with ``SLUICE_API_RATE_LIMIT``: a page of a signed-in session counts
    against its key's rate like an API request (a session did not: the console was a way
-   around the limit); over it, 429 with ``Retry-After``. Public routes (sign-in, the
-   console's files), the live streams (:func:`unmetered`) and the open loopback mode
-   are not metered.
+   around the limit); over it, 429 with ``Retry-After``. A sign-in with a good key
+   counts too (it writes a session and an audit record). The console's files, the live
+   streams (:func:`unmetered`) and the open loopback mode are not metered.
 3. **CSRF,** on every POST: the form's ``csrf_token`` must match the session's token, or,
    with no session (sign-in, the open mode), the double-submit cookie; an ``Origin`` of
    another site is refused. A refused form answers 403 and changes nothing.
@@ -271,10 +271,15 @@ def login_form(request: Request) -> Response:
 @public
 def login(request: Request, api_key: Annotated[str, Form(max_length=512)] = "") -> Response:
     """Sign in with an API key: a session on the server, its token in a cookie."""
-    key = _console(request).authenticate(api_key.strip())
+    console = _console(request)
+    key = console.authenticate(api_key.strip())
     if key is None:
         return _login_form(request, 401, NOT_ACCEPTED)
-    token = _console(request).sessions.open(key)
+    # A sign-in writes a session and its audit record: it spends the key's rate too.
+    wait_s = console.over_limit(key) if console.over_limit is not None else None
+    if wait_s is not None:
+        return _too_many(wait_s)
+    token = console.sessions.open(key)
     response = _redirect(request, "console_home")
     web.set_cookie(response, request, web.SESSION_COOKIE, token)
     web.clear_cookie(response, request, web.LOGIN_CSRF_COOKIE)

@@ -158,9 +158,8 @@ def test_console_pages_count_against_the_keys_rate(make_secured: Make) -> None:
         data={"api_key": api.tokens["submitter"], "csrf_token": token.group(1)},
         follow_redirects=False,
     )
-    assert signed.status_code == 303
+    assert signed.status_code == 303  # the sign-in is the first request of the minute
 
-    assert api.client.get("/ui/tasks").status_code == 200
     api.limiter_clock.advance(30)  # type: ignore[attr-defined]
     assert api.client.get("/ui/tasks").status_code == 200
     refused = api.client.get("/ui/tasks")
@@ -174,3 +173,30 @@ def test_console_pages_count_against_the_keys_rate(make_secured: Make) -> None:
     assert api.client.get("/ui/static/console.css").status_code == 200
     api.limiter_clock.advance(30)  # type: ignore[attr-defined]
     assert api.client.get("/ui/tasks").status_code == 200
+
+
+def test_console_sign_ins_count_against_the_keys_rate(make_secured: Make) -> None:
+    """Each sign-in writes a session and an audit record: at 2/min the third sign-in in a
+    minute is 429 and writes nothing (they were unmetered: a key could add sessions and
+    audit records as fast as the server answered)."""
+    api = limited(make_secured, "2/min")
+
+    def sign_in() -> int:
+        api.client.cookies.clear()
+        form = api.client.get("/ui/login")
+        token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+        assert token is not None
+        answer = api.client.post(
+            "/ui/login",
+            data={"api_key": api.tokens["viewer"], "csrf_token": token.group(1)},
+            follow_redirects=False,
+        )
+        return answer.status_code
+
+    assert sign_in() == 303
+    api.limiter_clock.advance(30)  # type: ignore[attr-defined]
+    assert sign_in() == 303
+    before = api.written()
+
+    assert sign_in() == 429
+    assert api.written() == before
