@@ -545,6 +545,7 @@ def db_prune(
     --older-than from SLUICE_DATABASE_URL, in batches; unfinished work is never touched."""
     from datetime import timedelta
 
+    from sluice.domain import LOCAL_ACTOR
     from sluice.store.retention import prune
     from sluice.units import parse_duration
 
@@ -559,7 +560,7 @@ def db_prune(
 
     now = SystemClock().now()
     cutoff = now - timedelta(seconds=seconds)
-    done = prune(engine, cutoff, now, batch=batch)
+    done = prune(engine, cutoff, now, batch=batch, actor=LOCAL_ACTOR)
     console.print(
         f"pruned {done.tasks} task(s) and {done.events} event(s) in {done.batches} batch(es): "
         f"final and unchanged since {_when(cutoff)}",

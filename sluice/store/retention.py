@@ -24,12 +24,15 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, delete, or_, select
 
-from sluice.domain import FINAL_STATUSES, Phase
+from sluice.domain import FINAL_STATUSES, Actor, Phase
+from sluice.store import audit
 from sluice.store.rows import chunks, events, tasks
 
 log = logging.getLogger("sluice.retention")
 
 DEFAULT_BATCH = 5000
+RETENTION_ACTOR = Actor("system:retention")
+"""Who prunes when ``SLUICE_RETENTION_PERIOD`` is set (``sluice db prune`` is ``cli``)."""
 _FINAL = sorted(s.value for s in FINAL_STATUSES)
 
 
@@ -64,9 +67,11 @@ def prune_batch(
     *,
     after_id: int = 0,
     batch: int = DEFAULT_BATCH,
+    actor: Actor = RETENTION_ACTOR,
 ) -> tuple[Pruned, int | None]:
     """Delete one batch of families whose roots have ids above ``after_id``, in the
-    caller's transaction.
+    caller's transaction, with a ``tasks.prune`` audit record by ``actor`` when it deleted
+    anything (target: the first and last root deleted).
 
     Returns what was deleted and the id to continue after (None: no root left to look at).
     """
@@ -110,6 +115,16 @@ def prune_batch(
         ids = [t for levels in chosen.values() if level < len(levels) for t in levels[level]]
         for chunk in chunks(ids):
             removed += int(conn.execute(delete(tasks).where(tasks.c.id.in_(chunk))).rowcount or 0)
+    if removed:
+        audit.record(
+            conn,
+            actor,
+            "tasks.prune",
+            f"tasks:{min(chosen)}-{max(chosen)}",
+            tenant=None,
+            at=now,
+            detail={"tasks": removed, "events": removed_events, "cutoff": cutoff.isoformat()},
+        )
     return Pruned(removed, removed_events, 1), resume
 
 
@@ -183,11 +198,13 @@ def prune(
     batch: int = DEFAULT_BATCH,
     stop: threading.Event | None = None,
     pause_s: float = 0.0,
+    actor: Actor = RETENTION_ACTOR,
 ) -> Pruned:
     """Delete every prunable family, one transaction per batch; returns the totals.
 
-    ``pause_s`` between batches leaves room for other writers (SQLite has one at a time);
-    ``stop`` ends the run between batches.
+    Each batch that deletes anything is audited as ``actor`` (:func:`prune_batch`).
+    ``pause_s`` between batches leaves room for other writers (SQLite
+    has one at a time); ``stop`` ends the run between batches.
     """
     total = Pruned()
     after: int | None = 0
@@ -195,7 +212,7 @@ def prune(
         if stop is not None and stop.is_set():
             break
         with engine.begin() as conn:
-            done, after = prune_batch(conn, cutoff, now, after_id=after, batch=batch)
+            done, after = prune_batch(conn, cutoff, now, after_id=after, batch=batch, actor=actor)
         total += done
         if done.tasks:
             log.info("retention.batch", extra={"tasks": done.tasks, "events": done.events})

@@ -22,9 +22,10 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, func, insert, select
 
 from sluice.clock import FakeClock
-from sluice.domain import Phase, TaskStatus
+from sluice.domain import LOCAL_ACTOR, Phase, TaskStatus
 from sluice.engine.retention import Pruner
 from sluice.store import db
+from sluice.store.audit import audit
 from sluice.store.retention import prune
 from sluice.store.rows import event_row, events, tasks
 from tests.conftest import PG_ADMIN_URL, require_service
@@ -80,6 +81,7 @@ def engine(
 
 def empty(engine: Engine) -> None:
     with engine.begin() as conn:
+        conn.execute(audit.delete())
         conn.execute(events.delete())
         # Children first (parent_id is ON DELETE RESTRICT).
         while conn.execute(select(func.count()).select_from(tasks)).scalar_one():
@@ -194,6 +196,34 @@ def test_prune_deletes_exactly_the_whole_prunable_families(
     assert done.tasks == len(expected_gone)
     assert done.events == 2 * len(expected_gone)
     assert event_count == 2 * (len(specs) - len(expected_gone))
+    # Each batch that deleted anything is audited, in its own transaction.
+    records = pruned_records(engine)
+    assert sum(r.detail["tasks"] for r in records) == done.tasks
+    assert sum(r.detail["events"] for r in records) == done.events
+    assert {r.actor for r in records} <= {"system:retention"}
+
+
+def pruned_records(engine: Engine) -> list[Any]:
+    with engine.connect() as conn:
+        return list(conn.execute(select(audit).where(audit.c.action == "tasks.prune")))
+
+
+def test_a_prune_by_an_operator_is_audited_as_theirs(engine: Engine) -> None:
+    """Pruning deleted tasks and their events with no audit record: `sluice db prune` and
+    the retention thread were the only deletions the audit trail did not show."""
+    empty(engine)
+    ids = load(
+        engine, [(None, True, True, False), (0, True, True, False), (None, False, True, False)]
+    )
+
+    done = prune(engine, CUTOFF, NOW, actor=LOCAL_ACTOR)
+
+    assert done.tasks == 2
+    (record,) = pruned_records(engine)
+    assert record.actor == "cli"
+    assert record.tenant is None
+    assert record.target == f"tasks:{ids[0]}-{ids[0]}"  # the roots deleted
+    assert record.detail == {"tasks": 2, "events": 4, "cutoff": CUTOFF.isoformat()}
 
 
 def test_prune_keeps_a_family_whose_child_was_retried_meanwhile(engine: Engine) -> None:
