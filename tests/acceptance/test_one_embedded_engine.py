@@ -54,6 +54,21 @@ def wait_until_answered(process: subprocess.Popen[bytes], url: str, log: Path, w
         time.sleep(0.2)
 
 
+def embedded_env(database_url: str, **extra: str) -> dict[str, str]:
+    """The environment of a `sluice` command of this checkout, from any cwd, on
+    ``database_url`` with no shared limiter and no config file but the cwd's."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(sluice.__file__).parents[1]),
+        "SLUICE_DATABASE_URL": database_url,
+        "COLUMNS": "200",
+        **extra,
+    }
+    env.pop("SLUICE_REDIS_URL", None)
+    env.pop("SLUICE_CONFIG", None)
+    return env
+
+
 def sluice_up(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
@@ -65,13 +80,7 @@ def sluice_up(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[byt
 
 
 def test_a_second_sluice_up_on_the_same_database_refuses_to_start(tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(Path(sluice.__file__).parents[1]),  # this checkout, from any cwd
-        "SLUICE_DATABASE_URL": f"sqlite:///{tmp_path / 'sluice.db'}",
-        "COLUMNS": "200",
-    }
-    env.pop("SLUICE_REDIS_URL", None)
+    env = embedded_env(f"sqlite:///{tmp_path / 'sluice.db'}")
     port = free_port()
     first = sluice_up(env, port, tmp_path / "first.log")
     try:
@@ -104,12 +113,7 @@ def test_a_second_sluice_up_on_the_same_database_refuses_to_start(tmp_path: Path
 
 def test_sluice_up_starts_again_on_a_database_whose_engine_was_killed(tmp_path: Path) -> None:
     """The lock goes with its process, even after SIGKILL: a restart is not refused."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(Path(sluice.__file__).parents[1]),
-        "SLUICE_DATABASE_URL": f"sqlite:///{tmp_path / 'sluice.db'}",
-    }
-    env.pop("SLUICE_REDIS_URL", None)
+    env = embedded_env(f"sqlite:///{tmp_path / 'sluice.db'}")
     for attempt in range(2):
         port = free_port()
         log = tmp_path / f"up{attempt}.log"
@@ -190,14 +194,7 @@ def test_sluice_submit_beside_a_running_sluice_up_lets_its_engine_send(tmp_path:
         "c1,,campaign,adv-1,A,1000,\ng1,c1,ad_group,,B,,1.5\nc2,,campaign,adv-1,C,1000,\n",
         encoding="utf-8",
     )
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(Path(sluice.__file__).parents[1]),
-        "SLUICE_DATABASE_URL": f"sqlite:///{tmp_path / 'sluice.db'}",
-        "COLUMNS": "200",
-    }
-    env.pop("SLUICE_REDIS_URL", None)
-    env.pop("SLUICE_CONFIG", None)
+    env = embedded_env(f"sqlite:///{tmp_path / 'sluice.db'}")
     with (tmp_path / "up.log").open("ab") as out:
         up = subprocess.Popen(
             [sys.executable, "-m", "sluice", "up", "--sandbox", "--port", str(port)],
@@ -236,13 +233,7 @@ def test_a_second_sluice_up_on_the_same_postgresql_database_refuses_to_start(
     tmp_path: Path, postgres_url: str
 ) -> None:
     """Without Redis, two `sluice up` on one PostgreSQL database both ran their engines."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(Path(sluice.__file__).parents[1]),
-        "SLUICE_DATABASE_URL": postgres_url,
-        "COLUMNS": "200",
-    }
-    env.pop("SLUICE_REDIS_URL", None)
+    env = embedded_env(postgres_url)
     port = free_port()
     first = sluice_up(env, port, tmp_path / "first.log")
     try:
@@ -293,15 +284,7 @@ def test_sluice_submit_sends_its_tasks_itself_once_the_other_engine_stops(
         "ref,parent_ref,kind,advertiser_id,name,budget:int\nc1,,campaign,adv-1,A,1000\n",
         encoding="utf-8",
     )
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(Path(sluice.__file__).parents[1]),
-        "SLUICE_DATABASE_URL": f"sqlite:///{database}",
-        "COLUMNS": "200",
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.pop("SLUICE_REDIS_URL", None)
-    env.pop("SLUICE_CONFIG", None)
+    env = embedded_env(f"sqlite:///{database}", PYTHONUNBUFFERED="1")
     other = FileLock(str(database), UP)
     assert other.acquire()
     try:

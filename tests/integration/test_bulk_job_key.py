@@ -9,19 +9,16 @@ nothing (API, console, CLI) could stop it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 
 from sluice import apikeys
 from sluice.clock import FakeClock
 from sluice.domain import Actor, Submission, TaskStatus
 from sluice.engine.bulkjobs import BulkJobRunner
-from sluice.store import db
 from sluice.store.audit import AuditLog
 from sluice.store.bulkjobs import BulkJob, BulkJobs
 from sluice.store.filters import TaskFilter
@@ -73,18 +70,12 @@ class Store:
         assert self.cancelled() == BATCH
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'store.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    engine = db.make_engine(url)
-    db.ensure_schema(engine)
+@pytest.fixture
+def store(engine: Engine) -> Store:
+    """Over a migrated database of each backend (tests/integration/conftest.py)."""
     clock = FakeClock(START)
     repo = TaskRepository(engine, clock)
-    yield Store(repo, BulkJobs(repo, clock), KeyStore(engine, clock), AuditLog(engine), clock)
-    engine.dispose()
+    return Store(repo, BulkJobs(repo, clock), KeyStore(engine, clock), AuditLog(engine), clock)
 
 
 def test_a_revoked_keys_bulk_job_stops_at_its_next_batch(store: Store) -> None:

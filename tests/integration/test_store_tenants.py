@@ -3,18 +3,15 @@ other tenant's task reads exactly like a missing one, and actions leave audit re
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 
 from sluice import errors
 from sluice.clock import FakeClock
 from sluice.domain import Actor, Submission, TaskStatus
-from sluice.store import db
 from sluice.store.audit import AuditLog, audit
 from sluice.store.repository import TaskRepository
 from sluice.store.rows import change_status, events, tasks
@@ -43,18 +40,11 @@ class Store:
             assert change_status(conn, task, TaskStatus.ERROR, now=self.clock.now(), event="t")
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    """A migrated store of each backend with a fake clock."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'store.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    engine = db.make_engine(url)
-    db.ensure_schema(engine)
+@pytest.fixture
+def store(engine: Engine) -> Store:
+    """A migrated store of each backend (tests/integration/conftest.py) with a fake clock."""
     clock = FakeClock(START)
-    yield Store(TaskRepository(engine, clock), AuditLog(engine), clock)
-    engine.dispose()
+    return Store(TaskRepository(engine, clock), AuditLog(engine), clock)
 
 
 def campaign(tenant: str, **fields: object) -> Submission:
