@@ -41,6 +41,8 @@ One root, a subtree per seam::
     │   └── GrantSpent              a second request under one grant (a bug): refused
     ├── BodyTooLarge                api/limits.py: a request body over the limit (answered 413)
     ├── TooManyItems                api/limits.py: a bulk batch over the item limit (answered 413)
+    ├── UnknownQuery                api/query.py: a query parameter the route does not take
+    │                               (answered 422)
     └── BodyNotUtf8                 api/limits.py: a JSON body in UTF-16 or UTF-32 (answered 415)
 
 Third-party exceptions are translated where they enter (``raise ProviderTimeout(...) from exc``).

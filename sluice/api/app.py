@@ -23,7 +23,7 @@ from sluice.api.console.routes import ConsoleRoute
 from sluice.api.deps import ApiContext, ReadinessCheck
 from sluice.api.gcpause import CollectorPausedFor
 from sluice.api.limits import BodySizeLimit
-from sluice.api.query import declared_query_only
+from sluice.api.query import UnknownQuery, declared_query_only
 from sluice.api.readiness import broker_check, redis_check
 from sluice.api.routes import audit, health, keys, metrics, providers, tasks
 from sluice.api.routes import bulk as bulk_routes
@@ -299,6 +299,10 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     for error, status in ERROR_STATUS.items():
         app.add_exception_handler(error, _answer_with(status))
+
+    @app.exception_handler(UnknownQuery)
+    async def unknown_query(_: Request, exc: UnknownQuery) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail()}, status_code=422)
 
     @app.exception_handler(errors.RoleRequired)
     async def role_required(_: Request, exc: errors.RoleRequired) -> JSONResponse:

@@ -8,10 +8,14 @@ the names it does take, in the same ``detail`` shape as any other invalid reques
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from typing import Any
+
 from fastapi import Request
 from fastapi.dependencies.models import Dependant
-from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+
+from sluice import errors
 
 _taken: dict[int, frozenset[str]] = {}
 """Per route (by id: routes live as long as their app), the query names it takes."""
@@ -39,14 +43,24 @@ async def declared_query_only(request: Request) -> None:
     unknown = sorted(set(request.query_params.keys()) - taken)
     if not unknown:
         return
-    takes = ", ".join(sorted(taken)) if taken else "no query parameters"
-    raise RequestValidationError(
-        [
+    raise UnknownQuery(unknown, taken)
+
+
+class UnknownQuery(errors.SluiceError):
+    """Query parameters the matched route does not take (answered 422 by the app)."""
+
+    def __init__(self, names: Sequence[str], taken: Iterable[str]) -> None:
+        self.names = [name[:64] for name in names[:10]]
+        self.takes = ", ".join(sorted(taken)) or "no query parameters"
+        super().__init__(f"unknown query parameter(s) {', '.join(self.names)}")
+
+    def detail(self) -> list[dict[str, Any]]:
+        """The 422's ``detail``, one entry per name, shaped as FastAPI's own."""
+        return [
             {
+                "loc": ["query", name],
+                "msg": f"unknown query parameter (this route takes: {self.takes})",
                 "type": "extra_forbidden",
-                "loc": ("query", name[:64]),
-                "msg": f"unknown query parameter (this route takes: {takes})",
             }
-            for name in unknown[:10]
+            for name in self.names
         ]
-    )
