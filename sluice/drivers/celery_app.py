@@ -17,6 +17,7 @@ import logging
 import sys
 import time
 from contextlib import suppress
+from pathlib import Path
 from typing import Any
 
 from celery import Celery, beat, signals
@@ -176,10 +177,27 @@ def check_worker_settings(settings: Settings) -> None:
     from sluice.providers.registry import load_providers
     from sluice.runtime import with_default_providers
 
-    db.make_engine(settings.database_url).dispose()
+    _check_schema(settings.database_url)
     load_providers(with_default_providers(settings))
     check_broker_access(settings)
     _passed[:] = [settings]
+
+
+def _check_schema(url: str) -> None:
+    """ConfigError when the database is at a schema revision this release does not have (a
+    newer release upgraded it): each pool process failed at its first pump, a traceback
+    for every pump, for ever, from a worker that said it was ready. One look; a database
+    that cannot be reached now is not refused (its pumps wait for it), and an SQLite file
+    that does not exist yet is not created here."""
+    engine = db.make_engine(url)
+    try:
+        path = db.sqlite_path(engine.url)
+        if engine.dialect.name != "sqlite" or (path is not None and Path(path).exists()):
+            db.check_known_revision(engine)
+    except errors.StoreUnavailable as exc:
+        log.debug("database.unreachable", extra={"error": logs.one_line(exc)})
+    finally:
+        engine.dispose()
 
 
 BROKER_CHECK_TIMEOUT_S = 5.0

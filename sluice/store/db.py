@@ -14,6 +14,7 @@ from urllib.parse import quote, unquote
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, ExceptionContext, make_url
@@ -400,23 +401,52 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     Alembic cannot resolve (``nope``, ``-1`` on a fresh database) is InvalidValue naming it.
     """
     cfg = alembic_config(engine)
+    before = check_known_revision(engine)
     try:
         if engine.dialect.name != "postgresql":
             command.upgrade(cfg, revision)
-            return
-        with engine.begin() as connection:
-            connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
-            cfg.attributes["connection"] = connection
-            command.upgrade(cfg, revision)
+        else:
+            with engine.begin() as connection:
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID}
+                )
+                cfg.attributes["connection"] = connection
+                command.upgrade(cfg, revision)
     except CommandError as exc:
         raise errors.InvalidValue(f"no migration {revision!r}: {exc}") from None
+    after = current_revision(engine)
+    if after != before:
+        # Every process (API, worker, status...) upgrades at start, not only `sluice db
+        # upgrade`: one that does so says it, so a migration never goes unseen.
+        log.info("store.migrated", extra={"from_revision": before, "to_revision": after})
 
 
 def current_revision(engine: Engine) -> str | None:
     """The migration the database is at (None before the first)."""
-    with engine.connect() as connection:
+    with reading(engine) as connection:
         revision: str | None = MigrationContext.configure(connection).get_current_revision()
         return revision
+
+
+def check_known_revision(engine: Engine) -> str | None:
+    """The revision the database is at (None before the first), or ConfigError when these
+    migrations do not have it: a newer release upgraded the database. Alembic's own
+    answer was "no migration 'head': Can't locate revision identified by ...", which
+    reads as a mistyped argument."""
+    current = current_revision(engine)
+    if current is None:
+        return None
+    script = ScriptDirectory.from_config(alembic_config(engine))
+    try:
+        script.get_revision(current)
+    except CommandError:
+        raise errors.ConfigError(
+            f"the database is at schema revision {current!r}, which this Sluice does not "
+            f"have (its newest is {script.get_current_head()!r}): a newer release upgraded "
+            "it. Run that release, or restore the backup taken before its upgrade "
+            "(docs/deployment.md, Upgrading)"
+        ) from None
+    return current
 
 
 def ensure_schema(engine: Engine) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +14,8 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Column, Engine, Index, inspect, text
+from alembic.script import ScriptDirectory
+from sqlalchemy import Column, Engine, Index, create_engine, inspect, text
 from sqlalchemy.schema import CreateIndex
 
 from sluice.store import db
@@ -244,3 +249,166 @@ def test_fair_share_revision_keys_existing_tasks_by_their_tenant(engine: Engine)
         row = conn.execute(text("SELECT priority, fairness_key FROM tasks WHERE id = 1")).one()
     assert tuple(row) == (0, "acme")
     assert "fair_shares" in inspect(engine).get_table_names()
+
+
+def test_a_database_newer_than_these_migrations_is_refused_naming_both_revisions(
+    engine: Engine,
+) -> None:
+    """A database a newer release upgraded is refused in one line that names its revision
+    and this release's newest, and is left as it is (no upgrade is tried)."""
+    from alembic.script import ScriptDirectory
+
+    from sluice import errors
+
+    db.upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0099_newer'"))
+    head = ScriptDirectory.from_config(db.alembic_config(engine)).get_current_head()
+
+    with pytest.raises(errors.ConfigError) as refused:
+        db.ensure_schema(engine)
+
+    assert str(refused.value) == (
+        "the database is at schema revision '0099_newer', which this Sluice does not have "
+        f"(its newest is '{head}'): a newer release upgraded it. Run that release, or "
+        "restore the backup taken before its upgrade (docs/deployment.md, Upgrading)"
+    )
+    assert db.current_revision(engine) == "0099_newer"
+
+
+def test_an_upgrade_that_changes_the_schema_says_so_in_the_log(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every process brings the database to its head when it starts: an API or a worker of a
+    new release started before `sluice db upgrade` migrated a production database and said
+    nothing. Each upgrade that changes the revision is one line, from and to; none at head."""
+    import logging
+
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(db.alembic_config(engine)).get_current_head()
+    db.upgrade(engine, "0001")
+    with caplog.at_level(logging.INFO, logger="sluice.store"):
+        db.ensure_schema(engine)
+        db.ensure_schema(engine)
+
+    migrated = [r for r in caplog.records if r.getMessage() == "store.migrated"]
+    assert [(r.__dict__["from_revision"], r.__dict__["to_revision"]) for r in migrated] == [
+        ("0001", head)
+    ]
+
+
+HEAD = ScriptDirectory.from_config(db.alembic_config(create_engine("sqlite://"))).get_current_head()
+
+
+def _first_release_with_tasks(engine: Engine, count: int) -> None:
+    """The database at revision 0001 holding ``count`` tasks, each with its created event."""
+    db.upgrade(engine, "0001")
+    at = "2026-01-01 00:00:00"
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO tasks (id, provider, kind, status, phase, track_only, attempts, "
+                "polls, created_at, updated_at) VALUES (:id, 'sandbox', 'campaign', "
+                "'Not Started', 'ready', false, 0, 0, :at, :at)"
+            ),
+            [{"id": n, "at": at} for n in range(1, count + 1)],
+        )
+        conn.execute(
+            text(
+                "INSERT INTO task_events (task_id, at, event) SELECT id, :at, 'created' FROM tasks"
+            ),
+            {"at": at},
+        )
+
+
+def _db_upgrade(url: str) -> subprocess.Popen[str]:
+    """`sluice db upgrade` on ``url`` in a process of its own."""
+    env = {**os.environ, "SLUICE_DATABASE_URL": url}
+    return subprocess.Popen(
+        [sys.executable, "-m", "sluice", "db", "upgrade"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _at_head_with(engine: Engine, count: int) -> None:
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM tasks")).scalar_one() == count
+        assert conn.execute(text("SELECT COUNT(*) FROM task_events")).scalar_one() == count
+    assert db.current_revision(engine) == HEAD
+    assert schema_diff(engine) == []
+
+
+def test_db_upgrade_run_by_several_processes_at_once_on_an_old_database(
+    engine: Engine,
+) -> None:
+    """Three `sluice db upgrade` processes started together on a database of the first
+    release (an operator's and two deploy hooks) all end well, and the data is whole: on
+    PostgreSQL they queue on the advisory lock, on SQLite on the write lock; each one after
+    the first finds the database at head."""
+    _first_release_with_tasks(engine, 500)
+    url = engine.url.render_as_string(hide_password=False)
+
+    runs = [_db_upgrade(url) for _ in range(3)]
+    outputs = [run.communicate(timeout=180)[0] for run in runs]
+
+    assert [run.returncode for run in runs] == [0, 0, 0], outputs
+    _at_head_with(engine, 500)
+
+
+@pytest.mark.postgres
+def test_db_upgrade_killed_mid_migration_leaves_the_old_schema_and_runs_again(
+    postgres_url: str,
+) -> None:
+    """`sluice db upgrade` killed (SIGKILL) while it migrates leaves the database at the
+    revision it had, data whole (the whole chain is one transaction), and running it
+    again brings it to head. The test holds a lock on `tasks`, so that the migration is
+    surely inside its transaction, waiting, when it is killed."""
+    engine = db.make_engine(postgres_url)
+    try:
+        _first_release_with_tasks(engine, 200)
+        blocker = engine.connect()
+        blocker.execute(text("LOCK TABLE tasks IN ACCESS SHARE MODE"))
+        run = _db_upgrade(postgres_url)
+        deadline = time.monotonic() + 120
+        waiting = 0
+        while waiting == 0 and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            with engine.connect() as conn:
+                waiting = conn.execute(
+                    text(
+                        "SELECT COUNT(*) FROM pg_locks WHERE NOT granted "
+                        "AND relation = 'tasks'::regclass"
+                    )
+                ).scalar_one()
+        assert waiting, "the migration never reached the lock on tasks"
+        run.kill()
+        run.wait(timeout=30)
+        blocker.rollback()
+        blocker.close()
+        # The killed migration's server backend ends its statement, finds its client
+        # gone and rolls back; until then it holds the advisory lock.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                others = conn.execute(
+                    text(
+                        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = "
+                        "current_database() AND pid <> pg_backend_pid() AND state <> 'idle'"
+                    )
+                ).scalar_one()
+            if not others:
+                break
+            time.sleep(0.2)
+        assert db.current_revision(engine) == "0001"
+
+        again = _db_upgrade(postgres_url)
+        output = again.communicate(timeout=180)[0]
+
+        assert again.returncode == 0, output
+        _at_head_with(engine, 200)
+    finally:
+        engine.dispose()

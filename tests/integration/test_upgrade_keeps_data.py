@@ -31,6 +31,8 @@ from sluice.store.repository import TaskRepository
 from sluice.store.tables import UTCDateTime
 
 T0 = datetime(2026, 11, 30, 9, 15, 30, 123456, tzinfo=UTC)
+FIRST = "0001"
+"""The first release's revision (the only one until 2026-12-02)."""
 
 
 def previous_and_head() -> tuple[str, str]:
@@ -236,11 +238,16 @@ def assert_task_intact(repo: TaskRepository, task_id: int, row: dict[str, Any]) 
     assert task.phase.value == row["phase"]
 
 
-def test_upgrade_from_the_previous_release_keeps_every_task_and_event(engine: Engine) -> None:
+@pytest.mark.parametrize("start", ["previous", "first"])
+def test_upgrade_from_an_earlier_release_keeps_every_task_and_event(
+    engine: Engine, start: str
+) -> None:
     """Tasks (parents, every status and phase, keys) and events written at the previous
-    revision read back unchanged at head, and the upgraded store keeps working."""
+    revision, or at the first (a database left since the first release, upgraded through
+    every revision at once), read back unchanged at head, and the upgraded store keeps
+    working."""
     previous, head = previous_and_head()
-    db.upgrade(engine, previous)
+    db.upgrade(engine, previous if start == "previous" else FIRST)
     with engine.begin() as conn:
         written = populate(conn)
 

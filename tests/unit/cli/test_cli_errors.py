@@ -878,3 +878,47 @@ def test_a_command_on_a_database_that_does_not_exist_creates_none(
         "sluice up, sluice api or sluice db upgrade creates it)"
     )
     assert not path.exists()
+
+
+FUTURE_REVISION = "0099_from_a_newer_sluice"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("db", "upgrade"), ("api",), ("status", "--once"), ("keys", "list"), ("worker",)],
+)
+def test_a_database_newer_than_this_sluice_is_one_line_naming_both_revisions(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: tuple[str, ...]
+) -> None:
+    """A database a newer release upgraded (a rollback of the code, or an old worker
+    restarted after the upgrade) was "error: no migration 'head': Can't locate revision
+    identified by ..." from every command, as if 'head' were a mistyped argument; `sluice
+    worker` started, said ready and wrote a traceback for every pump, for ever. Each now
+    names the database's revision and this Sluice's newest, in one line, before starting."""
+    from alembic.script import ScriptDirectory
+
+    from sluice.celery_app import app as celery
+    from sluice.store import db
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(celery, "worker_main", started.append)
+    monkeypatch.setenv("SLUICE_REDIS_URL", "redis://127.0.0.1:6379/1")
+    monkeypatch.setenv("SLUICE_BROKER_URL", "redis://127.0.0.1:1/0")
+    assert run_cli(monkeypatch, capsys, "db", "upgrade")[0] == 0
+    engine = create_engine("sqlite:///sluice.db")
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": FUTURE_REVISION})
+    engine.dispose()
+    head = ScriptDirectory.from_config(db.alembic_config(engine)).get_current_head()
+
+    code, err = run_cli(monkeypatch, capsys, *args)
+
+    assert code == 2
+    line = one_line(err)
+    label, _, message = line.partition(": ")
+    # `sluice status` names itself, as for its other errors.
+    assert label == ("status" if args[0] == "status" else "configuration error")
+    assert message.startswith("the database is at schema revision")
+    assert f"'{FUTURE_REVISION}'" in line
+    assert f"newest is '{head}'" in line
+    assert not started
