@@ -585,15 +585,16 @@ def _existing(settings: Any) -> Any:
 
 
 def _open_store(*, existing: bool = True) -> Any:
-    """The database of SLUICE_DATABASE_URL, migrated to head (which must exist already,
-    unless ``existing`` is False: a first key may be created before the first start)."""
+    """The database of SLUICE_DATABASE_URL, at this release's schema (which must exist
+    already, unless ``existing`` is False: a first key may be created before the first
+    start); an older one is refused (:func:`db.require_schema`)."""
     from sluice.store import db
 
     settings = load_settings()
     if existing:
         db.require_existing(settings.database_url)
     engine = db.make_engine(settings.database_url)
-    db.ensure_schema(engine)
+    db.require_schema(engine)
     return engine
 
 
@@ -834,7 +835,7 @@ def rates() -> None:
     from sluice.engine.adaptive import rates_in_force
     from sluice.runtime import build_runtime
 
-    runtime = build_runtime(_existing(load_settings()))
+    runtime = build_runtime(_existing(load_settings()), migrate=False)
     try:
         runtime.rates.refresh()
         table = Table("provider", "key", "configured", "in force", "source", "since", "reason")

@@ -36,7 +36,7 @@ def control_local(
     from sluice.controls import pause_end, pin_rate
     from sluice.runtime import build_runtime
 
-    runtime = build_runtime(settings)
+    runtime = build_runtime(settings, migrate=False)
     try:
         controls = runtime.controls
         if action == "pause":
@@ -87,7 +87,7 @@ def explain_local(settings: Settings, task_id: int) -> dict[str, Any]:
     from sluice.explain import Explainer
     from sluice.runtime import build_runtime
 
-    runtime = build_runtime(settings)
+    runtime = build_runtime(settings, migrate=False)
     try:
         explained = Explainer(runtime.repo, runtime.controls).explain(task_id)
         return ExplainOut.model_validate(explained).model_dump(mode="json")

@@ -111,8 +111,9 @@ def build_catalog(providers: dict[str, Provider], default_provider: str) -> Cata
     )
 
 
-def build_runtime(settings: Settings) -> Runtime:
-    """Open the store (migrated to head), pick the limiter, load providers."""
+def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
+    """Open the store (migrated to head; with ``migrate`` False, an older schema is refused:
+    :func:`db.require_schema`), pick the limiter, load providers."""
     settings = with_default_providers(settings)
     limiter = build_limiter(
         settings.redis_url,
@@ -123,7 +124,10 @@ def build_runtime(settings: Settings) -> Runtime:
     providers = load_providers(settings, limiter=limiter)
     engine = db.make_engine(settings.database_url)
     checkpoints = db.WalCheckpoints(engine)  # before the first connection
-    db.ensure_schema(engine)
+    if migrate:
+        db.ensure_schema(engine)
+    else:
+        db.require_schema(engine)
     # Each store table that can lower a key's rate (pins, learned rates, quotas) adds its
     # source here; the dispatcher and the API read the rate in force through `rates`.
     quotas = QuotaStore(engine)

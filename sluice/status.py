@@ -34,7 +34,7 @@ def local_source(settings: Any) -> Callable[[], dict[str, Any]]:
 
     settings = with_default_providers(settings)
     engine = db.make_engine(settings.database_url)
-    db.ensure_schema(engine)
+    db.require_schema(engine)
     service = OverviewService(engine, load_providers(settings), counts_ttl_s=2.0)
     return service.overview
 

@@ -454,6 +454,25 @@ def ensure_schema(engine: Engine) -> None:
     upgrade(engine)
 
 
+def require_schema(engine: Engine) -> None:
+    """For the commands that read or change what a running Sluice holds (status, keys,
+    audit, explain, rates, pause, pin...): a database at this release's head is used as
+    it is, an empty one is given the schema, and one at an older revision is refused with
+    ConfigError asking for `sluice db upgrade`. They used to upgrade it: a newer release's
+    `sluice status` run against production migrated the database under the older
+    release's processes, unasked (docs/deployment.md, Upgrading)."""
+    current = check_known_revision(engine)
+    head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+    if current is None:
+        upgrade(engine)
+    elif current != head:
+        raise errors.ConfigError(
+            f"the database is at schema revision {current!r}, older than this Sluice's "
+            f"{head!r}: run `sluice db upgrade` first, with every process of the older "
+            "release stopped (docs/deployment.md, Upgrading)"
+        )
+
+
 def check_writable(engine: Engine) -> None:
     """StoreUnavailable when an SQLite file refuses writes (read-only file or mount): a
     process that writes would otherwise start, serve reads, and fail every write and every

@@ -922,3 +922,41 @@ def test_a_database_newer_than_this_sluice_is_one_line_naming_both_revisions(
     assert f"'{FUTURE_REVISION}'" in line
     assert f"newest is '{head}'" in line
     assert not started
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("status", "--once"),
+        ("keys", "list"),
+        ("keys", "create", "--name", "ops", "--role", "admin"),
+        ("audit",),
+        ("explain", "1"),
+        ("rates",),
+        ("pause", "sandbox", "--reason", "maintenance"),
+        ("db", "prune", "--older-than", "30d"),
+    ],
+)
+def test_an_operator_command_refuses_a_database_older_than_this_sluice(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: tuple[str, ...]
+) -> None:
+    """The commands that read or change what a running Sluice holds upgraded an older
+    database to their own release: a newer `sluice status` run against production
+    migrated it under the running older release, unasked. They now refuse it in one line
+    asking for `sluice db upgrade`, and leave it at its revision."""
+    from sluice.store import db
+
+    assert run_cli(monkeypatch, capsys, "db", "upgrade", "0013_tenant_status")[0] == 0
+
+    code, err = run_cli(monkeypatch, capsys, *args)
+
+    assert code == 2
+    label, _, message = one_line(err).partition(": ")
+    assert label == ("status" if args[0] == "status" else "configuration error")
+    assert message.startswith(
+        "the database is at schema revision '0013_tenant_status', older than this Sluice's"
+    )
+    assert "run `sluice db upgrade` first" in message
+    engine = db.make_engine("sqlite:///sluice.db")
+    assert db.current_revision(engine) == "0013_tenant_status"
+    engine.dispose()
