@@ -151,9 +151,10 @@ _passed: list[Settings] = []
 
 
 def check_worker_settings(settings: Settings) -> None:
-    """Refuse to run a worker without the shared limiter's Redis, or with a database URL
-    or providers that its pool processes could not build (nothing connects to them), or
-    that the broker turns away (:func:`check_broker_access`, one try to connect).
+    """Refuse to run a worker without the shared limiter's Redis, with a database URL or
+    providers that its pool processes could not build (no provider is called), with a
+    database a newer release upgraded (:func:`_check_schema`, one look), or that the
+    broker turns away (:func:`check_broker_access`, one try to connect).
 
     Without the Redis every pool process built a limiter of its own, in memory: a worker
     with ``--concurrency 4`` sent four times each configured rate, and each quota's pace
