@@ -24,22 +24,35 @@ START_TIMEOUT_S = 20.0
 class RedisServer:
     """One ``redis-server`` process of ours; ``url`` points at its database 0."""
 
-    def __init__(self, folder: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        prefix: list[str] | None = None,
+    ) -> None:
+        """``host`` and ``prefix`` run it on another host (:mod:`harness.netns`): the
+        address it binds, and the words before its command (``ip netns exec NS``)."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise ClusterError("redis-server is not installed")
         self.binary = binary
         self.folder = folder
         self.port = port or free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.host = host
+        self.prefix = list(prefix or [])
+        self.url = f"redis://{host}:{self.port}/0"
 
     def start(self) -> None:
         """Start the server (a fresh, empty one) and wait until it answers PING."""
         self.folder.mkdir(parents=True, exist_ok=True)
         subprocess.run(
             [
+                *self.prefix,
                 self.binary,
-                *("--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--port", str(self.port), "--bind", self.host),
+                # Another host's clients come from outside loopback: no protected mode.
+                *(("--protected-mode", "no") if self.host != "127.0.0.1" else ()),
                 *("--save", "", "--appendonly", "no", "--daemonize", "yes"),
                 *("--dir", str(self.folder), "--pidfile", str(self.folder / "redis.pid")),
                 *("--logfile", str(self.folder / "redis.log")),

@@ -41,9 +41,9 @@ class ServerUnavailable(ClusterError):
     """The binaries (or the OS user) needed to run a private server are not here."""
 
 
-def port_open(port: int) -> bool:
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        with socket.create_connection((host, port), timeout=0.5):
             return True
     except OSError:
         return False
@@ -79,20 +79,27 @@ class PostgresServer:
     folder: Path
     bin_dir: Path
     port: int = field(default_factory=free_port)
+    host: str = "127.0.0.1"
+    """The address it listens on (another host's, with ``prefix``: :mod:`harness.netns`)."""
+    prefix: list[str] = field(default_factory=list)
+    """Words put before each server command (``ip netns exec NS`` runs it on another host)."""
 
     @classmethod
-    def create(cls) -> PostgresServer:
+    def create(cls, host: str = "127.0.0.1", prefix: list[str] | None = None) -> PostgresServer:
         """``initdb`` a new cluster (not started yet)."""
         bin_dir = _postgres_bin()
         as_root = os.geteuid() == 0
         if as_root and shutil.which("runuser") is None:
             raise ServerUnavailable("running PostgreSQL as root needs runuser (util-linux)")
         folder = _private_folder("sluice-pg-", "postgres" if as_root else None)
-        server = cls(folder, bin_dir)
+        server = cls(folder, bin_dir, host=host, prefix=list(prefix or []))
         server._run(
             "initdb", "-D", str(server.data), "-U", "postgres", "--auth=trust",
             "-E", "UTF8", "--no-sync", timeout_s=120,
         )  # fmt: skip
+        if host != "127.0.0.1":  # initdb lets in loopback only
+            with (server.data / "pg_hba.conf").open("a", encoding="utf-8") as hba:
+                hba.write(f"host all all {host.rsplit('.', 1)[0]}.0/24 trust\n")
         return server
 
     @property
@@ -106,7 +113,7 @@ class PostgresServer:
     def _run(self, tool: str, *args: str, timeout_s: float = START_TIMEOUT_S) -> str:
         prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         result = subprocess.run(
-            [*prefix, str(self.bin_dir / tool), *args],
+            [*self.prefix, *prefix, str(self.bin_dir / tool), *args],
             capture_output=True,
             text=True,
             timeout=timeout_s,
@@ -119,7 +126,7 @@ class PostgresServer:
     def start(self) -> None:
         """Start (or start again) and wait until it accepts connections."""
         options = (
-            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.folder} "
+            f"-p {self.port} -c listen_addresses={self.host} -k {self.folder} "
             "-c fsync=off -c full_page_writes=off -c synchronous_commit=off"
         )
         self._run(
@@ -132,7 +139,7 @@ class PostgresServer:
         self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
 
     def running(self) -> bool:
-        return port_open(self.port)
+        return port_open(self.port, self.host)
 
     def _processes(self) -> list[int]:
         """The postmaster and its children (backends, background workers)."""
@@ -155,13 +162,13 @@ class PostgresServer:
     def url(self, database: str, password: str = "") -> str:
         """A URL for ``database`` (trust authentication: any password is accepted)."""
         secret = f":{password}" if password else ""
-        return f"postgresql://postgres{secret}@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://postgres{secret}@{self.host}:{self.port}/{database}"
 
     def create_database(self, name: str) -> None:
         import sqlalchemy as sa
 
         admin = sa.create_engine(
-            f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres",
+            f"postgresql+psycopg://postgres@{self.host}:{self.port}/postgres",
             isolation_level="AUTOCOMMIT",
         )
         try:

@@ -148,6 +148,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         defaults = {k: v for k, v in POSTGRES_CONNECT.items() if k not in parsed.query}
         kwargs["connect_args"] = {**defaults, **kwargs.get("connect_args", {})}
         engine = create_engine(url, **kwargs)
+        settings = _server_tcp_settings({**parsed.query, **kwargs["connect_args"]})
+        if settings:
+            event.listen(engine, "connect", _set_server_tcp(settings))
     else:
         raise errors.ConfigError(
             f"database_url backend {backend!r} is not supported; "
@@ -217,6 +220,57 @@ idle connection whose server vanished is found dead in about a minute (TCP keepa
 whose request goes unacknowledged for 30 s at once (``tcp_user_timeout``), instead of the
 kernel's two hours and fifteen minutes. None of them ends a request to a server that is up
 but stalled (the kernel still acknowledges): that waits for the server."""
+
+SERVER_TCP_SETTINGS = {
+    "keepalives_idle": "tcp_keepalives_idle",
+    "keepalives_interval": "tcp_keepalives_interval",
+    "keepalives_count": "tcp_keepalives_count",
+    "tcp_user_timeout": "tcp_user_timeout",
+}
+"""Each connection's TCP settings (libpq's names) and the server's settings of the same
+meaning for its end of the connection, which every session may set for itself."""
+
+
+def _server_tcp_settings(client: dict[str, Any]) -> dict[str, str]:
+    """The server's TCP settings for a session whose client end has ``client`` (the URL's
+    libpq parameters and the connect arguments, :data:`POSTGRES_CONNECT` by default)."""
+
+    def one(value: Any) -> str:
+        return str(value[-1] if isinstance(value, tuple | list) else value)
+
+    keepalives = one(client.get("keepalives", 1)) != "0"
+    return {
+        server: one(client[name])
+        for name, server in SERVER_TCP_SETTINGS.items()
+        if name in client and (keepalives or name == "tcp_user_timeout")
+    }
+
+
+def _set_server_tcp(settings: dict[str, str]) -> Callable[[Any, Any], None]:
+    """A ``connect`` hook: the server's end of each new connection gives up on a vanished
+    client as soon as the client's end gives up on the server.
+
+    Without it a network partition left the server's end open for the kernel's default
+    (keepalives after two hours of silence): every session of a partitioned worker stayed
+    on the server (15 of them after two partitions, measured with ``harness.partitions``)
+    counting against ``max_connections``, and one caught in a transaction kept its row
+    locks. Settings the server does not know (``tcp_user_timeout`` before PostgreSQL 12)
+    are skipped; ``set_config`` goes through a connection pooler where a startup option
+    would be refused."""
+    rows = ", ".join("(%s, %s)" for _ in settings)
+    query = (
+        f"SELECT set_config(s.name, v.value, false) FROM (VALUES {rows}) AS v(name, value)"
+        " JOIN pg_settings AS s ON s.name = v.name"
+    )
+    params = [word for pair in settings.items() for word in pair]
+
+    def apply(dbapi_connection: Any, _record: Any) -> None:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(query, params)
+        dbapi_connection.commit()
+
+    return apply
+
 
 TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57014", "53300"})
 """PostgreSQL's errors of the moment: a serialization failure, a deadlock, a lock not
