@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import socket
 import sys
 import time
 from contextlib import suppress
@@ -114,6 +115,48 @@ class PumpScheduler(beat.Scheduler):  # type: ignore[misc]
             self._counting = None
 
 
+BROKER_SOCKET_TIMEOUT_S = 10.0
+"""How long a command to a Redis broker (a publish, an ack, beat's count of the queue) may
+wait for its answer, and a connection attempt for the server."""
+BROKER_HEALTH_CHECK_S = 10
+"""Kombu's check of a Redis broker's long-lived connections: a consumer's BRPOP with no
+answer for 1 s plus this long is dropped and made again (kombu's default is 25 s)."""
+_TCP_OPTIONS = {
+    "TCP_KEEPIDLE": 30,
+    "TCP_KEEPINTVL": 10,
+    "TCP_KEEPCNT": 3,
+    "TCP_USER_TIMEOUT": 30_000,
+}
+"""The TCP settings the database's connections have too (:data:`sluice.store.db.POSTGRES_CONNECT`):
+an idle connection whose server vanished is found dead in about a minute, one whose data
+goes unacknowledged for 30 s at once. Each is set where the platform has it."""
+
+
+def broker_transport_options(broker_url: str) -> dict[str, Any]:
+    """Kombu's transport options for a Redis broker (none for RabbitMQ: py-amqp already
+    sets TCP keepalives and a user timeout, and Celery sends heartbeats).
+
+    Kombu's Redis transport waits for ever by default: a network partition between a
+    worker or beat and the broker left their connections open, unanswered, for as long as
+    the kernel retransmits (about 15 minutes); a beat waiting on a publish sent no pump,
+    and it went on only when a retransmission after the partition got through (33 s after
+    a 75 s partition healed, measured with ``harness.partitions``)."""
+    if not broker_url.split("://", 1)[0].lower().startswith(("redis", "rediss", "sentinel")):
+        return {}
+    options = {
+        getattr(socket, name): value
+        for name, value in _TCP_OPTIONS.items()
+        if hasattr(socket, name)
+    }
+    return {
+        "socket_timeout": BROKER_SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": BROKER_SOCKET_TIMEOUT_S,
+        "socket_keepalive": True,
+        "socket_keepalive_options": options,
+        "health_check_interval": BROKER_HEALTH_CHECK_S,
+    }
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings for Sluice's workers."""
     schedule = {
@@ -128,6 +171,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # while the broker was down) then ended with "Unrecoverable error" and exit code 0,
         # which a supervisor restarting on failure leaves stopped.
         "broker_connection_max_retries": None,
+        "broker_transport_options": broker_transport_options(settings.broker_url or DEFAULT_BROKER),
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from sqlalchemy.pool import NullPool
 
 from harness.cluster import ClusterError
 from harness.netns import Network
+from harness.partitions import create_campaigns, partitioned_cluster, unfinished
 from harness.servers import PostgresServer, ServerUnavailable
 from tests.conftest import service_missing
 
@@ -44,6 +46,12 @@ def network() -> Iterator[Network]:
         yield built
     finally:
         built.destroy()
+
+
+@pytest.fixture
+def stack() -> Iterator[ExitStack]:
+    with ExitStack() as opened:
+        yield opened
 
 
 def poll(predicate: Callable[[], bool], timeout_s: float) -> bool:
@@ -137,3 +145,60 @@ def test_the_server_ends_the_session_of_a_client_cut_off_by_a_partition(
         network.heal(client.name)
         admin.dispose()
         server.destroy()
+
+
+BROKER_TASKS = 300
+BROKER_GIVE_UP_S = 80.0
+"""Longer than a Redis broker's idle connection takes to be found dead (30 s of silence,
+then 3 keepalive probes 10 s apart); a connection in use gives up sooner (a command's
+10 s socket timeout, the consumer's BRPOP check)."""
+
+
+@pytest.mark.redis
+def test_workers_and_beat_give_up_on_a_partitioned_broker_and_carry_on_after_it_heals(
+    tmp_path: Path, stack: ExitStack
+) -> None:
+    """The Redis broker's host is cut off from two workers (the first with beat) mid-run:
+    every connection they held to it is given up while the partition lasts, and after it
+    heals they go on by themselves: every task ends Completed, each campaign created once,
+    the provider's limit never exceeded in any sliding second. Before, kombu's Redis
+    transport had no socket timeout and no keepalives: the connections stayed open,
+    unanswered, for as long as the kernel retransmits (about 15 minutes), and beat sent
+    no pump until a retransmission got through after the heal (33 s after a 75 s cut)."""
+    try:
+        setup = stack.enter_context(partitioned_cluster(tmp_path))
+    except (ServerUnavailable, ClusterError) as exc:
+        service_missing(str(exc))
+    try:
+        setup.wait_ready()
+        create_campaigns(setup, BROKER_TASKS, "c")
+        poll(lambda: setup.creates() >= 40, 120)
+        held = {worker: setup.established(worker, "broker") for worker in setup.workers}
+        assert all(held.values()), held
+
+        def still_open() -> dict[str, set[int]]:
+            now = {
+                worker: ports & setup.established(worker, "broker")
+                for worker, ports in held.items()
+            }
+            return {worker: ports for worker, ports in now.items() if ports}
+
+        setup.partition("broker")
+        given_up = poll(lambda: not still_open(), BROKER_GIVE_UP_S)
+        left = still_open()
+        setup.heal("broker")
+        assert given_up, (
+            f"connections to the broker still open {BROKER_GIVE_UP_S:g} s into the cut: {left}"
+        )
+
+        assert poll(lambda: unfinished(setup) == 0, 240), f"{unfinished(setup)} tasks unfinished"
+        stats = setup.sandbox_stats()
+        assert stats["duplicate_count"] == 0, stats["duplicates"]
+        assert stats["refused_total"] == 0, stats
+        assert stats["objects"]["campaigns"] == {"active": BROKER_TASKS}, stats
+        for key, window in stats["max_in_window"].items():
+            assert window["max_seen"] <= window["limit"], f"{key}: {window}"
+        assert all(proc.alive() for proc in setup.cluster.procs), "a process died"
+    except BaseException:
+        sys.stderr.write(setup.cluster.logs() + "\n")
+        raise
