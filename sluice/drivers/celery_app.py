@@ -128,8 +128,9 @@ _TCP_OPTIONS = {
     "TCP_USER_TIMEOUT": 30_000,
 }
 """The TCP settings the database's connections have too (:data:`sluice.store.db.POSTGRES_CONNECT`):
-an idle connection whose server vanished is found dead in about a minute, one whose data
-goes unacknowledged for 30 s at once. Each is set where the platform has it."""
+an idle connection whose server vanished is found dead about 40 s after it last heard from
+it (the user timeout ends it at the second keepalive probe), one whose data goes
+unacknowledged for 30 s at once. Each is set where the platform has it."""
 
 
 def broker_transport_options(broker_url: str) -> dict[str, Any]:

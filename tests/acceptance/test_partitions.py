@@ -149,9 +149,9 @@ def test_the_server_ends_the_session_of_a_client_cut_off_by_a_partition(
 
 BROKER_TASKS = 300
 BROKER_GIVE_UP_S = 80.0
-"""Longer than a Redis broker's idle connection takes to be found dead (30 s of silence,
-then 3 keepalive probes 10 s apart); a connection in use gives up sooner (a command's
-10 s socket timeout, the consumer's BRPOP check)."""
+"""Longer than a Redis broker's idle connection takes to be found dead (about 40 s: a
+keepalive probe from 30 s of silence, and the 30 s user timeout at the next); a connection
+in use gives up sooner (a command's 10 s socket timeout, the consumer's BRPOP check)."""
 
 
 @pytest.mark.redis
