@@ -5,7 +5,7 @@ server and one per worker:
 
 * ``db``: a private PostgreSQL (:class:`harness.servers.PostgresServer`);
 * ``redis``: the limiter's private ``redis-server``;
-* ``broker``: the Celery broker, another private ``redis-server``;
+* ``broker``: the Celery broker, another private ``redis-server`` (or RabbitMQ);
 * ``dsp``: ``sluice sandbox``, the independent counter of what reached the provider
   (every request, the busiest sliding second, duplicate objects);
 * ``w1``, ``w2``...: one ``sluice worker`` each (the first with ``--beat``).
@@ -44,7 +44,7 @@ import httpx
 from harness.cluster import SLUICE, Cluster, Proc, wait_until, write_toml
 from harness.netns import Network
 from harness.redis_server import RedisServer
-from harness.servers import PostgresServer
+from harness.servers import PostgresServer, RabbitMQServer
 
 SERVERS = ("db", "redis", "broker", "dsp")
 PG_PORT = 5432
@@ -106,7 +106,6 @@ class Partitioned:
     folder: Path
     postgres: PostgresServer
     limiter: RedisServer
-    broker: RedisServer
     cluster: Cluster
     sandbox_url: str = ""
     workers: dict[str, Proc] = field(default_factory=dict)
@@ -195,6 +194,7 @@ def partitioned_cluster(
     workers: tuple[str, ...] = ("w1", "w2"),
     settings: dict[str, str] | None = None,
     provider: dict[str, Any] | None = None,
+    broker_kind: str = "redis",
 ) -> Iterator[Partitioned]:
     """Build the hosts, servers and cluster; start the sandbox and the workers (not wait
     for them). Everything is stopped and deleted on exit, partitions healed first."""
@@ -218,7 +218,17 @@ def partitioned_cluster(
         postgres.start()
         postgres.create_database("sluice")
         servers = []
-        for name, port in (("redis", REDIS_PORT), ("broker", BROKER_PORT)):
+        rabbitmq = None
+        if broker_kind == "rabbitmq":
+            rabbitmq = RabbitMQServer(
+                port=BROKER_PORT,
+                host=network.hosts["broker"].address,
+                prefix=network.run_prefix("broker"),
+            )
+            stack.callback(rabbitmq.destroy)
+            stack.callback(heal_all)
+            rabbitmq.start()
+        for name, port in (("redis", REDIS_PORT), ("broker", BROKER_PORT))[: 1 if rabbitmq else 2]:
             server = RedisServer(
                 folder / name,
                 port=port,
@@ -229,11 +239,12 @@ def partitioned_cluster(
             stack.callback(_stop_redis, server)
             stack.callback(heal_all)
             servers.append(server)
-        limiter, broker = servers
+        limiter = servers[0]
+        broker_url = rabbitmq.url if rabbitmq else servers[1].url
         cluster = Cluster(
             folder=folder,
             database_url=postgres.url("sluice"),
-            broker_url=broker.url,
+            broker_url=broker_url,
             redis_url=limiter.url,
             namespace=f"sluice:partitions:{uuid.uuid4().hex[:8]}",
             settings={**SETTINGS, **(settings or {})},
@@ -257,7 +268,7 @@ def partitioned_cluster(
         )
         stack.callback(cluster.stop)
         stack.callback(heal_all)
-        setup = Partitioned(network, folder, postgres, limiter, broker, cluster)
+        setup = Partitioned(network, folder, postgres, limiter, cluster)
         stack.callback(lambda: [tail.close() for tail in setup.tails.values()])
         setup.start_sandbox()
         cluster.upgrade_database()
@@ -340,6 +351,7 @@ def measure(setup: Partitioned, host: str, down_s: float, tasks: int) -> dict[st
     final_by = time.monotonic() + 300
     while unfinished(setup) and time.monotonic() < final_by:
         time.sleep(1)
+    final_s = round(time.monotonic() - healed, 1)
     stats = setup.sandbox_stats()
     time.sleep(70)  # longer than the server's keepalives take to end a vanished client's session
     return {
@@ -349,7 +361,7 @@ def measure(setup: Partitioned, host: str, down_s: float, tasks: int) -> dict[st
         "given_up_s": given_up,
         "still_open_at_heal": still_open,
         "first_pump_after_heal_s": back,
-        "final_s_after_heal": round(time.monotonic() - healed, 1),
+        "final_s_after_heal": final_s,
         "unfinished": unfinished(setup),
         "duplicates": stats["duplicate_count"],
         "refused": stats["refused_total"],
@@ -388,10 +400,11 @@ def main() -> None:
     parser.add_argument("--down", type=float, default=40.0, help="seconds each cut lasts")
     parser.add_argument("--tasks", type=int, default=600, help="campaigns per cut")
     parser.add_argument("--keep", action="store_true", help="keep the folder (logs)")
+    parser.add_argument("--broker", choices=("redis", "rabbitmq"), default="redis")
     options = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="sluice-partitions-"))
     try:
-        with partitioned_cluster(folder) as setup:
+        with partitioned_cluster(folder, broker_kind=options.broker) as setup:
             setup.wait_ready()
             for host in options.hosts.split(","):
                 print(json.dumps(measure(setup, host, options.down, options.tasks)), flush=True)

@@ -208,17 +208,22 @@ class RabbitMQServer:
     node: str = field(default_factory=lambda: f"sluice-test-{uuid.uuid4().hex[:8]}@localhost")
     command: str = field(default_factory=_rabbitmq_server)
     process: subprocess.Popen[bytes] | None = None
+    host: str = "127.0.0.1"
+    """The address AMQP listens on (another host's, with ``prefix``: :mod:`harness.netns`)."""
+    prefix: list[str] = field(default_factory=list)
+    """Words put before the server's command (``ip netns exec NS``)."""
 
     def __post_init__(self) -> None:
-        (self.folder / "rabbitmq.conf").write_text(
-            f"listeners.tcp.local = 127.0.0.1:{self.port}\n", encoding="utf-8"
-        )
+        conf = f"listeners.tcp.local = {self.host}:{self.port}\n"
+        if self.host != "127.0.0.1":  # guest may connect from loopback only, by default
+            conf += "loopback_users.guest = false\n"
+        (self.folder / "rabbitmq.conf").write_text(conf, encoding="utf-8")
         (self.folder / "rabbitmq-env.conf").write_text("", encoding="utf-8")
         (self.folder / "enabled_plugins").write_text("[].\n", encoding="utf-8")
 
     @property
     def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+        return f"amqp://guest:guest@{self.host}:{self.port}//"
 
     @property
     def log(self) -> Path:
@@ -229,7 +234,7 @@ class RabbitMQServer:
         env.update(
             HOME=str(self.folder),
             RABBITMQ_NODENAME=self.node,
-            RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
+            RABBITMQ_NODE_IP_ADDRESS=self.host,
             RABBITMQ_NODE_PORT=str(self.port),
             RABBITMQ_DIST_PORT=str(self.dist_port),
             RABBITMQ_MNESIA_BASE=str(self.folder / "mnesia"),
@@ -247,7 +252,7 @@ class RabbitMQServer:
         """Start (or start again, keeping its data) and wait until AMQP connects."""
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [self.command],
+                [*self.prefix, self.command],
                 cwd=self.folder,
                 env=self.env(),
                 stdout=out,
@@ -258,7 +263,7 @@ class RabbitMQServer:
         def ready() -> bool:
             if self.process is not None and self.process.poll() is not None:
                 raise ClusterError(f"rabbitmq-server exited:\n{self.output()[-3000:]}")
-            return port_open(self.port) and self._amqp_answers()
+            return port_open(self.port, self.host) and self._amqp_answers()
 
         wait_until(ready, timeout_s, f"RabbitMQ node {self.node} on :{self.port}")
 
@@ -285,7 +290,7 @@ class RabbitMQServer:
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
         deadline = time.monotonic() + timeout_s
-        while port_open(self.port) and time.monotonic() < deadline:
+        while port_open(self.port, self.host) and time.monotonic() < deadline:
             time.sleep(0.05)
         self.process = None
 
