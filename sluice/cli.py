@@ -370,8 +370,9 @@ def worker(
     if metrics_port is not None:
         _serve_metrics_when_ready(settings, metrics_host, metrics_port)
 
-    # Several workers on one host need distinct node names (RabbitMQ's pidbox queue is
-    # exclusive per name).
+    # Several workers on one host get distinct node names (RabbitMQ's pidbox queue is
+    # exclusive per name; remote control is off now, celery_config, but logs still tell
+    # the workers apart by name).
     node = hostname or f"sluice-{os.getpid()}@%h"
     # Celery leaves a root logger that already has a handler alone: Sluice's own lines
     # (pump.summary, provider.paused, grant.expired...) then reach the log, formatted.

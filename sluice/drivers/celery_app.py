@@ -173,6 +173,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # which a supervisor restarting on failure leaves stopped.
         "broker_connection_max_retries": None,
         "broker_transport_options": broker_transport_options(settings.broker_url or DEFAULT_BROKER),
+        # No remote control (`celery inspect`/`control`, which Sluice does not use): on
+        # RabbitMQ it is an exclusive queue per worker (NAME.celery.pidbox), and after a
+        # partition the broker still held it for the old, dead connection, so the
+        # worker's reconnect failed with RESOURCE_LOCKED and Celery ended the worker
+        # ("Unrecoverable error"): every worker was gone once a 75 s partition healed.
+        "worker_enable_remote_control": False,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,

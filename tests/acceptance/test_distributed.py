@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from sluice.domain import TaskStatus
@@ -91,6 +93,31 @@ def test_two_sluice_workers_on_one_host(cluster: Cluster) -> None:
 
     cluster.wait_until(settled, timeout_s=30, what="both workers ready or dead")
     assert all(w.alive() for w in workers)
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.parametrize("broker", ["rabbitmq"], indirect=True)
+def test_a_worker_starts_while_the_broker_still_holds_its_old_connection(
+    cluster: Cluster,
+) -> None:
+    """After a partition RabbitMQ holds a worker's old connection (and anything exclusive
+    to it) until its heartbeats time out, while the worker has already given it up and
+    connects again. Here another connection holds the exclusive queue that Celery's remote
+    control declares for the worker's name (``NAME.celery.pidbox``), as the dead one did:
+    the worker still takes its pumps and finishes the work. Before, its connection failed
+    with RESOURCE_LOCKED and Celery ended the worker ("Unrecoverable error"): after a 75 s
+    partition of the broker's host, every worker was gone once it healed."""
+    from kombu import Connection
+
+    cluster.start(sandbox={})
+    cluster.create(campaigns(20))
+    with Connection(cluster.broker_url, connect_timeout=10) as old:
+        channel = old.channel()
+        channel.queue_declare(f"w1@{socket.gethostname()}.celery.pidbox", exclusive=True)
+        worker = cluster.worker("w1", beat=True)
+        cluster.wait_until_final(timeout_s=90)
+        assert worker.alive(), worker.output()[-3000:]
+    assert cluster.counts() == {TaskStatus.COMPLETED.value: 20}
 
 
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
