@@ -333,6 +333,11 @@ def measure(setup: Partitioned, host: str, down_s: float, tasks: int) -> dict[st
                 given_up[name] = round(time.monotonic() - cut, 1)
         time.sleep(0.2)
     healed = setup.heal(host)
+    failures_logged = {}
+    for worker, tail in setup.tails.items():
+        seen = tail.first_after(cut, "step_failed")
+        if seen is not None and seen < healed:
+            failures_logged[worker] = round(seen - cut, 1)
     still_open = {
         f"{worker}->{server}": sorted(ports & setup.established(worker, server))
         for (worker, server), ports in open_before.items()
@@ -359,6 +364,7 @@ def measure(setup: Partitioned, host: str, down_s: float, tasks: int) -> dict[st
         "host": host,
         "down_s": down_s,
         "given_up_s": given_up,
+        "first_step_failed_logged_s": failures_logged,
         "still_open_at_heal": still_open,
         "first_pump_after_heal_s": back,
         "final_s_after_heal": final_s,
