@@ -195,7 +195,7 @@ def test_workers_and_beat_give_up_on_a_partitioned_broker_and_carry_on_after_it_
             f"connections to the broker still open {BROKER_GIVE_UP_S:g} s into the cut: {left}"
         )
 
-        assert poll(lambda: unfinished(setup) == 0, 240), f"{unfinished(setup)} tasks unfinished"
+        assert poll(lambda: unfinished(setup) == 0, 120), f"{unfinished(setup)} tasks unfinished"
         stats = setup.sandbox_stats()
         assert stats["duplicate_count"] == 0, stats["duplicates"]
         assert stats["refused_total"] == 0, stats
