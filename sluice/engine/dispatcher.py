@@ -191,6 +191,8 @@ class Dispatcher:
         self._claimer: ThreadPoolExecutor | None = None
         self.fair_share = fair_share
         self.quotas = quotas
+        if quotas is not None and quotas.providers is None:
+            quotas.providers = providers
         # id(unit) -> the quota units it took, given back if its grant expires unsent.
         self._quota_taken: dict[int, tuple[weakref.ref[WorkUnit], Taken]] = {}
         self.rates = rates or RatesInForce()

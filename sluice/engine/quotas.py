@@ -25,13 +25,15 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sluice.clock import Clock, SystemClock
+from sluice.domain import Operation, Phase, operation_of
 from sluice.engine.rates import Ceiling
 from sluice.providers.base import Provider
 from sluice.ratelimit.quota import Quota, QuotaSpec, zone
 from sluice.ratelimit.rate import Rate
-from sluice.store.quotas import QuotaStore, Window
+from sluice.store.quotas import QuotaStore, WaitsOn, Window
 
 SPENT_RECHECK_S = 1.0
 """How long a spent quota is answered from memory before the database is asked again."""
@@ -85,9 +87,17 @@ class QuotaVerdict:
 class QuotaBook:
     """Per-process allowances of every quota this dispatcher spends (thread-safe)."""
 
-    def __init__(self, store: QuotaStore, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        store: QuotaStore,
+        clock: Clock | None = None,
+        providers: Mapping[str, Provider] | None = None,
+    ) -> None:
         self.store = store
         self.clock = clock or SystemClock()
+        self.providers = providers
+        """What the quota keys are of: units given back wake only the work drawing on
+        their own key (a :class:`~sluice.engine.dispatcher.Dispatcher` sets its own)."""
         self._lock = threading.Lock()
         self._allowances: dict[str, _Allowance] = {}
         # key -> (window start, when to ask the database again): a spent quota is not
@@ -151,7 +161,21 @@ class QuotaBook:
         memory of the quota as spent (``SPENT_RECHECK_S``) has lapsed, so that it is not
         sent back to wait for the reset from that memory."""
         wake_at = now + timedelta(seconds=SPENT_RECHECK_S)
-        self.store.give_back(key, start, units, now, wake_at=wake_at)
+        self.store.give_back(key, start, units, now, wake_at=wake_at, waits_on=self._waits_on(key))
+
+    def _waits_on(self, key: str) -> WaitsOn | None:
+        """Whether a waiting task draws on quota ``key`` (None: its provider is unknown
+        here, so any task waiting for the window's end may be woken)."""
+        provider = None if self.providers is None else self.providers.get(key.partition(":")[0])
+        if provider is None:
+            return None
+
+        def waits_on(kind: str | None, payload: Mapping[str, Any] | None, phase: str) -> bool:
+            operation = operation_of(Phase(phase))
+            sent = payload if operation is Operation.SUBMIT else None
+            return any(spec.key == key for spec in provider.quotas_for(operation, sent, [kind]))
+
+        return waits_on
 
     def _allowance(self, spec: QuotaSpec, now: datetime) -> _Allowance:
         window = window_of(spec.key, spec.quota, now)

@@ -23,8 +23,10 @@ do the buckets of a rolling quota, which never reset at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -41,6 +43,13 @@ ACTOR = Actor("system:limiter")
 RESET = "quota.reset"
 
 _RETRIES = 8
+
+WAKE_SCAN = 5_000
+"""How many tasks waiting for a window's end :meth:`QuotaStore.give_back` reads, oldest
+first, to find those that draw on the quota whose units came back."""
+
+WaitsOn = Callable[[str | None, Mapping[str, Any] | None, str], bool]
+"""Whether a waiting task (its kind, payload and phase) draws on the quota given back."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +127,7 @@ class QuotaStore:
         now: datetime,
         *,
         wake_at: datetime | None = None,
+        waits_on: WaitsOn | None = None,
     ) -> None:
         """Return ``units`` reserved in ``key``'s window (or bucket) from ``start`` and not
         sent, and make the work that waits for that window's reset due again.
@@ -128,6 +138,14 @@ class QuotaStore:
         used to wait for the reset (at midnight) with units left. At most ``units`` tasks
         wake, oldest first; one woken in vain finds the quota spent again and goes back to
         waiting. They come due at ``wake_at`` (default ``now``).
+
+        Every quota of a provider with the same window ends at the same time (each
+        advertiser's of a limit kept ``per`` one), so the tasks waiting for that time are
+        not all waiting for ``key``: ``waits_on(kind, payload, phase)`` says whether one
+        draws on it. Only those wake, the oldest of the first :data:`WAKE_SCAN` waiting
+        (without it, any task waiting for that time wakes, as before: units given back
+        for one advertiser woke another's spent work, which went straight back to wait,
+        while the work the units were for waited for the reset).
         """
         if units <= 0:
             return
@@ -142,26 +160,34 @@ class QuotaStore:
                 .values(used=usage.c.used - units, updated_at=now)
                 .returning(usage.c.window_end)
             ).scalar()
-            if ended is not None:
-                # The dispatcher gives such work back due exactly at the window's end
-                # (engine.dispatcher._wait_for_quota); a quota key starts with its provider.
-                # At most one task per unit: each costs at least one, and a large backlog
-                # waiting for the reset is not woken whole by a few units.
-                waiting = (
-                    select(tasks.c.id)
-                    .where(
-                        tasks.c.provider == key.partition(":")[0],
-                        tasks.c.next_attempt_at == ended,
-                        tasks.c.claimed_by.is_(None),
-                        tasks.c.phase != Phase.DONE.value,
-                    )
-                    .order_by(tasks.c.id)
-                    .limit(units)
+            if ended is None:
+                return
+            # The dispatcher gives such work back due exactly at the window's end
+            # (engine.dispatcher._wait_for_quota); a quota key starts with its provider.
+            # At most one task per unit: each costs at least one, and a large backlog
+            # waiting for the reset is not woken whole by a few units.
+            waiting = (
+                select(tasks.c.id, tasks.c.kind, tasks.c.payload, tasks.c.phase)
+                .where(
+                    tasks.c.provider == key.partition(":")[0],
+                    tasks.c.next_attempt_at == ended,
+                    tasks.c.claimed_by.is_(None),
+                    tasks.c.phase != Phase.DONE.value,
                 )
+                .order_by(tasks.c.id)
+            )
+            if waits_on is None:
+                ids = list(conn.execute(waiting.limit(units)).scalars())
+            else:
+                ids = []
+                for row in conn.execute(waiting.limit(WAKE_SCAN)):
+                    if waits_on(row.kind, row.payload, row.phase):
+                        ids.append(row.id)
+                        if len(ids) >= units:
+                            break
+            if ids:
                 conn.execute(
-                    update(tasks)
-                    .where(tasks.c.id.in_(waiting.scalar_subquery()))
-                    .values(next_attempt_at=wake_at or now)
+                    update(tasks).where(tasks.c.id.in_(ids)).values(next_attempt_at=wake_at or now)
                 )
 
     def used(self, window: Window) -> int:

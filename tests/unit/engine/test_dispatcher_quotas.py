@@ -256,3 +256,53 @@ def test_a_task_settled_without_a_request_takes_no_quota(quota_world: dict[str, 
         QuotaStore(world["engine"]), world["providers"]["acme"], world["clock"].now()
     )
     assert state.used == 20
+
+
+def test_units_given_back_wake_the_work_of_their_own_quota_only(tmp_path: Path) -> None:
+    """A quota kept per advertiser: every advertiser's window ends at the same reset. Worker
+    A holds the rest of advertiser X's minute; worker B finds X spent and gives X's task
+    back until the reset, beside advertiser Y's tasks, which wait there for Y's own. A's
+    round ends and X's units go back: they must wake X's task. They used to wake the
+    oldest tasks of the provider waiting for that reset, Y's (whose quota is still spent,
+    so they went straight back), and X's task waited for the reset with its units there
+    (the features soak: an advertiser's spent hourly quota woken every pump round)."""
+    world = make_world(
+        tmp_path,
+        {
+            "rate_limit": "10/s",
+            "limits": [{"quota": "3/min", "scope": "write", "per": "advertiser_id"}],
+        },
+    )
+    try:
+        items = [
+            Submission(kind="campaign", payload={"name": f"y{i}", "advertiser_id": "Y"})
+            for i in range(6)
+        ] + [Submission(kind="campaign", payload={"name": "x", "advertiser_id": "X"})]
+        ids = submissions.create_tasks(world["repo"], world["catalog"], items)
+        provider = world["providers"]["acme"]
+        [x_spec] = provider.quotas_for(Operation.SUBMIT, {"advertiser_id": "X"}, ["campaign"])
+        book_a = QuotaBook(QuotaStore(world["engine"]), world["clock"])
+        Dispatcher(  # worker A: its book serves a dispatcher of the same providers
+            world["queue"],
+            world["providers"],
+            world["limiter"],
+            world["executor"],
+            worker_id="a",
+            clock=world["clock"],
+            quotas=book_a,
+        )
+        assert book_a.take([x_spec], block=3).ok  # A sends one of X and holds two
+
+        run(world, 5)  # worker B: Y sends 3 and waits; X is spent in the database
+        assert len(world["dsp"].arrivals) == 3
+        waiting = [world["repo"].get(i) for i in ids[3:]]
+        assert {t.status for t in waiting} == {TaskStatus.NOT_STARTED}
+
+        book_a.flush()  # the end of A's pump round: X's two units go back
+        run(world, 5)
+        assert len(world["dsp"].arrivals) == 4
+        assert world["repo"].get(ids[-1]).status is not TaskStatus.NOT_STARTED
+        assert {world["repo"].get(i).status for i in ids[3:6]} == {TaskStatus.NOT_STARTED}
+    finally:
+        world["client"].close()
+        world["engine"].dispose()
