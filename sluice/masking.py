@@ -231,6 +231,32 @@ def mask_shapes(text: str) -> str:
     return _AUTH_HEADER.sub(lambda m: m.group("head") + MASK, text)
 
 
+_ADDRESSES = (
+    # libpq: connection to server at "db.internal" (10.0.0.5), port 5432 failed; on socket "..."
+    (
+        re.compile(r'connection to server (?:at|on socket) "[^"]*"(?: \([^)]*\))?(?:, port \d+)?'),
+        "connection to the server",
+    ),
+    # psycopg: failed to resolve host 'db.internal'; libpq: could not translate host name "x"
+    (re.compile(r"""(resolve host|host name) (['"])[^'"]*\2"""), r"\1"),
+    # redis-py: Error 111 connecting to 10.0.0.7:6379. / Timeout connecting to server x:6379
+    (
+        re.compile(r"connecting to (?:server )?\[?[\w.:-]*?\]?(?::\d+)?(?=\.(?:\s|$)|\s|$)"),
+        "connecting to the server",
+    ),
+)
+
+
+def without_addresses(text: str) -> str:
+    """``text`` (a driver's reason for a failed connection) without the host names, IP
+    addresses, ports and socket paths it names: for answers an unauthenticated caller may
+    read (the API's 503s, ``/readyz``), where the network's layout is the operator's
+    business. Logs and the commands' one-line errors keep them."""
+    for pattern, replacement in _ADDRESSES:
+        text = pattern.sub(replacement, text)
+    return text
+
+
 def mask(text: str) -> str:
     """``text`` with known secrets, URL passwords, API keys and bearer credentials masked."""
     return mask_shapes(mask_urls(KNOWN.redact(text)))

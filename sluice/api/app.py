@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sluice import apikeys, errors
+from sluice import apikeys, errors, masking
 from sluice.api import console
 from sluice.api.apidocs import add_docs
 from sluice.api.auth import Authenticator, check_guarded, forbidden
@@ -292,9 +292,13 @@ def _answer_with(status: int) -> Callable[[Request, Exception], Awaitable[JSONRe
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(errors.StoreUnavailable)
     async def store_unavailable(_: Request, exc: errors.StoreUnavailable) -> JSONResponse:
-        # The reason only (no URL): the database's address is the operator's business.
+        # The reason only (no URL, no host or port): any caller may read this answer, a
+        # made-up key included (a key cannot be checked while the database is down), and the
+        # database's address is the operator's business (it is in the API's log).
         return JSONResponse(
-            {"detail": str(exc)}, status_code=503, headers={"Retry-After": RETRY_AFTER_S}
+            {"detail": masking.without_addresses(str(exc))},
+            status_code=503,
+            headers={"Retry-After": RETRY_AFTER_S},
         )
 
     for error, status in ERROR_STATUS.items():

@@ -421,3 +421,29 @@ def test_short_default_url_passwords_are_masked_in_urls_only() -> None:
     """``guest:guest``: the password is hidden in the URL, the word elsewhere left alone."""
     Settings(broker_url="amqp://guest:guest@127.0.0.1:5672//")
     assert masking.mask("amqp://guest:guest@mq// by guest") == "amqp://guest:***@mq// by guest"
+
+
+@pytest.mark.parametrize(
+    ("reason", "shown"),
+    [
+        (
+            'connection to server at "db.internal" (10.0.0.5), port 5432 failed: timeout expired',
+            "connection to the server failed: timeout expired",
+        ),
+        (
+            'connection to server on socket "/run/postgresql/.s.PGSQL.5432" failed: No such file',
+            "connection to the server failed: No such file",
+        ),
+        (
+            "Error 111 connecting to redis.internal:6379. Connection refused.",
+            "Error 111 connecting to the server. Connection refused.",
+        ),
+        (
+            "failed to resolve host 'db.internal': [Errno -2] Name or service not known",
+            "failed to resolve host: [Errno -2] Name or service not known",
+        ),
+        ("[Errno 111] Connection refused", "[Errno 111] Connection refused"),
+    ],
+)
+def test_a_connection_failure_is_told_without_the_address(reason: str, shown: str) -> None:
+    assert masking.without_addresses(reason) == shown

@@ -11,7 +11,7 @@ from sluice.api.auth import PUBLIC, GuardedRoute
 from sluice.api.deps import Context
 from sluice.api.readiness import BoundedChecks
 from sluice.api.schemas import Message
-from sluice.masking import mask
+from sluice.masking import mask, without_addresses
 
 _checks = BoundedChecks()
 """This process's readiness checks in flight (one run of each at a time)."""
@@ -60,7 +60,8 @@ def readyz(context: Context) -> JSONResponse:
 
 
 def reason(exc: Exception) -> str:
-    """Why a check failed, in one line, with any URL password masked."""
+    """Why a check failed, in one line, with any URL password masked and no host, address,
+    port or socket path (``/readyz`` answers anyone: the layout is the operator's business)."""
     lines = str(exc).strip().splitlines()
-    text = lines[0] if lines else ""
+    text = without_addresses(lines[0]) if lines else ""
     return mask(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)

@@ -50,6 +50,16 @@ def test_requests_get_503_json_without_password(
     assert detail.startswith("database unavailable: connection failed")
     assert "\n" not in detail
     assert PASSWORD not in answer.text
+    assert_no_address(answer.text)
+
+
+def assert_no_address(text: str) -> None:
+    """Any caller may read a 503 (a made-up key cannot be checked while the database is
+    down) and /readyz: they named the database's host and port (`connection to server at
+    "127.0.0.1", port 1 failed`), which are the operator's business."""
+    assert "127.0.0.1" not in text
+    assert "port 1 " not in text
+    assert "connection to the server failed: Connection refused" in text
 
 
 def test_a_key_that_cannot_be_checked_gets_503_not_401(client: TestClient) -> None:
@@ -60,6 +70,7 @@ def test_a_key_that_cannot_be_checked_gets_503_not_401(client: TestClient) -> No
 
     assert answer.status_code == 503
     assert answer.json()["detail"].startswith("database unavailable")
+    assert_no_address(answer.text)
 
 
 def test_readyz_names_the_database_and_why(client: TestClient) -> None:
@@ -70,3 +81,4 @@ def test_readyz_names_the_database_and_why(client: TestClient) -> None:
     database = answer.json()["checks"]["database"]
     assert database.startswith("error: StoreUnavailable: database unavailable: connection failed")
     assert PASSWORD not in answer.text
+    assert_no_address(answer.text)
