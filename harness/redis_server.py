@@ -30,9 +30,11 @@ class RedisServer:
         port: int | None = None,
         host: str = "127.0.0.1",
         prefix: list[str] | None = None,
+        password: str | None = None,
     ) -> None:
         """``host`` and ``prefix`` run it on another host (:mod:`harness.netns`): the
-        address it binds, and the words before its command (``ip netns exec NS``)."""
+        address it binds, and the words before its command (``ip netns exec NS``).
+        ``password``: the server requires it (``requirepass``); ``url`` stays without it."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise ClusterError("redis-server is not installed")
@@ -42,6 +44,7 @@ class RedisServer:
         self.host = host
         self.prefix = list(prefix or [])
         self.url = f"redis://{host}:{self.port}/0"
+        self.password = password
 
     def start(self) -> None:
         """Start the server (a fresh, empty one) and wait until it answers PING."""
@@ -53,6 +56,7 @@ class RedisServer:
                 *("--port", str(self.port), "--bind", self.host),
                 # Another host's clients come from outside loopback: no protected mode.
                 *(("--protected-mode", "no") if self.host != "127.0.0.1" else ()),
+                *(("--requirepass", self.password) if self.password else ()),
                 *("--save", "", "--appendonly", "no", "--daemonize", "yes"),
                 *("--dir", str(self.folder), "--pidfile", str(self.folder / "redis.pid")),
                 *("--logfile", str(self.folder / "redis.log")),
@@ -86,7 +90,9 @@ class RedisServer:
             client.close()
 
     def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url, socket_connect_timeout=1, socket_timeout=2)
+        return redis.Redis.from_url(
+            self.url, password=self.password, socket_connect_timeout=1, socket_timeout=2
+        )
 
     def alive(self) -> bool:
         client = self.client()

@@ -257,9 +257,10 @@ BROKER_CHECK_TIMEOUT_S = 5.0
 
 def check_broker_access(settings: Settings) -> None:
     """Refuse to run a worker or beat that the broker turns away: credentials it refuses
-    (RabbitMQ's ``ACCESS_REFUSED``) or a virtual host the user may not open, or that does
-    not exist (``NOT_ALLOWED``). One try to connect; a broker that is down or does not
-    answer is not a refusal (Celery waits for it, and the worker starts when it is back).
+    (RabbitMQ's ``ACCESS_REFUSED``, Redis's ``WRONGPASS`` or ``NOAUTH``) or a virtual host
+    the user may not open, or that does not exist (``NOT_ALLOWED``). One try to connect; a
+    broker that is down or does not answer is not a refusal (Celery waits for it, and the
+    worker starts when it is back).
 
     Celery takes a refusal for a lost connection: a worker tried again at once, five times
     a second ("Frequent restarts detected", a traceback each second), for ever, and took
@@ -279,10 +280,32 @@ def check_broker_access(settings: Settings) -> None:
             f"the broker refused the connection: {logs.one_line(exc)} "
             "(check SLUICE_BROKER_URL's user, password and virtual host)"
         ) from None
-    except Exception as exc:  # down or unreachable: Celery retries until it is back
+    except Exception as exc:
+        refusal = _redis_refusal(exc)
+        if refusal is not None:
+            raise errors.ConfigError(
+                f"the broker refused the connection: {refusal} "
+                "(check SLUICE_BROKER_URL's user, password and database number)"
+            ) from None
+        # Down or unreachable: Celery retries until it is back.
         log.debug("broker.unreachable", extra={"error": logs.one_line(exc)})
     finally:
         connection.release()  # type: ignore[no-untyped-call]
+
+
+def _redis_refusal(exc: BaseException) -> str | None:
+    """A Redis broker's refusal behind kombu's ``OperationalError``, in one line: a wrong or
+    missing password, an ACL user without the rights, a database number out of range. A
+    worker took these for a lost connection too ("Cannot connect to redis://...: invalid
+    username-password pair", every 2 s, for ever). None for anything else."""
+    import redis.exceptions
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, redis.exceptions.AuthenticationError | redis.exceptions.ResponseError):
+            return logs.one_line(seen)
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _settings_or_exit(*, worker: bool = False) -> Settings:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from harness.cluster import free_port, with_path
+from harness.redis_server import RedisServer
 from sluice.drivers import celery_app
 from tests.unit.cli.running import one_line, run_cli
 
@@ -81,3 +82,47 @@ def test_a_broker_that_is_down_does_not_stop_the_worker(
 
     assert code == 0, err
     assert len(started) == 1
+
+
+@pytest.mark.parametrize("command", ["worker", "beat"])
+@pytest.mark.parametrize(
+    ("password", "answer"),
+    [
+        (PASSWORD, "AuthenticationError: invalid username-password pair"),
+        (None, "AuthenticationError: Authentication required"),
+    ],
+    ids=["wrong password", "no password"],
+)
+def test_a_redis_broker_that_refuses_the_worker_stops_it_with_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    command: str,
+    password: str | None,
+    answer: str,
+) -> None:
+    """A Redis broker with a password refusing a worker's: the worker logged "Cannot
+    connect to redis://...: invalid username-password pair" every 2 s, for ever."""
+    from sluice.celery_app import app as celery
+
+    server = RedisServer(tmp_path / "redis", password="the-R1ght-password")
+    server.start()
+    try:
+        url = server.url.replace("redis://", f"redis://:{password}@" if password else "redis://")
+        started: list[list[str]] = []
+        monkeypatch.setattr(celery, "worker_main", started.append)
+        monkeypatch.setattr(celery, "start", started.append)
+        monkeypatch.setattr(celery_app, "_passed", [], raising=False)
+        monkeypatch.setenv("SLUICE_DATABASE_URL", f"sqlite:///{tmp_path / 'worker.db'}")
+        monkeypatch.setenv("SLUICE_REDIS_URL", "redis://127.0.0.1:6379/1")
+        monkeypatch.setenv("SLUICE_BROKER_URL", url)
+
+        code, err = run_cli(monkeypatch, capsys, command)
+    finally:
+        server.stop()
+
+    assert code == 2, err
+    line = one_line(err)
+    assert line.startswith(f"configuration error: the broker refused the connection: {answer}")
+    assert PASSWORD not in err
+    assert not started
