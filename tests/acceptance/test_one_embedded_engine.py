@@ -79,8 +79,9 @@ def sluice_up(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[byt
         )
 
 
-def test_a_second_sluice_up_on_the_same_database_refuses_to_start(tmp_path: Path) -> None:
-    env = embedded_env(f"sqlite:///{tmp_path / 'sluice.db'}")
+def second_up_refusal(env: dict[str, str], tmp_path: Path) -> tuple[int, str]:
+    """Start `sluice up` on ``env``'s database, then a second one on another port: the
+    first one's pid and the second one's one line of refusal (the first still running)."""
     port = free_port()
     first = sluice_up(env, port, tmp_path / "first.log")
     try:
@@ -90,7 +91,6 @@ def test_a_second_sluice_up_on_the_same_database_refuses_to_start(tmp_path: Path
             tmp_path / "first.log",
             "the first sluice up never became ready",
         )
-
         try:
             second = subprocess.run(
                 [sys.executable, "-m", "sluice", "up", "--port", str(free_port())],
@@ -101,14 +101,17 @@ def test_a_second_sluice_up_on_the_same_database_refuses_to_start(tmp_path: Path
             )
         except subprocess.TimeoutExpired:
             pytest.fail(f"the second sluice up was still running after {GUARD_S} s")
-
-        assert second.returncode == 2
-        line = one_line(second.stderr)
-        assert line.startswith("error: another sluice up runs the engine on this database"), line
-        assert f"(pid {first.pid}, lock " in line
+        assert second.returncode == 2, second.stderr
         assert first.poll() is None  # the first one goes on
+        return first.pid, one_line(second.stderr)
     finally:
         stop(first)
+
+
+def test_a_second_sluice_up_on_the_same_database_refuses_to_start(tmp_path: Path) -> None:
+    pid, line = second_up_refusal(embedded_env(f"sqlite:///{tmp_path / 'sluice.db'}"), tmp_path)
+    assert line.startswith("error: another sluice up runs the engine on this database"), line
+    assert f"(pid {pid}, lock " in line
 
 
 def test_sluice_up_starts_again_on_a_database_whose_engine_was_killed(tmp_path: Path) -> None:
@@ -234,32 +237,10 @@ def test_a_second_sluice_up_on_the_same_postgresql_database_refuses_to_start(
 ) -> None:
     """Without Redis, two `sluice up` on one PostgreSQL database both ran their engines."""
     env = embedded_env(postgres_url)
+    pid, line = second_up_refusal(env, tmp_path)
+    assert line.startswith(f"error: another sluice up (pid {pid} on "), line
+    assert "runs the engine on this database (PostgreSQL backend " in line
     port = free_port()
-    first = sluice_up(env, port, tmp_path / "first.log")
-    try:
-        wait_until_answered(
-            first,
-            f"http://127.0.0.1:{port}/readyz",
-            tmp_path / "first.log",
-            "the first sluice up never became ready",
-        )
-        try:
-            second = subprocess.run(
-                [sys.executable, "-m", "sluice", "up", "--port", str(free_port())],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=GUARD_S,
-            )
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the second sluice up was still running after {GUARD_S} s")
-        assert second.returncode == 2, second.stderr
-        line = one_line(second.stderr)
-        assert line.startswith(f"error: another sluice up (pid {first.pid} on "), line
-        assert "runs the engine on this database (PostgreSQL backend " in line
-        assert first.poll() is None
-    finally:
-        stop(first)
     again = sluice_up(env, port, tmp_path / "again.log")  # free once the first stopped
     try:
         wait_until_answered(

@@ -24,6 +24,28 @@ def _refused_urls(rabbitmq_url: str) -> list[tuple[str, str]]:
     ]
 
 
+def run_against(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    command: str,
+    broker_url: str,
+) -> tuple[int, str, list[list[str]]]:
+    """`sluice COMMAND` with SLUICE_BROKER_URL=``broker_url``: its exit code, its stderr
+    and the Celery starts it made (none when it refused to start)."""
+    from sluice.celery_app import app as celery
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(celery, "worker_main", started.append)
+    monkeypatch.setattr(celery, "start", started.append)
+    monkeypatch.setattr(celery_app, "_passed", [], raising=False)
+    monkeypatch.setenv("SLUICE_DATABASE_URL", f"sqlite:///{tmp_path / 'worker.db'}")
+    monkeypatch.setenv("SLUICE_REDIS_URL", "redis://127.0.0.1:6379/1")
+    monkeypatch.setenv("SLUICE_BROKER_URL", broker_url)
+    code, err = run_cli(monkeypatch, capsys, command)
+    return code, err, started
+
+
 @pytest.mark.rabbitmq
 @pytest.mark.parametrize("command", ["worker", "beat"])
 @pytest.mark.parametrize("case", [0, 1], ids=["wrong password", "missing vhost"])
@@ -39,18 +61,8 @@ def test_a_broker_that_refuses_the_worker_stops_it_with_one_line(
     worker took it for a lost connection and tried again five times a second, for ever
     ("Frequent restarts detected", a traceback each second: 554 lines in 26 s) without
     taking a pump; beat ended on a traceback."""
-    from sluice.celery_app import app as celery
-
     url, answer = _refused_urls(rabbitmq_url)[case]
-    started: list[list[str]] = []
-    monkeypatch.setattr(celery, "worker_main", started.append)
-    monkeypatch.setattr(celery, "start", started.append)
-    monkeypatch.setattr(celery_app, "_passed", [], raising=False)
-    monkeypatch.setenv("SLUICE_DATABASE_URL", f"sqlite:///{tmp_path / 'worker.db'}")
-    monkeypatch.setenv("SLUICE_REDIS_URL", "redis://127.0.0.1:6379/1")
-    monkeypatch.setenv("SLUICE_BROKER_URL", url)
-
-    code, err = run_cli(monkeypatch, capsys, command)
+    code, err, started = run_against(monkeypatch, capsys, tmp_path, command, url)
 
     assert code == 2, err
     line = one_line(err)
@@ -67,18 +79,9 @@ def test_a_broker_that_is_down_does_not_stop_the_worker(
     command: str,
 ) -> None:
     """A broker that is not there (yet) is no refusal: Celery waits for it."""
-    from sluice.celery_app import app as celery
-
-    started: list[list[str]] = []
-    monkeypatch.setattr(celery, "worker_main", started.append)
-    monkeypatch.setattr(celery, "start", started.append)
     monkeypatch.setattr("sluice.logs.configure", lambda level: None)
-    monkeypatch.setattr(celery_app, "_passed", [], raising=False)
-    monkeypatch.setenv("SLUICE_DATABASE_URL", f"sqlite:///{tmp_path / 'worker.db'}")
-    monkeypatch.setenv("SLUICE_REDIS_URL", "redis://127.0.0.1:6379/1")
-    monkeypatch.setenv("SLUICE_BROKER_URL", f"amqp://guest:{PASSWORD}@127.0.0.1:{free_port()}//")
-
-    code, err = run_cli(monkeypatch, capsys, command)
+    url = f"amqp://guest:{PASSWORD}@127.0.0.1:{free_port()}//"
+    code, err, started = run_against(monkeypatch, capsys, tmp_path, command, url)
 
     assert code == 0, err
     assert len(started) == 1
@@ -103,21 +106,11 @@ def test_a_redis_broker_that_refuses_the_worker_stops_it_with_one_line(
 ) -> None:
     """A Redis broker with a password refusing a worker's: the worker logged "Cannot
     connect to redis://...: invalid username-password pair" every 2 s, for ever."""
-    from sluice.celery_app import app as celery
-
     server = RedisServer(tmp_path / "redis", password="the-R1ght-password")
     server.start()
     try:
         url = server.url.replace("redis://", f"redis://:{password}@" if password else "redis://")
-        started: list[list[str]] = []
-        monkeypatch.setattr(celery, "worker_main", started.append)
-        monkeypatch.setattr(celery, "start", started.append)
-        monkeypatch.setattr(celery_app, "_passed", [], raising=False)
-        monkeypatch.setenv("SLUICE_DATABASE_URL", f"sqlite:///{tmp_path / 'worker.db'}")
-        monkeypatch.setenv("SLUICE_REDIS_URL", "redis://127.0.0.1:6379/1")
-        monkeypatch.setenv("SLUICE_BROKER_URL", url)
-
-        code, err = run_cli(monkeypatch, capsys, command)
+        code, err, started = run_against(monkeypatch, capsys, tmp_path, command, url)
     finally:
         server.stop()
 
