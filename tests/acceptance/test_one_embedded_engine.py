@@ -69,11 +69,15 @@ def embedded_env(database_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def sluice_up(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+def sluice_up(
+    env: dict[str, str], port: int, log: Path, *options: str, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """`sluice up --port PORT OPTIONS` in the background, its output in ``log``."""
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "sluice", "up", "--port", str(port)],
+            [sys.executable, "-m", "sluice", "up", *options, "--port", str(port)],
             env=env,
+            cwd=cwd,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -152,14 +156,7 @@ def test_a_second_demo_leaves_the_running_demos_database_alone(
     }
     env.pop("SLUICE_DATABASE_URL", None)
     env.pop("SLUICE_CONFIG", None)
-    with (tmp_path / "first.log").open("ab") as out:
-        first = subprocess.Popen(
-            [sys.executable, "-m", "sluice", "up", "--demo", "--port", str(port)],
-            env=env,
-            cwd=tmp_path,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    first = sluice_up(env, port, tmp_path / "first.log", "--demo", cwd=tmp_path)
     try:
         wait_until_answered(
             first,
@@ -198,14 +195,7 @@ def test_sluice_submit_beside_a_running_sluice_up_lets_its_engine_send(tmp_path:
         encoding="utf-8",
     )
     env = embedded_env(f"sqlite:///{tmp_path / 'sluice.db'}")
-    with (tmp_path / "up.log").open("ab") as out:
-        up = subprocess.Popen(
-            [sys.executable, "-m", "sluice", "up", "--sandbox", "--port", str(port)],
-            env=env,
-            cwd=tmp_path,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    up = sluice_up(env, port, tmp_path / "up.log", "--sandbox", cwd=tmp_path)
     try:
         wait_until_answered(
             up, f"http://127.0.0.1:{port}/readyz", tmp_path / "up.log", "sluice up never ready"
