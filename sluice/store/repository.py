@@ -63,6 +63,9 @@ PARENT_BUSY_S = 10.0
 """How long a create tries again while a parent it names is locked by another transaction
 (a completion, a claim or a poll holds the row for milliseconds)."""
 LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL refused a NOWAIT row lock
+COPY_PART = 1000
+"""Rows of a PostgreSQL batch built and sent at a time: the server inserts a part while the
+next is built (bench/ingest.py measured the overlap; docs/scaling.md)."""
 _T = TypeVar("_T")
 # Tasks that wait for a grant when due: ready, claimed to submit, polled, looked up.
 WAITING_PHASES = (
@@ -409,7 +412,11 @@ class TaskRepository:
         their ids in input order. Built column by column: a 10,000-task batch is the bulk
         API's hot path (bench/ingest.py)."""
         ids = self._reserve_ids(conn, specs)
-        bulk.insert_columns(conn, tasks, self._columns(conn, specs, now, ids))
+        rows = _NewRows(specs, now, ids, self._parent_statuses(conn, specs))
+        # PostgreSQL indexes the rows sent while the next part is built (bulk.py).
+        size = COPY_PART if self._postgres else len(specs)
+        parts = (rows.columns(start, start + size) for start in range(0, len(specs), size))
+        bulk.insert_column_parts(conn, tasks, parts)
         self._insert_created_events(conn, ids, now)
         return ids
 
@@ -422,84 +429,7 @@ class TaskRepository:
     ) -> dict[str, list[Any]]:
         """The new rows of ``specs``, column by column; without ``ids`` (none explicit, none
         tracked, no ``parent_index``) the ``id`` column is left to the database."""
-        parent_statuses = self._parent_statuses(conn, specs)
-        count = len(specs)
-        refs = os.urandom(12 * count).hex()
-        ready, not_started = Phase.READY.value, TaskStatus.NOT_STARTED.value
-        statuses: list[str] = []
-        phases: list[str] = []
-        messages: list[str | None] = []
-        due: list[datetime | None] = []
-        client_refs: list[str | None] = []
-        for position, spec in enumerate(specs):
-            if spec.provider is None:
-                raise errors.InvalidTask("a task needs a provider (submissions.check fills it in)")
-            if spec.kind is not None and spec.parent_id is None and spec.parent_index is None:
-                # A submission without a parent (initial_phase's commonest answer).
-                statuses.append(not_started)
-                phases.append(ready)
-                messages.append(None)
-                due.append(now)
-                client_refs.append("sl-" + refs[24 * position : 24 * position + 24])
-                continue
-            if spec.parent_index is not None:
-                parent_status: TaskStatus | None = TaskStatus(statuses[spec.parent_index])
-            elif spec.parent_id is not None:
-                parent_status = parent_statuses[spec.parent_id]
-            else:
-                parent_status = None
-            status, phase, message = initial_phase(spec, parent_status)
-            if message and spec.parent_index is not None:
-                message = f"parent item {spec.parent_index}: {message}"
-            elif message:
-                message = f"parent task {spec.parent_id}: {message}"
-            statuses.append(status.value)
-            phases.append(phase.value)
-            messages.append(message)
-            due.append(now if phase in (Phase.READY, Phase.POLLING) else None)
-            client_refs.append(
-                None if spec.track_only else "sl-" + refs[24 * position : 24 * position + 24]
-            )
-        known = ids if ids is not None else [0] * count
-        parent_ids = [
-            spec.parent_id if spec.parent_index is None else known[spec.parent_index]
-            for spec in specs
-        ]
-        nothing: list[Any] = [None] * count
-        columns: dict[str, list[Any]] = {} if ids is None else {"id": ids}
-        columns.update(
-            {
-                "tenant": [spec.tenant for spec in specs],
-                "provider": [spec.provider for spec in specs],
-                "kind": [spec.kind for spec in specs],
-                "payload": [spec.payload for spec in specs],
-                "external_id": [
-                    str(task_id) if spec.track_only else None
-                    for spec, task_id in zip(specs, known, strict=True)
-                ],
-                "parent_id": parent_ids,
-                "status": statuses,
-                "phase": phases,
-                "track_only": [spec.kind is None for spec in specs],
-                "validation_error": nothing,
-                "last_error": messages,
-                "attempts": [0] * count,
-                "polls": [0] * count,
-                "poll_interval_s": nothing,
-                "next_attempt_at": due,
-                "deadline_at": nothing,
-                "idempotency_key": [spec.idempotency_key for spec in specs],
-                "request_hash": [spec.request_hash for spec in specs],
-                "client_ref": client_refs,
-                "claimed_by": nothing,
-                "claimed_until": nothing,
-                "created_at": [now] * count,
-                "updated_at": [now] * count,
-                "priority": [spec.priority for spec in specs],
-                "fairness_key": [spec.fairness_key or spec.tenant for spec in specs],
-            }
-        )
-        return columns
+        return _NewRows(specs, now, ids, self._parent_statuses(conn, specs)).columns(0, len(specs))
 
     def _reserve_ids(self, conn: Connection, specs: Sequence[Submission]) -> list[int]:
         """Each spec's id: its explicit one, or a new one (never colliding with explicit
@@ -764,8 +694,26 @@ def _object_end(conn: Connection, task: Task) -> ObjectEnd:
 
 
 def new_client_ref() -> str:
-    """A fresh client reference (``sl-`` and 24 hex digits)."""
-    return "sl-" + os.urandom(12).hex()
+    """A fresh client reference (see :func:`new_client_refs`)."""
+    return new_client_refs(1)[0]
+
+
+def new_client_refs(count: int) -> list[str]:
+    """``count`` fresh client references, ``sl-`` and 24 hex digits: the milliseconds since
+    the epoch (11 digits), then a random 52-bit number counted up by one per reference (13).
+    Distinct from each other, and from any other batch's unless both were made in the same
+    millisecond with overlapping counts (odds about 2 x count / 2^52).
+
+    Time first, so a batch's references go in together at the end of the unique index
+    instead of each landing on a random page of it: fully random ones cost PostgreSQL's
+    ``COPY`` about 1.3 µs more per task on a fresh table, more as the index outgrows memory.
+    """
+    prefix = f"sl-{time.time_ns() // 1_000_000:011x}"
+    start = int.from_bytes(os.urandom(7), "big")
+    return [f"{prefix}{(start + i) & _REF_COUNTER:013x}" for i in range(count)]
+
+
+_REF_COUNTER = 2**52 - 1
 
 
 def _conflict_message(orig: BaseException, specs: Sequence[Submission]) -> str:
@@ -838,3 +786,106 @@ def summarize(engine: Engine, ids: Sequence[int], max_errors: int = 50) -> RunSu
         by_event=dict(by_event),
         errors=[(r.id, r.kind, r.validation_error or r.last_error or "") for r in failures],
     )
+
+
+class _NewRows:
+    """The rows a batch of ``specs`` inserts, built column by column a part at a time (in
+    order: an item's ``parent_index`` names an earlier item, whose status decides its own).
+    """
+
+    def __init__(
+        self,
+        specs: Sequence[Submission],
+        now: datetime,
+        ids: list[int] | None,
+        parent_statuses: Mapping[int, TaskStatus],
+    ) -> None:
+        self.specs = specs
+        self.now = now
+        # Without ids (one untracked task without parent_index) the database numbers it.
+        self.ids = ids
+        self.known = ids if ids is not None else [0] * len(specs)
+        self.parent_statuses = parent_statuses
+        self.statuses: list[str] = []  # every item's so far, for its children's parent_index
+
+    def columns(self, start: int, stop: int) -> dict[str, list[Any]]:
+        """Items ``start`` to ``stop`` (exclusive; every earlier item built already)."""
+        if start != len(self.statuses):
+            raise errors.InvalidValue(f"rows from {start} built before rows {len(self.statuses)}")
+        specs = self.specs[start:stop]
+        now = self.now
+        count = len(specs)
+        refs = new_client_refs(count)
+        ready, not_started = Phase.READY.value, TaskStatus.NOT_STARTED.value
+        statuses = self.statuses
+        phases: list[str] = []
+        messages: list[str | None] = []
+        due: list[datetime | None] = []
+        client_refs: list[str | None] = []
+        for position, spec in enumerate(specs):
+            if spec.provider is None:
+                raise errors.InvalidTask("a task needs a provider (submissions.check fills it in)")
+            if spec.kind is not None and spec.parent_id is None and spec.parent_index is None:
+                # A submission without a parent (initial_phase's commonest answer).
+                statuses.append(not_started)
+                phases.append(ready)
+                messages.append(None)
+                due.append(now)
+                client_refs.append(refs[position])
+                continue
+            if spec.parent_index is not None:
+                parent_status: TaskStatus | None = TaskStatus(statuses[spec.parent_index])
+            elif spec.parent_id is not None:
+                parent_status = self.parent_statuses[spec.parent_id]
+            else:
+                parent_status = None
+            status, phase, message = initial_phase(spec, parent_status)
+            if message and spec.parent_index is not None:
+                message = f"parent item {spec.parent_index}: {message}"
+            elif message:
+                message = f"parent task {spec.parent_id}: {message}"
+            statuses.append(status.value)
+            phases.append(phase.value)
+            messages.append(message)
+            due.append(now if phase in (Phase.READY, Phase.POLLING) else None)
+            client_refs.append(None if spec.track_only else refs[position])
+        known = self.known
+        own_ids = known[start:stop]
+        nothing: list[Any] = [None] * count
+        columns: dict[str, list[Any]] = {} if self.ids is None else {"id": own_ids}
+        columns.update(
+            {
+                "tenant": [spec.tenant for spec in specs],
+                "provider": [spec.provider for spec in specs],
+                "kind": [spec.kind for spec in specs],
+                "payload": [spec.payload for spec in specs],
+                "external_id": [
+                    str(task_id) if spec.track_only else None
+                    for spec, task_id in zip(specs, own_ids, strict=True)
+                ],
+                "parent_id": [
+                    spec.parent_id if spec.parent_index is None else known[spec.parent_index]
+                    for spec in specs
+                ],
+                "status": statuses[start:stop],
+                "phase": phases,
+                "track_only": [spec.kind is None for spec in specs],
+                "validation_error": nothing,
+                "last_error": messages,
+                "attempts": [0] * count,
+                "polls": [0] * count,
+                "poll_interval_s": nothing,
+                "next_attempt_at": due,
+                "deadline_at": nothing,
+                "idempotency_key": [spec.idempotency_key for spec in specs],
+                "request_hash": [spec.request_hash for spec in specs],
+                "client_ref": client_refs,
+                "claimed_by": nothing,
+                "claimed_until": nothing,
+                "created_at": [now] * count,
+                "updated_at": [now] * count,
+                "priority": [spec.priority for spec in specs],
+                "fairness_key": [spec.fairness_key or spec.tenant for spec in specs],
+            }
+        )
+        return columns

@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, insert, select, text
 
 from sluice import errors
@@ -438,6 +440,93 @@ def create_store_gap(repo: TaskRepository) -> int:
 
 
 # -- atomic batches ----------------------------------------------------------------------
+
+
+@st.composite
+def _batches(draw: st.DrawFn) -> list[dict[str, object]]:
+    """A batch's items as fields of a Submission; ``parent`` is ("item", index of an earlier
+    item), ("task", which of the three stored parents) or None."""
+    items: list[dict[str, object]] = []
+    for index in range(draw(st.integers(1, 11))):
+        parent = draw(
+            st.one_of(
+                st.none(),
+                st.tuples(st.just("task"), st.integers(0, 2)),
+                *([st.tuples(st.just("item"), st.integers(0, index - 1))] if index else []),
+            )
+        )
+        items.append(
+            {
+                "kind": draw(st.sampled_from(["campaign", "ad_group", "creative"])),
+                # Few distinct values: a column is often the same in one part and not the next.
+                "payload": {"name": draw(st.sampled_from(["a", "b"]))},
+                "priority": draw(st.sampled_from([0, 0, 5])),
+                "fairness_key": draw(st.sampled_from([None, None, "adv-1"])),
+                "parent": parent,
+            }
+        )
+    return items
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(items=_batches())
+def test_a_batch_written_in_parts_stores_what_one_part_stores(
+    store: Store, monkeypatch: pytest.MonkeyPatch, items: list[dict[str, object]]
+) -> None:
+    """PostgreSQL builds and sends a large batch a part at a time (``COPY_PART`` rows, the
+    server indexing one part while the next is built): with parts of 3 rows, every column
+    of every row and its created event are what one part writes, parents named by index
+    across parts included."""
+    parents = store.repo.create_many([submission(), submission(), submission()])
+    store.move(parents[1], TaskStatus.COMPLETED)
+    store.move(parents[2], TaskStatus.ERROR, last_error="rejected")
+
+    def specs() -> list[Submission]:
+        made = []
+        for item in items:
+            fields = {k: v for k, v in item.items() if k != "parent"}
+            match item["parent"]:
+                case ("item", int(index)):
+                    fields["parent_index"] = index
+                case ("task", int(which)):
+                    fields["parent_id"] = parents[which]
+            made.append(submission(**fields))
+        return made
+
+    def stored(ids: list[int]) -> list[tuple[object, ...]]:
+        position = {task_id: n for n, task_id in enumerate(ids)}
+        with store.repo.engine.connect() as conn:
+            rows = conn.execute(select(tasks).where(tasks.c.id.in_(ids)).order_by(tasks.c.id))
+            created = {
+                task_id: note
+                for task_id, note in conn.execute(
+                    select(
+                        events.c.task_id,
+                        events.c.to_status + "|" + func.coalesce(events.c.detail, ""),
+                    ).where(events.c.task_id.in_(ids), events.c.event == "created")
+                )
+            }
+            seen = []
+            for row in rows:
+                values = row._asdict()
+                assert str(values.pop("client_ref")).startswith("sl-")
+                parent = values.pop("parent_id")
+                values["parent"] = ("item", position[parent]) if parent in position else parent
+                values["created"] = created[values.pop("id")]
+                seen.append(tuple(sorted(values.items())))
+        return seen
+
+    monkeypatch.setattr(repository, "COPY_PART", 3)
+    in_parts = store.repo.create_many(specs())
+    monkeypatch.setattr(repository, "COPY_PART", 10_000)
+    in_one = store.repo.create_many(specs())
+
+    assert stored(in_parts) == stored(in_one)
+    with store.repo.engine.connect() as conn:
+        refs = conn.execute(select(tasks.c.client_ref).where(tasks.c.id.in_(in_parts + in_one)))
+        assert len(set(refs.scalars())) == 2 * len(items)
 
 
 def test_batch_links_items_by_parent_index(store: Store) -> None:
