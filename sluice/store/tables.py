@@ -161,9 +161,10 @@ class TaskEventRow(Base):
     __tablename__ = "task_events"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    task_id: Mapped[int] = mapped_column(
-        BigId, ForeignKey("tasks.id", ondelete="CASCADE"), index=True
-    )
+    # No foreign key (migration 0015): every event is written beside its task's insert or
+    # update, and retention deletes events before their tasks; the check cost a lookup and
+    # a row lock per event.
+    task_id: Mapped[int] = mapped_column(BigId, index=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime())
     event: Mapped[str] = mapped_column(String(32))
     from_status: Mapped[str | None] = mapped_column(String(16))

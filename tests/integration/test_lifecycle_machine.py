@@ -358,6 +358,7 @@ class Lifecycle(RuleBasedStateMachine):
         self.no_create_without_a_lookup_after_an_ambiguous_end()
         self.no_second_live_object_for_a_kind_with_a_lookup()
         self.statuses_move_legally_each_with_an_event()
+        self.every_event_has_its_task()
         self.phases_agree_with_statuses()
 
     def no_task_in_two_live_claims(self) -> None:
@@ -398,6 +399,17 @@ class Lifecycle(RuleBasedStateMachine):
             by_task.setdefault(self.owner[ref], []).extend(ids)
         two = {task_id: ids for task_id, ids in by_task.items() if len(ids) > 1}
         assert two == {}, f"a task has two live objects: {two}"
+
+    def every_event_has_its_task(self) -> None:
+        """No event outlives or precedes its task (the store keeps no foreign key for it:
+        migration 0015)."""
+        with self.engine.connect() as conn:
+            orphans = conn.execute(
+                select(events.c.id, events.c.task_id).where(
+                    events.c.task_id.not_in(select(tasks.c.id))
+                )
+            ).all()
+        assert orphans == [], f"events without their task: {orphans}"
 
     def statuses_move_legally_each_with_an_event(self) -> None:
         with self.engine.connect() as conn:
