@@ -646,10 +646,9 @@ def keys_list() -> None:
     for heading in ("created", "expires", "last used", "state"):
         table.add_column(heading)
     for key in store.list():
+        state: str = key.state_at(now)
         if key.revoked_at is not None:
             state = f"revoked {_when(key.revoked_at)}"
-        else:
-            state = "active" if key.usable_at(now) else "expired"
         table.add_row(
             key.id,
             escape(key.name),

@@ -303,6 +303,12 @@ class ApiKey:
         """Neither revoked nor expired at ``now``."""
         return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
 
+    def state_at(self, now: datetime) -> Literal["active", "revoked", "expired"]:
+        """``revoked`` (whether or not it had also expired), ``expired``, or ``active``."""
+        if self.revoked_at is not None:
+            return "revoked"
+        return "active" if self.usable_at(now) else "expired"
+
 
 @dataclass(frozen=True)
 class Actor:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Query
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -247,10 +247,12 @@ class KeyOut(BaseModel):
     expires_at: datetime | None
     revoked_at: datetime | None
     last_used_at: datetime | None
+    # Whether a request with it is accepted now: revoked, expired (past expires_at) or active.
+    state: Literal["active", "revoked", "expired"]
 
     @classmethod
-    def of(cls, key: ApiKey) -> KeyOut:
-        return cls.model_validate(key, from_attributes=True)
+    def of(cls, key: ApiKey, now: datetime) -> KeyOut:
+        return cls(**{**vars(key), "state": key.state_at(now)})
 
 
 class KeyCreated(KeyOut):

@@ -27,17 +27,18 @@ def create_key(body: KeyCreate, context: Context, principal: Admin) -> KeyCreate
         expires=body.expires,
         actor=principal.actor,
     )
-    return KeyCreated(**KeyOut.of(made.key).model_dump(), key=made.token)
+    return KeyCreated(**KeyOut.of(made.key, context.keys.clock.now()).model_dump(), key=made.token)
 
 
 @router.get("", response_model=list[KeyOut])
 def list_keys(context: Context, principal: Admin) -> list[KeyOut]:
     """Every key, revoked and expired ones included, oldest first."""
-    return [KeyOut.of(key) for key in context.keys.list()]
+    now = context.keys.clock.now()
+    return [KeyOut.of(key, now) for key in context.keys.list()]
 
 
 @router.post("/{key_id}/revoke", response_model=KeyOut)
 def revoke_key(key_id: KeyId, context: Context, principal: Admin) -> KeyOut:
     """Revoke a key: every request with it is refused from now on (revoking twice is a no-op)."""
     key, _ = context.keys.revoke(key_id, actor=principal.actor)
-    return KeyOut.of(key)
+    return KeyOut.of(key, context.keys.clock.now())

@@ -223,6 +223,21 @@ def test_keys_are_managed_by_admins_and_shown_once(secured: SecuredApi) -> None:
     assert actions == [("key.revoke", "admin", "acme"), ("key.create", "admin", "acme")]
 
 
+def test_listed_keys_say_whether_each_is_active_revoked_or_expired(secured: SecuredApi) -> None:
+    """GET /api/keys gives each key's state now, so an admin need not compare revoked_at
+    and expires_at with the clock; revoking answers with the new state."""
+    listed = secured.client.get("/api/keys", headers=secured.auth("admin"))
+
+    states = {key["name"]: key["state"] for key in listed.json()}
+    assert states["revoked"] == "revoked"
+    assert states["expired"] == "expired"
+    assert states["admin"] == states["viewer"] == "active"
+    revoked = secured.client.post(
+        f"/api/keys/{secured.ids['viewer']}/revoke", headers=secured.auth("admin")
+    )
+    assert revoked.json()["state"] == "revoked"
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
