@@ -141,11 +141,12 @@ def _converted_rows(
         if len(values) != count:
             raise errors.InvalidValue(f"column {name}: {len(values)} values for {count} rows")
         process = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        is_json = isinstance(table.c[name].type, JSON)
         first = values[0] if values else None
-        if values.count(first) == count:
+        if _in_every_row(values, first, is_json=is_json):
             value = first if first is None or process is None else process(first)
             converted.append(repeat(_copy_text(conn, value) if postgres else value))
-        elif postgres and isinstance(table.c[name].type, JSON):
+        elif postgres and is_json:
             # The text COPY reads: one json.dumps, not psycopg's Jsonb wrapper and dumper.
             dumps = getattr(dialect, "_json_serializer", None) or json.dumps
             converted.append([None if value is None else dumps(value) for value in values])
@@ -154,6 +155,16 @@ def _converted_rows(
         else:
             converted.append([None if value is None else process(value) for value in values])
     return islice(zip(*converted, strict=False), count)
+
+
+def _in_every_row(values: list[Any], first: Any, *, is_json: bool) -> bool:
+    """Whether every row holds ``first``, so it is converted once. Python's ``==`` is not
+    enough for JSON: ``True == 1 == 1.0``, which a provider reads apart, so JSON values
+    must be the very same object (a batch's payloads equal but not identical are each
+    converted, as they are when they differ)."""
+    if values.count(first) != len(values):
+        return False
+    return not is_json or all(value is first for value in values)
 
 
 def _copy_text(conn: Connection, value: Any) -> Any:

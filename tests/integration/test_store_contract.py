@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -570,6 +571,29 @@ def test_large_batch_is_created_with_one_event_each(store: Store) -> None:
     assert len(set(ids)) == 10_000
     assert store.written() == (10_000, 10_000)
     assert store.repo.get(ids[-1]).payload == {"n": 9_999}
+
+
+@pytest.mark.parametrize("part", [2, 10_000])
+def test_a_batch_stores_each_payload_as_sent_when_python_calls_them_equal(
+    store: Store, monkeypatch: pytest.MonkeyPatch, part: int
+) -> None:
+    """``true``, ``1`` and ``1.0`` are one value to Python's ``==`` but three to JSON and to a
+    provider: payloads (or a part's payloads) that all compare equal are still stored each as
+    sent, not as the first item's (a review: the bulk path wrote ``{"on": 1}`` for all
+    three)."""
+    monkeypatch.setattr(repository, "COPY_PART", part)
+    sent = [{"on": 1}, {"on": True}, {"on": 1.0}, {"on": [1, 0]}, {"on": [True, False]}]
+    batches = [sent[:3], sent[3:]]
+    assert all(batch.count(batch[0]) == len(batch) for batch in batches)
+
+    ids = [
+        task_id
+        for batch in batches
+        for task_id in store.repo.create_many([submission(payload=p) for p in batch])
+    ]
+
+    stored = [store.repo.get(task_id).payload for task_id in ids]
+    assert [json.dumps(payload) for payload in stored] == [json.dumps(p) for p in sent]
 
 
 @pytest.mark.parametrize(
