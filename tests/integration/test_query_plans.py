@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from sqlalchemy import Engine, event
 
 from sluice.domain import Outcome, Phase, TaskStatus
@@ -232,3 +233,29 @@ def test_a_fair_claim_reads_each_key_in_order_and_stops_at_its_share(
         assert "ix_tasks_fair_order" in text, text
         assert "Sort" not in text.split("Limit")[-1], text  # read in order, stopped early
         assert_indexed(text)
+
+
+def test_the_events_downgrade_finds_orphans_by_one_join_not_a_lookup_per_event(
+    loaded: Engine,
+) -> None:
+    """Downgrading 0015 deletes the events whose task is gone before the foreign key comes
+    back. ``task_id NOT IN (SELECT id FROM tasks)`` is planned as a subquery scanned again
+    for every event once the task ids outgrow ``work_mem`` (EXPLAIN costed it at 10^10 for
+    500,000 tasks and 1,000,000 events: hours); the delete must be an anti-join. Run in a
+    transaction rolled back, so the module's database stays at head."""
+    with loaded.connect() as conn:
+        conn.begin()
+        config = db.alembic_config(loaded)
+        config.attributes["connection"] = conn
+        with Captured(loaded) as captured:
+            command.downgrade(config, "0014_fair_share_units")
+        deletes = [
+            (s, p) for s, p in captured.statements if s.lstrip().upper().startswith("DELETE")
+        ]
+        assert len(deletes) == 1, captured.statements
+        ((statement, params),) = deletes
+        conn.exec_driver_sql("SET LOCAL work_mem = '64kB'")
+        text = "\n".join(conn.exec_driver_sql("EXPLAIN " + statement, params).scalars())
+        conn.rollback()
+    assert "SubPlan" not in text, text
+    assert "Anti Join" in text, text

@@ -48,6 +48,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute("DELETE FROM task_events WHERE task_id NOT IN (SELECT id FROM tasks)")
+    # NOT EXISTS, an anti-join: ``NOT IN (SELECT id FROM tasks)`` scans the task ids again
+    # for every event once they outgrow PostgreSQL's work_mem.
+    op.execute(
+        "DELETE FROM task_events WHERE NOT EXISTS "
+        "(SELECT 1 FROM tasks WHERE tasks.id = task_events.task_id)"
+    )
     with _events_table() as batch:
         batch.create_foreign_key(FOREIGN_KEY, "tasks", ["task_id"], ["id"], ondelete="CASCADE")
