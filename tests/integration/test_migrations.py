@@ -251,6 +251,45 @@ def test_fair_share_revision_keys_existing_tasks_by_their_tenant(engine: Engine)
     assert "fair_shares" in inspect(engine).get_table_names()
 
 
+def test_events_lose_their_foreign_key_and_a_downgrade_deletes_orphans_to_restore_it(
+    engine: Engine,
+) -> None:
+    """0015 drops the foreign key from ``task_events`` to ``tasks`` and keeps every event;
+    its downgrade deletes only the events whose task is gone, then adds the key back
+    (``ON DELETE CASCADE``); upgrading again matches the models."""
+    from sluice.domain import Submission
+    from sluice.store.repository import TaskRepository
+
+    def foreign_keys() -> list[tuple[str, str | None]]:
+        return [
+            (fk["referred_table"], fk["options"].get("ondelete"))
+            for fk in inspect(engine).get_foreign_keys("task_events")
+        ]
+
+    def event_task_ids() -> list[int]:
+        with engine.connect() as conn:
+            return list(conn.execute(text("SELECT task_id FROM task_events ORDER BY id")).scalars())
+
+    db.upgrade(engine, "0014_fair_share_units")
+    ids = TaskRepository(engine).create_many([Submission("sandbox", "campaign")] * 3)
+    assert foreign_keys() == [("tasks", "CASCADE")]
+
+    db.upgrade(engine)
+    assert foreign_keys() == []
+    assert event_task_ids() == ids
+    with engine.begin() as conn:  # the task goes without its event: nothing refuses now
+        conn.execute(text("DELETE FROM tasks WHERE id = :id"), {"id": ids[1]})
+    assert event_task_ids() == ids
+
+    command.downgrade(db.alembic_config(engine), "0014_fair_share_units")
+    assert event_task_ids() == [ids[0], ids[2]]
+    assert foreign_keys() == [("tasks", "CASCADE")]
+
+    db.upgrade(engine)
+    assert schema_diff(engine) == []
+    assert event_task_ids() == [ids[0], ids[2]]
+
+
 def test_a_database_newer_than_these_migrations_is_refused_naming_both_revisions(
     engine: Engine,
 ) -> None:
