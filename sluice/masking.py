@@ -244,6 +244,9 @@ _ADDRESSES = (
         re.compile(r"connecting to (?:server )?\[?[\w.:-]*?\]?(?::\d+)?(?=\.(?:\s|$)|\s|$)"),
         "connecting to the server",
     ),
+    # redis-py, once connected: Timeout reading from 10.0.0.7:6379 / Error while reading
+    # from redis.internal:6379 : (104, ...) (a partition ends a command this way)
+    (re.compile(r"(reading from|writing to) \[?[\w.:-]*\]?:\d+\b"), r"\1 the server"),
 )
 
 

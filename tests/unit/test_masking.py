@@ -442,6 +442,13 @@ def test_short_default_url_passwords_are_masked_in_urls_only() -> None:
             "failed to resolve host 'db.internal': [Errno -2] Name or service not known",
             "failed to resolve host: [Errno -2] Name or service not known",
         ),
+        # redis-py's answers once connected (a partition cuts a command short this way).
+        ("Timeout reading from 10.72.32.3:6379", "Timeout reading from the server"),
+        (
+            "Error while reading from redis.internal:6379 : (104, 'Connection reset by peer')",
+            "Error while reading from the server : (104, 'Connection reset by peer')",
+        ),
+        ("Timeout writing to socket", "Timeout writing to socket"),
         ("[Errno 111] Connection refused", "[Errno 111] Connection refused"),
     ],
 )
