@@ -19,14 +19,20 @@ _checks = BoundedChecks()
 router = APIRouter(tags=["health"], route_class=GuardedRoute, dependencies=[Depends(PUBLIC)])
 
 
+# The probes are async, on the event loop: a plain function runs on the thread pool that
+# every route reading the database shares, and while the database's host was cut off the
+# requests waiting on it filled that pool and the probes queued behind them (a liveness
+# probe that fails restarts an API with nothing wrong with it).
+
+
 @router.get("/api/healthchecker", response_model=Message)
-def healthchecker() -> Message:
+async def healthchecker() -> Message:
     """The prototype's health check."""
     return Message(message="The API is up.")
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
     """Liveness: the process answers."""
     return {"status": "ok"}
 
@@ -39,14 +45,14 @@ outage, turning paused dispatch into refused submissions."""
 
 
 @router.get("/readyz")
-def readyz(context: Context) -> JSONResponse:
+async def readyz(context: Context) -> JSONResponse:
     """Readiness: the database (and Redis when configured) answer; the broker's state is
     reported too, as ``degraded`` (200) when it does not answer."""
     results: dict[str, Any] = {}
     ready, degraded = True, False
     # Each check has CHECK_TIMEOUT_S to answer: a hung server is "not ready", not a probe
     # left without an answer.
-    for name, failure in _checks.run(context.checks).items():
+    for name, failure in (await _checks.wait(context.checks)).items():
         if failure is None:
             results[name] = "ok"
             continue
