@@ -175,6 +175,10 @@ def _pool_class(where: str) -> type[QueuePool]:
     """
 
     class WaitedPool(QueuePool):
+        # SQLAlchemy names a pool's logger after its class: keep QueuePool's (under
+        # sluice.* its INFO records of invalidated connections joined the API's log).
+        _sqla_logger_namespace = "sqlalchemy.pool.impl.QueuePool"
+
         def _do_get(self) -> Any:
             try:
                 return super()._do_get()
