@@ -37,17 +37,20 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-ADVISORY = frozenset({"broker"})
+ADVISORY = frozenset({"broker", "redis"})
 """Checks reported by ``/readyz`` that do not make it 503: the API publishes nothing to the
 broker (workers and beat do), so while the broker is away it still takes tasks, which wait
 in the database. Failing the probe took every API out of its load balancer for a broker
-outage, turning paused dispatch into refused submissions."""
+outage, turning paused dispatch into refused submissions. Redis likewise: the API's
+per-key limit lets requests through while it is away (docs/security.md), and the workers'
+limiter's work waits in the database; a partition of Redis's host made every API
+``not ready`` while each served every request."""
 
 
 @router.get("/readyz")
 async def readyz(context: Context) -> JSONResponse:
-    """Readiness: the database (and Redis when configured) answer; the broker's state is
-    reported too, as ``degraded`` (200) when it does not answer."""
+    """Readiness: the database answers; the states of Redis and the broker (when
+    configured) are reported too, as ``degraded`` (200) when one does not answer."""
     results: dict[str, Any] = {}
     ready, degraded = True, False
     # Each check has CHECK_TIMEOUT_S to answer: a hung server is "not ready", not a probe
