@@ -23,6 +23,7 @@ from sluice.clock import Clock, SystemClock
 from sluice.domain import TaskStatus
 from sluice.engine.quotas import most_used, quota_state
 from sluice.engine.rates import RatesInForce, per_second
+from sluice.logs import FailureStreak
 from sluice.metrics import (
     FAIR_SHARE_TOP_KEYS,
     FairShare,
@@ -76,6 +77,13 @@ class StateReader:
         self._shares: list[FairShare] | None = None
         self._sharing = False
         self._next_count = float("-inf")
+        # Read at every scrape: while the database or Redis is down, a traceback once.
+        self._pause_failures = FailureStreak(
+            log, "metrics.pauses_failed", "metrics.pauses_recovered"
+        )
+        self._limiter_failures = FailureStreak(
+            log, "metrics.limiter_failed", "metrics.limiter_recovered"
+        )
         self.counted = 0
         """How many times the tasks table was counted (tests check the cache)."""
 
@@ -167,18 +175,22 @@ class StateReader:
         try:
             for key, until in self.pauses.active(wall).items():
                 found[key] = _left(until.timestamp(), wall.timestamp())
-        except Exception:
-            log.warning("metrics.pauses_failed", exc_info=True)
+        except Exception as exc:
+            self._pause_failures.failed(exc)
+        else:
+            self._pause_failures.succeeded()
         now_s = wall.timestamp()
         for provider in self.providers.values():
             key = provider.pause_key()
             try:
                 until_s = self.limiter.paused_until(key)
-            except Exception:
-                log.warning("metrics.limiter_failed", exc_info=True)
+            except Exception as exc:
+                self._limiter_failures.failed(exc)
                 break
             if until_s is not None and until_s > now_s:
                 found[key] = max(found.get(key, 0.0), _left(until_s, now_s))
+        else:
+            self._limiter_failures.succeeded()
         return [Pause(key, seconds) for key, seconds in sorted(found.items()) if seconds > 0]
 
     def _rates(self) -> list[RateInForce]:

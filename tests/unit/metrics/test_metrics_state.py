@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
+
+import pytest
 
 from sluice import metrics
 from sluice.clock import FakeClock
@@ -226,3 +229,40 @@ def test_every_status_of_every_provider_is_a_series_from_the_start(tmp_path: Pat
         ("sbx", "Error"): 0,
         ("sbx", "Cancelled"): 0,
     }
+
+
+class BrokenLimiter(MemoryLimiter):
+    """A limiter whose Redis does not answer (until ``fixed``)."""
+
+    fixed = False
+
+    def paused_until(self, key: str) -> float | None:
+        if not self.fixed:
+            raise TimeoutError("Timeout reading from the server")
+        return super().paused_until(key)
+
+
+def test_a_limiter_that_fails_at_every_scrape_logs_its_traceback_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While Redis is down every scrape reads the limiter's pauses and fails: the first
+    failure logs its traceback, the next ones one line each, the first success after
+    them says so (it logged a traceback at every scrape)."""
+    clock = FakeClock()
+    state = reader(tmp_path, clock)
+    broken = BrokenLimiter(clock)
+    state.limiter = broken
+    caplog.set_level(logging.INFO, logger="sluice.metrics")
+
+    for _ in range(3):
+        state.read()
+    broken.fixed = True
+    state.read()
+
+    logged = [(r.message, r.exc_info is not None) for r in caplog.records]
+    assert logged == [
+        ("metrics.limiter_failed", True),
+        ("metrics.limiter_failed", False),
+        ("metrics.limiter_failed", False),
+        ("metrics.limiter_recovered", False),
+    ]
