@@ -78,12 +78,10 @@ class StateReader:
         self._sharing = False
         self._next_count = float("-inf")
         # Read at every scrape: while the database or Redis is down, a traceback once.
-        self._pause_failures = FailureStreak(
-            log, "metrics.pauses_failed", "metrics.pauses_recovered"
-        )
-        self._limiter_failures = FailureStreak(
-            log, "metrics.limiter_failed", "metrics.limiter_recovered"
-        )
+        self._failures = {
+            what: FailureStreak(log, f"metrics.{what}_failed", f"metrics.{what}_recovered")
+            for what in ("count", "quotas", "shares", "pauses", "limiter")
+        }
         self.counted = 0
         """How many times the tasks table was counted (tests check the cache)."""
 
@@ -119,13 +117,17 @@ class StateReader:
                 for provider, due in counts.oldest_due(self.engine, names, now).items()
             }
             self.counted += 1
-        except Exception:
+        except Exception as exc:
             # A scrape must answer: the last counts stand until the database is back.
-            log.warning("metrics.count_failed", exc_info=True)
+            self._failures["count"].failed(exc)
+        else:
+            self._failures["count"].succeeded()
         try:
             self._quota_use = self._read_quotas(now)
-        except Exception:
-            log.warning("metrics.quotas_failed", exc_info=True)
+        except Exception as exc:
+            self._failures["quotas"].failed(exc)
+        else:
+            self._failures["quotas"].succeeded()
         if self._shares is None:  # the first scrape waits for them; later ones never do
             self._share(names)
         elif not self._sharing:
@@ -138,9 +140,11 @@ class StateReader:
         of each provider's due tasks (about a second at 100,000 due)."""
         try:
             found = self._read_shares(names, self.clock.now())
-        except Exception:
-            log.warning("metrics.shares_failed", exc_info=True)
+        except Exception as exc:
+            self._failures["shares"].failed(exc)
             found = self._shares or []
+        else:
+            self._failures["shares"].succeeded()
         self._shares = found
         self._sharing = False
 
@@ -176,21 +180,21 @@ class StateReader:
             for key, until in self.pauses.active(wall).items():
                 found[key] = _left(until.timestamp(), wall.timestamp())
         except Exception as exc:
-            self._pause_failures.failed(exc)
+            self._failures["pauses"].failed(exc)
         else:
-            self._pause_failures.succeeded()
+            self._failures["pauses"].succeeded()
         now_s = wall.timestamp()
         for provider in self.providers.values():
             key = provider.pause_key()
             try:
                 until_s = self.limiter.paused_until(key)
             except Exception as exc:
-                self._limiter_failures.failed(exc)
+                self._failures["limiter"].failed(exc)
                 break
             if until_s is not None and until_s > now_s:
                 found[key] = max(found.get(key, 0.0), _left(until_s, now_s))
         else:
-            self._limiter_failures.succeeded()
+            self._failures["limiter"].succeeded()
         return [Pause(key, seconds) for key, seconds in sorted(found.items()) if seconds > 0]
 
     def _rates(self) -> list[RateInForce]:

@@ -266,3 +266,32 @@ def test_a_limiter_that_fails_at_every_scrape_logs_its_traceback_once(
         ("metrics.limiter_failed", False),
         ("metrics.limiter_recovered", False),
     ]
+
+
+def test_a_database_that_fails_at_every_count_logs_its_traceback_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The task counts are read again every cache interval; while the database is gone
+    each read fails: a traceback for the first, one line for the next, and the scrape
+    still answers with the last counts."""
+    clock = FakeClock()
+    state = reader(tmp_path, clock)
+    state.read()
+    working = state.engine
+    state.engine = db.make_engine(f"sqlite:///{tmp_path / 'gone' / 's.db'}")
+    caplog.set_level(logging.INFO, logger="sluice.metrics")
+
+    for _ in range(2):
+        clock.advance(state.cache_s + 1)
+        families = {f.name: f for f in metrics.state_families(state.read())}
+    state.engine = working
+    clock.advance(state.cache_s + 1)
+    state.read()
+
+    assert families["sluice_tasks"].samples  # the last counts stood
+    counted = [(r.message, r.exc_info is not None) for r in caplog.records if "count" in r.message]
+    assert counted == [
+        ("metrics.count_failed", True),
+        ("metrics.count_failed", False),
+        ("metrics.count_recovered", False),
+    ]
