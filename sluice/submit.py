@@ -149,7 +149,8 @@ def submit_embedded(
     def drive_if_alone() -> None:
         if not driving.is_set() and (lock is None or lock.acquire()):
             driving.set()
-            driver.start()
+            # Taken after the engine it waited on stopped: nothing of it is left running.
+            driver.start(sole=engine_lock.holder_is_gone(lock))
 
     def counts() -> dict[str, int]:
         drive_if_alone()

@@ -83,13 +83,16 @@ def run_up(settings: Settings, options: UpOptions, console: Console) -> int:
             workers = start_workers(settings, options.workers, stack, console)
         else:
             driver = build_embedded_driver(runtime)
+            sole = engine_held
             if not engine_held:
                 # One engine per database unless the limiter is shared (engine_lock).
                 lock = engine_lock.engine_lock(
                     settings.database_url, settings.redis_url, engine_lock.UP, driver.lost
                 )
                 stack.enter_context(holding(lock))
-            driver.start()
+                sole = engine_lock.holder_is_gone(lock)
+            # Held: what a killed engine left claimed comes back now, not after its lease.
+            driver.start(sole=sole)
             stack.callback(driver.stop)
         server = uvicorn.Server(
             uvicorn.Config(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from sluice import errors
 from sluice.clock import Clock
 from sluice.drivers.executor import build_dispatch, summarise
 from sluice.runtime import Runtime
@@ -24,8 +25,33 @@ class EmbeddedDriver:
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="sluice-dispatcher", daemon=True)
 
-    def start(self) -> None:
+    def start(self, *, sole: bool = False) -> None:
+        """Start the dispatch loop. ``sole``: this engine holds a lock that proves no other
+        engine works on the database (:func:`sluice.drivers.engine_lock.holder_is_gone`),
+        so the claims a killed engine left are recovered now rather than after their lease."""
+        if sole:
+            self.take_over()
         self._thread.start()
+
+    def take_over(self) -> None:
+        """Recover every claim in the store (logged with the counts); a store that cannot
+        be written now leaves them to the reconciler, after their lease."""
+        try:
+            uncertain, released = self.queue.take_over(self.clock.now())
+        except errors.SluiceError as exc:
+            log.warning("tasks.take_over_failed", extra={"error": str(exc)})
+            return
+        if uncertain or released:
+            log.warning(
+                "tasks.recovered",
+                extra={
+                    "count": uncertain + released,
+                    "uncertain": uncertain,
+                    "released": released,
+                    "reason": "left claimed by an engine that stopped without giving them "
+                    "back; the uncertain ones are looked up before any re-create",
+                },
+            )
 
     def _run(self) -> None:
         try:

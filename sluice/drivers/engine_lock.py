@@ -78,6 +78,18 @@ def engine_lock(
     return None
 
 
+def holder_is_gone(lock: EngineLock | None) -> bool:
+    """Whether holding ``lock`` proves that no other engine still works on the database:
+    then every claim found there is a dead engine's, to recover at once.
+
+    A ``flock`` is let go only when its process ends (or gives it back after stopping its
+    engine cleanly). A PostgreSQL advisory lock is not such proof: it goes with its
+    connection, which a server restart drops while its engine still runs for up to
+    :data:`WATCH_S`, so its claims are left to their lease.
+    """
+    return isinstance(lock, FileLock)
+
+
 @contextmanager
 def holding(lock: EngineLock | None) -> Iterator[None]:
     """Hold ``lock`` (if any) for the block, or raise :class:`errors.EngineLocked`."""

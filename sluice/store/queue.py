@@ -30,6 +30,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    true,
     update,
 )
 
@@ -387,12 +388,33 @@ class WorkQueue:
         after waiting for a concurrent writer; SQLite runs writers one at a time), so two
         reconcilers never both recover a task, nor clear a claim taken meanwhile.
         """
-        lapsed = or_(tasks.c.claimed_until.is_(None), tasks.c.claimed_until < now)
+        uncertain, released = self._recover(
+            now,
+            or_(tasks.c.claimed_until.is_(None), tasks.c.claimed_until < now),
+            tasks.c.claimed_until < now,
+        )
+        return uncertain + released
+
+    def take_over(self, now: datetime) -> tuple[int, int]:
+        """Recover every claim, lapsed or not: ``(made uncertain, released)``.
+
+        Only for an engine that knows no other one can hold a claim on this database: an
+        embedded engine that has just taken an engine lock which goes with its holder's
+        process (:func:`sluice.drivers.engine_lock.holder_is_gone`), before it claims
+        anything itself. The claims left are those of an engine that was killed; waiting
+        out their lease (``SLUICE_CLAIM_LEASE_S``, 120 s) would hold its tasks, and their
+        children, for as long after every restart.
+        """
+        return self._recover(now, true(), tasks.c.claimed_until.is_not(None))
+
+    def _recover(self, now: datetime, submission: Any, other: Any) -> tuple[int, int]:
+        """Submissions matching ``submission`` become uncertain (each with a 'recovered'
+        event) and other claims matching ``other`` are released: ``(uncertain, released)``."""
         with self._writing() as conn:
             recovered = list(
                 conn.execute(
                     update(tasks)
-                    .where(tasks.c.phase == Phase.SUBMITTING.value, lapsed)
+                    .where(tasks.c.phase == Phase.SUBMITTING.value, submission)
                     .values(
                         phase=Phase.UNCERTAIN.value,
                         maybe_created=True,
@@ -421,10 +443,10 @@ class WorkQueue:
                 )
             released = conn.execute(
                 update(tasks)
-                .where(tasks.c.claimed_until < now, tasks.c.phase != Phase.SUBMITTING.value)
+                .where(other, tasks.c.phase != Phase.SUBMITTING.value)
                 .values(claimed_by=None, claimed_until=None)
             ).rowcount
-        return len(recovered) + int(released or 0)
+        return len(recovered), int(released or 0)
 
 
 def _outcome_params(outcome: Outcome, now: datetime) -> dict[str, Any]:

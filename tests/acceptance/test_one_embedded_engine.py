@@ -19,9 +19,14 @@ import pytest
 
 import sluice
 from harness.cluster import free_port
+from sluice.clock import SystemClock
+from sluice.domain import Submission
 from sluice.drivers.engine_lock import UP, FileLock
 from sluice.sandbox.config import SandboxConfig
 from sluice.sandbox.server import SandboxServer
+from sluice.store import db
+from sluice.store.queue import WorkQueue
+from sluice.store.repository import TaskRepository
 from tests.unit.cli.running import one_line
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -132,6 +137,46 @@ def test_sluice_up_starts_again_on_a_database_whose_engine_was_killed(tmp_path: 
         finally:
             up.kill()
             up.wait()
+
+
+def test_sluice_up_recovers_at_once_what_a_killed_engine_left_claimed(tmp_path: Path) -> None:
+    """A `sluice up` killed mid-submission left its tasks claimed, and the restarted one
+    waited out their lease (`SLUICE_CLAIM_LEASE_S`, 120 s) before it looked them up: the
+    soak saw six tasks, and their children, stand still for two minutes after every kill.
+    The restart holds the engine lock, so no other engine can hold those claims: it
+    recovers them as it starts and says how many (here the lease is a day)."""
+    database = tmp_path / "sluice.db"
+    engine = db.make_engine(f"sqlite:///{database}")
+    db.ensure_schema(engine)
+    (task_id,) = TaskRepository(engine).create_many(
+        [
+            Submission(
+                provider="sandbox",
+                kind="campaign",
+                payload={"advertiser_id": "adv-1", "name": "A", "budget": 1000},
+            )
+        ]
+    )
+    assert WorkQueue(engine).claim_due(SystemClock().now(), 10, "vm:1/killed", 86400.0)
+    engine.dispose()
+    server = SandboxServer(SandboxConfig.from_settings({"profile": "demo"}), port=0)
+    sandbox_port = server.start().rsplit(":", 1)[1]
+    (tmp_path / "sluice.toml").write_text(f"[sandbox]\nport = {sandbox_port}\n", encoding="utf-8")
+    port, log = free_port(), tmp_path / "up.log"
+    up = sluice_up(embedded_env(f"sqlite:///{database}"), port, log, cwd=tmp_path)
+    try:
+        url = f"http://127.0.0.1:{port}/api/tasks/{task_id}"
+        wait_until_answered(up, url, log, "sluice up never became ready")
+        deadline = time.monotonic() + GUARD_S
+        while httpx.get(url, timeout=30).json()["status"] != "Completed":
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+    finally:
+        stop(up)
+        server.stop()
+    said = log.read_text()
+    assert "tasks.recovered count=1" in said, said
+    assert "uncertain=1" in said, said
 
 
 @pytest.mark.parametrize(

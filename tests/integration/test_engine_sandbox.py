@@ -280,3 +280,37 @@ def test_retry_creates_again_a_campaign_the_dsp_forgot(
     stats = sandbox_stats(run.url)
     assert stats["duplicate_count"] == 0
     assert stats["objects"]["campaigns"] == {"active": 1}, stats["objects"]
+
+
+def test_a_sole_engine_recovers_a_killed_engines_claims_as_it_starts(
+    tmp_path: Path, sandbox: Callable[..., str]
+) -> None:
+    """`sluice up` restarted after a SIGKILL holds the engine lock, so the claims left in
+    the file are a dead engine's: they come back as it starts, not a lease (120 s) later,
+    and the campaign the killed engine was sending (it did reach the sandbox) is looked up,
+    not created twice."""
+    url = sandbox(profile="standard")
+    runtime = make_runtime(tmp_path, provider(url))
+    ids = submissions.create_tasks(runtime.repo, runtime.catalog, hierarchy(groups=1, ads=1))
+    (due,) = runtime.queue.claim_due(runtime.repo.clock.now(), 10, "vm:1/killed", 3600.0)
+    ref = due.client_ref
+    assert ref is not None
+    created = httpx.post(
+        f"{url}/v1/campaigns", json={"advertiser_id": "adv-1", "name": "C", "client_ref": ref}
+    )
+    assert created.status_code == 202
+
+    driver = build_embedded_driver(runtime)
+    driver.start(sole=True)
+    try:
+        # Recovered as it started, whatever the loop has done since.
+        assert "recovered" in [e.event for e in runtime.repo.events(ids[0])]
+        deadline = time.monotonic() + 60
+        while not driver.all_final():
+            assert time.monotonic() < deadline, runtime.repo.counts()
+            time.sleep(0.05)
+    finally:
+        driver.stop()
+    assert [runtime.repo.get(i).status for i in ids] == [TaskStatus.COMPLETED] * len(ids)
+    assert runtime.repo.get(ids[0]).external_id == created.json()["id"]
+    assert sandbox_stats(url)["duplicate_count"] == 0

@@ -844,6 +844,28 @@ def test_submitting_task_without_a_claim_is_recovered(q: Queue) -> None:
     assert q.event_names(task_id) == ["created", "recovered"]
 
 
+def test_take_over_recovers_every_claim_before_its_lease_ends(q: Queue) -> None:
+    """An engine that knows it is alone on the database (an embedded one that just took the
+    engine lock of a killed one) recovers the claims left there at once: the submission
+    becomes uncertain, the poll's claim is released, and nothing is left to a lease."""
+    (task_id,) = q.add(1)
+    tracked = q.track(70)
+    q.claim("killed")
+    q.clock.advance(1)  # well inside the lease
+
+    assert q.queue.take_over(q.now()) == (1, 1)
+    assert q.queue.take_over(q.now()) == (0, 0)
+
+    task = q.get(task_id)
+    assert (task.phase, task.maybe_created) == (Phase.UNCERTAIN, True)
+    assert q.claimed_by(task_id) is None
+    assert q.event_names(task_id) == ["created", "recovered"]
+    assert (q.get(tracked).phase, q.claimed_by(tracked)) == (Phase.POLLING, None)
+    (lookup, poll) = sorted(q.claim("new"), key=lambda due: due.id)
+    assert lookup.operation.value == "lookup"
+    assert poll.id == tracked
+
+
 # -- what is due -------------------------------------------------------------------------
 
 
