@@ -256,13 +256,13 @@ def submit_remote(
         started = time.monotonic()
         try:
             watch(
-                lambda: remote_summary(client, ids).by_status,
+                lambda: summary_through_restarts(client, ids).by_status,
                 len(ids),
                 console,
                 threading.Event(),
                 refresh_s=1.0,
             )
-            summary = remote_summary(client, ids)
+            summary = summary_through_restarts(client, ids)
         except (httpx.HTTPError, errors.SluiceError) as exc:
             # Say the tasks exist (a second `sluice submit` of the file follows them: its
             # tasks hold the file's idempotency keys).
@@ -273,6 +273,27 @@ def submit_remote(
         console.print(summary_table(summary, time.monotonic() - started, []))
         say_pruned(console, len(ids), summary)
         return 0 if not summary.errors else 1
+
+
+FOLLOW_GRACE_S = 60.0
+"""How long `sluice submit --api` keeps following its tasks through an API it cannot reach
+(a `sluice up` restarting is gone for a few seconds) before it gives up in one line."""
+FOLLOW_RETRY_S = 1.0
+"""The wait between two tries meanwhile."""
+
+
+def summary_through_restarts(client: httpx.Client, ids: Sequence[int]) -> RunSummary:
+    """:func:`remote_summary`, tried again while the API cannot be reached (refused or
+    dropped connections, timeouts), for up to :data:`FOLLOW_GRACE_S`; an answer, even a
+    refusal (a revoked key, a proxy's 502), is not waited out."""
+    give_up_at = time.monotonic() + FOLLOW_GRACE_S
+    while True:
+        try:
+            return remote_summary(client, ids)
+        except httpx.TransportError:
+            if time.monotonic() >= give_up_at:
+                raise
+            time.sleep(FOLLOW_RETRY_S)
 
 
 def remote_summary(client: httpx.Client, ids: Sequence[int]) -> RunSummary:

@@ -172,7 +172,9 @@ def test_submit_that_loses_the_api_while_waiting_is_one_line_saying_the_tasks_ex
 ) -> None:
     """`sluice submit FILE --api URL` follows the tasks it created; the API going away
     meanwhile (killed, restarted, the key revoked) was a ConnectError or KeyError
-    traceback. The line says the tasks were created, so nobody submits them twice."""
+    traceback. The line says the tasks were created, so nobody submits them twice.
+    (An API that does not answer is followed for ``FOLLOW_GRACE_S`` first: 0 here.)"""
+    monkeypatch.setattr("sluice.submit.FOLLOW_GRACE_S", 0.0, raising=False)
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.method == "POST":
@@ -193,6 +195,37 @@ def test_submit_that_loses_the_api_while_waiting_is_one_line_saying_the_tasks_ex
         "error: lost the Sluice API at http://sluice.test while following tasks 7-7, which "
         "were created: "
     ), line
+
+
+def test_submit_follows_its_tasks_through_a_restart_of_the_api(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tasks_file: Path
+) -> None:
+    """In the embedded soak, `sluice up` was restarted (2 to 6 s without an API) while a
+    `sluice submit FILE --api URL` followed its tasks: the submit ended with "lost the
+    Sluice API ... Connection refused", exit code 2, though its tasks went on. It now keeps
+    following through an API that refuses connections for a while."""
+    monkeypatch.setattr("sluice.submit.FOLLOW_RETRY_S", 0.0, raising=False)
+    listings = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal listings
+        if request.method == "POST":
+            return httpx.Response(201, json={"count": 1, "ids": [7]})
+        listings += 1
+        if listings in (2, 3, 4):
+            raise httpx.ConnectError("[Errno 111] Connection refused")
+        status = "In Progress" if listings == 1 else "Completed"
+        task = {"id": 7, "status": status, "kind": "campaign", "validation_error": None}
+        return httpx.Response(200, json={"items": [task], "next_cursor": None})
+
+    api_answers(monkeypatch, handler)
+
+    code, err = run_cli(
+        monkeypatch, capsys, "submit", str(tasks_file), "--api", "http://sluice.test"
+    )
+
+    assert (code, err) == (0, "")
+    assert listings >= 5
 
 
 def test_a_key_without_api_is_not_checked(
