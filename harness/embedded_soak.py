@@ -213,6 +213,15 @@ class Soak:
         )
 
     def snapshot(self, tag: str) -> None:
+        """The sandbox's stats, objects and arrivals, in ``sandbox-TAG.json``; tried five
+        times (listing the objects is a ``/v1`` call: the sandbox's faults hit it too)."""
+        for _ in range(4):
+            if self.snapshot_once(tag):
+                return
+            time.sleep(1)
+        self.snapshot_once(tag)
+
+    def snapshot_once(self, tag: str) -> bool:
         try:
             token = httpx.post(
                 f"{self.sandbox}/oauth/token", json={"client_id": "soak", "client_secret": SECRET}
@@ -228,8 +237,10 @@ class Soak:
             }
             (self.dir / f"sandbox-{tag}.json").write_text(json.dumps(snap))
             self.rec("sb_snapshot", tag=tag)
+            return True
         except (httpx.HTTPError, KeyError, ValueError) as exc:
             self.rec("sb_snapshot_failed", tag=tag, error=repr(exc))
+            return False
 
     # -- chaos and samples ----------------------------------------------------------------
     def chaos(self) -> None:
