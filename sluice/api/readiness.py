@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 
 from sluice.api.deps import ReadinessCheck
 
@@ -37,25 +35,9 @@ class BoundedChecks:
         self._running: dict[ReadinessCheck, Future[None]] = {}
         self._lock = threading.Lock()
 
-    def run(self, checks: Mapping[str, ReadinessCheck]) -> dict[str, Exception | None]:
-        """Each check's failure (None when it passed)."""
-        running = self._start(checks)
-        results: dict[str, Exception | None] = {}
-        # One deadline for all: they run side by side, so two hung servers still answer the
-        # probe within timeout_s, not one timeout_s after the other.
-        deadline = time.monotonic() + self.timeout_s
-        for name, future in running.items():
-            try:
-                future.result(timeout=max(0.0, deadline - time.monotonic()))
-                results[name] = None
-            except FutureTimeout:
-                results[name] = self._timeout()
-            except Exception as exc:
-                results[name] = exc
-        return results
-
     async def wait(self, checks: Mapping[str, ReadinessCheck]) -> dict[str, Exception | None]:
-        """:meth:`run` for the event loop: it waits without a thread of the server's pool.
+        """Each check's failure (None when it passed), waited for on the event loop, without
+        a thread of the server's pool.
 
         ``/readyz`` used to be a plain function, run on the pool that every route reading
         the database shares: while the database's host was cut off, requests waiting on
@@ -65,7 +47,8 @@ class BoundedChecks:
         running = self._start(checks)
         waited = {name: asyncio.wrap_future(future) for name, future in running.items()}
         if waited:
-            # Side by side, one deadline for all, as in run(); asyncio.wait cancels nothing.
+            # Side by side, one deadline for all: two hung servers still answer the probe
+            # within timeout_s, not one timeout_s after the other. asyncio.wait cancels nothing.
             await asyncio.wait(waited.values(), timeout=self.timeout_s)
         results: dict[str, Exception | None] = {}
         for name, future in waited.items():

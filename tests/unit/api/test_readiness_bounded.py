@@ -31,20 +31,20 @@ def test_hung_checks_are_reported_and_the_others_answer() -> None:
     }
     bounded = BoundedChecks(timeout_s=0.5)
     try:
-        first = bounded.run(checks)
+        first = asyncio.run(bounded.wait(checks))
         assert isinstance(first["database"], ReadinessTimeout)
         assert isinstance(first["redis"], ReadinessTimeout)
         assert isinstance(first["broker"], ConnectionError)
         assert first["ok"] is None
         # A second probe waits for the runs still going instead of starting new ones.
-        second = bounded.run(checks)
+        second = asyncio.run(bounded.wait(checks))
         assert isinstance(second["database"], ReadinessTimeout)
         assert sorted(started) == ["database", "redis"]
     finally:
         release.set()
     # Once the servers answer again, so do the checks.
     for _ in range(100):
-        third = bounded.run(checks)
+        third = asyncio.run(bounded.wait(checks))
         if third["database"] is None and third["redis"] is None:
             break
     assert third["database"] is None
