@@ -41,6 +41,7 @@ from sluice.providers.base import (
     TaskRef,
     Transient,
 )
+from sluice.providers.client import ProviderClient
 from sluice.providers.config import KindConfig, ProviderConfig
 from sluice.providers.credentials import Accounts
 from sluice.providers.limits import ConfiguredLimit, LimitRules
@@ -808,7 +809,8 @@ def _send(
     json: Any,
     headers: Mapping[str, str],
 ) -> httpx.Response:
-    """``client.request`` with httpx exceptions translated into Sluice's.
+    """``client.request`` with httpx exceptions translated into Sluice's (the short way of
+    :class:`ProviderClient` when the client is one).
 
     Raises:
         errors.ProviderConnectError: nothing was sent (safe to resend).
@@ -817,6 +819,8 @@ def _send(
     """
     what = f"{method} {target.split('?', 1)[0]}"
     try:
+        if isinstance(client, ProviderClient):
+            return client.send_json(method, target, json=json, headers=headers)
         return client.request(method, target, json=json, headers=dict(headers))
     except (
         httpx.ConnectError,

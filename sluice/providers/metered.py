@@ -57,17 +57,13 @@ class MeteredTransport(httpx.BaseTransport):
                 call, metrics.status_class(response.status_code), time.perf_counter()
             )
             return response
-        return httpx.Response(
-            status_code=response.status_code,
-            headers=response.headers,
-            stream=_MeteredBody(
-                response.stream,
-                call,
-                metrics.status_class(response.status_code),
-                time.perf_counter(),
-            ),
-            extensions=response.extensions,
+        response.stream = _MeteredBody(
+            response.stream,
+            call,
+            metrics.status_class(response.status_code),
+            time.perf_counter(),
         )
+        return response
 
     def close(self) -> None:
         self.inner.close()

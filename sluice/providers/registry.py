@@ -18,6 +18,7 @@ from sluice import errors, metrics
 from sluice.clock import Clock
 from sluice.providers import signals
 from sluice.providers.base import Provider
+from sluice.providers.client import ProviderClient
 from sluice.providers.config import parse_provider
 from sluice.providers.http import HttpProvider
 from sluice.providers.metered import MeteredTransport
@@ -94,7 +95,7 @@ def declare_metrics(provider: Provider) -> None:
 
 def build_http_client(
     provider: Provider, *, transport: httpx.BaseTransport | None = None
-) -> httpx.Client:
+) -> ProviderClient:
     """A keep-alive client for ``provider``: base URL, timeout, pool, send gate.
 
     Credentials are not set on the client: the provider adds the headers of the account
@@ -115,9 +116,9 @@ def build_http_client(
     limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
     transport = MeteredTransport(provider.name, transport or gated_transport(limits))
     if not isinstance(provider, HttpProvider):
-        return httpx.Client(timeout=timeout, transport=transport, event_hooks=hooks)
+        return ProviderClient(timeout=timeout, transport=transport, event_hooks=hooks)
     headers = {"Accept": "application/json", "User-Agent": _USER_AGENT}
-    return httpx.Client(
+    return ProviderClient(
         base_url=provider.base_url,
         headers=headers,
         timeout=timeout,

@@ -1,0 +1,82 @@
+"""The HTTP client providers send with: httpx's ``Client``, their calls taken the short way.
+
+Every call a provider makes has one shape: a method, a target relative to the provider's
+base URL, a JSON body or none, and headers. httpx's ``Client.request`` sends that through
+layers made for the general case: an auth flow, a redirect loop, a cookie jar read and
+written on every answer, a log record per request, a wrapper around the answer's body.
+When no rate limit holds Sluice back those layers are a fifth of a send thread's work
+(docs/scaling.md, "Efficiency"), and the threads take turns at one interpreter lock.
+
+:meth:`ProviderClient.send_json` builds the very request ``Client.request`` would (the URL
+merged with the base URL as httpx merges it, the client's headers under the call's, the
+client's timeout), runs the client's request hooks (the send check), hands it to the
+client's transport and reads the answer. The transport is the same, so what is gated,
+metered and raised (httpx's exception types) is the same. Whatever the short way does not
+cover goes through ``Client.request``: a closed client, cookies the provider has set (they
+are sent back, as httpx would), default query parameters, an auth flow, followed
+redirects, response hooks.
+``tests/unit/providers/test_provider_client.py`` checks that both ways send the same request.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+
+class ProviderClient(httpx.Client):
+    """A keep-alive ``httpx.Client`` with a short way for a provider's calls."""
+
+    def __init__(self, *, transport: httpx.BaseTransport, **options: Any) -> None:
+        super().__init__(transport=transport, **options)
+        self._sender = transport
+
+    def send_json(
+        self,
+        method: str,
+        target: str,
+        *,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """What ``self.request(method, target, json=json, headers=headers)`` answers.
+
+        Raises:
+            httpx.HTTPError: as ``Client.request`` (the transport raises them).
+        """
+        if (
+            self.is_closed
+            or self.cookies
+            or self.params
+            or self.auth is not None
+            or self.follow_redirects
+            or self.event_hooks["response"]
+        ):
+            return self.request(method, target, json=json, headers=headers)
+        url = httpx.URL(target)
+        if url.is_relative_url:
+            base = self.base_url
+            url = base.copy_with(raw_path=base.raw_path + url.raw_path.lstrip(b"/"))
+        merged = httpx.Headers(self.headers)
+        if headers:
+            merged.update(headers)
+        request = httpx.Request(
+            method, url, json=json, headers=merged, extensions={"timeout": self.timeout.as_dict()}
+        )
+        for hook in self.event_hooks["request"]:
+            hook(request)
+        started = time.perf_counter()
+        response = self._sender.handle_request(request)
+        response.request = request
+        try:
+            response.read()
+        finally:
+            response.close()
+        response.elapsed = datetime.timedelta(seconds=time.perf_counter() - started)
+        if "set-cookie" in response.headers:
+            self.cookies.extract_cookies(response)
+        return response
