@@ -37,7 +37,7 @@ from sqlalchemy import (
 from sluice.domain import DueTask, Outcome, Phase, TaskStatus
 from sluice.store import db, fairshare
 from sluice.store.chains import end_descendants, release_children
-from sluice.store.rows import chunks, event_row, events, in_active_phase, task_values, tasks
+from sluice.store.rows import chunks, event_row, events, in_active_phase, tasks
 from sluice.store.tables import ACTIVE_PHASES
 
 log = logging.getLogger("sluice.store")
@@ -55,9 +55,10 @@ def due_now(now: datetime) -> Any:
 
 
 def _with_parent() -> Any:
-    parent = _parent
-    return select(tasks, parent.c.external_id.label("parent_external_id")).select_from(
-        tasks.outerjoin(parent, parent.c.id == tasks.c.parent_id)
+    """The columns of a :class:`DueTask`, in its fields' order, with its parent's id at the
+    provider."""
+    return select(*_DUE_COLUMNS).select_from(
+        tasks.outerjoin(_parent, _parent.c.id == tasks.c.parent_id)
     )
 
 
@@ -74,13 +75,24 @@ def _due_query(now: datetime, providers: Sequence[str] | None, limit: int) -> An
 
 
 _DUE_FIELDS = tuple(f.name for f in fields(DueTask))
+_DUE_COLUMNS = tuple(
+    _parent.c.external_id.label(name) if name == "parent_external_id" else tasks.c[name]
+    for name in _DUE_FIELDS
+)
+_STATUS, _PHASE, _TRACK_ONLY = (_DUE_FIELDS.index(n) for n in ("status", "phase", "track_only"))
 CANDIDATES_PER_SLOT = 4
 """A fair claim reads this many candidates per slot of each key (concurrent claimers)."""
 CLAIM_TOKEN_MAX = 128  # tasks.claimed_by
 
 
 def _to_due(row: Any) -> DueTask:
-    return DueTask(**task_values(row._mapping, _DUE_FIELDS))
+    """A row of :func:`_with_parent` as a :class:`DueTask` (read by position: claims build
+    one per task, and looking each column up by name cost more than the rest)."""
+    values = list(row)
+    values[_STATUS] = TaskStatus(values[_STATUS])
+    values[_PHASE] = Phase(values[_PHASE])
+    values[_TRACK_ONLY] = bool(values[_TRACK_ONLY])
+    return DueTask(*values)
 
 
 def claim_token(worker: str) -> str:
@@ -90,16 +102,19 @@ def claim_token(worker: str) -> str:
 
 
 def _as_claimed(task: DueTask, token: str, until: datetime) -> DueTask:
-    """``task`` as its claim left it (see :meth:`WorkQueue._claim`)."""
+    """``task`` as its claim left it (see :meth:`WorkQueue._claim`). Built from its fields'
+    dict: ``dataclasses.replace`` walks the fields' definitions each call."""
     if task.phase is Phase.READY:
-        return replace(
-            task,
-            phase=Phase.SUBMITTING,
-            maybe_created=True,
-            claimed_by=token,
-            claimed_until=until,
+        return DueTask(
+            **{
+                **vars(task),
+                "phase": Phase.SUBMITTING,
+                "maybe_created": True,
+                "claimed_by": token,
+                "claimed_until": until,
+            }
         )
-    return replace(task, claimed_by=token, claimed_until=until)
+    return DueTask(**{**vars(task), "claimed_by": token, "claimed_until": until})
 
 
 class WorkQueue:

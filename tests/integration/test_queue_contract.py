@@ -123,6 +123,62 @@ def test_claim_takes_due_work_oldest_first_and_records_intent(q: Queue) -> None:
     assert all(t.claimed_until == START + timedelta(seconds=1 + LEASE_S) for t in claimed)
 
 
+@pytest.mark.parametrize("how", ["fetch", "claim", "fair_one_key", "fair_keys"])
+def test_a_due_task_carries_every_field_as_stored(q: Queue, how: str) -> None:
+    """Each field of a DueTask is its own column's value (rows are read by position)."""
+    (parent,) = q.add(1, tenant="acme", fairness_key="acme")
+    (child,) = q.add(1, parent_id=parent, tenant="acme", priority=7, fairness_key="acme")
+    keys = ["acme"] if how != "fair_keys" else ["acme", "other"]
+    if how == "fair_keys":
+        q.add(1, fairness_key="other")
+    with q.engine.begin() as conn:
+        conn.execute(update(tasks).where(tasks.c.id == parent).values(external_id="P-1"))
+        conn.execute(
+            update(tasks)
+            .where(tasks.c.id == child)
+            .values(
+                status=TaskStatus.IN_PROGRESS.value,
+                phase=Phase.READY.value,
+                attempts=3,
+                polls=2,
+                poll_interval_s=4.5,
+                deadline_at=START + timedelta(hours=2),
+                client_ref="sl-child",
+                next_attempt_at=START,
+                maybe_created=True,
+                track_only=False,
+            )
+        )
+    q.clock.advance(1)
+    if how == "fetch":
+        found = q.queue.fetch_due(q.now(), 10)
+    elif how == "claim":
+        found = q.claim()
+    else:
+        found = q.queue.claim_fair(q.now(), 10, "w1", LEASE_S, "sandbox")
+    (task,) = [t for t in found if t.id == child]
+    stored = q.get(child)
+    assert sorted({t.fairness_key for t in found}) == keys
+    assert (task.provider, task.kind) == ("sandbox", "campaign")
+    assert task.payload == {"n": 1}
+    assert (task.external_id, task.client_ref) == (None, "sl-child")
+    assert (task.parent_id, task.parent_external_id) == (parent, "P-1")
+    assert task.status is TaskStatus.IN_PROGRESS
+    assert (task.track_only, task.attempts, task.polls) == (False, 3, 2)
+    assert task.poll_interval_s == 4.5
+    assert task.deadline_at == START + timedelta(hours=2)
+    assert (task.tenant, task.priority, task.fairness_key) == ("acme", 7, "acme")
+    assert task.maybe_created is True
+    if how == "fetch":
+        assert task.phase is Phase.READY
+        assert (task.claimed_by, task.claimed_until) == (None, None)
+    else:
+        assert task.phase is Phase.SUBMITTING is stored.phase
+        assert task.claimed_by is not None
+        assert task.claimed_by == q.claimed_by(child)
+        assert task.claimed_until == START + timedelta(seconds=1 + LEASE_S)
+
+
 def test_claimed_work_is_not_claimed_again_until_its_lease_ends(q: Queue) -> None:
     """While a lease lasts nobody else gets the task; after it ends another worker does."""
     tracked = q.track(7)
