@@ -27,6 +27,8 @@ One root, a subtree per seam::
     │   └── UnguardedRoute (TypeError)  api/auth.py: a route that declares no access
     ├── ProviderError               raised while talking to a third party
     │   ├── ProviderConnectError    the request never left (safe to resend)
+    │   │   └── ProviderUnreachable no connection could be made: the provider is paused
+    │   │                           (providers/outage.py)
     │   ├── ProviderTimeout         sent, no answer in time (may have taken effect: ambiguous)
     │   ├── ProviderDisconnected    sent, the connection dropped before a whole answer (ambiguous)
     │   ├── TokenUnavailable        providers/auth.py: no access token for the request
@@ -139,6 +141,11 @@ class ProviderTimeout(ProviderError):
 
 class ProviderConnectError(ProviderError):
     """The request could not be sent: it certainly did not take effect."""
+
+
+class ProviderUnreachable(ProviderConnectError):
+    """No connection could be made (refused, timed out, TLS failed): the provider is down
+    or cut off, and nothing was sent."""
 
 
 class ProviderDisconnected(ProviderError):

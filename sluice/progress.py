@@ -94,6 +94,8 @@ def summary_table(summary: RunSummary, elapsed_s: float, rates: list[RateReport]
         table.add_row(f"[{STATUS_STYLE[status]}]{status.value}", str(count))
     table.add_row("retries (transient failures)", str(summary.by_event.get("attempt_failed", 0)))
     table.add_row("rate-limit pauses", str(summary.by_event.get("rate_limited", 0)))
+    if summary.by_event.get("unreachable"):
+        table.add_row("provider unreachable (paused)", str(summary.by_event["unreachable"]))
     table.add_row(
         "lost answers looked up",
         str(summary.by_event.get("found", 0) + summary.by_event.get("lookup", 0)),

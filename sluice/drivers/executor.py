@@ -307,11 +307,11 @@ class ThreadExecutor:
             failed = sum(
                 1
                 for o in outcomes
-                if o.event == "attempt_failed" or o.to_status is TaskStatus.ERROR
+                if o.event in ("attempt_failed", "unreachable") or o.to_status is TaskStatus.ERROR
             )
             if failed:
                 usage.count(name, "error", failed)
-            if any(o.pause_s is not None for o in outcomes):
+            if any(o.pause_s is not None and o.event != "unreachable" for o in outcomes):
                 usage.count(name, "rate_limited")
         except Exception:
             log.warning("usage.count_failed", exc_info=True, extra={"provider": provider.name})
@@ -328,7 +328,7 @@ class ThreadExecutor:
             self.pauses.record(
                 provider.pause_key(),
                 until,
-                signal="rate_limited",
+                signal="unreachable" if longest.event == "unreachable" else "rate_limited",
                 reason=longest.detail,
                 since=now,
             )

@@ -1,7 +1,8 @@
 """Turn one provider decision into the outcome the store records: pure, no I/O.
 
 This is the one place that acts on ``Accepted | StatusReport | RateLimited | Transient |
-Failed | Found | NotFound``: rate limits never count as attempts, transient failures back
+Failed | Found | NotFound``: rate limits (and a provider that cannot be reached, paused by
+Sluice's own back-off) never count as attempts, transient failures back
 off with full jitter up to ``max_attempts`` failures in a row (a good answer from the
 provider starts the count again), final statuses release or end the task's children.
 
@@ -75,7 +76,7 @@ def _outcome(task: DueTask, to_status: TaskStatus, phase: Phase, **values: Any) 
 
 
 def rate_limited(task: DueTask, decision: RateLimited, now: datetime) -> Outcome:
-    """Wait out the provider's pause; the attempt does not count."""
+    """Wait out the provider's pause (or, unreachable, Sluice's); the attempt does not count."""
     pause = decision.retry_after_s if decision.retry_after_s is not None else DEFAULT_PAUSE_S
     fields: dict[str, Any] = {"next_attempt_at": _later(now, pause)}
     phase = task.phase
@@ -87,7 +88,7 @@ def rate_limited(task: DueTask, decision: RateLimited, now: datetime) -> Outcome
         task,
         task.status,
         phase,
-        event="rate_limited",
+        event="unreachable" if decision.unreachable else "rate_limited",
         detail=f"{decision.detail}; paused {pause:g}s",
         fields=fields,
         pause_s=pause,

@@ -68,6 +68,9 @@ class RateLimited:
     ambiguous: bool = False
     """A create refused with a server error (a 5xx listed in ``statuses``, TTD's 503): the
     object may have been committed behind it, so it is looked up before it is sent again."""
+    unreachable: bool = False
+    """Not the provider's word: no connection could be made, and the pause is Sluice's own
+    back-off (:mod:`sluice.providers.outage`)."""
 
 
 @dataclass(frozen=True)

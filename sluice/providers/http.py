@@ -45,6 +45,7 @@ from sluice.providers.client import ProviderClient
 from sluice.providers.config import KindConfig, ProviderConfig
 from sluice.providers.credentials import Accounts
 from sluice.providers.limits import ConfiguredLimit, LimitRules
+from sluice.providers.outage import Outage
 from sluice.providers.templating import (
     MISSING,
     MissingValue,
@@ -99,6 +100,7 @@ class HttpProvider:
         self.judges_spacing = config.judges == "spacing"
         self.kinds = frozenset(config.kinds)
         self._clock: Clock = clock or SystemClock()
+        self._outage = Outage(self._clock, config.retry_base, config.retry_max)
         # Also teaches masking.KNOWN, so the log formatter masks these secrets everywhere.
         self._redactor = Redactor(registry=masking.KNOWN)
         password = masking.url_password(config.base_url)
@@ -580,6 +582,19 @@ class HttpProvider:
             request_headers[auth_name] = auth_value
         try:
             response = _send(client, line.method, target, json=json, headers=request_headers)
+        except errors.ProviderUnreachable as exc:
+            # Down or cut off: every task would fail alike. Pause the provider instead of
+            # spending each task's attempts (providers/outage.py).
+            pause = self._outage.failed()
+            return self._log_decision(
+                RateLimited(
+                    pause,
+                    f"{self.name} unreachable: {self._redactor.redact(str(exc))}",
+                    said_when=False,
+                    unreachable=True,
+                ),
+                task_ids,
+            )
         except errors.ProviderConnectError as exc:
             return self._log_decision(
                 Transient(f"{self.name} unreachable: {self._redactor.redact(str(exc))}"), task_ids
@@ -599,6 +614,7 @@ class HttpProvider:
             return self._log_decision(
                 Transient(self._redactor.redact(str(exc)), ambiguous=write), task_ids
             )
+        self._outage.answered()
         status = response.status_code
         if 200 <= status < 300 or (allow_absent and status in _ABSENT):
             if self._observer is not None:
@@ -729,7 +745,8 @@ class HttpProvider:
 
     def _log_decision(self, decision: _Refusal, task_ids: Sequence[int]) -> _Refusal:
         if isinstance(decision, RateLimited):
-            event, detail = "provider.rate_limited", decision.detail
+            event = "provider.unreachable" if decision.unreachable else "provider.rate_limited"
+            detail = decision.detail
         elif isinstance(decision, Transient):
             event, detail = "provider.transient", decision.message
         else:
@@ -813,6 +830,7 @@ def _send(
     :class:`ProviderClient` when the client is one).
 
     Raises:
+        errors.ProviderUnreachable: no connection could be made (nothing was sent).
         errors.ProviderConnectError: nothing was sent (safe to resend).
         errors.ProviderTimeout: sent, no answer in time (may have taken effect).
         errors.ProviderDisconnected: sent, the connection dropped before a whole answer.
@@ -822,12 +840,9 @@ def _send(
         if isinstance(client, ProviderClient):
             return client.send_json(method, target, json=json, headers=headers)
         return client.request(method, target, json=json, headers=dict(headers))
-    except (
-        httpx.ConnectError,
-        httpx.ConnectTimeout,
-        httpx.PoolTimeout,
-        httpx.UnsupportedProtocol,
-    ) as exc:
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        raise errors.ProviderUnreachable(f"{what}: could not connect ({_reason(exc)})") from exc
+    except (httpx.PoolTimeout, httpx.UnsupportedProtocol) as exc:
         raise errors.ProviderConnectError(f"{what}: could not connect ({_reason(exc)})") from exc
     except httpx.InvalidURL as exc:
         raise errors.ProviderConnectError(f"{what}: invalid URL ({exc})") from exc

@@ -80,6 +80,24 @@ def test_rate_limited_is_not_an_attempt_and_pauses() -> None:
     assert out.fields["next_attempt_at"] == NOW + timedelta(seconds=12)
 
 
+def test_an_unreachable_provider_spends_no_attempt_of_any_operation() -> None:
+    """Nothing was sent: a create, a lookup and a status read each wait out Sluice's own
+    pause, keep their attempts, and say why in the history."""
+    down = RateLimited(4.0, "acme unreachable: connection refused", unreachable=True)
+    submit = decide.after_submit(due(attempts=2), down, POLICY, NOW)
+    lookup = decide.after_lookup(due(attempts=2, phase=Phase.UNCERTAIN), down, POLICY, NOW)
+    polling = due(attempts=2, phase=Phase.POLLING, status=TaskStatus.IN_PROGRESS)
+    poll = decide.after_poll(polling, down, POLICY, NOW)
+    for out, phase in ((submit, Phase.READY), (lookup, Phase.UNCERTAIN), (poll, Phase.POLLING)):
+        assert out.event == "unreachable"
+        assert "attempts" not in out.fields
+        assert out.pause_s == 4.0
+        assert out.phase is phase
+        assert out.fields["next_attempt_at"] == NOW + timedelta(seconds=4)
+        assert out.to_status is out.from_status
+    assert submit.fields["maybe_created"] is False
+
+
 def test_a_server_error_slow_down_on_a_create_is_looked_up_after_the_pause() -> None:
     """TTD's 503 + Retry-After (503 in ``statuses``) to a create: paused, not an attempt,
     but the create may have been committed, so the next step is a lookup, not a resend."""

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from sluice import errors
-from sluice.providers.base import Failed, Transient
+from sluice.providers.base import Failed, RateLimited, Transient
 from sluice.providers.registry import load_providers
 from sluice.settings import Settings
 
@@ -99,6 +99,7 @@ def test_transport_errors_do_not_carry_secrets() -> None:
     )
     provider = make_provider(TABLE, environ=ENV)
     decision = provider.submit(client_for(provider, dsp), task())
-    assert isinstance(decision, Transient)
-    assert "refused" in decision.message
-    assert_no_secret(decision.message)
+    assert isinstance(decision, RateLimited)
+    assert decision.unreachable
+    assert "refused" in decision.detail
+    assert_no_secret(decision.detail)

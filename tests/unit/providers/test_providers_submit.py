@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from sluice.clock import FakeClock
 from sluice.providers.base import Accepted, Failed, RateLimited, Transient
 
 from .fakes import ACME, FakeDsp, client_for, make_provider, task, with_changes
@@ -146,9 +147,61 @@ def test_429_is_rate_limited_not_a_failure(dsp: FakeDsp) -> None:
     assert not decision.ambiguous
 
 
-def test_connect_error_is_transient_and_unambiguous(dsp: FakeDsp) -> None:
-    """A connection never made cannot have created anything."""
-    dsp.script(httpx.ConnectError("connection refused"))
+@pytest.mark.parametrize(
+    "exc", [httpx.ConnectError("connection refused"), httpx.ConnectTimeout("timed out")]
+)
+def test_an_unreachable_provider_is_paused_not_failed(dsp: FakeDsp, exc: Exception) -> None:
+    """A connection never made cannot have created anything, and says the provider is down:
+    a pause of Sluice's own (not counted as an attempt), not a transient failure."""
+    dsp.script(exc)
+    provider = make_provider(ACME)
+    decision = provider.submit(client_for(provider, dsp), task())
+    assert isinstance(decision, RateLimited)
+    assert decision.unreachable
+    assert not decision.ambiguous
+    assert not decision.said_when
+    assert decision.retry_after_s == 1.0  # retry_base
+    assert "acme unreachable" in decision.detail
+
+
+def test_unreachable_pauses_double_per_spell_and_start_again_after_an_answer(
+    dsp: FakeDsp,
+) -> None:
+    """Each failure after a pause has run out doubles it (up to retry_max, at most 30 s);
+    failures of requests already under way wait out what is left; an answer resets it."""
+    clock = FakeClock()
+    provider = make_provider(with_changes(ACME, retry_base="1s", retry_max="10s"), clock=clock)
+    client = client_for(provider, dsp)
+
+    def pause() -> float | None:
+        dsp.script(httpx.ConnectError("connection refused"))
+        decision = provider.submit(client, task())
+        assert isinstance(decision, RateLimited)
+        assert decision.unreachable
+        return decision.retry_after_s
+
+    pauses = []
+    for _ in range(6):
+        pauses.append(pause())
+        clock.advance(pauses[-1] or 0.0)
+    assert pauses == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    assert pause() == 10.0
+    clock.advance(4.0)
+    assert pause() == 6.0  # under way when the pause began: what is left of it
+    clock.advance(6.0)
+    assert isinstance(provider.submit(client, task()), Accepted)
+    assert pause() == 1.0
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [httpx.PoolTimeout("no free connection"), httpx.UnsupportedProtocol("ftp")],
+)
+def test_failures_to_send_that_do_not_say_the_provider_is_down_stay_transient(
+    dsp: FakeDsp, exc: Exception
+) -> None:
+    """Nothing was sent, so not ambiguous, but a full local pool or a bad URL is no outage."""
+    dsp.script(exc)
     provider = make_provider(ACME)
     decision = provider.submit(client_for(provider, dsp), task())
     assert isinstance(decision, Transient)

@@ -1,0 +1,53 @@
+"""How long a provider that cannot be reached is left alone.
+
+A connection the provider's host refuses, or that is not made within the timeout, sent
+nothing: the provider is down, restarting or cut off, and every task would fail the same
+way. Counted as each task's failed attempt, a two-minute outage ended a whole backlog in
+Error ("gave up after 8 attempts"), while the dispatcher kept sending about 20 requests a
+second into it. So the provider is paused instead, the attempt not counted (as for a rate
+limit), for a pause that doubles with each new failure from ``retry_base`` up to
+``retry_max`` or :data:`MAX_PAUSE_S`, whichever is shorter (so a provider that is back is
+tried again within that), and starts again at ``retry_base`` once any answer comes back.
+
+A request that was already under way when the pause began and fails during it does not
+double it again: it waits out what is left. The state is per process; the pause itself
+goes to the limiter, so every worker sharing it stops sending.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from sluice.clock import Clock
+
+MAX_PAUSE_S = 30.0
+"""The longest pause for an unreachable provider: how late, at most, Sluice notices it is back."""
+
+
+class Outage:
+    """The back-off of one provider's unreachable spells."""
+
+    def __init__(self, clock: Clock, base_s: float, max_s: float) -> None:
+        self._clock = clock
+        self._base_s = base_s
+        self._max_s = max(base_s, min(max_s, MAX_PAUSE_S))
+        self._lock = threading.Lock()
+        self._pause_s = 0.0
+        self._until = 0.0
+
+    def failed(self) -> float:
+        """A connection could not be made: the seconds to leave the provider alone."""
+        with self._lock:
+            now = self._clock.monotonic()
+            if now < self._until:
+                return self._until - now
+            self._pause_s = min(self._max_s, self._pause_s * 2) if self._pause_s else self._base_s
+            self._until = now + self._pause_s
+            return self._pause_s
+
+    def answered(self) -> None:
+        """The provider answered (whatever it said): the next outage starts short."""
+        if self._pause_s:
+            with self._lock:
+                self._pause_s = 0.0
+                self._until = 0.0
