@@ -7,6 +7,7 @@ The lead registers :func:`sandbox_command` on the main Typer app. Flags win over
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from sluice import errors
 from sluice.sandbox.app import create_sandbox_app
 from sluice.sandbox.config import SandboxConfig
 from sluice.sandbox.profiles import PROFILES
@@ -84,19 +86,44 @@ def sandbox_command(
         raise typer.BadParameter(problems) from None
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    # Bound before anything is said: a port in use was announced as served, then reported
+    # by uvicorn in a second line, with exit code 3.
+    sock = listen(sandbox_config.host, sandbox_config.port)
     typer.echo(
         f"sandbox DSP ({sandbox_config.profile} profile) on "
-        f"http://{sandbox_config.host}:{sandbox_config.port}",
+        f"http://{_where(sandbox_config.host, sock.getsockname()[1])}",
         err=True,
     )
-    uvicorn.run(
-        create_sandbox_app(sandbox_config),
-        host=sandbox_config.host,
-        port=sandbox_config.port,
-        http="httptools",
-        access_log=False,
-        log_level=log_level.lower(),
-    )
+    with sock:
+        uvicorn.run(
+            create_sandbox_app(sandbox_config),
+            host=sandbox_config.host,
+            port=sandbox_config.port,
+            fd=sock.fileno(),
+            http="httptools",
+            access_log=False,
+            log_level=log_level.lower(),
+        )
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port``, or SluiceError in one line naming the address and
+    the system's reason ("cannot listen on 127.0.0.1:9000: Address already in use")."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise errors.SluiceError(
+            f"cannot listen on {_where(host, port)}: {exc.strerror or exc}"
+        ) from None
+    return sock
+
+
+def _where(host: str, port: int) -> str:
+    """``host:port``, an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def load_config(config_file: Path | None = None, **flags: object) -> SandboxConfig:

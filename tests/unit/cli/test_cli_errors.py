@@ -608,6 +608,23 @@ def test_up_with_the_sandbox_on_a_port_in_use_is_one_line(
     ), err
 
 
+def test_sluice_sandbox_on_a_port_in_use_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], busy_port: int
+) -> None:
+    """`sluice sandbox --port P` with P taken first said "sandbox DSP (standard profile) on
+    http://127.0.0.1:P", then uvicorn logged the bind error and exited with status 3."""
+    import uvicorn
+
+    served: list[object] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: served.append(kwargs))
+
+    code, err = run_cli(monkeypatch, capsys, "sandbox", "--port", str(busy_port))
+
+    assert code == 2
+    assert one_line(err).startswith(f"error: cannot listen on 127.0.0.1:{busy_port}: "), err
+    assert served == []
+
+
 @pytest.mark.parametrize("command", ["worker", "beat"])
 def test_an_unknown_loglevel_is_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: str

@@ -66,6 +66,18 @@ def test_command_serves_with_flags_and_env(
     assert (served[0]["host"], served[0]["port"]) == ("127.0.0.2", 9555)
 
 
+def test_the_port_is_bound_before_it_is_announced(served: list[dict[str, Any]]) -> None:
+    """uvicorn serves the socket the command bound (its fd), and port 0 is announced as
+    the port the system chose, not as 0."""
+    result = CliRunner().invoke(_runner_app(), ["--port", "0"])
+
+    assert result.exit_code == 0, result.output
+    assert isinstance(served[0]["fd"], int)
+    announced = result.output.strip().rsplit(":", 1)[1]
+    assert announced.isdigit(), result.output
+    assert int(announced) > 0
+
+
 def test_unknown_profile_is_a_usage_error(served: list[dict[str, Any]]) -> None:
     """A wrong --profile exits with status 2, names the known profiles and serves nothing."""
     result = CliRunner(env={"COLUMNS": "200"}).invoke(_runner_app(), ["--profile", "acme"])
@@ -104,7 +116,7 @@ def test_an_unknown_log_level_is_a_usage_error(served: list[dict[str, Any]], lev
 
 
 def test_the_log_level_is_read_in_any_case(served: list[dict[str, Any]]) -> None:
-    result = CliRunner().invoke(_runner_app(), ["--log-level", "INFO"])
+    result = CliRunner().invoke(_runner_app(), ["--log-level", "INFO", "--port", "0"])
 
     assert result.exit_code == 0, result.output
     assert served[0]["log_level"] == "info"
