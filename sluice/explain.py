@@ -178,9 +178,13 @@ def operation_of(task: Task) -> Operation:
 class Explainer:
     """Answers "why is this task here" over a repository and the controls' view."""
 
-    def __init__(self, repo: TaskRepository, controls: Controls) -> None:
+    def __init__(
+        self, repo: TaskRepository, controls: Controls, *, fair_share: bool = True
+    ) -> None:
         self.repo = repo
         self.controls = controls
+        # How the engine claims (SLUICE_FAIR_SHARE): it decides which tasks are ahead.
+        self.fair_share = fair_share
 
     def explain(self, task_id: int, *, tenant: str | None = None) -> Explanation:
         """The explanation of task ``task_id`` (TaskNotFound for another tenant's task).
@@ -422,7 +426,7 @@ class Explainer:
     def _slot(
         self, task: Task, rates: list[RateInfo], now: datetime, tenant: str | None
     ) -> SlotInfo:
-        ahead = self.repo.due_ahead(task, now, AHEAD_CAP, tenant=tenant)
+        ahead = self.repo.due_ahead(task, now, AHEAD_CAP, tenant=tenant, fair=self.fair_share)
         slowest = min(rates, key=lambda r: r.per_second, default=None)
         eta = None
         if slowest is not None and slowest.per_second > 0 and math.isfinite(slowest.per_second):

@@ -89,7 +89,9 @@ def explain_local(settings: Settings, task_id: int) -> dict[str, Any]:
 
     runtime = build_runtime(settings, migrate=False)
     try:
-        explained = Explainer(runtime.repo, runtime.controls).explain(task_id)
+        explained = Explainer(
+            runtime.repo, runtime.controls, fair_share=runtime.settings.fair_share
+        ).explain(task_id)
         return ExplainOut.model_validate(explained).model_dump(mode="json")
     finally:
         runtime.close()

@@ -117,7 +117,7 @@ def create_app(
         keys=key_store,
         audit=AuditLog(repo.engine),
         controls=controls,
-        explainer=Explainer(repo, controls),
+        explainer=Explainer(repo, controls, fair_share=settings.fair_share),
         checks=all_checks,
         overview=OverviewService(
             repo.engine,

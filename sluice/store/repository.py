@@ -54,6 +54,7 @@ from sluice.store.rows import (
     encode_cursor,
     event_row,  # noqa: F401  (tests build events with it from here)
     events,
+    in_active_phase,
     row_to_task,
     tasks,
 )
@@ -175,30 +176,90 @@ class TaskRepository:
         more = len(rows) > limit
         return Page(items, encode_cursor(items[-1].id) if more and items else None)
 
-    def due_ahead(self, task: Task, now: datetime, cap: int, *, tenant: str | None = None) -> int:
-        """How many due tasks of ``task``'s provider go before it (earlier ``next_attempt_at``,
-        then lower id), counted up to ``cap`` (one range of the ``ix_tasks_due`` index per
-        phase, so a long queue costs at most ``cap`` index entries); only ``tenant``'s
-        tasks when given."""
+    def due_ahead(
+        self,
+        task: Task,
+        now: datetime,
+        cap: int,
+        *,
+        tenant: str | None = None,
+        fair: bool = True,
+    ) -> int:
+        """How many due tasks of ``task``'s provider go before it, counted up to ``cap``;
+        only ``tenant``'s tasks when given.
+
+        ``fair`` (claims shared between fairness keys, the default): in ``task``'s own
+        fairness key, the order claims take (priority, children of existing parents before
+        roots, then due time and id: :func:`fairshare.within_key_order`), read along
+        ``ix_tasks_fair_order`` for at most ``cap`` entries; in other keys, which share the
+        slots, those due earlier (then lower id). Otherwise (arrival order): earlier due
+        time, then lower id, one range of the ``ix_tasks_due`` index per phase.
+        """
         due_at = task.next_attempt_at or now
-        ahead = (
-            select(tasks.c.id)
-            .where(
-                tasks.c.phase.in_(WAITING_PHASES),
-                tasks.c.provider == task.provider,
-                tasks.c.id != task.id,
-                or_(
-                    tasks.c.next_attempt_at < due_at,
-                    and_(tasks.c.next_attempt_at == due_at, tasks.c.id < task.id),
-                ),
-            )
-            .limit(cap)
+        earlier = or_(
+            tasks.c.next_attempt_at < due_at,
+            and_(tasks.c.next_attempt_at == due_at, tasks.c.id < task.id),
         )
+        ahead = select(tasks.c.id).where(
+            tasks.c.phase.in_(WAITING_PHASES),
+            tasks.c.provider == task.provider,
+            tasks.c.id != task.id,
+            earlier,
+        )
+        if fair:
+            ahead = ahead.where(tasks.c.fairness_key != task.fairness_key)
         if tenant is not None:
             ahead = ahead.where(tasks.c.tenant == tenant)
         with self.engine.connect() as conn:
-            counted = select(func.count()).select_from(ahead.subquery())
-            return int(conn.execute(counted).scalar_one())
+            counted = select(func.count()).select_from(ahead.limit(cap).subquery())
+            others = int(conn.execute(counted).scalar_one())
+            if not fair:
+                return others
+            return min(cap, others + self._ahead_in_key(conn, task, due_at, now, cap, tenant))
+
+    @staticmethod
+    def _ahead_in_key(
+        conn: Connection,
+        task: Task,
+        due_at: datetime,
+        now: datetime,
+        cap: int,
+        tenant: str | None,
+    ) -> int:
+        """Due tasks of ``task``'s fairness key that a fair claim takes before it: those
+        claimed already to be sent, then its key's tasks in claim order, up to ``cap`` of
+        them, until ``task``'s place."""
+        claimed = select(tasks.c.id).where(
+            tasks.c.phase == Phase.SUBMITTING.value,
+            tasks.c.provider == task.provider,
+            tasks.c.fairness_key == task.fairness_key,
+            tasks.c.id != task.id,
+        )
+        if tenant is not None:
+            claimed = claimed.where(tasks.c.tenant == tenant)
+        counted = select(func.count()).select_from(claimed.limit(cap).subquery())
+        ahead = int(conn.execute(counted).scalar_one())
+        place = (-task.priority, task.parent_id is None, due_at, task.id)
+        query = (
+            select(tasks.c.id, tasks.c.priority, tasks.c.parent_id, tasks.c.next_attempt_at)
+            .where(
+                in_active_phase(),
+                tasks.c.provider == task.provider,
+                tasks.c.fairness_key == task.fairness_key,
+            )
+            .order_by(*fairshare.within_key_order())
+            .limit(cap)
+        )
+        if tenant is not None:
+            query = query.where(tasks.c.tenant == tenant)
+        due_by = max(due_at, now)
+        for row in conn.execute(query):
+            at = row.next_attempt_at or now
+            if (-row.priority, row.parent_id is None, at, row.id) >= place:
+                break
+            if at <= due_by:
+                ahead += 1
+        return ahead
 
     def find(
         self,

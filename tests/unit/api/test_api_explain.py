@@ -14,6 +14,7 @@ from sluice.controls import Controls
 from sluice.domain import Operation, Phase, Submission, TaskStatus
 from sluice.engine.adaptive import rate_of
 from sluice.engine.rates import Ceiling, RatesInForce
+from sluice.explain import Explainer
 from sluice.ratelimit.base import InFlight
 from sluice.store.rows import tasks
 
@@ -67,6 +68,33 @@ def test_a_due_task_waits_for_a_slot_behind_the_due_tasks_of_its_provider(api: A
         ("sandbox:write", "10/s", "10/s", "configured"),
     ]
     assert "3 due ahead of it" in shown["summary"]
+
+
+def test_children_and_higher_priorities_of_its_key_are_ahead_of_an_earlier_root(
+    api: Api,
+) -> None:
+    """A fair claim takes a key's tasks by priority, then children of existing parents
+    before roots, then due time: a root that waited behind 400 of the demo's ad groups
+    and ads (23 s at 20/s) was told "0 due ahead of it, about 0.1 s"."""
+    root = make(api)
+    parent = make(api)
+    set_row(api, parent, status=TaskStatus.COMPLETED.value, phase=Phase.DONE.value)
+    api.clock.advance(1)
+    for _ in range(2):
+        api.repo.create(Submission("sandbox", "campaign", {"name": "Child"}, parent_id=parent))
+    api.repo.create(Submission("sandbox", "campaign", {"name": "Urgent"}, priority=5))
+    make(api)  # a later root of the same priority: behind it
+    api.clock.advance(1)
+
+    shown = explain(api, root)
+
+    assert shown["state"] == "waiting_slot"
+    assert shown["slot"]["ahead"] == 3
+    assert "3 due ahead of it" in shown["summary"]
+    # Claimed in arrival order (SLUICE_FAIR_SHARE=false), nothing was due before it.
+    arrival = Explainer(api.repo, controls_of(api), fair_share=False).explain(root)
+    assert arrival.slot is not None
+    assert arrival.slot.ahead == 0
 
 
 def test_an_accounts_key_is_among_the_rates_of_its_tasks(api: Api) -> None:
