@@ -406,9 +406,30 @@ def describe_settings_error(exc: ValidationError) -> str:
             inner = f" {'.'.join(loc[named:])}" if len(loc) > named else ""
             return f"SLUICE_{name.upper()} / [{table}]{inner}"
         inner = f" ({'.'.join(loc[1:])})" if len(loc) > 1 else ""
-        return f"SLUICE_{name.upper()} / [sluice] {name}{inner}"
+        return f"{setting_name(name)}{inner}"
 
     return describe_validation_error(exc, where, "invalid setting ")
+
+
+def setting_name(name: str) -> str:
+    """A ``[sluice]`` setting as errors name it: ``SLUICE_PORT / [sluice] port``, and ``in
+    FILE`` after it when its value was read from the TOML file (no ``SLUICE_PORT`` is set).
+
+    The file was left unsaid: with both a file and variables in use, an operator could not
+    tell which one held the bad value.
+    """
+    variable = f"SLUICE_{name.upper()}"
+    named = f"{variable} / [sluice] {name}"
+    if any(key.upper() == variable for key in os.environ):
+        return named
+    try:
+        path = config_path()
+        if path is None:
+            return named
+        table = tomllib.loads(path.read_text(encoding="utf-8")).get("sluice")
+    except (errors.ConfigError, OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return named
+    return f"{named} in {path}" if isinstance(table, dict) and name in table else named
 
 
 def describe_validation_error(

@@ -44,7 +44,7 @@ from sluice.ratelimit.base import Limiter
 from sluice.ratelimit.memory import MemoryLimiter
 from sluice.ratelimit.rate import Rate
 from sluice.runtime import Runtime
-from sluice.settings import Settings
+from sluice.settings import Settings, setting_name
 from sluice.store.audit import AuditLog
 from sluice.store.bulkjobs import BulkJobs
 from sluice.store.keys import KeyStore
@@ -217,8 +217,7 @@ def api_rate(settings: Settings) -> Rate | None:
     except ValueError:
         # Not the value given: it may be a secret pasted into the wrong variable.
         raise errors.ConfigError(
-            "SLUICE_API_RATE_LIMIT / [sluice] api_rate_limit: must be a rate like "
-            "'20/s', '600/min' or '5/2s'"
+            f"{setting_name('api_rate_limit')}: must be a rate like '20/s', '600/min' or '5/2s'"
         ) from None
     if settings.api_rate_burst >= rate.limit:
         raise errors.ConfigError(

@@ -104,13 +104,46 @@ def test_a_boolean_where_a_number_belongs_is_a_config_error() -> None:
 
     lines = str(caught.value).splitlines()
     assert sorted(lines) == [
-        "invalid setting SLUICE_PORT / [sluice] port: "
+        "invalid setting SLUICE_PORT / [sluice] port in sluice.toml: "
         "Value error, must be an integer, not true or false",
-        "invalid setting SLUICE_PUMPS / [sluice] pumps: "
+        "invalid setting SLUICE_PUMPS / [sluice] pumps in sluice.toml: "
         "Value error, must be an integer, not true or false",
-        "invalid setting SLUICE_RATE_MARGIN / [sluice] rate_margin: "
+        "invalid setting SLUICE_RATE_MARGIN / [sluice] rate_margin in sluice.toml: "
         "Value error, must be a number, not true or false",
     ]
+
+
+def test_an_error_names_the_file_only_for_a_value_read_from_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The README promises errors that name the file: a bad value in sluice.toml was
+    named "SLUICE_PUMPS / [sluice] pumps" like one from the environment, so with both in
+    use the operator could not tell where to look. A variable set wins and is named alone."""
+    Path("sluice.toml").write_text("[sluice]\npumps = 0\nport = 8000\n", encoding="utf-8")
+    monkeypatch.setenv("SLUICE_PORT", "0")
+
+    with pytest.raises(errors.ConfigError) as caught:
+        load_settings()
+
+    assert sorted(str(caught.value).splitlines()) == [
+        "invalid setting SLUICE_PORT / [sluice] port: Input should be greater than or equal to 1",
+        "invalid setting SLUICE_PUMPS / [sluice] pumps in sluice.toml: "
+        "Input should be greater than or equal to 1",
+    ]
+
+
+def test_a_bad_api_rate_limit_in_the_file_names_the_file() -> None:
+    from sluice.api.app import api_rate
+
+    Path("sluice.toml").write_text('[sluice]\napi_rate_limit = "fast"\n', encoding="utf-8")
+
+    with pytest.raises(errors.ConfigError) as caught:
+        api_rate(load_settings())
+
+    assert str(caught.value) == (
+        "SLUICE_API_RATE_LIMIT / [sluice] api_rate_limit in sluice.toml: "
+        "must be a rate like '20/s', '600/min' or '5/2s'"
+    )
 
 
 def test_numbers_from_the_file_and_the_environment_still_load(
