@@ -154,13 +154,14 @@ def api(host: Host = None, port: Port = None, insecure: Insecure = False) -> Non
     import uvicorn
 
     from sluice.api.app import GRACEFUL_SHUTDOWN_S, api_rate, build_api
-    from sluice.api.auth import startup_notice
+    from sluice.api.auth import refuse_auth_off, startup_notice
     from sluice.runtime import build_runtime
     from sluice.store import db
     from sluice.store.keys import KeyStore
     from sluice.up import listen
 
     api_rate(settings)  # before the database is opened and anything is said
+    refuse_auth_off(settings, insecure=insecure)
     settings = settings.model_copy(
         update={"host": host or settings.host, "port": port or settings.port}
     )

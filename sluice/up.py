@@ -19,7 +19,7 @@ from rich.console import Console
 
 from sluice import errors
 from sluice.api.app import GRACEFUL_SHUTDOWN_S, api_rate, build_api
-from sluice.api.auth import startup_notice
+from sluice.api.auth import refuse_auth_off, startup_notice
 from sluice.demo import demo_database_file, prepare_demo_settings, run_demo
 from sluice.drivers import engine_lock
 from sluice.drivers.embedded import EmbeddedDriver, build_embedded_driver
@@ -52,6 +52,7 @@ def run_up(settings: Settings, options: UpOptions, console: Console) -> int:
     run to the end (it failed, or a worker process died).
     """
     api_rate(settings)  # before the demo's database is replaced and anything is said
+    refuse_auth_off(settings, insecure=options.insecure)
     # The API judges "listens on loopback" by the address it is given here.
     settings = settings.model_copy(update={"host": options.host, "port": options.port})
     exit_code = 0

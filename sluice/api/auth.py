@@ -278,6 +278,16 @@ class Authenticator:
         return None if grant.granted else grant.retry_after_s
 
 
+def refuse_auth_off(settings: Settings, *, insecure: bool) -> None:
+    """ConfigError for ``SLUICE_AUTH=off`` without ``insecure``; ``sluice api`` and ``sluice
+    up`` ask before they open the database (it was created and migrated first)."""
+    if settings.auth == "off" and not insecure:
+        raise errors.ConfigError(
+            "SLUICE_AUTH=off lets anyone who can reach the API do anything; "
+            "add --insecure to start anyway"
+        )
+
+
 def startup_notice(settings: Settings, keys: KeyStore, *, insecure: bool) -> str:
     """What to say about auth as ``sluice api`` / ``sluice up`` start on ``settings.host``.
 
@@ -287,12 +297,8 @@ def startup_notice(settings: Settings, keys: KeyStore, *, insecure: bool) -> str
             unusable, to the network.
     """
     host = settings.host
+    refuse_auth_off(settings, insecure=insecure)
     if settings.auth == "off":
-        if not insecure:
-            raise errors.ConfigError(
-                "SLUICE_AUTH=off lets anyone who can reach the API do anything; "
-                "add --insecure to start anyway"
-            )
         return f"auth is OFF (SLUICE_AUTH=off, --insecure): anyone reaching {host} may do anything"
     loopback = is_loopback(host)
     usable = keys.count_usable()

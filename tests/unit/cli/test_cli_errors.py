@@ -584,6 +584,32 @@ def test_an_api_port_in_use_is_one_line_before_anything_starts(
     assert not database.exists()
 
 
+@pytest.mark.parametrize("command", ["up", "api"])
+def test_auth_off_without_insecure_is_one_line_before_the_database_is_opened(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    command: str,
+) -> None:
+    """SLUICE_AUTH=off without --insecure was refused only after the database was created
+    and migrated (a `store.migrated` log line came before the error)."""
+    database = tmp_path / "never.db"
+    monkeypatch.setenv("SLUICE_DATABASE_URL", f"sqlite:///{database}")
+    monkeypatch.setenv("SLUICE_AUTH", "off")
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+
+    code, err = run_cli(monkeypatch, capsys, command, "--port", str(port))
+
+    assert code == 2
+    assert one_line(err) == (
+        "configuration error: SLUICE_AUTH=off lets anyone who can reach the API do anything; "
+        "add --insecure to start anyway"
+    )
+    assert not database.exists()
+
+
 def test_up_with_the_sandbox_on_a_port_in_use_is_one_line(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
