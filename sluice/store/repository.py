@@ -27,7 +27,19 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, select, text
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    false,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    true,
+)
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from sluice import errors
@@ -192,29 +204,44 @@ class TaskRepository:
         fairness key, the order claims take (priority, children of existing parents before
         roots, then due time and id: :func:`fairshare.within_key_order`), read along
         ``ix_tasks_fair_order`` for at most ``cap`` entries; in other keys, which share the
-        slots, those due earlier (then lower id). Otherwise (arrival order): earlier due
-        time, then lower id, one range of the ``ix_tasks_due`` index per phase.
+        slots, those due earlier (then lower id), among the first ``cap`` of the provider's
+        tasks due earlier. Otherwise (arrival order): earlier due time, then lower id. Each
+        read is one range of an index, at most ``cap`` entries (a filter on the key would
+        read a whole million-task key to find the few of others).
         """
         due_at = task.next_attempt_at or now
         earlier = or_(
             tasks.c.next_attempt_at < due_at,
             and_(tasks.c.next_attempt_at == due_at, tasks.c.id < task.id),
         )
-        ahead = select(tasks.c.id).where(
+        ahead = select(tasks.c.fairness_key, tasks.c.phase).where(
             tasks.c.phase.in_(WAITING_PHASES),
             tasks.c.provider == task.provider,
             tasks.c.id != task.id,
             earlier,
         )
-        if fair:
-            ahead = ahead.where(tasks.c.fairness_key != task.fairness_key)
         if tenant is not None:
             ahead = ahead.where(tasks.c.tenant == tenant)
+        ahead = ahead.limit(cap)
         with self.engine.connect() as conn:
-            counted = select(func.count()).select_from(ahead.limit(cap).subquery())
-            others = int(conn.execute(counted).scalar_one())
             if not fair:
-                return others
+                counted = select(func.count()).select_from(ahead.subquery())
+                return int(conn.execute(counted).scalar_one())
+            # Among the first ``cap`` due earlier: other keys' tasks, and its own key's
+            # claimed already (being sent), counted over that range.
+            earlier_rows = ahead.subquery()
+            others = int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(earlier_rows)
+                    .where(
+                        or_(
+                            earlier_rows.c.fairness_key != task.fairness_key,
+                            earlier_rows.c.phase == Phase.SUBMITTING.value,
+                        )
+                    )
+                ).scalar_one()
+            )
             return min(cap, others + self._ahead_in_key(conn, task, due_at, now, cap, tenant))
 
     @staticmethod
@@ -226,22 +253,15 @@ class TaskRepository:
         cap: int,
         tenant: str | None,
     ) -> int:
-        """Due tasks of ``task``'s fairness key that a fair claim takes before it: those
-        claimed already to be sent, then its key's tasks in claim order, up to ``cap`` of
-        them, until ``task``'s place."""
-        claimed = select(tasks.c.id).where(
-            tasks.c.phase == Phase.SUBMITTING.value,
-            tasks.c.provider == task.provider,
-            tasks.c.fairness_key == task.fairness_key,
-            tasks.c.id != task.id,
-        )
-        if tenant is not None:
-            claimed = claimed.where(tasks.c.tenant == tenant)
-        counted = select(func.count()).select_from(claimed.limit(cap).subquery())
-        ahead = int(conn.execute(counted).scalar_one())
-        place = (-task.priority, task.parent_id is None, due_at, task.id)
-        query = (
-            select(tasks.c.id, tasks.c.priority, tasks.c.parent_id, tasks.c.next_attempt_at)
+        """Due tasks of ``task``'s fairness key that a fair claim takes before it: its
+        key's tasks in claim order, up to ``cap`` of them, until ``task``'s place."""
+        walk = (
+            select(
+                tasks.c.id,
+                tasks.c.priority,
+                tasks.c.parent_id.is_(None).label("is_root"),  # as indexed: no table reads
+                tasks.c.next_attempt_at,
+            )
             .where(
                 in_active_phase(),
                 tasks.c.provider == task.provider,
@@ -251,15 +271,36 @@ class TaskRepository:
             .limit(cap)
         )
         if tenant is not None:
-            query = query.where(tasks.c.tenant == tenant)
-        due_by = max(due_at, now)
-        for row in conn.execute(query):
-            at = row.next_attempt_at or now
-            if (-row.priority, row.parent_id is None, at, row.id) >= place:
-                break
-            if at <= due_by:
-                ahead += 1
-        return ahead
+            walk = walk.where(tasks.c.tenant == tenant)
+        w = walk.subquery()
+        # Children of existing parents go before roots; a child has no rootness ahead of it.
+        root = task.parent_id is None
+        child_first = w.c.is_root == false() if root else false()
+        same_rootness = w.c.is_root == (true() if root else false())
+        before = or_(
+            w.c.priority > task.priority,
+            and_(
+                w.c.priority == task.priority,
+                or_(
+                    child_first,
+                    and_(
+                        same_rootness,
+                        or_(
+                            w.c.next_attempt_at < due_at,
+                            and_(w.c.next_attempt_at == due_at, w.c.id < task.id),
+                        ),
+                    ),
+                ),
+            ),
+        )
+        # Counted over the walk (at most ``cap`` index entries), not filtered inside it: a
+        # filter there would read the whole key to find the few before a task at its front.
+        in_key = (
+            select(func.count())
+            .select_from(w)
+            .where(before, w.c.id != task.id, w.c.next_attempt_at <= max(due_at, now))
+        )
+        return int(conn.execute(in_key).scalar_one())
 
     def find(
         self,

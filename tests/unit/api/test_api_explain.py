@@ -80,8 +80,10 @@ def test_children_and_higher_priorities_of_its_key_are_ahead_of_an_earlier_root(
     parent = make(api)
     set_row(api, parent, status=TaskStatus.COMPLETED.value, phase=Phase.DONE.value)
     api.clock.advance(1)
-    for _ in range(2):
-        api.repo.create(Submission("sandbox", "campaign", {"name": "Child"}, parent_id=parent))
+    children = [
+        api.repo.create(Submission("sandbox", "campaign", {"name": "Child"}, parent_id=parent))[0]
+        for _ in range(2)
+    ]
     api.repo.create(Submission("sandbox", "campaign", {"name": "Urgent"}, priority=5))
     make(api)  # a later root of the same priority: behind it
     api.clock.advance(1)
@@ -91,6 +93,8 @@ def test_children_and_higher_priorities_of_its_key_are_ahead_of_an_earlier_root(
     assert shown["state"] == "waiting_slot"
     assert shown["slot"]["ahead"] == 3
     assert "3 due ahead of it" in shown["summary"]
+    # A child: the higher priority and the child before it; no root of its priority.
+    assert explain(api, children[1].id)["slot"]["ahead"] == 2
     # Claimed in arrival order (SLUICE_FAIR_SHARE=false), nothing was due before it.
     arrival = Explainer(api.repo, controls_of(api), fair_share=False).explain(root)
     assert arrival.slot is not None
