@@ -16,7 +16,6 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from sluice import errors
 from sluice.sandbox.app import create_sandbox_app
 from sluice.sandbox.config import SandboxConfig
 from sluice.sandbox.profiles import PROFILES
@@ -107,17 +106,17 @@ def sandbox_command(
 
 
 def listen(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port``, or SluiceError in one line naming the address and
-    the system's reason ("cannot listen on 127.0.0.1:9000: Address already in use")."""
+    """A socket bound to ``host:port``, or exit code 2 after one line naming the address
+    and the system's reason, as ``sluice up`` says it (the sandbox imports nothing of
+    Sluice but its settings, so not its errors)."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise errors.SluiceError(
-            f"cannot listen on {_where(host, port)}: {exc.strerror or exc}"
-        ) from None
+        typer.echo(f"error: cannot listen on {_where(host, port)}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(2) from None
     return sock
 
 
