@@ -20,7 +20,7 @@ from sluice.api import console
 from sluice.api.apidocs import add_docs
 from sluice.api.auth import Authenticator, check_guarded, forbidden
 from sluice.api.console.routes import ConsoleRoute
-from sluice.api.deps import ApiContext, ReadinessCheck
+from sluice.api.deps import STORE_RETRY_AFTER_S, ApiContext, ReadinessCheck
 from sluice.api.gcpause import CollectorPausedFor
 from sluice.api.limits import BodySizeLimit
 from sluice.api.query import UnknownQuery, declared_query_only
@@ -53,8 +53,6 @@ from sluice.store.sessions import SessionStore
 from sluice.submissions import MAX_BULK, MAX_NESTING, SubmissionInvalid
 
 BULK_MAX_BYTES = 64 * 1024 * 1024
-# How long a client should wait before retrying while the database is unavailable.
-RETRY_AFTER_S = "5"
 GRACEFUL_SHUTDOWN_S = 5
 """On stop, requests still running (console event streams never end) get this long."""
 
@@ -297,7 +295,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             {"detail": masking.without_addresses(str(exc))},
             status_code=503,
-            headers={"Retry-After": RETRY_AFTER_S},
+            headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
         )
 
     for error, status in ERROR_STATUS.items():

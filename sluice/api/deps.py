@@ -20,6 +20,10 @@ from sluice.store.repository import TaskRepository
 
 ReadinessCheck = Callable[[], None]
 
+STORE_RETRY_AFTER_S = 5
+"""How long a client should wait before retrying while the database is unavailable (the
+503's ``Retry-After``; a console page reloads itself after as long)."""
+
 
 @dataclass
 class ApiContext:

@@ -36,8 +36,10 @@ from fastapi.routing import APIRoute
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
+from sluice import errors, masking
 from sluice.api.auth import foreign_origin
 from sluice.api.console import session as web
+from sluice.api.deps import STORE_RETRY_AFTER_S
 from sluice.domain import ApiKey
 from sluice.store.sessions import ConsoleSession, SessionStore
 
@@ -123,6 +125,13 @@ class ConsoleRoute(APIRoute):
         metered = self.metered
 
         async def checked(request: Request) -> Response:
+            try:
+                return await answer(request)
+            except errors.StoreUnavailable as exc:
+                # A page, not the API's JSON: it says why (and a page read reloads itself).
+                return web.secured(_unavailable(exc, reload=request.method == "GET"))
+
+        async def answer(request: Request) -> Response:
             viewer = await current_viewer(request)
             request.state.viewer = viewer
             if needs_viewer and not viewer.known:
@@ -195,6 +204,20 @@ def _too_many(wait_s: float) -> Response:
     )
     page.headers["Retry-After"] = str(retry_after)
     return web.secured(page)
+
+
+def _unavailable(exc: errors.StoreUnavailable, *, reload: bool) -> Response:
+    """503 while the database cannot be reached: the reason (no address), ``Retry-After``,
+    and, for a page read (not a form sent), a page that reloads itself after as long."""
+    page = _page(
+        "unavailable.html",
+        503,
+        message=masking.without_addresses(str(exc)),
+        retry_s=STORE_RETRY_AFTER_S,
+        reload=reload,
+    )
+    page.headers["Retry-After"] = str(STORE_RETRY_AFTER_S)
+    return page
 
 
 def _refused(request: Request) -> Response:

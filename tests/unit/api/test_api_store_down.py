@@ -62,6 +62,40 @@ def assert_no_address(text: str) -> None:
     assert "connection to the server failed: Connection refused" in text
 
 
+@pytest.mark.parametrize("path", ["/ui", "/ui/tasks", "/ui/tasks/1", "/ui/audit"])
+def test_console_pages_say_the_database_is_unavailable_and_reload(
+    client: TestClient, path: str
+) -> None:
+    """A console page is an HTML page (the reason, no address), not the API's JSON, with
+    Retry-After, and it reloads itself after as long."""
+    answer = client.get(path)
+
+    assert answer.status_code == 503
+    assert answer.headers["content-type"].startswith("text/html")
+    assert answer.headers["retry-after"] == "5"
+    assert "<h1>Database unavailable</h1>" in answer.text
+    assert "database unavailable: connection failed" in answer.text
+    assert '<meta http-equiv="refresh" content="5">' in answer.text
+    assert "content-security-policy" in answer.headers
+    assert PASSWORD not in answer.text
+    assert_no_address(answer.text)
+
+
+def test_a_console_form_sent_while_the_database_is_down_is_not_sent_again(
+    client: TestClient,
+) -> None:
+    """A form's answer does not reload itself (that would send it again). The session
+    cookie makes the console look the session up first, in the missing database."""
+    client.cookies.set("sluice_session", "s" * 43)
+    answer = client.post("/ui/controls", data={"csrf_token": "t"})
+
+    assert answer.status_code == 503
+    assert answer.headers["content-type"].startswith("text/html")
+    assert "<h1>Database unavailable</h1>" in answer.text
+    assert "http-equiv" not in answer.text
+    assert_no_address(answer.text)
+
+
 def test_a_key_that_cannot_be_checked_gets_503_not_401(client: TestClient) -> None:
     """A request with a key while the database is down is 503 (retry), not 401 (bad key)."""
     key = "sk_0123456789ab_" + "A" * 43
