@@ -37,9 +37,11 @@ log = logging.getLogger(__name__)
 class TokenUnavailable(errors.ProviderError):
     """The token request failed; the call it was for should be retried later."""
 
-    def __init__(self, message: str, *, ambiguous: bool = False) -> None:
+    def __init__(self, message: str, *, ambiguous: bool = False, unreachable: bool = False) -> None:
         super().__init__(message)
         self.ambiguous = ambiguous
+        self.unreachable = unreachable
+        """No connection could be made to the token endpoint (refused or timed out)."""
 
 
 class TokenAuth:
@@ -112,7 +114,8 @@ class TokenAuth:
                 response = client.request(line.method, line.target, **kwargs)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise TokenUnavailable(
-                f"could not reach the token endpoint of {self._provider}: {type(exc).__name__}"
+                f"could not reach the token endpoint of {self._provider}: {type(exc).__name__}",
+                unreachable=not isinstance(exc, httpx.PoolTimeout),
             ) from exc
         except httpx.HTTPError as exc:
             raise TokenUnavailable(

@@ -578,22 +578,15 @@ class HttpProvider:
             try:
                 auth_name, auth_value = auth.header(client)
             except TokenUnavailable as exc:
+                if exc.unreachable:
+                    return self._log_decision(self._unreachable(str(exc)), task_ids)
                 return self._log_decision(Transient(self._redactor.redact(str(exc))), task_ids)
             request_headers[auth_name] = auth_value
         try:
             response = _send(client, line.method, target, json=json, headers=request_headers)
         except errors.ProviderUnreachable as exc:
-            # Down or cut off: every task would fail alike. Pause the provider instead of
-            # spending each task's attempts (providers/outage.py).
-            pause = self._outage.failed()
             return self._log_decision(
-                RateLimited(
-                    pause,
-                    f"{self.name} unreachable: {self._redactor.redact(str(exc))}",
-                    said_when=False,
-                    unreachable=True,
-                ),
-                task_ids,
+                self._unreachable(f"{self.name} unreachable: {exc}"), task_ids
             )
         except errors.ProviderConnectError as exc:
             return self._log_decision(
@@ -649,6 +642,17 @@ class HttpProvider:
             self._observe(response, None, write=write, payload=json)
         return self._log_decision(
             self._answers.refusal(response, body, write=write, now_s=now), task_ids
+        )
+
+    def _unreachable(self, message: str) -> RateLimited:
+        """No connection could be made (to the provider or its token endpoint): every task
+        would fail alike, so the provider pauses instead of spending each task's attempts
+        (providers/outage.py)."""
+        return RateLimited(
+            self._outage.failed(),
+            self._redactor.redact(message),
+            said_when=False,
+            unreachable=True,
         )
 
     def _observe(

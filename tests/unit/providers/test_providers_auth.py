@@ -10,7 +10,7 @@ import pytest
 
 from sluice import errors
 from sluice.clock import FakeClock
-from sluice.providers.base import Accepted, Transient
+from sluice.providers.base import Accepted, RateLimited, Transient
 from sluice.ratelimit import MemoryLimiter, sendgate
 
 from .fakes import ACME, FakeDsp, client_for, make_provider, task, with_changes
@@ -124,6 +124,29 @@ def test_failed_token_request_is_transient_without_the_body() -> None:
     provider = make_provider(with_changes(ACME, auth=AUTH), environ={"ACME_SECRET": SECRET})
     decision = provider.submit(client_for(provider, dsp), task())
     assert decision == Transient("token request to acme answered HTTP 400 (invalid_client)")
+
+
+@pytest.mark.parametrize(
+    ("exc", "paused"),
+    [
+        (httpx.ConnectError("connection refused"), True),
+        (httpx.ConnectTimeout("timed out"), True),
+        (httpx.PoolTimeout("no free connection"), False),
+    ],
+)
+def test_an_unreachable_token_endpoint_pauses_the_provider(exc: Exception, paused: bool) -> None:
+    """No token can be had from a host that takes no connection: nothing can be sent, so
+    the provider pauses (no attempt spent) as when its API itself cannot be reached. A full
+    local pool is no outage: a transient failure."""
+    dsp = FakeDsp()
+    dsp.script(exc)
+    provider = make_provider(with_changes(ACME, auth=AUTH), environ={"ACME_SECRET": SECRET})
+    decision = provider.submit(client_for(provider, dsp), task())
+    message = f"could not reach the token endpoint of acme: {type(exc).__name__}"
+    if paused:
+        assert decision == RateLimited(1.0, message, said_when=False, unreachable=True)
+    else:
+        assert decision == Transient(message)
 
 
 def test_token_answer_without_token_is_transient() -> None:
