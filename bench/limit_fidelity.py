@@ -11,12 +11,17 @@ writes together), refuses the 51st with 429 and stamps every arrival
   limiter), 1,600 campaign creates + polls at 50/s.
 
 With ``--cpu-hog`` a CPU-bound process (``python -c 'while True: pass'``) runs beside them
-for the whole run. Per repeat the JSON records the sandbox's refusals and busiest window,
-utilization (admitted requests at exactly 50/s over first-to-last arrival, and the same
-up to the last create, where work was always waiting), Sluice's expired grants (a grant
+for the whole run. The sandbox runs as a real-time task (SCHED_FIFO, where the host allows
+it; ``--judge-shares-cpu`` for normal priority): it stands for a third party on its own
+machine, and sharing the loaded cores at normal priority it stamped requests that were sent
+20 ms apart within a millisecond of each other (``bench._engine_harness.judge_realtime``).
+Per repeat the JSON records the sandbox's refusals and busiest window, utilization
+(admitted requests at exactly 50/s over first-to-last arrival, and the same up to the last
+create, where work was always waiting), Sluice's expired grants (a grant
 not used within its send window is thrown away, see ``sluice/ratelimit/sendgate.py``) and
 its grant-to-send delays; embedded runs also record the send-check instants, to tell the
-delay Sluice controls from the delay after it (network, the sandbox's own event loop).
+delay Sluice controls from the delay after it (network, the sandbox's own event loop),
+and how many of them the leaky bucket would refuse (``leaky_refusals_at_check``).
 Writes ``bench/results/limit_fidelity.json``.
 
 Run: ``python -m bench.limit_fidelity --repeats 10 --cpu-hog`` (about 20 minutes; ``--only
@@ -58,6 +63,7 @@ from harness.cluster import Cluster, postgres_database, redis_database, write_to
 from sluice import submissions
 from sluice.drivers.embedded import build_embedded_driver
 from sluice.providers import transport
+from sluice.sandbox.bucket import LeakyBucket
 from sluice.settings import load_settings
 
 RATE = 50
@@ -124,6 +130,22 @@ def utilization(times: list[float]) -> float | None:
     return round((len(times) - 1) / RATE / (times[-1] - times[0]), 4)
 
 
+def leaky_refusals(times: list[float]) -> int:
+    """How many of ``times`` the leaky profile's bucket (50/s, burst 1, to the ms) refuses.
+
+    Judged on Sluice's own send instants, this tells a refusal Sluice caused from one that
+    arose between its socket write and the sandbox's stamp.
+    """
+    bucket = LeakyBucket(RATE, WINDOW_S, burst=1)
+    refused = 0
+    for t in times:
+        if bucket.has_room(t):
+            bucket.admit(t)
+        else:
+            refused += 1
+    return refused
+
+
 def jitter_after_check(checks: list[float], arrivals: list[float]) -> dict[str, Any]:
     """How much the time from a request leaving Sluice to the sandbox's stamp varied.
 
@@ -144,6 +166,7 @@ def jitter_after_check(checks: list[float], arrivals: list[float]) -> dict[str, 
     return {
         "paired": True,
         "max_in_window_at_check": max_in_window(sorted(checks), WINDOW_S),
+        "leaky_refusals_at_check": leaky_refusals(sorted(checks)),
         "check_to_arrival_min_ms": round(low, 3),
         "spread_p50_ms": spread(0.5),
         "spread_p99_ms": spread(0.99),
@@ -346,6 +369,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         action="store_true",
         help='judges = "window": held grants may be sent late (the standard profile only)',
     )
+    parser.add_argument(
+        "--judge-shares-cpu",
+        action="store_true",
+        help="run the sandbox at normal priority (default: SCHED_FIFO, as on its own host)",
+    )
     args = parser.parse_args(argv)
     if args.counts_only and args.profile == "leaky":
         parser.error("--counts-only: the leaky profile judges spacing")
@@ -387,8 +415,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "scenarios": {},
     }
     started = time.perf_counter()
-    with sandbox_process(section, profile=args.profile) as sandbox:
+    with sandbox_process(
+        section, profile=args.profile, realtime=not args.judge_shares_cpu
+    ) as sandbox:
         results["sandbox_command"] = sandbox.command_line
+        results["setup"]["sandbox_priority"] = sandbox.priority
         for scenario in scenarios:
             runs: list[dict[str, Any]] = []
             for repeat in range(args.repeats):

@@ -135,6 +135,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--counts-only", action="store_true", help='judges = "window"')
     parser.add_argument("--leaky", action="store_true", help="the sandbox's leaky profile")
     parser.add_argument("--tag", default="")
+    parser.add_argument(
+        "--judge-shares-cpu",
+        action="store_true",
+        help="run the sandbox at normal priority (default: SCHED_FIFO, as on its own host)",
+    )
     args = parser.parse_args(argv)
     limit_fidelity.JUDGES_SPACING = not args.counts_only
     profile = "leaky" if args.leaky else "standard"
@@ -145,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     margin = load_settings().rate_margin if args.margin is None else args.margin
     events, claims = trace()
-    with sandbox_process(section, profile=profile) as sandbox:
+    with sandbox_process(section, profile=profile, realtime=not args.judge_shares_cpu) as sandbox:
         for repeat in range(args.repeats):
             events.clear()
             claims.clear()
