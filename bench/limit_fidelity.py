@@ -62,7 +62,7 @@ from bench.distributed import create_all, provider_table, wait_final
 from harness.cluster import Cluster, postgres_database, redis_database, write_toml
 from sluice import submissions
 from sluice.drivers.embedded import build_embedded_driver
-from sluice.providers import transport
+from sluice.ratelimit import sendgate
 from sluice.sandbox.bucket import LeakyBucket
 from sluice.settings import load_settings
 
@@ -199,16 +199,16 @@ def run_embedded(
         runtime = build_runtime(Path(folder), provider, **settings)
         checks: list[float] = []
         lock = threading.Lock()
-        write = transport.GatedStream.write
+        written = sendgate.SendPermit.written
 
-        def noting_write(stream: transport.GatedStream, buffer: bytes, timeout: Any = None) -> None:
-            # The instant a request head left Sluice: the gate admitted it, the socket took it.
-            write(stream, buffer, timeout)
-            if transport.starts_a_request(buffer):
-                with lock:
-                    checks.append(time.time())
+        def noting_written(permit: sendgate.SendPermit) -> None:
+            # The instant a request left Sluice: the gate admitted it, the socket took it
+            # (its head, or head and body when the transport writes them in one call).
+            written(permit)
+            with lock:
+                checks.append(time.time())
 
-        transport.GatedStream.write = noting_write  # type: ignore[method-assign]
+        sendgate.SendPermit.written = noting_written  # type: ignore[method-assign]
         try:
             submissions.create_tasks(runtime.repo, runtime.catalog, flat_campaigns(tasks))
             sandbox.reset()
@@ -223,7 +223,7 @@ def run_embedded(
             sluice = driver.executor_summary()
             counts = runtime.repo.counts()
         finally:
-            transport.GatedStream.write = write  # type: ignore[method-assign]
+            sendgate.SendPermit.written = written  # type: ignore[method-assign]
             runtime.close()
     verdict = judge(sandbox)
     verdict["after_check"] = jitter_after_check(checks, verdict["_arrivals"])
