@@ -217,7 +217,11 @@ def test_readyz_answers_while_postgresql_hangs(private_postgres: PostgresServer)
     new ones are accepted but never served) makes /readyz answer 503 naming the timeout,
     not hang: before, each probe waited as long as the database did (over 60 s here), and
     a load balancer saw no answer at all. Once the database answers again, so does
-    /readyz, 200."""
+    /readyz, 200.
+
+    The first probe gives up after the check's 5 s; the second waits for the same run, which
+    may end meanwhile with the new connection's own 10 s timeout (then it names that: a
+    race the CI lost at load 13), so either answer is right there."""
     url = private_postgres.url("sluice", password=PASSWORD)
     runtime = build_runtime(api_only_settings(url))
     try:
@@ -228,11 +232,14 @@ def test_readyz_answers_while_postgresql_hangs(private_postgres: PostgresServer)
                 answers = [httpx.get(f"{api_url}/readyz", timeout=60) for _ in range(2)]
             finally:
                 private_postgres.thaw()
-            for answer in answers:
+            for n, answer in enumerate(answers):
                 assert answer.status_code == 503, answer.text
-                assert answer.json()["checks"]["database"].startswith("error: ReadinessTimeout"), (
-                    answer.text
+                database = answer.json()["checks"]["database"]
+                timed_out = database.startswith("error: ReadinessTimeout")
+                connect_expired = database.startswith(
+                    "error: StoreUnavailable: database unavailable: connection timeout expired"
                 )
+                assert timed_out or (n == 1 and connect_expired), answer.text
                 assert PASSWORD not in answer.text
             wait_for(lambda: httpx.get(f"{api_url}/readyz").status_code == 200, 60, "/readyz again")
     finally:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from sluice.domain import Submission, TaskStatus
+from sluice.drivers.embedded import build_embedded_driver
 from sluice.engine.rates import per_second
 from sluice.store.usage import UsageStore
 from tests.integration.conftest import make_runtime, run_until_final
@@ -214,20 +215,39 @@ def test_a_call_that_could_not_connect_is_not_counted_as_sent(dsp: FakeDsp, tmp_
     counters' ``sent``). Calls to a provider that could not be reached were counted as
     sent: while a DSP was down, the retries lifted the cap (a learned 9.2/s was in force at
     18.8/s after 20 s of connection refusals at the configured 20/s), so the DSP, back,
-    met the configured rate. Only a request written to the provider's socket is sent."""
+    met the configured rate. Only a request written to the provider's socket is sent.
+    (The unreachable provider is paused, its tasks wait for it: the run ends once both of
+    its tasks have failed to connect and every task of the other is final.)"""
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
     down_url = f"http://127.0.0.1:{closed.getsockname()[1]}"
     closed.close()  # nothing listens there: every call is refused at connect
     tables = provider(dsp, max_attempts=3)
-    tables["down"] = tables["ttd"] | {"base_url": down_url}
+    tables["down"] = tables["ttd"] | {"base_url": down_url, "retry_base": "50ms"}
     runtime = make_runtime(tmp_path, tables)
-    for name in ("ttd", "down"):
-        for i in range(2):
-            runtime.repo.create(Submission(provider=name, kind="campaign", payload={"n": i}))
-    run_until_final(runtime)
+    ids = {
+        name: [
+            runtime.repo.create(Submission(provider=name, kind="campaign", payload={"n": i}))[0].id
+            for i in range(2)
+        ]
+        for name in ("ttd", "down")
+    }
+    usage = UsageStore(runtime.repo.engine)
+    driver = build_embedded_driver(runtime)
+    driver.start()
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            counts = usage.totals(datetime(2000, 1, 1, tzinfo=UTC))
+            ttd_final = all(runtime.repo.get(t).status.is_final for t in ids["ttd"])
+            if ttd_final and counts.get(("down", "error"), 0) >= 2:
+                break
+            assert time.monotonic() < deadline, f"usage after 60 s: {counts}"
+            time.sleep(0.1)
+    finally:
+        driver.stop()
 
-    counts = UsageStore(runtime.repo.engine).totals(datetime(2000, 1, 1, tzinfo=UTC))
-    assert counts.get(("down", "error"), 0) >= 2  # every attempt failed, and was counted
-    assert counts.get(("down", "sent"), 0) == 0
+    counts = usage.totals(datetime(2000, 1, 1, tzinfo=UTC))
+    assert counts.get(("down", "sent"), 0) == 0  # every call failed, and was counted as such
     assert counts.get(("ttd", "sent"), 0) == len(dsp.arrivals)
+    assert not any(runtime.repo.get(t).status.is_final for t in ids["down"])
