@@ -17,7 +17,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from sluice import errors
+from sluice import errors, masking
 from sluice.operate import answer_detail, answer_json
 from sluice.overview import busiest_accounts
 
@@ -43,19 +43,21 @@ def remote_source(api_url: str, api_key: str | None) -> Callable[[], dict[str, A
     """The overview a running API answers (``GET /api/overview``)."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     client = httpx.Client(base_url=api_url, timeout=10, headers=headers)
+    where = masking.mask_urls(api_url)  # a password in the URL is never repeated
 
     def fetch() -> dict[str, Any]:
         try:
             answer = client.get("/api/overview")
         except httpx.HTTPError as exc:
-            raise errors.SluiceError(f"cannot reach {api_url}: {type(exc).__name__}") from None
+            reason = " ".join(masking.mask(str(exc)).split()) or type(exc).__name__
+            raise errors.SluiceError(f"cannot reach the Sluice API at {where}: {reason}") from None
         if answer.status_code != 200:
             detail = answer_detail(answer) if answer.content else ""
-            raise errors.SluiceError(f"{api_url} answered {answer.status_code}: {detail}")
+            raise errors.SluiceError(f"{where} answered {answer.status_code}: {detail}")
         data = answer_json(answer, api_url)
         if not isinstance(data, dict) or "providers" not in data:
             raise errors.SluiceError(
-                f"{api_url} answered 200 without an overview: is it a Sluice API?"
+                f"{where} answered 200 without an overview: is it a Sluice API?"
             )
         return data
 

@@ -53,7 +53,24 @@ def test_status_against_an_api_that_is_not_there_is_one_line(
     )
 
     assert code == 2  # an operator error, like every command's (it was 1)
-    assert err.strip().splitlines() == ["status: cannot reach http://127.0.0.1:9: ConnectError"]
+    assert err.strip().splitlines() == [
+        "status: cannot reach the Sluice API at http://127.0.0.1:9: [Errno 111] Connection refused"
+    ]
+
+
+def test_status_never_repeats_a_password_in_the_api_url(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--api http://user:secret@host` was repeated as given in the one-line error."""
+    code, _out, err = run_cli(
+        monkeypatch, capsys, "status", "--once", "--api", "http://ops:s3cr3t-pw@127.0.0.1:9"
+    )
+
+    assert code == 2
+    assert "s3cr3t-pw" not in err
+    assert err.strip().startswith(
+        "status: cannot reach the Sluice API at http://ops:***@127.0.0.1:9"
+    )
 
 
 def test_status_shows_a_spent_quota_waiting_for_its_reset(
