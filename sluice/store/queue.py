@@ -538,6 +538,30 @@ def _task_id(outcome: Outcome) -> int:
     return outcome.task_id
 
 
+def _record_created_after_cancel(conn: Connection, outcome: Outcome) -> bool:
+    """Keep the provider's id of an object a create made while its task was cancelled.
+
+    The create's outcome loses to the cancel, and the object the provider made would be
+    known to nobody. Recorded only while the task is still Cancelled, without an id, and
+    under this outcome's claim (a task retried meanwhile looks the object up before any
+    create). Whether it was recorded.
+    """
+    external_id = outcome.fields.get("external_id")
+    if external_id is None:
+        return False
+    changed = conn.execute(
+        update(tasks)
+        .where(
+            tasks.c.id == outcome.task_id,
+            tasks.c.claimed_by == outcome.claim,
+            tasks.c.status == TaskStatus.CANCELLED.value,
+            tasks.c.external_id.is_(None),
+        )
+        .values(external_id=external_id)
+    )
+    return changed.rowcount == 1
+
+
 def apply_outcomes(conn: Connection, outcomes: Iterable[Outcome], now: datetime) -> int:
     """Apply each outcome whose task still has its ``from_status`` and its ``claim``.
 
@@ -565,6 +589,18 @@ def apply_outcomes(conn: Connection, outcomes: Iterable[Outcome], now: datetime)
             )
             if outcome.claim is not None:
                 dropped.append({"w_id": outcome.task_id, "w_claim": outcome.claim})
+                if _record_created_after_cancel(conn, outcome):
+                    new_events.append(
+                        event_row(
+                            outcome.task_id,
+                            now,
+                            "created_after_cancel",
+                            None,
+                            None,
+                            f"the provider created {outcome.fields['external_id']} before the "
+                            "cancel reached it; the task stays Cancelled",
+                        )
+                    )
             continue
         applied += 1
         changed = outcome.to_status != outcome.from_status

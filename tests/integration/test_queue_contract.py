@@ -487,7 +487,8 @@ def test_outcome_applies_for_the_claim_holder(q: Queue) -> None:
 
 
 def test_guarded_apply_loses_to_a_concurrent_cancel(q: Queue) -> None:
-    """An outcome arriving after the task was cancelled changes nothing: cancel wins."""
+    """An outcome arriving after the task was cancelled loses: cancel wins. The object the
+    create made is recorded on the Cancelled task (it was known to nobody before)."""
     (task_id,) = q.add(1)
     (due,) = q.claim()
     outcome = decide.after_submit(due, Accepted("x-1", completed=False), POLICY, q.now())
@@ -498,10 +499,25 @@ def test_guarded_apply_loses_to_a_concurrent_cancel(q: Queue) -> None:
     assert applied == 0
     task = q.get(task_id)
     assert task.status is TaskStatus.CANCELLED
-    assert task.external_id is None
+    assert task.external_id == "x-1"
     assert task.maybe_created  # a retry looks the object up before creating it
-    assert q.event_names(task_id) == ["created", "cancelled"]
+    assert q.event_names(task_id) == ["created", "cancelled", "created_after_cancel"]
     assert q.claimed_by(task_id) is None  # the holder let go
+
+
+def test_a_failed_create_that_lost_to_a_cancel_records_nothing(q: Queue) -> None:
+    """Only a create that made an object leaves its id on the Cancelled task."""
+    (task_id,) = q.add(1)
+    (due,) = q.claim()
+    outcome = decide.after_submit(due, Transient("HTTP 500"), POLICY, q.now())
+
+    q.repo.cancel(task_id)
+    q.queue.apply([outcome], q.now())
+
+    task = q.get(task_id)
+    assert task.external_id is None
+    assert q.event_names(task_id) == ["created", "cancelled"]
+    assert q.claimed_by(task_id) is None
 
 
 def test_cancel_and_retry_never_hand_a_held_task_to_a_second_worker(q: Queue) -> None:
@@ -880,7 +896,8 @@ def test_apply_waiting_on_a_cancel_in_progress_loses_to_it(postgres_url: str) ->
 
         assert applied == [0]
         task = q.get(task_id)
-        assert (task.status, task.external_id) == (TaskStatus.CANCELLED, None)
+        # The cancel wins; the object the create made is recorded on the Cancelled task.
+        assert (task.status, task.external_id) == (TaskStatus.CANCELLED, "x-1")
     finally:
         engine.dispose()
 
@@ -976,8 +993,11 @@ def test_a_batch_of_outcomes_applies_exactly_those_whose_guard_holds(
         task = q.get(task_id)
         assert q.claimed_by(task_id) is None
         if cancel:
+            # The object a create made before the cancel reached it is recorded, no more.
             assert task.status is TaskStatus.CANCELLED
-            assert q.event_names(task_id) == ["created", "cancelled"]
+            made = ["created_after_cancel"] if accepted[i] else []
+            assert q.event_names(task_id) == ["created", "cancelled", *made]
+            assert task.external_id == (f"x-{task_id}" if accepted[i] else None)
         elif accepted[i]:
             assert (task.status, task.external_id) == (TaskStatus.IN_PROGRESS, f"x-{task_id}")
             assert q.event_names(task_id) == ["created", "submitted"]
