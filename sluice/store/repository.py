@@ -792,6 +792,10 @@ def _object_end(conn: Connection, task: Task) -> ObjectEnd:
         return ObjectEnd.ENDED_BY_PROVIDER
     if last == "object_gone":
         return ObjectEnd.GONE
+    if last == "created_after_cancel":
+        # Kept for the record only (the create's outcome lost to the cancel): a retry
+        # settles it as before, by a lookup first (the kind may have no status to poll).
+        return ObjectEnd.NONE
     return ObjectEnd.HELD
 
 

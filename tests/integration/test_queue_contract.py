@@ -503,8 +503,8 @@ def test_guarded_apply_loses_to_a_concurrent_cancel(q: Queue) -> None:
     assert task.maybe_created  # a retry looks the object up before creating it
     assert q.event_names(task_id) == ["created", "cancelled", "created_after_cancel"]
     assert q.claimed_by(task_id) is None  # the holder let go
-    retried = q.repo.retry(task_id)  # the object is there: polled, not created again
-    assert (retried.phase, retried.external_id) == (Phase.POLLING, "x-1")
+    retried = q.repo.retry(task_id)  # settled as before: looked up first, never created twice
+    assert (retried.phase, retried.external_id) == (Phase.UNCERTAIN, None)
 
 
 def test_a_failed_create_that_lost_to_a_cancel_records_nothing(q: Queue) -> None:

@@ -238,21 +238,21 @@ def test_retry_after_giving_up_on_lookups_looks_up_first(world: World) -> None:
     assert world.dsp.requests[-1] == "GET /campaigns"
 
 
-def test_retry_after_a_cancel_mid_request_polls_the_object_it_made(world: World) -> None:
-    """A task cancelled while its create was in flight keeps the id the answer brought;
-    once retried it polls that object, never creates another (it was looked up first
-    before the id was kept)."""
+def test_retry_after_a_cancel_mid_request_looks_up_first(world: World) -> None:
+    """A task cancelled while its create was in flight, once retried, is looked up first
+    (the id its answer brought is kept on the Cancelled task for the record only)."""
     task = world.add("campaign")
     late = world.send()  # the create went out...
     world.repo.cancel(task.id)  # ...and the task was cancelled before its answer landed
     assert world.queue.apply(late, world.clock.now()) == 0
 
-    assert world.repo.retry(task.id).phase is Phase.POLLING
+    assert world.repo.get(task.id).external_id == "o1"
+    assert world.repo.retry(task.id).phase is Phase.UNCERTAIN
     done = world.settle(task.id)
 
     assert done.status is TaskStatus.COMPLETED
     assert world.dsp.created(task.client_ref) == 1
-    assert world.dsp.requests.count("POST /campaigns") == 1
+    assert world.dsp.requests == ["POST /campaigns", "GET /campaigns"]
 
 
 def test_retry_of_an_unsent_cancelled_task_submits(world: World) -> None:
