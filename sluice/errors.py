@@ -144,8 +144,9 @@ class ProviderConnectError(ProviderError):
 
 
 class ProviderUnreachable(ProviderConnectError):
-    """No connection could be made (refused, timed out, TLS failed): the provider is down
-    or cut off, and nothing was sent."""
+    """No connection could be made and the failure says the host is down or cut off
+    (refused, reset, timed out, unreachable; :func:`sluice.providers.outage.says_unreachable`):
+    nothing was sent."""
 
 
 class ProviderDisconnected(ProviderError):

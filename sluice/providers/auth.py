@@ -26,6 +26,7 @@ from sluice import errors, metrics
 from sluice.clock import Clock
 from sluice.masking import Redactor
 from sluice.providers.config import AuthConfig
+from sluice.providers.outage import says_unreachable
 from sluice.providers.templating import MISSING, get_path
 from sluice.ratelimit import sendgate
 from sluice.ratelimit.base import Limiter
@@ -115,7 +116,7 @@ class TokenAuth:
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise TokenUnavailable(
                 f"could not reach the token endpoint of {self._provider}: {type(exc).__name__}",
-                unreachable=not isinstance(exc, httpx.PoolTimeout),
+                unreachable=says_unreachable(exc),
             ) from exc
         except httpx.HTTPError as exc:
             raise TokenUnavailable(

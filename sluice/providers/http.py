@@ -45,7 +45,7 @@ from sluice.providers.client import ProviderClient
 from sluice.providers.config import KindConfig, ProviderConfig
 from sluice.providers.credentials import Accounts
 from sluice.providers.limits import ConfiguredLimit, LimitRules
-from sluice.providers.outage import Outage
+from sluice.providers.outage import Outage, says_unreachable
 from sluice.providers.templating import (
     MISSING,
     MissingValue,
@@ -845,7 +845,9 @@ def _send(
             return client.send_json(method, target, json=json, headers=headers)
         return client.request(method, target, json=json, headers=dict(headers))
     except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-        raise errors.ProviderUnreachable(f"{what}: could not connect ({_reason(exc)})") from exc
+        if says_unreachable(exc):
+            raise errors.ProviderUnreachable(f"{what}: could not connect ({_reason(exc)})") from exc
+        raise errors.ProviderConnectError(f"{what}: could not connect ({_reason(exc)})") from exc
     except (httpx.PoolTimeout, httpx.UnsupportedProtocol) as exc:
         raise errors.ProviderConnectError(f"{what}: could not connect ({_reason(exc)})") from exc
     except httpx.InvalidURL as exc:

@@ -12,13 +12,63 @@ tried again within that), and starts again at ``retry_base`` once any answer com
 A request that was already under way when the pause began and fails during it does not
 double it again: it waits out what is left. The state is per process; the pause itself
 goes to the limiter, so every worker sharing it stops sending.
+
+Only a failure that says the host is down or cut off counts (:func:`says_unreachable`): a
+connection refused, reset or timed out, a host or network unreachable, a name server that
+did not answer. A name that does not resolve or a TLS handshake that fails (a certificate,
+``https://`` on a plain port) is a configuration that stays wrong: those stay transient
+failures of each task, which end it in Error after ``max_attempts``.
 """
 
 from __future__ import annotations
 
+import errno
+import socket
+import ssl
 import threading
 
+import httpx
+
 from sluice.clock import Clock
+
+_DOWN_ERRNOS = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.ETIMEDOUT,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.EHOSTDOWN,
+        errno.ENETDOWN,
+    }
+)
+
+
+def says_unreachable(exc: httpx.TransportError) -> bool:
+    """Whether a connect failure says the provider's host is down or cut off (not a name or
+    TLS problem that would fail the same way for good): its causes are read, as httpx and
+    httpcore chain them (httpx's error caused by httpcore's, raised while handling the
+    socket's ``OSError``)."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        return True
+    if not isinstance(exc, httpx.ConnectError):
+        return False
+    cause: BaseException | None = exc.__cause__ or exc.__context__
+    for _ in range(8):  # a chain is a handful long; never loop on a cycle
+        if cause is None:
+            break
+        if isinstance(cause, ssl.SSLError):
+            return False
+        if isinstance(cause, socket.gaierror):
+            return cause.errno == socket.EAI_AGAIN  # the name server did not answer
+        if isinstance(cause, OSError) and cause.errno in _DOWN_ERRNOS:
+            return True
+        if isinstance(cause, TimeoutError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
 
 MAX_PAUSE_S = 30.0
 """The longest pause for an unreachable provider: how late, at most, Sluice notices it is back."""

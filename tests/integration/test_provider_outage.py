@@ -11,6 +11,8 @@ from sqlalchemy import func, select
 from sluice import submissions
 from sluice.domain import Submission, TaskStatus
 from sluice.drivers.embedded import build_embedded_driver
+from sluice.providers.base import RateLimited, TaskRef, Transient
+from sluice.providers.registry import build_http_client
 from sluice.runtime import Runtime
 from sluice.sandbox.config import SandboxConfig
 from sluice.sandbox.server import SandboxServer
@@ -96,3 +98,44 @@ def test_tasks_wait_out_a_provider_outage_without_spending_attempts(tmp_path: Pa
         runtime.repo.get(t).last_error for t in ids
     ]
     assert stats["duplicate_count"] == 0
+
+
+def test_a_tls_handshake_with_a_plain_port_is_no_outage(tmp_path: Path) -> None:
+    """``https://`` pointed at a plain-HTTP port fails the same way every time: a transient
+    failure of the task (ended in Error after max_attempts), not a pause that never ends.
+    A closed port of the same host is an outage."""
+    config = SandboxConfig.from_settings({})
+    server = SandboxServer(config, port=0)
+    server.start()
+    closed = SandboxServer(config, port=0)
+    closed.start()
+    closed_port = closed.port
+    closed.stop()
+    try:
+        runtime = make_runtime(
+            tmp_path,
+            {
+                "tls": {
+                    "preset": "sandbox-standard",
+                    "base_url": f"https://127.0.0.1:{server.port}",
+                },
+                "down": {
+                    "preset": "sandbox-standard",
+                    "base_url": f"http://127.0.0.1:{closed_port}",
+                },
+            },
+        )
+        ref = TaskRef(
+            1, "campaign", {"advertiser_id": "adv-1", "name": "c", "budget": 1}, None, "sl-1", None
+        )
+        decisions = {}
+        for name in ("tls", "down"):
+            provider = runtime.providers[name]
+            with build_http_client(provider) as client:
+                decisions[name] = provider.submit(client, ref)
+    finally:
+        server.stop()
+    assert isinstance(decisions["tls"], Transient), decisions["tls"]
+    assert "could not connect" in decisions["tls"].message
+    assert isinstance(decisions["down"], RateLimited), decisions["down"]
+    assert decisions["down"].unreachable

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 from collections import deque
@@ -174,3 +175,10 @@ def task(
 def with_changes(base: Mapping[str, Any], **changes: Any) -> dict[str, Any]:
     """A copy of ``base`` with top-level keys replaced."""
     return {**base, **changes}
+
+
+def refused(message: str = "connection refused") -> httpx.ConnectError:
+    """A ConnectError as httpx raises it for a refused connection (the OSError as cause)."""
+    error = httpx.ConnectError(message)
+    error.__cause__ = ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+    return error

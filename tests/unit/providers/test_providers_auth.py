@@ -13,7 +13,7 @@ from sluice.clock import FakeClock
 from sluice.providers.base import Accepted, RateLimited, Transient
 from sluice.ratelimit import MemoryLimiter, sendgate
 
-from .fakes import ACME, FakeDsp, client_for, make_provider, task, with_changes
+from .fakes import ACME, FakeDsp, client_for, make_provider, refused, task, with_changes
 
 AUTH = {
     "request": "POST /oauth/token",
@@ -129,7 +129,7 @@ def test_failed_token_request_is_transient_without_the_body() -> None:
 @pytest.mark.parametrize(
     ("exc", "paused"),
     [
-        (httpx.ConnectError("connection refused"), True),
+        (refused(), True),
         (httpx.ConnectTimeout("timed out"), True),
         (httpx.PoolTimeout("no free connection"), False),
     ],

@@ -12,7 +12,7 @@ from sluice.providers.base import Failed, RateLimited, Transient
 from sluice.providers.registry import load_providers
 from sluice.settings import Settings
 
-from .fakes import ACME, FakeDsp, client_for, make_provider, task, with_changes
+from .fakes import ACME, FakeDsp, client_for, make_provider, refused, task, with_changes
 
 HEADER_SECRET = "hdr-SECRET-4242"
 CLIENT_SECRET = "client-SECRET-9999"
@@ -95,7 +95,7 @@ def test_transport_errors_do_not_carry_secrets() -> None:
     dsp = FakeDsp()
     dsp.script(
         httpx.Response(200, json={"access_token": TOKEN}),
-        httpx.ConnectError(f"refused (sent {TOKEN})"),
+        refused(f"refused (sent {TOKEN})"),
     )
     provider = make_provider(TABLE, environ=ENV)
     decision = provider.submit(client_for(provider, dsp), task())

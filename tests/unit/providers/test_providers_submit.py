@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
+import socket
+import ssl
+
 import httpx
 import pytest
 
 from sluice.clock import FakeClock
 from sluice.providers.base import Accepted, Failed, RateLimited, Transient
 
-from .fakes import ACME, FakeDsp, client_for, make_provider, task, with_changes
+from .fakes import ACME, FakeDsp, client_for, make_provider, refused, task, with_changes
 
 
 @pytest.fixture
@@ -147,9 +151,7 @@ def test_429_is_rate_limited_not_a_failure(dsp: FakeDsp) -> None:
     assert not decision.ambiguous
 
 
-@pytest.mark.parametrize(
-    "exc", [httpx.ConnectError("connection refused"), httpx.ConnectTimeout("timed out")]
-)
+@pytest.mark.parametrize("exc", [refused(), httpx.ConnectTimeout("timed out")])
 def test_an_unreachable_provider_is_paused_not_failed(dsp: FakeDsp, exc: Exception) -> None:
     """A connection never made cannot have created anything, and says the provider is down:
     a pause of Sluice's own (not counted as an attempt), not a transient failure."""
@@ -164,6 +166,25 @@ def test_an_unreachable_provider_is_paused_not_failed(dsp: FakeDsp, exc: Excepti
     assert "acme unreachable" in decision.detail
 
 
+@pytest.mark.parametrize(
+    "cause",
+    [
+        ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"),
+        OSError(errno.EHOSTUNREACH, "No route to host"),
+        OSError(errno.ENETUNREACH, "Network is unreachable"),
+        socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution"),
+        TimeoutError("timed out"),
+    ],
+)
+def test_failures_that_say_the_host_is_down_pause_it(dsp: FakeDsp, cause: BaseException) -> None:
+    """A host down or cut off, or a name server that does not answer: paused, not failed."""
+    dsp.script(_connect_error(cause))
+    provider = make_provider(ACME)
+    decision = provider.submit(client_for(provider, dsp), task())
+    assert isinstance(decision, RateLimited)
+    assert decision.unreachable
+
+
 def test_unreachable_pauses_double_per_spell_and_start_again_after_an_answer(
     dsp: FakeDsp,
 ) -> None:
@@ -174,7 +195,7 @@ def test_unreachable_pauses_double_per_spell_and_start_again_after_an_answer(
     client = client_for(provider, dsp)
 
     def pause() -> float | None:
-        dsp.script(httpx.ConnectError("connection refused"))
+        dsp.script(refused())
         decision = provider.submit(client, task())
         assert isinstance(decision, RateLimited)
         assert decision.unreachable
@@ -193,14 +214,29 @@ def test_unreachable_pauses_double_per_spell_and_start_again_after_an_answer(
     assert pause() == 1.0
 
 
+def _connect_error(cause: BaseException) -> httpx.ConnectError:
+    error = httpx.ConnectError(str(cause))
+    error.__cause__ = cause
+    return error
+
+
 @pytest.mark.parametrize(
     "exc",
-    [httpx.PoolTimeout("no free connection"), httpx.UnsupportedProtocol("ftp")],
+    [
+        httpx.PoolTimeout("no free connection"),
+        httpx.UnsupportedProtocol("ftp"),
+        _connect_error(socket.gaierror(socket.EAI_NONAME, "Name or service not known")),
+        _connect_error(ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")),
+        _connect_error(ssl.SSLCertVerificationError(1, "certificate verify failed")),
+        httpx.ConnectError("no cause to read"),
+    ],
 )
 def test_failures_to_send_that_do_not_say_the_provider_is_down_stay_transient(
     dsp: FakeDsp, exc: Exception
 ) -> None:
-    """Nothing was sent, so not ambiguous, but a full local pool or a bad URL is no outage."""
+    """Nothing was sent, so not ambiguous, but a full local pool, a bad URL, a name that does
+    not resolve or a TLS handshake that fails is no outage: a configuration that stays wrong
+    must end its tasks in Error after max_attempts, not pause them for good."""
     dsp.script(exc)
     provider = make_provider(ACME)
     decision = provider.submit(client_for(provider, dsp), task())
