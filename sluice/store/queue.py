@@ -36,13 +36,22 @@ from sqlalchemy import (
 
 from sluice.domain import DueTask, Outcome, Phase, TaskStatus
 from sluice.store import db, fairshare
+from sluice.store.bulk import execute_many
 from sluice.store.chains import end_descendants, release_children
-from sluice.store.rows import chunks, event_row, events, in_active_phase, tasks
+from sluice.store.rows import (
+    EVENT_COLUMNS,
+    chunks,
+    event_row,
+    events,
+    in_active_phase,
+    tasks,
+)
 from sluice.store.tables import ACTIVE_PHASES
 
 log = logging.getLogger("sluice.store")
 
 _parent = tasks.alias("parent")
+_INSERT_EVENTS = insert(events)
 
 
 def due_now(now: datetime) -> Any:
@@ -502,7 +511,7 @@ def _apply_all_or_none(conn: Connection, batch: list[Outcome], now: datetime) ->
         groups.setdefault(shape, []).append(_outcome_params(outcome, now))
     savepoint = conn.begin_nested()
     for shape, rows in groups.items():
-        if conn.execute(_outcome_update(shape), rows).rowcount != len(rows):
+        if execute_many(conn, _outcome_update(shape), rows) != len(rows):
             savepoint.rollback()
             return False
     savepoint.commit()
@@ -628,7 +637,7 @@ def apply_outcomes(conn: Connection, outcomes: Iterable[Outcome], now: datetime)
             dropped,
         )
     if new_events:
-        conn.execute(insert(events), new_events)
+        execute_many(conn, _INSERT_EVENTS, new_events, columns=EVENT_COLUMNS)
     if released:
         release_children(conn, released, now)
     for root, status, message in ended:

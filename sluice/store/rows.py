@@ -55,6 +55,10 @@ def row_to_task(row: Row[Any]) -> Task:
     return Task(**task_values(row._mapping, _TASK_FIELDS))
 
 
+EVENT_COLUMNS = ("task_id", "at", "event", "from_status", "to_status", "detail")
+"""The keys of an :func:`event_row`, in the order of its columns."""
+
+
 def event_row(
     task_id: int,
     at: datetime,

@@ -1,0 +1,139 @@
+"""``execute_many`` writes what ``Connection.execute(statement, rows)`` writes, on SQLite and
+the real PostgreSQL: the outcome writer's guarded UPDATEs (every shape of fields an outcome
+may set: timestamps, numbers, flags, text, NULLs) and its event INSERTs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Connection, Engine, delete, insert
+
+from sluice.domain import Submission
+from sluice.store import db
+from sluice.store.bulk import execute_many
+from sluice.store.queue import _INSERT_EVENTS, _outcome_update
+from sluice.store.repository import TaskRepository
+from sluice.store.rows import EVENT_COLUMNS, events
+
+START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+TASKS = 6
+
+TEXT = st.text(st.characters(exclude_characters="\x00"), max_size=40)
+"""PostgreSQL text holds no NUL (the engine strips it from what providers say)."""
+
+FIELDS: dict[str, st.SearchStrategy[Any]] = {
+    "external_id": st.none() | TEXT.filter(bool),
+    "attempts": st.integers(0, 1000),
+    "polls": st.integers(0, 1000),
+    "poll_interval_s": st.none() | st.floats(0.001, 3600.0),
+    "next_attempt_at": st.none()
+    | st.integers(-86_400_000_000, 86_400_000_000).map(
+        lambda us: START + timedelta(microseconds=us)
+    ),
+    "maybe_created": st.booleans(),
+    "validation_error": st.none() | TEXT,
+    "last_error": st.none() | TEXT,
+}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'many.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    engine = db.make_engine(url)
+    db.ensure_schema(engine)
+    repo = TaskRepository(engine)
+    ids = repo.create_many([Submission(provider="sandbox", payload={"n": 1}) for _ in range(TASKS)])
+    assert ids == list(range(1, TASKS + 1))
+    yield engine
+    engine.dispose()
+
+
+def _rows(conn: Connection) -> list[tuple[Any, ...]]:
+    """Every row of both tables as the driver returns it: what was stored, not what
+    SQLAlchemy's result types would make of it (they read a timestamp stored in another
+    format back as the same datetime)."""
+    table = conn.exec_driver_sql("SELECT * FROM tasks ORDER BY id").all()
+    history = conn.exec_driver_sql(
+        f"SELECT {', '.join(EVENT_COLUMNS)} FROM task_events ORDER BY id"
+    ).all()
+    return [tuple(r) for r in [*table, *history]]
+
+
+def batches() -> st.SearchStrategy[tuple[tuple[str, ...], list[dict[str, Any]]]]:
+    """A shape (the fields an outcome sets) and outcomes of that shape, one per task."""
+    return st.lists(st.sampled_from(sorted(FIELDS)), unique=True, max_size=5).flatmap(
+        lambda names: st.tuples(
+            st.just(tuple(sorted(names))),
+            st.lists(
+                st.fixed_dictionaries(
+                    {
+                        "task": st.integers(1, TASKS),
+                        "holds": st.booleans(),
+                        "fields": st.fixed_dictionaries({n: FIELDS[n] for n in names}),
+                    }
+                ),
+                min_size=1,
+                max_size=TASKS,
+                unique_by=lambda o: o["task"],
+            ),
+        )
+    )
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(drawn=batches())
+def test_execute_many_writes_what_execute_writes(
+    engine: Engine, drawn: tuple[tuple[str, ...], list[dict[str, Any]]]
+) -> None:
+    """The same rows through ``Connection.execute`` and through ``execute_many``, each in a
+    transaction rolled back afterwards, leave the same tables and the same row count;
+    guards that fail (a status the task does not have) change nothing either way."""
+    shape, batch = drawn
+    rows = [
+        {
+            **{f"v_{name}": value for name, value in o["fields"].items()},
+            "w_id": o["task"],
+            "w_status": "Not Started" if o["holds"] else "Completed",
+            "w_claim": None,
+            "v_status": "In Progress",
+            "v_phase": "polling",
+            "v_updated_at": START + timedelta(seconds=i),
+        }
+        for i, o in enumerate(batch)
+    ]
+    history = [
+        {
+            "task_id": o["task"],
+            "at": START + timedelta(milliseconds=i),
+            "event": "submitted",
+            "from_status": "Not Started",
+            "to_status": None if i % 2 else "In Progress",
+            "detail": o["fields"].get("last_error"),
+        }
+        for i, o in enumerate(batch)
+    ]
+    seen: dict[str, tuple[int, list[tuple[Any, ...]]]] = {}
+    for way in ("execute", "execute_many"):
+        with engine.connect() as conn, conn.begin() as transaction:
+            conn.execute(delete(events))
+            if way == "execute":
+                count = conn.execute(_outcome_update(shape), rows).rowcount
+                conn.execute(insert(events), history)
+            else:
+                count = execute_many(conn, _outcome_update(shape), rows)
+                execute_many(conn, _INSERT_EVENTS, history, columns=EVENT_COLUMNS)
+            seen[way] = (count, _rows(conn))
+            transaction.rollback()
+    assert seen["execute_many"] == seen["execute"]
+    assert seen["execute"][0] == sum(1 for o in batch if o["holds"])
