@@ -16,6 +16,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer._click.exceptions import NoArgsIsHelpError
+from typer._click.exceptions import UsageError as ClickUsageError
 from typer.core import TyperGroup
 
 from sluice import errors, logs, masking, process_memory
@@ -26,7 +28,13 @@ SANDBOX_HELP = "Run the sandbox DSP (a simulated third-party API)."
 
 
 class _Commands(TyperGroup):
-    """The commands, with ``sandbox`` built only when asked for (it imports FastAPI)."""
+    """The commands, with ``sandbox`` built only when asked for (it imports FastAPI), and
+    Click's usage errors translated where they arise, for :func:`main` to say in one line.
+
+    Typer prints a usage error itself, as a box of five lines or more, unless it is handed
+    on: the top command's parsing (``make_context``) and its invocation (which parses and
+    runs every subcommand, nested groups included) are the two places one can arise.
+    """
 
     # Typer's Context and Command types are its vendored Click's; Any keeps this seam small.
     def list_commands(self, ctx: Any) -> list[str]:
@@ -40,6 +48,42 @@ class _Commands(TyperGroup):
             single.command("sandbox", help=SANDBOX_HELP)(sandbox_command)
             self.add_command(typer.main.get_command(single), "sandbox")
         return super().get_command(ctx, cmd_name)
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any
+    ) -> Any:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except NoArgsIsHelpError:
+            raise  # `sluice` alone: Typer shows the help page
+        except ClickUsageError as exc:
+            raise _usage_error(exc) from None
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except NoArgsIsHelpError:
+            raise  # a group given no command (`sluice db`): its help page
+        except ClickUsageError as exc:
+            raise _usage_error(exc) from None
+
+
+def _usage_error(exc: ClickUsageError) -> errors.UsageError:
+    """Click's usage error as one line: its message, where its command's help is.
+
+    ``sluice submit --bogus`` gives ``no such option: --bogus (see 'sluice submit
+    --help')``, said by :func:`main` for ``sluice submit``.
+    """
+    lines = [line.strip() for line in exc.format_message().splitlines()]
+    problem = "; ".join(line for line in lines if line).removesuffix(".")
+    if problem[:1].isupper() and problem[1:2].islower():  # "No such option", not "URL"
+        problem = problem[0].lower() + problem[1:]
+    ctx = exc.ctx
+    if ctx is None:
+        return errors.UsageError(problem, "sluice")
+    if ctx.command.get_help_option(ctx) is not None:
+        problem += f" (see '{ctx.command_path} {ctx.help_option_names[0]}')"
+    return errors.UsageError(problem, ctx.command_path)
 
 
 app = typer.Typer(
@@ -878,6 +922,9 @@ def main() -> None:
         raise SystemExit(2) from None
     except errors.StoreUnavailable as exc:
         _fail("error", f"{exc} ({exc.where})")
+        raise SystemExit(2) from None
+    except errors.UsageError as exc:
+        _fail(exc.command, str(exc))
         raise SystemExit(2) from None
     except errors.SluiceError as exc:
         _fail("error", str(exc))

@@ -10,6 +10,8 @@ One root, a subtree per seam::
     │   └── KeyProblem              providers/config.py: one key of a provider table
     ├── SubmissionInvalid           submissions.py: items of a submission are invalid, each
     │                               named with its field; nothing was written
+    ├── UsageError                  cli.py: a command line that does not parse (an unknown
+    │                               option or command, a missing or malformed argument)
     ├── EngineLocked                drivers/engine_lock.py: another embedded engine runs on
     │                               this database (each would send the full rate)
     ├── StoreError
@@ -64,6 +66,14 @@ class ConfigError(SluiceError):
 
 class InvalidValue(SluiceError, ValueError):
     """A value is outside its domain (also a ``ValueError``, so validators accept it)."""
+
+
+class UsageError(SluiceError):
+    """A command line that does not parse, said for ``command`` (``sluice db prune``)."""
+
+    def __init__(self, message: str, command: str) -> None:
+        super().__init__(message)
+        self.command = command
 
 
 class StoreError(SluiceError):
