@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,8 +18,6 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from typer._click.exceptions import NoArgsIsHelpError
-from typer._click.exceptions import UsageError as ClickUsageError
 from typer.core import TyperGroup
 
 from sluice import errors, logs, masking, process_memory
@@ -52,33 +52,46 @@ class _Commands(TyperGroup):
     def make_context(
         self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any
     ) -> Any:
-        try:
+        with _usage_errors_translated():
             return super().make_context(info_name, args, parent, **extra)
-        except NoArgsIsHelpError:
-            raise  # `sluice` alone: Typer shows the help page
-        except ClickUsageError as exc:
-            raise _usage_error(exc) from None
 
     def invoke(self, ctx: Any) -> Any:
-        try:
+        with _usage_errors_translated():
             return super().invoke(ctx)
-        except NoArgsIsHelpError:
-            raise  # a group given no command (`sluice db`): its help page
-        except ClickUsageError as exc:
-            raise _usage_error(exc) from None
 
 
-def _usage_error(exc: ClickUsageError) -> errors.UsageError:
-    """Click's usage error as one line: its message, where its command's help is.
+USAGE_EXIT_CODE = 2
+"""Click's exit code for a command line that does not parse (its ``UsageError``)."""
+
+
+@contextmanager
+def _usage_errors_translated() -> Iterator[None]:
+    """Click's usage errors raised inside as :class:`errors.UsageError`, in one line.
+
+    Typer vendors Click and exports none of its usage errors but ``BadParameter``; its
+    maintainers ask that ``typer._click`` not be imported. So a usage error is known by
+    what Click documents of it: a ``ClickException`` (Typer's ``TyperException``) with exit
+    code 2 and the context it arose in. A group given no command keeps its help page
+    (Click's ``NoArgsIsHelpError``, known by name as Typer itself knows it).
+    """
+    try:
+        yield
+    except typer.TyperException as exc:
+        if exc.exit_code != USAGE_EXIT_CODE or type(exc).__name__ == "NoArgsIsHelpError":
+            raise
+        raise _usage_error(exc.format_message(), getattr(exc, "ctx", None)) from None
+
+
+def _usage_error(message: str, ctx: Any) -> errors.UsageError:
+    """Click's ``message`` as one line, with where the help of ``ctx``'s command is.
 
     ``sluice submit --bogus`` gives ``no such option: --bogus (see 'sluice submit
-    --help')``, said by :func:`main` for ``sluice submit``.
+    --help')``, which :func:`main` says for ``sluice submit``.
     """
-    lines = [line.strip() for line in exc.format_message().splitlines()]
+    lines = [line.strip() for line in message.splitlines()]
     problem = "; ".join(line for line in lines if line).removesuffix(".")
     if problem[:1].isupper() and problem[1:2].islower():  # "No such option", not "URL"
         problem = problem[0].lower() + problem[1:]
-    ctx = exc.ctx
     if ctx is None:
         return errors.UsageError(problem, "sluice")
     if ctx.command.get_help_option(ctx) is not None:
