@@ -71,8 +71,9 @@ def _usage_errors_translated() -> Iterator[None]:
     Typer vendors Click and exports none of its usage errors but ``BadParameter``; its
     maintainers ask that ``typer._click`` not be imported. So a usage error is known by
     what Click documents of it: a ``ClickException`` (Typer's ``TyperException``) with exit
-    code 2 and the context it arose in. A group given no command keeps its help page
-    (Click's ``NoArgsIsHelpError``, known by name as Typer itself knows it).
+    code 2, whose context, when Click attached one, names the command. A group given no
+    command keeps its help page (Click's ``NoArgsIsHelpError``, known by name as Typer
+    itself knows it).
     """
     try:
         yield
