@@ -233,6 +233,10 @@ class WorkUnit:
     claimed_at: float | None = None
 
 
+EXTERNAL_ID_MAX_CHARS = 255
+"""The longest id of a provider's object Sluice keeps (the ``external_id`` column)."""
+
+
 @dataclass(frozen=True)
 class Outcome:
     """A change to record for one task.

@@ -21,7 +21,7 @@ import httpx
 
 from sluice import errors, masking, metrics
 from sluice.clock import Clock, SystemClock
-from sluice.domain import Access, Operation, TaskStatus
+from sluice.domain import EXTERNAL_ID_MAX_CHARS, Access, Operation, TaskStatus
 from sluice.masking import Redactor
 from sluice.providers import signals
 from sluice.providers.answers import NOT_JSON, AnswerReader, json_body
@@ -243,13 +243,9 @@ class HttpProvider:
         if not isinstance(answer, _Answer):
             return answer
         external_id = scalar_at(answer.body, kind.external_id_field)
-        if external_id is None:
-            return self._bad_answer(
-                f"no {kind.external_id_field} in the answer to {kind.submit}",
-                answer,
-                write=True,
-                task_ids=[task.task_id],
-            )
+        problem = _id_problem(external_id, kind.external_id_field, kind.submit)
+        if problem is not None or external_id is None:
+            return self._bad_answer(problem or "", answer, write=True, task_ids=[task.task_id])
         return Accepted(external_id, completed=self.is_synchronous(task.kind))
 
     def payload_for(self, task: TaskRef) -> dict[str, Any]:
@@ -321,13 +317,9 @@ class HttpProvider:
         # NotFound here would let the engine create a duplicate.
         id_field = kind.lookup_id_field or kind.external_id_field
         ids = [i for i in (scalar_at(item, id_field) for item in matches) if i is not None]
-        if not ids:
-            return self._bad_answer(
-                f"no {id_field} in the answer to {kind.lookup}",
-                answer,
-                write=False,
-                task_ids=[task.task_id],
-            )
+        problem = _id_problem(ids[0] if ids else None, id_field, kind.lookup)
+        if problem is not None or not ids:
+            return self._bad_answer(problem or "", answer, write=False, task_ids=[task.task_id])
         if len(ids) > 1:
             log.warning(
                 "provider.lookup_duplicates",
@@ -863,3 +855,21 @@ def _send(
 def _reason(exc: Exception) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _id_problem(external_id: str | None, field: str, request: object) -> str | None:
+    """What keeps an id from an answer to ``request`` from being recorded, or None.
+
+    An id longer than the store keeps would be refused by PostgreSQL with the rest of the
+    writer's batch; as a bad answer it is a transient failure (a create's is ambiguous, so
+    it is looked up, not sent again) that ends the task in Error after ``max_attempts``,
+    saying why.
+    """
+    if external_id is None:
+        return f"no {field} in the answer to {request}"
+    if len(external_id) > EXTERNAL_ID_MAX_CHARS:
+        return (
+            f"{field} of {len(external_id)} characters in the answer to {request} "
+            f"(Sluice keeps ids of at most {EXTERNAL_ID_MAX_CHARS})"
+        )
+    return None

@@ -3,6 +3,7 @@ API keys, audit, console sessions, usage counters and bulk jobs."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
@@ -29,7 +30,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from sluice import errors
 from sluice.clock import as_utc
-from sluice.domain import Phase
+from sluice.domain import EXTERNAL_ID_MAX_CHARS, Phase
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -70,6 +71,41 @@ class UTCDateTime(TypeDecorator[datetime]):
         return None if value is None else as_utc(value)
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+"""What no database here stores as text: U+0000 (PostgreSQL refuses it) and lone UTF-16
+surrogates (JSON's ``"\\ud800"`` decodes to one; UTF-8 cannot encode it)."""
+
+
+def storable_text(value: str | None) -> str | None:
+    """``value`` with each character no database here can store as U+FFFD."""
+    if value is None or (value.isascii() and "\x00" not in value):
+        return value
+    return _UNSTORABLE.sub("\ufffd", value)
+
+
+class ForeignText(TypeDecorator[str]):
+    """Text from outside Sluice (a provider's messages, an event's detail quoting one, an
+    operator's reason): a
+    U+0000 (PostgreSQL refused the writer's whole batch of outcomes for one) or a lone
+    surrogate (which UTF-8 cannot encode: both databases refused it) is stored as U+FFFD."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return storable_text(value)
+
+
+class ForeignString(TypeDecorator[str]):
+    """:class:`ForeignText` in a ``VARCHAR`` of a given length (a provider's ids)."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return storable_text(value)
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map: dict[Any, Any] = {datetime: UTCDateTime()}
@@ -86,15 +122,15 @@ class TaskRow(Base):
     provider: Mapped[str] = mapped_column(String(64))
     kind: Mapped[str | None] = mapped_column(String(64))
     payload: Mapped[dict[str, Any] | None] = mapped_column(Payload)
-    external_id: Mapped[str | None] = mapped_column(String(255))
+    external_id: Mapped[str | None] = mapped_column(ForeignString(EXTERNAL_ID_MAX_CHARS))
     parent_id: Mapped[int | None] = mapped_column(
         BigId, ForeignKey("tasks.id", ondelete="RESTRICT"), index=True
     )
     status: Mapped[str] = mapped_column(String(16))
     phase: Mapped[str] = mapped_column(String(16))
     track_only: Mapped[bool] = mapped_column(Boolean, default=False)
-    validation_error: Mapped[str | None] = mapped_column(Text)
-    last_error: Mapped[str | None] = mapped_column(Text)
+    validation_error: Mapped[str | None] = mapped_column(ForeignText)
+    last_error: Mapped[str | None] = mapped_column(ForeignText)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     polls: Mapped[int] = mapped_column(Integer, default=0)
     poll_interval_s: Mapped[float | None] = mapped_column(Float)
@@ -169,7 +205,7 @@ class TaskEventRow(Base):
     event: Mapped[str] = mapped_column(String(32))
     from_status: Mapped[str | None] = mapped_column(String(16))
     to_status: Mapped[str | None] = mapped_column(String(16))
-    detail: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[str | None] = mapped_column(ForeignText)
 
 
 class LimiterPauseRow(Base):
@@ -181,7 +217,7 @@ class LimiterPauseRow(Base):
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     until: Mapped[datetime] = mapped_column(UTCDateTime())
     signal: Mapped[str | None] = mapped_column(String(32))
-    reason: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(ForeignText)
     actor: Mapped[str | None] = mapped_column(String(200))
     since: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
@@ -194,7 +230,7 @@ class LimitPinRow(Base):
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     rate_limit: Mapped[int] = mapped_column(Integer)
     window_s: Mapped[float] = mapped_column(Float)
-    reason: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(ForeignText)
     actor: Mapped[str] = mapped_column(String(200))
     since: Mapped[datetime] = mapped_column(UTCDateTime())
 

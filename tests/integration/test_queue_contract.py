@@ -24,7 +24,7 @@ from sluice.domain import DueTask, Operation, Phase, Submission, Task, TaskStatu
 from sluice.engine import decide
 from sluice.engine.decide import Policy
 from sluice.engine.retry import Backoff, PollSchedule
-from sluice.providers.base import Accepted, NotFound, StatusReport, Transient
+from sluice.providers.base import Accepted, Failed, NotFound, StatusReport, Transient
 from sluice.store import db
 from sluice.store.queue import WorkQueue
 from sluice.store.repository import TaskRepository, event_row, events, tasks
@@ -1098,3 +1098,23 @@ def test_on_sqlite_a_locked_database_is_transient_and_a_missing_table_is_not(
         holder.close()
         impatient.dispose()
         engine.dispose()
+
+
+def test_what_a_provider_says_is_stored_even_with_a_nul_character(q: Queue) -> None:
+    """A third party's id, messages and the event's detail may hold U+0000, which
+    PostgreSQL's text cannot: it is stored as U+FFFD, on both databases, and the rest of the
+    batch is written with it (before, PostgreSQL refused the whole batch of outcomes)."""
+    first, second = q.add(2)
+    due = {d.id: d for d in q.claim()}
+    rejected = decide.after_submit(due[first], Failed("name\x00 is not allowed"), POLICY, q.now())
+    accepted = decide.after_submit(
+        due[second], Accepted("x-\x00-1", completed=False), POLICY, q.now()
+    )
+
+    assert q.queue.apply([rejected, accepted], q.now()) == 2
+
+    task = q.get(first)
+    assert task.status is TaskStatus.ERROR
+    assert task.validation_error == "name\ufffd is not allowed"
+    assert q.repo.events(first)[-1].detail == "name\ufffd is not allowed"
+    assert q.get(second).external_id == "x-\ufffd-1"

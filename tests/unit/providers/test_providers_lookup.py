@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from sluice.domain import EXTERNAL_ID_MAX_CHARS
 from sluice.providers.base import Found, NotFound, RateLimited, Transient
 
 from .fakes import ACME, FakeDsp, client_for, make_provider, task, with_changes
@@ -159,3 +160,16 @@ def test_misconfigured_lookup_never_reads_as_not_found(
     decision = provider.lookup(client_for(provider, dsp), task(kind="ad_group"))
     assert isinstance(decision, Transient)
     assert problem in decision.message
+
+
+def test_a_found_id_longer_than_the_store_keeps_is_a_bad_answer(dsp: FakeDsp) -> None:
+    """Our object listed under an id the store cannot keep is no Found (its write would be
+    refused) but a transient naming the length, so the task ends in Error after its
+    attempts rather than looping."""
+    long_id = "a" * (EXTERNAL_ID_MAX_CHARS + 1)
+    dsp.script(httpx.Response(200, json={"data": [{"id": long_id, "client_ref": "ref-5"}]}))
+    provider = make_provider(ACME)
+    ref = task(kind="ad_group", client_ref="ref-5", parent_external_id="cam-1")
+    decision = provider.lookup(client_for(provider, dsp), ref)
+    assert isinstance(decision, Transient)
+    assert f"id of {EXTERNAL_ID_MAX_CHARS + 1} characters" in decision.message

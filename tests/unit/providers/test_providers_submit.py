@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from sluice.clock import FakeClock
+from sluice.domain import EXTERNAL_ID_MAX_CHARS
 from sluice.providers.base import Accepted, Failed, RateLimited, Transient
 
 from .fakes import ACME, FakeDsp, client_for, make_provider, refused, task, with_changes
@@ -368,3 +369,21 @@ def test_meta_style_transient_flag_is_retried(dsp: FakeDsp) -> None:
     decision = provider.submit(client_for(provider, dsp), task())
     assert isinstance(decision, Transient)
     assert "Please retry" in decision.message
+
+
+@pytest.mark.parametrize("length", [EXTERNAL_ID_MAX_CHARS, EXTERNAL_ID_MAX_CHARS + 1, 4096])
+def test_an_id_longer_than_the_store_keeps_is_a_bad_answer(dsp: FakeDsp, length: int) -> None:
+    """An id the store cannot keep (PostgreSQL refused it, and the writer's batch with it)
+    is an ambiguous transient naming its length (looked up, never created twice); one of
+    the longest length kept is accepted."""
+    long_id = "c" * length
+    dsp.script(httpx.Response(201, json={"campaign_id": long_id}))
+    provider = make_provider(ACME)
+    decision = provider.submit(client_for(provider, dsp), task())
+    if length <= EXTERNAL_ID_MAX_CHARS:
+        assert decision == Accepted(long_id, completed=False)
+        return
+    assert isinstance(decision, Transient)
+    assert decision.ambiguous
+    assert f"campaign_id of {length} characters" in decision.message
+    assert f"at most {EXTERNAL_ID_MAX_CHARS}" in decision.message
