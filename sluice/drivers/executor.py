@@ -377,7 +377,9 @@ class ThreadExecutor:
         and the claim the worker saw, so a batch whose commit went through before the
         connection dropped changes nothing the second time. A batch given up on leaves its
         tasks claimed; the reconciler makes them due again after the lease (a create is
-        then looked up before it is sent again).
+        then looked up before it is sent again). A batch the database refuses for good (a
+        value it cannot store) is written again one outcome at a time, so only the outcome
+        at fault is lost that way.
         """
         began = time.monotonic()
         deadline = began + WRITE_RETRY_S
@@ -389,6 +391,15 @@ class ThreadExecutor:
                 if self._closing.is_set():
                     closing = max(self._closing_at, began) + WRITE_RETRY_CLOSING_S
                     deadline = min(deadline, closing)
+                if not db.transient(exc) and len(batch) > 1:
+                    # One outcome the database refuses must not take the others with it.
+                    log.warning(
+                        "outcomes.write_one_by_one",
+                        extra={"count": len(batch), "error": type(exc).__name__},
+                    )
+                    for outcome in batch:
+                        self._write([outcome])
+                    return
                 if not db.transient(exc) or time.monotonic() + pause > deadline:
                     log.exception("outcomes.write_failed", extra={"count": len(batch)})
                     return

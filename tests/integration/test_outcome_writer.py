@@ -1,0 +1,66 @@
+"""The outcome writer on the real PostgreSQL: a batch the database refuses for good (a
+value it cannot store) is written again one outcome at a time, so only the outcome at fault
+is lost, not every other task's in the batch."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from sluice.domain import Submission, TaskStatus
+from sluice.drivers.executor import ThreadExecutor
+from sluice.engine import decide
+from sluice.engine.decide import Policy
+from sluice.engine.retry import Backoff, PollSchedule
+from sluice.providers.base import Accepted
+from sluice.ratelimit.memory import MemoryLimiter
+from sluice.store import db
+from sluice.store.queue import WorkQueue
+from sluice.store.repository import TaskRepository
+
+POLICY = Policy(
+    provider="sandbox",
+    max_attempts=5,
+    backoff=Backoff(1.0, 10.0),
+    poll=PollSchedule(2.0, 16.0),
+    deadline_s=None,
+    can_lookup=True,
+)
+
+
+@pytest.mark.postgres
+def test_one_outcome_the_database_refuses_loses_only_itself(postgres_url: str) -> None:
+    engine = db.make_engine(postgres_url)
+    db.ensure_schema(engine)
+    repo = TaskRepository(engine)
+    queue = WorkQueue(engine)
+    ids = repo.create_many(
+        [Submission(provider="sandbox", kind="campaign", payload={"n": i}) for i in range(5)]
+    )
+    now = datetime.now(UTC)
+    due = {d.id: d for d in queue.claim_due(now, 10, "w", 120.0)}
+    # An id longer than the column holds: PostgreSQL refuses it (the provider layer
+    # refuses such answers first; this stands for any value the database will not store).
+    outcomes = [
+        decide.after_submit(
+            due[task_id],
+            Accepted("x" * 300 if task_id == ids[2] else f"x-{task_id}", completed=False),
+            POLICY,
+            now,
+        )
+        for task_id in ids
+    ]
+    executor = ThreadExecutor(queue, {}, {}, MemoryLimiter(cold_start=False), threads=1)
+    try:
+        executor._write(outcomes)
+    finally:
+        executor.close()
+    for task_id in ids:
+        task = repo.get(task_id)
+        if task_id == ids[2]:
+            assert task.status is TaskStatus.NOT_STARTED
+        else:
+            assert (task.status, task.external_id) == (TaskStatus.IN_PROGRESS, f"x-{task_id}")
+    assert executor.stats.outcomes == 4
+    engine.dispose()
