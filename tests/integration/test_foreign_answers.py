@@ -20,11 +20,12 @@ from sqlalchemy import Engine
 from sluice.domain import Submission, TaskStatus
 from sluice.engine import decide
 from sluice.engine.execute import policy_of, task_ref
+from sluice.providers.base import Accepted
 from sluice.providers.registry import build_http_client
 from sluice.store import db
 from sluice.store.queue import WorkQueue
 from sluice.store.repository import TaskRepository
-from tests.unit.providers.fakes import ACME, make_provider
+from tests.unit.providers.fakes import ACME, BATCH_POLL, make_provider, with_changes
 
 TEXT = st.sampled_from(["\x00", "a\x00b", "\ud800", "x\udfffy", "x" * 300, ""]) | st.text(
     max_size=12
@@ -97,6 +98,54 @@ def test_any_answer_a_provider_gives_is_written(
         return
     later = now + timedelta(days=1)
     client = build_http_client(provider, transport=httpx.MockTransport(reply(status)))
+    (due,) = [d for d in queue.claim_due(later, 100, "w", 60.0) if d.id == task_id]
+    polled = provider.poll(client, [task_ref(due)])
+    outcome = decide.after_poll(due, polled[task_id], policy, later)
+    assert queue.apply([outcome], later) == 1
+
+
+@st.composite
+def batch_answers(draw: st.DrawFn, our_id: str) -> httpx.Response:
+    """A batch status answer: an item for our id (any status, any error) among others with
+    any values, or any JSON at all."""
+    status = draw(st.sampled_from([200, 200, 200, 400, 404, 429, 500]))
+    ours = draw(
+        st.fixed_dictionaries(
+            {"id": st.just(our_id)},
+            optional={
+                "status": st.sampled_from(["failed", "success", "pending", "Error"]) | JSON,
+                "error": TEXT | JSON,
+            },
+        )
+    )
+    others = draw(st.lists(st.dictionaries(st.sampled_from(["id", "status", "error"]), JSON)))
+    items = draw(st.permutations([ours, *others[:3]]))
+    body = draw(st.just(items) | JSON) if draw(st.integers(0, 9)) == 0 else items
+    return httpx.Response(
+        status, content=json.dumps(body).encode(), headers={"content-type": "application/json"}
+    )
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_any_batch_status_answer_is_written(engine: Engine, data: st.DataObject) -> None:
+    provider = make_provider(with_changes(ACME, poll=with_changes(BATCH_POLL, batch_size=10)))
+    repo, queue = TaskRepository(engine), WorkQueue(engine)
+    (task_id,) = repo.create_many(
+        [Submission(provider="acme", kind="campaign", payload={"name": "n"})]
+    )
+    our_id = f"cam-{task_id}"
+    policy = policy_of(provider, "campaign")
+    now = datetime.now(UTC)
+    (due,) = [d for d in queue.claim_due(now, 100, "w", 60.0) if d.id == task_id]
+    created = decide.after_submit(due, Accepted(our_id, completed=False), policy, now)
+    assert queue.apply([created], now) == 1
+
+    answer = data.draw(batch_answers(our_id))
+    client = build_http_client(provider, transport=httpx.MockTransport(lambda request: answer))
+    later = now + timedelta(days=1)
     (due,) = [d for d in queue.claim_due(later, 100, "w", 60.0) if d.id == task_id]
     polled = provider.poll(client, [task_ref(due)])
     outcome = decide.after_poll(due, polled[task_id], policy, later)
