@@ -27,9 +27,9 @@ from sluice.store.rows import events
 from tests.acceptance.conftest import Cluster, campaigns, cluster_on
 from tests.conftest import require_service
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(600)]
 
-TASKS = 16
+TASKS = 10
 RATE = 4
 """Creates per second: most tasks are still waiting to be created when the outage begins."""
 MAX_ATTEMPTS = 2
@@ -37,6 +37,10 @@ CREATED_BEFORE = 3
 """Creates the sandbox answers before it goes away (their tasks are then polled)."""
 WAIT_S = 120.0
 """Bound on each wait (generous: a loaded 2-core host); never a sleep for correctness."""
+OUTAGE_WAIT_S = 300.0
+"""Bound on the outage: every failed connect takes a grant (4/s), and they do not go to the
+waiting tasks evenly (on a loaded host one task of 16 failed 3 times while the others failed
+22-34 times, 93 s into the outage)."""
 REDIS_DBS = (15, 14, 13, 12, 11, 10)
 """The Redis databases this test may claim (broker and limiter)."""
 
@@ -153,7 +157,7 @@ def test_workers_wait_out_a_provider_outage_without_spending_attempts(cluster: C
 
         cluster.wait_until(
             waited_out,
-            timeout_s=WAIT_S,
+            timeout_s=OUTAGE_WAIT_S,
             what=f"every waiting task to fail to connect more than {MAX_ATTEMPTS} times",
         )
         # Still in the outage: no waiting task spent an attempt on a failed connection. A
