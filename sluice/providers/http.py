@@ -599,7 +599,8 @@ class HttpProvider:
             return self._log_decision(
                 Transient(self._redactor.redact(str(exc)), ambiguous=write), task_ids
             )
-        self._outage.answered()
+        if self._outage.answered():
+            log.warning("provider.reachable_again", extra={"provider": self.name})
         status = response.status_code
         if 200 <= status < 300 or (allow_absent and status in _ABSENT):
             if self._observer is not None:
@@ -640,12 +641,15 @@ class HttpProvider:
         """No connection could be made (to the provider or its token endpoint): every task
         would fail alike, so the provider pauses instead of spending each task's attempts
         (providers/outage.py)."""
-        return RateLimited(
-            self._outage.failed(),
-            self._redactor.redact(message),
-            said_when=False,
-            unreachable=True,
-        )
+        detail = self._redactor.redact(message)
+        began = not self._outage.down
+        pause_s = self._outage.failed()
+        if began:
+            # Workers log at WARNING: the start and the end of a spell show there, once each.
+            log.warning(
+                "provider.unreachable_began", extra={"provider": self.name, "detail": detail}
+            )
+        return RateLimited(pause_s, detail, said_when=False, unreachable=True)
 
     def _observe(
         self,

@@ -85,6 +85,11 @@ class Outage:
         self._pause_s = 0.0
         self._until = 0.0
 
+    @property
+    def down(self) -> bool:
+        """Whether a spell is under way (a failure since the last answer)."""
+        return self._pause_s > 0
+
     def failed(self) -> float:
         """A connection could not be made: the seconds to leave the provider alone."""
         with self._lock:
@@ -95,9 +100,13 @@ class Outage:
             self._until = now + self._pause_s
             return self._pause_s
 
-    def answered(self) -> None:
-        """The provider answered (whatever it said): the next outage starts short."""
-        if self._pause_s:
-            with self._lock:
-                self._pause_s = 0.0
-                self._until = 0.0
+    def answered(self) -> bool:
+        """The provider answered (whatever it said): the next outage starts short. Whether
+        this ended a spell (the first answer after a failure)."""
+        if not self._pause_s:
+            return False
+        with self._lock:
+            ended = self._pause_s > 0
+            self._pause_s = 0.0
+            self._until = 0.0
+        return ended

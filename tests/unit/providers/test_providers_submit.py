@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import socket
 import ssl
 
@@ -387,3 +388,27 @@ def test_an_id_longer_than_the_store_keeps_is_a_bad_answer(dsp: FakeDsp, length:
     assert decision.ambiguous
     assert f"campaign_id of {length} characters" in decision.message
     assert f"at most {EXTERNAL_ID_MAX_CHARS}" in decision.message
+
+
+def test_an_outage_is_logged_as_a_warning_when_it_begins_and_when_it_ends(
+    dsp: FakeDsp, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Workers log at WARNING: the first failure to connect of a spell and the first answer
+    after it say so there, once each (every failure is still an INFO line)."""
+    clock = FakeClock()
+    provider = make_provider(with_changes(ACME, retry_base="1s"), clock=clock)
+    client = client_for(provider, dsp)
+    caplog.set_level(logging.WARNING, logger="sluice.providers")
+    for _ in range(3):
+        dsp.script(refused())
+        provider.submit(client, task())
+        clock.advance(5.0)
+    assert isinstance(provider.submit(client, task()), Accepted)
+    assert isinstance(provider.submit(client, task()), Accepted)
+    said = [(r.getMessage(), r.levelno) for r in caplog.records]
+    assert said == [
+        ("provider.unreachable_began", logging.WARNING),
+        ("provider.reachable_again", logging.WARNING),
+    ]
+    assert caplog.records[0].__dict__["provider"] == "acme"
+    assert "refused" in caplog.records[0].__dict__["detail"]
