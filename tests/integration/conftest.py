@@ -14,11 +14,23 @@ import pytest
 from sqlalchemy import Connection, Engine
 
 from sluice.drivers.embedded import EmbeddedDriver, build_embedded_driver
+from sluice.engine.decide import Policy
+from sluice.engine.retry import Backoff, PollSchedule
 from sluice.runtime import Runtime, build_runtime
 from sluice.sandbox.config import SandboxConfig
 from sluice.sandbox.server import SandboxServer
 from sluice.settings import load_settings
 from sluice.store import db
+
+POLICY = Policy(
+    provider="sandbox",
+    max_attempts=5,
+    backoff=Backoff(1.0, 10.0),
+    poll=PollSchedule(2.0, 16.0),
+    deadline_s=None,
+    can_lookup=True,
+)
+"""A provider's retry and polling numbers for tests that decide outcomes by hand."""
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

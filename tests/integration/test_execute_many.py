@@ -4,9 +4,7 @@ may set: timestamps, numbers, flags, text, NULLs) and its event INSERTs."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +13,6 @@ from hypothesis import strategies as st
 from sqlalchemy import Connection, Engine, delete, insert
 
 from sluice.domain import Submission
-from sluice.store import db
 from sluice.store.bulk import execute_many
 from sluice.store.queue import _INSERT_EVENTS, _outcome_update
 from sluice.store.repository import TaskRepository
@@ -42,19 +39,14 @@ FIELDS: dict[str, st.SearchStrategy[Any]] = {
 }
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'many.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    engine = db.make_engine(url)
-    db.ensure_schema(engine)
-    repo = TaskRepository(engine)
-    ids = repo.create_many([Submission(provider="sandbox", payload={"n": 1}) for _ in range(TASKS)])
+@pytest.fixture
+def seeded(engine: Engine) -> Engine:
+    """The shared migrated database (tests/integration/conftest.py) with TASKS tasks."""
+    ids = TaskRepository(engine).create_many(
+        [Submission(provider="sandbox", payload={"n": 1}) for _ in range(TASKS)]
+    )
     assert ids == list(range(1, TASKS + 1))
-    yield engine
-    engine.dispose()
+    return engine
 
 
 def _rows(conn: Connection) -> list[tuple[Any, ...]]:
@@ -94,7 +86,7 @@ def batches() -> st.SearchStrategy[tuple[tuple[str, ...], list[dict[str, Any]]]]
 )
 @given(drawn=batches())
 def test_execute_many_writes_what_execute_writes(
-    engine: Engine, drawn: tuple[tuple[str, ...], list[dict[str, Any]]]
+    seeded: Engine, drawn: tuple[tuple[str, ...], list[dict[str, Any]]]
 ) -> None:
     """The same rows through ``Connection.execute`` and through ``execute_many``, each in a
     transaction rolled back afterwards, leave the same tables and the same row count;
@@ -125,7 +117,7 @@ def test_execute_many_writes_what_execute_writes(
     ]
     seen: dict[str, tuple[int, list[tuple[Any, ...]]]] = {}
     for way in ("execute", "execute_many"):
-        with engine.connect() as conn, conn.begin() as transaction:
+        with seeded.connect() as conn, conn.begin() as transaction:
             conn.execute(delete(events))
             if way == "execute":
                 count = conn.execute(_outcome_update(shape), rows).rowcount

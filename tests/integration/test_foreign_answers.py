@@ -6,13 +6,10 @@ real store on SQLite and PostgreSQL: a create, then a status read of what it mad
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine
@@ -22,7 +19,6 @@ from sluice.engine import decide
 from sluice.engine.execute import policy_of, task_ref
 from sluice.providers.base import Accepted
 from sluice.providers.registry import build_http_client
-from sluice.store import db
 from sluice.store.queue import WorkQueue
 from sluice.store.repository import TaskRepository
 from tests.unit.providers.fakes import ACME, BATCH_POLL, make_provider, with_changes
@@ -55,18 +51,6 @@ def answers(draw: st.DrawFn) -> httpx.Response:
     content = json.dumps(body).encode()  # ASCII: a lone surrogate goes as "\ud800"
     headers["content-type"] = "application/json"
     return httpx.Response(status, content=content, headers=headers)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'answers.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    engine = db.make_engine(url)
-    db.ensure_schema(engine)
-    yield engine
-    engine.dispose()
 
 
 @settings(

@@ -11,22 +11,12 @@ import pytest
 from sluice.domain import Submission, TaskStatus
 from sluice.drivers.executor import ThreadExecutor
 from sluice.engine import decide
-from sluice.engine.decide import Policy
-from sluice.engine.retry import Backoff, PollSchedule
 from sluice.providers.base import Accepted
 from sluice.ratelimit.memory import MemoryLimiter
 from sluice.store import db
 from sluice.store.queue import WorkQueue
 from sluice.store.repository import TaskRepository
-
-POLICY = Policy(
-    provider="sandbox",
-    max_attempts=5,
-    backoff=Backoff(1.0, 10.0),
-    poll=PollSchedule(2.0, 16.0),
-    deadline_s=None,
-    can_lookup=True,
-)
+from tests.integration.conftest import POLICY
 
 
 @pytest.mark.postgres

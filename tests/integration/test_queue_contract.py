@@ -22,23 +22,14 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sluice.clock import FakeClock
 from sluice.domain import DueTask, Operation, Phase, Submission, Task, TaskStatus
 from sluice.engine import decide
-from sluice.engine.decide import Policy
-from sluice.engine.retry import Backoff, PollSchedule
 from sluice.providers.base import Accepted, Failed, NotFound, StatusReport, Transient
 from sluice.store import db
 from sluice.store.queue import WorkQueue
 from sluice.store.repository import TaskRepository, event_row, events, tasks
+from tests.integration.conftest import POLICY
 
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 LEASE_S = 60.0
-POLICY = Policy(
-    provider="sandbox",
-    max_attempts=5,
-    backoff=Backoff(1.0, 10.0),
-    poll=PollSchedule(2.0, 16.0),
-    deadline_s=None,
-    can_lookup=True,
-)
 
 
 @dataclass
