@@ -369,7 +369,7 @@ class ThreadExecutor:
             if stop:
                 return
 
-    def _write(self, batch: list[Outcome]) -> None:
+    def _write(self, batch: list[Outcome], *, alone: bool = False) -> bool:
         """Write ``batch``, trying again while the database fails for a reason of the moment
         (down, restarting, a deadlock) for up to :data:`WRITE_RETRY_S`.
 
@@ -379,7 +379,10 @@ class ThreadExecutor:
         tasks claimed; the reconciler makes them due again after the lease (a create is
         then looked up before it is sent again). A batch the database refuses for good (a
         value it cannot store) is written again one outcome at a time, so only the outcome
-        at fault is lost that way.
+        at fault is lost that way; a refusal that is no one outcome's (every one refused,
+        e.g. a missing table) is logged once with how many, not once per outcome. Whether
+        the batch was written (``alone``: one outcome of such a batch, its refusal not
+        logged here).
         """
         began = time.monotonic()
         deadline = began + WRITE_RETRY_S
@@ -393,16 +396,22 @@ class ThreadExecutor:
                     deadline = min(deadline, closing)
                 if not db.transient(exc) and len(batch) > 1:
                     # One outcome the database refuses must not take the others with it.
+                    refused = [o for o in batch if not self._write([o], alone=True)]
                     log.warning(
                         "outcomes.write_one_by_one",
-                        extra={"count": len(batch), "error": type(exc).__name__},
+                        exc_info=exc,
+                        extra={
+                            "count": len(batch),
+                            "refused": len(refused),
+                            "task_ids": [o.task_id for o in refused][:20],
+                            "error": type(exc).__name__,
+                        },
                     )
-                    for outcome in batch:
-                        self._write([outcome])
-                    return
+                    return not refused
                 if not db.transient(exc) or time.monotonic() + pause > deadline:
-                    log.exception("outcomes.write_failed", extra={"count": len(batch)})
-                    return
+                    if not (alone and not db.transient(exc)):
+                        log.exception("outcomes.write_failed", extra={"count": len(batch)})
+                    return False
                 log.warning(
                     "outcomes.write_retry",
                     extra={"count": len(batch), "error": type(exc).__name__, "in_s": pause},
@@ -412,7 +421,7 @@ class ThreadExecutor:
                 continue
             with self._lock:
                 self.stats.outcomes += len(batch)
-            return
+            return True
 
     def idle(self) -> bool:
         """No request running and no outcome waiting to be written."""

@@ -4,6 +4,7 @@ is lost, not every other task's in the batch."""
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 
 import pytest
@@ -20,7 +21,13 @@ from tests.integration.conftest import POLICY
 
 
 @pytest.mark.postgres
-def test_one_outcome_the_database_refuses_loses_only_itself(postgres_url: str) -> None:
+@pytest.mark.parametrize("refused", [[2], [0, 1, 2, 3, 4]], ids=["one", "all"])
+def test_one_outcome_the_database_refuses_loses_only_itself(
+    postgres_url: str, refused: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only the refused outcomes are lost, and the refusal is one log line saying how many
+    and whose (not a traceback per outcome: when every outcome is refused, the cause is no
+    one outcome's)."""
     engine = db.make_engine(postgres_url)
     db.ensure_schema(engine)
     repo = TaskRepository(engine)
@@ -35,22 +42,27 @@ def test_one_outcome_the_database_refuses_loses_only_itself(postgres_url: str) -
     outcomes = [
         decide.after_submit(
             due[task_id],
-            Accepted("x" * 300 if task_id == ids[2] else f"x-{task_id}", completed=False),
+            Accepted("x" * 300 if i in refused else f"x-{task_id}", completed=False),
             POLICY,
             now,
         )
-        for task_id in ids
+        for i, task_id in enumerate(ids)
     ]
+    caplog.set_level(logging.INFO, logger="sluice")
     executor = ThreadExecutor(queue, {}, {}, MemoryLimiter(cold_start=False), threads=1)
     try:
         executor._write(outcomes)
     finally:
         executor.close()
-    for task_id in ids:
+    for i, task_id in enumerate(ids):
         task = repo.get(task_id)
-        if task_id == ids[2]:
+        if i in refused:
             assert task.status is TaskStatus.NOT_STARTED
         else:
             assert (task.status, task.external_id) == (TaskStatus.IN_PROGRESS, f"x-{task_id}")
-    assert executor.stats.outcomes == 4
+    assert executor.stats.outcomes == len(ids) - len(refused)
+    said = [r for r in caplog.records if r.getMessage().startswith("outcomes.")]
+    assert [r.getMessage() for r in said] == ["outcomes.write_one_by_one"]
+    assert said[0].__dict__["refused"] == len(refused)
+    assert said[0].__dict__["task_ids"] == [ids[i] for i in refused]
     engine.dispose()
