@@ -221,6 +221,8 @@ class _Prepared:
     sql: str
     names: tuple[str, ...]
     """Each parameter's name, in the order a positional driver takes them."""
+    keys: tuple[str, ...]
+    """Each parameter's name as the SQL spells it (a driver with named parameters)."""
     values_of: Callable[[Mapping[str, Any]], list[Any]]
     """A row's values in that order, before the bind processors."""
     processed: tuple[tuple[int, Callable[[Any], Any]], ...]
@@ -234,10 +236,25 @@ class _Prepared:
 def _prepare(
     statement: ClauseElement, dialect: Dialect, columns: tuple[str, ...] | None
 ) -> _Prepared:
+    # Compiled as Connection.execute compiles for many rows: an INSERT compiled for one
+    # asks PostgreSQL for each new primary key (RETURNING), which nobody reads here.
     compiled = cast(
         SQLCompiler,
-        statement.compile(dialect=dialect, column_keys=None if columns is None else list(columns)),
+        statement.compile(
+            dialect=dialect,
+            column_keys=None if columns is None else list(columns),
+            for_executemany=True,
+        ),
     )
+    if compiled.insert_prefetch or compiled.update_prefetch:
+        # SQLAlchemy computes these per row (a column's Python-side default or onupdate);
+        # their binds hold None, which would be written in their place.
+        computed = [c.name for c in (*compiled.insert_prefetch, *compiled.update_prefetch)]
+        raise errors.InvalidValue(
+            f"execute_many cannot fill in the Python-side default of {', '.join(computed)}"
+        )
+    if compiled.literal_execute_params or compiled.post_compile_params:
+        raise errors.InvalidValue("execute_many cannot run a statement with an IN list")
     binds = compiled.binds
     names = tuple(compiled.positiontup or ()) if compiled.positional else tuple(binds)
     getter = itemgetter(*names)
@@ -245,6 +262,7 @@ def _prepare(
     return _Prepared(
         sql=compiled.string,
         names=names,
+        keys=tuple(compiled.escaped_bind_names.get(name, name) for name in names),
         values_of=(lambda row: [getter(row)]) if len(names) == 1 else (lambda row: [*getter(row)]),
         processed=tuple((i, p) for i, p in enumerate(processors) if p is not None),
         fixed={
@@ -264,7 +282,8 @@ def execute_many(
     columns: tuple[str, ...] | None = None,
 ) -> int:
     """Run ``statement`` once per row (each row names every parameter the statement leaves
-    open; no ``IN`` list parameter) as one ``executemany``; the row count the driver
+    open; a statement with an ``IN`` list parameter or a column default computed in
+    Python is refused) as one ``executemany``; the row count the driver
     reports (summed over the rows where ``dialect.supports_sane_multi_rowcount``).
 
     ``statement`` must be built once and reused (compilations are cached per statement
@@ -282,7 +301,7 @@ def execute_many(
         for position, processor in processed:
             values[position] = processor(values[position])
         params.append(
-            tuple(values) if prepared.positional else dict(zip(prepared.names, values, strict=True))
+            tuple(values) if prepared.positional else dict(zip(prepared.keys, values, strict=True))
         )
     result = conn.exec_driver_sql(prepared.sql, params)
     return int(result.rowcount)

@@ -10,8 +10,22 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Connection, Engine, delete, insert
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Integer,
+    MetaData,
+    Table,
+    bindparam,
+    delete,
+    event,
+    insert,
+    select,
+    update,
+)
 
+from sluice import errors
 from sluice.domain import Submission
 from sluice.store.bulk import execute_many
 from sluice.store.queue import _INSERT_EVENTS, _outcome_update
@@ -129,3 +143,91 @@ def test_execute_many_writes_what_execute_writes(
             transaction.rollback()
     assert seen["execute_many"] == seen["execute"]
     assert seen["execute"][0] == sum(1 for o in batch if o["holds"])
+
+
+def _sent(engine: Engine, run: Any) -> list[tuple[str, bool]]:
+    """The statements ``run(conn)`` hands the driver (and whether as an executemany), in a
+    transaction rolled back afterwards."""
+    sent: list[tuple[str, bool]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, params: Any, ctx: Any, many: bool) -> None:
+        sent.append((statement, many))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        with engine.connect() as conn, conn.begin() as transaction:
+            run(conn)
+            transaction.rollback()
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    return sent
+
+
+def test_execute_many_sends_the_statement_execute_sends(engine: Engine) -> None:
+    """Not only the rows stored but the statement: an INSERT compiled for one row asks
+    PostgreSQL for the new id (``RETURNING task_events.id``), which an executemany of
+    events does not want (SQLAlchemy compiles it for many rows)."""
+    history = [
+        {"task_id": t, "at": START, "event": "e", "from_status": None, "to_status": None}
+        | {"detail": "d"}
+        for t in (1, 2)
+    ]
+    rows = [
+        {"w_id": t, "w_status": "Not Started", "w_claim": None, "v_status": "In Progress"}
+        | {"v_phase": "polling", "v_updated_at": START, "v_attempts": 1}
+        for t in (1, 2)
+    ]
+    by_execute = _sent(
+        engine,
+        lambda conn: (
+            conn.execute(_outcome_update(("attempts",)), rows),
+            conn.execute(insert(events), history),
+        ),
+    )
+    by_execute_many = _sent(
+        engine,
+        lambda conn: (
+            execute_many(conn, _outcome_update(("attempts",)), rows),
+            execute_many(conn, _INSERT_EVENTS, history, columns=EVENT_COLUMNS),
+        ),
+    )
+    assert [s for s in by_execute_many if not s[0].startswith("BEGIN")] == [
+        s for s in by_execute if not s[0].startswith("BEGIN")
+    ]
+
+
+def test_execute_many_refuses_a_statement_with_python_side_defaults(engine: Engine) -> None:
+    """A column default computed in Python (``default=``, ``onupdate=``) is filled in by
+    SQLAlchemy per row; execute_many does not compute it and must not write NULL instead."""
+    table = Table(
+        "r36_defaults",
+        MetaData(),
+        Column("id", Integer, primary_key=True),
+        Column("n", Integer, default=7, onupdate=8),
+    )
+    table.create(engine)
+    for statement, columns in (
+        (insert(table), ("id",)),
+        (update(table).values(id=bindparam("v")), None),
+    ):
+        with (
+            engine.connect() as conn,
+            conn.begin(),
+            pytest.raises(errors.InvalidValue, match="default"),
+        ):
+            execute_many(conn, statement, [{"id": 1, "v": 1}], columns=columns)
+
+
+def test_execute_many_names_parameters_as_the_statement_does(engine: Engine) -> None:
+    """A bind name the dialect escapes in the SQL (a column named with a space) is sent
+    under its escaped name, as Connection.execute sends it."""
+    table = Table(
+        "r36_escaped", MetaData(), Column("id", Integer, primary_key=True), Column("x y", Integer)
+    )
+    table.create(engine)
+    statement = insert(table)
+    with engine.connect() as conn, conn.begin():
+        execute_many(
+            conn, statement, [{"id": 1, "x y": 2}, {"id": 2, "x y": 3}], columns=("id", "x y")
+        )
+        assert conn.execute(select(table).order_by(table.c.id)).all() == [(1, 2), (2, 3)]
