@@ -6,6 +6,7 @@ The store, the engine and the providers share these; this module imports nothing
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -235,6 +236,18 @@ class WorkUnit:
 
 EXTERNAL_ID_MAX_CHARS = 255
 """The longest id of a provider's object Sluice keeps (the ``external_id`` column)."""
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+"""What no database here stores as text: U+0000 (PostgreSQL refuses it) and lone UTF-16
+surrogates (JSON's ``"\\ud800"`` decodes to one; UTF-8 cannot encode it)."""
+
+
+def storable_text(value: str | None) -> str | None:
+    """``value`` with each character no database here can store as U+FFFD (what the store
+    keeps of a provider's text: ``store/tables.py``, ``ForeignText``)."""
+    if value is None or (value.isascii() and "\x00" not in value):
+        return value
+    return _UNSTORABLE.sub("\ufffd", value)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import httpx
 
 from sluice import errors, masking, metrics
 from sluice.clock import Clock, SystemClock
-from sluice.domain import EXTERNAL_ID_MAX_CHARS, Access, Operation, TaskStatus
+from sluice.domain import EXTERNAL_ID_MAX_CHARS, Access, Operation, TaskStatus, storable_text
 from sluice.masking import Redactor
 from sluice.providers import signals
 from sluice.providers.answers import NOT_JSON, AnswerReader, json_body
@@ -875,5 +875,12 @@ def _id_problem(external_id: str | None, field: str, request: object) -> str | N
         return (
             f"{field} of {len(external_id)} characters in the answer to {request} "
             f"(Sluice keeps ids of at most {EXTERNAL_ID_MAX_CHARS})"
+        )
+    if storable_text(external_id) != external_id:
+        # Stored with U+FFFD in their place, it would name an object the provider never
+        # made: every status read would ask for that one.
+        return (
+            f"{field} {external_id!r} in the answer to {request} holds U+0000 or a lone "
+            "surrogate, which Sluice cannot store"
         )
     return None

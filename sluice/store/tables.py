@@ -3,7 +3,6 @@ API keys, audit, console sessions, usage counters and bulk jobs."""
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Any
 
@@ -30,7 +29,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from sluice import errors
 from sluice.clock import as_utc
-from sluice.domain import EXTERNAL_ID_MAX_CHARS, Phase
+from sluice.domain import EXTERNAL_ID_MAX_CHARS, Phase, storable_text
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -69,18 +68,6 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         return None if value is None else as_utc(value)
-
-
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-"""What no database here stores as text: U+0000 (PostgreSQL refuses it) and lone UTF-16
-surrogates (JSON's ``"\\ud800"`` decodes to one; UTF-8 cannot encode it)."""
-
-
-def storable_text(value: str | None) -> str | None:
-    """``value`` with each character no database here can store as U+FFFD."""
-    if value is None or (value.isascii() and "\x00" not in value):
-        return value
-    return _UNSTORABLE.sub("\ufffd", value)
 
 
 class ForeignText(TypeDecorator[str]):

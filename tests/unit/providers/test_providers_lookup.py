@@ -173,3 +173,14 @@ def test_a_found_id_longer_than_the_store_keeps_is_a_bad_answer(dsp: FakeDsp) ->
     decision = provider.lookup(client_for(provider, dsp), ref)
     assert isinstance(decision, Transient)
     assert f"id of {EXTERNAL_ID_MAX_CHARS + 1} characters" in decision.message
+
+
+def test_a_found_id_the_store_would_alter_is_a_bad_answer(dsp: FakeDsp) -> None:
+    """Our object listed under an id with U+0000 in it is no Found: the store would keep
+    another id (U+FFFD in its place) and poll an object the provider never made."""
+    dsp.script(httpx.Response(200, json={"data": [{"id": "ag\x00-5", "client_ref": "ref-5"}]}))
+    provider = make_provider(ACME)
+    ref = task(kind="ad_group", client_ref="ref-5", parent_external_id="cam-1")
+    decision = provider.lookup(client_for(provider, dsp), ref)
+    assert isinstance(decision, Transient)
+    assert "id" in decision.message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import socket
 import ssl
@@ -412,3 +413,18 @@ def test_an_outage_is_logged_as_a_warning_when_it_begins_and_when_it_ends(
     ]
     assert caplog.records[0].__dict__["provider"] == "acme"
     assert "refused" in caplog.records[0].__dict__["detail"]
+
+
+@pytest.mark.parametrize("given_id", ["cam\x00-1", "cam-\ud800", "\udfff"])
+def test_an_id_the_store_would_alter_is_a_bad_answer(dsp: FakeDsp, given_id: str) -> None:
+    """An id with U+0000 or a lone surrogate (JSON's "\\u0000", "\\ud800") would be stored
+    with U+FFFD in their place: every status read would then ask for an object the provider
+    never made (object_gone after max_attempts, naming an id it never gave). It is a bad
+    answer, as an id too long is."""
+    body = json.dumps({"campaign_id": given_id}).encode()  # ASCII: "\ud800" as JSON spells it
+    dsp.script(httpx.Response(201, content=body, headers={"content-type": "application/json"}))
+    provider = make_provider(ACME)
+    decision = provider.submit(client_for(provider, dsp), task())
+    assert isinstance(decision, Transient)
+    assert decision.ambiguous
+    assert "campaign_id" in decision.message
