@@ -60,6 +60,8 @@ WRITE_RETRY_MAX_PAUSE_S = 2.0
 WRITE_RETRY_CLOSING_S = 5.0
 """Once the executor is closing, how much longer a failing batch is tried."""
 
+WRITTEN, REFUSED, UNAVAILABLE = "written", "refused", "unavailable"
+"""What became of a batch of outcomes (:meth:`ThreadExecutor._write`)."""
 
 SEND_DELAYS_KEPT = 4096
 """Send delays kept for the pump summary's percentiles: the latest seconds of sends. Each
@@ -369,7 +371,9 @@ class ThreadExecutor:
             if stop:
                 return
 
-    def _write(self, batch: list[Outcome], *, alone: bool = False) -> bool:
+    def _write(
+        self, batch: list[Outcome], *, alone: bool = False, began: float | None = None
+    ) -> str:
         """Write ``batch``, trying again while the database fails for a reason of the moment
         (down, restarting, a deadlock) for up to :data:`WRITE_RETRY_S`.
 
@@ -379,12 +383,15 @@ class ThreadExecutor:
         tasks claimed; the reconciler makes them due again after the lease (a create is
         then looked up before it is sent again). A batch the database refuses for good (a
         value it cannot store) is written again one outcome at a time, so only the outcome
-        at fault is lost that way; a refusal that is no one outcome's (every one refused,
-        e.g. a missing table) is logged once with how many, not once per outcome. Whether
-        the batch was written (``alone``: one outcome of such a batch, its refusal not
-        logged here).
+        at fault is lost that way. Those writes keep to the batch's time (``began``), and
+        once one is given up on with the database unavailable so are the rest; the whole is
+        one log line with how many were refused (a refusal that is no one outcome's, e.g. a
+        missing table, is not logged once per outcome: ``alone``).
+
+        :data:`WRITTEN`, :data:`REFUSED` (the database refused some for good) or
+        :data:`UNAVAILABLE` (given up on while the database stayed unavailable).
         """
-        began = time.monotonic()
+        began = time.monotonic() if began is None else began
         deadline = began + WRITE_RETRY_S
         pause = WRITE_RETRY_FIRST_S
         while True:
@@ -396,7 +403,15 @@ class ThreadExecutor:
                     deadline = min(deadline, closing)
                 if not db.transient(exc) and len(batch) > 1:
                     # One outcome the database refuses must not take the others with it.
-                    refused = [o for o in batch if not self._write([o], alone=True)]
+                    refused: list[Outcome] = []
+                    given_up = 0
+                    for done, outcome in enumerate(batch):
+                        written = self._write([outcome], alone=True, began=began)
+                        if written == UNAVAILABLE:
+                            given_up = len(batch) - done  # this one and the rest
+                            break
+                        if written == REFUSED:
+                            refused.append(outcome)
                     log.warning(
                         "outcomes.write_one_by_one",
                         exc_info=exc,
@@ -404,14 +419,17 @@ class ThreadExecutor:
                             "count": len(batch),
                             "refused": len(refused),
                             "task_ids": [o.task_id for o in refused][:20],
+                            "given_up": given_up,
                             "error": type(exc).__name__,
                         },
                     )
-                    return not refused
+                    if given_up:
+                        return UNAVAILABLE
+                    return REFUSED if refused else WRITTEN
                 if not db.transient(exc) or time.monotonic() + pause > deadline:
-                    if not (alone and not db.transient(exc)):
+                    if db.transient(exc) or not alone:
                         log.exception("outcomes.write_failed", extra={"count": len(batch)})
-                    return False
+                    return UNAVAILABLE if db.transient(exc) else REFUSED
                 log.warning(
                     "outcomes.write_retry",
                     extra={"count": len(batch), "error": type(exc).__name__, "in_s": pause},
@@ -421,7 +439,7 @@ class ThreadExecutor:
                 continue
             with self._lock:
                 self.stats.outcomes += len(batch)
-            return True
+            return WRITTEN
 
     def idle(self) -> bool:
         """No request running and no outcome waiting to be written."""
