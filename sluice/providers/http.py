@@ -642,8 +642,7 @@ class HttpProvider:
         would fail alike, so the provider pauses instead of spending each task's attempts
         (providers/outage.py)."""
         detail = self._redactor.redact(message)
-        began = not self._outage.down
-        pause_s = self._outage.failed()
+        pause_s, began = self._outage.failed()
         if began:
             # Workers log at WARNING: the start and the end of a spell show there, once each.
             log.warning(

@@ -85,20 +85,18 @@ class Outage:
         self._pause_s = 0.0
         self._until = 0.0
 
-    @property
-    def down(self) -> bool:
-        """Whether a spell is under way (a failure since the last answer)."""
-        return self._pause_s > 0
-
-    def failed(self) -> float:
-        """A connection could not be made: the seconds to leave the provider alone."""
+    def failed(self) -> tuple[float, bool]:
+        """A connection could not be made: the seconds to leave the provider alone, and
+        whether this failure began a spell (the first since the last answer: decided under
+        the lock, so two threads failing together do not both begin one)."""
         with self._lock:
+            began = not self._pause_s
             now = self._clock.monotonic()
             if now < self._until:
-                return self._until - now
+                return self._until - now, began
             self._pause_s = min(self._max_s, self._pause_s * 2) if self._pause_s else self._base_s
             self._until = now + self._pause_s
-            return self._pause_s
+            return self._pause_s, began
 
     def answered(self) -> bool:
         """The provider answered (whatever it said): the next outage starts short. Whether

@@ -7,6 +7,8 @@ import json
 import logging
 import socket
 import ssl
+import threading
+from typing import Any
 
 import httpx
 import pytest
@@ -428,3 +430,33 @@ def test_an_id_the_store_would_alter_is_a_bad_answer(dsp: FakeDsp, given_id: str
     assert isinstance(decision, Transient)
     assert decision.ambiguous
     assert "campaign_id" in decision.message
+
+
+def test_an_outage_begins_once_when_two_requests_fail_together(
+    dsp: FakeDsp, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two send threads whose connections are refused at the same moment: the spell begins
+    once (one WARNING line), not once per thread that saw no spell before its own failure."""
+
+    from sluice.providers.outage import Outage
+
+    provider = make_provider(ACME, clock=FakeClock())
+    client = client_for(provider, dsp)
+    together = threading.Barrier(2, timeout=30)
+    failed = Outage.failed
+
+    def failed_together(self: Outage) -> Any:
+        together.wait()  # both threads have failed to connect before either records it
+        return failed(self)
+
+    monkeypatch.setattr(Outage, "failed", failed_together)
+    caplog.set_level(logging.WARNING, logger="sluice.providers")
+    dsp.script(refused())
+    dsp.script(refused())
+    threads = [threading.Thread(target=provider.submit, args=(client, task(i))) for i in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    began = [r for r in caplog.records if r.getMessage() == "provider.unreachable_began"]
+    assert len(began) == 1
