@@ -30,13 +30,15 @@ from sluice.domain import Submission
 from sluice.store.bulk import execute_many
 from sluice.store.queue import _INSERT_EVENTS, _outcome_update
 from sluice.store.repository import TaskRepository
-from sluice.store.rows import EVENT_COLUMNS, events
+from sluice.store.rows import EVENT_COLUMNS, events, tasks
 
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 TASKS = 6
+CLAIM = "worker-1"
 
-TEXT = st.text(st.characters(exclude_characters="\x00"), max_size=40)
-"""PostgreSQL text holds no NUL (the engine strips it from what providers say)."""
+TEXT = st.text(max_size=40) | st.sampled_from(["\x00", "a\x00b", "\ud800", "x\udfffy"])
+"""Any text, with what the columns' type replaces (U+0000, lone surrogates): its bind
+processor must run either way."""
 
 FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "external_id": st.none() | TEXT.filter(bool),
@@ -60,6 +62,8 @@ def seeded(engine: Engine) -> Engine:
         [Submission(provider="sandbox", payload={"n": 1}) for _ in range(TASKS)]
     )
     assert ids == list(range(1, TASKS + 1))
+    with engine.begin() as conn:  # odd tasks claimed: the guard and the SET of claimed_by
+        conn.execute(update(tasks).where(tasks.c.id % 2 == 1).values(claimed_by=CLAIM))
     return engine
 
 
@@ -84,6 +88,7 @@ def batches() -> st.SearchStrategy[tuple[tuple[str, ...], list[dict[str, Any]]]]
                     {
                         "task": st.integers(1, TASKS),
                         "holds": st.booleans(),
+                        "claim": st.sampled_from([None, CLAIM]),
                         "fields": st.fixed_dictionaries({n: FIELDS[n] for n in names}),
                     }
                 ),
@@ -111,7 +116,7 @@ def test_execute_many_writes_what_execute_writes(
             **{f"v_{name}": value for name, value in o["fields"].items()},
             "w_id": o["task"],
             "w_status": "Not Started" if o["holds"] else "Completed",
-            "w_claim": None,
+            "w_claim": o["claim"],
             "v_status": "In Progress",
             "v_phase": "polling",
             "v_updated_at": START + timedelta(seconds=i),
@@ -142,7 +147,9 @@ def test_execute_many_writes_what_execute_writes(
             seen[way] = (count, _rows(conn))
             transaction.rollback()
     assert seen["execute_many"] == seen["execute"]
-    assert seen["execute"][0] == sum(1 for o in batch if o["holds"])
+    assert seen["execute"][0] == sum(
+        1 for o in batch if o["holds"] and o["claim"] == (CLAIM if o["task"] % 2 else None)
+    )
 
 
 def _sent(engine: Engine, run: Any) -> list[tuple[str, bool]]:
