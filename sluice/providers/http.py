@@ -870,6 +870,8 @@ def _id_problem(external_id: str | None, field: str, request: object) -> str | N
     """
     if external_id is None:
         return f"no {field} in the answer to {request}"
+    if not external_id:
+        return f"an empty {field} in the answer to {request}"
     if len(external_id) > EXTERNAL_ID_MAX_CHARS:
         return (
             f"{field} of {len(external_id)} characters in the answer to {request} "

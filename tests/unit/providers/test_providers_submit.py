@@ -460,3 +460,14 @@ def test_an_outage_begins_once_when_two_requests_fail_together(
         thread.join()
     began = [r for r in caplog.records if r.getMessage() == "provider.unreachable_began"]
     assert len(began) == 1
+
+
+def test_an_empty_id_is_a_bad_answer(dsp: FakeDsp) -> None:
+    """An empty id names no object: polled, it asked for ``/campaigns//status`` (which a
+    server merging slashes reads as another resource)."""
+    dsp.script(httpx.Response(201, json={"campaign_id": ""}))
+    provider = make_provider(ACME)
+    decision = provider.submit(client_for(provider, dsp), task())
+    assert isinstance(decision, Transient)
+    assert decision.ambiguous
+    assert "campaign_id" in decision.message
