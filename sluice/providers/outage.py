@@ -74,6 +74,11 @@ MAX_PAUSE_S = 30.0
 """The longest pause for an unreachable provider: how late, at most, Sluice notices it is back."""
 
 
+SPELL_WARNING_EVERY_S = 60.0
+"""At most one spell a minute is said at WARNING (its start and its end): a provider that
+refuses every other connection would otherwise log two warnings per request."""
+
+
 class Outage:
     """The back-off of one provider's unreachable spells."""
 
@@ -84,14 +89,21 @@ class Outage:
         self._lock = threading.Lock()
         self._pause_s = 0.0
         self._until = 0.0
+        self._warned_at: float | None = None
+        self._warned = False
 
     def failed(self) -> tuple[float, bool]:
         """A connection could not be made: the seconds to leave the provider alone, and
-        whether this failure began a spell (the first since the last answer: decided under
-        the lock, so two threads failing together do not both begin one)."""
+        whether to say that this failure began a spell (the first since the last answer,
+        decided under the lock so that two threads failing together do not both begin one;
+        at most one spell per :data:`SPELL_WARNING_EVERY_S` is said)."""
         with self._lock:
-            began = not self._pause_s
             now = self._clock.monotonic()
+            began = not self._pause_s and (
+                self._warned_at is None or now - self._warned_at >= SPELL_WARNING_EVERY_S
+            )
+            if began:
+                self._warned_at, self._warned = now, True
             if now < self._until:
                 return self._until - now, began
             self._pause_s = min(self._max_s, self._pause_s * 2) if self._pause_s else self._base_s
@@ -100,11 +112,12 @@ class Outage:
 
     def answered(self) -> bool:
         """The provider answered (whatever it said): the next outage starts short. Whether
-        this ended a spell (the first answer after a failure)."""
+        to say this ended a spell (the first answer after a spell whose start was said)."""
         if not self._pause_s:
             return False
         with self._lock:
-            ended = self._pause_s > 0
+            ended = self._pause_s > 0 and self._warned
             self._pause_s = 0.0
             self._until = 0.0
+            self._warned = False
         return ended

@@ -471,3 +471,28 @@ def test_an_empty_id_is_a_bad_answer(dsp: FakeDsp) -> None:
     assert isinstance(decision, Transient)
     assert decision.ambiguous
     assert "campaign_id" in decision.message
+
+
+def test_a_provider_that_refuses_every_other_connection_warns_once_a_minute(
+    dsp: FakeDsp, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Spells that follow each other within a minute are INFO lines only: one warning for
+    the first spell's start and one for its end, then again once a minute has passed."""
+    clock = FakeClock()
+    provider = make_provider(with_changes(ACME, retry_base="1s"), clock=clock)
+    client = client_for(provider, dsp)
+    caplog.set_level(logging.WARNING, logger="sluice.providers")
+    for _ in range(10):
+        dsp.script(refused())
+        provider.submit(client, task())
+        clock.advance(2.0)
+        provider.submit(client, task())
+        clock.advance(2.0)
+    clock.advance(60.0)
+    dsp.script(refused())
+    provider.submit(client, task())
+    assert [r.getMessage() for r in caplog.records] == [
+        "provider.unreachable_began",
+        "provider.reachable_again",
+        "provider.unreachable_began",
+    ]
