@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine
@@ -32,7 +33,17 @@ JSON = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
     max_leaves=6,
 )
-READ_FIELDS = ["campaign_id", "status", "error", "message", "errors", "code", "field"]
+READ_FIELDS = [
+    "id",
+    "campaign_id",
+    "status",
+    "error",
+    "message",
+    "errors",
+    "validation_errors",
+    "code",
+    "field",
+]
 
 
 @st.composite
@@ -53,14 +64,23 @@ def answers(draw: st.DrawFn) -> httpx.Response:
     return httpx.Response(status, content=content, headers=headers)
 
 
+PROVIDERS = {
+    "per-object status": {**ACME, "retry_base": "1s"},
+    "the prototype's sandbox": {"preset": "sandbox-standard", "base_url": "http://dsp.test"},
+}
+CLAIM_ALL = 100_000
+"""Claims take every due task: earlier examples leave theirs in the same database."""
+
+
+@pytest.mark.parametrize("table", list(PROVIDERS.values()), ids=list(PROVIDERS))
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(create=answers(), status=answers())
 def test_any_answer_a_provider_gives_is_written(
-    engine: Engine, create: httpx.Response, status: httpx.Response
+    engine: Engine, table: dict[str, Any], create: httpx.Response, status: httpx.Response
 ) -> None:
-    provider = make_provider({**ACME, "retry_base": "1s"})
+    provider = make_provider(table)
     repo, queue = TaskRepository(engine), WorkQueue(engine)
     (task_id,) = repo.create_many(
         [Submission(provider="acme", kind="campaign", payload={"name": "n"})]
@@ -72,7 +92,7 @@ def test_any_answer_a_provider_gives_is_written(
 
     now = datetime.now(UTC)
     client = build_http_client(provider, transport=httpx.MockTransport(reply(create)))
-    (due,) = [d for d in queue.claim_due(now, 100, "w", 60.0) if d.id == task_id]
+    (due,) = [d for d in queue.claim_due(now, CLAIM_ALL, "w", 60.0) if d.id == task_id]
     decision = provider.submit(client, task_ref(due))
     outcome = decide.after_submit(due, decision, policy, now)
     assert queue.apply([outcome], now) == 1
@@ -82,7 +102,7 @@ def test_any_answer_a_provider_gives_is_written(
         return
     later = now + timedelta(days=1)
     client = build_http_client(provider, transport=httpx.MockTransport(reply(status)))
-    (due,) = [d for d in queue.claim_due(later, 100, "w", 60.0) if d.id == task_id]
+    (due,) = [d for d in queue.claim_due(later, CLAIM_ALL, "w", 60.0) if d.id == task_id]
     polled = provider.poll(client, [task_ref(due)])
     outcome = decide.after_poll(due, polled[task_id], policy, later)
     assert queue.apply([outcome], later) == 1
@@ -123,14 +143,14 @@ def test_any_batch_status_answer_is_written(engine: Engine, data: st.DataObject)
     our_id = f"cam-{task_id}"
     policy = policy_of(provider, "campaign")
     now = datetime.now(UTC)
-    (due,) = [d for d in queue.claim_due(now, 100, "w", 60.0) if d.id == task_id]
+    (due,) = [d for d in queue.claim_due(now, CLAIM_ALL, "w", 60.0) if d.id == task_id]
     created = decide.after_submit(due, Accepted(our_id, completed=False), policy, now)
     assert queue.apply([created], now) == 1
 
     answer = data.draw(batch_answers(our_id))
     client = build_http_client(provider, transport=httpx.MockTransport(lambda request: answer))
     later = now + timedelta(days=1)
-    (due,) = [d for d in queue.claim_due(later, 100, "w", 60.0) if d.id == task_id]
+    (due,) = [d for d in queue.claim_due(later, CLAIM_ALL, "w", 60.0) if d.id == task_id]
     polled = provider.poll(client, [task_ref(due)])
     outcome = decide.after_poll(due, polled[task_id], policy, later)
     assert queue.apply([outcome], later) == 1
