@@ -6,6 +6,7 @@ The store, the engine and the providers share these; this module imports nothing
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,6 +25,19 @@ MAX_ID = 2**53
 larger number sent to the database overflowed SQLite's integer (a 500 in the console)."""
 FAIRNESS_KEY_MAX = 128
 """A fairness key longer than this (a payload field's value) is cut to this length."""
+
+DIGEST_MARK = "~"
+"""What starts a value's digest form in a limit key (no plain account value holds it)."""
+
+
+def value_digest(value: str) -> str:
+    """``~`` and the first 32 hex digits of the SHA-256 of ``value``'s UTF-8: the stable,
+    short stand-in for a value too long or unsafe for a key (the same in every process and
+    after every restart). A lone surrogate, which no stored payload holds, is hashed as it
+    is rather than refused."""
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+    return DIGEST_MARK + digest[:32]
+
 
 TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 """A tenant name: letters, digits, ``.``, ``_``, ``-``; at most 64 characters."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -275,6 +276,9 @@ def outcomes(provider: str, operation: str, recorded: Iterable[tuple[str | None,
 
 # --- limit keys as labels ----------------------------------------------------------------
 
+_WINDOW = re.compile(r"\d+(?:\.\d+)?(?:ms|s|min|h|d)")
+"""A window appended to a key (``format_duration``'s text: ``1h``, ``10min``, ``250ms``)."""
+
 
 def fold_key(key: str) -> tuple[str, str]:
     """A limit key as ``(provider, scope)``, with every account's value dropped.
@@ -282,12 +286,26 @@ def fold_key(key: str) -> tuple[str, str]:
     ``sandbox`` -> (sandbox, all); ``sandbox:write`` -> (sandbox, write);
     ``sandbox:advertiser_id=adv-1`` -> (sandbox, advertiser_id);
     ``sandbox:write:advertiser_id=42:1h`` -> (sandbox, write:advertiser_id:1h).
+
+    Keys Sluice makes hold no ``:`` in an account's value (a value that would is written in
+    its digest form, :func:`sluice.providers.limits.account_value`); a key kept from before
+    (a pause, a learned rate) may, and its value is dropped all the same: after the
+    ``per=`` part only a window (the last part, ``1h``) is kept, so no value reaches a label.
     """
     provider, _, rest = key.partition(":")
     if not rest:
         return provider, ALL_SCOPE
-    parts = [part.partition("=")[0] for part in rest.split(":")]
-    return provider, ":".join(parts)
+    parts = rest.split(":")
+    scope: list[str] = []
+    for index, part in enumerate(parts):
+        name, per, _ = part.partition("=")
+        scope.append(name)
+        if per:
+            tail = parts[index + 1 :]
+            if tail and _WINDOW.fullmatch(tail[-1]):
+                scope.append(tail[-1])
+            break
+    return provider, ":".join(scope)
 
 
 # --- shared state, read at scrape time ---------------------------------------------------

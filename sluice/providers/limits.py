@@ -21,6 +21,16 @@ they become :class:`~sluice.ratelimit.quota.QuotaSpec` s, keyed like limits with
 window appended (``acme:1d``, ``acme:write:advertiser_id=42:10min``), which the
 dispatcher spends from the database (:mod:`sluice.engine.quotas`).
 
+**Account values in keys.** A ``per`` value is written into its keys as it is when it is
+plain: 1 to :data:`ACCOUNT_VALUE_MAX` characters among ASCII letters, digits and
+``_ . @ + = -`` (``42``, ``adv-1``, ``act_123``). Any other value (longer, empty, or with
+``:``, ``*``, ``/``, ``~``, whitespace, control or non-ASCII characters) is written in its
+digest form, ``~`` and the first 32 hex digits of the SHA-256 of its UTF-8
+(:func:`account_value`): the same in every process and after every restart, distinct per
+value, never holding the ``:`` that separates pause scopes, so a key keeps its structure
+(``acme``, ``acme:write``, ``acme:write:advertiser_id=~3f...``) and fits the key columns
+(:data:`KEY_MAX_CHARS`).
+
 Token requests (``[auth]``) draw on limits of their own::
 
     acme:auth                          [auth] rate_limit = "1/s"
@@ -29,17 +39,33 @@ Token requests (``[auth]``) draw on limits of their own::
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sluice.domain import Access, Operation
+from sluice import errors
+from sluice.domain import Access, Operation, value_digest
 from sluice.providers.config import ProviderConfig
 from sluice.providers.templating import scalar_at
 from sluice.ratelimit.quota import Quota, QuotaSpec
 from sluice.ratelimit.rate import LimitSpec, Rate
 from sluice.units import format_duration
+
+KEY_MAX_CHARS = 255
+"""The longest limit or quota key: the width of the key columns (``limiter_pauses``,
+``limit_pins``, ``learned_rates``, ``quota_usage``, ``usage_counts``)."""
+
+ACCOUNT_VALUE_MAX = 64
+"""The longest ``per`` value written into a key as it is; a longer one takes its digest form."""
+
+_PLAIN_VALUE = re.compile(rf"[A-Za-z0-9_.@+=\-]{{1,{ACCOUNT_VALUE_MAX}}}")
+
+
+def account_value(value: str) -> str:
+    """A ``per`` value as its keys hold it: itself when plain, else its digest form."""
+    return value if _PLAIN_VALUE.fullmatch(value) else value_digest(value)
 
 
 @dataclass(frozen=True)
@@ -166,6 +192,14 @@ class LimitRules:
                 quota = Quota(limit.quota, limit.reset, limit.pace)
                 quotas.append(self._quota_rule(limit.scope, limit.per, quota, limit.cost))
         self._quota_rules = tuple(quotas)
+        for rule in (*self._rules, *self._quota_rules):
+            longest = rule.key(provider, "x" * ACCOUNT_VALUE_MAX if rule.per else None)
+            if len(longest) > KEY_MAX_CHARS:
+                raise errors.ConfigError(
+                    f"providers.{provider}: the limit key {rule.key(provider, '*')} is longer "
+                    f"than {KEY_MAX_CHARS} characters for an account of {ACCOUNT_VALUE_MAX}; "
+                    "shorten the provider name or the per path"
+                )
 
     @staticmethod
     def _quota_rule(scope: str, per: str | None, quota: Quota, costs: Mapping[str, int]) -> _Rule:
@@ -237,7 +271,7 @@ class LimitRules:
                 value = scalar_at(payload or {}, rule.per)
                 if value is None:
                     continue
-            yield rule, rule.key(self._provider, value)
+            yield rule, rule.key(self._provider, None if value is None else account_value(value))
 
     def quotas(self) -> list[tuple[str, Quota, str, str | None]]:
         """Every configured quota: its key (``per`` values as ``*``), quota, scope, per."""
