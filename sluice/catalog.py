@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sluice import masking
-from sluice.domain import FAIRNESS_KEY_MAX
+from sluice.domain import FAIRNESS_KEY_MAX, value_digest
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,9 @@ class Catalog:
 
     def fairness_key(self, provider: str, tenant: str, payload: Mapping[str, Any] | None) -> str:
         """Whose share of ``provider``'s budget a task draws on: the value at the provider's
-        ``fairness_field`` in ``payload`` (text, cut to 128 characters), else ``tenant``.
+        ``fairness_field`` in ``payload`` (text), else ``tenant``. Text over 128 characters keeps
+        its first 95 and ends with its digest (``~`` and 32 hex digits of its SHA-256), so
+        long values stay apart and fit the fairness key columns.
 
         A payload without that field (or with an object or list there) falls back to the
         tenant, so every task has a key.
@@ -53,7 +55,11 @@ class Catalog:
             value = value[part]
         if value is None or isinstance(value, Mapping | list | bool):
             return tenant
-        text = str(value)[:FAIRNESS_KEY_MAX]
+        text = str(value)
+        if len(text) > FAIRNESS_KEY_MAX:
+            # Merely cut, values sharing their first 128 characters would share one key.
+            digest = value_digest(text)
+            text = text[: FAIRNESS_KEY_MAX - len(digest)] + digest
         return text or tenant
 
     def known(self) -> str:

@@ -24,7 +24,8 @@ MAX_ID = 2**53
 """The largest task or job id anything accepts: ids stay exact in JavaScript clients, and a
 larger number sent to the database overflowed SQLite's integer (a 500 in the console)."""
 FAIRNESS_KEY_MAX = 128
-"""A fairness key longer than this (a payload field's value) is cut to this length."""
+"""A fairness key longer than this (a payload field's value) keeps its first characters and
+ends with its :func:`value_digest`, this long in all (the width of its columns)."""
 
 DIGEST_MARK = "~"
 """What starts a value's digest form in a limit key (no plain account value holds it)."""

@@ -44,7 +44,14 @@ HIDDEN = [{"name": "hidden", "limit": 4, "window_s": 1, "schedule": [[600, 4]]}]
 
 # Sent through the API, then through `sluice submit FILE --api`.
 BY_API = ["x" * 300, "y" * 5000, "a:b", "a"]
-BY_CLI = ["a:b=c:d", "*", "sp ace\ttab", "caf\u00e9 \u6f22\u5b57", "z" * 200 + ":" * 3000]
+BY_CLI = [
+    "a:b=c:d",
+    "*",
+    "sp ace\ttab",
+    "caf\u00e9 \u6f22\u5b57",
+    "z" * 200 + ":" * 3000,
+    "x" * 301,
+]
 VALUES = BY_API + BY_CLI
 
 
@@ -135,7 +142,7 @@ def test_any_account_value_is_submitted_sent_limited_and_shown_under_a_key_that_
             assert learned - {"sandbox"} <= set(keys.values())
             assert learned - {"sandbox"}, "the hidden limit refused some accounts' requests"
             assert set(keys.values()) <= counted
-            # Each value its own fair share, none cut into another's.
+            # Each value its own fair share (x * 300 and x * 301 were both cut to x * 128).
             assert len(shares - {""}) == len(VALUES)
             assert all(len(key) <= FAIRNESS_KEY_MAX for key in shares)
 
