@@ -76,11 +76,12 @@ class Limiter(Protocol):
         """
         ...
 
-    def give_back(self, limits: Sequence[LimitSpec], granted_at: float) -> None:
-        """Undo the spacing of a grant on ``limits`` made at ``granted_at`` that sent nothing.
+    def give_back(self, undo: Sequence[tuple[str, int, int]]) -> None:
+        """Undo the spacing of a grant that sent nothing (its :attr:`Grant.undo`).
 
-        Per key, only while no grant has followed it (its TAT is still at most
-        ``granted_at + spacing``; see :func:`gcra.given_back`); otherwise it changes nothing.
+        Per key, only while no grant has followed it: a TAT still at the value this grant
+        left goes back to the one it found (see "Giving a slot back" in :mod:`gcra`);
+        otherwise the key is left alone.
         """
         ...
 

@@ -44,15 +44,29 @@ also the smaller of the two specs').
 **Wide catch-up** (``wide`` keys of :func:`plan`). A key whose sliding window is kept at
 the provider by window holds (:mod:`holds`), for a provider that judges windows and not
 spacing (``judges = "window"``), does not need the bound above: the holds' proof uses
-nothing about how grants were spaced. Such a key may use a credit up to
-:func:`wide_credit_us`: half a spacing, at most :data:`WIDE_CATCH_UP_US`, never less than
-the ordinary one. Then ``a_j - a_i >= (U - 1 - b) * s - credit`` still holds (the two
-bounds above use nothing about the credit's size), so two grants on a zero-burst key stay
-at least ``s - credit`` apart (``s / 2``, unless the ordinary credit is already larger) and
-grants holding ``L + 1`` units at least ``W + slack - credit``; the window at the provider
-is the holds'. What it buys: a dispatcher woken 5 ms late for a 20 ms slot (a claim on its
-thread, a busy host) keeps the schedule instead of losing the 5 ms for good. Whenever the
-ordinary credit is below ``s``, so is the wide one, and :func:`given_back` stays exact.
+nothing about how grants were spaced. Such a key may use the credit of
+:func:`wide_credit_us`: :data:`WIDE_CATCH_UP_US` (250 ms) while it runs at its configured
+rate, never less than the ordinary one. Then ``a_j - a_i >= (U - 1 - b) * s - credit``
+still holds (the two bounds above use nothing about the credit's size) but no longer keeps
+two grants apart: after a stall a dispatcher may take up to ``credit / s`` slots it missed
+at once (12 at 50/s), and the window at the provider is the holds'. What it buys: lateness
+is made up instead of lost for good. A loaded host wakes a dispatcher 10-75 ms late after a
+rate refusal, and a window that stayed full for ``W`` plus a stretched round trip holds a
+key back; a credit under a spacing lost every millisecond of both (``bench.limit_gaps``).
+A key whose rate was **lowered** (a pin, a learned rate, a quota's pace: the holds keep the
+configured window, not the lower pace) keeps at most half a spacing (and at most
+:data:`LOWERED_WIDE_CATCH_UP_US`): the lower pace is Sluice's own promise, which only the
+GCRA bound keeps, and a burst of missed slots would break it. A grant that sent nothing
+still gives its slot back exactly, whatever the credit (below).
+The credit is for lateness, not idleness: a key further behind its TAT than the wide credit
+(idle, or more than 250 ms late) starts again with the ordinary credit (``idle_credit`` of
+:class:`KeyPlan`), so it does not open with a dozen requests at once. That burst kept
+itself going: the window's places, taken together, freed together a window later, while
+the schedule had fallen behind waiting for them, so a dozen went at once again, every
+window, and their round trips on a loaded host stretched the window's hold (measured with
+``bench.limit_gaps``: 0.965-0.977 of the limit at load 10). Both bounds above still hold:
+the idle start leaves ``T_{k+1} = a_k - idle_credit + c_k * s >= max(T_k, a_k - credit) +
+c_k * s`` since ``T_k < a_k - credit``.
 
 Why a cost-``c`` grant must wait for ``b + 1 - c`` slots, not only its first one: with
 ``b = 0`` and a key paced at one unit per ``s``, ``L - 1`` units went out in the last
@@ -75,6 +89,17 @@ A request may need several limits (provider, operation, advertiser...). Acquisit
 all-or-nothing: it is allowed only if every limit allows it now; on refusal nothing is
 consumed and the wait is the longest among them.
 
+**Giving a slot back** (:func:`undone`). A grant whose request was never sent (its hold was
+refused, or it expired at the send gate) undoes what it did to each key's TAT, ``before``
+to ``after``, while the key's TAT is still ``after``: then it goes back to ``before``.
+Every grant raises a TAT strictly (``T_{k+1} >= T_k + c_k * s`` and ``s >= 1``), so a TAT
+still at ``after`` means no grant followed (or every one that did was given back too), and
+the key is exactly as if the unsent grant had never been decided: every bound above holds
+for the grants that were sent. Otherwise the slot stays spent (always safe). Comparing
+values, not times, is what makes this exact for any credit and any burst (an earlier
+version compared the TAT with the grant's time plus a spacing, which needed a credit below
+the spacing and no burst).
+
 **A limiter that lost its state** (a new process, a flushed or restarted Redis) does not
 know when each key last granted. It records the instant it found itself empty, ``born``,
 and treats every key as if its TAT were at least ``born + hold``, with
@@ -95,15 +120,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sluice import errors
 from sluice.ratelimit.rate import LimitSpec, Rate
 
 US_PER_S = 1_000_000
 
-WIDE_CATCH_UP_US = 50_000
-"""The most catch-up a ``wide`` key may use (see the module docstring), in microseconds."""
+WIDE_CATCH_UP_US = 250_000
+"""The catch-up of a ``wide`` key at its configured rate (see the module docstring), in
+microseconds: more than a loaded host's late wake-ups and stretched round trips."""
+
+LOWERED_WIDE_CATCH_UP_US = 50_000
+"""The most catch-up a ``wide`` key whose rate was lowered may use: half a spacing, at most
+this, in microseconds."""
 
 COLD_HOLD_US = 1_000_000
 """A limiter that lost its state holds each key this long, or one spacing if longer."""
@@ -151,13 +181,17 @@ def credit_us(rate: Rate, margin: float, catch_up_us: int, burst: int = 0) -> in
     return min(catch_up_us, slack_us(rate, margin, burst) // 2)
 
 
-def wide_credit_us(rate: Rate, margin: float, catch_up_us: int, burst: int = 0) -> int:
-    """The catch-up of a key whose window is held: half a spacing, at most
-    :data:`WIDE_CATCH_UP_US`, and never less than :func:`credit_us`; always below the
-    spacing (so :func:`given_back` stays exact)."""
-    spacing = spacing_us(rate, margin, burst)
+def wide_credit_us(
+    rate: Rate, margin: float, catch_up_us: int, burst: int = 0, *, lowered: bool = False
+) -> int:
+    """The catch-up of a key whose window is held (see the module docstring):
+    :data:`WIDE_CATCH_UP_US`, or for a ``lowered`` rate half a spacing and at most
+    :data:`LOWERED_WIDE_CATCH_UP_US`; never less than :func:`credit_us`."""
     ordinary = credit_us(rate, margin, catch_up_us, burst)
-    return max(ordinary, min(WIDE_CATCH_UP_US, spacing // 2))
+    if not lowered:
+        return max(ordinary, WIDE_CATCH_UP_US)
+    spacing = spacing_us(rate, margin, burst)
+    return max(ordinary, min(LOWERED_WIDE_CATCH_UP_US, spacing // 2))
 
 
 def cold_hold_us(rate: Rate, margin: float, burst: int = 0) -> int:
@@ -172,6 +206,9 @@ class KeyPlan:
     ``spacing`` is one unit's share of the window, ``step`` what this request adds to the
     TAT (``cost * spacing``), ``allow`` how far ahead of the TAT it may go
     (``(burst + 1 - cost) * spacing``), ``credit`` the catch-up, ``hold`` the cold start.
+    ``idle_credit`` is the catch-up of a key further behind its TAT than ``credit`` (idle,
+    not late): the ordinary one, so a wide key starts from idle without a burst (see
+    "Wide catch-up" in the module docstring); ``credit`` itself when not given.
     """
 
     spacing: int
@@ -179,6 +216,13 @@ class KeyPlan:
     allow: int
     credit: int
     hold: int
+    idle_credit: int | None = None
+
+    def credit_at(self, tat_us: int, now_us: int) -> int:
+        """The catch-up a grant at ``now_us`` uses on a key whose TAT is ``tat_us``."""
+        if self.idle_credit is None or now_us - tat_us <= self.credit:
+            return self.credit
+        return self.idle_credit
 
 
 def merged(limits: Sequence[LimitSpec], margin: float) -> dict[str, LimitSpec]:
@@ -230,21 +274,33 @@ def plan(
         listed.setdefault(given.key, []).append(given)
     for key, spec in merged(limits, margin).items():
         spacing = spacing_us(spec.rate, margin, spec.burst)
-        credit = wide_credit_us if key in wide else credit_us
         # A lowered rate (a pin, a learned rate, a quota's pace) spaces grants further
         # apart, but the room ahead of the TAT stays the configured spacing's: see
         # "Lowered rates" in the module docstring.
         # Every rate listed for the key, once (one spec not lowered: only its own rate).
         rates = {rate for given in listed[key] for rate in (given.rate, given.held_rate)}
+        # More than one rate (lowered, or listed twice): a pace the GCRA bound alone
+        # keeps, so only the narrow wide credit (see "Wide catch-up").
+        lowered = len(rates) > 1
         room = min(spacing_us(rate, margin, spec.burst) for rate in rates)
         plans[key] = KeyPlan(
             spacing=spacing,
             step=spec.cost * spacing,
             allow=(spec.burst + 1 - spec.cost) * room,
             # The smallest catch-up of every rate listed for the key: each one's bound
-            # needs the credit within half its own slack.
-            credit=min(credit(rate, margin, catch_up_us, spec.burst) for rate in rates),
+            # needs the credit within half its own slack (a wide key's: see above).
+            credit=min(
+                wide_credit_us(rate, margin, catch_up_us, spec.burst, lowered=lowered)
+                if key in wide
+                else credit_us(rate, margin, catch_up_us, spec.burst)
+                for rate in rates
+            ),
             hold=cold_hold_us(spec.rate, margin, spec.burst),
+            idle_credit=(
+                min(credit_us(rate, margin, catch_up_us, spec.burst) for rate in rates)
+                if key in wide
+                else None
+            ),
         )
     return plans
 
@@ -289,6 +345,11 @@ class Verdict:
     wait_us: int
     reason: str
     new_tats: Mapping[str, int]
+    old_tats: Mapping[str, int] = field(default_factory=dict)
+
+    def undo(self) -> tuple[tuple[str, int, int], ...]:
+        """``(key, before, after)`` per key of an allowance: :attr:`Grant.undo`."""
+        return tuple((key, self.old_tats[key], after) for key, after in self.new_tats.items())
 
 
 def decide(
@@ -319,39 +380,18 @@ def decide(
     if pause_wait > 0 or rate_wait > 0:
         reason = "paused" if pause_wait > 0 else "rate"
         return Verdict(False, max(pause_wait, rate_wait), reason, {})
-    new_tats = {key: max(tat[key], now_us - p.credit) + p.step for key, p in plans.items()}
-    return Verdict(True, 0, "", new_tats)
+    new_tats = {
+        key: max(tat[key], now_us - p.credit_at(tat[key], now_us)) + p.step
+        for key, p in plans.items()
+    }
+    return Verdict(True, 0, "", new_tats, tat)
 
 
-def undoable(limits: Sequence[LimitSpec], margin: float, catch_up_us: int) -> dict[str, KeyPlan]:
-    """The keys of ``limits`` whose grant :func:`given_back` may undo: those without burst.
-
-    With a burst (and so with costs above 1) a later grant may come *before* the TAT this
-    grant left, so a TAT value cannot tell whether one followed: such a key keeps its slot
-    spent (always safe; it only costs the slot).
-    """
-    specs = merged(limits, margin)
-    plans = plan(limits, margin, catch_up_us)
-    return {key: p for key, p in plans.items() if specs[key].burst == 0}
-
-
-def given_back(tat_us: int, granted_at_us: int, spacing: int, credit: int) -> int | None:
-    """The TAT after giving back a grant made at ``granted_at_us`` that sent nothing, or None.
-
-    The grant set ``TAT = max(tat_before, granted_at - credit) + spacing <= granted_at +
-    spacing`` (it was granted, so ``tat_before <= granted_at``). Any later grant, at some
-    ``b >= TAT``, set ``TAT >= TAT + spacing > granted_at + spacing`` once ``spacing >
-    credit``. So a TAT still at most ``granted_at + spacing`` means no grant followed (or
-    every one that did was given back too), and ``TAT - spacing = max(tat_before,
-    granted_at - credit)``: never below the TAT any grant that *was* sent left behind, so
-    every bound above holds for the grants that were sent. Otherwise: None (keep it).
-    ``credit`` is the key's ordinary credit; a grant that used the wide one
-    (:func:`wide_credit_us`) used a credit below the spacing whenever the ordinary one is,
-    which is all the argument needs.
-    """
-    if spacing <= credit or tat_us > granted_at_us + spacing:
-        return None
-    return tat_us - spacing
+def undone(current: int | None, before: int, after: int) -> int | None:
+    """The TAT after giving back a grant that moved a key's TAT from ``before`` to
+    ``after`` and sent nothing, given the key's TAT now (``None``: forgotten); or None
+    to leave the key as it is (see "Giving a slot back" in the module docstring)."""
+    return before if current == after else None
 
 
 def in_flight_wait(now_us: int, lease_expiries: Iterable[int], max_in_flight: int) -> int:

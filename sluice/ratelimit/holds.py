@@ -157,9 +157,8 @@ def acquire(
     or answered less than a window ago), whose wait is when the place frees at the latest.
     ``judges_spacing`` is the provider's (:func:`send_within_s`).
     """
-    grant = limiter.acquire(
-        limits, in_flight=in_flight, wide=() if judges_spacing else wide_keys(limits)
-    )
+    wide = frozenset() if judges_spacing else wide_keys(limits)
+    grant = limiter.acquire(limits, in_flight=in_flight, wide=wide)
     if not grant.granted:
         return grant
     taken: list[Hold] = []
@@ -171,19 +170,17 @@ def acquire(
                     limiter.release(hold.lease_id, hold.key)
                 if grant.lease_id is not None and in_flight is not None:
                     limiter.release(grant.lease_id, in_flight.key)
-                if grant.granted_at is not None:
-                    limiter.give_back(limits, grant.granted_at)
+                limiter.give_back(grant.undo)
                 return Grant(False, held.retry_after_s, held.reason or "in_flight")
             taken.append(Hold(cap.in_flight.key, held.lease_id, cap.window_s))
     if not taken:
-        return replace(grant, limits=tuple(limits))
+        return grant
     return replace(
         grant,
         holds=tuple(taken),
         send_within_s=send_within_s(
             limits, grant, judges_spacing=judges_spacing, timeout_s=timeout_s
         ),
-        limits=tuple(limits),
     )
 
 
@@ -252,7 +249,7 @@ def finish(limiter: Limiter, grant: Grant, *, sent: bool, since_answer_s: float 
             limiter.hold(hold.lease_id, hold.key, max(0.0, hold.window_s - since_answer_s))
         else:
             limiter.release(hold.lease_id, hold.key)
-    if not sent and grant.limits and grant.granted_at is not None:
+    if not sent and grant.undo:
         # Nothing went: the slot goes back too, unless someone was granted after it. A
         # thread descheduled past its send window then costs the schedule nothing.
-        limiter.give_back(grant.limits, grant.granted_at)
+        limiter.give_back(grant.undo)

@@ -103,7 +103,7 @@ class MemoryLimiter:
             self._tats.update(verdict.new_tats)
         granted_at = (now_us + self._posix_offset_us) / gcra.US_PER_S
         within = sendgate.send_within_s(limits, self._margin, self._catch_up_us)
-        return Grant(True, 0.0, "", lease_id, granted_at, within)
+        return Grant(True, 0.0, "", lease_id, granted_at, within, undo=verdict.undo())
 
     def release(self, lease_id: str, key: str) -> None:
         """See :meth:`Limiter.release`."""
@@ -121,16 +121,11 @@ class MemoryLimiter:
             until_us = monotonic_us(self._clock) + gcra.to_us(seconds)
             self._leases.setdefault(key, {})[lease_id] = until_us
 
-    def give_back(self, limits: Sequence[LimitSpec], granted_at: float) -> None:
+    def give_back(self, undo: Sequence[tuple[str, int, int]]) -> None:
         """See :meth:`Limiter.give_back`."""
-        plans = gcra.undoable(limits, self._margin, self._catch_up_us)
-        at_us = gcra.to_us(granted_at) - self._posix_offset_us
         with self._lock:
-            for key, plan in plans.items():
-                tat = self._tats.get(key)
-                if tat is None:
-                    continue
-                back = gcra.given_back(tat, at_us, plan.spacing, plan.credit)
+            for key, before, after in undo:
+                back = gcra.undone(self._tats.get(key), before, after)
                 if back is not None:
                     self._tats[key] = back
 

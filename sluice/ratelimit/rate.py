@@ -177,8 +177,9 @@ class Grant:
             limit applies.
         holds: the window holds taken with the grant (:mod:`sluice.ratelimit.holds`), to
             keep after the answer or give back if nothing was sent.
-        limits: the limits the grant was asked on, set by :func:`holds.acquire` so that a
-            grant sent nowhere can give its slot back (:meth:`Limiter.give_back`).
+        undo: what the grant did to each limit key's TAT, ``(key, before, after)`` in the
+            limiter's microseconds, so that a grant sent nowhere can give its slot back
+            (:meth:`Limiter.give_back`).
     """
 
     granted: bool
@@ -188,7 +189,7 @@ class Grant:
     granted_at: float | None = None
     send_within_s: float = math.inf
     holds: tuple[Hold, ...] = ()
-    limits: tuple[LimitSpec, ...] = ()
+    undo: tuple[tuple[str, int, int], ...] = ()
 
     def __post_init__(self) -> None:
         if self.reason not in REASONS:

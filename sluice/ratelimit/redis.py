@@ -92,11 +92,13 @@ end
 # KEYS: n_born born keys (one per root), then n_rate TAT keys, then n_pause pause keys,
 #       then the in-flight key if any.
 # ARGV: now_us ('' = server TIME), n_born, n_rate, n_pause, has_inflight, grace_ms,
-#       max_in_flight, lease_ttl_us, lease_id, born_ttl_ms, then five values per TAT key:
+#       max_in_flight, lease_ttl_us, lease_id, born_ttl_ms, then six values per TAT key:
 #       step_us (cost * spacing), catch-up credit_us, cold-start hold_us, allow_us
-#       ((burst + 1 - cost) * spacing), and the index of its root's born key; with an
-#       in-flight cap, its cold-start hold_us and the index of its root's born key.
-# Returns {granted 0/1, wait_us, reason, now_us}. Mirrors gcra.decide + in_flight_wait.
+#       ((burst + 1 - cost) * spacing), the index of its root's born key, and the catch-up
+#       of a key further behind than credit_us (idle_credit_us); with an in-flight cap, its
+#       cold-start hold_us and the index of its root's born key.
+# Returns {granted 0/1, wait_us, reason, now_us}, and when granted a fifth element: each
+# TAT key's TAT before and after, as strings. Mirrors gcra.decide + in_flight_wait.
 _ACQUIRE_LUA = (
     _NOW_LUA
     + """
@@ -129,7 +131,7 @@ end
 local rate_wait = 0
 local tats = {}
 for i = 1, n_rate do
-  local base = 10 + 5 * (i - 1)
+  local base = 10 + 6 * (i - 1)
   local hold = tonumber(ARGV[base + 3])
   local born = borns[tonumber(ARGV[base + 5])]
   tats[i] = math.max(tonumber(redis.call('GET', KEYS[n_born + i]) or '0'), born + hold)
@@ -138,7 +140,7 @@ for i = 1, n_rate do
 end
 if ARGV[5] == '1' then
   -- An in-flight cap holds its root cold too: with no rate key, a lost pause would let it go.
-  local extra = 10 + 5 * n_rate
+  local extra = 10 + 6 * n_rate
   local wait = borns[tonumber(ARGV[extra + 2])] + tonumber(ARGV[extra + 1]) - now
   if wait > rate_wait then rate_wait = wait end
 end
@@ -163,13 +165,18 @@ if ARGV[5] == '1' then
   redis.call('PEXPIRE', key, math.ceil((tonumber(last[2]) - now) / 1000) + grace_ms)
 end
 
+local undo = {}
 for i = 1, n_rate do
-  local base = 10 + 5 * (i - 1)
-  local tat = math.max(tats[i], now - tonumber(ARGV[base + 2])) + tonumber(ARGV[base + 1])
+  local base = 10 + 6 * (i - 1)
+  local credit = tonumber(ARGV[base + 2])
+  if now - tats[i] > credit then credit = tonumber(ARGV[base + 6]) end
+  local tat = math.max(tats[i], now - credit) + tonumber(ARGV[base + 1])
   redis.call('SET', KEYS[n_born + i], string.format('%d', tat),
              'PX', math.ceil((tat - now) / 1000) + grace_ms)
+  undo[2 * i - 1] = string.format('%d', tats[i])
+  undo[2 * i] = string.format('%d', tat)
 end
-return {1, 0, '', now}
+return {1, 0, '', now, undo}
 """
 )
 
@@ -225,20 +232,13 @@ return redis.call('ZCOUNT', KEYS[1], '(' .. string.format('%d', now), '+inf')
 """
 )
 
-# KEYS: TAT keys. ARGV: granted_at_us, then one spacing_us per key, then one credit_us per
-# key. Mirrors gcra.given_back on each key: its TAT steps back one spacing only while no
-# grant has followed the one given back.
+# KEYS: TAT keys. ARGV: per key, the TAT a grant found and the one it left. Mirrors
+# gcra.undone on each key: back to the first only while the TAT is still the second.
 _GIVE_BACK_LUA = """
-local at = tonumber(ARGV[1])
 for i = 1, #KEYS do
-  local spacing = tonumber(ARGV[1 + i])
-  local credit = tonumber(ARGV[1 + #KEYS + i])
   local raw = redis.call('GET', KEYS[i])
-  if raw and spacing > credit then
-    local tat = tonumber(raw)
-    if tat <= at + spacing then
-      redis.call('SET', KEYS[i], string.format('%d', tat - spacing), 'KEEPTTL')
-    end
+  if raw and tonumber(raw) == tonumber(ARGV[2 * i]) then
+    redis.call('SET', KEYS[i], ARGV[2 * i - 1], 'KEEPTTL')
   end
 end
 return 1
@@ -416,16 +416,21 @@ class RedisLimiter:
         ]
         for key, p in plans.items():
             hold = p.hold if self._cold_start else 0
-            args += [p.step, p.credit, hold, p.allow, roots.index(slot_tag(key)) + 1]
+            idle_credit = p.credit if p.idle_credit is None else p.idle_credit
+            args += [p.step, p.credit, hold, p.allow, roots.index(slot_tag(key)) + 1, idle_credit]
         if in_flight is not None:
             hold = gcra.COLD_HOLD_US if self._cold_start else 0
             args += [hold, roots.index(slot_tag(in_flight.key)) + 1]
         self._check_one_slot(keys)
-        granted, wait_us, reason, now_us = self._run("acquire", keys, args)
+        answer = self._run("acquire", keys, args)
+        granted, wait_us, reason, now_us = answer[:4]
         if not granted:
             return Grant(False, int(wait_us) / gcra.US_PER_S, _text(reason))
         within = sendgate.send_within_s(limits, self._margin, self._catch_up_us)
-        return Grant(True, 0.0, "", lease_id or None, int(now_us) / gcra.US_PER_S, within)
+        tats = [int(value) for value in answer[4]]
+        undo = tuple((key, tats[2 * i], tats[2 * i + 1]) for i, key in enumerate(plans))
+        at = int(now_us) / gcra.US_PER_S
+        return Grant(True, 0.0, "", lease_id or None, at, within, undo=undo)
 
     def release(self, lease_id: str, key: str) -> None:
         """See :meth:`Limiter.release`."""
@@ -442,16 +447,13 @@ class RedisLimiter:
         args: list[str | int] = [self._now_arg(), lease_id, gcra.to_us(seconds), self._grace_ms]
         self._run("hold", [self._key("inflight", key)], args)
 
-    def give_back(self, limits: Sequence[LimitSpec], granted_at: float) -> None:
+    def give_back(self, undo: Sequence[tuple[str, int, int]]) -> None:
         """See :meth:`Limiter.give_back`; one script, so each key's undo is atomic (a grant
-        by anyone in between leaves its TAT past the undo's bound, and it is kept)."""
-        plans = gcra.undoable(limits, self._margin, self._catch_up_us)
-        if not plans:
+        by anyone in between leaves its TAT elsewhere, and it is kept)."""
+        if not undo:
             return
-        keys = [self._key("tat", key) for key in plans]
-        args: list[str | int] = [gcra.to_us(granted_at)]
-        args += [p.spacing for p in plans.values()]
-        args += [p.credit for p in plans.values()]
+        keys = [self._key("tat", key) for key, _, _ in undo]
+        args: list[str | int] = [value for _, before, after in undo for value in (before, after)]
         self._check_one_slot(keys)
         self._run("give_back", keys, args)
 

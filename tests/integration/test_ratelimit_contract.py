@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from sluice.clock import FakeClock
 from sluice.ratelimit import (
+    Grant,
     InFlight,
     Limiter,
     LimitSpec,
@@ -474,30 +475,46 @@ def test_a_grant_says_how_long_it_may_wait_before_sending(limiter: Limiter) -> N
     assert capped.send_within_s == sendgate.UNBOUNDED
 
 
-def test_a_wide_key_makes_up_lateness_within_half_a_spacing(make_limiter: Factory) -> None:
+def test_a_wide_key_makes_up_lateness_within_its_credit(make_limiter: Factory) -> None:
     """Both backends apply the wide catch-up (``gcra.wide_credit_us``) to the keys asked
-    for, and only to them: 10/s at margin 1% and no catch-up, a grant 30 ms after its slot
-    keeps the schedule on a wide key (50 ms of credit) and loses the 30 ms on the other."""
+    for, and only to them: 10/s at margin 1%, a grant 200 ms after its slot keeps the
+    schedule on a wide key (250 ms of credit: the slot missed meanwhile goes at once, the
+    next one is 2 ms off) and loses the 200 ms on the other (its next slot a spacing off)."""
     clock = FakeClock()
     limiter = make_limiter(clock)
     other = LimitSpec("dsp:other", parse_rate("10/s"))
     wide = {TEN_PER_S.key}
     for spec in (TEN_PER_S, other):
-        # Granted exactly at a slot: the next one is 101 ms later on either key.
-        limiter.acquire([spec], wide=wide)
+        # An idle key starts with its credit's slots: spend them, then one slot remains.
+        while limiter.acquire([spec], wide=wide).granted:
+            pass
         refused = limiter.acquire([spec], wide=wide)
         assert refused.reason == "rate"
-        clock.advance(refused.retry_after_s)
+        clock.advance(refused.retry_after_s + 0.200)  # asked 200 ms after the slot
         assert limiter.acquire([spec], wide=wide).granted
-        clock.advance(0.101 + 0.030)  # asked 30 ms after the next slot
-        assert limiter.acquire([spec], wide=wide).granted
-        clock.advance(0.071)  # 101 ms after the slot that was granted late
-        verdict = limiter.acquire([spec], wide=wide)
+        verdicts = [limiter.acquire([spec], wide=wide) for _ in range(2)]
         if spec is TEN_PER_S:
-            assert verdict.granted  # the schedule kept the 30 ms
+            # Slots 101 ms apart: the one at +101 ms goes now, the one at +202 ms is 2 ms off.
+            assert [v.granted for v in verdicts] == [True, False]
+            assert verdicts[1].retry_after_s == pytest.approx(0.002, abs=1e-6)
         else:
-            assert verdict.reason == "rate"
-            assert verdict.retry_after_s == pytest.approx(0.030, abs=1e-6)
+            assert [v.granted for v in verdicts] == [False, False]
+            assert verdicts[0].retry_after_s == pytest.approx(0.101, abs=1e-6)
+
+
+def test_a_wide_key_opens_from_idle_with_one_grant(make_limiter: Factory) -> None:
+    """The wide credit is for lateness, not idleness (``KeyPlan.idle_credit``): a key idle
+    for longer than its credit opens with one grant and the ordinary credit, on both
+    backends, then keeps its spacing."""
+    clock = FakeClock()
+    limiter = make_limiter(clock)
+    wide = {TEN_PER_S.key}
+    for _ in range(2):  # the first use, then again after 10 s idle
+        assert limiter.acquire([TEN_PER_S], wide=wide).granted
+        refused = limiter.acquire([TEN_PER_S], wide=wide)
+        assert refused.reason == "rate"
+        assert refused.retry_after_s == pytest.approx(0.101, abs=1e-6)
+        clock.advance(10.0)
 
 
 def test_a_hold_keeps_its_place_a_window_after_the_answer(make_limiter: Factory) -> None:
@@ -522,23 +539,40 @@ def test_a_hold_keeps_its_place_a_window_after_the_answer(make_limiter: Factory)
     assert holds.acquire(limiter, [spec], in_flight=None, timeout_s=1.0).granted
 
 
-def test_give_back_undoes_only_the_last_grant(make_limiter: Factory) -> None:
-    """A grant that sent nothing gives its slot back unless another grant followed it."""
+@pytest.mark.parametrize(
+    ("spec", "wide"),
+    [
+        (LimitSpec("dsp", Rate(10, 1.0)), False),
+        (LimitSpec("dsp", Rate(10, 1.0), burst=3), False),
+        (LimitSpec("dsp", Rate(10, 1.0)), True),  # a credit of 250 ms, 2.5 spacings
+    ],
+    ids=["paced", "burst", "wide"],
+)
+def test_give_back_undoes_only_the_last_grant(
+    make_limiter: Factory, spec: LimitSpec, wide: bool
+) -> None:
+    """A grant that sent nothing gives its slot back unless another grant followed it, on
+    both backends, whatever the key's burst and credit (``gcra.undone``)."""
     clock = FakeClock()
     limiter = make_limiter(clock)
-    spec = LimitSpec("dsp", Rate(10, 1.0))
-    first = limiter.acquire([spec])
-    assert first.granted
-    assert first.granted_at is not None
-    limiter.give_back([spec], first.granted_at)
-    second = limiter.acquire([spec])
-    assert second.granted
-    assert second.granted_at is not None
-    clock.advance(0.101)  # one spacing at the limiters' default 1% margin
-    third = limiter.acquire([spec])
-    assert third.granted
-    limiter.give_back([spec], second.granted_at)  # followed by the third: kept
-    assert limiter.acquire([spec]).reason == "rate"
+    keys = {spec.key} if wide else set()
+
+    def take_all() -> list[Grant]:
+        taken = []
+        while (grant := limiter.acquire([spec], wide=keys)).granted:
+            taken.append(grant)
+        return taken
+
+    first = take_all()
+    assert first
+    limiter.give_back(first[-1].undo)
+    again = take_all()
+    assert len(again) == 1  # exactly the slot given back
+    clock.advance(gcra.spacing_us(spec.rate, 0.01, spec.burst) / 1e6)  # the default 1% margin
+    third = take_all()
+    assert third
+    limiter.give_back(again[0].undo)  # followed by the third: kept
+    assert limiter.acquire([spec], wide=keys).reason == "rate"
 
 
 @settings(
