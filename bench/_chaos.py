@@ -152,17 +152,18 @@ def chaos_cluster(
 
 
 @contextmanager
-def cpu_hog(enabled: bool) -> Iterator[None]:
-    """A CPU-bound process (a busy loop) running beside everything else, when ``enabled``."""
-    if not enabled:
-        yield
-        return
-    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+def cpu_hog(enabled: bool | int) -> Iterator[None]:
+    """CPU-bound processes (busy loops) running beside everything else: one when ``enabled``
+    is True, that many when it is a number."""
+    hogs = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(int(enabled))
+    ]
     try:
         yield
     finally:
-        hog.kill()
-        hog.wait()
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
 
 
 # --- the store's view -----------------------------------------------------------------------

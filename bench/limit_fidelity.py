@@ -11,10 +11,11 @@ writes together), refuses the 51st with 429 and stamps every arrival
   limiter), 1,600 campaign creates + polls at 50/s.
 
 With ``--cpu-hog`` a CPU-bound process (``python -c 'while True: pass'``) runs beside them
-for the whole run. The sandbox runs as a real-time task (SCHED_FIFO, where the host allows
-it; ``--judge-shares-cpu`` for normal priority): it stands for a third party on its own
-machine, and sharing the loaded cores at normal priority it stamped requests that were sent
-20 ms apart within a millisecond of each other (``bench._engine_harness.judge_realtime``).
+for the whole run (``--cpu-hogs N``: N of them, a heavier load). The sandbox runs as a
+real-time task (SCHED_FIFO, where the host allows it; ``--judge-shares-cpu`` for normal
+priority): it stands for a third party on its own machine, and sharing the loaded cores at
+normal priority it stamped requests that were sent 20 ms apart within a millisecond of each
+other (``bench._engine_harness.judge_realtime``).
 Per repeat the JSON records the sandbox's refusals and busiest window, utilization
 (admitted requests at exactly 50/s over first-to-last arrival, and the same up to the last
 create, where work was always waiting), Sluice's expired grants (a grant
@@ -35,7 +36,6 @@ import argparse
 import ast
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -46,7 +46,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench._chaos import synchronous_provider
+from bench._chaos import cpu_hog, synchronous_provider
 from bench._common import machine_info
 from bench._engine_harness import (
     RESULTS_DIR,
@@ -81,20 +81,6 @@ SUMMARY_LINE = re.compile(r"pump\.summary (.*)$")
 
 
 # --- the CPU hog --------------------------------------------------------------------------
-
-
-@contextmanager
-def cpu_hog(enabled: bool) -> Iterator[int | None]:
-    """A CPU-bound process beside the run (its pid), killed on exit."""
-    if not enabled:
-        yield None
-        return
-    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        yield hog.pid
-    finally:
-        hog.kill()
-        hog.wait(timeout=10)
 
 
 # --- judging ------------------------------------------------------------------------------
@@ -349,7 +335,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the scenarios, print each repeat, write the JSON."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--cpu-hog", action="store_true")
+    parser.add_argument("--cpu-hog", action="store_true", help="one busy loop beside each repeat")
+    parser.add_argument(
+        "--cpu-hogs", type=int, default=None, help="this many busy loops (a heavier load)"
+    )
     parser.add_argument("--only", choices=["distributed", "embedded"], default=None)
     parser.add_argument("--margin", type=float, default=None, help="SLUICE_RATE_MARGIN")
     parser.add_argument("--distributed-tasks", type=int, default=DISTRIBUTED_TASKS)
@@ -377,6 +366,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="run the sandbox at normal priority (default: SCHED_FIFO, as on its own host)",
     )
     args = parser.parse_args(argv)
+    hogs = args.cpu_hogs if args.cpu_hogs is not None else int(args.cpu_hog)
     if args.counts_only and args.profile == "leaky":
         parser.error("--counts-only: the leaky profile judges spacing")
     global JUDGES_SPACING
@@ -403,7 +393,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "profile": args.profile,
             "creates_only": args.creates_only,
             "judges": "spacing" if JUDGES_SPACING else "window",
-            "cpu_hog": "python -c 'while True: pass'" if args.cpu_hog else None,
+            "cpu_hog": "python -c 'while True: pass'" if hogs else None,
+            "cpu_hogs": hogs,
             "rate_margin": settings.rate_margin if args.margin is None else args.margin,
             "rate_catch_up_s": settings.rate_catch_up_s,
             "distributed": f"{PROCESSES} x sluice worker --concurrency 1 + sluice beat, "
@@ -426,7 +417,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             runs: list[dict[str, Any]] = []
             for repeat in range(args.repeats):
                 load = os.getloadavg()[0]
-                with cpu_hog(args.cpu_hog):
+                with cpu_hog(hogs):
                     if scenario == "distributed":
                         run = run_distributed(
                             sandbox, args.distributed_tasks, args.margin, args.creates_only
