@@ -465,6 +465,48 @@ def test_reset_is_a_state_loss_and_holds_again(
     assert limiter.acquire([TEN_PER_S]).granted
 
 
+@COLD
+def test_a_wide_key_keeps_its_window_across_a_state_loss(
+    make_cold_limiter: Callable[[FakeClock], Limiter], clock: FakeClock
+) -> None:
+    """The window holds are lost with the state, so across a loss a wide key's window rests
+    on the GCRA and the cold hold alone. 10/10s (spacing 1.01 s, hold 1.01 s before): one
+    grant 250 ms late (the wide credit), nine on time, a flush at the tenth, and the next
+    grant at the end of the cold hold put 11 grants, each sent and answered at once, in
+    9.85 s. The hold now covers the credit too, so any 11 span at least the window."""
+    limiter = make_cold_limiter(clock)
+    spec = LimitSpec("dsp", Rate(10, 10.0))
+    window_us = 10_000_000
+
+    def ask() -> Grant:
+        return holds.acquire(limiter, [spec], in_flight=None, timeout_s=1.0, judges_spacing=False)
+
+    def send_all(late_us: int = 0) -> list[int]:
+        """Wait for the key's next slot (plus ``late_us``), then take every grant there is."""
+        sent = []
+        while True:
+            grant = ask()
+            if not grant.granted:
+                if sent:
+                    return sent
+                assert grant.reason == "rate"
+                clock.advance(grant.retry_after_s + late_us / 1e6)
+                continue
+            holds.finish(limiter, grant, sent=True)  # answered at once
+            sent.append(clock_us(clock))
+
+    limiter.acquire([spec], wide={spec.key})  # Redis notices its loss at the first call
+    arrivals = send_all()
+    arrivals += send_all(late_us=gcra.WIDE_CATCH_UP_US)
+    while len(arrivals) < 11:
+        arrivals += send_all()
+    limiter.reset()  # a flush right after the tenth grant: the holds go with it
+    limiter.acquire([spec], wide={spec.key})
+    arrivals += send_all()
+    for first, last in zip(arrivals, arrivals[10:], strict=False):
+        assert last - first >= window_us, arrivals
+
+
 def test_a_grant_says_how_long_it_may_wait_before_sending(limiter: Limiter) -> None:
     """A grant on 10/s (margin 1%: 10 ms of slack) may be sent within 5 ms of asking; one
     with no rate limit (an in-flight cap only) has no such bound."""
