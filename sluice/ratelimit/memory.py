@@ -177,9 +177,10 @@ class MemoryLimiter:
             return
         # A TAT more than any catch-up (wide ones too) in the past, or a pause in the past,
         # constrains nothing: forgetting it changes no answer (max(tat, now - credit)
-        # ignores it).
+        # ignores it, and a wide key that far behind starts from idle either way). One
+        # exactly a credit old is kept: the wide credit still reaches it (now - tat <= credit).
         horizon = now_us - max(self._catch_up_us, gcra.WIDE_CATCH_UP_US)
-        self._tats = {key: tat for key, tat in self._tats.items() if tat > horizon}
+        self._tats = {key: tat for key, tat in self._tats.items() if tat >= horizon}
         self._pauses = {key: until for key, until in self._pauses.items() if until > now_us}
         for key in list(self._leases):
             if not self._live_leases(key, now_us):

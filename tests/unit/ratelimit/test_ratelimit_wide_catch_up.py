@@ -238,3 +238,19 @@ def test_a_spacing_judge_and_the_limiter_alone_keep_the_ordinary_credit() -> Non
     # was 18.1 ms on); the second came 7 ms after that slot: the ordinary credit lost 5 ms
     # of it, the window judge's schedule none.
     assert second_tat(False) == ordinary - (7_000 - credits[0])
+
+
+def test_the_memory_sweep_never_forgets_a_tat_the_wide_credit_still_reaches() -> None:
+    """A key asked exactly its whole credit (250 ms) after its slot still catches up, as it
+    does on Redis (``now - tat <= credit``), also on the call that sweeps old TATs (one in
+    1024): the sweep forgot a TAT exactly a credit old, and the key restarted from idle
+    with the ordinary credit instead, a spacing and more off the schedule."""
+    clock, limiter = wide_limiter(catch_up_s=0.0)
+    spec = LimitSpec("dsp", Rate(10, 1.0))
+    p = gcra.plan([spec], 0.005, 0, wide={"dsp"})["dsp"]
+    assert limiter.acquire([spec], wide={"dsp"}).granted
+    for _ in range(1100):  # the sweep comes at least once
+        tat = limiter._tats["dsp"]
+        clock.advance((tat + p.credit - monotonic_us(clock)) / US)
+        grant = limiter.acquire([spec], wide={"dsp"})
+        assert grant.undo == (("dsp", tat, tat + p.spacing),)
