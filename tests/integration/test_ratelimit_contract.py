@@ -32,7 +32,7 @@ from sluice.ratelimit import (
     parse_rate,
     sendgate,
 )
-from sluice.ratelimit.base import clock_us
+from sluice.ratelimit.base import clock_us, monotonic_us
 from sluice.ratelimit.redis import BORN_TTL_MS, KEY_GRACE_MS, connect
 
 # One Redis server, and a Redis Cluster: the two ways to run the shared limiter.
@@ -744,3 +744,91 @@ def test_a_cold_limiter_holds_an_in_flight_cap_too(
     assert limiter.acquire([], in_flight=cap).granted
     limiter.reset()
     assert limiter.acquire([], in_flight=cap).retry_after_s == 1.0
+
+
+@pytest.mark.parametrize("kind", REDIS_KINDS)
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    limits=st.lists(
+        st.tuples(st.integers(1, 60), st.integers(10_000, 12_000_000), st.floats(0.0, 1.0)),
+        min_size=3,
+        max_size=3,
+    ),
+    wide=st.sets(st.sampled_from([0, 1, 2])),
+    lowered=st.sets(st.sampled_from([0, 1, 2])),
+    catch_up_us=st.integers(0, 20_000),
+    schedule=st.lists(
+        st.tuples(
+            st.one_of(st.integers(0, 50_000), st.integers(0, 1_500_000)),
+            st.sets(st.sampled_from([0, 1, 2]), min_size=1),
+            st.one_of(st.none(), st.integers(0, 5)),
+            st.integers(0, 30),
+        ),
+        max_size=50,
+    ),
+)
+def test_memory_and_redis_agree_on_wide_keys_and_give_backs(
+    kind: str,
+    request: pytest.FixtureRequest,
+    limits: list[tuple[int, int, float]],
+    wide: set[int],
+    lowered: set[int],
+    catch_up_us: int,
+    schedule: list[tuple[int, set[int], int | None, int]],
+) -> None:
+    """Wide keys (the 250 ms credit, the idle start, a lowered rate's narrow credit), some
+    grants given back later in any order, state losses: both backends answer alike to the
+    microsecond, and each grant's undo moves the TAT by the same amounts, measured from
+    each backend's own clock reading."""
+    clock = FakeClock()
+    clock.advance(100.0)
+    namespace = f"sluice:test:rl:eqw:{uuid.uuid4().hex[:12]}"
+    memory = MemoryLimiter(clock=clock, margin=0.01, catch_up_s=catch_up_us / 1e6)
+    remote = RedisLimiter.from_url(
+        server_url(request, kind),
+        namespace=namespace,
+        clock=clock,
+        margin=0.01,
+        catch_up_s=catch_up_us / 1e6,
+    )
+    probe = InFlight("dsp:probe", 1_000_000, 1.0)
+    wide_keys = {f"dsp:{index}" for index in wide}
+    grants: list[tuple[Grant, Grant]] = []
+    try:
+        remote.acquire([], in_flight=probe)
+        for gap_us, keys, back, lose_state in schedule:
+            if lose_state == 0:
+                memory.reset()
+                remote.reset()
+                remote.acquire([], in_flight=probe)
+            clock.advance(gap_us / 1e6)
+            asked = []
+            for index in sorted(keys):
+                limit, window_us, share = limits[index]
+                burst = min(limit - 1, int(share * limit))
+                spec = LimitSpec(f"dsp:{index}", Rate(limit, window_us / 1e6), burst=burst)
+                if index in lowered:
+                    spec = LimitSpec(
+                        spec.key, Rate(limit, 3 * spec.rate.window_s), 1, burst, spec.rate
+                    )
+                asked.append(spec)
+            a, b = memory.acquire(asked, wide=wide_keys), remote.acquire(asked, wide=wide_keys)
+            assert (a.granted, a.reason, a.send_within_s) == (b.granted, b.reason, b.send_within_s)
+            assert gcra.to_us(a.retry_after_s) == gcra.to_us(b.retry_after_s)
+            if a.granted:
+                m_now, r_now = monotonic_us(clock), clock_us(clock)
+                assert [(k, x - m_now, y - m_now) for k, x, y in a.undo] == [
+                    (k, x - r_now, y - r_now) for k, x, y in b.undo
+                ]
+                grants.append((a, b))
+            if back is not None and back < len(grants):
+                given_a, given_b = grants.pop(len(grants) - 1 - back)
+                memory.give_back(given_a.undo)
+                remote.give_back(given_b.undo)
+    finally:
+        remote.reset()
+        remote.close()
