@@ -133,8 +133,11 @@ local tats = {}
 for i = 1, n_rate do
   local base = 10 + 6 * (i - 1)
   local hold = tonumber(ARGV[base + 3])
-  local born = borns[tonumber(ARGV[base + 5])]
-  tats[i] = math.max(tonumber(redis.call('GET', KEYS[n_born + i]) or '0'), born + hold)
+  -- No hold (cold_start=False): no floor either, as in gcra.decide; born would read as a
+  -- TAT the wide credit catches up from.
+  local floor = 0
+  if hold > 0 then floor = borns[tonumber(ARGV[base + 5])] + hold end
+  tats[i] = math.max(tonumber(redis.call('GET', KEYS[n_born + i]) or '0'), floor)
   local wait = tats[i] - tonumber(ARGV[base + 4]) - now
   if wait > rate_wait then rate_wait = wait end
 end

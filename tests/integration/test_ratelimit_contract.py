@@ -559,6 +559,23 @@ def test_a_wide_key_opens_from_idle_with_one_grant(make_limiter: Factory) -> Non
         clock.advance(10.0)
 
 
+def test_a_wide_key_first_used_after_its_root_began_opens_from_idle(
+    make_limiter: Factory,
+) -> None:
+    """A warm limiter (``cold_start=False``) has no cold floor: a wide key first asked for
+    200 ms after another key of its root opens with one grant on both backends. Redis
+    floored the key's TAT at its root's ``born`` even without a hold, so the wide credit
+    took the 200 ms since then as lateness and granted two at once (memory: one)."""
+    clock = FakeClock()
+    limiter = make_limiter(clock)
+    wide = {"dsp:other", TEN_PER_S.key}
+    assert limiter.acquire([LimitSpec("dsp:other", parse_rate("10/s"))], wide=wide).granted
+    clock.advance(0.2)
+    assert limiter.acquire([TEN_PER_S], wide=wide).granted
+    refused = limiter.acquire([TEN_PER_S], wide=wide)
+    assert (refused.granted, refused.retry_after_s) == (False, pytest.approx(0.101, abs=1e-6))
+
+
 def test_a_hold_keeps_its_place_a_window_after_the_answer(make_limiter: Factory) -> None:
     """Window holds (``holds.py``) on both backends: the place stays held while the request
     runs and for ``W`` after its answer, then frees; an unsent one frees at once."""
