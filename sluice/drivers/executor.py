@@ -250,6 +250,9 @@ class ThreadExecutor:
                 self.stats.written_delays_s.append(permit.written_s)
             if grant.lease_id is not None:
                 self._release_lease(provider, grant.lease_id)
+            # A request whose connection failed before any byte of it was written (refused,
+            # connect timeout) reached nobody: its holds and slot go back too.
+            sent = sent and not permit.nothing_sent
             self._finish_holds(provider, grant, permit, sent=sent)
         self._keep_pause(provider, outcomes)
         metrics.outcomes(

@@ -17,6 +17,12 @@ with the next one (traced with ``bench.limit_fidelity --creates-only --profile l
 CPU hog: the sandbox's leaky bucket refused five requests that way, each time after a
 request whose head was on time). Held, a late thread makes the grant expire instead, and
 nothing is sent late. HTTP/1.1 only, as Sluice's clients are.
+
+A connection that cannot be made (``connect_tcp`` or ``start_tls`` raising: refused, timed
+out, TLS) is noted on the sending thread's permit before the error goes on: its request
+wrote nothing, so its grant's holds and slot go back
+(:attr:`~sluice.ratelimit.sendgate.SendPermit.nothing_sent`). httpcore connects on the
+thread whose request the new connection is for, so the permit is that request's.
 """
 
 from __future__ import annotations
@@ -115,7 +121,12 @@ class GatedStream(httpcore.NetworkStream):
         server_hostname: str | None = None,
         timeout: float | None = None,
     ) -> httpcore.NetworkStream:
-        return GatedStream(self._inner.start_tls(ssl_context, server_hostname, timeout))
+        try:
+            inner = self._inner.start_tls(ssl_context, server_hostname, timeout)
+        except BaseException:
+            sendgate.note_not_connected()
+            raise
+        return GatedStream(inner)
 
     def get_extra_info(self, info: str) -> Any:
         return self._inner.get_extra_info(info)
@@ -135,7 +146,11 @@ class GatedBackend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
-        stream = self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        try:
+            stream = self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        except BaseException:
+            sendgate.note_not_connected()
+            raise
         return GatedStream(stream)
 
     def connect_unix_socket(
@@ -144,7 +159,12 @@ class GatedBackend(httpcore.NetworkBackend):
         timeout: float | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
-        return GatedStream(self._inner.connect_unix_socket(path, timeout, socket_options))
+        try:
+            stream = self._inner.connect_unix_socket(path, timeout, socket_options)
+        except BaseException:
+            sendgate.note_not_connected()
+            raise
+        return GatedStream(stream)
 
     def sleep(self, seconds: float) -> None:
         self._inner.sleep(seconds)

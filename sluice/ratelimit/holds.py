@@ -46,8 +46,9 @@ Taking the places one by one costs ``c - 1`` more limiter round trips per heavy 
 a place taken by a request that then gives up only delays others, it never lets a unit
 too many through.
 
-A hold that is taken but whose request is never sent (its grant expired at the send gate)
-is given back at once, and so is the grant's spacing slot when no grant followed it
+A hold that is taken but whose request is never sent (its grant expired at the send gate,
+or its connection could not be made: :attr:`~sluice.ratelimit.sendgate.SendPermit.
+nothing_sent`) is given back at once, and so is the grant's spacing slot when no grant followed it
 (:meth:`~sluice.ratelimit.base.Limiter.give_back`): a busy host then loses no slot.
 The same goes for a grant whose hold was refused. The holds of a key live in the limiter
 as an in-flight set (:class:`~sluice.ratelimit.base.InFlight`) under :func:`hold_key`; a
@@ -239,10 +240,12 @@ def finish(limiter: Limiter, grant: Grant, *, sent: bool, since_answer_s: float 
     """After the request: keep each hold ``W`` after the answer if sent, else give it back.
 
     "Sent" means "may have reached the provider": anything but a grant that expired at the
-    send gate. Call it once the request is over. ``since_answer_s`` is how long ago, on the
-    caller's monotonic clock, the answer's first bytes were read (0 if unknown or none
-    came): the hold is kept ``W - since_answer_s`` from now, still at least ``W`` after the
-    answer reached this host, since the read returned after the bytes had come.
+    send gate or a request whose connection failed before any byte of it was written
+    (:attr:`~sluice.ratelimit.sendgate.SendPermit.nothing_sent`). Call it once the request
+    is over. ``since_answer_s`` is how long ago, on the caller's monotonic clock, the
+    answer's first bytes were read (0 if unknown or none came): the hold is kept
+    ``W - since_answer_s`` from now, still at least ``W`` after the answer reached this
+    host, since the read returned after the bytes had come.
     """
     for hold in grant.holds:
         if sent:

@@ -138,6 +138,9 @@ class SendPermit:
         self.answered_at: float | None = None
         """Monotonic reading when the first bytes of the answer had come back (a bound:
         they came back no later), for :mod:`holds`."""
+        self.connect_failed = False
+        """A connection for the request could not be made (refused, timed out, TLS): noted
+        by the transport (:mod:`sluice.providers.transport`), see :attr:`nothing_sent`."""
 
     def check(self) -> None:
         """Refuse the request if its grant is already too old; consumes nothing.
@@ -178,6 +181,22 @@ class SendPermit:
         if self.used and self.answered_at is None:
             self.answered_at = self._monotonic()
 
+    def not_connected(self) -> None:
+        """Note that a connection for the request failed before it was written."""
+        self.connect_failed = True
+
+    @property
+    def nothing_sent(self) -> bool:
+        """Whether the request surely sent nothing: its connection failed (refused, timed
+        out, TLS handshake) and no byte of it was handed to a socket (never admitted).
+
+        A request admitted and then failing (a write or read error, a read timeout, a
+        dropped keep-alive connection) may have reached the provider: it is sent. So is a
+        request under a transport that notes no connect failures (a mock): never known
+        unsent.
+        """
+        return self.connect_failed and not self.used
+
     def since_answer_s(self) -> float:
         """Seconds since :meth:`answered` (0 when no answer was read)."""
         if self.answered_at is None:
@@ -211,6 +230,13 @@ def check_current() -> None:
     permit = _current.get()
     if permit is not None:
         permit.check()
+
+
+def note_not_connected() -> None:
+    """Note on the permit bound here, if any, that its request's connection failed."""
+    permit = _current.get()
+    if permit is not None:
+        permit.not_connected()
 
 
 def admit_current() -> None:

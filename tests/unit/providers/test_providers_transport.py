@@ -168,3 +168,53 @@ def test_the_announced_length_is_read_from_the_head() -> None:
     assert body_length(b"POST / HTTP/1.1\r\ncontent-length:  12 \r\n\r\n") == 12
     assert body_length(HEAD) is None
     assert body_length(b"POST / HTTP/1.1\r\nContent-Length: 1e3\r\n\r\n") is None
+
+
+class FailingBackend:
+    """A network backend whose connections fail as ``exc`` (refused, timed out)."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    def connect_tcp(self, *args: object, **kwargs: object) -> None:
+        raise self.exc
+
+
+class BrokenStream(RecordingStream):
+    """A (reused) connection the provider closed: writing to it fails."""
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        import httpcore
+
+        raise httpcore.WriteError("[Errno 32] Broken pipe")
+
+
+@pytest.mark.parametrize("kind", ["ConnectError", "ConnectTimeout"])
+def test_a_failed_connect_is_noted_as_nothing_sent(kind: str) -> None:
+    """A connection refused or not made in time fails before any request byte is written:
+    the permit says nothing was sent (its holds and slot go back, drivers/executor.py)."""
+    import httpcore
+
+    from sluice.providers.transport import GatedBackend
+
+    backend = GatedBackend(FailingBackend(getattr(httpcore, kind)("refused")))  # type: ignore[arg-type]
+    permit = sendgate.SendPermit(0.0, 0.005, lambda: 0.001)
+    with sendgate.bound(permit), pytest.raises(getattr(httpcore, kind)):
+        backend.connect_tcp("127.0.0.1", 9)
+    assert permit.nothing_sent
+
+
+def test_a_write_that_fails_on_a_reused_connection_counts_as_sent() -> None:
+    """The head was admitted and handed to a socket that then failed: some bytes may have
+    reached the provider, so the request counts as sent (its hold is kept)."""
+    import httpcore
+
+    gated = GatedStream(BrokenStream())  # type: ignore[arg-type]
+    permit = sendgate.SendPermit(0.0, 0.005, lambda: 0.001)
+    with sendgate.bound(permit), pytest.raises(httpcore.WriteError):
+        gated.write(HEAD)
+    assert permit.used
+    assert not permit.nothing_sent
+    # Even were a later connect for it to fail (a retry on a new connection), it was sent.
+    permit.not_connected()
+    assert not permit.nothing_sent
