@@ -258,7 +258,13 @@ class ThreadExecutor:
         metrics.outcomes(
             unit.provider, unit.operation.value, [(o.event, o.to_status.value) for o in outcomes]
         )
-        self._count_usage(provider, unit, outcomes, reached=permit.written_s is not None)
+        self._count_usage(
+            provider,
+            unit,
+            outcomes,
+            reached=permit.written_s is not None,
+            attempted=not permit.nothing_sent,
+        )
         with self._lock:
             self.stats.count(unit, outcomes)
             self._pending += 1
@@ -292,13 +298,24 @@ class ThreadExecutor:
             log.warning("holds.finish_failed", exc_info=True, extra={"provider": provider.name})
 
     def _count_usage(
-        self, provider: Provider, unit: WorkUnit, outcomes: list[Outcome], *, reached: bool
+        self,
+        provider: Provider,
+        unit: WorkUnit,
+        outcomes: list[Outcome],
+        *,
+        reached: bool,
+        attempted: bool,
     ) -> None:
         """Count the request for the console: per limit key, operation, errors and pauses.
 
         ``sent`` counts only a request that was written to the provider's socket (``reached``):
         the learned rates' cap is twice what was sent, and counting calls that could not
-        connect let the cap climb while the provider was unreachable."""
+        connect let the cap climb while the provider was unreachable. The operation
+        (``create``, ``poll``, ``lookup``: creates/s in ``sluice status`` and the console)
+        counts a request that may have reached the provider: not one whose connection
+        failed (``attempted`` False, :attr:`~sluice.ratelimit.sendgate.SendPermit.
+        nothing_sent`), nor one that could not be made because the provider (or its token
+        endpoint) was unreachable; an outage showed as creates. Both count as errors."""
         usage = self.usage
         if usage is None:
             return
@@ -308,7 +325,9 @@ class ThreadExecutor:
                 for spec in provider.limits_for(unit.operation.access, payload):
                     usage.count(spec.key, "sent")
             name = provider.name
-            usage.count(name, _OPERATION_METRIC[unit.operation.value])
+            unreachable = bool(outcomes) and all(o.event == "unreachable" for o in outcomes)
+            if attempted and not unreachable:
+                usage.count(name, _OPERATION_METRIC[unit.operation.value])
             failed = sum(
                 1
                 for o in outcomes

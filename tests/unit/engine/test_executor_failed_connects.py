@@ -17,19 +17,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from sluice import submissions
 from sluice.domain import Submission, WorkUnit
 from sluice.drivers.executor import ThreadExecutor
 from sluice.engine.dispatcher import acquire
+from sluice.engine.usage import UsageRecorder
+from sluice.overview import OverviewService
 from sluice.providers.registry import build_http_client, load_providers
 from sluice.ratelimit.memory import MemoryLimiter
 from sluice.ratelimit.rate import Grant
 from sluice.runtime import build_catalog
 from sluice.settings import load_settings
+from sluice.status import render
 from sluice.store import db
+from sluice.store.pauses import PauseStore
 from sluice.store.queue import WorkQueue
 from sluice.store.repository import TaskRepository
+from sluice.store.usage import UsageStore
 
 WINDOW_KEY = "acme#window"
 
@@ -83,20 +89,34 @@ def silent_port() -> Iterator[int]:
         sock.close()
 
 
+TOKEN_AUTH = {
+    "request": "POST /oauth/token",
+    "body": {"client_id": "sluice", "client_secret": "not-a-secret"},
+    "token_field": "access_token",
+    "lifetime": "1h",
+}
+
+
 def world(
-    tmp_path: Path, base_url: str, rate: str, tasks: int = 1, timeout: str = "1s"
+    tmp_path: Path,
+    base_url: str,
+    rate: str,
+    tasks: int = 1,
+    timeout: str = "1s",
+    auth: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    table: dict[str, Any] = {
+        "base_url": base_url,
+        "rate_limit": rate,
+        "timeout": timeout,
+        "kinds": {"campaign": {"submit": "POST /campaigns", "external_id_field": "id"}},
+    }
+    if auth is not None:
+        table["auth"] = auth
     settings = load_settings(
         database_url=f"sqlite:///{tmp_path / 'd.db'}",
         default_provider="acme",
-        providers={
-            "acme": {
-                "base_url": base_url,
-                "rate_limit": rate,
-                "timeout": timeout,
-                "kinds": {"campaign": {"submit": "POST /campaigns", "external_id_field": "id"}},
-            }
-        },
+        providers={"acme": table},
     )
     providers = load_providers(settings)
     engine = db.make_engine(settings.database_url)
@@ -148,6 +168,49 @@ def test_a_connection_never_made_gives_its_hold_and_slot_back(
     assert limiter.in_flight_count(WINDOW_KEY) == 0
     assert grant.undo
     assert list(grant.undo) in [list(u) for u in limiter.given_back]
+
+
+@pytest.mark.parametrize("auth", [None, TOKEN_AUTH], ids=["create", "token request"])
+def test_an_outage_counts_no_creates(
+    tmp_path: Path, refusing_port: int, auth: dict[str, Any] | None
+) -> None:
+    """``sluice status`` (the overview) shows creates/s and creates in the last hour from
+    the usage counters: a create that could not connect is an error and the provider shows
+    paused (unreachable), but it is no create sent (it showed as one: 0.1 creates/s). The
+    same when the create was never tried because its token request could not connect."""
+    w = world(tmp_path, f"http://127.0.0.1:{refusing_port}", "1/10s", auth=auth)
+    limiter = RecordingLimiter()
+    usage = UsageRecorder(UsageStore(w["engine"]))
+    client = build_http_client(w["providers"]["acme"])
+    executor = ThreadExecutor(
+        w["queue"],
+        w["providers"],
+        {"acme": client},
+        limiter,
+        threads=2,
+        usage=usage,
+        pauses=PauseStore(w["engine"]),
+    )
+    try:
+        (task,) = w["queue"].claim_due(datetime.now(UTC), 10, "w", 120.0)
+        send(executor, w, limiter, task)
+    finally:
+        executor.close()
+        client.close()
+        usage.close()
+    totals = UsageStore(w["engine"]).totals(datetime(2000, 1, 1, tzinfo=UTC))
+    assert totals.get(("acme", "error")) == 1
+    assert totals.get(("acme", "sent"), 0) == 0
+    assert totals.get(("acme", "create"), 0) == 0  # was 1
+    (entry,) = OverviewService(w["engine"], w["providers"]).overview()["providers"]
+    assert entry["creates_per_s"] == 0
+    assert entry["creates_hour"] == 0
+    assert entry["errors_hour"] == 1
+    console = Console(width=200, record=True)
+    console.print(render({"providers": [entry]}))
+    shown = console.export_text()
+    assert "0.0 creates/s" in shown, shown  # was 0.1 creates/s: one create every 10 s
+    assert "(unreachable)" in shown, shown  # paused: the provider cannot be reached
 
 
 class DropsSecondRequest:
