@@ -527,7 +527,7 @@ def test_a_wide_key_makes_up_lateness_within_its_credit(make_limiter: Factory) -
     other = LimitSpec("dsp:other", parse_rate("10/s"))
     wide = {TEN_PER_S.key}
     for spec in (TEN_PER_S, other):
-        # An idle key starts with its credit's slots: spend them, then one slot remains.
+        # Take what the key allows now (an idle key: one grant), so the next slot is ahead.
         while limiter.acquire([spec], wide=wide).granted:
             pass
         refused = limiter.acquire([spec], wide=wide)

@@ -121,7 +121,7 @@ def test_lateness_within_the_wide_credit_is_made_up(
     spec = LimitSpec("dsp", Rate(limit, 1.0))
     p = gcra.plan([spec], 0.005, gcra.to_us(0.002), wide={"dsp"})["dsp"]
     assert p.credit == gcra.WIDE_CATCH_UP_US == 250_000
-    # Spend what an idle key starts with (the credit's slots), then keep to the schedule.
+    # Take what the key allows now (an idle key: one grant), then keep to the schedule.
     while limiter.acquire([spec], wide={"dsp"}).granted:
         pass
     first_slot = limiter._tats["dsp"]
