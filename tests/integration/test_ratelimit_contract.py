@@ -678,6 +678,24 @@ def test_units_never_exceed_limit_with_costs_and_bursts(
         assert held <= limit, (start, held, limit)
 
 
+def twin_limiters(
+    request: pytest.FixtureRequest, kind: str, *, margin: float, catch_up_us: int
+) -> tuple[FakeClock, MemoryLimiter, RedisLimiter]:
+    """A memory limiter and a Redis one (``kind``'s server, a fresh namespace) on one fake
+    clock, with the same margin and catch-up, for the tests that compare their answers."""
+    clock = FakeClock()
+    clock.advance(100.0)
+    memory = MemoryLimiter(clock=clock, margin=margin, catch_up_s=catch_up_us / 1e6)
+    remote = RedisLimiter.from_url(
+        server_url(request, kind),
+        namespace=f"sluice:test:rl:eq:{uuid.uuid4().hex[:12]}",
+        clock=clock,
+        margin=margin,
+        catch_up_s=catch_up_us / 1e6,
+    )
+    return clock, memory, remote
+
+
 @pytest.mark.parametrize("kind", REDIS_KINDS)
 @settings(
     max_examples=40,
@@ -710,17 +728,7 @@ def test_memory_and_redis_answer_every_request_alike(
 ) -> None:
     """The same requests at the same instants get the same answers, to the microsecond, from
     both backends: costs, bursts, catch-up, cold starts and state losses included."""
-    clock = FakeClock()
-    clock.advance(100.0)
-    namespace = f"sluice:test:rl:eq:{uuid.uuid4().hex[:12]}"
-    memory = MemoryLimiter(clock=clock, margin=0.015, catch_up_s=catch_up_us / 1e6)
-    remote = RedisLimiter.from_url(
-        server_url(request, kind),
-        namespace=namespace,
-        clock=clock,
-        margin=0.015,
-        catch_up_s=catch_up_us / 1e6,
-    )
+    clock, memory, remote = twin_limiters(request, kind, margin=0.015, catch_up_us=catch_up_us)
     # Both are born now: the memory limiter at construction (or reset), Redis (per root,
     # here 'dsp') at its first script, which a lease on a key of that root runs without
     # touching any rate.
@@ -801,17 +809,7 @@ def test_memory_and_redis_agree_on_wide_keys_and_give_backs(
     grants given back later in any order, state losses: both backends answer alike to the
     microsecond, and each grant's undo moves the TAT by the same amounts, measured from
     each backend's own clock reading."""
-    clock = FakeClock()
-    clock.advance(100.0)
-    namespace = f"sluice:test:rl:eqw:{uuid.uuid4().hex[:12]}"
-    memory = MemoryLimiter(clock=clock, margin=0.01, catch_up_s=catch_up_us / 1e6)
-    remote = RedisLimiter.from_url(
-        server_url(request, kind),
-        namespace=namespace,
-        clock=clock,
-        margin=0.01,
-        catch_up_s=catch_up_us / 1e6,
-    )
+    clock, memory, remote = twin_limiters(request, kind, margin=0.01, catch_up_us=catch_up_us)
     probe = InFlight("dsp:probe", 1_000_000, 1.0)
     wide_keys = {f"dsp:{index}" for index in wide}
     grants: list[tuple[Grant, Grant]] = []
