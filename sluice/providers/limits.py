@@ -195,9 +195,11 @@ class LimitRules:
         for rule in (*self._rules, *self._quota_rules):
             longest = rule.key(provider, "x" * ACCOUNT_VALUE_MAX if rule.per else None)
             if len(longest) > KEY_MAX_CHARS:
-                raise errors.ConfigError(
-                    f"providers.{provider}: the limit key {rule.key(provider, '*')} is longer "
-                    f"than {KEY_MAX_CHARS} characters for an account of {ACCOUNT_VALUE_MAX}; "
+                # InvalidValue: load_providers names the file and provider, and reports it
+                # beside the other providers' problems, as for every provider problem.
+                raise errors.InvalidValue(
+                    f"the limit key {rule.key(provider, '*')} is longer than {KEY_MAX_CHARS} "
+                    f"characters for an account value of {ACCOUNT_VALUE_MAX} characters; "
                     "shorten the provider name or the per path"
                 )
 

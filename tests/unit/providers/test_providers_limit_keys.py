@@ -19,7 +19,9 @@ from hypothesis import strategies as st
 from sluice import errors
 from sluice.domain import Operation
 from sluice.metrics import fold_key
+from sluice.providers.registry import load_providers
 from sluice.ratelimit.gcra import pause_scopes
+from sluice.settings import Settings
 
 from .fakes import ACME, make_provider, with_changes
 
@@ -117,6 +119,25 @@ def test_a_provider_whose_keys_cannot_fit_is_a_config_error() -> None:
     table = with_changes(ACME, limits=[{"rate": "1/s", "per": "a" * 200}])
     with pytest.raises(errors.ConfigError, match="longer than 255 characters"):
         make_provider(table)
+
+
+def test_a_key_that_cannot_fit_is_named_with_its_file_beside_the_other_problems() -> None:
+    """Like every other provider problem, it names the file, and a second provider's problem
+    is reported with it (before: ``providers.acme: ...`` alone, no file, the other lost)."""
+    long_per = with_changes(ACME, limits=[{"rate": "1/s", "per": "a" * 200}])
+    bad_rate = with_changes(ACME, limits=[{"rate": "often"}])
+    settings = Settings(
+        providers={"acme": long_per, "other": bad_rate},
+        default_provider="acme",
+        config_file="/etc/sluice/sluice.toml",
+    )
+    with pytest.raises(errors.ConfigError) as info:
+        load_providers(settings, environ={})
+    lines = str(info.value).splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("/etc/sluice/sluice.toml: providers.acme: the limit key acme:")
+    assert "longer than 255 characters" in lines[0]
+    assert lines[1].startswith("/etc/sluice/sluice.toml: providers.other")
 
 
 @pytest.mark.parametrize(
