@@ -12,9 +12,10 @@ import httpx
 from sqlalchemy import Engine
 
 from sluice.catalog import Catalog, ProviderInfo
+from sluice.clock import SystemClock
 from sluice.controls import Controls, PinnedCeilings, stretches
 from sluice.engine.adaptive import Learner
-from sluice.engine.quotas import QuotaPace
+from sluice.engine.quotas import QuotaPace, adopt_stored_keys
 from sluice.engine.rates import CeilingSource, RatesInForce
 from sluice.providers.base import Provider
 from sluice.providers.http import HttpProvider
@@ -131,6 +132,9 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     # Each store table that can lower a key's rate (pins, learned rates, quotas) adds its
     # source here; the dispatcher and the API read the rate in force through `rates`.
     quotas = QuotaStore(engine)
+    if migrate:
+        # Quota use stored under a key from before digest forms counts on under the new one.
+        adopt_stored_keys(quotas, providers, SystemClock().now())
     ceiling_sources: list[CeilingSource] = [
         PinnedCeilings(PinStore(engine), stretches(providers)),
         QuotaPace(quotas, providers),

@@ -21,6 +21,7 @@ forecast of when each quota runs out at the pace it is being spent.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from sluice.clock import Clock, SystemClock
 from sluice.domain import Operation, Phase, operation_of
 from sluice.engine.rates import Ceiling
 from sluice.providers.base import Provider
+from sluice.providers.limits import account_value
 from sluice.ratelimit.quota import Quota, QuotaSpec, zone
 from sluice.ratelimit.rate import Rate
 from sluice.store.quotas import QuotaStore, WaitsOn, Window
@@ -371,3 +373,39 @@ class QuotaPace:
                 for limit_key in keys[scope]:
                     found.setdefault(limit_key, []).append(Ceiling("quota", rate, reason))
         return found
+
+
+_DIGEST_FORM = re.compile(r"~[0-9a-f]{32}")
+
+
+def adopt_stored_keys(store: QuotaStore, providers: Mapping[str, Provider], now: datetime) -> int:
+    """Move quota use stored before digest forms to the keys Sluice now spends from;
+    returns how many keys moved.
+
+    Before, a ``per`` value was written into its quota key as it was
+    (``acme:write:advertiser_id=urn:li:sponsoredAccount:123:1d``); now a value that is not
+    plain is written in its digest form (:func:`~sluice.providers.limits.account_value`).
+    Use still counting under the old key would otherwise be forgotten at the upgrade, and
+    the account's quota handed out again in the same window, past the provider's. Keys of
+    plain values and keys already in digest form are left as they are; run at start, a
+    second run finds nothing to move.
+    """
+    moved = 0
+    for provider in providers.values():
+        for pattern, quota, _scope, per in provider.quotas():
+            if per is None:
+                continue
+            head, tail = pattern.split("=*", 1)
+            head += "="
+            since = quota.counted_since(now) - timedelta(seconds=quota.bucket_s())
+            for key in sorted({row.key for row in store.rows(head, since)}):
+                if not key.endswith(tail) or len(key) < len(head) + len(tail):
+                    continue
+                value = key[len(head) : len(key) - len(tail)]
+                if _DIGEST_FORM.fullmatch(value):
+                    continue
+                current = head + account_value(value) + tail
+                if current != key:
+                    store.rekey(key, current, now)
+                    moved += 1
+    return moved

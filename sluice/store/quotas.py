@@ -243,6 +243,32 @@ class QuotaStore:
                 for r in found
             ]
 
+    def rekey(self, old: str, new: str, now: datetime) -> None:
+        """Move every row of key ``old`` to key ``new`` (one transaction): a window ``new``
+        has a row for already adds ``old``'s use to it, so nothing counted is lost."""
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                select(usage.c.window_start, usage.c.window_end, usage.c.used, usage.c.limit)
+                .where(usage.c.key == old)
+                .with_for_update()
+            ).all()
+            for start, end, used, limit in rows:
+                insert = self._insert(usage).values(
+                    key=new,
+                    window_start=start,
+                    window_end=end,
+                    used=used,
+                    limit=limit,
+                    updated_at=now,
+                )
+                conn.execute(
+                    insert.on_conflict_do_update(
+                        index_elements=[usage.c.key, usage.c.window_start],
+                        set_={"used": usage.c.used + insert.excluded.used, "updated_at": now},
+                    )
+                )
+            conn.execute(delete(usage).where(usage.c.key == old))
+
     def prune(self, before: datetime) -> int:
         """Forget windows that ended before ``before`` (kept a while for the console)."""
         with self.engine.begin() as conn:

@@ -1,0 +1,61 @@
+"""Quota use stored before digest forms (8e23312) under an account whose value is not plain
+(``urn:li:sponsoredAccount:123``) still counts after the upgrade: it moves to the digest key.
+
+Before, such an account "started afresh under its digest key": a daily quota 900 of 1000
+spent in the morning let 1000 more through after an upgrade at noon, 1900 in one day, past
+the provider's quota.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sluice.clock import FakeClock
+from sluice.domain import Operation
+from sluice.engine.quotas import QuotaBook, adopt_stored_keys, window_of
+from sluice.store import db
+from sluice.store.quotas import QuotaStore
+from tests.unit.providers.fakes import ACME, make_provider, with_changes
+
+NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+PROVIDER = make_provider(
+    with_changes(ACME, limits=[{"quota": "3/1d", "scope": "write", "per": "advertiser_id"}])
+)
+URN = "urn:li:sponsoredAccount:123"
+
+
+def store_at(tmp_path: Path) -> QuotaStore:
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'q.db'}")
+    db.ensure_schema(engine)
+    return QuotaStore(engine)
+
+
+def legacy_key(value: str) -> str:
+    """The key written before digest forms: the value as it is."""
+    pattern = PROVIDER.quotas()[0][0]
+    head, tail = pattern.split("=*", 1)
+    return f"{head}={value}{tail}"
+
+
+def test_quota_use_stored_under_the_old_key_still_counts_after_the_upgrade(
+    tmp_path: Path,
+) -> None:
+    store = store_at(tmp_path)
+    spec = PROVIDER.quotas_for(Operation.SUBMIT, {"advertiser_id": URN})[0]
+    assert spec.key != legacy_key(URN)  # the digest form
+    old = window_of(legacy_key(URN), spec.quota, NOW)
+    assert store.reserve(old, 2, NOW) == 2  # this morning, before the upgrade
+    # A plain account's key is the same before and after: left as it is.
+    plain = window_of(legacy_key("adv-1"), spec.quota, NOW)
+    assert store.reserve(plain, 1, NOW) == 1
+
+    assert adopt_stored_keys(store, {"acme": PROVIDER}, NOW) == 1
+    assert adopt_stored_keys(store, {"acme": PROVIDER}, NOW) == 0  # once
+
+    book = QuotaBook(store, FakeClock(NOW))
+    assert book.take([spec]).ok  # the third of 3 today
+    assert not book.take([spec]).ok  # before: 3 more, 5 of 3 sent today
+    assert store.used(window_of(spec.key, spec.quota, NOW)) == 3
+    assert store.used(old) == 0
+    assert store.used(plain) == 1
