@@ -21,7 +21,6 @@ forecast of when each quota runs out at the pace it is being spent.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from sluice.clock import Clock, SystemClock
 from sluice.domain import Operation, Phase, operation_of
 from sluice.engine.rates import Ceiling
 from sluice.providers.base import Provider
-from sluice.providers.limits import account_value
+from sluice.providers.limits import account_value, in_key_form
 from sluice.ratelimit.quota import Quota, QuotaSpec, zone
 from sluice.ratelimit.rate import Rate
 from sluice.store.quotas import QuotaStore, WaitsOn, Window
@@ -375,9 +374,6 @@ class QuotaPace:
         return found
 
 
-_DIGEST_FORM = re.compile(r"~[0-9a-f]{32}")
-
-
 def adopt_stored_keys(store: QuotaStore, providers: Mapping[str, Provider], now: datetime) -> int:
     """Move quota use stored before digest forms to the keys Sluice now spends from;
     returns how many keys moved.
@@ -402,10 +398,8 @@ def adopt_stored_keys(store: QuotaStore, providers: Mapping[str, Provider], now:
                 if not key.endswith(tail) or len(key) < len(head) + len(tail):
                     continue
                 value = key[len(head) : len(key) - len(tail)]
-                if _DIGEST_FORM.fullmatch(value):
+                if in_key_form(value):  # plain, or already a digest form
                     continue
-                current = head + account_value(value) + tail
-                if current != key:
-                    store.rekey(key, current, now)
-                    moved += 1
+                store.rekey(key, head + account_value(value) + tail, now)
+                moved += 1
     return moved

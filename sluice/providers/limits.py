@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sluice import errors
-from sluice.domain import Access, Operation, value_digest
+from sluice.domain import DIGEST_MARK, Access, Operation, value_digest
 from sluice.providers.config import ProviderConfig
 from sluice.providers.templating import scalar_at
 from sluice.ratelimit.quota import Quota, QuotaSpec
@@ -66,6 +66,14 @@ _PLAIN_VALUE = re.compile(rf"[A-Za-z0-9_.@+=\-]{{1,{ACCOUNT_VALUE_MAX}}}")
 def account_value(value: str) -> str:
     """A ``per`` value as its keys hold it: itself when plain, else its digest form."""
     return value if _PLAIN_VALUE.fullmatch(value) else value_digest(value)
+
+
+_DIGEST_FORM = re.compile(rf"{re.escape(DIGEST_MARK)}[0-9a-f]{{32}}")
+
+
+def in_key_form(value: str) -> bool:
+    """Whether ``value`` is an account as keys name it: plain, or a digest form."""
+    return bool(_PLAIN_VALUE.fullmatch(value) or _DIGEST_FORM.fullmatch(value))
 
 
 @dataclass(frozen=True)
@@ -94,7 +102,8 @@ class ConfiguredLimit:
             key.startswith(prefix)
             and key.endswith(suffix)
             and len(key) > len(prefix) + len(suffix)
-            and ":" not in value
+            # As keys hold it: a value that is not plain names no key but its digest form.
+            and in_key_form(value)
         )
 
 

@@ -115,6 +115,15 @@ def test_an_operator_can_pin_an_account_whose_value_has_a_colon() -> None:
     assert "acme:write:advertiser_id=a" not in pause_scopes(key)
 
 
+@pytest.mark.parametrize("value", ["a b", "x" * 65, "é", "a/b", "*x", "~1"])
+def test_a_pin_on_an_account_named_by_a_value_keys_never_hold_is_refused(value: str) -> None:
+    """Such an account's key holds its digest form: a pin on the value as it is (accepted
+    before: no ':' in it) was stored for a key nothing spends from, and so never applied.
+    The digest form is what names the account (controls.limit_of: pins and the API)."""
+    assert not PER_LIMIT.matches(f"acme:write:advertiser_id={value}")
+    assert PER_LIMIT.matches(account_key(value))
+
+
 def test_a_provider_whose_keys_cannot_fit_is_a_config_error() -> None:
     table = with_changes(ACME, limits=[{"rate": "1/s", "per": "a" * 200}])
     with pytest.raises(errors.ConfigError, match="longer than 255 characters"):
