@@ -18,6 +18,7 @@ that would raise the rate) changes and records nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -413,3 +414,31 @@ def _reason(reason: str) -> str:
 
 def _seconds(until: datetime, now: datetime) -> float:
     return max(0.0, (until - now).total_seconds())
+
+
+def adopt_stored_pins(store: PinStore, providers: Mapping[str, Provider]) -> int:
+    """Move each pin stored before digest forms on an account's value as it was
+    (``acme:write:advertiser_id=a b``) to the account's digest key, which Sluice spends
+    from; returns how many moved. Left where it was, the operator's lower rate would stop
+    applying at the upgrade. Where the digest key has a pin already, the lower rate stays.
+    """
+    moved = 0
+    limits = [limit for p in providers.values() for limit in p.configured_limits() if limit.per]
+    for pin in store.all():
+        found = (limit.current_key(pin.key) for limit in limits)
+        current = next((key for key in found if key is not None), None)
+        if current is None:
+            continue
+        with store.engine.begin() as conn:
+            there = store.get(conn, current)
+            moving = dataclasses.replace(pin, key=current)
+            if there is None or per_second(_rate(moving)) < per_second(_rate(there)):
+                store.put(conn, moving)
+            store.clear(conn, pin.key)
+        log.info("pin.adopted", extra={"key": current})
+        moved += 1
+    return moved
+
+
+def _rate(pin: Pin) -> Rate:
+    return Rate(pin.rate_limit, pin.window_s)

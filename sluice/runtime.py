@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 
 from sluice.catalog import Catalog, ProviderInfo
 from sluice.clock import SystemClock
-from sluice.controls import Controls, PinnedCeilings, stretches
+from sluice.controls import Controls, PinnedCeilings, adopt_stored_pins, stretches
 from sluice.engine.adaptive import Learner
 from sluice.engine.quotas import QuotaPace, adopt_stored_keys
 from sluice.engine.rates import CeilingSource, RatesInForce
@@ -135,6 +135,7 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     if migrate:
         # Quota use stored under a key from before digest forms counts on under the new one.
         adopt_stored_keys(quotas, providers, SystemClock().now())
+        adopt_stored_pins(PinStore(engine), providers)  # and each pin too
     ceiling_sources: list[CeilingSource] = [
         PinnedCeilings(PinStore(engine), stretches(providers)),
         QuotaPace(quotas, providers),

@@ -106,6 +106,22 @@ class ConfiguredLimit:
             and in_key_form(value)
         )
 
+    def current_key(self, stored: str) -> str | None:
+        """The key Sluice now spends from for ``stored``, one account's key written before
+        digest forms with its value as it was (``advertiser_id=a b``); None when ``stored``
+        is in key form already or is no account key of this limit."""
+        if self.per is None:
+            return None
+        prefix, _, suffix = self.key.partition("*")
+        if not (stored.startswith(prefix) and stored.endswith(suffix)):
+            return None
+        if len(stored) < len(prefix) + len(suffix):
+            return None
+        value = stored[len(prefix) : len(stored) - len(suffix)] if suffix else stored[len(prefix) :]
+        if in_key_form(value) or ":" in value:  # a ':' never named one account (no pin had it)
+            return None
+        return prefix + account_value(value) + suffix
+
 
 @dataclass(frozen=True)
 class _Rule:

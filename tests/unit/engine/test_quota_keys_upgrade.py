@@ -12,9 +12,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sluice.clock import FakeClock
+from sluice.controls import adopt_stored_pins
 from sluice.domain import Operation
 from sluice.engine.quotas import QuotaBook, adopt_stored_keys, window_of
 from sluice.store import db
+from sluice.store.pins import Pin, PinStore
 from sluice.store.quotas import QuotaStore
 from tests.unit.providers.fakes import ACME, make_provider, with_changes
 
@@ -59,3 +61,27 @@ def test_quota_use_stored_under_the_old_key_still_counts_after_the_upgrade(
     assert store.used(window_of(spec.key, spec.quota, NOW)) == 3
     assert store.used(old) == 0
     assert store.used(plain) == 1
+
+
+PINNED = make_provider(
+    with_changes(ACME, limits=[{"rate": "10/s", "scope": "write", "per": "advertiser_id"}])
+)
+
+
+def test_a_pin_stored_under_the_old_key_still_applies_after_the_upgrade(tmp_path: Path) -> None:
+    """Before, a pin on ``advertiser_id=a b`` (a value that is no longer plain) stayed on a key
+    nothing spends from: the operator's lower rate stopped applying at the upgrade."""
+    store = PinStore(store_at(tmp_path).engine)
+    old = {v: f"acme:write:advertiser_id={v}" for v in ("a b", "x" * 70, "c d", "adv-1")}
+    current = {v: PINNED.limits_for("write", {"advertiser_id": v})[-1].key for v in old}
+    with store.engine.begin() as conn:
+        for key in old.values():
+            store.put(conn, Pin(key, 2, 1.0, "their limit is lower", "op", NOW))
+        # An upgraded worker already pinned c d's digest key lower: the lower rate stays.
+        store.put(conn, Pin(current["c d"], 1, 1.0, "lower still", "op", NOW))
+
+    assert adopt_stored_pins(store, {"acme": PINNED}) == 3
+    assert adopt_stored_pins(store, {"acme": PINNED}) == 0  # once
+    rates = {pin.key: pin.rate_limit for pin in store.all()}
+    assert rates == {current["a b"]: 2, current["x" * 70]: 2, current["c d"]: 1, old["adv-1"]: 2}
+    assert current["adv-1"] == old["adv-1"]  # a plain value keeps its key
