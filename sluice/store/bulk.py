@@ -46,6 +46,9 @@ from sqlalchemy.sql.expression import ClauseElement
 
 from sluice import errors
 
+_UNSET = object()
+"""No value yet (:func:`execute_many`'s conversion of repeated values)."""
+
 
 def reserve_ids(conn: Connection, table: Table, count: int, *, above: int = 0) -> list[int]:
     """``count`` new ids for ``table``, ascending, greater than ``above`` and than every id
@@ -296,10 +299,18 @@ def execute_many(
     prepared = _prepare(statement, conn.dialect, columns)
     fixed, values_of, processed = prepared.fixed, prepared.values_of, prepared.processed
     params: list[Any] = []
+    # A value repeated from the row before (the same object: a batch's ``now``) is
+    # converted once; bind processors are pure functions of their value.
+    last: list[tuple[Any, Any]] = [(_UNSET, None)] * len(processed)
     for row in rows:
         values = values_of({**fixed, **row} if fixed else row)
-        for position, processor in processed:
-            values[position] = processor(values[position])
+        for index, (position, processor) in enumerate(processed):
+            value = values[position]
+            seen, converted = last[index]
+            if value is not seen:
+                converted = processor(value)
+                last[index] = (value, converted)
+            values[position] = converted
         params.append(
             tuple(values) if prepared.positional else dict(zip(prepared.keys, values, strict=True))
         )

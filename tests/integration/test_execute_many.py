@@ -103,14 +103,17 @@ def batches() -> st.SearchStrategy[tuple[tuple[str, ...], list[dict[str, Any]]]]
 @settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(drawn=batches())
+@given(drawn=batches(), shared=st.booleans())
 def test_execute_many_writes_what_execute_writes(
-    seeded: Engine, drawn: tuple[tuple[str, ...], list[dict[str, Any]]]
+    seeded: Engine, drawn: tuple[tuple[str, ...], list[dict[str, Any]]], shared: bool
 ) -> None:
     """The same rows through ``Connection.execute`` and through ``execute_many``, each in a
     transaction rolled back afterwards, leave the same tables and the same row count;
-    guards that fail (a status the task does not have) change nothing either way."""
+    guards that fail (a status the task does not have) change nothing either way.
+    ``shared``: every row's timestamp is one object, as the writer's batch ``now`` is
+    (``execute_many`` converts a value repeated from the row before once)."""
     shape, batch = drawn
+    stamps = [START if shared else START + timedelta(seconds=i) for i in range(len(batch))]
     rows = [
         {
             **{f"v_{name}": value for name, value in o["fields"].items()},
@@ -119,14 +122,14 @@ def test_execute_many_writes_what_execute_writes(
             "w_claim": o["claim"],
             "v_status": "In Progress",
             "v_phase": "polling",
-            "v_updated_at": START + timedelta(seconds=i),
+            "v_updated_at": stamps[i],
         }
         for i, o in enumerate(batch)
     ]
     history = [
         {
             "task_id": o["task"],
-            "at": START + timedelta(milliseconds=i),
+            "at": stamps[i],
             "event": "submitted",
             "from_status": "Not Started",
             "to_status": None if i % 2 else "In Progress",
