@@ -151,8 +151,9 @@ class ThreadExecutor:
         :data:`UNLIMITED` returned at once: waiting for a pool thread to wake and answer
         "no limit" was the dispatcher's largest cost with no limit set (docs/scaling.md).
         """
-        decided: Future[Grant] = Future()
-        gone = threading.Event()
+        # Nobody waits on an unlimited unit: no future to decide, no event to set.
+        decided: Future[Grant] | None = None if acquire is None else Future()
+        gone = None if acquire is None else threading.Event()
         with self._lock:
             self._running += 1
         try:
@@ -161,7 +162,7 @@ class ThreadExecutor:
             with self._lock:
                 self._running -= 1
             raise
-        if acquire is None:
+        if decided is None or gone is None:
             return UNLIMITED
         grant = decided.result()
         if grant.granted and math.isfinite(grant.send_within_s):
@@ -183,18 +184,21 @@ class ThreadExecutor:
         self,
         unit: WorkUnit,
         acquire: Callable[[], Grant],
-        decided: Future[Grant],
-        gone: threading.Event,
+        decided: Future[Grant] | None,
+        gone: threading.Event | None,
     ) -> None:
+        """Send ``unit``; ``decided`` and ``gone`` (None: nobody waits) tell the dispatcher
+        its grant and that its request was written or will not be."""
         try:
             self._grant_and_send(unit, acquire, decided, gone)
         except BaseException as exc:
             # The pool would swallow it: say so, and never leave the dispatcher waiting.
             log.exception("unit.send_failed", extra={"provider": unit.provider})
-            if not decided.done():
+            if decided is not None and not decided.done():
                 decided.set_exception(exc)
         finally:
-            gone.set()
+            if gone is not None:
+                gone.set()
             with self._lock:
                 self._running -= 1
             if self.on_free is not None:
@@ -204,21 +208,27 @@ class ThreadExecutor:
         self,
         unit: WorkUnit,
         acquire: Callable[[], Grant],
-        decided: Future[Grant],
-        gone: threading.Event,
+        decided: Future[Grant] | None,
+        gone: threading.Event | None,
     ) -> None:
         provider = self.providers[unit.provider]
         asked_at = self.clock.monotonic()
         try:
             grant = acquire()
         except BaseException as exc:
+            if decided is None:
+                raise
             decided.set_exception(exc)
             return
-        decided.set_result(grant)
+        if decided is not None:
+            decided.set_result(grant)
         if not grant.granted:
             return
         permit = sendgate.SendPermit(
-            asked_at, grant.send_within_s, self.clock.monotonic, on_written=gone.set
+            asked_at,
+            grant.send_within_s,
+            self.clock.monotonic,
+            on_written=None if gone is None else gone.set,
         )
         sent = True
         try:
@@ -233,7 +243,8 @@ class ThreadExecutor:
                 )
         except errors.GrantExpired:
             sent = False
-            gone.set()
+            if gone is not None:
+                gone.set()
             with self._lock:
                 self.stats.expired += 1
                 self._unsent.append(unit)
