@@ -108,13 +108,14 @@ def build_http_client(
     """
     timeout = httpx.Timeout(provider.timeout_s)
     hooks = {"request": [check_request]}
-    size = (
-        (provider.config.max_in_flight or _DEFAULT_POOL)
-        if isinstance(provider, HttpProvider)
-        else _DEFAULT_POOL
-    )
+    capped = provider.config.max_in_flight if isinstance(provider, HttpProvider) else None
+    size = capped or _DEFAULT_POOL
     limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
-    transport = MeteredTransport(provider.name, transport or gated_transport(limits))
+    # An in-flight cap is also the pool's size (at most that many connections open: a
+    # provider may count connections); without one each send thread keeps its own.
+    transport = MeteredTransport(
+        provider.name, transport or gated_transport(limits, per_thread=capped is None)
+    )
     if not isinstance(provider, HttpProvider):
         return ProviderClient(timeout=timeout, transport=transport, event_hooks=hooks)
     headers = {"Accept": "application/json", "User-Agent": _USER_AGENT}

@@ -23,11 +23,17 @@ out, TLS) is noted on the sending thread's permit before the error goes on: its 
 wrote nothing, so its grant's holds and slot go back
 (:attr:`~sluice.ratelimit.sendgate.SendPermit.nothing_sent`). httpcore connects on the
 thread whose request the new connection is for, so the permit is that request's.
+
+For a provider without ``max_in_flight`` each send thread keeps its own connections
+(:class:`ThreadConnections`) instead of sharing httpcore's pool, whose lock the threads
+handed to each other twice per request; the gate is under them in the same way.
 """
 
 from __future__ import annotations
 
 import ssl
+import threading
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -170,8 +176,12 @@ class GatedBackend(httpcore.NetworkBackend):
         self._inner.sleep(seconds)
 
 
-def gated_transport(limits: httpx.Limits) -> httpx.HTTPTransport:
-    """httpx's own transport whose connection pool writes through :class:`GatedBackend`.
+def gated_transport(limits: httpx.Limits, *, per_thread: bool = False) -> httpx.HTTPTransport:
+    """httpx's own transport whose connections write through :class:`GatedBackend`.
+
+    ``per_thread``: each sending thread keeps its own connections (:class:`ThreadConnections`)
+    instead of taking one from httpcore's pool, which then caps nothing (``limits`` is
+    kept for the pool's other settings: the keep-alive expiry).
 
     Raises:
         errors.ConfigError: the installed httpx keeps its pool elsewhere (a test fails first:
@@ -185,4 +195,104 @@ def gated_transport(limits: httpx.Limits) -> httpx.HTTPTransport:
             "check grants as requests are written; install the httpx version Sluice declares"
         )
     pool._network_backend = GatedBackend(pool._network_backend)
+    if per_thread:
+        transport._pool = ThreadConnections(pool)  # type: ignore[assignment]
     return transport
+
+
+class _Mine:
+    """One thread's connections (its ``threading.local`` value; closed when it ends)."""
+
+    def __init__(self) -> None:
+        self.connections: list[httpcore.HTTPConnection] = []
+
+
+def _close_each(connections: list[httpcore.HTTPConnection]) -> None:
+    for connection in connections:
+        connection.close()
+
+
+class ThreadConnections:
+    """In place of httpcore's connection pool: each thread keeps its own connections.
+
+    httpcore's ``ConnectionPool`` serves all threads from one list under one lock. Every
+    request takes that lock twice, to be given a connection and, as its answer is closed, to
+    give it back, and each time walks every connection of the pool; with 16 send threads
+    the handoffs of that lock between threads cost more interpreter time than the rest of
+    the request (docs/scaling.md, "Efficiency"). Here a thread finds its own keep-alive
+    connection (one per origin, a second only while an answer it read is still open)
+    without a lock or a walk. Threads are the engine's send threads, a fixed set, so the
+    connections stay as many as the pool's.
+
+    A connection is chosen as the pool chooses one: one that has expired (its keep-alive
+    ran out, or the provider closed it: its socket reads as readable while idle) is closed
+    and passed over; one that turns out unavailable as the request starts
+    (``ConnectionNotAvailable``: nothing was written on it) is dropped and the request goes
+    on a new one. Any other failure goes to the caller as it would from the pool, and a
+    connection it left closed is dropped. A thread's connections are closed when the thread
+    ends, and :meth:`close` closes every connection still open.
+    """
+
+    def __init__(self, pool: httpcore.ConnectionPool) -> None:
+        self._options: dict[str, Any] = {
+            "ssl_context": pool._ssl_context,
+            "keepalive_expiry": pool._keepalive_expiry,
+            "http1": True,
+            "http2": False,
+            "retries": pool._retries,
+            "local_address": pool._local_address,
+            "uds": pool._uds,
+            "network_backend": pool._network_backend,
+            "socket_options": pool._socket_options,
+        }
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._every: weakref.WeakSet[httpcore.HTTPConnection] = weakref.WeakSet()
+
+    def _mine(self) -> list[httpcore.HTTPConnection]:
+        mine: _Mine | None = getattr(self._local, "mine", None)
+        if mine is None:
+            mine = self._local.mine = _Mine()
+            weakref.finalize(mine, _close_each, mine.connections)
+        return mine.connections
+
+    def _connection(
+        self, mine: list[httpcore.HTTPConnection], origin: httpcore.Origin
+    ) -> httpcore.HTTPConnection:
+        """This thread's open, idle connection to ``origin``, or a new one."""
+        for connection in list(mine):
+            if connection.has_expired():
+                mine.remove(connection)
+                connection.close()
+            elif connection.can_handle_request(origin) and connection.is_available():
+                return connection
+        connection = httpcore.HTTPConnection(origin=origin, **self._options)
+        mine.append(connection)
+        with self._lock:
+            self._every.add(connection)
+        return connection
+
+    def handle_request(self, request: httpcore.Request) -> httpcore.Response:
+        mine = self._mine()
+        while True:
+            connection = self._connection(mine, request.url.origin)
+            try:
+                return connection.handle_request(request)
+            except httpcore.ConnectionNotAvailable:
+                mine.remove(connection)
+                connection.close()
+            except BaseException:
+                if connection.is_closed():
+                    mine.remove(connection)
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            every = list(self._every)
+        _close_each(every)
+
+    def __enter__(self) -> ThreadConnections:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
