@@ -112,9 +112,9 @@ def build_http_client(
     size = capped or _DEFAULT_POOL
     limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
     # An in-flight cap is also the pool's size (at most that many connections open: a
-    # provider may count connections); without one each send thread keeps its own.
+    # provider may count connections); without one idle connections wait on a stack.
     transport = MeteredTransport(
-        provider.name, transport or gated_transport(limits, per_thread=capped is None)
+        provider.name, transport or gated_transport(limits, stacked=capped is None)
     )
     if not isinstance(provider, HttpProvider):
         return ProviderClient(timeout=timeout, transport=transport, event_hooks=hooks)

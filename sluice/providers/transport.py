@@ -24,8 +24,8 @@ wrote nothing, so its grant's holds and slot go back
 (:attr:`~sluice.ratelimit.sendgate.SendPermit.nothing_sent`). httpcore connects on the
 thread whose request the new connection is for, so the permit is that request's.
 
-For a provider without ``max_in_flight`` each send thread keeps its own connections
-(:class:`ThreadConnections`) instead of sharing httpcore's pool, whose lock the threads
+For a provider without ``max_in_flight`` idle connections wait on a stack
+(:class:`ConnectionStack`) instead of in httpcore's pool, whose lock the send threads
 handed to each other twice per request; the gate is under them in the same way.
 """
 
@@ -34,7 +34,7 @@ from __future__ import annotations
 import ssl
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import httpcore
@@ -176,12 +176,12 @@ class GatedBackend(httpcore.NetworkBackend):
         self._inner.sleep(seconds)
 
 
-def gated_transport(limits: httpx.Limits, *, per_thread: bool = False) -> httpx.HTTPTransport:
+def gated_transport(limits: httpx.Limits, *, stacked: bool = False) -> httpx.HTTPTransport:
     """httpx's own transport whose connections write through :class:`GatedBackend`.
 
-    ``per_thread``: each sending thread keeps its own connections (:class:`ThreadConnections`)
-    instead of taking one from httpcore's pool, which then caps nothing (``limits`` is
-    kept for the pool's other settings: the keep-alive expiry).
+    ``stacked``: idle connections are kept on a :class:`ConnectionStack` instead of in
+    httpcore's pool, and nothing caps how many are open (``limits`` gives the keep-alive
+    expiry).
 
     Raises:
         errors.ConfigError: the installed httpx keeps its pool elsewhere (a test fails first:
@@ -195,42 +195,35 @@ def gated_transport(limits: httpx.Limits, *, per_thread: bool = False) -> httpx.
             "check grants as requests are written; install the httpx version Sluice declares"
         )
     pool._network_backend = GatedBackend(pool._network_backend)
-    if per_thread:
-        transport._pool = ThreadConnections(pool)  # type: ignore[assignment]
+    if stacked:
+        transport._pool = ConnectionStack(pool)  # type: ignore[assignment]
     return transport
 
 
-class _Mine:
-    """One thread's connections (its ``threading.local`` value; closed when it ends)."""
-
-    def __init__(self) -> None:
-        self.connections: list[httpcore.HTTPConnection] = []
-
-
-def _close_each(connections: list[httpcore.HTTPConnection]) -> None:
-    for connection in connections:
-        connection.close()
-
-
-class ThreadConnections:
-    """In place of httpcore's connection pool: each thread keeps its own connections.
+class ConnectionStack:
+    """In place of httpcore's connection pool: idle connections on a stack, the last one
+    given back taken first.
 
     httpcore's ``ConnectionPool`` serves all threads from one list under one lock. Every
     request takes that lock twice, to be given a connection and, as its answer is closed, to
-    give it back, and each time walks every connection of the pool; with 16 send threads
-    the handoffs of that lock between threads cost more interpreter time than the rest of
-    the request (docs/scaling.md, "Efficiency"). Here a thread finds its own keep-alive
-    connection (one per origin, a second only while an answer it read is still open)
-    without a lock or a walk. Threads are the engine's send threads, a fixed set, so the
-    connections stay as many as the pool's.
+    give it back, and each time walks every connection of the pool under it, asking each
+    idle one's socket whether the provider closed it (a system call, which lets the other
+    threads run and queue up for the lock). With 16 send threads the handoffs of that lock
+    cost more interpreter time than the rest of the request (docs/scaling.md,
+    "Efficiency"). Here the lock is held only to push or pop one connection; whether the
+    popped connection is still good is asked after, outside it.
 
     A connection is chosen as the pool chooses one: one that has expired (its keep-alive
     ran out, or the provider closed it: its socket reads as readable while idle) is closed
     and passed over; one that turns out unavailable as the request starts
-    (``ConnectionNotAvailable``: nothing was written on it) is dropped and the request goes
-    on a new one. Any other failure goes to the caller as it would from the pool, and a
-    connection it left closed is dropped. A thread's connections are closed when the thread
-    ends, and :meth:`close` closes every connection still open.
+    (``ConnectionNotAvailable``: nothing was written on it) is closed and the request goes
+    on another. The most recently used connection goes first, so a low rate handed round
+    many send threads keeps one connection warm (a connect before the first byte would
+    spend a grant's send window on the handshake); the ones below it expire and are closed
+    as they are met. An answer gives its connection back when it is closed, if the
+    connection can take another request. :meth:`close` closes every connection still open.
+    There is no cap: at most one connection per request in flight, which the send threads
+    bound (a provider's ``max_in_flight`` keeps httpcore's pool, whose size caps it).
     """
 
     def __init__(self, pool: httpcore.ConnectionPool) -> None:
@@ -245,54 +238,99 @@ class ThreadConnections:
             "network_backend": pool._network_backend,
             "socket_options": pool._socket_options,
         }
-        self._local = threading.local()
         self._lock = threading.Lock()
+        self._idle: dict[tuple[bytes, bytes, int], list[httpcore.HTTPConnection]] = {}
+        """Idle connections by origin (scheme, host, port: httpcore's ``Origin`` is not
+        hashable), the last given back last."""
         self._every: weakref.WeakSet[httpcore.HTTPConnection] = weakref.WeakSet()
 
-    def _mine(self) -> list[httpcore.HTTPConnection]:
-        mine: _Mine | None = getattr(self._local, "mine", None)
-        if mine is None:
-            mine = self._local.mine = _Mine()
-            weakref.finalize(mine, _close_each, mine.connections)
-        return mine.connections
-
-    def _connection(
-        self, mine: list[httpcore.HTTPConnection], origin: httpcore.Origin
-    ) -> httpcore.HTTPConnection:
-        """This thread's open, idle connection to ``origin``, or a new one."""
-        for connection in list(mine):
-            if connection.has_expired():
-                mine.remove(connection)
-                connection.close()
-            elif connection.can_handle_request(origin) and connection.is_available():
+    def _take(self, origin: httpcore.Origin) -> httpcore.HTTPConnection:
+        """The most recently given back connection to ``origin`` still good, or a new one."""
+        while True:
+            with self._lock:
+                idle = self._idle.get(_key(origin))
+                connection = idle.pop() if idle else None
+            if connection is None:
+                connection = httpcore.HTTPConnection(origin=origin, **self._options)
+                with self._lock:
+                    self._every.add(connection)
                 return connection
-        connection = httpcore.HTTPConnection(origin=origin, **self._options)
-        mine.append(connection)
-        with self._lock:
-            self._every.add(connection)
-        return connection
+            if connection.is_available() and not connection.has_expired():
+                return connection
+            connection.close()
+
+    def give_back(self, connection: httpcore.HTTPConnection) -> None:
+        """Put ``connection`` on top if it can take another request; close it otherwise."""
+        if connection.is_available() and not connection.is_closed():
+            with self._lock:
+                self._idle.setdefault(_key(connection._origin), []).append(connection)
+        else:
+            connection.close()
 
     def handle_request(self, request: httpcore.Request) -> httpcore.Response:
-        mine = self._mine()
         while True:
-            connection = self._connection(mine, request.url.origin)
+            connection = self._take(request.url.origin)
             try:
-                return connection.handle_request(request)
+                response = connection.handle_request(request)
             except httpcore.ConnectionNotAvailable:
-                mine.remove(connection)
                 connection.close()
+                continue
             except BaseException:
-                if connection.is_closed():
-                    mine.remove(connection)
+                self.give_back(connection)
                 raise
+            assert isinstance(response.stream, Iterable)  # a sync connection's answer
+            return httpcore.Response(
+                status=response.status,
+                headers=response.headers,
+                content=_GivenBackOnClose(response.stream, self, connection),
+                extensions=response.extensions,
+            )
 
     def close(self) -> None:
         with self._lock:
             every = list(self._every)
-        _close_each(every)
+            self._idle.clear()
+        for connection in every:
+            connection.close()
 
-    def __enter__(self) -> ThreadConnections:
+    def __enter__(self) -> ConnectionStack:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _key(origin: httpcore.Origin) -> tuple[bytes, bytes, int]:
+    return origin.scheme, origin.host, origin.port
+
+
+class _GivenBackOnClose:
+    """An answer's body: closing it gives its connection back to the stack."""
+
+    def __init__(
+        self,
+        stream: Iterable[bytes],
+        stack: ConnectionStack,
+        connection: httpcore.HTTPConnection,
+    ) -> None:
+        self._stream = stream
+        self._stack = stack
+        self._connection: httpcore.HTTPConnection | None = connection
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._stream
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        try:
+            close = getattr(self._stream, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._stack.give_back(connection)
