@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from sluice import errors
+from sluice.providers import transport as transport_module
 from sluice.providers.transport import ConnectionStack, GatedBackend, gated_transport
 from sluice.ratelimit import sendgate
 
@@ -196,6 +197,36 @@ def test_a_low_rate_handed_round_the_threads_keeps_one_connection_warm(
             worker.end()
     assert len(server.recorder.requests) == 16
     assert len(server.recorder.opened) == 1
+
+
+@pytest.mark.parametrize("stacked", [True, False], ids=["stack", "httpcore-pool"])
+def test_an_idle_connection_to_an_origin_no_longer_used_is_closed_after_its_keep_alive(
+    monkeypatch: pytest.MonkeyPatch, stacked: bool
+) -> None:
+    """Requests to a few origins one after the other (targets may be absolute URLs, with
+    a placeholder in the host): a connection idle past its keep-alive is closed as other
+    requests come, whatever their origin, as httpcore's pool does (the reference). Kept
+    until a request to its own origin met it, each origin ever used would hold a socket
+    open for the life of the worker."""
+    clock = _Clock()
+    monkeypatch.setattr(httpcore._sync.http11, "time", clock)
+    monkeypatch.setattr(transport_module, "time", clock, raising=False)
+    servers = [Server() for _ in range(3)]
+    for srv in servers:
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+    limits = httpx.Limits(max_connections=32, max_keepalive_connections=32, keepalive_expiry=5.0)
+    try:
+        with httpx.Client(transport=gated_transport(limits, stacked=stacked)) as client:
+            for srv in servers:
+                host, port = srv.server_address[:2]
+                assert client.get(f"http://{host!s}:{port}/ok").content == b"/ok"
+                clock.now += 6.0  # past the keep-alive of the connection just used
+            for srv in servers[:-1]:
+                assert srv.recorder.wait_closed(srv.recorder.opened[0])
+    finally:
+        for srv in servers:
+            srv.shutdown()
+            srv.server_close()
 
 
 def test_requests_at_once_each_have_a_connection_and_give_it_back(server: Server) -> None:
