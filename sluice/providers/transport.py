@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import ssl
 import threading
+import time
 import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -220,8 +221,13 @@ class ConnectionStack:
     on another. The most recently used connection goes first, so a low rate handed round
     many send threads keeps one connection warm (a connect before the first byte would
     spend a grant's send window on the handshake); the ones below it expire and are closed
-    as they are met. An answer gives its connection back when it is closed, if the
-    connection can take another request. :meth:`close` closes every connection still open.
+    as they are met, and at most once per keep-alive, as a connection is given back, those
+    idle past their keep-alive at the bottom of every origin's stack are closed, as the
+    pool closes them whatever the origin of the request at hand (a target may be an
+    absolute URL: kept until a request to its own origin came, each origin ever used would
+    hold sockets open for the life of the worker). An answer gives its connection back when
+    it is closed, if the connection can take another request. :meth:`close` closes every
+    connection still open.
     There is no cap: at most one connection per request in flight, which the send threads
     bound (a provider's ``max_in_flight`` keeps httpcore's pool, whose size caps it).
     """
@@ -239,9 +245,13 @@ class ConnectionStack:
             "socket_options": pool._socket_options,
         }
         self._lock = threading.Lock()
-        self._idle: dict[tuple[bytes, bytes, int], list[httpcore.HTTPConnection]] = {}
+        self._idle: dict[tuple[bytes, bytes, int], list[tuple[float, httpcore.HTTPConnection]]]
+        self._idle = {}
         """Idle connections by origin (scheme, host, port: httpcore's ``Origin`` is not
-        hashable), the last given back last."""
+        hashable) with when each was given back, the last given back last."""
+        self._keepalive_s: float | None = pool._keepalive_expiry
+        self._sweep_at = 0.0
+        """When to look for connections idle past their keep-alive next."""
         self._every: weakref.WeakSet[httpcore.HTTPConnection] = weakref.WeakSet()
 
     def _take(self, origin: httpcore.Origin) -> httpcore.HTTPConnection:
@@ -249,7 +259,7 @@ class ConnectionStack:
         while True:
             with self._lock:
                 idle = self._idle.get(_key(origin))
-                connection = idle.pop() if idle else None
+                connection = idle.pop()[1] if idle else None
             if connection is None:
                 connection = httpcore.HTTPConnection(origin=origin, **self._options)
                 with self._lock:
@@ -261,11 +271,34 @@ class ConnectionStack:
 
     def give_back(self, connection: httpcore.HTTPConnection) -> None:
         """Put ``connection`` on top if it can take another request; close it otherwise."""
-        if connection.is_available() and not connection.is_closed():
-            with self._lock:
-                self._idle.setdefault(_key(connection._origin), []).append(connection)
-        else:
+        if not (connection.is_available() and not connection.is_closed()):
             connection.close()
+            return
+        now = time.monotonic()
+        with self._lock:
+            self._idle.setdefault(_key(connection._origin), []).append((now, connection))
+            stale = self._expired(now) if now >= self._sweep_at else []
+        for old in stale:
+            old.close()
+
+    def _expired(self, now: float) -> list[httpcore.HTTPConnection]:
+        """Take the idle connections past their keep-alive off the stacks (under the lock):
+        the oldest of each origin, at its bottom."""
+        if self._keepalive_s is None:
+            self._sweep_at = float("inf")
+            return []
+        self._sweep_at = now + self._keepalive_s
+        cutoff = now - self._keepalive_s
+        expired: list[httpcore.HTTPConnection] = []
+        for key, idle in list(self._idle.items()):
+            count = 0
+            while count < len(idle) and idle[count][0] < cutoff:
+                count += 1
+            expired.extend(connection for _, connection in idle[:count])
+            del idle[:count]
+            if not idle:
+                del self._idle[key]
+        return expired
 
     def handle_request(self, request: httpcore.Request) -> httpcore.Response:
         while True:

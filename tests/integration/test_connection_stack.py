@@ -125,7 +125,7 @@ def stack_of(client: httpx.Client) -> ConnectionStack:
 
 
 def idle(client: httpx.Client) -> list[Any]:
-    return [c for stacked in stack_of(client)._idle.values() for c in stacked]
+    return [c for stacked in stack_of(client)._idle.values() for _, c in stacked]
 
 
 class Worker:
