@@ -217,7 +217,7 @@ class ConnectionStack:
     A connection is chosen as the pool chooses one: one that has expired (its keep-alive
     ran out, or the provider closed it: its socket reads as readable while idle) is closed
     and passed over; one that turns out unavailable as the request starts
-    (``ConnectionNotAvailable``: nothing was written on it) is closed and the request goes
+    (``ConnectionNotAvailable``: nothing was written on it) is dropped and the request goes
     on another. The most recently used connection goes first, so a low rate handed round
     many send threads keeps one connection warm (a connect before the first byte would
     spend a grant's send window on the handshake); the ones below it expire and are closed
@@ -306,7 +306,8 @@ class ConnectionStack:
             try:
                 response = connection.handle_request(request)
             except httpcore.ConnectionNotAvailable:
-                connection.close()
+                # Closed since it was taken (nothing was written on it), as the pool drops
+                # it without closing: were it in use elsewhere, closing would break that.
                 continue
             except BaseException:
                 self.give_back(connection)
