@@ -85,6 +85,15 @@ class Limiter(Protocol):
         """
         ...
 
+    def push_back(self, moves: Sequence[tuple[str, int]]) -> None:
+        """Move each key's TAT to at least the limiter clock's now plus its microseconds.
+
+        Called when a request was written later than its grant's send window (see "A write
+        that ended late" in :mod:`sluice.ratelimit.sendgate`): the key's next grants are then
+        spaced from that write, as if it had been granted just now. Only ever raises a TAT.
+        """
+        ...
+
     def pause(self, key: str, seconds: float) -> None:
         """Refuse ``key`` and its sub-keys with reason ``"paused"`` for ``seconds``.
 

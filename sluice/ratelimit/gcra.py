@@ -409,6 +409,19 @@ def undone(current: int | None, before: int, after: int) -> int | None:
     return before if current == after else None
 
 
+def pushed_back(current: int | None, now_us: int, offset_us: int) -> int | None:
+    """The TAT of a key whose grant's request was written late, given its TAT now
+    (``None``: forgotten): at least ``now_us + offset_us``; or None to leave the key as it
+    is (already later). See "A write that ended late" in :mod:`sluice.ratelimit.sendgate`."""
+    target = now_us + offset_us
+    return target if current is None or current < target else None
+
+
+def paced_steps(plans: Mapping[str, KeyPlan], wide: Collection[str]) -> tuple[tuple[str, int], ...]:
+    """``(key, step)`` of each key paced by its spacing (not ``wide``): :attr:`Grant.steps`."""
+    return tuple((key, p.step) for key, p in plans.items() if key not in wide)
+
+
 def in_flight_wait(now_us: int, lease_expiries: Iterable[int], max_in_flight: int) -> int:
     """Microseconds until a lease slot is sure to be free; 0 when one is free now.
 

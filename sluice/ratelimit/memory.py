@@ -103,7 +103,8 @@ class MemoryLimiter:
             self._tats.update(verdict.new_tats)
         granted_at = (now_us + self._posix_offset_us) / gcra.US_PER_S
         within = sendgate.send_within_s(limits, self._margin, self._catch_up_us)
-        return Grant(True, 0.0, "", lease_id, granted_at, within, undo=verdict.undo())
+        steps = gcra.paced_steps(plans, wide)
+        return Grant(True, 0.0, "", lease_id, granted_at, within, undo=verdict.undo(), steps=steps)
 
     def release(self, lease_id: str, key: str) -> None:
         """See :meth:`Limiter.release`."""
@@ -128,6 +129,15 @@ class MemoryLimiter:
                 back = gcra.undone(self._tats.get(key), before, after)
                 if back is not None:
                     self._tats[key] = back
+
+    def push_back(self, moves: Sequence[tuple[str, int]]) -> None:
+        """See :meth:`Limiter.push_back`."""
+        with self._lock:
+            now_us = monotonic_us(self._clock)
+            for key, offset_us in moves:
+                moved = gcra.pushed_back(self._tats.get(key), now_us, offset_us)
+                if moved is not None:
+                    self._tats[key] = moved
 
     def pause(self, key: str, seconds: float) -> None:
         """See :meth:`Limiter.pause`."""

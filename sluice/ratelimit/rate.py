@@ -180,6 +180,10 @@ class Grant:
         undo: what the grant did to each limit key's TAT, ``(key, before, after)`` in the
             limiter's microseconds, so that a grant sent nowhere can give its slot back
             (:meth:`Limiter.give_back`).
+        steps: ``(key, step)`` for each limit key paced by its spacing (not a ``wide``
+            key): what the grant added to the key's TAT at its pace, in microseconds, so
+            that a request written late can move the key's schedule after it
+            (:meth:`Limiter.push_back`, :mod:`sluice.ratelimit.sendgate`).
     """
 
     granted: bool
@@ -190,6 +194,7 @@ class Grant:
     send_within_s: float = math.inf
     holds: tuple[Hold, ...] = ()
     undo: tuple[tuple[str, int, int], ...] = ()
+    steps: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         if self.reason not in REASONS:

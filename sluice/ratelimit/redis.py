@@ -247,6 +247,24 @@ end
 return 1
 """
 
+# KEYS: TAT keys. ARGV: now_us ('' = server TIME), grace_ms, then per key the offset.
+# Mirrors gcra.pushed_back on each key: raised to now + offset, never lowered.
+_PUSH_BACK_LUA = (
+    _NOW_LUA
+    + """
+local grace_ms = tonumber(ARGV[2])
+for i = 1, #KEYS do
+  local target = now + tonumber(ARGV[2 + i])
+  local raw = redis.call('GET', KEYS[i])
+  if not raw or tonumber(raw) < target then
+    redis.call('SET', KEYS[i], string.format('%d', target),
+               'PX', math.max(1, math.ceil((target - now) / 1000)) + grace_ms)
+  end
+end
+return 1
+"""
+)
+
 _GLOB_SPECIALS = "\\*?[]"
 
 
@@ -287,6 +305,7 @@ class _Scripts:
     hold: Script
     in_flight_count: Script
     give_back: Script
+    push_back: Script
 
 
 class RedisLimiter:
@@ -433,7 +452,8 @@ class RedisLimiter:
         tats = [int(value) for value in answer[4]]
         undo = tuple((key, tats[2 * i], tats[2 * i + 1]) for i, key in enumerate(plans))
         at = int(now_us) / gcra.US_PER_S
-        return Grant(True, 0.0, "", lease_id or None, at, within, undo=undo)
+        steps = gcra.paced_steps(plans, wide)
+        return Grant(True, 0.0, "", lease_id or None, at, within, undo=undo, steps=steps)
 
     def release(self, lease_id: str, key: str) -> None:
         """See :meth:`Limiter.release`."""
@@ -459,6 +479,17 @@ class RedisLimiter:
         args: list[str | int] = [value for _, before, after in undo for value in (before, after)]
         self._check_one_slot(keys)
         self._run("give_back", keys, args)
+
+    def push_back(self, moves: Sequence[tuple[str, int]]) -> None:
+        """See :meth:`Limiter.push_back`; one script on the server's clock, so a grant by
+        anyone cannot slip between reading a key's TAT and raising it."""
+        if not moves:
+            return
+        keys = [self._key("tat", key) for key, _ in moves]
+        args: list[str | int] = [self._now_arg(), self._grace_ms]
+        args += [offset_us for _, offset_us in moves]
+        self._check_one_slot(keys)
+        self._run("push_back", keys, args)
 
     def pause(self, key: str, seconds: float) -> None:
         """See :meth:`Limiter.pause`; atomic, so concurrent pauses keep the latest end."""
@@ -512,6 +543,7 @@ class RedisLimiter:
             hold=client.register_script(_HOLD_LUA),
             in_flight_count=client.register_script(_IN_FLIGHT_COUNT_LUA),
             give_back=client.register_script(_GIVE_BACK_LUA),
+            push_back=client.register_script(_PUSH_BACK_LUA),
         )
         self._client, self._scripts = client, scripts
         return scripts

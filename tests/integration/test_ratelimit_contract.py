@@ -517,6 +517,41 @@ def test_a_grant_says_how_long_it_may_wait_before_sending(limiter: Limiter) -> N
     assert capped.send_within_s == sendgate.UNBOUNDED
 
 
+def test_a_grant_names_its_paced_keys_and_their_steps(limiter: Limiter) -> None:
+    """``Grant.steps``: each key paced by its spacing with what the grant added to its TAT
+    (10/s at margin 1%: 101 ms; a cost-3 grant on a burst-2 key: 3 spacings); a wide key,
+    whose window the holds keep, is not among them."""
+    heavy = LimitSpec("dsp:heavy", parse_rate("10/s"), cost=3, burst=2)
+    grant = limiter.acquire([TEN_PER_S, heavy])
+    assert dict(grant.steps) == {"dsp": 101_000, "dsp:heavy": 3 * 126_250}
+    wide = limiter.acquire([LimitSpec("dsp:w", parse_rate("10/s"))], wide={"dsp:w"})
+    assert wide.granted
+    assert wide.steps == ()
+
+
+def test_push_back_moves_a_schedule_after_a_late_write(make_limiter: Factory) -> None:
+    """``push_back`` raises each key's TAT to the limiter clock's now plus its offset, on
+    both backends: the next grant waits exactly that long; a TAT already later is left
+    alone, and so is every other key."""
+    clock = FakeClock()
+    limiter = make_limiter(clock)
+    other = LimitSpec("dsp:other", parse_rate("10/s"))
+    assert limiter.acquire([TEN_PER_S]).granted
+    assert limiter.acquire([other]).granted
+    clock.advance(0.250)  # the write ended 250 ms after the grant (its slot was at +101 ms)
+    limiter.push_back([(TEN_PER_S.key, 96_000)])  # one step (101 ms) less a 5 ms window
+    refused = limiter.acquire([TEN_PER_S])
+    assert (refused.reason, refused.retry_after_s) == ("rate", pytest.approx(0.096))
+    assert limiter.acquire([other]).granted  # untouched: its slot passed at +101 ms
+    limiter.push_back([(TEN_PER_S.key, 1_000)])  # never lowers a TAT
+    assert limiter.acquire([TEN_PER_S]).retry_after_s == pytest.approx(0.096)
+    clock.advance(0.096)
+    assert limiter.acquire([TEN_PER_S]).granted
+    limiter.push_back([("dsp:never-granted", 50_000)])  # a key with no TAT gets one
+    fresh = limiter.acquire([LimitSpec("dsp:never-granted", parse_rate("10/s"))])
+    assert (fresh.reason, fresh.retry_after_s) == ("rate", pytest.approx(0.05))
+
+
 def test_a_wide_key_makes_up_lateness_within_its_credit(make_limiter: Factory) -> None:
     """Both backends apply the wide catch-up (``gcra.wide_credit_us``) to the keys asked
     for, and only to them: 10/s at margin 1%, a grant 200 ms after its slot keeps the
