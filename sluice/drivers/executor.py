@@ -13,6 +13,7 @@ transaction for many outcomes is far cheaper than one each.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import queue
@@ -37,7 +38,7 @@ from sluice.engine.retention import Pruner
 from sluice.engine.usage import UsageRecorder
 from sluice.providers.base import Provider
 from sluice.providers.registry import declare_metrics
-from sluice.ratelimit import holds, sendgate
+from sluice.ratelimit import gcra, holds, sendgate
 from sluice.ratelimit.base import Limiter
 from sluice.ratelimit.rate import Grant
 from sluice.runtime import Runtime
@@ -69,6 +70,10 @@ costs 32 bytes in a process that runs for days (two series of 20,000 held 1.3 Mi
 SEND_WAIT_MAX_S = 0.1
 """The longest the dispatcher stays off the interpreter for one grant's sender (a grant
 that may go late, ``judges = "window"``, has up to a window to be sent)."""
+WRITE_WAIT_MAX_S = 1.0
+"""The longest the dispatcher waits, past a grant's send window, for a request whose send
+check passed to be written (a thread that lost the CPU there, or a socket that does not
+drain): see "A write that ended late" in :mod:`sluice.ratelimit.sendgate`."""
 
 
 @dataclass
@@ -81,6 +86,8 @@ class ExecutorStats:
     outcomes: int = 0
     expired: int = 0
     """Grants not used within their send window: nothing was sent, the unit went back."""
+    written_late: int = 0
+    """Requests whose write ended after their send window: their keys were pushed back."""
     send_delays_s: deque[float] = field(default_factory=lambda: deque(maxlen=SEND_DELAYS_KEPT))
     """Grant-to-send delays (asking for the grant to the send check), the latest ones."""
     written_delays_s: deque[float] = field(default_factory=lambda: deque(maxlen=SEND_DELAYS_KEPT))
@@ -151,18 +158,18 @@ class ThreadExecutor:
         :data:`UNLIMITED` returned at once: waiting for a pool thread to wake and answer
         "no limit" was the dispatcher's largest cost with no limit set (docs/scaling.md).
         """
-        # Nobody waits on an unlimited unit: no future to decide, no event to set.
+        # Nobody waits on an unlimited unit: no future to decide, no hand-off to watch.
         decided: Future[Grant] | None = None if acquire is None else Future()
-        gone = None if acquire is None else threading.Event()
+        handoff = None if acquire is None else _Handoff()
         with self._lock:
             self._running += 1
         try:
-            self._pool.submit(self._run, unit, acquire or _unlimited, decided, gone)
+            self._pool.submit(self._run, unit, acquire or _unlimited, decided, handoff)
         except BaseException:
             with self._lock:
                 self._running -= 1
             raise
-        if decided is None or gone is None:
+        if decided is None or handoff is None:
             return UNLIMITED
         grant = decided.result()
         if grant.granted and math.isfinite(grant.send_within_s):
@@ -171,7 +178,9 @@ class ThreadExecutor:
             # thread past its send window. It has at most send_within_s to send, then either
             # the request is written or the grant has expired (or, for a grant that may go
             # late, the dispatcher stops waiting and asks for the next one).
-            gone.wait(min(grant.send_within_s, SEND_WAIT_MAX_S))
+            gone = handoff.gone.wait(min(grant.send_within_s, SEND_WAIT_MAX_S))
+            if not gone and grant.send_within_s <= SEND_WAIT_MAX_S:
+                _settle(handoff)
         return grant
 
     def take_unsent(self) -> list[WorkUnit]:
@@ -185,12 +194,13 @@ class ThreadExecutor:
         unit: WorkUnit,
         acquire: Callable[[], Grant],
         decided: Future[Grant] | None,
-        gone: threading.Event | None,
+        handoff: _Handoff | None,
     ) -> None:
-        """Send ``unit``; ``decided`` and ``gone`` (None: nobody waits) tell the dispatcher
-        its grant and that its request was written or will not be."""
+        """Send ``unit``; ``decided`` and ``handoff`` (None: nobody waits) tell the
+        dispatcher its grant and that its request was written or will not be."""
+        gone = None if handoff is None else handoff.gone
         try:
-            self._grant_and_send(unit, acquire, decided, gone)
+            self._grant_and_send(unit, acquire, decided, handoff)
         except BaseException as exc:
             # The pool would swallow it: say so, and never leave the dispatcher waiting.
             log.exception("unit.send_failed", extra={"provider": unit.provider})
@@ -209,7 +219,7 @@ class ThreadExecutor:
         unit: WorkUnit,
         acquire: Callable[[], Grant],
         decided: Future[Grant] | None,
-        gone: threading.Event | None,
+        handoff: _Handoff | None,
     ) -> None:
         provider = self.providers[unit.provider]
         asked_at = self.clock.monotonic()
@@ -220,16 +230,16 @@ class ThreadExecutor:
                 raise
             decided.set_exception(exc)
             return
+        permit = sendgate.SendPermit(asked_at, grant.send_within_s, self.clock.monotonic)
+        if handoff is not None or grant.steps:
+            permit.on_written = functools.partial(self._written, provider, grant, permit, handoff)
+        if handoff is not None:
+            handoff.permit = permit  # before the grant is told: the dispatcher may give it up
         if decided is not None:
             decided.set_result(grant)
         if not grant.granted:
             return
-        permit = sendgate.SendPermit(
-            asked_at,
-            grant.send_within_s,
-            self.clock.monotonic,
-            on_written=None if gone is None else gone.set,
-        )
+        gone = None if handoff is None else handoff.gone
         sent = True
         try:
             with sendgate.bound(permit), metrics.operation(unit.operation.value):
@@ -280,6 +290,37 @@ class ThreadExecutor:
             self.stats.count(unit, outcomes)
             self._pending += 1
         self._results.put(outcomes)
+
+    def _written(
+        self,
+        provider: Provider,
+        grant: Grant,
+        permit: sendgate.SendPermit,
+        handoff: _Handoff | None,
+    ) -> None:
+        """A request was just written: if later than its send window, push its paced keys
+        back (before the dispatcher, waiting on ``handoff``, asks for the next grant).
+
+        Never raises: a limiter that is down loses the push back, as it loses the state
+        it would have changed.
+        """
+        try:
+            if permit.written_late and grant.steps:
+                within_us = gcra.to_us(permit.within_s)
+                moves = [(key, step - within_us) for key, step in grant.steps]
+                with self._lock:
+                    self.stats.written_late += 1
+                log.info(
+                    "grant.written_late",
+                    extra={"provider": provider.name, "written_ms": _ms(permit.written_s)},
+                )
+                try:
+                    self.limiter.push_back(moves)
+                except errors.LimiterError:
+                    log.warning("limiter.push_back_failed", exc_info=True)
+        finally:
+            if handoff is not None:
+                handoff.gone.set()
 
     def _release_lease(self, provider: Provider, lease_id: str) -> None:
         """Give back the in-flight lease; if the limiter is down, the lease lapses on its own.
@@ -580,3 +621,27 @@ def _pruner(runtime: Runtime, clock: Clock) -> Pruner | None:
         batch=settings.retention_batch,
         every_s=settings.retention_every_s,
     )
+
+
+class _Handoff:
+    """What the dispatcher watches while a grant's thread sends it: ``gone`` is set once the
+    request was written (its keys pushed back if late) or will not be; ``permit`` is the
+    grant's send permit, there before the dispatcher hears of the grant."""
+
+    __slots__ = ("gone", "permit")
+
+    def __init__(self) -> None:
+        self.gone = threading.Event()
+        self.permit: sendgate.SendPermit | None = None
+
+
+def _settle(handoff: _Handoff) -> None:
+    """After a grant's send window: make sure its request goes now or never, so that no
+    later grant is decided while it may still be written late (see "A write that ended
+    late" in :mod:`sluice.ratelimit.sendgate`). A request not admitted yet is given up
+    (its thread finds its grant expired); one being written is waited for, up to
+    :data:`WRITE_WAIT_MAX_S`."""
+    permit = handoff.permit
+    if permit is None or permit.give_up():
+        return
+    handoff.gone.wait(WRITE_WAIT_MAX_S)

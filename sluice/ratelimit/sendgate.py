@@ -46,6 +46,33 @@ is then sized for spacing (:func:`holds.send_within_s`) rather than by the formu
 With margin 1.5% and catch-up 2 ms a 1 s window gives ``slack = 15 ms``, ``D = 6.5 ms``
 and ``N = 6.5 ms``; at Sluice's default 0.5%, ``D = N = 1.5 ms`` for keys not held.
 
+**A write that ended late.** The check and the write are a few bytecodes apart, but a
+thread can lose the CPU right there (on a loaded host for tens of milliseconds, holding
+the interpreter lock, so nothing else in the process moves either) and then write its
+request long after its window: ``A_k - S_k`` exceeds ``N``, which the proof above does not
+cover. The thread knows once the write returns (:attr:`SendPermit.written_late`), and it
+then moves each of the grant's paced keys (:attr:`~sluice.ratelimit.rate.Grant.steps`,
+every key but a ``wide`` one, whose window the holds keep) to at least
+``now + step - D`` on the limiter's clock (:meth:`Limiter.push_back`), ``now`` being read
+after the write ended. From then on grant ``k`` counts as decided at
+``R'_k = now - D``: it was sent within ``D`` of that (its write ended before ``now``), so
+``A_k <= R'_k + D + delta + N``, and the key's TAT is at least
+``R'_k + c_k * s >= R'_k - credit + c_k * s``, as if the limiter had decided it then; its
+lower bound ``A_k >= R_k + delta`` is still the one of its real decision. Both bounds of
+the proof then hold for every pair of grants one of which is ``k``, provided no grant on
+its keys was decided between ``R_k`` and the push back. In one process the dispatcher
+sees to that for a grant whose send window is at most ``SEND_WAIT_MAX_S`` (0.1 s; every
+key of a second's window is far below it): it asks for the next grant only once the
+request before it is written (and pushed back if late) or can no longer be sent
+(:meth:`SendPermit.give_up`, ``sluice.drivers.executor``); it waits at most
+``WRITE_WAIT_MAX_S`` (1 s) for a write, so a socket that does not drain cannot stop
+dispatching for long. Several processes (Celery workers)
+on one key do not wait for each other: a grant another process decides while a write is
+stalled is not covered, and on a leaky bucket it can be refused. Without the push back, one
+stalled write was enough: the key's schedule still had the stalled grant at ``R_k``, the
+next grant (asked late) went at once with the catch-up credit, and the one after it came
+``s - credit`` after that, one request early on top of the burst the late write had used.
+
 Cost: a grant that expires is a slot nobody uses. ``bench.limit_fidelity`` measures how
 often that happens on a loaded host.
 """
@@ -53,6 +80,7 @@ often that happens on a loaded host.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -127,7 +155,7 @@ class SendPermit:
         on_written: Callable[[], None] | None = None,
     ) -> None:
         self.asked_at = asked_at
-        self._on_written = on_written
+        self.on_written = on_written
         self.within_s = within_s
         self._monotonic = monotonic
         self.delay_s: float | None = None
@@ -141,6 +169,8 @@ class SendPermit:
         self.connect_failed = False
         """A connection for the request could not be made (refused, timed out, TLS): noted
         by the transport (:mod:`sluice.providers.transport`), see :attr:`nothing_sent`."""
+        self._given_up = False
+        self._admitting = threading.Lock()
 
     def check(self) -> None:
         """Refuse the request if its grant is already too old; consumes nothing.
@@ -165,16 +195,43 @@ class SendPermit:
             errors.GrantExpired: see :meth:`check`.
             errors.GrantSpent: the permit already let one request through.
         """
-        if self.used:
-            raise errors.GrantSpent("one grant lets one request through; this one was used")
-        self.check()
-        self.used = True
+        with self._admitting:
+            if self.used:
+                raise errors.GrantSpent("one grant lets one request through; this one was used")
+            if self._given_up:
+                raise errors.GrantExpired(
+                    f"grant not used within {self.within_s * 1000:.1f} ms and given up; "
+                    "nothing was sent"
+                )
+            self.check()
+            self.used = True
+
+    def give_up(self) -> bool:
+        """Make sure the request goes now or never: True if it was not admitted yet (it
+        never will be: :meth:`admit` refuses it), False if it was (its write is under way
+        or done). Atomic with :meth:`admit`: no request slips in between."""
+        with self._admitting:
+            if self.used:
+                return False
+            self._given_up = True
+            return True
+
+    @property
+    def written_late(self) -> bool:
+        """Whether the write of the request ended later than its send window after the
+        grant was asked for: the thread lost the CPU between its send check and the socket
+        (see "A write that ended late" above)."""
+        return (
+            self.written_s is not None
+            and self.within_s < UNBOUNDED
+            and gcra.to_us(self.written_s) > gcra.to_us(self.within_s)
+        )
 
     def written(self) -> None:
         """Note that the request's first bytes were handed to the socket just now."""
         self.written_s = self._monotonic() - self.asked_at
-        if self._on_written is not None:
-            self._on_written()
+        if self.on_written is not None:
+            self.on_written()
 
     def answered(self) -> None:
         """Note that the answer's first bytes were read just now (the first call counts)."""
