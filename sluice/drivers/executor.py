@@ -543,7 +543,8 @@ def _ms(seconds: float | None) -> float | None:
 
 
 def summarise(executor: ThreadExecutor, dispatcher: Dispatcher) -> dict[str, object]:
-    """What a driver did: grants, expired grants, stale claims, grant-to-send delays (ms)."""
+    """What a driver did: grants, expired grants, writes that ended late, stale claims,
+    grant-to-send delays (ms)."""
     delays = sorted(executor.stats.send_delays_s)
     written = sorted(executor.stats.written_delays_s)
 
@@ -554,6 +555,7 @@ def summarise(executor: ThreadExecutor, dispatcher: Dispatcher) -> dict[str, obj
         "granted": dispatcher.stats.granted,
         "refused": dispatcher.stats.refused,
         "expired": executor.stats.expired,
+        "written_late": executor.stats.written_late,
         "stale": dispatcher.stats.stale,
         "send_delay_p50_ms": quantile(delays, 0.5),
         "send_delay_p99_ms": quantile(delays, 0.99),
