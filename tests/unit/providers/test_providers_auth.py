@@ -275,3 +275,45 @@ def test_an_expired_grant_sends_nothing_at_all() -> None:
     with sendgate.bound(permit), pytest.raises(errors.GrantExpired):
         provider.submit(client_for(provider, dsp), task())
     assert dsp.requests == []
+
+
+class LateTokenDsp(TokenDsp):
+    """A token endpoint reached by a thread that lost the CPU for 200 ms between its send
+    check and its write, as the gated transport admits and notes it (``MockTransport``
+    has no gate of its own)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/oauth/token":
+            sendgate.admit_current()
+            self.clock.advance(0.2)
+            permit = sendgate.current()
+            assert permit is not None
+            permit.written()
+        return super().__call__(request)
+
+
+def test_a_token_request_written_late_pushes_its_keys_back() -> None:
+    """A token request is a request like any other at the provider: written 200 ms after
+    its grant (past its send window), it moves the keys it was granted on after the write
+    ("A write that ended late" in sendgate), here the provider-wide 50/s key it shares.
+    Left at the grant's decision, the next request on that key went at once with the
+    catch-up credit and the one after it one request early."""
+    clock = FakeClock()
+    limiter = MemoryLimiter(clock=clock, cold_start=False)
+    auth = {**LIMITED_AUTH, "shares_provider_limit": True}
+    provider = make_provider(
+        with_changes(ACME, auth=auth, rate_limit="50/s"),
+        environ={"ACME_SECRET": SECRET},
+        clock=clock,
+        limiter=limiter,
+    )
+    dsp = LateTokenDsp(clock)
+    assert isinstance(provider.submit(client_for(provider, dsp), task()), Accepted)
+    assert len(dsp.token_requests) == 1
+    shared = [spec for spec in provider.token_limits() if spec.key == "acme"]
+    after = limiter.acquire(shared)
+    assert after.reason == "rate"  # was: granted at once, the slot having passed 180 ms ago
