@@ -170,3 +170,36 @@ def test_a_request_not_yet_admitted_is_given_up(make_world: Any) -> None:
     assert len(refused) == 1
     assert world.executor.stats.expired == 1
     assert [unit.tasks for unit in world.executor.take_unsent()] == [world.unit.tasks]
+
+
+def test_a_send_permit_is_freed_without_the_cyclic_collector(make_world: Any) -> None:
+    """Every limited request's permit (and the grant, hand-off and stream state it holds)
+    goes when its send is over, by reference counting alone: a permit that refers to itself
+    (its ``on_written`` bound to it) is cyclic garbage, and every request adding some is
+    what brings on the collections the embedded driver freezes its runtime against
+    (``drivers/embedded.py``: 190-440 ms gaps between sends)."""
+    import gc
+    import weakref
+
+    permits: list[weakref.ref[sendgate.SendPermit]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        permit = sendgate.current()
+        assert permit is not None
+        permits.append(weakref.ref(permit))
+        sendgate.admit_current()
+        permit.written()
+        return httpx.Response(201, json={"id": "x-1"})
+
+    world = make_world(handler)
+    gc.collect()
+    gc.disable()
+    try:
+        assert world.submit().granted
+        deadline = time.monotonic() + 10
+        while (not permits or permits[0]() is not None) and time.monotonic() < deadline:
+            time.sleep(0.01)  # the pool thread lets go of its work item after the send
+        (permit,) = permits
+        assert permit() is None  # was: alive until the collector found the cycle
+    finally:
+        gc.enable()
