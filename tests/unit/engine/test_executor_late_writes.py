@@ -22,6 +22,7 @@ import pytest
 from sluice import errors, submissions
 from sluice.clock import FakeClock
 from sluice.domain import Submission, WorkUnit
+from sluice.drivers import executor as executor_module
 from sluice.drivers.executor import ThreadExecutor
 from sluice.engine.dispatcher import acquire
 from sluice.providers.registry import load_providers
@@ -39,14 +40,14 @@ Handler = Callable[[httpx.Request], httpx.Response]
 class World:
     """One provider at 50/s, one campaign waiting, an executor sending through ``handler``."""
 
-    def __init__(self, tmp_path: Path, handler: Handler) -> None:
+    def __init__(self, tmp_path: Path, handler: Handler, rate: str = "50/s") -> None:
         settings = load_settings(
             database_url=f"sqlite:///{tmp_path / 'd.db'}",
             default_provider="acme",
             providers={
                 "acme": {
                     "base_url": "http://acme.test",
-                    "rate_limit": "50/s",
+                    "rate_limit": rate,
                     "kinds": {"campaign": {"submit": "POST /campaigns", "external_id_field": "id"}},
                 }
             },
@@ -95,8 +96,8 @@ class World:
 def make_world(tmp_path: Path) -> Any:
     made: list[World] = []
 
-    def make(handler: Handler) -> World:
-        made.append(World(tmp_path, handler))
+    def make(handler: Handler, rate: str = "50/s") -> World:
+        made.append(World(tmp_path, handler, rate))
         return made[-1]
 
     yield make
@@ -203,3 +204,39 @@ def test_a_send_permit_is_freed_without_the_cyclic_collector(make_world: Any) ->
         assert permit() is None  # was: alive until the collector found the cycle
     finally:
         gc.enable()
+
+
+def test_a_slow_key_waits_for_a_write_under_way_too(
+    make_world: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 2/s key under window holds (the default for a 1 s window) gets a send window of a
+    quarter to 0.35 of its spacing, 125-175 ms: more than ``SEND_WAIT_MAX_S``, so the
+    dispatcher stops waiting after 100 ms and asks for the next grant while a request
+    admitted before may still be written late, and a leaky bucket judging one request of
+    burst can then see three in less than a spacing (grant ``k + 1`` decided before ``k``'s
+    push back, sent late in its own 175 ms window). The sendgate docstring says every key
+    of a second's window is far below 0.1 s."""
+    monkeypatch.setattr(executor_module, "WRITE_WAIT_MAX_S", 60.0)
+    admitted, write = threading.Event(), threading.Event()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sendgate.admit_current()
+        admitted.set()
+        write.wait(30)
+        permit = sendgate.current()
+        assert permit is not None
+        permit.written()
+        return httpx.Response(201, json={"id": "x-1"})
+
+    world = make_world(handler, "2/s")
+    answer: list[Grant] = []
+    dispatcher = threading.Thread(target=lambda: answer.append(world.submit()))
+    dispatcher.start()
+    assert admitted.wait(30)
+    dispatcher.join(2)  # 20 times SEND_WAIT_MAX_S; the write waits for the test
+    waited = dispatcher.is_alive()
+    write.set()
+    dispatcher.join(30)
+    (grant,) = answer
+    assert grant.send_within_s > executor_module.SEND_WAIT_MAX_S
+    assert waited  # was: back 100 ms after the grant, the write still to come
