@@ -38,7 +38,7 @@ from sluice.engine.retention import Pruner
 from sluice.engine.usage import UsageRecorder
 from sluice.providers.base import Provider
 from sluice.providers.registry import declare_metrics
-from sluice.ratelimit import gcra, holds, sendgate
+from sluice.ratelimit import holds, sendgate
 from sluice.ratelimit.base import Limiter
 from sluice.ratelimit.rate import Grant
 from sluice.runtime import Runtime
@@ -178,8 +178,11 @@ class ThreadExecutor:
             # thread past its send window. It has at most send_within_s to send, then either
             # the request is written or the grant has expired (or, for a grant that may go
             # late, the dispatcher stops waiting and asks for the next one).
-            gone = handoff.gone.wait(min(grant.send_within_s, SEND_WAIT_MAX_S))
-            if not gone and grant.send_within_s <= SEND_WAIT_MAX_S:
+            # A grant on paced keys is waited for to the end of its window (at most
+            # WRITE_WAIT_MAX_S) and then settled: the next grant must not be decided while
+            # it may still be written late ("A write that ended late" in sendgate).
+            cap = WRITE_WAIT_MAX_S if grant.steps else SEND_WAIT_MAX_S
+            if not handoff.gone.wait(min(grant.send_within_s, cap)) and grant.steps:
                 _settle(handoff)
         return grant
 
@@ -232,7 +235,7 @@ class ThreadExecutor:
             return
         permit = sendgate.SendPermit(asked_at, grant.send_within_s, self.clock.monotonic)
         if handoff is not None or grant.steps:
-            permit.on_written = functools.partial(self._written, provider, grant, permit, handoff)
+            permit.on_written = functools.partial(self._written, provider, grant, handoff)
         if handoff is not None:
             handoff.permit = permit  # before the grant is told: the dispatcher may give it up
         if decided is not None:
@@ -265,6 +268,7 @@ class ThreadExecutor:
             )
             return
         finally:
+            permit.on_written = None
             if permit.delay_s is not None:
                 self.stats.send_delays_s.append(permit.delay_s)
             if permit.written_s is not None:
@@ -295,8 +299,8 @@ class ThreadExecutor:
         self,
         provider: Provider,
         grant: Grant,
-        permit: sendgate.SendPermit,
         handoff: _Handoff | None,
+        permit: sendgate.SendPermit,
     ) -> None:
         """A request was just written: if later than its send window, push its paced keys
         back (before the dispatcher, waiting on ``handoff``, asks for the next grant).
@@ -305,19 +309,9 @@ class ThreadExecutor:
         it would have changed.
         """
         try:
-            if permit.written_late and grant.steps:
-                within_us = gcra.to_us(permit.within_s)
-                moves = [(key, step - within_us) for key, step in grant.steps]
+            if sendgate.push_back_if_late(self.limiter, grant, permit, provider.name):
                 with self._lock:
                     self.stats.written_late += 1
-                log.info(
-                    "grant.written_late",
-                    extra={"provider": provider.name, "written_ms": _ms(permit.written_s)},
-                )
-                try:
-                    self.limiter.push_back(moves)
-                except errors.LimiterError:
-                    log.warning("limiter.push_back_failed", exc_info=True)
         finally:
             if handoff is not None:
                 handoff.gone.set()

@@ -14,6 +14,7 @@ Either way the token request never uses the grant of the call it is fetched for.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -171,7 +172,16 @@ class TokenAuth:
                     f"no grant for the token request of {self._provider}: {exc}"
                 ) from exc
             if grant.granted:
-                return sendgate.SendPermit(asked_at, grant.send_within_s, self._clock.monotonic)
+                # Written late, a token request pushes its keys back as any request does;
+                # a send thread asks for it, so no dispatcher waits for that (sendgate).
+                return sendgate.SendPermit(
+                    asked_at,
+                    grant.send_within_s,
+                    self._clock.monotonic,
+                    on_written=functools.partial(
+                        sendgate.push_back_if_late, self._limiter, grant, provider=self._provider
+                    ),
+                )
             remaining = deadline - self._clock.monotonic()
             if remaining <= 0:
                 raise TokenUnavailable(

@@ -79,6 +79,7 @@ often that happens on a loaded host.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -89,7 +90,10 @@ from contextvars import ContextVar
 
 from sluice import errors
 from sluice.ratelimit import gcra
-from sluice.ratelimit.rate import LimitSpec
+from sluice.ratelimit.base import Limiter
+from sluice.ratelimit.rate import Grant, LimitSpec
+
+log = logging.getLogger("sluice.sendgate")
 
 SEND_SHARE = 0.5
 """Share of the slack left after the catch-up credit that a grant may spend before sending."""
@@ -144,7 +148,7 @@ class SendPermit:
         asked_at: the sender's monotonic reading taken just *before* it asked the limiter.
         within_s: the grant's ``send_within_s``.
         monotonic: the clock ``asked_at`` was read on.
-        on_written: called once the request's first bytes were handed to the socket.
+        on_written: called with the permit once the request was handed to the socket.
     """
 
     def __init__(
@@ -152,7 +156,7 @@ class SendPermit:
         asked_at: float,
         within_s: float,
         monotonic: Callable[[], float] = time.monotonic,
-        on_written: Callable[[], None] | None = None,
+        on_written: Callable[[SendPermit], object] | None = None,
     ) -> None:
         self.asked_at = asked_at
         self.on_written = on_written
@@ -231,7 +235,7 @@ class SendPermit:
         """Note that the request's first bytes were handed to the socket just now."""
         self.written_s = self._monotonic() - self.asked_at
         if self.on_written is not None:
-            self.on_written()
+            self.on_written(self)
 
     def answered(self) -> None:
         """Note that the answer's first bytes were read just now (the first call counts)."""
@@ -259,6 +263,24 @@ class SendPermit:
         if self.answered_at is None:
             return 0.0
         return max(0.0, self._monotonic() - self.answered_at)
+
+
+def push_back_if_late(limiter: Limiter, grant: Grant, permit: SendPermit, provider: str) -> bool:
+    """If ``permit``'s request was written after its send window, move each of ``grant``'s
+    paced keys to the limiter's now plus its step less the window (see "A write that ended
+    late" above); whether it was late. Logs it; never raises: a limiter that cannot be
+    reached loses the push back, as it loses the state the push back would have changed.
+    """
+    if not (permit.written_late and grant.steps):
+        return False
+    written_ms = None if permit.written_s is None else round(permit.written_s * 1000, 3)
+    log.info("grant.written_late", extra={"provider": provider, "written_ms": written_ms})
+    within_us = gcra.to_us(permit.within_s)
+    try:
+        limiter.push_back([(key, step - within_us) for key, step in grant.steps])
+    except errors.LimiterError as exc:
+        log.warning("limiter.push_back_failed", extra={"provider": provider, "error": str(exc)})
+    return True
 
 
 _current: ContextVar[SendPermit | None] = ContextVar("sluice_send_permit", default=None)

@@ -98,7 +98,7 @@ def test_the_answer_is_noted_when_its_first_bytes_are_read() -> None:
     now = [0.001]
     written: list[bool] = []
     permit = sendgate.SendPermit(
-        0.0, 0.005, lambda: now[0], on_written=lambda: written.append(True)
+        0.0, 0.005, lambda: now[0], on_written=lambda _: written.append(True)
     )
     with sendgate.bound(permit):
         gated.read(65536)
