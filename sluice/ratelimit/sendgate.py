@@ -60,15 +60,20 @@ after the write ended. From then on grant ``k`` counts as decided at
 ``R'_k + c_k * s >= R'_k - credit + c_k * s``, as if the limiter had decided it then; its
 lower bound ``A_k >= R_k + delta`` is still the one of its real decision. Both bounds of
 the proof then hold for every pair of grants one of which is ``k``, provided no grant on
-its keys was decided between ``R_k`` and the push back. In one process the dispatcher
-sees to that for a grant whose send window is at most ``SEND_WAIT_MAX_S`` (0.1 s; every
-key of a second's window is far below it): it asks for the next grant only once the
-request before it is written (and pushed back if late) or can no longer be sent
-(:meth:`SendPermit.give_up`, ``sluice.drivers.executor``); it waits at most
-``WRITE_WAIT_MAX_S`` (1 s) for a write, so a socket that does not drain cannot stop
-dispatching for long. Several processes (Celery workers)
-on one key do not wait for each other: a grant another process decides while a write is
-stalled is not covered, and on a leaky bucket it can be refused. Without the push back, one
+its keys was decided between ``R_k`` and the push back. The dispatcher sees to that for
+the grants it asks for (``sluice.drivers.executor``): after a grant on paced keys it asks
+for the next one only once the request is written (and pushed back if late) or can no
+longer be sent. It waits to the end of the send window, then gives up a request not yet
+admitted (:meth:`SendPermit.give_up`, atomic with :meth:`SendPermit.admit`: it is never
+sent) or waits for the write under way. Not covered: a write still under way after
+``WRITE_WAIT_MAX_S`` (1 s: a socket that does not drain must not stop dispatching; nor is a
+send window longer than that waited out), a token request (a send thread asks for its grant
+when a token runs out, beside the dispatcher's; it pushes back when late all the same), and
+grants decided by another process on the same key (Celery workers do not wait for each
+other): against a leaky bucket those can still be refused. A write slow for another reason
+(a body larger than the socket's send buffer on a slow link) counts as late too: the
+provider counts the request once it has all of it, so pushing back is right, but such
+requests then go at most one per write time plus ``s - D``. Without the push back, one
 stalled write was enough: the key's schedule still had the stalled grant at ``R_k``, the
 next grant (asked late) went at once with the catch-up credit, and the one after it came
 ``s - credit`` after that, one request early on top of the burst the late write had used.
