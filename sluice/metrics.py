@@ -82,6 +82,12 @@ GRANTS_EXPIRED = Counter(
     "Grants not used within their send window: nothing was sent, the work went back.",
     ["provider"],
 )
+GRANTS_WRITTEN_LATE = Counter(
+    "sluice_limiter_grants_written_late_total",
+    "Requests written after their grant's send window (a thread lost the CPU between its "
+    "send check and the socket): the keys' schedule was moved after the write.",
+    ["provider"],
+)
 UPSTREAM_REQUESTS = Counter(
     "sluice_upstream_requests_total",
     "HTTP requests sent to providers, by operation (submit, poll, lookup, token) and status "
@@ -130,6 +136,7 @@ _grants = functools.cache(GRANTS.labels)
 _refusals = functools.cache(REFUSALS.labels)
 _grant_wait = functools.cache(GRANT_WAIT.labels)
 _expired = functools.cache(GRANTS_EXPIRED.labels)
+_written_late = functools.cache(GRANTS_WRITTEN_LATE.labels)
 _requests = functools.cache(UPSTREAM_REQUESTS.labels)
 _latency = functools.cache(UPSTREAM_LATENCY.labels)
 _in_flight = functools.cache(IN_FLIGHT.labels)
@@ -169,6 +176,7 @@ def declare(provider: str, signals: Iterable[str] = ()) -> None:
         return
     _grants(provider)
     _expired(provider)
+    _written_late(provider)
     _validation(provider)
     for reason in REFUSAL_REASONS:
         _refusals(provider, reason)
@@ -196,6 +204,11 @@ def refused(provider: str, reason: str) -> None:
 def grant_expired(provider: str) -> None:
     if _enabled:
         _expired(provider).inc()
+
+
+def grant_written_late(provider: str) -> None:
+    if _enabled:
+        _written_late(provider).inc()
 
 
 @contextmanager

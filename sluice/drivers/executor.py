@@ -310,6 +310,7 @@ class ThreadExecutor:
         """
         try:
             if sendgate.push_back_if_late(self.limiter, grant, permit, provider.name):
+                metrics.grant_written_late(provider.name)
                 with self._lock:
                     self.stats.written_late += 1
         finally:

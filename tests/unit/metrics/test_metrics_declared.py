@@ -57,6 +57,7 @@ def test_a_providers_counters_are_exported_at_zero_before_any_request(tmp_path: 
 
     assert value("sluice_limiter_grants_total") == 0
     assert value("sluice_limiter_grants_expired_total") == 0
+    assert value("sluice_limiter_grants_written_late_total") == 0
     assert value("sluice_validation_errors_total") == 0
     for reason in ("rate", "paused", "in_flight"):
         assert value("sluice_limiter_refusals_total", reason=reason) == 0

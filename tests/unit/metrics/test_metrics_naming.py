@@ -43,6 +43,7 @@ INSTRUMENTS = [
     metrics.REFUSALS,
     metrics.GRANT_WAIT,
     metrics.GRANTS_EXPIRED,
+    metrics.GRANTS_WRITTEN_LATE,
     metrics.UPSTREAM_REQUESTS,
     metrics.UPSTREAM_LATENCY,
     metrics.IN_FLIGHT,

@@ -73,9 +73,10 @@ def refusals(sends: list[Send], *, push_back: bool) -> int:
 def test_one_stalled_write_was_enough_for_a_refusal() -> None:
     """The case the send gate's proof left out (docs/scaling.md: a refusal after a write
     that ended 137 ms after its grant, not traced further): one thread lost the CPU for
-    100 ms between its send check and its write. The next grant, asked after the write, went at once with the
-    2 ms catch-up, and the one after it 18 ms later: one request early on top of the one
-    the late write used. Pushed back, the schedule starts again from the write."""
+    100 ms between its send check and its write. The next grant, asked after the write,
+    went at once with the 2 ms catch-up, and the one after it 18 ms later: one request
+    early on top of the one the late write used. Pushed back, the schedule starts again
+    from the write."""
     sends = [Send(0, 0, 0, 0)] * 3 + [Send(0, 0, 100_000, 0)] + [Send(0, 0, 0, 0)] * 5
     assert refusals(sends, push_back=False) == 1
     assert refusals(sends, push_back=True) == 0
