@@ -42,6 +42,7 @@ RECEIVE_BUFFER = 64 * 1024 * 1024
 """Room for every packet of a run while the reader waits for a core."""
 METHODS = (b"GET ", b"POST ", b"PUT ", b"PATCH ", b"DELETE ")
 READY = "ready"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def request_start(frame: bytes, port: int) -> tuple[tuple[int, int], str] | None:
@@ -126,6 +127,7 @@ def capture(port: int) -> Iterator[Capture]:
         found = Capture(Path(folder) / "requests.json")
         proc = subprocess.Popen(
             [sys.executable, "-m", "bench._wire", "--port", str(port), "--out", str(found._out)],
+            cwd=REPO_ROOT,  # where ``bench`` is importable, whatever the caller's directory
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
