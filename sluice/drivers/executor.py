@@ -233,16 +233,22 @@ class ThreadExecutor:
                 raise
             decided.set_exception(exc)
             return
+        if not grant.granted:
+            if decided is not None:
+                decided.set_result(grant)
+            return
+        gone = None if handoff is None else handoff.gone
         permit = sendgate.SendPermit(asked_at, grant.send_within_s, self.clock.monotonic)
-        if handoff is not None or grant.steps:
-            permit.on_written = functools.partial(self._written, provider, grant, handoff)
+        if gone is not None or grant.steps:
+            # The event, not the hand-off (which holds the permit): no reference cycle, so
+            # the permit goes with reference counting, not the collector (a refused
+            # ask's cycle per grant left ~2,000 a run to it, and full collections stop
+            # every thread: drivers/embedded.py).
+            permit.on_written = functools.partial(self._written, provider, grant, gone)
         if handoff is not None:
             handoff.permit = permit  # before the grant is told: the dispatcher may give it up
         if decided is not None:
             decided.set_result(grant)
-        if not grant.granted:
-            return
-        gone = None if handoff is None else handoff.gone
         sent = True
         try:
             with sendgate.bound(permit), metrics.operation(unit.operation.value):
@@ -299,11 +305,11 @@ class ThreadExecutor:
         self,
         provider: Provider,
         grant: Grant,
-        handoff: _Handoff | None,
+        gone: threading.Event | None,
         permit: sendgate.SendPermit,
     ) -> None:
         """A request was just written: if later than its send window, push its paced keys
-        back (before the dispatcher, waiting on ``handoff``, asks for the next grant).
+        back (before the dispatcher, waiting on ``gone``, asks for the next grant).
 
         Never raises: a limiter that is down loses the push back, as it loses the state
         it would have changed.
@@ -314,8 +320,8 @@ class ThreadExecutor:
                 with self._lock:
                     self.stats.written_late += 1
         finally:
-            if handoff is not None:
-                handoff.gone.set()
+            if gone is not None:
+                gone.set()
 
     def _release_lease(self, provider: Provider, lease_id: str) -> None:
         """Give back the in-flight lease; if the limiter is down, the lease lapses on its own.
