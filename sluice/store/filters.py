@@ -1,4 +1,5 @@
-"""The console's task filter: what it matches, as SQL, and as JSON for a stored bulk job."""
+"""The task filter of the console, the bulk actions and ``GET /api/tasks``: what it matches,
+as SQL, and as JSON for a stored bulk job."""
 
 from __future__ import annotations
 

@@ -163,25 +163,27 @@ class TaskRepository:
         provider: str | None = None,
         kind: str | None = None,
         parent_id: int | None = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
         cursor: str | None = None,
         limit: int = 100,
         tenant: str | None = None,
     ) -> Page:
-        """Tasks in id order after ``cursor``; stable while new tasks are inserted."""
+        """Tasks in id order after ``cursor``; stable while new tasks are inserted. The
+        filters are :class:`TaskFilter`'s (created_from inclusive, created_to exclusive);
+        a cursor continues the listing it came from when given with the same filters."""
         limit = max(1, min(limit, MAX_PAGE))
-        query = select(tasks).order_by(tasks.c.id).limit(limit + 1)
-        if tenant is not None:
-            query = query.where(tasks.c.tenant == tenant)
+        matching = TaskFilter(
+            status=status,
+            provider=provider,
+            kind=kind,
+            parent_id=parent_id,
+            created_from=created_from,
+            created_to=created_to,
+        )
+        query = select(tasks).where(*matching.clauses(tenant)).order_by(tasks.c.id).limit(limit + 1)
         if cursor is not None:
             query = query.where(tasks.c.id > decode_cursor(cursor))
-        if status is not None:
-            query = query.where(tasks.c.status == status.value)
-        if provider is not None:
-            query = query.where(tasks.c.provider == provider)
-        if kind is not None:
-            query = query.where(tasks.c.kind == kind)
-        if parent_id is not None:
-            query = query.where(tasks.c.parent_id == parent_id)
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         items = [row_to_task(r) for r in rows[:limit]]

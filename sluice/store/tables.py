@@ -171,7 +171,8 @@ class TaskRow(Base):
             postgresql_where=text("claimed_until IS NOT NULL"),
             sqlite_where=text("claimed_until IS NOT NULL"),
         ),
-        # The console's task list: created between (a range on the creation time).
+        # The console's task list and GET /api/tasks: created between (a range on the creation
+        # time; tests/integration/test_query_plans.py says which ranges it serves).
         Index("ix_tasks_created_at", "created_at"),
         # Scoped per tenant: one global namespace would let a caller probe others' keys.
         UniqueConstraint("tenant", "idempotency_key", name="uq_tasks_tenant_idempotency_key"),

@@ -787,6 +787,66 @@ def test_listing_filters_and_pages(store: Store) -> None:
     assert store.repo.counts() == {"Not Started": store.written()[0]}
 
 
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    made=st.lists(
+        st.tuples(st.integers(-2000, 2000), st.sampled_from(["sandbox", "acme"])),
+        min_size=1,
+        max_size=8,
+    ),
+    provider=st.sampled_from([None, "acme"]),
+    limit=st.integers(1, 4),
+    data=st.data(),
+)
+def test_a_created_range_lists_what_the_full_listing_holds_in_it(
+    store: Store,
+    made: list[tuple[int, str]],
+    provider: str | None,
+    limit: int,
+    data: st.DataObject,
+) -> None:
+    """For any creation times (ties, a clock stepped back), bounds (none, on a creation
+    time, a microsecond either side), another filter or none, and page size: the filtered
+    listing walked by cursor to its end is the full listing's tasks with created_from <=
+    created_at < created_to (and the provider), in id order."""
+    with store.repo.engine.begin() as conn:
+        conn.execute(events.delete())
+        conn.execute(tasks.delete())
+    for step_ms, task_provider in made:
+        store.clock.step_wall(step_ms / 1000)
+        create(store, submission(provider=task_provider))
+    full = store.repo.list_tasks(limit=1000).items
+    micro = timedelta(microseconds=1)
+    bound = st.none() | st.builds(
+        lambda moment, shift: moment + shift,
+        st.sampled_from(sorted({task.created_at for task in full})),
+        st.sampled_from([-micro, timedelta(0), micro]),
+    )
+    low, high = data.draw(bound, label="created_from"), data.draw(bound, label="created_to")
+
+    seen: list[int] = []
+    cursor = None
+    while True:
+        page = store.repo.list_tasks(
+            provider=provider, created_from=low, created_to=high, cursor=cursor, limit=limit
+        )
+        seen.extend(task.id for task in page.items)
+        if page.next_cursor is None:
+            break
+        assert len(page.items) == limit
+        cursor = page.next_cursor
+
+    assert seen == [
+        task.id
+        for task in full
+        if (low is None or low <= task.created_at)
+        and (high is None or task.created_at < high)
+        and provider in (None, task.provider)
+    ]
+
+
 def test_bad_cursor_is_invalid(store: Store) -> None:
     """A cursor the store never issued raises InvalidTask."""
     with pytest.raises(errors.InvalidTask, match="cursor"):

@@ -25,6 +25,7 @@ from sluice.api.schemas import (
     TaskPage,
     TenantQuery,
     Text,
+    UtcDateTime,
 )
 from sluice.domain import TaskStatus
 
@@ -96,16 +97,27 @@ def list_tasks(
     provider: Annotated[Text | None, Query(max_length=64)] = None,
     kind: Annotated[Text | None, Query(max_length=64)] = None,
     parent_id: Annotated[int | None, Query(ge=1, le=2**53)] = None,
+    created_from: Annotated[
+        UtcDateTime | None, Query(description="created at or after; UTC if no zone")
+    ] = None,
+    created_to: Annotated[
+        UtcDateTime | None, Query(description="created before (exclusive); UTC if no zone")
+    ] = None,
     cursor: Cursor = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     tenant: TenantQuery = None,
 ) -> TaskPage:
-    """List tasks in id order; pass ``next_cursor`` back as ``cursor`` for the next page."""
+    """List tasks in id order; pass ``next_cursor`` back as ``cursor``, with the same
+    filters, for the next page. ``created_from``/``created_to`` bound ``created_at`` as on
+    the bulk actions and the console (a range whose start is not before its end lists
+    nothing)."""
     page = context.repo.list_tasks(
         status=status_,
         provider=provider,
         kind=kind,
         parent_id=parent_id,
+        created_from=created_from,
+        created_to=created_to,
         cursor=cursor,
         limit=limit,
         tenant=principal.read_scope(tenant),

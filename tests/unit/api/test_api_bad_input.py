@@ -447,6 +447,7 @@ def test_an_idempotency_key_header_on_bulk_is_422_and_nothing_is_written(api: Ap
     [
         ("/api/tasks?stauts=Error", "stauts", "cursor, kind, limit, parent_id, provider, status"),
         ("/api/tasks?status=Error&page=2", "page", "cursor, kind, limit, parent_id,"),
+        ("/api/tasks?created_since=2026-01-01", "created_since", "created_from, created_to, "),
         ("/api/tasks/1?verbose=1", "verbose", "no query parameters"),
         ("/api/overview?provider=sandbox", "provider", ""),
         ("/api/audit?action=task.cancel&x=1", "x", "action, cursor, key_id, limit"),
@@ -469,4 +470,7 @@ def test_the_query_parameters_a_route_takes_are_still_read(api: Api) -> None:
     listed = api.client.get("/api/tasks?status=Not%20Started&limit=5&tenant=default")
     assert listed.status_code == 200, listed.text
     assert [t["id"] for t in listed.json()["items"]] == [1]
+    dated = api.client.get("/api/tasks?created_from=2000-01-01&created_to=3000-01-01T00:00:00Z")
+    assert dated.status_code == 200, dated.text
+    assert [t["id"] for t in dated.json()["items"]] == [1]
     assert api.client.get("/healthz?probe=lb").status_code == 200  # probes may add their own

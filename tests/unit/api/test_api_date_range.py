@@ -28,6 +28,8 @@ def requests(value: str) -> list[tuple[str, str, dict[str, Any], list[str]]]:
             {"action": "cancel", "filter": {"created_to": value}},
             ["body", "filter", "created_to"],
         ),
+        ("GET", "/api/tasks", {"created_from": value}, ["query", "created_from"]),
+        ("GET", "/api/tasks", {"created_to": value}, ["query", "created_to"]),
         ("GET", "/api/audit", {"since": value}, ["query", "since"]),
         ("GET", "/api/audit", {"until": value}, ["query", "until"]),
         (
@@ -72,7 +74,10 @@ def test_the_first_and_last_moments_in_utc_are_accepted(api: Api, value: str) ->
         "/api/bulk-actions/preview", json={"action": "cancel", "filter": {"created_to": value}}
     )
     audit = api.client.get("/api/audit", params={"until": value})
+    listed = api.client.get("/api/tasks", params={"created_to": value})
 
     assert preview.status_code == 200, preview.text
     assert preview.json()["count"] == (1 if value.startswith("9999") else 0)
+    assert listed.status_code == 200, listed.text
+    assert len(listed.json()["items"]) == (1 if value.startswith("9999") else 0)
     assert audit.status_code == 200, audit.text
