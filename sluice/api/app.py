@@ -34,6 +34,7 @@ from sluice.api.routes.quotas import QuotaView
 from sluice.catalog import Catalog
 from sluice.controls import Controls
 from sluice.domain import ApiKey
+from sluice.engine.adaptive import Learner
 from sluice.engine.bulkjobs import BulkJobRunner
 from sluice.engine.gauges import StateReader
 from sluice.engine.rates import RatesInForce
@@ -72,6 +73,7 @@ def build_api(runtime: Runtime) -> FastAPI:
         checks,
         controls=runtime.controls,
         quotas=view,
+        learner=runtime.learner,
     )
     app.state.metrics_collectors = [state_reader(runtime).collector()]
     return app
@@ -85,6 +87,7 @@ def create_app(
     api_limiter: Limiter | None = None,
     controls: Controls | None = None,
     quotas: QuotaView | None = None,
+    learner: Learner | None = None,
 ) -> FastAPI:
     """Build the API around an existing repository and provider catalog.
 
@@ -92,7 +95,8 @@ def create_app(
     ``api_limiter`` counts requests per key under ``settings.api_rate_limit`` (default:
     in memory, or in Redis when ``settings.redis_url`` is set); ``controls`` holds the
     providers, limiter and rates the control, explain and overview routes work on (default:
-    no providers, so every control answers 404 and the overview shows the queue only).
+    no providers, so every control answers 404 and the overview shows the queue only);
+    ``learner`` the adaptive limiter, whose learned keys ``GET /api/rates`` lists too.
     """
     app = FastAPI(
         title="Sluice",
@@ -126,6 +130,7 @@ def create_app(
         ),
         bulk=bulk,
         bulk_runner=BulkJobRunner(bulk),
+        learner=learner,
     )
     app.state.context = context
     app.state.auth = _authenticator(settings, key_store, api_limiter)

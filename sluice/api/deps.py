@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 
 from sluice.catalog import Catalog
 from sluice.controls import Controls
+from sluice.engine.adaptive import Learner
 from sluice.engine.bulkjobs import BulkJobRunner
 from sluice.explain import Explainer
 from sluice.overview import OverviewService
@@ -39,6 +40,8 @@ class ApiContext:
     overview: OverviewService | None = None
     bulk: BulkJobs | None = None
     bulk_runner: BulkJobRunner | None = None
+    learner: Learner | None = None
+    """The adaptive limiter's learned rates (``GET /api/rates`` lists their keys)."""
 
 
 async def get_context(request: Request) -> ApiContext:

@@ -453,6 +453,19 @@ class RateOut(_FromAttributes):
     since: datetime | None
 
 
+class KeyRateOut(_FromAttributes):
+    """One row of ``GET /api/rates`` (and of ``sluice rates``): a limit key's configured rate
+    beside the rate in force, in requests per second, and why."""
+
+    provider: str
+    key: str
+    configured_per_s: float
+    in_force_per_s: float
+    source: str = Field(description="configured, or the ceiling in force: pinned, learned, quota")
+    reason: str
+    since: datetime | None = Field(description="when the ceiling in force began (null: none)")
+
+
 class ExplainOut(_FromAttributes):
     """Why a task is where it is: one ``state`` and its details (sluice/explain.py).
 

@@ -550,3 +550,13 @@ def rates_in_force(
             )
         )
     return found
+
+
+def rates_in_force_now(
+    providers: Mapping[str, Any], rates: RatesInForce, learner: Learner | None = None
+) -> list[KeyRate]:
+    """:func:`rates_in_force` after reading every ceiling source again (pins, learned rates,
+    quota pace): what ``sluice rates`` shows, on the local database or through ``GET
+    /api/rates``, so both answer from the database as it is now."""
+    rates.refresh()
+    return rates_in_force(providers, rates, learner)

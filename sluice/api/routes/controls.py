@@ -1,9 +1,11 @@
 """Operator controls and the providers' overview (operators and admins).
 
 ``GET /api/providers`` lists every provider's limit keys with the configured rate, the
-rate in force and its source, pauses and the in-flight cap. Pause and resume a provider or
-one of its keys, pin a lower rate on a key and unpin it: each action writes an audit
-record (``GET /api/audit?action=limit.`` lists them), a refusal writes nothing.
+rate in force and its source, pauses and the in-flight cap; ``GET /api/rates`` lists the
+rows of ``sluice rates`` (each key's configured rate beside the rate in force, and why).
+Pause and resume a provider or one of its keys, pin a lower rate on a key and unpin it:
+each action writes an audit record (``GET /api/audit?action=limit.`` lists them), a
+refusal writes nothing.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from fastapi import APIRouter, Depends, Path
 
 from sluice.api.auth import OPERATOR, GuardedRoute, Principal
 from sluice.api.deps import Context
-from sluice.api.schemas import ControlOut, PauseIn, PinIn, ProviderOut
+from sluice.api.schemas import ControlOut, KeyRateOut, PauseIn, PinIn, ProviderOut
 from sluice.controls import ControlResult, pause_end, pin_rate
+from sluice.engine.adaptive import rates_in_force_now
 
 router = APIRouter(tags=["controls"], route_class=GuardedRoute)
 Operator = Annotated[Principal, Depends(OPERATOR)]
@@ -39,6 +42,15 @@ def _shown(result: ControlResult) -> ControlOut:
 def list_providers(context: Context, principal: Operator) -> list[ProviderOut]:
     """Every provider with its limit keys: rates configured and in force, pauses, in flight."""
     return [ProviderOut.of(state) for state in context.controls.overview()]
+
+
+@router.get("/api/rates", response_model=list[KeyRateOut])
+def list_rates(context: Context, principal: Operator) -> list[KeyRateOut]:
+    """Each provider-wide and read/write limit key (and each key with a learned rate), its
+    configured rate beside the rate in force, and why: the rows of ``sluice rates``."""
+    controls = context.controls
+    rows = rates_in_force_now(controls.providers, controls.rates, context.learner)
+    return [KeyRateOut.model_validate(row) for row in rows]
 
 
 @router.get("/api/providers/{name}", response_model=ProviderOut)

@@ -50,6 +50,7 @@ EXPECTED: dict[tuple[str, str], Role | None] = {
     ("GET", "/api/audit"): Role.OPERATOR,
     ("GET", "/api/tasks/{task_id}/explain"): Role.VIEWER,
     ("GET", "/api/providers"): Role.OPERATOR,
+    ("GET", "/api/rates"): Role.OPERATOR,
     ("GET", "/api/providers/{name}"): Role.OPERATOR,
     ("GET", "/api/providers/{name}/quotas"): Role.OPERATOR,
     ("POST", "/api/providers/{name}/pause"): Role.OPERATOR,
@@ -172,6 +173,7 @@ EXAMPLES: dict[tuple[str, str], Callable[[SecuredApi], Call]] = {
         "GET", f"/api/tasks/{make_task(api)}/explain"
     ),
     ("GET", "/api/providers"): lambda api: Call("GET", "/api/providers"),
+    ("GET", "/api/rates"): lambda api: Call("GET", "/api/rates"),
     ("GET", "/api/providers/{name}"): lambda api: Call("GET", "/api/providers/sandbox"),
     ("GET", "/api/providers/{name}/quotas"): lambda api: Call(
         "GET", "/api/providers/sandbox/quotas"

@@ -118,6 +118,41 @@ def test_a_pin_lowers_the_rate_in_force_and_unpin_restores_it(api: Api) -> None:
     assert records[1]["detail"]["reason"] == "429s from acme"
 
 
+def test_rates_list_each_key_configured_beside_in_force_as_sluice_rates_does(api: Api) -> None:
+    """GET /api/rates: the rows of `sluice rates` (provider-wide and read/write keys), in
+    key order, a pin in force with its source and reason."""
+    pinned = api.client.post(
+        "/api/limits/sandbox:write/pin", json={"rate": "5/s", "reason": "429s from acme"}
+    )
+    assert pinned.status_code == 200, pinned.text
+
+    answer = api.client.get("/api/rates")
+
+    assert answer.status_code == 200, answer.text
+    rows = answer.json()
+    assert [row["key"] for row in rows] == sorted(row["key"] for row in rows)
+    shown = {row["key"]: row for row in rows}
+    assert set(rows[0]) == {
+        "provider",
+        "key",
+        "configured_per_s",
+        "in_force_per_s",
+        "source",
+        "reason",
+        "since",
+    }
+    assert shown["sandbox"]["provider"] == "sandbox"
+    assert (shown["sandbox"]["configured_per_s"], shown["sandbox"]["source"]) == (
+        20.0,
+        "configured",
+    )
+    write = shown["sandbox:write"]
+    assert (write["configured_per_s"], write["in_force_per_s"]) == (10.0, 5.0)
+    assert (write["source"], write["reason"]) == ("pinned", "429s from acme")
+    assert write["since"] is not None
+    assert "sandbox:write:advertiser_id=*" not in shown  # as `sluice rates`: no account rows
+
+
 def test_a_pin_in_another_window_is_compared_per_second(api: Api) -> None:
     """300/min is 5/s: below sandbox:write's 10/s; 40/min equals acme's configured rate."""
     assert (
