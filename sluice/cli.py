@@ -887,30 +887,21 @@ def explain(
 
 
 @app.command()
-def rates() -> None:
+def rates(api_url: ApiUrl = None, api_key: ApiKey = None) -> None:
     """Each limit key's configured rate beside the rate in force, and why (learned, pinned)."""
     from rich.table import Table
 
-    from sluice.engine.adaptive import rates_in_force
-    from sluice.runtime import build_runtime
+    from sluice.operate import RATES_COLUMNS, describe_rates, rates_local, rates_remote
 
-    runtime = build_runtime(_existing(load_settings()), migrate=False)
-    try:
-        runtime.rates.refresh()
-        table = Table("provider", "key", "configured", "in force", "source", "since", "reason")
-        for row in rates_in_force(runtime.providers, runtime.rates, runtime.learner):
-            table.add_row(
-                escape(row.provider),
-                escape(row.key),
-                f"{row.configured_per_s:.3g}/s",
-                f"{row.in_force_per_s:.3g}/s",
-                row.source,
-                _when(row.since),
-                escape(row.reason),
-            )
-        Console().print(table)
-    finally:
-        runtime.close()
+    logs.configure("WARNING")
+    if api_url:
+        rows = rates_remote(api_url, _api_key(api_key))
+    else:
+        rows = rates_local(_existing(load_settings()))
+    table = Table(*RATES_COLUMNS)
+    for cells in describe_rates(rows):
+        table.add_row(*(escape(cell) for cell in cells))
+    Console().print(table)
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""``sluice pause|resume|pin|unpin|explain``: on the local database, or against a running API.
+"""``sluice pause|resume|pin|unpin|explain|rates``: on the local database, or against a running
+API.
 
 Locally (no ``--api``) the command opens SLUICE_DATABASE_URL and the limiter of
 SLUICE_REDIS_URL, acts as the actor ``cli`` and writes the same audit record the API
@@ -101,6 +102,62 @@ def explain_remote(api_url: str, api_key: str | None, task_id: int) -> dict[str,
     return _call(api_url, api_key, "GET", f"/api/tasks/{task_id}/explain", None)
 
 
+RATES_PATH = "/api/rates"
+RATES_COLUMNS = ("provider", "key", "configured", "in force", "source", "since", "reason")
+_RATE_FIELDS = {"provider", "key", "configured_per_s", "in_force_per_s", "source", "reason"}
+
+
+def rates_local(settings: Settings) -> list[dict[str, Any]]:
+    """Each limit key's configured rate beside the rate in force, from the local database,
+    as ``GET /api/rates`` shows them."""
+    from sluice.api.schemas import KeyRateOut
+    from sluice.engine.adaptive import rates_in_force_now
+    from sluice.runtime import build_runtime
+
+    runtime = build_runtime(settings, migrate=False)
+    try:
+        rows = rates_in_force_now(runtime.providers, runtime.rates, runtime.learner)
+        return [KeyRateOut.model_validate(row).model_dump(mode="json") for row in rows]
+    finally:
+        runtime.close()
+
+
+def rates_remote(api_url: str, api_key: str | None) -> list[dict[str, Any]]:
+    """The same rows from the API at ``api_url`` (``GET /api/rates``, an operator's key)."""
+    missing = "run `sluice rates` on its host, or upgrade it"
+    shown = _answer(api_url, api_key, "GET", RATES_PATH, None, shape=list, missing=missing)
+    if not all(isinstance(row, dict) and row.keys() >= _RATE_FIELDS for row in shown):
+        where = masking.mask_urls(api_url)
+        raise errors.SluiceError(f"{where} answered without the rates: is it a Sluice API?")
+    rows: list[dict[str, Any]] = shown
+    return rows
+
+
+def describe_rates(rows: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """The cells ``sluice rates`` prints for ``rows`` (columns :data:`RATES_COLUMNS`), the
+    same whether the rows came from the local database or the API."""
+    cells: list[tuple[str, ...]] = []
+    for row in rows:
+        since = row.get("since")
+        cells.append(
+            (
+                str(row["provider"]),
+                str(row["key"]),
+                f"{row['configured_per_s']:.3g}/s",
+                f"{row['in_force_per_s']:.3g}/s",
+                str(row["source"]),
+                "-" if since is None else _minute(since),
+                str(row["reason"]),
+            )
+        )
+    return cells
+
+
+def _minute(moment: str) -> str:
+    """An ISO time of the API's JSON as the CLI's tables write times (UTC, to the minute)."""
+    return datetime.fromisoformat(moment).strftime("%Y-%m-%d %H:%MZ")
+
+
 def describe_control(result: dict[str, Any]) -> str:
     """One line saying what a control action did."""
     action, target, detail = result["action"], result["target"], result["detail"]
@@ -138,6 +195,24 @@ def describe_explanation(shown: dict[str, Any]) -> list[str]:
 def _call(
     api_url: str, api_key: str | None, method: str, path: str, body: dict[str, Any] | None
 ) -> dict[str, Any]:
+    shown: dict[str, Any] = _answer(api_url, api_key, method, path, body)
+    return shown
+
+
+def _answer(
+    api_url: str,
+    api_key: str | None,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    *,
+    shape: type = dict,
+    missing: str | None = None,
+) -> Any:
+    """The JSON the API at ``api_url`` answers (a ``shape``: an object unless told), or
+    SluiceError in one line that never shows the key: the API unreachable, a refusal (its
+    ``detail``), an answer without such JSON. With ``missing`` (what to do instead), a 404
+    for the route itself (FastAPI's ``Not Found``) says the API is older than the command."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
         with httpx.Client(base_url=api_url, timeout=30, headers=headers) as client:
@@ -148,9 +223,15 @@ def _call(
             f"cannot reach the Sluice API at {where}: {masking.mask(str(exc))}"
         ) from exc
     if answer.status_code >= 400:
-        raise errors.SluiceError(f"refused ({answer.status_code}): {answer_detail(answer)}")
+        detail = answer_detail(answer)
+        if missing is not None and answer.status_code == 404 and detail == "Not Found":
+            where = masking.mask_urls(api_url)
+            raise errors.SluiceError(
+                f"{where} has no {method} {path}: a Sluice API older than this command? ({missing})"
+            )
+        raise errors.SluiceError(f"refused ({answer.status_code}): {detail}")
     shown = answer_json(answer, api_url)
-    if not isinstance(shown, dict):
+    if not isinstance(shown, shape):
         raise errors.SluiceError(_not_the_api(answer, api_url))
     return shown
 

@@ -21,6 +21,7 @@ COMMANDS = [
     ("resume", "sandbox"),
     ("pin", "sandbox", "5/s", "--reason", "r"),
     ("status", "--once"),
+    ("rates",),
 ]
 
 
