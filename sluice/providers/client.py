@@ -27,6 +27,11 @@ from typing import Any
 
 import httpx
 
+URLS_KEPT = 512
+"""Targets whose merged URL a client keeps (then it starts again): parsing the target and
+merging it with the base URL was a tenth of a send thread's work with no rate limit
+(``httpx.URL`` checks whether a host is an IP address on every parse; docs/scaling.md)."""
+
 
 class ProviderClient(httpx.Client):
     """A keep-alive ``httpx.Client`` with a short way for a provider's calls."""
@@ -34,6 +39,23 @@ class ProviderClient(httpx.Client):
     def __init__(self, *, transport: httpx.BaseTransport, **options: Any) -> None:
         super().__init__(transport=transport, **options)
         self._sender = transport
+        self._urls: dict[str, tuple[httpx.URL, httpx.URL]] = {}
+        """Each target's merged URL, with the base URL it was merged with."""
+
+    def _url(self, target: str) -> httpx.URL:
+        """``target`` merged with the base URL as httpx merges it (kept: see
+        :data:`URLS_KEPT`; an ``httpx.URL`` is never changed, only copied)."""
+        base = self.base_url
+        kept = self._urls.get(target)
+        if kept is not None and kept[0] is base:
+            return kept[1]
+        url = httpx.URL(target)
+        if url.is_relative_url:
+            url = base.copy_with(raw_path=base.raw_path + url.raw_path.lstrip(b"/"))
+        if len(self._urls) >= URLS_KEPT:
+            self._urls = {}  # many targets (ids in them): start again, keep the common ones
+        self._urls[target] = (base, url)
+        return url
 
     def send_json(
         self,
@@ -57,10 +79,7 @@ class ProviderClient(httpx.Client):
             or self.event_hooks["response"]
         ):
             return self.request(method, target, json=json, headers=headers)
-        url = httpx.URL(target)
-        if url.is_relative_url:
-            base = self.base_url
-            url = base.copy_with(raw_path=base.raw_path + url.raw_path.lstrip(b"/"))
+        url = self._url(target)
         merged = httpx.Headers(self.headers)
         if headers:
             merged.update(headers)

@@ -180,3 +180,34 @@ def test_transport_errors_are_httpx_errors() -> None:
     )
     with provider, pytest.raises(httpx.ReadTimeout):
         provider.send_json("POST", "/v1/campaigns", json={})
+
+
+@given(
+    targets=st.lists(
+        st.one_of(_target, st.sampled_from(["v1/campaigns", "/v1/status?ids=1"])),
+        min_size=1,
+        max_size=8,
+    ),
+    new_base=st.sampled_from(["https://dsp.example/v3/", "http://127.0.0.1:9/"]),
+)
+def test_targets_sent_again_and_after_a_new_base_url_send_what_client_request_sends(
+    targets: list[str], new_base: str
+) -> None:
+    """The merged URL a client keeps per target is the one ``Client.request`` builds, also
+    once the base URL changed."""
+    provider, plain, short, long = _clients("https://dsp.example/api/")
+    with provider, plain:
+        for base in (None, new_base):
+            if base is not None:
+                provider.base_url = plain.base_url = base
+            for target in [*targets, *targets]:
+                try:
+                    plain.request("GET", target)
+                except httpx.InvalidURL:
+                    with pytest.raises(httpx.InvalidURL):
+                        provider.send_json("GET", target)
+                    continue
+                provider.send_json("GET", target)
+    assert len(short) == len(long)
+    for a, b in zip(short, long, strict=True):
+        _same(a, b)
