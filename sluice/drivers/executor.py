@@ -70,6 +70,12 @@ costs 32 bytes in a process that runs for days (two series of 20,000 held 1.3 Mi
 SEND_WAIT_MAX_S = 0.1
 """The longest the dispatcher stays off the interpreter for one grant's sender (a grant
 that may go late, ``judges = "window"``, has up to a window to be sent)."""
+QUEUED_PER_THREAD = 1
+"""Units needing no grant that may wait for a send thread, per thread. A thread that
+finishes one takes the next at once instead of waiting for the dispatcher to be woken and
+scheduled: with no limit on a loaded host, the send threads stood idle half the time with
+work buffered (docs/scaling.md, "Stop 40"). A unit that needs a grant never waits behind
+them: it is handed over only while a thread is free (:meth:`ThreadExecutor.capacity`)."""
 WRITE_WAIT_MAX_S = 1.0
 """The longest the dispatcher waits, past a grant's send window, for a request whose send
 check passed to be written (a thread that lost the CPU there, or a socket that does not
@@ -147,9 +153,18 @@ class ThreadExecutor:
         self._writer = threading.Thread(target=self._write_loop, name="sluice-writer", daemon=True)
         self._writer.start()
 
-    def capacity(self) -> int:
+    def capacity(self, *, needs_grant: bool = True) -> int:
+        """See :meth:`sluice.engine.dispatcher.Executor.capacity`: free threads, and for a
+        unit that needs no grant also the places queued behind busy ones
+        (:data:`QUEUED_PER_THREAD`)."""
         with self._lock:
-            return self.threads - self._running
+            free = self.threads - self._running
+        return free if needs_grant else free + self.queued
+
+    @property
+    def queued(self) -> int:
+        """How many units needing no grant may wait for a thread."""
+        return self.threads * QUEUED_PER_THREAD
 
     def submit(self, unit: WorkUnit, acquire: Callable[[], Grant] | None) -> Grant:
         """See :meth:`sluice.engine.dispatcher.Executor.submit`.
@@ -214,7 +229,10 @@ class ThreadExecutor:
                 gone.set()
             with self._lock:
                 self._running -= 1
-            if self.on_free is not None:
+                # Woken while the queue is at least half empty or a thread is free, not
+                # at every unit: it hands over what it can in one step.
+                wake = self._running <= self.threads + self.queued // 2
+            if wake and self.on_free is not None:
                 self.on_free()
 
     def _grant_and_send(

@@ -98,8 +98,10 @@ def worker_name() -> str:
 class Executor(Protocol):
     """Runs granted work units."""
 
-    def capacity(self) -> int:
-        """How many more units could start right now."""
+    def capacity(self, *, needs_grant: bool = True) -> int:
+        """How many more units could start right now; with ``needs_grant`` False, also
+        how many may wait, queued, for a thread (a unit that needs no grant: nothing
+        about it goes stale while it waits)."""
         ...
 
     def submit(self, unit: WorkUnit, acquire: Callable[[], Grant] | None) -> Grant:
@@ -299,14 +301,16 @@ class Dispatcher:
                 now = self.clock.monotonic()
                 if now < lane.not_before:
                     return lane.not_before - now
-                if self.executor.capacity() <= 0:
+                unit = lane.units[0]
+                payload = unit.tasks[0].payload if unit.operation is Operation.SUBMIT else None
+                limits = _limits(provider, unit, payload, self.rates)
+                needs_grant = bool(limits) or provider.in_flight() is not None
+                if self.executor.capacity(needs_grant=needs_grant) <= 0:
                     self._top_up(name, lane, now)
                     return CAPACITY_RECHECK_S
-                unit = lane.units[0]
                 if not self._lease_left(unit, now, guard_s):
                     stale.append(lane.units.popleft())
                     continue
-                payload = unit.tasks[0].payload if unit.operation is Operation.SUBMIT else None
                 taken = Taken()
                 if self.quotas is not None:
                     verdict = self._take_quotas(provider, unit, payload)
@@ -317,11 +321,10 @@ class Dispatcher:
                         continue
                     taken = verdict.taken
                 try:
-                    limits = _limits(provider, unit, payload, self.rates)
                     grant = self.executor.submit(
                         unit,
                         functools.partial(_grant, self.limiter, provider, limits)
-                        if limits or provider.in_flight() is not None
+                        if needs_grant
                         else None,
                     )
                 except Exception:

@@ -64,7 +64,7 @@ class InlineExecutor:
         self.unsent: list[WorkUnit] = []
         self.late_s: list[float] = []
 
-    def capacity(self) -> int:
+    def capacity(self, *, needs_grant: bool = True) -> int:
         return 1
 
     def submit(self, unit: WorkUnit, acquire: Callable[[], Grant] | None) -> Grant:
@@ -277,3 +277,59 @@ def test_a_lower_rate_in_force_spaces_requests_by_it(world: dict[str, Any]) -> N
     assert len(times) >= 6
     for index, start in enumerate(times):
         assert len([t for t in times[index:] if t < start + 1.0]) <= 2
+
+
+class QueueingExecutor:
+    """No thread free, three places queued: records what the dispatcher hands over."""
+
+    def __init__(self) -> None:
+        self.handed: list[tuple[str, bool]] = []
+
+    def capacity(self, *, needs_grant: bool = True) -> int:
+        return 0 if needs_grant else 3 - len(self.handed)
+
+    def submit(self, unit: WorkUnit, acquire: Callable[[], Grant] | None) -> Grant:
+        self.handed.append((unit.provider, acquire is not None))
+        return UNLIMITED
+
+    def take_unsent(self) -> list[WorkUnit]:
+        return []
+
+
+def test_only_units_needing_no_grant_are_queued_behind_busy_threads(tmp_path: Path) -> None:
+    """With every thread busy, a provider with no limit still hands units over to wait for
+    a thread (up to the queued places); a limited provider's wait for a free thread, so
+    they never sit behind queued ones with their send window running."""
+    clock = FakeClock()
+    kinds = {"campaign": {"submit": "POST /campaigns", "external_id_field": "id"}}
+    settings = load_settings(
+        database_url=f"sqlite:///{tmp_path / 'q.db'}",
+        default_provider="free",
+        providers={
+            "free": {"base_url": "http://free.test", "kinds": kinds},
+            "paced": {"base_url": "http://paced.test", "rate_limit": "100/s", "kinds": kinds},
+        },
+    )
+    providers = load_providers(settings, clock=clock)
+    engine = db.make_engine(settings.database_url)
+    db.ensure_schema(engine)
+    repo = TaskRepository(engine, clock=clock)
+    for name in ("paced", "free"):
+        submissions.create_tasks(
+            repo,
+            build_catalog(providers, name),
+            [Submission(kind="campaign", payload={"name": f"{name}{n}"}) for n in range(5)],
+        )
+    executor = QueueingExecutor()
+    dispatcher = Dispatcher(
+        WorkQueue(engine),
+        providers,
+        MemoryLimiter(clock=clock, margin=0.0, cold_start=False),
+        executor,
+        worker_id="t",
+        clock=clock,
+    )
+    for _ in range(3):
+        clock.advance(max(dispatcher.step(), 0.01))
+    engine.dispose()
+    assert executor.handed == [("free", False)] * 3
