@@ -305,7 +305,11 @@ class Dispatcher:
                 payload = unit.tasks[0].payload if unit.operation is Operation.SUBMIT else None
                 limits = _limits(provider, unit, payload, self.rates)
                 needs_grant = bool(limits) or provider.in_flight() is not None
-                if self.executor.capacity(needs_grant=needs_grant) <= 0:
+                # A unit handed over with no thread free waits for one: up to a request's
+                # time (the lease guard) before its own starts. Only a claim with room for
+                # both may wait so; another waits for a free thread.
+                may_queue = not needs_grant and self._lease_left(unit, now, 2 * guard_s)
+                if self.executor.capacity(needs_grant=not may_queue) <= 0:
                     self._top_up(name, lane, now)
                     return CAPACITY_RECHECK_S
                 if not self._lease_left(unit, now, guard_s):
