@@ -75,7 +75,9 @@ QUEUED_PER_THREAD = 1
 finishes one takes the next at once instead of waiting for the dispatcher to be woken and
 scheduled: with no limit on a loaded host, the send threads stood idle half the time with
 work buffered (docs/scaling.md, "Stop 40"). A unit that needs a grant never waits behind
-them: it is handed over only while a thread is free (:meth:`ThreadExecutor.capacity`)."""
+them: it is handed over only while a thread is free (:meth:`ThreadExecutor.capacity`), and
+while one waits for a free thread the dispatcher hands over no unit needing no grant. A
+unit is queued only with lease left for the wait as well (two lease guards)."""
 WRITE_WAIT_MAX_S = 1.0
 """The longest the dispatcher waits, past a grant's send window, for a request whose send
 check passed to be written (a thread that lost the CPU there, or a socket that does not

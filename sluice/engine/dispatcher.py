@@ -217,6 +217,10 @@ class Dispatcher:
         self._synced: dict[str, datetime] = {}
         """The pauses the last sync copied, to notice one that was resumed."""
         self._wake = threading.Event()
+        self._wanting_thread: set[str] = set()
+        """Lanes whose head unit needs a grant and found no free thread at their last
+        drain: until they have one, units needing no grant are not handed over (they would
+        keep every thread busy and the queue full, :meth:`Executor.capacity`)."""
         self._step_failures = FailureStreak(
             log, "dispatcher.step_failed", "dispatcher.step_recovered", first_level=logging.ERROR
         )
@@ -287,6 +291,7 @@ class Dispatcher:
             if lane.units:
                 waits.append(self._drain(name, lane))
             else:
+                self._wanting_thread.discard(name)
                 waits.append(max(0.0, refill_at - now))
         return min(waits, default=self.idle_s)
 
@@ -296,6 +301,7 @@ class Dispatcher:
         skipped = 0
         earliest_skipped: float | None = None
         stale: list[WorkUnit] = []
+        self._wanting_thread.discard(name)
         try:
             while lane.units:
                 now = self.clock.monotonic()
@@ -309,7 +315,11 @@ class Dispatcher:
                 # time (the lease guard) before its own starts. Only a claim with room for
                 # both may wait so; another waits for a free thread.
                 may_queue = not needs_grant and self._lease_left(unit, now, 2 * guard_s)
-                if self.executor.capacity(needs_grant=not may_queue) <= 0:
+                if self.executor.capacity(needs_grant=not may_queue) <= 0 or (
+                    not needs_grant and self._wanting_thread
+                ):
+                    if needs_grant:
+                        self._wanting_thread.add(name)
                     self._top_up(name, lane, now)
                     return CAPACITY_RECHECK_S
                 if not self._lease_left(unit, now, guard_s):

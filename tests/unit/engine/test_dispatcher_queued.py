@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from sluice import submissions
 from sluice.clock import FakeClock
 from sluice.domain import Submission, WorkUnit
@@ -106,3 +108,27 @@ def test_a_unit_that_would_wait_queued_needs_lease_for_the_wait_too(tmp_path: Pa
     engine.dispose()
     assert executor.handed == [("free", False)]
     assert dispatcher.stats.stale == 0
+
+
+@pytest.mark.parametrize("first", ["paced", "free"])
+def test_a_limited_provider_is_not_kept_from_threads_by_one_with_no_limit(
+    tmp_path: Path, first: str
+) -> None:
+    """Units needing a grant go only to a free thread, never behind queued ones. While one
+    waits for a thread, a provider with no limit queues nothing more (nor takes the thread
+    that frees), or it would keep every thread busy and the queue full for as long as it
+    has work, and the limited provider would never send (whichever lane comes first)."""
+    executor = ModelExecutor(threads=1)
+    free = {"base_url": "http://free.test", "kinds": KINDS}
+    paced = {"base_url": "http://paced.test", "rate_limit": "100/s", "kinds": KINDS}
+    config = {"paced": paced, "free": free} if first == "paced" else {"free": free, "paced": paced}
+    clock, _, engine, dispatcher = _world(tmp_path, config, executor)
+    executor.running = 2 * executor.threads  # busy with earlier units, one queued
+    for _ in range(6):
+        clock.advance(max(dispatcher.step(), 0.01))
+        if ("paced", True) in executor.handed:
+            break
+        executor.finish()  # the busy thread's request ends; a queued unit (if any) starts
+    engine.dispose()
+    assert ("paced", True) in executor.handed
+    assert executor.running <= 2 * executor.threads
