@@ -220,6 +220,12 @@ class ThreadExecutor:
         dispatcher its grant and that its request was written or will not be."""
         gone = None if handoff is None else handoff.gone
         try:
+            if decided is None and self._closing.is_set():
+                # Queued for a thread when the executor began closing: not in flight, so
+                # not sent during the stop; its claim is given back (``take_unsent``).
+                with self._lock:
+                    self._unsent.append(unit)
+                return
             self._grant_and_send(unit, acquire, decided, handoff)
         except BaseException as exc:
             # The pool would swallow it: say so, and never leave the dispatcher waiting.

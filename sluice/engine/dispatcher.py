@@ -116,7 +116,8 @@ class Executor(Protocol):
         ...
 
     def take_unsent(self) -> list[WorkUnit]:
-        """Granted units that were not sent: the grant expired before the request could go."""
+        """Granted units that were not sent: the grant expired before the request could go
+        (or, needing no grant, the unit still waited for a thread when the executor closed)."""
         ...
 
 

@@ -108,8 +108,34 @@ def test_units_needing_no_grant_wait_queued_and_units_needing_one_do_not(world: 
     assert held.most == THREADS
     held.go.set()
     executor.submit(units[-1], None)
+    for _ in range(len(units) - THREADS):  # every queued unit started (not given back)
+        assert held.started.acquire(timeout=30)
     executor.close()
     assert held.most == THREADS  # never more requests at once than threads
     # Every unit was sent and its outcome written, queued ones included.
     statuses = {world["repo"].get(i).status for i in world["ids"]}
     assert statuses <= {TaskStatus.IN_PROGRESS, TaskStatus.COMPLETED}
+
+
+def test_units_still_queued_when_the_executor_closes_are_not_sent(world: Any) -> None:
+    """A stop lets requests in flight finish and gives the other claims back
+    (docs/architecture.md, "SIGTERM drains"): a unit still queued for a thread is not in
+    flight, so it comes back unsent (``take_unsent``) instead of being sent during the stop."""
+    executor: ThreadExecutor = world["executor"]
+    held: Held = world["held"]
+    units: list[WorkUnit] = world["units"]
+    queued = THREADS * QUEUED_PER_THREAD
+    for unit in units[: THREADS + queued]:
+        executor.submit(unit, None)
+    for _ in range(THREADS):
+        assert held.started.acquire(timeout=30)
+    closer = threading.Thread(target=executor.close)
+    closer.start()
+    assert executor._closing.wait(30)
+    held.go.set()
+    closer.join(60)
+    assert not closer.is_alive()
+    assert not held.started.acquire(blocking=False)  # only the THREADS in flight were sent
+    unsent = sorted(t.id for u in executor.take_unsent() for t in u.tasks)
+    assert unsent == sorted(t.id for u in units[THREADS : THREADS + queued] for t in u.tasks)
+    assert executor.idle()
