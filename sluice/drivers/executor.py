@@ -74,10 +74,12 @@ QUEUED_PER_THREAD = 1
 """Units needing no grant that may wait for a send thread, per thread. A thread that
 finishes one takes the next at once instead of waiting for the dispatcher to be woken and
 scheduled: with no limit on a loaded host, the send threads stood idle half the time with
-work buffered (docs/scaling.md, "Stop 40"). A unit that needs a grant never waits behind
-them: it is handed over only while a thread is free (:meth:`ThreadExecutor.capacity`), and
-while one waits for a free thread the dispatcher hands over no unit needing no grant. A
-unit is queued only with lease left for the wait as well (two lease guards)."""
+work buffered (docs/scaling.md, "Where an unthrottled embedded engine spent its time").
+A unit that needs a grant never waits behind them: it is handed over only while a thread
+is free (:meth:`ThreadExecutor.capacity`), and while one waits for a free thread the
+dispatcher hands over no unit needing no grant. A unit is queued only with lease left for
+the wait as well (two lease guards); one still queued when the executor closes is not
+sent (:meth:`ThreadExecutor.take_unsent`)."""
 WRITE_WAIT_MAX_S = 1.0
 """The longest the dispatcher waits, past a grant's send window, for a request whose send
 check passed to be written (a thread that lost the CPU there, or a socket that does not
@@ -150,7 +152,8 @@ class ThreadExecutor:
         self._closing_at = math.inf
         self._on_written = on_written
         self.on_free: Callable[[], None] | None = None
-        """Called when a send slot frees (the dispatcher's wake: it waits for one)."""
+        """Called when a unit ends with a thread free or the queue at least half empty
+        (the dispatcher's wake: it waits for one, :data:`QUEUED_PER_THREAD`)."""
         self._rng = rng
         self._writer = threading.Thread(target=self._write_loop, name="sluice-writer", daemon=True)
         self._writer.start()

@@ -64,8 +64,8 @@ MIN_WAIT_S = 0.0001
 IN_FLIGHT_RECHECK_S = 0.005
 CAPACITY_RECHECK_S = 0.01
 """With every send slot busy, look again after this long at the latest: the executor wakes
-the dispatcher as soon as a slot frees (stepping every millisecond to find out cost the
-sending threads the interpreter)."""
+the dispatcher as soon as a thread frees, or its queue of units needing no grant is half
+empty (stepping every millisecond to find out cost the sending threads the interpreter)."""
 # How many units refused on their own account's limit a step passes over to reach others.
 MAX_SKIPS_PER_STEP = 8
 QUOTA_TAKEN_KEPT = 4096
