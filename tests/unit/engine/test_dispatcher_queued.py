@@ -132,3 +132,20 @@ def test_a_limited_provider_is_not_kept_from_threads_by_one_with_no_limit(
     engine.dispose()
     assert ("paced", True) in executor.handed
     assert executor.running <= 2 * executor.threads
+
+
+def test_only_units_needing_no_grant_are_queued_behind_busy_threads(tmp_path: Path) -> None:
+    """With every thread busy, a provider with no limit still hands units over to wait for
+    a thread (up to the queued places); a limited provider's wait for a free thread, so
+    they never sit behind queued ones with their send window running."""
+    executor = ModelExecutor(threads=3)
+    config = {
+        "free": {"base_url": "http://free.test", "kinds": KINDS},
+        "paced": {"base_url": "http://paced.test", "rate_limit": "100/s", "kinds": KINDS},
+    }
+    clock, _, engine, dispatcher = _world(tmp_path, config, executor)
+    executor.running = executor.threads  # every thread busy, every queued place free
+    for _ in range(3):
+        clock.advance(max(dispatcher.step(), 0.01))
+    engine.dispose()
+    assert executor.handed == [("free", False)] * 3
