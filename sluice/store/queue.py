@@ -40,6 +40,7 @@ from sluice.store.bulk import execute_many
 from sluice.store.chains import end_descendants, release_children
 from sluice.store.rows import (
     EVENT_COLUMNS,
+    NoIndexOnSqlite,
     chunks,
     event_row,
     events,
@@ -54,11 +55,14 @@ _parent = tasks.alias("parent")
 _INSERT_EVENTS = insert(events)
 
 
-def due_now(now: datetime) -> Any:
-    """The condition of a task that is due and not claimed at ``now``."""
+def due_now(now: datetime, *, fair_order: bool = False) -> Any:
+    """The condition of a task that is due and not claimed at ``now``. ``fair_order``: for
+    a read along ``ix_tasks_fair_order`` (a fair claim's), with the due time out of SQLite's
+    index selection (:class:`NoIndexOnSqlite`)."""
+    due_at = NoIndexOnSqlite(tasks.c.next_attempt_at) if fair_order else tasks.c.next_attempt_at
     return and_(
         in_active_phase(),
-        tasks.c.next_attempt_at <= now,
+        due_at <= now,
         or_(tasks.c.claimed_until.is_(None), tasks.c.claimed_until < now),
     )
 
@@ -205,6 +209,7 @@ class WorkQueue:
         token = claim_token(worker)
         until = now + timedelta(seconds=lease_s)
         found: dict[str, list[fairshare.Candidate]] = {}
+        due = due_now(now, fair_order=True)
         # The candidates are read outside the claim's transaction; every task taken is
         # re-checked under its row lock.
         with db.reading(self.engine) as conn:
@@ -212,13 +217,13 @@ class WorkQueue:
             if len(keys) == 1:
                 # One key waiting: nothing to share. Its tasks are read once, under the
                 # lock, if any is due.
-                one = keys[0] if fairshare.has_due(conn, due_now(now), provider, keys[0]) else None
+                one = keys[0] if fairshare.has_due(conn, due, provider, keys[0]) else None
             else:
                 # More candidates than slots: claimers running at once read the same ones,
                 # and each then takes the first of its share that nobody has locked.
                 one = None
                 found = fairshare.candidates(
-                    conn, due_now(now), provider, limit, weights, CANDIDATES_PER_SLOT, charge, keys
+                    conn, due, provider, limit, weights, CANDIDATES_PER_SLOT, charge, keys
                 )
         if one is None and not found:
             return []
@@ -269,7 +274,7 @@ class WorkQueue:
         """Up to ``count`` of the candidates ``ids`` still due, locked, in within-key order."""
         query = (
             _with_parent()
-            .where(tasks.c.id.in_(ids), due_now(now))
+            .where(tasks.c.id.in_(ids), due_now(now, fair_order=True))
             .order_by(*fairshare.within_key_order())
             .limit(count)
         )
@@ -295,7 +300,11 @@ class WorkQueue:
             return clock, [], fairshare.allocate(clock, [state], 0)
         query = (
             _with_parent()
-            .where(tasks.c.provider == provider, tasks.c.fairness_key == key, due_now(now))
+            .where(
+                tasks.c.provider == provider,
+                tasks.c.fairness_key == key,
+                due_now(now, fair_order=True),
+            )
             .order_by(*fairshare.within_key_order())
             .limit(limit)
         )
@@ -320,7 +329,8 @@ class WorkQueue:
             update(tasks)
             .where(
                 tasks.c.id.in_(list(task_ids)),
-                tasks.c.phase.in_(ACTIVE_PHASES),
+                # Found by id: on SQLite not through ix_tasks_due (NoIndexOnSqlite).
+                NoIndexOnSqlite(tasks.c.phase).in_(ACTIVE_PHASES),
                 or_(tasks.c.claimed_until.is_(None), tasks.c.claimed_until < now),
             )
             .values(
