@@ -1,0 +1,196 @@
+"""Review of the fair claim on SQLite as Sluice runs it (never ANALYZEd) and with
+statistics: which index each statement uses, and that ``+column`` (NoIndexOnSqlite)
+changes no result."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, delete, event, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from sluice.clock import FakeClock
+from sluice.domain import Phase, Submission
+from sluice.store import db
+from sluice.store.queue import WorkQueue, due_now
+from sluice.store.repository import TaskRepository, tasks
+from sluice.store.rows import NoIndexOnSqlite
+from sluice.store.tables import ACTIVE_PHASES
+
+START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def _plans(engine: Engine, keys: int, per_key: int, limit: int, analyze: bool) -> list[Any]:
+    """(statement, plan lines) of every SELECT/UPDATE of one fair claim of ``limit``."""
+    db.ensure_schema(engine)
+    clock = FakeClock(START)
+    repo = TaskRepository(engine, clock)
+    for n in range(keys):
+        repo.create_many(
+            [
+                Submission(provider="sandbox", kind="campaign", tenant=f"t{n}")
+                for _ in range(per_key)
+            ]
+        )
+    clock.advance(1)
+    if analyze:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE")
+    statements: list[tuple[str, Any]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, params: Any, *rest: Any) -> None:
+        statements.append((statement, params))
+
+    event.listen(engine, "before_cursor_execute", record)
+    claimed = WorkQueue(engine).claim_fair(clock.now(), limit, "w", 60.0, "sandbox")
+    event.remove(engine, "before_cursor_execute", record)
+    assert len(claimed) == limit
+    out = []
+    with engine.connect() as conn:
+        for statement, params in statements:
+            if statement.startswith(("SELECT", "UPDATE")) and "FROM tasks" in statement:
+                plan = [
+                    r[-1] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params)
+                ]
+                out.append((statement, plan))
+    return out
+
+
+@pytest.mark.parametrize("analyze", [False, True], ids=["no_stat1", "analyzed"])
+@pytest.mark.parametrize("keys", [2, 5])
+def test_a_fair_claim_of_several_keys_locks_its_candidates_by_id_on_sqlite(
+    tmp_path: Path, keys: int, analyze: bool
+) -> None:
+    """The locked re-read of a fair claim's candidates (``_locked_due``: ``tasks.id IN
+    (...)`` and due) must find its rows by id. Without sqlite_stat1, once a key has more
+    than about 30 candidates (8 slots at 4 per slot) SQLite walks ix_tasks_due over
+    ``phase IN (...)`` (every active task, due or not: the due time is ``+``'d now) and
+    sorts. The branch's own test checks ``"USING INTEGER PRIMARY KEY" in plan``, which
+    the parent join's line ("SEARCH parent USING INTEGER PRIMARY KEY") always satisfies."""
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'plans.db'}")
+    try:
+        plans = _plans(engine, keys, 300, 50, analyze)
+    finally:
+        engine.dispose()
+    locked = [(s, p) for s, p in plans if s.startswith("SELECT") and "tasks.id IN" in s]
+    assert locked, plans
+    for statement, plan in locked:
+        assert any(line.startswith("SEARCH tasks USING INTEGER PRIMARY KEY") for line in plan), (
+            statement,
+            plan,
+        )
+        assert not any("ix_tasks_due" in line for line in plan), plan
+
+
+@pytest.mark.parametrize("analyze", [False, True], ids=["no_stat1", "analyzed"])
+def test_a_fair_claim_of_one_key_walks_the_fair_index_with_or_without_statistics(
+    tmp_path: Path, analyze: bool
+) -> None:
+    """One key: has_due and the locked read walk ix_tasks_fair_order with no sort; the
+    UPDATE goes by id; with sqlite_stat1 (a user ran ANALYZE) as without."""
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'plans.db'}")
+    try:
+        plans = _plans(engine, 1, 300, 50, analyze)
+    finally:
+        engine.dispose()
+    for statement, plan in plans:
+        if statement.startswith("UPDATE"):
+            assert plan == ["SEARCH tasks USING INTEGER PRIMARY KEY (rowid=?)"], plan
+        elif "ORDER BY" in statement:
+            assert any("ix_tasks_fair_order (provider=? AND fairness_key=?)" in p for p in plan)
+            assert "USE TEMP B-TREE FOR ORDER BY" not in plan, plan
+
+
+@pytest.fixture(scope="module")
+def plain_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    engine = db.make_engine(f"sqlite:///{tmp_path_factory.mktemp('plus') / 'plus.db'}")
+    db.ensure_schema(engine)
+    yield engine
+    engine.dispose()
+
+
+moments = st.datetimes(
+    min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.just(UTC)
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.none() | moments, st.sampled_from([p.value for p in Phase]), st.none() | moments
+        ),
+        max_size=15,
+    ),
+    now=moments,
+)
+def test_the_unary_plus_changes_no_comparison_on_sqlite(
+    plain_sqlite: Engine, rows: list[tuple[datetime | None, str, datetime | None]], now: datetime
+) -> None:
+    """``+next_attempt_at <= :now`` and ``+phase IN (...)`` select exactly the rows the
+    plain comparisons do, and what a Python model says (timestamps stored as text by
+    UTCDateTime; the column's NUMERIC affinity is dropped by the plus)."""
+    with plain_sqlite.begin() as conn:
+        conn.execute(delete(tasks))
+        for n, (due_at, phase, claimed_until) in enumerate(rows, start=1):
+            conn.execute(
+                insert(tasks).values(
+                    id=n,
+                    provider="p",
+                    status="Not Started",
+                    phase=phase,
+                    next_attempt_at=due_at,
+                    claimed_until=claimed_until,
+                    created_at=START,
+                    updated_at=START,
+                )
+            )
+        plain = set(conn.execute(select(tasks.c.id).where(due_now(now))).scalars())
+        plus = set(conn.execute(select(tasks.c.id).where(due_now(now, fair_order=True))).scalars())
+        phase_plain = set(
+            conn.execute(select(tasks.c.id).where(tasks.c.phase.in_(ACTIVE_PHASES))).scalars()
+        )
+        phase_plus = set(
+            conn.execute(
+                select(tasks.c.id).where(NoIndexOnSqlite(tasks.c.phase).in_(ACTIVE_PHASES))
+            ).scalars()
+        )
+    model = {
+        n
+        for n, (due_at, phase, claimed_until) in enumerate(rows, start=1)
+        if phase in ACTIVE_PHASES
+        and due_at is not None
+        and due_at <= now
+        and (claimed_until is None or claimed_until < now)
+    }
+    assert plain == plus == model
+    assert (
+        phase_plain
+        == phase_plus
+        == {n for n, r in enumerate(rows, start=1) if r[1] in ACTIVE_PHASES}
+    )
+
+
+def test_no_index_on_sqlite_compiles_and_caches_per_column() -> None:
+    """``+column`` on SQLite only; the same SQL as the bare column on PostgreSQL (bind names
+    aside); two wrapped columns never share a cache key, nor a wrapped and a bare one."""
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    wrapped = select(tasks.c.id).where(NoIndexOnSqlite(tasks.c.next_attempt_at) <= now)
+    other = select(tasks.c.id).where(NoIndexOnSqlite(tasks.c.claimed_until) <= now)
+    bare = select(tasks.c.id).where(tasks.c.next_attempt_at <= now)
+    assert "+tasks.next_attempt_at <=" in str(wrapped.compile(dialect=sqlite.dialect()))
+    pg = str(wrapped.compile(dialect=postgresql.dialect()))
+    assert "+" not in pg
+    assert "tasks.next_attempt_at <=" in pg
+    found = [s._generate_cache_key() for s in (wrapped, other, bare)]
+    assert len({k.key for k in found if k is not None}) == 3
+    again = select(tasks.c.id).where(NoIndexOnSqlite(tasks.c.next_attempt_at) <= now)
+    assert wrapped._generate_cache_key() == again._generate_cache_key()
