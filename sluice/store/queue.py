@@ -67,6 +67,17 @@ def due_now(now: datetime, *, fair_order: bool = False) -> Any:
     )
 
 
+def _due_by_id(now: datetime) -> Any:
+    """:func:`due_now` for a read of tasks named by id: on SQLite no index but the primary
+    key (:class:`NoIndexOnSqlite`; with the phase indexable, SQLite without statistics
+    took three ``phase`` lookups of ``ix_tasks_due`` for cheaper than 30 ids, then sorted)."""
+    return and_(
+        NoIndexOnSqlite(tasks.c.phase).in_(ACTIVE_PHASES),
+        NoIndexOnSqlite(tasks.c.next_attempt_at) <= now,
+        or_(tasks.c.claimed_until.is_(None), tasks.c.claimed_until < now),
+    )
+
+
 def _with_parent() -> Any:
     """The columns of a :class:`DueTask`, in its fields' order, with its parent's id at the
     provider."""
@@ -274,7 +285,7 @@ class WorkQueue:
         """Up to ``count`` of the candidates ``ids`` still due, locked, in within-key order."""
         query = (
             _with_parent()
-            .where(tasks.c.id.in_(ids), due_now(now, fair_order=True))
+            .where(tasks.c.id.in_(ids), _due_by_id(now))
             .order_by(*fairshare.within_key_order())
             .limit(count)
         )

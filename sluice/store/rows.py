@@ -50,6 +50,13 @@ class NoIndexOnSqlite(ColumnElement[Any]):
         self.column = column
         self.type = column.type
 
+    def _bind_param(
+        self, operator: Any, obj: Any, type_: Any = None, expanding: bool = False
+    ) -> Any:
+        """Values compared with it are bound as with the column itself (the same parameter
+        names, so PostgreSQL's SQL is the text it was without the wrapper)."""
+        return self.column._bind_param(operator, obj, type_=type_, expanding=expanding)
+
 
 @compiles(NoIndexOnSqlite)
 def _plain(element: NoIndexOnSqlite, compiler: SQLCompiler, **kw: Any) -> str:

@@ -397,7 +397,7 @@ def test_a_fair_claim_on_sqlite_reads_each_key_along_the_fair_index(
                 r[-1] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params)
             )
             if "tasks.id IN" in statement:  # the candidates re-read: a few ids, sorted
-                assert "USING INTEGER PRIMARY KEY" in plan, (statement, plan)
+                assert "SEARCH tasks USING INTEGER PRIMARY KEY" in plan, (statement, plan)
             else:
                 assert "ix_tasks_fair_order" in plan, (statement, plan)
                 assert "USE TEMP B-TREE FOR ORDER BY" not in plan, (statement, plan)
@@ -405,7 +405,7 @@ def test_a_fair_claim_on_sqlite_reads_each_key_along_the_fair_index(
             plan = "\n".join(
                 r[-1] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params)
             )
-            assert "USING INTEGER PRIMARY KEY" in plan, (statement, plan)
+            assert "SEARCH tasks USING INTEGER PRIMARY KEY" in plan, (statement, plan)
     engine.dispose()
 
 
