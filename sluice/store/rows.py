@@ -41,7 +41,7 @@ class NoIndexOnSqlite(ColumnElement[Any]):
     active task for the claim's ``UPDATE ... WHERE id IN``: a claim of 50 took 60 times the
     work with 20,000 due tasks as with 200. With the due time and the phase out of index
     selection, those reads walk ``ix_tasks_fair_order`` in claim order and stop, and the
-    UPDATE finds its rows by id (tests/integration/test_queue_contract.py)."""
+    UPDATE finds its rows by id (tests/integration/test_sqlite_fair_claim_plans.py)."""
 
     inherit_cache = True
     _traverse_internals = [("column", InternalTraversal.dp_clauseelement)]
