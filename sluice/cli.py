@@ -904,6 +904,110 @@ def rates(api_url: ApiUrl = None, api_key: ApiKey = None) -> None:
     Console().print(table)
 
 
+TASK_STATUSES = (
+    "Not Started, In Progress, Completed, Error or Cancelled (any case; - or _ for the space)"
+)
+
+
+@app.command()
+def tasks(
+    status: Annotated[
+        str | None, typer.Option(help=f"only tasks in this status: {TASK_STATUSES}")
+    ] = None,
+    provider: Annotated[
+        str | None, typer.Option(help="only this provider's tasks", callback=_utf8)
+    ] = None,
+    kind: Annotated[
+        str | None, typer.Option(help="only tasks of this kind, e.g. campaign", callback=_utf8)
+    ] = None,
+    parent: Annotated[
+        int | None, typer.Option(help="only the children of this task", min=1, max=MAX_ID)
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="created at or after this ISO date and time (UTC if no zone), e.g. "
+            "2026-12-07T09:30 or 2026-12-07T09:30+01:00",
+            callback=_utf8,
+        ),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(
+            help="created before this ISO date and time (exclusive; UTC if no zone)",
+            callback=_utf8,
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(help="tasks on the page, 1-1000")] = 50,
+    cursor: Annotated[
+        str | None,
+        typer.Option(
+            help="continue after the page that printed it (give the same filters)",
+            callback=_utf8,
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="one JSON object per line (the fields of GET /api/tasks), for scripts; "
+            "the line about the next page goes to stderr",
+        ),
+    ] = False,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """List tasks, a page at a time, in id order (oldest first, as GET /api/tasks pages
+    them): id, provider, kind, status, external id, attempts, last change (UTC) and the
+    first line of the validation error. A full page ends with the --cursor of the next."""
+    import json
+
+    from rich.table import Column, Table
+
+    from sluice.operate import (
+        TASKS_COLUMNS,
+        describe_tasks,
+        more_tasks,
+        task_query,
+        tasks_local,
+        tasks_remote,
+    )
+
+    logs.configure("WARNING")
+    query = task_query(
+        status=status,
+        provider=provider,
+        kind=kind,
+        parent_id=parent,
+        since=since,
+        until=until,
+        cursor=cursor,
+        limit=limit,
+    )
+    if api_url:
+        page = tasks_remote(api_url, _api_key(api_key), query)
+    else:
+        page = tasks_local(_existing(load_settings()), query)
+    items, next_cursor = page["items"], page["next_cursor"]
+    if as_json:
+        for item in items:
+            typer.echo(json.dumps(item))
+        if next_cursor:
+            typer.echo(more_tasks(next_cursor), err=True)
+        return
+    out = Console()
+    if not items:
+        out.print("no tasks match", markup=False, highlight=False)
+        return
+    whole = {"id", "status", "updated"}  # on a narrow terminal the others wrap
+    table = Table(*(Column(name, no_wrap=name in whole, overflow="fold") for name in TASKS_COLUMNS))
+    for cells in describe_tasks(items):
+        table.add_row(*(escape(cell) for cell in cells))
+    out.print(table)
+    if next_cursor:
+        out.print(more_tasks(next_cursor), markup=False, highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     """Entry point of the ``sluice`` console script: operator errors are one line, exit 2."""
     from sluice.submissions import SubmissionInvalid

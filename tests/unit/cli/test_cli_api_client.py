@@ -22,6 +22,7 @@ COMMANDS = [
     ("pin", "sandbox", "5/s", "--reason", "r"),
     ("status", "--once"),
     ("rates",),
+    ("tasks",),
 ]
 
 
