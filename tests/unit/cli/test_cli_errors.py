@@ -63,6 +63,7 @@ def test_db_upgrade_bad_database_url_is_one_line_without_password(
         ("pause", "sandbox", "--reason", "r"),
         ("db", "prune", "--older-than", "30d"),
         ("rates",),
+        ("tasks",),
     ],
 )
 def test_a_database_url_that_does_not_parse_is_one_line_for_every_command(
@@ -892,6 +893,7 @@ def test_a_worker_whose_pool_could_not_build_its_runtime_refuses_to_start(
         ("status", "--once"),
         ("explain", "1"),
         ("rates",),
+        ("tasks",),
         ("audit",),
         ("keys", "list"),
         ("keys", "revoke", "k1"),
@@ -976,6 +978,7 @@ def test_a_database_newer_than_this_sluice_is_one_line_naming_both_revisions(
         ("audit",),
         ("explain", "1"),
         ("rates",),
+        ("tasks",),
         ("pause", "sandbox", "--reason", "maintenance"),
         ("db", "prune", "--older-than", "30d"),
     ],
