@@ -314,10 +314,12 @@ def tasks_remote(api_url: str, api_key: str | None, query: TaskQuery) -> dict[st
 
 def describe_tasks(items: list[dict[str, Any]]) -> list[tuple[str, ...]]:
     """The cells ``sluice tasks`` prints for a page's ``items`` (columns
-    :data:`TASKS_COLUMNS`), the same whether read on the local database or the API."""
+    :data:`TASKS_COLUMNS`), the same whether read on the local database or the API; the
+    error is the validation error's first line that is not blank."""
     cells: list[tuple[str, ...]] = []
     for item in items:
-        error = item.get("validation_error")
+        error = item.get("validation_error") or ""
+        first = next((line.strip() for line in error.splitlines() if line.strip()), None)
         cells.append(
             (
                 str(item["id"]),
@@ -327,7 +329,7 @@ def describe_tasks(items: list[dict[str, Any]]) -> list[tuple[str, ...]]:
                 _or_dash(item.get("external_id")),
                 str(item["attempts"]),
                 _second(str(item["updated_at"])),
-                _or_dash(error.splitlines()[0] if error and error.splitlines() else None),
+                _or_dash(first),
             )
         )
     return cells

@@ -113,7 +113,7 @@ def some(local: Local) -> dict[str, int]:
     ids["autumn"] = make(local, "sandbox", "campaign")
     ids["winter"] = make(local, "sandbox", "campaign")
     local.repo.cancel(ids["summer"])
-    failed(local, ids["autumn"], "name: too long (at most 40 characters)\nsee the provider docs")
+    failed(local, ids["autumn"], "\n name: too long (at most 40 characters)\nsee the provider docs")
     return ids
 
 
@@ -339,6 +339,18 @@ def test_json_that_is_not_a_page_of_tasks_is_one_line(
 
     assert (code, out) == (2, "")
     assert one_line(err) == (f"error: {API} answered without a page of tasks: is it a Sluice API?")
+
+
+def test_a_url_without_the_route_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--api naming a path below the API (…/api) or another server: its 404 in one line."""
+    api_answers(monkeypatch, lambda request: httpx.Response(404, json={"detail": "Not Found"}))
+
+    code, out, err = run(monkeypatch, capsys, "--api", f"{API}/api")
+
+    assert (code, out) == (2, "")
+    assert one_line(err) == "error: refused (404): Not Found"
 
 
 # -- the property: whatever the tasks and filters, the CLI's rows are the API's page -------
