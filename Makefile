@@ -43,7 +43,7 @@ test: $(VENV)/.installed-dev services
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
-	$(BIN)/pytest -q -p no:cacheprovider --durations=30
+	$(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadgroup --durations=30
 
 unit: $(VENV)/.installed-dev
 	$(BIN)/pytest -q tests/unit

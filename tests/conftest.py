@@ -30,6 +30,20 @@ REDIS_URL = os.environ.get("SLUICE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RABBITMQ_URL = os.environ.get("SLUICE_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
 
+ACCEPTANCE = os.path.join("tests", "acceptance", "")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``make test`` runs two workers), every acceptance test goes to
+    one worker, one after another: each starts its own cluster of processes and checks
+    limits and crashes at a loaded host, and two at once on 2 cores would be a heavier
+    load than they are written for. The other worker takes the unit and integration
+    tests meanwhile (``--dist loadgroup``)."""
+    for item in items:
+        if ACCEPTANCE in str(item.path):
+            item.add_marker(pytest.mark.xdist_group("acceptance"))
+
+
 @pytest.fixture(autouse=True)
 def _clean_sluice_env(
     monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
