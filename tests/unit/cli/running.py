@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -36,3 +37,15 @@ def one_line(text: str) -> str:
     assert len(lines) == 1, f"expected one line, got:\n{text}"
     assert "Traceback" not in text
     return lines[0]
+
+
+def local_sluice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, providers_toml: str) -> str:
+    """Point the commands at a SQLite database in ``tmp_path`` (not created) and a config
+    file holding ``providers_toml``, with no limiter; returns the database URL."""
+    config = tmp_path / "sluice.toml"
+    config.write_text(providers_toml, encoding="utf-8")
+    url = f"sqlite:///{tmp_path / 'sluice.db'}"
+    monkeypatch.setenv("SLUICE_DATABASE_URL", url)
+    monkeypatch.setenv("SLUICE_CONFIG", str(config))
+    monkeypatch.delenv("SLUICE_REDIS_URL", raising=False)
+    return url

@@ -18,6 +18,7 @@ from sluice.runtime import build_runtime
 from sluice.settings import load_settings
 from sluice.store import db
 from sluice.store.audit import audit
+from tests.unit.cli.running import local_sluice
 from tests.unit.cli.running import run_cli_captured as run_cli
 
 PROVIDERS_TOML = """
@@ -35,12 +36,7 @@ rate = "10/s"
 @pytest.fixture
 def local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A local database and providers for the commands; returns the database URL."""
-    config = tmp_path / "sluice.toml"
-    config.write_text(PROVIDERS_TOML, encoding="utf-8")
-    url = f"sqlite:///{tmp_path / 'sluice.db'}"
-    monkeypatch.setenv("SLUICE_DATABASE_URL", url)
-    monkeypatch.setenv("SLUICE_CONFIG", str(config))
-    monkeypatch.delenv("SLUICE_REDIS_URL", raising=False)
+    url = local_sluice(tmp_path, monkeypatch, PROVIDERS_TOML)
     engine = db.make_engine(url)  # as a running Sluice leaves it: the commands need one
     db.ensure_schema(engine)
     engine.dispose()

@@ -25,7 +25,7 @@ from sluice.settings import load_settings
 from sluice.store import db
 from sluice.store.repository import TaskRepository
 from sluice.store.rows import tasks as task_rows
-from tests.unit.cli.running import one_line, run_cli_captured
+from tests.unit.cli.running import local_sluice, one_line, run_cli_captured
 from tests.unit.cli.test_cli_api_client import api_answers
 
 PROVIDERS_TOML = """
@@ -55,12 +55,7 @@ class Local:
 def local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Local]:
     """A local database and providers; tasks are made through its repository, one a minute
     from START (so --since/--until can split them)."""
-    config = tmp_path / "sluice.toml"
-    config.write_text(PROVIDERS_TOML, encoding="utf-8")
-    url = f"sqlite:///{tmp_path / 'sluice.db'}"
-    monkeypatch.setenv("SLUICE_DATABASE_URL", url)
-    monkeypatch.setenv("SLUICE_CONFIG", str(config))
-    monkeypatch.delenv("SLUICE_REDIS_URL", raising=False)
+    url = local_sluice(tmp_path, monkeypatch, PROVIDERS_TOML)
     engine = db.make_engine(url)
     db.ensure_schema(engine)
     clock = FakeClock(START)
