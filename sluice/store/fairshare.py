@@ -22,25 +22,42 @@ size), so across all of them each key gets its weighted share to within about on
 per worker. Tasks claimed but given back unsent are refunded (:func:`refund`). Rows are
 always changed in key order, the clock row last, by claims and refunds alike (no deadlock).
 
-Within a key, tasks go by ``priority`` (higher first), then children of parents that
-already exist at the provider before new roots (trees finish first), then due time and id.
+Within a key, two streams take turns, a poll first (:func:`take_turns`): the polls (status
+polls and lookups by client reference, phases ``polling`` and ``uncertain``) by due time
+and id, along ``ix_tasks_due_polls``; and the rest (``ready``: creates, children's creates)
+by ``priority`` (higher first), then children of parents that already exist at the
+provider before new roots (trees finish first), then due time and id, along
+``ix_tasks_fair_order``. When one stream has nothing due, the other takes every turn. So a
+poll never waits behind a backlog of creates, and polls never take more than half of a
+key's slots while it has creates due (they share the provider's budget).
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
-from sqlalchemy import Connection, Engine, Table, case, func, select, text, union_all, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    case,
+    func,
+    literal_column,
+    select,
+    text,
+    union_all,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from sluice.domain import Operation, Phase, operation_of
-from sluice.store.rows import chunks, tasks
-from sluice.store.tables import ACTIVE_PHASE_SQL, FairShareRow
+from sluice.store.rows import NoIndexOnSqlite, chunks, tasks
+from sluice.store.tables import ACTIVE_PHASE_SQL, POLL_PHASES, FairShareRow
 
 fair_shares: Table = FairShareRow.__table__  # type: ignore[assignment]
 
@@ -51,7 +68,11 @@ SHARE_WINDOW = timedelta(seconds=60)
 CANDIDATE_ROUNDS = 64
 """A bound on the rounds of a fair claim's reads (each ends a key or doubles a read)."""
 KEYS_PER_READ = 50
-"""Keys read in one statement (a union of one ordered, limited read per key)."""
+"""Keys read in one statement (a union of two ordered, limited reads per key: its streams)."""
+
+Due = Callable[[bool], Any]
+"""The condition of a due task in one stream of a key (``True``: the polls), as each
+stream's index wants it written (``store/queue.due_in_stream``)."""
 
 Charge = Callable[[str, str | None, Operation], float]
 """What one task (provider, kind, the operation it goes to do) uses of its provider's
@@ -129,7 +150,7 @@ def allocate(
 
 
 def within_key_order() -> list[Any]:
-    """How tasks of one key are ordered: priority, trees first, then due time and id."""
+    """How the ready stream of one key is ordered: priority, trees first, due time, id."""
     # As ix_tasks_fair_order has it, so a key's tasks are read in order and the read stops
     # at its share: (parent_id IS NULL) is false for a child, which sorts first.
     return [
@@ -138,6 +159,80 @@ def within_key_order() -> list[Any]:
         tasks.c.next_attempt_at,
         tasks.c.id,
     ]
+
+
+def poll_order() -> list[Any]:
+    """How the poll stream of one key is ordered: due time, then id (ix_tasks_due_polls)."""
+    return [tasks.c.next_attempt_at, tasks.c.id]
+
+
+def is_poll(phase: str | Phase) -> bool:
+    """Whether a task in ``phase`` goes in its key's poll stream (a poll or a lookup)."""
+    return str(phase) in POLL_PHASES
+
+
+def in_poll_stream() -> Any:
+    """A key's polls and lookups, with the literal predicate of ``ix_tasks_due_polls`` (a
+    partial index SQLite uses only when the query repeats its predicate)."""
+    return tasks.c.phase.in_([literal_column(f"'{phase}'") for phase in POLL_PHASES])
+
+
+def in_ready_stream() -> Any:
+    """A key's other active work: ``ready`` (a create). Read along ``ix_tasks_fair_order``,
+    whose predicate the caller's ``due`` repeats; the phase itself is out of SQLite's index
+    selection (``ix_tasks_due`` would take it for an equality)."""
+    return NoIndexOnSqlite(tasks.c.phase) == literal_column(f"'{Phase.READY.value}'")
+
+
+T = TypeVar("T")
+
+
+def merge_turns(polls: Iterable[T], ready: Iterable[T]) -> list[T]:
+    """The two streams of a key in turns, a poll first: p0 r0 p1 r1 ...; once one stream
+    runs out, the rest of the other."""
+    merged: list[T] = []
+    poll_iter, ready_iter = iter(polls), iter(ready)
+    for poll in poll_iter:
+        merged.append(poll)
+        nxt = next(ready_iter, None)
+        if nxt is None:
+            merged.extend(poll_iter)
+            return merged
+        merged.append(nxt)
+    merged.extend(ready_iter)
+    return merged
+
+
+def take_turns(
+    read_polls: Callable[[int, Sequence[T]], list[T]],
+    read_ready: Callable[[int], list[T]],
+    limit: int,
+) -> list[T]:
+    """The first ``limit`` of a key's tasks in turns, read with no task read but not taken.
+
+    ``read_polls(n, got)``: up to ``n`` due polls after those in ``got``, in poll order;
+    ``read_ready(n)``: up to ``n`` due ready tasks in within-key order. A locked read
+    (``FOR UPDATE SKIP LOCKED``) locks only what the claim takes: the polls' half first,
+    the other half of ready tasks, and more polls only when the ready ran short (at most
+    three reads; two when both streams have their half).
+    """
+    if limit <= 0:
+        return []
+    half = (limit + 1) // 2  # the first turn is a poll's
+    polls = read_polls(half, [])
+    if len(polls) < half:
+        return merge_turns(polls, read_ready(limit - len(polls)))
+    ready = read_ready(limit - half)
+    if len(ready) < limit - half:
+        polls = polls + read_polls(limit - half - len(ready), polls)
+    return merge_turns(polls, ready)
+
+
+def turn_place(index: int, poll: bool, others: int) -> int:
+    """The place a fair claim gives a key's task at ``index`` in its own stream when the
+    other stream has ``others`` due: a poll at i goes after i polls and min(i, others)
+    ready tasks, a ready task at j after j ready tasks and min(j + 1, others) polls."""
+    return index + min(index + (0 if poll else 1), others)
 
 
 def _insert(conn: Connection) -> Any:
@@ -191,7 +286,7 @@ class Candidate(NamedTuple):
 
 def candidates(
     conn: Connection,
-    due: Any,
+    due: Due,
     provider: str,
     slots: int,
     weights: Mapping[str, float],
@@ -238,48 +333,67 @@ def candidates(
     return {key: ids for key, ids in found.items() if ids}
 
 
-def has_due(conn: Connection, due: Any, provider: str, key: str) -> bool:
-    """Whether fairness key ``key`` of ``provider`` has a task ``due`` (one index seek)."""
-    query = (
-        select(tasks.c.id)
-        .where(tasks.c.provider == provider, tasks.c.fairness_key == key, due)
-        .order_by(*within_key_order())  # walks ix_tasks_fair_order, stops at the first
-        .limit(1)
+def has_due(conn: Connection, due: Due, provider: str, key: str) -> bool:
+    """Whether fairness key ``key`` of ``provider`` has a task ``due``: a seek in each
+    stream's index, the polls' first."""
+    return any(
+        conn.execute(read.limit(1)).first() is not None
+        for read in (
+            stream(select(tasks.c.id), due, provider, key, poll=True),
+            stream(select(tasks.c.id), due, provider, key, poll=False),
+        )
     )
-    return conn.execute(query).first() is not None
+
+
+def stream(query: Any, due: Due, provider: str, key: str, *, poll: bool) -> Any:
+    """``query`` over one stream of a key's ``due`` tasks, in its order (add the limit): the
+    polls along ``ix_tasks_due_polls``, the ready tasks along ``ix_tasks_fair_order``."""
+    return query.where(
+        tasks.c.provider == provider,
+        tasks.c.fairness_key == key,
+        due(poll),
+        in_poll_stream() if poll else in_ready_stream(),
+    ).order_by(*(poll_order() if poll else within_key_order()))
 
 
 def _read_keys(
-    conn: Connection, due: Any, provider: str, wanted: Mapping[str, int], charge: Charge
+    conn: Connection, due: Due, provider: str, wanted: Mapping[str, int], charge: Charge
 ) -> dict[str, list[Candidate]]:
-    """Up to ``wanted[key]`` due tasks of each key, in within-key order."""
+    """Up to ``wanted[key]`` due tasks of each key, in turns: each stream read up to its
+    count (one ordered, limited read along its index), then merged."""
     rows: list[Any] = []
+    columns = (
+        tasks.c.id,
+        tasks.c.fairness_key,
+        tasks.c.priority,
+        tasks.c.parent_id.is_(None).label("is_root"),
+        tasks.c.next_attempt_at,
+        tasks.c.kind,
+        tasks.c.phase,
+    )
     for chunk in chunks(sorted(wanted), KEYS_PER_READ):
         parts = [
-            select(
-                tasks.c.id,
-                tasks.c.fairness_key,
-                tasks.c.priority,
-                tasks.c.parent_id.is_(None).label("is_root"),
-                tasks.c.next_attempt_at,
-                tasks.c.kind,
-                tasks.c.phase,
-            )
-            .where(tasks.c.provider == provider, tasks.c.fairness_key == key, due)
-            .order_by(*within_key_order())
-            .limit(wanted[key])
-            .subquery()
+            stream(select(*columns), due, provider, key, poll=poll).limit(wanted[key]).subquery()
             for key in chunk
+            for poll in (True, False)
         ]
-        query = union_all(*(select(*part.c) for part in parts)) if len(parts) > 1 else None
-        rows.extend(conn.execute(query if query is not None else select(*parts[0].c)))
-    # A union keeps no order: sort each key's tasks again as within_key_order does.
-    rows.sort(key=lambda r: (r.fairness_key, -r.priority, bool(r.is_root), r.next_attempt_at, r.id))
-    found: dict[str, list[Candidate]] = defaultdict(list)
+        rows.extend(conn.execute(union_all(*(select(*part.c) for part in parts))))
+    # A union keeps no order: sort each key's streams again as their reads did.
+    polls: dict[str, list[Any]] = defaultdict(list)
+    ready: dict[str, list[Any]] = defaultdict(list)
     for row in rows:
-        operation = operation_of(Phase(row.phase))
-        found[row.fairness_key].append(Candidate(row.id, charge(provider, row.kind, operation)))
-    return dict(found)
+        (polls if is_poll(row.phase) else ready)[row.fairness_key].append(row)
+    found: dict[str, list[Candidate]] = {}
+    for key in sorted(set(polls) | set(ready)):
+        key_polls = sorted(polls[key], key=lambda r: (r.next_attempt_at, r.id))
+        key_ready = sorted(
+            ready[key], key=lambda r: (-r.priority, bool(r.is_root), r.next_attempt_at, r.id)
+        )
+        found[key] = [
+            Candidate(row.id, charge(provider, row.kind, operation_of(Phase(row.phase))))
+            for row in merge_turns(key_polls, key_ready)[: wanted[key]]
+        ]
+    return found
 
 
 def read_state(

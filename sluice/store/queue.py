@@ -20,12 +20,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Connection,
     Engine,
     Update,
     and_,
     bindparam,
     case,
+    cast,
     func,
     insert,
     or_,
@@ -33,6 +35,7 @@ from sqlalchemy import (
     true,
     update,
 )
+from sqlalchemy.dialects import postgresql
 
 from sluice.domain import DueTask, Outcome, Phase, TaskStatus
 from sluice.store import db, fairshare
@@ -65,6 +68,14 @@ def due_now(now: datetime, *, fair_order: bool = False) -> Any:
         due_at <= now,
         or_(tasks.c.claimed_until.is_(None), tasks.c.claimed_until < now),
     )
+
+
+def due_in_stream(now: datetime, poll: bool) -> Any:
+    """:func:`due_now` for a fair claim's read of one stream of a key
+    (:data:`fairshare.Due`): the ready tasks along ``ix_tasks_fair_order`` with the due time
+    out of SQLite's index selection; the polls with it as the range of
+    ``ix_tasks_due_polls`` that ends the read before the polls in flight not due yet."""
+    return due_now(now, fair_order=not poll)
 
 
 def _due_by_id(now: datetime) -> Any:
@@ -210,17 +221,18 @@ class WorkQueue:
 
         The slots go between the fairness keys with work due by weighted fair queuing
         (:mod:`sluice.store.fairshare`), each task counted at its ``charge`` (what its
-        request costs the provider's budget), within a key by priority, trees first, then
-        due time. Tasks are locked with ``FOR UPDATE SKIP LOCKED`` as in :meth:`claim_due`;
-        the keys' tags are added to in the same transaction, so concurrent claimers
-        never wait for each other and nothing they hand out is lost from the tags. The
-        tasks come back in the order their slots were handed out, the keys interleaved.
+        request costs the provider's budget); within a key its polls (by due time) and its
+        other work (by priority, trees first, then due time) take turns, a poll first.
+        Tasks are locked with ``FOR UPDATE SKIP LOCKED`` as in :meth:`claim_due`; the
+        keys' tags are added to in the same transaction, so concurrent claimers never wait
+        for each other and nothing they hand out is lost from the tags. The tasks come back
+        in the order their slots were handed out, the keys interleaved.
         """
         weights = weights or {}
         token = claim_token(worker)
         until = now + timedelta(seconds=lease_s)
         found: dict[str, list[fairshare.Candidate]] = {}
-        due = due_now(now, fair_order=True)
+        due_in = functools.partial(due_in_stream, now)
         # The candidates are read outside the claim's transaction; every task taken is
         # re-checked under its row lock.
         with db.reading(self.engine) as conn:
@@ -228,13 +240,13 @@ class WorkQueue:
             if len(keys) == 1:
                 # One key waiting: nothing to share. Its tasks are read once, under the
                 # lock, if any is due.
-                one = keys[0] if fairshare.has_due(conn, due, provider, keys[0]) else None
+                one = keys[0] if fairshare.has_due(conn, due_in, provider, keys[0]) else None
             else:
                 # More candidates than slots: claimers running at once read the same ones,
                 # and each then takes the first of its share that nobody has locked.
                 one = None
                 found = fairshare.candidates(
-                    conn, due, provider, limit, weights, CANDIDATES_PER_SLOT, charge, keys
+                    conn, due_in, provider, limit, weights, CANDIDATES_PER_SLOT, charge, keys
                 )
         if one is None and not found:
             return []
@@ -258,7 +270,7 @@ class WorkQueue:
             for task in due:
                 if task.id in claimed:
                     by_key.setdefault(task.fairness_key, []).append(task)
-            # Each key's tasks in within-key order (the candidates' order, or the read's).
+            # Each key's tasks in turns (the candidates' order, or the one key's read's).
             rank = (
                 {c.id: n for key in found for n, c in enumerate(found[key])}
                 if found
@@ -282,15 +294,18 @@ class WorkQueue:
     def _locked_due(
         self, conn: Connection, now: datetime, ids: Sequence[int], count: int
     ) -> list[DueTask]:
-        """Up to ``count`` of the candidates ``ids`` still due, locked, in within-key order."""
-        query = (
-            _with_parent()
-            .where(tasks.c.id.in_(ids), _due_by_id(now))
-            .order_by(*fairshare.within_key_order())
-            .limit(count)
+        """Up to ``count`` of the candidates ``ids`` (a key's, in turns) still due, locked,
+        in the candidates' order: the first ``count`` of them nobody else has locked."""
+        query = _with_parent().where(tasks.c.id.in_(ids), _due_by_id(now))
+        if not self._postgres:  # one writer at a time: nothing to lock, sorted here
+            place = {task_id: n for n, task_id in enumerate(ids)}
+            found = sorted((_to_due(r) for r in conn.execute(query)), key=lambda t: place[t.id])
+            return found[:count]
+        in_order = func.array_position(
+            cast(bindparam("candidate_order", list(ids)), postgresql.ARRAY(BigInteger)),
+            tasks.c.id,
         )
-        if self._postgres:
-            query = query.with_for_update(skip_locked=True, of=tasks)
+        query = query.order_by(in_order).limit(count).with_for_update(skip_locked=True, of=tasks)
         return [_to_due(r) for r in conn.execute(query)]
 
     def _one_key(
@@ -304,24 +319,28 @@ class WorkQueue:
         charge: fairshare.Charge,
     ) -> tuple[float, list[DueTask], fairshare.Allocation]:
         """A fair claim when one fairness key has work: up to ``limit`` of its due tasks,
-        locked and in within-key order, read in one statement, and the plan that hands
-        them all to it (what the general path gives one key, without the candidate read)."""
+        locked and in turns (:func:`fairshare.take_turns`: each stream read along its index
+        and locked only as far as the claim takes), and the plan that hands them all to it
+        (what the general path gives one key, without the candidate read)."""
         clock, (state,) = fairshare.read_state(conn, provider, {key: limit}, weights)
         if state.weight <= 0:  # a key weighted 0 is never served
             return clock, [], fairshare.allocate(clock, [state], 0)
-        query = (
-            _with_parent()
-            .where(
-                tasks.c.provider == provider,
-                tasks.c.fairness_key == key,
-                due_now(now, fair_order=True),
-            )
-            .order_by(*fairshare.within_key_order())
-            .limit(limit)
+        due_in = functools.partial(due_in_stream, now)
+
+        def read(count: int, got: Sequence[DueTask], *, poll: bool) -> list[DueTask]:
+            query = fairshare.stream(_with_parent(), due_in, provider, key, poll=poll)
+            if got:
+                query = query.where(tasks.c.id.not_in([t.id for t in got]))
+            query = query.limit(count)
+            if self._postgres:
+                query = query.with_for_update(skip_locked=True, of=tasks)
+            return [_to_due(r) for r in conn.execute(query)]
+
+        due = fairshare.take_turns(
+            lambda count, got: read(count, got, poll=True),
+            lambda count: read(count, [], poll=False),
+            limit,
         )
-        if self._postgres:
-            query = query.with_for_update(skip_locked=True, of=tasks)
-        due = [_to_due(r) for r in conn.execute(query)]
         costs = {key: [charge(provider, t.kind, t.operation) for t in due]}
         plan = fairshare.allocate(clock, [replace(state, waiting=len(due))], len(due), costs)
         return clock, due, plan

@@ -203,9 +203,10 @@ class TaskRepository:
         only ``tenant``'s tasks when given.
 
         ``fair`` (claims shared between fairness keys, the default): in ``task``'s own
-        fairness key, the order claims take (priority, children of existing parents before
-        roots, then due time and id: :func:`fairshare.within_key_order`), read along
-        ``ix_tasks_fair_order`` for at most ``cap`` entries; in other keys, which share the
+        fairness key, the place claims give it (its polls by due time and its other work
+        by priority, children of existing parents before roots, due time and id, in turns:
+        :meth:`_ahead_in_key`), each stream read along its index for at most ``cap``
+        entries; in other keys, which share the
         slots, those due earlier (then lower id), among the first ``cap`` of the provider's
         tasks due earlier. Otherwise (arrival order): earlier due time, then lower id. Each
         read is one range of an index, at most ``cap`` entries (a filter on the key would
@@ -255,54 +256,73 @@ class TaskRepository:
         cap: int,
         tenant: str | None,
     ) -> int:
-        """Due tasks of ``task``'s fairness key that a fair claim takes before it: its
-        key's tasks in claim order, up to ``cap`` of them, until ``task``'s place."""
-        walk = (
-            select(
-                tasks.c.id,
-                tasks.c.priority,
-                tasks.c.parent_id.is_(None).label("is_root"),  # as indexed: no table reads
-                tasks.c.next_attempt_at,
+        """Due tasks of ``task``'s fairness key that a fair claim takes before it.
+
+        A key's polls and its ready tasks take turns, a poll first: ``task``'s place is its
+        place in its own stream plus the turns the other stream has before it
+        (:func:`fairshare.turn_place`). Each stream is walked along its index in claim
+        order for at most ``cap`` entries, and counted over the walk: ``task``'s stream up
+        to its place, the other's due tasks.
+        """
+        horizon = max(due_at, now)
+
+        def walk(poll: bool) -> Any:
+            query = (
+                select(
+                    tasks.c.id,
+                    tasks.c.priority,
+                    tasks.c.parent_id.is_(None).label("is_root"),
+                    tasks.c.next_attempt_at,
+                )
+                .where(
+                    in_active_phase(),
+                    tasks.c.provider == task.provider,
+                    tasks.c.fairness_key == task.fairness_key,
+                    fairshare.in_poll_stream() if poll else fairshare.in_ready_stream(),
+                )
+                .order_by(*(fairshare.poll_order() if poll else fairshare.within_key_order()))
+                .limit(cap)
             )
-            .where(
-                in_active_phase(),
-                tasks.c.provider == task.provider,
-                tasks.c.fairness_key == task.fairness_key,
-            )
-            .order_by(*fairshare.within_key_order())
-            .limit(cap)
+            if tenant is not None:
+                query = query.where(tasks.c.tenant == tenant)
+            return query.subquery()
+
+        poll = fairshare.is_poll(task.phase)
+        own, other = walk(poll), walk(not poll)
+        earlier = or_(
+            own.c.next_attempt_at < due_at,
+            and_(own.c.next_attempt_at == due_at, own.c.id < task.id),
         )
-        if tenant is not None:
-            walk = walk.where(tasks.c.tenant == tenant)
-        w = walk.subquery()
-        # Children of existing parents go before roots; a child has no rootness ahead of it.
-        root = task.parent_id is None
-        child_first = w.c.is_root == false() if root else false()
-        same_rootness = w.c.is_root == (true() if root else false())
-        before = or_(
-            w.c.priority > task.priority,
-            and_(
-                w.c.priority == task.priority,
-                or_(
-                    child_first,
-                    and_(
-                        same_rootness,
-                        or_(
-                            w.c.next_attempt_at < due_at,
-                            and_(w.c.next_attempt_at == due_at, w.c.id < task.id),
-                        ),
-                    ),
+        if poll:
+            before: Any = earlier
+        else:
+            # Children of existing parents go before roots; a child has no rootness ahead.
+            root = task.parent_id is None
+            child_first = own.c.is_root == false() if root else false()
+            same_rootness = own.c.is_root == (true() if root else false())
+            before = or_(
+                own.c.priority > task.priority,
+                and_(
+                    own.c.priority == task.priority, or_(child_first, and_(same_rootness, earlier))
                 ),
-            ),
-        )
-        # Counted over the walk (at most ``cap`` index entries), not filtered inside it: a
-        # filter there would read the whole key to find the few before a task at its front.
-        in_key = (
+            )
+        # Counted over the walks (at most ``cap`` index entries each), not filtered inside
+        # them: a filter there would read the whole key to find the few before a task at
+        # its front.
+        in_stream = (
             select(func.count())
-            .select_from(w)
-            .where(before, w.c.id != task.id, w.c.next_attempt_at <= max(due_at, now))
+            .select_from(own)
+            .where(before, own.c.id != task.id, own.c.next_attempt_at <= horizon)
+            .scalar_subquery()
         )
-        return int(conn.execute(in_key).scalar_one())
+        other_due = (
+            select(func.count())
+            .select_from(other)
+            .where(other.c.next_attempt_at <= horizon)
+            .scalar_subquery()
+        )
+        index, others = conn.execute(select(in_stream, other_due)).one()
+        return fairshare.turn_place(int(index), poll, int(others))
 
     def find(
         self,

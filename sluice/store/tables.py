@@ -49,6 +49,11 @@ ACTIVE_PHASES = (Phase.READY.value, Phase.POLLING.value, Phase.UNCERTAIN.value)
 ACTIVE_PHASE_SQL = "phase IN (" + ", ".join(f"'{phase}'" for phase in ACTIVE_PHASES) + ")"
 """The same as SQL with literal values: the predicate of the partial indexes over active work
 (SQLite uses a partial index only when the query repeats its predicate with literals)."""
+POLL_PHASES = (Phase.POLLING.value, Phase.UNCERTAIN.value)
+"""The active phases that ask the provider about an object (a status poll, a lookup by
+client reference): a fair claim's poll stream, beside the creates of ``ready``."""
+POLL_PHASE_SQL = "phase IN (" + ", ".join(f"'{phase}'" for phase in POLL_PHASES) + ")"
+"""The predicate of ``ix_tasks_due_polls``, with literal values as ``ACTIVE_PHASE_SQL``."""
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -151,6 +156,17 @@ class TaskRow(Base):
             "id",
             postgresql_where=text(ACTIVE_PHASE_SQL),
             sqlite_where=text(ACTIVE_PHASE_SQL),
+        ),
+        # A fair claim's poll stream: a key's polls and lookups in due order (migration
+        # 0016_due_polls), read beside its creates in turns (store/fairshare.py).
+        Index(
+            "ix_tasks_due_polls",
+            "provider",
+            "fairness_key",
+            "next_attempt_at",
+            "id",
+            postgresql_where=text(POLL_PHASE_SQL),
+            sqlite_where=text(POLL_PHASE_SQL),
         ),
         Index("ix_tasks_provider_status", "provider", "status"),
         Index("ix_tasks_external_id", "provider", "external_id"),

@@ -297,9 +297,93 @@ def test_a_fair_claim_reads_each_key_in_order_and_stops_at_its_share(
     assert reads, captured.statements
     for statement, params in reads:
         text = plan(loaded, statement, params)
-        assert "ix_tasks_fair_order" in text, text
+        if "phase = 'ready'" in statement:
+            assert "ix_tasks_fair_order" in text, text
+        if "phase IN ('polling', 'uncertain')" in statement:  # a key's polls (none here)
+            assert "ix_tasks_due_polls" in text, text
         assert "Sort" not in text.split("Limit")[-1], text  # read in order, stopped early
         assert_indexed(text)
+
+
+IN_FLIGHT = 20_000
+"""Polls in flight not due yet per key of the providers ``polled-1`` and ``polled-2``."""
+
+# Beside the load: for provider polled-K, K keys, each with 300 due roots, 10 due polls and
+# IN_FLIGHT polls not due for an hour (objects in flight at the provider).
+POLLS = f"""
+INSERT INTO tasks (tenant, provider, fairness_key, kind, payload, status, phase, track_only,
+                   attempts, polls, next_attempt_at, client_ref, maybe_created, created_at,
+                   updated_at)
+SELECT 'default', 'polled-' || k, 'key-' || n, 'campaign', '{{"name": "x"}}'::jsonb,
+       CASE WHEN g <= 300 THEN 'Not Started' ELSE 'In Progress' END,
+       CASE WHEN g <= 300 THEN 'ready' ELSE 'polling' END,
+       false, 0, 0,
+       CASE WHEN g <= 310 THEN TIMESTAMPTZ '2026-06-01 11:00:00+00' + g * INTERVAL '1 ms'
+            ELSE TIMESTAMPTZ '2026-06-01 13:00:00+00' + g * INTERVAL '1 ms' END,
+       'sl-poll-' || k || '-' || n || '-' || g, false,
+       TIMESTAMPTZ '2026-06-01 10:00:00+00', TIMESTAMPTZ '2026-06-01 10:00:00+00'
+FROM generate_series(1, 2) AS k, generate_series(1, 2) AS n,
+     generate_series(1, 310 + {IN_FLIGHT}) AS g
+WHERE n <= k
+"""
+
+
+@pytest.fixture
+def polled(loaded: Engine) -> Iterator[Engine]:
+    """The load with :data:`POLLS` beside it, removed after the test."""
+    with loaded.begin() as conn:
+        conn.exec_driver_sql(POLLS)
+        conn.exec_driver_sql("ANALYZE tasks")
+    yield loaded
+    with loaded.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM tasks WHERE provider IN ('polled-1', 'polled-2')")
+        conn.exec_driver_sql("DELETE FROM fair_shares WHERE provider IN ('polled-1', 'polled-2')")
+        conn.exec_driver_sql("ANALYZE tasks")
+
+
+def walked(engine: Engine, statement: str, params: Any) -> tuple[str, int]:
+    """The plan ``statement`` ran with (EXPLAIN ANALYZE, rolled back) and how many index
+    entries its scans read and dropped ("Rows Removed by Filter")."""
+    with engine.connect() as conn:
+        lines = (
+            conn.exec_driver_sql(
+                "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) " + statement, params
+            )
+            .scalars()
+            .all()
+        )
+        conn.rollback()
+    removed = sum(int(line.rsplit(":", 1)[1]) for line in lines if "Rows Removed by Filter" in line)
+    return "\n".join(lines), removed
+
+
+@pytest.mark.parametrize("keys", [1, 2])
+def test_a_fair_claim_reads_a_keys_polls_along_their_index_and_stops_at_those_due(
+    polled: Engine, keys: int
+) -> None:
+    """A key's polls are read along ix_tasks_due_polls up to the first poll not due (the
+    due time is in the index condition) and its creates along ix_tasks_fair_order: with
+    20,000 polls in flight per key not due yet, no read of the claim (has_due, the one
+    key's locked reads, the candidates, their locked re-read) walks past them."""
+    queue = WorkQueue(polled)
+    with Captured(polled) as captured:
+        claimed = queue.claim_fair(NOW, 50, "plan-test", 60.0, f"polled-{keys}")
+    assert len(claimed) == 50
+    assert sum(t.phase is Phase.POLLING for t in claimed) == 10 * keys
+    reads = [(s, p) for s, p in captured.touching_tasks("SELECT") if "ORDER BY" in s]
+    assert any("'polling'" in s.split("ORDER BY")[0] for s, _ in reads), reads
+    for statement, params in reads:
+        text, removed = walked(polled, statement, params)
+        assert removed < 200, text  # the 50 claimed meanwhile, not the polls in flight
+        assert_indexed(text)
+        if "tasks.id IN" in statement:
+            continue
+        assert "Sort" not in text.split("Limit")[-1], text  # read in order, stopped early
+        if "phase = 'ready'" in statement:
+            assert "ix_tasks_fair_order" in text, text
+        if "phase IN ('polling', 'uncertain')" in statement:
+            assert "Index Scan using ix_tasks_due_polls" in text, text
+            assert "next_attempt_at <=" in text.split("ix_tasks_due_polls")[1], text
 
 
 def test_the_events_downgrade_finds_orphans_by_one_join_not_a_lookup_per_event(

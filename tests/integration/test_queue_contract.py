@@ -418,6 +418,92 @@ def test_explains_ahead_is_the_place_a_fair_claim_gives_each_due_task(
     assert ahead == {task_id: claimed.index(task_id) for task_id in due}
 
 
+def _turns(polls: list[int], ready: list[int]) -> list[int]:
+    """The two streams of a key in turns, a poll first (the model of a fair claim)."""
+    merged: list[int] = []
+    for n in range(max(len(polls), len(ready))):
+        merged.extend(polls[n : n + 1])
+        merged.extend(ready[n : n + 1])
+    return merged
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    specs=st.lists(
+        st.tuples(st.sampled_from(KINDS), st.integers(-1, 1), st.integers(-3, 2)),
+        min_size=1,
+        max_size=12,
+    ),
+    limit=st.integers(1, 12),
+    other_key=st.booleans(),
+)
+def test_a_fair_claim_hands_out_a_keys_polls_and_creates_in_turns(
+    q: Queue, specs: list[tuple[str, int, int]], limit: int, other_key: bool
+) -> None:
+    """Within a key, a fair claim takes its due polls and lookups (by due time, then id) and
+    its other due work (priority, children of existing parents first, due time, id) in
+    turns, a poll first; once one stream runs out, the other fills the rest. With another
+    key beside it (the candidates' path) the key's part of the claim is the same prefix."""
+    with q.engine.begin() as conn:  # the previous example's tasks: finished
+        conn.execute(update(tasks).values(phase="done", claimed_by=None, claimed_until=None))
+    parent = _completed_parent(q)
+    due_at: dict[int, datetime] = {}
+    for kind, priority, offset in specs:
+        task_id = _one_of(q, kind, priority, parent)
+        due_at[task_id] = q.now() + timedelta(seconds=offset)
+    with q.engine.begin() as conn:
+        for task_id, when in due_at.items():
+            conn.execute(update(tasks).where(tasks.c.id == task_id).values(next_attempt_at=when))
+    if other_key:
+        q.add(limit, tenant="other")
+    due = [q.get(task_id) for task_id, when in due_at.items() if when <= q.now()]
+    polls = sorted(
+        (t for t in due if t.phase in (Phase.POLLING, Phase.UNCERTAIN)),
+        key=lambda t: (due_at[t.id], t.id),
+    )
+    ready = sorted(
+        (t for t in due if t.phase is Phase.READY),
+        key=lambda t: (-t.priority, t.parent_id is None, due_at[t.id], t.id),
+    )
+
+    claimed = [t.id for t in fair_claim(q, limit) if t.fairness_key != "other"]
+
+    expected = _turns([t.id for t in polls], [t.id for t in ready])
+    assert claimed == expected[: len(claimed)]
+    if not other_key:
+        assert len(claimed) == min(len(expected), limit)
+
+
+def test_a_due_poll_goes_in_the_first_claim_behind_a_backlog_of_roots(q: Queue) -> None:
+    """A poll that falls due after 300 due roots is taken by the next fair claim (it took
+    the claim after every one of them until polls and creates took turns)."""
+    roots = q.add(300)
+    q.clock.advance(1)
+    polled = q.track(q.repo.max_id() + 1)
+    q.clock.advance(1)
+
+    claimed = fair_claim(q, 10)
+
+    assert [t.id for t in claimed] == [polled, *roots[:9]]
+
+
+def test_creates_get_half_of_each_claim_however_many_polls_are_due(q: Queue) -> None:
+    """With 100 polls due before them, creates still take every other slot of a claim
+    (polls share the provider's budget: first would let them take it all)."""
+    polled = [q.track(n) for n in range(1, 101)]
+    q.clock.advance(1)
+    roots = q.add(50)
+    q.clock.advance(1)
+
+    first = fair_claim(q, 10)
+    second = fair_claim(q, 9)
+
+    assert [t.id for t in first] == _turns(polled[:5], roots[:5])
+    assert [t.id for t in second] == _turns(polled[5:10], roots[5:9])
+
+
 def test_release_refunds_the_share(q: Queue) -> None:
     """Work claimed for a key and given back unsent does not count against its share."""
     q.add(40, tenant="a")

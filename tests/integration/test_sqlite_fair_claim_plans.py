@@ -4,14 +4,14 @@ index each statement uses, and that ``+column`` (NoIndexOnSqlite) changes no res
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, delete, event, insert, select
+from sqlalchemy import Engine, delete, event, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from sluice.clock import FakeClock
@@ -25,11 +25,31 @@ from sluice.store.tables import ACTIVE_PHASES
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
-def _plans(engine: Engine, keys: int, per_key: int, limit: int, analyze: bool) -> list[Any]:
-    """(statement, plan lines) of every SELECT/UPDATE of one fair claim of ``limit``."""
+POLLED = 1_000_000
+"""The first id of the tracked tasks (polled) that :func:`_load` adds."""
+
+
+def _load(engine: Engine, keys: int, per_key: int, polls: tuple[int, int] = (0, 0)) -> FakeClock:
+    """``per_key`` due roots in each of ``keys`` fairness keys, and ``polls``: (due, not
+    due for an hour) tracked tasks in each (objects in flight, polled)."""
     db.ensure_schema(engine)
     clock = FakeClock(START)
     repo = TaskRepository(engine, clock)
+    due, later = polls
+    for n in range(keys):
+        first = POLLED + n * (due + later)
+        repo.create_many(
+            [
+                Submission(provider="sandbox", id=first + i, tenant=f"t{n}")
+                for i in range(due + later)
+            ]
+        )
+        with engine.begin() as conn:
+            conn.execute(
+                update(tasks)
+                .where(tasks.c.id >= first + due, tasks.c.id < first + due + later)
+                .values(next_attempt_at=START + timedelta(hours=1))
+            )
     for n in range(keys):
         repo.create_many(
             [
@@ -38,6 +58,19 @@ def _plans(engine: Engine, keys: int, per_key: int, limit: int, analyze: bool) -
             ]
         )
     clock.advance(1)
+    return clock
+
+
+def _plans(
+    engine: Engine,
+    keys: int,
+    per_key: int,
+    limit: int,
+    analyze: bool,
+    polls: tuple[int, int] = (0, 0),
+) -> list[Any]:
+    """(statement, plan lines) of every SELECT/UPDATE of one fair claim of ``limit``."""
+    clock = _load(engine, keys, per_key, polls)
     if analyze:
         with engine.begin() as conn:
             conn.exec_driver_sql("ANALYZE")
@@ -87,10 +120,90 @@ def test_a_fair_claim_on_sqlite_reads_each_key_along_the_fair_index(
         if "tasks.id IN" in statement:  # the candidates re-read: a few ids, sorted
             assert "SEARCH tasks USING INTEGER PRIMARY KEY" in plan, (statement, plan)
         else:
-            assert "ix_tasks_fair_order" in plan, (statement, plan)
+            assert _stream_index(statement) in plan, (statement, plan)
             assert "USE TEMP B-TREE FOR ORDER BY" not in plan, (statement, plan)
     for statement, plan in claims:
         assert "SEARCH tasks USING INTEGER PRIMARY KEY" in plan, (statement, plan)
+
+
+POLL_READ = "(provider=? AND fairness_key=? AND next_attempt_at<?)"
+"""How SQLite shows a read of a key's poll stream that ends at the polls not due yet."""
+
+
+def _stream_index(statement: str) -> str:
+    """The index a read of one of a key's streams must walk: the fair order for the ready
+    stream, the polls' for the other."""
+    return "ix_tasks_fair_order" if "= 'ready'" in statement else "ix_tasks_due_polls"
+
+
+def _stream_reads(plans: list[Any]) -> list[tuple[str, str]]:
+    """The reads of a fair claim that walk a key's streams in order (not the ids' re-read)."""
+    return [
+        (s, "\n".join(p))
+        for s, p in plans
+        if s.startswith("SELECT") and "ORDER BY" in s and "tasks.id IN" not in s
+    ]
+
+
+@pytest.mark.parametrize("analyze", [False, True], ids=["no_stat1", "analyzed"])
+@pytest.mark.parametrize("keys", [1, 2])
+def test_each_stream_of_a_key_is_read_along_its_own_index_on_sqlite(
+    tmp_path: Path, keys: int, analyze: bool
+) -> None:
+    """With polls due and many more in flight not due yet, every read of a fair claim walks
+    its stream's index in order with no sort: the polls along ix_tasks_due_polls with the
+    due time as the range that ends the read (no walk past the polls not due), the rest
+    along ix_tasks_fair_order."""
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'plans.db'}")
+    try:
+        plans = _plans(engine, keys, 300, 50, analyze, polls=(10, 2000))
+    finally:
+        engine.dispose()
+    reads = _stream_reads(plans)
+    assert any("ix_tasks_due_polls" in plan for _, plan in reads), reads
+    for statement, plan in reads:
+        if "UNION ALL" in statement:  # the candidates: each key's streams, each in order
+            assert plan.count(POLL_READ) == keys, plan
+            assert plan.count("ix_tasks_fair_order (provider=? AND fairness_key=?)") == keys
+        elif _stream_index(statement) == "ix_tasks_due_polls":
+            assert f"ix_tasks_due_polls {POLL_READ}" in plan, (statement, plan)
+        else:
+            assert "ix_tasks_fair_order (provider=? AND fairness_key=?)" in plan, plan
+        assert "USE TEMP B-TREE FOR ORDER BY" not in plan, (statement, plan)
+
+
+def _claim_steps(path: Path, keys: int, later: int) -> int:
+    """The SQLite VM steps (in thousands) of one fair claim of 50 over ``keys`` keys, each
+    with 300 due roots, 10 due polls and ``later`` polls in flight not due yet."""
+    engine = db.make_engine(f"sqlite:///{path}")
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0
+
+    def watch(conn: Any, *rest: Any) -> None:
+        conn.connection.dbapi_connection.set_progress_handler(count, 1000)
+
+    try:
+        clock = _load(engine, keys, 300, (10, later))
+        event.listen(engine, "before_cursor_execute", watch)
+        assert len(WorkQueue(engine).claim_fair(clock.now(), 50, "w", 60.0, "sandbox")) == 50
+    finally:
+        engine.dispose()
+    return steps[0]
+
+
+@pytest.mark.parametrize("keys", [1, 2])
+def test_polls_in_flight_not_due_cost_a_fair_claim_nothing_on_sqlite(
+    tmp_path: Path, keys: int
+) -> None:
+    """A claim does the same work beside 100 or 5,000 polls in flight not due yet: no read
+    walks past them (the poll stream's reads stop at the first poll not due; in the fair
+    order they sort after every due root). Counted in SQLite VM steps, not time."""
+    few = _claim_steps(tmp_path / "few.db", keys, 100)
+    many = _claim_steps(tmp_path / "many.db", keys, 5000)
+    assert many <= few * 1.2 + 5, (few, many)
 
 
 @pytest.mark.parametrize("analyze", [False, True], ids=["no_stat1", "analyzed"])
@@ -133,7 +246,8 @@ def test_a_fair_claim_of_one_key_walks_the_fair_index_with_or_without_statistics
         if statement.startswith("UPDATE"):
             assert plan == ["SEARCH tasks USING INTEGER PRIMARY KEY (rowid=?)"], plan
         elif "ORDER BY" in statement:
-            assert any("ix_tasks_fair_order (provider=? AND fairness_key=?)" in p for p in plan)
+            index = _stream_index(statement)
+            assert any(f"{index} (provider=? AND fairness_key=?" in p for p in plan), plan
             assert "USE TEMP B-TREE FOR ORDER BY" not in plan, plan
 
 
