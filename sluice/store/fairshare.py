@@ -56,8 +56,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from sluice.domain import Operation, Phase, operation_of
-from sluice.store.rows import NoIndexOnSqlite, chunks, tasks
-from sluice.store.tables import ACTIVE_PHASE_SQL, POLL_PHASES, FairShareRow
+from sluice.store.rows import chunks, tasks
+from sluice.store.tables import POLL_PHASE_SQL, POLL_PHASES, READY_PHASE_SQL, FairShareRow
 
 fair_shares: Table = FairShareRow.__table__  # type: ignore[assignment]
 
@@ -178,10 +178,9 @@ def in_poll_stream() -> Any:
 
 
 def in_ready_stream() -> Any:
-    """A key's other active work: ``ready`` (a create). Read along ``ix_tasks_fair_order``,
-    whose predicate the caller's ``due`` repeats; the phase itself is out of SQLite's index
-    selection (``ix_tasks_due`` would take it for an equality)."""
-    return NoIndexOnSqlite(tasks.c.phase) == literal_column(f"'{Phase.READY.value}'")
+    """A key's other active work: ``ready`` (a create), with the literal predicate of
+    ``ix_tasks_fair_order``."""
+    return tasks.c.phase == literal_column(f"'{Phase.READY.value}'")
 
 
 T = TypeVar("T")
@@ -248,33 +247,32 @@ def _least(conn: Connection, *values: Any) -> Any:
     return (func.least if conn.dialect.name == "postgresql" else func.min)(*values)
 
 
+_KEYS_ALONG = """
+    WITH RECURSIVE keys(fk) AS (
+        SELECT min(fairness_key) FROM tasks WHERE provider = :provider AND {phases}
+        UNION ALL
+        SELECT (
+            SELECT min(fairness_key) FROM tasks
+            WHERE provider = :provider AND {phases} AND fairness_key > keys.fk
+        )
+        FROM keys WHERE keys.fk IS NOT NULL
+    )
+    SELECT fk FROM keys WHERE fk IS NOT NULL
+"""
+
+
 def waiting_keys(conn: Connection, provider: str) -> list[str]:
     """The fairness keys with work left for ``provider``, in key order.
 
-    A loose index scan over ``ix_tasks_fair_order``: one index seek per key, however many
-    tasks each key has (``SELECT DISTINCT`` would read every active task).
+    A loose index scan over each stream's index (``ix_tasks_fair_order``, then
+    ``ix_tasks_due_polls``): one index seek per key, however many tasks each key has
+    (``SELECT DISTINCT`` would read every active task).
     """
-    return list(
-        conn.execute(
-            text(
-                f"""
-                WITH RECURSIVE keys(fk) AS (
-                    SELECT min(fairness_key) FROM tasks
-                    WHERE provider = :provider AND {ACTIVE_PHASE_SQL}
-                    UNION ALL
-                    SELECT (
-                        SELECT min(fairness_key) FROM tasks
-                        WHERE provider = :provider AND {ACTIVE_PHASE_SQL}
-                            AND fairness_key > keys.fk
-                    )
-                    FROM keys WHERE keys.fk IS NOT NULL
-                )
-                SELECT fk FROM keys WHERE fk IS NOT NULL
-                """
-            ),
-            {"provider": provider},
-        ).scalars()
-    )
+    keys: set[str] = set()
+    for phases in (READY_PHASE_SQL, POLL_PHASE_SQL):
+        found = conn.execute(text(_KEYS_ALONG.format(phases=phases)), {"provider": provider})
+        keys.update(found.scalars())
+    return sorted(keys)
 
 
 class Candidate(NamedTuple):

@@ -69,8 +69,9 @@ def _unary_plus(element: NoIndexOnSqlite, compiler: SQLCompiler, **kw: Any) -> s
 
 
 def in_active_phase() -> ColumnElement[bool]:
-    """A task with work left (:data:`ACTIVE_PHASES`), written with literal values so the
-    partial indexes over active work apply on SQLite too (bound values would not match)."""
+    """A task with work left (:data:`ACTIVE_PHASES`), written with literal values as the
+    predicates of the partial indexes over a fair claim's streams are (SQLite matches a
+    partial index's predicate only against literals)."""
     return tasks.c.phase.in_([literal_column(f"'{phase}'") for phase in ACTIVE_PHASES])
 
 

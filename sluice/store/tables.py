@@ -46,14 +46,15 @@ Payload = JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 ACTIVE_PHASES = (Phase.READY.value, Phase.POLLING.value, Phase.UNCERTAIN.value)
 """The phases of a task with work left, due now or later (a claimed one is ``submitting``)."""
-ACTIVE_PHASE_SQL = "phase IN (" + ", ".join(f"'{phase}'" for phase in ACTIVE_PHASES) + ")"
-"""The same as SQL with literal values: the predicate of the partial indexes over active work
-(SQLite uses a partial index only when the query repeats its predicate with literals)."""
+READY_PHASE_SQL = f"phase = '{Phase.READY.value}'"
+"""The predicate of ``ix_tasks_fair_order`` (a create, or a child's, waiting to be sent),
+with a literal value: SQLite uses a partial index only when the query repeats its predicate
+with literals (a bound value would not match)."""
 POLL_PHASES = (Phase.POLLING.value, Phase.UNCERTAIN.value)
 """The active phases that ask the provider about an object (a status poll, a lookup by
 client reference): a fair claim's poll stream, beside the creates of ``ready``."""
 POLL_PHASE_SQL = "phase IN (" + ", ".join(f"'{phase}'" for phase in POLL_PHASES) + ")"
-"""The predicate of ``ix_tasks_due_polls``, with literal values as ``ACTIVE_PHASE_SQL``."""
+"""The predicate of ``ix_tasks_due_polls``, with literal values as ``READY_PHASE_SQL``."""
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -143,9 +144,12 @@ class TaskRow(Base):
 
     __table_args__ = (
         Index("ix_tasks_due", "phase", "next_attempt_at"),
-        # A fair claim (store/fairshare.py): the fairness keys with work are found one index
-        # seek each, and each key's tasks read in within-key order, stopping at its share
-        # (migration 0012_fair_order); only active tasks are in it.
+        # A fair claim (store/fairshare.py) takes a key's creates and its polls in turns.
+        # Its creates (ready) are read in within-key order along ix_tasks_fair_order,
+        # stopping at its share (migration 0012_fair_order; only ready tasks since
+        # 0016_due_polls: a tree's children polled in flight sorted before every root); its
+        # polls and lookups in due order along ix_tasks_due_polls, stopping at the first not
+        # due. The fairness keys with work are found one index seek each in both.
         Index(
             "ix_tasks_fair_order",
             "provider",
@@ -154,11 +158,9 @@ class TaskRow(Base):
             text("(parent_id IS NULL)"),
             "next_attempt_at",
             "id",
-            postgresql_where=text(ACTIVE_PHASE_SQL),
-            sqlite_where=text(ACTIVE_PHASE_SQL),
+            postgresql_where=text(READY_PHASE_SQL),
+            sqlite_where=text(READY_PHASE_SQL),
         ),
-        # A fair claim's poll stream: a key's polls and lookups in due order (migration
-        # 0016_due_polls), read beside its creates in turns (store/fairshare.py).
         Index(
             "ix_tasks_due_polls",
             "provider",

@@ -29,27 +29,44 @@ POLLED = 1_000_000
 """The first id of the tracked tasks (polled) that :func:`_load` adds."""
 
 
-def _load(engine: Engine, keys: int, per_key: int, polls: tuple[int, int] = (0, 0)) -> FakeClock:
+def _load(
+    engine: Engine,
+    keys: int,
+    per_key: int,
+    polls: tuple[int, int] = (0, 0),
+    children: bool = False,
+) -> FakeClock:
     """``per_key`` due roots in each of ``keys`` fairness keys, and ``polls``: (due, not
-    due for an hour) tracked tasks in each (objects in flight, polled)."""
+    due for an hour) tracked tasks in each (objects in flight, polled); ``children``: each
+    key's polls are children of one of its trees, whose parent is Completed."""
     db.ensure_schema(engine)
     clock = FakeClock(START)
     repo = TaskRepository(engine, clock)
     due, later = polls
     for n in range(keys):
-        first = POLLED + n * (due + later)
+        first = POLLED + n * (due + later + 1)
+        parent = first + due + later
         repo.create_many(
             [
                 Submission(provider="sandbox", id=first + i, tenant=f"t{n}")
-                for i in range(due + later)
+                for i in range(due + later + 1)
             ]
         )
         with engine.begin() as conn:
             conn.execute(
                 update(tasks)
-                .where(tasks.c.id >= first + due, tasks.c.id < first + due + later)
+                .where(tasks.c.id >= first + due, tasks.c.id < parent)
                 .values(next_attempt_at=START + timedelta(hours=1))
             )
+            conn.execute(
+                update(tasks).where(tasks.c.id == parent).values(status="Completed", phase="done")
+            )
+            if children:
+                conn.execute(
+                    update(tasks)
+                    .where(tasks.c.id >= first, tasks.c.id < parent)
+                    .values(parent_id=parent)
+                )
     for n in range(keys):
         repo.create_many(
             [
@@ -172,9 +189,10 @@ def test_each_stream_of_a_key_is_read_along_its_own_index_on_sqlite(
         assert "USE TEMP B-TREE FOR ORDER BY" not in plan, (statement, plan)
 
 
-def _claim_steps(path: Path, keys: int, later: int) -> int:
+def _claim_steps(path: Path, keys: int, later: int, children: bool = False) -> int:
     """The SQLite VM steps (in thousands) of one fair claim of 50 over ``keys`` keys, each
-    with 300 due roots, 10 due polls and ``later`` polls in flight not due yet."""
+    with 300 due roots, 10 due polls and ``later`` polls in flight not due yet (children of
+    a tree: ``children``)."""
     engine = db.make_engine(f"sqlite:///{path}")
     steps = [0]
 
@@ -186,7 +204,7 @@ def _claim_steps(path: Path, keys: int, later: int) -> int:
         conn.connection.dbapi_connection.set_progress_handler(count, 1000)
 
     try:
-        clock = _load(engine, keys, 300, (10, later))
+        clock = _load(engine, keys, 300, (10, later), children)
         event.listen(engine, "before_cursor_execute", watch)
         assert len(WorkQueue(engine).claim_fair(clock.now(), 50, "w", 60.0, "sandbox")) == 50
     finally:
@@ -194,15 +212,18 @@ def _claim_steps(path: Path, keys: int, later: int) -> int:
     return steps[0]
 
 
+@pytest.mark.parametrize("children", [False, True], ids=["roots", "children"])
 @pytest.mark.parametrize("keys", [1, 2])
 def test_polls_in_flight_not_due_cost_a_fair_claim_nothing_on_sqlite(
-    tmp_path: Path, keys: int
+    tmp_path: Path, keys: int, children: bool
 ) -> None:
-    """A claim does the same work beside 100 or 5,000 polls in flight not due yet: no read
-    walks past them (the poll stream's reads stop at the first poll not due; in the fair
-    order they sort after every due root). Counted in SQLite VM steps, not time."""
-    few = _claim_steps(tmp_path / "few.db", keys, 100)
-    many = _claim_steps(tmp_path / "many.db", keys, 5000)
+    """A claim does the same work beside 100 or 5,000 polls in flight not due yet, of roots
+    or of a tree's children: no read walks past them (the poll stream's reads stop at the
+    first poll not due). Counted in SQLite VM steps, not time. Children sort before every
+    root in the fair order (trees first): while it held polls too, each read of a key's
+    roots walked past every child in flight."""
+    few = _claim_steps(tmp_path / "few.db", keys, 100, children)
+    many = _claim_steps(tmp_path / "many.db", keys, 5000, children)
     assert many <= few * 1.2 + 5, (few, many)
 
 

@@ -1,12 +1,17 @@
-"""A fair claim takes a key's polls and its creates in turns: the polls' own index.
+"""A fair claim takes a key's polls and its creates in turns, each along its own index.
 
 ``ix_tasks_due_polls`` holds only tasks in ``polling`` or ``uncertain`` (a status poll, a
-lookup by client reference), per provider and fairness key, in due order. A fair claim
-reads a key's due polls along it and its other due work (``ready``) along
-``ix_tasks_fair_order``, and hands them out in turns, a poll first: a poll no longer waits
-behind every create queued before it (docs/operations.md, "Fair share"). Only tasks in
-flight at the provider are in it, so it is small beside the backlog; ``ix_tasks_fair_order``
-is kept as it is (rebuilding it would read every active task).
+lookup by client reference), per provider and fairness key, in due order: a key's polls
+are read along it and stop at the first not due yet. ``ix_tasks_fair_order`` now holds
+only ``ready`` tasks (a create, a child's create), in within-key order (priority, children
+first, due time, id). Over every active phase it held the polls too, and the children of
+trees polled in flight sorted before every root (children first), due or not: each read
+of a key's roots walked past all of them. A fair claim hands the two streams out in turns,
+a poll first, so a poll no longer waits behind every create queued before it
+(docs/operations.md, "Fair share").
+
+Rebuilding ``ix_tasks_fair_order`` reads the table once and, on PostgreSQL, holds writes to
+``tasks`` back while it builds (seconds per million tasks).
 
 Revision ID: 0016_due_polls
 Revises: 0015_events_without_fk
@@ -23,7 +28,24 @@ down_revision = "0015_events_without_fk"
 branch_labels = None
 depends_on = None
 
+ACTIVE = sa.text("phase IN ('ready', 'polling', 'uncertain')")
+READY = sa.text("phase = 'ready'")
 POLLS = sa.text("phase IN ('polling', 'uncertain')")
+FAIR_ORDER: list[str | sa.TextClause] = [
+    "provider",
+    "fairness_key",
+    sa.text("priority DESC"),
+    sa.text("(parent_id IS NULL)"),
+    "next_attempt_at",
+    "id",
+]
+
+
+def _fair_order(where: sa.TextClause) -> None:
+    op.drop_index("ix_tasks_fair_order", table_name="tasks")
+    op.create_index(
+        "ix_tasks_fair_order", "tasks", FAIR_ORDER, postgresql_where=where, sqlite_where=where
+    )
 
 
 def upgrade() -> None:
@@ -34,7 +56,9 @@ def upgrade() -> None:
         postgresql_where=POLLS,
         sqlite_where=POLLS,
     )
+    _fair_order(READY)
 
 
 def downgrade() -> None:
+    _fair_order(ACTIVE)
     op.drop_index("ix_tasks_due_polls", table_name="tasks")
