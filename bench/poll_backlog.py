@@ -7,13 +7,15 @@ second (batched: one request answers for up to 100 tasks), one fairness key, and
 ``--tasks`` creates at once (1,000: 20 s of creates at the limit). Each repeat runs both
 claim orders side by side, taking turns at going first:
 
-* **fair** (the default): within a key, priority, then children of existing parents before
-  roots, then due time and id (``store/fairshare.within_key_order``);
+* **fair** (the default): within a key, its polls and lookups (by due time) take turns with
+  its creates (priority, then children of existing parents before roots, then due time
+  and id), a poll first (``store/fairshare.take_turns``);
 * **arrival** (``fair_share = false``): due time, then id.
 
-In both, a poll of a created root falls due after every root created before it, so it is
-claimed only once the backlog of creates has been sent: this benchmark measures how long
-that holds tasks back (docs/operations.md, "Fair share"). Per run: seconds from the start
+In arrival order (and in fair order before the turns), a poll of a created root falls due
+after every root created before it, so it is claimed only once the backlog of creates has
+been sent: this benchmark measures how long that holds tasks back (docs/operations.md,
+"Fair share"). Per run: seconds from the start
 to the first Completed and to the last create accepted, tasks Completed before the last
 create, each task's time from its create accepted (its ``submitted`` event) to its
 Completed (median and p90), seconds until every task was final, requests sent. Writes

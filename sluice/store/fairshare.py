@@ -123,7 +123,7 @@ def allocate(
 
     Each key starts at ``max(vtime, clock)``; each slot goes to the key whose next start
     tag is smallest (ties by key), which then moves on by the slot's task's
-    ``cost/weight`` (``costs[key]``: its waiting tasks' costs in within-key order; 1 each
+    ``cost/weight`` (``costs[key]``: its waiting tasks' costs in claim order; 1 each
     when not given). A key gets no more slots than it has tasks waiting. The new clock is
     the last slot's start tag.
     """
@@ -292,8 +292,9 @@ def candidates(
     charge: Charge = unit_charge,
     keys: Sequence[str] | None = None,
 ) -> dict[str, list[Candidate]]:
-    """Per fairness key, due tasks in within-key order: enough for a claim of ``slots``,
-    ``per_slot`` candidates for each slot a key may get, each with its ``charge``.
+    """Per fairness key, due tasks in turns (polls and creates): enough for a claim of
+    ``slots``, ``per_slot`` candidates for each slot a key may get, each with its
+    ``charge``.
 
     Only the keys the fair allocation would serve are read, each up to its share: the cost
     of a claim grows with its size, not with the backlog or the number of keys. Tags are
