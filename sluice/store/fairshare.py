@@ -22,14 +22,20 @@ size), so across all of them each key gets its weighted share to within about on
 per worker. Tasks claimed but given back unsent are refunded (:func:`refund`). Rows are
 always changed in key order, the clock row last, by claims and refunds alike (no deadlock).
 
-Within a key, two streams take turns, a poll first (:func:`take_turns`): the polls (status
-polls and lookups by client reference, phases ``polling`` and ``uncertain``) by due time
-and id, along ``ix_tasks_due_polls``; and the rest (``ready``: creates, children's creates)
-by ``priority`` (higher first), then children of parents that already exist at the
-provider before new roots (trees finish first), then due time and id, along
-``ix_tasks_fair_order``. When one stream has nothing due, the other takes every turn. So a
-poll never waits behind a backlog of creates, and polls never take more than half of a
-key's slots while it has creates due (they share the provider's budget).
+Within a key, two streams take turns (:func:`take_turns`): the polls (status polls and
+lookups by client reference, phases ``polling`` and ``uncertain``) by due time and id,
+along ``ix_tasks_due_polls``; and the rest (``ready``: creates, children's creates) by
+``priority`` (higher first), then children of parents that already exist at the provider
+before new roots (trees finish first), then due time and id, along
+``ix_tasks_fair_order``. When one stream has nothing due, the other takes every turn. The
+turn runs on across claims: each key's row keeps whose turn comes first in its next claim
+(``polls_next``, a poll's for a key never seen), and each claim stores the turn after what
+it took (:func:`next_turn`), so a key given one slot a claim alternates between its
+streams from claim to claim. Concurrent claimers may read the same turn and the last to
+commit sets it: the alternation is approximate, as the tags are (to within a slot per
+concurrent claimer). Tasks given back leave the turn as it is. So a poll never waits
+behind a backlog of creates, and over consecutive claims each stream gets at least half
+of a key's slots while it has work due (they share the provider's budget).
 """
 
 from __future__ import annotations
@@ -92,6 +98,8 @@ class KeyState:
     vtime: float
     weight: float
     waiting: int
+    polls_next: bool = True
+    """Whose turn comes first in the key's next claim: its polls' (true) or its creates'."""
 
 
 @dataclass(frozen=True)
@@ -186,52 +194,68 @@ def in_ready_stream() -> Any:
 T = TypeVar("T")
 
 
-def merge_turns(polls: Iterable[T], ready: Iterable[T]) -> list[T]:
-    """The two streams of a key in turns, a poll first: p0 r0 p1 r1 ...; once one stream
-    runs out, the rest of the other."""
+def merge_turns(polls: Iterable[T], ready: Iterable[T], polls_first: bool = True) -> list[T]:
+    """The two streams of a key in turns, from ``polls_first`` (a poll's turn first, else
+    a ready task's): p0 r0 p1 r1 ... (or r0 p0 r1 p1 ...); once one stream runs out, the
+    rest of the other."""
+    first, second = (polls, ready) if polls_first else (ready, polls)
     merged: list[T] = []
-    poll_iter, ready_iter = iter(polls), iter(ready)
-    for poll in poll_iter:
-        merged.append(poll)
-        nxt = next(ready_iter, None)
+    first_iter, second_iter = iter(first), iter(second)
+    for item in first_iter:
+        merged.append(item)
+        nxt = next(second_iter, None)
         if nxt is None:
-            merged.extend(poll_iter)
+            merged.extend(first_iter)
             return merged
         merged.append(nxt)
-    merged.extend(ready_iter)
+    merged.extend(second_iter)
     return merged
 
 
 def take_turns(
     read_polls: Callable[[int, Sequence[T]], list[T]],
-    read_ready: Callable[[int], list[T]],
+    read_ready: Callable[[int, Sequence[T]], list[T]],
     limit: int,
+    polls_first: bool = True,
 ) -> list[T]:
-    """The first ``limit`` of a key's tasks in turns, read with no task read but not taken.
+    """The first ``limit`` of a key's tasks in turns from ``polls_first``, read with no
+    task read but not taken.
 
     ``read_polls(n, got)``: up to ``n`` due polls after those in ``got``, in poll order;
-    ``read_ready(n)``: up to ``n`` due ready tasks in within-key order. A locked read
-    (``FOR UPDATE SKIP LOCKED``) locks only what the claim takes: the polls' half first,
-    the other half of ready tasks, and more polls only when the ready ran short (at most
-    three reads; two when both streams have their half).
+    ``read_ready(n, got)``: likewise of the due ready tasks in within-key order. A locked
+    read (``FOR UPDATE SKIP LOCKED``) locks only what the claim takes: the half of the
+    stream whose turn is first, the other half of the other stream, and more of the first
+    only when the other ran short (at most three reads; two when both have their half).
     """
     if limit <= 0:
         return []
-    half = (limit + 1) // 2  # the first turn is a poll's
-    polls = read_polls(half, [])
-    if len(polls) < half:
-        return merge_turns(polls, read_ready(limit - len(polls)))
-    ready = read_ready(limit - half)
-    if len(ready) < limit - half:
-        polls = polls + read_polls(limit - half - len(ready), polls)
-    return merge_turns(polls, ready)
+    read_first, read_second = (read_polls, read_ready) if polls_first else (read_ready, read_polls)
+    half = (limit + 1) // 2  # the first turn is the first stream's
+    first = read_first(half, [])
+    if len(first) < half:
+        second = read_second(limit - len(first), [])
+    else:
+        second = read_second(limit - half, [])
+        if len(second) < limit - half:
+            first = first + read_first(limit - half - len(second), first)
+    polls, ready = (first, second) if polls_first else (second, first)
+    return merge_turns(polls, ready, polls_first)
 
 
-def turn_place(index: int, poll: bool, others: int) -> int:
+def next_turn(polls: int, ready: int, polls_first: bool) -> bool:
+    """Whose turn comes first after a claim took ``polls`` polls and ``ready`` ready tasks
+    of a key in turns from ``polls_first`` (true: a poll's): the stream behind, or, when
+    both took as many, the one that went first. After an alternation the next step of it;
+    after one stream ran out, that stream (it has the next turn when it has work)."""
+    return polls < ready or (polls == ready and polls_first)
+
+
+def turn_place(index: int, poll: bool, others: int, polls_first: bool = True) -> int:
     """The place a fair claim gives a key's task at ``index`` in its own stream when the
-    other stream has ``others`` due: a poll at i goes after i polls and min(i, others)
-    ready tasks, a ready task at j after j ready tasks and min(j + 1, others) polls."""
-    return index + min(index + (0 if poll else 1), others)
+    other stream has ``others`` due and the turns start from ``polls_first``: a task of
+    the stream that goes first at i goes after i of its own and min(i, others) of the
+    other, one of the other stream at j after j of its own and min(j + 1, others)."""
+    return index + min(index + (0 if poll == polls_first else 1), others)
 
 
 def _insert(conn: Connection) -> Any:
@@ -310,6 +334,7 @@ def candidates(
     if not keys:
         return {}
     clock, states = read_state(conn, provider, dict.fromkeys(keys, slots), weights)
+    polls_first = {s.key: s.polls_next for s in states}
     found: dict[str, list[Candidate]] = {}
     asked: dict[str, int] = {}
     room = dict.fromkeys(keys, slots)  # a key read in full keeps only what it has
@@ -323,7 +348,7 @@ def candidates(
         }
         if not wanted:
             break
-        read = _read_keys(conn, due, provider, wanted, charge)
+        read = _read_keys(conn, due, provider, wanted, charge, polls_first)
         for key, count in wanted.items():
             found[key] = read.get(key, [])
             asked[key] = count
@@ -356,10 +381,16 @@ def stream(query: Any, due: Due, provider: str, key: str, *, poll: bool) -> Any:
 
 
 def _read_keys(
-    conn: Connection, due: Due, provider: str, wanted: Mapping[str, int], charge: Charge
+    conn: Connection,
+    due: Due,
+    provider: str,
+    wanted: Mapping[str, int],
+    charge: Charge,
+    polls_first: Mapping[str, bool],
 ) -> dict[str, list[Candidate]]:
-    """Up to ``wanted[key]`` due tasks of each key, in turns: each stream read up to its
-    count (one ordered, limited read along its index), then merged."""
+    """Up to ``wanted[key]`` due tasks of each key, in turns from its stored turn
+    (``polls_first``): each stream read up to its count (one ordered, limited read along
+    its index), then merged."""
     rows: list[Any] = []
     columns = (
         tasks.c.id,
@@ -390,7 +421,7 @@ def _read_keys(
         )
         found[key] = [
             Candidate(row.id, charge(provider, row.kind, operation_of(Phase(row.phase))))
-            for row in merge_turns(key_polls, key_ready)[: wanted[key]]
+            for row in merge_turns(key_polls, key_ready, polls_first.get(key, True))[: wanted[key]]
         ]
     return found
 
@@ -401,24 +432,45 @@ def read_state(
     waiting: Mapping[str, int],
     weights: Mapping[str, float],
 ) -> tuple[float, list[KeyState]]:
-    """The provider's clock and the stored tag of each waiting key (0 for one never seen).
+    """The provider's clock and the stored tag and turn of each waiting key (0 and a
+    poll's turn for one never seen).
 
     Read without locks: concurrent claimers may both start from the same tags, and
-    :func:`record` then adds each one's slots to whatever the row holds by then.
+    :func:`record` then adds each one's slots to whatever the row holds by then (and
+    stores the turn of whichever commits last).
     """
     stored: dict[str, float] = {}
+    turns: dict[str, bool] = {}
     for chunk in chunks([CLOCK_KEY, *sorted(waiting)]):
-        for key, vtime in conn.execute(
-            select(fair_shares.c.fairness_key, fair_shares.c.vtime).where(
+        for key, vtime, polls_next in conn.execute(
+            select(fair_shares.c.fairness_key, fair_shares.c.vtime, fair_shares.c.polls_next).where(
                 fair_shares.c.provider == provider, fair_shares.c.fairness_key.in_(chunk)
             )
         ):
             stored[key] = float(vtime)
+            turns[key] = bool(polls_next)
     clock = stored.pop(CLOCK_KEY, 0.0)
     return clock, [
-        KeyState(key, stored.get(key, 0.0), weights.get(key, DEFAULT_WEIGHT), count)
+        KeyState(
+            key,
+            stored.get(key, 0.0),
+            weights.get(key, DEFAULT_WEIGHT),
+            count,
+            turns.get(key, True),
+        )
         for key, count in sorted(waiting.items())
     ]
+
+
+def stored_turn(conn: Connection, provider: str, key: str) -> bool:
+    """Whose turn comes first in fairness key ``key``'s next claim (true: a poll's; so for
+    a key never seen)."""
+    found = conn.execute(
+        select(fair_shares.c.polls_next).where(
+            fair_shares.c.provider == provider, fair_shares.c.fairness_key == key
+        )
+    ).scalar()
+    return True if found is None else bool(found)
 
 
 def _minute(now: datetime) -> datetime:
@@ -433,15 +485,19 @@ def record(
     taken: Mapping[str, float],
     weights: Mapping[str, float],
     now: datetime,
+    turns: Mapping[str, bool] | None = None,
 ) -> None:
-    """Add a claim's units (``taken``: each key's tasks' costs) to each key's tag and move
+    """Add a claim's units (``taken``: each key's tasks' costs) to each key's tag, store
+    each key's next turn (``turns``: :func:`next_turn`; a poll's when not given) and move
     the provider's clock, in one upsert.
 
     Each key's tag becomes ``max(its tag now, clock) + taken/weight``, where ``clock`` is
     the clock the claim read: the addition applies to whatever a concurrent claim left
-    (nothing is lost), and the clock only moves forward here. Rows go in key order with
-    the clock row last, the order refunds take them too.
+    (nothing is lost), and the clock only moves forward here. The turn is the last
+    committer's (approximate alternation under concurrent claims, as the tags are). Rows
+    go in key order with the clock row last, the order refunds take them too.
     """
+    turns = turns or {}
     minute = _minute(now)
     rows: list[dict[str, Any]] = []
     for key, units in sorted(taken.items()):
@@ -455,6 +511,7 @@ def record(
                 "minute": minute,
                 "granted": units,
                 "prev_granted": 0,
+                "polls_next": turns.get(key, True),
             }
         )
     rows.append(
@@ -466,6 +523,7 @@ def record(
             "minute": None,
             "granted": 0,
             "prev_granted": 0,
+            "polls_next": True,
         }
     )
     statement = _insert(conn).values(rows)
@@ -493,6 +551,7 @@ def record(
                     (previous, fair_shares.c.granted),
                     else_=0,
                 ),
+                "polls_next": new.polls_next,
             },
         )
     )

@@ -222,7 +222,9 @@ class WorkQueue:
         The slots go between the fairness keys with work due by weighted fair queuing
         (:mod:`sluice.store.fairshare`), each task counted at its ``charge`` (what its
         request costs the provider's budget); within a key its polls (by due time) and its
-        other work (by priority, trees first, then due time) take turns, a poll first.
+        other work (by priority, trees first, then due time) take turns, from the turn the
+        key's last claim left (a poll's for a key never claimed), and the turn after what
+        this claim takes is stored for the next (:func:`fairshare.next_turn`).
         Tasks are locked with ``FOR UPDATE SKIP LOCKED`` as in :meth:`claim_due`; the
         keys' tags are added to in the same transaction, so concurrent claimers never wait
         for each other and nothing they hand out is lost from the tags. The tasks come back
@@ -252,15 +254,19 @@ class WorkQueue:
             return []
         with self._writing() as conn:
             if one is not None:
-                clock, due, plan = self._one_key(conn, now, provider, one, limit, weights, charge)
+                clock, due, plan, state = self._one_key(
+                    conn, now, provider, one, limit, weights, charge
+                )
                 if not due:  # taken meanwhile by another claimer
                     return []
+                polls_first = {one: state.polls_next}
             else:
                 clock, states = fairshare.read_state(
                     conn, provider, {k: len(v) for k, v in found.items()}, weights
                 )
                 costs = {key: [c.cost for c in read] for key, read in found.items()}
                 plan = fairshare.allocate(clock, states, limit, costs)
+                polls_first = {s.key: s.polls_next for s in states}
                 due = []
                 for key, count in sorted(plan.counts.items()):
                     due.extend(self._locked_due(conn, now, [c.id for c in found[key]], count))
@@ -278,7 +284,12 @@ class WorkQueue:
             )
             ordered: list[tuple[float, str, DueTask]] = []
             taken: dict[str, float] = {}
+            turns: dict[str, bool] = {}
             for key, items in by_key.items():
+                polls = sum(1 for t in items if fairshare.is_poll(t.phase))
+                turns[key] = fairshare.next_turn(
+                    polls, len(items) - polls, polls_first.get(key, True)
+                )
                 items.sort(key=lambda t: rank[t.id])
                 weight = weights.get(key, fairshare.DEFAULT_WEIGHT)
                 tag = plan.starts[key]
@@ -287,7 +298,7 @@ class WorkQueue:
                     cost = charge(provider, task.kind, task.operation)
                     tag += cost / weight
                     taken[key] = taken.get(key, 0.0) + cost
-            fairshare.record(conn, provider, clock, plan.clock, taken, weights, now)
+            fairshare.record(conn, provider, clock, plan.clock, taken, weights, now, turns)
         ordered.sort(key=lambda entry: (entry[0], entry[1]))
         return [_as_claimed(t, token, until) for _, _, t in ordered]
 
@@ -317,14 +328,15 @@ class WorkQueue:
         limit: int,
         weights: Mapping[str, float],
         charge: fairshare.Charge,
-    ) -> tuple[float, list[DueTask], fairshare.Allocation]:
+    ) -> tuple[float, list[DueTask], fairshare.Allocation, fairshare.KeyState]:
         """A fair claim when one fairness key has work: up to ``limit`` of its due tasks,
-        locked and in turns (:func:`fairshare.take_turns`: each stream read along its index
-        and locked only as far as the claim takes), and the plan that hands them all to it
-        (what the general path gives one key, without the candidate read)."""
+        locked and in turns from its stored turn (:func:`fairshare.take_turns`: each stream
+        read along its index and locked only as far as the claim takes), the plan that
+        hands them all to it (what the general path gives one key, without the candidate
+        read), and the key's state as read."""
         clock, (state,) = fairshare.read_state(conn, provider, {key: limit}, weights)
         if state.weight <= 0:  # a key weighted 0 is never served
-            return clock, [], fairshare.allocate(clock, [state], 0)
+            return clock, [], fairshare.allocate(clock, [state], 0), state
         due_in = functools.partial(due_in_stream, now)
 
         def read(count: int, got: Sequence[DueTask], *, poll: bool) -> list[DueTask]:
@@ -338,12 +350,13 @@ class WorkQueue:
 
         due = fairshare.take_turns(
             lambda count, got: read(count, got, poll=True),
-            lambda count: read(count, [], poll=False),
+            lambda count, got: read(count, got, poll=False),
             limit,
+            state.polls_next,
         )
         costs = {key: [charge(provider, t.kind, t.operation) for t in due]}
         plan = fairshare.allocate(clock, [replace(state, waiting=len(due))], len(due), costs)
-        return clock, due, plan
+        return clock, due, plan, state
 
     def shares(
         self, provider: str, now: datetime, weights: Mapping[str, float] | None = None

@@ -258,13 +258,17 @@ class TaskRepository:
     ) -> int:
         """Due tasks of ``task``'s fairness key that a fair claim takes before it.
 
-        A key's polls and its ready tasks take turns, a poll first: ``task``'s place is its
-        place in its own stream plus the turns the other stream has before it
-        (:func:`fairshare.turn_place`). Each stream is walked along its index in claim
-        order for at most ``cap`` entries, and counted over the walk: ``task``'s stream up
-        to its place, the other's due tasks.
+        A key's polls and its ready tasks take turns, from the turn its last claim left
+        (:func:`fairshare.stored_turn`): ``task``'s place is its place in its own stream
+        plus the turns the other stream has before it (:func:`fairshare.turn_place`), both
+        among the tasks not claimed (a claim takes only those). Each stream is walked along
+        its index in claim order for at most ``cap`` entries, and counted over the walk:
+        ``task``'s stream up to its place, the other's due tasks; the key's tasks claimed
+        already (polls in flight: still ``polling``, their lease running) take no turn and
+        count once each as ahead when due before ``task``, as being sent.
         """
         horizon = max(due_at, now)
+        polls_first = fairshare.stored_turn(conn, task.provider, task.fairness_key)
 
         def walk(poll: bool) -> Any:
             query = (
@@ -273,6 +277,9 @@ class TaskRepository:
                     tasks.c.priority,
                     tasks.c.parent_id.is_(None).label("is_root"),
                     tasks.c.next_attempt_at,
+                    or_(tasks.c.claimed_until.is_(None), tasks.c.claimed_until < now).label(
+                        "unclaimed"
+                    ),
                 )
                 .where(
                     in_active_phase(),
@@ -312,17 +319,36 @@ class TaskRepository:
         in_stream = (
             select(func.count())
             .select_from(own)
-            .where(before, own.c.id != task.id, own.c.next_attempt_at <= horizon)
+            .where(before, own.c.id != task.id, own.c.next_attempt_at <= horizon, own.c.unclaimed)
             .scalar_subquery()
         )
         other_due = (
             select(func.count())
             .select_from(other)
-            .where(other.c.next_attempt_at <= horizon)
+            .where(other.c.next_attempt_at <= horizon, other.c.unclaimed)
             .scalar_subquery()
         )
-        index, others = conn.execute(select(in_stream, other_due)).one()
-        return fairshare.turn_place(int(index), poll, int(others))
+
+        def in_flight(walked: Any) -> Any:
+            return (
+                select(func.count())
+                .select_from(walked)
+                .where(
+                    walked.c.unclaimed == false(),
+                    walked.c.id != task.id,
+                    or_(
+                        walked.c.next_attempt_at < due_at,
+                        and_(walked.c.next_attempt_at == due_at, walked.c.id < task.id),
+                    ),
+                )
+                .scalar_subquery()
+            )
+
+        index, others, claimed_own, claimed_other = conn.execute(
+            select(in_stream, other_due, in_flight(own), in_flight(other))
+        ).one()
+        place = fairshare.turn_place(int(index), poll, int(others), polls_first)
+        return place + int(claimed_own) + int(claimed_other)
 
     def find(
         self,

@@ -23,6 +23,7 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
     text,
+    true,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -265,7 +266,9 @@ class FairShareRow(Base):
     whose ``fairness_key`` is ``""`` holds the provider's own virtual clock (the start tag
     of the last slot handed out), which a key coming back from idle starts from, so an
     idle key saves up no credit. ``granted``/``prev_granted`` count claimed budget units
-    in the current and the previous minute (``minute`` starts the current).
+    in the current and the previous minute (``minute`` starts the current). ``polls_next``:
+    whose turn comes first in the key's next claim, its polls' (true) or its creates'; each
+    claim stores the turn after what it took, so the turns run on across claims.
     """
 
     __tablename__ = "fair_shares"
@@ -277,6 +280,7 @@ class FairShareRow(Base):
     minute: Mapped[datetime | None] = mapped_column(UTCDateTime())
     granted: Mapped[float] = mapped_column(Float, default=0.0)
     prev_granted: Mapped[float] = mapped_column(Float, default=0.0)
+    polls_next: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
 
 class QuotaUsageRow(Base):

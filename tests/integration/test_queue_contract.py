@@ -23,7 +23,7 @@ from sluice.clock import FakeClock
 from sluice.domain import DueTask, Operation, Phase, Submission, Task, TaskStatus
 from sluice.engine import decide
 from sluice.providers.base import Accepted, Failed, NotFound, StatusReport, Transient
-from sluice.store import db
+from sluice.store import db, fairshare
 from sluice.store.queue import WorkQueue
 from sluice.store.repository import TaskRepository, event_row, events, tasks
 from tests.integration.conftest import POLICY
@@ -418,12 +418,14 @@ def test_explains_ahead_is_the_place_a_fair_claim_gives_each_due_task(
     assert ahead == {task_id: claimed.index(task_id) for task_id in due}
 
 
-def _turns(polls: list[int], ready: list[int]) -> list[int]:
-    """The two streams of a key in turns, a poll first (the model of a fair claim)."""
+def _turns(polls: list[int], ready: list[int], polls_first: bool = True) -> list[int]:
+    """The two streams of a key in turns, a poll first unless the key's last claim left
+    the turn to its ready tasks (the model of a fair claim)."""
+    first, second = (polls, ready) if polls_first else (ready, polls)
     merged: list[int] = []
     for n in range(max(len(polls), len(ready))):
-        merged.extend(polls[n : n + 1])
-        merged.extend(ready[n : n + 1])
+        merged.extend(first[n : n + 1])
+        merged.extend(second[n : n + 1])
     return merged
 
 
@@ -444,8 +446,9 @@ def test_a_fair_claim_hands_out_a_keys_polls_and_creates_in_turns(
 ) -> None:
     """Within a key, a fair claim takes its due polls and lookups (by due time, then id) and
     its other due work (priority, children of existing parents first, due time, id) in
-    turns, a poll first; once one stream runs out, the other fills the rest. With another
-    key beside it (the candidates' path) the key's part of the claim is the same prefix."""
+    turns, from the turn the key's last claim left (the previous example's: either); once
+    one stream runs out, the other fills the rest. With another key beside it (the
+    candidates' path) the key's part of the claim is the same prefix."""
     with q.engine.begin() as conn:  # the previous example's tasks: finished
         conn.execute(update(tasks).values(phase="done", claimed_by=None, claimed_until=None))
     parent = _completed_parent(q)
@@ -468,9 +471,13 @@ def test_a_fair_claim_hands_out_a_keys_polls_and_creates_in_turns(
         key=lambda t: (-t.priority, t.parent_id is None, due_at[t.id], t.id),
     )
 
+    with q.engine.connect() as conn:
+        key = q.get(next(iter(due_at))).fairness_key
+        polls_first = fairshare.stored_turn(conn, "sandbox", key)
+
     claimed = [t.id for t in fair_claim(q, limit) if t.fairness_key != "other"]
 
-    expected = _turns([t.id for t in polls], [t.id for t in ready])
+    expected = _turns([t.id for t in polls], [t.id for t in ready], polls_first)
     assert claimed == expected[: len(claimed)]
     if not other_key:
         assert len(claimed) == min(len(expected), limit)
@@ -1255,3 +1262,77 @@ def test_what_a_provider_says_is_stored_even_with_a_nul_character(q: Queue) -> N
     assert task.validation_error == "name\ufffd is not allowed"
     assert q.repo.events(first)[-1].detail == "name\ufffd is not allowed"
     assert q.get(second).external_id == "x-\ufffd-1"
+
+
+def test_explains_ahead_keeps_the_claims_order_with_a_poll_in_flight(q: Queue) -> None:
+    """A poll claimed already (in flight: still ``polling``, its lease running) is not due:
+    it takes no turn from the due tasks. Explain's ``ahead`` must still rank the due tasks
+    as the next claim takes them (each at most one more than the one before), not count the
+    poll in flight as a turn the ready tasks wait for."""
+    polls = [q.track(n) for n in (1, 2)]
+    q.clock.advance(1)
+    roots = q.add(3)
+    q.clock.advance(1)
+    (in_flight,) = fair_claim(q, 1)
+    assert in_flight.id == polls[0]
+    due = [polls[1], *roots]
+    ahead = {task_id: q.repo.due_ahead(q.get(task_id), q.now(), 1000) for task_id in due}
+
+    claimed = [t.id for t in fair_claim(q, 10)]
+
+    # The claim of p0 left the turn to the ready tasks (the turns run on across claims).
+    assert claimed == [roots[0], polls[1], *roots[1:]]
+    in_claim_order = [ahead[task_id] for task_id in claimed]
+    assert in_claim_order == sorted(in_claim_order), ahead
+    assert len(set(in_claim_order)) == len(in_claim_order), ahead
+
+
+def _polled_again(q: Queue, claimed: list[DueTask]) -> None:
+    """The claimed polls answered "still running": due again a poll interval later."""
+    q.queue.release(claimed, next_attempt_at=q.now())
+    q.clock.advance(1)
+
+
+def test_claims_of_one_task_do_not_starve_a_keys_creates_behind_recurring_polls(
+    q: Queue,
+) -> None:
+    """A slow provider claims one task at a time (a lookahead at 1/s). The turns restart at
+    each claim and give its one slot to a poll, so while a poll of the key is due at every
+    claim (objects in flight, polled again and again) its create is never claimed. In due
+    order (before the turns) the create, due before the polls came due again, went third."""
+    q.track(1)
+    q.track(2)
+    q.clock.advance(1)
+    (root,) = q.add(1)
+    q.clock.advance(1)
+
+    taken: list[int] = []
+    for _ in range(8):
+        claimed = fair_claim(q, 1)
+        taken += [t.id for t in claimed]
+        _polled_again(q, [t for t in claimed if t.phase is Phase.POLLING])
+
+    assert root in taken, taken
+
+
+def test_claims_shared_by_many_keys_do_not_starve_their_creates_behind_recurring_polls(
+    q: Queue,
+) -> None:
+    """With as many keys waiting as a claim has slots, each key gets one slot a claim, and
+    the turns give it to the key's poll: while every key has a poll due at each claim, no
+    create of any key is claimed."""
+    keys = [f"k{n}" for n in range(4)]
+    for n, key in enumerate(keys):
+        q.repo.create(Submission(provider="sandbox", id=q.repo.max_id() + 1 + n, tenant=key))
+    q.clock.advance(1)
+    roots = {key: q.add(2, tenant=key) for key in keys}
+    q.clock.advance(1)
+
+    taken: list[int] = []
+    for _ in range(8):
+        claimed = fair_claim(q, len(keys))
+        taken += [t.id for t in claimed]
+        _polled_again(q, [t for t in claimed if t.phase is Phase.POLLING])
+
+    created = {task_id for ids in roots.values() for task_id in ids}
+    assert created & set(taken), taken

@@ -10,6 +10,11 @@ of a key's roots walked past all of them. A fair claim hands the two streams out
 a poll first, so a poll no longer waits behind every create queued before it
 (docs/operations.md, "Fair share").
 
+``fair_shares.polls_next`` keeps each key's turn across claims (whose turn comes first in
+its next claim, its polls' or its creates'): a claim that gives a key one slot takes the
+stream whose turn it is, so neither stream starves behind the other. Existing rows start
+with the polls' turn.
+
 Rebuilding ``ix_tasks_fair_order`` reads the table once and, on PostgreSQL, holds writes to
 ``tasks`` back while it builds (seconds per million tasks).
 
@@ -57,8 +62,14 @@ def upgrade() -> None:
         sqlite_where=POLLS,
     )
     _fair_order(READY)
+    with op.batch_alter_table("fair_shares") as batch:
+        batch.add_column(
+            sa.Column("polls_next", sa.Boolean(), nullable=False, server_default=sa.true())
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("fair_shares") as batch:
+        batch.drop_column("polls_next")
     _fair_order(ACTIVE)
     op.drop_index("ix_tasks_due_polls", table_name="tasks")
