@@ -704,7 +704,11 @@ def has_account_limits(
 
 
 def _buffer_order(unit: WorkUnit) -> tuple[int, bool]:
-    """How a fair lane orders its buffer (stable): priority, then anything but new roots."""
+    """How a fair lane orders its buffer at a top-up (stable): priority, then anything but
+    new roots (children, polls, lookups). Within a priority the claims' order stands,
+    except that a top-up's children, polls and lookups go before new roots held; a poll a
+    claim took first stays before its claim's creates of its priority or lower, and a
+    higher-priority create goes before it."""
     first = unit.tasks[0]
     is_root = unit.operation is Operation.SUBMIT and first.parent_id is None
     return (-first.priority, is_root)
@@ -714,28 +718,33 @@ def build_units(
     provider: Provider, due: list[DueTask], claimed_at: float | None = None
 ) -> list[WorkUnit]:
     """One unit per submit or lookup; polls grouped as the provider batches them; each
-    stamped with ``claimed_at``, when its tasks were claimed."""
+    stamped with ``claimed_at``, when its tasks were claimed. The units keep the claim's
+    order: each poll batch goes where its first task sits in it (a fair claim hands a
+    key's polls and creates out in turns, so a poll it takes first is sent first)."""
     from sluice.engine.execute import task_ref
 
-    units: list[WorkUnit] = []
+    place = {t.id: n for n, t in enumerate(due)}
+    placed: list[tuple[int, WorkUnit]] = []
     polls: list[DueTask] = []
     for task in due:
         if task.operation is Operation.POLL:
             polls.append(task)
         else:
-            units.append(WorkUnit(provider.name, task.operation, (task,), claimed_at))
+            placed.append(
+                (place[task.id], WorkUnit(provider.name, task.operation, (task,), claimed_at))
+            )
     if polls:
         by_id = {t.id: t for t in polls}
         for group in provider.poll_groups([task_ref(t) for t in polls]):
-            units.append(
-                WorkUnit(
-                    provider.name,
-                    Operation.POLL,
-                    tuple(by_id[r.task_id] for r in group),
-                    claimed_at,
+            batch = tuple(by_id[r.task_id] for r in group)
+            placed.append(
+                (
+                    min((place[t.id] for t in batch), default=len(due)),
+                    WorkUnit(provider.name, Operation.POLL, batch, claimed_at),
                 )
             )
-    return units
+    placed.sort(key=lambda entry: entry[0])
+    return [unit for _, unit in placed]
 
 
 def monotonic_deadline(seconds: float) -> Callable[[], bool]:

@@ -20,6 +20,7 @@ import pytest
 
 from sluice import errors, submissions
 from sluice.clock import FakeClock
+from sluice.domain import Submission as DueSubmission
 from sluice.domain import TaskStatus
 from sluice.engine.dispatcher import Dispatcher
 from sluice.providers.base import Provider
@@ -564,3 +565,35 @@ def test_a_host_whose_clock_runs_ahead_does_not_end_a_running_pause(world: World
     step_for(world.clock, 2.0, ahead, here)
     assert world.dsp.arrivals == []  # 3.2 s in, the pause has 0.8 s to run
     assert world.limiter.paused_until("acme") is not None
+
+
+def _track(world: World) -> int:
+    """A tracked task (an object in flight at the provider, polled by id)."""
+    task_id = world.repo.max_id() + 1
+    task, _ = world.repo.create(DueSubmission(provider="acme", id=task_id))
+    return task.id
+
+
+def _requests(world: World) -> list[str]:
+    return [what for _, what in world.dsp.arrivals]
+
+
+def test_a_poll_a_fair_claim_takes_first_is_sent_before_the_creates_claimed_with_it(
+    world: World,
+) -> None:
+    """Behind a backlog of creates, a poll that falls due is the first of the next fair
+    claim (polls and creates take turns, a poll first); the dispatcher must send it in that
+    place, not after every create of its claim (build_units puts each claim's poll batches
+    after its submits and lookups)."""
+    world.create(40)
+    world.clock.advance(1)
+    _track(world)
+    world.clock.advance(1)
+    dispatcher, _ = world.dispatcher("a", lookahead_s=1.0)
+
+    step_for(world.clock, 2, dispatcher)
+
+    sent = _requests(world)
+    assert "GET /statuses" in sent, sent
+    assert sent.index("GET /statuses") == 0, sent
+    dispatcher.release_all()
