@@ -9,7 +9,8 @@ claim orders side by side, taking turns at going first:
 
 * **fair** (the default): within a key, its polls and lookups (by due time) take turns with
   its creates (priority, then children of existing parents before roots, then due time
-  and id), a poll first (``store/fairshare.take_turns``);
+  and id), a poll first for a key never claimed, then from the turn its last claim left
+  (``store/fairshare.take_turns``);
 * **arrival** (``fair_share = false``): due time, then id.
 
 In arrival order (and in fair order before the turns), a poll of a created root falls due
