@@ -290,6 +290,39 @@ def test_events_lose_their_foreign_key_and_a_downgrade_deletes_orphans_to_restor
     assert event_task_ids() == [ids[0], ids[2]]
 
 
+def test_due_polls_revision_gives_existing_fair_share_rows_the_polls_turn(
+    engine: Engine,
+) -> None:
+    """0016 adds ``fair_shares.polls_next`` (each key's turn across claims): rows written
+    before it start with the polls' turn; its downgrade drops the column and keeps the
+    rows; upgrading again matches the models."""
+
+    def columns() -> list[str]:
+        return [c["name"] for c in inspect(engine).get_columns("fair_shares")]
+
+    db.upgrade(engine, "0015_events_without_fk")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO fair_shares (provider, fairness_key, vtime, weight, granted, "
+                "prev_granted) VALUES ('sandbox', 'acme', 2.5, 1.0, 0, 0)"
+            )
+        )
+
+    db.upgrade(engine)
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT vtime, polls_next FROM fair_shares")).one()
+    assert (float(row[0]), bool(row[1])) == (2.5, True)
+
+    command.downgrade(db.alembic_config(engine), "0015_events_without_fk")
+    assert "polls_next" not in columns()
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM fair_shares")).scalar_one() == 1
+
+    db.upgrade(engine)
+    assert schema_diff(engine) == []
+
+
 def test_a_database_newer_than_these_migrations_is_refused_naming_both_revisions(
     engine: Engine,
 ) -> None:
