@@ -418,6 +418,49 @@ def test_explains_ahead_is_the_place_a_fair_claim_gives_each_due_task(
     assert ahead == {task_id: claimed.index(task_id) for task_id in due}
 
 
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    specs=st.lists(
+        st.tuples(st.sampled_from(KINDS), st.integers(-1, 1), st.integers(-3, 2)),
+        min_size=1,
+        max_size=12,
+    ),
+    polls_first=st.booleans(),
+)
+def test_explains_ahead_is_the_place_a_fair_claim_gives_each_due_task_from_either_turn(
+    q: Queue, specs: list[tuple[str, int, int]], polls_first: bool
+) -> None:
+    """As above, with the key's stored turn (``fair_shares.polls_next``) set to either
+    stream's before explain and the claim: explain starts from the turn the claim does."""
+    with q.engine.begin() as conn:  # the previous example's tasks: finished
+        conn.execute(update(tasks).values(phase="done", claimed_by=None, claimed_until=None))
+    parent = _completed_parent(q)
+    due_at: dict[int, datetime] = {}
+    for kind, priority, offset in specs:
+        task_id = _one_of(q, kind, priority, parent)
+        due_at[task_id] = q.now() + timedelta(seconds=offset)
+    key = q.get(next(iter(due_at))).fairness_key
+    with q.engine.begin() as conn:
+        for task_id, when in due_at.items():
+            conn.execute(update(tasks).where(tasks.c.id == task_id).values(next_attempt_at=when))
+        fairshare.record(conn, "sandbox", 0.0, 0.0, {key: 0.0}, {}, q.now(), {key: polls_first})
+        stored = conn.execute(
+            select(fairshare.fair_shares.c.polls_next).where(
+                fairshare.fair_shares.c.fairness_key == key
+            )
+        ).scalar_one()
+    assert bool(stored) is polls_first
+    due = [task_id for task_id, when in due_at.items() if when <= q.now()]
+    ahead = {task_id: q.repo.due_ahead(q.get(task_id), q.now(), 1000) for task_id in due}
+
+    claimed = [t.id for t in fair_claim(q, len(due_at))]
+
+    assert sorted(claimed) == sorted(due)
+    assert ahead == {task_id: claimed.index(task_id) for task_id in due}
+
+
 def _turns(polls: list[int], ready: list[int], polls_first: bool = True) -> list[int]:
     """The two streams of a key in turns, a poll first unless the key's last claim left
     the turn to its ready tasks (the model of a fair claim)."""
