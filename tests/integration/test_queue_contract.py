@@ -391,49 +391,17 @@ def _one_of(q: Queue, kind: str, priority: int, parent: int) -> int:
         min_size=1,
         max_size=12,
     ),
+    polls_first=st.booleans(),
 )
 def test_explains_ahead_is_the_place_a_fair_claim_gives_each_due_task(
-    q: Queue, specs: list[tuple[str, int, int]]
+    q: Queue, specs: list[tuple[str, int, int]], polls_first: bool
 ) -> None:
     """In one fairness key, the count explain shows (:meth:`TaskRepository.due_ahead`, up
     to its cap) is the number of tasks a fair claim of everything due takes before the
     task, for every kind of due task (new root, child, poll, lookup), with tasks not due
-    yet (due in up to 2 s) beside them."""
-    with q.engine.begin() as conn:  # the previous example's tasks: finished
-        conn.execute(update(tasks).values(phase="done", claimed_by=None, claimed_until=None))
-    parent = _completed_parent(q)
-    due_at: dict[int, datetime] = {}
-    for kind, priority, offset in specs:
-        task_id = _one_of(q, kind, priority, parent)
-        due_at[task_id] = q.now() + timedelta(seconds=offset)
-    with q.engine.begin() as conn:
-        for task_id, when in due_at.items():
-            conn.execute(update(tasks).where(tasks.c.id == task_id).values(next_attempt_at=when))
-    due = [task_id for task_id, when in due_at.items() if when <= q.now()]
-    ahead = {task_id: q.repo.due_ahead(q.get(task_id), q.now(), 1000) for task_id in due}
-
-    claimed = [t.id for t in fair_claim(q, len(due_at))]
-
-    assert sorted(claimed) == sorted(due)
-    assert ahead == {task_id: claimed.index(task_id) for task_id in due}
-
-
-@settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(
-    specs=st.lists(
-        st.tuples(st.sampled_from(KINDS), st.integers(-1, 1), st.integers(-3, 2)),
-        min_size=1,
-        max_size=12,
-    ),
-    polls_first=st.booleans(),
-)
-def test_explains_ahead_is_the_place_a_fair_claim_gives_each_due_task_from_either_turn(
-    q: Queue, specs: list[tuple[str, int, int]], polls_first: bool
-) -> None:
-    """As above, with the key's stored turn (``fair_shares.polls_next``) set to either
-    stream's before explain and the claim: explain starts from the turn the claim does."""
+    yet (due in up to 2 s) beside them, and the key's stored turn
+    (``fair_shares.polls_next``) set to either stream's: explain starts from the turn the
+    claim does."""
     with q.engine.begin() as conn:  # the previous example's tasks: finished
         conn.execute(update(tasks).values(phase="done", claimed_by=None, claimed_until=None))
     parent = _completed_parent(q)
