@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from sluice import errors
 from sluice.catalog import Catalog
 from sluice.domain import MAX_ID, PRIORITY_MAX, PRIORITY_MIN, Actor, Submission, Task, TaskStatus
-from sluice.store.repository import TaskRepository
+from sluice.store.repository import COPY_PART, TaskRepository
 
 MAX_BULK = 10_000
 MAX_NAME_CHARS = 64  # provider and kind names
@@ -266,41 +267,84 @@ def create_batch(
         )
     if not items:
         raise SubmissionInvalid([ItemError(None, "tasks", "no tasks given")])
-    specs: list[Submission] = []
-    problems: list[ItemError] = []
-    seen_ids: set[int] = set()
-    seen_keys: dict[str, int] = {}  # each idempotency key, and the first item holding it
-    for index, item in enumerate(items):
-        spec, item_problems = check(item, index, catalog)
-        if item.id is not None:
-            if item.id in seen_ids:
-                item_problems.append(
-                    ItemError(index, "id", f"id {item.id} appears twice in this batch")
-                )
-            seen_ids.add(item.id)
-        key = item.idempotency_key
-        if key is not None:
-            first = seen_keys.setdefault(key, index)
-            if first != index:
-                item_problems.append(
-                    ItemError(
-                        index,
-                        "idempotency_key",
-                        f"idempotency_key {key!r} is also item {first}'s; each item needs its own",
-                    )
-                )
-        problems.extend(item_problems)
-        if spec is not None:
-            specs.append(spec)
-    if problems:
-        raise SubmissionInvalid(problems)
+    checks = _BatchChecks(items, catalog)
+    if any(item.id is not None or item.parent_id is not None for item in items):
+        # Ids and parents are read before the rows go in: every item is checked first.
+        checks.check_to(len(items))
+        if checks.problems:
+            raise SubmissionInvalid(checks.problems)
+        write = functools.partial(repo.create_many, checks.specs, actor)
+    else:
+        # Each part is checked while the store writes the one before (on PostgreSQL the
+        # server indexes it meanwhile); a part with a problem ends the parts, and the
+        # store, given fewer than announced, writes nothing.
+        write = functools.partial(repo.create_in_parts, len(items), checks.parts(COPY_PART), actor)
     try:
-        return Batch(repo.create_many(specs, actor))
-    except errors.TaskConflict:
-        ids = _replayed(repo, specs) if seen_keys else None
+        return Batch(write())
+    except errors.SluiceError as exc:
+        # Every item's problems come first, as when they are all checked before writing.
+        checks.check_to(len(items))
+        if checks.problems:
+            raise SubmissionInvalid(checks.problems) from None
+        if not isinstance(exc, errors.TaskConflict) or not checks.seen_keys:
+            raise
+        ids = _replayed(repo, checks.specs)
         if ids is None:
             raise
         return Batch(ids, replayed=True)
+
+
+class _BatchChecks:
+    """A batch's items checked in order, each on its own (:func:`check`) and against the
+    items before it (an id or idempotency key given twice)."""
+
+    def __init__(self, items: Sequence[Submission], catalog: Catalog) -> None:
+        self.items = items
+        self.catalog = catalog
+        self.checked = 0
+        self.specs: list[Submission] = []  # the items that passed, filled in
+        self.problems: list[ItemError] = []
+        self.seen_ids: set[int] = set()
+        self.seen_keys: dict[str, int] = {}  # each idempotency key, and the first item holding it
+
+    def check_to(self, stop: int) -> None:
+        """Check the items not checked yet before ``stop``."""
+        seen_ids, seen_keys = self.seen_ids, self.seen_keys
+        for index in range(self.checked, stop):
+            item = self.items[index]
+            spec, item_problems = check(item, index, self.catalog)
+            if item.id is not None:
+                if item.id in seen_ids:
+                    item_problems.append(
+                        ItemError(index, "id", f"id {item.id} appears twice in this batch")
+                    )
+                seen_ids.add(item.id)
+            key = item.idempotency_key
+            if key is not None:
+                first = seen_keys.setdefault(key, index)
+                if first != index:
+                    item_problems.append(
+                        ItemError(
+                            index,
+                            "idempotency_key",
+                            f"idempotency_key {key!r} is also item {first}'s; "
+                            "each item needs its own",
+                        )
+                    )
+            self.problems.extend(item_problems)
+            if spec is not None:
+                self.specs.append(spec)
+        self.checked = max(self.checked, stop)
+
+    def parts(self, size: int) -> Iterator[list[Submission]]:
+        """The checked items ``size`` at a time, until every item is checked or one has a
+        problem (then the items after it are left for :meth:`check_to`)."""
+        while self.checked < len(self.items) and not self.problems:
+            start = len(self.specs)
+            self.check_to(min(self.checked + size, len(self.items)))
+            if self.problems:
+                return
+            yield self.specs[start:]
 
 
 MAX_NAMED = 10

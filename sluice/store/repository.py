@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -498,24 +498,81 @@ class TaskRepository:
 
         def write(conn: Connection) -> list[int]:
             ids = self._insert_batch(conn, specs, now)
-            if actor is not None:
-                by_tenant: dict[str, list[int]] = {}
-                for spec, task_id in zip(specs, ids, strict=True):
-                    by_tenant.setdefault(spec.tenant, []).append(task_id)
-                for tenant, tenant_ids in by_tenant.items():
-                    first, last = min(tenant_ids), max(tenant_ids)
-                    audit.record(
-                        conn,
-                        actor,
-                        "tasks.bulk_create",
-                        f"tasks:{first}-{last}",
-                        tenant=tenant,
-                        at=now,
-                        detail={"count": len(tenant_ids), "first_id": first, "last_id": last},
-                    )
+            self._audit_batch(conn, actor, specs, ids, now)
             return ids
 
         return self._in_write(write, specs)
+
+    def create_in_parts(
+        self, count: int, parts: Iterable[Sequence[Submission]], actor: Actor | None = None
+    ) -> list[int]:
+        """Create ``count`` tasks given a part at a time, every one or none, as
+        :meth:`create_many` does; returns their ids in input order.
+
+        ``parts`` is read while the rows go in: on PostgreSQL the server inserts and indexes
+        one part while the caller makes the next (``submissions.create_batch`` checks each
+        part as it goes), instead of waiting for the whole batch. Its ids are drawn before
+        the first part, so no item may have an explicit ``id`` or a ``parent_id`` (a
+        ``parent_index`` names an earlier item, which is written first). An exception
+        raised by ``parts`` rolls the whole batch back; its ids are then never used.
+        """
+        if count <= 0:
+            return []
+        now = self.clock.now()
+        given: list[Submission] = []
+
+        def write(conn: Connection) -> list[int]:
+            if given:  # past_busy_parents began again: the parts were read already
+                raise errors.InvalidTask("a batch given in parts cannot be written twice")
+            ids = bulk.reserve_ids(conn, tasks, count)
+            rows = _NewRows(given, now, ids, {})
+
+            def columns() -> Iterator[dict[str, list[Any]]]:
+                for part in parts:
+                    if any(s.id is not None or s.parent_id is not None for s in part):
+                        raise errors.InvalidTask(
+                            "a batch given in parts cannot name ids or parent_ids"
+                        )
+                    start = len(given)
+                    given.extend(part)
+                    if len(given) > count:
+                        raise errors.InvalidTask(f"more than the {count} tasks announced")
+                    yield rows.columns(start, len(given))
+
+            bulk.insert_column_parts(conn, tasks, columns())
+            if len(given) != count:
+                raise errors.InvalidTask(f"{len(given)} tasks given of the {count} announced")
+            self._insert_created_events(conn, ids, now)
+            self._audit_batch(conn, actor, given, ids, now)
+            return ids
+
+        return self._in_write(write, given)
+
+    def _audit_batch(
+        self,
+        conn: Connection,
+        actor: Actor | None,
+        specs: Sequence[Submission],
+        ids: Sequence[int],
+        now: datetime,
+    ) -> None:
+        """One ``tasks.bulk_create`` record per tenant of a batch created for ``actor``."""
+        if actor is None:
+            return
+        by_tenant: dict[str, list[int]] = {}
+        for spec, task_id in zip(specs, ids, strict=True):
+            by_tenant.setdefault(spec.tenant, []).append(task_id)
+        for tenant, tenant_ids in by_tenant.items():
+            first, last = min(tenant_ids), max(tenant_ids)
+            audit.record(
+                conn,
+                actor,
+                "tasks.bulk_create",
+                f"tasks:{first}-{last}",
+                tenant=tenant,
+                at=now,
+                detail={"count": len(tenant_ids), "first_id": first, "last_id": last},
+            )
 
     def _in_write(self, write: Callable[[Connection], _T], specs: Sequence[Submission]) -> _T:
         """``write`` in one transaction of its own; a unique or foreign key violation of

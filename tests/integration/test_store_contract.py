@@ -444,21 +444,25 @@ def create_store_gap(repo: TaskRepository) -> int:
 
 
 @st.composite
-def _batches(draw: st.DrawFn) -> list[dict[str, object]]:
+def _batches(draw: st.DrawFn, *, stored_parents: bool = True) -> list[dict[str, object]]:
     """A batch's items as fields of a Submission; ``parent`` is ("item", index of an earlier
-    item), ("task", which of the three stored parents) or None."""
+    item), ("task", which of the three stored parents) or None. Without ``stored_parents``
+    no item names a stored parent, and some are tracked (no kind, no parent)."""
     items: list[dict[str, object]] = []
     for index in range(draw(st.integers(1, 11))):
         parent = draw(
             st.one_of(
                 st.none(),
-                st.tuples(st.just("task"), st.integers(0, 2)),
+                *([st.tuples(st.just("task"), st.integers(0, 2))] if stored_parents else []),
                 *([st.tuples(st.just("item"), st.integers(0, index - 1))] if index else []),
             )
         )
+        kinds = ["campaign", "ad_group", "creative"]
+        if not stored_parents and parent is None:
+            kinds.append(None)  # type: ignore[arg-type]
         items.append(
             {
-                "kind": draw(st.sampled_from(["campaign", "ad_group", "creative"])),
+                "kind": draw(st.sampled_from(kinds)),
                 # Few distinct values: a column is often the same in one part and not the next.
                 "payload": {"name": draw(st.sampled_from(["a", "b"]))},
                 "priority": draw(st.sampled_from([0, 0, 5])),
@@ -485,49 +489,108 @@ def test_a_batch_written_in_parts_stores_what_one_part_stores(
     store.move(parents[2], TaskStatus.ERROR, last_error="rejected")
 
     def specs() -> list[Submission]:
-        made = []
-        for item in items:
-            fields = {k: v for k, v in item.items() if k != "parent"}
-            match item["parent"]:
-                case ("item", int(index)):
-                    fields["parent_index"] = index
-                case ("task", int(which)):
-                    fields["parent_id"] = parents[which]
-            made.append(submission(**fields))
-        return made
-
-    def stored(ids: list[int]) -> list[tuple[object, ...]]:
-        position = {task_id: n for n, task_id in enumerate(ids)}
-        with store.repo.engine.connect() as conn:
-            rows = conn.execute(select(tasks).where(tasks.c.id.in_(ids)).order_by(tasks.c.id))
-            created = {
-                task_id: note
-                for task_id, note in conn.execute(
-                    select(
-                        events.c.task_id,
-                        events.c.to_status + "|" + func.coalesce(events.c.detail, ""),
-                    ).where(events.c.task_id.in_(ids), events.c.event == "created")
-                )
-            }
-            seen = []
-            for row in rows:
-                values = row._asdict()
-                assert str(values.pop("client_ref")).startswith("sl-")
-                parent = values.pop("parent_id")
-                values["parent"] = ("item", position[parent]) if parent in position else parent
-                values["created"] = created[values.pop("id")]
-                seen.append(tuple(sorted(values.items())))
-        return seen
+        return [_item_submission(item, parents) for item in items]
 
     monkeypatch.setattr(repository, "COPY_PART", 3)
     in_parts = store.repo.create_many(specs())
     monkeypatch.setattr(repository, "COPY_PART", 10_000)
     in_one = store.repo.create_many(specs())
 
-    assert stored(in_parts) == stored(in_one)
+    assert stored(store, in_parts) == stored(store, in_one)
     with store.repo.engine.connect() as conn:
         refs = conn.execute(select(tasks.c.client_ref).where(tasks.c.id.in_(in_parts + in_one)))
         assert len(set(refs.scalars())) == 2 * len(items)
+
+
+def stored(store: Store, ids: list[int], *, but: tuple[str, ...] = ()) -> list[tuple[object, ...]]:
+    """Every column of the tasks ``ids`` (less ``but``) and their created events, in id
+    order: parents among ``ids`` by their place, client references checked for shape."""
+    position = {task_id: n for n, task_id in enumerate(ids)}
+    with store.repo.engine.connect() as conn:
+        rows = conn.execute(select(tasks).where(tasks.c.id.in_(ids)).order_by(tasks.c.id))
+        created = {
+            task_id: note
+            for task_id, note in conn.execute(
+                select(
+                    events.c.task_id,
+                    events.c.to_status + "|" + func.coalesce(events.c.detail, ""),
+                ).where(events.c.task_id.in_(ids), events.c.event == "created")
+            )
+        }
+        seen = []
+        for row in rows:
+            values = row._asdict()
+            task_id = values.pop("id")
+            reference = values.pop("client_ref")
+            if values["track_only"]:  # a tracked task: its own id, no request to send
+                assert (values.pop("external_id"), reference) == (str(task_id), None)
+            else:
+                assert str(reference).startswith("sl-")
+            parent = values.pop("parent_id")
+            values["parent"] = ("item", position[parent]) if parent in position else parent
+            values["created"] = created[task_id]
+            for name in but:
+                values.pop(name)
+            seen.append(tuple(sorted(values.items())))
+    return seen
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(items=_batches(stored_parents=False), sizes=st.lists(st.integers(1, 4), min_size=1))
+def test_a_batch_given_in_parts_stores_what_create_many_stores(
+    store: Store, items: list[dict[str, object]], sizes: list[int]
+) -> None:
+    """``create_in_parts`` (the bulk API's path when no item names an id or a parent_id:
+    each part is checked while the store writes the one before) writes what
+    ``create_many`` writes of the same items, in parts of any sizes, tracked tasks and
+    parents named by index across parts included."""
+    specs = [_item_submission(item, []) for item in items]
+    parts: list[list[Submission]] = []
+    while sum(map(len, parts)) < len(specs):
+        start = sum(map(len, parts))
+        parts.append(specs[start : start + sizes[len(parts) % len(sizes)]])
+
+    in_parts = store.repo.create_in_parts(len(specs), iter(parts))
+    in_one = store.repo.create_many(specs)
+
+    assert stored(store, in_parts) == stored(store, in_one)
+
+
+def _item_submission(item: dict[str, object], parents: list[int]) -> Submission:
+    """The submission ``_batches`` describes (its parent one of ``parents``, or an item)."""
+    fields = {k: v for k, v in item.items() if k != "parent"}
+    match item["parent"]:
+        case ("item", int(index)):
+            fields["parent_index"] = index
+        case ("task", int(which)):
+            fields["parent_id"] = parents[which]
+    if fields["kind"] is None:
+        fields.update(payload=None, provider="sandbox")
+    return submission(**fields)
+
+
+def test_a_batch_given_short_of_its_count_writes_nothing(store: Store) -> None:
+    """Parts that end before the count announced, run past it, name a parent_id or raise
+    leave the store as it was: the whole batch is one transaction."""
+    parent = create(store, submission())
+    before = store.written()
+
+    def failing() -> Iterator[list[Submission]]:
+        yield [submission()] * 3
+        raise RuntimeError("a part could not be made")
+
+    with pytest.raises(errors.InvalidTask, match="4 tasks given of the 5 announced"):
+        store.repo.create_in_parts(5, iter([[submission()] * 3, [submission()]]))
+    with pytest.raises(errors.InvalidTask, match="more than the 2 tasks announced"):
+        store.repo.create_in_parts(2, iter([[submission()] * 3]))
+    with pytest.raises(errors.InvalidTask, match="cannot name ids or parent_ids"):
+        store.repo.create_in_parts(2, iter([[submission(), submission(parent_id=parent.id)]]))
+    with pytest.raises(RuntimeError, match="could not be made"):
+        store.repo.create_in_parts(6, failing())
+
+    assert store.written() == before
 
 
 def test_batch_links_items_by_parent_index(store: Store) -> None:
