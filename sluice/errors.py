@@ -16,6 +16,8 @@ One root, a subtree per seam::
     │                               this database (each would send the full rate)
     ├── StoreError
     │   ├── StoreUnavailable        the database cannot be reached (down, restarting, refused)
+    │   │   └── WriteDeadlocked     the database ended a write to break a deadlock with a
+    │   │                           concurrent one (answered 503: try again)
     │   ├── TaskNotFound
     │   ├── BulkJobNotFound         no bulk job with that id (for this tenant)
     │   ├── TaskConflict            id or idempotency key already used
@@ -87,6 +89,12 @@ class StoreUnavailable(StoreError):
         super().__init__(f"database unavailable: {reason}")
         self.reason = reason
         self.where = where  # the database URL with its password masked
+
+
+class WriteDeadlocked(StoreUnavailable):
+    """The database ended a write to break a deadlock with a concurrent write (two bulk
+    batches taking the same idempotency keys in opposite orders): nothing of it was
+    written, and the same write may succeed now."""
 
 
 class TaskNotFound(StoreError):

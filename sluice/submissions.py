@@ -281,17 +281,33 @@ def create_batch(
         write = functools.partial(repo.create_in_parts, len(items), checks.parts(COPY_PART), actor)
     try:
         return Batch(write())
-    except errors.SluiceError as exc:
-        # Every item's problems come first, as when they are all checked before writing.
+    except Exception as exc:
+        # Every item's problems come first, as when they are all checked before writing:
+        # whatever stopped the write (a conflict, the store, or a driver error the COPY
+        # raises as it is).
         checks.check_to(len(items))
         if checks.problems:
             raise SubmissionInvalid(checks.problems) from None
-        if not isinstance(exc, errors.TaskConflict) or not checks.seen_keys:
-            raise
+        if not isinstance(exc, errors.WriteDeadlocked):
+            return _after_conflict(repo, checks, exc)
+    # PostgreSQL ended the write to break a deadlock with a concurrent batch (the same
+    # idempotency keys in opposite orders), which went on. Written again, every item
+    # checked, the batch answers what it would have answered second: created, replayed or
+    # a conflict. A second deadlock (a third batch) is answered 503, try again.
+    try:
+        return Batch(repo.create_many(checks.specs, actor))
+    except errors.TaskConflict as exc:
+        return _after_conflict(repo, checks, exc)
+
+
+def _after_conflict(repo: TaskRepository, checks: _BatchChecks, exc: Exception) -> Batch:
+    """The batch the earlier call created when ``exc`` is a conflict over this very batch's
+    idempotency keys (a replay); else ``exc`` raised again."""
+    if isinstance(exc, errors.TaskConflict) and checks.seen_keys:
         ids = _replayed(repo, checks.specs)
-        if ids is None:
-            raise
-        return Batch(ids, replayed=True)
+        if ids is not None:
+            return Batch(ids, replayed=True)
+    raise exc
 
 
 class _BatchChecks:

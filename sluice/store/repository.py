@@ -40,7 +40,7 @@ from sqlalchemy import (
     text,
     true,
 )
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from sluice import errors
 from sluice.clock import Clock, SystemClock
@@ -76,6 +76,7 @@ PARENT_BUSY_S = 10.0
 """How long a create tries again while a parent it names is locked by another transaction
 (a completion, a claim or a poll holds the row for milliseconds)."""
 LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL refused a NOWAIT row lock
+DEADLOCK_DETECTED = "40P01"  # PostgreSQL ended this transaction to break a deadlock
 COPY_PART = 1000
 """Rows of a PostgreSQL batch built and sent at a time: the server inserts a part while the
 next is built (bench/ingest.py measured the overlap; docs/scaling.md)."""
@@ -577,8 +578,10 @@ class TaskRepository:
     def _in_write(self, write: Callable[[Connection], _T], specs: Sequence[Submission]) -> _T:
         """``write`` in one transaction of its own; a unique or foreign key violation of
         ``specs`` becomes :class:`~sluice.errors.TaskConflict` (nothing is written)."""
-        # A bulk COPY (store/bulk.py) raises the driver's own IntegrityError.
-        driver_conflict = getattr(self.engine.dialect.dbapi, "IntegrityError", IntegrityError)
+        # A bulk COPY (store/bulk.py) raises the driver's own errors.
+        dbapi = self.engine.dialect.dbapi
+        driver_conflict = getattr(dbapi, "IntegrityError", IntegrityError)
+        driver_error = getattr(dbapi, "Error", DBAPIError)
         try:
             return self.past_busy_parents(
                 write, sorted({s.parent_id for s in specs if s.parent_id is not None})
@@ -587,6 +590,17 @@ class TaskRepository:
             raise errors.TaskConflict(_conflict_message(exc.orig or exc, specs)) from exc
         except driver_conflict as exc:
             raise errors.TaskConflict(_conflict_message(exc, specs)) from exc
+        except (DBAPIError, driver_error) as exc:
+            # Two batches inserting the same idempotency keys in opposite orders each wait
+            # for the other's uncommitted key; PostgreSQL ends one of them.
+            orig = exc.orig if isinstance(exc, DBAPIError) else exc
+            if getattr(orig, "sqlstate", None) != DEADLOCK_DETECTED:
+                raise
+            raise errors.WriteDeadlocked(
+                "the database ended this write to break a deadlock with a concurrent one "
+                "(nothing was written); try again",
+                self.engine.url.render_as_string(hide_password=True),
+            ) from exc
 
     def past_busy_parents(self, write: Callable[[Connection], _T], parents: Sequence[int]) -> _T:
         """``write`` in a transaction, begun again while a parent task it reads under a

@@ -6,7 +6,7 @@ leaves nothing behind. SQLite and real PostgreSQL."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from sluice import errors, submissions
 from sluice.catalog import Catalog, ProviderInfo
 from sluice.clock import FakeClock
-from sluice.domain import Submission
+from sluice.domain import Actor, Submission
 from sluice.store import db
 from sluice.store.repository import TaskRepository
 from sluice.store.rows import events, tasks
@@ -69,13 +69,18 @@ def _items(draw: st.DrawFn) -> list[dict[str, object]]:
     return items
 
 
-def _answer(repo: TaskRepository, items: list[dict[str, object]], tenant: str) -> object:
-    """What create_batch answers for ``items`` as ``tenant``'s: the error (its type and
-    problems or message) or the stored rows, without ids; and what it wrote."""
+def _answer(
+    repo: TaskRepository,
+    items: list[dict[str, object]],
+    tenant: str,
+    create: Callable[..., submissions.Batch] = submissions.create_batch,
+) -> object:
+    """What ``create`` (create_batch) answers for ``items`` as ``tenant``'s: the error (its
+    type and problems or message) or the stored rows, without ids; and what it wrote."""
     before = _written(repo)
     batch = [Submission(tenant=tenant, **item) for item in items]  # type: ignore[arg-type]
     try:
-        created = submissions.create_batch(repo, CATALOG, batch)
+        created = create(repo, CATALOG, batch)
     except submissions.SubmissionInvalid as exc:
         assert _written(repo) == before, "a refused batch wrote something"
         return ("invalid", exc.problems)
@@ -137,6 +142,57 @@ def test_a_batch_checked_in_parts_answers_what_checking_it_whole_answers(
     assert in_parts == whole
 
 
+def _as_before(
+    repo: TaskRepository,
+    catalog: Catalog,
+    items: Sequence[Submission],
+    actor: Actor | None = None,
+) -> submissions.Batch:
+    """create_batch as it was before parts (2a5b416): every item checked, then
+    ``create_many``; on a conflict, the replay or the 409."""
+    checks = submissions._BatchChecks(items, catalog)
+    checks.check_to(len(items))
+    if checks.problems:
+        raise submissions.SubmissionInvalid(checks.problems)
+    try:
+        return submissions.Batch(repo.create_many(checks.specs, actor))
+    except errors.TaskConflict:
+        ids = submissions._replayed(repo, checks.specs) if checks.seen_keys else None
+        if ids is None:
+            raise
+        return submissions.Batch(ids, replayed=True)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(items=_items(), part=st.integers(1, 4))
+def test_a_batch_checked_in_parts_answers_what_the_code_before_parts_answered(
+    repo: TaskRepository,
+    monkeypatch: pytest.MonkeyPatch,
+    items: list[dict[str, object]],
+    part: int,
+) -> None:
+    """The test above compares parts with one part of the same new code (its problems-
+    first and replay handling shared by both sides); here the other side is the code
+    before parts: check every item, then create_many."""
+    run = repo.clock.now().timestamp()
+    sides = (f"parts-{run}-{part}", f"before-{run}-{part}")
+    repo.clock.advance(1)  # type: ignore[attr-defined]
+    for tenant in sides:
+        submissions.create_batch(
+            repo,
+            CATALOG,
+            [Submission(tenant=tenant, kind="campaign", payload={}, idempotency_key=HELD_KEY)],
+        )
+
+    monkeypatch.setattr(submissions, "COPY_PART", part)
+    in_parts = _answer(repo, items, sides[0])
+    before = _answer(repo, items, sides[1], _as_before)
+
+    assert in_parts == before
+
+
 def test_a_batch_sent_again_is_replayed_from_its_parts(
     repo: TaskRepository, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -155,3 +211,108 @@ def test_a_batch_sent_again_is_replayed_from_its_parts(
 
     assert (again.ids, again.replayed) == (first.ids, True)
     assert _written(repo) == before
+
+
+def _two_batches_at_once(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, wrong_last: bool
+) -> dict[str, object]:
+    """What create_batch answers two batches sent at once on PostgreSQL whose idempotency
+    keys overlap in opposite orders (a: k1 then k2, b: k2 then k1), each with a wrong last
+    item when ``wrong_last``. Parts of one item; the fourth item of each is checked only
+    once both COPYs have stored three rows, so each holds its first key while it goes on
+    to insert the other's (PostgreSQL ends one of them as a deadlock)."""
+    import threading
+    import time
+
+    from sqlalchemy import create_engine, text
+
+    engine = db.make_engine(postgres_url)
+    db.ensure_schema(engine)
+    repo = TaskRepository(engine, FakeClock(datetime(2026, 3, 1, tzinfo=UTC)))
+    watcher = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    big = "x" * 100_000  # a row past psycopg's 32 KiB buffer and the server's 64 KiB batch
+    real_check = submissions.check
+
+    def both_copies_wrote(rows: int) -> None:
+        """Wait until both COPYs have stored ``rows`` rows or more (keys now held)."""
+        give_up = time.monotonic() + 60
+        while time.monotonic() < give_up:
+            with watcher.connect() as conn:
+                done = conn.execute(
+                    text(
+                        "SELECT tuples_processed FROM pg_stat_progress_copy p "
+                        "JOIN pg_database d ON d.oid = p.datid "
+                        "WHERE d.datname = current_database()"
+                    )
+                ).scalars()
+                copies = sorted(done)
+                if len(copies) >= 2 and copies[-2] >= rows:
+                    return
+            time.sleep(0.01)
+
+    def check(item: Submission, index: int | None, catalog: Catalog) -> object:
+        if index == 3:  # rows 0-2 sent; the third holds this side's first key
+            both_copies_wrote(3)
+        return real_check(item, index, catalog)
+
+    monkeypatch.setattr(submissions, "check", check)
+    monkeypatch.setattr(submissions, "COPY_PART", 1)
+
+    def batch(first: str, second: str) -> list[Submission]:
+        keys = [None, None, first, None, second, None]
+        items = [Submission(kind="campaign", payload={"big": big}, idempotency_key=k) for k in keys]
+        if wrong_last:
+            items.append(Submission(kind="campaign"))  # no payload: item 6 is wrong
+        return items
+
+    answers: dict[str, object] = {}
+
+    def send(name: str, items: list[Submission]) -> None:
+        try:
+            created = submissions.create_batch(repo, CATALOG, items)
+            answers[name] = "replayed" if created.replayed else "created"
+        except submissions.SubmissionInvalid as exc:
+            answers[name] = ("invalid", [(p.index, p.field) for p in exc.problems])
+        except Exception as exc:  # the answer under test
+            answers[name] = type(exc).__name__
+
+    threads = [
+        threading.Thread(target=send, args=("a", batch("k1", "k2"))),
+        threading.Thread(target=send, args=("b", batch("k2", "k1"))),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    watcher.dispose()
+    engine.dispose()
+    return answers
+
+
+@pytest.mark.postgres
+def test_two_batches_each_with_a_wrong_item_are_refused_though_their_keys_deadlock(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two bulk calls at once whose idempotency keys overlap in opposite orders, each with
+    a wrong last item: checked before writing, both answered 422 and never reached the
+    store. Checked while their parts are written, each holds a key the other inserts next
+    (PostgreSQL ends one by a deadlock): still both must answer their problems, not the
+    driver's DeadlockDetected (a 500 from the API)."""
+    answers = _two_batches_at_once(postgres_url, monkeypatch, wrong_last=True)
+
+    assert answers == {"a": ("invalid", [(6, "payload")]), "b": ("invalid", [(6, "payload")])}
+
+
+@pytest.mark.postgres
+def test_two_batches_whose_keys_deadlock_answer_what_one_after_the_other_would(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same two calls, every item right: one is created; the other answers what it would
+    had it come second, a 409 (part of it created before): PostgreSQL ends it as a
+    deadlock, and create_batch writes it again once (a second deadlock would be a 503, try
+    again). Not the driver's DeadlockDetected, a 500 with a traceback. The deadlock is not
+    new (a COPY of several parts could meet it before), but checking each part while
+    holding the keys of the parts before keeps the window open for the whole check."""
+    answers = _two_batches_at_once(postgres_url, monkeypatch, wrong_last=False)
+
+    assert sorted(map(str, answers.values())) == ["TaskConflict", "created"]
