@@ -53,7 +53,6 @@ from sqlalchemy import (
     Table,
     case,
     func,
-    literal_column,
     select,
     text,
     union_all,
@@ -62,7 +61,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from sluice.domain import Operation, Phase, operation_of
-from sluice.store.rows import chunks, tasks
+from sluice.store.rows import chunks, in_phases, tasks
 from sluice.store.tables import POLL_PHASE_SQL, POLL_PHASES, READY_PHASE_SQL, FairShareRow
 
 fair_shares: Table = FairShareRow.__table__  # type: ignore[assignment]
@@ -180,15 +179,14 @@ def is_poll(phase: str | Phase) -> bool:
 
 
 def in_poll_stream() -> Any:
-    """A key's polls and lookups, with the literal predicate of ``ix_tasks_due_polls`` (a
-    partial index SQLite uses only when the query repeats its predicate)."""
-    return tasks.c.phase.in_([literal_column(f"'{phase}'") for phase in POLL_PHASES])
+    """A key's polls and lookups, with the literal predicate of ``ix_tasks_due_polls``."""
+    return in_phases(POLL_PHASES)
 
 
 def in_ready_stream() -> Any:
     """A key's other active work: ``ready`` (a create), with the literal predicate of
     ``ix_tasks_fair_order``."""
-    return tasks.c.phase == literal_column(f"'{Phase.READY.value}'")
+    return in_phases([Phase.READY.value])
 
 
 T = TypeVar("T")

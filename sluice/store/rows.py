@@ -68,11 +68,18 @@ def _unary_plus(element: NoIndexOnSqlite, compiler: SQLCompiler, **kw: Any) -> s
     return "+" + compiler.process(element.column, **kw)
 
 
+def in_phases(phases: Sequence[str]) -> ColumnElement[bool]:
+    """A task in one of ``phases``, written with literal values as the predicates of the
+    partial indexes are (``tables.READY_PHASE_SQL``, ``POLL_PHASE_SQL``): SQLite uses a
+    partial index only when the query repeats its predicate with literals, ``=`` for one
+    phase and ``IN`` for several."""
+    values: list[ColumnElement[Any]] = [literal_column(f"'{phase}'") for phase in phases]
+    return tasks.c.phase == values[0] if len(values) == 1 else tasks.c.phase.in_(values)
+
+
 def in_active_phase() -> ColumnElement[bool]:
-    """A task with work left (:data:`ACTIVE_PHASES`), written with literal values as the
-    predicates of the partial indexes over a fair claim's streams are (SQLite matches a
-    partial index's predicate only against literals)."""
-    return tasks.c.phase.in_([literal_column(f"'{phase}'") for phase in ACTIVE_PHASES])
+    """A task with work left (:data:`ACTIVE_PHASES`), in :func:`in_phases`' literals."""
+    return in_phases(ACTIVE_PHASES)
 
 
 def chunks(items: Sequence[T], size: int = IN_CHUNK) -> Iterator[list[T]]:
