@@ -6,14 +6,13 @@ leaves nothing behind. SQLite and real PostgreSQL."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 
 from sluice import errors, submissions
 from sluice.catalog import Catalog, ProviderInfo
@@ -31,17 +30,10 @@ HELD_KEY = "held"
 """An idempotency key a stored task of every tenant holds already."""
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TaskRepository]:
-    """A repository on a fresh, migrated database of each backend."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'store.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    engine = db.make_engine(url)
-    db.ensure_schema(engine)
-    yield TaskRepository(engine, FakeClock(datetime(2026, 3, 1, tzinfo=UTC)))
-    engine.dispose()
+@pytest.fixture
+def repo(engine: Engine) -> TaskRepository:
+    """A repository on a fresh, migrated database of each backend (conftest's ``engine``)."""
+    return TaskRepository(engine, FakeClock(datetime(2026, 3, 1, tzinfo=UTC)))
 
 
 @st.composite
@@ -109,39 +101,6 @@ def _written(repo: TaskRepository) -> tuple[int, int]:
         )
 
 
-@settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(items=_items(), part=st.integers(1, 4))
-def test_a_batch_checked_in_parts_answers_what_checking_it_whole_answers(
-    repo: TaskRepository,
-    monkeypatch: pytest.MonkeyPatch,
-    items: list[dict[str, object]],
-    part: int,
-) -> None:
-    """Parts of 1 to 4 items against one part of everything (every item checked before the
-    first row is written): the same problems in the same order, the same conflict, or the
-    same tasks; a refused batch writes nothing even when its first parts were written
-    before a later one failed its checks. Each side is its own tenant, so neither sees the
-    other's tasks or keys; each holds ``HELD_KEY`` already."""
-    run = repo.clock.now().timestamp()
-    sides = (f"parts-{run}-{part}", f"whole-{run}-{part}")
-    repo.clock.advance(1)  # type: ignore[attr-defined]
-    for tenant in sides:
-        submissions.create_batch(
-            repo,
-            CATALOG,
-            [Submission(tenant=tenant, kind="campaign", payload={}, idempotency_key=HELD_KEY)],
-        )
-
-    monkeypatch.setattr(submissions, "COPY_PART", part)
-    in_parts = _answer(repo, items, sides[0])
-    monkeypatch.setattr(submissions, "COPY_PART", 10_000)
-    whole = _answer(repo, items, sides[1])
-
-    assert in_parts == whole
-
-
 def _as_before(
     repo: TaskRepository,
     catalog: Catalog,
@@ -167,17 +126,21 @@ def _as_before(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(items=_items(), part=st.integers(1, 4))
-def test_a_batch_checked_in_parts_answers_what_the_code_before_parts_answered(
+def test_a_batch_checked_in_parts_answers_what_checking_it_whole_answers(
     repo: TaskRepository,
     monkeypatch: pytest.MonkeyPatch,
     items: list[dict[str, object]],
     part: int,
 ) -> None:
-    """The test above compares parts with one part of the same new code (its problems-
-    first and replay handling shared by both sides); here the other side is the code
-    before parts: check every item, then create_many."""
+    """Parts of 1 to 4 items against one part of everything (every item checked before the
+    first row is written) and against the code before parts (check every item, then
+    ``create_many``, whose problems-first and replay handling the new code does not share):
+    the same problems in the same order, the same conflict, or the same tasks; a refused
+    batch writes nothing even when its first parts were written before a later one failed
+    its checks. Each side is its own tenant, so none sees the others' tasks or keys; each
+    holds ``HELD_KEY`` already."""
     run = repo.clock.now().timestamp()
-    sides = (f"parts-{run}-{part}", f"before-{run}-{part}")
+    sides = (f"parts-{run}-{part}", f"whole-{run}-{part}", f"before-{run}-{part}")
     repo.clock.advance(1)  # type: ignore[attr-defined]
     for tenant in sides:
         submissions.create_batch(
@@ -188,9 +151,11 @@ def test_a_batch_checked_in_parts_answers_what_the_code_before_parts_answered(
 
     monkeypatch.setattr(submissions, "COPY_PART", part)
     in_parts = _answer(repo, items, sides[0])
-    before = _answer(repo, items, sides[1], _as_before)
+    monkeypatch.setattr(submissions, "COPY_PART", 10_000)
+    whole = _answer(repo, items, sides[1])
+    before = _answer(repo, items, sides[2], _as_before)
 
-    assert in_parts == before
+    assert in_parts == whole == before
 
 
 def test_a_batch_sent_again_is_replayed_from_its_parts(
