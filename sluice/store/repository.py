@@ -79,7 +79,8 @@ LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL refused a NOWAIT row lock
 DEADLOCK_DETECTED = "40P01"  # PostgreSQL ended this transaction to break a deadlock
 COPY_PART = 1000
 """Rows of a PostgreSQL batch built and sent at a time: the server inserts a part while the
-next is built (bench/ingest.py measured the overlap; docs/scaling.md)."""
+next is built (bench/ingest.py measured the overlap; docs/scaling.md). A bulk batch is also
+checked this many items at a time (``submissions.create_batch``, ``create_in_parts``)."""
 _T = TypeVar("_T")
 # Tasks that wait for a grant when due: ready, claimed to submit, polled, looked up.
 WAITING_PHASES = (
@@ -577,7 +578,8 @@ class TaskRepository:
 
     def _in_write(self, write: Callable[[Connection], _T], specs: Sequence[Submission]) -> _T:
         """``write`` in one transaction of its own; a unique or foreign key violation of
-        ``specs`` becomes :class:`~sluice.errors.TaskConflict` (nothing is written)."""
+        ``specs`` becomes :class:`~sluice.errors.TaskConflict`, and PostgreSQL ending it to
+        break a deadlock :class:`~sluice.errors.WriteDeadlocked` (nothing is written)."""
         # A bulk COPY (store/bulk.py) raises the driver's own errors.
         dbapi = self.engine.dialect.dbapi
         driver_conflict = getattr(dbapi, "IntegrityError", IntegrityError)
