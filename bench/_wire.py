@@ -66,12 +66,16 @@ def request_start(frame: bytes, port: int) -> tuple[tuple[int, int], str] | None
 
 
 def serve(port: int, out: Path) -> None:
-    """Capture until SIGTERM, then write ``[[posix_seconds, method], ...]`` to ``out``."""
-    stop = False
+    """Capture until SIGTERM, then write ``[[posix_seconds, method], ...]`` to ``out``.
+
+    After SIGTERM it reads on until a frame stamped after the signal (every frame before it
+    has then been read: they come in order) or until ``lo`` is quiet for 0.2 s. Other
+    processes' traffic may keep ``lo`` busy for ever (a test suite's databases)."""
+    stopped_at: float | None = None
 
     def ask_stop(*_: object) -> None:
-        nonlocal stop
-        stop = True
+        nonlocal stopped_at
+        stopped_at = time.time()
 
     signal.signal(signal.SIGTERM, ask_stop)
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
@@ -86,24 +90,29 @@ def serve(port: int, out: Path) -> None:
         try:
             frame, ancillary, _, address = sock.recvmsg(65_600, socket.CMSG_SPACE(16))
         except TimeoutError:
-            if stop:
+            if stopped_at is not None:
                 break
             continue
+        stamp = _stamp(ancillary)
+        if stopped_at is not None and (stamp is None or stamp > stopped_at):
+            break
         if address[2] != PACKET_HOST:  # lo shows each packet twice: keep its arrival
             continue
         found = request_start(frame, port)
-        if found is None or found[0] in seen:
+        if found is None or found[0] in seen or stamp is None:
             continue
         seen.add(found[0])
-        stamp = next(
-            (data for level, kind, data in ancillary if (level, kind) == (1, SO_TIMESTAMPNS)),
-            None,
-        )
-        if stamp is None:
-            continue
-        seconds, nanoseconds = struct.unpack("qq", stamp[:16])
-        requests.append((seconds + nanoseconds / 1e9, found[1]))
+        requests.append((stamp, found[1]))
     out.write_text(json.dumps(sorted(requests)))
+
+
+def _stamp(ancillary: list[tuple[int, int, bytes]]) -> float | None:
+    """The kernel's receive time of a frame (``SO_TIMESTAMPNS``), in POSIX seconds."""
+    for level, kind, data in ancillary:
+        if (level, kind) == (socket.SOL_SOCKET, SO_TIMESTAMPNS):
+            seconds, nanoseconds = struct.unpack("qq", data[:16])
+            return float(seconds + nanoseconds / 1e9)
+    return None
 
 
 class Capture:

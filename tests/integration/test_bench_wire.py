@@ -90,3 +90,33 @@ def test_every_request_is_captured_once_at_the_time_it_was_sent(server_port: int
     assert [method for _, method in found.requests] == ["POST"] * 30
     for (before, after), at in zip(spans, found.times(), strict=True):
         assert before <= at <= after
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a packet socket needs root")
+def test_the_capture_stops_while_loopback_stays_busy(server_port: int) -> None:
+    """Other processes' loopback traffic (a test suite's databases and clusters) never
+    leaves the packet socket idle: the capture must still stop when told, with the requests
+    sent before it. It used to stop only after 0.2 s without a packet on ``lo``, and under
+    a busy loopback outlived its caller's 60 s wait."""
+    busy = threading.Event()
+    noise = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    def keep_loopback_busy() -> None:
+        while not busy.is_set():
+            noise.sendto(b"x", ("127.0.0.1", 9))
+            time.sleep(0.001)
+
+    sender = threading.Thread(target=keep_loopback_busy, daemon=True)
+    sender.start()
+    try:
+        with (
+            wire.capture(server_port) as found,
+            httpx.Client(base_url=f"http://127.0.0.1:{server_port}") as client,
+        ):
+            for i in range(5):
+                client.post("/v1/campaigns", json={"name": f"c{i}"}).raise_for_status()
+    finally:
+        busy.set()
+        sender.join()
+        noise.close()
+    assert [method for _, method in found.requests] == ["POST"] * 5
