@@ -118,7 +118,7 @@ class TaskRow(Base):
     payload: Mapped[dict[str, Any] | None] = mapped_column(Payload)
     external_id: Mapped[str | None] = mapped_column(ForeignString(EXTERNAL_ID_MAX_CHARS))
     parent_id: Mapped[int | None] = mapped_column(
-        BigId, ForeignKey("tasks.id", ondelete="RESTRICT"), index=True
+        BigId, ForeignKey("tasks.id", ondelete="RESTRICT")
     )
     status: Mapped[str] = mapped_column(String(16))
     phase: Mapped[str] = mapped_column(String(16))
@@ -172,7 +172,22 @@ class TaskRow(Base):
             sqlite_where=text(POLL_PHASE_SQL),
         ),
         Index("ix_tasks_provider_status", "provider", "status"),
-        Index("ix_tasks_external_id", "provider", "external_id"),
+        # Only the rows with a value (migration 0017_partial_null_indexes): a root has no
+        # parent, and a task has no external id until its create is answered. Reads compare
+        # the column with a value, which implies IS NOT NULL on both databases.
+        Index(
+            "ix_tasks_parent_id",
+            "parent_id",
+            postgresql_where=text("parent_id IS NOT NULL"),
+            sqlite_where=text("parent_id IS NOT NULL"),
+        ),
+        Index(
+            "ix_tasks_external_id",
+            "provider",
+            "external_id",
+            postgresql_where=text("external_id IS NOT NULL"),
+            sqlite_where=text("external_id IS NOT NULL"),
+        ),
         Index("ix_tasks_tenant", "tenant", "id"),
         # A tenant's tasks in one status, read in id order without fetching other tenants'
         # rows (migration 0013_tenant_status): a tenant's key always filters by tenant.

@@ -20,6 +20,7 @@ from sqlalchemy import Engine, event
 
 from sluice.domain import Outcome, Phase, TaskStatus
 from sluice.store import db
+from sluice.store.chains import descendant_ids, release_children
 from sluice.store.filters import TaskFilter
 from sluice.store.queue import WorkQueue
 from sluice.store.repository import TaskRepository
@@ -441,3 +442,49 @@ def test_the_events_downgrade_finds_orphans_by_one_join_not_a_lookup_per_event(
         conn.rollback()
     assert "SubPlan" not in text, text
     assert "Anti Join" in text, text
+
+
+def test_a_parents_children_and_its_key_check_read_the_partial_parent_index(
+    loaded: Engine,
+) -> None:
+    """``ix_tasks_parent_id`` holds only tasks with a parent (0017): a parent's children
+    (the console's tree, a tree's descendants when it is cancelled or pruned) and the
+    foreign key's check when a task is deleted (PostgreSQL's own ``$1 = parent_id`` query,
+    planned once for any value) still read it, as a comparison with a value implies
+    ``IS NOT NULL``."""
+    repo = TaskRepository(loaded)
+    with Captured(loaded) as captured:
+        assert [t.id for t in repo.children(4)] == [5]
+        with loaded.connect() as conn:
+            release_children(conn, [4, 14], NOW)
+            assert descendant_ids(conn, [4, 14]) == [5, 15]
+            conn.rollback()
+    reads = captured.touching_tasks("SELECT")
+    assert len(reads) == 3  # the children, then two levels of descendants
+    for statement, params in reads:
+        text = plan(loaded, statement, params)
+        assert "ix_tasks_parent_id" in text, text
+    # No task here waits for its parent: the release reads the one-row waiting phase instead.
+    ((statement, params),) = captured.touching_tasks("UPDATE")
+    assert_indexed(plan(loaded, statement, params))
+    with loaded.connect() as conn:
+        conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+        conn.exec_driver_sql(
+            "PREPARE key_check (bigint) AS "
+            "SELECT 1 FROM ONLY tasks x WHERE $1 OPERATOR(pg_catalog.=) parent_id "
+            "FOR KEY SHARE OF x"
+        )
+        text = "\n".join(conn.exec_driver_sql("EXPLAIN EXECUTE key_check (4)").scalars())
+        conn.rollback()
+    assert "ix_tasks_parent_id" in text, text
+
+
+def test_a_task_is_found_by_its_providers_id_through_the_partial_index(loaded: Engine) -> None:
+    """``ix_tasks_external_id`` holds only answered creates (0017); a lookup of the task
+    behind a provider's object (an operator's, by hand) still reads it."""
+    text = plan(
+        loaded,
+        "SELECT id FROM tasks WHERE provider = %(provider)s AND external_id = %(external_id)s",
+        {"provider": "sandbox", "external_id": "cmp-42"},
+    )
+    assert "ix_tasks_external_id" in text, text
