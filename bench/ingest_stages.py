@@ -3,9 +3,12 @@
 Runs the bulk route's own steps over fresh databases: ``json.loads`` of the body (what
 FastAPI does), ``BulkCreate`` validation, ``to_submission``, then
 ``submissions.create_tasks`` with the store's SQL steps timed apart. ``time.process_time``
-(this process's CPU; the database server's is not included), the cyclic GC paused as the
-API pauses it, one warm-up batch, then the median per stage over ``--batches`` batches of
-10,000 tasks, in microseconds per task. Prints a Markdown table (docs/scaling.md, ingest).
+(this process's CPU), the cyclic GC paused as the API pauses it, one warm-up batch, then
+the median per stage over ``--batches`` batches of 10,000 tasks, in microseconds per task.
+On PostgreSQL the server's CPU for the write is reported on a line of its own: its
+backend's (``/proc/<pg_backend_pid>/stat``, so the server must run on this host) around
+``create_tasks``: the ``COPY`` into ``tasks`` and its indexes, the events and the commit.
+Prints a Markdown table (docs/scaling.md, ingest).
 
 Run: ``python -m bench.ingest_stages [--batches 4] [--backends sqlite,postgresql]``
 """
@@ -15,12 +18,22 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
 from bench.ingest import BATCH_SIZE, _catalog, _fresh_database, campaign
+
+SERVER = "the PostgreSQL backend's CPU (not in the total)"
+
+
+def _backend_seconds(pid: int) -> float:
+    """CPU seconds (user + system) the server process ``pid`` has used so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _stages(url: str, batches: int) -> dict[str, float]:
@@ -29,7 +42,13 @@ def _stages(url: str, batches: int) -> dict[str, float]:
     from sluice.store import bulk, db
     from sluice.store.repository import TaskRepository
 
-    engine = db.make_engine(url)
+    postgres = url.startswith("postgresql")
+    # One connection, so one server backend does every write and its CPU can be read.
+    engine = db.make_engine(url, **({"pool_size": 1, "max_overflow": 0} if postgres else {}))
+    backend = None
+    if postgres:
+        with engine.connect() as conn:
+            backend = int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
     repo = TaskRepository(engine)
     catalog = _catalog()
     sql: dict[str, float] = {}
@@ -70,8 +89,10 @@ def _stages(url: str, batches: int) -> dict[str, float]:
                 t2 = time.process_time()
                 items = [item.to_submission(tenant="default") for item in model.tasks]
                 t3 = time.process_time()
+                server = 0.0 if backend is None else _backend_seconds(backend)
                 submissions.create_tasks(repo, catalog, items)
                 t4 = time.process_time()
+                server = 0.0 if backend is None else _backend_seconds(backend) - server
             finally:
                 gc.enable()
             if number == 0:
@@ -82,6 +103,7 @@ def _stages(url: str, batches: int) -> dict[str, float]:
                 "to_submission": t3 - t2,
                 "checks (Python)": t4 - t3 - sum(sql.values()),
                 **sql,
+                **({SERVER: server} if backend is not None else {}),
             }
             for label, seconds in stages.items():
                 samples.setdefault(label, []).append(seconds)
@@ -105,11 +127,17 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     backends = list(figures)
     print("| stage (µs per task) | " + " | ".join(backends) + " |")
     print("|---" * (len(backends) + 1) + "|")
-    for label in figures[backends[0]]:
-        cells = " | ".join(f"{figures[b].get(label, 0.0):.1f}" for b in backends)
+    labels = [label for label in figures[backends[0]] if label != SERVER]
+
+    def row(label: str, values: list[float | None]) -> None:
+        cells = " | ".join("-" if v is None else f"{v:.1f}" for v in values)
         print(f"| {label} | {cells} |")
-    totals = " | ".join(f"{sum(figures[b].values()):.1f}" for b in backends)
-    print(f"| total in this process | {totals} |")
+
+    for label in labels:
+        row(label, [figures[b].get(label, 0.0) for b in backends])
+    row("total in this process", [sum(figures[b][label] for label in labels) for b in backends])
+    if any(SERVER in figures[b] for b in backends):
+        row(SERVER, [figures[b].get(SERVER) for b in backends])
     return figures
 
 
