@@ -6,7 +6,7 @@ their reads: ``ix_tasks_parent_id`` holds only tasks with a parent and
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from sluice.domain import Submission
 from sluice.store import db
 from sluice.store.chains import descendant_ids, release_children
 from sluice.store.repository import TaskRepository
+from sluice.store.retention import prune_batch
 
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 TREES = 300
@@ -94,3 +95,29 @@ def test_a_task_is_found_by_its_providers_id_through_the_partial_index(engine: E
         ("sandbox", "cmp-42"),
     )
     assert "ix_tasks_external_id" in plan, plan
+
+
+def test_the_prunes_read_of_roots_walks_the_ids_in_order(engine: Engine) -> None:
+    """``sluice db prune`` reads roots after a cursor in id order, a batch at a time. Over
+    the full ``ix_tasks_parent_id`` SQLite walked the roots' NULL entries in id order;
+    once that index held no NULLs (0017) it took ``ix_tasks_due`` (every task in phase
+    ``done``) and sorted them all for each batch: a million pruned tasks read a million
+    entries a batch. The read walks the primary key from the cursor and stops."""
+    statements: list[tuple[str, Any]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, params: Any, *rest: Any) -> None:
+        statements.append((statement, params))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        with engine.connect() as conn:
+            prune_batch(conn, START - timedelta(days=30), START, after_id=10)
+            conn.rollback()
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    (root_read, params), *_ = [
+        (s, p) for s, p in statements if s.startswith("SELECT") and "parent_id IS NULL" in s
+    ]
+    plan = _query_plan(engine, root_read, params)
+    assert "SEARCH tasks USING INTEGER PRIMARY KEY (rowid>?)" in plan, plan
+    assert "TEMP B-TREE" not in plan, plan
