@@ -14,7 +14,6 @@ from threading import Thread
 import pytest
 
 from harness.api_server import serve_api
-from harness.cluster import free_port
 from sluice import apikeys
 from sluice.controls import pin_rate
 from sluice.domain import LOCAL_ACTOR
@@ -22,7 +21,13 @@ from sluice.runtime import Runtime, build_runtime
 from sluice.settings import load_settings
 from sluice.store.keys import KeyStore
 from sluice.store.learned import LearnedDrop, LearnedRateStore
-from tests.unit.cli.running import one_line, run_cli, run_cli_captured
+from tests.unit.cli.running import (
+    assert_unreachable_api_is_one_line,
+    assert_wrong_key_refused,
+    one_line,
+    run_cli,
+    run_cli_captured,
+)
 
 KEY = "sk_0123456789ab_Wq3VtYdR8pLmN2xK5sHgJf"
 
@@ -113,21 +118,7 @@ def test_a_wrong_key_is_one_line_without_the_key(
     secured: tuple[str, Runtime],
     via_env: bool,
 ) -> None:
-    base_url, _ = secured
-    if via_env:
-        monkeypatch.setenv("SLUICE_API_KEY", KEY)
-        args: tuple[str, ...] = ("rates", "--api", base_url)
-    else:
-        args = ("rates", "--api", base_url, "--key", KEY)
-
-    code, err = run_cli(monkeypatch, capsys, *args)
-
-    assert code == 2
-    assert one_line(err) == (
-        "error: refused (401): a valid API key is required: Authorization: Bearer <key>"
-    )
-    assert KEY not in err
-    assert KEY[-12:] not in err
+    assert_wrong_key_refused(monkeypatch, capsys, "rates", secured[0], KEY, via_env=via_env)
 
 
 def test_a_viewer_key_is_refused_in_one_line_without_the_key(
@@ -169,17 +160,7 @@ def test_an_operator_key_reads_the_rates(
 def test_a_server_that_is_down_is_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    port = free_port()  # nothing listens there
-
-    code, err = run_cli(
-        monkeypatch, capsys, "rates", "--api", f"http://u:pw@127.0.0.1:{port}", "--key", KEY
-    )
-
-    assert code == 2
-    line = one_line(err)
-    assert line.startswith(f"error: cannot reach the Sluice API at http://u:***@127.0.0.1:{port}")
-    assert "pw@" not in err
-    assert KEY not in err
+    assert_unreachable_api_is_one_line(monkeypatch, capsys, "rates", KEY)
 
 
 class _OlderApi(BaseHTTPRequestHandler):

@@ -11,13 +11,16 @@ from pathlib import Path
 import pytest
 
 from harness.api_server import serve_api
-from harness.cluster import free_port
 from sluice import apikeys
 from sluice.domain import Submission
 from sluice.runtime import Runtime, build_runtime
 from sluice.settings import load_settings
 from sluice.store.keys import KeyStore
-from tests.unit.cli.running import one_line, run_cli, run_cli_captured
+from tests.unit.cli.running import (
+    assert_unreachable_api_is_one_line,
+    assert_wrong_key_refused,
+    run_cli_captured,
+)
 
 KEY = "sk_0123456789ab_Wq3VtYdR8pLmN2xK5sHgJf"
 
@@ -142,21 +145,7 @@ def test_a_wrong_key_is_one_line_without_the_key(
     secured: tuple[str, Runtime, dict[str, int]],
     via_env: bool,
 ) -> None:
-    base_url, _, _ = secured
-    if via_env:
-        monkeypatch.setenv("SLUICE_API_KEY", KEY)
-        args: tuple[str, ...] = ("tasks", "--api", base_url)
-    else:
-        args = ("tasks", "--api", base_url, "--key", KEY)
-
-    code, err = run_cli(monkeypatch, capsys, *args)
-
-    assert code == 2
-    assert one_line(err) == (
-        "error: refused (401): a valid API key is required: Authorization: Bearer <key>"
-    )
-    assert KEY not in err
-    assert KEY[-12:] not in err
+    assert_wrong_key_refused(monkeypatch, capsys, "tasks", secured[0], KEY, via_env=via_env)
 
 
 def test_a_tenants_key_lists_its_own_tasks_and_is_never_printed(
@@ -191,14 +180,4 @@ def test_a_tenants_key_lists_its_own_tasks_and_is_never_printed(
 def test_a_server_that_is_down_is_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    port = free_port()  # nothing listens there
-
-    code, err = run_cli(
-        monkeypatch, capsys, "tasks", "--api", f"http://u:pw@127.0.0.1:{port}", "--key", KEY
-    )
-
-    assert code == 2
-    line = one_line(err)
-    assert line.startswith(f"error: cannot reach the Sluice API at http://u:***@127.0.0.1:{port}")
-    assert "pw@" not in err
-    assert KEY not in err
+    assert_unreachable_api_is_one_line(monkeypatch, capsys, "tasks", KEY)

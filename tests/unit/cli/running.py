@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.cluster import free_port
 from sluice import cli
 
 
@@ -37,6 +38,51 @@ def one_line(text: str) -> str:
     assert len(lines) == 1, f"expected one line, got:\n{text}"
     assert "Traceback" not in text
     return lines[0]
+
+
+def assert_wrong_key_refused(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+    base_url: str,
+    key: str,
+    *,
+    via_env: bool,
+) -> None:
+    """``sluice COMMAND --api BASE_URL`` with an unknown ``key`` (``--key``, or
+    ``SLUICE_API_KEY`` when ``via_env``) ends in one line, exit code 2, without the key."""
+    args: tuple[str, ...] = (command, "--api", base_url)
+    if via_env:
+        monkeypatch.setenv("SLUICE_API_KEY", key)
+    else:
+        args = (*args, "--key", key)
+
+    code, err = run_cli(monkeypatch, capsys, *args)
+
+    assert code == 2
+    assert one_line(err) == (
+        "error: refused (401): a valid API key is required: Authorization: Bearer <key>"
+    )
+    assert key not in err
+    assert key[-12:] not in err
+
+
+def assert_unreachable_api_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: str, key: str
+) -> None:
+    """``sluice COMMAND --api URL`` with nothing listening at ``URL`` ends in one line, exit
+    code 2, naming the URL with its password masked and never the key."""
+    port = free_port()  # nothing listens there
+
+    code, err = run_cli(
+        monkeypatch, capsys, command, "--api", f"http://u:pw@127.0.0.1:{port}", "--key", key
+    )
+
+    assert code == 2
+    line = one_line(err)
+    assert line.startswith(f"error: cannot reach the Sluice API at http://u:***@127.0.0.1:{port}")
+    assert "pw@" not in err
+    assert key not in err
 
 
 def local_sluice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, providers_toml: str) -> str:
