@@ -50,17 +50,16 @@ class Pruned:
         )
 
 
-def _prunable(cutoff: datetime, now: datetime, *, along_ids: bool = False) -> Any:
-    """The condition every task of a pruned family meets. ``along_ids``: for a read in id
-    order, with the status and the phase out of SQLite's index choice (``+column``), so it
-    walks the primary key and stops at its batch. Without statistics SQLite took
-    ``ix_tasks_due`` for ``phase = 'done'`` and sorted every final task by id for each
-    batch (tests/integration/test_sqlite_index_plans.py)."""
-    status = NoIndexOnSqlite(tasks.c.status) if along_ids else tasks.c.status
-    phase = NoIndexOnSqlite(tasks.c.phase) if along_ids else tasks.c.phase
+def _prunable(cutoff: datetime, now: datetime) -> Any:
+    """The condition every task of a pruned family meets. The status and the phase are out
+    of SQLite's index choice (``+column``): the read of roots goes in id order and stops at
+    its batch, and without statistics SQLite took ``ix_tasks_due`` for ``phase = 'done'``
+    and sorted every final task by id for each batch
+    (tests/integration/test_sqlite_index_plans.py); the other reads find their tasks by id
+    or by parent."""
     return and_(
-        status.in_(_FINAL),
-        phase == Phase.DONE.value,
+        NoIndexOnSqlite(tasks.c.status).in_(_FINAL),
+        NoIndexOnSqlite(tasks.c.phase) == Phase.DONE.value,
         tasks.c.updated_at < cutoff,
         or_(tasks.c.claimed_until.is_(None), tasks.c.claimed_until < now),
     )
@@ -85,11 +84,7 @@ def prune_batch(
     roots = list(
         conn.execute(
             select(tasks.c.id)
-            .where(
-                tasks.c.parent_id.is_(None),
-                tasks.c.id > after_id,
-                _prunable(cutoff, now, along_ids=True),
-            )
+            .where(tasks.c.parent_id.is_(None), tasks.c.id > after_id, _prunable(cutoff, now))
             .order_by(tasks.c.id)
             .limit(batch)
         ).scalars()

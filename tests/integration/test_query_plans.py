@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from alembic import command
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine
 
 from sluice.domain import Outcome, Phase, TaskStatus
 from sluice.store import db
@@ -27,6 +27,7 @@ from sluice.store.repository import TaskRepository
 from sluice.store.retention import prune_batch
 from sluice.store.rows import encode_cursor
 from tests.conftest import PG_ADMIN_URL, require_service
+from tests.integration.captured_sql import Captured
 
 pytestmark = pytest.mark.postgres
 
@@ -84,33 +85,6 @@ def postgres_url_module() -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
-
-
-class Captured:
-    """The statements an engine sends while a block runs."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.statements: list[tuple[str, Any]] = []
-
-    def __enter__(self) -> Captured:
-        event.listen(self.engine, "before_cursor_execute", self._record)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        event.remove(self.engine, "before_cursor_execute", self._record)
-
-    def _record(self, conn: Any, cursor: Any, statement: str, params: Any, *rest: Any) -> None:
-        if isinstance(params, list | tuple) and params and isinstance(params[0], dict):
-            params = params[0]  # executemany: one row's parameters stand for all
-        self.statements.append((statement, params))
-
-    def touching_tasks(self, verb: str) -> list[tuple[str, Any]]:
-        return [
-            (s, p)
-            for s, p in self.statements
-            if s.lstrip().upper().startswith(verb) and "tasks" in s.split("WHERE")[0]
-        ]
 
 
 def plan(engine: Engine, statement: str, params: Any) -> str:

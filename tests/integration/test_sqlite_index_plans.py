@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine
 
 from sluice.clock import FakeClock
 from sluice.domain import Submission
@@ -19,6 +19,7 @@ from sluice.store import db
 from sluice.store.chains import descendant_ids, release_children
 from sluice.store.repository import TaskRepository
 from sluice.store.retention import prune_batch
+from tests.integration.captured_sql import Captured
 
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 TREES = 300
@@ -53,13 +54,7 @@ def test_a_parents_children_are_read_along_the_parent_index(engine: Engine) -> N
     and the children's release when their parent completes."""
     repo = TaskRepository(engine, FakeClock(START))
     parent = 3 * (TREES // 2) + 1
-    statements: list[tuple[str, Any]] = []
-
-    def record(conn: Any, cursor: Any, statement: str, params: Any, *rest: Any) -> None:
-        statements.append((statement, params))
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
+    with Captured(engine) as captured:
         assert [t.id for t in repo.children(parent)] == [parent + 1, parent + 2]
         listed = repo.list_tasks(limit=10, parent_id=parent).items
         assert [t.id for t in listed] == [parent + 1, parent + 2]
@@ -69,8 +64,7 @@ def test_a_parents_children_are_read_along_the_parent_index(engine: Engine) -> N
             # every Not Started task through ix_tasks_status for an IN of two or more.
             release_children(conn, [parent, parent + 3, parent + 6], START)
             conn.rollback()
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
+    statements = captured.statements
     reads = [(s, p) for s, p in statements if "tasks.parent_id =" in s or "parent_id IN" in s]
     assert len(reads) == 5, statements
     for statement, params in reads:
@@ -105,20 +99,11 @@ def test_the_prunes_read_of_roots_walks_the_ids_in_order(engine: Engine) -> None
     once that index held no NULLs (0017) it took ``ix_tasks_due`` (every task in phase
     ``done``) and sorted them all for each batch: a million pruned tasks read a million
     entries a batch. The read walks the primary key from the cursor and stops."""
-    statements: list[tuple[str, Any]] = []
-
-    def record(conn: Any, cursor: Any, statement: str, params: Any, *rest: Any) -> None:
-        statements.append((statement, params))
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        with engine.connect() as conn:
-            prune_batch(conn, START - timedelta(days=30), START, after_id=10)
-            conn.rollback()
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
+    with Captured(engine) as captured, engine.connect() as conn:
+        prune_batch(conn, START - timedelta(days=30), START, after_id=10)
+        conn.rollback()
     (root_read, params), *_ = [
-        (s, p) for s, p in statements if s.startswith("SELECT") and "parent_id IS NULL" in s
+        (s, p) for s, p in captured.touching_tasks("SELECT") if "parent_id IS NULL" in s
     ]
     plan = _query_plan(engine, root_read, params)
     assert "SEARCH tasks USING INTEGER PRIMARY KEY (rowid>?)" in plan, plan
