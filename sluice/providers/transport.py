@@ -24,6 +24,20 @@ wrote nothing, so its grant's holds and slot go back
 (:attr:`~sluice.ratelimit.sendgate.SendPermit.nothing_sent`). httpcore connects on the
 thread whose request the new connection is for, so the permit is that request's.
 
+**When the answer came.** Window holds (:mod:`sluice.ratelimit.holds`) keep a place until
+``W`` after the request's answer reached this host. The moment a thread reads the answer
+is later than that by its wake-up and its wait for the interpreter lock: 2-3 ms on average
+on a loaded two-core host, up to 30-55 ms, each a millisecond the key's window stayed full
+for nothing. On a plain TCP connection (Linux, x86-64 or arm64) the stream asks the kernel
+to stamp what it receives (``SO_TIMESTAMPNS``) and reads with ``recvmsg``: the answer is
+noted at the stamp the read came with (:meth:`~sluice.ratelimit.sendgate.SendPermit.
+answered`), the stamp of the last packet it returned, never earlier than the answer's first
+bytes (TCP gives a packet merged into one already waiting the later one's stamp). The
+stamp is on the wall clock; its age is measured there, less any step the wall clock took
+while the request was out (the gap between the wall and the monotonic clocks at the write
+and at the read), so a clock set meanwhile never shortens a hold. TLS connections read
+through :mod:`ssl`, which has no ``recvmsg``: their answers are noted when read, as before.
+
 For a provider without ``max_in_flight`` idle connections wait on a stack
 (:class:`ConnectionStack`) instead of in httpcore's pool, whose lock the send threads
 handed to each other twice per request; the gate is under them in the same way.
@@ -31,7 +45,11 @@ handed to each other twice per request; the gate is under them in the same way.
 
 from __future__ import annotations
 
+import platform
+import socket
 import ssl
+import struct
+import sys
 import threading
 import time
 import weakref
@@ -47,6 +65,66 @@ from sluice.ratelimit import sendgate
 _METHODS = frozenset({b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"HEAD", b"OPTIONS"})
 MAX_JOINED_BODY = 256 * 1024
 """A request whose body is at most this long is written with its head in one call."""
+
+
+SO_TIMESTAMPNS = 35
+"""Linux's ``SO_TIMESTAMPNS`` (its control messages are ``SCM_TIMESTAMPNS``, the same
+number) on x86-64 and arm64 (``asm-generic/socket.h``); Python's :mod:`socket` does not
+name it."""
+_STAMPS = sys.platform == "linux" and platform.machine() in ("x86_64", "aarch64")
+"""Whether this platform's numbers and layout are the ones this module knows."""
+_TIMESPEC = struct.Struct("qq")
+"""A ``struct timespec`` on those machines: seconds and nanoseconds, 64 bits each."""
+_STAMP_SPACE = socket.CMSG_SPACE(_TIMESPEC.size) if hasattr(socket, "CMSG_SPACE") else 0
+
+
+def stamped_socket(stream: object) -> socket.socket | None:
+    """The plain TCP socket under ``stream``, set to have the kernel stamp what it
+    receives; None where that is not done (TLS, another platform, no socket)."""
+    if not _STAMPS:
+        return None
+    get_extra_info = getattr(stream, "get_extra_info", None)
+    sock = get_extra_info("socket") if get_extra_info is not None else None
+    if type(sock) is not socket.socket or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    except OSError:
+        return None
+    return sock
+
+
+def read_stamped(sock: socket.socket, max_bytes: int, timeout: float | None) -> tuple[bytes, float]:
+    """Read as httpcore's stream reads (its errors too), with the kernel's wall-clock stamp
+    of the last packet read (0.0 when none came with it): no earlier than any byte read."""
+    try:
+        sock.settimeout(timeout)
+        data, ancillary, _, _ = sock.recvmsg(max_bytes, _STAMP_SPACE)
+    except TimeoutError as exc:
+        raise httpcore.ReadTimeout(exc) from exc
+    except OSError as exc:
+        raise httpcore.ReadError(exc) from exc
+    for level, kind, raw in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(raw) == _TIMESPEC.size:
+            seconds, nanoseconds = _TIMESPEC.unpack(raw)
+            return data, seconds + nanoseconds / 1e9
+    return data, 0.0
+
+
+def clock_gap() -> float:
+    """The wall clock less the monotonic one: it moves only when the wall clock is set."""
+    return time.time() - time.monotonic()
+
+
+def arrival_age_s(stamp: float, gap_at_write: float) -> float:
+    """How long ago the packet stamped ``stamp`` (wall clock) arrived, never more than it
+    truly is: less whatever the wall clock was set by since ``gap_at_write``
+    (:func:`clock_gap` before the request was written); 0.0 for no stamp."""
+    if stamp <= 0.0:
+        return 0.0
+    now = time.time()
+    stepped = abs((now - time.monotonic()) - gap_at_write)
+    return max(0.0, now - stamp - stepped)
 
 
 def starts_a_request(buffer: bytes) -> bool:
@@ -75,13 +153,23 @@ class GatedStream(httpcore.NetworkStream):
         self._missing = 0
         """How many bytes of the held request's body are still to come."""
         self._permit: sendgate.SendPermit | None = None
+        self._stamped = stamped_socket(inner)
+        """The socket whose packets the kernel stamps (None: answers noted when read)."""
+        self._gap_at_write = 0.0
+        """:func:`clock_gap` as the last request was admitted."""
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        data = self._inner.read(max_bytes, timeout)
-        permit = sendgate.current()
-        if permit is not None and data:
-            # The provider counted the request before this answer left it (window holds).
-            permit.answered()
+        stamped, permit = self._stamped, sendgate.current()
+        if stamped is None or permit is None or not permit.used or permit.answered_at is not None:
+            data = self._inner.read(max_bytes, timeout)
+            if permit is not None and data:
+                # The provider counted the request before this answer left it (window holds).
+                permit.answered()
+            return data
+        # The answer's first bytes: noted at their arrival on this host, not at this read.
+        data, stamp = read_stamped(stamped, max_bytes, timeout)
+        if data:
+            permit.answered(arrival_age_s(stamp, self._gap_at_write))
         return data
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
@@ -105,6 +193,7 @@ class GatedStream(httpcore.NetworkStream):
             permit.check()  # a grant already too old fails here, as an unheld head does
             self._held, self._missing, self._permit = [buffer], length, permit
             return
+        self._gap_at_write = clock_gap()
         permit.admit()
         self._inner.write(buffer, timeout)
         permit.written()
@@ -114,6 +203,7 @@ class GatedStream(httpcore.NetworkStream):
         held, permit = b"".join(self._held), self._permit
         self._held, self._permit = [], None
         assert permit is not None
+        self._gap_at_write = clock_gap()
         permit.admit()
         self._inner.write(held, timeout)
         permit.written()

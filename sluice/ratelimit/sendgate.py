@@ -174,7 +174,8 @@ class SendPermit:
         self.used = False
         self.answered_at: float | None = None
         """Monotonic reading when the first bytes of the answer had come back (a bound:
-        they came back no later), for :mod:`holds`."""
+        they came back no later), for :mod:`holds`: the kernel's receive stamp where the
+        transport has one, else the moment the read returned (:meth:`answered`)."""
         self.connect_failed = False
         """A connection for the request could not be made (refused, timed out, TLS): noted
         by the transport (:mod:`sluice.providers.transport`), see :attr:`nothing_sent`."""
@@ -242,10 +243,21 @@ class SendPermit:
         if self.on_written is not None:
             self.on_written(self)
 
-    def answered(self) -> None:
-        """Note that the answer's first bytes were read just now (the first call counts)."""
+    def answered(self, age_s: float = 0.0) -> None:
+        """Note that the answer's first bytes were read just now (the first call counts).
+
+        ``age_s`` is how long before this read they had reached this host, when the
+        transport knows it (the kernel's receive stamp, :mod:`sluice.providers.transport`;
+        0 when it does not): the answer is then noted at its arrival, not when a thread
+        got round to reading it. An arrival before the request was admitted cannot be its
+        answer (stale bytes, or a stamp the transport got wrong): the read's instant is
+        noted instead. Either way the instant noted lies between the admission and now.
+        """
         if self.used and self.answered_at is None:
-            self.answered_at = self._monotonic()
+            now = self._monotonic()
+            arrived = now - age_s
+            admitted = self.asked_at + (self.delay_s or 0.0)
+            self.answered_at = arrived if age_s > 0.0 and admitted <= arrived else now
 
     def not_connected(self) -> None:
         """Note that a connection for the request failed before it was written."""
