@@ -26,17 +26,18 @@ thread whose request the new connection is for, so the permit is that request's.
 
 **When the answer came.** Window holds (:mod:`sluice.ratelimit.holds`) keep a place until
 ``W`` after the request's answer reached this host. The moment a thread reads the answer
-is later than that by its wake-up and its wait for the interpreter lock: 2-3 ms on average
-on a loaded two-core host, up to 30-55 ms, each a millisecond the key's window stayed full
-for nothing. On a plain TCP connection (Linux, x86-64 or arm64) the stream asks the kernel
-to stamp what it receives (``SO_TIMESTAMPNS``) and reads with ``recvmsg``: the answer is
-noted at the stamp the read came with (:meth:`~sluice.ratelimit.sendgate.SendPermit.
-answered`), the stamp of the last packet it returned, never earlier than the answer's first
-bytes (TCP gives a packet merged into one already waiting the later one's stamp). The
-stamp is on the wall clock; its age is measured there, less any step the wall clock took
-while the request was out (the gap between the wall and the monotonic clocks at the write
-and at the read), so a clock set meanwhile never shortens a hold. TLS connections read
-through :mod:`ssl`, which has no ``recvmsg``: their answers are noted when read, as before.
+is later than that by its wake-up and its wait for the interpreter lock: 1.5-2.7 ms on
+average on a loaded two-core host (7 busy loops), up to 26-56 ms, each a millisecond the
+key's window stayed full for nothing. On a plain TCP connection (Linux, x86-64 or arm64)
+the stream asks the kernel to stamp what it receives (``SO_TIMESTAMPNS``) and reads with
+``recvmsg``: the answer is noted at the stamp the read came with
+(:meth:`~sluice.ratelimit.sendgate.SendPermit.answered`), the stamp of the last packet it
+returned, never earlier than the answer's first bytes (TCP gives a packet merged into one
+already waiting the later one's stamp). The stamp is on the wall clock; its age is
+measured there, less any step the wall clock took while the request was out (the gap
+between the wall and the monotonic clocks at the write and at the read), so a clock set
+meanwhile never shortens a hold. TLS connections read through :mod:`ssl`, which has no
+``recvmsg``: their answers are noted when read, as before.
 
 For a provider without ``max_in_flight`` idle connections wait on a stack
 (:class:`ConnectionStack`) instead of in httpcore's pool, whose lock the send threads
