@@ -31,12 +31,12 @@ average on a loaded two-core host (7 busy loops), up to 26-56 ms, each a millise
 key's window stayed full for nothing. On a plain TCP connection (Linux, x86-64 or arm64)
 the stream asks the kernel to stamp what it receives (``SO_TIMESTAMPNS``) and reads with
 ``recvmsg``: the answer is noted at the stamp the read came with
-(:meth:`~sluice.ratelimit.sendgate.SendPermit.answered`), the stamp of the last packet it
-returned, never earlier than the answer's first bytes (TCP gives a packet merged into one
-already waiting the later one's stamp). The stamp is on the wall clock; its age is
-measured there, less any step the wall clock took while the request was out (the gap
-between the wall and the monotonic clocks at the write and at the read), so a clock set
-meanwhile never shortens a hold. TLS connections read through :mod:`ssl`, which has no
+(:meth:`~sluice.ratelimit.sendgate.SendPermit.answered`), the arrival of one of the
+answer's packets, each sent after the provider counted the request. The stamp is on the
+wall clock; its age is measured there, less any step the wall clock took while the request
+was out (the gap between the wall and the monotonic clocks at the write and at the read),
+so a clock set once meanwhile never shortens a hold; a stamp more than 100 ms old is not
+used (:data:`MAX_STAMP_AGE_NS`). TLS connections read through :mod:`ssl`, which has no
 ``recvmsg``: their answers are noted when read, as before.
 
 For a provider without ``max_in_flight`` idle connections wait on a stack
@@ -59,6 +59,7 @@ from typing import Any
 
 import httpcore
 import httpx
+from httpcore._backends.sync import SyncStream
 
 from sluice import errors
 from sluice.ratelimit import sendgate
@@ -77,15 +78,22 @@ _STAMPS = sys.platform == "linux" and platform.machine() in ("x86_64", "aarch64"
 _TIMESPEC = struct.Struct("qq")
 """A ``struct timespec`` on those machines: seconds and nanoseconds, 64 bits each."""
 _STAMP_SPACE = socket.CMSG_SPACE(_TIMESPEC.size) if hasattr(socket, "CMSG_SPACE") else 0
+MAX_STAMP_AGE_NS = 100_000_000
+"""A stamp older than this at the read (100 ms) is not used: the read's instant is noted.
+The wall clock set twice in opposite directions while a request was out leaves the gap
+between the clocks as it was and makes the stamp look older than it is; this bounds what
+that could take off a hold. Measured beside 7 busy loops, reads came at most 26-56 ms
+after their answer's packet."""
 
 
 def stamped_socket(stream: object) -> socket.socket | None:
     """The plain TCP socket under ``stream``, set to have the kernel stamp what it
-    receives; None where that is not done (TLS, another platform, no socket)."""
-    if not _STAMPS:
+    receives; None where that is not done: another platform, TLS, or a stream that is not
+    httpcore's own (whose read is a plain ``recv``, which :func:`read_stamped` replaces;
+    another stream may buffer)."""
+    if not _STAMPS or type(stream) is not SyncStream:
         return None
-    get_extra_info = getattr(stream, "get_extra_info", None)
-    sock = get_extra_info("socket") if get_extra_info is not None else None
+    sock = stream.get_extra_info("socket")
     if type(sock) is not socket.socket or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return None
     try:
@@ -95,9 +103,11 @@ def stamped_socket(stream: object) -> socket.socket | None:
     return sock
 
 
-def read_stamped(sock: socket.socket, max_bytes: int, timeout: float | None) -> tuple[bytes, float]:
+def read_stamped(sock: socket.socket, max_bytes: int, timeout: float | None) -> tuple[bytes, int]:
     """Read as httpcore's stream reads (its errors too), with the kernel's wall-clock stamp
-    of the last packet read (0.0 when none came with it): no earlier than any byte read."""
+    (nanoseconds) of the last packet read, 0 when none came with it. The stamp is the
+    arrival of a byte the read returned (not always the first: TCP gives a packet merged
+    into one already waiting the other's stamp)."""
     try:
         sock.settimeout(timeout)
         data, ancillary, _, _ = sock.recvmsg(max_bytes, _STAMP_SPACE)
@@ -108,24 +118,26 @@ def read_stamped(sock: socket.socket, max_bytes: int, timeout: float | None) -> 
     for level, kind, raw in ancillary:
         if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(raw) == _TIMESPEC.size:
             seconds, nanoseconds = _TIMESPEC.unpack(raw)
-            return data, seconds + nanoseconds / 1e9
-    return data, 0.0
+            return data, seconds * 1_000_000_000 + nanoseconds
+    return data, 0
 
 
-def clock_gap() -> float:
+def clock_gap_ns() -> int:
     """The wall clock less the monotonic one: it moves only when the wall clock is set."""
-    return time.time() - time.monotonic()
+    return time.time_ns() - time.monotonic_ns()
 
 
-def arrival_age_s(stamp: float, gap_at_write: float) -> float:
-    """How long ago the packet stamped ``stamp`` (wall clock) arrived, never more than it
-    truly is: less whatever the wall clock was set by since ``gap_at_write``
-    (:func:`clock_gap` before the request was written); 0.0 for no stamp."""
-    if stamp <= 0.0:
+def arrival_age_s(stamp_ns: int, gap_at_write_ns: int) -> float:
+    """How long ago the packet stamped ``stamp_ns`` (wall clock) arrived, never more than it
+    truly is if the wall clock was set at most once since ``gap_at_write_ns``
+    (:func:`clock_gap_ns` before the request was written): less whatever it was set by.
+    0.0 for no stamp, or one older than :data:`MAX_STAMP_AGE_NS`."""
+    if stamp_ns <= 0:
         return 0.0
-    now = time.time()
-    stepped = abs((now - time.monotonic()) - gap_at_write)
-    return max(0.0, now - stamp - stepped)
+    now = time.time_ns()
+    stepped = abs((now - time.monotonic_ns()) - gap_at_write_ns)
+    age = now - stamp_ns - stepped
+    return age / 1e9 if 0 < age <= MAX_STAMP_AGE_NS else 0.0
 
 
 def starts_a_request(buffer: bytes) -> bool:
@@ -156,8 +168,8 @@ class GatedStream(httpcore.NetworkStream):
         self._permit: sendgate.SendPermit | None = None
         self._stamped = stamped_socket(inner)
         """The socket whose packets the kernel stamps (None: answers noted when read)."""
-        self._gap_at_write = 0.0
-        """:func:`clock_gap` as the last request was admitted."""
+        self._gap_at_write = 0
+        """:func:`clock_gap_ns` as the last request was admitted."""
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         stamped, permit = self._stamped, sendgate.current()
@@ -194,7 +206,7 @@ class GatedStream(httpcore.NetworkStream):
             permit.check()  # a grant already too old fails here, as an unheld head does
             self._held, self._missing, self._permit = [buffer], length, permit
             return
-        self._gap_at_write = clock_gap()
+        self._gap_at_write = clock_gap_ns()
         permit.admit()
         self._inner.write(buffer, timeout)
         permit.written()
@@ -204,7 +216,7 @@ class GatedStream(httpcore.NetworkStream):
         held, permit = b"".join(self._held), self._permit
         self._held, self._permit = [], None
         assert permit is not None
-        self._gap_at_write = clock_gap()
+        self._gap_at_write = clock_gap_ns()
         permit.admit()
         self._inner.write(held, timeout)
         permit.written()

@@ -24,8 +24,9 @@ Proof. Suppose ``L + 1`` arrivals ``a_0 .. a_L`` fall in one window, so ``a_j - 
 every pair. Let ``m`` be the one whose hold was taken last, at ``H_m``. It was sent after
 that, so ``H_m <= a_m``. Every other request ``i`` took its hold at ``H_i <= H_m`` and keeps
 it until ``E_i + W``, where ``E_i`` (its answer reaching this host: the kernel's receive stamp
-where the transport reads one, else the moment it was read, :meth:`~sluice.ratelimit.
-sendgate.SendPermit.answered`) comes after its stamp: ``E_i >= a_i``. Then
+of one of its packets where the transport reads one, else the moment it was read,
+:meth:`~sluice.ratelimit.sendgate.SendPermit.answered`; every byte of the answer was sent
+after the provider stamped the request) comes after its stamp: ``E_i >= a_i``. Then
 ``E_i + W >= a_i + W > a_m >= H_m``: at ``H_m`` every one of the ``L`` others still held its
 place, so ``m`` got none. A contradiction. The proof uses nothing about how requests were
 spaced, which threads sent them or in what order they arrived, so it holds across workers

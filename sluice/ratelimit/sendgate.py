@@ -173,9 +173,9 @@ class SendPermit:
         """Grant to the end of the write of the request's first bytes (an upper bound)."""
         self.used = False
         self.answered_at: float | None = None
-        """Monotonic reading when the first bytes of the answer had come back (a bound:
-        they came back no later), for :mod:`holds`: the kernel's receive stamp where the
-        transport has one, else the moment the read returned (:meth:`answered`)."""
+        """Monotonic reading when the answer had come back, for :mod:`holds`: the kernel's
+        receive stamp of one of its packets where the transport has one, else the moment
+        its first bytes were read (they came back no later) (:meth:`answered`)."""
         self.connect_failed = False
         """A connection for the request could not be made (refused, timed out, TLS): noted
         by the transport (:mod:`sluice.providers.transport`), see :attr:`nothing_sent`."""
@@ -246,12 +246,13 @@ class SendPermit:
     def answered(self, age_s: float = 0.0) -> None:
         """Note that the answer's first bytes were read just now (the first call counts).
 
-        ``age_s`` is how long before this read they had reached this host, when the
-        transport knows it (the kernel's receive stamp, :mod:`sluice.providers.transport`;
-        0 when it does not): the answer is then noted at its arrival, not when a thread
-        got round to reading it. An arrival before the request was admitted cannot be its
-        answer (stale bytes, or a stamp the transport got wrong): the read's instant is
-        noted instead. Either way the instant noted lies between the admission and now.
+        ``age_s`` is how long before this read the answer had reached this host, when the
+        transport knows it (the kernel's receive stamp of one of the packets read,
+        :mod:`sluice.providers.transport`; 0 when it does not): the answer is then noted at
+        that arrival, not when a thread got round to reading it. An arrival before the
+        request was admitted cannot be its answer (stale bytes, or a stamp the transport got
+        wrong): the read's instant is noted instead. Either way the instant noted lies
+        between the admission and now.
         """
         if self.used and self.answered_at is None:
             now = self._monotonic()
