@@ -179,7 +179,7 @@ class GatedStream(httpcore.NetworkStream):
                 # The provider counted the request before this answer left it (window holds).
                 permit.answered()
             return data
-        # The answer's first bytes: noted at their arrival on this host, not at this read.
+        # The answer's first read: noted when its packets reached this host (their stamp).
         data, stamp = read_stamped(stamped, max_bytes, timeout)
         if data:
             permit.answered(arrival_age_s(stamp, self._gap_at_write))
