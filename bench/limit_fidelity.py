@@ -18,8 +18,10 @@ normal priority it stamped requests that were sent 20 ms apart within a millisec
 other (``bench._engine_harness.judge_realtime``).
 Per repeat the JSON records the sandbox's refusals and busiest window, utilization
 (admitted requests at exactly 50/s over first-to-last arrival, and the same up to the last
-create, where work was always waiting), Sluice's expired grants (a grant
-not used within its send window is thrown away, see ``sluice/ratelimit/sendgate.py``), its
+create, where work was always waiting) and where its span went (``span``: the first
+window, then how late each window came after the one before, see :func:`span_parts`),
+Sluice's expired grants (a grant not used within its send window is thrown away, see
+``sluice/ratelimit/sendgate.py``), its
 writes that ended after their send window (``written_late``: the thread lost the CPU
 between its send check and the socket; each pushed its keys back) and its grant-to-send
 delays; embedded runs also record the send-check instants, to tell the
@@ -115,6 +117,7 @@ def judge(sandbox: SandboxProcess) -> dict[str, Any]:
         "duplicates": int(stats["duplicate_count"]),
         "utilization": utilization(admitted),
         "busy_utilization": utilization([t for t in admitted if creates and t <= creates[-1]]),
+        "span": span_parts(admitted),
         "_arrivals": times,
     }
 
@@ -130,6 +133,35 @@ def utilization(times: list[float]) -> float | None:
     if len(times) < 2 or times[-1] <= times[0]:
         return None
     return round((len(times) - 1) / RATE / (times[-1] - times[0]), 4)
+
+
+def span_parts(times: list[float]) -> dict[str, Any] | None:
+    """Where the first-to-last span of ``times`` (admitted arrivals, sorted) went, so a
+    repeat's utilization can be traced: ``span = head + k * W + late`` exactly.
+
+    Under RATE per sliding WINDOW_S, arrival ``i`` can come no earlier than ``W`` after
+    arrival ``i - RATE``; how much later it came is its *lateness*. The chain of arrivals
+    ``last, last - RATE, ...`` telescopes the span: ``head`` is the time from the first
+    arrival to the chain's start (``last mod RATE``), ``k`` the chain's windows and ``late``
+    its summed lateness. ``largest`` names the chain's five latest links (seconds into the
+    run, milliseconds late); ``mean_late_ms`` is the lateness averaged over every arrival,
+    the chain's or not.
+    """
+    if len(times) <= RATE:
+        return None
+    last = len(times) - 1
+    lates = [(times[i] - times[i - RATE] - WINDOW_S, i) for i in range(last, RATE - 1, -RATE)]
+    every = [times[i] - times[i - RATE] - WINDOW_S for i in range(RATE, len(times))]
+    return {
+        "head_s": round(times[last % RATE] - times[0], 4),
+        "windows": len(lates),
+        "late_ms": round(sum(late for late, _ in lates) * 1000, 1),
+        "largest": [
+            [round(times[i] - times[0], 3), round(late * 1000, 1)]
+            for late, i in sorted(lates, reverse=True)[:5]
+        ],
+        "mean_late_ms": round(sum(every) / len(every) * 1000, 2),
+    }
 
 
 def leaky_refusals(times: list[float]) -> int:
@@ -327,10 +359,17 @@ def line(run: dict[str, Any]) -> str:
     sluice = run["sluice"]
     return (
         f"refused {run['refused']}, max in 1 s {run['max_in_window']}, "
-        f"utilization {run['utilization']} (busy {run['busy_utilization']}), "
+        f"utilization {run['utilization']} (busy {run['busy_utilization']}; {span_line(run)}), "
         f"{run['requests']} requests, expired grants {sluice.get('expired')}, "
         f"written late {sluice.get('written_late')}; on the wire: {wire_line(run['wire'])}"
     )
+
+
+def span_line(run: dict[str, Any]) -> str:
+    span = run.get("span")
+    if not span:
+        return "span not traced"
+    return f"first window {span['head_s']} s, late {span['late_ms']} ms, most {span['largest'][:2]}"
 
 
 def wire_line(found: dict[str, Any]) -> str:
@@ -348,6 +387,8 @@ def scenario_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "refused_each_repeat": [r["refused"] for r in runs],
         "max_in_window_each_repeat": [r["max_in_window"] for r in runs],
         "utilization_each_repeat": [r["utilization"] for r in runs],
+        "span_head_s_each_repeat": [(r.get("span") or {}).get("head_s") for r in runs],
+        "span_late_ms_each_repeat": [(r.get("span") or {}).get("late_ms") for r in runs],
         "utilization_median": median([r["utilization"] or 0.0 for r in runs]),
         "busy_utilization_median": median([r["busy_utilization"] or 0.0 for r in runs]),
         "expired_grants_each_repeat": [r["sluice"].get("expired") for r in runs],

@@ -13,9 +13,11 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bench._engine_harness import JUDGE_RT_PRIORITY, judge_realtime
-from bench.limit_fidelity import leaky_refusals
+from bench.limit_fidelity import leaky_refusals, span_parts
 
 # A child with a second thread started before the call, as a server's event loop may have.
 TWO_THREADS = "import threading, time; threading.Thread(target=time.sleep, args=(60,)).start(); "
@@ -63,3 +65,33 @@ def test_leaky_refusals_of_bunched_sends_counts_the_third() -> None:
     base = 1_000_000.0
     times = [base, base + 0.020, base + 0.1004, base + 0.1009, base + 0.1011]
     assert leaky_refusals(times) == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    gaps=st.lists(
+        st.floats(min_value=0.0, max_value=0.2, allow_nan=False), min_size=51, max_size=400
+    )
+)
+def test_span_parts_telescope_the_span(gaps: list[float]) -> None:
+    """The first window, ``k`` windows and the chain's lateness add up to the whole span."""
+    times = [1_000.0]
+    for gap in gaps:
+        times.append(times[-1] + gap)
+    span = span_parts(times)
+    assert span is not None
+    total = span["head_s"] + span["windows"] * 1.0 + span["late_ms"] / 1000
+    assert abs(total - (times[-1] - times[0])) < 0.002
+    assert span["windows"] == (len(times) - 1) // 50
+
+
+def test_span_parts_names_the_late_window() -> None:
+    """Arrivals every 20 ms but one stall of 300 ms: the chain's lateness is the stall's,
+    found where it happened."""
+    times = [0.02 * n for n in range(500)]
+    times[300:] = [t + 0.3 for t in times[300:]]
+    span = span_parts(times)
+    assert span is not None
+    assert span["head_s"] == 0.98
+    assert span["late_ms"] == 300.0
+    assert span["largest"][0] == [round(times[349], 3), 300.0]
