@@ -14,10 +14,17 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, select, update
+from sqlalchemy import Connection, case, select, update
 
 from sluice.domain import FINAL_STATUSES, Phase, Submission, Task, TaskStatus
-from sluice.store.rows import NoIndexOnSqlite, change_status, chunks, row_to_task, tasks
+from sluice.store.rows import (
+    Unindexed,
+    change_status,
+    chunks,
+    is_in,
+    row_to_task,
+    tasks,
+)
 
 
 def initial_phase(
@@ -60,6 +67,9 @@ def children_end(parent_id: int, status: TaskStatus, message: str) -> tuple[Task
     return status, f"parent task {parent_id} {verb}: {message}"
 
 
+_UNFINISHED = tasks.c.status.not_in([s.value for s in FINAL_STATUSES])
+
+
 def release_children(conn: Connection, parent_ids: Sequence[int], now: datetime) -> None:
     """Make the waiting children of Completed ``parent_ids`` due now: ready, or uncertain
     (looked up first) for a child whose create may already have reached the provider."""
@@ -70,15 +80,16 @@ def release_children(conn: Connection, parent_ids: Sequence[int], now: datetime)
         conn.execute(
             update(tasks)
             .where(
-                tasks.c.parent_id.in_(chunk),
-                NoIndexOnSqlite(tasks.c.phase) == Phase.WAITING_PARENT.value,
-                NoIndexOnSqlite(tasks.c.status) == TaskStatus.NOT_STARTED.value,
+                is_in(tasks.c.parent_id, "parent_ids"),
+                Unindexed.phase == Phase.WAITING_PARENT.value,
+                Unindexed.status == TaskStatus.NOT_STARTED.value,
             )
             .values(
                 phase=case((tasks.c.maybe_created, Phase.UNCERTAIN.value), else_=Phase.READY.value),
                 next_attempt_at=now,
                 updated_at=now,
-            )
+            ),
+            {"parent_ids": chunk},
         )
 
 
@@ -90,7 +101,10 @@ def descendant_ids(conn: Connection, roots: Sequence[int]) -> list[int]:
         children: list[int] = []
         for chunk in chunks(frontier):
             children.extend(
-                conn.execute(select(tasks.c.id).where(tasks.c.parent_id.in_(chunk))).scalars()
+                conn.execute(
+                    select(tasks.c.id).where(is_in(tasks.c.parent_id, "parent_ids")),
+                    {"parent_ids": chunk},
+                ).scalars()
             )
         found.extend(children)
         frontier = children
@@ -119,12 +133,8 @@ def end_descendants(
     for fresh in settled_descendants(conn, roots):
         for chunk in chunks(fresh):
             rows = conn.execute(
-                select(tasks).where(
-                    and_(
-                        tasks.c.id.in_(chunk),
-                        tasks.c.status.not_in([s.value for s in FINAL_STATUSES]),
-                    )
-                )
+                select(tasks).where(is_in(tasks.c.id, "ended_ids"), _UNFINISHED),
+                {"ended_ids": chunk},
             ).all()
             for row in rows:
                 if _end(conn, row_to_task(row), status, message, now):

@@ -40,6 +40,7 @@ of a key's slots while it has work due (they share the provider's budget).
 
 from __future__ import annotations
 
+import functools
 import heapq
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -51,6 +52,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Table,
+    bindparam,
     case,
     func,
     select,
@@ -61,7 +63,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from sluice.domain import Operation, Phase, operation_of
-from sluice.store.rows import chunks, in_phases, tasks
+from sluice.store.rows import chunks, in_phases, is_in, tasks
 from sluice.store.tables import POLL_PHASE_SQL, POLL_PHASES, READY_PHASE_SQL, FairShareRow
 
 fair_shares: Table = FairShareRow.__table__  # type: ignore[assignment]
@@ -442,8 +444,9 @@ def read_state(
     for chunk in chunks([CLOCK_KEY, *sorted(waiting)]):
         for key, vtime, polls_next in conn.execute(
             select(fair_shares.c.fairness_key, fair_shares.c.vtime, fair_shares.c.polls_next).where(
-                fair_shares.c.provider == provider, fair_shares.c.fairness_key.in_(chunk)
-            )
+                fair_shares.c.provider == provider, is_in(fair_shares.c.fairness_key, "keys")
+            ),
+            {"keys": chunk},
         ):
             stored[key] = float(vtime)
             turns[key] = bool(polls_next)
@@ -524,34 +527,48 @@ def record(
             "polls_next": True,
         }
     )
-    statement = _insert(conn).values(rows)
+    conn.execute(
+        _record_upsert(conn.dialect.name).values(rows),
+        {"r_clock": clock, "r_minute": minute, "r_previous": minute - timedelta(minutes=1)},
+    )
+
+
+@functools.cache
+def _record_upsert(dialect: str) -> Any:
+    """:func:`record`'s upsert for ``dialect``, without its rows (``.values(rows)``): built
+    once, for its ``excluded`` alias is a reference cycle that a statement built per claim
+    left to the collector (docs/ratelimit.md, "The collector"). Its parameters: the clock
+    the claim read (``r_clock``), this minute and the one before (``r_minute``,
+    ``r_previous``)."""
+    statement = (postgresql if dialect == "postgresql" else sqlite).insert(fair_shares)
+    greatest = func.greatest if dialect == "postgresql" else func.max
     new = statement.excluded
+    clock = bindparam("r_clock", type_=fair_shares.c.vtime.type)
+    minute = bindparam("r_minute", type_=fair_shares.c.minute.type)
     is_clock = fair_shares.c.fairness_key == CLOCK_KEY
     # The grant counters roll over to this minute when the row's minute is older. A claim
     # whose clock read is older than the row's minute (it committed after a later claim)
     # counts in the row's minute: the counters never go back a minute, which would drop
     # both minutes' grants.
     same = fair_shares.c.minute >= minute
-    previous = fair_shares.c.minute == minute - timedelta(minutes=1)
-    conn.execute(
-        statement.on_conflict_do_update(
-            index_elements=[fair_shares.c.provider, fair_shares.c.fairness_key],
-            set_={
-                "vtime": case(
-                    (is_clock, _greatest(conn, fair_shares.c.vtime, new.vtime)),
-                    else_=_greatest(conn, fair_shares.c.vtime, clock) + new.granted / new.weight,
-                ),
-                "weight": new.weight,
-                "minute": case((same, fair_shares.c.minute), else_=new.minute),
-                "granted": case((same, fair_shares.c.granted + new.granted), else_=new.granted),
-                "prev_granted": case(
-                    (same, fair_shares.c.prev_granted),
-                    (previous, fair_shares.c.granted),
-                    else_=0,
-                ),
-                "polls_next": new.polls_next,
-            },
-        )
+    previous = fair_shares.c.minute == bindparam("r_previous", type_=fair_shares.c.minute.type)
+    return statement.on_conflict_do_update(
+        index_elements=[fair_shares.c.provider, fair_shares.c.fairness_key],
+        set_={
+            "vtime": case(
+                (is_clock, greatest(fair_shares.c.vtime, new.vtime)),
+                else_=greatest(fair_shares.c.vtime, clock) + new.granted / new.weight,
+            ),
+            "weight": new.weight,
+            "minute": case((same, fair_shares.c.minute), else_=new.minute),
+            "granted": case((same, fair_shares.c.granted + new.granted), else_=new.granted),
+            "prev_granted": case(
+                (same, fair_shares.c.prev_granted),
+                (previous, fair_shares.c.granted),
+                else_=0,
+            ),
+            "polls_next": new.polls_next,
+        },
     )
 
 

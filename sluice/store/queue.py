@@ -43,11 +43,12 @@ from sluice.store.bulk import execute_many
 from sluice.store.chains import end_descendants, release_children
 from sluice.store.rows import (
     EVENT_COLUMNS,
-    NoIndexOnSqlite,
+    Unindexed,
     chunks,
     event_row,
     events,
     in_active_phase,
+    is_in,
     tasks,
 )
 from sluice.store.tables import ACTIVE_PHASES
@@ -61,8 +62,8 @@ _INSERT_EVENTS = insert(events)
 def due_now(now: datetime, *, fair_order: bool = False) -> Any:
     """The condition of a task that is due and not claimed at ``now``. ``fair_order``: for
     a read along ``ix_tasks_fair_order`` (a fair claim's), with the due time out of SQLite's
-    index selection (:class:`NoIndexOnSqlite`)."""
-    due_at = NoIndexOnSqlite(tasks.c.next_attempt_at) if fair_order else tasks.c.next_attempt_at
+    index selection (:class:`~sluice.store.rows.NoIndexOnSqlite`)."""
+    due_at = Unindexed.next_attempt_at if fair_order else tasks.c.next_attempt_at
     return and_(
         in_active_phase(),
         due_at <= now,
@@ -80,13 +81,25 @@ def due_in_stream(now: datetime, poll: bool) -> Any:
 
 def _due_by_id(now: datetime) -> Any:
     """:func:`due_now` for a read of tasks named by id: on SQLite no index but the primary
-    key (:class:`NoIndexOnSqlite`; with the phase indexable, SQLite without statistics
-    took three ``phase`` lookups of ``ix_tasks_due`` for cheaper than 30 ids, then sorted)."""
+    key (:class:`~sluice.store.rows.NoIndexOnSqlite`; with the phase indexable, SQLite
+    without statistics took three ``phase`` lookups of ``ix_tasks_due`` for cheaper than 30
+    ids, then sorted)."""
     return and_(
-        NoIndexOnSqlite(tasks.c.phase).in_(ACTIVE_PHASES),
-        NoIndexOnSqlite(tasks.c.next_attempt_at) <= now,
+        _ACTIVE_UNINDEXED,
+        Unindexed.next_attempt_at <= now,
         or_(tasks.c.claimed_until.is_(None), tasks.c.claimed_until < now),
     )
+
+
+_ACTIVE = tasks.c.phase.in_(ACTIVE_PHASES)
+_ACTIVE_UNINDEXED = Unindexed.phase.in_(ACTIVE_PHASES)
+"""An active task (the phase out of SQLite's index choice), built once (:func:`is_in`)."""
+
+
+_IN_CANDIDATE_ORDER = func.array_position(
+    cast(bindparam("candidate_order"), postgresql.ARRAY(BigInteger)), tasks.c.id
+)
+"""PostgreSQL: a task's place among the candidates (``candidate_order``), built once."""
 
 
 def _with_parent() -> Any:
@@ -307,17 +320,20 @@ class WorkQueue:
     ) -> list[DueTask]:
         """Up to ``count`` of the candidates ``ids`` (a key's, in turns) still due, locked,
         in the candidates' order: the first ``count`` of them nobody else has locked."""
-        query = _with_parent().where(tasks.c.id.in_(ids), _due_by_id(now))
+        query = _with_parent().where(is_in(tasks.c.id, "due_ids"), _due_by_id(now))
+        named = {"due_ids": list(ids)}
         if not self._postgres:  # one writer at a time: nothing to lock, sorted here
             place = {task_id: n for n, task_id in enumerate(ids)}
-            found = sorted((_to_due(r) for r in conn.execute(query)), key=lambda t: place[t.id])
+            found = sorted(
+                (_to_due(r) for r in conn.execute(query, named)), key=lambda t: place[t.id]
+            )
             return found[:count]
-        in_order = func.array_position(
-            cast(bindparam("candidate_order", list(ids)), postgresql.ARRAY(BigInteger)),
-            tasks.c.id,
+        query = (
+            query.order_by(_IN_CANDIDATE_ORDER)
+            .limit(count)
+            .with_for_update(skip_locked=True, of=tasks)
         )
-        query = query.order_by(in_order).limit(count).with_for_update(skip_locked=True, of=tasks)
-        return [_to_due(r) for r in conn.execute(query)]
+        return [_to_due(r) for r in conn.execute(query, {**named, "candidate_order": list(ids)})]
 
     def _one_key(
         self,
@@ -371,9 +387,9 @@ class WorkQueue:
         result = conn.execute(
             update(tasks)
             .where(
-                tasks.c.id.in_(list(task_ids)),
+                is_in(tasks.c.id, "claim_ids"),
                 # Found by id: on SQLite not through ix_tasks_due (NoIndexOnSqlite).
-                NoIndexOnSqlite(tasks.c.phase).in_(ACTIVE_PHASES),
+                _ACTIVE_UNINDEXED,
                 or_(tasks.c.claimed_until.is_(None), tasks.c.claimed_until < now),
             )
             .values(
@@ -383,7 +399,8 @@ class WorkQueue:
                 phase=case((submitting, Phase.SUBMITTING.value), else_=tasks.c.phase),
                 maybe_created=case((submitting, True), else_=tasks.c.maybe_created),
             )
-            .returning(tasks.c.id)
+            .returning(tasks.c.id),
+            {"claim_ids": list(task_ids)},
         )
         return list(result.scalars())
 
@@ -425,9 +442,10 @@ class WorkQueue:
                         (provider, key, cost[task_id])
                         for task_id, provider, key in conn.execute(
                             update(tasks)
-                            .where(tasks.c.id.in_(chunk), tasks.c.claimed_by == token)
+                            .where(is_in(tasks.c.id, "released_ids"), tasks.c.claimed_by == token)
                             .values(**values)
-                            .returning(tasks.c.id, tasks.c.provider, tasks.c.fairness_key)
+                            .returning(tasks.c.id, tasks.c.provider, tasks.c.fairness_key),
+                            {"released_ids": chunk},
                         )
                     )
             if given_back:
@@ -459,7 +477,7 @@ class WorkQueue:
         """When the earliest active task falls due (claimed ones included)."""
         with db.reading(self.engine) as conn:
             value: datetime | None = conn.execute(
-                select(func.min(tasks.c.next_attempt_at)).where(tasks.c.phase.in_(ACTIVE_PHASES))
+                select(func.min(tasks.c.next_attempt_at)).where(_ACTIVE)
             ).scalar()
         return value
 

@@ -26,7 +26,7 @@ from sqlalchemy import Connection, Engine, and_, delete, or_, select
 
 from sluice.domain import FINAL_STATUSES, Actor, Phase
 from sluice.store import audit
-from sluice.store.rows import NoIndexOnSqlite, chunks, events, tasks
+from sluice.store.rows import Unindexed, chunks, events, tasks
 
 log = logging.getLogger("sluice.retention")
 
@@ -58,8 +58,8 @@ def _prunable(cutoff: datetime, now: datetime) -> Any:
     (tests/integration/test_sqlite_index_plans.py); the other reads find their tasks by id
     or by parent."""
     return and_(
-        NoIndexOnSqlite(tasks.c.status).in_(_FINAL),
-        NoIndexOnSqlite(tasks.c.phase) == Phase.DONE.value,
+        Unindexed.status.in_(_FINAL),
+        Unindexed.phase == Phase.DONE.value,
         tasks.c.updated_at < cutoff,
         or_(tasks.c.claimed_until.is_(None), tasks.c.claimed_until < now),
     )

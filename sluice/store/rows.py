@@ -7,12 +7,23 @@ and :mod:`sluice.store.chains` build on these; none of them reaches into another
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import fields
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Connection, Row, Table, and_, insert, literal_column, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    Table,
+    and_,
+    bindparam,
+    insert,
+    literal_column,
+    update,
+)
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.visitors import InternalTraversal
@@ -58,6 +69,17 @@ class NoIndexOnSqlite(ColumnElement[Any]):
         return self.column._bind_param(operator, obj, type_=type_, expanding=expanding)
 
 
+class Unindexed:
+    """The columns SQLite is kept from looking up through an index, each wrapped once: an
+    expression SQLAlchemy compares keeps a comparator that refers back to it, so a wrapper
+    made per statement was a reference cycle left to the collector (docs/ratelimit.md, "The
+    collector")."""
+
+    phase = NoIndexOnSqlite(tasks.c.phase)
+    status = NoIndexOnSqlite(tasks.c.status)
+    next_attempt_at = NoIndexOnSqlite(tasks.c.next_attempt_at)
+
+
 @compiles(NoIndexOnSqlite)
 def _plain(element: NoIndexOnSqlite, compiler: SQLCompiler, **kw: Any) -> str:
     return compiler.process(element.column, **kw)
@@ -72,9 +94,29 @@ def in_phases(phases: Sequence[str]) -> ColumnElement[bool]:
     """A task in one of ``phases``, written with literal values as the predicates of the
     partial indexes are (``tables.READY_PHASE_SQL``, ``POLL_PHASE_SQL``): SQLite uses a
     partial index only when the query repeats its predicate with literals, ``=`` for one
-    phase and ``IN`` for several."""
+    phase and ``IN`` for several. Built once per set of phases (see :func:`is_in`)."""
+    return _in_phases(tuple(phases))
+
+
+@functools.cache
+def _in_phases(phases: tuple[str, ...]) -> ColumnElement[bool]:
     values: list[ColumnElement[Any]] = [literal_column(f"'{phase}'") for phase in phases]
     return tasks.c.phase == values[0] if len(values) == 1 else tasks.c.phase.in_(values)
+
+
+@functools.cache
+def is_in(column: ColumnElement[Any], param: str) -> ColumnElement[bool]:
+    """``column IN (...)`` of the values the statement is run with as ``{param: values}``
+    (an expanding parameter), built once per column and name.
+
+    SQLAlchemy's ``in_`` leaves a reference cycle among the objects it makes each time it
+    is called (the parameter and what it memoizes), a few hundred a second on the engine's
+    claims and outcomes, all left to the cyclic collector; a full collection then stopped
+    every thread for as long as it took to walk them (docs/ratelimit.md, "The collector").
+    Built once, the clause is only reused. ``column`` must live as long as the process (a
+    table's column, :class:`Unindexed`): the cache keeps it.
+    """
+    return column.in_(bindparam(param, expanding=True))
 
 
 def in_active_phase() -> ColumnElement[bool]:

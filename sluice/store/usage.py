@@ -47,7 +47,14 @@ class UsageStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        statement = insert(usage_counts)
+        # Built once: its ``excluded`` alias is a reference cycle, left to the collector
+        # when a statement was built per call (docs/ratelimit.md, "The collector").
+        self._upsert = statement.on_conflict_do_update(
+            index_elements=["key", "bucket", "width_s", "metric"],
+            set_={"count": usage_counts.c.count + statement.excluded.count},
+        )
 
     def add(self, counts: Mapping[tuple[str, str, datetime], int]) -> None:
         """Add ``{(key, metric, second): n}`` to the per-second and per-minute buckets."""
@@ -64,13 +71,8 @@ class UsageStore:
             {"key": k, "bucket": b, "width_s": w, "metric": m, "count": n}
             for (k, b, w, m), n in sorted(merged.items())
         ]
-        statement = self._insert(usage_counts)
-        upsert = statement.on_conflict_do_update(
-            index_elements=["key", "bucket", "width_s", "metric"],
-            set_={"count": usage_counts.c.count + statement.excluded.count},
-        )
         with self.engine.begin() as conn:
-            conn.execute(upsert, rows)
+            conn.execute(self._upsert, rows)
 
     def totals(
         self, since: datetime, width_s: int = SECOND, keys: Iterable[str] | None = None
