@@ -51,6 +51,7 @@ from typing import Any, NamedTuple, TypeVar
 from sqlalchemy import (
     Connection,
     Engine,
+    Integer,
     Table,
     bindparam,
     case,
@@ -315,10 +316,12 @@ def candidates(
     per_slot: int,
     charge: Charge = unit_charge,
     keys: Sequence[str] | None = None,
+    due_params: Mapping[str, Any] | None = None,
 ) -> dict[str, list[Candidate]]:
     """Per fairness key, due tasks in turns (polls and creates): enough for a claim of
     ``slots``, ``per_slot`` candidates for each slot a key may get, each with its
-    ``charge``.
+    ``charge``. ``due`` is built once with parameters (a stable object: its reads are
+    built once per number of keys, :func:`_union_of_streams`) given as ``due_params``.
 
     Only the keys the fair allocation would serve are read, each up to its share: the cost
     of a claim grows with its size, not with the backlog or the number of keys. Tags are
@@ -348,7 +351,7 @@ def candidates(
         }
         if not wanted:
             break
-        read = _read_keys(conn, due, provider, wanted, charge, polls_first)
+        read = _read_keys(conn, due, provider, wanted, charge, polls_first, due_params or {})
         for key, count in wanted.items():
             found[key] = read.get(key, [])
             asked[key] = count
@@ -369,7 +372,7 @@ def has_due(conn: Connection, due: Due, provider: str, key: str) -> bool:
     )
 
 
-def stream(query: Any, due: Due, provider: str, key: str, *, poll: bool) -> Any:
+def stream(query: Any, due: Due, provider: Any, key: Any, *, poll: bool) -> Any:
     """``query`` over one stream of a key's ``due`` tasks, in its order (add the limit): the
     polls along ``ix_tasks_due_polls``, the ready tasks along ``ix_tasks_fair_order``."""
     return query.where(
@@ -387,27 +390,18 @@ def _read_keys(
     wanted: Mapping[str, int],
     charge: Charge,
     polls_first: Mapping[str, bool],
+    due_params: Mapping[str, Any],
 ) -> dict[str, list[Candidate]]:
     """Up to ``wanted[key]`` due tasks of each key, in turns from its stored turn
     (``polls_first``): each stream read up to its count (one ordered, limited read along
     its index), then merged."""
     rows: list[Any] = []
-    columns = (
-        tasks.c.id,
-        tasks.c.fairness_key,
-        tasks.c.priority,
-        tasks.c.parent_id.is_(None).label("is_root"),
-        tasks.c.next_attempt_at,
-        tasks.c.kind,
-        tasks.c.phase,
-    )
     for chunk in chunks(sorted(wanted), KEYS_PER_READ):
-        parts = [
-            stream(select(*columns), due, provider, key, poll=poll).limit(wanted[key]).subquery()
-            for key in chunk
-            for poll in (True, False)
-        ]
-        rows.extend(conn.execute(union_all(*(select(*part.c) for part in parts))))
+        params = {**due_params, "read_provider": provider}
+        for n, key in enumerate(chunk):
+            params[f"read_key_{n}"] = key
+            params[f"read_limit_{n}"] = wanted[key]
+        rows.extend(conn.execute(_union_of_streams(due, len(chunk)), params))
     # A union keeps no order: sort each key's streams again as their reads did.
     polls: dict[str, list[Any]] = defaultdict(list)
     ready: dict[str, list[Any]] = defaultdict(list)
@@ -424,6 +418,42 @@ def _read_keys(
             for row in merge_turns(key_polls, key_ready, polls_first.get(key, True))[: wanted[key]]
         ]
     return found
+
+
+_STREAM_COLUMNS = (
+    tasks.c.id,
+    tasks.c.fairness_key,
+    tasks.c.priority,
+    tasks.c.parent_id.is_(None).label("is_root"),
+    tasks.c.next_attempt_at,
+    tasks.c.kind,
+    tasks.c.phase,
+)
+
+
+@functools.lru_cache(maxsize=2 * KEYS_PER_READ)
+def _union_of_streams(due: Due, keys: int) -> Any:
+    """The read of :func:`_read_keys` for ``keys`` keys: both streams of each, up to its
+    count, in one union; the provider, each key and its count are parameters
+    (``read_provider``, ``read_key_<n>``, ``read_limit_<n>``). Built once per number of
+    keys: the subqueries of a union built per claim left their columns' reference cycles to
+    the collector, 60-75 objects per task with three keys waiting (docs/ratelimit.md,
+    "The collector")."""
+    provider = bindparam("read_provider", type_=tasks.c.provider.type)
+    parts = [
+        stream(
+            select(*_STREAM_COLUMNS),
+            due,
+            provider,
+            bindparam(f"read_key_{n}", type_=tasks.c.fairness_key.type),
+            poll=poll,
+        )
+        .limit(bindparam(f"read_limit_{n}", type_=Integer()))
+        .subquery()
+        for n in range(keys)
+        for poll in (True, False)
+    ]
+    return union_all(*(select(*part.c) for part in parts))
 
 
 def read_state(

@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    ColumnElement,
     Connection,
     Engine,
     Update,
@@ -59,7 +60,7 @@ _parent = tasks.alias("parent")
 _INSERT_EVENTS = insert(events)
 
 
-def due_now(now: datetime, *, fair_order: bool = False) -> Any:
+def due_now(now: datetime | ColumnElement[Any], *, fair_order: bool = False) -> Any:
     """The condition of a task that is due and not claimed at ``now``. ``fair_order``: for
     a read along ``ix_tasks_fair_order`` (a fair claim's), with the due time out of SQLite's
     index selection (:class:`~sluice.store.rows.NoIndexOnSqlite`)."""
@@ -71,12 +72,19 @@ def due_now(now: datetime, *, fair_order: bool = False) -> Any:
     )
 
 
-def due_in_stream(now: datetime, poll: bool) -> Any:
+def due_in_stream(now: datetime | ColumnElement[Any], poll: bool) -> Any:
     """:func:`due_now` for a fair claim's read of one stream of a key
     (:data:`fairshare.Due`): the ready tasks along ``ix_tasks_fair_order`` with the due time
     out of SQLite's index selection; the polls with it as the range of
     ``ix_tasks_due_polls`` that ends the read before the polls in flight not due yet."""
     return due_now(now, fair_order=not poll)
+
+
+_DUE_IN_STREAM = functools.partial(
+    due_in_stream, bindparam("due_now", type_=tasks.c.next_attempt_at.type)
+)
+""":func:`due_in_stream` at the instant given as ``due_now``, built once for the fair
+claim's reads of several keys (``fairshare.candidates``, see :func:`is_in`)."""
 
 
 def _due_by_id(now: datetime) -> Any:
@@ -261,7 +269,15 @@ class WorkQueue:
                 # and each then takes the first of its share that nobody has locked.
                 one = None
                 found = fairshare.candidates(
-                    conn, due_in, provider, limit, weights, CANDIDATES_PER_SLOT, charge, keys
+                    conn,
+                    _DUE_IN_STREAM,
+                    provider,
+                    limit,
+                    weights,
+                    CANDIDATES_PER_SLOT,
+                    charge,
+                    keys,
+                    due_params={"due_now": now},
                 )
         if one is None and not found:
             return []

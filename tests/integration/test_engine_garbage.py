@@ -2,10 +2,10 @@
 
 Garbage in reference cycles waits for the cyclic collector, and a full collection walks all
 of it with the interpreter lock held, stopping every thread of the process. On a loaded
-two-core host such collections stopped the embedded engine for 120-390 ms, once or twice a
+two-core host such collections stopped the embedded engine for 120-390 ms, about once a
 run, and a key at its limit lost those slots for good (``bench.limit_fidelity
 --creates-only --cpu-hogs 7``; docs/ratelimit.md, "The collector"). The cycles came from
-SQLAlchemy expressions built per statement: an ``in_`` list, an upsert's ``excluded``
+SQLAlchemy expressions built per statement: an ``in_`` list, a subquery, an upsert's ``excluded``
 alias, a wrapper column compared. This runs a chain of campaigns, ad groups and ads
 through the embedded driver against the real sandbox, on each database, and counts what
 the collector finds of Sluice's and SQLAlchemy's objects.
@@ -34,8 +34,10 @@ def hierarchies(count: int) -> list[Submission]:
     items: list[Submission] = []
     for c in range(count):
         root = len(items)
+        tenant = f"tenant-{c}"  # a fairness key each: claims read several keys at once
         items.append(
             Submission(
+                tenant=tenant,
                 kind="campaign",
                 payload={"advertiser_id": "adv-1", "name": f"C{c}", "budget": 1000.0},
             )
@@ -43,12 +45,17 @@ def hierarchies(count: int) -> list[Submission]:
         for g in range(GROUPS):
             items.append(
                 Submission(
-                    kind="ad_group", payload={"name": f"G{g}", "bid": 1.5}, parent_index=root
+                    tenant=tenant,
+                    kind="ad_group",
+                    payload={"name": f"G{g}", "bid": 1.5},
+                    parent_index=root,
                 )
             )
             group = len(items) - 1
             items.extend(
-                Submission(kind="ad", payload={"name": f"A{g}.{a}"}, parent_index=group)
+                Submission(
+                    tenant=tenant, kind="ad", payload={"name": f"A{g}.{a}"}, parent_index=group
+                )
                 for a in range(ADS)
             )
     return items
@@ -98,9 +105,10 @@ def test_dispatching_chains_leaves_no_cyclic_garbage(
     saved_garbage: list[object],
 ) -> None:
     """Two rounds under one running driver: the first warms every cache (compiled
-    statements, clauses built once); in the second, 2 x 45 tasks of creates, polls, claims,
-    outcomes and released children leave none of Sluice's or SQLAlchemy's objects to the
-    cyclic collector (before the statements were built once, about 16 per task)."""
+    statements, clauses built once); in the second, 3 x 45 tasks of 3 tenants (creates,
+    polls, fair claims over several keys, outcomes, released children) leave none of
+    Sluice's or SQLAlchemy's objects to the cyclic collector (before the statements were
+    built once, 60-75 per task)."""
     url = sandbox(profile="standard", limits=[{"name": "app", "limit": 400, "window_s": 1.0}])
     database_url = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
     provider = {
@@ -117,7 +125,7 @@ def test_dispatching_chains_leaves_no_cyclic_garbage(
     try:
         for _ in range(2):
             save_garbage_from_now()
-            ids = submissions.create_tasks(runtime.repo, runtime.catalog, hierarchies(2))
+            ids = submissions.create_tasks(runtime.repo, runtime.catalog, hierarchies(3))
             deadline = time.monotonic() + 60  # against a hang only
             while not driver.all_final():
                 assert time.monotonic() < deadline, runtime.repo.counts()
