@@ -28,12 +28,16 @@ def freeze_long_lived() -> None:
     good: ``bench.limit_fidelity --creates-only``, collections traced with ``gc.callbacks``).
     After ``gc.freeze()`` those objects are never walked (nor collected; they live
     as long as the process anyway) and a full collection covers only what came since.
-    Once per process: cyclic garbage frozen by a later call could never be collected.
+    Once per process: cyclic garbage frozen by a later call could never be collected. A
+    later call collects what is garbage by then (a driver stopped before, an earlier
+    runtime closed), so that no full collection while this driver dispatches has it to
+    walk: one found 14,000 objects a previous runtime left and stopped every thread for
+    250 ms on a loaded host (docs/ratelimit.md, "The collector").
     """
+    gc.collect()  # what is garbage already is not kept for good, nor walked later
     if _frozen.is_set():
         return
     _frozen.set()
-    gc.collect()  # what is garbage already is not kept for good
     gc.freeze()
 
 

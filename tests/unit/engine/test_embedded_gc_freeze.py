@@ -84,3 +84,31 @@ def test_a_second_start_freezes_nothing_more(fresh_process: None, runtime: Runti
         assert tracked(later)
     finally:
         second.stop()
+
+
+def test_a_second_start_collects_the_garbage_left_before_it(
+    fresh_process: None, runtime: Runtime
+) -> None:
+    """A driver started after another collects the cycles left meanwhile (a stopped
+    driver's, a closed runtime's): a full collection while it dispatches would walk them."""
+    first = build_embedded_driver(runtime)
+    try:
+        first.start()
+    finally:
+        first.stop()
+    gc.disable()  # only the start may collect it
+    try:
+        cycle = Node()
+        cycle.other = Node()
+        cycle.other.other = cycle
+        gone = weakref.ref(cycle)
+        del cycle
+        assert gone() is not None
+        second = build_embedded_driver(runtime)
+        try:
+            second.start()
+            assert gone() is None
+        finally:
+            second.stop()
+    finally:
+        gc.enable()
