@@ -259,15 +259,6 @@ def turn_place(index: int, poll: bool, others: int, polls_first: bool = True) ->
     return index + min(index + (0 if poll == polls_first else 1), others)
 
 
-def _insert(conn: Connection) -> Any:
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(fair_shares)
-
-
-def _greatest(conn: Connection, *values: Any) -> Any:
-    return (func.greatest if conn.dialect.name == "postgresql" else func.max)(*values)
-
-
 def _least(conn: Connection, *values: Any) -> Any:
     return (func.least if conn.dialect.name == "postgresql" else func.min)(*values)
 
