@@ -104,6 +104,9 @@ _ACTIVE_UNINDEXED = Unindexed.phase.in_(ACTIVE_PHASES)
 """An active task (the phase out of SQLite's index choice), built once (:func:`is_in`)."""
 
 
+_NOT_GOT = tasks.c.id.not_in(bindparam("got_ids", expanding=True))
+"""Not one of the tasks a claim already read (``got_ids``), built once (:func:`is_in`)."""
+
 _IN_CANDIDATE_ORDER = func.array_position(
     cast(bindparam("candidate_order"), postgresql.ARRAY(BigInteger)), tasks.c.id
 )
@@ -374,11 +377,11 @@ class WorkQueue:
         def read(count: int, got: Sequence[DueTask], *, poll: bool) -> list[DueTask]:
             query = fairshare.stream(_with_parent(), due_in, provider, key, poll=poll)
             if got:
-                query = query.where(tasks.c.id.not_in([t.id for t in got]))
+                query = query.where(_NOT_GOT)
             query = query.limit(count)
             if self._postgres:
                 query = query.with_for_update(skip_locked=True, of=tasks)
-            return [_to_due(r) for r in conn.execute(query)]
+            return [_to_due(r) for r in conn.execute(query, {"got_ids": [t.id for t in got]})]
 
         due = fairshare.take_turns(
             lambda count, got: read(count, got, poll=True),
